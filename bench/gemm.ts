@@ -1,0 +1,71 @@
+/**
+ * gemm: saekit's ops.matmul (async: validate, queue, allocate the result, run, settle) against
+ * the same BLAS called directly and synchronously on the same buffers, same shapes, same run.
+ * Also the built-in GEMM against the BLAS, the floor it falls back from.
+ */
+import { backend, ops, tensor } from '../lib/index.js';
+import { native } from '../lib/native/index.js';
+import { type Benchmark, type Row, time } from './harness.js';
+
+const SHAPES: [number, number, number][] = [
+  [512, 512, 512],
+  [1024, 1024, 1024],
+  [2048, 2048, 2048],
+  // An SAE encoder tile: 4096 tokens x d_in 768 times W_enc [768, 8192]
+  [4096, 8192, 768],
+];
+
+function fill(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    a[i] = s / 4294967296 - 0.5;
+  }
+  return a;
+}
+
+export const gemm: Benchmark = {
+  name: 'gemm',
+  description: 'ops.matmul vs the BLAS called directly (and the built-in GEMM vs the BLAS)',
+  async run(opts) {
+    const info = backend.info();
+    const rows: Row[] = [];
+    const shapes = opts.quick ? SHAPES.slice(0, 2) : SHAPES;
+    for (const [M, N, K] of shapes) {
+      const flops = 2 * M * N * K;
+      const A = fill(M * K, 1);
+      const B = fill(K * N, 2);
+      const C = new Float32Array(M * N);
+      const reps = { repeats: opts.repeats, warmup: opts.warmup };
+      using a = tensor(A, [M, K]);
+      using b = tensor(B, [K, N]);
+      const ours = await time(async () => {
+        const c = await ops.matmul(a, b);
+        c.dispose();
+      }, reps);
+      const row: Row = { shape: `${M}x${N}x${K}` };
+      if (info.blas.linked) {
+        const blas = await time(() => native()._gemmDirect('blas', false, false, M, N, K, A, B, C), reps);
+        row['blas GF/s'] = flops / blas.median / 1e9;
+        row['matmul GF/s'] = flops / ours.median / 1e9;
+        row['matmul/blas'] = blas.median / ours.median;
+        const builtin = await time(() => native()._gemmDirect('builtin', false, false, M, N, K, A, B, C), reps);
+        row['builtin GF/s'] = flops / builtin.median / 1e9;
+        row['builtin/blas'] = blas.median / builtin.median;
+        row['spread %'] = 100 * Math.max(ours.spread, blas.spread, builtin.spread);
+      } else {
+        const builtin = await time(() => native()._gemmDirect('builtin', false, false, M, N, K, A, B, C), reps);
+        row['builtin GF/s'] = flops / builtin.median / 1e9;
+        row['matmul GF/s'] = flops / ours.median / 1e9;
+        row['matmul/builtin'] = builtin.median / ours.median;
+        row['spread %'] = 100 * Math.max(ours.spread, builtin.spread);
+      }
+      rows.push(row);
+    }
+    return {
+      rows,
+      meta: { threads: info.threads, simd: info.simd, blas: info.blas, note: 'ratios > 1 mean faster than the reference' },
+    };
+  },
+};

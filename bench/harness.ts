@@ -1,0 +1,74 @@
+/**
+ * A small benchmark harness: time a function over repeats, report the median and spread, print a
+ * table and save JSON under bench/results/. Benchmarks compare against a floor or a peer measured
+ * in the same run (the machines are shared and noisy: quote ratios, never lone absolute times).
+ */
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface Timing {
+  /** Median seconds per call. */
+  median: number;
+  /** Fastest and slowest seconds per call. */
+  min: number;
+  max: number;
+  /** (max - min) / median, a crude spread. */
+  spread: number;
+  repeats: number;
+}
+
+export interface BenchOptions {
+  repeats: number;
+  warmup: number;
+  quick: boolean;
+}
+
+export type Row = Record<string, string | number>;
+
+export interface Benchmark {
+  name: string;
+  description: string;
+  run(opts: BenchOptions): Promise<{ rows: Row[]; meta?: Record<string, unknown> }>;
+}
+
+/** Times `fn` `repeats` times after `warmup` untimed calls. */
+export async function time(fn: () => unknown, opts: { repeats: number; warmup: number }): Promise<Timing> {
+  for (let i = 0; i < opts.warmup; i++) await fn();
+  const t: number[] = [];
+  for (let i = 0; i < opts.repeats; i++) {
+    const t0 = process.hrtime.bigint();
+    await fn();
+    t.push(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  t.sort((a, b) => a - b);
+  const mid = t.length >> 1;
+  const median = t.length % 2 ? t[mid]! : (t[mid - 1]! + t[mid]!) / 2;
+  return { median, min: t[0]!, max: t[t.length - 1]!, spread: (t[t.length - 1]! - t[0]!) / median, repeats: t.length };
+}
+
+export function formatTable(rows: Row[]): string {
+  if (rows.length === 0) return '(no rows)\n';
+  const cols = Object.keys(rows[0]!);
+  const cell = (v: string | number | undefined) =>
+    typeof v === 'number' ? (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2)) : (v ?? '');
+  const widths = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
+  const line = (vals: string[]) => vals.map((v, i) => v.padStart(widths[i]!)).join('  ');
+  return [line(cols), line(widths.map((w) => '-'.repeat(w))), ...rows.map((r) => line(cols.map((c) => cell(r[c]))))].join('\n') + '\n';
+}
+
+/** Writes bench/results/<name>-<time>.json atomically (temporary file, then rename). */
+export function saveResults(name: string, data: unknown): string {
+  const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'results');
+  mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${name}-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  const tmp = `${file}.tmp-${process.pid}`;
+  writeFileSync(tmp, `${JSON.stringify(data, null, 2)}\n`);
+  renameSync(tmp, file);
+  return file;
+}
+
+export function machine(): Record<string, unknown> {
+  return { cpus: os.cpus()[0]?.model, cores: os.cpus().length, node: process.version, platform: `${process.platform}-${process.arch}` };
+}

@@ -1,0 +1,50 @@
+/**
+ * Runs a named benchmark: `npm run bench -- <name> [--repeats N] [--warmup N] [--quick]`.
+ * Prints a table (medians, ratios against the floor or peer measured in the same run) and writes
+ * the full numbers to bench/results/<name>-<time>.json.
+ */
+import { parseArgs } from 'node:util';
+
+import { backend } from '../lib/index.js';
+import { gemm } from './gemm.js';
+import { type Benchmark, formatTable, machine, saveResults } from './harness.js';
+
+const BENCHMARKS: Benchmark[] = [gemm];
+
+async function main(): Promise<void> {
+  const { positionals, values } = parseArgs({
+    allowPositionals: true,
+    options: {
+      repeats: { type: 'string', default: '7' },
+      warmup: { type: 'string', default: '2' },
+      quick: { type: 'boolean', default: false },
+    },
+  });
+  const list = () => BENCHMARKS.map((b) => `  ${b.name.padEnd(10)} ${b.description}`).join('\n');
+  const name = positionals[0];
+  if (!name) {
+    process.stdout.write(`usage: npm run bench -- <name> [--repeats N] [--warmup N] [--quick]\nbenchmarks:\n${list()}\n`);
+    return;
+  }
+  const bench = BENCHMARKS.find((b) => b.name === name);
+  if (!bench) {
+    process.stderr.write(`unknown benchmark '${name}'; one of:\n${list()}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const repeats = Number(values.repeats);
+  const warmup = Number(values.warmup);
+  if (!Number.isInteger(repeats) || repeats < 1 || !Number.isInteger(warmup) || warmup < 0) {
+    process.stderr.write('--repeats must be an integer >= 1 and --warmup an integer >= 0\n');
+    process.exitCode = 2;
+    return;
+  }
+  const info = backend.info();
+  process.stderr.write(`${bench.name}: ${bench.description}\nbackend ${info.backend}, ${info.threads} threads, simd ${info.simd}, blas ${info.blas.name} ${info.blas.version}; median of ${repeats}\n`);
+  const { rows, meta } = await bench.run({ repeats, warmup, quick: Boolean(values.quick) });
+  process.stdout.write(formatTable(rows));
+  const file = saveResults(bench.name, { name: bench.name, date: new Date().toISOString(), machine: machine(), repeats, meta, rows });
+  process.stderr.write(`saved ${file}\n`);
+}
+
+void main();

@@ -1,0 +1,98 @@
+/**
+ * Errors thrown by saekit. Every error has a stable `code`, and every message names the
+ * argument, what was expected and what was received:
+ * "Expected integer between 1 and 1024 for threads but received 0 (number)".
+ */
+
+/** Error codes: stable across versions, safe to switch on. */
+export type SaekitErrorCode =
+  | 'ERR_SAEKIT_ARG'
+  | 'ERR_SAEKIT_SHAPE'
+  | 'ERR_SAEKIT_DTYPE'
+  | 'ERR_SAEKIT_DISPOSED'
+  | 'ERR_SAEKIT_DEVICE'
+  | 'ERR_SAEKIT_FORMAT'
+  | 'ERR_SAEKIT_MEMORY'
+  | 'ERR_SAEKIT_NATIVE'
+  | 'ERR_SAEKIT_INTERNAL';
+
+/** The one error class saekit throws; inspect `code` to tell failures apart. */
+export class SaekitError extends Error {
+  readonly code: SaekitErrorCode;
+  constructor(code: SaekitErrorCode, message: string) {
+    super(message);
+    this.name = 'SaekitError';
+    this.code = code;
+  }
+}
+
+/** A short, readable description of any value for error messages: "0 (number)", "an object". */
+export function describe(value: unknown): string {
+  if (value === undefined) return 'undefined';
+  if (value === null) return 'null';
+  switch (typeof value) {
+    case 'number':
+      return `${String(value)} (number)`;
+    case 'bigint':
+      return `${String(value)}n (bigint)`;
+    case 'boolean':
+      return `${String(value)} (boolean)`;
+    case 'string':
+      return `'${value.length > 40 ? `${value.slice(0, 40)}...` : value}' (string)`;
+    case 'symbol':
+      return 'a symbol';
+    case 'function':
+      return 'a function';
+    default:
+      break;
+  }
+  if (Array.isArray(value)) return `an array of length ${value.length}`;
+  if (ArrayBuffer.isView(value)) {
+    const name = value.constructor?.name ?? 'TypedArray';
+    return 'length' in value ? `a ${name} of length ${(value as { length: number }).length}` : `a ${name}`;
+  }
+  const name = (value as object).constructor?.name;
+  return name && name !== 'Object' ? `a ${name}` : 'an object';
+}
+
+/** The standard argument error: "Expected <expected> for <name> but received <actual>". */
+export function argError(
+  name: string,
+  expected: string,
+  actual: unknown,
+  code: SaekitErrorCode = 'ERR_SAEKIT_ARG',
+): SaekitError {
+  return new SaekitError(code, `Expected ${expected} for ${name} but received ${describe(actual)}`);
+}
+
+/**
+ * Converts an error thrown by the addon into a SaekitError. `site` is an Error created before
+ * the native call, so an asynchronous failure points at the caller's line, not at the queue.
+ */
+export function fromNative(err: unknown, site?: Error): SaekitError {
+  if (err instanceof SaekitError) return err;
+  const e = err as { code?: unknown; message?: unknown };
+  const code =
+    typeof e?.code === 'string' && e.code.startsWith('ERR_SAEKIT_') ? (e.code as SaekitErrorCode) : 'ERR_SAEKIT_NATIVE';
+  const out = new SaekitError(code, typeof e?.message === 'string' ? e.message : String(err));
+  if (site?.stack) out.stack = `SaekitError: ${out.message}\n${site.stack.split('\n').slice(1).join('\n')}`;
+  return out;
+}
+
+/** Awaits a native Promise, rethrowing failures as SaekitError with the caller's stack. */
+export async function settleNative<T>(promise: Promise<T>, site: Error): Promise<T> {
+  try {
+    return await promise;
+  } catch (err) {
+    throw fromNative(err, site);
+  }
+}
+
+/** Runs a synchronous native call, rethrowing failures as SaekitError. */
+export function callNative<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw fromNative(err);
+  }
+}

@@ -1,0 +1,25 @@
+/**
+ * saekit: train, evaluate and compare sparse autoencoders from Node.js.
+ * This is the package's only entry point.
+ */
+export * as backend from './backend/index.js';
+export type { BackendInfo } from './backend/index.js';
+export { SaekitError, type SaekitErrorCode } from './errors.js';
+export {
+  Tensor,
+  tensor,
+  zeros,
+  randn,
+  rand,
+  DTYPES,
+  type DType,
+  type Device,
+  type ArrayFor,
+  type TensorData,
+  type NestedNumbers,
+  type TensorOptions,
+  type ZerosOptions,
+  type RandomOptions,
+} from './tensor/index.js';
+export * as ops from './tensor/ops.js';
+export type { MatmulOptions } from './tensor/ops.js';

@@ -1,0 +1,94 @@
+/**
+ * Loads the saekit addon (saekit.node) and declares its surface. Nothing else in lib/ touches
+ * the addon directly. The CPU backend is always inside the addon; the CUDA backend is a plugin
+ * that the addon loads only when asked (see docs/architecture.md).
+ */
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { SaekitError } from '../errors.js';
+
+/** Raw element types as the addon spells them. */
+export type NativeDType = 'float32' | 'bfloat16' | 'float16' | 'int32';
+
+/** The addon's tensor handle (native/napi/tensor_wrap.h). */
+export interface NativeTensor {
+  readonly dtype: NativeDType;
+  readonly shape: number[];
+  readonly device: string;
+  readonly nbytes: number;
+  readonly disposed: boolean;
+  dispose(): void;
+  toArray(): Promise<Float32Array | Uint16Array | Int32Array>;
+  to(dtype: NativeDType): Promise<NativeTensor>;
+}
+
+export interface NativeInfo {
+  backend: 'cpu';
+  threads: number;
+  hardwareThreads: number;
+  simd: 'scalar' | 'sse4.2' | 'avx2' | 'avx512';
+  cpuFeatures: string[];
+  blas: { name: string; version: string; coretype?: string; config?: string; linked: boolean; reason?: string };
+  cuda: { available: boolean; reason: string; attempts: { path: string; outcome: string }[] };
+  napiVersion: number;
+}
+
+/** The addon's exports (native/napi/addon.cpp, ops.cpp). */
+export interface NativeBinding {
+  info(pluginCandidates: string[]): NativeInfo;
+  setThreads(threads: number): number;
+  stats(): { submitted: number; completed: number; pendingInThisThread: number };
+  fromArray(data: Float32Array | Uint16Array | Int32Array, shape: readonly number[], raw: NativeDType, dtype: NativeDType): NativeTensor;
+  zeros(shape: readonly number[], dtype: NativeDType): NativeTensor;
+  random(shape: readonly number[], dtype: NativeDType, kind: 'uniform' | 'normal', seed: bigint, stream: bigint): NativeTensor;
+  matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): Promise<NativeTensor>;
+  _philox(counter: Uint32Array, key: Uint32Array): Uint32Array;
+  _gemmDirect(
+    impl: 'blas' | 'builtin',
+    transA: boolean,
+    transB: boolean,
+    M: number,
+    N: number,
+    K: number,
+    A: Float32Array,
+    B: Float32Array,
+    C: Float32Array,
+  ): void;
+}
+
+/** The package root: lib/native/ (sources) and dist/native/ (compiled) are both two levels down. */
+export const packageRoot: string = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+let binding: NativeBinding | undefined;
+
+/** The loaded addon; loads it on first use and explains a failure. */
+export function native(): NativeBinding {
+  if (binding) return binding;
+  const require = createRequire(import.meta.url);
+  try {
+    const load = require('node-gyp-build') as (dir: string) => unknown;
+    binding = load(packageRoot) as NativeBinding;
+  } catch (err) {
+    const cause = err instanceof Error ? err.message : String(err);
+    throw new SaekitError(
+      'ERR_SAEKIT_NATIVE',
+      `Could not load the saekit native addon (${cause}).\n` +
+        'Possible fixes:\n' +
+        '- run `npm rebuild saekit` to build it from source (needs python3, make and a C++17 compiler);\n' +
+        `- check that Node.js is >= 20.9 (this is ${process.version}) and the platform is linux-x64;\n` +
+        '- for faster matrix products install OpenBLAS first (Debian/Ubuntu: apt-get install libopenblas-dev).',
+    );
+  }
+  return binding;
+}
+
+/** Where the CUDA plugin may be, in the order the addon tries them. */
+export function cudaPluginCandidates(): string[] {
+  const out: string[] = [];
+  if (process.env.SAEKIT_CUDA_PLUGIN) out.push(path.resolve(process.env.SAEKIT_CUDA_PLUGIN));
+  out.push(path.join(packageRoot, 'build', 'cuda', 'libsaekit_cuda.so'));
+  out.push(path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`, 'cuda', 'libsaekit_cuda.so'));
+  return out;
+}

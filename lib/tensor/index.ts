@@ -1,0 +1,270 @@
+/**
+ * Typed tensors. A Tensor's values live in native memory owned by a backend; JS holds a handle.
+ * Creating a tensor copies its input; reading it (`toArray`) copies out. Anything that can take
+ * more than a moment runs on the backend's own threads and returns a Promise.
+ *
+ * bfloat16 and float16 values cross into JS as raw bit patterns in a Uint16Array (Node 20 has no
+ * Float16Array); `await t.to('float32')` converts natively.
+ *
+ * @example
+ * ```ts
+ * import { tensor, randn, ops } from 'saekit';
+ * using a = randn([256, 512], { seed: 1 });
+ * using b = tensor(new Float32Array(512 * 64).fill(0.5), [512, 64]);
+ * using c = await ops.matmul(a, b);
+ * const values = await c.toArray(); // Float32Array(256 * 64)
+ * ```
+ */
+import { argError, callNative, SaekitError, settleNative } from '../errors.js';
+import { native, type NativeTensor } from '../native/index.js';
+import { checkOneOf, checkOptions, checkSeed, checkShape, shapeSize } from '../validate.js';
+
+/** Element types. */
+export type DType = 'float32' | 'bfloat16' | 'float16' | 'int32';
+export const DTYPES: readonly DType[] = ['float32', 'bfloat16', 'float16', 'int32'];
+
+/** The TypedArray that holds a dtype's values (raw bits for the 16-bit floats). */
+export type ArrayFor<D extends DType> = D extends 'float32' ? Float32Array : D extends 'int32' ? Int32Array : Uint16Array;
+
+/** Where a tensor's values live. */
+export type Device = 'cpu' | `cuda:${number}`;
+
+const handles = new WeakMap<Tensor, NativeTensor>();
+
+/** A dense, row-major tensor in native memory. Free it with `dispose()` or `using`. */
+export class Tensor<D extends DType = DType> {
+  /** @internal Use tensor(), zeros(), randn() or rand() to make tensors. */
+  constructor(handle: NativeTensor, secret: symbol) {
+    if (secret !== INTERNAL) throw new SaekitError('ERR_SAEKIT_ARG', 'Tensor cannot be constructed directly; use tensor(), zeros(), randn() or rand()');
+    handles.set(this, handle);
+    this.dtype = handle.dtype as D;
+    this.shape = Object.freeze(handle.shape.slice());
+    this.device = handle.device as Device;
+  }
+
+  /** The element type. */
+  readonly dtype: D;
+  /** The dimensions, outermost first. */
+  readonly shape: readonly number[];
+  /** Where the values live. */
+  readonly device: Device;
+
+  /** Number of elements. */
+  get size(): number {
+    return shapeSize(this.shape);
+  }
+  /** Number of dimensions. */
+  get ndim(): number {
+    return this.shape.length;
+  }
+  /** Whether dispose() was called. */
+  get disposed(): boolean {
+    return handleOf(this, 'tensor', true).disposed;
+  }
+
+  /** A fresh TypedArray with a copy of the values (bfloat16/float16 as raw Uint16Array bits). */
+  async toArray(): Promise<ArrayFor<D>> {
+    const site = new Error();
+    const h = handleOf(this, 'tensor');
+    return (await settleNative(callNative(() => h.toArray()), site)) as ArrayFor<D>;
+  }
+
+  /** A new tensor with the values converted to `dtype` (round to nearest even; exact NaN/inf/subnormals). */
+  async to<T extends DType>(dtype: T): Promise<Tensor<T>> {
+    const site = new Error();
+    checkOneOf('dtype', dtype, DTYPES, 'ERR_SAEKIT_DTYPE');
+    const h = handleOf(this, 'tensor');
+    const out = await settleNative(callNative(() => h.to(dtype)), site);
+    return new Tensor<T>(out, INTERNAL);
+  }
+
+  /** Frees the native memory now. Further use throws ERR_SAEKIT_DISPOSED. Idempotent. */
+  dispose(): void {
+    handles.get(this)?.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  toString(): string {
+    return `Tensor(${this.dtype}, [${this.shape.join(', ')}], ${this.device}${this.disposed ? ', disposed' : ''})`;
+  }
+}
+
+const INTERNAL = Symbol('saekit.internal');
+
+/** @internal The native handle of a live tensor, or an error naming the argument. */
+export function handleOf(t: unknown, name: string, allowDisposed = false): NativeTensor {
+  const h = t instanceof Tensor ? handles.get(t) : undefined;
+  if (!h) throw argError(name, 'a Tensor', t);
+  if (!allowDisposed && h.disposed) {
+    throw new SaekitError('ERR_SAEKIT_DISPOSED', `${name} is a disposed Tensor; it cannot be used any more`);
+  }
+  return h;
+}
+
+/** @internal Wraps a native handle (for other lib/ modules). */
+export function wrapHandle<D extends DType>(h: NativeTensor): Tensor<D> {
+  return new Tensor<D>(h, INTERNAL);
+}
+
+/** Nested arrays of numbers, e.g. [[1, 2], [3, 4]]. */
+export type NestedNumbers = number | readonly NestedNumbers[];
+
+/** Data tensor() accepts. */
+export type TensorData = Float32Array | Float64Array | Uint16Array | Int32Array | readonly NestedNumbers[];
+
+export interface TensorOptions<D extends DType = DType> {
+  /**
+   * The tensor's dtype. Default: 'int32' for an Int32Array, otherwise 'float32'. A Uint16Array
+   * holds raw 16-bit floats and needs 'bfloat16' or 'float16'.
+   */
+  dtype?: D;
+}
+
+function inferShape(data: readonly NestedNumbers[]): number[] {
+  const shape: number[] = [];
+  let level: NestedNumbers = data;
+  while (Array.isArray(level)) {
+    shape.push(level.length);
+    if (level.length === 0) break;
+    level = (level as readonly NestedNumbers[])[0] as NestedNumbers;
+  }
+  return shape;
+}
+
+function flatten(data: readonly NestedNumbers[], shape: readonly number[], out: number[], depth = 0, path = 'data'): void {
+  if (data.length !== shape[depth]) {
+    throw argError(path, `an array of length ${shape[depth]} (arrays must not be ragged)`, data, 'ERR_SAEKIT_SHAPE');
+  }
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i];
+    if (depth + 1 < shape.length) {
+      if (!Array.isArray(v)) throw argError(`${path}[${i}]`, 'an array', v, 'ERR_SAEKIT_SHAPE');
+      flatten(v as readonly NestedNumbers[], shape, out, depth + 1, `${path}[${i}]`);
+    } else {
+      if (typeof v !== 'number') throw argError(`${path}[${i}]`, 'a number', v);
+      out.push(v);
+    }
+  }
+}
+
+/**
+ * Makes a tensor from values. `shape` defaults to the array's nesting (or [length]).
+ * @example tensor([[1, 2], [3, 4]]) // float32 [2, 2]
+ * @example tensor(bits, [8, 16], { dtype: 'bfloat16' }) // bits: Uint16Array of bf16 patterns
+ */
+export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: readonly number[], options?: TensorOptions<D>): Tensor<D> {
+  const opts = checkOptions('options', options);
+  let dtype: DType | undefined = opts.dtype === undefined ? undefined : checkOneOf('options.dtype', opts.dtype, DTYPES, 'ERR_SAEKIT_DTYPE');
+  let raw: Float32Array | Uint16Array | Int32Array;
+  let rawType: DType;
+  let defaultShape: number[];
+  if (data instanceof Float32Array) {
+    raw = data;
+    rawType = 'float32';
+    defaultShape = [data.length];
+  } else if (data instanceof Int32Array) {
+    raw = data;
+    rawType = 'int32';
+    dtype ??= 'int32';
+    defaultShape = [data.length];
+  } else if (data instanceof Uint16Array) {
+    if (dtype !== 'bfloat16' && dtype !== 'float16') {
+      throw argError('options.dtype', "'bfloat16' or 'float16' for a Uint16Array of raw 16-bit floats", dtype, 'ERR_SAEKIT_DTYPE');
+    }
+    raw = data;
+    rawType = dtype;
+    defaultShape = [data.length];
+  } else if (data instanceof Float64Array) {
+    raw = Float32Array.from(data);
+    rawType = 'float32';
+    defaultShape = [data.length];
+  } else if (Array.isArray(data)) {
+    defaultShape = inferShape(data);
+    const flat: number[] = [];
+    flatten(data, defaultShape, flat);
+    if (dtype === 'int32') {
+      flat.forEach((v, i) => {
+        if (!Number.isInteger(v) || v < -2147483648 || v > 2147483647) throw argError(`data[${i}]`, 'an int32 integer', v);
+      });
+      raw = Int32Array.from(flat);
+      rawType = 'int32';
+    } else {
+      raw = Float32Array.from(flat);
+      rawType = 'float32';
+    }
+  } else {
+    throw argError('data', 'a Float32Array, Float64Array, Int32Array, Uint16Array or (nested) array of numbers', data);
+  }
+  dtype ??= 'float32';
+  const s = shape === undefined ? Object.freeze(defaultShape) : checkShape('shape', shape);
+  if (shapeSize(s) !== raw.length) {
+    throw new SaekitError(
+      'ERR_SAEKIT_SHAPE',
+      `Expected data of length ${shapeSize(s)} for shape [${s.join(', ')}] but received length ${raw.length}`,
+    );
+  }
+  return new Tensor<D>(callNative(() => native().fromArray(raw, s, rawType, dtype as DType)), INTERNAL);
+}
+
+/** Options of zeros(). */
+export interface ZerosOptions<D extends DType = DType> {
+  /** Default 'float32'. */
+  dtype?: D;
+}
+
+/** A tensor of zeros. */
+export function zeros<D extends DType = 'float32'>(shape: readonly number[], options?: ZerosOptions<D>): Tensor<D> {
+  const opts = checkOptions('options', options);
+  const s = checkShape('shape', shape);
+  const dtype = opts.dtype === undefined ? 'float32' : checkOneOf('options.dtype', opts.dtype, DTYPES, 'ERR_SAEKIT_DTYPE');
+  return new Tensor<D>(callNative(() => native().zeros(s, dtype)), INTERNAL);
+}
+
+/** Options of randn() and rand(). */
+export interface RandomOptions<D extends 'float32' | 'bfloat16' | 'float16' = 'float32'> {
+  /**
+   * Philox key: a non-negative safe integer or bigint < 2^64. The same (seed, stream) always
+   * gives the same values, on every backend. Default: a fresh random seed.
+   */
+  seed?: number | bigint;
+  /** Independent sub-stream for the same seed (Philox counter high word). Default 0. */
+  stream?: number | bigint;
+  /** Default 'float32'. */
+  dtype?: D;
+}
+
+const FLOAT_DTYPES = ['float32', 'bfloat16', 'float16'] as const;
+
+function randomTensor<D extends 'float32' | 'bfloat16' | 'float16'>(
+  kind: 'uniform' | 'normal',
+  shape: readonly number[],
+  options: RandomOptions<D> | undefined,
+): Tensor<D> {
+  const opts = checkOptions('options', options);
+  const s = checkShape('shape', shape);
+  const seed = opts.seed === undefined ? randomSeed() : checkSeed('options.seed', opts.seed);
+  const stream = opts.stream === undefined ? 0n : checkSeed('options.stream', opts.stream);
+  const dtype = opts.dtype === undefined ? 'float32' : checkOneOf('options.dtype', opts.dtype, FLOAT_DTYPES, 'ERR_SAEKIT_DTYPE');
+  return new Tensor<D>(callNative(() => native().random(s, dtype, kind, seed, stream)), INTERNAL);
+}
+
+function randomSeed(): bigint {
+  const w = crypto.getRandomValues(new Uint32Array(2));
+  return (BigInt(w[0]!) << 32n) | BigInt(w[1]!);
+}
+
+/**
+ * Standard normal values from the Philox 4x32-10 stream (docs/random.md gives the exact layout,
+ * so other implementations can reproduce them).
+ */
+export function randn<D extends 'float32' | 'bfloat16' | 'float16' = 'float32'>(shape: readonly number[], options?: RandomOptions<D>): Tensor<D> {
+  return randomTensor('normal', shape, options);
+}
+
+/** Uniform values in [0, 1) from the Philox 4x32-10 stream (24-bit resolution). */
+export function rand<D extends 'float32' | 'bfloat16' | 'float16' = 'float32'>(shape: readonly number[], options?: RandomOptions<D>): Tensor<D> {
+  return randomTensor('uniform', shape, options);
+}

@@ -1,0 +1,47 @@
+/**
+ * Tensor ops. Each validates on the calling thread, runs on the backend's threads and resolves
+ * to a new tensor.
+ */
+import { argError, callNative, SaekitError, settleNative } from '../errors.js';
+import { native } from '../native/index.js';
+import { checkBool, checkOptions } from '../validate.js';
+import { handleOf, type Tensor, wrapHandle } from './index.js';
+
+/** Options of matmul(). */
+export interface MatmulOptions {
+  /** Use a's transpose: a is [K, M] instead of [M, K]. Default false. */
+  transA?: boolean;
+  /** Use b's transpose: b is [N, K] instead of [K, N]. Default false. */
+  transB?: boolean;
+}
+
+/**
+ * Matrix product C = op(a) op(b) of 2-D float32 tensors, through the backend's GEMM (OpenBLAS
+ * sgemm on the CPU when linked). op(a) is [M, K], op(b) is [K, N], the result is [M, N].
+ * @example const c = await ops.matmul(x, w, { transB: true }); // x [N, D] times w [M, D]^T
+ */
+export async function matmul(a: Tensor, b: Tensor, options?: MatmulOptions): Promise<Tensor<'float32'>> {
+  const site = new Error();
+  const opts = checkOptions('options', options);
+  const transA = opts.transA === undefined ? false : checkBool('options.transA', opts.transA);
+  const transB = opts.transB === undefined ? false : checkBool('options.transB', opts.transB);
+  const ha = handleOf(a, 'a');
+  const hb = handleOf(b, 'b');
+  for (const [name, t] of [['a', a], ['b', b]] as const) {
+    if (t.dtype !== 'float32') throw argError(`${name}.dtype`, "'float32'", t.dtype, 'ERR_SAEKIT_DTYPE');
+    if (t.shape.length !== 2) {
+      throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected a 2-D tensor for ${name} but received shape [${t.shape.join(', ')}]`);
+    }
+  }
+  const [m, ka] = transA ? [a.shape[1]!, a.shape[0]!] : [a.shape[0]!, a.shape[1]!];
+  const [kb, n] = transB ? [b.shape[1]!, b.shape[0]!] : [b.shape[0]!, b.shape[1]!];
+  if (ka !== kb) {
+    throw new SaekitError(
+      'ERR_SAEKIT_SHAPE',
+      `matmul: inner dimensions differ: op(a) is [${m}, ${ka}] and op(b) is [${kb}, ${n}] ` +
+        `(a [${a.shape.join(', ')}]${transA ? ' transposed' : ''}, b [${b.shape.join(', ')}]${transB ? ' transposed' : ''})`,
+    );
+  }
+  const out = await settleNative(callNative(() => native().matmul(ha, hb, transA, transB)), site);
+  return wrapHandle<'float32'>(out);
+}

@@ -1,0 +1,58 @@
+/** Argument checks shared by the public API. Each throws the standard SaekitError on failure. */
+import { argError, type SaekitErrorCode } from './errors.js';
+
+/** Returns `value` if it is an integer in [min, max]; otherwise throws. */
+export function checkInt(name: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw argError(name, `integer between ${min} and ${max}`, value);
+  }
+  return value;
+}
+
+export function checkBool(name: string, value: unknown): boolean {
+  if (typeof value !== 'boolean') throw argError(name, 'boolean', value);
+  return value;
+}
+
+/** Returns `value` if it is one of `choices`; otherwise throws listing them. */
+export function checkOneOf<T extends string>(
+  name: string,
+  value: unknown,
+  choices: readonly T[],
+  code: SaekitErrorCode = 'ERR_SAEKIT_ARG',
+): T {
+  if (typeof value !== 'string' || !(choices as readonly string[]).includes(value)) {
+    throw argError(name, `one of: ${choices.join(', ')}`, value, code);
+  }
+  return value as T;
+}
+
+/** An options argument: undefined becomes {}, anything but a plain object throws. */
+export function checkOptions<T extends object>(name: string, value: T | undefined): Partial<T> {
+  if (value === undefined) return {};
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw argError(name, 'an options object', value);
+  return value;
+}
+
+/** A seed: a non-negative safe integer or a bigint below 2^64. */
+export function checkSeed(name: string, value: unknown): bigint {
+  if (typeof value === 'bigint' && value >= 0n && value < 1n << 64n) return value;
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return BigInt(value);
+  throw argError(name, 'non-negative safe integer or bigint below 2^64', value);
+}
+
+/** A shape: at most 8 non-negative integer dimensions. Returns a frozen copy. */
+export function checkShape(name: string, value: unknown): readonly number[] {
+  if (!Array.isArray(value)) throw argError(name, 'an array of non-negative integers', value, 'ERR_SAEKIT_SHAPE');
+  if (value.length > 8) throw argError(name, 'at most 8 dimensions', value, 'ERR_SAEKIT_SHAPE');
+  value.forEach((d, i) => {
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
+      throw argError(`${name}[${i}]`, 'non-negative integer', d, 'ERR_SAEKIT_SHAPE');
+    }
+  });
+  return Object.freeze([...value] as number[]);
+}
+
+export function shapeSize(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}

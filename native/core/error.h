@@ -1,0 +1,45 @@
+// saekit native errors. Native code never aborts: every failed check throws sk::Error,
+// which the N-API layer turns into a JS Error carrying `code` (ERR_SAEKIT_*).
+#pragma once
+#include <stdexcept>
+#include <string>
+#include <sstream>
+
+namespace sk {
+
+enum class ErrorCode {
+  Arg,       // ERR_SAEKIT_ARG: a bad argument value or type
+  Shape,     // ERR_SAEKIT_SHAPE: shape or length mismatch
+  DType,     // ERR_SAEKIT_DTYPE: unsupported or mismatched dtype
+  Disposed,  // ERR_SAEKIT_DISPOSED: use of a disposed object
+  Device,    // ERR_SAEKIT_DEVICE: backend/device not available
+  Format,    // ERR_SAEKIT_FORMAT: malformed file
+  Memory,    // ERR_SAEKIT_MEMORY: allocation failed
+  Internal,  // ERR_SAEKIT_INTERNAL: a bug in saekit
+};
+
+const char* error_code_name(ErrorCode code);
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  ErrorCode code() const { return code_; }
+ private:
+  ErrorCode code_;
+};
+
+// Builds a message from stream pieces: sk::fmt("got ", n, " rows").
+template <typename... Args>
+std::string fmt(Args&&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
+}  // namespace sk
+
+// SK_CHECK(cond, ErrorCode::Shape, "W_dec has ", n, " rows, expected ", m)
+#define SK_CHECK(cond, code, ...)                                   \
+  do {                                                              \
+    if (!(cond)) throw ::sk::Error(::sk::code, ::sk::fmt(__VA_ARGS__)); \
+  } while (0)

@@ -1,0 +1,20 @@
+// The backend executor: one process-wide thread that runs queued ops in FIFO order. JS threads
+// (the main thread and every worker_thread) only validate and enqueue; the executor runs each
+// op, which may fan out over the backend's thread pool. FIFO order is what makes "create a
+// tensor, then read it" correct without any other synchronisation.
+#pragma once
+#include <cstdint>
+#include <functional>
+
+namespace sk {
+
+// Queues `task` to run on the executor thread. Tasks must not throw (wrap them).
+void executor_submit(std::function<void()> task);
+// Counters for diagnostics: tasks queued so far and tasks finished so far.
+struct ExecutorStats {
+  uint64_t submitted;
+  uint64_t completed;
+};
+ExecutorStats executor_stats();
+
+}  // namespace sk

@@ -1,0 +1,81 @@
+#include "plugin.h"
+
+#include <dlfcn.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+namespace sk {
+
+namespace {
+
+bool file_exists(const std::string& p) {
+  struct stat sb;
+  return ::stat(p.c_str(), &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+PluginProbe probe_uncached(const std::vector<std::string>& candidates) {
+  PluginProbe probe;
+  if (const char* env = std::getenv("SAEKIT_CUDA"); env && std::strcmp(env, "0") == 0) {
+    probe.reason = "disabled by SAEKIT_CUDA=0";
+    return probe;
+  }
+  for (const std::string& path : candidates) {
+    if (!file_exists(path)) {
+      probe.attempts.push_back({path, "not found"});
+      continue;
+    }
+    void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (h == nullptr) {
+      const char* e = ::dlerror();
+      probe.attempts.push_back({path, fmt("dlopen failed: ", e ? e : "unknown error")});
+      continue;
+    }
+    auto version = reinterpret_cast<int (*)()>(::dlsym(h, "sk_plugin_api_version"));
+    auto score = reinterpret_cast<int (*)(char*, size_t)>(::dlsym(h, "sk_backend_score"));
+    if (version == nullptr || score == nullptr) {
+      probe.attempts.push_back({path, "missing symbol sk_plugin_api_version or sk_backend_score (not a saekit plugin?)"});
+      continue;  // keep the handle: unloading libraries with CUDA state is unsafe
+    }
+    if (version() != SK_BACKEND_API_VERSION) {
+      probe.attempts.push_back({path, fmt("incompatible API version (plugin: ", version(), ", saekit: ",
+                                          SK_BACKEND_API_VERSION, "); rebuild it with `npm run build:cuda`")});
+      continue;
+    }
+    char reason[512] = {0};
+    int s = score(reason, sizeof(reason));
+    if (s <= 0) {
+      probe.attempts.push_back({path, reason[0] ? reason : "the plugin reports it cannot run here"});
+      continue;
+    }
+    probe.attempts.push_back({path, "loaded"});
+    probe.available = true;
+    return probe;
+  }
+  // The most useful reason: the last real failure, or "not built".
+  for (auto it = probe.attempts.rbegin(); it != probe.attempts.rend(); ++it)
+    if (it->outcome != "not found") {
+      probe.reason = it->outcome;
+      return probe;
+    }
+  probe.reason = "the CUDA plugin is not built (run `npm run build:cuda` on a machine with nvcc)";
+  return probe;
+}
+
+}  // namespace
+
+PluginProbe probe_plugin(const std::vector<std::string>& candidates) {
+  static std::mutex mu;
+  static std::map<std::vector<std::string>, PluginProbe> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(candidates);
+  if (it != cache.end()) return it->second;
+  PluginProbe p = probe_uncached(candidates);
+  cache[candidates] = p;
+  return p;
+}
+
+}  // namespace sk

@@ -1,0 +1,31 @@
+// Loading a backend plugin (the CUDA backend is a separate shared library, built by
+// CMakeLists.txt, so a machine without CUDA never fails to load saekit).
+//
+// Plugin C ABI (every symbol extern "C"):
+//   int  sk_plugin_api_version(void);                  must equal SK_BACKEND_API_VERSION
+//   int  sk_backend_score(char* reason, size_t len);  0 = unusable here, with the reason
+//   int  sk_backend_init(sk_backend* out, sk_status* st);  fills the backend table
+#pragma once
+#include <string>
+#include <vector>
+
+#include "backend.h"
+
+namespace sk {
+
+struct PluginAttempt {
+  std::string path;
+  std::string outcome;  // "loaded", or why not
+};
+
+struct PluginProbe {
+  bool available = false;
+  std::string reason;  // why it is not available (empty when it is)
+  std::vector<PluginAttempt> attempts;
+};
+
+// Tries each candidate path in order and keeps every attempt's outcome. Loads (dlopen) and
+// scores the plugin, but does not initialise it. The result is cached per path list.
+PluginProbe probe_plugin(const std::vector<std::string>& candidates);
+
+}  // namespace sk

@@ -1,0 +1,94 @@
+#include "args.h"
+
+#include <cmath>
+
+namespace sk::napi {
+
+std::string describe(const Napi::Value& v) {
+  if (v.IsUndefined()) return "undefined";
+  if (v.IsNull()) return "null";
+  if (v.IsNumber()) {
+    double d = v.As<Napi::Number>().DoubleValue();
+    std::string s = std::isnan(d) ? "NaN" : (std::isinf(d) ? (d > 0 ? "Infinity" : "-Infinity") : fmt(d));
+    return s + " (number)";
+  }
+  if (v.IsBoolean()) return fmt(v.As<Napi::Boolean>().Value() ? "true" : "false", " (boolean)");
+  if (v.IsString()) {
+    std::string s = v.As<Napi::String>().Utf8Value();
+    if (s.size() > 40) s = s.substr(0, 40) + "...";
+    return "'" + s + "' (string)";
+  }
+  if (v.IsBigInt()) return "a bigint";
+  if (v.IsTypedArray()) return fmt("a typed array of length ", v.As<Napi::TypedArray>().ElementLength());
+  if (v.IsArray()) return fmt("an array of length ", v.As<Napi::Array>().Length());
+  if (v.IsFunction()) return "a function";
+  if (v.IsSymbol()) return "a symbol";
+  return "an object";
+}
+
+void arg_error(ErrorCode code, const std::string& name, const std::string& expected, const Napi::Value& actual) {
+  throw Error(code, fmt("Expected ", expected, " for ", name, " but received ", describe(actual)));
+}
+
+int64_t get_int(const Napi::Value& v, const std::string& name, int64_t lo, int64_t hi) {
+  std::string expected = fmt("integer between ", lo, " and ", hi);
+  if (!v.IsNumber()) arg_error(ErrorCode::Arg, name, expected, v);
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || std::floor(d) != d || d < double(lo) || d > double(hi)) arg_error(ErrorCode::Arg, name, expected, v);
+  return int64_t(d);
+}
+
+bool get_bool(const Napi::Value& v, const std::string& name) {
+  if (!v.IsBoolean()) arg_error(ErrorCode::Arg, name, "boolean", v);
+  return v.As<Napi::Boolean>().Value();
+}
+
+uint64_t get_u64(const Napi::Value& v, const std::string& name) {
+  const char* expected = "non-negative safe integer or bigint below 2^64";
+  if (v.IsBigInt()) {
+    bool lossless = false;
+    uint64_t x = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) arg_error(ErrorCode::Arg, name, expected, v);
+    return x;
+  }
+  if (!v.IsNumber()) arg_error(ErrorCode::Arg, name, expected, v);
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || std::floor(d) != d || d < 0 || d > 9007199254740991.0) arg_error(ErrorCode::Arg, name, expected, v);
+  return uint64_t(d);
+}
+
+DType get_dtype(const Napi::Value& v, const std::string& name) {
+  DType t;
+  if (!v.IsString() || !dtype_from_name(v.As<Napi::String>().Utf8Value(), &t))
+    arg_error(ErrorCode::DType, name, "one of: float32, bfloat16, float16, int32", v);
+  return t;
+}
+
+std::vector<int64_t> get_shape(const Napi::Value& v, const std::string& name) {
+  if (!v.IsArray()) arg_error(ErrorCode::Shape, name, "an array of non-negative integers", v);
+  Napi::Array a = v.As<Napi::Array>();
+  if (a.Length() > 8) arg_error(ErrorCode::Shape, name, "at most 8 dimensions", v);
+  std::vector<int64_t> shape;
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    Napi::Value d = a.Get(i);
+    shape.push_back(get_int(d, fmt(name, "[", i, "]"), 0, int64_t(1) << 50));
+  }
+  return shape;
+}
+
+std::string get_string(const Napi::Value& v, const std::string& name) {
+  if (!v.IsString()) arg_error(ErrorCode::Arg, name, "string", v);
+  return v.As<Napi::String>().Utf8Value();
+}
+
+napi_typedarray_type typedarray_type_for(DType t) {
+  switch (t) {
+    case DType::F32: return napi_float32_array;
+    case DType::BF16: return napi_uint16_array;
+    case DType::F16: return napi_uint16_array;
+    case DType::I32: return napi_int32_array;
+  }
+  return napi_float32_array;
+}
+
+}  // namespace sk::napi

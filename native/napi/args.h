@@ -1,0 +1,30 @@
+// Argument checks at the N-API boundary. The TypeScript layer validates first and gives the
+// friendliest messages; these checks make sure that nothing reaching native code unchecked
+// can crash the process. Messages follow "Expected <what> for <name> but received <actual>".
+#pragma once
+#include <napi.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../core/dtype.h"
+#include "../core/error.h"
+
+namespace sk::napi {
+
+std::string describe(const Napi::Value& v);  // "3 (number)", "a string", "undefined", ...
+[[noreturn]] void arg_error(ErrorCode code, const std::string& name, const std::string& expected,
+                            const Napi::Value& actual);
+
+int64_t get_int(const Napi::Value& v, const std::string& name, int64_t lo, int64_t hi);
+bool get_bool(const Napi::Value& v, const std::string& name);
+uint64_t get_u64(const Napi::Value& v, const std::string& name);  // number (safe integer) or bigint
+DType get_dtype(const Napi::Value& v, const std::string& name);
+std::vector<int64_t> get_shape(const Napi::Value& v, const std::string& name);
+std::string get_string(const Napi::Value& v, const std::string& name);
+
+// The TypedArray kind that holds a dtype's raw values.
+napi_typedarray_type typedarray_type_for(DType t);
+
+}  // namespace sk::napi

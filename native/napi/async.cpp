@@ -1,0 +1,149 @@
+#include "async.h"
+
+#include <mutex>
+
+#include "../core/error.h"
+#include "../core/executor.h"
+#include "env_data.h"
+
+namespace sk::napi {
+
+struct Job;
+namespace {
+void call_js(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job);
+}
+using Tsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, Job, call_js>;
+
+// Shared between the env (JS thread) and the executor; outlives both through shared_ptr.
+struct DispatchState {
+  std::mutex mu;
+  bool closed = false;  // the env is gone: drop results instead of posting them
+  Tsfn tsfn;
+  int64_t pending = 0;  // JS thread only
+};
+
+struct Job {
+  std::shared_ptr<DispatchState> state;
+  std::function<void()> work;
+  Complete complete;
+  napi_deferred deferred = nullptr;  // null for detached jobs
+  std::exception_ptr error;
+};
+
+namespace {
+
+std::shared_ptr<DispatchState> state_of(Napi::Env env) { return env_data(env).dispatch; }
+
+void settle(Napi::Env env, Job* job) {
+  Napi::HandleScope scope(env);
+  napi_value value = nullptr;
+  bool ok = !job->error;
+  if (ok && job->complete) {
+    try {
+      value = job->complete(env);
+    } catch (...) {
+      job->error = std::current_exception();
+      ok = false;
+    }
+  }
+  if (job->deferred == nullptr) {
+    if (!ok) {
+      Napi::Error err = error_from_exception(env, job->error);
+      // Surface it without throwing into unrelated code.
+      Napi::Object process = env.Global().Get("process").As<Napi::Object>();
+      Napi::Function emit = process.Get("emitWarning").As<Napi::Function>();
+      emit.Call(process, {err.Value()});
+    }
+    return;
+  }
+  if (ok) {
+    napi_resolve_deferred(env, job->deferred, value ? value : env.Undefined());
+  } else {
+    napi_reject_deferred(env, job->deferred, error_from_exception(env, job->error).Value());
+  }
+}
+
+void call_js(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job) {
+  std::unique_ptr<Job> owned(job);
+  if (env == nullptr) return;  // the env is shutting down
+  auto& st = *owned->state;
+  if (--st.pending == 0) st.tsfn.Unref(env);
+  settle(env, owned.get());
+}
+
+void run_on_executor(Job* job) {
+  try {
+    job->work();
+  } catch (...) {
+    job->error = std::current_exception();
+  }
+  job->work = nullptr;  // release captured inputs on this thread, before posting back
+  std::shared_ptr<DispatchState> st = job->state;
+  std::lock_guard<std::mutex> lock(st->mu);
+  if (st->closed || st->tsfn.NonBlockingCall(job) != napi_ok) delete job;
+}
+
+void enqueue(Napi::Env env, Job* job) {
+  auto& st = *job->state;
+  if (st.pending++ == 0) st.tsfn.Ref(env);
+  executor_submit([job] { run_on_executor(job); });
+}
+
+}  // namespace
+
+std::shared_ptr<DispatchState> open_dispatcher(Napi::Env env) {
+  auto state = std::make_shared<DispatchState>();
+  state->tsfn = Tsfn::New(env, "saekit", 0, 1);
+  state->tsfn.Unref(env);  // an idle dispatcher must not keep the process alive
+  return state;
+}
+
+void close_dispatcher(const std::shared_ptr<DispatchState>& state) {
+  std::lock_guard<std::mutex> lock(state->mu);
+  state->closed = true;
+  state->tsfn.Release();
+}
+
+int64_t pending_jobs(Napi::Env env) { return state_of(env)->pending; }
+
+Napi::Promise queue_job(Napi::Env env, std::function<void()> work, Complete complete) {
+  // The C API gives us the raw napi_deferred to keep in the job (Napi::Promise::Deferred
+  // cannot be moved out of its wrapper).
+  auto* job = new Job{state_of(env), std::move(work), std::move(complete), nullptr, nullptr};
+  napi_value p;
+  napi_status s = napi_create_promise(env, &job->deferred, &p);
+  if (s != napi_ok) {
+    delete job;
+    throw Napi::Error::New(env, "saekit: could not create a Promise");
+  }
+  enqueue(env, job);
+  return Napi::Promise(env, p);
+}
+
+void queue_detached(Napi::Env env, std::function<void()> work) {
+  auto* job = new Job{state_of(env), std::move(work), nullptr, nullptr, nullptr};
+  enqueue(env, job);
+}
+
+Napi::Error error_from_exception(Napi::Env env, std::exception_ptr e) {
+  std::string code = "ERR_SAEKIT_INTERNAL", message = "unknown native error";
+  try {
+    std::rethrow_exception(e);
+  } catch (const Error& err) {
+    code = error_code_name(err.code());
+    message = err.what();
+  } catch (const Napi::Error& err) {
+    return err;
+  } catch (const std::bad_alloc&) {
+    code = "ERR_SAEKIT_MEMORY";
+    message = "out of memory";
+  } catch (const std::exception& err) {
+    message = err.what();
+  } catch (...) {
+  }
+  Napi::Error error = Napi::Error::New(env, message);
+  error.Set("code", Napi::String::New(env, code));
+  return error;
+}
+
+}  // namespace sk::napi

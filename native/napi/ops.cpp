@@ -1,0 +1,165 @@
+#include "ops.h"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+#include "../core/backend.h"
+#include "../core/philox.h"
+#include "../cpu/blas.h"
+#include "../cpu/cpu_backend.h"
+#include "../cpu/gemm_builtin.h"
+#include "args.h"
+#include "async.h"
+#include "tensor_wrap.h"
+
+namespace sk::napi {
+
+namespace {
+
+Backend cpu() { return Backend(cpu::cpu_backend()); }
+
+// The dtype whose raw values a TypedArray holds, checked against what the caller declared.
+void check_typed_array(const Napi::Value& v, DType raw, const std::string& name) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != typedarray_type_for(raw)) {
+    const char* want = raw == DType::F32 ? "a Float32Array" : raw == DType::I32 ? "an Int32Array" : "a Uint16Array";
+    arg_error(ErrorCode::DType, name, want, v);
+  }
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  if (ta.ArrayBuffer().ByteLength() == 0 && ta.ElementLength() != 0) arg_error(ErrorCode::Arg, name, "an attached buffer", v);
+}
+
+// fromArray(data, shape, rawDtype, dtype): copies `data` (raw values of rawDtype) into a new
+// tensor; converts natively (queued) when dtype differs.
+Napi::Value from_array(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DType raw = get_dtype(info[2], "rawDtype");
+  DType dt = get_dtype(info[3], "dtype");
+  check_typed_array(info[0], raw, "data");
+  std::vector<int64_t> shape = get_shape(info[1], "shape");
+  Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+  int64_t n = shape_numel(shape, "shape");
+  if (int64_t(ta.ElementLength()) != n)
+    throw Error(ErrorCode::Shape, fmt("Expected data of length ", n, " for shape ", shape_str(shape),
+                                      " but received length ", ta.ElementLength()));
+  Tensor src = Tensor::empty(raw, shape);
+  if (n) std::memcpy(src.storage->data(), static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), src.nbytes());
+  if (raw == dt) return NativeTensor::wrap(env, src);
+  Tensor dst = Tensor::empty(dt, shape);
+  queue_detached(env, [src, dst, n] { cpu().convert(dst.storage->data(), dst.dtype, src.storage->data(), src.dtype, n); });
+  return NativeTensor::wrap(env, dst);
+}
+
+// zeros(shape, dtype)
+Napi::Value zeros(const Napi::CallbackInfo& info) {
+  std::vector<int64_t> shape = get_shape(info[0], "shape");
+  DType dt = get_dtype(info[1], "dtype");
+  Tensor t = Tensor::empty(dt, shape);
+  queue_detached(info.Env(), [t] { std::memset(t.storage->data(), 0, t.nbytes()); });
+  return NativeTensor::wrap(info.Env(), t);
+}
+
+// random(shape, dtype, kind: 'uniform' | 'normal', seed, stream)
+Napi::Value random_fill(const Napi::CallbackInfo& info) {
+  std::vector<int64_t> shape = get_shape(info[0], "shape");
+  DType dt = get_dtype(info[1], "dtype");
+  if (dt == DType::I32) arg_error(ErrorCode::DType, "dtype", "one of: float32, bfloat16, float16", info[1]);
+  std::string kind = get_string(info[2], "kind");
+  if (kind != "uniform" && kind != "normal") arg_error(ErrorCode::Arg, "kind", "one of: uniform, normal", info[2]);
+  uint64_t seed = get_u64(info[3], "seed");
+  uint64_t stream = get_u64(info[4], "stream");
+  Tensor t = Tensor::empty(dt, shape);
+  bool normal = kind == "normal";
+  queue_detached(info.Env(), [t, normal, seed, stream] {
+    int64_t n = t.numel();
+    if (normal) cpu().fill_normal(t.storage->data(), t.dtype, n, seed, stream, 0);
+    else cpu().fill_uniform(t.storage->data(), t.dtype, n, seed, stream, 0);
+  });
+  return NativeTensor::wrap(info.Env(), t);
+}
+
+// matmul(a, b, transA, transB): Promise<NativeTensor>, float32 2-D.
+Napi::Value matmul(const Napi::CallbackInfo& info) {
+  Tensor a = NativeTensor::unwrap(info[0], "a");
+  Tensor b = NativeTensor::unwrap(info[1], "b");
+  bool ta = get_bool(info[2], "transA");
+  bool tb = get_bool(info[3], "transB");
+  for (const auto* p : {&a, &b}) {
+    const char* name = p == &a ? "a" : "b";
+    if (p->dtype != DType::F32)
+      throw Error(ErrorCode::DType, fmt("Expected a float32 tensor for ", name, " but received ", dtype_name(p->dtype)));
+    if (p->shape.size() != 2)
+      throw Error(ErrorCode::Shape, fmt("Expected a 2-D tensor for ", name, " but received shape ", shape_str(p->shape)));
+  }
+  int64_t M = ta ? a.shape[1] : a.shape[0], K = ta ? a.shape[0] : a.shape[1];
+  int64_t Kb = tb ? b.shape[1] : b.shape[0], N = tb ? b.shape[0] : b.shape[1];
+  if (K != Kb)
+    throw Error(ErrorCode::Shape, fmt("matmul: inner dimensions differ: op(a) is [", M, ", ", K, "] and op(b) is [", Kb,
+                                      ", ", N, "] (a ", shape_str(a.shape), (ta ? " transposed" : ""), ", b ",
+                                      shape_str(b.shape), (tb ? " transposed" : ""), ")"));
+  Tensor c = Tensor::empty(DType::F32, {M, N});
+  auto work = [a, b, c, ta, tb, M, N, K]() mutable {
+    cpu().gemm_f32(ta, tb, M, N, K, 1.0f, a.data<float>(), std::max<int64_t>(1, a.shape[1]), b.data<float>(),
+                   std::max<int64_t>(1, b.shape[1]), 0.0f, c.data<float>(), std::max<int64_t>(1, N));
+  };
+  return queue_job(info.Env(), std::move(work), [c](Napi::Env env) -> Napi::Value { return NativeTensor::wrap(env, c); });
+}
+
+// _philox(counter: Uint32Array(4), key: Uint32Array(2)): Uint32Array(4). For known-answer tests.
+Napi::Value philox(const Napi::CallbackInfo& info) {
+  auto get = [&](int i, size_t len, const char* name) {
+    if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
+        info[i].As<Napi::TypedArray>().ElementLength() != len)
+      arg_error(ErrorCode::Arg, name, fmt("a Uint32Array of length ", len), info[i]);
+    return info[i].As<Napi::Uint32Array>();
+  };
+  Napi::Uint32Array c = get(0, 4, "counter"), k = get(1, 2, "key");
+  Philox4x32 in{{c[0], c[1], c[2], c[3]}};
+  Philox4x32 out = philox4x32_10(in, k[0], k[1]);
+  Napi::Uint32Array r = Napi::Uint32Array::New(info.Env(), 4);
+  for (int i = 0; i < 4; ++i) r[i] = out.v[i];
+  return r;
+}
+
+// _gemmDirect(impl: 'blas' | 'builtin', transA, transB, M, N, K, A, B, C): synchronous, on the
+// calling thread, straight into the GEMM with no tensors or queue. For bench/ only.
+Napi::Value gemm_direct(const Napi::CallbackInfo& info) {
+  std::string impl = get_string(info[0], "impl");
+  bool ta = get_bool(info[1], "transA"), tb = get_bool(info[2], "transB");
+  int64_t M = get_int(info[3], "M", 1, 1 << 20), N = get_int(info[4], "N", 1, 1 << 20), K = get_int(info[5], "K", 1, 1 << 20);
+  auto arr = [&](int i, int64_t len, const char* name) {
+    if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
+        int64_t(info[i].As<Napi::TypedArray>().ElementLength()) != len)
+      arg_error(ErrorCode::Arg, name, fmt("a Float32Array of length ", len), info[i]);
+    return info[i].As<Napi::Float32Array>().Data();
+  };
+  float* A = arr(6, M * K, "A");
+  float* B = arr(7, K * N, "B");
+  float* C = arr(8, M * N, "C");
+  int64_t lda = ta ? M : K, ldb = tb ? K : N;
+  if (impl == "blas") {
+    if (!cpu::blas_info().linked) throw Error(ErrorCode::Device, "this build has no CBLAS library");
+    cpu::blas_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+  } else if (impl == "builtin") {
+    // The backend pool belongs to the executor thread; this synchronous path gets its own.
+    static std::unique_ptr<ThreadPool> pool;
+    if (!pool || pool->size() != cpu::cpu_threads()) pool = std::make_unique<ThreadPool>(cpu::cpu_threads());
+    cpu::gemm_builtin_f32(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N, *pool);
+  } else {
+    arg_error(ErrorCode::Arg, "impl", "one of: blas, builtin", info[0]);
+  }
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void register_ops(Napi::Env env, Napi::Object exports) {
+  exports.Set("fromArray", Napi::Function::New<guarded<from_array>>(env, "fromArray"));
+  exports.Set("zeros", Napi::Function::New<guarded<zeros>>(env, "zeros"));
+  exports.Set("random", Napi::Function::New<guarded<random_fill>>(env, "random"));
+  exports.Set("matmul", Napi::Function::New<guarded<matmul>>(env, "matmul"));
+  exports.Set("_philox", Napi::Function::New<guarded<philox>>(env, "_philox"));
+  exports.Set("_gemmDirect", Napi::Function::New<guarded<gemm_direct>>(env, "_gemmDirect"));
+}
+
+}  // namespace sk::napi

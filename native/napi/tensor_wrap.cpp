@@ -1,0 +1,152 @@
+#include "tensor_wrap.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "../cpu/cpu_backend.h"
+#include "args.h"
+#include "async.h"
+#include "env_data.h"
+
+namespace sk::napi {
+
+namespace {
+
+// Distinguishes our handles from any other object passed in (napi_type_tag_object).
+const napi_type_tag kTensorTag = {0x5ae1c17e6a5f0a11ULL, 0x9d2c4b7e13a8f0d3ULL};
+
+// Resolves to a fresh ArrayBuffer owning `bytes` bytes at `data` (freed by its finalizer), or a
+// copy where the runtime forbids external buffers (Electron).
+Napi::ArrayBuffer adopt_buffer(Napi::Env env, void* data, size_t bytes) {
+  napi_value ab;
+  napi_status s = napi_create_external_arraybuffer(
+      env, data, bytes, [](napi_env, void* p, void*) { std::free(p); }, nullptr, &ab);
+  if (s == napi_ok) return Napi::ArrayBuffer(env, ab);
+  Napi::ArrayBuffer copy = Napi::ArrayBuffer::New(env, bytes);
+  if (bytes) std::memcpy(copy.Data(), data, bytes);
+  std::free(data);
+  return copy;
+}
+
+}  // namespace
+
+Napi::Function NativeTensor::define(Napi::Env env) {
+  return DefineClass(env, "NativeTensor",
+                     {
+                         InstanceAccessor<&NativeTensor::dtype>("dtype"),
+                         InstanceAccessor<&NativeTensor::shape>("shape"),
+                         InstanceAccessor<&NativeTensor::device>("device"),
+                         InstanceAccessor<&NativeTensor::nbytes>("nbytes"),
+                         InstanceAccessor<&NativeTensor::disposed>("disposed"),
+                         InstanceMethod<&NativeTensor::dispose>("dispose"),
+                         InstanceMethod<&NativeTensor::to_array>("toArray"),
+                         InstanceMethod<&NativeTensor::to_dtype>("to"),
+                     });
+}
+
+NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTensor>(info) {
+  info.This().As<Napi::Object>().TypeTag(&kTensorTag);
+}
+
+NativeTensor::~NativeTensor() {
+  if (live_ && reported_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
+}
+
+Napi::Object NativeTensor::wrap(Napi::Env env, Tensor t) {
+  Napi::Object obj = env_data(env).tensor_ctor.New({});
+  NativeTensor* self = NativeTensor::Unwrap(obj);
+  self->reported_ = int64_t(t.storage ? t.storage->bytes() : 0);
+  self->t_ = std::move(t);
+  self->live_ = true;
+  if (self->reported_) Napi::MemoryManagement::AdjustExternalMemory(env, self->reported_);
+  return obj;
+}
+
+Tensor& NativeTensor::unwrap(const Napi::Value& v, const std::string& name) {
+  if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&kTensorTag)) arg_error(ErrorCode::Arg, name, "a Tensor", v);
+  NativeTensor* self = NativeTensor::Unwrap(v.As<Napi::Object>());
+  if (!self->live_) throw Error(ErrorCode::Disposed, fmt(name, " is a disposed Tensor; it cannot be used any more"));
+  return self->t_;
+}
+
+void NativeTensor::release(Napi::Env env) {
+  if (!live_) return;
+  live_ = false;
+  if (reported_) Napi::MemoryManagement::AdjustExternalMemory(env, -reported_);
+  reported_ = 0;
+  t_.storage.reset();  // queued jobs that use it keep their own reference
+}
+
+Napi::Value NativeTensor::dtype(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), dtype_name(t_.dtype));
+}
+
+Napi::Value NativeTensor::shape(const Napi::CallbackInfo& info) {
+  Napi::Array a = Napi::Array::New(info.Env(), t_.shape.size());
+  for (size_t i = 0; i < t_.shape.size(); ++i) a.Set(uint32_t(i), Napi::Number::New(info.Env(), double(t_.shape[i])));
+  return a;
+}
+
+Napi::Value NativeTensor::device(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), t_.storage ? t_.storage->device().name() : "cpu");
+}
+
+Napi::Value NativeTensor::nbytes(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), double(live_ ? t_.nbytes() : 0));
+}
+
+Napi::Value NativeTensor::disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !live_); }
+
+Napi::Value NativeTensor::dispose(const Napi::CallbackInfo& info) {
+  release(info.Env());
+  return info.Env().Undefined();
+}
+
+// toArray(): Promise<TypedArray> with a copy of the raw values (bf16/f16 as Uint16Array).
+Napi::Value NativeTensor::to_array(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&] { return to_array_impl(info); });
+}
+
+Napi::Value NativeTensor::to_array_impl(const Napi::CallbackInfo& info) {
+  Tensor src = unwrap(info.This(), "tensor");
+  size_t bytes = src.nbytes();
+  // Owned here until the result ArrayBuffer adopts it, so a failed or abandoned job frees it.
+  using HostBuffer = std::unique_ptr<void, void (*)(void*)>;
+  auto out = std::make_shared<HostBuffer>(std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64), &std::free);
+  if (!*out) throw Error(ErrorCode::Memory, fmt("could not allocate ", bytes, " bytes for toArray()"));
+  auto work = [src, out, bytes] {
+    sk_backend b = cpu::cpu_backend();
+    sk_status st{};
+    status_throw(b.iface->download(b.ctx, &st, out->get(), src.storage->data(), bytes), st);
+  };
+  int64_t n = src.numel();
+  DType dt = src.dtype;
+  auto complete = [out, bytes, n, dt](Napi::Env env) -> Napi::Value {
+    Napi::ArrayBuffer ab = adopt_buffer(env, out->release(), bytes);
+    napi_value arr;
+    napi_status s = napi_create_typedarray(env, typedarray_type_for(dt), size_t(n), ab, 0, &arr);
+    if (s != napi_ok) throw Napi::Error::New(env, "saekit: could not create the result TypedArray");
+    return Napi::Value(env, arr);
+  };
+  return queue_job(info.Env(), std::move(work), std::move(complete));
+}
+
+// to(dtype): Promise<NativeTensor> converted natively (round to nearest even).
+Napi::Value NativeTensor::to_dtype(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&] { return to_dtype_impl(info); });
+}
+
+Napi::Value NativeTensor::to_dtype_impl(const Napi::CallbackInfo& info) {
+  Tensor src = unwrap(info.This(), "tensor");
+  DType dt = get_dtype(info[0], "dtype");
+  Tensor dst = Tensor::empty(dt, src.shape);
+  int64_t n = src.numel();
+  auto work = [src, dst, n]() mutable {
+    Backend(cpu::cpu_backend()).convert(dst.storage->data(), dst.dtype, src.storage->data(), src.dtype, n);
+  };
+  auto complete = [dst](Napi::Env env) -> Napi::Value { return wrap(env, dst); };
+  return queue_job(info.Env(), std::move(work), std::move(complete));
+}
+
+}  // namespace sk::napi

@@ -1,0 +1,141 @@
+/**
+ * Wrong types and sizes fed to every exported function: only clean, coded errors, never a crash
+ * (a crash would kill this test process and fail the file).
+ */
+import { describe, expect, it } from 'vitest';
+
+import * as saekit from '../lib/index.js';
+import { native } from '../lib/native/index.js';
+import { lcg } from './helpers/reference.js';
+
+const CODES = new Set([
+  'ERR_SAEKIT_ARG',
+  'ERR_SAEKIT_SHAPE',
+  'ERR_SAEKIT_DTYPE',
+  'ERR_SAEKIT_DISPOSED',
+  'ERR_SAEKIT_DEVICE',
+  'ERR_SAEKIT_MEMORY',
+]);
+
+function junk(): unknown[] {
+  const disposed = saekit.zeros([2]);
+  disposed.dispose();
+  return [
+    undefined,
+    null,
+    0,
+    -1,
+    1.5,
+    NaN,
+    Infinity,
+    2 ** 53,
+    -(2 ** 31),
+    '',
+    'float32',
+    'cpu',
+    true,
+    {},
+    [],
+    [-1],
+    [1.5],
+    [2 ** 40, 2 ** 40],
+    [2 ** 36],
+    [1, 2, 3, 4, 5, 6, 7, 8, 9],
+    ['2'],
+    Symbol('s'),
+    () => 1,
+    10n,
+    -1n,
+    new Float32Array(3),
+    new Uint16Array(2),
+    new Int32Array(1),
+    new Float64Array(2),
+    new Uint8Array(4),
+    new ArrayBuffer(8),
+    disposed,
+    { shape: [2], dtype: 'float32' },
+    Object.create(null),
+  ];
+}
+
+async function expectCleanError(fn: () => unknown, label: string): Promise<void> {
+  try {
+    const r = fn();
+    if (r instanceof Promise) await r;
+  } catch (e) {
+    expect(e, label).toBeInstanceOf(saekit.SaekitError);
+    expect(CODES.has((e as saekit.SaekitError).code), `${label}: ${(e as Error).message}`).toBe(true);
+    expect((e as Error).message.length, label).toBeGreaterThan(10);
+  }
+}
+
+describe('fuzzing the public API', () => {
+  it('tensor, zeros, randn, rand, matmul, setThreads, Tensor.to only throw coded SaekitErrors', async () => {
+    const values = junk();
+    using good = saekit.tensor([[1, 2], [3, 4]]);
+    const fns: [string, (x: unknown, y: unknown) => unknown][] = [
+      ['tensor(x)', (x) => saekit.tensor(x as never)],
+      ['tensor(x, y)', (x, y) => saekit.tensor(x as never, y as never)],
+      ['tensor(f32, [n], y)', (_x, y) => saekit.tensor(new Float32Array(2), [2], y as never)],
+      ['zeros(x, y)', (x, y) => saekit.zeros(x as never, y as never)],
+      ['randn(x, y)', (x, y) => saekit.randn(x as never, y as never)],
+      ['rand([2], {seed: x, dtype: y})', (x, y) => saekit.rand([2], { seed: x as never, dtype: y as never })],
+      ['randn([2], {stream: x})', (x) => saekit.randn([2], { stream: x as never })],
+      ['matmul(x, y)', (x, y) => saekit.ops.matmul(x as never, y as never)],
+      ['matmul(good, x, y)', (x, y) => saekit.ops.matmul(good, x as never, y as never)],
+      ['matmul(good, good, {transA: x, transB: y})', (x, y) => saekit.ops.matmul(good, good, { transA: x as never, transB: y as never })],
+      ['setThreads(x)', (x) => saekit.backend.setThreads(x as never)],
+      ['good.to(x)', (x) => good.to(x as never)],
+    ];
+    const made: saekit.Tensor[] = [];
+    for (const [label, fn] of fns) {
+      for (const x of values) {
+        for (const y of [undefined, values[Math.floor(Math.random() * values.length)]]) {
+          await expectCleanError(() => {
+            const r = fn(x, y);
+            if (r instanceof saekit.Tensor) made.push(r);
+            return r;
+          }, `${label} with ${String(typeof x)}`);
+        }
+      }
+    }
+    made.forEach((t) => t.dispose());
+    saekit.backend.setThreads(saekit.backend.info().hardwareThreads);
+  });
+
+  it('the raw native functions reject random argument lists without crashing', async () => {
+    const b = native() as unknown as Record<string, (...args: unknown[]) => unknown>;
+    const values = junk();
+    const next = lcg(Date.now() >>> 0);
+    const pick = () => values[Math.floor(next() * values.length)];
+    const fns = ['fromArray', 'zeros', 'random', 'matmul', '_philox', '_gemmDirect', 'setThreads', 'info', 'stats'];
+    let threw = 0;
+    for (const name of fns) {
+      for (let trial = 0; trial < 300; trial++) {
+        const args = Array.from({ length: Math.floor(next() * 10) }, pick);
+        try {
+          const r = b[name]!(...args);
+          if (r instanceof Promise) await r.catch(() => undefined);
+          if (r && typeof (r as { dispose?: unknown }).dispose === 'function') (r as { dispose(): void }).dispose();
+        } catch (e) {
+          threw++;
+          expect(e).toBeInstanceOf(Error);
+        }
+      }
+    }
+    expect(threw).toBeGreaterThan(1000);
+    // The addon still works afterwards.
+    saekit.backend.setThreads(saekit.backend.info().hardwareThreads);
+    using t = saekit.tensor([1, 2, 3]);
+    expect(Array.from(await t.toArray())).toEqual([1, 2, 3]);
+  });
+
+  it('native methods called on foreign objects are rejected', () => {
+    using t = saekit.zeros([2]);
+    const NativeTensor = (native() as unknown as { NativeTensor: new () => { toArray(): unknown } }).NativeTensor;
+    const empty = new NativeTensor();
+    expect(() => empty.toArray()).toThrow(/disposed/);
+    expect(() => native().matmul({} as never, {} as never, false, false)).toThrow(/Expected a Tensor for a/);
+    expect(t.disposed).toBe(false);
+  });
+});

@@ -1,0 +1,168 @@
+/**
+ * Conversion tests against an independent reference: the nearest representable value found by
+ * searching a sorted table of every finite bf16/f16 value (exact in float64), ties to the even
+ * bit pattern. No bit tricks are shared with the native code.
+ */
+import { expect, it } from 'vitest';
+
+import { tensor } from '../../lib/index.js';
+import { lcg } from './reference.js';
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+function bitsToF32(b: number): number {
+  u32[0] = b >>> 0;
+  return f32[0]!;
+}
+
+/** The value of a 16-bit pattern, computed from the IEEE definition. */
+function decode16(h: number, kind: 'bfloat16' | 'float16'): number {
+  const expBits = kind === 'float16' ? 5 : 8;
+  const manBits = 15 - expBits;
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> manBits) & ((1 << expBits) - 1);
+  const man = h & ((1 << manBits) - 1);
+  const bias = (1 << (expBits - 1)) - 1;
+  if (exp === (1 << expBits) - 1) return man ? NaN : sign * Infinity;
+  if (exp === 0) return sign * man * 2 ** (1 - bias - manBits);
+  return sign * (1 + man / 2 ** manBits) * 2 ** (exp - bias);
+}
+
+interface Table {
+  values: Float64Array; // ascending, non-negative finite values
+  bits: Uint16Array; // their patterns
+  maxFinite: number;
+}
+
+function table(kind: 'bfloat16' | 'float16'): Table {
+  const vals: [number, number][] = [];
+  for (let h = 0; h < 0x8000; h++) {
+    const v = decode16(h, kind);
+    if (Number.isFinite(v)) vals.push([v, h]);
+  }
+  vals.sort((a, b) => a[0] - b[0]);
+  return {
+    values: Float64Array.from(vals, (x) => x[0]),
+    bits: Uint16Array.from(vals, (x) => x[1]),
+    maxFinite: vals[vals.length - 1]![0],
+  };
+}
+
+/** Round-to-nearest-even of a finite or infinite number to the 16-bit format (NaN handled by the caller). */
+function reference16(x: number, t: Table): number {
+  const sign = x < 0 || Object.is(x, -0) ? 0x8000 : 0;
+  const a = Math.abs(x);
+  const { values, bits } = t;
+  const n = values.length;
+  // Overflow threshold: halfway between the largest finite value and the next power step.
+  const last = values[n - 1]!;
+  const ulp = last - values[n - 2]!;
+  if (a >= last + ulp / 2) return sign | (bits[n - 1]! + 1); // the pattern after max finite is inf
+  let lo = 0;
+  let hi = n - 1;
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1;
+    if (values[mid]! <= a) lo = mid;
+    else hi = mid;
+  }
+  if (a <= values[lo]!) return sign | bits[lo]!;
+  const dLo = a - values[lo]!;
+  const dHi = values[hi]! - a;
+  if (dLo < dHi) return sign | bits[lo]!;
+  if (dHi < dLo) return sign | bits[hi]!;
+  return sign | ((bits[lo]! & 1) === 0 ? bits[lo]! : bits[hi]!);
+}
+
+async function convert(values: Float32Array, to: 'bfloat16' | 'float16'): Promise<Uint16Array> {
+  using t = tensor(values, [values.length], { dtype: to });
+  return (await t.toArray()) as Uint16Array;
+}
+
+export function dtypeSuite(): void {
+  for (const kind of ['bfloat16', 'float16'] as const) {
+    it(`${kind}: all 65536 bit patterns widen exactly and round-trip (NaN stays NaN)`, async () => {
+      const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
+      using h = tensor(all, [65536], { dtype: kind });
+      using f = await h.to('float32');
+      const wide = await f.toArray();
+      for (let i = 0; i < 65536; i++) {
+        const want = decode16(i, kind);
+        if (Number.isNaN(want)) expect(Number.isNaN(wide[i]), `pattern ${i}`).toBe(true);
+        else if (!Object.is(wide[i], want)) expect(wide[i], `pattern 0x${i.toString(16)}`).toBe(want);
+      }
+      using back = await f.to(kind);
+      const bits = (await back.toArray()) as Uint16Array;
+      for (let i = 0; i < 65536; i++) {
+        if (Number.isNaN(decode16(i, kind))) {
+          expect(Number.isNaN(decode16(bits[i]!, kind)), `NaN pattern 0x${i.toString(16)}`).toBe(true);
+          expect(bits[i]! & 0x8000, 'NaN keeps its sign').toBe(i & 0x8000);
+        } else if (bits[i] !== i) {
+          expect(bits[i], `pattern 0x${i.toString(16)}`).toBe(i);
+        }
+      }
+    });
+
+    it(`${kind}: float32 -> ${kind} rounds to nearest, ties to even, at every midpoint and random inputs`, async () => {
+      const t = table(kind);
+      const inputs: number[] = [];
+      // Midpoints between neighbours (ties) and the float32 values just around them.
+      for (let i = 0; i + 1 < t.values.length; i++) {
+        const mid = (t.values[i]! + t.values[i + 1]!) / 2;
+        const m32 = Math.fround(mid);
+        if (m32 !== mid) continue; // not representable in float32 (cannot be an input)
+        u32[0] = 0;
+        f32[0] = m32;
+        const b = u32[0];
+        inputs.push(m32, -m32, bitsToF32(b + 1), bitsToF32(b - 1));
+      }
+      // Random float32 bit patterns over the whole range, plus special values and edges.
+      const next = lcg(Date.now() >>> 0);
+      for (let i = 0; i < 100_000; i++) inputs.push(bitsToF32(Math.floor(next() * 4294967296)));
+      inputs.push(0, -0, Infinity, -Infinity, 65504, 65519.99, 65520, 65536, 1e-8, 2 ** -24, 2 ** -25, 3 * 2 ** -26, 3.4e38, 1.4e-45);
+      const x = Float32Array.from(inputs);
+      const got = await convert(x, kind);
+      let bad = 0;
+      let first = '';
+      for (let i = 0; i < x.length; i++) {
+        const v = x[i]!;
+        if (Number.isNaN(v)) {
+          if (!Number.isNaN(decode16(got[i]!, kind))) bad++;
+          continue;
+        }
+        const want = reference16(v, t);
+        if (got[i] !== want) {
+          if (!bad) first = `${v} -> 0x${got[i]!.toString(16)}, want 0x${want.toString(16)}`;
+          bad++;
+        }
+      }
+      expect(bad, first).toBe(0);
+    });
+  }
+
+  it('float16 <-> bfloat16 rounds once (through exact float32)', async () => {
+    const bt = table('bfloat16');
+    const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    using h = tensor(all, [65536], { dtype: 'float16' });
+    using b = await h.to('bfloat16');
+    const got = (await b.toArray()) as Uint16Array;
+    for (let i = 0; i < 65536; i++) {
+      const v = decode16(i, 'float16');
+      if (Number.isNaN(v)) {
+        expect(Number.isNaN(decode16(got[i]!, 'bfloat16'))).toBe(true);
+        continue;
+      }
+      const want = reference16(v, bt);
+      if (got[i] !== want) expect(got[i], `f16 0x${i.toString(16)}`).toBe(want);
+    }
+  });
+
+  it('int32 <-> float32: exact below 2^24, truncation toward zero, saturation, NaN -> 0', async () => {
+    using i = tensor(Int32Array.from([0, 1, -1, 16777216, 16777217, 2147483647, -2147483648]));
+    using f = await i.to('float32');
+    expect(Array.from(await f.toArray())).toEqual([0, 1, -1, 16777216, 16777216, 2147483648, -2147483648]);
+    using g = tensor(Float32Array.from([1.9, -1.9, 3e9, -3e9, NaN, Infinity, -0.5]));
+    using j = await g.to('int32');
+    expect(Array.from(await j.toArray())).toEqual([1, -1, 2147483647, -2147483648, 0, 2147483647, 0]);
+  });
+}

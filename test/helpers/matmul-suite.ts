@@ -1,0 +1,70 @@
+/** The matmul test body, shared by the OpenBLAS run and the built-in GEMM run. */
+import { expect, it } from 'vitest';
+
+import { ops, tensor } from '../../lib/index.js';
+import { lcg, randomMatrix, referenceMatmul } from './reference.js';
+
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1],
+  [17, 33, 65],
+  [257, 129, 513],
+  [3, 200, 7],
+  [64, 1, 31],
+];
+
+export function matmulSuite(seedBase: number): void {
+  for (const [M, N, K] of SHAPES) {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        it(`matches a float64 reference for ${M}x${N}x${K} transA=${transA} transB=${transB}`, async () => {
+          // Fresh inputs each run: seed from the time, reported on failure.
+          const seed = (Date.now() ^ (seedBase * 7919) ^ (M * 31 + N * 17 + K)) >>> 0;
+          const next = lcg(seed);
+          const A = randomMatrix(transA ? K : M, transA ? M : K, next);
+          const B = randomMatrix(transB ? N : K, transB ? K : N, next);
+          using a = tensor(A, transA ? [K, M] : [M, K]);
+          using b = tensor(B, transB ? [N, K] : [K, N]);
+          using c = await ops.matmul(a, b, { transA, transB });
+          expect(c.shape).toEqual([M, N]);
+          const got = await c.toArray();
+          const { C, bound } = referenceMatmul(A, B, M, N, K, transA, transB);
+          let worst = 0;
+          let worstAt = -1;
+          for (let i = 0; i < M * N; i++) {
+            const ratio = Math.abs(got[i]! - C[i]!) / bound[i]!;
+            if (!(ratio <= worst)) {
+              worst = ratio;
+              worstAt = i;
+            }
+          }
+          expect(worst, `seed ${seed}: entry ${worstAt} got ${got[worstAt]} want ${C[worstAt]} (bound ${bound[worstAt]})`).toBeLessThanOrEqual(1);
+        });
+      }
+    }
+  }
+
+  it('a wrong product is caught by the same check (the tolerance is not vacuous)', async () => {
+    const next = lcg(seedBase + 99);
+    const [M, N, K] = [17, 33, 65];
+    const A = randomMatrix(M, K, next);
+    const B = randomMatrix(K, N, next);
+    using c = await ops.matmul(tensor(A, [M, K]), tensor(B, [K, N]));
+    const got = await c.toArray();
+    const { C, bound } = referenceMatmul(A, B, M, N, K, false, false);
+    // Perturb one product term's worth: relative 1e-4 of one entry is far outside the bound.
+    got[5] = got[5]! + Math.max(1e-4 * Math.abs(C[5]!), 1e3 * bound[5]!);
+    const worst = Math.max(...Array.from(got, (g, i) => Math.abs(g - C[i]!) / bound[i]!));
+    expect(worst).toBeGreaterThan(1);
+  });
+
+  it('handles an empty inner dimension (K = 0) as a zero matrix', async () => {
+    using c = await ops.matmul(tensor(new Float32Array(0), [3, 0]), tensor(new Float32Array(0), [0, 4]));
+    expect(Array.from(await c.toArray())).toEqual(new Array(12).fill(0));
+  });
+
+  it('handles empty outer dimensions', async () => {
+    using c = await ops.matmul(tensor(new Float32Array(0), [0, 5]), tensor(new Float32Array(20), [5, 4]));
+    expect(c.shape).toEqual([0, 4]);
+    expect((await c.toArray()).length).toBe(0);
+  });
+}
