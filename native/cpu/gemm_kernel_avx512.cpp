@@ -27,7 +27,7 @@ constexpr int MR = 14, NV = 2;
 
 #include "gemm_kernel.inc"
 
-constexpr KernelInfo kInfo = {"avx512", MR, NR, 168, 256, 2048, &macro_kernel};
+constexpr KernelInfo kInfo = {"avx512", MR, NR, 168, 384, 2048, &macro_kernel};
 
 }  // namespace
 
