@@ -1,6 +1,6 @@
 {
   "variables": {
-    "saekit_common_cflags": ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"],
+    "saekit_common_cflags": ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wall", "-Wno-unused-function", "-fno-math-errno"],
     "saekit_defines": [
       "NAPI_VERSION=9",
       "NODE_ADDON_API_DISABLE_DEPRECATED",
@@ -9,8 +9,8 @@
     ]
   },
   "target_defaults": {
-    "cflags!": ["-fno-exceptions", "-O2", "-O3"],
-    "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=c++17", "-O2", "-O3"],
+    "cflags!": ["-fno-exceptions"],
+    "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
     "defines": ["<@(saekit_defines)"],
     "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except_all"]
   },

@@ -8,8 +8,9 @@ import { parseArgs } from 'node:util';
 import { backend } from '../lib/index.js';
 import { gemm } from './gemm.js';
 import { type Benchmark, formatTable, machine, saveResults } from './harness.js';
+import { topkStep } from './topk-step.js';
 
-const BENCHMARKS: Benchmark[] = [gemm];
+const BENCHMARKS: Benchmark[] = [gemm, topkStep];
 
 async function main(): Promise<void> {
   const { positionals, values } = parseArgs({

@@ -23,3 +23,17 @@ export {
 } from './tensor/index.js';
 export * as ops from './tensor/ops.js';
 export type { MatmulOptions } from './tensor/ops.js';
+export {
+  SparseAutoencoder,
+  AdamOptimizer,
+  type SparseCodes,
+  type SaeWeights,
+  type Rows,
+  type CreateOptions,
+  type AuxKOptions,
+  type GradientOptions,
+  type Gradients,
+  type AdamOptions,
+  type StepOptions,
+  type StepStats,
+} from './sae/index.js';

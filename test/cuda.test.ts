@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { backend } from '../lib/index.js';
 import { packageRoot } from '../lib/native/index.js';
 
-const plugin = path.join(packageRoot, 'build', 'cuda', 'libsaekit_cuda.so');
+const plugin = path.join(packageRoot, 'build-cuda', 'libsaekit_cuda.so');
 
 describe('CUDA backend detection', () => {
   it('the CPU backend always loads, and info() says why CUDA is not used', () => {

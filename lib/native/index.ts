@@ -35,7 +35,61 @@ export interface NativeInfo {
   napiVersion: number;
 }
 
-/** The addon's exports (native/napi/addon.cpp, ops.cpp). */
+/** The addon's SAE handle (native/napi/sae_wrap.cpp). Weights use the SAELens orientation. */
+export interface NativeSaeWeights {
+  W_enc: Float32Array;
+  b_enc: Float32Array;
+  W_dec: Float32Array;
+  b_dec: Float32Array;
+}
+export interface NativeSae {
+  readonly disposed: boolean;
+  dispose(): void;
+  weights(): Promise<NativeSaeWeights>;
+  encode(x: Float32Array | NativeTensor): Promise<{ values: Float32Array; indices: Int32Array }>;
+  decode(values: Float32Array, indices: Int32Array, rows: number): Promise<Float32Array>;
+  forward(x: Float32Array | NativeTensor): Promise<{ values: Float32Array; indices: Int32Array; recon: Float32Array; fvu: number }>;
+  preActivations(x: Float32Array | NativeTensor): Promise<Float32Array>;
+  gradients(
+    x: Float32Array | NativeTensor,
+    deadMask: Uint8Array | null,
+    alpha: number,
+  ): Promise<NativeSaeWeights & { loss: number; fvu: number; auxkLoss: number }>;
+  sinceFired(): Promise<Float64Array>;
+  adam(lr: number, beta1: number, beta2: number, eps: number): NativeAdam;
+}
+export interface NativeAdam {
+  readonly steps: number;
+  readonly disposed: boolean;
+  dispose(): void;
+  step(
+    x: Float32Array | NativeTensor,
+    lr: number,
+    auxkAlpha: number,
+    deadThresholdTokens: number,
+  ): Promise<{
+    loss: number;
+    fvu: number;
+    auxkLoss: number;
+    l0: number;
+    numDead: number;
+    seconds: { gemm: number; select: number; decode: number; backward: number; update: number };
+  }>;
+}
+export interface NativeSaeStatics {
+  create(dIn: number, numLatents: number, k: number, seed: bigint): NativeSae;
+  fromWeights(
+    W_enc: Float32Array,
+    b_enc: Float32Array,
+    W_dec: Float32Array,
+    b_dec: Float32Array,
+    dIn: number,
+    numLatents: number,
+    k: number,
+  ): NativeSae;
+}
+
+/** The addon's exports (native/napi/addon.cpp, ops.cpp, sae_wrap.cpp). */
 export interface NativeBinding {
   info(pluginCandidates: string[]): NativeInfo;
   setThreads(threads: number): number;
@@ -44,6 +98,7 @@ export interface NativeBinding {
   zeros(shape: readonly number[], dtype: NativeDType): NativeTensor;
   random(shape: readonly number[], dtype: NativeDType, kind: 'uniform' | 'normal', seed: bigint, stream: bigint): NativeTensor;
   matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): Promise<NativeTensor>;
+  NativeSae: NativeSaeStatics;
   _philox(counter: Uint32Array, key: Uint32Array): Uint32Array;
   _gemmDirect(
     impl: 'blas' | 'builtin',
@@ -88,7 +143,7 @@ export function native(): NativeBinding {
 export function cudaPluginCandidates(): string[] {
   const out: string[] = [];
   if (process.env.SAEKIT_CUDA_PLUGIN) out.push(path.resolve(process.env.SAEKIT_CUDA_PLUGIN));
-  out.push(path.join(packageRoot, 'build', 'cuda', 'libsaekit_cuda.so'));
+  out.push(path.join(packageRoot, 'build-cuda', 'libsaekit_cuda.so'));
   out.push(path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`, 'cuda', 'libsaekit_cuda.so'));
   return out;
 }

@@ -11,6 +11,7 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::Device: return "ERR_SAEKIT_DEVICE";
     case ErrorCode::Format: return "ERR_SAEKIT_FORMAT";
     case ErrorCode::Memory: return "ERR_SAEKIT_MEMORY";
+    case ErrorCode::NonFinite: return "ERR_SAEKIT_NONFINITE";
     case ErrorCode::Internal: return "ERR_SAEKIT_INTERNAL";
   }
   return "ERR_SAEKIT_INTERNAL";

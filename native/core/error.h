@@ -15,6 +15,7 @@ enum class ErrorCode {
   Device,    // ERR_SAEKIT_DEVICE: backend/device not available
   Format,    // ERR_SAEKIT_FORMAT: malformed file
   Memory,    // ERR_SAEKIT_MEMORY: allocation failed
+  NonFinite, // ERR_SAEKIT_NONFINITE: NaN or infinity in an input, or a loss that became non-finite
   Internal,  // ERR_SAEKIT_INTERNAL: a bug in saekit
 };
 

@@ -82,23 +82,6 @@ int cpu_fill_normal(void*, sk_status* st, void* dst, sk_dtype t, int64_t n, uint
   SK_SLOT(st, fill_normal(dst, DType(t), n, seed, stream, offset, context().pool.get()));
 }
 
-void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-              const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  SK_CHECK(M >= 0 && N >= 0 && K >= 0, ErrorCode::Shape, "gemm: Expected non-negative sizes but received M=", M,
-           ", N=", N, ", K=", K);
-  SK_CHECK(lda >= std::max<int64_t>(1, ta ? M : K) && ldb >= std::max<int64_t>(1, tb ? K : N) &&
-               ldc >= std::max<int64_t>(1, N),
-           ErrorCode::Shape, "gemm: leading dimensions too small (lda=", lda, ", ldb=", ldb, ", ldc=", ldc, ")");
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // an empty sum: C = beta * C (BLAS would reject lda = 0)
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-    return;
-  }
-  if (blas_info().active) blas_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  else gemm_builtin_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, *context().pool);
-}
-
 int cpu_gemm_f32(void*, sk_status* st, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   SK_SLOT(st, gemm_f32(ta != 0, tb != 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc));
@@ -119,6 +102,23 @@ const sk_backend_i kCpuBackend = {
 };
 
 }  // namespace
+
+void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+              const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  SK_CHECK(M >= 0 && N >= 0 && K >= 0, ErrorCode::Shape, "gemm: Expected non-negative sizes but received M=", M,
+           ", N=", N, ", K=", K);
+  SK_CHECK(lda >= std::max<int64_t>(1, ta ? M : K) && ldb >= std::max<int64_t>(1, tb ? K : N) &&
+               ldc >= std::max<int64_t>(1, N),
+           ErrorCode::Shape, "gemm: leading dimensions too small (lda=", lda, ", ldb=", ldb, ", ldc=", ldc, ")");
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum: C = beta * C (BLAS would reject lda = 0)
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+    return;
+  }
+  if (blas_info().active) blas_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else gemm_builtin_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, *context().pool);
+}
 
 sk_backend cpu_backend() {
   context();

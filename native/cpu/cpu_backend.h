@@ -11,6 +11,10 @@ sk_backend cpu_backend();
 int cpu_threads();
 // The pool to run ops on (never null).
 ThreadPool& cpu_pool();
+// Row-major C[M,N] = alpha op(A) op(B) + beta C through the CPU backend's GEMM (CBLAS or
+// built-in); for CPU kernels that need a GEMM inside a larger op. Executor thread only.
+void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+              int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 // The GEMM the CPU backend runs: "openblas", "cblas" or "builtin" (blas.h says why).
 const char* cpu_gemm_name();
 

@@ -119,7 +119,8 @@ void pack_panel_rows_strided(const float* src, int64_t rs, int rows, int64_t kc,
 }
 
 template <int R>
-void pack_panel_generic(const float* src, int64_t rs, int64_t ks, int rows, int64_t kc, float* dst) {
+void pack_panel_generic(const float* src, int64_t rs, int64_t ks, int rows, int64_t kc,
+                        float* dst) {
   for (int64_t k = 0; k < kc; ++k)
     for (int r = 0; r < R; ++r) dst[k * R + r] = r < rows ? src[r * rs + k * ks] : 0.0f;
 }
@@ -161,7 +162,7 @@ void pack_block(PackPanelFn pack, int width, const Operand& x, int64_t r0, int64
 // Per-thread driver.
 
 struct Problem {
-  int64_t M, N, K;
+  int64_t K;
   float alpha, beta;
   Operand a, b;  // op(A): r = row of C; op(B): r = column of C
   float* C;
@@ -189,12 +190,12 @@ Buffer alloc_floats(int64_t count) {
 void gemm_rect(const KernelInfo& ker, const Blocking& bl, const Problem& p, int64_t i0, int64_t m,
                int64_t j0, int64_t n) {
   if (m <= 0 || n <= 0) return;
-  const int64_t mc_max = std::min(bl.mc, round_up(m, ker.mr));
-  const int64_t nc_max = std::min(bl.nc, round_up(n, ker.nr));
-  const int64_t mc_blk = balanced_block(m, mc_max, ker.mr);
-  const int64_t nc_blk = balanced_block(n, nc_max, ker.nr);
-  Buffer a_buf = alloc_floats(round_up(mc_blk, ker.mr) * bl.kc);
-  Buffer b_buf = alloc_floats(round_up(nc_blk, ker.nr) * bl.kc);
+  // Multiples of the register tile, so only the rectangle's own edge has partial tiles; the
+  // buffers are sized to what this rectangle needs, never more than one block each.
+  const int64_t mc_blk = balanced_block(m, bl.mc, ker.mr);
+  const int64_t nc_blk = balanced_block(n, bl.nc, ker.nr);
+  Buffer a_buf = alloc_floats(mc_blk * bl.kc);
+  Buffer b_buf = alloc_floats(nc_blk * bl.kc);
   const PackPanelFn pack_a = pack_panel_for(ker.mr);
   const PackPanelFn pack_b = pack_panel_for(ker.nr);
 
@@ -240,8 +241,9 @@ constexpr double kMinFlopsPerTask = 4.0 * 1024 * 1024;
 Grid choose_grid(const KernelInfo& ker, int64_t M, int64_t N, int64_t K, int threads) {
   const int64_t m_tiles = ceil_div(M, ker.mr), n_tiles = ceil_div(N, ker.nr);
   const double flops = 2.0 * double(M) * double(N) * double(K);
-  int64_t max_tasks = std::min<int64_t>(threads, std::max<int64_t>(1, int64_t(flops / kMinFlopsPerTask)));
-  max_tasks = std::min(max_tasks, m_tiles * n_tiles);
+  const int64_t max_tasks =
+      std::min({int64_t(threads), std::max<int64_t>(1, int64_t(flops / kMinFlopsPerTask)),
+                m_tiles * n_tiles});
 
   Grid best{1, 1, M, N};
   double best_cost = -1;
@@ -250,8 +252,8 @@ Grid choose_grid(const KernelInfo& ker, int64_t M, int64_t N, int64_t K, int thr
     if (tm > m_tiles || tn > n_tiles) continue;
     const int64_t mt = ceil_div(m_tiles, tm) * ker.mr;
     const int64_t nt = ceil_div(n_tiles, tn) * ker.nr;
-    // Critical path in units of K: the largest rectangle's multiply-adds (about 16 per cycle)
-    // plus packing it, which re-reads op(A) once per nc columns and op(B) once.
+    // Time of the largest rectangle per step of K, in cycles: its mt * nt multiply-adds at ~16
+    // per cycle, plus packing ~1 element per cycle (op(B) once, op(A) once per nc columns).
     const double cost = double(mt) * double(nt) / 16.0 + double(nt) +
                         double(mt) * double(ceil_div(nt, ker.nc));
     if (best_cost < 0 || cost < best_cost) {
@@ -266,9 +268,9 @@ void check_args(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const
                 int64_t lda, const float* B, int64_t ldb, const float* C, int64_t ldc) {
   SK_CHECK(M >= 0 && N >= 0 && K >= 0, ErrorCode::Arg, "gemm: negative size M=", M, " N=", N,
            " K=", K);
-  SK_CHECK(lda >= 0 && lda >= (transA ? M : K), ErrorCode::Arg, "gemm: lda=", lda, " is less than ",
+  SK_CHECK(lda >= (transA ? M : K), ErrorCode::Arg, "gemm: lda=", lda, " is less than ",
            transA ? "M=" : "K=", transA ? M : K);
-  SK_CHECK(ldb >= 0 && ldb >= (transB ? K : N), ErrorCode::Arg, "gemm: ldb=", ldb, " is less than ",
+  SK_CHECK(ldb >= (transB ? K : N), ErrorCode::Arg, "gemm: ldb=", ldb, " is less than ",
            transB ? "K=" : "N=", transB ? K : N);
   SK_CHECK(ldc >= N, ErrorCode::Arg, "gemm: ldc=", ldc, " is less than N=", N);
   const bool reads_ab = M > 0 && N > 0 && K > 0;
@@ -289,7 +291,7 @@ void gemm_builtin_f32(bool transA, bool transB, int64_t M, int64_t N, int64_t K,
   }
 
   const KernelInfo& ker = pick_kernel();
-  Problem p{M, N, K, alpha, beta,
+  Problem p{K, alpha, beta,
             transA ? Operand{A, 1, lda} : Operand{A, lda, 1},
             transB ? Operand{B, ldb, 1} : Operand{B, 1, ldb},
             C, ldc};

@@ -12,6 +12,7 @@
 #include "async.h"
 #include "env_data.h"
 #include "ops.h"
+#include "sae_wrap.h"
 #include "tensor_wrap.h"
 
 namespace sk::napi {
@@ -105,6 +106,8 @@ Napi::Value stats(const Napi::CallbackInfo& info) {
 void free_env_data(Napi::Env, EnvData* d) {
   close_dispatcher(d->dispatch);
   d->tensor_ctor.Reset();
+  d->sae_ctor.Reset();
+  d->adam_ctor.Reset();
   delete d;
 }
 
@@ -122,6 +125,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New<guarded<set_threads>>(env, "setThreads"));
   exports.Set("stats", Napi::Function::New<guarded<stats>>(env, "stats"));
   register_ops(env, exports);
+  register_sae(env, exports);
   return exports;
 }
 

@@ -11,6 +11,8 @@ struct DispatchState;  // async.cpp
 struct EnvData {
   std::shared_ptr<DispatchState> dispatch;
   Napi::FunctionReference tensor_ctor;
+  Napi::FunctionReference sae_ctor;
+  Napi::FunctionReference adam_ctor;
 };
 
 // Throws if the addon was not initialised in this env.

@@ -7,6 +7,7 @@
 #include "../cpu/cpu_backend.h"
 #include "args.h"
 #include "async.h"
+#include "buffers.h"
 #include "env_data.h"
 
 namespace sk::napi {
@@ -15,19 +16,6 @@ namespace {
 
 // Distinguishes our handles from any other object passed in (napi_type_tag_object).
 const napi_type_tag kTensorTag = {0x5ae1c17e6a5f0a11ULL, 0x9d2c4b7e13a8f0d3ULL};
-
-// Resolves to a fresh ArrayBuffer owning `bytes` bytes at `data` (freed by its finalizer), or a
-// copy where the runtime forbids external buffers (Electron).
-Napi::ArrayBuffer adopt_buffer(Napi::Env env, void* data, size_t bytes) {
-  napi_value ab;
-  napi_status s = napi_create_external_arraybuffer(
-      env, data, bytes, [](napi_env, void* p, void*) { std::free(p); }, nullptr, &ab);
-  if (s == napi_ok) return Napi::ArrayBuffer(env, ab);
-  Napi::ArrayBuffer copy = Napi::ArrayBuffer::New(env, bytes);
-  if (bytes) std::memcpy(copy.Data(), data, bytes);
-  std::free(data);
-  return copy;
-}
 
 }  // namespace
 
@@ -111,24 +99,15 @@ Napi::Value NativeTensor::to_array(const Napi::CallbackInfo& info) {
 Napi::Value NativeTensor::to_array_impl(const Napi::CallbackInfo& info) {
   Tensor src = unwrap(info.This(), "tensor");
   size_t bytes = src.nbytes();
-  // Owned here until the result ArrayBuffer adopts it, so a failed or abandoned job frees it.
-  using HostBuffer = std::unique_ptr<void, void (*)(void*)>;
-  auto out = std::make_shared<HostBuffer>(std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64), &std::free);
-  if (!*out) throw Error(ErrorCode::Memory, fmt("could not allocate ", bytes, " bytes for toArray()"));
+  auto out = HostArray::allocate(bytes);
   auto work = [src, out, bytes] {
     sk_backend b = cpu::cpu_backend();
     sk_status st{};
-    status_throw(b.iface->download(b.ctx, &st, out->get(), src.storage->data(), bytes), st);
+    status_throw(b.iface->download(b.ctx, &st, out->data(), src.storage->data(), bytes), st);
   };
-  int64_t n = src.numel();
+  size_t n = size_t(src.numel());
   DType dt = src.dtype;
-  auto complete = [out, bytes, n, dt](Napi::Env env) -> Napi::Value {
-    Napi::ArrayBuffer ab = adopt_buffer(env, out->release(), bytes);
-    napi_value arr;
-    napi_status s = napi_create_typedarray(env, typedarray_type_for(dt), size_t(n), ab, 0, &arr);
-    if (s != napi_ok) throw Napi::Error::New(env, "saekit: could not create the result TypedArray");
-    return Napi::Value(env, arr);
-  };
+  auto complete = [out, n, dt](Napi::Env env) -> Napi::Value { return out->to_js(env, typedarray_type_for(dt), n); };
   return queue_job(info.Env(), std::move(work), std::move(complete));
 }
 

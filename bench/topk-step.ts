@@ -1,0 +1,105 @@
+/**
+ * topk-step: one full TopK SAE training step (encode, decode, sparse backward, fused Adam) against
+ * its floor, one float32 GEMM of the encoder shape ([batch, dIn] x [dIn, numLatents]) through the
+ * same GEMM, measured in the same run. Target: step / GEMM <= 1.3.
+ */
+import { backend, SparseAutoencoder } from '../lib/index.js';
+import { native } from '../lib/native/index.js';
+import { type Benchmark, type Row, time } from './harness.js';
+
+interface Shape {
+  dIn: number;
+  numLatents: number;
+  k: number;
+  batch: number;
+}
+
+const SHAPES: Shape[] = [
+  { dIn: 768, numLatents: 24576, k: 32, batch: 4096 },
+  { dIn: 2048, numLatents: 65536, k: 64, batch: 2048 },
+];
+const FIRST_ONLY: Shape[] = [
+  { dIn: 768, numLatents: 24576, k: 32, batch: 4096 },
+];
+const QUICK: Shape[] = [{ dIn: 256, numLatents: 4096, k: 32, batch: 1024 }];
+
+/** Rows with a few strong directions, so codes are not degenerate. */
+function batchOf(rows: number, dIn: number, seed: number): Float32Array {
+  const x = new Float32Array(rows * dIn);
+  let s = seed >>> 0;
+  const rnd = () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 4294967296 - 0.5;
+  };
+  for (let i = 0; i < x.length; i++) x[i] = rnd();
+  return x;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+export const topkStep: Benchmark = {
+  name: 'topk-step',
+  description: 'TopK SAE training step vs one encoder-shaped float32 GEMM through the same BLAS',
+  async run(opts) {
+    const info = backend.info();
+    const rows: Row[] = [];
+    const phases: Record<string, unknown>[] = [];
+    for (const sh of opts.quick ? QUICK : process.env.SAEKIT_BENCH_FIRST ? FIRST_ONLY : SHAPES) {
+      const { dIn, numLatents, k, batch } = sh;
+      const impl = info.blas.name === 'builtin' ? 'builtin' : 'blas';
+      // The floor: the encoder GEMM alone, same orientation as the step (W_enc rows per latent).
+      const A = batchOf(batch, dIn, 1);
+      const B = batchOf(numLatents, dIn, 2);
+      let C: Float32Array | undefined = new Float32Array(batch * numLatents);
+      const gemm = await time(() => native()._gemmDirect(impl, false, true, batch, numLatents, dIn, A, B, C!), {
+        repeats: Math.max(3, Math.min(opts.repeats, 5)),
+        warmup: 1,
+      });
+      C = undefined;
+      using sae = SparseAutoencoder.create({ dIn, numLatents, k, seed: 1 });
+      using opt = sae.adam();
+      const xs = [batchOf(batch, dIn, 3), batchOf(batch, dIn, 4)];
+      const per: { gemm: number; select: number; decode: number; backward: number; update: number }[] = [];
+      let i = 0;
+      // Dead latents appear after 8 steps with this threshold, so AuxK is part of the timing.
+      const threshold = batch * 8;
+      const step = await time(async () => {
+        const r = await opt.step(xs[i++ % 2]!, { deadThresholdTokens: threshold });
+        per.push(r.seconds);
+      }, { repeats: opts.repeats, warmup: Math.max(1, opts.warmup) });
+      const last = await opt.step(xs[0]!, { deadThresholdTokens: threshold });
+      const rssMiB = process.resourceUsage().maxRSS / 1024;
+      const paramMiB = (3 * (2 * numLatents * dIn + numLatents + dIn) * 4) / 2 ** 20;
+      const sel = median(per.map((p) => p.select));
+      const bwd = median(per.map((p) => p.backward + p.update));
+      rows.push({
+        shape: `d${dIn} M${numLatents} k${k} N${batch}`,
+        'step ms': step.median * 1e3,
+        'tok/s': batch / step.median,
+        'gemm ms': gemm.median * 1e3,
+        'step/gemm': step.median / gemm.median,
+        'topk ms': sel * 1e3,
+        'sparse bwd ms': bwd * 1e3,
+        'peak RSS MiB': rssMiB,
+        'params+adam MiB': paramMiB,
+        dead: last.numDead,
+      });
+      phases.push({ shape: sh, medianSeconds: Object.fromEntries(['gemm', 'select', 'decode', 'backward', 'update'].map((key) => [key, median(per.map((p) => p[key as keyof typeof p]))])), step, gemm });
+    }
+    return {
+      rows,
+      meta: {
+        threads: info.threads,
+        simd: info.simd,
+        blas: info.blas,
+        openblasCoretypeEnv: process.env.OPENBLAS_CORETYPE ?? null,
+        phases,
+        note: 'step/gemm: the step time over one float32 GEMM of the encoder shape through the same GEMM, same run',
+      },
+    };
+  },
+};

@@ -1,0 +1,382 @@
+/**
+ * The TopK sparse autoencoder (Gao et al. 2024, "Scaling and evaluating sparse autoencoders";
+ * EleutherAI sparsify's default model), with every kernel native:
+ *
+ * ```
+ * pre   = ReLU((x - b_dec) W_enc + b_enc)
+ * codes = the k largest entries of pre per row (ties: lower latent index first)
+ * x_hat = b_dec + sum_j codes.values[j] W_dec[codes.indices[j]]
+ * ```
+ *
+ * Weights use the SAELens orientation at this boundary: `W_enc [dIn, numLatents]`,
+ * `b_enc [numLatents]`, `W_dec [numLatents, dIn]`, `b_dec [dIn]`, row-major Float32Arrays.
+ * Inside, each latent's encoder and decoder vectors are contiguous rows, so decoding and all
+ * gradients touch only the selected latents.
+ *
+ * @example
+ * ```ts
+ * import { SparseAutoencoder } from 'saekit';
+ * using sae = SparseAutoencoder.create({ dIn: 768, numLatents: 24576, k: 32, seed: 1 });
+ * using opt = sae.adam({ lr: 2e-4 });
+ * for (const batch of batches) {
+ *   const { fvu, l0, numDead } = await opt.step(batch); // batch: Float32Array [4096 * 768]
+ * }
+ * const { codes, recon, fvu } = await sae.forward(x);
+ * ```
+ */
+import { argError, callNative, SaekitError, settleNative } from '../errors.js';
+import { native, type NativeAdam, type NativeSae, type NativeTensor } from '../native/index.js';
+import { handleOf, Tensor } from '../tensor/index.js';
+import { checkInt, checkOptions, checkSeed } from '../validate.js';
+
+/** Sparse codes: `k` (value, latent index) pairs per row, row-major, each row by descending value. */
+export interface SparseCodes {
+  rows: number;
+  numLatents: number;
+  k: number;
+  /** [rows * k] code values (>= 0; 0 where fewer than k latents are positive). */
+  values: Float32Array;
+  /** [rows * k] latent indices in [0, numLatents). */
+  indices: Int32Array;
+}
+
+/** SAE weights in the SAELens orientation (row-major). */
+export interface SaeWeights {
+  /** [dIn, numLatents] */
+  W_enc: Float32Array;
+  /** [numLatents] */
+  b_enc: Float32Array;
+  /** [numLatents, dIn] */
+  W_dec: Float32Array;
+  /** [dIn] */
+  b_dec: Float32Array;
+}
+
+/** Rows of activations: a Float32Array of rows * dIn values, or a float32 Tensor [rows, dIn]. */
+export type Rows = Float32Array | Tensor;
+
+export interface CreateOptions {
+  /** Input width (d_in). */
+  dIn: number;
+  /** Number of latents (d_sae). */
+  numLatents: number;
+  /** Active latents per row. */
+  k: number;
+  /** Philox seed of the initial decoder (stream 0). Default: a fresh random seed. */
+  seed?: number | bigint;
+}
+
+export interface AuxKOptions {
+  /** [numLatents] 1 where a latent counts as dead. */
+  deadMask: Uint8Array;
+  /** Weight of the AuxK term in the loss. Default 1/32. */
+  alpha?: number;
+}
+
+export interface GradientOptions {
+  /** Add sparsify's AuxK loss over the given dead latents. */
+  auxk?: AuxKOptions;
+}
+
+/** The loss terms and exact gradients of `loss = fvu + alpha * auxk`. */
+export interface Gradients {
+  loss: number;
+  fvu: number;
+  /** The AuxK term before its alpha weight (0 without dead latents). */
+  auxkLoss: number;
+  grads: SaeWeights;
+}
+
+export interface AdamOptions {
+  /** Learning rate. Default 2e-4 / sqrt(numLatents / 2^14) (sparsify's and dictionary_learning's scaling). */
+  lr?: number;
+  /** Default 0.9. */
+  beta1?: number;
+  /** Default 0.999. */
+  beta2?: number;
+  /** Default 1e-8. */
+  eps?: number;
+}
+
+export interface StepOptions {
+  /** Learning rate for this step (for schedules). Default: the optimizer's. */
+  lr?: number;
+  /** Weight of the AuxK loss. Default 1/32. 0 turns AuxK off. */
+  auxkAlpha?: number;
+  /** A latent is dead when more than this many tokens passed since it last fired. Default 10,000,000. */
+  deadThresholdTokens?: number;
+}
+
+/** What one optimizer step reports. Nothing else leaves native memory. */
+export interface StepStats {
+  loss: number;
+  fvu: number;
+  auxkLoss: number;
+  /** Mean number of positive codes per row. */
+  l0: number;
+  /** Dead latents used for AuxK in this step (counted before it). */
+  numDead: number;
+  /** Seconds spent in each phase of the step, measured natively (for profiling). */
+  seconds: {
+    /** The encoder GEMM. */
+    gemm: number;
+    /** Bias + ReLU + TopK (and AuxK) selection. */
+    select: number;
+    /** Sparse decode, residuals and losses. */
+    decode: number;
+    /** Sparse gradients: code gradients, grouping by latent, bias gradients. */
+    backward: number;
+    /** Per-latent gradient rows fused with Adam, projection and renormalisation. */
+    update: number;
+  };
+}
+
+const DEFAULT_AUXK_ALPHA = 1 / 32;
+const DEFAULT_DEAD_THRESHOLD = 10_000_000;
+
+function checkFinite(name: string, value: unknown, min: number, max: number, strictMin = false): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max || (strictMin && value === min)) {
+    throw argError(name, `finite number ${strictMin ? '>' : '>='} ${min}${max < Infinity ? ` and <= ${max}` : ''}`, value);
+  }
+  return value;
+}
+
+function randomSeed(): bigint {
+  const w = crypto.getRandomValues(new Uint32Array(2));
+  return (BigInt(w[0]!) << 32n) | BigInt(w[1]!);
+}
+
+const handles = new WeakMap<SparseAutoencoder, NativeSae>();
+
+/** Checks a batch argument and returns what the addon takes. */
+function rowsArg(dIn: number, x: unknown): Float32Array | NativeTensor {
+  if (x instanceof Float32Array) {
+    if (x.length === 0 || x.length % dIn !== 0) {
+      throw new SaekitError(
+        'ERR_SAEKIT_SHAPE',
+        `Expected a Float32Array whose length is a positive multiple of dIn = ${dIn} for x but received length ${x.length}`,
+      );
+    }
+    return x;
+  }
+  if (x instanceof Tensor) return handleOf(x, 'x');
+  throw argError('x', `a Float32Array (rows * ${dIn}) or a float32 Tensor [rows, ${dIn}]`, x);
+}
+
+/** A TopK sparse autoencoder whose parameters live in native memory. Free it with dispose() or `using`. */
+export class SparseAutoencoder {
+  /** Input width. */
+  readonly dIn: number;
+  /** Number of latents. */
+  readonly numLatents: number;
+  /** Active latents per row. */
+  readonly k: number;
+
+  private constructor(handle: NativeSae, dIn: number, numLatents: number, k: number) {
+    handles.set(this, handle);
+    this.dIn = dIn;
+    this.numLatents = numLatents;
+    this.k = k;
+  }
+
+  /**
+   * A new SAE: decoder rows are random unit vectors (Philox normal draws, normalised),
+   * `W_enc = W_dec^T` and both biases zero.
+   */
+  static create(options: CreateOptions): SparseAutoencoder {
+    const o = checkOptions('options', options);
+    const dIn = checkInt('options.dIn', o.dIn, 1, 1 << 20);
+    const numLatents = checkInt('options.numLatents', o.numLatents, 1, 1 << 24);
+    const k = checkInt('options.k', o.k, 1, numLatents);
+    const seed = o.seed === undefined ? randomSeed() : checkSeed('options.seed', o.seed);
+    const h = callNative(() => native().NativeSae.create(dIn, numLatents, k, seed));
+    return new SparseAutoencoder(h, dIn, numLatents, k);
+  }
+
+  /**
+   * An SAE from weights in the SAELens orientation: Float32Arrays (copied) or float32 Tensors
+   * (read in queue order). Lengths are checked against dIn = b_dec.length and
+   * numLatents = b_enc.length; errors name the weight.
+   */
+  static fromWeights(weights: { [K in keyof SaeWeights]: Float32Array | Tensor }, options: { k: number }): SparseAutoencoder {
+    if (weights === null || typeof weights !== 'object') throw argError('weights', 'an object with W_enc, b_enc, W_dec, b_dec', weights);
+    const names = ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const;
+    const args = names.map((n) => {
+      const w: unknown = weights[n];
+      if (w instanceof Float32Array) return w;
+      if (w instanceof Tensor) return handleOf(w, n);
+      throw argError(n, 'a Float32Array or a float32 Tensor', w);
+    }) as [Float32Array, Float32Array, Float32Array, Float32Array];
+    const size = (w: Float32Array | Tensor) => (w instanceof Tensor ? w.size : w.length);
+    const dIn = size(weights.b_dec);
+    const numLatents = size(weights.b_enc);
+    if (dIn < 1) throw argError('b_dec', 'a non-empty array of length dIn', weights.b_dec, 'ERR_SAEKIT_SHAPE');
+    if (numLatents < 1) throw argError('b_enc', 'a non-empty array of length numLatents', weights.b_enc, 'ERR_SAEKIT_SHAPE');
+    const o = checkOptions('options', options);
+    const k = checkInt('options.k', o.k, 1, numLatents);
+    const h = callNative(() => native().NativeSae.fromWeights(...args, dIn, numLatents, k));
+    return new SparseAutoencoder(h, dIn, numLatents, k);
+  }
+
+  private handle(): NativeSae {
+    const h = handles.get(this)!;
+    if (h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this SparseAutoencoder was disposed; it cannot be used any more');
+    return h;
+  }
+
+  private rows(x: unknown): Float32Array | NativeTensor {
+    return rowsArg(this.dIn, x);
+  }
+
+  /** Whether dispose() was called. */
+  get disposed(): boolean {
+    return handles.get(this)!.disposed;
+  }
+
+  /** Copies of the weights in the SAELens orientation. */
+  async weights(): Promise<SaeWeights> {
+    const site = new Error();
+    return settleNative(callNative(() => this.handle().weights()), site);
+  }
+
+  /** Sparse codes of each row of x. */
+  async encode(x: Rows): Promise<SparseCodes> {
+    const site = new Error();
+    const r = await settleNative(callNative(() => this.handle().encode(this.rows(x))), site);
+    return { rows: r.values.length / this.k, numLatents: this.numLatents, k: this.k, values: r.values, indices: r.indices };
+  }
+
+  /** Reconstructions `b_dec + sum values W_dec[indices]` of codes (any k per row), [rows * dIn]. */
+  async decode(codes: SparseCodes): Promise<Float32Array> {
+    const site = new Error();
+    if (codes === null || typeof codes !== 'object') throw argError('codes', 'SparseCodes', codes);
+    if (codes.numLatents !== undefined && codes.numLatents !== this.numLatents) {
+      throw argError('codes.numLatents', `${this.numLatents}`, codes.numLatents, 'ERR_SAEKIT_SHAPE');
+    }
+    return settleNative(callNative(() => this.handle().decode(codes.values, codes.indices, codes.rows)), site);
+  }
+
+  /** Codes, reconstruction and FVU of a batch (FVU is NaN when all rows are identical). */
+  async forward(x: Rows): Promise<{ codes: SparseCodes; recon: Float32Array; fvu: number }> {
+    const site = new Error();
+    const r = await settleNative(callNative(() => this.handle().forward(this.rows(x))), site);
+    const rows = r.values.length / this.k;
+    return { codes: { rows, numLatents: this.numLatents, k: this.k, values: r.values, indices: r.indices }, recon: r.recon, fvu: r.fvu };
+  }
+
+  /** Dense pre-activations `(x - b_dec) W_enc + b_enc` before ReLU, [rows * numLatents] (for analysis). */
+  async preActivations(x: Rows): Promise<Float32Array> {
+    const site = new Error();
+    return settleNative(callNative(() => this.handle().preActivations(this.rows(x))), site);
+  }
+
+  /**
+   * The loss `fvu + alpha * auxk` of a batch and its exact gradients in the SAELens orientation.
+   * Changes nothing. `fvu = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2` over the batch.
+   */
+  async gradients(x: Rows, options?: GradientOptions): Promise<Gradients> {
+    const site = new Error();
+    const o = checkOptions('options', options);
+    let mask: Uint8Array | null = null;
+    let alpha = 0;
+    if (o.auxk !== undefined) {
+      const a = checkOptions('options.auxk', o.auxk);
+      if (!(a.deadMask instanceof Uint8Array) || a.deadMask.length !== this.numLatents) {
+        throw argError('options.auxk.deadMask', `a Uint8Array of length numLatents = ${this.numLatents}`, a.deadMask, 'ERR_SAEKIT_SHAPE');
+      }
+      mask = a.deadMask;
+      alpha = a.alpha === undefined ? DEFAULT_AUXK_ALPHA : checkFinite('options.auxk.alpha', a.alpha, 0, Infinity);
+    }
+    const r = await settleNative(callNative(() => this.handle().gradients(this.rows(x), mask, alpha)), site);
+    return {
+      loss: r.loss,
+      fvu: r.fvu,
+      auxkLoss: r.auxkLoss,
+      grads: { W_enc: r.W_enc, b_enc: r.b_enc, W_dec: r.W_dec, b_dec: r.b_dec },
+    };
+  }
+
+  /** Tokens since each latent last had a positive code in an optimizer step. */
+  async tokensSinceFired(): Promise<Float64Array> {
+    const site = new Error();
+    return settleNative(callNative(() => this.handle().sinceFired()), site);
+  }
+
+  /** [numLatents] 1 where more than `thresholdTokens` tokens passed since the latent last fired. */
+  async deadMask(thresholdTokens: number = DEFAULT_DEAD_THRESHOLD): Promise<Uint8Array> {
+    checkFinite('thresholdTokens', thresholdTokens, 0, Infinity);
+    const since = await this.tokensSinceFired();
+    return Uint8Array.from(since, (t) => (t > thresholdTokens ? 1 : 0));
+  }
+
+  /** An Adam optimizer over this SAE's parameters; its state stays native. */
+  adam(options?: AdamOptions): AdamOptimizer {
+    const o = checkOptions('options', options);
+    const lr = o.lr === undefined ? 2e-4 / Math.sqrt(this.numLatents / 2 ** 14) : checkFinite('options.lr', o.lr, 0, Infinity);
+    const beta1 = o.beta1 === undefined ? 0.9 : checkFinite('options.beta1', o.beta1, 0, 0.999999);
+    const beta2 = o.beta2 === undefined ? 0.999 : checkFinite('options.beta2', o.beta2, 0, 0.99999999);
+    const eps = o.eps === undefined ? 1e-8 : checkFinite('options.eps', o.eps, 0, Infinity, true);
+    const h = callNative(() => this.handle().adam(lr, beta1, beta2, eps));
+    return new AdamOptimizer(h, this, lr);
+  }
+
+  /** Frees the native parameters now. Idempotent. */
+  dispose(): void {
+    handles.get(this)?.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/**
+ * Adam over an SAE. One `step` = forward, backward, removal of each decoder-gradient component
+ * parallel to its decoder row, Adam (bias-corrected) on every parameter, decoder rows
+ * renormalised to unit length, dead-latent counters updated. Nothing but statistics is copied out.
+ */
+export class AdamOptimizer {
+  /** The SAE this optimizer updates. */
+  readonly sae: SparseAutoencoder;
+  /** The default learning rate. */
+  readonly lr: number;
+  private readonly h: NativeAdam;
+
+  /** @internal Use sae.adam(). */
+  constructor(h: NativeAdam, sae: SparseAutoencoder, lr: number) {
+    this.h = h;
+    this.sae = sae;
+    this.lr = lr;
+  }
+
+  /** Steps completed so far (a rejected step does not count). */
+  get steps(): number {
+    return this.h.steps;
+  }
+
+  /**
+   * One training step on a batch. If the loss is not finite the step is rejected
+   * (ERR_SAEKIT_NONFINITE) and the parameters stay as they were.
+   */
+  async step(x: Rows, options?: StepOptions): Promise<StepStats> {
+    const site = new Error();
+    const o = checkOptions('options', options);
+    const lr = o.lr === undefined ? this.lr : checkFinite('options.lr', o.lr, 0, Infinity);
+    const alpha = o.auxkAlpha === undefined ? DEFAULT_AUXK_ALPHA : checkFinite('options.auxkAlpha', o.auxkAlpha, 0, Infinity);
+    const threshold =
+      o.deadThresholdTokens === undefined ? DEFAULT_DEAD_THRESHOLD : checkFinite('options.deadThresholdTokens', o.deadThresholdTokens, 0, Infinity);
+    if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
+    const rows = rowsArg(this.sae.dIn, x);
+    if (this.sae.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this optimizer was disposed');
+    return settleNative(callNative(() => this.h.step(rows, lr, alpha, threshold)), site);
+  }
+
+  /** Frees the optimizer state now. Idempotent. */
+  dispose(): void {
+    this.h.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}

@@ -1,0 +1,31 @@
+// Host buffers that a job fills off the JS thread and then hands to JS without a copy (an
+// external ArrayBuffer; a copy where the runtime forbids external buffers, e.g. Electron).
+#pragma once
+#include <napi.h>
+
+#include <cstddef>
+#include <memory>
+
+namespace sk::napi {
+
+class HostArray {
+ public:
+  // 64-byte aligned; throws ERR_SAEKIT_MEMORY.
+  static std::shared_ptr<HostArray> allocate(size_t bytes);
+  ~HostArray();
+  void* data() { return p_; }
+  template <typename T> T* as() { return static_cast<T*>(p_); }
+  size_t bytes() const { return bytes_; }
+  // A TypedArray over the buffer; the buffer then belongs to JS (this object is left empty).
+  Napi::Value to_js(Napi::Env env, napi_typedarray_type type, size_t length);
+
+ private:
+  HostArray(void* p, size_t bytes) : p_(p), bytes_(bytes) {}
+  void* p_;
+  size_t bytes_;
+};
+
+// A copy of a Float32Array's contents in native memory (for jobs that read it off-thread).
+std::shared_ptr<HostArray> copy_typed_array(const Napi::TypedArray& a);
+
+}  // namespace sk::napi

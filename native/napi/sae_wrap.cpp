@@ -1,0 +1,575 @@
+#include "sae_wrap.h"
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "../cpu/cpu_backend.h"
+#include "../cpu/random.h"
+#include "../cpu/sae_topk.h"
+#include "args.h"
+#include "async.h"
+#include "buffers.h"
+#include "env_data.h"
+#include "tensor_wrap.h"
+
+namespace sk::napi {
+
+namespace {
+
+using cpu::SaeView;
+
+// The model: parameters in one slab and the per-latent dead-latent counters. Shared by the
+// handle and every queued job; only the executor thread reads or writes it.
+struct SaeModel {
+  int64_t D = 0, M = 0, K = 0;
+  std::vector<float> slab;            // cpu::sae_slab_floats(D, M)
+  std::vector<int64_t> since_fired;   // tokens since each latent last had a positive code
+  SaeView view() { return cpu::sae_view(slab.data(), D, M); }
+};
+
+const napi_type_tag kSaeTag = {0x5ae1c17e6a5f0a12ULL, 0x1d2c4b7e13a8f0d4ULL};
+
+// Rows of x: a Float32Array (copied) or a float32 NativeTensor [rows, D] (shared).
+struct Rows {
+  std::shared_ptr<HostArray> host;
+  Tensor tensor;
+  int64_t n = 0;
+  const float* data() const { return host ? host->as<const float>() : tensor.data<float>(); }
+};
+
+Rows get_rows(const Napi::Value& v, int64_t D, const char* name) {
+  Rows r;
+  if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array) {
+    Napi::TypedArray a = v.As<Napi::TypedArray>();
+    int64_t len = int64_t(a.ElementLength());
+    if (len == 0 || len % D != 0)
+      throw Error(ErrorCode::Shape, fmt("Expected a Float32Array whose length is a positive multiple of dIn = ", D,
+                                        " for ", name, " but received length ", len));
+    r.n = len / D;
+    r.host = copy_typed_array(a);
+    return r;
+  }
+  if (v.IsObject() && !v.IsTypedArray()) {
+    Tensor& t = NativeTensor::unwrap(v, name);
+    if (t.dtype != DType::F32)
+      throw Error(ErrorCode::DType, fmt("Expected a float32 tensor for ", name, " but received ", dtype_name(t.dtype)));
+    if (t.shape.size() != 2 || t.shape[1] != D || t.shape[0] < 1)
+      throw Error(ErrorCode::Shape, fmt("Expected a tensor of shape [rows, ", D, "] for ", name, " but received shape ",
+                                        shape_str(t.shape)));
+    r.tensor = t;
+    r.n = t.shape[0];
+    return r;
+  }
+  arg_error(ErrorCode::Arg, name, "a Float32Array or a float32 Tensor", v);
+}
+
+Napi::Value f32(Napi::Env env, const std::vector<float>& v) {
+  Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(float));
+  return a;
+}
+
+Napi::Value i32(Napi::Env env, const std::vector<int32_t>& v) {
+  Napi::Int32Array a = Napi::Int32Array::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(int32_t));
+  return a;
+}
+
+// [M, D] internal rows -> SAELens W_enc [D, M].
+void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
+  const int64_t B = 32;
+  for (int64_t r0 = 0; r0 < rows; r0 += B)
+    for (int64_t c0 = 0; c0 < cols; c0 += B)
+      for (int64_t r = r0; r < std::min(rows, r0 + B); ++r)
+        for (int64_t c = c0; c < std::min(cols, c0 + B); ++c) dst[c * rows + r] = src[r * cols + c];
+}
+
+std::vector<int32_t> dead_from_counters(const SaeModel& m, double threshold) {
+  std::vector<int32_t> dead;
+  for (int64_t l = 0; l < m.M; ++l)
+    if (double(m.since_fired[size_t(l)]) > threshold) dead.push_back(int32_t(l));
+  return dead;
+}
+
+class NativeSae : public Napi::ObjectWrap<NativeSae> {
+ public:
+  static Napi::Function define(Napi::Env env) {
+    return DefineClass(env, "NativeSae",
+                       {
+                           StaticMethod<&NativeSae::create>("create"),
+                           StaticMethod<&NativeSae::from_weights>("fromWeights"),
+                           InstanceAccessor<&NativeSae::disposed>("disposed"),
+                           InstanceMethod<&NativeSae::dispose>("dispose"),
+                           InstanceMethod<&NativeSae::weights>("weights"),
+                           InstanceMethod<&NativeSae::encode>("encode"),
+                           InstanceMethod<&NativeSae::decode>("decode"),
+                           InstanceMethod<&NativeSae::forward>("forward"),
+                           InstanceMethod<&NativeSae::preacts>("preActivations"),
+                           InstanceMethod<&NativeSae::gradients>("gradients"),
+                           InstanceMethod<&NativeSae::since_fired>("sinceFired"),
+                           InstanceMethod<&NativeSae::adam>("adam"),
+                       });
+  }
+
+  explicit NativeSae(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeSae>(info) {
+    info.This().As<Napi::Object>().TypeTag(&kSaeTag);
+  }
+  ~NativeSae() override {
+    if (model_ && reported_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
+  }
+
+  static std::shared_ptr<SaeModel> model_of(const Napi::Value& v, const char* name) {
+    if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&kSaeTag)) arg_error(ErrorCode::Arg, name, "a SparseAutoencoder", v);
+    NativeSae* self = Unwrap(v.As<Napi::Object>());
+    if (!self->model_) throw Error(ErrorCode::Disposed, fmt(name, " is a disposed SparseAutoencoder; it cannot be used any more"));
+    return self->model_;
+  }
+
+ private:
+  static Napi::Object make(Napi::Env env, std::shared_ptr<SaeModel> m) {
+    Napi::Object o = env_data(env).sae_ctor.New({});
+    NativeSae* self = Unwrap(o);
+    self->model_ = std::move(m);
+    self->reported_ = int64_t(self->model_->slab.size() * sizeof(float));
+    Napi::MemoryManagement::AdjustExternalMemory(env, self->reported_);
+    return o;
+  }
+
+  static void check_dims(int64_t D, int64_t M, int64_t K) {
+    SK_CHECK(int64_t(D) * M <= (int64_t(1) << 34), ErrorCode::Arg, "Expected dIn * numLatents <= 2^34 but received ",
+             D, " * ", M);
+    SK_CHECK(K >= 1 && K <= M, ErrorCode::Arg, "Expected integer between 1 and numLatents = ", M, " for k but received ", K);
+  }
+
+  // create(dIn, numLatents, k, seed): decoder rows random unit vectors (Philox stream 0 of
+  // seed), W_enc = W_dec^T, biases zero.
+  static Napi::Value create(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      int64_t D = get_int(info[0], "dIn", 1, 1 << 20);
+      int64_t M = get_int(info[1], "numLatents", 1, 1 << 24);
+      int64_t K = get_int(info[2], "k", 1, 1 << 24);
+      uint64_t seed = get_u64(info[3], "seed");
+      check_dims(D, M, K);
+      auto m = std::make_shared<SaeModel>();
+      m->D = D;
+      m->M = M;
+      m->K = K;
+      m->slab.assign(size_t(cpu::sae_slab_floats(D, M)), 0.0f);
+      m->since_fired.assign(size_t(M), 0);
+      queue_detached(info.Env(), [m, seed] {
+        SaeView p = m->view();
+        cpu::fill_normal(p.W_dec, DType::F32, m->M * m->D, seed, 0, 0, &cpu::cpu_pool());
+        cpu::normalize_rows(p.W_dec, m->M, m->D, cpu::cpu_pool());
+        std::memcpy(p.W_encT, p.W_dec, size_t(m->M * m->D) * sizeof(float));
+      });
+      return make(info.Env(), m);
+    });
+  }
+
+  // fromWeights(W_enc [D*M], b_enc [M], W_dec [M*D], b_dec [D], dIn, numLatents, k)
+  static Napi::Value from_weights(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      int64_t D = get_int(info[4], "dIn", 1, 1 << 20);
+      int64_t M = get_int(info[5], "numLatents", 1, 1 << 24);
+      int64_t K = get_int(info[6], "k", 1, 1 << 24);
+      check_dims(D, M, K);
+      const char* names[4] = {"W_enc", "b_enc", "W_dec", "b_dec"};
+      const int64_t lens[4] = {D * M, M, M * D, D};
+      const char* shapes[4] = {"[dIn, numLatents]", "[numLatents]", "[numLatents, dIn]", "[dIn]"};
+      // Each weight: a Float32Array (copied now) or a float32 tensor (read by the queued job).
+      struct Src {
+        std::shared_ptr<HostArray> host;
+        Tensor tensor;
+        const float* data() const { return host ? host->as<const float>() : tensor.data<float>(); }
+      };
+      Src src[4];
+      for (int w = 0; w < 4; ++w) {
+        const Napi::Value v = info[w];
+        int64_t len = -1;
+        if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array) {
+          len = int64_t(v.As<Napi::TypedArray>().ElementLength());
+        } else if (v.IsObject() && !v.IsTypedArray()) {
+          Tensor& t = NativeTensor::unwrap(v, names[w]);
+          if (t.dtype != DType::F32)
+            throw Error(ErrorCode::DType, fmt("Expected a float32 tensor for ", names[w], " but received ", dtype_name(t.dtype)));
+          len = t.numel();
+          src[w].tensor = t;
+        } else {
+          arg_error(ErrorCode::Arg, names[w], "a Float32Array or a float32 Tensor", v);
+        }
+        if (len != lens[w])
+          throw Error(ErrorCode::Shape, fmt("Expected ", names[w], " of shape ", shapes[w], " = ", lens[w],
+                                            " values (dIn = ", D, ", numLatents = ", M, ") but received ", len));
+        if (!src[w].tensor.storage) {
+          src[w].host = copy_typed_array(v.As<Napi::TypedArray>());
+          cpu::check_finite_rows(src[w].host->as<const float>(), 1, len, names[w]);
+        }
+      }
+      auto m = std::make_shared<SaeModel>();
+      m->D = D;
+      m->M = M;
+      m->K = K;
+      m->slab.assign(size_t(cpu::sae_slab_floats(D, M)), 0.0f);
+      m->since_fired.assign(size_t(M), 0);
+      queue_detached(info.Env(), [m, s0 = src[0], s1 = src[1], s2 = src[2], s3 = src[3]] {
+        SaeView p = m->view();
+        transpose(s0.data(), m->D, m->M, p.W_encT);
+        std::memcpy(p.b_enc, s1.data(), size_t(m->M) * sizeof(float));
+        std::memcpy(p.W_dec, s2.data(), size_t(m->M * m->D) * sizeof(float));
+        std::memcpy(p.b_dec, s3.data(), size_t(m->D) * sizeof(float));
+      });
+      return make(info.Env(), m);
+    });
+  }
+
+  std::shared_ptr<SaeModel> live() const {
+    if (!model_) throw Error(ErrorCode::Disposed, "this SparseAutoencoder was disposed; it cannot be used any more");
+    return model_;
+  }
+
+  Napi::Value disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !model_); }
+
+  Napi::Value dispose(const Napi::CallbackInfo& info) {
+    if (model_) {
+      Napi::MemoryManagement::AdjustExternalMemory(info.Env(), -reported_);
+      reported_ = 0;
+      model_.reset();  // queued jobs keep their own reference
+    }
+    return info.Env().Undefined();
+  }
+
+  // weights(): Promise<{ W_enc [D, M], b_enc, W_dec [M, D], b_dec }> (copies)
+  Napi::Value weights(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      auto out = std::make_shared<std::vector<std::shared_ptr<HostArray>>>();
+      for (int64_t n : {m->D * m->M, m->M, m->M * m->D, m->D}) out->push_back(HostArray::allocate(size_t(n) * 4));
+      auto work = [m, out] {
+        SaeView p = m->view();
+        transpose(p.W_encT, m->M, m->D, (*out)[0]->as<float>());
+        std::memcpy((*out)[1]->data(), p.b_enc, size_t(m->M) * 4);
+        std::memcpy((*out)[2]->data(), p.W_dec, size_t(m->M * m->D) * 4);
+        std::memcpy((*out)[3]->data(), p.b_dec, size_t(m->D) * 4);
+      };
+      auto complete = [m, out](Napi::Env env) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        const char* names[4] = {"W_enc", "b_enc", "W_dec", "b_dec"};
+        for (int w = 0; w < 4; ++w) o.Set(names[w], (*out)[size_t(w)]->to_js(env, napi_float32_array, (*out)[size_t(w)]->bytes() / 4));
+        return o;
+      };
+      return queue_job(info.Env(), work, complete);
+    });
+  }
+
+  // encode(x): Promise<{ values, indices }>
+  Napi::Value encode(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      Rows x = get_rows(info[0], m->D, "x");
+      auto codes = std::make_shared<cpu::Codes>();
+      auto work = [m, x, codes] {
+        cpu::check_finite_rows(x.data(), x.n, m->D, "x");
+        static const std::vector<int32_t> none;
+        cpu::sae_encode(m->view(), x.data(), x.n, m->K, none, 0, codes.get(), nullptr, nullptr, cpu::cpu_pool());
+      };
+      auto complete = [codes](Napi::Env env) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("values", f32(env, codes->v));
+        o.Set("indices", i32(env, codes->i));
+        return o;
+      };
+      return queue_job(info.Env(), work, complete);
+    });
+  }
+
+  // Checks and copies (values, indices) of codes with `k` per row over numLatents.
+  static std::shared_ptr<cpu::Codes> get_codes(const Napi::Value& vals, const Napi::Value& idx, const Napi::Value& rows,
+                                               int64_t M) {
+    int64_t N = get_int(rows, "codes.rows", 1, int64_t(1) << 40);
+    if (!vals.IsTypedArray() || vals.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      arg_error(ErrorCode::Arg, "codes.values", "a Float32Array", vals);
+    if (!idx.IsTypedArray() || idx.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      arg_error(ErrorCode::Arg, "codes.indices", "an Int32Array", idx);
+    int64_t nv = int64_t(vals.As<Napi::TypedArray>().ElementLength());
+    int64_t ni = int64_t(idx.As<Napi::TypedArray>().ElementLength());
+    if (nv != ni || nv % N != 0 || nv == 0)
+      throw Error(ErrorCode::Shape, fmt("Expected codes.values and codes.indices of equal length, a positive multiple of ",
+                                        "codes.rows = ", N, ", but received ", nv, " and ", ni));
+    auto c = std::make_shared<cpu::Codes>();
+    c->N = N;
+    c->K = nv / N;
+    Napi::Float32Array fv = vals.As<Napi::Float32Array>();
+    Napi::Int32Array iv = idx.As<Napi::Int32Array>();
+    c->v.assign(fv.Data(), fv.Data() + nv);
+    c->i.assign(iv.Data(), iv.Data() + ni);
+    for (int64_t q = 0; q < ni; ++q) {
+      if (c->i[size_t(q)] < 0 || c->i[size_t(q)] >= M)
+        throw Error(ErrorCode::Arg, fmt("Expected codes.indices between 0 and ", M - 1, " but received ", c->i[size_t(q)],
+                                        " at position ", q));
+      if (!std::isfinite(c->v[size_t(q)]))
+        throw Error(ErrorCode::NonFinite, fmt("Expected finite codes.values but received ", c->v[size_t(q)],
+                                              " at position ", q, " (row ", q / c->K, ")"));
+    }
+    return c;
+  }
+
+  // decode(values, indices, rows): Promise<Float32Array [rows, D]>
+  Napi::Value decode(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      auto c = get_codes(info[0], info[1], info[2], m->M);
+      auto out = HostArray::allocate(size_t(c->N * m->D) * 4);
+      auto work = [m, c, out] { cpu::sae_decode(m->view(), *c, true, out->as<float>(), cpu::cpu_pool()); };
+      size_t n = size_t(c->N * m->D);
+      return queue_job(info.Env(), work, [out, n](Napi::Env env) { return out->to_js(env, napi_float32_array, n); });
+    });
+  }
+
+  // forward(x): Promise<{ values, indices, recon, fvu }>
+  Napi::Value forward(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      Rows x = get_rows(info[0], m->D, "x");
+      auto codes = std::make_shared<cpu::Codes>();
+      auto recon = HostArray::allocate(size_t(x.n * m->D) * 4);
+      auto fvu = std::make_shared<double>(0.0);
+      auto work = [m, x, codes, recon, fvu] {
+        const int64_t N = x.n, D = m->D;
+        cpu::check_finite_rows(x.data(), N, D, "x");
+        static const std::vector<int32_t> none;
+        cpu::sae_encode(m->view(), x.data(), N, m->K, none, 0, codes.get(), nullptr, nullptr, cpu::cpu_pool());
+        float* r = recon->as<float>();
+        cpu::sae_decode(m->view(), *codes, true, r, cpu::cpu_pool());
+        std::vector<double> mean(size_t(D), 0.0);
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t d = 0; d < D; ++d) mean[size_t(d)] += x.data()[n * D + d];
+        for (double& v : mean) v /= double(N);
+        double sse = 0, tv = 0;
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t d = 0; d < D; ++d) {
+            double xv = x.data()[n * D + d];
+            sse += (xv - r[n * D + d]) * (xv - r[n * D + d]);
+            tv += (xv - mean[size_t(d)]) * (xv - mean[size_t(d)]);
+          }
+        *fvu = tv > 0 ? sse / tv : std::nan("");
+      };
+      size_t n = size_t(x.n * m->D);
+      auto complete = [codes, recon, fvu, n](Napi::Env env) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("values", f32(env, codes->v));
+        o.Set("indices", i32(env, codes->i));
+        o.Set("recon", recon->to_js(env, napi_float32_array, n));
+        o.Set("fvu", *fvu);
+        return o;
+      };
+      return queue_job(info.Env(), work, complete);
+    });
+  }
+
+  // preActivations(x): Promise<Float32Array [rows, M]>
+  Napi::Value preacts(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      Rows x = get_rows(info[0], m->D, "x");
+      auto out = HostArray::allocate(size_t(x.n * m->M) * 4);
+      auto work = [m, x, out] {
+        cpu::check_finite_rows(x.data(), x.n, m->D, "x");
+        cpu::sae_preacts(m->view(), x.data(), x.n, out->as<float>(), cpu::cpu_pool());
+      };
+      size_t n = size_t(x.n * m->M);
+      return queue_job(info.Env(), work, [out, n](Napi::Env env) { return out->to_js(env, napi_float32_array, n); });
+    });
+  }
+
+  // gradients(x, deadMask: Uint8Array | null, alpha): Promise<{ loss, fvu, auxkLoss, W_enc, b_enc, W_dec, b_dec }>
+  Napi::Value gradients(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      Rows x = get_rows(info[0], m->D, "x");
+      auto dead = std::make_shared<std::vector<int32_t>>();
+      if (!info[1].IsNull() && !info[1].IsUndefined()) {
+        if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+            int64_t(info[1].As<Napi::TypedArray>().ElementLength()) != m->M)
+          arg_error(ErrorCode::Shape, "auxk.deadMask", fmt("a Uint8Array of length numLatents = ", m->M), info[1]);
+        Napi::Uint8Array mask = info[1].As<Napi::Uint8Array>();
+        for (int64_t l = 0; l < m->M; ++l)
+          if (mask[size_t(l)]) dead->push_back(int32_t(l));
+      }
+      float alpha = float(info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : 0.0);
+      auto grads = std::make_shared<cpu::SaeGrads>();
+      auto stats = std::make_shared<cpu::StepStats>();
+      auto wenc = HostArray::allocate(size_t(m->D * m->M) * 4);
+      auto work = [m, x, dead, alpha, grads, stats, wenc] {
+        cpu::StepOptions opt;
+        opt.auxk_alpha = alpha;
+        opt.dead = dead.get();
+        *stats = cpu::sae_step(m->view(), x.data(), x.n, m->K, opt, grads.get(), nullptr, cpu::cpu_pool());
+        transpose(grads->W_encT.data(), m->M, m->D, wenc->as<float>());
+        grads->W_encT.clear();
+        grads->W_encT.shrink_to_fit();
+      };
+      size_t nenc = size_t(m->D * m->M);
+      auto complete = [grads, stats, wenc, nenc](Napi::Env env) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("loss", stats->loss);
+        o.Set("fvu", stats->fvu);
+        o.Set("auxkLoss", stats->auxk);
+        o.Set("W_enc", wenc->to_js(env, napi_float32_array, nenc));
+        o.Set("b_enc", f32(env, grads->b_enc));
+        o.Set("W_dec", f32(env, grads->W_dec));
+        o.Set("b_dec", f32(env, grads->b_dec));
+        return o;
+      };
+      return queue_job(info.Env(), work, complete);
+    });
+  }
+
+  // sinceFired(): Promise<Float64Array [M]>
+  Napi::Value since_fired(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      auto out = HostArray::allocate(size_t(m->M) * 8);
+      auto work = [m, out] {
+        for (int64_t l = 0; l < m->M; ++l) out->as<double>()[l] = double(m->since_fired[size_t(l)]);
+      };
+      size_t n = size_t(m->M);
+      return queue_job(info.Env(), work, [out, n](Napi::Env env) { return out->to_js(env, napi_float64_array, n); });
+    });
+  }
+
+  Napi::Value adam(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<SaeModel> model_;
+  int64_t reported_ = 0;
+};
+
+const napi_type_tag kAdamTag = {0x5ae1c17e6a5f0a13ULL, 0x2d2c4b7e13a8f0d5ULL};
+
+class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
+ public:
+  static Napi::Function define(Napi::Env env) {
+    return DefineClass(env, "NativeAdam",
+                       {
+                           InstanceMethod<&NativeAdam::step>("step"),
+                           InstanceMethod<&NativeAdam::dispose>("dispose"),
+                           InstanceAccessor<&NativeAdam::steps>("steps"),
+                           InstanceAccessor<&NativeAdam::disposed>("disposed"),
+                       });
+  }
+  explicit NativeAdam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeAdam>(info) {
+    info.This().As<Napi::Object>().TypeTag(&kAdamTag);
+  }
+  ~NativeAdam() override {
+    if (state_ && reported_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
+  }
+
+  static Napi::Object make(Napi::Env env, std::shared_ptr<SaeModel> m, float lr, float b1, float b2, float eps) {
+    Napi::Object o = env_data(env).adam_ctor.New({});
+    NativeAdam* self = Unwrap(o);
+    self->model_ = std::move(m);
+    self->state_ = std::make_shared<cpu::AdamState>();
+    self->state_->lr = lr;
+    self->state_->beta1 = b1;
+    self->state_->beta2 = b2;
+    self->state_->eps = eps;
+    size_t n = self->model_->slab.size();
+    self->state_->m.assign(n, 0.0f);
+    self->state_->v.assign(n, 0.0f);
+    self->reported_ = int64_t(2 * n * sizeof(float));
+    Napi::MemoryManagement::AdjustExternalMemory(env, self->reported_);
+    return o;
+  }
+
+ private:
+  // step(x, lr, auxkAlpha, deadThresholdTokens): Promise<{ loss, fvu, auxkLoss, l0, numDead }>
+  Napi::Value step(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
+      auto m = model_;
+      auto st = state_;
+      Rows x = get_rows(info[0], m->D, "x");
+      double lr = info[1].As<Napi::Number>().DoubleValue();
+      float alpha = float(info[2].As<Napi::Number>().DoubleValue());
+      double threshold = info[3].As<Napi::Number>().DoubleValue();
+      auto stats = std::make_shared<cpu::StepStats>();
+      auto work = [m, st, x, lr, alpha, threshold, stats] {
+        std::vector<int32_t> dead = dead_from_counters(*m, threshold);
+        cpu::StepOptions opt;
+        opt.auxk_alpha = alpha;
+        opt.dead = &dead;
+        st->lr = float(lr);
+        int64_t t_before = st->t;
+        try {
+          *stats = cpu::sae_step(m->view(), x.data(), x.n, m->K, opt, nullptr, st.get(), cpu::cpu_pool());
+        } catch (...) {
+          st->t = t_before;  // a rejected step (checked before any update) does not count
+          throw;
+        }
+        for (int64_t l = 0; l < m->M; ++l) {
+          int64_t& c = m->since_fired[size_t(l)];
+          c = stats->fired[size_t(l)] ? 0 : c + x.n;
+        }
+      };
+      auto done = done_;
+      auto complete = [stats, done](Napi::Env env) -> Napi::Value {
+        ++*done;  // only steps that succeeded count
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("loss", stats->loss);
+        o.Set("fvu", stats->fvu);
+        o.Set("auxkLoss", stats->auxk);
+        o.Set("l0", stats->l0);
+        o.Set("numDead", double(stats->num_dead));
+        Napi::Object t = Napi::Object::New(env);
+        t.Set("gemm", stats->times.gemm);
+        t.Set("select", stats->times.select);
+        t.Set("decode", stats->times.decode);
+        t.Set("backward", stats->times.backward);
+        t.Set("update", stats->times.update);
+        o.Set("seconds", t);
+        return o;
+      };
+      return queue_job(info.Env(), work, complete);
+    });
+  }
+
+  Napi::Value steps(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(*done_)); }
+  Napi::Value disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !state_); }
+  Napi::Value dispose(const Napi::CallbackInfo& info) {
+    if (state_) {
+      Napi::MemoryManagement::AdjustExternalMemory(info.Env(), -reported_);
+      reported_ = 0;
+      state_.reset();
+      model_.reset();
+    }
+    return info.Env().Undefined();
+  }
+
+  std::shared_ptr<SaeModel> model_;
+  std::shared_ptr<cpu::AdamState> state_;
+  int64_t reported_ = 0;
+  std::shared_ptr<int64_t> done_ = std::make_shared<int64_t>(0);  // completed steps (JS thread only)
+};
+
+// adam(lr, beta1, beta2, eps): a NativeAdam bound to this model.
+Napi::Value NativeSae::adam(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    auto m = live();
+    auto num = [&](int i) { return float(info[size_t(i)].As<Napi::Number>().DoubleValue()); };
+    return NativeAdam::make(info.Env(), m, num(0), num(1), num(2), num(3));
+  });
+}
+
+}  // namespace
+
+void register_sae(Napi::Env env, Napi::Object exports) {
+  Napi::Function sae = NativeSae::define(env);
+  Napi::Function adam = NativeAdam::define(env);
+  env_data(env).sae_ctor = Napi::Persistent(sae);
+  env_data(env).adam_ctor = Napi::Persistent(adam);
+  exports.Set("NativeSae", sae);
+  exports.Set("NativeAdam", adam);
+}
+
+}  // namespace sk::napi

@@ -1,0 +1,826 @@
+/**
+ * The TopK sparse autoencoder against the float64 reference in helpers/sae-reference.ts: encode
+ * (with the tie rule), decode, forward, pre-activations, loss and gradients with and without AuxK,
+ * the Adam step, dead-latent counting, determinism and input validation.
+ *
+ * Inputs are fresh each run (seeded from the clock; the seed is in every failure message). Every
+ * tolerance is a rounding-error bound derived in the reference (see its header): a correct float32
+ * implementation cannot exceed it, whatever its summation order.
+ */
+import { describe, expect, it } from 'vitest';
+
+import { SaekitError, SparseAutoencoder, tensor, type SaeWeights, type SparseCodes } from '../lib/index.js';
+import { lcg } from './helpers/reference.js';
+import * as R from './helpers/sae-reference.js';
+
+const DEFAULT_ALPHA = 1 / 32;
+
+function freshSeed(salt: number): number {
+  return (Date.now() ^ Math.imul(salt + 1, 2654435761)) >>> 0;
+}
+
+/** Random weights: decoder rows unit in float64 then rounded, an independent encoder, small biases. */
+function randomWeights(dIn: number, L: number, next: () => number, biasScale = 0.3): SaeWeights {
+  const W_dec = new Float32Array(L * dIn);
+  const row = new Float64Array(dIn);
+  for (let j = 0; j < L; j++) {
+    let n2 = 0;
+    for (let i = 0; i < dIn; i++) {
+      row[i] = next() * 2 - 1;
+      n2 += row[i]! ** 2;
+    }
+    for (let i = 0; i < dIn; i++) W_dec[j * dIn + i] = row[i]! / Math.sqrt(n2);
+  }
+  const W_enc = Float32Array.from({ length: dIn * L }, () => ((next() * 2 - 1) * 1.5) / Math.sqrt(dIn));
+  const b_enc = Float32Array.from({ length: L }, () => (next() * 2 - 1) * biasScale);
+  const b_dec = Float32Array.from({ length: dIn }, () => (next() * 2 - 1) * biasScale);
+  return { W_enc, b_enc, W_dec, b_dec };
+}
+
+function randomX(rows: number, dIn: number, next: () => number): Float32Array {
+  return Float32Array.from({ length: rows * dIn }, () => next() * 2 - 1);
+}
+
+/** A dead mask with exactly `count` random latents set. */
+function randomDeadMask(L: number, count: number, next: () => number): Uint8Array {
+  const mask = new Uint8Array(L);
+  for (let set = 0; set < count; ) {
+    const j = Math.floor(next() * L);
+    if (!mask[j]) {
+      mask[j] = 1;
+      set++;
+    }
+  }
+  return mask;
+}
+
+function within(got: ArrayLike<number>, want: ArrayLike<number>, tol: ArrayLike<number>, what: string, ctx: string): void {
+  expect(got.length, `${ctx}: length of ${what}`).toBe(want.length);
+  const { ratio, at } = R.worstRatio(got, want, tol);
+  expect(ratio, `${ctx}: ${what}[${at}] got ${got[at]} want ${want[at]} (tolerance ${tol[at]})`).toBeLessThanOrEqual(1);
+}
+
+function closeTo(got: number, want: number, tol: number, what: string, ctx: string): void {
+  expect(Math.abs(got - want), `${ctx}: ${what} got ${got} want ${want} (tolerance ${tol})`).toBeLessThanOrEqual(tol);
+}
+
+function bits(a: Float32Array): Uint32Array {
+  return new Uint32Array(a.buffer, a.byteOffset, a.length);
+}
+
+function expectSameBits(a: SaeWeights, b: SaeWeights, ctx: string): void {
+  for (const name of R.WEIGHT_NAMES) expect(bits(a[name]), `${ctx}: ${name}`).toEqual(bits(b[name]));
+}
+
+function rowNorms(W: ArrayLike<number>, L: number, dIn: number): number[] {
+  const out: number[] = [];
+  for (let j = 0; j < L; j++) {
+    let s = 0;
+    for (let i = 0; i < dIn; i++) s += W[j * dIn + i]! ** 2;
+    out.push(Math.sqrt(s));
+  }
+  return out;
+}
+
+const relu = (v: number): number => (v > 0 ? v : 0);
+
+/**
+ * Checks codes from the implementation against the reference. Every row: indices distinct and in
+ * range, values sorted (ties: lower index first), each value within the pre-activation bound of
+ * ReLU(pre) at its index, and no unselected latent certainly above a selected one. Rows without a
+ * near-tie (see R.ambiguousRows, 'order') must also have exactly the reference's indices.
+ * Returns the number of near-tie rows.
+ */
+function checkCodes(codes: SparseCodes, w: SaeWeights, x: Float32Array, rows: number, dims: R.Dims, ctx: string): number {
+  const { dIn, numLatents: L, k } = dims;
+  expect(codes.rows, ctx).toBe(rows);
+  expect(codes.numLatents, ctx).toBe(L);
+  expect(codes.k, ctx).toBe(k);
+  expect(codes.values, ctx).toBeInstanceOf(Float32Array);
+  expect(codes.indices, ctx).toBeInstanceOf(Int32Array);
+  expect(codes.values.length, ctx).toBe(rows * k);
+  expect(codes.indices.length, ctx).toBe(rows * k);
+  const pre = R.refPre(w, x, rows, dIn, L);
+  const err = R.preErrors(w, x, rows, dIn, L, pre);
+  const amb = R.ambiguousRows(pre, err, rows, L, k, 'order');
+  const ref = R.refTopk(pre, rows, L, k);
+  let nearTies = 0;
+  for (let r = 0; r < rows; r++) {
+    const at = (j: number): number => r * L + j;
+    const lo = (j: number): number => relu(pre[at(j)]! - err[at(j)]!);
+    const hi = (j: number): number => relu(pre[at(j)]! + err[at(j)]!);
+    const idx = Array.from(codes.indices.subarray(r * k, (r + 1) * k));
+    const val = Array.from(codes.values.subarray(r * k, (r + 1) * k));
+    const where = `${ctx} row ${r}: indices [${idx.join(',')}] values [${val.join(',')}]`;
+    const chosen = new Uint8Array(L);
+    for (let p = 0; p < k; p++) {
+      const j = idx[p]!;
+      expect(j >= 0 && j < L && !chosen[j], `${where}: bad or repeated index ${j}`).toBe(true);
+      chosen[j] = 1;
+      expect(Math.abs(val[p]! - relu(pre[at(j)]!)), `${where}: value of latent ${j}, want ${relu(pre[at(j)]!)} +- ${err[at(j)]}`).toBeLessThanOrEqual(err[at(j)]!);
+      if (p + 1 < k) {
+        const sorted = val[p]! > val[p + 1]! || (val[p] === val[p + 1] && j < idx[p + 1]!);
+        expect(sorted, `${where}: not sorted at position ${p}`).toBe(true);
+      }
+    }
+    for (let l = 0; l < L; l++) {
+      if (chosen[l]) continue;
+      for (const j of idx) {
+        const lBeatsJ = lo(l) > hi(j) || (lo(l) >= hi(j) && l < j);
+        expect(lBeatsJ, `${where}: latent ${l} (pre ${pre[at(l)]}) certainly beats selected ${j} (pre ${pre[at(j)]})`).toBe(false);
+      }
+    }
+    if (amb[r]) {
+      nearTies++;
+      continue;
+    }
+    expect(idx, `${where}: reference indices [${Array.from(ref.idx.subarray(r * k, (r + 1) * k)).join(',')}]`).toEqual(
+      Array.from(ref.idx.subarray(r * k, (r + 1) * k)),
+    );
+  }
+  return nearTies;
+}
+
+const ENCODE_CASES: [number, number, number, number][] = [
+  // dIn, numLatents, k, rows
+  [7, 13, 1, 1],
+  [7, 13, 3, 5],
+  [7, 13, 13, 37],
+  [33, 45, 3, 37],
+  [33, 45, 45, 5],
+  [129, 203, 1, 37],
+  [129, 203, 3, 5],
+];
+
+describe('SparseAutoencoder: encode, decode, forward, preActivations', () => {
+  for (const [dIn, L, k, rows] of ENCODE_CASES) {
+    it(`matches the float64 reference for dIn=${dIn} numLatents=${L} k=${k} rows=${rows}`, async () => {
+      const seed = freshSeed(dIn * 1000 + L * 10 + k);
+      const ctx = `seed ${seed} dIn=${dIn} L=${L} k=${k} rows=${rows}`;
+      const next = lcg(seed);
+      const dims = { dIn, numLatents: L, k };
+      const w = randomWeights(dIn, L, next);
+      const x = randomX(rows, dIn, next);
+      using sae = SparseAutoencoder.fromWeights(w, { k });
+      expect([sae.dIn, sae.numLatents, sae.k]).toEqual([dIn, L, k]);
+
+      // preActivations: dense, before ReLU
+      const pre = R.refPre(w, x, rows, dIn, L);
+      const preErr = R.preErrors(w, x, rows, dIn, L, pre);
+      within(await sae.preActivations(x), pre, preErr, 'preActivations', ctx);
+
+      // encode
+      const codes = await sae.encode(x);
+      const nearTies = checkCodes(codes, w, x, rows, dims, `${ctx} encode`);
+      // Near-ties are rare at these sizes; most rows must get the exact index comparison.
+      expect(nearTies, `${ctx}: ${nearTies} of ${rows} rows had reference near-ties`).toBeLessThanOrEqual(Math.floor(rows / 2));
+      // a Tensor input gives the same codes
+      using xt = tensor(x, [rows, dIn]);
+      const codesT = await sae.encode(xt);
+      expect(Array.from(codesT.indices), ctx).toEqual(Array.from(codes.indices));
+      expect(bits(codesT.values), ctx).toEqual(bits(codes.values));
+
+      // decode of the implementation's own codes (exact float32 inputs): k products and the bias
+      const dec = R.refDecode(w, { k, idx: codes.indices, val: codes.values }, rows, dIn);
+      within(await sae.decode(codes), dec.xhat, dec.bound, 'decode(encode(x))', ctx);
+
+      // decode of arbitrary valid codes: distinct random latents, descending random values
+      const idx = new Int32Array(rows * k);
+      const val = new Float32Array(rows * k);
+      for (let r = 0; r < rows; r++) {
+        const perm = Array.from({ length: L }, (_, j) => j);
+        for (let p = 0; p < k; p++) {
+          const q = p + Math.floor(next() * (L - p));
+          [perm[p], perm[q]] = [perm[q]!, perm[p]!];
+        }
+        const vs = Array.from({ length: k }, () => next() * 2).sort((a, b) => b - a);
+        for (let p = 0; p < k; p++) {
+          idx[r * k + p] = perm[p]!;
+          val[r * k + p] = vs[p]!;
+        }
+      }
+      const own: SparseCodes = { rows, numLatents: L, k, values: val, indices: idx };
+      const dec2 = R.refDecode(w, { k, idx, val }, rows, dIn);
+      within(await sae.decode(own), dec2.xhat, dec2.bound, 'decode(random codes)', ctx);
+
+      // forward: codes as encode, recon = decode(codes), fvu of that recon (a single row has no
+      // variance, so its fvu is undefined)
+      if (rows < 2) return;
+      const fwd = await sae.forward(x);
+      checkCodes(fwd.codes, w, x, rows, dims, `${ctx} forward`);
+      const decF = R.refDecode(w, { k, idx: fwd.codes.indices, val: fwd.codes.values }, rows, dIn);
+      within(fwd.recon, decF.xhat, decF.bound, 'forward recon', ctx);
+      // fvu from the returned recon: N = rows*dIn squares summed (gamma_{N+4} relative), residuals
+      // off by at most the decode bound b, and SST's own relative error.
+      const N = rows * dIn;
+      const sst = R.refSST(x, rows, dIn);
+      let sse = 0;
+      let sseErr = 0;
+      for (let i = 0; i < N; i++) {
+        const res = fwd.recon[i]! - x[i]!;
+        sse += res * res;
+        const b = decF.bound[i]!;
+        sseErr += 2 * Math.abs(res) * b + b * b;
+      }
+      const fvuFromRecon = sse / sst;
+      closeTo(fwd.fvu, fvuFromRecon, (R.gamma(N + 4) * sse + sseErr) / sst + 2 * R.gamma(N + rows + 10) * fvuFromRecon, 'forward fvu', ctx);
+      // and against the fully independent reference when no row is ambiguous for the loss
+      const ev = R.refEvaluate(w, x, rows, dims);
+      if (ev.ambiguous === 0) closeTo(fwd.fvu, ev.pass.fvu, ev.bounds.fvu, 'forward fvu vs reference', ctx);
+    });
+  }
+
+  /**
+   * Exact ties: with x_r = e_r + b_dec and dyadic weights, pre[r, j] = W_enc[r, j] + b_enc[j] is
+   * exact in float32 in any evaluation order, so equal pre-activations are bitwise equal.
+   */
+  function tieWeights(): { w: SaeWeights; x: Float32Array; targets: number[][] } {
+    const dIn = 7;
+    const L = 13;
+    const all = (v: number): number[] => new Array(L).fill(v);
+    const set = (base: number[], entries: [number[], number][]): number[] => {
+      const out = base.slice();
+      for (const [ids, v] of entries) for (const j of ids) out[j] = v;
+      return out;
+    };
+    const targets = [
+      set(all(-1), [[[3, 8, 11], 2], [[4, 7, 12], 1]]), // three-way tie on top, three-way tie at the boundary
+      set(all(-0.5), [[[5], 0.5], [[9], 0.25], [[0, 2], 0]]), // two positive: zeros (lowest index) fill
+      all(-1), // nothing positive
+      all(0.75), // everything tied
+      Array.from({ length: L }, (_, j) => j / 16), // increasing with the index
+      set(all(-0.25), [[[12, 0, 6, 1, 2], 3]]), // five-way tie crossing the boundary
+      set(all(0), [[[10, 2], 1.5]]), // exact zeros elsewhere
+    ];
+    const b_enc = Float32Array.from({ length: L }, (_, j) => j / 16 - 0.25);
+    const b_dec = Float32Array.from({ length: dIn }, (_, i) => (i - 3) / 8);
+    const W_enc = new Float32Array(dIn * L);
+    for (let r = 0; r < dIn; r++) for (let j = 0; j < L; j++) W_enc[r * L + j] = targets[r]![j]! - b_enc[j]!;
+    const next = lcg(12345);
+    const W_dec = randomWeights(dIn, L, next).W_dec;
+    const x = new Float32Array(dIn * dIn);
+    for (let r = 0; r < dIn; r++) for (let i = 0; i < dIn; i++) x[r * dIn + i] = (r === i ? 1 : 0) + b_dec[i]!;
+    return { w: { W_enc, b_enc, W_dec, b_dec }, x, targets };
+  }
+
+  it('breaks exact ties by the lower latent index, and fills with zero-valued lowest indices', async () => {
+    const { w, x, targets } = tieWeights();
+    const rows = 7;
+    const want4 = [
+      [[3, 8, 11, 4], [2, 2, 2, 1]],
+      [[5, 9, 0, 1], [0.5, 0.25, 0, 0]],
+      [[0, 1, 2, 3], [0, 0, 0, 0]],
+      [[0, 1, 2, 3], [0.75, 0.75, 0.75, 0.75]],
+      [[12, 11, 10, 9], [12 / 16, 11 / 16, 10 / 16, 9 / 16]],
+      [[0, 1, 2, 6], [3, 3, 3, 3]],
+      [[2, 10, 0, 1], [1.5, 1.5, 0, 0]],
+    ];
+    const want1 = [3, 5, 0, 0, 12, 0, 2];
+    {
+      using sae = SparseAutoencoder.fromWeights(w, { k: 4 });
+      // the construction is exact: pre-activations equal the targets bit for bit
+      expect(Array.from(await sae.preActivations(x))).toEqual(targets.flat());
+      const codes = await sae.encode(x);
+      for (let r = 0; r < rows; r++) {
+        expect(Array.from(codes.indices.subarray(r * 4, r * 4 + 4)), `row ${r} indices`).toEqual(want4[r]![0]);
+        expect(Array.from(codes.values.subarray(r * 4, r * 4 + 4)).map((v) => v + 0), `row ${r} values`).toEqual(want4[r]![1]);
+      }
+    }
+    {
+      using sae = SparseAutoencoder.fromWeights(w, { k: 1 });
+      const codes = await sae.encode(x);
+      expect(Array.from(codes.indices)).toEqual(want1);
+    }
+    {
+      using sae = SparseAutoencoder.fromWeights(w, { k: 13 });
+      const codes = await sae.encode(x);
+      expect(Array.from(codes.indices.subarray(13, 26)), 'row 1, k = numLatents').toEqual([5, 9, 0, 1, 2, 3, 4, 6, 7, 8, 10, 11, 12]);
+      expect(Array.from(codes.values.subarray(13, 26)).map((v) => v + 0)).toEqual([0.5, 0.25, ...new Array(11).fill(0)]);
+      expect(Array.from(codes.indices.subarray(0, 13)), 'row 0, k = numLatents').toEqual([3, 8, 11, 4, 7, 12, 0, 1, 2, 5, 6, 9, 10]);
+    }
+  });
+
+  it('fromWeights copies its input, accepts Tensors, and weights() returns copies', async () => {
+    const seed = freshSeed(7);
+    const next = lcg(seed);
+    const [dIn, L] = [7, 13];
+    const w = randomWeights(dIn, L, next);
+    const keep: SaeWeights = { W_enc: w.W_enc.slice(), b_enc: w.b_enc.slice(), W_dec: w.W_dec.slice(), b_dec: w.b_dec.slice() };
+    using sae = SparseAutoencoder.fromWeights(w, { k: 3 });
+    w.W_enc[0] = 42;
+    w.b_dec[1] = 42;
+    const got = await sae.weights();
+    expectSameBits(got, keep, `seed ${seed}`);
+    got.W_dec[0] = 42;
+    expectSameBits(await sae.weights(), keep, `seed ${seed}: weights() must return copies`);
+    using tW_enc = tensor(keep.W_enc, [dIn, L]);
+    using tb_enc = tensor(keep.b_enc, [L]);
+    using tW_dec = tensor(keep.W_dec, [L, dIn]);
+    using tb_dec = tensor(keep.b_dec, [dIn]);
+    using saeT = SparseAutoencoder.fromWeights({ W_enc: tW_enc, b_enc: tb_enc, W_dec: tW_dec, b_dec: tb_dec } as unknown as SaeWeights, { k: 3 });
+    expectSameBits(await saeT.weights(), keep, `seed ${seed}: from Tensors`);
+  });
+});
+
+interface GradCase {
+  dIn: number;
+  L: number;
+  k: number;
+  rows: number;
+  /** numbers of dead latents to test (0: no AuxK option at all) */
+  dead: number[];
+}
+
+const GRAD_CASES: GradCase[] = [
+  // floor(dIn / 2) = 3: 2 dead is below it (scale 2/3), 8 above (scale 1, kAux 3)
+  { dIn: 7, L: 13, k: 1, rows: 5, dead: [0, 2, 3, 8] },
+  { dIn: 7, L: 13, k: 3, rows: 37, dead: [0, 2, 8] },
+  { dIn: 7, L: 13, k: 13, rows: 5, dead: [0, 2, 8] },
+  // floor(33 / 2) = 16
+  { dIn: 33, L: 45, k: 3, rows: 37, dead: [0, 5, 30] },
+  { dIn: 33, L: 45, k: 45, rows: 5, dead: [0, 30] },
+  // floor(129 / 2) = 64
+  { dIn: 129, L: 203, k: 3, rows: 5, dead: [0, 10, 100] },
+];
+
+/** Draws weights and data until no row is ambiguous for the loss (rare; counted in the message). */
+function drawUnambiguous(
+  c: { dIn: number; L: number; k: number; rows: number },
+  salt: number,
+  deadCount: number,
+  alpha: number,
+): { seed: number; w: SaeWeights; x: Float32Array; deadMask?: Uint8Array; ev: R.RefEval; redraws: number } {
+  const dims = { dIn: c.dIn, numLatents: c.L, k: c.k };
+  for (let redraws = 0; ; redraws++) {
+    const seed = freshSeed(salt + redraws * 7777);
+    const next = lcg(seed);
+    const w = randomWeights(c.dIn, c.L, next);
+    const x = randomX(c.rows, c.dIn, next);
+    const deadMask = deadCount > 0 ? randomDeadMask(c.L, deadCount, next) : undefined;
+    const ev = R.refEvaluate(w, x, c.rows, dims, { deadMask, alpha });
+    if (ev.ambiguous === 0) return { seed, w, x, deadMask, ev, redraws };
+    if (redraws >= 20) throw new Error(`every draw had rows ambiguous for the loss (last seed ${seed})`);
+  }
+}
+
+describe('SparseAutoencoder.gradients', () => {
+  for (const c of GRAD_CASES) {
+    for (const nd of c.dead) {
+      it(`loss and gradients match the reference: dIn=${c.dIn} numLatents=${c.L} k=${c.k} rows=${c.rows} dead=${nd}`, async () => {
+        const alpha = nd === 3 ? DEFAULT_ALPHA : 0.25; // nd = 3 checks the default alpha
+        const { seed, w, x, deadMask, ev, redraws } = drawUnambiguous(c, c.dIn * 100 + c.k * 10 + nd, nd, alpha);
+        const ctx = `seed ${seed} (after ${redraws} redraws) dIn=${c.dIn} L=${c.L} k=${c.k} rows=${c.rows} dead=${nd}`;
+        using sae = SparseAutoencoder.fromWeights(w, { k: c.k });
+        const opts = deadMask ? { auxk: nd === 3 ? { deadMask } : { deadMask, alpha } } : undefined;
+        const got = await sae.gradients(x, opts);
+        closeTo(got.fvu, ev.pass.fvu, ev.bounds.fvu, 'fvu', ctx);
+        closeTo(got.auxkLoss, ev.pass.auxk, ev.bounds.auxk, 'auxkLoss', ctx);
+        closeTo(got.loss, ev.pass.loss, ev.bounds.loss, 'loss', ctx);
+        if (!deadMask) expect(got.auxkLoss, ctx).toBe(0);
+        else expect(ev.pass.auxk, `${ctx}: AuxK must be active`).toBeGreaterThan(0);
+        for (const name of R.WEIGHT_NAMES) {
+          const want = ev.pass.grads[name];
+          const tol = ev.bounds.grads[name];
+          within(got.grads[name], want, tol, `grad ${name}`, ctx);
+          // The tolerance is far below the gradient's own scale (a dropped or doubled path fails).
+          const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+          const maxTol = tol.reduce((m, v) => Math.max(m, v), 0);
+          expect(maxTol, `${ctx}: tolerance of ${name} vs its scale ${scale}`).toBeLessThan(2e-2 * scale + 1e-30);
+        }
+      });
+    }
+  }
+
+  it('a dead mask with no dead latent gives auxk = 0 and the plain gradients', async () => {
+    const c = { dIn: 33, L: 45, k: 3, rows: 5 };
+    const { seed, w, x, ev } = drawUnambiguous(c, 4242, 0, DEFAULT_ALPHA);
+    using sae = SparseAutoencoder.fromWeights(w, { k: c.k });
+    const plain = await sae.gradients(x);
+    const masked = await sae.gradients(x, { auxk: { deadMask: new Uint8Array(c.L), alpha: 0.5 } });
+    expect(masked.auxkLoss, `seed ${seed}`).toBe(0);
+    expect(masked.loss, `seed ${seed}`).toBe(plain.loss);
+    closeTo(plain.loss, ev.pass.loss, ev.bounds.loss, 'loss', `seed ${seed}`);
+    for (const name of R.WEIGHT_NAMES) expect(bits(masked.grads[name]), `seed ${seed}: ${name}`).toEqual(bits(plain.grads[name]));
+  });
+
+  for (const nd of [0, 2, 5]) {
+    it(`matches central finite differences of the float64 loss (tiny case, dead=${nd})`, async () => {
+      const c = { dIn: 7, L: 13, k: 3, rows: 5 };
+      const dims = { dIn: c.dIn, numLatents: c.L, k: c.k };
+      const alpha = 0.5;
+      const { seed, w, x, deadMask, ev } = drawUnambiguous(c, 999 + nd, nd, alpha);
+      const ctx = `seed ${seed} dead=${nd}`;
+      const next = lcg(seed ^ 0x5bd1e995);
+      using sae = SparseAutoencoder.fromWeights(w, { k: c.k });
+      const got = await sae.gradients(x, deadMask ? { auxk: { deadMask, alpha } } : undefined);
+      // AuxK's residual e = x - x_hat is detached: hold it at its value at the base point.
+      const fixedE = ev.pass.res.map((v) => -v);
+      const base = R.toF64(w);
+      const sameSelection = (s: R.RefSelection): boolean => {
+        const eq = (a: R.RefCodes, b: R.RefCodes): boolean => a.idx.every((v, i) => v === b.idx[i] && (a.val[i]! > 0) === (b.val[i]! > 0));
+        return eq(s.main, ev.sel.main) && (!s.aux || eq(s.aux, ev.sel.aux!));
+      };
+      const lossAt = (ww: R.RefWeights): number => {
+        const pre = R.refPre(ww, x, c.rows, c.dIn, c.L);
+        const sel = R.refSelect(pre, c.rows, dims, deadMask);
+        if (!sameSelection(sel)) return NaN; // crossed a TopK/ReLU kink
+        return R.refPass(ww, x, c.rows, dims, sel, { alpha, sst: ev.sst, fixedE }).loss;
+      };
+      for (const name of R.WEIGHT_NAMES) {
+        const n = base[name].length;
+        const g = ev.pass.grads[name];
+        const scale = g.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+        // a few random coordinates, and a few where the gradient is nonzero
+        const nonzero = Array.from({ length: n }, (_, i) => i).filter((i) => g[i] !== 0);
+        const coords = [0, 1, 2].map(() => Math.floor(next() * n));
+        for (let t = 0; t < 3 && nonzero.length > 0; t++) coords.push(nonzero[Math.floor(next() * nonzero.length)]!);
+        let checked = 0;
+        for (const i of coords) {
+          let fd = NaN;
+          // Within one TopK/ReLU piece the loss is quadratic in any single weight, so the central
+          // difference is exact up to float64 rounding (~1e-16 |loss| / h).
+          for (const h of [1e-3, 1e-5]) {
+            const wp = R.toF64(base);
+            wp[name][i] += h;
+            const wm = R.toF64(base);
+            wm[name][i] -= h;
+            fd = (lossAt(wp) - lossAt(wm)) / (2 * h);
+            if (!Number.isNaN(fd)) break;
+          }
+          if (Number.isNaN(fd)) continue;
+          checked++;
+          const where = `${ctx}: ${name}[${i}]`;
+          // the reference's analytic gradient agrees with its own finite differences
+          expect(Math.abs(fd - g[i]!), `${where}: reference analytic ${g[i]} vs fd ${fd}`).toBeLessThanOrEqual(1e-8 * (scale + 1e-12));
+          // the implementation within its float32 bound (plus the fd's float64 rounding)
+          closeTo(got.grads[name][i]!, fd, ev.bounds.grads[name][i]! + 1e-9 * scale, `grad ${name}[${i}] vs finite differences`, ctx);
+        }
+        expect(checked, `${ctx}: ${name}: coordinates checked`).toBeGreaterThanOrEqual(3);
+      }
+    });
+  }
+});
+
+interface StepPlan {
+  rows: number;
+  /** passed to step() when set */
+  lr?: number;
+  auxkAlpha?: number;
+  deadThresholdTokens?: number;
+}
+
+/**
+ * Steps the implementation and the reference side by side. Each reference step starts from the
+ * implementation's weights before the step (read exactly with weights()), so the comparison after
+ * each step carries only that step's rounding plus the bounded drift of the Adam moments.
+ */
+async function lockstep(
+  name: string,
+  dims: R.Dims,
+  adamOpts: { lr: number; beta1?: number; beta2?: number; eps?: number },
+  plans: StepPlan[],
+  salt: number,
+): Promise<{ numDead: number[] }> {
+  const { dIn, numLatents: L, k } = dims;
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const seed = freshSeed(salt + attempt * 131);
+    const next = lcg(seed);
+    const w0 = randomWeights(dIn, L, next);
+    using sae = SparseAutoencoder.fromWeights(w0, { k });
+    const opt = sae.adam(adamOpts);
+    const hp: R.AdamHP = { lr: adamOpts.lr, beta1: adamOpts.beta1 ?? 0.9, beta2: adamOpts.beta2 ?? 0.999, eps: adamOpts.eps ?? 1e-8 };
+    const state = new R.RefAdamState(dIn, L);
+    const counter = new R.RefDeadCounter(L);
+    expect(Array.from(await sae.tokensSinceFired()), `seed ${seed}: fresh counters`).toEqual(new Array(L).fill(0));
+    const numDead: number[] = [];
+    let ambiguousAt = -1;
+    for (let t = 0; t < plans.length; t++) {
+      const plan = plans[t]!;
+      const ctx = `${name}: seed ${seed} step ${t + 1}`;
+      const x = randomX(plan.rows, dIn, next);
+      const w = await sae.weights();
+      const threshold = plan.deadThresholdTokens ?? 10_000_000;
+      const mask = counter.mask(threshold);
+      expect(Array.from(await sae.deadMask(threshold)), `${ctx}: deadMask before the step`).toEqual(Array.from(mask));
+      const alpha = plan.auxkAlpha ?? DEFAULT_ALPHA;
+      const ref = R.refAdamStep(w, x, plan.rows, dims, state, { ...hp, lr: plan.lr ?? hp.lr }, { alpha, deadMask: mask });
+      if (ref.ev.ambiguous > 0) {
+        ambiguousAt = t;
+        break;
+      }
+      const stepOpts: { lr?: number; auxkAlpha?: number; deadThresholdTokens?: number } = {};
+      if (plan.lr !== undefined) stepOpts.lr = plan.lr;
+      if (plan.auxkAlpha !== undefined) stepOpts.auxkAlpha = plan.auxkAlpha;
+      if (plan.deadThresholdTokens !== undefined) stepOpts.deadThresholdTokens = plan.deadThresholdTokens;
+      using xt = tensor(x, [plan.rows, dIn]);
+      const stats = await opt.step(t % 2 === 0 ? x : xt, stepOpts); // Float32Array and Tensor inputs
+      expect(opt.steps, ctx).toBe(t + 1);
+      expect(stats.numDead, `${ctx}: numDead`).toBe(ref.ev.sel.numDead);
+      numDead.push(stats.numDead);
+      closeTo(stats.fvu, ref.ev.pass.fvu, ref.ev.bounds.fvu, 'fvu', ctx);
+      closeTo(stats.auxkLoss, ref.ev.pass.auxk, ref.ev.bounds.auxk, 'auxkLoss', ctx);
+      closeTo(stats.loss, ref.ev.pass.loss, ref.ev.bounds.loss, 'loss', ctx);
+      closeTo(stats.l0, ref.ev.l0, 1e-6 * Math.max(1, ref.ev.l0), 'l0', ctx);
+      const after = await sae.weights();
+      // Ill-conditioned entries (the gradient within its rounding bound of 0, so with a small eps
+      // even the update's sign is undetermined; typically a decoder row whose latent fired once
+      // with a value near 0) are skipped; they must be rare.
+      const total = R.WEIGHT_NAMES.reduce((s, n) => s + after[n].length, 0);
+      expect(ref.fragile, `${ctx}: ill-conditioned entries`).toBeLessThanOrEqual(Math.max(8, total * 0.01));
+      for (const n of R.WEIGHT_NAMES) within(after[n], ref.expected[n], ref.tol[n], `${n} after the step`, ctx);
+      for (const [j, nrm] of rowNorms(after.W_dec, L, dIn).entries()) {
+        expect(Math.abs(nrm - 1), `${ctx}: norm of W_dec row ${j}`).toBeLessThanOrEqual(R.gamma(dIn + 6));
+      }
+      counter.update(ref.ev.fired, plan.rows);
+      expect(Array.from(await sae.tokensSinceFired()), `${ctx}: tokensSinceFired`).toEqual(Array.from(counter.tsf));
+    }
+    opt.dispose();
+    if (ambiguousAt < 0) return { numDead };
+  }
+  throw new Error(`${name}: every attempt hit a row ambiguous for the loss`);
+}
+
+describe('AdamOptimizer.step', () => {
+  const dims = { dIn: 33, numLatents: 45, k: 3 };
+
+  it('one step from fromWeights matches the reference (default betas and eps)', async () => {
+    const { numDead } = await lockstep('one step', dims, { lr: 1e-3 }, [{ rows: 37 }], 1);
+    expect(numDead).toEqual([0]);
+  });
+
+  it('several steps match the reference: bias correction with t > 1, per-step lr', async () => {
+    await lockstep('default betas', dims, { lr: 1e-3 }, [{ rows: 37 }, { rows: 5, lr: 3e-3 }, { rows: 37 }], 2);
+  });
+
+  it('several steps with custom betas and eps, AuxK on dead latents, tokens-since-fired', async () => {
+    const { numDead } = await lockstep(
+      'custom betas',
+      dims,
+      { lr: 2e-3, beta1: 0.5, beta2: 0.75, eps: 1e-4 },
+      [
+        { rows: 37 },
+        { rows: 5 },
+        { rows: 20, deadThresholdTokens: 4, auxkAlpha: 0.25 }, // everything not fired in step 2
+        { rows: 37, deadThresholdTokens: 24 }, // not fired in steps 2-3
+        { rows: 7, lr: 1e-2 },
+      ],
+      3,
+    );
+    expect(numDead[2], 'step 3 must have dead latents').toBeGreaterThan(0);
+  });
+
+  it('k = numLatents and k = 1 on small odd sizes', async () => {
+    await lockstep('k = L', { dIn: 7, numLatents: 13, k: 13 }, { lr: 1e-3 }, [{ rows: 5 }, { rows: 37, deadThresholdTokens: 3 }], 4);
+    await lockstep('k = 1', { dIn: 7, numLatents: 13, k: 1 }, { lr: 1e-3 }, [{ rows: 5 }, { rows: 2 }, { rows: 37, deadThresholdTokens: 2 }], 5);
+  });
+
+  it('counts tokens since each latent fired on crafted data', async () => {
+    // dIn 7, 13 latents, k 1. Latents 0..6: encoder and decoder the unit basis and b_enc -0.05 -
+    // 0.01 j, so row 2 e_i fires exactly latent i (pre ~1.9) and every other pre-activation stays
+    // below -0.02 through the few small steps (no near-zero ties, distinct biases break the
+    // symmetry between latents). Latents 7..12: b_enc = -50, never fire. A row -c (1,...,1) has no
+    // positive pre-activation: its code is (latent 0, value 0), which is not a firing.
+    const dIn = 7;
+    const L = 13;
+    const dims = { dIn, numLatents: L, k: 1 };
+    const next = lcg(2024);
+    const rnd = randomWeights(dIn, L, next);
+    const W_enc = new Float32Array(dIn * L);
+    const W_dec = new Float32Array(L * dIn);
+    const b_enc = new Float32Array(L);
+    for (let j = 0; j < L; j++) {
+      for (let i = 0; i < dIn; i++) {
+        W_enc[i * L + j] = j < dIn ? (i === j ? 1 : 0) : rnd.W_enc[i * L + j]!;
+        W_dec[j * dIn + i] = j < dIn ? (i === j ? 1 : 0) : rnd.W_dec[j * dIn + i]!;
+      }
+      b_enc[j] = j < dIn ? -0.05 - 0.01 * j : -50;
+    }
+    using sae = SparseAutoencoder.fromWeights({ W_enc, b_enc, W_dec, b_dec: new Float32Array(dIn) }, { k: 1 });
+    const opt = sae.adam({ lr: 1e-3 });
+    // spec i >= 0: the row 2 e_i; spec < 0: the row 2 spec (1, ..., 1), no latent positive
+    const rowFor = (spec: number): number[] => (spec < 0 ? new Array(dIn).fill(2 * spec) : Array.from({ length: dIn }, (_, i) => (i === spec ? 2 : 0)));
+    const batches: { spec: number[]; threshold?: number; firedWant: number[] }[] = [
+      { spec: [0, 1, -1], firedWant: [0, 1] },
+      { spec: [2, 2, -1, -1, -1], firedWant: [2] },
+      { spec: [3, 0], threshold: 7, firedWant: [0, 3] }, // before: 0,1 at 5; 2 at 0; others 8: 10 dead
+      { spec: [-1, -2, -1, -2], threshold: 2, firedWant: [] },
+      { spec: [6, 5, 4, 4, 1, -1], threshold: 6, firedWant: [1, 4, 5, 6] },
+    ];
+    const counter = new R.RefDeadCounter(L);
+    const state = new R.RefAdamState(dIn, L);
+    for (const [t, b] of batches.entries()) {
+      const rows = b.spec.length;
+      const x = Float32Array.from(b.spec.flatMap(rowFor));
+      const threshold = b.threshold ?? 10_000_000;
+      const mask = counter.mask(threshold);
+      const w = await sae.weights();
+      const ref = R.refAdamStep(w, x, rows, dims, state, { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, { alpha: DEFAULT_ALPHA, deadMask: mask });
+      expect(ref.ev.ambiguous, `batch ${t}: crafted data must have clear margins`).toBe(0);
+      expect(Array.from(ref.ev.fired.entries()).filter(([, f]) => f).map(([j]) => j), `batch ${t}: reference firing`).toEqual(b.firedWant);
+      const stats = await opt.step(x, b.threshold === undefined ? {} : { deadThresholdTokens: threshold });
+      expect(stats.numDead, `batch ${t}: numDead`).toBe(mask.reduce((s, v) => s + v, 0));
+      closeTo(stats.loss, ref.ev.pass.loss, ref.ev.bounds.loss, 'loss', `batch ${t}`);
+      closeTo(stats.auxkLoss, ref.ev.pass.auxk, ref.ev.bounds.auxk, 'auxkLoss', `batch ${t}`);
+      closeTo(stats.l0, ref.ev.l0, 1e-6, 'l0', `batch ${t}`);
+      counter.update(ref.ev.fired, rows);
+      const tsf = await sae.tokensSinceFired();
+      expect(tsf, `batch ${t}`).toBeInstanceOf(Float64Array);
+      expect(Array.from(tsf), `batch ${t}: tokensSinceFired`).toEqual(Array.from(counter.tsf));
+    }
+    // by hand: latents 1, 4, 5, 6 fired in the last batch; 0 and 3 last fired 10 tokens ago, 2
+    // 12 tokens ago; 7..12 never (20 tokens in all)
+    expect(Array.from(counter.tsf)).toEqual([10, 0, 12, 10, 0, 0, 0, 20, 20, 20, 20, 20, 20]);
+    for (const threshold of [0, 9, 10, 11, 12, 19, 20, 1e9]) {
+      expect(Array.from(await sae.deadMask(threshold)), `deadMask(${threshold})`).toEqual(Array.from(counter.mask(threshold)));
+    }
+    // strictly greater: a latent exactly at the threshold is alive
+    expect(Array.from(await sae.deadMask(10))).toEqual([0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]);
+    opt.dispose();
+  });
+
+  it('is deterministic: same seed, same data, bit-identical weights', async () => {
+    const seed = freshSeed(11);
+    const next = lcg(seed);
+    const [dIn, L, k] = [33, 45, 3];
+    const batches = [37, 5, 20].map((rows) => randomX(rows, dIn, next));
+    const s = Number(seed % 1_000_000);
+    using a = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: s });
+    using b = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: s });
+    const oa = a.adam({ lr: 1e-3 });
+    const ob = b.adam({ lr: 1e-3 });
+    for (const x of batches) {
+      const sa = await oa.step(x, { deadThresholdTokens: 10 });
+      const sb = await ob.step(x, { deadThresholdTokens: 10 });
+      expect(sb.loss, `seed ${s}`).toBe(sa.loss);
+    }
+    expectSameBits(await a.weights(), await b.weights(), `seed ${s}`);
+    expect(Array.from(await a.tokensSinceFired())).toEqual(Array.from(await b.tokensSinceFired()));
+    oa.dispose();
+    ob.dispose();
+  });
+});
+
+describe('SparseAutoencoder.create', () => {
+  it('same seed gives identical weights, a different seed differs; W_enc = W_dec^T, unit rows, zero biases', async () => {
+    const [dIn, L, k] = [33, 45, 3];
+    const seed = freshSeed(21) % 1_000_000;
+    using a = SparseAutoencoder.create({ dIn, numLatents: L, k, seed });
+    using b = SparseAutoencoder.create({ dIn, numLatents: L, k, seed });
+    using c = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: seed + 1 });
+    using d = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: BigInt(seed) + 2n });
+    expect([a.dIn, a.numLatents, a.k]).toEqual([dIn, L, k]);
+    const wa = await a.weights();
+    expectSameBits(wa, await b.weights(), `seed ${seed}`);
+    const wc = await c.weights();
+    expect(bits(wc.W_dec), `seeds ${seed} and ${seed + 1}`).not.toEqual(bits(wa.W_dec));
+    expect(bits((await d.weights()).W_dec)).not.toEqual(bits(wc.W_dec));
+    for (const w of [wa, wc]) {
+      expect(w.W_enc.length).toBe(dIn * L);
+      expect(w.W_dec.length).toBe(L * dIn);
+      for (const [j, nrm] of rowNorms(w.W_dec, L, dIn).entries()) {
+        expect(Math.abs(nrm - 1), `seed ${seed}: norm of W_dec row ${j}`).toBeLessThanOrEqual(R.gamma(dIn + 6));
+      }
+      for (let i = 0; i < dIn; i++) for (let j = 0; j < L; j++) expect(w.W_enc[i * L + j]).toBe(w.W_dec[j * dIn + i]);
+      expect(Array.from(w.b_enc)).toEqual(new Array(L).fill(0));
+      expect(Array.from(w.b_dec)).toEqual(new Array(dIn).fill(0));
+      // random directions: no two rows equal, entries of both signs
+      const rowsSeen = new Set<string>();
+      for (let j = 0; j < L; j++) rowsSeen.add(Array.from(w.W_dec.subarray(j * dIn, (j + 1) * dIn)).join(','));
+      expect(rowsSeen.size).toBe(L);
+      expect(w.W_dec.some((v) => v > 0) && w.W_dec.some((v) => v < 0)).toBe(true);
+    }
+  });
+});
+
+describe('SparseAutoencoder input validation', () => {
+  const [dIn, L, k] = [7, 13, 3];
+
+  async function rejects(p: Promise<unknown> | (() => unknown), code: string, message?: RegExp): Promise<void> {
+    let err: unknown;
+    try {
+      await (typeof p === 'function' ? p() : p);
+    } catch (e) {
+      err = e;
+    }
+    expect(err, `expected ${code}`).toBeInstanceOf(SaekitError);
+    expect((err as SaekitError).code, (err as Error).message).toBe(code);
+    if (message) expect((err as Error).message).toMatch(message);
+  }
+
+  it('rejects bad k', async () => {
+    await rejects(() => SparseAutoencoder.create({ dIn, numLatents: L, k: 0 }), 'ERR_SAEKIT_ARG');
+    await rejects(() => SparseAutoencoder.create({ dIn, numLatents: L, k: L + 1 }), 'ERR_SAEKIT_ARG');
+    const w = randomWeights(dIn, L, lcg(1));
+    await rejects(() => SparseAutoencoder.fromWeights(w, { k: 0 }), 'ERR_SAEKIT_ARG');
+    await rejects(() => SparseAutoencoder.fromWeights(w, { k: L + 1 }), 'ERR_SAEKIT_ARG');
+  });
+
+  it('rejects x whose length is not a multiple of dIn', async () => {
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, lcg(2)), { k });
+    const x = new Float32Array(2 * dIn + 1);
+    await rejects(() => sae.encode(x), 'ERR_SAEKIT_SHAPE');
+    await rejects(() => sae.forward(x), 'ERR_SAEKIT_SHAPE');
+    await rejects(() => sae.preActivations(x), 'ERR_SAEKIT_SHAPE');
+    await rejects(() => sae.gradients(x), 'ERR_SAEKIT_SHAPE');
+    const opt = sae.adam({ lr: 1e-3 });
+    await rejects(() => opt.step(x), 'ERR_SAEKIT_SHAPE');
+    opt.dispose();
+  });
+
+  it('rejects non-finite x naming the first bad row, and a rejected step changes nothing', async () => {
+    const seed = freshSeed(3);
+    const w0 = randomWeights(dIn, L, lcg(seed));
+    using sae = SparseAutoencoder.fromWeights(w0, { k });
+    const opt = sae.adam({ lr: 1e-3 });
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      const x = randomX(6, dIn, lcg(4));
+      x[3 * dIn + 2] = bad;
+      x[5 * dIn] = bad;
+      await rejects(() => sae.encode(x), 'ERR_SAEKIT_NONFINITE', /\brow 3\b/);
+      await rejects(() => sae.forward(x), 'ERR_SAEKIT_NONFINITE', /\brow 3\b/);
+      await rejects(() => sae.gradients(x), 'ERR_SAEKIT_NONFINITE', /\brow 3\b/);
+      const before = await sae.weights();
+      await rejects(() => opt.step(x), 'ERR_SAEKIT_NONFINITE', /\brow 3\b/);
+      expectSameBits(await sae.weights(), before, `after a step on ${bad}`);
+      expect(Array.from(await sae.tokensSinceFired())).toEqual(new Array(L).fill(0));
+    }
+    // The next good step is Adam's first (t = 1 bias correction), from the unchanged weights.
+    const x = randomX(37, dIn, lcg(seed + 1));
+    const ref = R.refAdamStep(w0, x, 37, { dIn, numLatents: L, k }, new R.RefAdamState(dIn, L), { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, { alpha: DEFAULT_ALPHA });
+    await opt.step(x);
+    const after = await sae.weights();
+    if (ref.ev.ambiguous === 0) for (const n of R.WEIGHT_NAMES) within(after[n], ref.expected[n], ref.tol[n], `${n} after the first good step`, `seed ${seed}`);
+    expect(opt.steps, 'rejected steps are not counted').toBe(1);
+    opt.dispose();
+  });
+
+  it('rejects weights of the wrong length naming the weight', async () => {
+    const w = randomWeights(dIn, L, lcg(5));
+    await rejects(() => SparseAutoencoder.fromWeights({ ...w, W_dec: w.W_dec.subarray(1) }, { k }), 'ERR_SAEKIT_SHAPE', /W_dec/);
+    await rejects(() => SparseAutoencoder.fromWeights({ ...w, W_enc: new Float32Array(dIn * L + 1) }, { k }), 'ERR_SAEKIT_SHAPE', /W_enc/);
+    // A wrong bias length can make another weight look wrong instead; any of them may be named.
+    await rejects(() => SparseAutoencoder.fromWeights({ ...w, b_enc: new Float32Array(L + 1) }, { k }), 'ERR_SAEKIT_SHAPE', /\b(b_enc|W_enc|W_dec)\b/);
+    await rejects(() => SparseAutoencoder.fromWeights({ ...w, b_dec: new Float32Array(dIn - 1) }, { k }), 'ERR_SAEKIT_SHAPE', /\b(b_dec|W_enc|W_dec)\b/);
+  });
+
+  it('rejects use after dispose', async () => {
+    const sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, lcg(6)), { k });
+    const opt = sae.adam({ lr: 1e-3 });
+    const x = randomX(2, dIn, lcg(7));
+    const codes = await sae.encode(x);
+    opt.dispose();
+    await rejects(() => opt.step(x), 'ERR_SAEKIT_DISPOSED');
+    sae.dispose();
+    sae.dispose(); // idempotent
+    await rejects(() => sae.encode(x), 'ERR_SAEKIT_DISPOSED');
+    await rejects(() => sae.decode(codes), 'ERR_SAEKIT_DISPOSED');
+    await rejects(() => sae.forward(x), 'ERR_SAEKIT_DISPOSED');
+    await rejects(() => sae.weights(), 'ERR_SAEKIT_DISPOSED');
+    await rejects(() => sae.gradients(x), 'ERR_SAEKIT_DISPOSED');
+    await rejects(() => sae.tokensSinceFired(), 'ERR_SAEKIT_DISPOSED');
+    await rejects(() => sae.adam({ lr: 1e-3 }), 'ERR_SAEKIT_DISPOSED');
+    let escaped: SparseAutoencoder | undefined;
+    {
+      using s = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 1 });
+      escaped = s;
+    }
+    await rejects(() => escaped!.weights(), 'ERR_SAEKIT_DISPOSED');
+  });
+
+  it('a step whose loss is non-finite rejects and leaves the weights unchanged', async () => {
+    const w = randomWeights(dIn, L, lcg(8));
+    // pre-activations overflow float32 (x - b_dec >= 1, every W_enc entry 3e38): the loss is NaN
+    w.W_enc.fill(3e38);
+    w.b_dec.fill(-2);
+    using sae = SparseAutoencoder.fromWeights(w, { k });
+    const opt = sae.adam({ lr: 1e-3 });
+    const before = await sae.weights();
+    await rejects(() => opt.step(randomX(5, dIn, lcg(9))), 'ERR_SAEKIT_NONFINITE');
+    expectSameBits(await sae.weights(), before, 'after the rejected step');
+    expect(opt.steps, 'a rejected step does not advance Adam').toBe(0);
+    opt.dispose();
+  });
+
+  it('a step never leaves non-finite weights: with a huge weight it rejects instead', async () => {
+    const w = randomWeights(dIn, L, lcg(10));
+    // finite, but residuals near 3e38 overflow float32 when squared or doubled in the gradients
+    w.b_dec[0] = 3e38;
+    using sae = SparseAutoencoder.fromWeights(w, { k });
+    const opt = sae.adam({ lr: 1e-3 });
+    const before = await sae.weights();
+    let rejected: unknown;
+    try {
+      await opt.step(randomX(5, dIn, lcg(11)));
+    } catch (e) {
+      rejected = e;
+    }
+    const after = await sae.weights();
+    if (rejected === undefined) {
+      for (const n of R.WEIGHT_NAMES) expect(after[n].every(Number.isFinite), `${n} finite after an accepted step`).toBe(true);
+    } else {
+      expect((rejected as SaekitError).code).toBe('ERR_SAEKIT_NONFINITE');
+      expectSameBits(after, before, 'after the rejected step');
+    }
+    opt.dispose();
+  });
+});
