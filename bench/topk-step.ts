@@ -5,17 +5,20 @@
  */
 import { backend, SparseAutoencoder } from '../lib/index.js';
 import { native } from '../lib/native/index.js';
-import { type Benchmark, type Row, time } from './harness.js';
+import { type Benchmark, type Row } from './harness.js';
 
 interface Shape {
   dIn: number;
   numLatents: number;
   k: number;
   batch: number;
+  /** deadThresholdTokens for the steps; default batch * 8 (no dead latents with this data). 0 forces AuxK on. */
+  deadThreshold?: number;
 }
 
 const SHAPES: Shape[] = [
   { dIn: 768, numLatents: 24576, k: 32, batch: 4096 },
+  { dIn: 768, numLatents: 24576, k: 32, batch: 4096, deadThreshold: 0 },
   { dIn: 2048, numLatents: 65536, k: 64, batch: 2048 },
 ];
 const FIRST_ONLY: Shape[] = [
@@ -54,34 +57,50 @@ export const topkStep: Benchmark = {
       // The floor: the encoder GEMM alone, same orientation as the step (W_enc rows per latent).
       const A = batchOf(batch, dIn, 1);
       const B = batchOf(numLatents, dIn, 2);
-      let C: Float32Array | undefined = new Float32Array(batch * numLatents);
-      const gemm = await time(() => native()._gemmDirect(impl, false, true, batch, numLatents, dIn, A, B, C!), {
-        repeats: Math.max(3, Math.min(opts.repeats, 5)),
-        warmup: 1,
-      });
-      C = undefined;
+      const C = new Float32Array(batch * numLatents);
       using sae = SparseAutoencoder.create({ dIn, numLatents, k, seed: 1 });
       using opt = sae.adam();
       const xs = [batchOf(batch, dIn, 3), batchOf(batch, dIn, 4)];
       const per: { gemm: number; select: number; decode: number; backward: number; update: number }[] = [];
       let i = 0;
       // Dead latents appear after 8 steps with this threshold, so AuxK is part of the timing.
-      const threshold = batch * 8;
-      const step = await time(async () => {
+      const threshold = sh.deadThreshold ?? batch * 8;
+      const oneGemm = () => native()._gemmDirect(impl, false, true, batch, numLatents, dIn, A, B, C);
+      const oneStep = async () => {
         const r = await opt.step(xs[i++ % 2]!, { deadThresholdTokens: threshold });
         per.push(r.seconds);
-      }, { repeats: opts.repeats, warmup: Math.max(1, opts.warmup) });
+      };
+      // Interleaved, so both see the same machine load (the machines are shared and noisy).
+      const tg: number[] = [];
+      const ts: number[] = [];
+      for (let w = 0; w < Math.max(1, opts.warmup); w++) {
+        oneGemm();
+        await oneStep();
+      }
+      per.length = 0;
+      for (let r = 0; r < opts.repeats; r++) {
+        let t0 = performance.now();
+        oneGemm();
+        tg.push((performance.now() - t0) / 1e3);
+        t0 = performance.now();
+        await oneStep();
+        ts.push((performance.now() - t0) / 1e3);
+      }
+      const gemm = { median: median(tg), min: Math.min(...tg), max: Math.max(...tg) };
+      const step = { median: median(ts), min: Math.min(...ts), max: Math.max(...ts) };
+      const ratios = ts.map((t, r) => t / tg[r]!);
       const last = await opt.step(xs[0]!, { deadThresholdTokens: threshold });
       const rssMiB = process.resourceUsage().maxRSS / 1024;
       const paramMiB = (3 * (2 * numLatents * dIn + numLatents + dIn) * 4) / 2 ** 20;
       const sel = median(per.map((p) => p.select));
       const bwd = median(per.map((p) => p.backward + p.update));
       rows.push({
-        shape: `d${dIn} M${numLatents} k${k} N${batch}`,
+        shape: `d${dIn} M${numLatents} k${k} N${batch}${sh.deadThreshold === 0 ? ' +AuxK' : ''}`,
         'step ms': step.median * 1e3,
         'tok/s': batch / step.median,
         'gemm ms': gemm.median * 1e3,
         'step/gemm': step.median / gemm.median,
+        'ratio (paired)': median(ratios),
         'topk ms': sel * 1e3,
         'sparse bwd ms': bwd * 1e3,
         'peak RSS MiB': rssMiB,

@@ -1,8 +1,33 @@
 #include "thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SK_PAUSE() _mm_pause()
+#else
+#define SK_PAUSE() ((void)0)
+#endif
 
 namespace sk {
+
+namespace {
+
+// How long a thread polls for new work (or for the last task to finish) before it sleeps.
+constexpr auto kSpin = std::chrono::microseconds(200);
+
+template <typename Pred>
+bool spin_until(Pred ready) {
+  auto until = std::chrono::steady_clock::now() + kSpin;
+  for (int i = 0;; ++i) {
+    if (ready()) return true;
+    SK_PAUSE();
+    if ((i & 255) == 255 && std::chrono::steady_clock::now() > until) return false;
+  }
+}
+
+}  // namespace
 
 int hardware_threads() {
   unsigned n = std::thread::hardware_concurrency();
@@ -27,7 +52,12 @@ void ThreadPool::worker_main(int) {
   uint64_t seen = 0;
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
+    if (!stop_ && generation_.load(std::memory_order_acquire) == seen) {
+      lock.unlock();
+      spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
+      lock.lock();
+    }
+    start_cv_.wait(lock, [&] { return stop_ || generation_.load() != seen; });
     if (stop_) return;
     seen = generation_;
     // Take tasks until none are left; tasks are claimed under the lock (they are coarse).
@@ -75,7 +105,12 @@ void ThreadPool::run(int tasks, const std::function<void(int)>& fn) {
     lock.lock();
     --active_;
   }
-  done_cv_.wait(lock, [&] { return active_ == 0; });
+  if (active_.load() != 0) {
+    lock.unlock();
+    spin_until([&] { return active_.load(std::memory_order_acquire) == 0; });
+    lock.lock();
+  }
+  done_cv_.wait(lock, [&] { return active_.load() == 0; });
   fn_ = nullptr;
   tasks_ = 0;
   std::exception_ptr err = error_;

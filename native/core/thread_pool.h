@@ -3,6 +3,7 @@
 // is called by one thread at a time (the backend executor); work is split statically so that a
 // given size and thread count always gives the same partition (deterministic reductions).
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -37,8 +38,11 @@ class ThreadPool {
   const std::function<void(int)>* fn_ = nullptr;
   int tasks_ = 0;
   int next_task_ = 0;
-  int active_ = 0;
-  uint64_t generation_ = 0;
+  // Read without the lock while spinning (written under it): a short spin before sleeping hides
+  // the wake-up latency of condition variables (milliseconds on some VMs) between the many
+  // short parallel phases of an op.
+  std::atomic<int> active_{0};
+  std::atomic<uint64_t> generation_{0};
   bool stop_ = false;
   std::exception_ptr error_;
 };

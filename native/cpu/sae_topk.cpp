@@ -136,7 +136,11 @@ void sae_encode(const SaeView& p, const float* x, int64_t N, int64_t K, const st
   if (!xc) {
     own_xc.reset(new float[size_t(T * D)]);
   }
-  std::unique_ptr<float[]> pre(new float[size_t(T * M)]);
+  // The tile buffer is kept between calls (it is at most kTileBytes): a fresh 64 MiB allocation
+  // per step would be page-faulted in again every time.
+  static thread_local std::vector<float> pre_ws;
+  if (pre_ws.size() < size_t(T * M)) pre_ws.resize(size_t(T * M));
+  float* pre = pre_ws.data();
   for (int64_t r0 = 0; r0 < N; r0 += T) {
     const int64_t rows = std::min(T, N - r0);
     float* xt = xc ? xc + r0 * D : own_xc.get();
@@ -145,13 +149,13 @@ void sae_encode(const SaeView& p, const float* x, int64_t N, int64_t K, const st
         for (int64_t d = 0; d < D; ++d) xt[n * D + d] = x[(r0 + n) * D + d] - p.b_dec[d];
     });
     Clock::time_point t0 = Clock::now();
-    gemm_f32(false, true, rows, M, D, 1.0f, xt, D, p.W_encT, D, 0.0f, pre.get(), M);
+    gemm_f32(false, true, rows, M, D, 1.0f, xt, D, p.W_encT, D, 0.0f, pre, M);
     Clock::time_point t1 = Clock::now();
     // Bias + ReLU + TopK while the tile is still in cache; only (value, index) pairs survive.
     pool.parallel_for(rows, 4, [&](int64_t a, int64_t b, int) {
       std::vector<float> dv;
       for (int64_t n = a; n < b; ++n) {
-        const float* row = pre.get() + n * M;
+        const float* row = pre + n * M;
         const int64_t g = r0 + n;
         TopKHeap h{&main->v[size_t(g * K)], &main->i[size_t(g * K)], 0, K};
         kern.topk_scan(&h, row, p.b_enc, M);
