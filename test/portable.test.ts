@@ -14,7 +14,18 @@ import { packageRoot } from '../lib/native/index.js';
 const qemu = spawnSync('qemu-x86_64', ['--version']).status === 0;
 const fixture = path.join(packageRoot, 'test', 'fixtures', 'portable-check.mjs');
 
-function run(env: NodeJS.ProcessEnv, emulate: boolean): { simd: string; blas: string; maxRelErr: number; f16: number[]; bf16: number[]; randn: number[] } {
+interface Result {
+  simd: string;
+  blas: string;
+  maxRelErr: number;
+  f16: number[];
+  bf16: number[];
+  randn: number[];
+  losses: number[];
+  codes: number;
+}
+
+function run(env: NodeJS.ProcessEnv, emulate: boolean): Result {
   const cmd = emulate ? 'qemu-x86_64' : process.execPath;
   const args = emulate ? ['-cpu', 'Nehalem', process.execPath, fixture, packageRoot] : [fixture, packageRoot];
   const out = execFileSync(cmd, args, { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 240_000 });
@@ -36,6 +47,10 @@ describe.runIf(qemu)('portable binary (emulated SSE4.2-only CPU)', () => {
       expect(emulated.f16.slice(0, 3)).toEqual([0x3e00, 0x7c00, 0x0002]);
       // Philox bits are identical; Box-Muller goes through libm in float64 on both: equal.
       expect(emulated.randn).toEqual(here.randn);
+      // The SAE step on the baseline kernels (no FMA) agrees with the native run to rounding.
+      emulated.losses.forEach((l, i) => expect(Math.abs(l - here.losses[i]!) / here.losses[i]!).toBeLessThan(1e-4));
+      expect(emulated.losses[2]!).toBeLessThan(emulated.losses[0]!);
+      expect(emulated.codes).toBe(37 * 3);
     });
   }
 });

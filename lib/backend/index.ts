@@ -44,6 +44,11 @@ export interface BackendInfo {
   cuda: { available: boolean; reason: string; attempts: { path: string; outcome: string }[] };
   /** The Node-API version the addon was built for. */
   napiVersion: number;
+  /**
+   * The SAE encoder's tile: at most `rows` rows and `bytes` bytes of pre-activations at a time
+   * (SAEKIT_TILE_ROWS, SAEKIT_TILE_BYTES; defaults 4096 and 64 MiB).
+   */
+  encoderTile: { bytes: number; rows: number };
 }
 
 /** Reports the backend, SIMD level, BLAS and CUDA status. Cheap; safe to call often. */

@@ -33,6 +33,7 @@ export interface NativeInfo {
   blas: { name: string; version: string; coretype?: string; config?: string; linked: boolean; reason?: string };
   cuda: { available: boolean; reason: string; attempts: { path: string; outcome: string }[] };
   napiVersion: number;
+  encoderTile: { bytes: number; rows: number };
 }
 
 /** The addon's SAE handle (native/napi/sae_wrap.cpp). Weights use the SAELens orientation. */

@@ -15,8 +15,8 @@ struct TopKHeap {
 };
 
 struct SaeKernels {
-  // Offers ReLU(pre[l] + bias[l]) for l in [0, M) to the heap, in index order.
-  void (*topk_scan)(TopKHeap* h, const float* pre, const float* bias, int64_t M);
+  // Offers (ReLU(pre[l] + bias[l]), base + l) for l in [0, count) to the heap, in index order.
+  void (*topk_scan)(TopKHeap* h, const float* pre, const float* bias, int64_t count, int32_t base);
   // dot(a, b) over n floats (float32 accumulation in vector lanes).
   float (*dot)(const float* a, const float* b, int64_t n);
   // y += a * x over n floats.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -29,18 +30,18 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-// The encoder's pre-activation tile is bounded by this many bytes (plus one row), so the extra
-// memory of an encode never grows with N * M.
-constexpr int64_t kTileBytes = int64_t(64) << 20;
+// The encoder tile bounds (see encoder_tiling()).
+int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  const char* v = std::getenv(name);
+  if (!v) return fallback;
+  char* end = nullptr;
+  long long n = std::strtoll(v, &end, 10);
+  return (end != v && *end == '\0' && n >= lo && n <= hi) ? int64_t(n) : fallback;
+}
 // Fixed block sizes for reductions: results do not depend on the thread count.
 constexpr int64_t kRowBlock = 256;
 constexpr int64_t kLatentBlock = 256;
 
-int64_t tile_rows(int64_t N, int64_t M) {
-  int64_t t = std::max<int64_t>(1, kTileBytes / std::max<int64_t>(1, M * int64_t(sizeof(float))));
-  if (t >= 16) t = t / 16 * 16;
-  return std::min(N, t);
-}
 
 // Sorts a row's kept pairs by descending value (ties: lower index first).
 void sort_desc(float* v, int32_t* i, int64_t K) {
@@ -90,6 +91,12 @@ double row_sum(int64_t N, ThreadPool& pool, F per_row) {
 
 }  // namespace
 
+EncoderTiling encoder_tiling() {
+  static const EncoderTiling t = {env_int("SAEKIT_TILE_BYTES", int64_t(64) << 20, 1024, int64_t(1) << 36),
+                                  env_int("SAEKIT_TILE_ROWS", 4096, 1, int64_t(1) << 30)};
+  return t;
+}
+
 SaeView sae_view(float* slab, int64_t D, int64_t M) {
   SaeView p;
   p.D = D;
@@ -130,49 +137,67 @@ void sae_encode(const SaeView& p, const float* x, int64_t N, int64_t K, const st
     aux->v.assign(size_t(N * aux->K), 0.0f);
     aux->i.assign(size_t(N * aux->K), 0);
   }
-  const int64_t T = tile_rows(N, M);
-  std::unique_ptr<float[]> own_xc;
-  float* xc = xc_out;
-  if (!xc) {
-    own_xc.reset(new float[size_t(T * D)]);
-  }
-  // The tile buffer is kept between calls (it is at most kTileBytes): a fresh 64 MiB allocation
-  // per step would be page-faulted in again every time.
+  // Tiles: blocks of up to kRowTile rows, and within them blocks of latents so that one tile of
+  // pre-activations stays under kTileBytes. Tiling by latents (not rows) means W_enc is packed
+  // by the GEMM once per row block, as in one big GEMM; each row's TopK heap carries over from
+  // one latent block to the next (latents arrive in increasing index order).
+  const EncoderTiling tiling = encoder_tiling();
+  const int64_t R = std::min<int64_t>(N, tiling.rows);
+  int64_t C = std::max<int64_t>(1, tiling.bytes / (R * int64_t(sizeof(float))));
+  C = C >= M ? M : std::max<int64_t>(16, C / 16 * 16);
+  std::vector<float> own_xc;
+  if (!xc_out) own_xc.resize(size_t(R * D));
+  // Kept between calls (at most kTileBytes): a fresh allocation per step would be page-faulted
+  // in again every time.
   static thread_local std::vector<float> pre_ws;
-  if (pre_ws.size() < size_t(T * M)) pre_ws.resize(size_t(T * M));
+  if (pre_ws.size() < size_t(R * C)) pre_ws.resize(size_t(R * C));
   float* pre = pre_ws.data();
-  for (int64_t r0 = 0; r0 < N; r0 += T) {
-    const int64_t rows = std::min(T, N - r0);
-    float* xt = xc ? xc + r0 * D : own_xc.get();
+  std::vector<int64_t> hsize(static_cast<size_t>(R)), asize(static_cast<size_t>(R));
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t rows = std::min(R, N - r0);
+    float* xt = xc_out ? xc_out + r0 * D : own_xc.data();
     pool.parallel_for(rows, 64, [&](int64_t a, int64_t b, int) {
       for (int64_t n = a; n < b; ++n)
         for (int64_t d = 0; d < D; ++d) xt[n * D + d] = x[(r0 + n) * D + d] - p.b_dec[d];
     });
-    Clock::time_point t0 = Clock::now();
-    gemm_f32(false, true, rows, M, D, 1.0f, xt, D, p.W_encT, D, 0.0f, pre, M);
-    Clock::time_point t1 = Clock::now();
-    // Bias + ReLU + TopK while the tile is still in cache; only (value, index) pairs survive.
-    pool.parallel_for(rows, 4, [&](int64_t a, int64_t b, int) {
-      std::vector<float> dv;
-      for (int64_t n = a; n < b; ++n) {
-        const float* row = pre + n * M;
-        const int64_t g = r0 + n;
-        TopKHeap h{&main->v[size_t(g * K)], &main->i[size_t(g * K)], 0, K};
-        kern.topk_scan(&h, row, p.b_enc, M);
-        sort_desc(h.v, h.i, K);
-        if (with_aux) {
-          TopKHeap ha{&aux->v[size_t(g * Kaux)], &aux->i[size_t(g * Kaux)], 0, Kaux};
-          for (int32_t l : dead) {
-            float act = row[l] + p.b_enc[l];
-            topk_push(&ha, act > 0.0f ? act : 0.0f, l);
+    std::fill(hsize.begin(), hsize.end(), 0);
+    std::fill(asize.begin(), asize.end(), 0);
+    size_t dead_pos = 0;  // first dead latent not yet offered
+    for (int64_t c0 = 0; c0 < M; c0 += C) {
+      const int64_t cols = std::min(C, M - c0);
+      Clock::time_point t0 = Clock::now();
+      gemm_f32(false, true, rows, cols, D, 1.0f, xt, D, p.W_encT + c0 * D, D, 0.0f, pre, cols);
+      Clock::time_point t1 = Clock::now();
+      size_t dead_end = dead_pos;
+      while (dead_end < dead.size() && dead[dead_end] < c0 + cols) ++dead_end;
+      // Bias + ReLU + TopK while the tile is still in cache; only (value, index) pairs survive.
+      pool.parallel_for(rows, 4, [&](int64_t a, int64_t b, int) {
+        for (int64_t n = a; n < b; ++n) {
+          const float* row = pre + n * cols;
+          const int64_t g = r0 + n;
+          TopKHeap h{&main->v[size_t(g * K)], &main->i[size_t(g * K)], hsize[size_t(n)], K};
+          kern.topk_scan(&h, row, p.b_enc + c0, cols, int32_t(c0));
+          hsize[size_t(n)] = h.size;
+          if (with_aux && dead_end > dead_pos) {
+            TopKHeap ha{&aux->v[size_t(g * Kaux)], &aux->i[size_t(g * Kaux)], asize[size_t(n)], Kaux};
+            for (size_t q = dead_pos; q < dead_end; ++q) {
+              int32_t l = dead[q];
+              float act = row[l - c0] + p.b_enc[l];
+              topk_push(&ha, act > 0.0f ? act : 0.0f, l);
+            }
+            asize[size_t(n)] = ha.size;
           }
         }
+      });
+      dead_pos = dead_end;
+      if (times) {
+        times->gemm += seconds(t0, t1);
+        times->select += seconds(t1, Clock::now());
       }
-    });
-    if (times) {
-      times->gemm += seconds(t0, t1);
-      times->select += seconds(t1, Clock::now());
     }
+    pool.parallel_for(rows, 16, [&](int64_t a, int64_t b, int) {
+      for (int64_t n = a; n < b; ++n) sort_desc(&main->v[size_t((r0 + n) * K)], &main->i[size_t((r0 + n) * K)], K);
+    });
   }
 }
 

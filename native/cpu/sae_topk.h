@@ -27,6 +27,15 @@ struct SaeView {
   float* b_dec = nullptr;   // [D]
 };
 
+// The encoder works on tiles of at most `rows` rows and `bytes` bytes of pre-activations (the
+// extra memory of an encode does not grow with N * M). Defaults 4096 rows and 64 MiB; the
+// environment variables SAEKIT_TILE_ROWS and SAEKIT_TILE_BYTES override them (read once).
+struct EncoderTiling {
+  int64_t bytes;
+  int64_t rows;
+};
+EncoderTiling encoder_tiling();
+
 inline int64_t sae_slab_floats(int64_t D, int64_t M) { return 2 * M * D + M + D; }
 SaeView sae_view(float* slab, int64_t D, int64_t M);
 

@@ -8,6 +8,7 @@
 #include "../core/plugin.h"
 #include "../cpu/blas.h"
 #include "../cpu/cpu_backend.h"
+#include "../cpu/sae_topk.h"
 #include "args.h"
 #include "async.h"
 #include "env_data.h"
@@ -75,6 +76,11 @@ Napi::Value backend_info(const Napi::CallbackInfo& info) {
   cuda.Set("attempts", attempts);
   o.Set("cuda", cuda);
   o.Set("napiVersion", NAPI_VERSION);
+  cpu::EncoderTiling tiling = cpu::encoder_tiling();
+  Napi::Object tile = Napi::Object::New(env);
+  tile.Set("bytes", double(tiling.bytes));
+  tile.Set("rows", double(tiling.rows));
+  o.Set("encoderTile", tile);
   return o;
 }
 
