@@ -1,6 +1,7 @@
 /**
  * gemm: saekit's ops.matmul (async: validate, queue, allocate the result, run, settle) against
  * the same BLAS called directly and synchronously on the same buffers, same shapes, same run.
+ * `out=` is ops.matmul writing into an existing tensor (no allocation and page faults).
  * Also the built-in GEMM against the BLAS, the floor it falls back from.
  */
 import { backend, ops, tensor } from '../lib/index.js';
@@ -44,12 +45,15 @@ export const gemm: Benchmark = {
         const c = await ops.matmul(a, b);
         c.dispose();
       }, reps);
+      using out = tensor(new Float32Array(M * N), [M, N]);
+      const oursOut = await time(() => ops.matmul(a, b, { out }), reps);
       const row: Row = { shape: `${M}x${N}x${K}` };
       if (info.blas.linked) {
         const blas = await time(() => native()._gemmDirect('blas', false, false, M, N, K, A, B, C), reps);
         row['blas GF/s'] = flops / blas.median / 1e9;
         row['matmul GF/s'] = flops / ours.median / 1e9;
         row['matmul/blas'] = blas.median / ours.median;
+        row['out=/blas'] = blas.median / oursOut.median;
         const builtin = await time(() => native()._gemmDirect('builtin', false, false, M, N, K, A, B, C), reps);
         row['builtin GF/s'] = flops / builtin.median / 1e9;
         row['builtin/blas'] = blas.median / builtin.median;
@@ -59,6 +63,7 @@ export const gemm: Benchmark = {
         row['builtin GF/s'] = flops / builtin.median / 1e9;
         row['matmul GF/s'] = flops / ours.median / 1e9;
         row['matmul/builtin'] = builtin.median / ours.median;
+        row['out=/builtin'] = builtin.median / oursOut.median;
         row['spread %'] = 100 * Math.max(ours.spread, builtin.spread);
       }
       rows.push(row);

@@ -99,6 +99,7 @@ export interface NativeBinding {
   zeros(shape: readonly number[], dtype: NativeDType): NativeTensor;
   random(shape: readonly number[], dtype: NativeDType, kind: 'uniform' | 'normal', seed: bigint, stream: bigint): NativeTensor;
   matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): Promise<NativeTensor>;
+  matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean, out: NativeTensor): Promise<undefined>;
   NativeSae: NativeSaeStatics;
   _philox(counter: Uint32Array, key: Uint32Array): Uint32Array;
   _gemmDirect(

@@ -13,6 +13,11 @@ export interface MatmulOptions {
   transA?: boolean;
   /** Use b's transpose: b is [N, K] instead of [K, N]. Default false. */
   transB?: boolean;
+  /**
+   * Write the product into this float32 [M, N] tensor (not a or b) and resolve to it, instead of
+   * allocating a new one: saves the allocation in loops.
+   */
+  out?: Tensor;
 }
 
 /**
@@ -42,6 +47,19 @@ export async function matmul(a: Tensor, b: Tensor, options?: MatmulOptions): Pro
         `(a [${a.shape.join(', ')}]${transA ? ' transposed' : ''}, b [${b.shape.join(', ')}]${transB ? ' transposed' : ''})`,
     );
   }
-  const out = await settleNative(callNative(() => native().matmul(ha, hb, transA, transB)), site);
-  return wrapHandle<'float32'>(out);
+  if (opts.out !== undefined) {
+    const out = opts.out;
+    const ho = handleOf(out, 'options.out');
+    if (out.dtype !== 'float32' || out.shape.length !== 2 || out.shape[0] !== m || out.shape[1] !== n) {
+      throw new SaekitError(
+        'ERR_SAEKIT_SHAPE',
+        `Expected a float32 tensor of shape [${m}, ${n}] for options.out but received ${out.dtype} [${out.shape.join(', ')}]`,
+      );
+    }
+    if (out === a || out === b) throw argError('options.out', 'a tensor other than a and b', out);
+    await settleNative(callNative(() => native().matmul(ha, hb, transA, transB, ho)), site);
+    return out as Tensor<'float32'>;
+  }
+  const result = await settleNative(callNative(() => native().matmul(ha, hb, transA, transB)), site);
+  return wrapHandle<'float32'>(result);
 }

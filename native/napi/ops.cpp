@@ -97,11 +97,25 @@ Napi::Value matmul(const Napi::CallbackInfo& info) {
     throw Error(ErrorCode::Shape, fmt("matmul: inner dimensions differ: op(a) is [", M, ", ", K, "] and op(b) is [", Kb,
                                       ", ", N, "] (a ", shape_str(a.shape), (ta ? " transposed" : ""), ", b ",
                                       shape_str(b.shape), (tb ? " transposed" : ""), ")"));
-  Tensor c = Tensor::empty(DType::F32, {M, N});
+  Tensor c;
+  bool have_out = info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsNull();
+  if (have_out) {
+    c = NativeTensor::unwrap(info[4], "out");
+    if (c.dtype != DType::F32 || c.shape != std::vector<int64_t>{M, N})
+      throw Error(ErrorCode::Shape, fmt("Expected a float32 tensor of shape [", M, ", ", N, "] for out but received ",
+                                        dtype_name(c.dtype), " ", shape_str(c.shape)));
+    if (c.storage == a.storage || c.storage == b.storage)
+      throw Error(ErrorCode::Arg, "Expected out to be a different tensor from a and b (it is written while they are read)");
+  } else {
+    c = Tensor::empty(DType::F32, {M, N});
+  }
   auto work = [a, b, c, ta, tb, M, N, K]() mutable {
     cpu().gemm_f32(ta, tb, M, N, K, 1.0f, a.data<float>(), std::max<int64_t>(1, a.shape[1]), b.data<float>(),
                    std::max<int64_t>(1, b.shape[1]), 0.0f, c.data<float>(), std::max<int64_t>(1, N));
   };
+  if (have_out) {
+    return queue_job(info.Env(), std::move(work), nullptr);
+  }
   return queue_job(info.Env(), std::move(work), [c](Napi::Env env) -> Napi::Value { return NativeTensor::wrap(env, c); });
 }
 

@@ -57,6 +57,22 @@ export function matmulSuite(seedBase: number): void {
     expect(worst).toBeGreaterThan(1);
   });
 
+  it('writes into options.out: same values as a new result, and checks its shape and aliasing', async () => {
+    const next = lcg(seedBase + 7);
+    const [M, N, K] = [19, 23, 41];
+    using a = tensor(randomMatrix(M, K, next), [M, K]);
+    using b = tensor(randomMatrix(N, K, next), [N, K]);
+    using fresh = await ops.matmul(a, b, { transB: true });
+    using out = tensor(new Float32Array(M * N).fill(NaN), [M, N]);
+    const r = await ops.matmul(a, b, { transB: true, out });
+    expect(r).toBe(out);
+    expect(Array.from(await out.toArray())).toEqual(Array.from(await fresh.toArray()));
+    using wrong = tensor(new Float32Array(N * M), [N, M]);
+    await expect(ops.matmul(a, b, { transB: true, out: wrong })).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
+    using sq = tensor(randomMatrix(M, M, next), [M, M]);
+    await expect(ops.matmul(sq, sq, { out: sq })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+  });
+
   it('handles an empty inner dimension (K = 0) as a zero matrix', async () => {
     using c = await ops.matmul(tensor(new Float32Array(0), [3, 0]), tensor(new Float32Array(0), [0, 4]));
     expect(Array.from(await c.toArray())).toEqual(new Array(12).fill(0));
