@@ -101,6 +101,16 @@ export interface NativeBinding {
   matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): Promise<NativeTensor>;
   matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean, out: NativeTensor): Promise<undefined>;
   NativeSae: NativeSaeStatics;
+  /**
+   * Synchronous conversion between typed arrays on the calling thread (float16/bfloat16 as raw
+   * Uint16Array bits; float32 <-> bfloat16/float16 round to nearest even). Lengths must match.
+   */
+  convertInto(
+    src: Float32Array | Uint16Array | Int32Array,
+    srcDtype: NativeDType,
+    dst: Float32Array | Uint16Array | Int32Array,
+    dstDtype: NativeDType,
+  ): void;
   _philox(counter: Uint32Array, key: Uint32Array): Uint32Array;
   _gemmDirect(
     impl: 'blas' | 'builtin',

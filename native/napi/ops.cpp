@@ -8,6 +8,7 @@
 #include "../core/philox.h"
 #include "../cpu/blas.h"
 #include "../cpu/cpu_backend.h"
+#include "../cpu/convert.h"
 #include "../cpu/gemm_builtin.h"
 #include "args.h"
 #include "async.h"
@@ -165,6 +166,24 @@ Napi::Value gemm_direct(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// convertInto(src, srcDtype, dst, dstDtype): synchronous element conversion between typed
+// arrays on the calling thread (single-threaded: for data loaders converting one batch).
+// float16/bfloat16 are raw Uint16Array bits. Lengths must match.
+Napi::Value convert_into(const Napi::CallbackInfo& info) {
+  DType st = get_dtype(info[1], "srcDtype");
+  DType dt = get_dtype(info[3], "dstDtype");
+  check_typed_array(info[0], st, "src");
+  check_typed_array(info[2], dt, "dst");
+  Napi::TypedArray src = info[0].As<Napi::TypedArray>(), dst = info[2].As<Napi::TypedArray>();
+  if (src.ElementLength() != dst.ElementLength())
+    throw Error(ErrorCode::Shape, fmt("Expected dst of length ", src.ElementLength(), " (as src) but received length ",
+                                      dst.ElementLength()));
+  const void* sp = static_cast<const uint8_t*>(src.ArrayBuffer().Data()) + src.ByteOffset();
+  void* dp = static_cast<uint8_t*>(dst.ArrayBuffer().Data()) + dst.ByteOffset();
+  cpu::convert(dp, dt, sp, st, int64_t(src.ElementLength()), nullptr);
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void register_ops(Napi::Env env, Napi::Object exports) {
@@ -172,6 +191,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("zeros", Napi::Function::New<guarded<zeros>>(env, "zeros"));
   exports.Set("random", Napi::Function::New<guarded<random_fill>>(env, "random"));
   exports.Set("matmul", Napi::Function::New<guarded<matmul>>(env, "matmul"));
+  exports.Set("convertInto", Napi::Function::New<guarded<convert_into>>(env, "convertInto"));
   exports.Set("_philox", Napi::Function::New<guarded<philox>>(env, "_philox"));
   exports.Set("_gemmDirect", Napi::Function::New<guarded<gemm_direct>>(env, "_gemmDirect"));
 }
