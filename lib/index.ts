@@ -28,6 +28,8 @@ export {
   AdamOptimizer,
   type SparseCodes,
   type SaeWeights,
+  type Architecture,
+  type FromWeightsOptions,
   type Rows,
   type CreateOptions,
   type AuxKOptions,

@@ -42,14 +42,15 @@ export interface NativeSaeWeights {
   b_enc: Float32Array;
   W_dec: Float32Array;
   b_dec: Float32Array;
+  threshold?: Float32Array;
 }
 export interface NativeSae {
   readonly disposed: boolean;
   dispose(): void;
   weights(): Promise<NativeSaeWeights>;
-  encode(x: Float32Array | NativeTensor): Promise<{ values: Float32Array; indices: Int32Array }>;
+  encode(x: Float32Array | NativeTensor): Promise<{ values: Float32Array; indices: Int32Array; k: number }>;
   decode(values: Float32Array, indices: Int32Array, rows: number): Promise<Float32Array>;
-  forward(x: Float32Array | NativeTensor): Promise<{ values: Float32Array; indices: Int32Array; recon: Float32Array; fvu: number }>;
+  forward(x: Float32Array | NativeTensor): Promise<{ values: Float32Array; indices: Int32Array; k: number; recon: Float32Array; fvu: number }>;
   preActivations(x: Float32Array | NativeTensor): Promise<Float32Array>;
   gradients(
     x: Float32Array | NativeTensor,
@@ -87,6 +88,9 @@ export interface NativeSaeStatics {
     dIn: number,
     numLatents: number,
     k: number,
+    architecture?: 'topk' | 'jumprelu',
+    applyBDecToInput?: boolean,
+    threshold?: Float32Array,
   ): NativeSae;
 }
 

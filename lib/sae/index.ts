@@ -25,9 +25,10 @@
  * ```
  */
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
+import type { WriteSaeOptions } from '../io/sae-files.js';
 import { native, type NativeAdam, type NativeSae, type NativeTensor } from '../native/index.js';
 import { handleOf, Tensor } from '../tensor/index.js';
-import { checkInt, checkOptions, checkSeed } from '../validate.js';
+import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed } from '../validate.js';
 
 /** Sparse codes: `k` (value, latent index) pairs per row, row-major, each row by descending value. */
 export interface SparseCodes {
@@ -50,6 +51,24 @@ export interface SaeWeights {
   W_dec: Float32Array;
   /** [dIn] */
   b_dec: Float32Array;
+  /** [numLatents] JumpReLU thresholds (JumpReLU SAEs only). */
+  threshold?: Float32Array;
+}
+
+/** Activation functions. */
+export type Architecture = 'topk' | 'jumprelu';
+
+/** Options of fromWeights(). */
+export interface FromWeightsOptions {
+  /** Active latents per row (TopK). */
+  k?: number;
+  /**
+   * 'topk' (default) or 'jumprelu': `f = ReLU(z) 1[z > threshold]` with weights.threshold; a
+   * JumpReLU SAE encodes and decodes (training it comes later).
+   */
+  architecture?: Architecture;
+  /** Whether the encoder sees `x - b_dec` (SAELens apply_b_dec_to_input). Default true (false for Gemma Scope). */
+  applyBDecToInput?: boolean;
 }
 
 /** Rows of activations: a Float32Array of rows * dIn values, or a float32 Tensor [rows, dIn]. */
@@ -169,14 +188,27 @@ export class SparseAutoencoder {
   readonly dIn: number;
   /** Number of latents. */
   readonly numLatents: number;
-  /** Active latents per row. */
+  /** Active latents per row (TopK); 0 for JumpReLU, whose rows have varying counts. */
   readonly k: number;
+  /** The activation function. */
+  readonly architecture: Architecture;
+  /** Whether the encoder sees `x - b_dec`. */
+  readonly applyBDecToInput: boolean;
 
-  private constructor(handle: NativeSae, dIn: number, numLatents: number, k: number) {
+  private constructor(
+    handle: NativeSae,
+    dIn: number,
+    numLatents: number,
+    k: number,
+    architecture: Architecture = 'topk',
+    applyBDecToInput = true,
+  ) {
     handles.set(this, handle);
     this.dIn = dIn;
     this.numLatents = numLatents;
     this.k = k;
+    this.architecture = architecture;
+    this.applyBDecToInput = applyBDecToInput;
   }
 
   /**
@@ -198,7 +230,10 @@ export class SparseAutoencoder {
    * (read in queue order). Lengths are checked against dIn = b_dec.length and
    * numLatents = b_enc.length; errors name the weight.
    */
-  static fromWeights(weights: { [K in keyof SaeWeights]: Float32Array | Tensor }, options: { k: number }): SparseAutoencoder {
+  static fromWeights(
+    weights: { W_enc: Float32Array | Tensor; b_enc: Float32Array | Tensor; W_dec: Float32Array | Tensor; b_dec: Float32Array | Tensor; threshold?: Float32Array },
+    options: FromWeightsOptions,
+  ): SparseAutoencoder {
     if (weights === null || typeof weights !== 'object') throw argError('weights', 'an object with W_enc, b_enc, W_dec, b_dec', weights);
     const names = ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const;
     const args = names.map((n) => {
@@ -213,9 +248,60 @@ export class SparseAutoencoder {
     if (dIn < 1) throw argError('b_dec', 'a non-empty array of length dIn', weights.b_dec, 'ERR_SAEKIT_SHAPE');
     if (numLatents < 1) throw argError('b_enc', 'a non-empty array of length numLatents', weights.b_enc, 'ERR_SAEKIT_SHAPE');
     const o = checkOptions('options', options);
+    const architecture = o.architecture === undefined ? 'topk' : checkOneOf('options.architecture', o.architecture, ['topk', 'jumprelu'] as const);
+    const applyBDec = o.applyBDecToInput === undefined ? true : checkBool('options.applyBDecToInput', o.applyBDecToInput);
+    if (architecture === 'jumprelu') {
+      const t: unknown = weights.threshold;
+      if (!(t instanceof Float32Array) || t.length !== numLatents) {
+        throw argError('threshold', `a Float32Array of length numLatents = ${numLatents} (JumpReLU)`, t, 'ERR_SAEKIT_SHAPE');
+      }
+      const h = callNative(() => native().NativeSae.fromWeights(...args, dIn, numLatents, 0, 'jumprelu', applyBDec, t));
+      return new SparseAutoencoder(h, dIn, numLatents, 0, 'jumprelu', applyBDec);
+    }
     const k = checkInt('options.k', o.k, 1, numLatents);
-    const h = callNative(() => native().NativeSae.fromWeights(...args, dIn, numLatents, k));
-    return new SparseAutoencoder(h, dIn, numLatents, k);
+    const h = callNative(() => native().NativeSae.fromWeights(...args, dIn, numLatents, k, 'topk', applyBDec));
+    return new SparseAutoencoder(h, dIn, numLatents, k, 'topk', applyBDec);
+  }
+
+  /**
+   * Loads an SAE saved by SAELens (`cfg.json` + `sae_weights.safetensors`; topk, jumprelu),
+   * sparsify (`cfg.json` + `sae.safetensors`) or Gemma Scope (`params.npz`, JumpReLU without
+   * b_dec subtraction), from its folder or one of its files. The format is detected.
+   * @example const sae = await SparseAutoencoder.load('gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82');
+   */
+  static async load(pathOrDir: string): Promise<SparseAutoencoder> {
+    if (typeof pathOrDir !== 'string' || pathOrDir.length === 0) throw argError('path', 'a file or folder path', pathOrDir);
+    // Loaded on first use: the file formats are not needed to train or encode.
+    const { readSaeFiles } = await import('../io/sae-files.js');
+    const { config, weights } = await readSaeFiles(pathOrDir);
+    return SparseAutoencoder.fromWeights(weights, {
+      k: config.k,
+      architecture: config.architecture,
+      applyBDecToInput: config.applyBDecToInput,
+    });
+  }
+
+  /**
+   * Saves the SAE in SAELens layout (default; SAEBench and Neuronpedia load it) or sparsify
+   * layout into `dir`, each file written atomically. Decoder rows are saved with unit norm: a
+   * JumpReLU SAE with other norms is rescaled exactly (encoder, bias and threshold scaled by
+   * the norms); a TopK SAE is saved as it is (its selection depends on the unscaled activations).
+   * Returns the files written.
+   */
+  async save(dir: string, options?: WriteSaeOptions): Promise<string[]> {
+    if (typeof dir !== 'string' || dir.length === 0) throw argError('dir', 'a folder path', dir);
+    const o = checkOptions('options', options);
+    if (o.format !== undefined) checkOneOf('options.format', o.format, ['saelens', 'sparsify'] as const);
+    if (o.dtype !== undefined) checkOneOf('options.dtype', o.dtype, ['float32', 'bfloat16'] as const, 'ERR_SAEKIT_DTYPE');
+    const { foldDecoderNorms, writeSaeFiles } = await import('../io/sae-files.js');
+    const w = await this.weights();
+    if (this.architecture === 'jumprelu') foldDecoderNorms(w, this.dIn, this.numLatents);
+    return writeSaeFiles(
+      dir,
+      { architecture: this.architecture, dIn: this.dIn, numLatents: this.numLatents, k: this.k || undefined, applyBDecToInput: this.applyBDecToInput },
+      w,
+      o,
+    );
   }
 
   private handle(): NativeSae {
@@ -243,7 +329,7 @@ export class SparseAutoencoder {
   async encode(x: Rows): Promise<SparseCodes> {
     const site = new Error();
     const r = await settleNative(callNative(() => this.handle().encode(this.rows(x))), site);
-    return { rows: r.values.length / this.k, numLatents: this.numLatents, k: this.k, values: r.values, indices: r.indices };
+    return { rows: r.values.length / r.k, numLatents: this.numLatents, k: r.k, values: r.values, indices: r.indices };
   }
 
   /** Reconstructions `b_dec + sum values W_dec[indices]` of codes (any k per row), [rows * dIn]. */
@@ -260,8 +346,8 @@ export class SparseAutoencoder {
   async forward(x: Rows): Promise<{ codes: SparseCodes; recon: Float32Array; fvu: number }> {
     const site = new Error();
     const r = await settleNative(callNative(() => this.handle().forward(this.rows(x))), site);
-    const rows = r.values.length / this.k;
-    return { codes: { rows, numLatents: this.numLatents, k: this.k, values: r.values, indices: r.indices }, recon: r.recon, fvu: r.fvu };
+    const rows = r.values.length / r.k;
+    return { codes: { rows, numLatents: this.numLatents, k: r.k, values: r.values, indices: r.indices }, recon: r.recon, fvu: r.fvu };
   }
 
   /** Dense pre-activations `(x - b_dec) W_enc + b_enc` before ReLU, [rows * numLatents] (for analysis). */

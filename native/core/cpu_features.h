@@ -24,4 +24,12 @@ const CpuFeatures& cpu_features();
 SimdLevel simd_level();
 const char* simd_level_name(SimdLevel level);
 
+// The kernel table for this CPU among one table per ISA build (the getters only return a
+// reference, so calling the AVX ones runs no AVX code). Chosen once per table type.
+template <typename Table>
+const Table& pick_kernels(const Table& (*sse42)(), const Table& (*avx2)(), const Table& (*avx512)()) {
+  static const Table& t = simd_level() == SimdLevel::AVX512 ? avx512() : simd_level() == SimdLevel::AVX2 ? avx2() : sse42();
+  return t;
+}
+
 }  // namespace sk

@@ -13,14 +13,7 @@ namespace sk::cpu {
 namespace {
 
 const ConvertKernels& kernels() {
-  static const ConvertKernels& k = [] () -> const ConvertKernels& {
-    switch (simd_level()) {
-      case SimdLevel::AVX512: return convert_kernels_avx512();
-      case SimdLevel::AVX2: return convert_kernels_avx2();
-      default: return convert_kernels_sse42();
-    }
-  }();
-  return k;
+  return pick_kernels(convert_kernels_sse42, convert_kernels_avx2, convert_kernels_avx512);
 }
 
 int32_t f32_to_i32(float f) {

@@ -15,14 +15,7 @@
 namespace sk::cpu {
 
 const SaeKernels& sae_kernels() {
-  static const SaeKernels& k = []() -> const SaeKernels& {
-    switch (simd_level()) {
-      case SimdLevel::AVX512: return sae_kernels_avx512();
-      case SimdLevel::AVX2: return sae_kernels_avx2();
-      default: return sae_kernels_sse42();
-    }
-  }();
-  return k;
+  return pick_kernels(sae_kernels_sse42, sae_kernels_avx2, sae_kernels_avx512);
 }
 
 namespace {
@@ -158,7 +151,7 @@ void sae_encode(const SaeView& p, const float* x, int64_t N, int64_t K, const st
     float* xt = xc_out ? xc_out + r0 * D : own_xc.data();
     pool.parallel_for(rows, 64, [&](int64_t a, int64_t b, int) {
       for (int64_t n = a; n < b; ++n)
-        for (int64_t d = 0; d < D; ++d) xt[n * D + d] = x[(r0 + n) * D + d] - p.b_dec[d];
+        for (int64_t d = 0; d < D; ++d) xt[n * D + d] = x[(r0 + n) * D + d] - (p.apply_b_dec ? p.b_dec[d] : 0.0f);
     });
     std::fill(hsize.begin(), hsize.end(), 0);
     std::fill(asize.begin(), asize.end(), 0);
@@ -201,6 +194,71 @@ void sae_encode(const SaeView& p, const float* x, int64_t N, int64_t K, const st
   }
 }
 
+void sae_encode_jumprelu(const SaeView& p, const float* x, int64_t N, Codes* out, ThreadPool& pool) {
+  const int64_t D = p.D, M = p.M;
+  SK_CHECK(p.threshold != nullptr, ErrorCode::Internal, "JumpReLU encode without thresholds");
+  const EncoderTiling tiling = encoder_tiling();
+  const int64_t R = std::min<int64_t>(N, tiling.rows);
+  int64_t C = std::max<int64_t>(1, tiling.bytes / (R * int64_t(sizeof(float))));
+  C = C >= M ? M : std::max<int64_t>(16, C / 16 * 16);
+  std::vector<float> xt(size_t(R * D)), pre(size_t(R * C));
+  std::vector<std::vector<std::pair<float, int32_t>>> active(static_cast<size_t>(N));
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t rows = std::min(R, N - r0);
+    pool.parallel_for(rows, 64, [&](int64_t a, int64_t b, int) {
+      for (int64_t n = a; n < b; ++n)
+        for (int64_t d = 0; d < D; ++d)
+          xt[size_t(n * D + d)] = x[(r0 + n) * D + d] - (p.apply_b_dec ? p.b_dec[d] : 0.0f);
+    });
+    for (int64_t c0 = 0; c0 < M; c0 += C) {
+      const int64_t cols = std::min(C, M - c0);
+      gemm_f32(false, true, rows, cols, D, 1.0f, xt.data(), D, p.W_encT + c0 * D, D, 0.0f, pre.data(), cols);
+      pool.parallel_for(rows, 16, [&](int64_t a, int64_t b, int) {
+        for (int64_t n = a; n < b; ++n) {
+          auto& act = active[size_t(r0 + n)];
+          const float* row = pre.data() + n * cols;
+          for (int64_t l = 0; l < cols; ++l) {
+            float z = row[l] + p.b_enc[c0 + l];
+            if (z > p.threshold[c0 + l] && z > 0.0f) act.push_back({z, int32_t(c0 + l)});
+          }
+        }
+      });
+    }
+  }
+  int64_t K = 1;
+  for (const auto& a : active) K = std::max<int64_t>(K, int64_t(a.size()));
+  out->N = N;
+  out->K = K;
+  out->v.assign(size_t(N * K), 0.0f);
+  out->i.assign(size_t(N * K), 0);
+  pool.parallel_for(N, 16, [&](int64_t a, int64_t b, int) {
+    for (int64_t n = a; n < b; ++n) {
+      auto& act = active[size_t(n)];
+      std::sort(act.begin(), act.end(), [](const auto& u, const auto& v) {
+        return u.first > v.first || (u.first == v.first && u.second < v.second);
+      });
+      int64_t j = 0;
+      for (; j < int64_t(act.size()); ++j) {
+        out->v[size_t(n * K + j)] = act[size_t(j)].first;
+        out->i[size_t(n * K + j)] = act[size_t(j)].second;
+      }
+      // Padding: value 0 at the lowest indices not already active in this row.
+      std::vector<int32_t> used;
+      for (const auto& e : act) used.push_back(e.second);
+      std::sort(used.begin(), used.end());
+      int32_t next = 0;
+      size_t u = 0;
+      for (; j < K; ++j) {
+        while (u < used.size() && used[u] == next) {
+          ++u;
+          ++next;
+        }
+        out->i[size_t(n * K + j)] = next++;
+      }
+    }
+  });
+}
+
 void sae_decode(const SaeView& p, const Codes& c, bool with_bias, float* out, ThreadPool& pool) {
   const int64_t D = p.D;
   const SaeKernels& kern = sae_kernels();
@@ -222,7 +280,7 @@ void sae_preacts(const SaeView& p, const float* x, int64_t N, float* out, Thread
   std::vector<float> xc(size_t(N * D));
   pool.parallel_for(N, 64, [&](int64_t a, int64_t b, int) {
     for (int64_t n = a; n < b; ++n)
-      for (int64_t d = 0; d < D; ++d) xc[size_t(n * D + d)] = x[n * D + d] - p.b_dec[d];
+      for (int64_t d = 0; d < D; ++d) xc[size_t(n * D + d)] = x[n * D + d] - (p.apply_b_dec ? p.b_dec[d] : 0.0f);
   });
   gemm_f32(false, true, N, M, D, 1.0f, xc.data(), D, p.W_encT, D, 0.0f, out, M);
   pool.parallel_for(N, 16, [&](int64_t a, int64_t b, int) {
@@ -439,8 +497,9 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
           for (int64_t d = 0; d < D; ++d) partial[size_t(b * D + d)] += double(g) * w[d];
         }
     });
-    for (int64_t b = 0; b < lblocks; ++b)
-      for (int64_t d = 0; d < D; ++d) gb_dec[size_t(d)] -= partial[size_t(b * D + d)];
+    if (p.apply_b_dec)
+      for (int64_t b = 0; b < lblocks; ++b)
+        for (int64_t d = 0; d < D; ++d) gb_dec[size_t(d)] -= partial[size_t(b * D + d)];
   }
   for (int64_t d = 0; d < D; ++d)
     SK_CHECK(std::fabs(gb_dec[size_t(d)]) < kGradLimit, ErrorCode::NonFinite, "the gradient of b_dec[", d,

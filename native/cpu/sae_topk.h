@@ -25,6 +25,10 @@ struct SaeView {
   float* W_dec = nullptr;   // [M, D]
   float* b_enc = nullptr;   // [M]
   float* b_dec = nullptr;   // [D]
+  // Whether the encoder sees x - b_dec (SAELens apply_b_dec_to_input; sparsify: always; Gemma
+  // Scope: never). When false, b_dec enters the output only.
+  bool apply_b_dec = true;
+  const float* threshold = nullptr;  // [M] JumpReLU thresholds (null for TopK)
 };
 
 // The encoder works on tiles of at most `rows` rows and `bytes` bytes of pre-activations (the
@@ -62,6 +66,11 @@ void check_finite_rows(const float* x, int64_t N, int64_t D, const char* name);
 // codes over the dead latents (unsorted). xc receives x - b_dec [N, D] when non-null.
 void sae_encode(const SaeView& p, const float* x, int64_t N, int64_t K, const std::vector<int32_t>& dead,
                 int64_t Kaux, Codes* main, Codes* aux, float* xc, ThreadPool& pool, PhaseTimes* times = nullptr);
+
+// JumpReLU codes: f = ReLU(z) 1[z > threshold] with z = pre-activation; every row keeps all
+// its active latents, by descending value; rows are padded with (0, lowest unused index) to the
+// batch's largest count (at least 1). Uses p.threshold.
+void sae_encode_jumprelu(const SaeView& p, const float* x, int64_t N, Codes* out, ThreadPool& pool);
 
 // out [N, D] = (with_bias ? b_dec : 0) + sum_j v W_dec[i]. Indices must be valid (checked by caller).
 void sae_decode(const SaeView& p, const Codes& c, bool with_bias, float* out, ThreadPool& pool);

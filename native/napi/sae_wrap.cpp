@@ -23,11 +23,32 @@ using cpu::SaeView;
 // The model: parameters in one slab and the per-latent dead-latent counters. Shared by the
 // handle and every queued job; only the executor thread reads or writes it.
 struct SaeModel {
-  int64_t D = 0, M = 0, K = 0;
+  int64_t D = 0, M = 0, K = 0;        // K = 0 for JumpReLU
+  bool jumprelu = false;
+  bool apply_b_dec = true;
   std::vector<float> slab;            // cpu::sae_slab_floats(D, M)
+  std::vector<float> threshold;       // [M] for JumpReLU
   std::vector<int64_t> since_fired;   // tokens since each latent last had a positive code
-  SaeView view() { return cpu::sae_view(slab.data(), D, M); }
+  SaeView view() {
+    SaeView v = cpu::sae_view(slab.data(), D, M);
+    v.apply_b_dec = apply_b_dec;
+    v.threshold = jumprelu ? threshold.data() : nullptr;
+    return v;
+  }
 };
+
+// Codes of x under the model's activation (TopK or JumpReLU).
+void encode_codes(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
+  static const std::vector<int32_t> none;
+  if (m.jumprelu) cpu::sae_encode_jumprelu(m.view(), x, N, codes, cpu::cpu_pool());
+  else cpu::sae_encode(m.view(), x, N, m.K, none, 0, codes, nullptr, nullptr, cpu::cpu_pool());
+}
+
+void require_trainable(const SaeModel& m, const char* what) {
+  if (m.jumprelu)
+    throw Error(ErrorCode::Arg, fmt(what, " is not supported for a JumpReLU SAE yet (it encodes and decodes; ",
+                                    "training it comes later)"));
+}
 
 const napi_type_tag kSaeTag = {0x5ae1c17e6a5f0a12ULL, 0x1d2c4b7e13a8f0d4ULL};
 
@@ -173,8 +194,21 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
     return guard(info.Env(), [&]() -> Napi::Value {
       int64_t D = get_int(info[4], "dIn", 1, 1 << 20);
       int64_t M = get_int(info[5], "numLatents", 1, 1 << 24);
-      int64_t K = get_int(info[6], "k", 1, 1 << 24);
-      check_dims(D, M, K);
+      std::string arch = info[7].IsUndefined() ? "topk" : get_string(info[7], "architecture");
+      if (arch != "topk" && arch != "jumprelu") arg_error(ErrorCode::Arg, "architecture", "one of: topk, jumprelu", info[7]);
+      const bool jump = arch == "jumprelu";
+      int64_t K = jump ? 0 : get_int(info[6], "k", 1, 1 << 24);
+      check_dims(D, M, jump ? 1 : K);
+      const bool apply = info[8].IsUndefined() ? true : get_bool(info[8], "applyBDecToInput");
+      std::vector<float> thr;
+      if (jump) {
+        if (!info[9].IsTypedArray() || info[9].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
+            int64_t(info[9].As<Napi::TypedArray>().ElementLength()) != M)
+          arg_error(ErrorCode::Shape, "threshold", fmt("a Float32Array of length numLatents = ", M), info[9]);
+        Napi::Float32Array t = info[9].As<Napi::Float32Array>();
+        thr.assign(t.Data(), t.Data() + M);
+        cpu::check_finite_rows(thr.data(), 1, M, "threshold");
+      }
       const char* names[4] = {"W_enc", "b_enc", "W_dec", "b_dec"};
       const int64_t lens[4] = {D * M, M, M * D, D};
       const char* shapes[4] = {"[dIn, numLatents]", "[numLatents]", "[numLatents, dIn]", "[dIn]"};
@@ -211,6 +245,9 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       m->D = D;
       m->M = M;
       m->K = K;
+      m->jumprelu = jump;
+      m->apply_b_dec = apply;
+      m->threshold = std::move(thr);
       m->slab.assign(size_t(cpu::sae_slab_floats(D, M)), 0.0f);
       m->since_fired.assign(size_t(M), 0);
       queue_detached(info.Env(), [m, s0 = src[0], s1 = src[1], s2 = src[2], s3 = src[3]] {
@@ -257,6 +294,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         Napi::Object o = Napi::Object::New(env);
         const char* names[4] = {"W_enc", "b_enc", "W_dec", "b_dec"};
         for (int w = 0; w < 4; ++w) o.Set(names[w], (*out)[size_t(w)]->to_js(env, napi_float32_array, (*out)[size_t(w)]->bytes() / 4));
+        if (m->jumprelu) o.Set("threshold", f32(env, m->threshold));
         return o;
       };
       return queue_job(info.Env(), work, complete);
@@ -271,13 +309,13 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       auto codes = std::make_shared<cpu::Codes>();
       auto work = [m, x, codes] {
         cpu::check_finite_rows(x.data(), x.n, m->D, "x");
-        static const std::vector<int32_t> none;
-        cpu::sae_encode(m->view(), x.data(), x.n, m->K, none, 0, codes.get(), nullptr, nullptr, cpu::cpu_pool());
+        encode_codes(*m, x.data(), x.n, codes.get());
       };
       auto complete = [codes](Napi::Env env) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
         o.Set("values", f32(env, codes->v));
         o.Set("indices", i32(env, codes->i));
+        o.Set("k", double(codes->K));
         return o;
       };
       return queue_job(info.Env(), work, complete);
@@ -338,8 +376,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       auto work = [m, x, codes, recon, fvu] {
         const int64_t N = x.n, D = m->D;
         cpu::check_finite_rows(x.data(), N, D, "x");
-        static const std::vector<int32_t> none;
-        cpu::sae_encode(m->view(), x.data(), N, m->K, none, 0, codes.get(), nullptr, nullptr, cpu::cpu_pool());
+        encode_codes(*m, x.data(), N, codes.get());
         float* r = recon->as<float>();
         cpu::sae_decode(m->view(), *codes, true, r, cpu::cpu_pool());
         std::vector<double> mean(size_t(D), 0.0);
@@ -360,6 +397,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         Napi::Object o = Napi::Object::New(env);
         o.Set("values", f32(env, codes->v));
         o.Set("indices", i32(env, codes->i));
+        o.Set("k", double(codes->K));
         o.Set("recon", recon->to_js(env, napi_float32_array, n));
         o.Set("fvu", *fvu);
         return o;
@@ -387,6 +425,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
   Napi::Value gradients(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
+      require_trainable(*m, "gradients()");
       Rows x = get_rows(info[0], m->D, "x");
       auto dead = std::make_shared<std::vector<int32_t>>();
       if (!info[1].IsNull() && !info[1].IsUndefined()) {
@@ -556,6 +595,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
 Napi::Value NativeSae::adam(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     auto m = live();
+    require_trainable(*m, "adam()");
     auto num = [&](int i) { return float(info[size_t(i)].As<Napi::Number>().DoubleValue()); };
     return NativeAdam::make(info.Env(), m, num(0), num(1), num(2), num(3));
   });
