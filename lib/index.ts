@@ -38,4 +38,7 @@ export {
   type AdamOptions,
   type StepOptions,
   type StepStats,
+  type AdamState,
 } from './sae/index.js';
+export * as io from './io/index.js';
+export type { IoDType, IoArray, IoTensor, SafetensorsEntry, SafetensorsReader, NpyHeader } from './io/index.js';

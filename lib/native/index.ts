@@ -58,10 +58,14 @@ export interface NativeSae {
     alpha: number,
   ): Promise<NativeSaeWeights & { loss: number; fvu: number; auxkLoss: number }>;
   sinceFired(): Promise<Float64Array>;
+  setWeight(name: 'W_enc' | 'b_enc' | 'W_dec' | 'b_dec', values: Float32Array): void;
+  setSinceFired(counts: Float64Array): void;
   adam(lr: number, beta1: number, beta2: number, eps: number): NativeAdam;
 }
 export interface NativeAdam {
   readonly steps: number;
+  state(): Promise<{ m: Float32Array; v: Float32Array; t: number }>;
+  setState(m: Float32Array, v: Float32Array, t: number): void;
   readonly disposed: boolean;
   dispose(): void;
   step(

@@ -150,6 +150,13 @@ export interface StepStats {
   };
 }
 
+/** Adam's state: first and second moments (internal slab layout) and steps taken. */
+export interface AdamState {
+  m: Float32Array;
+  v: Float32Array;
+  t: number;
+}
+
 const DEFAULT_AUXK_ALPHA = 1 / 32;
 const DEFAULT_DEAD_THRESHOLD = 10_000_000;
 
@@ -382,6 +389,33 @@ export class SparseAutoencoder {
     };
   }
 
+  /**
+   * Replaces some weights (SAELens orientation; lengths must match). Applied in queue order:
+   * ops queued before see the old weights, ops queued after see the new ones.
+   */
+  setWeights(weights: Partial<Omit<SaeWeights, 'threshold'>>): void {
+    const o = checkOptions('weights', weights);
+    const lengths = { W_enc: this.dIn * this.numLatents, b_enc: this.numLatents, W_dec: this.numLatents * this.dIn, b_dec: this.dIn };
+    const h = this.handle();
+    for (const name of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) {
+      const v: unknown = o[name];
+      if (v === undefined) continue;
+      if (!(v instanceof Float32Array) || v.length !== lengths[name]) {
+        throw argError(name, `a Float32Array of length ${lengths[name]}`, v, 'ERR_SAEKIT_SHAPE');
+      }
+      callNative(() => h.setWeight(name, v));
+    }
+  }
+
+  /** Restores the dead-latent counters (tokens since each latent fired), e.g. from a checkpoint. */
+  setTokensSinceFired(counts: Float64Array): void {
+    if (!(counts instanceof Float64Array) || counts.length !== this.numLatents) {
+      throw argError('counts', `a Float64Array of length numLatents = ${this.numLatents}`, counts, 'ERR_SAEKIT_SHAPE');
+    }
+    const h = this.handle();
+    callNative(() => h.setSinceFired(counts));
+  }
+
   /** Tokens since each latent last had a positive code in an optimizer step. */
   async tokensSinceFired(): Promise<Float64Array> {
     const site = new Error();
@@ -455,6 +489,24 @@ export class AdamOptimizer {
     const rows = rowsArg(this.sae.dIn, x);
     if (this.sae.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this optimizer was disposed');
     return settleNative(callNative(() => this.h.step(rows, lr, alpha, threshold)), site);
+  }
+
+  /**
+   * The optimizer state for checkpoints: Adam's moments in saekit's internal parameter layout
+   * (one slab: W_enc transposed [numLatents, dIn], W_dec, b_enc, b_dec) and the step count.
+   */
+  async state(): Promise<AdamState> {
+    const site = new Error();
+    if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
+    return settleNative(callNative(() => this.h.state()), site);
+  }
+
+  /** Restores a state from state() (same SAE shape), in queue order. */
+  setState(state: AdamState): void {
+    const o = checkOptions('state', state);
+    if (!(o.m instanceof Float32Array) || !(o.v instanceof Float32Array)) throw argError('state.m/state.v', 'Float32Arrays from state()', o.m);
+    const t = checkInt('state.t', o.t, 0, Number.MAX_SAFE_INTEGER);
+    callNative(() => this.h.setState(o.m!, o.v!, t));
   }
 
   /** Frees the optimizer state now. Idempotent. */

@@ -131,6 +131,8 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
                            InstanceMethod<&NativeSae::gradients>("gradients"),
                            InstanceMethod<&NativeSae::since_fired>("sinceFired"),
                            InstanceMethod<&NativeSae::adam>("adam"),
+                           InstanceMethod<&NativeSae::set_weight>("setWeight"),
+                           InstanceMethod<&NativeSae::set_since_fired>("setSinceFired"),
                        });
   }
 
@@ -466,6 +468,47 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
   }
 
   // sinceFired(): Promise<Float64Array [M]>
+  // setWeight(name, values): replaces one weight (SAELens orientation), in queue order.
+  Napi::Value set_weight(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      std::string name = get_string(info[0], "name");
+      int64_t len = name == "W_enc" || name == "W_dec" ? m->D * m->M : name == "b_enc" ? m->M : name == "b_dec" ? m->D : -1;
+      if (len < 0) arg_error(ErrorCode::Arg, "name", "one of: W_enc, b_enc, W_dec, b_dec", info[0]);
+      if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
+          int64_t(info[1].As<Napi::TypedArray>().ElementLength()) != len)
+        arg_error(ErrorCode::Shape, name, fmt("a Float32Array of length ", len), info[1]);
+      auto src = copy_typed_array(info[1].As<Napi::TypedArray>());
+      cpu::check_finite_rows(src->as<const float>(), 1, len, name.c_str());
+      queue_detached(info.Env(), [m, src, name, len] {
+        SaeView p = m->view();
+        const float* v = src->as<const float>();
+        if (name == "W_enc") transpose(v, m->D, m->M, p.W_encT);
+        else std::memcpy(name == "W_dec" ? p.W_dec : name == "b_enc" ? p.b_enc : p.b_dec, v, size_t(len) * sizeof(float));
+      });
+      return info.Env().Undefined();
+    });
+  }
+
+  // setSinceFired(Float64Array [M]): restores the dead-latent counters (checkpoints).
+  Napi::Value set_since_fired(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+          int64_t(info[0].As<Napi::TypedArray>().ElementLength()) != m->M)
+        arg_error(ErrorCode::Shape, "sinceFired", fmt("a Float64Array of length numLatents = ", m->M), info[0]);
+      Napi::Float64Array a = info[0].As<Napi::Float64Array>();
+      auto v = std::make_shared<std::vector<int64_t>>(size_t(m->M));
+      for (int64_t l = 0; l < m->M; ++l) {
+        double t = a[size_t(l)];
+        if (!(t >= 0 && t < 9.0e15)) arg_error(ErrorCode::Arg, fmt("sinceFired[", l, "]"), "a non-negative integer count", Napi::Number::New(info.Env(), t));
+        (*v)[size_t(l)] = int64_t(t);
+      }
+      queue_detached(info.Env(), [m, v] { m->since_fired = *v; });
+      return info.Env().Undefined();
+    });
+  }
+
   Napi::Value since_fired(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
@@ -493,6 +536,8 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
                        {
                            InstanceMethod<&NativeAdam::step>("step"),
                            InstanceMethod<&NativeAdam::dispose>("dispose"),
+                           InstanceMethod<&NativeAdam::get_state>("state"),
+                           InstanceMethod<&NativeAdam::set_state>("setState"),
                            InstanceAccessor<&NativeAdam::steps>("steps"),
                            InstanceAccessor<&NativeAdam::disposed>("disposed"),
                        });
@@ -574,6 +619,57 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
   }
 
   Napi::Value steps(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(*done_)); }
+
+  std::shared_ptr<cpu::AdamState> live_state() const {
+    if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
+    return state_;
+  }
+
+  // state(): Promise<{ m, v, t }>: the moments in saekit's internal slab layout (checkpoints).
+  Napi::Value get_state(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto st = live_state();
+      size_t n = st->m.size();
+      auto m = HostArray::allocate(n * 4), v = HostArray::allocate(n * 4);
+      auto t = std::make_shared<int64_t>(0);
+      auto work = [st, m, v, t, n] {
+        std::memcpy(m->data(), st->m.data(), n * 4);
+        std::memcpy(v->data(), st->v.data(), n * 4);
+        *t = st->t;
+      };
+      auto complete = [m, v, t, n](Napi::Env env) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("m", m->to_js(env, napi_float32_array, n));
+        o.Set("v", v->to_js(env, napi_float32_array, n));
+        o.Set("t", double(*t));
+        return o;
+      };
+      return queue_job(info.Env(), work, complete);
+    });
+  }
+
+  // setState(m, v, t): restores the moments and the step count (in queue order).
+  Napi::Value set_state(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto st = live_state();
+      size_t n = st->m.size();
+      for (int i = 0; i < 2; ++i)
+        if (!info[size_t(i)].IsTypedArray() || info[size_t(i)].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
+            info[size_t(i)].As<Napi::TypedArray>().ElementLength() != n)
+          arg_error(ErrorCode::Shape, i == 0 ? "m" : "v", fmt("a Float32Array of length ", n), info[size_t(i)]);
+      int64_t t = get_int(info[2], "t", 0, int64_t(1) << 50);
+      auto m = copy_typed_array(info[0].As<Napi::TypedArray>()), v = copy_typed_array(info[1].As<Napi::TypedArray>());
+      cpu::check_finite_rows(m->as<const float>(), 1, int64_t(n), "m");
+      cpu::check_finite_rows(v->as<const float>(), 1, int64_t(n), "v");
+      queue_detached(info.Env(), [st, m, v, t, n] {
+        std::memcpy(st->m.data(), m->data(), n * 4);
+        std::memcpy(st->v.data(), v->data(), n * 4);
+        st->t = t;
+      });
+      *done_ = t;
+      return info.Env().Undefined();
+    });
+  }
   Napi::Value disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !state_); }
   Napi::Value dispose(const Napi::CallbackInfo& info) {
     if (state_) {

@@ -1,0 +1,190 @@
+/**
+ * Shared pieces of the file-format layer: the dtype table, tensor validation, byte order,
+ * checked size arithmetic and the error helpers. Internal to lib/io.
+ */
+import { endianness } from 'node:os';
+
+import { argError, SaekitError } from '../errors.js';
+
+/** Element types the file readers and writers handle. */
+export type IoDType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int32' | 'int64' | 'uint8';
+
+/** The array that holds an IoDType's values; float16 and bfloat16 are raw bits in a Uint16Array. */
+export type IoArray = Float32Array | Uint16Array | Float64Array | Int32Array | BigInt64Array | Uint8Array;
+
+/** A dense tensor read from or written to a file. `data` is always in C (row-major) order. */
+export interface IoTensor {
+  dtype: IoDType;
+  shape: number[];
+  data: IoArray;
+}
+
+/** All IoDTypes, in a fixed order. */
+export const IO_DTYPES: readonly IoDType[] = ['float32', 'float16', 'bfloat16', 'float64', 'int32', 'int64', 'uint8'];
+
+type ArrayCtor = { new (buffer: ArrayBuffer, byteOffset?: number, length?: number): IoArray; readonly name: string };
+
+/** Bytes per element of each dtype. */
+export const ITEM_SIZE: Readonly<Record<IoDType, number>> = {
+  float32: 4,
+  float16: 2,
+  bfloat16: 2,
+  float64: 8,
+  int32: 4,
+  int64: 8,
+  uint8: 1,
+};
+
+const ARRAY_CTOR: Readonly<Record<IoDType, ArrayCtor>> = {
+  float32: Float32Array,
+  float16: Uint16Array,
+  bfloat16: Uint16Array,
+  float64: Float64Array,
+  int32: Int32Array,
+  int64: BigInt64Array,
+  uint8: Uint8Array,
+};
+
+/** Whether this machine stores numbers big-endian (files are little-endian unless they say so). */
+export const HOST_BIG_ENDIAN = endianness() === 'BE';
+
+/** The largest single buffer this Node can allocate (4 GiB on Node 20). */
+export const MAX_BUFFER_BYTES = 2 ** 32;
+
+/** A malformed-file error: "<what> '<name>': <reason>" with code ERR_SAEKIT_FORMAT. */
+export function formatError(what: string, name: string, reason: string): SaekitError {
+  return new SaekitError('ERR_SAEKIT_FORMAT', `Invalid ${what} '${name}': ${reason}`);
+}
+
+/** Wraps a failure of the file system (missing file, no permission, disk full) as ERR_SAEKIT_ARG. */
+export function fsError(action: string, path: string, err: unknown): SaekitError {
+  if (err instanceof SaekitError) return err;
+  const e = err as { code?: unknown; message?: unknown };
+  const detail = typeof e?.message === 'string' ? e.message : String(err);
+  const out = new SaekitError('ERR_SAEKIT_ARG', `Cannot ${action} '${path}': ${detail}`);
+  (out as { cause?: unknown }).cause = err;
+  return out;
+}
+
+/** A shape (or offsets) for a message: "2, 3, 4", shortened after 8 entries. */
+export function listForMessage(items: readonly unknown[]): string {
+  const shown = items.slice(0, 8).map((x) => (typeof x === 'string' ? JSON.stringify(x.slice(0, 20)) : String(x).slice(0, 24)));
+  return items.length > 8 ? `${shown.join(', ')}, ... (${items.length} entries)` : shown.join(', ');
+}
+
+/** Checks that `path` is a non-empty string. */
+export function checkPath(path: unknown): string {
+  if (typeof path !== 'string' || path.length === 0 || path.includes('\0')) {
+    throw argError('path', 'a non-empty file path string', path);
+  }
+  return path;
+}
+
+/**
+ * Number of elements of `shape`, or a reason string when a dimension is not a non-negative safe
+ * integer or the product (times `itemSize`) would leave the safe-integer range. Never overflows.
+ */
+export function checkedNumel(shape: readonly unknown[], itemSize: number): number | string {
+  let numel = 1;
+  let zero = false;
+  for (let i = 0; i < shape.length; i++) {
+    const d = shape[i];
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
+      return `dimension ${i} of the shape is ${typeof d === 'number' ? String(d) : typeof d}, not a non-negative integer`;
+    }
+    if (d === 0) zero = true;
+    else if (!zero) {
+      if (numel > Math.floor(Number.MAX_SAFE_INTEGER / itemSize / d)) return `shape [${listForMessage(shape)}] is too large`;
+      numel *= d;
+    }
+  }
+  return zero ? 0 : numel;
+}
+
+/**
+ * Validates a tensor given to a writer: a known dtype, a shape of non-negative integers, and a
+ * `data` array of the dtype's kind with exactly numel(shape) elements. Throws argument errors.
+ */
+export function checkIoTensor(name: string, t: unknown): IoTensor {
+  if (t === null || typeof t !== 'object') throw argError(name, 'a tensor { dtype, shape, data }', t);
+  const { dtype, shape, data } = t as Partial<IoTensor>;
+  if (typeof dtype !== 'string' || !(IO_DTYPES as readonly string[]).includes(dtype)) {
+    throw argError(`${name}.dtype`, `one of: ${IO_DTYPES.join(', ')}`, dtype, 'ERR_SAEKIT_DTYPE');
+  }
+  if (!Array.isArray(shape)) throw argError(`${name}.shape`, 'an array of non-negative integers', shape, 'ERR_SAEKIT_SHAPE');
+  const numel = checkedNumel(shape, ITEM_SIZE[dtype]);
+  if (typeof numel === 'string') throw argError(`${name}.shape`, 'an array of non-negative integers', shape, 'ERR_SAEKIT_SHAPE');
+  const ctor = ARRAY_CTOR[dtype];
+  if (!(data instanceof ctor)) throw argError(`${name}.data`, `a ${ctor.name} for dtype ${dtype}`, data, 'ERR_SAEKIT_DTYPE');
+  if (data.length !== numel) {
+    throw argError(`${name}.data`, `${numel} elements for shape [${listForMessage(shape)}]`, data, 'ERR_SAEKIT_SHAPE');
+  }
+  return { dtype, shape, data };
+}
+
+/** Swaps the byte order of every `itemSize`-byte element of `bytes` in place (itemSize 1, 2, 4 or 8). */
+export function byteSwap(bytes: Uint8Array, itemSize: number): void {
+  if (itemSize === 1) return;
+  for (let i = 0; i + itemSize <= bytes.length; i += itemSize) {
+    for (let a = i, b = i + itemSize - 1; a < b; a++, b--) {
+      const x = bytes[a]!;
+      bytes[a] = bytes[b]!;
+      bytes[b] = x;
+    }
+  }
+}
+
+/**
+ * A typed array over `bytes`, which must be a fresh copy the caller owns (it is reused, or
+ * copied once into an aligned buffer when its offset is not a multiple of the item size).
+ * `bigEndian` says the bytes are big-endian; they are swapped to host order in place.
+ */
+export function arrayFromBytes(dtype: IoDType, bytes: Uint8Array, bigEndian: boolean): IoArray {
+  const size = ITEM_SIZE[dtype];
+  let owned = bytes;
+  if (bytes.byteOffset % size !== 0 || !(bytes.buffer instanceof ArrayBuffer)) {
+    owned = new Uint8Array(bytes.length);
+    owned.set(bytes);
+  }
+  if (bigEndian !== HOST_BIG_ENDIAN) byteSwap(owned, size);
+  return new ARRAY_CTOR[dtype](owned.buffer as ArrayBuffer, owned.byteOffset, owned.length / size);
+}
+
+/** A fresh copy of `bytes` in its own ArrayBuffer (so the result can back any typed array). */
+export function copyBytes(bytes: Uint8Array): Uint8Array {
+  const out = new Uint8Array(bytes.length);
+  out.set(bytes);
+  return out;
+}
+
+/** The little-endian bytes of a tensor's data (a view on little-endian hosts, a swapped copy otherwise). */
+export function littleEndianBytes(data: IoArray, itemSize: number): Uint8Array {
+  const view = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (!HOST_BIG_ENDIAN || itemSize === 1) return view;
+  const copy = copyBytes(view);
+  byteSwap(copy, itemSize);
+  return copy;
+}
+
+/** Sets `obj[key] = value` as an own data property, even for keys such as "__proto__". */
+export function defineOwn<T>(obj: Record<string, T>, key: string, value: T): void {
+  Object.defineProperty(obj, key, { value, enumerable: true, writable: true, configurable: true });
+}
+
+/** Whether `obj` has `key` as an own property. */
+export function hasOwn(obj: object, key: string): boolean {
+  return Object.prototype.hasOwnProperty.call(obj, key);
+}
+
+/** Concatenates byte chunks into one fresh Uint8Array that owns its whole ArrayBuffer. */
+export function concatBytes(chunks: readonly Uint8Array[]): Uint8Array {
+  let total = 0;
+  for (const c of chunks) total += c.length;
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}

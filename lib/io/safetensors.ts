@@ -1,0 +1,381 @@
+/**
+ * The safetensors format (huggingface/safetensors): an 8-byte little-endian header length N, N
+ * bytes of UTF-8 JSON, then the tensors' bytes, row-major and little-endian, packed from offset 0
+ * with no holes. The JSON maps each tensor name to { dtype, shape, data_offsets: [begin, end] }
+ * (offsets relative to byte 8 + N) and may hold "__metadata__", a string-to-string map.
+ *
+ * The reader loads and validates only the header, then reads one tensor at a time with
+ * positioned reads; the writer pads the header with spaces to a multiple of 8 bytes and orders
+ * tensors by descending item size (then dtype), then name, like the reference writer, so every
+ * tensor starts naturally aligned and the output is byte-identical to the reference's.
+ *
+ * @example
+ * ```ts
+ * import { io } from 'saekit';
+ * await io.writeSafetensors('sae.safetensors', { W_enc: { dtype: 'float32', shape: [2, 3], data: new Float32Array(6) } }, { d_in: '2' });
+ * const reader = await io.readSafetensors('sae.safetensors');
+ * try {
+ *   const w = await reader.read('W_enc'); // { dtype: 'float32', shape: [2, 3], data: Float32Array(6) }
+ * } finally {
+ *   await reader.close();
+ * }
+ * ```
+ */
+import { argError } from '../errors.js';
+import {
+  arrayFromBytes,
+  checkedNumel,
+  checkIoTensor,
+  checkPath,
+  concatBytes,
+  defineOwn,
+  formatError,
+  ITEM_SIZE,
+  listForMessage,
+  littleEndianBytes,
+  type IoDType,
+  type IoTensor,
+} from './common.js';
+import { findDuplicateKey } from './json-keys.js';
+import { memorySource, openFileSource, writeChunksAtomic, type ByteSource } from './source.js';
+
+/** One tensor's entry in a safetensors header. */
+export interface SafetensorsEntry {
+  name: string;
+  dtype: IoDType;
+  shape: number[];
+  /** Absolute byte offset of the tensor's data in the file (8 + N + begin). */
+  offset: number;
+  byteLength: number;
+}
+
+/** An open safetensors file whose header has been read and validated. */
+export interface SafetensorsReader {
+  readonly path: string;
+  /** The "__metadata__" map ({} when the file has none). */
+  readonly metadata: Record<string, string>;
+  /** Every tensor, sorted by offset. */
+  readonly tensors: SafetensorsEntry[];
+  /** The entry named `name`, or undefined. */
+  get(name: string): SafetensorsEntry | undefined;
+  /** Reads one tensor with positioned reads (never the whole file) into a fresh, aligned buffer. */
+  read(name: string): Promise<IoTensor>;
+  /**
+   * Reads `length` raw bytes at absolute `offset`; the range must lie within the file. Fills
+   * `into` (at least `length` bytes) when given and returns the filled part.
+   */
+  readBytes(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array>;
+  /** Closes the file; reads after this throw. Safe to call twice. */
+  close(): Promise<void>;
+}
+
+/** The validated content of a header, as parseSafetensorsHeader returns it. */
+export interface SafetensorsHeader {
+  /** N, the JSON header's length in bytes; tensor data starts at byte 8 + N. */
+  headerLength: number;
+  metadata: Record<string, string>;
+  /** Sorted by offset. */
+  tensors: SafetensorsEntry[];
+}
+
+const WHAT = 'safetensors file';
+/** The reference implementation's cap on N (MAX_HEADER_SIZE). */
+export const MAX_SAFETENSORS_HEADER = 100_000_000;
+
+const FROM_CODE: Readonly<Record<string, IoDType>> = {
+  F32: 'float32',
+  F16: 'float16',
+  BF16: 'bfloat16',
+  F64: 'float64',
+  I32: 'int32',
+  I64: 'int64',
+  U8: 'uint8',
+};
+const TO_CODE: Readonly<Record<IoDType, string>> = {
+  float32: 'F32',
+  float16: 'F16',
+  bfloat16: 'BF16',
+  float64: 'F64',
+  int32: 'I32',
+  int64: 'I64',
+  uint8: 'U8',
+};
+
+/**
+ * Write order of the dtypes, largest first: their positions in the reference's Dtype enum, whose
+ * declaration order sorts by item size. Sorting by (rank descending, name) reproduces the
+ * reference writer's byte layout exactly, and every tensor starts aligned to its item size.
+ */
+const WRITE_RANK: Readonly<Record<IoDType, number>> = {
+  uint8: 4,
+  float16: 11,
+  bfloat16: 12,
+  int32: 13,
+  float32: 15,
+  float64: 17,
+  int64: 18,
+};
+
+/** A name or value quoted for an error message, shortened past 60 characters. */
+function quote(s: string): string {
+  return JSON.stringify(s.length > 60 ? `${s.slice(0, 60)}...` : s);
+}
+
+/**
+ * Reads the 8-byte header length at the start of `bytes` and checks it against the cap and the
+ * file size. Returns N.
+ */
+function headerLengthOf(bytes: Uint8Array, fileSize: number, name: string): number {
+  if (fileSize < 8 || bytes.length < 8) throw formatError(WHAT, name, `file is ${fileSize} bytes, too short for the 8-byte header length`);
+  const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
+  if (n > BigInt(MAX_SAFETENSORS_HEADER)) throw formatError(WHAT, name, `header length ${n} exceeds the limit of ${MAX_SAFETENSORS_HEADER} bytes`);
+  const len = Number(n);
+  if (8 + len > fileSize) throw formatError(WHAT, name, `header length ${len} runs past the end of the file (${fileSize} bytes)`);
+  return len;
+}
+
+/** Decodes and parses the JSON header text into a plain object, rejecting duplicate keys. */
+function parseHeaderJson(bytes: Uint8Array, name: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+  } catch {
+    throw formatError(WHAT, name, 'header is not valid UTF-8');
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw formatError(WHAT, name, `header is not valid JSON (${(err as Error).message})`);
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw formatError(WHAT, name, 'header is not a JSON object');
+  const dup = findDuplicateKey(text);
+  if (dup !== undefined) throw formatError(WHAT, name, `duplicate key ${quote(dup)} in the header`);
+  return value as Record<string, unknown>;
+}
+
+/** Validates "__metadata__": an object whose values are all strings. */
+function parseMetadata(value: unknown, name: string): Record<string, string> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw formatError(WHAT, name, '__metadata__ is not an object of strings');
+  }
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (typeof v !== 'string') throw formatError(WHAT, name, `__metadata__ value for ${quote(k)} is not a string`);
+    defineOwn(out, k, v);
+  }
+  return out;
+}
+
+/** Validates one tensor entry (without the packing checks) and returns it with begin/end. */
+function parseEntry(key: string, value: unknown, dataStart: number, name: string): SafetensorsEntry & { begin: number; end: number } {
+  const bad = (reason: string) => formatError(WHAT, name, `tensor ${quote(key)}: ${reason}`);
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw bad('entry is not an object');
+  const { dtype: code, shape, data_offsets: offsets } = value as Record<string, unknown>;
+  if (typeof code !== 'string') throw bad('dtype is missing or not a string');
+  const dtype = Object.prototype.hasOwnProperty.call(FROM_CODE, code) ? FROM_CODE[code] : undefined;
+  if (dtype === undefined) throw bad(`unsupported dtype ${quote(code)}`);
+  if (!Array.isArray(shape)) throw bad('shape is missing or not an array');
+  const numel = checkedNumel(shape, ITEM_SIZE[dtype]);
+  if (typeof numel === 'string') throw bad(numel);
+  if (!Array.isArray(offsets) || offsets.length !== 2) throw bad('data_offsets is missing or not a [begin, end] pair');
+  const [begin, end] = offsets as unknown[];
+  if (!isOffset(begin) || !isOffset(end) || end < begin) throw bad(`data_offsets [${listForMessage(offsets)}] are not non-negative integers with begin <= end`);
+  const byteLength = numel * ITEM_SIZE[dtype];
+  if (end - begin !== byteLength) {
+    throw bad(`data_offsets [${begin}, ${end}] span ${end - begin} bytes but shape [${listForMessage(shape)}] of ${code} needs ${byteLength}`);
+  }
+  return { name: key, dtype, shape: shape.slice() as number[], offset: dataStart + begin, byteLength, begin, end };
+}
+
+function isOffset(x: unknown): x is number {
+  return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+}
+
+/**
+ * Parses and validates a safetensors header held in memory.
+ *
+ * @internal Exposed for tests and fuzzing; use readSafetensors for files.
+ * @param bytes The file's first bytes: at least 8 + N of them (more is fine).
+ * @param fileSize The size of the whole file in bytes.
+ * @param name The file path (or label) that error messages name.
+ * @throws SaekitError ERR_SAEKIT_FORMAT naming `name` and the reason for any malformed header:
+ *   N over 100,000,000 or past the end, invalid UTF-8 or JSON, duplicate keys, a bad
+ *   "__metadata__", an entry with a missing or unsupported dtype, a bad shape or offsets, a size
+ *   mismatch, holes or overlaps between tensors, or data that does not end exactly at the file's end.
+ */
+export function parseSafetensorsHeader(bytes: Uint8Array, fileSize: number, name: string): SafetensorsHeader {
+  const n = headerLengthOf(bytes, fileSize, name);
+  if (bytes.length < 8 + n) throw formatError(WHAT, name, `only ${bytes.length} of the ${8 + n} header bytes are available`);
+  const json = parseHeaderJson(bytes.subarray(8, 8 + n), name);
+  let metadata: Record<string, string> = {};
+  const entries: (SafetensorsEntry & { begin: number; end: number })[] = [];
+  for (const [key, value] of Object.entries(json)) {
+    if (key === '__metadata__') metadata = parseMetadata(value, name);
+    else entries.push(parseEntry(key, value, 8 + n, name));
+  }
+  entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let expected = 0;
+  for (const e of entries) {
+    if (e.begin !== expected) {
+      const what = e.begin < expected ? 'overlaps the previous tensor' : `leaves a hole of ${e.begin - expected} bytes before it`;
+      throw formatError(WHAT, name, `tensor ${quote(e.name)} at data_offsets [${e.begin}, ${e.end}] ${what}`);
+    }
+    expected = e.end;
+  }
+  if (8 + n + expected !== fileSize) {
+    throw formatError(WHAT, name, `tensors end at byte ${8 + n + expected} but the file has ${fileSize} bytes`);
+  }
+  const tensors = entries.map(({ name: key, dtype, shape, offset, byteLength }) => ({ name: key, dtype, shape, offset, byteLength }));
+  return { headerLength: n, metadata, tensors };
+}
+
+class Reader implements SafetensorsReader {
+  readonly path: string;
+  readonly metadata: Record<string, string>;
+  readonly tensors: SafetensorsEntry[];
+  readonly #source: ByteSource;
+  readonly #byName = new Map<string, SafetensorsEntry>();
+
+  constructor(source: ByteSource, header: SafetensorsHeader) {
+    this.path = source.name;
+    this.#source = source;
+    this.metadata = header.metadata;
+    this.tensors = header.tensors;
+    for (const e of header.tensors) this.#byName.set(e.name, e);
+  }
+
+  get(name: string): SafetensorsEntry | undefined {
+    return this.#byName.get(name);
+  }
+
+  async read(name: string): Promise<IoTensor> {
+    const e = typeof name === 'string' ? this.#byName.get(name) : undefined;
+    if (!e) throw argError('name', `the name of a tensor in '${this.path}'`, name);
+    const bytes = await this.#source.read(e.offset, e.byteLength);
+    return { dtype: e.dtype, shape: e.shape.slice(), data: arrayFromBytes(e.dtype, bytes, false) };
+  }
+
+  async readBytes(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    const size = this.#source.size;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > size) throw argError('offset', `integer between 0 and ${size}`, offset);
+    if (!Number.isSafeInteger(length) || length < 0 || offset + length > size) {
+      throw argError('length', `integer between 0 and ${size - offset} (the bytes left after offset ${offset})`, length);
+    }
+    if (into !== undefined && (!(into instanceof Uint8Array) || into.length < length)) {
+      throw argError('into', `a Uint8Array of at least ${length} bytes`, into);
+    }
+    return this.#source.read(offset, length, into);
+  }
+
+  close(): Promise<void> {
+    return this.#source.close();
+  }
+}
+
+/**
+ * Opens a safetensors reader on any byte source; reads and validates only the header.
+ * Closes nothing on failure (the caller owns `source`).
+ * @internal
+ */
+export async function openSafetensors(source: ByteSource): Promise<SafetensorsReader> {
+  const prefix = await source.read(0, Math.min(8, source.size));
+  const n = headerLengthOf(prefix, source.size, source.name);
+  const bytes = await source.read(0, 8 + n);
+  return new Reader(source, parseSafetensorsHeader(bytes, source.size, source.name));
+}
+
+/**
+ * Opens the safetensors file at `path`, reading and validating only its header. Read tensors
+ * with `reader.read(name)` and call `reader.close()` when done.
+ *
+ * @throws SaekitError ERR_SAEKIT_FORMAT for a malformed file (see parseSafetensorsHeader),
+ *   ERR_SAEKIT_ARG when the file cannot be opened.
+ */
+export async function readSafetensors(path: string): Promise<SafetensorsReader> {
+  checkPath(path);
+  const source = await openFileSource(path, WHAT);
+  try {
+    return await openSafetensors(source);
+  } catch (err) {
+    await source.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * Reads every tensor of an in-memory safetensors file.
+ * @internal For tests and fuzzing.
+ */
+export async function decodeSafetensors(bytes: Uint8Array, name: string): Promise<{ metadata: Record<string, string>; tensors: Record<string, IoTensor> }> {
+  const reader = await openSafetensors(memorySource(bytes, name));
+  const tensors: Record<string, IoTensor> = {};
+  for (const e of reader.tensors) defineOwn(tensors, e.name, await reader.read(e.name));
+  return { metadata: reader.metadata, tensors };
+}
+
+/** Compares strings by their UTF-8 bytes (the order the reference writer uses). */
+function compareUtf8(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+/**
+ * The header and data chunks of a safetensors file, in order.
+ * @internal
+ */
+export function encodeSafetensorsParts(tensors: Record<string, IoTensor>, metadata?: Record<string, string>): Uint8Array[] {
+  if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors)) throw argError('tensors', 'an object of named tensors', tensors);
+  const meta = checkMetadata(metadata);
+  const named = Object.keys(tensors).map((key) => {
+    if (key === '__metadata__') throw argError('tensors', 'no tensor named "__metadata__" (the name is reserved)', key);
+    return { key, t: checkIoTensor(`tensors[${JSON.stringify(key)}]`, tensors[key]) };
+  });
+  named.sort((a, b) => WRITE_RANK[b.t.dtype] - WRITE_RANK[a.t.dtype] || compareUtf8(a.key, b.key));
+  const fields: string[] = [];
+  if (meta) fields.push(`"__metadata__":${JSON.stringify(meta)}`);
+  const chunks: Uint8Array[] = [];
+  let offset = 0;
+  for (const { key, t } of named) {
+    const end = offset + t.data.byteLength;
+    fields.push(`${JSON.stringify(key)}:{"dtype":"${TO_CODE[t.dtype]}","shape":[${t.shape.join(',')}],"data_offsets":[${offset},${end}]}`);
+    chunks.push(littleEndianBytes(t.data, ITEM_SIZE[t.dtype]));
+    offset = end;
+  }
+  const json = Buffer.from(`{${fields.join(',')}}`, 'utf8');
+  const n = Math.ceil(json.length / 8) * 8;
+  const head = Buffer.alloc(8 + n, 0x20);
+  head.writeBigUInt64LE(BigInt(n), 0);
+  json.copy(head, 8);
+  return [head, ...chunks];
+}
+
+function checkMetadata(metadata: unknown): Record<string, string> | undefined {
+  if (metadata === undefined) return undefined;
+  if (metadata === null || typeof metadata !== 'object' || Array.isArray(metadata)) throw argError('metadata', 'an object of strings', metadata);
+  for (const [k, v] of Object.entries(metadata)) {
+    if (typeof v !== 'string') throw argError(`metadata[${JSON.stringify(k)}]`, 'a string', v);
+  }
+  return metadata as Record<string, string>;
+}
+
+/**
+ * A safetensors file in memory (the bytes writeSafetensors writes).
+ * @internal For tests and fuzzing.
+ */
+export function encodeSafetensors(tensors: Record<string, IoTensor>, metadata?: Record<string, string>): Uint8Array {
+  return concatBytes(encodeSafetensorsParts(tensors, metadata));
+}
+
+/**
+ * Writes `tensors` (name → tensor) and optional string `metadata` to `path` as safetensors,
+ * atomically (see writeFileAtomic). Tensors are stored by descending item size (ties broken by
+ * dtype as the reference does), then name, so each starts aligned to its element size; the
+ * header is space-padded to a multiple of 8 bytes.
+ *
+ * @throws SaekitError ERR_SAEKIT_ARG / _DTYPE / _SHAPE for a bad tensor, a tensor named
+ *   "__metadata__" or non-string metadata; ERR_SAEKIT_ARG when the file cannot be written.
+ */
+export async function writeSafetensors(path: string, tensors: Record<string, IoTensor>, metadata?: Record<string, string>): Promise<void> {
+  checkPath(path);
+  await writeChunksAtomic(path, encodeSafetensorsParts(tensors, metadata));
+}

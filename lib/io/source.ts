@@ -1,0 +1,150 @@
+/**
+ * Byte sources (a file read with positioned reads, or bytes already in memory) and the atomic
+ * writer. Internal to lib/io, except writeFileAtomic, which is public.
+ */
+import { randomBytes } from 'node:crypto';
+import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+
+import { argError } from '../errors.js';
+import { checkPath, formatError, fsError, MAX_BUFFER_BYTES } from './common.js';
+
+/** Random access to a fixed-size run of bytes. */
+export interface ByteSource {
+  /** The name errors use: the file path, or a caller-chosen label for in-memory bytes. */
+  readonly name: string;
+  /** Total size in bytes. */
+  readonly size: number;
+  /**
+   * Exactly `length` bytes from `offset`. The caller has already checked the range against
+   * `size`; a file that shrank meanwhile is reported as truncated. `into` (at least `length`
+   * bytes) receives the data when given; otherwise the result is a fresh, owned buffer.
+   */
+  read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array>;
+  close(): Promise<void>;
+}
+
+/** Largest single fs read (the OS caps one read near 2 GiB). */
+const READ_CHUNK = 1 << 30;
+
+/** Opens `path` for positioned reads. `what` names the format in errors ("safetensors file"). */
+export async function openFileSource(path: string, what: string): Promise<ByteSource> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, 'r');
+  } catch (err) {
+    throw fsError('open', path, err);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw argError('path', 'a regular file', path);
+    return fileSource(fh, path, st.size, what);
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    throw fsError('read', path, err);
+  }
+}
+
+function fileSource(fh: FileHandle, path: string, size: number, what: string): ByteSource {
+  let closed = false;
+  return {
+    name: path,
+    size,
+    async read(offset, length, into) {
+      if (closed) throw argError('reader', 'an open reader (close() was called)', path);
+      if (length > MAX_BUFFER_BYTES) throw formatError(what, path, `a read of ${length} bytes exceeds the 4 GiB buffer limit`);
+      const out = into ?? new Uint8Array(length);
+      let done = 0;
+      while (done < length) {
+        const want = Math.min(READ_CHUNK, length - done);
+        let got: number;
+        try {
+          ({ bytesRead: got } = await fh.read(out, done, want, offset + done));
+        } catch (err) {
+          throw fsError('read', path, err);
+        }
+        if (got === 0) throw formatError(what, path, `file ended at byte ${offset + done} (it was truncated while open)`);
+        done += got;
+      }
+      return out.subarray(0, length);
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await fh.close();
+    },
+  };
+}
+
+/** A ByteSource over bytes in memory (used by the in-memory parsers and the fuzz tests). */
+export function memorySource(bytes: Uint8Array, name: string): ByteSource {
+  return {
+    name,
+    size: bytes.length,
+    read(offset, length, into) {
+      const src = bytes.subarray(offset, offset + length);
+      const out = into ?? new Uint8Array(length);
+      out.set(src);
+      return Promise.resolve(out.subarray(0, length));
+    },
+    close() {
+      return Promise.resolve();
+    },
+  };
+}
+
+/**
+ * Writes `chunks` in order to `path` atomically: they go to a temporary file in the same folder,
+ * which is flushed to disk (fsync) and then renamed over `path`. Readers see the old file or the
+ * complete new one, never a partial write; on any failure the temporary file is removed.
+ */
+export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Array | string)[]): Promise<void> {
+  checkPath(path);
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(tmp, 'wx');
+    for (const chunk of chunks) await writeAll(fh, typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk);
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await rename(tmp, path);
+  } catch (err) {
+    if (fh) await fh.close().catch(() => undefined);
+    await unlink(tmp).catch(() => undefined);
+    throw fsError('write', path, err);
+  }
+  await syncFolder(dirname(path));
+}
+
+async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) {
+    const { bytesWritten } = await fh.write(bytes, done, Math.min(READ_CHUNK, bytes.length - done));
+    done += bytesWritten;
+  }
+}
+
+/** Best effort: flush the folder entry so the rename itself survives a crash (not possible on Windows). */
+async function syncFolder(folder: string): Promise<void> {
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(folder, 'r');
+    await fh.sync();
+  } catch {
+    // Some platforms and file systems cannot fsync a folder; the data itself is already synced.
+  } finally {
+    await fh?.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Writes `data` to `path` atomically: a temporary file in the same folder, fsync, then rename
+ * over `path`. A crash leaves either the old file or the complete new one; a failed write removes
+ * the temporary file. Strings are written as UTF-8.
+ */
+export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
+  checkPath(path);
+  if (typeof data !== 'string' && !(data instanceof Uint8Array)) throw argError('data', 'a Uint8Array or a string', data);
+  await writeChunksAtomic(path, [data]);
+}

@@ -1,0 +1,422 @@
+/**
+ * The subset of the zip format (PKWARE APPNOTE 6.3) that .npz files use: one disk, entries
+ * stored (method 0) or deflated (method 8), ZIP64 extensions for sizes and offsets past 4 GiB
+ * (np.savez always writes ZIP64 local headers). Every number read from the archive is checked
+ * against the archive's size before it is used to read or allocate. Internal to lib/io.
+ */
+import { promisify } from 'node:util';
+import * as zlib from 'node:zlib';
+
+import { argError } from '../errors.js';
+import { formatError, MAX_BUFFER_BYTES } from './common.js';
+import type { ByteSource } from './source.js';
+
+const inflateRaw = promisify(zlib.inflateRaw);
+const deflateRaw = promisify(zlib.deflateRaw);
+
+const SIG_LOCAL = 0x04034b50;
+const SIG_CENTRAL = 0x02014b50;
+const SIG_EOCD = 0x06054b50;
+const SIG_EOCD64 = 0x06064b50;
+const SIG_LOCATOR64 = 0x07064b50;
+const EOCD_SIZE = 22;
+const MAX_COMMENT = 0xffff;
+const U16_MAX = 0xffff;
+const U32_MAX = 0xffffffff;
+/** Deflate cannot expand data by more than about 1032:1; a larger declared ratio is a lie. */
+const MAX_DEFLATE_RATIO = 1100;
+const FLAG_ENCRYPTED = 0x0001;
+const FLAG_STRONG_ENCRYPTION = 0x0040;
+const FLAG_UTF8 = 0x0800;
+/** 1980-01-01 00:00:00 in MS-DOS date/time: fixed, so archives are reproducible (numpy does the same). */
+const DOS_DATE = (0 << 9) | (1 << 5) | 1;
+
+/** One file in the archive, from the central directory. */
+export interface ZipEntry {
+  name: string;
+  method: number;
+  crc32: number;
+  compressedSize: number;
+  uncompressedSize: number;
+  localHeaderOffset: number;
+}
+
+// ---------------------------------------------------------------- CRC-32
+
+let crcTable: Uint32Array | undefined;
+
+function crc32Fallback(bytes: Uint8Array, crc: number): number {
+  if (!crcTable) {
+    crcTable = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      crcTable[n] = c >>> 0;
+    }
+  }
+  let c = ~crc >>> 0;
+  for (let i = 0; i < bytes.length; i++) c = crcTable[(c ^ bytes[i]!) & 0xff]! ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+const nativeCrc32 = (zlib as { crc32?: (data: Uint8Array, value?: number) => number }).crc32;
+
+/**
+ * CRC-32 (IEEE, as zip uses) of `bytes`, continuing from `crc` (default 0). Uses zlib.crc32
+ * where Node has it (20.15+), a table-driven fallback otherwise.
+ */
+export function crc32(bytes: Uint8Array, crc = 0, forceFallback = false): number {
+  // Node 20's zlib.crc32 returns 0, not `crc`, for a view of a zero-length ArrayBuffer.
+  if (bytes.length === 0) return crc >>> 0;
+  if (nativeCrc32 && !forceFallback) return nativeCrc32(bytes, crc) >>> 0;
+  return crc32Fallback(bytes, crc);
+}
+
+// ---------------------------------------------------------------- reading
+
+function view(bytes: Uint8Array): DataView {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+}
+
+/** A u64 field as a number, or a format error when it is beyond 2^53. */
+function u64(dv: DataView, at: number, what: string, name: string, field: string): number {
+  const v = dv.getBigUint64(at, true);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw formatError(what, name, `${field} ${v} is too large`);
+  return Number(v);
+}
+
+interface EndRecord {
+  entries: number;
+  cdSize: number;
+  cdOffset: number;
+  /** Where the end records start: the central directory must end at or before this. */
+  cdLimit: number;
+}
+
+/** Finds the end-of-central-directory record in the last 64 KiB + 22 bytes, scanning backwards. */
+async function findEnd(src: ByteSource, what: string): Promise<{ tail: Uint8Array; tailStart: number; at: number }> {
+  const name = src.name;
+  if (src.size < EOCD_SIZE) throw formatError(what, name, `file is ${src.size} bytes, too short for a zip archive`);
+  const tailLen = Math.min(src.size, EOCD_SIZE + MAX_COMMENT);
+  const tailStart = src.size - tailLen;
+  const tail = await src.read(tailStart, tailLen);
+  const dv = view(tail);
+  for (let i = tailLen - EOCD_SIZE; i >= 0; i--) {
+    if (dv.getUint32(i, true) === SIG_EOCD && i + EOCD_SIZE + dv.getUint16(i + 20, true) <= tailLen) return { tail, tailStart, at: i };
+  }
+  throw formatError(what, name, 'no end-of-central-directory record (not a zip archive, or truncated)');
+}
+
+/** Reads the end record, following the ZIP64 locator when there is one. */
+async function readEnd(src: ByteSource, what: string): Promise<EndRecord> {
+  const name = src.name;
+  const { tail, tailStart, at } = await findEnd(src, what);
+  const dv = view(tail);
+  const eocdPos = tailStart + at;
+  const disk = dv.getUint16(at + 4, true);
+  const cdDisk = dv.getUint16(at + 6, true);
+  const entriesHere = dv.getUint16(at + 8, true);
+  let entries = dv.getUint16(at + 10, true);
+  let cdSize = dv.getUint32(at + 12, true);
+  let cdOffset = dv.getUint32(at + 16, true);
+  let cdLimit = eocdPos;
+  const saturated = entries === U16_MAX || cdSize === U32_MAX || cdOffset === U32_MAX;
+  const locator = eocdPos >= 20 ? await src.read(eocdPos - 20, 20) : undefined;
+  if (locator && view(locator).getUint32(0, true) === SIG_LOCATOR64) {
+    const lv = view(locator);
+    if (lv.getUint32(4, true) !== 0 || lv.getUint32(16, true) > 1) throw formatError(what, name, 'multi-disk zip archives are not supported');
+    const recAt = u64(lv, 8, what, name, 'ZIP64 end record offset');
+    if (recAt + 56 > eocdPos - 20) throw formatError(what, name, `ZIP64 end record offset ${recAt} is out of bounds`);
+    const rv = view(await src.read(recAt, 56));
+    if (rv.getUint32(0, true) !== SIG_EOCD64) throw formatError(what, name, 'ZIP64 end record signature is wrong');
+    if (rv.getUint32(16, true) !== 0 || rv.getUint32(20, true) !== 0) throw formatError(what, name, 'multi-disk zip archives are not supported');
+    entries = u64(rv, 32, what, name, 'ZIP64 entry count');
+    if (u64(rv, 24, what, name, 'ZIP64 entry count') !== entries) throw formatError(what, name, 'multi-disk zip archives are not supported');
+    cdSize = u64(rv, 40, what, name, 'ZIP64 central directory size');
+    cdOffset = u64(rv, 48, what, name, 'ZIP64 central directory offset');
+    cdLimit = recAt;
+  } else if (saturated) {
+    throw formatError(what, name, 'end record needs ZIP64 values but the ZIP64 locator is missing');
+  } else if (disk !== 0 || cdDisk !== 0 || entriesHere !== entries) {
+    throw formatError(what, name, 'multi-disk zip archives are not supported');
+  }
+  if (cdOffset + cdSize > cdLimit) throw formatError(what, name, `central directory [${cdOffset}, +${cdSize}) runs past its end records at ${cdLimit}`);
+  if (entries * 46 > cdSize) throw formatError(what, name, `${entries} entries cannot fit in a central directory of ${cdSize} bytes`);
+  return { entries, cdSize, cdOffset, cdLimit };
+}
+
+/** Applies a ZIP64 extended-information extra field to the saturated 32-bit values. */
+function applyZip64(extra: Uint8Array, e: ZipEntry, diskStart: number, what: string, name: string): void {
+  const dv = view(extra);
+  let p = 0;
+  while (p + 4 <= extra.length) {
+    const id = dv.getUint16(p, true);
+    const size = dv.getUint16(p + 2, true);
+    if (p + 4 + size > extra.length) throw formatError(what, name, `entry '${e.name}' has an extra field running past its end`);
+    if (id === 0x0001) {
+      let q = p + 4;
+      const end = q + size;
+      const take = (field: string): number => {
+        if (q + 8 > end) throw formatError(what, name, `entry '${e.name}' ZIP64 field lacks the ${field}`);
+        const v = u64(dv, q, what, name, `entry '${e.name}' ${field}`);
+        q += 8;
+        return v;
+      };
+      if (e.uncompressedSize === U32_MAX) e.uncompressedSize = take('uncompressed size');
+      if (e.compressedSize === U32_MAX) e.compressedSize = take('compressed size');
+      if (e.localHeaderOffset === U32_MAX) e.localHeaderOffset = take('local header offset');
+      if (diskStart === U16_MAX && (q + 4 > end || dv.getUint32(q, true) !== 0)) throw formatError(what, name, 'multi-disk zip archives are not supported');
+      return;
+    }
+    p += 4 + size;
+  }
+  if (e.uncompressedSize === U32_MAX || e.compressedSize === U32_MAX || e.localHeaderOffset === U32_MAX) {
+    throw formatError(what, name, `entry '${e.name}' needs a ZIP64 extra field but has none`);
+  }
+}
+
+/** An entry name: UTF-8 when flag bit 11 says so, otherwise latin1 (the spec says cp437; both agree on ASCII). */
+function decodeName(raw: Uint8Array, flags: number, what: string, name: string): string {
+  if (flags & FLAG_UTF8) {
+    try {
+      return new TextDecoder('utf-8', { fatal: true }).decode(raw);
+    } catch {
+      throw formatError(what, name, 'an entry name is not valid UTF-8');
+    }
+  }
+  return Buffer.from(raw.buffer, raw.byteOffset, raw.length).toString('latin1');
+}
+
+/** Parses one central-directory record at `p`; returns the entry and the next record's offset. */
+function readCentral(cd: Uint8Array, p: number, what: string, name: string): { entry: ZipEntry; next: number } {
+  const dv = view(cd);
+  if (p + 46 > cd.length || dv.getUint32(p, true) !== SIG_CENTRAL) throw formatError(what, name, `central directory record at +${p} is missing or cut short`);
+  const flags = dv.getUint16(p + 8, true);
+  const nameLen = dv.getUint16(p + 28, true);
+  const extraLen = dv.getUint16(p + 30, true);
+  const commentLen = dv.getUint16(p + 32, true);
+  const next = p + 46 + nameLen + extraLen + commentLen;
+  if (next > cd.length) throw formatError(what, name, `central directory record at +${p} runs past the directory`);
+  const entry: ZipEntry = {
+    name: decodeName(cd.subarray(p + 46, p + 46 + nameLen), flags, what, name),
+    method: dv.getUint16(p + 10, true),
+    crc32: dv.getUint32(p + 16, true),
+    compressedSize: dv.getUint32(p + 20, true),
+    uncompressedSize: dv.getUint32(p + 24, true),
+    localHeaderOffset: dv.getUint32(p + 42, true),
+  };
+  applyZip64(cd.subarray(p + 46 + nameLen, p + 46 + nameLen + extraLen), entry, dv.getUint16(p + 34, true), what, name);
+  if (flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION)) throw formatError(what, name, `entry '${entry.name}' is encrypted`);
+  if (entry.method !== 0 && entry.method !== 8) {
+    throw formatError(what, name, `entry '${entry.name}' uses compression method ${entry.method} (only stored and deflate are supported)`);
+  }
+  return { entry, next };
+}
+
+/**
+ * Reads and validates the central directory of the zip archive in `src`.
+ * @param what Names the format in errors ("npz file").
+ */
+export async function readZipDirectory(src: ByteSource, what: string): Promise<{ entries: ZipEntry[]; cdOffset: number }> {
+  const end = await readEnd(src, what);
+  if (end.cdSize > MAX_BUFFER_BYTES) throw formatError(what, src.name, `central directory of ${end.cdSize} bytes is too large`);
+  const cd = await src.read(end.cdOffset, end.cdSize);
+  const entries: ZipEntry[] = [];
+  let p = 0;
+  for (let i = 0; i < end.entries; i++) {
+    const { entry, next } = readCentral(cd, p, what, src.name);
+    entries.push(entry);
+    p = next;
+  }
+  return { entries, cdOffset: end.cdOffset };
+}
+
+/**
+ * The uncompressed bytes of one entry (a fresh buffer), after checking the local header, the
+ * declared sizes (before anything is allocated) and the CRC-32.
+ * @param dataLimit Entry data must end at or before this offset (the central directory's start).
+ */
+export async function readZipEntry(src: ByteSource, e: ZipEntry, dataLimit: number, what: string): Promise<Uint8Array> {
+  const name = src.name;
+  const bad = (reason: string) => formatError(what, name, `entry '${e.name}': ${reason}`);
+  if (e.localHeaderOffset + 30 > dataLimit) throw bad(`local header offset ${e.localHeaderOffset} is out of bounds`);
+  const lv = view(await src.read(e.localHeaderOffset, 30));
+  if (lv.getUint32(0, true) !== SIG_LOCAL) throw bad('local header signature is wrong');
+  const dataStart = e.localHeaderOffset + 30 + lv.getUint16(26, true) + lv.getUint16(28, true);
+  if (dataStart + e.compressedSize > dataLimit) throw bad(`data [${dataStart}, +${e.compressedSize}) runs past the end of the entries`);
+  if (e.uncompressedSize > MAX_BUFFER_BYTES) throw bad(`uncompressed size ${e.uncompressedSize} exceeds the 4 GiB buffer limit`);
+  if (e.method === 0 && e.compressedSize !== e.uncompressedSize) throw bad(`stored entry sizes differ (${e.compressedSize} != ${e.uncompressedSize})`);
+  if (e.method === 8 && e.uncompressedSize > e.compressedSize * MAX_DEFLATE_RATIO + 64) {
+    throw bad(`declares ${e.uncompressedSize} bytes from ${e.compressedSize} compressed bytes, more than deflate can produce`);
+  }
+  const raw = await src.read(dataStart, e.compressedSize);
+  const data = e.method === 0 ? raw : await inflate(raw, e.uncompressedSize, bad);
+  if (data.length !== e.uncompressedSize) throw bad(`inflated to ${data.length} bytes but declares ${e.uncompressedSize}`);
+  if (crc32(data) !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
+  return data;
+}
+
+async function inflate(raw: Uint8Array, size: number, bad: (reason: string) => Error): Promise<Uint8Array> {
+  try {
+    return await inflateRaw(raw, { maxOutputLength: Math.max(1, size) });
+  } catch (err) {
+    throw bad(`deflate data is corrupt (${(err as Error).message})`);
+  }
+}
+
+// ---------------------------------------------------------------- writing
+
+/** One file to put in an archive: its name and its content as chunks (concatenated in order). */
+export interface ZipInput {
+  name: string;
+  chunks: readonly Uint8Array[];
+}
+
+/** Options of encodeZipParts. */
+export interface ZipWriteOptions {
+  /** Deflate every entry (default false: stored). */
+  compress?: boolean;
+  /**
+   * 'auto' (default) uses ZIP64 records only where a size, offset or count needs them;
+   * 'always' writes them everywhere (for tests of the ZIP64 reader).
+   */
+  zip64?: 'auto' | 'always';
+}
+
+interface Written {
+  name: Uint8Array;
+  utf8: boolean;
+  method: number;
+  crc: number;
+  csize: number;
+  usize: number;
+  offset: number;
+}
+
+/**
+ * Encodes `files` as a zip archive, returning its chunks in order (stored data chunks are passed
+ * through without copying). Dates are fixed at 1980-01-01 so output is reproducible.
+ */
+export async function encodeZipParts(files: readonly ZipInput[], options: ZipWriteOptions = {}): Promise<Uint8Array[]> {
+  const always = options.zip64 === 'always';
+  const out: Uint8Array[] = [];
+  const written: Written[] = [];
+  let offset = 0;
+  for (const f of files) {
+    const name = Buffer.from(f.name, 'utf8');
+    if (name.length > U16_MAX) throw argError('name', 'an entry name of at most 65535 UTF-8 bytes', f.name);
+    let crc = 0;
+    let usize = 0;
+    for (const c of f.chunks) {
+      crc = crc32(c, crc);
+      usize += c.length;
+    }
+    const data = options.compress ? [await deflateRaw(Buffer.concat(f.chunks))] : f.chunks;
+    const csize = data.reduce((a, c) => a + c.length, 0);
+    const w: Written = { name, utf8: name.length !== f.name.length, method: options.compress ? 8 : 0, crc, csize, usize, offset };
+    const local = localHeader(w, always || usize >= U32_MAX || csize >= U32_MAX);
+    out.push(local, ...data);
+    written.push(w);
+    offset += local.length + csize;
+  }
+  const cdOffset = offset;
+  for (const w of written) {
+    const rec = centralRecord(w, always);
+    out.push(rec);
+    offset += rec.length;
+  }
+  out.push(...endRecords(written.length, offset - cdOffset, cdOffset, always));
+  return out;
+}
+
+function localHeader(w: Written, zip64: boolean): Uint8Array {
+  const b = new Uint8Array(30 + w.name.length + (zip64 ? 20 : 0));
+  const dv = view(b);
+  dv.setUint32(0, SIG_LOCAL, true);
+  dv.setUint16(4, zip64 ? 45 : 20, true);
+  dv.setUint16(6, w.utf8 ? FLAG_UTF8 : 0, true);
+  dv.setUint16(8, w.method, true);
+  dv.setUint16(10, 0, true);
+  dv.setUint16(12, DOS_DATE, true);
+  dv.setUint32(14, w.crc, true);
+  dv.setUint32(18, zip64 ? U32_MAX : w.csize, true);
+  dv.setUint32(22, zip64 ? U32_MAX : w.usize, true);
+  dv.setUint16(26, w.name.length, true);
+  dv.setUint16(28, zip64 ? 20 : 0, true);
+  b.set(w.name, 30);
+  if (zip64) {
+    const at = 30 + w.name.length;
+    dv.setUint16(at, 0x0001, true);
+    dv.setUint16(at + 2, 16, true);
+    dv.setBigUint64(at + 4, BigInt(w.usize), true);
+    dv.setBigUint64(at + 12, BigInt(w.csize), true);
+  }
+  return b;
+}
+
+function centralRecord(w: Written, always: boolean): Uint8Array {
+  const big = [always || w.usize >= U32_MAX, always || w.csize >= U32_MAX, always || w.offset >= U32_MAX];
+  const n64 = big.filter(Boolean).length;
+  const extraLen = n64 ? 4 + 8 * n64 : 0;
+  const b = new Uint8Array(46 + w.name.length + extraLen);
+  const dv = view(b);
+  dv.setUint32(0, SIG_CENTRAL, true);
+  dv.setUint16(4, (3 << 8) | 45, true); // made by: Unix, spec 4.5
+  dv.setUint16(6, n64 ? 45 : 20, true);
+  dv.setUint16(8, w.utf8 ? FLAG_UTF8 : 0, true);
+  dv.setUint16(10, w.method, true);
+  dv.setUint16(12, 0, true);
+  dv.setUint16(14, DOS_DATE, true);
+  dv.setUint32(16, w.crc, true);
+  dv.setUint32(20, big[1] ? U32_MAX : w.csize, true);
+  dv.setUint32(24, big[0] ? U32_MAX : w.usize, true);
+  dv.setUint16(28, w.name.length, true);
+  dv.setUint16(30, extraLen, true);
+  dv.setUint32(38, (0o100644 << 16) >>> 0, true); // regular file, rw-r--r--
+  dv.setUint32(42, big[2] ? U32_MAX : w.offset, true);
+  b.set(w.name, 46);
+  if (n64) {
+    let at = 46 + w.name.length;
+    dv.setUint16(at, 0x0001, true);
+    dv.setUint16(at + 2, 8 * n64, true);
+    at += 4;
+    for (const [i, v] of [w.usize, w.csize, w.offset].entries()) {
+      if (!big[i]) continue;
+      dv.setBigUint64(at, BigInt(v), true);
+      at += 8;
+    }
+  }
+  return b;
+}
+
+function endRecords(count: number, cdSize: number, cdOffset: number, always: boolean): Uint8Array[] {
+  const zip64 = always || count >= U16_MAX || cdSize >= U32_MAX || cdOffset >= U32_MAX;
+  const out: Uint8Array[] = [];
+  if (zip64) {
+    const rec = new Uint8Array(56);
+    const rv = view(rec);
+    rv.setUint32(0, SIG_EOCD64, true);
+    rv.setBigUint64(4, 44n, true);
+    rv.setUint16(12, (3 << 8) | 45, true);
+    rv.setUint16(14, 45, true);
+    rv.setBigUint64(24, BigInt(count), true);
+    rv.setBigUint64(32, BigInt(count), true);
+    rv.setBigUint64(40, BigInt(cdSize), true);
+    rv.setBigUint64(48, BigInt(cdOffset), true);
+    const loc = new Uint8Array(20);
+    const lv = view(loc);
+    lv.setUint32(0, SIG_LOCATOR64, true);
+    lv.setBigUint64(8, BigInt(cdOffset + cdSize), true);
+    lv.setUint32(16, 1, true);
+    out.push(rec, loc);
+  }
+  const end = new Uint8Array(EOCD_SIZE);
+  const dv = view(end);
+  dv.setUint32(0, SIG_EOCD, true);
+  dv.setUint16(8, zip64 ? U16_MAX : count, true);
+  dv.setUint16(10, zip64 ? U16_MAX : count, true);
+  dv.setUint32(12, zip64 ? U32_MAX : cdSize, true);
+  dv.setUint32(16, zip64 ? U32_MAX : cdOffset, true);
+  out.push(end);
+  return out;
+}

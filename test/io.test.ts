@@ -1,0 +1,687 @@
+/**
+ * File formats: safetensors, .npy and .npz. Round trips of fresh random bytes in every dtype and
+ * odd shapes, golden files written by numpy, ml_dtypes and the reference safetensors writer
+ * (test/fixtures/io, see generate.py), hand-built byte layouts from the specs, and one assertion
+ * per class of malformed input.
+ */
+import { mkdirSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import * as zlib from 'node:zlib';
+
+import { describe, expect, it } from 'vitest';
+
+import { SaekitError } from '../lib/errors.js';
+import {
+  encodeNpy,
+  parseNpy,
+  readNpy,
+  readNpyHeader,
+  readNpz,
+  readSafetensors,
+  writeFileAtomic,
+  writeNpy,
+  writeNpz,
+  writeSafetensors,
+  type IoTensor,
+} from '../lib/io/index.js';
+import { decodeNpz, encodeNpzParts } from '../lib/io/npz.js';
+import { decodeSafetensors, encodeSafetensors, parseSafetensorsHeader } from '../lib/io/safetensors.js';
+import { crc32, encodeZipParts } from '../lib/io/zip.js';
+import {
+  ALL_DTYPES,
+  bytesOf,
+  expectIoError,
+  expectSameTensor,
+  fixture,
+  FIXTURES,
+  freshSeed,
+  ITEM,
+  loadManifest,
+  manifestTensor,
+  numel,
+  ODD_SHAPES,
+  randomTensor,
+  rng,
+  tmpDir,
+} from './helpers/io-helpers.js';
+
+const manifest = loadManifest();
+
+/** A safetensors file from a header (object or raw JSON text) and data bytes; `n` overrides N. */
+function stFile(header: string | Uint8Array | object, data: Uint8Array | number = 0, n?: number | bigint): Uint8Array {
+  const json = header instanceof Uint8Array ? header : Buffer.from(typeof header === 'string' ? header : JSON.stringify(header), 'utf8');
+  const body = typeof data === 'number' ? new Uint8Array(data) : data;
+  const out = new Uint8Array(8 + json.length + body.length);
+  new DataView(out.buffer).setBigUint64(0, BigInt(n ?? json.length), true);
+  out.set(json, 8);
+  out.set(body, 8 + json.length);
+  return out;
+}
+
+function parseSt(bytes: Uint8Array, name = 'mem.safetensors') {
+  return parseSafetensorsHeader(bytes, bytes.length, name);
+}
+
+/** An .npy file from raw header text (padded to 64 bytes like numpy unless `exact`) and data. */
+function npyFile(dict: string, data: Uint8Array | number = 0, version = 1, exact = false): Uint8Array {
+  const lenBytes = version === 1 ? 2 : 4;
+  let header = dict;
+  if (!exact) {
+    const total = 8 + lenBytes + header.length + 1;
+    header += ' '.repeat((64 - (total % 64)) % 64) + '\n';
+  }
+  const hb = Buffer.from(header, version === 3 ? 'utf8' : 'latin1');
+  const body = typeof data === 'number' ? new Uint8Array(data) : data;
+  const out = new Uint8Array(8 + lenBytes + hb.length + body.length);
+  out.set([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, version, 0]);
+  const dv = new DataView(out.buffer);
+  if (lenBytes === 2) dv.setUint16(8, hb.length, true);
+  else dv.setUint32(8, hb.length, true);
+  out.set(hb, 8 + lenBytes);
+  out.set(body, 8 + lenBytes + hb.length);
+  return out;
+}
+
+function swapped(bytes: Uint8Array, size: number): Uint8Array {
+  const out = new Uint8Array(bytes);
+  for (let i = 0; i < out.length; i += size) out.subarray(i, i + size).reverse();
+  return out;
+}
+
+function noTempFiles(dir: string): void {
+  expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+}
+
+describe('safetensors', () => {
+  it('round-trips fresh random bytes of every dtype and odd shapes, aligned, with metadata', async () => {
+    const seed = freshSeed(1);
+    const next = rng(seed);
+    const dir = tmpDir();
+    const tensors: Record<string, IoTensor> = {};
+    for (const dtype of ALL_DTYPES) {
+      for (const [i, shape] of ODD_SHAPES.entries()) tensors[`${dtype}.${i}`] = randomTensor(dtype, shape, next);
+    }
+    Object.defineProperty(tensors, '__proto__', { value: randomTensor('float32', [2], next), enumerable: true });
+    tensors['ünï/cödé'] = randomTensor('int64', [3], next);
+    const metadata = { format: 'pt', note: 'ünïcödé "quoted"', __proto__x: '' };
+    const file = path.join(dir, 'all.safetensors');
+    await writeSafetensors(file, tensors, metadata);
+    noTempFiles(dir);
+    const bytes = new Uint8Array(readFileSync(file));
+    const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+    expect((8 + n) % 8, 'header padded to a multiple of 8').toBe(0);
+    const reader = await readSafetensors(file);
+    try {
+      expect(reader.path).toBe(file);
+      expect(reader.metadata).toEqual(metadata);
+      expect(reader.tensors.map((t) => t.name).sort()).toEqual(Object.keys(tensors).sort());
+      let end = 8 + n;
+      for (const e of reader.tensors) {
+        expect(e.offset, `${e.name} contiguous`).toBe(end);
+        expect(e.offset % ITEM[e.dtype], `${e.name} aligned`).toBe(0);
+        end += e.byteLength;
+        expectSameTensor(await reader.read(e.name), tensors[e.name]!, `seed ${seed}: ${e.name}`);
+        expect(reader.get(e.name)).toBe(e);
+      }
+      expect(end).toBe(bytes.length);
+      expect(reader.get('missing')).toBeUndefined();
+    } finally {
+      await reader.close();
+    }
+  });
+
+  it('writes the byte layout the spec describes (hand-built expected bytes)', async () => {
+    const t = {
+      b: { dtype: 'float32' as const, shape: [2], data: new Float32Array([1.5, -2]) },
+      a: { dtype: 'uint8' as const, shape: [3], data: new Uint8Array([1, 2, 3]) },
+      c: { dtype: 'int64' as const, shape: [1], data: new BigInt64Array([-5n]) },
+    };
+    const json =
+      '{"__metadata__":{"k":"v"},"c":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},' +
+      '"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},"a":{"dtype":"U8","shape":[3],"data_offsets":[16,19]}}';
+    const n = Math.ceil(json.length / 8) * 8;
+    const want = new Uint8Array(8 + n + 19);
+    const dv = new DataView(want.buffer);
+    dv.setBigUint64(0, BigInt(n), true);
+    want.set(Buffer.from(json.padEnd(n, ' ')), 8);
+    dv.setBigInt64(8 + n, -5n, true);
+    dv.setFloat32(8 + n + 8, 1.5, true);
+    dv.setFloat32(8 + n + 12, -2, true);
+    want.set([1, 2, 3], 8 + n + 16);
+    expect(Buffer.from(encodeSafetensors(t, { k: 'v' })).equals(Buffer.from(want))).toBe(true);
+    const dir = tmpDir();
+    await writeSafetensors(path.join(dir, 'x.safetensors'), t, { k: 'v' });
+    expect(readFileSync(path.join(dir, 'x.safetensors')).equals(Buffer.from(want))).toBe(true);
+  });
+
+  it('reads the reference implementation\'s file and writes the same bytes', async () => {
+    const want = manifest.safetensors['reference.safetensors']!;
+    const reader = await readSafetensors(path.join(FIXTURES, 'reference.safetensors'));
+    const got: Record<string, IoTensor> = {};
+    let metadata: Record<string, string> = {};
+    try {
+      metadata = reader.metadata;
+      expect(reader.metadata).toEqual(want.metadata);
+      expect(reader.tensors.map((t) => t.name).sort()).toEqual(Object.keys(want.tensors).sort());
+      for (const [name, m] of Object.entries(want.tensors)) {
+        got[name] = await reader.read(name);
+        expectSameTensor(got[name], manifestTensor(m), name);
+      }
+    } finally {
+      await reader.close();
+    }
+    const again = encodeSafetensors(got, metadata); // metadata in the file's key order
+    expect(Buffer.compare(again, fixture('reference.safetensors'))).toBe(0);
+  });
+
+  it('reads misaligned data (an unpadded header) by copying', async () => {
+    const next = rng(freshSeed(2));
+    const f64 = randomTensor('float64', [3], next);
+    const i32 = randomTensor('int32', [2, 2], next);
+    const bf = randomTensor('bfloat16', [3], next);
+    const header = {
+      x: { dtype: 'F64', shape: [3], data_offsets: [0, 24] },
+      y: { dtype: 'I32', shape: [2, 2], data_offsets: [24, 40] },
+      z: { dtype: 'BF16', shape: [3], data_offsets: [40, 46] },
+    };
+    let text = JSON.stringify(header);
+    if ((8 + text.length) % 8 === 0) text += ' ';
+    const data = Buffer.concat([bytesOf(f64.data), bytesOf(i32.data), bytesOf(bf.data)]);
+    const bytes = stFile(text, data);
+    const { tensors } = await decodeSafetensors(bytes, 'mem');
+    expectSameTensor(tensors.x!, f64, 'x');
+    expectSameTensor(tensors.y!, i32, 'y');
+    expectSameTensor(tensors.z!, bf, 'z');
+    expect(tensors.x!.data.byteOffset % 8).toBe(0);
+  });
+
+  it('readBytes reads raw ranges within the file only; read after close fails', async () => {
+    const dir = tmpDir();
+    const file = path.join(dir, 'r.safetensors');
+    const data = new Float32Array([1, 2, 3, 4]);
+    await writeSafetensors(file, { w: { dtype: 'float32', shape: [4], data } });
+    const reader = await readSafetensors(file);
+    const e = reader.get('w')!;
+    expect(Buffer.compare(await reader.readBytes(e.offset, 16), bytesOf(data))).toBe(0);
+    const into = new Uint8Array(32);
+    const got = await reader.readBytes(e.offset + 4, 8, into);
+    expect(got.buffer).toBe(into.buffer);
+    expect([...got]).toEqual([...bytesOf(data).subarray(4, 12)]);
+    expect((await reader.readBytes(0, 0)).length).toBe(0);
+    const size = readFileSync(file).length;
+    await expectIoError(() => reader.readBytes(size - 4, 5), 'length', /Expected integer between 0 and 4/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => reader.readBytes(-1, 1), 'offset', /Expected integer/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => reader.readBytes(0.5, 1), 'offset', /Expected integer/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => reader.readBytes(0, 8, new Uint8Array(4)), 'into', /at least 8 bytes/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => reader.read('nope'), file, /name of a tensor/, 'ERR_SAEKIT_ARG');
+    await reader.close();
+    await reader.close();
+    await expectIoError(() => reader.read('w'), file, /close\(\) was called/, 'ERR_SAEKIT_ARG');
+  });
+
+  it('reads only the header when opening (a 1 GiB sparse file opens instantly)', async () => {
+    const dir = tmpDir();
+    const file = path.join(dir, 'big.safetensors');
+    const n = 1 << 28;
+    writeFileSync(file, stFile({ big: { dtype: 'F32', shape: [n], data_offsets: [0, 4 * n] } }));
+    truncateSync(file, readFileSync(file).length + 4 * n);
+    const t0 = performance.now();
+    const reader = await readSafetensors(file);
+    expect(reader.tensors[0]!.byteLength).toBe(4 * n);
+    const bytes = await reader.readBytes(reader.tensors[0]!.offset + 4 * n - 8, 8);
+    expect([...bytes]).toEqual([0, 0, 0, 0, 0, 0, 0, 0]);
+    await reader.close();
+    expect(performance.now() - t0).toBeLessThan(2000);
+  });
+
+  describe('rejects malformed files with ERR_SAEKIT_FORMAT naming the file and the reason', () => {
+    const ok = { a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } };
+    const cases: [string, Uint8Array, RegExp][] = [
+      ['a file shorter than 8 bytes', new Uint8Array(5), /5 bytes, too short/],
+      ['a header length over 100,000,000', stFile(ok, 8, 100_000_001), /header length 100000001 exceeds the limit of 100000000/],
+      ['a header length of 2^64-1', stFile(ok, 8, 2n ** 64n - 1n), /header length 18446744073709551615 exceeds the limit/],
+      ['a header length past the end of the file', stFile(ok, 8, 1000), /header length 1000 runs past the end of the file/],
+      ['invalid UTF-8 in the header', stFile(Buffer.concat([Buffer.from('{"'), Buffer.from([0xff, 0xfe]), Buffer.from('":1}')])), /not valid UTF-8/],
+      ['a byte-order mark', stFile('\ufeff{}'), /not valid JSON/],
+      ['invalid JSON', stFile('{"a": {"dtype": "F32",'), /not valid JSON/],
+      ['an empty header', stFile(''), /not valid JSON/],
+      ['a header that is not an object', stFile('[1, 2]'), /not a JSON object/],
+      ['a duplicate tensor name', stFile('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', 8), /duplicate key "a"/],
+      ['a duplicate key written with an escape', stFile('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"\\u0061":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', 4), /duplicate key "a"/],
+      ['a duplicate field inside an entry', stFile('{"a":{"dtype":"F32","dtype":"F64","shape":[1],"data_offsets":[0,4]}}', 4), /duplicate key "dtype"/],
+      ['a duplicate metadata key', stFile('{"__metadata__":{"k":"1","k":"2"}}'), /duplicate key "k"/],
+      ['metadata that is not an object', stFile({ __metadata__: ['x'] }), /__metadata__ is not an object of strings/],
+      ['a non-string metadata value', stFile({ __metadata__: { k: 1 } }), /__metadata__ value for "k" is not a string/],
+      ['an entry that is not an object', stFile({ a: 'F32' }), /tensor "a": entry is not an object/],
+      ['a missing dtype', stFile({ a: { shape: [2], data_offsets: [0, 8] } }, 8), /tensor "a": dtype is missing/],
+      ['an unsupported dtype', stFile({ a: { dtype: 'F8_E4M3', shape: [2], data_offsets: [0, 2] } }, 2), /tensor "a": unsupported dtype "F8_E4M3"/],
+      ['an unknown dtype', stFile({ a: { dtype: 'toString', shape: [2], data_offsets: [0, 2] } }, 2), /unsupported dtype "toString"/],
+      ['a missing shape', stFile({ a: { dtype: 'F32', data_offsets: [0, 8] } }, 8), /shape is missing or not an array/],
+      ['a negative dimension', stFile({ a: { dtype: 'F32', shape: [-2], data_offsets: [0, 8] } }, 8), /dimension 0 of the shape is -2/],
+      ['a fractional dimension', stFile({ a: { dtype: 'F32', shape: [2, 1.5], data_offsets: [0, 12] } }, 12), /dimension 1 of the shape is 1.5/],
+      ['a string dimension', stFile({ a: { dtype: 'F32', shape: ['2'], data_offsets: [0, 8] } }, 8), /dimension 0 of the shape is string/],
+      ['dimensions whose product overflows', stFile({ a: { dtype: 'F32', shape: [2 ** 40, 2 ** 40], data_offsets: [0, 8] } }, 8), /shape \[1099511627776, 1099511627776\] is too large/],
+      ['a dimension beyond 2^53', stFile('{"a":{"dtype":"U8","shape":[18446744073709551616],"data_offsets":[0,8]}}', 8), /dimension 0 of the shape is 18446744073709552000/],
+      ['missing data_offsets', stFile({ a: { dtype: 'F32', shape: [2] } }, 8), /data_offsets is missing/],
+      ['data_offsets of the wrong length', stFile({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8, 9] } }, 8), /not a \[begin, end\] pair/],
+      ['begin after end', stFile({ a: { dtype: 'U8', shape: [0], data_offsets: [8, 0] } }, 8), /begin <= end/],
+      ['negative offsets', stFile({ a: { dtype: 'U8', shape: [0], data_offsets: [-1, -1] } }, 0), /not non-negative integers/],
+      ['a size mismatch', stFile({ a: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, 8), /span 8 bytes but shape \[3\] of F32 needs 12/],
+      ['a hole before the first tensor', stFile({ a: { dtype: 'F32', shape: [2], data_offsets: [4, 12] } }, 12), /leaves a hole of 4 bytes/],
+      [
+        'a hole between tensors',
+        stFile({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, b: { dtype: 'F32', shape: [1], data_offsets: [8, 12] } }, 12),
+        /tensor "b" at data_offsets \[8, 12\] leaves a hole of 4 bytes/,
+      ],
+      [
+        'overlapping tensors',
+        stFile({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, 8),
+        /overlaps the previous tensor/,
+      ],
+      ['trailing bytes after the last tensor', stFile(ok, 9), /tensors end at byte \d+ but the file has \d+ bytes/],
+      ['a truncated last tensor', stFile(ok, 7), /tensors end at byte \d+ but the file has \d+ bytes/],
+    ];
+    for (const [what, bytes, reason] of cases) {
+      it(what, async () => {
+        await expectIoError(() => parseSt(bytes), 'mem.safetensors', reason);
+        await expectIoError(() => decodeSafetensors(bytes, 'mem.safetensors'), 'mem.safetensors', reason);
+      });
+    }
+
+    it('names the path when reading from disk', async () => {
+      const dir = tmpDir();
+      const file = path.join(dir, 'bad.safetensors');
+      writeFileSync(file, stFile({ a: { dtype: 'Q9', shape: [1], data_offsets: [0, 1] } }, 1));
+      const err = await expectIoError(() => readSafetensors(file), file, /unsupported dtype "Q9"/);
+      expect(err.message).toBe(`Invalid safetensors file '${file}': tensor "a": unsupported dtype "Q9"`);
+    });
+
+    it('accepts empty files, 0-d and empty tensors, and unknown entry fields', () => {
+      expect(parseSt(stFile('{}')).tensors).toEqual([]);
+      const h = parseSt(stFile({ e: { dtype: 'F64', shape: [0, 4], data_offsets: [0, 0] }, s: { dtype: 'I32', shape: [], data_offsets: [0, 4], extra: 1 } }, 4));
+      expect(h.tensors.map((t) => [t.name, t.byteLength])).toEqual([
+        ['e', 0],
+        ['s', 4],
+      ]);
+    });
+  });
+
+  it('rejects bad arguments to the writer with coded errors', async () => {
+    const dir = tmpDir();
+    const file = path.join(dir, 'w.safetensors');
+    const good = { dtype: 'float32' as const, shape: [2], data: new Float32Array(2) };
+    await expectIoError(() => writeSafetensors(file, { a: { ...good, data: new Float64Array(2) } as never }), 'tensors["a"].data', /Float32Array/, 'ERR_SAEKIT_DTYPE');
+    await expectIoError(() => writeSafetensors(file, { a: { ...good, shape: [3] } }), 'tensors["a"].data', /3 elements/, 'ERR_SAEKIT_SHAPE');
+    await expectIoError(() => writeSafetensors(file, { a: { ...good, dtype: 'int8' } as never }), 'tensors["a"].dtype', /one of/, 'ERR_SAEKIT_DTYPE');
+    await expectIoError(() => writeSafetensors(file, { a: { ...good, shape: [-2] } }), 'tensors["a"].shape', /non-negative/, 'ERR_SAEKIT_SHAPE');
+    await expectIoError(() => writeSafetensors(file, { __metadata__: good }), 'tensors', /reserved/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => writeSafetensors(file, { a: good }, { k: 1 } as never), 'metadata["k"]', /string/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => writeSafetensors('', { a: good }), 'path', /file path/, 'ERR_SAEKIT_ARG');
+    expect(readdirSync(dir)).toEqual([]);
+  });
+});
+
+describe('npy', () => {
+  for (const [name, m] of Object.entries(manifest.npy)) {
+    it(`reads numpy's ${name}`, async () => {
+      const want = manifestTensor(m);
+      const file = path.join(FIXTURES, name);
+      expectSameTensor(await readNpy(file), want, name);
+      expectSameTensor(parseNpy(fixture(name), name), want, name);
+      const h = await readNpyHeader(file);
+      expect(h.dtype).toBe(m.dtype);
+      expect(h.shape).toEqual(m.shape);
+      expect(h.fortranOrder).toBe(name.includes('fortran'));
+      expect(h.bigEndian).toBe(name.includes('_be'));
+      expect(h.dataOffset % 64).toBe(0);
+      expect(h.dataOffset + h.byteLength).toBe(fixture(name).length);
+      if (m.encodeMatches) expect(Buffer.compare(encodeNpy(want), fixture(name)), 'encodeNpy == np.save bytes').toBe(0);
+    });
+  }
+
+  it('reads header versions 2.0 and 3.0 and bf16 as ml_dtypes writes it', () => {
+    expect(fixture('v2_f4.npy')[6]).toBe(2);
+    expect(fixture('v3_i8.npy')[6]).toBe(3);
+    expect(Buffer.from(fixture('bf16_2d.npy')).toString('latin1')).toContain("'descr': '<V2'");
+    const utf8 = npyFile("{'descr': '<i4', 'fortran_order': False, 'shape': (1,), }      ", new Uint8Array([7, 0, 0, 0]), 3);
+    expect(parseNpy(utf8).data).toEqual(new Int32Array([7]));
+  });
+
+  it('round-trips fresh random bytes of every dtype and odd shapes', async () => {
+    const seed = freshSeed(3);
+    const next = rng(seed);
+    const dir = tmpDir();
+    for (const dtype of ALL_DTYPES) {
+      for (const shape of ODD_SHAPES) {
+        const t = randomTensor(dtype, shape, next);
+        const bytes = encodeNpy(t);
+        expect(bytes[6], 'version 1.0').toBe(1);
+        const hlen = bytes[8]! | (bytes[9]! << 8);
+        expect((10 + hlen) % 64).toBe(0);
+        expect(bytes.byteOffset).toBe(0);
+        expect(bytes.buffer.byteLength).toBe(bytes.length);
+        expectSameTensor(parseNpy(bytes), t, `seed ${seed}: ${dtype} [${shape}]`);
+        const file = path.join(dir, `${dtype}-${shape.join('x')}.npy`);
+        await writeNpy(file, t);
+        expectSameTensor(await readNpy(file), t, `seed ${seed}: ${dtype} [${shape}] file`);
+      }
+    }
+    noTempFiles(dir);
+  });
+
+  it('transposes Fortran order and byte-swaps big-endian data of random arrays', () => {
+    const seed = freshSeed(4);
+    const next = rng(seed);
+    const descr = { float32: 'f4', float16: 'f2', bfloat16: 'V2', float64: 'f8', int32: 'i4', int64: 'i8', uint8: 'u1' } as const;
+    for (const dtype of ALL_DTYPES) {
+      for (const shape of [[3, 4], [2, 3, 5], [4, 1, 2, 3], [0, 3]]) {
+        const t = randomTensor(dtype, shape, next);
+        const size = ITEM[dtype];
+        const n = numel(shape);
+        // column-major copy: element (i0..ik) at sum(i_j * prod(shape[<j]))
+        const src = bytesOf(t.data);
+        const fBytes = new Uint8Array(src.length);
+        for (let c = 0; c < n; c++) {
+          let rest = c;
+          let f = 0;
+          let fStride = 1;
+          const idx: number[] = [];
+          for (let k = shape.length - 1; k >= 0; k--) {
+            idx[k] = rest % shape[k]!;
+            rest = Math.floor(rest / shape[k]!);
+          }
+          for (let k = 0; k < shape.length; k++) {
+            f += idx[k]! * fStride;
+            fStride *= shape[k]!;
+          }
+          fBytes.set(src.subarray(c * size, (c + 1) * size), f * size);
+        }
+        const tuple = `(${shape.join(', ')})`;
+        const order = size === 1 ? '|' : '>';
+        const label = `seed ${seed}: ${dtype} [${shape}]`;
+        expectSameTensor(parseNpy(npyFile(`{'descr': '${order}${descr[dtype]}', 'fortran_order': True, 'shape': ${tuple}, }`, swapped(fBytes, size))), t, label);
+        expectSameTensor(parseNpy(npyFile(`{'descr': '<${descr[dtype]}', 'fortran_order': True, 'shape': ${tuple}, }`, fBytes)), t, label);
+        expectSameTensor(parseNpy(npyFile(`{'descr': '>${descr[dtype]}', 'fortran_order': False, 'shape': ${tuple}, }`, swapped(src, size))), t, label);
+      }
+    }
+  });
+
+  it('keeps NaN payloads bit-exact through the Fortran-order transpose', () => {
+    const f32 = new Uint32Array([0x7f800001, 0xffc00123, 1, 2, 3, 0x7fa00000]); // signalling and quiet NaNs with payloads
+    const got = parseNpy(npyFile("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", bytesOf(f32)));
+    expect([...new Uint32Array(got.data.buffer)]).toEqual([0x7f800001, 1, 3, 0xffc00123, 2, 0x7fa00000]);
+    const f64 = new BigUint64Array([0x7ff0000000000001n, 1n, 0xfff8000000abcdefn, 2n]);
+    const got64 = parseNpy(npyFile("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 2), }", bytesOf(f64)));
+    expect([...new BigUint64Array(got64.data.buffer)]).toEqual([0x7ff0000000000001n, 0xfff8000000abcdefn, 1n, 2n]);
+  });
+
+  it('accepts the harmless variations of the dict literal and never returns shared memory', () => {
+    const data = new Uint8Array([1, 0, 0, 0, 2, 0, 0, 0]);
+    for (const dict of [
+      "{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }",
+      '{"shape": (2,), "descr": "<i4", "fortran_order": False}',
+      "{'descr':'=i4','fortran_order':False,'shape':(2L,)}",
+      "{ 'descr' : '<i4' ,\t'fortran_order' : True , 'shape' : ( 2 , ) , }",
+    ]) {
+      const bytes = npyFile(dict, data);
+      const t = parseNpy(bytes);
+      expect(t.data).toEqual(new Int32Array([1, 2]));
+      expect(t.data.buffer).not.toBe(bytes.buffer);
+    }
+    expect(parseNpy(npyFile("{'descr': '<f8', 'fortran_order': False, 'shape': (), }", bytesOf(new Float64Array([2.5])))).data).toEqual(new Float64Array([2.5]));
+    expect(parseNpy(npyFile("{'descr': '<i4', 'fortran_order': False, 'shape': (1, 2,), }", data), 'x').shape).toEqual([1, 2]);
+    expect(parseNpy(npyFile("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", data, 1, true)).shape).toEqual([2]);
+  });
+
+  it('writes version 2.0 when the header does not fit a u16 (and refuses to read a header over 10,000 bytes)', () => {
+    const shape = new Array<number>(25_000).fill(1);
+    const bytes = encodeNpy({ dtype: 'uint8', shape, data: new Uint8Array([9]) });
+    expect(bytes[6]).toBe(2);
+    const hlen = new DataView(bytes.buffer).getUint32(8, true);
+    expect(hlen).toBeGreaterThan(65535);
+    expect((12 + hlen) % 64).toBe(0);
+    expect(() => parseNpy(bytes, 'big.npy')).toThrow(/header length \d+ exceeds the limit of 10000 bytes/);
+  });
+
+  it('reads only the header (a 1 GiB sparse file)', async () => {
+    const dir = tmpDir();
+    const file = path.join(dir, 'big.npy');
+    const head = npyFile("{'descr': '<f4', 'fortran_order': False, 'shape': (268435456,), }");
+    writeFileSync(file, head);
+    truncateSync(file, head.length + 2 ** 30);
+    const t0 = performance.now();
+    expect(await readNpyHeader(file)).toEqual({ dtype: 'float32', shape: [2 ** 28], fortranOrder: false, bigEndian: false, dataOffset: head.length, byteLength: 2 ** 30 });
+    expect(performance.now() - t0).toBeLessThan(1000);
+  });
+
+  describe('rejects malformed files with ERR_SAEKIT_FORMAT naming the file and the reason', () => {
+    const f4 = (shape: string, n: number) => npyFile(`{'descr': '<f4', 'fortran_order': False, 'shape': ${shape}, }`, 4 * n);
+    const hdr = (dict: string) => npyFile(dict, 8);
+    const cases: [string, () => Uint8Array, RegExp][] = [
+      ['a file too short for the magic', () => new Uint8Array([0x93, 0x4e, 0x55]), /3 bytes, too short/],
+      ['a wrong magic string', () => { const b = f4('(2,)', 2); b[1] = 0x4f; return b; }, /missing the \\x93NUMPY magic/],
+      ['an unknown major version', () => { const b = f4('(2,)', 2); b[6] = 4; return b; }, /unsupported format version 4\.0/],
+      ['an unknown minor version', () => { const b = f4('(2,)', 2); b[7] = 1; return b; }, /unsupported format version 1\.1/],
+      ['a v2 header length cut short', () => npyFile('', 0, 2, true).subarray(0, 10), /ends inside the header length/],
+      ['a header over 10,000 bytes', () => npyFile(`{'descr': '<u1', 'fortran_order': False, 'shape': (1,), }${' '.repeat(10_001)}`, 1, 2), /header length 10\d+ exceeds the limit of 10000/],
+      ['a header length past the end', () => { const b = f4('(2,)', 0); b[8] = 0xff; b[9] = 0x20; return b; }, /header length 8447 runs past the end of the file/],
+      ['a header that is not a dict', () => hdr("['descr', '<f4']"), /not a valid dict literal: expected '\{'/],
+      ['code in the header', () => hdr("{'descr': __import__('os'), 'fortran_order': False, 'shape': (2,)}"), /not a valid dict literal: unexpected '_'/],
+      ['an unterminated string', () => hdr("{'descr: '<f4'}"), /not a valid dict literal/],
+      ['text after the dict', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)} x"), /after the closing/],
+      ['a missing key', () => hdr("{'descr': '<f4', 'shape': (2,)}"), /header keys are \{descr, shape\}, expected \{descr, fortran_order, shape\}/],
+      ['an extra key', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}"), /header keys are \{descr, fortran_order, shape, x\}/],
+      ['a duplicate key', () => hdr("{'descr': '<f4', 'descr': '<f8', 'fortran_order': False, 'shape': (1,)}"), /duplicate key 'descr'/],
+      ['a descr that is not a string', () => hdr("{'descr': 4, 'fortran_order': False, 'shape': (2,)}"), /'descr' is not a string/],
+      ['a structured descr', () => hdr("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,)}"), /lists are not supported \(structured dtypes/],
+      ['fortran_order not a bool', () => hdr("{'descr': '<f4', 'fortran_order': 0, 'shape': (2,)}"), /'fortran_order' is not True or False/],
+      ['a misspelt boolean', () => hdr("{'descr': '<f4', 'fortran_order': Falsey, 'shape': (2,)}"), /unknown name/],
+      ['shape not a tuple', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': 2}"), /'shape' is not a tuple of integers/],
+      ['a one-element tuple without its comma', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (2)}"), /one-element tuple needs a trailing comma/],
+      ['a negative dimension', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (-2,)}"), /expected a non-negative integer/],
+      ['a dimension with a leading zero', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (02,)}"), /leading zero/],
+      ['a 17-digit dimension', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (12345678901234567,)}"), /too large/],
+      ['dimensions whose product overflows', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296)}"), /shape \[4294967296, 4294967296\] is too large/],
+      ['an object array from numpy', () => fixture('object.npy'), /descr '\|O' is an object array/],
+      ['a bool array from numpy', () => fixture('bool.npy'), /unsupported descr '\|b1'/],
+      ['a complex64 array from numpy', () => fixture('c8.npy'), /unsupported descr '<c8'/],
+      ['a raw 2-byte void', () => hdr("{'descr': '|V2', 'fortran_order': False, 'shape': (4,)}"), /byte order '\|' is only valid for 1-byte types \(a raw 2-byte void/],
+      ['an unknown descr', () => hdr("{'descr': 'float32', 'fortran_order': False, 'shape': (2,)}"), /unsupported descr 'float32'/],
+      ['truncated data', () => f4('(3,)', 2), /data is 8 bytes but shape \(3\) of '<f4' needs 12 \(file truncated\)/],
+      ['trailing data', () => f4('(1,)', 2), /data is 8 bytes but shape \(1\) of '<f4' needs 4 \(file has trailing bytes\)/],
+      ['an invalid UTF-8 v3 header', () => { const b = npyFile("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", 4, 3); b[20] = 0xff; return b; }, /version 3\.0 header is not valid UTF-8/],
+    ];
+    for (const [what, make, reason] of cases) {
+      it(what, async () => {
+        await expectIoError(() => parseNpy(make(), 'mem.npy'), 'mem.npy', reason);
+      });
+    }
+
+    it('names the path when reading from disk (readNpy and readNpyHeader)', async () => {
+      const dir = tmpDir();
+      const file = path.join(dir, 'bad.npy');
+      writeFileSync(file, fixture('object.npy'));
+      await expectIoError(() => readNpy(file), file, /object array/);
+      await expectIoError(() => readNpyHeader(file), file, /object array/);
+      await expectIoError(() => readNpy(path.join(dir, 'missing.npy')), 'missing.npy', /ENOENT/, 'ERR_SAEKIT_ARG');
+      await expectIoError(() => readNpy(dir), dir, /regular file/, 'ERR_SAEKIT_ARG');
+    });
+  });
+
+  it('rejects bad arguments with coded errors', async () => {
+    await expectIoError(() => parseNpy('x' as never), 'bytes', /Uint8Array/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => encodeNpy({ dtype: 'int32', shape: [2], data: new Float32Array(2) } as never), 't.data', /Int32Array/, 'ERR_SAEKIT_DTYPE');
+    await expectIoError(() => encodeNpy({ dtype: 'int32', shape: [3], data: new Int32Array(2) }), 't.data', /3 elements/, 'ERR_SAEKIT_SHAPE');
+    await expectIoError(() => encodeNpy(null as never), 't', /tensor/, 'ERR_SAEKIT_ARG');
+  });
+});
+
+describe('npz', () => {
+  for (const [name, arrays] of Object.entries(manifest.npz)) {
+    it(`reads numpy's ${name}`, async () => {
+      const got = await readNpz(path.join(FIXTURES, name));
+      expect(Object.keys(got).sort()).toEqual(Object.keys(arrays).sort());
+      for (const [key, m] of Object.entries(arrays)) expectSameTensor(got[key]!, manifestTensor(m), `${name}:${key}`);
+    });
+  }
+
+  it('round-trips fresh random arrays, stored and deflated, with and without ZIP64 records', async () => {
+    const seed = freshSeed(5);
+    const next = rng(seed);
+    const arrays: Record<string, IoTensor> = {};
+    for (const dtype of ALL_DTYPES) for (const [i, shape] of ODD_SHAPES.entries()) arrays[`${dtype}/${i}`] = randomTensor(dtype, shape, next);
+    arrays['ünï'] = randomTensor('float32', [3], next);
+    Object.defineProperty(arrays, '__proto__', { value: randomTensor('uint8', [2], next), enumerable: true });
+    const dir = tmpDir();
+    for (const compress of [false, true]) {
+      const file = path.join(dir, `a-${compress}.npz`);
+      await writeNpz(file, arrays, { compress });
+      const got = await readNpz(file);
+      expect(Object.keys(got).sort()).toEqual(Object.keys(arrays).sort());
+      for (const key of Object.keys(arrays)) expectSameTensor(got[key]!, arrays[key]!, `seed ${seed}: ${key} compress=${compress}`);
+      const z64 = Buffer.concat(await encodeNpzParts(arrays, { compress, zip64: 'always' }));
+      const got64 = await decodeNpz(z64, 'z64.npz');
+      for (const key of Object.keys(arrays)) expectSameTensor(got64[key]!, arrays[key]!, `seed ${seed}: ${key} zip64`);
+    }
+    noTempFiles(dir);
+    await writeNpz(path.join(dir, 'empty.npz'), {});
+    expect(await readNpz(path.join(dir, 'empty.npz'))).toEqual({});
+  });
+
+  it('writes what numpy writes: entry names, fixed dates, ZIP64-free small archives', async () => {
+    const z = Buffer.concat(await encodeNpzParts({ x: { dtype: 'float32', shape: [2], data: new Float32Array([1, 2]) } }));
+    expect(z.readUInt32LE(0)).toBe(0x04034b50);
+    expect(z.subarray(30, 35).toString()).toBe('x.npy');
+    expect(z.readUInt16LE(12)).toBe(0x21); // 1980-01-01
+    expect(z.readUInt32LE(z.length - 22)).toBe(0x06054b50);
+    const npy = encodeNpy({ dtype: 'float32', shape: [2], data: new Float32Array([1, 2]) });
+    expect(Buffer.compare(z.subarray(35, 35 + npy.length), npy)).toBe(0);
+    expect(z.length).toBe(35 + npy.length + 51 + 22);
+  });
+
+  it('computes CRC-32 like zlib (and the fallback agrees)', () => {
+    expect(crc32(Buffer.from('123456789'))).toBe(0xcbf43926);
+    expect(crc32(Buffer.from('123456789'), 0, true)).toBe(0xcbf43926);
+    const next = rng(freshSeed(6));
+    const data = new Uint8Array(4099).map(() => Math.floor(next() * 256));
+    expect(crc32(data, 0, true)).toBe(crc32(data));
+    expect(crc32(data.subarray(1000), crc32(data.subarray(0, 1000), 0, true), true)).toBe(crc32(data));
+  });
+
+  describe('rejects malformed archives with ERR_SAEKIT_FORMAT naming the file and the reason', () => {
+    const one = { w: { dtype: 'float32' as const, shape: [4], data: new Float32Array([1, 2, 3, 4]) } };
+    const stored = async () => Buffer.concat(await encodeNpzParts(one));
+    const deflated = async () => Buffer.concat(await encodeNpzParts(one, { compress: true }));
+    const cdAt = (z: Buffer) => z.readUInt32LE(z.length - 6);
+    const edit = (fn: (z: Buffer) => void, make = stored) => async () => {
+      const z = await make();
+      fn(z);
+      return z;
+    };
+    /** An archive of `entries` (name, raw content), stored. */
+    const handZip = async (entries: [string, Uint8Array][]) => Buffer.concat(await encodeZipParts(entries.map(([n, b]) => ({ name: n, chunks: [b] }))));
+    /** The first central-directory record of an archive (found by its signature). */
+    const cdRecord = (z: Buffer) => z.indexOf(Buffer.from([0x50, 0x4b, 0x01, 0x02]));
+    const npyW = encodeNpy(one.w);
+    const cases: [string, () => Promise<Uint8Array>, RegExp][] = [
+      ['a file too short for a zip archive', async () => new Uint8Array(10), /10 bytes, too short for a zip archive/],
+      ['no end record', async () => new Uint8Array(100).fill(7), /no end-of-central-directory record/],
+      ['a truncated archive', async () => (await stored()).subarray(0, 60), /no end-of-central-directory record/],
+      ['a multi-disk archive', edit((z) => z.writeUInt16LE(1, z.length - 18)), /multi-disk/],
+      ['a central directory out of bounds', edit((z) => z.writeUInt32LE(z.length, z.length - 6)), /central directory \[\d+, \+\d+\) runs past/],
+      ['more entries than the directory holds', edit((z) => { z.writeUInt16LE(9, z.length - 14); z.writeUInt16LE(9, z.length - 12); }), /9 entries cannot fit/],
+      ['a bad central record signature', edit((z) => z.writeUInt32LE(0x12345678, cdAt(z))), /central directory record at \+0 is missing/],
+      ['an encrypted entry', edit((z) => z.writeUInt16LE(1, cdAt(z) + 8)), /entry 'w\.npy' is encrypted/],
+      ['an unsupported compression method', edit((z) => z.writeUInt16LE(12, cdAt(z) + 10)), /compression method 12 \(only stored and deflate/],
+      ['a saturated size without ZIP64 data', edit((z) => z.writeUInt32LE(0xffffffff, cdAt(z) + 24)), /needs a ZIP64 extra field/],
+      ['saturated end-record values without a ZIP64 locator', edit((z) => z.writeUInt32LE(0xffffffff, z.length - 6)), /ZIP64 locator is missing/],
+      ['a local header offset out of bounds', edit((z) => z.writeUInt32LE(cdAt(z) - 10, cdAt(z) + 42)), /local header offset \d+ is out of bounds/],
+      ['a bad local header signature', edit((z) => z.writeUInt32LE(0, 0)), /local header signature is wrong/],
+      ['a compressed size past the data', edit((z) => { z.writeUInt32LE(5000, cdAt(z) + 20); z.writeUInt32LE(5000, cdAt(z) + 24); }), /runs past the end of the entries/],
+      ['stored sizes that differ', edit((z) => z.writeUInt32LE(10, cdAt(z) + 20)), /stored entry sizes differ/],
+      ['an impossible deflate ratio', edit((z) => z.writeUInt32LE(2 ** 31, cdAt(z) + 24), deflated), /more than deflate can produce/],
+      [
+        'an uncompressed size past 4 GiB (in a ZIP64 field)',
+        edit((z) => z.writeBigUInt64LE(2n ** 33n, cdRecord(z) + 46 + 5 + 4), async () => Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }))),
+        /uncompressed size 8589934592 exceeds the 4 GiB buffer limit/,
+      ],
+      [
+        'a ZIP64 field too short for its saturated values',
+        edit((z) => z.writeUInt16LE(8, cdRecord(z) + 46 + 5 + 2), async () => Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }))),
+        /ZIP64 field lacks the compressed size/,
+      ],
+      [
+        'a ZIP64 end record out of bounds',
+        edit((z) => z.writeBigUInt64LE(BigInt(z.length), z.length - 22 - 20 + 8), async () => Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }))),
+        /ZIP64 end record offset \d+ is out of bounds/,
+      ],
+      ['corrupt deflate data', edit((z) => z.fill(0xff, 40, 60), deflated), /deflate data is corrupt/],
+      ['a wrong declared size after inflating', edit((z) => z.writeUInt32LE(z.readUInt32LE(cdAt(z) + 24) - 1, cdAt(z) + 24), deflated), /inflated to|deflate data is corrupt/],
+      ['a CRC mismatch', edit((z) => { z[z.length - 22 - 51 - 1] ^= 1; }), /CRC-32 mismatch/],
+      ['a non-.npy entry', () => handZip([['readme.txt', Buffer.from('hi')]]), /entry 'readme\.txt' is not an \.npy array/],
+      ['a duplicate entry', () => handZip([['a.npy', npyW], ['a.npy', npyW]]), /duplicate entry 'a\.npy'/],
+      ['an entry that is not a valid .npy', () => handZip([['a.npy', Buffer.from('not numpy at all')]]), /mem\.npz:a\.npy': missing the \\x93NUMPY magic/],
+      ['an entry name that is not UTF-8', edit((z) => { z.writeUInt16LE(0x0800, cdAt(z) + 8); z[cdAt(z) + 46] = 0xff; }), /entry name is not valid UTF-8/],
+    ];
+    for (const [what, make, reason] of cases) {
+      it(what, async () => {
+        await expectIoError(async () => decodeNpz(await make(), 'mem.npz'), 'mem.npz', reason);
+      });
+    }
+
+    it('names the path when reading from disk', async () => {
+      const dir = tmpDir();
+      const file = path.join(dir, 'bad.npz');
+      writeFileSync(file, Buffer.from('PK not really a zip archive'));
+      await expectIoError(() => readNpz(file), file, /no end-of-central-directory record/);
+    });
+
+    it('checks that the fixtures really use ZIP64 local headers and deflate', () => {
+      for (const name of ['savez.npz', 'savez_compressed.npz']) {
+        const z = Buffer.from(fixture(name));
+        expect(z.readUInt32LE(18), 'local sizes live in the ZIP64 extra field').toBe(0xffffffff);
+        const extra = 30 + z.readUInt16LE(26);
+        expect(z.readUInt16LE(extra)).toBe(0x0001);
+        const csize = Number(z.readBigUInt64LE(extra + 12));
+        const data = z.subarray(extra + z.readUInt16LE(28), extra + z.readUInt16LE(28) + csize);
+        const npy = z.readUInt16LE(8) === 8 ? zlib.inflateRawSync(data) : data;
+        expect(name === 'savez_compressed.npz').toBe(z.readUInt16LE(8) === 8);
+        expect(npy.subarray(0, 6).toString('latin1')).toBe('\x93NUMPY');
+      }
+    });
+  });
+
+  it('rejects bad arguments with coded errors', async () => {
+    const dir = tmpDir();
+    await expectIoError(() => writeNpz(path.join(dir, 'x.npz'), { a: { dtype: 'uint8', shape: [1], data: new Int32Array(1) } as never }), 'arrays["a"].data', /Uint8Array/, 'ERR_SAEKIT_DTYPE');
+    await expectIoError(() => writeNpz(path.join(dir, 'x.npz'), {}, { compress: 1 } as never), 'options.compress', /boolean/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => writeNpz(path.join(dir, 'x.npz'), [] as never), 'arrays', /object of named tensors/, 'ERR_SAEKIT_ARG');
+    expect(readdirSync(dir)).toEqual([]);
+  });
+});
+
+describe('writeFileAtomic', () => {
+  it('writes bytes and strings, replaces existing files and leaves no temporary file', async () => {
+    const dir = tmpDir();
+    const file = path.join(dir, 'out.bin');
+    await writeFileAtomic(file, new Uint8Array([1, 2, 3]));
+    expect([...readFileSync(file)]).toEqual([1, 2, 3]);
+    await writeFileAtomic(file, 'ünï');
+    expect(readFileSync(file, 'utf8')).toBe('ünï');
+    expect(readdirSync(dir)).toEqual(['out.bin']);
+  });
+
+  it('fails cleanly, keeps the old file and removes the temporary file', async () => {
+    const dir = tmpDir();
+    mkdirSync(path.join(dir, 'sub'));
+    writeFileSync(path.join(dir, 'sub', 'keep'), 'x');
+    // renaming a file over a non-empty folder fails after the data was written
+    const err = await expectIoError(() => writeFileAtomic(path.join(dir, 'sub'), 'data'), path.join(dir, 'sub'), /Cannot write/, 'ERR_SAEKIT_ARG');
+    expect(err).toBeInstanceOf(SaekitError);
+    expect(readdirSync(dir)).toEqual(['sub']);
+    expect(readFileSync(path.join(dir, 'sub', 'keep'), 'utf8')).toBe('x');
+    await expectIoError(() => writeFileAtomic(path.join(dir, 'missing', 'f'), 'data'), 'missing', /ENOENT/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => writeFileAtomic(path.join(dir, 'f'), 5 as never), 'data', /Uint8Array or a string/, 'ERR_SAEKIT_ARG');
+    expect(readdirSync(dir)).toEqual(['sub']);
+  });
+});
