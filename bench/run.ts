@@ -9,8 +9,10 @@ import { backend } from '../lib/index.js';
 import { gemm } from './gemm.js';
 import { type Benchmark, formatTable, machine, saveResults } from './harness.js';
 import { topkStep } from './topk-step.js';
+import { read } from './read.js';
+import { train } from './train.js';
 
-const BENCHMARKS: Benchmark[] = [gemm, topkStep];
+const BENCHMARKS: Benchmark[] = [gemm, topkStep, train, read];
 
 async function main(): Promise<void> {
   const { positionals, values } = parseArgs({

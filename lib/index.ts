@@ -42,3 +42,18 @@ export {
 } from './sae/index.js';
 export * as io from './io/index.js';
 export type { IoDType, IoArray, IoTensor, SafetensorsEntry, SafetensorsReader, NpyHeader } from './io/index.js';
+export { openActivations, fromArray, fromAsyncIterable, synthetic } from './data/index.js';
+export type {
+  ActivationSource,
+  Batch,
+  BatchOptions,
+  OpenOptions,
+  SuperpositionOptions,
+  SuperpositionData,
+  Firing,
+  Magnitude,
+  Correlation,
+} from './data/index.js';
+export * as metrics from './eval/index.js';
+export { Trainer, learningRate, geometricMedian } from './train/index.js';
+export type { TrainerOptions, FitOptions, FitResult, StepLog } from './train/index.js';

@@ -1,9 +1,12 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { backend } from '../lib/index.js';
+import { backend, io, SparseAutoencoder } from '../lib/index.js';
+import { lcg } from './helpers/reference.js';
 import { packageRoot } from '../lib/native/index.js';
 
 const cli = path.join(packageRoot, 'lib', 'cli', 'main.ts');
@@ -50,4 +53,70 @@ describe('saekit CLI', () => {
     const version = execFileSync(process.execPath, ['--import', 'tsx', cli, '--version'], { cwd: packageRoot, encoding: 'utf8' });
     expect(version.trim()).toMatch(/^\d+\.\d+\.\d+/);
   });
+
+  it('train on a small .npy writes an SAE that SparseAutoencoder.load reads back', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(5);
+    const [rows, dIn] = [3000, 19];
+    await io.writeNpy(path.join(dir, 'acts.npy'), { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => next() - 0.5) });
+    const out = path.join(dir, 'run');
+    const r = run(['train', path.join(dir, 'acts.npy'), '--latents', '57', '--k', '3', '--out', out, '--batch', '256', '--epochs', '2', '--warmup', '5', '--json', '--log', path.join(dir, 'log.jsonl')]);
+    expect(r.status, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout);
+    expect(summary).toMatchObject({ status: 'completed', steps: 22, tokens: 22 * 256 });
+    expect(summary.fvu).toBeLessThan(1);
+    using sae = await SparseAutoencoder.load(out);
+    expect([sae.dIn, sae.numLatents, sae.k]).toEqual([dIn, 57, 3]);
+    expect(readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n')).toHaveLength(22);
+    const bad = run(['train', path.join(dir, 'acts.npy'), '--k', '3', '--out', out]);
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toMatch(/exactly one of --latents N and --expansion E/);
+    const bad2 = run(['train', path.join(dir, 'acts.npy'), '--latents', 'x', '--out', out]);
+    expect(bad2.stderr).toMatch(/Expected an integer between 1 and \d+ for --latents but received 'x'/);
+  });
+
+  it('Ctrl-C stops after the current step, saves a loadable SAE and a checkpoint; --resume finishes the run', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(6);
+    const [rows, dIn] = [20000, 64];
+    await io.writeNpy(path.join(dir, 'acts.npy'), { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => next() - 0.5) });
+    const out = path.join(dir, 'run');
+    const args = ['--import', 'tsx', cli, 'train', path.join(dir, 'acts.npy'), '--latents', '2048', '--k', '16', '--out', out, '--batch', '256', '--epochs', '20', '--json'];
+    const child = spawn(process.execPath, args, { cwd: packageRoot, env: { ...process.env, SAEKIT_NUM_THREADS: '1' } });
+    let stderr = '';
+    let stdout = '';
+    let sent = false;
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (stderr.includes('training a TopK SAE') && !sent) {
+        sent = true;
+        setTimeout(() => child.kill('SIGINT'), 400);
+      }
+    });
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    expect(code, stderr).toBe(130);
+    expect(stderr).toMatch(/stopping after the current step/);
+    const summary = JSON.parse(stdout);
+    expect(summary.status).toBe('aborted');
+    expect(summary.steps).toBeLessThan(1560);
+    using sae = await SparseAutoencoder.load(out);
+    expect(sae.numLatents).toBe(2048);
+    const ck = JSON.parse(readFileSync(path.join(out, 'checkpoint', 'checkpoint.json'), 'utf8'));
+    expect(ck.step).toBe(summary.steps);
+    const resumed = run(['train', path.join(dir, 'acts.npy'), '--latents', '2048', '--k', '16', '--out', out, '--batch', '256', '--epochs', '20', '--json', '--resume']);
+    expect(resumed.status, resumed.stderr).toBe(0);
+    expect(JSON.parse(resumed.stdout)).toMatchObject({ status: 'completed', steps: 1560 });
+  }, 120_000);
+
+  it('demo recovers the planted features (MMCS truth-to-learned >= 0.9) within the time budget', () => {
+    const t0 = performance.now();
+    const r = run(['demo', '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    const res = JSON.parse(r.stdout);
+    expect(res.mmcsTruthToLearned).toBeGreaterThanOrEqual(0.9);
+    expect(res.mcc).toBeGreaterThan(0.9);
+    expect(res.deadFraction).toBeLessThan(0.5);
+    expect((performance.now() - t0) / 1e3).toBeLessThan(60);
+  }, 90_000);
 });

@@ -8,8 +8,13 @@ import path from 'node:path';
 
 import { Command } from 'commander';
 
-import { backend, SaekitError } from '../index.js';
+import { openActivations } from '../data/index.js';
+import { superposition } from '../data/synthetic.js';
+import { mcc, mmcs } from '../eval/recovery.js';
+import { backend, SaekitError, SparseAutoencoder } from '../index.js';
 import { packageRoot } from '../native/index.js';
+import { type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
+import { Progress } from './progress.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string };
@@ -35,6 +40,175 @@ function printInfo(json: boolean): void {
   for (const [k, v] of rows) process.stdout.write(`${k.padEnd(width)}  ${v}\n`);
 }
 
+function num(name: string, min: number, max: number, integer = true): (v: string) => number {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${integer ? 'an integer' : 'a number'} between ${min} and ${max} for --${name} but received '${v}'`);
+    }
+    return n;
+  };
+}
+
+/** Ctrl-C stops after the current step (checkpoint + SAE written); a second one exits at once. */
+function abortOnSigint(): { signal: AbortSignal; dispose(): void } {
+  const ctrl = new AbortController();
+  const onSig = () => {
+    if (ctrl.signal.aborted) process.exit(130);
+    process.stderr.write('\nsaekit: stopping after the current step (Ctrl-C again to quit now)...\n');
+    ctrl.abort();
+  };
+  process.on('SIGINT', onSig);
+  return { signal: ctrl.signal, dispose: () => process.off('SIGINT', onSig) };
+}
+
+interface TrainFlags {
+  latents?: number;
+  expansion?: number;
+  k: number;
+  out: string;
+  batch: number;
+  tokens?: number;
+  epochs?: number;
+  lr?: number;
+  warmup: number;
+  auxkAlpha: number;
+  normalize: 'none' | 'expected-norm';
+  format: 'saelens' | 'sparsify';
+  seed: number;
+  resume?: boolean;
+  log?: string;
+  device: string;
+  tensor?: string;
+  dtype?: 'float32' | 'float16' | 'bfloat16' | 'float64';
+  dIn?: number;
+  checkpointEvery: number;
+  json?: boolean;
+}
+
+async function train(paths: string[], f: TrainFlags): Promise<void> {
+  if (f.device !== 'cpu' && f.device !== 'auto') {
+    throw new SaekitError('ERR_SAEKIT_DEVICE', `device '${f.device}' is not available: ${backend.info().cuda.reason}`);
+  }
+  if ((f.latents === undefined) === (f.expansion === undefined)) {
+    throw new SaekitError('ERR_SAEKIT_ARG', 'Expected exactly one of --latents N and --expansion E');
+  }
+  const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn });
+  try {
+    const numLatents = f.latents ?? Math.round(f.expansion! * source.dIn);
+    using sae = SparseAutoencoder.create({ dIn: source.dIn, numLatents, k: f.k, seed: f.seed });
+    const opts: TrainerOptions = {
+      batchSize: f.batch,
+      ...(f.tokens !== undefined ? { totalTokens: f.tokens } : { epochs: f.epochs ?? 1 }),
+      lr: f.lr ?? 'auto',
+      warmupSteps: f.warmup,
+      auxkAlpha: f.auxkAlpha,
+      normalize: f.normalize,
+      seed: f.seed,
+    };
+    const trainer = new Trainer(sae, opts);
+    const total = trainer.totalSteps(source) * f.batch;
+    process.stderr.write(
+      `training a TopK SAE: dIn ${source.dIn}, ${numLatents} latents, k ${f.k}, ${total.toLocaleString('en-US')} tokens in batches of ${f.batch}` +
+        ` (${source.numRows?.toLocaleString('en-US') ?? 'unknown'} rows in the data) -> ${f.out}\n`,
+    );
+    const progress = new Progress(total);
+    const sig = abortOnSigint();
+    let result: FitResult;
+    try {
+      result = await trainer.fit(source, {
+        signal: sig.signal,
+        onStep: (s) => progress.update(s),
+        logFile: f.log,
+        checkpointDir: path.join(f.out, 'checkpoint'),
+        checkpointEvery: f.checkpointEvery,
+        resume: Boolean(f.resume),
+        saveDir: f.out,
+        saveFormat: f.format,
+      });
+    } finally {
+      sig.dispose();
+      progress.done();
+    }
+    const summary = {
+      status: result.status,
+      out: f.out,
+      files: result.saved,
+      steps: result.steps,
+      tokens: result.tokens,
+      seconds: result.seconds,
+      tokensPerSec: result.tokens / Math.max(result.seconds, 1e-9),
+      ...(result.last ? { fvu: result.last.fvu, l0: result.last.l0, deadFraction: result.last.deadFraction, loss: result.last.loss } : {}),
+      scale: result.scale,
+    };
+    if (f.json) process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
+    else {
+      process.stdout.write(
+        `${result.status === 'aborted' ? 'stopped early; checkpoint and SAE saved (resume with --resume)' : 'done'}: ${result.steps} steps, ` +
+          `${result.tokens.toLocaleString('en-US')} tokens in ${result.seconds.toFixed(1)} s` +
+          (result.last ? `, fvu ${result.last.fvu.toFixed(4)}, L0 ${result.last.l0.toFixed(1)}, dead ${(100 * result.last.deadFraction).toFixed(2)}%` : '') +
+          `\nsaved ${result.saved.join(', ')}\n`,
+      );
+    }
+    if (result.status === 'aborted') process.exitCode = 130;
+  } finally {
+    await source.close();
+  }
+}
+
+interface DemoFlags {
+  out?: string;
+  seed: number;
+  json?: boolean;
+}
+
+/** The main job on built-in data: plant features in superposition, train, check recovery. */
+async function demo(f: DemoFlags): Promise<void> {
+  const dIn = 64;
+  const numFeatures = 256;
+  const numLatents = 512;
+  const k = 8;
+  const seed = f.seed;
+  const { source, features } = superposition({ dIn, numFeatures, firing: { kind: 'expected-active', n: 5 }, numRows: 1 << 16, seed });
+  process.stderr.write(
+    `saekit demo: ${numFeatures} ground-truth features in superposition in ${dIn} dimensions (about 5 active per row);\n` +
+      `training a TopK SAE with ${numLatents} latents, k ${k}, on ${(1 << 21).toLocaleString('en-US')} synthetic rows\n`,
+  );
+  using sae = SparseAutoencoder.create({ dIn, numLatents, k, seed: seed + 1 });
+  const trainer = new Trainer(sae, { batchSize: 1024, totalTokens: 1 << 21, lr: 2e-3, warmupSteps: 50, seed });
+  const progress = new Progress(1 << 21);
+  const sig = abortOnSigint();
+  let result: FitResult;
+  try {
+    result = await trainer.fit(source, { signal: sig.signal, onStep: (s) => progress.update(s), ...(f.out ? { saveDir: f.out } : {}) });
+  } finally {
+    sig.dispose();
+    progress.done();
+  }
+  const w = await sae.weights();
+  const t2l = mmcs(w.W_dec, features, { d: dIn, direction: 'truth-to-learned' }).mean;
+  const l2t = mmcs(w.W_dec, features, { d: dIn, direction: 'learned-to-truth' }).mean;
+  const m = mcc(w.W_dec, features, { d: dIn }).mean;
+  const rows: [string, string][] = [
+    ['MMCS truth -> learned', t2l.toFixed(4)],
+    ['MMCS learned -> truth', l2t.toFixed(4)],
+    ['MCC (one-to-one)', m.toFixed(4)],
+    ['FVU', result.last!.fvu.toFixed(4)],
+    ['L0', result.last!.l0.toFixed(2)],
+    ['dead latents', `${(100 * result.last!.deadFraction).toFixed(2)}%`],
+    ['tokens', result.tokens.toLocaleString('en-US')],
+    ['time', `${result.seconds.toFixed(1)} s (${Math.round(result.tokens / result.seconds).toLocaleString('en-US')} tok/s)`],
+    ...(f.out ? ([['saved', result.saved.join(', ')]] as [string, string][]) : []),
+  ];
+  if (f.json) {
+    process.stdout.write(`${JSON.stringify({ mmcsTruthToLearned: t2l, mmcsLearnedToTruth: l2t, mcc: m, fvu: result.last!.fvu, l0: result.last!.l0, deadFraction: result.last!.deadFraction, tokens: result.tokens, seconds: result.seconds, saved: result.saved }, null, 2)}\n`);
+  } else {
+    const width = Math.max(...rows.map(([a]) => a.length));
+    for (const [a, b] of rows) process.stdout.write(`${a.padEnd(width)}  ${b}\n`);
+  }
+  await source.close();
+}
+
 export function buildProgram(): Command {
   const program = new Command();
   program
@@ -47,6 +221,53 @@ export function buildProgram(): Command {
     .description('show the compute backend, SIMD level, BLAS library and CUDA status')
     .option('--json', 'print machine-readable JSON')
     .action((opts: { json?: boolean }) => printInfo(Boolean(opts.json)));
+  program
+    .command('train')
+    .description('train a TopK SAE on activations (.npy, .safetensors, raw shards, folders or globs) and save it')
+    .argument('<data...>', 'activation files, folders or glob patterns (rows x dIn)')
+    .option('--latents <n>', 'number of latents', num('latents', 1, 1 << 24))
+    .option('--expansion <e>', 'latents as a multiple of dIn', num('expansion', 0.01, 1 << 16, false))
+    .option('--k <k>', 'active latents per row', num('k', 1, 1 << 16), 32)
+    .requiredOption('--out <dir>', 'output folder (the SAE, plus checkpoint/)')
+    .option('--batch <n>', 'rows per step', num('batch', 2, 1 << 24), 4096)
+    .option('--tokens <n>', 'train on this many tokens', num('tokens', 1, Number.MAX_SAFE_INTEGER))
+    .option('--epochs <n>', 'passes over the data (default 1 when --tokens is not given)', num('epochs', 1, 1 << 20))
+    .option('--lr <lr>', "learning rate (default: 2e-4 / sqrt(latents / 2^14))", num('lr', 0, 10, false))
+    .option('--warmup <steps>', 'linear warmup steps', num('warmup', 0, 1 << 30), 1000)
+    .option('--auxk-alpha <a>', 'AuxK loss weight (0 turns it off)', num('auxk-alpha', 0, 1e6, false), 1 / 32)
+    .option('--normalize <mode>', "'none' or 'expected-norm' (scale inputs to E||x|| = sqrt(dIn); folded into the weights)", 'none')
+    .option('--format <f>', "'saelens' (default) or 'sparsify'", 'saelens')
+    .option('--seed <n>', 'seed of the initialisation and the data order', num('seed', 0, Number.MAX_SAFE_INTEGER), 0)
+    .option('--resume', 'continue from <out>/checkpoint if present')
+    .option('--checkpoint-every <steps>', 'steps between checkpoints', num('checkpoint-every', 1, 1 << 30), 1000)
+    .option('--log <file>', 'append every step as a JSON line')
+    .option('--device <d>', "'cpu' or 'auto' (CUDA arrives with the CUDA backend)", 'auto')
+    .option('--tensor <name>', 'the tensor to read from .safetensors files (default: the only 2-D one)')
+    .option('--dtype <t>', 'element type of raw .bin files: float32, float16, bfloat16, float64')
+    .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))
+    .option('--json', 'print the final statistics as JSON on stdout')
+    .addHelpText(
+      'after',
+      '\nExample:\n  saekit train acts/*.npy --latents 24576 --k 32 --out runs/l8 --tokens 100000000 --log runs/l8/log.jsonl\n' +
+        '  (Ctrl-C stops after the current step and saves; run again with --resume to continue.)\n',
+    )
+    .action(async (paths: string[], f: TrainFlags) => {
+      if (f.normalize !== 'none' && f.normalize !== 'expected-norm') {
+        throw new SaekitError('ERR_SAEKIT_ARG', `Expected one of: none, expected-norm for --normalize but received '${f.normalize}'`);
+      }
+      if (f.format !== 'saelens' && f.format !== 'sparsify') {
+        throw new SaekitError('ERR_SAEKIT_ARG', `Expected one of: saelens, sparsify for --format but received '${f.format}'`);
+      }
+      await train(paths, f);
+    });
+  program
+    .command('demo')
+    .description('train an SAE on built-in synthetic data with known features and report how well it recovers them')
+    .option('--out <dir>', 'also save the trained SAE here (SAELens layout)')
+    .option('--seed <n>', 'seed of the data and the initialisation', num('seed', 0, 2 ** 31), 0)
+    .option('--json', 'print the results as JSON on stdout')
+    .addHelpText('after', '\nExample:\n  saekit demo --out runs/demo\n')
+    .action((f: DemoFlags) => demo(f));
   return program;
 }
 

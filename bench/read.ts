@@ -1,0 +1,182 @@
+/**
+ * read: streaming activations from disk against a plain sequential read of the same file, same
+ * run. Files (cached under <tmpdir>/saekit-bench-data): a float32 .npy (2 GiB; 256 MiB with
+ * --quick) and a bfloat16 .safetensors (1 GiB; 256 MiB with --quick), dIn 768. Each file is read
+ * once to warm the page cache; then, per file: the plain read (16 MiB fs reads into one reused
+ * buffer), and source.batches({ batchSize: 4096 }) with shuffle false and true (default 256 MiB
+ * mixing buffer). GB/s is file bytes over the median time; "vs read" is the plain read's time
+ * over the mode's (1 = as fast as reading the file). Targets: >= 0.8 in order, >= 0.5 shuffled.
+ * A second reference, "read into fresh arrays", reads the same way into a new batch-sized array
+ * per read: the cost of handing out memory the consumer may keep (page faults, GC), which the
+ * plain read into one cache-resident buffer does not pay. Peak RSS is sampled while streaming.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { openActivations } from '../lib/data/index.js';
+import { npyHeader, safetensorsHeader } from '../test/helpers/data-fixtures.js';
+import { type Benchmark, type Row, time } from './harness.js';
+
+const D_IN = 768;
+const BATCH = 4096;
+const MiB = 1024 * 1024;
+
+/** Writes `bytes` of pseudo-random payload after `head` (atomically), unless the file is already there. */
+async function ensureFile(file: string, head: Uint8Array, bytes: number, fillChunk: (buf: Uint8Array, seed: number) => void): Promise<void> {
+  const st = await fs.stat(file).catch(() => null);
+  if (st && st.size === head.length + bytes) return;
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fh = await fs.open(tmp, 'w');
+  try {
+    await fh.write(head);
+    const buf = new Uint8Array(16 * MiB);
+    for (let done = 0, k = 0; done < bytes; k++) {
+      const n = Math.min(buf.length, bytes - done);
+      fillChunk(buf, k + 1);
+      await fh.write(buf, 0, n);
+      done += n;
+    }
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, file);
+}
+
+function fillF32(buf: Uint8Array, seed: number): void {
+  const f = new Float32Array(buf.buffer, buf.byteOffset, buf.length >> 2);
+  let s = seed >>> 0;
+  for (let i = 0; i < f.length; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    f[i] = s / 2147483648 - 1;
+  }
+}
+
+function fillBf16(buf: Uint8Array, seed: number): void {
+  const u = new Uint16Array(buf.buffer, buf.byteOffset, buf.length >> 1);
+  let s = seed >>> 0;
+  for (let i = 0; i < u.length; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    // Sign, exponent 112..127 (|x| in [2^-15, 2)), random mantissa: finite, activation-like.
+    u[i] = (s >>> 31) << 15 | ((112 + ((s >>> 20) & 15)) << 7) | ((s >>> 8) & 0x7f);
+  }
+}
+
+/** Reads the whole file sequentially in 16 MiB reads into one buffer. */
+async function plainRead(file: string): Promise<number> {
+  const fh = await fs.open(file, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const buf = Buffer.allocUnsafeSlow(16 * MiB);
+    let pos = 0;
+    while (pos < size) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos);
+      if (bytesRead === 0) break;
+      pos += bytesRead;
+    }
+    return pos;
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Reference: the same sequential reads, each into a new batch-sized array (what any reader that
+ * hands out arrays the consumer may keep pays for fresh memory), without conversion or screening.
+ */
+async function freshRead(file: string, chunk: number): Promise<number> {
+  const fh = await fs.open(file, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    let pos = 0;
+    while (pos < size) {
+      const n = Math.min(chunk, size - pos);
+      const { bytesRead } = await fh.read(Buffer.allocUnsafeSlow(n), 0, n, pos);
+      if (bytesRead === 0) break;
+      pos += bytesRead;
+    }
+    return pos;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Peak resident set size seen while streaming (sampled every 8 batches), in MiB. */
+let peakRss = 0;
+
+async function stream(file: string, shuffle: boolean, expectRows: number): Promise<void> {
+  const src = await openActivations(file);
+  try {
+    let rows = 0;
+    let k = 0;
+    for await (const b of src.batches({ batchSize: BATCH, shuffle })) {
+      rows += b.rows;
+      if (++k % 8 === 0) peakRss = Math.max(peakRss, process.memoryUsage.rss() / MiB);
+    }
+    if (rows !== expectRows) throw new Error(`read ${rows} rows of ${file}, expected ${expectRows}`);
+  } finally {
+    await src.close();
+  }
+}
+
+export const read: Benchmark = {
+  name: 'read',
+  description: 'streaming .npy (f32) / .safetensors (bf16) batches vs a plain sequential read',
+  async run(opts) {
+    const dir = path.join(os.tmpdir(), 'saekit-bench-data');
+    const f32Bytes = opts.quick ? 256 * MiB : 2048 * MiB;
+    const bf16Bytes = opts.quick ? 256 * MiB : 1024 * MiB;
+    const f32Rows = Math.floor(f32Bytes / (D_IN * 4));
+    const bf16Rows = Math.floor(bf16Bytes / (D_IN * 2));
+    const npy = path.join(dir, `acts-f32-${f32Rows}x${D_IN}.npy`);
+    const st = path.join(dir, `acts-bf16-${bf16Rows}x${D_IN}.safetensors`);
+    await ensureFile(npy, npyHeader('float32', [f32Rows, D_IN]), f32Rows * D_IN * 4, fillF32);
+    const stBytes = bf16Rows * D_IN * 2;
+    await ensureFile(st, safetensorsHeader([{ name: 'acts', dtype: 'bfloat16', shape: [bf16Rows, D_IN], byteLength: stBytes }]), stBytes, fillBf16);
+
+    const reps = { repeats: opts.repeats, warmup: Math.min(opts.warmup, 1) };
+    const baseRssMiB = process.memoryUsage.rss() / MiB;
+    const rows: Row[] = [];
+    for (const [file, nRows, label, itemBytes] of [
+      [npy, f32Rows, 'npy f32', 4],
+      [st, bf16Rows, 'safetensors bf16', 2],
+    ] as const) {
+      const bytes = (await fs.stat(file)).size;
+      await plainRead(file); // warm the page cache
+      const plain = await time(() => plainRead(file), reps);
+      const fresh = await time(() => freshRead(file, BATCH * D_IN * itemBytes), reps);
+      const gbs = (t: number) => bytes / t / 1e9;
+      const row = (mode: string, t: { median: number; spread: number }, rss: number | string) => ({
+        file: label,
+        GiB: bytes / 1024 ** 3,
+        mode,
+        'GB/s': gbs(t.median),
+        'vs read': plain.median / t.median,
+        'spread %': 100 * t.spread,
+        'peak RSS MiB': rss,
+      });
+      rows.push(row('plain read', plain, '-'));
+      rows.push(row('read into fresh arrays', fresh, '-'));
+      for (const shuffle of [false, true]) {
+        peakRss = 0;
+        const t = await time(() => stream(file, shuffle, nRows), reps);
+        rows.push(row(shuffle ? 'batches shuffle' : 'batches', t, peakRss));
+      }
+    }
+    const maxRssMiB = process.resourceUsage().maxRSS / 1024;
+    process.stderr.write(`RSS before streaming ${baseRssMiB.toFixed(0)} MiB, process peak (maxRSS) ${maxRssMiB.toFixed(0)} MiB; files ${npy}, ${st}\n`);
+    return {
+      rows,
+      meta: {
+        dIn: D_IN,
+        batchSize: BATCH,
+        bufferBytes: 256 * MiB,
+        baseRssMiB,
+        processPeakRssMiB: maxRssMiB,
+        files: [npy, st],
+        note: "'vs read' = plain read time / mode time; 'peak RSS' = largest RSS sampled while streaming",
+      },
+    };
+  },
+};

@@ -1,0 +1,48 @@
+/** Progress output for long CLI jobs: a redrawn line on a TTY, periodic plain lines otherwise (stderr). */
+import type { StepLog } from '../train/index.js';
+
+function duration(s: number): string {
+  if (!Number.isFinite(s) || s < 0) return '--:--';
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = Math.floor(s % 60);
+  return h ? `${h}:${String(m).padStart(2, '0')}:${String(sec).padStart(2, '0')}` : `${m}:${String(sec).padStart(2, '0')}`;
+}
+
+function count(n: number): string {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(2)}G` : n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : String(n);
+}
+
+export class Progress {
+  private lastPrint = 0;
+  private first: { tokens: number; time: number } | undefined;
+  constructor(
+    private readonly totalTokens: number,
+    private readonly stream: NodeJS.WriteStream = process.stderr,
+    private readonly intervalMs = stream.isTTY ? 200 : 10_000,
+  ) {}
+
+  update(s: StepLog, force = false): void {
+    const now = performance.now();
+    // Rates count from the first step seen (a resumed run starts at its checkpoint's tokens).
+    this.first ??= { tokens: s.tokens, time: now };
+    if (!force && now - this.lastPrint < this.intervalMs) return;
+    this.lastPrint = now;
+    const elapsed = (now - this.first.time) / 1e3;
+    const rate = elapsed > 0 ? (s.tokens - this.first.tokens) / elapsed : s.tokensPerSec;
+    const frac = Math.min(1, s.tokens / this.totalTokens);
+    const eta = (this.totalTokens - s.tokens) / Math.max(rate, 1e-9);
+    const stats = `${count(s.tokens)}/${count(this.totalTokens)} tok  ${count(rate)} tok/s  ETA ${duration(eta)}  fvu ${s.fvu.toFixed(4)}  L0 ${s.l0.toFixed(1)}  dead ${(100 * s.deadFraction).toFixed(1)}%`;
+    if (this.stream.isTTY) {
+      const width = 24;
+      const filled = Math.round(frac * width);
+      this.stream.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(100 * frac).toFixed(1).padStart(5)}%  ${stats}\u001b[K`);
+    } else {
+      this.stream.write(`step ${s.step}  ${(100 * frac).toFixed(1)}%  ${stats}\n`);
+    }
+  }
+
+  done(): void {
+    if (this.stream.isTTY) this.stream.write('\n');
+  }
+}

@@ -1,0 +1,73 @@
+/** Open file handles shared by a source's reads (at most a few dozen open at once) and positioned reads. */
+import { promises as fs } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+
+import { SaekitError } from '../errors.js';
+
+interface Entry {
+  handle: Promise<FileHandle>;
+  refs: number;
+  used: number;
+}
+
+export class HandleCache {
+  private readonly open = new Map<string, Entry>();
+  private tick = 0;
+
+  constructor(private readonly max = 32) {}
+
+  /** Runs `fn` with an open handle on `path`; the handle stays cached for later reads. */
+  async use<T>(path: string, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+    let e = this.open.get(path);
+    if (!e) {
+      const handle = fs.open(path, 'r').catch((err: unknown) => {
+        this.open.delete(path);
+        throw new SaekitError('ERR_SAEKIT_ARG', `Could not open ${path}: ${err instanceof Error ? err.message : String(err)}`);
+      });
+      e = { handle, refs: 0, used: 0 };
+      this.open.set(path, e);
+    }
+    e.refs++;
+    e.used = ++this.tick;
+    try {
+      return await fn(await e.handle);
+    } finally {
+      e.refs--;
+      this.evict();
+    }
+  }
+
+  private evict(): void {
+    while (this.open.size > this.max) {
+      let oldest: [string, Entry] | undefined;
+      for (const kv of this.open) if (kv[1].refs === 0 && (!oldest || kv[1].used < oldest[1].used)) oldest = kv;
+      if (!oldest) return;
+      this.open.delete(oldest[0]);
+      void oldest[1].handle.then((fh) => fh.close()).catch(() => undefined);
+    }
+  }
+
+  /** Closes every handle (callers must have no reads in flight). */
+  async closeAll(): Promise<void> {
+    const entries = [...this.open.values()];
+    this.open.clear();
+    await Promise.all(entries.map((e) => e.handle.then((fh) => fh.close()).catch(() => undefined)));
+  }
+}
+
+/** Reads exactly into.length bytes at `position`, looping over short reads. */
+export async function readFully(fh: FileHandle, into: Uint8Array, position: number, label: string): Promise<void> {
+  let done = 0;
+  while (done < into.length) {
+    let n: number;
+    try {
+      ({ bytesRead: n } = await fh.read(into, done, into.length - done, position + done));
+    } catch (err) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Could not read ${label}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    if (n === 0) {
+      throw new SaekitError('ERR_SAEKIT_FORMAT', `Expected ${into.length} bytes at offset ${position} of ${label} but the file ends first (was it truncated?)`);
+    }
+    done += n;
+  }
+}

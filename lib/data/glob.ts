@@ -1,0 +1,112 @@
+/**
+ * A minimal glob for shard lists (Node 20 has no fs.glob). Patterns use `/` between segments;
+ * in a segment `*` matches any run of characters and `?` one character, neither matching `/`
+ * nor a leading `.` (hidden files need an explicit `.`); a whole segment `**` matches zero or
+ * more directories (not hidden ones, and symbolic links to directories are not followed).
+ * Everything else is literal. Matches are regular files (or links to them), sorted by path.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+
+/** Whether `p` contains glob syntax. */
+export function isGlob(p: string): boolean {
+  return /[*?]/.test(p);
+}
+
+function segmentRegExp(seg: string): RegExp {
+  let re = '';
+  for (const ch of seg) {
+    if (ch === '*') re += '[^/]*';
+    else if (ch === '?') re += '[^/]';
+    else re += ch.replace(/[\\^$.|+()[\]{}]/g, '\\$&');
+  }
+  return new RegExp(`^${re}$`, 's');
+}
+
+async function statOrNull(p: string): Promise<import('node:fs').Stats | null> {
+  try {
+    return await fs.stat(p);
+  } catch {
+    return null;
+  }
+}
+
+/** The files matching `pattern` (relative patterns resolve against the working directory), sorted. */
+export async function expandGlob(pattern: string): Promise<string[]> {
+  const abs = path.isAbsolute(pattern);
+  const segs = pattern.split('/').filter((s, i) => s !== '' && !(s === '.' && i > 0));
+  let base = abs ? '/' : '.';
+  let i = 0;
+  while (i < segs.length - 1 && !isGlob(segs[i]!)) base = path.join(base, segs[i++]!);
+  const out = new Set<string>();
+  await walk(base, segs, i, out);
+  return [...out].map((p) => path.resolve(p)).sort(compareNames);
+}
+
+async function walk(dir: string, segs: string[], i: number, out: Set<string>): Promise<void> {
+  const seg = segs[i]!;
+  const last = i === segs.length - 1;
+  if (seg === '**') {
+    if (last) {
+      // A trailing ** matches every file below dir.
+      await walkAll(dir, out);
+      return;
+    }
+    await walk(dir, segs, i + 1, out);
+    for (const e of await readDir(dir)) {
+      if (e.isDirectory() && !e.name.startsWith('.')) await walk(path.join(dir, e.name), segs, i, out);
+    }
+    return;
+  }
+  if (!isGlob(seg)) {
+    const p = path.join(dir, seg);
+    const st = await statOrNull(p);
+    if (!st) return;
+    if (last) {
+      if (st.isFile()) out.add(p);
+    } else if (st.isDirectory()) {
+      await walk(p, segs, i + 1, out);
+    }
+    return;
+  }
+  const re = segmentRegExp(seg);
+  const hiddenOk = seg.startsWith('.');
+  for (const e of await readDir(dir)) {
+    if (!re.test(e.name) || (e.name.startsWith('.') && !hiddenOk)) continue;
+    const p = path.join(dir, e.name);
+    let isFile = e.isFile();
+    let isDir = e.isDirectory();
+    if (e.isSymbolicLink()) {
+      const st = await statOrNull(p);
+      isFile = st?.isFile() ?? false;
+      isDir = false;
+    }
+    if (last) {
+      if (isFile) out.add(p);
+    } else if (isDir) {
+      await walk(p, segs, i + 1, out);
+    }
+  }
+}
+
+async function walkAll(dir: string, out: Set<string>): Promise<void> {
+  for (const e of await readDir(dir)) {
+    if (e.name.startsWith('.')) continue;
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) await walkAll(p, out);
+    else if (e.isFile() || (e.isSymbolicLink() && (await statOrNull(p))?.isFile())) out.add(p);
+  }
+}
+
+async function readDir(dir: string): Promise<import('node:fs').Dirent[]> {
+  try {
+    return await fs.readdir(dir, { withFileTypes: true });
+  } catch {
+    return [];
+  }
+}
+
+/** Name order: plain code-unit comparison of the full paths (as `ls` in the C locale). */
+export function compareNames(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

@@ -1,0 +1,64 @@
+/** Validation of BatchOptions and the sizes derived from them. */
+import { argError } from '../errors.js';
+import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed } from '../validate.js';
+import type { BatchOptions } from './types.js';
+
+export type NonFinitePolicy = 'error' | 'skip';
+export const NON_FINITE: readonly NonFinitePolicy[] = ['error', 'skip'];
+
+export const DEFAULT_BATCH_SIZE = 4096;
+export const DEFAULT_BUFFER_BYTES = 256 * 1024 * 1024;
+/** Largest single read (and shuffle chunk) by default. */
+export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
+/** Largest batch: 2^30 bytes of float32 (one typed array). */
+const MAX_BATCH_ELEMENTS = 2 ** 28;
+
+export interface ResolvedBatchOptions {
+  batchSize: number;
+  shuffle: boolean;
+  seed: bigint;
+  epochs: number;
+  dropLast: boolean;
+  bufferBytes: number;
+  onNonFinite: NonFinitePolicy;
+  /** Rows per shuffle chunk. */
+  chunkRows: number;
+  /** Rows the mixing buffer may hold (at least 3). */
+  bufferRows: number;
+}
+
+/** Checks `options` for a source of width `dIn`; throws the standard SaekitError naming the field. */
+export function resolveBatchOptions(options: BatchOptions | undefined, dIn: number, sourceDefault: NonFinitePolicy): ResolvedBatchOptions {
+  const o = checkOptions('options', options);
+  const batchSize = o.batchSize === undefined ? DEFAULT_BATCH_SIZE : checkInt('options.batchSize', o.batchSize, 1, MAX_BATCH_ELEMENTS);
+  if (batchSize * dIn > MAX_BATCH_ELEMENTS) {
+    throw argError('options.batchSize', `integer between 1 and ${Math.floor(MAX_BATCH_ELEMENTS / dIn)} (batches are at most 2^28 values; dIn = ${dIn})`, batchSize);
+  }
+  const shuffle = o.shuffle === undefined ? false : checkBool('options.shuffle', o.shuffle);
+  const seed = o.seed === undefined ? 0n : checkSeed('options.seed', o.seed);
+  const epochs = o.epochs === undefined ? 1 : checkInt('options.epochs', o.epochs, 1, Number.MAX_SAFE_INTEGER);
+  const dropLast = o.dropLast === undefined ? false : checkBool('options.dropLast', o.dropLast);
+  const rowBytes = dIn * 4;
+  const bufferBytes = o.bufferBytes === undefined ? DEFAULT_BUFFER_BYTES : checkInt('options.bufferBytes', o.bufferBytes, 1, Number.MAX_SAFE_INTEGER);
+  const bufferRows = Math.floor(bufferBytes / rowBytes);
+  if (bufferRows < 3) {
+    throw argError('options.bufferBytes', `integer >= ${3 * rowBytes} (three rows of ${dIn} float32 values)`, bufferBytes);
+  }
+  // The mixing buffer is one Float32Array (3 windows and a batch-sized gather area).
+  const maxBufferRows = Math.floor((2 ** 32 - 1) / dIn) - batchSize;
+  if (bufferRows > maxBufferRows) {
+    throw argError('options.bufferBytes', `integer between ${3 * rowBytes} and ${Math.max(3, maxBufferRows) * rowBytes} (2^32 float32 values with the batch)`, bufferBytes);
+  }
+  const onNonFinite = o.onNonFinite === undefined ? sourceDefault : checkOneOf('options.onNonFinite', o.onNonFinite, NON_FINITE);
+  let chunkRows: number;
+  if (o.chunkRows === undefined) {
+    const chunkBytes = Math.min(MAX_CHUNK_BYTES, Math.max(Math.floor(bufferBytes / 16), 64 * 1024), Math.floor(bufferBytes / 2));
+    chunkRows = Math.max(1, Math.floor(chunkBytes / rowBytes));
+  } else {
+    chunkRows = checkInt('options.chunkRows', o.chunkRows, 1, MAX_BATCH_ELEMENTS);
+    if (chunkRows * dIn > MAX_BATCH_ELEMENTS) {
+      throw argError('options.chunkRows', `integer between 1 and ${Math.floor(MAX_BATCH_ELEMENTS / dIn)} (dIn = ${dIn})`, chunkRows);
+    }
+  }
+  return { batchSize, shuffle, seed, epochs, dropLast, bufferBytes, onNonFinite, chunkRows, bufferRows };
+}

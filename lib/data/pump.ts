@@ -1,0 +1,105 @@
+/**
+ * Runs a batch producer ahead of its consumer: the producer fills a small queue of ready batches
+ * (reads and conversions overlap whatever the consumer does between next() calls) and waits when
+ * the queue is full. Stopping (return() or the source's close()) makes the producer's next emit
+ * throw StopSignal, so it unwinds through its finally blocks and waits for its reads.
+ */
+import type { Batch } from './types.js';
+
+/** Thrown into a producer by emit() once the consumer has stopped. */
+export class StopSignal extends Error {
+  constructor() {
+    super('iteration stopped');
+  }
+}
+
+export type Emit = (batch: Batch) => Promise<void>;
+
+export class Pump implements AsyncIterableIterator<Batch> {
+  private readonly queue: Batch[] = [];
+  private readonly consumers: (() => void)[] = [];
+  private wakeProducer: (() => void) | null = null;
+  private running: Promise<void> | null = null;
+  private finished = false;
+  private failure: { error: unknown } | null = null;
+  private stopped = false;
+
+  constructor(
+    private readonly produce: (emit: Emit) => Promise<void>,
+    private readonly capacity: number,
+    private readonly onDone: () => void,
+  ) {}
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  private start(): void {
+    this.running = (async () => {
+      try {
+        await this.produce((b) => this.put(b));
+      } catch (err) {
+        if (!(err instanceof StopSignal) && !this.failure) this.failure = { error: err };
+      } finally {
+        this.finished = true;
+        this.wake();
+        this.onDone();
+      }
+    })();
+  }
+
+  private wake(): void {
+    for (const w of this.consumers.splice(0)) w();
+  }
+
+  private async put(batch: Batch): Promise<void> {
+    if (this.stopped) throw new StopSignal();
+    this.queue.push(batch);
+    this.wake();
+    while (this.queue.length >= this.capacity && !this.stopped) await new Promise<void>((r) => (this.wakeProducer = r));
+    if (this.stopped) throw new StopSignal();
+  }
+
+  async next(): Promise<IteratorResult<Batch, undefined>> {
+    if (!this.running && !this.stopped) this.start();
+    for (;;) {
+      if (this.queue.length > 0) {
+        const value = this.queue.shift()!;
+        const w = this.wakeProducer;
+        this.wakeProducer = null;
+        w?.();
+        return { value, done: false };
+      }
+      if (this.failure) {
+        const { error } = this.failure;
+        this.failure = { error: undefined };
+        this.stopped = true;
+        if (error !== undefined) throw error;
+        return { value: undefined, done: true };
+      }
+      if (this.finished || this.stopped) return { value: undefined, done: true };
+      await new Promise<void>((r) => this.consumers.push(r));
+    }
+  }
+
+  async return(): Promise<IteratorResult<Batch, undefined>> {
+    await this.stop();
+    return { value: undefined, done: true };
+  }
+
+  /** Stops the producer and waits until it has unwound; `reason` is thrown by the next next(). */
+  async stop(reason?: Error): Promise<void> {
+    if (reason && !this.finished && !this.failure) this.failure = { error: reason };
+    this.stopped = true;
+    this.queue.length = 0;
+    const w = this.wakeProducer;
+    this.wakeProducer = null;
+    w?.();
+    this.wake();
+    if (this.running) await this.running;
+    else if (!this.finished) {
+      this.finished = true;
+      this.onDone();
+    }
+  }
+}

@@ -1,0 +1,372 @@
+/**
+ * Row streams: a source's rows, in a given order, written straight into a destination the
+ * caller owns (a batch, or a window of the mixing buffer) and screened there for non-finite
+ * values. Files are cut into chunks of `chunkRows` consecutive rows (a shard's last chunk may be
+ * shorter; chunks never span shards) and each chunk is read with positioned reads of at most
+ * 4 MiB, several in flight: float32 C-order data is read directly into the destination; other
+ * element types, big-endian and Fortran-order data go through a small staging buffer.
+ */
+import { SaekitError } from '../errors.js';
+import { anyNonFinite, anyNonFinite16, ITEM_BYTES, screenRows, swapBytes, toFloat32, type SkipCounter } from './convert.js';
+import { HandleCache, readFully } from './files.js';
+import { MAX_CHUNK_BYTES, type NonFinitePolicy } from './options.js';
+import type { Rng } from './prng.js';
+import type { Shard } from './shards.js';
+import type { Batch } from './types.js';
+
+export interface RowStream {
+  /**
+   * Writes the next rows into dst[0 .. rows × dIn) and resolves to how many it wrote: `rows`,
+   * or fewer once the stream ends. One fill at a time.
+   */
+  fill(dst: Float32Array, rows: number): Promise<number>;
+  /** Waits for reads in flight and releases what the stream holds. */
+  close(): Promise<void>;
+}
+
+/** The chunks of a list of shards: chunk i is rows [start, start + rows) of one shard. */
+export class ChunkPlan {
+  readonly count: number;
+  private readonly first: number[] = [];
+
+  constructor(
+    readonly shardRows: readonly number[],
+    readonly chunkRows: number,
+  ) {
+    let n = 0;
+    for (const r of shardRows) {
+      this.first.push(n);
+      n += Math.ceil(r / chunkRows);
+    }
+    this.count = n;
+  }
+
+  locate(i: number): { shard: number; start: number; rows: number } {
+    // The last shard whose chunks start at or before i (empty shards before it are passed over).
+    let lo = 0;
+    let hi = this.first.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.first[mid]! <= i) lo = mid;
+      else hi = mid - 1;
+    }
+    const start = (i - this.first[lo]!) * this.chunkRows;
+    return { shard: lo, start, rows: Math.min(this.chunkRows, this.shardRows[lo]! - start) };
+  }
+
+  /** Chunk indices in file order, or in the order of a seeded Fisher-Yates permutation. */
+  order(rng: Rng | null): Uint32Array {
+    const o = new Uint32Array(this.count);
+    for (let i = 0; i < o.length; i++) o[i] = i;
+    if (rng) rng.shuffle(o);
+    return o;
+  }
+}
+
+/** Walks the rows of a chunk order: hands out consecutive row ranges, never across a chunk. */
+class Cursor {
+  private k = 0;
+  private row = 0;
+  private cur: { shard: number; start: number; rows: number } | null = null;
+
+  constructor(
+    private readonly plan: ChunkPlan,
+    private readonly order: Uint32Array,
+  ) {}
+
+  /** The next range of at most `max` rows, or null at the end. */
+  take(max: number): { shard: number; start: number; rows: number } | null {
+    while (!this.cur || this.row >= this.cur.rows) {
+      if (this.k >= this.order.length) return null;
+      this.cur = this.plan.locate(this.order[this.k++]!);
+      this.row = 0;
+    }
+    const rows = Math.min(max, this.cur.rows - this.row);
+    const r = { shard: this.cur.shard, start: this.cur.start + this.row, rows };
+    this.row += rows;
+    return r;
+  }
+}
+
+/** Screens rows [at, at + rows) of dst in place; returns the rows kept (moved up to `at`). */
+function screenAt(dst: Float32Array, at: number, rows: number, dIn: number, policy: NonFinitePolicy, label: (r: number) => string, counter: SkipCounter): number {
+  const view = dst.subarray(at * dIn, (at + rows) * dIn);
+  if (!anyNonFinite(view, 0, view.length)) return rows;
+  return screenRows(view, rows, dIn, policy, label, counter);
+}
+
+export interface FileContext {
+  shards: readonly Shard[];
+  dIn: number;
+  handles: HandleCache;
+  policy: NonFinitePolicy;
+  counter: SkipCounter;
+}
+
+function rowLabel(s: Shard, row: number): string {
+  return `row ${row} of ${s.label}${s.dtype === 'float64' ? ' (after rounding float64 to float32)' : ''}`;
+}
+
+interface Part {
+  shard: Shard;
+  start: number;
+  rows: number;
+  /** Planned first row in dst (data read directly lands here). */
+  at: number;
+  stage: ArrayBuffer | null;
+  read: Promise<void>;
+}
+
+/** Rows of file shards in a chunk order, `depth` reads in flight. */
+export class FileRowStream implements RowStream {
+  private readonly cursor: Cursor;
+  private readonly partRows: number;
+  private readonly stageBytes: number;
+  private readonly staging: ArrayBuffer[] = [];
+  private readonly pending = new Set<Promise<void>>();
+
+  constructor(
+    private readonly ctx: FileContext,
+    plan: ChunkPlan,
+    order: Uint32Array,
+    private readonly depth: number,
+  ) {
+    this.cursor = new Cursor(plan, order);
+    this.partRows = Math.max(1, Math.floor(MAX_CHUNK_BYTES / (ctx.dIn * 4)));
+    this.stageBytes = this.partRows * ctx.dIn * Math.max(...ctx.shards.map((s) => ITEM_BYTES[s.dtype]));
+  }
+
+  private start(dst: Float32Array, at: number, max: number): Part | null {
+    const r = this.cursor.take(Math.min(max, this.partRows));
+    if (!r) return null;
+    const s = this.ctx.shards[r.shard]!;
+    const { dIn } = this.ctx;
+    const item = ITEM_BYTES[s.dtype];
+    const direct = s.dtype === 'float32' && !s.fortran;
+    const stage = direct ? null : (this.staging.pop() ?? new ArrayBuffer(this.stageBytes));
+    const bytes = r.rows * dIn * item;
+    const into = direct ? new Uint8Array(dst.buffer, dst.byteOffset + at * dIn * 4, bytes) : new Uint8Array(stage!, 0, bytes);
+    let read: Promise<void>;
+    if (!s.fortran) {
+      read = this.ctx.handles.use(s.path, (fh) => readFully(fh, into, s.dataOffset + r.start * dIn * item, s.label));
+    } else {
+      // Column c of rows [start, start + rows) is contiguous on disk: one read per column.
+      read = this.ctx.handles.use(s.path, async (fh) => {
+        for (let c0 = 0; c0 < dIn; c0 += 32) {
+          const reads: Promise<void>[] = [];
+          for (let c = c0; c < Math.min(dIn, c0 + 32); c++) {
+            reads.push(readFully(fh, into.subarray(c * r.rows * item, (c + 1) * r.rows * item), s.dataOffset + (c * s.rows + r.start) * item, s.label));
+          }
+          await Promise.all(reads);
+        }
+      });
+    }
+    const tracked = read.finally(() => this.pending.delete(tracked));
+    tracked.catch(() => undefined); // awaited in order by fill(); never an unhandled rejection
+    this.pending.add(tracked);
+    return { shard: s, start: r.start, rows: r.rows, at, stage, read: tracked };
+  }
+
+  /** Converts (if needed) and moves a finished part to row `to` of dst, screens it; returns rows kept. */
+  private finish(p: Part, dst: Float32Array, to: number): number {
+    const { dIn } = this.ctx;
+    const s = p.shard;
+    const n = p.rows * dIn;
+    if (!p.stage) {
+      if (to !== p.at) dst.copyWithin(to * dIn, p.at * dIn, p.at * dIn + n);
+      if (s.bigEndian) swapBytes(new Uint8Array(dst.buffer, dst.byteOffset + to * dIn * 4, n * 4), 4);
+    } else {
+      try {
+        const item = ITEM_BYTES[s.dtype];
+        const raw = new Uint8Array(p.stage, 0, n * item);
+        if (s.bigEndian) swapBytes(raw, item);
+        if (!s.fortran) {
+          // 16-bit data is screened on its raw bits (cheaper); the exact float32 screen runs
+          // only when something is found.
+          const clean = (s.dtype === 'float16' || s.dtype === 'bfloat16') && !anyNonFinite16(raw, s.dtype);
+          toFloat32(raw, s.dtype, dst.subarray(to * dIn, to * dIn + n), n);
+          if (clean) return p.rows;
+        } else {
+          // Column-major float32 (the staging buffer itself for float32), then transposed into dst.
+          const cm =
+            s.dtype === 'float32'
+              ? new Float32Array(p.stage, 0, n)
+              : (() => {
+                  const t = new Float32Array(n);
+                  toFloat32(raw, s.dtype, t, n);
+                  return t;
+                })();
+          const rows = p.rows;
+          const base = to * dIn;
+          for (let c = 0; c < dIn; c++) {
+            const col = c * rows;
+            for (let r = 0; r < rows; r++) dst[base + r * dIn + c] = cm[col + r]!;
+          }
+        }
+      } finally {
+        this.staging.push(p.stage);
+        p.stage = null;
+      }
+    }
+    return screenAt(dst, to, p.rows, dIn, this.ctx.policy, (r) => rowLabel(s, p.start + r), this.ctx.counter);
+  }
+
+  async fill(dst: Float32Array, rows: number): Promise<number> {
+    const queue: Part[] = [];
+    let filled = 0;
+    let planned = 0;
+    try {
+      for (;;) {
+        while (queue.length < this.depth && planned < rows) {
+          const p = this.start(dst, planned, rows - planned);
+          if (!p) break;
+          queue.push(p);
+          planned += p.rows;
+        }
+        const head = queue.shift();
+        if (!head) return filled;
+        await head.read;
+        // Top up before the conversion and screen, so the next reads overlap them.
+        while (queue.length < this.depth && planned < rows) {
+          const p = this.start(dst, planned, rows - planned);
+          if (!p) break;
+          queue.push(p);
+          planned += p.rows;
+        }
+        filled += this.finish(head, dst, filled);
+        // Rows dropped as non-finite leave room: plan past what is in flight.
+        if (queue.length === 0) planned = filled;
+      }
+    } finally {
+      if (queue.length) {
+        await Promise.allSettled(queue.map((p) => p.read));
+        for (const p of queue) if (p.stage) this.staging.push(p.stage);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled([...this.pending]);
+  }
+}
+
+/** Rows of an in-memory array in a chunk order (copied into the destination). */
+export class ArrayRowStream implements RowStream {
+  private readonly cursor: Cursor;
+
+  constructor(
+    private readonly data: Float32Array,
+    private readonly dIn: number,
+    plan: ChunkPlan,
+    order: Uint32Array,
+    private readonly policy: NonFinitePolicy,
+    private readonly counter: SkipCounter,
+  ) {
+    this.cursor = new Cursor(plan, order);
+  }
+
+  fillSync(dst: Float32Array, rows: number): number {
+    const d = this.dIn;
+    let filled = 0;
+    while (filled < rows) {
+      const r = this.cursor.take(rows - filled);
+      if (!r) break;
+      dst.set(this.data.subarray(r.start * d, (r.start + r.rows) * d), filled * d);
+      filled += screenAt(dst, filled, r.rows, d, this.policy, (i) => `row ${r.start + i} of the array`, this.counter);
+    }
+    return filled;
+  }
+
+  fill(dst: Float32Array, rows: number): Promise<number> {
+    try {
+      return Promise.resolve(this.fillSync(dst, rows));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  async close(): Promise<void> {}
+}
+
+/**
+ * Rows of an async iterable of Float32Array or Batch items, in stream order. The next item is
+ * requested only once the current one has been copied out, so producers may reuse arrays.
+ */
+export class IterableRowStream implements RowStream {
+  private item: Float32Array | null = null;
+  private itemRow = 0;
+  private itemIndex = -1;
+  private itemBase = 0;
+  private ended = false;
+  /** Rows seen so far, including skipped ones. */
+  rowsSeen = 0;
+
+  constructor(
+    private readonly it: AsyncIterator<Float32Array | Batch>,
+    private readonly dIn: number,
+    private readonly policy: NonFinitePolicy,
+    private readonly counter: SkipCounter,
+  ) {}
+
+  private accept(v: unknown): Float32Array {
+    const index = ++this.itemIndex;
+    const where = `item ${index} of the iterable`;
+    if (v instanceof Float32Array) {
+      if (v.length % this.dIn !== 0) {
+        throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected ${where} to hold whole rows of dIn = ${this.dIn} but its length is ${v.length}`);
+      }
+      return v;
+    }
+    if (v !== null && typeof v === 'object' && (v as Batch).data instanceof Float32Array) {
+      const b = v as Batch;
+      if (b.dIn !== this.dIn || !Number.isInteger(b.rows) || b.rows * this.dIn !== b.data.length) {
+        throw new SaekitError(
+          'ERR_SAEKIT_SHAPE',
+          `Expected ${where} to be a batch of dIn = ${this.dIn} with rows × dIn values but it has dIn = ${String(b.dIn)}, rows = ${String(b.rows)} and ${b.data.length} values`,
+        );
+      }
+      return b.data;
+    }
+    throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${where} to be a Float32Array or a Batch but it is ${v === null ? 'null' : typeof v}`);
+  }
+
+  async fill(dst: Float32Array, rows: number): Promise<number> {
+    const d = this.dIn;
+    let filled = 0;
+    while (filled < rows) {
+      if (!this.item || this.itemRow * d >= this.item.length) {
+        if (this.ended) break;
+        this.item = null;
+        const r = await this.it.next();
+        if (r.done) {
+          this.ended = true;
+          break;
+        }
+        this.item = this.accept(r.value);
+        this.itemRow = 0;
+        this.itemBase = this.rowsSeen;
+        this.rowsSeen += this.item.length / d;
+        continue;
+      }
+      const item = this.item;
+      const from = this.itemRow;
+      const k = Math.min(rows - filled, item.length / d - from);
+      dst.set(item.subarray(from * d, (from + k) * d), filled * d);
+      this.itemRow += k;
+      const base = this.itemBase;
+      const index = this.itemIndex;
+      filled += screenAt(dst, filled, k, d, this.policy, (i) => `row ${base + from + i} of the iterable (row ${from + i} of item ${index})`, this.counter);
+    }
+    return filled;
+  }
+
+  async close(): Promise<void> {
+    this.item = null;
+    if (!this.ended) {
+      this.ended = true;
+      await Promise.resolve()
+        .then(() => this.it.return?.())
+        .catch(() => undefined);
+    }
+  }
+}

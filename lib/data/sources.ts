@@ -1,0 +1,217 @@
+/** The three kinds of ActivationSource: files, an in-memory array, an async iterable. */
+import { argError, SaekitError } from '../errors.js';
+import { checkInt, checkOneOf, checkOptions } from '../validate.js';
+import { DISK_DTYPES, type SkipCounter } from './convert.js';
+import { MixingMemory, mixingHalf, sequentialEpoch, shuffleEpoch } from './engine.js';
+import { HandleCache } from './files.js';
+import { NON_FINITE, resolveBatchOptions, type NonFinitePolicy, type ResolvedBatchOptions } from './options.js';
+import { ArrayRowStream, ChunkPlan, FileRowStream, IterableRowStream, type RowStream } from './rows.js';
+import { Rng } from './prng.js';
+import { Pump, type Emit } from './pump.js';
+import { openShards, resolveShardPaths, type Shard } from './shards.js';
+import type { ActivationSource, Batch, BatchOptions, OpenOptions } from './types.js';
+
+/** PRNG stream tags: (seed, epoch, tag). */
+const CHUNK_ORDER = 1;
+const BUFFER_DRAW = 2;
+/** Positioned reads (of at most 4 MiB) in flight per pass. */
+const READS_IN_FLIGHT = 4;
+
+/** Ready batches a pump keeps ahead of its consumer: 1 (plus the one being read), more for small batches. */
+function pumpCapacity(o: ResolvedBatchOptions, dIn: number): number {
+  return Math.max(1, Math.min(64, Math.ceil((4 * 1024 * 1024) / (o.batchSize * dIn * 4))));
+}
+
+function disposed(): SaekitError {
+  return new SaekitError('ERR_SAEKIT_DISPOSED', 'Expected an open activation source but it has been closed');
+}
+
+abstract class BaseSource implements ActivationSource {
+  protected readonly counter: SkipCounter = { skippedRows: 0 };
+  private readonly active = new Set<Pump>();
+  private closed = false;
+
+  constructor(
+    readonly dIn: number,
+    readonly numRows: number | undefined,
+    protected readonly policy: NonFinitePolicy,
+  ) {}
+
+  get skippedRows(): number {
+    return this.counter.skippedRows;
+  }
+
+  batches(options?: BatchOptions): AsyncIterable<Batch> {
+    if (this.closed) throw disposed();
+    const o = resolveBatchOptions(options, this.dIn, this.policy);
+    return {
+      [Symbol.asyncIterator]: () => {
+        if (this.closed) throw disposed();
+        const pump: Pump = new Pump((emit) => this.run(o, emit), pumpCapacity(o, this.dIn), () => {
+          this.active.delete(pump);
+          // Files stay open only while a pass runs (a source left unclosed leaks nothing).
+          if (this.active.size === 0) void this.release().catch(() => undefined);
+        });
+        this.active.add(pump);
+        return pump;
+      },
+    };
+  }
+
+  /** The rows of epoch `epoch`: in file order, or (shuffled) with the chunk order permuted by (seed, epoch). */
+  protected abstract open(o: ResolvedBatchOptions, epoch: number, shuffled: boolean): RowStream;
+
+  /** Called after each epoch's stream is closed. */
+  protected afterEpoch(_epoch: number, _stream: RowStream): void {}
+
+  private async run(o: ResolvedBatchOptions, emit: Emit): Promise<void> {
+    const pass = { dIn: this.dIn, batchSize: o.batchSize, dropLast: o.dropLast };
+    const mem = o.shuffle ? new MixingMemory(this.dIn, mixingHalf(o.bufferRows, this.numRows), o.batchSize) : null;
+    for (let e = 0; e < o.epochs; e++) {
+      const stream = this.open(o, e, o.shuffle);
+      try {
+        if (mem) await shuffleEpoch(stream, pass, mem, new Rng(o.seed, e, BUFFER_DRAW), emit);
+        else await sequentialEpoch(stream, pass, emit);
+      } finally {
+        await stream.close();
+      }
+      this.afterEpoch(e, stream);
+    }
+  }
+
+  /** Closes what the source holds open (its files); called when no pass is running. */
+  protected async release(): Promise<void> {}
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all([...this.active].map((p) => p.stop(disposed())));
+    await this.release();
+  }
+}
+
+/** Shards read with positioned reads. */
+class FileSource extends BaseSource {
+  private readonly handles = new HandleCache();
+
+  constructor(
+    readonly shards: readonly Shard[],
+    dIn: number,
+    policy: NonFinitePolicy,
+  ) {
+    super(
+      dIn,
+      shards.reduce((a, s) => a + s.rows, 0),
+      policy,
+    );
+  }
+
+  /** The files read, in order. */
+  get files(): string[] {
+    return this.shards.map((s) => s.path);
+  }
+
+  protected open(o: ResolvedBatchOptions, epoch: number, shuffled: boolean): RowStream {
+    const plan = new ChunkPlan(
+      this.shards.map((s) => s.rows),
+      o.chunkRows,
+    );
+    const order = plan.order(shuffled ? new Rng(o.seed, epoch, CHUNK_ORDER) : null);
+    const ctx = { shards: this.shards, dIn: this.dIn, handles: this.handles, policy: o.onNonFinite, counter: this.counter };
+    return new FileRowStream(ctx, plan, order, READS_IN_FLIGHT);
+  }
+
+  protected override async release(): Promise<void> {
+    await this.handles.closeAll();
+  }
+}
+
+class ArraySource extends BaseSource {
+  constructor(
+    private readonly data: Float32Array,
+    dIn: number,
+  ) {
+    super(dIn, data.length / dIn, 'error');
+  }
+
+  protected open(o: ResolvedBatchOptions, epoch: number, shuffled: boolean): RowStream {
+    const plan = new ChunkPlan([this.numRows!], o.chunkRows);
+    const order = plan.order(shuffled ? new Rng(o.seed, epoch, CHUNK_ORDER) : null);
+    return new ArrayRowStream(this.data, this.dIn, plan, order, o.onNonFinite, this.counter);
+  }
+}
+
+class IterableSource extends BaseSource {
+  private firstRows = 0;
+
+  constructor(
+    private readonly iterable: AsyncIterable<Float32Array | Batch>,
+    dIn: number,
+  ) {
+    super(dIn, undefined, 'error');
+  }
+
+  protected open(o: ResolvedBatchOptions): RowStream {
+    let it: AsyncIterator<Float32Array | Batch>;
+    try {
+      it = this.iterable[Symbol.asyncIterator]();
+    } catch (err) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected an async iterable but [Symbol.asyncIterator]() threw: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    return new IterableRowStream(it, this.dIn, o.onNonFinite, this.counter);
+  }
+
+  protected override afterEpoch(epoch: number, stream: RowStream): void {
+    const seen = (stream as IterableRowStream).rowsSeen;
+    if (epoch === 0) this.firstRows = seen;
+    else if (seen === 0 && this.firstRows > 0) {
+      throw new SaekitError(
+        'ERR_SAEKIT_ARG',
+        `Expected the iterable to start over for epoch ${epoch} but it yielded nothing (a generator can be iterated once: ` +
+          'pass an object whose [Symbol.asyncIterator]() starts a new pass, or use epochs: 1)',
+      );
+    }
+  }
+}
+
+/**
+ * Opens activation files for streaming: a .npy (2-D [rows, dIn], or N-D with leading dimensions
+ * flattened; C or 2-D Fortran order), a .safetensors (options.tensor, or the only 2-D tensor),
+ * a raw file (.bin/.raw/.dat with options.dtype, or .f32/.f16/.bf16/.f64; options.dIn), a folder
+ * of such files, a glob pattern (*, ?, **), or an array of these. Files are read in path order
+ * and must agree on dIn; only headers are read here.
+ */
+export async function openActivations(pathOrPaths: string | string[], options?: OpenOptions): Promise<ActivationSource> {
+  const o = checkOptions('options', options);
+  if (o.tensor !== undefined && (typeof o.tensor !== 'string' || o.tensor.length === 0)) throw argError('options.tensor', 'a non-empty string', o.tensor);
+  const dtype = o.dtype === undefined ? undefined : checkOneOf('options.dtype', o.dtype, DISK_DTYPES);
+  const dIn = o.dIn === undefined ? undefined : checkInt('options.dIn', o.dIn, 1, 1 << 24);
+  const policy = o.onNonFinite === undefined ? 'error' : checkOneOf('options.onNonFinite', o.onNonFinite, NON_FINITE);
+  const shardOpts = { tensor: o.tensor, dtype, dIn };
+  const files = await resolveShardPaths(pathOrPaths, shardOpts);
+  const shards = await openShards(files, shardOpts);
+  return new FileSource(shards, shards[0]!.dIn, policy);
+}
+
+/** A source over rows already in memory (data is read, never modified; batches are copies). */
+export function fromArray(data: Float32Array, dIn: number): ActivationSource {
+  if (!(data instanceof Float32Array)) throw argError('data', 'a Float32Array', data);
+  checkInt('dIn', dIn, 1, 1 << 24);
+  if (data.length % dIn !== 0) {
+    throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected data to hold whole rows of dIn = ${dIn} values but its length ${data.length} is not a multiple of ${dIn}`);
+  }
+  return new ArraySource(data, dIn);
+}
+
+/**
+ * A source over a stream of Float32Array (whole rows) or Batch items, e.g. activations computed
+ * on the fly. numRows is undefined. Each epoch calls [Symbol.asyncIterator]() again. An item is
+ * requested only after the previous one has been copied, so a producer may reuse its arrays.
+ */
+export function fromAsyncIterable(iterable: AsyncIterable<Float32Array | Batch>, dIn: number): ActivationSource {
+  if (iterable === null || typeof iterable !== 'object' || typeof (iterable as { [Symbol.asyncIterator]?: unknown })[Symbol.asyncIterator] !== 'function') {
+    throw argError('iterable', 'an async iterable', iterable);
+  }
+  checkInt('dIn', dIn, 1, 1 << 24);
+  return new IterableSource(iterable, dIn);
+}

@@ -1,0 +1,883 @@
+/**
+ * Synthetic superposition data with known ground truth (reference/methods.md §4.2–§4.5).
+ *
+ * Each row independently fires feature i with probability p_i (optionally with correlated firing
+ * through a per-row Gaussian copula, §4.5), draws a magnitude c_i for every fired feature, and is
+ * x = sum_i c_i f_i over the fired features, where the f_i are random unit vectors in R^dIn
+ * (numFeatures may exceed dIn: that is the superposition).
+ *
+ * ## Stream layout (deterministic from the seed, independent of batch size)
+ * Every random quantity comes from a small xoshiro128** generator whose 128-bit state is one
+ * Philox 4x32-10 block (docs/random.md) keyed by the seed:
+ * ```
+ * state(purpose, index) = philox4x32_10(counter = (index mod 2^32, index div 2^32, purpose, 0x53594e54), key = seed)
+ * ```
+ * i.e. the Philox block `index` of `(seed, stream = 0x53594e54 * 2^32 + purpose)`. Purposes:
+ * 1 = feature vector `index`, 2 = copula factor loadings of feature `index`, 3 = data row `index`,
+ * 4 = shuffle keys of epoch `index` (under the batches() seed), 5 = normalSamples (tests). So row
+ * r is a pure function of (options, seed, r).
+ *
+ * Within a row the draws are, in order: the firing decisions (uncorrelated: the runs below in
+ * increasing index; copula: the factor normals g, then per feature its own normal e_i, or all
+ * of e for an explicit Sigma), then one magnitude per fired feature in increasing feature index.
+ * Uniforms are `w * 2^-32` (firing tests), `(w + 0.5) * 2^-32` rounded to float32, i.e. U(0, 1]
+ * (magnitudes), or 53-bit `((w1 >>> 5) * 2^26 + (w2 >>> 6)) * 2^-53` (geometric skips); normals
+ * use a 128-layer ziggurat (Marsaglia and Tsang 2000): layer `w & 127`, abscissa
+ * `((w >> 7) + 0.5) * 2^-24 * x[layer]` from the same word, wedge and tail tests drawing further
+ * `(w + 0.5) * 2^-32` uniforms. Each coordinate of a row is accumulated in float64 over the fired
+ * features in increasing index, from the float32 features and float32-rounded magnitudes, and
+ * rounded once to float32: `codes()` returns exactly those magnitudes, so the rows can be
+ * recomputed bit for bit.
+ *
+ * Uncorrelated firing is sampled in O(active + log-range) per row: features are grouped into
+ * runs whose probabilities lie within a factor 2 of the run's first (largest) value; within a run
+ * candidate positions are drawn by geometric skipping at the run's largest probability and each
+ * candidate is kept with probability p_i / p_max (thinning), which is exactly independent
+ * Bernoulli(p_i) firing. Probabilities above 1/4 are tested directly.
+ *
+ * With `shuffle`, epoch e serves the rows in a keyed permutation of [0, numRows): a 6-round
+ * balanced Feistel network on 2 * ceil(log2(numRows) / 2) bits with cycle walking, its round
+ * keys the first six words of state(4, e) under the batches() seed. Every row is served once
+ * per epoch, in an order that does not depend on batchSize.
+ *
+ * Not implemented here: the quirky compat generators of §4.3 (Sharkey et al.: one correlation
+ * draw per batch) and §4.4 (MFR: shared support per group per batch).
+ */
+import { argError, SaekitError } from '../errors.js';
+import { checkInt, checkOneOf, checkOptions, checkSeed } from '../validate.js';
+import { resolveBatchOptions } from './options.js';
+import type { ActivationSource, Batch, BatchOptions } from './types.js';
+
+// ---------------------------------------------------------------------------------------------
+// Options and results.
+
+/**
+ * Firing probabilities. 'zipf': p_i = max(minP, maxP * (i + 1)^-exponent) (rank 0 has maxP;
+ * clipped below at minP, default 0, rather than SAELens' rescaling of the ranks onto [minP, maxP]);
+ * 'uniform': p_i = p; 'expected-active': p_i = n / numFeatures (n features fire per row on average).
+ */
+export type Firing =
+  | { kind: 'zipf'; exponent: number; maxP: number; minP?: number }
+  | { kind: 'uniform'; p: number }
+  | { kind: 'expected-active'; n: number };
+
+/** Magnitude of a fired feature: U(0, 1) (Toy Models, §4.2) or ReLU(mean + std * N(0, 1)) (SAELens, §4.5). */
+export type Magnitude = { kind: 'uniform' } | { kind: 'relu-normal'; mean: number; std: number };
+
+/**
+ * Correlated firing through a per-row Gaussian copula: z ~ N(0, Sigma), feature i fires when
+ * z_i < Phi^-1(p_i), so every marginal stays p_i. A Float64Array is Sigma itself ([numFeatures,
+ * numFeatures], symmetric, unit diagonal, positive definite). 'random' builds
+ * Sigma = strength * U U^T off the diagonal (1 on it) from unit factor loadings U [numFeatures,
+ * factors] drawn from the seed: z_i = sqrt(strength) u_i . g + sqrt(1 - strength) e_i.
+ */
+export type Correlation = 'none' | 'random' | Float64Array | { kind: 'random'; strength?: number; factors?: number };
+
+export interface SuperpositionOptions {
+  /** Dimension of the rows. */
+  dIn: number;
+  /** Number of ground-truth features (may exceed dIn). */
+  numFeatures: number;
+  firing: Firing;
+  /** Default { kind: 'uniform' }, i.e. U(0, 1). */
+  magnitude?: Magnitude;
+  /** Default 'none' (independent firing). 'random' means { kind: 'random', strength: 0.5, factors: min(8, numFeatures) }. */
+  correlation?: Correlation;
+  /** Rows per epoch; the source is finite. Default 65536, at most 2^48. */
+  numRows?: number;
+  /** Default 0. */
+  seed?: number | bigint;
+}
+
+/** Ground-truth codes of a range of rows, CSR: row t has indices[indptr[t] .. indptr[t+1]). */
+export interface SparseCodes {
+  indptr: Int32Array;
+  /** Fired features, increasing within a row. */
+  indices: Int32Array;
+  /** Their magnitudes exactly as summed (float32). May be 0 for 'relu-normal' (fired, zero magnitude). */
+  values: Float32Array;
+}
+
+export interface SuperpositionData {
+  source: ActivationSource;
+  /** Ground-truth features [numFeatures, dIn], unit rows. */
+  features: Float32Array;
+  /** Firing probability of each feature [numFeatures]. */
+  probabilities: Float64Array;
+  /** Rows [start, start + count) in generation order, [count, dIn] (random access). */
+  rows(start: number, count: number): Float32Array;
+  /** Ground-truth codes of rows [start, start + count). */
+  codes(start: number, count: number): SparseCodes;
+  /** The copula's Sigma [numFeatures, numFeatures] (a fresh copy), or undefined without correlation. */
+  correlationMatrix(): Float64Array | undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random numbers.
+
+const STREAM_TAG = 0x53594e54; // 'SYNT'
+const PURPOSE_FEATURES = 1;
+const PURPOSE_FACTORS = 2;
+const PURPOSE_ROWS = 3;
+const PURPOSE_SHUFFLE = 4;
+const TWO32 = 4294967296;
+
+/** High 32 bits of the 64-bit product of two uint32 values, exact in float64 arithmetic. */
+function mulhi(a: number, b: number): number {
+  const t1 = (a & 0xffff) * b; // < 2^48
+  const t2 = (a >>> 16) * b + Math.floor(t1 / 65536); // < 2^48 + 2^32
+  return Math.floor(t2 / 65536) >>> 0;
+}
+
+/** Philox 4x32-10 (docs/random.md); writes the four output words into `out`. @internal */
+export function philox4x32(c0: number, c1: number, c2: number, c3: number, k0: number, k1: number, out: Uint32Array): void {
+  const M0 = 0xd2511f53;
+  const M1 = 0xcd9e8d57;
+  c0 >>>= 0;
+  c1 >>>= 0;
+  c2 >>>= 0;
+  c3 >>>= 0;
+  k0 >>>= 0;
+  k1 >>>= 0;
+  for (let round = 0; round < 10; round++) {
+    const hi0 = mulhi(M0, c0);
+    const lo0 = Math.imul(M0, c0) >>> 0;
+    const hi1 = mulhi(M1, c2);
+    const lo1 = Math.imul(M1, c2) >>> 0;
+    c0 = (hi1 ^ c1 ^ k0) >>> 0;
+    c1 = lo1;
+    c2 = (hi0 ^ c3 ^ k1) >>> 0;
+    c3 = lo0;
+    k0 = (k0 + 0x9e3779b9) >>> 0;
+    k1 = (k1 + 0xbb67ae85) >>> 0;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+/** xoshiro128** seeded from one Philox block, with uniform and normal helpers. */
+class Rng {
+  /** xoshiro128** state s0..s3 (an Int32Array keeps the words unboxed). */
+  private readonly s = new Int32Array(4);
+  private readonly block = new Uint32Array(4);
+  private readonly k0: number;
+  private readonly k1: number;
+
+  constructor(seed: bigint) {
+    this.k0 = Number(seed & 0xffffffffn);
+    this.k1 = Number((seed >> 32n) & 0xffffffffn);
+  }
+
+  /** Resets the state to the block (purpose, index) of the stream layout. */
+  reseed(purpose: number, index: number): void {
+    const lo = index % TWO32;
+    const hi = Math.floor(index / TWO32);
+    philox4x32(lo, hi, purpose, STREAM_TAG, this.k0, this.k1, this.block);
+    const s = this.s;
+    for (let i = 0; i < 4; i++) s[i] = this.block[i]!;
+    if ((s[0]! | s[1]! | s[2]! | s[3]!) === 0) s[3] = 1; // probability 2^-128
+  }
+
+  /** Next uint32. */
+  next(): number {
+    const s = this.s;
+    const s0 = s[0]!;
+    const s1 = s[1]!;
+    const s2 = s[2]! ^ s0;
+    const s3 = s[3]! ^ s1;
+    const r = Math.imul(rotl(Math.imul(s1, 5), 7), 9);
+    s[0] = s0 ^ s3;
+    s[1] = s1 ^ s2;
+    s[2] = s2 ^ (s1 << 9);
+    s[3] = rotl(s3, 11);
+    return r >>> 0;
+  }
+
+  /** [0, 1), 53-bit. */
+  uniform53(): number {
+    const a = this.next() >>> 5;
+    const b = this.next() >>> 6;
+    return (a * 67108864 + b) / 9007199254740992;
+  }
+
+  /** (0, 1), 32-bit, never 0. */
+  uniformOpen(): number {
+    return (this.next() + 0.5) / TWO32;
+  }
+
+  /** Standard normal by the ziggurat method (see ZIG_* below). */
+  normal(): number {
+    const X = ZIG_X;
+    for (;;) {
+      const w = this.next();
+      const i = w & (ZIG_N - 1);
+      const u = ((w >> 7) + 0.5) / 16777216; // (-1, 1), symmetric, 25 bits
+      const x = u * X[i]!;
+      if (Math.abs(x) < X[i + 1]!) return x;
+      if (i === 0) {
+        // The tail beyond r (Marsaglia 1964).
+        for (;;) {
+          const a = -Math.log(this.uniformOpen()) / ZIG_R;
+          const b = -Math.log(this.uniformOpen());
+          if (b + b >= a * a) return u < 0 ? -(ZIG_R + a) : ZIG_R + a;
+        }
+      }
+      const y = ZIG_F[i]! + this.uniformOpen() * (ZIG_F[i + 1]! - ZIG_F[i]!);
+      if (y < Math.exp(-0.5 * x * x)) return x;
+    }
+  }
+}
+
+function rotl(x: number, k: number): number {
+  return (x << k) | (x >>> (32 - k));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The standard normal CDF and quantile (float64, ~1e-15 relative).
+
+/** erfc(x) for x >= 0: positive-term series of erf below 2, Lentz continued fraction above. */
+function erfcNonNeg(x: number): number {
+  if (x < 2) {
+    // erf(x) = 2/sqrt(pi) exp(-x^2) sum_n 2^n x^(2n+1) / (1*3*...*(2n+1)): no cancellation.
+    const x2 = x * x;
+    let term = x;
+    let sum = x;
+    for (let n = 1; n < 200; n++) {
+      term *= (2 * x2) / (2 * n + 1);
+      sum += term;
+      if (term < sum * 1e-17) break;
+    }
+    return 1 - (2 / Math.sqrt(Math.PI)) * Math.exp(-x2) * sum;
+  }
+  if (x > 27) return 0;
+  // erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + ...)))), modified Lentz.
+  const tiny = 1e-300;
+  let f = x;
+  let C = x;
+  let D = 0;
+  for (let k = 1; k < 500; k++) {
+    const a = k / 2;
+    D = x + a * D;
+    if (D === 0) D = tiny;
+    C = x + a / C;
+    if (C === 0) C = tiny;
+    D = 1 / D;
+    const delta = C * D;
+    f *= delta;
+    if (Math.abs(delta - 1) < 1e-16) break;
+  }
+  return Math.exp(-x * x) / Math.sqrt(Math.PI) / f;
+}
+
+/** Phi(z), the standard normal CDF. @internal */
+export function normalCdf(z: number): number {
+  if (Number.isNaN(z)) return NaN;
+  return z < 0 ? 0.5 * erfcNonNeg(-z / Math.SQRT2) : 1 - 0.5 * erfcNonNeg(z / Math.SQRT2);
+}
+
+/** Phi^-1(p); -Infinity at 0 and +Infinity at 1. @internal */
+export function normalQuantile(p: number): number {
+  if (!(p >= 0 && p <= 1)) return NaN;
+  if (p === 0) return -Infinity;
+  if (p === 1) return Infinity;
+  if (p === 0.5) return 0;
+  if (p > 0.5) return -normalQuantile(1 - p);
+  // Abramowitz & Stegun 26.2.23 start (|error| < 4.5e-4), then Halley steps on Phi(z) = p.
+  const t = Math.sqrt(-2 * Math.log(p));
+  let z = -(t - (2.515517 + 0.802853 * t + 0.010328 * t * t) / (1 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t));
+  for (let it = 0; it < 20; it++) {
+    const pdf = Math.exp(-0.5 * z * z) / Math.sqrt(2 * Math.PI);
+    if (pdf === 0) break;
+    const step = (normalCdf(z) - p) / pdf;
+    const next = z - step / (1 + 0.5 * z * step);
+    const done = Math.abs(next - z) <= 1e-15 * Math.max(1, Math.abs(z));
+    z = next;
+    if (done) break;
+  }
+  return z;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ziggurat tables for the standard normal: N layers of equal area v under f(x) = exp(-x^2/2),
+// x[0] = v / f(r) (the base strip plus the tail as one box), x[1] = r > x[2] > ... > x[N] = 0,
+// with x[i+1] = f^-1(f(x[i]) + v / x[i]). r is solved here so that the top layer closes at f = 1.
+
+const ZIG_N = 128;
+
+function zigTail(r: number): number {
+  return Math.sqrt(Math.PI / 2) * erfcNonNeg(r / Math.SQRT2);
+}
+
+/** f(x[N-1]) + v / x[N-1] - 1 for a trial r (decreasing in r); +1 if the stack overshoots early. */
+function zigResidual(r: number, X?: Float64Array): number {
+  const f = (x: number) => Math.exp(-0.5 * x * x);
+  const v = r * f(r) + zigTail(r);
+  if (X) {
+    X[0] = v / f(r);
+    X[1] = r;
+  }
+  let x = r;
+  for (let i = 1; i < ZIG_N - 1; i++) {
+    const y = f(x) + v / x;
+    if (y >= 1) return 1;
+    x = Math.sqrt(-2 * Math.log(y));
+    if (X) X[i + 1] = x;
+  }
+  return f(x) + v / x - 1;
+}
+
+const { ZIG_R, ZIG_X, ZIG_F } = (() => {
+  let lo = 2.5;
+  let hi = 4.5;
+  for (let it = 0; it < 200 && hi - lo > 1e-15; it++) {
+    const mid = 0.5 * (lo + hi);
+    if (zigResidual(mid) > 0) lo = mid;
+    else hi = mid;
+  }
+  const X = new Float64Array(ZIG_N + 1);
+  zigResidual(hi, X);
+  X[ZIG_N] = 0;
+  const F = new Float64Array(ZIG_N + 1);
+  for (let i = 1; i <= ZIG_N; i++) F[i] = Math.exp(-0.5 * X[i]! * X[i]!);
+  return { ZIG_R: hi, ZIG_X: X, ZIG_F: F };
+})();
+
+/**
+ * `count` standard normals from the generator's sampler (stream purpose 5, one Philox-seeded
+ * block of 2^16 values per index). For tests of the sampler itself. @internal
+ */
+export function normalSamples(seed: number | bigint, count: number): Float64Array {
+  const rng = new Rng(checkSeed('seed', seed));
+  const out = new Float64Array(checkInt('count', count, 0, 2 ** 31 - 1));
+  for (let i = 0; i < count; i++) {
+    if ((i & 0xffff) === 0) rng.reseed(5, i / 65536);
+    out[i] = rng.normal();
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation helpers.
+
+function checkNumber(name: string, value: unknown, min: number, max: number, openMin = false): number {
+  const ok = typeof value === 'number' && Number.isFinite(value) && (openMin ? value > min : value >= min) && value <= max;
+  if (!ok) throw argError(name, `finite number ${openMin ? '>' : '>='} ${min} and <= ${max}`, value);
+  return value;
+}
+
+function checkObject(name: string, value: unknown): Record<string, unknown> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value) || ArrayBuffer.isView(value)) {
+    throw argError(name, 'an options object', value);
+  }
+  return value as Record<string, unknown>;
+}
+
+function firingProbabilities(firing: unknown, n: number): Float64Array {
+  const f = checkObject('options.firing', firing);
+  const kind = checkOneOf('options.firing.kind', f.kind, ['zipf', 'uniform', 'expected-active'] as const);
+  const p = new Float64Array(n);
+  if (kind === 'zipf') {
+    const exponent = checkNumber('options.firing.exponent', f.exponent, 0, 1e6);
+    const maxP = checkNumber('options.firing.maxP', f.maxP, 0, 1, true);
+    const minP = f.minP === undefined ? 0 : checkNumber('options.firing.minP', f.minP, 0, maxP);
+    for (let i = 0; i < n; i++) p[i] = Math.max(minP, maxP * Math.pow(i + 1, -exponent));
+  } else if (kind === 'uniform') {
+    p.fill(checkNumber('options.firing.p', f.p, 0, 1));
+  } else {
+    p.fill(checkNumber('options.firing.n', f.n, 0, n) / n);
+  }
+  return p;
+}
+
+type MagnitudePlan = { relu: false } | { relu: true; mean: number; std: number };
+
+function magnitudePlan(magnitude: unknown): MagnitudePlan {
+  if (magnitude === undefined) return { relu: false };
+  const m = checkObject('options.magnitude', magnitude);
+  const kind = checkOneOf('options.magnitude.kind', m.kind, ['uniform', 'relu-normal'] as const);
+  if (kind === 'uniform') return { relu: false };
+  // Bounded so that magnitudes and rows stay finite in float32.
+  const mean = checkNumber('options.magnitude.mean', m.mean, -1e30, 1e30);
+  const std = checkNumber('options.magnitude.std', m.std, 0, 1e30);
+  return { relu: true, mean, std };
+}
+
+type CopulaPlan =
+  | { kind: 'none' }
+  | { kind: 'cholesky'; L: Float64Array; sigma: Float64Array }
+  | { kind: 'factors'; U: Float64Array; k: number; strength: number };
+
+const SIGMA_TOL = 1e-9;
+
+function copulaPlan(correlation: unknown, n: number, seed: bigint): CopulaPlan {
+  if (correlation === undefined || correlation === 'none') return { kind: 'none' };
+  if (correlation instanceof Float64Array) return choleskyPlan(correlation, n);
+  let strength = 0.5;
+  let k = Math.min(8, n);
+  if (correlation !== 'random') {
+    const c = checkObject('options.correlation', correlation);
+    if (c.kind !== 'random') {
+      throw argError('options.correlation', "'none', 'random', a Float64Array correlation matrix or { kind: 'random' }", correlation);
+    }
+    if (c.strength !== undefined) strength = checkNumber('options.correlation.strength', c.strength, 0, 1);
+    if (c.factors !== undefined) k = checkInt('options.correlation.factors', c.factors, 1, n);
+  }
+  // Unit loadings u_i in R^k, scaled by sqrt(strength).
+  const U = new Float64Array(n * k);
+  const rng = new Rng(seed);
+  const scale = Math.sqrt(strength);
+  for (let i = 0; i < n; i++) {
+    rng.reseed(PURPOSE_FACTORS, i);
+    let norm2 = 0;
+    do {
+      norm2 = 0;
+      for (let a = 0; a < k; a++) {
+        const g = rng.normal();
+        U[i * k + a] = g;
+        norm2 += g * g;
+      }
+    } while (norm2 === 0);
+    const s = scale / Math.sqrt(norm2);
+    for (let a = 0; a < k; a++) U[i * k + a]! *= s;
+  }
+  return { kind: 'factors', U, k, strength };
+}
+
+function choleskyPlan(sigma: Float64Array, n: number): CopulaPlan {
+  const name = 'options.correlation';
+  if (sigma.length !== n * n) throw argError(name, `a Float64Array of length numFeatures^2 = ${n * n}`, sigma);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) {
+      const v = sigma[i * n + j]!;
+      if (!Number.isFinite(v)) throw argError(`${name}[${i * n + j}]`, 'finite number', v);
+      if (i === j && Math.abs(v - 1) > SIGMA_TOL) throw argError(`${name}[${i * n + j}] (diagonal)`, '1 (unit diagonal)', v);
+      if (j > i && Math.abs(v - sigma[j * n + i]!) > SIGMA_TOL) {
+        throw new SaekitError(
+          'ERR_SAEKIT_ARG',
+          `Expected a symmetric matrix for ${name} but entry (${i}, ${j}) is ${v} and (${j}, ${i}) is ${sigma[j * n + i]}`,
+        );
+      }
+    }
+  }
+  const L = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j <= i; j++) {
+      let s = 0.5 * (sigma[i * n + j]! + sigma[j * n + i]!);
+      for (let k = 0; k < j; k++) s -= L[i * n + k]! * L[j * n + k]!;
+      if (i === j) {
+        if (!(s > 1e-12)) {
+          throw new SaekitError(
+            'ERR_SAEKIT_ARG',
+            `Expected a positive definite matrix for ${name} but its Cholesky factorisation fails at row ${i} (pivot ${s})`,
+          );
+        }
+        L[i * n + i] = Math.sqrt(s);
+      } else {
+        L[i * n + j] = s / L[j * n + j]!;
+      }
+    }
+  }
+  return { kind: 'cholesky', L, sigma: Float64Array.from(sigma) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The row sampler.
+
+const DIRECT_P = 0.25;
+
+interface Run {
+  start: number;
+  end: number;
+  /** 0: test each feature directly; otherwise log(1 - pmax) for geometric skipping. */
+  logQ: number;
+  pmax: number;
+}
+
+class Sampler {
+  readonly n: number;
+  readonly dIn: number;
+  private readonly rng: Rng;
+  private readonly runs: Run[] = [];
+  private readonly accept: Float64Array;
+  private readonly thresholds: Float64Array;
+  private readonly z: Float64Array;
+  private readonly e: Float64Array;
+  private readonly g: Float64Array;
+  readonly active: Int32Array;
+  readonly values: Float32Array;
+  private readonly bases: Int32Array;
+
+  constructor(
+    readonly features: Float32Array,
+    readonly p: Float64Array,
+    private readonly magnitude: MagnitudePlan,
+    private readonly copula: CopulaPlan,
+    seed: bigint,
+    dIn: number,
+  ) {
+    this.n = p.length;
+    this.dIn = dIn;
+    this.rng = new Rng(seed);
+    this.active = new Int32Array(this.n);
+    this.values = new Float32Array(this.n);
+    this.bases = new Int32Array(this.n);
+    this.accept = new Float64Array(this.n);
+    this.thresholds = new Float64Array(copula.kind === 'none' ? 0 : this.n);
+    this.z = new Float64Array(copula.kind === 'none' ? 0 : this.n);
+    this.e = new Float64Array(copula.kind === 'none' ? 0 : this.n);
+    this.g = new Float64Array(copula.kind === 'factors' ? copula.k : 0);
+    if (copula.kind === 'none') this.buildRuns();
+    else for (let i = 0; i < this.n; i++) this.thresholds[i] = normalQuantile(p[i]!);
+  }
+
+  /** Runs over the (non-increasing) probabilities; see the module comment. */
+  private buildRuns(): void {
+    const p = this.p;
+    let i = 0;
+    while (i < this.n) {
+      const pmax = p[i]!;
+      if (pmax <= 0) {
+        i++;
+        continue;
+      }
+      let j = i + 1;
+      if (pmax > DIRECT_P) {
+        while (j < this.n && p[j]! > DIRECT_P) j++;
+        this.runs.push({ start: i, end: j, logQ: 0, pmax });
+      } else {
+        while (j < this.n && p[j]! > pmax / 2 && p[j]! <= pmax) j++;
+        for (let t = i; t < j; t++) this.accept[t] = p[t]! / pmax;
+        this.runs.push({ start: i, end: j, logQ: Math.log1p(-pmax), pmax });
+      }
+      i = j;
+    }
+  }
+
+  /** Samples row r: fills active/values, returns the number of fired features. */
+  sample(r: number): number {
+    const rng = this.rng;
+    rng.reseed(PURPOSE_ROWS, r);
+    let count = 0;
+    const active = this.active;
+    if (this.copula.kind === 'none') {
+      const p = this.p;
+      for (const run of this.runs) {
+        if (run.logQ === 0) {
+          for (let t = run.start; t < run.end; t++) if (rng.next() / TWO32 < p[t]!) active[count++] = t;
+        } else {
+          const accept = this.accept;
+          let pos = run.start - 1;
+          for (;;) {
+            const u = 1 - rng.uniform53(); // (0, 1]
+            pos += 1 + Math.floor(Math.log(u) / run.logQ);
+            if (pos >= run.end) break;
+            const a = accept[pos]!;
+            if (a >= 1 || rng.next() / TWO32 < a) active[count++] = pos;
+          }
+        }
+      }
+    } else {
+      const n = this.n;
+      const z = this.z;
+      const e = this.e;
+      if (this.copula.kind === 'cholesky') {
+        const L = this.copula.L;
+        for (let i = 0; i < n; i++) e[i] = rng.normal();
+        lowerTimes(L, e, z, n);
+      } else {
+        const { U, k, strength } = this.copula;
+        const g = this.g;
+        for (let a = 0; a < k; a++) g[a] = rng.normal();
+        const idio = Math.sqrt(1 - strength);
+        for (let i = 0; i < n; i++) {
+          let s = 0;
+          const row = i * k;
+          for (let a = 0; a < k; a++) s += U[row + a]! * g[a]!;
+          z[i] = s + idio * rng.normal();
+        }
+      }
+      const th = this.thresholds;
+      for (let i = 0; i < n; i++) if (z[i]! < th[i]!) active[count++] = i;
+    }
+    // Magnitudes, in increasing feature index.
+    const values = this.values;
+    const mag = this.magnitude;
+    if (mag.relu) {
+      for (let t = 0; t < count; t++) values[t] = Math.max(0, mag.mean + mag.std * rng.normal());
+    } else {
+      for (let t = 0; t < count; t++) values[t] = (rng.next() + 0.5) / TWO32;
+    }
+    return count;
+  }
+
+  /** Writes row r into out[offset .. offset + dIn). */
+  row(r: number, out: Float32Array, offset: number): void {
+    const count = this.sample(r);
+    const d = this.dIn;
+    const F = this.features;
+    const vals = this.values;
+    const bases = this.bases;
+    for (let t = 0; t < count; t++) bases[t] = this.active[t]! * d;
+    // Each coordinate sums its terms in increasing feature index (float64), four coordinates at a time.
+    let k = 0;
+    for (; k + 3 < d; k += 4) {
+      let s0 = 0;
+      let s1 = 0;
+      let s2 = 0;
+      let s3 = 0;
+      for (let t = 0; t < count; t++) {
+        const c = vals[t]!;
+        const b = bases[t]! + k;
+        s0 += c * F[b]!;
+        s1 += c * F[b + 1]!;
+        s2 += c * F[b + 2]!;
+        s3 += c * F[b + 3]!;
+      }
+      out[offset + k] = s0;
+      out[offset + k + 1] = s1;
+      out[offset + k + 2] = s2;
+      out[offset + k + 3] = s3;
+    }
+    for (; k < d; k++) {
+      let s = 0;
+      for (let t = 0; t < count; t++) s += vals[t]! * F[bases[t]! + k]!;
+      out[offset + k] = s;
+    }
+  }
+}
+
+/**
+ * z = L e for lower-triangular L [n, n]; each z_i sums j = 0..i in order. Four rows at a time
+ * share the loads of e and keep four independent accumulation chains.
+ */
+function lowerTimes(L: Float64Array, e: Float64Array, z: Float64Array, n: number): void {
+  let i = 0;
+  for (; i + 3 < n; i += 4) {
+    const r0 = i * n;
+    const r1 = r0 + n;
+    const r2 = r1 + n;
+    const r3 = r2 + n;
+    let s0 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    let s3 = 0;
+    for (let j = 0; j <= i; j++) {
+      const ej = e[j]!;
+      s0 += L[r0 + j]! * ej;
+      s1 += L[r1 + j]! * ej;
+      s2 += L[r2 + j]! * ej;
+      s3 += L[r3 + j]! * ej;
+    }
+    const e1 = e[i + 1]!;
+    const e2 = e[i + 2]!;
+    const e3 = e[i + 3]!;
+    s1 += L[r1 + i + 1]! * e1;
+    s2 += L[r2 + i + 1]! * e1;
+    s3 += L[r3 + i + 1]! * e1;
+    s2 += L[r2 + i + 2]! * e2;
+    s3 += L[r3 + i + 2]! * e2;
+    s3 += L[r3 + i + 3]! * e3;
+    z[i] = s0;
+    z[i + 1] = s1;
+    z[i + 2] = s2;
+    z[i + 3] = s3;
+  }
+  for (; i < n; i++) {
+    let s = 0;
+    const row = i * n;
+    for (let j = 0; j <= i; j++) s += L[row + j]! * e[j]!;
+    z[i] = s;
+  }
+}
+
+function makeFeatures(n: number, dIn: number, seed: bigint): Float32Array {
+  const F = new Float32Array(n * dIn);
+  const rng = new Rng(seed);
+  const v = new Float64Array(dIn);
+  for (let i = 0; i < n; i++) {
+    rng.reseed(PURPOSE_FEATURES, i);
+    let norm2 = 0;
+    do {
+      norm2 = 0;
+      for (let k = 0; k < dIn; k++) {
+        const g = rng.normal();
+        v[k] = g;
+        norm2 += g * g;
+      }
+    } while (norm2 === 0);
+    const inv = 1 / Math.sqrt(norm2);
+    for (let k = 0; k < dIn; k++) F[i * dIn + k] = v[k]! * inv;
+  }
+  return F;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shuffle: a keyed permutation of [0, numRows) (balanced Feistel network with cycle walking).
+
+function mix32(x: number): number {
+  x ^= x >>> 16;
+  x = Math.imul(x, 0x7feb352d);
+  x ^= x >>> 15;
+  x = Math.imul(x, 0x846ca68b);
+  x ^= x >>> 16;
+  return x >>> 0;
+}
+
+const FEISTEL_ROUNDS = 6;
+
+function makePermutation(n: number, seed: bigint, epoch: number): (i: number) => number {
+  let bits = 2;
+  while (2 ** bits < n) bits++;
+  const h = Math.ceil(bits / 2);
+  const half = 2 ** h;
+  const mask = half - 1;
+  const keys = new Uint32Array(8);
+  const rng = new Rng(seed);
+  rng.reseed(PURPOSE_SHUFFLE, epoch);
+  for (let r = 0; r < FEISTEL_ROUNDS; r++) keys[r] = rng.next();
+  return (i: number): number => {
+    let x = i;
+    do {
+      let L = Math.floor(x / half);
+      let R = x % half;
+      for (let r = 0; r < FEISTEL_ROUNDS; r++) {
+        const next = (L ^ (mix32(R ^ keys[r]!) & mask)) >>> 0;
+        L = R;
+        R = next;
+      }
+      x = L * half + R;
+    } while (x >= n);
+    return x;
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public entry point.
+
+const MAX_ROWS = 2 ** 48;
+const MAX_ELEMENTS = 2 ** 31 - 1;
+
+/**
+ * A finite source of synthetic superposition rows with its ground truth (methods.md §4).
+ * Rows are generated on demand, so numRows may be large; each epoch serves the same rows.
+ *
+ * @example
+ * const { source, features } = superposition({ dIn: 64, numFeatures: 512, firing: { kind: 'expected-active', n: 5 }, seed: 1 });
+ * for await (const b of source.batches({ batchSize: 1024 })) { ... }
+ */
+export function superposition(options: SuperpositionOptions): SuperpositionData {
+  const o = checkOptions('options', options);
+  const dIn = checkInt('options.dIn', o.dIn, 1, 1 << 24);
+  const n = checkInt('options.numFeatures', o.numFeatures, 1, 1 << 24);
+  if (n * dIn > MAX_ELEMENTS) throw argError('options.numFeatures', `at most ${Math.floor(MAX_ELEMENTS / dIn)} features for dIn ${dIn}`, n);
+  if (o.firing === undefined) throw argError('options.firing', 'an options object', undefined);
+  const p = firingProbabilities(o.firing, n);
+  const magnitude = magnitudePlan(o.magnitude);
+  const numRows = o.numRows === undefined ? 65536 : checkInt('options.numRows', o.numRows, 1, MAX_ROWS);
+  const seed = o.seed === undefined ? 0n : checkSeed('options.seed', o.seed);
+  const copula = copulaPlan(o.correlation, n, seed);
+  const features = makeFeatures(n, dIn, seed);
+  const sampler = new Sampler(features, p, magnitude, copula, seed, dIn);
+  const maxRange = Math.floor(MAX_ELEMENTS / dIn);
+
+  const checkRange = (start: unknown, count: unknown): [number, number] => {
+    const s = checkInt('start', start, 0, numRows);
+    const c = checkInt('count', count, 0, Math.min(numRows - s, maxRange));
+    return [s, c];
+  };
+
+  let closed = false;
+  const disposed = () => new SaekitError('ERR_SAEKIT_DISPOSED', 'Expected an open activation source but it has been closed');
+  const source: ActivationSource = {
+    dIn,
+    numRows,
+    skippedRows: 0,
+    /**
+     * Batches in generation order, or with shuffle a seeded permutation of all rows per epoch
+     * (rows are random access, so no mixing buffer is needed: bufferBytes and chunkRows are
+     * accepted and ignored; rows are always finite, so onNonFinite has nothing to do).
+     */
+    batches(batchOptions?: BatchOptions): AsyncIterable<Batch> {
+      if (closed) throw disposed();
+      const { batchSize, shuffle, seed: shuffleSeed, epochs, dropLast } = resolveBatchOptions(batchOptions, dIn, 'error');
+      return {
+        async *[Symbol.asyncIterator]() {
+          for (let epoch = 0; epoch < epochs; epoch++) {
+            const perm = shuffle ? makePermutation(numRows, shuffleSeed, epoch) : undefined;
+            for (let start = 0; start < numRows; start += batchSize) {
+              if (closed) throw disposed();
+              const rows = Math.min(batchSize, numRows - start);
+              if (dropLast && rows < batchSize) break;
+              const data = new Float32Array(rows * dIn);
+              for (let t = 0; t < rows; t++) sampler.row(perm ? perm(start + t) : start + t, data, t * dIn);
+              yield { rows, dIn, data };
+              // Let other work run between batches: generation is synchronous.
+              await new Promise<void>((resolve) => setImmediate(resolve));
+            }
+          }
+        },
+      };
+    },
+    async close(): Promise<void> {
+      closed = true;
+    },
+  };
+
+  return {
+    source,
+    features,
+    probabilities: Float64Array.from(p),
+    rows(start: number, count: number): Float32Array {
+      const [s, c] = checkRange(start, count);
+      const out = new Float32Array(c * dIn);
+      for (let t = 0; t < c; t++) sampler.row(s + t, out, t * dIn);
+      return out;
+    },
+    codes(start: number, count: number): SparseCodes {
+      const [s, c] = checkRange(start, count);
+      const indptr = new Int32Array(c + 1);
+      let indices = new Int32Array(Math.max(16, c * 4));
+      let values = new Float32Array(indices.length);
+      let nnz = 0;
+      for (let t = 0; t < c; t++) {
+        const k = sampler.sample(s + t);
+        if (nnz + k > MAX_ELEMENTS) throw argError('count', `a range with at most ${MAX_ELEMENTS} fired features`, count);
+        if (nnz + k > indices.length) {
+          const cap = Math.min(MAX_ELEMENTS, Math.max(nnz + k, indices.length * 2));
+          const ni = new Int32Array(cap);
+          ni.set(indices.subarray(0, nnz));
+          const nv = new Float32Array(cap);
+          nv.set(values.subarray(0, nnz));
+          indices = ni;
+          values = nv;
+        }
+        indices.set(sampler.active.subarray(0, k), nnz);
+        values.set(sampler.values.subarray(0, k), nnz);
+        nnz += k;
+        indptr[t + 1] = nnz;
+      }
+      return { indptr, indices: indices.slice(0, nnz), values: values.slice(0, nnz) };
+    },
+    correlationMatrix(): Float64Array | undefined {
+      if (copula.kind === 'none') return undefined;
+      if (copula.kind === 'cholesky') return Float64Array.from(copula.sigma);
+      const { U, k } = copula;
+      const S = new Float64Array(n * n);
+      for (let i = 0; i < n; i++) {
+        S[i * n + i] = 1;
+        for (let j = 0; j < i; j++) {
+          let s = 0;
+          for (let a = 0; a < k; a++) s += U[i * k + a]! * U[j * k + a]!;
+          S[i * n + j] = s;
+          S[j * n + i] = s;
+        }
+      }
+      return S;
+    },
+  };
+}
+
+/** Namespace-style access: `synthetic.superposition(...)`. */
+export const synthetic = { superposition };

@@ -1,0 +1,64 @@
+/** Public types of the activation data sources. */
+
+/** A batch of activation rows. */
+export interface Batch {
+  /** Number of rows. */
+  rows: number;
+  /** Values per row. */
+  dIn: number;
+  /** rows × dIn float32 values, row-major: a fresh array the consumer may keep and modify. */
+  data: Float32Array;
+}
+
+/** How `batches()` serves the rows. */
+export interface BatchOptions {
+  /** Rows per batch. Default 4096. */
+  batchSize?: number;
+  /** Serve rows in a seeded pseudo-random order (a SAELens-style mixing buffer). Default false: file order. */
+  shuffle?: boolean;
+  /** Shuffle seed: the same seed, inputs and options give the same batches. Default 0. */
+  seed?: number | bigint;
+  /** Passes over the data; each epoch is shuffled differently (seed and epoch). Default 1. */
+  epochs?: number;
+  /** Drop the short last batch of each epoch. Default false. */
+  dropLast?: boolean;
+  /**
+   * Memory of the shuffle (mixing) buffer, in bytes of float32 rows. Default 256 MiB. Two thirds
+   * hold the rows being mixed (SAELens's buffer); the last third is read into while serving.
+   */
+  bufferBytes?: number;
+  /** What to do with a row holding NaN or ±Infinity. Default: the source's option, else 'error'. */
+  onNonFinite?: 'error' | 'skip';
+  /**
+   * Rows per chunk: the unit whose order is permuted when shuffling; reads never span a chunk.
+   * Default: 4 MiB of float32 rows (less for a bufferBytes under 64 MiB). Part of the seed's
+   * contract: the same chunkRows and bufferBytes are needed to reproduce a shuffled sequence.
+   */
+  chunkRows?: number;
+}
+
+/** A finite or streaming collection of activation rows of width dIn. */
+export interface ActivationSource {
+  /** Values per row. */
+  readonly dIn: number;
+  /** Rows in the source (files and arrays); undefined for streams. Rows skipped as non-finite still count. */
+  readonly numRows: number | undefined;
+  /** Rows dropped by onNonFinite: 'skip' so far, over every batches() iteration and epoch. */
+  readonly skippedRows?: number;
+  /** Iterates the rows as batches; every call starts a new, independent pass. */
+  batches(options?: BatchOptions): AsyncIterable<Batch>;
+  /** Stops iterations in progress, waits for their reads, and closes the files. */
+  close(): Promise<void>;
+}
+
+/** How `openActivations` reads its files. */
+export interface OpenOptions {
+  /** The safetensors tensor to read. Default: the file's only 2-D tensor. */
+  tensor?: string;
+  /** Element type of raw files (.bin, .raw, .dat; implied by .f32/.f16/.bf16/.f64). Must match self-describing files. */
+  dtype?: 'float32' | 'float16' | 'bfloat16' | 'float64';
+  /** Values per row: required for raw files, checked against the others. */
+  dIn?: number;
+  /** Default for batches(): 'error' (throw ERR_SAEKIT_NONFINITE) or 'skip' the row. Default 'error'. */
+  onNonFinite?: 'error' | 'skip';
+}

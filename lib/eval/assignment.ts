@@ -1,0 +1,150 @@
+/**
+ * Exact linear assignment (rectangular allowed) by shortest augmenting paths: one Dijkstra-like
+ * search per row of the smaller side over reduced costs c_ij - u_i - v_j, with the dual update of
+ * Jonker and Volgenant (1987) in the rectangular form described by Crouse ("On implementing 2D
+ * rectangular assignment algorithms", IEEE TAES 2016). O(n^2 m) worst case for n <= m; every row
+ * of the smaller side is assigned.
+ */
+import { argError } from '../errors.js';
+import { checkBool, checkInt, checkOptions } from '../validate.js';
+
+export interface AssignmentOptions {
+  /** Maximise the total instead of minimising it. Default false. */
+  maximize?: boolean;
+}
+
+export interface AssignmentResult {
+  /** Column of each row, -1 if unassigned (only when rows > cols). */
+  rowToCol: Int32Array;
+  /** Row of each column, -1 if unassigned (only when cols > rows). */
+  colToRow: Int32Array;
+  /** Sum of cost over the assigned pairs. */
+  total: number;
+}
+
+/**
+ * Solves min (or max) sum_i cost[i, rowToCol[i]] over one-to-one matchings that assign every row
+ * of the smaller side. `cost` is row-major [rows, cols] and is not modified.
+ */
+export function linearAssignment(cost: Float64Array, rows: number, cols: number, options?: AssignmentOptions): AssignmentResult {
+  const r = checkInt('rows', rows, 0, 2 ** 31 - 1);
+  const c = checkInt('cols', cols, 0, 2 ** 31 - 1);
+  if (!(cost instanceof Float64Array)) throw argError('cost', 'a Float64Array', cost);
+  if (cost.length !== r * c) throw argError('cost', `a Float64Array of length rows * cols = ${r * c}`, cost);
+  const o = checkOptions('options', options);
+  const maximize = o.maximize === undefined ? false : checkBool('options.maximize', o.maximize);
+  for (let i = 0; i < cost.length; i++) {
+    if (!Number.isFinite(cost[i])) throw argError(`cost[${i}]`, 'finite number', cost[i], 'ERR_SAEKIT_NONFINITE');
+  }
+  const rowToCol = new Int32Array(r).fill(-1);
+  const colToRow = new Int32Array(c).fill(-1);
+  if (r === 0 || c === 0) return { rowToCol, colToRow, total: 0 };
+
+  // Work on [n, m] with n <= m (transposed if needed), minimisation, each row shifted by its
+  // minimum so that all entries are >= 0 (every row is assigned, so the optimum is unchanged).
+  const transpose = r > c;
+  const n = transpose ? c : r;
+  const m = transpose ? r : c;
+  const sign = maximize ? -1 : 1;
+  const work = new Float64Array(n * m);
+  for (let i = 0; i < n; i++) {
+    const base = i * m;
+    for (let j = 0; j < m; j++) work[base + j] = sign * (transpose ? cost[j * c + i]! : cost[i * c + j]!);
+  }
+  shiftRows(work, n, m);
+  const col4row = solveAssignment(work, n, m);
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const j = col4row[i]!;
+    const [row, col] = transpose ? [j, i] : [i, j];
+    rowToCol[row] = col;
+    colToRow[col] = row;
+  }
+  for (let i = 0; i < r; i++) if (rowToCol[i]! >= 0) total += cost[i * c + rowToCol[i]!]!;
+  return { rowToCol, colToRow, total };
+}
+
+/** Subtracts each row's minimum, making every entry >= 0. @internal */
+export function shiftRows(work: Float64Array, n: number, m: number): void {
+  for (let i = 0; i < n; i++) {
+    const base = i * m;
+    let lo = Infinity;
+    for (let j = 0; j < m; j++) if (work[base + j]! < lo) lo = work[base + j]!;
+    for (let j = 0; j < m; j++) work[base + j]! -= lo;
+  }
+}
+
+/**
+ * The solver proper: minimises over `work` [n, m], n <= m, entries finite and >= 0 (it may be
+ * reused by callers that build such a matrix directly). Returns the column of each row.
+ * @internal
+ */
+export function solveAssignment(work: Float64Array, n: number, m: number): Int32Array {
+  const u = new Float64Array(n);
+  const v = new Float64Array(m);
+  const col4row = new Int32Array(n).fill(-1);
+  const row4col = new Int32Array(m).fill(-1);
+  const spc = new Float64Array(m); // shortest path cost to each column in this search
+  const path = new Int32Array(m); // predecessor row of each column
+  const remaining = new Int32Array(m); // columns not yet scanned
+  const rowsSeen = new Int32Array(n);
+  const colsSeen = new Int32Array(m);
+
+  for (let cur = 0; cur < n; cur++) {
+    for (let j = 0; j < m; j++) remaining[j] = j;
+    spc.fill(Infinity);
+    let numRemaining = m;
+    let nRows = 0;
+    let nCols = 0;
+    let minVal = 0;
+    let i = cur;
+    let sink = -1;
+    while (sink < 0) {
+      rowsSeen[nRows++] = i;
+      const base = i * m;
+      const ui = u[i]!;
+      let lowest = Infinity;
+      let at = -1;
+      for (let t = 0; t < numRemaining; t++) {
+        const j = remaining[t]!;
+        const rc = minVal + work[base + j]! - ui - v[j]!;
+        if (rc < spc[j]!) {
+          path[j] = i;
+          spc[j] = rc;
+        }
+        const s = spc[j]!;
+        if (s < lowest || (s === lowest && row4col[j] === -1)) {
+          lowest = s;
+          at = t;
+        }
+      }
+      if (at < 0) throw new Error('linearAssignment: no augmenting path (non-finite costs)');
+      minVal = lowest;
+      const j = remaining[at]!;
+      colsSeen[nCols++] = j;
+      remaining[at] = remaining[--numRemaining]!;
+      if (row4col[j] === -1) sink = j;
+      else i = row4col[j]!;
+    }
+    // Dual update, then augment along the path back to `cur`.
+    u[cur]! += minVal;
+    for (let t = 1; t < nRows; t++) {
+      const r = rowsSeen[t]!;
+      u[r]! += minVal - spc[col4row[r]!]!;
+    }
+    for (let t = 0; t < nCols; t++) {
+      const j = colsSeen[t]!;
+      v[j]! -= minVal - spc[j]!;
+    }
+    let j = sink;
+    for (;;) {
+      const r = path[j]!;
+      row4col[j] = r;
+      const prev = col4row[r]!;
+      col4row[r] = j;
+      j = prev;
+      if (r === cur) break;
+    }
+  }
+  return col4row;
+}

@@ -1,0 +1,476 @@
+/**
+ * The Trainer: trains a TopK SAE on an activation source with the defaults the field has
+ * converged on (sparsify / dictionary_learning; reference sae-libraries.md §0.3, §1.2):
+ * Adam with lr 2e-4 / sqrt(numLatents / 2^14), linear warmup, linear decay over the last 20%,
+ * AuxK (alpha 1/32) over latents dead for 10M tokens, b_dec at the geometric median of the
+ * first batch, optional input normalisation folded into the weights at the end.
+ *
+ * @example
+ * ```ts
+ * const source = await openActivations('acts/*.npy');
+ * using sae = SparseAutoencoder.create({ dIn: source.dIn, numLatents: 24576, k: 32, seed: 1 });
+ * const trainer = new Trainer(sae, { totalTokens: 100_000_000 });
+ * const result = await trainer.fit(source, { checkpointDir: 'runs/l8/ckpt', saveDir: 'runs/l8', logFile: 'runs/l8/log.jsonl' });
+ * ```
+ */
+import { open, readdir, readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+
+import type { ActivationSource, Batch } from '../data/index.js';
+import { argError, SaekitError } from '../errors.js';
+import type { AdamOptimizer, SparseAutoencoder, StepStats } from '../sae/index.js';
+import { checkBool, checkInt, checkOneOf, checkOptions } from '../validate.js';
+
+/** Trainer options; every field has a default. */
+export interface TrainerOptions {
+  /** Rows (tokens) per step. Default 4096. */
+  batchSize?: number;
+  /** Train on this many tokens (rounded up to whole batches). One of totalTokens / epochs. */
+  totalTokens?: number;
+  /** Or: passes over a finite source. Default 1 when totalTokens is not set. */
+  epochs?: number;
+  /** Learning rate; 'auto' (default) = 2e-4 / sqrt(numLatents / 2^14). */
+  lr?: number | 'auto';
+  /** Default 0.9. */
+  beta1?: number;
+  /** Default 0.999. */
+  beta2?: number;
+  /** Default 1e-8. */
+  eps?: number;
+  /** Linear warmup from 0 over this many steps (capped at 10% of the run). Default 1000. */
+  warmupSteps?: number;
+  /** 'linear' (default): to 0 over the last `decayFraction` of the steps; 'none': constant after warmup. */
+  decay?: 'linear' | 'none';
+  /** Fraction of steps the linear decay spans. Default 0.2. */
+  decayFraction?: number;
+  /** AuxK weight. Default 1/32; 0 turns AuxK off. */
+  auxkAlpha?: number;
+  /** A latent is dead after this many tokens without firing. Default 10,000,000. */
+  deadThresholdTokens?: number;
+  /** b_dec at the start: 'geometric-median' (default) of the first batch, 'mean' or 'zeros'. */
+  bDecInit?: 'geometric-median' | 'mean' | 'zeros';
+  /**
+   * 'none' (default) or 'expected-norm': inputs scaled by s so that E||x|| = sqrt(dIn), estimated
+   * on the first `normalizeBatches` batches; folded into the weights when training ends.
+   */
+  normalize?: 'none' | 'expected-norm';
+  /** Batches used to estimate the normalisation scale. Default 4. */
+  normalizeBatches?: number;
+  /** Shuffle the source. Default true. */
+  shuffle?: boolean;
+  /** Seed of the data order. Default 0. */
+  seed?: number;
+}
+
+/** One step's statistics. */
+export interface StepLog {
+  step: number;
+  tokens: number;
+  loss: number;
+  fvu: number;
+  l0: number;
+  numDead: number;
+  deadFraction: number;
+  auxkLoss: number;
+  lr: number;
+  tokensPerSec: number;
+}
+
+export interface FitOptions {
+  /** Stop after the current step; a checkpoint and the SAE are written (if configured). */
+  signal?: AbortSignal;
+  /** Called after every step (awaited). */
+  onStep?: (log: StepLog) => void | Promise<void>;
+  /** Append every step as one JSON line to this file. */
+  logFile?: string;
+  /** Folder for checkpoints (written atomically). */
+  checkpointDir?: string;
+  /** Steps between checkpoints. Default 1000 (only with checkpointDir). */
+  checkpointEvery?: number;
+  /** Resume from the checkpoint in checkpointDir if there is one. Default false. */
+  resume?: boolean;
+  /** Save the trained SAE here (SAELens layout) when training completes or is aborted. */
+  saveDir?: string;
+  /** Save options for saveDir. */
+  saveFormat?: 'saelens' | 'sparsify';
+}
+
+export interface FitResult {
+  /** 'completed', or 'aborted' by the signal. */
+  status: 'completed' | 'aborted';
+  steps: number;
+  tokens: number;
+  /** The last step's statistics. */
+  last: StepLog | undefined;
+  /** The input scale folded into the weights (1 without normalisation). */
+  scale: number;
+  /** Wall-clock seconds of this fit call. */
+  seconds: number;
+  /** Files written by saveDir. */
+  saved: string[];
+}
+
+const DEFAULTS = {
+  batchSize: 4096,
+  beta1: 0.9,
+  beta2: 0.999,
+  eps: 1e-8,
+  warmupSteps: 1000,
+  decay: 'linear' as const,
+  decayFraction: 0.2,
+  auxkAlpha: 1 / 32,
+  deadThresholdTokens: 10_000_000,
+  bDecInit: 'geometric-median' as const,
+  normalize: 'none' as const,
+  normalizeBatches: 4,
+  shuffle: true,
+  seed: 0,
+};
+
+type Resolved = Required<Omit<TrainerOptions, 'totalTokens' | 'epochs' | 'lr'>> & {
+  totalTokens: number | undefined;
+  epochs: number | undefined;
+  lr: number;
+};
+
+const CHECKPOINT_VERSION = 1;
+
+function finiteIn(name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) throw argError(name, `finite number between ${min} and ${max}`, v);
+  return v;
+}
+
+/**
+ * The learning rate at `step` (0-based) of `total`: linear warmup from base/warmup to base over
+ * `warmup` steps, then constant, then (decay 'linear') linearly to 0 over the last
+ * `fraction * total` steps.
+ */
+export function learningRate(step: number, total: number, base: number, warmup: number, decay: 'linear' | 'none', fraction: number): number {
+  let f = warmup > 0 ? Math.min(1, (step + 1) / warmup) : 1;
+  if (decay === 'linear') {
+    const span = Math.max(1, Math.round(fraction * total));
+    const start = total - span;
+    if (step >= start) f *= Math.max(0, (total - step) / span);
+  }
+  return base * f;
+}
+
+/**
+ * The geometric median of rows x [n, d] (the point minimising the sum of Euclidean distances),
+ * by Weiszfeld's iterations from the mean, in float64.
+ */
+export function geometricMedian(x: Float32Array, d: number, options: { maxIter?: number; tol?: number } = {}): Float64Array {
+  const n = x.length / d;
+  const maxIter = options.maxIter ?? 200;
+  const y = new Float64Array(d);
+  for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) y[j]! += x[i * d + j]! / n;
+  let scale = 0;
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < d; j++) s += (x[i * d + j]! - y[j]!) ** 2;
+    scale += Math.sqrt(s) / n;
+  }
+  const tol = (options.tol ?? 1e-7) * Math.max(scale, 1e-30);
+  const num = new Float64Array(d);
+  for (let it = 0; it < maxIter; it++) {
+    num.fill(0);
+    let den = 0;
+    for (let i = 0; i < n; i++) {
+      let s = 0;
+      for (let j = 0; j < d; j++) s += (x[i * d + j]! - y[j]!) ** 2;
+      // A point at the current estimate gets a bounded weight (the standard guard).
+      const w = 1 / Math.max(Math.sqrt(s), 1e-12 * Math.max(scale, 1e-30));
+      den += w;
+      for (let j = 0; j < d; j++) num[j]! += w * x[i * d + j]!;
+    }
+    let move = 0;
+    for (let j = 0; j < d; j++) {
+      const next = num[j]! / den;
+      move += (next - y[j]!) ** 2;
+      y[j] = next;
+    }
+    if (Math.sqrt(move) < tol) break;
+  }
+  return y;
+}
+
+/** Trains one SparseAutoencoder; see the module comment for the defaults. */
+export class Trainer {
+  readonly sae: SparseAutoencoder;
+  readonly options: Readonly<Resolved>;
+  private opt: AdamOptimizer | undefined;
+
+  constructor(sae: SparseAutoencoder, options?: TrainerOptions) {
+    if (sae === null || typeof sae !== 'object' || typeof (sae as SparseAutoencoder).adam !== 'function') throw argError('sae', 'a SparseAutoencoder', sae);
+    this.sae = sae;
+    const o = checkOptions('options', options);
+    const r: Resolved = {
+      batchSize: o.batchSize === undefined ? DEFAULTS.batchSize : checkInt('options.batchSize', o.batchSize, 2, 1 << 24),
+      totalTokens: o.totalTokens === undefined ? undefined : checkInt('options.totalTokens', o.totalTokens, 1, Number.MAX_SAFE_INTEGER),
+      epochs: o.epochs === undefined ? undefined : checkInt('options.epochs', o.epochs, 1, 1 << 30),
+      lr: o.lr === undefined || o.lr === 'auto' ? 2e-4 / Math.sqrt(sae.numLatents / 2 ** 14) : finiteIn('options.lr', o.lr, 0, 10),
+      beta1: o.beta1 === undefined ? DEFAULTS.beta1 : finiteIn('options.beta1', o.beta1, 0, 0.999999),
+      beta2: o.beta2 === undefined ? DEFAULTS.beta2 : finiteIn('options.beta2', o.beta2, 0, 0.99999999),
+      eps: o.eps === undefined ? DEFAULTS.eps : finiteIn('options.eps', o.eps, 1e-30, 1),
+      warmupSteps: o.warmupSteps === undefined ? DEFAULTS.warmupSteps : checkInt('options.warmupSteps', o.warmupSteps, 0, 1 << 30),
+      decay: o.decay === undefined ? DEFAULTS.decay : checkOneOf('options.decay', o.decay, ['linear', 'none'] as const),
+      decayFraction: o.decayFraction === undefined ? DEFAULTS.decayFraction : finiteIn('options.decayFraction', o.decayFraction, 0, 1),
+      auxkAlpha: o.auxkAlpha === undefined ? DEFAULTS.auxkAlpha : finiteIn('options.auxkAlpha', o.auxkAlpha, 0, 1e6),
+      deadThresholdTokens:
+        o.deadThresholdTokens === undefined ? DEFAULTS.deadThresholdTokens : finiteIn('options.deadThresholdTokens', o.deadThresholdTokens, 0, Number.MAX_SAFE_INTEGER),
+      bDecInit: o.bDecInit === undefined ? DEFAULTS.bDecInit : checkOneOf('options.bDecInit', o.bDecInit, ['geometric-median', 'mean', 'zeros'] as const),
+      normalize: o.normalize === undefined ? DEFAULTS.normalize : checkOneOf('options.normalize', o.normalize, ['none', 'expected-norm'] as const),
+      normalizeBatches: o.normalizeBatches === undefined ? DEFAULTS.normalizeBatches : checkInt('options.normalizeBatches', o.normalizeBatches, 1, 1 << 20),
+      shuffle: o.shuffle === undefined ? DEFAULTS.shuffle : checkBool('options.shuffle', o.shuffle),
+      seed: o.seed === undefined ? DEFAULTS.seed : checkInt('options.seed', o.seed, 0, Number.MAX_SAFE_INTEGER),
+    };
+    if (r.totalTokens !== undefined && r.epochs !== undefined) {
+      throw new SaekitError('ERR_SAEKIT_ARG', 'Expected one of options.totalTokens and options.epochs but received both');
+    }
+    this.options = Object.freeze(r);
+  }
+
+  /** Steps the run takes on `source`. */
+  totalSteps(source: ActivationSource): number {
+    const { batchSize, totalTokens, epochs } = this.options;
+    if (totalTokens !== undefined) return Math.ceil(totalTokens / batchSize);
+    if (source.numRows === undefined) {
+      throw new SaekitError('ERR_SAEKIT_ARG', 'Expected options.totalTokens for a source of unknown length (set totalTokens, or use a finite source with epochs)');
+    }
+    const perEpoch = Math.floor(source.numRows / batchSize);
+    if (perEpoch < 1) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected a source with at least batchSize = ${batchSize} rows but it has ${source.numRows}; lower options.batchSize`);
+    }
+    return (epochs ?? 1) * perEpoch;
+  }
+
+  /** Trains; resolves when done or aborted. Never leaves trained work unsaved when saveDir/checkpointDir are set. */
+  async fit(source: ActivationSource, options?: FitOptions): Promise<FitResult> {
+    const t0 = performance.now();
+    const fo = checkOptions('options', options);
+    if (source === null || typeof source !== 'object' || typeof (source as ActivationSource).batches !== 'function') {
+      throw argError('source', 'an ActivationSource', source);
+    }
+    if (source.dIn !== this.sae.dIn) {
+      throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected a source with dIn = ${this.sae.dIn} (the SAE's) but it has dIn = ${source.dIn}`);
+    }
+    const every = fo.checkpointEvery === undefined ? 1000 : checkInt('options.checkpointEvery', fo.checkpointEvery, 1, 1 << 30);
+    const o = this.options;
+    const total = this.totalSteps(source);
+    const warmup = Math.min(o.warmupSteps, Math.ceil(total / 10));
+    this.opt ??= this.sae.adam({ lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps });
+    const opt = this.opt;
+
+    let step = 0;
+    let tokens = 0;
+    let scale = 1;
+    let initialised = false;
+    if (fo.resume && fo.checkpointDir) {
+      const ck = await readCheckpoint(fo.checkpointDir);
+      if (ck) {
+        await this.restore(ck, fo.checkpointDir);
+        step = ck.step;
+        tokens = ck.tokens;
+        scale = ck.scale;
+        initialised = true;
+      }
+    }
+
+    // Enough epochs for the run; the iterator is the same sequence on every resume (same seed),
+    // so skipping `step` batches puts the data back where the checkpoint left it.
+    const epochs = o.totalTokens !== undefined && source.numRows !== undefined ? Math.ceil((total * o.batchSize) / Math.max(1, source.numRows)) + 1 : o.epochs ?? 1;
+    const it = source.batches({ batchSize: o.batchSize, shuffle: o.shuffle, seed: o.seed, epochs, dropLast: true })[Symbol.asyncIterator]();
+    const pending: Batch[] = [];
+    const nextBatch = async (): Promise<Batch | undefined> => {
+      if (pending.length) return pending.shift();
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return undefined;
+        if (r.value.rows >= 2) return r.value;
+      }
+    };
+    for (let s = 0; s < step; s++) if (!(await nextBatch())) break;
+
+    if (!initialised) {
+      // Read the first batches ahead: they set the scale and b_dec, then are trained on.
+      const first: Batch[] = [];
+      const want = o.normalize === 'expected-norm' ? o.normalizeBatches : 1;
+      for (let i = 0; i < want; i++) {
+        const b = await nextBatch();
+        if (!b) break;
+        first.push(b);
+      }
+      if (first.length === 0) throw new SaekitError('ERR_SAEKIT_ARG', 'the source produced no batch of at least 2 rows');
+      if (o.normalize === 'expected-norm') scale = normScale(first, this.sae.dIn);
+      const x0 = scaled(first[0]!.data, scale);
+      if (o.bDecInit !== 'zeros') {
+        const b = o.bDecInit === 'mean' ? columnMean(x0, this.sae.dIn) : geometricMedian(x0, this.sae.dIn);
+        this.sae.setWeights({ b_dec: Float32Array.from(b) });
+      }
+      pending.push(...first);
+    }
+
+    const log = fo.logFile ? await open(fo.logFile, 'a') : undefined;
+    let last: StepLog | undefined;
+    let status: FitResult['status'] = 'completed';
+    let saved: string[] = [];
+    try {
+      let batchPromise = step < total ? nextBatch() : Promise.resolve(undefined);
+      while (step < total) {
+        if (fo.signal?.aborted) {
+          status = 'aborted';
+          break;
+        }
+        const batch = await batchPromise;
+        if (!batch) break;
+        // Fetch the next batch while this step runs natively.
+        batchPromise = step + 1 < total ? nextBatch() : Promise.resolve(undefined);
+        const lr = learningRate(step, total, o.lr, warmup, o.decay, o.decayFraction);
+        const ts = performance.now();
+        const st: StepStats = await opt.step(scaled(batch.data, scale), { lr, auxkAlpha: o.auxkAlpha, deadThresholdTokens: o.deadThresholdTokens });
+        const dt = (performance.now() - ts) / 1e3;
+        step += 1;
+        tokens += batch.rows;
+        last = {
+          step,
+          tokens,
+          loss: st.loss,
+          fvu: st.fvu,
+          l0: st.l0,
+          numDead: st.numDead,
+          deadFraction: st.numDead / this.sae.numLatents,
+          auxkLoss: st.auxkLoss,
+          lr,
+          tokensPerSec: batch.rows / Math.max(dt, 1e-9),
+        };
+        if (log) await log.write(`${JSON.stringify(last)}\n`);
+        if (fo.onStep) await fo.onStep(last);
+        if (fo.checkpointDir && step % every === 0 && step < total) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
+      }
+      await batchPromise.catch(() => undefined);
+      if (fo.checkpointDir) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
+    } finally {
+      await log?.close();
+      await it.return?.();
+    }
+    // The SAE now works on raw activations: the input scale s is folded into the biases
+    // (TopK commutes with a positive scale, so W_enc and the unit decoder rows stay as they are).
+    if (scale !== 1) {
+      const w = await this.sae.weights();
+      this.sae.setWeights({ b_enc: w.b_enc.map((v) => v / scale), b_dec: w.b_dec.map((v) => v / scale) });
+    }
+    if (fo.saveDir) saved = await this.sae.save(fo.saveDir, { format: fo.saveFormat ?? 'saelens' });
+    return { status, steps: step, tokens, last, scale, seconds: (performance.now() - t0) / 1e3, saved };
+  }
+
+  private async checkpoint(dir: string, step: number, tokens: number, scale: number, total: number): Promise<void> {
+    const { mkdir } = await import('node:fs/promises');
+    const { writeSafetensors, writeFileAtomic } = await import('../io/index.js');
+    await mkdir(dir, { recursive: true });
+    const [w, adam, since] = await Promise.all([this.sae.weights(), this.opt!.state(), this.sae.tokensSinceFired()]);
+    const stateFile = `state-${step}.safetensors`;
+    const f32 = (data: Float32Array, shape: number[]) => ({ dtype: 'float32' as const, shape, data });
+    const { dIn, numLatents, k } = this.sae;
+    await writeSafetensors(path.join(dir, stateFile), {
+      W_enc: f32(w.W_enc, [dIn, numLatents]),
+      b_enc: f32(w.b_enc, [numLatents]),
+      W_dec: f32(w.W_dec, [numLatents, dIn]),
+      b_dec: f32(w.b_dec, [dIn]),
+      'adam.m': f32(adam.m, [adam.m.length]),
+      'adam.v': f32(adam.v, [adam.v.length]),
+      tokens_since_fired: { dtype: 'float64', shape: [numLatents], data: since },
+    });
+    const meta: Checkpoint = { version: CHECKPOINT_VERSION, step, tokens, scale, total, adamSteps: adam.t, stateFile, sae: { dIn, numLatents, k }, options: this.options };
+    await writeFileAtomic(path.join(dir, 'checkpoint.json'), `${JSON.stringify(meta, null, 2)}\n`);
+    // Older states are no longer referenced.
+    for (const f of await readdir(dir)) if (/^state-\d+\.safetensors$/.test(f) && f !== stateFile) await rm(path.join(dir, f), { force: true });
+  }
+
+  private async restore(ck: Checkpoint, dir: string): Promise<void> {
+    const { dIn, numLatents, k } = this.sae;
+    if (ck.sae.dIn !== dIn || ck.sae.numLatents !== numLatents || ck.sae.k !== k) {
+      throw new SaekitError(
+        'ERR_SAEKIT_FORMAT',
+        `${path.join(dir, 'checkpoint.json')}: the checkpoint is for an SAE with dIn ${ck.sae.dIn}, numLatents ${ck.sae.numLatents}, k ${ck.sae.k}; this one has ${dIn}, ${numLatents}, ${k}`,
+      );
+    }
+    const { readSafetensors } = await import('../io/index.js');
+    const r = await readSafetensors(path.join(dir, ck.stateFile));
+    try {
+      const get = async (n: string) => (await r.read(n)).data;
+      this.sae.setWeights({
+        W_enc: (await get('W_enc')) as Float32Array,
+        b_enc: (await get('b_enc')) as Float32Array,
+        W_dec: (await get('W_dec')) as Float32Array,
+        b_dec: (await get('b_dec')) as Float32Array,
+      });
+      this.opt!.setState({ m: (await get('adam.m')) as Float32Array, v: (await get('adam.v')) as Float32Array, t: ck.adamSteps });
+      this.sae.setTokensSinceFired((await get('tokens_since_fired')) as Float64Array);
+    } finally {
+      await r.close();
+    }
+  }
+}
+
+interface Checkpoint {
+  version: number;
+  step: number;
+  tokens: number;
+  scale: number;
+  total: number;
+  adamSteps: number;
+  stateFile: string;
+  sae: { dIn: number; numLatents: number; k: number };
+  options: Resolved;
+}
+
+async function readCheckpoint(dir: string): Promise<Checkpoint | undefined> {
+  const file = path.join(dir, 'checkpoint.json');
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  let ck: Checkpoint;
+  try {
+    ck = JSON.parse(text) as Checkpoint;
+  } catch (err) {
+    throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: invalid JSON (${(err as Error).message})`);
+  }
+  if (ck.version !== CHECKPOINT_VERSION || !Number.isSafeInteger(ck.step) || typeof ck.stateFile !== 'string' || !/^state-\d+\.safetensors$/.test(ck.stateFile)) {
+    throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: not a saekit checkpoint of version ${CHECKPOINT_VERSION}`);
+  }
+  return ck;
+}
+
+function scaled(x: Float32Array, s: number): Float32Array {
+  if (s === 1) return x;
+  const out = new Float32Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = x[i]! * s;
+  return out;
+}
+
+/** s such that the mean row norm of s x is sqrt(d). */
+function normScale(batches: Batch[], d: number): number {
+  let sum = 0;
+  let n = 0;
+  for (const b of batches) {
+    for (let r = 0; r < b.rows; r++) {
+      let s = 0;
+      for (let j = 0; j < d; j++) s += b.data[r * d + j]! ** 2;
+      sum += Math.sqrt(s);
+      n += 1;
+    }
+  }
+  const mean = sum / n;
+  if (!(mean > 0)) throw new SaekitError('ERR_SAEKIT_ARG', "normalize: 'expected-norm' needs inputs with nonzero norm");
+  return Math.sqrt(d) / mean;
+}
+
+function columnMean(x: Float32Array, d: number): Float64Array {
+  const n = x.length / d;
+  const m = new Float64Array(d);
+  for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) m[j]! += x[i * d + j]! / n;
+  return m;
+}

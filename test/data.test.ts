@@ -1,0 +1,666 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { fromArray, fromAsyncIterable, openActivations, type ActivationSource, type Batch, type BatchOptions } from '../lib/data/index.js';
+import { anyNonFinite, anyNonFinite16 } from '../lib/data/convert.js';
+import { Rng } from '../lib/data/prng.js';
+import {
+  bf16ToNumber,
+  concatRows,
+  f16ToNumber,
+  randomHalfBits,
+  randomRows,
+  sortedRowKeys,
+  writeNpyFixture,
+  writeSafetensorsFixture,
+} from './helpers/data-fixtures.js';
+
+let dir: string;
+const p = (...parts: string[]) => path.join(dir, ...parts);
+
+beforeAll(() => {
+  dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-data-'));
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function collect(src: ActivationSource, opts?: BatchOptions): Promise<Batch[]> {
+  const out: Batch[] = [];
+  for await (const b of src.batches(opts)) out.push(b);
+  return out;
+}
+
+/** Checks shapes and freshness of batches: rows * dIn values each, no two sharing memory. */
+function checkBatches(batches: Batch[], dIn: number): void {
+  const buffers = new Set<ArrayBufferLike>();
+  for (const b of batches) {
+    expect(b.dIn).toBe(dIn);
+    expect(b.data).toBeInstanceOf(Float32Array);
+    expect(b.data.length).toBe(b.rows * dIn);
+    expect(buffers.has(b.data.buffer)).toBe(false);
+    buffers.add(b.data.buffer);
+  }
+}
+
+function expectSameRows(a: Float32Array, b: Float32Array): void {
+  expect(a.length).toBe(b.length);
+  let firstDiff = -1;
+  for (let i = 0; i < a.length; i++) {
+    if (!Object.is(a[i], b[i])) {
+      firstDiff = i;
+      break;
+    }
+  }
+  expect(firstDiff).toBe(-1);
+}
+
+/** Splits batches into epochs of `rows` rows each (batches never span epochs). */
+function epochsOf(batches: Batch[], rows: number): Batch[][] {
+  const out: Batch[][] = [];
+  let cur: Batch[] = [];
+  let n = 0;
+  for (const b of batches) {
+    cur.push(b);
+    n += b.rows;
+    expect(n).toBeLessThanOrEqual(rows);
+    if (n === rows) {
+      out.push(cur);
+      cur = [];
+      n = 0;
+    }
+  }
+  expect(cur).toEqual([]);
+  return out;
+}
+
+describe('openActivations: file kinds, in order', () => {
+  it('.npy float32: batches concatenate to the file exactly; sizes, short last batch, dropLast', async () => {
+    const x = randomRows(1001, 7, 1);
+    await writeNpyFixture(p('a.npy'), 'float32', [1001, 7], x);
+    const src = await openActivations(p('a.npy'));
+    expect(src.dIn).toBe(7);
+    expect(src.numRows).toBe(1001);
+    const bs = await collect(src, { batchSize: 64 });
+    checkBatches(bs, 7);
+    expect(bs.map((b) => b.rows)).toEqual([...Array(15).fill(64), 41]);
+    expectSameRows(concatRows(bs), x);
+    const dropped = await collect(src, { batchSize: 64, dropLast: true });
+    expect(dropped.map((b) => b.rows)).toEqual(Array(15).fill(64));
+    expectSameRows(concatRows(dropped), x.subarray(0, 960 * 7));
+    // Default batchSize 4096 > rows: one short batch.
+    const one = await collect(src);
+    expect(one.map((b) => b.rows)).toEqual([1001]);
+    expect(await collect(src, { dropLast: true })).toEqual([]);
+    await src.close();
+  });
+
+  it('.npy with leading dimensions flattens them into rows', async () => {
+    const x = randomRows(6 * 5, 33, 2);
+    await writeNpyFixture(p('ctx.npy'), 'float32', [6, 5, 33], x);
+    const src = await openActivations(p('ctx.npy'));
+    expect([src.dIn, src.numRows]).toEqual([33, 30]);
+    expectSameRows(concatRows(await collect(src, { batchSize: 7 })), x);
+  });
+
+  it('.safetensors: the only 2-D tensor by default (data at an odd offset), options.tensor, and errors listing candidates', async () => {
+    const x = randomRows(257, 33, 3);
+    await writeSafetensorsFixture(p('one.safetensors'), {
+      bias: { dtype: 'float32', shape: [33], data: randomRows(1, 33, 9) },
+      acts: { dtype: 'float32', shape: [257, 33], data: x },
+    });
+    const src = await openActivations(p('one.safetensors'));
+    expect([src.dIn, src.numRows]).toEqual([33, 257]);
+    expectSameRows(concatRows(await collect(src, { batchSize: 100 })), x);
+
+    const y = randomRows(50, 33, 4);
+    await writeSafetensorsFixture(p('two.safetensors'), {
+      a: { dtype: 'float32', shape: [257, 33], data: x },
+      b: { dtype: 'float32', shape: [50, 33], data: y },
+    });
+    await expect(openActivations(p('two.safetensors'))).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/options\.tensor.*2 2-D tensors.*'a' \[257, 33\].*'b' \[50, 33\]/),
+    });
+    const b = await openActivations(p('two.safetensors'), { tensor: 'b' });
+    expectSameRows(concatRows(await collect(b)), y);
+    await expect(openActivations(p('two.safetensors'), { tensor: 'c' })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/no 'c' \(it has: 'a', 'b'\)/),
+    });
+    await writeSafetensorsFixture(p('none.safetensors'), { v: { dtype: 'float32', shape: [33], data: randomRows(1, 33, 5) } });
+    await expect(openActivations(p('none.safetensors'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/no 2-D tensor/) });
+    await writeSafetensorsFixture(p('int.safetensors'), { i: { dtype: 'int32', shape: [4, 3], data: new Int32Array(12) } });
+    await expect(openActivations(p('int.safetensors'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE', message: expect.stringMatching(/int32/) });
+  });
+
+  it('raw files: options.dtype and options.dIn, dtype implied by .f32/.f16/.bf16/.f64, size checks', async () => {
+    const x = randomRows(99, 7, 6);
+    writeFileSync(p('r.bin'), new Uint8Array(x.buffer));
+    const src = await openActivations(p('r.bin'), { dtype: 'float32', dIn: 7 });
+    expect(src.numRows).toBe(99);
+    expectSameRows(concatRows(await collect(src, { batchSize: 10 })), x);
+    writeFileSync(p('r.f32'), new Uint8Array(x.buffer));
+    expectSameRows(concatRows(await collect(await openActivations(p('r.f32'), { dIn: 7 }))), x);
+
+    await expect(openActivations(p('r.bin'), { dIn: 7 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.dtype for the raw file .*r\.bin/) });
+    await expect(openActivations(p('r.bin'), { dtype: 'float32' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.dIn for the raw file/) });
+    await expect(openActivations(p('r.bin'), { dtype: 'float32', dIn: 8 })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_SHAPE',
+      message: expect.stringMatching(/r\.bin.*multiple of dIn × 4 = 32 bytes.*2772 bytes/),
+    });
+    await expect(openActivations(p('r.f32'), { dtype: 'float16', dIn: 7 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE', message: expect.stringMatching(/\.f32 holds float32/) });
+  });
+
+  it('a folder: supported files in name order, shards of different lengths (and an empty one), others ignored', async () => {
+    const f = p('folder');
+    mkdirSync(f);
+    const parts = [randomRows(100, 7, 11), randomRows(257, 7, 12), randomRows(0, 7, 13), randomRows(1, 7, 14), randomRows(64, 7, 15)];
+    for (const [i, x] of parts.entries()) await writeNpyFixture(p('folder', `shard_${String(i).padStart(3, '0')}.npy`), 'float32', [x.length / 7, 7], x);
+    writeFileSync(p('folder', 'README.txt'), 'not activations');
+    writeFileSync(p('folder', 'junk.bin'), 'raw files need options.dIn');
+    const src = await openActivations(f);
+    expect(src.numRows).toBe(422);
+    const want = concatRows(parts.map((data) => ({ data })));
+    for (const batchSize of [1, 7, 64, 100, 500]) {
+      const bs = await collect(src, { batchSize });
+      checkBatches(bs, 7);
+      expect(bs.slice(0, -1).every((b) => b.rows === batchSize)).toBe(true);
+      expectSameRows(concatRows(bs), want);
+    }
+    await src.close();
+  });
+
+  it('glob patterns (*, ?, **) and lists are read in name order; no match, duplicates and dIn mismatches are errors', async () => {
+    const g = p('glob');
+    mkdirSync(p('glob', 'sub', 'deeper'), { recursive: true });
+    const a = randomRows(10, 7, 21);
+    const b = randomRows(13, 7, 22);
+    const c = randomRows(5, 7, 23);
+    await writeNpyFixture(p('glob', 'b1.npy'), 'float32', [13, 7], b);
+    await writeNpyFixture(p('glob', 'a1.npy'), 'float32', [10, 7], a);
+    await writeNpyFixture(p('glob', 'sub', 'deeper', 'c1.npy'), 'float32', [5, 7], c);
+    await writeNpyFixture(p('glob', '.hidden.npy'), 'float32', [5, 7], c);
+    const rows = async (src: ActivationSource) => concatRows(await collect(src, { batchSize: 4 }));
+    expectSameRows(await rows(await openActivations(`${g}/*.npy`)), concatRows([{ data: a }, { data: b }]));
+    expectSameRows(await rows(await openActivations(`${g}/?1.npy`)), concatRows([{ data: a }, { data: b }]));
+    // glob/**/*.npy: a1, b1, sub/deeper/c1 (path order).
+    expectSameRows(await rows(await openActivations(`${g}/**/*.npy`)), concatRows([{ data: a }, { data: b }, { data: c }]));
+    expectSameRows(await rows(await openActivations(`${g}/sub/**/c?.npy`)), c);
+    // A list, given out of order, is read in name order.
+    expectSameRows(await rows(await openActivations([p('glob', 'b1.npy'), p('glob', 'a1.npy')])), concatRows([{ data: a }, { data: b }]));
+    await expect(openActivations(`${g}/*.nothing`)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/matches none/) });
+    await expect(openActivations([p('glob', 'a1.npy'), `${g}/a*.npy`])).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/a1\.npy' is listed twice/) });
+    await writeNpyFixture(p('glob', 'z9.npy'), 'float32', [2, 8], randomRows(2, 8, 24));
+    await expect(openActivations(`${g}/*.npy`)).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_SHAPE',
+      message: expect.stringMatching(/dIn = 7 of .*a1\.npy but .*z9\.npy has dIn = 8/),
+    });
+    await expect(openActivations(p('glob', 'a1.npy'), { dIn: 8 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/options\.dIn = 8 but .*a1\.npy has dIn = 7/) });
+  });
+
+  it('bad paths and files fail with coded errors naming them', async () => {
+    await expect(openActivations(p('missing.npy'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/missing\.npy' does not exist/) });
+    writeFileSync(p('notes.txt'), 'x');
+    await expect(openActivations(p('notes.txt'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/unknown extension '\.txt'/) });
+    writeFileSync(p('arch.npz'), 'x');
+    await expect(openActivations(p('arch.npz'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/\.npz archives cannot be streamed/) });
+    mkdirSync(p('empty'));
+    await expect(openActivations(p('empty'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/empty' has none/) });
+    await expect(openActivations([])).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+    await expect(openActivations(42 as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for pathOrPaths/) });
+    await expect(openActivations(p('a.npy'), { dtype: 'int8' as never })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.dtype/) });
+    await writeNpyFixture(p('vec.npy'), 'float32', [7], randomRows(1, 7, 1));
+    await expect(openActivations(p('vec.npy'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/2-D array \[rows, dIn\] in .*vec\.npy but its shape is \[7\]/) });
+    writeFileSync(p('bad.npy'), 'definitely not numpy');
+    await expect(openActivations(p('bad.npy'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT' });
+  });
+});
+
+describe('conversion to float32', () => {
+  it('bfloat16 and float16 (.npy, .safetensors, raw) equal an independent decoder exactly', async () => {
+    const rows = 131;
+    const dIn = 33;
+    for (const dtype of ['bfloat16', 'float16'] as const) {
+      const bits = randomHalfBits(rows * dIn, dtype, dtype === 'float16' ? 31 : 32);
+      const decode = dtype === 'float16' ? f16ToNumber : bf16ToNumber;
+      const want = Float32Array.from(bits, decode);
+      await writeNpyFixture(p(`h-${dtype}.npy`), dtype, [rows, dIn], bits);
+      await writeSafetensorsFixture(p(`h-${dtype}.safetensors`), { x: { dtype, shape: [rows, dIn], data: bits } });
+      writeFileSync(p(`h.${dtype === 'float16' ? 'f16' : 'bf16'}`), new Uint8Array(bits.buffer));
+      for (const file of [`h-${dtype}.npy`, `h-${dtype}.safetensors`, `h.${dtype === 'float16' ? 'f16' : 'bf16'}`]) {
+        const src = await openActivations(p(file), { dIn });
+        expectSameRows(concatRows(await collect(src, { batchSize: 50 })), want);
+        // Shuffled: the same multiset of rows.
+        expect(sortedRowKeys(concatRows(await collect(src, { batchSize: 50, shuffle: true })), dIn)).toEqual(sortedRowKeys(want, dIn));
+      }
+    }
+  });
+
+  it('float64 rounds to nearest float32 (Math.fround); big-endian .npy is swapped', async () => {
+    const rows = 77;
+    const dIn = 7;
+    const x = new Float64Array(rows * dIn);
+    for (let i = 0; i < x.length; i++) x[i] = Math.sin(i * 12.9898) * 43758.5453 * 1.000000123;
+    const want = Float32Array.from(x, Math.fround);
+    await writeNpyFixture(p('d.npy'), 'float64', [rows, dIn], x);
+    await writeNpyFixture(p('dbe.npy'), 'float64', [rows, dIn], x, { bigEndian: true });
+    await writeSafetensorsFixture(p('d.safetensors'), { x: { dtype: 'float64', shape: [rows, dIn], data: x } });
+    for (const f of ['d.npy', 'dbe.npy', 'd.safetensors']) expectSameRows(concatRows(await collect(await openActivations(p(f)), { batchSize: 10 })), want);
+    const y = randomRows(rows, dIn, 8);
+    await writeNpyFixture(p('fbe.npy'), 'float32', [rows, dIn], y, { bigEndian: true });
+    expectSameRows(concatRows(await collect(await openActivations(p('fbe.npy')), { batchSize: 10 })), y);
+    const hb = randomHalfBits(rows * dIn, 'float16', 9);
+    await writeNpyFixture(p('hbe.npy'), 'float16', [rows, dIn], hb, { bigEndian: true });
+    expectSameRows(concatRows(await collect(await openActivations(p('hbe.npy')), { batchSize: 10 })), Float32Array.from(hb, f16ToNumber));
+  });
+
+  it('Fortran-order 2-D .npy files are read correctly (float32 and bfloat16), in order and shuffled', async () => {
+    const x = randomRows(301, 33, 41);
+    await writeNpyFixture(p('fort.npy'), 'float32', [301, 33], x, { fortran: true });
+    const src = await openActivations(p('fort.npy'));
+    expectSameRows(concatRows(await collect(src, { batchSize: 64 })), x);
+    expect(sortedRowKeys(concatRows(await collect(src, { batchSize: 64, shuffle: true, chunkRows: 10, bufferBytes: 33 * 4 * 30 })), 33)).toEqual(sortedRowKeys(x, 33));
+    const bits = randomHalfBits(301 * 33, 'bfloat16', 42);
+    await writeNpyFixture(p('fortbf.npy'), 'bfloat16', [301, 33], bits, { fortran: true });
+    expectSameRows(concatRows(await collect(await openActivations(p('fortbf.npy')), { batchSize: 64 })), Float32Array.from(bits, bf16ToNumber));
+  });
+});
+
+describe('shuffling', () => {
+  const rows = 2003;
+  const dIn = 7;
+  let x: Float32Array;
+  let src: ActivationSource;
+  beforeAll(async () => {
+    x = randomRows(rows, dIn, 51);
+    const parts = [x.subarray(0, 500 * dIn), x.subarray(500 * dIn, 1700 * dIn), x.subarray(1700 * dIn)];
+    mkdirSync(p('mix'));
+    for (const [i, part] of parts.entries()) await writeNpyFixture(p('mix', `s${i}.npy`), 'float32', [part.length / dIn, dIn], part);
+    src = await openActivations(p('mix'));
+  });
+
+  const small = { batchSize: 64, shuffle: true, bufferBytes: 150 * 7 * 4, chunkRows: 16 } as const;
+
+  it('each epoch is a permutation of all rows; epochs differ; batch sizes hold per epoch', async () => {
+    const all = await collect(src, { ...small, epochs: 3 });
+    checkBatches(all, dIn);
+    const epochs = epochsOf(all, rows);
+    expect(epochs).toHaveLength(3);
+    const want = sortedRowKeys(x, dIn);
+    const flat = epochs.map((e) => concatRows(e));
+    for (const [i, e] of epochs.entries()) {
+      expect(e.map((b) => b.rows)).toEqual([...Array(31).fill(64), 19]);
+      expect(sortedRowKeys(flat[i]!, dIn)).toEqual(want);
+    }
+    expect(flat[0]).not.toEqual(flat[1]);
+    expect(flat[1]).not.toEqual(flat[2]);
+    const dropped = await collect(src, { ...small, epochs: 2, dropLast: true });
+    expect(dropped.map((b) => b.rows)).toEqual(Array(62).fill(64));
+  });
+
+  it('is deterministic: same seed (number or bigint) => same batches; different seeds differ', async () => {
+    const a = concatRows(await collect(src, { ...small, seed: 7 }));
+    const b = concatRows(await collect(src, { ...small, seed: 7n }));
+    const again = await openActivations(p('mix'));
+    const c = concatRows(await collect(again, { ...small, seed: 7 }));
+    expectSameRows(a, b);
+    expectSameRows(a, c);
+    const d = concatRows(await collect(src, { ...small, seed: 8 }));
+    expect(d).not.toEqual(a);
+    expect(sortedRowKeys(d, dIn)).toEqual(sortedRowKeys(a, dIn));
+    // Default seed 0, default buffer (the whole source fits: one permutation).
+    const e = concatRows(await collect(src, { batchSize: 100, shuffle: true }));
+    const f = concatRows(await collect(src, { batchSize: 100, shuffle: true, seed: 0 }));
+    expectSameRows(e, f);
+    expect(sortedRowKeys(e, dIn)).toEqual(sortedRowKeys(x, dIn));
+  });
+
+  it('a file source and fromArray on the same rows give the same shuffled sequence', async () => {
+    const arr = fromArray(x, dIn);
+    const fileOrder = concatRows(await collect(src, { ...small, seed: 3, epochs: 2 }));
+    const arrOrder = concatRows(await collect(arr, { ...small, seed: 3, epochs: 2 }));
+    // Same shard boundaries are needed for the same chunks: one shard vs three differ...
+    expect(sortedRowKeys(arrOrder.subarray(0, rows * dIn), dIn)).toEqual(sortedRowKeys(x, dIn));
+    await writeNpyFixture(p('whole.npy'), 'float32', [rows, dIn], x);
+    const whole = concatRows(await collect(await openActivations(p('whole.npy')), { ...small, seed: 3, epochs: 2 }));
+    expectSameRows(whole, arrOrder);
+    expect(fileOrder).not.toEqual(arrOrder);
+  });
+
+  it('mixes rows from across the dataset even with a small buffer (chunk order is permuted)', async () => {
+    const index = new Map<string, number>();
+    for (let r = 0; r < rows; r++) index.set(Array.from(x.subarray(r * dIn, (r + 1) * dIn)).join(','), r);
+    const served = concatRows(await collect(src, { ...small, seed: 11 }));
+    const pos: number[] = [];
+    for (let r = 0; r < rows; r++) pos.push(index.get(Array.from(served.subarray(r * dIn, (r + 1) * dIn)).join(','))!);
+    // The first batch holds rows from several distant places of the file.
+    const first = pos.slice(0, 64);
+    expect(Math.max(...first) - Math.min(...first)).toBeGreaterThan(rows / 2);
+    expect(new Set(first.map((r) => Math.floor(r / 16))).size).toBeGreaterThan(5);
+    // Served position is nearly uncorrelated with file position.
+    const n = rows;
+    const mean = (n - 1) / 2;
+    let cov = 0;
+    let v = 0;
+    for (let i = 0; i < n; i++) {
+      cov += (i - mean) * (pos[i]! - mean);
+      v += (i - mean) ** 2;
+    }
+    expect(Math.abs(cov / v)).toBeLessThan(0.2);
+  });
+
+  it('works with the smallest buffer (three rows) and one-row chunks, and with batches larger than the buffer', async () => {
+    const tiny = await collect(src, { batchSize: 5, shuffle: true, bufferBytes: 3 * dIn * 4, chunkRows: 1, seed: 1 });
+    expect(sortedRowKeys(concatRows(tiny), dIn)).toEqual(sortedRowKeys(x, dIn));
+    const big = await collect(src, { batchSize: 1000, shuffle: true, bufferBytes: 40 * dIn * 4, seed: 2 });
+    expect(big.map((b) => b.rows)).toEqual([1000, 1000, 3]);
+    expect(sortedRowKeys(concatRows(big), dIn)).toEqual(sortedRowKeys(x, dIn));
+    await expect(collect(src, { shuffle: true, bufferBytes: 3 * dIn * 4 - 1 })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/three rows of 7 float32 values\) for options\.bufferBytes/),
+    });
+  });
+
+  it('the shuffled row order does not depend on batchSize (only the cuts move)', async () => {
+    const a = concatRows(await collect(src, { ...small, seed: 9, batchSize: 64 }));
+    const b = concatRows(await collect(src, { ...small, seed: 9, batchSize: 100 }));
+    const c = concatRows(await collect(src, { ...small, seed: 9, batchSize: 1 }));
+    expectSameRows(a, b);
+    expectSameRows(a, c);
+  });
+
+  it('prefetching never reorders: a slow consumer, a fast one and concurrent iterations see the same batches', async () => {
+    const opts = { ...small, seed: 5, epochs: 2 };
+    const fast = await collect(src, opts);
+    const slow: Batch[] = [];
+    for await (const b of src.batches(opts)) {
+      slow.push(b);
+      if (slow.length % 7 === 0) await new Promise((r) => setTimeout(r, 2));
+    }
+    const [c1, c2] = await Promise.all([collect(src, opts), collect(src, opts)]);
+    for (const other of [slow, c1, c2]) expectSameRows(concatRows(other), concatRows(fast));
+    // Batches are fresh: changing one changes nothing else.
+    fast[0]!.data.fill(0);
+    expectSameRows(concatRows(slow), concatRows(c1));
+  });
+});
+
+describe('non-finite rows', () => {
+  const dIn = 7;
+  let a: Float32Array;
+  let b: Float32Array;
+  beforeAll(async () => {
+    mkdirSync(p('nan'));
+    a = randomRows(40, dIn, 61);
+    b = randomRows(30, dIn, 62);
+    b[12 * dIn + 3] = NaN;
+    b[20 * dIn] = -Infinity;
+    await writeNpyFixture(p('nan', 'a.npy'), 'float32', [40, dIn], a);
+    await writeNpyFixture(p('nan', 'b.npy'), 'float32', [30, dIn], b);
+  });
+
+  it("'error' (default) names the file and the row within it", async () => {
+    const src = await openActivations(p('nan'));
+    for (const shuffle of [false, true]) {
+      await expect(collect(src, { batchSize: 8, shuffle })).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_NONFINITE',
+        message: expect.stringMatching(/row 12 of .*nan\/b\.npy has NaN at column 3/),
+      });
+    }
+    await src.close();
+  });
+
+  it("'skip' drops the rows and counts them (source default or per call)", async () => {
+    const want = concatRows([{ data: a }, { data: b.subarray(0, 12 * dIn) }, { data: b.subarray(13 * dIn, 20 * dIn) }, { data: b.subarray(21 * dIn) }]);
+    const src = await openActivations(p('nan'), { onNonFinite: 'skip' });
+    const bs = await collect(src, { batchSize: 8 });
+    expect(bs.map((x) => x.rows)).toEqual([...Array(8).fill(8), 4]);
+    expectSameRows(concatRows(bs), want);
+    expect(src.skippedRows).toBe(2);
+    // Small reads: several in flight per batch, rows after a dropped one move up.
+    expectSameRows(concatRows(await collect(src, { batchSize: 8, chunkRows: 3 })), want);
+    expect(src.skippedRows).toBe(4);
+    const sh = await collect(src, { batchSize: 8, shuffle: true, epochs: 2, bufferBytes: 10 * dIn * 4, chunkRows: 4 });
+    const [e1, e2] = epochsOf(sh, 68);
+    expect(sortedRowKeys(concatRows(e1!), dIn)).toEqual(sortedRowKeys(want, dIn));
+    expect(sortedRowKeys(concatRows(e2!), dIn)).toEqual(sortedRowKeys(want, dIn));
+    expect(src.skippedRows).toBe(8);
+    // Per-call override of the source default.
+    await expect(collect(src, { onNonFinite: 'error' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE' });
+    const strict = await openActivations(p('nan'));
+    expectSameRows(concatRows(await collect(strict, { batchSize: 100, onNonFinite: 'skip' })), want);
+  });
+
+  it('float64 values that overflow float32 count as non-finite', async () => {
+    const x = new Float64Array(3 * dIn).fill(1);
+    x[dIn + 2] = 1e300;
+    await writeNpyFixture(p('big.npy'), 'float64', [3, dIn], x);
+    await expect(collect(await openActivations(p('big.npy')))).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_NONFINITE',
+      message: expect.stringMatching(/row 1 of .*big\.npy \(after rounding float64 to float32\) has Infinity/),
+    });
+  });
+
+  it('the float32 screen is exact: huge finite values never look non-finite, any NaN or infinity does', () => {
+    const max = 3.4028234663852886e38;
+    const a = new Float32Array(1001).fill(max);
+    expect(anyNonFinite(a, 0, a.length)).toBe(false);
+    a.fill(-max, 500);
+    expect(anyNonFinite(a, 0, a.length)).toBe(false);
+    for (const bad of [Infinity, -Infinity, NaN]) {
+      for (const at of [0, 7, 8, 999, 1000]) {
+        const b = a.slice();
+        b[at] = bad;
+        expect(anyNonFinite(b, 0, b.length)).toBe(true);
+        expect(anyNonFinite(b, at, at + 1)).toBe(true);
+        expect(anyNonFinite(b, at + 1, b.length)).toBe(false);
+      }
+    }
+    const both = new Float32Array(16);
+    both[3] = Infinity;
+    both[11] = -Infinity;
+    expect(anyNonFinite(both, 0, 16)).toBe(true);
+  });
+
+  it('16-bit files: the raw-bits screen agrees with the decoder on all 65536 patterns; bad rows are named or skipped', async () => {
+    for (const dtype of ['float16', 'bfloat16'] as const) {
+      const decode = dtype === 'float16' ? f16ToNumber : bf16ToNumber;
+      for (let h = 0; h < 65536; h++) {
+        // Alone, and as the odd last element after three finite ones.
+        const bytes = new Uint8Array([0, 0x3c, 0, 0x3c, 0, 0x3c, h & 0xff, h >> 8]);
+        const want = !Number.isFinite(decode(h));
+        if (anyNonFinite16(bytes.subarray(6), dtype) !== want || anyNonFinite16(bytes, dtype) !== want) throw new Error(`${dtype} ${h.toString(16)}`);
+      }
+      const bits = randomHalfBits(20 * dIn, dtype, 64);
+      bits[5 * dIn + 1] = dtype === 'float16' ? 0x7c00 : 0x7f80; // +inf
+      bits[9 * dIn + 6] = dtype === 'float16' ? 0xfe00 : 0xffc1; // NaN
+      await writeNpyFixture(p(`bad-${dtype}.npy`), dtype, [20, dIn], bits);
+      await expect(collect(await openActivations(p(`bad-${dtype}.npy`)))).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_NONFINITE',
+        message: expect.stringMatching(new RegExp(`row 5 of .*bad-${dtype}\\.npy has Infinity at column 1`)),
+      });
+      const src = await openActivations(p(`bad-${dtype}.npy`), { onNonFinite: 'skip' });
+      const got = concatRows(await collect(src, { batchSize: 4 }));
+      const all = Float32Array.from(bits, decode);
+      expectSameRows(got, concatRows([{ data: all.subarray(0, 5 * dIn) }, { data: all.subarray(6 * dIn, 9 * dIn) }, { data: all.subarray(10 * dIn) }]));
+      expect(src.skippedRows).toBe(2);
+    }
+  });
+
+  it('arrays and iterables: error naming the row, or skip (the caller\'s arrays are not modified)', async () => {
+    const x = randomRows(10, dIn, 63);
+    x[4 * dIn + 6] = Infinity;
+    const copy = x.slice();
+    await expect(collect(fromArray(x, dIn), { batchSize: 3 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/row 4 of the array has Infinity at column 6/) });
+    const arr = fromArray(x, dIn);
+    const got = concatRows(await collect(arr, { batchSize: 3, onNonFinite: 'skip' }));
+    expectSameRows(got, concatRows([{ data: x.subarray(0, 4 * dIn) }, { data: x.subarray(5 * dIn) }]));
+    expect(arr.skippedRows).toBe(1);
+    expectSameRows(x, copy);
+    const it = fromAsyncIterable(
+      (async function* () {
+        yield x.subarray(0, 3 * dIn);
+        yield x.subarray(3 * dIn);
+      })(),
+      dIn,
+    );
+    await expect(collect(it)).rejects.toMatchObject({ message: expect.stringMatching(/row 4 of the iterable \(row 1 of item 1\)/) });
+  });
+});
+
+describe('fromArray and fromAsyncIterable', () => {
+  it('fromArray: exact in order, permutation shuffled, validation', async () => {
+    const x = randomRows(333, 33, 71);
+    const src = fromArray(x, 33);
+    expect([src.dIn, src.numRows]).toEqual([33, 333]);
+    const bs = await collect(src, { batchSize: 50 });
+    checkBatches(bs, 33);
+    expectSameRows(concatRows(bs), x);
+    expect(sortedRowKeys(concatRows(await collect(src, { batchSize: 50, shuffle: true, bufferBytes: 33 * 4 * 60 })), 33)).toEqual(sortedRowKeys(x, 33));
+    expect(() => fromArray(x, 32)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/not a multiple of 32/) }));
+    expect(() => fromArray([1, 2] as never, 1)).toThrow(/Expected a Float32Array for data/);
+    expect(() => fromArray(x, 0)).toThrow(/for dIn/);
+  });
+
+  it('fromAsyncIterable: Float32Array and Batch items of any size, re-iterable epochs, shuffle', async () => {
+    const x = randomRows(250, 7, 72);
+    const cuts = [0, 3, 3, 50, 51, 199, 250];
+    const iterable = {
+      async *[Symbol.asyncIterator]() {
+        for (let i = 0; i + 1 < cuts.length; i++) {
+          const part = x.slice(cuts[i]! * 7, cuts[i + 1]! * 7);
+          yield i % 2 ? part : { rows: cuts[i + 1]! - cuts[i]!, dIn: 7, data: part };
+        }
+      },
+    };
+    const src = fromAsyncIterable(iterable, 7);
+    expect(src.numRows).toBeUndefined();
+    const bs = await collect(src, { batchSize: 32, epochs: 2 });
+    expect(bs.map((b) => b.rows)).toEqual([...Array(7).fill(32), 26, ...Array(7).fill(32), 26]);
+    expectSameRows(concatRows(bs), concatRows([{ data: x }, { data: x }]));
+    const sh = await collect(src, { batchSize: 32, shuffle: true, bufferBytes: 60 * 7 * 4, epochs: 2, seed: 4 });
+    const [e1, e2] = epochsOf(sh, 250);
+    expect(sortedRowKeys(concatRows(e1!), 7)).toEqual(sortedRowKeys(x, 7));
+    expect(sortedRowKeys(concatRows(e2!), 7)).toEqual(sortedRowKeys(x, 7));
+    expect(concatRows(e1!)).not.toEqual(concatRows(e2!));
+  });
+
+  it('reads ahead of the consumer: the next batch is being prepared while the current one is held', async () => {
+    let requested = 0;
+    const src = fromAsyncIterable(
+      {
+        async *[Symbol.asyncIterator]() {
+          for (let i = 0; i < 10; i++) {
+            requested++;
+            yield randomRows(4, 7, 90 + i);
+          }
+        },
+      },
+      7,
+    );
+    const it = src.batches({ batchSize: 4 })[Symbol.asyncIterator]();
+    await it.next();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(requested).toBeGreaterThanOrEqual(2);
+    // Two next() calls in flight at once both resolve, in order.
+    const [x, y] = await Promise.all([it.next(), it.next()]);
+    expect([x.done, y.done]).toEqual([false, false]);
+    await it.return!();
+  });
+
+  it('a producer that reuses its array is safe; one-shot generators and bad items are reported', async () => {
+    const reused = new Float32Array(4 * 7);
+    const x = randomRows(40, 7, 73);
+    const src = fromAsyncIterable(
+      (async function* () {
+        for (let i = 0; i < 10; i++) {
+          reused.set(x.subarray(i * 28, (i + 1) * 28));
+          yield reused;
+        }
+      })(),
+      7,
+    );
+    expectSameRows(concatRows(await collect(src, { batchSize: 6 })), x);
+    const once = fromAsyncIterable(
+      (async function* () {
+        yield x;
+      })(),
+      7,
+    );
+    await expect(collect(once, { epochs: 2 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/start over for epoch 1/) });
+    const bad = fromAsyncIterable(
+      (async function* () {
+        yield x.subarray(0, 13);
+      })(),
+      7,
+    );
+    await expect(collect(bad)).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/item 0 of the iterable.*length is 13/) });
+    const wrong = fromAsyncIterable(
+      (async function* () {
+        yield { rows: 1, dIn: 6, data: new Float32Array(6) };
+      })(),
+      7,
+    );
+    await expect(collect(wrong)).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
+    expect(() => fromAsyncIterable([x] as never, 7)).toThrow(/async iterable/);
+  });
+});
+
+describe('options, lifecycle and the PRNG', () => {
+  it('rejects bad batch options with messages naming the option', async () => {
+    const src = fromArray(randomRows(10, 7, 81), 7);
+    const cases: [BatchOptions, RegExp][] = [
+      [{ batchSize: 0 }, /options\.batchSize/],
+      [{ batchSize: 1.5 }, /options\.batchSize/],
+      [{ batchSize: '4' as never }, /options\.batchSize/],
+      [{ epochs: 0 }, /options\.epochs/],
+      [{ shuffle: 1 as never }, /options\.shuffle/],
+      [{ seed: -1 }, /options\.seed/],
+      [{ dropLast: 'yes' as never }, /options\.dropLast/],
+      [{ onNonFinite: 'ignore' as never }, /options\.onNonFinite/],
+      [{ bufferBytes: 10 }, /options\.bufferBytes/],
+      [{ chunkRows: 0 }, /options\.chunkRows/],
+    ];
+    for (const [o, re] of cases) expect(() => src.batches(o)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(re) }));
+    expect(() => src.batches(null as never)).toThrow(/options object/);
+  });
+
+  it('break, return() and close(): reads are settled, closed sources refuse new passes', async () => {
+    const x = randomRows(5000, 7, 82);
+    await writeNpyFixture(p('life.npy'), 'float32', [5000, 7], x);
+    const src = await openActivations(p('life.npy'));
+    let n = 0;
+    for await (const b of src.batches({ batchSize: 10 })) {
+      n += b.rows;
+      if (n >= 30) break;
+    }
+    expect(n).toBe(30);
+    const it = src.batches({ batchSize: 10, shuffle: true, bufferBytes: 7 * 4 * 300 })[Symbol.asyncIterator]();
+    expect((await it.next()).value.rows).toBe(10);
+    await src.close();
+    await expect(it.next()).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+    expect(() => src.batches()).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DISPOSED' }));
+    await src.close(); // twice is fine
+  });
+
+  it('Rng: same seed and tags => same stream; below() is in range and roughly uniform; shuffle permutes', () => {
+    const a = new Rng(5n, 1, 2);
+    const b = new Rng(5n, 1, 2);
+    const c = new Rng(5n, 2, 1);
+    const sa = Array.from({ length: 8 }, () => a.nextU32());
+    expect(Array.from({ length: 8 }, () => b.nextU32())).toEqual(sa);
+    expect(Array.from({ length: 8 }, () => c.nextU32())).not.toEqual(sa);
+    const counts = new Array(6).fill(0);
+    for (let i = 0; i < 60000; i++) counts[a.below(6)]++;
+    for (const k of counts) expect(Math.abs(k - 10000)).toBeLessThan(500);
+    expect(a.below(1)).toBe(0);
+    for (let i = 0; i < 100; i++) expect(a.below(2 ** 32)).toBeLessThan(2 ** 32);
+    const perm = new Uint32Array(100).map((_, i) => i);
+    a.shuffle(perm);
+    expect([...perm].sort((x, y) => x - y)).toEqual([...Array(100).keys()]);
+  });
+});

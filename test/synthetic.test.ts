@@ -1,0 +1,715 @@
+import { describe, expect, it } from 'vitest';
+
+import {
+  normalCdf,
+  normalQuantile,
+  normalSamples,
+  philox4x32,
+  superposition,
+  synthetic,
+  type SuperpositionOptions,
+} from '../lib/data/synthetic.js';
+import type { ActivationSource, BatchOptions } from '../lib/data/types.js';
+import { SaekitError } from '../lib/errors.js';
+import { lcg } from './helpers/reference.js';
+import { orthantRef, phiRef, quantileRef, reluNormalMoment, within5Sigma } from './helpers/synthetic-normal.js';
+
+/** Fresh seeds each run (reported in failure messages), as in the other suites. */
+function freshSeed(salt: number): number {
+  return (Date.now() ^ Math.imul(salt, 0x9e3779b1)) >>> 0;
+}
+
+async function collect(source: ActivationSource, options?: BatchOptions): Promise<{ sizes: number[]; data: Float32Array }> {
+  const parts: Float32Array[] = [];
+  const sizes: number[] = [];
+  for await (const b of source.batches(options)) {
+    expect(b.dIn).toBe(source.dIn);
+    expect(b.data.length).toBe(b.rows * b.dIn);
+    sizes.push(b.rows);
+    parts.push(b.data);
+  }
+  const data = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    data.set(p, at);
+    at += p.length;
+  }
+  return { sizes, data };
+}
+
+function fireCounts(codes: { indices: Int32Array }, n: number): Float64Array {
+  const counts = new Float64Array(n);
+  for (const i of codes.indices) counts[i]!++;
+  return counts;
+}
+
+function expectArgError(fn: () => unknown, name: string, code = 'ERR_SAEKIT_ARG'): void {
+  let err: unknown;
+  try {
+    fn();
+  } catch (e) {
+    err = e;
+  }
+  expect(err, `expected an error naming ${name}`).toBeInstanceOf(SaekitError);
+  expect((err as SaekitError).code).toBe(code);
+  expect((err as SaekitError).message).toContain(name);
+}
+
+describe('Philox 4x32-10 (TypeScript port)', () => {
+  it('matches the Random123 known-answer vectors', () => {
+    const KAT: [number[], number[], number[]][] = [
+      [[0, 0, 0, 0], [0, 0], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]],
+      [[0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff], [0xffffffff, 0xffffffff], [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]],
+      [[0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0], [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]],
+    ];
+    const out = new Uint32Array(4);
+    for (const [c, k, want] of KAT) {
+      philox4x32(c[0]!, c[1]!, c[2]!, c[3]!, k[0]!, k[1]!, out);
+      expect(Array.from(out)).toEqual(want);
+    }
+  });
+});
+
+describe('normal CDF and quantile', () => {
+  it('agree with direct numerical integration of the density', () => {
+    for (let x = -8; x <= 4; x += 0.37) {
+      const ref = phiRef(x);
+      // Simpson reference: relative 1e-9 in the lower tail, absolute 1e-11 elsewhere.
+      expect(Math.abs(normalCdf(x) - ref), `x=${x}`).toBeLessThanOrEqual(Math.max(1e-9 * ref, 1e-11));
+    }
+    expect(normalCdf(-40)).toBe(0);
+    expect(normalCdf(40)).toBe(1);
+  });
+
+  it('the quantile inverts the CDF to ~1e-13 relative, and matches known values', () => {
+    for (const p of [1e-300, 1e-12, 1e-6, 0.001, 0.0123, 0.1, 0.3, 0.5, 0.7, 0.9, 0.999, 1 - 1e-9]) {
+      const z = normalQuantile(p);
+      const back = normalCdf(z);
+      const q = Math.min(p, 1 - p);
+      expect(Math.abs(back - p), `p=${p} z=${z}`).toBeLessThanOrEqual(1e-13 * q + 1e-16);
+    }
+    expect(Math.abs(normalQuantile(0.975) - 1.959963984540054)).toBeLessThan(1e-12);
+    expect(Math.abs(normalQuantile(0.3) - quantileRef(0.3))).toBeLessThan(1e-9);
+    expect(normalQuantile(0)).toBe(-Infinity);
+    expect(normalQuantile(1)).toBe(Infinity);
+    expect(normalQuantile(0.5)).toBe(0);
+  });
+});
+
+describe('normal sampler (ziggurat)', () => {
+  it('has the moments of N(0, 1) and the right conditional tail beyond the base layer', () => {
+    const seed = freshSeed(3);
+    const N = 1 << 23;
+    const z = normalSamples(seed, N);
+    let m1 = 0;
+    let m2 = 0;
+    let m4 = 0;
+    for (const x of z) {
+      m1 += x;
+      m2 += x * x;
+      m4 += x ** 4;
+    }
+    m1 /= N;
+    m2 /= N;
+    m4 /= N;
+    // 5 sigma: sd(mean) = 1/sqrt(N), sd(E[x^2]) = sqrt(2/N), sd(E[x^4]) = sqrt(96/N).
+    expect(Math.abs(m1), `seed ${seed}`).toBeLessThanOrEqual(5 / Math.sqrt(N));
+    expect(Math.abs(m2 - 1), `seed ${seed}`).toBeLessThanOrEqual(5 * Math.sqrt(2 / N));
+    expect(Math.abs(m4 - 3), `seed ${seed}`).toBeLessThanOrEqual(5 * Math.sqrt(96 / N));
+    // Beyond r = 3.4426 values come from the separate tail method: its share and its shape
+    // (KS against the truncated normal, alpha = 1e-6).
+    const r = 3.4426198558966528;
+    const tail = Float64Array.from(z.filter((x) => Math.abs(x) > r).map(Math.abs)).sort();
+    const pTail = 2 * phiRef(-r);
+    expect(within5Sigma(tail.length, N, pTail), `seed ${seed}: ${tail.length} tail values`).toBe(true);
+    let d = 0;
+    for (let i = 0; i < tail.length; i++) {
+      const F = 1 - normalCdf(-tail[i]!) / normalCdf(-r); // P(|Z| <= t | |Z| > r)
+      d = Math.max(d, Math.abs((i + 1) / tail.length - F), Math.abs(i / tail.length - F));
+    }
+    expect(d, `seed ${seed}`).toBeLessThanOrEqual(Math.sqrt(Math.log(2e6) / (2 * tail.length)));
+    // The mean excess is more sensitive: E[|Z| | |Z| > r] = lambda = phi(r) / Q(r) (inverse Mills
+    // ratio), Var = 1 + r lambda - lambda^2. (An unthinned exponential proposal gives r + 1/r.)
+    const lambda = Math.exp(-0.5 * r * r) / Math.sqrt(2 * Math.PI) / normalCdf(-r);
+    const tailMean = tail.reduce((a, x) => a + x, 0) / tail.length;
+    expect(Math.abs(tailMean - lambda), `seed ${seed}`).toBeLessThanOrEqual(5 * Math.sqrt((1 + r * lambda - lambda ** 2) / tail.length));
+    // Histogram over the body (wedges): 5 sigma per bin of width 0.25 over [-3, 3].
+    const bins = new Float64Array(24);
+    for (const x of z) if (x >= -3 && x < 3) bins[Math.floor((x + 3) * 4)]!++;
+    for (let b = 0; b < 24; b++) {
+      const p = normalCdf(-3 + (b + 1) / 4) - normalCdf(-3 + b / 4);
+      expect(within5Sigma(bins[b]!, N, p), `seed ${seed} bin ${b}`).toBe(true);
+    }
+  });
+});
+
+describe('superposition: ground truth', () => {
+  it('features are unit rows, probabilities follow the documented formulas', () => {
+    const seed = freshSeed(1);
+    const { features, probabilities, source } = superposition({
+      dIn: 37,
+      numFeatures: 101,
+      firing: { kind: 'zipf', exponent: 1.3, maxP: 0.4, minP: 0.003 },
+      seed,
+    });
+    expect(source.dIn).toBe(37);
+    expect(source.numRows).toBe(65536);
+    expect(features.length).toBe(101 * 37);
+    for (let i = 0; i < 101; i++) {
+      let s = 0;
+      for (let k = 0; k < 37; k++) s += features[i * 37 + k]! ** 2;
+      // Each stored component is the float64 value rounded to float32 (relative 2^-24).
+      expect(Math.abs(Math.sqrt(s) - 1), `seed ${seed} feature ${i}`).toBeLessThanOrEqual(2 ** -23);
+    }
+    for (let i = 0; i < 101; i++) expect(probabilities[i]).toBe(Math.max(0.003, 0.4 * Math.pow(i + 1, -1.3)));
+    const u = superposition({ dIn: 4, numFeatures: 8, firing: { kind: 'expected-active', n: 3 } }).probabilities;
+    expect(Array.from(u)).toEqual(new Array(8).fill(3 / 8));
+    const v = synthetic.superposition({ dIn: 4, numFeatures: 8, firing: { kind: 'uniform', p: 0.25 } }).probabilities;
+    expect(Array.from(v)).toEqual(new Array(8).fill(0.25));
+  });
+
+  it('features look isotropic: mean cosine between distinct features ~ 0 with variance ~ 1/dIn', () => {
+    const seed = freshSeed(2);
+    const d = 50;
+    const n = 200;
+    const { features } = superposition({ dIn: d, numFeatures: n, firing: { kind: 'uniform', p: 0.1 }, seed });
+    let s = 0;
+    let s2 = 0;
+    let m = 0;
+    for (let i = 0; i < n; i++) {
+      for (let j = i + 1; j < n; j++) {
+        let c = 0;
+        for (let k = 0; k < d; k++) c += features[i * d + k]! * features[j * d + k]!;
+        s += c;
+        s2 += c * c;
+        m++;
+      }
+    }
+    // For independent uniform directions cos has mean 0 and variance 1/d. The pair cosines are
+    // only pairwise independent, so use generous bounds (a wrong generator, e.g. U(0,1)
+    // components, gives mean cosine ~0.75).
+    expect(Math.abs(s / m), `seed ${seed}`).toBeLessThan(0.01);
+    expect(Math.abs((s2 / m) * d - 1), `seed ${seed}`).toBeLessThan(0.1);
+  });
+});
+
+describe('superposition: independent firing', () => {
+  const cases: [string, SuperpositionOptions['firing'], number][] = [
+    ['zipf over several probability runs', { kind: 'zipf', exponent: 1, maxP: 0.6, minP: 0.004 }, 300],
+    ['zipf, slow decay', { kind: 'zipf', exponent: 0.4, maxP: 0.2 }, 150],
+    ['uniform, direct tests (p > 1/4)', { kind: 'uniform', p: 0.45 }, 64],
+    ['uniform, geometric skipping', { kind: 'uniform', p: 0.02 }, 257],
+    ['expected-active', { kind: 'expected-active', n: 4 }, 97],
+  ];
+  for (const [label, firing, n] of cases) {
+    it(`per-feature firing rates within 5 sigma: ${label}`, () => {
+      const seed = freshSeed(n);
+      const N = 1 << 15;
+      const data = superposition({ dIn: 8, numFeatures: n, firing, seed, numRows: N });
+      const codes = data.codes(0, N);
+      const counts = fireCounts(codes, n);
+      let total = 0;
+      let expected = 0;
+      let variance = 0;
+      let chi2 = 0;
+      for (let i = 0; i < n; i++) {
+        const p = data.probabilities[i]!;
+        expect(within5Sigma(counts[i]!, N, p), `seed ${seed} feature ${i}: ${counts[i]} fires, p=${p}`).toBe(true);
+        total += counts[i]!;
+        expected += N * p;
+        variance += N * p * (1 - p);
+        if (p > 0 && p < 1) chi2 += (counts[i]! - N * p) ** 2 / (N * p * (1 - p));
+      }
+      // Aggregates catch small systematic biases that single features cannot: the total count
+      // (5 sigma) and the chi-square statistic with n degrees of freedom (mean n, sd sqrt(2n);
+      // n + 6.5 sd is a right-tail probability below 1e-6 for n >= 64 by Wilson-Hilferty).
+      expect(Math.abs(total - expected), `seed ${seed}: ${total} fires in all, want ${expected}`).toBeLessThanOrEqual(5 * Math.sqrt(variance));
+      expect(chi2, `seed ${seed}`).toBeLessThanOrEqual(n + 6.5 * Math.sqrt(2 * n));
+      // Pairwise independence on a few pairs: co-firing ~ p_i p_j.
+      const dense = new Uint8Array(N * n);
+      for (let r = 0; r < N; r++) for (let t = codes.indptr[r]!; t < codes.indptr[r + 1]!; t++) dense[r * n + codes.indices[t]!] = 1;
+      for (const [i, j] of [
+        [0, 1],
+        [1, 2],
+        [0, n - 1],
+        [Math.floor(n / 2), Math.floor(n / 2) + 1],
+      ] as const) {
+        let both = 0;
+        for (let r = 0; r < N; r++) both += dense[r * n + i]! & dense[r * n + j]!;
+        const pij = data.probabilities[i]! * data.probabilities[j]!;
+        expect(within5Sigma(both, N, pij), `seed ${seed} pair ${i},${j}: ${both} vs ${N * pij}`).toBe(true);
+      }
+      // Indices strictly increase within each row.
+      let unordered = 0;
+      for (let r = 0; r < N; r++) {
+        for (let t = codes.indptr[r]! + 1; t < codes.indptr[r + 1]!; t++) if (!(codes.indices[t]! > codes.indices[t - 1]!)) unordered++;
+      }
+      expect(unordered).toBe(0);
+    });
+  }
+
+  it('p = 1 fires every feature in every row, p = 0 none', () => {
+    const all = superposition({ dIn: 3, numFeatures: 20, firing: { kind: 'uniform', p: 1 }, numRows: 100 }).codes(0, 100);
+    expect(all.indices.length).toBe(2000);
+    const none = superposition({ dIn: 3, numFeatures: 20, firing: { kind: 'expected-active', n: 0 }, numRows: 100 });
+    expect(none.codes(0, 100).indices.length).toBe(0);
+    expect(Array.from(none.rows(0, 100)).every((x) => x === 0)).toBe(true);
+  });
+});
+
+describe('superposition: correlated firing (Gaussian copula)', () => {
+  it('marginals stay p_i and co-firing matches the bivariate-normal orthant probability (explicit Sigma)', () => {
+    const seed = freshSeed(11);
+    const next = lcg(seed);
+    const n = 6;
+    // Sigma = normalised (B B^T + 0.2 I), B random 6 x 3: positive definite, correlations of both signs.
+    const B = Array.from({ length: n * 3 }, () => 2 * next() - 1);
+    const S = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = i === j ? 0.2 : 0;
+        for (let k = 0; k < 3; k++) s += B[i * 3 + k]! * B[j * 3 + k]!;
+        S[i * n + j] = s;
+      }
+    }
+    const dg = Array.from({ length: n }, (_, i) => Math.sqrt(S[i * n + i]!));
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) S[i * n + j] = i === j ? 1 : S[i * n + j]! / (dg[i]! * dg[j]!);
+    const N = 1 << 17;
+    const data = superposition({
+      dIn: 5,
+      numFeatures: n,
+      firing: { kind: 'zipf', exponent: 0.7, maxP: 0.45 },
+      correlation: S,
+      numRows: N,
+      seed,
+    });
+    expect(Array.from(data.correlationMatrix()!)).toEqual(Array.from(S));
+    const p = data.probabilities;
+    const codes = data.codes(0, N);
+    const counts = fireCounts(codes, n);
+    const pair = new Float64Array(n * n);
+    for (let r = 0; r < N; r++) {
+      const a = codes.indptr[r]!;
+      const b = codes.indptr[r + 1]!;
+      for (let s = a; s < b; s++) for (let t = s + 1; t < b; t++) pair[codes.indices[s]! * n + codes.indices[t]!]!++;
+    }
+    const thr = Array.from(p, (pi) => quantileRef(pi));
+    let farFromIndependent = 0;
+    for (let i = 0; i < n; i++) {
+      expect(within5Sigma(counts[i]!, N, p[i]!), `seed ${seed} feature ${i}`).toBe(true);
+      for (let j = i + 1; j < n; j++) {
+        const pij = orthantRef(thr[i]!, thr[j]!, S[i * n + j]!);
+        expect(within5Sigma(pair[i * n + j]!, N, pij), `seed ${seed} pair ${i},${j} rho=${S[i * n + j]}: ${pair[i * n + j]} vs ${N * pij}`).toBe(
+          true,
+        );
+        if (!within5Sigma(pair[i * n + j]!, N, p[i]! * p[j]!)) farFromIndependent++;
+      }
+    }
+    // The test can fail: most pairs are visibly not independent.
+    expect(farFromIndependent, `seed ${seed}`).toBeGreaterThan(5);
+  });
+
+  it("'random' correlation: a valid Sigma, marginals kept, co-firing matches its orthant probabilities", () => {
+    const seed = freshSeed(12);
+    const n = 12;
+    const N = 1 << 16;
+    const data = superposition({
+      dIn: 7,
+      numFeatures: n,
+      firing: { kind: 'uniform', p: 0.2 },
+      correlation: { kind: 'random', strength: 0.8, factors: 2 },
+      numRows: N,
+      seed,
+    });
+    const S = data.correlationMatrix()!;
+    // Symmetric, unit diagonal, positive definite (Cholesky succeeds).
+    const L = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) {
+      expect(S[i * n + i]).toBe(1);
+      for (let j = 0; j <= i; j++) {
+        expect(S[i * n + j]).toBe(S[j * n + i]);
+        let s = S[i * n + j]!;
+        for (let k = 0; k < j; k++) s -= L[i * n + k]! * L[j * n + k]!;
+        if (i === j) {
+          expect(s).toBeGreaterThan(0);
+          L[i * n + i] = Math.sqrt(s);
+        } else L[i * n + j] = s / L[j * n + j]!;
+      }
+    }
+    const codes = data.codes(0, N);
+    const counts = fireCounts(codes, n);
+    const dense = new Uint8Array(N * n);
+    for (let r = 0; r < N; r++) for (let t = codes.indptr[r]!; t < codes.indptr[r + 1]!; t++) dense[r * n + codes.indices[t]!] = 1;
+    const thr = quantileRef(0.2);
+    let strong = 0;
+    for (let i = 0; i < n; i++) {
+      expect(within5Sigma(counts[i]!, N, 0.2), `seed ${seed} feature ${i}`).toBe(true);
+      for (let j = i + 1; j < n; j++) {
+        const rho = S[i * n + j]!;
+        if (Math.abs(rho) > 0.4) strong++;
+        if (j > i + 3) continue; // a subset of pairs keeps the quadrature cheap
+        let both = 0;
+        for (let r = 0; r < N; r++) both += dense[r * n + i]! & dense[r * n + j]!;
+        const pij = orthantRef(thr, thr, rho);
+        expect(within5Sigma(both, N, pij), `seed ${seed} pair ${i},${j} rho=${rho}: ${both} vs ${N * pij}`).toBe(true);
+      }
+    }
+    // strength 0.8 with 2 factors: |rho| = 0.8 |cos(angle)| is mostly large.
+    expect(strong, `seed ${seed}`).toBeGreaterThan(10);
+    expect(superposition({ dIn: 3, numFeatures: 4, firing: { kind: 'uniform', p: 0.2 } }).correlationMatrix()).toBeUndefined();
+  });
+
+  it("'random' with strength 0 is independent firing in distribution", () => {
+    const seed = freshSeed(13);
+    const N = 1 << 15;
+    const data = superposition({ dIn: 3, numFeatures: 5, firing: { kind: 'uniform', p: 0.3 }, correlation: { kind: 'random', strength: 0 }, numRows: N, seed });
+    const S = data.correlationMatrix()!;
+    for (let i = 0; i < 5; i++) for (let j = 0; j < 5; j++) expect(S[i * 5 + j]).toBe(i === j ? 1 : 0);
+    const codes = data.codes(0, N);
+    let both = 0;
+    for (let r = 0; r < N; r++) {
+      const row = Array.from(codes.indices.subarray(codes.indptr[r]!, codes.indptr[r + 1]!));
+      if (row.includes(0) && row.includes(1)) both++;
+    }
+    expect(within5Sigma(both, N, 0.09), `seed ${seed}: ${both}`).toBe(true);
+  });
+});
+
+describe('superposition: magnitudes', () => {
+  function magnitudes(magnitude: SuperpositionOptions['magnitude'], seed: number, rows: number): Float32Array {
+    return superposition({ dIn: 2, numFeatures: 16, firing: { kind: 'uniform', p: 1 }, magnitude, numRows: rows, seed }).codes(0, rows).values;
+  }
+
+  it('uniform: U(0, 1] with mean 1/2 and variance 1/12 (5 sigma)', () => {
+    const seed = freshSeed(21);
+    const v = magnitudes(undefined, seed, 1 << 14);
+    const N = v.length;
+    let s = 0;
+    let outside = 0;
+    for (const x of v) {
+      if (!(x > 0 && x <= 1)) outside++;
+      s += x;
+    }
+    expect(outside).toBe(0);
+    const mean = s / N;
+    let q = 0;
+    for (const x of v) q += (x - mean) ** 2;
+    const variance = q / (N - 1);
+    expect(Math.abs(mean - 0.5), `seed ${seed}`).toBeLessThanOrEqual(5 * Math.sqrt(1 / 12 / N));
+    // sd of the sample variance: sqrt((mu4 - sigma^4) / N), mu4 = 1/80 for U(0, 1).
+    expect(Math.abs(variance - 1 / 12), `seed ${seed}`).toBeLessThanOrEqual(5 * Math.sqrt((1 / 80 - 1 / 144) / N));
+  });
+
+  it('relu-normal: mean, variance and zero mass match the closed forms (5 sigma)', () => {
+    const seed = freshSeed(22);
+    const mu = 0.3;
+    const sd = 0.8;
+    const v = magnitudes({ kind: 'relu-normal', mean: mu, std: sd }, seed, 1 << 14);
+    const N = v.length;
+    const a = mu / sd;
+    const pdfA = Math.exp(-0.5 * a * a) / Math.sqrt(2 * Math.PI);
+    const m1 = mu * phiRef(a) + sd * pdfA; // E[max(0, mu + sd Z)]
+    const m2 = (mu * mu + sd * sd) * phiRef(a) + mu * sd * pdfA; // E[max(0, .)^2]
+    const variance = m2 - m1 * m1;
+    // The closed forms agree with direct integration (guards the formulas themselves).
+    expect(Math.abs(m1 - reluNormalMoment(1, mu, sd))).toBeLessThan(1e-9);
+    expect(Math.abs(m2 - reluNormalMoment(2, mu, sd))).toBeLessThan(1e-9);
+    const m3 = reluNormalMoment(3, mu, sd);
+    const m4 = reluNormalMoment(4, mu, sd);
+    const mu4 = m4 - 4 * m1 * m3 + 6 * m1 * m1 * m2 - 3 * m1 ** 4; // central 4th moment
+    let s = 0;
+    let zeros = 0;
+    let negative = 0;
+    for (const x of v) {
+      if (!(x >= 0)) negative++;
+      s += x;
+      if (x === 0) zeros++;
+    }
+    expect(negative).toBe(0);
+    const mean = s / N;
+    let q = 0;
+    for (const x of v) q += (x - mean) ** 2;
+    const sv = q / (N - 1);
+    expect(Math.abs(mean - m1), `seed ${seed}`).toBeLessThanOrEqual(5 * Math.sqrt(variance / N));
+    expect(Math.abs(sv - variance), `seed ${seed}`).toBeLessThanOrEqual(5 * Math.sqrt((mu4 - variance ** 2) / N));
+    expect(within5Sigma(zeros, N, phiRef(-a)), `seed ${seed}: ${zeros} zeros`).toBe(true);
+  });
+
+  it('the normal sampler has the right shape: KS distance and tail beyond the ziggurat base', () => {
+    const seed = freshSeed(23);
+    const v = magnitudes({ kind: 'relu-normal', mean: 0, std: 1 }, seed, 1 << 16); // 2^20 values of max(0, Z)
+    const N = v.length;
+    const sorted = Float64Array.from(v).sort();
+    let d = 0;
+    for (let i = 0; i < N; ) {
+      let j = i;
+      while (j < N && sorted[j] === sorted[i]) j++;
+      const F = normalCdf(sorted[i]!);
+      d = Math.max(d, Math.abs(j / N - F), Math.abs(i / N - (sorted[i] === 0 ? 0 : F)));
+      i = j;
+    }
+    // KS critical value at alpha = 1e-6: sqrt(ln(2 / alpha) / (2N)).
+    expect(d, `seed ${seed}`).toBeLessThanOrEqual(Math.sqrt(Math.log(2e6) / (2 * N)));
+    // Tail counts: beyond the base layer r ~ 3.44 the sampler uses its separate tail method.
+    for (const x of [1, 2.5, 3.6, 4.2]) {
+      let c = 0;
+      for (const y of v) if (y > x) c++;
+      expect(within5Sigma(c, N, phiRef(-x)), `seed ${seed}: ${c} values above ${x}`).toBe(true);
+    }
+  });
+});
+
+describe('superposition: rows are sums of fired features', () => {
+  it('each row equals the documented float64 sum of codes x features, bit for bit', () => {
+    const seed = freshSeed(31);
+    const dIn = 23;
+    const n = 90; // more features than dimensions
+    const N = 500;
+    const data = superposition({ dIn, numFeatures: n, firing: { kind: 'zipf', exponent: 0.8, maxP: 0.5 }, magnitude: { kind: 'relu-normal', mean: 1, std: 0.5 }, numRows: N, seed });
+    const rows = data.rows(0, N);
+    const { indptr, indices, values } = data.codes(0, N);
+    const F = data.features;
+    let mismatches = 0;
+    for (let r = 0; r < N; r++) {
+      for (let k = 0; k < dIn; k++) {
+        let s = 0;
+        for (let t = indptr[r]!; t < indptr[r + 1]!; t++) s += values[t]! * F[indices[t]! * dIn + k]!;
+        if (Math.fround(s) !== rows[r * dIn + k]) mismatches++;
+      }
+    }
+    expect(mismatches, `seed ${seed}`).toBe(0);
+    expect(indptr[N]! / N).toBeGreaterThan(1); // rows really mix several features
+  });
+
+  it('with fewer features than dimensions, rows lie in the features span and least squares recovers the codes', () => {
+    const seed = freshSeed(32);
+    const dIn = 32;
+    const n = 10;
+    const N = 300;
+    const data = superposition({ dIn, numFeatures: n, firing: { kind: 'uniform', p: 0.3 }, numRows: N, seed });
+    const F = data.features;
+    const rows = data.rows(0, N);
+    const codes = data.codes(0, N);
+    // Gram matrix G = F F^T and its Cholesky factor (float64).
+    const G = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) for (let k = 0; k < dIn; k++) G[i * n + j]! += F[i * dIn + k]! * F[j * dIn + k]!;
+    const L = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j <= i; j++) {
+        let s = G[i * n + j]!;
+        for (let k = 0; k < j; k++) s -= L[i * n + k]! * L[j * n + k]!;
+        L[i * n + j] = i === j ? Math.sqrt(s) : s / L[j * n + j]!;
+      }
+    }
+    let worstCoef = 0;
+    let worstResidual = 0;
+    for (let r = 0; r < N; r++) {
+      const b = new Float64Array(n);
+      for (let i = 0; i < n; i++) for (let k = 0; k < dIn; k++) b[i]! += F[i * dIn + k]! * rows[r * dIn + k]!;
+      const y = new Float64Array(n);
+      for (let i = 0; i < n; i++) {
+        let s = b[i]!;
+        for (let k = 0; k < i; k++) s -= L[i * n + k]! * y[k]!;
+        y[i] = s / L[i * n + i]!;
+      }
+      const c = new Float64Array(n);
+      for (let i = n - 1; i >= 0; i--) {
+        let s = y[i]!;
+        for (let k = i + 1; k < n; k++) s -= L[k * n + i]! * c[k]!;
+        c[i] = s / L[i * n + i]!;
+      }
+      const want = new Float64Array(n);
+      for (let t = codes.indptr[r]!; t < codes.indptr[r + 1]!; t++) want[codes.indices[t]!] = codes.values[t]!;
+      for (let i = 0; i < n; i++) worstCoef = Math.max(worstCoef, Math.abs(c[i]! - want[i]!));
+      let res = 0;
+      let norm = 0;
+      for (let k = 0; k < dIn; k++) {
+        let x = 0;
+        for (let i = 0; i < n; i++) x += c[i]! * F[i * dIn + k]!;
+        res += (x - rows[r * dIn + k]!) ** 2;
+        norm += rows[r * dIn + k]! ** 2;
+      }
+      worstResidual = Math.max(worstResidual, Math.sqrt(res / Math.max(norm, 1e-30)));
+    }
+    // Rows are float32 (relative 2^-24 per entry); 10 random unit vectors in R^32 are well
+    // conditioned, so the recovered coefficients are within ~1e-6 of the codes. Mixing in a
+    // wrong feature would put errors of order 0.1 here.
+    expect(worstCoef, `seed ${seed}`).toBeLessThan(1e-5);
+    expect(worstResidual, `seed ${seed}`).toBeLessThan(1e-6);
+  });
+});
+
+describe('superposition: determinism and batching', () => {
+  const base = (seed: number): SuperpositionOptions => ({
+    dIn: 9,
+    numFeatures: 40,
+    firing: { kind: 'zipf', exponent: 1, maxP: 0.5 },
+    numRows: 2500,
+    seed,
+  });
+
+  it('the same seed gives the same features and rows; different seeds differ', () => {
+    const seed = freshSeed(41);
+    const a = superposition(base(seed));
+    const b = superposition(base(seed));
+    const c = superposition(base(seed + 1));
+    expect(Array.from(a.features)).toEqual(Array.from(b.features));
+    expect(Array.from(a.rows(0, 2500))).toEqual(Array.from(b.rows(0, 2500)));
+    expect(Array.from(a.features)).not.toEqual(Array.from(c.features));
+    expect(Array.from(a.codes(0, 100).indices)).not.toEqual(Array.from(c.codes(0, 100).indices));
+    // A bigint seed equals the same number; seeds above 2^32 use the high key word.
+    expect(Array.from(superposition({ ...base(0), seed: 5n }).rows(0, 10))).toEqual(Array.from(superposition({ ...base(0), seed: 5 }).rows(0, 10)));
+    expect(Array.from(superposition({ ...base(0), seed: 2n ** 40n + 5n }).rows(0, 10))).not.toEqual(
+      Array.from(superposition({ ...base(0), seed: 5 }).rows(0, 10)),
+    );
+    // Random access: a row does not depend on which range asked for it.
+    expect(Array.from(a.rows(1234, 3))).toEqual(Array.from(a.rows(0, 2500).subarray(1234 * 9, 1237 * 9)));
+  });
+
+  it('rows do not depend on batch size; the last batch is short unless dropLast', async () => {
+    const seed = freshSeed(42);
+    const data = superposition(base(seed));
+    const want = data.rows(0, 2500);
+    for (const batchSize of [1, 7, 1000, 2500, 4096]) {
+      const { sizes, data: got } = await collect(data.source, { batchSize });
+      expect(sizes.length).toBe(Math.ceil(2500 / batchSize));
+      expect(sizes.every((s, i) => s === (i < sizes.length - 1 ? batchSize : 2500 - batchSize * (sizes.length - 1)))).toBe(true);
+      expect(got.length).toBe(want.length);
+      expect(Buffer.from(got.buffer).equals(Buffer.from(want.buffer)), `batchSize ${batchSize}`).toBe(true);
+    }
+    const dropped = await collect(data.source, { batchSize: 1000, dropLast: true });
+    expect(dropped.sizes).toEqual([1000, 1000]);
+    expect(Array.from(dropped.data)).toEqual(Array.from(want.subarray(0, 2000 * 9)));
+    const twice = await collect(data.source, { batchSize: 600, epochs: 2 });
+    expect(twice.sizes).toEqual([600, 600, 600, 600, 100, 600, 600, 600, 600, 100]);
+    expect(Array.from(twice.data.subarray(2500 * 9))).toEqual(Array.from(want));
+  });
+
+  it('shuffle serves each row once per epoch, in a seeded order that changes between epochs', async () => {
+    const seed = freshSeed(43);
+    const data = superposition({ ...base(seed), firing: { kind: 'uniform', p: 0.5 }, numRows: 1000 }); // no all-zero rows
+    const rows = data.rows(0, 1000);
+    const index = new Map<string, number>();
+    for (let r = 0; r < 1000; r++) index.set(Buffer.from(rows.buffer, r * 36, 36).toString('hex'), r);
+    expect(index.size).toBe(1000); // rows are distinct, so they identify themselves
+    const order = (d: Float32Array): number[] => {
+      const out: number[] = [];
+      for (let r = 0; r < d.length / 9; r++) out.push(index.get(Buffer.from(d.buffer, d.byteOffset + r * 36, 36).toString('hex')) ?? -1);
+      return out;
+    };
+    const a = order((await collect(data.source, { batchSize: 64, shuffle: true, epochs: 2, seed: 7 })).data);
+    const b = order((await collect(data.source, { batchSize: 333, shuffle: true, epochs: 2, seed: 7 })).data);
+    const c = order((await collect(data.source, { batchSize: 64, shuffle: true, seed: 8 })).data);
+    expect(a).toEqual(b); // same shuffle seed, any batch size
+    const e0 = a.slice(0, 1000);
+    const e1 = a.slice(1000);
+    for (const e of [e0, e1, c]) expect([...e].sort((x, y) => x - y)).toEqual(Array.from({ length: 1000 }, (_, i) => i));
+    const identity = Array.from({ length: 1000 }, (_, i) => i);
+    expect(e0).not.toEqual(identity);
+    expect(e0).not.toEqual(e1);
+    expect(c).not.toEqual(e0);
+    // Roughly uniform: the mean displacement of a random permutation is n/3.
+    const disp = e0.reduce((s, r, i) => s + Math.abs(r - i), 0) / 1000;
+    expect(disp).toBeGreaterThan(250);
+    expect(disp).toBeLessThan(420);
+  });
+
+  it('close() ends the source', async () => {
+    const data = superposition(base(1));
+    const it = data.source.batches({ batchSize: 1000 })[Symbol.asyncIterator]();
+    expect((await it.next()).done).toBe(false);
+    await data.source.close();
+    await expect(it.next()).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+    expect(() => data.source.batches()).toThrow(/has been closed/);
+  });
+});
+
+describe('superposition: validation', () => {
+  const ok: SuperpositionOptions = { dIn: 4, numFeatures: 6, firing: { kind: 'uniform', p: 0.1 } };
+  const bad = (patch: Record<string, unknown>) => () => superposition({ ...ok, ...patch } as SuperpositionOptions);
+  it('rejects bad options with errors that name them', () => {
+    expectArgError(() => superposition(undefined as unknown as SuperpositionOptions), 'options.dIn');
+    expectArgError(bad({ dIn: 0 }), 'options.dIn');
+    expectArgError(bad({ numFeatures: 1.5 }), 'options.numFeatures');
+    expectArgError(bad({ dIn: 1 << 20, numFeatures: 1 << 12 }), 'options.numFeatures');
+    expectArgError(bad({ firing: undefined }), 'options.firing');
+    expectArgError(bad({ firing: { kind: 'poisson' } }), 'options.firing.kind');
+    expectArgError(bad({ firing: { kind: 'zipf', exponent: 1, maxP: 0 } }), 'options.firing.maxP');
+    expectArgError(bad({ firing: { kind: 'zipf', exponent: 1, maxP: 1.5 } }), 'options.firing.maxP');
+    expectArgError(bad({ firing: { kind: 'zipf', exponent: -1, maxP: 0.5 } }), 'options.firing.exponent');
+    expectArgError(bad({ firing: { kind: 'zipf', exponent: 1, maxP: 0.5, minP: 0.6 } }), 'options.firing.minP');
+    expectArgError(bad({ firing: { kind: 'uniform', p: 1.2 } }), 'options.firing.p');
+    expectArgError(bad({ firing: { kind: 'uniform', p: NaN } }), 'options.firing.p');
+    expectArgError(bad({ firing: { kind: 'expected-active', n: 7 } }), 'options.firing.n');
+    expectArgError(bad({ magnitude: { kind: 'gamma' } }), 'options.magnitude.kind');
+    expectArgError(bad({ magnitude: { kind: 'relu-normal', mean: 0, std: -1 } }), 'options.magnitude.std');
+    expectArgError(bad({ magnitude: { kind: 'relu-normal', mean: Infinity, std: 1 } }), 'options.magnitude.mean');
+    expectArgError(bad({ correlation: 'strong' }), 'options.correlation');
+    expectArgError(bad({ correlation: { kind: 'random', strength: 2 } }), 'options.correlation.strength');
+    expectArgError(bad({ correlation: { kind: 'random', factors: 0 } }), 'options.correlation.factors');
+    expectArgError(bad({ correlation: new Float64Array(35) }), 'options.correlation');
+    expectArgError(bad({ numRows: 0 }), 'options.numRows');
+    expectArgError(bad({ numRows: 2 ** 49 }), 'options.numRows');
+    expectArgError(bad({ seed: -1 }), 'options.seed');
+  });
+
+  it('rejects correlation matrices that are not symmetric, unit-diagonal or positive definite', () => {
+    const eye = (n: number) => {
+      const S = new Float64Array(n * n);
+      for (let i = 0; i < n; i++) S[i * n + i] = 1;
+      return S;
+    };
+    const asym = eye(6);
+    asym[1] = 0.3;
+    expectArgError(bad({ correlation: asym }), 'options.correlation');
+    const diag = eye(6);
+    diag[7] = 1.1;
+    expectArgError(bad({ correlation: diag }), 'options.correlation[7]');
+    const nan = eye(6);
+    nan[2] = NaN;
+    expectArgError(bad({ correlation: nan }), 'options.correlation[2]');
+    // rho12 = rho13 = 0.9, rho23 = -0.9: symmetric with unit diagonal, but indefinite.
+    const indefinite = eye(6);
+    for (const [i, j, v] of [
+      [0, 1, 0.9],
+      [0, 2, 0.9],
+      [1, 2, -0.9],
+    ] as const) {
+      indefinite[i * 6 + j] = v;
+      indefinite[j * 6 + i] = v;
+    }
+    expectArgError(bad({ correlation: indefinite }), 'positive definite');
+    expect(() => bad({ correlation: eye(6) })()).not.toThrow();
+  });
+
+  it('rejects bad batch options and ranges', () => {
+    const data = superposition({ ...ok, numRows: 100 });
+    expectArgError(() => data.source.batches({ batchSize: 0 }), 'options.batchSize');
+    expectArgError(() => data.source.batches({ epochs: 0 }), 'options.epochs');
+    expectArgError(() => data.source.batches({ shuffle: 'yes' as unknown as boolean }), 'options.shuffle');
+    expectArgError(() => data.source.batches({ seed: 1.5 }), 'options.seed');
+    expectArgError(() => data.source.batches({ dropLast: 1 as unknown as boolean }), 'options.dropLast');
+    expectArgError(() => data.rows(-1, 2), 'start');
+    expectArgError(() => data.rows(99, 2), 'count');
+    expectArgError(() => data.codes(0, 101), 'count');
+  });
+});
+
+describe('superposition: speed', () => {
+  it('generates 2^16 rows of dIn 64 from 512 features well under a second', () => {
+    const rates: string[] = [];
+    for (const firing of [
+      { kind: 'zipf', exponent: 1, maxP: 0.3, minP: 0.001 },
+      { kind: 'expected-active', n: 8 },
+    ] as const) {
+      const data = superposition({ dIn: 64, numFeatures: 512, firing, seed: 3 });
+      data.rows(0, 4096); // warm up the JIT
+      const t0 = performance.now();
+      data.rows(0, 1 << 16);
+      const ms = performance.now() - t0;
+      rates.push(`${firing.kind}: ${ms.toFixed(0)} ms`);
+      // Typically ~60 ms here; the bound leaves room for a loaded 2-core CI machine.
+      expect(ms, rates.join(', ')).toBeLessThan(1000);
+    }
+  });
+});

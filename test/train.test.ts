@@ -1,0 +1,196 @@
+import { mkdtempSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+import { SparseAutoencoder } from '../lib/index.js';
+import { fromArray } from '../lib/data/index.js';
+import { superposition } from '../lib/data/synthetic.js';
+import { mmcs } from '../lib/eval/recovery.js';
+import { geometricMedian, learningRate, Trainer } from '../lib/train/index.js';
+import { lcg } from './helpers/reference.js';
+
+function tmp(): string {
+  return mkdtempSync(path.join(os.tmpdir(), 'saekit-train-'));
+}
+
+function data(rows: number, dIn: number, seed: number): Float32Array {
+  const next = lcg(seed);
+  // A few strong directions plus noise, so the SAE has something to learn.
+  const dirs = Array.from({ length: 6 }, () => Float32Array.from({ length: dIn }, () => next() * 2 - 1));
+  const x = new Float32Array(rows * dIn);
+  for (let r = 0; r < rows; r++) {
+    for (const dir of dirs) {
+      if (next() < 0.3) {
+        const c = next() * 2;
+        for (let d = 0; d < dIn; d++) x[r * dIn + d]! += c * dir[d]!;
+      }
+    }
+    for (let d = 0; d < dIn; d++) x[r * dIn + d]! += (next() - 0.5) * 0.1;
+  }
+  return x;
+}
+
+describe('learning-rate schedule', () => {
+  it('warms up linearly, holds, then decays linearly to 0 over the last 20%', () => {
+    const base = 0.01;
+    const total = 100;
+    expect(learningRate(0, total, base, 10, 'linear', 0.2)).toBeCloseTo(0.001, 15);
+    expect(learningRate(4, total, base, 10, 'linear', 0.2)).toBeCloseTo(0.005, 15);
+    expect(learningRate(9, total, base, 10, 'linear', 0.2)).toBe(base);
+    expect(learningRate(50, total, base, 10, 'linear', 0.2)).toBe(base);
+    expect(learningRate(79, total, base, 10, 'linear', 0.2)).toBe(base);
+    expect(learningRate(80, total, base, 10, 'linear', 0.2)).toBeCloseTo(base, 15); // (100-80)/20 = 1
+    expect(learningRate(90, total, base, 10, 'linear', 0.2)).toBeCloseTo(base / 2, 15);
+    expect(learningRate(99, total, base, 10, 'linear', 0.2)).toBeCloseTo(base / 20, 15);
+    expect(learningRate(99, total, base, 10, 'none', 0.2)).toBe(base);
+    expect(learningRate(0, total, base, 0, 'none', 0.2)).toBe(base);
+  });
+});
+
+describe('geometric median (Weiszfeld)', () => {
+  it('minimises the sum of distances: no grid point in 2-D does better', () => {
+    const next = lcg(Date.now() >>> 0);
+    const n = 41;
+    const x = Float32Array.from({ length: 2 * n }, (_, i) => (i % 2 ? 3 : 1) * (next() - 0.5) + (next() < 0.1 ? 20 : 0));
+    const cost = (a: number, b: number) => {
+      let s = 0;
+      for (let i = 0; i < n; i++) s += Math.hypot(x[2 * i]! - a, x[2 * i + 1]! - b);
+      return s;
+    };
+    const y = geometricMedian(x, 2);
+    const best = cost(y[0]!, y[1]!);
+    let gridMin = Infinity;
+    for (let a = -5; a <= 25; a += 0.05) for (let b = -5; b <= 25; b += 0.05) gridMin = Math.min(gridMin, cost(a, b));
+    expect(best).toBeLessThanOrEqual(gridMin + 1e-9);
+  });
+
+  it('satisfies the optimality condition in higher dimensions and is robust to outliers (unlike the mean)', () => {
+    const next = lcg(7);
+    const [n, d] = [300, 9];
+    const x = Float32Array.from({ length: n * d }, () => next() - 0.5);
+    for (let j = 0; j < d; j++) x[j] = 1000; // one far outlier
+    const y = geometricMedian(x, d);
+    const g = new Float64Array(d);
+    for (let i = 0; i < n; i++) {
+      let s = 0;
+      for (let j = 0; j < d; j++) s += (y[j]! - x[i * d + j]!) ** 2;
+      const r = Math.sqrt(s);
+      for (let j = 0; j < d; j++) g[j]! += (y[j]! - x[i * d + j]!) / r;
+    }
+    expect(Math.hypot(...g)).toBeLessThan(1e-3 * n);
+    expect(Math.max(...Array.from(y, Math.abs))).toBeLessThan(0.2);
+  });
+});
+
+describe('Trainer', () => {
+  const dIn = 17;
+  const L = 40;
+  const k = 4;
+  const rows = 64 * 40;
+
+  function make(seed = 3): SparseAutoencoder {
+    return SparseAutoencoder.create({ dIn, numLatents: L, k, seed });
+  }
+
+  const opts = { batchSize: 64, epochs: 2, lr: 3e-3, warmupSteps: 5, seed: 9, deadThresholdTokens: 64 * 10 };
+
+  it('resuming from a checkpoint gives the same final weights as an uninterrupted run', async () => {
+    const x = data(rows, dIn, 1);
+    using a = make();
+    const full = await new Trainer(a, opts).fit(fromArray(x, dIn));
+    expect(full.status).toBe('completed');
+    expect(full.steps).toBe(80);
+    const dir = tmp();
+    using b = make();
+    const ctrl = new AbortController();
+    const first = await new Trainer(b, opts).fit(fromArray(x, dIn), {
+      checkpointDir: dir,
+      checkpointEvery: 7,
+      signal: ctrl.signal,
+      onStep: (s) => {
+        if (s.step === 31) ctrl.abort();
+      },
+    });
+    expect(first.status).toBe('aborted');
+    expect(first.steps).toBe(31);
+    using c = make(99); // different init: everything must come from the checkpoint
+    const second = await new Trainer(c, opts).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true });
+    expect(second.status).toBe('completed');
+    expect(second.steps).toBe(80);
+    const [wa, wc] = [await a.weights(), await c.weights()];
+    for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) {
+      expect(Buffer.from(wc[n].buffer).equals(Buffer.from(wa[n].buffer)), n).toBe(true);
+    }
+    expect(Array.from(await c.tokensSinceFired())).toEqual(Array.from(await a.tokensSinceFired()));
+  });
+
+  it('an abort writes a checkpoint and a loadable SAE; logFile has one JSON line per step', async () => {
+    const dir = tmp();
+    const ctrl = new AbortController();
+    using sae = make();
+    const r = await new Trainer(sae, opts).fit(fromArray(data(rows, dIn, 2), dIn), {
+      signal: ctrl.signal,
+      checkpointDir: path.join(dir, 'ckpt'),
+      saveDir: path.join(dir, 'sae'),
+      logFile: path.join(dir, 'log.jsonl'),
+      onStep: (s) => {
+        if (s.step === 12) ctrl.abort();
+      },
+    });
+    expect(r.status).toBe('aborted');
+    expect(r.saved.length).toBe(2);
+    using back = await SparseAutoencoder.load(path.join(dir, 'sae'));
+    const [w0, w1] = [await sae.weights(), await back.weights()];
+    expect(Array.from(w1.W_dec)).toEqual(Array.from(w0.W_dec));
+    const lines = readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.length).toBe(12);
+    expect(lines.map((l) => l.step)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    for (const key of ['step', 'tokens', 'loss', 'fvu', 'l0', 'numDead', 'deadFraction', 'auxkLoss', 'lr', 'tokensPerSec']) expect(lines[0]).toHaveProperty(key);
+    expect(JSON.parse(readFileSync(path.join(dir, 'ckpt', 'checkpoint.json'), 'utf8')).step).toBe(12);
+  });
+
+  it("b_dec starts at the first batch's geometric median (or mean)", async () => {
+    const x = data(rows, dIn, 4);
+    for (const [init, ref] of [['geometric-median', geometricMedian(x.subarray(0, 64 * dIn), dIn)], ['mean', null]] as const) {
+      using sae = make();
+      // One step with lr 0: only the initialisation changes the weights.
+      await new Trainer(sae, { batchSize: 64, totalTokens: 64, lr: 0, shuffle: false, bDecInit: init }).fit(fromArray(x, dIn));
+      const b = (await sae.weights()).b_dec;
+      const want = ref ?? Float64Array.from({ length: dIn }, (_, j) => {
+        let s = 0;
+        for (let r = 0; r < 64; r++) s += x[r * dIn + j]!;
+        return s / 64;
+      });
+      for (let j = 0; j < dIn; j++) expect(Math.abs(b[j]! - want[j]!)).toBeLessThan(1e-6 * (1 + Math.abs(want[j]!)));
+    }
+  });
+
+  it("normalize 'expected-norm' trains on scaled inputs and folds the scale back: the SAE works on raw activations", async () => {
+    const x = data(rows, dIn, 5).map((v) => v * 250);
+    using sae = make();
+    const r = await new Trainer(sae, { ...opts, normalize: 'expected-norm' }).fit(fromArray(x, dIn));
+    expect(r.scale).toBeGreaterThan(1 / 1000);
+    expect(r.scale).toBeLessThan(1 / 10);
+    const { fvu } = await sae.forward(x.subarray(0, 512 * dIn));
+    expect(fvu).toBeLessThan(r.last!.fvu * 1.5 + 0.05);
+  });
+
+  it('rejects bad options with named errors', () => {
+    using sae = make();
+    expect(() => new Trainer(sae, { batchSize: 1 })).toThrow(/options.batchSize/);
+    expect(() => new Trainer(sae, { totalTokens: 10, epochs: 1 })).toThrow(/both/);
+    expect(() => new Trainer(sae, { decay: 'cosine' as 'linear' })).toThrow(/one of: linear, none/);
+    expect(() => new Trainer({} as SparseAutoencoder)).toThrow(/SparseAutoencoder/);
+  });
+
+  it('recovers planted features end to end (MMCS truth-to-learned >= 0.9)', async () => {
+    const dI = 32;
+    const { source, features } = superposition({ dIn: dI, numFeatures: 64, firing: { kind: 'expected-active', n: 3 }, numRows: 1 << 14, seed: Date.now() >>> 0 });
+    using sae = SparseAutoencoder.create({ dIn: dI, numLatents: 128, k: 4, seed: 1 });
+    await new Trainer(sae, { batchSize: 512, epochs: 6, lr: 3e-3, warmupSteps: 20 }).fit(source);
+    const w = await sae.weights();
+    expect(mmcs(w.W_dec, features, { d: dI }).mean).toBeGreaterThan(0.9);
+  });
+});
