@@ -58,34 +58,9 @@ export function toFloat32(raw: Uint8Array, dtype: DiskDType, out: Float32Array, 
   }
 }
 
-/**
- * True when a[start..end) holds a NaN or an infinity. A float64 sum of float32 values cannot
- * overflow (|x| < 2^128, so fewer than 2^895 terms stay below 2^1023) and any NaN or infinity
- * makes it NaN or infinite: the sum is non-finite exactly when an element is. Eight
- * accumulators keep the additions independent.
- */
+/** True when a[start..end) holds a NaN or an infinity (the addon's vectorised exponent test). */
 export function anyNonFinite(a: Float32Array, start: number, end: number): boolean {
-  let s0 = 0;
-  let s1 = 0;
-  let s2 = 0;
-  let s3 = 0;
-  let s4 = 0;
-  let s5 = 0;
-  let s6 = 0;
-  let s7 = 0;
-  let i = start;
-  for (; i + 8 <= end; i += 8) {
-    s0 += a[i]!;
-    s1 += a[i + 1]!;
-    s2 += a[i + 2]!;
-    s3 += a[i + 3]!;
-    s4 += a[i + 4]!;
-    s5 += a[i + 5]!;
-    s6 += a[i + 6]!;
-    s7 += a[i + 7]!;
-  }
-  for (; i < end; i++) s0 += a[i]!;
-  return !Number.isFinite(s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7);
+  return native().anyNonFinite(a, start, end);
 }
 
 /**

@@ -3,6 +3,7 @@
  * read while the current one waits for the consumer) and shuffled passes through a SAELens-style
  * mixing buffer (see shuffleEpoch).
  */
+import { native } from '../native/index.js';
 import { allocF32 } from './convert.js';
 import type { Rng } from './prng.js';
 import type { Emit } from './pump.js';
@@ -176,13 +177,9 @@ function draw(list: Uint32Array, n: number, h: number, rng: Rng): void {
   }
 }
 
-/** Copies the rows in slots list[i..i+count) to buf[at..], one after another. */
+/** Copies the rows in slots list[i..i+count) to buf[at..], one after another (natively). */
 function gatherRows(buf: Float32Array, list: Uint32Array, i: number, count: number, at: number, d: number): void {
-  for (let k = i; k < i + count; k++) {
-    const from = list[k]! * d;
-    buf.copyWithin(at, from, from + d);
-    at += d;
-  }
+  native().gatherRows(buf, list, i, count, buf, at, d);
 }
 
 /**

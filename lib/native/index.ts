@@ -109,6 +109,10 @@ export interface NativeBinding {
   matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): Promise<NativeTensor>;
   matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean, out: NativeTensor): Promise<undefined>;
   NativeSae: NativeSaeStatics;
+  /** True when a[start, end) holds a NaN or an infinity (synchronous, vectorised). */
+  anyNonFinite(a: Float32Array, start: number, end: number): boolean;
+  /** dst[at + j d, +d) = src[slots[first + j] d, +d) for j < count (synchronous memmove per row). */
+  gatherRows(src: Float32Array, slots: Uint32Array, first: number, count: number, dst: Float32Array, at: number, d: number): void;
   /**
    * Synchronous conversion between typed arrays on the calling thread (float16/bfloat16 as raw
    * Uint16Array bits; float32 <-> bfloat16/float16 round to nearest even). Lengths must match.

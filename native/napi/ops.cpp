@@ -184,6 +184,53 @@ Napi::Value convert_into(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// anyNonFinite(a: Float32Array, start, end): true when a[start, end) holds a NaN or an infinity.
+Napi::Value any_non_finite(const Napi::CallbackInfo& info) {
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    arg_error(ErrorCode::Arg, "a", "a Float32Array", info[0]);
+  Napi::Float32Array a = info[0].As<Napi::Float32Array>();
+  int64_t n = int64_t(a.ElementLength());
+  int64_t start = get_int(info[1], "start", 0, n), end = get_int(info[2], "end", start, n);
+  const float* p = a.Data();
+  // Bit test on the exponent field: vectorises, no float compares on NaN.
+  uint32_t bad = 0;
+  const uint32_t* u = reinterpret_cast<const uint32_t*>(p);
+  for (int64_t i = start; i < end; ++i) bad |= uint32_t((u[i] & 0x7f800000u) == 0x7f800000u);
+  return Napi::Boolean::New(info.Env(), bad != 0);
+}
+
+// gatherRows(src: Float32Array, slots: Uint32Array, first, count, dst: Float32Array, at, d):
+// dst[at + j*d .. +d] = src[slots[first + j]*d .. +d] for j < count (src and dst may be the same
+// array: rows must not overlap the destination range, which the caller guarantees).
+Napi::Value gather_rows(const Napi::CallbackInfo& info) {
+  auto f32 = [&](int i, const char* name) {
+    if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      arg_error(ErrorCode::Arg, name, "a Float32Array", info[i]);
+    return info[i].As<Napi::Float32Array>();
+  };
+  Napi::Float32Array src = f32(0, "src");
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+    arg_error(ErrorCode::Arg, "slots", "a Uint32Array", info[1]);
+  Napi::Uint32Array slots = info[1].As<Napi::Uint32Array>();
+  int64_t ns = int64_t(slots.ElementLength());
+  int64_t first = get_int(info[2], "first", 0, ns);
+  int64_t count = get_int(info[3], "count", 0, ns - first);
+  Napi::Float32Array dst = f32(4, "dst");
+  int64_t d = get_int(info[6], "d", 1, int64_t(1) << 30);
+  int64_t at = get_int(info[5], "at", 0, int64_t(dst.ElementLength()));
+  if (at + count * d > int64_t(dst.ElementLength()))
+    throw Error(ErrorCode::Shape, fmt("gatherRows: ", count, " rows of ", d, " at ", at, " overflow dst of length ", dst.ElementLength()));
+  const int64_t src_rows = int64_t(src.ElementLength()) / d;
+  const float* sp = src.Data();
+  float* dp = dst.Data() + at;
+  for (int64_t j = 0; j < count; ++j) {
+    int64_t r = int64_t(slots[size_t(first + j)]);
+    if (r >= src_rows) throw Error(ErrorCode::Arg, fmt("gatherRows: slot ", r, " is past the ", src_rows, " rows of src"));
+    std::memmove(dp + j * d, sp + r * d, size_t(d) * sizeof(float));
+  }
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void register_ops(Napi::Env env, Napi::Object exports) {
@@ -191,6 +238,8 @@ void register_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("zeros", Napi::Function::New<guarded<zeros>>(env, "zeros"));
   exports.Set("random", Napi::Function::New<guarded<random_fill>>(env, "random"));
   exports.Set("matmul", Napi::Function::New<guarded<matmul>>(env, "matmul"));
+  exports.Set("anyNonFinite", Napi::Function::New<guarded<any_non_finite>>(env, "anyNonFinite"));
+  exports.Set("gatherRows", Napi::Function::New<guarded<gather_rows>>(env, "gatherRows"));
   exports.Set("convertInto", Napi::Function::New<guarded<convert_into>>(env, "convertInto"));
   exports.Set("_philox", Napi::Function::New<guarded<philox>>(env, "_philox"));
   exports.Set("_gemmDirect", Napi::Function::New<guarded<gemm_direct>>(env, "_gemmDirect"));
