@@ -220,6 +220,7 @@ export function buildProgram(): Command {
     .command('info')
     .description('show the compute backend, SIMD level, BLAS library and CUDA status')
     .option('--json', 'print machine-readable JSON')
+    .addHelpText('after', '\nExample:\n  saekit info --json | jq .blas\n')
     .action((opts: { json?: boolean }) => printInfo(Boolean(opts.json)));
   program
     .command('train')

@@ -84,21 +84,20 @@ export class MixingMemory {
  *     becomes the spare for the next round. Repeat.
  * Slots move, but the draw runs over the resident list (kept rows in list order, then the new
  * rows in stream order), so batches depend only on the seed and the stream, never on timing.
- * Rows are gathered (copyWithin) into the gather area, then copied in one piece into a fresh
- * batch array.
+ * Rows are gathered (natively, one memmove per row) straight into a fresh batch array.
  */
 export async function shuffleEpoch(stream: RowStream, o: PassOptions, mem: MixingMemory, rng: Rng, emit: Emit): Promise<void> {
   const d = o.dIn;
   const bs = o.batchSize;
   const { half, buf } = mem;
-  const gather = 3 * half * d;
   const list = new Uint32Array(2 * half);
-  let pos = 0; // rows in the gather area
+  let pos = 0; // rows gathered into the current batch
+  let cur: Float32Array | undefined; // the batch being gathered (a fresh array per batch)
   let sinceYield = 0;
 
   const flush = async (rows: number): Promise<void> => {
-    const data = allocF32(rows * d);
-    data.set(buf.subarray(gather, gather + rows * d));
+    const data = rows === bs ? cur! : cur!.slice(0, rows * d);
+    cur = undefined;
     pos = 0;
     await emit({ rows, dIn: d, data });
     sinceYield += rows * d;
@@ -131,7 +130,8 @@ export async function shuffleEpoch(stream: RowStream, o: PassOptions, mem: Mixin
       draw(list, n, h, rng);
       for (let i = 0; i < h; ) {
         const take = Math.min(h - i, bs - pos);
-        gatherRows(buf, list, i, take, gather + pos * d, d);
+        cur ??= allocF32(bs * d);
+        native().gatherRows(buf, list, i, take, cur, pos * d, d);
         pos += take;
         i += take;
         if (pos === bs) await flush(bs);
@@ -177,10 +177,6 @@ function draw(list: Uint32Array, n: number, h: number, rng: Rng): void {
   }
 }
 
-/** Copies the rows in slots list[i..i+count) to buf[at..], one after another (natively). */
-function gatherRows(buf: Float32Array, list: Uint32Array, i: number, count: number, at: number, d: number): void {
-  native().gatherRows(buf, list, i, count, buf, at, d);
-}
 
 /**
  * Empties window `next`: its resident rows (in list[h..n)) move to the served slots (in
