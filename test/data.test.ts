@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { fromArray, fromAsyncIterable, openActivations, type ActivationSource, type Batch, type BatchOptions } from '../lib/data/index.js';
-import { anyNonFinite, anyNonFinite16 } from '../lib/data/convert.js';
+import { anyNonFinite } from '../lib/data/convert.js';
 import { Rng } from '../lib/data/prng.js';
 import {
   bf16ToNumber,
@@ -466,15 +466,9 @@ describe('non-finite rows', () => {
     expect(anyNonFinite(both, 0, 16)).toBe(true);
   });
 
-  it('16-bit files: the raw-bits screen agrees with the decoder on all 65536 patterns; bad rows are named or skipped', async () => {
+  it('16-bit files: NaN and infinities are found after conversion; bad rows are named or skipped', async () => {
     for (const dtype of ['float16', 'bfloat16'] as const) {
       const decode = dtype === 'float16' ? f16ToNumber : bf16ToNumber;
-      for (let h = 0; h < 65536; h++) {
-        // Alone, and as the odd last element after three finite ones.
-        const bytes = new Uint8Array([0, 0x3c, 0, 0x3c, 0, 0x3c, h & 0xff, h >> 8]);
-        const want = !Number.isFinite(decode(h));
-        if (anyNonFinite16(bytes.subarray(6), dtype) !== want || anyNonFinite16(bytes, dtype) !== want) throw new Error(`${dtype} ${h.toString(16)}`);
-      }
       const bits = randomHalfBits(20 * dIn, dtype, 64);
       bits[5 * dIn + 1] = dtype === 'float16' ? 0x7c00 : 0x7f80; // +inf
       bits[9 * dIn + 6] = dtype === 'float16' ? 0xfe00 : 0xffc1; // NaN

@@ -63,38 +63,6 @@ export function anyNonFinite(a: Float32Array, start: number, end: number): boole
   return native().anyNonFinite(a, start, end);
 }
 
-/**
- * True when the raw little-endian float16/bfloat16 bits hold a NaN or an infinity (exponent
- * field all ones): two values per 32-bit word, with no float conversion. Their float32
- * conversions are finite exactly when this is false.
- */
-export function anyNonFinite16(raw: Uint8Array, dtype: 'float16' | 'bfloat16'): boolean {
-  // After >>> 1, each half's exponent field (bf16 bits 7..14, f16 bits 10..14) sits one bit
-  // lower; adding one past the field sets bit 14 (30) of that half only when it is all ones.
-  const [mask, one] = dtype === 'bfloat16' ? [0x3fc03fc0, 0x00400040] : [0x3e003e00, 0x02000200];
-  let m0 = 0;
-  let m1 = 0;
-  let m2 = 0;
-  let m3 = 0;
-  // Elements outside the 4-byte-aligned middle are tested one at a time.
-  const half = (at: number) => ((((raw[at]! | (raw[at + 1]! << 8)) >>> 1) & mask) + one) | 0;
-  let lo = raw.byteOffset & 3 ? Math.min(raw.length, 4 - (raw.byteOffset & 3)) : 0;
-  if (raw.byteOffset & 1) lo = raw.length - (raw.length & 1); // odd offset: no aligned middle
-  for (let b = 0; b + 1 < lo; b += 2) m0 |= half(b);
-  const words = (raw.length - lo) >>> 2;
-  const u = words > 0 ? new Int32Array(raw.buffer, raw.byteOffset + lo, words) : new Int32Array(0);
-  let i = 0;
-  for (; i + 4 <= words; i += 4) {
-    m0 |= ((u[i]! >>> 1) & mask) + one;
-    m1 |= ((u[i + 1]! >>> 1) & mask) + one;
-    m2 |= ((u[i + 2]! >>> 1) & mask) + one;
-    m3 |= ((u[i + 3]! >>> 1) & mask) + one;
-  }
-  for (; i < words; i++) m0 |= ((u[i]! >>> 1) & mask) + one;
-  for (let b = lo + words * 4; b + 1 < raw.length; b += 2) m0 |= half(b);
-  return ((m0 | m1 | m2 | m3) & 0x40004000) !== 0;
-}
-
 /** Where a row's data came from, for error messages. */
 export type RowLabel = (rowInPiece: number) => string;
 

@@ -7,7 +7,7 @@
  * element types, big-endian and Fortran-order data go through a small staging buffer.
  */
 import { SaekitError } from '../errors.js';
-import { anyNonFinite, anyNonFinite16, ITEM_BYTES, screenRows, swapBytes, toFloat32, type SkipCounter } from './convert.js';
+import { anyNonFinite, ITEM_BYTES, screenRows, swapBytes, toFloat32, type SkipCounter } from './convert.js';
 import { HandleCache, readFully } from './files.js';
 import { MAX_CHUNK_BYTES, type NonFinitePolicy } from './options.js';
 import type { Rng } from './prng.js';
@@ -181,11 +181,8 @@ export class FileRowStream implements RowStream {
         const raw = new Uint8Array(p.stage, 0, n * item);
         if (s.bigEndian) swapBytes(raw, item);
         if (!s.fortran) {
-          // 16-bit data is screened on its raw bits (cheaper); the exact float32 screen runs
-          // only when something is found.
-          const clean = (s.dtype === 'float16' || s.dtype === 'bfloat16') && !anyNonFinite16(raw, s.dtype);
+          // Converted first; the screen below is the addon's vectorised test on the float32 rows.
           toFloat32(raw, s.dtype, dst.subarray(to * dIn, to * dIn + n), n);
-          if (clean) return p.rows;
         } else {
           // Column-major float32 (the staging buffer itself for float32), then transposed into dst.
           const cm =
