@@ -6,7 +6,7 @@
  */
 import { backend, ops, tensor } from '../lib/index.js';
 import { native } from '../lib/native/index.js';
-import { type Benchmark, type Row, time } from './harness.js';
+import { type Benchmark, lcgArray, type Row, time } from './harness.js';
 
 const SHAPES: [number, number, number][] = [
   [512, 512, 512],
@@ -16,15 +16,6 @@ const SHAPES: [number, number, number][] = [
   [4096, 8192, 768],
 ];
 
-function fill(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    a[i] = s / 4294967296 - 0.5;
-  }
-  return a;
-}
 
 export const gemm: Benchmark = {
   name: 'gemm',
@@ -35,8 +26,8 @@ export const gemm: Benchmark = {
     const shapes = opts.quick ? SHAPES.slice(0, 2) : SHAPES;
     for (const [M, N, K] of shapes) {
       const flops = 2 * M * N * K;
-      const A = fill(M * K, 1);
-      const B = fill(K * N, 2);
+      const A = lcgArray(M * K, 1);
+      const B = lcgArray(K * N, 2);
       const C = new Float32Array(M * N);
       const reps = { repeats: opts.repeats, warmup: opts.warmup };
       using a = tensor(A, [M, K]);

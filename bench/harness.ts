@@ -33,6 +33,17 @@ export interface Benchmark {
   run(opts: BenchOptions): Promise<{ rows: Row[]; meta?: Record<string, unknown> }>;
 }
 
+/** Deterministic test data in [-0.5, 0.5) from a small LCG (independent of saekit's Philox). */
+export function lcgArray(n: number, seed: number): Float32Array {
+  const x = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    x[i] = s / 4294967296 - 0.5;
+  }
+  return x;
+}
+
 /** Times `fn` `repeats` times after `warmup` untimed calls. */
 export async function time(fn: () => unknown, opts: { repeats: number; warmup: number }): Promise<Timing> {
   for (let i = 0; i < opts.warmup; i++) await fn();

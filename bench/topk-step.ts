@@ -5,7 +5,7 @@
  */
 import { backend, SparseAutoencoder } from '../lib/index.js';
 import { native } from '../lib/native/index.js';
-import { type Benchmark, type Row } from './harness.js';
+import { type Benchmark, lcgArray, type Row } from './harness.js';
 
 interface Shape {
   dIn: number;
@@ -26,17 +26,6 @@ const FIRST_ONLY: Shape[] = [
 ];
 const QUICK: Shape[] = [{ dIn: 256, numLatents: 4096, k: 32, batch: 1024 }];
 
-/** Rows with a few strong directions, so codes are not degenerate. */
-function batchOf(rows: number, dIn: number, seed: number): Float32Array {
-  const x = new Float32Array(rows * dIn);
-  let s = seed >>> 0;
-  const rnd = () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 4294967296 - 0.5;
-  };
-  for (let i = 0; i < x.length; i++) x[i] = rnd();
-  return x;
-}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -55,12 +44,12 @@ export const topkStep: Benchmark = {
       const { dIn, numLatents, k, batch } = sh;
       const impl = info.blas.name === 'builtin' ? 'builtin' : 'blas';
       // The floor: the encoder GEMM alone, same orientation as the step (W_enc rows per latent).
-      const A = batchOf(batch, dIn, 1);
-      const B = batchOf(numLatents, dIn, 2);
+      const A = lcgArray(batch * dIn, 1);
+      const B = lcgArray(numLatents * dIn, 2);
       const C = new Float32Array(batch * numLatents);
       using sae = SparseAutoencoder.create({ dIn, numLatents, k, seed: 1 });
       using opt = sae.adam();
-      const xs = [batchOf(batch, dIn, 3), batchOf(batch, dIn, 4)];
+      const xs = [lcgArray(batch * dIn, 3), lcgArray(batch * dIn, 4)];
       const per: { gemm: number; select: number; decode: number; backward: number; update: number }[] = [];
       let i = 0;
       // Dead latents appear after 8 steps with this threshold, so AuxK is part of the timing.

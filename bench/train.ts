@@ -12,17 +12,8 @@ import { openActivations } from '../lib/data/index.js';
 import { superposition } from '../lib/data/synthetic.js';
 import { io, SparseAutoencoder } from '../lib/index.js';
 import { Trainer } from '../lib/train/index.js';
-import { type Benchmark, type Row } from './harness.js';
+import { type Benchmark, lcgArray, type Row } from './harness.js';
 
-function batchOf(rows: number, dIn: number, seed: number): Float32Array {
-  const x = new Float32Array(rows * dIn);
-  let s = seed >>> 0;
-  for (let i = 0; i < x.length; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    x[i] = s / 4294967296 - 0.5;
-  }
-  return x;
-}
 
 export const train: Benchmark = {
   name: 'train',
@@ -33,7 +24,7 @@ export const train: Benchmark = {
     const rows: Row[] = [];
 
     // Bare loop.
-    const xs = [batchOf(batch, dIn, 1), batchOf(batch, dIn, 2)];
+    const xs = [lcgArray(batch * dIn, 1), lcgArray(batch * dIn, 2)];
     let bareRate: number;
     {
       using sae = SparseAutoencoder.create({ dIn, numLatents, k, seed: 1 });
@@ -64,7 +55,7 @@ export const train: Benchmark = {
     const file = path.join(dir, `train-${dIn}-${steps * batch * 2}.npy`);
     if (!existsSync(file)) {
       const n = steps * batch * 2;
-      await io.writeNpy(file, { dtype: 'float32', shape: [n, dIn], data: batchOf(n, dIn, 4) });
+      await io.writeNpy(file, { dtype: 'float32', shape: [n, dIn], data: lcgArray(n * dIn, 4) });
     }
     await fitRate('Trainer.fit, .npy file (shuffled)', () => openActivations(file));
     return { rows, meta: { dIn, numLatents, k, batch, steps, note: 'overhead = bare tok/s / fit tok/s - 1 (steady state)' } };
