@@ -1,0 +1,291 @@
+/**
+ * k-sparse probing (reference/methods.md §5.5, SAEBench variant of Gurnee et al. 2023).
+ *
+ * Definitions:
+ * - Split: the n examples are shuffled with a seeded Fisher-Yates shuffle (mulberry32 generator)
+ *   and the first round(n * testFraction) become the test split (default testFraction 0.2).
+ * - Ranking: latents are ranked by |mean_pos - mean_neg| on the train split only (ties: lower
+ *   index first); the probe for k uses the top k.
+ * - Probe: the k features are standardised with train mean and population std (a constant feature
+ *   is only centred), then an L2-regularised logistic regression with intercept is fitted in
+ *   float64 by damped Newton's method, minimising sklearn's objective
+ *     sum_i log(1 + exp(-y_i (w.x_i + b))) + ||w||^2 / (2C),  C = 1 (the intercept is not penalised),
+ *   which equals the mean log-loss plus (lambda / 2)||w||^2 with lambda = 1 / (C n_train).
+ *   SAEBench fits sklearn's LogisticRegression(C = 1) on unstandardised activations; standardising
+ *   changes what C = 1 means, so scores can differ slightly from SAEBench's on the same split.
+ * - Prediction: positive iff w.x + b > 0. Accuracy and F1 (positive class = label 1,
+ *   F1 = 2TP / (2TP + FP + FN), 0 when that is 0/0) on the test split.
+ */
+import { argError, SaekitError } from '../errors.js';
+import { checkInt, checkOptions, checkSeed } from '../validate.js';
+
+export interface SparseProbeOptions {
+  /** Number of latents (columns of features). */
+  m: number;
+  /** Probe sizes. Default [1, 2, 5]; each is clipped to m. */
+  k?: number[];
+  /** Fraction of examples in the test split. Default 0.2. */
+  testFraction?: number;
+  /** Shuffle seed. Default 0. */
+  seed?: number;
+  /** Inverse L2 strength as in sklearn. Default 1. */
+  C?: number;
+}
+
+export interface SparseProbeResult {
+  k: number;
+  /** The k latents used, best-ranked first. */
+  latents: number[];
+  accuracy: number;
+  f1: number;
+  /** Fitted weights on the standardised features (same order as latents) and the intercept. */
+  weights: number[];
+  intercept: number;
+}
+
+export interface LogisticFit {
+  /** Weights (length p). */
+  w: Float64Array;
+  /** Intercept. */
+  b: number;
+  /** Newton iterations used. */
+  iterations: number;
+}
+
+/** A 32-bit seeded PRNG in [0, 1). */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Fits sum_i log(1 + exp(-y_i (w.x_i + b))) + ||w||^2 / (2C) (y in {0, 1} mapped to -1/+1) by
+ * Newton's method with backtracking, in float64. X is row-major [n, p].
+ */
+export function fitLogistic(X: Float64Array, y: Uint8Array, n: number, p: number, C = 1): LogisticFit {
+  if (X.length !== n * p || y.length !== n) throw new SaekitError('ERR_SAEKIT_SHAPE', `fitLogistic: expected X of length ${n * p} and y of length ${n}`);
+  if (!(C > 0) || !Number.isFinite(C)) throw argError('C', 'a positive finite number', C);
+  const q = p + 1; // parameters: w[0..p-1], b
+  const theta = new Float64Array(q);
+  const lam = 1 / C;
+  const objective = (t: Float64Array): number => {
+    let s = 0;
+    for (let i = 0; i < n; i++) {
+      let z = t[p];
+      for (let j = 0; j < p; j++) z += X[i * p + j] * t[j];
+      const m = y[i] ? z : -z; // margin
+      s += m > 0 ? Math.log1p(Math.exp(-m)) : -m + Math.log1p(Math.exp(m));
+    }
+    for (let j = 0; j < p; j++) s += 0.5 * lam * t[j] * t[j];
+    return s;
+  };
+  const grad = new Float64Array(q);
+  const H = new Float64Array(q * q);
+  const xi = new Float64Array(q);
+  let f = objective(theta);
+  let iterations = 0;
+  for (; iterations < 200; iterations++) {
+    grad.fill(0);
+    H.fill(0);
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < p; j++) xi[j] = X[i * p + j];
+      xi[p] = 1;
+      let z = 0;
+      for (let j = 0; j < q; j++) z += xi[j] * theta[j];
+      const prob = 1 / (1 + Math.exp(-z));
+      const r = prob - (y[i] ? 1 : 0);
+      const wgt = prob * (1 - prob);
+      for (let a = 0; a < q; a++) {
+        grad[a] += r * xi[a];
+        const wa = wgt * xi[a];
+        for (let c = 0; c <= a; c++) H[a * q + c] += wa * xi[c];
+      }
+    }
+    for (let j = 0; j < p; j++) {
+      grad[j] += lam * theta[j];
+      H[j * q + j] += lam;
+    }
+    let gmax = 0;
+    for (let a = 0; a < q; a++) gmax = Math.max(gmax, Math.abs(grad[a]));
+    if (gmax <= 1e-10 * Math.max(1, n)) break;
+    for (let a = 0; a < q; a++) H[a * q + a] += 1e-12 * Math.max(1, n); // keeps the separable intercept direction solvable
+    const step = choleskySolve(H, grad, q);
+    // Backtracking line search on the objective.
+    let t = 1;
+    const trial = new Float64Array(q);
+    let fNew = f;
+    let decrease = 0;
+    for (let a = 0; a < q; a++) decrease += grad[a] * step[a];
+    for (let ls = 0; ls < 60; ls++) {
+      for (let a = 0; a < q; a++) trial[a] = theta[a] - t * step[a];
+      fNew = objective(trial);
+      if (fNew <= f - 1e-4 * t * decrease) break;
+      t *= 0.5;
+    }
+    if (!(fNew <= f)) break;
+    theta.set(trial);
+    const converged = f - fNew <= 1e-15 * Math.max(1, Math.abs(f));
+    f = fNew;
+    if (converged && t === 1) {
+      iterations++;
+      break;
+    }
+  }
+  return { w: theta.slice(0, p), b: theta[p], iterations };
+}
+
+/** Solves H x = g for a symmetric positive definite H given by its lower triangle. */
+function choleskySolve(H: Float64Array, g: Float64Array, q: number): Float64Array {
+  const L = new Float64Array(q * q);
+  for (let i = 0; i < q; i++) {
+    for (let j = 0; j <= i; j++) {
+      let s = H[i * q + j];
+      for (let k = 0; k < j; k++) s -= L[i * q + k] * L[j * q + k];
+      if (i === j) {
+        L[i * q + i] = Math.sqrt(Math.max(s, 1e-300));
+      } else {
+        L[i * q + j] = s / L[j * q + j];
+      }
+    }
+  }
+  const z = new Float64Array(q);
+  for (let i = 0; i < q; i++) {
+    let s = g[i];
+    for (let k = 0; k < i; k++) s -= L[i * q + k] * z[k];
+    z[i] = s / L[i * q + i];
+  }
+  const x = new Float64Array(q);
+  for (let i = q - 1; i >= 0; i--) {
+    let s = z[i];
+    for (let k = i + 1; k < q; k++) s -= L[k * q + i] * x[k];
+    x[i] = s / L[i * q + i];
+  }
+  return x;
+}
+
+/**
+ * k-sparse probes on dense features [n, m]: rank latents by train |mean_pos - mean_neg|, fit an
+ * L2 logistic regression on the top k, report test accuracy and F1 for each k.
+ */
+export function sparseProbe(features: Float32Array, labels: Uint8Array, options: SparseProbeOptions): { results: SparseProbeResult[] } {
+  if (!(features instanceof Float32Array)) throw argError('features', 'a Float32Array', features);
+  if (!(labels instanceof Uint8Array)) throw argError('labels', 'a Uint8Array', labels);
+  if (options === undefined) throw argError('options', 'an options object with m', options);
+  const opts = checkOptions('options', options);
+  const m = checkInt('options.m', opts.m, 1, 2 ** 31);
+  const n = labels.length;
+  if (features.length !== n * m) {
+    throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected features of length labels.length * m = ${n * m} but received length ${features.length}`);
+  }
+  for (let i = 0; i < n; i++) if (labels[i] > 1) throw argError(`labels[${i}]`, '0 or 1', labels[i]);
+  for (let i = 0; i < features.length; i++) {
+    if (!Number.isFinite(features[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `features[${i}] is ${features[i]}: expected finite values`);
+  }
+  let ks = [1, 2, 5];
+  if (opts.k !== undefined) {
+    if (!Array.isArray(opts.k) || opts.k.length === 0) throw argError('options.k', 'a non-empty array of positive integers', opts.k);
+    ks = opts.k.map((k, i) => checkInt(`options.k[${i}]`, k, 1, 2 ** 31));
+  }
+  const testFraction = opts.testFraction ?? 0.2;
+  if (typeof testFraction !== 'number' || !(testFraction > 0 && testFraction < 1)) {
+    throw argError('options.testFraction', 'a number strictly between 0 and 1', opts.testFraction);
+  }
+  const seed = Number(checkSeed('options.seed', opts.seed ?? 0) & 0xffffffffn);
+  const C = opts.C ?? 1;
+  if (typeof C !== 'number' || !(C > 0) || !Number.isFinite(C)) throw argError('options.C', 'a positive finite number', opts.C);
+
+  // Seeded split.
+  const order = Array.from({ length: n }, (_, i) => i);
+  const rnd = mulberry32(seed);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rnd() * (i + 1));
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  const nTest = Math.round(n * testFraction);
+  const test = order.slice(0, nTest);
+  const train = order.slice(nTest);
+  if (nTest < 1 || train.length < 2) {
+    throw argError('labels', `enough examples for a train and a test split at testFraction ${testFraction}`, labels);
+  }
+  let nPos = 0;
+  for (const r of train) nPos += labels[r];
+  const nNeg = train.length - nPos;
+  if (nPos === 0 || nNeg === 0) throw argError('labels', 'both classes present in the train split', labels);
+
+  // Rank by |mean_pos - mean_neg| on train.
+  const sumPos = new Float64Array(m);
+  const sumNeg = new Float64Array(m);
+  for (const r of train) {
+    const s = labels[r] ? sumPos : sumNeg;
+    const o = r * m;
+    for (let j = 0; j < m; j++) s[j] += features[o + j];
+  }
+  const score = new Float64Array(m);
+  for (let j = 0; j < m; j++) score[j] = Math.abs(sumPos[j] / nPos - sumNeg[j] / nNeg);
+  const kMax = Math.min(m, Math.max(...ks));
+  const ranked = topIndices(score, kMax);
+
+  const results: SparseProbeResult[] = [];
+  for (const kReq of ks) {
+    const k = Math.min(kReq, m);
+    const latents = ranked.slice(0, k);
+    const mean = new Float64Array(k);
+    const sd = new Float64Array(k);
+    for (const r of train) for (let j = 0; j < k; j++) mean[j] += features[r * m + latents[j]];
+    for (let j = 0; j < k; j++) mean[j] /= train.length;
+    for (const r of train) {
+      for (let j = 0; j < k; j++) {
+        const v = features[r * m + latents[j]] - mean[j];
+        sd[j] += v * v;
+      }
+    }
+    for (let j = 0; j < k; j++) {
+      sd[j] = Math.sqrt(sd[j] / train.length);
+      if (!(sd[j] > 0)) sd[j] = 1;
+    }
+    const build = (rows: number[]): Float64Array => {
+      const X = new Float64Array(rows.length * k);
+      rows.forEach((r, i) => {
+        for (let j = 0; j < k; j++) X[i * k + j] = (features[r * m + latents[j]] - mean[j]) / sd[j];
+      });
+      return X;
+    };
+    const yTrain = Uint8Array.from(train, (r) => labels[r]);
+    const fit = fitLogistic(build(train), yTrain, train.length, k, C);
+    const Xt = build(test);
+    let tp = 0;
+    let fp = 0;
+    let tn = 0;
+    let fn = 0;
+    test.forEach((r, i) => {
+      let z = fit.b;
+      for (let j = 0; j < k; j++) z += fit.w[j] * Xt[i * k + j];
+      const pred = z > 0;
+      if (labels[r]) pred ? tp++ : fn++;
+      else pred ? fp++ : tn++;
+    });
+    const f1Den = 2 * tp + fp + fn;
+    results.push({
+      k,
+      latents,
+      accuracy: (tp + tn) / test.length,
+      f1: f1Den === 0 ? 0 : (2 * tp) / f1Den,
+      weights: Array.from(fit.w),
+      intercept: fit.b,
+    });
+  }
+  return { results };
+}
+
+/** Indices of the `count` largest scores, descending; ties by lower index. */
+function topIndices(score: Float64Array, count: number): number[] {
+  const idx = Array.from({ length: score.length }, (_, i) => i);
+  idx.sort((a, b) => score[b] - score[a] || a - b);
+  return idx.slice(0, count);
+}

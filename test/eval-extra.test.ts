@@ -1,0 +1,585 @@
+import { describe, expect, it } from 'vitest';
+
+import { CooccurrenceAccumulator, phiCoefficient } from '../lib/eval/cooccurrence.js';
+import { fitLogistic, sparseProbe } from '../lib/eval/probe.js';
+import { psEval } from '../lib/eval/pseval.js';
+import { powerLawFit, spectrum, symmetricEigenvalues } from '../lib/eval/spectrum.js';
+import { lcg } from './helpers/reference.js';
+
+// ---------------------------------------------------------------- naive float64 references
+
+function gaussian(next: () => number): () => number {
+  return () => Math.sqrt(-2 * Math.log(1 - next())) * Math.cos(2 * Math.PI * next());
+}
+
+function randomSymmetric(d: number, next: () => number): Float64Array {
+  const a = new Float64Array(d * d);
+  for (let i = 0; i < d; i++) {
+    for (let j = 0; j <= i; j++) {
+      const v = next() * 2 - 1;
+      a[i * d + j] = v;
+      a[j * d + i] = v;
+    }
+  }
+  return a;
+}
+
+/** Cyclic Jacobi rotations: an independent eigenvalue reference (slow, fine for small d). */
+function jacobiEigenvalues(m: Float64Array, d: number): number[] {
+  const a = Float64Array.from(m);
+  for (let sweep = 0; sweep < 100; sweep++) {
+    let off = 0;
+    for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) if (i !== j) off += a[i * d + j] ** 2;
+    if (off < 1e-26) break;
+    for (let p = 0; p < d; p++) {
+      for (let q = p + 1; q < d; q++) {
+        const apq = a[p * d + q];
+        if (apq === 0) continue;
+        const theta = (a[q * d + q] - a[p * d + p]) / (2 * apq);
+        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
+        const c = 1 / Math.sqrt(t * t + 1);
+        const s = t * c;
+        for (let k = 0; k < d; k++) {
+          const akp = a[k * d + p];
+          const akq = a[k * d + q];
+          a[k * d + p] = c * akp - s * akq;
+          a[k * d + q] = s * akp + c * akq;
+        }
+        for (let k = 0; k < d; k++) {
+          const apk = a[p * d + k];
+          const aqk = a[q * d + k];
+          a[p * d + k] = c * apk - s * aqk;
+          a[q * d + k] = s * apk + c * aqk;
+        }
+      }
+    }
+  }
+  return Array.from({ length: d }, (_, i) => a[i * d + i]).sort((x, y) => y - x);
+}
+
+/** Solves M x = b by Gaussian elimination with partial pivoting (M is copied). */
+function solve(m: Float64Array, b: Float64Array, d: number): Float64Array {
+  const a = Float64Array.from(m);
+  const x = Float64Array.from(b);
+  for (let c = 0; c < d; c++) {
+    let piv = c;
+    for (let r = c + 1; r < d; r++) if (Math.abs(a[r * d + c]) > Math.abs(a[piv * d + c])) piv = r;
+    if (piv !== c) {
+      for (let k = 0; k < d; k++) [a[c * d + k], a[piv * d + k]] = [a[piv * d + k], a[c * d + k]];
+      [x[c], x[piv]] = [x[piv], x[c]];
+    }
+    for (let r = c + 1; r < d; r++) {
+      const f = a[r * d + c] / a[c * d + c];
+      for (let k = c; k < d; k++) a[r * d + k] -= f * a[c * d + k];
+      x[r] -= f * x[c];
+    }
+  }
+  for (let r = d - 1; r >= 0; r--) {
+    let s = x[r];
+    for (let k = r + 1; k < d; k++) s -= a[r * d + k] * x[k];
+    x[r] = s / a[r * d + r];
+  }
+  return x;
+}
+
+/** Random orthogonal d x d matrix (rows orthonormal), by Gram-Schmidt twice in float64. */
+function randomOrthogonal(d: number, next: () => number): Float64Array {
+  const g = gaussian(next);
+  const q = Float64Array.from({ length: d * d }, () => g());
+  for (let i = 0; i < d; i++) {
+    for (let pass = 0; pass < 2; pass++) {
+      for (let j = 0; j < i; j++) {
+        let dot = 0;
+        for (let k = 0; k < d; k++) dot += q[i * d + k] * q[j * d + k];
+        for (let k = 0; k < d; k++) q[i * d + k] -= dot * q[j * d + k];
+      }
+    }
+    let norm = 0;
+    for (let k = 0; k < d; k++) norm += q[i * d + k] ** 2;
+    norm = Math.sqrt(norm);
+    for (let k = 0; k < d; k++) q[i * d + k] /= norm;
+  }
+  return q;
+}
+
+function naiveCovariance(w: Float32Array, n: number, d: number): Float64Array {
+  const mean = new Float64Array(d);
+  for (let r = 0; r < n; r++) for (let c = 0; c < d; c++) mean[c] += w[r * d + c] / n;
+  const cov = new Float64Array(d * d);
+  for (let r = 0; r < n; r++) {
+    for (let i = 0; i < d; i++) {
+      const vi = w[r * d + i] - mean[i];
+      for (let j = 0; j < d; j++) cov[i * d + j] += (vi * (w[r * d + j] - mean[j])) / (n - 1);
+    }
+  }
+  return cov;
+}
+
+// ---------------------------------------------------------------- spectrum
+
+describe('symmetricEigenvalues', () => {
+  it('solves small cases exactly', () => {
+    // [[2, 1], [1, 2]] has eigenvalues 3 and 1.
+    expect(Array.from(symmetricEigenvalues(Float64Array.of(2, 1, 1, 2), 2))).toEqual([
+      expect.closeTo(3, 14),
+      expect.closeTo(1, 14),
+    ]);
+    // 1 x 1, diagonal with repeats, zero matrix.
+    expect(Array.from(symmetricEigenvalues(Float64Array.of(-4), 1))).toEqual([-4]);
+    const diag = new Float64Array(16);
+    [3, -1, 3, 0].forEach((v, i) => (diag[i * 4 + i] = v));
+    expect(Array.from(symmetricEigenvalues(diag, 4))).toEqual([3, 3, 0, -1]);
+    expect(Array.from(symmetricEigenvalues(new Float64Array(9), 3))).toEqual([0, 0, 0]);
+    // A rotated diagonal: Q diag(5, 2, -3) Q^T for a random orthogonal Q.
+    const q = randomOrthogonal(3, lcg(7));
+    const lam = [5, 2, -3];
+    const a = new Float64Array(9);
+    for (let i = 0; i < 3; i++) for (let j = 0; j < 3; j++) for (let r = 0; r < 3; r++) a[i * 3 + j] += q[r * 3 + i] * lam[r] * q[r * 3 + j];
+    const ev = symmetricEigenvalues(a, 3);
+    lam.forEach((v, i) => expect(ev[i]).toBeCloseTo(v, 12));
+  });
+
+  it('matches trace, Frobenius norm, a Jacobi reference, and has A v = lambda v residuals ~ 0', () => {
+    for (const [d, seed] of [
+      [5, 1],
+      [40, 2],
+      [97, 3],
+    ] as const) {
+      const a = randomSymmetric(d, lcg(seed * 1000 + 17));
+      const ev = symmetricEigenvalues(a, d);
+      let trace = 0;
+      let frob = 0;
+      for (let i = 0; i < d; i++) trace += a[i * d + i];
+      for (const v of a) frob += v * v;
+      const scale = Math.sqrt(frob);
+      // Each eigenvalue has backward error ~ d * eps * ||A||: sums of d of them agree to ~1e-12 ||A||.
+      expect(Math.abs(ev.reduce((s, v) => s + v, 0) - trace)).toBeLessThan(1e-11 * scale);
+      expect(Math.abs(ev.reduce((s, v) => s + v * v, 0) - frob)).toBeLessThan(1e-11 * frob);
+      for (let i = 1; i < d; i++) expect(ev[i]).toBeLessThanOrEqual(ev[i - 1]);
+      const ref = jacobiEigenvalues(a, d);
+      ref.forEach((v, i) => expect(Math.abs(ev[i] - v)).toBeLessThan(1e-11 * scale));
+      // Inverse iteration at a shift next to each eigenvalue: if lambda is an eigenvalue, the
+      // iterate v satisfies ||A v - lambda v|| ~ shift offset + eps ||A||.
+      for (let e = 0; e < d; e += Math.max(1, Math.floor(d / 7))) {
+        const lambda = ev[e];
+        const delta = 1e-9 * scale;
+        const m = Float64Array.from(a);
+        for (let i = 0; i < d; i++) m[i * d + i] -= lambda + delta;
+        let v: Float64Array = Float64Array.from({ length: d }, (_, i) => 1 + ((i * 7919) % 13) / 13);
+        for (let it = 0; it < 3; it++) {
+          v = solve(m, v, d);
+          const nv = Math.sqrt(v.reduce((s, x) => s + x * x, 0));
+          v = v.map((x) => x / nv);
+        }
+        let res = 0;
+        for (let i = 0; i < d; i++) {
+          let av = 0;
+          for (let j = 0; j < d; j++) av += a[i * d + j] * v[j];
+          res += (av - lambda * v[i]) ** 2;
+        }
+        expect(Math.sqrt(res)).toBeLessThan(1e-8 * scale);
+      }
+    }
+  });
+
+  it('rejects bad input with named errors', () => {
+    expect(() => symmetricEigenvalues(new Float64Array(5), 2)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE' }));
+    expect(() => symmetricEigenvalues(Float64Array.of(Number.NaN), 1)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_NONFINITE' }));
+  });
+});
+
+describe('powerLawFit', () => {
+  it('recovers an exact power law over ranks 11..150 and clips to the available ranks', () => {
+    const ev = Float64Array.from({ length: 400 }, (_, i) => 3 * (i + 1) ** -0.45);
+    // Ranks outside 11..150 must not matter: perturb them.
+    ev[0] = 100;
+    ev[300] = 1e-9;
+    const fit = powerLawFit(ev);
+    expect(fit.fitRanks).toEqual([11, 150]);
+    expect(fit.alpha).toBeCloseTo(0.45, 12);
+    const short = powerLawFit(ev.slice(0, 60));
+    expect(short.fitRanks).toEqual([11, 60]);
+    expect(short.alpha).toBeCloseTo(0.45, 12);
+    // Zero eigenvalues end the range; fewer than 2 ranks gives NaN.
+    const withZeros = ev.slice(0, 100);
+    withZeros.fill(0, 40);
+    expect(powerLawFit(withZeros).fitRanks).toEqual([11, 40]);
+    expect(powerLawFit(ev.slice(0, 11)).alpha).toBeNaN();
+    expect(powerLawFit(ev.slice(0, 11)).fitRanks).toEqual([0, 0]);
+  });
+});
+
+describe('spectrum', () => {
+  it('matches a naive float64 covariance and Jacobi eigenvalues', async () => {
+    const n = 300;
+    const d = 24;
+    const next = lcg(99);
+    const w = Float32Array.from({ length: n * d }, (_, i) => next() * 2 - 1 + (i % d) * 0.3); // non-zero column means
+    const { eigenvalues, alpha, fitRanks } = await spectrum(w, n, d);
+    const cov = naiveCovariance(w, n, d);
+    const ref = jacobiEigenvalues(cov, d);
+    // float32 centred rows and float32 GEMM over 300 rows: relative error ~ 1e-6 of the largest.
+    ref.forEach((v, i) => expect(Math.abs(eigenvalues[i] - v)).toBeLessThan(1e-5 * ref[0]));
+    expect(fitRanks).toEqual([11, 24]);
+    expect(alpha).toBeCloseTo(powerLawFit(Float64Array.from(ref)).alpha, 3);
+  });
+
+  it('recovers alpha of a synthetic decoder with covariance eigenvalues r^-alpha', async () => {
+    const d = 200;
+    const n = 2 * d;
+    for (const [trueAlpha, seed] of [
+      [0.7, 5],
+      [0.3, 6],
+    ] as const) {
+      const next = lcg(seed);
+      const q = randomOrthogonal(d, next);
+      const offset = Float64Array.from({ length: d }, () => next() - 0.5);
+      // Rows +-s sqrt(lambda_r) q_r (+ a common offset): the mean is the offset and the
+      // covariance is exactly sum_r lambda_r q_r q_r^T when 2 s^2 = n - 1.
+      const s = Math.sqrt((n - 1) / 2);
+      const w = new Float32Array(n * d);
+      for (let r = 0; r < d; r++) {
+        const amp = s * Math.sqrt((r + 1) ** -trueAlpha);
+        for (let c = 0; c < d; c++) {
+          w[2 * r * d + c] = offset[c] + amp * q[r * d + c];
+          w[(2 * r + 1) * d + c] = offset[c] - amp * q[r * d + c];
+        }
+      }
+      const { eigenvalues, alpha, fitRanks } = await spectrum(w, n, d);
+      expect(fitRanks).toEqual([11, 150]);
+      // float32 inputs (relative 6e-8 each) and GEMM: eigenvalues within ~1e-5 of lambda_1 = 1,
+      // i.e. < 1e-3 relative at rank 150 (lambda = 150^-0.7 = 0.03); alpha then to ~1e-4.
+      for (let r = 1; r <= 150; r++) expect(Math.abs(eigenvalues[r - 1] - r ** -trueAlpha)).toBeLessThan(2e-5);
+      expect(Math.abs(alpha - trueAlpha)).toBeLessThan(5e-4);
+    }
+  });
+
+  it('validates its arguments', async () => {
+    await expect(spectrum(new Float32Array(10), 3, 3)).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
+    await expect(spectrum(new Float32Array(3), 1, 3)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+    await expect(spectrum([1, 2] as unknown as Float32Array, 1, 2)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+  });
+});
+
+// ---------------------------------------------------------------- co-occurrence
+
+interface Codes {
+  rows: number;
+  k: number;
+  values: Float32Array;
+  indices: Int32Array;
+}
+
+function randomCodes(rows: number, k: number, numLatents: number, next: () => number, pool = numLatents): Codes {
+  const values = new Float32Array(rows * k);
+  const indices = new Int32Array(rows * k);
+  for (let i = 0; i < rows * k; i++) {
+    // Correlated latents: low indices fire more; some values are exactly at or below thresholds.
+    indices[i] = Math.floor(next() ** 2 * pool);
+    const u = next();
+    values[i] = u < 0.1 ? 0 : u < 0.2 ? 0.5 : u * 2 - 0.4;
+  }
+  return { rows, k, values, indices };
+}
+
+function sliceCodes(c: Codes, from: number, to: number): Codes {
+  return {
+    rows: to - from,
+    k: c.k,
+    values: c.values.slice(from * c.k, to * c.k),
+    indices: c.indices.slice(from * c.k, to * c.k),
+  };
+}
+
+/** Direct 2x2 tables: chunk x latent activity, then phi per pair by counting chunks. */
+function naiveCooccurrence(c: Codes, numLatents: number, chunkTokens: number, threshold: number, dropPartial = false) {
+  const chunks: Set<number>[] = [];
+  for (let r = 0; r < c.rows; r++) {
+    const ch = Math.floor(r / chunkTokens);
+    chunks[ch] ??= new Set();
+    for (let q = 0; q < c.k; q++) if (c.values[r * c.k + q] > threshold) chunks[ch].add(c.indices[r * c.k + q]);
+  }
+  if (dropPartial && c.rows % chunkTokens !== 0) chunks.pop();
+  const T = chunks.length;
+  const phi = (i: number, j: number) => {
+    let n11 = 0;
+    let n10 = 0;
+    let n01 = 0;
+    let n00 = 0;
+    for (const s of chunks) {
+      const a = s.has(i);
+      const b = s.has(j);
+      if (a && b) n11++;
+      else if (a) n10++;
+      else if (b) n01++;
+      else n00++;
+    }
+    const v = (n11 * n00 - n10 * n01) / Math.sqrt((n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00));
+    return { count: n11, phi: Number.isFinite(v) ? v : 0 };
+  };
+  const active = Array.from({ length: numLatents }, (_, i) => chunks.filter((s) => s.has(i)).length);
+  return { T, phi, active };
+}
+
+describe('CooccurrenceAccumulator', () => {
+  it('phi, counts and top pairs match direct 2x2 tables', () => {
+    const numLatents = 30;
+    const codes = randomCodes(1000, 4, numLatents, lcg(3));
+    for (const threshold of [0, 0.5]) {
+      const acc = new CooccurrenceAccumulator(numLatents, { chunkTokens: 37, threshold });
+      acc.add(codes);
+      const res = acc.result({ top: 50, dense: true });
+      const ref = naiveCooccurrence(codes, numLatents, 37, threshold);
+      expect(res.chunks).toBe(Math.ceil(1000 / 37));
+      expect(res.chunks).toBe(ref.T);
+      expect(Array.from(res.active)).toEqual(ref.active);
+      const all: { i: number; j: number; count: number; phi: number }[] = [];
+      for (let i = 0; i < numLatents; i++) {
+        for (let j = 0; j < numLatents; j++) {
+          const { count, phi } = i === j ? { count: ref.active[i], phi: 0 < ref.active[i] && ref.active[i] < ref.T ? 1 : 0 } : ref.phi(i, j);
+          expect(res.phi![i * numLatents + j]).toBeCloseTo(phi, 13);
+          if (i < j && count > 0) all.push({ i, j, count, phi });
+        }
+      }
+      all.sort((x, y) => y.phi - x.phi || y.count - x.count || x.i - y.i || x.j - y.j);
+      expect(res.top).toHaveLength(50);
+      res.top.forEach((p, t) => {
+        expect([p.i, p.j, p.count]).toEqual([all[t].i, all[t].j, all[t].count]);
+        expect(p.phi).toBeCloseTo(all[t].phi, 13);
+      });
+    }
+  });
+
+  it('gives the same result for any split into add() calls; a chunk continues across calls', () => {
+    const numLatents = 20;
+    const codes = randomCodes(500, 3, numLatents, lcg(11));
+    const whole = new CooccurrenceAccumulator(numLatents, { chunkTokens: 64 });
+    whole.add(codes);
+    const expected = whole.result({ top: 1000, dense: true });
+    const next = lcg(12);
+    for (let trial = 0; trial < 5; trial++) {
+      const acc = new CooccurrenceAccumulator(numLatents, { chunkTokens: 64 });
+      let at = 0;
+      while (at < codes.rows) {
+        const to = Math.min(codes.rows, at + Math.floor(next() * 90)); // includes empty batches
+        acc.add(sliceCodes(codes, at, to));
+        if (next() < 0.3) acc.result(); // a mid-stream result must not close the open chunk
+        at = to;
+      }
+      expect(acc.result({ top: 1000, dense: true })).toEqual(expected);
+    }
+    // One token at a time, as an extreme split.
+    const one = new CooccurrenceAccumulator(numLatents, { chunkTokens: 64 });
+    for (let r = 0; r < codes.rows; r++) one.add(sliceCodes(codes, r, r + 1));
+    expect(one.result({ top: 1000, dense: true })).toEqual(expected);
+  });
+
+  it('counts or drops the trailing partial chunk', () => {
+    const codes = randomCodes(100, 2, 10, lcg(21));
+    const keep = new CooccurrenceAccumulator(10, { chunkTokens: 30 });
+    keep.add(codes);
+    expect(keep.result().chunks).toBe(4);
+    const drop = new CooccurrenceAccumulator(10, { chunkTokens: 30, dropPartial: true });
+    drop.add(codes);
+    const r = drop.result({ dense: true });
+    expect(r.chunks).toBe(3);
+    const ref = naiveCooccurrence(codes, 10, 30, 0, true);
+    expect(Array.from(r.active)).toEqual(ref.active);
+    expect(r.phi![1 * 10 + 2]).toBeCloseTo(ref.phi(1, 2).phi, 13);
+  });
+
+  it('applies the threshold strictly (value > threshold)', () => {
+    const acc = new CooccurrenceAccumulator(4, { chunkTokens: 1, threshold: 1 });
+    // Token 0: latents 0 (value 1, not active) and 1 (1.5). Token 1: latents 1 and 2 (2 each).
+    acc.add({ rows: 2, k: 2, values: Float32Array.of(1, 1.5, 2, 2), indices: Int32Array.of(0, 1, 1, 2) });
+    const r = acc.result({ dense: true });
+    expect(Array.from(r.active)).toEqual([0, 2, 1, 0]);
+    expect(r.top).toEqual([{ i: 1, j: 2, count: 1, phi: 0 }]); // latent 1 is always on: phi 0
+    expect(phiCoefficient(4, 2, 2, 2)).toBe(1);
+    expect(phiCoefficient(4, 0, 2, 2)).toBe(-1);
+  });
+
+  it('uses sparse pair storage for many latents with the same phi', () => {
+    const numLatents = 5000;
+    const next = lcg(31);
+    const codes = randomCodes(600, 3, numLatents, next, 40);
+    for (let i = 0; i < codes.indices.length; i++) codes.indices[i] = codes.indices[i] * 111 + 7; // spread over 0..4336
+    const acc = new CooccurrenceAccumulator(numLatents, { chunkTokens: 16 });
+    acc.add(sliceCodes(codes, 0, 250));
+    acc.add(sliceCodes(codes, 250, 600));
+    const res = acc.result({ top: 30 });
+    expect(res.phi).toBeUndefined();
+    const ref = naiveCooccurrence(codes, numLatents, 16, 0);
+    expect(res.chunks).toBe(ref.T);
+    for (const p of res.top) {
+      const e = ref.phi(p.i, p.j);
+      expect(p.count).toBe(e.count);
+      expect(p.phi).toBeCloseTo(e.phi, 13);
+    }
+    // The best pair is the best over all co-occurring pairs.
+    const used = [...new Set(codes.indices)].sort((a, b) => a - b);
+    let best = -Infinity;
+    for (let a = 0; a < used.length; a++) {
+      for (let b = a + 1; b < used.length; b++) {
+        const e = ref.phi(used[a], used[b]);
+        if (e.count > 0) best = Math.max(best, e.phi);
+      }
+    }
+    expect(res.top[0].phi).toBeCloseTo(best, 13);
+    expect(() => acc.result({ dense: true })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+  });
+
+  it('validates its arguments', () => {
+    expect(() => new CooccurrenceAccumulator(0)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    expect(() => new CooccurrenceAccumulator(4, { chunkTokens: 0 })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    expect(() => new CooccurrenceAccumulator(4, { threshold: Number.NaN })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    const acc = new CooccurrenceAccumulator(4);
+    expect(() => acc.add({ rows: 2, k: 2, values: new Float32Array(3), indices: new Int32Array(4) })).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE' }),
+    );
+    expect(() => acc.add({ rows: 1, k: 1, values: new Float32Array(1), indices: Int32Array.of(4) })).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }),
+    );
+  });
+});
+
+// ---------------------------------------------------------------- sparse probing
+
+describe('sparseProbe', () => {
+  function separable(n: number, m: number, signal: number, seed: number) {
+    const next = lcg(seed);
+    const labels = Uint8Array.from({ length: n }, () => (next() < 0.4 ? 1 : 0));
+    const features = new Float32Array(n * m);
+    for (let r = 0; r < n; r++) {
+      for (let j = 0; j < m; j++) features[r * m + j] = next();
+      features[r * m + signal] = labels[r] ? 2 + next() : next();
+    }
+    return { features, labels };
+  }
+
+  it('finds the separating latent with k = 1 and reaches accuracy 1', () => {
+    const { features, labels } = separable(250, 20, 7, 41);
+    const { results } = sparseProbe(features, labels, { m: 20 });
+    expect(results.map((r) => r.k)).toEqual([1, 2, 5]);
+    for (const r of results) {
+      expect(r.latents[0]).toBe(7);
+      expect(r.latents).toHaveLength(r.k);
+      expect(r.accuracy).toBe(1);
+      expect(r.f1).toBe(1);
+    }
+  });
+
+  it('is deterministic for a seed and depends on it', () => {
+    const next = lcg(51);
+    const n = 200;
+    const m = 12;
+    const labels = Uint8Array.from({ length: n }, () => (next() < 0.5 ? 1 : 0));
+    const features = Float32Array.from({ length: n * m }, (_, i) => next() + (labels[Math.floor(i / m)] ? 0.3 * ((i % m) / m) : 0));
+    const a = sparseProbe(features, labels, { m, k: [1, 3], seed: 5 });
+    const b = sparseProbe(features, labels, { m, k: [1, 3], seed: 5 });
+    const c = sparseProbe(features, labels, { m, k: [1, 3], seed: 6 });
+    expect(a).toEqual(b);
+    expect(a.results[1].weights).not.toEqual(c.results[1].weights);
+    for (const r of a.results) {
+      expect(r.accuracy).toBeGreaterThan(0.5);
+      expect(r.accuracy).toBeLessThanOrEqual(1);
+    }
+  });
+
+  it('fits the L2 logistic regression to its optimum (gradient ~ 0, strictly lower objective than nearby points)', () => {
+    const next = lcg(61);
+    const g = gaussian(next);
+    const n = 300;
+    const p = 4;
+    const X = Float64Array.from({ length: n * p }, () => g());
+    const y = Uint8Array.from({ length: n }, (_, i) => (X[i * p] - 0.5 * X[i * p + 2] + 0.3 + g() > 0 ? 1 : 0));
+    for (const C of [1, 0.05]) {
+      const { w, b } = fitLogistic(X, y, n, p, C);
+      const objective = (ww: number[], bb: number) => {
+        let s = 0;
+        for (let i = 0; i < n; i++) {
+          let z = bb;
+          for (let j = 0; j < p; j++) z += ww[j] * X[i * p + j];
+          s += Math.log(1 + Math.exp(y[i] ? -z : z));
+        }
+        return s + ww.reduce((a, v) => a + v * v, 0) / (2 * C);
+      };
+      // Naive gradient of sklearn's objective sum logloss + ||w||^2 / (2C).
+      const grad = new Array(p + 1).fill(0);
+      for (let i = 0; i < n; i++) {
+        let z = b;
+        for (let j = 0; j < p; j++) z += w[j] * X[i * p + j];
+        const r = 1 / (1 + Math.exp(-z)) - y[i];
+        for (let j = 0; j < p; j++) grad[j] += r * X[i * p + j];
+        grad[p] += r;
+      }
+      for (let j = 0; j < p; j++) grad[j] += w[j] / C;
+      for (const v of grad) expect(Math.abs(v)).toBeLessThan(1e-7);
+      const f0 = objective(Array.from(w), b);
+      for (let t = 0; t < 10; t++) {
+        const dw = Array.from(w, (v) => v + (next() - 0.5) * 1e-3);
+        expect(objective(dw, b + (next() - 0.5) * 1e-3)).toBeGreaterThan(f0);
+      }
+      if (C === 0.05) expect(Math.hypot(...w)).toBeLessThan(Math.hypot(...fitLogistic(X, y, n, p, 1).w));
+    }
+    // Separable data still has a finite optimum because w is penalised.
+    const ys = Uint8Array.from({ length: n }, (_, i) => (X[i * p] > 0 ? 1 : 0));
+    const fit = fitLogistic(X, ys, n, p, 1);
+    expect(Number.isFinite(fit.b) && fit.w.every(Number.isFinite)).toBe(true);
+  });
+
+  it('validates its arguments', () => {
+    const features = new Float32Array(40);
+    const labels = Uint8Array.from({ length: 10 }, (_, i) => i % 2);
+    expect(() => sparseProbe(features, labels, { m: 3 })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE' }));
+    expect(() => sparseProbe(features, Uint8Array.from({ length: 10 }, () => 2), { m: 4 })).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }),
+    );
+    expect(() => sparseProbe(features, new Uint8Array(10), { m: 4 })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    expect(() => sparseProbe(features, labels, { m: 4, testFraction: 1 })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    expect(() => sparseProbe(features, labels, { m: 4, k: [0] })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+  });
+});
+
+// ---------------------------------------------------------------- PS-Eval
+
+describe('psEval', () => {
+  const v = (...x: number[]) => Float32Array.from(x);
+
+  it('counts the confusion matrix with "same meaning" as the positive class', () => {
+    const pairs = [
+      { a: v(0, 3, 1), b: v(0, 2, 1), same: true }, // argmax 1 = 1: TP
+      { a: v(5, 3, 1), b: v(0, 2, 1), same: true }, // 0 vs 1: FN
+      { a: v(0, 0, 9), b: v(1, 0, 9), same: false }, // 2 = 2: FP
+      { a: v(4, 0, 1), b: v(1, 0, 9), same: false }, // 0 vs 2: TN
+      { a: v(2, 2, 1), b: v(2, 0, 2), same: true }, // ties take the first index: 0 = 0: TP
+      { a: v(1, 7, 7), b: v(0, 1, 0), same: false }, // 1 = 1: FP
+      { a: v(-1, -3, -2), b: v(-5, -4, -6), same: false }, // 0 vs 1: TN
+    ];
+    const r = psEval(pairs);
+    expect([r.tp, r.fp, r.tn, r.fn]).toEqual([2, 2, 2, 1]);
+    expect(r.precision).toBeCloseTo(2 / 4, 15);
+    expect(r.recall).toBeCloseTo(2 / 3, 15);
+    expect(r.f1).toBeCloseTo(4 / 7, 15);
+    expect(r.accuracy).toBeCloseTo(4 / 7, 15);
+    expect(r.specificity).toBeCloseTo(2 / 4, 15);
+  });
+
+  it('returns NaN for 0/0 metrics', () => {
+    const r = psEval([{ a: v(1, 0), b: v(0, 1), same: false }]);
+    expect([r.tp, r.fp, r.tn, r.fn]).toEqual([0, 0, 1, 0]);
+    expect(r.precision).toBeNaN();
+    expect(r.recall).toBeNaN();
+    expect(r.f1).toBeNaN();
+    expect(r.accuracy).toBe(1);
+    expect(r.specificity).toBe(1);
+  });
+
+  it('validates its arguments', () => {
+    expect(() => psEval([])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    expect(() => psEval([{ a: v(1, 2), b: v(1), same: true }])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE' }));
+    expect(() => psEval([{ a: [1] as unknown as Float32Array, b: v(1), same: true }])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    expect(() => psEval([{ a: v(1), b: v(1), same: 1 as unknown as boolean }])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    expect(() => psEval([{ a: v(Number.NaN), b: v(1), same: true }])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_NONFINITE' }));
+  });
+});
