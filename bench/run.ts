@@ -6,13 +6,14 @@
 import { parseArgs } from 'node:util';
 
 import { backend } from '../lib/index.js';
+import { evalBench } from './eval.js';
 import { gemm } from './gemm.js';
 import { type Benchmark, formatTable, machine, saveResults } from './harness.js';
 import { topkStep } from './topk-step.js';
 import { read } from './read.js';
 import { train } from './train.js';
 
-const BENCHMARKS: Benchmark[] = [gemm, topkStep, train, read];
+const BENCHMARKS: Benchmark[] = [gemm, topkStep, train, read, evalBench];
 
 async function main(): Promise<void> {
   const { positionals, values } = parseArgs({

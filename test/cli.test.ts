@@ -5,7 +5,7 @@ import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { backend, io, SparseAutoencoder } from '../lib/index.js';
+import { backend, io, metrics, openActivations, SparseAutoencoder } from '../lib/index.js';
 import { lcg } from './helpers/reference.js';
 import { packageRoot } from '../lib/native/index.js';
 
@@ -68,6 +68,15 @@ describe('saekit CLI', () => {
     using sae = await SparseAutoencoder.load(out);
     expect([sae.dIn, sae.numLatents, sae.k]).toEqual([dIn, 57, 3]);
     expect(readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n')).toHaveLength(22);
+    // eval --json reports what metrics.evaluate reports, with SAEBench-style snake_case names.
+    const ev = run(['eval', out, path.join(dir, 'acts.npy'), '--max-tokens', '2000', '--json', '--compat']);
+    expect(ev.status, ev.stderr).toBe(0);
+    const got = JSON.parse(ev.stdout);
+    const want = await metrics.evaluate(sae, await openActivations(path.join(dir, 'acts.npy')), { maxTokens: 2000, compat: true });
+    for (const key of ['tokens', 'mse', 'fvu', 'explained_variance', 'l0', 'l1', 'dead_fraction', 'cossim', 'mean_max_cos_dec']) {
+      expect(got[key], key).toBeCloseTo((want as unknown as Record<string, number>)[key]!, 6);
+    }
+    expect(got.compat.explained_variance_legacy).toBeCloseTo(want.compat!.explained_variance_legacy, 6);
     const bad = run(['train', path.join(dir, 'acts.npy'), '--k', '3', '--out', out]);
     expect(bad.status).not.toBe(0);
     expect(bad.stderr).toMatch(/exactly one of --latents N and --expansion E/);

@@ -10,6 +10,7 @@ import { Command } from 'commander';
 
 import { openActivations } from '../data/index.js';
 import { superposition } from '../data/synthetic.js';
+import { evaluate } from '../eval/evaluate.js';
 import { mcc, mmcs } from '../eval/recovery.js';
 import { backend, SaekitError, SparseAutoencoder } from '../index.js';
 import { packageRoot } from '../native/index.js';
@@ -209,6 +210,42 @@ async function demo(f: DemoFlags): Promise<void> {
   await source.close();
 }
 
+interface EvalFlags {
+  maxTokens: number;
+  batch: number;
+  json?: boolean;
+  compat?: boolean;
+  geometry: boolean;
+  tensor?: string;
+  dtype?: 'float32' | 'float16' | 'bfloat16' | 'float64';
+  dIn?: number;
+}
+
+async function evalCommand(saePath: string, paths: string[], f: EvalFlags): Promise<void> {
+  using sae = await SparseAutoencoder.load(saePath);
+  const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn });
+  try {
+    process.stderr.write(`evaluating ${saePath} (${sae.architecture}, dIn ${sae.dIn}, ${sae.numLatents} latents) on up to ${f.maxTokens.toLocaleString('en-US')} tokens\n`);
+    const r = await evaluate(sae, source, { maxTokens: f.maxTokens, batchSize: f.batch, compat: Boolean(f.compat), geometry: f.geometry });
+    const { feature_density: density, max_cos_enc: mce, max_cos_dec: mcd, log10_density_histogram: hist, ...scalars } = r;
+    if (f.json) {
+      process.stdout.write(`${JSON.stringify({ ...scalars, log10_density_histogram: hist }, null, 2)}\n`);
+      return;
+    }
+    const rows: [string, string][] = Object.entries(scalars)
+      .filter(([, v]) => typeof v === 'number')
+      .map(([k, v]) => [k, Number.isInteger(v) ? String(v) : (v as number).toPrecision(6)]);
+    if (r.compat) for (const [k, v] of Object.entries(r.compat)) if (typeof v === 'number') rows.push([`${k} (compat)`, v.toPrecision(6)]);
+    const width = Math.max(...rows.map(([a]) => a.length));
+    for (const [a, b] of rows) process.stdout.write(`${a.padEnd(width)}  ${b}\n`);
+    void density;
+    void mce;
+    void mcd;
+  } finally {
+    await source.close();
+  }
+}
+
 export function buildProgram(): Command {
   const program = new Command();
   program
@@ -261,6 +298,21 @@ export function buildProgram(): Command {
       }
       await train(paths, f);
     });
+  program
+    .command('eval')
+    .description('evaluate an SAE (SAELens, sparsify or Gemma Scope files) on activations: reconstruction, sparsity, geometry')
+    .argument('<sae>', 'SAE folder or file')
+    .argument('<data...>', 'activation files, folders or glob patterns')
+    .option('--max-tokens <n>', 'tokens to evaluate on', num('max-tokens', 1, Number.MAX_SAFE_INTEGER), 1_000_000)
+    .option('--batch <n>', 'rows per batch', num('batch', 1, 1 << 24), 4096)
+    .option('--compat', 'also report the legacy SAELens / SAEBench variants (labelled)')
+    .option('--no-geometry', 'skip the max-cosine geometry metrics')
+    .option('--json', 'print JSON (snake_case fields as in SAEBench core output)')
+    .option('--tensor <name>', 'the tensor to read from .safetensors files')
+    .option('--dtype <t>', 'element type of raw .bin files')
+    .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))
+    .addHelpText('after', '\nExample:\n  saekit eval runs/l8 acts/val.npy --max-tokens 2000000 --json > eval.json\n')
+    .action((sae: string, paths: string[], f: EvalFlags) => evalCommand(sae, paths, f));
   program
     .command('demo')
     .description('train an SAE on built-in synthetic data with known features and report how well it recovers them')

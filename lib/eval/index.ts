@@ -11,3 +11,5 @@ export { sparseProbe, fitLogistic } from './probe.js';
 export type { SparseProbeOptions, SparseProbeResult, LogisticFit } from './probe.js';
 export { psEval } from './pseval.js';
 export type { PsEvalPair, PsEvalResult } from './pseval.js';
+export { evaluate, maxCosine } from './evaluate.js';
+export type { EvaluateOptions, EvaluateResult, EvaluateCompat, MaxCosineOptions } from './evaluate.js';

@@ -1,0 +1,364 @@
+/**
+ * Offline SAE evaluation over an activation source: reconstruction, sparsity, density and
+ * dictionary geometry, with the SAELens 6.4x / SAEBench field names (reference: methods.md §5.1,
+ * §5.2; sae-libraries.md §3.4, §5.2).
+ *
+ * The source is read once, in file order, up to `maxTokens` rows (the last batch is cut). Every
+ * statistic is a float64 sum over tokens accumulated row by row in token order, so the results
+ * do not depend on the batch size (except the labelled legacy variant, which is defined per
+ * batch). The next batch is read, and the next forward pass queued, while the previous batch's
+ * statistics are summed.
+ *
+ * Definitions (x a token's activation, x_hat its reconstruction, f its codes, N tokens):
+ * - `mse = (1/N) sum_t ||x - x_hat||^2` (SAELens 6.4x `mse`).
+ * - `fvu = sum_t ||x - x_hat||^2 / sum_t ||x - mean_t x||^2` with the mean over all N tokens;
+ *   `explained_variance = 1 - fvu` (SAELens 6.4x ExplainedVarianceCalculator, our convention of
+ *   methods.md §5.1). The denominator is summed per dimension with Chan et al.'s pairwise merge
+ *   of per-batch (mean, centred sum of squares) in float64, so a large mean does not cancel.
+ * - `cossim = (1/N) sum_t <x, x_hat> / (||x|| ||x_hat||)` (0 where either norm is 0);
+ *   `l2_ratio = (1/N) sum_t ||x_hat|| / ||x||` (a zero row of x gives Infinity or NaN, as in SAELens);
+ *   `relative_reconstruction_bias = sum_t ||x_hat||^2 / sum_t <x, x_hat>` (Gated SAE eq. 10).
+ * - `l0 = (1/N) sum_t #{i : f_i != 0}`, `l1 = (1/N) sum_t sum_i |f_i|` (SAELens 6.4x).
+ * - `feature_density[i]` = fraction of tokens with `f_i != 0` (codes are >= 0, so this is SAEBench's
+ *   `> 0`); `dead_fraction` = fraction of latents with density 0 (1 - SAEBench `frac_alive`);
+ *   `dense_fraction_1pct` / `dense_fraction_10pct` = fraction with density > 0.01 / > 0.1
+ *   (SAEBench `freq_over_1_percent` / `freq_over_10_percent`).
+ * - `log10_density_histogram`: counts of log10(density) over the latents that fired, in
+ *   `histogramBins` (default 50) equal bins spanning [lo, 0] with `lo = -max(1, ceil(log10 N))`
+ *   (the smallest possible nonzero density is 1/N >= 10^lo); bins are [e_b, e_{b+1}) except the
+ *   last, which also holds 0 (density 1). `edges` has bins + 1 entries.
+ * - Geometry (`geometry`, default true): per latent, the maximum cosine to any other latent of its
+ *   encoder vector (column of W_enc) and its decoder vector (row of W_dec), by maxCosine() in
+ *   float32 GEMM chunks (error <= (dIn + 2) 2^-24 per cosine, see geometry.ts), and their means
+ *   (SAEBench `max_*_cosine_sim`, `average_max_*_cosine_sim`).
+ * - `compat` (opt-in), labelled variants that differ from the above on purpose:
+ *   - `explained_variance_legacy`: SAELens `explained_variance_legacy`, the mean over tokens of
+ *     `1 - ||x - x_hat||^2 / ||x - mean_batch x||^2`, with the mean over the token's own batch of
+ *     `batchSize` rows (the cut last batch uses its own rows). It depends on the batch size by
+ *     definition; a one-row batch gives 0/0 = NaN for its token. SAEBench's paper numbers used it.
+ *   - `explained_variance_saebench`: SAEBench core (v0.6.0) and SAELens <= 6.18,
+ *     `1 - mean_t ||x - x_hat||^2 / (mean_t ||x||^2 - (mean_{t,d} x_d^2)^2)`: the subtracted term is
+ *     the square of the mean squared entry, not ||E x||^2 (SAELens issue #659). Upstream averages
+ *     the per-batch means of x^2; here it is the mean over all tokens, the same when batches are equal.
+ *   - `mse_saebench` is not reported: upstream divides each token's squared error by the token
+ *     count of its model batch (prompts x context), which has no counterpart here; it equals
+ *     `mse / tokensPerBatch`.
+ */
+import { argError, SaekitError } from '../errors.js';
+import type { ActivationSource, Batch } from '../data/types.js';
+import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
+import { checkBool, checkInt, checkOptions } from '../validate.js';
+import { maxCosine, transpose } from './geometry.js';
+
+export { maxCosine } from './geometry.js';
+export type { MaxCosineOptions } from './geometry.js';
+
+export interface EvaluateOptions {
+  /** Tokens (rows) to read at most; Infinity reads the whole source. Default 1,000,000. */
+  maxTokens?: number;
+  /** Rows per forward pass. Default 4096. */
+  batchSize?: number;
+  /** Also report the labelled legacy / SAEBench variants (`compat`). Default false. */
+  compat?: boolean;
+  /** Compute the encoder and decoder max-cosine geometry. Default true. */
+  geometry?: boolean;
+  /**
+   * Bins of log10_density_histogram: equal bins over [-max(1, ceil(log10 tokens)), 0], each
+   * [lo, hi) except the last, which includes 0. Default 50.
+   */
+  histogramBins?: number;
+}
+
+export interface EvaluateCompat {
+  /** SAELens legacy: mean over tokens of 1 - ||x - x_hat||^2 / ||x - mean_batch x||^2 (per batchSize batch). */
+  explained_variance_legacy: number;
+  /** SAEBench core v0.6.0 / SAELens <= 6.18: 1 - E||x - x_hat||^2 / (E||x||^2 - (E_{t,d} x^2)^2). */
+  explained_variance_saebench: number;
+  /** Not reported (see the module header); kept for the type's shape. */
+  mse_saebench?: number;
+}
+
+export interface EvaluateResult {
+  /** Tokens evaluated. */
+  tokens: number;
+  mse: number;
+  fvu: number;
+  explained_variance: number;
+  cossim: number;
+  l2_ratio: number;
+  relative_reconstruction_bias: number;
+  l0: number;
+  l1: number;
+  /** [numLatents] fraction of tokens where each latent is nonzero. */
+  feature_density: Float64Array;
+  dead_fraction: number;
+  dense_fraction_1pct: number;
+  dense_fraction_10pct: number;
+  log10_density_histogram: { edges: number[]; counts: number[] };
+  max_cos_enc?: Float64Array;
+  max_cos_dec?: Float64Array;
+  mean_max_cos_enc?: number;
+  mean_max_cos_dec?: number;
+  compat?: EvaluateCompat;
+}
+
+const DEFAULT_MAX_TOKENS = 1_000_000;
+const DEFAULT_BATCH = 4096;
+const DEFAULT_BINS = 50;
+
+/** Float64 running sums over tokens. */
+class Accumulator {
+  tokens = 0;
+  sse = 0;
+  cos = 0;
+  l2ratio = 0;
+  xhat2 = 0;
+  dot = 0;
+  x2 = 0;
+  l0 = 0;
+  l1 = 0;
+  legacy = 0;
+  /** Per dimension: running mean and centred sum of squares (Chan et al. merge). */
+  readonly mean: Float64Array;
+  readonly m2: Float64Array;
+  readonly fired: Float64Array;
+  private readonly bMean: Float64Array;
+  private readonly bM2: Float64Array;
+
+  constructor(
+    readonly dIn: number,
+    numLatents: number,
+    readonly compat: boolean,
+  ) {
+    this.mean = new Float64Array(dIn);
+    this.m2 = new Float64Array(dIn);
+    this.fired = new Float64Array(numLatents);
+    this.bMean = new Float64Array(dIn);
+    this.bM2 = new Float64Array(dIn);
+  }
+
+  add(x: Float32Array, rows: number, recon: Float32Array, codes: SparseCodes): void {
+    const d = this.dIn;
+    const bMean = this.bMean;
+    const bM2 = this.bM2;
+    // Batch mean and centred sum of squares per dimension (two passes, float64).
+    bMean.fill(0);
+    bM2.fill(0);
+    for (let r = 0; r < rows; r++) {
+      const o = r * d;
+      for (let j = 0; j < d; j++) bMean[j]! += x[o + j]!;
+    }
+    for (let j = 0; j < d; j++) bMean[j]! /= rows;
+    for (let r = 0; r < rows; r++) {
+      const o = r * d;
+      for (let j = 0; j < d; j++) {
+        const c = x[o + j]! - bMean[j]!;
+        bM2[j]! += c * c;
+      }
+    }
+    // Chan merge into the running totals.
+    const na = this.tokens;
+    const n = na + rows;
+    for (let j = 0; j < d; j++) {
+      const delta = bMean[j]! - this.mean[j]!;
+      this.mean[j]! += (delta * rows) / n;
+      this.m2[j]! += bM2[j]! + ((delta * delta * na) / n) * rows;
+    }
+    // Per-token terms, summed in token order (independent of the batch split).
+    for (let r = 0; r < rows; r++) {
+      const o = r * d;
+      let sse = 0;
+      let nx = 0;
+      let nh = 0;
+      let dot = 0;
+      let cen = 0;
+      for (let j = 0; j < d; j++) {
+        const a = x[o + j]!;
+        const b = recon[o + j]!;
+        const e = a - b;
+        sse += e * e;
+        nx += a * a;
+        nh += b * b;
+        dot += a * b;
+        if (this.compat) {
+          const c = a - bMean[j]!;
+          cen += c * c;
+        }
+      }
+      this.sse += sse;
+      this.x2 += nx;
+      this.xhat2 += nh;
+      this.dot += dot;
+      this.cos += nx > 0 && nh > 0 ? dot / Math.sqrt(nx * nh) : 0;
+      this.l2ratio += Math.sqrt(nh) / Math.sqrt(nx);
+      if (this.compat) this.legacy += 1 - sse / cen;
+    }
+    const { values, indices, k } = codes;
+    const fired = this.fired;
+    let l0 = 0;
+    let l1 = 0;
+    for (let r = 0; r < rows; r++) {
+      let rl0 = 0;
+      let rl1 = 0;
+      for (let p = r * k; p < (r + 1) * k; p++) {
+        const v = values[p]!;
+        if (v !== 0) {
+          rl0++;
+          rl1 += Math.abs(v);
+          fired[indices[p]!]!++;
+        }
+      }
+      l0 += rl0;
+      l1 += rl1;
+    }
+    this.l0 += l0;
+    this.l1 += l1;
+    this.tokens = n;
+  }
+}
+
+function histogram(density: Float64Array, tokens: number, bins: number): { edges: number[]; counts: number[] } {
+  const lo = -Math.max(1, Math.ceil(Math.log10(tokens) - 1e-12));
+  const width = -lo / bins;
+  const edges = Array.from({ length: bins + 1 }, (_, b) => (b === bins ? 0 : lo + b * width));
+  const counts = new Array<number>(bins).fill(0);
+  for (const p of density) {
+    if (p <= 0) continue;
+    const v = Math.log10(p);
+    let b = Math.floor((v - lo) / width);
+    if (b >= bins) b = bins - 1;
+    if (b < 0) b = 0;
+    // Floating-point guard: keep v inside [edges[b], edges[b+1]).
+    while (b > 0 && v < edges[b]!) b--;
+    while (b < bins - 1 && v >= edges[b + 1]!) b++;
+    counts[b]!++;
+  }
+  return { edges, counts };
+}
+
+function mean(a: Float64Array): number {
+  let s = 0;
+  for (const v of a) s += v;
+  return s / a.length;
+}
+
+/**
+ * Evaluates `sae` on up to `maxTokens` rows of `source` (one pass, file order). See the module
+ * header for every definition and its reference.
+ * @example const r = await evaluate(sae, await openActivations('acts/*.safetensors'), { maxTokens: 2e6 });
+ */
+export async function evaluate(sae: SparseAutoencoder, source: ActivationSource, options?: EvaluateOptions): Promise<EvaluateResult> {
+  if (sae === null || typeof sae !== 'object' || typeof (sae as { forward?: unknown }).forward !== 'function') {
+    throw argError('sae', 'a SparseAutoencoder', sae);
+  }
+  if (source === null || typeof source !== 'object' || typeof (source as { batches?: unknown }).batches !== 'function') {
+    throw argError('source', 'an ActivationSource', source);
+  }
+  const o = checkOptions('options', options);
+  const maxTokens =
+    o.maxTokens === undefined ? DEFAULT_MAX_TOKENS : o.maxTokens === Infinity ? Infinity : checkInt('options.maxTokens', o.maxTokens, 1, Number.MAX_SAFE_INTEGER);
+  const batchSize = o.batchSize === undefined ? DEFAULT_BATCH : checkInt('options.batchSize', o.batchSize, 1, 1 << 24);
+  const compat = o.compat === undefined ? false : checkBool('options.compat', o.compat);
+  const geometry = o.geometry === undefined ? true : checkBool('options.geometry', o.geometry);
+  const bins = o.histogramBins === undefined ? DEFAULT_BINS : checkInt('options.histogramBins', o.histogramBins, 1, 100_000);
+  const dIn = sae.dIn;
+  const L = sae.numLatents;
+  if (source.dIn !== dIn) {
+    throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected a source of dIn = ${dIn} (the SAE's) but received dIn = ${String(source.dIn)}`);
+  }
+
+  const acc = new Accumulator(dIn, L, compat);
+  type Pass = { x: Float32Array; rows: number; fwd: Promise<{ codes: SparseCodes; recon: Float32Array }> };
+  const it = source.batches({ batchSize, shuffle: false, epochs: 1, dropLast: false })[Symbol.asyncIterator]();
+  let nextBatch: Promise<IteratorResult<Batch>> | null = it.next();
+  let prev: Pass | null = null;
+  let read = 0;
+  const finish = async (p: Pass) => {
+    const r = await p.fwd;
+    acc.add(p.x, p.rows, r.recon, r.codes);
+  };
+  try {
+    while (nextBatch !== null) {
+      const res: IteratorResult<Batch> = await nextBatch;
+      nextBatch = null;
+      if (res.done) break;
+      const batch = res.value;
+      if (batch.dIn !== dIn) {
+        throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected batches of dIn = ${dIn} but the source yielded dIn = ${batch.dIn}`);
+      }
+      const rows = Math.min(batch.rows, maxTokens - read);
+      if (rows > 0) {
+        const x = rows < batch.rows ? batch.data.subarray(0, rows * dIn) : batch.data;
+        const fwd = sae.forward(x);
+        fwd.catch(() => {}); // awaited below; avoids an unhandled rejection if an earlier step throws
+        read += rows;
+        // Read ahead while the forward pass runs.
+        if (read < maxTokens) nextBatch = it.next();
+        const done = prev;
+        prev = { x, rows, fwd };
+        if (done !== null) await finish(done);
+      } else {
+        break;
+      }
+    }
+    if (prev !== null) {
+      const p = prev;
+      prev = null;
+      await finish(p);
+    }
+  } finally {
+    if (prev !== null) await prev.fwd.catch(() => {});
+    if (nextBatch !== null) await nextBatch.catch(() => {});
+    await it.return?.();
+  }
+  const N = acc.tokens;
+  if (N === 0) throw new SaekitError('ERR_SAEKIT_ARG', 'Expected a source with at least one row but it yielded none');
+
+  let sst = 0;
+  for (let j = 0; j < dIn; j++) sst += acc.m2[j]!;
+  const fvu = acc.sse / sst;
+  const density = new Float64Array(L);
+  let dead = 0;
+  let over1 = 0;
+  let over10 = 0;
+  for (let i = 0; i < L; i++) {
+    const p = acc.fired[i]! / N;
+    density[i] = p;
+    if (p === 0) dead++;
+    if (p > 0.01) over1++;
+    if (p > 0.1) over10++;
+  }
+  const result: EvaluateResult = {
+    tokens: N,
+    mse: acc.sse / N,
+    fvu,
+    explained_variance: 1 - fvu,
+    cossim: acc.cos / N,
+    l2_ratio: acc.l2ratio / N,
+    relative_reconstruction_bias: acc.xhat2 / acc.dot,
+    l0: acc.l0 / N,
+    l1: acc.l1 / N,
+    feature_density: density,
+    dead_fraction: dead / L,
+    dense_fraction_1pct: over1 / L,
+    dense_fraction_10pct: over10 / L,
+    log10_density_histogram: histogram(density, N, bins),
+  };
+  if (geometry) {
+    const w = await sae.weights();
+    const enc = await maxCosine(transpose(w.W_enc, dIn, L), L, dIn);
+    const dec = await maxCosine(w.W_dec, L, dIn);
+    result.max_cos_enc = enc;
+    result.max_cos_dec = dec;
+    result.mean_max_cos_enc = mean(enc);
+    result.mean_max_cos_dec = mean(dec);
+  }
+  if (compat) {
+    const meanX2 = acc.x2 / N / dIn; // mean over tokens and dimensions of x_d^2
+    result.compat = {
+      explained_variance_legacy: acc.legacy / N,
+      explained_variance_saebench: 1 - acc.sse / N / (acc.x2 / N - meanX2 * meanX2),
+    };
+  }
+  return result;
+}

@@ -1,0 +1,326 @@
+/**
+ * evaluate() and maxCosine() against the naive float64 references in helpers/eval-reference.ts.
+ *
+ * Inputs are fresh each run (seeded from the clock; the seed is in every failure message). The
+ * reference computes each metric from its definition over the SAE's own outputs (codes and
+ * reconstructions of the same batches), so the only difference is float64 summation order:
+ * sums of at most ~10^4 terms of one sign (or ratios of them) agree to gamma_n ~ 1e-12 relative.
+ * The FVU denominator is a streaming Chan merge against a two-pass sum, both backward stable to
+ * ~n eps. Geometry goes through a float32 GEMM: its bound is cosineTolerance(d) (geometry.ts).
+ */
+import { describe, expect, it } from 'vitest';
+
+import { fromArray, fromAsyncIterable } from '../lib/data/index.js';
+import { SaekitError } from '../lib/errors.js';
+import { evaluate, maxCosine, type EvaluateResult } from '../lib/eval/evaluate.js';
+import { SparseAutoencoder, type SaeWeights, type SparseCodes } from '../lib/index.js';
+import { cosineTolerance, refMaxCosine, refMetrics } from './helpers/eval-reference.js';
+import { lcg } from './helpers/reference.js';
+
+/** float64 summation-order tolerance (relative), see the header. */
+const REL = 1e-11;
+
+function freshSeed(salt: number): number {
+  return (Date.now() ^ Math.imul(salt + 1, 2654435761)) >>> 0;
+}
+
+function randomWeights(dIn: number, L: number, next: () => number): SaeWeights {
+  const W_dec = Float32Array.from({ length: L * dIn }, () => next() * 2 - 1);
+  const W_enc = Float32Array.from({ length: dIn * L }, () => ((next() * 2 - 1) * 1.5) / Math.sqrt(dIn));
+  const b_enc = Float32Array.from({ length: L }, () => (next() * 2 - 1) * 0.3);
+  const b_dec = Float32Array.from({ length: dIn }, () => (next() * 2 - 1) * 0.3);
+  return { W_enc, b_enc, W_dec, b_dec };
+}
+
+/** Rows with a per-dimension offset of up to +-scale (so the global mean matters) and noise in [-1, 1). */
+function randomX(rows: number, dIn: number, next: () => number, scale = 2): Float32Array {
+  const offset = Array.from({ length: dIn }, () => (next() * 2 - 1) * scale);
+  return Float32Array.from({ length: rows * dIn }, (_, i) => offset[i % dIn]! + next() * 2 - 1);
+}
+
+function close(got: number, want: number, rel: number, what: string): void {
+  const tol = rel * Math.max(Math.abs(want), 1e-300);
+  expect(Math.abs(got - want), `${what}: got ${got} want ${want}`).toBeLessThanOrEqual(tol);
+}
+
+/** The SAE's outputs on consecutive batches of `batchSize` rows of the first `n` rows of x. */
+async function forwardBatches(sae: SparseAutoencoder, x: Float32Array, n: number, dIn: number, batchSize: number) {
+  const recon = new Float32Array(n * dIn);
+  const k = sae.k;
+  const values = new Float32Array(n * k);
+  const indices = new Int32Array(n * k);
+  const batchRows: number[] = [];
+  for (let s = 0; s < n; s += batchSize) {
+    const rows = Math.min(batchSize, n - s);
+    const r = await sae.forward(x.slice(s * dIn, (s + rows) * dIn));
+    recon.set(r.recon, s * dIn);
+    values.set(r.codes.values, s * k);
+    indices.set(r.codes.indices, s * k);
+    batchRows.push(rows);
+  }
+  const codes: SparseCodes = { rows: n, numLatents: sae.numLatents, k, values, indices };
+  return { recon, codes, batchRows };
+}
+
+describe('evaluate: every field against a naive float64 reference', () => {
+  const cases = [
+    { dIn: 7, L: 45, k: 3, rows: 301, batchSize: 64, maxTokens: 290 },
+    { dIn: 33, L: 203, k: 3, rows: 517, batchSize: 100, maxTokens: Infinity },
+    // A mean 1e4 times the spread: a one-pass sum x^2 - N mean^2 would lose ~1e-8 relative here.
+    { dIn: 7, L: 45, k: 3, rows: 1000, batchSize: 37, maxTokens: 999, scale: 1e4 },
+  ];
+  for (const [ci, c] of cases.entries()) {
+    it(`dIn ${c.dIn}, numLatents ${c.L}, k ${c.k}, ${c.rows} rows, batchSize ${c.batchSize}, maxTokens ${c.maxTokens}`, async () => {
+      const seed = freshSeed(ci);
+      const ctx = `seed ${seed}`;
+      const next = lcg(seed);
+      const w = randomWeights(c.dIn, c.L, next);
+      const x = randomX(c.rows, c.dIn, next, c.scale);
+      using sae = SparseAutoencoder.fromWeights(w, { k: c.k });
+      const got = await evaluate(sae, fromArray(x, c.dIn), { batchSize: c.batchSize, maxTokens: c.maxTokens, compat: true, histogramBins: 13 });
+      const n = Math.min(c.rows, c.maxTokens);
+      const { recon, codes, batchRows } = await forwardBatches(sae, x, n, c.dIn, c.batchSize);
+      const want = refMetrics(x, recon, codes, n, c.dIn, c.L, batchRows);
+
+      expect(got.tokens, ctx).toBe(n);
+      for (const f of ['mse', 'fvu', 'explained_variance', 'cossim', 'l2_ratio', 'relative_reconstruction_bias', 'l0', 'l1'] as const) {
+        close(got[f], want[f], REL, `${ctx}: ${f}`);
+      }
+      // Sanity of the sample: a random SAE reconstructs badly but not absurdly.
+      expect(got.fvu, ctx).toBeGreaterThan(0);
+      expect(Number.isFinite(got.fvu), ctx).toBe(true);
+      expect(Array.from(got.feature_density), ctx).toEqual(Array.from(want.feature_density));
+      expect(got.dead_fraction, ctx).toBe(want.dead_fraction);
+      expect(got.dense_fraction_1pct, ctx).toBe(want.dense_fraction_1pct);
+      expect(got.dense_fraction_10pct, ctx).toBe(want.dense_fraction_10pct);
+      close(got.compat!.explained_variance_legacy, want.explained_variance_legacy, REL, `${ctx}: explained_variance_legacy`);
+      close(got.compat!.explained_variance_saebench, want.explained_variance_saebench, REL, `${ctx}: explained_variance_saebench`);
+      // The variants differ from the conventional EV on offset data (the point of labelling them).
+      expect(got.compat!.explained_variance_saebench, ctx).not.toBeCloseTo(got.explained_variance, 3);
+
+      // Histogram: 13 equal bins over [-ceil(log10 n), 0]; each fired latent in its half-open bin.
+      const h = got.log10_density_histogram;
+      const lo = -Math.ceil(Math.log10(n));
+      expect(h.edges.length, ctx).toBe(14);
+      expect(h.edges[0], ctx).toBe(lo);
+      expect(h.edges[13], ctx).toBe(0);
+      for (let b = 0; b < 13; b++) expect(h.edges[b + 1]! - h.edges[b]!, ctx).toBeCloseTo(-lo / 13, 12);
+      const counts = new Array<number>(13).fill(0);
+      for (const p of want.feature_density) {
+        if (p === 0) continue;
+        const v = Math.log10(p);
+        let b = 0;
+        while (b < 12 && v >= h.edges[b + 1]!) b++;
+        counts[b]!++;
+      }
+      expect(h.counts, ctx).toEqual(counts);
+
+      // Geometry against the O(n^2) float64 reference.
+      const wt = await sae.weights();
+      const encRows = new Float32Array(c.L * c.dIn);
+      for (let i = 0; i < c.dIn; i++) for (let j = 0; j < c.L; j++) encRows[j * c.dIn + i] = wt.W_enc[i * c.L + j]!;
+      const tol = cosineTolerance(c.dIn);
+      for (const [name, rows, gotArr, gotMean] of [
+        ['enc', encRows, got.max_cos_enc!, got.mean_max_cos_enc!],
+        ['dec', wt.W_dec, got.max_cos_dec!, got.mean_max_cos_dec!],
+      ] as const) {
+        const ref = refMaxCosine(rows, c.L, c.dIn);
+        expect(gotArr.length, ctx).toBe(c.L);
+        let worst = 0;
+        let m = 0;
+        for (let i = 0; i < c.L; i++) {
+          worst = Math.max(worst, Math.abs(gotArr[i]! - ref[i]!));
+          m += gotArr[i]!;
+        }
+        expect(worst, `${ctx}: max_cos_${name}`).toBeLessThanOrEqual(tol);
+        expect(gotMean, ctx).toBeCloseTo(m / c.L, 14);
+      }
+    });
+  }
+});
+
+describe('evaluate: closed forms and invariances', () => {
+  it('a decoder that represents the data exactly gives EV 1, mse 0, cossim 1', async () => {
+    const seed = freshSeed(10);
+    const ctx = `seed ${seed}`;
+    const next = lcg(seed);
+    const dIn = 7;
+    const L = 45;
+    const k = 3;
+    // Latents perm[0..dIn) are the standard basis e_d (encoder and decoder); the others never
+    // fire (b_enc -1e4). Rows are non-negative combinations of at most k basis vectors, so the
+    // TopK codes are exactly the row's entries and x_hat = sum x_d e_d = x exactly in float32.
+    const perm = Array.from({ length: L }, (_, i) => i).sort(() => next() - 0.5);
+    const w = randomWeights(dIn, L, next);
+    w.b_dec.fill(0);
+    for (let j = 0; j < L; j++) w.b_enc[j] = -1e4;
+    for (let d = 0; d < dIn; d++) {
+      const j = perm[d]!;
+      w.b_enc[j] = 0;
+      for (let i = 0; i < dIn; i++) {
+        w.W_enc[i * L + j] = i === d ? 1 : 0;
+        w.W_dec[j * dIn + i] = i === d ? 1 : 0;
+      }
+    }
+    const rows = 211;
+    const x = new Float32Array(rows * dIn);
+    let nnz = 0;
+    for (let r = 0; r < rows; r++) {
+      const m = 1 + Math.floor(next() * k);
+      for (let a = 0; a < m; a++) {
+        const d = Math.floor(next() * dIn);
+        if (x[r * dIn + d] === 0) nnz++;
+        x[r * dIn + d] = 0.25 + next() * 3;
+      }
+    }
+    using sae = SparseAutoencoder.fromWeights(w, { k });
+    const got = await evaluate(sae, fromArray(x, dIn), { batchSize: 50, compat: true });
+    expect(got.tokens, ctx).toBe(rows);
+    expect(got.mse, ctx).toBe(0);
+    expect(got.fvu, ctx).toBe(0);
+    expect(got.explained_variance, ctx).toBe(1);
+    expect(got.cossim, ctx).toBeCloseTo(1, 14);
+    expect(got.l2_ratio, ctx).toBeCloseTo(1, 14);
+    expect(got.relative_reconstruction_bias, ctx).toBe(1);
+    expect(got.compat!.explained_variance_legacy, ctx).toBe(1);
+    expect(got.compat!.explained_variance_saebench, ctx).toBe(1);
+    expect(got.l0, ctx).toBeCloseTo(nnz / rows, 14);
+    // Only the basis latents fire; dead fraction is the rest.
+    expect(got.dead_fraction, ctx).toBeCloseTo((L - dIn) / L, 14);
+    for (let j = dIn; j < L; j++) expect(got.feature_density[perm[j]!], ctx).toBe(0);
+    // Geometry: basis vectors are orthogonal to each other.
+    for (let d = 0; d < dIn; d++) expect(got.max_cos_dec![perm[d]!]!, ctx).toBeGreaterThanOrEqual(0);
+  });
+
+  it('results do not depend on the batch split (batchSize 7, 64, 1000)', async () => {
+    // sae.forward itself may round differently with the GEMM's row count (float32, ~1e-7), so
+    // the data and weights here are small dyadic numbers: every product and partial sum of the
+    // forward pass is exact in float32, the per-row outputs are bitwise the same for any batch,
+    // and what is left to test is that the metrics' aggregation does not depend on the split.
+    const seed = freshSeed(11);
+    const ctx = `seed ${seed}`;
+    const next = lcg(seed);
+    const dIn = 33;
+    const L = 203;
+    const rows = 911;
+    const int = (lo: number, hi: number) => lo + Math.floor(next() * (hi - lo + 1));
+    const w: SaeWeights = {
+      W_enc: Float32Array.from({ length: dIn * L }, () => int(-1, 1) / 2),
+      b_enc: Float32Array.from({ length: L }, () => int(-8, 8) / 8),
+      W_dec: Float32Array.from({ length: L * dIn }, () => int(-4, 4) / 8),
+      b_dec: Float32Array.from({ length: dIn }, () => int(-4, 4) / 4),
+    };
+    const offset = Array.from({ length: dIn }, () => int(-8, 8) / 4);
+    const x = Float32Array.from({ length: rows * dIn }, (_, i) => offset[i % dIn]! + int(-8, 8) / 4);
+    using sae = SparseAutoencoder.fromWeights(w, { k: 3 });
+    const src = fromArray(x, dIn);
+    const runs: EvaluateResult[] = [];
+    for (const batchSize of [7, 64, 1000]) runs.push(await evaluate(sae, src, { batchSize, maxTokens: 900, geometry: false, compat: true }));
+    const [a, ...rest] = runs;
+    for (const b of rest) {
+      expect(b.tokens, ctx).toBe(900);
+      for (const f of ['mse', 'fvu', 'explained_variance', 'cossim', 'l2_ratio', 'relative_reconstruction_bias', 'l0', 'l1', 'dead_fraction', 'dense_fraction_1pct', 'dense_fraction_10pct'] as const) {
+        close(b[f], a![f], 1e-12, `${ctx}: ${f}`);
+      }
+      close(b.compat!.explained_variance_saebench, a!.compat!.explained_variance_saebench, 1e-12, `${ctx}: explained_variance_saebench`);
+      expect(Array.from(b.feature_density), ctx).toEqual(Array.from(a!.feature_density));
+      expect(b.log10_density_histogram, ctx).toEqual(a!.log10_density_histogram);
+    }
+  });
+
+  it('stops an endless stream at maxTokens and closes it', async () => {
+    const dIn = 7;
+    const next = lcg(freshSeed(12));
+    let yielded = 0;
+    let closed = false;
+    async function* endless() {
+      try {
+        for (;;) {
+          yielded++;
+          yield Float32Array.from({ length: 10 * dIn }, () => next() * 2 - 1);
+        }
+      } finally {
+        closed = true;
+      }
+    }
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, 45, next), { k: 3 });
+    const r = await evaluate(sae, fromAsyncIterable(endless(), dIn), { batchSize: 16, maxTokens: 100, geometry: false });
+    expect(r.tokens).toBe(100);
+    expect(closed).toBe(true);
+    expect(yielded).toBeGreaterThanOrEqual(10);
+  });
+});
+
+describe('maxCosine', () => {
+  it('matches a naive O(n^2) float64 reference, with duplicated, scaled, opposite and zero rows, for any chunk', async () => {
+    const seed = freshSeed(20);
+    const ctx = `seed ${seed}`;
+    const next = lcg(seed);
+    const n = 203;
+    const d = 33;
+    const rows = Float32Array.from({ length: n * d }, () => next() * 2 - 1);
+    rows.copyWithin(17 * d, 5 * d, 6 * d); // row 17 duplicates row 5
+    for (let j = 0; j < d; j++) rows[40 * d + j] = 4 * rows[30 * d + j]!; // row 40 = 4 x row 30
+    for (let j = 0; j < d; j++) rows[50 * d + j] = -rows[60 * d + j]!; // row 50 = -row 60
+    rows.fill(0, 99 * d, 100 * d); // row 99 is zero
+    const ref = refMaxCosine(rows, n, d);
+    const tol = cosineTolerance(d);
+    for (const chunk of [undefined, 1, 7, 64, 203, 1000]) {
+      const got = await maxCosine(rows, n, d, chunk === undefined ? undefined : { chunk });
+      let worst = 0;
+      for (let i = 0; i < n; i++) worst = Math.max(worst, Math.abs(got[i]! - ref[i]!));
+      expect(worst, `${ctx}, chunk ${chunk}`).toBeLessThanOrEqual(tol);
+      expect(got[99], ctx).toBe(0);
+      for (const i of [5, 17, 30, 40]) expect(1 - got[i]!, `${ctx}: row ${i}`).toBeLessThanOrEqual(tol);
+      for (const i of [5, 17, 30, 40]) expect(got[i]!, ctx).toBeLessThanOrEqual(1);
+    }
+  });
+
+  it('handles n = 1 (NaN), n = 2 and all-zero rows', async () => {
+    expect(Number.isNaN((await maxCosine(Float32Array.of(1, 2, 3), 1, 3))[0])).toBe(true);
+    const two = await maxCosine(Float32Array.of(1, 0, 0, 1), 2, 2);
+    expect(Array.from(two)).toEqual([0, 0]);
+    const opp = await maxCosine(Float32Array.of(3, 4, -6, -8), 2, 2);
+    for (const v of opp) expect(v).toBeCloseTo(-1, 6);
+    expect(Array.from(await maxCosine(new Float32Array(12), 4, 3))).toEqual([0, 0, 0, 0]);
+  });
+});
+
+describe('validation', () => {
+  const err = async (p: Promise<unknown>, name: string, code = 'ERR_SAEKIT_ARG') => {
+    const e = await p.then(
+      () => null,
+      (x: unknown) => x,
+    );
+    expect(e, name).toBeInstanceOf(SaekitError);
+    expect((e as SaekitError).code, name).toBe(code);
+    expect((e as SaekitError).message, name).toContain(name);
+  };
+
+  it('rejects bad options and mismatched inputs with SaekitError codes', async () => {
+    const dIn = 7;
+    const next = lcg(freshSeed(30));
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, 45, next), { k: 3 });
+    const src = fromArray(randomX(20, dIn, next), dIn);
+    await err(evaluate(sae, src, { maxTokens: 0 }), 'options.maxTokens');
+    await err(evaluate(sae, src, { maxTokens: 1.5 }), 'options.maxTokens');
+    await err(evaluate(sae, src, { maxTokens: NaN }), 'options.maxTokens');
+    await err(evaluate(sae, src, { maxTokens: -Infinity }), 'options.maxTokens');
+    await err(evaluate(sae, src, { batchSize: 0 }), 'options.batchSize');
+    await err(evaluate(sae, src, { batchSize: -3 }), 'options.batchSize');
+    await err(evaluate(sae, src, { compat: 'yes' as unknown as boolean }), 'options.compat');
+    await err(evaluate(sae, src, { geometry: 1 as unknown as boolean }), 'options.geometry');
+    await err(evaluate(sae, src, { histogramBins: 0 }), 'options.histogramBins');
+    await err(evaluate(sae, src, null as unknown as undefined), 'options');
+    await err(evaluate(sae, null as unknown as typeof src), 'source');
+    await err(evaluate({} as SparseAutoencoder, src), 'sae');
+    await err(evaluate(sae, fromArray(new Float32Array(16), 8)), 'dIn', 'ERR_SAEKIT_SHAPE');
+    await err(evaluate(sae, fromArray(new Float32Array(0), dIn)), 'at least one row');
+
+    await err(maxCosine(new Float32Array(6), 2, 4), 'length', 'ERR_SAEKIT_SHAPE');
+    await err(maxCosine(new Float32Array(0), 0, 4), 'n');
+    await err(maxCosine(new Float32Array(8), 2, 4, { chunk: 0 }), 'options.chunk');
+    await err(maxCosine(new Float64Array(8) as unknown as Float32Array, 2, 4), 'rows');
+    await err(maxCosine(Float32Array.of(1, NaN, 0, 1), 2, 2), 'NaN', 'ERR_SAEKIT_NONFINITE');
+  });
+});
