@@ -187,10 +187,13 @@ describe('Trainer', () => {
 
   it('recovers planted features end to end (MMCS truth-to-learned >= 0.9)', async () => {
     const dI = 32;
-    const { source, features } = superposition({ dIn: dI, numFeatures: 64, firing: { kind: 'expected-active', n: 3 }, numRows: 1 << 14, seed: Date.now() >>> 0 });
+    // Fresh data each run; with 640 steps recovery is ~0.99 (0.991-0.998 over 8 seeds), so 0.9
+    // leaves room for noise while a broken trainer (or AuxK/b_dec path) lands far below.
+    const seed = Date.now() >>> 0;
+    const { source, features } = superposition({ dIn: dI, numFeatures: 64, firing: { kind: 'expected-active', n: 3 }, numRows: 1 << 14, seed });
     using sae = SparseAutoencoder.create({ dIn: dI, numLatents: 128, k: 4, seed: 1 });
-    await new Trainer(sae, { batchSize: 512, epochs: 6, lr: 3e-3, warmupSteps: 20 }).fit(source);
+    await new Trainer(sae, { batchSize: 256, epochs: 10, lr: 3e-3, warmupSteps: 20 }).fit(source);
     const w = await sae.weights();
-    expect(mmcs(w.W_dec, features, { d: dI }).mean).toBeGreaterThan(0.9);
+    expect(mmcs(w.W_dec, features, { d: dI }).mean, `data seed ${seed}`).toBeGreaterThan(0.9);
   });
 });
