@@ -583,3 +583,24 @@ describe('psEval', () => {
     expect(() => psEval([{ a: v(Number.NaN), b: v(1), same: true }])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_NONFINITE' }));
   });
 });
+
+describe('cooccurrence() over an SAE and a source', () => {
+  it('equals the accumulator fed with the same codes, in any batch size', async () => {
+    const { SparseAutoencoder: Sae, fromArray } = await import('../lib/index.js');
+    const { cooccurrence, CooccurrenceAccumulator: Acc } = await import('../lib/eval/cooccurrence.js');
+    const [dIn, L, k, rows] = [11, 37, 3, 1000];
+    using sae = Sae.create({ dIn, numLatents: L, k, seed: 5 });
+    let s = 12345;
+    const x = Float32Array.from({ length: rows * dIn }, () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32) - 0.5);
+    const direct = new Acc(L, { chunkTokens: 64 });
+    direct.add(await sae.encode(x));
+    const want = direct.result({ top: 20 });
+    for (const batchSize of [7, 100, 1000]) {
+      const got = await cooccurrence({ sae, source: fromArray(x, dIn), batchSize }, { chunkTokens: 64, top: 20 });
+      expect(got.chunks).toBe(want.chunks);
+      expect(got.top).toEqual(want.top);
+    }
+    const cut = await cooccurrence({ sae, source: fromArray(x, dIn), maxTokens: 128 }, { chunkTokens: 64 });
+    expect(cut.chunks).toBe(2);
+  });
+});

@@ -22,6 +22,8 @@
  */
 import { argError, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkOptions } from '../validate.js';
+import type { ActivationSource } from '../data/types.js';
+import type { SparseAutoencoder } from '../sae/index.js';
 
 /** Largest numLatents for dense pair counts and for the dense phi matrix. */
 export const COOCCURRENCE_DENSE_MAX = 4096;
@@ -274,4 +276,37 @@ class TopHeap {
   sorted(): CooccurrencePair[] {
     return [...this.#h].sort((x, y) => (before(x, y) ? -1 : before(y, x) ? 1 : 0));
   }
+}
+
+/** What cooccurrence() reads: sparse codes already computed, or an SAE and a source to encode. */
+export type CooccurrenceInput =
+  | { numLatents: number; codes: SparseCodes | SparseCodes[] }
+  | { sae: SparseAutoencoder; source: ActivationSource; maxTokens?: number; batchSize?: number };
+
+/**
+ * Latent co-occurrence per chunk of consecutive tokens (default 256), accumulated sparsely, with
+ * the phi coefficient of every pair that co-occurred (the top pairs, or the dense matrix when
+ * small). Tokens are taken in source order; chunks continue across batches.
+ * @example const { top } = await cooccurrence({ sae, source, maxTokens: 1e6 }, { chunkTokens: 256, top: 50 });
+ */
+export async function cooccurrence(input: CooccurrenceInput, options: CooccurrenceOptions & CooccurrenceResultOptions = {}): Promise<CooccurrenceResult> {
+  if (input === null || typeof input !== 'object') throw argError('input', '{ numLatents, codes } or { sae, source }', input);
+  const { top, dense, ...acc } = options;
+  if ('codes' in input) {
+    const acc2 = new CooccurrenceAccumulator(input.numLatents, acc);
+    for (const c of Array.isArray(input.codes) ? input.codes : [input.codes]) acc2.add(c);
+    return acc2.result({ top, dense });
+  }
+  const { sae, source } = input;
+  const maxTokens = input.maxTokens ?? Number.MAX_SAFE_INTEGER;
+  const accumulator = new CooccurrenceAccumulator(sae.numLatents, acc);
+  let tokens = 0;
+  for await (const b of source.batches({ batchSize: input.batchSize ?? 4096, shuffle: false })) {
+    if (tokens >= maxTokens) break;
+    const rows = Math.min(b.rows, maxTokens - tokens);
+    const codes = await sae.encode(rows === b.rows ? b.data : b.data.subarray(0, rows * b.dIn));
+    accumulator.add(codes);
+    tokens += rows;
+  }
+  return accumulator.result({ top, dense });
 }
