@@ -13,3 +13,5 @@ export { psEval } from './pseval.js';
 export type { PsEvalPair, PsEvalResult } from './pseval.js';
 export { evaluate, maxCosine } from './evaluate.js';
 export type { EvaluateOptions, EvaluateResult, EvaluateCompat, MaxCosineOptions } from './evaluate.js';
+export { descriptionLength } from './mdl.js';
+export type { DescriptionLengthOptions, DescriptionLengthResult } from './mdl.js';

@@ -1,0 +1,218 @@
+/**
+ * MDL description length of an SAE's codes (Ayonrinde, Pearce and Sharkey, arXiv 2410.11179;
+ * methods.md §5.3). Per token, the bits to say which latents are active plus their quantised
+ * values, entropy-coded per latent:
+ *
+ *   DL = sum_i [ H_b(p_i) + p_i H(q_i | active) ]   bits per token
+ *
+ * with p_i the fraction of tokens on which latent i is active, and q_i its value quantised to
+ * bins of one global width (the precision). The precision is the coarsest (found by bisection on
+ * log width) whose reconstruction MSE, decoding the quantised codes, stays within `mseBound`.
+ * `compat` adds SAEBench's variant (per-latent bins on [0, max(100, max_i)], entropy over all
+ * tokens with zeros in bin 0, validity sqrt(MSE)/dIn < 0.01), labelled.
+ */
+import type { ActivationSource } from '../data/types.js';
+import { argError, SaekitError } from '../errors.js';
+import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
+import { checkInt, checkOptions } from '../validate.js';
+
+export interface DescriptionLengthOptions {
+  /** Tokens to measure on (kept in memory with their codes). Default 65536. */
+  maxTokens?: number;
+  /** Rows per batch. Default 4096. */
+  batchSize?: number;
+  /** The distortion bound: MSE (mean over tokens of the squared error summed over dIn). Default: 1% above the unquantised MSE. */
+  mseBound?: number;
+  /** Also compute SAEBench's variant (labelled). */
+  compat?: boolean;
+}
+
+export interface DescriptionLengthResult {
+  tokens: number;
+  /** Description length in bits per token (paper form). */
+  bitsPerToken: number;
+  /** Its two parts: which latents are active, and their values. */
+  bernoulliBits: number;
+  valueBits: number;
+  /** The chosen quantisation bin width. */
+  precision: number;
+  /** MSE with unquantised codes, with quantised codes, and the bound. */
+  mseUnquantized: number;
+  mse: number;
+  mseBound: number;
+  /** SAEBench's variant for num_bins 4, 6, 8, 12, 16, 32. */
+  compat?: { numBins: number; bitsPerToken: number; rmsePerDim: number; valid: boolean }[];
+}
+
+function h2(p: number): number {
+  return p <= 0 || p >= 1 ? 0 : -(p * Math.log2(p) + (1 - p) * Math.log2(1 - p));
+}
+
+/** Entropy in bits of a histogram given as counts summing to `total`. */
+function histEntropy(counts: Iterable<number>, total: number): number {
+  let h = 0;
+  for (const c of counts) if (c > 0 && c < total) h -= (c / total) * Math.log2(c / total);
+  return h;
+}
+
+/**
+ * The paper-form DL of codes quantised with bin width `delta` (bins [b delta, (b+1) delta) of the
+ * active, i.e. positive, values), and its two parts. Exposed for tests.
+ * @internal
+ */
+export function codeLength(codes: SparseCodes[], numLatents: number, delta: number): { bits: number; bernoulli: number; value: number } {
+  let tokens = 0;
+  const active = new Float64Array(numLatents);
+  const bins = new Map<number, Map<number, number>>();
+  for (const c of codes) {
+    tokens += c.rows;
+    for (let q = 0; q < c.values.length; q++) {
+      const v = c.values[q]!;
+      if (!(v > 0)) continue;
+      const l = c.indices[q]!;
+      active[l]! += 1;
+      let m = bins.get(l);
+      if (!m) bins.set(l, (m = new Map()));
+      const b = Math.floor(v / delta);
+      m.set(b, (m.get(b) ?? 0) + 1);
+    }
+  }
+  let bernoulli = 0;
+  let value = 0;
+  for (let l = 0; l < numLatents; l++) {
+    const n = active[l]!;
+    if (n === 0) continue;
+    const p = n / tokens;
+    bernoulli += h2(p);
+    value += p * histEntropy(bins.get(l)!.values(), n);
+  }
+  return { bits: bernoulli + value, bernoulli, value };
+}
+
+function quantised(c: SparseCodes, delta: number): SparseCodes {
+  const values = Float32Array.from(c.values, (v) => (v > 0 ? (Math.floor(v / delta) + 0.5) * delta : 0));
+  return { ...c, values };
+}
+
+async function mseOf(sae: SparseAutoencoder, xs: Float32Array[], codes: SparseCodes[]): Promise<number> {
+  let sse = 0;
+  let tokens = 0;
+  for (let b = 0; b < xs.length; b++) {
+    const recon = await sae.decode(codes[b]!);
+    const x = xs[b]!;
+    for (let i = 0; i < x.length; i++) sse += (x[i]! - recon[i]!) ** 2;
+    tokens += codes[b]!.rows;
+  }
+  return sse / tokens;
+}
+
+/** The MDL description length of `sae`'s codes on `source` (see the module comment). */
+export async function descriptionLength(sae: SparseAutoencoder, source: ActivationSource, options?: DescriptionLengthOptions): Promise<DescriptionLengthResult> {
+  const o = checkOptions('options', options);
+  const maxTokens = o.maxTokens === undefined ? 65536 : checkInt('options.maxTokens', o.maxTokens, 2, 1 << 26);
+  const batchSize = o.batchSize === undefined ? 4096 : checkInt('options.batchSize', o.batchSize, 1, 1 << 24);
+  if (o.mseBound !== undefined && !(typeof o.mseBound === 'number' && o.mseBound > 0 && Number.isFinite(o.mseBound))) {
+    throw argError('options.mseBound', 'a positive finite number', o.mseBound);
+  }
+  if (source.dIn !== sae.dIn) throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected a source with dIn = ${sae.dIn} but it has ${source.dIn}`);
+  const xs: Float32Array[] = [];
+  const codes: SparseCodes[] = [];
+  let tokens = 0;
+  for await (const b of source.batches({ batchSize, shuffle: false })) {
+    const rows = Math.min(b.rows, maxTokens - tokens);
+    const x = rows === b.rows ? b.data : b.data.slice(0, rows * b.dIn);
+    xs.push(x);
+    codes.push(await sae.encode(x));
+    tokens += rows;
+    if (tokens >= maxTokens) break;
+  }
+  if (tokens === 0) throw new SaekitError('ERR_SAEKIT_ARG', 'the source produced no rows');
+  let vmax = 0;
+  for (const c of codes) for (const v of c.values) if (v > vmax) vmax = v;
+  const mse0 = await mseOf(sae, xs, codes);
+  const bound = o.mseBound ?? mse0 * 1.01 + 1e-30;
+  let delta = vmax > 0 ? vmax : 1;
+  let mse = vmax > 0 ? await mseOf(sae, xs, codes.map((c) => quantised(c, delta))) : mse0;
+  if (vmax > 0 && mse > bound) {
+    // Bisection on log width between a width that meets the bound and one that does not.
+    let lo = Math.log(vmax) - 30 * Math.LN2;
+    let hi = Math.log(vmax);
+    let best = Math.exp(lo);
+    let bestMse = await mseOf(sae, xs, codes.map((c) => quantised(c, best)));
+    if (bestMse > bound) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `options.mseBound = ${bound} is below what any quantisation reaches (${bestMse}); the unquantised MSE is ${mse0}`);
+    }
+    for (let it = 0; it < 24; it++) {
+      const mid = (lo + hi) / 2;
+      const m = await mseOf(sae, xs, codes.map((c) => quantised(c, Math.exp(mid))));
+      if (m <= bound) {
+        lo = mid;
+        best = Math.exp(mid);
+        bestMse = m;
+      } else hi = mid;
+    }
+    delta = best;
+    mse = bestMse;
+  }
+  const dl = codeLength(codes, sae.numLatents, delta);
+  const result: DescriptionLengthResult = {
+    tokens,
+    bitsPerToken: dl.bits,
+    bernoulliBits: dl.bernoulli,
+    valueBits: dl.value,
+    precision: delta,
+    mseUnquantized: mse0,
+    mse,
+    mseBound: bound,
+  };
+  if (o.compat) result.compat = await saebenchCompat(sae, xs, codes, tokens);
+  return result;
+}
+
+/** SAEBench's calculate_dl (methods.md §5.3), labelled compat. */
+async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes: SparseCodes[], tokens: number) {
+  const M = sae.numLatents;
+  const maxv = new Float64Array(M).fill(100); // SAEBench initialises the running max at 100
+  const active = new Float64Array(M);
+  for (const c of codes) {
+    for (let q = 0; q < c.values.length; q++) {
+      const v = c.values[q]!;
+      if (!(v > 0)) continue;
+      const l = c.indices[q]!;
+      active[l]! += 1;
+      if (v > maxv[l]!) maxv[l] = v;
+    }
+  }
+  const out: { numBins: number; bitsPerToken: number; rmsePerDim: number; valid: boolean }[] = [];
+  for (const numBins of [4, 6, 8, 12, 16, 32]) {
+    const hist = new Float64Array(M * numBins);
+    for (const c of codes) {
+      for (let q = 0; q < c.values.length; q++) {
+        const v = c.values[q]!;
+        if (!(v > 0)) continue;
+        const l = c.indices[q]!;
+        hist[l * numBins + Math.min(numBins - 1, Math.floor((v / maxv[l]!) * numBins))]! += 1;
+      }
+    }
+    let bits = 0;
+    for (let l = 0; l < M; l++) {
+      const p = active[l]! / tokens;
+      // The histogram over all tokens: the zeros land in bin 0.
+      hist[l * numBins]! += tokens - active[l]!;
+      bits += h2(p) + p * histEntropy(hist.subarray(l * numBins, (l + 1) * numBins), tokens);
+    }
+    const q = codes.map((c) => ({
+      ...c,
+      values: Float32Array.from(c.values, (v, i) => {
+        if (!(v > 0)) return 0;
+        const l = c.indices[i]!;
+        const w = maxv[l]! / numBins;
+        return (Math.min(numBins - 1, Math.floor(v / w)) + 0.5) * w;
+      }),
+    }));
+    const mse = (await mseOf(sae, xs, q)) / sae.dIn; // per element
+    const rmsePerDim = Math.sqrt(mse) / sae.dIn;
+    out.push({ numBins, bitsPerToken: bits, rmsePerDim, valid: rmsePerDim < 0.01 });
+  }
+  return out;
+}
