@@ -138,4 +138,45 @@ describe('fuzzing the public API', () => {
     expect(() => native().matmul({} as never, {} as never, false, false)).toThrow(/Expected a Tensor for a/);
     expect(t.disposed).toBe(false);
   });
+
+  it('SAE and optimizer handles reject random argument lists without crashing', async () => {
+    const b = native();
+    const sae = b.NativeSae.create(5, 9, 2, 1n) as unknown as Record<string, (...args: unknown[]) => unknown>;
+    const opt = (sae.adam as (...a: unknown[]) => Record<string, (...args: unknown[]) => unknown>)(1e-3, 0.9, 0.999, 1e-8);
+    const values = [...junk(), new Float32Array(45), new Float32Array(5), new Float32Array(10), new Int32Array(4), new Float64Array(9), new Uint8Array(9), 'W_enc', 'b_dec'];
+    const next = lcg(Date.now() >>> 0);
+    const pick = () => values[Math.floor(next() * values.length)];
+    const methods: [Record<string, (...args: unknown[]) => unknown>, string[]][] = [
+      [sae, ['weights', 'encode', 'decode', 'forward', 'preActivations', 'gradients', 'sinceFired', 'setWeight', 'setSinceFired', 'adam']],
+      [opt, ['step', 'state', 'setState']],
+      [b.NativeSae as unknown as Record<string, (...args: unknown[]) => unknown>, ['create', 'fromWeights']],
+    ];
+    let threw = 0;
+    for (const [obj, names] of methods) {
+      for (const name of names) {
+        for (let trial = 0; trial < 200; trial++) {
+          const args = Array.from({ length: Math.floor(next() * 8) }, pick);
+          try {
+            const r = obj[name]!.apply(obj, args);
+            if (r instanceof Promise) await r.catch(() => undefined);
+            if (r && typeof (r as { dispose?: unknown }).dispose === 'function') (r as { dispose(): void }).dispose();
+          } catch (e) {
+            threw++;
+            expect(e).toBeInstanceOf(Error);
+          }
+        }
+      }
+    }
+    expect(threw).toBeGreaterThan(1000);
+    // Non-finite hyper-parameters never reach the update.
+    const x = Float32Array.from({ length: 10 }, (_, i) => i);
+    for (const bad of [NaN, Infinity, -1]) {
+      expect(() => opt.step!(x, bad, 0, 0)).toThrow(/lr/);
+      expect(() => opt.step!(x, 1e-3, bad, 0)).toThrow(/auxkAlpha/);
+    }
+    // Still consistent afterwards: weights are finite, and the handle works.
+    const w = (await (sae.weights as () => Promise<Record<string, Float32Array>>)()) as Record<string, Float32Array>;
+    for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec']) expect(w[n]!.every(Number.isFinite), n).toBe(true);
+    (sae.dispose as () => void)();
+  });
 });

@@ -38,6 +38,14 @@ int64_t get_int(const Napi::Value& v, const std::string& name, int64_t lo, int64
   return int64_t(d);
 }
 
+double get_double(const Napi::Value& v, const std::string& name, double lo, double hi) {
+  std::string expected = fmt("finite number between ", lo, " and ", hi);
+  if (!v.IsNumber()) arg_error(ErrorCode::Arg, name, expected, v);
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || d < lo || d > hi) arg_error(ErrorCode::Arg, name, expected, v);
+  return d;
+}
+
 bool get_bool(const Napi::Value& v, const std::string& name) {
   if (!v.IsBoolean()) arg_error(ErrorCode::Arg, name, "boolean", v);
   return v.As<Napi::Boolean>().Value();

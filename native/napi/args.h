@@ -19,6 +19,7 @@ std::string describe(const Napi::Value& v);  // "3 (number)", "a string", "undef
 
 int64_t get_int(const Napi::Value& v, const std::string& name, int64_t lo, int64_t hi);
 bool get_bool(const Napi::Value& v, const std::string& name);
+double get_double(const Napi::Value& v, const std::string& name, double lo, double hi);  // finite, in [lo, hi]
 uint64_t get_u64(const Napi::Value& v, const std::string& name);  // number (safe integer) or bigint
 DType get_dtype(const Napi::Value& v, const std::string& name);
 std::vector<int64_t> get_shape(const Napi::Value& v, const std::string& name);

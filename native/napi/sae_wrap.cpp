@@ -438,7 +438,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         for (int64_t l = 0; l < m->M; ++l)
           if (mask[size_t(l)]) dead->push_back(int32_t(l));
       }
-      float alpha = float(info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : 0.0);
+      float alpha = float(info[2].IsUndefined() ? 0.0 : get_double(info[2], "auxk.alpha", 0, 1e6));
       auto grads = std::make_shared<cpu::SaeGrads>();
       auto stats = std::make_shared<cpu::StepStats>();
       auto wenc = HostArray::allocate(size_t(m->D * m->M) * 4);
@@ -574,9 +574,9 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       auto m = model_;
       auto st = state_;
       Rows x = get_rows(info[0], m->D, "x");
-      double lr = info[1].As<Napi::Number>().DoubleValue();
-      float alpha = float(info[2].As<Napi::Number>().DoubleValue());
-      double threshold = info[3].As<Napi::Number>().DoubleValue();
+      double lr = get_double(info[1], "lr", 0, 1e6);
+      float alpha = float(get_double(info[2], "auxkAlpha", 0, 1e6));
+      double threshold = get_double(info[3], "deadThresholdTokens", 0, 9.0e15);
       auto stats = std::make_shared<cpu::StepStats>();
       auto work = [m, st, x, lr, alpha, threshold, stats] {
         std::vector<int32_t> dead = dead_from_counters(*m, threshold);
@@ -692,8 +692,8 @@ Napi::Value NativeSae::adam(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     auto m = live();
     require_trainable(*m, "adam()");
-    auto num = [&](int i) { return float(info[size_t(i)].As<Napi::Number>().DoubleValue()); };
-    return NativeAdam::make(info.Env(), m, num(0), num(1), num(2), num(3));
+    return NativeAdam::make(info.Env(), m, float(get_double(info[0], "lr", 0, 1e6)), float(get_double(info[1], "beta1", 0, 0.999999)),
+                            float(get_double(info[2], "beta2", 0, 0.99999999)), float(get_double(info[3], "eps", 1e-30, 1e6)));
   });
 }
 
