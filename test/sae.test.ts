@@ -524,9 +524,11 @@ async function lockstep(
       const after = await sae.weights();
       // Ill-conditioned entries (the gradient within its rounding bound of 0, so with a small eps
       // even the update's sign is undetermined; typically a decoder row whose latent fired once
-      // with a value near 0) are skipped; they must be rare.
+      // with a value near 0) are skipped; they must stay rare for the check to mean anything.
+      // Observed: usually well under 1%, occasionally ~1.2% on the first step (Adam's first update
+      // is lr * sign(g), so every near-zero gradient entry counts); 3% leaves room for that.
       const total = R.WEIGHT_NAMES.reduce((s, n) => s + after[n].length, 0);
-      expect(ref.fragile, `${ctx}: ill-conditioned entries`).toBeLessThanOrEqual(Math.max(8, total * 0.01));
+      expect(ref.fragile, `${ctx}: ill-conditioned entries`).toBeLessThanOrEqual(Math.max(8, total * 0.03));
       for (const n of R.WEIGHT_NAMES) within(after[n], ref.expected[n], ref.tol[n], `${n} after the step`, ctx);
       for (const [j, nrm] of rowNorms(after.W_dec, L, dIn).entries()) {
         expect(Math.abs(nrm - 1), `${ctx}: norm of W_dec row ${j}`).toBeLessThanOrEqual(R.gamma(dIn + 6));
