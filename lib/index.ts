@@ -57,3 +57,4 @@ export type {
 export * as metrics from './eval/index.js';
 export { Trainer, learningRate, geometricMedian } from './train/index.js';
 export type { TrainerOptions, FitOptions, FitResult, StepLog } from './train/index.js';
+export * as features from './features/index.js';

@@ -54,18 +54,17 @@ export function mixingHalf(bufferRows: number, knownRows: number | undefined): n
 }
 
 /**
- * The mixing buffer's memory: one Float32Array holding three windows of `half` rows and a
- * batch-sized gather area, so every row move is a copyWithin (no views allocated). Allocated
- * once per batches() iteration; pages are touched only as rows land in them.
+ * The mixing buffer's memory: one Float32Array holding three windows of `half` rows, so every
+ * row move stays inside one array (no views allocated). Allocated once per batches() iteration;
+ * pages are touched only as rows land in them.
  */
 export class MixingMemory {
   readonly buf: Float32Array;
   constructor(
     readonly dIn: number,
     readonly half: number,
-    readonly batchSize: number,
   ) {
-    this.buf = new Float32Array((3 * half + batchSize) * dIn);
+    this.buf = new Float32Array(3 * half * dIn);
   }
   window(w: number): Float32Array {
     return this.buf.subarray(w * this.half * this.dIn, (w + 1) * this.half * this.dIn);

@@ -29,8 +29,8 @@
  *    rows, never on read timing: the same seed, files and (bufferBytes, chunkRows) give the
  *    same rows in the same order, whatever batchSize cuts them into.
  * 3. Without shuffle, rows come in file order.
- * Memory: the mixing buffer (bufferBytes, touched as rows arrive) plus one batch-sized gather
- * area, a few 4 MiB reads, and about two batches in flight.
+ * Memory: the mixing buffer (bufferBytes, touched as rows arrive), a few 4 MiB reads, and about
+ * two batches in flight.
  */
 export { openActivations, fromArray, fromAsyncIterable } from './sources.js';
 export type { ActivationSource, Batch, BatchOptions, OpenOptions } from './types.js';

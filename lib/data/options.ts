@@ -44,10 +44,10 @@ export function resolveBatchOptions(options: BatchOptions | undefined, dIn: numb
   if (bufferRows < 3) {
     throw argError('options.bufferBytes', `integer >= ${3 * rowBytes} (three rows of ${dIn} float32 values)`, bufferBytes);
   }
-  // The mixing buffer is one Float32Array (3 windows and a batch-sized gather area).
-  const maxBufferRows = Math.floor((2 ** 32 - 1) / dIn) - batchSize;
+  // The mixing buffer is one Float32Array (3 windows).
+  const maxBufferRows = Math.floor((2 ** 32 - 1) / dIn);
   if (bufferRows > maxBufferRows) {
-    throw argError('options.bufferBytes', `integer between ${3 * rowBytes} and ${Math.max(3, maxBufferRows) * rowBytes} (2^32 float32 values with the batch)`, bufferBytes);
+    throw argError('options.bufferBytes', `integer between ${3 * rowBytes} and ${Math.max(3, maxBufferRows) * rowBytes} (2^32 float32 values)`, bufferBytes);
   }
   const onNonFinite = o.onNonFinite === undefined ? sourceDefault : checkOneOf('options.onNonFinite', o.onNonFinite, NON_FINITE);
   let chunkRows: number;

@@ -66,7 +66,7 @@ abstract class BaseSource implements ActivationSource {
 
   private async run(o: ResolvedBatchOptions, emit: Emit): Promise<void> {
     const pass = { dIn: this.dIn, batchSize: o.batchSize, dropLast: o.dropLast };
-    const mem = o.shuffle ? new MixingMemory(this.dIn, mixingHalf(o.bufferRows, this.numRows), o.batchSize) : null;
+    const mem = o.shuffle ? new MixingMemory(this.dIn, mixingHalf(o.bufferRows, this.numRows)) : null;
     for (let e = 0; e < o.epochs; e++) {
       const stream = this.open(o, e, o.shuffle);
       try {

@@ -1,0 +1,308 @@
+/**
+ * Matching features across SAEs and layers (docs: shared/reference/methods.md).
+ *
+ * - match(): pairs features of A (rows) with features of B (columns) of a correlation or
+ *   similarity matrix: 'argmax' (every B feature to its best A feature, methods.md §1.4 step 1;
+ *   Convergent Learning's semi-matching, §2), 'mutual' (mutual nearest neighbours, relaxed to
+ *   top-n "best buddies" as in Rosetta Neurons, §2) or 'hungarian' (exact one-to-one assignment
+ *   maximising the total score, §2 bipartite matching), then the low-score filter of §1.4 step 4.
+ * - saeMatch(): SAE Match (§3), data-free: exact linear assignment minimising the MSE between
+ *   (folded) decoder rows, optionally with encoder columns.
+ * - composeMatches(): chains matches across layers, P_{t→t+2} = P_{t+1→t+2} ∘ P_{t→t+1} (§3).
+ */
+import { argError, SaekitError } from '../errors.js';
+import { linearAssignment } from '../eval/assignment.js';
+import { SparseAutoencoder, type SaeWeights } from '../sae/index.js';
+import { checkBool, checkInt, checkOneOf, checkOptions } from '../validate.js';
+
+export type MatchMethod = 'argmax' | 'mutual' | 'hungarian';
+
+export interface MatchOptions {
+  /** Number of features of A (rows of corr). */
+  nA: number;
+  /** Number of features of B (columns of corr). */
+  nB: number;
+  /** Default 'hungarian'. */
+  method?: MatchMethod;
+  /** Drop pairs whose score is < threshold (kept when score >= threshold). Default: keep all. */
+  threshold?: number;
+  /**
+   * For 'mutual': a pair (a, b) counts when b is among a's top-n columns and a is among b's
+   * top-n rows (ranked by score descending, ties to the lowest index). Default 1 (strict mutual
+   * nearest neighbours).
+   */
+  top?: number;
+}
+
+export interface MatchPair {
+  a: number;
+  b: number;
+  score: number;
+}
+
+export interface MatchResult {
+  /** Kept pairs, ordered by a, then b. */
+  pairs: MatchPair[];
+  /**
+   * [nB] the matched A feature of each B feature, -1 if unmatched. Where a B feature is in
+   * several kept pairs ('mutual' with top > 1), its highest-scoring one (ties to the lowest a).
+   */
+  bToA: Int32Array;
+  /** Mean score of the kept pairs; NaN when none is kept. */
+  meanScore: number;
+}
+
+const MAX_DIM = 2 ** 31 - 1;
+
+/** Pairs features of A (rows of `corr`, [nA, nB] row-major) with features of B (columns). */
+export function match(corr: Float32Array | Float64Array, options: MatchOptions): MatchResult {
+  if (!(corr instanceof Float32Array) && !(corr instanceof Float64Array)) {
+    throw argError('corr', 'a Float32Array or Float64Array', corr, 'ERR_SAEKIT_DTYPE');
+  }
+  if (options === undefined) throw argError('options', 'an options object with nA and nB', options);
+  const o = checkOptions('options', options);
+  const nA = checkInt('options.nA', o.nA, 0, MAX_DIM);
+  const nB = checkInt('options.nB', o.nB, 0, MAX_DIM);
+  if (corr.length !== nA * nB) throw argError('corr', `an array of length nA * nB = ${nA * nB}`, corr, 'ERR_SAEKIT_SHAPE');
+  const method = o.method === undefined ? 'hungarian' : checkOneOf('options.method', o.method, ['argmax', 'mutual', 'hungarian'] as const);
+  let threshold = -Infinity;
+  if (o.threshold !== undefined) {
+    if (typeof o.threshold !== 'number' || Number.isNaN(o.threshold)) throw argError('options.threshold', 'a number', o.threshold);
+    threshold = o.threshold;
+  }
+  const top = o.top === undefined ? 1 : checkInt('options.top', o.top, 1, MAX_DIM);
+  if (o.top !== undefined && method !== 'mutual') throw argError('options.top', "undefined unless method is 'mutual'", o.top);
+  for (let i = 0; i < corr.length; i++) {
+    if (!Number.isFinite(corr[i])) throw argError(`corr[${i}]`, 'finite number', corr[i], 'ERR_SAEKIT_NONFINITE');
+  }
+
+  let raw: MatchPair[];
+  if (method === 'argmax') raw = argmaxPairs(corr, nA, nB);
+  else if (method === 'mutual') raw = mutualPairs(corr, nA, nB, top);
+  else raw = hungarianPairs(corr, nA, nB);
+
+  const pairs = raw.filter((p) => p.score >= threshold).sort((x, y) => x.a - y.a || x.b - y.b);
+  const bToA = new Int32Array(nB).fill(-1);
+  const best = new Float64Array(nB).fill(-Infinity);
+  let sum = 0;
+  for (const p of pairs) {
+    sum += p.score;
+    // Pairs come by increasing a, so strict > keeps the lowest a on ties.
+    if (p.score > best[p.b]!) {
+      best[p.b] = p.score;
+      bToA[p.b] = p.a;
+    }
+  }
+  return { pairs, bToA, meanScore: pairs.length > 0 ? sum / pairs.length : NaN };
+}
+
+function argmaxPairs(corr: Float32Array | Float64Array, nA: number, nB: number): MatchPair[] {
+  const pairs: MatchPair[] = [];
+  if (nA === 0) return pairs;
+  for (let b = 0; b < nB; b++) {
+    let bestA = 0;
+    let bestS = corr[b]!;
+    for (let a = 1; a < nA; a++) {
+      const s = corr[a * nB + b]!;
+      if (s > bestS) {
+        bestS = s;
+        bestA = a;
+      }
+    }
+    pairs.push({ a: bestA, b, score: bestS });
+  }
+  return pairs;
+}
+
+/**
+ * The indices of the n best of `count` values get(0..count-1), by value descending then index
+ * ascending (stable insertion into a sorted list of at most n).
+ */
+function topIndices(count: number, n: number, get: (i: number) => number): Int32Array {
+  const m = Math.min(n, count);
+  const idx = new Int32Array(m);
+  const val = new Float64Array(m);
+  let len = 0;
+  for (let i = 0; i < count; i++) {
+    const v = get(i);
+    if (len === m && !(v > val[m - 1]!)) continue;
+    let p = len < m ? len : m - 1;
+    // Shift strictly smaller values down; equal values keep their place (lower index first).
+    while (p > 0 && val[p - 1]! < v) {
+      val[p] = val[p - 1]!;
+      idx[p] = idx[p - 1]!;
+      p--;
+    }
+    val[p] = v;
+    idx[p] = i;
+    if (len < m) len++;
+  }
+  return idx;
+}
+
+function mutualPairs(corr: Float32Array | Float64Array, nA: number, nB: number, top: number): MatchPair[] {
+  const pairs: MatchPair[] = [];
+  if (nA === 0 || nB === 0) return pairs;
+  const colTop: Int32Array[] = [];
+  for (let b = 0; b < nB; b++) colTop.push(topIndices(nA, top, (a) => corr[a * nB + b]!));
+  for (let a = 0; a < nA; a++) {
+    const rowTop = topIndices(nB, top, (b) => corr[a * nB + b]!);
+    for (const b of rowTop) {
+      if (colTop[b]!.includes(a)) pairs.push({ a, b, score: corr[a * nB + b]! });
+    }
+  }
+  return pairs;
+}
+
+function hungarianPairs(corr: Float32Array | Float64Array, nA: number, nB: number): MatchPair[] {
+  const cost = corr instanceof Float64Array ? corr : Float64Array.from(corr);
+  const { rowToCol } = linearAssignment(cost, nA, nB, { maximize: true });
+  const pairs: MatchPair[] = [];
+  for (let a = 0; a < nA; a++) {
+    const b = rowToCol[a]!;
+    if (b >= 0) pairs.push({ a, b, score: corr[a * nB + b]! });
+  }
+  return pairs;
+}
+
+export interface SaeMatchOptions {
+  /**
+   * Fold JumpReLU thresholds into the weights before matching (methods.md §3): encoder columns
+   * and b_enc divided by θ_i, decoder rows multiplied by θ_i. A no-op for SAEs without
+   * thresholds (TopK). Default true.
+   */
+  fold?: boolean;
+  /** Also match on encoder columns W_enc[:, i] (concatenated to the decoder rows). Default false. */
+  encoder?: boolean;
+}
+
+export interface SaeMatchResult {
+  /** [numLatents] for each latent of A, the matched latent of B. */
+  permutation: Int32Array;
+  /** [numLatents] per-pair MSE ‖a_i − b_π(i)‖² / d over the (folded) parameters used. */
+  mse: Float64Array;
+  /** Mean of mse. */
+  meanMse: number;
+}
+
+/**
+ * The folded weights of an SAE (methods.md §3): with thresholds θ (JumpReLU), `W_enc[:, i] / θ_i`,
+ * `b_enc[i] / θ_i`, `θ_i W_dec[i, :]` and threshold 1, which leaves the SAE function unchanged
+ * (f̃_i = f_i / θ_i). Weights without thresholds are returned as copies. θ_i must be > 0.
+ */
+export function foldWeights(weights: SaeWeights): SaeWeights {
+  if (weights === null || typeof weights !== 'object') throw argError('weights', 'SAE weights', weights);
+  const { W_enc, b_enc, W_dec, b_dec, threshold } = weights;
+  for (const [name, w] of [['W_enc', W_enc], ['b_enc', b_enc], ['W_dec', W_dec], ['b_dec', b_dec]] as const) {
+    if (!(w instanceof Float32Array)) throw argError(`weights.${name}`, 'a Float32Array', w, 'ERR_SAEKIT_DTYPE');
+  }
+  const n = b_enc.length;
+  const d = b_dec.length;
+  if (W_enc.length !== n * d) throw argError('weights.W_enc', `a Float32Array of length dIn * numLatents = ${n * d}`, W_enc, 'ERR_SAEKIT_SHAPE');
+  if (W_dec.length !== n * d) throw argError('weights.W_dec', `a Float32Array of length numLatents * dIn = ${n * d}`, W_dec, 'ERR_SAEKIT_SHAPE');
+  if (threshold === undefined) {
+    return { W_enc: W_enc.slice(), b_enc: b_enc.slice(), W_dec: W_dec.slice(), b_dec: b_dec.slice() };
+  }
+  if (!(threshold instanceof Float32Array) || threshold.length !== n) {
+    throw argError('weights.threshold', `a Float32Array of length numLatents = ${n}`, threshold, 'ERR_SAEKIT_SHAPE');
+  }
+  for (let i = 0; i < n; i++) {
+    const t = threshold[i]!;
+    if (!(t > 0) || !Number.isFinite(t)) throw argError(`weights.threshold[${i}]`, 'a finite number > 0 (folding divides by it)', t);
+  }
+  const We = new Float32Array(n * d);
+  const Wd = new Float32Array(n * d);
+  const be = new Float32Array(n);
+  for (let r = 0; r < d; r++) for (let i = 0; i < n; i++) We[r * n + i] = W_enc[r * n + i]! / threshold[i]!;
+  for (let i = 0; i < n; i++) {
+    be[i] = b_enc[i]! / threshold[i]!;
+    for (let c = 0; c < d; c++) Wd[i * d + c] = W_dec[i * d + c]! * threshold[i]!;
+  }
+  return { W_enc: We, b_enc: be, W_dec: Wd, b_dec: b_dec.slice(), threshold: new Float32Array(n).fill(1) };
+}
+
+/** Per-latent parameter vectors [numLatents, width] (decoder row, then encoder column). */
+function latentParams(w: SaeWeights, n: number, d: number, encoder: boolean): Float64Array {
+  const width = encoder ? 2 * d : d;
+  const out = new Float64Array(n * width);
+  for (let i = 0; i < n; i++) {
+    for (let c = 0; c < d; c++) out[i * width + c] = w.W_dec[i * d + c]!;
+    if (encoder) for (let r = 0; r < d; r++) out[i * width + d + r] = w.W_enc[r * n + i]!;
+  }
+  return out;
+}
+
+/**
+ * SAE Match (methods.md §3): the permutation π minimising Σ_i ‖a_i − b_π(i)‖² over (folded)
+ * decoder rows (and, with `encoder`, encoder columns) of two SAEs with the same numLatents and
+ * dIn, solved exactly as a linear assignment.
+ */
+export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder, options?: SaeMatchOptions): Promise<SaeMatchResult> {
+  if (!(saeA instanceof SparseAutoencoder)) throw argError('saeA', 'a SparseAutoencoder', saeA);
+  if (!(saeB instanceof SparseAutoencoder)) throw argError('saeB', 'a SparseAutoencoder', saeB);
+  if (saeA.numLatents !== saeB.numLatents) {
+    throw argError('saeB.numLatents', `saeA.numLatents = ${saeA.numLatents}`, saeB.numLatents, 'ERR_SAEKIT_SHAPE');
+  }
+  if (saeA.dIn !== saeB.dIn) throw argError('saeB.dIn', `saeA.dIn = ${saeA.dIn}`, saeB.dIn, 'ERR_SAEKIT_SHAPE');
+  const o = checkOptions('options', options);
+  const fold = o.fold === undefined ? true : checkBool('options.fold', o.fold);
+  const encoder = o.encoder === undefined ? false : checkBool('options.encoder', o.encoder);
+  const n = saeA.numLatents;
+  const d = saeA.dIn;
+  let [wA, wB] = await Promise.all([saeA.weights(), saeB.weights()]);
+  if (fold) {
+    wA = foldWeights(wA);
+    wB = foldWeights(wB);
+  }
+  const width = encoder ? 2 * d : d;
+  const pA = latentParams(wA, n, d, encoder);
+  const pB = latentParams(wB, n, d, encoder);
+  const cost = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    const ai = i * width;
+    for (let j = 0; j < n; j++) {
+      const bj = j * width;
+      let s = 0;
+      for (let c = 0; c < width; c++) {
+        const diff = pA[ai + c]! - pB[bj + c]!;
+        s += diff * diff;
+      }
+      cost[i * n + j] = s / width;
+    }
+  }
+  for (let i = 0; i < cost.length; i++) {
+    if (!Number.isFinite(cost[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite SAE weights for saeMatch but the cost of pair ${Math.floor(i / n)}, ${i % n} is ${cost[i]}`);
+  }
+  const { rowToCol } = linearAssignment(cost, n, n);
+  const mse = new Float64Array(n);
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    mse[i] = cost[i * n + rowToCol[i]!]!;
+    sum += mse[i]!;
+  }
+  return { permutation: rowToCol, mse, meanMse: sum / n };
+}
+
+/**
+ * Chains matches A→B, B→C, … into A→last: out[i] = p_k[…p_2[p_1[i]]…], -1 wherever a link is
+ * unmatched. Each entry of p_t must be -1 or an index into p_{t+1}.
+ */
+export function composeMatches(...perms: Int32Array[]): Int32Array {
+  if (perms.length === 0) throw argError('perms', 'at least one Int32Array', perms);
+  perms.forEach((p, t) => {
+    if (!(p instanceof Int32Array)) throw argError(`perms[${t}]`, 'an Int32Array', p, 'ERR_SAEKIT_DTYPE');
+  });
+  const out = perms[0]!.slice();
+  for (let t = 0; t < perms.length; t++) {
+    const p = perms[t]!;
+    const limit = t + 1 < perms.length ? perms[t + 1]!.length : MAX_DIM;
+    for (let i = 0; i < p.length; i++) {
+      const v = p[i]!;
+      if (v < -1 || v >= limit) {
+        throw argError(`perms[${t}][${i}]`, `-1 or an index below ${t + 1 < perms.length ? `perms[${t + 1}].length = ${limit}` : limit}`, v, 'ERR_SAEKIT_SHAPE');
+      }
+    }
+    if (t > 0) for (let i = 0; i < out.length; i++) out[i] = out[i]! < 0 ? -1 : p[out[i]!]!;
+  }
+  return out;
+}

@@ -1,0 +1,407 @@
+import { describe, expect, it } from 'vitest';
+
+import { SaekitError, SparseAutoencoder } from '../lib/index.js';
+import { composeMatches, foldWeights, match, saeMatch } from '../lib/features/match.js';
+import { lcg } from './helpers/reference.js';
+
+function randomCorr(nA: number, nB: number, next: () => number): Float64Array {
+  return Float64Array.from({ length: nA * nB }, () => next() * 2 - 1);
+}
+
+/** Max total over one-to-one matchings covering the smaller side, by enumerating all of them. */
+function bruteForceMax(c: Float64Array, nA: number, nB: number): number {
+  const small = Math.min(nA, nB);
+  const large = Math.max(nA, nB);
+  const at = (s: number, l: number) => (nA <= nB ? c[s * nB + l]! : c[l * nB + s]!);
+  const used = new Array<boolean>(large).fill(false);
+  let best = -Infinity;
+  const rec = (s: number, acc: number) => {
+    if (s === small) {
+      if (acc > best) best = acc;
+      return;
+    }
+    for (let l = 0; l < large; l++) {
+      if (used[l]) continue;
+      used[l] = true;
+      rec(s + 1, acc + at(s, l));
+      used[l] = false;
+    }
+  };
+  rec(0, 0);
+  return best;
+}
+
+/**
+ * Textbook O(n^2 m) Hungarian with potentials (Kuhn–Munkres, e-maxx form) minimising over an
+ * [n, m] cost, n <= m, 1-based internally. Returns the optimal total.
+ */
+function textbookHungarianMin(a: Float64Array, n: number, m: number): number {
+  const u = new Float64Array(n + 1);
+  const v = new Float64Array(m + 1);
+  const p = new Int32Array(m + 1);
+  const way = new Int32Array(m + 1);
+  for (let i = 1; i <= n; i++) {
+    p[0] = i;
+    let j0 = 0;
+    const minv = new Float64Array(m + 1).fill(Infinity);
+    const used = new Uint8Array(m + 1);
+    do {
+      used[j0] = 1;
+      const i0 = p[j0]!;
+      let delta = Infinity;
+      let j1 = 0;
+      for (let j = 1; j <= m; j++) {
+        if (used[j]) continue;
+        const cur = a[(i0 - 1) * m + (j - 1)]! - u[i0]! - v[j]!;
+        if (cur < minv[j]!) {
+          minv[j] = cur;
+          way[j] = j0;
+        }
+        if (minv[j]! < delta) {
+          delta = minv[j]!;
+          j1 = j;
+        }
+      }
+      for (let j = 0; j <= m; j++) {
+        if (used[j]) {
+          u[p[j]!]! += delta;
+          v[j]! -= delta;
+        } else minv[j]! -= delta;
+      }
+      j0 = j1;
+    } while (p[j0] !== 0);
+    do {
+      const j1 = way[j0]!;
+      p[j0] = p[j1]!;
+      j0 = j1;
+    } while (j0);
+  }
+  let total = 0;
+  for (let j = 1; j <= m; j++) if (p[j]! > 0) total += a[(p[j]! - 1) * m + (j - 1)]!;
+  return total;
+}
+
+function pairTotal(pairs: { score: number }[]): number {
+  return pairs.reduce((s, p) => s + p.score, 0);
+}
+
+function isOneToOne(pairs: { a: number; b: number }[]): boolean {
+  return new Set(pairs.map((p) => p.a)).size === pairs.length && new Set(pairs.map((p) => p.b)).size === pairs.length;
+}
+
+describe('match: argmax', () => {
+  it('maps every B feature to its best A feature, ties to the lowest index', () => {
+    // nA = 3, nB = 4
+    const corr = Float32Array.from([
+      0.5, 0.1, 0.3, 0.2,
+      0.9, 0.1, 0.3, -1,
+      0.9, 0.0, 0.7, -2,
+    ]);
+    const r = match(corr, { nA: 3, nB: 4, method: 'argmax' });
+    expect(Array.from(r.bToA)).toEqual([1, 0, 2, 0]);
+    expect(r.pairs.map((p) => [p.a, p.b])).toEqual([[0, 1], [0, 3], [1, 0], [2, 2]]);
+    expect(r.pairs.find((p) => p.b === 2)!.score).toBeCloseTo(0.7, 6);
+    expect(r.meanScore).toBeCloseTo((0.9 + 0.1 + 0.7 + 0.2) / 4, 6);
+    // All equal: everything to A feature 0.
+    const flat = match(new Float64Array(6).fill(0.25), { nA: 3, nB: 2, method: 'argmax' });
+    expect(Array.from(flat.bToA)).toEqual([0, 0]);
+  });
+});
+
+describe('match: mutual nearest neighbours', () => {
+  const corr = Float64Array.from([
+    // b0   b1   b2   b3
+    0.9, 0.8, 0.1, 0.0, // a0: best b0
+    0.85, 0.7, 0.2, 0.1, // a1: best b0 (but b0's best is a0)
+    0.1, 0.75, 0.6, 0.0, // a2: best b1; b1's best is a0 (0.8)
+    0.0, 0.1, 0.65, 0.3, // a3: best b2; b2's best is a3
+  ]);
+  it('strict: keeps only pairs that are each other\'s argmax', () => {
+    const r = match(corr, { nA: 4, nB: 4, method: 'mutual' });
+    expect(r.pairs.map((p) => [p.a, p.b])).toEqual([[0, 0], [3, 2]]);
+    expect(Array.from(r.bToA)).toEqual([0, -1, 3, -1]);
+    expect(r.meanScore).toBeCloseTo((0.9 + 0.65) / 2, 12);
+  });
+  it('top-n: each within the other\'s top-n', () => {
+    const r = match(corr, { nA: 4, nB: 4, method: 'mutual', top: 2 });
+    // Row tops (2): a0 {b0,b1}, a1 {b0,b1}, a2 {b1,b2}, a3 {b2,b3}
+    // Col tops (2): b0 {a0,a1}, b1 {a0,a2}, b2 {a3,a2}, b3 {a3,a1}
+    expect(r.pairs.map((p) => [p.a, p.b])).toEqual([[0, 0], [0, 1], [1, 0], [2, 1], [2, 2], [3, 2], [3, 3]]);
+    // bToA picks the best-scoring pair of each B feature.
+    expect(Array.from(r.bToA)).toEqual([0, 0, 3, 3]);
+    // top large enough: every pair counts.
+    expect(match(corr, { nA: 4, nB: 4, method: 'mutual', top: 10 }).pairs.length).toBe(16);
+  });
+  it('breaks ties by the lowest index', () => {
+    const tie = Float64Array.from([1, 1, 1, 1]);
+    const r = match(tie, { nA: 2, nB: 2, method: 'mutual' });
+    expect(r.pairs.map((p) => [p.a, p.b])).toEqual([[0, 0]]);
+  });
+});
+
+describe('match: hungarian', () => {
+  it('equals brute force over all matchings for n <= 7 (square and rectangular)', () => {
+    const next = lcg(12345);
+    const shapes: [number, number][] = [[1, 1], [2, 2], [3, 3], [5, 5], [7, 7], [2, 5], [5, 2], [4, 7], [7, 4], [6, 3], [1, 6]];
+    for (const [nA, nB] of shapes) {
+      for (let rep = 0; rep < 3; rep++) {
+        const c = randomCorr(nA, nB, next);
+        const r = match(c, { nA, nB });
+        expect(r.pairs.length).toBe(Math.min(nA, nB));
+        expect(isOneToOne(r.pairs)).toBe(true);
+        expect(pairTotal(r.pairs)).toBeCloseTo(bruteForceMax(c, nA, nB), 10);
+        // The textbook oracle used below agrees with brute force too.
+        const n = Math.min(nA, nB);
+        const m = Math.max(nA, nB);
+        const neg = Float64Array.from({ length: n * m }, (_, k) => -(nA <= nB ? c[k]! : c[(k % m) * nB + Math.floor(k / m)]!));
+        expect(-textbookHungarianMin(neg, n, m)).toBeCloseTo(bruteForceMax(c, nA, nB), 10);
+      }
+    }
+  });
+  it('equals an independent textbook Hungarian on 100x100 and 60x90 (and 90x60)', () => {
+    const next = lcg(777);
+    for (const [nA, nB] of [[100, 100], [60, 90], [90, 60]] as [number, number][]) {
+      const c = randomCorr(nA, nB, next);
+      const r = match(Float32Array.from(c), { nA, nB, method: 'hungarian' });
+      expect(isOneToOne(r.pairs)).toBe(true);
+      expect(r.pairs.length).toBe(Math.min(nA, nB));
+      // Textbook: minimise the negated scores with rows = the smaller side (as float32 values).
+      const f = Float32Array.from(c);
+      const n = Math.min(nA, nB);
+      const m = Math.max(nA, nB);
+      const neg = new Float64Array(n * m);
+      for (let i = 0; i < n; i++) for (let j = 0; j < m; j++) neg[i * m + j] = -(nA <= nB ? f[i * nB + j]! : f[j * nB + i]!);
+      expect(pairTotal(r.pairs)).toBeCloseTo(-textbookHungarianMin(neg, n, m), 8);
+    }
+  });
+});
+
+describe('match: threshold and validation', () => {
+  it('drops pairs whose score is below the threshold', () => {
+    const corr = Float64Array.from([0.9, 0.05, 0.05, 0.1, 0.3, 0.2]);
+    const all = match(corr, { nA: 2, nB: 3, method: 'argmax' });
+    expect(Array.from(all.bToA)).toEqual([0, 1, 1]);
+    const kept = match(corr, { nA: 2, nB: 3, method: 'argmax', threshold: 0.25 });
+    expect(kept.pairs.map((p) => [p.a, p.b])).toEqual([[0, 0], [1, 1]]);
+    expect(Array.from(kept.bToA)).toEqual([0, 1, -1]);
+    expect(kept.meanScore).toBeCloseTo(0.6, 12);
+    // Kept when equal to the threshold.
+    expect(match(corr, { nA: 2, nB: 3, method: 'argmax', threshold: 0.3 }).pairs.length).toBe(2);
+    const none = match(corr, { nA: 2, nB: 3, method: 'hungarian', threshold: 5 });
+    expect(none.pairs).toEqual([]);
+    expect(Array.from(none.bToA)).toEqual([-1, -1, -1]);
+    expect(none.meanScore).toBeNaN();
+  });
+  it('rejects bad input with named SaekitErrors', () => {
+    const c = new Float64Array(6);
+    const bad = (f: () => unknown, code: string, text: RegExp) => {
+      try {
+        f();
+      } catch (e) {
+        expect(e).toBeInstanceOf(SaekitError);
+        expect((e as SaekitError).code).toBe(code);
+        expect((e as Error).message).toMatch(text);
+        return;
+      }
+      throw new Error('did not throw');
+    };
+    bad(() => match([0, 1] as unknown as Float64Array, { nA: 1, nB: 2 }), 'ERR_SAEKIT_DTYPE', /corr/);
+    bad(() => match(c, { nA: 2, nB: 2 }), 'ERR_SAEKIT_SHAPE', /corr/);
+    bad(() => match(c, { nA: 2.5, nB: 2 }), 'ERR_SAEKIT_ARG', /options\.nA/);
+    bad(() => match(c, { nA: 2, nB: 3, method: 'greedy' as 'argmax' }), 'ERR_SAEKIT_ARG', /options\.method/);
+    bad(() => match(c, { nA: 2, nB: 3, method: 'mutual', top: 0 }), 'ERR_SAEKIT_ARG', /options\.top/);
+    bad(() => match(c, { nA: 2, nB: 3, threshold: NaN }), 'ERR_SAEKIT_ARG', /options\.threshold/);
+    bad(() => match(Float64Array.from([0, NaN, 0, 0, 0, 0]), { nA: 2, nB: 3 }), 'ERR_SAEKIT_NONFINITE', /corr\[1\]/);
+  });
+});
+
+/** A random permutation of 0..n-1. */
+function randomPermutation(n: number, next: () => number): Int32Array {
+  const p = Int32Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(next() * (i + 1));
+    [p[i], p[j]] = [p[j]!, p[i]!];
+  }
+  return p;
+}
+
+interface RawWeights {
+  W_enc: Float32Array;
+  b_enc: Float32Array;
+  W_dec: Float32Array;
+  b_dec: Float32Array;
+  threshold?: Float32Array;
+}
+
+/** Random weights with unit decoder rows and W_enc = W_dec^T (plus a bias), [n latents, d]. */
+function randomWeights(n: number, d: number, next: () => number, jumprelu: boolean): RawWeights {
+  const W_dec = new Float32Array(n * d);
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let c = 0; c < d; c++) {
+      W_dec[i * d + c] = next() * 2 - 1;
+      s += W_dec[i * d + c]! ** 2;
+    }
+    for (let c = 0; c < d; c++) W_dec[i * d + c]! /= Math.sqrt(s);
+  }
+  const W_enc = new Float32Array(d * n);
+  for (let r = 0; r < d; r++) for (let i = 0; i < n; i++) W_enc[r * n + i] = W_dec[i * d + r]! + 0.1 * (next() - 0.5);
+  const b_enc = Float32Array.from({ length: n }, () => 0.1 * (next() - 0.5));
+  const b_dec = Float32Array.from({ length: d }, () => 0.1 * (next() - 0.5));
+  const w: RawWeights = { W_enc, b_enc, W_dec, b_dec };
+  if (jumprelu) w.threshold = Float32Array.from({ length: n }, () => 0.05 + 0.5 * next());
+  return w;
+}
+
+/**
+ * B = A with latent j of B = latent perm[j]... defined so that latent i of A is latent q[i] of B,
+ * plus noise, and (scales) decoder rows times s_j with encoder column, b_enc and threshold / s_j.
+ */
+function permuted(w: RawWeights, n: number, d: number, q: Int32Array, next: () => number, noise: number, scales?: Float64Array): RawWeights {
+  const W_enc = new Float32Array(d * n);
+  const W_dec = new Float32Array(n * d);
+  const b_enc = new Float32Array(n);
+  const threshold = w.threshold ? new Float32Array(n) : undefined;
+  for (let i = 0; i < n; i++) {
+    const j = q[i]!;
+    const s = scales ? scales[j]! : 1;
+    for (let c = 0; c < d; c++) W_dec[j * d + c] = s * (w.W_dec[i * d + c]! + noise * (next() - 0.5));
+    for (let r = 0; r < d; r++) W_enc[r * n + j] = (w.W_enc[r * n + i]! + noise * (next() - 0.5)) / s;
+    b_enc[j] = w.b_enc[i]! / s;
+    if (threshold) threshold[j] = w.threshold![i]! / s;
+  }
+  const out: RawWeights = { W_enc, b_enc, W_dec, b_dec: w.b_dec.slice() };
+  if (threshold) out.threshold = threshold;
+  return out;
+}
+
+describe('saeMatch', () => {
+  const n = 40;
+  const d = 16;
+  it('recovers a random permutation of a TopK SAE with small noise (decoder, and with encoder)', async () => {
+    const next = lcg(2024);
+    const wA = randomWeights(n, d, next, false);
+    const q = randomPermutation(n, next);
+    const wB = permuted(wA, n, d, q, next, 0.01);
+    const A = SparseAutoencoder.fromWeights(wA, { k: 4 });
+    const B = SparseAutoencoder.fromWeights(wB, { k: 4 });
+    for (const encoder of [false, true]) {
+      const r = await saeMatch(A, B, { encoder });
+      expect(Array.from(r.permutation)).toEqual(Array.from(q));
+      expect(r.mse.length).toBe(n);
+      expect(r.meanMse).toBeGreaterThan(0);
+      expect(r.meanMse).toBeLessThan(1e-4);
+      expect(r.meanMse).toBeCloseTo(r.mse.reduce((s, x) => s + x, 0) / n, 15);
+    }
+    // Matching an SAE to itself: identity with zero MSE.
+    const self = await saeMatch(A, A);
+    expect(Array.from(self.permutation)).toEqual(Array.from({ length: n }, (_, i) => i));
+    expect(self.meanMse).toBe(0);
+  });
+
+  it('with fold, recovers the permutation of a JumpReLU SAE whose latents are rescaled', async () => {
+    const next = lcg(99);
+    const wA = randomWeights(n, d, next, true);
+    const q = randomPermutation(n, next);
+    const scales = Float64Array.from({ length: n }, () => Math.exp(3 * (next() - 0.5) * 2));
+    const wB = permuted(wA, n, d, q, next, 0.002, scales);
+    const A = SparseAutoencoder.fromWeights(wA, { architecture: 'jumprelu' });
+    const B = SparseAutoencoder.fromWeights(wB, { architecture: 'jumprelu' });
+    // The rescaled B reconstructs exactly as A does on permuted-free inputs (noise aside): check
+    // with the noise-free version.
+    const wB0 = permuted(wA, n, d, q, () => 0.5, 0, scales);
+    const B0 = SparseAutoencoder.fromWeights(wB0, { architecture: 'jumprelu' });
+    const x = Float32Array.from({ length: 32 * d }, () => 2 * next() - 1);
+    const ra = (await A.forward(x)).recon;
+    const rb = (await B0.forward(x)).recon;
+    for (let i = 0; i < ra.length; i++) expect(rb[i]).toBeCloseTo(ra[i]!, 4);
+
+    const folded = await saeMatch(A, B);
+    expect(Array.from(folded.permutation)).toEqual(Array.from(q));
+    expect(folded.meanMse).toBeLessThan(1e-4);
+    const folded0 = await saeMatch(A, B0, { fold: true, encoder: true });
+    expect(Array.from(folded0.permutation)).toEqual(Array.from(q));
+    expect(folded0.meanMse).toBeLessThan(1e-9);
+    // Without folding the scales dominate the cost and the match is worse.
+    const unfolded = await saeMatch(A, B, { fold: false });
+    expect(unfolded.meanMse).toBeGreaterThan(folded.meanMse);
+  });
+
+  it('folding leaves reconstructions unchanged', async () => {
+    const next = lcg(5);
+    const w = randomWeights(n, d, next, true);
+    const sae = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu' });
+    const f = foldWeights(await sae.weights());
+    expect(Array.from(f.threshold!)).toEqual(new Array(n).fill(1));
+    const foldedSae = SparseAutoencoder.fromWeights(f, { architecture: 'jumprelu' });
+    const x = Float32Array.from({ length: 64 * d }, () => 2 * next() - 1);
+    const before = await sae.decode(await sae.encode(x));
+    const after = await foldedSae.decode(await foldedSae.encode(x));
+    let fired = 0;
+    const codes = await sae.encode(x);
+    for (const v of codes.values) if (v > 0) fired++;
+    expect(fired).toBeGreaterThan(0);
+    for (let i = 0; i < before.length; i++) expect(Math.abs(after[i]! - before[i]!)).toBeLessThan(1e-5);
+    // TopK (no thresholds): folding is the identity.
+    const t = SparseAutoencoder.fromWeights(randomWeights(n, d, next, false), { k: 3 });
+    const tw = await t.weights();
+    const tf = foldWeights(tw);
+    expect(tf.W_dec).toEqual(tw.W_dec);
+    expect(tf.W_enc).toEqual(tw.W_enc);
+    expect(tf.threshold).toBeUndefined();
+  });
+
+  it('rejects mismatched sizes and bad arguments', async () => {
+    const next = lcg(8);
+    const A = SparseAutoencoder.fromWeights(randomWeights(10, 8, next, false), { k: 2 });
+    const B = SparseAutoencoder.fromWeights(randomWeights(12, 8, next, false), { k: 2 });
+    const C = SparseAutoencoder.fromWeights(randomWeights(10, 6, next, false), { k: 2 });
+    await expect(saeMatch(A, B)).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/numLatents/) });
+    await expect(saeMatch(A, C)).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/dIn/) });
+    await expect(saeMatch(A, {} as SparseAutoencoder)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/saeB/) });
+    await expect(saeMatch(A, A, { fold: 1 as unknown as boolean })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.fold/) });
+    await expect(saeMatch(A, A, { encoder: 'yes' as unknown as boolean })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.encoder/) });
+    const w = randomWeights(4, 3, next, true);
+    w.threshold![2] = 0;
+    expect(() => foldWeights(w)).toThrow(/threshold\[2\]/);
+  });
+});
+
+describe('composeMatches', () => {
+  it('equals a direct construction of A -> D', () => {
+    const next = lcg(31);
+    const n = 25;
+    // Latent i of A is latent x_i of a common "identity" space; each SAE holds the space permuted.
+    const sA = randomPermutation(n, next);
+    const sB = randomPermutation(n, next);
+    const sC = randomPermutation(n, next);
+    const sD = randomPermutation(n, next);
+    const inv = (p: Int32Array) => {
+      const r = new Int32Array(p.length);
+      p.forEach((v, i) => (r[v] = i));
+      return r;
+    };
+    // X->Y maps latent i of X to the latent of Y holding the same identity: inv(sY)[sX[i]].
+    const map = (sx: Int32Array, sy: Int32Array) => Int32Array.from(sx, (v) => inv(sy)[v]!);
+    const ab = map(sA, sB);
+    const bc = map(sB, sC);
+    const cd = map(sC, sD);
+    expect(Array.from(composeMatches(ab, bc, cd))).toEqual(Array.from(map(sA, sD)));
+    expect(Array.from(composeMatches(ab))).toEqual(Array.from(ab));
+    // Rectangular chains: 3 -> 4 -> 2.
+    const r = composeMatches(Int32Array.from([3, 0, 2]), Int32Array.from([1, -1, 0, 1]));
+    expect(Array.from(r)).toEqual([1, 1, 0]);
+  });
+  it('propagates -1', () => {
+    const ab = Int32Array.from([1, -1, 2, 0]);
+    const bc = Int32Array.from([2, -1, 0]);
+    const cd = Int32Array.from([3, -1, 1]);
+    expect(Array.from(composeMatches(ab, bc, cd))).toEqual([-1, -1, 3, 1]);
+  });
+  it('rejects bad input', () => {
+    expect(() => composeMatches()).toThrow(SaekitError);
+    expect(() => composeMatches([0, 1] as unknown as Int32Array)).toThrow(/perms\[0\]/);
+    expect(() => composeMatches(Int32Array.from([0, 3]), Int32Array.from([0, 1]))).toThrow(/perms\[0\]\[1\]/);
+    expect(() => composeMatches(Int32Array.from([0, -2]), Int32Array.from([0, 1]))).toThrow(/perms\[0\]\[1\]/);
+  });
+});
