@@ -1,6 +1,9 @@
 /**
  * Feature comparison across SAEs, layers and models: matching features (argmax, mutual nearest
- * neighbours / best buddies, exact one-to-one assignment) and data-free SAE Match across layers.
+ * neighbours / best buddies, exact one-to-one assignment), data-free SAE Match across layers, and
+ * the similarity of matched feature spaces (SVCCA, RSA, linear CKA) against shuffled baselines.
  */
 export { match, saeMatch, composeMatches, foldWeights } from './match.js';
 export type { MatchMethod, MatchOptions, MatchPair, MatchResult, SaeMatchOptions, SaeMatchResult } from './match.js';
+export { svcca, rsa, cka, permutationTest } from './similarity.js';
+export type { SvccaOptions, SvccaResult, RsaOptions, CkaOptions, PermutationOptions, PermutationResult } from './similarity.js';

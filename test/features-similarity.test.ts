@@ -1,0 +1,402 @@
+import { describe, expect, it } from 'vitest';
+
+import { SaekitError } from '../lib/errors.js';
+import { cka, permutationTest, rsa, svcca } from '../lib/features/similarity.js';
+import { lcg } from './helpers/reference.js';
+
+function random(rows: number, cols: number, next: () => number): Float64Array {
+  return Float64Array.from({ length: rows * cols }, () => next() * 2 - 1);
+}
+
+/** A random d x d orthogonal matrix (Gram-Schmidt on a random one), row-major. */
+function orthogonal(d: number, next: () => number): Float64Array {
+  const q: number[][] = [];
+  while (q.length < d) {
+    const v = Array.from({ length: d }, () => next() * 2 - 1);
+    for (const u of q) {
+      const p = v.reduce((s, x, i) => s + x * u[i]!, 0);
+      for (let i = 0; i < d; i++) v[i]! -= p * u[i]!;
+    }
+    const norm = Math.hypot(...v);
+    if (norm < 1e-6) continue;
+    q.push(v.map((x) => x / norm));
+  }
+  return Float64Array.from(q.flat());
+}
+
+/** X [n, d] times M [d, e], plus a constant offset per output column. */
+function transform(X: Float64Array, n: number, d: number, M: Float64Array, e: number, scale = 1, offset = 0): Float64Array {
+  const out = new Float64Array(n * e);
+  for (let r = 0; r < n; r++) {
+    for (let c = 0; c < e; c++) {
+      let s = 0;
+      for (let k = 0; k < d; k++) s += X[r * d + k]! * M[k * e + c]!;
+      out[r * e + c] = scale * s + offset * (c + 1);
+    }
+  }
+  return out;
+}
+
+function naivePearson(x: number[], y: number[]): number {
+  const m = x.length;
+  const mx = x.reduce((a, b) => a + b, 0) / m;
+  const my = y.reduce((a, b) => a + b, 0) / m;
+  let sxy = 0;
+  let sxx = 0;
+  let syy = 0;
+  for (let i = 0; i < m; i++) {
+    sxy += (x[i]! - mx) * (y[i]! - my);
+    sxx += (x[i]! - mx) ** 2;
+    syy += (y[i]! - my) ** 2;
+  }
+  return sxy / Math.sqrt(sxx * syy);
+}
+
+/** Average ranks the slow way: 1 + #smaller + (#equal - 1) / 2. */
+function naiveRanks(x: number[]): number[] {
+  return x.map((v) => 1 + x.filter((w) => w < v).length + (x.filter((w) => w === v).length - 1) / 2);
+}
+
+function column(X: Float64Array, n: number, d: number, c: number): number[] {
+  return Array.from({ length: n }, (_, r) => X[r * d + c]!);
+}
+
+function code(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(SaekitError);
+    return (err as SaekitError).code;
+  }
+  return undefined;
+}
+
+describe('svcca', () => {
+  it('is 1 for an orthogonally transformed, rescaled, shifted copy', () => {
+    const next = lcg(11);
+    const n = 200;
+    const d = 8;
+    const A = random(n, d, next);
+    const B = transform(A, n, d, orthogonal(d, next), d, 3.7, 5);
+    const r = svcca(A, B, { n, dA: d, dB: d });
+    expect(r.mode).toBe('svcca');
+    expect(r.keptA).toBe(r.keptB);
+    expect(r.keptA).toBeGreaterThan(1);
+    expect(Math.abs(r.score - 1)).toBeLessThan(1e-9);
+    const all = svcca(Float32Array.from(A), B, { n, dA: d, dB: d, keep: d });
+    expect(all.keptA).toBe(d);
+    expect(all.correlations.length).toBe(d);
+    // The float32 copy of A is not exactly A, but it is the same subspace up to rounding.
+    for (const c of all.correlations) expect(Math.abs(c - 1)).toBeLessThan(1e-6);
+  });
+
+  it('embeds a lower-dimensional space: a rotated copy padded into more dims is still 1', () => {
+    const next = lcg(12);
+    const n = 120;
+    const dA = 4;
+    const dB = 6;
+    const A = random(n, dA, next);
+    // B = A Q W with Q orthogonal 4x4 and W a 4x6 map with orthonormal rows (isometric embedding).
+    const Q = orthogonal(dA, next);
+    const W6 = orthogonal(dB, next);
+    const W = W6.subarray(0, dA * dB);
+    const B = transform(transform(A, n, dA, Q, dA), n, dA, W, dB, 0.25);
+    const r = svcca(A, B, { n, dA, dB, keep: 0.999999 });
+    expect(r.keptA).toBe(dA);
+    expect(r.keptB).toBe(dA); // the two extra directions carry no variance
+    expect(Math.abs(r.score - 1)).toBeLessThan(1e-9);
+  });
+
+  it('d = 1: the single canonical correlation is |Pearson r|', () => {
+    const next = lcg(13);
+    const n = 30;
+    const a = random(n, 1, next);
+    const b = Float64Array.from(a, (v) => -0.7 * v + (next() - 0.5));
+    const r = svcca(a, b, { n, dA: 1, dB: 1 });
+    const expected = Math.abs(naivePearson([...a], [...b]));
+    expect(r.correlations.length).toBe(1);
+    expect(r.correlations[0]).toBeCloseTo(expected, 12);
+    expect(r.score).toBeCloseTo(expected, 12);
+  });
+
+  it('d = 2, all directions kept: matches the eigenvalues of Sxx^-1 Sxy Syy^-1 Syx (closed-form 2 x 2)', () => {
+    const next = lcg(14);
+    const n = 40;
+    const A = random(n, 2, next);
+    const B = Float64Array.from({ length: n * 2 }, (_, i) => (i % 2 ? 0.3 * A[i - 1]! : A[i + 1]! - 0.5 * A[i]!) + 0.8 * (next() - 0.5));
+    const cov = (X: number[][], Y: number[][]) => {
+      const out = [
+        [0, 0],
+        [0, 0],
+      ];
+      for (let i = 0; i < 2; i++) for (let j = 0; j < 2; j++) {
+        const x = X[i]!;
+        const y = Y[j]!;
+        const mx = x.reduce((a, b) => a + b, 0) / n;
+        const my = y.reduce((a, b) => a + b, 0) / n;
+        out[i]![j] = x.reduce((s, v, k) => s + (v - mx) * (y[k]! - my), 0) / (n - 1);
+      }
+      return out;
+    };
+    const mul = (P: number[][], R: number[][]) => P.map((row) => [0, 1].map((j) => row[0]! * R[0]![j]! + row[1]! * R[1]![j]!));
+    const inv = (P: number[][]) => {
+      const det = P[0]![0]! * P[1]![1]! - P[0]![1]! * P[1]![0]!;
+      return [
+        [P[1]![1]! / det, -P[0]![1]! / det],
+        [-P[1]![0]! / det, P[0]![0]! / det],
+      ];
+    };
+    const X = [column(A, n, 2, 0), column(A, n, 2, 1)];
+    const Y = [column(B, n, 2, 0), column(B, n, 2, 1)];
+    const Sxy = cov(X, Y);
+    const Syx = cov(Y, X);
+    const M = mul(mul(inv(cov(X, X)), Sxy), mul(inv(cov(Y, Y)), Syx));
+    const tr = M[0]![0]! + M[1]![1]!;
+    const det = M[0]![0]! * M[1]![1]! - M[0]![1]! * M[1]![0]!;
+    const disc = Math.sqrt(tr * tr - 4 * det);
+    const expected = [Math.sqrt((tr + disc) / 2), Math.sqrt((tr - disc) / 2)];
+    const r = svcca(A, B, { n, dA: 2, dB: 2, keep: 2 });
+    expect(r.correlations.length).toBe(2);
+    expect(r.correlations[0]).toBeCloseTo(expected[0]!, 10);
+    expect(r.correlations[1]).toBeCloseTo(expected[1]!, 10);
+    expect(r.score).toBeCloseTo((expected[0]! + expected[1]!) / 2, 10);
+  });
+
+  it('of unrelated random data is near its row-shuffled baseline', () => {
+    const next = lcg(15);
+    const n = 150;
+    const A = random(n, 5, next);
+    const B = random(n, 6, next);
+    const score = (a: Float64Array, b: Float64Array) => svcca(a, b, { n, dA: 5, dB: 6 }).score;
+    const t = permutationTest(score, A, B, { n, dB: 6, runs: 40, seed: 3 });
+    const mean = t.shuffled.reduce((s, v) => s + v, 0) / t.shuffled.length;
+    const sd = Math.sqrt(t.shuffled.reduce((s, v) => s + (v - mean) ** 2, 0) / (t.shuffled.length - 1));
+    expect(t.pValue).toBeGreaterThan(0.05);
+    expect(Math.abs(t.score - mean)).toBeLessThan(3 * sd);
+    // A related pair, for contrast, is far above its baseline.
+    const related = Float64Array.from({ length: n * 6 }, (_, i) => A[Math.floor(i / 6) * 5 + (i % 5)]! + 0.3 * (next() - 0.5));
+    const u = permutationTest(score, A, related, { n, dB: 6, runs: 40, seed: 3 });
+    expect(u.pValue).toBeCloseTo(1 / 41, 15);
+  });
+
+  it("compat 'univ-feat-geom' keeps one direction for unit-norm rows (sum s^2 > 1/keep), equal to keep = 1", () => {
+    const next = lcg(16);
+    const n = 300;
+    const unit = (X: Float64Array, d: number) => {
+      for (let r = 0; r < n; r++) {
+        const norm = Math.hypot(...X.subarray(r * d, r * d + d));
+        for (let c = 0; c < d; c++) X[r * d + c]! /= norm;
+      }
+      return X;
+    };
+    const A = unit(random(n, 6, next), 6);
+    const B = unit(transform(A, n, 6, random(6, 7, next), 7), 7);
+    const compat = svcca(A, B, { n, dA: 6, dB: 7, compat: 'univ-feat-geom' });
+    expect(compat.mode).toBe('univ-feat-geom');
+    expect(compat.keptA).toBe(1);
+    expect(compat.keptB).toBe(1);
+    const one = svcca(A, B, { n, dA: 6, dB: 7, keep: 1 });
+    expect(compat.score).toBeCloseTo(one.score, 14);
+    const correct = svcca(A, B, { n, dA: 6, dB: 7 });
+    expect(correct.keptA).toBeGreaterThan(1);
+    expect(correct.score).toBeGreaterThan(0.9); // B is a linear image of A, up to the row renormalisation
+  });
+
+  it('validates its inputs', () => {
+    const A = new Float64Array(20);
+    expect(code(() => svcca(A, A, { n: 10, dA: 2, dB: 3 }))).toBe('ERR_SAEKIT_SHAPE');
+    expect(code(() => svcca(A, A, { n: 4, dA: 5, dB: 4 }))).toBe('ERR_SAEKIT_SHAPE'); // n must exceed d
+    expect(code(() => svcca(A, A, { n: 10, dA: 2, dB: 2, keep: 1.5 }))).toBe('ERR_SAEKIT_ARG');
+    expect(code(() => svcca(A, A, { n: 10, dA: 2, dB: 2, keep: 3 }))).toBe('ERR_SAEKIT_ARG');
+    expect(code(() => svcca(A, A, { n: 10, dA: 2, dB: 2, compat: 'x' as 'univ-feat-geom' }))).toBe('ERR_SAEKIT_ARG');
+    expect(code(() => svcca([] as unknown as Float64Array, A, { n: 10, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_DTYPE');
+    const bad = new Float64Array(20);
+    bad[3] = NaN;
+    expect(code(() => svcca(bad, A, { n: 10, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_NONFINITE');
+    expect(code(() => svcca(A, A, { n: 10.5, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_ARG');
+  });
+});
+
+describe('rsa', () => {
+  /** Naive RSA: full RDMs, upper triangles, then Spearman (naive average ranks) or Pearson. */
+  function naiveRsa(A: Float64Array, B: Float64Array, n: number, dA: number, dB: number, inner: string, outer: string): number {
+    const rdm = (X: Float64Array, d: number) => {
+      const rows = Array.from({ length: n }, (_, r) => [...X.subarray(r * d, r * d + d)]);
+      const tri: number[] = [];
+      for (let i = 0; i < n; i++) {
+        for (let j = i + 1; j < n; j++) {
+          const x = rows[i]!;
+          const y = rows[j]!;
+          if (inner === 'euclidean') tri.push(Math.sqrt(x.reduce((s, v, k) => s + (v - y[k]!) ** 2, 0)));
+          else if (inner === 'cosine') tri.push(1 - x.reduce((s, v, k) => s + v * y[k]!, 0) / (Math.hypot(...x) * Math.hypot(...y)));
+          else tri.push(1 - naivePearson(x, y));
+        }
+      }
+      return tri;
+    };
+    const ta = rdm(A, dA);
+    const tb = rdm(B, dB);
+    return outer === 'spearman' ? naivePearson(naiveRanks(ta), naiveRanks(tb)) : naivePearson(ta, tb);
+  }
+
+  it('equals a direct Spearman computation, with many ties (integer points, Euclidean)', () => {
+    const next = lcg(21);
+    const n = 25;
+    const A = Float64Array.from({ length: n * 2 }, () => Math.floor(next() * 4));
+    const B = Float64Array.from({ length: n * 3 }, (_, i) => (i % 3 === 2 ? Math.floor(next() * 2) : A[Math.floor(i / 3) * 2 + (i % 3)]! + Math.floor(next() * 2)));
+    const expected = naiveRsa(A, B, n, 2, 3, 'euclidean', 'spearman');
+    const got = rsa(A, B, { n, dA: 2, dB: 3, inner: 'euclidean' }).score;
+    expect(got).toBeCloseTo(expected, 12);
+    expect(got).toBeGreaterThan(0.1);
+  });
+
+  it('default (correlation inner, Spearman outer) and the other variants match the naive versions', () => {
+    const next = lcg(22);
+    const n = 20;
+    const A = random(n, 5, next);
+    const B = Float64Array.from({ length: n * 4 }, (_, i) => A[Math.floor(i / 4) * 5 + (i % 4)]! + 0.7 * (next() - 0.5));
+    expect(rsa(A, B, { n, dA: 5, dB: 4 }).score).toBeCloseTo(naiveRsa(A, B, n, 5, 4, 'correlation', 'spearman'), 12);
+    for (const inner of ['correlation', 'cosine', 'euclidean'] as const) {
+      for (const outer of ['spearman', 'pearson'] as const) {
+        expect(rsa(A, Float32Array.from(B), { n, dA: 5, dB: 4, inner, outer }).score).toBeCloseTo(
+          naiveRsa(A, Float64Array.from(Float32Array.from(B)), n, 5, 4, inner, outer),
+          12,
+        );
+      }
+    }
+  });
+
+  it('of a matrix with itself is 1', () => {
+    const next = lcg(23);
+    const A = random(30, 6, next);
+    expect(rsa(A, A, { n: 30, dA: 6, dB: 6 }).score).toBeCloseTo(1, 14);
+    expect(rsa(A, A, { n: 30, dA: 6, dB: 6, inner: 'euclidean', outer: 'pearson' }).score).toBeCloseTo(1, 14);
+  });
+
+  it('validates its inputs', () => {
+    const A = new Float64Array(12);
+    expect(code(() => rsa(A, A, { n: 2, dA: 6, dB: 6 }))).toBe('ERR_SAEKIT_ARG'); // needs n >= 3
+    expect(code(() => rsa(A, A, { n: 4, dA: 3, dB: 4 }))).toBe('ERR_SAEKIT_SHAPE');
+    expect(code(() => rsa(A, A, { n: 4, dA: 3, dB: 3, inner: 'l1' as 'cosine' }))).toBe('ERR_SAEKIT_ARG');
+    expect(code(() => rsa(A, A, { n: 4, dA: 3, dB: 3, outer: 'kendall' as 'pearson' }))).toBe('ERR_SAEKIT_ARG');
+  });
+});
+
+describe('cka', () => {
+  /** tr(K H L H) / sqrt(tr(K H K H) tr(L H L H)) with K = A A^T, L = B B^T, H = I - 11^T/n. */
+  function naiveCka(A: Float64Array, B: Float64Array, n: number, dA: number, dB: number): number {
+    const gram = (X: Float64Array, d: number) =>
+      Array.from({ length: n }, (_, i) => Array.from({ length: n }, (_, j) => {
+        let s = 0;
+        for (let k = 0; k < d; k++) s += X[i * d + k]! * X[j * d + k]!;
+        return s;
+      }));
+    const centre = (K: number[][]) => {
+      const rowMean = K.map((row) => row.reduce((a, b) => a + b, 0) / n);
+      const all = rowMean.reduce((a, b) => a + b, 0) / n;
+      return K.map((row, i) => row.map((v, j) => v - rowMean[i]! - rowMean[j]! + all));
+    };
+    const K = centre(gram(A, dA));
+    const L = centre(gram(B, dB));
+    const inner = (P: number[][], Q: number[][]) => P.reduce((s, row, i) => s + row.reduce((t, v, j) => t + v * Q[i]![j]!, 0), 0);
+    return inner(K, L) / Math.sqrt(inner(K, K) * inner(L, L));
+  }
+
+  it('is 1 for a rotated, rescaled, shifted copy', () => {
+    const next = lcg(31);
+    for (const [n, d] of [
+      [60, 5],
+      [8, 12],
+    ] as const) {
+      const A = random(n, d, next);
+      const B = transform(A, n, d, orthogonal(d, next), d, 0.01, -4);
+      expect(Math.abs(cka(A, B, { n, dA: d, dB: d }).score - 1)).toBeLessThan(1e-12);
+    }
+  });
+
+  it('equals the naive centred-Gram formula (both internal paths)', () => {
+    const next = lcg(32);
+    for (const [n, dA, dB] of [
+      [50, 4, 6],
+      [7, 10, 9],
+    ] as const) {
+      const A = random(n, dA, next);
+      const B = Float64Array.from({ length: n * dB }, (_, i) => (i % dB < dA ? A[Math.floor(i / dB) * dA + (i % dB)]! : 0) + (next() - 0.5) + 2);
+      expect(cka(A, Float32Array.from(B), { n, dA, dB }).score).toBeCloseTo(naiveCka(A, Float64Array.from(Float32Array.from(B)), n, dA, dB), 12);
+    }
+  });
+
+  it('is lower for independent data than for correlated data', () => {
+    const next = lcg(33);
+    const n = 200;
+    const A = random(n, 6, next);
+    const indep = random(n, 6, next);
+    const corr = Float64Array.from(A, (v) => v + 0.5 * (next() - 0.5));
+    const s0 = cka(A, indep, { n, dA: 6, dB: 6 }).score;
+    const s1 = cka(A, corr, { n, dA: 6, dB: 6 }).score;
+    expect(s0).toBeGreaterThanOrEqual(0);
+    expect(s0).toBeLessThan(0.2);
+    expect(s1).toBeGreaterThan(0.8);
+    expect(s0).toBeLessThan(s1);
+  });
+});
+
+describe('permutationTest', () => {
+  const next = lcg(41);
+  const n = 12;
+  const A = random(n, 2, next);
+  const B = random(n, 3, next);
+  // Sum over rows of A[r,0] * B[r,0]: changes with the pairing of rows.
+  const score = (a: Float64Array, b: Float64Array) => {
+    let s = 0;
+    for (let r = 0; r < n; r++) s += a[r * 2]! * b[r * 3]!;
+    return s;
+  };
+
+  it('is deterministic for a seed, and the seed matters', () => {
+    const a = permutationTest(score, A, B, { n, dB: 3, runs: 30, seed: 7 });
+    const b = permutationTest(score, A, B, { n, dB: 3, runs: 30, seed: 7 });
+    const c = permutationTest(score, A, B, { n, dB: 3, runs: 30, seed: 8 });
+    expect([...a.shuffled]).toEqual([...b.shuffled]);
+    expect(a.pValue).toBe(b.pValue);
+    expect([...a.shuffled]).not.toEqual([...c.shuffled]);
+    expect(a.score).toBe(score(A, B));
+    expect(permutationTest(score, A, B, { n, dB: 3 }).shuffled.length).toBe(100);
+  });
+
+  it('shuffles whole rows of B and leaves A and B untouched', () => {
+    const Bcopy = Float64Array.from(B);
+    const seen: Float64Array[] = [];
+    permutationTest(
+      (a, b) => {
+        expect(a).toBe(A);
+        seen.push(Float64Array.from(b));
+        return 0;
+      },
+      A,
+      B,
+      { n, dB: 3, runs: 5, seed: 1 },
+    );
+    expect([...B]).toEqual([...Bcopy]);
+    const key = (X: Float64Array) => Array.from({ length: n }, (_, r) => X.subarray(r * 3, r * 3 + 3).join(',')).sort().join(';');
+    for (const s of seen) expect(key(s)).toBe(key(B));
+    expect(seen.slice(1).some((s) => s.join() !== B.join())).toBe(true);
+  });
+
+  it('pValue = (1 + #shuffled >= score) / (1 + runs)', () => {
+    const t = permutationTest(score, A, B, { n, dB: 3, runs: 50, seed: 2 });
+    const ge = t.shuffled.filter((v) => v >= t.score).length;
+    expect(t.pValue).toBe((1 + ge) / 51);
+    expect(permutationTest(() => 1, A, B, { n, dB: 3, runs: 9 }).pValue).toBe(1); // ties count
+    let calls = 0;
+    expect(permutationTest(() => (calls++ === 0 ? 1 : 0), A, B, { n, dB: 3, runs: 9 }).pValue).toBe(0.1);
+  });
+
+  it('validates its inputs', () => {
+    expect(code(() => permutationTest(score, A, B, { n, dB: 2 }))).toBe('ERR_SAEKIT_SHAPE');
+    expect(code(() => permutationTest(score, A, Float32Array.from(B) as unknown as Float64Array, { n, dB: 3 }))).toBe('ERR_SAEKIT_DTYPE');
+    expect(code(() => permutationTest(score, A, B, { n, dB: 3, runs: 0 }))).toBe('ERR_SAEKIT_ARG');
+    expect(code(() => permutationTest(score, A, B, { n, dB: 3, seed: -1 }))).toBe('ERR_SAEKIT_ARG');
+    expect(code(() => permutationTest(() => 'x' as unknown as number, A, B, { n, dB: 3 }))).toBe('ERR_SAEKIT_ARG');
+  });
+});
