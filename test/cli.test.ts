@@ -128,4 +128,39 @@ describe('saekit CLI', () => {
     expect(res.deadFraction).toBeLessThan(0.5);
     expect((performance.now() - t0) / 1e3).toBeLessThan(60);
   }, 90_000);
+
+  it('compare finds a permuted copy (correlation 1, all pairs kept) and match-layers recovers the permutation', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(8);
+    const [dIn, L, k, rows] = [6, 20, 3, 2000];
+    await io.writeNpy(path.join(dir, 'acts.npy'), { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => next() - 0.5) });
+    using a = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 3 });
+    const w = await a.weights();
+    const perm = Array.from({ length: L }, (_, i) => i).sort(() => next() - 0.5); // B's latent j is A's perm[j]
+    using b = SparseAutoencoder.fromWeights(
+      {
+        W_enc: Float32Array.from({ length: dIn * L }, (_, q) => w.W_enc[Math.floor(q / L) * L + perm[q % L]!]!),
+        b_enc: Float32Array.from({ length: L }, (_, j) => w.b_enc[perm[j]!]!),
+        W_dec: Float32Array.from({ length: L * dIn }, (_, q) => w.W_dec[perm[Math.floor(q / dIn)]! * dIn + (q % dIn)]!),
+        b_dec: w.b_dec,
+      },
+      { k },
+    );
+    await a.save(path.join(dir, 'a'));
+    await b.save(path.join(dir, 'b'));
+    const r = run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--json', '--runs', '5', '--out', path.join(dir, 'pairs.json')]);
+    expect(r.status, r.stderr).toBe(0);
+    const s = JSON.parse(r.stdout);
+    const fired = JSON.parse(readFileSync(path.join(dir, 'pairs.json'), 'utf8')).pairs as { a: number; b: number; score: number }[];
+    expect(s.mean_pair_correlation).toBeGreaterThan(0.999);
+    for (const p of fired) expect(p.a).toBe(perm[p.b]);
+    expect(s.pairs_kept).toBeGreaterThan(L / 2);
+    expect(s.rsa.score).toBeGreaterThan(0.999);
+    const m = run(['match-layers', path.join(dir, 'a'), path.join(dir, 'b'), '--out', path.join(dir, 'perm.json')]);
+    expect(m.status, m.stderr).toBe(0);
+    const steps = JSON.parse(readFileSync(path.join(dir, 'perm.json'), 'utf8'));
+    // For each latent of A, its match in B: B's j holds A's perm[j].
+    steps[0].permutation.forEach((j: number, i: number) => expect(perm[j]).toBe(i));
+    expect(steps[0].mean_mse).toBeLessThan(1e-10);
+  }, 60_000);
 });

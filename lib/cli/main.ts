@@ -15,6 +15,7 @@ import { mcc, mmcs } from '../eval/recovery.js';
 import { backend, SaekitError, SparseAutoencoder } from '../index.js';
 import { packageRoot } from '../native/index.js';
 import { type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
+import { compare, type CompareFlags, matchLayers } from './compare.js';
 import { Progress } from './progress.js';
 
 function version(): string {
@@ -313,6 +314,38 @@ export function buildProgram(): Command {
     .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))
     .addHelpText('after', '\nExample:\n  saekit eval runs/l8 acts/val.npy --max-tokens 2000000 --json > eval.json\n')
     .action((sae: string, paths: string[], f: EvalFlags) => evalCommand(sae, paths, f));
+  program
+    .command('compare')
+    .description('compare the features of two SAEs: correlation over tokens, matching, SVCCA and RSA of the matched decoder rows against shuffled baselines')
+    .argument('<saeA>', 'first SAE folder or file')
+    .argument('<saeB>', 'second SAE folder or file')
+    .requiredOption('--data <src>', "activations for saeA (and saeB unless --data-b)")
+    .option('--data-b <src>', "saeB's activations, aligned token by token with --data (another model on the same text)")
+    .option('--kind <k>', 'codes or preacts', 'codes')
+    .option('--method <m>', 'argmax, mutual or hungarian', 'hungarian')
+    .option('--threshold <r>', 'drop matched pairs with correlation below this', num('threshold', -1, 1, false), 0.1)
+    .option('--top <n>', 'for --method mutual: best buddies within the top n', num('top', 1, 1 << 20), 1)
+    .option('--max-tokens <n>', 'tokens to correlate over', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 100_000)
+    .option('--runs <n>', 'shuffled baselines for the p-values', num('runs', 1, 100000), 20)
+    .option('--json', 'print the summary as JSON')
+    .option('--out <file>', 'also write the summary and every matched pair as JSON')
+    .addHelpText('after', '\nExample:\n  saekit compare runs/seed1 runs/seed2 --data acts/val.npy --method hungarian --json\n')
+    .action((a: string, b: string, f: CompareFlags) => {
+      if (f.kind !== 'codes' && f.kind !== 'preacts') throw new SaekitError('ERR_SAEKIT_ARG', `Expected one of: codes, preacts for --kind but received '${f.kind}'`);
+      if (!['argmax', 'mutual', 'hungarian'].includes(f.method)) {
+        throw new SaekitError('ERR_SAEKIT_ARG', `Expected one of: argmax, mutual, hungarian for --method but received '${f.method}'`);
+      }
+      return compare(a, b, f);
+    });
+  program
+    .command('match-layers')
+    .description('SAE Match: data-free matching of the latents of consecutive SAEs (e.g. adjacent layers)')
+    .argument('<sae...>', 'SAE folders or files, in layer order')
+    .option('--encoder', 'also match on the (folded) encoder parameters')
+    .option('--json', 'print a JSON summary')
+    .option('--out <file>', 'write every permutation as JSON')
+    .addHelpText('after', '\nExample:\n  saekit match-layers runs/l6 runs/l7 runs/l8 --out perms.json\n')
+    .action((paths: string[], f: { json?: boolean; out?: string; encoder?: boolean }) => matchLayers(paths, f));
   program
     .command('demo')
     .description('train an SAE on built-in synthetic data with known features and report how well it recovers them')
