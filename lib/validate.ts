@@ -53,6 +53,23 @@ export function checkShape(name: string, value: unknown): readonly number[] {
   return Object.freeze([...value] as number[]);
 }
 
+/**
+ * Returns `value` if it is a finite number in [min, max] (or (min, max] with exclusiveMin);
+ * otherwise throws naming the range.
+ */
+export function checkNumber(name: string, value: unknown, min: number, max: number, exclusiveMin = false): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max || (exclusiveMin && value === min)) {
+    throw argError(name, `finite number ${exclusiveMin ? '>' : '>='} ${min}${max < Infinity ? ` and <= ${max}` : ''}`, value);
+  }
+  return value;
+}
+
+/** A fresh random 64-bit seed (for callers that did not give one). */
+export function randomSeed(): bigint {
+  const w = crypto.getRandomValues(new Uint32Array(2));
+  return (BigInt(w[0]!) << 32n) | BigInt(w[1]!);
+}
+
 export function shapeSize(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }

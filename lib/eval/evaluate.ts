@@ -48,7 +48,8 @@ import { argError, SaekitError } from '../errors.js';
 import type { ActivationSource, Batch } from '../data/types.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
 import { checkBool, checkInt, checkOptions } from '../validate.js';
-import { maxCosine, transpose } from './geometry.js';
+import { transpose } from '../io/common.js';
+import { maxCosine } from './geometry.js';
 
 export { maxCosine } from './geometry.js';
 export type { MaxCosineOptions } from './geometry.js';

@@ -109,16 +109,3 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
   return result;
 }
 
-/**
- * The columns of a row-major [rows, cols] matrix as rows ([cols, rows]), e.g. the encoder
- * vectors of W_enc [dIn, numLatents].
- * @internal
- */
-export function transpose(m: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    const o = r * cols;
-    for (let c = 0; c < cols; c++) out[c * rows + r] = m[o + c]!;
-  }
-  return out;
-}

@@ -14,7 +14,7 @@ import path from 'node:path';
 
 import { SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
-import type { IoTensor } from './common.js';
+import { type IoTensor, transpose } from './common.js';
 import { readNpz } from './npz.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { writeFileAtomic } from './source.js';
@@ -145,11 +145,6 @@ function checkShape(file: string, name: string, t: IoTensor, want: number[]): vo
   }
 }
 
-function transpose(src: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(src.length);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = src[r * cols + c]!;
-  return out;
-}
 
 /**
  * Scales each latent so its decoder row has unit norm, keeping the model's function where the

@@ -28,7 +28,7 @@ import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import type { WriteSaeOptions } from '../io/sae-files.js';
 import { native, type NativeAdam, type NativeSae, type NativeTensor } from '../native/index.js';
 import { handleOf, Tensor } from '../tensor/index.js';
-import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed } from '../validate.js';
+import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkSeed, randomSeed } from '../validate.js';
 
 /** Sparse codes: `k` (value, latent index) pairs per row, row-major, each row by descending value. */
 export interface SparseCodes {
@@ -159,18 +159,6 @@ export interface AdamState {
 
 const DEFAULT_AUXK_ALPHA = 1 / 32;
 const DEFAULT_DEAD_THRESHOLD = 10_000_000;
-
-function checkFinite(name: string, value: unknown, min: number, max: number, strictMin = false): number {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max || (strictMin && value === min)) {
-    throw argError(name, `finite number ${strictMin ? '>' : '>='} ${min}${max < Infinity ? ` and <= ${max}` : ''}`, value);
-  }
-  return value;
-}
-
-function randomSeed(): bigint {
-  const w = crypto.getRandomValues(new Uint32Array(2));
-  return (BigInt(w[0]!) << 32n) | BigInt(w[1]!);
-}
 
 const handles = new WeakMap<SparseAutoencoder, NativeSae>();
 
@@ -378,7 +366,7 @@ export class SparseAutoencoder {
         throw argError('options.auxk.deadMask', `a Uint8Array of length numLatents = ${this.numLatents}`, a.deadMask, 'ERR_SAEKIT_SHAPE');
       }
       mask = a.deadMask;
-      alpha = a.alpha === undefined ? DEFAULT_AUXK_ALPHA : checkFinite('options.auxk.alpha', a.alpha, 0, Infinity);
+      alpha = a.alpha === undefined ? DEFAULT_AUXK_ALPHA : checkNumber('options.auxk.alpha', a.alpha, 0, Infinity);
     }
     const r = await settleNative(callNative(() => this.handle().gradients(this.rows(x), mask, alpha)), site);
     return {
@@ -424,7 +412,7 @@ export class SparseAutoencoder {
 
   /** [numLatents] 1 where more than `thresholdTokens` tokens passed since the latent last fired. */
   async deadMask(thresholdTokens: number = DEFAULT_DEAD_THRESHOLD): Promise<Uint8Array> {
-    checkFinite('thresholdTokens', thresholdTokens, 0, Infinity);
+    checkNumber('thresholdTokens', thresholdTokens, 0, Infinity);
     const since = await this.tokensSinceFired();
     return Uint8Array.from(since, (t) => (t > thresholdTokens ? 1 : 0));
   }
@@ -432,10 +420,10 @@ export class SparseAutoencoder {
   /** An Adam optimizer over this SAE's parameters; its state stays native. */
   adam(options?: AdamOptions): AdamOptimizer {
     const o = checkOptions('options', options);
-    const lr = o.lr === undefined ? 2e-4 / Math.sqrt(this.numLatents / 2 ** 14) : checkFinite('options.lr', o.lr, 0, Infinity);
-    const beta1 = o.beta1 === undefined ? 0.9 : checkFinite('options.beta1', o.beta1, 0, 0.999999);
-    const beta2 = o.beta2 === undefined ? 0.999 : checkFinite('options.beta2', o.beta2, 0, 0.99999999);
-    const eps = o.eps === undefined ? 1e-8 : checkFinite('options.eps', o.eps, 0, Infinity, true);
+    const lr = o.lr === undefined ? 2e-4 / Math.sqrt(this.numLatents / 2 ** 14) : checkNumber('options.lr', o.lr, 0, Infinity);
+    const beta1 = o.beta1 === undefined ? 0.9 : checkNumber('options.beta1', o.beta1, 0, 0.999999);
+    const beta2 = o.beta2 === undefined ? 0.999 : checkNumber('options.beta2', o.beta2, 0, 0.99999999);
+    const eps = o.eps === undefined ? 1e-8 : checkNumber('options.eps', o.eps, 0, Infinity, true);
     const h = callNative(() => this.handle().adam(lr, beta1, beta2, eps));
     return new AdamOptimizer(h, this, lr);
   }
@@ -481,10 +469,10 @@ export class AdamOptimizer {
   async step(x: Rows, options?: StepOptions): Promise<StepStats> {
     const site = new Error();
     const o = checkOptions('options', options);
-    const lr = o.lr === undefined ? this.lr : checkFinite('options.lr', o.lr, 0, Infinity);
-    const alpha = o.auxkAlpha === undefined ? DEFAULT_AUXK_ALPHA : checkFinite('options.auxkAlpha', o.auxkAlpha, 0, Infinity);
+    const lr = o.lr === undefined ? this.lr : checkNumber('options.lr', o.lr, 0, Infinity);
+    const alpha = o.auxkAlpha === undefined ? DEFAULT_AUXK_ALPHA : checkNumber('options.auxkAlpha', o.auxkAlpha, 0, Infinity);
     const threshold =
-      o.deadThresholdTokens === undefined ? DEFAULT_DEAD_THRESHOLD : checkFinite('options.deadThresholdTokens', o.deadThresholdTokens, 0, Infinity);
+      o.deadThresholdTokens === undefined ? DEFAULT_DEAD_THRESHOLD : checkNumber('options.deadThresholdTokens', o.deadThresholdTokens, 0, Infinity);
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
     const rows = rowsArg(this.sae.dIn, x);
     if (this.sae.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this optimizer was disposed');

@@ -17,7 +17,7 @@
  */
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import { native, type NativeTensor } from '../native/index.js';
-import { checkOneOf, checkOptions, checkSeed, checkShape, shapeSize } from '../validate.js';
+import { checkOneOf, checkOptions, checkSeed, checkShape, randomSeed, shapeSize } from '../validate.js';
 
 /** Element types. */
 export type DType = 'float32' | 'bfloat16' | 'float16' | 'int32';
@@ -249,11 +249,6 @@ function randomTensor<D extends 'float32' | 'bfloat16' | 'float16'>(
   const stream = opts.stream === undefined ? 0n : checkSeed('options.stream', opts.stream);
   const dtype = opts.dtype === undefined ? 'float32' : checkOneOf('options.dtype', opts.dtype, FLOAT_DTYPES, 'ERR_SAEKIT_DTYPE');
   return new Tensor<D>(callNative(() => native().random(s, dtype, kind, seed, stream)), INTERNAL);
-}
-
-function randomSeed(): bigint {
-  const w = crypto.getRandomValues(new Uint32Array(2));
-  return (BigInt(w[0]!) << 32n) | BigInt(w[1]!);
 }
 
 /**

@@ -19,7 +19,7 @@ import path from 'node:path';
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
 import type { AdamOptimizer, SparseAutoencoder, StepStats } from '../sae/index.js';
-import { checkBool, checkInt, checkOneOf, checkOptions } from '../validate.js';
+import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions } from '../validate.js';
 
 /** Trainer options; every field has a default. */
 export interface TrainerOptions {
@@ -135,11 +135,6 @@ type Resolved = Required<Omit<TrainerOptions, 'totalTokens' | 'epochs' | 'lr'>> 
 
 const CHECKPOINT_VERSION = 1;
 
-function finiteIn(name: string, v: unknown, min: number, max: number): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) throw argError(name, `finite number between ${min} and ${max}`, v);
-  return v;
-}
-
 /**
  * The learning rate at `step` (0-based) of `total`: linear warmup from base/warmup to base over
  * `warmup` steps, then constant, then (decay 'linear') linearly to 0 over the last
@@ -208,16 +203,16 @@ export class Trainer {
       batchSize: o.batchSize === undefined ? DEFAULTS.batchSize : checkInt('options.batchSize', o.batchSize, 2, 1 << 24),
       totalTokens: o.totalTokens === undefined ? undefined : checkInt('options.totalTokens', o.totalTokens, 1, Number.MAX_SAFE_INTEGER),
       epochs: o.epochs === undefined ? undefined : checkInt('options.epochs', o.epochs, 1, 1 << 30),
-      lr: o.lr === undefined || o.lr === 'auto' ? 2e-4 / Math.sqrt(sae.numLatents / 2 ** 14) : finiteIn('options.lr', o.lr, 0, 10),
-      beta1: o.beta1 === undefined ? DEFAULTS.beta1 : finiteIn('options.beta1', o.beta1, 0, 0.999999),
-      beta2: o.beta2 === undefined ? DEFAULTS.beta2 : finiteIn('options.beta2', o.beta2, 0, 0.99999999),
-      eps: o.eps === undefined ? DEFAULTS.eps : finiteIn('options.eps', o.eps, 1e-30, 1),
+      lr: o.lr === undefined || o.lr === 'auto' ? 2e-4 / Math.sqrt(sae.numLatents / 2 ** 14) : checkNumber('options.lr', o.lr, 0, 10),
+      beta1: o.beta1 === undefined ? DEFAULTS.beta1 : checkNumber('options.beta1', o.beta1, 0, 0.999999),
+      beta2: o.beta2 === undefined ? DEFAULTS.beta2 : checkNumber('options.beta2', o.beta2, 0, 0.99999999),
+      eps: o.eps === undefined ? DEFAULTS.eps : checkNumber('options.eps', o.eps, 1e-30, 1),
       warmupSteps: o.warmupSteps === undefined ? DEFAULTS.warmupSteps : checkInt('options.warmupSteps', o.warmupSteps, 0, 1 << 30),
       decay: o.decay === undefined ? DEFAULTS.decay : checkOneOf('options.decay', o.decay, ['linear', 'none'] as const),
-      decayFraction: o.decayFraction === undefined ? DEFAULTS.decayFraction : finiteIn('options.decayFraction', o.decayFraction, 0, 1),
-      auxkAlpha: o.auxkAlpha === undefined ? DEFAULTS.auxkAlpha : finiteIn('options.auxkAlpha', o.auxkAlpha, 0, 1e6),
+      decayFraction: o.decayFraction === undefined ? DEFAULTS.decayFraction : checkNumber('options.decayFraction', o.decayFraction, 0, 1),
+      auxkAlpha: o.auxkAlpha === undefined ? DEFAULTS.auxkAlpha : checkNumber('options.auxkAlpha', o.auxkAlpha, 0, 1e6),
       deadThresholdTokens:
-        o.deadThresholdTokens === undefined ? DEFAULTS.deadThresholdTokens : finiteIn('options.deadThresholdTokens', o.deadThresholdTokens, 0, Number.MAX_SAFE_INTEGER),
+        o.deadThresholdTokens === undefined ? DEFAULTS.deadThresholdTokens : checkNumber('options.deadThresholdTokens', o.deadThresholdTokens, 0, Number.MAX_SAFE_INTEGER),
       bDecInit: o.bDecInit === undefined ? DEFAULTS.bDecInit : checkOneOf('options.bDecInit', o.bDecInit, ['geometric-median', 'mean', 'zeros'] as const),
       normalize: o.normalize === undefined ? DEFAULTS.normalize : checkOneOf('options.normalize', o.normalize, ['none', 'expected-norm'] as const),
       normalizeBatches: o.normalizeBatches === undefined ? DEFAULTS.normalizeBatches : checkInt('options.normalizeBatches', o.normalizeBatches, 1, 1 << 20),
