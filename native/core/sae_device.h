@@ -1,0 +1,75 @@
+// The device SAE interface: a TopK / JumpReLU SAE whose parameters, Adam state and batches live
+// on an accelerator (the CUDA plugin fills it; see native/cuda/). A second C table beside
+// sk_backend_i because an SAE step is one fused operation, not a sequence of backend ops.
+//
+// The plugin exports `const sk_sae_i* sk_sae_api(int api_version)`; it returns null when it
+// does not speak that version. Every slot returns 0 on success, or non-zero with `st` filled
+// (codes as in backend.h). Pointers named host_* are host memory owned by the caller; the
+// plugin stages them through its own pinned buffers.
+//
+// Semantics are exactly those of native/cpu/sae_topk.h (the reference): the parameter slab
+// [W_encT (M x D) | W_dec (M x D) | b_enc (M) | b_dec (D)], codes sorted by descending value with
+// ties to the lower latent index, fvu / AuxK (sparsify's kAux = D/2, scale min(dead/(D/2), 1)),
+// loss = fvu + auxk_alpha * auxk, the decoder-gradient projection, Adam (bias-corrected,
+// PyTorch's formula), decoder rows renormalised, a non-finite loss rejected before any update.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "backend.h"
+
+extern "C" {
+
+#define SK_SAE_API_VERSION 1
+
+typedef struct sk_sae_dev sk_sae_dev;  // opaque: one SAE on one device
+
+// Precision of the encoder GEMM (parameters and Adam state are always float32).
+typedef enum sk_precision { SK_PREC_F32 = 0, SK_PREC_TF32 = 1, SK_PREC_BF16 = 2 } sk_precision;
+
+typedef struct sk_sae_step_opts {
+  int64_t k;                  // TopK
+  float auxk_alpha;           // weight of the AuxK loss (0: no AuxK)
+  const int32_t* host_dead;   // dead latents for AuxK (sorted ascending), may be null
+  int64_t num_dead;
+  int want_grads;             // 1: write dense gradients to host_grads, change nothing
+  float* host_grads;          // [slab floats] when want_grads (internal layout)
+  float lr, beta1, beta2, eps;  // Adam (used when !want_grads); the plugin keeps t, m, v
+  int precision;              // sk_precision for the encoder GEMM
+} sk_sae_step_opts;
+
+typedef struct sk_sae_step_stats {
+  double loss, fvu, auxk, l0;
+  int64_t num_dead;
+  uint8_t* host_fired;  // [M], caller-owned: 1 where the latent had a positive code
+  double seconds[5];    // gemm, select, decode, backward, update (device time, may be 0)
+} sk_sae_step_stats;
+
+typedef struct sk_sae_i {
+  int api_version;  // SK_SAE_API_VERSION
+  // Devices and their names ("NVIDIA H200, 139 GiB, sm_90").
+  int (*device_count)(sk_status* st, int* count);
+  int (*device_name)(sk_status* st, int device, char* out, size_t len);
+  // A new SAE on `device` from a host slab; host_threshold [M] (JumpReLU) may be null.
+  int (*create)(sk_status* st, sk_sae_dev** out, int device, int64_t D, int64_t M, int apply_b_dec,
+                const float* host_slab, const float* host_threshold);
+  void (*destroy)(sk_sae_dev* sae);
+  int (*get_params)(sk_status* st, sk_sae_dev* sae, float* host_slab);
+  int (*set_params)(sk_status* st, sk_sae_dev* sae, const float* host_slab);
+  // Adam state (m, v: [slab floats]); t = steps taken.
+  int (*get_adam)(sk_status* st, sk_sae_dev* sae, float* host_m, float* host_v, int64_t* t);
+  int (*set_adam)(sk_status* st, sk_sae_dev* sae, const float* host_m, const float* host_v, int64_t t);
+  // Codes of x [N, D]: TopK (k) or, with a threshold, JumpReLU padded to `k` per row.
+  int (*encode)(sk_status* st, sk_sae_dev* sae, const float* host_x, int64_t N, int64_t k, int precision,
+                float* host_vals, int32_t* host_idx);
+  // out [N, D] = (with_bias ? b_dec : 0) + sum_j vals W_dec[idx]; indices are checked by the caller.
+  int (*decode)(sk_status* st, sk_sae_dev* sae, const float* host_vals, const int32_t* host_idx, int64_t N,
+                int64_t k, int with_bias, float* host_out);
+  // out [N, M] = (x - b_dec) W_enc + b_enc.
+  int (*preacts)(sk_status* st, sk_sae_dev* sae, const float* host_x, int64_t N, int precision, float* host_out);
+  // One forward + backward (+ fused Adam unless want_grads).
+  int (*step)(sk_status* st, sk_sae_dev* sae, const float* host_x, int64_t N, const sk_sae_step_opts* opts,
+              sk_sae_step_stats* stats);
+} sk_sae_i;
+
+}  // extern "C"
