@@ -4,7 +4,7 @@
  * --quick) and a bfloat16 .safetensors (1 GiB; 256 MiB with --quick), dIn 768. Each file is read
  * once to warm the page cache; then, per file: the plain read (16 MiB fs reads into one reused
  * buffer), and source.batches({ batchSize: 4096 }) with shuffle false and true (default 256 MiB
- * mixing buffer). GB/s is file bytes over the median time; "vs read" is the plain read's time
+ * mixing buffer), each with fresh batch arrays and with recycle: true. GB/s is file bytes over the median time; "vs read" is the plain read's time
  * over the mode's (1 = as fast as reading the file). Targets: >= 0.8 in order, >= 0.5 shuffled.
  * A second reference, "read into fresh arrays", reads the same way into a new batch-sized array
  * per read: the cost of handing out memory the consumer may keep (page faults, GC), which the
@@ -105,12 +105,12 @@ async function freshRead(file: string, chunk: number): Promise<number> {
 /** Peak resident set size seen while streaming (sampled every 8 batches), in MiB. */
 let peakRss = 0;
 
-async function stream(file: string, shuffle: boolean, expectRows: number): Promise<void> {
+async function stream(file: string, shuffle: boolean, recycle: boolean, expectRows: number): Promise<void> {
   const src = await openActivations(file);
   try {
     let rows = 0;
     let k = 0;
-    for await (const b of src.batches({ batchSize: BATCH, shuffle })) {
+    for await (const b of src.batches({ batchSize: BATCH, shuffle, recycle })) {
       rows += b.rows;
       if (++k % 8 === 0) peakRss = Math.max(peakRss, process.memoryUsage.rss() / MiB);
     }
@@ -159,9 +159,11 @@ export const read: Benchmark = {
       rows.push(row('plain read', plain, '-'));
       rows.push(row('read into fresh arrays', fresh, '-'));
       for (const shuffle of [false, true]) {
-        peakRss = 0;
-        const t = await time(() => stream(file, shuffle, nRows), reps);
-        rows.push(row(shuffle ? 'batches shuffle' : 'batches', t, peakRss));
+        for (const recycle of [false, true]) {
+          peakRss = 0;
+          const t = await time(() => stream(file, shuffle, recycle, nRows), reps);
+          rows.push(row(`batches${shuffle ? ' shuffle' : ''}${recycle ? ' recycle' : ''}`, t, peakRss));
+        }
       }
     }
     const maxRssMiB = process.resourceUsage().maxRSS / 1024;

@@ -236,6 +236,9 @@ describe('conversion to float32', () => {
         expectSameRows(concatRows(await collect(src, { batchSize: 50 })), want);
         // Shuffled: the same multiset of rows.
         expect(sortedRowKeys(concatRows(await collect(src, { batchSize: 50, shuffle: true })), dIn)).toEqual(sortedRowKeys(want, dIn));
+        // ...in exactly the order the float32 rows get (the 16-bit mixing buffer changes nothing).
+        const mix = { batchSize: 17, shuffle: true, seed: 11, epochs: 2, bufferBytes: 40 * dIn * 4, chunkRows: 5 };
+        expectSameRows(concatRows(await collect(src, mix)), concatRows(await collect(fromArray(want, dIn), mix)));
       }
     }
   });
@@ -387,6 +390,33 @@ describe('shuffling', () => {
     fast[0]!.data.fill(0);
     expectSameRows(concatRows(slow), concatRows(c1));
   });
+
+  it('recycle: the same batches from a few reused arrays, valid until the next next()', async () => {
+    const sources: [string, ActivationSource][] = [
+      ['file', src],
+      ['array', fromArray(x, dIn)],
+    ];
+    for (const [, s] of sources) {
+      for (const opts of [{ batchSize: 100 }, { ...small, seed: 9, epochs: 2 }, { ...small, batchSize: 333, dropLast: true }]) {
+        const want = concatRows(await collect(s, opts));
+        const got: Float32Array[] = [];
+        const buffers = new Set<ArrayBufferLike>();
+        let slowly = 0;
+        for await (const b of s.batches({ ...opts, recycle: true })) {
+          expect(b.data.length).toBe(b.rows * dIn);
+          got.push(b.data.slice()); // copied now: the array is reused after next()
+          buffers.add(b.data.buffer);
+          if (++slowly % 5 === 0) await new Promise((r) => setTimeout(r, 1));
+          b.data.fill(NaN); // the consumer may modify it; later batches are unaffected
+        }
+        expectSameRows(concatRows(got.map((data) => ({ data, rows: data.length / dIn, dIn }))), want);
+        // Reused: at most the read-ahead (4 MiB of batches here) plus the held and the filling ones.
+        expect(buffers.size).toBeLessThan(got.length);
+        expect(buffers.size).toBeLessThanOrEqual(Math.ceil((4 << 20) / ((opts.batchSize ?? 4096) * dIn * 4)) + 3);
+      }
+    }
+    await expect(collect(src, { recycle: 'yes' as unknown as boolean })).rejects.toThrow(/options\.recycle/);
+  });
 });
 
 describe('non-finite rows', () => {
@@ -480,8 +510,20 @@ describe('non-finite rows', () => {
       const src = await openActivations(p(`bad-${dtype}.npy`), { onNonFinite: 'skip' });
       const got = concatRows(await collect(src, { batchSize: 4 }));
       const all = Float32Array.from(bits, decode);
-      expectSameRows(got, concatRows([{ data: all.subarray(0, 5 * dIn) }, { data: all.subarray(6 * dIn, 9 * dIn) }, { data: all.subarray(10 * dIn) }]));
+      const want = concatRows([{ data: all.subarray(0, 5 * dIn) }, { data: all.subarray(6 * dIn, 9 * dIn) }, { data: all.subarray(10 * dIn) }]);
+      expectSameRows(got, want);
       expect(src.skippedRows).toBe(2);
+      // Shuffled, the mixing buffer keeps the 16-bit values: the same rows, named or skipped.
+      for (const bufferRows of [4, 7, 30]) {
+        const opts = { batchSize: 3, shuffle: true, seed: 3, bufferBytes: bufferRows * dIn * 4, chunkRows: 2 };
+        await expect(collect(await openActivations(p(`bad-${dtype}.npy`)), opts)).rejects.toMatchObject({
+          code: 'ERR_SAEKIT_NONFINITE',
+          message: expect.stringMatching(new RegExp(`row (5|9) of .*bad-${dtype}\.npy has (Infinity at column 1|NaN at column 6)`)),
+        });
+        const sh = concatRows(await collect(src, opts));
+        expect(sortedRowKeys(sh, dIn)).toEqual(sortedRowKeys(want, dIn));
+      }
+      expect(src.skippedRows).toBe(8);
     }
   });
 

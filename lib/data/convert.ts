@@ -74,13 +74,20 @@ export interface SkipCounter {
 /**
  * Screens `rows` rows of `a` for NaN and infinities. 'error' throws ERR_SAEKIT_NONFINITE naming
  * the first bad row through `label`; 'skip' removes bad rows in place (later rows move up) and
- * counts them. Returns the rows kept.
+ * counts them. Returns the rows kept. Row r starts at rowAt(r) (default r × dIn).
  */
-export function screenRows(a: Float32Array, rows: number, dIn: number, policy: NonFinitePolicy, label: RowLabel, counter: SkipCounter): number {
-  if (!anyNonFinite(a, 0, rows * dIn)) return rows;
+export function screenRows(
+  a: Float32Array,
+  rows: number,
+  dIn: number,
+  policy: NonFinitePolicy,
+  label: RowLabel,
+  counter: SkipCounter,
+  rowAt: (r: number) => number = (r) => r * dIn,
+): number {
   let kept = 0;
   for (let r = 0; r < rows; r++) {
-    const start = r * dIn;
+    const start = rowAt(r);
     if (anyNonFinite(a, start, start + dIn)) {
       if (policy === 'error') {
         let c = 0;
@@ -94,7 +101,45 @@ export function screenRows(a: Float32Array, rows: number, dIn: number, policy: N
       counter.skippedRows++;
       continue;
     }
-    if (kept !== r) a.copyWithin(kept * dIn, start, start + dIn);
+    if (kept !== r) a.copyWithin(rowAt(kept), start, start + dIn);
+    kept++;
+  }
+  return kept;
+}
+
+/**
+ * screenRows for rows of 16-bit values (`dtype` bits), e.g. the mixing buffer of a bfloat16
+ * file: the same checks and messages, on the values the rows convert to.
+ */
+export function screenRows16(
+  a: Uint16Array,
+  dtype: 'bfloat16' | 'float16',
+  rows: number,
+  dIn: number,
+  policy: NonFinitePolicy,
+  label: RowLabel,
+  counter: SkipCounter,
+  rowAt: (r: number) => number,
+): number {
+  const mask = dtype === 'bfloat16' ? 0x7f80 : 0x7c00;
+  let kept = 0;
+  for (let r = 0; r < rows; r++) {
+    const start = rowAt(r);
+    let c = 0;
+    while (c < dIn && (a[start + c]! & mask) !== mask) c++;
+    if (c < dIn) {
+      if (policy === 'error') {
+        const v = new Float32Array(1);
+        callNative(() => native().convertInto(a.subarray(start + c, start + c + 1), dtype, v, 'float32'));
+        throw new SaekitError(
+          'ERR_SAEKIT_NONFINITE',
+          `Expected finite activations but ${label(r)} has ${String(v[0])} at column ${c} (pass onNonFinite: 'skip' to drop such rows)`,
+        );
+      }
+      counter.skippedRows++;
+      continue;
+    }
+    if (kept !== r) a.copyWithin(rowAt(kept), start, start + dIn);
     kept++;
   }
   return kept;

@@ -5,6 +5,7 @@
  */
 import { native } from '../native/index.js';
 import { allocF32 } from './convert.js';
+import { releaseSpare, takeSpare } from './memory.js';
 import type { Rng } from './prng.js';
 import type { Emit } from './pump.js';
 import type { RowStream } from './rows.js';
@@ -13,13 +14,55 @@ export interface PassOptions {
   dIn: number;
   batchSize: number;
   dropLast: boolean;
+  /** Where batch arrays come from. */
+  pool: BatchPool;
+}
+
+/**
+ * Batch arrays. Without recycling every batch is a new array (the consumer owns it). With
+ * recycling, arrays the consumer has finished with (give(), called by the pump when the next
+ * batch is asked for) are handed out again, so a pass touches a few batches' worth of memory
+ * instead of faulting in a new array per batch. A short last batch is a view of a full array.
+ */
+export class BatchPool {
+  private readonly free: Float32Array[] = [];
+  private closed = false;
+
+  constructor(
+    readonly size: number,
+    readonly recycle: boolean,
+  ) {}
+
+  take(): Float32Array {
+    if (!this.recycle) return allocF32(this.size);
+    return this.free.pop() ?? takeSpare(this.size) ?? allocF32(this.size);
+  }
+
+  /** Returns a batch's array (or a view of one) to the pool; ignored without recycling. */
+  give(data: Float32Array): void {
+    if (!this.recycle) return;
+    if (data.byteOffset !== 0 || data.buffer.byteLength !== this.size * 4) return;
+    const a = data.length === this.size ? data : new Float32Array(data.buffer, 0, this.size);
+    if (this.closed) releaseSpare(a);
+    else this.free.push(a);
+  }
+
+  /** The pass is over: free arrays (and any given back later) may serve other passes. */
+  close(): void {
+    this.closed = true;
+    for (const a of this.free.splice(0)) releaseSpare(a);
+  }
+
+  /** A batch of `rows` rows from a full array: the array itself, a view (recycling) or a copy. */
+  shorten(data: Float32Array, rows: number, dIn: number): Float32Array {
+    return this.recycle ? data.subarray(0, rows * dIn) : data.slice(0, rows * dIn);
+  }
 }
 
 /** One pass in stream order: each batch is filled in place, one batch read ahead. */
 export async function sequentialEpoch(stream: RowStream, o: PassOptions, emit: Emit): Promise<void> {
-  const size = o.batchSize * o.dIn;
   const start = (): Promise<{ data: Float32Array; rows: number }> => {
-    const data = allocF32(size);
+    const data = o.pool.take();
     const p = stream.fill(data, o.batchSize).then((rows) => ({ data, rows }));
     p.catch(() => undefined); // awaited below; never an unhandled rejection
     return p;
@@ -30,7 +73,8 @@ export async function sequentialEpoch(stream: RowStream, o: PassOptions, emit: E
       const { data, rows }: { data: Float32Array; rows: number } = await next;
       next = rows === o.batchSize ? start() : null;
       if (rows === o.batchSize) await emit({ rows, dIn: o.dIn, data });
-      else if (rows > 0 && !o.dropLast) await emit({ rows, dIn: o.dIn, data: data.slice(0, rows * o.dIn) });
+      else if (rows > 0 && !o.dropLast) await emit({ rows, dIn: o.dIn, data: o.pool.shorten(data, rows, o.dIn) });
+      else o.pool.give(data);
     }
   } finally {
     if (next) await next.catch(() => undefined);
@@ -53,21 +97,35 @@ export function mixingHalf(bufferRows: number, knownRows: number | undefined): n
   return half;
 }
 
+/** What the mixing buffer stores: float32 rows, or a file's own 16-bit values (converted when gathered). */
+export type MixingDType = 'float32' | 'bfloat16' | 'float16';
+
 /**
- * The mixing buffer's memory: one Float32Array holding three windows of `half` rows, so every
- * row move stays inside one array (no views allocated). Allocated once per batches() iteration;
- * pages are touched only as rows land in them.
+ * The mixing buffer's memory: one array of 3 × half row slots. Rows of 16-bit files stay 16-bit
+ * here (half the memory and half the copying; converted when gathered into a batch). Taken
+ * once per batches() iteration, from the memory of an earlier pass when one is still alive
+ * (lib/data/memory.ts).
  */
 export class MixingMemory {
-  readonly buf: Float32Array;
+  readonly buf: Float32Array | Uint16Array;
   constructor(
     readonly dIn: number,
     readonly half: number,
+    readonly dtype: MixingDType = 'float32',
   ) {
-    this.buf = new Float32Array(3 * half * dIn);
+    const n = 3 * half * dIn;
+    if (dtype === 'float32') this.buf = takeSpare(n) ?? new Float32Array(n);
+    else {
+      const f = n % 2 === 0 ? takeSpare(n / 2) : undefined;
+      this.buf = f ? new Uint16Array(f.buffer, 0, n) : new Uint16Array(n % 2 === 0 ? n : n + 1).subarray(0, n);
+    }
   }
-  window(w: number): Float32Array {
-    return this.buf.subarray(w * this.half * this.dIn, (w + 1) * this.half * this.dIn);
+
+  /** The pass is over: the memory may serve a later pass. */
+  release(): void {
+    const b = this.buf;
+    if (b instanceof Float32Array) releaseSpare(b);
+    else if (b.byteOffset === 0 && b.buffer.byteLength % 4 === 0) releaseSpare(new Float32Array(b.buffer));
   }
 }
 
@@ -77,25 +135,29 @@ export class MixingMemory {
  *  2. draw a uniformly random half of the resident rows in random order (a partial
  *     Fisher-Yates over the list of resident rows) and serve them as batches; the other half
  *     stays. Once the stream is exhausted, the whole buffer is served;
- *  3. while serving, the next `half` rows are read straight into the spare window; they join
- *     the resident rows for the next draw. Then the resident rows that lie in the window with the
- *     most served (now free) slots move to the free slots of the other window, and that window
- *     becomes the spare for the next round. Repeat.
- * Slots move, but the draw runs over the resident list (kept rows in list order, then the new
- * rows in stream order), so batches depend only on the seed and the stream, never on timing.
- * Rows are gathered (natively, one memmove per row) straight into a fresh batch array.
+ *  3. while serving, the next `half` rows are read (natively, off the JS thread) straight into
+ *     the free slots: the third window at first, then the slots served in the previous round.
+ *     They join the resident rows for the next draw. Repeat.
+ * The draw runs over the resident list (kept rows in list order, then the new rows in stream
+ * order), so batches depend only on the seed and the stream, never on timing or on which slot
+ * a row occupies. Rows are gathered (natively, one memmove per row) into the batch array.
  */
 export async function shuffleEpoch(stream: RowStream, o: PassOptions, mem: MixingMemory, rng: Rng, emit: Emit): Promise<void> {
   const d = o.dIn;
   const bs = o.batchSize;
   const { half, buf } = mem;
+  // Fills the listed slots of the buffer (16-bit buffers keep the file's values).
+  const fillSlots = (rows: number, slots: Uint32Array): Promise<number> =>
+    buf instanceof Float32Array ? stream.fill(buf, rows, slots) : stream.fill16!(buf, mem.dtype as 'bfloat16' | 'float16', rows, slots);
   const list = new Uint32Array(2 * half);
+  let free = new Uint32Array(half); // slots the next fill writes, in order
+  let served = new Uint32Array(half); // the slots served this round: the next round's free slots
   let pos = 0; // rows gathered into the current batch
-  let cur: Float32Array | undefined; // the batch being gathered (a fresh array per batch)
+  let cur: Float32Array | undefined; // the batch being gathered
   let sinceYield = 0;
 
   const flush = async (rows: number): Promise<void> => {
-    const data = rows === bs ? cur! : cur!.slice(0, rows * d);
+    const data = rows === bs ? cur! : o.pool.shorten(cur!, rows, d);
     cur = undefined;
     pos = 0;
     await emit({ rows, dIn: d, data });
@@ -106,58 +168,44 @@ export async function shuffleEpoch(stream: RowStream, o: PassOptions, mem: Mixin
     }
   };
 
-  // 1. Initial fill: windows 0 and 1.
-  let n = 0;
-  const n0 = await stream.fill(mem.window(0), half);
-  for (let i = 0; i < n0; i++) list[n++] = i;
-  let ended = n0 < half;
+  // 1. Initial fill: slots [0, 2 half); slots [2 half, 3 half) are free.
+  for (let i = 0; i < 2 * half; i++) list[i] = i;
+  let n = await fillSlots(half, list.subarray(0, half));
+  let ended = n < half;
   if (!ended) {
-    const n1 = await stream.fill(mem.window(1), half);
-    for (let i = 0; i < n1; i++) list[n++] = half + i;
+    const n1 = await fillSlots(half, list.subarray(half, 2 * half));
+    n += n1;
     ended = n1 < half;
   }
-  let spare = 2;
+  for (let i = 0; i < half; i++) free[i] = 2 * half + i;
   let filling: Promise<number> | null = null;
   try {
     while (n > 0) {
       const h = ended ? n : half;
       if (!ended) {
-        filling = stream.fill(mem.window(spare), half);
+        filling = fillSlots(half, free);
         filling.catch(() => undefined); // awaited below
       }
       // 2. Draw h rows in random order into list[0..h) and serve them.
       draw(list, n, h, rng);
       for (let i = 0; i < h; ) {
         const take = Math.min(h - i, bs - pos);
-        cur ??= allocF32(bs * d);
-        native().gatherRows(buf, list, i, take, cur, pos * d, d);
+        cur ??= o.pool.take();
+        native().gatherRows(buf, list, i, take, cur, pos * d, d, mem.dtype === 'float32' ? undefined : mem.dtype);
         pos += take;
         i += take;
         if (pos === bs) await flush(bs);
       }
       if (ended) break;
-      // 3. The spare window's new rows join the kept ones; pick the next spare and empty it.
+      // 3. The new rows join the kept ones; the served slots are free for the next fill.
       const m = await filling!;
       filling = null;
-      if (m < half) {
-        // The stream has ended: the next round serves everything, wherever it lies.
-        list.copyWithin(0, h, n);
-        n -= h;
-        for (let i = 0; i < m; i++) list[n++] = spare * half + i;
-        ended = true;
-        continue;
-      }
-      const free = [0, 0, 0];
-      for (let i = 0; i < h; i++) free[(list[i]! / half) | 0]!++;
-      const a = (spare + 1) % 3;
-      const b = (spare + 2) % 3;
-      const next = free[a]! >= free[b]! ? a : b;
-      const other = next === a ? b : a;
-      evacuate(buf, list, h, n, half, next, other, free[other]!, d);
+      served.set(list.subarray(0, h));
       list.copyWithin(0, h, n);
       n -= h;
-      for (let i = 0; i < m; i++) list[n++] = spare * half + i;
-      spare = next;
+      for (let i = 0; i < m; i++) list[n++] = free[i]!;
+      [free, served] = [served, free];
+      if (m < half) ended = true; // the next round serves everything
     }
     if (pos > 0 && !o.dropLast) await flush(pos);
     pos = 0;
@@ -173,24 +221,5 @@ function draw(list: Uint32Array, n: number, h: number, rng: Rng): void {
     const t = list[i]!;
     list[i] = list[j]!;
     list[j] = t;
-  }
-}
-
-
-/**
- * Empties window `next`: its resident rows (in list[h..n)) move to the served slots (in
- * list[0..h)) of window `other`, of which there are exactly as many; the list follows them.
- */
-function evacuate(buf: Float32Array, list: Uint32Array, h: number, n: number, half: number, next: number, other: number, holesInOther: number, d: number): void {
-  const holes = new Uint32Array(holesInOther);
-  let nh = 0;
-  for (let i = 0; i < h; i++) if (((list[i]! / half) | 0) === other) holes[nh++] = list[i]!;
-  let hi = 0;
-  for (let i = h; i < n; i++) {
-    const slot = list[i]!;
-    if (((slot / half) | 0) !== next) continue;
-    const to = holes[hi++]!;
-    buf.copyWithin(to * d, slot * d, slot * d + d);
-    list[i] = to;
   }
 }

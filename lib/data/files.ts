@@ -3,6 +3,7 @@ import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 
 import { SaekitError } from '../errors.js';
+import { native } from '../native/index.js';
 
 interface Entry {
   handle: Promise<FileHandle>;
@@ -69,5 +70,33 @@ export async function readFully(fh: FileHandle, into: Uint8Array, position: numb
       throw new SaekitError('ERR_SAEKIT_FORMAT', `Expected ${into.length} bytes at offset ${position} of ${label} but the file ends first (was it truncated?)`);
     }
     done += n;
+  }
+}
+
+/**
+ * Reads `rows` rows of the shard's dtype at byte `position` of `fd` as float32 on libuv's thread
+ * pool (read, conversion and non-finite screen in one native job), into dst from element `to`
+ * on, or (to = { slots, first }) row r into dst[slots[first + r] × dIn, +dIn). Resolves to true
+ * when some value is non-finite.
+ */
+export async function nativeRead(
+  fd: number,
+  position: number,
+  rows: number,
+  dIn: number,
+  shard: { dtype: 'float32' | 'float16' | 'bfloat16' | 'float64'; label: string },
+  dst: Float32Array | Uint16Array,
+  to: number | { slots: Uint32Array; first: number },
+): Promise<boolean> {
+  try {
+    return await (typeof to === 'number'
+      ? native().readRows(fd, position, rows * dIn, shard.dtype, dst as Float32Array, to)
+      : native().readRowsToSlots(fd, position, rows, dIn, shard.dtype, dst, to.slots, to.first));
+  } catch (err) {
+    const e = err as { code?: string; message?: string };
+    if (e.code === 'ERR_SAEKIT_FORMAT') {
+      throw new SaekitError('ERR_SAEKIT_FORMAT', `Expected ${rows} rows at offset ${position} of ${shard.label} but the file ends first (was it truncated?)`);
+    }
+    throw new SaekitError('ERR_SAEKIT_ARG', `Could not read ${shard.label}: ${e.message ?? String(err)}`);
   }
 }

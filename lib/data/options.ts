@@ -25,6 +25,7 @@ export interface ResolvedBatchOptions {
   chunkRows: number;
   /** Rows the mixing buffer may hold (at least 3). */
   bufferRows: number;
+  recycle: boolean;
 }
 
 /** Checks `options` for a source of width `dIn`; throws the standard SaekitError naming the field. */
@@ -60,5 +61,6 @@ export function resolveBatchOptions(options: BatchOptions | undefined, dIn: numb
       throw argError('options.chunkRows', `integer between 1 and ${Math.floor(MAX_BATCH_ELEMENTS / dIn)} (dIn = ${dIn})`, chunkRows);
     }
   }
-  return { batchSize, shuffle, seed, epochs, dropLast, bufferBytes, onNonFinite, chunkRows, bufferRows };
+  const recycle = o.recycle === undefined ? false : checkBool('options.recycle', o.recycle);
+  return { batchSize, shuffle, seed, epochs, dropLast, bufferBytes, onNonFinite, chunkRows, bufferRows, recycle };
 }

@@ -23,11 +23,14 @@ export class Pump implements AsyncIterableIterator<Batch> {
   private finished = false;
   private failure: { error: unknown } | null = null;
   private stopped = false;
+  /** The batch the consumer holds (returned by the last next()), handed back on the next call. */
+  private held: Batch | null = null;
 
   constructor(
     private readonly produce: (emit: Emit) => Promise<void>,
     private readonly capacity: number,
     private readonly onDone: () => void,
+    private readonly release: (batch: Batch) => void = () => undefined,
   ) {}
 
   [Symbol.asyncIterator](): this {
@@ -61,6 +64,10 @@ export class Pump implements AsyncIterableIterator<Batch> {
   }
 
   async next(): Promise<IteratorResult<Batch, undefined>> {
+    if (this.held) {
+      this.release(this.held);
+      this.held = null;
+    }
     if (!this.running && !this.stopped) this.start();
     for (;;) {
       if (this.queue.length > 0) {
@@ -68,6 +75,7 @@ export class Pump implements AsyncIterableIterator<Batch> {
         const w = this.wakeProducer;
         this.wakeProducer = null;
         w?.();
+        this.held = value;
         return { value, done: false };
       }
       if (this.failure) {

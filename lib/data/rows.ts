@@ -7,8 +7,8 @@
  * element types, big-endian and Fortran-order data go through a small staging buffer.
  */
 import { SaekitError } from '../errors.js';
-import { anyNonFinite, ITEM_BYTES, screenRows, swapBytes, toFloat32, type SkipCounter } from './convert.js';
-import { HandleCache, readFully } from './files.js';
+import { anyNonFinite, ITEM_BYTES, screenRows, screenRows16, swapBytes, toFloat32, type SkipCounter } from './convert.js';
+import { HandleCache, nativeRead, readFully } from './files.js';
 import { MAX_CHUNK_BYTES, type NonFinitePolicy } from './options.js';
 import type { Rng } from './prng.js';
 import type { Shard } from './shards.js';
@@ -17,9 +17,15 @@ import type { Batch } from './types.js';
 export interface RowStream {
   /**
    * Writes the next rows into dst[0 .. rows × dIn) and resolves to how many it wrote: `rows`,
-   * or fewer once the stream ends. One fill at a time.
+   * or fewer once the stream ends. With `slots`, row i goes to dst[slots[i] × dIn, +dIn)
+   * instead (the mixing buffer's free slots). One fill at a time.
    */
-  fill(dst: Float32Array, rows: number): Promise<number>;
+  fill(dst: Float32Array, rows: number, slots?: Uint32Array): Promise<number>;
+  /**
+   * (File streams whose shards all hold `dtype`, read natively.) As fill() with slots, keeping
+   * the file's 16-bit values.
+   */
+  fill16?(dst: Uint16Array, dtype: 'bfloat16' | 'float16', rows: number, slots: Uint32Array): Promise<number>;
   /** Waits for reads in flight and releases what the stream holds. */
   close(): Promise<void>;
 }
@@ -95,6 +101,9 @@ function screenAt(dst: Float32Array, at: number, rows: number, dIn: number, poli
   return screenRows(view, rows, dIn, policy, label, counter);
 }
 
+/** Rows of the scratch used to fill listed slots (about 1 MiB). */
+const SCRATCH_ROWS = (dIn: number): number => Math.max(1, Math.floor((1 << 20) / (4 * dIn)));
+
 export interface FileContext {
   shards: readonly Shard[];
   dIn: number;
@@ -114,7 +123,9 @@ interface Part {
   /** Planned first row in dst (data read directly lands here). */
   at: number;
   stage: ArrayBuffer | null;
-  read: Promise<void>;
+  /** Read, converted and screened natively (off the JS thread); resolves true if a value is non-finite. */
+  native: boolean;
+  read: Promise<void | boolean>;
 }
 
 /** Rows of file shards in a chunk order, `depth` reads in flight. */
@@ -123,7 +134,10 @@ export class FileRowStream implements RowStream {
   private readonly partRows: number;
   private readonly stageBytes: number;
   private readonly staging: ArrayBuffer[] = [];
-  private readonly pending = new Set<Promise<void>>();
+  private readonly pending = new Set<Promise<void | boolean>>();
+  /** Every shard can be read by the native job (little-endian, C order). */
+  private readonly allNative: boolean;
+  private scratch: Float32Array | null = null;
 
   constructor(
     private readonly ctx: FileContext,
@@ -134,14 +148,29 @@ export class FileRowStream implements RowStream {
     this.cursor = new Cursor(plan, order);
     this.partRows = Math.max(1, Math.floor(MAX_CHUNK_BYTES / (ctx.dIn * 4)));
     this.stageBytes = this.partRows * ctx.dIn * Math.max(...ctx.shards.map((s) => ITEM_BYTES[s.dtype]));
+    this.allNative = ctx.shards.every((s) => !s.fortran && !s.bigEndian);
   }
 
-  private start(dst: Float32Array, at: number, max: number): Part | null {
+  private track(read: Promise<void | boolean>): Promise<void | boolean> {
+    const tracked = read.finally(() => this.pending.delete(tracked));
+    tracked.catch(() => undefined); // awaited in order by fill(); never an unhandled rejection
+    this.pending.add(tracked);
+    return tracked;
+  }
+
+  private start(dst: Float32Array | Uint16Array, at: number, max: number, slots: Uint32Array | undefined): Part | null {
     const r = this.cursor.take(Math.min(max, this.partRows));
     if (!r) return null;
     const s = this.ctx.shards[r.shard]!;
     const { dIn } = this.ctx;
     const item = ITEM_BYTES[s.dtype];
+    if (!s.fortran && !s.bigEndian) {
+      // The common case: one native job reads, converts and screens straight into dst.
+      const pos = s.dataOffset + r.start * dIn * item;
+      const read = this.ctx.handles.use(s.path, (fh) => nativeRead(fh.fd, pos, r.rows, dIn, s, dst, slots ? { slots, first: at } : at * dIn));
+      return { shard: s, start: r.start, rows: r.rows, at, stage: null, native: true, read: this.track(read) };
+    }
+    if (!(dst instanceof Float32Array)) throw new Error('internal: 16-bit fills need natively read shards');
     const direct = s.dtype === 'float32' && !s.fortran;
     const stage = direct ? null : (this.staging.pop() ?? new ArrayBuffer(this.stageBytes));
     const bytes = r.rows * dIn * item;
@@ -161,17 +190,29 @@ export class FileRowStream implements RowStream {
         }
       });
     }
-    const tracked = read.finally(() => this.pending.delete(tracked));
-    tracked.catch(() => undefined); // awaited in order by fill(); never an unhandled rejection
-    this.pending.add(tracked);
-    return { shard: s, start: r.start, rows: r.rows, at, stage, read: tracked };
+    return { shard: s, start: r.start, rows: r.rows, at, stage, native: false, read: this.track(read) };
   }
 
   /** Converts (if needed) and moves a finished part to row `to` of dst, screens it; returns rows kept. */
-  private finish(p: Part, dst: Float32Array, to: number): number {
+  private finish(p: Part, dst: Float32Array | Uint16Array, to: number, nonFinite: boolean, slots: Uint32Array | undefined): number {
     const { dIn } = this.ctx;
     const s = p.shard;
     const n = p.rows * dIn;
+    const label = (r: number) => rowLabel(s, p.start + r);
+    if (p.native) {
+      if (slots) {
+        // Rows dropped earlier leave room: move this part's rows up the slot list.
+        if (to !== p.at) for (let r = 0; r < p.rows; r++) dst.copyWithin(slots[to + r]! * dIn, slots[p.at + r]! * dIn, slots[p.at + r]! * dIn + dIn);
+        if (!nonFinite) return p.rows;
+        if (dst instanceof Uint16Array) return screenRows16(dst, s.dtype as 'bfloat16' | 'float16', p.rows, dIn, this.ctx.policy, label, this.ctx.counter, (r) => slots[to + r]! * dIn);
+        return screenRows(dst, p.rows, dIn, this.ctx.policy, label, this.ctx.counter, (r) => slots[to + r]! * dIn);
+      }
+      if (to !== p.at) dst.copyWithin(to * dIn, p.at * dIn, p.at * dIn + n);
+      if (!nonFinite) return p.rows;
+      if (dst instanceof Uint16Array) throw new Error('internal: 16-bit fills use slots');
+      return screenRows(dst.subarray(to * dIn, (to + p.rows) * dIn), p.rows, dIn, this.ctx.policy, label, this.ctx.counter);
+    }
+    if (!(dst instanceof Float32Array)) throw new Error('internal: 16-bit fills need natively read shards');
     if (!p.stage) {
       if (to !== p.at) dst.copyWithin(to * dIn, p.at * dIn, p.at * dIn + n);
       if (s.bigEndian) swapBytes(new Uint8Array(dst.buffer, dst.byteOffset + to * dIn * 4, n * 4), 4);
@@ -205,32 +246,45 @@ export class FileRowStream implements RowStream {
         p.stage = null;
       }
     }
-    return screenAt(dst, to, p.rows, dIn, this.ctx.policy, (r) => rowLabel(s, p.start + r), this.ctx.counter);
+    return screenAt(dst, to, p.rows, dIn, this.ctx.policy, label, this.ctx.counter);
   }
 
-  async fill(dst: Float32Array, rows: number): Promise<number> {
+  fill16(dst: Uint16Array, dtype: 'bfloat16' | 'float16', rows: number, slots: Uint32Array): Promise<number> {
+    if (!this.allNative || this.ctx.shards.some((s) => s.dtype !== dtype)) throw new Error(`internal: not all shards are ${dtype}`);
+    return this.fillAny(dst, rows, slots);
+  }
+
+  fill(dst: Float32Array, rows: number, slots?: Uint32Array): Promise<number> {
+    return this.fillAny(dst, rows, slots);
+  }
+
+  private async fillAny(dst: Float32Array | Uint16Array, rows: number, slots?: Uint32Array): Promise<number> {
+    if (slots && !this.allNative && dst instanceof Float32Array) {
+      this.scratch ??= new Float32Array(this.partRows * this.ctx.dIn);
+      return fillSlotsViaScratch(this, this.scratch, this.partRows, dst, rows, slots, this.ctx.dIn);
+    }
     const queue: Part[] = [];
     let filled = 0;
     let planned = 0;
     try {
       for (;;) {
         while (queue.length < this.depth && planned < rows) {
-          const p = this.start(dst, planned, rows - planned);
+          const p = this.start(dst, planned, rows - planned, slots);
           if (!p) break;
           queue.push(p);
           planned += p.rows;
         }
         const head = queue.shift();
         if (!head) return filled;
-        await head.read;
+        const nonFinite = (await head.read) === true;
         // Top up before the conversion and screen, so the next reads overlap them.
         while (queue.length < this.depth && planned < rows) {
-          const p = this.start(dst, planned, rows - planned);
+          const p = this.start(dst, planned, rows - planned, slots);
           if (!p) break;
           queue.push(p);
           planned += p.rows;
         }
-        filled += this.finish(head, dst, filled);
+        filled += this.finish(head, dst, filled, nonFinite, slots);
         // Rows dropped as non-finite leave room: plan past what is in flight.
         if (queue.length === 0) planned = filled;
       }
@@ -247,9 +301,34 @@ export class FileRowStream implements RowStream {
   }
 }
 
+/**
+ * fill() into listed slots through a contiguous scratch of `scratchRows` rows: each piece is
+ * filled in stream order, then its rows are copied to their slots.
+ */
+async function fillSlotsViaScratch(
+  stream: RowStream,
+  scratch: Float32Array,
+  scratchRows: number,
+  dst: Float32Array,
+  rows: number,
+  slots: Uint32Array,
+  dIn: number,
+): Promise<number> {
+  let filled = 0;
+  while (filled < rows) {
+    const want = Math.min(scratchRows, rows - filled);
+    const got = await stream.fill(scratch, want);
+    for (let r = 0; r < got; r++) dst.set(scratch.subarray(r * dIn, (r + 1) * dIn), slots[filled + r]! * dIn);
+    filled += got;
+    if (got < want) break;
+  }
+  return filled;
+}
+
 /** Rows of an in-memory array in a chunk order (copied into the destination). */
 export class ArrayRowStream implements RowStream {
   private readonly cursor: Cursor;
+  private scratch: Float32Array | null = null;
 
   constructor(
     private readonly data: Float32Array,
@@ -274,7 +353,11 @@ export class ArrayRowStream implements RowStream {
     return filled;
   }
 
-  fill(dst: Float32Array, rows: number): Promise<number> {
+  fill(dst: Float32Array, rows: number, slots?: Uint32Array): Promise<number> {
+    if (slots) {
+      this.scratch ??= new Float32Array(SCRATCH_ROWS(this.dIn) * this.dIn);
+      return fillSlotsViaScratch(this, this.scratch, SCRATCH_ROWS(this.dIn), dst, rows, slots, this.dIn);
+    }
     try {
       return Promise.resolve(this.fillSync(dst, rows));
     } catch (err) {
@@ -297,6 +380,7 @@ export class IterableRowStream implements RowStream {
   private ended = false;
   /** Rows seen so far, including skipped ones. */
   rowsSeen = 0;
+  private scratch: Float32Array | null = null;
 
   constructor(
     private readonly it: AsyncIterator<Float32Array | Batch>,
@@ -327,7 +411,11 @@ export class IterableRowStream implements RowStream {
     throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${where} to be a Float32Array or a Batch but it is ${v === null ? 'null' : typeof v}`);
   }
 
-  async fill(dst: Float32Array, rows: number): Promise<number> {
+  async fill(dst: Float32Array, rows: number, slots?: Uint32Array): Promise<number> {
+    if (slots) {
+      this.scratch ??= new Float32Array(SCRATCH_ROWS(this.dIn) * this.dIn);
+      return fillSlotsViaScratch(this, this.scratch, SCRATCH_ROWS(this.dIn), dst, rows, slots, this.dIn);
+    }
     const d = this.dIn;
     let filled = 0;
     while (filled < rows) {

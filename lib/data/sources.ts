@@ -2,7 +2,7 @@
 import { argError, SaekitError } from '../errors.js';
 import { checkInt, checkOneOf, checkOptions } from '../validate.js';
 import { DISK_DTYPES, type SkipCounter } from './convert.js';
-import { MixingMemory, mixingHalf, sequentialEpoch, shuffleEpoch } from './engine.js';
+import { BatchPool, MixingMemory, mixingHalf, sequentialEpoch, shuffleEpoch, type MixingDType } from './engine.js';
 import { HandleCache } from './files.js';
 import { NON_FINITE, resolveBatchOptions, type NonFinitePolicy, type ResolvedBatchOptions } from './options.js';
 import { ArrayRowStream, ChunkPlan, FileRowStream, IterableRowStream, type RowStream } from './rows.js';
@@ -47,11 +47,18 @@ abstract class BaseSource implements ActivationSource {
     return {
       [Symbol.asyncIterator]: () => {
         if (this.closed) throw disposed();
-        const pump: Pump = new Pump((emit) => this.run(o, emit), pumpCapacity(o, this.dIn), () => {
-          this.active.delete(pump);
-          // Files stay open only while a pass runs (a source left unclosed leaks nothing).
-          if (this.active.size === 0) void this.release().catch(() => undefined);
-        });
+        const pool = new BatchPool(o.batchSize * this.dIn, o.recycle);
+        const pump: Pump = new Pump(
+          (emit) => this.run(o, pool, emit),
+          pumpCapacity(o, this.dIn),
+          () => {
+            pool.close();
+            this.active.delete(pump);
+            // Files stay open only while a pass runs (a source left unclosed leaks nothing).
+            if (this.active.size === 0) void this.release().catch(() => undefined);
+          },
+          (b) => pool.give(b.data),
+        );
         this.active.add(pump);
         return pump;
       },
@@ -61,12 +68,17 @@ abstract class BaseSource implements ActivationSource {
   /** The rows of epoch `epoch`: in file order, or (shuffled) with the chunk order permuted by (seed, epoch). */
   protected abstract open(o: ResolvedBatchOptions, epoch: number, shuffled: boolean): RowStream;
 
+  /** What the mixing buffer stores (the stream must accept it in fill()). */
+  protected mixingDType(): MixingDType {
+    return 'float32';
+  }
+
   /** Called after each epoch's stream is closed. */
   protected afterEpoch(_epoch: number, _stream: RowStream): void {}
 
-  private async run(o: ResolvedBatchOptions, emit: Emit): Promise<void> {
-    const pass = { dIn: this.dIn, batchSize: o.batchSize, dropLast: o.dropLast };
-    const mem = o.shuffle ? new MixingMemory(this.dIn, mixingHalf(o.bufferRows, this.numRows)) : null;
+  private async run(o: ResolvedBatchOptions, pool: BatchPool, emit: Emit): Promise<void> {
+    const pass = { dIn: this.dIn, batchSize: o.batchSize, dropLast: o.dropLast, pool };
+    const mem = o.shuffle ? new MixingMemory(this.dIn, mixingHalf(o.bufferRows, this.numRows), this.mixingDType()) : null;
     for (let e = 0; e < o.epochs; e++) {
       const stream = this.open(o, e, o.shuffle);
       try {
@@ -77,6 +89,7 @@ abstract class BaseSource implements ActivationSource {
       }
       this.afterEpoch(e, stream);
     }
+    mem?.release();
   }
 
   /** Closes what the source holds open (its files); called when no pass is running. */
@@ -104,6 +117,13 @@ class FileSource extends BaseSource {
       shards.reduce((a, s) => a + s.rows, 0),
       policy,
     );
+  }
+
+  /** 16-bit files that all share one dtype (and are read natively) are mixed as 16-bit rows. */
+  protected override mixingDType(): MixingDType {
+    const t = this.shards[0]!.dtype;
+    const same = this.shards.every((s) => s.dtype === t && !s.fortran && !s.bigEndian);
+    return same && (t === 'bfloat16' || t === 'float16') ? t : 'float32';
   }
 
   /** The files read, in order. */

@@ -6,7 +6,10 @@ export interface Batch {
   rows: number;
   /** Values per row. */
   dIn: number;
-  /** rows × dIn float32 values, row-major: a fresh array the consumer may keep and modify. */
+  /**
+   * rows × dIn float32 values, row-major: a fresh array the consumer may keep and modify, or,
+   * with `batches({ recycle: true })`, an array that is reused once the consumer asks for a later batch.
+   */
   data: Float32Array;
 }
 
@@ -35,6 +38,13 @@ export interface BatchOptions {
    * contract: the same chunkRows and bufferBytes are needed to reproduce a shuffled sequence.
    */
   chunkRows?: number;
+  /**
+   * Reuse a small ring of batch arrays instead of allocating a new one per batch: faster (no
+   * fresh memory to fault in and collect), but a batch's `data` is only valid until the
+   * iterator's next() is called again; copy what you keep. The consumer may still modify it.
+   * Default false.
+   */
+  recycle?: boolean;
 }
 
 /** A finite or streaming collection of activation rows of width dIn. */

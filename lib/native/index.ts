@@ -111,8 +111,31 @@ export interface NativeBinding {
   NativeSae: NativeSaeStatics;
   /** True when a[start, end) holds a NaN or an infinity (synchronous, vectorised). */
   anyNonFinite(a: Float32Array, start: number, end: number): boolean;
-  /** dst[at + j d, +d) = src[slots[first + j] d, +d) for j < count (synchronous memmove per row). */
-  gatherRows(src: Float32Array, slots: Uint32Array, first: number, count: number, dst: Float32Array, at: number, d: number): void;
+  /**
+   * dst[at + j d, +d) = src[slots[first + j] d, +d) for j < count (synchronous memmove per row);
+   * a Uint16Array src holds srcDtype bits and is converted.
+   */
+  gatherRows(src: Float32Array | Uint16Array, slots: Uint32Array, first: number, count: number, dst: Float32Array, at: number, d: number, srcDtype?: 'bfloat16' | 'float16'): void;
+  /**
+   * Reads `count` little-endian elements of srcDtype at byte `position` of the open file `fd`
+   * on libuv's thread pool, converts them into dst[dstOffset, +count) and resolves to whether any
+   * value is non-finite. Rejects (code ERR_SAEKIT_FORMAT, message 'truncated') if the file ends first.
+   */
+  readRows(fd: number, position: number, count: number, srcDtype: 'float32' | 'float16' | 'bfloat16' | 'float64', dst: Float32Array, dstOffset: number): Promise<boolean>;
+  /**
+   * As readRows for `rows` rows of dIn values, row r landing at dst[slots[slotFirst + r] * dIn, +dIn).
+   * A Uint16Array dst receives the file's bfloat16/float16 bits unconverted (screened on their bits).
+   */
+  readRowsToSlots(
+    fd: number,
+    position: number,
+    rows: number,
+    dIn: number,
+    srcDtype: 'float32' | 'float16' | 'bfloat16' | 'float64',
+    dst: Float32Array | Uint16Array,
+    slots: Uint32Array,
+    slotFirst: number,
+  ): Promise<boolean>;
   /**
    * Synchronous conversion between typed arrays on the calling thread (float16/bfloat16 as raw
    * Uint16Array bits; float32 <-> bfloat16/float16 round to nearest even). Lengths must match.

@@ -274,7 +274,9 @@ export class Trainer {
     // Enough epochs for the run; the iterator is the same sequence on every resume (same seed),
     // so skipping `step` batches puts the data back where the checkpoint left it.
     const epochs = o.totalTokens !== undefined && source.numRows !== undefined ? Math.ceil((total * o.batchSize) / Math.max(1, source.numRows)) + 1 : o.epochs ?? 1;
-    const it = source.batches({ batchSize: o.batchSize, shuffle: o.shuffle, seed: o.seed, epochs, dropLast: true })[Symbol.asyncIterator]();
+    // Recycled batch arrays: each batch is copied by opt.step() (synchronously) before the next
+    // one is asked for; batches held longer (the first ones, below) are copied.
+    const it = source.batches({ batchSize: o.batchSize, shuffle: o.shuffle, seed: o.seed, epochs, dropLast: true, recycle: true })[Symbol.asyncIterator]();
     const pending: Batch[] = [];
     const nextBatch = async (): Promise<Batch | undefined> => {
       if (pending.length) return pending.shift();
@@ -293,7 +295,7 @@ export class Trainer {
       for (let i = 0; i < want; i++) {
         const b = await nextBatch();
         if (!b) break;
-        first.push(b);
+        first.push({ ...b, data: b.data.slice() });
       }
       if (first.length === 0) throw new SaekitError('ERR_SAEKIT_ARG', 'the source produced no batch of at least 2 rows');
       if (o.normalize === 'expected-norm') scale = normScale(first, this.sae.dIn);
@@ -310,6 +312,7 @@ export class Trainer {
     let status: FitResult['status'] = 'completed';
     let saved: string[] = [];
     try {
+      const scratch = { buf: null as Float32Array | null };
       let batchPromise = step < total ? nextBatch() : Promise.resolve(undefined);
       while (step < total) {
         if (fo.signal?.aborted) {
@@ -318,11 +321,14 @@ export class Trainer {
         }
         const batch = await batchPromise;
         if (!batch) break;
-        // Fetch the next batch while this step runs natively.
-        batchPromise = step + 1 < total ? nextBatch() : Promise.resolve(undefined);
         const lr = learningRate(step, total, o.lr, warmup, o.decay, o.decayFraction);
         const ts = performance.now();
-        const st: StepStats = await opt.step(scaled(batch.data, scale), { lr, auxkAlpha: o.auxkAlpha, deadThresholdTokens: o.deadThresholdTokens });
+        // step() copies the rows before it returns its Promise; only then may the (recycled)
+        // batch array be reused, so the next batch is asked for after this call.
+        const stepping = opt.step(scaledInto(scratch, batch.data, scale), { lr, auxkAlpha: o.auxkAlpha, deadThresholdTokens: o.deadThresholdTokens });
+        // Fetch the next batch while this step runs natively.
+        batchPromise = step + 1 < total ? nextBatch() : Promise.resolve(undefined);
+        const st: StepStats = await stepping;
         const dt = (performance.now() - ts) / 1e3;
         step += 1;
         tokens += batch.rows;
@@ -437,6 +443,15 @@ async function readCheckpoint(dir: string): Promise<Checkpoint | undefined> {
     throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: not a saekit checkpoint of version ${CHECKPOINT_VERSION}`);
   }
   return ck;
+}
+
+/** x scaled by s, written into a reused scratch array (step() copies its input at once). */
+function scaledInto(scratch: { buf: Float32Array | null }, x: Float32Array, s: number): Float32Array {
+  if (s === 1) return x;
+  if (!scratch.buf || scratch.buf.length < x.length) scratch.buf = new Float32Array(x.length);
+  const out = scratch.buf.length === x.length ? scratch.buf : scratch.buf.subarray(0, x.length);
+  for (let i = 0; i < x.length; i++) out[i] = x[i]! * s;
+  return out;
 }
 
 function scaled(x: Float32Array, s: number): Float32Array {

@@ -1,0 +1,249 @@
+#include "io_read.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "../core/dtype.h"
+#include "../core/error.h"
+#include "../cpu/convert.h"
+#include "args.h"
+#include "async.h"
+
+namespace sk::napi {
+
+namespace {
+
+// True when any of the n float32 values is a NaN or an infinity (exponent bits all ones).
+bool any_non_finite_f32(const float* p, int64_t n) {
+  const uint32_t* u = reinterpret_cast<const uint32_t*>(p);
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= uint32_t((u[i] & 0x7f800000u) == 0x7f800000u);
+  return bad != 0;
+}
+
+// Reads exactly `bytes` at `pos`, looping over short reads. Returns "" or an error message.
+std::string pread_fully(int fd, uint8_t* into, size_t bytes, int64_t pos) {
+  size_t done = 0;
+  while (done < bytes) {
+    ssize_t n = ::pread(fd, into + done, bytes - done, off_t(pos + int64_t(done)));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return std::string("read failed: ") + std::strerror(errno);
+    }
+    if (n == 0) return "eof";
+    done += size_t(n);
+  }
+  return "";
+}
+
+// readRows(fd, position, count, srcDtype, dst: Float32Array, dstOffset) -> Promise<boolean>:
+// reads `count` little-endian elements of srcDtype (float32, float16, bfloat16, float64) at byte
+// `position` of the open file `fd`, converts them into dst[dstOffset, dstOffset + count) and
+// resolves to whether any converted value is non-finite. A file that ends early rejects with
+// ERR_SAEKIT_FORMAT ("truncated"); the caller names the file.
+class ReadRows : public Napi::AsyncWorker {
+ public:
+  ReadRows(Napi::Env env, int fd, int64_t pos, int64_t count, const std::string& dtype, Napi::TypedArray dst,
+           int64_t offset, std::vector<uint32_t> slots = {}, int64_t d = 0, bool raw16 = false)
+      : Napi::AsyncWorker(env, "saekit.readRows"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        fd_(fd),
+        pos_(pos),
+        count_(count),
+        dtype_(dtype),
+        base_(static_cast<uint8_t*>(dst.ArrayBuffer().Data()) + dst.ByteOffset()),
+        out_(reinterpret_cast<float*>(base_) + offset),
+        raw16_(raw16),
+        slots_(std::move(slots)),
+        d_(d) {
+    dst_ref_ = Napi::Persistent(dst.As<Napi::Object>());  // keeps dst alive until the job ends
+  }
+
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    if (count_ == 0) return;
+    const bool direct = dtype_ == "float32" && slots_.empty();
+    if (direct) {
+      std::string e = pread_fully(fd_, reinterpret_cast<uint8_t*>(out_), size_t(count_) * 4, pos_);
+      if (!e.empty()) return fail(e);
+      non_finite_ = any_non_finite_f32(out_, count_);
+      return;
+    }
+    const size_t item = dtype_ == "float64" ? 8 : dtype_ == "float32" ? 4 : 2;
+    if (!slots_.empty() && (item == 4 || raw16_)) {
+      // Rows go straight from the page cache into their slots (one preadv per 512 rows).
+      std::string e = preadv_slots(item);
+      if (!e.empty()) return fail(e);
+      bool bad = false;
+      if (item == 4) {
+        for (uint32_t slot : slots_) bad = bad || any_non_finite_f32(out_ + int64_t(slot) * d_, d_);
+      } else {
+        const uint16_t mask = dtype_ == "bfloat16" ? 0x7f80 : 0x7c00;
+        const uint16_t* u = reinterpret_cast<const uint16_t*>(base_);
+        for (uint32_t slot : slots_) {
+          uint32_t any = 0;
+          const uint16_t* row = u + int64_t(slot) * d_;
+          for (int64_t i = 0; i < d_; ++i) any |= uint32_t((row[i] & mask) == mask);
+          bad = bad || any != 0;
+        }
+      }
+      non_finite_ = bad;
+      return;
+    }
+    thread_local std::vector<uint8_t> stage;
+    if (stage.size() < size_t(count_) * item) stage.resize(size_t(count_) * item);
+    std::string e = pread_fully(fd_, stage.data(), size_t(count_) * item, pos_);
+    if (!e.empty()) return fail(e);
+    // Converted (and screened) in pieces that stay in L1: blocks of dst, or one row per slot.
+    const int64_t block = slots_.empty() ? 8192 : d_;
+    bool bad = false;
+    for (int64_t b = 0, r = 0; b < count_; b += block, ++r) {
+      const int64_t n = std::min(block, count_ - b);
+      float* o = slots_.empty() ? out_ + b : out_ + int64_t(slots_[size_t(r)]) * d_;
+      if (item == 8) {
+        const double* src = reinterpret_cast<const double*>(stage.data()) + b;
+        for (int64_t i = 0; i < n; ++i) o[i] = float(src[i]);
+      } else {
+        cpu::convert(o, DType::F32, stage.data() + b * 2, dtype_ == "float16" ? DType::F16 : DType::BF16, n, nullptr);
+      }
+      bad = bad || any_non_finite_f32(o, n);
+    }
+    non_finite_ = bad;
+  }
+
+  // Reads the rows at pos_ into their slots with vectored reads, looping over short reads.
+  std::string preadv_slots(size_t item) {
+    constexpr size_t kMaxIov = 512;
+    const size_t row_bytes = size_t(d_) * item;
+    std::vector<iovec> iov;
+    int64_t pos = pos_;
+    for (size_t r0 = 0; r0 < slots_.size(); r0 += kMaxIov) {
+      const size_t r1 = std::min(slots_.size(), r0 + kMaxIov);
+      iov.clear();
+      for (size_t r = r0; r < r1; ++r) iov.push_back({base_ + size_t(slots_[r]) * row_bytes, row_bytes});
+      size_t first = 0;
+      while (first < iov.size()) {
+        ssize_t n = ::preadv(fd_, &iov[first], int(iov.size() - first), off_t(pos));
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          return std::string("read failed: ") + std::strerror(errno);
+        }
+        if (n == 0) return "eof";
+        pos += n;
+        size_t left = size_t(n);
+        while (left > 0 && first < iov.size()) {
+          if (left >= iov[first].iov_len) {
+            left -= iov[first].iov_len;
+            ++first;
+          } else {
+            iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + left;
+            iov[first].iov_len -= left;
+            left = 0;
+          }
+        }
+      }
+    }
+    return "";
+  }
+
+  void OnOK() override { deferred_.Resolve(Napi::Boolean::New(Env(), non_finite_)); }
+  void OnError(const Napi::Error&) override {
+    Napi::Error err = Napi::Error::New(Env(), message_);
+    err.Set("code", Napi::String::New(Env(), eof_ ? "ERR_SAEKIT_FORMAT" : "ERR_SAEKIT_ARG"));
+    deferred_.Reject(err.Value());
+  }
+
+ private:
+  void fail(const std::string& e) {
+    eof_ = e == "eof";
+    message_ = eof_ ? "truncated" : e;
+    SetError(message_);
+  }
+
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference dst_ref_;
+  int fd_;
+  int64_t pos_, count_;
+  std::string dtype_;
+  uint8_t* base_;
+  float* out_;
+  bool raw16_;  // dst holds the file's 16-bit values (no conversion), screened on their bits
+  std::vector<uint32_t> slots_;  // row r goes to out_ + slots_[r] * d_ (empty: contiguous)
+  int64_t d_;
+  bool non_finite_ = false;
+  bool eof_ = false;
+  std::string message_;
+};
+
+Napi::Value read_rows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = int(get_int(info[0], "fd", 0, (int64_t(1) << 31) - 1));
+  int64_t pos = get_int(info[1], "position", 0, (int64_t(1) << 53));
+  std::string dtype = info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "";
+  if (dtype != "float32" && dtype != "float16" && dtype != "bfloat16" && dtype != "float64")
+    arg_error(ErrorCode::Arg, "srcDtype", "one of float32, float16, bfloat16, float64", info[3]);
+  if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    arg_error(ErrorCode::Arg, "dst", "a Float32Array", info[4]);
+  Napi::Float32Array dst = info[4].As<Napi::Float32Array>();
+  int64_t n = int64_t(dst.ElementLength());
+  int64_t offset = get_int(info[5], "dstOffset", 0, n);
+  int64_t count = get_int(info[2], "count", 0, n - offset);
+  auto* w = new ReadRows(env, fd, pos, count, dtype, dst, offset);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// readRowsToSlots(fd, position, rows, dIn, srcDtype, dst: Float32Array, slots: Uint32Array,
+// slotFirst) -> Promise<boolean>: as readRows, for `rows` rows of dIn values, row r landing at
+// dst[slots[slotFirst + r] * dIn, +dIn) (the mixing buffer's free slots).
+Napi::Value read_rows_to_slots(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = int(get_int(info[0], "fd", 0, (int64_t(1) << 31) - 1));
+  int64_t pos = get_int(info[1], "position", 0, (int64_t(1) << 53));
+  int64_t d = get_int(info[3], "dIn", 1, int64_t(1) << 24);
+  std::string dtype = info[4].IsString() ? info[4].As<Napi::String>().Utf8Value() : "";
+  if (dtype != "float32" && dtype != "float16" && dtype != "bfloat16" && dtype != "float64")
+    arg_error(ErrorCode::Arg, "srcDtype", "one of float32, float16, bfloat16, float64", info[4]);
+  if (!info[5].IsTypedArray()) arg_error(ErrorCode::Arg, "dst", "a Float32Array or a Uint16Array", info[5]);
+  const bool raw16 = info[5].As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array;
+  if (!raw16 && info[5].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    arg_error(ErrorCode::Arg, "dst", "a Float32Array or a Uint16Array", info[5]);
+  if (raw16 && dtype != "bfloat16" && dtype != "float16")
+    arg_error(ErrorCode::Arg, "srcDtype", "'bfloat16' or 'float16' for a Uint16Array dst", info[4]);
+  if (!info[6].IsTypedArray() || info[6].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+    arg_error(ErrorCode::Arg, "slots", "a Uint32Array", info[6]);
+  Napi::TypedArray dst = info[5].As<Napi::TypedArray>();
+  Napi::Uint32Array slots = info[6].As<Napi::Uint32Array>();
+  int64_t first = get_int(info[7], "slotFirst", 0, int64_t(slots.ElementLength()));
+  int64_t rows = get_int(info[2], "rows", 0, int64_t(slots.ElementLength()) - first);
+  const int64_t dst_rows = int64_t(dst.ElementLength()) / d;
+  std::vector<uint32_t> mine(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    uint32_t slot = slots[size_t(first + r)];
+    if (int64_t(slot) >= dst_rows)
+      throw Error(ErrorCode::Arg, fmt("readRowsToSlots: slot ", slot, " is past the ", dst_rows, " rows of dst"));
+    mine[size_t(r)] = slot;
+  }
+  auto* w = new ReadRows(env, fd, pos, rows * d, dtype, dst, 0, std::move(mine), d, raw16);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+}  // namespace
+
+void register_io(Napi::Env env, Napi::Object exports) {
+  exports.Set("readRows", Napi::Function::New<guarded<read_rows>>(env, "readRows"));
+  exports.Set("readRowsToSlots", Napi::Function::New<guarded<read_rows_to_slots>>(env, "readRowsToSlots"));
+}
+
+}  // namespace sk::napi

@@ -1,0 +1,11 @@
+// Positioned reads of activation rows off the JS thread (libuv's pool, not the compute executor,
+// so I/O never waits behind a training step): read, convert to float32 and screen for
+// non-finite values in one job, several jobs in flight.
+#pragma once
+#include <napi.h>
+
+namespace sk::napi {
+
+void register_io(Napi::Env env, Napi::Object exports);
+
+}  // namespace sk::napi
