@@ -3,7 +3,7 @@
  * This is the package's only entry point.
  */
 export * as backend from './backend/index.js';
-export type { BackendInfo } from './backend/index.js';
+export type { BackendInfo, DeviceOption, ResolvedDevice } from './backend/index.js';
 export { SaekitError, type SaekitErrorCode } from './errors.js';
 export {
   Tensor,
@@ -32,6 +32,7 @@ export {
   type FromWeightsOptions,
   type Rows,
   type CreateOptions,
+  type PlacementOptions,
   type AuxKOptions,
   type GradientOptions,
   type Gradients,

@@ -1,31 +1,68 @@
 /**
- * CUDA plugin loading. On a machine without a GPU (CI) the plugin, when built, must load and
- * report a clean reason; GPU tests live with the CUDA backend and skip without a device.
+ * The CUDA backend. Without a GPU (CI) the plugin, when built, must load and report a clean
+ * reason, 'auto' must pick the CPU and an explicit 'cuda' must throw ERR_SAEKIT_DEVICE naming
+ * the missing piece. With a GPU, the SAE ops on CUDA are compared with the CPU on fresh random
+ * inputs (test/helpers/device-suite.ts): fp32 within 1e-4 relative (cuBLAS may sum in another
+ * order; TopK indices equal except near-ties), bf16 within the loss tolerances of bf16 inputs
+ * (8 mantissa bits: ~0.4% per product, losses within 2%).
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { backend } from '../lib/index.js';
+import { backend, SparseAutoencoder } from '../lib/index.js';
 import { packageRoot } from '../lib/native/index.js';
+import { deviceParitySuite } from './helpers/device-suite.js';
 
 const plugin = path.join(packageRoot, 'build-cuda', 'libsaekit_cuda.so');
+const gpu = backend.info().cuda.available && !backend.info().cuda.loopback;
 
 describe('CUDA backend detection', () => {
   it('the CPU backend always loads, and info() says why CUDA is not used', () => {
     const { cuda } = backend.info();
-    expect(cuda.available).toBe(false);
-    expect(cuda.reason.length).toBeGreaterThan(10);
     expect(cuda.attempts.map((a) => a.path)).toContain(plugin);
+    if (!cuda.available) {
+      expect(cuda.reason.length).toBeGreaterThan(10);
+      expect(cuda.devices).toEqual([]);
+    } else {
+      expect(cuda.reason).toBe('');
+      expect(cuda.devices.length).toBeGreaterThan(0);
+    }
   });
 
-  it.runIf(existsSync(plugin))('a built plugin is loaded and scored; without a GPU it names the missing piece', () => {
+  it.runIf(existsSync(plugin) && !gpu)('a built plugin is loaded and scored; without a GPU it names the missing piece', () => {
     const { cuda } = backend.info();
     const attempt = cuda.attempts.find((a) => a.path === plugin);
     expect(attempt).toBeDefined();
     expect(attempt!.outcome).not.toBe('not found');
     expect(attempt!.outcome).not.toMatch(/dlopen failed|missing symbol|incompatible/);
-    expect(cuda.reason).toMatch(/driver|no CUDA device|CUDA kernels are not/);
+    expect(cuda.reason).toMatch(/driver|no CUDA device|cuBLAS|SAE kernels/);
   });
+
+  it.runIf(!gpu)("without a GPU: 'auto' is the CPU and an explicit 'cuda' throws ERR_SAEKIT_DEVICE with the reason", () => {
+    const { cuda } = backend.info();
+    using sae = SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2 });
+    expect(sae.device).toBe('cpu');
+    for (const device of ['cuda', 'cuda:0', 'cuda:3'] as const) {
+      expect(() => SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2, device })).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: expect.stringContaining(cuda.reason) }),
+      );
+    }
+    expect(() => backend.use('cuda')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE' }));
+    expect(backend.use('cpu')).toBe('auto');
+    expect(backend.use('auto')).toBe('cpu');
+  });
+});
+
+describe.runIf(gpu)('CUDA matches the CPU (fp32 encoder GEMM)', () => {
+  deviceParitySuite('cuda', 'fp32', { rel: 1e-4, indexMismatch: 0.002 });
+});
+
+describe.runIf(gpu)('CUDA matches the CPU (bf16 encoder GEMM)', () => {
+  deviceParitySuite('cuda', 'bf16', { rel: 2e-2, indexMismatch: 0.05 });
+});
+
+describe.skipIf(gpu)('CUDA parity tests', () => {
+  it.skip(`skipped: ${backend.info().cuda.reason || 'no GPU'} (they run on a machine with a GPU: bench/gpu/run.sh)`, () => undefined);
 });

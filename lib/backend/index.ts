@@ -11,6 +11,7 @@
  */
 import { callNative } from '../errors.js';
 import { cudaPluginCandidates, native } from '../native/index.js';
+import { argError, SaekitError } from '../errors.js';
 import { checkInt } from '../validate.js';
 
 /** What backend.info() reports. */
@@ -41,7 +42,18 @@ export interface BackendInfo {
     reason?: string;
   };
   /** The CUDA backend: whether it can be used and, if not, which piece is missing. */
-  cuda: { available: boolean; reason: string; attempts: { path: string; outcome: string }[] };
+  cuda: {
+    /** The driver, the plugin (with its kernels), cuBLAS and a device are all present. */
+    available: boolean;
+    /** Why it is not available ('' when it is): the missing piece. */
+    reason: string;
+    /** Device names, index = the N of 'cuda:N'. */
+    devices: string[];
+    /** SAEKIT_DEVICE_LOOPBACK=1: 'cuda' is the CPU kernels behind the device interface (tests); 'auto' never picks it. */
+    loopback: boolean;
+    /** Every plugin path tried and its outcome. */
+    attempts: { path: string; outcome: string }[];
+  };
   /** The Node-API version the addon was built for. */
   napiVersion: number;
   /**
@@ -69,4 +81,47 @@ export function setThreads(threads: number): number {
 /** Queue counters: ops submitted and completed by the backend executor (all threads), and ops in flight from this thread. */
 export function stats(): { submitted: number; completed: number; pendingInThisThread: number } {
   return callNative(() => native().stats());
+}
+
+/**
+ * Where an SAE's parameters live and its ops run: 'cpu', 'cuda' (device 0), 'cuda:N', or 'auto'
+ * (CUDA when the driver, the plugin, cuBLAS and a device are all present, else the CPU).
+ */
+export type DeviceOption = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
+
+/** A device resolved to what runs: the CPU or one CUDA device. */
+export type ResolvedDevice = { kind: 'cpu' } | { kind: 'cuda'; index: number };
+
+let defaultDevice: DeviceOption = 'auto';
+
+/** Checks a device name and resolves it; an explicit CUDA device that cannot run throws ERR_SAEKIT_DEVICE naming the missing piece. */
+export function resolveDevice(name: string, device: unknown): ResolvedDevice {
+  const d = device === undefined ? defaultDevice : device;
+  if (d === 'cpu') return { kind: 'cpu' };
+  const m = typeof d === 'string' ? /^cuda(?::(\d{1,4}))?$/.exec(d) : null;
+  if (d !== 'auto' && !m) throw argError(name, "one of 'auto', 'cpu', 'cuda', 'cuda:N'", d);
+  const cuda = info().cuda;
+  if (d === 'auto') return cuda.available && !cuda.loopback ? { kind: 'cuda', index: 0 } : { kind: 'cpu' };
+  if (!cuda.available) throw new SaekitError('ERR_SAEKIT_DEVICE', `Expected a usable CUDA device for ${name} = '${String(d)}' but ${cuda.reason}`);
+  const index = m![1] === undefined ? 0 : Number(m![1]);
+  if (index >= cuda.devices.length) {
+    throw new SaekitError('ERR_SAEKIT_DEVICE', `Expected ${name} between cuda:0 and cuda:${cuda.devices.length - 1} but received '${String(d)}'`);
+  }
+  return { kind: 'cuda', index };
+}
+
+/** The name of a resolved device: 'cpu' or 'cuda:N'. */
+export function deviceName(d: ResolvedDevice): 'cpu' | `cuda:${number}` {
+  return d.kind === 'cpu' ? 'cpu' : `cuda:${d.index}`;
+}
+
+/**
+ * Sets the default device of objects created without a `device` option (initially 'auto').
+ * An explicit CUDA device is checked now (ERR_SAEKIT_DEVICE if it cannot run). Returns the previous default.
+ */
+export function use(device: DeviceOption): DeviceOption {
+  resolveDevice('device', device);
+  const prev = defaultDevice;
+  defaultDevice = device;
+  return prev;
 }

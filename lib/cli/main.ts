@@ -12,7 +12,7 @@ import { openActivations } from '../data/index.js';
 import { superposition } from '../data/synthetic.js';
 import { evaluate } from '../eval/evaluate.js';
 import { mcc, mmcs } from '../eval/recovery.js';
-import { backend, SaekitError, SparseAutoencoder } from '../index.js';
+import { backend, type DeviceOption, SaekitError, SparseAutoencoder } from '../index.js';
 import { packageRoot } from '../native/index.js';
 import { type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
 import { compare, type CompareFlags, matchLayers } from './compare.js';
@@ -89,16 +89,13 @@ interface TrainFlags {
 }
 
 async function train(paths: string[], f: TrainFlags): Promise<void> {
-  if (f.device !== 'cpu' && f.device !== 'auto') {
-    throw new SaekitError('ERR_SAEKIT_DEVICE', `device '${f.device}' is not available: ${backend.info().cuda.reason}`);
-  }
   if ((f.latents === undefined) === (f.expansion === undefined)) {
     throw new SaekitError('ERR_SAEKIT_ARG', 'Expected exactly one of --latents N and --expansion E');
   }
   const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn });
   try {
     const numLatents = f.latents ?? Math.round(f.expansion! * source.dIn);
-    using sae = SparseAutoencoder.create({ dIn: source.dIn, numLatents, k: f.k, seed: f.seed });
+    using sae = SparseAutoencoder.create({ dIn: source.dIn, numLatents, k: f.k, seed: f.seed, device: f.device as DeviceOption });
     const opts: TrainerOptions = {
       batchSize: f.batch,
       ...(f.tokens !== undefined ? { totalTokens: f.tokens } : { epochs: f.epochs ?? 1 }),
@@ -280,7 +277,7 @@ export function buildProgram(): Command {
     .option('--resume', 'continue from <out>/checkpoint if present')
     .option('--checkpoint-every <steps>', 'steps between checkpoints', num('checkpoint-every', 1, 1 << 30), 1000)
     .option('--log <file>', 'append every step as a JSON line')
-    .option('--device <d>', "'cpu' or 'auto' (CUDA arrives with the CUDA backend)", 'auto')
+    .option('--device <d>', "'auto' (CUDA when usable), 'cpu', 'cuda' or 'cuda:N'", 'auto')
     .option('--tensor <name>', 'the tensor to read from .safetensors files (default: the only 2-D one)')
     .option('--dtype <t>', 'element type of raw .bin files: float32, float16, bfloat16, float64')
     .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))

@@ -191,7 +191,8 @@ export async function shuffleEpoch(stream: RowStream, o: PassOptions, mem: Mixin
       for (let i = 0; i < h; ) {
         const take = Math.min(h - i, bs - pos);
         cur ??= o.pool.take();
-        native().gatherRows(buf, list, i, take, cur, pos * d, d, mem.dtype === 'float32' ? undefined : mem.dtype);
+        // Copied off the JS thread, which meanwhile hands the fill's reads their next parts.
+        await native().gatherRowsAsync(buf, list, i, take, cur, pos * d, d, mem.dtype === 'float32' ? undefined : mem.dtype);
         pos += take;
         i += take;
         if (pos === bs) await flush(bs);

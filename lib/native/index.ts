@@ -31,7 +31,7 @@ export interface NativeInfo {
   simd: 'scalar' | 'sse4.2' | 'avx2' | 'avx512';
   cpuFeatures: string[];
   blas: { name: string; version: string; coretype?: string; config?: string; linked: boolean; reason?: string };
-  cuda: { available: boolean; reason: string; attempts: { path: string; outcome: string }[] };
+  cuda: { available: boolean; reason: string; devices: string[]; loopback: boolean; attempts: { path: string; outcome: string }[] };
   napiVersion: number;
   encoderTile: { bytes: number; rows: number };
 }
@@ -61,6 +61,8 @@ export interface NativeSae {
   setWeight(name: 'W_enc' | 'b_enc' | 'W_dec' | 'b_dec', values: Float32Array): void;
   setSinceFired(counts: Float64Array): void;
   adam(lr: number, beta1: number, beta2: number, eps: number): NativeAdam;
+  /** Moves the parameters to device `index` of the table backend.info() resolved (queued). */
+  toDevice(index: number, precision: 'fp32' | 'tf32' | 'bf16'): Promise<void>;
 }
 export interface NativeAdam {
   readonly steps: number;
@@ -116,6 +118,8 @@ export interface NativeBinding {
    * a Uint16Array src holds srcDtype bits and is converted.
    */
   gatherRows(src: Float32Array | Uint16Array, slots: Uint32Array, first: number, count: number, dst: Float32Array, at: number, d: number, srcDtype?: 'bfloat16' | 'float16'): void;
+  /** gatherRows on libuv's thread pool; src rows and the dst range must stay untouched until it settles. */
+  gatherRowsAsync(src: Float32Array | Uint16Array, slots: Uint32Array, first: number, count: number, dst: Float32Array, at: number, d: number, srcDtype?: 'bfloat16' | 'float16'): Promise<void>;
   /**
    * Reads `count` little-endian elements of srcDtype at byte `position` of the open file `fd`
    * on libuv's thread pool, converts them into dst[dstOffset, +count) and resolves to whether any

@@ -24,6 +24,7 @@
  * const { codes, recon, fvu } = await sae.forward(x);
  * ```
  */
+import { deviceName, resolveDevice, type DeviceOption, type ResolvedDevice } from '../backend/index.js';
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import type { WriteSaeOptions } from '../io/sae-files.js';
 import { native, type NativeAdam, type NativeSae, type NativeTensor } from '../native/index.js';
@@ -59,7 +60,7 @@ export interface SaeWeights {
 export type Architecture = 'topk' | 'jumprelu';
 
 /** Options of fromWeights(). */
-export interface FromWeightsOptions {
+export interface FromWeightsOptions extends PlacementOptions {
   /** Active latents per row (TopK). */
   k?: number;
   /**
@@ -74,7 +75,18 @@ export interface FromWeightsOptions {
 /** Rows of activations: a Float32Array of rows * dIn values, or a float32 Tensor [rows, dIn]. */
 export type Rows = Float32Array | Tensor;
 
-export interface CreateOptions {
+/** Where the parameters live and the ops run (see backend.use). */
+export interface PlacementOptions {
+  /** 'auto' (default: backend.use()'s default, initially 'auto'), 'cpu', 'cuda' or 'cuda:N'. */
+  device?: DeviceOption;
+  /**
+   * Encoder GEMM precision on CUDA: 'bf16' (default; bf16 inputs, fp32 accumulation, fp32
+   * master weights and Adam state), 'tf32' or 'fp32'. The CPU always computes in fp32.
+   */
+  precision?: 'fp32' | 'tf32' | 'bf16';
+}
+
+export interface CreateOptions extends PlacementOptions {
   /** Input width (d_in). */
   dIn: number;
   /** Number of latents (d_sae). */
@@ -161,6 +173,21 @@ const DEFAULT_AUXK_ALPHA = 1 / 32;
 const DEFAULT_DEAD_THRESHOLD = 10_000_000;
 
 const handles = new WeakMap<SparseAutoencoder, NativeSae>();
+/** Settles once the parameters are on their device (rejects if moving them failed). */
+const placements = new WeakMap<SparseAutoencoder, Promise<void>>();
+
+/** Resolves the device options of a constructor; errors name the option. */
+function placementOf(o: PlacementOptions): { device: ResolvedDevice; precision: 'fp32' | 'tf32' | 'bf16' } {
+  const device = resolveDevice('options.device', o.device);
+  const precision = o.precision === undefined ? 'bf16' : checkOneOf('options.precision', o.precision, ['fp32', 'tf32', 'bf16'] as const);
+  return { device, precision };
+}
+
+/** `p` once the SAE's parameters are placed: a failed move to the device rejects every op. */
+function afterPlacement<T>(sae: SparseAutoencoder, p: Promise<T>): Promise<T> {
+  const placed = placements.get(sae);
+  return placed ? Promise.all([placed, p]).then(([, r]) => r) : p;
+}
 
 /** Checks a batch argument and returns what the addon takes. */
 function rowsArg(dIn: number, x: unknown): Float32Array | NativeTensor {
@@ -189,6 +216,8 @@ export class SparseAutoencoder {
   readonly architecture: Architecture;
   /** Whether the encoder sees `x - b_dec`. */
   readonly applyBDecToInput: boolean;
+  /** Where the parameters live and the ops run: 'cpu' or 'cuda:N'. */
+  readonly device: 'cpu' | `cuda:${number}`;
 
   private constructor(
     handle: NativeSae,
@@ -197,8 +226,20 @@ export class SparseAutoencoder {
     k: number,
     architecture: Architecture = 'topk',
     applyBDecToInput = true,
+    placement: { device: ResolvedDevice; precision: 'fp32' | 'tf32' | 'bf16' } = { device: { kind: 'cpu' }, precision: 'bf16' },
   ) {
     handles.set(this, handle);
+    this.device = deviceName(placement.device);
+    if (placement.device.kind === 'cuda') {
+      if (architecture === 'jumprelu') {
+        handle.dispose();
+        throw new SaekitError('ERR_SAEKIT_DEVICE', "JumpReLU SAEs run on the CPU in this version (pass device: 'cpu')");
+      }
+      const index = placement.device.index;
+      const placed = callNative(() => handle.toDevice(index, placement.precision));
+      placed.catch(() => undefined); // observed by every op through afterPlacement()
+      placements.set(this, placed);
+    }
     this.dIn = dIn;
     this.numLatents = numLatents;
     this.k = k;
@@ -216,8 +257,9 @@ export class SparseAutoencoder {
     const numLatents = checkInt('options.numLatents', o.numLatents, 1, 1 << 24);
     const k = checkInt('options.k', o.k, 1, numLatents);
     const seed = o.seed === undefined ? randomSeed() : checkSeed('options.seed', o.seed);
+    const placement = placementOf(o);
     const h = callNative(() => native().NativeSae.create(dIn, numLatents, k, seed));
-    return new SparseAutoencoder(h, dIn, numLatents, k);
+    return new SparseAutoencoder(h, dIn, numLatents, k, 'topk', true, placement);
   }
 
   /**
@@ -245,17 +287,18 @@ export class SparseAutoencoder {
     const o = checkOptions('options', options);
     const architecture = o.architecture === undefined ? 'topk' : checkOneOf('options.architecture', o.architecture, ['topk', 'jumprelu'] as const);
     const applyBDec = o.applyBDecToInput === undefined ? true : checkBool('options.applyBDecToInput', o.applyBDecToInput);
+    const placement = placementOf(architecture === 'jumprelu' && o.device === undefined ? { ...o, device: 'cpu' } : o);
     if (architecture === 'jumprelu') {
       const t: unknown = weights.threshold;
       if (!(t instanceof Float32Array) || t.length !== numLatents) {
         throw argError('threshold', `a Float32Array of length numLatents = ${numLatents} (JumpReLU)`, t, 'ERR_SAEKIT_SHAPE');
       }
       const h = callNative(() => native().NativeSae.fromWeights(...args, dIn, numLatents, 0, 'jumprelu', applyBDec, t));
-      return new SparseAutoencoder(h, dIn, numLatents, 0, 'jumprelu', applyBDec);
+      return new SparseAutoencoder(h, dIn, numLatents, 0, 'jumprelu', applyBDec, placement);
     }
     const k = checkInt('options.k', o.k, 1, numLatents);
     const h = callNative(() => native().NativeSae.fromWeights(...args, dIn, numLatents, k, 'topk', applyBDec));
-    return new SparseAutoencoder(h, dIn, numLatents, k, 'topk', applyBDec);
+    return new SparseAutoencoder(h, dIn, numLatents, k, 'topk', applyBDec, placement);
   }
 
   /**
@@ -264,8 +307,9 @@ export class SparseAutoencoder {
    * b_dec subtraction), from its folder or one of its files. The format is detected.
    * @example const sae = await SparseAutoencoder.load('gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82');
    */
-  static async load(pathOrDir: string): Promise<SparseAutoencoder> {
+  static async load(pathOrDir: string, options?: PlacementOptions): Promise<SparseAutoencoder> {
     if (typeof pathOrDir !== 'string' || pathOrDir.length === 0) throw argError('path', 'a file or folder path', pathOrDir);
+    const o = checkOptions('options', options);
     // Loaded on first use: the file formats are not needed to train or encode.
     const { readSaeFiles } = await import('../io/sae-files.js');
     const { config, weights } = await readSaeFiles(pathOrDir);
@@ -273,6 +317,8 @@ export class SparseAutoencoder {
       k: config.k,
       architecture: config.architecture,
       applyBDecToInput: config.applyBDecToInput,
+      device: o.device,
+      precision: o.precision,
     });
   }
 
@@ -317,13 +363,13 @@ export class SparseAutoencoder {
   /** Copies of the weights in the SAELens orientation. */
   async weights(): Promise<SaeWeights> {
     const site = new Error();
-    return settleNative(callNative(() => this.handle().weights()), site);
+    return settleNative(afterPlacement(this, callNative(() => this.handle().weights())), site);
   }
 
   /** Sparse codes of each row of x. */
   async encode(x: Rows): Promise<SparseCodes> {
     const site = new Error();
-    const r = await settleNative(callNative(() => this.handle().encode(this.rows(x))), site);
+    const r = await settleNative(afterPlacement(this, callNative(() => this.handle().encode(this.rows(x)))), site);
     return { rows: r.values.length / r.k, numLatents: this.numLatents, k: r.k, values: r.values, indices: r.indices };
   }
 
@@ -334,13 +380,13 @@ export class SparseAutoencoder {
     if (codes.numLatents !== undefined && codes.numLatents !== this.numLatents) {
       throw argError('codes.numLatents', `${this.numLatents}`, codes.numLatents, 'ERR_SAEKIT_SHAPE');
     }
-    return settleNative(callNative(() => this.handle().decode(codes.values, codes.indices, codes.rows)), site);
+    return settleNative(afterPlacement(this, callNative(() => this.handle().decode(codes.values, codes.indices, codes.rows))), site);
   }
 
   /** Codes, reconstruction and FVU of a batch (FVU is NaN when all rows are identical). */
   async forward(x: Rows): Promise<{ codes: SparseCodes; recon: Float32Array; fvu: number }> {
     const site = new Error();
-    const r = await settleNative(callNative(() => this.handle().forward(this.rows(x))), site);
+    const r = await settleNative(afterPlacement(this, callNative(() => this.handle().forward(this.rows(x)))), site);
     const rows = r.values.length / r.k;
     return { codes: { rows, numLatents: this.numLatents, k: r.k, values: r.values, indices: r.indices }, recon: r.recon, fvu: r.fvu };
   }
@@ -348,7 +394,7 @@ export class SparseAutoencoder {
   /** Dense pre-activations `(x - b_dec) W_enc + b_enc` before ReLU, [rows * numLatents] (for analysis). */
   async preActivations(x: Rows): Promise<Float32Array> {
     const site = new Error();
-    return settleNative(callNative(() => this.handle().preActivations(this.rows(x))), site);
+    return settleNative(afterPlacement(this, callNative(() => this.handle().preActivations(this.rows(x)))), site);
   }
 
   /**
@@ -368,7 +414,7 @@ export class SparseAutoencoder {
       mask = a.deadMask;
       alpha = a.alpha === undefined ? DEFAULT_AUXK_ALPHA : checkNumber('options.auxk.alpha', a.alpha, 0, Infinity);
     }
-    const r = await settleNative(callNative(() => this.handle().gradients(this.rows(x), mask, alpha)), site);
+    const r = await settleNative(afterPlacement(this, callNative(() => this.handle().gradients(this.rows(x), mask, alpha))), site);
     return {
       loss: r.loss,
       fvu: r.fvu,
@@ -476,7 +522,7 @@ export class AdamOptimizer {
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
     const rows = rowsArg(this.sae.dIn, x);
     if (this.sae.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this optimizer was disposed');
-    return settleNative(callNative(() => this.h.step(rows, lr, alpha, threshold)), site);
+    return settleNative(afterPlacement(this.sae, callNative(() => this.h.step(rows, lr, alpha, threshold))), site);
   }
 
   /**
@@ -486,7 +532,7 @@ export class AdamOptimizer {
   async state(): Promise<AdamState> {
     const site = new Error();
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
-    return settleNative(callNative(() => this.h.state()), site);
+    return settleNative(afterPlacement(this.sae, callNative(() => this.h.state())), site);
   }
 
   /** Restores a state from state() (same SAE shape), in queue order. */

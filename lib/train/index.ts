@@ -16,6 +16,7 @@
 import { open, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 
+import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
 import type { AdamOptimizer, SparseAutoencoder, StepStats } from '../sae/index.js';
@@ -23,6 +24,11 @@ import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions } from '../v
 
 /** Trainer options; every field has a default. */
 export interface TrainerOptions {
+  /**
+   * Where training runs; must match the SAE's device (create or load the SAE with the same
+   * `device`: parameters, Adam state and batches then live there). Default: the SAE's device.
+   */
+  device?: DeviceOption;
   /** Rows (tokens) per step. Default 4096. */
   batchSize?: number;
   /** Train on this many tokens (rounded up to whole batches). One of totalTokens / epochs. */
@@ -127,7 +133,7 @@ const DEFAULTS = {
   seed: 0,
 };
 
-type Resolved = Required<Omit<TrainerOptions, 'totalTokens' | 'epochs' | 'lr'>> & {
+type Resolved = Required<Omit<TrainerOptions, 'totalTokens' | 'epochs' | 'lr' | 'device'>> & {
   totalTokens: number | undefined;
   epochs: number | undefined;
   lr: number;
@@ -199,6 +205,16 @@ export class Trainer {
     if (sae === null || typeof sae !== 'object' || typeof (sae as SparseAutoencoder).adam !== 'function') throw argError('sae', 'a SparseAutoencoder', sae);
     this.sae = sae;
     const o = checkOptions('options', options);
+    if (o.device !== undefined) {
+      // The optimizer state lives beside the parameters: the SAE decides where training runs.
+      const want = deviceName(resolveDevice('options.device', o.device));
+      if (want !== sae.device) {
+        throw new SaekitError(
+          'ERR_SAEKIT_DEVICE',
+          `Expected options.device to match the SAE's device '${sae.device}' but received '${String(o.device)}' (create or load the SAE with device: '${want}')`,
+        );
+      }
+    }
     const r: Resolved = {
       batchSize: o.batchSize === undefined ? DEFAULTS.batchSize : checkInt('options.batchSize', o.batchSize, 2, 1 << 24),
       totalTokens: o.totalTokens === undefined ? undefined : checkInt('options.totalTokens', o.totalTokens, 1, Number.MAX_SAFE_INTEGER),

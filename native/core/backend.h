@@ -96,10 +96,10 @@ class Backend {
 }  // namespace sk
 
 // Implements a backend slot body: runs `body`, turning any exception into a status.
-#define SK_SLOT(st, body)          \
+#define SK_SLOT(st, ...)           \
   do {                             \
     try {                          \
-      body;                        \
+      __VA_ARGS__;                 \
       return 0;                    \
     } catch (...) {                \
       ::sk::status_from_exception(st); \

@@ -53,6 +53,8 @@ PluginProbe probe_uncached(const std::vector<std::string>& candidates) {
     }
     probe.attempts.push_back({path, "loaded"});
     probe.available = true;
+    probe.handle = h;
+    probe.devices = s;
     return probe;
   }
   // The most useful reason: the last real failure, or "not built".
@@ -76,6 +78,25 @@ PluginProbe probe_plugin(const std::vector<std::string>& candidates) {
   PluginProbe p = probe_uncached(candidates);
   cache[candidates] = p;
   return p;
+}
+
+const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason) {
+  if (!probe.available || probe.handle == nullptr) {
+    *reason = probe.reason;
+    return nullptr;
+  }
+  auto get = reinterpret_cast<const ::sk_sae_i* (*)(int)>(::dlsym(probe.handle, "sk_sae_api"));
+  if (get == nullptr) {
+    *reason = "the CUDA plugin has no SAE kernels (missing sk_sae_api); rebuild it with `npm run build:cuda`";
+    return nullptr;
+  }
+  const ::sk_sae_i* api = get(SK_SAE_API_VERSION);
+  if (api == nullptr || api->api_version != SK_SAE_API_VERSION) {
+    *reason = fmt("the CUDA plugin speaks another SAE API version (saekit: ", SK_SAE_API_VERSION,
+                  "); rebuild it with `npm run build:cuda`");
+    return nullptr;
+  }
+  return api;
 }
 
 }  // namespace sk

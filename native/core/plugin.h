@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "sae_device.h"
 
 namespace sk {
 
@@ -22,10 +23,15 @@ struct PluginProbe {
   bool available = false;
   std::string reason;  // why it is not available (empty when it is)
   std::vector<PluginAttempt> attempts;
+  void* handle = nullptr;  // the loaded plugin (dlopen handle) when available
+  int devices = 0;         // sk_backend_score's device count
 };
 
 // Tries each candidate path in order and keeps every attempt's outcome. Loads (dlopen) and
 // scores the plugin, but does not initialise it. The result is cached per path list.
 PluginProbe probe_plugin(const std::vector<std::string>& candidates);
+
+// The device SAE table (sae_device.h) of a loaded plugin, or null with `reason` set.
+const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason);
 
 }  // namespace sk

@@ -12,6 +12,7 @@
 #include "args.h"
 #include "async.h"
 #include "env_data.h"
+#include "device.h"
 #include "io_read.h"
 #include "ops.h"
 #include "sae_wrap.h"
@@ -62,11 +63,14 @@ Napi::Value backend_info(const Napi::CallbackInfo& info) {
     for (uint32_t k = 0; k < a.Length() && k < 16; ++k) candidates.push_back(get_string(a.Get(k), "pluginCandidates[]"));
   }
   PluginProbe p = probe_plugin(candidates);
+  const DeviceApi& dev = device_api(candidates);
   Napi::Object cuda = Napi::Object::New(env);
-  // The CUDA kernels arrive with the CUDA backend; until then a loadable plugin is reported but
-  // not used, and `available` stays false with that reason.
-  cuda.Set("available", false);
-  cuda.Set("reason", p.available ? "the CUDA plugin loaded, but this saekit version has no CUDA kernels yet" : p.reason);
+  cuda.Set("available", dev.api != nullptr);
+  cuda.Set("reason", dev.api ? "" : dev.reason);
+  cuda.Set("loopback", dev.kind == "loopback");
+  Napi::Array names = Napi::Array::New(env);
+  for (uint32_t k = 0; k < dev.names.size(); ++k) names.Set(k, dev.names[k]);
+  cuda.Set("devices", names);
   Napi::Array attempts = Napi::Array::New(env);
   for (uint32_t k = 0; k < p.attempts.size(); ++k) {
     Napi::Object a = Napi::Object::New(env);

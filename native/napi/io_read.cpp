@@ -239,10 +239,93 @@ Napi::Value read_rows_to_slots(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// gatherRowsAsync(src, slots, first, count, dst: Float32Array, at, d[, srcDtype]) -> Promise:
+// gatherRows (ops.cpp) as a job on libuv's pool, so the JS thread keeps serving I/O while rows
+// are copied. The caller keeps src rows slots[first, +count) and dst[at, +count d) untouched
+// until the Promise settles.
+class GatherRows : public Napi::AsyncWorker {
+ public:
+  GatherRows(Napi::Env env, Napi::TypedArray src, DType src_type, std::vector<uint32_t> rows, Napi::Float32Array dst,
+             int64_t at, int64_t d)
+      : Napi::AsyncWorker(env, "saekit.gatherRows"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        src_(static_cast<const uint8_t*>(src.ArrayBuffer().Data()) + src.ByteOffset()),
+        src_type_(src_type),
+        rows_(std::move(rows)),
+        dst_(dst.Data() + at),
+        d_(d) {
+    src_ref_ = Napi::Persistent(src.As<Napi::Object>());
+    dst_ref_ = Napi::Persistent(dst.As<Napi::Object>());
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    const size_t item = src_type_ == DType::F32 ? 4 : 2;
+    for (size_t j = 0; j < rows_.size(); ++j) {
+      const uint8_t* from = src_ + size_t(rows_[j]) * size_t(d_) * item;
+      float* to = dst_ + int64_t(j) * d_;
+      if (src_type_ == DType::F32) std::memcpy(to, from, size_t(d_) * 4);
+      else cpu::convert(to, DType::F32, from, src_type_, d_, nullptr);
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference src_ref_, dst_ref_;
+  const uint8_t* src_;
+  DType src_type_;
+  std::vector<uint32_t> rows_;
+  float* dst_;
+  int64_t d_;
+};
+
+Napi::Value gather_rows_async(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray()) arg_error(ErrorCode::Arg, "src", "a Float32Array or a Uint16Array", info[0]);
+  const napi_typedarray_type st = info[0].As<Napi::TypedArray>().TypedArrayType();
+  if (st != napi_float32_array && st != napi_uint16_array)
+    arg_error(ErrorCode::Arg, "src", "a Float32Array or a Uint16Array", info[0]);
+  DType src_type = DType::F32;
+  if (st == napi_uint16_array) {
+    std::string dt = info[7].IsString() ? info[7].As<Napi::String>().Utf8Value() : "";
+    if (dt != "bfloat16" && dt != "float16") arg_error(ErrorCode::Arg, "srcDtype", "'bfloat16' or 'float16' for a Uint16Array src", info[7]);
+    src_type = dt == "bfloat16" ? DType::BF16 : DType::F16;
+  }
+  Napi::TypedArray src = info[0].As<Napi::TypedArray>();
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+    arg_error(ErrorCode::Arg, "slots", "a Uint32Array", info[1]);
+  Napi::Uint32Array slots = info[1].As<Napi::Uint32Array>();
+  int64_t ns = int64_t(slots.ElementLength());
+  int64_t first = get_int(info[2], "first", 0, ns);
+  int64_t count = get_int(info[3], "count", 0, ns - first);
+  if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    arg_error(ErrorCode::Arg, "dst", "a Float32Array", info[4]);
+  Napi::Float32Array dst = info[4].As<Napi::Float32Array>();
+  int64_t d = get_int(info[6], "d", 1, int64_t(1) << 30);
+  int64_t at = get_int(info[5], "at", 0, int64_t(dst.ElementLength()));
+  if (at + count * d > int64_t(dst.ElementLength()))
+    throw Error(ErrorCode::Shape, fmt("gatherRowsAsync: ", count, " rows of ", d, " at ", at, " overflow dst of length ", dst.ElementLength()));
+  const int64_t src_rows = int64_t(src.ElementLength()) / d;
+  std::vector<uint32_t> rows(static_cast<size_t>(count));
+  for (int64_t j = 0; j < count; ++j) {
+    uint32_t r = slots[size_t(first + j)];
+    if (int64_t(r) >= src_rows) throw Error(ErrorCode::Arg, fmt("gatherRowsAsync: slot ", r, " is past the ", src_rows, " rows of src"));
+    rows[size_t(j)] = r;
+  }
+  auto* w = new GatherRows(env, src, src_type, std::move(rows), dst, at, d);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
 }  // namespace
 
 void register_io(Napi::Env env, Napi::Object exports) {
   exports.Set("readRows", Napi::Function::New<guarded<read_rows>>(env, "readRows"));
+  exports.Set("gatherRowsAsync", Napi::Function::New<guarded<gather_rows_async>>(env, "gatherRowsAsync"));
   exports.Set("readRowsToSlots", Napi::Function::New<guarded<read_rows_to_slots>>(env, "readRowsToSlots"));
 }
 

@@ -12,6 +12,7 @@
 #include "async.h"
 #include "buffers.h"
 #include "env_data.h"
+#include "device.h"
 #include "tensor_wrap.h"
 
 namespace sk::napi {
@@ -29,6 +30,19 @@ struct SaeModel {
   std::vector<float> slab;            // cpu::sae_slab_floats(D, M)
   std::vector<float> threshold;       // [M] for JumpReLU
   std::vector<int64_t> since_fired;   // tokens since each latent last had a positive code
+  // Set when the parameters live on a device: `slab` is then a host mirror, refreshed by pull()
+  // before the host reads it and written back by push() after the host changes it.
+  std::shared_ptr<DeviceSae> dev;
+  void pull() {
+    if (!dev) return;
+    sk_status st{};
+    status_throw(dev->api->get_params(&st, dev->h, slab.data()), st);
+  }
+  void push() {
+    if (!dev) return;
+    sk_status st{};
+    status_throw(dev->api->set_params(&st, dev->h, slab.data()), st);
+  }
   SaeView view() {
     SaeView v = cpu::sae_view(slab.data(), D, M);
     v.apply_b_dec = apply_b_dec;
@@ -40,8 +54,27 @@ struct SaeModel {
 // Codes of x under the model's activation (TopK or JumpReLU).
 void encode_codes(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
   static const std::vector<int32_t> none;
+  if (m.dev) {
+    codes->N = N;
+    codes->K = m.K;
+    codes->v.resize(size_t(N * m.K));
+    codes->i.resize(size_t(N * m.K));
+    sk_status st{};
+    status_throw(m.dev->api->encode(&st, m.dev->h, x, N, m.K, m.dev->precision, codes->v.data(), codes->i.data()), st);
+    return;
+  }
   if (m.jumprelu) cpu::sae_encode_jumprelu(m.view(), x, N, codes, cpu::cpu_pool());
   else cpu::sae_encode(m.view(), x, N, m.K, none, 0, codes, nullptr, nullptr, cpu::cpu_pool());
+}
+
+// out [N, D] = (with_bias ? b_dec : 0) + sum_j v W_dec[i], on the model's device.
+void decode_codes(SaeModel& m, const cpu::Codes& c, bool with_bias, float* out) {
+  if (m.dev) {
+    sk_status st{};
+    status_throw(m.dev->api->decode(&st, m.dev->h, c.v.data(), c.i.data(), c.N, c.K, with_bias ? 1 : 0, out), st);
+    return;
+  }
+  cpu::sae_decode(m.view(), c, with_bias, out, cpu::cpu_pool());
 }
 
 void require_trainable(const SaeModel& m, const char* what) {
@@ -133,6 +166,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
                            InstanceMethod<&NativeSae::adam>("adam"),
                            InstanceMethod<&NativeSae::set_weight>("setWeight"),
                            InstanceMethod<&NativeSae::set_since_fired>("setSinceFired"),
+                           InstanceMethod<&NativeSae::to_device>("toDevice"),
                        });
   }
 
@@ -286,6 +320,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       auto out = std::make_shared<std::vector<std::shared_ptr<HostArray>>>();
       for (int64_t n : {m->D * m->M, m->M, m->M * m->D, m->D}) out->push_back(HostArray::allocate(size_t(n) * 4));
       auto work = [m, out] {
+        m->pull();
         SaeView p = m->view();
         transpose(p.W_encT, m->M, m->D, (*out)[0]->as<float>());
         std::memcpy((*out)[1]->data(), p.b_enc, size_t(m->M) * 4);
@@ -361,7 +396,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       auto m = live();
       auto c = get_codes(info[0], info[1], info[2], m->M);
       auto out = HostArray::allocate(size_t(c->N * m->D) * 4);
-      auto work = [m, c, out] { cpu::sae_decode(m->view(), *c, true, out->as<float>(), cpu::cpu_pool()); };
+      auto work = [m, c, out] { decode_codes(*m, *c, true, out->as<float>()); };
       size_t n = size_t(c->N * m->D);
       return queue_job(info.Env(), work, [out, n](Napi::Env env) { return out->to_js(env, napi_float32_array, n); });
     });
@@ -380,7 +415,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         cpu::check_finite_rows(x.data(), N, D, "x");
         encode_codes(*m, x.data(), N, codes.get());
         float* r = recon->as<float>();
-        cpu::sae_decode(m->view(), *codes, true, r, cpu::cpu_pool());
+        decode_codes(*m, *codes, true, r);
         std::vector<double> mean(size_t(D), 0.0);
         for (int64_t n = 0; n < N; ++n)
           for (int64_t d = 0; d < D; ++d) mean[size_t(d)] += x.data()[n * D + d];
@@ -416,7 +451,12 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       auto out = HostArray::allocate(size_t(x.n * m->M) * 4);
       auto work = [m, x, out] {
         cpu::check_finite_rows(x.data(), x.n, m->D, "x");
-        cpu::sae_preacts(m->view(), x.data(), x.n, out->as<float>(), cpu::cpu_pool());
+        if (m->dev) {
+          sk_status st{};
+          status_throw(m->dev->api->preacts(&st, m->dev->h, x.data(), x.n, m->dev->precision, out->as<float>()), st);
+        } else {
+          cpu::sae_preacts(m->view(), x.data(), x.n, out->as<float>(), cpu::cpu_pool());
+        }
       };
       size_t n = size_t(x.n * m->M);
       return queue_job(info.Env(), work, [out, n](Napi::Env env) { return out->to_js(env, napi_float32_array, n); });
@@ -446,7 +486,30 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         cpu::StepOptions opt;
         opt.auxk_alpha = alpha;
         opt.dead = dead.get();
-        *stats = cpu::sae_step(m->view(), x.data(), x.n, m->K, opt, grads.get(), nullptr, cpu::cpu_pool());
+        if (m->dev) {
+          const int64_t D = m->D, M = m->M, MD = M * D;
+          std::vector<float> g(size_t(cpu::sae_slab_floats(D, M)));
+          sk_sae_step_opts o{};
+          o.k = m->K;
+          o.auxk_alpha = alpha;
+          o.host_dead = dead->data();
+          o.num_dead = int64_t(dead->size());
+          o.want_grads = 1;
+          o.host_grads = g.data();
+          o.precision = m->dev->precision;
+          sk_sae_step_stats ss{};
+          sk_status st{};
+          status_throw(m->dev->api->step(&st, m->dev->h, x.data(), x.n, &o, &ss), st);
+          stats->loss = ss.loss;
+          stats->fvu = ss.fvu;
+          stats->auxk = ss.auxk;
+          grads->W_encT.assign(g.begin(), g.begin() + MD);
+          grads->W_dec.assign(g.begin() + MD, g.begin() + 2 * MD);
+          grads->b_enc.assign(g.begin() + 2 * MD, g.begin() + 2 * MD + M);
+          grads->b_dec.assign(g.begin() + 2 * MD + M, g.end());
+        } else {
+          *stats = cpu::sae_step(m->view(), x.data(), x.n, m->K, opt, grads.get(), nullptr, cpu::cpu_pool());
+        }
         transpose(grads->W_encT.data(), m->M, m->D, wenc->as<float>());
         grads->W_encT.clear();
         grads->W_encT.shrink_to_fit();
@@ -481,10 +544,12 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       auto src = copy_typed_array(info[1].As<Napi::TypedArray>());
       cpu::check_finite_rows(src->as<const float>(), 1, len, name.c_str());
       queue_detached(info.Env(), [m, src, name, len] {
+        m->pull();
         SaeView p = m->view();
         const float* v = src->as<const float>();
         if (name == "W_enc") transpose(v, m->D, m->M, p.W_encT);
         else std::memcpy(name == "W_dec" ? p.W_dec : name == "b_enc" ? p.b_enc : p.b_dec, v, size_t(len) * sizeof(float));
+        m->push();
       });
       return info.Env().Undefined();
     });
@@ -522,6 +587,33 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
   }
 
   Napi::Value adam(const Napi::CallbackInfo& info);
+
+  // toDevice(index, precision: 'fp32' | 'tf32' | 'bf16'): Promise<void>; moves the parameters
+  // to device `index` of the resolved device table (queued after every earlier op).
+  Napi::Value to_device(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      const DeviceApi& dev = current_device_api();
+      int index = int(get_int(info[0], "device index", 0, int64_t(dev.names.size()) - 1));
+      std::string prec = get_string(info[1], "precision");
+      if (prec != "fp32" && prec != "tf32" && prec != "bf16") arg_error(ErrorCode::Arg, "precision", "one of: fp32, tf32, bf16", info[1]);
+      if (m->jumprelu)
+        throw Error(ErrorCode::Device, "JumpReLU SAEs run on the CPU in this version (device: 'cpu')");
+      const int p = prec == "fp32" ? SK_PREC_F32 : prec == "tf32" ? SK_PREC_TF32 : SK_PREC_BF16;
+      const sk_sae_i* api = dev.api;
+      auto work = [m, api, index, p] {
+        auto d = std::make_shared<DeviceSae>();
+        d->api = api;
+        d->index = index;
+        d->precision = p;
+        sk_status st{};
+        m->pull();  // from another device, if it was on one
+        status_throw(api->create(&st, &d->h, index, m->D, m->M, m->apply_b_dec ? 1 : 0, m->slab.data(), nullptr), st);
+        m->dev = d;
+      };
+      return queue_job(info.Env(), work, [](Napi::Env env) { return env.Undefined(); });
+    });
+  }
 
   std::shared_ptr<SaeModel> model_;
   int64_t reported_ = 0;
@@ -562,6 +654,12 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
     self->state_->m.assign(n, 0.0f);
     self->state_->v.assign(n, 0.0f);
     self->reported_ = int64_t(2 * n * sizeof(float));
+    // On a device the moments live there: a new optimizer starts them from zero.
+    queue_detached(env, [m = self->model_, st = self->state_] {
+      if (!m->dev) return;
+      sk_status s2{};
+      status_throw(m->dev->api->set_adam(&s2, m->dev->h, st->m.data(), st->v.data(), 0), s2);
+    });
     Napi::MemoryManagement::AdjustExternalMemory(env, self->reported_);
     return o;
   }
@@ -585,11 +683,36 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
         opt.dead = &dead;
         st->lr = float(lr);
         int64_t t_before = st->t;
-        try {
-          *stats = cpu::sae_step(m->view(), x.data(), x.n, m->K, opt, nullptr, st.get(), cpu::cpu_pool());
-        } catch (...) {
-          st->t = t_before;  // a rejected step (checked before any update) does not count
-          throw;
+        if (m->dev) {
+          sk_sae_step_opts o{};
+          o.k = m->K;
+          o.auxk_alpha = alpha;
+          o.host_dead = dead.data();
+          o.num_dead = int64_t(dead.size());
+          o.lr = float(lr);
+          o.beta1 = st->beta1;
+          o.beta2 = st->beta2;
+          o.eps = st->eps;
+          o.precision = m->dev->precision;
+          stats->fired.assign(size_t(m->M), 0);
+          sk_sae_step_stats ss{};
+          ss.host_fired = stats->fired.data();
+          sk_status s2{};
+          status_throw(m->dev->api->step(&s2, m->dev->h, x.data(), x.n, &o, &ss), s2);
+          stats->loss = ss.loss;
+          stats->fvu = ss.fvu;
+          stats->auxk = ss.auxk;
+          stats->l0 = ss.l0;
+          stats->num_dead = ss.num_dead;
+          stats->times = {ss.seconds[0], ss.seconds[1], ss.seconds[2], ss.seconds[3], ss.seconds[4]};
+          ++st->t;
+        } else {
+          try {
+            *stats = cpu::sae_step(m->view(), x.data(), x.n, m->K, opt, nullptr, st.get(), cpu::cpu_pool());
+          } catch (...) {
+            st->t = t_before;  // a rejected step (checked before any update) does not count
+            throw;
+          }
         }
         for (int64_t l = 0; l < m->M; ++l) {
           int64_t& c = m->since_fired[size_t(l)];
@@ -632,7 +755,12 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       size_t n = st->m.size();
       auto m = HostArray::allocate(n * 4), v = HostArray::allocate(n * 4);
       auto t = std::make_shared<int64_t>(0);
-      auto work = [st, m, v, t, n] {
+      auto work = [st, m, v, t, n, model = model_] {
+        if (model->dev) {
+          sk_status s2{};
+          status_throw(model->dev->api->get_adam(&s2, model->dev->h, m->as<float>(), v->as<float>(), t.get()), s2);
+          return;
+        }
         std::memcpy(m->data(), st->m.data(), n * 4);
         std::memcpy(v->data(), st->v.data(), n * 4);
         *t = st->t;
@@ -661,10 +789,14 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       auto m = copy_typed_array(info[0].As<Napi::TypedArray>()), v = copy_typed_array(info[1].As<Napi::TypedArray>());
       cpu::check_finite_rows(m->as<const float>(), 1, int64_t(n), "m");
       cpu::check_finite_rows(v->as<const float>(), 1, int64_t(n), "v");
-      queue_detached(info.Env(), [st, m, v, t, n] {
+      queue_detached(info.Env(), [st, m, v, t, n, model = model_] {
         std::memcpy(st->m.data(), m->data(), n * 4);
         std::memcpy(st->v.data(), v->data(), n * 4);
         st->t = t;
+        if (model->dev) {
+          sk_status s2{};
+          status_throw(model->dev->api->set_adam(&s2, model->dev->h, m->as<const float>(), v->as<const float>(), t), s2);
+        }
       });
       *done_ = t;
       return info.Env().Undefined();

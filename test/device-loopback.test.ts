@@ -1,0 +1,58 @@
+/**
+ * The device path without a GPU: SAEKIT_DEVICE_LOOPBACK=1 puts the CPU kernels behind the device
+ * SAE table (native/core/sae_device.h), so device selection, parameter placement, the N-API
+ * device calls, optimizer state on the device and the trainer are all exercised here, and must
+ * give bit-identical results to the CPU path.
+ */
+process.env.SAEKIT_DEVICE_LOOPBACK = '1'; // before the addon resolves its device table
+
+import { describe, expect, it } from 'vitest';
+
+import { backend, SparseAutoencoder } from '../lib/index.js';
+import { deviceParitySuite } from './helpers/device-suite.js';
+
+describe('device selection (loopback device)', () => {
+  it('info() lists the loopback device; auto never picks it; names are checked', () => {
+    const { cuda } = backend.info();
+    expect(cuda.available).toBe(true);
+    expect(cuda.loopback).toBe(true);
+    expect(cuda.reason).toBe('');
+    expect(cuda.devices).toEqual([expect.stringMatching(/loopback/)]);
+    using auto = SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2 });
+    expect(auto.device).toBe('cpu');
+    using on = SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2, device: 'cuda:0' });
+    expect(on.device).toBe('cuda:0');
+    expect(() => SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2, device: 'cuda:1' })).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: expect.stringMatching(/cuda:0 and cuda:0/) }),
+    );
+    for (const bad of ['gpu', 'cuda:', 'cuda:-1', 'CUDA', 3]) {
+      expect(() => SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2, device: bad as 'cpu' })).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.device/) }),
+      );
+    }
+    expect(() => SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2, device: 'cuda', precision: 'fp16' as 'bf16' })).toThrow(/options\.precision/);
+  });
+
+  it('backend.use() sets the default device; JumpReLU stays on the CPU', async () => {
+    const prev = backend.use('cuda');
+    try {
+      using sae = SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2, seed: 1 });
+      expect(sae.device).toBe('cuda:0');
+      const w = await sae.weights();
+      // JumpReLU: 'auto'/default is the CPU; an explicit device is refused with a clear error.
+      const jr = { ...w, threshold: new Float32Array(16).fill(0.1) };
+      using cpuJr = SparseAutoencoder.fromWeights(jr, { architecture: 'jumprelu' });
+      expect(cpuJr.device).toBe('cpu');
+      expect(() => SparseAutoencoder.fromWeights(jr, { architecture: 'jumprelu', device: 'cuda' })).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: expect.stringMatching(/JumpReLU/) }),
+      );
+    } finally {
+      expect(backend.use(prev)).toBe('cuda');
+    }
+    expect(() => backend.use('tpu' as 'cpu')).toThrow(/device/);
+  });
+});
+
+describe('the loopback device matches the CPU bit for bit', () => {
+  deviceParitySuite('cuda', 'bf16', { rel: 0, indexMismatch: 0 });
+});

@@ -1,0 +1,160 @@
+/**
+ * One suite, two uses: the same SAE on the CPU and on a device, driven through the public API
+ * on fresh random inputs (odd sizes included). On the loopback device (the CPU kernels behind the
+ * device table) results must be bit-identical; on a real GPU they must agree within tolerances
+ * justified per precision (see test/cuda.test.ts).
+ */
+import { expect, it } from 'vitest';
+
+import { SparseAutoencoder, Trainer, fromArray, type DeviceOption } from '../../lib/index.js';
+import { lcg, randomMatrix } from './reference.js';
+
+export interface Tolerance {
+  /** Max |a - b| / (max|b| + 1e-6) for dense outputs (0: bit-identical). */
+  rel: number;
+  /** Fraction of TopK indices allowed to differ (near-ties under reduced precision). */
+  indexMismatch: number;
+}
+
+function maxRel(a: Float32Array, b: Float32Array): number {
+  expect(a.length).toBe(b.length);
+  let scale = 1e-6;
+  for (let i = 0; i < b.length; i++) scale = Math.max(scale, Math.abs(b[i]!));
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!) / scale);
+  return worst;
+}
+
+function expectClose(a: Float32Array, b: Float32Array, tol: number, what: string): void {
+  if (tol === 0) {
+    let first = -1;
+    for (let i = 0; i < a.length && first < 0; i++) if (!Object.is(a[i], b[i])) first = i;
+    expect(first, `${what}: first difference`).toBe(-1);
+    return;
+  }
+  expect(maxRel(a, b), what).toBeLessThanOrEqual(tol);
+}
+
+function indexMismatch(a: Int32Array, b: Int32Array, rows: number, k: number): number {
+  let bad = 0;
+  for (let r = 0; r < rows; r++) {
+    const sa = new Set(a.subarray(r * k, (r + 1) * k));
+    for (let j = 0; j < k; j++) if (!sa.has(b[r * k + j]!)) bad++;
+  }
+  return bad / (rows * k);
+}
+
+/** Registers the parity tests for `device` (precision as given) against the CPU. */
+export function deviceParitySuite(device: DeviceOption, precision: 'fp32' | 'tf32' | 'bf16', tol: Tolerance): void {
+  const shapes = [
+    { dIn: 67, numLatents: 301, k: 7, rows: 129 },
+    { dIn: 128, numLatents: 1024, k: 32, rows: 256 },
+  ];
+  for (const s of shapes) {
+    const label = `dIn ${s.dIn}, ${s.numLatents} latents, k ${s.k}, ${s.rows} rows`;
+    it(`encode, decode, forward, preActivations and gradients match the CPU (${label})`, async () => {
+      const seed = 1000 + s.dIn;
+      using cpu = SparseAutoencoder.create({ ...s, seed, device: 'cpu' });
+      using dev = SparseAutoencoder.create({ ...s, seed, device, precision });
+      expect(dev.device).toMatch(/^cuda:\d+$/);
+      const next = lcg(seed);
+      const x = randomMatrix(s.rows, s.dIn, next);
+      const bDec = randomMatrix(1, s.dIn, next).map((v) => v * 0.1);
+      const bEnc = randomMatrix(1, s.numLatents, next).map((v) => v * 0.05);
+      cpu.setWeights({ b_dec: bDec, b_enc: bEnc });
+      dev.setWeights({ b_dec: bDec, b_enc: bEnc });
+      const [wc, wd] = await Promise.all([cpu.weights(), dev.weights()]);
+      for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expectClose(wd[n], wc[n], 0, `weights ${n}`);
+
+      const [cc, cd] = await Promise.all([cpu.encode(x), dev.encode(x)]);
+      expect(cd.k).toBe(s.k);
+      const mismatch = indexMismatch(cd.indices, cc.indices, s.rows, s.k);
+      expect(mismatch).toBeLessThanOrEqual(tol.indexMismatch);
+      // Where every selection agrees, values and gradients can be compared element by element.
+      const sameSelection = mismatch === 0;
+      if (sameSelection) {
+        expect(Array.from(cd.indices)).toEqual(Array.from(cc.indices));
+        expectClose(cd.values, cc.values, tol.rel, 'code values');
+      }
+      // Decoding the same codes isolates the decoder from selection differences.
+      expectClose(await dev.decode(cc), await cpu.decode(cc), tol.rel, 'decode');
+      const [fc, fd] = await Promise.all([cpu.forward(x), dev.forward(x)]);
+      expect(Math.abs(fd.fvu - fc.fvu)).toBeLessThanOrEqual(Math.max(tol.rel * 10, 0) * Math.max(1, fc.fvu) + (tol.rel === 0 ? 0 : 1e-3));
+      if (tol.rel === 0) expect(fd.fvu).toBe(fc.fvu);
+      expectClose(await dev.preActivations(x), await cpu.preActivations(x), tol.rel, 'preActivations');
+
+      const dead = new Uint8Array(s.numLatents);
+      for (let l = 0; l < s.numLatents; l += 3) dead[l] = 1;
+      const [gc, gd] = await Promise.all([cpu.gradients(x, { auxk: { deadMask: dead } }), dev.gradients(x, { auxk: { deadMask: dead } })]);
+      if (sameSelection) {
+        expect(gd.loss === gc.loss || Math.abs(gd.loss - gc.loss) <= tol.rel * Math.abs(gc.loss)).toBe(true);
+        for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expectClose(gd.grads[n], gc.grads[n], tol.rel * 10, `gradient ${n}`);
+      } else {
+        expect(Math.abs(gd.loss - gc.loss)).toBeLessThanOrEqual(0.02 * Math.abs(gc.loss));
+      }
+    });
+
+    it(`Adam steps, dead-latent counters and optimizer state match the CPU (${label})`, async () => {
+      const seed = 2000 + s.dIn;
+      using cpu = SparseAutoencoder.create({ ...s, seed, device: 'cpu' });
+      using dev = SparseAutoencoder.create({ ...s, seed, device, precision });
+      const oc = cpu.adam({ lr: 1e-3 });
+      const od = dev.adam({ lr: 1e-3 });
+      const next = lcg(seed + 1);
+      for (let step = 0; step < 3; step++) {
+        const x = randomMatrix(s.rows, s.dIn, next);
+        const [a, b] = await Promise.all([oc.step(x, { deadThresholdTokens: s.rows }), od.step(x, { deadThresholdTokens: s.rows })]);
+        expect(b.numDead).toBe(a.numDead);
+        if (tol.rel === 0) {
+          expect(b.loss).toBe(a.loss);
+          expect(b.l0).toBe(a.l0);
+        } else {
+          expect(Math.abs(b.loss - a.loss)).toBeLessThanOrEqual(0.02 * Math.abs(a.loss) + 1e-6);
+        }
+      }
+      expect(od.steps).toBe(3);
+      const [wc, wd] = await Promise.all([cpu.weights(), dev.weights()]);
+      for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expectClose(wd[n], wc[n], tol.rel * 100, `weights after 3 steps: ${n}`);
+      if (tol.indexMismatch === 0) {
+        expect(Array.from(await dev.tokensSinceFired())).toEqual(Array.from(await cpu.tokensSinceFired()));
+      }
+      const [sc, sd] = await Promise.all([oc.state(), od.state()]);
+      expect(sd.t).toBe(3);
+      expectClose(sd.m, sc.m, tol.rel * 100, 'Adam m');
+      // State round trip: restoring the CPU state onto the device continues identically.
+      od.setState(sc);
+      dev.setWeights(wc);
+      const x = randomMatrix(s.rows, s.dIn, next);
+      const [a, b] = await Promise.all([oc.step(x), od.step(x)]);
+      if (tol.rel === 0) expect(b.loss).toBe(a.loss);
+      else expect(Math.abs(b.loss - a.loss)).toBeLessThanOrEqual(0.02 * Math.abs(a.loss) + 1e-6);
+      // A rejected step (non-finite input) changes nothing on the device either.
+      const before = await dev.weights();
+      const bad = x.slice();
+      bad[5] = NaN;
+      await expect(od.step(bad)).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE' });
+      expect(od.steps).toBe(4);
+      const after = await dev.weights();
+      for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expectClose(after[n], before[n], 0, `${n} after a rejected step`);
+      oc.dispose();
+      od.dispose();
+    });
+  }
+
+  it('the Trainer trains on the device like on the CPU, and refuses a mismatched device', async () => {
+    const dIn = 24;
+    const numLatents = 96;
+    const data = randomMatrix(2048, dIn, lcg(77));
+    const run = async (where: DeviceOption) => {
+      using sae = SparseAutoencoder.create({ dIn, numLatents, k: 4, seed: 5, device: where, precision });
+      const trainer = new Trainer(sae, { batchSize: 256, totalTokens: 2048, seed: 3, device: where });
+      const res = await trainer.fit(fromArray(data, dIn));
+      return { res, w: await sae.weights() };
+    };
+    const [c, d] = [await run('cpu'), await run(device)];
+    expect(d.res.steps).toBe(c.res.steps);
+    expectClose(d.w.W_dec, c.w.W_dec, tol.rel * 1000, 'trained W_dec');
+    using sae = SparseAutoencoder.create({ dIn, numLatents, k: 4, device: 'cpu' });
+    expect(() => new Trainer(sae, { device })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE' }));
+  });
+}
