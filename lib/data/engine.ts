@@ -192,7 +192,7 @@ export async function shuffleEpoch(stream: RowStream, o: PassOptions, mem: Mixin
         const take = Math.min(h - i, bs - pos);
         cur ??= o.pool.take();
         // Copied off the JS thread, which meanwhile hands the fill's reads their next parts.
-        await native().gatherRowsAsync(buf, list, i, take, cur, pos * d, d, mem.dtype === 'float32' ? undefined : mem.dtype);
+        await native().gatherRows(buf, list, i, take, cur, pos * d, d, mem.dtype === 'float32' ? undefined : mem.dtype);
         pos += take;
         i += take;
         if (pos === bs) await flush(bs);

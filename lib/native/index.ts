@@ -114,12 +114,11 @@ export interface NativeBinding {
   /** True when a[start, end) holds a NaN or an infinity (synchronous, vectorised). */
   anyNonFinite(a: Float32Array, start: number, end: number): boolean;
   /**
-   * dst[at + j d, +d) = src[slots[first + j] d, +d) for j < count (synchronous memmove per row);
-   * a Uint16Array src holds srcDtype bits and is converted.
+   * dst[at + j d, +d) = src[slots[first + j] d, +d) for j < count, on libuv's thread pool (a
+   * Uint16Array src holds srcDtype bits and is converted); src rows and the dst range must stay
+   * untouched until it settles.
    */
-  gatherRows(src: Float32Array | Uint16Array, slots: Uint32Array, first: number, count: number, dst: Float32Array, at: number, d: number, srcDtype?: 'bfloat16' | 'float16'): void;
-  /** gatherRows on libuv's thread pool; src rows and the dst range must stay untouched until it settles. */
-  gatherRowsAsync(src: Float32Array | Uint16Array, slots: Uint32Array, first: number, count: number, dst: Float32Array, at: number, d: number, srcDtype?: 'bfloat16' | 'float16'): Promise<void>;
+  gatherRows(src: Float32Array | Uint16Array, slots: Uint32Array, first: number, count: number, dst: Float32Array, at: number, d: number, srcDtype?: 'bfloat16' | 'float16'): Promise<void>;
   /**
    * Reads `count` little-endian elements of srcDtype at byte `position` of the open file `fd`
    * on libuv's thread pool, converts them into dst[dstOffset, +count) and resolves to whether any

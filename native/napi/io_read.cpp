@@ -27,6 +27,14 @@ bool any_non_finite_f32(const float* p, int64_t n) {
   return bad != 0;
 }
 
+// The element type of file data: float32, float16, bfloat16 or float64.
+std::string get_file_dtype(const Napi::Value& v) {
+  std::string dtype = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (dtype != "float32" && dtype != "float16" && dtype != "bfloat16" && dtype != "float64")
+    arg_error(ErrorCode::Arg, "srcDtype", "one of float32, float16, bfloat16, float64", v);
+  return dtype;
+}
+
 // Reads exactly `bytes` at `pos`, looping over short reads. Returns "" or an error message.
 std::string pread_fully(int fd, uint8_t* into, size_t bytes, int64_t pos) {
   size_t done = 0;
@@ -187,9 +195,7 @@ Napi::Value read_rows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = int(get_int(info[0], "fd", 0, (int64_t(1) << 31) - 1));
   int64_t pos = get_int(info[1], "position", 0, (int64_t(1) << 53));
-  std::string dtype = info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "";
-  if (dtype != "float32" && dtype != "float16" && dtype != "bfloat16" && dtype != "float64")
-    arg_error(ErrorCode::Arg, "srcDtype", "one of float32, float16, bfloat16, float64", info[3]);
+  std::string dtype = get_file_dtype(info[3]);
   if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
     arg_error(ErrorCode::Arg, "dst", "a Float32Array", info[4]);
   Napi::Float32Array dst = info[4].As<Napi::Float32Array>();
@@ -210,9 +216,7 @@ Napi::Value read_rows_to_slots(const Napi::CallbackInfo& info) {
   int fd = int(get_int(info[0], "fd", 0, (int64_t(1) << 31) - 1));
   int64_t pos = get_int(info[1], "position", 0, (int64_t(1) << 53));
   int64_t d = get_int(info[3], "dIn", 1, int64_t(1) << 24);
-  std::string dtype = info[4].IsString() ? info[4].As<Napi::String>().Utf8Value() : "";
-  if (dtype != "float32" && dtype != "float16" && dtype != "bfloat16" && dtype != "float64")
-    arg_error(ErrorCode::Arg, "srcDtype", "one of float32, float16, bfloat16, float64", info[4]);
+  std::string dtype = get_file_dtype(info[4]);
   if (!info[5].IsTypedArray()) arg_error(ErrorCode::Arg, "dst", "a Float32Array or a Uint16Array", info[5]);
   const bool raw16 = info[5].As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array;
   if (!raw16 && info[5].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
@@ -239,10 +243,11 @@ Napi::Value read_rows_to_slots(const Napi::CallbackInfo& info) {
   return p;
 }
 
-// gatherRowsAsync(src, slots, first, count, dst: Float32Array, at, d[, srcDtype]) -> Promise:
-// gatherRows (ops.cpp) as a job on libuv's pool, so the JS thread keeps serving I/O while rows
-// are copied. The caller keeps src rows slots[first, +count) and dst[at, +count d) untouched
-// until the Promise settles.
+// gatherRows(src, slots: Uint32Array, first, count, dst: Float32Array, at, d[, srcDtype]) ->
+// Promise: dst[at + j*d, +d) = src[slots[first + j]*d, +d) for j < count, as a job on libuv's
+// pool (the JS thread keeps serving I/O while rows are copied). src is a Float32Array, or a
+// Uint16Array of srcDtype 'bfloat16' / 'float16' bits, converted on the way. The caller keeps src
+// rows slots[first, +count) and dst[at, +count d) untouched until the Promise settles.
 class GatherRows : public Napi::AsyncWorker {
  public:
   GatherRows(Napi::Env env, Napi::TypedArray src, DType src_type, std::vector<uint32_t> rows, Napi::Float32Array dst,
@@ -282,7 +287,7 @@ class GatherRows : public Napi::AsyncWorker {
   int64_t d_;
 };
 
-Napi::Value gather_rows_async(const Napi::CallbackInfo& info) {
+Napi::Value gather_rows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsTypedArray()) arg_error(ErrorCode::Arg, "src", "a Float32Array or a Uint16Array", info[0]);
   const napi_typedarray_type st = info[0].As<Napi::TypedArray>().TypedArrayType();
@@ -307,12 +312,12 @@ Napi::Value gather_rows_async(const Napi::CallbackInfo& info) {
   int64_t d = get_int(info[6], "d", 1, int64_t(1) << 30);
   int64_t at = get_int(info[5], "at", 0, int64_t(dst.ElementLength()));
   if (at + count * d > int64_t(dst.ElementLength()))
-    throw Error(ErrorCode::Shape, fmt("gatherRowsAsync: ", count, " rows of ", d, " at ", at, " overflow dst of length ", dst.ElementLength()));
+    throw Error(ErrorCode::Shape, fmt("gatherRows: ", count, " rows of ", d, " at ", at, " overflow dst of length ", dst.ElementLength()));
   const int64_t src_rows = int64_t(src.ElementLength()) / d;
   std::vector<uint32_t> rows(static_cast<size_t>(count));
   for (int64_t j = 0; j < count; ++j) {
     uint32_t r = slots[size_t(first + j)];
-    if (int64_t(r) >= src_rows) throw Error(ErrorCode::Arg, fmt("gatherRowsAsync: slot ", r, " is past the ", src_rows, " rows of src"));
+    if (int64_t(r) >= src_rows) throw Error(ErrorCode::Arg, fmt("gatherRows: slot ", r, " is past the ", src_rows, " rows of src"));
     rows[size_t(j)] = r;
   }
   auto* w = new GatherRows(env, src, src_type, std::move(rows), dst, at, d);
@@ -325,7 +330,7 @@ Napi::Value gather_rows_async(const Napi::CallbackInfo& info) {
 
 void register_io(Napi::Env env, Napi::Object exports) {
   exports.Set("readRows", Napi::Function::New<guarded<read_rows>>(env, "readRows"));
-  exports.Set("gatherRowsAsync", Napi::Function::New<guarded<gather_rows_async>>(env, "gatherRowsAsync"));
+  exports.Set("gatherRows", Napi::Function::New<guarded<gather_rows>>(env, "gatherRows"));
   exports.Set("readRowsToSlots", Napi::Function::New<guarded<read_rows_to_slots>>(env, "readRowsToSlots"));
 }
 

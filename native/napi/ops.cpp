@@ -199,48 +199,6 @@ Napi::Value any_non_finite(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), bad != 0);
 }
 
-// gatherRows(src, slots: Uint32Array, first, count, dst: Float32Array, at, d[, srcDtype]):
-// dst[at + j*d .. +d] = src[slots[first + j]*d .. +d] for j < count. src is a Float32Array (src
-// and dst may be the same array: rows must not overlap the destination range, which the caller
-// guarantees), or a Uint16Array of srcDtype 'bfloat16' / 'float16' bits, converted on the way.
-Napi::Value gather_rows(const Napi::CallbackInfo& info) {
-  if (!info[0].IsTypedArray()) arg_error(ErrorCode::Arg, "src", "a Float32Array or a Uint16Array", info[0]);
-  const napi_typedarray_type st = info[0].As<Napi::TypedArray>().TypedArrayType();
-  if (st != napi_float32_array && st != napi_uint16_array)
-    arg_error(ErrorCode::Arg, "src", "a Float32Array or a Uint16Array", info[0]);
-  DType src_type = DType::F32;
-  if (st == napi_uint16_array) {
-    std::string dt = info[7].IsString() ? info[7].As<Napi::String>().Utf8Value() : "";
-    if (dt != "bfloat16" && dt != "float16") arg_error(ErrorCode::Arg, "srcDtype", "'bfloat16' or 'float16' for a Uint16Array src", info[7]);
-    src_type = dt == "bfloat16" ? DType::BF16 : DType::F16;
-  }
-  Napi::TypedArray src = info[0].As<Napi::TypedArray>();
-  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
-    arg_error(ErrorCode::Arg, "slots", "a Uint32Array", info[1]);
-  Napi::Uint32Array slots = info[1].As<Napi::Uint32Array>();
-  int64_t ns = int64_t(slots.ElementLength());
-  int64_t first = get_int(info[2], "first", 0, ns);
-  int64_t count = get_int(info[3], "count", 0, ns - first);
-  if (!info[4].IsTypedArray() || info[4].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-    arg_error(ErrorCode::Arg, "dst", "a Float32Array", info[4]);
-  Napi::Float32Array dst = info[4].As<Napi::Float32Array>();
-  int64_t d = get_int(info[6], "d", 1, int64_t(1) << 30);
-  int64_t at = get_int(info[5], "at", 0, int64_t(dst.ElementLength()));
-  if (at + count * d > int64_t(dst.ElementLength()))
-    throw Error(ErrorCode::Shape, fmt("gatherRows: ", count, " rows of ", d, " at ", at, " overflow dst of length ", dst.ElementLength()));
-  const int64_t src_rows = int64_t(src.ElementLength()) / d;
-  const uint8_t* sp = static_cast<const uint8_t*>(src.ArrayBuffer().Data()) + src.ByteOffset();
-  const size_t item = src_type == DType::F32 ? 4 : 2;
-  float* dp = dst.Data() + at;
-  for (int64_t j = 0; j < count; ++j) {
-    int64_t r = int64_t(slots[size_t(first + j)]);
-    if (r >= src_rows) throw Error(ErrorCode::Arg, fmt("gatherRows: slot ", r, " is past the ", src_rows, " rows of src"));
-    if (src_type == DType::F32) std::memmove(dp + j * d, sp + size_t(r * d) * 4, size_t(d) * 4);
-    else cpu::convert(dp + j * d, DType::F32, sp + size_t(r * d) * item, src_type, d, nullptr);
-  }
-  return info.Env().Undefined();
-}
-
 }  // namespace
 
 void register_ops(Napi::Env env, Napi::Object exports) {
@@ -249,7 +207,6 @@ void register_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("random", Napi::Function::New<guarded<random_fill>>(env, "random"));
   exports.Set("matmul", Napi::Function::New<guarded<matmul>>(env, "matmul"));
   exports.Set("anyNonFinite", Napi::Function::New<guarded<any_non_finite>>(env, "anyNonFinite"));
-  exports.Set("gatherRows", Napi::Function::New<guarded<gather_rows>>(env, "gatherRows"));
   exports.Set("convertInto", Napi::Function::New<guarded<convert_into>>(env, "convertInto"));
   exports.Set("_philox", Napi::Function::New<guarded<philox>>(env, "_philox"));
   exports.Set("_gemmDirect", Napi::Function::New<guarded<gemm_direct>>(env, "_gemmDirect"));
