@@ -56,11 +56,11 @@ describe('CUDA backend detection', () => {
 });
 
 describe.runIf(gpu)('CUDA matches the CPU (fp32 encoder GEMM)', () => {
-  deviceParitySuite('cuda', 'fp32', { rel: 1e-4, indexMismatch: 0.002 });
+  deviceParitySuite({ it, expect }, 'cuda', 'fp32', { rel: 1e-4, indexMismatch: 0.002 });
 });
 
 describe.runIf(gpu)('CUDA matches the CPU (bf16 encoder GEMM)', () => {
-  deviceParitySuite('cuda', 'bf16', { rel: 2e-2, indexMismatch: 0.05 });
+  deviceParitySuite({ it, expect }, 'cuda', 'bf16', { rel: 2e-2, indexMismatch: 0.05 });
 });
 
 describe.skipIf(gpu)('CUDA parity tests', () => {

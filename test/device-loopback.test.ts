@@ -54,5 +54,5 @@ describe('device selection (loopback device)', () => {
 });
 
 describe('the loopback device matches the CPU bit for bit', () => {
-  deviceParitySuite('cuda', 'bf16', { rel: 0, indexMismatch: 0 });
+  deviceParitySuite({ it, expect }, 'cuda', 'bf16', { rel: 0, indexMismatch: 0 });
 });

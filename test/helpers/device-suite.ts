@@ -4,7 +4,7 @@
  * device table) results must be bit-identical; on a real GPU they must agree within tolerances
  * justified per precision (see test/cuda.test.ts).
  */
-import { expect, it } from 'vitest';
+import type { expect as vitestExpect } from 'vitest';
 
 import { SparseAutoencoder, Trainer, fromArray, type DeviceOption } from '../../lib/index.js';
 import { lcg, randomMatrix } from './reference.js';
@@ -44,8 +44,22 @@ function indexMismatch(a: Int32Array, b: Int32Array, rows: number, k: number): n
   return bad / (rows * k);
 }
 
+/**
+ * The test API the suite uses: vitest's, or the small stand-in of bench/gpu/parity.ts (GPU
+ * machines have no node_modules): it, expect(v, message?) with toBe, toEqual,
+ * toBeLessThanOrEqual, toMatch, toThrow(expect.objectContaining(...)), rejects.toMatchObject.
+ */
+export interface SuiteApi {
+  it: (name: string, fn: () => Promise<void> | void) => void;
+  expect: typeof vitestExpect;
+}
+
+let expect: typeof vitestExpect;
+
 /** Registers the parity tests for `device` (precision as given) against the CPU. */
-export function deviceParitySuite(device: DeviceOption, precision: 'fp32' | 'tf32' | 'bf16', tol: Tolerance): void {
+export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision: 'fp32' | 'tf32' | 'bf16', tol: Tolerance): void {
+  const { it } = api;
+  expect = api.expect;
   const shapes = [
     { dIn: 67, numLatents: 301, k: 7, rows: 129 },
     { dIn: 128, numLatents: 1024, k: 32, rows: 256 },
