@@ -12,6 +12,7 @@
 #include "args.h"
 #include "async.h"
 #include "env_data.h"
+#include "features_wrap.h"
 #include "ops.h"
 #include "sae_wrap.h"
 #include "tensor_wrap.h"
@@ -132,6 +133,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("stats", Napi::Function::New<guarded<stats>>(env, "stats"));
   register_ops(env, exports);
   register_sae(env, exports);
+  register_features(env, exports);
   return exports;
 }
 
