@@ -2,8 +2,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <memory>
 #include <new>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "../core/error.h"
 
@@ -95,6 +102,32 @@ void SparseCorrStore::append(const float* valuesA, const int32_t* indicesA, int6
 
 namespace {
 
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+template <typename T>
+using HugeArray = std::unique_ptr<T[], FreeDeleter>;
+
+// An array the kernel reads at random (B's codes by token, the posting lists): 2 MiB aligned and,
+// on Linux, marked for transparent huge pages, so that random rows cost a cache miss but rarely a
+// TLB miss as well.
+template <typename T>
+HugeArray<T> huge_array(size_t n) {
+  const size_t align = size_t(2) << 20;
+  const size_t bytes = std::max<size_t>((n * sizeof(T) + align - 1) / align * align, align);
+  void* p = nullptr;
+  if (posix_memalign(&p, align, bytes) != 0 || p == nullptr) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  madvise(p, bytes, MADV_HUGEPAGE);  // a hint; failure is harmless
+#endif
+  return HugeArray<T>(static_cast<T*>(p));
+}
+
+struct Entry {
+  int32_t index;  // latent of B (in B's rows) or token (in A's posting lists)
+  float value;
+};
+
 // Better = larger r, then lower index.
 inline bool better(float r, int32_t i, float r2, int32_t i2) { return r > r2 || (r == r2 && i < i2); }
 
@@ -137,30 +170,36 @@ void sparse_correlation(SparseCorrStore& st, const SparseCorrOptions& opt, Spars
   moments(st.sa, st.saa, n, meanA, invA, out.constantA);
   moments(st.sb, st.sbb, n, meanB, invB, out.constantB);
 
-  // Posting lists of A: (token, value) per latent, in token order (counting sort).
+  // Posting lists of A: (token, value) per latent, in token order (counting sort); B's codes as
+  // interleaved (latent, value) rows.
   std::vector<int64_t> start(size_t(nA) + 1, 0);
-  std::vector<int32_t> postT;
-  std::vector<float> postV;
+  HugeArray<Entry> post, brow;
+  HugeArray<int64_t> bptr;
   try {
     const int64_t E = int64_t(st.va.size());
     for (int64_t p = 0; p < E; ++p) ++start[size_t(st.ia[size_t(p)]) + 1];
     for (int64_t i = 0; i < nA; ++i) start[size_t(i) + 1] += start[size_t(i)];
-    postT.resize(size_t(start[size_t(nA)]));
-    postV.resize(size_t(start[size_t(nA)]));
+    post = huge_array<Entry>(size_t(E));
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t t = 0; t < T; ++t)
       for (int64_t p = st.pa[size_t(t)]; p < st.pa[size_t(t) + 1]; ++p) {
-        const float u = st.va[size_t(p)];
         const int64_t q = fill[size_t(st.ia[size_t(p)])]++;
-        postT[size_t(q)] = int32_t(t);
-        postV[size_t(q)] = u;
+        post[size_t(q)] = Entry{int32_t(t), st.va[size_t(p)]};
       }
+    std::vector<float>().swap(st.va);
+    std::vector<int32_t>().swap(st.ia);
+    std::vector<int64_t>().swap(st.pa);
+    const size_t EB = st.vb.size();
+    brow = huge_array<Entry>(EB);
+    for (size_t p = 0; p < EB; ++p) brow[p] = Entry{st.ib[p], st.vb[p]};
+    std::vector<float>().swap(st.vb);
+    std::vector<int32_t>().swap(st.ib);
+    bptr = huge_array<int64_t>(st.pb.size());
+    std::memcpy(bptr.get(), st.pb.data(), st.pb.size() * sizeof(int64_t));
+    std::vector<int64_t>().swap(st.pb);
   } catch (const std::bad_alloc&) {
-    throw Error(ErrorCode::Memory, fmt("Could not allocate the posting lists of ", st.va.size(), " codes"));
+    throw Error(ErrorCode::Memory, "Could not allocate the posting lists of the codes");
   }
-  std::vector<float>().swap(st.va);
-  std::vector<int32_t>().swap(st.ia);
-  std::vector<int64_t>().swap(st.pa);
 
   const int P = std::max(1, pool.size());
   const int64_t kTop = opt.full ? 0 : std::min<int64_t>(opt.top, nA);
@@ -170,15 +209,15 @@ void sparse_correlation(SparseCorrStore& st, const SparseCorrOptions& opt, Spars
   // Per-task best-first lists for every B feature (merged below).
   std::vector<std::vector<float>> tv(static_cast<size_t>(P));
   std::vector<std::vector<int32_t>> tx(static_cast<size_t>(P));
-  const float* vb = st.vb.data();
-  const int32_t* ib = st.ib.data();
-  const int64_t* pb = st.pb.data();
+  const Entry* bv = brow.get();
+  const int64_t* pb = bptr.get();
+  const Entry* ps = post.get();
   pool.run(P, [&](int task) {
     const int64_t i0 = nA * task / P, i1 = nA * (task + 1) / P;
     std::vector<double> acc(size_t(nB), 0.0);
     std::vector<float>& hv = tv[size_t(task)];
     std::vector<int32_t>& hx = tx[size_t(task)];
-    std::vector<float> worst;
+    std::vector<float> worst, rowf(opt.full ? 0 : size_t(nB));
     if (kTop > 0) {
       hv.assign(size_t(nB * kTop), -std::numeric_limits<float>::infinity());
       hx.assign(size_t(nB * kTop), std::numeric_limits<int32_t>::max());
@@ -186,40 +225,55 @@ void sparse_correlation(SparseCorrStore& st, const SparseCorrOptions& opt, Spars
     }
     for (int64_t i = i0; i < i1; ++i) {
       double* a = acc.data();
-      for (int64_t q = start[size_t(i)]; q < start[size_t(i) + 1]; ++q) {
-        const double u = postV[size_t(q)];
-        const int64_t t = postT[size_t(q)];
-        for (int64_t p = pb[t]; p < pb[t + 1]; ++p) a[ib[p]] += u * double(vb[p]);
+      // B's rows are read in token order per latent, i.e. at random over all tokens: prefetch the
+      // row pointers 16 postings ahead and the rows 8 ahead.
+      const int64_t q0 = start[size_t(i)], q1 = start[size_t(i) + 1];
+      for (int64_t q = q0; q < q1; ++q) {
+        if (q + 16 < q1) __builtin_prefetch(pb + ps[q + 16].index);
+        if (q + 8 < q1) {
+          const int64_t o = pb[ps[q + 8].index], e = pb[ps[q + 8].index + 1];
+          for (int64_t c = o; c < e; c += 8) __builtin_prefetch(bv + c);
+        }
+        const double u = ps[q].value;
+        const int64_t t = ps[q].index;
+        for (int64_t p = pb[t]; p < pb[t + 1]; ++p) a[bv[p].index] += u * double(bv[p].value);
       }
       const double mi = n * meanA[size_t(i)], si = invA[size_t(i)];
       const double* mB = meanB.data();
       const double* sB = invB.data();
-      if (opt.full) {
-        float* row = out.r + i * nB;
-        for (int64_t j = 0; j < nB; ++j) {
-          double r = (a[j] - mi * mB[j]) * si * sB[j];
-          a[j] = 0;
-          r = std::min(1.0, std::max(-1.0, r)) + 0.0;  // + 0.0 turns -0 into +0
-          row[j] = float(r);
-        }
-        continue;
+      // Pass 1 (branch-free, vectorised): the row of r as float32, the accumulator re-zeroed.
+      float* row = opt.full ? out.r + i * nB : rowf.data();
+      for (int64_t j = 0; j < nB; ++j) {
+        double r = (a[j] - mi * mB[j]) * si * sB[j];
+        a[j] = 0;
+        r = r < -1.0 ? -1.0 : r;
+        r = r > 1.0 ? 1.0 : r;
+        row[j] = float(r + 0.0);  // + 0.0 turns -0 into +0
       }
+      if (opt.full) continue;
+      // Pass 2: offer the row to the lists; almost every compare fails.
       float* rv = kRev ? out.revR + i * kRev : nullptr;
       int32_t* rx = kRev ? out.revIndex + i * kRev : nullptr;
       if (kRev) {
         std::fill(rv, rv + kRev, -std::numeric_limits<float>::infinity());
         std::fill(rx, rx + kRev, std::numeric_limits<int32_t>::max());
       }
+      float* wst = worst.data();
       for (int64_t j = 0; j < nB; ++j) {
-        double r = (a[j] - mi * mB[j]) * si * sB[j];
-        a[j] = 0;
-        const float f = float(std::min(1.0, std::max(-1.0, r)) + 0.0);
+        const float f = row[j];
         // Rows come in increasing i within a task, so an equal r never displaces a kept one.
-        if (f > worst[size_t(j)]) {
+        if (f > wst[j]) {
           heap_insert(hv.data() + j * kTop, hx.data() + j * kTop, kTop, f, int32_t(i));
-          worst[size_t(j)] = hv[size_t(j * kTop + kTop - 1)];
+          wst[j] = hv[size_t(j * kTop + kTop - 1)];
         }
-        if (kRev && f > rv[kRev - 1]) heap_insert(rv, rx, kRev, f, int32_t(j));
+      }
+      if (kRev) {
+        float bar = rv[kRev - 1];
+        for (int64_t j = 0; j < nB; ++j)
+          if (row[j] > bar) {
+            heap_insert(rv, rx, kRev, row[j], int32_t(j));
+            bar = rv[kRev - 1];
+          }
       }
     }
   });
