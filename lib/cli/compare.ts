@@ -35,9 +35,10 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
   try {
     process.stderr.write(`correlating ${a.numLatents} x ${b.numLatents} features (${f.kind}) over up to ${f.maxTokens.toLocaleString('en-US')} tokens\n`);
     // The full matrix when it fits in the default 1 GiB, else top matches (enough for 'argmax'
-    // and 'mutual'; 'hungarian' then fails with a message saying so).
+    // and 'mutual'); 'hungarian' needs the matrix, so it asks for it and fails before reading data.
     const c = await correlation({ sae: a, source: srcA }, { sae: b, ...(srcB ? { source: srcB } : {}) }, {
       kind: f.kind,
+      output: f.method === 'hungarian' ? 'full' : 'auto',
       maxTokens: f.maxTokens,
       top: Math.max(5, f.top),
       reverse: f.method === 'mutual',

@@ -11,6 +11,7 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#include <immintrin.h>  // SSE only: this file is baseline x86-64 + SSE4.2
 
 #include "../core/error.h"
 
@@ -258,23 +259,29 @@ void sparse_correlation(SparseCorrStore& st, const SparseCorrOptions& opt, Spars
         std::fill(rv, rv + kRev, -std::numeric_limits<float>::infinity());
         std::fill(rx, rx + kRev, std::numeric_limits<int32_t>::max());
       }
+      // Four columns per compare (SSE); the scalar path runs only where some column qualifies.
       float* wst = worst.data();
-      for (int64_t j = 0; j < nB; ++j) {
+      float bar = kRev ? rv[kRev - 1] : std::numeric_limits<float>::infinity();
+      auto offer = [&](int64_t j) {
         const float f = row[j];
         // Rows come in increasing i within a task, so an equal r never displaces a kept one.
         if (f > wst[j]) {
           heap_insert(hv.data() + j * kTop, hx.data() + j * kTop, kTop, f, int32_t(i));
           wst[j] = hv[size_t(j * kTop + kTop - 1)];
         }
+        if (f > bar) {
+          heap_insert(rv, rx, kRev, f, int32_t(j));
+          bar = rv[kRev - 1];
+        }
+      };
+      int64_t j = 0;
+      for (; j + 4 <= nB; j += 4) {
+        const __m128 r4 = _mm_loadu_ps(row + j);
+        const int m = _mm_movemask_ps(_mm_or_ps(_mm_cmpgt_ps(r4, _mm_loadu_ps(wst + j)), _mm_cmpgt_ps(r4, _mm_set1_ps(bar))));
+        if (m == 0) continue;
+        for (int64_t c = j; c < j + 4; ++c) offer(c);
       }
-      if (kRev) {
-        float bar = rv[kRev - 1];
-        for (int64_t j = 0; j < nB; ++j)
-          if (row[j] > bar) {
-            heap_insert(rv, rx, kRev, row[j], int32_t(j));
-            bar = rv[kRev - 1];
-          }
-      }
+      for (; j < nB; ++j) offer(j);
     }
   });
   if (kTop == 0) return;
