@@ -13,6 +13,8 @@
  * The dense formulation, D_A^T D_B over dense [T, 24576] code matrices (one float32 GEMM), is
  * timed on a slice of tokens and a column block of B and scaled linearly to the full size.
  */
+import os from 'node:os';
+
 import { linearAssignment, linearAssignmentAsync } from '../lib/eval/assignment.js';
 import { SparseAutoencoder, tensor } from '../lib/index.js';
 import { native } from '../lib/native/index.js';
@@ -140,6 +142,8 @@ export const correlate: Benchmark = {
       }
       rows.push({ what: `exact LAP ${n} x ${n} (native, one run)`, seconds: s, 'tokens/s': '-', note });
     }
-    return { rows, meta: { dIn, numLatents: L, k, tokens: T, pool, batch, top, encodePoolSeconds: encodeS, sparse, sparseRev, gemmSlice, Ts, Lb, lap, threads: native().info([]).threads } };
+    const load = os.loadavg();
+    process.stderr.write(`load average at the end: ${load.map((v) => v.toFixed(2)).join(' ')} (a shared machine: other processes inflate these times)\n`);
+    return { rows, meta: { loadAverage: load, dIn, numLatents: L, k, tokens: T, pool, batch, top, encodePoolSeconds: encodeS, sparse, sparseRev, gemmSlice, Ts, Lb, lap, threads: native().info([]).threads } };
   },
 };

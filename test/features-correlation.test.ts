@@ -301,6 +301,28 @@ describe('features.correlation: top matches through the public API', () => {
     await expect(match(noRev, { method: 'mutual' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/reverse/) });
   });
 
+  it('codes of a JumpReLU SAE (a different k per batch) equal the naive Pearson for any batch split', async () => {
+    const next = lcg(2718);
+    const [dIn, L, rows] = [6, 19, 500];
+    const W_dec = Float32Array.from({ length: L * dIn }, () => next() - 0.5);
+    const W_enc = new Float32Array(dIn * L);
+    for (let r = 0; r < dIn; r++) for (let i = 0; i < L; i++) W_enc[r * L + i] = W_dec[i * dIn + r]!;
+    const J = SparseAutoencoder.fromWeights(
+      { W_enc, W_dec, b_enc: new Float32Array(L), b_dec: new Float32Array(dIn), threshold: Float32Array.from({ length: L }, () => 0.05 + 0.2 * next()) },
+      { architecture: 'jumprelu' },
+    );
+    using T = SparseAutoencoder.create({ dIn, numLatents: 11, k: 3, seed: 9 });
+    const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    const cj = await J.encode(x);
+    const ct = await T.encode(x);
+    const want = naivePearson(denseCodes(cj.values, cj.indices, rows, cj.k, L), denseCodes(ct.values, ct.indices, rows, 3, 11), rows, L, 11);
+    const got = [];
+    for (const batchSize of [17, 500]) got.push(full(await correlation({ sae: J, source: fromArray(x, dIn) }, { sae: T }, { batchSize })));
+    for (let q = 0; q < want.length; q++) expect(Math.abs(got[0]!.r[q]! - want[q]!)).toBeLessThan(1e-5);
+    expect(Array.from(got[1]!.r)).toEqual(Array.from(got[0]!.r));
+    J.dispose();
+  });
+
   it('preacts over maxBytes: column blocks give the same top matches as the full matrix', async () => {
     const next = lcg(8);
     const [dIn, LA, LB, rows] = [7, 23, 19, 400];
