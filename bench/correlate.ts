@@ -79,9 +79,11 @@ export const correlate: Benchmark = {
       if (res.tokens !== T) throw new Error('token count');
       return { append: (s1 - s0) / 1e3, run: (s2 - s1) / 1e3 };
     };
-    // Median of a few runs each (3 at most at full size: a run is seconds).
+    // Median of a few runs each (3 at most at full size, after one warm-up: a run is seconds).
     const reps = q ? opts.repeats : Math.min(3, opts.repeats);
     const median = async (reverse: boolean) => {
+      // One untimed run first at full size (page faults of fresh huge pages, pool start-up).
+      for (let w = 0; w < (q ? opts.warmup : Math.min(1, opts.warmup)); w++) await runSparse(reverse);
       const all = [];
       for (let r = 0; r < reps; r++) all.push(await runSparse(reverse));
       all.sort((x, y) => x.append + x.run - (y.append + y.run));
