@@ -51,9 +51,11 @@ struct SparseCorrResult {
 };
 
 // A feature is constant (r = 0 against everything, flagged) when its variance is <= 1e-12 of its
-// raw second moment (or zero). Consumes the store's A codes (freed after the posting lists are
-// built). The partition over rows of A is fixed per thread count, and the result is identical
-// for any thread count and any batch split.
+// raw second moment (or zero). Consumes the store: A's codes become posting lists and B's codes
+// interleaved (latent, value) rows, both in 2 MiB-aligned memory marked for transparent huge
+// pages (rows of B are read at random by token); each old array is freed once copied, so the
+// peak is about the store plus one side. The partition over rows of A is fixed per thread count,
+// and the result is identical for any thread count and any batch split.
 void sparse_correlation(SparseCorrStore& store, const SparseCorrOptions& opt, SparseCorrResult& out, ThreadPool& pool);
 
 }  // namespace sk::cpu
