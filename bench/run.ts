@@ -6,6 +6,7 @@
 import { parseArgs } from 'node:util';
 
 import { backend } from '../lib/index.js';
+import { correlate } from './correlate.js';
 import { evalBench } from './eval.js';
 import { gemm } from './gemm.js';
 import { type Benchmark, formatTable, machine, saveResults } from './harness.js';
@@ -13,7 +14,7 @@ import { topkStep } from './topk-step.js';
 import { read } from './read.js';
 import { train } from './train.js';
 
-const BENCHMARKS: Benchmark[] = [gemm, topkStep, train, read, evalBench];
+const BENCHMARKS: Benchmark[] = [gemm, topkStep, train, read, evalBench, correlate];
 
 async function main(): Promise<void> {
   const { positionals, values } = parseArgs({

@@ -1,8 +1,15 @@
 import { describe, expect, it } from 'vitest';
 
-import { fromArray, SparseAutoencoder } from '../lib/index.js';
-import { correlation } from '../lib/features/correlation.js';
+import { backend, fromArray, SparseAutoencoder } from '../lib/index.js';
+import { correlation, type CorrelationMatrix, type CorrelationResult, type CorrelationTop } from '../lib/features/correlation.js';
+import { match } from '../lib/features/match.js';
+import { native } from '../lib/native/index.js';
 import { lcg } from './helpers/reference.js';
+
+function full(c: CorrelationResult): CorrelationMatrix {
+  if (c.mode !== 'full') throw new Error('expected the full matrix');
+  return c;
+}
 
 /** Naive float64 Pearson between the columns of X [n, p] and Y [n, q] (two-pass, centred). */
 function naivePearson(X: Float64Array, Y: Float64Array, n: number, p: number, q: number): Float64Array {
@@ -49,7 +56,7 @@ describe('features.correlation', () => {
     const results = [];
     for (const batchSize of [13, 256, 700]) {
       const src = fromArray(x, dIn);
-      results.push(await correlation({ sae: A, source: src }, { sae: B }, { batchSize }));
+      results.push(full(await correlation({ sae: A, source: src }, { sae: B }, { batchSize })));
     }
     const r = results[0]!;
     let worst = 0;
@@ -79,7 +86,7 @@ describe('features.correlation', () => {
       xb[2 * t + 1] = 7; // constant
     }
     const want = naivePearson(Float64Array.from(xa), Float64Array.from(xb), n, 2, 2);
-    const r = await correlation({ source: fromArray(xa, 2) }, { source: fromArray(xb, 2) }, { kind: 'dense', batchSize: 65536 });
+    const r = full(await correlation({ source: fromArray(xa, 2) }, { source: fromArray(xb, 2) }, { kind: 'dense', batchSize: 65536 }));
     expect(Math.abs(r.r[0]! - want[0]!)).toBeLessThan(1e-4);
     expect(Math.abs(r.r[0]! - 0.8)).toBeLessThan(5e-3);
     expect(r.constantB[1]).toBe(1);
@@ -92,7 +99,7 @@ describe('features.correlation', () => {
     const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
     using A = SparseAutoencoder.create({ dIn, numLatents: L, k: 2, seed: 1 });
     const keep = (t: number) => t % 3 !== 0;
-    const r = await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: A }, { kind: 'preacts', mask: keep, batchSize: 64 });
+    const r = full(await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: A }, { kind: 'preacts', mask: keep, batchSize: 64 }));
     const pre = await A.preActivations(x);
     const kept = Array.from({ length: rows }, (_, t) => t).filter(keep);
     const P = new Float64Array(kept.length * L);
@@ -101,7 +108,236 @@ describe('features.correlation', () => {
     expect(r.tokens).toBe(kept.length);
     for (let q = 0; q < want.length; q++) expect(Math.abs(r.r[q]! - want[q]!)).toBeLessThan(1e-4);
     await expect(correlation({ sae: A, source: fromArray(x, dIn) }, { source: fromArray(x.subarray(0, 10), dIn) }, { kind: 'dense' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
-    await expect(correlation({ sae: A, source: fromArray(x, dIn) }, { sae: A }, { maxBytes: 10 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_MEMORY' });
+    await expect(correlation({ sae: A, source: fromArray(x, dIn) }, { sae: A }, { maxBytes: 10, output: 'full' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_MEMORY' });
+    expect((await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: A }, { maxBytes: 10 })).mode).toBe('top');
+    await expect(correlation({ sae: A, source: fromArray(x, dIn) }, { sae: A }, { output: 'some' as 'top' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.output/) });
+    await expect(correlation({ sae: A, source: fromArray(x, dIn) }, { sae: A }, { top: 0 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.top/) });
     await expect(correlation({ source: fromArray(x, dIn) }, {}, { kind: 'codes' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+  });
+});
+
+/** Random sparse codes [rows, k] over n latents: distinct indices per row, some values 0. */
+function randomCodes(rows: number, k: number, n: number, next: () => number, zeroFrac = 0.1) {
+  const values = new Float32Array(rows * k);
+  const indices = new Int32Array(rows * k);
+  for (let t = 0; t < rows; t++) {
+    const used = new Set<number>();
+    for (let p = 0; p < k; p++) {
+      // Skewed latent frequencies (low indices fire more), never the last latent (dead).
+      let j: number;
+      do j = Math.floor((n - 1) * next() ** 2);
+      while (used.has(j));
+      used.add(j);
+      indices[t * k + p] = j;
+      values[t * k + p] = next() < zeroFrac ? 0 : Math.fround(0.1 + 3 * next());
+    }
+  }
+  return { values, indices, k };
+}
+
+type Codes = ReturnType<typeof randomCodes>;
+
+/** Native sparse correlation of given codes, appended in batches of `batch` rows. */
+async function nativeCorr(ca: Codes, cb: Codes, rows: number, nA: number, nB: number, batch: number, full: boolean, top: number, reverse: boolean) {
+  const b = native();
+  const store = b.sparseCorrCreate(nA, nB, 0, 0, 0);
+  for (let t0 = 0; t0 < rows; t0 += batch) {
+    const t1 = Math.min(rows, t0 + batch);
+    b.sparseCorrAppend(store, ca.values.subarray(t0 * ca.k, t1 * ca.k), ca.indices.subarray(t0 * ca.k, t1 * ca.k), cb.values.subarray(t0 * cb.k, t1 * cb.k), cb.indices.subarray(t0 * cb.k, t1 * cb.k), t1 - t0);
+  }
+  return b.sparseCorrRun(store, full, top, reverse);
+}
+
+/** The best k of each row of a [rows, cols] float32 matrix read by get(row, col), by r desc then index asc. */
+function argsortTop(rows: number, cols: number, k: number, get: (r: number, c: number) => number): CorrelationTop {
+  const indices = new Int32Array(rows * k);
+  const r = new Float32Array(rows * k);
+  for (let i = 0; i < rows; i++) {
+    const order = Array.from({ length: cols }, (_, c) => c).sort((x, y) => get(i, y) - get(i, x) || x - y);
+    for (let q = 0; q < k; q++) {
+      indices[i * k + q] = order[q]!;
+      r[i * k + q] = get(i, order[q]!);
+    }
+  }
+  return { k, indices, r };
+}
+
+describe('features.correlation: native sparse kernel', () => {
+  it('equals a naive float64 Pearson on random sparse codes (zeros, dead and constant features, odd sizes)', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const [rows, nA, nB, kA, kB] = [613, 37, 53, 5, 7];
+    const ca = randomCodes(rows, kA, nA, next);
+    const cb = randomCodes(rows, kB, nB, next);
+    // B's last latent: the same value on every token (constant, but active everywhere).
+    for (let t = 0; t < rows; t++) {
+      const row = Array.from(cb.indices.subarray(t * kB, (t + 1) * kB));
+      if (!row.includes(nB - 1)) {
+        cb.indices[t * kB] = nB - 1;
+      }
+      cb.values[t * kB + row.indexOf(nB - 1 >= 0 && row.includes(nB - 1) ? nB - 1 : row[0]!)] = 2.5;
+    }
+    const res = await nativeCorr(ca, cb, rows, nA, nB, 100, true, 0, false);
+    const want = naivePearson(denseCodes(ca.values, ca.indices, rows, kA, nA), denseCodes(cb.values, cb.indices, rows, kB, nB), rows, nA, nB);
+    let worst = 0;
+    for (let q = 0; q < want.length; q++) worst = Math.max(worst, Math.abs(res.r![q]! - want[q]!));
+    expect(worst, `seed ${seed}`).toBeLessThan(1e-6);
+    expect(res.tokens).toBe(rows);
+    expect(res.constantA[nA - 1]).toBe(1); // never fires
+    expect(res.activeA[nA - 1]).toBe(0);
+    expect(res.constantB[nB - 1]).toBe(1); // fires with the same value everywhere
+    expect(res.activeB[nB - 1]).toBe(rows);
+    for (let i = 0; i < nA; i++) expect(Object.is(res.r![i * nB + nB - 1], 0)).toBe(true);
+    // activeA counts the nonzero codes.
+    let nonzero = 0;
+    for (const v of ca.values) if (v !== 0) nonzero++;
+    expect(res.activeA.reduce((x, y) => x + y, 0)).toBe(nonzero);
+  });
+
+  it('top matches equal the argsort of the full matrix; identical for any batch split and thread count', async () => {
+    const next = lcg(4242);
+    const [rows, nA, nB, kA, kB] = [997, 61, 45, 6, 4];
+    const ca = randomCodes(rows, kA, nA, next, 0.05);
+    const cb = randomCodes(rows, kB, nB, next, 0.05);
+    const prev = backend.info().threads;
+    try {
+      const runs = [];
+      for (const [threads, batch] of [[1, 997], [2, 64], [3, 1], [2, 500]] as const) {
+        backend.setThreads(threads);
+        runs.push({ fullR: await nativeCorr(ca, cb, rows, nA, nB, batch, true, 0, false), topR: await nativeCorr(ca, cb, rows, nA, nB, batch, false, 7, true) });
+      }
+      const R = runs[0]!.fullR.r!;
+      const wantTop = argsortTop(nB, nA, 7, (j, i) => R[i * nB + j]!);
+      const wantRev = argsortTop(nA, nB, 7, (i, j) => R[i * nB + j]!);
+      const t = runs[0]!.topR;
+      expect(t.kTop).toBe(7);
+      expect(Array.from(t.topIndex!)).toEqual(Array.from(wantTop.indices));
+      expect(Array.from(t.topR!)).toEqual(Array.from(wantTop.r));
+      expect(Array.from(t.revIndex!)).toEqual(Array.from(wantRev.indices));
+      expect(Array.from(t.revR!)).toEqual(Array.from(wantRev.r));
+      for (const other of runs.slice(1)) {
+        expect(Buffer.from(other.fullR.r!.buffer).equals(Buffer.from(R.buffer))).toBe(true);
+        expect(Array.from(other.topR.topIndex!)).toEqual(Array.from(t.topIndex!));
+        expect(Array.from(other.topR.topR!)).toEqual(Array.from(t.topR!));
+        expect(Array.from(other.topR.revIndex!)).toEqual(Array.from(t.revIndex!));
+      }
+      // top larger than the other side: clipped to it.
+      const big = await nativeCorr(ca, cb, rows, nA, nB, 200, false, 1000, true);
+      expect(big.kTop).toBe(nA);
+      expect(big.kRev).toBe(nB);
+    } finally {
+      backend.setThreads(prev);
+    }
+  });
+
+  it('ties go to the lower index in top lists', async () => {
+    // A latents 0..3 identical, B latents 0..2 identical: every r ties.
+    const rows = 50;
+    const va = new Float32Array(rows * 4);
+    const ia = new Int32Array(rows * 4);
+    const vb = new Float32Array(rows * 3);
+    const ib = new Int32Array(rows * 3);
+    for (let t = 0; t < rows; t++) {
+      const v = t % 3 === 0 ? 1 : 0.5;
+      for (let p = 0; p < 4; p++) [va[t * 4 + p], ia[t * 4 + p]] = [v, p];
+      for (let p = 0; p < 3; p++) [vb[t * 3 + p], ib[t * 3 + p]] = [v, p];
+    }
+    const res = await nativeCorr({ values: va, indices: ia, k: 4 }, { values: vb, indices: ib, k: 3 }, rows, 4, 3, 7, false, 2, true);
+    expect(Array.from(res.topIndex!)).toEqual([0, 1, 0, 1, 0, 1]);
+    expect(Array.from(res.revIndex!)).toEqual([0, 1, 0, 1, 0, 1, 0, 1]);
+  });
+
+  it('rejects bad codes with named errors and leaves no partial batch', async () => {
+    const b = native();
+    const store = b.sparseCorrCreate(4, 3, 0, 0, 0);
+    const err = (f: () => unknown, code: string, text: RegExp) => {
+      try {
+        f();
+      } catch (e) {
+        expect((e as { code: string }).code).toBe(code);
+        expect((e as Error).message).toMatch(text);
+        return;
+      }
+      throw new Error('did not throw');
+    };
+    const ok = Float32Array.of(1, 2);
+    err(() => b.sparseCorrAppend(store, ok, Int32Array.of(0, 0), ok, Int32Array.of(0, 1), 1), 'ERR_SAEKIT_ARG', /codesA\.indices.*twice/);
+    err(() => b.sparseCorrAppend(store, ok, Int32Array.of(0, 4), ok, Int32Array.of(0, 1), 1), 'ERR_SAEKIT_ARG', /codesA\.indices\[1\]/);
+    err(() => b.sparseCorrAppend(store, ok, Int32Array.of(0, 1), Float32Array.of(1, NaN), Int32Array.of(0, 1), 1), 'ERR_SAEKIT_NONFINITE', /codesB\.values/);
+    err(() => b.sparseCorrAppend(store, ok, Int32Array.of(0, 1), ok, Int32Array.of(0, 1, 2), 1), 'ERR_SAEKIT_SHAPE', /codesB\.indices/);
+    // Zero-valued entries may repeat an index (padding).
+    expect(b.sparseCorrAppend(store, Float32Array.of(1, 0), Int32Array.of(0, 0), ok, Int32Array.of(0, 1), 1)).toBe(1);
+    await expect(b.sparseCorrRun(store, true, 0, false)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/at least 2 tokens/) });
+    err(() => b.sparseCorrAppend(store, ok, Int32Array.of(0, 1), ok, Int32Array.of(0, 1), 1), 'ERR_SAEKIT_DISPOSED', /has not run/);
+  });
+});
+
+describe('features.correlation: top matches through the public API', () => {
+  it('codes: top lists equal the argsort of the full matrix, and match() from them equals match() on the matrix', async () => {
+    const next = lcg(77);
+    const [dIn, LA, LB, rows] = [12, 41, 29, 900];
+    const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    using A = SparseAutoencoder.create({ dIn, numLatents: LA, k: 4, seed: 3 });
+    using B = SparseAutoencoder.create({ dIn, numLatents: LB, k: 3, seed: 4 });
+    const f = full(await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { batchSize: 128 }));
+    const t = await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { batchSize: 100, output: 'top', top: 3, reverse: true });
+    if (t.mode !== 'top') throw new Error('expected top mode');
+    const want = argsortTop(LB, LA, 3, (j, i) => f.r[i * LB + j]!);
+    expect(Array.from(t.top.indices)).toEqual(Array.from(want.indices));
+    expect(Array.from(t.top.r)).toEqual(Array.from(want.r));
+    expect(t.reverse!.k).toBe(3);
+    for (const method of ['argmax', 'mutual'] as const) {
+      for (const top of method === 'mutual' ? [1, 2, 3] : [undefined]) {
+        const opts = { method, threshold: 0.01, ...(top ? { top } : {}) };
+        const fromFull = await match(f, opts);
+        const fromTop = await match(t, opts);
+        expect(fromTop.pairs).toEqual(fromFull.pairs);
+        expect(Array.from(fromTop.bToA)).toEqual(Array.from(fromFull.bToA));
+      }
+    }
+    await expect(match(t, { method: 'hungarian' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/full matrix/) });
+    await expect(match(t, { method: 'mutual', top: 4 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.top/) });
+    const noRev = await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { output: 'top' });
+    await expect(match(noRev, { method: 'mutual' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/reverse/) });
+  });
+
+  it('codes of a JumpReLU SAE (a different k per batch) equal the naive Pearson for any batch split', async () => {
+    const next = lcg(2718);
+    const [dIn, L, rows] = [6, 19, 500];
+    const W_dec = Float32Array.from({ length: L * dIn }, () => next() - 0.5);
+    const W_enc = new Float32Array(dIn * L);
+    for (let r = 0; r < dIn; r++) for (let i = 0; i < L; i++) W_enc[r * L + i] = W_dec[i * dIn + r]!;
+    const J = SparseAutoencoder.fromWeights(
+      { W_enc, W_dec, b_enc: new Float32Array(L), b_dec: new Float32Array(dIn), threshold: Float32Array.from({ length: L }, () => 0.05 + 0.2 * next()) },
+      { architecture: 'jumprelu' },
+    );
+    using T = SparseAutoencoder.create({ dIn, numLatents: 11, k: 3, seed: 9 });
+    const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    const cj = await J.encode(x);
+    const ct = await T.encode(x);
+    const want = naivePearson(denseCodes(cj.values, cj.indices, rows, cj.k, L), denseCodes(ct.values, ct.indices, rows, 3, 11), rows, L, 11);
+    const got = [];
+    for (const batchSize of [17, 500]) got.push(full(await correlation({ sae: J, source: fromArray(x, dIn) }, { sae: T }, { batchSize })));
+    for (let q = 0; q < want.length; q++) expect(Math.abs(got[0]!.r[q]! - want[q]!)).toBeLessThan(1e-5);
+    expect(Array.from(got[1]!.r)).toEqual(Array.from(got[0]!.r));
+    J.dispose();
+  });
+
+  it('preacts over maxBytes: column blocks give the same top matches as the full matrix', async () => {
+    const next = lcg(8);
+    const [dIn, LA, LB, rows] = [7, 23, 19, 400];
+    const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    using A = SparseAutoencoder.create({ dIn, numLatents: LA, k: 2, seed: 5 });
+    using B = SparseAutoencoder.create({ dIn, numLatents: LB, k: 2, seed: 6 });
+    const keep = (tok: number) => tok % 5 !== 1;
+    const f = full(await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { kind: 'preacts', mask: keep, batchSize: 64 }));
+    // 4 columns of B per block (23 * 4 * 8 bytes): 5 passes.
+    const t = await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { kind: 'preacts', mask: keep, batchSize: 64, maxBytes: LA * 4 * 8, top: 4, reverse: true });
+    if (t.mode !== 'top') throw new Error('expected top mode');
+    expect(t.tokens).toBe(f.tokens);
+    expect(Array.from(t.top.indices)).toEqual(Array.from(argsortTop(LB, LA, 4, (j, i) => f.r[i * LB + j]!).indices));
+    expect(Array.from(t.top.r)).toEqual(Array.from(argsortTop(LB, LA, 4, (j, i) => f.r[i * LB + j]!).r));
+    expect(Array.from(t.reverse!.indices)).toEqual(Array.from(argsortTop(LA, LB, 4, (i, j) => f.r[i * LB + j]!).indices));
+    expect(Array.from(t.constantB)).toEqual(Array.from(f.constantB));
   });
 });

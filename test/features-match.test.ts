@@ -90,20 +90,20 @@ function isOneToOne(pairs: { a: number; b: number }[]): boolean {
 }
 
 describe('match: argmax', () => {
-  it('maps every B feature to its best A feature, ties to the lowest index', () => {
+  it('maps every B feature to its best A feature, ties to the lowest index', async () => {
     // nA = 3, nB = 4
     const corr = Float32Array.from([
       0.5, 0.1, 0.3, 0.2,
       0.9, 0.1, 0.3, -1,
       0.9, 0.0, 0.7, -2,
     ]);
-    const r = match(corr, { nA: 3, nB: 4, method: 'argmax' });
+    const r = await match(corr, { nA: 3, nB: 4, method: 'argmax' });
     expect(Array.from(r.bToA)).toEqual([1, 0, 2, 0]);
     expect(r.pairs.map((p) => [p.a, p.b])).toEqual([[0, 1], [0, 3], [1, 0], [2, 2]]);
     expect(r.pairs.find((p) => p.b === 2)!.score).toBeCloseTo(0.7, 6);
     expect(r.meanScore).toBeCloseTo((0.9 + 0.1 + 0.7 + 0.2) / 4, 6);
     // All equal: everything to A feature 0.
-    const flat = match(new Float64Array(6).fill(0.25), { nA: 3, nB: 2, method: 'argmax' });
+    const flat = await match(new Float64Array(6).fill(0.25), { nA: 3, nB: 2, method: 'argmax' });
     expect(Array.from(flat.bToA)).toEqual([0, 0]);
   });
 });
@@ -116,37 +116,37 @@ describe('match: mutual nearest neighbours', () => {
     0.1, 0.75, 0.6, 0.0, // a2: best b1; b1's best is a0 (0.8)
     0.0, 0.1, 0.65, 0.3, // a3: best b2; b2's best is a3
   ]);
-  it('strict: keeps only pairs that are each other\'s argmax', () => {
-    const r = match(corr, { nA: 4, nB: 4, method: 'mutual' });
+  it('strict: keeps only pairs that are each other\'s argmax', async () => {
+    const r = await match(corr, { nA: 4, nB: 4, method: 'mutual' });
     expect(r.pairs.map((p) => [p.a, p.b])).toEqual([[0, 0], [3, 2]]);
     expect(Array.from(r.bToA)).toEqual([0, -1, 3, -1]);
     expect(r.meanScore).toBeCloseTo((0.9 + 0.65) / 2, 12);
   });
-  it('top-n: each within the other\'s top-n', () => {
-    const r = match(corr, { nA: 4, nB: 4, method: 'mutual', top: 2 });
+  it('top-n: each within the other\'s top-n', async () => {
+    const r = await match(corr, { nA: 4, nB: 4, method: 'mutual', top: 2 });
     // Row tops (2): a0 {b0,b1}, a1 {b0,b1}, a2 {b1,b2}, a3 {b2,b3}
     // Col tops (2): b0 {a0,a1}, b1 {a0,a2}, b2 {a3,a2}, b3 {a3,a1}
     expect(r.pairs.map((p) => [p.a, p.b])).toEqual([[0, 0], [0, 1], [1, 0], [2, 1], [2, 2], [3, 2], [3, 3]]);
     // bToA picks the best-scoring pair of each B feature.
     expect(Array.from(r.bToA)).toEqual([0, 0, 3, 3]);
     // top large enough: every pair counts.
-    expect(match(corr, { nA: 4, nB: 4, method: 'mutual', top: 10 }).pairs.length).toBe(16);
+    expect((await match(corr, { nA: 4, nB: 4, method: 'mutual', top: 10 })).pairs.length).toBe(16);
   });
-  it('breaks ties by the lowest index', () => {
+  it('breaks ties by the lowest index', async () => {
     const tie = Float64Array.from([1, 1, 1, 1]);
-    const r = match(tie, { nA: 2, nB: 2, method: 'mutual' });
+    const r = await match(tie, { nA: 2, nB: 2, method: 'mutual' });
     expect(r.pairs.map((p) => [p.a, p.b])).toEqual([[0, 0]]);
   });
 });
 
 describe('match: hungarian', () => {
-  it('equals brute force over all matchings for n <= 7 (square and rectangular)', () => {
+  it('equals brute force over all matchings for n <= 7 (square and rectangular)', async () => {
     const next = lcg(12345);
     const shapes: [number, number][] = [[1, 1], [2, 2], [3, 3], [5, 5], [7, 7], [2, 5], [5, 2], [4, 7], [7, 4], [6, 3], [1, 6]];
     for (const [nA, nB] of shapes) {
       for (let rep = 0; rep < 3; rep++) {
         const c = randomCorr(nA, nB, next);
-        const r = match(c, { nA, nB });
+        const r = await match(c, { nA, nB });
         expect(r.pairs.length).toBe(Math.min(nA, nB));
         expect(isOneToOne(r.pairs)).toBe(true);
         expect(pairTotal(r.pairs)).toBeCloseTo(bruteForceMax(c, nA, nB), 10);
@@ -158,11 +158,11 @@ describe('match: hungarian', () => {
       }
     }
   });
-  it('equals an independent textbook Hungarian on 100x100 and 60x90 (and 90x60)', () => {
+  it('equals an independent textbook Hungarian on 100x100 and 60x90 (and 90x60)', async () => {
     const next = lcg(777);
     for (const [nA, nB] of [[100, 100], [60, 90], [90, 60]] as [number, number][]) {
       const c = randomCorr(nA, nB, next);
-      const r = match(Float32Array.from(c), { nA, nB, method: 'hungarian' });
+      const r = await match(Float32Array.from(c), { nA, nB, method: 'hungarian' });
       expect(isOneToOne(r.pairs)).toBe(true);
       expect(r.pairs.length).toBe(Math.min(nA, nB));
       // Textbook: minimise the negated scores with rows = the smaller side (as float32 values).
@@ -177,26 +177,26 @@ describe('match: hungarian', () => {
 });
 
 describe('match: threshold and validation', () => {
-  it('drops pairs whose score is below the threshold', () => {
+  it('drops pairs whose score is below the threshold', async () => {
     const corr = Float64Array.from([0.9, 0.05, 0.05, 0.1, 0.3, 0.2]);
-    const all = match(corr, { nA: 2, nB: 3, method: 'argmax' });
+    const all = await match(corr, { nA: 2, nB: 3, method: 'argmax' });
     expect(Array.from(all.bToA)).toEqual([0, 1, 1]);
-    const kept = match(corr, { nA: 2, nB: 3, method: 'argmax', threshold: 0.25 });
+    const kept = await match(corr, { nA: 2, nB: 3, method: 'argmax', threshold: 0.25 });
     expect(kept.pairs.map((p) => [p.a, p.b])).toEqual([[0, 0], [1, 1]]);
     expect(Array.from(kept.bToA)).toEqual([0, 1, -1]);
     expect(kept.meanScore).toBeCloseTo(0.6, 12);
     // Kept when equal to the threshold.
-    expect(match(corr, { nA: 2, nB: 3, method: 'argmax', threshold: 0.3 }).pairs.length).toBe(2);
-    const none = match(corr, { nA: 2, nB: 3, method: 'hungarian', threshold: 5 });
+    expect((await match(corr, { nA: 2, nB: 3, method: 'argmax', threshold: 0.3 })).pairs.length).toBe(2);
+    const none = await match(corr, { nA: 2, nB: 3, method: 'hungarian', threshold: 5 });
     expect(none.pairs).toEqual([]);
     expect(Array.from(none.bToA)).toEqual([-1, -1, -1]);
     expect(none.meanScore).toBeNaN();
   });
-  it('rejects bad input with named SaekitErrors', () => {
+  it('rejects bad input with named SaekitErrors', async () => {
     const c = new Float64Array(6);
-    const bad = (f: () => unknown, code: string, text: RegExp) => {
+    const bad = async (f: () => unknown, code: string, text: RegExp) => {
       try {
-        f();
+        await f();
       } catch (e) {
         expect(e).toBeInstanceOf(SaekitError);
         expect((e as SaekitError).code).toBe(code);
@@ -205,13 +205,13 @@ describe('match: threshold and validation', () => {
       }
       throw new Error('did not throw');
     };
-    bad(() => match([0, 1] as unknown as Float64Array, { nA: 1, nB: 2 }), 'ERR_SAEKIT_DTYPE', /corr/);
-    bad(() => match(c, { nA: 2, nB: 2 }), 'ERR_SAEKIT_SHAPE', /corr/);
-    bad(() => match(c, { nA: 2.5, nB: 2 }), 'ERR_SAEKIT_ARG', /options\.nA/);
-    bad(() => match(c, { nA: 2, nB: 3, method: 'greedy' as 'argmax' }), 'ERR_SAEKIT_ARG', /options\.method/);
-    bad(() => match(c, { nA: 2, nB: 3, method: 'mutual', top: 0 }), 'ERR_SAEKIT_ARG', /options\.top/);
-    bad(() => match(c, { nA: 2, nB: 3, threshold: NaN }), 'ERR_SAEKIT_ARG', /options\.threshold/);
-    bad(() => match(Float64Array.from([0, NaN, 0, 0, 0, 0]), { nA: 2, nB: 3 }), 'ERR_SAEKIT_NONFINITE', /corr\[1\]/);
+    await bad(() => match([0, 1] as unknown as Float64Array, { nA: 1, nB: 2 }), 'ERR_SAEKIT_DTYPE', /corr/);
+    await bad(() => match(c, { nA: 2, nB: 2 }), 'ERR_SAEKIT_SHAPE', /corr/);
+    await bad(() => match(c, { nA: 2.5, nB: 2 }), 'ERR_SAEKIT_ARG', /options\.nA/);
+    await bad(() => match(c, { nA: 2, nB: 3, method: 'greedy' as 'argmax' }), 'ERR_SAEKIT_ARG', /options\.method/);
+    await bad(() => match(c, { nA: 2, nB: 3, method: 'mutual', top: 0 }), 'ERR_SAEKIT_ARG', /options\.top/);
+    await bad(() => match(c, { nA: 2, nB: 3, threshold: NaN }), 'ERR_SAEKIT_ARG', /options\.threshold/);
+    await bad(() => match(Float64Array.from([0, NaN, 0, 0, 0, 0]), { nA: 2, nB: 3 }), 'ERR_SAEKIT_NONFINITE', /corr\[1\]/);
   });
 });
 

@@ -34,15 +34,25 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
   const srcB = f.dataB ? await openActivations(f.dataB) : undefined;
   try {
     process.stderr.write(`correlating ${a.numLatents} x ${b.numLatents} features (${f.kind}) over up to ${f.maxTokens.toLocaleString('en-US')} tokens\n`);
-    const c = await correlation({ sae: a, source: srcA }, { sae: b, ...(srcB ? { source: srcB } : {}) }, { kind: f.kind, maxTokens: f.maxTokens });
+    // The full matrix when it fits in the default 1 GiB, else top matches (enough for 'argmax'
+    // and 'mutual'); 'hungarian' needs the matrix, so it asks for it and fails before reading data.
+    const c = await correlation({ sae: a, source: srcA }, { sae: b, ...(srcB ? { source: srcB } : {}) }, {
+      kind: f.kind,
+      output: f.method === 'hungarian' ? 'full' : 'auto',
+      maxTokens: f.maxTokens,
+      top: Math.max(5, f.top),
+      reverse: f.method === 'mutual',
+    });
+    process.stderr.write(`correlation: ${c.mode === 'full' ? 'full matrix' : `top ${c.top.k} matches per feature`} over ${c.tokens.toLocaleString('en-US')} tokens\n`);
     // For every feature of B, its best correlation in A.
     let meanMax = 0;
     for (let j = 0; j < c.nB; j++) {
       let best = -1;
-      for (let i = 0; i < c.nA; i++) best = Math.max(best, c.r[i * c.nB + j]!);
+      if (c.mode === 'top') best = c.top.r[j * c.top.k]!;
+      else for (let i = 0; i < c.nA; i++) best = Math.max(best, c.r[i * c.nB + j]!);
       meanMax += best / c.nB;
     }
-    const m = match(c.r, { nA: c.nA, nB: c.nB, method: f.method, threshold: f.threshold, ...(f.method === 'mutual' ? { top: f.top } : {}) });
+    const m = await match(c, { method: f.method, threshold: f.threshold, ...(f.method === 'mutual' ? { top: f.top } : {}) });
     const [wa, wb] = [await a.weights(), await b.weights()];
     const pa = rowsOf(wa.W_dec, a.dIn, m.pairs.map((p) => p.a));
     const pb = rowsOf(wb.W_dec, b.dIn, m.pairs.map((p) => p.b));

@@ -2,36 +2,58 @@
  * Streaming Pearson correlation between the features of two SAEs (or any two aligned activation
  * streams) over tokens (methods.md §1.2-§1.3, §9):
  *
- * - kind 'codes': the SAEs' sparse codes. Cross-moments accumulate over co-active pairs only,
- *   O(tokens kA kB), in float64 raw sums (codes are non-negative and mostly zero, so the
- *   cancellation a raw-sum formula suffers for large means does not arise).
+ * - kind 'codes': the SAEs' sparse codes, correlated natively (native/cpu/sparse_corr.cpp). The
+ *   nonzero codes of both sides are collected in native memory, about
+ *   tokens x (nonzeros per token of A + of B) x 8 bytes (float32 value + int32 index; 0.5 GB
+ *   for 10^6 tokens at k = 32 + 32), plus 16 bytes per token; `maxTokens` bounds it (and, when
+ *   given, pre-allocates it). A's codes are then regrouped per latent (posting lists), and each
+ *   row of the cross-moment is accumulated in float64 from the postings times B's codes of the
+ *   same tokens (a row-streaming sparse product, O(tokens kA kB) plus O(nA nB) to finish), never
+ *   holding nA x nB sums. Raw float64 sums are exact enough here: codes are non-negative and
+ *   mostly zero, so the cancellation a raw-sum formula suffers for large means does not arise.
  * - kind 'preacts' / 'dense': dense features (pre-activations, or raw activations such as
  *   neurons). Each batch's centred co-moment (x - mean_b)^T (y - mean_b) is one float32 GEMM;
  *   batches merge with Chan's formula in float64, so a column with mean 50 and std 0.01 over a
- *   million rows still gives r to 1e-4.
+ *   million rows still gives r to 1e-4. When the matrix is over `maxBytes`, B's features are
+ *   taken in column blocks whose float64 moments fit in maxBytes, one pass over the data per
+ *   block (sources are re-iterable), keeping only top matches.
  *
- * A feature constant over the sample gets r = 0 and is flagged in the masks.
- * (The native sparse kernel, top-matches in column blocks for matrices over `maxBytes`, and the
- * CLI come with the rest of the feature-comparison work.)
+ * Output (`output`): the full float32 matrix r when nA x nB x 4 bytes fit in `maxBytes`
+ * ('auto', the default, or 'full', which otherwise throws ERR_SAEKIT_MEMORY); otherwise (or with
+ * 'top') only the top matches: for every B feature its `top` best A features by r (and with
+ * `reverse` for every A feature its best B features), best first, ties to the lower index.
+ *
+ * A feature constant over the sample gets r = 0 and is flagged in the masks (for codes: variance
+ * <= 1e-12 of the raw second moment). The result is identical for any batch size and thread count.
  */
 import type { ActivationSource } from '../data/types.js';
-import { argError, SaekitError } from '../errors.js';
-import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
+import { argError, callNative, SaekitError, settleNative } from '../errors.js';
+import { native } from '../native/index.js';
+import type { SparseAutoencoder } from '../sae/index.js';
 import { tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
-import { checkInt, checkOneOf, checkOptions } from '../validate.js';
+import { checkBool, checkInt, checkOneOf, checkOptions } from '../validate.js';
 
 export interface CorrelationOptions {
   /** 'codes' (default), 'preacts' (pre-activations before the activation) or 'dense' (the rows themselves). */
   kind?: 'codes' | 'preacts' | 'dense';
-  /** Tokens to use. Default: all. */
+  /** Tokens to use. Default: all. For 'codes' it also bounds the memory the codes take (see the module comment). */
   maxTokens?: number;
   /** Rows per batch. Default 4096. */
   batchSize?: number;
   /** Per token (global index): false excludes it from both sides (padding, BOS). */
   mask?: (token: number) => boolean;
-  /** Largest correlation matrix returned (float32 bytes). Default 1 GiB. */
+  /** Largest correlation matrix returned (float32 bytes); also the budget of a dense column block. Default 1 GiB. */
   maxBytes?: number;
+  /**
+   * 'auto' (default): the full matrix if it fits in maxBytes, else top matches; 'full': the full
+   * matrix or ERR_SAEKIT_MEMORY; 'top': top matches only.
+   */
+  output?: 'auto' | 'full' | 'top';
+  /** Matches kept per feature in top mode. Default 5. */
+  top?: number;
+  /** In top mode, also every A feature's best B features. Default false. */
+  reverse?: boolean;
 }
 
 export interface CorrelationSide {
@@ -41,9 +63,17 @@ export interface CorrelationSide {
   source?: ActivationSource;
 }
 
-export interface CorrelationResult {
-  /** [nA, nB] row-major Pearson r. */
+/** Best matches per feature, best first (r descending, ties to the lower index). */
+export interface CorrelationTop {
+  /** Matches per feature: min(options.top, features on the other side). */
+  k: number;
+  /** [features, k] row-major: indices of the other side's features. */
+  indices: Int32Array;
+  /** [features, k] their Pearson r. */
   r: Float32Array;
+}
+
+interface CorrelationCommon {
   nA: number;
   nB: number;
   tokens: number;
@@ -54,6 +84,27 @@ export interface CorrelationResult {
   activeA: Float64Array;
   activeB: Float64Array;
 }
+
+/** The full matrix. */
+export interface CorrelationMatrix extends CorrelationCommon {
+  mode: 'full';
+  /** [nA, nB] row-major Pearson r. */
+  r: Float32Array;
+  top?: undefined;
+  reverse?: undefined;
+}
+
+/** Top matches only (the matrix was over maxBytes, or output 'top'). */
+export interface CorrelationTopMatches extends CorrelationCommon {
+  mode: 'top';
+  r?: undefined;
+  /** For every B feature ([nB, k]) its best A features. */
+  top: CorrelationTop;
+  /** With options.reverse: for every A feature ([nA, k]) its best B features. */
+  reverse?: CorrelationTop;
+}
+
+export type CorrelationResult = CorrelationMatrix | CorrelationTopMatches;
 
 function width(side: CorrelationSide, kind: string, dIn: number): number {
   if (kind === 'dense') return dIn;
@@ -94,13 +145,71 @@ function selectRows(x: Float32Array, d: number, keep: number[]): Float32Array {
   return out;
 }
 
+/** Better = larger r, then lower index. Inserts (r, i) into a best-first list of k. */
+function topInsert(v: Float32Array, x: Int32Array, base: number, k: number, r: number, i: number): void {
+  let p = k - 1;
+  while (p > 0 && (r > v[base + p - 1]! || (r === v[base + p - 1]! && i < x[base + p - 1]!))) {
+    v[base + p] = v[base + p - 1]!;
+    x[base + p] = x[base + p - 1]!;
+    p--;
+  }
+  v[base + p] = r;
+  x[base + p] = i;
+}
+
+function emptyTop(rows: number, k: number): CorrelationTop {
+  return { k, indices: new Int32Array(rows * k).fill(2 ** 31 - 1), r: new Float32Array(rows * k).fill(-Infinity) };
+}
+
+interface Pass {
+  n: number;
+  seen: number;
+}
+
+/** One pass over the aligned, masked rows: calls `each` with both sides' rows. */
+async function forEachBatch(
+  a: ActivationSource,
+  b: ActivationSource | undefined,
+  batchSize: number,
+  maxTokens: number,
+  mask: CorrelationOptions['mask'],
+  each: (xa: Float32Array, xb: Float32Array, rows: number) => Promise<void>,
+): Promise<Pass> {
+  const dA = a.dIn;
+  const dB = (b ?? a).dIn;
+  let n = 0;
+  let seen = 0;
+  for await (const [ba, bb] of aligned(a, b, batchSize)) {
+    if (seen >= maxTokens) break;
+    let rows = Math.min(ba.rows, maxTokens - seen);
+    let xa = rows === ba.rows ? ba.data : ba.data.subarray(0, rows * dA);
+    let xb = rows === bb.rows ? bb.data : bb.data.subarray(0, rows * dB);
+    const keep = keptRows(rows, seen, mask);
+    seen += rows;
+    if (keep) {
+      xa = selectRows(xa, dA, keep);
+      xb = selectRows(xb, dB, keep);
+      rows = keep.length;
+    }
+    if (rows === 0) continue;
+    await each(xa, xb, rows);
+    n += rows;
+  }
+  return { n, seen };
+}
+
 /** Pearson correlation between the features of two sides over aligned tokens (see the module comment). */
 export async function correlation(a: CorrelationSide, b: CorrelationSide, options?: CorrelationOptions): Promise<CorrelationResult> {
+  const site = new Error();
   const o = checkOptions('options', options);
   const kind = o.kind === undefined ? 'codes' : checkOneOf('options.kind', o.kind, ['codes', 'preacts', 'dense'] as const);
   const batchSize = o.batchSize === undefined ? 4096 : checkInt('options.batchSize', o.batchSize, 1, 1 << 24);
   const maxTokens = o.maxTokens === undefined ? Number.MAX_SAFE_INTEGER : checkInt('options.maxTokens', o.maxTokens, 1, Number.MAX_SAFE_INTEGER);
   const maxBytes = o.maxBytes === undefined ? 2 ** 30 : checkInt('options.maxBytes', o.maxBytes, 1, Number.MAX_SAFE_INTEGER);
+  const output = o.output === undefined ? 'auto' : checkOneOf('options.output', o.output, ['auto', 'full', 'top'] as const);
+  const top = o.top === undefined ? 5 : checkInt('options.top', o.top, 1, 2 ** 31 - 1);
+  const reverse = o.reverse === undefined ? false : checkBool('options.reverse', o.reverse);
+  if (o.mask !== undefined && typeof o.mask !== 'function') throw argError('options.mask', 'a function (token) => boolean', o.mask);
   if (!a?.source) throw argError('a.source', 'an ActivationSource', a?.source);
   const srcB = b?.source && b.source !== a.source ? b.source : undefined;
   const dA = a.source.dIn;
@@ -110,109 +219,137 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   for (const [side, s, d] of [['a', a, dA], ['b', b, dB]] as const) {
     if (s?.sae && s.sae.dIn !== d) throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected ${side}.sae.dIn = ${d} (its source's) but it is ${s.sae.dIn}`);
   }
-  if (nA * nB * 4 > maxBytes) {
+  const fits = nA * nB * 4 <= maxBytes;
+  if (output === 'full' && !fits) {
     throw new SaekitError('ERR_SAEKIT_MEMORY', `the ${nA} x ${nB} correlation matrix needs ${nA * nB * 4} bytes, over options.maxBytes = ${maxBytes}`);
   }
-  const sx = new Float64Array(nA);
-  const sy = new Float64Array(nB);
-  const activeA = new Float64Array(nA);
-  const activeB = new Float64Array(nB);
-  // codes: raw sums; dense: Chan-merged means and centred moments.
-  const sxx = new Float64Array(nA);
-  const syy = new Float64Array(nB);
-  const sxy = new Float64Array(nA * nB);
-  let n = 0;
-  let seen = 0;
-  for await (const [ba, bb] of aligned(a.source, srcB, batchSize)) {
-    if (seen >= maxTokens) break;
-    let rows = Math.min(ba.rows, maxTokens - seen);
-    let xa = rows === ba.rows ? ba.data : ba.data.subarray(0, rows * dA);
-    let xb = rows === bb.rows ? bb.data : bb.data.subarray(0, rows * dB);
-    const keep = keptRows(rows, seen, o.mask);
-    seen += rows;
-    if (keep) {
-      xa = selectRows(xa, dA, keep);
-      xb = selectRows(xb, dB, keep);
-      rows = keep.length;
-    }
-    if (rows === 0) continue;
-    if (kind === 'codes') {
-      const [ca, cb] = await Promise.all([a.sae!.encode(xa), b!.sae!.encode(xb)]);
-      accumulateCodes(ca, cb, nB, sx, sy, sxx, syy, sxy, activeA, activeB);
-      n += rows;
-      continue;
-    }
-    const fa = kind === 'dense' ? xa : await a.sae!.preActivations(xa);
-    const fb = kind === 'dense' ? xb : await b!.sae!.preActivations(xb);
-    await mergeDense(fa, fb, rows, nA, nB, n, sx, sy, sxx, syy, sxy, activeA, activeB);
-    n += rows;
-  }
-  if (n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${n}`);
-  const r = new Float32Array(nA * nB);
-  const constantA = new Uint8Array(nA);
-  const constantB = new Uint8Array(nB);
-  const sdA = new Float64Array(nA);
-  const sdB = new Float64Array(nB);
-  const meanA = new Float64Array(nA);
-  const meanB = new Float64Array(nB);
-  for (let i = 0; i < nA; i++) {
-    meanA[i] = kind === 'codes' ? sx[i]! / n : sx[i]!;
-    const v = kind === 'codes' ? sxx[i]! - n * meanA[i]! ** 2 : sxx[i]!;
-    sdA[i] = v > 0 ? Math.sqrt(v) : 0;
-    constantA[i] = sdA[i]! > 0 ? 0 : 1;
-  }
-  for (let j = 0; j < nB; j++) {
-    meanB[j] = kind === 'codes' ? sy[j]! / n : sy[j]!;
-    const v = kind === 'codes' ? syy[j]! - n * meanB[j]! ** 2 : syy[j]!;
-    sdB[j] = v > 0 ? Math.sqrt(v) : 0;
-    constantB[j] = sdB[j]! > 0 ? 0 : 1;
-  }
-  for (let i = 0; i < nA; i++) {
-    if (constantA[i]) continue;
-    for (let j = 0; j < nB; j++) {
-      if (constantB[j]) continue;
-      const cov = kind === 'codes' ? sxy[i * nB + j]! - n * meanA[i]! * meanB[j]! : sxy[i * nB + j]!;
-      r[i * nB + j] = Math.max(-1, Math.min(1, cov / (sdA[i]! * sdB[j]!)));
-    }
-  }
-  return { r, nA, nB, tokens: n, constantA, constantB, activeA, activeB };
+  const full = output === 'full' || (output === 'auto' && fits);
+  if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, a.source, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined }, site);
+  return correlateDense(a, b ?? {}, a.source, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes });
 }
 
-function accumulateCodes(
-  ca: SparseCodes,
-  cb: SparseCodes,
+async function correlateCodes(
+  saeA: SparseAutoencoder,
+  saeB: SparseAutoencoder,
+  srcA: ActivationSource,
+  srcB: ActivationSource | undefined,
+  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; limited: boolean },
+  site: Error,
+): Promise<CorrelationResult> {
+  const nA = saeA.numLatents;
+  const nB = saeB.numLatents;
+  const reserve = o.limited ? Math.min(o.maxTokens, 2 ** 24) : 0;
+  const store = callNative(() => native().sparseCorrCreate(nA, nB, reserve, reserve * saeA.k, reserve * saeB.k));
+  const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows) => {
+    const [ca, cb] = await Promise.all([saeA.encode(xa), saeB.encode(xb)]);
+    callNative(() => native().sparseCorrAppend(store, ca.values, ca.indices, cb.values, cb.indices, rows));
+  });
+  if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
+  const r = await settleNative(callNative(() => native().sparseCorrRun(store, o.full, o.full ? 0 : o.top, o.reverse)), site);
+  const common = { nA, nB, tokens: r.tokens, constantA: r.constantA, constantB: r.constantB, activeA: r.activeA, activeB: r.activeB };
+  if (o.full) return { mode: 'full', r: r.r!, ...common };
+  const out: CorrelationTopMatches = { mode: 'top', top: { k: r.kTop, indices: r.topIndex!, r: r.topR! }, ...common };
+  if (o.reverse) out.reverse = { k: r.kRev, indices: r.revIndex!, r: r.revR! };
+  return out;
+}
+
+async function correlateDense(
+  a: CorrelationSide,
+  b: CorrelationSide,
+  srcA: ActivationSource,
+  srcB: ActivationSource | undefined,
+  kind: 'preacts' | 'dense',
+  nA: number,
   nB: number,
-  sx: Float64Array,
-  sy: Float64Array,
-  sxx: Float64Array,
-  syy: Float64Array,
-  sxy: Float64Array,
-  activeA: Float64Array,
-  activeB: Float64Array,
-): void {
-  for (let t = 0; t < ca.rows; t++) {
-    for (let p = t * cb.k; p < (t + 1) * cb.k; p++) {
-      const v = cb.values[p]!;
-      if (v === 0) continue;
-      const j = cb.indices[p]!;
-      sy[j]! += v;
-      syy[j]! += v * v;
-      activeB[j]! += 1;
+  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; maxBytes: number },
+): Promise<CorrelationResult> {
+  // Column blocks of B whose float64 co-moments (nA x w x 8 bytes) fit in maxBytes; one block
+  // (the whole matrix) for full output.
+  const w = o.full ? nB : Math.max(1, Math.min(nB, Math.floor(o.maxBytes / (nA * 8))));
+  const kTop = Math.min(o.top, nA);
+  const kRev = Math.min(o.top, nB);
+  const topB = o.full ? undefined : emptyTop(nB, kTop);
+  const topA = o.full || !o.reverse ? undefined : emptyTop(nA, kRev);
+  const r = o.full ? new Float32Array(nA * nB) : undefined;
+  const constantA = new Uint8Array(nA);
+  const constantB = new Uint8Array(nB);
+  const activeA = new Float64Array(nA);
+  const activeB = new Float64Array(nB);
+  let tokens = -1;
+  for (let j0 = 0; j0 < nB; j0 += w) {
+    const j1 = Math.min(nB, j0 + w);
+    const wb = j1 - j0;
+    const mx = new Float64Array(nA);
+    const my = new Float64Array(wb);
+    const mxx = new Float64Array(nA);
+    const myy = new Float64Array(wb);
+    const mxy = new Float64Array(nA * wb);
+    const actA = new Float64Array(nA);
+    const actB = new Float64Array(wb);
+    let n = 0;
+    const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows) => {
+      const fa = kind === 'dense' ? xa : await a.sae!.preActivations(xa);
+      let fb = kind === 'dense' ? xb : await b.sae!.preActivations(xb);
+      if (wb !== nB) {
+        const cut = new Float32Array(rows * wb);
+        for (let t = 0; t < rows; t++) cut.set(fb.subarray(t * nB + j0, t * nB + j1), t * wb);
+        fb = cut;
+      }
+      await mergeDense(fa, fb, rows, nA, wb, n, mx, my, mxx, myy, mxy, actA, actB);
+      n += rows;
+    });
+    if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
+    if (tokens >= 0 && pass.n !== tokens) {
+      throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected every pass over the sources to give the same tokens (${tokens}) but one gave ${pass.n}`);
     }
-    for (let q = t * ca.k; q < (t + 1) * ca.k; q++) {
-      const u = ca.values[q]!;
-      if (u === 0) continue;
-      const i = ca.indices[q]!;
-      sx[i]! += u;
-      sxx[i]! += u * u;
-      activeA[i]! += 1;
-      const row = i * nB;
-      for (let p = t * cb.k; p < (t + 1) * cb.k; p++) {
-        const v = cb.values[p]!;
-        if (v !== 0) sxy[row + cb.indices[p]!]! += u * v;
+    tokens = pass.n;
+    const sdA = new Float64Array(nA);
+    const sdB = new Float64Array(wb);
+    for (let i = 0; i < nA; i++) {
+      sdA[i] = mxx[i]! > 0 ? Math.sqrt(mxx[i]!) : 0;
+      constantA[i] = sdA[i]! > 0 ? 0 : 1;
+      activeA[i] = actA[i]!;
+    }
+    for (let j = 0; j < wb; j++) {
+      sdB[j] = myy[j]! > 0 ? Math.sqrt(myy[j]!) : 0;
+      constantB[j0 + j] = sdB[j]! > 0 ? 0 : 1;
+      activeB[j0 + j] = actB[j]!;
+    }
+    // r of the block, [nA, wb], as float32 (the values top matches rank).
+    const blk = new Float32Array(nA * wb);
+    for (let i = 0; i < nA; i++) {
+      if (constantA[i]) continue;
+      for (let j = 0; j < wb; j++) {
+        if (constantB[j0 + j]) continue;
+        blk[i * wb + j] = Math.max(-1, Math.min(1, mxy[i * wb + j]! / (sdA[i]! * sdB[j]!)));
+      }
+    }
+    if (r) {
+      r.set(blk);
+      continue;
+    }
+    for (let j = 0; j < wb; j++) {
+      const base = (j0 + j) * kTop;
+      for (let i = 0; i < nA; i++) {
+        const v = blk[i * wb + j]!;
+        if (v > topB!.r[base + kTop - 1]!) topInsert(topB!.r, topB!.indices, base, kTop, v, i);
+      }
+    }
+    if (topA) {
+      for (let i = 0; i < nA; i++) {
+        const base = i * kRev;
+        for (let j = 0; j < wb; j++) {
+          const v = blk[i * wb + j]!;
+          if (v > topA.r[base + kRev - 1]!) topInsert(topA.r, topA.indices, base, kRev, v, j0 + j);
+        }
       }
     }
   }
+  const common = { nA, nB, tokens, constantA, constantB, activeA, activeB };
+  if (r) return { mode: 'full', r, ...common };
+  const out: CorrelationTopMatches = { mode: 'top', top: topB!, ...common };
+  if (topA) out.reverse = topA;
+  return out;
 }
 
 /** Chan's merge of one batch into running means (sx, sy), centred moments (sxx, syy, sxy). */

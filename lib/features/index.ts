@@ -8,4 +8,4 @@ export type { MatchMethod, MatchOptions, MatchPair, MatchResult, SaeMatchOptions
 export { svcca, rsa, cka, permutationTest } from './similarity.js';
 export type { SvccaOptions, SvccaResult, RsaOptions, CkaOptions, PermutationOptions, PermutationResult } from './similarity.js';
 export { correlation } from './correlation.js';
-export type { CorrelationOptions, CorrelationSide, CorrelationResult } from './correlation.js';
+export type { CorrelationOptions, CorrelationSide, CorrelationResult, CorrelationMatrix, CorrelationTopMatches, CorrelationTop } from './correlation.js';

@@ -5,23 +5,31 @@
  *   similarity matrix: 'argmax' (every B feature to its best A feature, methods.md §1.4 step 1;
  *   Convergent Learning's semi-matching, §2), 'mutual' (mutual nearest neighbours, relaxed to
  *   top-n "best buddies" as in Rosetta Neurons, §2) or 'hungarian' (exact one-to-one assignment
- *   maximising the total score, §2 bipartite matching), then the low-score filter of §1.4 step 4.
+ *   maximising the total score, §2 bipartite matching, solved natively off the JS thread), then
+ *   the low-score filter of §1.4 step 4. It also takes a correlation() result: the full matrix,
+ *   or top matches, from which 'argmax' and 'mutual' (top <= the kept matches, both directions
+ *   for 'mutual') are exact; 'hungarian' needs the full matrix.
  * - saeMatch(): SAE Match (§3), data-free: exact linear assignment minimising the MSE between
- *   (folded) decoder rows, optionally with encoder columns.
+ *   (folded) decoder rows, optionally with encoder columns. The n x n cost comes from one float32
+ *   GEMM (||a||^2 + ||b||^2 - 2 a.b); the reported MSEs of the matched pairs are recomputed
+ *   exactly in float64.
  * - composeMatches(): chains matches across layers, P_{t→t+2} = P_{t+1→t+2} ∘ P_{t→t+1} (§3).
  */
 import { argError, SaekitError } from '../errors.js';
-import { linearAssignment } from '../eval/assignment.js';
+import { linearAssignmentAsync } from '../eval/assignment.js';
 import { SparseAutoencoder, type SaeWeights } from '../sae/index.js';
+import { tensor } from '../tensor/index.js';
+import { matmul } from '../tensor/ops.js';
+import type { CorrelationResult, CorrelationTopMatches } from './correlation.js';
 import { checkBool, checkInt, checkOneOf, checkOptions } from '../validate.js';
 
 export type MatchMethod = 'argmax' | 'mutual' | 'hungarian';
 
 export interface MatchOptions {
-  /** Number of features of A (rows of corr). */
-  nA: number;
-  /** Number of features of B (columns of corr). */
-  nB: number;
+  /** Number of features of A (rows of corr); taken from a correlation() result when given one. */
+  nA?: number;
+  /** Number of features of B (columns of corr); taken from a correlation() result when given one. */
+  nB?: number;
   /** Default 'hungarian'. */
   method?: MatchMethod;
   /** Drop pairs whose score is < threshold (kept when score >= threshold). Default: keep all. */
@@ -54,16 +62,22 @@ export interface MatchResult {
 
 const MAX_DIM = 2 ** 31 - 1;
 
-/** Pairs features of A (rows of `corr`, [nA, nB] row-major) with features of B (columns). */
-export function match(corr: Float32Array | Float64Array, options: MatchOptions): MatchResult {
-  if (!(corr instanceof Float32Array) && !(corr instanceof Float64Array)) {
-    throw argError('corr', 'a Float32Array or Float64Array', corr, 'ERR_SAEKIT_DTYPE');
+/**
+ * Pairs features of A (rows of `corr`, [nA, nB] row-major) with features of B (columns), or
+ * of a correlation() result (see the module comment).
+ */
+export async function match(corr: Float32Array | Float64Array | CorrelationResult, options?: MatchOptions): Promise<MatchResult> {
+  const isResult = corr !== null && typeof corr === 'object' && 'mode' in corr && (corr.mode === 'full' || corr.mode === 'top');
+  if (!isResult && !(corr instanceof Float32Array) && !(corr instanceof Float64Array)) {
+    throw argError('corr', 'a Float32Array, a Float64Array or a correlation() result', corr, 'ERR_SAEKIT_DTYPE');
   }
-  if (options === undefined) throw argError('options', 'an options object with nA and nB', options);
+  if (options === undefined && !isResult) throw argError('options', 'an options object with nA and nB', options);
   const o = checkOptions('options', options);
-  const nA = checkInt('options.nA', o.nA, 0, MAX_DIM);
-  const nB = checkInt('options.nB', o.nB, 0, MAX_DIM);
-  if (corr.length !== nA * nB) throw argError('corr', `an array of length nA * nB = ${nA * nB}`, corr, 'ERR_SAEKIT_SHAPE');
+  const res = isResult ? (corr as CorrelationResult) : undefined;
+  const nA = res ? res.nA : checkInt('options.nA', o.nA, 0, MAX_DIM);
+  const nB = res ? res.nB : checkInt('options.nB', o.nB, 0, MAX_DIM);
+  if (res && o.nA !== undefined && o.nA !== nA) throw argError('options.nA', `undefined or the result's nA = ${nA}`, o.nA, 'ERR_SAEKIT_SHAPE');
+  if (res && o.nB !== undefined && o.nB !== nB) throw argError('options.nB', `undefined or the result's nB = ${nB}`, o.nB, 'ERR_SAEKIT_SHAPE');
   const method = o.method === undefined ? 'hungarian' : checkOneOf('options.method', o.method, ['argmax', 'mutual', 'hungarian'] as const);
   let threshold = -Infinity;
   if (o.threshold !== undefined) {
@@ -72,14 +86,20 @@ export function match(corr: Float32Array | Float64Array, options: MatchOptions):
   }
   const top = o.top === undefined ? 1 : checkInt('options.top', o.top, 1, MAX_DIM);
   if (o.top !== undefined && method !== 'mutual') throw argError('options.top', "undefined unless method is 'mutual'", o.top);
-  for (let i = 0; i < corr.length; i++) {
-    if (!Number.isFinite(corr[i])) throw argError(`corr[${i}]`, 'finite number', corr[i], 'ERR_SAEKIT_NONFINITE');
-  }
 
   let raw: MatchPair[];
-  if (method === 'argmax') raw = argmaxPairs(corr, nA, nB);
-  else if (method === 'mutual') raw = mutualPairs(corr, nA, nB, top);
-  else raw = hungarianPairs(corr, nA, nB);
+  if (res?.mode === 'top') {
+    raw = topListPairs(res, method, top);
+  } else {
+    const m = res ? res.r : (corr as Float32Array | Float64Array);
+    if (m.length !== nA * nB) throw argError('corr', `an array of length nA * nB = ${nA * nB}`, m, 'ERR_SAEKIT_SHAPE');
+    for (let i = 0; i < m.length; i++) {
+      if (!Number.isFinite(m[i])) throw argError(`corr[${i}]`, 'finite number', m[i], 'ERR_SAEKIT_NONFINITE');
+    }
+    if (method === 'argmax') raw = argmaxPairs(m, nA, nB);
+    else if (method === 'mutual') raw = mutualPairs(m, nA, nB, top);
+    else raw = await hungarianPairs(m, nA, nB);
+  }
 
   const pairs = raw.filter((p) => p.score >= threshold).sort((x, y) => x.a - y.a || x.b - y.b);
   const bToA = new Int32Array(nB).fill(-1);
@@ -94,6 +114,38 @@ export function match(corr: Float32Array | Float64Array, options: MatchOptions):
     }
   }
   return { pairs, bToA, meanScore: pairs.length > 0 ? sum / pairs.length : NaN };
+}
+
+/** 'argmax' and 'mutual' from top lists (exactly what the full matrix would give). */
+function topListPairs(res: CorrelationTopMatches, method: MatchMethod, top: number): MatchPair[] {
+  if (method === 'hungarian') {
+    throw new SaekitError(
+      'ERR_SAEKIT_ARG',
+      "Expected method 'argmax' or 'mutual' for a correlation result with top matches only; 'hungarian' needs the full matrix (correlation output 'full', a larger maxBytes)",
+    );
+  }
+  const { nA, nB } = res;
+  const pairs: MatchPair[] = [];
+  if (nA === 0 || nB === 0) return pairs;
+  const t = res.top;
+  if (method === 'argmax') {
+    for (let b = 0; b < nB; b++) pairs.push({ a: t.indices[b * t.k]!, b, score: t.r[b * t.k]! });
+    return pairs;
+  }
+  const rev = res.reverse;
+  if (!rev) throw argError('corr.reverse', "the A -> B top lists for method 'mutual' (correlation option reverse: true)", rev);
+  if (top > t.k || top > rev.k) {
+    throw argError('options.top', `at most the matches kept per feature (${Math.min(t.k, rev.k)})`, top);
+  }
+  for (let a = 0; a < nA; a++) {
+    for (let q = 0; q < top; q++) {
+      const b = rev.indices[a * rev.k + q]!;
+      let found = false;
+      for (let p = 0; p < top; p++) if (t.indices[b * t.k + p] === a) found = true;
+      if (found) pairs.push({ a, b, score: rev.r[a * rev.k + q]! });
+    }
+  }
+  return pairs;
 }
 
 function argmaxPairs(corr: Float32Array | Float64Array, nA: number, nB: number): MatchPair[] {
@@ -154,9 +206,9 @@ function mutualPairs(corr: Float32Array | Float64Array, nA: number, nB: number, 
   return pairs;
 }
 
-function hungarianPairs(corr: Float32Array | Float64Array, nA: number, nB: number): MatchPair[] {
+async function hungarianPairs(corr: Float32Array | Float64Array, nA: number, nB: number): Promise<MatchPair[]> {
   const cost = corr instanceof Float64Array ? corr : Float64Array.from(corr);
-  const { rowToCol } = linearAssignment(cost, nA, nB, { maximize: true });
+  const { rowToCol } = await linearAssignmentAsync(cost, nA, nB, { maximize: true });
   const pairs: MatchPair[] = [];
   for (let a = 0; a < nA; a++) {
     const b = rowToCol[a]!;
@@ -257,27 +309,43 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
   const width = encoder ? 2 * d : d;
   const pA = latentParams(wA, n, d, encoder);
   const pB = latentParams(wB, n, d, encoder);
-  const cost = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    const ai = i * width;
-    for (let j = 0; j < n; j++) {
-      const bj = j * width;
-      let s = 0;
-      for (let c = 0; c < width; c++) {
-        const diff = pA[ai + c]! - pB[bj + c]!;
-        s += diff * diff;
-      }
-      cost[i * n + j] = s / width;
+  for (const [name, p] of [['saeA', pA], ['saeB', pB]] as const) {
+    for (let q = 0; q < p.length; q++) {
+      if (!Number.isFinite(p[q])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite SAE weights for saeMatch but ${name}'s latent ${Math.floor(q / width)} has ${p[q]}`);
     }
   }
-  for (let i = 0; i < cost.length; i++) {
-    if (!Number.isFinite(cost[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite SAE weights for saeMatch but the cost of pair ${Math.floor(i / n)}, ${i % n} is ${cost[i]}`);
+  // cost_ij = (||a_i||^2 + ||b_j||^2 - 2 a_i.b_j) / width, the dot products as one GEMM.
+  const normA = new Float64Array(n);
+  const normB = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    for (let c = 0; c < width; c++) {
+      normA[i]! += pA[i * width + c]! ** 2;
+      normB[i]! += pB[i * width + c]! ** 2;
+    }
   }
-  const { rowToCol } = linearAssignment(cost, n, n);
+  let dots: Float32Array;
+  {
+    using ta = tensor(Float32Array.from(pA), [n, width]);
+    using tb = tensor(Float32Array.from(pB), [n, width]);
+    using g = await matmul(ta, tb, { transB: true });
+    dots = (await g.toArray()) as Float32Array;
+  }
+  const cost = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) cost[i * n + j] = (normA[i]! + normB[j]! - 2 * dots[i * n + j]!) / width;
+  }
+  const { rowToCol } = await linearAssignmentAsync(cost, n, n);
+  // The matched pairs' MSE exactly (float64), not from the GEMM's float32 dot products.
   const mse = new Float64Array(n);
   let sum = 0;
   for (let i = 0; i < n; i++) {
-    mse[i] = cost[i * n + rowToCol[i]!]!;
+    const j = rowToCol[i]!;
+    let s2 = 0;
+    for (let c = 0; c < width; c++) {
+      const diff = pA[i * width + c]! - pB[j * width + c]!;
+      s2 += diff * diff;
+    }
+    mse[i] = s2 / width;
     sum += mse[i]!;
   }
   return { permutation: rowToCol, mse, meanMse: sum / n };

@@ -100,7 +100,30 @@ export interface NativeSaeStatics {
   ): NativeSae;
 }
 
-/** The addon's exports (native/napi/addon.cpp, ops.cpp, sae_wrap.cpp). */
+/** An opaque store of two sides' sparse codes (native/napi/features_wrap.cpp); one run each. */
+export interface NativeSparseCorrStore {
+  readonly __sparseCorrStore: unique symbol;
+}
+/** What sparseCorrRun resolves to (native/cpu/sparse_corr.h). */
+export interface NativeSparseCorrResult {
+  tokens: number;
+  constantA: Uint8Array;
+  constantB: Uint8Array;
+  activeA: Float64Array;
+  activeB: Float64Array;
+  /** [nA, nB] when run with full = true. */
+  r?: Float32Array;
+  kTop: number;
+  kRev: number;
+  /** [nB, kTop] best A features of each B feature, best first (ties: lower index). */
+  topIndex?: Int32Array;
+  topR?: Float32Array;
+  /** [nA, kRev] best B features of each A feature (reverse = true). */
+  revIndex?: Int32Array;
+  revR?: Float32Array;
+}
+
+/** The addon's exports (native/napi/addon.cpp, ops.cpp, sae_wrap.cpp, features_wrap.cpp). */
 export interface NativeBinding {
   info(pluginCandidates: string[]): NativeInfo;
   setThreads(threads: number): number;
@@ -149,6 +172,14 @@ export interface NativeBinding {
     dst: Float32Array | Uint16Array | Int32Array,
     dstDtype: NativeDType,
   ): void;
+  /** A store for the codes of two SAEs over the same tokens; the reserve arguments pre-allocate (tokens, nonzeros per side). */
+  sparseCorrCreate(nA: number, nB: number, reserveRows: number, reserveA: number, reserveB: number): NativeSparseCorrStore;
+  /** Copies one batch of codes ([rows, kA] and [rows, kB], any k), dropping zeros; returns the tokens held. Synchronous. */
+  sparseCorrAppend(store: NativeSparseCorrStore, valuesA: Float32Array, indicesA: Int32Array, valuesB: Float32Array, indicesB: Int32Array, rows: number): number;
+  /** Pearson r from the store (full matrix, or top matches); consumes the store. */
+  sparseCorrRun(store: NativeSparseCorrStore, full: boolean, top: number, reverse: boolean): Promise<NativeSparseCorrResult>;
+  /** Exact linear assignment over a [rows, cols] float64 cost (copied); resolves to rowToCol (-1 unassigned). */
+  linearAssignment(cost: Float64Array, rows: number, cols: number, maximize: boolean): Promise<Int32Array>;
   _philox(counter: Uint32Array, key: Uint32Array): Uint32Array;
   _gemmDirect(
     impl: 'blas' | 'builtin',

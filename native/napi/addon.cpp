@@ -13,6 +13,7 @@
 #include "async.h"
 #include "env_data.h"
 #include "device.h"
+#include "features_wrap.h"
 #include "io_read.h"
 #include "ops.h"
 #include "sae_wrap.h"
@@ -138,6 +139,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   register_ops(env, exports);
   register_sae(env, exports);
   register_io(env, exports);
+  register_features(env, exports);
   return exports;
 }
 

@@ -1,0 +1,104 @@
+import { describe, expect, it } from 'vitest';
+
+import { linearAssignment, linearAssignmentAsync, type AssignmentResult } from '../lib/eval/assignment.js';
+import { lcg } from './helpers/reference.js';
+
+/** Min (or max) total over matchings covering the smaller side, by enumeration. */
+function bruteForce(cost: Float64Array, rows: number, cols: number, maximize: boolean): number {
+  const small = Math.min(rows, cols);
+  const large = Math.max(rows, cols);
+  const at = (s: number, l: number) => (rows <= cols ? cost[s * cols + l]! : cost[l * cols + s]!);
+  const used = new Array<boolean>(large).fill(false);
+  let best = maximize ? -Infinity : Infinity;
+  const rec = (s: number, acc: number) => {
+    if (s === small) {
+      best = maximize ? Math.max(best, acc) : Math.min(best, acc);
+      return;
+    }
+    for (let l = 0; l < large; l++) {
+      if (used[l]) continue;
+      used[l] = true;
+      rec(s + 1, acc + at(s, l));
+      used[l] = false;
+    }
+  };
+  rec(0, 0);
+  return best;
+}
+
+/** A valid one-to-one assignment of every row of the smaller side, total consistent with it. */
+function checkMatching(r: AssignmentResult, cost: Float64Array, rows: number, cols: number): void {
+  expect(r.rowToCol.length).toBe(rows);
+  expect(r.colToRow.length).toBe(cols);
+  let assigned = 0;
+  let total = 0;
+  for (let i = 0; i < rows; i++) {
+    const j = r.rowToCol[i]!;
+    if (j < 0) continue;
+    expect(r.colToRow[j]).toBe(i);
+    total += cost[i * cols + j]!;
+    assigned++;
+  }
+  expect(assigned).toBe(Math.min(rows, cols));
+  expect(new Set(Array.from(r.rowToCol).filter((j) => j >= 0)).size).toBe(assigned);
+  expect(r.total).toBeCloseTo(total, 9);
+}
+
+const close = (a: number, b: number) => Math.abs(a - b) <= 1e-9 * (1 + Math.abs(b));
+
+describe('linearAssignmentAsync (native)', () => {
+  it('equals brute force for every shape up to 8 x 8 (min and max, continuous and tied integer costs)', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    for (let rows = 1; rows <= 8; rows++) {
+      for (let cols = 1; cols <= 8; cols++) {
+        if (rows * cols > 42 && rows !== cols) continue; // keep enumeration small
+        for (let rep = 0; rep < 2; rep++) {
+          const cost = Float64Array.from({ length: rows * cols }, () => (rep === 1 ? Math.floor(next() * 3) : 20 * next() - 10));
+          for (const maximize of [false, true]) {
+            const r = await linearAssignmentAsync(cost, rows, cols, { maximize });
+            checkMatching(r, cost, rows, cols);
+            const want = bruteForce(cost, rows, cols, maximize);
+            expect(close(r.total, want), `seed ${seed} ${rows}x${cols} max=${maximize} rep=${rep}: ${r.total} vs ${want}`).toBe(true);
+          }
+        }
+      }
+    }
+  });
+
+  it('equals the JS solver on random 300 x 300, 200 x 350, 350 x 200 and odd sizes (min, max, ties)', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const shapes: [number, number][] = [[300, 300], [200, 350], [350, 200], [1, 1], [1, 9], [9, 1], [17, 17], [63, 64], [101, 37], [129, 129]];
+    for (const [rows, cols] of shapes) {
+      for (const kind of ['float', 'ties', 'negative'] as const) {
+        const cost = Float64Array.from({ length: rows * cols }, () => (kind === 'ties' ? Math.floor(next() * 5) : kind === 'negative' ? -1e3 * next() : next()));
+        for (const maximize of [false, true]) {
+          const js = linearAssignment(cost, rows, cols, { maximize });
+          const nat = await linearAssignmentAsync(cost, rows, cols, { maximize });
+          checkMatching(nat, cost, rows, cols);
+          expect(close(nat.total, js.total), `seed ${seed} ${rows}x${cols} ${kind} max=${maximize}: ${nat.total} vs ${js.total}`).toBe(true);
+        }
+      }
+    }
+  });
+
+  it('equals the JS solver on a 1024 x 1024 dense random instance (the JV initialisation path)', async () => {
+    const next = lcg(99);
+    const n = 1024;
+    const cost = Float64Array.from({ length: n * n }, () => next());
+    const js = linearAssignment(cost, n, n);
+    const nat = await linearAssignmentAsync(cost, n, n);
+    checkMatching(nat, cost, n, n);
+    expect(close(nat.total, js.total)).toBe(true);
+  });
+
+  it('handles empty sides and rejects bad input like the JS solver', async () => {
+    const e = await linearAssignmentAsync(new Float64Array(0), 0, 3);
+    expect(Array.from(e.colToRow)).toEqual([-1, -1, -1]);
+    expect(e.total).toBe(0);
+    await expect(linearAssignmentAsync(new Float64Array(5), 2, 3)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/cost/) });
+    await expect(linearAssignmentAsync(Float64Array.of(0, 1, Infinity, 0, 0, 0), 2, 3)).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/cost\[2\]/) });
+    await expect(linearAssignmentAsync(new Float64Array(6), 2, 3, { maximize: 'no' as unknown as boolean })).rejects.toMatchObject({ message: expect.stringMatching(/options\.maximize/) });
+  });
+});
