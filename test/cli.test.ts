@@ -156,6 +156,18 @@ describe('saekit CLI', () => {
     for (const p of fired) expect(p.a).toBe(perm[p.b]);
     expect(s.pairs_kept).toBeGreaterThan(L / 2);
     expect(s.rsa.score).toBeGreaterThan(0.999);
+    // With a matrix over --max-bytes, argmax and mutual work from top matches: the same pairs.
+    for (const method of ['argmax', 'mutual']) {
+      const t = run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--json', '--runs', '2', '--method', method, '--max-bytes', '64', '--out', path.join(dir, `top-${method}.json`)]);
+      expect(t.status, t.stderr).toBe(0);
+      expect(t.stderr).toMatch(/top \d+ matches per feature/);
+      const tp = JSON.parse(readFileSync(path.join(dir, `top-${method}.json`), 'utf8')).pairs as { a: number; b: number }[];
+      expect(tp.length).toBeGreaterThan(L / 2);
+      for (const p of tp) expect(p.a).toBe(perm[p.b]);
+    }
+    const h = run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--max-bytes', '64']);
+    expect(h.status).not.toBe(0);
+    expect(h.stderr).toMatch(/ERR_SAEKIT_MEMORY|maxBytes|max-bytes/);
     const m = run(['match-layers', path.join(dir, 'a'), path.join(dir, 'b'), '--out', path.join(dir, 'perm.json')]);
     expect(m.status, m.stderr).toBe(0);
     const steps = JSON.parse(readFileSync(path.join(dir, 'perm.json'), 'utf8'));

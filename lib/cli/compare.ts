@@ -14,6 +14,7 @@ export interface CompareFlags {
   threshold: number;
   top: number;
   maxTokens: number;
+  maxBytes?: number;
   runs: number;
   json?: boolean;
   out?: string;
@@ -40,6 +41,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
       kind: f.kind,
       output: f.method === 'hungarian' ? 'full' : 'auto',
       maxTokens: f.maxTokens,
+      ...(f.maxBytes !== undefined ? { maxBytes: f.maxBytes } : {}),
       top: Math.max(5, f.top),
       reverse: f.method === 'mutual',
     });

@@ -323,6 +323,7 @@ export function buildProgram(): Command {
     .option('--threshold <r>', 'drop matched pairs with correlation below this', num('threshold', -1, 1, false), 0.1)
     .option('--top <n>', 'for --method mutual: best buddies within the top n', num('top', 1, 1 << 20), 1)
     .option('--max-tokens <n>', 'tokens to correlate over', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 100_000)
+    .option('--max-bytes <n>', 'largest full correlation matrix (nA x nB x 4 bytes, default 1 GiB); beyond it argmax and mutual use top matches per feature', num('max-bytes', 1, Number.MAX_SAFE_INTEGER))
     .option('--runs <n>', 'shuffled baselines for the p-values', num('runs', 1, 100000), 20)
     .option('--json', 'print the summary as JSON')
     .option('--out <file>', 'also write the summary and every matched pair as JSON')
