@@ -4,8 +4,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace sk::cuda {
+
+// Why CUDA cannot run here: driver, device, compute capability or the cuBLAS library; "" when it
+// can (then *count_out, if given, receives the number of usable devices). plugin.cu.
+std::string unavailable_reason(int* count_out);
 
 // Per-row selection of the k best activations, sorted by descending value, ties to the lower
 // latent index (the CPU heap's order). The activation of candidate j of row r is

@@ -13,6 +13,7 @@
 #include "core/half.h"
 #include "core/philox.h"
 #include "cublas_dl.h"
+#include "kernels.h"
 
 #define SK_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -191,7 +192,6 @@ const sk_backend_i kCudaBackend = {
 
 }  // namespace
 
-// Why CUDA cannot run here ("" when it can); also used by sae.cu.
 std::string unavailable_reason(int* count_out) {
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);

@@ -28,10 +28,6 @@
 
 #define SK_EXPORT extern "C" __attribute__((visibility("default")))
 
-namespace sk::cuda {
-std::string unavailable_reason(int* count_out);  // plugin.cu
-}
-
 using namespace sk;
 using namespace sk::cuda;
 
