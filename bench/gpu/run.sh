@@ -93,12 +93,13 @@ fi
     grep -E '^(FAIL|ALL PASSED|FAILED|SKIP)' "$OUT_DIR/selftest.log" | head -20 || true
   fi
   if [ -f "$OUT_DIR/memcheck.log" ]; then grep -E 'ERROR SUMMARY' "$OUT_DIR/memcheck.log" | tail -1 || true; fi
-  printf '%-12s %-18s %6s %14s %10s %10s %10s %10s %10s\n' impl shape k tokens/s step_ms device_ms floor_ms topk_ms select_ms
+  printf '%-12s %-12s %4s %10s %10s %9s %9s %9s %9s %9s\n' impl shape k tokens/s tok/s_pin step_ms device_ms floor_ms topk_ms select_ms
   { cat "$OUT_DIR"/bench.log "$OUT_DIR"/torch.log 2>/dev/null || true; } | { grep '^BENCH' || true; } | while read -r line; do
     get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2; }
     topk=$(get topk_alone_ms); [ -z "$topk" ] && topk=$(get topk_ms)
-    printf '%-12s %-18s %6s %14s %10s %10s %10s %10s %10s\n' "$(get impl)" "$(get dIn)x$(get numLatents)" "$(get k)" \
-      "$(get tokens_per_s)" "$(get step_ms)" "$(get device_ms)" "$(get floor_ms)" "$topk" "$(get select_ms)"
+    printf '%-12s %-12s %4s %10s %10s %9s %9s %9s %9s %9s\n' "$(get impl)" "$(get dIn)x$(get numLatents)" "$(get k)" \
+      "$(get tokens_per_s)" "$(get tokens_per_s_pinned)" "$(get step_ms)" "$(get device_ms)" "$(get floor_ms)" "$topk" \
+      "$(get select_ms)"
   done
   echo "total $((SECONDS - START)) s; logs in $OUT_DIR"
 } | tee "$OUT_DIR/summary.txt"

@@ -525,10 +525,27 @@ namespace {
 
 void use(sk_sae_dev* S) { SK_CUDA(cudaSetDevice(S->device)); }
 
-// Host -> device through the pinned buffers, overlapping the host copy of one chunk with the
-// transfer of the previous one; the SAE's stream waits for the last chunk.
+// Whether p is page-locked host memory (cudaHostAlloc / host_alloc / registered).
+bool is_pinned(const void* p) {
+  cudaPointerAttributes at;
+  if (cudaPointerGetAttributes(&at, p) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return at.type == cudaMemoryTypeHost;
+}
+
+// Host -> device: page-locked sources by one DMA; others through the pinned buffers, overlapping
+// the host copy of one chunk with the transfer of the previous one. The SAE's stream waits for
+// the copy (callers synchronise that stream before returning, so `src` may be reused after).
 void upload(sk_sae_dev* S, void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
+  if (is_pinned(src)) {
+    SK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, S->copy));
+    SK_CUDA(cudaEventRecord(S->up_done, S->copy));
+    SK_CUDA(cudaStreamWaitEvent(S->s, S->up_done, 0));
+    return;
+  }
   size_t off = 0;
   int b = 0;
   while (off < bytes) {
@@ -547,6 +564,11 @@ void upload(sk_sae_dev* S, void* dst, const void* src, size_t bytes) {
 // Device -> host after the work queued on the SAE's stream, double-buffered the same way.
 void download(sk_sae_dev* S, void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
+  if (is_pinned(dst)) {
+    SK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, S->s));
+    SK_CUDA(cudaStreamSynchronize(S->s));
+    return;
+  }
   size_t off = 0, prev_off = 0, prev_n = 0;
   int b = 0, prev_b = -1;
   while (off < bytes) {
@@ -1114,6 +1136,17 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
   });
 }
 
+int sae_host_alloc(sk_status* st, void** out, size_t bytes) {
+  SK_CUDA_SLOT(st, {
+    *out = nullptr;
+    SK_CUDA(cudaHostAlloc(out, bytes == 0 ? 1 : bytes, cudaHostAllocPortable));
+  });
+}
+
+void sae_host_free(void* p) {
+  if (p) cudaFreeHost(p);
+}
+
 const sk_sae_i kSaeApi = {
     /* .api_version  = */ SK_SAE_API_VERSION,
     /* .device_count = */ sae_device_count,
@@ -1128,6 +1161,8 @@ const sk_sae_i kSaeApi = {
     /* .decode       = */ sae_decode,
     /* .preacts      = */ sae_preacts,
     /* .step         = */ sae_step,
+    /* .host_alloc   = */ sae_host_alloc,
+    /* .host_free    = */ sae_host_free,
 };
 
 }  // namespace

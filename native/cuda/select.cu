@@ -11,6 +11,8 @@
 //             are taken.
 //   sort:     composite 64-bit keys (value bits << 32 | ~index) are unique, so a descending
 //             bitonic sort yields "value descending, index ascending" deterministically.
+#include <algorithm>
+
 #include "common.cuh"
 #include "kernels.h"
 
@@ -27,9 +29,10 @@ struct RowView {
   const int32_t* cand;
 };
 
-__device__ __forceinline__ uint32_t act_key(const RowView& v, int64_t j, uint32_t* latent) {
-  int32_t l = v.cand ? v.cand[j] : int32_t(j);
-  *latent = uint32_t(l);
+__device__ __forceinline__ int32_t latent_of(const RowView& v, int64_t j) { return v.cand ? v.cand[j] : int32_t(j); }
+
+__device__ __forceinline__ uint32_t compute_key(const RowView& v, int64_t j) {
+  const int32_t l = latent_of(v, j);
   float z = v.row[l] + v.bias[l];
   bool on = v.thr ? (z > v.thr[l] && z > 0.0f) : (z > 0.0f);
   return on ? __float_as_uint(z) : 0u;  // +0 for off, NaN and -0
@@ -59,8 +62,11 @@ __device__ __forceinline__ int block_rank(bool pred, int* warp_tot, int* s_total
   return rank;
 }
 
-__global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, int P) {
-  extern __shared__ unsigned long long sel[];  // P composite keys
+// cached: the row's C keys also live in shared memory (after the P composite keys), so only the
+// first pass reads the pre-activations from global memory.
+__global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, int P, int cached) {
+  extern __shared__ unsigned long long sel[];  // P composite keys, then (cached) C keys
+  uint32_t* keys = reinterpret_cast<uint32_t*>(sel + P);
   __shared__ unsigned int hist[256];
   __shared__ int warp_tot[32];
   __shared__ int s_total;
@@ -80,9 +86,14 @@ __global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, 
     __syncthreads();
     int pos = 0;
     for (int64_t j = tid; j < C; j += blockDim.x) {
-      uint32_t l;
-      uint32_t key = act_key(v, j, &l);
-      if (shift == 24) pos += key != 0u;
+      uint32_t key;
+      if (shift == 24) {
+        key = compute_key(v, j);
+        if (cached) keys[j] = key;
+        pos += key != 0u;
+      } else {
+        key = cached ? keys[j] : compute_key(v, j);
+      }
       if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
     }
     if (shift == 24 && a.positive) atomicAdd(&s_pos, pos);
@@ -130,7 +141,10 @@ __global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, 
   for (int64_t base = 0; base < C; base += blockDim.x) {
     const int64_t j = base + tid;
     uint32_t key = 0, l = 0;
-    if (j < C) key = act_key(v, j, &l);
+    if (j < C) {
+      key = cached ? keys[j] : compute_key(v, j);
+      if (key >= T) l = uint32_t(latent_of(v, j));
+    }
     const unsigned long long comp = (static_cast<unsigned long long>(key) << 32) | (0xffffffffu - l);
     if (j < C && key > T) sel[atomicAdd(&s_gt, 1)] = comp;
     const int ties_before = s_ties;  // read before any thread of this tile updates it
@@ -179,11 +193,21 @@ void topk_select(const SelectArgs& a, int64_t rows, cudaStream_t s) {
   SK_CHECK(rows <= INT32_MAX, ErrorCode::Shape, "too many rows for one selection launch: ", rows);
   int P = 1;
   while (P < a.k) P <<= 1;
-  const size_t smem = size_t(P) * sizeof(unsigned long long);
-  if (smem > (48u << 10)) {  // above the default limit: opt in (per device; cheap to repeat)
+  size_t smem = size_t(P) * sizeof(unsigned long long);
+  // Cache the row's keys in shared memory when they fit beside the sort buffer (leaving room for
+  // two blocks per SM), so the three later radix passes and the gather read no global memory.
+  int device = 0, optin = 0, per_sm = 0;
+  SK_CUDA(cudaGetDevice(&device));
+  SK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  SK_CUDA(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  const size_t statics = 4096;  // the kernel's static shared memory (~1.2 KiB) and per-block reserve, rounded up
+  const size_t budget = std::min<size_t>(size_t(optin), size_t(per_sm) / 2) - statics;
+  const size_t with_keys = smem + size_t(a.C) * sizeof(uint32_t);
+  const int cached = with_keys <= budget ? 1 : 0;
+  if (cached) smem = with_keys;
+  if (smem > (48u << 10))  // above the default limit: opt in (per device; cheap to repeat)
     SK_CUDA(cudaFuncSetAttribute(topk_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  }
-  topk_select_kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, P);
+  topk_select_kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, P, cached);
   SK_LAUNCHED("topk_select_kernel");
 }
 

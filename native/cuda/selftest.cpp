@@ -265,8 +265,8 @@ void test_gemm() {
         }
         for (int64_t j = N; j < ldc; ++j) pad_ok = pad_ok && out[size_t(i * ldc + j)] == C[size_t(i * ldc + j)];
       }
-      // float32 accumulation over K = 29 terms: relative to sum |a b|, a few 1e-7.
-      report(worst < 2e-6 && pad_ok, strf("gemm_f32 trans_a=%d trans_b=%d (M %lld N %lld K %lld, padded ld)", ta, tb,
+      // float32: worst case (K + 2) * 2^-24 ~ 2e-6 of sum |a b| + |beta c|; 1e-5 leaves headroom.
+      report(worst < 1e-5 && pad_ok, strf("gemm_f32 trans_a=%d trans_b=%d (M %lld N %lld K %lld, padded ld)", ta, tb,
                                           (long long)M, (long long)N, (long long)K),
              strf("max error / sum|ab| %.2e%s", worst, pad_ok ? "" : ", wrote outside C"));
     }
@@ -929,6 +929,18 @@ int main(int argc, char** argv) {
       }
       // k at the limits: 1 and M (every latent, zeros by index).
       std::vector<float> pre = dev_preacts(s, m, x, N, SK_PREC_F32);
+      // A batch in page-locked memory (host_alloc) takes the DMA path: same codes, bit for bit.
+      if (g_sae->host_alloc && g_sae->host_free) {
+        void* px = nullptr;
+        CALL("host_alloc", g_sae->host_alloc(&st, &px, x.size() * sizeof(float)));
+        std::memcpy(px, x.data(), x.size() * sizeof(float));
+        std::vector<float> v1(size_t(N * k)), v2(size_t(N * k));
+        std::vector<int32_t> i1(size_t(N * k)), i2(size_t(N * k));
+        CALL("encode", g_sae->encode(&st, s.p, x.data(), N, k, SK_PREC_F32, v1.data(), i1.data()));
+        CALL("encode", g_sae->encode(&st, s.p, static_cast<const float*>(px), N, k, SK_PREC_F32, v2.data(), i2.data()));
+        g_sae->host_free(px);
+        report(v1 == v2 && i1 == i2, "encode from page-locked host memory equals pageable", "");
+      }
       check_encode_exact(s, m, x, N, 1, SK_PREC_F32, pre, nullptr, "topk k=1");
       check_encode_exact(s, m, x, N, M, SK_PREC_F32, pre, nullptr, "topk k=M");
     });
