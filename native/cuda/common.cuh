@@ -84,7 +84,7 @@ inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 
   return unsigned(b);
 }
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(SK_CUDA_EMU)
 // ---- deterministic reductions (blockDim.x a multiple of 32, at most 1024) --------------------
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
