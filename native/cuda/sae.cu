@@ -64,7 +64,7 @@ int64_t env_bytes(const char* name, int64_t fallback) {
   if (!v) return fallback;
   char* end = nullptr;
   long long n = std::strtoll(v, &end, 10);
-  return (end != v && *end == '\0' && n >= (1 << 20)) ? int64_t(n) : fallback;
+  return (end != v && *end == '\0' && n >= 4096) ? int64_t(n) : fallback;
 }
 
 // ---- kernels ------------------------------------------------------------------------------
@@ -600,7 +600,8 @@ void check_precision(int p) {
            "Expected precision 0 (float32), 1 (tf32) or 2 (bf16) but received ", p);
 }
 
-// Rows per encoder tile: the pre-activation tile stays under SAEKIT_CUDA_TILE_BYTES (512 MiB).
+// Rows per encoder tile: the pre-activation tile stays under SAEKIT_CUDA_TILE_BYTES (512 MiB;
+// at least 4096, so tests can force many tiles).
 int64_t tile_rows(const sk_sae_dev* S, int64_t N) {
   static const int64_t budget = env_bytes("SAEKIT_CUDA_TILE_BYTES", int64_t(512) << 20);
   int64_t R = budget / (S->M * int64_t(sizeof(float)));

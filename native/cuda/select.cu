@@ -12,6 +12,7 @@
 //   sort:     composite 64-bit keys (value bits << 32 | ~index) are unique, so a descending
 //             bitonic sort yields "value descending, index ascending" deterministically.
 #include <algorithm>
+#include <cstdlib>
 
 #include "common.cuh"
 #include "kernels.h"
@@ -203,7 +204,11 @@ void topk_select(const SelectArgs& a, int64_t rows, cudaStream_t s) {
   const size_t statics = 4096;  // the kernel's static shared memory (~1.2 KiB) and per-block reserve, rounded up
   const size_t budget = std::min<size_t>(size_t(optin), size_t(per_sm) / 2) - statics;
   const size_t with_keys = smem + size_t(a.C) * sizeof(uint32_t);
-  const int cached = with_keys <= budget ? 1 : 0;
+  static const bool allow_cache = [] {  // SAEKIT_CUDA_SELECT_CACHE=0 forces the uncached path (tests)
+    const char* e = std::getenv("SAEKIT_CUDA_SELECT_CACHE");
+    return !(e && e[0] == '0');
+  }();
+  const int cached = allow_cache && with_keys <= budget ? 1 : 0;
   if (cached) smem = with_keys;
   if (smem > (48u << 10))  // above the default limit: opt in (per device; cheap to repeat)
     SK_CUDA(cudaFuncSetAttribute(topk_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));

@@ -967,6 +967,18 @@ int main(int argc, char** argv) {
         check_encode_exact(s, m, x, N, k, prec, pre, nullptr, "topk");
       }
     });
+    // Rows too long for the selection's shared-memory key cache (40000 keys = 156 KiB).
+    run_test("encode wide", [&] {
+      const int64_t Dw = 64, Mw = 40000, kw = 64, Nw = 300;
+      Model m = random_model(Dw, Mw, true, 95);
+      std::vector<float> x = random_x(Nw, Dw, 96);
+      Sae s(m);
+      for (int prec : {SK_PREC_F32, SK_PREC_BF16}) {
+        std::vector<float> pre;
+        check_preacts(s, m, x, Nw, prec, &pre, 4);
+        check_encode_exact(s, m, x, Nw, kw, prec, pre, nullptr, "topk uncached");
+      }
+    });
     test_grads(D, M, k, 1024, true, 97, SK_PREC_F32, 93);  // 253 dead < D/2 = 384
     test_grads(D, 4096, 64, 512, true, 3, SK_PREC_BF16, 94);  // 1365 dead > 384: Kaux 384
   }

@@ -18,7 +18,7 @@ s = re.sub(r'extern __shared__ ([\w ]+?) (\w+)\[\];', r'\1* \2 = reinterpret_cas
 open(sys.argv[2], 'w').write(s)
 PY
 done
-flags=(-std=c++17 -O1 -g -fPIC -I"$here" -I"$root/native" -I"$root/native/cuda" -Wall -Wno-unused-function)
+flags=(${EMU_SANITIZE:+-fsanitize=$EMU_SANITIZE} -std=c++17 -O1 -g -fPIC -I"$here" -I"$root/native" -I"$root/native/cuda" -Wall -Wno-unused-function)
 objs=()
 for f in plugin sae select; do
   g++ "${flags[@]}" -c "$out/src/$f.cpp" -o "$out/$f.o"
@@ -26,8 +26,12 @@ for f in plugin sae select; do
 done
 g++ "${flags[@]}" -c "$here/sort_emu.cpp" -o "$out/sort_emu.o"
 g++ "${flags[@]}" -c "$root/native/cuda/cublas_dl.cpp" -o "$out/cublas_dl.o"
-g++ -shared -o "$out/libsaekit_cuda.so" "${objs[@]}" "$out/sort_emu.o" "$out/cublas_dl.o" -ldl
+g++ ${EMU_SANITIZE:+-fsanitize=$EMU_SANITIZE} -shared -o "$out/libsaekit_cuda.so" "${objs[@]}" "$out/sort_emu.o" "$out/cublas_dl.o" -ldl
 g++ -std=c++17 -O2 -fPIC -shared -o "$out/libfakecublas.so" "$here/fake_cublas.cpp"
-g++ -std=c++17 -O2 -I"$root/native" "$root/native/cuda/selftest.cpp" -o "$out/saekit_cuda_selftest" -ldl
+g++ ${EMU_SANITIZE:+-fsanitize=$EMU_SANITIZE} -std=c++17 -O2 -I"$root/native" "$root/native/cuda/selftest.cpp" -o "$out/saekit_cuda_selftest" -ldl
 echo "built $out"
 SAEKIT_CUBLAS="$out/libfakecublas.so" "$out/saekit_cuda_selftest" --quick "$out/libsaekit_cuda.so"
+# Again with encoder tiles of 9-33 rows and the selection's uncached path.
+echo "--- small tiles, uncached selection"
+SAEKIT_CUDA_TILE_BYTES=40000 SAEKIT_CUDA_SELECT_CACHE=0 SAEKIT_CUBLAS="$out/libfakecublas.so" \
+  "$out/saekit_cuda_selftest" --quick "$out/libsaekit_cuda.so"
