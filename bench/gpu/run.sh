@@ -32,7 +32,22 @@ if command -v nvidia-smi >/dev/null; then
 else
   echo "no nvidia-smi" > "$OUT_DIR/gpu.txt"
 fi
-NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+# nvcc: the newest toolkit whose CUDA version the driver supports (a CUDA 13 build needs a >= 580
+# driver; nvidia-smi's header names the newest CUDA the driver runs).
+DRIVER_CUDA=$(nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*' | awk '{print $3}' || true)
+NVCC=""
+for c in $(command -v nvcc || true) /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
+  [ -x "$c" ] || continue
+  v=$("$c" --version 2>/dev/null | grep -o 'release [0-9.]*' | awk '{print $2}')
+  [ -n "$v" ] || continue
+  if [ -n "$DRIVER_CUDA" ] && [ "$(printf '%s\n%s\n' "$v" "$DRIVER_CUDA" | sort -V | tail -1)" != "$DRIVER_CUDA" ]; then
+    echo "skipping $c (CUDA $v is newer than the driver's $DRIVER_CUDA)"
+    continue
+  fi
+  if [ -z "$NVCC" ] || [ "$(printf '%s\n%s\n' "$v" "$NVCC_V" | sort -V | tail -1)" = "$v" ]; then NVCC=$c; NVCC_V=$v; fi
+done
+[ -n "$NVCC" ] || NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+echo "nvcc: $NVCC (driver supports CUDA ${DRIVER_CUDA:-?})"
 export BUILD NVCC
 "$NVCC" --version | tail -1 | tee "$OUT_DIR/nvcc.txt" || true
 
@@ -50,6 +65,7 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.1[23]'; then
 fi
 
 build() {
+  rm -rf "$BUILD"  # never reuse a cache from another machine or compiler
   local v
   v=$(cmake --version 2>/dev/null | head -1 | awk '{print $3}' || true)
   if [ -n "$v" ] && [ "$(printf '%s\n3.24\n' "$v" | sort -V | head -1)" = 3.24 ]; then
@@ -68,6 +84,10 @@ build() {
 stage build 120 bash -c "set -euo pipefail; $(declare -f build); build"
 if [ "${STATUS[build]}" = ok ]; then
   stage selftest 150 "$BUILD/saekit_cuda_selftest"
+  if grep -q '^SKIP' "$OUT_DIR/selftest.log" && [ "$(cat "$OUT_DIR/gpu.txt")" != "no nvidia-smi" ]; then
+    STATUS[selftest]="FAIL (skipped on a machine with a GPU)"
+    FAILED=1
+  fi
   if command -v compute-sanitizer >/dev/null && [ $((SECONDS - START)) -lt 240 ]; then
     before=$FAILED
     stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/saekit_cuda_selftest" --quick
