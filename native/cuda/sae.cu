@@ -934,6 +934,13 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     SK_CHECK(o->num_dead >= 0 && (o->num_dead == 0 || o->host_dead != nullptr), ErrorCode::Arg,
              "step: Expected a dead-latent list of ", o->num_dead, " entries");
     SK_CHECK(!o->want_grads || o->host_grads != nullptr, ErrorCode::Arg, "step: want_grads without a gradient buffer");
+    SK_CHECK(std::isfinite(o->auxk_alpha) && o->auxk_alpha >= 0.0f, ErrorCode::Arg,
+             "Expected a finite auxk_alpha >= 0 but received ", o->auxk_alpha);
+    if (!o->want_grads)
+      SK_CHECK(std::isfinite(o->lr) && o->lr >= 0.0f && o->beta1 >= 0.0f && o->beta1 < 1.0f && o->beta2 >= 0.0f &&
+                   o->beta2 < 1.0f && std::isfinite(o->eps) && o->eps >= 0.0f,
+               ErrorCode::Arg, "Expected Adam's lr >= 0, beta1 and beta2 in [0, 1) and eps >= 0 (all finite) but "
+               "received lr ", o->lr, ", beta1 ", o->beta1, ", beta2 ", o->beta2, ", eps ", o->eps);
     const int64_t D = S->D, M = S->M, K = o->k, N64 = N;
     for (int64_t q = 0; q < o->num_dead; ++q) {
       const int32_t l = o->host_dead[q];
