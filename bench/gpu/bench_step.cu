@@ -7,7 +7,7 @@
 // ~7 slabs moved. Bandwidth = 2 * bytes / time of one large cudaMemcpy device-to-device.
 // Also times the TopK selection alone on the GEMM's output.
 //
-//   saekit_cuda_bench [--quick]      prints "BENCH key=value ..." lines, one per shape
+//   saekit_cuda_bench [--quick] [--tiny]   prints "BENCH key=value ..." lines, one per shape
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -51,8 +51,7 @@ void ck(int rc, const sk_status& st, const char* what) {
   }
 }
 
-double device_bandwidth() {
-  const size_t bytes = size_t(1) << 30;
+double device_bandwidth(size_t bytes) {
   void *a = nullptr, *b = nullptr;
   SK_CUDA(cudaMalloc(&a, bytes));
   SK_CUDA(cudaMalloc(&b, bytes));
@@ -225,7 +224,12 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  // --quick: 3 repeats; --tiny: one small shape (a smoke test, e.g. under the CPU emulation).
+  bool quick = false, tiny = false;
+  for (int i = 1; i < argc; ++i) {
+    quick = quick || std::strcmp(argv[i], "--quick") == 0;
+    tiny = tiny || std::strcmp(argv[i], "--tiny") == 0;
+  }
   std::string why = sk::cuda::unavailable_reason(nullptr);
   if (!why.empty()) {
     std::printf("SKIP: %s\n", why.c_str());
@@ -233,10 +237,14 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp p;
   SK_CUDA(cudaGetDeviceProperties(&p, 0));
-  const double bw = device_bandwidth();
+  const double bw = device_bandwidth(tiny ? size_t(1) << 20 : size_t(1) << 30);
   std::printf("device: %s, sm_%d%d, %.0f GiB, measured D2D bandwidth %.0f GB/s\n", p.name, p.major, p.minor,
               double(p.totalGlobalMem) / double(1ull << 30), bw * 1e-9);
-  const int reps = quick ? 3 : 10;
+  const int reps = quick || tiny ? 3 : 10;
+  if (tiny) {
+    run_shape(64, 1000, 8, 256, reps, bw);
+    return 0;
+  }
   run_shape(768, 24576, 32, 8192, reps, bw);
   run_shape(4096, 65536, 64, 8192, reps, bw);
   return 0;

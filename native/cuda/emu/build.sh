@@ -9,8 +9,8 @@ out=${1:-$root/build-cuda-emu}
 mkdir -p "$out/src"
 # <<<grid, block, smem, stream>>>(args) -> ::emu::launch(kernel, ::emu::Cfg(grid, ...), args);
 # extern __shared__ T name[] -> T* name = (T*)::emu::dyn_smem()
-for f in plugin sae select; do
-  python3 - "$root/native/cuda/$f.cu" "$out/src/$f.cpp" <<'PY'
+for f in native/cuda/plugin native/cuda/sae native/cuda/select bench/gpu/bench_step; do
+  python3 - "$root/$f.cu" "$out/src/$(basename $f).cpp" <<'PY'
 import re, sys
 s = open(sys.argv[1]).read()
 s = re.sub(r'(\w+)<<<(.*?)>>>\(', r'::emu::launch(\1, ::emu::Cfg(\2), ', s, flags=re.S)
@@ -28,9 +28,12 @@ g++ "${flags[@]}" -c "$here/sort_emu.cpp" -o "$out/sort_emu.o"
 g++ "${flags[@]}" -c "$root/native/cuda/cublas_dl.cpp" -o "$out/cublas_dl.o"
 g++ ${EMU_SANITIZE:+-fsanitize=$EMU_SANITIZE} -shared -o "$out/libsaekit_cuda.so" "${objs[@]}" "$out/sort_emu.o" "$out/cublas_dl.o" -ldl
 g++ -std=c++17 -O2 -fPIC -shared -o "$out/libfakecublas.so" "$here/fake_cublas.cpp"
+g++ "${flags[@]}" "$out/src/bench_step.cpp" "${objs[@]}" "$out/sort_emu.o" "$out/cublas_dl.o" -o "$out/saekit_cuda_bench" -ldl
 g++ ${EMU_SANITIZE:+-fsanitize=$EMU_SANITIZE} -std=c++17 -O2 -I"$root/native" "$root/native/cuda/selftest.cpp" -o "$out/saekit_cuda_selftest" -ldl
 echo "built $out"
 SAEKIT_CUBLAS="$out/libfakecublas.so" "$out/saekit_cuda_selftest" --quick "$out/libsaekit_cuda.so"
+echo "--- benchmark smoke test"
+SAEKIT_CUBLAS="$out/libfakecublas.so" "$out/saekit_cuda_bench" --tiny
 # Again with encoder tiles of 9-33 rows and the selection's uncached path.
 echo "--- small tiles, uncached selection"
 SAEKIT_CUDA_TILE_BYTES=40000 SAEKIT_CUDA_SELECT_CACHE=0 SAEKIT_CUBLAS="$out/libfakecublas.so" \
