@@ -538,9 +538,12 @@ bool is_pinned(const void* p) {
 // Host -> device: page-locked sources by one DMA; others through the pinned buffers, overlapping
 // the host copy of one chunk with the transfer of the previous one. The SAE's stream waits for
 // the copy (callers synchronise that stream before returning, so `src` may be reused after).
+// SAEKIT_CUDA_STAGING=0 hands pageable sources to the driver instead (its own staging; the
+// benchmark compares both).
 void upload(sk_sae_dev* S, void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
-  if (is_pinned(src)) {
+  const char* staging = std::getenv("SAEKIT_CUDA_STAGING");  // read per call: the bench toggles it
+  if (is_pinned(src) || (staging && staging[0] == '0')) {
     SK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, S->copy));
     SK_CUDA(cudaEventRecord(S->up_done, S->copy));
     SK_CUDA(cudaStreamWaitEvent(S->s, S->up_done, 0));
