@@ -70,6 +70,11 @@ typedef struct sk_sae_i {
   // One forward + backward (+ fused Adam unless want_grads).
   int (*step)(sk_status* st, sk_sae_dev* sae, const float* host_x, int64_t N, const sk_sae_step_opts* opts,
               sk_sae_step_stats* stats);
+  // Page-locked host memory (added after version 1's first draft; null in plugins without it).
+  // host_* arguments that point into such a block are copied by DMA directly, skipping the
+  // plugin's staging copy: put training batches there for full speed.
+  int (*host_alloc)(sk_status* st, void** out, size_t bytes);
+  void (*host_free)(void* ptr);
 } sk_sae_i;
 
 }  // extern "C"

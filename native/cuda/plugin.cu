@@ -1,38 +1,259 @@
-// The CUDA backend plugin's entry points (C ABI, see native/core/plugin.h). This skeleton only
-// answers "can CUDA run here?"; the kernels fill the Backend table in a later change.
+// The CUDA backend plugin's entry points (C ABI, see native/core/plugin.h) and the backend table
+// (native/core/backend.h): memory, conversions, Philox fills and the float32 GEMM (cuBLAS).
+// Every slot runs on the context's stream and returns when its work is complete, so the
+// executor's FIFO order holds without other synchronisation.
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdio>
+#include <mutex>
 
+#include "common.cuh"
 #include "core/backend.h"
+#include "core/half.h"
+#include "core/philox.h"
+#include "cublas_dl.h"
+#include "kernels.h"
 
 #define SK_EXPORT extern "C" __attribute__((visibility("default")))
 
-SK_EXPORT int sk_plugin_api_version(void) { return SK_BACKEND_API_VERSION; }
+namespace sk::cuda {
+namespace {
 
-// > 0 when a usable device exists; otherwise 0 and a reason naming the missing piece.
-SK_EXPORT int sk_backend_score(char* reason, size_t len) {
+// Devices older than this have no machine code or PTX in the fatbin (see CMakeLists.txt).
+constexpr int kMinMajor = 8;
+
+struct BackendCtx {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  const Cublas* lib = nullptr;
+};
+
+void use(const BackendCtx* c) { SK_CUDA(cudaSetDevice(c->device)); }
+void finish(const BackendCtx* c, const char* what) {
+  check(cudaGetLastError(), what);
+  check(cudaStreamSynchronize(c->stream), what);
+}
+
+// ---- element-wise kernels -----------------------------------------------------------------
+__device__ __forceinline__ float load_f32(const void* src, int t, int64_t i) {
+  switch (t) {
+    case SK_F32: return static_cast<const float*>(src)[i];
+    case SK_BF16: return bf16_to_f32(static_cast<const uint16_t*>(src)[i]);
+    case SK_F16: return f16_to_f32(static_cast<const uint16_t*>(src)[i]);
+    default: return float(static_cast<const int32_t*>(src)[i]);  // int32 -> float32 rounds to nearest
+  }
+}
+__device__ __forceinline__ int32_t f32_to_i32_dev(float f) {
+  if (f != f) return 0;
+  if (f >= 2147483648.0f) return INT32_MAX;
+  if (f <= -2147483648.0f) return INT32_MIN;
+  return int32_t(f);  // truncates toward zero
+}
+__device__ __forceinline__ void store_f32(void* dst, int t, int64_t i, float f) {
+  switch (t) {
+    case SK_F32: static_cast<float*>(dst)[i] = f; break;
+    case SK_BF16: static_cast<uint16_t*>(dst)[i] = f32_to_bf16(f); break;
+    case SK_F16: static_cast<uint16_t*>(dst)[i] = f32_to_f16(f); break;
+    default: static_cast<int32_t*>(dst)[i] = f32_to_i32_dev(f); break;
+  }
+}
+
+__global__ void convert_kernel(void* dst, int dt, const void* src, int st, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    store_f32(dst, dt, i, load_f32(src, st, i));
+}
+
+// Element i is element (offset + i) of the (seed, stream) Philox stream; see core/philox.h.
+__global__ void fill_kernel(void* dst, int t, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset, int normal) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint64_t pos = offset + uint64_t(i);
+    Philox4x32 w = philox_block(seed, stream, pos / 4);
+    int lane = int(pos % 4);
+    double v;
+    if (!normal) {
+      v = philox_uniform(w.v[lane]);
+    } else {
+      const double kTwoPi = 6.283185307179586476925286766559;
+      int p = lane >> 1;
+      double r = sqrt(-2.0 * log(philox_uniform_open(w.v[2 * p])));
+      double theta = kTwoPi * philox_uniform(w.v[2 * p + 1]);
+      v = (lane & 1) ? r * sin(theta) : r * cos(theta);
+    }
+    if (t == SK_F32) static_cast<float*>(dst)[i] = float(v);
+    else if (t == SK_BF16) static_cast<uint16_t*>(dst)[i] = f32_to_bf16(float(v));
+    else static_cast<uint16_t*>(dst)[i] = f32_to_f16(float(v));
+  }
+}
+
+// ---- slots ----------------------------------------------------------------------------------
+const char* be_name(void*) { return "cuda"; }
+
+int be_alloc(void* ctx, sk_status* st, void** out, size_t bytes) {
+  SK_CUDA_SLOT(st, {
+    use(static_cast<BackendCtx*>(ctx));
+    *out = nullptr;
+    SK_CUDA(cudaMalloc(out, bytes == 0 ? 1 : bytes));
+  });
+}
+void be_free(void* ctx, void* ptr) {
+  if (!ptr) return;
+  cudaSetDevice(static_cast<BackendCtx*>(ctx)->device);
+  cudaFree(ptr);
+}
+int be_upload(void* ctx, sk_status* st, void* dst, const void* src, size_t bytes) {
+  SK_CUDA_SLOT(st, {
+    auto* c = static_cast<BackendCtx*>(ctx);
+    use(c);
+    if (bytes) SK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    finish(c, "upload");
+  });
+}
+int be_download(void* ctx, sk_status* st, void* dst, const void* src, size_t bytes) {
+  SK_CUDA_SLOT(st, {
+    auto* c = static_cast<BackendCtx*>(ctx);
+    use(c);
+    if (bytes) SK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    finish(c, "download");
+  });
+}
+int be_convert(void* ctx, sk_status* st, void* dst, sk_dtype dt, const void* src, sk_dtype stype, int64_t n) {
+  SK_CUDA_SLOT(st, {
+    auto* c = static_cast<BackendCtx*>(ctx);
+    SK_CHECK(n >= 0, ErrorCode::Arg, "convert: Expected n >= 0 but received ", n);
+    SK_CHECK(dt >= SK_F32 && dt <= SK_I32 && stype >= SK_F32 && stype <= SK_I32, ErrorCode::DType,
+             "convert: unknown dtype code ", int(dt), " or ", int(stype));
+    use(c);
+    if (n == 0) return 0;
+    if (dt == stype) {
+      size_t es = dt == SK_F32 || dt == SK_I32 ? 4 : 2;
+      SK_CUDA(cudaMemcpyAsync(dst, src, size_t(n) * es, cudaMemcpyDeviceToDevice, c->stream));
+    } else {
+      convert_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(dst, int(dt), src, int(stype), n);
+    }
+    finish(c, "convert");
+  });
+}
+int fill(void* ctx, sk_status* st, void* dst, sk_dtype t, int64_t n, uint64_t seed, uint64_t stream,
+         uint64_t offset, int normal) {
+  SK_CUDA_SLOT(st, {
+    auto* c = static_cast<BackendCtx*>(ctx);
+    SK_CHECK(n >= 0, ErrorCode::Arg, "random fill: Expected n >= 0 but received ", n);
+    SK_CHECK(t == SK_F32 || t == SK_BF16 || t == SK_F16, ErrorCode::DType, "Expected a float dtype (float32, "
+             "bfloat16 or float16) for a random fill but received ", t == SK_I32 ? "int32" : "an unknown dtype");
+    use(c);
+    if (n == 0) return 0;
+    fill_kernel<<<grid_for(n, 256), 256, 0, c->stream>>>(dst, int(t), n, seed, stream, offset, normal);
+    finish(c, normal ? "fill_normal" : "fill_uniform");
+  });
+}
+int be_fill_uniform(void* ctx, sk_status* st, void* dst, sk_dtype t, int64_t n, uint64_t seed, uint64_t stream,
+                    uint64_t offset) {
+  return fill(ctx, st, dst, t, n, seed, stream, offset, 0);
+}
+int be_fill_normal(void* ctx, sk_status* st, void* dst, sk_dtype t, int64_t n, uint64_t seed, uint64_t stream,
+                   uint64_t offset) {
+  return fill(ctx, st, dst, t, n, seed, stream, offset, 1);
+}
+
+// Row-major C[M,N] = op(A) op(B) is column-major C^T[N,M] = op(B)^T op(A)^T: swap the operands.
+int be_gemm_f32(void* ctx, sk_status* st, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  SK_CUDA_SLOT(st, {
+    auto* c = static_cast<BackendCtx*>(ctx);
+    SK_CHECK(M >= 0 && N >= 0 && K >= 0, ErrorCode::Shape, "gemm: Expected non-negative sizes but received M=", M,
+             " N=", N, " K=", K);
+    SK_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX && lda <= INT32_MAX && ldb <= INT32_MAX &&
+             ldc <= INT32_MAX, ErrorCode::Shape, "gemm: cuBLAS takes 32-bit sizes; received M=", M, " N=", N, " K=", K);
+    if (M == 0 || N == 0) return 0;
+    use(c);
+    cublasStatus_t s = c->lib->sgemm(c->blas, trans_b ? kOpT : kOpN, trans_a ? kOpT : kOpN, int(N), int(M), int(K),
+                                     &alpha, B, int(ldb), A, int(lda), &beta, C, int(ldc));
+    SK_CHECK(s == 0, ErrorCode::Device, "cublasSgemm failed: ", cublas_status_name(s), " (M=", M, " N=", N, " K=", K,
+             " lda=", lda, " ldb=", ldb, " ldc=", ldc, ")");
+    finish(c, "gemm_f32");
+  });
+}
+
+const sk_backend_i kCudaBackend = {
+    /* .api_version  = */ SK_BACKEND_API_VERSION,
+    /* .name         = */ be_name,
+    /* .alloc        = */ be_alloc,
+    /* .free         = */ be_free,
+    /* .upload       = */ be_upload,
+    /* .download     = */ be_download,
+    /* .set_threads  = */ nullptr,
+    /* .convert      = */ be_convert,
+    /* .fill_uniform = */ be_fill_uniform,
+    /* .fill_normal  = */ be_fill_normal,
+    /* .gemm_f32     = */ be_gemm_f32,
+};
+
+}  // namespace
+
+std::string unavailable_reason(int* count_out) {
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
-  if (err == cudaErrorInsufficientDriver) {
-    std::snprintf(reason, len, "the NVIDIA driver is missing or older than this CUDA %d.%d build needs",
-                  CUDART_VERSION / 1000, (CUDART_VERSION % 1000) / 10);
+  if (count_out) *count_out = 0;
+  if (err == cudaErrorInsufficientDriver)
+    return fmt("the NVIDIA driver is missing or older than this CUDA ", CUDART_VERSION / 1000, ".",
+               (CUDART_VERSION % 1000) / 10, " build needs");
+  if (err == cudaErrorNoDevice || (err == cudaSuccess && count == 0)) return "no CUDA device found";
+  if (err != cudaSuccess) return fmt("CUDA initialisation failed: ", cudaGetErrorString(err));
+  int usable = 0;
+  std::string old;
+  for (int d = 0; d < count; ++d) {
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, d) != cudaSuccess) continue;
+    if (p.major >= kMinMajor) ++usable;
+    else old = fmt("device ", d, " (", p.name, ") has compute capability ", p.major, ".", p.minor,
+                   "; this build needs 8.0 or newer");
+  }
+  if (usable == 0) return old.empty() ? "no usable CUDA device" : old;
+  std::string why;
+  if (!cublas(&why)) return why;
+  if (count_out) *count_out = usable;
+  return "";
+}
+
+}  // namespace sk::cuda
+
+SK_EXPORT int sk_plugin_api_version(void) { return SK_BACKEND_API_VERSION; }
+
+// > 0 when a usable device exists; otherwise 0 and a reason naming the missing piece (driver,
+// device or the cuBLAS library).
+SK_EXPORT int sk_backend_score(char* reason, size_t len) {
+  int count = 0;
+  std::string why = sk::cuda::unavailable_reason(&count);
+  if (!why.empty()) {
+    if (reason && len) std::snprintf(reason, len, "%s", why.c_str());
     return 0;
   }
-  if (err == cudaErrorNoDevice || (err == cudaSuccess && count == 0)) {
-    std::snprintf(reason, len, "no CUDA device found");
-    return 0;
-  }
-  if (err != cudaSuccess) {
-    std::snprintf(reason, len, "CUDA initialisation failed: %s", cudaGetErrorString(err));
-    return 0;
-  }
+  if (reason && len) reason[0] = '\0';
   return count;
 }
 
+// Fills the backend table for device 0 (one context per process, created on first use).
 SK_EXPORT int sk_backend_init(sk_backend* out, sk_status* st) {
-  (void)out;
-  st->code = int(sk::ErrorCode::Device) + 1;
-  std::snprintf(st->message, sizeof(st->message), "the CUDA kernels are not in this saekit version yet");
-  return 1;
+  using namespace sk::cuda;
+  SK_CUDA_SLOT(st, {
+    static std::mutex mu;
+    static BackendCtx* ctx = nullptr;
+    std::lock_guard<std::mutex> lock(mu);
+    if (!ctx) {
+      std::string why = unavailable_reason(nullptr);
+      SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
+      auto* c = new BackendCtx();
+      c->lib = cublas(nullptr);
+      SK_CUDA(cudaSetDevice(c->device));
+      SK_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+      cublasStatus_t s = c->lib->create(&c->blas);
+      SK_CHECK(s == 0, ErrorCode::Device, "cublasCreate failed: ", cublas_status_name(s));
+      c->lib->set_stream(c->blas, c->stream);
+      ctx = c;
+    }
+    out->iface = &kCudaBackend;
+    out->ctx = ctx;
+  });
 }

@@ -1,0 +1,262 @@
+// Training-step throughput of the CUDA SAE (sk_sae_api, bf16 encoder GEMM) with its floor:
+//   floor = one cuBLAS bf16 GEMM of the encoder shape [batch, dIn] x [dIn, numLatents]
+//         + Adam's parameter traffic over the measured device bandwidth.
+// Adam's traffic: the fused update reads p, m, v and writes them back for both weight matrices
+// (6 slabs of 4 B * 2 * numLatents * dIn), and the step also reads W_enc once for the encoder-input
+// part of db_dec and once to refresh its bf16 copy (0.5 + 0.5 slab, + 0.25 slab written):
+// ~7 slabs moved. Bandwidth = 2 * bytes / time of one large cudaMemcpy device-to-device.
+// Also times the TopK selection alone on the GEMM's output.
+//
+//   saekit_cuda_bench [--quick] [--tiny]   prints "BENCH key=value ..." lines, one per shape
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/sae_device.h"
+#include "cuda/common.cuh"
+#include "cuda/cublas_dl.h"
+#include "cuda/kernels.h"
+
+extern "C" const sk_sae_i* sk_sae_api(int api_version);
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// xorshift: fast host data (the values only need to be realistic in scale).
+struct Rng {
+  uint64_t s;
+  float next() {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return float(int64_t(s >> 40) - (int64_t(1) << 23)) / float(1 << 23);  // [-1, 1)
+  }
+};
+
+void ck(int rc, const sk_status& st, const char* what) {
+  if (rc) {
+    std::fprintf(stderr, "%s failed: %s\n", what, st.message);
+    std::exit(1);
+  }
+}
+
+double device_bandwidth(size_t bytes) {
+  void *a = nullptr, *b = nullptr;
+  SK_CUDA(cudaMalloc(&a, bytes));
+  SK_CUDA(cudaMalloc(&b, bytes));
+  SK_CUDA(cudaMemset(a, 1, bytes));
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<double> t;
+  for (int r = 0; r < 6; ++r) {
+    cudaEventRecord(e0);
+    SK_CUDA(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (r > 0) t.push_back(ms * 1e-3);
+  }
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * double(bytes) / median(t);
+}
+
+void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) {
+  const sk_sae_i* api = sk_sae_api(SK_SAE_API_VERSION);
+  const int64_t slab = 2 * M * D + M + D;
+  std::vector<float> host(static_cast<size_t>(slab));
+  Rng rng{0x9e3779b97f4a7c15ULL ^ uint64_t(D * M)};
+  const float we = 1.0f / std::sqrt(float(D)) * 1.7f;
+  for (int64_t i = 0; i < 2 * M * D; ++i) host[size_t(i)] = rng.next() * we;
+  for (int64_t i = 2 * M * D; i < slab; ++i) host[size_t(i)] = 0.01f * rng.next();
+  std::vector<float> x(static_cast<size_t>(N * D));
+  for (auto& v : x) v = rng.next() * 1.7f;
+  sk_status st{};
+  sk_sae_dev* sae = nullptr;
+  ck(api->create(&st, &sae, 0, D, M, 1, host.data(), nullptr), st, "create");
+  host.clear();
+  host.shrink_to_fit();
+  sk_sae_step_opts o{};
+  o.k = K;
+  o.auxk_alpha = 1.0f / 32.0f;
+  o.lr = 1e-4f;
+  o.beta1 = 0.9f;
+  o.beta2 = 0.999f;
+  o.eps = 1e-8f;
+  o.precision = SK_PREC_BF16;
+  std::vector<double> wall, ph[5];
+  for (int r = 0; r < reps + 3; ++r) {
+    sk_sae_step_stats s{};
+    auto t0 = Clock::now();
+    ck(api->step(&st, sae, x.data(), N, &o, &s), st, "step");
+    double w = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (r < 3) continue;  // warm-up: workspace growth, cuBLAS heuristics
+    wall.push_back(w);
+    for (int p = 0; p < 5; ++p) ph[p].push_back(s.seconds[p]);
+  }
+  // The same with pageable batches handed to the driver's own staging (SAEKIT_CUDA_STAGING=0).
+  std::vector<double> wall_direct;
+  setenv("SAEKIT_CUDA_STAGING", "0", 1);
+  for (int r = 0; r < reps + 1; ++r) {
+    sk_sae_step_stats s{};
+    auto t0 = Clock::now();
+    ck(api->step(&st, sae, x.data(), N, &o, &s), st, "step (driver staging)");
+    if (r > 0) wall_direct.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  unsetenv("SAEKIT_CUDA_STAGING");
+  // The same with the batch in page-locked memory from host_alloc (one DMA, no staging copy).
+  std::vector<double> wall_pinned;
+  {
+    void* px = nullptr;
+    ck(api->host_alloc(&st, &px, x.size() * sizeof(float)), st, "host_alloc");
+    std::memcpy(px, x.data(), x.size() * sizeof(float));
+    for (int r = 0; r < reps + 1; ++r) {
+      sk_sae_step_stats s{};
+      auto t0 = Clock::now();
+      ck(api->step(&st, sae, static_cast<const float*>(px), N, &o, &s), st, "step (pinned batch)");
+      if (r > 0) wall_pinned.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    api->host_free(px);
+  }
+  // With dead latents (AuxK over a quarter of them).
+  std::vector<int32_t> dead;
+  for (int64_t l = 0; l < M; l += 4) dead.push_back(int32_t(l));
+  o.host_dead = dead.data();
+  o.num_dead = int64_t(dead.size());
+  std::vector<double> wall_aux;
+  for (int r = 0; r < std::max(3, reps / 2) + 1; ++r) {
+    sk_sae_step_stats s{};
+    auto t0 = Clock::now();
+    ck(api->step(&st, sae, x.data(), N, &o, &s), st, "step (AuxK)");
+    if (r > 0) wall_aux.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  api->destroy(sae);
+
+  // Floor: one bf16 GEMM of the encoder shape, then TopK alone on its output.
+  std::string why;
+  const sk::cuda::Cublas* lib = sk::cuda::cublas(&why);
+  if (!lib) {
+    std::fprintf(stderr, "%s\n", why.c_str());
+    std::exit(1);
+  }
+  sk::cuda::cublasHandle_t h;
+  lib->create(&h);
+  void *A = nullptr, *B = nullptr, *C = nullptr, *bias = nullptr, *ov = nullptr, *oi = nullptr;
+  SK_CUDA(cudaMalloc(&A, size_t(M * D) * 2));
+  SK_CUDA(cudaMalloc(&B, size_t(N * D) * 2));
+  SK_CUDA(cudaMalloc(&C, size_t(N * M) * 4));
+  SK_CUDA(cudaMalloc(&bias, size_t(M) * 4));
+  SK_CUDA(cudaMalloc(&ov, size_t(N * K) * 4));
+  SK_CUDA(cudaMalloc(&oi, size_t(N * K) * 4));
+  {
+    // bf16 data: random bit patterns with a small exponent (0x3c00..0x3dff ~ 0.008..0.06, signs mixed).
+    std::vector<uint16_t> a(size_t(std::max(M, N) * D));
+    for (auto& v : a) v = uint16_t(0x3c00u | (uint32_t(rng.next() * 32767.0f + 32768.0f) & 0x81ffu));
+    SK_CUDA(cudaMemcpy(A, a.data(), size_t(M * D) * 2, cudaMemcpyHostToDevice));
+    SK_CUDA(cudaMemcpy(B, a.data(), size_t(N * D) * 2, cudaMemcpyHostToDevice));
+    SK_CUDA(cudaMemset(bias, 0, size_t(M) * 4));
+  }
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  const float one = 1.0f, zero = 0.0f;
+  std::vector<double> tg, ts;
+  for (int r = 0; r < reps + 2; ++r) {
+    cudaEventRecord(e0);
+    int s = lib->gemm_ex(h, sk::cuda::kOpT, sk::cuda::kOpN, int(M), int(N), int(D), &one, A, sk::cuda::kR16BF, int(D),
+                         B, sk::cuda::kR16BF, int(D), &zero, C, sk::cuda::kR32F, int(M), sk::cuda::kCompute32F,
+                         sk::cuda::kGemmDefault);
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    if (s != 0) {
+      std::fprintf(stderr, "floor GEMM failed: %s\n", sk::cuda::cublas_status_name(s));
+      std::exit(1);
+    }
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (r >= 2) tg.push_back(ms * 1e-3);
+  }
+  for (int r = 0; r < reps + 2; ++r) {
+    sk::cuda::SelectArgs a;
+    a.pre = static_cast<const float*>(C);
+    a.ld = M;
+    a.bias = static_cast<const float*>(bias);
+    a.C = M;
+    a.k = K;
+    a.out_v = static_cast<float*>(ov);
+    a.out_i = static_cast<int32_t*>(oi);
+    cudaEventRecord(e0);
+    sk::cuda::topk_select(a, N, nullptr);
+    cudaEventRecord(e1);
+    SK_CUDA(cudaEventSynchronize(e1));
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (r >= 2) ts.push_back(ms * 1e-3);
+  }
+  lib->destroy(h);
+  cudaFree(A);
+  cudaFree(B);
+  cudaFree(C);
+  cudaFree(bias);
+  cudaFree(ov);
+  cudaFree(oi);
+
+  const double step = median(wall), gemm_floor = median(tg);
+  const double adam_floor = 7.0 * double(2 * M * D) * 4.0 / bw;
+  const double floor = gemm_floor + adam_floor;
+  double dev = 0;
+  for (int p = 0; p < 5; ++p) dev += median(ph[p]);
+  std::printf("BENCH impl=saekit-cuda dIn=%lld numLatents=%lld k=%lld batch=%lld precision=bf16 tokens_per_s=%.0f "
+              "step_ms=%.3f step_driver_staging_ms=%.3f step_pinned_ms=%.3f tokens_per_s_pinned=%.0f device_ms=%.3f gemm_ms=%.3f select_ms=%.3f decode_ms=%.3f backward_ms=%.3f update_ms=%.3f "
+              "step_auxk_ms=%.3f floor_ms=%.3f floor_gemm_ms=%.3f floor_adam_ms=%.3f topk_alone_ms=%.3f "
+              "floor_tokens_per_s=%.0f bw_GBps=%.0f\n",
+              (long long)D, (long long)M, (long long)K, (long long)N, double(N) / step, step * 1e3,
+              median(wall_direct) * 1e3, median(wall_pinned) * 1e3, double(N) / median(wall_pinned), dev * 1e3,
+              median(ph[0]) * 1e3, median(ph[1]) * 1e3, median(ph[2]) * 1e3, median(ph[3]) * 1e3, median(ph[4]) * 1e3,
+              median(wall_aux) * 1e3, floor * 1e3, gemm_floor * 1e3, adam_floor * 1e3, median(ts) * 1e3,
+              double(N) / floor, bw * 1e-9);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // --quick: 3 repeats; --tiny: one small shape (a smoke test, e.g. under the CPU emulation).
+  bool quick = false, tiny = false;
+  for (int i = 1; i < argc; ++i) {
+    quick = quick || std::strcmp(argv[i], "--quick") == 0;
+    tiny = tiny || std::strcmp(argv[i], "--tiny") == 0;
+  }
+  std::string why = sk::cuda::unavailable_reason(nullptr);
+  if (!why.empty()) {
+    std::printf("SKIP: %s\n", why.c_str());
+    return 0;
+  }
+  cudaDeviceProp p;
+  SK_CUDA(cudaGetDeviceProperties(&p, 0));
+  const double bw = device_bandwidth(tiny ? size_t(1) << 20 : size_t(1) << 30);
+  std::printf("device: %s, sm_%d%d, %.0f GiB, measured D2D bandwidth %.0f GB/s\n", p.name, p.major, p.minor,
+              double(p.totalGlobalMem) / double(1ull << 30), bw * 1e-9);
+  const int reps = quick || tiny ? 3 : 10;
+  if (tiny) {
+    run_shape(64, 1000, 8, 256, reps, bw);
+    return 0;
+  }
+  run_shape(768, 24576, 32, 8192, reps, bw);
+  run_shape(4096, 65536, 64, 8192, reps, bw);
+  return 0;
+}

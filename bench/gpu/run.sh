@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The GPU check of the CUDA backend, in one call (budget: 8 minutes on an H200):
+#   build (sm_90 only) -> self-test -> compute-sanitizer memcheck on the quick self-test (if
+#   present) -> step benchmark -> PyTorch reference (if torch imports) -> a short table, last.
+# Logs go to $OUT (or bench/gpu/out). Every stage has its own timeout; a failing stage is
+# recorded and the later ones still run, and the exit status is non-zero if any stage failed.
+# Usage: bash bench/gpu/run.sh        (from the repository root; no network needed)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT_DIR="${OUT:-bench/gpu/out}"
+mkdir -p "$OUT_DIR"
+BUILD=build-gpu
+START=$SECONDS
+declare -A STATUS
+FAILED=0
+stage() {  # stage NAME TIMEOUT_S CMD...: runs CMD with a timeout, logs to $OUT_DIR/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name (timeout ${limit}s, t=$((SECONDS - START))s)"
+  local rc=0
+  timeout --kill-after=10 "$limit" "$@" > >(tee "$OUT_DIR/$name.log") 2>&1 || rc=$?
+  wait || true
+  if [ "$rc" -eq 0 ]; then STATUS[$name]=ok
+  elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then STATUS[$name]="TIMEOUT"; FAILED=1
+  else STATUS[$name]="FAIL(rc=$rc)"; FAILED=1
+  fi
+  echo "=== $name: ${STATUS[$name]} ($((SECONDS - START))s)"
+}
+
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$OUT_DIR/gpu.txt" || true
+else
+  echo "no nvidia-smi" > "$OUT_DIR/gpu.txt"
+fi
+# nvcc: the newest toolkit whose CUDA version the driver supports (a CUDA 13 build needs a >= 580
+# driver; nvidia-smi's header names the newest CUDA the driver runs).
+DRIVER_CUDA=$(nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*' | awk '{print $3}' || true)
+NVCC=""
+for c in $(command -v nvcc || true) /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
+  [ -x "$c" ] || continue
+  v=$("$c" --version 2>/dev/null | grep -o 'release [0-9.]*' | awk '{print $2}')
+  [ -n "$v" ] || continue
+  if [ -n "$DRIVER_CUDA" ] && [ "$(printf '%s\n%s\n' "$v" "$DRIVER_CUDA" | sort -V | tail -1)" != "$DRIVER_CUDA" ]; then
+    echo "skipping $c (CUDA $v is newer than the driver's $DRIVER_CUDA)"
+    continue
+  fi
+  if [ -z "$NVCC" ] || [ "$(printf '%s\n%s\n' "$v" "$NVCC_V" | sort -V | tail -1)" = "$v" ]; then NVCC=$c; NVCC_V=$v; fi
+done
+[ -n "$NVCC" ] || NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+echo "nvcc: $NVCC (driver supports CUDA ${DRIVER_CUDA:-?})"
+export BUILD NVCC
+"$NVCC" --version | tail -1 | tee "$OUT_DIR/nvcc.txt" || true
+
+# cuBLAS: the plugin dlopens libcublas.so.{13,12}; add the toolkit's or PyTorch's folder if the
+# loader does not already know one.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.1[23]'; then
+  for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64 /usr/local/cuda-*/targets/x86_64-linux/lib \
+           "$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)"; do
+    if [ -n "$d" ] && ls "$d"/libcublas.so.1[23] >/dev/null 2>&1; then
+      export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      echo "cuBLAS from $d"
+      break
+    fi
+  done
+fi
+
+build() {
+  rm -rf "$BUILD"  # never reuse a cache from another machine or compiler
+  local v
+  v=$(cmake --version 2>/dev/null | head -1 | awk '{print $3}' || true)
+  if [ -n "$v" ] && [ "$(printf '%s\n3.24\n' "$v" | sort -V | head -1)" = 3.24 ]; then
+    cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$NVCC" &&
+      cmake --build "$BUILD" -j "$(nproc)"
+  else  # no (recent) cmake: the same targets by hand
+    mkdir -p "$BUILD"
+    local src="native/cuda/plugin.cu native/cuda/sae.cu native/cuda/select.cu native/cuda/sort.cu native/cuda/cublas_dl.cpp"
+    "$NVCC" -O3 -std=c++17 -arch=sm_90 -Inative -Xcompiler -fPIC,-fvisibility=hidden -cudart static -shared \
+      $src -o "$BUILD/libsaekit_cuda.so" -ldl &&
+      g++ -O2 -std=c++17 -Inative native/cuda/selftest.cpp -o "$BUILD/saekit_cuda_selftest" -ldl &&
+      "$NVCC" -O3 -std=c++17 -arch=sm_90 -Inative -cudart static bench/gpu/bench_step.cu $src \
+        -o "$BUILD/saekit_cuda_bench" -ldl
+  fi
+}
+stage build 120 bash -c "set -euo pipefail; $(declare -f build); build"
+if [ "${STATUS[build]}" = ok ]; then
+  stage selftest 150 "$BUILD/saekit_cuda_selftest"
+  if grep -q '^SKIP' "$OUT_DIR/selftest.log" && [ "$(cat "$OUT_DIR/gpu.txt")" != "no nvidia-smi" ]; then
+    STATUS[selftest]="FAIL (skipped on a machine with a GPU)"
+    FAILED=1
+  fi
+  if command -v compute-sanitizer >/dev/null && [ $((SECONDS - START)) -lt 240 ]; then
+    before=$FAILED
+    stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/saekit_cuda_selftest" --quick
+    if [ "${STATUS[memcheck]}" = TIMEOUT ]; then FAILED=$before; STATUS[memcheck]="timeout (not a failure)"; fi
+  else
+    STATUS[memcheck]="skipped"
+  fi
+  stage bench 120 "$BUILD/saekit_cuda_bench"
+fi
+if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  LEFT=$((450 - (SECONDS - START)))
+  if [ "$LEFT" -gt 30 ]; then
+    stage torch "$LEFT" python3 bench/gpu/torch_step.py
+  else
+    STATUS[torch]="skipped (time)"
+  fi
+else
+  STATUS[torch]="skipped (no torch with CUDA)"
+fi
+
+# ---- summary, last
+{
+  echo
+  echo "== saekit CUDA GPU check ($(cat "$OUT_DIR/gpu.txt" 2>/dev/null | head -1), $(date -u +%F), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  for s in build selftest memcheck bench torch; do printf '%-9s %s\n' "$s" "${STATUS[$s]:-not run}"; done
+  if [ -f "$OUT_DIR/selftest.log" ]; then
+    grep -E '^(FAIL|ALL PASSED|FAILED|SKIP)' "$OUT_DIR/selftest.log" | head -20 || true
+  fi
+  if [ -f "$OUT_DIR/memcheck.log" ]; then grep -E 'ERROR SUMMARY' "$OUT_DIR/memcheck.log" | tail -1 || true; fi
+  printf '%-12s %-12s %4s %10s %10s %9s %9s %9s %9s %9s\n' impl shape k tokens/s tok/s_pin step_ms device_ms floor_ms topk_ms select_ms
+  { cat "$OUT_DIR"/bench.log "$OUT_DIR"/torch.log 2>/dev/null || true; } | { grep '^BENCH' || true; } | while read -r line; do
+    get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2; }
+    topk=$(get topk_alone_ms); [ -z "$topk" ] && topk=$(get topk_ms)
+    printf '%-12s %-12s %4s %10s %10s %9s %9s %9s %9s %9s\n' "$(get impl)" "$(get dIn)x$(get numLatents)" "$(get k)" \
+      "$(get tokens_per_s)" "$(get tokens_per_s_pinned)" "$(get step_ms)" "$(get device_ms)" "$(get floor_ms)" "$topk" \
+      "$(get select_ms)"
+  done
+  echo "total $((SECONDS - START)) s; logs in $OUT_DIR"
+} | tee "$OUT_DIR/summary.txt"
+exit "$FAILED"

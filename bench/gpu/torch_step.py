@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""PyTorch reference for bench/gpu: the TopK SAE training step as EleutherAI sparsify does it.
+
+Encoder: x - b_dec, dense Linear under bf16 autocast, ReLU, torch.topk. Decoder: gather-sum of the
+k decoder rows (embedding_bag) with a sparse backward (index_add into W_dec, gathers for the code
+gradients), as sparsify's decoder kernel. Loss: FVU. Optimizer: torch.optim.Adam. Before the step
+the decoder gradient loses its component along each decoder row; after it, rows are renormalised.
+The batch is already on the device (saekit's step also uploads it from host memory).
+
+Prints one machine-readable line per shape:
+  BENCH impl=torch dIn=.. numLatents=.. k=.. batch=.. tokens_per_s=.. step_ms=.. topk_ms=.. topk_f32_ms=..
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+class SparseDecode(torch.autograd.Function):
+    """out[n] = sum_j acts[n, j] * W_dec[idx[n, j]], backward touching only the selected rows."""
+
+    @staticmethod
+    def forward(ctx, idx, acts, W_dec):
+        ctx.save_for_backward(idx, acts, W_dec)
+        return F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        idx, acts, W_dec = ctx.saved_tensors
+        grad_acts = torch.empty_like(acts)
+        grad_W = torch.zeros_like(W_dec)
+        # Row blocks keep the gathered [rows, k, D] temporaries near 1 GiB.
+        block = max(1, (1 << 28) // (idx.shape[1] * W_dec.shape[1]))
+        for r0 in range(0, idx.shape[0], block):
+            i, a, g = idx[r0:r0 + block], acts[r0:r0 + block], grad_out[r0:r0 + block]
+            grad_acts[r0:r0 + block] = torch.bmm(W_dec[i], g.unsqueeze(-1)).squeeze(-1)
+            contrib = (a.unsqueeze(-1) * g.unsqueeze(1)).reshape(-1, W_dec.shape[1])
+            grad_W.index_add_(0, i.reshape(-1), contrib)
+        return None, grad_acts, grad_W
+
+
+def run(d_in, m, k, batch, reps, device):
+    torch.manual_seed(0)
+    W_enc = torch.nn.Parameter(torch.randn(m, d_in, device=device) / d_in**0.5)
+    b_enc = torch.nn.Parameter(torch.zeros(m, device=device))
+    W_dec = torch.nn.Parameter(W_enc.data.clone())
+    b_dec = torch.nn.Parameter(torch.zeros(d_in, device=device))
+    with torch.no_grad():
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+    opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=1e-4)
+    x = torch.randn(batch, d_in, device=device)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            pre = F.linear(x - b_dec, W_enc, b_enc)
+        acts = F.relu(pre)
+        top_acts, top_idx = acts.topk(k, sorted=False)
+        out = SparseDecode.apply(top_idx, top_acts.float(), W_dec) + b_dec
+        e = x - out
+        total_variance = (x - x.mean(0)).pow(2).sum()
+        fvu = e.pow(2).sum() / total_variance
+        opt.zero_grad(set_to_none=True)
+        fvu.backward()
+        with torch.no_grad():
+            parallel = (W_dec.grad * W_dec).sum(dim=1, keepdim=True)
+            W_dec.grad -= parallel * W_dec
+        opt.step()
+        with torch.no_grad():
+            W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(W_dec.dtype).eps)
+        return fvu
+
+    times = []
+    for r in range(reps + 3):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        if r >= 3:
+            times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        pre = F.relu(F.linear(x - b_dec, W_enc, b_enc))
+    pre32 = pre.float()
+
+    def time_topk(t):
+        ts = []
+        for r in range(reps + 2):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            t.topk(k, sorted=False)
+            torch.cuda.synchronize()
+            if r >= 2:
+                ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    topk_s, topk32_s = time_topk(pre), time_topk(pre32)
+    print(
+        f"BENCH impl=torch dIn={d_in} numLatents={m} k={k} batch={batch} precision=bf16-autocast "
+        f"tokens_per_s={batch / step_s:.0f} step_ms={step_s * 1e3:.3f} topk_ms={topk_s * 1e3:.3f} "
+        f"topk_f32_ms={topk32_s * 1e3:.3f}",
+        flush=True,
+    )
+    del W_enc, b_enc, W_dec, b_dec, opt, x, pre, pre32
+    torch.cuda.empty_cache()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("SKIP: torch sees no CUDA device")
+        return
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}", flush=True)
+    reps = 3 if args.quick else 10
+    run(768, 24576, 32, 8192, reps, "cuda")
+    run(4096, 65536, 64, 8192, reps, "cuda")
+
+
+if __name__ == "__main__":
+    main()

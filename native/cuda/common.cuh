@@ -1,0 +1,130 @@
+// Helpers shared by the CUDA plugin's translation units: error checks that throw sk::Error,
+// a growable device buffer, the status plumbing of the C slots, and deterministic block
+// reductions (fixed shuffle trees: the same inputs and launch shape give the same bits).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include "core/backend.h"
+#include "core/error.h"
+
+namespace sk::cuda {
+
+// Throws ERR_SAEKIT_DEVICE (or MEMORY for allocation failures) naming the call.
+inline void check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return;
+  (void)cudaGetLastError();  // clear a sticky-free error so the next call starts clean
+  ErrorCode code = e == cudaErrorMemoryAllocation ? ErrorCode::Memory : ErrorCode::Device;
+  throw Error(code, fmt("CUDA error in ", what, ": ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")"));
+}
+#define SK_CUDA(call) ::sk::cuda::check((call), #call)
+// After a kernel launch: launch-configuration errors surface here.
+#define SK_LAUNCHED(name) ::sk::cuda::check(cudaGetLastError(), name)
+
+// Fills a C status from the current exception (the plugin cannot link core/backend.cpp).
+inline void status_from_current(sk_status* st) {
+  auto set = [&](ErrorCode c, const char* msg) {
+    st->code = int(c) + 1;
+    std::snprintf(st->message, sizeof(st->message), "%s", msg);
+  };
+  try {
+    throw;
+  } catch (const Error& e) {
+    set(e.code(), e.what());
+  } catch (const std::bad_alloc&) {
+    set(ErrorCode::Memory, "out of host memory");
+  } catch (const std::exception& e) {
+    set(ErrorCode::Internal, e.what());
+  } catch (...) {
+    set(ErrorCode::Internal, "unknown exception in the CUDA plugin");
+  }
+}
+
+#define SK_CUDA_SLOT(st, ...)             \
+  do {                                    \
+    try {                                 \
+      __VA_ARGS__;                        \
+      return 0;                           \
+    } catch (...) {                       \
+      ::sk::cuda::status_from_current(st); \
+      return 1;                           \
+    }                                     \
+  } while (0)
+
+// A device allocation that only grows (contents are not kept when it grows).
+struct DevBuf {
+  void* p = nullptr;
+  size_t cap = 0;
+  void* ensure(size_t bytes) {
+    if (bytes <= cap && p) return p;
+    if (p) SK_CUDA(cudaFree(p));
+    p = nullptr;
+    cap = 0;
+    size_t want = bytes < 256 ? 256 : bytes;
+    SK_CUDA(cudaMalloc(&p, want));
+    cap = want;
+    return p;
+  }
+  template <typename T>
+  T* as(int64_t count) { return static_cast<T*>(ensure(size_t(count) * sizeof(T))); }
+  void release() {
+    if (p) cudaFree(p);
+    p = nullptr;
+    cap = 0;
+  }
+};
+
+inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {
+  int64_t b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > max_blocks) b = max_blocks;
+  return unsigned(b);
+}
+
+#if defined(__CUDACC__) || defined(SK_CUDA_EMU)
+// ---- deterministic reductions (blockDim.x a multiple of 32, at most 1024) --------------------
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;  // lane 0 holds the sum
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+  return v;
+}
+// Sum over the block, returned to every thread. `scratch` holds 32 T; the call synchronises.
+template <typename T>
+__device__ T block_sum(T v, T* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    T s = lane < nw ? scratch[lane] : T(0);
+    s = warp_sum(s);
+    if (lane == 0) scratch[0] = s;
+  }
+  __syncthreads();
+  return scratch[0];
+}
+__device__ inline float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float s = lane < nw ? scratch[lane] : 0.0f;
+    s = warp_max(s);
+    if (lane == 0) scratch[0] = s;
+  }
+  __syncthreads();
+  return scratch[0];
+}
+#endif
+
+}  // namespace sk::cuda

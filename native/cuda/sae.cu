@@ -1,0 +1,1183 @@
+// The device-resident TopK / JumpReLU SAE (native/core/sae_device.h) on CUDA. Semantics follow
+// the CPU reference native/cpu/sae_topk.cpp step by step; the comments name the CPU phase each
+// kernel implements. Shape letters: N rows, D = dIn, M = numLatents, K = k, Ka = AuxK's k.
+//
+// One step, all on the SAE's stream (x arrives on a copy stream through pinned staging):
+//   check x finite -> mean and total variance (float64) -> per row tile: x - b_dec (+ bf16 copy),
+//   encoder GEMM (cuBLAS), TopK selection (+ AuxK over the dead latents) -> per row: decode,
+//   residuals, losses' row sums, d loss / d pre of every pair -> loss (float64) -> stable radix
+//   sort of the pairs by latent -> per latent: db_enc, overflow bounds -> db_dec -> decide
+//   (reject, or go) -> per latent: gradient rows, projection, Adam, renormalisation (gated on
+//   the decision, so a rejected step leaves every parameter as it was).
+// Every reduction has a fixed order for a given shape: results are bit-identical run to run.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+#include "core/half.h"
+#include "core/sae_device.h"
+#include "cublas_dl.h"
+#include "kernels.h"
+
+#define SK_EXPORT extern "C" __attribute__((visibility("default")))
+
+using namespace sk;
+using namespace sk::cuda;
+
+namespace {
+
+constexpr int64_t kChunk = 256;           // fixed row / latent blocks of the column sums
+constexpr double kGradLimit = 1e18;       // the CPU's overflow guard
+constexpr size_t kStageBytes = size_t(8) << 20;
+
+// Device-side step scalars.
+struct Scalars {
+  double tv, sse, asse, fvu, auxk, loss;
+  float maxE, maxR, maxX, gscale, hscale, pad;
+  unsigned long long positive;  // main codes > 0 in the batch
+};
+// Device-side status words: [0] decision, [1] first non-finite row of x, [2] first latent whose
+// gradient overflowed, [3] first b_dec column that overflowed, [4] zero variance, [5] loss
+// non-finite. Index 1-3 start at INT_MAX.
+enum : int { kGo = 0, kBadX = 1, kZeroVar = 2, kBadLoss = 3, kBadGrad = 4 };
+constexpr int kStatWords = 6;
+
+struct Entry {
+  int32_t row_aux;  // row | (1 << 31) for an AuxK pair
+  float coef;       // act * (aux ? hscale : gscale): the weight of the residual row in dW_dec
+  float dpre;       // d loss / d pre (0 when act == 0)
+};
+
+struct AdamArgs {
+  float b1, b2, lr_t, inv_sqrt_bc2, eps;
+};
+
+int64_t env_bytes(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  if (!v) return fallback;
+  char* end = nullptr;
+  long long n = std::strtoll(v, &end, 10);
+  return (end != v && *end == '\0' && n >= 4096) ? int64_t(n) : fallback;
+}
+
+// ---- kernels ------------------------------------------------------------------------------
+
+__global__ void init_status_kernel(int* stat, unsigned long long* positive) {
+  stat[0] = kGo;
+  stat[1] = stat[2] = stat[3] = INT_MAX;
+  stat[4] = stat[5] = 0;
+  if (positive) *positive = 0ull;
+}
+
+// CPU: check_finite_rows. Records the first row of x holding a NaN or infinity.
+__global__ void check_x_kernel(const float* x, int64_t n, int64_t D, int* stat) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    if (!isfinite(x[i])) atomicMin(&stat[1], int(i / D));
+}
+
+// xc = x - b_dec (when apply_b_dec), and its bf16 copy when xbf is set.
+__global__ void prep_x_kernel(const float* x, const float* b_dec, int apply, int64_t n, int64_t D, float* xc,
+                              uint16_t* xbf) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float v = x[i] - (apply ? b_dec[i % D] : 0.0f);
+    xc[i] = v;
+    if (xbf) xbf[i] = f32_to_bf16(v);
+  }
+}
+
+__global__ void to_bf16_kernel(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = f32_to_bf16(src[i]);
+}
+
+__global__ void add_bias_kernel(float* out, const float* b, int64_t n, int64_t M) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] += b[i % M];
+}
+
+// partial[c * D + d] = sum over rows r of chunk c (kChunk rows) of w(r) * A[r * D + d], in
+// float64, rows in order; w(r) = rw[r] or 1.
+__global__ void colsum_partial_kernel(const float* A, int64_t rows, int64_t D, const float* rw, double* partial) {
+  const int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t c = blockIdx.y;
+  if (d >= D) return;
+  const int64_t r1 = min(rows, (c + 1) * kChunk);
+  double s = 0;
+  for (int64_t r = c * kChunk; r < r1; ++r) {
+    double a = A[r * D + d];
+    s += rw ? double(rw[r]) * a : a;
+  }
+  partial[c * D + d] = s;
+}
+
+// CPU: the mean of x over the batch (column_sums with scale 1/N).
+__global__ void mean_kernel(const double* partial, int64_t chunks, int64_t D, double scale, double* mean) {
+  const int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (d >= D) return;
+  double s = 0;
+  for (int64_t c = 0; c < chunks; ++c) s += scale * partial[c * D + d];
+  mean[d] = s;
+}
+
+// Per row: sum_d (x - mean)^2 in float64.
+__global__ void row_tv_kernel(const float* x, const double* mean, int64_t D, double* out) {
+  __shared__ double scr[32];
+  const int64_t n = blockIdx.x;
+  double s = 0;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    double c = double(x[n * D + d]) - mean[d];
+    s += c * c;
+  }
+  s = block_sum(s, scr);
+  if (threadIdx.x == 0) out[n] = s;
+}
+
+// Total variance and the loss scales (CPU: tv, gscale, hscale).
+__global__ void tv_kernel(const double* row_tv, int64_t N, double alpha, double aux_scale, Scalars* sc, int* stat) {
+  __shared__ double scr[32];
+  double s = 0;
+  for (int64_t n = threadIdx.x; n < N; n += blockDim.x) s += row_tv[n];
+  s = block_sum(s, scr);
+  if (threadIdx.x == 0) {
+    sc->tv = s;
+    sc->gscale = float(-2.0 / s);
+    sc->hscale = float(2.0 * alpha * aux_scale / s);
+    if (!(s > 0)) stat[4] = 1;
+  }
+}
+
+// CPU: the fused decode pass of sae_step, one block per row. E = x - x_hat; with AuxK,
+// R = e_hat - e where e_hat = b_dec + sum a W_dec[aux]; d loss / d pre of each pair (0 when the
+// code is 0); the row's squared norms (float64) and the maxima of |E|, |R|, |xc|.
+__global__ void residual_kernel(const float* x, const float* xc, const float* W_dec, const float* b_dec, int64_t D,
+                                const float* mv, const int32_t* mi, int64_t K, const float* av, const int32_t* ai,
+                                int64_t Ka, const Scalars* sc, float* E, float* R, float* dpm, float* dpa,
+                                double* rowd, float* rowf, int64_t N) {
+  extern __shared__ float sh[];
+  float* se = sh;
+  float* sr = sh + D;
+  __shared__ double dscr[32];
+  __shared__ float fscr[32];
+  const int64_t n = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  double sse = 0;
+  float mE = 0.0f, mX = 0.0f;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = b_dec[d];
+    for (int64_t j = 0; j < K; ++j) {
+      float v = mv[n * K + j];
+      if (v != 0.0f) acc += v * W_dec[int64_t(mi[n * K + j]) * D + d];
+    }
+    float e = x[n * D + d] - acc;
+    se[d] = e;
+    E[n * D + d] = e;
+    sse += double(e) * e;
+    mE = fmaxf(mE, fabsf(e));
+    mX = fmaxf(mX, fabsf(xc[n * D + d]));
+  }
+  sse = block_sum(sse, dscr);  // synchronises: se is complete
+  mE = block_max(mE, fscr);
+  mX = block_max(mX, fscr);
+  const float gscale = sc->gscale, hscale = sc->hscale;
+  for (int64_t j = warp; j < K; j += nw) {
+    const float v = mv[n * K + j];
+    if (!(v > 0.0f)) {
+      if (lane == 0) dpm[n * K + j] = 0.0f;
+      continue;
+    }
+    const float* w = W_dec + int64_t(mi[n * K + j]) * D;
+    float dot = 0.0f;
+    for (int64_t d = lane; d < D; d += 32) dot += se[d] * w[d];
+    dot = warp_sum(dot);
+    if (lane == 0) dpm[n * K + j] = gscale * dot;
+  }
+  double asse = 0;
+  float mR = 0.0f;
+  if (Ka > 0) {
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      float acc = b_dec[d];
+      for (int64_t j = 0; j < Ka; ++j) {
+        float a = av[n * Ka + j];
+        if (a != 0.0f) acc += a * W_dec[int64_t(ai[n * Ka + j]) * D + d];
+      }
+      float r = acc - se[d];
+      sr[d] = r;
+      R[n * D + d] = r;
+      asse += double(r) * r;
+      mR = fmaxf(mR, fabsf(r));
+    }
+    asse = block_sum(asse, dscr);
+    mR = block_max(mR, fscr);
+    for (int64_t j = warp; j < Ka; j += nw) {
+      const float a = av[n * Ka + j];
+      if (!(a > 0.0f)) {
+        if (lane == 0) dpa[n * Ka + j] = 0.0f;
+        continue;
+      }
+      const float* w = W_dec + int64_t(ai[n * Ka + j]) * D;
+      float dot = 0.0f;
+      for (int64_t d = lane; d < D; d += 32) dot += sr[d] * w[d];
+      dot = warp_sum(dot);
+      if (lane == 0) dpa[n * Ka + j] = hscale * dot;
+    }
+  }
+  if (threadIdx.x == 0) {
+    rowd[n] = sse;
+    rowd[N + n] = asse;
+    rowf[n] = mE;
+    rowf[N + n] = mR;
+    rowf[2 * N + n] = mX;
+  }
+}
+
+// The losses (CPU: st.fvu, st.auxk, st.loss) and the finite check before any update.
+__global__ void loss_kernel(const double* rowd, const float* rowf, int64_t N, int use_aux, double alpha,
+                            double aux_scale, Scalars* sc, int* stat) {
+  __shared__ double dscr[32];
+  __shared__ float fscr[32];
+  double s = 0, a = 0;
+  float mE = 0, mR = 0, mX = 0;
+  for (int64_t n = threadIdx.x; n < N; n += blockDim.x) {
+    s += rowd[n];
+    a += rowd[N + n];
+    // fmaxf drops NaN; an infinite or NaN residual also makes the sums non-finite.
+    mE = fmaxf(mE, rowf[n]);
+    mR = fmaxf(mR, rowf[N + n]);
+    mX = fmaxf(mX, rowf[2 * N + n]);
+  }
+  s = block_sum(s, dscr);
+  a = block_sum(a, dscr);
+  mE = block_max(mE, fscr);
+  mR = block_max(mR, fscr);
+  mX = block_max(mX, fscr);
+  if (threadIdx.x == 0) {
+    const double tv = sc->tv;
+    sc->sse = s;
+    sc->asse = a;
+    sc->fvu = s / tv;
+    sc->auxk = use_aux ? aux_scale * a / tv : 0.0;
+    sc->loss = sc->fvu + alpha * sc->auxk;
+    sc->maxE = mE;
+    sc->maxR = mR;
+    sc->maxX = mX;
+    if (!(isfinite(sc->loss) && isfinite(mE) && isfinite(mR) && isfinite(mX))) stat[5] = 1;
+  }
+}
+
+// Sort keys (the latent) and values (the pair id: main pairs n*K+j first, then AuxK pairs), so
+// that a stable sort by latent gives the CPU's order: per latent, main pairs by row, then AuxK
+// pairs by row.
+__global__ void pair_keys_kernel(const int32_t* mi, int64_t NK, const int32_t* ai, int64_t NKa, uint32_t* keys,
+                                 uint32_t* vals) {
+  const int64_t L = NK + NKa;
+  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < L; q += int64_t(gridDim.x) * blockDim.x) {
+    keys[q] = uint32_t(q < NK ? mi[q] : ai[q - NK]);
+    vals[q] = uint32_t(q);
+  }
+}
+
+// offs[l] = first position of latent l in the sorted keys (lower bound); offs[M] = L.
+__global__ void offsets_kernel(const uint32_t* skeys, int64_t L, int64_t M, int32_t* offs) {
+  for (int64_t l = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; l <= M; l += int64_t(gridDim.x) * blockDim.x) {
+    int64_t lo = 0, hi = L;
+    while (lo < hi) {
+      int64_t mid = (lo + hi) >> 1;
+      if (int64_t(skeys[mid]) < l) lo = mid + 1;
+      else hi = mid;
+    }
+    offs[l] = int32_t(lo);
+  }
+}
+
+__global__ void entries_kernel(const uint32_t* svals, int64_t L, int64_t NK, int64_t K, int64_t Ka, const float* mv,
+                               const float* dpm, const float* av, const float* dpa, const Scalars* sc, Entry* ent) {
+  const float gscale = sc->gscale, hscale = sc->hscale;
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < L; p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t id = svals[p];
+    Entry e;
+    if (id < NK) {
+      e.row_aux = int32_t(id / K);
+      e.coef = mv[id] * gscale;
+      e.dpre = dpm[id];
+    } else {
+      const int64_t q = id - NK;
+      e.row_aux = int32_t(q / Ka) | int32_t(0x80000000u);
+      e.coef = av[q] * hscale;
+      e.dpre = dpa[q];
+    }
+    ent[p] = e;
+  }
+}
+
+// Fired mask and the number of positive codes (l0 = count / N).
+__global__ void fired_kernel(const float* mv, const int32_t* mi, int64_t NK, uint8_t* fired,
+                             unsigned long long* positive) {
+  __shared__ unsigned long long scr[32];
+  unsigned long long c = 0;
+  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < NK; q += int64_t(gridDim.x) * blockDim.x)
+    if (mv[q] > 0.0f) {
+      fired[mi[q]] = 1;
+      ++c;
+    }
+  c = block_sum(c, scr);
+  if (threadIdx.x == 0 && c) atomicAdd(positive, c);  // integer: order does not matter
+}
+
+// CPU: db_enc per latent and the overflow bounds, one warp per latent.
+__global__ void latent_reduce_kernel(const int32_t* offs, const Entry* ent, int64_t M, const Scalars* sc,
+                                     float* gbenc, uint8_t* suspect, int* stat) {
+  const int lane = threadIdx.x & 31;
+  const int64_t l = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (l >= M) return;  // whole warps leave together
+  const double mE = sc->maxE, mR = sc->maxR, mX = sc->maxX;
+  double s = 0, bdec = 0, benc = 0;
+  for (int64_t q = offs[l] + lane; q < offs[l + 1]; q += 32) {
+    const Entry e = ent[q];
+    s += e.dpre;
+    bdec += fabs(double(e.coef)) * (e.row_aux < 0 ? mR : mE);
+    benc += fabs(double(e.dpre)) * mX;
+  }
+  s = warp_sum(s);
+  bdec = warp_sum(bdec);
+  benc = warp_sum(benc);
+  if (lane == 0) {
+    if (!(isfinite(s) && fabs(s) < kGradLimit)) atomicMin(&stat[2], int(l));
+    gbenc[l] = float(s);
+    suspect[l] = !(bdec < kGradLimit && benc < kGradLimit);
+  }
+}
+
+// The gradient rows of latent l into gd, ge (shared, D each), from its pairs in order (CPU:
+// the axpy loop of the per-latent pass). Returns whether the latent has pairs.
+__device__ bool latent_grad_rows(int64_t l, int64_t D, const int32_t* offs, const Entry* ent, const float* E,
+                                 const float* R, const float* xc, float* gd, float* ge) {
+  const int64_t q0 = offs[l], q1 = offs[l + 1];
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float a = 0.0f, b = 0.0f;
+    for (int64_t q = q0; q < q1; ++q) {
+      const Entry e = ent[q];
+      const int64_t row = e.row_aux & 0x7fffffff;
+      if (e.coef != 0.0f) a += e.coef * (e.row_aux < 0 ? R : E)[row * D + d];
+      if (e.dpre != 0.0f) b += e.dpre * xc[row * D + d];
+    }
+    gd[d] = a;
+    ge[d] = b;
+  }
+  return q1 > q0;
+}
+
+// CPU: the explicit check of rows whose bound is too large.
+__global__ void suspect_check_kernel(int64_t D, const int32_t* offs, const Entry* ent, const float* E, const float* R,
+                                     const float* xc, const uint8_t* suspect, int* stat) {
+  extern __shared__ float sh[];
+  const int64_t l = blockIdx.x;
+  if (!suspect[l]) return;
+  latent_grad_rows(l, D, offs, ent, E, R, xc, sh, sh + D);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+    if (!(fabsf(sh[d]) < float(kGradLimit) && fabsf(sh[D + d]) < float(kGradLimit))) atomicMin(&stat[2], int(l));
+}
+
+// db_dec = gscale sum E + hscale sum R - [apply_b_dec] sum_l db_enc[l] W_encT[l] (CPU order:
+// block by block), then its overflow check.
+__global__ void gbdec_kernel(const double* pE, int64_t cE, const double* pR, int64_t cR, const double* pW, int64_t cW,
+                             int64_t D, const Scalars* sc, float* gbf, int* stat) {
+  const int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (d >= D) return;
+  const double gs = sc->gscale, hs = sc->hscale;
+  double g = 0;
+  for (int64_t c = 0; c < cE; ++c) g += gs * pE[c * D + d];
+  for (int64_t c = 0; c < cR; ++c) g += hs * pR[c * D + d];
+  for (int64_t c = 0; c < cW; ++c) g -= pW[c * D + d];
+  if (!(fabs(g) < kGradLimit)) atomicMin(&stat[3], int(d));
+  gbf[d] = float(g);
+}
+
+__global__ void decide_kernel(int* stat) {
+  int c = kGo;
+  if (stat[1] != INT_MAX) c = kBadX;
+  else if (stat[4]) c = kZeroVar;
+  else if (stat[5]) c = kBadLoss;
+  else if (stat[2] != INT_MAX || stat[3] != INT_MAX) c = kBadGrad;
+  stat[0] = c;
+}
+
+__device__ __forceinline__ void adam1(float* p, float* m, float* v, float g, const AdamArgs& a) {
+  const float c1 = 1.0f - a.b1, c2 = 1.0f - a.b2;
+  float mi = a.b1 * *m + c1 * g;
+  float vi = a.b2 * *v + c2 * g * g;
+  *m = mi;
+  *v = vi;
+  *p -= a.lr_t * mi / (sqrtf(vi) * a.inv_sqrt_bc2 + a.eps);
+}
+
+// CPU: the per-latent pass. mode 0 writes the dense gradient rows (grads slab layout); mode 1
+// projects the decoder gradient off the decoder row, runs Adam on both rows and b_enc[l], and
+// renormalises the decoder row; it does nothing unless the step was accepted.
+__global__ void latent_update_kernel(int mode, int64_t D, int64_t M, const int32_t* offs, const Entry* ent,
+                                     const float* E, const float* R, const float* xc, float* slab, float* mslab,
+                                     float* vslab, const float* gbenc, float* grads, AdamArgs ad, const int* stat) {
+  extern __shared__ float sh[];
+  __shared__ float scr[32];
+  const int64_t l = blockIdx.x;
+  if (mode == 1 && stat[0] != kGo) return;
+  float* gd = sh;
+  float* ge = sh + D;
+  const bool has = latent_grad_rows(l, D, offs, ent, E, R, xc, gd, ge);
+  if (mode == 0) {
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      grads[l * D + d] = ge[d];
+      grads[M * D + l * D + d] = gd[d];
+    }
+    return;
+  }
+  float* wenc = slab + l * D;
+  float* wdec = slab + M * D + l * D;
+  if (has) {
+    float par = 0.0f;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) par += gd[d] * wdec[d];
+    par = block_sum(par, scr);
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) gd[d] += -par * wdec[d];
+  }
+  float nrm2 = 0.0f;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    adam1(wdec + d, mslab + M * D + l * D + d, vslab + M * D + l * D + d, gd[d], ad);
+    adam1(wenc + d, mslab + l * D + d, vslab + l * D + d, ge[d], ad);
+    nrm2 += wdec[d] * wdec[d];
+  }
+  if (threadIdx.x == 0) adam1(slab + 2 * M * D + l, mslab + 2 * M * D + l, vslab + 2 * M * D + l, gbenc[l], ad);
+  nrm2 = block_sum(nrm2, scr);
+  const double nrm = sqrt(double(nrm2));
+  if (nrm > 0) {
+    const float inv = float(1.0 / nrm);
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) wdec[d] *= inv;
+  }
+}
+
+__global__ void bdec_adam_kernel(int64_t D, int64_t M, float* slab, float* mslab, float* vslab, const float* gbf,
+                                 AdamArgs ad, const int* stat) {
+  if (stat[0] != kGo) return;
+  const int64_t o = 2 * M * D + M;
+  for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
+    adam1(slab + o + d, mslab + o + d, vslab + o + d, gbf[d], ad);
+}
+
+// out [N, D] = (with_bias ? b_dec : 0) + sum_j v W_dec[i] (codes with v == 0 skipped).
+__global__ void decode_kernel(const float* W_dec, const float* b_dec, int64_t D, const float* v, const int32_t* idx,
+                              int64_t K, int with_bias, float* out) {
+  const int64_t n = blockIdx.x;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = with_bias ? b_dec[d] : 0.0f;
+    for (int64_t j = 0; j < K; ++j) {
+      float c = v[n * K + j];
+      if (c != 0.0f) acc += c * W_dec[int64_t(idx[n * K + j]) * D + d];
+    }
+    out[n * D + d] = acc;
+  }
+}
+
+template <typename F>
+void allow_smem(F* kernel, size_t bytes, int device) {
+  if (bytes <= (48u << 10)) return;
+  int optin = 0;
+  SK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  SK_CHECK(bytes <= size_t(optin), ErrorCode::Shape, "dIn is too large for the CUDA SAE kernels: they need ", bytes,
+           " bytes of shared memory per block and the device allows ", optin);
+  SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+}  // namespace
+
+// ---- the SAE object -------------------------------------------------------------------------
+
+struct sk_sae_dev {
+  int device = 0;
+  int64_t D = 0, M = 0;
+  bool apply_b_dec = true;
+  cudaStream_t s = nullptr, copy = nullptr;
+  cublasHandle_t blas = nullptr;
+  const Cublas* lib = nullptr;
+  float* params = nullptr;  // slab [W_encT | W_dec | b_enc | b_dec]
+  float* m = nullptr;       // Adam moments, same layout
+  float* v = nullptr;
+  float* thr = nullptr;     // [M] JumpReLU thresholds, or null
+  int64_t t = 0;
+  DevBuf wbf;               // bf16 copy of W_encT (valid when wbf_fresh)
+  bool wbf_fresh = false;
+  void* pin[2] = {nullptr, nullptr};
+  cudaEvent_t pin_ev[2] = {nullptr, nullptr};
+  cudaEvent_t up_done = nullptr;
+  std::vector<cudaEvent_t> timers;
+  // workspace (grown as needed, kept between calls)
+  DevBuf x, xc, xbf, pre, mv, mi, av, ai, dpm, dpa, E, R, rowd, rowf, keys, vals, skeys, svals, offs, ent, suspect,
+      gbenc, pE, pR, pW, pX, mean, gbf, fired, scal, stat, cubtmp, dead, grads, pos, out;
+
+  int64_t slab() const { return 2 * M * D + M + D; }
+};
+
+namespace {
+
+void use(sk_sae_dev* S) { SK_CUDA(cudaSetDevice(S->device)); }
+
+// Whether p is page-locked host memory (cudaHostAlloc / host_alloc / registered).
+bool is_pinned(const void* p) {
+  cudaPointerAttributes at;
+  if (cudaPointerGetAttributes(&at, p) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return at.type == cudaMemoryTypeHost;
+}
+
+// Host -> device: page-locked sources by one DMA; others through the pinned buffers, overlapping
+// the host copy of one chunk with the transfer of the previous one. The SAE's stream waits for
+// the copy (callers synchronise that stream before returning, so `src` may be reused after).
+// SAEKIT_CUDA_STAGING=0 hands pageable sources to the driver instead (its own staging; the
+// benchmark compares both).
+void upload(sk_sae_dev* S, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  const char* staging = std::getenv("SAEKIT_CUDA_STAGING");  // read per call: the bench toggles it
+  if (is_pinned(src) || (staging && staging[0] == '0')) {
+    SK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, S->copy));
+    SK_CUDA(cudaEventRecord(S->up_done, S->copy));
+    SK_CUDA(cudaStreamWaitEvent(S->s, S->up_done, 0));
+    return;
+  }
+  size_t off = 0;
+  int b = 0;
+  while (off < bytes) {
+    const size_t n = std::min(kStageBytes, bytes - off);
+    SK_CUDA(cudaEventSynchronize(S->pin_ev[b]));
+    std::memcpy(S->pin[b], static_cast<const char*>(src) + off, n);
+    SK_CUDA(cudaMemcpyAsync(static_cast<char*>(dst) + off, S->pin[b], n, cudaMemcpyHostToDevice, S->copy));
+    SK_CUDA(cudaEventRecord(S->pin_ev[b], S->copy));
+    off += n;
+    b ^= 1;
+  }
+  SK_CUDA(cudaEventRecord(S->up_done, S->copy));
+  SK_CUDA(cudaStreamWaitEvent(S->s, S->up_done, 0));
+}
+
+// Device -> host after the work queued on the SAE's stream, double-buffered the same way.
+void download(sk_sae_dev* S, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  if (is_pinned(dst)) {
+    SK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, S->s));
+    SK_CUDA(cudaStreamSynchronize(S->s));
+    return;
+  }
+  size_t off = 0, prev_off = 0, prev_n = 0;
+  int b = 0, prev_b = -1;
+  while (off < bytes) {
+    const size_t n = std::min(kStageBytes, bytes - off);
+    SK_CUDA(cudaEventSynchronize(S->pin_ev[b]));  // an upload may still read this buffer
+    SK_CUDA(cudaMemcpyAsync(S->pin[b], static_cast<const char*>(src) + off, n, cudaMemcpyDeviceToHost, S->s));
+    SK_CUDA(cudaEventRecord(S->pin_ev[b], S->s));
+    if (prev_b >= 0) {
+      SK_CUDA(cudaEventSynchronize(S->pin_ev[prev_b]));
+      std::memcpy(static_cast<char*>(dst) + prev_off, S->pin[prev_b], prev_n);
+    }
+    prev_off = off;
+    prev_n = n;
+    prev_b = b;
+    off += n;
+    b ^= 1;
+  }
+  SK_CUDA(cudaEventSynchronize(S->pin_ev[prev_b]));
+  std::memcpy(static_cast<char*>(dst) + prev_off, S->pin[prev_b], prev_n);
+}
+
+void sync(sk_sae_dev* S, const char* what) {
+  check(cudaGetLastError(), what);
+  check(cudaStreamSynchronize(S->s), what);
+}
+
+void check_precision(int p) {
+  SK_CHECK(p == SK_PREC_F32 || p == SK_PREC_TF32 || p == SK_PREC_BF16, ErrorCode::Arg,
+           "Expected precision 0 (float32), 1 (tf32) or 2 (bf16) but received ", p);
+}
+
+// Rows per encoder tile: the pre-activation tile stays under SAEKIT_CUDA_TILE_BYTES (512 MiB;
+// at least 4096, so tests can force many tiles).
+int64_t tile_rows(const sk_sae_dev* S, int64_t N) {
+  static const int64_t budget = env_bytes("SAEKIT_CUDA_TILE_BYTES", int64_t(512) << 20);
+  int64_t R = budget / (S->M * int64_t(sizeof(float)));
+  R = std::max<int64_t>(1, std::min<int64_t>(R, N));
+  return std::min<int64_t>(R, INT32_MAX);
+}
+
+// pre[rows, M] = xc[rows, D] W_encT^T: column-major pre^T[M, rows] = W^T (op T on W [D x M]
+// column-major) times xc^T ([D x rows] column-major).
+void encoder_gemm(sk_sae_dev* S, int prec, const float* xc, const uint16_t* xbf, int64_t rows, float* pre) {
+  const int64_t D = S->D, M = S->M;
+  const float one = 1.0f, zero = 0.0f;
+  cublasStatus_t st;
+  if (prec == SK_PREC_F32) {
+    st = S->lib->sgemm(S->blas, kOpT, kOpN, int(M), int(rows), int(D), &one, S->params, int(D), xc, int(D), &zero, pre,
+                       int(M));
+  } else if (prec == SK_PREC_TF32) {
+    st = S->lib->gemm_ex(S->blas, kOpT, kOpN, int(M), int(rows), int(D), &one, S->params, kR32F, int(D), xc, kR32F,
+                         int(D), &zero, pre, kR32F, int(M), kCompute32FFastTF32, kGemmDefault);
+  } else {
+    st = S->lib->gemm_ex(S->blas, kOpT, kOpN, int(M), int(rows), int(D), &one, S->wbf.p, kR16BF, int(D), xbf, kR16BF,
+                         int(D), &zero, pre, kR32F, int(M), kCompute32F, kGemmDefault);
+  }
+  SK_CHECK(st == 0, ErrorCode::Device, "the encoder GEMM (cuBLAS) failed: ", cublas_status_name(st), " (rows ", rows,
+           ", dIn ", D, ", numLatents ", M, ", precision ", prec, ")");
+}
+
+cudaEvent_t timer(sk_sae_dev* S, size_t i) {
+  while (S->timers.size() <= i) {
+    cudaEvent_t e;
+    SK_CUDA(cudaEventCreate(&e));
+    S->timers.push_back(e);
+  }
+  return S->timers[i];
+}
+double elapsed(sk_sae_dev* S, size_t a, size_t b) {
+  float ms = 0;
+  if (cudaEventElapsedTime(&ms, S->timers[a], S->timers[b]) != cudaSuccess) return 0;
+  return double(ms) * 1e-3;
+}
+
+// x (already on the device in S->x) -> xc (+ bf16), then per row tile: GEMM and selection.
+// Main codes [N, K] into mv/mi; with Ka > 0 the AuxK codes over `dead` into av/ai; `positive`
+// (JumpReLU check) receives each row's number of active latents. With `times`, events
+// 2 + 3t .. 4 + 3t bracket tile t's GEMM and selection.
+void forward(sk_sae_dev* S, int64_t N, int prec, int64_t K, const float* thr, float* mv, int32_t* mi, int64_t Ka,
+             const int32_t* dead, int64_t num_dead, float* av, int32_t* ai, int32_t* positive, int64_t* tiles_out,
+             bool times) {
+  const int64_t D = S->D, M = S->M;
+  const float* x = S->x.as<float>(N * D);
+  float* xc = S->xc.as<float>(N * D);
+  uint16_t* xbf = prec == SK_PREC_BF16 ? S->xbf.as<uint16_t>(N * D) : nullptr;
+  if (prec == SK_PREC_BF16 && !S->wbf_fresh) {
+    to_bf16_kernel<<<grid_for(M * D, 256), 256, 0, S->s>>>(S->params, S->wbf.as<uint16_t>(M * D), M * D);
+    SK_LAUNCHED("to_bf16_kernel");
+    S->wbf_fresh = true;
+  }
+  prep_x_kernel<<<grid_for(N * D, 256), 256, 0, S->s>>>(x, S->params + 2 * M * D + M, S->apply_b_dec ? 1 : 0, N * D,
+                                                        D, xc, xbf);
+  SK_LAUNCHED("prep_x_kernel");
+  const int64_t R = tile_rows(S, N);
+  float* pre = S->pre.as<float>(R * M);
+  const float* b_enc = S->params + 2 * M * D;
+  int64_t t = 0;
+  for (int64_t r0 = 0; r0 < N; r0 += R, ++t) {
+    const int64_t rows = std::min(R, N - r0);
+    if (times) SK_CUDA(cudaEventRecord(timer(S, size_t(2 + 3 * t)), S->s));
+    encoder_gemm(S, prec, xc + r0 * D, xbf ? xbf + r0 * D : nullptr, rows, pre);
+    if (times) SK_CUDA(cudaEventRecord(timer(S, size_t(3 + 3 * t)), S->s));
+    SelectArgs a;
+    a.pre = pre;
+    a.ld = M;
+    a.bias = b_enc;
+    a.thr = thr;
+    a.C = M;
+    a.k = K;
+    a.out_v = mv + r0 * K;
+    a.out_i = mi + r0 * K;
+    a.positive = positive ? positive + r0 : nullptr;
+    topk_select(a, rows, S->s);
+    if (Ka > 0) {
+      SelectArgs b;
+      b.pre = pre;
+      b.ld = M;
+      b.bias = b_enc;
+      b.cand = dead;
+      b.C = num_dead;
+      b.k = Ka;
+      b.out_v = av + r0 * Ka;
+      b.out_i = ai + r0 * Ka;
+      topk_select(b, rows, S->s);
+    }
+    if (times) SK_CUDA(cudaEventRecord(timer(S, size_t(4 + 3 * t)), S->s));
+  }
+  *tiles_out = t;
+}
+
+void check_k(const sk_sae_dev* S, int64_t k, const char* what) {
+  const int64_t hi = std::min<int64_t>(S->M, kMaxSelectK);
+  SK_CHECK(k >= 1 && k <= hi, ErrorCode::Arg, "Expected ", what, " in [1, ", hi, "] but received ", k,
+           S->M > kMaxSelectK ? " (the CUDA selection keeps at most 8192 codes per row)" : "");
+}
+
+// ---- slots --------------------------------------------------------------------------------
+
+int sae_device_count(sk_status* st, int* count) {
+  SK_CUDA_SLOT(st, {
+    *count = 0;
+    std::string why = unavailable_reason(count);
+    (void)why;  // count stays 0 when CUDA cannot run; the reason is sk_backend_score's to give
+  });
+}
+
+int sae_device_name(sk_status* st, int device, char* out, size_t len) {
+  SK_CUDA_SLOT(st, {
+    cudaDeviceProp p;
+    SK_CUDA(cudaGetDeviceProperties(&p, device));
+    std::snprintf(out, len, "%s, %.0f GiB, sm_%d%d", p.name, double(p.totalGlobalMem) / double(1ull << 30), p.major,
+                  p.minor);
+  });
+}
+
+void destroy_sae(sk_sae_dev* S) {
+  if (!S) return;
+  cudaSetDevice(S->device);
+  if (S->s) cudaStreamSynchronize(S->s);
+  if (S->copy) cudaStreamSynchronize(S->copy);
+  DevBuf* bufs[] = {&S->wbf, &S->x, &S->xc, &S->xbf, &S->pre, &S->mv, &S->mi, &S->av, &S->ai, &S->dpm, &S->dpa,
+                    &S->E, &S->R, &S->rowd, &S->rowf, &S->keys, &S->vals, &S->skeys, &S->svals, &S->offs, &S->ent,
+                    &S->suspect, &S->gbenc, &S->pE, &S->pR, &S->pW, &S->pX, &S->mean, &S->gbf, &S->fired, &S->scal,
+                    &S->stat, &S->cubtmp, &S->dead, &S->grads, &S->pos, &S->out};
+  for (DevBuf* b : bufs) b->release();
+  cudaFree(S->params);
+  cudaFree(S->m);
+  cudaFree(S->v);
+  cudaFree(S->thr);
+  for (int i = 0; i < 2; ++i) {
+    if (S->pin[i]) cudaFreeHost(S->pin[i]);
+    if (S->pin_ev[i]) cudaEventDestroy(S->pin_ev[i]);
+  }
+  if (S->up_done) cudaEventDestroy(S->up_done);
+  for (cudaEvent_t e : S->timers) cudaEventDestroy(e);
+  if (S->blas && S->lib) S->lib->destroy(S->blas);
+  if (S->s) cudaStreamDestroy(S->s);
+  if (S->copy) cudaStreamDestroy(S->copy);
+  delete S;
+}
+
+int sae_create(sk_status* st, sk_sae_dev** out, int device, int64_t D, int64_t M, int apply_b_dec,
+               const float* host_slab, const float* host_threshold) {
+  SK_CUDA_SLOT(st, {
+    sk_sae_dev* S = nullptr;
+    *out = nullptr;
+    SK_CHECK(D >= 1 && M >= 1, ErrorCode::Shape, "Expected dIn >= 1 and numLatents >= 1 but received ", D, " and ", M);
+    SK_CHECK(D <= INT32_MAX && M <= INT32_MAX && 2 * M * D <= (int64_t(1) << 40), ErrorCode::Shape,
+             "the SAE is too large for the CUDA backend (dIn ", D, ", numLatents ", M, ")");
+    SK_CHECK(host_slab != nullptr, ErrorCode::Arg, "Expected the parameter slab");
+    int count = 0;
+    std::string why = unavailable_reason(&count);
+    SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
+    SK_CHECK(device >= 0 && device < count, ErrorCode::Arg, "Expected a CUDA device index in [0, ", count,
+             ") but received ", device);
+    S = new sk_sae_dev();
+    try {
+    S->device = device;
+    S->D = D;
+    S->M = M;
+    S->apply_b_dec = apply_b_dec != 0;
+    S->lib = cublas(nullptr);
+    use(S);
+    SK_CUDA(cudaStreamCreateWithFlags(&S->s, cudaStreamNonBlocking));
+    SK_CUDA(cudaStreamCreateWithFlags(&S->copy, cudaStreamNonBlocking));
+    cublasStatus_t cs = S->lib->create(&S->blas);
+    SK_CHECK(cs == 0, ErrorCode::Device, "cublasCreate failed: ", cublas_status_name(cs));
+    cs = S->lib->set_stream(S->blas, S->s);
+    SK_CHECK(cs == 0, ErrorCode::Device, "cublasSetStream failed: ", cublas_status_name(cs));
+    for (int i = 0; i < 2; ++i) {
+      SK_CUDA(cudaHostAlloc(&S->pin[i], kStageBytes, cudaHostAllocDefault));
+      SK_CUDA(cudaEventCreateWithFlags(&S->pin_ev[i], cudaEventDisableTiming));
+    }
+    SK_CUDA(cudaEventCreateWithFlags(&S->up_done, cudaEventDisableTiming));
+    const size_t bytes = size_t(S->slab()) * sizeof(float);
+    SK_CUDA(cudaMalloc(&S->params, bytes));
+    SK_CUDA(cudaMalloc(&S->m, bytes));
+    SK_CUDA(cudaMalloc(&S->v, bytes));
+    SK_CUDA(cudaMemsetAsync(S->m, 0, bytes, S->s));
+    SK_CUDA(cudaMemsetAsync(S->v, 0, bytes, S->s));
+    upload(S, S->params, host_slab, bytes);
+    if (host_threshold) {
+      SK_CUDA(cudaMalloc(&S->thr, size_t(M) * sizeof(float)));
+      upload(S, S->thr, host_threshold, size_t(M) * sizeof(float));
+    }
+    sync(S, "create");
+    } catch (...) {
+      destroy_sae(S);
+      throw;
+    }
+    *out = S;
+  });
+}
+
+int sae_get_params(sk_status* st, sk_sae_dev* S, float* host_slab) {
+  SK_CUDA_SLOT(st, {
+    use(S);
+    download(S, host_slab, S->params, size_t(S->slab()) * sizeof(float));
+  });
+}
+
+int sae_set_params(sk_status* st, sk_sae_dev* S, const float* host_slab) {
+  SK_CUDA_SLOT(st, {
+    use(S);
+    S->wbf_fresh = false;
+    upload(S, S->params, host_slab, size_t(S->slab()) * sizeof(float));
+    sync(S, "set_params");
+  });
+}
+
+int sae_get_adam(sk_status* st, sk_sae_dev* S, float* host_m, float* host_v, int64_t* t) {
+  SK_CUDA_SLOT(st, {
+    use(S);
+    download(S, host_m, S->m, size_t(S->slab()) * sizeof(float));
+    download(S, host_v, S->v, size_t(S->slab()) * sizeof(float));
+    *t = S->t;
+  });
+}
+
+int sae_set_adam(sk_status* st, sk_sae_dev* S, const float* host_m, const float* host_v, int64_t t) {
+  SK_CUDA_SLOT(st, {
+    SK_CHECK(t >= 0, ErrorCode::Arg, "Expected Adam's step count t >= 0 but received ", t);
+    use(S);
+    upload(S, S->m, host_m, size_t(S->slab()) * sizeof(float));
+    upload(S, S->v, host_v, size_t(S->slab()) * sizeof(float));
+    sync(S, "set_adam");
+    S->t = t;
+  });
+}
+
+int sae_encode(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, int64_t k, int precision,
+               float* host_vals, int32_t* host_idx) {
+  SK_CUDA_SLOT(st, {
+    SK_CHECK(N >= 0, ErrorCode::Shape, "Expected N >= 0 rows but received ", N);
+    check_precision(precision);
+    check_k(S, k, "k");
+    if (N == 0) return 0;
+    use(S);
+    const int64_t D = S->D;
+    upload(S, S->x.as<float>(N * D), host_x, size_t(N * D) * sizeof(float));
+    float* mv = S->mv.as<float>(N * k);
+    int32_t* mi = S->mi.as<int32_t>(N * k);
+    int32_t* pos = S->thr ? S->pos.as<int32_t>(N) : nullptr;
+    int64_t tiles = 0;
+    forward(S, N, precision, k, S->thr, mv, mi, 0, nullptr, 0, nullptr, nullptr, pos, &tiles, false);
+    if (pos) {
+      std::vector<int32_t> counts(static_cast<size_t>(N));
+      download(S, counts.data(), pos, size_t(N) * sizeof(int32_t));
+      int64_t worst = 0, row = 0;
+      for (int64_t n = 0; n < N; ++n)
+        if (counts[size_t(n)] > worst) {
+          worst = counts[size_t(n)];
+          row = n;
+        }
+      SK_CHECK(worst <= k, ErrorCode::Shape, "JumpReLU encode: row ", row, " has ", worst,
+               " active latents but only k = ", k, " codes per row were requested; call again with k >= ", worst);
+    }
+    download(S, host_vals, mv, size_t(N * k) * sizeof(float));
+    download(S, host_idx, mi, size_t(N * k) * sizeof(int32_t));
+  });
+}
+
+int sae_decode(sk_status* st, sk_sae_dev* S, const float* host_vals, const int32_t* host_idx, int64_t N, int64_t k,
+               int with_bias, float* host_out) {
+  SK_CUDA_SLOT(st, {
+    SK_CHECK(N >= 0 && k >= 0, ErrorCode::Shape, "Expected N >= 0 and k >= 0 but received ", N, " and ", k);
+    if (N == 0) return 0;
+    SK_CHECK(N <= INT32_MAX, ErrorCode::Shape, "too many rows for one decode: ", N);
+    use(S);
+    const int64_t D = S->D, M = S->M;
+    float* v = S->mv.as<float>(std::max<int64_t>(1, N * k));
+    int32_t* idx = S->mi.as<int32_t>(std::max<int64_t>(1, N * k));
+    upload(S, v, host_vals, size_t(N * k) * sizeof(float));
+    upload(S, idx, host_idx, size_t(N * k) * sizeof(int32_t));
+    float* out = S->out.as<float>(N * D);
+    decode_kernel<<<unsigned(N), D >= 512 ? 256 : 128, 0, S->s>>>(S->params + M * D, S->params + 2 * M * D + M, D, v,
+                                                                   idx, k, with_bias, out);
+    SK_LAUNCHED("decode_kernel");
+    download(S, host_out, out, size_t(N * D) * sizeof(float));
+  });
+}
+
+int sae_preacts(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, int precision, float* host_out) {
+  SK_CUDA_SLOT(st, {
+    SK_CHECK(N >= 0, ErrorCode::Shape, "Expected N >= 0 rows but received ", N);
+    check_precision(precision);
+    if (N == 0) return 0;
+    use(S);
+    const int64_t D = S->D, M = S->M;
+    upload(S, S->x.as<float>(N * D), host_x, size_t(N * D) * sizeof(float));
+    float* xc = S->xc.as<float>(N * D);
+    uint16_t* xbf = precision == SK_PREC_BF16 ? S->xbf.as<uint16_t>(N * D) : nullptr;
+    if (precision == SK_PREC_BF16 && !S->wbf_fresh) {
+      to_bf16_kernel<<<grid_for(M * D, 256), 256, 0, S->s>>>(S->params, S->wbf.as<uint16_t>(M * D), M * D);
+      SK_LAUNCHED("to_bf16_kernel");
+      S->wbf_fresh = true;
+    }
+    prep_x_kernel<<<grid_for(N * D, 256), 256, 0, S->s>>>(S->x.as<float>(N * D), S->params + 2 * M * D + M,
+                                                          S->apply_b_dec ? 1 : 0, N * D, D, xc, xbf);
+    SK_LAUNCHED("prep_x_kernel");
+    const int64_t R = tile_rows(S, N);
+    float* pre = S->pre.as<float>(R * M);
+    for (int64_t r0 = 0; r0 < N; r0 += R) {
+      const int64_t rows = std::min(R, N - r0);
+      encoder_gemm(S, precision, xc + r0 * D, xbf ? xbf + r0 * D : nullptr, rows, pre);
+      add_bias_kernel<<<grid_for(rows * M, 256), 256, 0, S->s>>>(pre, S->params + 2 * M * D, rows * M, M);
+      SK_LAUNCHED("add_bias_kernel");
+      download(S, host_out + r0 * M, pre, size_t(rows * M) * sizeof(float));
+    }
+  });
+}
+
+int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const sk_sae_step_opts* o,
+             sk_sae_step_stats* stats) {
+  SK_CUDA_SLOT(st, {
+    SK_CHECK(S->thr == nullptr, ErrorCode::Arg, "training (step) is not supported for a JumpReLU SAE yet (it encodes "
+             "and decodes; training it comes later)");
+    SK_CHECK(o != nullptr && stats != nullptr, ErrorCode::Arg, "step: Expected options and a stats record");
+    SK_CHECK(N >= 1, ErrorCode::Shape, "Expected at least 1 row for x but received ", N);
+    SK_CHECK(N <= INT32_MAX, ErrorCode::Shape, "too many rows for one step: ", N);
+    check_precision(o->precision);
+    check_k(S, o->k, "k");
+    SK_CHECK(o->num_dead >= 0 && (o->num_dead == 0 || o->host_dead != nullptr), ErrorCode::Arg,
+             "step: Expected a dead-latent list of ", o->num_dead, " entries");
+    SK_CHECK(!o->want_grads || o->host_grads != nullptr, ErrorCode::Arg, "step: want_grads without a gradient buffer");
+    SK_CHECK(std::isfinite(o->auxk_alpha) && o->auxk_alpha >= 0.0f, ErrorCode::Arg,
+             "Expected a finite auxk_alpha >= 0 but received ", o->auxk_alpha);
+    if (!o->want_grads)
+      SK_CHECK(std::isfinite(o->lr) && o->lr >= 0.0f && o->beta1 >= 0.0f && o->beta1 < 1.0f && o->beta2 >= 0.0f &&
+                   o->beta2 < 1.0f && std::isfinite(o->eps) && o->eps >= 0.0f,
+               ErrorCode::Arg, "Expected Adam's lr >= 0, beta1 and beta2 in [0, 1) and eps >= 0 (all finite) but "
+               "received lr ", o->lr, ", beta1 ", o->beta1, ", beta2 ", o->beta2, ", eps ", o->eps);
+    const int64_t D = S->D, M = S->M, K = o->k, N64 = N;
+    for (int64_t q = 0; q < o->num_dead; ++q) {
+      const int32_t l = o->host_dead[q];
+      SK_CHECK(l >= 0 && l < M && (q == 0 || l > o->host_dead[q - 1]), ErrorCode::Arg,
+               "Expected dead latents sorted ascending in [0, ", M, ") but entry ", q, " is ", l);
+    }
+    // AuxK sizes (sparsify): k_aux = D/2, scale = min(dead / k_aux, 1), k_aux = min(k_aux, dead).
+    const int64_t kaux_base = D / 2;
+    const bool use_aux = o->num_dead > 0 && kaux_base > 0 && o->auxk_alpha != 0.0f;
+    const int64_t Ka = use_aux ? std::min<int64_t>(kaux_base, o->num_dead) : 0;
+    const double aux_scale = use_aux ? std::min(double(o->num_dead) / double(kaux_base), 1.0) : 0.0;
+    SK_CHECK(Ka <= kMaxSelectK, ErrorCode::Arg, "AuxK would keep ", Ka, " codes per row; the CUDA selection keeps at "
+             "most 8192 (dIn <= 16384)");
+    const int64_t NK = N64 * K, NKa = N64 * Ka, L = NK + NKa;
+    SK_CHECK(L <= INT32_MAX, ErrorCode::Shape, "too many (row, latent) pairs in one step: ", L);
+    use(S);
+    cudaStream_t s = S->s;
+
+    // ---- inputs and status
+    float* x = S->x.as<float>(N64 * D);
+    upload(S, x, host_x, size_t(N64 * D) * sizeof(float));
+    int32_t* dead = nullptr;
+    if (Ka > 0) {
+      dead = S->dead.as<int32_t>(o->num_dead);
+      upload(S, dead, o->host_dead, size_t(o->num_dead) * sizeof(int32_t));
+    }
+    int* stat = S->stat.as<int>(kStatWords);
+    Scalars* sc = S->scal.as<Scalars>(1);
+    SK_CUDA(cudaEventRecord(timer(S, 0), s));
+    init_status_kernel<<<1, 1, 0, s>>>(stat, &sc->positive);
+    check_x_kernel<<<grid_for(N64 * D, 256), 256, 0, s>>>(x, N64 * D, D, stat);
+    SK_LAUNCHED("check_x_kernel");
+
+    // ---- total variance (depends on x only) and the loss scales
+    const int64_t cN = (N64 + kChunk - 1) / kChunk;
+    const dim3 gcol(unsigned((D + 127) / 128), unsigned(cN));
+    double* pX = S->pX.as<double>(cN * D);
+    double* mean = S->mean.as<double>(D);
+    double* rowd = S->rowd.as<double>(3 * N64);  // sse | asse | tv per row
+    float* rowf = S->rowf.as<float>(3 * N64);
+    colsum_partial_kernel<<<gcol, 128, 0, s>>>(x, N64, D, nullptr, pX);
+    mean_kernel<<<grid_for(D, 128), 128, 0, s>>>(pX, cN, D, 1.0 / double(N64), mean);
+    row_tv_kernel<<<unsigned(N64), 256, 0, s>>>(x, mean, D, rowd + 2 * N64);
+    tv_kernel<<<1, 1024, 0, s>>>(rowd + 2 * N64, N64, double(o->auxk_alpha), aux_scale, sc, stat);
+    SK_LAUNCHED("tv_kernel");
+    SK_CUDA(cudaEventRecord(timer(S, 1), s));
+
+    // ---- encode: GEMM + selection per row tile
+    float* mv = S->mv.as<float>(NK);
+    int32_t* mi = S->mi.as<int32_t>(NK);
+    float* av = Ka ? S->av.as<float>(NKa) : nullptr;
+    int32_t* ai = Ka ? S->ai.as<int32_t>(NKa) : nullptr;
+    int64_t tiles = 0;
+    forward(S, N64, o->precision, K, nullptr, mv, mi, Ka, dead, o->num_dead, av, ai, nullptr, &tiles, true);
+    const size_t ev_fwd = size_t(2 + 3 * tiles);
+    SK_CUDA(cudaEventRecord(timer(S, ev_fwd), s));
+
+    // ---- decode, residuals, d loss / d pre, losses
+    const float* xc = S->xc.as<float>(N64 * D);
+    const float* W_encT = S->params;
+    const float* W_dec = S->params + M * D;
+    const float* b_dec = S->params + 2 * M * D + M;
+    float* E = S->E.as<float>(N64 * D);
+    float* R = Ka ? S->R.as<float>(N64 * D) : nullptr;
+    float* dpm = S->dpm.as<float>(NK);
+    float* dpa = Ka ? S->dpa.as<float>(NKa) : nullptr;
+    {
+      const size_t smem = size_t(Ka ? 2 : 1) * size_t(D) * sizeof(float);
+      allow_smem(residual_kernel, smem, S->device);
+      residual_kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, av, ai, Ka, sc, E, R, dpm,
+                                                       dpa, rowd, rowf, N64);
+      SK_LAUNCHED("residual_kernel");
+    }
+    loss_kernel<<<1, 1024, 0, s>>>(rowd, rowf, N64, use_aux ? 1 : 0, double(o->auxk_alpha), aux_scale, sc, stat);
+    SK_LAUNCHED("loss_kernel");
+    SK_CUDA(cudaEventRecord(timer(S, ev_fwd + 1), s));
+
+    // ---- group the pairs by latent (stable radix sort: per latent, main pairs by row, then AuxK)
+    uint32_t* keys = S->keys.as<uint32_t>(L);
+    uint32_t* vals = S->vals.as<uint32_t>(L);
+    uint32_t* skeys = S->skeys.as<uint32_t>(L);
+    uint32_t* svals = S->svals.as<uint32_t>(L);
+    pair_keys_kernel<<<grid_for(L, 256), 256, 0, s>>>(mi, NK, ai, NKa, keys, vals);
+    int end_bit = 1;
+    while ((int64_t(1) << end_bit) < M) ++end_bit;
+    size_t tmp_bytes = 0;
+    sort_pairs_u32(nullptr, &tmp_bytes, keys, skeys, vals, svals, L, end_bit, s);
+    sort_pairs_u32(S->cubtmp.ensure(tmp_bytes), &tmp_bytes, keys, skeys, vals, svals, L, end_bit, s);
+    int32_t* offs = S->offs.as<int32_t>(M + 1);
+    offsets_kernel<<<grid_for(M + 1, 256), 256, 0, s>>>(skeys, L, M, offs);
+    Entry* ent = S->ent.as<Entry>(L);
+    entries_kernel<<<grid_for(L, 256), 256, 0, s>>>(svals, L, NK, K, std::max<int64_t>(Ka, 1), mv, dpm, av, dpa, sc,
+                                                     ent);
+    SK_LAUNCHED("entries_kernel");
+    uint8_t* fired = S->fired.as<uint8_t>(M);
+    SK_CUDA(cudaMemsetAsync(fired, 0, size_t(M), s));
+    fired_kernel<<<grid_for(NK, 256, 1024), 256, 0, s>>>(mv, mi, NK, fired, &sc->positive);
+
+    // ---- db_enc, overflow bounds, db_dec, decision
+    float* gbenc = S->gbenc.as<float>(M);
+    uint8_t* suspect = S->suspect.as<uint8_t>(M);
+    latent_reduce_kernel<<<unsigned((M + 7) / 8), 256, 0, s>>>(offs, ent, M, sc, gbenc, suspect, stat);
+    SK_LAUNCHED("latent_reduce_kernel");
+    const int threads_l = D >= 1024 ? 256 : 128;
+    const size_t smem_l = 2 * size_t(D) * sizeof(float);
+    allow_smem(suspect_check_kernel, smem_l, S->device);
+    suspect_check_kernel<<<unsigned(M), threads_l, smem_l, s>>>(D, offs, ent, E, R, xc, suspect, stat);
+    SK_LAUNCHED("suspect_check_kernel");
+    const int64_t cM = (M + kChunk - 1) / kChunk;
+    double* pE = S->pE.as<double>(cN * D);
+    double* pR = Ka ? S->pR.as<double>(cN * D) : nullptr;
+    double* pW = S->apply_b_dec ? S->pW.as<double>(cM * D) : nullptr;
+    colsum_partial_kernel<<<gcol, 128, 0, s>>>(E, N64, D, nullptr, pE);
+    if (Ka) colsum_partial_kernel<<<gcol, 128, 0, s>>>(R, N64, D, nullptr, pR);
+    if (pW) {
+      const dim3 gw(unsigned((D + 127) / 128), unsigned(cM));
+      colsum_partial_kernel<<<gw, 128, 0, s>>>(W_encT, M, D, gbenc, pW);
+    }
+    float* gbf = S->gbf.as<float>(D);
+    gbdec_kernel<<<grid_for(D, 128), 128, 0, s>>>(pE, cN, pR, Ka ? cN : 0, pW, pW ? cM : 0, D, sc, gbf, stat);
+    decide_kernel<<<1, 1, 0, s>>>(stat);
+    SK_LAUNCHED("decide_kernel");
+    SK_CUDA(cudaEventRecord(timer(S, ev_fwd + 2), s));
+
+    // ---- gradients out, or the fused update (gated on the decision)
+    AdamArgs ad{};
+    const int64_t t_next = S->t + 1;
+    float* grads = nullptr;
+    allow_smem(latent_update_kernel, smem_l, S->device);
+    if (o->want_grads) {
+      grads = S->grads.as<float>(S->slab());
+      latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(0, D, M, offs, ent, E, R, xc, S->params, S->m, S->v,
+                                                                  gbenc, grads, ad, stat);
+      SK_LAUNCHED("latent_update_kernel (gradients)");
+      SK_CUDA(cudaMemcpyAsync(grads + 2 * M * D, gbenc, size_t(M) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+      SK_CUDA(cudaMemcpyAsync(grads + 2 * M * D + M, gbf, size_t(D) * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    } else {
+      const float b1t = float(std::pow(double(o->beta1), double(t_next)));
+      const float b2t = float(std::pow(double(o->beta2), double(t_next)));
+      ad.b1 = o->beta1;
+      ad.b2 = o->beta2;
+      ad.eps = o->eps;
+      ad.lr_t = float(double(o->lr) / (1.0 - double(b1t)));
+      ad.inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - double(b2t)));
+      latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(1, D, M, offs, ent, E, R, xc, S->params, S->m, S->v,
+                                                                  gbenc, nullptr, ad, stat);
+      SK_LAUNCHED("latent_update_kernel (Adam)");
+      bdec_adam_kernel<<<grid_for(D, 256), 256, 0, s>>>(D, M, S->params, S->m, S->v, gbf, ad, stat);
+      SK_LAUNCHED("bdec_adam_kernel");
+    }
+    SK_CUDA(cudaEventRecord(timer(S, ev_fwd + 3), s));
+
+    // ---- results
+    Scalars h{};
+    int hs[kStatWords];
+    download(S, &h, sc, sizeof(Scalars));
+    download(S, hs, stat, sizeof(hs));
+    sync(S, "step");
+    if (hs[0] == kBadX) {
+      const int64_t n = hs[1];
+      const float* r = host_x + n * D;
+      int64_t d = 0;
+      while (d < D && std::isfinite(r[d])) ++d;
+      throw Error(ErrorCode::NonFinite, fmt("Expected finite values in x but row ", n, " has ", d < D ? r[d] : 0.0f,
+                                            " at column ", d));
+    }
+    SK_CHECK(hs[0] != kZeroVar, ErrorCode::Arg, "Expected a batch x with nonzero variance (at least two different "
+             "rows) but all ", N64, " rows are identical: the FVU is undefined");
+    SK_CHECK(hs[0] != kBadLoss, ErrorCode::NonFinite, "the loss became non-finite (fvu ", h.fvu, ", auxk ", h.auxk,
+             "); the parameters were left unchanged. Lower the learning rate or check the inputs and weights");
+    if (hs[0] == kBadGrad) {
+      if (hs[2] != INT_MAX)
+        throw Error(ErrorCode::NonFinite, fmt("the gradient of latent ", hs[2], " overflowed; the parameters were "
+                                              "left unchanged. Lower the learning rate or check the weights"));
+      throw Error(ErrorCode::NonFinite, fmt("the gradient of b_dec[", hs[3], "] overflowed; the parameters were left "
+                                            "unchanged. Lower the learning rate or check the weights"));
+    }
+    SK_CHECK(hs[0] == kGo, ErrorCode::Internal, "step: unknown device status ", hs[0]);
+    if (o->want_grads) {
+      download(S, o->host_grads, grads, size_t(S->slab()) * sizeof(float));
+    } else {
+      S->t = t_next;
+      S->wbf_fresh = false;
+    }
+    if (stats->host_fired) download(S, stats->host_fired, fired, size_t(M));
+    stats->loss = h.loss;
+    stats->fvu = h.fvu;
+    stats->auxk = h.auxk;
+    stats->l0 = double(h.positive) / double(N64);
+    stats->num_dead = o->num_dead;
+    double gemm = 0, select = 0;
+    for (int64_t t = 0; t < tiles; ++t) {
+      gemm += elapsed(S, size_t(2 + 3 * t), size_t(3 + 3 * t));
+      select += elapsed(S, size_t(3 + 3 * t), size_t(4 + 3 * t));
+    }
+    stats->seconds[0] = gemm;
+    stats->seconds[1] = select;
+    stats->seconds[2] = elapsed(S, 0, 1) + elapsed(S, ev_fwd, ev_fwd + 1);
+    stats->seconds[3] = elapsed(S, ev_fwd + 1, ev_fwd + 2);
+    stats->seconds[4] = elapsed(S, ev_fwd + 2, ev_fwd + 3);
+  });
+}
+
+int sae_host_alloc(sk_status* st, void** out, size_t bytes) {
+  SK_CUDA_SLOT(st, {
+    *out = nullptr;
+    SK_CUDA(cudaHostAlloc(out, bytes == 0 ? 1 : bytes, cudaHostAllocPortable));
+  });
+}
+
+void sae_host_free(void* p) {
+  if (p) cudaFreeHost(p);
+}
+
+const sk_sae_i kSaeApi = {
+    /* .api_version  = */ SK_SAE_API_VERSION,
+    /* .device_count = */ sae_device_count,
+    /* .device_name  = */ sae_device_name,
+    /* .create       = */ sae_create,
+    /* .destroy      = */ destroy_sae,
+    /* .get_params   = */ sae_get_params,
+    /* .set_params   = */ sae_set_params,
+    /* .get_adam     = */ sae_get_adam,
+    /* .set_adam     = */ sae_set_adam,
+    /* .encode       = */ sae_encode,
+    /* .decode       = */ sae_decode,
+    /* .preacts      = */ sae_preacts,
+    /* .step         = */ sae_step,
+    /* .host_alloc   = */ sae_host_alloc,
+    /* .host_free    = */ sae_host_free,
+};
+
+}  // namespace
+
+SK_EXPORT const sk_sae_i* sk_sae_api(int api_version) {
+  return api_version == SK_SAE_API_VERSION ? &kSaeApi : nullptr;
+}
