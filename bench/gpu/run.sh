@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check of the CUDA backend, in one call (budget: 8 minutes on an H200):
 #   build (sm_90 only) -> self-test -> compute-sanitizer memcheck on the quick self-test (if
-#   present) -> step benchmark -> PyTorch reference (if torch imports) -> a short table, last.
+#   present) -> step benchmark -> the parity suite through saekit's API (if .gpu/ from
+#   bench/gpu/pack.sh was carried) -> PyTorch reference (if torch imports) -> a short table, last.
 # Logs go to $OUT (or bench/gpu/out). Every stage has its own timeout; a failing stage is
 # recorded and the later ones still run, and the exit status is non-zero if any stage failed.
 # Usage: bash bench/gpu/run.sh        (from the repository root; no network needed)
+#   Here first: bash bench/gpu/pack.sh; then device run with carry [".gpu"], timeout_s 480.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT_DIR="${OUT:-bench/gpu/out}"
@@ -96,6 +98,15 @@ if [ "${STATUS[build]}" = ok ]; then
     STATUS[memcheck]="skipped"
   fi
   stage bench 120 "$BUILD/saekit_cuda_bench"
+  # The CUDA-vs-CPU parity suite through saekit's own API (test/helpers/device-suite.ts), when
+  # bench/gpu/pack.sh prepared .gpu/ here and the call carried it (the image has no Node.js).
+  if [ -f .gpu/node.xz ] && [ $((SECONDS - START)) -lt 330 ]; then
+    xz -dc .gpu/node.xz > /tmp/saekit-node && chmod +x /tmp/saekit-node
+    export SAEKIT_CUDA_PLUGIN="$PWD/$BUILD/libsaekit_cuda.so"
+    stage parity 90 /tmp/saekit-node .gpu/bundle/gpu/parity.mjs
+  else
+    STATUS[parity]="skipped (no .gpu/: run bench/gpu/pack.sh and carry .gpu)"
+  fi
 fi
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   LEFT=$((450 - (SECONDS - START)))
@@ -112,10 +123,11 @@ fi
 {
   echo
   echo "== saekit CUDA GPU check ($(cat "$OUT_DIR/gpu.txt" 2>/dev/null | head -1), $(date -u +%F), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
-  for s in build selftest memcheck bench torch; do printf '%-9s %s\n' "$s" "${STATUS[$s]:-not run}"; done
+  for s in build selftest memcheck bench parity torch; do printf '%-9s %s\n' "$s" "${STATUS[$s]:-not run}"; done
   if [ -f "$OUT_DIR/selftest.log" ]; then
     grep -E '^(FAIL|ALL PASSED|FAILED|SKIP)' "$OUT_DIR/selftest.log" | head -20 || true
   fi
+  if [ -f "$OUT_DIR/parity.log" ]; then grep -E '^(FAIL|parity:)' "$OUT_DIR/parity.log" | head -12 || true; fi
   if [ -f "$OUT_DIR/memcheck.log" ]; then grep -E 'ERROR SUMMARY' "$OUT_DIR/memcheck.log" | tail -1 || true; fi
   printf '%-12s %-12s %4s %10s %10s %9s %9s %9s %9s %9s\n' impl shape k tokens/s tok/s_pin step_ms device_ms floor_ms topk_ms select_ms
   { cat "$OUT_DIR"/bench.log "$OUT_DIR"/torch.log 2>/dev/null || true; } | { grep '^BENCH' || true; } | while read -r line; do

@@ -1,6 +1,7 @@
 #include "sae_loopback.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -146,6 +147,15 @@ int step(sk_status* st, sk_sae_dev* s, const float* x, int64_t N, const sk_sae_s
   });
 }
 
+int host_alloc(sk_status* st, void** out, size_t bytes) {
+  SK_SLOT(st, {
+    *out = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    SK_CHECK(*out != nullptr, ErrorCode::Memory, "loopback host_alloc: out of memory (", bytes, " bytes)");
+  });
+}
+
+void host_free(void* p) { std::free(p); }
+
 const sk_sae_i kLoopback = {
     /* .api_version  */ SK_SAE_API_VERSION,
     /* .device_count */ device_count,
@@ -160,6 +170,8 @@ const sk_sae_i kLoopback = {
     /* .decode       */ decode,
     /* .preacts      */ preacts,
     /* .step         */ step,
+    /* .host_alloc   */ host_alloc,
+    /* .host_free    */ host_free,
 };
 
 }  // namespace
