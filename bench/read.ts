@@ -16,7 +16,7 @@ import path from 'node:path';
 
 import { openActivations } from '../lib/data/index.js';
 import { npyHeader, safetensorsHeader } from '../test/helpers/data-fixtures.js';
-import { type Benchmark, type Row, time } from './harness.js';
+import { type Benchmark, type Row } from './harness.js';
 
 const D_IN = 768;
 const BATCH = 4096;
@@ -138,33 +138,67 @@ export const read: Benchmark = {
     const reps = { repeats: opts.repeats, warmup: Math.min(opts.warmup, 1) };
     const baseRssMiB = process.memoryUsage.rss() / MiB;
     const rows: Row[] = [];
+    const seconds = async (fn: () => Promise<unknown>) => {
+      const t0 = process.hrtime.bigint();
+      await fn();
+      return Number(process.hrtime.bigint() - t0) / 1e9;
+    };
+    const median = (v: number[]) => {
+      const s = [...v].sort((a, b) => a - b);
+      const m = s.length >> 1;
+      return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+    };
     for (const [file, nRows, label, itemBytes] of [
       [npy, f32Rows, 'npy f32', 4],
       [st, bf16Rows, 'safetensors bf16', 2],
     ] as const) {
       const bytes = (await fs.stat(file)).size;
       await plainRead(file); // warm the page cache
-      const plain = await time(() => plainRead(file), reps);
-      const fresh = await time(() => freshRead(file, BATCH * D_IN * itemBytes), reps);
-      const gbs = (t: number) => bytes / t / 1e9;
-      const row = (mode: string, t: { median: number; spread: number }, rss: number | string) => ({
-        file: label,
-        GiB: bytes / 1024 ** 3,
-        mode,
-        'GB/s': gbs(t.median),
-        'vs read': plain.median / t.median,
-        'spread %': 100 * t.spread,
-        'peak RSS MiB': rss,
-      });
-      rows.push(row('plain read', plain, '-'));
-      rows.push(row('read into fresh arrays', fresh, '-'));
+      const modes: [string, () => Promise<unknown>][] = [['read into fresh arrays', () => freshRead(file, BATCH * D_IN * itemBytes)]];
       for (const shuffle of [false, true]) {
         for (const recycle of [false, true]) {
-          peakRss = 0;
-          const t = await time(() => stream(file, shuffle, recycle, nRows), reps);
-          rows.push(row(`batches${shuffle ? ' shuffle' : ''}${recycle ? ' recycle' : ''}`, t, peakRss));
+          modes.push([`batches${shuffle ? ' shuffle' : ''}${recycle ? ' recycle' : ''}`, () => stream(file, shuffle, recycle, nRows)]);
         }
       }
+      const plainTimes: number[] = [];
+      for (const [mode, fn] of modes) {
+        // Each repeat times the plain read and the mode back to back (in alternating order): the
+        // ratio of each pair cancels most of the machine's drift; the median ratio is reported.
+        for (let w = 0; w < reps.warmup; w++) await fn();
+        peakRss = 0;
+        const ratios: number[] = [];
+        const times: number[] = [];
+        for (let r = 0; r < reps.repeats; r++) {
+          // Alternating which runs first cancels what one leaves behind for the other (caches, TLB).
+          const first = r % 2 === 0;
+          const tp0 = first ? await seconds(() => plainRead(file)) : 0;
+          const tm = await seconds(fn);
+          const tp = first ? tp0 : await seconds(() => plainRead(file));
+          plainTimes.push(tp);
+          times.push(tm);
+          ratios.push(tp / tm);
+        }
+        const t = median(times);
+        rows.push({
+          file: label,
+          GiB: bytes / 1024 ** 3,
+          mode,
+          'GB/s': bytes / t / 1e9,
+          'vs read': median(ratios),
+          'spread %': (100 * (Math.max(...times) - Math.min(...times))) / t,
+          'peak RSS MiB': mode.startsWith('batches') ? peakRss : '-',
+        });
+      }
+      const tp = median(plainTimes);
+      rows.splice(rows.length - modes.length, 0, {
+        file: label,
+        GiB: bytes / 1024 ** 3,
+        mode: 'plain read',
+        'GB/s': bytes / tp / 1e9,
+        'vs read': 1,
+        'spread %': (100 * (Math.max(...plainTimes) - Math.min(...plainTimes))) / tp,
+        'peak RSS MiB': '-',
+      });
     }
     const maxRssMiB = process.resourceUsage().maxRSS / 1024;
     process.stderr.write(`RSS before streaming ${baseRssMiB.toFixed(0)} MiB, process peak (maxRSS) ${maxRssMiB.toFixed(0)} MiB; files ${npy}, ${st}\n`);

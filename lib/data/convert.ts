@@ -13,6 +13,16 @@ export function allocF32(n: number): Float32Array {
   return new Float32Array(Buffer.allocUnsafeSlow(n * 4).buffer, 0, n);
 }
 
+/**
+ * allocF32 for long-lived buffers written at random (the mixing buffer, recycled batches): large
+ * ones are native memory on transparent huge pages (one page fault per 2 MiB, few TLB misses).
+ * Not for short-lived arrays: huge pages cost more to hand out.
+ */
+export function allocLongLivedF32(n: number): Float32Array {
+  if (n * 4 >= 1 << 21) return new Float32Array(native().allocHost(n * 4), 0, n);
+  return allocF32(n);
+}
+
 /** Reverses the bytes of every element of `bytes` (offset a multiple of `itemSize`) in place. */
 export function swapBytes(bytes: Uint8Array, itemSize: number): void {
   if (itemSize === 2) {

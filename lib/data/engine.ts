@@ -4,7 +4,7 @@
  * mixing buffer (see shuffleEpoch).
  */
 import { native } from '../native/index.js';
-import { allocF32 } from './convert.js';
+import { allocF32, allocLongLivedF32 } from './convert.js';
 import { releaseSpare, takeSpare } from './memory.js';
 import type { Rng } from './prng.js';
 import type { Emit } from './pump.js';
@@ -35,7 +35,7 @@ export class BatchPool {
 
   take(): Float32Array {
     if (!this.recycle) return allocF32(this.size);
-    return this.free.pop() ?? takeSpare(this.size) ?? allocF32(this.size);
+    return this.free.pop() ?? takeSpare(this.size) ?? allocLongLivedF32(this.size);
   }
 
   /** Returns a batch's array (or a view of one) to the pool; ignored without recycling. */
@@ -114,10 +114,11 @@ export class MixingMemory {
     readonly dtype: MixingDType = 'float32',
   ) {
     const n = 3 * half * dIn;
-    if (dtype === 'float32') this.buf = takeSpare(n) ?? new Float32Array(n);
+    if (dtype === 'float32') this.buf = takeSpare(n) ?? allocLongLivedF32(n);
     else {
-      const f = n % 2 === 0 ? takeSpare(n / 2) : undefined;
-      this.buf = f ? new Uint16Array(f.buffer, 0, n) : new Uint16Array(n % 2 === 0 ? n : n + 1).subarray(0, n);
+      const words = Math.ceil(n / 2);
+      const f = takeSpare(words) ?? allocLongLivedF32(words);
+      this.buf = new Uint16Array(f.buffer, 0, n);
     }
   }
 
@@ -125,7 +126,7 @@ export class MixingMemory {
   release(): void {
     const b = this.buf;
     if (b instanceof Float32Array) releaseSpare(b);
-    else if (b.byteOffset === 0 && b.buffer.byteLength % 4 === 0) releaseSpare(new Float32Array(b.buffer));
+    else releaseSpare(new Float32Array(b.buffer));
   }
 }
 
@@ -191,8 +192,13 @@ export async function shuffleEpoch(stream: RowStream, o: PassOptions, mem: Mixin
       for (let i = 0; i < h; ) {
         const take = Math.min(h - i, bs - pos);
         cur ??= o.pool.take();
-        // Copied off the JS thread, which meanwhile hands the fill's reads their next parts.
-        await native().gatherRows(buf, list, i, take, cur, pos * d, d, mem.dtype === 'float32' ? undefined : mem.dtype);
+        // Two jobs on libuv's pool (the JS thread meanwhile hands the fill's reads their next parts).
+        const dt = mem.dtype === 'float32' ? undefined : mem.dtype;
+        const h1 = take >> 1;
+        await Promise.all([
+          native().gatherRows(buf, list, i, h1, cur, pos * d, d, dt),
+          native().gatherRows(buf, list, i + h1, take - h1, cur, (pos + h1) * d, d, dt),
+        ]);
         pos += take;
         i += take;
         if (pos === bs) await flush(bs);

@@ -146,7 +146,8 @@ export class FileRowStream implements RowStream {
     private readonly depth: number,
   ) {
     this.cursor = new Cursor(plan, order);
-    this.partRows = Math.max(1, Math.floor(MAX_CHUNK_BYTES / (ctx.dIn * 4)));
+    // Reads of at most MAX_CHUNK_BYTES of file data (16-bit files: twice the rows).
+    this.partRows = Math.max(1, Math.floor(MAX_CHUNK_BYTES / (ctx.dIn * Math.min(...ctx.shards.map((s) => ITEM_BYTES[s.dtype])))));
     this.stageBytes = this.partRows * ctx.dIn * Math.max(...ctx.shards.map((s) => ITEM_BYTES[s.dtype]));
     this.allNative = ctx.shards.every((s) => !s.fortran && !s.bigEndian);
   }

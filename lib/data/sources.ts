@@ -14,8 +14,8 @@ import type { ActivationSource, Batch, BatchOptions, OpenOptions } from './types
 /** PRNG stream tags: (seed, epoch, tag). */
 const CHUNK_ORDER = 1;
 const BUFFER_DRAW = 2;
-/** Positioned reads (of at most 4 MiB) in flight per pass. */
-const READS_IN_FLIGHT = 4;
+/** Positioned reads (of at most 4 MiB) in flight per pass: with the gather jobs, about one per core of a 2-core machine and libuv's 4 pool threads. */
+const READS_IN_FLIGHT = 3;
 
 /** Ready batches a pump keeps ahead of its consumer: 1 (plus the one being read), more for small batches. */
 function pumpCapacity(o: ResolvedBatchOptions, dIn: number): number {

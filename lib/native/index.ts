@@ -147,6 +147,8 @@ export interface NativeBinding {
    * on libuv's thread pool, converts them into dst[dstOffset, +count) and resolves to whether any
    * value is non-finite. Rejects (code ERR_SAEKIT_FORMAT, message 'truncated') if the file ends first.
    */
+  /** Uninitialised native memory (2 MiB aligned, transparent huge pages when large), reported to V8. */
+  allocHost(bytes: number): ArrayBuffer;
   readRows(fd: number, position: number, count: number, srcDtype: 'float32' | 'float16' | 'bfloat16' | 'float64', dst: Float32Array, dstOffset: number): Promise<boolean>;
   /**
    * As readRows for `rows` rows of dIn values, row r landing at dst[slots[slotFirst + r] * dIn, +dIn).
