@@ -36,7 +36,12 @@ function printInfo(json: boolean): void {
     ['threads', `${info.threads} of ${info.hardwareThreads} hardware threads`],
     ['simd', `${info.simd} (cpu: ${info.cpuFeatures.join(' ')})`],
     ['blas', `${blas.name} ${blas.version}${blas.coretype ? ` (core ${blas.coretype})` : ''}${blas.reason ? ` - ${blas.reason}` : ''}`],
-    ['cuda', info.cuda.available ? 'available' : `not available: ${info.cuda.reason}`],
+    [
+      'cuda',
+      info.cuda.available
+        ? `${info.cuda.devices.map((d, i) => `cuda:${i} ${d}`).join('; ')}${info.cuda.loopback ? ' (loopback: SAEKIT_DEVICE_LOOPBACK=1)' : ''}`
+        : `not available: ${info.cuda.reason}`,
+    ],
   ];
   const width = Math.max(...rows.map(([k]) => k.length));
   for (const [k, v] of rows) process.stdout.write(`${k.padEnd(width)}  ${v}\n`);
