@@ -6,6 +6,16 @@
  * order; TopK indices equal except near-ties), bf16 within the loss tolerances of bf16 inputs
  * (8 mantissa bits: ~0.4% per product, losses within 2%).
  *
+ * Tensors on CUDA run the tensor, random, GEMM and conversion suites (small shapes):
+ * - conversions, zeros, uploads/downloads and uniform fills are exact, so bit for bit;
+ * - normal fills are float64 Box-Muller rounded once to float32; CUDA's float64 log/sin/cos are
+ *   within 2 float64 ulps of libm's, which can move a value across a float32 rounding boundary
+ *   only rarely (~2^-28 per value), and then by 1 float32 ulp: allowed 1 ulp;
+ * - GEMM (cuBLAS Sgemm, float32 in its default math mode) is held to the float32 forward error
+ *   bound of any summation order, gamma_K sum |a b| + one rounding (test/helpers/reference.ts),
+ *   i.e. ~K * 6e-8 relative to sum |a b|, tighter than a blanket 1e-5 * K; TF32 (which a user
+ *   can force with NVIDIA_TF32_OVERRIDE=1) would not meet it, and must not be on for this test.
+ *
  * CI runs this file once more against the CUDA plugin built on the CPU emulation of the CUDA
  * runtime (native/cuda/emu; SAEKIT_CUDA_PLUGIN and SAEKIT_CUBLAS point at it), so the kernels'
  * logic and the whole device path are checked on every run, without a GPU.
@@ -18,6 +28,10 @@ import { describe, expect, it } from 'vitest';
 import { backend, SparseAutoencoder } from '../lib/index.js';
 import { packageRoot } from '../lib/native/index.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
+import { dtypeSuite } from './helpers/dtype-suite.js';
+import { matmulSuite } from './helpers/matmul-suite.js';
+import { randomSuite } from './helpers/random-suite.js';
+import { tensorSuite } from './helpers/tensor-suite.js';
 
 const plugin = path.join(packageRoot, 'build-cuda', 'libsaekit_cuda.so');
 const gpu = backend.info().cuda.available && !backend.info().cuda.loopback;
@@ -58,6 +72,14 @@ describe('CUDA backend detection', () => {
     expect(backend.use('cpu')).toBe('auto');
     expect(backend.use('auto')).toBe('cpu');
   });
+});
+
+// Small shapes, so the CPU emulation of the plugin (CI) runs them in seconds.
+describe.runIf(gpu)('tensors on CUDA', () => {
+  tensorSuite('cuda');
+  randomSuite({ device: 'cuda', normalUlps: 1 });
+  matmulSuite(4, { device: 'cuda', maxWork: 200_000 });
+  dtypeSuite({ device: 'cuda', randomInputs: 20_000 });
 });
 
 describe.runIf(gpu)('CUDA matches the CPU (fp32 encoder GEMM)', () => {

@@ -11,5 +11,5 @@ describe('dtype conversion (SAEKIT_SIMD=sse42)', () => {
   it('runs the baseline kernels', () => {
     expect(backend.info().simd).toBe('sse4.2');
   });
-  dtypeSuite();
+  dtypeSuite({ device: 'cpu' });
 });

@@ -13,5 +13,5 @@ describe('ops.matmul (built-in GEMM, SAEKIT_BLAS=builtin)', () => {
     expect(blas.name).toBe('builtin');
     expect(['avx512', 'avx2', 'sse4.2']).toContain(blas.version);
   });
-  matmulSuite(2);
+  matmulSuite(2, { device: 'cpu' });
 });

@@ -17,5 +17,5 @@ describe('ops.matmul (default GEMM path)', () => {
       expect(blas.linked, 'CI installs libopenblas-dev, so OpenBLAS must be linked').toBe(true);
     }
   });
-  matmulSuite(1);
+  matmulSuite(1, { device: 'cpu' });
 });

@@ -94,13 +94,22 @@ export type ResolvedDevice = { kind: 'cpu' } | { kind: 'cuda'; index: number };
 
 let defaultDevice: DeviceOption = 'auto';
 
+// info().cuda per plugin candidate list: the addon resolves it once per list anyway, and
+// resolveDevice runs on every tensor created, where a full info() would cost ~20 us.
+let cudaMemo: { key: string; cuda: BackendInfo['cuda'] } | undefined;
+function cudaStatus(): BackendInfo['cuda'] {
+  const key = cudaPluginCandidates().join('\0');
+  if (cudaMemo?.key !== key) cudaMemo = { key, cuda: info().cuda };
+  return cudaMemo.cuda;
+}
+
 /** Checks a device name and resolves it; an explicit CUDA device that cannot run throws ERR_SAEKIT_DEVICE naming the missing piece. */
 export function resolveDevice(name: string, device: unknown): ResolvedDevice {
   const d = device === undefined ? defaultDevice : device;
   if (d === 'cpu') return { kind: 'cpu' };
   const m = typeof d === 'string' ? /^cuda(?::(\d{1,4}))?$/.exec(d) : null;
   if (d !== 'auto' && !m) throw argError(name, "one of 'auto', 'cpu', 'cuda', 'cuda:N'", d);
-  const cuda = info().cuda;
+  const cuda = cudaStatus();
   if (d === 'auto') return cuda.available && !cuda.loopback ? { kind: 'cuda', index: 0 } : { kind: 'cpu' };
   if (!cuda.available) throw new SaekitError('ERR_SAEKIT_DEVICE', `Expected a usable CUDA device for ${name} = '${String(d)}' but ${cuda.reason}`);
   const index = m![1] === undefined ? 0 : Number(m![1]);

@@ -22,6 +22,8 @@ export interface NativeTensor {
   dispose(): void;
   toArray(): Promise<Float32Array | Uint16Array | Int32Array>;
   to(dtype: NativeDType): Promise<NativeTensor>;
+  /** A copy on device 'cpu' or 'cuda:N' (same dtype). */
+  toDevice(device: string): Promise<NativeTensor>;
 }
 
 export interface NativeInfo {
@@ -128,9 +130,10 @@ export interface NativeBinding {
   info(pluginCandidates: string[]): NativeInfo;
   setThreads(threads: number): number;
   stats(): { submitted: number; completed: number; pendingInThisThread: number };
-  fromArray(data: Float32Array | Uint16Array | Int32Array, shape: readonly number[], raw: NativeDType, dtype: NativeDType): NativeTensor;
-  zeros(shape: readonly number[], dtype: NativeDType): NativeTensor;
-  random(shape: readonly number[], dtype: NativeDType, kind: 'uniform' | 'normal', seed: bigint, stream: bigint): NativeTensor;
+  /** `device`: 'cpu' (the default) or 'cuda:N', resolved by lib/backend. */
+  fromArray(data: Float32Array | Uint16Array | Int32Array, shape: readonly number[], raw: NativeDType, dtype: NativeDType, device?: string): NativeTensor;
+  zeros(shape: readonly number[], dtype: NativeDType, device?: string): NativeTensor;
+  random(shape: readonly number[], dtype: NativeDType, kind: 'uniform' | 'normal', seed: bigint, stream: bigint, device?: string): NativeTensor;
   matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean): Promise<NativeTensor>;
   matmul(a: NativeTensor, b: NativeTensor, transA: boolean, transB: boolean, out: NativeTensor): Promise<undefined>;
   NativeSae: NativeSaeStatics;

@@ -6,6 +6,11 @@
  * bfloat16 and float16 values cross into JS as raw bit patterns in a Uint16Array (Node 20 has no
  * Float16Array); `await t.to('float32')` converts natively.
  *
+ * Devices: every creating function takes `device` ('auto' | 'cpu' | 'cuda' | 'cuda:N'; default
+ * from backend.use(), initially 'auto': CUDA when usable, else the CPU). `t.to(dtype)` and
+ * ops keep the device; `await t.toDevice('cpu')` copies to another device; `toArray()` downloads.
+ * An op on tensors of two devices throws ERR_SAEKIT_DEVICE naming both.
+ *
  * @example
  * ```ts
  * import { tensor, randn, ops } from 'saekit';
@@ -15,6 +20,7 @@
  * const values = await c.toArray(); // Float32Array(256 * 64)
  * ```
  */
+import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import { native, type NativeTensor } from '../native/index.js';
 import { checkOneOf, checkOptions, checkSeed, checkShape, randomSeed, shapeSize } from '../validate.js';
@@ -62,14 +68,27 @@ export class Tensor<D extends DType = DType> {
     return handleOf(this, 'tensor', true).disposed;
   }
 
-  /** A fresh TypedArray with a copy of the values (bfloat16/float16 as raw Uint16Array bits). */
+  /** A fresh TypedArray with a copy of the values (bfloat16/float16 as raw Uint16Array bits), downloaded from the tensor's device. */
   async toArray(): Promise<ArrayFor<D>> {
     const site = new Error();
     const h = handleOf(this, 'tensor');
     return (await settleNative(callNative(() => h.toArray()), site)) as ArrayFor<D>;
   }
 
-  /** A new tensor with the values converted to `dtype` (round to nearest even; exact NaN/inf/subnormals). */
+  /**
+   * A new tensor with the same values on `device` ('cpu', 'cuda', 'cuda:N' or 'auto'): an
+   * upload, a download or a copy, queued after every earlier op. Always a new tensor.
+   * @example using host = await t.toDevice('cpu');
+   */
+  async toDevice(device: DeviceOption): Promise<Tensor<D>> {
+    const site = new Error();
+    const to = deviceName(resolveDevice('device', device));
+    const h = handleOf(this, 'tensor');
+    const out = await settleNative(callNative(() => h.toDevice(to)), site);
+    return new Tensor<D>(out, INTERNAL);
+  }
+
+  /** A new tensor with the values converted to `dtype` (round to nearest even; exact NaN/inf/subnormals), on the same device. */
   async to<T extends DType>(dtype: T): Promise<Tensor<T>> {
     const site = new Error();
     checkOneOf('dtype', dtype, DTYPES, 'ERR_SAEKIT_DTYPE');
@@ -121,6 +140,8 @@ export interface TensorOptions<D extends DType = DType> {
    * holds raw 16-bit floats and needs 'bfloat16' or 'float16'.
    */
   dtype?: D;
+  /** Where the values live: 'auto' | 'cpu' | 'cuda' | 'cuda:N'. Default: backend.use()'s (initially 'auto'). */
+  device?: DeviceOption;
 }
 
 function inferShape(data: readonly NestedNumbers[]): number[] {
@@ -199,6 +220,7 @@ export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: re
     throw argError('data', 'a Float32Array, Float64Array, Int32Array, Uint16Array or (nested) array of numbers', data);
   }
   dtype ??= 'float32';
+  const device = deviceName(resolveDevice('options.device', opts.device));
   const s = shape === undefined ? Object.freeze(defaultShape) : checkShape('shape', shape);
   if (shapeSize(s) !== raw.length) {
     throw new SaekitError(
@@ -206,13 +228,15 @@ export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: re
       `Expected data of length ${shapeSize(s)} for shape [${s.join(', ')}] but received length ${raw.length}`,
     );
   }
-  return new Tensor<D>(callNative(() => native().fromArray(raw, s, rawType, dtype as DType)), INTERNAL);
+  return new Tensor<D>(callNative(() => native().fromArray(raw, s, rawType, dtype as DType, device)), INTERNAL);
 }
 
 /** Options of zeros(). */
 export interface ZerosOptions<D extends DType = DType> {
   /** Default 'float32'. */
   dtype?: D;
+  /** Where the values live. Default: backend.use()'s (initially 'auto'). */
+  device?: DeviceOption;
 }
 
 /** A tensor of zeros. */
@@ -220,7 +244,8 @@ export function zeros<D extends DType = 'float32'>(shape: readonly number[], opt
   const opts = checkOptions('options', options);
   const s = checkShape('shape', shape);
   const dtype = opts.dtype === undefined ? 'float32' : checkOneOf('options.dtype', opts.dtype, DTYPES, 'ERR_SAEKIT_DTYPE');
-  return new Tensor<D>(callNative(() => native().zeros(s, dtype)), INTERNAL);
+  const device = deviceName(resolveDevice('options.device', opts.device));
+  return new Tensor<D>(callNative(() => native().zeros(s, dtype, device)), INTERNAL);
 }
 
 /** Options of randn() and rand(). */
@@ -234,6 +259,8 @@ export interface RandomOptions<D extends 'float32' | 'bfloat16' | 'float16' = 'f
   stream?: number | bigint;
   /** Default 'float32'. */
   dtype?: D;
+  /** Where the values live; the values are the same on every device. Default: backend.use()'s (initially 'auto'). */
+  device?: DeviceOption;
 }
 
 const FLOAT_DTYPES = ['float32', 'bfloat16', 'float16'] as const;
@@ -248,7 +275,8 @@ function randomTensor<D extends 'float32' | 'bfloat16' | 'float16'>(
   const seed = opts.seed === undefined ? randomSeed() : checkSeed('options.seed', opts.seed);
   const stream = opts.stream === undefined ? 0n : checkSeed('options.stream', opts.stream);
   const dtype = opts.dtype === undefined ? 'float32' : checkOneOf('options.dtype', opts.dtype, FLOAT_DTYPES, 'ERR_SAEKIT_DTYPE');
-  return new Tensor<D>(callNative(() => native().random(s, dtype, kind, seed, stream)), INTERNAL);
+  const device = deviceName(resolveDevice('options.device', opts.device));
+  return new Tensor<D>(callNative(() => native().random(s, dtype, kind, seed, stream, device)), INTERNAL);
 }
 
 /**

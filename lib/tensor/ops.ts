@@ -14,15 +14,16 @@ export interface MatmulOptions {
   /** Use b's transpose: b is [N, K] instead of [K, N]. Default false. */
   transB?: boolean;
   /**
-   * Write the product into this float32 [M, N] tensor (not a or b) and resolve to it, instead of
-   * allocating a new one: saves the allocation in loops.
+   * Write the product into this float32 [M, N] tensor (not a or b, on their device) and resolve
+   * to it, instead of allocating a new one: saves the allocation in loops.
    */
   out?: Tensor;
 }
 
 /**
- * Matrix product C = op(a) op(b) of 2-D float32 tensors, through the backend's GEMM (OpenBLAS
- * sgemm on the CPU when linked). op(a) is [M, K], op(b) is [K, N], the result is [M, N].
+ * Matrix product C = op(a) op(b) of 2-D float32 tensors on one device, through that device's
+ * GEMM (OpenBLAS sgemm on the CPU when linked, cuBLAS sgemm on CUDA); the result is on the same
+ * device. op(a) is [M, K], op(b) is [K, N], the result is [M, N].
  * @example const c = await ops.matmul(x, w, { transB: true }); // x [N, D] times w [M, D]^T
  */
 export async function matmul(a: Tensor, b: Tensor, options?: MatmulOptions): Promise<Tensor<'float32'>> {
@@ -37,6 +38,9 @@ export async function matmul(a: Tensor, b: Tensor, options?: MatmulOptions): Pro
     if (t.shape.length !== 2) {
       throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected a 2-D tensor for ${name} but received shape [${t.shape.join(', ')}]`);
     }
+  }
+  if (a.device !== b.device) {
+    throw new SaekitError('ERR_SAEKIT_DEVICE', `matmul: Expected a and b on one device but a is on ${a.device} and b is on ${b.device}`);
   }
   const [m, ka] = transA ? [a.shape[1]!, a.shape[0]!] : [a.shape[0]!, a.shape[1]!];
   const [kb, n] = transB ? [b.shape[1]!, b.shape[0]!] : [b.shape[0]!, b.shape[1]!];
@@ -57,6 +61,9 @@ export async function matmul(a: Tensor, b: Tensor, options?: MatmulOptions): Pro
       );
     }
     if (out === a || out === b) throw argError('options.out', 'a tensor other than a and b', out);
+    if (out.device !== a.device) {
+      throw new SaekitError('ERR_SAEKIT_DEVICE', `matmul: Expected options.out on ${a.device} (as a and b) but it is on ${out.device}`);
+    }
     await settleNative(callNative(() => native().matmul(ha, hb, transA, transB, ho)), site);
     return out as Tensor<'float32'>;
   }

@@ -36,6 +36,40 @@ void Backend::unsupported(const char* op) const {
   throw Error(ErrorCode::Device, fmt("op ", op, " is not supported by the ", name(), " backend"));
 }
 
+void* Backend::alloc(size_t bytes) {
+  if (!b_.iface->alloc || !b_.iface->free) unsupported("alloc");
+  sk_status st{};
+  void* p = nullptr;
+  status_throw(b_.iface->alloc(b_.ctx, &st, &p, bytes), st);
+  return p;
+}
+
+void Backend::free(void* ptr) {
+  if (ptr && b_.iface->free) b_.iface->free(b_.ctx, ptr);
+}
+
+void Backend::upload(void* dst, const void* host_src, size_t bytes) {
+  if (!b_.iface->upload) unsupported("upload");
+  sk_status st{};
+  status_throw(b_.iface->upload(b_.ctx, &st, dst, host_src, bytes), st);
+}
+
+void Backend::download(void* host_dst, const void* src, size_t bytes) {
+  if (!b_.iface->download) unsupported("download");
+  sk_status st{};
+  status_throw(b_.iface->download(b_.ctx, &st, host_dst, src, bytes), st);
+}
+
+Tensor Backend::empty(DType dtype, std::vector<int64_t> shape, Device device) {
+  Tensor t;
+  t.dtype = dtype;
+  t.shape = std::move(shape);
+  size_t bytes = t.nbytes();
+  void* p = alloc(bytes);
+  t.storage = Storage::adopt(p, bytes, device, b_.iface->free, b_.ctx);
+  return t;
+}
+
 void Backend::set_threads(int threads) {
   if (!b_.iface->set_threads) return;  // (optional): a backend without a thread pool ignores it
   sk_status st{};

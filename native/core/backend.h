@@ -80,7 +80,15 @@ class Backend {
  public:
   explicit Backend(sk_backend b) : b_(b) {}
   const char* name() const { return b_.iface->name(b_.ctx); }
+  const sk_backend& raw() const { return b_; }
 
+  void* alloc(size_t bytes);
+  void free(void* ptr);
+  void upload(void* dst, const void* host_src, size_t bytes);
+  void download(void* host_dst, const void* src, size_t bytes);
+  // An uninitialised tensor in this backend's memory, recorded as living on `device`, freed
+  // through this backend's free slot with its last reference.
+  Tensor empty(DType dtype, std::vector<int64_t> shape, Device device);
   void set_threads(int threads);
   void convert(void* dst, DType dst_type, const void* src, DType src_type, int64_t n);
   void fill_uniform(void* dst, DType type, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset);

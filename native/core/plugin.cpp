@@ -80,6 +80,31 @@ PluginProbe probe_plugin(const std::vector<std::string>& candidates) {
   return p;
 }
 
+bool plugin_backend(const PluginProbe& probe, sk_backend* out, std::string* reason) {
+  if (!probe.available || probe.handle == nullptr) {
+    *reason = probe.reason;
+    return false;
+  }
+  auto init = reinterpret_cast<int (*)(sk_backend*, sk_status*)>(::dlsym(probe.handle, "sk_backend_init"));
+  if (init == nullptr) {
+    *reason = "the CUDA plugin has no backend table (missing sk_backend_init); rebuild it with `npm run build:cuda`";
+    return false;
+  }
+  sk_status st{};
+  sk_backend b{nullptr, nullptr};
+  if (init(&b, &st) != 0 || b.iface == nullptr) {
+    *reason = st.code ? std::string(st.message) : std::string("sk_backend_init returned no table");
+    return false;
+  }
+  if (b.iface->api_version != SK_BACKEND_API_VERSION) {
+    *reason = fmt("the CUDA plugin's backend table has API version ", b.iface->api_version, " (saekit: ",
+                  SK_BACKEND_API_VERSION, "); rebuild it with `npm run build:cuda`");
+    return false;
+  }
+  *out = b;
+  return true;
+}
+
 const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason) {
   if (!probe.available || probe.handle == nullptr) {
     *reason = probe.reason;

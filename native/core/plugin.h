@@ -31,6 +31,10 @@ struct PluginProbe {
 // scores the plugin, but does not initialise it. The result is cached per path list.
 PluginProbe probe_plugin(const std::vector<std::string>& candidates);
 
+// The backend table (backend.h) of a loaded plugin, through its sk_backend_init: true and `out`
+// filled, or false with `reason` set (not loaded, no such symbol, or the init failed).
+bool plugin_backend(const PluginProbe& probe, sk_backend* out, std::string* reason);
+
 // The device SAE table (sae_device.h) of a loaded plugin, or null with `reason` set.
 const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason);
 

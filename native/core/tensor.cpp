@@ -18,10 +18,25 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   size_t rounded = ((bytes == 0 ? 1 : bytes) + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, rounded);
   SK_CHECK(p != nullptr, ErrorCode::Memory, "could not allocate ", bytes, " bytes of host memory");
-  return std::shared_ptr<Storage>(new Storage(p, bytes, device));
+  return std::shared_ptr<Storage>(new Storage(p, bytes, device, nullptr, nullptr));
 }
 
-Storage::~Storage() { std::free(data_); }
+std::shared_ptr<Storage> Storage::adopt(void* data, size_t bytes, Device device, Release release, void* ctx) {
+  return std::shared_ptr<Storage>(new Storage(data, bytes, device, release, ctx));
+}
+
+Storage::~Storage() {
+  if (release_) release_(ctx_, data_);
+  else std::free(data_);
+}
+
+Device parse_device(const std::string& name) {
+  if (name == "cpu") return {};
+  if (name.size() > 5 && name.size() <= 9 && name.compare(0, 5, "cuda:") == 0 &&
+      name.find_first_not_of("0123456789", 5) == std::string::npos)
+    return {DeviceKind::CUDA, std::stoi(name.substr(5))};
+  throw Error(ErrorCode::Arg, fmt("Expected a device name 'cpu' or 'cuda:N' but received '", name, "'"));
+}
 
 int64_t shape_numel(const std::vector<int64_t>& shape, const char* what) {
   int64_t n = 1;

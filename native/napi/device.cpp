@@ -7,6 +7,7 @@
 
 #include "../core/error.h"
 #include "../core/plugin.h"
+#include "../cpu/cpu_backend.h"
 #include "../cpu/sae_loopback.h"
 
 namespace sk::napi {
@@ -22,8 +23,8 @@ DeviceApi resolve(const std::vector<std::string>& candidates) {
     d.api = cpu::loopback_sae_api();
     d.kind = "loopback";
   } else {
-    PluginProbe p = probe_plugin(candidates);
-    d.api = plugin_sae_api(p, &d.reason);
+    d.probe = probe_plugin(candidates);
+    d.api = plugin_sae_api(d.probe, &d.reason);
     d.kind = "cuda";
   }
   if (!d.api) return d;
@@ -59,6 +60,29 @@ const DeviceApi& current_device_api() {
     throw Error(ErrorCode::Device, g_current ? fmt("no CUDA device: ", g_current->reason)
                                              : std::string("no CUDA device has been resolved (call backend.info() first)"));
   return *g_current;
+}
+
+Backend backend_for(const Device& device) {
+  if (device.kind == DeviceKind::CPU) return Backend(cpu::cpu_backend());
+  const DeviceApi& dev = current_device_api();
+  if (device.index < 0 || device.index >= int(dev.names.size()))
+    throw Error(ErrorCode::Device, fmt("Expected a device between cuda:0 and cuda:", int(dev.names.size()) - 1,
+                                       " but received ", device.name()));
+  if (dev.kind == "loopback") return Backend(cpu::cpu_backend());
+  if (device.index != 0)
+    throw Error(ErrorCode::Device, fmt("tensors on ", device.name(), " are not supported: the CUDA plugin's backend "
+                                       "table serves cuda:0 only in this version"));
+  static std::mutex mu;
+  static std::map<const DeviceApi*, sk_backend> tables;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = tables.find(&dev);
+  if (it != tables.end()) return Backend(it->second);
+  sk_backend b{nullptr, nullptr};
+  std::string reason;
+  if (!plugin_backend(dev.probe, &b, &reason))
+    throw Error(ErrorCode::Device, fmt("no CUDA backend table for ", device.name(), ": ", reason));
+  tables.emplace(&dev, b);
+  return Backend(b);
 }
 
 }  // namespace sk::napi

@@ -1,11 +1,15 @@
-// The accelerator the SAE ops can run on: the CUDA plugin's device SAE table, or the loopback
-// (SAEKIT_DEVICE_LOOPBACK=1: the CPU kernels behind the same table, for tests).
+// The accelerator the SAE and tensor ops can run on: the CUDA plugin's device SAE table and
+// backend table, or the loopback (SAEKIT_DEVICE_LOOPBACK=1: the CPU kernels behind the same
+// tables, for tests).
 #pragma once
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "../core/backend.h"
+#include "../core/plugin.h"
 #include "../core/sae_device.h"
+#include "../core/tensor.h"
 
 namespace sk::napi {
 
@@ -14,12 +18,19 @@ struct DeviceApi {
   std::string kind;               // "cuda" or "loopback"
   std::string reason;
   std::vector<std::string> names;  // one per device
+  PluginProbe probe;               // the loaded plugin (kind "cuda")
 };
 
 // Resolves (once per candidate list) and remembers the device table.
 const DeviceApi& device_api(const std::vector<std::string>& plugin_candidates);
 // The table resolved last (by backend.info()); throws ERR_SAEKIT_DEVICE if there is none.
 const DeviceApi& current_device_api();
+
+// The backend table that runs tensor ops on `device`: the CPU backend for the CPU; for a CUDA
+// device, the resolved device's table (the plugin's sk_backend_init, called once on first use:
+// it creates the stream and the cuBLAS handle; the loopback: the CPU backend itself). The
+// plugin's table serves cuda:0 only. Throws ERR_SAEKIT_DEVICE when there is none.
+Backend backend_for(const Device& device);
 
 // One SAE on a device; destroyed with the last reference.
 struct DeviceSae {

@@ -12,6 +12,7 @@
 #include "../cpu/gemm_builtin.h"
 #include "args.h"
 #include "async.h"
+#include "device.h"
 #include "tensor_wrap.h"
 
 namespace sk::napi {
@@ -19,6 +20,12 @@ namespace sk::napi {
 namespace {
 
 Backend cpu() { return Backend(cpu::cpu_backend()); }
+
+// The optional device argument: 'cpu' (also when absent) or 'cuda:N', as lib/ resolved it.
+Device get_device(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || info[i].IsUndefined()) return {};
+  return parse_device(get_string(info[i], "device"));
+}
 
 // The dtype whose raw values a TypedArray holds, checked against what the caller declared.
 void check_typed_array(const Napi::Value& v, DType raw, const std::string& name) {
@@ -30,37 +37,64 @@ void check_typed_array(const Napi::Value& v, DType raw, const std::string& name)
   if (ta.ArrayBuffer().ByteLength() == 0 && ta.ElementLength() != 0) arg_error(ErrorCode::Arg, name, "an attached buffer", v);
 }
 
-// fromArray(data, shape, rawDtype, dtype): copies `data` (raw values of rawDtype) into a new
-// tensor; converts natively (queued) when dtype differs.
+// fromArray(data, shape, rawDtype, dtype, device?): copies `data` (raw values of rawDtype) into a
+// new tensor; converts natively (queued) when dtype differs. On a device the raw values are
+// uploaded (queued) and converted there.
 Napi::Value from_array(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DType raw = get_dtype(info[2], "rawDtype");
   DType dt = get_dtype(info[3], "dtype");
   check_typed_array(info[0], raw, "data");
   std::vector<int64_t> shape = get_shape(info[1], "shape");
+  Device device = get_device(info, 4);
   Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
   int64_t n = shape_numel(shape, "shape");
   if (int64_t(ta.ElementLength()) != n)
     throw Error(ErrorCode::Shape, fmt("Expected data of length ", n, " for shape ", shape_str(shape),
                                       " but received length ", ta.ElementLength()));
+  Backend be = backend_for(device);
   Tensor src = Tensor::empty(raw, shape);
   if (n) std::memcpy(src.storage->data(), static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), src.nbytes());
-  if (raw == dt) return NativeTensor::wrap(env, src);
-  Tensor dst = Tensor::empty(dt, shape);
-  queue_detached(env, [src, dst, n] { cpu().convert(dst.storage->data(), dst.dtype, src.storage->data(), src.dtype, n); });
+  if (device.kind == DeviceKind::CPU) {
+    if (raw == dt) return NativeTensor::wrap(env, src);
+    Tensor dst = Tensor::empty(dt, shape);
+    queue_detached(env, [src, dst, n] { cpu().convert(dst.storage->data(), dst.dtype, src.storage->data(), src.dtype, n); });
+    return NativeTensor::wrap(env, dst);
+  }
+  Tensor dst = be.empty(dt, shape, device);
+  Tensor staged = raw == dt ? dst : be.empty(raw, shape, device);
+  queue_detached(env, [src, staged, dst, be, n]() mutable {
+    if (n == 0) return;
+    be.upload(staged.storage->data(), src.storage->data(), src.nbytes());
+    if (staged.storage != dst.storage)
+      be.convert(dst.storage->data(), dst.dtype, staged.storage->data(), staged.dtype, n);
+  });
   return NativeTensor::wrap(env, dst);
 }
 
-// zeros(shape, dtype)
+// zeros(shape, dtype, device?): on a device, zeros uploaded from the host (queued).
 Napi::Value zeros(const Napi::CallbackInfo& info) {
   std::vector<int64_t> shape = get_shape(info[0], "shape");
   DType dt = get_dtype(info[1], "dtype");
-  Tensor t = Tensor::empty(dt, shape);
-  queue_detached(info.Env(), [t] { std::memset(t.storage->data(), 0, t.nbytes()); });
+  Device device = get_device(info, 2);
+  if (device.kind == DeviceKind::CPU) {
+    Tensor t = Tensor::empty(dt, shape);
+    queue_detached(info.Env(), [t] { std::memset(t.storage->data(), 0, t.nbytes()); });
+    return NativeTensor::wrap(info.Env(), t);
+  }
+  Backend be = backend_for(device);
+  Tensor t = be.empty(dt, shape, device);
+  queue_detached(info.Env(), [t, be]() mutable {
+    size_t bytes = t.nbytes();
+    if (bytes == 0) return;
+    std::unique_ptr<uint8_t[]> host(new uint8_t[bytes]());
+    be.upload(t.storage->data(), host.get(), bytes);
+  });
   return NativeTensor::wrap(info.Env(), t);
 }
 
-// random(shape, dtype, kind: 'uniform' | 'normal', seed, stream)
+// random(shape, dtype, kind: 'uniform' | 'normal', seed, stream, device?): the same Philox stream
+// on every device (core/philox.h).
 Napi::Value random_fill(const Napi::CallbackInfo& info) {
   std::vector<int64_t> shape = get_shape(info[0], "shape");
   DType dt = get_dtype(info[1], "dtype");
@@ -69,12 +103,14 @@ Napi::Value random_fill(const Napi::CallbackInfo& info) {
   if (kind != "uniform" && kind != "normal") arg_error(ErrorCode::Arg, "kind", "one of: uniform, normal", info[2]);
   uint64_t seed = get_u64(info[3], "seed");
   uint64_t stream = get_u64(info[4], "stream");
-  Tensor t = Tensor::empty(dt, shape);
+  Device device = get_device(info, 5);
+  Backend be = backend_for(device);
+  Tensor t = be.empty(dt, shape, device);
   bool normal = kind == "normal";
-  queue_detached(info.Env(), [t, normal, seed, stream] {
+  queue_detached(info.Env(), [t, be, normal, seed, stream]() mutable {
     int64_t n = t.numel();
-    if (normal) cpu().fill_normal(t.storage->data(), t.dtype, n, seed, stream, 0);
-    else cpu().fill_uniform(t.storage->data(), t.dtype, n, seed, stream, 0);
+    if (normal) be.fill_normal(t.storage->data(), t.dtype, n, seed, stream, 0);
+    else be.fill_uniform(t.storage->data(), t.dtype, n, seed, stream, 0);
   });
   return NativeTensor::wrap(info.Env(), t);
 }
@@ -98,6 +134,10 @@ Napi::Value matmul(const Napi::CallbackInfo& info) {
     throw Error(ErrorCode::Shape, fmt("matmul: inner dimensions differ: op(a) is [", M, ", ", K, "] and op(b) is [", Kb,
                                       ", ", N, "] (a ", shape_str(a.shape), (ta ? " transposed" : ""), ", b ",
                                       shape_str(b.shape), (tb ? " transposed" : ""), ")"));
+  Device device = a.device();
+  if (b.device() != device)
+    throw Error(ErrorCode::Device, fmt("matmul: Expected a and b on one device but a is on ", device.name(),
+                                       " and b is on ", b.device().name()));
   Tensor c;
   bool have_out = info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsNull();
   if (have_out) {
@@ -107,11 +147,14 @@ Napi::Value matmul(const Napi::CallbackInfo& info) {
                                         dtype_name(c.dtype), " ", shape_str(c.shape)));
     if (c.storage == a.storage || c.storage == b.storage)
       throw Error(ErrorCode::Arg, "Expected out to be a different tensor from a and b (it is written while they are read)");
-  } else {
-    c = Tensor::empty(DType::F32, {M, N});
+    if (c.device() != device)
+      throw Error(ErrorCode::Device, fmt("matmul: Expected out on ", device.name(), " (as a and b) but it is on ",
+                                         c.device().name()));
   }
-  auto work = [a, b, c, ta, tb, M, N, K]() mutable {
-    cpu().gemm_f32(ta, tb, M, N, K, 1.0f, a.data<float>(), std::max<int64_t>(1, a.shape[1]), b.data<float>(),
+  Backend be = backend_for(device);
+  if (!have_out) c = be.empty(DType::F32, {M, N}, device);
+  auto work = [a, b, c, be, ta, tb, M, N, K]() mutable {
+    be.gemm_f32(ta, tb, M, N, K, 1.0f, a.data<float>(), std::max<int64_t>(1, a.shape[1]), b.data<float>(),
                    std::max<int64_t>(1, b.shape[1]), 0.0f, c.data<float>(), std::max<int64_t>(1, N));
   };
   if (have_out) {

@@ -112,7 +112,7 @@ Rows get_rows(const Napi::Value& v, int64_t D, const char* name) {
     if (t.shape.size() != 2 || t.shape[1] != D || t.shape[0] < 1)
       throw Error(ErrorCode::Shape, fmt("Expected a tensor of shape [rows, ", D, "] for ", name, " but received shape ",
                                         shape_str(t.shape)));
-    r.tensor = t;
+    r.tensor = NativeTensor::on_host(v.Env(), t);  // a tensor on a device: downloaded first (queued)
     r.n = t.shape[0];
     return r;
   }
@@ -265,7 +265,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
           if (t.dtype != DType::F32)
             throw Error(ErrorCode::DType, fmt("Expected a float32 tensor for ", names[w], " but received ", dtype_name(t.dtype)));
           len = t.numel();
-          src[w].tensor = t;
+          src[w].tensor = NativeTensor::on_host(info.Env(), t);
         } else {
           arg_error(ErrorCode::Arg, names[w], "a Float32Array or a float32 Tensor", v);
         }

@@ -8,6 +8,7 @@
 #include "args.h"
 #include "async.h"
 #include "buffers.h"
+#include "device.h"
 #include "env_data.h"
 
 namespace sk::napi {
@@ -30,6 +31,7 @@ Napi::Function NativeTensor::define(Napi::Env env) {
                          InstanceMethod<&NativeTensor::dispose>("dispose"),
                          InstanceMethod<&NativeTensor::to_array>("toArray"),
                          InstanceMethod<&NativeTensor::to_dtype>("to"),
+                         InstanceMethod<&NativeTensor::to_device>("toDevice"),
                      });
 }
 
@@ -44,7 +46,8 @@ NativeTensor::~NativeTensor() {
 Napi::Object NativeTensor::wrap(Napi::Env env, Tensor t) {
   Napi::Object obj = env_data(env).tensor_ctor.New({});
   NativeTensor* self = NativeTensor::Unwrap(obj);
-  self->reported_ = int64_t(t.storage ? t.storage->bytes() : 0);
+  // Only host memory is reported to V8 (device memory does not pressure its heap).
+  self->reported_ = int64_t(t.storage && t.device().kind == DeviceKind::CPU ? t.storage->bytes() : 0);
   self->t_ = std::move(t);
   self->live_ = true;
   if (self->reported_) Napi::MemoryManagement::AdjustExternalMemory(env, self->reported_);
@@ -56,6 +59,16 @@ Tensor& NativeTensor::unwrap(const Napi::Value& v, const std::string& name) {
   NativeTensor* self = NativeTensor::Unwrap(v.As<Napi::Object>());
   if (!self->live_) throw Error(ErrorCode::Disposed, fmt(name, " is a disposed Tensor; it cannot be used any more"));
   return self->t_;
+}
+
+Tensor NativeTensor::on_host(Napi::Env env, const Tensor& t) {
+  if (t.device().kind == DeviceKind::CPU) return t;
+  Backend be = backend_for(t.device());
+  Tensor host = Tensor::empty(t.dtype, t.shape);
+  queue_detached(env, [t, host, be]() mutable {
+    if (size_t bytes = t.nbytes()) be.download(host.storage->data(), t.storage->data(), bytes);
+  });
+  return host;
 }
 
 void NativeTensor::release(Napi::Env env) {
@@ -91,41 +104,67 @@ Napi::Value NativeTensor::dispose(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// toArray(): Promise<TypedArray> with a copy of the raw values (bf16/f16 as Uint16Array).
+// toArray(): Promise<TypedArray> with a copy of the raw values (bf16/f16 as Uint16Array),
+// downloaded from the tensor's device.
 Napi::Value NativeTensor::to_array(const Napi::CallbackInfo& info) {
-  return guard(info.Env(), [&] { return to_array_impl(info); });
+  return guard(info.Env(), [&] {
+    Tensor src = unwrap(info.This(), "tensor");
+    Backend be = backend_for(src.device());
+    size_t bytes = src.nbytes();
+    auto out = HostArray::allocate(bytes);
+    auto work = [src, be, out, bytes]() mutable {
+      if (bytes) be.download(out->data(), src.storage->data(), bytes);
+    };
+    size_t n = size_t(src.numel());
+    DType dt = src.dtype;
+    auto complete = [out, n, dt](Napi::Env env) -> Napi::Value { return out->to_js(env, typedarray_type_for(dt), n); };
+    return queue_job(info.Env(), std::move(work), std::move(complete));
+  });
 }
 
-Napi::Value NativeTensor::to_array_impl(const Napi::CallbackInfo& info) {
-  Tensor src = unwrap(info.This(), "tensor");
-  size_t bytes = src.nbytes();
-  auto out = HostArray::allocate(bytes);
-  auto work = [src, out, bytes] {
-    sk_backend b = cpu::cpu_backend();
-    sk_status st{};
-    status_throw(b.iface->download(b.ctx, &st, out->data(), src.storage->data(), bytes), st);
-  };
-  size_t n = size_t(src.numel());
-  DType dt = src.dtype;
-  auto complete = [out, n, dt](Napi::Env env) -> Napi::Value { return out->to_js(env, typedarray_type_for(dt), n); };
-  return queue_job(info.Env(), std::move(work), std::move(complete));
-}
-
-// to(dtype): Promise<NativeTensor> converted natively (round to nearest even).
+// to(dtype): Promise<NativeTensor> converted natively (round to nearest even), on the same device.
 Napi::Value NativeTensor::to_dtype(const Napi::CallbackInfo& info) {
-  return guard(info.Env(), [&] { return to_dtype_impl(info); });
+  return guard(info.Env(), [&] {
+    Tensor src = unwrap(info.This(), "tensor");
+    DType dt = get_dtype(info[0], "dtype");
+    Backend be = backend_for(src.device());
+    Tensor dst = be.empty(dt, src.shape, src.device());
+    int64_t n = src.numel();
+    auto work = [src, dst, be, n]() mutable { be.convert(dst.storage->data(), dst.dtype, src.storage->data(), src.dtype, n); };
+    auto complete = [dst](Napi::Env env) -> Napi::Value { return wrap(env, dst); };
+    return queue_job(info.Env(), std::move(work), std::move(complete));
+  });
 }
 
-Napi::Value NativeTensor::to_dtype_impl(const Napi::CallbackInfo& info) {
-  Tensor src = unwrap(info.This(), "tensor");
-  DType dt = get_dtype(info[0], "dtype");
-  Tensor dst = Tensor::empty(dt, src.shape);
-  int64_t n = src.numel();
-  auto work = [src, dst, n]() mutable {
-    Backend(cpu::cpu_backend()).convert(dst.storage->data(), dst.dtype, src.storage->data(), src.dtype, n);
-  };
-  auto complete = [dst](Napi::Env env) -> Napi::Value { return wrap(env, dst); };
-  return queue_job(info.Env(), std::move(work), std::move(complete));
+// toDevice(name: 'cpu' | 'cuda:N'): Promise<NativeTensor>, a copy of the values (same dtype) on
+// that device: an upload, a download, or a copy on one device (convert to the same dtype).
+Napi::Value NativeTensor::to_device(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&] {
+    Tensor src = unwrap(info.This(), "tensor");
+    Device to = parse_device(get_string(info[0], "device"));
+    Device from = src.device();
+    Backend dst_be = backend_for(to);
+    Backend src_be = backend_for(from);
+    Tensor dst = dst_be.empty(src.dtype, src.shape, to);
+    size_t bytes = src.nbytes();
+    int64_t n = src.numel();
+    auto work = [src, dst, src_be, dst_be, from, to, bytes, n]() mutable {
+      if (bytes == 0) return;
+      if (from == to) {
+        dst_be.convert(dst.storage->data(), dst.dtype, src.storage->data(), src.dtype, n);
+      } else if (from.kind == DeviceKind::CPU) {
+        dst_be.upload(dst.storage->data(), src.storage->data(), bytes);
+      } else if (to.kind == DeviceKind::CPU) {
+        src_be.download(dst.storage->data(), src.storage->data(), bytes);
+      } else {  // two devices: through the host
+        Tensor host = Tensor::empty(src.dtype, src.shape);
+        src_be.download(host.storage->data(), src.storage->data(), bytes);
+        dst_be.upload(dst.storage->data(), host.storage->data(), bytes);
+      }
+    };
+    auto complete = [dst](Napi::Env env) -> Napi::Value { return wrap(env, dst); };
+    return queue_job(info.Env(), std::move(work), std::move(complete));
+  });
 }
 
 }  // namespace sk::napi

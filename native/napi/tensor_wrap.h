@@ -17,6 +17,9 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   // The live tensor behind `v`; throws ERR_SAEKIT_ARG if `v` is not a NativeTensor and
   // ERR_SAEKIT_DISPOSED if it was disposed.
   static Tensor& unwrap(const Napi::Value& v, const std::string& name);
+  // For ops that read the values on the host: `t` itself on the CPU; for a tensor on a device,
+  // a host copy whose download is queued now, so every op queued after it reads the values.
+  static Tensor on_host(Napi::Env env, const Tensor& t);
 
   explicit NativeTensor(const Napi::CallbackInfo& info);
   ~NativeTensor() override;
@@ -30,8 +33,7 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value dispose(const Napi::CallbackInfo& info);
   Napi::Value to_array(const Napi::CallbackInfo& info);
   Napi::Value to_dtype(const Napi::CallbackInfo& info);
-  Napi::Value to_array_impl(const Napi::CallbackInfo& info);
-  Napi::Value to_dtype_impl(const Napi::CallbackInfo& info);
+  Napi::Value to_device(const Napi::CallbackInfo& info);
   void release(Napi::Env env);
 
   Tensor t_;

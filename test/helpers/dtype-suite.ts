@@ -1,11 +1,13 @@
 /**
  * Conversion tests against an independent reference: the nearest representable value found by
  * searching a sorted table of every finite bf16/f16 value (exact in float64), ties to the even
- * bit pattern. No bit tricks are shared with the native code.
+ * bit pattern. No bit tricks are shared with the native code. Conversions are exact, so every
+ * device must pass them bit for bit (tensors are made on `device`; test/device-tensor.test.ts and
+ * test/cuda.test.ts run it on a device).
  */
 import { expect, it } from 'vitest';
 
-import { tensor } from '../../lib/index.js';
+import { tensor, type DeviceOption } from '../../lib/index.js';
 import { lcg } from './reference.js';
 
 const f32 = new Float32Array(1);
@@ -74,17 +76,27 @@ function reference16(x: number, t: Table): number {
   return sign | ((bits[lo]! & 1) === 0 ? bits[lo]! : bits[hi]!);
 }
 
-async function convert(values: Float32Array, to: 'bfloat16' | 'float16'): Promise<Uint16Array> {
-  using t = tensor(values, [values.length], { dtype: to });
+async function convert(values: Float32Array, to: 'bfloat16' | 'float16', device: DeviceOption): Promise<Uint16Array> {
+  using t = tensor(values, [values.length], { dtype: to, device });
   return (await t.toArray()) as Uint16Array;
 }
 
-export function dtypeSuite(): void {
+export interface DtypeSuiteOptions {
+  /** Where every tensor is made (default 'cpu'). */
+  device?: DeviceOption;
+  /** Random float32 bit patterns checked per 16-bit format (default 100000). */
+  randomInputs?: number;
+}
+
+export function dtypeSuite(options: DtypeSuiteOptions = {}): void {
+  const device = options.device ?? 'cpu';
+  const randomInputs = options.randomInputs ?? 100_000;
   for (const kind of ['bfloat16', 'float16'] as const) {
     it(`${kind}: all 65536 bit patterns widen exactly and round-trip (NaN stays NaN)`, async () => {
       const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
-      using h = tensor(all, [65536], { dtype: kind });
+      using h = tensor(all, [65536], { dtype: kind, device });
       using f = await h.to('float32');
+      expect(f.device).toBe(h.device);
       const wide = await f.toArray();
       for (let i = 0; i < 65536; i++) {
         const want = decode16(i, kind);
@@ -118,10 +130,10 @@ export function dtypeSuite(): void {
       }
       // Random float32 bit patterns over the whole range, plus special values and edges.
       const next = lcg(Date.now() >>> 0);
-      for (let i = 0; i < 100_000; i++) inputs.push(bitsToF32(Math.floor(next() * 4294967296)));
+      for (let i = 0; i < randomInputs; i++) inputs.push(bitsToF32(Math.floor(next() * 4294967296)));
       inputs.push(0, -0, Infinity, -Infinity, 65504, 65519.99, 65520, 65536, 1e-8, 2 ** -24, 2 ** -25, 3 * 2 ** -26, 3.4e38, 1.4e-45);
       const x = Float32Array.from(inputs);
-      const got = await convert(x, kind);
+      const got = await convert(x, kind, device);
       let bad = 0;
       let first = '';
       for (let i = 0; i < x.length; i++) {
@@ -143,7 +155,7 @@ export function dtypeSuite(): void {
   it('float16 <-> bfloat16 rounds once (through exact float32)', async () => {
     const bt = table('bfloat16');
     const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
-    using h = tensor(all, [65536], { dtype: 'float16' });
+    using h = tensor(all, [65536], { dtype: 'float16', device });
     using b = await h.to('bfloat16');
     const got = (await b.toArray()) as Uint16Array;
     for (let i = 0; i < 65536; i++) {
@@ -158,10 +170,10 @@ export function dtypeSuite(): void {
   });
 
   it('int32 <-> float32: exact below 2^24, truncation toward zero, saturation, NaN -> 0', async () => {
-    using i = tensor(Int32Array.from([0, 1, -1, 16777216, 16777217, 2147483647, -2147483648]));
+    using i = tensor(Int32Array.from([0, 1, -1, 16777216, 16777217, 2147483647, -2147483648]), undefined, { device });
     using f = await i.to('float32');
     expect(Array.from(await f.toArray())).toEqual([0, 1, -1, 16777216, 16777216, 2147483648, -2147483648]);
-    using g = tensor(Float32Array.from([1.9, -1.9, 3e9, -3e9, NaN, Infinity, -0.5]));
+    using g = tensor(Float32Array.from([1.9, -1.9, 3e9, -3e9, NaN, Infinity, -0.5]), undefined, { device });
     using j = await g.to('int32');
     expect(Array.from(await j.toArray())).toEqual([1, -1, 2147483647, -2147483648, 0, 2147483647, 0]);
   });

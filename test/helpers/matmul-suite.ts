@@ -1,7 +1,11 @@
-/** The matmul test body, shared by the OpenBLAS run and the built-in GEMM run. */
+/**
+ * The matmul test body, shared by the OpenBLAS run, the built-in GEMM run and the device runs
+ * (test/device-tensor.test.ts, test/cuda.test.ts): every tensor is made on `device`. The bound
+ * of referenceMatmul is a forward error bound of any summation order, so it holds for cuBLAS too.
+ */
 import { expect, it } from 'vitest';
 
-import { ops, tensor } from '../../lib/index.js';
+import { ops, tensor, type DeviceOption } from '../../lib/index.js';
 import { lcg, randomMatrix, referenceMatmul } from './reference.js';
 
 const SHAPES: [number, number, number][] = [
@@ -12,8 +16,17 @@ const SHAPES: [number, number, number][] = [
   [64, 1, 31],
 ];
 
-export function matmulSuite(seedBase: number): void {
-  for (const [M, N, K] of SHAPES) {
+export interface MatmulSuiteOptions {
+  /** Where every tensor is made (default 'cpu'). */
+  device?: DeviceOption;
+  /** Only the shapes whose M * N * K is at most this (the CPU emulation of CUDA is slow). */
+  maxWork?: number;
+}
+
+export function matmulSuite(seedBase: number, options: MatmulSuiteOptions = {}): void {
+  const device = options.device ?? 'cpu';
+  const on = { device };
+  for (const [M, N, K] of SHAPES.filter(([m, n, k]) => m * n * k <= (options.maxWork ?? Infinity))) {
     for (const transA of [false, true]) {
       for (const transB of [false, true]) {
         it(`matches a float64 reference for ${M}x${N}x${K} transA=${transA} transB=${transB}`, async () => {
@@ -22,10 +35,11 @@ export function matmulSuite(seedBase: number): void {
           const next = lcg(seed);
           const A = randomMatrix(transA ? K : M, transA ? M : K, next);
           const B = randomMatrix(transB ? N : K, transB ? K : N, next);
-          using a = tensor(A, transA ? [K, M] : [M, K]);
-          using b = tensor(B, transB ? [N, K] : [K, N]);
+          using a = tensor(A, transA ? [K, M] : [M, K], on);
+          using b = tensor(B, transB ? [N, K] : [K, N], on);
           using c = await ops.matmul(a, b, { transA, transB });
           expect(c.shape).toEqual([M, N]);
+          expect(c.device).toBe(a.device);
           const got = await c.toArray();
           const { C, bound } = referenceMatmul(A, B, M, N, K, transA, transB);
           let worst = 0;
@@ -48,7 +62,7 @@ export function matmulSuite(seedBase: number): void {
     const [M, N, K] = [17, 33, 65];
     const A = randomMatrix(M, K, next);
     const B = randomMatrix(K, N, next);
-    using c = await ops.matmul(tensor(A, [M, K]), tensor(B, [K, N]));
+    using c = await ops.matmul(tensor(A, [M, K], on), tensor(B, [K, N], on));
     const got = await c.toArray();
     const { C, bound } = referenceMatmul(A, B, M, N, K, false, false);
     // Perturb one product term's worth: relative 1e-4 of one entry is far outside the bound.
@@ -60,26 +74,26 @@ export function matmulSuite(seedBase: number): void {
   it('writes into options.out: same values as a new result, and checks its shape and aliasing', async () => {
     const next = lcg(seedBase + 7);
     const [M, N, K] = [19, 23, 41];
-    using a = tensor(randomMatrix(M, K, next), [M, K]);
-    using b = tensor(randomMatrix(N, K, next), [N, K]);
+    using a = tensor(randomMatrix(M, K, next), [M, K], on);
+    using b = tensor(randomMatrix(N, K, next), [N, K], on);
     using fresh = await ops.matmul(a, b, { transB: true });
-    using out = tensor(new Float32Array(M * N).fill(NaN), [M, N]);
+    using out = tensor(new Float32Array(M * N).fill(NaN), [M, N], on);
     const r = await ops.matmul(a, b, { transB: true, out });
     expect(r).toBe(out);
     expect(Array.from(await out.toArray())).toEqual(Array.from(await fresh.toArray()));
-    using wrong = tensor(new Float32Array(N * M), [N, M]);
+    using wrong = tensor(new Float32Array(N * M), [N, M], on);
     await expect(ops.matmul(a, b, { transB: true, out: wrong })).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
-    using sq = tensor(randomMatrix(M, M, next), [M, M]);
+    using sq = tensor(randomMatrix(M, M, next), [M, M], on);
     await expect(ops.matmul(sq, sq, { out: sq })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
   });
 
   it('handles an empty inner dimension (K = 0) as a zero matrix', async () => {
-    using c = await ops.matmul(tensor(new Float32Array(0), [3, 0]), tensor(new Float32Array(0), [0, 4]));
+    using c = await ops.matmul(tensor(new Float32Array(0), [3, 0], on), tensor(new Float32Array(0), [0, 4], on));
     expect(Array.from(await c.toArray())).toEqual(new Array(12).fill(0));
   });
 
   it('handles empty outer dimensions', async () => {
-    using c = await ops.matmul(tensor(new Float32Array(0), [0, 5]), tensor(new Float32Array(20), [5, 4]));
+    using c = await ops.matmul(tensor(new Float32Array(0), [0, 5], on), tensor(new Float32Array(20), [5, 4], on));
     expect(c.shape).toEqual([0, 4]);
     expect((await c.toArray()).length).toBe(0);
   });
