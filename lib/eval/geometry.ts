@@ -74,11 +74,11 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
   const result = new Float64Array(n).fill(n === 1 ? NaN : -Infinity);
   if (n === 1) return result;
   const unit = normaliseRows(rows, n, d);
-  using all = tensor(unit, [n, d]);
+  using all = tensor(unit, [n, d], { device: 'cpu' });
 
   /** Starts the cosines of rows [start, end) against all rows; resolves to their values. */
   const block = async (start: number, end: number): Promise<Float32Array> => {
-    using a = tensor(unit.subarray(start * d, end * d), [end - start, d]);
+    using a = tensor(unit.subarray(start * d, end * d), [end - start, d], { device: 'cpu' });
     using c: Tensor = await matmul(a, all, { transB: true });
     return (await c.toArray()) as Float32Array;
   };

@@ -79,7 +79,7 @@ async function decoderCovariance(W: Float32Array, n: number, d: number): Promise
       const o = (r0 + r) * d;
       for (let c = 0; c < d; c++) block[r * d + c] = W[o + c] - mean[c];
     }
-    using t = tensor(block, [rows, d]);
+    using t = tensor(block, [rows, d], { device: 'cpu' });
     using g = await matmul(t, t, { transA: true });
     const part = await g.toArray();
     for (let i = 0; i < cov.length; i++) cov[i] += part[i];

@@ -390,8 +390,8 @@ async function mergeDense(
     }
   }
   // The batch's centred co-moment: one float32 GEMM.
-  using ta = tensor(ca, [rows, nA]);
-  using tb = tensor(cb, [rows, nB]);
+  using ta = tensor(ca, [rows, nA], { device: 'cpu' });
+  using tb = tensor(cb, [rows, nB], { device: 'cpu' });
   using cxy = await matmul(ta, tb, { transA: true });
   const bxy = await cxy.toArray();
   const bxx = new Float64Array(nA);

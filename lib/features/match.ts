@@ -325,8 +325,8 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
   }
   let dots: Float32Array;
   {
-    using ta = tensor(Float32Array.from(pA), [n, width]);
-    using tb = tensor(Float32Array.from(pB), [n, width]);
+    using ta = tensor(Float32Array.from(pA), [n, width], { device: 'cpu' });
+    using tb = tensor(Float32Array.from(pB), [n, width], { device: 'cpu' });
     using g = await matmul(ta, tb, { transB: true });
     dots = (await g.toArray()) as Float32Array;
   }
