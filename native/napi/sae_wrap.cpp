@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "../cpu/cpu_backend.h"
@@ -23,6 +25,8 @@ using cpu::SaeView;
 
 // The model: parameters in one slab and the per-latent dead-latent counters. Shared by the
 // handle and every queued job; only the executor thread reads or writes it.
+struct PinnedPool;
+
 struct SaeModel {
   int64_t D = 0, M = 0, K = 0;        // K = 0 for JumpReLU
   bool jumprelu = false;
@@ -30,6 +34,8 @@ struct SaeModel {
   std::vector<float> slab;            // cpu::sae_slab_floats(D, M)
   std::vector<float> threshold;       // [M] for JumpReLU
   std::vector<int64_t> since_fired;   // tokens since each latent last had a positive code
+  // Set (on the JS thread) when the model is sent to a device that offers page-locked memory.
+  std::shared_ptr<PinnedPool> pinned;
   // Set when the parameters live on a device: `slab` is then a host mirror, refreshed by pull()
   // before the host reads it and written back by push() after the host changes it.
   std::shared_ptr<DeviceSae> dev;
@@ -85,15 +91,56 @@ void require_trainable(const SaeModel& m, const char* what) {
 
 const napi_type_tag kSaeTag = {0x5ae1c17e6a5f0a12ULL, 0x1d2c4b7e13a8f0d4ULL};
 
-// Rows of x: a Float32Array (copied) or a float32 NativeTensor [rows, D] (shared).
-struct Rows {
-  std::shared_ptr<HostArray> host;
-  Tensor tensor;
-  int64_t n = 0;
-  const float* data() const { return host ? host->as<const float>() : tensor.data<float>(); }
+// Page-locked host buffers of a device SAE (the device table's host_alloc), reused: a batch
+// copied there goes to the device by one DMA instead of through the plugin's staging copy.
+struct PinnedPool : std::enable_shared_from_this<PinnedPool> {
+  const sk_sae_i* api = nullptr;
+  std::mutex mu;
+  std::vector<std::pair<void*, size_t>> free;
+  ~PinnedPool() {
+    for (auto& f : free) api->host_free(f.first);
+  }
+  // A buffer of at least `bytes` that returns to the pool with its last reference; null if the
+  // device cannot allocate one (the caller then uses ordinary memory).
+  std::shared_ptr<void> take(size_t bytes) {
+    void* p = nullptr;
+    size_t cap = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (size_t i = 0; i < free.size(); ++i)
+        if (free[i].second >= bytes) {
+          std::tie(p, cap) = free[i];
+          free.erase(free.begin() + std::ptrdiff_t(i));
+          break;
+        }
+    }
+    if (p == nullptr) {
+      sk_status st{};
+      if (api->host_alloc(&st, &p, bytes) != 0 || p == nullptr) return nullptr;
+      cap = bytes;
+    }
+    std::shared_ptr<PinnedPool> self = shared_from_this();
+    return std::shared_ptr<void>(p, [self, cap](void* q) {
+      std::lock_guard<std::mutex> lock(self->mu);
+      if (self->free.size() < 3) self->free.emplace_back(q, cap);
+      else self->api->host_free(q);
+    });
+  }
 };
 
-Rows get_rows(const Napi::Value& v, int64_t D, const char* name) {
+// Rows of x: a Float32Array (copied: into page-locked memory for a device SAE) or a float32
+// NativeTensor [rows, D] (shared).
+struct Rows {
+  std::shared_ptr<HostArray> host;
+  std::shared_ptr<void> pinned;
+  Tensor tensor;
+  int64_t n = 0;
+  const float* data() const {
+    return pinned ? static_cast<const float*>(pinned.get()) : host ? host->as<const float>() : tensor.data<float>();
+  }
+};
+
+Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* pool = nullptr) {
   Rows r;
   if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array) {
     Napi::TypedArray a = v.As<Napi::TypedArray>();
@@ -102,7 +149,9 @@ Rows get_rows(const Napi::Value& v, int64_t D, const char* name) {
       throw Error(ErrorCode::Shape, fmt("Expected a Float32Array whose length is a positive multiple of dIn = ", D,
                                         " for ", name, " but received length ", len));
     r.n = len / D;
-    r.host = copy_typed_array(a);
+    if (pool) r.pinned = pool->take(a.ByteLength());
+    if (r.pinned) std::memcpy(r.pinned.get(), static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), a.ByteLength());
+    else r.host = copy_typed_array(a);
     return r;
   }
   if (v.IsObject() && !v.IsTypedArray()) {
@@ -342,7 +391,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
   Napi::Value encode(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
-      Rows x = get_rows(info[0], m->D, "x");
+      Rows x = get_rows(info[0], m->D, "x", m->pinned.get());
       auto codes = std::make_shared<cpu::Codes>();
       auto work = [m, x, codes] {
         cpu::check_finite_rows(x.data(), x.n, m->D, "x");
@@ -406,7 +455,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
   Napi::Value forward(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
-      Rows x = get_rows(info[0], m->D, "x");
+      Rows x = get_rows(info[0], m->D, "x", m->pinned.get());
       auto codes = std::make_shared<cpu::Codes>();
       auto recon = HostArray::allocate(size_t(x.n * m->D) * 4);
       auto fvu = std::make_shared<double>(0.0);
@@ -447,7 +496,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
   Napi::Value preacts(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
-      Rows x = get_rows(info[0], m->D, "x");
+      Rows x = get_rows(info[0], m->D, "x", m->pinned.get());
       auto out = HostArray::allocate(size_t(x.n * m->M) * 4);
       auto work = [m, x, out] {
         cpu::check_finite_rows(x.data(), x.n, m->D, "x");
@@ -468,7 +517,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
       require_trainable(*m, "gradients()");
-      Rows x = get_rows(info[0], m->D, "x");
+      Rows x = get_rows(info[0], m->D, "x", m->pinned.get());
       auto dead = std::make_shared<std::vector<int32_t>>();
       if (!info[1].IsNull() && !info[1].IsUndefined()) {
         if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
@@ -601,6 +650,10 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         throw Error(ErrorCode::Device, "JumpReLU SAEs run on the CPU in this version (device: 'cpu')");
       const int p = prec == "fp32" ? SK_PREC_F32 : prec == "tf32" ? SK_PREC_TF32 : SK_PREC_BF16;
       const sk_sae_i* api = dev.api;
+      if (api->host_alloc && api->host_free && !m->pinned) {
+        m->pinned = std::make_shared<PinnedPool>();
+        m->pinned->api = api;
+      }
       auto work = [m, api, index, p] {
         auto d = std::make_shared<DeviceSae>();
         d->api = api;
@@ -671,7 +724,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
       auto m = model_;
       auto st = state_;
-      Rows x = get_rows(info[0], m->D, "x");
+      Rows x = get_rows(info[0], m->D, "x", m->pinned.get());
       double lr = get_double(info[1], "lr", 0, 1e6);
       float alpha = float(get_double(info[2], "auxkAlpha", 0, 1e6));
       double threshold = get_double(info[3], "deadThresholdTokens", 0, 9.0e15);
