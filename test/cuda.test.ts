@@ -25,9 +25,10 @@ import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { backend, SparseAutoencoder } from '../lib/index.js';
+import { backend, features, fromArray, SparseAutoencoder } from '../lib/index.js';
 import { packageRoot } from '../lib/native/index.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
+import { lcg } from './helpers/reference.js';
 import { dtypeSuite } from './helpers/dtype-suite.js';
 import { matmulSuite } from './helpers/matmul-suite.js';
 import { randomSuite } from './helpers/random-suite.js';
@@ -89,6 +90,21 @@ describe.runIf(gpu)('CUDA matches the CPU (fp32 encoder GEMM)', () => {
 // SAEKIT_CUDA_PARITY=fp32 limits the run to fp32 (CI runs it on the CPU emulation of the plugin).
 describe.runIf(gpu && process.env.SAEKIT_CUDA_PARITY !== 'fp32')('CUDA matches the CPU (bf16 encoder GEMM)', () => {
   deviceParitySuite({ it, expect }, 'cuda', 'bf16', { rel: 2e-2, indexMismatch: 0.05 });
+});
+
+describe.runIf(gpu)('feature correlation with the co-moment GEMM on CUDA', () => {
+  it("kind 'dense' matches the CPU within float32 GEMM rounding (centred inputs: |r| error < 1e-4)", async () => {
+    const dIn = 24;
+    const next = lcg(91);
+    const x = Float32Array.from({ length: 600 * dIn }, () => next() - 0.5);
+    const src = fromArray(x, dIn);
+    const cpu = await features.correlation({ source: src }, { source: src }, { kind: 'dense', batchSize: 256 });
+    const dev = await features.correlation({ source: src }, { source: src }, { kind: 'dense', batchSize: 256, device: 'cuda' });
+    if (cpu.mode !== 'full' || dev.mode !== 'full') throw new Error('expected full matrices');
+    let worst = 0;
+    for (let i = 0; i < cpu.r.length; i++) worst = Math.max(worst, Math.abs(cpu.r[i]! - dev.r[i]!));
+    expect(worst).toBeLessThan(1e-4);
+  });
 });
 
 describe.skipIf(gpu)('CUDA parity tests', () => {

@@ -8,7 +8,8 @@ process.env.SAEKIT_DEVICE_LOOPBACK = '1'; // before the addon resolves its devic
 
 import { describe, expect, it } from 'vitest';
 
-import { backend, SparseAutoencoder } from '../lib/index.js';
+import { backend, features, fromArray, SparseAutoencoder } from '../lib/index.js';
+import { lcg, randomMatrix } from './helpers/reference.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
 
 describe('device selection (loopback device)', () => {
@@ -50,6 +51,25 @@ describe('device selection (loopback device)', () => {
       expect(backend.use(prev)).toBe('cuda');
     }
     expect(() => backend.use('tpu' as 'cpu')).toThrow(/device/);
+  });
+});
+
+describe('feature correlation with the co-moment GEMM on the device', () => {
+  it("kind 'dense' and 'preacts' give the CPU's result exactly; codes ignore the option", async () => {
+    const dIn = 13;
+    const x = randomMatrix(700, dIn, lcg(41));
+    const src = fromArray(x, dIn);
+    using sa = SparseAutoencoder.create({ dIn, numLatents: 37, k: 5, seed: 1 });
+    using sb = SparseAutoencoder.create({ dIn, numLatents: 29, k: 4, seed: 2 });
+    for (const kind of ['dense', 'preacts'] as const) {
+      const side = (sae: SparseAutoencoder) => (kind === 'dense' ? { source: src } : { sae, source: src });
+      for (const opts of [{ batchSize: 128 }, { batchSize: 100, output: 'top' as const, top: 3, maxBytes: 37 * 8 * 7 }]) {
+        const cpu = await features.correlation(side(sa), side(sb), { kind, ...opts });
+        const dev = await features.correlation(side(sa), side(sb), { kind, ...opts, device: 'cuda' });
+        expect(dev).toEqual(cpu);
+      }
+    }
+    await expect(features.correlation({ source: src }, { source: src }, { kind: 'dense', device: 'gpu' as 'cpu' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
   });
 });
 

@@ -30,7 +30,8 @@ import type { ActivationSource } from '../data/types.js';
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import { native } from '../native/index.js';
 import type { SparseAutoencoder } from '../sae/index.js';
-import { tensor } from '../tensor/index.js';
+import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
+import { tensor, type Device } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
 import { checkBool, checkInt, checkOneOf, checkOptions } from '../validate.js';
 
@@ -54,6 +55,11 @@ export interface CorrelationOptions {
   top?: number;
   /** In top mode, also every A feature's best B features. Default false. */
   reverse?: boolean;
+  /**
+   * Where the per-batch co-moment GEMM of kind 'preacts' / 'dense' runs: 'cpu' (default) or a
+   * CUDA device ('cuda', 'cuda:N'). Sparse codes always use the CPU kernel.
+   */
+  device?: DeviceOption;
 }
 
 export interface CorrelationSide {
@@ -224,8 +230,9 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
     throw new SaekitError('ERR_SAEKIT_MEMORY', `the ${nA} x ${nB} correlation matrix needs ${nA * nB * 4} bytes, over options.maxBytes = ${maxBytes}`);
   }
   const full = output === 'full' || (output === 'auto' && fits);
+  const device = o.device === undefined ? 'cpu' : deviceName(resolveDevice('options.device', o.device));
   if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, a.source, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined }, site);
-  return correlateDense(a, b ?? {}, a.source, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes });
+  return correlateDense(a, b ?? {}, a.source, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device });
 }
 
 async function correlateCodes(
@@ -261,7 +268,7 @@ async function correlateDense(
   kind: 'preacts' | 'dense',
   nA: number,
   nB: number,
-  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; maxBytes: number },
+  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; maxBytes: number; device: Device },
 ): Promise<CorrelationResult> {
   // Column blocks of B whose float64 co-moments (nA x w x 8 bytes) fit in maxBytes; one block
   // (the whole matrix) for full output.
@@ -295,7 +302,7 @@ async function correlateDense(
         for (let t = 0; t < rows; t++) cut.set(fb.subarray(t * nB + j0, t * nB + j1), t * wb);
         fb = cut;
       }
-      await mergeDense(fa, fb, rows, nA, wb, n, mx, my, mxx, myy, mxy, actA, actB);
+      await mergeDense(fa, fb, rows, nA, wb, n, mx, my, mxx, myy, mxy, actA, actB, o.device);
       n += rows;
     });
     if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
@@ -367,6 +374,7 @@ async function mergeDense(
   mxy: Float64Array,
   activeA: Float64Array,
   activeB: Float64Array,
+  device: Device,
 ): Promise<void> {
   const bmx = new Float64Array(nA);
   const bmy = new Float64Array(nB);
@@ -390,8 +398,8 @@ async function mergeDense(
     }
   }
   // The batch's centred co-moment: one float32 GEMM.
-  using ta = tensor(ca, [rows, nA], { device: 'cpu' });
-  using tb = tensor(cb, [rows, nB], { device: 'cpu' });
+  using ta = tensor(ca, [rows, nA], { device });
+  using tb = tensor(cb, [rows, nB], { device });
   using cxy = await matmul(ta, tb, { transA: true });
   const bxy = await cxy.toArray();
   const bxx = new Float64Array(nA);
