@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares .gpu/ (ignored by git) for a GPU machine that has no Node.js and no network: a
 # Node binary (xz), the addon built without OpenBLAS (the GPU image has none), node-gyp-build,
-# and bench/gpu/parity.ts bundled with saekit into one file. Run it here before a device call
+# and test/cuda.test.ts bundled with saekit into one file (bench/gpu/parity.ts; 'vitest' is the
+# stand-in bench/gpu/mini-vitest.ts). Run it here before a device call
 # that names `.gpu` in carry; bench/gpu/run.sh then runs the parity suite through saekit's API.
 #   bash bench/gpu/pack.sh
 set -euo pipefail
@@ -21,7 +22,7 @@ cp "$scratch/build/Release/saekit.node" "$out/build/Release/"
 # 2. node-gyp-build (the addon loader) and the bundled parity suite.
 cp -r "$root/node_modules/node-gyp-build" "$out/node_modules/"
 (cd "$root" && npx esbuild bench/gpu/parity.ts --bundle --platform=node --format=esm --target=node20 \
-  --outfile="$out/bundle/gpu/parity.mjs" --log-level=warning)
+  --alias:vitest=./bench/gpu/mini-vitest.ts --outfile="$out/bundle/gpu/parity.mjs" --log-level=warning)
 
 # 3. Node itself.
 xz -T0 -6 -c "$(readlink -f "$(command -v node)")" > "$out/node.xz"

@@ -98,12 +98,12 @@ if [ "${STATUS[build]}" = ok ]; then
     STATUS[memcheck]="skipped"
   fi
   stage bench 120 "$BUILD/saekit_cuda_bench"
-  # The CUDA-vs-CPU parity suite through saekit's own API (test/helpers/device-suite.ts), when
+  # test/cuda.test.ts (CUDA vs CPU through saekit's own API: tensors, SAE ops, Adam, Trainer), when
   # bench/gpu/pack.sh prepared .gpu/ here and the call carried it (the image has no Node.js).
   if [ -f .gpu/node.xz ] && [ $((SECONDS - START)) -lt 330 ]; then
     xz -dc .gpu/node.xz > /tmp/saekit-node && chmod +x /tmp/saekit-node
     export SAEKIT_CUDA_PLUGIN="$PWD/$BUILD/libsaekit_cuda.so"
-    stage parity 90 /tmp/saekit-node .gpu/bundle/gpu/parity.mjs
+    stage parity 120 /tmp/saekit-node .gpu/bundle/gpu/parity.mjs
   else
     STATUS[parity]="skipped (no .gpu/: run bench/gpu/pack.sh and carry .gpu)"
   fi
@@ -127,7 +127,7 @@ fi
   if [ -f "$OUT_DIR/selftest.log" ]; then
     grep -E '^(FAIL|ALL PASSED|FAILED|SKIP)' "$OUT_DIR/selftest.log" | head -20 || true
   fi
-  if [ -f "$OUT_DIR/parity.log" ]; then grep -E '^(FAIL|parity:)' "$OUT_DIR/parity.log" | head -12 || true; fi
+  if [ -f "$OUT_DIR/parity.log" ]; then grep -E '^(FAIL|tests:)' "$OUT_DIR/parity.log" | head -12 || true; fi
   if [ -f "$OUT_DIR/memcheck.log" ]; then grep -E 'ERROR SUMMARY' "$OUT_DIR/memcheck.log" | tail -1 || true; fi
   printf '%-12s %-12s %4s %10s %10s %9s %9s %9s %9s %9s\n' impl shape k tokens/s tok/s_pin step_ms device_ms floor_ms topk_ms select_ms
   { cat "$OUT_DIR"/bench.log "$OUT_DIR"/torch.log 2>/dev/null || true; } | { grep '^BENCH' || true; } | while read -r line; do
