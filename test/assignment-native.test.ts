@@ -1,30 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { linearAssignment, linearAssignmentAsync, type AssignmentResult } from '../lib/eval/assignment.js';
+import { bruteForceAssignment } from './helpers/eval-reference.js';
 import { lcg } from './helpers/reference.js';
-
-/** Min (or max) total over matchings covering the smaller side, by enumeration. */
-function bruteForce(cost: Float64Array, rows: number, cols: number, maximize: boolean): number {
-  const small = Math.min(rows, cols);
-  const large = Math.max(rows, cols);
-  const at = (s: number, l: number) => (rows <= cols ? cost[s * cols + l]! : cost[l * cols + s]!);
-  const used = new Array<boolean>(large).fill(false);
-  let best = maximize ? -Infinity : Infinity;
-  const rec = (s: number, acc: number) => {
-    if (s === small) {
-      best = maximize ? Math.max(best, acc) : Math.min(best, acc);
-      return;
-    }
-    for (let l = 0; l < large; l++) {
-      if (used[l]) continue;
-      used[l] = true;
-      rec(s + 1, acc + at(s, l));
-      used[l] = false;
-    }
-  };
-  rec(0, 0);
-  return best;
-}
 
 /** A valid one-to-one assignment of every row of the smaller side, total consistent with it. */
 function checkMatching(r: AssignmentResult, cost: Float64Array, rows: number, cols: number): void {
@@ -58,7 +36,7 @@ describe('linearAssignmentAsync (native)', () => {
           for (const maximize of [false, true]) {
             const r = await linearAssignmentAsync(cost, rows, cols, { maximize });
             checkMatching(r, cost, rows, cols);
-            const want = bruteForce(cost, rows, cols, maximize);
+            const want = bruteForceAssignment(cost, rows, cols, maximize);
             expect(close(r.total, want), `seed ${seed} ${rows}x${cols} max=${maximize} rep=${rep}: ${r.total} vs ${want}`).toBe(true);
           }
         }

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 
-import { SaekitError } from '../lib/errors.js';
 import { linearAssignment } from '../lib/eval/assignment.js';
 import { mcc, mmcs } from '../lib/eval/recovery.js';
+import { expectNamedError } from './helpers/errors.js';
+import { bruteForceAssignment } from './helpers/eval-reference.js';
 import { lcg, randomMatrix } from './helpers/reference.js';
 
 /** Fresh seeds each run (reported in failure messages), as in the other suites. */
@@ -34,30 +35,6 @@ function cosMatrix(A: Float32Array, B: Float32Array, d: number): Float64Array {
     }
   }
   return out;
-}
-
-/** Best total over all one-to-one matchings that assign every row of the smaller side (brute force). */
-function bruteForce(cost: Float64Array, rows: number, cols: number, maximize: boolean): number {
-  const sign = maximize ? -1 : 1;
-  const n = Math.min(rows, cols);
-  const m = Math.max(rows, cols);
-  const at = (i: number, j: number) => sign * (rows <= cols ? cost[i * cols + j]! : cost[j * cols + i]!);
-  let best = Infinity;
-  const used = new Uint8Array(m);
-  const rec = (i: number, acc: number): void => {
-    if (i === n) {
-      best = Math.min(best, acc);
-      return;
-    }
-    for (let j = 0; j < m; j++) {
-      if (used[j]) continue;
-      used[j] = 1;
-      rec(i + 1, acc + at(i, j));
-      used[j] = 0;
-    }
-  };
-  rec(0, 0);
-  return sign * best;
 }
 
 /**
@@ -219,7 +196,7 @@ describe('linearAssignment', () => {
           for (const maximize of [false, true]) {
             const r = linearAssignment(cost, rows, cols, { maximize });
             checkMatching(r, cost, rows, cols);
-            const want = bruteForce(cost, rows, cols, maximize);
+            const want = bruteForceAssignment(cost, rows, cols, maximize);
             expect(Math.abs(r.total - want), `seed ${seed} ${rows}x${cols} maximize=${maximize}`).toBeLessThanOrEqual(1e-9 * (1 + Math.abs(want)));
             cases++;
           }
@@ -234,7 +211,7 @@ describe('linearAssignment', () => {
       const cost = Float64Array.from({ length: rows! * cols! }, () => next());
       const r = linearAssignment(cost, rows!, cols!);
       checkMatching(r, cost, rows!, cols!);
-      expect(Math.abs(r.total - bruteForce(cost, rows!, cols!, false)), `seed ${seed} ${rows}x${cols}`).toBeLessThanOrEqual(1e-12);
+      expect(Math.abs(r.total - bruteForceAssignment(cost, rows!, cols!, false)), `seed ${seed} ${rows}x${cols}`).toBeLessThanOrEqual(1e-12);
       cases++;
     }
     expect(cases).toBe(6 * 6 * 3 * 2 + 3);
@@ -303,17 +280,7 @@ describe('linearAssignment', () => {
     const e = linearAssignment(new Float64Array(0), 0, 3);
     expect(Array.from(e.colToRow)).toEqual([-1, -1, -1]);
     expect(e.total).toBe(0);
-    const err = (fn: () => unknown, name: string, code = 'ERR_SAEKIT_ARG') => {
-      try {
-        fn();
-      } catch (x) {
-        expect(x).toBeInstanceOf(SaekitError);
-        expect((x as SaekitError).code).toBe(code);
-        expect((x as SaekitError).message).toContain(name);
-        return;
-      }
-      throw new Error(`expected an error naming ${name}`);
-    };
+    const err = expectNamedError;
     err(() => linearAssignment(new Float64Array(5), 2, 3), 'cost');
     err(() => linearAssignment(new Float32Array(6) as unknown as Float64Array, 2, 3), 'cost');
     err(() => linearAssignment(new Float64Array(6), -1, 3), 'rows');
@@ -411,7 +378,7 @@ describe('mcc', () => {
         const S = C.map((c) => (similarity === 'abs-cos' ? Math.abs(c) : c));
         const got = mcc(learned, truth, { d, similarity });
         const k = Math.min(nL, nT);
-        const want = bruteForce(S, nT, nL, true) / k;
+        const want = bruteForceAssignment(S, nT, nL, true) / k;
         expect(Math.abs(got.mean - want), `seed ${seed} ${similarity}`).toBeLessThanOrEqual(1e-12);
         const seen = new Set<number>();
         let matched = 0;
@@ -538,17 +505,7 @@ describe('recovery of a permuted, rescaled copy of the truth', () => {
 describe('recovery: validation', () => {
   it('rejects bad inputs with named errors', () => {
     const a = new Float32Array(12);
-    const err = (fn: () => unknown, name: string, code = 'ERR_SAEKIT_ARG') => {
-      try {
-        fn();
-      } catch (x) {
-        expect(x).toBeInstanceOf(SaekitError);
-        expect((x as SaekitError).code).toBe(code);
-        expect((x as SaekitError).message).toContain(name);
-        return;
-      }
-      throw new Error(`expected an error naming ${name}`);
-    };
+    const err = expectNamedError;
     err(() => mmcs(a, a, {} as { d: number }), 'options.d');
     err(() => mmcs(a, new Float32Array(10), { d: 4 }), 'truth');
     err(() => mmcs(new Float32Array(0), a, { d: 4 }), 'learned');

@@ -10,9 +10,9 @@ import {
   type SuperpositionOptions,
 } from '../lib/data/synthetic.js';
 import type { ActivationSource, BatchOptions } from '../lib/data/types.js';
-import { SaekitError } from '../lib/errors.js';
 import { lcg } from './helpers/reference.js';
 import { orthantRef, phiRef, quantileRef, reluNormalMoment, within5Sigma } from './helpers/synthetic-normal.js';
+import { expectNamedError } from './helpers/errors.js';
 
 /** Fresh seeds each run (reported in failure messages), as in the other suites. */
 function freshSeed(salt: number): number {
@@ -41,18 +41,6 @@ function fireCounts(codes: { indices: Int32Array }, n: number): Float64Array {
   const counts = new Float64Array(n);
   for (const i of codes.indices) counts[i]!++;
   return counts;
-}
-
-function expectArgError(fn: () => unknown, name: string, code = 'ERR_SAEKIT_ARG'): void {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err, `expected an error naming ${name}`).toBeInstanceOf(SaekitError);
-  expect((err as SaekitError).code).toBe(code);
-  expect((err as SaekitError).message).toContain(name);
 }
 
 describe('Philox 4x32-10 (TypeScript port)', () => {
@@ -628,29 +616,29 @@ describe('superposition: validation', () => {
   const ok: SuperpositionOptions = { dIn: 4, numFeatures: 6, firing: { kind: 'uniform', p: 0.1 } };
   const bad = (patch: Record<string, unknown>) => () => superposition({ ...ok, ...patch } as SuperpositionOptions);
   it('rejects bad options with errors that name them', () => {
-    expectArgError(() => superposition(undefined as unknown as SuperpositionOptions), 'options.dIn');
-    expectArgError(bad({ dIn: 0 }), 'options.dIn');
-    expectArgError(bad({ numFeatures: 1.5 }), 'options.numFeatures');
-    expectArgError(bad({ dIn: 1 << 20, numFeatures: 1 << 12 }), 'options.numFeatures');
-    expectArgError(bad({ firing: undefined }), 'options.firing');
-    expectArgError(bad({ firing: { kind: 'poisson' } }), 'options.firing.kind');
-    expectArgError(bad({ firing: { kind: 'zipf', exponent: 1, maxP: 0 } }), 'options.firing.maxP');
-    expectArgError(bad({ firing: { kind: 'zipf', exponent: 1, maxP: 1.5 } }), 'options.firing.maxP');
-    expectArgError(bad({ firing: { kind: 'zipf', exponent: -1, maxP: 0.5 } }), 'options.firing.exponent');
-    expectArgError(bad({ firing: { kind: 'zipf', exponent: 1, maxP: 0.5, minP: 0.6 } }), 'options.firing.minP');
-    expectArgError(bad({ firing: { kind: 'uniform', p: 1.2 } }), 'options.firing.p');
-    expectArgError(bad({ firing: { kind: 'uniform', p: NaN } }), 'options.firing.p');
-    expectArgError(bad({ firing: { kind: 'expected-active', n: 7 } }), 'options.firing.n');
-    expectArgError(bad({ magnitude: { kind: 'gamma' } }), 'options.magnitude.kind');
-    expectArgError(bad({ magnitude: { kind: 'relu-normal', mean: 0, std: -1 } }), 'options.magnitude.std');
-    expectArgError(bad({ magnitude: { kind: 'relu-normal', mean: Infinity, std: 1 } }), 'options.magnitude.mean');
-    expectArgError(bad({ correlation: 'strong' }), 'options.correlation');
-    expectArgError(bad({ correlation: { kind: 'random', strength: 2 } }), 'options.correlation.strength');
-    expectArgError(bad({ correlation: { kind: 'random', factors: 0 } }), 'options.correlation.factors');
-    expectArgError(bad({ correlation: new Float64Array(35) }), 'options.correlation');
-    expectArgError(bad({ numRows: 0 }), 'options.numRows');
-    expectArgError(bad({ numRows: 2 ** 49 }), 'options.numRows');
-    expectArgError(bad({ seed: -1 }), 'options.seed');
+    expectNamedError(() => superposition(undefined as unknown as SuperpositionOptions), 'options.dIn');
+    expectNamedError(bad({ dIn: 0 }), 'options.dIn');
+    expectNamedError(bad({ numFeatures: 1.5 }), 'options.numFeatures');
+    expectNamedError(bad({ dIn: 1 << 20, numFeatures: 1 << 12 }), 'options.numFeatures');
+    expectNamedError(bad({ firing: undefined }), 'options.firing');
+    expectNamedError(bad({ firing: { kind: 'poisson' } }), 'options.firing.kind');
+    expectNamedError(bad({ firing: { kind: 'zipf', exponent: 1, maxP: 0 } }), 'options.firing.maxP');
+    expectNamedError(bad({ firing: { kind: 'zipf', exponent: 1, maxP: 1.5 } }), 'options.firing.maxP');
+    expectNamedError(bad({ firing: { kind: 'zipf', exponent: -1, maxP: 0.5 } }), 'options.firing.exponent');
+    expectNamedError(bad({ firing: { kind: 'zipf', exponent: 1, maxP: 0.5, minP: 0.6 } }), 'options.firing.minP');
+    expectNamedError(bad({ firing: { kind: 'uniform', p: 1.2 } }), 'options.firing.p');
+    expectNamedError(bad({ firing: { kind: 'uniform', p: NaN } }), 'options.firing.p');
+    expectNamedError(bad({ firing: { kind: 'expected-active', n: 7 } }), 'options.firing.n');
+    expectNamedError(bad({ magnitude: { kind: 'gamma' } }), 'options.magnitude.kind');
+    expectNamedError(bad({ magnitude: { kind: 'relu-normal', mean: 0, std: -1 } }), 'options.magnitude.std');
+    expectNamedError(bad({ magnitude: { kind: 'relu-normal', mean: Infinity, std: 1 } }), 'options.magnitude.mean');
+    expectNamedError(bad({ correlation: 'strong' }), 'options.correlation');
+    expectNamedError(bad({ correlation: { kind: 'random', strength: 2 } }), 'options.correlation.strength');
+    expectNamedError(bad({ correlation: { kind: 'random', factors: 0 } }), 'options.correlation.factors');
+    expectNamedError(bad({ correlation: new Float64Array(35) }), 'options.correlation');
+    expectNamedError(bad({ numRows: 0 }), 'options.numRows');
+    expectNamedError(bad({ numRows: 2 ** 49 }), 'options.numRows');
+    expectNamedError(bad({ seed: -1 }), 'options.seed');
   });
 
   it('rejects correlation matrices that are not symmetric, unit-diagonal or positive definite', () => {
@@ -661,13 +649,13 @@ describe('superposition: validation', () => {
     };
     const asym = eye(6);
     asym[1] = 0.3;
-    expectArgError(bad({ correlation: asym }), 'options.correlation');
+    expectNamedError(bad({ correlation: asym }), 'options.correlation');
     const diag = eye(6);
     diag[7] = 1.1;
-    expectArgError(bad({ correlation: diag }), 'options.correlation[7]');
+    expectNamedError(bad({ correlation: diag }), 'options.correlation[7]');
     const nan = eye(6);
     nan[2] = NaN;
-    expectArgError(bad({ correlation: nan }), 'options.correlation[2]');
+    expectNamedError(bad({ correlation: nan }), 'options.correlation[2]');
     // rho12 = rho13 = 0.9, rho23 = -0.9: symmetric with unit diagonal, but indefinite.
     const indefinite = eye(6);
     for (const [i, j, v] of [
@@ -678,20 +666,20 @@ describe('superposition: validation', () => {
       indefinite[i * 6 + j] = v;
       indefinite[j * 6 + i] = v;
     }
-    expectArgError(bad({ correlation: indefinite }), 'positive definite');
+    expectNamedError(bad({ correlation: indefinite }), 'positive definite');
     expect(() => bad({ correlation: eye(6) })()).not.toThrow();
   });
 
   it('rejects bad batch options and ranges', () => {
     const data = superposition({ ...ok, numRows: 100 });
-    expectArgError(() => data.source.batches({ batchSize: 0 }), 'options.batchSize');
-    expectArgError(() => data.source.batches({ epochs: 0 }), 'options.epochs');
-    expectArgError(() => data.source.batches({ shuffle: 'yes' as unknown as boolean }), 'options.shuffle');
-    expectArgError(() => data.source.batches({ seed: 1.5 }), 'options.seed');
-    expectArgError(() => data.source.batches({ dropLast: 1 as unknown as boolean }), 'options.dropLast');
-    expectArgError(() => data.rows(-1, 2), 'start');
-    expectArgError(() => data.rows(99, 2), 'count');
-    expectArgError(() => data.codes(0, 101), 'count');
+    expectNamedError(() => data.source.batches({ batchSize: 0 }), 'options.batchSize');
+    expectNamedError(() => data.source.batches({ epochs: 0 }), 'options.epochs');
+    expectNamedError(() => data.source.batches({ shuffle: 'yes' as unknown as boolean }), 'options.shuffle');
+    expectNamedError(() => data.source.batches({ seed: 1.5 }), 'options.seed');
+    expectNamedError(() => data.source.batches({ dropLast: 1 as unknown as boolean }), 'options.dropLast');
+    expectNamedError(() => data.rows(-1, 2), 'start');
+    expectNamedError(() => data.rows(99, 2), 'count');
+    expectNamedError(() => data.codes(0, 101), 'count');
   });
 });
 

@@ -153,6 +153,23 @@ __global__ void tv_kernel(const double* row_tv, int64_t N, double alpha, double 
   }
 }
 
+// d loss / d pre of one row's codes (v, idx: K of them): scale * <resid, W_dec[idx]> where the
+// code is positive, else 0; a warp per code.
+__device__ void code_grads(const float* v, const int32_t* idx, int64_t K, const float* resid, const float* W_dec,
+                           int64_t D, float scale, float* out, int warp, int nw, int lane) {
+  for (int64_t j = warp; j < K; j += nw) {
+    if (!(v[j] > 0.0f)) {
+      if (lane == 0) out[j] = 0.0f;
+      continue;
+    }
+    const float* w = W_dec + int64_t(idx[j]) * D;
+    float dot = 0.0f;
+    for (int64_t d = lane; d < D; d += 32) dot += resid[d] * w[d];
+    dot = warp_sum(dot);
+    if (lane == 0) out[j] = scale * dot;
+  }
+}
+
 // CPU: the fused decode pass of sae_step, one block per row. E = x - x_hat; with AuxK,
 // R = e_hat - e where e_hat = b_dec + sum a W_dec[aux]; d loss / d pre of each pair (0 when the
 // code is 0); the row's squared norms (float64) and the maxima of |E|, |R|, |xc|.
@@ -186,18 +203,7 @@ __global__ void residual_kernel(const float* x, const float* xc, const float* W_
   mE = block_max(mE, fscr);
   mX = block_max(mX, fscr);
   const float gscale = sc->gscale, hscale = sc->hscale;
-  for (int64_t j = warp; j < K; j += nw) {
-    const float v = mv[n * K + j];
-    if (!(v > 0.0f)) {
-      if (lane == 0) dpm[n * K + j] = 0.0f;
-      continue;
-    }
-    const float* w = W_dec + int64_t(mi[n * K + j]) * D;
-    float dot = 0.0f;
-    for (int64_t d = lane; d < D; d += 32) dot += se[d] * w[d];
-    dot = warp_sum(dot);
-    if (lane == 0) dpm[n * K + j] = gscale * dot;
-  }
+  code_grads(mv + n * K, mi + n * K, K, se, W_dec, D, gscale, dpm + n * K, warp, nw, lane);
   double asse = 0;
   float mR = 0.0f;
   if (Ka > 0) {
@@ -215,18 +221,7 @@ __global__ void residual_kernel(const float* x, const float* xc, const float* W_
     }
     asse = block_sum(asse, dscr);
     mR = block_max(mR, fscr);
-    for (int64_t j = warp; j < Ka; j += nw) {
-      const float a = av[n * Ka + j];
-      if (!(a > 0.0f)) {
-        if (lane == 0) dpa[n * Ka + j] = 0.0f;
-        continue;
-      }
-      const float* w = W_dec + int64_t(ai[n * Ka + j]) * D;
-      float dot = 0.0f;
-      for (int64_t d = lane; d < D; d += 32) dot += sr[d] * w[d];
-      dot = warp_sum(dot);
-      if (lane == 0) dpa[n * Ka + j] = hscale * dot;
-    }
+    code_grads(av + n * Ka, ai + n * Ka, Ka, sr, W_dec, D, hscale, dpa + n * Ka, warp, nw, lane);
   }
   if (threadIdx.x == 0) {
     rowd[n] = sse;

@@ -83,6 +83,50 @@ void decode_codes(SaeModel& m, const cpu::Codes& c, bool with_bias, float* out) 
   cpu::sae_decode(m.view(), c, with_bias, out, cpu::cpu_pool());
 }
 
+// cpu::sae_step's contract on the model's device: with `grads`, the dense gradients (internal
+// layout) and no change; with `adam`, the fused update using its hyper-parameters (the device
+// keeps the moments and the step count).
+cpu::StepStats device_step(SaeModel& m, const float* x, int64_t N, const std::vector<int32_t>& dead, float alpha,
+                           cpu::SaeGrads* grads, const cpu::AdamState* adam) {
+  const int64_t D = m.D, M = m.M, MD = M * D;
+  sk_sae_step_opts o{};
+  o.k = m.K;
+  o.auxk_alpha = alpha;
+  o.host_dead = dead.data();
+  o.num_dead = int64_t(dead.size());
+  o.precision = m.dev->precision;
+  std::vector<float> g;
+  if (grads) {
+    g.resize(size_t(cpu::sae_slab_floats(D, M)));
+    o.want_grads = 1;
+    o.host_grads = g.data();
+  } else {
+    o.lr = adam->lr;
+    o.beta1 = adam->beta1;
+    o.beta2 = adam->beta2;
+    o.eps = adam->eps;
+  }
+  cpu::StepStats stats;
+  stats.fired.assign(size_t(M), 0);
+  sk_sae_step_stats ss{};
+  ss.host_fired = stats.fired.data();
+  sk_status st{};
+  status_throw(m.dev->api->step(&st, m.dev->h, x, N, &o, &ss), st);
+  stats.loss = ss.loss;
+  stats.fvu = ss.fvu;
+  stats.auxk = ss.auxk;
+  stats.l0 = ss.l0;
+  stats.num_dead = ss.num_dead;
+  stats.times = {ss.seconds[0], ss.seconds[1], ss.seconds[2], ss.seconds[3], ss.seconds[4]};
+  if (grads) {
+    grads->W_encT.assign(g.begin(), g.begin() + MD);
+    grads->W_dec.assign(g.begin() + MD, g.begin() + 2 * MD);
+    grads->b_enc.assign(g.begin() + 2 * MD, g.begin() + 2 * MD + M);
+    grads->b_dec.assign(g.begin() + 2 * MD + M, g.end());
+  }
+  return stats;
+}
+
 void require_trainable(const SaeModel& m, const char* what) {
   if (m.jumprelu)
     throw Error(ErrorCode::Arg, fmt(what, " is not supported for a JumpReLU SAE yet (it encodes and decodes; ",
@@ -535,30 +579,8 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         cpu::StepOptions opt;
         opt.auxk_alpha = alpha;
         opt.dead = dead.get();
-        if (m->dev) {
-          const int64_t D = m->D, M = m->M, MD = M * D;
-          std::vector<float> g(size_t(cpu::sae_slab_floats(D, M)));
-          sk_sae_step_opts o{};
-          o.k = m->K;
-          o.auxk_alpha = alpha;
-          o.host_dead = dead->data();
-          o.num_dead = int64_t(dead->size());
-          o.want_grads = 1;
-          o.host_grads = g.data();
-          o.precision = m->dev->precision;
-          sk_sae_step_stats ss{};
-          sk_status st{};
-          status_throw(m->dev->api->step(&st, m->dev->h, x.data(), x.n, &o, &ss), st);
-          stats->loss = ss.loss;
-          stats->fvu = ss.fvu;
-          stats->auxk = ss.auxk;
-          grads->W_encT.assign(g.begin(), g.begin() + MD);
-          grads->W_dec.assign(g.begin() + MD, g.begin() + 2 * MD);
-          grads->b_enc.assign(g.begin() + 2 * MD, g.begin() + 2 * MD + M);
-          grads->b_dec.assign(g.begin() + 2 * MD + M, g.end());
-        } else {
-          *stats = cpu::sae_step(m->view(), x.data(), x.n, m->K, opt, grads.get(), nullptr, cpu::cpu_pool());
-        }
+        *stats = m->dev ? device_step(*m, x.data(), x.n, *dead, alpha, grads.get(), nullptr)
+                        : cpu::sae_step(m->view(), x.data(), x.n, m->K, opt, grads.get(), nullptr, cpu::cpu_pool());
         transpose(grads->W_encT.data(), m->M, m->D, wenc->as<float>());
         grads->W_encT.clear();
         grads->W_encT.shrink_to_fit();
@@ -737,27 +759,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
         st->lr = float(lr);
         int64_t t_before = st->t;
         if (m->dev) {
-          sk_sae_step_opts o{};
-          o.k = m->K;
-          o.auxk_alpha = alpha;
-          o.host_dead = dead.data();
-          o.num_dead = int64_t(dead.size());
-          o.lr = float(lr);
-          o.beta1 = st->beta1;
-          o.beta2 = st->beta2;
-          o.eps = st->eps;
-          o.precision = m->dev->precision;
-          stats->fired.assign(size_t(m->M), 0);
-          sk_sae_step_stats ss{};
-          ss.host_fired = stats->fired.data();
-          sk_status s2{};
-          status_throw(m->dev->api->step(&s2, m->dev->h, x.data(), x.n, &o, &ss), s2);
-          stats->loss = ss.loss;
-          stats->fvu = ss.fvu;
-          stats->auxk = ss.auxk;
-          stats->l0 = ss.l0;
-          stats->num_dead = ss.num_dead;
-          stats->times = {ss.seconds[0], ss.seconds[1], ss.seconds[2], ss.seconds[3], ss.seconds[4]};
+          *stats = device_step(*m, x.data(), x.n, dead, alpha, nullptr, st.get());
           ++st->t;
         } else {
           try {

@@ -151,3 +151,30 @@ export function cosineTolerance(d: number): number {
   const g = ((d + 4) * u) / (1 - (d + 4) * u);
   return g;
 }
+
+/**
+ * Best total (min, or max with `maximize`) over all one-to-one matchings that assign every row of
+ * the smaller side of cost [rows, cols], by enumerating them (small sizes only).
+ */
+export function bruteForceAssignment(cost: Float64Array, rows: number, cols: number, maximize: boolean): number {
+  const sign = maximize ? -1 : 1;
+  const n = Math.min(rows, cols);
+  const m = Math.max(rows, cols);
+  const at = (i: number, j: number) => sign * (rows <= cols ? cost[i * cols + j]! : cost[j * cols + i]!);
+  let best = Infinity;
+  const used = new Uint8Array(m);
+  const rec = (i: number, acc: number): void => {
+    if (i === n) {
+      best = Math.min(best, acc);
+      return;
+    }
+    for (let j = 0; j < m; j++) {
+      if (used[j]) continue;
+      used[j] = 1;
+      rec(i + 1, acc + at(i, j));
+      used[j] = 0;
+    }
+  };
+  rec(0, 0);
+  return sign * best;
+}
