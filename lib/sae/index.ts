@@ -231,10 +231,6 @@ export class SparseAutoencoder {
     handles.set(this, handle);
     this.device = deviceName(placement.device);
     if (placement.device.kind === 'cuda') {
-      if (architecture === 'jumprelu') {
-        handle.dispose();
-        throw new SaekitError('ERR_SAEKIT_DEVICE', "JumpReLU SAEs run on the CPU in this version (pass device: 'cpu')");
-      }
       const index = placement.device.index;
       const placed = callNative(() => handle.toDevice(index, placement.precision));
       placed.catch(() => undefined); // observed by every op through afterPlacement()
@@ -287,7 +283,7 @@ export class SparseAutoencoder {
     const o = checkOptions('options', options);
     const architecture = o.architecture === undefined ? 'topk' : checkOneOf('options.architecture', o.architecture, ['topk', 'jumprelu'] as const);
     const applyBDec = o.applyBDecToInput === undefined ? true : checkBool('options.applyBDecToInput', o.applyBDecToInput);
-    const placement = placementOf(architecture === 'jumprelu' && o.device === undefined ? { ...o, device: 'cpu' } : o);
+    const placement = placementOf(o);
     if (architecture === 'jumprelu') {
       const t: unknown = weights.threshold;
       if (!(t instanceof Float32Array) || t.length !== numLatents) {

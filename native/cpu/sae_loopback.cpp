@@ -80,7 +80,8 @@ int encode(sk_status* st, sk_sae_dev* s, const float* x, int64_t N, int64_t k, i
     static const std::vector<int32_t> none;
     if (!s->threshold.empty()) sae_encode_jumprelu(s->view(), x, N, &c, cpu_pool());
     else sae_encode(s->view(), x, N, k, none, 0, &c, nullptr, nullptr, cpu_pool());
-    SK_CHECK(c.K <= k, ErrorCode::Internal, "loopback encode: ", c.K, " codes per row exceed k = ", k);
+    SK_CHECK(c.K <= k, ErrorCode::Shape, "loopback encode: a row has ", c.K, " active latents but only k = ", k,
+             " codes per row were requested");
     for (int64_t n = 0; n < N; ++n)
       for (int64_t j = 0; j < k; ++j) {
         const bool have = j < c.K;

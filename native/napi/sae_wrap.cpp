@@ -1,5 +1,6 @@
 #include "sae_wrap.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -33,6 +34,7 @@ struct SaeModel {
   bool apply_b_dec = true;
   std::vector<float> slab;            // cpu::sae_slab_floats(D, M)
   std::vector<float> threshold;       // [M] for JumpReLU
+  int64_t jump_width = 32;            // JumpReLU on a device: the codes per row asked for last time
   std::vector<int64_t> since_fired;   // tokens since each latent last had a positive code
   // Set (on the JS thread) when the model is sent to a device that offers page-locked memory.
   std::shared_ptr<PinnedPool> pinned;
@@ -58,8 +60,60 @@ struct SaeModel {
 };
 
 // Codes of x under the model's activation (TopK or JumpReLU).
+// JumpReLU codes on the model's device, in cpu::sae_encode_jumprelu's layout. The device pads
+// every row to the `k` it is given and refuses (ERR_SAEKIT_SHAPE) when a row has more active
+// latents, so k starts at the width that sufficed last time and grows 4x on refusal (at most M).
+// The result is then cut to the batch's largest count (at least 1) and re-padded on the host with
+// (0, lowest unused index), exactly as the CPU pads.
+void encode_jumprelu_device(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
+  int64_t k = std::min<int64_t>(m.M, std::max<int64_t>(1, m.jump_width));
+  std::vector<float> v;
+  std::vector<int32_t> ix;
+  for (;;) {
+    v.resize(size_t(N * k));
+    ix.resize(size_t(N * k));
+    sk_status st{};
+    const int rc = m.dev->api->encode(&st, m.dev->h, x, N, k, m.dev->precision, v.data(), ix.data());
+    if (rc == 0) break;
+    if (st.code != int(ErrorCode::Shape) + 1 || k >= m.M) status_throw(rc, st);
+    k = std::min<int64_t>(m.M, k * 4);
+  }
+  m.jump_width = k;
+  // Active codes are strictly positive (z > 0 and z > threshold) and come first in each row.
+  std::vector<int64_t> count(size_t(N), 0);
+  int64_t K = 1;
+  for (int64_t n = 0; n < N; ++n) {
+    int64_t c = 0;
+    while (c < k && v[size_t(n * k + c)] > 0.0f) ++c;
+    count[size_t(n)] = c;
+    K = std::max(K, c);
+  }
+  codes->N = N;
+  codes->K = K;
+  codes->v.assign(size_t(N * K), 0.0f);
+  codes->i.assign(size_t(N * K), 0);
+  std::vector<int32_t> used;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t c = count[size_t(n)];
+    std::copy_n(v.data() + n * k, c, codes->v.data() + n * K);
+    std::copy_n(ix.data() + n * k, c, codes->i.data() + n * K);
+    used.assign(ix.data() + n * k, ix.data() + n * k + c);
+    std::sort(used.begin(), used.end());
+    int32_t next = 0;
+    size_t u = 0;
+    for (int64_t j = c; j < K; ++j) {
+      while (u < used.size() && used[u] == next) {
+        ++u;
+        ++next;
+      }
+      codes->i[size_t(n * K + j)] = next++;
+    }
+  }
+}
+
 void encode_codes(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
   static const std::vector<int32_t> none;
+  if (m.dev && m.jumprelu) return encode_jumprelu_device(m, x, N, codes);
   if (m.dev) {
     codes->N = N;
     codes->K = m.K;
@@ -668,8 +722,6 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       int index = int(get_int(info[0], "device index", 0, int64_t(dev.names.size()) - 1));
       std::string prec = get_string(info[1], "precision");
       if (prec != "fp32" && prec != "tf32" && prec != "bf16") arg_error(ErrorCode::Arg, "precision", "one of: fp32, tf32, bf16", info[1]);
-      if (m->jumprelu)
-        throw Error(ErrorCode::Device, "JumpReLU SAEs run on the CPU in this version (device: 'cpu')");
       const int p = prec == "fp32" ? SK_PREC_F32 : prec == "tf32" ? SK_PREC_TF32 : SK_PREC_BF16;
       const sk_sae_i* api = dev.api;
       if (api->host_alloc && api->host_free && !m->pinned) {
@@ -683,7 +735,9 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         d->precision = p;
         sk_status st{};
         m->pull();  // from another device, if it was on one
-        status_throw(api->create(&st, &d->h, index, m->D, m->M, m->apply_b_dec ? 1 : 0, m->slab.data(), nullptr), st);
+        status_throw(api->create(&st, &d->h, index, m->D, m->M, m->apply_b_dec ? 1 : 0, m->slab.data(),
+                                 m->jumprelu ? m->threshold.data() : nullptr),
+                     st);
         m->dev = d;
       };
       return queue_job(info.Env(), work, [](Napi::Env env) { return env.Undefined(); });

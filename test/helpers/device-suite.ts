@@ -161,6 +161,60 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
     });
   }
 
+  it('a JumpReLU SAE encodes, decodes and runs forward on the device like on the CPU (row widths vary)', async () => {
+    for (const s of [{ dIn: 29, numLatents: 211, rows: 67 }, { dIn: 64, numLatents: 1000, rows: 130 }]) {
+      const next = lcg(4242 + s.dIn);
+      const weights = await (async () => {
+        using base = SparseAutoencoder.create({ dIn: s.dIn, numLatents: s.numLatents, k: 1, seed: s.dIn, device: 'cpu' });
+        return base.weights();
+      })();
+      weights.b_dec = randomMatrix(1, s.dIn, next).map((v) => v * 0.1);
+      weights.b_enc = randomMatrix(1, s.numLatents, next).map((v) => -0.05 - 0.02 * Math.abs(v));
+      // Every 7th latent has threshold 0 (plain ReLU), the rest up to 2: rows keep from a few to
+      // a hundred or more latents, so the device's padded width has to grow.
+      const threshold = new Float32Array(s.numLatents);
+      for (let l = 0; l < s.numLatents; l++) threshold[l] = l % 7 === 0 ? 0 : 2 * ((next() >>> 8) / 2 ** 24);
+      const w = { ...weights, threshold };
+      using cpu = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu', device: 'cpu' });
+      using dev = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu', device, precision });
+      expect(dev.device).toMatch(/^cuda:\d+$/);
+      const x = randomMatrix(s.rows, s.dIn, next).map((v) => v * 1.5);
+      x.set(weights.b_dec, 3 * s.dIn); // row 3: x - b_dec = 0, so z = b_enc < 0: no active latent
+      const dense = (c: { values: Float32Array; indices: Int32Array; k: number }, rows: number) => {
+        const v = new Float32Array(rows * s.numLatents);
+        for (let q = 0; q < c.indices.length; q++) if (c.values[q]! !== 0) v[Math.floor(q / c.k) * s.numLatents + c.indices[q]!] = c.values[q]!;
+        return v;
+      };
+      const [cc, cd] = await Promise.all([cpu.encode(x), dev.encode(x)]);
+      expect(cc.k).toBeGreaterThan(32);
+      if (tol.rel === 0) {
+        expect(cd.k).toBe(cc.k);
+        expect(Array.from(cd.indices)).toEqual(Array.from(cc.indices));
+        expectClose(cd.values, cc.values, 0, 'JumpReLU code values');
+      } else {
+        // Near-threshold values may flip under reduced precision: compare the dense codes.
+        const [a, b] = [dense(cd, s.rows), dense(cc, s.rows)];
+        let flips = 0;
+        for (let i = 0; i < a.length; i++) if ((a[i] === 0) !== (b[i] === 0)) flips++;
+        expect(flips / (s.rows * cc.k)).toBeLessThanOrEqual(tol.indexMismatch);
+        if (flips === 0) expectClose(a, b, tol.rel, 'JumpReLU code values by latent');
+      }
+      expectClose(await dev.decode(cc), await cpu.decode(cc), tol.rel, 'JumpReLU decode');
+      const [fc, fd] = await Promise.all([cpu.forward(x), dev.forward(x)]);
+      if (tol.rel === 0) expect(fd.fvu).toBe(fc.fvu);
+      else expect(Math.abs(fd.fvu - fc.fvu)).toBeLessThanOrEqual(1e-3 * Math.max(1, fc.fvu));
+      // A batch where no row has an active latent: one padding column, as on the CPU.
+      const none = new Float32Array(5 * s.dIn);
+      for (let r = 0; r < 5; r++) none.set(weights.b_dec, r * s.dIn);
+      const [zc, zd] = await Promise.all([cpu.encode(none), dev.encode(none)]);
+      expect(zd.k).toBe(1);
+      expect(Array.from(zd.indices)).toEqual(Array.from(zc.indices));
+      expect(Array.from(zd.values)).toEqual([0, 0, 0, 0, 0]);
+      // Training a JumpReLU SAE is not supported on any device yet.
+      await expect(dev.gradients(x)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+    }
+  });
+
   it('the Trainer trains on the device like on the CPU, and refuses a mismatched device', async () => {
     const dIn = 24;
     const numLatents = 96;
