@@ -243,6 +243,22 @@ describe('conversion to float32', () => {
     }
   });
 
+  it('reads larger than one conversion chunk (128K elements) convert every element, in order and shuffled', async () => {
+    const rows = 2111;
+    const dIn = 127; // 2000-row batches are 254,000 elements: a full chunk and a partial one
+    const bits = randomHalfBits(rows * dIn, 'bfloat16', 77);
+    await writeNpyFixture(p('big-bf16.npy'), 'bfloat16', [rows, dIn], bits);
+    const x = new Float64Array(rows * dIn);
+    for (let i = 0; i < x.length; i++) x[i] = Math.sin(i * 0.37) * 1e3 + i * 1e-7;
+    await writeNpyFixture(p('big-f64.npy'), 'float64', [rows, dIn], x);
+    for (const [file, want] of [['big-bf16.npy', Float32Array.from(bits, bf16ToNumber)], ['big-f64.npy', Float32Array.from(x, Math.fround)]] as const) {
+      const src = await openActivations(p(file));
+      expectSameRows(concatRows(await collect(src, { batchSize: 2000 })), want);
+      const mix = { batchSize: 1999, shuffle: true, seed: 5, bufferBytes: 1500 * dIn * 4, chunkRows: 1400 };
+      expectSameRows(concatRows(await collect(src, mix)), concatRows(await collect(fromArray(want, dIn), mix)));
+    }
+  });
+
   it('float64 rounds to nearest float32 (Math.fround); big-endian .npy is swapped', async () => {
     const rows = 77;
     const dIn = 7;
