@@ -26,6 +26,7 @@ export type { MatmulOptions } from './tensor/ops.js';
 export {
   SparseAutoencoder,
   AdamOptimizer,
+  PrefetchedBatch,
   type SparseCodes,
   type SaeWeights,
   type Architecture,

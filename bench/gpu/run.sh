@@ -129,12 +129,12 @@ fi
   fi
   if [ -f "$OUT_DIR/parity.log" ]; then grep -E '^(FAIL|tests:)' "$OUT_DIR/parity.log" | head -12 || true; fi
   if [ -f "$OUT_DIR/memcheck.log" ]; then grep -E 'ERROR SUMMARY' "$OUT_DIR/memcheck.log" | tail -1 || true; fi
-  printf '%-12s %-12s %4s %10s %10s %9s %9s %9s %9s %9s\n' impl shape k tokens/s tok/s_pin step_ms device_ms floor_ms topk_ms select_ms
+  printf '%-12s %-12s %4s %10s %10s %10s %9s %9s %9s %9s %9s\n' impl shape k tokens/s tok/s_pin tok/s_pref step_ms device_ms floor_ms topk_ms select_ms
   { cat "$OUT_DIR"/bench.log "$OUT_DIR"/torch.log 2>/dev/null || true; } | { grep '^BENCH' || true; } | while read -r line; do
     get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2; }
     topk=$(get topk_alone_ms); [ -z "$topk" ] && topk=$(get topk_ms)
-    printf '%-12s %-12s %4s %10s %10s %9s %9s %9s %9s %9s\n' "$(get impl)" "$(get dIn)x$(get numLatents)" "$(get k)" \
-      "$(get tokens_per_s)" "$(get tokens_per_s_pinned)" "$(get step_ms)" "$(get device_ms)" "$(get floor_ms)" "$topk" \
+    printf '%-12s %-12s %4s %10s %10s %10s %9s %9s %9s %9s %9s\n' "$(get impl)" "$(get dIn)x$(get numLatents)" "$(get k)" \
+      "$(get tokens_per_s)" "$(get tokens_per_s_pinned)" "$(get tokens_per_s_prefetched)" "$(get step_ms)" "$(get device_ms)" "$(get floor_ms)" "$topk" \
       "$(get select_ms)"
   done
   echo "total $((SECONDS - START)) s; logs in $OUT_DIR"

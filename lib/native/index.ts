@@ -66,14 +66,19 @@ export interface NativeSae {
   /** Moves the parameters to device `index` of the table backend.info() resolved (queued). */
   toDevice(index: number, precision: 'fp32' | 'tf32' | 'bf16'): Promise<void>;
 }
+/** A batch copied out of JS by NativeAdam.prefetch (opaque). */
+export type NativePrefetched = { readonly __saekitPrefetched: unique symbol };
+
 export interface NativeAdam {
   readonly steps: number;
+  prefetch(x: Float32Array): NativePrefetched;
+  dropPrefetched(batch: NativePrefetched): void;
   state(): Promise<{ m: Float32Array; v: Float32Array; t: number }>;
   setState(m: Float32Array, v: Float32Array, t: number): void;
   readonly disposed: boolean;
   dispose(): void;
   step(
-    x: Float32Array | NativeTensor,
+    x: Float32Array | NativeTensor | NativePrefetched,
     lr: number,
     auxkAlpha: number,
     deadThresholdTokens: number,

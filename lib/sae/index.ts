@@ -27,7 +27,7 @@
 import { deviceName, resolveDevice, type DeviceOption, type ResolvedDevice } from '../backend/index.js';
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import type { WriteSaeOptions } from '../io/sae-files.js';
-import { native, type NativeAdam, type NativeSae, type NativeTensor } from '../native/index.js';
+import { native, type NativeAdam, type NativePrefetched, type NativeSae, type NativeTensor } from '../native/index.js';
 import { handleOf, Tensor } from '../tensor/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkSeed, randomSeed } from '../validate.js';
 
@@ -481,6 +481,54 @@ export class SparseAutoencoder {
 }
 
 /**
+ * A training batch copied out of JS ahead of its step by `AdamOptimizer.prefetch`: on a CUDA
+ * device it is already on its way to the GPU (page-locked memory, its own copy stream), so the
+ * transfer overlaps the step in flight. The step it is passed to uses it up; dispose() frees one
+ * that will not be used.
+ */
+export class PrefetchedBatch {
+  /** Rows in the batch. */
+  readonly rows: number;
+  #h: NativePrefetched | null;
+  readonly #owner: NativeAdam;
+
+  /** @internal Use opt.prefetch(x). */
+  constructor(h: NativePrefetched, owner: NativeAdam, rows: number) {
+    this.#h = h;
+    this.#owner = owner;
+    this.rows = rows;
+  }
+
+  /** Whether a step used it or it was disposed. */
+  get disposed(): boolean {
+    return this.#h === null;
+  }
+
+  /** @internal The handle, taken once (a batch is used by one step). */
+  take(): NativePrefetched {
+    const h = this.#h;
+    if (h === null) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this prefetched batch was already used by a step or disposed');
+    this.#h = null;
+    return h;
+  }
+
+  /** @internal */
+  get owner(): NativeAdam {
+    return this.#owner;
+  }
+
+  /** Frees the batch's memory now (a no-op after a step used it). */
+  dispose(): void {
+    if (this.#h !== null) this.#owner.dropPrefetched(this.#h);
+    this.#h = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/**
  * Adam over an SAE. One `step` = forward, backward, removal of each decoder-gradient component
  * parallel to its decoder row, Adam (bias-corrected) on every parameter, decoder rows
  * renormalised to unit length, dead-latent counters updated. Nothing but statistics is copied out.
@@ -505,10 +553,24 @@ export class AdamOptimizer {
   }
 
   /**
-   * One training step on a batch. If the loss is not finite the step is rejected
-   * (ERR_SAEKIT_NONFINITE) and the parameters stay as they were.
+   * Copies a batch for a later step now, so `x` may be reused at once; on a CUDA device the
+   * copy goes to page-locked memory and its upload starts on a separate stream, overlapping the
+   * step in flight (call it for batch n + 1 while step n runs, then `step(prefetched)`). On the
+   * CPU it is just the copy step() would make.
    */
-  async step(x: Rows, options?: StepOptions): Promise<StepStats> {
+  prefetch(x: Float32Array): PrefetchedBatch {
+    if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
+    if (!(x instanceof Float32Array)) throw argError('x', `a Float32Array (rows * ${this.sae.dIn})`, x);
+    const rows = rowsArg(this.sae.dIn, x) as Float32Array;
+    return new PrefetchedBatch(callNative(() => this.h.prefetch(rows)), this.h, rows.length / this.sae.dIn);
+  }
+
+  /**
+   * One training step on a batch (rows, or a batch from `prefetch`, which this step uses up). If
+   * the loss is not finite the step is rejected (ERR_SAEKIT_NONFINITE) and the parameters stay as
+   * they were.
+   */
+  async step(x: Rows | PrefetchedBatch, options?: StepOptions): Promise<StepStats> {
     const site = new Error();
     const o = checkOptions('options', options);
     const lr = o.lr === undefined ? this.lr : checkNumber('options.lr', o.lr, 0, Infinity);
@@ -516,8 +578,9 @@ export class AdamOptimizer {
     const threshold =
       o.deadThresholdTokens === undefined ? DEFAULT_DEAD_THRESHOLD : checkNumber('options.deadThresholdTokens', o.deadThresholdTokens, 0, Infinity);
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
-    const rows = rowsArg(this.sae.dIn, x);
+    if (x instanceof PrefetchedBatch && x.owner !== this.h) throw argError('x', 'a batch prefetched by this optimizer', x);
     if (this.sae.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this optimizer was disposed');
+    const rows = x instanceof PrefetchedBatch ? x.take() : rowsArg(this.sae.dIn, x);
     return settleNative(afterPlacement(this.sae, callNative(() => this.h.step(rows, lr, alpha, threshold))), site);
   }
 

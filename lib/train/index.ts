@@ -19,7 +19,7 @@ import path from 'node:path';
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
-import type { AdamOptimizer, SparseAutoencoder, StepStats } from '../sae/index.js';
+import type { AdamOptimizer, PrefetchedBatch, SparseAutoencoder, StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions } from '../validate.js';
 
 /** Trainer options; every field has a default. */
@@ -290,8 +290,8 @@ export class Trainer {
     // Enough epochs for the run; the iterator is the same sequence on every resume (same seed),
     // so skipping `step` batches puts the data back where the checkpoint left it.
     const epochs = o.totalTokens !== undefined && source.numRows !== undefined ? Math.ceil((total * o.batchSize) / Math.max(1, source.numRows)) + 1 : o.epochs ?? 1;
-    // Recycled batch arrays: each batch is copied by opt.step() (synchronously) before the next
-    // one is asked for; batches held longer (the first ones, below) are copied.
+    // Recycled batch arrays: each batch is copied by opt.prefetch() (synchronously) before the
+    // next one is asked for; batches held longer (the first ones, below) are copied.
     const it = source.batches({ batchSize: o.batchSize, shuffle: o.shuffle, seed: o.seed, epochs, dropLast: true, recycle: true })[Symbol.asyncIterator]();
     const pending: Batch[] = [];
     const nextBatch = async (): Promise<Batch | undefined> => {
@@ -329,7 +329,14 @@ export class Trainer {
     let saved: string[] = [];
     try {
       const scratch = { buf: null as Float32Array | null };
-      let batchPromise = step < total ? nextBatch() : Promise.resolve(undefined);
+      // Each batch is copied out (prefetch) as soon as it arrives, while the previous step runs:
+      // the (recycled) batch array is free again at once, and on a GPU the copy is already on
+      // its way to the device when its step starts.
+      const nextPrefetched = async (): Promise<{ rows: number; x: PrefetchedBatch } | undefined> => {
+        const b = await nextBatch();
+        return b && { rows: b.rows, x: opt.prefetch(scaledInto(scratch, b.data, scale)) };
+      };
+      let batchPromise = step < total ? nextPrefetched() : Promise.resolve(undefined);
       while (step < total) {
         if (fo.signal?.aborted) {
           status = 'aborted';
@@ -339,11 +346,9 @@ export class Trainer {
         if (!batch) break;
         const lr = learningRate(step, total, o.lr, warmup, o.decay, o.decayFraction);
         const ts = performance.now();
-        // step() copies the rows before it returns its Promise; only then may the (recycled)
-        // batch array be reused, so the next batch is asked for after this call.
-        const stepping = opt.step(scaledInto(scratch, batch.data, scale), { lr, auxkAlpha: o.auxkAlpha, deadThresholdTokens: o.deadThresholdTokens });
-        // Fetch the next batch while this step runs natively.
-        batchPromise = step + 1 < total ? nextBatch() : Promise.resolve(undefined);
+        const stepping = opt.step(batch.x, { lr, auxkAlpha: o.auxkAlpha, deadThresholdTokens: o.deadThresholdTokens });
+        // Fetch and prefetch the next batch while this step runs natively.
+        batchPromise = step + 1 < total ? nextPrefetched() : Promise.resolve(undefined);
         const st: StepStats = await stepping;
         const dt = (performance.now() - ts) / 1e3;
         step += 1;
@@ -364,7 +369,7 @@ export class Trainer {
         if (fo.onStep) await fo.onStep(last);
         if (fo.checkpointDir && step % every === 0 && step < total) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
       }
-      await batchPromise.catch(() => undefined);
+      (await batchPromise.catch(() => undefined))?.x.dispose();
       if (fo.checkpointDir) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
     } finally {
       await log?.close();

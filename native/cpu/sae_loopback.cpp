@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "../core/error.h"
@@ -14,6 +15,16 @@ struct sk_sae_dev {
   bool apply_b_dec = true;
   std::vector<float> slab, threshold;
   sk::cpu::AdamState adam;
+  // Prefetched batches, as the device keeps them: copies made when prefetch is called.
+  struct Prefetch {
+    const float* host = nullptr;
+    int64_t N = 0;
+    uint64_t age = 0;
+    std::vector<float> x;
+  };
+  std::mutex pf_mu;
+  Prefetch pfs[2];
+  uint64_t pf_clock = 0;
   sk::cpu::SaeView view() {
     sk::cpu::SaeView v = sk::cpu::sae_view(slab.data(), D, M);
     v.apply_b_dec = apply_b_dec;
@@ -107,8 +118,38 @@ int preacts(sk_status* st, sk_sae_dev* s, const float* x, int64_t N, int, float*
   SK_SLOT(st, sae_preacts(s->view(), x, N, out, cpu_pool()));
 }
 
+int prefetch(sk_status* st, sk_sae_dev* s, const float* x, int64_t N) {
+  SK_SLOT(st, {
+    SK_CHECK(N >= 0 && x != nullptr, ErrorCode::Shape, "prefetch: expected N >= 0 rows but received ", N);
+    std::lock_guard<std::mutex> lock(s->pf_mu);
+    if (N == 0) {  // withdraw any prefetch of x
+      for (auto& p : s->pfs)
+        if (p.host == x) p.host = nullptr;
+      return 0;
+    }
+    sk_sae_dev::Prefetch* e = s->pfs[0].host == nullptr ? &s->pfs[0]
+                              : s->pfs[1].host == nullptr ? &s->pfs[1]
+                              : s->pfs[0].age < s->pfs[1].age ? &s->pfs[0] : &s->pfs[1];
+    e->x.assign(x, x + N * s->D);
+    e->host = x;
+    e->N = N;
+    e->age = ++s->pf_clock;
+  });
+}
+
 int step(sk_status* st, sk_sae_dev* s, const float* x, int64_t N, const sk_sae_step_opts* o, sk_sae_step_stats* out) {
   SK_SLOT(st, {
+    std::vector<float> taken;  // the prefetched copy of x, when there is one
+    {
+      std::lock_guard<std::mutex> lock(s->pf_mu);
+      for (auto& p : s->pfs)
+        if (p.host == x && p.N == N) {
+          taken.swap(p.x);
+          p.host = nullptr;
+          x = taken.data();
+          break;
+        }
+    }
     SK_CHECK(s->threshold.empty(), ErrorCode::Arg, "training a JumpReLU SAE is not supported yet");
     std::vector<int32_t> dead(o->host_dead, o->host_dead + (o->host_dead ? o->num_dead : 0));
     StepOptions opt;
@@ -173,6 +214,7 @@ const sk_sae_i kLoopback = {
     /* .step         */ step,
     /* .host_alloc   */ host_alloc,
     /* .host_free    */ host_free,
+    /* .prefetch     */ prefetch,
 };
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -509,6 +510,20 @@ struct sk_sae_dev {
   cudaEvent_t pin_ev[2] = {nullptr, nullptr};
   cudaEvent_t up_done = nullptr;
   std::vector<cudaEvent_t> timers;
+  // Prefetched batches (sk_sae_i::prefetch): up to two, each with its own device buffer, copied
+  // on stream `pf` (so a step's own uploads never queue behind them). Guarded by pf_mu: prefetch
+  // may run on another thread while a step runs.
+  struct Prefetch {
+    const float* host = nullptr;  // null: empty
+    int64_t N = 0;
+    uint64_t age = 0;
+    DevBuf buf;
+    cudaEvent_t done = nullptr;
+  };
+  std::mutex pf_mu;
+  cudaStream_t pf = nullptr;
+  Prefetch pfs[2];
+  uint64_t pf_clock = 0;
   // workspace (grown as needed, kept between calls)
   DevBuf x, xc, xbf, pre, mv, mi, av, ai, dpm, dpa, E, R, rowd, rowf, keys, vals, skeys, svals, offs, ent, suspect,
       gbenc, pE, pR, pW, pX, mean, gbf, fired, scal, stat, cubtmp, dead, grads, pos, out;
@@ -591,6 +606,21 @@ void download(sk_sae_dev* S, void* dst, const void* src, size_t bytes) {
 void sync(sk_sae_dev* S, const char* what) {
   check(cudaGetLastError(), what);
   check(cudaStreamSynchronize(S->s), what);
+}
+
+// The prefetched copy of (host_x, N), if there is one: it becomes S->x (the entry keeps the old
+// x buffer, free since the previous step has completed) and the SAE's stream waits for its copy.
+float* take_prefetched(sk_sae_dev* S, const float* host_x, int64_t N) {
+  std::lock_guard<std::mutex> lock(S->pf_mu);
+  for (auto& p : S->pfs)
+    if (p.host == host_x && p.N == N && host_x != nullptr) {
+      std::swap(S->x.p, p.buf.p);
+      std::swap(S->x.cap, p.buf.cap);
+      p.host = nullptr;
+      SK_CUDA(cudaStreamWaitEvent(S->s, p.done, 0));
+      return static_cast<float*>(S->x.p);
+    }
+  return nullptr;
 }
 
 void check_precision(int p) {
@@ -727,6 +757,11 @@ void destroy_sae(sk_sae_dev* S) {
   cudaSetDevice(S->device);
   if (S->s) cudaStreamSynchronize(S->s);
   if (S->copy) cudaStreamSynchronize(S->copy);
+  if (S->pf) cudaStreamSynchronize(S->pf);
+  for (auto& p : S->pfs) {
+    p.buf.release();
+    if (p.done) cudaEventDestroy(p.done);
+  }
   DevBuf* bufs[] = {&S->wbf, &S->x, &S->xc, &S->xbf, &S->pre, &S->mv, &S->mi, &S->av, &S->ai, &S->dpm, &S->dpa,
                     &S->E, &S->R, &S->rowd, &S->rowf, &S->keys, &S->vals, &S->skeys, &S->svals, &S->offs, &S->ent,
                     &S->suspect, &S->gbenc, &S->pE, &S->pR, &S->pW, &S->pX, &S->mean, &S->gbf, &S->fired, &S->scal,
@@ -745,6 +780,7 @@ void destroy_sae(sk_sae_dev* S) {
   if (S->blas && S->lib) S->lib->destroy(S->blas);
   if (S->s) cudaStreamDestroy(S->s);
   if (S->copy) cudaStreamDestroy(S->copy);
+  if (S->pf) cudaStreamDestroy(S->pf);
   delete S;
 }
 
@@ -772,6 +808,8 @@ int sae_create(sk_status* st, sk_sae_dev** out, int device, int64_t D, int64_t M
     use(S);
     SK_CUDA(cudaStreamCreateWithFlags(&S->s, cudaStreamNonBlocking));
     SK_CUDA(cudaStreamCreateWithFlags(&S->copy, cudaStreamNonBlocking));
+    SK_CUDA(cudaStreamCreateWithFlags(&S->pf, cudaStreamNonBlocking));
+    for (auto& p : S->pfs) SK_CUDA(cudaEventCreateWithFlags(&p.done, cudaEventDisableTiming));
     cublasStatus_t cs = S->lib->create(&S->blas);
     SK_CHECK(cs == 0, ErrorCode::Device, "cublasCreate failed: ", cublas_status_name(cs));
     cs = S->lib->set_stream(S->blas, S->s);
@@ -958,8 +996,11 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     cudaStream_t s = S->s;
 
     // ---- inputs and status
-    float* x = S->x.as<float>(N64 * D);
-    upload(S, x, host_x, size_t(N64 * D) * sizeof(float));
+    float* x = take_prefetched(S, host_x, N64);
+    if (x == nullptr) {
+      x = S->x.as<float>(N64 * D);
+      upload(S, x, host_x, size_t(N64 * D) * sizeof(float));
+    }
     int32_t* dead = nullptr;
     if (Ka > 0) {
       dead = S->dead.as<int32_t>(o->num_dead);
@@ -1142,6 +1183,34 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
   });
 }
 
+int sae_prefetch(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N) {
+  SK_CUDA_SLOT(st, {
+    SK_CHECK(N >= 0, ErrorCode::Shape, "prefetch: expected N >= 0 rows but received ", N);
+    if (N == 0) {  // withdraw any prefetch of host_x
+      std::lock_guard<std::mutex> lock(S->pf_mu);
+      for (auto& p : S->pfs)
+        if (p.host == host_x) p.host = nullptr;
+      return 0;
+    }
+    SK_CHECK(host_x != nullptr && is_pinned(host_x), ErrorCode::Arg,
+             "prefetch: host_x must be page-locked memory from host_alloc");
+    use(S);
+    std::lock_guard<std::mutex> lock(S->pf_mu);
+    // The empty entry, else the older one (its copy, if still running, precedes this one on `pf`).
+    sk_sae_dev::Prefetch* e = S->pfs[0].host == nullptr ? &S->pfs[0]
+                              : S->pfs[1].host == nullptr ? &S->pfs[1]
+                              : S->pfs[0].age < S->pfs[1].age ? &S->pfs[0] : &S->pfs[1];
+    e->host = nullptr;
+    const size_t bytes = size_t(N * S->D) * sizeof(float);
+    void* dst = e->buf.ensure(bytes);
+    SK_CUDA(cudaMemcpyAsync(dst, host_x, bytes, cudaMemcpyHostToDevice, S->pf));
+    SK_CUDA(cudaEventRecord(e->done, S->pf));
+    e->host = host_x;
+    e->N = N;
+    e->age = ++S->pf_clock;
+  });
+}
+
 int sae_host_alloc(sk_status* st, void** out, size_t bytes) {
   SK_CUDA_SLOT(st, {
     *out = nullptr;
@@ -1169,6 +1238,7 @@ const sk_sae_i kSaeApi = {
     /* .step         = */ sae_step,
     /* .host_alloc   = */ sae_host_alloc,
     /* .host_free    = */ sae_host_free,
+    /* .prefetch     = */ sae_prefetch,
 };
 
 }  // namespace

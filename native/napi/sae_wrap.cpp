@@ -41,6 +41,13 @@ struct SaeModel {
   // Set when the parameters live on a device: `slab` is then a host mirror, refreshed by pull()
   // before the host reads it and written back by push() after the host changes it.
   std::shared_ptr<DeviceSae> dev;
+  // Guards `dev` between its one writer (toDevice's job) and prefetch(), the one reader on the JS
+  // thread; everything else reads it on the executor thread.
+  std::mutex dev_mu;
+  std::shared_ptr<DeviceSae> device_now() {
+    std::lock_guard<std::mutex> lock(dev_mu);
+    return dev;
+  }
   void pull() {
     if (!dev) return;
     sk_status st{};
@@ -231,6 +238,7 @@ struct PinnedPool : std::enable_shared_from_this<PinnedPool> {
 struct Rows {
   std::shared_ptr<HostArray> host;
   std::shared_ptr<void> pinned;
+  std::shared_ptr<void> keep;  // a prefetched batch: alive until the job ends
   Tensor tensor;
   int64_t n = 0;
   const float* data() const {
@@ -238,8 +246,47 @@ struct Rows {
   }
 };
 
+// A batch copied out of JS by prefetch(): in page-locked memory, with its upload to the device
+// started, when the model is on a device that can prefetch; else a plain native copy. Its
+// destructor withdraws the device's prefetch of the buffer (a no-op once a step used it), so the
+// buffer can go back to the pool without a later step mistaking it for this batch.
+struct Prefetched {
+  int64_t D = 0, n = 0;
+  std::shared_ptr<void> pinned;
+  std::shared_ptr<HostArray> host;
+  std::shared_ptr<DeviceSae> dev;  // set when the device holds a prefetch of `pinned`
+  ~Prefetched() {
+    if (dev && pinned) {
+      sk_status st{};
+      dev->api->prefetch(&st, dev->h, static_cast<const float*>(pinned.get()), 0);
+    }
+  }
+};
+
+const napi_type_tag kPrefetchTag = {0x5ae1c17e6a5f0a14ULL, 0x3d2c4b7e13a8f0d6ULL};
+
+// The Prefetched behind a JS external made by prefetch(), or null if v is not one.
+std::shared_ptr<Prefetched>* prefetched_of(const Napi::Value& v) {
+  if (!v.IsExternal()) return nullptr;
+  bool ok = false;
+  if (napi_check_object_type_tag(v.Env(), v, &kPrefetchTag, &ok) != napi_ok || !ok) return nullptr;
+  return v.As<Napi::External<std::shared_ptr<Prefetched>>>().Data();
+}
+
 Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* pool = nullptr) {
   Rows r;
+  if (std::shared_ptr<Prefetched>* pp = prefetched_of(v)) {
+    if (!*pp) throw Error(ErrorCode::Disposed, fmt("the prefetched batch passed as ", name, " was already used or disposed"));
+    const Prefetched& p = **pp;
+    if (p.D != D)
+      throw Error(ErrorCode::Shape, fmt("Expected a batch of dIn = ", D, " for ", name, " but the prefetched batch has dIn = ", p.D));
+    r.n = p.n;
+    r.pinned = p.pinned;
+    r.host = p.host;
+    r.keep = *pp;
+    pp->reset();  // used once: the job holds the last reference
+    return r;
+  }
   if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array) {
     Napi::TypedArray a = v.As<Napi::TypedArray>();
     int64_t len = int64_t(a.ElementLength());
@@ -738,6 +785,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         status_throw(api->create(&st, &d->h, index, m->D, m->M, m->apply_b_dec ? 1 : 0, m->slab.data(),
                                  m->jumprelu ? m->threshold.data() : nullptr),
                      st);
+        std::lock_guard<std::mutex> lock(m->dev_mu);
         m->dev = d;
       };
       return queue_job(info.Env(), work, [](Napi::Env env) { return env.Undefined(); });
@@ -756,6 +804,8 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
     return DefineClass(env, "NativeAdam",
                        {
                            InstanceMethod<&NativeAdam::step>("step"),
+                           InstanceMethod<&NativeAdam::prefetch>("prefetch"),
+                           InstanceMethod<&NativeAdam::drop_prefetched>("dropPrefetched"),
                            InstanceMethod<&NativeAdam::dispose>("dispose"),
                            InstanceMethod<&NativeAdam::get_state>("state"),
                            InstanceMethod<&NativeAdam::set_state>("setState"),
@@ -794,6 +844,43 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
   }
 
  private:
+  // prefetch(x: Float32Array): an external holding a copy of x, taken now (so x may be reused at
+  // once): in page-locked memory with its upload started when the SAE is on a device that can
+  // prefetch (the transfer then overlaps the step in flight), else in plain native memory. Runs
+  // on the JS thread, beside the executor: the device table's prefetch is thread-safe.
+  Napi::Value prefetch(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
+      auto m = model_;
+      if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+        arg_error(ErrorCode::Arg, "x", "a Float32Array", info[0]);
+      auto p = std::make_shared<Prefetched>();
+      std::shared_ptr<DeviceSae> dev = m->device_now();
+      const bool device = dev && dev->api->prefetch && m->pinned;
+      Rows r = get_rows(info[0], m->D, "x", device ? m->pinned.get() : nullptr);
+      p->D = m->D;
+      p->n = r.n;
+      p->pinned = r.pinned;
+      p->host = r.host;
+      if (device && p->pinned) {
+        sk_status st{};
+        // A device that cannot take it now still gets the rows at the step, from `pinned`.
+        if (dev->api->prefetch(&st, dev->h, static_cast<const float*>(p->pinned.get()), p->n) == 0) p->dev = dev;
+      }
+      auto ext = Napi::External<std::shared_ptr<Prefetched>>::New(
+          info.Env(), new std::shared_ptr<Prefetched>(std::move(p)),
+          [](Napi::Env, std::shared_ptr<Prefetched>* q) { delete q; });
+      if (napi_type_tag_object(info.Env(), ext, &kPrefetchTag) != napi_ok) throw Error(ErrorCode::Internal, "napi_type_tag_object failed");
+      return ext;
+    });
+  }
+
+  // dropPrefetched(batch): frees a prefetched batch now (a no-op if a step already took it).
+  Napi::Value drop_prefetched(const Napi::CallbackInfo& info) {
+    if (std::shared_ptr<Prefetched>* pp = prefetched_of(info[0])) pp->reset();
+    return info.Env().Undefined();
+  }
+
   // step(x, lr, auxkAlpha, deadThresholdTokens): Promise<{ loss, fvu, auxkLoss, l0, numDead }>
   Napi::Value step(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {

@@ -161,6 +161,66 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
     });
   }
 
+  it('prefetched batches: steps on them equal steps on the arrays; used once; a withdrawn prefetch is never mistaken for a later batch', async () => {
+    const s = { dIn: 37, numLatents: 101, k: 5 };
+    for (const where of [device, 'cpu'] as const) {
+      using a = SparseAutoencoder.create({ ...s, seed: 9, device: where, precision });
+      using b = SparseAutoencoder.create({ ...s, seed: 9, device: where, precision });
+      const oa = a.adam({ lr: 1e-3 });
+      const ob = b.adam({ lr: 1e-3 });
+      const next = lcg(31);
+      const batch = (rows: number) => randomMatrix(rows, s.dIn, next);
+      // Two prefetches in flight, the source arrays overwritten right after (prefetch copies).
+      const x1 = batch(97);
+      const x2 = batch(64);
+      const [k1, k2] = [x1.slice(), x2.slice()];
+      const p1 = oa.prefetch(x1);
+      const p2 = oa.prefetch(x2);
+      expect([p1.rows, p2.rows]).toEqual([97, 64]);
+      x1.fill(1e30);
+      x2.fill(Number.NaN);
+      const run = async (pa: Parameters<typeof oa.step>[0], xb: Float32Array) => {
+        const [sa, sb] = await Promise.all([oa.step(pa), ob.step(xb)]);
+        expect(sa.loss).toBe(sb.loss);
+        expect(sa.l0).toBe(sb.l0);
+      };
+      await run(p1, k1);
+      expect(p1.disposed).toBe(true);
+      await run(p2, k2);
+      await expect(oa.step(p1)).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+      // Prefetched, then dropped: the page-locked buffer goes back to the pool and carries the
+      // next plain batch; the device must upload that batch, not reuse the withdrawn copy.
+      for (let r = 0; r < 2; r++) {
+        const dropped = oa.prefetch(batch(80));
+        dropped.dispose();
+        expect(dropped.disposed).toBe(true);
+        const x = batch(80);
+        await run(x, x);
+      }
+      // Interleaved the way the Trainer does it: batch n + 1 prefetched while step n runs.
+      const copies = [batch(50)];
+      let pending = oa.prefetch(copies[0]!);
+      for (let r = 0; r < 2; r++) {
+        const xb = batch(50);
+        copies.push(xb.slice());
+        const stepping = oa.step(pending);
+        pending = oa.prefetch(xb);
+        xb.fill(0);
+        await stepping;
+        await ob.step(copies[r]!);
+      }
+      pending.dispose();
+      const [wa, wb] = await Promise.all([a.weights(), b.weights()]);
+      expectClose(wa.W_dec, wb.W_dec, 0, 'W_dec after prefetched steps');
+      using other = SparseAutoencoder.create({ ...s, dIn: 36, seed: 9, device: where });
+      const oo = other.adam({ lr: 1e-3 });
+      const foreign = oa.prefetch(batch(3));
+      await expect(oo.step(foreign)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+      foreign.dispose();
+      expect(() => oa.prefetch(new Float32Array(5))).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE' }));
+    }
+  });
+
   it('a JumpReLU SAE encodes, decodes and runs forward on the device like on the CPU (row widths vary)', async () => {
     for (const s of [{ dIn: 29, numLatents: 211, rows: 67 }, { dIn: 64, numLatents: 1000, rows: 130 }]) {
       const next = lcg(4242 + s.dIn);
