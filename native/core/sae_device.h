@@ -20,7 +20,7 @@
 
 extern "C" {
 
-#define SK_SAE_API_VERSION 1
+#define SK_SAE_API_VERSION 2  // 2: prefetch
 
 typedef struct sk_sae_dev sk_sae_dev;  // opaque: one SAE on one device
 
@@ -75,8 +75,8 @@ typedef struct sk_sae_i {
   // plugin's staging copy: put training batches there for full speed.
   int (*host_alloc)(sk_status* st, void** out, size_t bytes);
   void (*host_free)(void* ptr);
-  // Starts copying a later step's batch x [N, D] to the device and returns at once (added after
-  // host_alloc; null in plugins without it): the transfer overlaps the step in flight. host_x
+  // Starts copying a later step's batch x [N, D] to the device and returns at once (version 2;
+  // may be null): the transfer overlaps the step in flight. host_x
   // must be page-locked memory from host_alloc and must not change until that step. The next
   // `step` called with the same host_x and N uses the copy instead of uploading; the plugin keeps
   // the two latest prefetches. Safe to call from another thread while a step runs (not while

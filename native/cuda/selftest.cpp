@@ -797,6 +797,61 @@ void test_nonfinite(int64_t D, int64_t M, int64_t k, int64_t N, uint64_t seed) {
   });
 }
 
+// Prefetched batches (sk_sae_i::prefetch): Adam steps on batches uploaded ahead on the prefetch
+// stream equal steps on the same batches uploaded at the step, bit for bit; two prefetches may
+// be in flight; a withdrawn prefetch is not used by a later step on the same buffer.
+void test_prefetch(int64_t D, int64_t M, int64_t k, int64_t N, uint64_t seed) {
+  if (!g_sae->prefetch || !g_sae->host_alloc || !g_sae->host_free) {
+    std::printf("SKIP prefetch: the plugin has no prefetch slot\n");
+    return;
+  }
+  run_test("prefetch", [&] {
+    Model m = random_model(D, M, true, seed);
+    Sae a(m), b(m);
+    sk_status st{};
+    sk_sae_step_opts o = step_opts(k, {}, 0.0f, SK_PREC_F32);
+    o.lr = 1e-3f;
+    o.beta1 = 0.9f;
+    o.beta2 = 0.999f;
+    o.eps = 1e-8f;
+    const size_t bytes = size_t(N * D) * sizeof(float);
+    void* pb[2] = {nullptr, nullptr};
+    for (void*& p : pb) CALL("host_alloc", g_sae->host_alloc(&st, &p, bytes));
+    std::vector<std::vector<float>> xs;
+    for (int r = 0; r < 5; ++r) xs.push_back(random_x(N, D, seed + 10 + uint64_t(r)));
+    bool same = true;
+    std::string why;
+    auto both = [&](int r, const float* pa) {
+      sk_sae_step_stats sa{}, sb{};
+      CALL("step", g_sae->step(&st, a.p, pa, N, &o, &sa));
+      CALL("step", g_sae->step(&st, b.p, xs[size_t(r)].data(), N, &o, &sb));
+      if (sa.loss != sb.loss || sa.l0 != sb.l0) {
+        same = false;
+        why += strf("step %d: loss %.9g vs %.9g; ", r, sa.loss, sb.loss);
+      }
+    };
+    // Steps 0-2: batch r + 1 prefetched before step r (two in flight), buffers alternating.
+    std::memcpy(pb[0], xs[0].data(), bytes);
+    CALL("prefetch", g_sae->prefetch(&st, a.p, static_cast<const float*>(pb[0]), N));
+    for (int r = 0; r < 3; ++r) {
+      std::memcpy(pb[(r + 1) & 1], xs[size_t(r + 1)].data(), bytes);
+      CALL("prefetch", g_sae->prefetch(&st, a.p, static_cast<const float*>(pb[(r + 1) & 1]), N));
+      both(r, static_cast<const float*>(pb[r & 1]));
+    }
+    // The prefetch of batch 3 (in pb[1]) is withdrawn; pb[1] then carries batch 4, unprefetched.
+    CALL("withdraw", g_sae->prefetch(&st, a.p, static_cast<const float*>(pb[1]), 0));
+    std::memcpy(pb[1], xs[4].data(), bytes);
+    both(4, static_cast<const float*>(pb[1]));
+    std::vector<float> pa(size_t(m.slab.size())), pbv(size_t(m.slab.size()));
+    CALL("get_params", g_sae->get_params(&st, a.p, pa.data()));
+    CALL("get_params", g_sae->get_params(&st, b.p, pbv.data()));
+    report(same && pa == pbv, "steps on prefetched batches equal steps on uploaded ones (bit for bit)", why);
+    int rc = g_sae->prefetch(&st, a.p, xs[0].data(), N);
+    report(rc != 0 && st.code == 0 + 1, "prefetch of pageable memory is an Arg error", strf("rc %d code %d: %s", rc, st.code, st.message));
+    for (void* p : pb) g_sae->host_free(p);
+  });
+}
+
 void test_jumprelu(int64_t D, int64_t M, int64_t N, uint64_t seed) {
   run_test("jumprelu", [&] {
     Model m = random_model(D, M, true, seed);
@@ -953,6 +1008,7 @@ int main(int argc, char** argv) {
     test_adam(D, M, k, N, 4, 61);
     test_nonfinite(D, M, k, N, 71);
     test_jumprelu(D, M, N, 81);
+    test_prefetch(D, M, k, N, 85);
   }
   if (!g_quick) {
     // Realistic: D 768, M 24576, k 32, N 4096 (selection checked exactly on every row).
