@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 
@@ -234,26 +235,45 @@ SK_EXPORT int sk_backend_score(char* reason, size_t len) {
   return count;
 }
 
-// Fills the backend table for device 0 (one context per process, created on first use).
-SK_EXPORT int sk_backend_init(sk_backend* out, sk_status* st) {
+// Fills the backend table for `device` (0 <= device < cudaGetDeviceCount, compute capability 8.0
+// or newer). One context per device and process, created on first use: the device's own
+// non-blocking stream and cuBLAS handle (created with that device current); every slot makes the
+// context's device current before any work, because the executor thread runs ops for every
+// device. Contexts live until the process exits.
+SK_EXPORT int sk_backend_init_device(int device, sk_backend* out, sk_status* st) {
   using namespace sk::cuda;
   SK_CUDA_SLOT(st, {
+    constexpr int kMaxDevices = 64;
     static std::mutex mu;
-    static BackendCtx* ctx = nullptr;
+    static BackendCtx* ctxs[kMaxDevices] = {};
     std::lock_guard<std::mutex> lock(mu);
-    if (!ctx) {
-      std::string why = unavailable_reason(nullptr);
-      SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
+    std::string why = unavailable_reason(nullptr);
+    SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
+    int count = 0;
+    SK_CUDA(cudaGetDeviceCount(&count));
+    SK_CHECK(device >= 0 && device < count && device < kMaxDevices, ErrorCode::Device,
+             "Expected a CUDA device index between 0 and ", std::min(count, kMaxDevices) - 1, " but received ", device);
+    if (!ctxs[device]) {
+      cudaDeviceProp p;
+      SK_CUDA(cudaGetDeviceProperties(&p, device));
+      SK_CHECK(p.major >= kMinMajor, ErrorCode::Device, "cuda:", device, " (", p.name, ") has compute capability ",
+               p.major, ".", p.minor, "; this build needs 8.0 or newer");
       auto* c = new BackendCtx();
+      c->device = device;
       c->lib = cublas(nullptr);
       SK_CUDA(cudaSetDevice(c->device));
       SK_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
       cublasStatus_t s = c->lib->create(&c->blas);
-      SK_CHECK(s == 0, ErrorCode::Device, "cublasCreate failed: ", cublas_status_name(s));
-      c->lib->set_stream(c->blas, c->stream);
-      ctx = c;
+      SK_CHECK(s == 0, ErrorCode::Device, "cublasCreate failed on cuda:", device, ": ", cublas_status_name(s));
+      s = c->lib->set_stream(c->blas, c->stream);
+      SK_CHECK(s == 0, ErrorCode::Device, "cublasSetStream failed on cuda:", device, ": ", cublas_status_name(s));
+      ctxs[device] = c;
     }
     out->iface = &kCudaBackend;
-    out->ctx = ctx;
+    out->ctx = ctxs[device];
   });
 }
+
+// The backend table of device 0 (the first ABI; kept for saekit builds that predate
+// sk_backend_init_device).
+SK_EXPORT int sk_backend_init(sk_backend* out, sk_status* st) { return sk_backend_init_device(0, out, st); }

@@ -137,7 +137,9 @@ Napi::Value NativeTensor::to_dtype(const Napi::CallbackInfo& info) {
 }
 
 // toDevice(name: 'cpu' | 'cuda:N'): Promise<NativeTensor>, a copy of the values (same dtype) on
-// that device: an upload, a download, or a copy on one device (convert to the same dtype).
+// that device: an upload, a download, a copy on one device (convert to the same dtype), or, between
+// two devices (cuda:0 -> cuda:1), a download into host memory and an upload from it (no peer copy:
+// the backend table has no cross-device slot), each through its own device's table.
 Napi::Value NativeTensor::to_device(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&] {
     Tensor src = unwrap(info.This(), "tensor");
