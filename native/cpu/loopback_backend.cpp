@@ -19,11 +19,18 @@ namespace sk::cpu {
 
 namespace {
 
-// One context per loopback device: its index (the N of cuda:N).
+// One context per loopback device: its index (the N of cuda:N). Filled once, read-only after.
 struct LoopCtx {
   int device = 0;
 };
-LoopCtx g_ctx[kMaxLoopbackDevices];
+LoopCtx* ctx_of(int device) {
+  static LoopCtx* ctxs = [] {
+    static LoopCtx all[kMaxLoopbackDevices];
+    for (int d = 0; d < kMaxLoopbackDevices; ++d) all[d].device = d;
+    return all;
+  }();
+  return &ctxs[device];
+}
 
 // Every live loopback allocation: start -> (bytes, device). Allocation runs on JS threads, the
 // other slots on the executor thread.
@@ -179,8 +186,7 @@ sk_backend loopback_backend(int device) {
   SK_CHECK(device >= 0 && device < kMaxLoopbackDevices, ErrorCode::Device, "Expected a loopback device between 0 and ",
            kMaxLoopbackDevices - 1, " but received ", device);
   cpu_backend();  // the CPU backend's context (thread pool) exists before any slot runs
-  g_ctx[device].device = device;
-  return sk_backend{&kLoopbackBackend, &g_ctx[device]};
+  return sk_backend{&kLoopbackBackend, ctx_of(device)};
 }
 
 }  // namespace sk::cpu
