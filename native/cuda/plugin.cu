@@ -214,7 +214,22 @@ std::string unavailable_reason(int* count_out) {
   if (usable == 0) return old.empty() ? "no usable CUDA device" : old;
   std::string why;
   if (!cublas(&why)) return why;
-  if (count_out) *count_out = usable;
+  if (count_out) *count_out = count;
+  return "";
+}
+
+std::string device_unusable(int device) {
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) return fmt("CUDA initialisation failed: ", cudaGetErrorString(err));
+  if (device < 0 || device >= count)
+    return fmt("Expected a CUDA device index between 0 and ", count - 1, " but received ", device);
+  cudaDeviceProp p;
+  err = cudaGetDeviceProperties(&p, device);
+  if (err != cudaSuccess) return fmt("cudaGetDeviceProperties(", device, ") failed: ", cudaGetErrorString(err));
+  if (p.major < kMinMajor)
+    return fmt("cuda:", device, " (", p.name, ") has compute capability ", p.major, ".", p.minor,
+               "; this build needs 8.0 or newer");
   return "";
 }
 
@@ -222,7 +237,7 @@ std::string unavailable_reason(int* count_out) {
 
 SK_EXPORT int sk_plugin_api_version(void) { return SK_BACKEND_API_VERSION; }
 
-// > 0 when a usable device exists; otherwise 0 and a reason naming the missing piece (driver,
+// The device count (usable or not: index N is cuda:N) when a usable device exists; otherwise 0 and a reason naming the missing piece (driver,
 // device or the cuBLAS library).
 SK_EXPORT int sk_backend_score(char* reason, size_t len) {
   int count = 0;
@@ -249,15 +264,11 @@ SK_EXPORT int sk_backend_init_device(int device, sk_backend* out, sk_status* st)
     std::lock_guard<std::mutex> lock(mu);
     std::string why = unavailable_reason(nullptr);
     SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
-    int count = 0;
-    SK_CUDA(cudaGetDeviceCount(&count));
-    SK_CHECK(device >= 0 && device < count && device < kMaxDevices, ErrorCode::Device,
-             "Expected a CUDA device index between 0 and ", std::min(count, kMaxDevices) - 1, " but received ", device);
+    SK_CHECK(device >= 0 && device < kMaxDevices, ErrorCode::Device, "Expected a CUDA device index between 0 and ",
+             kMaxDevices - 1, " but received ", device);
     if (!ctxs[device]) {
-      cudaDeviceProp p;
-      SK_CUDA(cudaGetDeviceProperties(&p, device));
-      SK_CHECK(p.major >= kMinMajor, ErrorCode::Device, "cuda:", device, " (", p.name, ") has compute capability ",
-               p.major, ".", p.minor, "; this build needs 8.0 or newer");
+      why = device_unusable(device);
+      SK_CHECK(why.empty(), ErrorCode::Device, why);
       auto* c = new BackendCtx();
       c->device = device;
       c->lib = cublas(nullptr);
