@@ -79,7 +79,8 @@ export class Tensor<D extends DType = DType> {
   /**
    * A new tensor with the same values on `device` ('cpu', 'cuda', 'cuda:N' or 'auto'): an
    * upload, a download or a copy, queued after every earlier op. Between two CUDA devices
-   * (cuda:0 -> cuda:1) the values go through host memory (no peer copy). Always a new tensor.
+   * (cuda:0 -> cuda:1) the plugin's peer copy moves them (directly where the GPUs allow P2P;
+   * SAEKIT_DEVICE_PEER_COPY=0: through host memory). Always a new tensor.
    * @example using host = await t.toDevice('cpu');
    * @example using there = await t.toDevice('cuda:1');
    */

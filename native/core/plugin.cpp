@@ -112,6 +112,11 @@ bool plugin_backend(const PluginProbe& probe, int device, sk_backend* out, std::
   return true;
 }
 
+PeerCopyFn plugin_peer_copy(const PluginProbe& probe) {
+  if (!probe.available || probe.handle == nullptr) return nullptr;
+  return reinterpret_cast<PeerCopyFn>(::dlsym(probe.handle, "sk_backend_copy_peer"));
+}
+
 const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason) {
   if (!probe.available || probe.handle == nullptr) {
     *reason = probe.reason;

@@ -11,6 +11,10 @@
 //        so one thread may call the tables of several devices in any order. Memory from one
 //        device's alloc must only be passed to the same device's slots. Non-zero with `st`
 //        filled (ERR_SAEKIT_DEVICE) for an index out of range or a device that cannot run.
+//   int  sk_backend_copy_peer(int dst_device, void* dst, int src_device, const void* src,
+//                             size_t bytes, sk_status* st);      (optional)
+//        copies between the memory of two devices' tables (direct peer DMA where the hardware
+//        allows it), complete when it returns; without it saekit copies through host memory
 //   int  sk_backend_init(sk_backend* out, sk_status* st);
 //        the same for device 0 (the first version of the ABI; optional when the above exists)
 //   const sk_sae_i* sk_sae_api(int version);          the device SAE table (sae_device.h)
@@ -44,6 +48,11 @@ PluginProbe probe_plugin(const std::vector<std::string>& candidates);
 // sk_backend_init_device (or, for device 0 of an older plugin, sk_backend_init): true and `out`
 // filled, or false with `reason` set (not loaded, no such symbol, or the init failed).
 bool plugin_backend(const PluginProbe& probe, int device, sk_backend* out, std::string* reason);
+
+// Copies between two devices' memory (sk_backend_copy_peer): 0, or non-zero with `st` filled.
+using PeerCopyFn = int (*)(int dst_device, void* dst, int src_device, const void* src, size_t bytes, sk_status* st);
+// The plugin's peer copy, or null when it has none (older builds: copy through host memory).
+PeerCopyFn plugin_peer_copy(const PluginProbe& probe);
 
 // The device SAE table (sae_device.h) of a loaded plugin, or null with `reason` set.
 const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason);

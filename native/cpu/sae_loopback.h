@@ -25,4 +25,8 @@ int loopback_device_count(std::string* error);
 // another device's table allocated.
 sk_backend loopback_backend(int device);
 
+// The loopback's peer copy (plugin.h's sk_backend_copy_peer): checks that src is memory of
+// src_device and dst of dst_device (ERR_SAEKIT_DEVICE otherwise), then copies.
+int loopback_copy_peer(int dst_device, void* dst, int src_device, const void* src, size_t bytes, sk_status* st);
+
 }  // namespace sk::cpu

@@ -250,38 +250,79 @@ SK_EXPORT int sk_backend_score(char* reason, size_t len) {
   return count;
 }
 
+namespace sk::cuda {
+namespace {
+
+constexpr int kMaxDevices = 64;
+std::mutex g_ctx_mu;
+BackendCtx* g_ctxs[kMaxDevices] = {};
+bool g_peer_tried[kMaxDevices][kMaxDevices] = {};
+
+// Device `device`'s context, created on first use: its own non-blocking stream and cuBLAS handle
+// (made with that device current). Contexts live until the process exits. Caller holds g_ctx_mu.
+BackendCtx* context_for(int device) {
+  std::string why = unavailable_reason(nullptr);
+  SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
+  SK_CHECK(device >= 0 && device < kMaxDevices, ErrorCode::Device, "Expected a CUDA device index between 0 and ",
+           kMaxDevices - 1, " but received ", device);
+  if (g_ctxs[device]) return g_ctxs[device];
+  why = device_unusable(device);
+  SK_CHECK(why.empty(), ErrorCode::Device, why);
+  auto* c = new BackendCtx();
+  c->device = device;
+  c->lib = cublas(nullptr);
+  SK_CUDA(cudaSetDevice(c->device));
+  SK_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+  cublasStatus_t s = c->lib->create(&c->blas);
+  SK_CHECK(s == 0, ErrorCode::Device, "cublasCreate failed on cuda:", device, ": ", cublas_status_name(s));
+  s = c->lib->set_stream(c->blas, c->stream);
+  SK_CHECK(s == 0, ErrorCode::Device, "cublasSetStream failed on cuda:", device, ": ", cublas_status_name(s));
+  g_ctxs[device] = c;
+  return c;
+}
+
+}  // namespace
+}  // namespace sk::cuda
+
 // Fills the backend table for `device` (0 <= device < cudaGetDeviceCount, compute capability 8.0
-// or newer). One context per device and process, created on first use: the device's own
-// non-blocking stream and cuBLAS handle (created with that device current); every slot makes the
-// context's device current before any work, because the executor thread runs ops for every
-// device. Contexts live until the process exits.
+// or newer), with that device's context (context_for); every slot makes the context's device
+// current before any work, because the executor thread runs ops for every device.
 SK_EXPORT int sk_backend_init_device(int device, sk_backend* out, sk_status* st) {
   using namespace sk::cuda;
   SK_CUDA_SLOT(st, {
-    constexpr int kMaxDevices = 64;
-    static std::mutex mu;
-    static BackendCtx* ctxs[kMaxDevices] = {};
-    std::lock_guard<std::mutex> lock(mu);
-    std::string why = unavailable_reason(nullptr);
-    SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
-    SK_CHECK(device >= 0 && device < kMaxDevices, ErrorCode::Device, "Expected a CUDA device index between 0 and ",
-             kMaxDevices - 1, " but received ", device);
-    if (!ctxs[device]) {
-      why = device_unusable(device);
-      SK_CHECK(why.empty(), ErrorCode::Device, why);
-      auto* c = new BackendCtx();
-      c->device = device;
-      c->lib = cublas(nullptr);
-      SK_CUDA(cudaSetDevice(c->device));
-      SK_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
-      cublasStatus_t s = c->lib->create(&c->blas);
-      SK_CHECK(s == 0, ErrorCode::Device, "cublasCreate failed on cuda:", device, ": ", cublas_status_name(s));
-      s = c->lib->set_stream(c->blas, c->stream);
-      SK_CHECK(s == 0, ErrorCode::Device, "cublasSetStream failed on cuda:", device, ": ", cublas_status_name(s));
-      ctxs[device] = c;
-    }
+    std::lock_guard<std::mutex> lock(g_ctx_mu);
+    BackendCtx* c = context_for(device);
     out->iface = &kCudaBackend;
-    out->ctx = ctxs[device];
+    out->ctx = c;
+  });
+}
+
+// Copies `bytes` from src (memory of src_device's table) to dst (memory of dst_device's table)
+// on the destination's stream, returning when the copy is complete. Peer access is enabled once
+// per device pair where the hardware allows it (NVLink or PCIe P2P: a direct DMA); otherwise the
+// runtime stages the copy through host memory itself.
+SK_EXPORT int sk_backend_copy_peer(int dst_device, void* dst, int src_device, const void* src, size_t bytes,
+                                   sk_status* st) {
+  using namespace sk::cuda;
+  SK_CUDA_SLOT(st, {
+    BackendCtx* c = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(g_ctx_mu);
+      c = context_for(dst_device);
+      context_for(src_device);
+      use(c);
+      if (dst_device != src_device && !g_peer_tried[dst_device][src_device]) {
+        g_peer_tried[dst_device][src_device] = true;
+        int can = 0;
+        if (cudaDeviceCanAccessPeer(&can, dst_device, src_device) == cudaSuccess && can) {
+          cudaError_t e = cudaDeviceEnablePeerAccess(src_device, 0);
+          if (e != cudaSuccess && e != cudaErrorPeerAccessAlreadyEnabled) check(e, "cudaDeviceEnablePeerAccess");
+          (void)cudaGetLastError();  // "already enabled" is not an error here
+        }
+      }
+    }
+    if (bytes) SK_CUDA(cudaMemcpyPeerAsync(dst, dst_device, src, src_device, bytes, c->stream));
+    finish(c, "copy_peer");
   });
 }
 

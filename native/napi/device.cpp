@@ -22,10 +22,12 @@ DeviceApi resolve(const std::vector<std::string>& candidates) {
   if (lb && std::strcmp(lb, "1") == 0) {
     d.api = cpu::loopback_sae_api();  // SAEKIT_DEVICE_LOOPBACK_DEVICES devices (default 1)
     d.kind = "loopback";
+    d.peer_copy = cpu::loopback_copy_peer;
   } else {
     d.probe = probe_plugin(candidates);
     d.api = plugin_sae_api(d.probe, &d.reason);
     d.kind = "cuda";
+    d.peer_copy = plugin_peer_copy(d.probe);
   }
   if (!d.api) return d;
   sk_status st{};
@@ -82,6 +84,13 @@ Backend backend_for(const Device& device) {
     throw Error(ErrorCode::Device, fmt("no CUDA backend table for ", device.name(), ": ", reason));
   tables.emplace(key, b);
   return Backend(b);
+}
+
+PeerCopyFn peer_copy_for(const Device& from, const Device& to) {
+  if (from.kind != DeviceKind::CUDA || to.kind != DeviceKind::CUDA) return nullptr;
+  const char* env = std::getenv("SAEKIT_DEVICE_PEER_COPY");
+  if (env && std::strcmp(env, "0") == 0) return nullptr;
+  return current_device_api().peer_copy;
 }
 
 }  // namespace sk::napi

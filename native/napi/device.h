@@ -19,6 +19,7 @@ struct DeviceApi {
   std::string reason;
   std::vector<std::string> names;  // one per device
   PluginProbe probe;               // the loaded plugin (kind "cuda")
+  PeerCopyFn peer_copy = nullptr;  // copies between two devices' memory; null: through the host
 };
 
 // Resolves (once per candidate list) and remembers the device table.
@@ -33,6 +34,10 @@ const DeviceApi& current_device_api();
 // Throws ERR_SAEKIT_DEVICE naming the valid range for an index out of range, or the reason
 // when the device has no table.
 Backend backend_for(const Device& device);
+
+// The copy between devices `from` and `to` (two CUDA devices of the resolved table) when it has
+// one and SAEKIT_DEVICE_PEER_COPY is not "0" (read on each call); null: copy through host memory.
+PeerCopyFn peer_copy_for(const Device& from, const Device& to);
 
 // One SAE on a device; destroyed with the last reference.
 struct DeviceSae {

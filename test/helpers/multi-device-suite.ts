@@ -52,17 +52,30 @@ export function multiDeviceSuite(options: MultiDeviceSuiteOptions): void {
     }
   });
 
-  it('toDevice moves values between cuda:0 and cuda:1 exactly, in every dtype', async () => {
+  it('toDevice moves values between cuda:0 and cuda:1 exactly, in every dtype (peer copy and through the host)', async () => {
     const values = Float32Array.from({ length: 53 }, (_, i) => (i - 26) * 0.3125);
-    for (const dtype of ['float32', 'bfloat16', 'float16', 'int32'] as const) {
-      using host = tensor(values, [53], { dtype, device: 'cpu' });
-      const want = await host.toArray();
-      using on0 = await host.toDevice('cuda:0');
-      using on1 = await on0.toDevice('cuda:1');
-      expect([on1.device, on1.dtype, on1.shape]).toEqual(['cuda:1', dtype, [53]]);
-      using back0 = await on1.toDevice('cuda:0');
-      expect(back0.device).toBe('cuda:0');
-      for (const t of [on1, back0]) expect(bits(await t.toArray()).equals(bits(want))).toBe(true);
+    const saved = process.env.SAEKIT_DEVICE_PEER_COPY;
+    try {
+      // '1': the plugin's (or loopback's) peer copy; '0': download and upload through host memory.
+      for (const peer of ['1', '0']) {
+        process.env.SAEKIT_DEVICE_PEER_COPY = peer;
+        for (const dtype of ['float32', 'bfloat16', 'float16', 'int32'] as const) {
+          using host = tensor(values, [53], { dtype, device: 'cpu' });
+          const want = await host.toArray();
+          using on0 = await host.toDevice('cuda:0');
+          using on1 = await on0.toDevice('cuda:1');
+          expect([on1.device, on1.dtype, on1.shape]).toEqual(['cuda:1', dtype, [53]]);
+          using back0 = await on1.toDevice('cuda:0');
+          expect(back0.device).toBe('cuda:0');
+          for (const t of [on1, back0]) expect(bits(await t.toArray()).equals(bits(want)), `${dtype}, peer ${peer}`).toBe(true);
+        }
+        using empty = zeros([0, 3], { device: 'cuda:1' });
+        using moved = await empty.toDevice('cuda:0');
+        expect([moved.device, moved.shape]).toEqual(['cuda:0', [0, 3]]);
+      }
+    } finally {
+      if (saved === undefined) delete process.env.SAEKIT_DEVICE_PEER_COPY;
+      else process.env.SAEKIT_DEVICE_PEER_COPY = saved;
     }
     // Made on cuda:1 directly: uploads, conversions and fills run on device 1's table.
     using r1 = rand([1000], { seed: 9, device: 'cuda:1' });

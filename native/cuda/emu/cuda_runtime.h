@@ -56,6 +56,7 @@ enum cudaError_t {
   cudaErrorNoDevice = 100,
   cudaErrorInvalidDevice = 101,
   cudaErrorInvalidResourceHandle = 400,
+  cudaErrorPeerAccessAlreadyEnabled = 704,
 };
 typedef cudaError_t cudaError;
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
@@ -484,6 +485,33 @@ inline cudaError_t cudaMemcpy(void* d, const void* s, size_t b, cudaMemcpyKind) 
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t b, cudaMemcpyKind k, cudaStream_t st = nullptr) {
   if (cudaError_t e = ::emu::check_handle(st, "an asynchronous copy")) return e;
   return cudaMemcpy(d, s, b, k);
+}
+// Peer copies: dst must be dstDevice's memory and src srcDevice's (any current device; the
+// stream must be the current device's). Every device pair may access each other.
+inline cudaError_t cudaMemcpyPeerAsync(void* d, int dd, const void* s, int sd, size_t b, cudaStream_t st = nullptr) {
+  if (cudaError_t e = ::emu::check_handle(st, "a peer copy")) return e;
+  if (::emu::device_of(d) != dd || ::emu::device_of(s) != sd) {
+    std::fprintf(stderr, "emu: a peer copy from device %d to device %d was given memory of devices %d and %d\n", sd,
+                 dd, ::emu::device_of(s), ::emu::device_of(d));
+    return cudaErrorInvalidDevice;
+  }
+  std::memmove(d, s, b);
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceCanAccessPeer(int* can, int device, int peer) {
+  if (!emu_valid_device(device) || !emu_valid_device(peer)) return cudaErrorInvalidDevice;
+  *can = device != peer;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceEnablePeerAccess(int peer, unsigned) {
+  static std::mutex mu;
+  static bool enabled[::emu::kMaxDevices][::emu::kMaxDevices] = {};
+  if (!emu_valid_device(peer) || peer == ::emu::current_device()) return cudaErrorInvalidDevice;
+  std::lock_guard<std::mutex> lock(mu);
+  bool& e = enabled[::emu::current_device()][peer];
+  if (e) return cudaErrorPeerAccessAlreadyEnabled;
+  e = true;
+  return cudaSuccess;
 }
 inline cudaError_t cudaMemset(void* d, int v, size_t b) {
   if (cudaError_t e = ::emu::check_ptr(d, "a memset")) return e;
