@@ -237,8 +237,8 @@ std::string device_unusable(int device) {
 
 SK_EXPORT int sk_plugin_api_version(void) { return SK_BACKEND_API_VERSION; }
 
-// The device count (usable or not: index N is cuda:N) when a usable device exists; otherwise 0 and a reason naming the missing piece (driver,
-// device or the cuBLAS library).
+// The device count (usable or not: index N is cuda:N) when a usable device exists; otherwise 0
+// and a reason naming the missing piece (driver, device or the cuBLAS library).
 SK_EXPORT int sk_backend_score(char* reason, size_t len) {
   int count = 0;
   std::string why = sk::cuda::unavailable_reason(&count);
@@ -261,11 +261,11 @@ bool g_peer_tried[kMaxDevices][kMaxDevices] = {};
 // Device `device`'s context, created on first use: its own non-blocking stream and cuBLAS handle
 // (made with that device current). Contexts live until the process exits. Caller holds g_ctx_mu.
 BackendCtx* context_for(int device) {
-  std::string why = unavailable_reason(nullptr);
-  SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
   SK_CHECK(device >= 0 && device < kMaxDevices, ErrorCode::Device, "Expected a CUDA device index between 0 and ",
            kMaxDevices - 1, " but received ", device);
   if (g_ctxs[device]) return g_ctxs[device];
+  std::string why = unavailable_reason(nullptr);
+  SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
   why = device_unusable(device);
   SK_CHECK(why.empty(), ErrorCode::Device, why);
   auto* c = new BackendCtx();
