@@ -16,9 +16,15 @@
  *   i.e. ~K * 6e-8 relative to sum |a b|, tighter than a blanket 1e-5 * K; TF32 (which a user
  *   can force with NVIDIA_TF32_OVERRIDE=1) would not meet it, and must not be on for this test.
  *
+ * With two or more devices, cuda:1 runs the same suites, and test/helpers/multi-device-suite.ts
+ * moves tensors between cuda:0 and cuda:1, interleaves ops and SAEs on both, and checks that ops
+ * mixing them are refused; with one device these blocks are skipped, saying so.
+ *
  * CI runs this file once more against the CUDA plugin built on the CPU emulation of the CUDA
- * runtime (native/cuda/emu; SAEKIT_CUDA_PLUGIN and SAEKIT_CUBLAS point at it), so the kernels'
- * logic and the whole device path are checked on every run, without a GPU.
+ * runtime (native/cuda/emu; SAEKIT_CUDA_PLUGIN and SAEKIT_CUBLAS point at it) with two emulated
+ * devices (SAEKIT_EMU_DEVICES=2), so the kernels' logic and the whole device path, cuda:1
+ * included, are checked on every run, without a GPU. The emulation fails any launch, copy or
+ * GEMM that touches another device's memory or stream, so a missing cudaSetDevice shows up there.
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -28,6 +34,7 @@ import { describe, expect, it } from 'vitest';
 import { backend, features, fromArray, SparseAutoencoder } from '../lib/index.js';
 import { packageRoot } from '../lib/native/index.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
+import { multiDeviceSuite } from './helpers/multi-device-suite.js';
 import { lcg } from './helpers/reference.js';
 import { dtypeSuite } from './helpers/dtype-suite.js';
 import { matmulSuite } from './helpers/matmul-suite.js';
@@ -36,6 +43,12 @@ import { tensorSuite } from './helpers/tensor-suite.js';
 
 const plugin = path.join(packageRoot, 'build-cuda', 'libsaekit_cuda.so');
 const gpu = backend.info().cuda.available && !backend.info().cuda.loopback;
+const deviceCount = backend.info().cuda.devices.length;
+// Two CUDA devices (two GPUs, or the emulated plugin with SAEKIT_EMU_DEVICES=2).
+const multi = gpu && deviceCount >= 2;
+// The CPU emulation of the plugin (CI) is slow: there the SAEs on cuda:1 are the multi-device
+// suite's small ones, and the full parity suite runs on cuda:1 of real GPUs only.
+const emulated = gpu && backend.info().cuda.devices.every((d) => d.startsWith('CPU emulation'));
 
 describe('CUDA backend detection', () => {
   it('the CPU backend always loads, and info() says why CUDA is not used', () => {
@@ -105,6 +118,25 @@ describe.runIf(gpu)('feature correlation with the co-moment GEMM on CUDA', () =>
     for (let i = 0; i < cpu.r.length; i++) worst = Math.max(worst, Math.abs(cpu.r[i]! - dev.r[i]!));
     expect(worst).toBeLessThan(1e-4);
   });
+});
+
+describe.runIf(multi)('tensors on cuda:1', () => {
+  tensorSuite('cuda:1');
+  randomSuite({ device: 'cuda:1', normalUlps: 1 });
+  matmulSuite(6, { device: 'cuda:1', maxWork: 20_000 });
+});
+
+describe.runIf(multi)('two CUDA devices at once (cuda:0 and cuda:1)', () => {
+  multiDeviceSuite({ rel: 1e-4, precision: 'fp32' });
+});
+
+describe.runIf(multi && !emulated)('CUDA on cuda:1 matches the CPU (fp32 encoder GEMM)', () => {
+  deviceParitySuite({ it, expect }, 'cuda:1', 'fp32', { rel: 1e-4, indexMismatch: 0.002 });
+});
+
+describe.skipIf(multi)('multi-device CUDA tests', () => {
+  const why = gpu ? `${deviceCount} CUDA device here; they need 2` : backend.info().cuda.reason || 'no GPU';
+  it.skip(`skipped: ${why} (CI runs them on the CPU emulation with SAEKIT_EMU_DEVICES=2)`, () => undefined);
 });
 
 describe.skipIf(gpu)('CUDA parity tests', () => {

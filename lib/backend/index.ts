@@ -47,9 +47,12 @@ export interface BackendInfo {
     available: boolean;
     /** Why it is not available ('' when it is): the missing piece. */
     reason: string;
-    /** Device names, index = the N of 'cuda:N'. */
+    /** Every device's name, index = the N of 'cuda:N' (each one usable for tensors and SAEs). */
     devices: string[];
-    /** SAEKIT_DEVICE_LOOPBACK=1: 'cuda' is the CPU kernels behind the device interface (tests); 'auto' never picks it. */
+    /**
+     * SAEKIT_DEVICE_LOOPBACK=1: 'cuda' is the CPU kernels behind the device interface (tests; as
+     * many devices as SAEKIT_DEVICE_LOOPBACK_DEVICES, default 1); 'auto' never picks it.
+     */
     loopback: boolean;
     /** Every plugin path tried and its outcome. */
     attempts: { path: string; outcome: string }[];

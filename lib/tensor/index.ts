@@ -8,7 +8,8 @@
  *
  * Devices: every creating function takes `device` ('auto' | 'cpu' | 'cuda' | 'cuda:N'; default
  * from backend.use(), initially 'auto': CUDA when usable, else the CPU). `t.to(dtype)` and
- * ops keep the device; `await t.toDevice('cpu')` copies to another device; `toArray()` downloads.
+ * ops keep the device; `await t.toDevice('cpu')` copies to another device (any cuda:N listed by
+ * backend.info().cuda.devices); `toArray()` downloads.
  * An op on tensors of two devices throws ERR_SAEKIT_DEVICE naming both.
  *
  * @example
@@ -77,8 +78,11 @@ export class Tensor<D extends DType = DType> {
 
   /**
    * A new tensor with the same values on `device` ('cpu', 'cuda', 'cuda:N' or 'auto'): an
-   * upload, a download or a copy, queued after every earlier op. Always a new tensor.
+   * upload, a download or a copy, queued after every earlier op. Between two CUDA devices
+   * (cuda:0 -> cuda:1) the plugin's peer copy moves them (directly where the GPUs allow P2P;
+   * SAEKIT_DEVICE_PEER_COPY=0: through host memory). Always a new tensor.
    * @example using host = await t.toDevice('cpu');
+   * @example using there = await t.toDevice('cuda:1');
    */
   async toDevice(device: DeviceOption): Promise<Tensor<D>> {
     const site = new Error();

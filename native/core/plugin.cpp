@@ -80,20 +80,27 @@ PluginProbe probe_plugin(const std::vector<std::string>& candidates) {
   return p;
 }
 
-bool plugin_backend(const PluginProbe& probe, sk_backend* out, std::string* reason) {
+bool plugin_backend(const PluginProbe& probe, int device, sk_backend* out, std::string* reason) {
   if (!probe.available || probe.handle == nullptr) {
     *reason = probe.reason;
     return false;
   }
-  auto init = reinterpret_cast<int (*)(sk_backend*, sk_status*)>(::dlsym(probe.handle, "sk_backend_init"));
-  if (init == nullptr) {
-    *reason = "the CUDA plugin has no backend table (missing sk_backend_init); rebuild it with `npm run build:cuda`";
+  using InitDevice = int (*)(int, sk_backend*, sk_status*);
+  using Init = int (*)(sk_backend*, sk_status*);
+  auto init_device = reinterpret_cast<InitDevice>(::dlsym(probe.handle, "sk_backend_init_device"));
+  auto init = reinterpret_cast<Init>(::dlsym(probe.handle, "sk_backend_init"));
+  if (init_device == nullptr && (init == nullptr || device != 0)) {
+    *reason = init == nullptr ? std::string("the CUDA plugin has no backend table (missing sk_backend_init_device); "
+                                            "rebuild it with `npm run build:cuda`")
+                              : fmt("the CUDA plugin serves tensors on cuda:0 only (it predates "
+                                    "sk_backend_init_device); rebuild it with `npm run build:cuda`");
     return false;
   }
   sk_status st{};
   sk_backend b{nullptr, nullptr};
-  if (init(&b, &st) != 0 || b.iface == nullptr) {
-    *reason = st.code ? std::string(st.message) : std::string("sk_backend_init returned no table");
+  const int rc = init_device ? init_device(device, &b, &st) : init(&b, &st);
+  if (rc != 0 || b.iface == nullptr) {
+    *reason = st.code ? std::string(st.message) : std::string("the CUDA plugin's backend init returned no table");
     return false;
   }
   if (b.iface->api_version != SK_BACKEND_API_VERSION) {
@@ -103,6 +110,11 @@ bool plugin_backend(const PluginProbe& probe, sk_backend* out, std::string* reas
   }
   *out = b;
   return true;
+}
+
+PeerCopyFn plugin_peer_copy(const PluginProbe& probe) {
+  if (!probe.available || probe.handle == nullptr) return nullptr;
+  return reinterpret_cast<PeerCopyFn>(::dlsym(probe.handle, "sk_backend_copy_peer"));
 }
 
 const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason) {

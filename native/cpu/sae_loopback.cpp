@@ -11,6 +11,7 @@
 #include "sae_topk.h"
 
 struct sk_sae_dev {
+  int device = 0;  // the loopback device it was created on
   int64_t D = 0, M = 0;
   bool apply_b_dec = true;
   std::vector<float> slab, threshold;
@@ -37,20 +38,36 @@ namespace sk::cpu {
 
 namespace {
 
-int device_count(sk_status* st, int* count) { SK_SLOT(st, *count = 1); }
+// Throws ERR_SAEKIT_DEVICE unless `device` is one of the loopback devices.
+void check_device(int device) {
+  std::string error;
+  const int count = loopback_device_count(&error);
+  SK_CHECK(count > 0, ErrorCode::Device, error);
+  SK_CHECK(device >= 0 && device < count, ErrorCode::Device, "Expected a loopback device between 0 and ", count - 1,
+           " but received ", device);
+}
+
+int device_count(sk_status* st, int* count) {
+  SK_SLOT(st, {
+    std::string error;
+    *count = loopback_device_count(&error);
+    SK_CHECK(*count > 0, ErrorCode::Device, error);
+  });
+}
 
 int device_name(sk_status* st, int device, char* out, size_t len) {
   SK_SLOT(st, {
-    SK_CHECK(device == 0, ErrorCode::Device, "loopback has one device (0) but ", device, " was asked for");
-    std::snprintf(out, len, "loopback (CPU kernels through the device interface)");
+    check_device(device);
+    std::snprintf(out, len, "loopback %d (CPU kernels through the device interface)", device);
   });
 }
 
 int create(sk_status* st, sk_sae_dev** out, int device, int64_t D, int64_t M, int apply_b_dec, const float* slab,
            const float* threshold) {
   SK_SLOT(st, {
-    SK_CHECK(device == 0, ErrorCode::Device, "loopback has one device (0) but ", device, " was asked for");
+    check_device(device);
     auto* s = new sk_sae_dev();
+    s->device = device;
     s->D = D;
     s->M = M;
     s->apply_b_dec = apply_b_dec != 0;

@@ -6,6 +6,12 @@
 #include <mutex>
 #include <vector>
 
+#ifdef SK_EMU_DEVICE_CHECKS
+#include <map>
+
+#include <cuda_runtime.h>  // the CPU emulation's (emu/build.sh defines SK_EMU_DEVICE_CHECKS)
+#endif
+
 namespace sk::cuda {
 
 namespace {
@@ -56,10 +62,74 @@ void load() {
           "or set SAEKIT_CUBLAS to the library file";
 }
 
+#ifdef SK_EMU_DEVICE_CHECKS
+// The emulation checks a GEMM like a kernel launch: the handle (made with some device current)
+// must be used with that device current, and A, B and C must not be another device's memory;
+// otherwise CUBLAS_STATUS_EXECUTION_FAILED, with a line on stderr from the emulation.
+Cublas g_real;
+std::mutex g_handles_mu;
+std::map<cublasHandle_t, int> g_handle_device;
+
+cublasStatus_t emu_check(cublasHandle_t h, const void* A, const void* B, const void* C) {
+  int dev = -1;
+  {
+    std::lock_guard<std::mutex> lock(g_handles_mu);
+    auto it = g_handle_device.find(h);
+    if (it != g_handle_device.end()) dev = it->second;
+  }
+  if (dev != ::emu::current_device()) {
+    std::fprintf(stderr, "emu: a cuBLAS handle of device %d is used while device %d is current\n", dev,
+                 ::emu::current_device());
+    return 13;
+  }
+  for (const void* p : {A, B, C})
+    if (::emu::check_ptr(p, "a cuBLAS GEMM operand") != cudaSuccess) return 13;
+  return 0;
+}
+cublasStatus_t emu_create(cublasHandle_t* h) {
+  cublasStatus_t s = g_real.create(h);
+  if (s == 0) {
+    std::lock_guard<std::mutex> lock(g_handles_mu);
+    g_handle_device[*h] = ::emu::current_device();
+  }
+  return s;
+}
+cublasStatus_t emu_destroy(cublasHandle_t h) {
+  {
+    std::lock_guard<std::mutex> lock(g_handles_mu);
+    g_handle_device.erase(h);
+  }
+  return g_real.destroy(h);
+}
+cublasStatus_t emu_sgemm(cublasHandle_t h, int ta, int tb, int m, int n, int k, const float* alpha, const float* A,
+                         int lda, const float* B, int ldb, const float* beta, float* C, int ldc) {
+  if (cublasStatus_t s = emu_check(h, A, B, C)) return s;
+  return g_real.sgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+cublasStatus_t emu_gemm_ex(cublasHandle_t h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A,
+                           int at, int lda, const void* B, int bt, int ldb, const void* beta, void* C, int ct, int ldc,
+                           int compute, int algo) {
+  if (cublasStatus_t s = emu_check(h, A, B, C)) return s;
+  return g_real.gemm_ex(h, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, C, ct, ldc, compute, algo);
+}
+void install_emu_checks() {
+  g_real = g_lib;
+  g_lib.create = emu_create;
+  g_lib.destroy = emu_destroy;
+  g_lib.sgemm = emu_sgemm;
+  g_lib.gemm_ex = emu_gemm_ex;
+}
+#endif
+
 }  // namespace
 
 const Cublas* cublas(std::string* why) {
-  std::call_once(g_once, load);
+  std::call_once(g_once, [] {
+    load();
+#ifdef SK_EMU_DEVICE_CHECKS
+    if (g_ok) install_emu_checks();
+#endif
+  });
   if (!g_ok && why) *why = g_why;
   return g_ok ? &g_lib : nullptr;
 }

@@ -9,8 +9,13 @@
 namespace sk::cuda {
 
 // Why CUDA cannot run here: driver, device, compute capability or the cuBLAS library; "" when it
-// can (then *count_out, if given, receives the number of usable devices). plugin.cu.
+// can (then *count_out, if given, receives the number of devices, usable or not, so that index N
+// is the runtime's device N, i.e. cuda:N). plugin.cu.
 std::string unavailable_reason(int* count_out);
+
+// Why device `device` cannot run this build (index out of range, compute capability below 8.0),
+// or "" when it can. plugin.cu.
+std::string device_unusable(int device);
 
 // Per-row selection of the k best activations, sorted by descending value, ties to the lower
 // latent index (the CPU heap's order). The activation of candidate j of row r is

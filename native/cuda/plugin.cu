@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 
@@ -213,7 +214,22 @@ std::string unavailable_reason(int* count_out) {
   if (usable == 0) return old.empty() ? "no usable CUDA device" : old;
   std::string why;
   if (!cublas(&why)) return why;
-  if (count_out) *count_out = usable;
+  if (count_out) *count_out = count;
+  return "";
+}
+
+std::string device_unusable(int device) {
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) return fmt("CUDA initialisation failed: ", cudaGetErrorString(err));
+  if (device < 0 || device >= count)
+    return fmt("Expected a CUDA device index between 0 and ", count - 1, " but received ", device);
+  cudaDeviceProp p;
+  err = cudaGetDeviceProperties(&p, device);
+  if (err != cudaSuccess) return fmt("cudaGetDeviceProperties(", device, ") failed: ", cudaGetErrorString(err));
+  if (p.major < kMinMajor)
+    return fmt("cuda:", device, " (", p.name, ") has compute capability ", p.major, ".", p.minor,
+               "; this build needs 8.0 or newer");
   return "";
 }
 
@@ -221,8 +237,8 @@ std::string unavailable_reason(int* count_out) {
 
 SK_EXPORT int sk_plugin_api_version(void) { return SK_BACKEND_API_VERSION; }
 
-// > 0 when a usable device exists; otherwise 0 and a reason naming the missing piece (driver,
-// device or the cuBLAS library).
+// The device count (usable or not: index N is cuda:N) when a usable device exists; otherwise 0
+// and a reason naming the missing piece (driver, device or the cuBLAS library).
 SK_EXPORT int sk_backend_score(char* reason, size_t len) {
   int count = 0;
   std::string why = sk::cuda::unavailable_reason(&count);
@@ -234,26 +250,82 @@ SK_EXPORT int sk_backend_score(char* reason, size_t len) {
   return count;
 }
 
-// Fills the backend table for device 0 (one context per process, created on first use).
-SK_EXPORT int sk_backend_init(sk_backend* out, sk_status* st) {
+namespace sk::cuda {
+namespace {
+
+constexpr int kMaxDevices = 64;
+std::mutex g_ctx_mu;
+BackendCtx* g_ctxs[kMaxDevices] = {};
+bool g_peer_tried[kMaxDevices][kMaxDevices] = {};
+
+// Device `device`'s context, created on first use: its own non-blocking stream and cuBLAS handle
+// (made with that device current). Contexts live until the process exits. Caller holds g_ctx_mu.
+BackendCtx* context_for(int device) {
+  SK_CHECK(device >= 0 && device < kMaxDevices, ErrorCode::Device, "Expected a CUDA device index between 0 and ",
+           kMaxDevices - 1, " but received ", device);
+  if (g_ctxs[device]) return g_ctxs[device];
+  std::string why = unavailable_reason(nullptr);
+  SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
+  why = device_unusable(device);
+  SK_CHECK(why.empty(), ErrorCode::Device, why);
+  auto* c = new BackendCtx();
+  c->device = device;
+  c->lib = cublas(nullptr);
+  SK_CUDA(cudaSetDevice(c->device));
+  SK_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+  cublasStatus_t s = c->lib->create(&c->blas);
+  SK_CHECK(s == 0, ErrorCode::Device, "cublasCreate failed on cuda:", device, ": ", cublas_status_name(s));
+  s = c->lib->set_stream(c->blas, c->stream);
+  SK_CHECK(s == 0, ErrorCode::Device, "cublasSetStream failed on cuda:", device, ": ", cublas_status_name(s));
+  g_ctxs[device] = c;
+  return c;
+}
+
+}  // namespace
+}  // namespace sk::cuda
+
+// Fills the backend table for `device` (0 <= device < cudaGetDeviceCount, compute capability 8.0
+// or newer), with that device's context (context_for); every slot makes the context's device
+// current before any work, because the executor thread runs ops for every device.
+SK_EXPORT int sk_backend_init_device(int device, sk_backend* out, sk_status* st) {
   using namespace sk::cuda;
   SK_CUDA_SLOT(st, {
-    static std::mutex mu;
-    static BackendCtx* ctx = nullptr;
-    std::lock_guard<std::mutex> lock(mu);
-    if (!ctx) {
-      std::string why = unavailable_reason(nullptr);
-      SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
-      auto* c = new BackendCtx();
-      c->lib = cublas(nullptr);
-      SK_CUDA(cudaSetDevice(c->device));
-      SK_CUDA(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
-      cublasStatus_t s = c->lib->create(&c->blas);
-      SK_CHECK(s == 0, ErrorCode::Device, "cublasCreate failed: ", cublas_status_name(s));
-      c->lib->set_stream(c->blas, c->stream);
-      ctx = c;
-    }
+    std::lock_guard<std::mutex> lock(g_ctx_mu);
+    BackendCtx* c = context_for(device);
     out->iface = &kCudaBackend;
-    out->ctx = ctx;
+    out->ctx = c;
   });
 }
+
+// Copies `bytes` from src (memory of src_device's table) to dst (memory of dst_device's table)
+// on the destination's stream, returning when the copy is complete. Peer access is enabled once
+// per device pair where the hardware allows it (NVLink or PCIe P2P: a direct DMA); otherwise the
+// runtime stages the copy through host memory itself.
+SK_EXPORT int sk_backend_copy_peer(int dst_device, void* dst, int src_device, const void* src, size_t bytes,
+                                   sk_status* st) {
+  using namespace sk::cuda;
+  SK_CUDA_SLOT(st, {
+    BackendCtx* c = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(g_ctx_mu);
+      c = context_for(dst_device);
+      context_for(src_device);
+      use(c);
+      if (dst_device != src_device && !g_peer_tried[dst_device][src_device]) {
+        g_peer_tried[dst_device][src_device] = true;
+        int can = 0;
+        if (cudaDeviceCanAccessPeer(&can, dst_device, src_device) == cudaSuccess && can) {
+          cudaError_t e = cudaDeviceEnablePeerAccess(src_device, 0);
+          if (e != cudaSuccess && e != cudaErrorPeerAccessAlreadyEnabled) check(e, "cudaDeviceEnablePeerAccess");
+          (void)cudaGetLastError();  // "already enabled" is not an error here
+        }
+      }
+    }
+    if (bytes) SK_CUDA(cudaMemcpyPeerAsync(dst, dst_device, src, src_device, bytes, c->stream));
+    finish(c, "copy_peer");
+  });
+}
+
+// The backend table of device 0 (the first ABI; kept for saekit builds that predate
+// sk_backend_init_device).
+SK_EXPORT int sk_backend_init(sk_backend* out, sk_status* st) { return sk_backend_init_device(0, out, st); }

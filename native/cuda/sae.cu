@@ -747,8 +747,8 @@ int sae_device_name(sk_status* st, int device, char* out, size_t len) {
   SK_CUDA_SLOT(st, {
     cudaDeviceProp p;
     SK_CUDA(cudaGetDeviceProperties(&p, device));
-    std::snprintf(out, len, "%s, %.0f GiB, sm_%d%d", p.name, double(p.totalGlobalMem) / double(1ull << 30), p.major,
-                  p.minor);
+    std::snprintf(out, len, "%s, %.0f GiB, sm_%d%d%s", p.name, double(p.totalGlobalMem) / double(1ull << 30), p.major,
+                  p.minor, device_unusable(device).empty() ? "" : " (unusable: this build needs sm_80 or newer)");
   });
 }
 
@@ -793,11 +793,10 @@ int sae_create(sk_status* st, sk_sae_dev** out, int device, int64_t D, int64_t M
     SK_CHECK(D <= INT32_MAX && M <= INT32_MAX && 2 * M * D <= (int64_t(1) << 40), ErrorCode::Shape,
              "the SAE is too large for the CUDA backend (dIn ", D, ", numLatents ", M, ")");
     SK_CHECK(host_slab != nullptr, ErrorCode::Arg, "Expected the parameter slab");
-    int count = 0;
-    std::string why = unavailable_reason(&count);
+    std::string why = unavailable_reason(nullptr);
     SK_CHECK(why.empty(), ErrorCode::Device, "CUDA is not available: ", why);
-    SK_CHECK(device >= 0 && device < count, ErrorCode::Arg, "Expected a CUDA device index in [0, ", count,
-             ") but received ", device);
+    why = device_unusable(device);  // index in range, compute capability 8.0 or newer
+    SK_CHECK(why.empty(), ErrorCode::Device, why);
     S = new sk_sae_dev();
     try {
     S->device = device;

@@ -20,12 +20,14 @@ DeviceApi resolve(const std::vector<std::string>& candidates) {
   DeviceApi d;
   const char* lb = std::getenv("SAEKIT_DEVICE_LOOPBACK");
   if (lb && std::strcmp(lb, "1") == 0) {
-    d.api = cpu::loopback_sae_api();
+    d.api = cpu::loopback_sae_api();  // SAEKIT_DEVICE_LOOPBACK_DEVICES devices (default 1)
     d.kind = "loopback";
+    d.peer_copy = cpu::loopback_copy_peer;
   } else {
     d.probe = probe_plugin(candidates);
     d.api = plugin_sae_api(d.probe, &d.reason);
     d.kind = "cuda";
+    d.peer_copy = plugin_peer_copy(d.probe);
   }
   if (!d.api) return d;
   sk_status st{};
@@ -68,21 +70,27 @@ Backend backend_for(const Device& device) {
   if (device.index < 0 || device.index >= int(dev.names.size()))
     throw Error(ErrorCode::Device, fmt("Expected a device between cuda:0 and cuda:", int(dev.names.size()) - 1,
                                        " but received ", device.name()));
-  if (dev.kind == "loopback") return Backend(cpu::cpu_backend());
-  if (device.index != 0)
-    throw Error(ErrorCode::Device, fmt("tensors on ", device.name(), " are not supported: the CUDA plugin's backend "
-                                       "table serves cuda:0 only in this version"));
+  if (dev.kind == "loopback") return Backend(cpu::loopback_backend(device.index));
+  // One table per (resolved plugin, device index), initialised on the device's first tensor.
   static std::mutex mu;
-  static std::map<const DeviceApi*, sk_backend> tables;
+  static std::map<std::pair<const DeviceApi*, int>, sk_backend> tables;
   std::lock_guard<std::mutex> lock(mu);
-  auto it = tables.find(&dev);
+  const auto key = std::make_pair(&dev, device.index);
+  auto it = tables.find(key);
   if (it != tables.end()) return Backend(it->second);
   sk_backend b{nullptr, nullptr};
   std::string reason;
-  if (!plugin_backend(dev.probe, &b, &reason))
+  if (!plugin_backend(dev.probe, device.index, &b, &reason))
     throw Error(ErrorCode::Device, fmt("no CUDA backend table for ", device.name(), ": ", reason));
-  tables.emplace(&dev, b);
+  tables.emplace(key, b);
   return Backend(b);
+}
+
+PeerCopyFn peer_copy_for(const Device& from, const Device& to) {
+  if (from.kind != DeviceKind::CUDA || to.kind != DeviceKind::CUDA) return nullptr;
+  const char* env = std::getenv("SAEKIT_DEVICE_PEER_COPY");
+  if (env && std::strcmp(env, "0") == 0) return nullptr;
+  return current_device_api().peer_copy;
 }
 
 }  // namespace sk::napi

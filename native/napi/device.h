@@ -19,6 +19,7 @@ struct DeviceApi {
   std::string reason;
   std::vector<std::string> names;  // one per device
   PluginProbe probe;               // the loaded plugin (kind "cuda")
+  PeerCopyFn peer_copy = nullptr;  // copies between two devices' memory; null: through the host
 };
 
 // Resolves (once per candidate list) and remembers the device table.
@@ -26,11 +27,17 @@ const DeviceApi& device_api(const std::vector<std::string>& plugin_candidates);
 // The table resolved last (by backend.info()); throws ERR_SAEKIT_DEVICE if there is none.
 const DeviceApi& current_device_api();
 
-// The backend table that runs tensor ops on `device`: the CPU backend for the CPU; for a CUDA
-// device, the resolved device's table (the plugin's sk_backend_init, called once on first use:
-// it creates the stream and the cuBLAS handle; the loopback: the CPU backend itself). The
-// plugin's table serves cuda:0 only. Throws ERR_SAEKIT_DEVICE when there is none.
+// The backend table that runs tensor ops on `device`: the CPU backend for the CPU; for cuda:N,
+// device N's table of the resolved device (the plugin's sk_backend_init_device(N), called once
+// per device on its first tensor: it creates that device's stream and cuBLAS handle; the
+// loopback: loopback device N's table, the CPU kernels with allocations tagged by device).
+// Throws ERR_SAEKIT_DEVICE naming the valid range for an index out of range, or the reason
+// when the device has no table.
 Backend backend_for(const Device& device);
+
+// The copy between devices `from` and `to` (two CUDA devices of the resolved table) when it has
+// one and SAEKIT_DEVICE_PEER_COPY is not "0" (read on each call); null: copy through host memory.
+PeerCopyFn peer_copy_for(const Device& from, const Device& to);
 
 // One SAE on a device; destroyed with the last reference.
 struct DeviceSae {

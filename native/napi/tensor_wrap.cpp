@@ -137,7 +137,10 @@ Napi::Value NativeTensor::to_dtype(const Napi::CallbackInfo& info) {
 }
 
 // toDevice(name: 'cpu' | 'cuda:N'): Promise<NativeTensor>, a copy of the values (same dtype) on
-// that device: an upload, a download, or a copy on one device (convert to the same dtype).
+// that device: an upload, a download, a copy on one device (convert to the same dtype), or, between
+// two devices (cuda:0 -> cuda:1), the plugin's peer copy (direct where the hardware allows) or,
+// without one (or with SAEKIT_DEVICE_PEER_COPY=0), a download into host memory and an upload from
+// it, each through its own device's table.
 Napi::Value NativeTensor::to_device(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&] {
     Tensor src = unwrap(info.This(), "tensor");
@@ -148,7 +151,8 @@ Napi::Value NativeTensor::to_device(const Napi::CallbackInfo& info) {
     Tensor dst = dst_be.empty(src.dtype, src.shape, to);
     size_t bytes = src.nbytes();
     int64_t n = src.numel();
-    auto work = [src, dst, src_be, dst_be, from, to, bytes, n]() mutable {
+    PeerCopyFn peer = from != to ? peer_copy_for(from, to) : nullptr;
+    auto work = [src, dst, src_be, dst_be, from, to, bytes, n, peer]() mutable {
       if (bytes == 0) return;
       if (from == to) {
         dst_be.convert(dst.storage->data(), dst.dtype, src.storage->data(), src.dtype, n);
@@ -156,6 +160,9 @@ Napi::Value NativeTensor::to_device(const Napi::CallbackInfo& info) {
         dst_be.upload(dst.storage->data(), src.storage->data(), bytes);
       } else if (to.kind == DeviceKind::CPU) {
         src_be.download(dst.storage->data(), src.storage->data(), bytes);
+      } else if (peer) {  // two devices: directly
+        sk_status st{};
+        status_throw(peer(to.index, dst.storage->data(), from.index, src.storage->data(), bytes, &st), st);
       } else {  // two devices: through the host
         Tensor host = Tensor::empty(src.dtype, src.shape);
         src_be.download(host.storage->data(), src.storage->data(), bytes);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA plugin against the CPU emulation (emu/cuda_runtime.h) and runs the self-test's
 # quick set on it: checks the kernels' logic and the host orchestration without a GPU.
+# SAEKIT_EMU_DEVICES=N (run time, default 1) gives the emulation N devices (emu/cuda_runtime.h).
 #   bash native/cuda/emu/build.sh [out_dir]      (from anywhere; needs g++ only)
 #   EMU_ONCE=1: one self-test pass (CI), not the second one with tiny tiles
 set -euo pipefail
@@ -26,7 +27,7 @@ for f in plugin sae select; do
   objs+=("$out/$f.o")
 done
 g++ "${flags[@]}" -c "$here/sort_emu.cpp" -o "$out/sort_emu.o"
-g++ "${flags[@]}" -c "$root/native/cuda/cublas_dl.cpp" -o "$out/cublas_dl.o"
+g++ "${flags[@]}" -DSK_EMU_DEVICE_CHECKS -c "$root/native/cuda/cublas_dl.cpp" -o "$out/cublas_dl.o"
 g++ ${EMU_SANITIZE:+-fsanitize=$EMU_SANITIZE} -shared -o "$out/libsaekit_cuda.so" "${objs[@]}" "$out/sort_emu.o" "$out/cublas_dl.o" -ldl
 g++ -std=c++17 -O2 -fPIC -shared -o "$out/libfakecublas.so" "$here/fake_cublas.cpp"
 g++ "${flags[@]}" "$out/src/bench_step.cpp" "${objs[@]}" "$out/sort_emu.o" "$out/cublas_dl.o" -o "$out/saekit_cuda_bench" -ldl

@@ -2,6 +2,14 @@
 // that the plugin's kernels and host code can be checked without a GPU (emu/build.sh). Each
 // thread block runs as cooperative fibers (ucontext); __syncthreads and the warp intrinsics are
 // barriers over the block or the warp. Memory is host memory. Not a performance model.
+//
+// Devices: SAEKIT_EMU_DEVICES (default 1, at most 16) emulated devices, with a current device
+// per thread (cudaSetDevice). Device allocations, streams, events and cuBLAS handles (see
+// cublas_dl.cpp) remember the device that was current when they were made, and a kernel launch,
+// copy or GEMM that touches another device's memory or uses another device's stream fails
+// (cudaErrorInvalidDevice, cudaErrorInvalidResourceHandle; a line on stderr says what), which is
+// how a missing cudaSetDevice shows up without a second GPU. Real CUDA would fault or copy
+// through peer access instead; the plugin never relies on either.
 #pragma once
 #include <ucontext.h>
 
@@ -15,6 +23,8 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <mutex>
+#include <type_traits>
 #include <vector>
 
 #define SK_CUDA_EMU 1
@@ -44,6 +54,9 @@ enum cudaError_t {
   cudaErrorMemoryAllocation = 2,
   cudaErrorInsufficientDriver = 35,
   cudaErrorNoDevice = 100,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorInvalidResourceHandle = 400,
+  cudaErrorPeerAccessAlreadyEnabled = 704,
 };
 typedef cudaError_t cudaError;
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
@@ -57,8 +70,15 @@ enum cudaDeviceAttr {
 #define cudaEventDisableTiming 2
 #define cudaHostAllocDefault 0
 #define cudaHostAllocPortable 1
-typedef struct emu_stream* cudaStream_t;
-typedef struct emu_event* cudaEvent_t;
+// Streams and events: the device that was current when they were created.
+struct emu_stream {
+  int device;
+};
+struct emu_event {
+  int device;
+};
+typedef emu_stream* cudaStream_t;
+typedef emu_event* cudaEvent_t;
 struct cudaPointerAttributes {
   cudaMemoryType type;
 };
@@ -69,6 +89,69 @@ struct cudaDeviceProp {
 };
 
 namespace emu {
+
+// ---- devices ----------------------------------------------------------------------------------
+constexpr int kMaxDevices = 16;
+// SAEKIT_EMU_DEVICES, read once: 1 when unset; 0 (no device) when it is not in [1, kMaxDevices].
+inline int device_count() {
+  static const int n = [] {
+    const char* env = std::getenv("SAEKIT_EMU_DEVICES");
+    if (env == nullptr || *env == '\0') return 1;
+    char* end = nullptr;
+    long v = std::strtol(env, &end, 10);
+    if (*end != '\0' || v < 1 || v > kMaxDevices) {
+      std::fprintf(stderr, "emu: Expected SAEKIT_EMU_DEVICES between 1 and %d but received '%s'\n", kMaxDevices, env);
+      return 0;
+    }
+    return int(v);
+  }();
+  return n;
+}
+inline int& current_device() {
+  thread_local int d = 0;
+  return d;
+}
+
+// Live device allocations: start -> (bytes, device).
+struct DevAlloc {
+  size_t bytes;
+  int device;
+};
+inline std::mutex& registry_mu() {
+  static std::mutex m;
+  return m;
+}
+inline std::map<const char*, DevAlloc>& dev_allocs() {
+  static std::map<const char*, DevAlloc> m;
+  return m;
+}
+// The device whose allocation holds p, or -1 for memory that is not device memory.
+inline int device_of(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  std::lock_guard<std::mutex> lock(registry_mu());
+  auto& m = dev_allocs();
+  auto it = m.upper_bound(c);
+  if (it == m.begin()) return -1;
+  --it;
+  return c < it->first + (it->second.bytes ? it->second.bytes : 1) ? it->second.device : -1;
+}
+// cudaSuccess, or cudaErrorInvalidDevice (with a line on stderr) when p is device memory of a
+// device other than the current one.
+inline cudaError_t check_ptr(const void* p, const char* what) {
+  const int d = device_of(p);
+  if (d < 0 || d == current_device()) return cudaSuccess;
+  std::fprintf(stderr, "emu: %s touches memory of device %d while device %d is current (a missing cudaSetDevice?)\n",
+               what, d, current_device());
+  return cudaErrorInvalidDevice;
+}
+// The same for a stream or event made on another device (null: the current device's default stream).
+template <class H>
+inline cudaError_t check_handle(const H* h, const char* what) {
+  if (h == nullptr || h->device == current_device()) return cudaSuccess;
+  std::fprintf(stderr, "emu: %s uses a stream or event of device %d while device %d is current\n", what, h->device,
+               current_device());
+  return cudaErrorInvalidResourceHandle;
+}
 
 struct Fiber {
   ucontext_t ctx;
@@ -167,12 +250,20 @@ inline void run_block(Block& b) {
 struct Cfg {
   dim3 g, b;
   size_t smem;
-  Cfg(dim3 g_, dim3 b_, size_t s = 0, cudaStream_t = nullptr) : g(g_), b(b_), smem(s) {}
+  cudaStream_t stream;
+  Cfg(dim3 g_, dim3 b_, size_t s = 0, cudaStream_t st = nullptr) : g(g_), b(b_), smem(s), stream(st) {}
 };
 
 inline cudaError_t& last_error() {
-  static cudaError_t e = cudaSuccess;
+  thread_local cudaError_t e = cudaSuccess;
   return e;
+}
+
+// A kernel argument: pointers must not be another device's memory.
+template <class T>
+inline cudaError_t check_arg(const T& v) {
+  if constexpr (std::is_pointer_v<T>) return check_ptr(static_cast<const void*>(v), "a kernel argument");
+  else return cudaSuccess;
 }
 
 template <class K, class... A>
@@ -180,6 +271,14 @@ void launch(K* kernel, Cfg c, A... args) {
   const size_t n = size_t(c.b.x) * c.b.y * c.b.z;
   if (n == 0 || n > 1024 || c.g.x == 0 || c.g.y == 0 || c.g.z == 0) {
     last_error() = cudaErrorInvalidValue;
+    return;
+  }
+  // Another device's stream or memory: the launch fails and the kernel does not run.
+  cudaError_t dev_err = check_handle(c.stream, "a kernel launch");
+  for (cudaError_t e : {cudaSuccess, check_arg(args)...})
+    if (dev_err == cudaSuccess) dev_err = e;
+  if (dev_err != cudaSuccess) {
+    last_error() = dev_err;
     return;
   }
   constexpr size_t kStack = 64 << 10;
@@ -289,39 +388,70 @@ inline cudaError_t cudaGetLastError() {
   ::emu::last_error() = cudaSuccess;
   return e;
 }
-inline const char* cudaGetErrorName(cudaError_t e) { return e == cudaSuccess ? "cudaSuccess" : "cudaErrorEmu"; }
-inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated error"; }
+inline const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    default: return "cudaErrorEmu";
+  }
+}
+inline const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidDevice: return "invalid device ordinal, or memory of another device (emulated)";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle: a stream or event of another device (emulated)";
+    default: return "emulated error";
+  }
+}
 inline cudaError_t cudaGetDeviceCount(int* c) {
-  *c = 1;
+  *c = ::emu::device_count();
+  return *c > 0 ? cudaSuccess : cudaErrorNoDevice;
+}
+inline bool emu_valid_device(int d) { return d >= 0 && d < ::emu::device_count(); }
+inline cudaError_t cudaSetDevice(int d) {
+  if (!emu_valid_device(d)) return cudaErrorInvalidDevice;
+  ::emu::current_device() = d;
   return cudaSuccess;
 }
-inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) {
-  *d = 0;
+  *d = ::emu::current_device();
   return cudaSuccess;
 }
-inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
+  if (!emu_valid_device(d)) return cudaErrorInvalidDevice;
   std::memset(p, 0, sizeof(*p));
-  std::snprintf(p->name, sizeof(p->name), "CPU emulation");
+  if (::emu::device_count() == 1) std::snprintf(p->name, sizeof(p->name), "CPU emulation");
+  else std::snprintf(p->name, sizeof(p->name), "CPU emulation %d", d);
   p->totalGlobalMem = size_t(16) << 30;
   p->major = 9;
   p->minor = 0;
   return cudaSuccess;
 }
-inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
+  if (!emu_valid_device(d)) return cudaErrorInvalidDevice;
   *v = a == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 232448 : 233472;
   return cudaSuccess;
 }
 template <class T>
 inline cudaError_t cudaFuncSetAttribute(T*, cudaFuncAttribute, int) { return cudaSuccess; }
+// Device memory: host memory tagged with the current device.
 inline cudaError_t cudaMalloc(void** p, size_t b) {
   *p = std::malloc(b ? b : 1);
-  if (*p) std::memset(*p, 0xAB, b);  // device memory is not zeroed
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  if (!*p) return cudaErrorMemoryAllocation;
+  std::memset(*p, 0xAB, b);  // device memory is not zeroed
+  std::lock_guard<std::mutex> lock(::emu::registry_mu());
+  ::emu::dev_allocs()[static_cast<const char*>(*p)] = ::emu::DevAlloc{b, ::emu::current_device()};
+  return cudaSuccess;
 }
 template <class T>
 inline cudaError_t cudaMalloc(T** p, size_t b) { return cudaMalloc(reinterpret_cast<void**>(p), b); }
 inline cudaError_t cudaFree(void* p) {
+  if (p == nullptr) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(::emu::registry_mu());
+    if (::emu::dev_allocs().erase(static_cast<const char*>(p)) == 0) return cudaErrorInvalidValue;
+  }
   std::free(p);
   return cudaSuccess;
 }
@@ -345,38 +475,77 @@ inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void
   }
   return cudaSuccess;
 }
+// Copies: both ends must be host memory or the current device's memory.
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t b, cudaMemcpyKind) {
+  if (cudaError_t e = ::emu::check_ptr(d, "a copy's destination")) return e;
+  if (cudaError_t e = ::emu::check_ptr(s, "a copy's source")) return e;
   std::memmove(d, s, b);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t b, cudaMemcpyKind k, cudaStream_t = nullptr) {
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t b, cudaMemcpyKind k, cudaStream_t st = nullptr) {
+  if (cudaError_t e = ::emu::check_handle(st, "an asynchronous copy")) return e;
   return cudaMemcpy(d, s, b, k);
 }
+// Peer copies: dst must be dstDevice's memory and src srcDevice's (any current device; the
+// stream must be the current device's). Every device pair may access each other.
+inline cudaError_t cudaMemcpyPeerAsync(void* d, int dd, const void* s, int sd, size_t b, cudaStream_t st = nullptr) {
+  if (cudaError_t e = ::emu::check_handle(st, "a peer copy")) return e;
+  if (::emu::device_of(d) != dd || ::emu::device_of(s) != sd) {
+    std::fprintf(stderr, "emu: a peer copy from device %d to device %d was given memory of devices %d and %d\n", sd,
+                 dd, ::emu::device_of(s), ::emu::device_of(d));
+    return cudaErrorInvalidDevice;
+  }
+  std::memmove(d, s, b);
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceCanAccessPeer(int* can, int device, int peer) {
+  if (!emu_valid_device(device) || !emu_valid_device(peer)) return cudaErrorInvalidDevice;
+  *can = device != peer;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceEnablePeerAccess(int peer, unsigned) {
+  static std::mutex mu;
+  static bool enabled[::emu::kMaxDevices][::emu::kMaxDevices] = {};
+  if (!emu_valid_device(peer) || peer == ::emu::current_device()) return cudaErrorInvalidDevice;
+  std::lock_guard<std::mutex> lock(mu);
+  bool& e = enabled[::emu::current_device()][peer];
+  if (e) return cudaErrorPeerAccessAlreadyEnabled;
+  e = true;
+  return cudaSuccess;
+}
 inline cudaError_t cudaMemset(void* d, int v, size_t b) {
+  if (cudaError_t e = ::emu::check_ptr(d, "a memset")) return e;
   std::memset(d, v, b);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* d, int v, size_t b, cudaStream_t = nullptr) { return cudaMemset(d, v, b); }
+inline cudaError_t cudaMemsetAsync(void* d, int v, size_t b, cudaStream_t st = nullptr) {
+  if (cudaError_t e = ::emu::check_handle(st, "an asynchronous memset")) return e;
+  return cudaMemset(d, v, b);
+}
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
-  *s = reinterpret_cast<cudaStream_t>(new char);
+  *s = new emu_stream{::emu::current_device()};
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete reinterpret_cast<char*>(s);
+  delete s;
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
-  *e = reinterpret_cast<cudaEvent_t>(new char);
+  *e = new emu_event{::emu::current_device()};
   return cudaSuccess;
 }
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  delete reinterpret_cast<char*>(e);
+  delete e;
   return cudaSuccess;
 }
-inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t = nullptr) { return cudaSuccess; }
+// Recording needs the event and the stream on the current device (as CUDA requires).
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
+  if (cudaError_t r = ::emu::check_handle(s, "cudaEventRecord")) return r;
+  return ::emu::check_handle(e, "cudaEventRecord");
+}
 inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
   *ms = 0;

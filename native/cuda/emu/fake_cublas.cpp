@@ -43,12 +43,15 @@ int gemm(int ta, int tb, int m, int n, int k, float alpha, const void* A, int at
 }  // namespace
 
 extern "C" {
+// Each handle is a distinct object, so the emulation can tell handles (and their devices) apart.
 int cublasCreate_v2(void** h) {
-  static int dummy;
-  *h = &dummy;
+  *h = new int(0);
   return 0;
 }
-int cublasDestroy_v2(void*) { return 0; }
+int cublasDestroy_v2(void* h) {
+  delete static_cast<int*>(h);
+  return 0;
+}
 int cublasSetStream_v2(void*, void*) { return 0; }
 int cublasGetVersion_v2(void*, int* v) {
   *v = 130000;
