@@ -11,6 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { backend, features, fromArray, SparseAutoencoder } from '../lib/index.js';
 import { lcg, randomMatrix } from './helpers/reference.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
+import { sparseCorrDeviceSuite } from './helpers/sparse-corr-suite.js';
 
 describe('device selection (loopback device)', () => {
   it('info() lists the loopback device; auto never picks it; names are checked', () => {
@@ -55,7 +56,7 @@ describe('device selection (loopback device)', () => {
 });
 
 describe('feature correlation with the co-moment GEMM on the device', () => {
-  it("kind 'dense' and 'preacts' give the CPU's result exactly; codes ignore the option", async () => {
+  it("kind 'dense' and 'preacts' give the CPU's result exactly", async () => {
     const dIn = 13;
     const x = randomMatrix(700, dIn, lcg(41));
     const src = fromArray(x, dIn);
@@ -70,6 +71,23 @@ describe('feature correlation with the co-moment GEMM on the device', () => {
       }
     }
     await expect(features.correlation({ source: src }, { source: src }, { kind: 'dense', device: 'gpu' as 'cpu' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+  });
+});
+
+describe('sparse-code correlation through the device table (loopback)', () => {
+  sparseCorrDeviceSuite('cuda:0');
+
+  it("features.correlation of codes with device 'cuda' equals the CPU's result; a bad device is refused", async () => {
+    const dIn = 11;
+    const src = fromArray(randomMatrix(333, dIn, lcg(43)), dIn);
+    using sa = SparseAutoencoder.create({ dIn, numLatents: 41, k: 6, seed: 3 });
+    using sb = SparseAutoencoder.create({ dIn, numLatents: 23, k: 4, seed: 4 });
+    for (const opts of [{ batchSize: 100 }, { batchSize: 64, output: 'top' as const, top: 4, reverse: true }]) {
+      const cpu = await features.correlation({ sae: sa, source: src }, { sae: sb }, opts);
+      const dev = await features.correlation({ sae: sa, source: src }, { sae: sb }, { ...opts, device: 'cuda' });
+      expect(dev).toEqual(cpu);
+    }
+    await expect(features.correlation({ sae: sa, source: src }, { sae: sb }, { device: 'cuda:1' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DEVICE' });
   });
 });
 

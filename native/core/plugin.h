@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "corr_device.h"
 #include "sae_device.h"
 
 namespace sk {
@@ -37,5 +38,8 @@ bool plugin_backend(const PluginProbe& probe, sk_backend* out, std::string* reas
 
 // The device SAE table (sae_device.h) of a loaded plugin, or null with `reason` set.
 const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason);
+
+// The sparse-code correlation table (corr_device.h) of a loaded plugin, or null with `reason` set.
+const ::sk_corr_i* plugin_corr_api(const PluginProbe& probe, std::string* reason);
 
 }  // namespace sk

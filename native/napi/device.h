@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../core/backend.h"
+#include "../core/corr_device.h"
 #include "../core/plugin.h"
 #include "../core/sae_device.h"
 #include "../core/tensor.h"
@@ -31,6 +32,11 @@ const DeviceApi& current_device_api();
 // it creates the stream and the cuBLAS handle; the loopback: the CPU backend itself). The
 // plugin's table serves cuda:0 only. Throws ERR_SAEKIT_DEVICE when there is none.
 Backend backend_for(const Device& device);
+
+// The sparse-code correlation table (core/corr_device.h) for a CUDA `device` of the resolved
+// device: the plugin's sk_corr_api, or on the loopback the CPU kernel behind the table. Throws
+// ERR_SAEKIT_DEVICE naming the device and the reason when there is none.
+const sk_corr_i* corr_api_for(const Device& device);
 
 // One SAE on a device; destroyed with the last reference.
 struct DeviceSae {
