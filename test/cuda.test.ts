@@ -32,6 +32,7 @@ import { lcg } from './helpers/reference.js';
 import { dtypeSuite } from './helpers/dtype-suite.js';
 import { matmulSuite } from './helpers/matmul-suite.js';
 import { randomSuite } from './helpers/random-suite.js';
+import { sparseCorrDeviceSuite } from './helpers/sparse-corr-suite.js';
 import { tensorSuite } from './helpers/tensor-suite.js';
 
 const plugin = path.join(packageRoot, 'build-cuda', 'libsaekit_cuda.so');
@@ -105,6 +106,11 @@ describe.runIf(gpu)('feature correlation with the co-moment GEMM on CUDA', () =>
     for (let i = 0; i < cpu.r.length; i++) worst = Math.max(worst, Math.abs(cpu.r[i]! - dev.r[i]!));
     expect(worst).toBeLessThan(1e-4);
   });
+});
+
+// Fresh codes every run (the seed is in the test names): CUDA must give the CPU's bits whatever they are.
+describe.runIf(gpu)('sparse-code correlation on CUDA equals the CPU bit for bit', () => {
+  sparseCorrDeviceSuite('cuda:0', 1 + (Date.now() % 100_000));
 });
 
 describe.skipIf(gpu)('CUDA parity tests', () => {

@@ -9,6 +9,7 @@ process.env.SAEKIT_DEVICE_LOOPBACK = '1'; // before the addon resolves its devic
 import { describe, expect, it } from 'vitest';
 
 import { backend, features, fromArray, SparseAutoencoder } from '../lib/index.js';
+import { native } from '../lib/native/index.js';
 import { lcg, randomMatrix } from './helpers/reference.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
 import { sparseCorrDeviceSuite } from './helpers/sparse-corr-suite.js';
@@ -77,17 +78,19 @@ describe('feature correlation with the co-moment GEMM on the device', () => {
 describe('sparse-code correlation through the device table (loopback)', () => {
   sparseCorrDeviceSuite('cuda:0');
 
-  it("features.correlation of codes with device 'cuda' equals the CPU's result; a bad device is refused", async () => {
-    const dIn = 11;
-    const src = fromArray(randomMatrix(333, dIn, lcg(43)), dIn);
-    using sa = SparseAutoencoder.create({ dIn, numLatents: 41, k: 6, seed: 3 });
-    using sb = SparseAutoencoder.create({ dIn, numLatents: 23, k: 4, seed: 4 });
-    for (const opts of [{ batchSize: 100 }, { batchSize: 64, output: 'top' as const, top: 4, reverse: true }]) {
-      const cpu = await features.correlation({ sae: sa, source: src }, { sae: sb }, opts);
-      const dev = await features.correlation({ sae: sa, source: src }, { sae: sb }, { ...opts, device: 'cuda' });
-      expect(dev).toEqual(cpu);
-    }
-    await expect(features.correlation({ sae: sa, source: src }, { sae: sb }, { device: 'cuda:1' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DEVICE' });
+  it('a device that does not exist is refused with ERR_SAEKIT_DEVICE, natively too', async () => {
+    const dIn = 5;
+    const src = fromArray(randomMatrix(20, dIn, lcg(43)), dIn);
+    using sa = SparseAutoencoder.create({ dIn, numLatents: 7, k: 2, seed: 3 });
+    await expect(features.correlation({ sae: sa, source: src }, { sae: sa }, { device: 'cuda:1' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DEVICE' });
+    const b = native();
+    const store = b.sparseCorrCreate(3, 3, 0, 0, 0);
+    b.sparseCorrAppend(store, Float32Array.of(1, 2), Int32Array.of(0, 1), Float32Array.of(1, 2), Int32Array.of(0, 1), 2);
+    expect(() => b.sparseCorrRun(store, true, 0, false, 'cuda:2')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: expect.stringMatching(/cuda:2/) }));
+    expect(() => b.sparseCorrRun(store, true, 0, false, 'gpu')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    // The store survives a refused device and still runs.
+    const r = await b.sparseCorrRun(store, true, 0, false, 'cuda:0');
+    expect(r.r).toEqual(Float32Array.of(1, -1, 0, -1, 1, 0, 0, 0, 0));
   });
 });
 

@@ -8,8 +8,9 @@
  */
 import { expect, it } from 'vitest';
 
+import { features, fromArray, SparseAutoencoder } from '../../lib/index.js';
 import { native } from '../../lib/native/index.js';
-import { lcg } from './reference.js';
+import { lcg, randomMatrix } from './reference.js';
 
 export interface SparseCodes {
   values: Float32Array;
@@ -58,14 +59,17 @@ export async function runSparseCorr(ca: SparseCodes, cb: SparseCodes, rows: numb
   return b.sparseCorrRun(store, full, top, reverse, device);
 }
 
-/** Registers the device-vs-CPU checks for `device` ('cuda', 'cuda:0'). */
-export function sparseCorrDeviceSuite(device: string): void {
+/**
+ * Registers the device-vs-CPU checks for `device` ('cuda:0'); `seed` varies the codes (a fresh
+ * seed per run on a GPU: the result must be identical whatever the codes).
+ */
+export function sparseCorrDeviceSuite(device: 'cuda:0', seed = 11): void {
   const shapes = [
-    { rows: 301, nA: 53, nB: 37, kA: 7, kB: 5, seed: 11 },
-    { rows: 97, nA: 19, nB: 71, kA: 3, kB: 9, seed: 12 },
+    { rows: 301, nA: 53, nB: 37, kA: 7, kB: 5, seed },
+    { rows: 97, nA: 19, nB: 71, kA: 3, kB: 40, seed: seed + 1 },
   ];
   for (const s of shapes) {
-    it(`${s.rows} tokens, ${s.nA} x ${s.nB} features (k ${s.kA}, ${s.kB}): full, top and reverse equal the CPU bit for bit`, async () => {
+    it(`${s.rows} tokens, ${s.nA} x ${s.nB} features (k ${s.kA}, ${s.kB}; seed ${s.seed}): full, top and reverse equal the CPU bit for bit`, async () => {
       const next = lcg(s.seed);
       const ca = randomSparseCodes(s.rows, s.kA, s.nA, next);
       const cb = randomSparseCodes(s.rows, s.kB, s.nB, next);
@@ -84,4 +88,17 @@ export function sparseCorrDeviceSuite(device: string): void {
       }
     });
   }
+
+  // The SAEs encode on the CPU (on the emulated plugin, "auto" would pick its slow CUDA encoder).
+  it("features.correlation of an SAE's codes with options.device equals the CPU's result", async () => {
+    const dIn = 11;
+    const src = fromArray(randomMatrix(333, dIn, lcg(seed + 2)), dIn);
+    using sa = SparseAutoencoder.create({ dIn, numLatents: 41, k: 6, seed: seed + 3, device: 'cpu' });
+    using sb = SparseAutoencoder.create({ dIn, numLatents: 23, k: 4, seed: seed + 4, device: 'cpu' });
+    for (const opts of [{ batchSize: 100 }, { batchSize: 64, output: 'top' as const, top: 4, reverse: true }]) {
+      const cpu = await features.correlation({ sae: sa, source: src }, { sae: sb }, opts);
+      const dev = await features.correlation({ sae: sa, source: src }, { sae: sb }, { ...opts, device });
+      expect(dev).toEqual(cpu);
+    }
+  });
 }
