@@ -143,19 +143,27 @@ __global__ void list_starts(const uint32_t* keys, int64_t E, int64_t nA, int64_t
 }
 
 // One warp per row c of the chunk (latent i = i0 + c): acc[c, j] += x_ti * y_tj over i's postings
-// in token order. The warp loads 32 postings (token, value, B's row bounds) at once, one per
-// lane, then walks them in order; the B entries of a token are spread over the lanes.
-__global__ void accumulate_rows(const int64_t* start, const int32_t* post_tok, const float* post_val,
-                                const int64_t* ptr_b, const int32_t* idx_b, const float* val_b, int64_t i0,
-                                int64_t rows, int64_t nB, double* acc) {
-  const int lane = int(threadIdx.x & 31);
-  const int64_t c = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+// in token order. The warp takes 32 postings at a time: each lane loads one (token, value, B's
+// row bounds), then every lane stages entry `lane` of each of the 32 tokens' B rows in shared
+// memory (all those loads in flight together; only the lane that stages an entry reads it
+// back), and then the tokens are added in order, one B entry per lane (entries past the 32nd of a
+// token come straight from global memory), with a __syncwarp between tokens.
+constexpr int kStage = 32;  // postings staged per batch (= lanes)
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    accumulate_rows(const int64_t* start, const int32_t* post_tok, const float* post_val, const int64_t* ptr_b,
+                    const int32_t* idx_b, const float* val_b, int64_t i0, int64_t rows, int64_t nB, double* acc) {
+  __shared__ int32_t stage_j[kWarpsPerBlock * kStage * 32];
+  __shared__ float stage_v[kWarpsPerBlock * kStage * 32];
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
+  const int64_t c = int64_t(blockIdx.x) * kWarpsPerBlock + warp;
   if (c >= rows) return;  // a whole warp leaves together
+  int32_t* wj = stage_j + warp * kStage * 32;
+  float* wv = stage_v + warp * kStage * 32;
   double* a = acc + c * nB;
   const int64_t q0 = start[i0 + c], q1 = start[i0 + c + 1];
-  for (int64_t qb = q0; qb < q1; qb += 32) {
+  for (int64_t qb = q0; qb < q1; qb += kStage) {
     const int64_t q = qb + lane;
-    const int nq = int(min(int64_t(32), q1 - qb));
+    const int nq = int(min(int64_t(kStage), q1 - qb));
     double u = 0.0;
     int64_t b0 = 0, b1 = 0;
     if (q < q1) {
@@ -165,9 +173,20 @@ __global__ void accumulate_rows(const int64_t* start, const int32_t* post_tok, c
       b1 = ptr_b[t + 1];
     }
     for (int s = 0; s < nq; ++s) {
+      const int64_t p = __shfl_sync(0xffffffffu, b0, s) + lane;
+      if (p < __shfl_sync(0xffffffffu, b1, s)) {
+        wj[s * 32 + lane] = idx_b[p];
+        wv[s * 32 + lane] = val_b[p];
+      }
+    }
+    for (int s = 0; s < nq; ++s) {
       const double us = __shfl_sync(0xffffffffu, u, s);
       const int64_t e0 = __shfl_sync(0xffffffffu, b0, s), e1 = __shfl_sync(0xffffffffu, b1, s);
-      for (int64_t p = e0 + lane; p < e1; p += 32) {
+      if (e0 + lane < e1) {
+        const int32_t j = wj[s * 32 + lane];
+        a[j] = __dadd_rn(a[j], __dmul_rn(us, double(wv[s * 32 + lane])));
+      }
+      for (int64_t p = e0 + 32 + lane; p < e1; p += 32) {
         const int32_t j = idx_b[p];
         a[j] = __dadd_rn(a[j], __dmul_rn(us, double(val_b[p])));
       }
