@@ -11,7 +11,10 @@
 //      walking i's postings in token order; a token's B entries go to distinct lanes (its latents
 //      are distinct, so no two lanes touch the same j: no atomics) and a __syncwarp separates
 //      consecutive tokens, so every S_ij is summed in the CPU's order, with the CPU's roundings
-//      (explicit _rn intrinsics: no FMA contraction).
+//      (explicit _rn intrinsics: no FMA contraction). Heavy rows (latents that fire on many
+//      tokens, which one warp would walk for longer than the rest of the chunk takes) are split
+//      by columns instead: one warp per 512-column tile, summing in shared memory, each walking
+//      all the row's postings (a column still has one owner, so the order is the same).
 //   3. r of the chunk (float32, the CPU's formula), which resets the scratch; full mode downloads
 //      it into the caller's matrix. Top mode: one thread per B feature merges the chunk's rows,
 //      in increasing i, into its best-first list ([k, nB] on the device); reverse mode: one warp
@@ -142,25 +145,19 @@ __global__ void list_starts(const uint32_t* keys, int64_t E, int64_t nA, int64_t
   }
 }
 
-// One warp per row c of the chunk (latent i = i0 + c): acc[c, j] += x_ti * y_tj over i's postings
-// in token order. The warp takes 32 postings at a time: each lane loads one (token, value, B's
-// row bounds), then every lane stages entry `lane` of each of the 32 tokens' B rows in shared
-// memory (all those loads in flight together; only the lane that stages an entry reads it
-// back), and then the tokens are added in order, one B entry per lane (entries past the 32nd of a
-// token come straight from global memory), with a __syncwarp between tokens.
+// One warp adds row i's products x_ti * y_tj for the columns j in [j0, j1) into a[j - j0],
+// walking i's postings [q0, q1) in token order. The warp takes 32 postings at a time: each lane
+// loads one (token, value, B's row bounds), then every lane stages entry `lane` of each of the 32
+// tokens' B rows in shared memory (wj, wv: 32 x 32; all those loads in flight together, and only
+// the lane that stages an entry reads it back), and then the tokens are added in order, one B
+// entry per lane (entries past the 32nd of a token come straight from global memory), with a
+// __syncwarp between tokens: a token's latents are distinct, so no two lanes add to one j at once,
+// and every sum runs in token order (the CPU's), with the CPU's roundings (no FMA contraction).
 constexpr int kStage = 32;  // postings staged per batch (= lanes)
-__global__ void __launch_bounds__(32 * kWarpsPerBlock)
-    accumulate_rows(const int64_t* start, const int32_t* post_tok, const float* post_val, const int64_t* ptr_b,
-                    const int32_t* idx_b, const float* val_b, int64_t i0, int64_t rows, int64_t nB, double* acc) {
-  __shared__ int32_t stage_j[kWarpsPerBlock * kStage * 32];
-  __shared__ float stage_v[kWarpsPerBlock * kStage * 32];
-  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
-  const int64_t c = int64_t(blockIdx.x) * kWarpsPerBlock + warp;
-  if (c >= rows) return;  // a whole warp leaves together
-  int32_t* wj = stage_j + warp * kStage * 32;
-  float* wv = stage_v + warp * kStage * 32;
-  double* a = acc + c * nB;
-  const int64_t q0 = start[i0 + c], q1 = start[i0 + c + 1];
+__device__ __forceinline__ void add_postings(int64_t q0, int64_t q1, const int32_t* post_tok, const float* post_val,
+                                             const int64_t* ptr_b, const int32_t* idx_b, const float* val_b,
+                                             int32_t* wj, float* wv, double* a, int64_t j0, int64_t j1) {
+  const int lane = int(threadIdx.x & 31);
   for (int64_t qb = q0; qb < q1; qb += kStage) {
     const int64_t q = qb + lane;
     const int nq = int(min(int64_t(kStage), q1 - qb));
@@ -183,16 +180,56 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
       const double us = __shfl_sync(0xffffffffu, u, s);
       const int64_t e0 = __shfl_sync(0xffffffffu, b0, s), e1 = __shfl_sync(0xffffffffu, b1, s);
       if (e0 + lane < e1) {
-        const int32_t j = wj[s * 32 + lane];
-        a[j] = __dadd_rn(a[j], __dmul_rn(us, double(wv[s * 32 + lane])));
+        const int64_t j = wj[s * 32 + lane];
+        if (j >= j0 && j < j1) a[j - j0] = __dadd_rn(a[j - j0], __dmul_rn(us, double(wv[s * 32 + lane])));
       }
       for (int64_t p = e0 + 32 + lane; p < e1; p += 32) {
-        const int32_t j = idx_b[p];
-        a[j] = __dadd_rn(a[j], __dmul_rn(us, double(val_b[p])));
+        const int64_t j = idx_b[p];
+        if (j >= j0 && j < j1) a[j - j0] = __dadd_rn(a[j - j0], __dmul_rn(us, double(val_b[p])));
       }
       __syncwarp();  // the next token may add to the same j from another lane
     }
   }
+}
+
+// Light rows: one warp per listed row c (chunk-local; latent i0 + c) sums its whole row into the
+// zeroed float64 scratch acc[c, :] in global memory.
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    accumulate_rows(const int32_t* list, int64_t count, const int64_t* start, const int32_t* post_tok,
+                    const float* post_val, const int64_t* ptr_b, const int32_t* idx_b, const float* val_b, int64_t i0,
+                    int64_t nB, double* acc) {
+  __shared__ int32_t stage_j[kWarpsPerBlock * kStage * 32];
+  __shared__ float stage_v[kWarpsPerBlock * kStage * 32];
+  const int warp = int(threadIdx.x >> 5);
+  const int64_t w = int64_t(blockIdx.x) * kWarpsPerBlock + warp;
+  if (w >= count) return;  // a whole warp leaves together
+  const int64_t c = list[w];
+  add_postings(start[i0 + c], start[i0 + c + 1], post_tok, post_val, ptr_b, idx_b, val_b,
+               stage_j + warp * kStage * 32, stage_v + warp * kStage * 32, acc + c * nB, 0, nB);
+}
+
+// Heavy rows (many postings: one warp walking them would dominate the chunk): G warps per listed
+// row, warp g owning the columns [g tile, (g + 1) tile) in a float64 shared-memory tile, each
+// walking all the row's postings; a column has one owner, so the order per j is unchanged. The
+// tile is then written to acc[c, :] whole.
+constexpr int kTile = 512;  // the most columns a warp owns (4 KiB of float64)
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    accumulate_tiles(const int32_t* list, int64_t count, int64_t G, int64_t tile, const int64_t* start,
+                     const int32_t* post_tok, const float* post_val, const int64_t* ptr_b, const int32_t* idx_b,
+                     const float* val_b, int64_t i0, int64_t nB, double* acc) {
+  __shared__ int32_t stage_j[kWarpsPerBlock * kStage * 32];
+  __shared__ float stage_v[kWarpsPerBlock * kStage * 32];
+  __shared__ double sums[kWarpsPerBlock * kTile];
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
+  const int64_t w = int64_t(blockIdx.x) * kWarpsPerBlock + warp;
+  if (w >= count * G) return;
+  const int64_t c = list[w / G], j0 = (w % G) * tile, j1 = min(nB, j0 + tile);
+  double* a = sums + warp * kTile;
+  for (int64_t j = lane; j < j1 - j0; j += 32) a[j] = 0.0;
+  __syncwarp();
+  add_postings(start[i0 + c], start[i0 + c + 1], post_tok, post_val, ptr_b, idx_b, val_b,
+               stage_j + warp * kStage * 32, stage_v + warp * kStage * 32, a, j0, j1);
+  for (int64_t j = j0 + lane; j < j1; j += 32) acc[c * nB + j] = a[j - j0];
 }
 
 // r of the chunk's rows from the sums (the CPU's expression and roundings); resets the sums.
@@ -288,6 +325,21 @@ int64_t chunk_rows_cap() {
   return v >= 1 ? int64_t(v) : 1;
 }
 
+// A row is heavy (accumulate_tiles) when it has more postings than this: 2048 and 4 times the
+// mean, unless SAEKIT_CUDA_CORR_HEAVY sets it (tests: 0 makes every nonempty row heavy).
+int64_t heavy_threshold(int64_t EA, int64_t nA) {
+  const char* e = std::getenv("SAEKIT_CUDA_CORR_HEAVY");
+  if (e && *e) return std::max<long long>(0, std::atoll(e));
+  return std::max<int64_t>(2048, 4 * (EA / nA));
+}
+
+// Columns per warp in accumulate_tiles: kTile, or fewer with SAEKIT_CUDA_CORR_TILE (tests).
+int64_t tile_width() {
+  const char* e = std::getenv("SAEKIT_CUDA_CORR_TILE");
+  const long long v = e && *e ? std::atoll(e) : kTile;
+  return std::min<int64_t>(kTile, std::max<int64_t>(1, v));
+}
+
 constexpr double kMiB = 1024.0 * 1024.0;
 
 void run_corr(int device, const sk_corr_codes* c, const sk_corr_opts* o, sk_corr_out* out) {
@@ -315,7 +367,7 @@ void run_corr(int device, const sk_corr_codes* c, const sk_corr_opts* o, sk_corr
   const double regroup = 8.0 * double(T + 1) + 48.0 * double(EA) + 8.0 * double(nA + 1);
   const double kept = 8.0 * double(EA) + 8.0 * double(nA + 1) + 8.0 * double(T + 1) + 8.0 * double(EB) +
                       16.0 * double(nA + nB) + 8.0 * double(kTop) * double(nB);
-  const double per_row = 12.0 * double(nB) + 8.0 * 33.0 * double(kRev);
+  const double per_row = 12.0 * double(nB) + 8.0 * 33.0 * double(kRev) + 8.0;
   const double fixed = std::max(regroup, kept);
   const double margin = 64.0 * kMiB;  // CUB's temporary storage, the context's own allocations
   if (fixed + per_row + margin > double(free_b))
@@ -358,6 +410,13 @@ void run_corr(int device, const sk_corr_codes* c, const sk_corr_opts* o, sk_corr
     SK_LAUNCHED("list_starts");
     SK_CUDA(cudaStreamSynchronize(s));  // before the temporaries are freed
   }
+  // Row lengths on the host, to split every chunk into light and heavy rows.
+  std::vector<int64_t> hstart(static_cast<size_t>(nA + 1));
+  download(hstart.data(), start.p, nA + 1, s);
+  SK_CUDA(cudaStreamSynchronize(s));
+  const int64_t heavy = heavy_threshold(EA, nA), tile = tile_width(), G = (nB + tile - 1) / tile;
+  std::vector<int32_t> light_rows, heavy_rows;
+  DevArray<int32_t> dlight(C), dheavy(C);
 
   // B's codes and the moments.
   DevArray<int64_t> ptr_b(T + 1);
@@ -389,9 +448,26 @@ void run_corr(int device, const sk_corr_codes* c, const sk_corr_opts* o, sk_corr
   for (int64_t i0 = 0; i0 < nA; i0 += C) {
     const int64_t rows = std::min(C, nA - i0);
     const unsigned row_blocks = unsigned((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    accumulate_rows<<<row_blocks, warp_threads, 0, s>>>(start.p, post_tok.p, post_val.p, ptr_b.p, idx_b.p, val_b.p, i0,
-                                                        rows, nB, acc.p);
-    SK_LAUNCHED("accumulate_rows");
+    light_rows.clear();
+    heavy_rows.clear();
+    for (int64_t c2 = 0; c2 < rows; ++c2) {
+      const int64_t len = hstart[size_t(i0 + c2 + 1)] - hstart[size_t(i0 + c2)];
+      if (len == 0) continue;  // its sums stay zero
+      (len > heavy ? heavy_rows : light_rows).push_back(int32_t(c2));
+    }
+    const int64_t nl = int64_t(light_rows.size()), nh = int64_t(heavy_rows.size());
+    if (nl > 0) {
+      upload(dlight.p, light_rows.data(), nl, s);
+      accumulate_rows<<<unsigned((nl + kWarpsPerBlock - 1) / kWarpsPerBlock), warp_threads, 0, s>>>(
+          dlight.p, nl, start.p, post_tok.p, post_val.p, ptr_b.p, idx_b.p, val_b.p, i0, nB, acc.p);
+      SK_LAUNCHED("accumulate_rows");
+    }
+    if (nh > 0) {
+      upload(dheavy.p, heavy_rows.data(), nh, s);
+      accumulate_tiles<<<unsigned((nh * G + kWarpsPerBlock - 1) / kWarpsPerBlock), warp_threads, 0, s>>>(
+          dheavy.p, nh, G, tile, start.p, post_tok.p, post_val.p, ptr_b.p, idx_b.p, val_b.p, i0, nB, acc.p);
+      SK_LAUNCHED("accumulate_tiles");
+    }
     finish_rows<<<grid_for(rows * nB, 256), 256, 0, s>>>(acc.p, rows, nB, i0, n, dmeanA.p, dinvA.p, dmeanB.p, dinvB.p,
                                                          r.p);
     SK_LAUNCHED("finish_rows");

@@ -992,10 +992,23 @@ void test_corr(int64_t T, int64_t nA, int64_t nB, int64_t kA, int64_t kB, uint64
     bool flags_ok = cA[size_t(nA - 1)] == 1 && cA[size_t(nA - 2)] == 1 && cB[size_t(nB - 1)] == 1 && cB[size_t(nB - 2)] == 1;
     for (int64_t i = 0; i < nA; ++i) flags_ok = flags_ok && want[size_t(i * nB + 1)] == want[size_t(i * nB)];
 
-    for (const char* rows_env : {"", "7"}) {
-      if (*rows_env) setenv("SAEKIT_CUDA_CORR_ROWS", rows_env, 1);
-      else unsetenv("SAEKIT_CUDA_CORR_ROWS");
-      const std::string tag = *rows_env ? " [7-row chunks]" : "";
+    // Chunking and the heavy-row path (SAEKIT_CUDA_CORR_ROWS / _HEAVY / _TILE) change no bit.
+    struct Layout {
+      const char *rows, *heavy, *tile, *tag;
+    };
+    const Layout layouts[] = {{"", "", "", ""},
+                              {"7", "", "", " [7-row chunks]"},
+                              {"7", "0", "16", " [7-row chunks, every row heavy, 16-column tiles]"},
+                              {"", "20", "9", " [rows over 20 postings heavy, 9-column tiles]"}};
+    auto set = [](const char* name, const char* v) {
+      if (*v) setenv(name, v, 1);
+      else unsetenv(name);
+    };
+    for (const Layout& lay : layouts) {
+      set("SAEKIT_CUDA_CORR_ROWS", lay.rows);
+      set("SAEKIT_CUDA_CORR_HEAVY", lay.heavy);
+      set("SAEKIT_CUDA_CORR_TILE", lay.tile);
+      const std::string tag = lay.tag;
       CorrRun full;
       CALL("corr full", corr_call(A, B, T, 1, 0, 0, full, &st));
       size_t bad = 0;
@@ -1016,7 +1029,9 @@ void test_corr(int64_t T, int64_t nA, int64_t nB, int64_t kA, int64_t kB, uint64
                strf("kTop %lld, kRev %lld", (long long)o.kTop, (long long)o.kRev));
       }
     }
-    unsetenv("SAEKIT_CUDA_CORR_ROWS");
+    set("SAEKIT_CUDA_CORR_ROWS", "");
+    set("SAEKIT_CUDA_CORR_HEAVY", "");
+    set("SAEKIT_CUDA_CORR_TILE", "");
     // Errors are statuses naming the argument.
     CorrRun o;
     sk_status st{};

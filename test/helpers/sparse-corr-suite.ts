@@ -86,6 +86,17 @@ export function sparseCorrDeviceSuite(device: 'cuda:0', seed = 11): void {
         const dev = await runSparseCorr(ca, cb, s.rows, s.nA, s.nB, 50, false, top, reverse, device);
         expect(dev).toEqual(cpu);
       }
+      // The CUDA plugin's other layouts (chunks of 5 rows; rows over 10 postings split into
+      // 7-column tiles) give the same bits; the loopback ignores these variables.
+      const vars = { SAEKIT_CUDA_CORR_ROWS: '5', SAEKIT_CUDA_CORR_HEAVY: '10', SAEKIT_CUDA_CORR_TILE: '7' };
+      Object.assign(process.env, vars);
+      try {
+        expect(await runSparseCorr(ca, cb, s.rows, s.nA, s.nB, 64, true, 0, false, device)).toEqual(cpuFull);
+        const cpu = await runSparseCorr(ca, cb, s.rows, s.nA, s.nB, 50, false, 3, true);
+        expect(await runSparseCorr(ca, cb, s.rows, s.nA, s.nB, 50, false, 3, true, device)).toEqual(cpu);
+      } finally {
+        for (const k of Object.keys(vars)) delete process.env[k];
+      }
     });
   }
 
