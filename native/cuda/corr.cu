@@ -355,8 +355,10 @@ void run_corr(int device, const sk_corr_codes* c, const sk_corr_opts* o, sk_corr
   // Moments on the host, with the CPU's function (bit-identical).
   const size_t na = static_cast<size_t>(nA), nb = static_cast<size_t>(nB);
   std::vector<double> meanA(na), invA(na), meanB(nb), invB(nb);
-  for (int64_t i = 0; i < nA; ++i) sk_corr_moments(c->sum_a[i], c->sumsq_a[i], n, &meanA[size_t(i)], &invA[size_t(i)], &out->constant_a[i]);
-  for (int64_t j = 0; j < nB; ++j) sk_corr_moments(c->sum_b[j], c->sumsq_b[j], n, &meanB[size_t(j)], &invB[size_t(j)], &out->constant_b[j]);
+  for (int64_t i = 0; i < nA; ++i)
+    sk_corr_moments(c->sum_a[i], c->sumsq_a[i], n, &meanA[size_t(i)], &invA[size_t(i)], &out->constant_a[i]);
+  for (int64_t j = 0; j < nB; ++j)
+    sk_corr_moments(c->sum_b[j], c->sumsq_b[j], n, &meanB[size_t(j)], &invB[size_t(j)], &out->constant_b[j]);
 
   // Device memory: the regrouping's peak, what stays (postings, B's codes, moments, top lists),
   // and per chunk row the float64 sums, the float32 r and the reverse lists.

@@ -1041,6 +1041,20 @@ void test_corr(int64_t T, int64_t nA, int64_t nB, int64_t kA, int64_t kB, uint64
     const int rc2 = corr_call(A, B, T, 0, 0, 0, o, &st2);
     const bool top_named = rc2 != 0 && std::strstr(st2.message, "top >= 1") != nullptr;
     report(tokens_named && top_named, name + ": bad arguments fail with named errors", strf("%s | %s", st.message, st2.message));
+    // Codes that do not fit: a Device error naming the memory needed (the emulation can report
+    // little free memory; a real device cannot be made to).
+    char dev_name[256] = {0};
+    sk_status st3{};
+    g_sae->device_name(&st3, 0, dev_name, sizeof(dev_name));
+    if (std::strstr(dev_name, "emulation")) {
+      setenv("EMU_FREE_BYTES", "100000", 1);
+      sk_status st4{};
+      const int rc4 = corr_call(A, B, T, 1, 0, 0, o, &st4);
+      unsetenv("EMU_FREE_BYTES");
+      const int device_code = 4 + 1;  // sk::ErrorCode::Device + 1
+      report(rc4 != 0 && st4.code == device_code && std::strstr(st4.message, "MiB of device memory") != nullptr,
+             name + ": codes that do not fit fail with ERR_SAEKIT_DEVICE naming the memory", st4.message);
+    }
   });
 }
 

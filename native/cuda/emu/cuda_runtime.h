@@ -333,8 +333,10 @@ inline cudaError_t cudaMalloc(void** p, size_t b) {
 }
 template <class T>
 inline cudaError_t cudaMalloc(T** p, size_t b) { return cudaMalloc(reinterpret_cast<void**>(p), b); }
+// EMU_FREE_BYTES overrides the free memory reported (tests of the plugin's memory checks).
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
-  *free_bytes = size_t(15) << 30;
+  const char* e = std::getenv("EMU_FREE_BYTES");
+  *free_bytes = e && *e ? size_t(std::strtoull(e, nullptr, 10)) : size_t(15) << 30;
   *total_bytes = size_t(16) << 30;
   return cudaSuccess;
 }
