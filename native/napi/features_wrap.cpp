@@ -110,6 +110,13 @@ void run_on_device(const sk_corr_i* api, int device, cpu::SparseCorrStore& st, c
   out.rev_r = res.revR;
   sk_status status{};
   status_throw(api->run(&status, device, &c, &o, &out), status);
+  // The codes are consumed, as on the CPU: free them now rather than with the job.
+  std::vector<float>().swap(st.va);
+  std::vector<float>().swap(st.vb);
+  std::vector<int32_t>().swap(st.ia);
+  std::vector<int32_t>().swap(st.ib);
+  std::vector<int64_t>().swap(st.pa);
+  std::vector<int64_t>().swap(st.pb);
 }
 
 // sparseCorrRun(store, full, top, reverse, device = 'cpu'): Promise<{ tokens, constantA,
