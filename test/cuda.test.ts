@@ -39,6 +39,7 @@ import { lcg } from './helpers/reference.js';
 import { dtypeSuite } from './helpers/dtype-suite.js';
 import { matmulSuite } from './helpers/matmul-suite.js';
 import { randomSuite } from './helpers/random-suite.js';
+import { sparseCorrDeviceSuite } from './helpers/sparse-corr-suite.js';
 import { tensorSuite } from './helpers/tensor-suite.js';
 
 const plugin = path.join(packageRoot, 'build-cuda', 'libsaekit_cuda.so');
@@ -137,6 +138,11 @@ describe.runIf(multi && !emulated)('CUDA on cuda:1 matches the CPU (fp32 encoder
 describe.skipIf(multi)('multi-device CUDA tests', () => {
   const why = gpu ? `${deviceCount} CUDA device here; they need 2` : backend.info().cuda.reason || 'no GPU';
   it.skip(`skipped: ${why} (CI runs them on the CPU emulation with SAEKIT_EMU_DEVICES=2)`, () => undefined);
+});
+
+// Fresh codes every run (the seed is in the test names): CUDA must give the CPU's bits whatever they are.
+describe.runIf(gpu)('sparse-code correlation on CUDA equals the CPU bit for bit', () => {
+  sparseCorrDeviceSuite('cuda:0', 1 + (Date.now() % 100_000));
 });
 
 describe.skipIf(gpu)('CUDA parity tests', () => {

@@ -9,8 +9,10 @@ process.env.SAEKIT_DEVICE_LOOPBACK = '1'; // before the addon resolves its devic
 import { describe, expect, it } from 'vitest';
 
 import { backend, features, fromArray, SparseAutoencoder } from '../lib/index.js';
+import { native } from '../lib/native/index.js';
 import { lcg, randomMatrix } from './helpers/reference.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
+import { sparseCorrDeviceSuite } from './helpers/sparse-corr-suite.js';
 
 describe('device selection (loopback device)', () => {
   it('info() lists the loopback device; auto never picks it; names are checked', () => {
@@ -53,7 +55,7 @@ describe('device selection (loopback device)', () => {
 });
 
 describe('feature correlation with the co-moment GEMM on the device', () => {
-  it("kind 'dense' and 'preacts' give the CPU's result exactly; codes ignore the option", async () => {
+  it("kind 'dense' and 'preacts' give the CPU's result exactly", async () => {
     const dIn = 13;
     const x = randomMatrix(700, dIn, lcg(41));
     const src = fromArray(x, dIn);
@@ -68,6 +70,25 @@ describe('feature correlation with the co-moment GEMM on the device', () => {
       }
     }
     await expect(features.correlation({ source: src }, { source: src }, { kind: 'dense', device: 'gpu' as 'cpu' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+  });
+});
+
+describe('sparse-code correlation through the device table (loopback)', () => {
+  sparseCorrDeviceSuite('cuda:0');
+
+  it('a device that does not exist is refused with ERR_SAEKIT_DEVICE, natively too', async () => {
+    const dIn = 5;
+    const src = fromArray(randomMatrix(20, dIn, lcg(43)), dIn);
+    using sa = SparseAutoencoder.create({ dIn, numLatents: 7, k: 2, seed: 3 });
+    await expect(features.correlation({ sae: sa, source: src }, { sae: sa }, { device: 'cuda:1' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DEVICE' });
+    const b = native();
+    const store = b.sparseCorrCreate(3, 3, 0, 0, 0);
+    b.sparseCorrAppend(store, Float32Array.of(1, 2), Int32Array.of(0, 1), Float32Array.of(1, 2), Int32Array.of(0, 1), 2);
+    expect(() => b.sparseCorrRun(store, true, 0, false, 'cuda:2')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: expect.stringMatching(/cuda:2/) }));
+    expect(() => b.sparseCorrRun(store, true, 0, false, 'gpu')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    // The store survives a refused device and still runs.
+    const r = await b.sparseCorrRun(store, true, 0, false, 'cuda:0');
+    expect(r.r).toEqual(Float32Array.of(1, -1, 0, -1, 1, 0, 0, 0, 0));
   });
 });
 

@@ -5,9 +5,12 @@
 // (6 slabs of 4 B * 2 * numLatents * dIn), and the step also reads W_enc once for the encoder-input
 // part of db_dec and once to refresh its bf16 copy (0.5 + 0.5 slab, + 0.25 slab written):
 // ~7 slabs moved. Bandwidth = 2 * bytes / time of one large cudaMemcpy device-to-device.
-// Also times the TopK selection alone on the GEMM's output.
+// Also times the TopK selection alone on the GEMM's output, and the sparse-code correlation
+// (sk_corr_api: uploads, regrouping, sums, r and the lists; host codes given, as the addon gives
+// them) on random skewed codes.
 //
-//   saekit_cuda_bench [--quick] [--tiny]   prints "BENCH key=value ..." lines, one per shape
+//   saekit_cuda_bench [--quick] [--tiny]   prints "BENCH key=value ..." lines, one per shape, and
+//                                          "CORR key=value ..." lines for the correlation
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -18,12 +21,14 @@
 #include <string>
 #include <vector>
 
+#include "core/corr_device.h"
 #include "core/sae_device.h"
 #include "cuda/common.cuh"
 #include "cuda/cublas_dl.h"
 #include "cuda/kernels.h"
 
 extern "C" const sk_sae_i* sk_sae_api(int api_version);
+extern "C" const sk_corr_i* sk_corr_api(int api_version);
 
 namespace {
 
@@ -255,6 +260,69 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
   std::fflush(stdout);
 }
 
+// One side's random codes: k distinct latents per token (skewed: low indices fire more, as in
+// trained SAEs), values in (0, 2], CSR by token, with the float64 sums in token order.
+struct CorrCodes {
+  std::vector<int64_t> ptr;
+  std::vector<int32_t> idx;
+  std::vector<float> val;
+  std::vector<double> s, ss;
+};
+CorrCodes corr_codes(int64_t T, int64_t n, int64_t k, uint64_t seed) {
+  CorrCodes c;
+  c.ptr.resize(size_t(T + 1));
+  c.idx.resize(size_t(T * k));
+  c.val.resize(size_t(T * k));
+  c.s.assign(size_t(n), 0.0);
+  c.ss.assign(size_t(n), 0.0);
+  Rng r{seed};
+  std::vector<int64_t> stamp(size_t(n), -1);
+  for (int64_t t = 0; t < T; ++t) {
+    c.ptr[size_t(t)] = t * k;
+    for (int64_t p = t * k; p < (t + 1) * k;) {
+      const double u = 0.5 * (double(r.next()) + 1.0);
+      const int64_t j = std::min<int64_t>(n - 1, int64_t(double(n) * u * u));
+      if (stamp[size_t(j)] == t) continue;
+      stamp[size_t(j)] = t;
+      const float v = 1.0f + r.next();
+      c.idx[size_t(p)] = int32_t(j);
+      c.val[size_t(p)] = v;
+      c.s[size_t(j)] += double(v);
+      c.ss[size_t(j)] += double(v) * double(v);
+      ++p;
+    }
+  }
+  c.ptr[size_t(T)] = T * k;
+  return c;
+}
+
+// Wall time of one sk_corr_api run (median of reps), full matrix or top + reverse lists.
+void run_corr(int64_t T, int64_t n, int64_t k, bool full, int64_t top, int reps) {
+  const sk_corr_i* api = sk_corr_api(SK_CORR_API_VERSION);
+  CorrCodes A = corr_codes(T, n, k, 7), B = corr_codes(T, n, k, 8);
+  sk_corr_codes c{n, n, T, A.ptr.data(), A.idx.data(), A.val.data(), B.ptr.data(), B.idx.data(), B.val.data(),
+                  A.s.data(), A.ss.data(), B.s.data(), B.ss.data()};
+  sk_corr_opts o{full ? 1 : 0, top, full ? 0 : 1};
+  const int64_t kt = full ? 0 : std::min(top, n);
+  std::vector<uint8_t> ca(static_cast<size_t>(n)), cb(static_cast<size_t>(n));
+  std::vector<float> r(full ? static_cast<size_t>(n * n) : 0), tr(static_cast<size_t>(n * kt)), rr(static_cast<size_t>(n * kt));
+  std::vector<int32_t> ti(static_cast<size_t>(n * kt)), ri(static_cast<size_t>(n * kt));
+  sk_corr_out out{ca.data(), cb.data(), r.data(), ti.data(), tr.data(), ri.data(), rr.data()};
+  std::vector<double> wall;
+  for (int rep = 0; rep < reps; ++rep) {
+    sk_status st{};
+    const auto t0 = Clock::now();
+    ck(api->run(&st, 0, &c, &o, &out), st, "sparse correlation");
+    wall.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  const double w = median(wall);
+  std::printf("CORR impl=saekit-cuda tokens=%lld nA=%lld nB=%lld k=%lld mode=%s ms=%.1f tokens_per_s=%.0f "
+              "products_per_s=%.3g\n",
+              (long long)T, (long long)n, (long long)n, (long long)k, full ? "full" : "top5+reverse", w * 1e3,
+              double(T) / w, double(T) * double(k) * double(k) / w);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -277,9 +345,13 @@ int main(int argc, char** argv) {
   const int reps = quick || tiny ? 3 : 10;
   if (tiny) {
     run_shape(64, 1000, 8, 256, reps, bw);
+    run_corr(300, 50, 4, false, 5, 1);
     return 0;
   }
   run_shape(768, 24576, 32, 8192, reps, bw);
   run_shape(4096, 65536, 64, 8192, reps, bw);
+  // The CPU benchmark's shape (bench/correlate.ts: 24576 x 24576, k 32, 10^6 tokens), then a full matrix.
+  run_corr(1000000, 24576, 32, false, 5, quick ? 1 : 2);
+  run_corr(262144, 16384, 32, true, 0, quick ? 1 : 2);
   return 0;
 }

@@ -75,7 +75,7 @@ build() {
       cmake --build "$BUILD" -j "$(nproc)"
   else  # no (recent) cmake: the same targets by hand
     mkdir -p "$BUILD"
-    local src="native/cuda/plugin.cu native/cuda/sae.cu native/cuda/select.cu native/cuda/sort.cu native/cuda/cublas_dl.cpp"
+    local src="native/cuda/plugin.cu native/cuda/sae.cu native/cuda/select.cu native/cuda/corr.cu native/cuda/sort.cu native/cuda/cublas_dl.cpp"
     "$NVCC" -O3 -std=c++17 -arch=sm_90 -Inative -Xcompiler -fPIC,-fvisibility=hidden -cudart static -shared \
       $src -o "$BUILD/libsaekit_cuda.so" -ldl &&
       g++ -O2 -std=c++17 -Inative native/cuda/selftest.cpp -o "$BUILD/saekit_cuda_selftest" -ldl &&
@@ -137,6 +137,7 @@ fi
       "$(get tokens_per_s)" "$(get tokens_per_s_pinned)" "$(get tokens_per_s_prefetched)" "$(get step_ms)" "$(get device_ms)" "$(get floor_ms)" "$topk" \
       "$(get select_ms)"
   done
+  { grep '^CORR' "$OUT_DIR/bench.log" 2>/dev/null || true; } | sed 's/^CORR /sparse correlation: /'
   echo "total $((SECONDS - START)) s; logs in $OUT_DIR"
 } | tee "$OUT_DIR/summary.txt"
 exit "$FAILED"

@@ -2,7 +2,8 @@
  * Streaming Pearson correlation between the features of two SAEs (or any two aligned activation
  * streams) over tokens (methods.md §1.2-§1.3, §9):
  *
- * - kind 'codes': the SAEs' sparse codes, correlated natively (native/cpu/sparse_corr.cpp). The
+ * - kind 'codes': the SAEs' sparse codes, correlated natively (native/cpu/sparse_corr.cpp, or with
+ *   `device` on CUDA: native/cuda/corr.cu, the same bits). The
  *   nonzero codes of both sides are collected in native memory, about
  *   tokens x (nonzeros per token of A + of B) x 8 bytes (float32 value + int32 index; 0.5 GB
  *   for 10^6 tokens at k = 32 + 32), plus 16 bytes per token; `maxTokens` bounds it (and, when
@@ -56,8 +57,10 @@ export interface CorrelationOptions {
   /** In top mode, also every A feature's best B features. Default false. */
   reverse?: boolean;
   /**
-   * Where the per-batch co-moment GEMM of kind 'preacts' / 'dense' runs: 'cpu' (default) or a
-   * CUDA device ('cuda', 'cuda:N'). Sparse codes always use the CPU kernel.
+   * Where the work runs: 'cpu' (default) or a CUDA device ('cuda', 'cuda:N'). Kind 'codes': the
+   * whole sparse correlation (native/cuda/corr.cu; the codes are still collected on the host,
+   * and the result is bit-identical to the CPU kernel's). Kinds 'preacts' / 'dense': the
+   * per-batch co-moment GEMM.
    */
   device?: DeviceOption;
 }
@@ -231,7 +234,7 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   }
   const full = output === 'full' || (output === 'auto' && fits);
   const device = o.device === undefined ? 'cpu' : deviceName(resolveDevice('options.device', o.device));
-  if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, a.source, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined }, site);
+  if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, a.source, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device }, site);
   return correlateDense(a, b ?? {}, a.source, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device });
 }
 
@@ -240,7 +243,7 @@ async function correlateCodes(
   saeB: SparseAutoencoder,
   srcA: ActivationSource,
   srcB: ActivationSource | undefined,
-  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; limited: boolean },
+  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; limited: boolean; device: Device },
   site: Error,
 ): Promise<CorrelationResult> {
   const nA = saeA.numLatents;
@@ -252,7 +255,7 @@ async function correlateCodes(
     callNative(() => native().sparseCorrAppend(store, ca.values, ca.indices, cb.values, cb.indices, rows));
   });
   if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
-  const r = await settleNative(callNative(() => native().sparseCorrRun(store, o.full, o.full ? 0 : o.top, o.reverse)), site);
+  const r = await settleNative(callNative(() => native().sparseCorrRun(store, o.full, o.full ? 0 : o.top, o.reverse, o.device)), site);
   const common = { nA, nB, tokens: r.tokens, constantA: r.constantA, constantB: r.constantB, activeA: r.activeA, activeB: r.activeB };
   if (o.full) return { mode: 'full', r: r.r!, ...common };
   const out: CorrelationTopMatches = { mode: 'top', top: { k: r.kTop, indices: r.topIndex!, r: r.topR! }, ...common };

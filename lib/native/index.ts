@@ -186,8 +186,8 @@ export interface NativeBinding {
   sparseCorrCreate(nA: number, nB: number, reserveRows: number, reserveA: number, reserveB: number): NativeSparseCorrStore;
   /** Copies one batch of codes ([rows, kA] and [rows, kB], any k), dropping zeros; returns the tokens held. Synchronous. */
   sparseCorrAppend(store: NativeSparseCorrStore, valuesA: Float32Array, indicesA: Int32Array, valuesB: Float32Array, indicesB: Int32Array, rows: number): number;
-  /** Pearson r from the store (full matrix, or top matches); consumes the store. */
-  sparseCorrRun(store: NativeSparseCorrStore, full: boolean, top: number, reverse: boolean): Promise<NativeSparseCorrResult>;
+  /** Pearson r from the store (full matrix, or top matches) on 'cpu' (default) or a CUDA device ('cuda:N'); consumes the store. */
+  sparseCorrRun(store: NativeSparseCorrStore, full: boolean, top: number, reverse: boolean, device?: string): Promise<NativeSparseCorrResult>;
   /** Exact linear assignment over a [rows, cols] float64 cost (copied); resolves to rowToCol (-1 unassigned). */
   linearAssignment(cost: Float64Array, rows: number, cols: number, maximize: boolean): Promise<Int32Array>;
   _philox(counter: Uint32Array, key: Uint32Array): Uint32Array;

@@ -136,4 +136,23 @@ const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason) 
   return api;
 }
 
+const ::sk_corr_i* plugin_corr_api(const PluginProbe& probe, std::string* reason) {
+  if (!probe.available || probe.handle == nullptr) {
+    *reason = probe.reason;
+    return nullptr;
+  }
+  auto get = reinterpret_cast<const ::sk_corr_i* (*)(int)>(::dlsym(probe.handle, "sk_corr_api"));
+  if (get == nullptr) {
+    *reason = "the CUDA plugin has no sparse correlation kernels (missing sk_corr_api); rebuild it with `npm run build:cuda`";
+    return nullptr;
+  }
+  const ::sk_corr_i* api = get(SK_CORR_API_VERSION);
+  if (api == nullptr || api->api_version != SK_CORR_API_VERSION) {
+    *reason = fmt("the CUDA plugin speaks another sparse correlation API version (saekit: ", SK_CORR_API_VERSION,
+                  "); rebuild it with `npm run build:cuda`");
+    return nullptr;
+  }
+  return api;
+}
+
 }  // namespace sk

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "corr_device.h"
 #include "sae_device.h"
 
 namespace sk {
@@ -56,5 +57,8 @@ PeerCopyFn plugin_peer_copy(const PluginProbe& probe);
 
 // The device SAE table (sae_device.h) of a loaded plugin, or null with `reason` set.
 const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason);
+
+// The sparse-code correlation table (corr_device.h) of a loaded plugin, or null with `reason` set.
+const ::sk_corr_i* plugin_corr_api(const PluginProbe& probe, std::string* reason);
 
 }  // namespace sk

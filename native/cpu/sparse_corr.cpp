@@ -13,6 +13,7 @@
 #endif
 #include <immintrin.h>  // SSE only: this file is baseline x86-64 + SSE4.2
 
+#include "../core/corr_device.h"
 #include "../core/error.h"
 
 namespace sk::cpu {
@@ -151,13 +152,7 @@ void moments(const std::vector<double>& s, const std::vector<double>& ss, double
   mean.resize(m);
   inv.resize(m);
   constant.resize(m);
-  for (size_t i = 0; i < m; ++i) {
-    mean[i] = s[i] / n;
-    const double var = ss[i] - n * mean[i] * mean[i];
-    const bool c = !(var > 1e-12 * ss[i]) || !(var > 0);
-    constant[i] = c ? 1 : 0;
-    inv[i] = c ? 0.0 : 1.0 / std::sqrt(var);
-  }
+  for (size_t i = 0; i < m; ++i) sk_corr_moments(s[i], ss[i], n, &mean[i], &inv[i], &constant[i]);
 }
 
 }  // namespace

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/corr_device.h"
 #include "core/half.h"
 #include "core/philox.h"
 #include "core/sae_device.h"
@@ -82,6 +83,7 @@ struct Plugin {
 
 sk_backend g_be;
 const sk_sae_i* g_sae = nullptr;
+const sk_corr_i* g_corr = nullptr;
 
 // ---- backend table ---------------------------------------------------------------------------
 
@@ -908,6 +910,209 @@ void test_params_roundtrip(int64_t D, int64_t M, uint64_t seed) {
 
 }  // namespace
 
+// ---- sparse-code correlation (core/corr_device.h) ------------------------------------------------
+
+// Codes of one side as CSR by token, with the store's float64 sums (in token order). Latent n - 1
+// is dead, latent n - 2 constant (every token, value 1.25), latent 1 a copy of latent 0 (equal r:
+// ties), the rest random with skewed frequencies.
+struct CorrSide {
+  int64_t n = 0;
+  std::vector<int64_t> ptr{0};
+  std::vector<int32_t> idx;
+  std::vector<float> val;
+  std::vector<double> s, ss;
+};
+
+CorrSide random_corr_side(int64_t T, int64_t n, int64_t k, std::mt19937_64& rng) {
+  CorrSide c;
+  c.n = n;
+  c.s.assign(size_t(n), 0.0);
+  c.ss.assign(size_t(n), 0.0);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  std::vector<int32_t> used;
+  for (int64_t t = 0; t < T; ++t) {
+    used.assign(1, int32_t(n - 2));
+    std::vector<std::pair<int32_t, float>> row{{int32_t(n - 2), 1.25f}};
+    while (int64_t(row.size()) < k) {
+      const int32_t j = int32_t(double(n - 3) * std::pow(u(rng), 2.0));
+      if (j == 1 || std::find(used.begin(), used.end(), j) != used.end()) continue;
+      used.push_back(j);
+      const float v = float(0.1 + 3.0 * u(rng));
+      row.push_back({j, v});
+      if (j == 0) row.push_back({1, v});
+    }
+    // Codes come sorted by value in practice: any order within a token is allowed.
+    std::shuffle(row.begin(), row.end(), rng);
+    for (auto& e : row) {
+      c.idx.push_back(e.first);
+      c.val.push_back(e.second);
+      c.s[size_t(e.first)] += double(e.second);
+      c.ss[size_t(e.first)] += double(e.second) * double(e.second);
+    }
+    c.ptr.push_back(int64_t(c.idx.size()));
+  }
+  return c;
+}
+
+// Dense [T, n] float64 copy of a side.
+std::vector<double> corr_dense(const CorrSide& c, int64_t T) {
+  std::vector<double> d(size_t(T * c.n), 0.0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t p = c.ptr[size_t(t)]; p < c.ptr[size_t(t) + 1]; ++p) d[size_t(t * c.n + c.idx[size_t(p)])] = c.val[size_t(p)];
+  return d;
+}
+
+struct CorrRun {
+  std::vector<uint8_t> ca, cb;
+  std::vector<float> r, top_r, rev_r;
+  std::vector<int32_t> top_i, rev_i;
+  int64_t kTop = 0, kRev = 0;
+};
+
+int corr_call(const CorrSide& A, const CorrSide& B, int64_t T, int full, int64_t top, int reverse, CorrRun& o,
+              sk_status* st) {
+  sk_corr_codes c{A.n, B.n, T, A.ptr.data(), A.idx.data(), A.val.data(), B.ptr.data(), B.idx.data(), B.val.data(),
+                  A.s.data(), A.ss.data(), B.s.data(), B.ss.data()};
+  sk_corr_opts opt{full, top, reverse};
+  o.kTop = full ? 0 : std::min(top, A.n);
+  o.kRev = full || !reverse ? 0 : std::min(top, B.n);
+  o.ca.assign(size_t(A.n), 7);
+  o.cb.assign(size_t(B.n), 7);
+  o.r.assign(full ? size_t(A.n * B.n) : 0, NAN);
+  o.top_r.assign(size_t(B.n * o.kTop), NAN);
+  o.top_i.assign(size_t(B.n * o.kTop), -1);
+  o.rev_r.assign(size_t(A.n * o.kRev), NAN);
+  o.rev_i.assign(size_t(A.n * o.kRev), -1);
+  sk_corr_out out{o.ca.data(), o.cb.data(), o.r.data(), o.top_i.data(), o.top_r.data(), o.rev_i.data(), o.rev_r.data()};
+  return g_corr->run(st, 0, &c, &opt, &out);
+}
+
+// The best k of each of `rows` lists of `cols` values get(row, col), by r desc then index asc.
+void corr_argsort(int64_t rows, int64_t cols, int64_t k, const std::function<float(int64_t, int64_t)>& get,
+                  std::vector<float>& v, std::vector<int32_t>& x) {
+  v.assign(size_t(rows * k), 0.0f);
+  x.assign(size_t(rows * k), 0);
+  std::vector<int32_t> order(static_cast<size_t>(cols));
+  for (int64_t a = 0; a < rows; ++a) {
+    for (int64_t b = 0; b < cols; ++b) order[size_t(b)] = int32_t(b);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t p, int32_t q) { return get(a, p) > get(a, q); });
+    for (int64_t q = 0; q < k; ++q) {
+      x[size_t(a * k + q)] = order[size_t(q)];
+      v[size_t(a * k + q)] = get(a, order[size_t(q)]);
+    }
+  }
+}
+
+// Checks one shape: the full matrix bit for bit against the CPU kernel's formula (raw float64
+// sums in token order, core/corr_device.h's moments) and within 2e-6 of a naive two-pass
+// (centred) float64 Pearson; the top and reverse lists equal the argsort of that matrix; chunks
+// of 7 rows (SAEKIT_CUDA_CORR_ROWS) give the same bits as one chunk.
+void test_corr(int64_t T, int64_t nA, int64_t nB, int64_t kA, int64_t kB, uint64_t seed) {
+  const std::string name = strf("sparse correlation (T %lld, nA %lld, nB %lld, kA %lld, kB %lld)", (long long)T,
+                                (long long)nA, (long long)nB, (long long)kA, (long long)kB);
+  run_test(name, [&] {
+    std::mt19937_64 rng(seed);
+    CorrSide A = random_corr_side(T, nA, kA, rng), B = random_corr_side(T, nB, kB, rng);
+    const std::vector<double> xa = corr_dense(A, T), xb = corr_dense(B, T);
+    const double n = double(T);
+    // The CPU kernel's arithmetic.
+    const size_t na = static_cast<size_t>(nA), nb = static_cast<size_t>(nB);
+    std::vector<double> mA(na), iA(na), mB(nb), iB(nb);
+    std::vector<uint8_t> cA(na), cB(nb);
+    for (int64_t i = 0; i < nA; ++i) sk_corr_moments(A.s[size_t(i)], A.ss[size_t(i)], n, &mA[size_t(i)], &iA[size_t(i)], &cA[size_t(i)]);
+    for (int64_t j = 0; j < nB; ++j) sk_corr_moments(B.s[size_t(j)], B.ss[size_t(j)], n, &mB[size_t(j)], &iB[size_t(j)], &cB[size_t(j)]);
+    std::vector<float> want(na * nb);
+    double worst_naive = 0;
+    for (int64_t i = 0; i < nA; ++i)
+      for (int64_t j = 0; j < nB; ++j) {
+        double sxy = 0, cx = 0, cy = 0, cxy = 0, cxx = 0, cyy = 0;
+        for (int64_t t = 0; t < T; ++t) sxy += xa[size_t(t * nA + i)] * xb[size_t(t * nB + j)];
+        double v = (sxy - n * mA[size_t(i)] * mB[size_t(j)]) * iA[size_t(i)] * iB[size_t(j)];
+        v = v < -1.0 ? -1.0 : v;
+        v = v > 1.0 ? 1.0 : v;
+        want[size_t(i * nB + j)] = float(v + 0.0);
+        // Naive two-pass Pearson (constant features: 0).
+        for (int64_t t = 0; t < T; ++t) cx += xa[size_t(t * nA + i)], cy += xb[size_t(t * nB + j)];
+        cx /= n;
+        cy /= n;
+        for (int64_t t = 0; t < T; ++t) {
+          const double dx = xa[size_t(t * nA + i)] - cx, dy = xb[size_t(t * nB + j)] - cy;
+          cxy += dx * dy;
+          cxx += dx * dx;
+          cyy += dy * dy;
+        }
+        const double naive = cA[size_t(i)] || cB[size_t(j)] ? 0.0 : cxy / std::sqrt(cxx * cyy);
+        worst_naive = std::max(worst_naive, std::fabs(naive - double(want[size_t(i * nB + j)])));
+      }
+    bool flags_ok = cA[size_t(nA - 1)] == 1 && cA[size_t(nA - 2)] == 1 && cB[size_t(nB - 1)] == 1 && cB[size_t(nB - 2)] == 1;
+    for (int64_t i = 0; i < nA; ++i) flags_ok = flags_ok && want[size_t(i * nB + 1)] == want[size_t(i * nB)];
+
+    // Chunking and the heavy-row path (SAEKIT_CUDA_CORR_ROWS / _HEAVY / _TILE) change no bit.
+    struct Layout {
+      const char *rows, *heavy, *tile, *tag;
+    };
+    const Layout layouts[] = {{"", "", "", ""},
+                              {"7", "", "", " [7-row chunks]"},
+                              {"7", "0", "16", " [7-row chunks, every row heavy, 16-column tiles]"},
+                              {"", "20", "9", " [rows over 20 postings heavy, 9-column tiles]"}};
+    auto set = [](const char* name, const char* v) {
+      if (*v) setenv(name, v, 1);
+      else unsetenv(name);
+    };
+    for (const Layout& lay : layouts) {
+      set("SAEKIT_CUDA_CORR_ROWS", lay.rows);
+      set("SAEKIT_CUDA_CORR_HEAVY", lay.heavy);
+      set("SAEKIT_CUDA_CORR_TILE", lay.tile);
+      const std::string tag = lay.tag;
+      CorrRun full;
+      CALL("corr full", corr_call(A, B, T, 1, 0, 0, full, &st));
+      size_t bad = 0;
+      for (size_t q = 0; q < want.size(); ++q) bad += std::memcmp(&want[q], &full.r[q], 4) != 0;
+      report(bad == 0 && full.ca == cA && full.cb == cB && flags_ok && worst_naive < 2e-6, name + ": full" + tag,
+             strf("%zu of %zu r differ from the CPU formula's bits; flags %s; max |r - naive| %.1e", bad, want.size(),
+                  full.ca == cA && full.cb == cB && flags_ok ? "ok" : "WRONG", worst_naive));
+      for (int64_t top : {int64_t(1), int64_t(4), nA + nB}) {
+        CorrRun o;
+        CALL("corr top", corr_call(A, B, T, 0, top, 1, o, &st));
+        std::vector<float> tv, rv;
+        std::vector<int32_t> tx, rx;
+        corr_argsort(nB, nA, o.kTop, [&](int64_t j, int64_t i) { return want[size_t(i * nB + j)]; }, tv, tx);
+        corr_argsort(nA, nB, o.kRev, [&](int64_t i, int64_t j) { return want[size_t(i * nB + j)]; }, rv, rx);
+        const bool ok = o.top_i == tx && o.rev_i == rx && std::memcmp(o.top_r.data(), tv.data(), tv.size() * 4) == 0 &&
+                        std::memcmp(o.rev_r.data(), rv.data(), rv.size() * 4) == 0 && o.ca == cA && o.cb == cB;
+        report(ok, name + strf(": top %lld + reverse", (long long)top) + tag,
+               strf("kTop %lld, kRev %lld", (long long)o.kTop, (long long)o.kRev));
+      }
+    }
+    set("SAEKIT_CUDA_CORR_ROWS", "");
+    set("SAEKIT_CUDA_CORR_HEAVY", "");
+    set("SAEKIT_CUDA_CORR_TILE", "");
+    // Errors are statuses naming the argument.
+    CorrRun o;
+    sk_status st{};
+    const int rc1 = corr_call(A, B, 1, 1, 0, 0, o, &st);
+    const bool tokens_named = rc1 != 0 && std::strstr(st.message, "at least 2 tokens") != nullptr;
+    sk_status st2{};
+    const int rc2 = corr_call(A, B, T, 0, 0, 0, o, &st2);
+    const bool top_named = rc2 != 0 && std::strstr(st2.message, "top >= 1") != nullptr;
+    report(tokens_named && top_named, name + ": bad arguments fail with named errors", strf("%s | %s", st.message, st2.message));
+    // Codes that do not fit: a Device error naming the memory needed (the emulation can report
+    // little free memory; a real device cannot be made to).
+    char dev_name[256] = {0};
+    sk_status st3{};
+    g_sae->device_name(&st3, 0, dev_name, sizeof(dev_name));
+    if (std::strstr(dev_name, "emulation")) {
+      setenv("EMU_FREE_BYTES", "100000", 1);
+      sk_status st4{};
+      const int rc4 = corr_call(A, B, T, 1, 0, 0, o, &st4);
+      unsetenv("EMU_FREE_BYTES");
+      const int device_code = 4 + 1;  // sk::ErrorCode::Device + 1
+      report(rc4 != 0 && st4.code == device_code && std::strstr(st4.message, "MiB of device memory") != nullptr,
+             name + ": codes that do not fit fail with ERR_SAEKIT_DEVICE naming the memory", st4.message);
+    }
+  });
+}
+
 int main(int argc, char** argv) {
   std::string path;
   for (int i = 1; i < argc; ++i) {
@@ -949,6 +1154,13 @@ int main(int argc, char** argv) {
     std::printf("FAIL: sk_sae_api does not answer version %d (or answers an unknown version)\n", SK_SAE_API_VERSION);
     return 1;
   }
+  // The sparse correlation table (a plugin without it fails here).
+  auto corr_api = reinterpret_cast<const sk_corr_i* (*)(int)>(dlsym(h, "sk_corr_api"));
+  g_corr = corr_api ? corr_api(SK_CORR_API_VERSION) : nullptr;
+  if (!g_corr || corr_api(SK_CORR_API_VERSION + 1) != nullptr) {
+    std::printf("FAIL: %s lacks sk_corr_api or it does not answer version %d alone\n", path.c_str(), SK_CORR_API_VERSION);
+    return 1;
+  }
   char reason[1024] = {0};
   int score = p.score(reason, sizeof(reason));
   if (score <= 0) {
@@ -969,6 +1181,8 @@ int main(int argc, char** argv) {
   run_test("fill", test_fill);
   run_test("gemm", test_gemm);
   test_params_roundtrip(67, 301, 21);
+  test_corr(203, 45, 38, 6, 5, 23);
+  test_corr(64, 9, 70, 3, 40, 24);  // kB above a warp: B entries of a token take two lane passes
 
   // Odd sizes: D 67, M 301, k 7, N 129.
   {
@@ -1035,6 +1249,7 @@ int main(int argc, char** argv) {
         check_encode_exact(s, m, x, Nw, kw, prec, pre, nullptr, "topk uncached");
       }
     });
+    test_corr(3001, 700, 513, 32, 24, 98);  // realistic k, many chunks of 32 rows on a GPU
     test_grads(D, M, k, 1024, true, 97, SK_PREC_F32, 93);  // 253 dead < D/2 = 384
     test_grads(D, 4096, 64, 512, true, 3, SK_PREC_BF16, 94);  // 1365 dead > 384: Kaux 384
   }

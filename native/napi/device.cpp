@@ -7,6 +7,7 @@
 
 #include "../core/error.h"
 #include "../core/plugin.h"
+#include "../cpu/corr_loopback.h"
 #include "../cpu/cpu_backend.h"
 #include "../cpu/sae_loopback.h"
 
@@ -91,6 +92,19 @@ PeerCopyFn peer_copy_for(const Device& from, const Device& to) {
   const char* env = std::getenv("SAEKIT_DEVICE_PEER_COPY");
   if (env && std::strcmp(env, "0") == 0) return nullptr;
   return current_device_api().peer_copy;
+}
+
+const sk_corr_i* corr_api_for(const Device& device) {
+  if (device.kind == DeviceKind::CPU) throw Error(ErrorCode::Internal, "corr_api_for: the CPU runs the kernel directly");
+  const DeviceApi& dev = current_device_api();
+  if (device.index < 0 || device.index >= int(dev.names.size()))
+    throw Error(ErrorCode::Device, fmt("Expected a device between cuda:0 and cuda:", int(dev.names.size()) - 1,
+                                       " but received ", device.name()));
+  if (dev.kind == "loopback") return cpu::loopback_corr_api();
+  std::string reason;
+  const sk_corr_i* api = plugin_corr_api(dev.probe, &reason);
+  if (api == nullptr) throw Error(ErrorCode::Device, fmt("no sparse correlation on ", device.name(), ": ", reason));
+  return api;
 }
 
 }  // namespace sk::napi

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../core/backend.h"
+#include "../core/corr_device.h"
 #include "../core/plugin.h"
 #include "../core/sae_device.h"
 #include "../core/tensor.h"
@@ -38,6 +39,11 @@ Backend backend_for(const Device& device);
 // The copy between devices `from` and `to` (two CUDA devices of the resolved table) when it has
 // one and SAEKIT_DEVICE_PEER_COPY is not "0" (read on each call); null: copy through host memory.
 PeerCopyFn peer_copy_for(const Device& from, const Device& to);
+
+// The sparse-code correlation table (core/corr_device.h) for a CUDA `device` of the resolved
+// device: the plugin's sk_corr_api, or on the loopback the CPU kernel behind the table. Throws
+// ERR_SAEKIT_DEVICE naming the device and the reason when there is none.
+const sk_corr_i* corr_api_for(const Device& device);
 
 // One SAE on a device; destroyed with the last reference.
 struct DeviceSae {

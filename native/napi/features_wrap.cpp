@@ -11,6 +11,7 @@
 #include "args.h"
 #include "async.h"
 #include "buffers.h"
+#include "device.h"
 
 namespace sk::napi {
 
@@ -70,14 +71,66 @@ Napi::Value append(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), double(st.rows));
 }
 
-// sparseCorrRun(store, full, top, reverse): Promise<{ tokens, constantA, constantB, activeA,
-// activeB, r? , topIndex?, topR?, kTop, revIndex?, revR?, kRev }>. Consumes the store.
+// Runs the correlation on a device through its table (core/corr_device.h), with the store's
+// arrays as they are (CSR by token, float64 sums); fills the same result as the CPU kernel.
+void run_on_device(const sk_corr_i* api, int device, cpu::SparseCorrStore& st, const cpu::SparseCorrOptions& opt,
+                   cpu::SparseCorrResult& res) {
+  const int64_t T = st.rows;
+  if (T < 2) throw Error(ErrorCode::Arg, fmt("Expected at least 2 tokens for a correlation but received ", T));
+  sk_corr_codes c{};
+  c.nA = st.nA;
+  c.nB = st.nB;
+  c.tokens = T;
+  c.ptr_a = st.pa.data();
+  c.idx_a = st.ia.data();
+  c.val_a = st.va.data();
+  c.ptr_b = st.pb.data();
+  c.idx_b = st.ib.data();
+  c.val_b = st.vb.data();
+  c.sum_a = st.sa.data();
+  c.sumsq_a = st.saa.data();
+  c.sum_b = st.sb.data();
+  c.sumsq_b = st.sbb.data();
+  sk_corr_opts o{};
+  o.full = opt.full ? 1 : 0;
+  o.top = opt.top;
+  o.reverse = opt.reverse ? 1 : 0;
+  res.tokens = T;
+  res.kTop = opt.full ? 0 : std::min<int64_t>(opt.top, st.nA);
+  res.kRev = opt.full || !opt.reverse ? 0 : std::min<int64_t>(opt.top, st.nB);
+  res.constantA.assign(size_t(st.nA), 0);
+  res.constantB.assign(size_t(st.nB), 0);
+  sk_corr_out out{};
+  out.constant_a = res.constantA.data();
+  out.constant_b = res.constantB.data();
+  out.r = res.r;
+  out.top_index = res.topIndex;
+  out.top_r = res.topR;
+  out.rev_index = res.revIndex;
+  out.rev_r = res.revR;
+  sk_status status{};
+  status_throw(api->run(&status, device, &c, &o, &out), status);
+  // The codes are consumed, as on the CPU: free them now rather than with the job.
+  std::vector<float>().swap(st.va);
+  std::vector<float>().swap(st.vb);
+  std::vector<int32_t>().swap(st.ia);
+  std::vector<int32_t>().swap(st.ib);
+  std::vector<int64_t>().swap(st.pa);
+  std::vector<int64_t>().swap(st.pb);
+}
+
+// sparseCorrRun(store, full, top, reverse, device = 'cpu'): Promise<{ tokens, constantA,
+// constantB, activeA, activeB, r? , topIndex?, topR?, kTop, revIndex?, revR?, kRev }>. Consumes
+// the store. On a CUDA device ('cuda:N') the run goes through the device's correlation table.
 Napi::Value run(const Napi::CallbackInfo& info) {
   StoreSlot* s = slot_of(info[0]);
   cpu::SparseCorrOptions opt;
   opt.full = get_bool(info[1], "full");
   opt.top = get_int(info[2], "top", opt.full ? 0 : 1, (int64_t(1) << 31) - 1);
   opt.reverse = get_bool(info[3], "reverse");
+  const Device device = info.Length() > 4 && !info[4].IsUndefined() ? parse_device(get_string(info[4], "device")) : Device{};
+  // Resolved before the store is taken, so a missing device leaves the store usable.
+  const sk_corr_i* api = device.kind == DeviceKind::CPU ? nullptr : corr_api_for(device);
   StoreRef st = std::move(s->store);
   const int64_t nA = st->nA, nB = st->nB;
   const int64_t kTop = opt.full ? 0 : std::min(opt.top, nA), kRev = opt.full || !opt.reverse ? 0 : std::min(opt.top, nB);
@@ -87,11 +140,12 @@ Napi::Value run(const Napi::CallbackInfo& info) {
   std::shared_ptr<HostArray> ri = kRev ? alloc(nA * kRev) : nullptr, rr = kRev ? alloc(nA * kRev) : nullptr;
   auto res = std::make_shared<cpu::SparseCorrResult>();
   auto stats = std::make_shared<std::vector<double>>();
-  auto work = [st, opt, r, ti, tr, ri, rr, res, stats] {
+  auto work = [st, opt, r, ti, tr, ri, rr, res, stats, api, index = device.index] {
     if (r) res->r = r->as<float>();
     if (ti) res->topIndex = ti->as<int32_t>(), res->topR = tr->as<float>();
     if (ri) res->revIndex = ri->as<int32_t>(), res->revR = rr->as<float>();
-    cpu::sparse_correlation(*st, opt, *res, cpu::cpu_pool());
+    if (api) run_on_device(api, index, *st, opt, *res);
+    else cpu::sparse_correlation(*st, opt, *res, cpu::cpu_pool());
     *stats = st->activeA;
     stats->insert(stats->end(), st->activeB.begin(), st->activeB.end());
   };

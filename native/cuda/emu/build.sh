@@ -11,7 +11,7 @@ out=${1:-$root/build-cuda-emu}
 mkdir -p "$out/src"
 # <<<grid, block, smem, stream>>>(args) -> ::emu::launch(kernel, ::emu::Cfg(grid, ...), args);
 # extern __shared__ T name[] -> T* name = (T*)::emu::dyn_smem()
-for f in native/cuda/plugin native/cuda/sae native/cuda/select bench/gpu/bench_step; do
+for f in native/cuda/plugin native/cuda/sae native/cuda/select native/cuda/corr bench/gpu/bench_step; do
   python3 - "$root/$f.cu" "$out/src/$(basename $f).cpp" <<'PY'
 import re, sys
 s = open(sys.argv[1]).read()
@@ -22,7 +22,7 @@ PY
 done
 flags=(${EMU_SANITIZE:+-fsanitize=$EMU_SANITIZE} -std=c++17 -O1 -g -fPIC -I"$here" -I"$root/native" -I"$root/native/cuda" -Wall -Wno-unused-function)
 objs=()
-for f in plugin sae select; do
+for f in plugin sae select corr; do
   g++ "${flags[@]}" -c "$out/src/$f.cpp" -o "$out/$f.o"
   objs+=("$out/$f.o")
 done

@@ -351,6 +351,18 @@ template <class T>
 inline T __shfl_down_sync(unsigned, T v, int d) { return emu_shfl(v, d, true); }
 template <class T>
 inline T __shfl_up_sync(unsigned, T v, int d) { return emu_shfl(v, d, false); }
+template <class T>
+inline T __shfl_sync(unsigned, T v, int src) {
+  return emu_shfl(v, src - int(::emu::me().tid.x & 31), true);
+}
+inline void __syncwarp(unsigned = 0xffffffffu) {
+  ::emu::me().slot = 0;
+  ::emu::yield(2);
+}
+// Double arithmetic rounded to nearest (the device's _rn intrinsics; no FMA contraction here).
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
 inline unsigned __ballot_sync(unsigned, int p) {
   auto& f = ::emu::me();
   f.slot = p ? 1 : 0;
@@ -446,6 +458,13 @@ inline cudaError_t cudaMalloc(void** p, size_t b) {
 }
 template <class T>
 inline cudaError_t cudaMalloc(T** p, size_t b) { return cudaMalloc(reinterpret_cast<void**>(p), b); }
+// EMU_FREE_BYTES overrides the free memory reported (tests of the plugin's memory checks).
+inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  const char* e = std::getenv("EMU_FREE_BYTES");
+  *free_bytes = e && *e ? size_t(std::strtoull(e, nullptr, 10)) : size_t(15) << 30;
+  *total_bytes = size_t(16) << 30;
+  return cudaSuccess;
+}
 inline cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
   {
