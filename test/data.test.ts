@@ -259,6 +259,25 @@ describe('conversion to float32', () => {
     }
   });
 
+  it('shuffled fills of aligned rows spanning several staging runs (256 KiB) keep every row, in the float32 order', async () => {
+    const rows = 6007;
+    for (const [dtype, dIn] of [['bfloat16', 64], ['float32', 48]] as const) {
+      const file = p(`runs-${dtype}.npy`);
+      let want: Float32Array;
+      if (dtype === 'bfloat16') {
+        const bits = randomHalfBits(rows * dIn, 'bfloat16', 91);
+        await writeNpyFixture(file, 'bfloat16', [rows, dIn], bits);
+        want = Float32Array.from(bits, bf16ToNumber);
+      } else {
+        want = randomRows(rows, dIn, 92);
+        await writeNpyFixture(file, 'float32', [rows, dIn], want);
+      }
+      const src = await openActivations(file);
+      const mix = { batchSize: 1000, shuffle: true, seed: 3, epochs: 2, bufferBytes: 5000 * dIn * 4 };
+      expectSameRows(concatRows(await collect(src, mix)), concatRows(await collect(fromArray(want, dIn), mix)));
+    }
+  });
+
   it('float64 rounds to nearest float32 (Math.fround); big-endian .npy is swapped', async () => {
     const rows = 77;
     const dIn = 7;
