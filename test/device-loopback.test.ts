@@ -9,6 +9,7 @@ process.env.SAEKIT_DEVICE_LOOPBACK = '1'; // before the addon resolves its devic
 import { describe, expect, it } from 'vitest';
 
 import { backend, features, fromArray, SparseAutoencoder } from '../lib/index.js';
+import { autoDevice } from '../lib/backend/index.js';
 import { native } from '../lib/native/index.js';
 import { lcg, randomMatrix } from './helpers/reference.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
@@ -51,6 +52,18 @@ describe('device selection (loopback device)', () => {
       expect(backend.use(prev)).toBe('cuda');
     }
     expect(() => backend.use('tpu' as 'cpu')).toThrow(/device/);
+  });
+});
+
+describe("'auto' device selection", () => {
+  it('picks the first usable CUDA device, else the CPU; never the loopback', () => {
+    const h200 = 'NVIDIA H200, 139 GiB, sm_90';
+    const old = 'Tesla V100, 16 GiB, sm_70 (unusable: this build needs sm_80 or newer)';
+    expect(autoDevice({ available: true, loopback: false, devices: [h200, h200] })).toEqual({ kind: 'cuda', index: 0 });
+    expect(autoDevice({ available: true, loopback: false, devices: [old, h200] })).toEqual({ kind: 'cuda', index: 1 });
+    expect(autoDevice({ available: true, loopback: false, devices: [old] })).toEqual({ kind: 'cpu' });
+    expect(autoDevice({ available: false, loopback: false, devices: [] })).toEqual({ kind: 'cpu' });
+    expect(autoDevice({ available: true, loopback: true, devices: ['loopback'] })).toEqual({ kind: 'cpu' });
   });
 });
 

@@ -88,7 +88,8 @@ export function stats(): { submitted: number; completed: number; pendingInThisTh
 
 /**
  * Where an SAE's parameters live and its ops run: 'cpu', 'cuda' (device 0), 'cuda:N', or 'auto'
- * (CUDA when the driver, the plugin, cuBLAS and a device are all present, else the CPU).
+ * (CUDA when the driver, the plugin, cuBLAS and a device are all present: the first device this
+ * build supports; else the CPU).
  */
 export type DeviceOption = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`;
 
@@ -106,6 +107,16 @@ function cudaStatus(): BackendInfo['cuda'] {
   return cudaMemo.cuda;
 }
 
+/**
+ * What 'auto' resolves to: the first CUDA device the plugin does not list as unusable (older than
+ * this build's sm_80), or the CPU when there is none or CUDA is the loopback. @internal
+ */
+export function autoDevice(cuda: Pick<BackendInfo['cuda'], 'available' | 'loopback' | 'devices'>): ResolvedDevice {
+  if (!cuda.available || cuda.loopback) return { kind: 'cpu' };
+  const index = cuda.devices.findIndex((name) => !name.includes('(unusable'));
+  return index < 0 ? { kind: 'cpu' } : { kind: 'cuda', index };
+}
+
 /** Checks a device name and resolves it; an explicit CUDA device that cannot run throws ERR_SAEKIT_DEVICE naming the missing piece. */
 export function resolveDevice(name: string, device: unknown): ResolvedDevice {
   const d = device === undefined ? defaultDevice : device;
@@ -113,7 +124,7 @@ export function resolveDevice(name: string, device: unknown): ResolvedDevice {
   const m = typeof d === 'string' ? /^cuda(?::(\d{1,4}))?$/.exec(d) : null;
   if (d !== 'auto' && !m) throw argError(name, "one of 'auto', 'cpu', 'cuda', 'cuda:N'", d);
   const cuda = cudaStatus();
-  if (d === 'auto') return cuda.available && !cuda.loopback ? { kind: 'cuda', index: 0 } : { kind: 'cpu' };
+  if (d === 'auto') return autoDevice(cuda);
   if (!cuda.available) throw new SaekitError('ERR_SAEKIT_DEVICE', `Expected a usable CUDA device for ${name} = '${String(d)}' but ${cuda.reason}`);
   const index = m![1] === undefined ? 0 : Number(m![1]);
   if (index >= cuda.devices.length) {
