@@ -117,42 +117,37 @@ PeerCopyFn plugin_peer_copy(const PluginProbe& probe) {
   return reinterpret_cast<PeerCopyFn>(::dlsym(probe.handle, "sk_backend_copy_peer"));
 }
 
-const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason) {
+namespace {
+// A versioned C table exported as `const Table* symbol(int version)`, or null with `reason` set
+// (plugin not loaded, symbol missing, or another version). `what` names the kernels in messages ("SAE").
+template <typename Table>
+const Table* plugin_table(const PluginProbe& probe, const char* symbol, int version, const char* what,
+                          std::string* reason) {
   if (!probe.available || probe.handle == nullptr) {
     *reason = probe.reason;
     return nullptr;
   }
-  auto get = reinterpret_cast<const ::sk_sae_i* (*)(int)>(::dlsym(probe.handle, "sk_sae_api"));
+  auto get = reinterpret_cast<const Table* (*)(int)>(::dlsym(probe.handle, symbol));
   if (get == nullptr) {
-    *reason = "the CUDA plugin has no SAE kernels (missing sk_sae_api); rebuild it with `npm run build:cuda`";
+    *reason = fmt("the CUDA plugin has no ", what, " kernels (missing ", symbol, "); rebuild it with `npm run build:cuda`");
     return nullptr;
   }
-  const ::sk_sae_i* api = get(SK_SAE_API_VERSION);
-  if (api == nullptr || api->api_version != SK_SAE_API_VERSION) {
-    *reason = fmt("the CUDA plugin speaks another SAE API version (saekit: ", SK_SAE_API_VERSION,
+  const Table* api = get(version);
+  if (api == nullptr || api->api_version != version) {
+    *reason = fmt("the CUDA plugin speaks another ", what, " API version (saekit: ", version,
                   "); rebuild it with `npm run build:cuda`");
     return nullptr;
   }
   return api;
 }
+}  // namespace
+
+const ::sk_sae_i* plugin_sae_api(const PluginProbe& probe, std::string* reason) {
+  return plugin_table<::sk_sae_i>(probe, "sk_sae_api", SK_SAE_API_VERSION, "SAE", reason);
+}
 
 const ::sk_corr_i* plugin_corr_api(const PluginProbe& probe, std::string* reason) {
-  if (!probe.available || probe.handle == nullptr) {
-    *reason = probe.reason;
-    return nullptr;
-  }
-  auto get = reinterpret_cast<const ::sk_corr_i* (*)(int)>(::dlsym(probe.handle, "sk_corr_api"));
-  if (get == nullptr) {
-    *reason = "the CUDA plugin has no sparse correlation kernels (missing sk_corr_api); rebuild it with `npm run build:cuda`";
-    return nullptr;
-  }
-  const ::sk_corr_i* api = get(SK_CORR_API_VERSION);
-  if (api == nullptr || api->api_version != SK_CORR_API_VERSION) {
-    *reason = fmt("the CUDA plugin speaks another sparse correlation API version (saekit: ", SK_CORR_API_VERSION,
-                  "); rebuild it with `npm run build:cuda`");
-    return nullptr;
-  }
-  return api;
+  return plugin_table<::sk_corr_i>(probe, "sk_corr_api", SK_CORR_API_VERSION, "sparse correlation", reason);
 }
 
 }  // namespace sk

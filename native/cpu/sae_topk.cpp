@@ -194,6 +194,20 @@ void sae_encode(const SaeView& p, const float* x, int64_t N, int64_t K, const st
   }
 }
 
+void pad_unused_indices(int32_t* idx, int64_t count, int64_t K) {
+  std::vector<int32_t> used(idx, idx + count);
+  std::sort(used.begin(), used.end());
+  int32_t next = 0;
+  size_t u = 0;
+  for (int64_t j = count; j < K; ++j) {
+    while (u < used.size() && used[u] == next) {
+      ++u;
+      ++next;
+    }
+    idx[j] = next++;
+  }
+}
+
 void sae_encode_jumprelu(const SaeView& p, const float* x, int64_t N, Codes* out, ThreadPool& pool) {
   const int64_t D = p.D, M = p.M;
   SK_CHECK(p.threshold != nullptr, ErrorCode::Internal, "JumpReLU encode without thresholds");
@@ -242,19 +256,7 @@ void sae_encode_jumprelu(const SaeView& p, const float* x, int64_t N, Codes* out
         out->v[size_t(n * K + j)] = act[size_t(j)].first;
         out->i[size_t(n * K + j)] = act[size_t(j)].second;
       }
-      // Padding: value 0 at the lowest indices not already active in this row.
-      std::vector<int32_t> used;
-      for (const auto& e : act) used.push_back(e.second);
-      std::sort(used.begin(), used.end());
-      int32_t next = 0;
-      size_t u = 0;
-      for (; j < K; ++j) {
-        while (u < used.size() && used[u] == next) {
-          ++u;
-          ++next;
-        }
-        out->i[size_t(n * K + j)] = next++;
-      }
+      pad_unused_indices(out->i.data() + n * K, j, K);
     }
   });
 }

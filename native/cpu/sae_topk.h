@@ -72,6 +72,10 @@ void sae_encode(const SaeView& p, const float* x, int64_t N, int64_t K, const st
 // batch's largest count (at least 1). Uses p.threshold.
 void sae_encode_jumprelu(const SaeView& p, const float* x, int64_t N, Codes* out, ThreadPool& pool);
 
+// JumpReLU's row padding: idx[count, K) receives the lowest latent indices not among the active
+// idx[0, count) (their values are 0). Shared by the CPU encode and the device path.
+void pad_unused_indices(int32_t* idx, int64_t count, int64_t K);
+
 // out [N, D] = (with_bias ? b_dec : 0) + sum_j v W_dec[i]. Indices must be valid (checked by caller).
 void sae_decode(const SaeView& p, const Codes& c, bool with_bias, float* out, ThreadPool& pool);
 

@@ -99,22 +99,11 @@ void encode_jumprelu_device(SaeModel& m, const float* x, int64_t N, cpu::Codes* 
   codes->K = K;
   codes->v.assign(size_t(N * K), 0.0f);
   codes->i.assign(size_t(N * K), 0);
-  std::vector<int32_t> used;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t c = count[size_t(n)];
     std::copy_n(v.data() + n * k, c, codes->v.data() + n * K);
     std::copy_n(ix.data() + n * k, c, codes->i.data() + n * K);
-    used.assign(ix.data() + n * k, ix.data() + n * k + c);
-    std::sort(used.begin(), used.end());
-    int32_t next = 0;
-    size_t u = 0;
-    for (int64_t j = c; j < K; ++j) {
-      while (u < used.size() && used[u] == next) {
-        ++u;
-        ++next;
-      }
-      codes->i[size_t(n * K + j)] = next++;
-    }
+    cpu::pad_unused_indices(codes->i.data() + n * K, c, K);
   }
 }
 
