@@ -9,7 +9,9 @@
 #   Here first: bash bench/gpu/pack.sh; then device run with carry [".gpu"], timeout_s 480.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT_DIR="${OUT:-bench/gpu/out}"
+# Logs are written to OUT_DIR; under the device tool (OUT set, at most 8 files come back) they are
+# kept in a scratch folder and come back as $OUT/logs.tgz plus $OUT/summary.txt.
+if [ -n "${OUT:-}" ]; then OUT_DIR="$(mktemp -d)"; else OUT_DIR=bench/gpu/out; fi
 mkdir -p "$OUT_DIR"
 BUILD=build-gpu
 START=$SECONDS
@@ -137,7 +139,16 @@ fi
       "$(get tokens_per_s)" "$(get tokens_per_s_pinned)" "$(get tokens_per_s_prefetched)" "$(get step_ms)" "$(get device_ms)" "$(get floor_ms)" "$topk" \
       "$(get select_ms)"
   done
+  { grep '^BENCH impl=saekit' "$OUT_DIR/bench.log" 2>/dev/null || true; } | while read -r line; do
+    get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2; }
+    echo "saekit $(get dIn)x$(get numLatents) phases ms: gemm $(get gemm_ms) select $(get select_ms) decode $(get decode_ms)" \
+      "backward $(get backward_ms) update $(get update_ms); pageable $(get step_ms), driver-staged $(get step_driver_staging_ms)," \
+      "AuxK step $(get step_auxk_ms); floor gemm $(get floor_gemm_ms) + adam $(get floor_adam_ms); D2D $(get bw_GBps) GB/s"
+  done
   { grep '^CORR' "$OUT_DIR/bench.log" 2>/dev/null || true; } | sed 's/^CORR /sparse correlation: /'
-  echo "total $((SECONDS - START)) s; logs in $OUT_DIR"
+  if [ -n "${OUT:-}" ]; then echo "total $((SECONDS - START)) s; logs in \$OUT/logs.tgz"; else echo "total $((SECONDS - START)) s; logs in $OUT_DIR"; fi
 } | tee "$OUT_DIR/summary.txt"
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/logs.tgz" -C "$OUT_DIR" . && cp "$OUT_DIR/summary.txt" "$OUT/summary.txt" || true
+fi
 exit "$FAILED"
