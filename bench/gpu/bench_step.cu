@@ -327,10 +327,14 @@ void run_corr(int64_t T, int64_t n, int64_t k, bool full, int64_t top, int reps)
 
 int main(int argc, char** argv) {
   // --quick: 3 repeats; --tiny: one small shape (a smoke test, e.g. under the CPU emulation).
-  bool quick = false, tiny = false;
+  // --shape 1|2: that training-step shape alone; --no-corr: skip the correlation (profiling runs).
+  bool quick = false, tiny = false, corr = true;
+  int only = 0;
   for (int i = 1; i < argc; ++i) {
     quick = quick || std::strcmp(argv[i], "--quick") == 0;
     tiny = tiny || std::strcmp(argv[i], "--tiny") == 0;
+    corr = corr && std::strcmp(argv[i], "--no-corr") != 0;
+    if (std::strcmp(argv[i], "--shape") == 0 && i + 1 < argc) only = std::atoi(argv[++i]);
   }
   std::string why = sk::cuda::unavailable_reason(nullptr);
   if (!why.empty()) {
@@ -348,8 +352,9 @@ int main(int argc, char** argv) {
     run_corr(300, 50, 4, false, 5, 1);
     return 0;
   }
-  run_shape(768, 24576, 32, 8192, reps, bw);
-  run_shape(4096, 65536, 64, 8192, reps, bw);
+  if (only == 0 || only == 1) run_shape(768, 24576, 32, 8192, reps, bw);
+  if (only == 0 || only == 2) run_shape(4096, 65536, 64, 8192, reps, bw);
+  if (!corr) return 0;
   // The CPU benchmark's shape (bench/correlate.ts: 24576 x 24576, k 32, 10^6 tokens), then a full matrix.
   run_corr(1000000, 24576, 32, false, 5, quick ? 1 : 2);
   run_corr(262144, 16384, 32, true, 0, quick ? 1 : 2);

@@ -100,6 +100,18 @@ if [ "${STATUS[build]}" = ok ]; then
     STATUS[memcheck]="skipped"
   fi
   stage bench 120 "$BUILD/saekit_cuda_bench"
+  # Hardware counters for the step's own kernels (second step of the large shape), where ncu can
+  # read them (not under gVisor). Informational: a failure here does not fail the check.
+  if command -v ncu >/dev/null && [ $((SECONDS - START)) -lt 200 ]; then
+    before=$FAILED
+    stage ncu 90 ncu --clock-control none -k 'regex:topk_select|residual|latent_update|gemm|sm90|nvjet' \
+      --launch-skip 4 --launch-count 8 --section SpeedOfLight \
+      --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct \
+      "$BUILD/saekit_cuda_bench" --quick --shape 2 --no-corr
+    FAILED=$before
+  else
+    STATUS[ncu]="skipped"
+  fi
   # test/cuda.test.ts (CUDA vs CPU through saekit's own API: tensors, SAE ops, Adam, Trainer), when
   # bench/gpu/pack.sh prepared .gpu/ here and the call carried it (the image has no Node.js).
   if [ -f .gpu/node.xz ] && [ $((SECONDS - START)) -lt 330 ]; then
@@ -125,12 +137,16 @@ fi
 {
   echo
   echo "== saekit CUDA GPU check ($(cat "$OUT_DIR/gpu.txt" 2>/dev/null | head -1), $(date -u +%F), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
-  for s in build selftest memcheck bench parity torch; do printf '%-9s %s\n' "$s" "${STATUS[$s]:-not run}"; done
+  for s in build selftest memcheck bench ncu parity torch; do printf '%-9s %s\n' "$s" "${STATUS[$s]:-not run}"; done
   if [ -f "$OUT_DIR/selftest.log" ]; then
     grep -E '^(FAIL|ALL PASSED|FAILED|SKIP)' "$OUT_DIR/selftest.log" | head -20 || true
   fi
   if [ -f "$OUT_DIR/parity.log" ]; then grep -E '^(FAIL|tests:)' "$OUT_DIR/parity.log" | head -12 || true; fi
   if [ -f "$OUT_DIR/memcheck.log" ]; then grep -E 'ERROR SUMMARY' "$OUT_DIR/memcheck.log" | tail -1 || true; fi
+  if [ -f "$OUT_DIR/ncu.log" ]; then
+    grep -E '^  [A-Za-z_].*\(|Duration|DRAM Throughput|Memory Throughput|dram__bytes|hit_rate' "$OUT_DIR/ncu.log" |
+      sed -E 's/ +/ /g; s/\(int, long.*//' | cut -c1-110 | head -60 || true
+  fi
   printf '%-12s %-12s %4s %10s %10s %10s %9s %9s %9s %9s %9s\n' impl shape k tokens/s tok/s_pin tok/s_pref step_ms device_ms floor_ms topk_ms select_ms
   { cat "$OUT_DIR"/bench.log "$OUT_DIR"/torch.log 2>/dev/null || true; } | { grep '^BENCH' || true; } | while read -r line; do
     get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2; }

@@ -65,10 +65,11 @@ def run(d_in, m, k, batch, reps, device):
         fvu.backward()
         with torch.no_grad():
             parallel = (W_dec.grad * W_dec).sum(dim=1, keepdim=True)
-            W_dec.grad -= parallel * W_dec
+            W_dec.grad.sub_(parallel * W_dec)
         opt.step()
         with torch.no_grad():
-            W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(W_dec.dtype).eps)
+            # In place (div_): an augmented assignment would make W_dec local to step().
+            W_dec.div_(W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(W_dec.dtype).eps))
         return fvu
 
     times = []

@@ -154,6 +154,14 @@ __global__ void tv_kernel(const double* row_tv, int64_t N, double alpha, double 
   }
 }
 
+// acc += c * x, lane by lane.
+__device__ __forceinline__ void fma4(float4& acc, float c, const float4& x) {
+  acc.x += c * x.x;
+  acc.y += c * x.y;
+  acc.z += c * x.z;
+  acc.w += c * x.w;
+}
+
 // d loss / d pre of one row's codes (v, idx: K of them): scale * <resid, W_dec[idx]> where the
 // code is positive, else 0; a warp per code.
 __device__ void code_grads(const float* v, const int32_t* idx, int64_t K, const float* resid, const float* W_dec,
@@ -229,6 +237,84 @@ __global__ void residual_kernel(const float* x, const float* xc, const float* W_
     rowd[N + n] = asse;
     rowf[n] = mE;
     rowf[N + n] = mR;
+    rowf[2 * N + n] = mX;
+  }
+}
+
+// residual_kernel without AuxK for D % 4 == 0: the row's K decoder rows are staged in shared
+// memory CW4 float4 columns at a time, so each is read from memory once for both the
+// reconstruction and the code gradients (residual_kernel reads them twice). The reconstruction
+// sums the codes in the same order; the dot products are summed per chunk.
+__global__ void residual4_kernel(const float* x, const float* xc, const float* W_dec, const float* b_dec, int64_t D,
+                                 const float* mv, const int32_t* mi, int64_t K, int CW4, const Scalars* sc, float* E,
+                                 float* dpm, double* rowd, float* rowf, int64_t N) {
+  extern __shared__ float sh[];
+  float4* tile = reinterpret_cast<float4*>(sh);  // K x CW4
+  float4* res = tile + K * CW4;                   // CW4
+  float* dots = reinterpret_cast<float*>(res + CW4);  // K
+  __shared__ double dscr[32];
+  __shared__ float fscr[32];
+  const int64_t n = blockIdx.x, D4 = D >> 2;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+  const float* vrow = mv + n * K;
+  const int32_t* irow = mi + n * K;
+  const float4* x4 = reinterpret_cast<const float4*>(x + n * D);
+  const float4* xc4 = reinterpret_cast<const float4*>(xc + n * D);
+  float4* E4 = reinterpret_cast<float4*>(E + n * D);
+  const float4* b4 = reinterpret_cast<const float4*>(b_dec);
+  for (int64_t j = tid; j < K; j += blockDim.x) dots[j] = 0.0f;
+  double sse = 0;
+  float mE = 0.0f, mX = 0.0f;
+  for (int64_t c0 = 0; c0 < D4; c0 += CW4) {
+    const int64_t w = min(int64_t(CW4), D4 - c0);
+#pragma unroll 4
+    for (int64_t t = tid; t < K * w; t += blockDim.x) {
+      const int64_t j = t / w, c = t - j * w;
+      tile[j * CW4 + c] = reinterpret_cast<const float4*>(W_dec + int64_t(irow[j]) * D)[c0 + c];
+    }
+    __syncthreads();
+    if (tid < w) {
+      float4 acc = b4[c0 + tid];
+      for (int64_t j = 0; j < K; ++j) {
+        const float v = vrow[j];
+        if (v != 0.0f) fma4(acc, v, tile[j * CW4 + tid]);
+      }
+      const float4 xv = x4[c0 + tid], cv = xc4[c0 + tid];
+      const float4 e = make_float4(xv.x - acc.x, xv.y - acc.y, xv.z - acc.z, xv.w - acc.w);
+      res[tid] = e;
+      E4[c0 + tid] = e;
+      sse += double(e.x) * e.x;
+      sse += double(e.y) * e.y;
+      sse += double(e.z) * e.z;
+      sse += double(e.w) * e.w;
+      mE = fmaxf(mE, fmaxf(fmaxf(fabsf(e.x), fabsf(e.y)), fmaxf(fabsf(e.z), fabsf(e.w))));
+      mX = fmaxf(mX, fmaxf(fmaxf(fabsf(cv.x), fabsf(cv.y)), fmaxf(fabsf(cv.z), fabsf(cv.w))));
+    }
+    __syncthreads();
+    for (int64_t j = warp; j < K; j += nw) {
+      float p = 0.0f;
+      for (int64_t c = lane; c < w; c += 32) {
+        const float4 r = res[c], t = tile[j * CW4 + c];
+        p += r.x * t.x;
+        p += r.y * t.y;
+        p += r.z * t.z;
+        p += r.w * t.w;
+      }
+      p = warp_sum(p);
+      if (lane == 0) dots[j] += p;
+    }
+    __syncthreads();  // tile and res are rewritten by the next chunk
+  }
+  sse = block_sum(sse, dscr);
+  mE = block_max(mE, fscr);
+  mX = block_max(mX, fscr);
+  const float gscale = sc->gscale;
+  for (int64_t j = tid; j < K; j += blockDim.x) dpm[n * K + j] = vrow[j] > 0.0f ? gscale * dots[j] : 0.0f;
+  if (tid == 0) {
+    rowd[n] = sse;
+    rowd[N + n] = 0.0;
+    rowf[n] = mE;
+    rowf[N + n] = 0.0f;
     rowf[2 * N + n] = mX;
   }
 }
@@ -453,6 +539,118 @@ __global__ void latent_update_kernel(int mode, int64_t D, int64_t M, const int32
   if (nrm > 0) {
     const float inv = float(1.0 / nrm);
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) wdec[d] *= inv;
+  }
+}
+
+// The same pass with D % 4 == 0: float4 columns, and the pairs taken 4 at a time with all 8
+// row loads issued before the sums (the per-column order of the sums is unchanged), so each
+// thread keeps 8 independent 16-byte loads in flight instead of 2 dependent 4-byte ones. The
+// updated decoder row waits in shared memory for its norm, so it is written once.
+template <int n>
+__device__ __forceinline__ void latent_pairs4(const Entry* e, int64_t c, int64_t D, const float* E, const float* R,
+                                              const float* xc, float4& a, float4& b) {
+  float4 ev[n], xv[n];
+#pragma unroll
+  for (int u = 0; u < n; ++u) {
+    const int64_t row = e[u].row_aux & 0x7fffffff;
+    ev[u] = reinterpret_cast<const float4*>((e[u].row_aux < 0 ? R : E) + row * D)[c];
+    xv[u] = reinterpret_cast<const float4*>(xc + row * D)[c];
+  }
+#pragma unroll
+  for (int u = 0; u < n; ++u) {
+    if (e[u].coef != 0.0f) fma4(a, e[u].coef, ev[u]);
+    if (e[u].dpre != 0.0f) fma4(b, e[u].dpre, xv[u]);
+  }
+}
+__global__ void latent_update4_kernel(int mode, int64_t D, int64_t M, const int32_t* offs, const Entry* ent,
+                                      const float* E, const float* R, const float* xc, float* slab, float* mslab,
+                                      float* vslab, const float* gbenc, float* grads, AdamArgs ad, const int* stat) {
+  extern __shared__ float sh[];
+  __shared__ float scr[32];
+  const int64_t l = blockIdx.x;
+  if (mode == 1 && stat[0] != kGo) return;
+  float4* gd = reinterpret_cast<float4*>(sh);
+  float4* ge = reinterpret_cast<float4*>(sh + D);
+  const int64_t D4 = D >> 2, q0 = offs[l], q1 = offs[l + 1];
+  for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
+    float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f), b = a;
+    int64_t q = q0;
+    for (; q + 4 <= q1; q += 4) {
+      Entry e[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) e[u] = ent[q + u];
+      latent_pairs4<4>(e, c, D, E, R, xc, a, b);
+    }
+    for (; q < q1; ++q) latent_pairs4<1>(ent + q, c, D, E, R, xc, a, b);
+    gd[c] = a;
+    ge[c] = b;
+  }
+  if (mode == 0) {
+    __syncthreads();
+    float4* genc = reinterpret_cast<float4*>(grads + l * D);
+    float4* gdec = reinterpret_cast<float4*>(grads + M * D + l * D);
+    for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
+      genc[c] = ge[c];
+      gdec[c] = gd[c];
+    }
+    return;
+  }
+  float4* wenc = reinterpret_cast<float4*>(slab + l * D);
+  float4* wdec = reinterpret_cast<float4*>(slab + M * D + l * D);
+  float4* menc = reinterpret_cast<float4*>(mslab + l * D);
+  float4* venc = reinterpret_cast<float4*>(vslab + l * D);
+  float4* mdec = reinterpret_cast<float4*>(mslab + M * D + l * D);
+  float4* vdec = reinterpret_cast<float4*>(vslab + M * D + l * D);
+  if (q1 > q0) {
+    float par = 0.0f;
+    for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
+      const float4 g = gd[c], w = wdec[c];
+      par += g.x * w.x;
+      par += g.y * w.y;
+      par += g.z * w.z;
+      par += g.w * w.w;
+    }
+    par = block_sum(par, scr);  // synchronises: gd is complete
+    for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) fma4(gd[c], -par, wdec[c]);
+  }
+  float nrm2 = 0.0f;
+  for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
+    float4 w = wdec[c], m = mdec[c], v = vdec[c];
+    const float4 g = gd[c];
+    adam1(&w.x, &m.x, &v.x, g.x, ad);
+    adam1(&w.y, &m.y, &v.y, g.y, ad);
+    adam1(&w.z, &m.z, &v.z, g.z, ad);
+    adam1(&w.w, &m.w, &v.w, g.w, ad);
+    mdec[c] = m;
+    vdec[c] = v;
+    gd[c] = w;  // the updated row, written after its norm is known
+    nrm2 += w.x * w.x;
+    nrm2 += w.y * w.y;
+    nrm2 += w.z * w.z;
+    nrm2 += w.w * w.w;
+    float4 p = wenc[c], me = menc[c], ve = venc[c];
+    const float4 h = ge[c];
+    adam1(&p.x, &me.x, &ve.x, h.x, ad);
+    adam1(&p.y, &me.y, &ve.y, h.y, ad);
+    adam1(&p.z, &me.z, &ve.z, h.z, ad);
+    adam1(&p.w, &me.w, &ve.w, h.w, ad);
+    wenc[c] = p;
+    menc[c] = me;
+    venc[c] = ve;
+  }
+  if (threadIdx.x == 0) adam1(slab + 2 * M * D + l, mslab + 2 * M * D + l, vslab + 2 * M * D + l, gbenc[l], ad);
+  nrm2 = block_sum(nrm2, scr);  // synchronises: the updated row is complete
+  const double nrm = sqrt(double(nrm2));
+  const float inv = nrm > 0 ? float(1.0 / nrm) : 1.0f;
+  for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
+    float4 w = gd[c];
+    if (nrm > 0) {
+      w.x *= inv;
+      w.y *= inv;
+      w.z *= inv;
+      w.w *= inv;
+    }
+    wdec[c] = w;
   }
 }
 
@@ -993,6 +1191,13 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     SK_CHECK(L <= INT32_MAX, ErrorCode::Shape, "too many (row, latent) pairs in one step: ", L);
     use(S);
     cudaStream_t s = S->s;
+    // float4 kernels when rows are 16-byte multiples (SAEKIT_CUDA_VEC=0: the scalar ones, tests).
+    static const bool vec_ok = [] {
+      const char* e = std::getenv("SAEKIT_CUDA_VEC");
+      return !(e && e[0] == '0');
+    }();
+    const bool vec4 = vec_ok && D % 4 == 0;
+    const int threads4 = int(std::min<int64_t>(256, ((D / 4 + 31) / 32) * 32));
 
     // ---- inputs and status
     float* x = take_prefetched(S, host_x, N64);
@@ -1045,7 +1250,15 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     float* R = Ka ? S->R.as<float>(N64 * D) : nullptr;
     float* dpm = S->dpm.as<float>(NK);
     float* dpa = Ka ? S->dpa.as<float>(NKa) : nullptr;
-    {
+    if (vec4 && Ka == 0 && K <= 256) {
+      // Chunks of CW4 float4 columns: the staged rows take at most 32 KiB (128-byte row pieces at k 256).
+      const int CW4 = int(std::max<int64_t>(8, std::min<int64_t>(64, 2048 / K)));
+      const size_t smem = size_t(K * CW4 + CW4) * sizeof(float4) + size_t(K) * sizeof(float);
+      allow_smem(residual4_kernel, smem, S->device);
+      residual4_kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, CW4, sc, E, dpm, rowd,
+                                                        rowf, N64);
+      SK_LAUNCHED("residual4_kernel");
+    } else {
       const size_t smem = size_t(Ka ? 2 : 1) * size_t(D) * sizeof(float);
       allow_smem(residual_kernel, smem, S->device);
       residual_kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, av, ai, Ka, sc, E, R, dpm,
@@ -1108,10 +1321,15 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     const int64_t t_next = S->t + 1;
     float* grads = nullptr;
     allow_smem(latent_update_kernel, smem_l, S->device);
+    allow_smem(latent_update4_kernel, smem_l, S->device);
     if (o->want_grads) {
       grads = S->grads.as<float>(S->slab());
-      latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(0, D, M, offs, ent, E, R, xc, S->params, S->m, S->v,
-                                                                  gbenc, grads, ad, stat);
+      if (vec4)
+        latent_update4_kernel<<<unsigned(M), threads4, smem_l, s>>>(0, D, M, offs, ent, E, R, xc, S->params, S->m,
+                                                                    S->v, gbenc, grads, ad, stat);
+      else
+        latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(0, D, M, offs, ent, E, R, xc, S->params, S->m,
+                                                                    S->v, gbenc, grads, ad, stat);
       SK_LAUNCHED("latent_update_kernel (gradients)");
       SK_CUDA(cudaMemcpyAsync(grads + 2 * M * D, gbenc, size_t(M) * sizeof(float), cudaMemcpyDeviceToDevice, s));
       SK_CUDA(cudaMemcpyAsync(grads + 2 * M * D + M, gbf, size_t(D) * sizeof(float), cudaMemcpyDeviceToDevice, s));
@@ -1123,8 +1341,12 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
       ad.eps = o->eps;
       ad.lr_t = float(double(o->lr) / (1.0 - double(b1t)));
       ad.inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - double(b2t)));
-      latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(1, D, M, offs, ent, E, R, xc, S->params, S->m, S->v,
-                                                                  gbenc, nullptr, ad, stat);
+      if (vec4)
+        latent_update4_kernel<<<unsigned(M), threads4, smem_l, s>>>(1, D, M, offs, ent, E, R, xc, S->params, S->m,
+                                                                    S->v, gbenc, nullptr, ad, stat);
+      else
+        latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(1, D, M, offs, ent, E, R, xc, S->params, S->m,
+                                                                    S->v, gbenc, nullptr, ad, stat);
       SK_LAUNCHED("latent_update_kernel (Adam)");
       bdec_adam_kernel<<<grid_for(D, 256), 256, 0, s>>>(D, M, S->params, S->m, S->v, gbf, ad, stat);
       SK_LAUNCHED("bdec_adam_kernel");

@@ -1,16 +1,18 @@
-// Per-row TopK selection without a full sort: one block per row finds the k-th largest
-// activation by a radix select on its float bits (activations are >= +0, so the bits order like
-// the values), then gathers the winners and bitonic-sorts only those k in shared memory.
+// Per-row TopK selection without a full sort, one block per row. Keys are the float bits of the
+// active values (activations are > +0, so the bits order like the values; inactive -> 0).
 //
-//   pass 1-4: 256-bin histograms of one byte of the key among candidates whose higher bytes equal
-//             the prefix found so far; the bin holding the k-th largest extends the prefix.
-//             After four passes the prefix is the exact threshold T and `need` says how many keys
-//             equal to T belong to the top k (those with the lowest indices, the CPU's tie rule).
-//   gather:   keys > T go to slots by a shared counter (their order is fixed by the final sort);
-//             keys == T are ranked in index order by a block scan, tile by tile, until `need`
-//             are taken.
-//   sort:     composite 64-bit keys (value bits << 32 | ~index) are unique, so a descending
-//             bitonic sort yields "value descending, index ascending" deterministically.
+// Fast path (two reads of the row, no per-key work beyond one shared-memory add):
+//   pass 1: the number of active keys, and a 2048-bin histogram of the active keys' bits 20..30
+//           (exponent and 3 mantissa bits: bins 1/8 octave wide). A block scan from the top bin
+//           finds the bin holding the k-th largest key.
+//   pass 2: every key in that bin or above goes to a shared list as a composite 64-bit key
+//           (value bits << 32 | ~index: unique, so "value descending, index ascending" is a plain
+//           descending order); a bitonic sort of the list (typically ~2k entries or fewer) gives
+//           the k winners in the CPU's order.
+//   Fewer than k active keys: all of them, then the lowest-index inactive latents (value 0, found
+//   by an ordered block scan), as on the CPU.
+// Fallback (the k-th bin overflows the list: massive ties or a very flat row): an exact radix
+// select over all keys, 8 bits at a time from the top, then the same composite sort of the k.
 #include <algorithm>
 #include <cstdlib>
 
@@ -22,6 +24,9 @@ namespace sk::cuda {
 namespace {
 
 constexpr int kSelThreads = 512;
+constexpr int kBins = 2048;  // first digit of an active key: bits 20..30 (its sign bit is 0)
+constexpr int kBinShift = 20;
+static_assert(kBins == 4 * kSelThreads, "the bin scan gives each thread 4 bins");
 
 struct RowView {
   const float* row;
@@ -32,92 +37,141 @@ struct RowView {
 
 __device__ __forceinline__ int32_t latent_of(const RowView& v, int64_t j) { return v.cand ? v.cand[j] : int32_t(j); }
 
-__device__ __forceinline__ uint32_t compute_key(const RowView& v, int64_t j) {
-  const int32_t l = latent_of(v, j);
-  float z = v.row[l] + v.bias[l];
-  bool on = v.thr ? (z > v.thr[l] && z > 0.0f) : (z > 0.0f);
+__device__ __forceinline__ uint32_t key_of(float pre, float bias, const float* thr, int64_t l) {
+  const float z = pre + bias;
+  const bool on = thr ? (z > thr[l] && z > 0.0f) : (z > 0.0f);
   return on ? __float_as_uint(z) : 0u;  // +0 for off, NaN and -0
 }
 
-// Exclusive rank of `pred` among the block's threads (in thread order); *total receives the
-// block's count. `warp_tot` (32 ints) and `s_total` are shared scratch. Synchronises.
-__device__ __forceinline__ int block_rank(bool pred, int* warp_tot, int* s_total, int* total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  unsigned b = __ballot_sync(0xffffffffu, pred);
-  int r = __popc(b & ((1u << lane) - 1u));
-  if (lane == 0) warp_tot[warp] = __popc(b);
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int acc = 0;
-    for (int w = 0; w < nw; ++w) {
-      int t = warp_tot[w];
-      warp_tot[w] = acc;
-      acc += t;
-    }
-    *s_total = acc;
-  }
-  __syncthreads();
-  int rank = warp_tot[warp] + r;
-  *total = *s_total;
-  __syncthreads();  // warp_tot and s_total are reused by the next call
-  return rank;
+__device__ __forceinline__ uint32_t compute_key(const RowView& v, int64_t j) {
+  const int32_t l = latent_of(v, j);
+  return key_of(v.row[l], v.bias[l], v.thr, l);
 }
 
-// cached: the row's C keys also live in shared memory (after the P composite keys), so only the
-// first pass reads the pre-activations from global memory.
-__global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, int P, int cached) {
-  extern __shared__ unsigned long long sel[];  // P composite keys, then (cached) C keys
-  uint32_t* keys = reinterpret_cast<uint32_t*>(sel + P);
-  __shared__ unsigned int hist[256];
-  __shared__ int warp_tot[32];
-  __shared__ int s_total;
-  __shared__ unsigned int s_digit, s_above;
-  __shared__ int s_gt, s_ties, s_pos;
+__device__ __forceinline__ unsigned long long composite(uint32_t key, int32_t latent) {
+  return (static_cast<unsigned long long>(key) << 32) | (0xffffffffu - uint32_t(latent));
+}
 
-  const int64_t r = blockIdx.x;
-  const RowView v{a.pre + r * a.ld, a.bias, a.thr, a.cand};
+// Calls f(key, j) for every candidate j of the row this thread owns (j = tid + t * blockDim,
+// or groups of 4 with float4 loads when vec4: no candidate list, 16-byte aligned rows).
+template <class F>
+__device__ __forceinline__ void for_each_key(const RowView& v, int64_t C, int vec4, F f) {
+  int64_t j0 = 0;
+  if (vec4) {
+    const float4* row4 = reinterpret_cast<const float4*>(v.row);
+    const float4* bias4 = reinterpret_cast<const float4*>(v.bias);
+    const int64_t C4 = C >> 2;
+    for (int64_t q = threadIdx.x; q < C4; q += blockDim.x) {
+      const float4 z = row4[q], b = bias4[q];
+      const int64_t j = q << 2;
+      f(key_of(z.x, b.x, v.thr, j), j);
+      f(key_of(z.y, b.y, v.thr, j + 1), j + 1);
+      f(key_of(z.z, b.z, v.thr, j + 2), j + 2);
+      f(key_of(z.w, b.w, v.thr, j + 3), j + 3);
+    }
+    j0 = C4 << 2;
+  }
+  for (int64_t j = j0 + threadIdx.x; j < C; j += blockDim.x) f(compute_key(v, j), j);
+}
+
+struct SelShared {
+  unsigned hist[kBins];
+  unsigned warp_tot[32];
+  int s_total, s_pos, s_n, s_gt, s_ties, s_bin, s_c;
+  unsigned s_digit, s_above;
+};
+
+// Inclusive scan of v over the block's threads in thread order. Synchronises.
+__device__ __forceinline__ unsigned block_incl_scan(unsigned v, SelShared& sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned y = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += y;
+  }
+  if (lane == 31) sh.warp_tot[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    const unsigned w = lane < nw ? sh.warp_tot[lane] : 0u;
+    unsigned x = w;
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned y = __shfl_up_sync(0xffffffffu, x, o);
+      if (lane >= o) x += y;
+    }
+    if (lane < nw) sh.warp_tot[lane] = x - w;  // exclusive warp offsets
+  }
+  __syncthreads();
+  v += sh.warp_tot[warp];
+  __syncthreads();  // warp_tot is reused by the next call
+  return v;
+}
+
+// Exclusive rank of `pred` among the block's threads (in thread order); *total receives the
+// block's count. Synchronises.
+__device__ __forceinline__ int block_rank(bool pred, SelShared& sh, int* total) {
+  const unsigned incl = block_incl_scan(pred ? 1u : 0u, sh);
+  if (threadIdx.x == blockDim.x - 1) sh.s_total = int(incl);
+  __syncthreads();
+  *total = sh.s_total;
+  __syncthreads();
+  return int(incl) - (pred ? 1 : 0);
+}
+
+// Descending bitonic sort of buf[0, Q) (Q a power of two). Synchronises.
+__device__ __forceinline__ void bitonic_desc(unsigned long long* buf, int Q) {
+  for (int size = 2; size <= Q; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < Q; i += blockDim.x) {
+        const int p = i ^ stride;
+        if (p > i) {
+          const unsigned long long x = buf[i], y = buf[p];
+          const bool desc = (i & size) == 0;
+          if (desc ? (x < y) : (x > y)) {
+            buf[i] = y;
+            buf[p] = x;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// The fallback: exact radix select over all C keys (zeros included), 8 bits at a time from the
+// top; keys > T are kept, keys == T in index order until k are taken; then the composite sort.
+// sel holds P >= k entries. Every thread of the block calls it.
+__device__ void select_radix(const SelectArgs& a, const RowView& v, int64_t r, int P, unsigned long long* sel,
+                             SelShared& sh) {
   const int64_t C = a.C;
   const int tid = threadIdx.x;
-
   uint32_t prefix = 0, mask = 0;
   uint32_t kleft = uint32_t(a.k);
-  if (tid == 0) s_pos = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
+    for (int i = tid; i < 256; i += blockDim.x) sh.hist[i] = 0;
     __syncthreads();
-    int pos = 0;
     for (int64_t j = tid; j < C; j += blockDim.x) {
-      uint32_t key;
-      if (shift == 24) {
-        key = compute_key(v, j);
-        if (cached) keys[j] = key;
-        pos += key != 0u;
-      } else {
-        key = cached ? keys[j] : compute_key(v, j);
-      }
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      const uint32_t key = compute_key(v, j);
+      if ((key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255u], 1u);
     }
-    if (shift == 24 && a.positive) atomicAdd(&s_pos, pos);
     __syncthreads();
     if (tid < 32) {
       // Lane L covers bins 255 - 8L down to 248 - 8L (descending values).
       unsigned c[8], sum = 0;
       for (int t = 0; t < 8; ++t) {
-        c[t] = hist[255 - 8 * tid - t];
+        c[t] = sh.hist[255 - 8 * tid - t];
         sum += c[t];
       }
       unsigned incl = sum;
       for (int o = 1; o < 32; o <<= 1) {
-        unsigned y = __shfl_up_sync(0xffffffffu, incl, o);
+        const unsigned y = __shfl_up_sync(0xffffffffu, incl, o);
         if (tid >= o) incl += y;
       }
-      unsigned excl = incl - sum;
+      const unsigned excl = incl - sum;
       if (excl < kleft && kleft <= incl) {
         unsigned cum = excl;
         for (int t = 0; t < 8; ++t) {
           if (cum + c[t] >= kleft) {
-            s_digit = unsigned(255 - 8 * tid - t);
-            s_above = cum;
+            sh.s_digit = unsigned(255 - 8 * tid - t);
+            sh.s_above = cum;
             break;
           }
           cum += c[t];
@@ -125,65 +179,147 @@ __global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, 
       }
     }
     __syncthreads();
-    prefix |= s_digit << shift;
+    prefix |= sh.s_digit << shift;
     mask |= 255u << shift;
-    kleft -= s_above;
+    kleft -= sh.s_above;
     __syncthreads();  // s_digit / hist are rewritten by the next pass
   }
   const uint32_t T = prefix;
-  const int need = int(kleft);          // keys equal to T to keep (>= 1)
-  const int G = int(a.k) - need;        // keys above T (all kept)
+  const int need = int(kleft);    // keys equal to T to keep (>= 1)
+  const int G = int(a.k) - need;  // keys above T (all kept)
   if (tid == 0) {
-    s_gt = 0;
-    s_ties = 0;
-    if (a.positive) a.positive[r] = s_pos;
+    sh.s_gt = 0;
+    sh.s_ties = 0;
   }
   __syncthreads();
   for (int64_t base = 0; base < C; base += blockDim.x) {
     const int64_t j = base + tid;
-    uint32_t key = 0, l = 0;
+    uint32_t key = 0;
+    int32_t l = 0;
     if (j < C) {
-      key = cached ? keys[j] : compute_key(v, j);
-      if (key >= T) l = uint32_t(latent_of(v, j));
+      key = compute_key(v, j);
+      l = latent_of(v, j);
     }
-    const unsigned long long comp = (static_cast<unsigned long long>(key) << 32) | (0xffffffffu - l);
-    if (j < C && key > T) sel[atomicAdd(&s_gt, 1)] = comp;
-    const int ties_before = s_ties;  // read before any thread of this tile updates it
+    if (j < C && key > T) sel[atomicAdd(&sh.s_gt, 1)] = composite(key, l);
+    const int ties_before = sh.s_ties;  // read before any thread of this tile updates it
     const bool eq = j < C && key == T && ties_before < need;
     if (__syncthreads_or(eq)) {
       int total;
-      int rank = block_rank(eq, warp_tot, &s_total, &total);
-      if (eq && ties_before + rank < need) sel[G + ties_before + rank] = comp;
-      if (tid == 0) s_ties = ties_before + total;
+      const int rank = block_rank(eq, sh, &total);
+      if (eq && ties_before + rank < need) sel[G + ties_before + rank] = composite(key, l);
+      if (tid == 0) sh.s_ties = ties_before + total;
     }
     __syncthreads();
-    if (s_ties >= need && s_gt >= G) break;  // uniform: shared values after a barrier
+    if (sh.s_ties >= need && sh.s_gt >= G) break;  // uniform: shared values after a barrier
     __syncthreads();
   }
   for (int i = int(a.k) + tid; i < P; i += blockDim.x) sel[i] = 0ull;  // pads sort last
   __syncthreads();
-  for (int size = 2; size <= P; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = tid; i < P; i += blockDim.x) {
-        int p = i ^ stride;
-        if (p > i) {
-          unsigned long long x = sel[i], y = sel[p];
-          bool desc = (i & size) == 0;
-          if (desc ? (x < y) : (x > y)) {
-            sel[i] = y;
-            sel[p] = x;
-          }
-        }
-      }
-      __syncthreads();
-    }
-  }
+  bitonic_desc(sel, P);
   for (int i = tid; i < int(a.k); i += blockDim.x) {
-    unsigned long long c = sel[i];
+    const unsigned long long c = sel[i];
     a.out_v[r * a.k + i] = __uint_as_float(uint32_t(c >> 32));
     a.out_i[r * a.k + i] = int32_t(0xffffffffu - uint32_t(c));
   }
 }
+
+// P: power of two >= k; cap: the shared list's entries (a power of two >= P).
+__global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, int P, int cap, int vec4) {
+  extern __shared__ unsigned long long buf[];  // cap composite keys
+  __shared__ SelShared sh;
+  const int64_t r = blockIdx.x;
+  const RowView v{a.pre + r * a.ld, a.bias, a.thr, a.cand};
+  const int64_t C = a.C;
+  const int k = int(a.k);
+  const int tid = threadIdx.x;
+
+  // ---- pass 1: active count and the first-digit histogram of the active keys
+  for (int i = tid; i < kBins; i += blockDim.x) sh.hist[i] = 0;
+  if (tid == 0) {
+    sh.s_pos = 0;
+    sh.s_n = 0;
+  }
+  __syncthreads();
+  int pos = 0;
+  for_each_key(v, C, vec4, [&](uint32_t key, int64_t) {
+    if (key) {
+      ++pos;
+      atomicAdd(&sh.hist[key >> kBinShift], 1u);
+    }
+  });
+  pos = warp_sum(pos);
+  if ((tid & 31) == 0 && pos) atomicAdd(&sh.s_pos, pos);
+  __syncthreads();
+  const int npos = sh.s_pos;
+  if (tid == 0 && a.positive) a.positive[r] = npos;
+
+  // ---- the bin of the k-th largest active key (all active keys when there are fewer than k)
+  uint32_t lo = 1;  // smallest key collected
+  int n = npos;     // keys collected
+  if (npos >= k) {
+    unsigned c[4], sum = 0;
+    for (int u = 0; u < 4; ++u) {
+      c[u] = sh.hist[kBins - 1 - 4 * tid - u];
+      sum += c[u];
+    }
+    const unsigned incl = block_incl_scan(sum, sh);
+    const unsigned excl = incl - sum;
+    if (excl < unsigned(k) && unsigned(k) <= incl) {
+      unsigned cum = excl;
+      for (int u = 0; u < 4; ++u) {
+        if (cum + c[u] >= unsigned(k)) {
+          sh.s_bin = kBins - 1 - 4 * tid - u;
+          sh.s_c = int(cum + c[u]);
+          break;
+        }
+        cum += c[u];
+      }
+    }
+    __syncthreads();
+    n = sh.s_c;
+    if (n > cap) {  // uniform
+      select_radix(a, v, r, P, buf, sh);
+      return;
+    }
+    lo = uint32_t(sh.s_bin) << kBinShift;
+    if (lo == 0) lo = 1;
+  }
+
+  // ---- pass 2: the keys >= lo into the list, then the composite sort
+  for_each_key(v, C, vec4, [&](uint32_t key, int64_t j) {
+    if (key >= lo) buf[atomicAdd(&sh.s_n, 1)] = composite(key, latent_of(v, j));
+  });
+  __syncthreads();
+  int Q = 1;
+  while (Q < n) Q <<= 1;
+  for (int i = n + tid; i < Q; i += blockDim.x) buf[i] = 0ull;
+  __syncthreads();
+  bitonic_desc(buf, Q);
+  const int m = n < k ? n : k;
+  for (int i = tid; i < m; i += blockDim.x) {
+    const unsigned long long cv = buf[i];
+    a.out_v[r * a.k + i] = __uint_as_float(uint32_t(cv >> 32));
+    a.out_i[r * a.k + i] = int32_t(0xffffffffu - uint32_t(cv));
+  }
+  if (npos >= k) return;
+
+  // ---- fewer than k active: the lowest-index inactive latents fill the rest (value +0)
+  const int need = k - npos;
+  int filled = 0;
+  for (int64_t base = 0; base < C && filled < need; base += blockDim.x) {
+    const int64_t j = base + tid;
+    const bool off = j < C && compute_key(v, j) == 0u;
+    int total;
+    const int rank = block_rank(off, sh, &total);
+    if (off && filled + rank < need) {
+      a.out_v[r * a.k + npos + filled + rank] = 0.0f;
+      a.out_i[r * a.k + npos + filled + rank] = latent_of(v, j);
+    }
+    filled += total;
+  }
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 }  // namespace
 
@@ -194,25 +330,28 @@ void topk_select(const SelectArgs& a, int64_t rows, cudaStream_t s) {
   SK_CHECK(rows <= INT32_MAX, ErrorCode::Shape, "too many rows for one selection launch: ", rows);
   int P = 1;
   while (P < a.k) P <<= 1;
-  size_t smem = size_t(P) * sizeof(unsigned long long);
-  // Cache the row's keys in shared memory when they fit beside the sort buffer (leaving room for
-  // two blocks per SM), so the three later radix passes and the gather read no global memory.
-  int device = 0, optin = 0, per_sm = 0;
+  // The list: 4 P entries, at least 2048 (a few KiB), within the shared memory a block may take
+  // beside the kernel's static part (~8.4 KiB). SAEKIT_CUDA_SELECT_CAP (tests) sets it lower,
+  // down to P, to force the fallback.
+  int device = 0, optin = 0;
   SK_CUDA(cudaGetDevice(&device));
   SK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  SK_CUDA(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
-  const size_t statics = 4096;  // the kernel's static shared memory (~1.2 KiB) and per-block reserve, rounded up
-  const size_t budget = std::min<size_t>(size_t(optin), size_t(per_sm) / 2) - statics;
-  const size_t with_keys = smem + size_t(a.C) * sizeof(uint32_t);
-  static const bool allow_cache = [] {  // SAEKIT_CUDA_SELECT_CACHE=0 forces the uncached path (tests)
-    const char* e = std::getenv("SAEKIT_CUDA_SELECT_CACHE");
-    return !(e && e[0] == '0');
+  const size_t budget = size_t(optin) - sizeof(SelShared) - 1024;
+  int cap = std::max(4 * P, 2048);
+  static const int cap_env = [] {
+    const char* e = std::getenv("SAEKIT_CUDA_SELECT_CAP");
+    return e ? std::atoi(e) : 0;
   }();
-  const int cached = allow_cache && with_keys <= budget ? 1 : 0;
-  if (cached) smem = with_keys;
+  if (cap_env > 0) cap = std::min(cap, cap_env);
+  while (cap > P && size_t(cap) * sizeof(unsigned long long) > budget) cap >>= 1;
+  int c2 = P;
+  while (c2 * 2 <= cap) c2 <<= 1;
+  cap = c2;  // a power of two in [P, requested]
+  const size_t smem = size_t(cap) * sizeof(unsigned long long);
+  const int vec4 = a.cand == nullptr && a.ld % 4 == 0 && aligned16(a.pre) && aligned16(a.bias) ? 1 : 0;
   if (smem > (48u << 10))  // above the default limit: opt in (per device; cheap to repeat)
     SK_CUDA(cudaFuncSetAttribute(topk_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  topk_select_kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, P, cached);
+  topk_select_kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, P, cap, vec4);
   SK_LAUNCHED("topk_select_kernel");
 }
 

@@ -1224,6 +1224,12 @@ int main(int argc, char** argv) {
     test_jumprelu(D, M, N, 81);
     test_prefetch(D, M, k, N, 85);
   }
+  // D % 4 == 0: the float4 kernels (the decode with staged rows when there is no AuxK, and the
+  // per-latent update); D 68 leaves a partial last chunk of columns.
+  test_grads(68, 301, 7, 129, true, 0, SK_PREC_F32, 56);
+  test_grads(68, 301, 7, 129, true, 5, SK_PREC_F32, 57);
+  test_grads(68, 301, 70, 129, false, 0, SK_PREC_BF16, 58);
+  test_adam(68, 301, 7, 129, 4, 63);
   if (!g_quick) {
     // Realistic: D 768, M 24576, k 32, N 4096 (selection checked exactly on every row).
     const int64_t D = 768, M = 24576, k = 32, N = 4096;

@@ -36,6 +36,12 @@
 #define __launch_bounds__(...)
 #define __shared__ static
 
+// The vector type the selection loads rows with (16-byte aligned, like CUDA's).
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
 using std::isfinite;
 using std::max;
 using std::min;
