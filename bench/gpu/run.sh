@@ -165,6 +165,8 @@ fi
   if [ -n "${OUT:-}" ]; then echo "total $((SECONDS - START)) s; logs in \$OUT/logs.tgz"; else echo "total $((SECONDS - START)) s; logs in $OUT_DIR"; fi
 } | tee "$OUT_DIR/summary.txt"
 if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/logs.tgz" -C "$OUT_DIR" . && cp "$OUT_DIR/summary.txt" "$OUT/summary.txt" || true
+  cp "$OUT_DIR/summary.txt" "$OUT/summary.txt" || true
+  tar czf "$OUT/logs.tgz" -C "$OUT_DIR" . || echo "tar of the logs failed"
+  ls -la "$OUT"
 fi
 exit "$FAILED"

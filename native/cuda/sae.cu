@@ -242,16 +242,21 @@ __global__ void residual_kernel(const float* x, const float* xc, const float* W_
 }
 
 // residual_kernel without AuxK for D % 4 == 0: the row's K decoder rows are staged in shared
-// memory CW4 float4 columns at a time, so each is read from memory once for both the
-// reconstruction and the code gradients (residual_kernel reads them twice). The reconstruction
-// sums the codes in the same order; the dot products are summed per chunk.
-__global__ void residual4_kernel(const float* x, const float* xc, const float* W_dec, const float* b_dec, int64_t D,
-                                 const float* mv, const int32_t* mi, int64_t K, int CW4, const Scalars* sc, float* E,
-                                 float* dpm, double* rowd, float* rowf, int64_t N) {
+// memory CW4 float4 columns at a time (CW4 = 1 << lcw, K * CW4 <= 8 * blockDim), so each is read
+// from memory once for both the reconstruction and the code gradients (residual_kernel reads
+// them twice). Each thread loads the next chunk's 8 pieces into registers while the block works
+// on the current one. The reconstruction sums the codes in the same order; the dot products are
+// summed per chunk. b_dec is read as floats (its offset in the slab need not be 16-byte aligned).
+__global__ void __launch_bounds__(256) residual4_kernel(const float* x, const float* xc, const float* W_dec,
+                                                        const float* b_dec, int64_t D, const float* mv,
+                                                        const int32_t* mi, int64_t K, int lcw, const Scalars* sc,
+                                                        float* E, float* dpm, double* rowd, float* rowf, int64_t N) {
   extern __shared__ float sh[];
-  float4* tile = reinterpret_cast<float4*>(sh);  // K x CW4
-  float4* res = tile + K * CW4;                   // CW4
-  float* dots = reinterpret_cast<float*>(res + CW4);  // K
+  const int CW4 = 1 << lcw;
+  float4* tile = reinterpret_cast<float4*>(sh);        // K x CW4
+  float4* res = tile + K * CW4;                        // CW4
+  float* dots = reinterpret_cast<float*>(res + CW4);   // K
+  float* sv = dots + K;                                // K code values
   __shared__ double dscr[32];
   __shared__ float fscr[32];
   const int64_t n = blockIdx.x, D4 = D >> 2;
@@ -261,22 +266,42 @@ __global__ void residual4_kernel(const float* x, const float* xc, const float* W
   const float4* x4 = reinterpret_cast<const float4*>(x + n * D);
   const float4* xc4 = reinterpret_cast<const float4*>(xc + n * D);
   float4* E4 = reinterpret_cast<float4*>(E + n * D);
-  const float4* b4 = reinterpret_cast<const float4*>(b_dec);
-  for (int64_t j = tid; j < K; j += blockDim.x) dots[j] = 0.0f;
+  for (int64_t j = tid; j < K; j += blockDim.x) {
+    dots[j] = 0.0f;
+    sv[j] = vrow[j];
+  }
+  // This thread's pieces: slot i is t = tid + i * blockDim, row j = t >> lcw, column c = t & (CW4 - 1).
+  const float4* src[8];
+  float4 nxt[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int64_t j = (tid + i * int64_t(blockDim.x)) >> lcw;
+    src[i] = j < K ? reinterpret_cast<const float4*>(W_dec + int64_t(irow[j]) * D) : nullptr;
+  }
+  auto fetch = [&](int64_t c0) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t c = (tid + i * int64_t(blockDim.x)) & (CW4 - 1);
+      if (src[i] && c0 + c < D4) nxt[i] = src[i][c0 + c];
+    }
+  };
+  fetch(0);
   double sse = 0;
   float mE = 0.0f, mX = 0.0f;
   for (int64_t c0 = 0; c0 < D4; c0 += CW4) {
     const int64_t w = min(int64_t(CW4), D4 - c0);
-#pragma unroll 4
-    for (int64_t t = tid; t < K * w; t += blockDim.x) {
-      const int64_t j = t / w, c = t - j * w;
-      tile[j * CW4 + c] = reinterpret_cast<const float4*>(W_dec + int64_t(irow[j]) * D)[c0 + c];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t t = tid + i * int64_t(blockDim.x);
+      if (src[i] && (t & (CW4 - 1)) < w) tile[t] = nxt[i];
     }
     __syncthreads();
+    if (c0 + CW4 < D4) fetch(c0 + CW4);  // in flight during this chunk's sums
     if (tid < w) {
-      float4 acc = b4[c0 + tid];
+      const int64_t d = 4 * (c0 + tid);
+      float4 acc = make_float4(b_dec[d], b_dec[d + 1], b_dec[d + 2], b_dec[d + 3]);
       for (int64_t j = 0; j < K; ++j) {
-        const float v = vrow[j];
+        const float v = sv[j];
         if (v != 0.0f) fma4(acc, v, tile[j * CW4 + tid]);
       }
       const float4 xv = x4[c0 + tid], cv = xc4[c0 + tid];
@@ -309,7 +334,7 @@ __global__ void residual4_kernel(const float* x, const float* xc, const float* W
   mE = block_max(mE, fscr);
   mX = block_max(mX, fscr);
   const float gscale = sc->gscale;
-  for (int64_t j = tid; j < K; j += blockDim.x) dpm[n * K + j] = vrow[j] > 0.0f ? gscale * dots[j] : 0.0f;
+  for (int64_t j = tid; j < K; j += blockDim.x) dpm[n * K + j] = sv[j] > 0.0f ? gscale * dots[j] : 0.0f;
   if (tid == 0) {
     rowd[n] = sse;
     rowd[N + n] = 0.0;
@@ -562,18 +587,27 @@ __device__ __forceinline__ void latent_pairs4(const Entry* e, int64_t c, int64_t
     if (e[u].dpre != 0.0f) fma4(b, e[u].dpre, xv[u]);
   }
 }
-__global__ void latent_update4_kernel(int mode, int64_t D, int64_t M, const int32_t* offs, const Entry* ent,
-                                      const float* E, const float* R, const float* xc, float* slab, float* mslab,
-                                      float* vslab, const float* gbenc, float* grads, AdamArgs ad, const int* stat) {
-  extern __shared__ float sh[];
+// The update for D % 4 == 0 in two passes, so that the gathered rows come from L2, not memory.
+// Pass 1: a block per (latent l, slice s of kSlice4 float4 columns), blockIdx.x = l fastest, so
+// the blocks in flight share one slice of E, R and xc (N x 256 floats each: it stays in L2).
+// It forms both gradient pieces from the latent's pairs, runs Adam on the encoder piece, and
+// (mode 1) keeps the decoder piece in G with its dot product with the decoder row in
+// parts[l * S + s]; mode 0 writes the raw gradients instead. Pass 2 (latent_dec_kernel) then
+// projects, updates and renormalises each decoder row.
+constexpr int kSlice4 = 64;
+__global__ void __launch_bounds__(kSlice4) latent_slice_kernel(int mode, int64_t D, int64_t M, const int32_t* offs,
+                                                               const Entry* ent, const float* E, const float* R,
+                                                               const float* xc, float* slab, float* mslab,
+                                                               float* vslab, const float* gbenc, float* grads,
+                                                               float* G, float* parts, AdamArgs ad, const int* stat) {
   __shared__ float scr[32];
-  const int64_t l = blockIdx.x;
   if (mode == 1 && stat[0] != kGo) return;
-  float4* gd = reinterpret_cast<float4*>(sh);
-  float4* ge = reinterpret_cast<float4*>(sh + D);
-  const int64_t D4 = D >> 2, q0 = offs[l], q1 = offs[l + 1];
-  for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
-    float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f), b = a;
+  const int64_t l = blockIdx.x, s = blockIdx.y, S = gridDim.y, D4 = D >> 2;
+  const int64_t c = s * kSlice4 + threadIdx.x;
+  const bool in = c < D4;
+  const int64_t q0 = offs[l], q1 = offs[l + 1];
+  float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f), b = a;
+  if (in) {
     int64_t q = q0;
     for (; q + 4 <= q1; q += 4) {
       Entry e[4];
@@ -582,68 +616,81 @@ __global__ void latent_update4_kernel(int mode, int64_t D, int64_t M, const int3
       latent_pairs4<4>(e, c, D, E, R, xc, a, b);
     }
     for (; q < q1; ++q) latent_pairs4<1>(ent + q, c, D, E, R, xc, a, b);
-    gd[c] = a;
-    ge[c] = b;
   }
   if (mode == 0) {
-    __syncthreads();
-    float4* genc = reinterpret_cast<float4*>(grads + l * D);
-    float4* gdec = reinterpret_cast<float4*>(grads + M * D + l * D);
-    for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
-      genc[c] = ge[c];
-      gdec[c] = gd[c];
+    if (in) {
+      reinterpret_cast<float4*>(grads)[l * D4 + c] = b;
+      reinterpret_cast<float4*>(grads + M * D)[l * D4 + c] = a;
     }
     return;
   }
-  float4* wenc = reinterpret_cast<float4*>(slab + l * D);
-  float4* wdec = reinterpret_cast<float4*>(slab + M * D + l * D);
-  float4* menc = reinterpret_cast<float4*>(mslab + l * D);
-  float4* venc = reinterpret_cast<float4*>(vslab + l * D);
-  float4* mdec = reinterpret_cast<float4*>(mslab + M * D + l * D);
-  float4* vdec = reinterpret_cast<float4*>(vslab + M * D + l * D);
-  if (q1 > q0) {
-    float par = 0.0f;
-    for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
-      const float4 g = gd[c], w = wdec[c];
-      par += g.x * w.x;
-      par += g.y * w.y;
-      par += g.z * w.z;
-      par += g.w * w.w;
-    }
-    par = block_sum(par, scr);  // synchronises: gd is complete
-    for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) fma4(gd[c], -par, wdec[c]);
+  float par = 0.0f;
+  if (in) {
+    const float4 w = reinterpret_cast<const float4*>(slab + M * D)[l * D4 + c];
+    par += a.x * w.x;
+    par += a.y * w.y;
+    par += a.z * w.z;
+    par += a.w * w.w;
+    reinterpret_cast<float4*>(G)[l * D4 + c] = a;
+    float4* wenc = reinterpret_cast<float4*>(slab) + l * D4 + c;
+    float4* menc = reinterpret_cast<float4*>(mslab) + l * D4 + c;
+    float4* venc = reinterpret_cast<float4*>(vslab) + l * D4 + c;
+    float4 p = *wenc, me = *menc, ve = *venc;
+    adam1(&p.x, &me.x, &ve.x, b.x, ad);
+    adam1(&p.y, &me.y, &ve.y, b.y, ad);
+    adam1(&p.z, &me.z, &ve.z, b.z, ad);
+    adam1(&p.w, &me.w, &ve.w, b.w, ad);
+    *wenc = p;
+    *menc = me;
+    *venc = ve;
   }
+  par = block_sum(par, scr);
+  if (threadIdx.x == 0) {
+    parts[l * S + s] = par;
+    if (s == 0) adam1(slab + 2 * M * D + l, mslab + 2 * M * D + l, vslab + 2 * M * D + l, gbenc[l], ad);
+  }
+}
+
+// Pass 2: per decoder row, the gradient G less its component along the row (the sum of the
+// slices' dot products, in slice order), Adam, and the renormalisation; the updated row waits in
+// shared memory for its norm, so it is written once.
+__global__ void latent_dec_kernel(int64_t D, int64_t M, int64_t S, const int32_t* offs, const float* G,
+                                  const float* parts, float* slab, float* mslab, float* vslab, AdamArgs ad,
+                                  const int* stat) {
+  extern __shared__ float sh[];
+  __shared__ float scr[32];
+  if (stat[0] != kGo) return;
+  const int64_t l = blockIdx.x, D4 = D >> 2;
+  float4* row = reinterpret_cast<float4*>(sh);
+  const bool has = offs[l + 1] > offs[l];
+  float par = 0.0f;
+  if (has)
+    for (int64_t s = 0; s < S; ++s) par += parts[l * S + s];
+  const float4* g4 = reinterpret_cast<const float4*>(G) + l * D4;
+  float4* wdec = reinterpret_cast<float4*>(slab + M * D) + l * D4;
+  float4* mdec = reinterpret_cast<float4*>(mslab + M * D) + l * D4;
+  float4* vdec = reinterpret_cast<float4*>(vslab + M * D) + l * D4;
   float nrm2 = 0.0f;
   for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
-    float4 w = wdec[c], m = mdec[c], v = vdec[c];
-    const float4 g = gd[c];
+    float4 g = g4[c], w = wdec[c], m = mdec[c], v = vdec[c];
+    if (has) fma4(g, -par, w);
     adam1(&w.x, &m.x, &v.x, g.x, ad);
     adam1(&w.y, &m.y, &v.y, g.y, ad);
     adam1(&w.z, &m.z, &v.z, g.z, ad);
     adam1(&w.w, &m.w, &v.w, g.w, ad);
     mdec[c] = m;
     vdec[c] = v;
-    gd[c] = w;  // the updated row, written after its norm is known
+    row[c] = w;
     nrm2 += w.x * w.x;
     nrm2 += w.y * w.y;
     nrm2 += w.z * w.z;
     nrm2 += w.w * w.w;
-    float4 p = wenc[c], me = menc[c], ve = venc[c];
-    const float4 h = ge[c];
-    adam1(&p.x, &me.x, &ve.x, h.x, ad);
-    adam1(&p.y, &me.y, &ve.y, h.y, ad);
-    adam1(&p.z, &me.z, &ve.z, h.z, ad);
-    adam1(&p.w, &me.w, &ve.w, h.w, ad);
-    wenc[c] = p;
-    menc[c] = me;
-    venc[c] = ve;
   }
-  if (threadIdx.x == 0) adam1(slab + 2 * M * D + l, mslab + 2 * M * D + l, vslab + 2 * M * D + l, gbenc[l], ad);
   nrm2 = block_sum(nrm2, scr);  // synchronises: the updated row is complete
   const double nrm = sqrt(double(nrm2));
   const float inv = nrm > 0 ? float(1.0 / nrm) : 1.0f;
   for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
-    float4 w = gd[c];
+    float4 w = row[c];
     if (nrm > 0) {
       w.x *= inv;
       w.y *= inv;
@@ -724,7 +771,7 @@ struct sk_sae_dev {
   uint64_t pf_clock = 0;
   // workspace (grown as needed, kept between calls)
   DevBuf x, xc, xbf, pre, mv, mi, av, ai, dpm, dpa, E, R, rowd, rowf, keys, vals, skeys, svals, offs, ent, suspect,
-      gbenc, pE, pR, pW, pX, mean, gbf, fired, scal, stat, cubtmp, dead, grads, pos, out;
+      gbenc, pE, pR, pW, pX, mean, gbf, fired, scal, stat, cubtmp, dead, grads, pos, out, gdec, parts;
 
   int64_t slab() const { return 2 * M * D + M + D; }
 };
@@ -963,7 +1010,7 @@ void destroy_sae(sk_sae_dev* S) {
   DevBuf* bufs[] = {&S->wbf, &S->x, &S->xc, &S->xbf, &S->pre, &S->mv, &S->mi, &S->av, &S->ai, &S->dpm, &S->dpa,
                     &S->E, &S->R, &S->rowd, &S->rowf, &S->keys, &S->vals, &S->skeys, &S->svals, &S->offs, &S->ent,
                     &S->suspect, &S->gbenc, &S->pE, &S->pR, &S->pW, &S->pX, &S->mean, &S->gbf, &S->fired, &S->scal,
-                    &S->stat, &S->cubtmp, &S->dead, &S->grads, &S->pos, &S->out};
+                    &S->stat, &S->cubtmp, &S->dead, &S->grads, &S->pos, &S->out, &S->gdec, &S->parts};
   for (DevBuf* b : bufs) b->release();
   cudaFree(S->params);
   cudaFree(S->m);
@@ -1251,11 +1298,14 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     float* dpm = S->dpm.as<float>(NK);
     float* dpa = Ka ? S->dpa.as<float>(NKa) : nullptr;
     if (vec4 && Ka == 0 && K <= 256) {
-      // Chunks of CW4 float4 columns: the staged rows take at most 32 KiB (128-byte row pieces at k 256).
-      const int CW4 = int(std::max<int64_t>(8, std::min<int64_t>(64, 2048 / K)));
-      const size_t smem = size_t(K * CW4 + CW4) * sizeof(float4) + size_t(K) * sizeof(float);
+      // Chunks of CW4 float4 columns (a power of two, 8..64, K * CW4 <= 2048 = 8 pieces per
+      // thread): the staged rows take at most 32 KiB (128-byte row pieces at k 256).
+      int lcw = 6;
+      while (lcw > 3 && (K << lcw) > 2048) --lcw;
+      const int64_t CW4 = int64_t(1) << lcw;
+      const size_t smem = size_t(K * CW4 + CW4) * sizeof(float4) + 2 * size_t(K) * sizeof(float);
       allow_smem(residual4_kernel, smem, S->device);
-      residual4_kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, CW4, sc, E, dpm, rowd,
+      residual4_kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, lcw, sc, E, dpm, rowd,
                                                         rowf, N64);
       SK_LAUNCHED("residual4_kernel");
     } else {
@@ -1321,12 +1371,12 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     const int64_t t_next = S->t + 1;
     float* grads = nullptr;
     allow_smem(latent_update_kernel, smem_l, S->device);
-    allow_smem(latent_update4_kernel, smem_l, S->device);
+    const dim3 slices(unsigned(M), unsigned((D / 4 + kSlice4 - 1) / kSlice4));
     if (o->want_grads) {
       grads = S->grads.as<float>(S->slab());
       if (vec4)
-        latent_update4_kernel<<<unsigned(M), threads4, smem_l, s>>>(0, D, M, offs, ent, E, R, xc, S->params, S->m,
-                                                                    S->v, gbenc, grads, ad, stat);
+        latent_slice_kernel<<<slices, kSlice4, 0, s>>>(0, D, M, offs, ent, E, R, xc, S->params, S->m, S->v, gbenc, grads,
+                                                       nullptr, nullptr, ad, stat);
       else
         latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(0, D, M, offs, ent, E, R, xc, S->params, S->m,
                                                                     S->v, gbenc, grads, ad, stat);
@@ -1341,10 +1391,17 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
       ad.eps = o->eps;
       ad.lr_t = float(double(o->lr) / (1.0 - double(b1t)));
       ad.inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - double(b2t)));
-      if (vec4)
-        latent_update4_kernel<<<unsigned(M), threads4, smem_l, s>>>(1, D, M, offs, ent, E, R, xc, S->params, S->m,
-                                                                    S->v, gbenc, nullptr, ad, stat);
-      else
+      if (vec4) {
+        float* G = S->gdec.as<float>(M * D);
+        float* parts = S->parts.as<float>(M * int64_t(slices.y));
+        latent_slice_kernel<<<slices, kSlice4, 0, s>>>(1, D, M, offs, ent, E, R, xc, S->params, S->m, S->v, gbenc,
+                                                       nullptr, G, parts, ad, stat);
+        SK_LAUNCHED("latent_slice_kernel");
+        const size_t smem_d = size_t(D) * sizeof(float);
+        allow_smem(latent_dec_kernel, smem_d, S->device);
+        latent_dec_kernel<<<unsigned(M), threads4, smem_d, s>>>(D, M, int64_t(slices.y), offs, G, parts, S->params,
+                                                               S->m, S->v, ad, stat);
+      } else
         latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(1, D, M, offs, ent, E, R, xc, S->params, S->m,
                                                                     S->v, gbenc, nullptr, ad, stat);
       SK_LAUNCHED("latent_update_kernel (Adam)");
