@@ -104,8 +104,8 @@ if [ "${STATUS[build]}" = ok ]; then
   # read them (not under gVisor). Informational: a failure here does not fail the check.
   if command -v ncu >/dev/null && [ $((SECONDS - START)) -lt 200 ]; then
     before=$FAILED
-    stage ncu 90 ncu --clock-control none -k 'regex:topk_select|residual|latent_update|gemm|sm90|nvjet' \
-      --launch-skip 4 --launch-count 8 --section SpeedOfLight \
+    stage ncu 90 ncu --clock-control none -k 'regex:topk_select|residual|latent_|nvjet|gemm' \
+      --launch-skip 11 --launch-count 11 --section SpeedOfLight \
       --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct \
       "$BUILD/saekit_cuda_bench" --quick --shape 2 --no-corr
     FAILED=$before
@@ -145,18 +145,18 @@ fi
   if [ -f "$OUT_DIR/memcheck.log" ]; then grep -E 'ERROR SUMMARY' "$OUT_DIR/memcheck.log" | tail -1 || true; fi
   if [ -f "$OUT_DIR/ncu.log" ]; then
     grep -E '^  [A-Za-z_].*\(|Duration|DRAM Throughput|Memory Throughput|dram__bytes|hit_rate' "$OUT_DIR/ncu.log" |
-      sed -E 's/ +/ /g; s/\(int, long.*//' | cut -c1-110 | head -60 || true
+      sed -E 's/ +/ /g; s/\(int, long.*//' | cut -c1-110 | head -90 || true
   fi
   printf '%-12s %-12s %4s %10s %10s %10s %9s %9s %9s %9s %9s\n' impl shape k tokens/s tok/s_pin tok/s_pref step_ms device_ms floor_ms topk_ms select_ms
   { cat "$OUT_DIR"/bench.log "$OUT_DIR"/torch.log 2>/dev/null || true; } | { grep '^BENCH' || true; } | while read -r line; do
-    get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2; }
+    get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2 || true; }
     topk=$(get topk_alone_ms); [ -z "$topk" ] && topk=$(get topk_ms)
     printf '%-12s %-12s %4s %10s %10s %10s %9s %9s %9s %9s %9s\n' "$(get impl)" "$(get dIn)x$(get numLatents)" "$(get k)" \
       "$(get tokens_per_s)" "$(get tokens_per_s_pinned)" "$(get tokens_per_s_prefetched)" "$(get step_ms)" "$(get device_ms)" "$(get floor_ms)" "$topk" \
       "$(get select_ms)"
   done
   { grep '^BENCH impl=saekit' "$OUT_DIR/bench.log" 2>/dev/null || true; } | while read -r line; do
-    get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2; }
+    get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2 || true; }
     echo "saekit $(get dIn)x$(get numLatents) phases ms: gemm $(get gemm_ms) select $(get select_ms) decode $(get decode_ms)" \
       "backward $(get backward_ms) update $(get update_ms); pageable $(get step_ms), driver-staged $(get step_driver_staging_ms)," \
       "AuxK step $(get step_auxk_ms); floor gemm $(get floor_gemm_ms) + adam $(get floor_adam_ms); D2D $(get bw_GBps) GB/s"

@@ -241,109 +241,6 @@ __global__ void residual_kernel(const float* x, const float* xc, const float* W_
   }
 }
 
-// residual_kernel without AuxK for D % 4 == 0: the row's K decoder rows are staged in shared
-// memory CW4 float4 columns at a time (CW4 = 1 << lcw, K * CW4 <= 8 * blockDim), so each is read
-// from memory once for both the reconstruction and the code gradients (residual_kernel reads
-// them twice). Each thread loads the next chunk's 8 pieces into registers while the block works
-// on the current one. The reconstruction sums the codes in the same order; the dot products are
-// summed per chunk. b_dec is read as floats (its offset in the slab need not be 16-byte aligned).
-__global__ void __launch_bounds__(256) residual4_kernel(const float* x, const float* xc, const float* W_dec,
-                                                        const float* b_dec, int64_t D, const float* mv,
-                                                        const int32_t* mi, int64_t K, int lcw, const Scalars* sc,
-                                                        float* E, float* dpm, double* rowd, float* rowf, int64_t N) {
-  extern __shared__ float sh[];
-  const int CW4 = 1 << lcw;
-  float4* tile = reinterpret_cast<float4*>(sh);        // K x CW4
-  float4* res = tile + K * CW4;                        // CW4
-  float* dots = reinterpret_cast<float*>(res + CW4);   // K
-  float* sv = dots + K;                                // K code values
-  __shared__ double dscr[32];
-  __shared__ float fscr[32];
-  const int64_t n = blockIdx.x, D4 = D >> 2;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
-  const float* vrow = mv + n * K;
-  const int32_t* irow = mi + n * K;
-  const float4* x4 = reinterpret_cast<const float4*>(x + n * D);
-  const float4* xc4 = reinterpret_cast<const float4*>(xc + n * D);
-  float4* E4 = reinterpret_cast<float4*>(E + n * D);
-  for (int64_t j = tid; j < K; j += blockDim.x) {
-    dots[j] = 0.0f;
-    sv[j] = vrow[j];
-  }
-  // This thread's pieces: slot i is t = tid + i * blockDim, row j = t >> lcw, column c = t & (CW4 - 1).
-  const float4* src[8];
-  float4 nxt[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int64_t j = (tid + i * int64_t(blockDim.x)) >> lcw;
-    src[i] = j < K ? reinterpret_cast<const float4*>(W_dec + int64_t(irow[j]) * D) : nullptr;
-  }
-  auto fetch = [&](int64_t c0) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int64_t c = (tid + i * int64_t(blockDim.x)) & (CW4 - 1);
-      if (src[i] && c0 + c < D4) nxt[i] = src[i][c0 + c];
-    }
-  };
-  fetch(0);
-  double sse = 0;
-  float mE = 0.0f, mX = 0.0f;
-  for (int64_t c0 = 0; c0 < D4; c0 += CW4) {
-    const int64_t w = min(int64_t(CW4), D4 - c0);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int64_t t = tid + i * int64_t(blockDim.x);
-      if (src[i] && (t & (CW4 - 1)) < w) tile[t] = nxt[i];
-    }
-    __syncthreads();
-    if (c0 + CW4 < D4) fetch(c0 + CW4);  // in flight during this chunk's sums
-    if (tid < w) {
-      const int64_t d = 4 * (c0 + tid);
-      float4 acc = make_float4(b_dec[d], b_dec[d + 1], b_dec[d + 2], b_dec[d + 3]);
-      for (int64_t j = 0; j < K; ++j) {
-        const float v = sv[j];
-        if (v != 0.0f) fma4(acc, v, tile[j * CW4 + tid]);
-      }
-      const float4 xv = x4[c0 + tid], cv = xc4[c0 + tid];
-      const float4 e = make_float4(xv.x - acc.x, xv.y - acc.y, xv.z - acc.z, xv.w - acc.w);
-      res[tid] = e;
-      E4[c0 + tid] = e;
-      sse += double(e.x) * e.x;
-      sse += double(e.y) * e.y;
-      sse += double(e.z) * e.z;
-      sse += double(e.w) * e.w;
-      mE = fmaxf(mE, fmaxf(fmaxf(fabsf(e.x), fabsf(e.y)), fmaxf(fabsf(e.z), fabsf(e.w))));
-      mX = fmaxf(mX, fmaxf(fmaxf(fabsf(cv.x), fabsf(cv.y)), fmaxf(fabsf(cv.z), fabsf(cv.w))));
-    }
-    __syncthreads();
-    for (int64_t j = warp; j < K; j += nw) {
-      float p = 0.0f;
-      for (int64_t c = lane; c < w; c += 32) {
-        const float4 r = res[c], t = tile[j * CW4 + c];
-        p += r.x * t.x;
-        p += r.y * t.y;
-        p += r.z * t.z;
-        p += r.w * t.w;
-      }
-      p = warp_sum(p);
-      if (lane == 0) dots[j] += p;
-    }
-    __syncthreads();  // tile and res are rewritten by the next chunk
-  }
-  sse = block_sum(sse, dscr);
-  mE = block_max(mE, fscr);
-  mX = block_max(mX, fscr);
-  const float gscale = sc->gscale;
-  for (int64_t j = tid; j < K; j += blockDim.x) dpm[n * K + j] = sv[j] > 0.0f ? gscale * dots[j] : 0.0f;
-  if (tid == 0) {
-    rowd[n] = sse;
-    rowd[N + n] = 0.0;
-    rowf[n] = mE;
-    rowf[N + n] = 0.0f;
-    rowf[2 * N + n] = mX;
-  }
-}
-
 // The losses (CPU: st.fvu, st.auxk, st.loss) and the finite check before any update.
 __global__ void loss_kernel(const double* rowd, const float* rowf, int64_t N, int use_aux, double alpha,
                             double aux_scale, Scalars* sc, int* stat) {
@@ -1297,18 +1194,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     float* R = Ka ? S->R.as<float>(N64 * D) : nullptr;
     float* dpm = S->dpm.as<float>(NK);
     float* dpa = Ka ? S->dpa.as<float>(NKa) : nullptr;
-    if (vec4 && Ka == 0 && K <= 256) {
-      // Chunks of CW4 float4 columns (a power of two, 8..64, K * CW4 <= 2048 = 8 pieces per
-      // thread): the staged rows take at most 32 KiB (128-byte row pieces at k 256).
-      int lcw = 6;
-      while (lcw > 3 && (K << lcw) > 2048) --lcw;
-      const int64_t CW4 = int64_t(1) << lcw;
-      const size_t smem = size_t(K * CW4 + CW4) * sizeof(float4) + 2 * size_t(K) * sizeof(float);
-      allow_smem(residual4_kernel, smem, S->device);
-      residual4_kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, lcw, sc, E, dpm, rowd,
-                                                        rowf, N64);
-      SK_LAUNCHED("residual4_kernel");
-    } else {
+    {
       const size_t smem = size_t(Ka ? 2 : 1) * size_t(D) * sizeof(float);
       allow_smem(residual_kernel, smem, S->device);
       residual_kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, av, ai, Ka, sc, E, R, dpm,

@@ -1,11 +1,13 @@
 // Per-row TopK selection without a full sort, one block per row. Keys are the float bits of the
 // active values (activations are > +0, so the bits order like the values; inactive -> 0).
 //
-// Fast path (two reads of the row, no per-key work beyond one shared-memory add):
+// Fast path (one read of the row and a partial second one; no per-key work beyond one
+// shared-memory add):
 //   pass 1: the number of active keys, and a 2048-bin histogram of the active keys' bits 20..30
 //           (exponent and 3 mantissa bits: bins 1/8 octave wide). A block scan from the top bin
 //           finds the bin holding the k-th largest key.
-//   pass 2: every key in that bin or above goes to a shared list as a composite 64-bit key
+//   pass 2: only threads that saw a key in that bin or above read their part of the row again;
+//           every key in that bin or above goes to a shared list as a composite 64-bit key
 //           (value bits << 32 | ~index: unique, so "value descending, index ascending" is a plain
 //           descending order); a bitonic sort of the list (typically ~2k entries or fewer) gives
 //           the k winners in the CPU's order.
@@ -241,9 +243,11 @@ __global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, 
   }
   __syncthreads();
   int pos = 0;
+  uint32_t tmax = 0;  // this thread's largest key: pass 2 skips threads with nothing >= lo
   for_each_key(v, C, vec4, [&](uint32_t key, int64_t) {
     if (key) {
       ++pos;
+      tmax = key > tmax ? key : tmax;
       atomicAdd(&sh.hist[key >> kBinShift], 1u);
     }
   });
@@ -286,9 +290,10 @@ __global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, 
   }
 
   // ---- pass 2: the keys >= lo into the list, then the composite sort
-  for_each_key(v, C, vec4, [&](uint32_t key, int64_t j) {
-    if (key >= lo) buf[atomicAdd(&sh.s_n, 1)] = composite(key, latent_of(v, j));
-  });
+  if (tmax >= lo)  // most threads hold none of the few keys above lo and read nothing
+    for_each_key(v, C, vec4, [&](uint32_t key, int64_t j) {
+      if (key >= lo) buf[atomicAdd(&sh.s_n, 1)] = composite(key, latent_of(v, j));
+    });
   __syncthreads();
   int Q = 1;
   while (Q < n) Q <<= 1;

@@ -1224,8 +1224,8 @@ int main(int argc, char** argv) {
     test_jumprelu(D, M, N, 81);
     test_prefetch(D, M, k, N, 85);
   }
-  // D % 4 == 0: the float4 kernels (the decode with staged rows when there is no AuxK, and the
-  // per-latent update); D 68 leaves a partial last chunk of columns.
+  // D % 4 == 0: the float4 update in two passes (per latent x column slice, then per decoder
+  // row); D 68 leaves a partial slice, and M 301 puts b_enc / b_dec at unaligned offsets.
   test_grads(68, 301, 7, 129, true, 0, SK_PREC_F32, 56);
   test_grads(68, 301, 7, 129, true, 5, SK_PREC_F32, 57);
   test_grads(68, 301, 70, 129, false, 0, SK_PREC_BF16, 58);
