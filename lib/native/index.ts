@@ -71,7 +71,7 @@ export type NativePrefetched = { readonly __saekitPrefetched: unique symbol };
 
 export interface NativeAdam {
   readonly steps: number;
-  prefetch(x: Float32Array): NativePrefetched;
+  prefetch(x: Float32Array, scale?: number): NativePrefetched;
   dropPrefetched(batch: NativePrefetched): void;
   state(): Promise<{ m: Float32Array; v: Float32Array; t: number }>;
   setState(m: Float32Array, v: Float32Array, t: number): void;

@@ -556,13 +556,17 @@ export class AdamOptimizer {
    * Copies a batch for a later step now, so `x` may be reused at once; on a CUDA device the
    * copy goes to page-locked memory and its upload starts on a separate stream, overlapping the
    * step in flight (call it for batch n + 1 while step n runs, then `step(prefetched)`). On the
-   * CPU it is just the copy step() would make.
+   * CPU it is just the copy step() would make. `options.scale` multiplies every value while it
+   * is copied (the copy holds `Math.fround(x[i] * scale)`, as a JS loop would store it), so an
+   * input normalisation costs no extra pass; the Trainer uses it for `normalize`.
    */
-  prefetch(x: Float32Array): PrefetchedBatch {
+  prefetch(x: Float32Array, options?: { scale?: number }): PrefetchedBatch {
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
     if (!(x instanceof Float32Array)) throw argError('x', `a Float32Array (rows * ${this.sae.dIn})`, x);
+    const o = checkOptions('options', options);
+    const scale = o.scale === undefined ? 1 : checkNumber('options.scale', o.scale, 0, 1e30, true);
     const rows = rowsArg(this.sae.dIn, x) as Float32Array;
-    return new PrefetchedBatch(callNative(() => this.h.prefetch(rows)), this.h, rows.length / this.sae.dIn);
+    return new PrefetchedBatch(callNative(() => this.h.prefetch(rows, scale)), this.h, rows.length / this.sae.dIn);
   }
 
   /**

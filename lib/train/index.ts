@@ -328,13 +328,12 @@ export class Trainer {
     let status: FitResult['status'] = 'completed';
     let saved: string[] = [];
     try {
-      const scratch = { buf: null as Float32Array | null };
       // Each batch is copied out (prefetch) as soon as it arrives, while the previous step runs:
       // the (recycled) batch array is free again at once, and on a GPU the copy is already on
-      // its way to the device when its step starts.
+      // its way to the device when its step starts. The input scale is applied by that copy.
       const nextPrefetched = async (): Promise<{ rows: number; x: PrefetchedBatch } | undefined> => {
         const b = await nextBatch();
-        return b && { rows: b.rows, x: opt.prefetch(scaledInto(scratch, b.data, scale)) };
+        return b && { rows: b.rows, x: opt.prefetch(b.data, { scale }) };
       };
       let batchPromise = step < total ? nextPrefetched() : Promise.resolve(undefined);
       while (step < total) {
@@ -464,15 +463,6 @@ async function readCheckpoint(dir: string): Promise<Checkpoint | undefined> {
     throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: not a saekit checkpoint of version ${CHECKPOINT_VERSION}`);
   }
   return ck;
-}
-
-/** x scaled by s, written into a reused scratch array (step() copies its input at once). */
-function scaledInto(scratch: { buf: Float32Array | null }, x: Float32Array, s: number): Float32Array {
-  if (s === 1) return x;
-  if (!scratch.buf || scratch.buf.length < x.length) scratch.buf = new Float32Array(x.length);
-  const out = scratch.buf.length === x.length ? scratch.buf : scratch.buf.subarray(0, x.length);
-  for (let i = 0; i < x.length; i++) out[i] = x[i]! * s;
-  return out;
 }
 
 function scaled(x: Float32Array, s: number): Float32Array {

@@ -262,7 +262,13 @@ std::shared_ptr<Prefetched>* prefetched_of(const Napi::Value& v) {
   return v.As<Napi::External<std::shared_ptr<Prefetched>>>().Data();
 }
 
-Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* pool = nullptr) {
+// dst[i] = float(double(src[i]) * s): what JS's `out[i] = x[i] * s` stores into a Float32Array.
+void scaled_copy(float* dst, const float* src, size_t n, double s) {
+  for (size_t i = 0; i < n; ++i) dst[i] = float(double(src[i]) * s);
+}
+
+// scale (prefetch's option) multiplies a Float32Array's rows while they are copied.
+Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* pool = nullptr, double scale = 1.0) {
   Rows r;
   if (std::shared_ptr<Prefetched>* pp = prefetched_of(v)) {
     if (!*pp) throw Error(ErrorCode::Disposed, fmt("the prefetched batch passed as ", name, " was already used or disposed"));
@@ -284,8 +290,21 @@ Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* poo
                                         " for ", name, " but received length ", len));
     r.n = len / D;
     if (pool) r.pinned = pool->take(a.ByteLength());
-    if (r.pinned) std::memcpy(r.pinned.get(), static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), a.ByteLength());
-    else r.host = copy_typed_array(a);
+    const uint8_t* src = static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
+    if (scale != 1.0) {
+      float* dst;
+      if (r.pinned) {
+        dst = static_cast<float*>(r.pinned.get());
+      } else {
+        r.host = HostArray::allocate(a.ByteLength());
+        dst = r.host->as<float>();
+      }
+      scaled_copy(dst, reinterpret_cast<const float*>(src), size_t(len), scale);
+    } else if (r.pinned) {
+      std::memcpy(r.pinned.get(), src, a.ByteLength());
+    } else {
+      r.host = copy_typed_array(a);
+    }
     return r;
   }
   if (v.IsObject() && !v.IsTypedArray()) {
@@ -833,10 +852,11 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
   }
 
  private:
-  // prefetch(x: Float32Array): an external holding a copy of x, taken now (so x may be reused at
-  // once): in page-locked memory with its upload started when the SAE is on a device that can
-  // prefetch (the transfer then overlaps the step in flight), else in plain native memory. Runs
-  // on the JS thread, beside the executor: the device table's prefetch is thread-safe.
+  // prefetch(x: Float32Array, scale?: number): an external holding a copy of x (times scale),
+  // taken now (so x may be reused at once): in page-locked memory with its upload started when
+  // the SAE is on a device that can prefetch (the transfer then overlaps the step in flight),
+  // else in plain native memory. Runs on the JS thread, beside the executor: the device table's
+  // prefetch is thread-safe.
   Napi::Value prefetch(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
@@ -846,7 +866,8 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       auto p = std::make_shared<Prefetched>();
       std::shared_ptr<DeviceSae> dev = m->device_now();
       const bool device = dev && dev->api->prefetch && m->pinned;
-      Rows r = get_rows(info[0], m->D, "x", device ? m->pinned.get() : nullptr);
+      const double scale = info.Length() > 1 && !info[1].IsUndefined() ? get_double(info[1], "scale", 0, 1e30) : 1.0;
+      Rows r = get_rows(info[0], m->D, "x", device ? m->pinned.get() : nullptr, scale);
       p->D = m->D;
       p->n = r.n;
       p->pinned = r.pinned;

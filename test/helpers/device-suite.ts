@@ -218,6 +218,18 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
       await expect(oo.step(foreign)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
       foreign.dispose();
       expect(() => oa.prefetch(new Float32Array(5))).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE' }));
+      // options.scale: the copy holds fround(x * scale), so a step on it equals a step on the
+      // array scaled in JS (an odd scale, so products round; page-locked and plain copies alike).
+      for (const scale of [0.7316, 3.1e-3]) {
+        const x = batch(33);
+        const xs = Float32Array.from(x, (v) => v * scale);
+        await run(oa.prefetch(x, { scale }), xs);
+      }
+      for (const bad of [0, -1, Number.NaN, Infinity, '2']) {
+        expect(() => oa.prefetch(batch(2), { scale: bad as number })).toThrow(
+          expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringContaining('options.scale') }),
+        );
+      }
     }
   });
 
