@@ -179,6 +179,26 @@ __device__ void code_grads(const float* v, const int32_t* idx, int64_t K, const 
   }
 }
 
+// The row's sums and maxima for loss_kernel (rowd: sse | asse, rowf: max|E| | max|R| | max|xc|).
+__device__ __forceinline__ void row_stats(double* rowd, float* rowf, int64_t N, int64_t n, double sse, double asse,
+                                          float mE, float mR, float mX) {
+  rowd[n] = sse;
+  rowd[N + n] = asse;
+  rowf[n] = mE;
+  rowf[N + n] = mR;
+  rowf[2 * N + n] = mX;
+}
+// s += the float64 squares of v's lanes, in lane order; the largest |lane| of v and m.
+__device__ __forceinline__ void add_sq4(double& s, const float4& v) {
+  s += double(v.x) * v.x;
+  s += double(v.y) * v.y;
+  s += double(v.z) * v.z;
+  s += double(v.w) * v.w;
+}
+__device__ __forceinline__ float absmax4(float m, const float4& v) {
+  return fmaxf(m, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+}
+
 // CPU: the fused decode pass of sae_step, one block per row. E = x - x_hat; with AuxK,
 // R = e_hat - e where e_hat = b_dec + sum a W_dec[aux]; d loss / d pre of each pair (0 when the
 // code is 0); the row's squared norms (float64) and the maxima of |E|, |R|, |xc|.
@@ -232,13 +252,7 @@ __global__ void residual_kernel(const float* x, const float* xc, const float* W_
     mR = block_max(mR, fscr);
     code_grads(av + n * Ka, ai + n * Ka, Ka, sr, W_dec, D, hscale, dpa + n * Ka, warp, nw, lane);
   }
-  if (threadIdx.x == 0) {
-    rowd[n] = sse;
-    rowd[N + n] = asse;
-    rowf[n] = mE;
-    rowf[N + n] = mR;
-    rowf[2 * N + n] = mX;
-  }
+  if (threadIdx.x == 0) row_stats(rowd, rowf, N, n, sse, asse, mE, mR, mX);
 }
 
 // residual_kernel for D % 4 == 0: float4 columns, and the codes taken 4 at a time with their 4
@@ -311,12 +325,9 @@ __global__ void residual4_kernel(const float* x, const float* xc, const float* W
     const float4 e = make_float4(xv.x - acc.x, xv.y - acc.y, xv.z - acc.z, xv.w - acc.w);
     se[c] = e;
     reinterpret_cast<float4*>(E + n * D)[c] = e;
-    sse += double(e.x) * e.x;
-    sse += double(e.y) * e.y;
-    sse += double(e.z) * e.z;
-    sse += double(e.w) * e.w;
-    mE = fmaxf(mE, fmaxf(fmaxf(fabsf(e.x), fabsf(e.y)), fmaxf(fabsf(e.z), fabsf(e.w))));
-    mX = fmaxf(mX, fmaxf(fmaxf(fabsf(cv.x), fabsf(cv.y)), fmaxf(fabsf(cv.z), fabsf(cv.w))));
+    add_sq4(sse, e);
+    mE = absmax4(mE, e);
+    mX = absmax4(mX, cv);
   }
   sse = block_sum(sse, dscr);  // synchronises: se is complete
   mE = block_max(mE, fscr);
@@ -333,23 +344,14 @@ __global__ void residual4_kernel(const float* x, const float* xc, const float* W
       const float4 r = make_float4(acc.x - e.x, acc.y - e.y, acc.z - e.z, acc.w - e.w);
       sr[c] = r;
       reinterpret_cast<float4*>(R + n * D)[c] = r;
-      asse += double(r.x) * r.x;
-      asse += double(r.y) * r.y;
-      asse += double(r.z) * r.z;
-      asse += double(r.w) * r.w;
-      mR = fmaxf(mR, fmaxf(fmaxf(fabsf(r.x), fabsf(r.y)), fmaxf(fabsf(r.z), fabsf(r.w))));
+      add_sq4(asse, r);
+      mR = absmax4(mR, r);
     }
     asse = block_sum(asse, dscr);
     mR = block_max(mR, fscr);
     code_grads4(av + n * Ka, ai + n * Ka, Ka, sr, W4, D4, hscale, dpa + n * Ka, warp, nw, lane);
   }
-  if (threadIdx.x == 0) {
-    rowd[n] = sse;
-    rowd[N + n] = asse;
-    rowf[n] = mE;
-    rowf[N + n] = mR;
-    rowf[2 * N + n] = mX;
-  }
+  if (threadIdx.x == 0) row_stats(rowd, rowf, N, n, sse, asse, mE, mR, mX);
 }
 
 // The losses (CPU: st.fvu, st.auxk, st.loss) and the finite check before any update.
