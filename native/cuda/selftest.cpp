@@ -1224,6 +1224,20 @@ int main(int argc, char** argv) {
     test_jumprelu(D, M, N, 81);
     test_prefetch(D, M, k, N, 85);
   }
+  // Massive ties: W_enc = 0, so every row's keys are b_enc's few values. k 40 stays inside the
+  // top value's 52 latents (the fast path's list, ties by index); k 64 reaches into 3,300 equal
+  // keys, more than the list holds (the radix fallback); k 4000 needs inactive latents too.
+  run_test("encode ties", [&] {
+    const int64_t D = 16, M = 5000, N = 40;
+    Model m = random_model(D, M, true, 87);
+    float* be = m.slab.data() + 2 * M * D;
+    for (int64_t i = 0; i < M * D; ++i) m.slab[size_t(i)] = 0.0f;
+    for (int64_t l = 0; l < M; ++l) be[l] = l % 97 == 0 ? 0.5f : l % 3 != 0 ? 0.25f : -1.0f;
+    std::vector<float> x = random_x(N, D, 88);
+    Sae s(m);
+    std::vector<float> pre = dev_preacts(s, m, x, N, SK_PREC_F32);
+    for (int64_t k : {40, 64, 4000}) check_encode_exact(s, m, x, N, k, SK_PREC_F32, pre, nullptr, strf("ties k=%lld", (long long)k));
+  });
   // D % 4 == 0: the float4 update in two passes (per latent x column slice, then per decoder
   // row); D 68 leaves a partial slice, and M 301 puts b_enc / b_dec at unaligned offsets.
   test_grads(68, 301, 7, 129, true, 0, SK_PREC_F32, 56);
