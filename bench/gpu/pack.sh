@@ -24,6 +24,11 @@ cp -r "$root/node_modules/node-gyp-build" "$out/node_modules/"
 (cd "$root" && npx esbuild bench/gpu/parity.ts --bundle --platform=node --format=esm --target=node20 \
   --alias:vitest=./bench/gpu/mini-vitest.ts --outfile="$out/bundle/gpu/parity.mjs" --log-level=warning)
 
-# 3. Node itself.
+# 3. The commit this bundle was made from (the device's copy of .git may lag the working tree).
+c="$(git -C "$root" rev-parse --short HEAD)"
+[ -z "$(git -C "$root" status --porcelain --untracked-files=no)" ] || c="$c-dirty"
+echo "$c" > "$out/commit"
+
+# 4. Node itself.
 xz -T0 -6 -c "$(readlink -f "$(command -v node)")" > "$out/node.xz"
 du -sh "$out"

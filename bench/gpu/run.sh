@@ -136,7 +136,7 @@ fi
 # ---- summary, last
 {
   echo
-  echo "== saekit CUDA GPU check ($(cat "$OUT_DIR/gpu.txt" 2>/dev/null | head -1), $(date -u +%F), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  echo "== saekit CUDA GPU check ($(cat "$OUT_DIR/gpu.txt" 2>/dev/null | head -1), $(date -u +%F), commit $(cat .gpu/commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo '?'))"
   for s in build selftest memcheck bench ncu parity torch; do printf '%-9s %s\n' "$s" "${STATUS[$s]:-not run}"; done
   if [ -f "$OUT_DIR/selftest.log" ]; then
     grep -E '^(FAIL|ALL PASSED|FAILED|SKIP)' "$OUT_DIR/selftest.log" | head -20 || true
