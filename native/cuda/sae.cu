@@ -162,196 +162,145 @@ __device__ __forceinline__ void fma4(float4& acc, float c, const float4& x) {
   acc.w += c * x.w;
 }
 
-// d loss / d pre of one row's codes (v, idx: K of them): scale * <resid, W_dec[idx]> where the
-// code is positive, else 0; a warp per code.
-__device__ void code_grads(const float* v, const int32_t* idx, int64_t K, const float* resid, const float* W_dec,
-                           int64_t D, float scale, float* out, int warp, int nw, int lane) {
-  for (int64_t j = warp; j < K; j += nw) {
-    if (!(v[j] > 0.0f)) {
-      if (lane == 0) out[j] = 0.0f;
-      continue;
-    }
-    const float* w = W_dec + int64_t(idx[j]) * D;
-    float dot = 0.0f;
-    for (int64_t d = lane; d < D; d += 32) dot += resid[d] * w[d];
-    dot = warp_sum(dot);
-    if (lane == 0) out[j] = scale * dot;
-  }
+// The decode works on columns of V = float or float4 (dIn % 4 == 0): these helpers apply an
+// operation lane by lane, in lane order, so both widths sum each column in the same order.
+__device__ __forceinline__ void fmav(float& acc, float c, float x) { acc += c * x; }
+__device__ __forceinline__ void fmav(float4& acc, float c, const float4& x) { fma4(acc, c, x); }
+__device__ __forceinline__ void dotv(float& s, float r, float q) { s += r * q; }
+__device__ __forceinline__ void dotv(float& s, const float4& r, const float4& q) {
+  s += r.x * q.x;
+  s += r.y * q.y;
+  s += r.z * q.z;
+  s += r.w * q.w;
 }
-
-// The row's sums and maxima for loss_kernel (rowd: sse | asse, rowf: max|E| | max|R| | max|xc|).
-__device__ __forceinline__ void row_stats(double* rowd, float* rowf, int64_t N, int64_t n, double sse, double asse,
-                                          float mE, float mR, float mX) {
-  rowd[n] = sse;
-  rowd[N + n] = asse;
-  rowf[n] = mE;
-  rowf[N + n] = mR;
-  rowf[2 * N + n] = mX;
+__device__ __forceinline__ float subv(float a, float b) { return a - b; }
+__device__ __forceinline__ float4 subv(const float4& a, const float4& b) {
+  return make_float4(a.x - b.x, a.y - b.y, a.z - b.z, a.w - b.w);
 }
-// s += the float64 squares of v's lanes, in lane order; the largest |lane| of v and m.
-__device__ __forceinline__ void add_sq4(double& s, const float4& v) {
+__device__ __forceinline__ void add_sq(double& s, float v) { s += double(v) * v; }
+__device__ __forceinline__ void add_sq(double& s, const float4& v) {
   s += double(v.x) * v.x;
   s += double(v.y) * v.y;
   s += double(v.z) * v.z;
   s += double(v.w) * v.w;
 }
-__device__ __forceinline__ float absmax4(float m, const float4& v) {
+__device__ __forceinline__ float absmax(float m, float v) { return fmaxf(m, fabsf(v)); }
+__device__ __forceinline__ float absmax(float m, const float4& v) {
   return fmaxf(m, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
 }
-
-// CPU: the fused decode pass of sae_step, one block per row. E = x - x_hat; with AuxK,
-// R = e_hat - e where e_hat = b_dec + sum a W_dec[aux]; d loss / d pre of each pair (0 when the
-// code is 0); the row's squared norms (float64) and the maxima of |E|, |R|, |xc|.
-__global__ void residual_kernel(const float* x, const float* xc, const float* W_dec, const float* b_dec, int64_t D,
-                                const float* mv, const int32_t* mi, int64_t K, const float* av, const int32_t* ai,
-                                int64_t Ka, const Scalars* sc, float* E, float* R, float* dpm, float* dpa,
-                                double* rowd, float* rowf, int64_t N) {
-  extern __shared__ float sh[];
-  float* se = sh;
-  float* sr = sh + D;
-  __shared__ double dscr[32];
-  __shared__ float fscr[32];
-  const int64_t n = blockIdx.x;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  double sse = 0;
-  float mE = 0.0f, mX = 0.0f;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    float acc = b_dec[d];
-    for (int64_t j = 0; j < K; ++j) {
-      float v = mv[n * K + j];
-      if (v != 0.0f) acc += v * W_dec[int64_t(mi[n * K + j]) * D + d];
-    }
-    float e = x[n * D + d] - acc;
-    se[d] = e;
-    E[n * D + d] = e;
-    sse += double(e) * e;
-    mE = fmaxf(mE, fabsf(e));
-    mX = fmaxf(mX, fabsf(xc[n * D + d]));
-  }
-  sse = block_sum(sse, dscr);  // synchronises: se is complete
-  mE = block_max(mE, fscr);
-  mX = block_max(mX, fscr);
-  const float gscale = sc->gscale, hscale = sc->hscale;
-  code_grads(mv + n * K, mi + n * K, K, se, W_dec, D, gscale, dpm + n * K, warp, nw, lane);
-  double asse = 0;
-  float mR = 0.0f;
-  if (Ka > 0) {
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-      float acc = b_dec[d];
-      for (int64_t j = 0; j < Ka; ++j) {
-        float a = av[n * Ka + j];
-        if (a != 0.0f) acc += a * W_dec[int64_t(ai[n * Ka + j]) * D + d];
-      }
-      float r = acc - se[d];
-      sr[d] = r;
-      R[n * D + d] = r;
-      asse += double(r) * r;
-      mR = fmaxf(mR, fabsf(r));
-    }
-    asse = block_sum(asse, dscr);
-    mR = block_max(mR, fscr);
-    code_grads(av + n * Ka, ai + n * Ka, Ka, sr, W_dec, D, hscale, dpa + n * Ka, warp, nw, lane);
-  }
-  if (threadIdx.x == 0) row_stats(rowd, rowf, N, n, sse, asse, mE, mR, mX);
+// Column c of b_dec, read as floats (its offset in the slab need not be 16-byte aligned).
+template <typename V>
+__device__ __forceinline__ V bias_col(const float* b, int64_t c);
+template <>
+__device__ __forceinline__ float bias_col<float>(const float* b, int64_t c) { return b[c]; }
+template <>
+__device__ __forceinline__ float4 bias_col<float4>(const float* b, int64_t c) {
+  return make_float4(b[4 * c], b[4 * c + 1], b[4 * c + 2], b[4 * c + 3]);
 }
 
-// residual_kernel for D % 4 == 0: float4 columns, and the codes taken 4 at a time with their 4
-// row loads issued before the sums (the per-column order of the sums is unchanged), so a thread
-// keeps 4 independent 16-byte gathers in flight instead of one 4-byte load at a time; the dot
-// products of the code gradients read float4 too. This matters most for AuxK (dIn / 2 codes a
-// row). b_dec is read as floats (its offset in the slab need not be 16-byte aligned).
-__device__ __forceinline__ float4 decode_col4(const float* vals, const int32_t* idx, int64_t K, const float4* W4,
-                                              int64_t D4, int64_t c, float4 acc) {
+// acc + sum_j vals[j] W[idx[j]] for column c (codes equal to 0 skipped), the codes taken 4 at a
+// time with their 4 row loads issued before the sums, so a thread keeps 4 independent gathers in
+// flight (the order of the sums is unchanged). W has DV columns of V per row.
+template <typename V>
+__device__ __forceinline__ V decode_col(const float* vals, const int32_t* idx, int64_t K, const V* W, int64_t DV,
+                                        int64_t c, V acc) {
   int64_t j = 0;
   for (; j + 4 <= K; j += 4) {
     float v[4];
-    float4 w[4];
+    V w[4];
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       v[u] = vals[j + u];
-      w[u] = W4[int64_t(idx[j + u]) * D4 + c];
+      w[u] = W[int64_t(idx[j + u]) * DV + c];
     }
 #pragma unroll
     for (int u = 0; u < 4; ++u)
-      if (v[u] != 0.0f) fma4(acc, v[u], w[u]);
+      if (v[u] != 0.0f) fmav(acc, v[u], w[u]);
   }
   for (; j < K; ++j) {
     const float v = vals[j];
-    if (v != 0.0f) fma4(acc, v, W4[int64_t(idx[j]) * D4 + c]);
+    if (v != 0.0f) fmav(acc, v, W[int64_t(idx[j]) * DV + c]);
   }
   return acc;
 }
-__device__ void code_grads4(const float* v, const int32_t* idx, int64_t K, const float4* resid, const float4* W4,
-                            int64_t D4, float scale, float* out, int warp, int nw, int lane) {
+
+// d loss / d pre of one row's codes (v, idx: K of them): scale * <resid, W_dec[idx]> where the
+// code is positive, else 0; a warp per code.
+template <typename V>
+__device__ void code_grads(const float* v, const int32_t* idx, int64_t K, const V* resid, const V* W, int64_t DV,
+                           float scale, float* out, int warp, int nw, int lane) {
   for (int64_t j = warp; j < K; j += nw) {
     if (!(v[j] > 0.0f)) {
       if (lane == 0) out[j] = 0.0f;
       continue;
     }
-    const float4* w = W4 + int64_t(idx[j]) * D4;
+    const V* w = W + int64_t(idx[j]) * DV;
     float dot = 0.0f;
 #pragma unroll 4
-    for (int64_t c = lane; c < D4; c += 32) {
-      const float4 r = resid[c], q = w[c];
-      dot += r.x * q.x;
-      dot += r.y * q.y;
-      dot += r.z * q.z;
-      dot += r.w * q.w;
-    }
+    for (int64_t c = lane; c < DV; c += 32) dotv(dot, resid[c], w[c]);
     dot = warp_sum(dot);
     if (lane == 0) out[j] = scale * dot;
   }
 }
-__global__ void residual4_kernel(const float* x, const float* xc, const float* W_dec, const float* b_dec, int64_t D,
-                                 const float* mv, const int32_t* mi, int64_t K, const float* av, const int32_t* ai,
-                                 int64_t Ka, const Scalars* sc, float* E, float* R, float* dpm, float* dpa,
-                                 double* rowd, float* rowf, int64_t N) {
+
+// CPU: the fused decode pass of sae_step, one block per row. E = x - x_hat; with AuxK,
+// R = e_hat - e where e_hat = b_dec + sum a W_dec[aux]; d loss / d pre of each pair (0 when the
+// code is 0); the row's squared norms (float64) and the maxima of |E|, |R|, |xc|. V = float4
+// when dIn % 4 == 0 (16-byte gathers; this matters most for AuxK's dIn / 2 codes a row).
+template <typename V>
+__global__ void residual_kernel(const float* x, const float* xc, const float* W_dec, const float* b_dec, int64_t D,
+                                const float* mv, const int32_t* mi, int64_t K, const float* av, const int32_t* ai,
+                                int64_t Ka, const Scalars* sc, float* E, float* R, float* dpm, float* dpa,
+                                double* rowd, float* rowf, int64_t N) {
   extern __shared__ float sh[];
-  float4* se = reinterpret_cast<float4*>(sh);
-  float4* sr = reinterpret_cast<float4*>(sh + D);
+  constexpr int64_t kW = int64_t(sizeof(V) / sizeof(float));
+  const int64_t n = blockIdx.x, DV = D / kW;
+  V* se = reinterpret_cast<V*>(sh);
+  V* sr = reinterpret_cast<V*>(sh + D);
   __shared__ double dscr[32];
   __shared__ float fscr[32];
-  const int64_t n = blockIdx.x, D4 = D >> 2;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  const float4* W4 = reinterpret_cast<const float4*>(W_dec);
-  const float4* x4 = reinterpret_cast<const float4*>(x + n * D);
-  const float4* xc4 = reinterpret_cast<const float4*>(xc + n * D);
+  const V* W = reinterpret_cast<const V*>(W_dec);
+  const V* xv = reinterpret_cast<const V*>(x + n * D);
+  const V* xcv = reinterpret_cast<const V*>(xc + n * D);
   double sse = 0;
   float mE = 0.0f, mX = 0.0f;
-  for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
-    const float* b = b_dec + 4 * c;
-    const float4 acc = decode_col4(mv + n * K, mi + n * K, K, W4, D4, c, make_float4(b[0], b[1], b[2], b[3]));
-    const float4 xv = x4[c], cv = xc4[c];
-    const float4 e = make_float4(xv.x - acc.x, xv.y - acc.y, xv.z - acc.z, xv.w - acc.w);
+  for (int64_t c = threadIdx.x; c < DV; c += blockDim.x) {
+    const V acc = decode_col(mv + n * K, mi + n * K, K, W, DV, c, bias_col<V>(b_dec, c));
+    const V e = subv(xv[c], acc);
     se[c] = e;
-    reinterpret_cast<float4*>(E + n * D)[c] = e;
-    add_sq4(sse, e);
-    mE = absmax4(mE, e);
-    mX = absmax4(mX, cv);
+    reinterpret_cast<V*>(E + n * D)[c] = e;
+    add_sq(sse, e);
+    mE = absmax(mE, e);
+    mX = absmax(mX, xcv[c]);
   }
   sse = block_sum(sse, dscr);  // synchronises: se is complete
   mE = block_max(mE, fscr);
   mX = block_max(mX, fscr);
   const float gscale = sc->gscale, hscale = sc->hscale;
-  code_grads4(mv + n * K, mi + n * K, K, se, W4, D4, gscale, dpm + n * K, warp, nw, lane);
+  code_grads(mv + n * K, mi + n * K, K, se, W, DV, gscale, dpm + n * K, warp, nw, lane);
   double asse = 0;
   float mR = 0.0f;
   if (Ka > 0) {
-    for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
-      const float* b = b_dec + 4 * c;
-      const float4 acc = decode_col4(av + n * Ka, ai + n * Ka, Ka, W4, D4, c, make_float4(b[0], b[1], b[2], b[3]));
-      const float4 e = se[c];
-      const float4 r = make_float4(acc.x - e.x, acc.y - e.y, acc.z - e.z, acc.w - e.w);
+    for (int64_t c = threadIdx.x; c < DV; c += blockDim.x) {
+      const V acc = decode_col(av + n * Ka, ai + n * Ka, Ka, W, DV, c, bias_col<V>(b_dec, c));
+      const V r = subv(acc, se[c]);
       sr[c] = r;
-      reinterpret_cast<float4*>(R + n * D)[c] = r;
-      add_sq4(asse, r);
-      mR = absmax4(mR, r);
+      reinterpret_cast<V*>(R + n * D)[c] = r;
+      add_sq(asse, r);
+      mR = absmax(mR, r);
     }
     asse = block_sum(asse, dscr);
     mR = block_max(mR, fscr);
-    code_grads4(av + n * Ka, ai + n * Ka, Ka, sr, W4, D4, hscale, dpa + n * Ka, warp, nw, lane);
+    code_grads(av + n * Ka, ai + n * Ka, Ka, sr, W, DV, hscale, dpa + n * Ka, warp, nw, lane);
   }
-  if (threadIdx.x == 0) row_stats(rowd, rowf, N, n, sse, asse, mE, mR, mX);
+  if (threadIdx.x == 0) {
+    rowd[n] = sse;
+    rowd[N + n] = asse;
+    rowf[n] = mE;
+    rowf[N + n] = mR;
+    rowf[2 * N + n] = mX;
+  }
 }
 
 // The losses (CPU: st.fvu, st.auxk, st.loss) and the finite check before any update.
@@ -1309,7 +1258,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     float* dpa = Ka ? S->dpa.as<float>(NKa) : nullptr;
     {
       const size_t smem = size_t(Ka ? 2 : 1) * size_t(D) * sizeof(float);
-      auto* kernel = vec4 ? residual4_kernel : residual_kernel;
+      auto* kernel = vec4 ? residual_kernel<float4> : residual_kernel<float>;
       allow_smem(kernel, smem, S->device);
       kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, av, ai, Ka, sc, E, R, dpm, dpa, rowd,
                                               rowf, N64);
