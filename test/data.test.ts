@@ -278,6 +278,61 @@ describe('conversion to float32', () => {
     }
   });
 
+  it('recycled in-order batches (two fills in flight) keep every row in order across bfloat16 / float32 shards', async () => {
+    const dIn = 33;
+    const sizes = [157, 301, 89, 1];
+    mkdirSync(p('ahead'));
+    const parts: Float32Array[] = [];
+    for (let i = 0; i < sizes.length; i++) {
+      const bits = randomHalfBits(sizes[i]! * dIn, 'bfloat16', 300 + i);
+      await writeNpyFixture(p('ahead', `s${i}.npy`), 'bfloat16', [sizes[i]!, dIn], bits);
+      parts.push(Float32Array.from(bits, bf16ToNumber));
+    }
+    const want = concatRows(parts.map((data) => ({ data, rows: data.length / dIn, dIn })));
+    const total = want.length / dIn;
+    const src = await openActivations(p('ahead'));
+    for (const batchSize of [1, 50, 128, 547, 600]) {
+      for (const dropLast of [false, true]) {
+        const got: Float32Array[] = [];
+        for await (const b of src.batches({ batchSize, recycle: true, dropLast })) {
+          got.push(b.data.slice());
+          b.data.fill(NaN); // reused afterwards: later batches must not see this
+        }
+        const rows = dropLast ? Math.floor(total / batchSize) * batchSize : total;
+        expect(got.length).toBe(Math.ceil(rows / batchSize));
+        expectSameRows(concatRows(got.map((data) => ({ data, rows: data.length / dIn, dIn }))), want.subarray(0, rows * dIn));
+      }
+    }
+    await src.close();
+    // A non-finite row in a later shard still ends the pass with its name and row.
+    const bad = randomRows(50, dIn, 310);
+    bad[41 * dIn + 5] = Infinity;
+    await writeNpyFixture(p('ahead', 's5.npy'), 'float32', [50, dIn], bad);
+    const src2 = await openActivations(p('ahead'));
+    await expect(collect(src2, { batchSize: 64, recycle: true })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_NONFINITE',
+      message: expect.stringMatching(/row 41 of .*ahead\/s5\.npy has Infinity at column 5/),
+    });
+    await src2.close();
+  });
+
+  it('recycled in-order batches larger than the reads in flight (3 x 4 MiB) keep their order', async () => {
+    // Each 14 MiB batch is five reads: the second fill must not take rows before the first has
+    // taken all of its own.
+    const dIn = 256;
+    const batchSize = 28_001;
+    const rows = 2 * batchSize + 999;
+    const bits = randomHalfBits(rows * dIn, 'bfloat16', 321);
+    await writeNpyFixture(p('ahead-big.npy'), 'bfloat16', [rows, dIn], bits);
+    const want = Float32Array.from(bits, bf16ToNumber);
+    const src = await openActivations(p('ahead-big.npy'));
+    const got: Float32Array[] = [];
+    for await (const b of src.batches({ batchSize, recycle: true })) got.push(b.data.slice());
+    expect(got.map((g) => g.length / dIn)).toEqual([batchSize, batchSize, 999]);
+    expectSameRows(concatRows(got.map((data) => ({ data, rows: data.length / dIn, dIn }))), want);
+    await src.close();
+  });
+
   it('float64 rounds to nearest float32 (Math.fround); big-endian .npy is swapped', async () => {
     const rows = 77;
     const dIn = 7;

@@ -18,9 +18,12 @@ export interface RowStream {
   /**
    * Writes the next rows into dst[0 .. rows × dIn) and resolves to how many it wrote: `rows`,
    * or fewer once the stream ends. With `slots`, row i goes to dst[slots[i] × dIn, +dIn)
-   * instead (the mixing buffer's free slots). One fill at a time.
+   * instead (the mixing buffer's free slots). One fill at a time, unless `fillsInFlight` says
+   * more may be started before the earlier ones settle (they take rows in call order).
    */
   fill(dst: Float32Array, rows: number, slots?: Uint32Array): Promise<number>;
+  /** How many contiguous fills may be in flight at once (absent: 1). */
+  readonly fillsInFlight?: number;
   /**
    * (File streams whose shards all hold `dtype`, read natively.) As fill() with slots, keeping
    * the file's 16-bit values.
@@ -138,6 +141,15 @@ export class FileRowStream implements RowStream {
   /** Every shard can be read by the native job (little-endian, C order). */
   private readonly allNative: boolean;
   private scratch: Float32Array | null = null;
+  /** Settles when the latest fill has taken all its rows from the cursor (the next may start taking). */
+  private planned: Promise<void> = Promise.resolve();
+  /**
+   * With the 'error' policy a fill never takes rows after its first reads are planned (a
+   * non-finite row ends the pass instead of leaving room), so a second fill can take the rows
+   * that follow at once: two batches are read at a time, which keeps both cores busy across
+   * the end of one batch and the start of the next.
+   */
+  readonly fillsInFlight: number;
 
   constructor(
     private readonly ctx: FileContext,
@@ -150,6 +162,7 @@ export class FileRowStream implements RowStream {
     this.partRows = Math.max(1, Math.floor(MAX_CHUNK_BYTES / (ctx.dIn * Math.min(...ctx.shards.map((s) => ITEM_BYTES[s.dtype])))));
     this.stageBytes = this.partRows * ctx.dIn * Math.max(...ctx.shards.map((s) => ITEM_BYTES[s.dtype]));
     this.allNative = ctx.shards.every((s) => !s.fortran && !s.bigEndian);
+    this.fillsInFlight = ctx.policy === 'error' ? 2 : 1;
   }
 
   private track(read: Promise<void | boolean>): Promise<void | boolean> {
@@ -159,8 +172,8 @@ export class FileRowStream implements RowStream {
     return tracked;
   }
 
-  private start(dst: Float32Array | Uint16Array, at: number, max: number, slots: Uint32Array | undefined): Part | null {
-    const r = this.cursor.take(Math.min(max, this.partRows));
+  private start(dst: Float32Array | Uint16Array, at: number, max: number, slots: Uint32Array | undefined, part: number): Part | null {
+    const r = this.cursor.take(Math.min(max, part));
     if (!r) return null;
     const s = this.ctx.shards[r.shard]!;
     const { dIn } = this.ctx;
@@ -264,23 +277,36 @@ export class FileRowStream implements RowStream {
       this.scratch ??= new Float32Array(this.partRows * this.ctx.dIn);
       return fillSlotsViaScratch(this, this.scratch, this.partRows, dst, rows, slots, this.ctx.dIn);
     }
+    // Fills take rows from the cursor in call order: wait until the one before has taken all of
+    // its rows (not until its reads are done).
+    const before = this.planned;
+    let donePlanning!: () => void;
+    this.planned = new Promise<void>((resolve) => (donePlanning = resolve));
     const queue: Part[] = [];
     let filled = 0;
     let planned = 0;
+    // Reads of equal size, at least two per fill: a batch read as one large and one small part
+    // leaves a core idle for the last third of the fill.
+    const part = Math.ceil(rows / Math.max(Math.min(2, rows), Math.ceil(rows / this.partRows)));
     try {
+      await before;
       for (;;) {
         while (queue.length < this.depth && planned < rows) {
-          const p = this.start(dst, planned, rows - planned, slots);
-          if (!p) break;
+          const p = this.start(dst, planned, rows - planned, slots, part);
+          if (!p) {
+            planned = rows; // the stream has ended
+            break;
+          }
           queue.push(p);
           planned += p.rows;
         }
+        if (planned >= rows) donePlanning();
         const head = queue.shift();
         if (!head) return filled;
         const nonFinite = (await head.read) === true;
         // Top up before the conversion and screen, so the next reads overlap them.
         while (queue.length < this.depth && planned < rows) {
-          const p = this.start(dst, planned, rows - planned, slots);
+          const p = this.start(dst, planned, rows - planned, slots, part);
           if (!p) break;
           queue.push(p);
           planned += p.rows;
@@ -290,6 +316,7 @@ export class FileRowStream implements RowStream {
         if (queue.length === 0) planned = filled;
       }
     } finally {
+      donePlanning();
       if (queue.length) {
         await Promise.allSettled(queue.map((p) => p.read));
         for (const p of queue) if (p.stage) this.staging.push(p.stage);
