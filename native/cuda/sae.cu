@@ -60,6 +60,18 @@ struct AdamArgs {
   float b1, b2, lr_t, inv_sqrt_bc2, eps;
 };
 
+// AuxK computed as dense GEMMs over the dead latents (aux_dense_pass): the per-latent kernels add
+// these rows to the gradients they form from the main pairs. A default-constructed one (dpos
+// null) means AuxK pairs are in the per-latent lists instead.
+struct AuxDense {
+  const int32_t* dpos = nullptr;  // [M]: a latent's position in the dead list, or -1
+  const float* GA = nullptr;      // [2, nd, D]: AuxK gradient rows, decoder (coef R) then encoder (dpre xc)
+  const double* db = nullptr;     // [nd]: AuxK part of db_enc (sum of the pairs' dpre)
+  const float* amax = nullptr;    // [nd, 2]: max |GA row|, decoder and encoder (NaN: infinity)
+  int64_t nd = 0;
+  __device__ __forceinline__ int64_t pos(int64_t l) const { return dpos ? int64_t(dpos[l]) : -1; }
+};
+
 int64_t env_bytes(const char* name, int64_t fallback) {
   const char* v = std::getenv(name);
   if (!v) return fallback;
@@ -398,7 +410,7 @@ __global__ void fired_kernel(const float* mv, const int32_t* mi, int64_t NK, uin
 
 // CPU: db_enc per latent and the overflow bounds, one warp per latent.
 __global__ void latent_reduce_kernel(const int32_t* offs, const Entry* ent, int64_t M, const Scalars* sc,
-                                     float* gbenc, uint8_t* suspect, int* stat) {
+                                     AuxDense ax, float* gbenc, uint8_t* suspect, int* stat) {
   const int lane = threadIdx.x & 31;
   const int64_t l = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
   if (l >= M) return;  // whole warps leave together
@@ -414,6 +426,12 @@ __global__ void latent_reduce_kernel(const int32_t* offs, const Entry* ent, int6
   bdec = warp_sum(bdec);
   benc = warp_sum(benc);
   if (lane == 0) {
+    const int64_t dp = ax.pos(l);
+    if (dp >= 0) {  // dense AuxK: its db part, and its rows' exact maxima added to the bounds
+      s += ax.db[dp];
+      bdec += double(ax.amax[2 * dp]);
+      benc += double(ax.amax[2 * dp + 1]);
+    }
     if (!(isfinite(s) && fabs(s) < kGradLimit)) atomicMin(&stat[2], int(l));
     gbenc[l] = float(s);
     suspect[l] = !(bdec < kGradLimit && benc < kGradLimit);
@@ -423,8 +441,8 @@ __global__ void latent_reduce_kernel(const int32_t* offs, const Entry* ent, int6
 // The gradient rows of latent l into gd, ge (shared, D each), from its pairs in order (CPU:
 // the axpy loop of the per-latent pass). Returns whether the latent has pairs.
 __device__ bool latent_grad_rows(int64_t l, int64_t D, const int32_t* offs, const Entry* ent, const float* E,
-                                 const float* R, const float* xc, float* gd, float* ge) {
-  const int64_t q0 = offs[l], q1 = offs[l + 1];
+                                 const float* R, const float* xc, const AuxDense& ax, float* gd, float* ge) {
+  const int64_t q0 = offs[l], q1 = offs[l + 1], dp = ax.pos(l);
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     float a = 0.0f, b = 0.0f;
     for (int64_t q = q0; q < q1; ++q) {
@@ -433,19 +451,23 @@ __device__ bool latent_grad_rows(int64_t l, int64_t D, const int32_t* offs, cons
       if (e.coef != 0.0f) a += e.coef * (e.row_aux < 0 ? R : E)[row * D + d];
       if (e.dpre != 0.0f) b += e.dpre * xc[row * D + d];
     }
+    if (dp >= 0) {
+      a += ax.GA[dp * D + d];
+      b += ax.GA[(ax.nd + dp) * D + d];
+    }
     gd[d] = a;
     ge[d] = b;
   }
-  return q1 > q0;
+  return q1 > q0 || dp >= 0;
 }
 
 // CPU: the explicit check of rows whose bound is too large.
 __global__ void suspect_check_kernel(int64_t D, const int32_t* offs, const Entry* ent, const float* E, const float* R,
-                                     const float* xc, const uint8_t* suspect, int* stat) {
+                                     const float* xc, AuxDense ax, const uint8_t* suspect, int* stat) {
   extern __shared__ float sh[];
   const int64_t l = blockIdx.x;
   if (!suspect[l]) return;
-  latent_grad_rows(l, D, offs, ent, E, R, xc, sh, sh + D);
+  latent_grad_rows(l, D, offs, ent, E, R, xc, ax, sh, sh + D);
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
     if (!(fabsf(sh[d]) < float(kGradLimit) && fabsf(sh[D + d]) < float(kGradLimit))) atomicMin(&stat[2], int(l));
 }
@@ -487,15 +509,16 @@ __device__ __forceinline__ void adam1(float* p, float* m, float* v, float g, con
 // projects the decoder gradient off the decoder row, runs Adam on both rows and b_enc[l], and
 // renormalises the decoder row; it does nothing unless the step was accepted.
 __global__ void latent_update_kernel(int mode, int64_t D, int64_t M, const int32_t* offs, const Entry* ent,
-                                     const float* E, const float* R, const float* xc, float* slab, float* mslab,
-                                     float* vslab, const float* gbenc, float* grads, AdamArgs ad, const int* stat) {
+                                     const float* E, const float* R, const float* xc, AuxDense ax, float* slab,
+                                     float* mslab, float* vslab, const float* gbenc, float* grads, AdamArgs ad,
+                                     const int* stat) {
   extern __shared__ float sh[];
   __shared__ float scr[32];
   const int64_t l = blockIdx.x;
   if (mode == 1 && stat[0] != kGo) return;
   float* gd = sh;
   float* ge = sh + D;
-  const bool has = latent_grad_rows(l, D, offs, ent, E, R, xc, gd, ge);
+  const bool has = latent_grad_rows(l, D, offs, ent, E, R, xc, ax, gd, ge);
   if (mode == 0) {
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
       grads[l * D + d] = ge[d];
@@ -556,7 +579,7 @@ __device__ __forceinline__ void latent_pairs4(const Entry* e, int64_t c, int64_t
 constexpr int kSlice4 = 64;
 __global__ void __launch_bounds__(kSlice4) latent_slice_kernel(int mode, int64_t D, int64_t M, const int32_t* offs,
                                                                const Entry* ent, const float* E, const float* R,
-                                                               const float* xc, float* slab, float* mslab,
+                                                               const float* xc, AuxDense ax, float* slab, float* mslab,
                                                                float* vslab, const float* gbenc, float* grads,
                                                                float* G, float* parts, AdamArgs ad, const int* stat) {
   __shared__ float scr[32];
@@ -575,6 +598,13 @@ __global__ void __launch_bounds__(kSlice4) latent_slice_kernel(int mode, int64_t
       latent_pairs4<4>(e, c, D, E, R, xc, a, b);
     }
     for (; q < q1; ++q) latent_pairs4<1>(ent + q, c, D, E, R, xc, a, b);
+    const int64_t dp = ax.pos(l);
+    if (dp >= 0) {  // dense AuxK rows, after the main pairs (the CPU's order: main, then AuxK)
+      const float4 gd = reinterpret_cast<const float4*>(ax.GA)[dp * D4 + c];
+      const float4 ge = reinterpret_cast<const float4*>(ax.GA)[(ax.nd + dp) * D4 + c];
+      a = make_float4(a.x + gd.x, a.y + gd.y, a.z + gd.z, a.w + gd.w);
+      b = make_float4(b.x + ge.x, b.y + ge.y, b.z + ge.z, b.w + ge.w);
+    }
   }
   if (mode == 0) {
     if (in) {
@@ -613,7 +643,7 @@ __global__ void __launch_bounds__(kSlice4) latent_slice_kernel(int mode, int64_t
 // Pass 2: per decoder row, the gradient G less its component along the row (the sum of the
 // slices' dot products, in slice order), Adam, and the renormalisation; the updated row waits in
 // shared memory for its norm, so it is written once.
-__global__ void latent_dec_kernel(int64_t D, int64_t M, int64_t S, const int32_t* offs, const float* G,
+__global__ void latent_dec_kernel(int64_t D, int64_t M, int64_t S, const int32_t* offs, AuxDense ax, const float* G,
                                   const float* parts, float* slab, float* mslab, float* vslab, AdamArgs ad,
                                   const int* stat) {
   extern __shared__ float sh[];
@@ -621,7 +651,7 @@ __global__ void latent_dec_kernel(int64_t D, int64_t M, int64_t S, const int32_t
   if (stat[0] != kGo) return;
   const int64_t l = blockIdx.x, D4 = D >> 2;
   float4* row = reinterpret_cast<float4*>(sh);
-  const bool has = offs[l + 1] > offs[l];
+  const bool has = offs[l + 1] > offs[l] || ax.pos(l) >= 0;
   float par = 0.0f;
   if (has)
     for (int64_t s = 0; s < S; ++s) par += parts[l * S + s];
@@ -666,6 +696,85 @@ __global__ void bdec_adam_kernel(int64_t D, int64_t M, float* slab, float* mslab
   const int64_t o = 2 * M * D + M;
   for (int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; d < D; d += int64_t(gridDim.x) * blockDim.x)
     adam1(slab + o + d, mslab + o + d, vslab + o + d, gbf[d], ad);
+}
+
+// ---- AuxK as dense GEMMs over the dead latents (aux_dense_pass). With dIn / 2 codes a row, the
+// pair formulation gathers N x dIn / 2 decoder rows several times (decode, code gradients,
+// gradient rows); as GEMMs over [N, dead] code matrices, mostly zeros, the same sums run on
+// tensor cores. The dead latents are taken in column chunks of C (bounded scratch).
+
+// dpos[dead[q]] = q (dpos preset to -1).
+__global__ void dead_pos_kernel(const int32_t* dead, int64_t nd, int32_t* dpos) {
+  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < nd; q += int64_t(gridDim.x) * blockDim.x)
+    dpos[dead[q]] = int32_t(q);
+}
+
+// Wd[j, :] = W_dec[dead[j], :] for j < C.
+__global__ void gather_rows_kernel(const float* W_dec, const int32_t* dead, int64_t C, int64_t D, float* Wd) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < C * D; i += int64_t(gridDim.x) * blockDim.x)
+    Wd[i] = W_dec[int64_t(dead[i / D]) * D + i % D];
+}
+
+// The AuxK codes whose dead position falls in [c0, c0 + C), into the chunk's dense matrices
+// (row-major [N, C], preset to 0; a row's AuxK latents are distinct, so no two pairs collide).
+// Without Gc: A = the codes. With Gc = (R W_chunk^T) [N, C]: A = code x hscale (the weight of
+// the row of R in dW_dec) and DP = d loss / d pre (hscale <R_n, W_dec[l]> where the code is
+// positive, else 0; the CPU's code gradient).
+__global__ void aux_scatter_kernel(const float* av, const int32_t* ai, const int32_t* dpos, int64_t NKa, int64_t Ka,
+                                   int64_t c0, int64_t C, const Scalars* sc, const float* Gc, float* A, float* DP) {
+  const float hs = sc->hscale;
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < NKa; p += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t j = int64_t(dpos[ai[p]]) - c0;
+    if (j < 0 || j >= C) continue;
+    const int64_t at = (p / Ka) * C + j;
+    const float v = av[p];
+    if (!Gc) {
+      A[at] = v;
+      continue;
+    }
+    A[at] = v * hs;
+    DP[at] = v > 0.0f ? hs * Gc[at] : 0.0f;
+  }
+}
+
+// Per row: R = e_hat - E where e_hat = b_dec + (the codes' GEMM, in R on entry); the row's squared
+// norm (float64) and max |R| (CPU: the AuxK half of the fused decode pass).
+__global__ void aux_resid_kernel(const float* E, const float* b_dec, int64_t D, float* R, double* rowd, float* rowf,
+                                 int64_t N) {
+  __shared__ double dscr[32];
+  __shared__ float fscr[32];
+  const int64_t n = blockIdx.x;
+  double asse = 0;
+  float mR = 0.0f;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    const float r = (R[n * D + d] + b_dec[d]) - E[n * D + d];
+    R[n * D + d] = r;
+    asse += double(r) * double(r);
+    mR = fmaxf(mR, fabsf(r));
+  }
+  asse = block_sum(asse, dscr);
+  mR = block_max(mR, fscr);
+  if (threadIdx.x == 0) {
+    rowd[N + n] = asse;
+    rowf[N + n] = mR;
+  }
+}
+
+// amax[q] = (max |GA_dec row q|, max |GA_enc row q|), a non-finite element counting as infinite
+// (so the bound fails and the explicit check sees it).
+__global__ void aux_rowmax_kernel(const float* GA, int64_t nd, int64_t D, float* amax) {
+  __shared__ float fscr[32];
+  const int64_t q = blockIdx.x;
+  for (int h = 0; h < 2; ++h) {
+    const float* row = GA + (h * nd + q) * D;
+    float m = 0.0f;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      const float a = fabsf(row[d]);
+      m = isfinite(a) ? fmaxf(m, a) : INFINITY;
+    }
+    m = block_max(m, fscr);
+    if (threadIdx.x == 0) amax[2 * q + h] = m;
+  }
 }
 
 // out [N, D] = (with_bias ? b_dec : 0) + sum_j v W_dec[i] (codes with v == 0 skipped).
@@ -731,6 +840,7 @@ struct sk_sae_dev {
   // workspace (grown as needed, kept between calls)
   DevBuf x, xc, xbf, pre, mv, mi, av, ai, dpm, dpa, E, R, rowd, rowf, keys, vals, skeys, svals, offs, ent, suspect,
       gbenc, pE, pR, pW, pX, mean, gbf, fired, scal, stat, cubtmp, dead, grads, pos, out, gdec, parts;
+  DevBuf ad_pos, ad_A, ad_DP, ad_G, ad_W, ad_GA, ad_db, ad_max, ad_part;  // dense AuxK
 
   int64_t slab() const { return 2 * M * D + M + D; }
 };
@@ -931,6 +1041,128 @@ void forward(sk_sae_dev* S, int64_t N, int prec, int64_t K, const float* thr, fl
   *tiles_out = t;
 }
 
+// ---- AuxK as dense GEMMs ----------------------------------------------------------------------
+
+// Whether AuxK runs as dense GEMMs over the dead latents (aux_dense_*) rather than per pair.
+// SAEKIT_CUDA_AUXK=dense or =sparse forces one (tests, benchmarks). Otherwise dense when rows keep
+// at least 64 AuxK codes (dIn >= 128) and there are at most 256 dead latents per code a row keeps
+// (64 in float32, which has no tensor cores: the GEMMs' work grows with the dead latents, the
+// pairs' with the codes), with the gradient rows (2 x dead x dIn floats) within
+// SAEKIT_CUDA_AUXK_BYTES (default 4 GiB) and a quarter of the free device memory.
+bool aux_dense_wanted(int64_t D, int64_t Ka, int64_t nd, int prec) {
+  const char* e = std::getenv("SAEKIT_CUDA_AUXK");
+  if (e && std::strcmp(e, "dense") == 0) return true;
+  if (e && std::strcmp(e, "sparse") == 0) return false;
+  if (Ka < 64 || nd > (prec == SK_PREC_F32 ? 64 : 256) * Ka) return false;
+  static const int64_t budget = env_bytes("SAEKIT_CUDA_AUXK_BYTES", int64_t(4) << 30);
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  const int64_t need = 2 * nd * D * int64_t(sizeof(float));
+  return need <= budget && need <= int64_t(free_b / 4);
+}
+
+// Dead latents per column chunk: the chunk's three [N, C] scratch matrices stay within 256 MiB
+// each (SAEKIT_CUDA_AUXK_CHUNK sets it, tests).
+int64_t aux_chunk(int64_t N, int64_t nd) {
+  const char* e = std::getenv("SAEKIT_CUDA_AUXK_CHUNK");
+  int64_t C = e ? std::atoll(e) : 0;
+  if (C < 1) C = std::max<int64_t>(1, (int64_t(64) << 20) / N);
+  return std::min(C, nd);
+}
+
+// C = op(A) op(B) (+ C when accumulating), column-major float32: exact (prec F32) or on TF32
+// tensor cores (tf32 and bf16 precision: AuxK trains dead latents back to life, a 1e-3 relative
+// error in its gradients is far below the noise of the batch).
+void gemm_f32(sk_sae_dev* S, int prec, int ta, int tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda,
+              const float* B, int64_t ldb, bool accumulate, float* C, int64_t ldc, const char* what) {
+  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  cublasStatus_t st =
+      prec == SK_PREC_F32
+          ? S->lib->sgemm(S->blas, ta, tb, int(m), int(n), int(k), &one, A, int(lda), B, int(ldb), &beta, C, int(ldc))
+          : S->lib->gemm_ex(S->blas, ta, tb, int(m), int(n), int(k), &one, A, kR32F, int(lda), B, kR32F, int(ldb),
+                            &beta, C, kR32F, int(ldc), kCompute32FFastTF32, kGemmDefault);
+  SK_CHECK(st == 0, ErrorCode::Device, "the AuxK ", what, " GEMM (cuBLAS) failed: ", cublas_status_name(st), " (", m,
+           " x ", n, " x ", k, ")");
+}
+
+// Dense AuxK, part 1 (before the loss): e_hat = b_dec + A W_dead for the AuxK codes A [N, dead],
+// chunk by chunk, then R = e_hat - E with its row sums (rowd / rowf's AuxK halves).
+void aux_dense_forward(sk_sae_dev* S, int64_t N, int64_t Ka, const int32_t* dead, int64_t nd, int prec,
+                       const float* av, const int32_t* ai, const Scalars* sc, const float* E, float* R, double* rowd,
+                       float* rowf) {
+  const int64_t D = S->D, M = S->M, C = aux_chunk(N, nd);
+  cudaStream_t s = S->s;
+  int32_t* dpos = S->ad_pos.as<int32_t>(M);
+  SK_CUDA(cudaMemsetAsync(dpos, 0xff, size_t(M) * sizeof(int32_t), s));
+  dead_pos_kernel<<<grid_for(nd, 256), 256, 0, s>>>(dead, nd, dpos);
+  float* A = S->ad_A.as<float>(N * C);
+  float* Wd = S->ad_W.as<float>(C * D);
+  const float* W_dec = S->params + M * D;
+  for (int64_t c0 = 0; c0 < nd; c0 += C) {
+    const int64_t Cn = std::min(C, nd - c0);
+    SK_CUDA(cudaMemsetAsync(A, 0, size_t(N * Cn) * sizeof(float), s));
+    aux_scatter_kernel<<<grid_for(N * Ka, 256), 256, 0, s>>>(av, ai, dpos, N * Ka, Ka, c0, Cn, sc, nullptr, A,
+                                                              nullptr);
+    gather_rows_kernel<<<grid_for(Cn * D, 256), 256, 0, s>>>(W_dec, dead + c0, Cn, D, Wd);
+    SK_LAUNCHED("gather_rows_kernel");
+    // e_hat^T [D, N] (+)= Wd^T [D, Cn] A^T [Cn, N] (column-major views of the row-major arrays).
+    gemm_f32(S, prec, kOpN, kOpN, D, N, Cn, Wd, D, A, Cn, c0 > 0, R, D, "decode");
+  }
+  aux_resid_kernel<<<unsigned(N), 256, 0, s>>>(E, S->params + 2 * M * D + M, D, R, rowd, rowf, N);
+  SK_LAUNCHED("aux_resid_kernel");
+}
+
+// Dense AuxK, part 2: per chunk, Gc = R W_chunk^T, the codes' gradients DP and weights A, then
+// the gradient rows GA_dec = A^T R and GA_enc = DP^T xc and db = the column sums of DP
+// (float64); then each row's max |.| for the overflow bound.
+AuxDense aux_dense_backward(sk_sae_dev* S, int64_t N, int64_t Ka, const int32_t* dead, int64_t nd, int prec,
+                            const float* av, const int32_t* ai, const Scalars* sc, const float* R, const float* xc) {
+  const int64_t D = S->D, M = S->M, C = aux_chunk(N, nd), cN = (N + kChunk - 1) / kChunk;
+  cudaStream_t s = S->s;
+  const int32_t* dpos = S->ad_pos.as<int32_t>(M);
+  float* A = S->ad_A.as<float>(N * C);
+  float* DP = S->ad_DP.as<float>(N * C);
+  float* Gc = S->ad_G.as<float>(N * C);
+  float* Wd = S->ad_W.as<float>(C * D);
+  double* part = S->ad_part.as<double>(cN * C);
+  float* GA = S->ad_GA.as<float>(2 * nd * D);
+  double* db = S->ad_db.as<double>(nd);
+  float* amax = S->ad_max.as<float>(2 * nd);
+  const float* W_dec = S->params + M * D;
+  for (int64_t c0 = 0; c0 < nd; c0 += C) {
+    const int64_t Cn = std::min(C, nd - c0);
+    if (nd > C) {  // one chunk: Wd still holds it from the forward part
+      gather_rows_kernel<<<grid_for(Cn * D, 256), 256, 0, s>>>(W_dec, dead + c0, Cn, D, Wd);
+      SK_LAUNCHED("gather_rows_kernel");
+    }
+    // Gc^T [Cn, N] = Wd [Cn, D] R^T [D, N].
+    gemm_f32(S, prec, kOpT, kOpN, Cn, N, D, Wd, D, R, D, false, Gc, Cn, "code gradient");
+    SK_CUDA(cudaMemsetAsync(A, 0, size_t(N * Cn) * sizeof(float), s));
+    SK_CUDA(cudaMemsetAsync(DP, 0, size_t(N * Cn) * sizeof(float), s));
+    aux_scatter_kernel<<<grid_for(N * Ka, 256), 256, 0, s>>>(av, ai, dpos, N * Ka, Ka, c0, Cn, sc, Gc, A, DP);
+    SK_LAUNCHED("aux_scatter_kernel");
+    // GA_dec^T [D, Cn] = R^T [D, N] A [N, Cn]; GA_enc^T likewise with xc and DP.
+    gemm_f32(S, prec, kOpN, kOpT, D, Cn, N, R, D, A, Cn, false, GA + c0 * D, D, "decoder gradient");
+    gemm_f32(S, prec, kOpN, kOpT, D, Cn, N, xc, D, DP, Cn, false, GA + (nd + c0) * D, D, "encoder gradient");
+    const dim3 g(unsigned((Cn + 127) / 128), unsigned(cN));
+    colsum_partial_kernel<<<g, 128, 0, s>>>(DP, N, Cn, nullptr, part);
+    mean_kernel<<<grid_for(Cn, 128), 128, 0, s>>>(part, cN, Cn, 1.0, db + c0);
+    SK_LAUNCHED("mean_kernel (AuxK db_enc)");
+  }
+  aux_rowmax_kernel<<<unsigned(nd), 256, 0, s>>>(GA, nd, D, amax);
+  SK_LAUNCHED("aux_rowmax_kernel");
+  AuxDense ax;
+  ax.dpos = dpos;
+  ax.GA = GA;
+  ax.db = db;
+  ax.amax = amax;
+  ax.nd = nd;
+  return ax;
+}
+
 void check_k(const sk_sae_dev* S, int64_t k, const char* what) {
   const int64_t hi = std::min<int64_t>(S->M, kMaxSelectK);
   SK_CHECK(k >= 1 && k <= hi, ErrorCode::Arg, "Expected ", what, " in [1, ", hi, "] but received ", k,
@@ -969,7 +1201,9 @@ void destroy_sae(sk_sae_dev* S) {
   DevBuf* bufs[] = {&S->wbf, &S->x, &S->xc, &S->xbf, &S->pre, &S->mv, &S->mi, &S->av, &S->ai, &S->dpm, &S->dpa,
                     &S->E, &S->R, &S->rowd, &S->rowf, &S->keys, &S->vals, &S->skeys, &S->svals, &S->offs, &S->ent,
                     &S->suspect, &S->gbenc, &S->pE, &S->pR, &S->pW, &S->pX, &S->mean, &S->gbf, &S->fired, &S->scal,
-                    &S->stat, &S->cubtmp, &S->dead, &S->grads, &S->pos, &S->out, &S->gdec, &S->parts};
+                    &S->stat, &S->cubtmp, &S->dead, &S->grads, &S->pos, &S->out, &S->gdec, &S->parts,
+                    &S->ad_pos, &S->ad_A, &S->ad_DP, &S->ad_G, &S->ad_W, &S->ad_GA, &S->ad_db, &S->ad_max,
+                    &S->ad_part};
   for (DevBuf* b : bufs) b->release();
   cudaFree(S->params);
   cudaFree(S->m);
@@ -1193,7 +1427,8 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     const double aux_scale = use_aux ? std::min(double(o->num_dead) / double(kaux_base), 1.0) : 0.0;
     SK_CHECK(Ka <= kMaxSelectK, ErrorCode::Arg, "AuxK would keep ", Ka, " codes per row; the CUDA selection keeps at "
              "most 8192 (dIn <= 16384)");
-    const int64_t NK = N64 * K, NKa = N64 * Ka, L = NK + NKa;
+    const bool dense_aux = Ka > 0 && aux_dense_wanted(D, Ka, o->num_dead, o->precision);
+    const int64_t NK = N64 * K, NKa = N64 * Ka, L = NK + (dense_aux ? 0 : NKa);  // dense: AuxK not in the pairs
     SK_CHECK(L <= INT32_MAX, ErrorCode::Shape, "too many (row, latent) pairs in one step: ", L);
     use(S);
     cudaStream_t s = S->s;
@@ -1255,25 +1490,29 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     float* E = S->E.as<float>(N64 * D);
     float* R = Ka ? S->R.as<float>(N64 * D) : nullptr;
     float* dpm = S->dpm.as<float>(NK);
-    float* dpa = Ka ? S->dpa.as<float>(NKa) : nullptr;
+    const int64_t Kp = dense_aux ? 0 : Ka;  // AuxK codes decoded per pair
+    float* dpa = Kp ? S->dpa.as<float>(NKa) : nullptr;
     {
-      const size_t smem = size_t(Ka ? 2 : 1) * size_t(D) * sizeof(float);
+      const size_t smem = size_t(Kp ? 2 : 1) * size_t(D) * sizeof(float);
       auto* kernel = vec4 ? residual_kernel<float4> : residual_kernel<float>;
       allow_smem(kernel, smem, S->device);
-      kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, av, ai, Ka, sc, E, R, dpm, dpa, rowd,
+      kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, av, ai, Kp, sc, E, R, dpm, dpa, rowd,
                                               rowf, N64);
       SK_LAUNCHED("residual_kernel");
     }
+    if (dense_aux) aux_dense_forward(S, N64, Ka, dead, o->num_dead, o->precision, av, ai, sc, E, R, rowd, rowf);
     loss_kernel<<<1, 1024, 0, s>>>(rowd, rowf, N64, use_aux ? 1 : 0, double(o->auxk_alpha), aux_scale, sc, stat);
     SK_LAUNCHED("loss_kernel");
     SK_CUDA(cudaEventRecord(timer(S, ev_fwd + 1), s));
+    AuxDense ax;
+    if (dense_aux) ax = aux_dense_backward(S, N64, Ka, dead, o->num_dead, o->precision, av, ai, sc, R, xc);
 
     // ---- group the pairs by latent (stable radix sort: per latent, main pairs by row, then AuxK)
     uint32_t* keys = S->keys.as<uint32_t>(L);
     uint32_t* vals = S->vals.as<uint32_t>(L);
     uint32_t* skeys = S->skeys.as<uint32_t>(L);
     uint32_t* svals = S->svals.as<uint32_t>(L);
-    pair_keys_kernel<<<grid_for(L, 256), 256, 0, s>>>(mi, NK, ai, NKa, keys, vals);
+    pair_keys_kernel<<<grid_for(L, 256), 256, 0, s>>>(mi, NK, ai, L - NK, keys, vals);
     int end_bit = 1;
     while ((int64_t(1) << end_bit) < M) ++end_bit;
     size_t tmp_bytes = 0;
@@ -1292,12 +1531,12 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     // ---- db_enc, overflow bounds, db_dec, decision
     float* gbenc = S->gbenc.as<float>(M);
     uint8_t* suspect = S->suspect.as<uint8_t>(M);
-    latent_reduce_kernel<<<unsigned((M + 7) / 8), 256, 0, s>>>(offs, ent, M, sc, gbenc, suspect, stat);
+    latent_reduce_kernel<<<unsigned((M + 7) / 8), 256, 0, s>>>(offs, ent, M, sc, ax, gbenc, suspect, stat);
     SK_LAUNCHED("latent_reduce_kernel");
     const int threads_l = D >= 1024 ? 256 : 128;
     const size_t smem_l = 2 * size_t(D) * sizeof(float);
     allow_smem(suspect_check_kernel, smem_l, S->device);
-    suspect_check_kernel<<<unsigned(M), threads_l, smem_l, s>>>(D, offs, ent, E, R, xc, suspect, stat);
+    suspect_check_kernel<<<unsigned(M), threads_l, smem_l, s>>>(D, offs, ent, E, R, xc, ax, suspect, stat);
     SK_LAUNCHED("suspect_check_kernel");
     const int64_t cM = (M + kChunk - 1) / kChunk;
     double* pE = S->pE.as<double>(cN * D);
@@ -1324,10 +1563,10 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     if (o->want_grads) {
       grads = S->grads.as<float>(S->slab());
       if (vec4)
-        latent_slice_kernel<<<slices, kSlice4, 0, s>>>(0, D, M, offs, ent, E, R, xc, S->params, S->m, S->v, gbenc, grads,
-                                                       nullptr, nullptr, ad, stat);
+        latent_slice_kernel<<<slices, kSlice4, 0, s>>>(0, D, M, offs, ent, E, R, xc, ax, S->params, S->m, S->v, gbenc,
+                                                       grads, nullptr, nullptr, ad, stat);
       else
-        latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(0, D, M, offs, ent, E, R, xc, S->params, S->m,
+        latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(0, D, M, offs, ent, E, R, xc, ax, S->params, S->m,
                                                                     S->v, gbenc, grads, ad, stat);
       SK_LAUNCHED("latent_update_kernel (gradients)");
       SK_CUDA(cudaMemcpyAsync(grads + 2 * M * D, gbenc, size_t(M) * sizeof(float), cudaMemcpyDeviceToDevice, s));
@@ -1343,15 +1582,15 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
       if (vec4) {
         float* G = S->gdec.as<float>(M * D);
         float* parts = S->parts.as<float>(M * int64_t(slices.y));
-        latent_slice_kernel<<<slices, kSlice4, 0, s>>>(1, D, M, offs, ent, E, R, xc, S->params, S->m, S->v, gbenc,
+        latent_slice_kernel<<<slices, kSlice4, 0, s>>>(1, D, M, offs, ent, E, R, xc, ax, S->params, S->m, S->v, gbenc,
                                                        nullptr, G, parts, ad, stat);
         SK_LAUNCHED("latent_slice_kernel");
         const size_t smem_d = size_t(D) * sizeof(float);
         allow_smem(latent_dec_kernel, smem_d, S->device);
-        latent_dec_kernel<<<unsigned(M), threads4, smem_d, s>>>(D, M, int64_t(slices.y), offs, G, parts, S->params,
-                                                               S->m, S->v, ad, stat);
+        latent_dec_kernel<<<unsigned(M), threads4, smem_d, s>>>(D, M, int64_t(slices.y), offs, ax, G, parts,
+                                                               S->params, S->m, S->v, ad, stat);
       } else
-        latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(1, D, M, offs, ent, E, R, xc, S->params, S->m,
+        latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(1, D, M, offs, ent, E, R, xc, ax, S->params, S->m,
                                                                     S->v, gbenc, nullptr, ad, stat);
       SK_LAUNCHED("latent_update_kernel (Adam)");
       bdec_adam_kernel<<<grid_for(D, 256), 256, 0, s>>>(D, M, S->params, S->m, S->v, gbf, ad, stat);

@@ -40,6 +40,8 @@ namespace {
 
 int g_failures = 0;
 bool g_quick = false;
+// Appended to the names of the step tests while a variant is forced (the dense AuxK GEMMs).
+std::string g_variant;
 
 void report(bool ok, const std::string& name, const std::string& detail) {
   std::printf("%s: %s%s%s\n", ok ? "PASS" : "FAIL", name.c_str(), detail.empty() ? "" : " -- ", detail.c_str());
@@ -603,11 +605,24 @@ sk_sae_step_opts step_opts(int64_t k, const std::vector<int32_t>& dead, float al
   return o;
 }
 
+// Runs fn with AuxK forced onto its dense GEMMs in column chunks of `chunk` dead latents.
+template <typename F>
+void with_dense_aux(const char* chunk, F fn) {
+  setenv("SAEKIT_CUDA_AUXK", "dense", 1);
+  setenv("SAEKIT_CUDA_AUXK_CHUNK", chunk, 1);
+  g_variant = strf(" [dense AuxK, chunks of %s]", chunk);
+  fn();
+  g_variant.clear();
+  unsetenv("SAEKIT_CUDA_AUXK");
+  unsetenv("SAEKIT_CUDA_AUXK_CHUNK");
+}
+
 // Dense gradients (want_grads) against the float64 step on the device's codes.
 void test_grads(int64_t D, int64_t M, int64_t k, int64_t N, bool apply, int64_t dead_stride, int prec, uint64_t seed) {
-  const std::string name = strf("step want_grads %s (D %lld M %lld k %lld N %lld, apply_b_dec %d, dead %s)",
+  const std::string name = strf("step want_grads %s (D %lld M %lld k %lld N %lld, apply_b_dec %d, dead %s)%s",
                                 prec_name(prec), (long long)D, (long long)M, (long long)k, (long long)N, int(apply),
-                                dead_stride ? strf("every %lld", (long long)dead_stride).c_str() : "none");
+                                dead_stride ? strf("every %lld", (long long)dead_stride).c_str() : "none",
+                                g_variant.c_str());
   run_test(name, [&] {
     Model m = random_model(D, M, apply, seed);
     std::vector<float> x = random_x(N, D, seed + 1);
@@ -660,8 +675,8 @@ void test_grads(int64_t D, int64_t M, int64_t k, int64_t N, bool apply, int64_t 
 
 // Three Adam steps against the float64 step + Adam on the device's codes.
 void test_adam(int64_t D, int64_t M, int64_t k, int64_t N, int64_t dead_stride, uint64_t seed) {
-  const std::string name = strf("step Adam x3 f32 (D %lld M %lld k %lld N %lld, dead every %lld)", (long long)D,
-                                (long long)M, (long long)k, (long long)N, (long long)dead_stride);
+  const std::string name = strf("step Adam x3 f32 (D %lld M %lld k %lld N %lld, dead every %lld)%s", (long long)D,
+                                (long long)M, (long long)k, (long long)N, (long long)dead_stride, g_variant.c_str());
   run_test(name, [&] {
     Model m = random_model(D, M, true, seed);
     Sae s(m);
@@ -770,7 +785,7 @@ void test_nonfinite(int64_t D, int64_t M, int64_t k, int64_t N, uint64_t seed) {
       bool zero_m = std::all_of(am.begin(), am.end(), [](float f) { return f == 0.0f; });
       bool ok = rc != 0 && st.code == want_code && std::memcmp(after.data(), before.data(), after.size() * 4) == 0 &&
                 t == 0 && zero_m;
-      report(ok, "non-finite rejection: " + what,
+      report(ok, "non-finite rejection: " + what + g_variant,
              strf("rc %d code %d (want %d), params %s, t %lld: %s", rc, st.code, want_code,
                   std::memcmp(after.data(), before.data(), after.size() * 4) == 0 ? "unchanged" : "CHANGED",
                   (long long)t, st.message));
@@ -1221,6 +1236,16 @@ int main(int argc, char** argv) {
     test_grads(D, M, k, N, true, 5, SK_PREC_BF16, 55);
     test_adam(D, M, k, N, 4, 61);
     test_nonfinite(D, M, k, N, 71);
+    // AuxK as dense GEMMs over the dead latents (chosen by itself from dIn 128; forced here), in
+    // chunks of 7 dead latents: several chunks and a partial last one.
+    with_dense_aux("7", [&] {
+      test_grads(D, M, k, N, true, 5, SK_PREC_F32, 152);
+      test_grads(D, M, k, N, false, 11, SK_PREC_F32, 153);
+      test_grads(D, M, k, N, true, 5, SK_PREC_TF32, 154);
+      test_grads(D, M, k, N, true, 5, SK_PREC_BF16, 155);
+      test_adam(D, M, k, N, 4, 161);
+      test_nonfinite(D, M, k, N, 171);
+    });
     test_jumprelu(D, M, N, 81);
     test_prefetch(D, M, k, N, 85);
   }
@@ -1244,6 +1269,11 @@ int main(int argc, char** argv) {
   test_grads(68, 301, 7, 129, true, 5, SK_PREC_F32, 57);
   test_grads(68, 301, 70, 129, false, 0, SK_PREC_BF16, 58);
   test_adam(68, 301, 7, 129, 4, 63);
+  with_dense_aux("1000", [&] {  // one chunk
+    test_grads(68, 301, 7, 129, true, 5, SK_PREC_F32, 157);
+    test_grads(68, 301, 7, 129, false, 2, SK_PREC_F32, 158);
+    test_adam(68, 301, 7, 129, 4, 163);
+  });
   if (!g_quick) {
     // Realistic: D 768, M 24576, k 32, N 4096 (selection checked exactly on every row).
     const int64_t D = 768, M = 24576, k = 32, N = 4096;
