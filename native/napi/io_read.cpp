@@ -67,6 +67,26 @@ bool any_non_finite_16(const uint16_t* p, int64_t n, uint16_t mask) {
   return bad != 0;
 }
 
+// This thread's staging buffer for file reads, at least `bytes` long and page aligned: a plain
+// pread from the page cache into a destination that is not cache-line aligned runs at about 60%
+// of the speed (8 against 14 GB/s for 1 MiB reads on this Zen 4 VM; a std::vector's buffer need
+// not be aligned). Null when memory runs out.
+uint8_t* stage_buffer(size_t bytes) {
+  struct Stage {
+    uint8_t* p = nullptr;
+    size_t cap = 0;
+    ~Stage() { std::free(p); }
+  };
+  thread_local Stage st;
+  if (st.cap < bytes) {
+    const size_t cap = (bytes + 4095) / 4096 * 4096;
+    std::free(st.p);
+    st.p = static_cast<uint8_t*>(std::aligned_alloc(4096, cap));
+    st.cap = st.p ? cap : 0;
+  }
+  return st.p;
+}
+
 // The element type of file data: float32, float16, bfloat16 or float64.
 std::string get_file_dtype(const Napi::Value& v) {
   std::string dtype = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
@@ -134,18 +154,18 @@ class ReadRows : public Napi::AsyncWorker {
       const int64_t row_bytes = d_ * int64_t(item);
       const int64_t run = std::max<int64_t>(1, (int64_t(256) << 10) / row_bytes);
       const int64_t rows = int64_t(slots_.size());
-      thread_local std::vector<uint8_t> stage;
-      if (stage.size() < size_t(std::min(run, rows) * row_bytes)) stage.resize(size_t(std::min(run, rows) * row_bytes));
+      uint8_t* const stage = stage_buffer(size_t(std::min(run, rows) * row_bytes));
+      if (!stage) return fail("out of memory for the read's staging buffer");
       const uint16_t mask = dtype_ == "bfloat16" ? 0x7f80 : 0x7c00;
       bool bad = false;
       for (int64_t r0 = 0; r0 < rows; r0 += run) {
         const int64_t n = std::min(run, rows - r0);
-        std::string e = pread_fully(fd_, stage.data(), size_t(n * row_bytes), pos_ + r0 * row_bytes);
+        std::string e = pread_fully(fd_, stage, size_t(n * row_bytes), pos_ + r0 * row_bytes);
         if (!e.empty()) return fail(e);
-        bad = bad || (item == 4 ? any_non_finite_f32(reinterpret_cast<const float*>(stage.data()), n * d_)
-                                : any_non_finite_16(reinterpret_cast<const uint16_t*>(stage.data()), n * d_, mask));
+        bad = bad || (item == 4 ? any_non_finite_f32(reinterpret_cast<const float*>(stage), n * d_)
+                                : any_non_finite_16(reinterpret_cast<const uint16_t*>(stage), n * d_, mask));
         for (int64_t r = 0; r < n; ++r)
-          copy_stream(base_ + size_t(slots_[size_t(r0 + r)]) * size_t(row_bytes), stage.data() + r * row_bytes, size_t(row_bytes));
+          copy_stream(base_ + size_t(slots_[size_t(r0 + r)]) * size_t(row_bytes), stage + r * row_bytes, size_t(row_bytes));
       }
       _mm_sfence();
       non_finite_ = bad;
@@ -156,28 +176,28 @@ class ReadRows : public Napi::AsyncWorker {
     // Converted (and screened) in pieces that stay in L1: blocks of dst, or one row per slot.
     const int64_t block = slots_.empty() ? 8192 : d_;
     const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 17) / block) * block;
-    thread_local std::vector<uint8_t> stage;
-    if (stage.size() < size_t(std::min(chunk, count_)) * item) stage.resize(size_t(std::min(chunk, count_)) * item);
+    uint8_t* const stage = stage_buffer(size_t(std::min(chunk, count_)) * item);
+    if (!stage) return fail("out of memory for the read's staging buffer");
     bool bad = false;
     for (int64_t c0 = 0; c0 < count_; c0 += chunk) {
       const int64_t cn = std::min(chunk, count_ - c0);
-      std::string e = pread_fully(fd_, stage.data(), size_t(cn) * item, pos_ + c0 * int64_t(item));
+      std::string e = pread_fully(fd_, stage, size_t(cn) * item, pos_ + c0 * int64_t(item));
       if (!e.empty()) return fail(e);
       for (int64_t b = 0; b < cn; b += block) {
         const int64_t n = std::min(block, cn - b);
         const int64_t at = c0 + b;  // element index in this job
         float* o = slots_.empty() ? out_ + at : out_ + int64_t(slots_[size_t(at / d_)]) * d_;
         if (item == 8) {
-          const double* src = reinterpret_cast<const double*>(stage.data()) + b;
+          const double* src = reinterpret_cast<const double*>(stage) + b;
           for (int64_t i = 0; i < n; ++i) o[i] = float(src[i]);
           bad = bad || any_non_finite_f32(o, n);
         } else if (dtype_ == "bfloat16") {
           // Screened on the staged 16-bit values (in cache), not by reading the output back.
-          const uint16_t* src = reinterpret_cast<const uint16_t*>(stage.data()) + b;
+          const uint16_t* src = reinterpret_cast<const uint16_t*>(stage) + b;
           bf16_to_f32_stream(o, src, n);
           bad = bad || any_non_finite_16(src, n, 0x7f80);
         } else {
-          cpu::convert(o, DType::F32, stage.data() + b * 2, dtype_ == "float16" ? DType::F16 : DType::BF16, n, nullptr);
+          cpu::convert(o, DType::F32, stage + b * 2, dtype_ == "float16" ? DType::F16 : DType::BF16, n, nullptr);
           bad = bad || any_non_finite_f32(o, n);
         }
       }
