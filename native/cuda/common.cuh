@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -76,6 +77,20 @@ struct DevBuf {
     cap = 0;
   }
 };
+
+// The most shared memory a block of `device` may opt in to, asked once per device.
+inline int smem_optin(int device) {
+  static std::atomic<int> known[64];
+  const bool cached = device >= 0 && device < 64;
+  if (cached) {
+    const int v = known[device].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  int optin = 0;
+  SK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (cached) known[device].store(optin, std::memory_order_relaxed);
+  return optin;
+}
 
 inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {
   int64_t b = (n + threads - 1) / threads;

@@ -505,6 +505,14 @@ __device__ __forceinline__ void adam1(float* p, float* m, float* v, float g, con
   *p -= a.lr_t * mi / (sqrtf(vi) * a.inv_sqrt_bc2 + a.eps);
 }
 
+// adam1 on each lane of a float4 column (the same order as four adam1 calls).
+__device__ __forceinline__ void adam4(float4& p, float4& m, float4& v, const float4& g, const AdamArgs& a) {
+  adam1(&p.x, &m.x, &v.x, g.x, a);
+  adam1(&p.y, &m.y, &v.y, g.y, a);
+  adam1(&p.z, &m.z, &v.z, g.z, a);
+  adam1(&p.w, &m.w, &v.w, g.w, a);
+}
+
 // CPU: the per-latent pass. mode 0 writes the dense gradient rows (grads slab layout); mode 1
 // projects the decoder gradient off the decoder row, runs Adam on both rows and b_enc[l], and
 // renormalises the decoder row; it does nothing unless the step was accepted.
@@ -625,10 +633,7 @@ __global__ void __launch_bounds__(kSlice4) latent_slice_kernel(int mode, int64_t
     float4* menc = reinterpret_cast<float4*>(mslab) + l * D4 + c;
     float4* venc = reinterpret_cast<float4*>(vslab) + l * D4 + c;
     float4 p = *wenc, me = *menc, ve = *venc;
-    adam1(&p.x, &me.x, &ve.x, b.x, ad);
-    adam1(&p.y, &me.y, &ve.y, b.y, ad);
-    adam1(&p.z, &me.z, &ve.z, b.z, ad);
-    adam1(&p.w, &me.w, &ve.w, b.w, ad);
+    adam4(p, me, ve, b, ad);
     *wenc = p;
     *menc = me;
     *venc = ve;
@@ -663,10 +668,7 @@ __global__ void latent_dec_kernel(int64_t D, int64_t M, int64_t S, const int32_t
   for (int64_t c = threadIdx.x; c < D4; c += blockDim.x) {
     float4 g = g4[c], w = wdec[c], m = mdec[c], v = vdec[c];
     if (has) fma4(g, -par, w);
-    adam1(&w.x, &m.x, &v.x, g.x, ad);
-    adam1(&w.y, &m.y, &v.y, g.y, ad);
-    adam1(&w.z, &m.z, &v.z, g.z, ad);
-    adam1(&w.w, &m.w, &v.w, g.w, ad);
+    adam4(w, m, v, g, ad);
     mdec[c] = m;
     vdec[c] = v;
     row[c] = w;
@@ -794,8 +796,7 @@ __global__ void decode_kernel(const float* W_dec, const float* b_dec, int64_t D,
 template <typename F>
 void allow_smem(F* kernel, size_t bytes, int device) {
   if (bytes <= (48u << 10)) return;
-  int optin = 0;
-  SK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int optin = smem_optin(device);
   SK_CHECK(bytes <= size_t(optin), ErrorCode::Shape, "dIn is too large for the CUDA SAE kernels: they need ", bytes,
            " bytes of shared memory per block and the device allows ", optin);
   SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
@@ -1427,10 +1428,10 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     const double aux_scale = use_aux ? std::min(double(o->num_dead) / double(kaux_base), 1.0) : 0.0;
     SK_CHECK(Ka <= kMaxSelectK, ErrorCode::Arg, "AuxK would keep ", Ka, " codes per row; the CUDA selection keeps at "
              "most 8192 (dIn <= 16384)");
+    use(S);  // aux_dense_wanted asks this device for its free memory
     const bool dense_aux = Ka > 0 && aux_dense_wanted(D, Ka, o->num_dead, o->precision);
     const int64_t NK = N64 * K, NKa = N64 * Ka, L = NK + (dense_aux ? 0 : NKa);  // dense: AuxK not in the pairs
     SK_CHECK(L <= INT32_MAX, ErrorCode::Shape, "too many (row, latent) pairs in one step: ", L);
-    use(S);
     cudaStream_t s = S->s;
     // float4 kernels when rows are 16-byte multiples (SAEKIT_CUDA_VEC=0: the scalar ones, tests).
     static const bool vec_ok = [] {

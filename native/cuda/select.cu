@@ -338,9 +338,9 @@ void topk_select(const SelectArgs& a, int64_t rows, cudaStream_t s) {
   // The list: 4 P entries, at least 2048 (a few KiB), within the shared memory a block may take
   // beside the kernel's static part (~8.4 KiB). SAEKIT_CUDA_SELECT_CAP (tests) sets it lower,
   // down to P, to force the fallback.
-  int device = 0, optin = 0;
+  int device = 0;
   SK_CUDA(cudaGetDevice(&device));
-  SK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int optin = smem_optin(device);
   const size_t budget = size_t(optin) - sizeof(SelShared) - 1024;
   int cap = std::max(4 * P, 2048);
   static const int cap_env = [] {
