@@ -157,6 +157,17 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
     ck(api->prefetch(&st, sae, static_cast<const float*>(pb[(reps + 1) & 1]), 0), st, "prefetch (withdraw)");
     for (void* p : pb) api->host_free(p);
   }
+  // The same steps with float32 pre-activations out of the bf16 GEMM (SAEKIT_CUDA_PRE16=0; the
+  // default writes bf16 ones): device time per phase.
+  std::vector<double> ph32[5];
+  setenv("SAEKIT_CUDA_PRE16", "0", 1);
+  for (int r = 0; r < reps + 1; ++r) {
+    sk_sae_step_stats s{};
+    ck(api->step(&st, sae, x.data(), N, &o, &s), st, "step (float32 pre-activations)");
+    if (r > 0)
+      for (int p = 0; p < 5; ++p) ph32[p].push_back(s.seconds[p]);
+  }
+  unsetenv("SAEKIT_CUDA_PRE16");
   // With dead latents (AuxK over a quarter of them).
   std::vector<int32_t> dead;
   for (int64_t l = 0; l < M; l += 4) dead.push_back(int32_t(l));
@@ -193,7 +204,9 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
   void *A = nullptr, *B = nullptr, *C = nullptr, *bias = nullptr, *ov = nullptr, *oi = nullptr;
   SK_CUDA(cudaMalloc(&A, size_t(M * D) * 2));
   SK_CUDA(cudaMalloc(&B, size_t(N * D) * 2));
-  SK_CUDA(cudaMalloc(&C, size_t(N * M) * 4));
+  SK_CUDA(cudaMalloc(&C, size_t(N * M) * 4));  // float32 output (or bf16 in its first half)
+  void* C16 = nullptr;  // the float32 output rounded to bf16, for TopK alone on bf16 keys
+  SK_CUDA(cudaMalloc(&C16, size_t(N * M) * 2));
   SK_CUDA(cudaMalloc(&bias, size_t(M) * 4));
   SK_CUDA(cudaMalloc(&ov, size_t(N * K) * 4));
   SK_CUDA(cudaMalloc(&oi, size_t(N * K) * 4));
@@ -209,25 +222,42 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
   const float one = 1.0f, zero = 0.0f;
-  std::vector<double> tg, ts;
-  for (int r = 0; r < reps + 2; ++r) {
-    cudaEventRecord(e0);
-    int s = lib->gemm_ex(h, sk::cuda::kOpT, sk::cuda::kOpN, int(M), int(N), int(D), &one, A, sk::cuda::kR16BF, int(D),
-                         B, sk::cuda::kR16BF, int(D), &zero, C, sk::cuda::kR32F, int(M), sk::cuda::kCompute32F,
-                         sk::cuda::kGemmDefault);
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    if (s != 0) {
-      std::fprintf(stderr, "floor GEMM failed: %s\n", sk::cuda::cublas_status_name(s));
-      std::exit(1);
+  // The floor's GEMM writes bf16 (the cheaper of the two outputs the step may use); the float32
+  // output is timed beside it, and TopK alone on each.
+  std::vector<double> tg, tg32, ts, ts32;
+  for (int out16 = 1; out16 >= 0; --out16)
+    for (int r = 0; r < reps + 2; ++r) {
+      cudaEventRecord(e0);
+      int s = lib->gemm_ex(h, sk::cuda::kOpT, sk::cuda::kOpN, int(M), int(N), int(D), &one, A, sk::cuda::kR16BF,
+                           int(D), B, sk::cuda::kR16BF, int(D), &zero, C, out16 ? sk::cuda::kR16BF : sk::cuda::kR32F,
+                           int(M), sk::cuda::kCompute32F, sk::cuda::kGemmDefault);
+      cudaEventRecord(e1);
+      cudaEventSynchronize(e1);
+      if (s != 0) {
+        std::fprintf(stderr, "floor GEMM failed: %s\n", sk::cuda::cublas_status_name(s));
+        std::exit(1);
+      }
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e0, e1);
+      if (r >= 2) (out16 ? tg : tg32).push_back(ms * 1e-3);
     }
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    if (r >= 2) tg.push_back(ms * 1e-3);
+  // C holds the float32 output now; C16 its bf16 rounding.
+  std::vector<float> c32(size_t(N * M));
+  SK_CUDA(cudaMemcpy(c32.data(), C, c32.size() * 4, cudaMemcpyDeviceToHost));
+  {
+    std::vector<uint16_t> c16(c32.size());
+    for (size_t i = 0; i < c32.size(); ++i) {
+      uint32_t u;
+      std::memcpy(&u, &c32[i], 4);
+      c16[i] = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    SK_CUDA(cudaMemcpy(C16, c16.data(), c16.size() * 2, cudaMemcpyHostToDevice));
   }
-  for (int r = 0; r < reps + 2; ++r) {
+  for (int r = 0; r < 2 * (reps + 2); ++r) {
+    const bool b16 = r >= reps + 2;
     sk::cuda::SelectArgs a;
-    a.pre = static_cast<const float*>(C);
+    a.pre = b16 ? nullptr : static_cast<const float*>(C);
+    a.pre16 = b16 ? static_cast<const uint16_t*>(C16) : nullptr;
     a.ld = M;
     a.bias = static_cast<const float*>(bias);
     a.C = M;
@@ -240,12 +270,13 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
     SK_CUDA(cudaEventSynchronize(e1));
     float ms = 0;
     cudaEventElapsedTime(&ms, e0, e1);
-    if (r >= 2) ts.push_back(ms * 1e-3);
+    if (r % (reps + 2) >= 2) (b16 ? ts : ts32).push_back(ms * 1e-3);
   }
   lib->destroy(h);
   cudaFree(A);
   cudaFree(B);
   cudaFree(C);
+  cudaFree(C16);
   cudaFree(bias);
   cudaFree(ov);
   cudaFree(oi);
@@ -255,18 +286,22 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
   const double floor = gemm_floor + adam_floor;
   double dev = 0;
   for (int p = 0; p < 5; ++p) dev += median(ph[p]);
+  double dev32 = 0;
+  for (int p = 0; p < 5; ++p) dev32 += median(ph32[p]);
   std::printf("BENCH impl=saekit-cuda dIn=%lld numLatents=%lld k=%lld batch=%lld precision=bf16 tokens_per_s=%.0f "
               "step_ms=%.3f step_driver_staging_ms=%.3f step_pinned_ms=%.3f tokens_per_s_pinned=%.0f step_prefetched_ms=%.3f "
               "tokens_per_s_prefetched=%.0f device_ms=%.3f gemm_ms=%.3f select_ms=%.3f decode_ms=%.3f backward_ms=%.3f update_ms=%.3f "
               "step_auxk_ms=%.3f step_auxk_pairs_ms=%.3f floor_ms=%.3f floor_gemm_ms=%.3f floor_adam_ms=%.3f topk_alone_ms=%.3f "
-              "floor_tokens_per_s=%.0f bw_GBps=%.0f\n",
+              "floor_tokens_per_s=%.0f bw_GBps=%.0f floor_gemm_f32out_ms=%.3f topk_alone_f32_ms=%.3f gemm_pre32_ms=%.3f "
+              "select_pre32_ms=%.3f device_pre32_ms=%.3f\n",
               (long long)D, (long long)M, (long long)K, (long long)N, double(N) / step, step * 1e3,
               median(wall_direct) * 1e3, median(wall_pinned) * 1e3, double(N) / median(wall_pinned),
               wall_overlap.empty() ? 0.0 : median(wall_overlap) * 1e3,
               wall_overlap.empty() ? 0.0 : double(N) / median(wall_overlap), dev * 1e3,
               median(ph[0]) * 1e3, median(ph[1]) * 1e3, median(ph[2]) * 1e3, median(ph[3]) * 1e3, median(ph[4]) * 1e3,
               median(wall_aux) * 1e3, median(wall_aux_sparse) * 1e3, floor * 1e3, gemm_floor * 1e3, adam_floor * 1e3, median(ts) * 1e3,
-              double(N) / floor, bw * 1e-9);
+              double(N) / floor, bw * 1e-9, median(tg32) * 1e3, median(ts32) * 1e3, median(ph32[0]) * 1e3,
+              median(ph32[1]) * 1e3, dev32 * 1e3);
   std::fflush(stdout);
 }
 

@@ -27,6 +27,7 @@ std::string device_unusable(int device);
 constexpr int64_t kMaxSelectK = 8192;
 struct SelectArgs {
   const float* pre = nullptr;
+  const uint16_t* pre16 = nullptr;  // bfloat16 pre-activations instead of pre (same ld)
   int64_t ld = 0;
   const float* bias = nullptr;
   const float* thr = nullptr;

@@ -115,6 +115,12 @@ __global__ void add_bias_kernel(float* out, const float* b, int64_t n, int64_t M
     out[i] += b[i % M];
 }
 
+// out = float(pre16) + b: the bf16 GEMM's pre-activations as the selection sees them.
+__global__ void bf16_bias_kernel(const uint16_t* pre16, const float* b, int64_t n, int64_t M, float* out) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __uint_as_float(uint32_t(pre16[i]) << 16) + b[i % M];
+}
+
 // partial[c * D + d] = sum over rows r of chunk c (kChunk rows) of w(r) * A[r * D + d], in
 // float64, rows in order; w(r) = rw[r] or 1.
 __global__ void colsum_partial_kernel(const float* A, int64_t rows, int64_t D, const float* rw, double* partial) {
@@ -943,30 +949,41 @@ void check_precision(int p) {
            "Expected precision 0 (float32), 1 (tf32) or 2 (bf16) but received ", p);
 }
 
-// Rows per encoder tile: the pre-activation tile stays under SAEKIT_CUDA_TILE_BYTES (512 MiB;
-// at least 4096, so tests can force many tiles).
-int64_t tile_rows(const sk_sae_dev* S, int64_t N) {
+// Whether the bf16 encoder GEMM writes bf16 pre-activations (as sparsify's autocast does): half
+// the bytes for the GEMM to write and the selection to read; each pre-activation is rounded to
+// bf16 (relative 2^-9) before b_enc is added. SAEKIT_CUDA_PRE16=0 keeps float32 output (read per
+// call: the benchmark compares both).
+bool pre16(int prec) {
+  if (prec != SK_PREC_BF16) return false;
+  const char* e = std::getenv("SAEKIT_CUDA_PRE16");
+  return !(e && e[0] == '0');
+}
+
+// Rows per encoder tile: the pre-activation tile (`elem` bytes each) stays under
+// SAEKIT_CUDA_TILE_BYTES (512 MiB; at least 4096, so tests can force many tiles).
+int64_t tile_rows(const sk_sae_dev* S, int64_t N, int64_t elem) {
   static const int64_t budget = env_bytes("SAEKIT_CUDA_TILE_BYTES", int64_t(512) << 20);
-  int64_t R = budget / (S->M * int64_t(sizeof(float)));
+  int64_t R = budget / (S->M * elem);
   R = std::max<int64_t>(1, std::min<int64_t>(R, N));
   return std::min<int64_t>(R, INT32_MAX);
 }
 
 // pre[rows, M] = xc[rows, D] W_encT^T: column-major pre^T[M, rows] = W^T (op T on W [D x M]
-// column-major) times xc^T ([D x rows] column-major).
-void encoder_gemm(sk_sae_dev* S, int prec, const float* xc, const uint16_t* xbf, int64_t rows, float* pre) {
+// column-major) times xc^T ([D x rows] column-major). bf16 precision writes bf16 when out16.
+void encoder_gemm(sk_sae_dev* S, int prec, const float* xc, const uint16_t* xbf, int64_t rows, void* pre,
+                  bool out16) {
   const int64_t D = S->D, M = S->M;
   const float one = 1.0f, zero = 0.0f;
   cublasStatus_t st;
   if (prec == SK_PREC_F32) {
-    st = S->lib->sgemm(S->blas, kOpT, kOpN, int(M), int(rows), int(D), &one, S->params, int(D), xc, int(D), &zero, pre,
-                       int(M));
+    st = S->lib->sgemm(S->blas, kOpT, kOpN, int(M), int(rows), int(D), &one, S->params, int(D), xc, int(D), &zero,
+                       static_cast<float*>(pre), int(M));
   } else if (prec == SK_PREC_TF32) {
     st = S->lib->gemm_ex(S->blas, kOpT, kOpN, int(M), int(rows), int(D), &one, S->params, kR32F, int(D), xc, kR32F,
                          int(D), &zero, pre, kR32F, int(M), kCompute32FFastTF32, kGemmDefault);
   } else {
     st = S->lib->gemm_ex(S->blas, kOpT, kOpN, int(M), int(rows), int(D), &one, S->wbf.p, kR16BF, int(D), xbf, kR16BF,
-                         int(D), &zero, pre, kR32F, int(M), kCompute32F, kGemmDefault);
+                         int(D), &zero, pre, out16 ? kR16BF : kR32F, int(M), kCompute32F, kGemmDefault);
   }
   SK_CHECK(st == 0, ErrorCode::Device, "the encoder GEMM (cuBLAS) failed: ", cublas_status_name(st), " (rows ", rows,
            ", dIn ", D, ", numLatents ", M, ", precision ", prec, ")");
@@ -1005,17 +1022,21 @@ void forward(sk_sae_dev* S, int64_t N, int prec, int64_t K, const float* thr, fl
   prep_x_kernel<<<grid_for(N * D, 256), 256, 0, S->s>>>(x, S->params + 2 * M * D + M, S->apply_b_dec ? 1 : 0, N * D,
                                                         D, xc, xbf);
   SK_LAUNCHED("prep_x_kernel");
-  const int64_t R = tile_rows(S, N);
-  float* pre = S->pre.as<float>(R * M);
+  const bool out16 = pre16(prec);
+  const int64_t R = tile_rows(S, N, out16 ? 2 : 4);
+  void* pre = S->pre.ensure(size_t(R * M) * (out16 ? 2 : 4));
+  const float* pre32 = out16 ? nullptr : static_cast<const float*>(pre);
+  const uint16_t* pre_b16 = out16 ? static_cast<const uint16_t*>(pre) : nullptr;
   const float* b_enc = S->params + 2 * M * D;
   int64_t t = 0;
   for (int64_t r0 = 0; r0 < N; r0 += R, ++t) {
     const int64_t rows = std::min(R, N - r0);
     if (times) SK_CUDA(cudaEventRecord(timer(S, size_t(2 + 3 * t)), S->s));
-    encoder_gemm(S, prec, xc + r0 * D, xbf ? xbf + r0 * D : nullptr, rows, pre);
+    encoder_gemm(S, prec, xc + r0 * D, xbf ? xbf + r0 * D : nullptr, rows, pre, out16);
     if (times) SK_CUDA(cudaEventRecord(timer(S, size_t(3 + 3 * t)), S->s));
     SelectArgs a;
-    a.pre = pre;
+    a.pre = pre32;
+    a.pre16 = pre_b16;
     a.ld = M;
     a.bias = b_enc;
     a.thr = thr;
@@ -1027,7 +1048,8 @@ void forward(sk_sae_dev* S, int64_t N, int prec, int64_t K, const float* thr, fl
     topk_select(a, rows, S->s);
     if (Ka > 0) {
       SelectArgs b;
-      b.pre = pre;
+      b.pre = pre32;
+      b.pre16 = pre_b16;
       b.ld = M;
       b.bias = b_enc;
       b.cand = dead;
@@ -1383,14 +1405,21 @@ int sae_preacts(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, in
     prep_x_kernel<<<grid_for(N * D, 256), 256, 0, S->s>>>(S->x.as<float>(N * D), S->params + 2 * M * D + M,
                                                           S->apply_b_dec ? 1 : 0, N * D, D, xc, xbf);
     SK_LAUNCHED("prep_x_kernel");
-    const int64_t R = tile_rows(S, N);
-    float* pre = S->pre.as<float>(R * M);
+    // The same tiles and GEMM output type as forward(), so the values equal what the selection sees.
+    const bool out16 = pre16(precision);
+    const int64_t R = tile_rows(S, N, out16 ? 2 : 4);
+    void* pre = S->pre.ensure(size_t(R * M) * (out16 ? 2 : 4));
+    float* out = out16 ? S->out.as<float>(R * M) : static_cast<float*>(pre);
     for (int64_t r0 = 0; r0 < N; r0 += R) {
       const int64_t rows = std::min(R, N - r0);
-      encoder_gemm(S, precision, xc + r0 * D, xbf ? xbf + r0 * D : nullptr, rows, pre);
-      add_bias_kernel<<<grid_for(rows * M, 256), 256, 0, S->s>>>(pre, S->params + 2 * M * D, rows * M, M);
+      encoder_gemm(S, precision, xc + r0 * D, xbf ? xbf + r0 * D : nullptr, rows, pre, out16);
+      if (out16)
+        bf16_bias_kernel<<<grid_for(rows * M, 256), 256, 0, S->s>>>(static_cast<const uint16_t*>(pre),
+                                                                     S->params + 2 * M * D, rows * M, M, out);
+      else
+        add_bias_kernel<<<grid_for(rows * M, 256), 256, 0, S->s>>>(out, S->params + 2 * M * D, rows * M, M);
       SK_LAUNCHED("add_bias_kernel");
-      download(S, host_out + r0 * M, pre, size_t(rows * M) * sizeof(float));
+      download(S, host_out + r0 * M, out, size_t(rows * M) * sizeof(float));
     }
   });
 }

@@ -30,14 +30,21 @@ constexpr int kBins = 2048;  // first digit of an active key: bits 20..30 (its s
 constexpr int kBinShift = 20;
 static_assert(kBins == 4 * kSelThreads, "the bin scan gives each thread 4 bins");
 
+// A row of pre-activations: float32, or bfloat16 bits (T = uint16_t: the bf16 encoder GEMM's
+// own output type, half the bytes to read).
+template <typename T>
 struct RowView {
-  const float* row;
+  const T* row;
   const float* bias;
   const float* thr;
   const int32_t* cand;
 };
 
-__device__ __forceinline__ int32_t latent_of(const RowView& v, int64_t j) { return v.cand ? v.cand[j] : int32_t(j); }
+__device__ __forceinline__ float pre_value(float p) { return p; }
+__device__ __forceinline__ float pre_value(uint16_t p) { return __uint_as_float(uint32_t(p) << 16); }
+
+template <typename T>
+__device__ __forceinline__ int32_t latent_of(const RowView<T>& v, int64_t j) { return v.cand ? v.cand[j] : int32_t(j); }
 
 __device__ __forceinline__ uint32_t key_of(float pre, float bias, const float* thr, int64_t l) {
   const float z = pre + bias;
@@ -45,9 +52,18 @@ __device__ __forceinline__ uint32_t key_of(float pre, float bias, const float* t
   return on ? __float_as_uint(z) : 0u;  // +0 for off, NaN and -0
 }
 
-__device__ __forceinline__ uint32_t compute_key(const RowView& v, int64_t j) {
+template <typename T>
+__device__ __forceinline__ uint32_t compute_key(const RowView<T>& v, int64_t j) {
   const int32_t l = latent_of(v, j);
-  return key_of(v.row[l], v.bias[l], v.thr, l);
+  return key_of(pre_value(v.row[l]), v.bias[l], v.thr, l);
+}
+
+// Four consecutive pre-activations from one 16-byte (float) or 8-byte (bf16) load.
+__device__ __forceinline__ float4 load4(const float* row, int64_t q) { return reinterpret_cast<const float4*>(row)[q]; }
+__device__ __forceinline__ float4 load4(const uint16_t* row, int64_t q) {
+  const uint2 u = reinterpret_cast<const uint2*>(row)[q];
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
 }
 
 __device__ __forceinline__ unsigned long long composite(uint32_t key, int32_t latent) {
@@ -55,16 +71,15 @@ __device__ __forceinline__ unsigned long long composite(uint32_t key, int32_t la
 }
 
 // Calls f(key, j) for every candidate j of the row this thread owns (j = tid + t * blockDim,
-// or groups of 4 with float4 loads when vec4: no candidate list, 16-byte aligned rows).
-template <class F>
-__device__ __forceinline__ void for_each_key(const RowView& v, int64_t C, int vec4, F f) {
+// or groups of 4 with one load when vec4: no candidate list, rows aligned to 4 elements).
+template <typename T, class F>
+__device__ __forceinline__ void for_each_key(const RowView<T>& v, int64_t C, int vec4, F f) {
   int64_t j0 = 0;
   if (vec4) {
-    const float4* row4 = reinterpret_cast<const float4*>(v.row);
     const float4* bias4 = reinterpret_cast<const float4*>(v.bias);
     const int64_t C4 = C >> 2;
     for (int64_t q = threadIdx.x; q < C4; q += blockDim.x) {
-      const float4 z = row4[q], b = bias4[q];
+      const float4 z = load4(v.row, q), b = bias4[q];
       const int64_t j = q << 2;
       f(key_of(z.x, b.x, v.thr, j), j);
       f(key_of(z.y, b.y, v.thr, j + 1), j + 1);
@@ -141,7 +156,8 @@ __device__ __forceinline__ void bitonic_desc(unsigned long long* buf, int Q) {
 // The fallback: exact radix select over all C keys (zeros included), 8 bits at a time from the
 // top; keys > T are kept, keys == T in index order until k are taken; then the composite sort.
 // sel holds P >= k entries. Every thread of the block calls it.
-__device__ void select_radix(const SelectArgs& a, const RowView& v, int64_t r, int P, unsigned long long* sel,
+template <typename Elem>
+__device__ void select_radix(const SelectArgs& a, const RowView<Elem>& v, int64_t r, int P, unsigned long long* sel,
                              SelShared& sh) {
   const int64_t C = a.C;
   const int tid = threadIdx.x;
@@ -226,11 +242,13 @@ __device__ void select_radix(const SelectArgs& a, const RowView& v, int64_t r, i
 }
 
 // P: power of two >= k; cap: the shared list's entries (a power of two >= P).
-__global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, int P, int cap, int vec4) {
+template <typename T>
+__global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, const T* pre, int P, int cap,
+                                                                  int vec4) {
   extern __shared__ unsigned long long buf[];  // cap composite keys
   __shared__ SelShared sh;
   const int64_t r = blockIdx.x;
-  const RowView v{a.pre + r * a.ld, a.bias, a.thr, a.cand};
+  const RowView<T> v{pre + r * a.ld, a.bias, a.thr, a.cand};
   const int64_t C = a.C;
   const int k = int(a.k);
   const int tid = threadIdx.x;
@@ -324,7 +342,7 @@ __global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, 
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+bool aligned(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
 
 }  // namespace
 
@@ -353,10 +371,20 @@ void topk_select(const SelectArgs& a, int64_t rows, cudaStream_t s) {
   while (c2 * 2 <= cap) c2 <<= 1;
   cap = c2;  // a power of two in [P, requested]
   const size_t smem = size_t(cap) * sizeof(unsigned long long);
-  const int vec4 = a.cand == nullptr && a.ld % 4 == 0 && aligned16(a.pre) && aligned16(a.bias) ? 1 : 0;
-  if (smem > (48u << 10))  // above the default limit: opt in (per device; cheap to repeat)
-    SK_CUDA(cudaFuncSetAttribute(topk_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  topk_select_kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, P, cap, vec4);
+  const bool b16 = a.pre16 != nullptr;
+  const void* pre = b16 ? static_cast<const void*>(a.pre16) : static_cast<const void*>(a.pre);
+  const int vec4 = a.cand == nullptr && a.ld % 4 == 0 && aligned(pre, b16 ? 8 : 16) && aligned(a.bias, 16) ? 1 : 0;
+  if (b16) {
+    auto* kernel = topk_select_kernel<uint16_t>;
+    if (smem > (48u << 10))  // above the default limit: opt in (per device; cheap to repeat)
+      SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, a.pre16, P, cap, vec4);
+  } else {
+    auto* kernel = topk_select_kernel<float>;
+    if (smem > (48u << 10))
+      SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, a.pre, P, cap, vec4);
+  }
   SK_LAUNCHED("topk_select_kernel");
 }
 

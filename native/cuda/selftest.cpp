@@ -396,8 +396,8 @@ void check_preacts(const Sae& s, const Model& m, const std::vector<float>& x, in
       double r = ref_pre(m, x, n, l, &sc);
       worst = std::max(worst, std::fabs(pre[size_t(n * m.M + l)] - r) / (sc + 1e-30));
     }
-  report(worst <= prec_tol(prec), strf("preacts %s (D %lld M %lld N %lld, %lld rows vs float64)", prec_name(prec),
-                                       (long long)m.D, (long long)m.M, (long long)N, (long long)rows),
+  report(worst <= prec_tol(prec), strf("preacts %s (D %lld M %lld N %lld, %lld rows vs float64)%s", prec_name(prec),
+                                       (long long)m.D, (long long)m.M, (long long)N, (long long)rows, g_variant.c_str()),
          strf("max error / sum|xc w| %.2e (tolerance %.1e)", worst, prec_tol(prec)));
   if (keep) *keep = std::move(pre);
 }
@@ -605,15 +605,22 @@ sk_sae_step_opts step_opts(int64_t k, const std::vector<int32_t>& dead, float al
   return o;
 }
 
+// Runs fn with the environment variable `name` set to `value`, tagging the step tests' names.
+template <typename F>
+void with_env(const char* name, const char* value, const std::string& tag, F fn) {
+  setenv(name, value, 1);
+  const std::string before = g_variant;
+  g_variant += " [" + tag + "]";
+  fn();
+  g_variant = before;
+  unsetenv(name);
+}
+
 // Runs fn with AuxK forced onto its dense GEMMs in column chunks of `chunk` dead latents.
 template <typename F>
 void with_dense_aux(const char* chunk, F fn) {
-  setenv("SAEKIT_CUDA_AUXK", "dense", 1);
   setenv("SAEKIT_CUDA_AUXK_CHUNK", chunk, 1);
-  g_variant = strf(" [dense AuxK, chunks of %s]", chunk);
-  fn();
-  g_variant.clear();
-  unsetenv("SAEKIT_CUDA_AUXK");
+  with_env("SAEKIT_CUDA_AUXK", "dense", strf("dense AuxK, chunks of %s", chunk), fn);
   unsetenv("SAEKIT_CUDA_AUXK_CHUNK");
 }
 
@@ -1211,6 +1218,27 @@ int main(int argc, char** argv) {
         check_preacts(s, m, x, N, prec, &pre, N);
         check_encode_exact(s, m, x, N, k, prec, pre, nullptr, "topk");
       }
+      // bf16 precision: the GEMM writes bf16 pre-activations (default) or float32 ones
+      // (SAEKIT_CUDA_PRE16=0); the first are the second rounded to bf16 before b_enc is added.
+      std::vector<float> p16 = dev_preacts(s, m, x, N, SK_PREC_BF16), p32;
+      with_env("SAEKIT_CUDA_PRE16", "0", "float32 pre-activations", [&] {
+        check_preacts(s, m, x, N, SK_PREC_BF16, &p32, N);
+        check_encode_exact(s, m, x, N, k, SK_PREC_BF16, p32, nullptr, "topk, float32 pre-activations");
+      });
+      const float* be = m.slab.data() + 2 * M * D;
+      int64_t rounded = 0, beyond = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        double rowmax = 0;
+        for (int64_t l = 0; l < M; ++l) rowmax = std::max(rowmax, std::fabs(double(p32[size_t(n * M + l)]) - be[l]));
+        for (int64_t l = 0; l < M; ++l) {
+          const double raw = double(p32[size_t(n * M + l)]) - be[l], d = std::fabs(double(p16[size_t(n * M + l)]) - p32[size_t(n * M + l)]);
+          rounded += d > 0;
+          beyond += d > std::ldexp(std::fabs(raw), -8) + 1e-5 * rowmax;
+        }
+      }
+      report(beyond == 0 && rounded > 0, "bf16 pre-activations are the float32 ones rounded to bf16",
+             strf("%lld of %lld differ, %lld by more than 2^-8 relative", (long long)rounded, (long long)(N * M),
+                  (long long)beyond));
       // k at the limits: 1 and M (every latent, zeros by index).
       std::vector<float> pre = dev_preacts(s, m, x, N, SK_PREC_F32);
       // A batch in page-locked memory (host_alloc) takes the DMA path: same codes, bit for bit.
@@ -1246,6 +1274,8 @@ int main(int argc, char** argv) {
       test_adam(D, M, k, N, 4, 161);
       test_nonfinite(D, M, k, N, 171);
     });
+    with_env("SAEKIT_CUDA_PRE16", "0", "float32 pre-activations",
+             [&] { test_grads(D, M, k, N, true, 5, SK_PREC_BF16, 156); });
     test_jumprelu(D, M, N, 81);
     test_prefetch(D, M, k, N, 85);
   }

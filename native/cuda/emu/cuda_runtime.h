@@ -36,9 +36,12 @@
 #define __launch_bounds__(...)
 #define __shared__ static
 
-// The vector type the selection loads rows with (16-byte aligned, like CUDA's).
+// The vector types the kernels load rows with (aligned like CUDA's).
 struct alignas(16) float4 {
   float x, y, z, w;
+};
+struct alignas(8) uint2 {
+  unsigned x, y;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
