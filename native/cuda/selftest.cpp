@@ -1293,6 +1293,18 @@ int main(int argc, char** argv) {
     std::vector<float> pre = dev_preacts(s, m, x, N, SK_PREC_F32);
     for (int64_t k : {40, 64, 4000}) check_encode_exact(s, m, x, N, k, SK_PREC_F32, pre, nullptr, strf("ties k=%lld", (long long)k));
   });
+  // Rows of a multiple of 4 latents: the selection's 4-wide loads, of float32 and of bf16 rows.
+  run_test("encode aligned rows", [&] {
+    const int64_t D = 24, M = 1000, N = 37, k = 9;
+    Model m = random_model(D, M, true, 89);
+    std::vector<float> x = random_x(N, D, 90);
+    Sae s(m);
+    for (int prec : {SK_PREC_F32, SK_PREC_BF16}) {
+      std::vector<float> pre;
+      check_preacts(s, m, x, N, prec, &pre, N);
+      check_encode_exact(s, m, x, N, k, prec, pre, nullptr, "topk 4-wide");
+    }
+  });
   // D % 4 == 0: the float4 update in two passes (per latent x column slice, then per decoder
   // row); D 68 leaves a partial slice, and M 301 puts b_enc / b_dec at unaligned offsets.
   test_grads(68, 301, 7, 129, true, 0, SK_PREC_F32, 56);
