@@ -605,6 +605,22 @@ sk_sae_step_opts step_opts(int64_t k, const std::vector<int32_t>& dead, float al
   return o;
 }
 
+// Pre-activations (sample_rows rows against float64) and codes (every row, exactly against the
+// host rule on the device's pre-activations) of a random model, in float32 and bf16.
+void test_encode_f32_bf16(const char* name, int64_t D, int64_t M, int64_t N, int64_t k, uint64_t seed,
+                          int64_t sample_rows, const char* label) {
+  run_test(name, [&] {
+    Model m = random_model(D, M, true, seed);
+    std::vector<float> x = random_x(N, D, seed + 1);
+    Sae s(m);
+    for (int prec : {SK_PREC_F32, SK_PREC_BF16}) {
+      std::vector<float> pre;
+      check_preacts(s, m, x, N, prec, &pre, sample_rows);
+      check_encode_exact(s, m, x, N, k, prec, pre, nullptr, label);
+    }
+  });
+}
+
 // Runs fn with the environment variable `name` set to `value`, tagging the step tests' names.
 template <typename F>
 void with_env(const char* name, const char* value, const std::string& tag, F fn) {
@@ -1294,17 +1310,7 @@ int main(int argc, char** argv) {
     for (int64_t k : {40, 64, 4000}) check_encode_exact(s, m, x, N, k, SK_PREC_F32, pre, nullptr, strf("ties k=%lld", (long long)k));
   });
   // Rows of a multiple of 4 latents: the selection's 4-wide loads, of float32 and of bf16 rows.
-  run_test("encode aligned rows", [&] {
-    const int64_t D = 24, M = 1000, N = 37, k = 9;
-    Model m = random_model(D, M, true, 89);
-    std::vector<float> x = random_x(N, D, 90);
-    Sae s(m);
-    for (int prec : {SK_PREC_F32, SK_PREC_BF16}) {
-      std::vector<float> pre;
-      check_preacts(s, m, x, N, prec, &pre, N);
-      check_encode_exact(s, m, x, N, k, prec, pre, nullptr, "topk 4-wide");
-    }
-  });
+  test_encode_f32_bf16("encode aligned rows", 24, 1000, 37, 9, 89, 37, "topk 4-wide");
   // D % 4 == 0: the float4 update in two passes (per latent x column slice, then per decoder
   // row); D 68 leaves a partial slice, and M 301 puts b_enc / b_dec at unaligned offsets.
   test_grads(68, 301, 7, 129, true, 0, SK_PREC_F32, 56);
@@ -1319,28 +1325,9 @@ int main(int argc, char** argv) {
   if (!g_quick) {
     // Realistic: D 768, M 24576, k 32, N 4096 (selection checked exactly on every row).
     const int64_t D = 768, M = 24576, k = 32, N = 4096;
-    run_test("encode large", [&] {
-      Model m = random_model(D, M, true, 91);
-      std::vector<float> x = random_x(N, D, 92);
-      Sae s(m);
-      for (int prec : {SK_PREC_F32, SK_PREC_BF16}) {
-        std::vector<float> pre;
-        check_preacts(s, m, x, N, prec, &pre, 8);
-        check_encode_exact(s, m, x, N, k, prec, pre, nullptr, "topk");
-      }
-    });
+    test_encode_f32_bf16("encode large", D, M, N, k, 91, 8, "topk");
     // Rows too long for the selection's shared-memory key cache (40000 keys = 156 KiB).
-    run_test("encode wide", [&] {
-      const int64_t Dw = 64, Mw = 40000, kw = 64, Nw = 300;
-      Model m = random_model(Dw, Mw, true, 95);
-      std::vector<float> x = random_x(Nw, Dw, 96);
-      Sae s(m);
-      for (int prec : {SK_PREC_F32, SK_PREC_BF16}) {
-        std::vector<float> pre;
-        check_preacts(s, m, x, Nw, prec, &pre, 4);
-        check_encode_exact(s, m, x, Nw, kw, prec, pre, nullptr, "topk uncached");
-      }
-    });
+    test_encode_f32_bf16("encode wide", 64, 40000, 300, 64, 95, 4, "topk uncached");
     test_corr(3001, 700, 513, 32, 24, 98);  // realistic k, many chunks of 32 rows on a GPU
     test_grads(D, M, k, 1024, true, 97, SK_PREC_F32, 93);  // 253 dead < D/2 = 384
     test_grads(D, 4096, 64, 512, true, 3, SK_PREC_BF16, 94);  // 1365 dead > 384: Kaux 384
