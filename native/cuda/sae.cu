@@ -1177,13 +1177,7 @@ AuxDense aux_dense_backward(sk_sae_dev* S, int64_t N, int64_t Ka, const int32_t*
   }
   aux_rowmax_kernel<<<unsigned(nd), 256, 0, s>>>(GA, nd, D, amax);
   SK_LAUNCHED("aux_rowmax_kernel");
-  AuxDense ax;
-  ax.dpos = dpos;
-  ax.GA = GA;
-  ax.db = db;
-  ax.amax = amax;
-  ax.nd = nd;
-  return ax;
+  return AuxDense{dpos, GA, db, amax, nd};
 }
 
 void check_k(const sk_sae_dev* S, int64_t k, const char* what) {
