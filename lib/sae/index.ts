@@ -72,7 +72,11 @@ export interface FromWeightsOptions extends PlacementOptions {
   applyBDecToInput?: boolean;
 }
 
-/** Rows of activations: a Float32Array of rows * dIn values, or a float32 Tensor [rows, dIn]. */
+/**
+ * Rows of activations: a Float32Array of rows * dIn values, or a float32 Tensor [rows, dIn] on
+ * any device (steps and gradients read a tensor on the SAE's own device where it lies; otherwise
+ * it is downloaded first).
+ */
 export type Rows = Float32Array | Tensor;
 
 /** Where the parameters live and the ops run (see backend.use). */

@@ -5,7 +5,8 @@
 // The plugin exports `const sk_sae_i* sk_sae_api(int api_version)`; it returns null when it
 // does not speak that version. Every slot returns 0 on success, or non-zero with `st` filled
 // (codes as in backend.h). Pointers named host_* are host memory owned by the caller; the
-// plugin stages them through its own pinned buffers.
+// plugin stages them through its own pinned buffers. host_x may also be device memory of the
+// SAE's own device (a device tensor's storage, complete before the call): copied on the device.
 //
 // Semantics are exactly those of native/cpu/sae_topk.h (the reference): the parameter slab
 // [W_encT (M x D) | W_dec (M x D) | b_enc (M) | b_dec (D)], codes sorted by descending value with

@@ -856,15 +856,18 @@ namespace {
 
 void use(sk_sae_dev* S) { SK_CUDA(cudaSetDevice(S->device)); }
 
-// Whether p is page-locked host memory (cudaHostAlloc / host_alloc / registered).
-bool is_pinned(const void* p) {
+// What p points to: page-locked host memory (cudaHostAlloc / host_alloc / registered), device
+// memory (*device = its device), or neither (pageable host memory).
+cudaMemoryType memory_type(const void* p, int* device = nullptr) {
   cudaPointerAttributes at;
   if (cudaPointerGetAttributes(&at, p) != cudaSuccess) {
     (void)cudaGetLastError();
-    return false;
+    return cudaMemoryTypeUnregistered;
   }
-  return at.type == cudaMemoryTypeHost;
+  if (device) *device = at.device;
+  return at.type;
 }
+bool is_pinned(const void* p) { return memory_type(p) == cudaMemoryTypeHost; }
 
 // Host -> device: page-locked sources by one DMA; others through the pinned buffers, overlapping
 // the host copy of one chunk with the transfer of the previous one. The SAE's stream waits for
@@ -873,8 +876,16 @@ bool is_pinned(const void* p) {
 // benchmark compares both).
 void upload(sk_sae_dev* S, void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
+  int dev = -1;
+  const cudaMemoryType type = memory_type(src, &dev);
+  if (type == cudaMemoryTypeDevice) {  // a device tensor's storage: copied on the device, in stream order
+    SK_CHECK(dev == S->device, ErrorCode::Device, "the input is in the memory of cuda:", dev, " but the SAE is on cuda:",
+             S->device);
+    SK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, S->s));
+    return;
+  }
   const char* staging = std::getenv("SAEKIT_CUDA_STAGING");  // read per call: the bench toggles it
-  if (is_pinned(src) || (staging && staging[0] == '0')) {
+  if (type == cudaMemoryTypeHost || (staging && staging[0] == '0')) {
     SK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, S->copy));
     SK_CUDA(cudaEventRecord(S->up_done, S->copy));
     SK_CUDA(cudaStreamWaitEvent(S->s, S->up_done, 0));
@@ -1630,7 +1641,9 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     sync(S, "step");
     if (hs[0] == kBadX) {
       const int64_t n = hs[1];
-      const float* r = host_x + n * D;
+      std::vector<float> row(static_cast<size_t>(D));  // x may be device memory: read the row through a copy
+      SK_CUDA(cudaMemcpy(row.data(), host_x + n * D, size_t(D) * sizeof(float), cudaMemcpyDefault));
+      const float* r = row.data();
       int64_t d = 0;
       while (d < D && std::isfinite(r[d])) ++d;
       throw Error(ErrorCode::NonFinite, fmt("Expected finite values in x but row ", n, " has ", d < D ? r[d] : 0.0f,

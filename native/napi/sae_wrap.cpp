@@ -229,6 +229,7 @@ struct Rows {
   std::shared_ptr<void> pinned;
   std::shared_ptr<void> keep;  // a prefetched batch: alive until the job ends
   Tensor tensor;
+  Tensor on_device;  // (steps) a device tensor, not downloaded yet: see step_rows()
   int64_t n = 0;
   const float* data() const {
     return pinned ? static_cast<const float*>(pinned.get()) : host ? host->as<const float>() : tensor.data<float>();
@@ -267,8 +268,10 @@ void scaled_copy(float* dst, const float* src, size_t n, double s) {
   for (size_t i = 0; i < n; ++i) dst[i] = float(double(src[i]) * s);
 }
 
-// scale (prefetch's option) multiplies a Float32Array's rows while they are copied.
-Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* pool = nullptr, double scale = 1.0) {
+// scale (prefetch's option) multiplies a Float32Array's rows while they are copied. With
+// keep_device, a tensor on a device is kept there (on_device) for step_rows() to place.
+Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* pool = nullptr, double scale = 1.0,
+              bool keep_device = false) {
   Rows r;
   if (std::shared_ptr<Prefetched>* pp = prefetched_of(v)) {
     if (!*pp) throw Error(ErrorCode::Disposed, fmt("the prefetched batch passed as ", name, " was already used or disposed"));
@@ -314,11 +317,25 @@ Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* poo
     if (t.shape.size() != 2 || t.shape[1] != D || t.shape[0] < 1)
       throw Error(ErrorCode::Shape, fmt("Expected a tensor of shape [rows, ", D, "] for ", name, " but received shape ",
                                         shape_str(t.shape)));
-    r.tensor = NativeTensor::on_host(v.Env(), t);  // a tensor on a device: downloaded first (queued)
     r.n = t.shape[0];
+    if (keep_device && t.device().kind != DeviceKind::CPU) r.on_device = t;
+    else r.tensor = NativeTensor::on_host(v.Env(), t);  // a tensor on a device: downloaded first (queued)
     return r;
   }
   arg_error(ErrorCode::Arg, name, "a Float32Array or a float32 Tensor", v);
+}
+
+// x's rows for a step of m, in the job (the executor runs jobs in order, so the tensor's own ops
+// are complete): a tensor on m's own device is read where it lies (the device copies it there;
+// no round trip through the host), one on any other device is downloaded into *host first.
+const float* step_rows(const SaeModel& m, const Rows& x, Tensor* host) {
+  const Tensor& t = x.on_device;
+  if (!t.storage) return x.data();
+  const Device d = t.device();
+  if (m.dev && d.kind == DeviceKind::CUDA && d.index == m.dev->index) return t.data<float>();
+  *host = Tensor::empty(t.dtype, t.shape);
+  if (size_t bytes = t.nbytes()) backend_for(d).download(host->storage->data(), t.storage->data(), bytes);
+  return host->data<float>();
 }
 
 Napi::Value f32(Napi::Env env, const std::vector<float>& v) {
@@ -670,7 +687,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
       require_trainable(*m, "gradients()");
-      Rows x = get_rows(info[0], m->D, "x", m->pinned.get());
+      Rows x = get_rows(info[0], m->D, "x", m->pinned.get(), 1.0, true);
       auto dead = std::make_shared<std::vector<int32_t>>();
       if (!info[1].IsNull() && !info[1].IsUndefined()) {
         if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
@@ -688,8 +705,10 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         cpu::StepOptions opt;
         opt.auxk_alpha = alpha;
         opt.dead = dead.get();
-        *stats = m->dev ? device_step(*m, x.data(), x.n, *dead, alpha, grads.get(), nullptr)
-                        : cpu::sae_step(m->view(), x.data(), x.n, m->K, opt, grads.get(), nullptr, cpu::cpu_pool());
+        Tensor staged;
+        const float* xp = step_rows(*m, x, &staged);
+        *stats = m->dev ? device_step(*m, xp, x.n, *dead, alpha, grads.get(), nullptr)
+                        : cpu::sae_step(m->view(), xp, x.n, m->K, opt, grads.get(), nullptr, cpu::cpu_pool());
         transpose(grads->W_encT.data(), m->M, m->D, wenc->as<float>());
         grads->W_encT.clear();
         grads->W_encT.shrink_to_fit();
@@ -897,7 +916,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
       auto m = model_;
       auto st = state_;
-      Rows x = get_rows(info[0], m->D, "x", m->pinned.get());
+      Rows x = get_rows(info[0], m->D, "x", m->pinned.get(), 1.0, true);
       double lr = get_double(info[1], "lr", 0, 1e6);
       float alpha = float(get_double(info[2], "auxkAlpha", 0, 1e6));
       double threshold = get_double(info[3], "deadThresholdTokens", 0, 9.0e15);
@@ -909,12 +928,14 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
         opt.dead = &dead;
         st->lr = float(lr);
         int64_t t_before = st->t;
+        Tensor staged;
+        const float* xp = step_rows(*m, x, &staged);
         if (m->dev) {
-          *stats = device_step(*m, x.data(), x.n, dead, alpha, nullptr, st.get());
+          *stats = device_step(*m, xp, x.n, dead, alpha, nullptr, st.get());
           ++st->t;
         } else {
           try {
-            *stats = cpu::sae_step(m->view(), x.data(), x.n, m->K, opt, nullptr, st.get(), cpu::cpu_pool());
+            *stats = cpu::sae_step(m->view(), xp, x.n, m->K, opt, nullptr, st.get(), cpu::cpu_pool());
           } catch (...) {
             st->t = t_before;  // a rejected step (checked before any update) does not count
             throw;

@@ -180,6 +180,56 @@ export function multiDeviceSuite(options: MultiDeviceSuiteOptions): void {
     for (const o of [oc, o0, o1]) o.dispose();
   });
 
+  it('Adam steps and gradients on a device tensor: read where it lies on its own device, downloaded from another; the same as on the array', async () => {
+    const s = { dIn: 24, numLatents: 96, k: 5, seed: 11 };
+    const next = lcg(29);
+    const batches = [0, 1, 2].map(() => randomMatrix(64, s.dIn, next));
+    const run = async (device: 'cuda:0' | 'cuda:1', from: 'array' | 'cuda:0') => {
+      using sae = SparseAutoencoder.create({ ...s, device, precision });
+      const opt = sae.adam({ lr: 1e-3 });
+      const losses: number[] = [];
+      const mask = new Uint8Array(s.numLatents).fill(1, 0, 40); // AuxK over 40 latents
+      let grads: Awaited<ReturnType<typeof sae.gradients>> | undefined;
+      for (const b of batches) {
+        if (from === 'array') {
+          losses.push((await opt.step(b, { auxkAlpha: 1 / 32 })).loss);
+          grads ??= await sae.gradients(b, { auxk: { deadMask: mask, alpha: 1 / 32 } });
+        } else {
+          const t = tensor(b, [64, s.dIn], { device: from });
+          const p = opt.step(t, { auxkAlpha: 1 / 32 });
+          t.dispose(); // the queued step keeps the rows alive
+          losses.push((await p).loss);
+          if (!grads) {
+            using t2 = tensor(b, [64, s.dIn], { device: from });
+            grads = await sae.gradients(t2, { auxk: { deadMask: mask, alpha: 1 / 32 } });
+          }
+        }
+      }
+      const w = await sae.weights();
+      opt.dispose();
+      return { losses, w, grads: grads! };
+    };
+    // A non-finite value in a tensor read where it lies is named like one in an array.
+    {
+      using sae = SparseAutoencoder.create({ ...s, device: 'cuda:0', precision });
+      const opt = sae.adam();
+      const bad = batches[0]!.slice();
+      bad[5 * s.dIn + 3] = NaN;
+      using tb = tensor(bad, [64, s.dIn], { device: 'cuda:0' });
+      await expect(opt.step(tb)).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/row 5\b.*column 3/) });
+      opt.dispose();
+    }
+    for (const device of ['cuda:0', 'cuda:1'] as const) {
+      const want = await run(device, 'array');
+      const got = await run(device, 'cuda:0');
+      expect(got.losses, `${device}: losses`).toEqual(want.losses);
+      for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) {
+        expectClose(got.w[n], want.w[n], 0, `${device} ${n} after 3 steps on a cuda:0 tensor`);
+        expectClose(got.grads.grads[n], want.grads.grads[n], 0, `${device} gradient ${n} of a cuda:0 tensor`);
+      }
+    }
+  });
+
   it('a Trainer on cuda:1 trains like the CPU; a Trainer on another device than its SAE is refused', async () => {
     const dIn = 16;
     const data = randomMatrix(1024, dIn, lcg(31));

@@ -68,7 +68,13 @@ enum cudaError_t {
   cudaErrorPeerAccessAlreadyEnabled = 704,
 };
 typedef cudaError_t cudaError;
-enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost,
+  cudaMemcpyHostToDevice,
+  cudaMemcpyDeviceToHost,
+  cudaMemcpyDeviceToDevice,
+  cudaMemcpyDefault
+};
 enum cudaMemoryType { cudaMemoryTypeUnregistered = 0, cudaMemoryTypeHost = 1, cudaMemoryTypeDevice = 2 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaDeviceAttr {
@@ -90,6 +96,7 @@ typedef emu_stream* cudaStream_t;
 typedef emu_event* cudaEvent_t;
 struct cudaPointerAttributes {
   cudaMemoryType type;
+  int device;
 };
 struct cudaDeviceProp {
   char name[256];
@@ -495,6 +502,12 @@ inline cudaError_t cudaFreeHost(void* p) {
 }
 inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
   a->type = cudaMemoryTypeUnregistered;
+  a->device = ::emu::device_of(p);
+  if (a->device >= 0) {
+    a->type = cudaMemoryTypeDevice;
+    return cudaSuccess;
+  }
+  a->device = -1;
   auto& m = ::emu::host_allocs();
   auto it = m.upper_bound(static_cast<const char*>(p));
   if (it != m.begin()) {
