@@ -19,10 +19,12 @@ ln -s "$root/node_modules" "$scratch/node_modules"
 (cd "$scratch" && SAEKIT_BUILD_BLAS=none npx node-gyp rebuild -j "$(nproc)" >/dev/null)
 cp "$scratch/build/Release/saekit.node" "$out/build/Release/"
 
-# 2. node-gyp-build (the addon loader) and the bundled parity suite.
+# 2. node-gyp-build (the addon loader), the bundled parity suite and API training loop.
 cp -r "$root/node_modules/node-gyp-build" "$out/node_modules/"
 (cd "$root" && npx esbuild bench/gpu/parity.ts --bundle --platform=node --format=esm --target=node20 \
   --alias:vitest=./bench/gpu/mini-vitest.ts --outfile="$out/bundle/gpu/parity.mjs" --log-level=warning)
+(cd "$root" && npx esbuild bench/gpu/trainer.ts --bundle --platform=node --format=esm --target=node20 \
+  --outfile="$out/bundle/gpu/trainer.mjs" --log-level=warning)
 
 # 3. The commit this bundle was made from (the device's copy of .git may lag the working tree).
 c="$(git -C "$root" rev-parse --short HEAD)"

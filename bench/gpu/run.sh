@@ -118,6 +118,15 @@ if [ "${STATUS[build]}" = ok ]; then
     xz -dc .gpu/node.xz > /tmp/saekit-node && chmod +x /tmp/saekit-node
     export SAEKIT_CUDA_PLUGIN="$PWD/$BUILD/libsaekit_cuda.so"
     stage parity 120 /tmp/saekit-node .gpu/bundle/gpu/parity.mjs
+    # Training steps through the API (bench/gpu/trainer.ts): what a Node loop gets, and the JS
+    # thread's copy per batch. Informational.
+    if [ -f .gpu/bundle/gpu/trainer.mjs ] && [ $((SECONDS - START)) -lt 360 ]; then
+      before=$FAILED
+      stage trainer 60 /tmp/saekit-node .gpu/bundle/gpu/trainer.mjs
+      FAILED=$before
+    else
+      STATUS[trainer]="skipped"
+    fi
   else
     STATUS[parity]="skipped (no .gpu/: run bench/gpu/pack.sh and carry .gpu)"
   fi
@@ -137,7 +146,7 @@ fi
 {
   echo
   echo "== saekit CUDA GPU check ($(cat "$OUT_DIR/gpu.txt" 2>/dev/null | head -1), $(date -u +%F), commit $(cat .gpu/commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo '?'))"
-  for s in build selftest memcheck bench ncu parity torch; do printf '%-9s %s\n' "$s" "${STATUS[$s]:-not run}"; done
+  for s in build selftest memcheck bench ncu parity trainer torch; do printf '%-9s %s\n' "$s" "${STATUS[$s]:-not run}"; done
   if [ -f "$OUT_DIR/selftest.log" ]; then
     grep -E '^(FAIL|ALL PASSED|FAILED|SKIP)' "$OUT_DIR/selftest.log" | head -20 || true
   fi
@@ -162,6 +171,11 @@ fi
       "AuxK step $(get step_auxk_ms) (per pair $(get step_auxk_pairs_ms)); float32 pre-activations: gemm $(get gemm_pre32_ms) select $(get select_pre32_ms) device $(get device_pre32_ms), floor gemm f32-out $(get floor_gemm_f32out_ms), topk alone f32 $(get topk_alone_f32_ms); floor gemm $(get floor_gemm_ms) + adam $(get floor_adam_ms); D2D $(get bw_GBps) GB/s"
   done
   { grep '^CORR' "$OUT_DIR/bench.log" 2>/dev/null || true; } | sed 's/^CORR /sparse correlation: /'
+  { grep '^TRAINER' "$OUT_DIR/trainer.log" 2>/dev/null || true; } | while read -r line; do
+    get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2 || true; }
+    echo "API loop $(get dIn)x$(get numLatents): prefetched $(get tokens_per_s_prefetched) tok/s ($(get step_prefetched_ms) ms," \
+      "JS copy $(get prefetch_js_ms) ms of a $(get batch_MiB) MiB batch), plain arrays $(get tokens_per_s_plain) tok/s"
+  done
   if [ -n "${OUT:-}" ]; then echo "total $((SECONDS - START)) s; logs in \$OUT/logs.tgz"; else echo "total $((SECONDS - START)) s; logs in $OUT_DIR"; fi
 } | tee "$OUT_DIR/summary.txt"
 if [ -n "${OUT:-}" ]; then
