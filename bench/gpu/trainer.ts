@@ -12,6 +12,7 @@
  *   SAEKIT_DEVICE_LOOPBACK=1 npx tsx bench/gpu/trainer.ts --tiny   (checks this script without a GPU)
  */
 import { backend, SparseAutoencoder } from '../../lib/index.js';
+import { lcgArray } from '../harness.js';
 
 interface Shape {
   dIn: number;
@@ -35,21 +36,11 @@ function median(v: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-function randomBatch(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2147483648 - 1;
-  }
-  return out;
-}
-
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 
 async function runShape(sh: Shape): Promise<void> {
   const { dIn, numLatents, k, batch, steps } = sh;
-  const batches = [0, 1, 2].map((i) => randomBatch(batch * dIn, 101 + i));
+  const batches = [0, 1, 2].map((i) => lcgArray(batch * dIn, 101 + i));
   using sae = SparseAutoencoder.create({ dIn, numLatents, k, device: 'cuda', precision: 'bf16', seed: 1 });
   const opt = sae.adam({ lr: 1e-4 });
   try {
