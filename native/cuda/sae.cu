@@ -60,9 +60,9 @@ struct AdamArgs {
   float b1, b2, lr_t, inv_sqrt_bc2, eps;
 };
 
-// AuxK computed as dense GEMMs over the dead latents (aux_dense_pass): the per-latent kernels add
-// these rows to the gradients they form from the main pairs. A default-constructed one (dpos
-// null) means AuxK pairs are in the per-latent lists instead.
+// AuxK computed as dense GEMMs over the dead latents (aux_dense_forward / aux_dense_backward):
+// the per-latent kernels add these rows to the gradients they form from the main pairs. A
+// default-constructed one (dpos null) means AuxK pairs are in the per-latent lists instead.
 struct AuxDense {
   const int32_t* dpos = nullptr;  // [M]: a latent's position in the dead list, or -1
   const float* GA = nullptr;      // [2, nd, D]: AuxK gradient rows, decoder (coef R) then encoder (dpre xc)
@@ -706,10 +706,10 @@ __global__ void bdec_adam_kernel(int64_t D, int64_t M, float* slab, float* mslab
     adam1(slab + o + d, mslab + o + d, vslab + o + d, gbf[d], ad);
 }
 
-// ---- AuxK as dense GEMMs over the dead latents (aux_dense_pass). With dIn / 2 codes a row, the
-// pair formulation gathers N x dIn / 2 decoder rows several times (decode, code gradients,
-// gradient rows); as GEMMs over [N, dead] code matrices, mostly zeros, the same sums run on
-// tensor cores. The dead latents are taken in column chunks of C (bounded scratch).
+// ---- AuxK as dense GEMMs over the dead latents (aux_dense_forward / _backward). With dIn / 2
+// codes a row, the pair formulation gathers N x dIn / 2 decoder rows several times (decode,
+// code gradients, gradient rows); as GEMMs over [N, dead] code matrices, mostly zeros, the same
+// sums run on tensor cores. The dead latents are taken in column chunks of C (bounded scratch).
 
 // dpos[dead[q]] = q (dpos preset to -1).
 __global__ void dead_pos_kernel(const int32_t* dead, int64_t nd, int32_t* dpos) {
@@ -757,8 +757,8 @@ __global__ void aux_resid_kernel(const float* E, const float* b_dec, int64_t D, 
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     const float r = (R[n * D + d] + b_dec[d]) - E[n * D + d];
     R[n * D + d] = r;
-    asse += double(r) * double(r);
-    mR = fmaxf(mR, fabsf(r));
+    add_sq(asse, r);
+    mR = absmax(mR, r);
   }
   asse = block_sum(asse, dscr);
   mR = block_max(mR, fscr);
@@ -1018,11 +1018,18 @@ double elapsed(sk_sae_dev* S, size_t a, size_t b) {
 // Main codes [N, K] into mv/mi; with Ka > 0 the AuxK codes over `dead` into av/ai; `positive`
 // (JumpReLU check) receives each row's number of active latents. With `times`, events
 // 2 + 3t .. 4 + 3t bracket tile t's GEMM and selection.
-void forward(sk_sae_dev* S, int64_t N, int prec, int64_t K, const float* thr, float* mv, int32_t* mi, int64_t Ka,
-             const int32_t* dead, int64_t num_dead, float* av, int32_t* ai, int32_t* positive, int64_t* tiles_out,
-             bool times) {
+// The encoder's inputs for N rows of x (already in S->x): xc = x - b_dec (and its bf16 copy, with
+// W_enc's refreshed when stale), and the pre-activation tile buffer (R rows; bf16 when out16).
+// forward() and preacts share it, so preacts returns exactly what the selection sees.
+struct EncodeSetup {
+  const float* xc;
+  const uint16_t* xbf;
+  bool out16;
+  int64_t R;
+  void* pre;
+};
+EncodeSetup prepare_encode(sk_sae_dev* S, int64_t N, int prec) {
   const int64_t D = S->D, M = S->M;
-  const float* x = S->x.as<float>(N * D);
   float* xc = S->xc.as<float>(N * D);
   uint16_t* xbf = prec == SK_PREC_BF16 ? S->xbf.as<uint16_t>(N * D) : nullptr;
   if (prec == SK_PREC_BF16 && !S->wbf_fresh) {
@@ -1030,20 +1037,28 @@ void forward(sk_sae_dev* S, int64_t N, int prec, int64_t K, const float* thr, fl
     SK_LAUNCHED("to_bf16_kernel");
     S->wbf_fresh = true;
   }
-  prep_x_kernel<<<grid_for(N * D, 256), 256, 0, S->s>>>(x, S->params + 2 * M * D + M, S->apply_b_dec ? 1 : 0, N * D,
-                                                        D, xc, xbf);
+  prep_x_kernel<<<grid_for(N * D, 256), 256, 0, S->s>>>(S->x.as<float>(N * D), S->params + 2 * M * D + M,
+                                                        S->apply_b_dec ? 1 : 0, N * D, D, xc, xbf);
   SK_LAUNCHED("prep_x_kernel");
   const bool out16 = pre16(prec);
   const int64_t R = tile_rows(S, N, out16 ? 2 : 4);
-  void* pre = S->pre.ensure(size_t(R * M) * (out16 ? 2 : 4));
-  const float* pre32 = out16 ? nullptr : static_cast<const float*>(pre);
-  const uint16_t* pre_b16 = out16 ? static_cast<const uint16_t*>(pre) : nullptr;
+  return EncodeSetup{xc, xbf, out16, R, S->pre.ensure(size_t(R * M) * (out16 ? 2 : 4))};
+}
+
+void forward(sk_sae_dev* S, int64_t N, int prec, int64_t K, const float* thr, float* mv, int32_t* mi, int64_t Ka,
+             const int32_t* dead, int64_t num_dead, float* av, int32_t* ai, int32_t* positive, int64_t* tiles_out,
+             bool times) {
+  const int64_t D = S->D, M = S->M;
+  const EncodeSetup e = prepare_encode(S, N, prec);
+  const int64_t R = e.R;
+  const float* pre32 = e.out16 ? nullptr : static_cast<const float*>(e.pre);
+  const uint16_t* pre_b16 = e.out16 ? static_cast<const uint16_t*>(e.pre) : nullptr;
   const float* b_enc = S->params + 2 * M * D;
   int64_t t = 0;
   for (int64_t r0 = 0; r0 < N; r0 += R, ++t) {
     const int64_t rows = std::min(R, N - r0);
     if (times) SK_CUDA(cudaEventRecord(timer(S, size_t(2 + 3 * t)), S->s));
-    encoder_gemm(S, prec, xc + r0 * D, xbf ? xbf + r0 * D : nullptr, rows, pre, out16);
+    encoder_gemm(S, prec, e.xc + r0 * D, e.xbf ? e.xbf + r0 * D : nullptr, rows, e.pre, e.out16);
     if (times) SK_CUDA(cudaEventRecord(timer(S, size_t(3 + 3 * t)), S->s));
     SelectArgs a;
     a.pre = pre32;
@@ -1400,26 +1415,14 @@ int sae_preacts(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, in
     use(S);
     const int64_t D = S->D, M = S->M;
     upload(S, S->x.as<float>(N * D), host_x, size_t(N * D) * sizeof(float));
-    float* xc = S->xc.as<float>(N * D);
-    uint16_t* xbf = precision == SK_PREC_BF16 ? S->xbf.as<uint16_t>(N * D) : nullptr;
-    if (precision == SK_PREC_BF16 && !S->wbf_fresh) {
-      to_bf16_kernel<<<grid_for(M * D, 256), 256, 0, S->s>>>(S->params, S->wbf.as<uint16_t>(M * D), M * D);
-      SK_LAUNCHED("to_bf16_kernel");
-      S->wbf_fresh = true;
-    }
-    prep_x_kernel<<<grid_for(N * D, 256), 256, 0, S->s>>>(S->x.as<float>(N * D), S->params + 2 * M * D + M,
-                                                          S->apply_b_dec ? 1 : 0, N * D, D, xc, xbf);
-    SK_LAUNCHED("prep_x_kernel");
-    // The same tiles and GEMM output type as forward(), so the values equal what the selection sees.
-    const bool out16 = pre16(precision);
-    const int64_t R = tile_rows(S, N, out16 ? 2 : 4);
-    void* pre = S->pre.ensure(size_t(R * M) * (out16 ? 2 : 4));
-    float* out = out16 ? S->out.as<float>(R * M) : static_cast<float*>(pre);
+    const EncodeSetup e = prepare_encode(S, N, precision);
+    const int64_t R = e.R;
+    float* out = e.out16 ? S->out.as<float>(R * M) : static_cast<float*>(e.pre);
     for (int64_t r0 = 0; r0 < N; r0 += R) {
       const int64_t rows = std::min(R, N - r0);
-      encoder_gemm(S, precision, xc + r0 * D, xbf ? xbf + r0 * D : nullptr, rows, pre, out16);
-      if (out16)
-        bf16_bias_kernel<<<grid_for(rows * M, 256), 256, 0, S->s>>>(static_cast<const uint16_t*>(pre),
+      encoder_gemm(S, precision, e.xc + r0 * D, e.xbf ? e.xbf + r0 * D : nullptr, rows, e.pre, e.out16);
+      if (e.out16)
+        bf16_bias_kernel<<<grid_for(rows * M, 256), 256, 0, S->s>>>(static_cast<const uint16_t*>(e.pre),
                                                                      S->params + 2 * M * D, rows * M, M, out);
       else
         add_bias_kernel<<<grid_for(rows * M, 256), 256, 0, S->s>>>(out, S->params + 2 * M * D, rows * M, M);

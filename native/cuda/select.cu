@@ -342,6 +342,16 @@ __global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, 
   }
 }
 
+// One block per row of T (float or bf16 bits) pre-activations, smem bytes of shared list.
+template <typename T>
+void launch_select(const SelectArgs& a, const T* pre, int64_t rows, int P, int cap, int vec4, size_t smem,
+                   cudaStream_t s) {
+  auto* kernel = topk_select_kernel<T>;
+  if (smem > (48u << 10))  // above the default limit: opt in (per device; cheap to repeat)
+    SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, pre, P, cap, vec4);
+}
+
 bool aligned(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
 
 }  // namespace
@@ -374,17 +384,8 @@ void topk_select(const SelectArgs& a, int64_t rows, cudaStream_t s) {
   const bool b16 = a.pre16 != nullptr;
   const void* pre = b16 ? static_cast<const void*>(a.pre16) : static_cast<const void*>(a.pre);
   const int vec4 = a.cand == nullptr && a.ld % 4 == 0 && aligned(pre, b16 ? 8 : 16) && aligned(a.bias, 16) ? 1 : 0;
-  if (b16) {
-    auto* kernel = topk_select_kernel<uint16_t>;
-    if (smem > (48u << 10))  // above the default limit: opt in (per device; cheap to repeat)
-      SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, a.pre16, P, cap, vec4);
-  } else {
-    auto* kernel = topk_select_kernel<float>;
-    if (smem > (48u << 10))
-      SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, a.pre, P, cap, vec4);
-  }
+  if (b16) launch_select(a, a.pre16, rows, P, cap, vec4, smem, s);
+  else launch_select(a, a.pre, rows, P, cap, vec4, smem, s);
   SK_LAUNCHED("topk_select_kernel");
 }
 

@@ -293,21 +293,11 @@ Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* poo
                                         " for ", name, " but received length ", len));
     r.n = len / D;
     if (pool) r.pinned = pool->take(a.ByteLength());
-    const uint8_t* src = static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset();
-    if (scale != 1.0) {
-      float* dst;
-      if (r.pinned) {
-        dst = static_cast<float*>(r.pinned.get());
-      } else {
-        r.host = HostArray::allocate(a.ByteLength());
-        dst = r.host->as<float>();
-      }
-      scaled_copy(dst, reinterpret_cast<const float*>(src), size_t(len), scale);
-    } else if (r.pinned) {
-      std::memcpy(r.pinned.get(), src, a.ByteLength());
-    } else {
-      r.host = copy_typed_array(a);
-    }
+    const float* src = reinterpret_cast<const float*>(static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+    if (!r.pinned) r.host = HostArray::allocate(a.ByteLength());
+    float* dst = r.pinned ? static_cast<float*>(r.pinned.get()) : r.host->as<float>();
+    if (scale != 1.0) scaled_copy(dst, src, size_t(len), scale);
+    else std::memcpy(dst, src, a.ByteLength());
     return r;
   }
   if (v.IsObject() && !v.IsTypedArray()) {
