@@ -168,6 +168,17 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
       for (int p = 0; p < 5; ++p) ph32[p].push_back(s.seconds[p]);
   }
   unsetenv("SAEKIT_CUDA_PRE16");
+  // The same steps with the decode pass that gathers each decoder row twice
+  // (SAEKIT_CUDA_DECODE=plain; the default reads it once): device time per phase.
+  std::vector<double> phplain[5];
+  setenv("SAEKIT_CUDA_DECODE", "plain", 1);
+  for (int r = 0; r < reps + 1; ++r) {
+    sk_sae_step_stats s{};
+    ck(api->step(&st, sae, x.data(), N, &o, &s), st, "step (decode reading rows twice)");
+    if (r > 0)
+      for (int p = 0; p < 5; ++p) phplain[p].push_back(s.seconds[p]);
+  }
+  unsetenv("SAEKIT_CUDA_DECODE");
   // With dead latents (AuxK over a quarter of them).
   std::vector<int32_t> dead;
   for (int64_t l = 0; l < M; l += 4) dead.push_back(int32_t(l));
@@ -286,14 +297,15 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
   const double floor = gemm_floor + adam_floor;
   double dev = 0;
   for (int p = 0; p < 5; ++p) dev += median(ph[p]);
-  double dev32 = 0;
+  double dev32 = 0, devplain = 0;
   for (int p = 0; p < 5; ++p) dev32 += median(ph32[p]);
+  for (int p = 0; p < 5; ++p) devplain += median(phplain[p]);
   std::printf("BENCH impl=saekit-cuda dIn=%lld numLatents=%lld k=%lld batch=%lld precision=bf16 tokens_per_s=%.0f "
               "step_ms=%.3f step_driver_staging_ms=%.3f step_pinned_ms=%.3f tokens_per_s_pinned=%.0f step_prefetched_ms=%.3f "
               "tokens_per_s_prefetched=%.0f device_ms=%.3f gemm_ms=%.3f select_ms=%.3f decode_ms=%.3f backward_ms=%.3f update_ms=%.3f "
               "step_auxk_ms=%.3f step_auxk_pairs_ms=%.3f floor_ms=%.3f floor_gemm_ms=%.3f floor_adam_ms=%.3f topk_alone_ms=%.3f "
               "floor_tokens_per_s=%.0f bw_GBps=%.0f floor_gemm_f32out_ms=%.3f topk_alone_f32_ms=%.3f gemm_pre32_ms=%.3f "
-              "select_pre32_ms=%.3f device_pre32_ms=%.3f\n",
+              "select_pre32_ms=%.3f device_pre32_ms=%.3f decode_plain_ms=%.3f device_plain_ms=%.3f\n",
               (long long)D, (long long)M, (long long)K, (long long)N, double(N) / step, step * 1e3,
               median(wall_direct) * 1e3, median(wall_pinned) * 1e3, double(N) / median(wall_pinned),
               wall_overlap.empty() ? 0.0 : median(wall_overlap) * 1e3,
@@ -301,7 +313,7 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
               median(ph[0]) * 1e3, median(ph[1]) * 1e3, median(ph[2]) * 1e3, median(ph[3]) * 1e3, median(ph[4]) * 1e3,
               median(wall_aux) * 1e3, median(wall_aux_sparse) * 1e3, floor * 1e3, gemm_floor * 1e3, adam_floor * 1e3, median(ts) * 1e3,
               double(N) / floor, bw * 1e-9, median(tg32) * 1e3, median(ts32) * 1e3, median(ph32[0]) * 1e3,
-              median(ph32[1]) * 1e3, dev32 * 1e3);
+              median(ph32[1]) * 1e3, dev32 * 1e3, median(phplain[2]) * 1e3, devplain * 1e3);
   std::fflush(stdout);
 }
 

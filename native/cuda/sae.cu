@@ -321,6 +321,110 @@ __global__ void residual_kernel(const float* x, const float* xc, const float* W_
   }
 }
 
+__device__ __forceinline__ float addv(float a, float b) { return a + b; }
+__device__ __forceinline__ float4 addv(const float4& a, const float4& b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+template <typename V>
+__device__ __forceinline__ V zerov();
+template <>
+__device__ __forceinline__ float zerov<float>() { return 0.0f; }
+template <>
+__device__ __forceinline__ float4 zerov<float4>() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+
+// Most codes a warp of residual_fused_kernel holds (registers per lane: one V per code).
+constexpr int kFusedCodes = 8;
+
+// Warps and codes per warp of residual_fused_kernel for K codes a row (K <= 32 * kFusedCodes).
+inline void fused_shape(int64_t K, int* nw, int* cpw) {
+  *nw = int(std::min<int64_t>(32, std::max<int64_t>(1, (K + kFusedCodes - 1) / kFusedCodes)));
+  *cpw = int((K + *nw - 1) / *nw);
+}
+
+// residual_kernel without per-pair AuxK codes (Ka == 0: no AuxK, or AuxK as dense GEMMs), reading
+// each selected decoder row once instead of twice. A block per row; warp w holds the row's codes
+// [w cpw, (w + 1) cpw). Per group of 32 columns (of V), lane l loads its codes' entries of column
+// 32 g + l into registers and sums them; the warps' partial sums meet in shared memory (double
+// buffered: one barrier per group); every warp forms the same E column from them (b_dec + the
+// partials in warp order), and each lane adds its codes' products with E to running dot
+// products, summed over the warp at the end: d loss / d pre = gscale <E, W_dec[idx]>. Same
+// outputs as residual_kernel (rowd / rowf's AuxK entries 0), sums in another order.
+template <typename V>
+__global__ void residual_fused_kernel(const float* x, const float* xc, const float* W_dec, const float* b_dec,
+                                      int64_t D, const float* mv, const int32_t* mi, int64_t K, int cpw,
+                                      const Scalars* sc, float* E, float* dpm, double* rowd, float* rowf, int64_t N) {
+  extern __shared__ float sh[];
+  constexpr int64_t kW = int64_t(sizeof(V) / sizeof(float));
+  const int64_t n = blockIdx.x, DV = D / kW;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  V* part = reinterpret_cast<V*>(sh);  // [2][nw][32]
+  const V* W = reinterpret_cast<const V*>(W_dec);
+  const V* xv = reinterpret_cast<const V*>(x + n * D);
+  const V* xcv = reinterpret_cast<const V*>(xc + n * D);
+  V* ev = reinterpret_cast<V*>(E + n * D);
+  const int64_t j0 = int64_t(warp) * cpw;
+  const int64_t left = K - j0;
+  const int nc = left <= 0 ? 0 : left < cpw ? int(left) : cpw;
+  float v[kFusedCodes], dot[kFusedCodes];
+  int64_t row[kFusedCodes];
+#pragma unroll
+  for (int u = 0; u < kFusedCodes; ++u) {
+    v[u] = u < nc ? mv[n * K + j0 + u] : 0.0f;
+    row[u] = u < nc ? int64_t(mi[n * K + j0 + u]) * DV : 0;
+    dot[u] = 0.0f;
+  }
+  double sse = 0;
+  float mE = 0.0f, mX = 0.0f;
+  const int64_t groups = (DV + 31) / 32;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t c = g * 32 + lane;
+    const bool valid = c < DV;
+    V w[kFusedCodes];
+#pragma unroll
+    for (int u = 0; u < kFusedCodes; ++u) w[u] = (u < nc && valid) ? W[row[u] + c] : zerov<V>();
+    V p = zerov<V>();
+#pragma unroll
+    for (int u = 0; u < kFusedCodes; ++u)
+      if (u < nc && v[u] != 0.0f) fmav(p, v[u], w[u]);
+    V* buf = part + (g & 1) * int64_t(nw) * 32;
+    buf[warp * 32 + lane] = p;
+    __syncthreads();
+    if (valid) {
+      V acc = bias_col<V>(b_dec, c);
+      for (int q = 0; q < nw; ++q) acc = addv(acc, buf[q * 32 + lane]);
+      const V e = subv(xv[c], acc);
+      if (warp == 0) {
+        ev[c] = e;
+        add_sq(sse, e);
+        mE = absmax(mE, e);
+        mX = absmax(mX, xcv[c]);
+      }
+#pragma unroll
+      for (int u = 0; u < kFusedCodes; ++u)
+        if (u < nc) dotv(dot[u], e, w[u]);
+    }
+  }
+  const float gscale = sc->gscale;
+#pragma unroll
+  for (int u = 0; u < kFusedCodes; ++u) {
+    if (u >= nc) break;  // uniform across the warp
+    const float d = warp_sum(dot[u]);
+    if (lane == 0) dpm[n * K + j0 + u] = v[u] > 0.0f ? gscale * d : 0.0f;
+  }
+  if (warp == 0) {
+    sse = warp_sum(sse);
+    mE = warp_max(mE);
+    mX = warp_max(mX);
+    if (lane == 0) {
+      rowd[n] = sse;
+      rowd[N + n] = 0.0;
+      rowf[n] = mE;
+      rowf[N + n] = 0.0f;
+      rowf[2 * N + n] = mX;
+    }
+  }
+}
+
 // The losses (CPU: st.fvu, st.auxk, st.loss) and the finite check before any update.
 __global__ void loss_kernel(const double* rowd, const float* rowf, int64_t N, int use_aux, double alpha,
                             double aux_scale, Scalars* sc, int* stat) {
@@ -970,6 +1074,16 @@ bool pre16(int prec) {
   return !(e && e[0] == '0');
 }
 
+// Whether the step's decode pass reads each selected decoder row once (residual_fused_kernel)
+// rather than twice (residual_kernel): for at most 32 * kFusedCodes codes a row and no per-pair
+// AuxK codes. SAEKIT_CUDA_DECODE=plain keeps residual_kernel (read per call: the benchmark
+// compares both).
+bool fused_decode(int64_t K) {
+  if (K > 32 * kFusedCodes) return false;
+  const char* e = std::getenv("SAEKIT_CUDA_DECODE");
+  return !(e && std::strcmp(e, "plain") == 0);
+}
+
 // Rows per encoder tile: the pre-activation tile (`elem` bytes each) stays under
 // SAEKIT_CUDA_TILE_BYTES (512 MiB; at least 4096, so tests can force many tiles).
 int64_t tile_rows(const sk_sae_dev* S, int64_t N, int64_t elem) {
@@ -1530,7 +1644,16 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     float* dpm = S->dpm.as<float>(NK);
     const int64_t Kp = dense_aux ? 0 : Ka;  // AuxK codes decoded per pair
     float* dpa = Kp ? S->dpa.as<float>(NKa) : nullptr;
-    {
+    if (Kp == 0 && fused_decode(K)) {
+      int nw = 1, cpw = 1;
+      fused_shape(K, &nw, &cpw);
+      const size_t smem = size_t(2 * nw * 32) * (vec4 ? sizeof(float4) : sizeof(float));
+      auto* kernel = vec4 ? residual_fused_kernel<float4> : residual_fused_kernel<float>;
+      allow_smem(kernel, smem, S->device);
+      kernel<<<unsigned(N64), unsigned(32 * nw), smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, cpw, sc, E, dpm, rowd,
+                                                           rowf, N64);
+      SK_LAUNCHED("residual_fused_kernel");
+    } else {
       const size_t smem = size_t(Kp ? 2 : 1) * size_t(D) * sizeof(float);
       auto* kernel = vec4 ? residual_kernel<float4> : residual_kernel<float>;
       allow_smem(kernel, smem, S->device);

@@ -1322,6 +1322,19 @@ int main(int argc, char** argv) {
     test_grads(68, 301, 7, 129, false, 2, SK_PREC_F32, 158);
     test_adam(68, 301, 7, 129, 4, 163);
   });
+  // The decode pass reads each selected decoder row once (residual_fused_kernel: up to 8 codes
+  // per warp, a warp per 8 codes) where no AuxK pairs are decoded per pair: k 200 takes 25 warps
+  // (the last of 8 codes), k 256 all 32 (scalar columns), k 257 goes back to residual_kernel.
+  // SAEKIT_CUDA_DECODE=plain forces residual_kernel on the cases above that use the fused one.
+  test_grads(68, 301, 200, 129, true, 0, SK_PREC_F32, 64);
+  test_grads(67, 301, 256, 129, false, 0, SK_PREC_F32, 65);
+  test_grads(67, 300, 257, 129, true, 0, SK_PREC_F32, 66);
+  test_grads(68, 301, 61, 129, true, 0, SK_PREC_BF16, 67);  // 8 warps, the last of 5 codes
+  with_env("SAEKIT_CUDA_DECODE", "plain", "decode gathering rows twice", [&] {
+    test_grads(68, 301, 7, 129, true, 0, SK_PREC_F32, 56);
+    test_grads(68, 301, 70, 129, false, 0, SK_PREC_BF16, 58);
+    with_dense_aux("1000", [&] { test_grads(68, 301, 7, 129, true, 5, SK_PREC_F32, 157); });
+  });
   if (!g_quick) {
     // Realistic: D 768, M 24576, k 32, N 4096 (selection checked exactly on every row).
     const int64_t D = 768, M = 24576, k = 32, N = 4096;
