@@ -174,7 +174,8 @@ fi
   { grep '^TRAINER' "$OUT_DIR/trainer.log" 2>/dev/null || true; } | while read -r line; do
     get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2 || true; }
     echo "API loop $(get dIn)x$(get numLatents): prefetched $(get tokens_per_s_prefetched) tok/s ($(get step_prefetched_ms) ms," \
-      "JS copy $(get prefetch_js_ms) ms of a $(get batch_MiB) MiB batch), plain arrays $(get tokens_per_s_plain) tok/s"
+      "JS copy $(get prefetch_js_ms) ms of a $(get batch_MiB) MiB batch), borrowed $(get tokens_per_s_borrowed) tok/s (JS $(get prefetch_borrowed_js_ms) ms)," \
+      "plain arrays $(get tokens_per_s_plain) tok/s; Trainer.fit on a shuffled .npy: $(get fit_tokens_per_s) tok/s (copied: $(get fit_copied_tokens_per_s))"
   done
   if [ -n "${OUT:-}" ]; then echo "total $((SECONDS - START)) s; logs in \$OUT/logs.tgz"; else echo "total $((SECONDS - START)) s; logs in $OUT_DIR"; fi
 } | tee "$OUT_DIR/summary.txt"

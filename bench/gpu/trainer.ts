@@ -6,12 +6,22 @@
  *   - plain: opt.step(batch) on each Float32Array (copied and uploaded inside the step);
  *   - the JS thread's time in prefetch() per batch, which bounds the prefetched loop when it
  *     exceeds the device step.
+ *   - borrowed: the same loop on page-locked batch arrays (opt._pinnedArray, what the Trainer's
+ *     data pipeline fills on a device), uploaded where they lie: no copy on the JS thread;
+ *   - Trainer.fit on a shuffled .npy file (written to the temp folder, in the page cache): the
+ *     steady-state step interval with the batches read into page-locked arrays, and with
+ *     SAEKIT_TRAINER_PINNED=0 (copied by prefetch, as before).
  * Batches are distinct random arrays, cycled. Prints "TRAINER key=value ..." per shape.
  * bench/gpu/pack.sh bundles it; bench/gpu/run.sh runs it after the parity suite.
  *   SAEKIT_CUDA_PLUGIN=... node trainer.mjs [--tiny]
  *   SAEKIT_DEVICE_LOOPBACK=1 npx tsx bench/gpu/trainer.ts --tiny   (checks this script without a GPU)
  */
-import { backend, SparseAutoencoder } from '../../lib/index.js';
+import { open, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+
+import { backend, openActivations, SparseAutoencoder, Trainer } from '../../lib/index.js';
+import { npyHeader } from '../../test/helpers/data-fixtures.js';
 import { lcgArray } from '../harness.js';
 
 interface Shape {
@@ -72,16 +82,86 @@ async function runShape(sh: Shape): Promise<void> {
       await opt.step(batches[i % batches.length]!);
       if (i >= warm) plain.push(ms(t0));
     }
+    // Borrowed: three page-locked arrays holding the batches, prefetched without a copy.
+    const pinned = batches.map((b) => {
+      const a = opt._pinnedArray(b.length);
+      a?.set(b);
+      return a;
+    });
+    const wallB: number[] = [];
+    const jsB: number[] = [];
+    if (pinned.every((a) => a !== undefined)) {
+      t = process.hrtime.bigint();
+      let nb = opt._prefetchBorrowed(pinned[0]!);
+      for (let i = 0; i < warm + steps; i++) {
+        const step = opt.step(nb);
+        const c0 = process.hrtime.bigint();
+        nb = opt._prefetchBorrowed(pinned[(i + 1) % pinned.length]!);
+        const c = ms(c0);
+        await step;
+        const w = ms(t);
+        t = process.hrtime.bigint();
+        if (i >= warm) {
+          wallB.push(w);
+          jsB.push(c);
+        }
+      }
+      nb.dispose();
+    }
+    const fitPinned = await fitRate(sh, batches[0]!, '1');
+    const fitCopied = await fitRate(sh, batches[0]!, '0');
     const wp = median(wall);
     const wa = median(plain);
+    const wb = wallB.length ? median(wallB) : NaN;
     console.log(
       `TRAINER impl=saekit-api dIn=${dIn} numLatents=${numLatents} k=${k} batch=${batch} precision=bf16 ` +
         `step_prefetched_ms=${wp.toFixed(3)} tokens_per_s_prefetched=${Math.round((batch * 1000) / wp)} ` +
         `prefetch_js_ms=${median(copy).toFixed(3)} step_plain_ms=${wa.toFixed(3)} tokens_per_s_plain=${Math.round((batch * 1000) / wa)} ` +
-        `batch_MiB=${((batch * dIn * 4) / 2 ** 20).toFixed(0)}`,
+        `batch_MiB=${((batch * dIn * 4) / 2 ** 20).toFixed(0)} step_borrowed_ms=${wb.toFixed(3)} ` +
+        `tokens_per_s_borrowed=${Math.round((batch * 1000) / wb)} prefetch_borrowed_js_ms=${(jsB.length ? median(jsB) : NaN).toFixed(3)} ` +
+        `fit_step_ms=${fitPinned.toFixed(3)} fit_tokens_per_s=${Math.round((batch * 1000) / fitPinned)} ` +
+        `fit_copied_step_ms=${fitCopied.toFixed(3)} fit_copied_tokens_per_s=${Math.round((batch * 1000) / fitCopied)}`,
     );
   } finally {
     opt.dispose();
+  }
+}
+
+/**
+ * Trainer.fit over a shuffled .npy file of `sh.steps + 4` batches (`rows` repeated), with
+ * SAEKIT_TRAINER_PINNED set to `pinned`: the median interval between steps after the first four,
+ * in ms.
+ */
+async function fitRate(sh: Shape, rows: Float32Array, pinned: '0' | '1'): Promise<number> {
+  const { dIn, numLatents, k, batch, steps } = sh;
+  const nb = steps + 4;
+  const file = path.join(os.tmpdir(), `saekit-trainer-bench-${process.pid}-${dIn}.npy`);
+  const fh = await open(file, 'w');
+  try {
+    await fh.write(npyHeader('float32', [nb * batch, dIn]));
+    const bytes = new Uint8Array(rows.buffer, rows.byteOffset, rows.byteLength);
+    for (let i = 0; i < nb; i++) await fh.write(bytes);
+  } finally {
+    await fh.close();
+  }
+  const before = process.env.SAEKIT_TRAINER_PINNED;
+  process.env.SAEKIT_TRAINER_PINNED = pinned;
+  try {
+    using sae = SparseAutoencoder.create({ dIn, numLatents, k, device: 'cuda', precision: 'bf16', seed: 1 });
+    const trainer = new Trainer(sae, { batchSize: batch, epochs: 1, shuffle: true, bDecInit: 'zeros', lr: 1e-4, device: 'cuda' });
+    const src = await openActivations(file);
+    const times: number[] = [];
+    try {
+      await trainer.fit(src, { onStep: () => void times.push(performance.now()) });
+    } finally {
+      await src.close();
+    }
+    const gaps = times.slice(4).map((x, i) => x - times[i + 3]!);
+    return gaps.length ? median(gaps) : NaN;
+  } finally {
+    if (before === undefined) delete process.env.SAEKIT_TRAINER_PINNED;
+    else process.env.SAEKIT_TRAINER_PINNED = before;
+    await rm(file, { force: true });
   }
 }
 

@@ -9,6 +9,7 @@ import { releaseSpare, takeSpare } from './memory.js';
 import type { Rng } from './prng.js';
 import type { Emit } from './pump.js';
 import type { RowStream } from './rows.js';
+import type { Batch } from './types.js';
 
 export interface PassOptions {
   dIn: number;
@@ -17,6 +18,22 @@ export interface PassOptions {
   /** Where batch arrays come from. */
   pool: BatchPool;
 }
+
+/**
+ * An internal batches() option, keyed by this symbol (not part of BatchOptions), for recycled
+ * batches: `alloc` makes the pool's new arrays, and the consumer hands each batch back itself by
+ * calling `batch[RELEASE_BATCH]()` instead of when it asks for the next one. The Trainer on a GPU
+ * uses it: its batch arrays are page-locked memory, uploaded where they lie, so each must stay
+ * untouched until the step that uploads it has ended. A source that ignores the option serves
+ * batches without RELEASE_BATCH (recycled on the next next(), as usual).
+ */
+export const BATCH_ARRAYS: unique symbol = Symbol('saekit.batchArrays');
+/** The release function of a batch served under BATCH_ARRAYS (idempotent). */
+export const RELEASE_BATCH: unique symbol = Symbol('saekit.releaseBatch');
+export interface BatchArrays {
+  alloc(n: number): Float32Array | undefined;
+}
+export type ReleasableBatch = Batch & { [RELEASE_BATCH]?: () => void };
 
 /**
  * Batch arrays. Without recycling every batch is a new array (the consumer owns it). With
@@ -31,11 +48,17 @@ export class BatchPool {
   constructor(
     readonly size: number,
     readonly recycle: boolean,
+    /** Where new recycled arrays come from first (BATCH_ARRAYS); undefined or a wrong length: the usual memory. */
+    private readonly alloc?: (n: number) => Float32Array | undefined,
   ) {}
 
   take(): Float32Array {
     if (!this.recycle) return allocF32(this.size);
-    return this.free.pop() ?? takeSpare(this.size) ?? allocLongLivedF32(this.size);
+    const own = this.free.pop();
+    if (own) return own;
+    const a = this.alloc?.(this.size);
+    if (a && a.length === this.size && a.byteOffset === 0 && a.buffer.byteLength === this.size * 4) return a;
+    return takeSpare(this.size) ?? allocLongLivedF32(this.size);
   }
 
   /** Returns a batch's array (or a view of one) to the pool; ignored without recycling. */

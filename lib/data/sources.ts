@@ -2,7 +2,7 @@
 import { argError, SaekitError } from '../errors.js';
 import { checkInt, checkOneOf, checkOptions } from '../validate.js';
 import { DISK_DTYPES, type SkipCounter } from './convert.js';
-import { BatchPool, MixingMemory, mixingHalf, sequentialEpoch, shuffleEpoch, type MixingDType } from './engine.js';
+import { BATCH_ARRAYS, BatchPool, MixingMemory, mixingHalf, RELEASE_BATCH, sequentialEpoch, shuffleEpoch, type BatchArrays, type MixingDType } from './engine.js';
 import { HandleCache } from './files.js';
 import { NON_FINITE, resolveBatchOptions, type NonFinitePolicy, type ResolvedBatchOptions } from './options.js';
 import { ArrayRowStream, ChunkPlan, FileRowStream, IterableRowStream, type RowStream } from './rows.js';
@@ -44,12 +44,26 @@ abstract class BaseSource implements ActivationSource {
   batches(options?: BatchOptions): AsyncIterable<Batch> {
     if (this.closed) throw disposed();
     const o = resolveBatchOptions(options, this.dIn, this.policy);
+    // The internal BATCH_ARRAYS option (engine.ts): the consumer hands recycled batches back itself.
+    const arrays = o.recycle ? (options as { [BATCH_ARRAYS]?: BatchArrays } | undefined)?.[BATCH_ARRAYS] : undefined;
     return {
       [Symbol.asyncIterator]: () => {
         if (this.closed) throw disposed();
-        const pool = new BatchPool(o.batchSize * this.dIn, o.recycle);
+        const pool = new BatchPool(o.batchSize * this.dIn, o.recycle, arrays && ((n) => arrays.alloc(n)));
+        const releasable = (emit: Emit): Emit =>
+          arrays
+            ? (b) => {
+                let given = false;
+                const release = (): void => {
+                  if (given) return;
+                  given = true;
+                  pool.give(b.data);
+                };
+                return emit(Object.assign(b, { [RELEASE_BATCH]: release }));
+              }
+            : emit;
         const pump: Pump = new Pump(
-          (emit) => this.run(o, pool, emit),
+          (emit) => this.run(o, pool, releasable(emit)),
           pumpCapacity(o, this.dIn),
           () => {
             pool.close();
@@ -57,7 +71,7 @@ abstract class BaseSource implements ActivationSource {
             // Files stay open only while a pass runs (a source left unclosed leaks nothing).
             if (this.active.size === 0) void this.release().catch(() => undefined);
           },
-          (b) => pool.give(b.data),
+          arrays ? () => undefined : (b) => pool.give(b.data),
         );
         this.active.add(pump);
         return pump;

@@ -71,8 +71,13 @@ export type NativePrefetched = { readonly __saekitPrefetched: unique symbol };
 
 export interface NativeAdam {
   readonly steps: number;
-  prefetch(x: Float32Array, scale?: number): NativePrefetched;
+  /** borrow: x stays untouched until the step that uses it ends; an allocPinned array is then not copied. */
+  prefetch(x: Float32Array, scale?: number, borrow?: boolean): NativePrefetched;
   dropPrefetched(batch: NativePrefetched): void;
+  /** Page-locked memory that a borrowed prefetch uploads where it lies; undefined without a device that prefetches. */
+  allocPinned(bytes: number): ArrayBuffer | undefined;
+  prefetchCounts(): { copied: number; borrowed: number };
+  canPin(): boolean;
   state(): Promise<{ m: Float32Array; v: Float32Array; t: number }>;
   setState(m: Float32Array, v: Float32Array, t: number): void;
   readonly disposed: boolean;

@@ -574,6 +574,38 @@ export class AdamOptimizer {
   }
 
   /**
+   * @internal A Float32Array of n values in page-locked memory that `_prefetchBorrowed` uploads
+   * without copying, or undefined when the SAE is not on (or headed for) a device that
+   * prefetches. The Trainer's batch arrays on a GPU.
+   */
+  _pinnedArray(n: number): Float32Array | undefined {
+    if (this.h.disposed || !this.h.canPin()) return undefined;
+    const ab = callNative(() => this.h.allocPinned(n * 4));
+    return ab && new Float32Array(ab, 0, n);
+  }
+
+  /**
+   * @internal As prefetch(x), but x is borrowed, not copied, when it is a `_pinnedArray`: the
+   * caller leaves x untouched until the step that uses this batch has settled (or the batch is
+   * disposed). Other arrays are copied as by prefetch(x).
+   */
+  _prefetchBorrowed(x: Float32Array): PrefetchedBatch {
+    if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
+    const rows = rowsArg(this.sae.dIn, x) as Float32Array;
+    return new PrefetchedBatch(callNative(() => this.h.prefetch(rows, 1, true)), this.h, rows.length / this.sae.dIn);
+  }
+
+  /** @internal Whether `_pinnedArray` gives page-locked memory (a device that prefetches). */
+  _canPin(): boolean {
+    return !this.h.disposed && this.h.canPin();
+  }
+
+  /** @internal Prefetches so far that copied their rows, and borrowed ones (tests, benchmarks). */
+  _prefetchCounts(): { copied: number; borrowed: number } {
+    return this.h.prefetchCounts();
+  }
+
+  /**
    * One training step on a batch (rows, or a batch from `prefetch`, which this step uses up). If
    * the loss is not finite the step is rejected (ERR_SAEKIT_NONFINITE) and the parameters stay as
    * they were.

@@ -17,6 +17,7 @@ import { open, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
+import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
 import type { AdamOptimizer, PrefetchedBatch, SparseAutoencoder, StepStats } from '../sae/index.js';
@@ -290,9 +291,15 @@ export class Trainer {
     // Enough epochs for the run; the iterator is the same sequence on every resume (same seed),
     // so skipping `step` batches puts the data back where the checkpoint left it.
     const epochs = o.totalTokens !== undefined && source.numRows !== undefined ? Math.ceil((total * o.batchSize) / Math.max(1, source.numRows)) + 1 : o.epochs ?? 1;
-    // Recycled batch arrays: each batch is copied by opt.prefetch() (synchronously) before the
-    // next one is asked for; batches held longer (the first ones, below) are copied.
-    const it = source.batches({ batchSize: o.batchSize, shuffle: o.shuffle, seed: o.seed, epochs, dropLast: true, recycle: true })[Symbol.asyncIterator]();
+    // Recycled batch arrays. On the CPU each batch is copied by opt.prefetch() (synchronously)
+    // before the next one is asked for. On a device that prefetches, the arrays are page-locked
+    // memory (BATCH_ARRAYS) that the upload reads where it lies: each batch is borrowed by its
+    // prefetch and handed back (release) once its step has settled, so no copy is made on the JS
+    // thread. Batches held longer (the first ones, below) are copied.
+    const arrays: BatchArrays = { alloc: (n) => opt._pinnedArray(n) };
+    const batchOptions = { batchSize: o.batchSize, shuffle: o.shuffle, seed: o.seed, epochs, dropLast: true, recycle: true, ...(opt._canPin() && process.env.SAEKIT_TRAINER_PINNED !== '0' ? { [BATCH_ARRAYS]: arrays } : {}) };
+    const it = source.batches(batchOptions)[Symbol.asyncIterator]();
+    const release = (b: Batch): void => (b as ReleasableBatch)[RELEASE_BATCH]?.();
     const pending: Batch[] = [];
     const nextBatch = async (): Promise<Batch | undefined> => {
       if (pending.length) return pending.shift();
@@ -300,9 +307,14 @@ export class Trainer {
         const r = await it.next();
         if (r.done) return undefined;
         if (r.value.rows >= 2) return r.value;
+        release(r.value);
       }
     };
-    for (let s = 0; s < step; s++) if (!(await nextBatch())) break;
+    for (let s = 0; s < step; s++) {
+      const b = await nextBatch();
+      if (!b) break;
+      release(b);
+    }
 
     if (!initialised) {
       // Read the first batches ahead: they set the scale and b_dec, then are trained on.
@@ -311,7 +323,8 @@ export class Trainer {
       for (let i = 0; i < want; i++) {
         const b = await nextBatch();
         if (!b) break;
-        first.push({ ...b, data: b.data.slice() });
+        first.push({ rows: b.rows, dIn: b.dIn, data: b.data.slice() });
+        release(b);
       }
       if (first.length === 0) throw new SaekitError('ERR_SAEKIT_ARG', 'the source produced no batch of at least 2 rows');
       if (o.normalize === 'expected-norm') scale = normScale(first, this.sae.dIn);
@@ -328,12 +341,17 @@ export class Trainer {
     let status: FitResult['status'] = 'completed';
     let saved: string[] = [];
     try {
-      // Each batch is copied out (prefetch) as soon as it arrives, while the previous step runs:
-      // the (recycled) batch array is free again at once, and on a GPU the copy is already on
-      // its way to the device when its step starts. The input scale is applied by that copy.
-      const nextPrefetched = async (): Promise<{ rows: number; x: PrefetchedBatch } | undefined> => {
+      // Each batch is prefetched as soon as it arrives, while the previous step runs: on a GPU
+      // it is already on its way to the device when its step starts. A copied batch's array is
+      // free again at once (the copy applies the input scale); a borrowed one (page-locked, scale
+      // 1) is released after its step.
+      const nextPrefetched = async (): Promise<{ rows: number; x: PrefetchedBatch; done: () => void } | undefined> => {
         const b = await nextBatch();
-        return b && { rows: b.rows, x: opt.prefetch(b.data, { scale }) };
+        if (!b) return undefined;
+        if (scale === 1 && (b as ReleasableBatch)[RELEASE_BATCH]) return { rows: b.rows, x: opt._prefetchBorrowed(b.data), done: () => release(b) };
+        const x = opt.prefetch(b.data, { scale });
+        release(b);
+        return { rows: b.rows, x, done: () => undefined };
       };
       let batchPromise = step < total ? nextPrefetched() : Promise.resolve(undefined);
       while (step < total) {
@@ -348,7 +366,7 @@ export class Trainer {
         const stepping = opt.step(batch.x, { lr, auxkAlpha: o.auxkAlpha, deadThresholdTokens: o.deadThresholdTokens });
         // Fetch and prefetch the next batch while this step runs natively.
         batchPromise = step + 1 < total ? nextPrefetched() : Promise.resolve(undefined);
-        const st: StepStats = await stepping;
+        const st: StepStats = await stepping.finally(batch.done);
         const dt = (performance.now() - ts) / 1e3;
         step += 1;
         tokens += batch.rows;
@@ -368,7 +386,9 @@ export class Trainer {
         if (fo.onStep) await fo.onStep(last);
         if (fo.checkpointDir && step % every === 0 && step < total) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
       }
-      (await batchPromise.catch(() => undefined))?.x.dispose();
+      const unused = await batchPromise.catch(() => undefined);
+      unused?.x.dispose();
+      unused?.done();
       if (fo.checkpointDir) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
     } finally {
       await log?.close();

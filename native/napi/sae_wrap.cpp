@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
@@ -222,6 +223,51 @@ struct PinnedPool : std::enable_shared_from_this<PinnedPool> {
   }
 };
 
+// Page-locked arrays handed to JS by allocPinned (the Trainer's batch arrays on a device), by
+// address: a borrowed prefetch finds the block behind a Float32Array here and holds it while its
+// upload and step run, instead of copying the rows into the PinnedPool. A block leaves the
+// registry (before its memory is freed) when its last holder lets go: the ArrayBuffer's
+// finalizer or the step that borrowed it.
+struct PinnedRegistry {
+  std::mutex mu;
+  std::map<uintptr_t, std::pair<size_t, std::weak_ptr<void>>> blocks;  // start -> (bytes, block)
+};
+PinnedRegistry& pinned_registry() {
+  static PinnedRegistry* r = new PinnedRegistry;  // never destroyed: blocks may outlive main()
+  return *r;
+}
+
+// The live block that holds [p, p + bytes), or null.
+std::shared_ptr<void> pinned_block_of(const void* p, size_t bytes) {
+  PinnedRegistry& r = pinned_registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  auto it = r.blocks.upper_bound(reinterpret_cast<uintptr_t>(p));
+  if (it == r.blocks.begin()) return nullptr;
+  --it;
+  if (reinterpret_cast<uintptr_t>(p) + bytes > it->first + it->second.first) return nullptr;
+  return it->second.second.lock();
+}
+
+// A new block of page-locked memory from the device table's host_alloc, registered; null if the
+// device cannot allocate it.
+std::shared_ptr<void> new_pinned_block(const sk_sae_i* api, size_t bytes) {
+  void* p = nullptr;
+  sk_status st{};
+  if (api->host_alloc(&st, &p, bytes) != 0 || p == nullptr) return nullptr;
+  std::shared_ptr<void> block(p, [api](void* q) {
+    {
+      PinnedRegistry& r = pinned_registry();
+      std::lock_guard<std::mutex> lock(r.mu);
+      r.blocks.erase(reinterpret_cast<uintptr_t>(q));
+    }
+    api->host_free(q);
+  });
+  PinnedRegistry& r = pinned_registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.blocks[reinterpret_cast<uintptr_t>(p)] = {bytes, block};
+  return block;
+}
+
 // Rows of x: a Float32Array (copied: into page-locked memory for a device SAE) or a float32
 // NativeTensor [rows, D] (shared).
 struct Rows {
@@ -231,6 +277,7 @@ struct Rows {
   Tensor tensor;
   Tensor on_device;  // (steps) a device tensor, not downloaded yet: see step_rows()
   int64_t n = 0;
+  bool borrowed = false;  // `pinned` is the caller's own array (get_rows' borrow), not a copy
   const float* data() const {
     return pinned ? static_cast<const float*>(pinned.get()) : host ? host->as<const float>() : tensor.data<float>();
   }
@@ -269,9 +316,11 @@ void scaled_copy(float* dst, const float* src, size_t n, double s) {
 }
 
 // scale (prefetch's option) multiplies a Float32Array's rows while they are copied. With
-// keep_device, a tensor on a device is kept there (on_device) for step_rows() to place.
+// keep_device, a tensor on a device is kept there (on_device) for step_rows() to place. With
+// borrow (the caller leaves the array untouched until the job that uses the rows has ended), a
+// Float32Array inside a block from allocPinned is used where it lies (scale 1 only).
 Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* pool = nullptr, double scale = 1.0,
-              bool keep_device = false) {
+              bool keep_device = false, bool borrow = false) {
   Rows r;
   if (std::shared_ptr<Prefetched>* pp = prefetched_of(v)) {
     if (!*pp) throw Error(ErrorCode::Disposed, fmt("the prefetched batch passed as ", name, " was already used or disposed"));
@@ -292,8 +341,15 @@ Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* poo
       throw Error(ErrorCode::Shape, fmt("Expected a Float32Array whose length is a positive multiple of dIn = ", D,
                                         " for ", name, " but received length ", len));
     r.n = len / D;
-    if (pool) r.pinned = pool->take(a.ByteLength());
     const float* src = reinterpret_cast<const float*>(static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+    if (borrow && scale == 1.0) {
+      if (std::shared_ptr<void> block = pinned_block_of(src, a.ByteLength())) {
+        r.pinned = std::shared_ptr<void>(std::move(block), const_cast<float*>(src));  // holds the block, points at the rows
+        r.borrowed = true;
+        return r;
+      }
+    }
+    if (pool) r.pinned = pool->take(a.ByteLength());
     if (!r.pinned) r.host = HostArray::allocate(a.ByteLength());
     float* dst = r.pinned ? static_cast<float*>(r.pinned.get()) : r.host->as<float>();
     if (scale != 1.0) scaled_copy(dst, src, size_t(len), scale);
@@ -823,6 +879,9 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
                            InstanceMethod<&NativeAdam::step>("step"),
                            InstanceMethod<&NativeAdam::prefetch>("prefetch"),
                            InstanceMethod<&NativeAdam::drop_prefetched>("dropPrefetched"),
+                           InstanceMethod<&NativeAdam::alloc_pinned>("allocPinned"),
+                           InstanceMethod<&NativeAdam::prefetch_counts>("prefetchCounts"),
+                           InstanceMethod<&NativeAdam::can_pin>("canPin"),
                            InstanceMethod<&NativeAdam::dispose>("dispose"),
                            InstanceMethod<&NativeAdam::get_state>("state"),
                            InstanceMethod<&NativeAdam::set_state>("setState"),
@@ -876,7 +935,9 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       std::shared_ptr<DeviceSae> dev = m->device_now();
       const bool device = dev && dev->api->prefetch && m->pinned;
       const double scale = info.Length() > 1 && !info[1].IsUndefined() ? get_double(info[1], "scale", 0, 1e30) : 1.0;
-      Rows r = get_rows(info[0], m->D, "x", device ? m->pinned.get() : nullptr, scale);
+      const bool borrow = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
+      Rows r = get_rows(info[0], m->D, "x", device ? m->pinned.get() : nullptr, scale, false, borrow);
+      ++(r.borrowed ? borrowed_ : copied_);
       p->D = m->D;
       p->n = r.n;
       p->pinned = r.pinned;
@@ -892,6 +953,48 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       if (napi_type_tag_object(info.Env(), ext, &kPrefetchTag) != napi_ok) throw Error(ErrorCode::Internal, "napi_type_tag_object failed");
       return ext;
     });
+  }
+
+  // allocPinned(bytes): an ArrayBuffer of page-locked memory (the device table's host_alloc) that
+  // prefetch(x, 1, true) uploads without copying; undefined when the SAE is not headed for a
+  // device that can prefetch. The memory is freed once the buffer is collected and no step holds
+  // it.
+  Napi::Value alloc_pinned(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
+      const int64_t bytes = get_int(info[0], "bytes", 1, int64_t(1) << 40);
+      auto m = model_;
+      if (!m->pinned || !m->pinned->api->prefetch) return info.Env().Undefined();
+      std::shared_ptr<void> block = new_pinned_block(m->pinned->api, size_t(bytes));
+      if (!block) return info.Env().Undefined();
+      void* data = block.get();
+      auto* holder = new std::shared_ptr<void>(std::move(block));
+      napi_value ab;
+      napi_status s = napi_create_external_arraybuffer(
+          info.Env(), data, size_t(bytes),
+          [](napi_env, void*, void* hint) { delete static_cast<std::shared_ptr<void>*>(hint); }, holder, &ab);
+      if (s != napi_ok) {  // runtimes that forbid external buffers: the caller uses ordinary memory
+        delete holder;
+        return info.Env().Undefined();
+      }
+      return Napi::Value(info.Env(), ab);
+    });
+  }
+
+  // canPin(): whether allocPinned can give page-locked memory (the SAE is on, or headed for, a
+  // device that prefetches).
+  Napi::Value can_pin(const Napi::CallbackInfo& info) {
+    auto m = model_;
+    return Napi::Boolean::New(info.Env(), state_ && m && m->pinned && m->pinned->api->prefetch);
+  }
+
+  // prefetchCounts(): { copied, borrowed }: prefetches that copied their rows and ones that used
+  // an allocPinned array where it lies (tests and benchmarks).
+  Napi::Value prefetch_counts(const Napi::CallbackInfo& info) {
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("copied", Napi::Number::New(info.Env(), double(copied_)));
+    o.Set("borrowed", Napi::Number::New(info.Env(), double(borrowed_)));
+    return o;
   }
 
   // dropPrefetched(batch): frees a prefetched batch now (a no-op if a step already took it).
@@ -1034,6 +1137,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
   std::shared_ptr<cpu::AdamState> state_;
   int64_t reported_ = 0;
   std::shared_ptr<int64_t> done_ = std::make_shared<int64_t>(0);  // completed steps (JS thread only)
+  int64_t copied_ = 0, borrowed_ = 0;                              // prefetches by kind (JS thread only)
 };
 
 // adam(lr, beta1, beta2, eps): a NativeAdam bound to this model.

@@ -6,7 +6,12 @@
  */
 import type { expect as vitestExpect } from 'vitest';
 
-import { SparseAutoencoder, Trainer, fromArray, type DeviceOption } from '../../lib/index.js';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+
+import { SparseAutoencoder, Trainer, fromArray, openActivations, type AdamOptimizer, type DeviceOption } from '../../lib/index.js';
+import { npyBytes } from './data-fixtures.js';
 import { lcg, randomMatrix } from './reference.js';
 
 export interface Tolerance {
@@ -233,6 +238,54 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
     }
   });
 
+  it('borrowed prefetches: page-locked arrays from _pinnedArray are uploaded where they lie, with the results of copies', async () => {
+    const s = { dIn: 37, numLatents: 101, k: 5 };
+    using a = SparseAutoencoder.create({ ...s, seed: 9, device, precision });
+    using b = SparseAutoencoder.create({ ...s, seed: 9, device, precision });
+    const oa = a.adam({ lr: 1e-3 });
+    const ob = b.adam({ lr: 1e-3 });
+    expect(oa._canPin()).toBe(true);
+    const next = lcg(41);
+    const rows = 53;
+    const pinned = oa._pinnedArray(rows * s.dIn)!;
+    expect(pinned).toBeInstanceOf(Float32Array);
+    expect(pinned.length).toBe(rows * s.dIn);
+    const before = oa._prefetchCounts();
+    const run = async (pa: Parameters<typeof oa.step>[0], xb: Float32Array) => {
+      const [sa, sb] = await Promise.all([oa.step(pa), ob.step(xb)]);
+      expect(sa.loss).toBe(sb.loss);
+      expect(sa.l0).toBe(sb.l0);
+    };
+    // The same array refilled for each step, as the Trainer's recycled batches are.
+    for (let r = 0; r < 3; r++) {
+      const x = randomMatrix(rows, s.dIn, next);
+      pinned.set(x);
+      await run(oa._prefetchBorrowed(pinned), x);
+    }
+    // Rows 10..39 of the block (a view inside it) are borrowed too; a plain array is copied.
+    const x = randomMatrix(rows, s.dIn, next);
+    pinned.set(x);
+    await run(oa._prefetchBorrowed(pinned.subarray(10 * s.dIn, 40 * s.dIn)), x.slice(10 * s.dIn, 40 * s.dIn));
+    const plain = randomMatrix(20, s.dIn, next);
+    await run(oa._prefetchBorrowed(plain), plain);
+    // Borrowed, then disposed unused: the next batch in the same memory is uploaded afresh.
+    pinned.set(randomMatrix(rows, s.dIn, next));
+    oa._prefetchBorrowed(pinned).dispose();
+    const y = randomMatrix(rows, s.dIn, next);
+    pinned.set(y);
+    await run(oa._prefetchBorrowed(pinned), y);
+    const after = oa._prefetchCounts();
+    expect(after.borrowed - before.borrowed).toBe(6);
+    expect(after.copied - before.copied).toBe(1);
+    const [wa, wb] = await Promise.all([a.weights(), b.weights()]);
+    expectClose(wa.W_dec, wb.W_dec, 0, 'W_dec after borrowed steps');
+    // Nothing to pin on the CPU.
+    using c = SparseAutoencoder.create({ ...s, device: 'cpu' });
+    const oc = c.adam();
+    expect(oc._canPin()).toBe(false);
+    expect(oc._pinnedArray(10)).toBeUndefined();
+  });
+
   it('a JumpReLU SAE encodes, decodes and runs forward on the device like on the CPU (row widths vary)', async () => {
     for (const s of [{ dIn: 29, numLatents: 211, rows: 67 }, { dIn: 64, numLatents: 1000, rows: 130 }]) {
       const next = lcg(4242 + s.dIn);
@@ -295,12 +348,46 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
       using sae = SparseAutoencoder.create({ dIn, numLatents, k: 4, seed: 5, device: where, precision });
       const trainer = new Trainer(sae, { batchSize: 256, totalTokens: 2048, seed: 3, device: where });
       const res = await trainer.fit(fromArray(data, dIn));
-      return { res, w: await sae.weights() };
+      return { res, w: await sae.weights(), counts: (trainer as unknown as { opt: AdamOptimizer }).opt._prefetchCounts() };
     };
     const [c, d] = [await run('cpu'), await run(device)];
     expect(d.res.steps).toBe(c.res.steps);
     expectClose(d.w.W_dec, c.w.W_dec, tol.rel * 1000, 'trained W_dec');
+    // On the device every batch after the first (a copy: it also set b_dec) is a borrowed
+    // page-locked array; on the CPU all are copied.
+    expect(d.counts).toEqual({ copied: 1, borrowed: d.res.steps - 1 });
+    expect(c.counts).toEqual({ copied: c.res.steps, borrowed: 0 });
     using sae = SparseAutoencoder.create({ dIn, numLatents, k: 4, device: 'cpu' });
     expect(() => new Trainer(sae, { device })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE' }));
+  });
+
+  it('the Trainer on a shuffled .npy file: batches read straight into page-locked arrays train as on the CPU', async () => {
+    const dIn = 20;
+    const rows = 1000; // not a multiple of the batch (128): each epoch drops a short last batch
+    const data = randomMatrix(rows, dIn, lcg(91));
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'saekit-pinned-'));
+    try {
+      const file = path.join(dir, 'acts.npy');
+      await writeFile(file, npyBytes('float32', [rows, dIn], data));
+      const run = async (where: DeviceOption) => {
+        using sae = SparseAutoencoder.create({ dIn, numLatents: 64, k: 3, seed: 8, device: where, precision });
+        const trainer = new Trainer(sae, { batchSize: 128, epochs: 2, seed: 12, normalize: 'none', device: where });
+        const src = await openActivations(file);
+        try {
+          const res = await trainer.fit(src);
+          return { res, w: await sae.weights(), counts: (trainer as unknown as { opt: AdamOptimizer }).opt._prefetchCounts() };
+        } finally {
+          await src.close();
+        }
+      };
+      const [c, d] = [await run('cpu'), await run(device)];
+      expect(d.res.steps).toBe(c.res.steps);
+      expect(d.res.steps).toBe(2 * Math.floor(rows / 128));
+      expect(d.counts.borrowed).toBe(d.res.steps - 1);
+      expectClose(d.w.W_dec, c.w.W_dec, tol.rel * 1000, 'W_dec trained from the file');
+      expectClose(d.w.b_enc, c.w.b_enc, tol.rel * 1000, 'b_enc trained from the file');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 }
