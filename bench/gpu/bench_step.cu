@@ -157,28 +157,23 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
     ck(api->prefetch(&st, sae, static_cast<const float*>(pb[(reps + 1) & 1]), 0), st, "prefetch (withdraw)");
     for (void* p : pb) api->host_free(p);
   }
-  // The same steps with float32 pre-activations out of the bf16 GEMM (SAEKIT_CUDA_PRE16=0; the
-  // default writes bf16 ones): device time per phase.
-  std::vector<double> ph32[5];
-  setenv("SAEKIT_CUDA_PRE16", "0", 1);
-  for (int r = 0; r < reps + 1; ++r) {
-    sk_sae_step_stats s{};
-    ck(api->step(&st, sae, x.data(), N, &o, &s), st, "step (float32 pre-activations)");
-    if (r > 0)
-      for (int p = 0; p < 5; ++p) ph32[p].push_back(s.seconds[p]);
-  }
-  unsetenv("SAEKIT_CUDA_PRE16");
-  // The same steps with the decode pass that gathers each decoder row twice
-  // (SAEKIT_CUDA_DECODE=plain; the default reads it once): device time per phase.
-  std::vector<double> phplain[5];
-  setenv("SAEKIT_CUDA_DECODE", "plain", 1);
-  for (int r = 0; r < reps + 1; ++r) {
-    sk_sae_step_stats s{};
-    ck(api->step(&st, sae, x.data(), N, &o, &s), st, "step (decode reading rows twice)");
-    if (r > 0)
-      for (int p = 0; p < 5; ++p) phplain[p].push_back(s.seconds[p]);
-  }
-  unsetenv("SAEKIT_CUDA_DECODE");
+  // The same steps with environment variable `name` set to `value`: device time per phase
+  // (medians of reps steps after one warm-up).
+  auto phases_with = [&](const char* name, const char* value, const char* what, std::vector<double>* ph_out) {
+    setenv(name, value, 1);
+    for (int r = 0; r < reps + 1; ++r) {
+      sk_sae_step_stats s{};
+      ck(api->step(&st, sae, x.data(), N, &o, &s), st, what);
+      if (r > 0)
+        for (int p = 0; p < 5; ++p) ph_out[p].push_back(s.seconds[p]);
+    }
+    unsetenv(name);
+  };
+  // float32 pre-activations out of the bf16 GEMM (the default writes bf16 ones), and the decode
+  // pass that gathers each decoder row twice (the default reads it once).
+  std::vector<double> ph32[5], phplain[5];
+  phases_with("SAEKIT_CUDA_PRE16", "0", "step (float32 pre-activations)", ph32);
+  phases_with("SAEKIT_CUDA_DECODE", "plain", "step (decode reading rows twice)", phplain);
   // With dead latents (AuxK over a quarter of them).
   std::vector<int32_t> dead;
   for (int64_t l = 0; l < M; l += 4) dead.push_back(int32_t(l));

@@ -8,7 +8,7 @@
  *     exceeds the device step.
  *   - borrowed: the same loop on page-locked batch arrays (opt._pinnedArray, what the Trainer's
  *     data pipeline fills on a device), uploaded where they lie: no copy on the JS thread;
- *   - Trainer.fit on a shuffled .npy file (written to the temp folder, in the page cache): the
+ *   - Trainer.fit on a shuffled .npy file of 12 batches (written to the temp folder, so in the page cache): the
  *     steady-state step interval with the batches read into page-locked arrays, and with
  *     SAEKIT_TRAINER_PINNED=0 (copied by prefetch, as before).
  * Batches are distinct random arrays, cycled. Prints "TRAINER key=value ..." per shape.
@@ -20,7 +20,7 @@ import { open, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 
-import { backend, openActivations, SparseAutoencoder, Trainer } from '../../lib/index.js';
+import { backend, openActivations, SparseAutoencoder, Trainer, type PrefetchedBatch } from '../../lib/index.js';
 import { npyHeader } from '../../test/helpers/data-fixtures.js';
 import { lcgArray } from '../harness.js';
 
@@ -55,26 +55,30 @@ async function runShape(sh: Shape): Promise<void> {
   const opt = sae.adam({ lr: 1e-4 });
   try {
     const warm = 3;
-    // Prefetched: the Trainer's loop.
-    const wall: number[] = [];
-    const copy: number[] = [];
-    let t = process.hrtime.bigint();
-    let next = opt.prefetch(batches[0]!);
-    for (let i = 0; i < warm + steps; i++) {
-      const cur = next;
-      const step = opt.step(cur);
-      const c0 = process.hrtime.bigint();
-      next = opt.prefetch(batches[(i + 1) % batches.length]!);
-      const c = ms(c0);
-      await step;
-      const w = ms(t);
-      t = process.hrtime.bigint();
-      if (i >= warm) {
-        wall.push(w);
-        copy.push(c);
+    // The Trainer's loop: batch n + 1 prefetched (by `prefetch`) while step n runs. Per step:
+    // the wall time and the JS thread's time in prefetch, after `warm` steps.
+    const loop = async (prefetch: (i: number) => PrefetchedBatch): Promise<{ wall: number[]; js: number[] }> => {
+      const wall: number[] = [];
+      const js: number[] = [];
+      let t = process.hrtime.bigint();
+      let next = prefetch(0);
+      for (let i = 0; i < warm + steps; i++) {
+        const step = opt.step(next);
+        const c0 = process.hrtime.bigint();
+        next = prefetch(i + 1);
+        const c = ms(c0);
+        await step;
+        const w = ms(t);
+        t = process.hrtime.bigint();
+        if (i >= warm) {
+          wall.push(w);
+          js.push(c);
+        }
       }
-    }
-    next.dispose();
+      next.dispose();
+      return { wall, js };
+    };
+    const copied = await loop((i) => opt.prefetch(batches[i % batches.length]!));
     // Plain arrays.
     const plain: number[] = [];
     for (let i = 0; i < warm + Math.ceil(steps / 2); i++) {
@@ -88,37 +92,18 @@ async function runShape(sh: Shape): Promise<void> {
       a?.set(b);
       return a;
     });
-    const wallB: number[] = [];
-    const jsB: number[] = [];
-    if (pinned.every((a) => a !== undefined)) {
-      t = process.hrtime.bigint();
-      let nb = opt._prefetchBorrowed(pinned[0]!);
-      for (let i = 0; i < warm + steps; i++) {
-        const step = opt.step(nb);
-        const c0 = process.hrtime.bigint();
-        nb = opt._prefetchBorrowed(pinned[(i + 1) % pinned.length]!);
-        const c = ms(c0);
-        await step;
-        const w = ms(t);
-        t = process.hrtime.bigint();
-        if (i >= warm) {
-          wallB.push(w);
-          jsB.push(c);
-        }
-      }
-      nb.dispose();
-    }
+    const borrowed = pinned.every((a) => a !== undefined) ? await loop((i) => opt._prefetchBorrowed(pinned[i % pinned.length]!)) : { wall: [NaN], js: [NaN] };
     const fitPinned = await fitRate(sh, batches[0]!, '1');
     const fitCopied = await fitRate(sh, batches[0]!, '0');
-    const wp = median(wall);
+    const wp = median(copied.wall);
     const wa = median(plain);
-    const wb = wallB.length ? median(wallB) : NaN;
+    const wb = median(borrowed.wall);
     console.log(
       `TRAINER impl=saekit-api dIn=${dIn} numLatents=${numLatents} k=${k} batch=${batch} precision=bf16 ` +
         `step_prefetched_ms=${wp.toFixed(3)} tokens_per_s_prefetched=${Math.round((batch * 1000) / wp)} ` +
-        `prefetch_js_ms=${median(copy).toFixed(3)} step_plain_ms=${wa.toFixed(3)} tokens_per_s_plain=${Math.round((batch * 1000) / wa)} ` +
+        `prefetch_js_ms=${median(copied.js).toFixed(3)} step_plain_ms=${wa.toFixed(3)} tokens_per_s_plain=${Math.round((batch * 1000) / wa)} ` +
         `batch_MiB=${((batch * dIn * 4) / 2 ** 20).toFixed(0)} step_borrowed_ms=${wb.toFixed(3)} ` +
-        `tokens_per_s_borrowed=${Math.round((batch * 1000) / wb)} prefetch_borrowed_js_ms=${(jsB.length ? median(jsB) : NaN).toFixed(3)} ` +
+        `tokens_per_s_borrowed=${Math.round((batch * 1000) / wb)} prefetch_borrowed_js_ms=${median(borrowed.js).toFixed(3)} ` +
         `fit_step_ms=${fitPinned.toFixed(3)} fit_tokens_per_s=${Math.round((batch * 1000) / fitPinned)} ` +
         `fit_copied_step_ms=${fitCopied.toFixed(3)} fit_copied_tokens_per_s=${Math.round((batch * 1000) / fitCopied)}`,
     );
@@ -128,13 +113,13 @@ async function runShape(sh: Shape): Promise<void> {
 }
 
 /**
- * Trainer.fit over a shuffled .npy file of `sh.steps + 4` batches (`rows` repeated), with
+ * Trainer.fit over a shuffled .npy file of 12 batches (`rows` repeated), with
  * SAEKIT_TRAINER_PINNED set to `pinned`: the median interval between steps after the first four,
  * in ms.
  */
 async function fitRate(sh: Shape, rows: Float32Array, pinned: '0' | '1'): Promise<number> {
-  const { dIn, numLatents, k, batch, steps } = sh;
-  const nb = steps + 4;
+  const { dIn, numLatents, k, batch } = sh;
+  const nb = 12;
   const file = path.join(os.tmpdir(), `saekit-trainer-bench-${process.pid}-${dIn}.npy`);
   const fh = await open(file, 'w');
   try {
