@@ -169,11 +169,13 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
     }
     unsetenv(name);
   };
-  // float32 pre-activations out of the bf16 GEMM (the default writes bf16 ones), and the decode
-  // pass that gathers each decoder row twice (the default reads it once).
-  std::vector<double> ph32[5], phplain[5];
+  // float32 pre-activations out of the bf16 GEMM (the default writes bf16 ones), the decode pass
+  // that gathers each decoder row twice (the default reads it once), and the selection a block
+  // per row (the default takes rows a warp per row first).
+  std::vector<double> ph32[5], phplain[5], phblock[5];
   phases_with("SAEKIT_CUDA_PRE16", "0", "step (float32 pre-activations)", ph32);
   phases_with("SAEKIT_CUDA_DECODE", "plain", "step (decode reading rows twice)", phplain);
+  phases_with("SAEKIT_CUDA_SELECT", "block", "step (selection a block per row)", phblock);
   // With dead latents (AuxK over a quarter of them).
   std::vector<int32_t> dead;
   for (int64_t l = 0; l < M; l += 4) dead.push_back(int32_t(l));
@@ -259,9 +261,17 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
     }
     SK_CUDA(cudaMemcpy(C16, c16.data(), c16.size() * 2, cudaMemcpyHostToDevice));
   }
-  for (int r = 0; r < 2 * (reps + 2); ++r) {
+  // TopK alone: float32 keys, bf16 keys, then bf16 keys on the block-per-row kernel alone
+  // (SAEKIT_CUDA_SELECT=block; the default takes rows a warp per row first).
+  void* flags = nullptr;
+  SK_CUDA(cudaMalloc(&flags, size_t(N) * 4));
+  std::vector<double> ts_block;
+  for (int r = 0; r < 3 * (reps + 2); ++r) {
     const bool b16 = r >= reps + 2;
+    const bool block_only = r >= 2 * (reps + 2);
+    if (block_only) setenv("SAEKIT_CUDA_SELECT", "block", 1);
     sk::cuda::SelectArgs a;
+    a.flags = static_cast<int32_t*>(flags);
     a.pre = b16 ? nullptr : static_cast<const float*>(C);
     a.pre16 = b16 ? static_cast<const uint16_t*>(C16) : nullptr;
     a.ld = M;
@@ -276,8 +286,10 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
     SK_CUDA(cudaEventSynchronize(e1));
     float ms = 0;
     cudaEventElapsedTime(&ms, e0, e1);
-    if (r % (reps + 2) >= 2) (b16 ? ts : ts32).push_back(ms * 1e-3);
+    if (r % (reps + 2) >= 2) (block_only ? ts_block : b16 ? ts : ts32).push_back(ms * 1e-3);
   }
+  unsetenv("SAEKIT_CUDA_SELECT");
+  cudaFree(flags);
   lib->destroy(h);
   cudaFree(A);
   cudaFree(B);
@@ -300,7 +312,8 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
               "tokens_per_s_prefetched=%.0f device_ms=%.3f gemm_ms=%.3f select_ms=%.3f decode_ms=%.3f backward_ms=%.3f update_ms=%.3f "
               "step_auxk_ms=%.3f step_auxk_pairs_ms=%.3f floor_ms=%.3f floor_gemm_ms=%.3f floor_adam_ms=%.3f topk_alone_ms=%.3f "
               "floor_tokens_per_s=%.0f bw_GBps=%.0f floor_gemm_f32out_ms=%.3f topk_alone_f32_ms=%.3f gemm_pre32_ms=%.3f "
-              "select_pre32_ms=%.3f device_pre32_ms=%.3f decode_plain_ms=%.3f device_plain_ms=%.3f\n",
+              "select_pre32_ms=%.3f device_pre32_ms=%.3f decode_plain_ms=%.3f device_plain_ms=%.3f select_block_ms=%.3f "
+              "topk_alone_block_ms=%.3f\n",
               (long long)D, (long long)M, (long long)K, (long long)N, double(N) / step, step * 1e3,
               median(wall_direct) * 1e3, median(wall_pinned) * 1e3, double(N) / median(wall_pinned),
               wall_overlap.empty() ? 0.0 : median(wall_overlap) * 1e3,
@@ -308,7 +321,7 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
               median(ph[0]) * 1e3, median(ph[1]) * 1e3, median(ph[2]) * 1e3, median(ph[3]) * 1e3, median(ph[4]) * 1e3,
               median(wall_aux) * 1e3, median(wall_aux_sparse) * 1e3, floor * 1e3, gemm_floor * 1e3, adam_floor * 1e3, median(ts) * 1e3,
               double(N) / floor, bw * 1e-9, median(tg32) * 1e3, median(ts32) * 1e3, median(ph32[0]) * 1e3,
-              median(ph32[1]) * 1e3, dev32 * 1e3, median(phplain[2]) * 1e3, devplain * 1e3);
+              median(ph32[1]) * 1e3, dev32 * 1e3, median(phplain[2]) * 1e3, devplain * 1e3, median(phblock[1]) * 1e3, median(ts_block) * 1e3);
   std::fflush(stdout);
 }
 

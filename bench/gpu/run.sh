@@ -166,7 +166,7 @@ fi
   done
   { grep '^BENCH impl=saekit' "$OUT_DIR/bench.log" 2>/dev/null || true; } | while read -r line; do
     get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2 || true; }
-    echo "saekit $(get dIn)x$(get numLatents) phases ms: gemm $(get gemm_ms) select $(get select_ms) decode $(get decode_ms) (rows gathered twice: $(get decode_plain_ms), device $(get device_plain_ms))" \
+    echo "saekit $(get dIn)x$(get numLatents) phases ms: gemm $(get gemm_ms) select $(get select_ms) (a block per row: $(get select_block_ms); topk alone $(get topk_alone_ms) vs $(get topk_alone_block_ms)) decode $(get decode_ms) (rows gathered twice: $(get decode_plain_ms), device $(get device_plain_ms))" \
       "backward $(get backward_ms) update $(get update_ms); pageable $(get step_ms), driver-staged $(get step_driver_staging_ms)," \
       "AuxK step $(get step_auxk_ms) (per pair $(get step_auxk_pairs_ms)); float32 pre-activations: gemm $(get gemm_pre32_ms) select $(get select_pre32_ms) device $(get device_pre32_ms), floor gemm f32-out $(get floor_gemm_f32out_ms), topk alone f32 $(get topk_alone_f32_ms); floor gemm $(get floor_gemm_ms) + adam $(get floor_adam_ms); D2D $(get bw_GBps) GB/s"
   done

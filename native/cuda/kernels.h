@@ -37,6 +37,9 @@ struct SelectArgs {
   float* out_v = nullptr;
   int32_t* out_i = nullptr;
   int32_t* positive = nullptr;
+  // rows int32 of device scratch: with it (and k <= 256), rows are selected a warp per row first
+  // and only the rows that path cannot take go to the block-per-row kernel.
+  int32_t* flags = nullptr;
 };
 void topk_select(const SelectArgs& a, int64_t rows, cudaStream_t s);
 

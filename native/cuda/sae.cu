@@ -950,7 +950,7 @@ struct sk_sae_dev {
   uint64_t pf_clock = 0;
   // workspace (grown as needed, kept between calls)
   DevBuf x, xc, xbf, pre, mv, mi, av, ai, dpm, dpa, E, R, rowd, rowf, keys, vals, skeys, svals, offs, ent, suspect,
-      gbenc, pE, pR, pW, pX, mean, gbf, fired, scal, stat, cubtmp, dead, grads, pos, out, gdec, parts;
+      gbenc, pE, pR, pW, pX, mean, gbf, fired, scal, stat, cubtmp, dead, grads, pos, out, gdec, parts, selflags;
   DevBuf ad_pos, ad_A, ad_DP, ad_G, ad_W, ad_GA, ad_db, ad_max, ad_part;  // dense AuxK
 
   int64_t slab() const { return 2 * M * D + M + D; }
@@ -1185,6 +1185,7 @@ void forward(sk_sae_dev* S, int64_t N, int prec, int64_t K, const float* thr, fl
     a.out_v = mv + r0 * K;
     a.out_i = mi + r0 * K;
     a.positive = positive ? positive + r0 : nullptr;
+    a.flags = S->selflags.as<int32_t>(rows);
     topk_select(a, rows, S->s);
     if (Ka > 0) {
       SelectArgs b;
@@ -1197,6 +1198,7 @@ void forward(sk_sae_dev* S, int64_t N, int prec, int64_t K, const float* thr, fl
       b.k = Ka;
       b.out_v = av + r0 * Ka;
       b.out_i = ai + r0 * Ka;
+      b.flags = a.flags;
       topk_select(b, rows, S->s);
     }
     if (times) SK_CUDA(cudaEventRecord(timer(S, size_t(4 + 3 * t)), S->s));

@@ -17,6 +17,7 @@
 // select over all keys, 8 bits at a time from the top, then the same composite sort of the k.
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 #include "common.cuh"
 #include "kernels.h"
@@ -70,25 +71,44 @@ __device__ __forceinline__ unsigned long long composite(uint32_t key, int32_t la
   return (static_cast<unsigned long long>(key) << 32) | (0xffffffffu - uint32_t(latent));
 }
 
-// Calls f(key, j) for every candidate j of the row this thread owns (j = tid + t * blockDim,
+// Calls f(key, j) for every candidate j of the row this thread owns (j = tid + t * nthreads,
 // or groups of 4 with one load when vec4: no candidate list, rows aligned to 4 elements).
-template <typename T, class F>
-__device__ __forceinline__ void for_each_key(const RowView<T>& v, int64_t C, int vec4, F f) {
+template <bool kBatch4, typename T, class F>
+__device__ __forceinline__ void for_each_key_of(const RowView<T>& v, int64_t C, int vec4, int tid, int nthreads, F f) {
   int64_t j0 = 0;
   if (vec4) {
     const float4* bias4 = reinterpret_cast<const float4*>(v.bias);
     const int64_t C4 = C >> 2;
-    for (int64_t q = threadIdx.x; q < C4; q += blockDim.x) {
-      const float4 z = load4(v.row, q), b = bias4[q];
+    auto four = [&](const float4& z, const float4& b, int64_t q) {
       const int64_t j = q << 2;
       f(key_of(z.x, b.x, v.thr, j), j);
       f(key_of(z.y, b.y, v.thr, j + 1), j + 1);
       f(key_of(z.z, b.z, v.thr, j + 2), j + 2);
       f(key_of(z.w, b.w, v.thr, j + 3), j + 3);
+    };
+    // kBatch4 (the warp kernel): four groups' loads issued before any is used, more of the row
+    // in flight per thread (the order of the calls does not matter to the callers: counts,
+    // maxima, a list sorted after). Not for the block kernel: 82 registers instead of 39.
+    int64_t q = tid;
+    for (; kBatch4 && q + 3 * int64_t(nthreads) < C4; q += 4 * int64_t(nthreads)) {
+      float4 z[4], b[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        z[u] = load4(v.row, q + u * int64_t(nthreads));
+        b[u] = bias4[q + u * int64_t(nthreads)];
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) four(z[u], b[u], q + u * int64_t(nthreads));
     }
+    for (; q < C4; q += nthreads) four(load4(v.row, q), bias4[q], q);
     j0 = C4 << 2;
   }
-  for (int64_t j = j0 + threadIdx.x; j < C; j += blockDim.x) f(compute_key(v, j), j);
+  for (int64_t j = j0 + tid; j < C; j += nthreads) f(compute_key(v, j), j);
+}
+// The same over the block's threads.
+template <typename T, class F>
+__device__ __forceinline__ void for_each_key(const RowView<T>& v, int64_t C, int vec4, F f) {
+  for_each_key_of<false>(v, C, vec4, int(threadIdx.x), int(blockDim.x), f);
 }
 
 struct SelShared {
@@ -242,12 +262,14 @@ __device__ void select_radix(const SelectArgs& a, const RowView<Elem>& v, int64_
 }
 
 // P: power of two >= k; cap: the shared list's entries (a power of two >= P).
+// With `only`, rows whose entry is 0 are left alone (done by topk_warp_kernel).
 template <typename T>
 __global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, const T* pre, int P, int cap,
-                                                                  int vec4) {
+                                                                  int vec4, const int32_t* only) {
   extern __shared__ unsigned long long buf[];  // cap composite keys
   __shared__ SelShared sh;
   const int64_t r = blockIdx.x;
+  if (only && only[r] == 0) return;  // uniform
   const RowView<T> v{pre + r * a.ld, a.bias, a.thr, a.cand};
   const int64_t C = a.C;
   const int k = int(a.k);
@@ -342,14 +364,145 @@ __global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, 
   }
 }
 
+// The fast path with a warp per row (kWarpRows rows per block, no block-wide barriers): more rows
+// in flight per SM than topk_select_kernel's block per row, whose barriers (about 40 a row) and
+// 4 blocks per SM left it far below the bandwidth of reading the row. Same rule and order: the
+// 2048-bin histogram of the active keys (per-warp shared memory), the bin of the k-th largest,
+// the keys from that bin up listed as composites and sorted by a warp bitonic sort. A row with
+// fewer than k active keys, or more than kWarpList keys from that bin up, is flagged (flags[r] =
+// 1) and left to topk_select_kernel. Requires k <= kWarpList.
+constexpr int kWarpRows = 4;
+constexpr int kWarpList = 256;
+struct WarpShared {
+  unsigned hist[kBins];
+  unsigned long long list[kWarpList];
+  int n;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kWarpRows) topk_warp_kernel(SelectArgs a, const T* pre, int64_t rows, int vec4,
+                                                                   int32_t* flags) {
+  __shared__ WarpShared ws[kWarpRows];
+  const int lane = int(threadIdx.x & 31), w = int(threadIdx.x >> 5);
+  const int64_t r = int64_t(blockIdx.x) * kWarpRows + w;
+  if (r >= rows) return;  // the whole warp
+  WarpShared& sh = ws[w];
+  const RowView<T> v{pre + r * a.ld, a.bias, a.thr, a.cand};
+  const int64_t C = a.C;
+  const int k = int(a.k);
+  constexpr unsigned kFull = 0xffffffffu;
+
+  // ---- the active count and the histogram of the active keys' bits 20..30
+  for (int i = lane; i < kBins; i += 32) sh.hist[i] = 0;
+  if (lane == 0) sh.n = 0;
+  __syncwarp();
+  int pos = 0;
+  for_each_key_of<true>(v, C, vec4, lane, 32, [&](uint32_t key, int64_t) {
+    if (key) {
+      ++pos;
+      atomicAdd(&sh.hist[key >> kBinShift], 1u);
+    }
+  });
+  __syncwarp();
+  const int npos = __shfl_sync(kFull, warp_sum(pos), 0);
+  if (lane == 0 && a.positive) a.positive[r] = npos;
+  if (npos < k) {
+    if (lane == 0) flags[r] = 1;
+    return;
+  }
+
+  // ---- the bin of the k-th largest key: lane L sums bins kBins-1-64L down to kBins-64(L+1)
+  unsigned sum = 0;
+  for (int u = 0; u < kBins / 32; ++u) sum += sh.hist[kBins - 1 - (kBins / 32) * lane - u];
+  unsigned incl = sum;
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned y = __shfl_up_sync(kFull, incl, o);
+    if (lane >= o) incl += y;
+  }
+  const unsigned excl = incl - sum;
+  int bin = -1;
+  unsigned cnt = 0;
+  if (excl < unsigned(k) && unsigned(k) <= incl) {
+    unsigned cum = excl;
+    for (int u = 0; u < kBins / 32; ++u) {
+      const int b = kBins - 1 - (kBins / 32) * lane - u;
+      cum += sh.hist[b];
+      if (cum >= unsigned(k)) {
+        bin = b;
+        cnt = cum;
+        break;
+      }
+    }
+  }
+  const unsigned owner = __ballot_sync(kFull, bin >= 0);  // exactly one lane: npos >= k
+  const int src = __ffs(int(owner)) - 1;
+  bin = __shfl_sync(kFull, bin, src);
+  cnt = __shfl_sync(kFull, cnt, src);
+  if (cnt > unsigned(kWarpList)) {
+    if (lane == 0) flags[r] = 1;
+    return;
+  }
+
+  // ---- the keys from that bin up (cnt of them), then the composite sort
+  uint32_t lo = uint32_t(bin) << kBinShift;
+  if (lo == 0) lo = 1;
+  for_each_key_of<true>(v, C, vec4, lane, 32, [&](uint32_t key, int64_t j) {
+    if (key >= lo) sh.list[atomicAdd(&sh.n, 1)] = composite(key, latent_of(v, j));
+  });
+  int Q = 32;
+  while (Q < int(cnt)) Q <<= 1;
+  __syncwarp();
+  for (int i = int(cnt) + lane; i < Q; i += 32) sh.list[i] = 0ull;
+  __syncwarp();
+  for (int size = 2; size <= Q; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = lane; i < Q; i += 32) {
+        const int p = i ^ stride;
+        if (p > i) {
+          const unsigned long long x = sh.list[i], y = sh.list[p];
+          const bool desc = (i & size) == 0;
+          if (desc ? (x < y) : (x > y)) {
+            sh.list[i] = y;
+            sh.list[p] = x;
+          }
+        }
+      }
+      __syncwarp();
+    }
+  }
+  for (int i = lane; i < k; i += 32) {
+    const unsigned long long cv = sh.list[i];
+    a.out_v[r * a.k + i] = __uint_as_float(uint32_t(cv >> 32));
+    a.out_i[r * a.k + i] = int32_t(0xffffffffu - uint32_t(cv));
+  }
+}
+
 // One block per row of T (float or bf16 bits) pre-activations, smem bytes of shared list.
+// Whether rows go through topk_warp_kernel first (SAEKIT_CUDA_SELECT=block: the block kernel
+// alone; read per call, the benchmark compares both).
+bool warp_select(const SelectArgs& a) {
+  if (a.flags == nullptr || a.k > kWarpList) return false;
+  const char* e = std::getenv("SAEKIT_CUDA_SELECT");
+  return !(e && std::strcmp(e, "block") == 0);
+}
+
+// The warp kernel (when warp_select) and then the block kernel for the rows it flagged, or the
+// block kernel for every row.
 template <typename T>
 void launch_select(const SelectArgs& a, const T* pre, int64_t rows, int P, int cap, int vec4, size_t smem,
                    cudaStream_t s) {
+  const int32_t* only = nullptr;
+  if (warp_select(a)) {
+    SK_CUDA(cudaMemsetAsync(a.flags, 0, size_t(rows) * sizeof(int32_t), s));
+    auto* warp_kernel = topk_warp_kernel<T>;
+    warp_kernel<<<unsigned((rows + kWarpRows - 1) / kWarpRows), 32 * kWarpRows, 0, s>>>(a, pre, rows, vec4, a.flags);
+    SK_LAUNCHED("topk_warp_kernel");
+    only = a.flags;
+  }
   auto* kernel = topk_select_kernel<T>;
   if (smem > (48u << 10))  // above the default limit: opt in (per device; cheap to repeat)
     SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, pre, P, cap, vec4);
+  kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, pre, P, cap, vec4, only);
 }
 
 bool aligned(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }

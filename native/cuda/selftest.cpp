@@ -1311,6 +1311,30 @@ int main(int argc, char** argv) {
   });
   // Rows of a multiple of 4 latents: the selection's 4-wide loads, of float32 and of bf16 rows.
   test_encode_f32_bf16("encode aligned rows", 24, 1000, 37, 9, 89, 37, "topk 4-wide");
+  // Rows go a warp per row first (k <= 256); rows that path cannot take go to the block kernel in
+  // the same call. Odd rows have x = b_dec, so only the 5 latents with b_enc > 0 are active
+  // (fewer than k: flagged, filled with the lowest-index inactive latents); even rows are
+  // ordinary (the warp path). Then the block kernel alone (SAEKIT_CUDA_SELECT=block) on the
+  // cases above.
+  run_test("encode mixed rows", [&] {
+    const int64_t D = 36, M = 600, N = 53, k = 20;
+    Model m = random_model(D, M, true, 97);
+    float* be = m.slab.data() + 2 * M * D;
+    const float* bd = m.slab.data() + 2 * M * D + M;
+    for (int64_t l = 0; l < M; ++l) be[l] = l % 120 == 7 ? 0.3f : -0.05f;
+    std::vector<float> x = random_x(N, D, 98);
+    for (int64_t n = 1; n < N; n += 2)
+      for (int64_t c = 0; c < D; ++c) x[size_t(n * D + c)] = bd[c];
+    Sae s(m);
+    for (int prec : {SK_PREC_F32, SK_PREC_BF16}) {
+      std::vector<float> pre = dev_preacts(s, m, x, N, prec);
+      check_encode_exact(s, m, x, N, k, prec, pre, nullptr, "topk, rows a warp and a block each");
+    }
+  });
+  with_env("SAEKIT_CUDA_SELECT", "block", "selection a block per row", [&] {
+    test_encode_f32_bf16("encode aligned rows [block per row]", 24, 1000, 37, 9, 89, 37, "topk 4-wide");
+    test_encode_f32_bf16("encode odd rows [block per row]", 67, 301, 129, 7, 31, 129, "topk");
+  });
   // D % 4 == 0: the float4 update in two passes (per latent x column slice, then per decoder
   // row); D 68 leaves a partial slice, and M 301 puts b_enc / b_dec at unaligned offsets.
   test_grads(68, 301, 7, 129, true, 0, SK_PREC_F32, 56);

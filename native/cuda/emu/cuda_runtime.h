@@ -388,6 +388,7 @@ inline unsigned __ballot_sync(unsigned, int p) {
   return r;
 }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __ffs(int v) { return v ? __builtin_ctz(unsigned(v)) + 1 : 0; }
 inline unsigned __float_as_uint(float f) {
   unsigned u;
   std::memcpy(&u, &f, 4);
