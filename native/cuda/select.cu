@@ -411,9 +411,11 @@ __global__ void __launch_bounds__(32 * kWarpRows) topk_warp_kernel(SelectArgs a,
     return;
   }
 
-  // ---- the bin of the k-th largest key: lane L sums bins kBins-1-64L down to kBins-64(L+1)
+  // ---- the bin of the k-th largest key: lane L sums bins kBins-1-64L down to kBins-64(L+1), in
+  // an order rotated by L so that the 32 lanes read 32 different banks at each step
+  constexpr int kPer = kBins / 32;
   unsigned sum = 0;
-  for (int u = 0; u < kBins / 32; ++u) sum += sh.hist[kBins - 1 - (kBins / 32) * lane - u];
+  for (int u = 0; u < kPer; ++u) sum += sh.hist[kBins - 1 - kPer * lane - ((u + lane) & (kPer - 1))];
   unsigned incl = sum;
   for (int o = 1; o < 32; o <<= 1) {
     const unsigned y = __shfl_up_sync(kFull, incl, o);
@@ -424,8 +426,8 @@ __global__ void __launch_bounds__(32 * kWarpRows) topk_warp_kernel(SelectArgs a,
   unsigned cnt = 0;
   if (excl < unsigned(k) && unsigned(k) <= incl) {
     unsigned cum = excl;
-    for (int u = 0; u < kBins / 32; ++u) {
-      const int b = kBins - 1 - (kBins / 32) * lane - u;
+    for (int u = 0; u < kPer; ++u) {
+      const int b = kBins - 1 - kPer * lane - u;
       cum += sh.hist[b];
       if (cum >= unsigned(k)) {
         bin = b;
