@@ -1360,7 +1360,7 @@ void destroy_sae(sk_sae_dev* S) {
   DevBuf* bufs[] = {&S->wbf, &S->x, &S->xc, &S->xbf, &S->pre, &S->mv, &S->mi, &S->av, &S->ai, &S->dpm, &S->dpa,
                     &S->E, &S->R, &S->rowd, &S->rowf, &S->keys, &S->vals, &S->skeys, &S->svals, &S->offs, &S->ent,
                     &S->suspect, &S->gbenc, &S->pE, &S->pR, &S->pW, &S->pX, &S->mean, &S->gbf, &S->fired, &S->scal,
-                    &S->stat, &S->cubtmp, &S->dead, &S->grads, &S->pos, &S->out, &S->gdec, &S->parts,
+                    &S->stat, &S->cubtmp, &S->dead, &S->grads, &S->pos, &S->out, &S->gdec, &S->parts, &S->selflags,
                     &S->ad_pos, &S->ad_A, &S->ad_DP, &S->ad_G, &S->ad_W, &S->ad_GA, &S->ad_db, &S->ad_max,
                     &S->ad_part};
   for (DevBuf* b : bufs) b->release();
