@@ -157,22 +157,21 @@ fi
       sed -E 's/ +/ /g; s/\(int, long.*//' | cut -c1-110 | head -90 || true
   fi
   printf '%-12s %-12s %4s %10s %10s %10s %9s %9s %9s %9s %9s\n' impl shape k tokens/s tok/s_pin tok/s_pref step_ms device_ms floor_ms topk_ms select_ms
+  # get KEY: the value of KEY=... in the current summary line ($line).
+  get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2 || true; }
   { cat "$OUT_DIR"/bench.log "$OUT_DIR"/torch.log 2>/dev/null || true; } | { grep '^BENCH' || true; } | while read -r line; do
-    get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2 || true; }
     topk=$(get topk_alone_ms); [ -z "$topk" ] && topk=$(get topk_ms)
     printf '%-12s %-12s %4s %10s %10s %10s %9s %9s %9s %9s %9s\n' "$(get impl)" "$(get dIn)x$(get numLatents)" "$(get k)" \
       "$(get tokens_per_s)" "$(get tokens_per_s_pinned)" "$(get tokens_per_s_prefetched)" "$(get step_ms)" "$(get device_ms)" "$(get floor_ms)" "$topk" \
       "$(get select_ms)"
   done
   { grep '^BENCH impl=saekit' "$OUT_DIR/bench.log" 2>/dev/null || true; } | while read -r line; do
-    get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2 || true; }
     echo "saekit $(get dIn)x$(get numLatents) phases ms: gemm $(get gemm_ms) select $(get select_ms) (a block per row: $(get select_block_ms); topk alone $(get topk_alone_ms) vs $(get topk_alone_block_ms)) decode $(get decode_ms) (rows gathered twice: $(get decode_plain_ms), device $(get device_plain_ms))" \
       "backward $(get backward_ms) update $(get update_ms); pageable $(get step_ms), driver-staged $(get step_driver_staging_ms)," \
       "AuxK step $(get step_auxk_ms) (per pair $(get step_auxk_pairs_ms)); float32 pre-activations: gemm $(get gemm_pre32_ms) select $(get select_pre32_ms) device $(get device_pre32_ms), floor gemm f32-out $(get floor_gemm_f32out_ms), topk alone f32 $(get topk_alone_f32_ms); floor gemm $(get floor_gemm_ms) + adam $(get floor_adam_ms); D2D $(get bw_GBps) GB/s"
   done
   { grep '^CORR' "$OUT_DIR/bench.log" 2>/dev/null || true; } | sed 's/^CORR /sparse correlation: /'
   { grep '^TRAINER' "$OUT_DIR/trainer.log" 2>/dev/null || true; } | while read -r line; do
-    get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2 || true; }
     echo "API loop $(get dIn)x$(get numLatents): prefetched $(get tokens_per_s_prefetched) tok/s ($(get step_prefetched_ms) ms," \
       "JS copy $(get prefetch_js_ms) ms of a $(get batch_MiB) MiB batch), borrowed $(get tokens_per_s_borrowed) tok/s (JS $(get prefetch_borrowed_js_ms) ms)," \
       "plain arrays $(get tokens_per_s_plain) tok/s; Trainer.fit on a shuffled .npy: $(get fit_tokens_per_s) tok/s (copied: $(get fit_copied_tokens_per_s))"

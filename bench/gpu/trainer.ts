@@ -1,18 +1,18 @@
 /**
  * Training steps through saekit's own API on a GPU: what a Node training loop gets, against what
  * the plugin's step alone gives (saekit_cuda_bench). Per shape, medians over the timed steps:
- *   - prefetched: the Trainer's loop. Batch n + 1 is handed to opt.prefetch() (copied out of JS
- *     into page-locked memory on the JS thread, its upload started) while step n runs;
- *   - plain: opt.step(batch) on each Float32Array (copied and uploaded inside the step);
- *   - the JS thread's time in prefetch() per batch, which bounds the prefetched loop when it
- *     exceeds the device step.
+ *   - prefetched: the Trainer's old loop. Batch n + 1 is handed to opt.prefetch() (copied out of
+ *     JS into page-locked memory on the JS thread, its upload started) while step n runs; with
+ *     the JS thread's time in prefetch() per batch, which bounds the loop when it exceeds the
+ *     device step;
  *   - borrowed: the same loop on page-locked batch arrays (opt._pinnedArray, what the Trainer's
  *     data pipeline fills on a device), uploaded where they lie: no copy on the JS thread;
- *   - Trainer.fit on a shuffled .npy file of 12 batches (written to the temp folder, so in the page cache): the
- *     steady-state step interval with the batches read into page-locked arrays, and with
- *     SAEKIT_TRAINER_PINNED=0 (copied by prefetch, as before).
+ *   - plain: opt.step(batch) on each Float32Array (copied and uploaded inside the step);
+ *   - Trainer.fit on a shuffled .npy file of 12 batches (written to the temp folder, so in the
+ *     page cache): the steady-state step interval with the batches read into page-locked
+ *     arrays, and with SAEKIT_TRAINER_PINNED=0 (copied by prefetch, as before).
  * Batches are distinct random arrays, cycled. Prints "TRAINER key=value ..." per shape.
- * bench/gpu/pack.sh bundles it; bench/gpu/run.sh runs it after the parity suite.
+ * bench/gpu/pack.sh bundles it; bench/gpu/run.sh runs it after the PyTorch comparison.
  *   SAEKIT_CUDA_PLUGIN=... node trainer.mjs [--tiny]
  *   SAEKIT_DEVICE_LOOPBACK=1 npx tsx bench/gpu/trainer.ts --tiny   (checks this script without a GPU)
  */

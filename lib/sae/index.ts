@@ -579,7 +579,7 @@ export class AdamOptimizer {
    * prefetches. The Trainer's batch arrays on a GPU.
    */
   _pinnedArray(n: number): Float32Array | undefined {
-    if (this.h.disposed || !this.h.canPin()) return undefined;
+    if (this.h.disposed) return undefined;
     const ab = callNative(() => this.h.allocPinned(n * 4));
     return ab && new Float32Array(ab, 0, n);
   }

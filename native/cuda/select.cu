@@ -153,11 +153,13 @@ __device__ __forceinline__ int block_rank(bool pred, SelShared& sh, int* total) 
   return int(incl) - (pred ? 1 : 0);
 }
 
-// Descending bitonic sort of buf[0, Q) (Q a power of two). Synchronises.
-__device__ __forceinline__ void bitonic_desc(unsigned long long* buf, int Q) {
+// Descending bitonic sort of buf[0, Q) (Q a power of two) by the threads tid, tid + nthreads, ...
+// of a group that sync() synchronises: the block (bitonic_desc), or one warp.
+template <class Sync>
+__device__ __forceinline__ void bitonic_desc_by(unsigned long long* buf, int Q, int tid, int nthreads, Sync sync) {
   for (int size = 2; size <= Q; size <<= 1) {
     for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < Q; i += blockDim.x) {
+      for (int i = tid; i < Q; i += nthreads) {
         const int p = i ^ stride;
         if (p > i) {
           const unsigned long long x = buf[i], y = buf[p];
@@ -168,8 +170,22 @@ __device__ __forceinline__ void bitonic_desc(unsigned long long* buf, int Q) {
           }
         }
       }
-      __syncthreads();
+      sync();
     }
+  }
+}
+__device__ __forceinline__ void bitonic_desc(unsigned long long* buf, int Q) {
+  bitonic_desc_by(buf, Q, int(threadIdx.x), int(blockDim.x), [] { __syncthreads(); });
+}
+
+// Row r's codes 0..m-1 from its sorted composites (value bits, ~index), by threads tid, tid +
+// nthreads, ...
+__device__ __forceinline__ void write_winners(const SelectArgs& a, int64_t r, const unsigned long long* sorted, int m,
+                                              int tid, int nthreads) {
+  for (int i = tid; i < m; i += nthreads) {
+    const unsigned long long cv = sorted[i];
+    a.out_v[r * a.k + i] = __uint_as_float(uint32_t(cv >> 32));
+    a.out_i[r * a.k + i] = int32_t(0xffffffffu - uint32_t(cv));
   }
 }
 
@@ -254,11 +270,7 @@ __device__ void select_radix(const SelectArgs& a, const RowView<Elem>& v, int64_
   for (int i = int(a.k) + tid; i < P; i += blockDim.x) sel[i] = 0ull;  // pads sort last
   __syncthreads();
   bitonic_desc(sel, P);
-  for (int i = tid; i < int(a.k); i += blockDim.x) {
-    const unsigned long long c = sel[i];
-    a.out_v[r * a.k + i] = __uint_as_float(uint32_t(c >> 32));
-    a.out_i[r * a.k + i] = int32_t(0xffffffffu - uint32_t(c));
-  }
+  write_winners(a, r, sel, int(a.k), tid, int(blockDim.x));
 }
 
 // P: power of two >= k; cap: the shared list's entries (a power of two >= P).
@@ -340,12 +352,7 @@ __global__ void __launch_bounds__(kSelThreads) topk_select_kernel(SelectArgs a, 
   for (int i = n + tid; i < Q; i += blockDim.x) buf[i] = 0ull;
   __syncthreads();
   bitonic_desc(buf, Q);
-  const int m = n < k ? n : k;
-  for (int i = tid; i < m; i += blockDim.x) {
-    const unsigned long long cv = buf[i];
-    a.out_v[r * a.k + i] = __uint_as_float(uint32_t(cv >> 32));
-    a.out_i[r * a.k + i] = int32_t(0xffffffffu - uint32_t(cv));
-  }
+  write_winners(a, r, buf, n < k ? n : k, tid, int(blockDim.x));
   if (npos >= k) return;
 
   // ---- fewer than k active: the lowest-index inactive latents fill the rest (value +0)
@@ -456,30 +463,10 @@ __global__ void __launch_bounds__(32 * kWarpRows) topk_warp_kernel(SelectArgs a,
   __syncwarp();
   for (int i = int(cnt) + lane; i < Q; i += 32) sh.list[i] = 0ull;
   __syncwarp();
-  for (int size = 2; size <= Q; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = lane; i < Q; i += 32) {
-        const int p = i ^ stride;
-        if (p > i) {
-          const unsigned long long x = sh.list[i], y = sh.list[p];
-          const bool desc = (i & size) == 0;
-          if (desc ? (x < y) : (x > y)) {
-            sh.list[i] = y;
-            sh.list[p] = x;
-          }
-        }
-      }
-      __syncwarp();
-    }
-  }
-  for (int i = lane; i < k; i += 32) {
-    const unsigned long long cv = sh.list[i];
-    a.out_v[r * a.k + i] = __uint_as_float(uint32_t(cv >> 32));
-    a.out_i[r * a.k + i] = int32_t(0xffffffffu - uint32_t(cv));
-  }
+  bitonic_desc_by(sh.list, Q, lane, 32, [] { __syncwarp(); });
+  write_winners(a, r, sh.list, k, lane, 32);
 }
 
-// One block per row of T (float or bf16 bits) pre-activations, smem bytes of shared list.
 // Whether rows go through topk_warp_kernel first (SAEKIT_CUDA_SELECT=block: the block kernel
 // alone; read per call, the benchmark compares both).
 bool warp_select(const SelectArgs& a) {
@@ -488,7 +475,8 @@ bool warp_select(const SelectArgs& a) {
   return !(e && std::strcmp(e, "block") == 0);
 }
 
-// The warp kernel (when warp_select) and then the block kernel for the rows it flagged, or the
+// The selection of `rows` rows of T (float or bf16 bits) pre-activations: the warp kernel (when
+// warp_select) and then the block kernel (smem bytes of list) for the rows it flagged, or the
 // block kernel for every row.
 template <typename T>
 void launch_select(const SelectArgs& a, const T* pre, int64_t rows, int P, int cap, int vec4, size_t smem,

@@ -45,6 +45,9 @@ struct SaeModel {
   // Guards `dev` between its one writer (toDevice's job) and prefetch(), the one reader on the JS
   // thread; everything else reads it on the executor thread.
   std::mutex dev_mu;
+  // Whether allocPinned can hand out page-locked batch arrays: a device with host_alloc that
+  // prefetches (set when toDevice is called, before its job runs).
+  bool can_pin() const;
   std::shared_ptr<DeviceSae> device_now() {
     std::lock_guard<std::mutex> lock(dev_mu);
     return dev;
@@ -223,6 +226,8 @@ struct PinnedPool : std::enable_shared_from_this<PinnedPool> {
   }
 };
 
+bool SaeModel::can_pin() const { return pinned && pinned->api->prefetch; }
+
 // Page-locked arrays handed to JS by allocPinned (the Trainer's batch arrays on a device), by
 // address: a borrowed prefetch finds the block behind a Float32Array here and holds it while its
 // upload and step run, instead of copying the rows into the PinnedPool. A block leaves the
@@ -248,19 +253,19 @@ std::shared_ptr<void> pinned_block_of(const void* p, size_t bytes) {
   return it->second.second.lock();
 }
 
-// A new block of page-locked memory from the device table's host_alloc, registered; null if the
-// device cannot allocate it.
-std::shared_ptr<void> new_pinned_block(const sk_sae_i* api, size_t bytes) {
-  void* p = nullptr;
-  sk_status st{};
-  if (api->host_alloc(&st, &p, bytes) != 0 || p == nullptr) return nullptr;
-  std::shared_ptr<void> block(p, [api](void* q) {
+// A block of page-locked memory from the model's PinnedPool, registered while it is out (it
+// leaves the registry before it goes back to the pool); null if the device cannot allocate one.
+std::shared_ptr<void> new_pinned_block(PinnedPool& pool, size_t bytes) {
+  std::shared_ptr<void> buf = pool.take(bytes);
+  if (!buf) return nullptr;
+  void* p = buf.get();
+  std::shared_ptr<void> block(p, [buf](void* q) mutable {
     {
       PinnedRegistry& r = pinned_registry();
       std::lock_guard<std::mutex> lock(r.mu);
       r.blocks.erase(reinterpret_cast<uintptr_t>(q));
     }
-    api->host_free(q);
+    buf.reset();  // back to the pool
   });
   PinnedRegistry& r = pinned_registry();
   std::lock_guard<std::mutex> lock(r.mu);
@@ -955,17 +960,17 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
     });
   }
 
-  // allocPinned(bytes): an ArrayBuffer of page-locked memory (the device table's host_alloc) that
-  // prefetch(x, 1, true) uploads without copying; undefined when the SAE is not headed for a
-  // device that can prefetch. The memory is freed once the buffer is collected and no step holds
-  // it.
+  // allocPinned(bytes): an ArrayBuffer of page-locked memory (a buffer of the model's PinnedPool)
+  // that prefetch(x, 1, true) uploads without copying; undefined when the SAE is not headed for a
+  // device that can prefetch. The buffer goes back to the pool once the ArrayBuffer is collected
+  // and no step holds it.
   Napi::Value alloc_pinned(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
       const int64_t bytes = get_int(info[0], "bytes", 1, int64_t(1) << 40);
       auto m = model_;
-      if (!m->pinned || !m->pinned->api->prefetch) return info.Env().Undefined();
-      std::shared_ptr<void> block = new_pinned_block(m->pinned->api, size_t(bytes));
+      if (!m->can_pin()) return info.Env().Undefined();
+      std::shared_ptr<void> block = new_pinned_block(*m->pinned, size_t(bytes));
       if (!block) return info.Env().Undefined();
       void* data = block.get();
       auto* holder = new std::shared_ptr<void>(std::move(block));
@@ -985,7 +990,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
   // device that prefetches).
   Napi::Value can_pin(const Napi::CallbackInfo& info) {
     auto m = model_;
-    return Napi::Boolean::New(info.Env(), state_ && m && m->pinned && m->pinned->api->prefetch);
+    return Napi::Boolean::New(info.Env(), state_ && m && m->can_pin());
   }
 
   // prefetchCounts(): { copied, borrowed }: prefetches that copied their rows and ones that used
