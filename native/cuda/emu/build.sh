@@ -4,6 +4,10 @@
 # SAEKIT_EMU_DEVICES=N (run time, default 1) gives the emulation N devices (emu/cuda_runtime.h).
 #   bash native/cuda/emu/build.sh [out_dir]      (from anywhere; needs g++ only)
 #   EMU_ONCE=1: one self-test pass (CI), not the second one with tiny tiles
+#   EMU_SANITIZE=...: -fsanitize= for the plugin and the self-test. CI uses alignment,undefined
+#     (with UBSAN_OPTIONS=halt_on_error=1): misaligned float4 / uint2 loads, which fault on a GPU
+#     but pass on x86, stop the run; the plugin then pulls libubsan into node, which works.
+#     address also works for the self-test (not for the plugin loaded into node).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
