@@ -340,6 +340,9 @@ export class Trainer {
     let last: StepLog | undefined;
     let status: FitResult['status'] = 'completed';
     let saved: string[] = [];
+    // The next batch, prefetched while a step runs (released in the finally block below if no
+    // step takes it: after the last step, an abort or a failed step).
+    let batchPromise: Promise<{ rows: number; x: PrefetchedBatch; done: () => void } | undefined> = Promise.resolve(undefined);
     try {
       // Each batch is prefetched as soon as it arrives, while the previous step runs: on a GPU
       // it is already on its way to the device when its step starts. A copied batch's array is
@@ -353,7 +356,7 @@ export class Trainer {
         release(b);
         return { rows: b.rows, x, done: () => undefined };
       };
-      let batchPromise = step < total ? nextPrefetched() : Promise.resolve(undefined);
+      batchPromise = step < total ? nextPrefetched() : Promise.resolve(undefined);
       while (step < total) {
         if (fo.signal?.aborted) {
           status = 'aborted';
@@ -386,11 +389,12 @@ export class Trainer {
         if (fo.onStep) await fo.onStep(last);
         if (fo.checkpointDir && step % every === 0 && step < total) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
       }
+      if (fo.checkpointDir) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
+    } finally {
+      // Disposing a batch a step already took is a no-op, and done() is idempotent.
       const unused = await batchPromise.catch(() => undefined);
       unused?.x.dispose();
       unused?.done();
-      if (fo.checkpointDir) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
-    } finally {
       await log?.close();
       await it.return?.();
     }
