@@ -6,6 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { fromArray, fromAsyncIterable, openActivations, type ActivationSource, type Batch, type BatchOptions } from '../lib/data/index.js';
 import { anyNonFinite } from '../lib/data/convert.js';
+import { BatchPool } from '../lib/data/engine.js';
+import { takeSpare } from '../lib/data/memory.js';
 import { Rng } from '../lib/data/prng.js';
 import {
   bf16ToNumber,
@@ -506,6 +508,30 @@ describe('shuffling', () => {
       }
     }
     await expect(collect(src, { recycle: 'yes' as unknown as boolean })).rejects.toThrow(/options\.recycle/);
+  });
+
+  it('a closed pool offers its own arrays to later passes but not those from alloc (page-locked memory)', () => {
+    const n = 4099 + Math.floor(Math.random() * 1000); // a size no other pass uses
+    const fromAlloc: Float32Array[] = [];
+    const pool = new BatchPool(n, true, (m) => {
+      if (fromAlloc.length >= 2) return undefined;
+      fromAlloc.push(new Float32Array(m));
+      return fromAlloc[fromAlloc.length - 1];
+    });
+    const [a, b, c] = [pool.take(), pool.take(), pool.take()];
+    expect(a).toBe(fromAlloc[0]);
+    expect(b).toBe(fromAlloc[1]);
+    expect(fromAlloc).not.toContain(c);
+    pool.give(a);
+    pool.give(c);
+    expect(pool.take()).toBe(c); // reused within the pass, last in first out
+    pool.give(c);
+    pool.close();
+    pool.give(b); // handed back after the pass ended
+    const spares: Float32Array[] = [];
+    for (let s = takeSpare(n); s; s = takeSpare(n)) spares.push(s);
+    expect(spares.length).toBe(1);
+    expect(spares[0]).toBe(c);
   });
 });
 

@@ -43,6 +43,8 @@ export type ReleasableBatch = Batch & { [RELEASE_BATCH]?: () => void };
  */
 export class BatchPool {
   private readonly free: Float32Array[] = [];
+  /** Buffers that came from `alloc` (page-locked memory): they go back to their owner, not to the spare pool. */
+  private readonly lent = new WeakSet<ArrayBufferLike>();
   private closed = false;
 
   constructor(
@@ -57,7 +59,10 @@ export class BatchPool {
     const own = this.free.pop();
     if (own) return own;
     const a = this.alloc?.(this.size);
-    if (a && a.length === this.size && a.byteOffset === 0 && a.buffer.byteLength === this.size * 4) return a;
+    if (a && a.length === this.size && a.byteOffset === 0 && a.buffer.byteLength === this.size * 4) {
+      this.lent.add(a.buffer);
+      return a;
+    }
     return takeSpare(this.size) ?? allocLongLivedF32(this.size);
   }
 
@@ -66,14 +71,18 @@ export class BatchPool {
     if (!this.recycle) return;
     if (data.byteOffset !== 0 || data.buffer.byteLength !== this.size * 4) return;
     const a = data.length === this.size ? data : new Float32Array(data.buffer, 0, this.size);
-    if (this.closed) releaseSpare(a);
-    else this.free.push(a);
+    if (!this.closed) this.free.push(a);
+    else if (!this.lent.has(a.buffer)) releaseSpare(a);
   }
 
-  /** The pass is over: free arrays (and any given back later) may serve other passes. */
+  /**
+   * The pass is over: free arrays (and any given back later) may serve other passes, except
+   * `alloc`'s, which are dropped so their owner (the model's page-locked pool) gets them back
+   * when they are collected instead of a later pass keeping page-locked memory alive.
+   */
   close(): void {
     this.closed = true;
-    for (const a of this.free.splice(0)) releaseSpare(a);
+    for (const a of this.free.splice(0)) if (!this.lent.has(a.buffer)) releaseSpare(a);
   }
 
   /** A batch of `rows` rows from a full array: the array itself, a view (recycling) or a copy. */
