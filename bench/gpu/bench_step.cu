@@ -361,8 +361,10 @@ CorrCodes corr_codes(int64_t T, int64_t n, int64_t k, uint64_t seed) {
   return c;
 }
 
-// Wall time of one sk_corr_api run (median of reps), full matrix or top + reverse lists.
-void run_corr(int64_t T, int64_t n, int64_t k, bool full, int64_t top, int reps) {
+// Wall time of one sk_corr_api run (median of reps), full matrix or top + reverse lists; with
+// heavy thresholds listed, once per threshold on the same codes (SAEKIT_CUDA_CORR_HEAVY; "" is
+// the default rule), to tune which rows take the tiled path.
+void run_corr(int64_t T, int64_t n, int64_t k, bool full, int64_t top, int reps, std::vector<std::string> heavy = {""}) {
   const sk_corr_i* api = sk_corr_api(SK_CORR_API_VERSION);
   CorrCodes A = corr_codes(T, n, k, 7), B = corr_codes(T, n, k, 8);
   sk_corr_codes c{n, n, T, A.ptr.data(), A.idx.data(), A.val.data(), B.ptr.data(), B.idx.data(), B.val.data(),
@@ -373,19 +375,24 @@ void run_corr(int64_t T, int64_t n, int64_t k, bool full, int64_t top, int reps)
   std::vector<float> r(full ? static_cast<size_t>(n * n) : 0), tr(static_cast<size_t>(n * kt)), rr(static_cast<size_t>(n * kt));
   std::vector<int32_t> ti(static_cast<size_t>(n * kt)), ri(static_cast<size_t>(n * kt));
   sk_corr_out out{ca.data(), cb.data(), r.data(), ti.data(), tr.data(), ri.data(), rr.data()};
-  std::vector<double> wall;
-  for (int rep = 0; rep < reps; ++rep) {
-    sk_status st{};
-    const auto t0 = Clock::now();
-    ck(api->run(&st, 0, &c, &o, &out), st, "sparse correlation");
-    wall.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  for (const std::string& h : heavy) {
+    if (h.empty()) unsetenv("SAEKIT_CUDA_CORR_HEAVY");
+    else setenv("SAEKIT_CUDA_CORR_HEAVY", h.c_str(), 1);
+    std::vector<double> wall;
+    for (int rep = 0; rep < reps; ++rep) {
+      sk_status st{};
+      const auto t0 = Clock::now();
+      ck(api->run(&st, 0, &c, &o, &out), st, "sparse correlation");
+      wall.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    const double w = median(wall);
+    std::printf("CORR impl=saekit-cuda tokens=%lld nA=%lld nB=%lld k=%lld mode=%s heavy=%s ms=%.1f tokens_per_s=%.0f "
+                "products_per_s=%.3g\n",
+                (long long)T, (long long)n, (long long)n, (long long)k, full ? "full" : "top5+reverse",
+                h.empty() ? "default" : h.c_str(), w * 1e3, double(T) / w, double(T) * double(k) * double(k) / w);
+    std::fflush(stdout);
   }
-  const double w = median(wall);
-  std::printf("CORR impl=saekit-cuda tokens=%lld nA=%lld nB=%lld k=%lld mode=%s ms=%.1f tokens_per_s=%.0f "
-              "products_per_s=%.3g\n",
-              (long long)T, (long long)n, (long long)n, (long long)k, full ? "full" : "top5+reverse", w * 1e3,
-              double(T) / w, double(T) * double(k) * double(k) / w);
-  std::fflush(stdout);
+  unsetenv("SAEKIT_CUDA_CORR_HEAVY");
 }
 
 }  // namespace
@@ -421,7 +428,9 @@ int main(int argc, char** argv) {
   if (only == 0 || only == 2) run_shape(4096, 65536, 64, 8192, reps, bw);
   if (!corr) return 0;
   // The CPU benchmark's shape (bench/correlate.ts: 24576 x 24576, k 32, 10^6 tokens), then a full matrix.
-  run_corr(1000000, 24576, 32, false, 5, quick ? 1 : 2);
-  run_corr(262144, 16384, 32, true, 0, quick ? 1 : 2);
+  // Heavy rows: the default rule (more than max(2048, 4 x the mean) postings), a lower and a
+  // higher threshold, and none heavy; the CORR lines say which is fastest on this card.
+  run_corr(1000000, 24576, 32, false, 5, quick ? 1 : 2, {"", "512", "8192", "1000000000"});
+  run_corr(262144, 16384, 32, true, 0, quick ? 1 : 2, {"", "1000000000"});
   return 0;
 }
