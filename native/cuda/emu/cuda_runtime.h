@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -206,18 +207,107 @@ inline void yield(int wait) {
   swapcontext(&b->f[size_t(b->cur)].ctx, &b->main);
 }
 
-// Runs one block to completion, releasing barriers when every live member has arrived.
+// SAEKIT_EMU_ORDER, read once: the order in which the emulation runs a block's threads between
+// barriers and a grid's blocks. Unset or "index": index order. "reverse": highest first.
+// "shuffle" or "shuffle:SEED": a new random order every round and every launch (SEED, or one
+// from the clock, printed once to stderr so a failure can be replayed). A kernel whose threads
+// or blocks communicate without a barrier, or whose result depends on which block runs first,
+// gives different results under different orders; on a GPU the order is never fixed.
+struct RunOrder {
+  int mode = 0;  // 0 index, 1 reverse, 2 shuffle
+  uint64_t seed = 0;
+};
+inline const RunOrder& run_order() {
+  static const RunOrder o = [] {
+    RunOrder r;
+    const char* e = std::getenv("SAEKIT_EMU_ORDER");
+    if (e == nullptr || *e == '\0' || std::strcmp(e, "index") == 0) return r;
+    if (std::strcmp(e, "reverse") == 0) {
+      r.mode = 1;
+      return r;
+    }
+    if (std::strncmp(e, "shuffle", 7) == 0 && (e[7] == '\0' || e[7] == ':')) {
+      r.mode = 2;
+      r.seed = e[7] == ':' ? std::strtoull(e + 8, nullptr, 10) : uint64_t(std::time(nullptr));
+      std::fprintf(stderr, "emu: SAEKIT_EMU_ORDER=shuffle:%llu\n", (unsigned long long)r.seed);
+      return r;
+    }
+    std::fprintf(stderr, "emu: Expected SAEKIT_EMU_ORDER index, reverse, shuffle or shuffle:SEED but received '%s'\n", e);
+    std::abort();
+  }();
+  return o;
+}
+// The next number of the shuffling stream (splitmix64 over SAEKIT_EMU_ORDER's seed).
+inline uint64_t order_next() {
+  static std::mutex mu;
+  static uint64_t state = run_order().seed * 0x9E3779B97F4A7C15ull + 1;
+  std::lock_guard<std::mutex> lock(mu);
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Fills v with 0..n-1 in the run order (a fresh permutation per call when shuffling).
+inline void order_of(std::vector<size_t>& v, size_t n) {
+  v.resize(n);
+  const RunOrder& o = run_order();
+  for (size_t i = 0; i < n; ++i) v[i] = o.mode == 1 ? n - 1 - i : i;
+  if (o.mode != 2) return;
+  for (size_t i = n; i > 1; --i) std::swap(v[i - 1], v[size_t(order_next() % i)]);  // Fisher-Yates
+}
+
+// Releases every warp whose live lanes all wait at a warp barrier (their values exchanged as
+// the intrinsics see them). True when one was released.
+inline bool release_warps(Block& b) {
+  const size_t n = b.f.size();
+  bool released = false;
+  for (size_t w = 0; w * 32 < n; ++w) {
+    bool ready = true, some = false;
+    for (size_t l = w * 32; l < std::min(n, w * 32 + 32); ++l) {
+      if (b.f[l].done) continue;
+      some = true;
+      if (b.f[l].wait != 2) ready = false;
+    }
+    if (!ready || !some) continue;
+    uint64_t s[32] = {0};
+    for (size_t l = w * 32; l < std::min(n, w * 32 + 32); ++l) s[l - w * 32] = b.f[l].slot;
+    for (size_t l = w * 32; l < std::min(n, w * 32 + 32); ++l)
+      if (!b.f[l].done) {
+        std::memcpy(b.f[l].snap, s, sizeof(s));
+        b.f[l].wait = 0;
+      }
+    released = true;
+  }
+  return released;
+}
+
+// Runs one block to completion, releasing barriers when every live member has arrived. In index
+// and reverse order a warp barrier is released only once no thread can run; shuffling releases
+// it as soon as its warp has arrived and lets about half the warps sit out each round, so warps
+// drift apart between block barriers as they do on a GPU (a missing __syncthreads shows).
 inline void run_block(Block& b) {
   const size_t n = b.f.size();
+  const bool shuffle = run_order().mode == 2;
+  std::vector<size_t> order;
+  std::vector<char> resting((n + 31) / 32, 0);
   for (;;) {
-    bool any = false;
-    for (size_t i = 0; i < n; ++i) {
+    order_of(order, n);
+    if (shuffle)
+      for (auto& r : resting) r = char(order_next() & 1);
+    bool any = false, rested = false;
+    for (size_t i : order) {
       if (b.f[i].done || b.f[i].wait) continue;
+      if (resting[i / 32]) {
+        rested = true;
+        continue;
+      }
       any = true;
       b.cur = int(i);
       swapcontext(&b.main, &b.f[i].ctx);
     }
-    if (any) continue;
+    if (shuffle && release_warps(b)) continue;
+    if (any || rested) continue;
     bool all_done = true;
     for (auto& f : b.f) all_done = all_done && f.done;
     if (all_done) return;
@@ -238,23 +328,7 @@ inline void run_block(Block& b) {
         }
       released = true;
     } else {
-      for (size_t w = 0; w * 32 < n; ++w) {
-        bool ready = true, some = false;
-        for (size_t l = w * 32; l < std::min(n, w * 32 + 32); ++l) {
-          if (b.f[l].done) continue;
-          some = true;
-          if (b.f[l].wait != 2) ready = false;
-        }
-        if (!ready || !some) continue;
-        uint64_t s[32] = {0};
-        for (size_t l = w * 32; l < std::min(n, w * 32 + 32); ++l) s[l - w * 32] = b.f[l].slot;
-        for (size_t l = w * 32; l < std::min(n, w * 32 + 32); ++l)
-          if (!b.f[l].done) {
-            std::memcpy(b.f[l].snap, s, sizeof(s));
-            b.f[l].wait = 0;
-          }
-        released = true;
-      }
+      released = release_warps(b);
     }
     if (!released) {
       std::fprintf(stderr, "emu: deadlock (threads wait at different barriers)\n");
@@ -300,30 +374,31 @@ void launch(K* kernel, Cfg c, A... args) {
   constexpr size_t kStack = 64 << 10;
   static std::vector<char> stacks;
   if (stacks.size() < n * kStack) stacks.resize(n * kStack);
-  for (unsigned bz = 0; bz < c.g.z; ++bz)
-    for (unsigned by = 0; by < c.g.y; ++by)
-      for (unsigned bx = 0; bx < c.g.x; ++bx) {
-        Block b;
-        b.bdim = c.b;
-        b.gdim = c.g;
-        b.bidx = dim3(bx, by, bz);
-        b.smem.assign(c.smem + 16, 0xCD);  // uninitialised shared memory looks like garbage
-        b.body = [&] { kernel(args...); };
-        b.f.resize(n);
-        for (size_t i = 0; i < n; ++i) {
-          Fiber& f = b.f[i];
-          f.tid = uint3{unsigned(i % c.b.x), unsigned((i / c.b.x) % c.b.y), unsigned(i / (size_t(c.b.x) * c.b.y))};
-          getcontext(&f.ctx);
-          f.ctx.uc_stack.ss_sp = &stacks[i * kStack];
-          f.ctx.uc_stack.ss_size = kStack;
-          f.ctx.uc_link = nullptr;
-          makecontext(&f.ctx, fiber_entry, 0);
-        }
-        Block* prev = blk();
-        blk() = &b;
-        run_block(b);
-        blk() = prev;
-      }
+  std::vector<size_t> blocks;
+  order_of(blocks, size_t(c.g.x) * c.g.y * c.g.z);
+  for (size_t bi : blocks) {
+    const unsigned bx = unsigned(bi % c.g.x), by = unsigned((bi / c.g.x) % c.g.y), bz = unsigned(bi / (size_t(c.g.x) * c.g.y));
+    Block b;
+    b.bdim = c.b;
+    b.gdim = c.g;
+    b.bidx = dim3(bx, by, bz);
+    b.smem.assign(c.smem + 16, 0xCD);  // uninitialised shared memory looks like garbage
+    b.body = [&] { kernel(args...); };
+    b.f.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      Fiber& f = b.f[i];
+      f.tid = uint3{unsigned(i % c.b.x), unsigned((i / c.b.x) % c.b.y), unsigned(i / (size_t(c.b.x) * c.b.y))};
+      getcontext(&f.ctx);
+      f.ctx.uc_stack.ss_sp = &stacks[i * kStack];
+      f.ctx.uc_stack.ss_size = kStack;
+      f.ctx.uc_link = nullptr;
+      makecontext(&f.ctx, fiber_entry, 0);
+    }
+    Block* prev = blk();
+    blk() = &b;
+    run_block(b);
+    blk() = prev;
+  }
 }
 
 inline void* dyn_smem() { return blk()->smem.data(); }
