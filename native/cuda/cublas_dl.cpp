@@ -7,6 +7,7 @@
 #include <vector>
 
 #ifdef SK_EMU_DEVICE_CHECKS
+#include <cstring>
 #include <map>
 
 #include <cuda_runtime.h>  // the CPU emulation's (emu/build.sh defines SK_EMU_DEVICE_CHECKS)
@@ -66,9 +67,18 @@ void load() {
 // The emulation checks a GEMM like a kernel launch: the handle (made with some device current)
 // must be used with that device current, and A, B and C must not be another device's memory;
 // otherwise CUBLAS_STATUS_EXECUTION_FAILED, with a line on stderr from the emulation.
+// GEMMs are queued on the handle's stream like kernels (emu/cuda_runtime.h: deferred streams),
+// with alpha and beta read when the call is made, as cuBLAS's host pointer mode does.
 Cublas g_real;
 std::mutex g_handles_mu;
 std::map<cublasHandle_t, int> g_handle_device;
+std::map<cublasHandle_t, cudaStream_t> g_handle_stream;
+
+cudaStream_t stream_of(cublasHandle_t h) {
+  std::lock_guard<std::mutex> lock(g_handles_mu);
+  auto it = g_handle_stream.find(h);
+  return it == g_handle_stream.end() ? nullptr : it->second;
+}
 
 cublasStatus_t emu_check(cublasHandle_t h, const void* A, const void* B, const void* C) {
   int dev = -1;
@@ -95,27 +105,48 @@ cublasStatus_t emu_create(cublasHandle_t* h) {
   return s;
 }
 cublasStatus_t emu_destroy(cublasHandle_t h) {
+  ::emu::flush(stream_of(h));
   {
     std::lock_guard<std::mutex> lock(g_handles_mu);
     g_handle_device.erase(h);
+    g_handle_stream.erase(h);
   }
   return g_real.destroy(h);
+}
+cublasStatus_t emu_set_stream(cublasHandle_t h, void* stream) {
+  cublasStatus_t s = g_real.set_stream(h, stream);
+  if (s == 0) {
+    std::lock_guard<std::mutex> lock(g_handles_mu);
+    g_handle_stream[h] = static_cast<cudaStream_t>(stream);
+  }
+  return s;
 }
 cublasStatus_t emu_sgemm(cublasHandle_t h, int ta, int tb, int m, int n, int k, const float* alpha, const float* A,
                          int lda, const float* B, int ldb, const float* beta, float* C, int ldc) {
   if (cublasStatus_t s = emu_check(h, A, B, C)) return s;
-  return g_real.sgemm(h, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+  const float al = *alpha, be = *beta;
+  ::emu::submit(stream_of(h), [=] { g_real.sgemm(h, ta, tb, m, n, k, &al, A, lda, B, ldb, &be, C, ldc); });
+  return 0;
 }
 cublasStatus_t emu_gemm_ex(cublasHandle_t h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A,
                            int at, int lda, const void* B, int bt, int ldb, const void* beta, void* C, int ct, int ldc,
                            int compute, int algo) {
   if (cublasStatus_t s = emu_check(h, A, B, C)) return s;
-  return g_real.gemm_ex(h, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, C, ct, ldc, compute, algo);
+  // alpha and beta are doubles for the 64-bit compute types (70, 71), floats otherwise.
+  const size_t sz = compute == 70 || compute == 71 ? 8 : 4;
+  unsigned char al[8] = {0}, be[8] = {0};
+  std::memcpy(al, alpha, sz);
+  std::memcpy(be, beta, sz);
+  ::emu::submit(stream_of(h), [=] {
+    g_real.gemm_ex(h, ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, C, ct, ldc, compute, algo);
+  });
+  return 0;
 }
 void install_emu_checks() {
   g_real = g_lib;
   g_lib.create = emu_create;
   g_lib.destroy = emu_destroy;
+  g_lib.set_stream = emu_set_stream;
   g_lib.sgemm = emu_sgemm;
   g_lib.gemm_ex = emu_gemm_ex;
 }

@@ -8,6 +8,7 @@
 #     (with UBSAN_OPTIONS=halt_on_error=1): misaligned float4 / uint2 loads, which fault on a GPU
 #     but pass on x86, stop the run; the plugin then pulls libubsan into node, which works.
 #     address also works for the self-test (not for the plugin loaded into node).
+#   Streams are deferred: their work runs when something waits for it (emu/cuda_runtime.h).
 #   SAEKIT_EMU_ORDER=index|reverse|shuffle[:SEED] (run time, emu/cuda_runtime.h): the order the
 #     emulation runs threads and blocks in; shuffle also lets warps drift apart between block
 #     barriers. CI uses shuffle with a new seed each run.

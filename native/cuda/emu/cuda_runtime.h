@@ -1,7 +1,10 @@
 // A CPU emulation of the small part of the CUDA runtime and device language the plugin uses, so
 // that the plugin's kernels and host code can be checked without a GPU (emu/build.sh). Each
 // thread block runs as cooperative fibers (ucontext); __syncthreads and the warp intrinsics are
-// barriers over the block or the warp. Memory is host memory. Not a performance model.
+// barriers over the block or the warp. Memory is host memory. Not a performance model. Streams
+// queue their work and run it only when something waits for it (see emu_stream), so a missing
+// stream synchronisation or event wait shows as stale data; SAEKIT_EMU_ORDER varies the order of
+// threads and blocks (see RunOrder).
 //
 // Devices: SAEKIT_EMU_DEVICES (default 1, at most 16) emulated devices, with a current device
 // per thread (cudaSetDevice). Device allocations, streams, events and cuBLAS handles (see
@@ -22,8 +25,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <type_traits>
 #include <vector>
@@ -86,12 +91,22 @@ enum cudaDeviceAttr {
 #define cudaEventDisableTiming 2
 #define cudaHostAllocDefault 0
 #define cudaHostAllocPortable 1
-// Streams and events: the device that was current when they were created.
+// Streams and events: the device that was current when they were created. A stream's work is
+// queued and runs only when something waits for it (a synchronisation, a copy to pageable
+// memory, an event wait, cudaFree), in the order it was queued: as late as CUDA allows, so work
+// that is used before it is waited for sees stale data, as it may on a GPU. Destroyed streams
+// and events are kept (flagged) so a pending wait never reads freed memory.
 struct emu_stream {
   int device;
+  std::deque<std::function<void()>> q;
+  uint64_t queued = 0, ran = 0;  // operations ever queued and ever run
+  bool destroyed = false;
 };
 struct emu_event {
   int device;
+  emu_stream* s = nullptr;  // where it was last recorded (null: never, or the null stream)
+  uint64_t at = 0;          // the operations of s that come before it
+  bool destroyed = false;
 };
 typedef emu_stream* cudaStream_t;
 typedef emu_event* cudaEvent_t;
@@ -356,6 +371,52 @@ inline cudaError_t check_arg(const T& v) {
   else return cudaSuccess;
 }
 
+// ---- deferred streams -------------------------------------------------------------------------
+// One lock for queues and execution: operations run one at a time (blk() is process-wide), and
+// running one may run another stream's earlier work (an event wait), hence recursive.
+inline std::recursive_mutex& exec_mu() {
+  static std::recursive_mutex m;
+  return m;
+}
+inline std::vector<emu_stream*>& all_streams() {
+  static std::vector<emu_stream*> v;
+  return v;
+}
+// Runs s's queued operations until `upto` of them have run.
+inline void flush(emu_stream* s, uint64_t upto) {
+  std::lock_guard<std::recursive_mutex> lock(exec_mu());
+  while (s != nullptr && s->ran < upto && !s->q.empty()) {
+    std::function<void()> fn = std::move(s->q.front());
+    s->q.pop_front();
+    ++s->ran;
+    fn();
+  }
+}
+inline void flush(emu_stream* s) {
+  if (s != nullptr) flush(s, s->queued);
+}
+// Everything queued on every stream (cudaFree, cudaFreeHost: they synchronise the device).
+inline void flush_all() {
+  std::lock_guard<std::recursive_mutex> lock(exec_mu());
+  for (size_t i = 0; i < all_streams().size(); ++i) flush(all_streams()[i]);
+}
+// Queues fn on s; the null (legacy) stream runs it now.
+inline void submit(emu_stream* s, std::function<void()> fn) {
+  std::lock_guard<std::recursive_mutex> lock(exec_mu());
+  if (s == nullptr) {
+    fn();
+    return;
+  }
+  s->q.push_back(std::move(fn));
+  ++s->queued;
+}
+// True when p lies in page-locked host memory (cudaHostAlloc), which copies may read or write
+// after they were queued; other host memory is copied at once, as CUDA does for pageable memory.
+inline bool pinned(const void* p);
+
+template <class K, class... A>
+void run_grid(K* kernel, Cfg c, A... args);
+
 template <class K, class... A>
 void launch(K* kernel, Cfg c, A... args) {
   const size_t n = size_t(c.b.x) * c.b.y * c.b.z;
@@ -365,12 +426,19 @@ void launch(K* kernel, Cfg c, A... args) {
   }
   // Another device's stream or memory: the launch fails and the kernel does not run.
   cudaError_t dev_err = check_handle(c.stream, "a kernel launch");
+  if (c.stream != nullptr && c.stream->destroyed) dev_err = cudaErrorInvalidResourceHandle;
   for (cudaError_t e : {cudaSuccess, check_arg(args)...})
     if (dev_err == cudaSuccess) dev_err = e;
   if (dev_err != cudaSuccess) {
     last_error() = dev_err;
     return;
   }
+  submit(c.stream, [=] { run_grid(kernel, c, args...); });
+}
+
+template <class K, class... A>
+void run_grid(K* kernel, Cfg c, A... args) {
+  const size_t n = size_t(c.b.x) * c.b.y * c.b.z;
   constexpr size_t kStack = 64 << 10;
   static std::vector<char> stacks;
   if (stacks.size() < n * kStack) stacks.resize(n * kStack);
@@ -406,6 +474,14 @@ inline void* dyn_smem() { return blk()->smem.data(); }
 inline std::map<const char*, size_t>& host_allocs() {
   static std::map<const char*, size_t> m;
   return m;
+}
+inline bool pinned(const void* p) {
+  std::lock_guard<std::mutex> lock(registry_mu());
+  auto& m = host_allocs();
+  auto it = m.upper_bound(static_cast<const char*>(p));
+  if (it == m.begin()) return false;
+  --it;
+  return static_cast<const char*>(p) < it->first + (it->second ? it->second : 1);
 }
 
 }  // namespace emu
@@ -559,6 +635,7 @@ inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 }
 inline cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
+  ::emu::flush_all();  // cudaFree synchronises the device
   {
     std::lock_guard<std::mutex> lock(::emu::registry_mu());
     if (::emu::dev_allocs().erase(static_cast<const char*>(p)) == 0) return cudaErrorInvalidValue;
@@ -568,11 +645,17 @@ inline cudaError_t cudaFree(void* p) {
 }
 inline cudaError_t cudaHostAlloc(void** p, size_t b, unsigned) {
   *p = std::malloc(b ? b : 1);
+  if (!*p) return cudaErrorMemoryAllocation;
+  std::lock_guard<std::mutex> lock(::emu::registry_mu());
   ::emu::host_allocs()[static_cast<const char*>(*p)] = b;
   return cudaSuccess;
 }
 inline cudaError_t cudaFreeHost(void* p) {
-  ::emu::host_allocs().erase(static_cast<const char*>(p));
+  ::emu::flush_all();  // as cudaFree
+  {
+    std::lock_guard<std::mutex> lock(::emu::registry_mu());
+    ::emu::host_allocs().erase(static_cast<const char*>(p));
+  }
   std::free(p);
   return cudaSuccess;
 }
@@ -584,24 +667,37 @@ inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void
     return cudaSuccess;
   }
   a->device = -1;
-  auto& m = ::emu::host_allocs();
-  auto it = m.upper_bound(static_cast<const char*>(p));
-  if (it != m.begin()) {
-    --it;
-    if (static_cast<const char*>(p) < it->first + it->second) a->type = cudaMemoryTypeHost;
-  }
+  if (::emu::pinned(p)) a->type = cudaMemoryTypeHost;
   return cudaSuccess;
 }
-// Copies: both ends must be host memory or the current device's memory.
+// Copies: both ends must be host memory or the current device's memory. cudaMemcpy runs on the
+// null stream: at once, without waiting for the (non-blocking) streams.
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t b, cudaMemcpyKind) {
   if (cudaError_t e = ::emu::check_ptr(d, "a copy's destination")) return e;
   if (cudaError_t e = ::emu::check_ptr(s, "a copy's source")) return e;
+  std::lock_guard<std::recursive_mutex> lock(::emu::exec_mu());
   std::memmove(d, s, b);
   return cudaSuccess;
 }
+// Queued on st, with CUDA's rules for pageable host memory: a pageable source is staged at once
+// (the host may reuse it on return) and written in stream order; a pageable destination is
+// written before the call returns, after st's earlier work.
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t b, cudaMemcpyKind k, cudaStream_t st = nullptr) {
   if (cudaError_t e = ::emu::check_handle(st, "an asynchronous copy")) return e;
-  return cudaMemcpy(d, s, b, k);
+  if (cudaError_t e = ::emu::check_ptr(d, "a copy's destination")) return e;
+  if (cudaError_t e = ::emu::check_ptr(s, "a copy's source")) return e;
+  if (::emu::device_of(d) < 0 && !::emu::pinned(d)) {
+    ::emu::flush(st);
+    return cudaMemcpy(d, s, b, k);
+  }
+  if (::emu::device_of(s) < 0 && !::emu::pinned(s)) {
+    auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(s),
+                                                               static_cast<const unsigned char*>(s) + b);
+    ::emu::submit(st, [=] { std::memmove(d, staged->data(), b); });
+    return cudaSuccess;
+  }
+  ::emu::submit(st, [=] { std::memmove(d, s, b); });
+  return cudaSuccess;
 }
 // Peer copies: dst must be dstDevice's memory and src srcDevice's (any current device; the
 // stream must be the current device's). Every device pair may access each other.
@@ -612,7 +708,7 @@ inline cudaError_t cudaMemcpyPeerAsync(void* d, int dd, const void* s, int sd, s
                  dd, ::emu::device_of(s), ::emu::device_of(d));
     return cudaErrorInvalidDevice;
   }
-  std::memmove(d, s, b);
+  ::emu::submit(st, [=] { std::memmove(d, s, b); });
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceCanAccessPeer(int* can, int device, int peer) {
@@ -632,39 +728,70 @@ inline cudaError_t cudaDeviceEnablePeerAccess(int peer, unsigned) {
 }
 inline cudaError_t cudaMemset(void* d, int v, size_t b) {
   if (cudaError_t e = ::emu::check_ptr(d, "a memset")) return e;
+  std::lock_guard<std::recursive_mutex> lock(::emu::exec_mu());
   std::memset(d, v, b);
   return cudaSuccess;
 }
 inline cudaError_t cudaMemsetAsync(void* d, int v, size_t b, cudaStream_t st = nullptr) {
   if (cudaError_t e = ::emu::check_handle(st, "an asynchronous memset")) return e;
-  return cudaMemset(d, v, b);
+  if (cudaError_t e = ::emu::check_ptr(d, "a memset")) return e;
+  ::emu::submit(st, [=] { std::memset(d, v, b); });
+  return cudaSuccess;
 }
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  std::lock_guard<std::recursive_mutex> lock(::emu::exec_mu());
   *s = new emu_stream{::emu::current_device()};
+  ::emu::all_streams().push_back(*s);
   return cudaSuccess;
 }
+// Work still queued runs first (CUDA lets it finish); the stream is kept, flagged.
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete s;
+  if (s == nullptr || s->destroyed) return cudaErrorInvalidResourceHandle;
+  ::emu::flush(s);
+  s->destroyed = true;
   return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  if (s != nullptr && s->destroyed) return cudaErrorInvalidResourceHandle;
+  ::emu::flush(s);
+  return cudaSuccess;
+}
+// The wait is queued on s: when s reaches it, e's stream runs up to where e was recorded.
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  if (e == nullptr || e->destroyed || (s != nullptr && s->destroyed)) return cudaErrorInvalidResourceHandle;
+  emu_stream* es = e->s;
+  const uint64_t at = e->at;
+  ::emu::submit(s, [es, at] { ::emu::flush(es, at); });
+  return cudaSuccess;
+}
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
   *e = new emu_event{::emu::current_device()};
   return cudaSuccess;
 }
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  delete e;
+  if (e == nullptr || e->destroyed) return cudaErrorInvalidResourceHandle;
+  e->destroyed = true;  // kept: a queued wait may still name it
   return cudaSuccess;
 }
-// Recording needs the event and the stream on the current device (as CUDA requires).
+// Recording needs the event and the stream on the current device (as CUDA requires). The event
+// marks the operations queued on s so far.
 inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
   if (cudaError_t r = ::emu::check_handle(s, "cudaEventRecord")) return r;
-  return ::emu::check_handle(e, "cudaEventRecord");
+  if (cudaError_t r = ::emu::check_handle(e, "cudaEventRecord")) return r;
+  std::lock_guard<std::recursive_mutex> lock(::emu::exec_mu());
+  e->s = s;
+  e->at = s ? s->queued : 0;
+  return cudaSuccess;
 }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
+inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (e == nullptr || e->destroyed) return cudaErrorInvalidResourceHandle;
+  ::emu::flush(e->s, e->at);
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  cudaEventSynchronize(a);
+  cudaEventSynchronize(b);
   *ms = 0;
   return cudaSuccess;
 }
