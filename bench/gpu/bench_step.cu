@@ -75,6 +75,8 @@ double device_bandwidth(size_t bytes) {
     cudaEventElapsedTime(&ms, e0, e1);
     if (r > 0) t.push_back(ms * 1e-3);
   }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
   cudaFree(a);
   cudaFree(b);
   return 2.0 * double(bytes) / median(t);
@@ -289,6 +291,8 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
     if (r % (reps + 2) >= 2) (block_only ? ts_block : b16 ? ts : ts32).push_back(ms * 1e-3);
   }
   unsetenv("SAEKIT_CUDA_SELECT");
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
   cudaFree(flags);
   lib->destroy(h);
   cudaFree(A);

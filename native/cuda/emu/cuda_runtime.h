@@ -95,7 +95,8 @@ enum cudaDeviceAttr {
 // queued and runs only when something waits for it (a synchronisation, a copy to pageable
 // memory, an event wait, cudaFree), in the order it was queued: as late as CUDA allows, so work
 // that is used before it is waited for sees stale data, as it may on a GPU. Destroyed streams
-// and events are kept (flagged) so a pending wait never reads freed memory.
+// are kept (flagged) so a pending wait never reads freed memory; a wait copies what it needs
+// from its event, so events are freed.
 struct emu_stream {
   int device;
   std::deque<std::function<void()>> q;
@@ -106,7 +107,6 @@ struct emu_event {
   int device;
   emu_stream* s = nullptr;  // where it was last recorded (null: never, or the null stream)
   uint64_t at = 0;          // the operations of s that come before it
-  bool destroyed = false;
 };
 typedef emu_stream* cudaStream_t;
 typedef emu_event* cudaEvent_t;
@@ -378,9 +378,11 @@ inline std::recursive_mutex& exec_mu() {
   static std::recursive_mutex m;
   return m;
 }
+// Every stream ever created, destroyed ones included (flagged): a wait queued on another stream
+// may still name one. Never freed, so the streams stay reachable for LeakSanitizer at exit.
 inline std::vector<emu_stream*>& all_streams() {
-  static std::vector<emu_stream*> v;
-  return v;
+  static std::vector<emu_stream*>* v = new std::vector<emu_stream*>();
+  return *v;
 }
 // Runs s's queued operations until `upto` of them have run.
 inline void flush(emu_stream* s, uint64_t upto) {
@@ -758,7 +760,7 @@ inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
 }
 // The wait is queued on s: when s reaches it, e's stream runs up to where e was recorded.
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
-  if (e == nullptr || e->destroyed || (s != nullptr && s->destroyed)) return cudaErrorInvalidResourceHandle;
+  if (e == nullptr || (s != nullptr && s->destroyed)) return cudaErrorInvalidResourceHandle;
   emu_stream* es = e->s;
   const uint64_t at = e->at;
   ::emu::submit(s, [es, at] { ::emu::flush(es, at); });
@@ -770,8 +772,8 @@ inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
 }
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  if (e == nullptr || e->destroyed) return cudaErrorInvalidResourceHandle;
-  e->destroyed = true;  // kept: a queued wait may still name it
+  if (e == nullptr) return cudaErrorInvalidResourceHandle;
+  delete e;
   return cudaSuccess;
 }
 // Recording needs the event and the stream on the current device (as CUDA requires). The event
@@ -785,7 +787,7 @@ inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
   return cudaSuccess;
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
-  if (e == nullptr || e->destroyed) return cudaErrorInvalidResourceHandle;
+  if (e == nullptr) return cudaErrorInvalidResourceHandle;
   ::emu::flush(e->s, e->at);
   return cudaSuccess;
 }
