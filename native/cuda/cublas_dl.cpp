@@ -70,46 +70,46 @@ void load() {
 // GEMMs are queued on the handle's stream like kernels (emu/cuda_runtime.h: deferred streams),
 // with alpha and beta read when the call is made, as cuBLAS's host pointer mode does.
 Cublas g_real;
+// Per handle: the device current when it was made and the stream set on it (null until then).
+struct HandleInfo {
+  int device = -1;
+  cudaStream_t stream = nullptr;
+};
 std::mutex g_handles_mu;
-std::map<cublasHandle_t, int> g_handle_device;
-std::map<cublasHandle_t, cudaStream_t> g_handle_stream;
+std::map<cublasHandle_t, HandleInfo> g_handles;
 
-cudaStream_t stream_of(cublasHandle_t h) {
+HandleInfo info_of(cublasHandle_t h) {
   std::lock_guard<std::mutex> lock(g_handles_mu);
-  auto it = g_handle_stream.find(h);
-  return it == g_handle_stream.end() ? nullptr : it->second;
+  auto it = g_handles.find(h);
+  return it == g_handles.end() ? HandleInfo{} : it->second;
 }
 
-cublasStatus_t emu_check(cublasHandle_t h, const void* A, const void* B, const void* C) {
-  int dev = -1;
-  {
-    std::lock_guard<std::mutex> lock(g_handles_mu);
-    auto it = g_handle_device.find(h);
-    if (it != g_handle_device.end()) dev = it->second;
-  }
-  if (dev != ::emu::current_device()) {
-    std::fprintf(stderr, "emu: a cuBLAS handle of device %d is used while device %d is current\n", dev,
+// Checks a GEMM's handle and operands; on success *stream is the handle's stream.
+cublasStatus_t emu_check(cublasHandle_t h, const void* A, const void* B, const void* C, cudaStream_t* stream) {
+  const HandleInfo hi = info_of(h);
+  if (hi.device != ::emu::current_device()) {
+    std::fprintf(stderr, "emu: a cuBLAS handle of device %d is used while device %d is current\n", hi.device,
                  ::emu::current_device());
     return 13;
   }
   for (const void* p : {A, B, C})
     if (::emu::check_ptr(p, "a cuBLAS GEMM operand") != cudaSuccess) return 13;
+  *stream = hi.stream;
   return 0;
 }
 cublasStatus_t emu_create(cublasHandle_t* h) {
   cublasStatus_t s = g_real.create(h);
   if (s == 0) {
     std::lock_guard<std::mutex> lock(g_handles_mu);
-    g_handle_device[*h] = ::emu::current_device();
+    g_handles[*h] = HandleInfo{::emu::current_device(), nullptr};
   }
   return s;
 }
 cublasStatus_t emu_destroy(cublasHandle_t h) {
-  ::emu::flush(stream_of(h));
+  ::emu::flush(info_of(h).stream);
   {
     std::lock_guard<std::mutex> lock(g_handles_mu);
-    g_handle_device.erase(h);
-    g_handle_stream.erase(h);
+    g_handles.erase(h);
   }
   return g_real.destroy(h);
 }
@@ -117,29 +117,30 @@ cublasStatus_t emu_set_stream(cublasHandle_t h, void* stream) {
   cublasStatus_t s = g_real.set_stream(h, stream);
   if (s == 0) {
     std::lock_guard<std::mutex> lock(g_handles_mu);
-    g_handle_stream[h] = static_cast<cudaStream_t>(stream);
+    auto it = g_handles.find(h);
+    if (it != g_handles.end()) it->second.stream = static_cast<cudaStream_t>(stream);
   }
   return s;
 }
 cublasStatus_t emu_sgemm(cublasHandle_t h, int ta, int tb, int m, int n, int k, const float* alpha, const float* A,
                          int lda, const float* B, int ldb, const float* beta, float* C, int ldc) {
-  if (cublasStatus_t s = emu_check(h, A, B, C)) return s;
+  cudaStream_t st = nullptr;
+  if (cublasStatus_t s = emu_check(h, A, B, C, &st)) return s;
   const float al = *alpha, be = *beta;
-  ::emu::submit(stream_of(h), [=] { g_real.sgemm(h, ta, tb, m, n, k, &al, A, lda, B, ldb, &be, C, ldc); });
+  ::emu::submit(st, [=] { g_real.sgemm(h, ta, tb, m, n, k, &al, A, lda, B, ldb, &be, C, ldc); });
   return 0;
 }
 cublasStatus_t emu_gemm_ex(cublasHandle_t h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A,
                            int at, int lda, const void* B, int bt, int ldb, const void* beta, void* C, int ct, int ldc,
                            int compute, int algo) {
-  if (cublasStatus_t s = emu_check(h, A, B, C)) return s;
+  cudaStream_t st = nullptr;
+  if (cublasStatus_t s = emu_check(h, A, B, C, &st)) return s;
   // alpha and beta are doubles for the 64-bit compute types (70, 71), floats otherwise.
   const size_t sz = compute == 70 || compute == 71 ? 8 : 4;
   unsigned char al[8] = {0}, be[8] = {0};
   std::memcpy(al, alpha, sz);
   std::memcpy(be, beta, sz);
-  ::emu::submit(stream_of(h), [=] {
-    g_real.gemm_ex(h, ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, C, ct, ldc, compute, algo);
-  });
+  ::emu::submit(st, [=] { g_real.gemm_ex(h, ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, C, ct, ldc, compute, algo); });
   return 0;
 }
 void install_emu_checks() {

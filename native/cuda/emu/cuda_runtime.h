@@ -157,15 +157,23 @@ inline std::map<const char*, DevAlloc>& dev_allocs() {
   static std::map<const char*, DevAlloc> m;
   return m;
 }
+// The entry of an allocation map (start -> record) whose block holds p (a 0-byte block holds its
+// start), or m.end(). The caller holds registry_mu().
+template <class M, class Bytes>
+typename M::const_iterator block_holding(const M& m, const void* p, Bytes bytes_of) {
+  const char* c = static_cast<const char*>(p);
+  auto it = m.upper_bound(c);
+  if (it == m.begin()) return m.end();
+  --it;
+  const size_t b = bytes_of(it->second);
+  return c < it->first + (b ? b : 1) ? it : m.end();
+}
 // The device whose allocation holds p, or -1 for memory that is not device memory.
 inline int device_of(const void* p) {
-  const char* c = static_cast<const char*>(p);
   std::lock_guard<std::mutex> lock(registry_mu());
-  auto& m = dev_allocs();
-  auto it = m.upper_bound(c);
-  if (it == m.begin()) return -1;
-  --it;
-  return c < it->first + (it->second.bytes ? it->second.bytes : 1) ? it->second.device : -1;
+  const auto& m = dev_allocs();
+  auto it = block_holding(m, p, [](const DevAlloc& a) { return a.bytes; });
+  return it == m.end() ? -1 : it->second.device;
 }
 // cudaSuccess, or cudaErrorInvalidDevice (with a line on stderr) when p is device memory of a
 // device other than the current one.
@@ -479,11 +487,8 @@ inline std::map<const char*, size_t>& host_allocs() {
 }
 inline bool pinned(const void* p) {
   std::lock_guard<std::mutex> lock(registry_mu());
-  auto& m = host_allocs();
-  auto it = m.upper_bound(static_cast<const char*>(p));
-  if (it == m.begin()) return false;
-  --it;
-  return static_cast<const char*>(p) < it->first + (it->second ? it->second : 1);
+  const auto& m = host_allocs();
+  return block_holding(m, p, [](size_t b) { return b; }) != m.end();
 }
 
 }  // namespace emu
