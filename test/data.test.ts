@@ -7,7 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fromArray, fromAsyncIterable, openActivations, type ActivationSource, type Batch, type BatchOptions } from '../lib/data/index.js';
 import { anyNonFinite } from '../lib/data/convert.js';
 import { BatchPool } from '../lib/data/engine.js';
-import { takeSpare } from '../lib/data/memory.js';
+import { _sweepSparesAfter, beginPass, releaseSpare, takeSpare } from '../lib/data/memory.js';
+import { allocLongLivedF32 } from '../lib/data/convert.js';
+import { native } from '../lib/native/index.js';
 import { Rng } from '../lib/data/prng.js';
 import {
   bf16ToNumber,
@@ -532,6 +534,90 @@ describe('shuffling', () => {
     for (let s = takeSpare(n); s; s = takeSpare(n)) spares.push(s);
     expect(spares.length).toBe(1);
     expect(spares[0]).toBe(c);
+  });
+});
+
+describe('spare memory gives its pages back', () => {
+  const linux = process.platform === 'linux';
+  const MiB = 1 << 20;
+
+  it.runIf(linux)('discardHost frees an allocHost block at once and leaves it usable; other buffers are left alone', () => {
+    const n = (48 * MiB) / 4 + 4096 * (1 + Math.floor(Math.random() * 100)); // 48 MiB and an odd number of pages more
+    const a = new Float32Array(native().allocHost(n * 4), 0, n);
+    const v = 1 + Math.floor(Math.random() * 1000);
+    a.fill(v);
+    const before = process.memoryUsage.rss();
+    expect(native().discardHost(a.buffer as ArrayBuffer)).toBe(true);
+    const freed = before - process.memoryUsage.rss();
+    expect(freed).toBeGreaterThan(40 * MiB);
+    // Still a valid buffer: zeros where it was discarded, and writable again.
+    expect(a.length).toBe(n);
+    for (let i = 0; i < n; i += 1021) expect(a[i]).toBe(0);
+    expect(a[n - 1]).toBe(0);
+    a[n - 1] = v;
+    a[0] = -v;
+    expect([a[0], a[n - 1]]).toEqual([-v, v]);
+    // Not allocHost's: nothing done.
+    const plain = new Float32Array(n).fill(v);
+    expect(native().discardHost(plain.buffer)).toBe(false);
+    expect(plain[n >> 1]).toBe(v);
+    const small = new Float32Array(native().allocHost(4096 + 12), 0, 1027).fill(v); // 64-byte aligned, not whole pages
+    expect(native().discardHost(small.buffer as ArrayBuffer)).toBe(false);
+    expect(small[1026]).toBe(v);
+    expect(() => native().discardHost(a as unknown as ArrayBuffer)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/buffer/) }));
+  });
+
+  it.runIf(linux)('a spare keeps its pages while passes take it, and gives them back when two passes begin without it or it idles', () => {
+    // A size no pass in this file uses, at least 2 MiB (allocHost memory).
+    const n = (2 * MiB) / 4 + 1024 * (3 + Math.floor(Math.random() * 500));
+    const a = allocLongLivedF32(n).fill(7);
+    releaseSpare(a);
+    beginPass();
+    expect(a[n >> 1]).toBe(7); // one pass begun: kept
+    expect(takeSpare(n)).toBe(a); // and taken by it
+    releaseSpare(a);
+    beginPass();
+    beginPass(); // two passes began without taking it
+    expect(a[n >> 1]).toBe(0);
+    expect(a[n - 1]).toBe(0);
+    expect(takeSpare(n)).toBe(a); // still reusable
+    a.fill(5);
+    releaseSpare(a);
+    _sweepSparesAfter(10);
+    expect(a[3]).toBe(5);
+    _sweepSparesAfter(5000); // idle
+    expect(a[3]).toBe(0);
+    expect(takeSpare(n)).toBe(a);
+    expect(takeSpare(n)).toBeUndefined();
+  });
+
+  it.runIf(linux)("a shuffled pass's mixing buffer is reused by the next pass, and discarded once two passes begin without it", async () => {
+    const dIn = 64;
+    const rows = 2000 + Math.floor(Math.random() * 1000);
+    const src = fromArray(randomRows(rows, dIn, 91), dIn);
+    // A 24 MiB mixing buffer (three windows of 32768 rows; the source does not fit in two) of ones.
+    const ones = fromArray(new Float32Array(70001 * dIn).fill(1), dIn);
+    const n = 3 * 32768 * dIn;
+    const shuffled = async () => {
+      for await (const b of ones.batches({ batchSize: 4096, shuffle: true, bufferBytes: 24 * MiB })) expect(b.data[b.data.length - 1]).toBe(1);
+    };
+    const inOrder = async () => {
+      let got = 0;
+      for await (const b of src.batches({ batchSize: 1000 })) got += b.rows;
+      expect(got).toBe(rows);
+    };
+    await shuffled();
+    await inOrder(); // one pass begun since: kept
+    const m = takeSpare(n)!;
+    expect(m).toBeDefined();
+    expect([m[0], m[n / 3], m[(2 * n) / 3 - 1]]).toEqual([1, 1, 1]); // the first two windows were filled
+    releaseSpare(m);
+    await shuffled(); // takes it (a second mixing buffer would leave two spares below)
+    await inOrder();
+    await inOrder();
+    expect(takeSpare(n)).toBe(m);
+    expect(takeSpare(n)).toBeUndefined();
+    for (let i = 0; i < n; i += 4099) expect(m[i]).toBe(0);
   });
 });
 

@@ -155,13 +155,18 @@ export interface NativeBinding {
    * untouched until it settles.
    */
   gatherRows(src: Float32Array | Uint16Array, slots: Uint32Array, first: number, count: number, dst: Float32Array, at: number, d: number, srcDtype?: 'bfloat16' | 'float16'): Promise<void>;
+  /** Uninitialised native memory (2 MiB aligned, transparent huge pages when large). */
+  allocHost(bytes: number): ArrayBuffer;
+  /**
+   * Gives the physical pages of a large allocHost buffer back to the system now; the buffer stays
+   * valid (reads as zeros, faults pages in again when written). False, doing nothing, for other buffers.
+   */
+  discardHost(buffer: ArrayBuffer): boolean;
   /**
    * Reads `count` little-endian elements of srcDtype at byte `position` of the open file `fd`
    * on libuv's thread pool, converts them into dst[dstOffset, +count) and resolves to whether any
    * value is non-finite. Rejects (code ERR_SAEKIT_FORMAT, message 'truncated') if the file ends first.
    */
-  /** Uninitialised native memory (2 MiB aligned, transparent huge pages when large), reported to V8. */
-  allocHost(bytes: number): ArrayBuffer;
   readRows(fd: number, position: number, count: number, srcDtype: 'float32' | 'float16' | 'bfloat16' | 'float64', dst: Float32Array, dstOffset: number): Promise<boolean>;
   /**
    * As readRows for `rows` rows of dIn values, row r landing at dst[slots[slotFirst + r] * dIn, +dIn).

@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <emmintrin.h>
@@ -381,15 +383,18 @@ Napi::Value gather_rows(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// The blocks allocHost handed out that are still alive (start -> bytes reserved), so that
+// discardHost acts only on memory it knows is a whole block of its own. Finalizers run on the JS
+// thread, as do allocHost and discardHost; the mutex is for worker threads' environments.
+std::mutex g_host_mu;
+std::unordered_map<void*, size_t> g_host_blocks;
+
 // allocHost(bytes): an ArrayBuffer of uninitialised native memory for row buffers that are
 // written at random (the mixing buffer, batches): 2 MiB aligned and marked for transparent huge
 // pages when large, so filling it costs one page fault per 2 MiB instead of per 4 KiB and random
-// rows rarely miss the TLB. V8 already counts an external backing store's bytes; the size is
-// reported once more on purpose, so a released buffer that the spare pool holds weakly (a 256 MiB
-// mixing buffer) is collected sooner: without it the next pass's peak RSS stayed about 270 MiB
-// higher (bench read, in-order bf16 after shuffled f32: 465 vs 195 MiB). The cost is more
-// collections when such buffers churn (126 instead of 52 for 400 dropped 12 MiB buffers), which
-// a pass does not do: it allocates a mixing buffer and a few batch arrays once.
+// rows rarely miss the TLB. V8 counts the external backing store's bytes itself. A released
+// buffer that may still be reused (lib/data/memory.ts's spare pool) gives its pages back with
+// discardHost rather than waiting for the collector.
 Napi::Value alloc_host(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t bytes = get_int(info[0], "bytes", 1, int64_t(1) << 40);
@@ -402,22 +407,54 @@ Napi::Value alloc_host(const Napi::CallbackInfo& info) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (align == huge) madvise(p, rounded, MADV_HUGEPAGE);  // a hint; failure is harmless
 #endif
+  {
+    std::lock_guard<std::mutex> lock(g_host_mu);
+    g_host_blocks[p] = rounded;
+  }
   napi_value ab;
   napi_status s = napi_create_external_arraybuffer(
       env, p, size_t(bytes),
-      [](napi_env e, void* data, void* hint) {
+      [](napi_env, void* data, void*) {
+        {
+          std::lock_guard<std::mutex> lock(g_host_mu);
+          g_host_blocks.erase(data);
+        }
         std::free(data);
-        int64_t change = 0;
-        napi_adjust_external_memory(e, -int64_t(reinterpret_cast<uintptr_t>(hint)), &change);
       },
-      reinterpret_cast<void*>(uintptr_t(rounded)), &ab);
+      nullptr, &ab);
   if (s != napi_ok) {  // runtimes that forbid external buffers: a plain one
+    {
+      std::lock_guard<std::mutex> lock(g_host_mu);
+      g_host_blocks.erase(p);
+    }
     std::free(p);
     return Napi::ArrayBuffer::New(env, size_t(bytes));
   }
-  int64_t total = 0;
-  napi_adjust_external_memory(env, int64_t(rounded), &total);
   return Napi::Value(env, ab);
+}
+
+// discardHost(buffer: ArrayBuffer) -> boolean: gives the physical pages of a block from allocHost
+// back to the system (madvise MADV_DONTNEED) while the buffer stays valid: its contents read as
+// zeros afterwards, and writing to it faults pages in again. For buffers nobody reads any more but
+// that may be reused. False (and nothing done) for any other buffer, or where the system lacks it.
+Napi::Value discard_host(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) arg_error(ErrorCode::Arg, "buffer", "an ArrayBuffer from allocHost", info[0]);
+  void* p = info[0].As<Napi::ArrayBuffer>().Data();
+  size_t bytes = 0;
+  {
+    std::lock_guard<std::mutex> lock(g_host_mu);
+    auto it = g_host_blocks.find(p);
+    if (it != g_host_blocks.end()) bytes = it->second;
+  }
+  bool done = false;
+#if defined(__linux__) && defined(MADV_DONTNEED)
+  // Only page-aligned blocks (the 2 MiB aligned large ones) are whole pages of their own.
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  if (bytes > 0 && page > 0 && reinterpret_cast<uintptr_t>(p) % page == 0 && bytes % page == 0)
+    done = madvise(p, bytes, MADV_DONTNEED) == 0;
+#endif
+  return Napi::Boolean::New(env, done);
 }
 
 }  // namespace
@@ -425,6 +462,7 @@ Napi::Value alloc_host(const Napi::CallbackInfo& info) {
 void register_io(Napi::Env env, Napi::Object exports) {
   exports.Set("readRows", Napi::Function::New<guarded<read_rows>>(env, "readRows"));
   exports.Set("allocHost", Napi::Function::New<guarded<alloc_host>>(env, "allocHost"));
+  exports.Set("discardHost", Napi::Function::New<guarded<discard_host>>(env, "discardHost"));
   exports.Set("gatherRows", Napi::Function::New<guarded<gather_rows>>(env, "gatherRows"));
   exports.Set("readRowsToSlots", Napi::Function::New<guarded<read_rows_to_slots>>(env, "readRowsToSlots"));
 }
