@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { backend, fromArray, SparseAutoencoder } from '../lib/index.js';
+import { backend, fromArray, SparseAutoencoder, type ActivationSource, type BatchOptions } from '../lib/index.js';
 import { correlation, type CorrelationMatrix, type CorrelationResult, type CorrelationTop } from '../lib/features/correlation.js';
 import { match } from '../lib/features/match.js';
 import { native } from '../lib/native/index.js';
@@ -91,6 +91,46 @@ describe('features.correlation', () => {
     expect(Math.abs(r.r[0]! - 0.8)).toBeLessThan(5e-3);
     expect(r.constantB[1]).toBe(1);
     expect(r.r[1]).toBe(0);
+  }, 60_000);
+
+  it('dense: reuses each source\'s batch arrays (recycle) and gives the result of a fresh-array pass', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const dIn = 64; // 1 MiB batches of 4096 rows: the sources read 4 ahead
+    const rows = 20 * 4096 + 1 + Math.floor(next() * 4000);
+    const xa = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    const xb = Float32Array.from({ length: rows * dIn }, (_, i) => 0.5 * xa[i]! + next() - 0.5);
+    const watch = (x: Float32Array) => {
+      const inner = fromArray(x, dIn);
+      const buffers = new Set<ArrayBufferLike>();
+      const source: ActivationSource = {
+        dIn,
+        numRows: rows,
+        batches: (o?: BatchOptions) => ({
+          async *[Symbol.asyncIterator]() {
+            expect(o?.recycle).toBe(true);
+            for await (const b of inner.batches(o)) {
+              buffers.add(b.data.buffer);
+              yield b;
+            }
+          },
+        }),
+        close: () => inner.close(),
+      };
+      return { source, buffers };
+    };
+    const a = watch(xa);
+    const b = watch(xb);
+    const got = full(await correlation({ source: a.source }, { source: b.source }, { kind: 'dense', batchSize: 4096 }));
+    // The same batches through plain (fresh-array) iterables.
+    const fresh = (x: Float32Array): ActivationSource => {
+      const inner = fromArray(x, dIn);
+      return { dIn, numRows: rows, batches: (o?: BatchOptions) => inner.batches({ ...o, recycle: false }), close: () => inner.close() };
+    };
+    const want = full(await correlation({ source: fresh(xa) }, { source: fresh(xb) }, { kind: 'dense', batchSize: 4096 }));
+    expect(Array.from(got.r), `seed ${seed}`).toEqual(Array.from(want.r));
+    expect(a.buffers.size, `seed ${seed}`).toBeLessThanOrEqual(7);
+    expect(b.buffers.size, `seed ${seed}`).toBeLessThanOrEqual(7);
   }, 60_000);
 
   it('preacts and the token mask; bad input', async () => {

@@ -301,7 +301,8 @@ export async function cooccurrence(input: CooccurrenceInput, options: Cooccurren
   const maxTokens = input.maxTokens ?? Number.MAX_SAFE_INTEGER;
   const accumulator = new CooccurrenceAccumulator(sae.numLatents, acc);
   let tokens = 0;
-  for await (const b of source.batches({ batchSize: input.batchSize ?? 4096, shuffle: false })) {
+  // Recycled batch arrays: each batch is encoded (awaited) before the next is asked for.
+  for await (const b of source.batches({ batchSize: input.batchSize ?? 4096, shuffle: false, recycle: true })) {
     if (tokens >= maxTokens) break;
     const rows = Math.min(b.rows, maxTokens - tokens);
     const codes = await sae.encode(rows === b.rows ? b.data : b.data.subarray(0, rows * b.dIn));

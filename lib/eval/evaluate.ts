@@ -45,6 +45,7 @@
  *     `mse / tokensPerBatch`.
  */
 import { argError, SaekitError } from '../errors.js';
+import { BATCH_ARRAYS, RELEASE_BATCH, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/types.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
 import { checkBool, checkInt, checkOptions } from '../validate.js';
@@ -269,14 +270,22 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
   }
 
   const acc = new Accumulator(dIn, L, compat);
-  type Pass = { x: Float32Array; rows: number; fwd: Promise<{ codes: SparseCodes; recon: Float32Array }> };
-  const it = source.batches({ batchSize, shuffle: false, epochs: 1, dropLast: false })[Symbol.asyncIterator]();
+  type Pass = { x: Float32Array; rows: number; fwd: Promise<{ codes: SparseCodes; recon: Float32Array }>; release: () => void };
+  // Recycled batch arrays, each handed back (RELEASE_BATCH) once its pass is accumulated: the next
+  // batch is read while the forward pass runs, so a batch outlives the next next(). A source that
+  // does not hand batches out that way has its batches copied instead.
+  const batchOptions = { batchSize, shuffle: false, epochs: 1, dropLast: false, recycle: true, [BATCH_ARRAYS]: { alloc: () => undefined } };
+  const it = source.batches(batchOptions)[Symbol.asyncIterator]();
   let nextBatch: Promise<IteratorResult<Batch>> | null = it.next();
   let prev: Pass | null = null;
   let read = 0;
   const finish = async (p: Pass) => {
-    const r = await p.fwd;
-    acc.add(p.x, p.rows, r.recon, r.codes);
+    try {
+      const r = await p.fwd;
+      acc.add(p.x, p.rows, r.recon, r.codes);
+    } finally {
+      p.release();
+    }
   };
   try {
     while (nextBatch !== null) {
@@ -288,17 +297,20 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
         throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected batches of dIn = ${dIn} but the source yielded dIn = ${batch.dIn}`);
       }
       const rows = Math.min(batch.rows, maxTokens - read);
+      const release = (batch as ReleasableBatch)[RELEASE_BATCH];
       if (rows > 0) {
-        const x = rows < batch.rows ? batch.data.subarray(0, rows * dIn) : batch.data;
+        const own = rows < batch.rows ? batch.data.subarray(0, rows * dIn) : batch.data;
+        const x = release ? own : own.slice();
         const fwd = sae.forward(x);
         fwd.catch(() => {}); // awaited below; avoids an unhandled rejection if an earlier step throws
         read += rows;
         // Read ahead while the forward pass runs.
         if (read < maxTokens) nextBatch = it.next();
         const done = prev;
-        prev = { x, rows, fwd };
+        prev = { x, rows, fwd, release: release ?? (() => undefined) };
         if (done !== null) await finish(done);
       } else {
+        release?.();
         break;
       }
     }
@@ -308,7 +320,10 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
       await finish(p);
     }
   } finally {
-    if (prev !== null) await prev.fwd.catch(() => {});
+    if (prev !== null) {
+      await prev.fwd.catch(() => {});
+      prev.release();
+    }
     if (nextBatch !== null) await nextBatch.catch(() => {});
     await it.return?.();
   }

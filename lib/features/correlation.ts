@@ -122,8 +122,9 @@ function width(side: CorrelationSide, kind: string, dIn: number): number {
 }
 
 async function* aligned(a: ActivationSource, b: ActivationSource | undefined, batchSize: number) {
-  const ia = a.batches({ batchSize, shuffle: false })[Symbol.asyncIterator]();
-  const ib = b ? b.batches({ batchSize, shuffle: false })[Symbol.asyncIterator]() : undefined;
+  // Recycled batch arrays: the caller is done with a pair before it asks for the next one.
+  const ia = a.batches({ batchSize, shuffle: false, recycle: true })[Symbol.asyncIterator]();
+  const ib = b ? b.batches({ batchSize, shuffle: false, recycle: true })[Symbol.asyncIterator]() : undefined;
   try {
     for (;;) {
       const [ra, rb] = await Promise.all([ia.next(), ib?.next()]);
