@@ -10,10 +10,11 @@
  */
 import { describe, expect, it } from 'vitest';
 
-import { fromArray, fromAsyncIterable, type ActivationSource, type BatchOptions } from '../lib/data/index.js';
+import { fromArray, fromAsyncIterable } from '../lib/data/index.js';
 import { SaekitError } from '../lib/errors.js';
 import { evaluate, maxCosine, type EvaluateResult } from '../lib/eval/evaluate.js';
 import { SparseAutoencoder, type SaeWeights, type SparseCodes } from '../lib/index.js';
+import { customSource, watchedSource } from './helpers/data-fixtures.js';
 import { cosineTolerance, refMaxCosine, refMetrics } from './helpers/eval-reference.js';
 import { lcg } from './helpers/reference.js';
 
@@ -237,24 +238,17 @@ describe('evaluate: closed forms and invariances', () => {
     const x = randomX(rows, dIn, next);
     using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, 131, next), { k: 5 });
     let recycled = 0;
-    const reusing: ActivationSource = {
-      dIn,
-      numRows: rows,
-      batches: (o?: BatchOptions) => ({
-        async *[Symbol.asyncIterator]() {
-          const bs = o?.batchSize ?? 4096;
-          const buf = new Float32Array(bs * dIn); // every batch is written here, as recycle allows
-          for (let s = 0; s < rows; s += bs) {
-            const n = Math.min(bs, rows - s);
-            const data = o?.recycle ? buf.subarray(0, n * dIn) : new Float32Array(n * dIn);
-            if (o?.recycle) recycled++;
-            data.set(x.subarray(s * dIn, (s + n) * dIn));
-            yield { rows: n, dIn, data };
-          }
-        },
-      }),
-      close: async () => undefined,
-    };
+    const reusing = customSource(dIn, rows, async function* (o) {
+      const bs = o?.batchSize ?? 4096;
+      const buf = new Float32Array(bs * dIn); // every batch is written here, as recycle allows
+      for (let s = 0; s < rows; s += bs) {
+        const n = Math.min(bs, rows - s);
+        const data = o?.recycle ? buf.subarray(0, n * dIn) : new Float32Array(n * dIn);
+        if (o?.recycle) recycled++;
+        data.set(x.subarray(s * dIn, (s + n) * dIn));
+        yield { rows: n, dIn, data };
+      }
+    });
     const want = await evaluate(sae, fromArray(x, dIn), { batchSize, compat: true, histogramBins: 11 });
     const got = await evaluate(sae, reusing, { batchSize, compat: true, histogramBins: 11 });
     expect(recycled, `seed ${seed}`).toBe(Math.ceil(rows / batchSize));
@@ -270,29 +264,13 @@ describe('evaluate: closed forms and invariances', () => {
     const rows = 24 * batchSize + 1 + Math.floor(next() * 4000);
     const x = randomX(rows, dIn, next);
     using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, 97, next), { k: 4 });
-    const inner = fromArray(x, dIn);
     const buffers = new Set<ArrayBufferLike>();
-    let batches = 0;
-    const watched: ActivationSource = {
-      dIn,
-      numRows: rows,
-      batches: (o?: BatchOptions) => ({
-        async *[Symbol.asyncIterator]() {
-          for await (const b of inner.batches(o)) {
-            buffers.add(b.data.buffer);
-            batches++;
-            yield b;
-          }
-        },
-      }),
-      close: () => inner.close(),
-    };
+    const watched = watchedSource(fromArray(x, dIn), buffers);
     const want = await evaluate(sae, fromArray(x.slice(), dIn), { batchSize, compat: true });
     const got = await evaluate(sae, watched, { batchSize, compat: true });
     expect(got, `seed ${seed}`).toEqual(want);
-    expect(batches).toBe(Math.ceil(rows / batchSize));
     // The read-ahead, the two batches evaluate holds, and the fill in flight.
-    expect(buffers.size, `seed ${seed}: ${batches} batches`).toBeLessThanOrEqual(8);
+    expect(buffers.size, `seed ${seed}`).toBeLessThanOrEqual(8);
   });
 
   it('stops an endless stream at maxTokens and closes it', async () => {

@@ -1,9 +1,10 @@
 import { describe, expect, it } from 'vitest';
 
-import { backend, fromArray, SparseAutoencoder, type ActivationSource, type BatchOptions } from '../lib/index.js';
+import { backend, fromArray, SparseAutoencoder } from '../lib/index.js';
 import { correlation, type CorrelationMatrix, type CorrelationResult, type CorrelationTop } from '../lib/features/correlation.js';
 import { match } from '../lib/features/match.js';
 import { native } from '../lib/native/index.js';
+import { customSource, watchedSource } from './helpers/data-fixtures.js';
 import { lcg } from './helpers/reference.js';
 
 function full(c: CorrelationResult): CorrelationMatrix {
@@ -100,37 +101,19 @@ describe('features.correlation', () => {
     const rows = 20 * 4096 + 1 + Math.floor(next() * 4000);
     const xa = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
     const xb = Float32Array.from({ length: rows * dIn }, (_, i) => 0.5 * xa[i]! + next() - 0.5);
-    const watch = (x: Float32Array) => {
-      const inner = fromArray(x, dIn);
-      const buffers = new Set<ArrayBufferLike>();
-      const source: ActivationSource = {
-        dIn,
-        numRows: rows,
-        batches: (o?: BatchOptions) => ({
-          async *[Symbol.asyncIterator]() {
-            expect(o?.recycle).toBe(true);
-            for await (const b of inner.batches(o)) {
-              buffers.add(b.data.buffer);
-              yield b;
-            }
-          },
-        }),
-        close: () => inner.close(),
-      };
-      return { source, buffers };
-    };
-    const a = watch(xa);
-    const b = watch(xb);
-    const got = full(await correlation({ source: a.source }, { source: b.source }, { kind: 'dense', batchSize: 4096 }));
+    const [bufA, bufB] = [new Set<ArrayBufferLike>(), new Set<ArrayBufferLike>()];
+    const got = full(await correlation({ source: watchedSource(fromArray(xa, dIn), bufA) }, { source: watchedSource(fromArray(xb, dIn), bufB) }, { kind: 'dense', batchSize: 4096 }));
     // The same batches through plain (fresh-array) iterables.
-    const fresh = (x: Float32Array): ActivationSource => {
+    const fresh = (x: Float32Array) => {
       const inner = fromArray(x, dIn);
-      return { dIn, numRows: rows, batches: (o?: BatchOptions) => inner.batches({ ...o, recycle: false }), close: () => inner.close() };
+      return customSource(dIn, rows, async function* (o) {
+        yield* inner.batches({ ...o, recycle: false });
+      });
     };
     const want = full(await correlation({ source: fresh(xa) }, { source: fresh(xb) }, { kind: 'dense', batchSize: 4096 }));
     expect(Array.from(got.r), `seed ${seed}`).toEqual(Array.from(want.r));
-    expect(a.buffers.size, `seed ${seed}`).toBeLessThanOrEqual(7);
-    expect(b.buffers.size, `seed ${seed}`).toBeLessThanOrEqual(7);
+    expect(bufA.size, `seed ${seed}`).toBeLessThanOrEqual(7);
+    expect(bufB.size, `seed ${seed}`).toBeLessThanOrEqual(7);
   }, 60_000);
 
   it('preacts and the token mask; bad input', async () => {

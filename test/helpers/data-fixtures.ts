@@ -5,6 +5,8 @@
  */
 import { promises as fs } from 'node:fs';
 
+import type { ActivationSource, Batch, BatchOptions } from '../../lib/data/index.js';
+
 export type FixtureDType = 'float32' | 'float16' | 'bfloat16' | 'float64';
 
 /** Deterministic uniform [-1, 1) floats (LCG). */
@@ -159,4 +161,32 @@ export function sortedRowKeys(data: Float32Array, dIn: number): string[] {
   const keys: string[] = [];
   for (let r = 0; r < data.length / dIn; r++) keys.push(Array.from(data.subarray(r * dIn, (r + 1) * dIn)).join(','));
   return keys.sort();
+}
+
+/**
+ * A hand-written ActivationSource whose batches() runs `pass` with the options it was given (a
+ * stand-in for a user's own source, or a wrapper that watches another source's batches).
+ */
+export function customSource(
+  dIn: number,
+  numRows: number | undefined,
+  pass: (o: BatchOptions | undefined) => AsyncGenerator<Batch>,
+  close: () => Promise<void> = async () => undefined,
+): ActivationSource {
+  return { dIn, numRows, batches: (o?: BatchOptions) => ({ [Symbol.asyncIterator]: () => pass(o) }), close };
+}
+
+/** customSource over `inner`'s own batches, adding each batch's ArrayBuffer to `buffers`. */
+export function watchedSource(inner: ActivationSource, buffers: Set<ArrayBufferLike>): ActivationSource {
+  return customSource(
+    inner.dIn,
+    inner.numRows,
+    async function* (o) {
+      for await (const b of inner.batches(o)) {
+        buffers.add(b.data.buffer);
+        yield b;
+      }
+    },
+    () => inner.close(),
+  );
 }
