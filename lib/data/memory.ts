@@ -6,9 +6,10 @@
  *
  * A spare that is not taken soon gives its pages back to the system at once (discardHost), rather
  * than holding them until a full collection, which an idle process may not run for a long time:
- * when two more passes have begun since it was released, or after IDLE_MS. It stays reusable
- * (a pass that takes it faults its pages in again, as with new memory). Only allocHost's buffers
- * (the large ones) can be discarded; small spares just wait for the collector.
+ * when a pass that began after its release ends without having taken it (that pass had no use
+ * for it; passes running side by side take what they need as they start), or after IDLE_MS. It
+ * stays reusable (a pass that takes it faults its pages in again, as with new memory). Only
+ * allocHost's buffers (the large ones) can be discarded; small spares just wait for the collector.
  */
 import { native } from '../native/index.js';
 
@@ -18,7 +19,7 @@ const IDLE_MS = 1000;
 
 interface Spare {
   ref: WeakRef<Float32Array>;
-  /** `passes` when it was released. */
+  /** `passes` when it was released: passes numbered higher began after. */
   pass: number;
   /** performance.now() when it was released. */
   at: number;
@@ -51,17 +52,24 @@ export function releaseSpare(a: Float32Array): void {
   arm();
 }
 
-/** A batches() pass begins: spares that two passes have now passed over give their pages back. */
-export function beginPass(): void {
-  passes++;
-  sweep(performance.now());
+/** A batches() pass begins; returns its number, for endPass. */
+export function beginPass(): number {
+  return ++passes;
 }
 
 /**
- * Discards the spares due (two passes begun since their release, or idle IDLE_MS by `now`) and
+ * The pass numbered `pass` has ended (its own memory already released): spares released before
+ * it began that it did not take give their pages back.
+ */
+export function endPass(pass: number): void {
+  sweep(performance.now(), pass);
+}
+
+/**
+ * Discards the spares due (released before pass `endedPass` began, or idle IDLE_MS by `now`) and
  * forgets collected ones. True when some spare still holds its pages.
  */
-function sweep(now: number): boolean {
+function sweep(now: number, endedPass = 0): boolean {
   let holding = false;
   for (const [n, list] of spare) {
     for (let i = list.length - 1; i >= 0; i--) {
@@ -69,7 +77,7 @@ function sweep(now: number): boolean {
       const a = s.ref.deref();
       if (!a) list.splice(i, 1);
       else if (!s.discarded) {
-        if (passes - s.pass >= 2 || now - s.at >= IDLE_MS) {
+        if (s.pass < endedPass || now - s.at >= IDLE_MS) {
           native().discardHost(a.buffer as ArrayBuffer);
           s.discarded = true;
         } else holding = true;

@@ -4,7 +4,7 @@ import { checkInt, checkOneOf, checkOptions } from '../validate.js';
 import { DISK_DTYPES, type SkipCounter } from './convert.js';
 import { BATCH_ARRAYS, BatchPool, MixingMemory, mixingHalf, RELEASE_BATCH, sequentialEpoch, shuffleEpoch, type BatchArrays, type MixingDType } from './engine.js';
 import { HandleCache } from './files.js';
-import { beginPass } from './memory.js';
+import { beginPass, endPass } from './memory.js';
 import { NON_FINITE, resolveBatchOptions, type NonFinitePolicy, type ResolvedBatchOptions } from './options.js';
 import { ArrayRowStream, ChunkPlan, FileRowStream, IterableRowStream, type RowStream } from './rows.js';
 import { Rng } from './prng.js';
@@ -50,7 +50,7 @@ abstract class BaseSource implements ActivationSource {
     return {
       [Symbol.asyncIterator]: () => {
         if (this.closed) throw disposed();
-        beginPass();
+        const passNo = beginPass();
         const pool = new BatchPool(o.batchSize * this.dIn, o.recycle, arrays && ((n) => arrays.alloc(n)));
         const releasable = (emit: Emit): Emit =>
           arrays
@@ -69,6 +69,7 @@ abstract class BaseSource implements ActivationSource {
           pumpCapacity(o, this.dIn),
           () => {
             pool.close();
+            endPass(passNo);
             this.active.delete(pump);
             // Files stay open only while a pass runs (a source left unclosed leaks nothing).
             if (this.active.size === 0) void this.release().catch(() => undefined);
