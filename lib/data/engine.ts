@@ -21,17 +21,18 @@ export interface PassOptions {
 
 /**
  * An internal batches() option, keyed by this symbol (not part of BatchOptions), for recycled
- * batches: `alloc` makes the pool's new arrays, and the consumer hands each batch back itself by
- * calling `batch[RELEASE_BATCH]()` instead of when it asks for the next one. The Trainer on a GPU
- * uses it: its batch arrays are page-locked memory, uploaded where they lie, so each must stay
- * untouched until the step that uploads it has ended. A source that ignores the option serves
+ * batches: the consumer hands each batch back itself by calling `batch[RELEASE_BATCH]()` instead
+ * of when it asks for the next one, and `alloc`, if given, makes the pool's new arrays. The
+ * Trainer on a GPU uses it: its batch arrays are page-locked memory, uploaded where they lie, so
+ * each must stay untouched until the step that uploads it has ended. evaluate() uses it without
+ * `alloc` to keep a batch while it reads the next. A source that ignores the option serves
  * batches without RELEASE_BATCH (recycled on the next next(), as usual).
  */
 export const BATCH_ARRAYS: unique symbol = Symbol('saekit.batchArrays');
 /** The release function of a batch served under BATCH_ARRAYS (idempotent). */
 export const RELEASE_BATCH: unique symbol = Symbol('saekit.releaseBatch');
 export interface BatchArrays {
-  alloc(n: number): Float32Array | undefined;
+  alloc?(n: number): Float32Array | undefined;
 }
 export type ReleasableBatch = Batch & { [RELEASE_BATCH]?: () => void };
 

@@ -51,7 +51,7 @@ abstract class BaseSource implements ActivationSource {
       [Symbol.asyncIterator]: () => {
         if (this.closed) throw disposed();
         const passNo = beginPass();
-        const pool = new BatchPool(o.batchSize * this.dIn, o.recycle, arrays && ((n) => arrays.alloc(n)));
+        const pool = new BatchPool(o.batchSize * this.dIn, o.recycle, arrays?.alloc?.bind(arrays));
         const releasable = (emit: Emit): Emit =>
           arrays
             ? (b) => {

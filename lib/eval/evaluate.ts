@@ -274,7 +274,7 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
   // Recycled batch arrays, each handed back (RELEASE_BATCH) once its pass is accumulated: the next
   // batch is read while the forward pass runs, so a batch outlives the next next(). A source that
   // does not hand batches out that way has its batches copied instead.
-  const batchOptions = { batchSize, shuffle: false, epochs: 1, dropLast: false, recycle: true, [BATCH_ARRAYS]: { alloc: () => undefined } };
+  const batchOptions = { batchSize, shuffle: false, epochs: 1, dropLast: false, recycle: true, [BATCH_ARRAYS]: {} };
   const it = source.batches(batchOptions)[Symbol.asyncIterator]();
   let nextBatch: Promise<IteratorResult<Batch>> | null = it.next();
   let prev: Pass | null = null;
