@@ -138,6 +138,42 @@ describe('evaluate: every field against a naive float64 reference', () => {
       }
     });
   }
+
+  it('zero and near-zero rows of x: l2_ratio divides their ||x_hat|| by 1 (SAELens), every field finite', async () => {
+    const seed = freshSeed(7);
+    const ctx = `seed ${seed}`;
+    const next = lcg(seed);
+    const dIn = 11;
+    const L = 37;
+    const rows = 203;
+    const w = randomWeights(dIn, L, next);
+    const x = randomX(rows, dIn, next);
+    // Zeroed padding rows, and rows just below / above the 1e-4 norm threshold.
+    const tiny = [0, 5, 99, 202];
+    for (const r of [...tiny, 17, 18]) x.fill(0, r * dIn, (r + 1) * dIn);
+    x[17 * dIn + 3] = 9e-5;
+    x[18 * dIn + 4] = 2e-4;
+    using sae = SparseAutoencoder.fromWeights(w, { k: 3 });
+    const got = await evaluate(sae, fromArray(x, dIn), { batchSize: 64 });
+    const { recon, codes, batchRows } = await forwardBatches(sae, x, rows, dIn, 64);
+    const want = refMetrics(x, recon, codes, rows, dIn, L, batchRows);
+    for (const f of ['mse', 'fvu', 'cossim', 'l2_ratio', 'relative_reconstruction_bias', 'l0', 'l1'] as const) {
+      expect(Number.isFinite(got[f]), `${ctx}: ${f} = ${got[f]}`).toBe(true);
+      close(got[f], want[f], REL, `${ctx}: ${f}`);
+    }
+    // The closed form of the guard: the tiny rows contribute ||x_hat|| itself.
+    let ratio = 0;
+    for (let r = 0; r < rows; r++) {
+      let a2 = 0;
+      let b2 = 0;
+      for (let j = 0; j < dIn; j++) {
+        a2 += x[r * dIn + j]! ** 2;
+        b2 += recon[r * dIn + j]! ** 2;
+      }
+      ratio += Math.sqrt(b2) / (r === 17 || tiny.includes(r) ? 1 : Math.sqrt(a2));
+    }
+    close(got.l2_ratio, ratio / rows, REL, `${ctx}: l2_ratio closed form`);
+  });
 });
 
 describe('evaluate: closed forms and invariances', () => {

@@ -16,7 +16,8 @@
  *   methods.md §5.1). The denominator is summed per dimension with Chan et al.'s pairwise merge
  *   of per-batch (mean, centred sum of squares) in float64, so a large mean does not cancel.
  * - `cossim = (1/N) sum_t <x, x_hat> / (||x|| ||x_hat||)` (0 where either norm is 0);
- *   `l2_ratio = (1/N) sum_t ||x_hat|| / ||x||` (a zero row of x gives Infinity or NaN, as in SAELens);
+ *   `l2_ratio = (1/N) sum_t ||x_hat|| / max'(||x||)`, where a row with `||x|| < 1e-4` (a zeroed
+ *   padding row) is divided by 1 instead, as SAELens's evals do (`l2_norm_in_for_div`);
  *   `relative_reconstruction_bias = sum_t ||x_hat||^2 / sum_t <x, x_hat>` (Gated SAE eq. 10).
  * - `l0 = (1/N) sum_t #{i : f_i != 0}`, `l1 = (1/N) sum_t sum_i |f_i|` (SAELens 6.4x).
  * - `feature_density[i]` = fraction of tokens with `f_i != 0` (codes are >= 0, so this is SAEBench's
@@ -107,6 +108,8 @@ export interface EvaluateResult {
 const DEFAULT_MAX_TOKENS = 1_000_000;
 const DEFAULT_BATCH = 4096;
 const DEFAULT_BINS = 50;
+/** Rows of x with a smaller norm are divided by 1 in l2_ratio (SAELens's evals). */
+const L2_RATIO_MIN_NORM = 1e-4;
 
 /** Float64 running sums over tokens. */
 class Accumulator {
@@ -192,7 +195,8 @@ class Accumulator {
       this.xhat2 += nh;
       this.dot += dot;
       this.cos += nx > 0 && nh > 0 ? dot / Math.sqrt(nx * nh) : 0;
-      this.l2ratio += Math.sqrt(nh) / Math.sqrt(nx);
+      const norm = Math.sqrt(nx);
+      this.l2ratio += Math.sqrt(nh) / (norm < L2_RATIO_MIN_NORM ? 1 : norm);
       if (this.compat) this.legacy += 1 - sse / cen;
     }
     const { values, indices, k } = codes;

@@ -62,7 +62,7 @@ export function refMetrics(
     }
     sse += e2;
     cos += a2 > 0 && b2 > 0 ? ab / (Math.sqrt(a2) * Math.sqrt(b2)) : 0;
-    ratio += Math.sqrt(b2) / Math.sqrt(a2);
+    ratio += Math.sqrt(b2) / (Math.sqrt(a2) < 1e-4 ? 1 : Math.sqrt(a2)); // SAELens: tiny norms divide by 1
     h2 += b2;
     dot += ab;
     x2 += a2;
