@@ -1,5 +1,5 @@
 /** Argument checks shared by the public API. Each throws the standard SaekitError on failure. */
-import { argError, type SaekitErrorCode } from './errors.js';
+import { argError, SaekitError, type SaekitErrorCode } from './errors.js';
 
 /** Returns `value` if it is an integer in [min, max]; otherwise throws. */
 export function checkInt(name: string, value: unknown, min: number, max: number): number {
@@ -27,11 +27,66 @@ export function checkOneOf<T extends string>(
   return value as T;
 }
 
-/** An options argument: undefined becomes {}, anything but a plain object throws. */
-export function checkOptions<T extends object>(name: string, value: T | undefined): Partial<T> {
+/**
+ * The option names of T, from an object literal that must list each of them (the parameter's
+ * type rejects a missing or an unknown name at compile time), for checkOptions.
+ */
+export function optionNames<T extends object>(names: { [K in keyof Required<T>]: true }): readonly string[] {
+  return Object.freeze(Object.keys(names));
+}
+
+/**
+ * An options argument: undefined becomes {}, anything but a plain object throws. With `names`,
+ * an option not among them (a misspelling: `batchsize`) throws naming the closest one, instead
+ * of being ignored. Symbol keys (internal options) are not checked.
+ */
+export function checkOptions<T extends object>(name: string, value: T | undefined, names?: readonly string[]): Partial<T> {
   if (value === undefined) return {};
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw argError(name, 'an options object', value);
+  if (names) {
+    for (const key of Object.keys(value)) {
+      if (names.includes(key)) continue;
+      const near = closest(key, names);
+      throw new SaekitError(
+        'ERR_SAEKIT_ARG',
+        `Unknown option ${name}.${key}${near ? ` (did you mean ${name}.${near}?)` : ''}; the options are: ${names.join(', ')}`,
+      );
+    }
+  }
   return value;
+}
+
+/** The name among `names` nearest to `key` (same letters ignoring case, or at most 2 edits away), if any. */
+function closest(key: string, names: readonly string[]): string | undefined {
+  const lower = key.toLowerCase();
+  let best: string | undefined;
+  let bestD = 3;
+  for (const n of names) {
+    if (n.toLowerCase() === lower) return n;
+    const d = editDistance(lower, n.toLowerCase(), bestD);
+    if (d < bestD) {
+      bestD = d;
+      best = n;
+    }
+  }
+  return best;
+}
+
+/** Levenshtein distance, or `cap` once it is at least `cap`. */
+function editDistance(a: string, b: string, cap: number): number {
+  if (Math.abs(a.length - b.length) >= cap) return cap;
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    let rowMin = i;
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      rowMin = Math.min(rowMin, cur[j]!);
+    }
+    if (rowMin >= cap) return cap;
+    prev = cur;
+  }
+  return Math.min(prev[b.length]!, cap);
 }
 
 /** A seed: a non-negative safe integer or a bigint below 2^64. */

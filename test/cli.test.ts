@@ -175,4 +175,70 @@ describe('saekit CLI', () => {
     steps[0].permutation.forEach((j: number, i: number) => expect(perm[j]).toBe(i));
     expect(steps[0].mean_mse).toBeLessThan(1e-10);
   }, 60_000);
+
+  it('checks outputs, resume options and inputs before any work, with one-line errors in terms of flags', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(9);
+    const [rows, dIn] = [1200, 8];
+    const data = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    data[37 * dIn + 2] = Number.NaN; // one bad row
+    const acts = path.join(dir, 'acts.npy');
+    await io.writeNpy(acts, { dtype: 'float32', shape: [rows, dIn], data });
+    const base = ['train', acts, '--latents', '16', '--k', '2', '--batch', '128', '--warmup', '2', '--json'];
+    const oneLine = (r: { stderr: string }) => {
+      expect(r.stderr).not.toMatch(/^\s+at /m); // no stack trace
+      expect(r.stderr).not.toMatch(/Usage:/); // no help dump
+    };
+    // A NaN row stops the run and points at the CLI flag; --on-non-finite skip trains and says so.
+    const nan = run([...base, '--out', path.join(dir, 'r0')]);
+    expect(nan.status).toBe(1);
+    expect(nan.stderr).toMatch(/row 37 .*NaN.*--on-non-finite skip/);
+    oneLine(nan);
+    // The README's form: --log inside an --out that does not exist yet.
+    const out = path.join(dir, 'runs', 'l8');
+    const ok = run([...base, '--out', out, '--log', path.join(out, 'log.jsonl'), '--on-non-finite', 'skip']);
+    expect(ok.status, ok.stderr).toBe(0);
+    expect(ok.stderr).toMatch(/skipped 1 rows holding NaN or Inf/);
+    expect(JSON.parse(ok.stdout)).toMatchObject({ status: 'completed', steps: 9 });
+    // A second run into the same --out refuses (checkpoint), names the way out, and leaves it alone.
+    const again = run([...base, '--out', out, '--on-non-finite', 'skip']);
+    expect(again.status).toBe(1);
+    expect(again.stderr).toMatch(/already holds a training run \(checkpoint at step 9\); pass --resume .* --overwrite/);
+    oneLine(again);
+    // A resume with another batch size is refused in terms of the flag.
+    const rb = run([...base.map((a) => (a === '128' ? '64' : a)), '--out', out, '--on-non-finite', 'skip', '--resume', '--epochs', '2']);
+    expect(rb.status).toBe(1);
+    expect(rb.stderr).toMatch(/Expected --batch = 128 to resume the checkpoint/);
+    // The same options resume (and say so); --overwrite starts over.
+    const re = run([...base, '--out', out, '--on-non-finite', 'skip', '--resume', '--epochs', '2', '--log', path.join(out, 'log.jsonl')]);
+    expect(re.status, re.stderr).toBe(0);
+    expect(re.stderr).toMatch(/resuming from step 9/);
+    expect(JSON.parse(re.stdout)).toMatchObject({ status: 'completed', steps: 18 });
+    expect(readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n')).toHaveLength(18);
+    const ow = run([...base, '--out', out, '--on-non-finite', 'skip', '--overwrite', '--log', path.join(out, 'log.jsonl')]);
+    expect(ow.status, ow.stderr).toBe(0);
+    expect(JSON.parse(ow.stdout)).toMatchObject({ steps: 9 });
+    expect(readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n')).toHaveLength(9);
+    // An --out below a file fails at once, before training.
+    const t0 = performance.now();
+    const bad = run([...base, '--out', path.join(acts, 'sub'), '--on-non-finite', 'skip']);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/Expected --out to be a folder that can be created/);
+    expect(bad.stderr).not.toMatch(/"step"/);
+    oneLine(bad);
+    expect(performance.now() - t0).toBeLessThan(30_000);
+    // Flag conflicts.
+    expect(run([...base, '--out', path.join(dir, 'r1'), '--tokens', '500', '--epochs', '2']).stderr).toMatch(/at most one of --tokens N and --epochs E/);
+    expect(run([...base, '--out', path.join(dir, 'r1'), '--lr', '0']).stderr).toMatch(/Expected a number > 0 and <= 10 for --lr but received '0'/);
+    // compare: an --out in a missing folder, and --data-b with other tokens, fail before any work.
+    const c1 = run(['compare', out, out, '--data', acts, '--out', path.join(dir, 'missing', 'x.json')]);
+    expect(c1.status).toBe(1);
+    expect(c1.stderr).toMatch(/Expected --out to be a file in an existing folder/);
+    const acts2 = path.join(dir, 'acts2.npy');
+    await io.writeNpy(acts2, { dtype: 'float32', shape: [rows - 1, dIn], data: data.slice(dIn) });
+    const c2 = run(['compare', out, out, '--data', acts, '--data-b', acts2, '--on-non-finite', 'skip']);
+    expect(c2.status).toBe(1);
+    expect(c2.stderr).toMatch(new RegExp(`acts\\.npy has ${rows} rows and .*acts2\\.npy has ${rows - 1}`));
+    oneLine(c2);
+  }, 120_000);
 });

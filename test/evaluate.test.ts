@@ -174,6 +174,17 @@ describe('evaluate: every field against a naive float64 reference', () => {
     }
     close(got.l2_ratio, ratio / rows, REL, `${ctx}: l2_ratio closed form`);
   });
+
+  it('onProgress reports the tokens accumulated after each batch, up to maxTokens', async () => {
+    const next = lcg(freshSeed(8));
+    const [dIn, L, rows] = [5, 13, 250];
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, next), { k: 2 });
+    const seen: number[] = [];
+    const r = await evaluate(sae, fromArray(randomX(rows, dIn, next), dIn), { batchSize: 64, maxTokens: 200, onProgress: (t) => void seen.push(t) });
+    expect(r.tokens).toBe(200);
+    expect(seen).toEqual([64, 128, 192, 200]);
+    await expect(evaluate(sae, fromArray(randomX(rows, dIn, next), dIn), { onProgress: 3 as never })).rejects.toThrow(/options\.onProgress/);
+  });
 });
 
 describe('evaluate: closed forms and invariances', () => {

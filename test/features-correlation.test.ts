@@ -355,8 +355,16 @@ describe('features.correlation: top matches through the public API', () => {
     const keep = (tok: number) => tok % 5 !== 1;
     const f = full(await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { kind: 'preacts', mask: keep, batchSize: 64 }));
     // 4 columns of B per block (23 * 4 * 8 bytes): 5 passes.
-    const t = await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { kind: 'preacts', mask: keep, batchSize: 64, maxBytes: LA * 4 * 8, top: 4, reverse: true });
+    const seen: [number, number][] = [];
+    const t = await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, {
+      kind: 'preacts', mask: keep, batchSize: 64, maxBytes: LA * 4 * 8, top: 4, reverse: true,
+      onProgress: (tokens, passes) => void seen.push([tokens, passes]),
+    });
     if (t.mode !== 'top') throw new Error('expected top mode');
+    // Progress counts the tokens read over all 5 passes (masked ones included), once per batch.
+    expect(seen.length).toBe(5 * Math.ceil(rows / 64));
+    expect(seen.every(([, p]) => p === 5)).toBe(true);
+    expect(seen.map(([n]) => n)).toEqual(Array.from({ length: seen.length }, (_, i) => Math.floor(i / 7) * rows + Math.min(rows, ((i % 7) + 1) * 64)));
     expect(t.tokens).toBe(f.tokens);
     expect(Array.from(t.top.indices)).toEqual(Array.from(argsortTop(LB, LA, 4, (j, i) => f.r[i * LB + j]!).indices));
     expect(Array.from(t.top.r)).toEqual(Array.from(argsortTop(LB, LA, 4, (j, i) => f.r[i * LB + j]!).r));

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -124,6 +124,33 @@ describe('Trainer', () => {
       expect(Buffer.from(wc[n].buffer).equals(Buffer.from(wa[n].buffer)), n).toBe(true);
     }
     expect(Array.from(await c.tokensSinceFired())).toEqual(Array.from(await a.tokensSinceFired()));
+    expect(second.resumedFrom).toEqual({ step: 31, tokens: 31 * 64 });
+    expect(full.resumedFrom).toBeUndefined();
+    // A resume that would change the data order is refused, naming the option and both values.
+    for (const [key, value] of [['batchSize', 32], ['seed', 10], ['shuffle', false]] as const) {
+      using d = make();
+      await expect(new Trainer(d, { ...opts, [key]: value }).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true })).rejects.toThrow(
+        new RegExp(`Expected options\\.${key} = ${JSON.stringify(opts[key as keyof typeof opts] ?? true)} to resume .* but received ${JSON.stringify(value)}`),
+      );
+    }
+  });
+
+  it('makes output folders before training and reports an unusable path at once, naming the option', async () => {
+    const dir = tmp();
+    const file = path.join(dir, 'a-file');
+    writeFileSync(file, 'x');
+    using sae = make();
+    let steps = 0;
+    const onStep = () => void steps++;
+    for (const [key, p] of [['saveDir', path.join(file, 'sae')], ['checkpointDir', path.join(file, 'ck')], ['logFile', path.join(file, 'log.jsonl')]] as const) {
+      await expect(new Trainer(sae, opts).fit(fromArray(data(rows, dIn, 3), dIn), { [key]: p, onStep })).rejects.toThrow(
+        new RegExp(`Expected options\\.${key} to be .* but '.*' is not usable: (ENOTDIR|EEXIST)`),
+      );
+    }
+    expect(steps).toBe(0);
+    // Nested folders that do not exist yet are made (the log's folder too).
+    const r = await new Trainer(sae, { ...opts, epochs: 1 }).fit(fromArray(data(rows, dIn, 3), dIn), { logFile: path.join(dir, 'x', 'y', 'log.jsonl'), saveDir: path.join(dir, 'x', 'sae') });
+    expect(readFileSync(path.join(dir, 'x', 'y', 'log.jsonl'), 'utf8').trim().split('\n')).toHaveLength(r.steps);
   });
 
   it('an abort writes a checkpoint and a loadable SAE; logFile has one JSON line per step', async () => {
@@ -183,6 +210,11 @@ describe('Trainer', () => {
     expect(() => new Trainer(sae, { totalTokens: 10, epochs: 1 })).toThrow(/both/);
     expect(() => new Trainer(sae, { decay: 'cosine' as 'linear' })).toThrow(/one of: linear, none/);
     expect(() => new Trainer({} as SparseAutoencoder)).toThrow(/SparseAutoencoder/);
+    // A misspelt option is an error naming the nearest one, not silently ignored.
+    expect(() => new Trainer(sae, { batchsize: 10 } as never)).toThrow(/Unknown option options\.batchsize \(did you mean options\.batchSize\?\)/);
+    expect(() => new Trainer(sae, { warmup: 10 } as never)).toThrow(/Unknown option options\.warmup; the options are: .*warmupSteps/);
+    expect(() => SparseAutoencoder.create({ dIn: 4, numLatents: 8, k: 2, latents: 3 } as never)).toThrow(/Unknown option options\.latents/);
+    expect(() => sae.adam({ learningRate: 1 } as never)).toThrow(/Unknown option options\.learningRate/);
   });
 
   it('recovers planted features end to end (MMCS truth-to-learned >= 0.9)', async () => {

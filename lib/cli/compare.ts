@@ -1,10 +1,13 @@
 /** `saekit compare` and `saekit match-layers`: thin calls into lib/features. */
-import { writeFileSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import path from 'node:path';
 
 import { openActivations } from '../data/index.js';
 import { SaekitError } from '../errors.js';
 import { correlation, match, permutationTest, rsa, saeMatch, svcca } from '../features/index.js';
+import { writeFileAtomic } from '../io/index.js';
 import { SparseAutoencoder } from '../sae/index.js';
+import { TokenProgress } from './progress.js';
 
 export interface CompareFlags {
   data: string;
@@ -18,6 +21,15 @@ export interface CompareFlags {
   runs: number;
   json?: boolean;
   out?: string;
+  onNonFinite: 'error' | 'skip';
+}
+
+/** Checks before any work that an --out file can be written: its folder exists and it is not a folder itself. */
+export async function checkOutFile(out: string | undefined): Promise<void> {
+  if (out === undefined) return;
+  const dir = await stat(path.dirname(path.resolve(out))).catch(() => undefined);
+  if (!dir?.isDirectory()) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out to be a file in an existing folder but '${path.dirname(out)}' is not a folder`);
+  if ((await stat(out).catch(() => undefined))?.isDirectory()) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out to be a file but '${out}' is a folder`);
 }
 
 function rowsOf(W: Float32Array, d: number, idx: number[]): Float64Array {
@@ -29,12 +41,33 @@ function rowsOf(W: Float32Array, d: number, idx: number[]): Float64Array {
 }
 
 export async function compare(pathA: string, pathB: string, f: CompareFlags): Promise<void> {
+  await checkOutFile(f.out);
   using a = await SparseAutoencoder.load(pathA);
   using b = await SparseAutoencoder.load(pathB);
-  const srcA = await openActivations(f.data);
-  const srcB = f.dataB ? await openActivations(f.dataB) : undefined;
+  const srcA = await openActivations(f.data, { onNonFinite: f.onNonFinite });
+  const srcB = f.dataB ? await openActivations(f.dataB, { onNonFinite: f.onNonFinite }) : undefined;
   try {
+    for (const [side, sae, src, file, p] of [['A', a, srcA, f.data, pathA], ['B', b, srcB ?? srcA, f.dataB ?? f.data, pathB]] as const) {
+      if (sae.dIn !== src.dIn) {
+        throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected the activations for SAE ${side} (${p}, dIn ${sae.dIn}) to have dIn ${sae.dIn} but ${file} has dIn ${src.dIn}`);
+      }
+    }
+    if (srcB && srcA.numRows !== undefined && srcB.numRows !== undefined && srcA.numRows !== srcB.numRows && Math.min(srcA.numRows, srcB.numRows) < f.maxTokens) {
+      throw new SaekitError(
+        'ERR_SAEKIT_SHAPE',
+        `Expected --data and --data-b to hold the same tokens (aligned one by one) but ${f.data} has ${srcA.numRows} rows and ${f.dataB} has ${srcB.numRows}`,
+      );
+    }
+    const matrixBytes = a.numLatents * b.numLatents * 4;
+    const maxBytes = f.maxBytes ?? 2 ** 30;
+    if (f.method === 'hungarian' && matrixBytes > maxBytes) {
+      throw new SaekitError(
+        'ERR_SAEKIT_MEMORY',
+        `--method hungarian needs the full ${a.numLatents} x ${b.numLatents} correlation matrix (${matrixBytes} bytes), over --max-bytes ${maxBytes}; raise --max-bytes or use --method argmax or mutual (they work from top matches)`,
+      );
+    }
     process.stderr.write(`correlating ${a.numLatents} x ${b.numLatents} features (${f.kind}) over up to ${f.maxTokens.toLocaleString('en-US')} tokens\n`);
+    const progress = new TokenProgress('correlating', Math.min(f.maxTokens, srcA.numRows ?? Infinity));
     // The full matrix when it fits in the default 1 GiB, else top matches (enough for 'argmax'
     // and 'mutual'); 'hungarian' needs the matrix, so it asks for it and fails before reading data.
     const c = await correlation({ sae: a, source: srcA }, { sae: b, ...(srcB ? { source: srcB } : {}) }, {
@@ -44,7 +77,8 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
       ...(f.maxBytes !== undefined ? { maxBytes: f.maxBytes } : {}),
       top: Math.max(5, f.top),
       reverse: f.method === 'mutual',
-    });
+      onProgress: (t, passes) => progress.update(t, passes > 1 ? `(${passes} passes)` : ''),
+    }).finally(() => progress.done());
     process.stderr.write(`correlation: ${c.mode === 'full' ? 'full matrix' : `top ${c.top.k} matches per feature`} over ${c.tokens.toLocaleString('en-US')} tokens\n`);
     // For every feature of B, its best correlation in A.
     let meanMax = 0;
@@ -65,7 +99,8 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
       method: f.method,
       threshold: f.threshold,
       pairs_kept: n,
-      mean_pair_correlation: m.meanScore,
+      // No pair passed the threshold: no mean (JSON null), not NaN.
+      mean_pair_correlation: n > 0 ? m.meanScore : null,
     };
     if (n > Math.max(a.dIn, b.dIn)) {
       const sv = (A: Float64Array, B: Float64Array) => svcca(A, B, { n, dA: a.dIn, dB: b.dIn }).score;
@@ -78,14 +113,20 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
       const rs = (A: Float64Array, B: Float64Array) => rsa(A, B, { n, dA: a.dIn, dB: b.dIn }).score;
       const t = permutationTest(rs, pa, pb, { n, dB: b.dIn, runs: f.runs, seed: 0 });
       summary.rsa = { score: t.score, shuffled_mean: mean(t.shuffled), p_value: t.pValue };
+    } else {
+      summary.rsa = { skipped: `needs at least 3 matched pairs (${n})` };
     }
-    if (f.out) writeFileSync(f.out, `${JSON.stringify({ ...summary, pairs: m.pairs }, null, 2)}\n`);
+    const skipped = srcA.skippedRows ?? 0;
+    if (skipped > 0) process.stderr.write(`saekit: skipped ${skipped.toLocaleString('en-US')} rows holding NaN or Inf\n`);
+    if (f.out) await writeFileAtomic(f.out, `${JSON.stringify({ ...summary, pairs: m.pairs }, null, 2)}\n`);
     if (f.json) {
       process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
       return;
     }
     const fmt = (v: unknown): string =>
-      typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(5)) : v && typeof v === 'object' ? Object.entries(v).map(([k, x]) => `${k} ${fmt(x)}`).join(', ') : String(v);
+      typeof v === 'number'
+        ? Number.isInteger(v) ? String(v) : v.toPrecision(5)
+        : v === null ? 'none (no pair kept)' : v && typeof v === 'object' ? Object.entries(v).map(([k, x]) => `${k} ${fmt(x)}`).join(', ') : String(v);
     const width = Math.max(...Object.keys(summary).map((k) => k.length));
     for (const [k, v] of Object.entries(summary)) process.stdout.write(`${k.padEnd(width)}  ${fmt(v)}\n`);
   } finally {
@@ -102,14 +143,24 @@ function mean(x: Float64Array): number {
 
 export async function matchLayers(paths: string[], f: { json?: boolean; out?: string; encoder?: boolean }): Promise<void> {
   if (paths.length < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 SAEs for match-layers but received ${paths.length}`);
-  const saes = await Promise.all(paths.map((p) => SparseAutoencoder.load(p)));
+  await checkOutFile(f.out);
+  const saes: SparseAutoencoder[] = [];
   try {
+    for (const p of paths) saes.push(await SparseAutoencoder.load(p));
+    for (let i = 1; i < saes.length; i++) {
+      if (saes[i]!.numLatents !== saes[0]!.numLatents || saes[i]!.dIn !== saes[0]!.dIn) {
+        throw new SaekitError(
+          'ERR_SAEKIT_SHAPE',
+          `Expected SAEs of the same size for match-layers but ${paths[0]} has dIn ${saes[0]!.dIn}, ${saes[0]!.numLatents} latents and ${paths[i]} has dIn ${saes[i]!.dIn}, ${saes[i]!.numLatents} latents`,
+        );
+      }
+    }
     const steps: { from: string; to: string; mean_mse: number; permutation: number[] }[] = [];
     for (let i = 0; i + 1 < saes.length; i++) {
       const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: true, encoder: Boolean(f.encoder) });
       steps.push({ from: paths[i]!, to: paths[i + 1]!, mean_mse: r.meanMse, permutation: Array.from(r.permutation) });
     }
-    if (f.out) writeFileSync(f.out, `${JSON.stringify(steps, null, 2)}\n`);
+    if (f.out) await writeFileAtomic(f.out, `${JSON.stringify(steps, null, 2)}\n`);
     if (f.json) process.stdout.write(`${JSON.stringify(steps.map(({ permutation, ...s }) => ({ ...s, matched: permutation.length })), null, 2)}\n`);
     else for (const s of steps) process.stdout.write(`${s.from} -> ${s.to}: mean MSE of matched (folded) parameters ${s.mean_mse.toPrecision(5)}\n`);
   } finally {

@@ -4,6 +4,7 @@
  * (JSON with --json), logs and progress to stderr.
  */
 import { readFileSync } from 'node:fs';
+import { readFile, rm, stat, truncate } from 'node:fs/promises';
 import path from 'node:path';
 
 import { Command } from 'commander';
@@ -16,7 +17,7 @@ import { backend, type DeviceOption, SaekitError, SparseAutoencoder } from '../i
 import { packageRoot } from '../native/index.js';
 import { type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
 import { compare, type CompareFlags, matchLayers } from './compare.js';
-import { Progress } from './progress.js';
+import { Progress, TokenProgress } from './progress.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string };
@@ -47,14 +48,63 @@ function printInfo(json: boolean): void {
   for (const [k, v] of rows) process.stdout.write(`${k.padEnd(width)}  ${v}\n`);
 }
 
-function num(name: string, min: number, max: number, integer = true): (v: string) => number {
+function num(name: string, min: number, max: number, integer = true, exclusiveMin = false): (v: string) => number {
   return (v: string) => {
     const n = Number(v);
-    if (!Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
-      throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${integer ? 'an integer' : 'a number'} between ${min} and ${max} for --${name} but received '${v}'`);
+    if (v.trim() === '' || !Number.isFinite(n) || n < min || n > max || (exclusiveMin && n === min) || (integer && !Number.isInteger(n))) {
+      const range = exclusiveMin ? `> ${min} and <= ${max}` : `between ${min} and ${max}`;
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${integer ? 'an integer' : 'a number'} ${range} for --${name} but received '${v}'`);
     }
     return n;
   };
+}
+
+/** A choice flag's parser: the value if it is one of `choices`, else a one-line error. */
+function oneOf<T extends string>(name: string, choices: readonly T[]): (v: string) => T {
+  return (v: string) => {
+    if (!(choices as readonly string[]).includes(v)) throw new SaekitError('ERR_SAEKIT_ARG', `Expected one of: ${choices.join(', ')} for --${name} but received '${v}'`);
+    return v as T;
+  };
+}
+
+const NON_FINITE_HELP = "rows holding NaN or Inf: 'error' (stop, naming the file and row) or 'skip' them";
+
+/**
+ * Library option names in error messages, as the CLI flags that set them (the library names
+ * `options.batchSize`; a CLI user typed --batch).
+ */
+const FLAG_OF: Record<string, string> = {
+  'options.batchSize': '--batch',
+  'options.totalTokens': '--tokens',
+  'options.epochs': '--epochs',
+  'options.lr': '--lr',
+  'options.warmupSteps': '--warmup',
+  'options.auxkAlpha': '--auxk-alpha',
+  'options.normalize': '--normalize',
+  'options.seed': '--seed',
+  'options.k': '--k',
+  'options.numLatents': '--latents',
+  'options.dIn': '--d-in',
+  'options.dtype': '--dtype',
+  'options.tensor': '--tensor',
+  'options.device': '--device',
+  'options.maxTokens': '--max-tokens',
+  'options.maxBytes': '--max-bytes',
+  'options.threshold': '--threshold',
+  'options.top': '--top',
+  'options.checkpointEvery': '--checkpoint-every',
+  'options.saveDir': '--out',
+  'options.checkpointDir': '--out',
+  'options.logFile': '--log',
+  'options.onNonFinite': '--on-non-finite',
+  pathOrPaths: '<data>',
+};
+
+/** A library error message in the CLI's terms. */
+export function cliMessage(message: string): string {
+  return message
+    .replace(/\b(options\.[A-Za-z]+|pathOrPaths)\b/g, (m) => FLAG_OF[m] ?? m)
+    .replace(/pass onNonFinite: 'skip'/g, 'pass --on-non-finite skip');
 }
 
 /** Ctrl-C stops after the current step (checkpoint + SAE written); a second one exits at once. */
@@ -84,8 +134,10 @@ interface TrainFlags {
   format: 'saelens' | 'sparsify';
   seed: number;
   resume?: boolean;
+  overwrite?: boolean;
   log?: string;
   device: string;
+  onNonFinite: 'error' | 'skip';
   tensor?: string;
   dtype?: 'float32' | 'float16' | 'bfloat16' | 'float64';
   dIn?: number;
@@ -93,11 +145,72 @@ interface TrainFlags {
   json?: boolean;
 }
 
+/** SAE files of the layouts saekit writes or loads, which a new run in the same folder would replace or sit beside. */
+const SAE_FILES = ['cfg.json', 'sae_weights.safetensors', 'sae.safetensors', 'params.npz'];
+
+/** What `out` holds from an earlier run: its checkpoint (step and tokens; 0 if unreadable) and SAE files. */
+async function priorRun(out: string): Promise<{ checkpoint?: { step: number; tokens: number }; saeFiles: string[] }> {
+  const exists = async (p: string) => (await stat(p).catch(() => undefined)) !== undefined;
+  const ckFile = path.join(out, 'checkpoint', 'checkpoint.json');
+  let checkpoint: { step: number; tokens: number } | undefined;
+  if (await exists(ckFile)) {
+    try {
+      const ck = JSON.parse(await readFile(ckFile, 'utf8')) as { step?: unknown; tokens?: unknown };
+      checkpoint = { step: Number(ck.step) || 0, tokens: Number(ck.tokens) || 0 };
+    } catch {
+      checkpoint = { step: 0, tokens: 0 };
+    }
+  }
+  const saeFiles: string[] = [];
+  for (const f of SAE_FILES) if (await exists(path.join(out, f))) saeFiles.push(f);
+  return { checkpoint, saeFiles };
+}
+
+/**
+ * Checks --out and --log against an earlier run before any work: a new run never replaces a
+ * checkpoint, an SAE or a log without --overwrite, and --resume says what it found.
+ * Returns whether a checkpoint will be resumed.
+ */
+async function prepareOutputs(f: TrainFlags): Promise<boolean> {
+  if (f.resume && f.overwrite) throw new SaekitError('ERR_SAEKIT_ARG', 'Expected at most one of --resume and --overwrite but received both');
+  const prior = await priorRun(f.out);
+  const resuming = Boolean(f.resume && prior.checkpoint);
+  if (!f.overwrite) {
+    if (prior.checkpoint && !f.resume) {
+      throw new SaekitError(
+        'ERR_SAEKIT_ARG',
+        `--out ${f.out} already holds a training run (checkpoint at step ${prior.checkpoint.step}); pass --resume to continue it, --overwrite to start over, or choose another --out`,
+      );
+    }
+    if (!prior.checkpoint && prior.saeFiles.length > 0) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `--out ${f.out} already holds an SAE (${prior.saeFiles.join(', ')}); pass --overwrite to replace it, or choose another --out`);
+    }
+    if (f.log && !resuming && ((await stat(f.log).catch(() => undefined))?.size ?? 0) > 0) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `--log ${f.log} already exists; pass --overwrite to replace it (a resumed run appends to its log), or choose another --log`);
+    }
+  } else {
+    if (prior.checkpoint) await rm(path.join(f.out, 'checkpoint'), { recursive: true, force: true });
+    if (f.log) await truncate(f.log).catch(() => undefined);
+  }
+  if (f.resume && !prior.checkpoint) process.stderr.write(`saekit: no checkpoint in ${path.join(f.out, 'checkpoint')}: starting a new run\n`);
+  if (resuming) {
+    const ck = prior.checkpoint!;
+    process.stderr.write(
+      `saekit: resuming from step ${ck.step} (${ck.tokens.toLocaleString('en-US')} tokens) in ${path.join(f.out, 'checkpoint')}; ` +
+        `re-reading the data up to there first\n`,
+    );
+  }
+  return resuming;
+}
+
 async function train(paths: string[], f: TrainFlags): Promise<void> {
   if ((f.latents === undefined) === (f.expansion === undefined)) {
     throw new SaekitError('ERR_SAEKIT_ARG', 'Expected exactly one of --latents N and --expansion E');
   }
-  const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn });
+  if (f.tokens !== undefined && f.epochs !== undefined) {
+    throw new SaekitError('ERR_SAEKIT_ARG', 'Expected at most one of --tokens N and --epochs E but received both');
+  }
+  const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn, onNonFinite: f.onNonFinite });
   try {
     const numLatents = f.latents ?? Math.round(f.expansion! * source.dIn);
     using sae = SparseAutoencoder.create({ dIn: source.dIn, numLatents, k: f.k, seed: f.seed, device: f.device as DeviceOption });
@@ -112,6 +225,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
     };
     const trainer = new Trainer(sae, opts);
     const total = trainer.totalSteps(source) * f.batch;
+    await prepareOutputs(f);
     process.stderr.write(
       `training a TopK SAE: dIn ${source.dIn}, ${numLatents} latents, k ${f.k}, ${total.toLocaleString('en-US')} tokens in batches of ${f.batch}` +
         ` (${source.numRows?.toLocaleString('en-US') ?? 'unknown'} rows in the data) -> ${f.out}\n`,
@@ -154,10 +268,17 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
           `\nsaved ${result.saved.join(', ')}\n`,
       );
     }
+    reportSkipped(source);
     if (result.status === 'aborted') process.exitCode = 130;
   } finally {
     await source.close();
   }
+}
+
+/** Says how many rows --on-non-finite skip dropped, if any. */
+function reportSkipped(...sources: { skippedRows?: number }[]): void {
+  const n = sources.reduce((a, s) => a + (s.skippedRows ?? 0), 0);
+  if (n > 0) process.stderr.write(`saekit: skipped ${n.toLocaleString('en-US')} rows holding NaN or Inf\n`);
 }
 
 interface DemoFlags {
@@ -222,14 +343,22 @@ interface EvalFlags {
   tensor?: string;
   dtype?: 'float32' | 'float16' | 'bfloat16' | 'float64';
   dIn?: number;
+  onNonFinite: 'error' | 'skip';
 }
 
 async function evalCommand(saePath: string, paths: string[], f: EvalFlags): Promise<void> {
   using sae = await SparseAutoencoder.load(saePath);
-  const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn });
+  const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn, onNonFinite: f.onNonFinite });
   try {
     process.stderr.write(`evaluating ${saePath} (${sae.architecture}, dIn ${sae.dIn}, ${sae.numLatents} latents) on up to ${f.maxTokens.toLocaleString('en-US')} tokens\n`);
-    const r = await evaluate(sae, source, { maxTokens: f.maxTokens, batchSize: f.batch, compat: Boolean(f.compat), geometry: f.geometry });
+    const progress = new TokenProgress('evaluating', Math.min(f.maxTokens, source.numRows ?? Infinity));
+    let r;
+    try {
+      r = await evaluate(sae, source, { maxTokens: f.maxTokens, batchSize: f.batch, compat: Boolean(f.compat), geometry: f.geometry, onProgress: (t) => progress.update(t) });
+    } finally {
+      progress.done();
+    }
+    reportSkipped(source);
     const { feature_density: density, max_cos_enc: mce, max_cos_dec: mcd, log10_density_histogram: hist, ...scalars } = r;
     if (f.json) {
       process.stdout.write(`${JSON.stringify({ ...scalars, log10_density_histogram: hist }, null, 2)}\n`);
@@ -255,7 +384,7 @@ export function buildProgram(): Command {
     .name('saekit')
     .description('Train, evaluate and compare sparse autoencoders.')
     .version(version())
-    .showHelpAfterError();
+    .showHelpAfterError('(run with --help for usage)');
   program
     .command('info')
     .description('show the compute backend, SIMD level, BLAS library and CUDA status')
@@ -273,34 +402,28 @@ export function buildProgram(): Command {
     .option('--batch <n>', 'rows per step', num('batch', 2, 1 << 24), 4096)
     .option('--tokens <n>', 'train on this many tokens', num('tokens', 1, Number.MAX_SAFE_INTEGER))
     .option('--epochs <n>', 'passes over the data (default 1 when --tokens is not given)', num('epochs', 1, 1 << 20))
-    .option('--lr <lr>', "learning rate (default: 2e-4 / sqrt(latents / 2^14))", num('lr', 0, 10, false))
-    .option('--warmup <steps>', 'linear warmup steps', num('warmup', 0, 1 << 30), 1000)
+    .option('--lr <lr>', "learning rate (default: 2e-4 / sqrt(latents / 2^14))", num('lr', 0, 10, false, true))
+    .option('--warmup <steps>', 'linear warmup steps, at most 10% of the run (default: 1000)', num('warmup', 0, 1 << 30), 1000)
     .option('--auxk-alpha <a>', 'AuxK loss weight (0 turns it off)', num('auxk-alpha', 0, 1e6, false), 1 / 32)
-    .option('--normalize <mode>', "'none' or 'expected-norm' (scale inputs to E||x|| = sqrt(dIn); folded into the weights)", 'none')
-    .option('--format <f>', "'saelens' (default) or 'sparsify'", 'saelens')
+    .option('--normalize <mode>', "'none' or 'expected-norm' (scale inputs to E||x|| = sqrt(dIn); folded into the weights)", oneOf('normalize', ['none', 'expected-norm'] as const), 'none')
+    .option('--format <f>', "'saelens' (default) or 'sparsify'", oneOf('format', ['saelens', 'sparsify'] as const), 'saelens')
     .option('--seed <n>', 'seed of the initialisation and the data order', num('seed', 0, Number.MAX_SAFE_INTEGER), 0)
-    .option('--resume', 'continue from <out>/checkpoint if present')
+    .option('--resume', 'continue from <out>/checkpoint if present (same --batch, --seed and --normalize)')
+    .option('--overwrite', 'replace an earlier run, SAE or log in <out> / --log (without it saekit refuses)')
     .option('--checkpoint-every <steps>', 'steps between checkpoints', num('checkpoint-every', 1, 1 << 30), 1000)
     .option('--log <file>', 'append every step as a JSON line')
     .option('--device <d>', "'auto' (CUDA when usable), 'cpu', 'cuda' or 'cuda:N'", 'auto')
     .option('--tensor <name>', 'the tensor to read from .safetensors files (default: the only 2-D one)')
     .option('--dtype <t>', 'element type of raw .bin files: float32, float16, bfloat16, float64')
     .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))
+    .option('--on-non-finite <policy>', NON_FINITE_HELP, oneOf('on-non-finite', ['error', 'skip'] as const), 'error')
     .option('--json', 'print the final statistics as JSON on stdout')
     .addHelpText(
       'after',
       '\nExample:\n  saekit train acts/*.npy --latents 24576 --k 32 --out runs/l8 --tokens 100000000 --log runs/l8/log.jsonl\n' +
         '  (Ctrl-C stops after the current step and saves; run again with --resume to continue.)\n',
     )
-    .action(async (paths: string[], f: TrainFlags) => {
-      if (f.normalize !== 'none' && f.normalize !== 'expected-norm') {
-        throw new SaekitError('ERR_SAEKIT_ARG', `Expected one of: none, expected-norm for --normalize but received '${f.normalize}'`);
-      }
-      if (f.format !== 'saelens' && f.format !== 'sparsify') {
-        throw new SaekitError('ERR_SAEKIT_ARG', `Expected one of: saelens, sparsify for --format but received '${f.format}'`);
-      }
-      await train(paths, f);
-    });
+    .action((paths: string[], f: TrainFlags) => train(paths, f));
   program
     .command('eval')
     .description('evaluate an SAE (SAELens, sparsify or Gemma Scope files) on activations: reconstruction, sparsity, geometry')
@@ -314,6 +437,7 @@ export function buildProgram(): Command {
     .option('--tensor <name>', 'the tensor to read from .safetensors files')
     .option('--dtype <t>', 'element type of raw .bin files')
     .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))
+    .option('--on-non-finite <policy>', NON_FINITE_HELP, oneOf('on-non-finite', ['error', 'skip'] as const), 'error')
     .addHelpText('after', '\nExample:\n  saekit eval runs/l8 acts/val.npy --max-tokens 2000000 --json > eval.json\n')
     .action((sae: string, paths: string[], f: EvalFlags) => evalCommand(sae, paths, f));
   program
@@ -323,23 +447,18 @@ export function buildProgram(): Command {
     .argument('<saeB>', 'second SAE folder or file')
     .requiredOption('--data <src>', "activations for saeA (and saeB unless --data-b)")
     .option('--data-b <src>', "saeB's activations, aligned token by token with --data (another model on the same text)")
-    .option('--kind <k>', 'codes or preacts', 'codes')
-    .option('--method <m>', 'argmax, mutual or hungarian (hungarian needs the full correlation matrix, at most 1 GiB: nA x nB x 4 bytes; beyond it use argmax or mutual, which work from top matches)', 'hungarian')
+    .option('--kind <k>', 'codes or preacts', oneOf('kind', ['codes', 'preacts'] as const), 'codes')
+    .option('--method <m>', 'argmax, mutual or hungarian (hungarian needs the full correlation matrix, at most 1 GiB: nA x nB x 4 bytes; beyond it use argmax or mutual, which work from top matches)', oneOf('method', ['argmax', 'mutual', 'hungarian'] as const), 'hungarian')
     .option('--threshold <r>', 'drop matched pairs with correlation below this', num('threshold', -1, 1, false), 0.1)
     .option('--top <n>', 'for --method mutual: best buddies within the top n', num('top', 1, 1 << 20), 1)
     .option('--max-tokens <n>', 'tokens to correlate over', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 100_000)
     .option('--max-bytes <n>', 'largest full correlation matrix (nA x nB x 4 bytes, default 1 GiB); beyond it argmax and mutual use top matches per feature', num('max-bytes', 1, Number.MAX_SAFE_INTEGER))
     .option('--runs <n>', 'shuffled baselines for the p-values', num('runs', 1, 100000), 20)
+    .option('--on-non-finite <policy>', NON_FINITE_HELP, oneOf('on-non-finite', ['error', 'skip'] as const), 'error')
     .option('--json', 'print the summary as JSON')
     .option('--out <file>', 'also write the summary and every matched pair as JSON')
     .addHelpText('after', '\nExample:\n  saekit compare runs/seed1 runs/seed2 --data acts/val.npy --method hungarian --json\n')
-    .action((a: string, b: string, f: CompareFlags) => {
-      if (f.kind !== 'codes' && f.kind !== 'preacts') throw new SaekitError('ERR_SAEKIT_ARG', `Expected one of: codes, preacts for --kind but received '${f.kind}'`);
-      if (!['argmax', 'mutual', 'hungarian'].includes(f.method)) {
-        throw new SaekitError('ERR_SAEKIT_ARG', `Expected one of: argmax, mutual, hungarian for --method but received '${f.method}'`);
-      }
-      return compare(a, b, f);
-    });
+    .action((a: string, b: string, f: CompareFlags) => compare(a, b, f));
   program
     .command('match-layers')
     .description('SAE Match: data-free matching of the latents of consecutive SAEs (e.g. adjacent layers)')
@@ -361,11 +480,23 @@ export function buildProgram(): Command {
 }
 
 async function main(): Promise<void> {
+  // A reader that stops early (`saekit eval ... | head`) is not an error.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
   try {
     await buildProgram().parseAsync(process.argv);
   } catch (err) {
     if (err instanceof SaekitError) {
-      process.stderr.write(`saekit: ${err.message} [${err.code}]\n`);
+      process.stderr.write(`saekit: ${cliMessage(err.message)} [${err.code}]\n`);
+      process.exitCode = 1;
+      return;
+    }
+    // A system error (a path that cannot be read or written): one line, not a stack trace.
+    const code = (err as NodeJS.ErrnoException | undefined)?.code;
+    if (err instanceof Error && typeof code === 'string' && /^E[A-Z]+$/.test(code)) {
+      process.stderr.write(`saekit: ${err.message} [${code}]\n`);
       process.exitCode = 1;
       return;
     }

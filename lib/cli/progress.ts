@@ -46,3 +46,31 @@ export class Progress {
     if (this.stream.isTTY) this.stream.write('\n');
   }
 }
+
+/** Progress of a pass over tokens without training statistics (eval, compare): the same line format. */
+export class TokenProgress {
+  private lastPrint = 0;
+  private readonly start = performance.now();
+  constructor(
+    private readonly label: string,
+    private readonly totalTokens: number | undefined,
+    private readonly stream: NodeJS.WriteStream = process.stderr,
+    private readonly intervalMs = stream.isTTY ? 200 : 10_000,
+  ) {}
+
+  update(tokens: number, note = ''): void {
+    const now = performance.now();
+    if (now - this.lastPrint < this.intervalMs) return;
+    this.lastPrint = now;
+    const elapsed = (now - this.start) / 1e3;
+    const rate = elapsed > 0 ? tokens / elapsed : 0;
+    const total = this.totalTokens !== undefined && Number.isFinite(this.totalTokens) ? this.totalTokens : undefined;
+    const eta = total !== undefined ? `  ETA ${duration((total - tokens) / Math.max(rate, 1e-9))}` : '';
+    const stats = `${this.label}: ${count(tokens)}${total !== undefined ? `/${count(total)}` : ''} tok  ${count(rate)} tok/s${eta}${note ? `  ${note}` : ''}`;
+    this.stream.write(this.stream.isTTY ? `\r${stats}\u001b[K` : `${stats}\n`);
+  }
+
+  done(): void {
+    if (this.stream.isTTY && this.lastPrint > 0) this.stream.write('\n');
+  }
+}

@@ -1,6 +1,6 @@
 /** Validation of BatchOptions and the sizes derived from them. */
 import { argError } from '../errors.js';
-import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed } from '../validate.js';
+import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
 import type { BatchOptions } from './types.js';
 
 export type NonFinitePolicy = 'error' | 'skip';
@@ -28,9 +28,13 @@ export interface ResolvedBatchOptions {
   recycle: boolean;
 }
 
+const BATCH_OPTIONS = optionNames<BatchOptions>({
+  batchSize: true, shuffle: true, seed: true, epochs: true, dropLast: true, bufferBytes: true, onNonFinite: true, chunkRows: true, recycle: true,
+});
+
 /** Checks `options` for a source of width `dIn`; throws the standard SaekitError naming the field. */
 export function resolveBatchOptions(options: BatchOptions | undefined, dIn: number, sourceDefault: NonFinitePolicy): ResolvedBatchOptions {
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, BATCH_OPTIONS);
   const batchSize = o.batchSize === undefined ? DEFAULT_BATCH_SIZE : checkInt('options.batchSize', o.batchSize, 1, MAX_BATCH_ELEMENTS);
   if (batchSize * dIn > MAX_BATCH_ELEMENTS) {
     throw argError('options.batchSize', `integer between 1 and ${Math.floor(MAX_BATCH_ELEMENTS / dIn)} (batches are at most 2^28 values; dIn = ${dIn})`, batchSize);

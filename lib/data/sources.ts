@@ -1,6 +1,6 @@
 /** The three kinds of ActivationSource: files, an in-memory array, an async iterable. */
 import { argError, SaekitError } from '../errors.js';
-import { checkInt, checkOneOf, checkOptions } from '../validate.js';
+import { checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { DISK_DTYPES, type SkipCounter } from './convert.js';
 import { BATCH_ARRAYS, BatchPool, MixingMemory, mixingHalf, RELEASE_BATCH, sequentialEpoch, shuffleEpoch, type BatchArrays, type MixingDType } from './engine.js';
 import { HandleCache } from './files.js';
@@ -218,8 +218,10 @@ class IterableSource extends BaseSource {
  * of such files, a glob pattern (*, ?, **), or an array of these. Files are read in path order
  * and must agree on dIn; only headers are read here.
  */
+const OPEN_OPTIONS = optionNames<OpenOptions>({ tensor: true, dtype: true, dIn: true, onNonFinite: true });
+
 export async function openActivations(pathOrPaths: string | string[], options?: OpenOptions): Promise<ActivationSource> {
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, OPEN_OPTIONS);
   if (o.tensor !== undefined && (typeof o.tensor !== 'string' || o.tensor.length === 0)) throw argError('options.tensor', 'a non-empty string', o.tensor);
   const dtype = o.dtype === undefined ? undefined : checkOneOf('options.dtype', o.dtype, DISK_DTYPES);
   const dIn = o.dIn === undefined ? undefined : checkInt('options.dIn', o.dIn, 1, 1 << 24);

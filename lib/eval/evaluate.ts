@@ -49,7 +49,7 @@ import { argError, SaekitError } from '../errors.js';
 import { BATCH_ARRAYS, RELEASE_BATCH, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/types.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
-import { checkBool, checkInt, checkOptions } from '../validate.js';
+import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
 import { transpose } from '../io/common.js';
 import { maxCosine } from './geometry.js';
 
@@ -70,6 +70,8 @@ export interface EvaluateOptions {
    * [lo, hi) except the last, which includes 0. Default 50.
    */
   histogramBins?: number;
+  /** Called after each batch is accumulated, with the tokens evaluated so far (for progress output). */
+  onProgress?: (tokens: number) => void;
 }
 
 export interface EvaluateCompat {
@@ -108,6 +110,7 @@ export interface EvaluateResult {
 const DEFAULT_MAX_TOKENS = 1_000_000;
 const DEFAULT_BATCH = 4096;
 const DEFAULT_BINS = 50;
+const EVALUATE_OPTIONS = optionNames<EvaluateOptions>({ maxTokens: true, batchSize: true, compat: true, geometry: true, histogramBins: true, onProgress: true });
 /** Rows of x with a smaller norm are divided by 1 in l2_ratio (SAELens's evals). */
 const L2_RATIO_MIN_NORM = 1e-4;
 
@@ -260,13 +263,15 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
   if (source === null || typeof source !== 'object' || typeof (source as { batches?: unknown }).batches !== 'function') {
     throw argError('source', 'an ActivationSource', source);
   }
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, EVALUATE_OPTIONS);
   const maxTokens =
     o.maxTokens === undefined ? DEFAULT_MAX_TOKENS : o.maxTokens === Infinity ? Infinity : checkInt('options.maxTokens', o.maxTokens, 1, Number.MAX_SAFE_INTEGER);
   const batchSize = o.batchSize === undefined ? DEFAULT_BATCH : checkInt('options.batchSize', o.batchSize, 1, 1 << 24);
   const compat = o.compat === undefined ? false : checkBool('options.compat', o.compat);
   const geometry = o.geometry === undefined ? true : checkBool('options.geometry', o.geometry);
   const bins = o.histogramBins === undefined ? DEFAULT_BINS : checkInt('options.histogramBins', o.histogramBins, 1, 100_000);
+  if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw argError('options.onProgress', 'a function (tokens) => void', o.onProgress);
+  const onProgress = o.onProgress;
   const dIn = sae.dIn;
   const L = sae.numLatents;
   if (source.dIn !== dIn) {
@@ -287,6 +292,7 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
     try {
       const r = await p.fwd;
       acc.add(p.x, p.rows, r.recon, r.codes);
+      onProgress?.(acc.tokens);
     } finally {
       p.release();
     }

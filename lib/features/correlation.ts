@@ -34,7 +34,7 @@ import type { SparseAutoencoder } from '../sae/index.js';
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import { tensor, type Device } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
-import { checkBool, checkInt, checkOneOf, checkOptions } from '../validate.js';
+import { checkBool, checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 export interface CorrelationOptions {
   /** 'codes' (default), 'preacts' (pre-activations before the activation) or 'dense' (the rows themselves). */
@@ -63,7 +63,16 @@ export interface CorrelationOptions {
    * per-batch co-moment GEMM.
    */
   device?: DeviceOption;
+  /**
+   * Called after each batch with the tokens read so far, over every pass (a dense correlation
+   * wider than maxBytes reads the sources once per column block), and the passes it will make.
+   */
+  onProgress?: (tokensRead: number, passes: number) => void;
 }
+
+const CORRELATION_OPTIONS = optionNames<CorrelationOptions>({
+  kind: true, maxTokens: true, batchSize: true, mask: true, maxBytes: true, output: true, top: true, reverse: true, device: true, onProgress: true,
+});
 
 export interface CorrelationSide {
   /** The SAE whose features are correlated; omit for kind 'dense'. */
@@ -125,14 +134,22 @@ async function* aligned(a: ActivationSource, b: ActivationSource | undefined, ba
   // Recycled batch arrays: the caller is done with a pair before it asks for the next one.
   const ia = a.batches({ batchSize, shuffle: false, recycle: true })[Symbol.asyncIterator]();
   const ib = b ? b.batches({ batchSize, shuffle: false, recycle: true })[Symbol.asyncIterator]() : undefined;
+  const unequal = (rowsA: number, rowsB: number) =>
+    new SaekitError(
+      'ERR_SAEKIT_SHAPE',
+      `Expected the two sources to have the same number of rows (aligned token by token) but a gave ${rowsA} and b gave ${rowsB} before one ended` +
+        (a.numRows !== undefined && b?.numRows !== undefined ? ` (a has ${a.numRows} rows, b has ${b.numRows})` : ''),
+    );
+  let rows = 0;
   try {
     for (;;) {
       const [ra, rb] = await Promise.all([ia.next(), ib?.next()]);
       if (ra.done || (rb && rb.done)) {
-        if (rb && ra.done !== rb.done) throw new SaekitError('ERR_SAEKIT_SHAPE', 'Expected the two sources to have the same number of rows (aligned token by token)');
+        if (rb && ra.done !== rb.done) throw unequal(rows + (ra.done ? 0 : ra.value.rows), rows + (rb.done ? 0 : rb.value.rows));
         return;
       }
-      if (rb && rb.value.rows !== ra.value.rows) throw new SaekitError('ERR_SAEKIT_SHAPE', 'Expected the two sources to have the same number of rows (aligned token by token)');
+      if (rb && rb.value.rows !== ra.value.rows) throw unequal(rows + ra.value.rows, rows + rb.value.rows);
+      rows += ra.value.rows;
       yield [ra.value, rb ? rb.value : ra.value] as const;
     }
   } finally {
@@ -184,6 +201,7 @@ async function forEachBatch(
   maxTokens: number,
   mask: CorrelationOptions['mask'],
   each: (xa: Float32Array, xb: Float32Array, rows: number) => Promise<void>,
+  report?: (seen: number) => void,
 ): Promise<Pass> {
   const dA = a.dIn;
   const dB = (b ?? a).dIn;
@@ -201,9 +219,11 @@ async function forEachBatch(
       xb = selectRows(xb, dB, keep);
       rows = keep.length;
     }
-    if (rows === 0) continue;
-    await each(xa, xb, rows);
-    n += rows;
+    if (rows !== 0) {
+      await each(xa, xb, rows);
+      n += rows;
+    }
+    report?.(seen);
   }
   return { n, seen };
 }
@@ -211,7 +231,7 @@ async function forEachBatch(
 /** Pearson correlation between the features of two sides over aligned tokens (see the module comment). */
 export async function correlation(a: CorrelationSide, b: CorrelationSide, options?: CorrelationOptions): Promise<CorrelationResult> {
   const site = new Error();
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, CORRELATION_OPTIONS);
   const kind = o.kind === undefined ? 'codes' : checkOneOf('options.kind', o.kind, ['codes', 'preacts', 'dense'] as const);
   const batchSize = o.batchSize === undefined ? 4096 : checkInt('options.batchSize', o.batchSize, 1, 1 << 24);
   const maxTokens = o.maxTokens === undefined ? Number.MAX_SAFE_INTEGER : checkInt('options.maxTokens', o.maxTokens, 1, Number.MAX_SAFE_INTEGER);
@@ -220,6 +240,8 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   const top = o.top === undefined ? 5 : checkInt('options.top', o.top, 1, 2 ** 31 - 1);
   const reverse = o.reverse === undefined ? false : checkBool('options.reverse', o.reverse);
   if (o.mask !== undefined && typeof o.mask !== 'function') throw argError('options.mask', 'a function (token) => boolean', o.mask);
+  if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw argError('options.onProgress', 'a function (tokensRead, passes) => void', o.onProgress);
+  const onProgress = o.onProgress;
   if (!a?.source) throw argError('a.source', 'an ActivationSource', a?.source);
   const srcB = b?.source && b.source !== a.source ? b.source : undefined;
   const dA = a.source.dIn;
@@ -235,8 +257,8 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   }
   const full = output === 'full' || (output === 'auto' && fits);
   const device = o.device === undefined ? 'cpu' : deviceName(resolveDevice('options.device', o.device));
-  if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, a.source, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device }, site);
-  return correlateDense(a, b ?? {}, a.source, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device });
+  if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, a.source, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device, onProgress }, site);
+  return correlateDense(a, b ?? {}, a.source, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device, onProgress });
 }
 
 async function correlateCodes(
@@ -244,7 +266,7 @@ async function correlateCodes(
   saeB: SparseAutoencoder,
   srcA: ActivationSource,
   srcB: ActivationSource | undefined,
-  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; limited: boolean; device: Device },
+  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; limited: boolean; device: Device; onProgress: CorrelationOptions['onProgress'] },
   site: Error,
 ): Promise<CorrelationResult> {
   const nA = saeA.numLatents;
@@ -254,7 +276,7 @@ async function correlateCodes(
   const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows) => {
     const [ca, cb] = await Promise.all([saeA.encode(xa), saeB.encode(xb)]);
     callNative(() => native().sparseCorrAppend(store, ca.values, ca.indices, cb.values, cb.indices, rows));
-  });
+  }, o.onProgress && ((seen) => o.onProgress!(seen, 1)));
   if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
   const r = await settleNative(callNative(() => native().sparseCorrRun(store, o.full, o.full ? 0 : o.top, o.reverse, o.device)), site);
   const common = { nA, nB, tokens: r.tokens, constantA: r.constantA, constantB: r.constantB, activeA: r.activeA, activeB: r.activeB };
@@ -272,7 +294,7 @@ async function correlateDense(
   kind: 'preacts' | 'dense',
   nA: number,
   nB: number,
-  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; maxBytes: number; device: Device },
+  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; maxBytes: number; device: Device; onProgress: CorrelationOptions['onProgress'] },
 ): Promise<CorrelationResult> {
   // Column blocks of B whose float64 co-moments (nA x w x 8 bytes) fit in maxBytes; one block
   // (the whole matrix) for full output.
@@ -287,6 +309,8 @@ async function correlateDense(
   const activeA = new Float64Array(nA);
   const activeB = new Float64Array(nB);
   let tokens = -1;
+  const passes = Math.ceil(nB / w);
+  let readBefore = 0; // tokens read by earlier passes (progress)
   for (let j0 = 0; j0 < nB; j0 += w) {
     const j1 = Math.min(nB, j0 + w);
     const wb = j1 - j0;
@@ -308,7 +332,8 @@ async function correlateDense(
       }
       await mergeDense(fa, fb, rows, nA, wb, n, mx, my, mxx, myy, mxy, actA, actB, o.device);
       n += rows;
-    });
+    }, o.onProgress && ((seen) => o.onProgress!(readBefore + seen, passes)));
+    readBefore += pass.seen;
     if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
     if (tokens >= 0 && pass.n !== tokens) {
       throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected every pass over the sources to give the same tokens (${tokens}) but one gave ${pass.n}`);

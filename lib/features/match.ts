@@ -21,7 +21,7 @@ import { SparseAutoencoder, type SaeWeights } from '../sae/index.js';
 import { tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
 import type { CorrelationResult, CorrelationTopMatches } from './correlation.js';
-import { checkBool, checkInt, checkOneOf, checkOptions } from '../validate.js';
+import { checkBool, checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 export type MatchMethod = 'argmax' | 'mutual' | 'hungarian';
 
@@ -62,6 +62,9 @@ export interface MatchResult {
 
 const MAX_DIM = 2 ** 31 - 1;
 
+const MATCH_OPTIONS = optionNames<MatchOptions>({ nA: true, nB: true, method: true, threshold: true, top: true });
+const SAE_MATCH_OPTIONS = optionNames<SaeMatchOptions>({ fold: true, encoder: true });
+
 /**
  * Pairs features of A (rows of `corr`, [nA, nB] row-major) with features of B (columns), or
  * of a correlation() result (see the module comment).
@@ -72,7 +75,7 @@ export async function match(corr: Float32Array | Float64Array | CorrelationResul
     throw argError('corr', 'a Float32Array, a Float64Array or a correlation() result', corr, 'ERR_SAEKIT_DTYPE');
   }
   if (options === undefined && !isResult) throw argError('options', 'an options object with nA and nB', options);
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, MATCH_OPTIONS);
   const res = isResult ? (corr as CorrelationResult) : undefined;
   const nA = res ? res.nA : checkInt('options.nA', o.nA, 0, MAX_DIM);
   const nB = res ? res.nB : checkInt('options.nB', o.nB, 0, MAX_DIM);
@@ -296,7 +299,7 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
     throw argError('saeB.numLatents', `saeA.numLatents = ${saeA.numLatents}`, saeB.numLatents, 'ERR_SAEKIT_SHAPE');
   }
   if (saeA.dIn !== saeB.dIn) throw argError('saeB.dIn', `saeA.dIn = ${saeA.dIn}`, saeB.dIn, 'ERR_SAEKIT_SHAPE');
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, SAE_MATCH_OPTIONS);
   const fold = o.fold === undefined ? true : checkBool('options.fold', o.fold);
   const encoder = o.encoder === undefined ? false : checkBool('options.encoder', o.encoder);
   const n = saeA.numLatents;

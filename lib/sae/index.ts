@@ -29,7 +29,7 @@ import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import type { WriteSaeOptions } from '../io/sae-files.js';
 import { native, type NativeAdam, type NativePrefetched, type NativeSae, type NativeTensor } from '../native/index.js';
 import { handleOf, Tensor } from '../tensor/index.js';
-import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkSeed, randomSeed } from '../validate.js';
+import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkSeed, optionNames, randomSeed } from '../validate.js';
 
 /** Sparse codes: `k` (value, latent index) pairs per row, row-major, each row by descending value. */
 export interface SparseCodes {
@@ -142,6 +142,13 @@ export interface StepOptions {
   deadThresholdTokens?: number;
 }
 
+const PLACEMENT_OPTIONS = optionNames<PlacementOptions>({ device: true, precision: true });
+const CREATE_OPTIONS = optionNames<CreateOptions>({ dIn: true, numLatents: true, k: true, seed: true, device: true, precision: true });
+const FROM_WEIGHTS_OPTIONS = optionNames<FromWeightsOptions>({ k: true, architecture: true, applyBDecToInput: true, device: true, precision: true });
+const WRITE_SAE_OPTIONS = optionNames<WriteSaeOptions>({ format: true, dtype: true, metadata: true });
+const ADAM_OPTIONS = optionNames<AdamOptions>({ lr: true, beta1: true, beta2: true, eps: true });
+const STEP_OPTIONS = optionNames<StepOptions>({ lr: true, auxkAlpha: true, deadThresholdTokens: true });
+
 /** What one optimizer step reports. Nothing else leaves native memory. */
 export interface StepStats {
   loss: number;
@@ -252,7 +259,7 @@ export class SparseAutoencoder {
    * `W_enc = W_dec^T` and both biases zero.
    */
   static create(options: CreateOptions): SparseAutoencoder {
-    const o = checkOptions('options', options);
+    const o = checkOptions('options', options, CREATE_OPTIONS);
     const dIn = checkInt('options.dIn', o.dIn, 1, 1 << 20);
     const numLatents = checkInt('options.numLatents', o.numLatents, 1, 1 << 24);
     const k = checkInt('options.k', o.k, 1, numLatents);
@@ -284,7 +291,7 @@ export class SparseAutoencoder {
     const numLatents = size(weights.b_enc);
     if (dIn < 1) throw argError('b_dec', 'a non-empty array of length dIn', weights.b_dec, 'ERR_SAEKIT_SHAPE');
     if (numLatents < 1) throw argError('b_enc', 'a non-empty array of length numLatents', weights.b_enc, 'ERR_SAEKIT_SHAPE');
-    const o = checkOptions('options', options);
+    const o = checkOptions('options', options, FROM_WEIGHTS_OPTIONS);
     const architecture = o.architecture === undefined ? 'topk' : checkOneOf('options.architecture', o.architecture, ['topk', 'jumprelu'] as const);
     const applyBDec = o.applyBDecToInput === undefined ? true : checkBool('options.applyBDecToInput', o.applyBDecToInput);
     const placement = placementOf(o);
@@ -309,7 +316,7 @@ export class SparseAutoencoder {
    */
   static async load(pathOrDir: string, options?: PlacementOptions): Promise<SparseAutoencoder> {
     if (typeof pathOrDir !== 'string' || pathOrDir.length === 0) throw argError('path', 'a file or folder path', pathOrDir);
-    const o = checkOptions('options', options);
+    const o = checkOptions('options', options, PLACEMENT_OPTIONS);
     // Loaded on first use: the file formats are not needed to train or encode.
     const { readSaeFiles } = await import('../io/sae-files.js');
     const { config, weights } = await readSaeFiles(pathOrDir);
@@ -331,7 +338,7 @@ export class SparseAutoencoder {
    */
   async save(dir: string, options?: WriteSaeOptions): Promise<string[]> {
     if (typeof dir !== 'string' || dir.length === 0) throw argError('dir', 'a folder path', dir);
-    const o = checkOptions('options', options);
+    const o = checkOptions('options', options, WRITE_SAE_OPTIONS);
     if (o.format !== undefined) checkOneOf('options.format', o.format, ['saelens', 'sparsify'] as const);
     if (o.dtype !== undefined) checkOneOf('options.dtype', o.dtype, ['float32', 'bfloat16'] as const, 'ERR_SAEKIT_DTYPE');
     const { foldDecoderNorms, writeSaeFiles } = await import('../io/sae-files.js');
@@ -465,7 +472,7 @@ export class SparseAutoencoder {
 
   /** An Adam optimizer over this SAE's parameters; its state stays native. */
   adam(options?: AdamOptions): AdamOptimizer {
-    const o = checkOptions('options', options);
+    const o = checkOptions('options', options, ADAM_OPTIONS);
     const lr = o.lr === undefined ? 2e-4 / Math.sqrt(this.numLatents / 2 ** 14) : checkNumber('options.lr', o.lr, 0, Infinity);
     const beta1 = o.beta1 === undefined ? 0.9 : checkNumber('options.beta1', o.beta1, 0, 0.999999);
     const beta2 = o.beta2 === undefined ? 0.999 : checkNumber('options.beta2', o.beta2, 0, 0.99999999);
@@ -612,7 +619,7 @@ export class AdamOptimizer {
    */
   async step(x: Rows | PrefetchedBatch, options?: StepOptions): Promise<StepStats> {
     const site = new Error();
-    const o = checkOptions('options', options);
+    const o = checkOptions('options', options, STEP_OPTIONS);
     const lr = o.lr === undefined ? this.lr : checkNumber('options.lr', o.lr, 0, Infinity);
     const alpha = o.auxkAlpha === undefined ? DEFAULT_AUXK_ALPHA : checkNumber('options.auxkAlpha', o.auxkAlpha, 0, Infinity);
     const threshold =

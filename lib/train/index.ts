@@ -13,7 +13,7 @@
  * const result = await trainer.fit(source, { checkpointDir: 'runs/l8/ckpt', saveDir: 'runs/l8', logFile: 'runs/l8/log.jsonl' });
  * ```
  */
-import { open, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
@@ -21,7 +21,7 @@ import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } f
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
 import type { AdamOptimizer, PrefetchedBatch, SparseAutoencoder, StepStats } from '../sae/index.js';
-import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions } from '../validate.js';
+import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 /** Trainer options; every field has a default. */
 export interface TrainerOptions {
@@ -94,7 +94,12 @@ export interface FitOptions {
   checkpointDir?: string;
   /** Steps between checkpoints. Default 1000 (only with checkpointDir). */
   checkpointEvery?: number;
-  /** Resume from the checkpoint in checkpointDir if there is one. Default false. */
+  /**
+   * Resume from the checkpoint in checkpointDir if there is one (FitResult.resumedFrom says
+   * whether one was found). The data order must be the checkpoint's: batchSize, seed, shuffle and
+   * normalize have to match the options it was trained with (ERR_SAEKIT_ARG otherwise); lr,
+   * totalTokens / epochs and the rest may change. Default false.
+   */
   resume?: boolean;
   /** Save the trained SAE here (SAELens layout) when training completes or is aborted. */
   saveDir?: string;
@@ -115,6 +120,8 @@ export interface FitResult {
   seconds: number;
   /** Files written by saveDir. */
   saved: string[];
+  /** Where this call resumed from (options.resume with a checkpoint in checkpointDir); undefined for a new run. */
+  resumedFrom?: { step: number; tokens: number };
 }
 
 const DEFAULTS = {
@@ -141,6 +148,14 @@ type Resolved = Required<Omit<TrainerOptions, 'totalTokens' | 'epochs' | 'lr' | 
 };
 
 const CHECKPOINT_VERSION = 1;
+
+const TRAINER_OPTIONS = optionNames<TrainerOptions>({
+  device: true, batchSize: true, totalTokens: true, epochs: true, lr: true, beta1: true, beta2: true, eps: true, warmupSteps: true, decay: true,
+  decayFraction: true, auxkAlpha: true, deadThresholdTokens: true, bDecInit: true, normalize: true, normalizeBatches: true, shuffle: true, seed: true,
+});
+const FIT_OPTIONS = optionNames<FitOptions>({
+  signal: true, onStep: true, logFile: true, checkpointDir: true, checkpointEvery: true, resume: true, saveDir: true, saveFormat: true,
+});
 
 /**
  * The learning rate at `step` (0-based) of `total`: linear warmup from base/warmup to base over
@@ -205,7 +220,7 @@ export class Trainer {
   constructor(sae: SparseAutoencoder, options?: TrainerOptions) {
     if (sae === null || typeof sae !== 'object' || typeof (sae as SparseAutoencoder).adam !== 'function') throw argError('sae', 'a SparseAutoencoder', sae);
     this.sae = sae;
-    const o = checkOptions('options', options);
+    const o = checkOptions('options', options, TRAINER_OPTIONS);
     if (o.device !== undefined) {
       // The optimizer state lives beside the parameters: the SAE decides where training runs.
       const want = deviceName(resolveDevice('options.device', o.device));
@@ -259,7 +274,7 @@ export class Trainer {
   /** Trains; resolves when done or aborted. Never leaves trained work unsaved when saveDir/checkpointDir are set. */
   async fit(source: ActivationSource, options?: FitOptions): Promise<FitResult> {
     const t0 = performance.now();
-    const fo = checkOptions('options', options);
+    const fo = checkOptions('options', options, FIT_OPTIONS);
     if (source === null || typeof source !== 'object' || typeof (source as ActivationSource).batches !== 'function') {
       throw argError('source', 'an ActivationSource', source);
     }
@@ -267,6 +282,10 @@ export class Trainer {
       throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected a source with dIn = ${this.sae.dIn} (the SAE's) but it has dIn = ${source.dIn}`);
     }
     const every = fo.checkpointEvery === undefined ? 1000 : checkInt('options.checkpointEvery', fo.checkpointEvery, 1, 1 << 30);
+    // Output folders are made (and a bad path reported) before any training, not at the end.
+    if (fo.checkpointDir !== undefined) await makeDir('options.checkpointDir', fo.checkpointDir);
+    if (fo.saveDir !== undefined) await makeDir('options.saveDir', fo.saveDir);
+    if (fo.logFile !== undefined) await makeDir('options.logFile', path.dirname(fo.logFile), fo.logFile);
     const o = this.options;
     const total = this.totalSteps(source);
     const warmup = Math.min(o.warmupSteps, Math.ceil(total / 10));
@@ -277,10 +296,13 @@ export class Trainer {
     let tokens = 0;
     let scale = 1;
     let initialised = false;
+    let resumedFrom: FitResult['resumedFrom'];
     if (fo.resume && fo.checkpointDir) {
       const ck = await readCheckpoint(fo.checkpointDir);
       if (ck) {
+        checkResumable(ck, o, fo.checkpointDir);
         await this.restore(ck, fo.checkpointDir);
+        resumedFrom = { step: ck.step, tokens: ck.tokens };
         step = ck.step;
         tokens = ck.tokens;
         scale = ck.scale;
@@ -336,7 +358,7 @@ export class Trainer {
       pending.push(...first);
     }
 
-    const log = fo.logFile ? await open(fo.logFile, 'a') : undefined;
+    const log = fo.logFile ? await open(fo.logFile, 'a').catch((err: unknown) => { throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err); }) : undefined;
     let last: StepLog | undefined;
     let status: FitResult['status'] = 'completed';
     let saved: string[] = [];
@@ -405,7 +427,7 @@ export class Trainer {
       this.sae.setWeights({ b_enc: w.b_enc.map((v) => v / scale), b_dec: w.b_dec.map((v) => v / scale) });
     }
     if (fo.saveDir) saved = await this.sae.save(fo.saveDir, { format: fo.saveFormat ?? 'saelens' });
-    return { status, steps: step, tokens, last, scale, seconds: (performance.now() - t0) / 1e3, saved };
+    return { status, steps: step, tokens, last, scale, seconds: (performance.now() - t0) / 1e3, saved, ...(resumedFrom ? { resumedFrom } : {}) };
   }
 
   private async checkpoint(dir: string, step: number, tokens: number, scale: number, total: number): Promise<void> {
@@ -467,6 +489,38 @@ interface Checkpoint {
   stateFile: string;
   sae: { dIn: number; numLatents: number; k: number };
   options: Resolved;
+}
+
+/** The options that fix the data order and the input scale: a resume must keep them. */
+const RESUME_FIXED = ['batchSize', 'seed', 'shuffle', 'normalize'] as const;
+
+function checkResumable(ck: Checkpoint, o: Readonly<Resolved>, dir: string): void {
+  for (const key of RESUME_FIXED) {
+    const was = ck.options?.[key];
+    if (was !== undefined && was !== o[key]) {
+      throw new SaekitError(
+        'ERR_SAEKIT_ARG',
+        `Expected options.${key} = ${JSON.stringify(was)} to resume the checkpoint in ${dir} (the run was trained with it; ` +
+          `the data order and the step count depend on it) but received ${JSON.stringify(o[key])}; resume with the same value or start a new run`,
+      );
+    }
+  }
+}
+
+/** An output path that could not be made or opened, as ERR_SAEKIT_ARG naming the option and the system's reason. */
+function pathError(name: string, p: string, expected: string, err: unknown): SaekitError {
+  const why = err instanceof Error ? err.message : String(err);
+  return new SaekitError('ERR_SAEKIT_ARG', `Expected ${name} to be ${expected} but '${p}' is not usable: ${why}`);
+}
+
+/** mkdir -p, with the failure reported against the option that named the path. */
+async function makeDir(name: string, dir: string, shown = dir): Promise<void> {
+  if (typeof shown !== 'string' || shown.length === 0) throw argError(name, 'a non-empty path', shown);
+  try {
+    await mkdir(dir, { recursive: true });
+  } catch (err) {
+    throw pathError(name, shown, name === 'options.logFile' ? 'a file in a folder that can be created' : 'a folder that can be created', err);
+  }
 }
 
 async function readCheckpoint(dir: string): Promise<Checkpoint | undefined> {

@@ -71,10 +71,11 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
   ];
   for (const s of shapes) {
     const label = `dIn ${s.dIn}, ${s.numLatents} latents, k ${s.k}, ${s.rows} rows`;
+    const dims = { dIn: s.dIn, numLatents: s.numLatents, k: s.k }; // create()'s options (rows is not one)
     it(`encode, decode, forward, preActivations and gradients match the CPU (${label})`, async () => {
       const seed = 1000 + s.dIn;
-      using cpu = SparseAutoencoder.create({ ...s, seed, device: 'cpu' });
-      using dev = SparseAutoencoder.create({ ...s, seed, device, precision });
+      using cpu = SparseAutoencoder.create({ ...dims, seed, device: 'cpu' });
+      using dev = SparseAutoencoder.create({ ...dims, seed, device, precision });
       expect(dev.device).toMatch(/^cuda:\d+$/);
       const next = lcg(seed);
       const x = randomMatrix(s.rows, s.dIn, next);
@@ -121,8 +122,8 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
 
     it(`Adam steps, dead-latent counters and optimizer state match the CPU (${label})`, async () => {
       const seed = 2000 + s.dIn;
-      using cpu = SparseAutoencoder.create({ ...s, seed, device: 'cpu' });
-      using dev = SparseAutoencoder.create({ ...s, seed, device, precision });
+      using cpu = SparseAutoencoder.create({ ...dims, seed, device: 'cpu' });
+      using dev = SparseAutoencoder.create({ ...dims, seed, device, precision });
       const oc = cpu.adam({ lr: 1e-3 });
       const od = dev.adam({ lr: 1e-3 });
       const next = lcg(seed + 1);
