@@ -175,6 +175,22 @@ describe('evaluate: every field against a naive float64 reference', () => {
     close(got.l2_ratio, ratio / rows, REL, `${ctx}: l2_ratio closed form`);
   });
 
+  it('a source that fails while a forward pass runs rejects evaluate() with its error (no unhandled rejection)', async () => {
+    const next = lcg(freshSeed(9));
+    // Forward passes of a few ms, so the read-ahead of batch 3 fails while the loop waits for batch 1's.
+    const [dIn, L, rows] = [64, 2048, 2048];
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, next), { k: 2 });
+    const x = randomX(rows, dIn, next);
+    const failing = customSource(dIn, undefined, async function* () {
+      for (let i = 0; ; i++) {
+        if (i === 2) throw new Error('read failed on batch 3');
+        await new Promise((r) => setTimeout(r, 1));
+        yield { rows, dIn, data: x.slice() };
+      }
+    });
+    await expect(evaluate(sae, failing, { batchSize: rows, geometry: false })).rejects.toThrow(/read failed on batch 3/);
+  });
+
   it('onProgress reports the tokens accumulated after each batch, up to maxTokens', async () => {
     const next = lcg(freshSeed(8));
     const [dIn, L, rows] = [5, 13, 250];

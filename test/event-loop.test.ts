@@ -1,6 +1,12 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
 import { describe, expect, it } from 'vitest';
 
 import { backend, ops, randn } from '../lib/index.js';
+import { packageRoot } from '../lib/native/index.js';
 
 describe('work runs off the JS thread', () => {
   it('a 1 ms interval keeps firing while 3072^3 matmuls run (no gap near the length of one product)', async () => {
@@ -50,4 +56,31 @@ describe('work runs off the JS thread', () => {
       expect(() => backend.setThreads(bad as number)).toThrow(/Expected integer between 1 and 1024 for threads but received/);
     }
   });
+});
+
+describe('process exit while an op runs', () => {
+  // OpenBLAS's destructor joins its worker threads: an exit during a GEMM used to hang forever.
+  const child = (mode: string) => `
+    import { SparseAutoencoder } from ${JSON.stringify(path.join(packageRoot, 'lib', 'index.ts'))};
+    const sae = SparseAutoencoder.create({ dIn: 256, numLatents: 16384, k: 32, seed: 1 });
+    const opt = sae.adam();
+    const x = new Float32Array(2048 * 256).map(Math.random);
+    await opt.step(x);
+    const p = opt.step(x); void p;
+    for (let i = 0; i < 4; i++) void opt.step(x); // queued behind it: never started
+    if (${JSON.stringify(mode)} === 'exit') process.exit(3);
+    else setTimeout(() => { throw new Error('uncaught during a step'); }, 1);
+  `;
+  for (const [mode, code] of [['exit', 3], ['throw', 1]] as const) {
+    it(`${mode === 'exit' ? 'process.exit(3)' : 'an uncaught error'} during a training step ends the process with status ${code}`, () => {
+      const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-exit-'));
+      const file = path.join(dir, 'child.mts');
+      writeFileSync(file, child(mode));
+      const t0 = performance.now();
+      const r = spawnSync(process.execPath, ['--import', 'tsx', file], { cwd: packageRoot, encoding: 'utf8', timeout: 30_000 });
+      expect(r.error, 'the child hung (killed after 30 s)').toBeUndefined();
+      expect(r.status, r.stderr).toBe(code);
+      expect(performance.now() - t0).toBeLessThan(30_000);
+    }, 40_000);
+  }
 });

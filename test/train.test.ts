@@ -5,10 +5,11 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { SparseAutoencoder } from '../lib/index.js';
-import { fromArray } from '../lib/data/index.js';
+import { fromArray, fromAsyncIterable } from '../lib/data/index.js';
 import { superposition } from '../lib/data/synthetic.js';
 import { mmcs } from '../lib/eval/recovery.js';
 import { geometricMedian, learningRate, Trainer } from '../lib/train/index.js';
+import { customSource } from './helpers/data-fixtures.js';
 import { lcg } from './helpers/reference.js';
 
 function tmp(): string {
@@ -202,6 +203,69 @@ describe('Trainer', () => {
     expect(r.scale).toBeLessThan(1 / 10);
     const { fvu } = await sae.forward(x.subarray(0, 512 * dIn));
     expect(fvu).toBeLessThan(r.last!.fvu * 1.5 + 0.05);
+  });
+
+  it('a source that fails while a step runs rejects fit() with its error (no unhandled rejection), and the pass is closed', async () => {
+    using sae = make();
+    const x = data(rows, dIn, 6);
+    let returned = 0;
+    const failing = customSource(dIn, undefined, async function* () {
+      try {
+        for (let i = 0; ; i++) {
+          // The read-ahead of batch 6 fails at once, while step 5 runs natively.
+          if (i === 5) throw new Error('producer failed on batch 6');
+          await new Promise((r) => setTimeout(r, 1));
+          yield { rows: 64, dIn, data: x.slice(i * 64 * dIn, (i + 1) * 64 * dIn) };
+        }
+      } finally {
+        returned++;
+      }
+    });
+    await expect(new Trainer(sae, { ...opts, epochs: undefined, totalTokens: 64 * 20 }).fit(failing)).rejects.toThrow(/producer failed on batch 6/);
+    expect(returned).toBe(1);
+    // A failure before the first step (the log path is a folder) also ends the pass it began.
+    returned = 0;
+    const dir = tmp();
+    const counted = customSource(dIn, undefined, async function* () {
+      try {
+        for (let i = 0; ; i++) yield { rows: 64, dIn, data: x.slice(0, 64 * dIn) };
+      } finally {
+        returned++;
+      }
+    });
+    await expect(new Trainer(sae, { ...opts, epochs: undefined, totalTokens: 640 }).fit(counted, { logFile: dir })).rejects.toThrow(/options\.logFile/);
+    expect(returned).toBe(1);
+  });
+
+  it('one fit() at a time per SAE; an aborted signal returns at once; a short stream ends as exhausted; dispose frees the optimizer', async () => {
+    using sae = make();
+    const x = data(rows, dIn, 7);
+    const t1 = new Trainer(sae, opts);
+    const running = t1.fit(fromArray(x, dIn));
+    await expect(new Trainer(sae, opts).fit(fromArray(x, dIn))).rejects.toThrow(/one fit\(\) at a time per SparseAutoencoder/);
+    await expect(t1.fit(fromArray(x, dIn))).rejects.toThrow(/already being trained/);
+    expect((await running).status).toBe('completed');
+    // Already aborted: nothing is read or changed.
+    const before = (await sae.weights()).b_dec.slice();
+    const ctrl = new AbortController();
+    ctrl.abort();
+    const r = await new Trainer(sae, opts).fit(fromArray(x.map((v) => v + 5), dIn), { signal: ctrl.signal });
+    expect(r).toMatchObject({ status: 'aborted', steps: 0, tokens: 0 });
+    expect(Array.from((await sae.weights()).b_dec)).toEqual(Array.from(before));
+    // A stream of 3 batches for a 10-batch run.
+    const short = fromAsyncIterable((async function* () {
+      for (let i = 0; i < 3; i++) yield x.slice(i * 64 * dIn, (i + 1) * 64 * dIn);
+    })(), dIn);
+    const e = await new Trainer(sae, { ...opts, epochs: undefined, totalTokens: 640 }).fit(short);
+    expect(e).toMatchObject({ status: 'exhausted', steps: 3 });
+    // Trainer.dispose frees its optimizer; the next fit makes a new one.
+    t1.dispose();
+    expect((await t1.fit(fromArray(x, dIn))).status).toBe('completed');
+    // sae.dispose() frees the optimizers made for it too.
+    using other = make();
+    const opt = other.adam();
+    other.dispose();
+    expect(() => opt.prefetch(x.subarray(0, 64 * dIn))).toThrow(/this optimizer was disposed/);
   });
 
   it('rejects bad options with named errors', () => {

@@ -262,7 +262,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
     if (f.json) process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
     else {
       process.stdout.write(
-        `${result.status === 'aborted' ? 'stopped early; checkpoint and SAE saved (resume with --resume)' : 'done'}: ${result.steps} steps, ` +
+        `${result.status === 'aborted' ? 'stopped early; checkpoint and SAE saved (resume with --resume)' : result.status === 'exhausted' ? 'the data ended before --tokens' : 'done'}: ${result.steps} steps, ` +
           `${result.tokens.toLocaleString('en-US')} tokens in ${result.seconds.toFixed(1)} s` +
           (result.last ? `, fvu ${result.last.fvu.toFixed(4)}, L0 ${result.last.l0.toFixed(1)}, dead ${(100 * result.last.deadFraction).toFixed(2)}%` : '') +
           `\nsaved ${result.saved.join(', ')}\n`,

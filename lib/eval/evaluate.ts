@@ -314,8 +314,12 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
         const fwd = sae.forward(x);
         fwd.catch(() => {}); // awaited below; avoids an unhandled rejection if an earlier step throws
         read += rows;
-        // Read ahead while the forward pass runs.
-        if (read < maxTokens) nextBatch = it.next();
+        // Read ahead while the forward pass runs (a read that fails meanwhile is awaited below,
+        // not an unhandled rejection).
+        if (read < maxTokens) {
+          nextBatch = it.next();
+          nextBatch.catch(() => undefined);
+        }
         const done = prev;
         prev = { x, rows, fwd, release: release ?? (() => undefined) };
         if (done !== null) await finish(done);

@@ -6,6 +6,7 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { isMainThread } from 'node:worker_threads';
 
 import { SaekitError } from '../errors.js';
 
@@ -200,6 +201,8 @@ export interface NativeBinding {
   sparseCorrRun(store: NativeSparseCorrStore, full: boolean, top: number, reverse: boolean, device?: string): Promise<NativeSparseCorrResult>;
   /** Exact linear assignment over a [rows, cols] float64 cost (copied); resolves to rowToCol (-1 unassigned). */
   linearAssignment(cost: Float64Array, rows: number, cols: number, maximize: boolean): Promise<Int32Array>;
+  /** The status the process exits with (from the 'exit' event), for the native exit drain. */
+  _noteExitCode(code: number): void;
   _philox(counter: Uint32Array, key: Uint32Array): Uint32Array;
   _gemmDirect(
     impl: 'blas' | 'builtin',
@@ -226,6 +229,10 @@ export function native(): NativeBinding {
   try {
     const load = require('node-gyp-build') as (dir: string) => unknown;
     binding = load(packageRoot) as NativeBinding;
+    // If an op is still running when the process exits, the native side may have to end the
+    // exit early (see executor.cpp); it then uses this status.
+    const b = binding;
+    if (isMainThread) process.on('exit', (code) => b._noteExitCode(typeof code === 'number' ? code : Number(process.exitCode ?? 0)));
   } catch (err) {
     const cause = err instanceof Error ? err.message : String(err);
     throw new SaekitError(

@@ -142,6 +142,9 @@ export interface StepOptions {
   deadThresholdTokens?: number;
 }
 
+/** The optimizers each SAE made (weakly: an optimizer nobody holds is collected as usual). */
+const optimizers = new WeakMap<SparseAutoencoder, Set<WeakRef<AdamOptimizer>>>();
+
 const PLACEMENT_OPTIONS = optionNames<PlacementOptions>({ device: true, precision: true });
 const CREATE_OPTIONS = optionNames<CreateOptions>({ dIn: true, numLatents: true, k: true, seed: true, device: true, precision: true });
 const FROM_WEIGHTS_OPTIONS = optionNames<FromWeightsOptions>({ k: true, architecture: true, applyBDecToInput: true, device: true, precision: true });
@@ -478,11 +481,21 @@ export class SparseAutoencoder {
     const beta2 = o.beta2 === undefined ? 0.999 : checkNumber('options.beta2', o.beta2, 0, 0.99999999);
     const eps = o.eps === undefined ? 1e-8 : checkNumber('options.eps', o.eps, 0, Infinity, true);
     const h = callNative(() => this.handle().adam(lr, beta1, beta2, eps));
-    return new AdamOptimizer(h, this, lr);
+    const opt = new AdamOptimizer(h, this, lr);
+    let mine = optimizers.get(this);
+    if (!mine) optimizers.set(this, (mine = new Set()));
+    for (const r of mine) if (!r.deref()) mine.delete(r);
+    mine.add(new WeakRef(opt));
+    return opt;
   }
 
-  /** Frees the native parameters now. Idempotent. */
+  /**
+   * Frees the native parameters now, and the state of every optimizer adam() made for this SAE
+   * (an optimizer holds the parameters too; it cannot be used afterwards). Idempotent.
+   */
   dispose(): void {
+    for (const r of optimizers.get(this) ?? []) r.deref()?.dispose();
+    optimizers.delete(this);
     handles.get(this)?.dispose();
   }
 

@@ -13,7 +13,7 @@
  * const result = await trainer.fit(source, { checkpointDir: 'runs/l8/ckpt', saveDir: 'runs/l8', logFile: 'runs/l8/log.jsonl' });
  * ```
  */
-import { mkdir, open, readdir, readFile, rm } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
@@ -108,8 +108,11 @@ export interface FitOptions {
 }
 
 export interface FitResult {
-  /** 'completed', or 'aborted' by the signal. */
-  status: 'completed' | 'aborted';
+  /**
+   * 'completed'; 'aborted' by the signal; or 'exhausted': the source ended before the run's
+   * steps (a stream shorter than totalTokens).
+   */
+  status: 'completed' | 'aborted' | 'exhausted';
   steps: number;
   tokens: number;
   /** The last step's statistics. */
@@ -148,6 +151,9 @@ type Resolved = Required<Omit<TrainerOptions, 'totalTokens' | 'epochs' | 'lr' | 
 };
 
 const CHECKPOINT_VERSION = 1;
+
+/** SAEs a fit() is running on (two at once would interleave their steps on one set of weights). */
+const training = new WeakSet<SparseAutoencoder>();
 
 const TRAINER_OPTIONS = optionNames<TrainerOptions>({
   device: true, batchSize: true, totalTokens: true, epochs: true, lr: true, beta1: true, beta2: true, eps: true, warmupSteps: true, decay: true,
@@ -271,7 +277,12 @@ export class Trainer {
     return (epochs ?? 1) * perEpoch;
   }
 
-  /** Trains; resolves when done or aborted. Never leaves trained work unsaved when saveDir/checkpointDir are set. */
+  /**
+   * Trains; resolves when done, aborted or out of data. Never leaves trained work unsaved when
+   * saveDir/checkpointDir are set. One fit() at a time per SAE (ERR_SAEKIT_ARG otherwise: two
+   * runs would interleave their steps). A signal already aborted returns at once, reading and
+   * changing nothing.
+   */
   async fit(source: ActivationSource, options?: FitOptions): Promise<FitResult> {
     const t0 = performance.now();
     const fo = checkOptions('options', options, FIT_OPTIONS);
@@ -281,6 +292,29 @@ export class Trainer {
     if (source.dIn !== this.sae.dIn) {
       throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected a source with dIn = ${this.sae.dIn} (the SAE's) but it has dIn = ${source.dIn}`);
     }
+    if (training.has(this.sae)) {
+      throw new SaekitError('ERR_SAEKIT_ARG', 'Expected one fit() at a time per SparseAutoencoder but this one is already being trained (await the running fit() first)');
+    }
+    if (fo.signal?.aborted) return { status: 'aborted', steps: 0, tokens: 0, last: undefined, scale: 1, seconds: (performance.now() - t0) / 1e3, saved: [] };
+    training.add(this.sae);
+    try {
+      return await this.run(source, fo, t0);
+    } finally {
+      training.delete(this.sae);
+    }
+  }
+
+  /** Frees the optimizer state (Adam's moments: twice the parameters). Idempotent; the SAE stays usable. */
+  dispose(): void {
+    this.opt?.dispose();
+    this.opt = undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  private async run(source: ActivationSource, fo: Partial<FitOptions>, t0: number): Promise<FitResult> {
     const every = fo.checkpointEvery === undefined ? 1000 : checkInt('options.checkpointEvery', fo.checkpointEvery, 1, 1 << 30);
     // Output folders are made (and a bad path reported) before any training, not at the end.
     if (fo.checkpointDir !== undefined) await makeDir('options.checkpointDir', fo.checkpointDir);
@@ -332,40 +366,41 @@ export class Trainer {
         release(r.value);
       }
     };
-    for (let s = 0; s < step; s++) {
-      const b = await nextBatch();
-      if (!b) break;
-      release(b);
-    }
-
-    if (!initialised) {
-      // Read the first batches ahead: they set the scale and b_dec, then are trained on.
-      const first: Batch[] = [];
-      const want = o.normalize === 'expected-norm' ? o.normalizeBatches : 1;
-      for (let i = 0; i < want; i++) {
-        const b = await nextBatch();
-        if (!b) break;
-        first.push({ rows: b.rows, dIn: b.dIn, data: b.data.slice() });
-        release(b);
-      }
-      if (first.length === 0) throw new SaekitError('ERR_SAEKIT_ARG', 'the source produced no batch of at least 2 rows');
-      if (o.normalize === 'expected-norm') scale = normScale(first, this.sae.dIn);
-      const x0 = scaled(first[0]!.data, scale);
-      if (o.bDecInit !== 'zeros') {
-        const b = o.bDecInit === 'mean' ? columnMean(x0, this.sae.dIn) : geometricMedian(x0, this.sae.dIn);
-        this.sae.setWeights({ b_dec: Float32Array.from(b) });
-      }
-      pending.push(...first);
-    }
-
-    const log = fo.logFile ? await open(fo.logFile, 'a').catch((err: unknown) => { throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err); }) : undefined;
     let last: StepLog | undefined;
     let status: FitResult['status'] = 'completed';
     let saved: string[] = [];
     // The next batch, prefetched while a step runs (released in the finally block below if no
     // step takes it: after the last step, an abort or a failed step).
+    let log: FileHandle | undefined;
     let batchPromise: Promise<{ rows: number; x: PrefetchedBatch; done: () => void } | undefined> = Promise.resolve(undefined);
     try {
+      for (let s = 0; s < step; s++) {
+        const b = await nextBatch();
+        if (!b) break;
+        release(b);
+      }
+
+      if (!initialised) {
+        // Read the first batches ahead: they set the scale and b_dec, then are trained on.
+        const first: Batch[] = [];
+        const want = o.normalize === 'expected-norm' ? o.normalizeBatches : 1;
+        for (let i = 0; i < want; i++) {
+          const b = await nextBatch();
+          if (!b) break;
+          first.push({ rows: b.rows, dIn: b.dIn, data: b.data.slice() });
+          release(b);
+        }
+        if (first.length === 0) throw new SaekitError('ERR_SAEKIT_ARG', 'the source produced no batch of at least 2 rows');
+        if (o.normalize === 'expected-norm') scale = normScale(first, this.sae.dIn);
+        const x0 = scaled(first[0]!.data, scale);
+        if (o.bDecInit !== 'zeros') {
+          const b = o.bDecInit === 'mean' ? columnMean(x0, this.sae.dIn) : geometricMedian(x0, this.sae.dIn);
+          this.sae.setWeights({ b_dec: Float32Array.from(b) });
+        }
+        pending.push(...first);
+      }
+
+      log = fo.logFile ? await open(fo.logFile, 'a').catch((err: unknown) => { throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err); }) : undefined;
       // Each batch is prefetched as soon as it arrives, while the previous step runs: on a GPU
       // it is already on its way to the device when its step starts. A copied batch's array is
       // free again at once (the copy applies the input scale); a borrowed one (page-locked, scale
@@ -379,18 +414,23 @@ export class Trainer {
         return { rows: b.rows, x, done: () => undefined };
       };
       batchPromise = step < total ? nextPrefetched() : Promise.resolve(undefined);
+      batchPromise.catch(() => undefined); // awaited below; a read that fails while a step runs is not an unhandled rejection
       while (step < total) {
         if (fo.signal?.aborted) {
           status = 'aborted';
           break;
         }
         const batch = await batchPromise;
-        if (!batch) break;
+        if (!batch) {
+          status = 'exhausted';
+          break;
+        }
         const lr = learningRate(step, total, o.lr, warmup, o.decay, o.decayFraction);
         const ts = performance.now();
         const stepping = opt.step(batch.x, { lr, auxkAlpha: o.auxkAlpha, deadThresholdTokens: o.deadThresholdTokens });
         // Fetch and prefetch the next batch while this step runs natively.
         batchPromise = step + 1 < total ? nextPrefetched() : Promise.resolve(undefined);
+        batchPromise.catch(() => undefined);
         const st: StepStats = await stepping.finally(batch.done);
         const dt = (performance.now() - ts) / 1e3;
         step += 1;

@@ -3,9 +3,12 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <thread>
+
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -18,9 +21,22 @@ namespace sk {
 
 namespace {
 
+std::atomic<int> g_exit_code{1};
+
 class Executor {
  public:
   Executor() : thread_([this] { loop(); }) { thread_.detach(); }
+
+  // At process exit (atexit, so before the shared libraries' destructors): no queued op starts
+  // any more, and the running one gets `limit` to finish. An op left running would deadlock the
+  // exit: OpenBLAS's destructor joins its worker threads while one of them waits inside that op's
+  // GEMM (a process.exit() or an uncaught error during a step hung forever). If the op does not
+  // finish in time the process ends at once (_exit) with the status it was exiting with.
+  void drain_at_exit(std::chrono::milliseconds limit) {
+    std::unique_lock<std::mutex> lock(mu_);
+    exiting_ = true;
+    if (!idle_cv_.wait_for(lock, limit, [&] { return !running_; })) _exit(g_exit_code.load());
+  }
 
   void submit(std::function<void()> task) {
     {
@@ -49,19 +65,28 @@ class Executor {
       }
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return !queue_.empty(); });
+        // Once the process is exiting, queued ops never start (the thread sleeps for good).
+        cv_.wait(lock, [&] { return !queue_.empty() && !exiting_; });
         pending_.fetch_sub(1, std::memory_order_relaxed);
         task = std::move(queue_.front());
         queue_.pop_front();
+        running_ = true;
       }
       task();
-      std::lock_guard<std::mutex> lock(mu_);
-      ++completed_;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++completed_;
+        running_ = false;
+      }
+      idle_cv_.notify_all();
     }
   }
 
   std::mutex mu_;
   std::condition_variable cv_;
+  std::condition_variable idle_cv_;  // an op finished (drain_at_exit waits on it)
+  bool running_ = false;             // an op is running (under mu_)
+  bool exiting_ = false;             // the process is exiting: start no more ops (under mu_)
   std::deque<std::function<void()>> queue_;
   uint64_t submitted_ = 0, completed_ = 0;
   std::atomic<int64_t> pending_{0};  // queued tasks, readable without the lock
@@ -71,7 +96,13 @@ class Executor {
 // Created on first use and never destroyed: the thread serves every env for the life of the
 // process (an addon is never unloaded while worker threads may still use it).
 Executor& executor() {
-  static Executor* e = new Executor();
+  static Executor* e = [] {
+    auto* ex = new Executor();
+    // Registered after the addon and its libraries were loaded, so it runs before their
+    // destructors (OpenBLAS's among them). One second covers an op of a training loop.
+    std::atexit([] { executor().drain_at_exit(std::chrono::milliseconds(1000)); });
+    return ex;
+  }();
   return *e;
 }
 
@@ -79,5 +110,6 @@ Executor& executor() {
 
 void executor_submit(std::function<void()> task) { executor().submit(std::move(task)); }
 ExecutorStats executor_stats() { return executor().stats(); }
+void executor_note_exit_code(int code) { g_exit_code.store(code); }
 
 }  // namespace sk

@@ -16,5 +16,8 @@ struct ExecutorStats {
   uint64_t completed;
 };
 ExecutorStats executor_stats();
+// The status the process is exiting with, as the runtime reported it (process 'exit' event): used
+// if an op is still running at exit and the exit has to cut it short (see executor.cpp).
+void executor_note_exit_code(int code);
 
 }  // namespace sk

@@ -115,6 +115,13 @@ Napi::Value stats(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// _noteExitCode(code): the status the process is exiting with (lib/native registers it from the
+// process 'exit' event), for the executor's exit drain.
+Napi::Value note_exit_code(const Napi::CallbackInfo& info) {
+  if (info[0].IsNumber()) executor_note_exit_code(info[0].As<Napi::Number>().Int32Value());
+  return info.Env().Undefined();
+}
+
 void free_env_data(Napi::Env, EnvData* d) {
   close_dispatcher(d->dispatch);
   d->tensor_ctor.Reset();
@@ -136,6 +143,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New<guarded<backend_info>>(env, "info"));
   exports.Set("setThreads", Napi::Function::New<guarded<set_threads>>(env, "setThreads"));
   exports.Set("stats", Napi::Function::New<guarded<stats>>(env, "stats"));
+  exports.Set("_noteExitCode", Napi::Function::New<guarded<note_exit_code>>(env, "_noteExitCode"));
   register_ops(env, exports);
   register_sae(env, exports);
   register_io(env, exports);
