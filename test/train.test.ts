@@ -268,6 +268,54 @@ describe('Trainer', () => {
     expect(() => opt.prefetch(x.subarray(0, 64 * dIn))).toThrow(/this optimizer was disposed/);
   });
 
+  it('a source that stalls: break, close() and an abort (also while the shuffle buffer fills) return at once and tell the iterator', async () => {
+    // An iterator whose third item never comes (a producer waiting for data), with its own return().
+    const stalled = () => {
+      const calls = { returned: 0 };
+      const iterable = {
+        [Symbol.asyncIterator]() {
+          let i = 0;
+          return {
+            next: () => (i++ < 2 ? Promise.resolve({ value: data(64, dIn, 20 + i), done: false as const }) : new Promise<never>(() => undefined)),
+            return: () => {
+              calls.returned++;
+              return Promise.resolve({ value: undefined, done: true as const });
+            },
+          };
+        },
+      };
+      return { iterable, calls };
+    };
+    const soon = <T,>(p: Promise<T>) => Promise.race([p.then(() => 'settled'), new Promise<string>((r) => setTimeout(() => r('still pending'), 1500))]);
+    {
+      const { iterable, calls } = stalled();
+      const it = fromAsyncIterable(iterable, dIn).batches({ batchSize: 64, recycle: true })[Symbol.asyncIterator]();
+      await it.next();
+      await it.next();
+      expect(await soon(it.return!())).toBe('settled');
+      expect(calls.returned).toBe(1);
+    }
+    {
+      const { iterable, calls } = stalled();
+      const src = fromAsyncIterable(iterable, dIn);
+      await src.batches({ batchSize: 64 })[Symbol.asyncIterator]().next();
+      expect(await soon(src.close())).toBe('settled');
+      expect(calls.returned).toBe(1);
+    }
+    for (const shuffle of [false, true]) {
+      // In order the run stalls after two steps; shuffled, before the first (the buffer never fills).
+      const { iterable, calls } = stalled();
+      using sae = make();
+      const ctrl = new AbortController();
+      setTimeout(() => ctrl.abort(), 100);
+      let steps = 0;
+      const fit = new Trainer(sae, { ...opts, epochs: undefined, totalTokens: 64 * 10, shuffle }).fit(fromAsyncIterable(iterable, dIn), { signal: ctrl.signal, onStep: () => void steps++ });
+      expect(await soon(fit)).toBe('settled');
+      expect(await fit).toMatchObject({ status: 'aborted', steps: shuffle ? 0 : 2 });
+      expect(calls.returned).toBe(1);
+    }
+  });
+
   it('rejects bad options with named errors', () => {
     using sae = make();
     expect(() => new Trainer(sae, { batchSize: 1 })).toThrow(/options.batchSize/);

@@ -31,6 +31,8 @@ export class Pump implements AsyncIterableIterator<Batch> {
     private readonly capacity: number,
     private readonly onDone: () => void,
     private readonly release: (batch: Batch) => void = () => undefined,
+    /** Called when stopping begins, before waiting for the producer (it may unblock it). */
+    private readonly onStop: () => void = () => undefined,
   ) {}
 
   [Symbol.asyncIterator](): this {
@@ -100,6 +102,7 @@ export class Pump implements AsyncIterableIterator<Batch> {
     if (reason && !this.finished && !this.failure) this.failure = { error: reason };
     this.stopped = true;
     this.queue.length = 0;
+    this.onStop();
     const w = this.wakeProducer;
     this.wakeProducer = null;
     w?.();

@@ -12,6 +12,7 @@ import { HandleCache, nativeRead, readFully } from './files.js';
 import { MAX_CHUNK_BYTES, type NonFinitePolicy } from './options.js';
 import type { Rng } from './prng.js';
 import type { Shard } from './shards.js';
+import { StopSignal } from './pump.js';
 import type { Batch } from './types.js';
 
 export interface RowStream {
@@ -31,6 +32,11 @@ export interface RowStream {
   fill16?(dst: Uint16Array, dtype: 'bfloat16' | 'float16', rows: number, slots: Uint32Array): Promise<number>;
   /** Waits for reads in flight and releases what the stream holds. */
   close(): Promise<void>;
+  /**
+   * (Streams whose input can stall: a user's async iterable.) The pass is stopping: a fill
+   * waiting for input rejects with StopSignal at once instead of waiting on.
+   */
+  abort?(): void;
 }
 
 /** The chunks of a list of shards: chunk i is rows [start, start + rows) of one shard. */
@@ -365,12 +371,21 @@ export class ArrayRowStream implements RowStream {
     order: Uint32Array,
     private readonly policy: NonFinitePolicy,
     private readonly counter: SkipCounter,
+    /** The data's length when the source was made. */
+    private readonly length: number = data.length,
   ) {
     this.cursor = new Cursor(plan, order);
   }
 
   fillSync(dst: Float32Array, rows: number): number {
     const d = this.dIn;
+    if (this.data.length !== this.length) {
+      // Detached (transferred to a worker, structuredClone with transfer) or resized since fromArray().
+      throw new SaekitError(
+        'ERR_SAEKIT_ARG',
+        `Expected the data given to fromArray() to keep its ${this.length} values while it is read, but it now has ${this.data.length} (its ArrayBuffer was detached or resized)`,
+      );
+    }
     let filled = 0;
     while (filled < rows) {
       const r = this.cursor.take(rows - filled);
@@ -409,6 +424,8 @@ export class IterableRowStream implements RowStream {
   /** Rows seen so far, including skipped ones. */
   rowsSeen = 0;
   private scratch: Float32Array | null = null;
+  private aborted = false;
+  private stopWaiting: (() => void) | null = null;
 
   constructor(
     private readonly it: AsyncIterator<Float32Array | Batch>,
@@ -450,7 +467,7 @@ export class IterableRowStream implements RowStream {
       if (!this.item || this.itemRow * d >= this.item.length) {
         if (this.ended) break;
         this.item = null;
-        const r = await this.it.next();
+        const r = await this.nextItem();
         if (r.done) {
           this.ended = true;
           break;
@@ -471,6 +488,31 @@ export class IterableRowStream implements RowStream {
       filled += screenAt(dst, filled, k, d, this.policy, (i) => `row ${base + from + i} of the iterable (row ${from + i} of item ${index})`, this.counter);
     }
     return filled;
+  }
+
+  /**
+   * The iterable's next item, or StopSignal as soon as the pass stops (abort()): a producer that
+   * stalls (waiting for data that never comes) must not keep break, close() or an abort waiting.
+   */
+  private nextItem(): Promise<IteratorResult<Float32Array | Batch>> {
+    if (this.aborted) return Promise.reject(new StopSignal());
+    const next = this.it.next();
+    next.catch(() => undefined); // may lose the race below; its failure is then nobody's concern
+    const stop = new Promise<never>((_, reject) => (this.stopWaiting = () => reject(new StopSignal())));
+    return Promise.race([next, stop]).finally(() => (this.stopWaiting = null));
+  }
+
+  abort(): void {
+    this.aborted = true;
+    this.stopWaiting?.();
+    // Tell the producer (a pending next() may never settle; an iterator with its own return()
+    // hears of the stop now, an async generator once its pending step ends).
+    if (!this.ended) {
+      this.ended = true;
+      void Promise.resolve()
+        .then(() => this.it.return?.())
+        .catch(() => undefined);
+    }
   }
 
   async close(): Promise<void> {

@@ -64,8 +64,9 @@ abstract class BaseSource implements ActivationSource {
                 return emit(Object.assign(b, { [RELEASE_BATCH]: release }));
               }
             : emit;
+        const current: { stream?: RowStream } = {}; // the epoch's stream, for stopping a stalled one
         const pump: Pump = new Pump(
-          (emit) => this.run(o, pool, releasable(emit)),
+          (emit) => this.run(o, pool, releasable(emit), current),
           pumpCapacity(o, this.dIn),
           () => {
             pool.close();
@@ -75,6 +76,7 @@ abstract class BaseSource implements ActivationSource {
             if (this.active.size === 0) void this.release().catch(() => undefined);
           },
           arrays ? () => undefined : (b) => pool.give(b.data),
+          () => current.stream?.abort?.(),
         );
         this.active.add(pump);
         return pump;
@@ -93,11 +95,12 @@ abstract class BaseSource implements ActivationSource {
   /** Called after each epoch's stream is closed. */
   protected afterEpoch(_epoch: number, _stream: RowStream): void {}
 
-  private async run(o: ResolvedBatchOptions, pool: BatchPool, emit: Emit): Promise<void> {
+  private async run(o: ResolvedBatchOptions, pool: BatchPool, emit: Emit, current: { stream?: RowStream }): Promise<void> {
     const pass = { dIn: this.dIn, batchSize: o.batchSize, dropLast: o.dropLast, pool };
     const mem = o.shuffle ? new MixingMemory(this.dIn, mixingHalf(o.bufferRows, this.numRows), this.mixingDType()) : null;
     for (let e = 0; e < o.epochs; e++) {
       const stream = this.open(o, e, o.shuffle);
+      current.stream = stream;
       try {
         if (mem) await shuffleEpoch(stream, pass, mem, new Rng(o.seed, e, BUFFER_DRAW), emit);
         else await sequentialEpoch(stream, pass, emit);
@@ -174,7 +177,7 @@ class ArraySource extends BaseSource {
   protected open(o: ResolvedBatchOptions, epoch: number, shuffled: boolean): RowStream {
     const plan = new ChunkPlan([this.numRows!], o.chunkRows);
     const order = plan.order(shuffled ? new Rng(o.seed, epoch, CHUNK_ORDER) : null);
-    return new ArrayRowStream(this.data, this.dIn, plan, order, o.onNonFinite, this.counter);
+    return new ArrayRowStream(this.data, this.dIn, plan, order, o.onNonFinite, this.counter, this.numRows! * this.dIn);
   }
 }
 

@@ -41,8 +41,9 @@ export interface BatchOptions {
   /**
    * Reuse a small ring of batch arrays instead of allocating a new one per batch: faster (no
    * fresh memory to fault in and collect), but a batch's `data` is only valid until the
-   * iterator's next() is called again; copy what you keep. The consumer may still modify it.
-   * Default false.
+   * iterator's next() is called again; copy what you keep. That includes the last batch of a
+   * `for await` loop that runs to its end: the loop's final next() hands it back (after a
+   * `break` it stays valid). The consumer may still modify it. Default false.
    */
   recycle?: boolean;
 }

@@ -152,6 +152,28 @@ type Resolved = Required<Omit<TrainerOptions, 'totalTokens' | 'epochs' | 'lr' | 
 
 const CHECKPOINT_VERSION = 1;
 
+const ABORTED: unique symbol = Symbol('aborted');
+
+/** `p`, or ABORTED as soon as `signal` aborts: a batch that does not come must not hold up an abort. */
+function unlessAborted<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T | typeof ABORTED> {
+  if (!signal) return p;
+  if (signal.aborted) return Promise.resolve(ABORTED);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => resolve(ABORTED);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
 /** SAEs a fit() is running on (two at once would interleave their steps on one set of weights). */
 const training = new WeakSet<SparseAutoencoder>();
 
@@ -373,9 +395,17 @@ export class Trainer {
     // step takes it: after the last step, an abort or a failed step).
     let log: FileHandle | undefined;
     let batchPromise: Promise<{ rows: number; x: PrefetchedBatch; done: () => void } | undefined> = Promise.resolve(undefined);
+    // The first reads (skipping to a checkpoint, filling a shuffle buffer) can wait long on a slow
+    // or stalled source: an abort ends them too.
+    const STOPPED = new Error('aborted while reading');
+    const nextOrStop = async (): Promise<Batch | undefined> => {
+      const b = await unlessAborted(nextBatch(), fo.signal);
+      if (b === ABORTED) throw STOPPED;
+      return b;
+    };
     try {
       for (let s = 0; s < step; s++) {
-        const b = await nextBatch();
+        const b = await nextOrStop();
         if (!b) break;
         release(b);
       }
@@ -385,7 +415,7 @@ export class Trainer {
         const first: Batch[] = [];
         const want = o.normalize === 'expected-norm' ? o.normalizeBatches : 1;
         for (let i = 0; i < want; i++) {
-          const b = await nextBatch();
+          const b = await nextOrStop();
           if (!b) break;
           first.push({ rows: b.rows, dIn: b.dIn, data: b.data.slice() });
           release(b);
@@ -420,7 +450,11 @@ export class Trainer {
           status = 'aborted';
           break;
         }
-        const batch = await batchPromise;
+        const batch = await unlessAborted(batchPromise, fo.signal);
+        if (batch === ABORTED) {
+          status = 'aborted';
+          break;
+        }
         if (!batch) {
           status = 'exhausted';
           break;
@@ -452,13 +486,18 @@ export class Trainer {
         if (fo.checkpointDir && step % every === 0 && step < total) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
       }
       if (fo.checkpointDir) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
+    } catch (err) {
+      if (err !== STOPPED) throw err;
+      status = 'aborted';
     } finally {
+      // The pass stops first, so a batch still being read (a source that stalls) settles at once.
+      const stopping = it.return?.();
       // Disposing a batch a step already took is a no-op, and done() is idempotent.
       const unused = await batchPromise.catch(() => undefined);
       unused?.x.dispose();
       unused?.done();
       await log?.close();
-      await it.return?.();
+      await stopping;
     }
     // The SAE now works on raw activations: the input scale s is folded into the biases
     // (TopK commutes with a positive scale, so W_enc and the unit decoder rows stay as they are).
