@@ -239,6 +239,8 @@ export const read: Benchmark = {
     }
     const maxRssMiB = process.resourceUsage().maxRSS / 1024;
     process.stderr.write(`RSS before streaming ${baseRssMiB.toFixed(0)} MiB, process peak (maxRSS) ${maxRssMiB.toFixed(0)} MiB; files ${npy}, ${st}\n`);
+    const cached = ((await fs.stat(npy)).size + (await fs.stat(st)).size) / 1024 ** 3;
+    process.stderr.write(`the files stay in ${dir} (${cached.toFixed(1)} GiB) for the next run; delete the folder to free the space\n`);
     return {
       rows,
       meta: {

@@ -41,6 +41,11 @@ describe('saekit CLI', () => {
     expect(r.stdout).toMatch(/^simd\s+(avx512|avx2|sse4\.2|scalar)/m);
     expect(r.stdout).toMatch(/^blas\s+builtin .* SAEKIT_BLAS=builtin/m);
     expect(r.stdout).toMatch(/^cuda\s+not available: /m);
+    // A value the native side would ignore is reported, not silently dropped.
+    const typo = run(['info'], { SAEKIT_SIMD: 'avx3', SAEKIT_NUM_THREADS: 'two' });
+    expect(typo.status, typo.stderr).toBe(0);
+    expect(typo.stderr).toMatch(/\[SAEKIT_ENV\] Warning: SAEKIT_NUM_THREADS='two' is ignored: expected an integer between 1 and 1024/);
+    expect(typo.stderr).toMatch(/SAEKIT_SIMD='avx3' is ignored: expected one of scalar, sse42, avx2, avx512/);
   });
 
   it('an unknown command fails with help on stderr', () => {

@@ -1,7 +1,12 @@
-/** Sources under misuse: input arrays detached while a pass reads them. */
+/** Sources under misuse: input arrays detached while a pass reads them, options that do not apply. */
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
 import { describe, expect, it } from 'vitest';
 
-import { fromArray } from '../lib/data/index.js';
+import { fromArray, openActivations } from '../lib/data/index.js';
+import { io } from '../lib/index.js';
 import { lcg } from './helpers/reference.js';
 
 describe('fromArray', () => {
@@ -22,4 +27,19 @@ describe('fromArray', () => {
       await expect(pass(0)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
     });
   }
+});
+
+describe('openActivations', () => {
+  it('options.tensor on files that are not .safetensors is an error, not ignored', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-open-'));
+    const file = path.join(dir, 'acts.npy');
+    await io.writeNpy(file, { dtype: 'float32', shape: [4, 3], data: new Float32Array(12).fill(1) });
+    await expect(openActivations(file, { tensor: 'acts' })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/options\.tensor only with \.safetensors files .* none of the 1 file\(s\) is one \(.*acts\.npy\)/),
+    });
+    const src = await openActivations(file);
+    expect(src.dIn).toBe(3);
+    await src.close();
+  });
 });

@@ -231,6 +231,12 @@ export async function openActivations(pathOrPaths: string | string[], options?: 
   const policy = o.onNonFinite === undefined ? 'error' : checkOneOf('options.onNonFinite', o.onNonFinite, NON_FINITE);
   const shardOpts = { tensor: o.tensor, dtype, dIn };
   const files = await resolveShardPaths(pathOrPaths, shardOpts);
+  if (o.tensor !== undefined && !files.some((f) => f.toLowerCase().endsWith('.safetensors'))) {
+    throw new SaekitError(
+      'ERR_SAEKIT_ARG',
+      `Expected options.tensor only with .safetensors files (it names the tensor to read) but none of the ${files.length} file(s) is one (${files[0]}${files.length > 1 ? ', ...' : ''})`,
+    );
+  }
   const shards = await openShards(files, shardOpts);
   return new FileSource(shards, shards[0]!.dIn, policy);
 }

@@ -222,6 +222,27 @@ export const packageRoot: string = path.resolve(path.dirname(fileURLToPath(impor
 
 let binding: NativeBinding | undefined;
 
+/** The environment variables saekit reads, with the values each accepts (documented in the README). */
+const ENV_VALUES: Record<string, { valid: (v: string) => boolean; expected: string }> = {
+  SAEKIT_NUM_THREADS: { valid: (v) => /^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 1024, expected: 'an integer between 1 and 1024' },
+  SAEKIT_SIMD: { valid: (v) => ['scalar', 'sse42', 'avx2', 'avx512'].includes(v), expected: 'one of scalar, sse42, avx2, avx512' },
+  SAEKIT_BLAS: { valid: (v) => v === 'builtin', expected: "'builtin' (or unset)" },
+  SAEKIT_CUDA: { valid: (v) => v === '0' || v === '1', expected: "'0' (no CUDA) or '1'" },
+};
+
+/**
+ * Warns once (process warning SAEKIT_ENV) about a saekit environment variable whose value the
+ * native side would ignore: a typo there otherwise changes nothing without a word.
+ */
+function checkEnvironment(): void {
+  for (const [name, { valid, expected }] of Object.entries(ENV_VALUES)) {
+    const v = process.env[name];
+    if (v !== undefined && v !== '' && !valid(v)) {
+      process.emitWarning(`${name}='${v.length > 40 ? `${v.slice(0, 40)}...` : v}' is ignored: expected ${expected}`, { code: 'SAEKIT_ENV' });
+    }
+  }
+}
+
 /** The loaded addon; loads it on first use and explains a failure. */
 export function native(): NativeBinding {
   if (binding) return binding;
@@ -231,6 +252,7 @@ export function native(): NativeBinding {
     binding = load(packageRoot) as NativeBinding;
     // If an op is still running when the process exits, the native side may have to end the
     // exit early (see executor.cpp); it then uses this status.
+    checkEnvironment();
     const b = binding;
     if (isMainThread) process.on('exit', (code) => b._noteExitCode(typeof code === 'number' ? code : Number(process.exitCode ?? 0)));
   } catch (err) {
