@@ -9,6 +9,7 @@ import { anyNonFinite } from '../lib/data/convert.js';
 import { BatchPool } from '../lib/data/engine.js';
 import { _sweepSparesAfter, beginPass, endPass, releaseSpare, takeSpare } from '../lib/data/memory.js';
 import { allocLongLivedF32 } from '../lib/data/convert.js';
+import { readNpy } from '../lib/io/index.js';
 import { native } from '../lib/native/index.js';
 import { Rng } from '../lib/data/prng.js';
 import {
@@ -16,6 +17,7 @@ import {
   concatRows,
   f16ToNumber,
   randomHalfBits,
+  npyHeader,
   randomRows,
   sortedRowKeys,
   writeNpyFixture,
@@ -364,6 +366,63 @@ describe('conversion to float32', () => {
     const bits = randomHalfBits(301 * 33, 'bfloat16', 42);
     await writeNpyFixture(p('fortbf.npy'), 'bfloat16', [301, 33], bits, { fortran: true });
     expectSameRows(concatRows(await collect(await openActivations(p('fortbf.npy')), { batchSize: 64 })), Float32Array.from(bits, bf16ToNumber));
+  });
+
+  /**
+   * An N-D Fortran-order .npy of fresh random on-disk bytes (finite values), as numpy writes
+   * np.asfortranarray(a): the header and the elements in column-major order. Returns the path.
+   */
+  function writeFortranNpy(name: string, kind: 'float32' | 'float32-be' | 'bfloat16' | 'float64', shape: number[], seed: number): string {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const dtype = kind === 'float32-be' ? 'float32' : kind;
+    let body: Uint8Array;
+    if (kind === 'bfloat16') body = new Uint8Array(randomHalfBits(n, 'bfloat16', seed).buffer);
+    else if (kind === 'float64') body = new Uint8Array(Float64Array.from(randomRows(n, 1, seed), (v) => v * 1.000000123).buffer);
+    else body = new Uint8Array(randomRows(n, 1, seed).buffer);
+    if (kind === 'float32-be') for (let i = 0; i < body.length; i += 4) body.subarray(i, i + 4).reverse();
+    const head = npyHeader(dtype, shape, { fortran: true, bigEndian: kind === 'float32-be' });
+    writeFileSync(p(name), Buffer.concat([head, body]));
+    return p(name);
+  }
+
+  /** io.readNpy's C-order values as the float32 a source yields. */
+  async function readNpyAsF32(file: string): Promise<Float32Array> {
+    const t = await readNpy(file);
+    if (t.dtype === 'bfloat16') return Float32Array.from(t.data as Uint16Array, bf16ToNumber);
+    return Float32Array.from(t.data as Float32Array | Float64Array, Math.fround);
+  }
+
+  it('Fortran-order N-D .npy files with at most one leading dimension above 1 stream what io.readNpy reads (fresh random data, odd sizes)', async () => {
+    const seed = Date.now() >>> 0;
+    const shapes = [[7, 5], [7, 1], [1, 5], [1, 7, 5], [7, 1, 5], [1, 1, 7, 5], [3, 1, 1], [1, 7, 1], [1, 1, 1], [101, 1, 33], [1, 101, 1, 33]];
+    for (const [i, shape] of shapes.entries()) {
+      for (const kind of ['float32', 'float32-be', 'bfloat16', 'float64'] as const) {
+        const label = `seed ${seed}, ${kind} fortran_order shape (${shape.join(', ')})`;
+        const file = writeFortranNpy(`fnd-${i}-${kind}.npy`, kind, shape, seed + i);
+        const want = await readNpyAsF32(file);
+        const dIn = shape[shape.length - 1]!;
+        const src = await openActivations(file);
+        const got = concatRows(await collect(src, { batchSize: 8 }));
+        expect(got.length, label).toBe(want.length);
+        expect(Buffer.compare(Buffer.from(got.buffer), Buffer.from(want.buffer)), label).toBe(0);
+        expect(sortedRowKeys(concatRows(await collect(src, { batchSize: 8, shuffle: true, chunkRows: 3, bufferBytes: dIn * 4 * 8 })), dIn), label).toEqual(sortedRowKeys(want, dIn));
+        await src.close();
+      }
+    }
+  });
+
+  it('Fortran-order .npy files with two or more leading dimensions above 1 are refused whatever dIn is (a (2, 3, 1) array streamed permuted)', async () => {
+    for (const shape of [[2, 3, 1], [2, 2, 1, 1], [2, 3, 5], [3, 1, 2, 5]]) {
+      const file = writeFortranNpy(`fbad-${shape.join('x')}.npy`, 'float32', shape, 5);
+      await expect(openActivations(file)).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_FORMAT',
+        message: expect.stringContaining(`Expected C-order (or 2-D) data in ${file} but it is a ${shape.length}-D Fortran-order array of shape [${shape.join(', ')}]`),
+      });
+    }
+    // The same shape in C order streams as it is.
+    const x = randomRows(6, 1, 3);
+    await writeNpyFixture(p('c231.npy'), 'float32', [2, 3, 1], x);
+    expectSameRows(concatRows(await collect(await openActivations(p('c231.npy')))), x);
   });
 });
 
@@ -716,7 +775,7 @@ describe('non-finite rows', () => {
         message: expect.stringMatching(new RegExp(`row 5 of .*bad-${dtype}\\.npy has Infinity at column 1`)),
       });
       const src = await openActivations(p(`bad-${dtype}.npy`), { onNonFinite: 'skip' });
-      const got = concatRows(await collect(src, { batchSize: 4 }));
+      const got = concatRows(await collect(src, { batchSize: 8 }));
       const all = Float32Array.from(bits, decode);
       const want = concatRows([{ data: all.subarray(0, 5 * dIn) }, { data: all.subarray(6 * dIn, 9 * dIn) }, { data: all.subarray(10 * dIn) }]);
       expectSameRows(got, want);

@@ -4,8 +4,10 @@
  * (test/fixtures/io, see generate.py), hand-built byte layouts from the specs, and one assertion
  * per class of malformed input.
  */
-import { mkdirSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, mkdirSync, openSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import * as zlib from 'node:zlib';
 
 import { describe, expect, it } from 'vitest';
@@ -24,6 +26,7 @@ import {
   writeSafetensors,
   type IoTensor,
 } from '../lib/io/index.js';
+import { listForMessage, previewValue } from '../lib/io/common.js';
 import { decodeNpz, encodeNpzParts } from '../lib/io/npz.js';
 import { decodeSafetensors, encodeSafetensors, parseSafetensorsHeader } from '../lib/io/safetensors.js';
 import { crc32, encodeZipParts } from '../lib/io/zip.js';
@@ -90,6 +93,22 @@ function swapped(bytes: Uint8Array, size: number): Uint8Array {
 
 function noTempFiles(dir: string): void {
   expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+}
+
+/** `n` nested empty arrays: JSON.parse accepts any depth, String() and JSON.stringify overflow the stack on it. */
+const deepArray = (n: number) => '['.repeat(n) + ']'.repeat(n);
+
+/**
+ * Runs `read` on a FIFO at `fifo` and returns how it settled. Where the reader blocks opening
+ * the FIFO (waiting for a writer), a writer is opened after 3 s to release it, so a regression
+ * fails the test instead of hanging the worker.
+ */
+async function settleOnFifo<T>(fifo: string, read: () => Promise<T>): Promise<{ hung: boolean; result: PromiseSettledResult<T> }> {
+  const settled = Promise.allSettled([read()]).then(([r]) => r!);
+  const first = await Promise.race([settled, sleep(3000).then(() => 'hung' as const)]);
+  if (first !== 'hung') return { hung: false, result: first };
+  closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
+  return { hung: true, result: await settled };
 }
 
 describe('safetensors', () => {
@@ -280,6 +299,11 @@ describe('safetensors', () => {
       ],
       ['trailing bytes after the last tensor', stFile(ok, 9), /tensors end at byte \d+ but the file has \d+ bytes/],
       ['a truncated last tensor', stFile(ok, 7), /tensors end at byte \d+ but the file has \d+ bytes/],
+      // Refused before JSON.parse (100 MB of these cost 3-5 GB and 30-40 s to parse).
+      ['arrays nested 100,000 deep in data_offsets', stFile(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[${deepArray(100_000)},4]}}`, 4), /header nests objects and arrays more than 128 levels deep/],
+      ['nesting of 129 levels in an unknown field', stFile(`{"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0],"x":${deepArray(127)}}}`), /more than 128 levels deep/],
+      ['2,000,001 values (empty objects)', stFile(`{"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0],"x":[${'{},'.repeat(1_999_986)}{}]}}`), /header holds more than 2000000 values \(keys included\)/],
+      ['2,000,001 values (numbers)', stFile(`{"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0],"x":[${'0,'.repeat(1_999_986)}0]}}`), /header holds more than 2000000 values/],
     ];
     for (const [what, bytes, reason] of cases) {
       it(what, async () => {
@@ -294,6 +318,33 @@ describe('safetensors', () => {
       writeFileSync(file, stFile({ a: { dtype: 'Q9', shape: [1], data_offsets: [0, 1] } }, 1));
       const err = await expectIoError(() => readSafetensors(file), file, /unsupported dtype "Q9"/);
       expect(err.message).toBe(`Invalid safetensors file '${file}': tensor "a": unsupported dtype "Q9"`);
+    });
+
+    it('accepts nesting of exactly 128 levels and exactly 2,000,000 values, braces inside strings not counted', () => {
+      expect(parseSt(stFile(`{"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0],"x":${deepArray(126)}}}`)).tensors).toHaveLength(1);
+      // 14 values besides the x array's elements: {, "a", {, "dtype", "U8", "shape", [, 0, "data_offsets", [, 0, 0, "x", [
+      expect(parseSt(stFile(`{"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0],"x":[${'0,'.repeat(1_999_985)}0]}}`)).tensors).toHaveLength(1);
+      const brackets = JSON.stringify({ __metadata__: { note: `${'[{'.repeat(300)} \\" ${'"'.repeat(5)}` } });
+      expect(parseSt(stFile(brackets)).metadata.note).toMatch(/^\[\{/);
+    });
+
+    it('reads large legitimate headers quickly: 50,000 tensors and 5,000 metadata entries', () => {
+      const header: Record<string, unknown> = { __metadata__: Object.fromEntries(Array.from({ length: 5000 }, (_, i) => [`key.${i}`, `value ${i}`])) };
+      for (let i = 0; i < 50_000; i++) header[`model.layers.${i >> 4}.expert.${i & 15}.weight`] = { dtype: 'BF16', shape: [1, 1, 1], data_offsets: [2 * i, 2 * i + 2] };
+      const t0 = performance.now();
+      const h = parseSt(stFile(header, 100_000));
+      expect(h.tensors).toHaveLength(50_000);
+      expect(Object.keys(h.metadata)).toHaveLength(5000);
+      expect(performance.now() - t0).toBeLessThan(3000);
+    });
+
+    it('describes values in messages without recursing, in bounded length', () => {
+      const deep = JSON.parse(deepArray(100_000)) as unknown;
+      expect(previewValue(deep)).toBe('an array of 1 item');
+      expect(listForMessage([deep, 4])).toBe('an array of 1 item, 4');
+      expect(previewValue('x'.repeat(15_000_000))).toBe(`"${'x'.repeat(40)}"...`);
+      expect(listForMessage([{ a: 1 }, null, true, -0.5, 'ab', [1, 2]])).toBe('an object, null, true, -0.5, "ab", an array of 2 items');
+      expect(listForMessage(Array.from({ length: 1000 }, (_, i) => i))).toBe('0, 1, 2, 3, 4, 5, 6, 7, ... (1000 entries)');
     });
 
     it('accepts empty files, 0-d and empty tensors, and unknown entry fields', () => {
@@ -622,12 +673,59 @@ describe('npz', () => {
       ['a duplicate entry', () => handZip([['a.npy', npyW], ['a.npy', npyW]]), /duplicate entry 'a\.npy'/],
       ['an entry that is not a valid .npy', () => handZip([['a.npy', Buffer.from('not numpy at all')]]), /mem\.npz:a\.npy': missing the \\x93NUMPY magic/],
       ['an entry name that is not UTF-8', edit((z) => { z.writeUInt16LE(0x0800, cdAt(z) + 8); z[cdAt(z) + 46] = 0xff; }), /entry name is not valid UTF-8/],
+      // np.load refuses these too (zipfile: "File name in directory ... and header ... differ", "Overlapped entries").
+      ['a local header naming another file', edit((z) => z.write('v', 30, 'latin1')), /entry 'w\.npy': the local header names it 'v\.npy'/],
+      [
+        'two directory records for one local entry',
+        async () => {
+          const z = await handZip([['a.npy', npyW], ['b.npy', npyW]]);
+          z.writeUInt32LE(0, cdAt(z) + 46 + 5 + 42); // b.npy's record now points at a.npy's local header
+          return z;
+        },
+        /entries 'a\.npy' and 'b\.npy' overlap \(local headers at 0 and 0/,
+      ],
+      [
+        'an entry whose data runs into the next local header',
+        async () => {
+          const z = await handZip([['a.npy', npyW], ['b.npy', npyW]]);
+          z.writeUInt32LE(z.readUInt32LE(cdAt(z) + 46 + 5 + 42) - 10, cdAt(z) + 46 + 5 + 42);
+          return z;
+        },
+        /entries 'a\.npy' and 'b\.npy' overlap/,
+      ],
+      [
+        "directory records past the end record's count",
+        edit((z) => { z.writeUInt16LE(1, z.length - 14); z.writeUInt16LE(1, z.length - 12); }, () => handZip([['a.npy', npyW], ['b.npy', npyW]])),
+        /end record counts 1 entry but the central directory holds 51 more bytes after them \(102 in all\)/,
+      ],
     ];
     for (const [what, make, reason] of cases) {
       it(what, async () => {
         await expectIoError(async () => decodeNpz(await make(), 'mem.npz'), 'mem.npz', reason);
       });
     }
+
+    it('refuses a zip bomb of directory records that all point at one deflated entry, before inflating anything', async () => {
+      // 4 MB of zeros deflates to about 4 KB; 100 records naming it would inflate 400 MB.
+      const big = encodeNpy({ dtype: 'uint8', shape: [4_000_000], data: new Uint8Array(4_000_000) });
+      const one = Buffer.concat(await encodeZipParts([{ name: 'a000.npy', chunks: [big] }], { compress: true }));
+      const cd = cdAt(one);
+      const record = one.subarray(cd, one.length - 22);
+      const records = Array.from({ length: 100 }, (_, i) => {
+        const r = Buffer.from(record);
+        r.write(`a${String(i).padStart(3, '0')}`, 46, 'latin1');
+        return r;
+      });
+      const end = Buffer.from(one.subarray(one.length - 22));
+      end.writeUInt16LE(100, 8);
+      end.writeUInt16LE(100, 10);
+      end.writeUInt32LE(record.length * 100, 12);
+      const bomb = Buffer.concat([one.subarray(0, cd), ...records, end]);
+      expect(bomb.length).toBeLessThan(20_000);
+      const t0 = performance.now();
+      await expectIoError(() => decodeNpz(bomb, 'bomb.npz'), 'bomb.npz', /entries 'a000\.npy' and 'a001\.npy' overlap/);
+      expect(performance.now() - t0).toBeLessThan(500);
+    });
 
     it('names the path when reading from disk', async () => {
       const dir = tmpDir();
@@ -684,4 +782,25 @@ describe('writeFileAtomic', () => {
     await expectIoError(() => writeFileAtomic(path.join(dir, 'f'), 5 as never), 'data', /Uint8Array or a string/, 'ERR_SAEKIT_ARG');
     expect(readdirSync(dir)).toEqual(['sub']);
   });
+});
+
+describe('files that are not regular files', () => {
+  it('FIFOs and devices are refused at once with ERR_SAEKIT_ARG naming the path (opening a FIFO used to wait for a writer forever)', async () => {
+    if (process.platform === 'win32') return;
+    const dir = tmpDir();
+    const readers: Record<string, (file: string) => Promise<unknown>> = { 'pipe.safetensors': readSafetensors, 'pipe.npy': readNpy, 'pipe.npz': readNpz };
+    const outcomes = await Promise.all(
+      Object.entries(readers).map(([name, read]) => {
+        const fifo = path.join(dir, name);
+        execFileSync('mkfifo', [fifo]);
+        return settleOnFifo(fifo, () => read(fifo)).then((o) => ({ fifo, ...o }));
+      }),
+    );
+    for (const { fifo, hung, result } of outcomes) {
+      expect(hung, `${fifo}: the open waited for a writer`).toBe(false);
+      expect(result.status).toBe('rejected');
+      await expectIoError(() => Promise.reject((result as PromiseRejectedResult).reason), fifo, /not one \(a folder, FIFO or device\)/, 'ERR_SAEKIT_ARG');
+    }
+    await expectIoError(() => readNpy('/dev/zero'), '/dev/zero', /regular file/, 'ERR_SAEKIT_ARG');
+  }, 15_000);
 });

@@ -2,14 +2,16 @@
  * SAE files: SAELens, sparsify and Gemma Scope layouts, byte-level fields and round trips.
  * References: a JS float64 encoder for JumpReLU and SAELens's rescaled TopK.
  */
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import { describe, expect, it } from 'vitest';
 
 import { SaekitError, SparseAutoencoder, tensor } from '../lib/index.js';
-import { readSafetensors, writeNpz, writeSafetensors } from '../lib/io/index.js';
+import { readSafetensors, writeNpz, writeSafetensors, type IoTensor } from '../lib/io/index.js';
 import { lcg } from './helpers/reference.js';
 
 function tmp(): string {
@@ -276,4 +278,144 @@ describe('SAE files: bad input', () => {
     await expect(sae.save(tmp(), { dtype: 'float16' as 'float32' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE' });
     expect(() => SparseAutoencoder.fromWeights({ ...w, threshold: undefined }, { architecture: 'jumprelu' })).toThrow(/threshold/);
   });
+});
+
+describe('SAE files: hostile input', () => {
+  const f32 = (shape: number[], fill: (i: number) => number = (i) => ((i * 7) % 11) / 11 - 0.5): IoTensor => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    return { dtype: 'float32', shape, data: Float32Array.from({ length: n }, (_, i) => fill(i)) };
+  };
+
+  /** A SAELens folder with d_in × d_sae weights (any size, zero included); `cfg` is merged into a valid cfg.json, or replaces it as raw text or bytes. */
+  async function saelens(dIn: number, L: number, cfg: Record<string, unknown> | string | Uint8Array = {}, edit?: (t: Record<string, IoTensor>) => void): Promise<string> {
+    const dir = tmp();
+    const t: Record<string, IoTensor> = { W_enc: f32([dIn, L]), b_enc: f32([L]), W_dec: f32([L, dIn]), b_dec: f32([dIn]), threshold: f32([L], () => 0.01) };
+    edit?.(t);
+    await writeSafetensors(path.join(dir, 'sae_weights.safetensors'), t);
+    const text = typeof cfg === 'string' || cfg instanceof Uint8Array ? cfg : JSON.stringify({ architecture: 'topk', d_in: dIn, d_sae: L, k: 1, apply_b_dec_to_input: true, normalize_activations: 'none', ...cfg });
+    writeFileSync(path.join(dir, 'cfg.json'), text);
+    return dir;
+  }
+
+  async function sparsify(dIn: number, L: number, cfg: Record<string, unknown> = {}): Promise<string> {
+    const dir = tmp();
+    await writeSafetensors(path.join(dir, 'sae.safetensors'), { 'encoder.weight': f32([L, dIn]), 'encoder.bias': f32([L]), W_dec: f32([L, dIn]), b_dec: f32([dIn]) });
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ d_in: dIn, num_latents: L, k: 1, activation: 'topk', ...cfg }));
+    return dir;
+  }
+
+  async function gemma(dIn: number, L: number, edit?: (t: Record<string, IoTensor>) => void): Promise<string> {
+    const dir = tmp();
+    const t: Record<string, IoTensor> = { W_enc: f32([dIn, L]), W_dec: f32([L, dIn]), b_enc: f32([L]), b_dec: f32([dIn]), threshold: f32([L], () => 0.01) };
+    edit?.(t);
+    await writeNpz(path.join(dir, 'params.npz'), t);
+    return dir;
+  }
+
+  /** The load's error: a SaekitError of `code` whose message names `file` (a path) and matches `re`. */
+  async function expectLoadError(dir: string, file: string, re: RegExp, code = 'ERR_SAEKIT_FORMAT'): Promise<SaekitError> {
+    const err = await SparseAutoencoder.load(dir).catch((e: unknown) => e);
+    expect(err, String(err)).toBeInstanceOf(SaekitError);
+    const e = err as SaekitError;
+    expect(e.code, e.message.slice(0, 300)).toBe(code);
+    expect(e.message.startsWith(`${path.join(dir, file)}: `), e.message.slice(0, 300)).toBe(true);
+    expect(e.message).toMatch(re);
+    expect(e.message.length, 'messages stay short').toBeLessThan(400);
+    return e;
+  }
+
+  const deepArray = (n: number) => '['.repeat(n) + ']'.repeat(n);
+
+  it('cfg.json values of any shape or size give short FORMAT errors (deep nesting, long strings, wrong types)', async () => {
+    // JSON.parse accepts 100,000 levels; String() and JSON.stringify of the value overflow the stack.
+    for (const field of ['architecture', 'normalize_activations', 'd_in', 'k']) {
+      const dir = await saelens(3, 4, `{"architecture":"topk","d_in":3,"d_sae":4,"k":1,"${field}":${deepArray(100_000)}}`);
+      await expectLoadError(dir, 'cfg.json', /cfg\.json nests objects and arrays more than 128 levels deep/);
+    }
+    await expectLoadError(await saelens(3, 4, { architecture: [[['topk']]] }), 'cfg.json', /architecture \(an array of 1 item\) is not supported/);
+    await expectLoadError(await saelens(3, 4, { normalize_activations: { scale: 2 } }), 'cfg.json', /normalize_activations \(an object\) needs/);
+    await expectLoadError(await saelens(3, 4, { d_in: [[3]] }), 'cfg.json', /field d_in must be a non-negative integer below 2\^30 but is an array of 1 item$/);
+    await expectLoadError(await saelens(3, 4, { d_in: 'x'.repeat(15_000_000) }), 'cfg.json', /field d_in .* but is "x{40}"\.\.\.$/);
+    await expectLoadError(await saelens(3, 4, { architecture: 'y'.repeat(1_000_000) }), 'cfg.json', /architecture 'y{40}\.\.\.' is not supported/);
+    await expectLoadError(await sparsify(3, 4, { activation: [[['topk']]] }), 'cfg.json', /activation \(an array of 1 item\) is not supported/);
+    await expectLoadError(await saelens(3, 4, `{"d_in":3,"d_sae":4,"k":1,"x":[${'{},'.repeat(1_000_000)}{}]}`), 'cfg.json', /cfg\.json holds more than 1000000 values/);
+  });
+
+  it('cfg.json must be valid UTF-8 (bad bytes were read as U+FFFD)', async () => {
+    const bytes = Buffer.concat([Buffer.from('{"architecture":"topk","d_in":3,"d_sae":4,"k":1,"model_name":"'), Buffer.from([0xff, 0xfe]), Buffer.from('"}')]);
+    await expectLoadError(await saelens(3, 4, bytes), 'cfg.json', /cfg\.json is not valid UTF-8/);
+  });
+
+  it('boolean fields must be true or false: "false" is not false, and 1 or "true" is not ignored', async () => {
+    for (const [field, value] of [
+      ['apply_b_dec_to_input', 'false'],
+      ['apply_b_dec_to_input', 0],
+      ['apply_b_dec_to_input', null], // None: the opposite of the default True
+      ['rescale_acts_by_decoder_norm', 'true'],
+      ['rescale_acts_by_decoder_norm', 1],
+    ] as const) {
+      await expectLoadError(await saelens(3, 4, { [field]: value }), 'cfg.json', new RegExp(`field ${field} must be true or false but is ${value === 'false' || value === 'true' ? `"${value}"` : String(value)}`));
+    }
+    await expectLoadError(await sparsify(3, 4, { transcode: 'true' }), 'cfg.json', /field transcode must be true or false but is "true"/);
+    await expectLoadError(await sparsify(3, 4, { skip_connection: 1 }), 'cfg.json', /field skip_connection must be true or false but is 1/);
+    await expectLoadError(await sparsify(3, 4, { transcode: true }), 'cfg.json', /transcoders are not supported/);
+    // Real booleans, absent fields and None where the default is false still load.
+    for (const [cfg, applyBDec] of [
+      [{ apply_b_dec_to_input: false, rescale_acts_by_decoder_norm: null }, false],
+      [{ apply_b_dec_to_input: undefined, rescale_acts_by_decoder_norm: true }, true],
+    ] as const) {
+      using sae = await SparseAutoencoder.load(await saelens(3, 4, cfg));
+      expect(sae.applyBDecToInput).toBe(applyBDec);
+    }
+    using sp = await SparseAutoencoder.load(await sparsify(3, 4, { transcode: null, skip_connection: false }));
+    expect(sp.numLatents).toBe(4);
+  });
+
+  it('zero sizes are FORMAT errors naming cfg.json (SAELens, sparsify) or params.npz (Gemma Scope)', async () => {
+    await expectLoadError(await saelens(0, 4), 'cfg.json', /d_in = 0 and d_sae = 4, but an SAE needs at least one input dimension and one latent/);
+    await expectLoadError(await saelens(3, 0, { architecture: 'jumprelu' }), 'cfg.json', /d_in = 3 and d_sae = 0/);
+    await expectLoadError(await sparsify(0, 4), 'cfg.json', /d_in = 0 and num_latents/);
+    await expectLoadError(await sparsify(3, 0, { expansion_factor: 0 }), 'cfg.json', /num_latents \(or d_in × expansion_factor\) = 0/);
+    await expectLoadError(await gemma(0, 4), 'params.npz', /d_in \(W_enc rows\) = 0 and d_sae \(W_enc columns\) = 4/);
+    await expectLoadError(await gemma(3, 0), 'params.npz', /d_sae \(W_enc columns\) = 0/);
+    await expectLoadError(await saelens(2 ** 20 + 1, 1, { k: 1 }, (t) => {
+      for (const n of Object.keys(t)) delete t[n];
+      Object.assign(t, { W_enc: f32([2 ** 20 + 1, 1], () => 0), b_enc: f32([1]), W_dec: f32([1, 2 ** 20 + 1], () => 0), b_dec: f32([2 ** 20 + 1], () => 0) });
+    }), 'cfg.json', /d_in = 1048577 and d_sae = 1 exceed the supported sizes/);
+  });
+
+  it('non-finite weights: ERR_SAEKIT_NONFINITE naming the file, the tensor and where', async () => {
+    await expectLoadError(await saelens(3, 4, {}, (t) => ((t.W_enc!.data as Float32Array)[6] = NaN)), 'sae_weights.safetensors', /tensor W_enc has NaN at row 1, column 2 \(weights must be finite\)/, 'ERR_SAEKIT_NONFINITE');
+    await expectLoadError(await saelens(3, 4, {}, (t) => ((t.b_dec!.data as Float32Array)[2] = -Infinity)), 'sae_weights.safetensors', /tensor b_dec has -Infinity at element 2/, 'ERR_SAEKIT_NONFINITE');
+    await expectLoadError(await gemma(3, 4, (t) => ((t.threshold!.data as Float32Array)[3] = Infinity)), 'params.npz', /tensor threshold has Infinity at element 3/, 'ERR_SAEKIT_NONFINITE');
+    const bf16 = await saelens(3, 4, {}, (t) => (t.W_dec = { dtype: 'bfloat16', shape: [4, 3], data: new Uint16Array(12).fill(0x3f80).fill(0x7fc0, 5, 6) }));
+    await expectLoadError(bf16, 'sae_weights.safetensors', /tensor W_dec has NaN at row 1, column 2/, 'ERR_SAEKIT_NONFINITE');
+  });
+
+  it('cfg.json and weights that are not regular files (a folder, /dev/zero, a FIFO) are refused at once, naming them', async () => {
+    const dir = await saelens(3, 4);
+    const cfg = path.join(dir, 'cfg.json');
+    rmSync(cfg);
+    mkdirSync(cfg);
+    await expectLoadError(dir, 'cfg.json', /not a regular file/);
+    if (process.platform === 'win32') return;
+    rmSync(cfg, { recursive: true });
+    symlinkSync('/dev/zero', cfg); // used to read ~600 MB, then say "missing cfg.json"
+    const t0 = performance.now();
+    await expectLoadError(dir, 'cfg.json', /not a regular file/);
+    expect(performance.now() - t0).toBeLessThan(1000);
+    rmSync(cfg);
+    execFileSync('mkfifo', [cfg]); // used to block the load forever
+    const settled = Promise.allSettled([expectLoadError(dir, 'cfg.json', /not a regular file/)]).then(([r]) => r!);
+    const first = await Promise.race([settled, sleep(3000).then(() => 'hung' as const)]);
+    if (first === 'hung') closeSync(openSync(cfg, constants.O_WRONLY | constants.O_NONBLOCK)); // release the blocked open
+    expect(first, 'the load waited for a writer on the FIFO').not.toBe('hung');
+    const result = await settled;
+    if (result.status === 'rejected') throw result.reason;
+    // A weights file that is a FIFO is named, not passed over as missing.
+    const dir2 = await saelens(3, 4);
+    rmSync(path.join(dir2, 'sae_weights.safetensors'));
+    execFileSync('mkfifo', [path.join(dir2, 'sae_weights.safetensors')]);
+    await expectLoadError(dir2, 'sae_weights.safetensors', /not a regular file/);
+  }, 15_000);
 });

@@ -20,7 +20,12 @@ export interface Shard {
   dIn: number;
   /** Absolute byte offset of row 0. */
   dataOffset: number;
-  /** Column-major (NumPy fortran_order) 2-D data. */
+  /**
+   * Column-major (NumPy fortran_order) data read as [rows, dIn]: column c of every row lies
+   * contiguously at dataOffset + c × rows × item. Only set when rows > 1 and dIn > 1 (otherwise
+   * both orders are the same bytes), and only for shapes with at most one leading dimension
+   * above 1 (others are refused: see fortranLayout).
+   */
   fortran: boolean;
   bigEndian: boolean;
 }
@@ -120,8 +125,22 @@ export async function resolveShardPaths(input: unknown, opts: ShardOptions): Pro
   return files;
 }
 
+/**
+ * The first 8 of `items` for a message, then how many there are: a file may hold a million
+ * tensors, or a shape a million dimensions, and a message should stay a line.
+ */
+function shortList<T>(items: readonly T[], show: (x: T) => string): string {
+  const shown = items.slice(0, 8).map(show).join(', ');
+  return items.length > 8 ? `${shown}, ... (${items.length} in all)` : shown;
+}
+
+/** A tensor name from a file for a message, quoted and cut at 60 characters. */
+function nameForMessage(name: string): string {
+  return `'${name.length > 60 ? `${name.slice(0, 60)}...` : name}'`;
+}
+
 function shapeError(label: string, expected: string, shape: readonly number[]): SaekitError {
-  return new SaekitError('ERR_SAEKIT_SHAPE', `Expected ${expected} in ${label} but its shape is [${shape.join(', ')}]`);
+  return new SaekitError('ERR_SAEKIT_SHAPE', `Expected ${expected} in ${label} but its shape is [${shortList(shape, String)}]`);
 }
 
 function diskDType(dtype: string, label: string): DiskDType {
@@ -139,6 +158,21 @@ function rowsOf(shape: readonly number[], label: string): { rows: number; dIn: n
   return { rows: shape.slice(0, -1).reduce((a, b) => a * b, 1), dIn };
 }
 
+/**
+ * Whether Fortran-order data of `shape` can be streamed as [rows, dIn] column by column, and
+ * how: 'same' when its bytes are already in C order, 'columns' when each column of the
+ * flattened rows is contiguous. Fortran order puts element (i0, ..., ik) at
+ * i0 + d0 (i1 + d1 (... + d(k-1) ik)); read as [rows, dIn] that is row + rows × column only
+ * when at most one leading dimension is above 1 (its index then is the row index). With two or
+ * more above 1 the rows come out permuted (a (2, 3, 1) array would stream as 0, 3, 1, 4, 2, 5),
+ * so such arrays are refused (undefined), whatever dIn is. Empty arrays have no order.
+ */
+function fortranLayout(shape: readonly number[], rows: number, dIn: number): 'same' | 'columns' | undefined {
+  if (rows === 0) return 'same';
+  if (shape.slice(0, -1).filter((d) => d > 1).length > 1) return undefined;
+  return rows > 1 && dIn > 1 ? 'columns' : 'same';
+}
+
 function checkDType(opts: ShardOptions, dtype: DiskDType, label: string): void {
   if (opts.dtype !== undefined && opts.dtype !== dtype) {
     throw new SaekitError('ERR_SAEKIT_DTYPE', `Expected options.dtype = '${opts.dtype}' to match ${label}, which holds ${dtype} (options.dtype is for raw files; leave it out)`);
@@ -153,14 +187,15 @@ export async function openShard(file: string, opts: ShardOptions): Promise<Shard
     const dtype = diskDType(h.dtype, file);
     checkDType(opts, dtype, file);
     const { rows, dIn } = rowsOf(h.shape, file);
-    if (h.fortranOrder && h.shape.length > 2 && rows > 1 && dIn > 1) {
+    const layout = h.fortranOrder ? fortranLayout(h.shape, rows, dIn) : 'same';
+    if (layout === undefined) {
       throw new SaekitError(
         'ERR_SAEKIT_FORMAT',
-        `Expected C-order (or 2-D) data in ${file} but it is a ${h.shape.length}-D Fortran-order array; ` +
+        `Expected C-order (or 2-D) data in ${file} but it is a ${h.shape.length}-D Fortran-order array of shape [${shortList(h.shape, String)}]; ` +
           're-save it with np.save(path, np.ascontiguousarray(a))',
       );
     }
-    return { path: file, label: file, dtype, rows, dIn, dataOffset: h.dataOffset, fortran: h.fortranOrder && rows > 1 && dIn > 1, bigEndian: h.bigEndian };
+    return { path: file, label: file, dtype, rows, dIn, dataOffset: h.dataOffset, fortran: layout === 'columns', bigEndian: h.bigEndian };
   }
   if (ext === '.safetensors') {
     const r = await readSafetensors(file);
@@ -171,13 +206,13 @@ export async function openShard(file: string, opts: ShardOptions): Promise<Shard
         if (!entry) {
           throw new SaekitError(
             'ERR_SAEKIT_ARG',
-            `Expected options.tensor to name a tensor of ${file} but it has no '${opts.tensor}' (it has: ${r.tensors.map((t) => `'${t.name}'`).join(', ') || 'no tensors'})`,
+            `Expected options.tensor to name a tensor of ${file} but it has no '${opts.tensor}' (it has: ${shortList(r.tensors, (t) => nameForMessage(t.name)) || 'no tensors'})`,
           );
         }
       } else {
         const candidates = r.tensors.filter((t) => t.shape.length === 2);
         if (candidates.length !== 1) {
-          const list = r.tensors.map((t) => `'${t.name}' [${t.shape.join(', ')}] ${t.dtype}`).join(', ');
+          const list = shortList(r.tensors, (t) => `${nameForMessage(t.name)} [${shortList(t.shape, String)}] ${t.dtype}`);
           throw new SaekitError(
             'ERR_SAEKIT_ARG',
             `Expected options.tensor for ${file}, which has ${candidates.length === 0 ? 'no 2-D tensor' : `${candidates.length} 2-D tensors`} (tensors: ${list || 'none'})`,
@@ -185,7 +220,7 @@ export async function openShard(file: string, opts: ShardOptions): Promise<Shard
         }
         entry = candidates[0]!;
       }
-      const label = `tensor '${entry.name}' of ${file}`;
+      const label = `tensor ${nameForMessage(entry.name)} of ${file}`;
       const dtype = diskDType(entry.dtype, label);
       checkDType(opts, dtype, label);
       const { rows, dIn } = rowsOf(entry.shape, label);

@@ -66,9 +66,26 @@ export function fsError(action: string, path: string, err: unknown): SaekitError
   return out;
 }
 
-/** A shape (or offsets) for a message: "2, 3, 4", shortened after 8 entries. */
+/** Longest string shown by previewValue, in characters. */
+const PREVIEW_CHARS = 40;
+
+/**
+ * A value read from a file, described for an error message in at most about 50 characters:
+ * numbers, booleans and null as written, strings quoted and cut at 40 characters, arrays and
+ * objects by kind (and length) only. Never recurses: String() or JSON.stringify of a deeply
+ * nested array (which JSON.parse accepts) overflows the stack, and a string field can be
+ * megabytes long.
+ */
+export function previewValue(x: unknown): string {
+  if (typeof x === 'string') return x.length > PREVIEW_CHARS ? `${JSON.stringify(x.slice(0, PREVIEW_CHARS))}...` : JSON.stringify(x);
+  if (typeof x === 'number' || typeof x === 'boolean' || x === null || x === undefined) return String(x);
+  if (Array.isArray(x)) return `an array of ${x.length} item${x.length === 1 ? '' : 's'}`;
+  return typeof x === 'object' ? 'an object' : `a ${typeof x}`;
+}
+
+/** A shape (or offsets) for a message: "2, 3, 4", shortened after 8 entries (see previewValue). */
 export function listForMessage(items: readonly unknown[]): string {
-  const shown = items.slice(0, 8).map((x) => (typeof x === 'string' ? JSON.stringify(x.slice(0, 20)) : String(x).slice(0, 24)));
+  const shown = items.slice(0, 8).map(previewValue);
   return items.length > 8 ? `${shown.join(', ')}, ... (${items.length} entries)` : shown.join(', ');
 }
 

@@ -14,7 +14,7 @@ import { checkOptions } from '../validate.js';
 import { checkPath, defineOwn, formatError, hasOwn, type IoTensor } from './common.js';
 import { encodeNpyParts, parseNpy } from './npy.js';
 import { memorySource, openFileSource, writeChunksAtomic, type ByteSource } from './source.js';
-import { encodeZipParts, readZipDirectory, readZipEntry, type ZipWriteOptions } from './zip.js';
+import { encodeZipParts, quoteName, readZipDirectory, readZipEntry, type ZipWriteOptions } from './zip.js';
 
 const WHAT = 'npz file';
 
@@ -24,9 +24,9 @@ async function readArchive(src: ByteSource): Promise<Record<string, IoTensor>> {
   const out: Record<string, IoTensor> = {};
   for (const e of entries) {
     if (e.name.endsWith('/') && e.uncompressedSize === 0) continue; // a folder entry
-    if (!e.name.endsWith('.npy')) throw formatError(WHAT, src.name, `entry '${e.name}' is not an .npy array`);
+    if (!e.name.endsWith('.npy')) throw formatError(WHAT, src.name, `entry ${quoteName(e.name)} is not an .npy array`);
     const key = e.name.slice(0, -4);
-    if (hasOwn(out, key)) throw formatError(WHAT, src.name, `duplicate entry '${e.name}'`);
+    if (hasOwn(out, key)) throw formatError(WHAT, src.name, `duplicate entry ${quoteName(e.name)}`);
     const bytes = await readZipEntry(src, e, cdOffset, WHAT);
     defineOwn(out, key, parseNpy(bytes, `${src.name}:${e.name}`));
   }
@@ -39,8 +39,10 @@ async function readArchive(src: ByteSource): Promise<Record<string, IoTensor>> {
  *
  * @throws SaekitError ERR_SAEKIT_FORMAT naming the file (and entry) and the reason: not a zip
  *   archive, multi-disk or encrypted entries, compression other than stored/deflate, sizes or
- *   offsets out of bounds, corrupt deflate data, a CRC mismatch, a duplicate or non-.npy entry,
- *   or an entry that is not a valid .npy file. ERR_SAEKIT_ARG when the file cannot be opened.
+ *   offsets out of bounds, a central directory whose records do not exactly fill it, entries
+ *   that overlap or whose local header names another file, corrupt deflate data, a CRC
+ *   mismatch, a duplicate or non-.npy entry, or an entry that is not a valid .npy file.
+ *   ERR_SAEKIT_ARG when the file cannot be opened.
  */
 export async function readNpz(path: string): Promise<Record<string, IoTensor>> {
   checkPath(path);

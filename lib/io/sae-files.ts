@@ -8,16 +8,17 @@
  * | sparsify     | cfg.json + sae.safetensors              | encoder.weight [F, d] (= W_enc^T), encoder.bias, W_dec [F, d], b_dec |
  * | Gemma Scope  | params.npz                              | W_enc [d, F], W_dec [F, d], b_enc, b_dec, threshold; JumpReLU, no b_dec subtraction |
  */
-import { readFileSync } from 'node:fs';
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { readFileSync, type Stats } from 'node:fs';
+import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 
 import { SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
-import { type IoTensor, transpose } from './common.js';
+import { type IoTensor, listForMessage, previewValue, transpose } from './common.js';
+import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpz } from './npz.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
-import { writeFileAtomic } from './source.js';
+import { OPEN_READ_NOWAIT, writeFileAtomic } from './source.js';
 
 export type SaeFileFormat = 'saelens' | 'sparsify' | 'gemma-scope';
 
@@ -56,12 +57,19 @@ function formatError(file: string, reason: string): SaekitError {
   return new SaekitError('ERR_SAEKIT_FORMAT', `${file}: ${reason}`);
 }
 
+/** Why the file refuses to be read as data: a FIFO would block the read forever, a device (/dev/zero) never ends. */
+const NOT_REGULAR = 'not a regular file (a folder, FIFO or device)';
+
+/** Whether `p` is a regular file (following links); false when it does not exist; a format error when it exists as something else. */
 async function isFile(p: string): Promise<boolean> {
+  let st: Stats;
   try {
-    return (await stat(p)).isFile();
+    st = await stat(p);
   } catch {
     return false;
   }
+  if (!st.isFile()) throw formatError(p, NOT_REGULAR);
+  return true;
 }
 
 /** Finds the format of a folder or file. */
@@ -72,6 +80,7 @@ async function detect(pathOrDir: string): Promise<{ format: SaeFileFormat; dir: 
   } catch {
     throw new SaekitError('ERR_SAEKIT_ARG', `Expected an SAE folder or file for path but ${pathOrDir} does not exist`);
   }
+  if (!st.isFile() && !st.isDirectory()) throw formatError(pathOrDir, `${NOT_REGULAR}, nor an SAE folder`);
   if (st.isFile()) {
     const dir = path.dirname(pathOrDir);
     const base = path.basename(pathOrDir);
@@ -88,16 +97,61 @@ async function detect(pathOrDir: string): Promise<{ format: SaeFileFormat; dir: 
   throw formatError(pathOrDir, 'no SAE files found (expected sae_weights.safetensors + cfg.json (SAELens), sae.safetensors + cfg.json (sparsify) or params.npz (Gemma Scope))');
 }
 
-async function readCfg(file: string): Promise<Record<string, unknown>> {
-  let text: string;
+/** A cfg.json is a few kilobytes; a larger file is not one. */
+const MAX_CFG_BYTES = 16 << 20;
+
+/**
+ * Bounds on cfg.json's JSON checked before parsing (see json-limits.ts): configs nest a few
+ * levels and hold a few hundred values (a million leaves room for a per-latent list), while
+ * 16 MiB of `{},` (5.6 million objects) or `[[[` would cost hundreds of MB in JSON.parse. The
+ * depth is the safetensors reader's.
+ */
+const CFG_LIMITS: Readonly<JsonLimits> = { maxDepth: 128, maxValues: 1_000_000 };
+
+/**
+ * The bytes of `file`, which must be a regular file of at most `limit` bytes. Opened without
+ * waiting and checked on the open handle: a FIFO named cfg.json would block the read forever,
+ * and a link to /dev/zero would read until memory runs out.
+ */
+async function readRegularFile(file: string, limit: number, missing: string): Promise<Uint8Array> {
+  let fh: FileHandle;
   try {
-    const st = await stat(file);
-    if (st.size > 16 << 20) throw formatError(file, `cfg.json is ${st.size} bytes (over 16 MiB)`);
-    text = await readFile(file, 'utf8');
+    fh = await open(file, OPEN_READ_NOWAIT);
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    throw formatError(file, code === 'ENOENT' || code === 'ENOTDIR' ? missing : `cannot be read (${(err as Error).message})`);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw formatError(file, NOT_REGULAR);
+    if (st.size > limit) throw formatError(file, `${path.basename(file)} is ${st.size} bytes (over ${limit >> 20} MiB)`);
+    const out = new Uint8Array(st.size);
+    for (let done = 0; done < out.length; ) {
+      const { bytesRead } = await fh.read(out, done, out.length - done, done);
+      if (bytesRead === 0) throw formatError(file, `file ended at byte ${done} of ${out.length} (it was truncated while being read)`);
+      done += bytesRead;
+    }
+    return out;
   } catch (err) {
     if (err instanceof SaekitError) throw err;
-    throw formatError(file, 'missing cfg.json next to the weights');
+    throw formatError(file, `cannot be read (${(err as Error).message})`);
+  } finally {
+    await fh.close().catch(() => undefined);
   }
+}
+
+async function readCfg(file: string): Promise<Record<string, unknown>> {
+  const bytes = await readRegularFile(file, MAX_CFG_BYTES, 'missing cfg.json next to the weights');
+  let text: string;
+  try {
+    // Fatal: the default decoder would turn bad bytes into U+FFFD and read a different config.
+    // A byte-order mark is kept, so JSON.parse rejects it as Python's json.load does.
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+  } catch {
+    throw formatError(file, 'cfg.json is not valid UTF-8');
+  }
+  const excess = jsonLimitExceeded(bytes, CFG_LIMITS);
+  if (excess !== undefined) throw formatError(file, `cfg.json ${excess}`);
   let cfg: unknown;
   try {
     cfg = JSON.parse(text);
@@ -108,40 +162,98 @@ async function readCfg(file: string): Promise<Record<string, unknown>> {
   return cfg as Record<string, unknown>;
 }
 
+/** The value at a dotted key ("activation_fn_kwargs.k"), or undefined. */
+function fieldAt(cfg: Record<string, unknown>, key: string): unknown {
+  let v: unknown = cfg;
+  for (const part of key.split('.')) {
+    v = v !== null && typeof v === 'object' && !Array.isArray(v) && Object.hasOwn(v, part) ? (v as Record<string, unknown>)[part] : undefined;
+  }
+  return v;
+}
+
 function intField(cfg: Record<string, unknown>, file: string, ...keys: string[]): number {
   for (const key of keys) {
-    let v: unknown = cfg;
-    for (const part of key.split('.')) v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[part] : undefined;
+    const v = fieldAt(cfg, key);
     if (v === undefined || v === null) continue;
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v > 1 << 30) {
-      throw formatError(file, `field ${key} must be a non-negative integer below 2^30 but is ${JSON.stringify(v)}`);
+      throw formatError(file, `field ${key} must be a non-negative integer below 2^30 but is ${previewValue(v)}`);
     }
     return v;
   }
   throw formatError(file, `missing field ${keys.join(' (or ')}${keys.length > 1 ? ')' : ''}`);
 }
 
-/** Any float tensor as float32 (bf16/f16 through the addon's exact conversion). */
+/**
+ * A boolean field: true or false, `fallback` when absent. null (Python's None) is read as false
+ * where false is also the default (None is falsy where the Python code tests the field), and
+ * refused where the default is true, since there it would mean the opposite of the absent field.
+ * Anything else is an error: "false" is a non-empty string (truthy in JavaScript and Python),
+ * and 1 or "true" would be silently ignored by a test for === true.
+ */
+function boolField(cfg: Record<string, unknown>, file: string, key: string, fallback: boolean): boolean {
+  const v = fieldAt(cfg, key);
+  if (v === undefined) return fallback;
+  if (v === null && !fallback) return false;
+  if (typeof v !== 'boolean') throw formatError(file, `field ${key} must be true or false but is ${previewValue(v)}`);
+  return v;
+}
+
+/** A config string for a message: quoted and cut like previewValue, other values described. */
+function shownValue(v: unknown): string {
+  return typeof v === 'string' ? `'${v.length > 40 ? `${v.slice(0, 40)}...` : v}'` : `(${previewValue(v)})`;
+}
+
+/**
+ * Sizes the model can be built with, checked here so that the error names the file (the
+ * model's own checks cannot): at least one input dimension and one latent, and
+ * SparseAutoencoder's limits of 2^20 inputs, 2^24 latents and 2^34 weights per matrix.
+ */
+function checkDims(file: string, dIn: number, numLatents: number, names: [string, string]): void {
+  const dims = `${names[0]} = ${dIn} and ${names[1]} = ${numLatents}`;
+  if (dIn < 1 || numLatents < 1) throw formatError(file, `${dims}, but an SAE needs at least one input dimension and one latent`);
+  if (dIn > 2 ** 20 || numLatents > 2 ** 24 || dIn * numLatents > 2 ** 34) {
+    throw formatError(file, `${dims} exceed the supported sizes (d_in up to 2^20, latents up to 2^24, d_in × latents up to 2^34)`);
+  }
+}
+
+/**
+ * Any float tensor as float32 (bf16/f16 through the addon's exact conversion), checked to be
+ * finite here, where the file can be named (the model would refuse it too, without the file).
+ */
 function toF32(t: IoTensor, file: string, name: string): Float32Array {
+  let out: Float32Array;
   switch (t.dtype) {
     case 'float32':
-      return t.data as Float32Array;
+      out = t.data as Float32Array;
+      break;
     case 'float64':
-      return Float32Array.from(t.data as Float64Array);
+      out = Float32Array.from(t.data as Float64Array);
+      break;
     case 'bfloat16':
-    case 'float16': {
-      const out = new Float32Array(t.data.length);
+    case 'float16':
+      out = new Float32Array(t.data.length);
       native().convertInto(t.data as Uint16Array, t.dtype, out, 'float32');
-      return out;
-    }
+      break;
     default:
       throw formatError(file, `tensor ${name} has dtype ${t.dtype}; expected a float dtype`);
   }
+  checkFinite(out, t.shape, file, name);
+  return out;
+}
+
+/** Throws ERR_SAEKIT_NONFINITE (the model's code for such weights) naming the file and the first NaN or infinity. */
+function checkFinite(a: Float32Array, shape: readonly number[], file: string, name: string): void {
+  if (!native().anyNonFinite(a, 0, a.length)) return;
+  const i = a.findIndex((v) => !Number.isFinite(v));
+  const cols = shape.length === 2 ? shape[1]! : 0;
+  const where = cols > 0 ? `row ${Math.floor(i / cols)}, column ${i % cols}` : `element ${i}`;
+  const value = Number.isNaN(a[i]) ? 'NaN' : String(a[i]);
+  throw new SaekitError('ERR_SAEKIT_NONFINITE', `${file}: tensor ${name} has ${value} at ${where} (weights must be finite)`);
 }
 
 function checkShape(file: string, name: string, t: IoTensor, want: number[]): void {
   if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i])) {
-    throw formatError(file, `tensor ${name} has shape [${t.shape.join(', ')}] but the config says [${want.join(', ')}]`);
+    throw formatError(file, `tensor ${name} has shape [${listForMessage(t.shape)}] but the config says [${want.join(', ')}]`);
   }
 }
 
@@ -171,7 +283,7 @@ async function readTensors(file: string, names: string[]): Promise<Record<string
   try {
     const out: Record<string, IoTensor> = {};
     for (const n of names) {
-      if (!r.get(n)) throw formatError(file, `missing tensor ${n} (has: ${r.tensors.map((t) => t.name).join(', ')})`);
+      if (!r.get(n)) throw formatError(file, `missing tensor ${n} (has: ${listForMessage(r.tensors.map((t) => t.name)) || 'none'})`);
       out[n] = await r.read(n);
     }
     return out;
@@ -185,15 +297,18 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
   const cfg = await readCfg(cfgFile);
   const dIn = intField(cfg, cfgFile, 'd_in');
   const numLatents = intField(cfg, cfgFile, 'd_sae');
+  checkDims(cfgFile, dIn, numLatents, ['d_in', 'd_sae']);
   // v6 configs name the architecture; pre-6.0 flat configs name the activation function.
-  const arch = String(cfg.architecture ?? cfg.activation_fn_str ?? (cfg.activation_fn as string | undefined) ?? 'standard');
+  const arch: unknown = cfg.architecture ?? cfg.activation_fn_str ?? cfg.activation_fn ?? 'standard';
   if (arch !== 'topk' && arch !== 'jumprelu') {
-    throw formatError(cfgFile, `architecture '${arch}' is not supported yet (supported: topk, jumprelu)`);
+    throw formatError(cfgFile, `architecture ${shownValue(arch)} is not supported yet (supported: topk, jumprelu)`);
   }
   const norm = cfg.normalize_activations ?? 'none';
   if (norm !== 'none' && norm !== null) {
-    throw formatError(cfgFile, `normalize_activations '${String(norm)}' needs a run-time scaling factor and is not supported; fold it into the weights first`);
+    throw formatError(cfgFile, `normalize_activations ${shownValue(norm)} needs a run-time scaling factor and is not supported; fold it into the weights first`);
   }
+  const applyBDec = boolField(cfg, cfgFile, 'apply_b_dec_to_input', true);
+  const rescale = arch === 'topk' && boolField(cfg, cfgFile, 'rescale_acts_by_decoder_norm', false);
   const names = ['W_enc', 'b_enc', 'W_dec', 'b_dec', ...(arch === 'jumprelu' ? ['threshold'] : [])];
   const t = await readTensors(weightsFile, names);
   checkShape(weightsFile, 'W_enc', t.W_enc!, [dIn, numLatents]);
@@ -214,9 +329,8 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
     if (k < 1 || k > numLatents) throw formatError(cfgFile, `k = ${k} is outside 1..d_sae = ${numLatents}`);
     // Trained with the norms outside: z <- z * ||W_dec,i||, decode with f / ||W_dec,i||. Folding
     // the norms into the encoder gives the same function with unit decoder rows.
-    if (cfg.rescale_acts_by_decoder_norm === true) foldDecoderNorms(weights, dIn, numLatents);
+    if (rescale) foldDecoderNorms(weights, dIn, numLatents);
   }
-  const applyBDec = cfg.apply_b_dec_to_input === undefined ? true : Boolean(cfg.apply_b_dec_to_input);
   return {
     config: { format: 'saelens', architecture: arch, dIn, numLatents, k, applyBDecToInput: applyBDec, dtype: t.W_dec!.dtype, raw: cfg },
     weights,
@@ -230,11 +344,12 @@ async function readSparsify(dir: string, weightsFile: string): Promise<SaeFiles>
   const dIn = intField(cfg, cfgFile, 'd_in');
   let numLatents = intField(cfg, cfgFile, 'num_latents');
   if (numLatents === 0) numLatents = dIn * intField(cfg, cfgFile, 'expansion_factor');
+  checkDims(cfgFile, dIn, numLatents, ['d_in', 'num_latents (or d_in × expansion_factor)']);
   const k = intField(cfg, cfgFile, 'k');
   const activation = cfg.activation ?? 'topk';
-  if (activation !== 'topk') throw formatError(cfgFile, `activation '${String(activation)}' is not supported (supported: topk)`);
-  if (cfg.transcode === true) throw formatError(cfgFile, 'transcoders are not supported yet');
-  if (cfg.skip_connection === true) throw formatError(cfgFile, 'skip connections (W_skip) are not supported yet');
+  if (activation !== 'topk') throw formatError(cfgFile, `activation ${shownValue(activation)} is not supported (supported: topk)`);
+  if (boolField(cfg, cfgFile, 'transcode', false)) throw formatError(cfgFile, 'transcoders are not supported yet');
+  if (boolField(cfg, cfgFile, 'skip_connection', false)) throw formatError(cfgFile, 'skip connections (W_skip) are not supported yet');
   if (k < 1 || k > numLatents) throw formatError(cfgFile, `k = ${k} is outside 1..num_latents = ${numLatents}`);
   const t = await readTensors(weightsFile, ['encoder.weight', 'encoder.bias', 'W_dec', 'b_dec']);
   checkShape(weightsFile, 'encoder.weight', t['encoder.weight']!, [numLatents, dIn]);
@@ -258,12 +373,13 @@ async function readGemmaScope(file: string): Promise<SaeFiles> {
   // SAELens maps any lower-case w_ prefix to W_.
   const get = (name: string): IoTensor => {
     const hit = arrays[name] ?? arrays[name.replace(/^W_/, 'w_')];
-    if (!hit) throw formatError(file, `missing array ${name} (has: ${Object.keys(arrays).join(', ')})`);
+    if (!hit) throw formatError(file, `missing array ${name} (has: ${listForMessage(Object.keys(arrays)) || 'none'})`);
     return hit;
   };
   const W_enc = get('W_enc');
-  if (W_enc.shape.length !== 2) throw formatError(file, `W_enc must be 2-D but has shape [${W_enc.shape.join(', ')}]`);
+  if (W_enc.shape.length !== 2) throw formatError(file, `W_enc must be 2-D but has shape [${listForMessage(W_enc.shape)}]`);
   const [dIn, numLatents] = W_enc.shape as [number, number];
+  checkDims(file, dIn, numLatents, ['d_in (W_enc rows)', 'd_sae (W_enc columns)']);
   checkShape(file, 'W_dec', get('W_dec'), [numLatents, dIn]);
   checkShape(file, 'b_enc', get('b_enc'), [numLatents]);
   checkShape(file, 'b_dec', get('b_dec'), [dIn]);

@@ -37,6 +37,7 @@ import {
   type IoTensor,
 } from './common.js';
 import { findDuplicateKey } from './json-keys.js';
+import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { memorySource, openFileSource, writeChunksAtomic, type ByteSource } from './source.js';
 
 /** One tensor's entry in a safetensors header. */
@@ -81,6 +82,20 @@ export interface SafetensorsHeader {
 const WHAT = 'safetensors file';
 /** The reference implementation's cap on N (MAX_HEADER_SIZE). */
 export const MAX_SAFETENSORS_HEADER = 100_000_000;
+
+/**
+ * Bounds checked before the header is parsed (see json-limits.ts), since 100 MB of JSON can cost
+ * gigabytes in JSON.parse. Depth: a header needs 3 levels (header, entry, shape); 128 is where
+ * the reference's parser (serde_json's recursion limit) stops, so no file it reads is refused
+ * here. Values: a tensor entry is 10 + rank values (its name, the entry, three field names, the
+ * dtype, the shape and its dimensions, data_offsets and its two numbers) and a metadata entry 2,
+ * so 2,000,000 admits about 150,000 2-D tensors, several times the largest single-file
+ * checkpoints (tens of thousands of tensors), or a million metadata entries. The costliest
+ * headers within these bounds validate in seconds and a few hundred MB (2 million empty objects:
+ * 0.5 s, 180 MB; a million metadata entries: 4 s, 350 MB), where 100 MB without them took 40 s
+ * and 3-5 GB.
+ */
+export const SAFETENSORS_HEADER_LIMITS: Readonly<JsonLimits> = { maxDepth: 128, maxValues: 2_000_000 };
 
 const FROM_CODE: Readonly<Record<string, IoDType>> = {
   F32: 'float32',
@@ -136,6 +151,8 @@ function headerLengthOf(bytes: Uint8Array, fileSize: number, name: string): numb
 
 /** Decodes and parses the JSON header text into a plain object, rejecting duplicate keys. */
 function parseHeaderJson(bytes: Uint8Array, name: string): Record<string, unknown> {
+  const excess = jsonLimitExceeded(bytes, SAFETENSORS_HEADER_LIMITS);
+  if (excess !== undefined) throw formatError(WHAT, name, `header ${excess}`);
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
@@ -200,7 +217,8 @@ function isOffset(x: unknown): x is number {
  * @param fileSize The size of the whole file in bytes.
  * @param name The file path (or label) that error messages name.
  * @throws SaekitError ERR_SAEKIT_FORMAT naming `name` and the reason for any malformed header:
- *   N over 100,000,000 or past the end, invalid UTF-8 or JSON, duplicate keys, a bad
+ *   N over 100,000,000 or past the end, JSON nested deeper than 128 levels or holding more than
+ *   2,000,000 values (SAFETENSORS_HEADER_LIMITS), invalid UTF-8 or JSON, duplicate keys, a bad
  *   "__metadata__", an entry with a missing or unsupported dtype, a bad shape or offsets, a size
  *   mismatch, holes or overlaps between tensors, or data that does not end exactly at the file's end.
  */

@@ -3,10 +3,11 @@
  * writer. Internal to lib/io, except writeFileAtomic, which is public.
  */
 import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
-import { argError } from '../errors.js';
+import { argError, SaekitError } from '../errors.js';
 import { checkPath, formatError, fsError, MAX_BUFFER_BYTES } from './common.js';
 
 /** Random access to a fixed-size run of bytes. */
@@ -27,17 +28,25 @@ export interface ByteSource {
 /** Largest single fs read (the OS caps one read near 2 GiB). */
 const READ_CHUNK = 1 << 30;
 
+/**
+ * Flags that open a file for reading without waiting: opening a FIFO for reading blocks until a
+ * writer appears (forever, holding one of libuv's threads), and O_NONBLOCK makes it return at
+ * once so the regular-file check below can refuse it. Regular files ignore O_NONBLOCK; Windows
+ * has no FIFOs to open this way and no such flag.
+ */
+export const OPEN_READ_NOWAIT = constants.O_RDONLY | (constants.O_NONBLOCK ?? 0);
+
 /** Opens `path` for positioned reads. `what` names the format in errors ("safetensors file"). */
 export async function openFileSource(path: string, what: string): Promise<ByteSource> {
   let fh: FileHandle;
   try {
-    fh = await open(path, 'r');
+    fh = await open(path, OPEN_READ_NOWAIT);
   } catch (err) {
     throw fsError('open', path, err);
   }
   try {
     const st = await fh.stat();
-    if (!st.isFile()) throw argError('path', 'a regular file', path);
+    if (!st.isFile()) throw new SaekitError('ERR_SAEKIT_ARG', `Expected a regular file for path but '${path}' is not one (a folder, FIFO or device)`);
     return fileSource(fh, path, st.size, what);
   } catch (err) {
     await fh.close().catch(() => undefined);

@@ -39,6 +39,11 @@ export interface ZipEntry {
   compressedSize: number;
   uncompressedSize: number;
   localHeaderOffset: number;
+  /**
+   * Where this entry's local header and data must end: the next entry's local header (by
+   * offset), or the central directory for the last one. Set by readZipDirectory.
+   */
+  end: number;
 }
 
 // ---------------------------------------------------------------- CRC-32
@@ -152,13 +157,13 @@ function applyZip64(extra: Uint8Array, e: ZipEntry, diskStart: number, what: str
   while (p + 4 <= extra.length) {
     const id = dv.getUint16(p, true);
     const size = dv.getUint16(p + 2, true);
-    if (p + 4 + size > extra.length) throw formatError(what, name, `entry '${e.name}' has an extra field running past its end`);
+    if (p + 4 + size > extra.length) throw formatError(what, name, `entry ${quoteName(e.name)} has an extra field running past its end`);
     if (id === 0x0001) {
       let q = p + 4;
       const end = q + size;
       const take = (field: string): number => {
-        if (q + 8 > end) throw formatError(what, name, `entry '${e.name}' ZIP64 field lacks the ${field}`);
-        const v = u64(dv, q, what, name, `entry '${e.name}' ${field}`);
+        if (q + 8 > end) throw formatError(what, name, `entry ${quoteName(e.name)} ZIP64 field lacks the ${field}`);
+        const v = u64(dv, q, what, name, `entry ${quoteName(e.name)} ${field}`);
         q += 8;
         return v;
       };
@@ -171,7 +176,7 @@ function applyZip64(extra: Uint8Array, e: ZipEntry, diskStart: number, what: str
     p += 4 + size;
   }
   if (e.uncompressedSize === U32_MAX || e.compressedSize === U32_MAX || e.localHeaderOffset === U32_MAX) {
-    throw formatError(what, name, `entry '${e.name}' needs a ZIP64 extra field but has none`);
+    throw formatError(what, name, `entry ${quoteName(e.name)} needs a ZIP64 extra field but has none`);
   }
 }
 
@@ -204,11 +209,12 @@ function readCentral(cd: Uint8Array, p: number, what: string, name: string): { e
     compressedSize: dv.getUint32(p + 20, true),
     uncompressedSize: dv.getUint32(p + 24, true),
     localHeaderOffset: dv.getUint32(p + 42, true),
+    end: 0,
   };
   applyZip64(cd.subarray(p + 46 + nameLen, p + 46 + nameLen + extraLen), entry, dv.getUint16(p + 34, true), what, name);
-  if (flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION)) throw formatError(what, name, `entry '${entry.name}' is encrypted`);
+  if (flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION)) throw formatError(what, name, `entry ${quoteName(entry.name)} is encrypted`);
   if (entry.method !== 0 && entry.method !== 8) {
-    throw formatError(what, name, `entry '${entry.name}' uses compression method ${entry.method} (only stored and deflate are supported)`);
+    throw formatError(what, name, `entry ${quoteName(entry.name)} uses compression method ${entry.method} (only stored and deflate are supported)`);
   }
   return { entry, next };
 }
@@ -228,22 +234,67 @@ export async function readZipDirectory(src: ByteSource, what: string): Promise<{
     entries.push(entry);
     p = next;
   }
+  // Records past the count would be silently dropped here, yet read by tools that walk the
+  // directory by its size (Python's zipfile does): one file, two meanings. Demand an exact fit.
+  if (p !== cd.length) {
+    const counted = `${end.entries} entr${end.entries === 1 ? 'y' : 'ies'}`;
+    throw formatError(what, src.name, `end record counts ${counted} but the central directory holds ${cd.length - p} more bytes after them (${cd.length} in all)`);
+  }
+  setEntryEnds(entries, end.cdOffset, what, src.name);
   return { entries, cdOffset: end.cdOffset };
 }
 
 /**
- * The uncompressed bytes of one entry (a fresh buffer), after checking the local header, the
- * declared sizes (before anything is allocated) and the CRC-32.
- * @param dataLimit Entry data must end at or before this offset (the central directory's start).
+ * Sets each entry's `end` (the next local header by offset, or the central directory) and
+ * rejects entries that overlap: several directory records pointing into one local entry let a
+ * small archive inflate the same deflate stream again and again (a zip bomb no per-entry ratio
+ * check sees), and make one stretch of bytes mean two arrays. An entry takes at least its
+ * 30-byte local header and its compressed data, so that much must fit before the next one
+ * starts; readZipEntry checks the exact extent once the local header is read.
  */
-export async function readZipEntry(src: ByteSource, e: ZipEntry, dataLimit: number, what: string): Promise<Uint8Array> {
+function setEntryEnds(entries: readonly ZipEntry[], cdOffset: number, what: string, name: string): void {
+  const byOffset = [...entries].sort((a, b) => a.localHeaderOffset - b.localHeaderOffset);
+  for (let i = 0; i < byOffset.length; i++) {
+    const e = byOffset[i]!;
+    const next = byOffset[i + 1];
+    e.end = Math.min(next ? next.localHeaderOffset : cdOffset, cdOffset);
+    if (next && e.localHeaderOffset + 30 + e.compressedSize > next.localHeaderOffset) {
+      throw formatError(
+        what,
+        name,
+        `entries ${quoteName(e.name)} and ${quoteName(next.name)} overlap (local headers at ${e.localHeaderOffset} and ${next.localHeaderOffset}, ` +
+          `and the first needs at least ${30 + e.compressedSize} bytes)`,
+      );
+    }
+  }
+}
+
+/** An entry name for a message, cut at 60 characters (names may be 65,535 bytes long). */
+export function quoteName(s: string): string {
+  return `'${s.length > 60 ? `${s.slice(0, 60)}...` : s}'`;
+}
+
+/**
+ * The uncompressed bytes of one entry of a directory from readZipDirectory (a fresh buffer),
+ * after checking the local header (its name must be the directory's, as np.load requires), that
+ * header and data end before the next entry (`e.end`), the declared sizes (before anything is
+ * allocated) and the CRC-32.
+ * @param cdOffset The central directory's start (readZipDirectory returns it).
+ */
+export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: number, what: string): Promise<Uint8Array> {
   const name = src.name;
-  const bad = (reason: string) => formatError(what, name, `entry '${e.name}': ${reason}`);
-  if (e.localHeaderOffset + 30 > dataLimit) throw bad(`local header offset ${e.localHeaderOffset} is out of bounds`);
+  const bad = (reason: string) => formatError(what, name, `entry ${quoteName(e.name)}: ${reason}`);
+  if (e.localHeaderOffset + 30 > e.end) throw bad(`local header offset ${e.localHeaderOffset} is out of bounds`);
   const lv = view(await src.read(e.localHeaderOffset, 30));
   if (lv.getUint32(0, true) !== SIG_LOCAL) throw bad('local header signature is wrong');
-  const dataStart = e.localHeaderOffset + 30 + lv.getUint16(26, true) + lv.getUint16(28, true);
-  if (dataStart + e.compressedSize > dataLimit) throw bad(`data [${dataStart}, +${e.compressedSize}) runs past the end of the entries`);
+  const nameLen = lv.getUint16(26, true);
+  const dataStart = e.localHeaderOffset + 30 + nameLen + lv.getUint16(28, true);
+  if (dataStart + e.compressedSize > e.end) {
+    throw bad(`data [${dataStart}, +${e.compressedSize}) runs past ${e.end === cdOffset ? 'the end of the entries' : `the next entry's local header at ${e.end}`}`);
+  }
+  // np.load (Python's zipfile) refuses an entry whose local name differs from the directory's.
+  const localName = decodeName(await src.read(e.localHeaderOffset + 30, nameLen), lv.getUint16(6, true), what, name);
+  if (localName !== e.name) throw bad(`the local header names it ${quoteName(localName)}`);
   if (e.uncompressedSize > MAX_BUFFER_BYTES) throw bad(`uncompressed size ${e.uncompressedSize} exceeds the 4 GiB buffer limit`);
   if (e.method === 0 && e.compressedSize !== e.uncompressedSize) throw bad(`stored entry sizes differ (${e.compressedSize} != ${e.uncompressedSize})`);
   if (e.method === 8 && e.uncompressedSize > e.compressedSize * MAX_DEFLATE_RATIO + 64) {
