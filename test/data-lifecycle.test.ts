@@ -1,5 +1,5 @@
 /** Sources under misuse: input arrays detached while a pass reads them, options that do not apply. */
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, renameSync, truncateSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -41,5 +41,36 @@ describe('openActivations', () => {
     const src = await openActivations(file);
     expect(src.dIn).toBe(3);
     await src.close();
+  });
+});
+
+describe('files changed between passes', () => {
+  it('a file replaced or resized after the source read its header is a FORMAT error naming it, not a read of stale layout', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-changed-'));
+    const file = path.join(dir, 'acts.npy');
+    const write = (to: string, dtype: 'float32' | 'float16', rows: number) =>
+      dtype === 'float32'
+        ? io.writeNpy(to, { dtype, shape: [rows, 8], data: Float32Array.from({ length: rows * 8 }, (_, i) => i % 7) })
+        : io.writeNpy(to, { dtype, shape: [rows, 8], data: new Uint16Array(rows * 8).fill(0x3c00) }); // 1.0
+    await write(file, 'float32', 64);
+    const src = await openActivations(file);
+    const pass = async () => {
+      let rows = 0;
+      for await (const b of src.batches({ batchSize: 16 })) rows += b.rows;
+      return rows;
+    };
+    expect(await pass()).toBe(64);
+    // Same size in bytes, other layout (float16, twice the rows), renamed into place.
+    await write(path.join(dir, 'new.npy'), 'float16', 128);
+    renameSync(path.join(dir, 'new.npy'), file);
+    await expect(pass()).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/acts\.npy was replaced since the source was opened/) });
+    await src.close();
+    const again = await openActivations(file);
+    expect(again.numRows).toBe(128);
+    truncateSync(file, 1000);
+    await expect((async () => {
+      for await (const b of again.batches({ batchSize: 16 })) void b;
+    })()).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/acts\.npy changed size \(\d+ to 1000 bytes\)/) });
+    await again.close();
   });
 });

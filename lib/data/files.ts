@@ -1,9 +1,29 @@
 /** Open file handles shared by a source's reads (at most a few dozen open at once) and positioned reads. */
-import { promises as fs } from 'node:fs';
+import { constants, promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 
 import { SaekitError } from '../errors.js';
 import { native } from '../native/index.js';
+
+/**
+ * What identifies a file's contents when a source opened it: a file replaced (another inode) or
+ * rewritten (size, modification time) since is not read with the header read then.
+ */
+export interface FileIdentity {
+  dev: number;
+  ino: number;
+  size: number;
+  mtimeMs: number;
+}
+
+/** The identity of the file at `path` now. */
+export async function fileIdentity(path: string): Promise<FileIdentity> {
+  const st = await fs.stat(path);
+  return { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
+}
+
+/** Opening without waiting: a path swapped for a FIFO must not block a libuv thread forever. */
+const OPEN_READ_NOWAIT = constants.O_RDONLY | (constants.O_NONBLOCK ?? 0);
 
 interface Entry {
   handle: Promise<FileHandle>;
@@ -17,13 +37,17 @@ export class HandleCache {
 
   constructor(private readonly max = 32) {}
 
-  /** Runs `fn` with an open handle on `path`; the handle stays cached for later reads. */
-  async use<T>(path: string, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` with an open handle on `file.path`; the handle stays cached for later reads. A new
+   * handle (the first read of a pass, or after eviction) is checked against `file.identity`.
+   */
+  async use<T>(file: { path: string; label: string; identity?: FileIdentity }, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+    const { path } = file;
     let e = this.open.get(path);
     if (!e) {
-      const handle = fs.open(path, 'r').catch((err: unknown) => {
+      const handle = openChecked(file).catch((err: unknown) => {
         this.open.delete(path);
-        throw new SaekitError('ERR_SAEKIT_ARG', `Could not open ${path}: ${err instanceof Error ? err.message : String(err)}`);
+        throw err;
       });
       e = { handle, refs: 0, used: 0 };
       this.open.set(path, e);
@@ -53,6 +77,29 @@ export class HandleCache {
     const entries = [...this.open.values()];
     this.open.clear();
     await Promise.all(entries.map((e) => e.handle.then((fh) => fh.close()).catch(() => undefined)));
+  }
+}
+
+/** Opens a shard's file and checks it is still the file its header was read from. */
+async function openChecked(file: { path: string; label: string; identity?: FileIdentity }): Promise<FileHandle> {
+  let fh: FileHandle;
+  try {
+    fh = await fs.open(file.path, OPEN_READ_NOWAIT);
+  } catch (err) {
+    throw new SaekitError('ERR_SAEKIT_ARG', `Could not open ${file.path}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  try {
+    const st = await fh.stat();
+    const was = file.identity;
+    if (!st.isFile()) throw new SaekitError('ERR_SAEKIT_FORMAT', `${file.label} is no longer a regular file (it was replaced since the source was opened)`);
+    if (was && (st.dev !== was.dev || st.ino !== was.ino || st.size !== was.size || st.mtimeMs !== was.mtimeMs)) {
+      const what = st.dev !== was.dev || st.ino !== was.ino ? 'was replaced' : st.size !== was.size ? `changed size (${was.size} to ${st.size} bytes)` : 'was modified';
+      throw new SaekitError('ERR_SAEKIT_FORMAT', `${file.label} ${what} since the source was opened: its header no longer describes it (open the source again)`);
+    }
+    return fh;
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    throw err;
   }
 }
 

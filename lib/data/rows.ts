@@ -187,7 +187,7 @@ export class FileRowStream implements RowStream {
     if (!s.fortran && !s.bigEndian) {
       // The common case: one native job reads, converts and screens straight into dst.
       const pos = s.dataOffset + r.start * dIn * item;
-      const read = this.ctx.handles.use(s.path, (fh) => nativeRead(fh.fd, pos, r.rows, dIn, s, dst, slots ? { slots, first: at } : at * dIn));
+      const read = this.ctx.handles.use(s, (fh) => nativeRead(fh.fd, pos, r.rows, dIn, s, dst, slots ? { slots, first: at } : at * dIn));
       return { shard: s, start: r.start, rows: r.rows, at, stage: null, native: true, read: this.track(read) };
     }
     if (!(dst instanceof Float32Array)) throw new Error('internal: 16-bit fills need natively read shards');
@@ -197,10 +197,10 @@ export class FileRowStream implements RowStream {
     const into = direct ? new Uint8Array(dst.buffer, dst.byteOffset + at * dIn * 4, bytes) : new Uint8Array(stage!, 0, bytes);
     let read: Promise<void>;
     if (!s.fortran) {
-      read = this.ctx.handles.use(s.path, (fh) => readFully(fh, into, s.dataOffset + r.start * dIn * item, s.label));
+      read = this.ctx.handles.use(s, (fh) => readFully(fh, into, s.dataOffset + r.start * dIn * item, s.label));
     } else {
       // Column c of rows [start, start + rows) is contiguous on disk: one read per column.
-      read = this.ctx.handles.use(s.path, async (fh) => {
+      read = this.ctx.handles.use(s, async (fh) => {
         for (let c0 = 0; c0 < dIn; c0 += 32) {
           const reads: Promise<void>[] = [];
           for (let c = c0; c < Math.min(dIn, c0 + 32); c++) {

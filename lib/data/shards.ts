@@ -9,6 +9,7 @@ import { argError, SaekitError } from '../errors.js';
 import { readNpyHeader, readSafetensors } from '../io/index.js';
 import { DISK_DTYPES, ITEM_BYTES, type DiskDType } from './convert.js';
 import { compareNames, expandGlob, isGlob } from './glob.js';
+import { fileIdentity, type FileIdentity } from './files.js';
 
 /** One file's rows: rows × dIn elements of `dtype` at `dataOffset`. */
 export interface Shard {
@@ -28,6 +29,8 @@ export interface Shard {
    */
   fortran: boolean;
   bigEndian: boolean;
+  /** The file as it was before its header was read: reads check each new handle against it. */
+  identity?: FileIdentity;
 }
 
 export interface ShardOptions {
@@ -257,7 +260,9 @@ export async function openShards(files: string[], opts: ShardOptions): Promise<S
   const worker = async () => {
     while (next < files.length) {
       const i = next++;
-      shards[i] = await openShard(files[i]!, opts);
+      // Taken before the header is read, so a change after it is caught at the next open.
+      const identity = await fileIdentity(files[i]!).catch(() => undefined);
+      shards[i] = { ...(await openShard(files[i]!, opts)), ...(identity ? { identity } : {}) };
     }
   };
   await Promise.all(Array.from({ length: Math.min(8, files.length) }, worker));
