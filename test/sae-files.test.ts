@@ -333,7 +333,7 @@ describe('SAE files: hostile input', () => {
       await expectLoadError(dir, 'cfg.json', /cfg\.json nests objects and arrays more than 128 levels deep/);
     }
     await expectLoadError(await saelens(3, 4, { architecture: [[['topk']]] }), 'cfg.json', /architecture \(an array of 1 item\) is not supported/);
-    await expectLoadError(await saelens(3, 4, { normalize_activations: { scale: 2 } }), 'cfg.json', /normalize_activations \(an object\) needs/);
+    await expectLoadError(await saelens(3, 4, { normalize_activations: { scale: 2 } }), 'cfg.json', /normalize_activations \(an object\) is not a normalisation saekit knows/);
     await expectLoadError(await saelens(3, 4, { d_in: [[3]] }), 'cfg.json', /field d_in must be a non-negative integer below 2\^30 but is an array of 1 item$/);
     await expectLoadError(await saelens(3, 4, { d_in: 'x'.repeat(15_000_000) }), 'cfg.json', /field d_in .* but is "x{40}"\.\.\.$/);
     await expectLoadError(await saelens(3, 4, { architecture: 'y'.repeat(1_000_000) }), 'cfg.json', /architecture 'y{40}\.\.\.' is not supported/);
@@ -418,4 +418,117 @@ describe('SAE files: hostile input', () => {
     execFileSync('mkfifo', [path.join(dir2, 'sae_weights.safetensors')]);
     await expectLoadError(dir2, 'sae_weights.safetensors', /not a regular file/);
   }, 15_000);
+});
+
+describe('SAE files: what the other libraries write and read', () => {
+  const [dIn, L, k] = [11, 29, 3];
+  const put = async (dir: string, w: W, extra: Record<string, IoTensor> = {}) =>
+    writeSafetensors(path.join(dir, 'sae_weights.safetensors'), {
+      W_enc: { dtype: 'float32', shape: [dIn, L], data: w.W_enc },
+      b_enc: { dtype: 'float32', shape: [L], data: w.b_enc },
+      W_dec: { dtype: 'float32', shape: [L, dIn], data: w.W_dec },
+      b_dec: { dtype: 'float32', shape: [dIn], data: w.b_dec },
+      ...extra,
+    });
+
+  it('SAELens files say sae_lens_version 6 in metadata (so SAELens keeps the metadata), and both files carry one save id', async () => {
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, 3), { k });
+    const dir = tmp();
+    await sae.save(dir, { metadata: { hook_name: 'blocks.2.hook_resid_post', model_name: 'gpt2' } });
+    const cfg = JSON.parse(readFileSync(path.join(dir, 'cfg.json'), 'utf8'));
+    expect(cfg.metadata).toMatchObject({ sae_lens_version: '6.0.0', hook_name: 'blocks.2.hook_resid_post', model_name: 'gpt2' });
+    const st = await readSafetensors(path.join(dir, 'sae_weights.safetensors'));
+    expect(st.metadata.saekit_save_id).toMatch(/^[0-9a-f]{16}$/);
+    expect(st.metadata.saekit_save_id).toBe(cfg.metadata.saekit_save_id);
+    await st.close();
+    // A torn pair (the weights of another save beside this cfg.json) is refused, not loaded.
+    using other = SparseAutoencoder.fromWeights(randomWeights(dIn, L, 4), { k: 7 });
+    const dir2 = tmp();
+    await other.save(dir2);
+    writeFileSync(path.join(dir, 'sae_weights.safetensors'), readFileSync(path.join(dir2, 'sae_weights.safetensors')));
+    await expect(SparseAutoencoder.load(dir)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/belongs to another save than sae_weights\.safetensors/) });
+  });
+
+  it('pre-6.0 SAELens configs: architecture standard with activation_fn_str topk is TopK; normalize_activations false is none', async () => {
+    const w = randomWeights(dIn, L, 5);
+    const dir = tmp();
+    await put(dir, w);
+    writeFileSync(
+      path.join(dir, 'cfg.json'),
+      JSON.stringify({ architecture: 'standard', activation_fn_str: 'topk', activation_fn_kwargs: { k }, d_in: dIn, d_sae: L, normalize_activations: false, hook_point: 'blocks.0.hook_resid_pre' }),
+    );
+    using sae = await SparseAutoencoder.load(dir);
+    expect([sae.architecture, sae.k]).toEqual(['topk', k]);
+    using ref = SparseAutoencoder.fromWeights(w, { k });
+    const x = rows(13, dIn, 6);
+    expect(Array.from((await sae.encode(x)).indices)).toEqual(Array.from((await ref.encode(x)).indices));
+    // A ReLU SAE is named as such; normalize_activations true needs the factor the file lacks.
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ activation_fn_str: 'relu', d_in: dIn, d_sae: L }));
+    await expect(SparseAutoencoder.load(dir)).rejects.toThrow(/activation_fn_str 'relu' \(a standard ReLU SAE\) is not supported yet/);
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, normalize_activations: true }));
+    await expect(SparseAutoencoder.load(dir)).rejects.toThrow(/normalize_activations 'expected_average_only_in' scales inputs by a factor estimated when training/);
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, normalize_activations: 'layer_norm' }));
+    await expect(SparseAutoencoder.load(dir)).rejects.toThrow(/normalises every token at run time/);
+  });
+
+  it('a finetuning scaling_factor multiplies each latent before decoding (folded into W_dec rows); one without the cfg flag is refused', async () => {
+    const w = randomWeights(dIn, L, 7);
+    const s = Float32Array.from({ length: L }, (_, i) => 0.5 + (i % 5) * 0.25);
+    const dir = tmp();
+    await put(dir, w, { scaling_factor: { dtype: 'float32', shape: [L], data: s } });
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, finetuning_scaling_factor: true }));
+    using sae = await SparseAutoencoder.load(dir);
+    const x = rows(9, dIn, 8);
+    const { codes, recon } = await sae.forward(x);
+    for (let r = 0; r < 9; r++) {
+      for (let d = 0; d < dIn; d++) {
+        let want = w.b_dec[d]!;
+        for (let j = 0; j < k; j++) {
+          const l = codes.indices[r * k + j]!;
+          want += codes.values[r * k + j]! * s[l]! * w.W_dec[l * dIn + d]!;
+        }
+        expect(Math.abs(recon[r * dIn + d]! - want)).toBeLessThan(1e-5);
+      }
+    }
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L }));
+    await expect(SparseAutoencoder.load(dir)).rejects.toThrow(/has a scaling_factor that is not all ones but finetuning_scaling_factor is not true/);
+  });
+
+  it('sparsify: metadata cannot overwrite cfg fields; normalize_decoder says whether rows are unit; saving one layout over the other leaves one', async () => {
+    using unit = SparseAutoencoder.fromWeights(randomWeights(dIn, L, 9), { k });
+    const dir = tmp();
+    await expect(unit.save(dir, { format: 'sparsify', metadata: { k: 999 } })).rejects.toThrow(/options\.metadata not to set the sparsify cfg field 'k'/);
+    await unit.save(dir, { format: 'saelens' });
+    await unit.save(dir, { format: 'sparsify', metadata: { note: 'x' } });
+    expect(readdirSync(dir).sort()).toEqual(['cfg.json', 'sae.safetensors']);
+    expect(JSON.parse(readFileSync(path.join(dir, 'cfg.json'), 'utf8'))).toMatchObject({ normalize_decoder: true, k, note: 'x' });
+    using back = await SparseAutoencoder.load(dir);
+    expect(back.k).toBe(k);
+    using wide = SparseAutoencoder.fromWeights(randomWeights(dIn, L, 9, (i) => 1 + i / L), { k });
+    await wide.save(dir, { format: 'sparsify' });
+    expect(JSON.parse(readFileSync(path.join(dir, 'cfg.json'), 'utf8')).normalize_decoder).toBe(false);
+    // Another tool's weights of the other layout beside ours: cfg.json decides.
+    await writeSafetensors(path.join(dir, 'sae_weights.safetensors'), { x: { dtype: 'float32', shape: [1], data: new Float32Array(1) } });
+    using again = await SparseAutoencoder.load(dir);
+    expect(again.numLatents).toBe(L);
+  });
+
+  it('a sparsify run folder (one SAE per hookpoint) names its subfolders; Gemma Scope with a scaling_factor is refused', async () => {
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, 10), { k });
+    const run = tmp();
+    await sae.save(path.join(run, 'layers.3'), { format: 'sparsify' });
+    await sae.save(path.join(run, 'layers.10'), { format: 'sparsify' });
+    await expect(SparseAutoencoder.load(run)).rejects.toThrow(/holds one SAE per subfolder \(a sparsify run: "layers\.10", "layers\.3"\); load one of them/);
+    const g = tmp();
+    const w = randomWeights(dIn, L, 11);
+    await writeNpz(path.join(g, 'params.npz'), {
+      W_enc: { dtype: 'float32', shape: [dIn, L], data: w.W_enc },
+      W_dec: { dtype: 'float32', shape: [L, dIn], data: w.W_dec },
+      b_enc: { dtype: 'float32', shape: [L], data: w.b_enc },
+      b_dec: { dtype: 'float32', shape: [dIn], data: w.b_dec },
+      threshold: { dtype: 'float32', shape: [L], data: new Float32Array(L).fill(0.1) },
+      scaling_factor: { dtype: 'float32', shape: [L], data: new Float32Array(L).fill(2) },
+    });
+    await expect(SparseAutoencoder.load(g)).rejects.toThrow(/has a scaling_factor array/);
+  });
 });

@@ -48,6 +48,18 @@ describe('learning-rate schedule', () => {
     expect(learningRate(99, total, base, 10, 'none', 0.2)).toBe(base);
     expect(learningRate(0, total, base, 0, 'none', 0.2)).toBe(base);
   });
+
+  it("'linear-after-warmup' (sparsify's): after warmup, base (total - step) / (total - warmup) down to 0", () => {
+    const base = 0.02;
+    const [total, warmup] = [130, 13];
+    expect(learningRate(0, total, base, warmup, 'linear-after-warmup', 0.2)).toBeCloseTo(base / warmup, 15);
+    expect(learningRate(12, total, base, warmup, 'linear-after-warmup', 0.2)).toBe(base);
+    for (const step of [13, 14, 50, 71, 129]) {
+      expect(learningRate(step, total, base, warmup, 'linear-after-warmup', 0.2)).toBeCloseTo((base * (total - step)) / (total - warmup), 15);
+    }
+    expect(learningRate(130, total, base, warmup, 'linear-after-warmup', 0.2)).toBe(0);
+    expect(learningRate(5, 40, base, 0, 'linear-after-warmup', 0.2)).toBeCloseTo((base * 35) / 40, 15);
+  });
 });
 
 describe('geometric median (Weiszfeld)', () => {
@@ -320,7 +332,7 @@ describe('Trainer', () => {
     using sae = make();
     expect(() => new Trainer(sae, { batchSize: 1 })).toThrow(/options.batchSize/);
     expect(() => new Trainer(sae, { totalTokens: 10, epochs: 1 })).toThrow(/both/);
-    expect(() => new Trainer(sae, { decay: 'cosine' as 'linear' })).toThrow(/one of: linear, none/);
+    expect(() => new Trainer(sae, { decay: 'cosine' as 'linear' })).toThrow(/one of: linear, linear-after-warmup, none/);
     expect(() => new Trainer({} as SparseAutoencoder)).toThrow(/SparseAutoencoder/);
     // A misspelt option is an error naming the nearest one, not silently ignored.
     expect(() => new Trainer(sae, { batchsize: 10 } as never)).toThrow(/Unknown option options\.batchsize \(did you mean options\.batchSize\?\)/);

@@ -405,7 +405,7 @@ export function buildProgram(): Command {
     .option('--lr <lr>', "learning rate (default: 2e-4 / sqrt(latents / 2^14))", num('lr', 0, 10, false, true))
     .option('--warmup <steps>', 'linear warmup steps, at most 10% of the run (default: 1000)', num('warmup', 0, 1 << 30), 1000)
     .option('--auxk-alpha <a>', 'AuxK loss weight (0 turns it off)', num('auxk-alpha', 0, 1e6, false), 1 / 32)
-    .option('--normalize <mode>', "'none' or 'expected-norm' (scale inputs to E||x|| = sqrt(dIn); folded into the weights)", oneOf('normalize', ['none', 'expected-norm'] as const), 'none')
+    .option('--normalize <mode>', "'none' or 'expected-norm' (scale inputs to E||x|| = sqrt(dIn) while training; folded into the biases, so the saved SAE takes raw activations)", oneOf('normalize', ['none', 'expected-norm'] as const), 'none')
     .option('--format <f>', "'saelens' (default) or 'sparsify'", oneOf('format', ['saelens', 'sparsify'] as const), 'saelens')
     .option('--seed <n>', 'seed of the initialisation and the data order', num('seed', 0, Number.MAX_SAFE_INTEGER), 0)
     .option('--resume', 'continue from <out>/checkpoint if present (same --batch, --seed and --normalize)')

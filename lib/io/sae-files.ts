@@ -8,8 +8,9 @@
  * | sparsify     | cfg.json + sae.safetensors              | encoder.weight [F, d] (= W_enc^T), encoder.bias, W_dec [F, d], b_dec |
  * | Gemma Scope  | params.npz                              | W_enc [d, F], W_dec [F, d], b_enc, b_dec, threshold; JumpReLU, no b_dec subtraction |
  */
+import { randomBytes } from 'node:crypto';
 import { readFileSync, type Stats } from 'node:fs';
-import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 
 import { SaekitError } from '../errors.js';
@@ -18,7 +19,7 @@ import { type IoTensor, listForMessage, previewValue, transpose } from './common
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpz } from './npz.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
-import { OPEN_READ_NOWAIT, writeFileAtomic } from './source.js';
+import { OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
 
 export type SaeFileFormat = 'saelens' | 'sparsify' | 'gemma-scope';
 
@@ -91,10 +92,43 @@ async function detect(pathOrDir: string): Promise<{ format: SaeFileFormat; dir: 
     throw formatError(pathOrDir, 'not a known SAE file (expected params.npz, sae_weights.safetensors, sae.safetensors or cfg.json)');
   }
   const j = (f: string) => path.join(pathOrDir, f);
-  if (await isFile(j('sae_weights.safetensors'))) return { format: 'saelens', dir: pathOrDir, weights: j('sae_weights.safetensors') };
-  if (await isFile(j('sae.safetensors'))) return { format: 'sparsify', dir: pathOrDir, weights: j('sae.safetensors') };
+  const saelens = await isFile(j('sae_weights.safetensors'));
+  const sparsify = await isFile(j('sae.safetensors'));
+  if (saelens && sparsify) {
+    // Both layouts' weights (another tool saved into the folder): cfg.json says which is current.
+    const cfg = await readCfg(j('cfg.json'));
+    const isSparsify = cfg.num_latents !== undefined || cfg.expansion_factor !== undefined;
+    return isSparsify ? { format: 'sparsify', dir: pathOrDir, weights: j('sae.safetensors') } : { format: 'saelens', dir: pathOrDir, weights: j('sae_weights.safetensors') };
+  }
+  if (saelens) return { format: 'saelens', dir: pathOrDir, weights: j('sae_weights.safetensors') };
+  if (sparsify) return { format: 'sparsify', dir: pathOrDir, weights: j('sae.safetensors') };
   if (await isFile(j('params.npz'))) return { format: 'gemma-scope', dir: pathOrDir, weights: j('params.npz') };
+  // A sparsify run folder holds one SAE per hookpoint, each in its own subfolder.
+  const inner = await subfoldersWithSaes(pathOrDir);
+  if (inner.length > 0) {
+    throw formatError(
+      pathOrDir,
+      `holds one SAE per subfolder (a sparsify run: ${listForMessage(inner)}); load one of them, e.g. ${path.join(pathOrDir, inner[0]!)}`,
+    );
+  }
   throw formatError(pathOrDir, 'no SAE files found (expected sae_weights.safetensors + cfg.json (SAELens), sae.safetensors + cfg.json (sparsify) or params.npz (Gemma Scope))');
+}
+
+/** Names of the subfolders of `dir` (at most the first 1000 entries looked at) that hold SAE weights. */
+async function subfoldersWithSaes(dir: string): Promise<string[]> {
+  const { readdir } = await import('node:fs/promises');
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  const out: string[] = [];
+  for (const e of entries.slice(0, 1000)) {
+    if (!e.isDirectory()) continue;
+    for (const f of ['sae.safetensors', 'sae_weights.safetensors', 'params.npz']) {
+      if ((await stat(path.join(dir, e.name, f)).catch(() => undefined))?.isFile()) {
+        out.push(e.name);
+        break;
+      }
+    }
+  }
+  return out.sort();
 }
 
 /** A cfg.json is a few kilobytes; a larger file is not one. */
@@ -278,7 +312,8 @@ export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: num
   }
 }
 
-async function readTensors(file: string, names: string[]): Promise<Record<string, IoTensor>> {
+/** The tensors `names` (and those of `optional` the file has), and the file's __metadata__. */
+async function readTensors(file: string, names: string[], optional: string[] = []): Promise<{ t: Record<string, IoTensor>; metadata: Record<string, string> }> {
   const r = await readSafetensors(file);
   try {
     const out: Record<string, IoTensor> = {};
@@ -286,9 +321,21 @@ async function readTensors(file: string, names: string[]): Promise<Record<string
       if (!r.get(n)) throw formatError(file, `missing tensor ${n} (has: ${listForMessage(r.tensors.map((t) => t.name)) || 'none'})`);
       out[n] = await r.read(n);
     }
-    return out;
+    for (const n of optional) if (r.get(n)) out[n] = await r.read(n);
+    return { t: out, metadata: r.metadata };
   } finally {
     await r.close();
+  }
+}
+
+/** The key both files of one save carry (cfg.json and the weights' __metadata__), so a torn pair is noticed. */
+const SAVE_ID = 'saekit_save_id';
+
+/** Refuses a cfg.json and weights file written by two different saves (a save cut short between its two renames). */
+function checkSameSave(cfgFile: string, cfgId: unknown, weightsFile: string, metadata: Record<string, string>): void {
+  const wId = metadata[SAVE_ID];
+  if (typeof cfgId === 'string' && wId !== undefined && cfgId !== wId) {
+    throw formatError(cfgFile, `belongs to another save than ${path.basename(weightsFile)} (save ids ${cfgId} and ${wId}: a save was interrupted; save the SAE again)`);
   }
 }
 
@@ -298,19 +345,32 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
   const dIn = intField(cfg, cfgFile, 'd_in');
   const numLatents = intField(cfg, cfgFile, 'd_sae');
   checkDims(cfgFile, dIn, numLatents, ['d_in', 'd_sae']);
-  // v6 configs name the architecture; pre-6.0 flat configs name the activation function.
-  const arch: unknown = cfg.architecture ?? cfg.activation_fn_str ?? cfg.activation_fn ?? 'standard';
+  // v6 configs name the architecture. Pre-6.0 flat configs name the activation function, and a
+  // TopK one may say architecture 'standard' (SAELens's handle_pre_6_0_config makes it topk).
+  const act: unknown = cfg.activation_fn_str ?? cfg.activation_fn;
+  const declared: unknown = cfg.architecture ?? undefined;
+  const arch: unknown = (declared === undefined || declared === null || declared === 'standard') && act === 'topk' ? 'topk' : (declared ?? act ?? 'standard');
   if (arch !== 'topk' && arch !== 'jumprelu') {
-    throw formatError(cfgFile, `architecture ${shownValue(arch)} is not supported yet (supported: topk, jumprelu)`);
+    const what = declared === undefined || declared === null ? `activation_fn_str ${shownValue(act)} (a standard ReLU SAE)` : `architecture ${shownValue(arch)}`;
+    throw formatError(cfgFile, `${what} is not supported yet (supported: topk, jumprelu)`);
   }
-  const norm = cfg.normalize_activations ?? 'none';
+  // Old configs store a boolean (SAELens maps false to 'none' and true to 'expected_average_only_in').
+  const rawNorm = cfg.normalize_activations ?? 'none';
+  const norm = rawNorm === false ? 'none' : rawNorm === true ? 'expected_average_only_in' : rawNorm;
   if (norm !== 'none' && norm !== null) {
-    throw formatError(cfgFile, `normalize_activations ${shownValue(norm)} needs a run-time scaling factor and is not supported; fold it into the weights first`);
+    const why =
+      norm === 'expected_average_only_in'
+        ? 'scales inputs by a factor estimated when training, which the file does not hold; fold it into the weights first'
+        : norm === 'layer_norm' || norm === 'constant_norm_rescale'
+          ? 'normalises every token at run time, which saekit does not implement'
+          : 'is not a normalisation saekit knows';
+    throw formatError(cfgFile, `normalize_activations ${shownValue(norm)} ${why}`);
   }
   const applyBDec = boolField(cfg, cfgFile, 'apply_b_dec_to_input', true);
   const rescale = arch === 'topk' && boolField(cfg, cfgFile, 'rescale_acts_by_decoder_norm', false);
   const names = ['W_enc', 'b_enc', 'W_dec', 'b_dec', ...(arch === 'jumprelu' ? ['threshold'] : [])];
-  const t = await readTensors(weightsFile, names);
+  const { t, metadata } = await readTensors(weightsFile, names, ['scaling_factor', 'finetuning_scaling_factor']);
+  checkSameSave(cfgFile, fieldAt(cfg, `metadata.${SAVE_ID}`), weightsFile, metadata);
   checkShape(weightsFile, 'W_enc', t.W_enc!, [dIn, numLatents]);
   checkShape(weightsFile, 'b_enc', t.b_enc!, [numLatents]);
   checkShape(weightsFile, 'W_dec', t.W_dec!, [numLatents, dIn]);
@@ -331,6 +391,7 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
     // the norms into the encoder gives the same function with unit decoder rows.
     if (rescale) foldDecoderNorms(weights, dIn, numLatents);
   }
+  foldFinetuningScale(cfg, cfgFile, t.scaling_factor ?? t.finetuning_scaling_factor, weightsFile, weights, dIn, numLatents);
   return {
     config: { format: 'saelens', architecture: arch, dIn, numLatents, k, applyBDecToInput: applyBDec, dtype: t.W_dec!.dtype, raw: cfg },
     weights,
@@ -351,7 +412,8 @@ async function readSparsify(dir: string, weightsFile: string): Promise<SaeFiles>
   if (boolField(cfg, cfgFile, 'transcode', false)) throw formatError(cfgFile, 'transcoders are not supported yet');
   if (boolField(cfg, cfgFile, 'skip_connection', false)) throw formatError(cfgFile, 'skip connections (W_skip) are not supported yet');
   if (k < 1 || k > numLatents) throw formatError(cfgFile, `k = ${k} is outside 1..num_latents = ${numLatents}`);
-  const t = await readTensors(weightsFile, ['encoder.weight', 'encoder.bias', 'W_dec', 'b_dec']);
+  const { t, metadata } = await readTensors(weightsFile, ['encoder.weight', 'encoder.bias', 'W_dec', 'b_dec']);
+  checkSameSave(cfgFile, cfg[SAVE_ID], weightsFile, metadata);
   checkShape(weightsFile, 'encoder.weight', t['encoder.weight']!, [numLatents, dIn]);
   checkShape(weightsFile, 'encoder.bias', t['encoder.bias']!, [numLatents]);
   checkShape(weightsFile, 'W_dec', t.W_dec!, [numLatents, dIn]);
@@ -384,6 +446,7 @@ async function readGemmaScope(file: string): Promise<SaeFiles> {
   checkShape(file, 'b_enc', get('b_enc'), [numLatents]);
   checkShape(file, 'b_dec', get('b_dec'), [dIn]);
   checkShape(file, 'threshold', get('threshold'), [numLatents]);
+  if (arrays.scaling_factor) throw formatError(file, 'has a scaling_factor array, which Gemma Scope files do not have (its meaning here is unknown; SAELens refuses it too)');
   return {
     config: { format: 'gemma-scope', architecture: 'jumprelu', dIn, numLatents, applyBDecToInput: false, dtype: W_enc.dtype, raw: {} },
     weights: {
@@ -395,6 +458,30 @@ async function readGemmaScope(file: string): Promise<SaeFiles> {
     },
     files: [file],
   };
+}
+
+/**
+ * SAELens (pre-6.0) finetuning scale: decoding multiplies latent i's activation by s_i before
+ * W_dec, the same as W_dec row i times s_i, which is how it is loaded. A scale of all ones is
+ * dropped; any other needs cfg.json's finetuning_scaling_factor to be true (SAELens asserts so).
+ */
+function foldFinetuningScale(
+  cfg: Record<string, unknown>,
+  cfgFile: string,
+  scale: IoTensor | undefined,
+  weightsFile: string,
+  weights: SaeFileWeights,
+  dIn: number,
+  numLatents: number,
+): void {
+  if (!scale) return;
+  checkShape(weightsFile, 'scaling_factor', scale, [numLatents]);
+  const s = toF32(scale, weightsFile, 'scaling_factor');
+  if (s.every((v) => v === 1)) return;
+  if (!boolField(cfg, cfgFile, 'finetuning_scaling_factor', false)) {
+    throw formatError(cfgFile, `${path.basename(weightsFile)} has a scaling_factor that is not all ones but finetuning_scaling_factor is not true`);
+  }
+  for (let i = 0; i < numLatents; i++) for (let d = 0; d < dIn; d++) weights.W_dec[i * dIn + d] = weights.W_dec[i * dIn + d]! * s[i]!;
 }
 
 /** Reads an SAE saved by SAELens, sparsify or Gemma Scope (a folder, or one of its files). */
@@ -421,9 +508,33 @@ function stored(data: Float32Array, shape: number[], dtype: 'float32' | 'bfloat1
   return { dtype, shape, data: out };
 }
 
+/** Fields saekit writes into a sparsify cfg.json itself (options.metadata may not set them). */
+const SPARSIFY_FIELDS = ['activation', 'expansion_factor', 'normalize_decoder', 'num_latents', 'k', 'multi_topk', 'skip_connection', 'transcode', 'd_in', SAVE_ID];
+
 /**
- * Writes an SAE in SAELens or sparsify layout into `dir` (created if needed); every file is
- * written to a temporary name and renamed. Returns the files written.
+ * The config schema SAELens files written here follow: SAELens reads metadata.sae_lens_version
+ * to choose between its 6.x reader and the converter for older flat configs, which rebuilds
+ * `metadata` from top-level keys and so would drop everything saekit puts there.
+ */
+const SAELENS_SCHEMA_VERSION = '6.0.0';
+
+/** Whether every decoder row has unit norm (to float32 rounding). */
+function unitRows(W_dec: Float32Array, numLatents: number, dIn: number): boolean {
+  for (let i = 0; i < numLatents; i++) {
+    let s = 0;
+    for (let d = 0; d < dIn; d++) s += W_dec[i * dIn + d]! ** 2;
+    if (Math.abs(Math.sqrt(s) - 1) > 1e-5) return false;
+  }
+  return true;
+}
+
+/**
+ * Writes an SAE in SAELens or sparsify layout into `dir` (created if needed). Both files are
+ * written in full under temporary names first, then renamed into place one right after the
+ * other, and carry the same save id (cfg.json and the weights' __metadata__): a save cut short
+ * between the two renames is refused by the loader instead of pairing one save's weights with
+ * another's config. The other layout's weights file, if an earlier saekit save left one, is
+ * removed. Returns the files written.
  */
 export async function writeSaeFiles(
   dir: string,
@@ -436,7 +547,14 @@ export async function writeSaeFiles(
   const { dIn, numLatents } = config;
   await mkdir(dir, { recursive: true });
   const cfgFile = path.join(dir, 'cfg.json');
+  const saveId = randomBytes(8).toString('hex');
+  const idMeta = { [SAVE_ID]: saveId };
   if (format === 'sparsify') {
+    for (const key of Object.keys(options.metadata ?? {})) {
+      if (SPARSIFY_FIELDS.includes(key)) {
+        throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.metadata not to set the sparsify cfg field '${key}' (saekit writes it from the model)`);
+      }
+    }
     if (config.architecture !== 'topk') {
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected a TopK SAE for format 'sparsify' but this one is ${config.architecture}; use format 'saelens'`);
     }
@@ -444,16 +562,17 @@ export async function writeSaeFiles(
       throw new SaekitError('ERR_SAEKIT_ARG', "sparsify always subtracts b_dec from the input; save this SAE with format 'saelens'");
     }
     const file = path.join(dir, 'sae.safetensors');
-    await writeSafetensors(file, {
+    const tensors = {
       'encoder.weight': stored(transpose(weights.W_enc, dIn, numLatents), [numLatents, dIn], dtype),
       'encoder.bias': stored(weights.b_enc, [numLatents], dtype),
       W_dec: stored(weights.W_dec, [numLatents, dIn], dtype),
       b_dec: stored(weights.b_dec, [dIn], dtype),
-    });
+    };
     const cfg = {
       activation: 'topk',
       expansion_factor: Number.isInteger(numLatents / dIn) ? numLatents / dIn : Math.ceil(numLatents / dIn),
-      normalize_decoder: true,
+      // sparsify keeps decoder rows at unit norm when this is true; say so only where they are.
+      normalize_decoder: unitRows(weights.W_dec, numLatents, dIn),
       num_latents: numLatents,
       k: config.k,
       multi_topk: false,
@@ -461,8 +580,9 @@ export async function writeSaeFiles(
       transcode: false,
       d_in: dIn,
       ...(options.metadata ?? {}),
+      ...idMeta,
     };
-    await writeFileAtomic(cfgFile, `${JSON.stringify(cfg, null, 2)}\n`);
+    await commitPair(dir, file, tensors, idMeta, cfgFile, cfg, path.join(dir, 'sae_weights.safetensors'));
     return [cfgFile, file];
   }
   const file = path.join(dir, 'sae_weights.safetensors');
@@ -476,7 +596,6 @@ export async function writeSaeFiles(
     if (!weights.threshold) throw new SaekitError('ERR_SAEKIT_ARG', 'Expected weights.threshold for a JumpReLU SAE');
     tensors.threshold = stored(weights.threshold, [numLatents], dtype);
   }
-  await writeSafetensors(file, tensors);
   const cfg = {
     architecture: config.architecture,
     d_in: dIn,
@@ -487,10 +606,45 @@ export async function writeSaeFiles(
     normalize_activations: 'none',
     reshape_activations: 'none',
     ...(config.architecture === 'topk' ? { k: config.k, rescale_acts_by_decoder_norm: false } : {}),
-    metadata: { saekit_version: saekitVersion(), ...(options.metadata ?? {}) },
+    metadata: { sae_lens_version: SAELENS_SCHEMA_VERSION, saekit_version: saekitVersion(), ...(options.metadata ?? {}), ...idMeta },
   };
-  await writeFileAtomic(cfgFile, `${JSON.stringify(cfg, null, 2)}\n`);
+  await commitPair(dir, file, tensors, idMeta, cfgFile, cfg, path.join(dir, 'sae.safetensors'));
   return [cfgFile, file];
+}
+
+/**
+ * Writes the weights and cfg.json under temporary names, renames both into place back to back,
+ * then removes `otherLayout` (the other format's weights file) if a saekit save wrote it.
+ */
+async function commitPair(
+  dir: string,
+  weightsFile: string,
+  tensors: Record<string, IoTensor>,
+  idMeta: Record<string, string>,
+  cfgFile: string,
+  cfg: unknown,
+  otherLayout: string,
+): Promise<void> {
+  const tag = `${process.pid}.${idMeta[SAVE_ID]}.staged`;
+  const stagedWeights = path.join(dir, `.${path.basename(weightsFile)}.${tag}`);
+  const stagedCfg = path.join(dir, `.cfg.json.${tag}`);
+  try {
+    await writeSafetensors(stagedWeights, tensors, idMeta);
+    await writeFileAtomic(stagedCfg, `${JSON.stringify(cfg, null, 2)}\n`);
+    await rename(stagedWeights, weightsFile);
+    await rename(stagedCfg, cfgFile);
+  } catch (err) {
+    await Promise.all([unlink(stagedWeights).catch(() => undefined), unlink(stagedCfg).catch(() => undefined)]);
+    throw err instanceof SaekitError ? err : new SaekitError('ERR_SAEKIT_ARG', `Could not save the SAE in ${dir}: ${(err as Error).message}`);
+  }
+  await syncFolder(dir);
+  // A stale file of the other layout from an earlier saekit save would make the folder ambiguous.
+  if (await stat(otherLayout).then((s) => s.isFile(), () => false)) {
+    const r = await readSafetensors(otherLayout).catch(() => undefined);
+    const ours = r?.metadata[SAVE_ID] !== undefined;
+    await r?.close();
+    if (ours) await rm(otherLayout, { force: true });
+  }
 }
 
 let version: string | undefined;

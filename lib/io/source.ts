@@ -135,7 +135,7 @@ async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
 }
 
 /** Best effort: flush the folder entry so the rename itself survives a crash (not possible on Windows). */
-async function syncFolder(folder: string): Promise<void> {
+export async function syncFolder(folder: string): Promise<void> {
   let fh: FileHandle | undefined;
   try {
     fh = await open(folder, 'r');

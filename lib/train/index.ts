@@ -1,9 +1,25 @@
 /**
- * The Trainer: trains a TopK SAE on an activation source with the defaults the field has
- * converged on (sparsify / dictionary_learning; reference sae-libraries.md §0.3, §1.2):
- * Adam with lr 2e-4 / sqrt(numLatents / 2^14), linear warmup, linear decay over the last 20%,
- * AuxK (alpha 1/32) over latents dead for 10M tokens, b_dec at the geometric median of the
- * first batch, optional input normalisation folded into the weights at the end.
+ * The Trainer: trains a TopK SAE on an activation source (reference sae-libraries.md §0.3, §1.2).
+ * Where the libraries differ, what it does and whose choice that is:
+ * - Adam with lr 2e-4 / sqrt(numLatents / 2^14) (sparsify, dictionary_learning), no gradient
+ *   clipping (sparsify; dictionary_learning and SAELens clip the norm to 1).
+ * - Schedule: linear warmup (1000 steps, at most 10% of the run), constant, then linear decay to
+ *   0 over the last 20% (`decay: 'linear'`, `decayFraction`; like dictionary_learning's
+ *   `decay_start`, which is off by default there). sparsify's schedule, a linear decay over all
+ *   the steps after warmup, is `decay: 'linear-after-warmup'`.
+ * - AuxK as in sparsify (native/cpu/sae_topk.cpp): the dead latents' reconstruction includes
+ *   b_dec and the loss is normalised by the batch's total variance; Gao et al. / OpenAI and
+ *   dictionary_learning reconstruct the residual without b_dec and normalise by its own variance.
+ *   alpha 1/32 (theirs; sparsify's default is 0), over latents dead for 10M tokens. A latent
+ *   counts as fired when its activation is positive (sparsify and dictionary_learning count any
+ *   top-k index, which differs only in rows with fewer than k positive pre-activations).
+ * - b_dec at the geometric median of the first batch.
+ * - normalize 'expected-norm': the inputs are scaled by s = sqrt(dIn) / E||x|| (SAELens's
+ *   estimate) and s is folded into the biases when training ends (dictionary_learning's
+ *   scale_biases): the saved SAE on raw activations reconstructs what the trained one did on
+ *   scaled ones (times 1/s), with the same latents selected and unit decoder rows, and its
+ *   activations are the trained ones divided by s. (SAELens's fold keeps the activations and
+ *   leaves decoder rows of norm 1/s.)
  *
  * @example
  * ```ts
@@ -46,9 +62,13 @@ export interface TrainerOptions {
   eps?: number;
   /** Linear warmup from 0 over this many steps (capped at 10% of the run). Default 1000. */
   warmupSteps?: number;
-  /** 'linear' (default): to 0 over the last `decayFraction` of the steps; 'none': constant after warmup. */
-  decay?: 'linear' | 'none';
-  /** Fraction of steps the linear decay spans. Default 0.2. */
+  /**
+   * 'linear' (default): to 0 over the last `decayFraction` of the steps; 'linear-after-warmup':
+   * to 0 over all the steps after warmup (sparsify's, as transformers'
+   * get_linear_schedule_with_warmup); 'none': constant after warmup.
+   */
+  decay?: 'linear' | 'linear-after-warmup' | 'none';
+  /** Fraction of steps the linear decay spans (decay 'linear'). Default 0.2. */
   decayFraction?: number;
   /** AuxK weight. Default 1/32; 0 turns AuxK off. */
   auxkAlpha?: number;
@@ -58,7 +78,9 @@ export interface TrainerOptions {
   bDecInit?: 'geometric-median' | 'mean' | 'zeros';
   /**
    * 'none' (default) or 'expected-norm': inputs scaled by s so that E||x|| = sqrt(dIn), estimated
-   * on the first `normalizeBatches` batches; folded into the weights when training ends.
+   * on the first `normalizeBatches` batches; folded into the biases when training ends (see the
+   * module comment: the saved SAE works on raw activations, its activations are the trained
+   * ones divided by s).
    */
   normalize?: 'none' | 'expected-norm';
   /** Batches used to estimate the normalisation scale. Default 4. */
@@ -188,11 +210,14 @@ const FIT_OPTIONS = optionNames<FitOptions>({
 /**
  * The learning rate at `step` (0-based) of `total`: linear warmup from base/warmup to base over
  * `warmup` steps, then constant, then (decay 'linear') linearly to 0 over the last
- * `fraction * total` steps.
+ * `fraction * total` steps, or (decay 'linear-after-warmup') base (total - step) / (total - warmup)
+ * from the end of warmup on.
  */
-export function learningRate(step: number, total: number, base: number, warmup: number, decay: 'linear' | 'none', fraction: number): number {
+export function learningRate(step: number, total: number, base: number, warmup: number, decay: 'linear' | 'linear-after-warmup' | 'none', fraction: number): number {
   let f = warmup > 0 ? Math.min(1, (step + 1) / warmup) : 1;
-  if (decay === 'linear') {
+  if (decay === 'linear-after-warmup') {
+    if (step >= warmup) f = Math.max(0, (total - step) / Math.max(1, total - warmup));
+  } else if (decay === 'linear') {
     const span = Math.max(1, Math.round(fraction * total));
     const start = total - span;
     if (step >= start) f *= Math.max(0, (total - step) / span);
@@ -268,7 +293,7 @@ export class Trainer {
       beta2: o.beta2 === undefined ? DEFAULTS.beta2 : checkNumber('options.beta2', o.beta2, 0, 0.99999999),
       eps: o.eps === undefined ? DEFAULTS.eps : checkNumber('options.eps', o.eps, 1e-30, 1),
       warmupSteps: o.warmupSteps === undefined ? DEFAULTS.warmupSteps : checkInt('options.warmupSteps', o.warmupSteps, 0, 1 << 30),
-      decay: o.decay === undefined ? DEFAULTS.decay : checkOneOf('options.decay', o.decay, ['linear', 'none'] as const),
+      decay: o.decay === undefined ? DEFAULTS.decay : checkOneOf('options.decay', o.decay, ['linear', 'linear-after-warmup', 'none'] as const),
       decayFraction: o.decayFraction === undefined ? DEFAULTS.decayFraction : checkNumber('options.decayFraction', o.decayFraction, 0, 1),
       auxkAlpha: o.auxkAlpha === undefined ? DEFAULTS.auxkAlpha : checkNumber('options.auxkAlpha', o.auxkAlpha, 0, 1e6),
       deadThresholdTokens:
