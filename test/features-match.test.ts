@@ -100,15 +100,29 @@ describe('match: mutual nearest neighbours', () => {
     expect(Array.from(r.bToA)).toEqual([0, -1, 3, -1]);
     expect(r.meanScore).toBeCloseTo((0.9 + 0.65) / 2, 12);
   });
-  it('top-n: each within the other\'s top-n', async () => {
+  it("top-n: Rosetta Neurons' best buddies (a's best B feature must have a in its top-n)", async () => {
     const r = await match(corr, { nA: 4, nB: 4, method: 'mutual', top: 2 });
-    // Row tops (2): a0 {b0,b1}, a1 {b0,b1}, a2 {b1,b2}, a3 {b2,b3}
-    // Col tops (2): b0 {a0,a1}, b1 {a0,a2}, b2 {a3,a2}, b3 {a3,a1}
-    expect(r.pairs.map((p) => [p.a, p.b])).toEqual([[0, 0], [0, 1], [1, 0], [2, 1], [2, 2], [3, 2], [3, 3]]);
+    // Row bests: a0 b0, a1 b0, a2 b1, a3 b2.
+    // Col tops (2): b0 {a0,a1}, b1 {a0,a2}, b2 {a3,a2}, b3 {a3,a1}: all four kept.
+    expect(r.pairs.map((p) => [p.a, p.b])).toEqual([[0, 0], [1, 0], [2, 1], [3, 2]]);
     // bToA picks the best-scoring pair of each B feature.
-    expect(Array.from(r.bToA)).toEqual([0, 0, 3, 3]);
-    // top large enough: every pair counts.
-    expect((await match(corr, { nA: 4, nB: 4, method: 'mutual', top: 10 })).pairs.length).toBe(16);
+    expect(Array.from(r.bToA)).toEqual([0, 2, 3, -1]);
+    // top large enough: every A feature keeps its best B feature, and only that one.
+    expect((await match(corr, { nA: 4, nB: 4, method: 'mutual', top: 10 })).pairs.map((p) => [p.a, p.b])).toEqual([[0, 0], [1, 0], [2, 1], [3, 2]]);
+    // Against the rule written out, on random matrices of odd sizes.
+    const next = lcg(77);
+    for (const [nA, nB, top] of [[7, 23, 2], [23, 7, 3], [60, 45, 3], [5, 5, 5]] as const) {
+      const c = randomCorr(nA, nB, next);
+      const want: number[][] = [];
+      for (let a = 0; a < nA; a++) {
+        let b = 0;
+        for (let j = 1; j < nB; j++) if (c[a * nB + j]! > c[a * nB + b]!) b = j;
+        const rank = Array.from({ length: nA }, (_, i) => i).sort((x, y) => c[y * nB + b]! - c[x * nB + b]! || x - y);
+        if (rank.slice(0, top).includes(a)) want.push([a, b]);
+      }
+      const got = await match(c, { nA, nB, method: 'mutual', top });
+      expect(got.pairs.map((p) => [p.a, p.b])).toEqual(want);
+    }
   });
   it('breaks ties by the lowest index', async () => {
     const tie = Float64Array.from([1, 1, 1, 1]);

@@ -177,6 +177,10 @@ describe('svcca', () => {
     const related = Float64Array.from({ length: n * 6 }, (_, i) => A[Math.floor(i / 6) * 5 + (i % 5)]! + 0.3 * (next() - 0.5));
     const u = permutationTest(score, A, related, { n, dB: 6, runs: 40, seed: 3 });
     expect(u.pValue).toBeCloseTo(1 / 41, 15);
+    // An undefined score is not significant (it came out as the smallest p-value, 1 / 41).
+    const undef = permutationTest(() => Number.NaN, A, B, { n, dB: 6, runs: 40, seed: 3 });
+    expect(undef.pValue).toBeNaN();
+    expect(undef.shuffled.length).toBe(0);
   });
 
   it("compat 'univ-feat-geom' keeps one direction for unit-norm rows (sum s^2 > 1/keep), equal to keep = 1", () => {

@@ -11,8 +11,9 @@
  *   for 'mutual') are exact; 'hungarian' needs the full matrix.
  * - saeMatch(): SAE Match (§3), data-free: exact linear assignment minimising the MSE between
  *   (folded) decoder rows, optionally with encoder columns. The n x n cost comes from one float32
- *   GEMM (||a||^2 + ||b||^2 - 2 a.b); the reported MSEs of the matched pairs are recomputed
- *   exactly in float64.
+ *   GEMM (||a||^2 + ||b||^2 - 2 a.b), so the assignment is exact for that cost: two candidates
+ *   whose MSEs differ by less than about 1e-7 of ||a||^2 (near-duplicate latents) may be matched
+ *   either way. The reported MSEs of the matched pairs are recomputed exactly in float64.
  * - composeMatches(): chains matches across layers, P_{t→t+2} = P_{t+1→t+2} ∘ P_{t→t+1} (§3).
  */
 import { argError, SaekitError } from '../errors.js';
@@ -35,9 +36,10 @@ export interface MatchOptions {
   /** Drop pairs whose score is < threshold (kept when score >= threshold). Default: keep all. */
   threshold?: number;
   /**
-   * For 'mutual': a pair (a, b) counts when b is among a's top-n columns and a is among b's
-   * top-n rows (ranked by score descending, ties to the lowest index). Default 1 (strict mutual
-   * nearest neighbours).
+   * For 'mutual': Rosetta Neurons' best buddies. Each A feature a is paired with its best B
+   * feature b, and the pair counts when a is also among b's top-n A features (ranked by score
+   * descending, ties to the lowest index): at most one pair per A feature. Default 1 (strict
+   * mutual nearest neighbours).
    */
   top?: number;
 }
@@ -137,16 +139,12 @@ function topListPairs(res: CorrelationTopMatches, method: MatchMethod, top: numb
   }
   const rev = res.reverse;
   if (!rev) throw argError('corr.reverse', "the A -> B top lists for method 'mutual' (correlation option reverse: true)", rev);
-  if (top > t.k || top > rev.k) {
-    throw argError('options.top', `at most the matches kept per feature (${Math.min(t.k, rev.k)})`, top);
-  }
+  if (top > t.k) throw argError('options.top', `at most the matches kept per feature (${t.k})`, top);
   for (let a = 0; a < nA; a++) {
-    for (let q = 0; q < top; q++) {
-      const b = rev.indices[a * rev.k + q]!;
-      let found = false;
-      for (let p = 0; p < top; p++) if (t.indices[b * t.k + p] === a) found = true;
-      if (found) pairs.push({ a, b, score: rev.r[a * rev.k + q]! });
-    }
+    const b = rev.indices[a * rev.k]!; // a's best B feature
+    let found = false;
+    for (let p = 0; p < top; p++) if (t.indices[b * t.k + p] === a) found = true;
+    if (found) pairs.push({ a, b, score: rev.r[a * rev.k]! });
   }
   return pairs;
 }
@@ -201,10 +199,9 @@ function mutualPairs(corr: Float32Array | Float64Array, nA: number, nB: number, 
   const colTop: Int32Array[] = [];
   for (let b = 0; b < nB; b++) colTop.push(topIndices(nA, top, (a) => corr[a * nB + b]!));
   for (let a = 0; a < nA; a++) {
-    const rowTop = topIndices(nB, top, (b) => corr[a * nB + b]!);
-    for (const b of rowTop) {
-      if (colTop[b]!.includes(a)) pairs.push({ a, b, score: corr[a * nB + b]! });
-    }
+    // Rosetta Neurons' best buddies: a's top-1 partner must have a among its own top-n.
+    const b = topIndices(nB, 1, (j) => corr[a * nB + j]!)[0]!;
+    if (colTop[b]!.includes(a)) pairs.push({ a, b, score: corr[a * nB + b]! });
   }
   return pairs;
 }

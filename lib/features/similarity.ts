@@ -432,7 +432,8 @@ export function cka(A: Matrix, B: Matrix, options: CkaOptions): { score: number 
 
 /**
  * Row-shuffle baseline (methods.md §1.4 `shuffle_rand`): `score(A, B)`, then `runs` scores with the
- * rows of B permuted by a seeded PRNG; pValue = (1 + #{shuffled >= score}) / (1 + runs).
+ * rows of B permuted by a seeded PRNG; pValue = (1 + #{shuffled >= score}) / (1 + runs). A NaN
+ * score (undefined, e.g. RSA or CKA with a constant side) gives pValue NaN and no shuffled runs.
  */
 export function permutationTest(
   score: (A: Float64Array, B: Float64Array) => number,
@@ -458,6 +459,9 @@ export function permutationTest(
     return s;
   };
   const observed = call(B);
+  // An undefined score (a constant side: NaN) has no significance; without this it would count no
+  // shuffle as scoring at least as high and come out as the smallest p-value.
+  if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN };
   const rng = new Rng(seed, 0x5e1f); // a stream of its own, named by the seed
   const perm = new Uint32Array(n);
   const shuffled = new Float64Array(runs);
