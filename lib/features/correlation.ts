@@ -45,7 +45,7 @@ import { checkBool, checkInt, checkOneOf, checkOptions, optionNames } from '../v
 export interface CorrelationOptions {
   /** 'codes' (default), 'preacts' (pre-activations before the activation) or 'dense' (the rows themselves). */
   kind?: 'codes' | 'preacts' | 'dense';
-  /** Tokens to use. Default: all. For 'codes' it also bounds the memory the codes take (see the module comment). */
+  /** Tokens to read (masked-out ones count). Default: all. For 'codes' it also bounds the memory the codes take (see the module comment). */
   maxTokens?: number;
   /** Rows per batch. Default 4096. */
   batchSize?: number;
