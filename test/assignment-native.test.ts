@@ -80,3 +80,12 @@ describe('linearAssignmentAsync (native)', () => {
     await expect(linearAssignmentAsync(new Float64Array(6), 2, 3, { maximize: 'no' as unknown as boolean })).rejects.toMatchObject({ message: expect.stringMatching(/options\.maximize/) });
   });
 });
+
+describe('options are checked by name', () => {
+  it("a misspelt option is an error naming the right one (maximise used to minimise silently)", async () => {
+    const cost = Float64Array.from([1, 5, 5, 1]);
+    expect(() => linearAssignment(cost, 2, 2, { maximise: true } as never)).toThrow(/Unknown option options\.maximise \(did you mean options\.maximize\?\)/);
+    await expect(linearAssignmentAsync(cost, 2, 2, { maximise: true } as never)).rejects.toThrow(/did you mean options\.maximize/);
+    expect(linearAssignment(cost, 2, 2, { maximize: true }).rowToCol).toEqual(Int32Array.from([1, 0]));
+  });
+});

@@ -894,7 +894,16 @@ describe('fromArray and fromAsyncIterable', () => {
       })(),
       7,
     );
-    await expect(collect(once, { epochs: 2 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/start over for epoch 1/) });
+    await expect(collect(once, { epochs: 2 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/a generator can be iterated once/) });
+    // A second batches() call on a one-shot generator is the same error, not an empty pass.
+    const oneShot = fromAsyncIterable(
+      (async function* () {
+        yield x;
+      })(),
+      7,
+    );
+    expectSameRows(concatRows(await collect(oneShot)), x);
+    await expect(collect(oneShot)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/returned the iterator an earlier pass \(or epoch\) used/) });
     const bad = fromAsyncIterable(
       (async function* () {
         yield x.subarray(0, 13);

@@ -254,6 +254,19 @@ describe('spectrum', () => {
     }
   });
 
+  it('a rank-deficient covariance (n - 1 < d) is fitted over its real ranks, not float32 noise', async () => {
+    // 97 latents in 211 dimensions: rank 96; float32 rounding leaves eigenvalues ~1e-7 beyond it.
+    const [n, d] = [97, 211];
+    const next = lcg(123);
+    const w = Float32Array.from({ length: n * d }, () => next() * 2 - 1);
+    const { eigenvalues, alpha, fitRanks } = await spectrum(w, n, d);
+    expect(fitRanks).toEqual([11, 96]);
+    const ref = jacobiEigenvalues(naiveCovariance(w, n, d), d);
+    const want = powerLawFit(Float64Array.from(ref.slice(0, 96))).alpha;
+    expect(Math.abs(alpha - want)).toBeLessThan(1e-3);
+    expect(eigenvalues[100]!).toBeLessThan(eigenvalues[0]! * d * 2 ** -24); // what the floor removes
+  });
+
   it('validates its arguments', async () => {
     await expect(spectrum(new Float32Array(10), 3, 3)).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
     await expect(spectrum(new Float32Array(3), 1, 3)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
@@ -467,6 +480,51 @@ describe('sparseProbe', () => {
       expect(r.accuracy).toBe(1);
       expect(r.f1).toBe(1);
     }
+  });
+
+  it('standardize: the default probe is invariant to the features\' scale; standardize false fits the raw activations (SAEBench)', () => {
+    const next = lcg(47);
+    const [n, m] = [240, 9];
+    const labels = Uint8Array.from({ length: n }, () => (next() < 0.45 ? 1 : 0));
+    const base = Float32Array.from({ length: n * m }, (_, i) => next() + (labels[Math.floor(i / m)] && i % m === 3 ? 0.4 : 0));
+    const small = base.map((v) => v * 0.01);
+    const a = sparseProbe(base, labels, { m, k: [1, 2], seed: 9 });
+    const b = sparseProbe(small, labels, { m, k: [1, 2], seed: 9 });
+    for (let i = 0; i < 2; i++) {
+      expect(b.results[i]!.latents).toEqual(a.results[i]!.latents);
+      expect(b.results[i]!.accuracy).toBe(a.results[i]!.accuracy);
+      b.results[i]!.weights.forEach((w, j) => expect(Math.abs(w - a.results[i]!.weights[j]!)).toBeLessThan(1e-4));
+    }
+    // Raw: the documented split (mulberry32 Fisher-Yates, first round(n * 0.2) are the test split),
+    // then sklearn's objective on the raw train features of the selected latents.
+    const raw = sparseProbe(small, labels, { m, k: [2], seed: 9, standardize: false }).results[0]!;
+    let st = 9 >>> 0;
+    const rnd = () => {
+      st = (st + 0x6d2b79f5) >>> 0;
+      let t = st;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+    const order = Array.from({ length: n }, (_, i) => i);
+    for (let i = n - 1; i > 0; i--) {
+      const j = Math.floor(rnd() * (i + 1));
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    const train = order.slice(Math.round(n * 0.2));
+    const X = Float64Array.from({ length: train.length * 2 }, (_, q) => small[train[Math.floor(q / 2)]! * m + raw.latents[q % 2]!]!);
+    const y = Uint8Array.from(train, (r) => labels[r]!);
+    const ref = fitLogistic(X, y, train.length, 2, 1);
+    raw.weights.forEach((w, j) => expect(Math.abs(w - ref.w[j]!)).toBeLessThan(1e-8 * (1 + Math.abs(ref.w[j]!))));
+    expect(Math.abs(raw.intercept - ref.b)).toBeLessThan(1e-8);
+  });
+
+  it('fitLogistic and the co-occurrence accumulator refuse non-finite values and bad labels instead of reading them', () => {
+    expect(() => fitLogistic(Float64Array.from([1, Number.NaN]), Uint8Array.from([0, 1]), 2, 1)).toThrow(/X\[1\] is NaN/);
+    expect(() => fitLogistic(Float64Array.from([1, 2]), Uint8Array.from([0, 5]), 2, 1)).toThrow(/y\[1\]/);
+    expect(() => fitLogistic([1, 2] as never, Uint8Array.from([0, 1]), 2, 1)).toThrow(/Float64Array/);
+    const acc = new CooccurrenceAccumulator(4, { chunkTokens: 2 });
+    expect(() => acc.add({ rows: 1, numLatents: 4, k: 2, values: Float32Array.from([1, Number.NaN]), indices: Int32Array.from([0, 1]) })).toThrow(/codes\.values\[1\] is NaN/);
   });
 
   it('is deterministic for a seed and depends on it', () => {

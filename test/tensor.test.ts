@@ -55,3 +55,11 @@ describe('Tensor', () => {
     expect((err as Error).stack).toMatch(/tensor\.test\.ts/);
   });
 });
+
+describe('tensor options are checked by name', () => {
+  it('misspelt options of tensor, zeros and randn are errors naming the nearest option', () => {
+    expect(() => tensor(new Float32Array(4), [2, 2], { dtpye: 'float32' } as never)).toThrow(/Unknown option options\.dtpye \(did you mean options\.dtype\?\)/);
+    expect(() => zeros([2], { devce: 'cpu' } as never)).toThrow(/did you mean options\.device/);
+    expect(() => randn([2], { sed: 1 } as never)).toThrow(/did you mean options\.seed/);
+  });
+});

@@ -261,6 +261,8 @@ export async function shuffleEpoch(stream: RowStream, o: PassOptions, mem: Mixin
       if (m < half) ended = true; // the next round serves everything
     }
     if (pos > 0 && !o.dropLast) await flush(pos);
+    else if (cur) o.pool.give(cur); // the dropped short batch's array goes back to the pool
+    cur = undefined;
     pos = 0;
   } finally {
     if (filling) await filling.catch(() => undefined);

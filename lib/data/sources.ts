@@ -183,6 +183,8 @@ class ArraySource extends BaseSource {
 
 class IterableSource extends BaseSource {
   private firstRows = 0;
+  /** Iterators earlier passes took (a generator returns itself each time: it can serve one pass). */
+  private readonly taken = new WeakSet<object>();
 
   constructor(
     private readonly iterable: AsyncIterable<Float32Array | Batch>,
@@ -197,6 +199,16 @@ class IterableSource extends BaseSource {
       it = this.iterable[Symbol.asyncIterator]();
     } catch (err) {
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected an async iterable but [Symbol.asyncIterator]() threw: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    if (it !== null && typeof it === 'object') {
+      if (this.taken.has(it)) {
+        throw new SaekitError(
+          'ERR_SAEKIT_ARG',
+          'Expected the iterable to start a new pass but it returned the iterator an earlier pass (or epoch) used: a generator can be iterated once ' +
+            '(pass an object whose [Symbol.asyncIterator]() starts a new pass, or make a new source for each pass)',
+        );
+      }
+      this.taken.add(it);
     }
     return new IterableRowStream(it, this.dIn, o.onNonFinite, this.counter);
   }

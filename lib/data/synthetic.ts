@@ -44,9 +44,12 @@
  * draw per batch) and §4.4 (MFR: shared support per group per batch).
  */
 import { argError, SaekitError } from '../errors.js';
-import { checkInt, checkOneOf, checkOptions, checkSeed } from '../validate.js';
+import { checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
 import { resolveBatchOptions } from './options.js';
 import type { ActivationSource, Batch, BatchOptions } from './types.js';
+
+/** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
+const SUPERPOSITION_OPTIONS = optionNames<SuperpositionOptions>({ dIn: true, numFeatures: true, firing: true, magnitude: true, correlation: true, numRows: true, seed: true });
 
 // ---------------------------------------------------------------------------------------------
 // Options and results.
@@ -768,7 +771,7 @@ const MAX_ELEMENTS = 2 ** 31 - 1;
  * for await (const b of source.batches({ batchSize: 1024 })) { ... }
  */
 export function superposition(options: SuperpositionOptions): SuperpositionData {
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, SUPERPOSITION_OPTIONS);
   const dIn = checkInt('options.dIn', o.dIn, 1, 1 << 24);
   const n = checkInt('options.numFeatures', o.numFeatures, 1, 1 << 24);
   if (n * dIn > MAX_ELEMENTS) throw argError('options.numFeatures', `at most ${Math.floor(MAX_ELEMENTS / dIn)} features for dIn ${dIn}`, n);

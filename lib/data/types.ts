@@ -17,7 +17,11 @@ export interface Batch {
 export interface BatchOptions {
   /** Rows per batch. Default 4096. */
   batchSize?: number;
-  /** Serve rows in a seeded pseudo-random order (a SAELens-style mixing buffer). Default false: file order. */
+  /**
+   * Serve rows in a seeded pseudo-random order: files' chunks (chunkRows) in a permuted order,
+   * mixed in a SAELens-style buffer. Streams (fromAsyncIterable) have no chunks: their rows move
+   * only within the buffer (about two thirds of bufferBytes). Default false: file order.
+   */
   shuffle?: boolean;
   /** Shuffle seed: the same seed, inputs and options give the same batches. Default 0. */
   seed?: number | bigint;
@@ -54,7 +58,10 @@ export interface ActivationSource {
   readonly dIn: number;
   /** Rows in the source (files and arrays); undefined for streams. Rows skipped as non-finite still count. */
   readonly numRows: number | undefined;
-  /** Rows dropped by onNonFinite: 'skip' so far, over every batches() iteration and epoch. */
+  /**
+   * Rows dropped by onNonFinite: 'skip' so far, over every batches() iteration and epoch; counted
+   * when read, so rows read ahead of a consumer that then stopped count too.
+   */
   readonly skippedRows?: number;
   /** Iterates the rows as batches; every call starts a new, independent pass. */
   batches(options?: BatchOptions): AsyncIterable<Batch>;

@@ -16,7 +16,10 @@
  */
 import { argError, callNative, settleNative } from '../errors.js';
 import { native } from '../native/index.js';
-import { checkBool, checkInt, checkOptions } from '../validate.js';
+import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
+
+/** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
+const ASSIGNMENT_OPTIONS = optionNames<AssignmentOptions>({ maximize: true });
 
 export interface AssignmentOptions {
   /** Maximise the total instead of minimising it. Default false. */
@@ -41,7 +44,7 @@ function checkAssignment(cost: Float64Array, rows: number, cols: number, options
   const c = checkInt('cols', cols, 0, 2 ** 31 - 1);
   if (!(cost instanceof Float64Array)) throw argError('cost', 'a Float64Array', cost);
   if (cost.length !== r * c) throw argError('cost', `a Float64Array of length rows * cols = ${r * c}`, cost);
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, ASSIGNMENT_OPTIONS);
   const maximize = o.maximize === undefined ? false : checkBool('options.maximize', o.maximize);
   for (let i = 0; i < cost.length; i++) {
     if (!Number.isFinite(cost[i])) throw argError(`cost[${i}]`, 'finite number', cost[i], 'ERR_SAEKIT_NONFINITE');

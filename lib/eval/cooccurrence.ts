@@ -21,9 +21,13 @@
  * MiB), a Map keyed by i * numLatents + j otherwise (only pairs that occurred).
  */
 import { argError, SaekitError } from '../errors.js';
-import { checkBool, checkInt, checkOptions } from '../validate.js';
+import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
 import type { ActivationSource } from '../data/types.js';
 import type { SparseAutoencoder } from '../sae/index.js';
+
+/** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
+const COOC_OPTIONS = optionNames<CooccurrenceOptions>({ chunkTokens: true, threshold: true, dropPartial: true });
+const COOC_RESULT_OPTIONS = optionNames<CooccurrenceResultOptions>({ top: true, dense: true });
 
 /** Largest numLatents for dense pair counts and for the dense phi matrix. */
 export const COOCCURRENCE_DENSE_MAX = 4096;
@@ -95,7 +99,7 @@ export class CooccurrenceAccumulator {
 
   constructor(numLatents: number, options?: CooccurrenceOptions) {
     checkInt('numLatents', numLatents, 1, 2 ** 26);
-    const opts = checkOptions('options', options);
+    const opts = checkOptions('options', options, COOC_OPTIONS);
     this.numLatents = numLatents;
     this.chunkTokens = opts.chunkTokens === undefined ? 256 : checkInt('options.chunkTokens', opts.chunkTokens, 1, 2 ** 31);
     if (opts.threshold !== undefined && (typeof opts.threshold !== 'number' || !Number.isFinite(opts.threshold))) {
@@ -126,6 +130,8 @@ export class CooccurrenceAccumulator {
     for (let i = 0; i < indices.length; i++) {
       const idx = indices[i];
       if (idx < 0 || idx >= this.numLatents) throw argError(`codes.indices[${i}]`, `integer between 0 and ${this.numLatents - 1}`, idx);
+      // A NaN would read as inactive (NaN > t is false); every other metric refuses it.
+      if (!Number.isFinite(values[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `codes.values[${i}] is ${values[i]}: expected finite values`);
     }
     const t = this.threshold;
     for (let r = 0; r < rows; r++) {
@@ -174,7 +180,7 @@ export class CooccurrenceAccumulator {
    * partial chunk is included unless dropPartial (or it has no tokens).
    */
   result(options?: CooccurrenceResultOptions): CooccurrenceResult {
-    const opts = checkOptions('options', options);
+    const opts = checkOptions('options', options, COOC_RESULT_OPTIONS);
     const topN = opts.top === undefined ? 100 : checkInt('options.top', opts.top, 0, 2 ** 31);
     const dense = opts.dense === undefined ? false : checkBool('options.dense', opts.dense);
     const n = this.numLatents;

@@ -17,7 +17,10 @@
 import { argError, SaekitError } from '../errors.js';
 import { tensor, type Tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
-import { checkInt, checkOptions } from '../validate.js';
+import { checkInt, checkOptions, optionNames } from '../validate.js';
+
+/** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
+const MAX_COSINE_OPTIONS = optionNames<MaxCosineOptions>({ chunk: true });
 
 export interface MaxCosineOptions {
   /**
@@ -63,7 +66,7 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
   if (rows.length !== n * d) {
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected rows of length n * d = ${n * d} but received length ${rows.length}`);
   }
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, MAX_COSINE_OPTIONS);
   const chunk =
     o.chunk === undefined ? Math.min(2048, Math.max(1, Math.floor(BLOCK_VALUES / n))) : checkInt('options.chunk', o.chunk, 1, 1 << 26);
   for (let i = 0; i < rows.length; i++) {

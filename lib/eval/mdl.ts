@@ -6,15 +6,27 @@
  *   DL = sum_i [ H_b(p_i) + p_i H(q_i | active) ]   bits per token
  *
  * with p_i the fraction of tokens on which latent i is active, and q_i its value quantised to
- * bins of one global width (the precision). The precision is the coarsest (found by bisection on
- * log width) whose reconstruction MSE, decoding the quantised codes, stays within `mseBound`.
+ * bins of one global width (the precision). The precision is found by bisection on log width: a
+ * coarse width whose reconstruction MSE, decoding the quantised codes, stays within `mseBound`.
  * `compat` adds SAEBench's variant (per-latent bins on [0, max(100, max_i)], entropy over all
- * tokens with zeros in bin 0, validity sqrt(MSE)/dIn < 0.01), labelled.
+ * tokens with zeros in bin 0, validity sqrt(MSE)/dIn < 0.01), labelled. Its bits per token are
+ * SAEBench's; its validity check is not quite: the MSE here decodes inactive latents as 0, while
+ * SAEBench quantises the whole dense code matrix, so zeros decode to bin 0's midpoint (at least
+ * 100 / (2 x bins) on every latent) and its MSE is larger, and SAEBench also re-applies TopK for k
+ * in {16, 24, 32} and reports one result per (bins, k). `rmsePerDim` and `valid` can therefore
+ * differ from SAEBench's.
+ *
+ * The paper form's precision comes from bisection, which assumes the MSE rises with the bin
+ * width; it need not (on untrained SAEs widths several times coarser also met the bound), so the
+ * width found is a coarse one within the bound, not always the coarsest.
  */
 import type { ActivationSource } from '../data/types.js';
 import { argError, SaekitError } from '../errors.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
-import { checkInt, checkOptions } from '../validate.js';
+import { checkInt, checkOptions, optionNames } from '../validate.js';
+
+/** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
+const DL_OPTIONS = optionNames<DescriptionLengthOptions>({ maxTokens: true, batchSize: true, mseBound: true, compat: true });
 
 export interface DescriptionLengthOptions {
   /** Tokens to measure on (kept in memory with their codes). Default 65536. */
@@ -108,7 +120,7 @@ async function mseOf(sae: SparseAutoencoder, xs: Float32Array[], codes: SparseCo
 
 /** The MDL description length of `sae`'s codes on `source` (see the module comment). */
 export async function descriptionLength(sae: SparseAutoencoder, source: ActivationSource, options?: DescriptionLengthOptions): Promise<DescriptionLengthResult> {
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, DL_OPTIONS);
   const maxTokens = o.maxTokens === undefined ? 65536 : checkInt('options.maxTokens', o.maxTokens, 2, 1 << 26);
   const batchSize = o.batchSize === undefined ? 4096 : checkInt('options.batchSize', o.batchSize, 1, 1 << 24);
   if (o.mseBound !== undefined && !(typeof o.mseBound === 'number' && o.mseBound > 0 && Number.isFinite(o.mseBound))) {

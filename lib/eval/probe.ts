@@ -12,12 +12,18 @@
  *     sum_i log(1 + exp(-y_i (w.x_i + b))) + ||w||^2 / (2C),  C = 1 (the intercept is not penalised),
  *   which equals the mean log-loss plus (lambda / 2)||w||^2 with lambda = 1 / (C n_train).
  *   SAEBench fits sklearn's LogisticRegression(C = 1) on unstandardised activations; standardising
- *   changes what C = 1 means, so scores can differ slightly from SAEBench's on the same split.
+ *   changes what C = 1 means: on features of scale ~0.1 or more scores agree within about 0.01,
+ *   but on small ones (std 0.01) the penalty swamps SAEBench's fit (accuracy 0.54 where the
+ *   standardised probe reaches 0.69). `standardize: false` fits the raw activations as SAEBench
+ *   does (its compat mode).
  * - Prediction: positive iff w.x + b > 0. Accuracy and F1 (positive class = label 1,
  *   F1 = 2TP / (2TP + FP + FN), 0 when that is 0/0) on the test split.
  */
 import { argError, SaekitError } from '../errors.js';
-import { checkInt, checkOptions, checkSeed } from '../validate.js';
+import { checkBool, checkInt, checkOptions, checkSeed, optionNames } from '../validate.js';
+
+/** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
+const PROBE_OPTIONS = optionNames<SparseProbeOptions>({ m: true, k: true, testFraction: true, seed: true, C: true, standardize: true });
 
 export interface SparseProbeOptions {
   /** Number of latents (columns of features). */
@@ -30,6 +36,8 @@ export interface SparseProbeOptions {
   seed?: number;
   /** Inverse L2 strength as in sklearn. Default 1. */
   C?: number;
+  /** Standardise the selected features before fitting (default true); false: raw activations, as SAEBench. */
+  standardize?: boolean;
 }
 
 export interface SparseProbeResult {
@@ -38,7 +46,7 @@ export interface SparseProbeResult {
   latents: number[];
   accuracy: number;
   f1: number;
-  /** Fitted weights on the standardised features (same order as latents) and the intercept. */
+  /** Fitted weights on the standardised (or, with standardize false, raw) features, same order as latents, and the intercept. */
   weights: number[];
   intercept: number;
 }
@@ -69,7 +77,11 @@ function mulberry32(seed: number): () => number {
  * Newton's method with backtracking, in float64. X is row-major [n, p].
  */
 export function fitLogistic(X: Float64Array, y: Uint8Array, n: number, p: number, C = 1): LogisticFit {
+  if (!(X instanceof Float64Array)) throw argError('X', 'a Float64Array', X);
+  if (!(y instanceof Uint8Array)) throw argError('y', 'a Uint8Array of 0/1 labels', y);
   if (X.length !== n * p || y.length !== n) throw new SaekitError('ERR_SAEKIT_SHAPE', `fitLogistic: expected X of length ${n * p} and y of length ${n}`);
+  for (let i = 0; i < n; i++) if (y[i]! > 1) throw argError(`y[${i}]`, '0 or 1', y[i]);
+  for (let i = 0; i < X.length; i++) if (!Number.isFinite(X[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `X[${i}] is ${X[i]}: expected finite values`);
   if (!(C > 0) || !Number.isFinite(C)) throw argError('C', 'a positive finite number', C);
   const q = p + 1; // parameters: w[0..p-1], b
   const theta = new Float64Array(q);
@@ -177,7 +189,7 @@ export function sparseProbe(features: Float32Array, labels: Uint8Array, options:
   if (!(features instanceof Float32Array)) throw argError('features', 'a Float32Array', features);
   if (!(labels instanceof Uint8Array)) throw argError('labels', 'a Uint8Array', labels);
   if (options === undefined) throw argError('options', 'an options object with m', options);
-  const opts = checkOptions('options', options);
+  const opts = checkOptions('options', options, PROBE_OPTIONS);
   const m = checkInt('options.m', opts.m, 1, 2 ** 31);
   const n = labels.length;
   if (features.length !== n * m) {
@@ -199,6 +211,7 @@ export function sparseProbe(features: Float32Array, labels: Uint8Array, options:
   const seed = Number(checkSeed('options.seed', opts.seed ?? 0) & 0xffffffffn);
   const C = opts.C ?? 1;
   if (typeof C !== 'number' || !(C > 0) || !Number.isFinite(C)) throw argError('options.C', 'a positive finite number', opts.C);
+  const standardize = opts.standardize === undefined ? true : checkBool('options.standardize', opts.standardize);
 
   // Seeded split.
   const order = Array.from({ length: n }, (_, i) => i);
@@ -248,6 +261,10 @@ export function sparseProbe(features: Float32Array, labels: Uint8Array, options:
     for (let j = 0; j < k; j++) {
       sd[j] = Math.sqrt(sd[j] / train.length);
       if (!(sd[j] > 0)) sd[j] = 1;
+      if (!standardize) {
+        mean[j] = 0;
+        sd[j] = 1;
+      }
     }
     const build = (rows: number[]): Float64Array => {
       const X = new Float64Array(rows.length * k);

@@ -8,8 +8,12 @@
  * computed in tiles: MMCS keeps only one running maximum per row, never the full matrix.
  */
 import { argError, SaekitError } from '../errors.js';
-import { checkInt, checkOneOf, checkOptions } from '../validate.js';
+import { checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { solveAssignment } from './assignment.js';
+
+/** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
+const MMCS_OPTIONS = optionNames<MmcsOptions>({ d: true, direction: true, similarity: true });
+const MCC_OPTIONS = optionNames<MccOptions>({ d: true, similarity: true });
 
 /** Which similarity the maximum or the matching uses: signed cosine or its absolute value. */
 export type Similarity = 'cos' | 'abs-cos';
@@ -62,7 +66,7 @@ export interface MccResult {
 
 /** Mean max cosine similarity between learned rows [nLearned, d] and ground-truth rows [nTruth, d]. */
 export function mmcs(learned: Float32Array, truth: Float32Array, options: MmcsOptions): MmcsResult {
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, MMCS_OPTIONS);
   const d = checkInt('options.d', o.d, 1, 2 ** 31 - 1);
   const nL = checkRows('learned', learned, d);
   const nT = checkRows('truth', truth, d);
@@ -104,7 +108,7 @@ export function mmcs(learned: Float32Array, truth: Float32Array, options: MmcsOp
  * similarity over the matched pairs (denominator min(nLearned, nTruth)).
  */
 export function mcc(learned: Float32Array, truth: Float32Array, options: MccOptions): MccResult {
-  const o = checkOptions('options', options);
+  const o = checkOptions('options', options, MCC_OPTIONS);
   const d = checkInt('options.d', o.d, 1, 2 ** 31 - 1);
   const nL = checkRows('learned', learned, d);
   const nT = checkRows('truth', truth, d);

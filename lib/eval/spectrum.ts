@@ -13,9 +13,11 @@
  * - Eigenvalues are sorted descending.
  * - The fit is the ordinary least-squares line of log(eigenvalue) against log(rank) over the
  *   1-based ranks 11..150 (the notebook's sorted indices [10:150]); alpha = -slope (the base of the
- *   logarithm does not matter). The range is clipped to the ranks available and to the leading
- *   run of strictly positive eigenvalues; with fewer than 2 ranks left alpha is NaN and fitRanks
- *   is [0, 0].
+ *   logarithm does not matter). The range is clipped to the ranks available (at most n - 1: the
+ *   covariance of n centred rows has rank n - 1 or less) and to the leading run of eigenvalues
+ *   above the float32 GEMM's noise, d 2^-24 times the largest (below that a rank-deficient
+ *   covariance shows rounding noise, not spectrum); with fewer than 2 ranks left alpha is NaN and
+ *   fitRanks is [0, 0].
  *
  * Numerics: column means are computed in float64; the centred rows are formed in float32 in blocks
  * of rows, each block's Gram matrix comes from the backend's float32 GEMM (`ops.matmul` with
@@ -59,7 +61,7 @@ export async function spectrum(W_dec: Float32Array, n: number, d: number): Promi
   }
   const cov = await decoderCovariance(W_dec, n, d);
   const eigenvalues = symmetricEigenvalues(cov, d);
-  const fit = powerLawFit(eigenvalues);
+  const fit = powerLawFit(eigenvalues, Math.min(d, n - 1), (eigenvalues[0]! > 0 ? eigenvalues[0]! : 0) * d * 2 ** -24);
   return { eigenvalues, alpha: fit.alpha, fitRanks: fit.fitRanks };
 }
 
@@ -229,12 +231,15 @@ function tridiagonalQL(diag: Float64Array, off: Float64Array, n: number): void {
   }
 }
 
-/** OLS of log(lambda_r) on log(r) over 1-based ranks 11..150, clipped (see the module comment). */
-export function powerLawFit(eigenvalues: Float64Array): { alpha: number; fitRanks: [number, number] } {
+/**
+ * OLS of log(lambda_r) on log(r) over 1-based ranks 11..150, clipped to `maxRank` and to the
+ * leading run of eigenvalues above `floor` (see the module comment).
+ */
+export function powerLawFit(eigenvalues: Float64Array, maxRank = eigenvalues.length, floor = 0): { alpha: number; fitRanks: [number, number] } {
   const [lo, hiMax] = SPECTRUM_FIT_RANKS;
-  let hi = Math.min(hiMax, eigenvalues.length);
+  let hi = Math.min(hiMax, eigenvalues.length, maxRank);
   for (let r = lo; r <= hi; r++) {
-    if (!(eigenvalues[r - 1] > 0)) {
+    if (!(eigenvalues[r - 1] > floor)) {
       hi = r - 1;
       break;
     }

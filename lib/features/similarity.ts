@@ -42,7 +42,13 @@
  */
 import { Rng } from '../data/prng.js';
 import { argError, SaekitError } from '../errors.js';
-import { checkInt, checkOneOf, checkOptions, checkSeed } from '../validate.js';
+import { checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
+
+/** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
+const SVCCA_OPTIONS = optionNames<SvccaOptions>({ n: true, dA: true, dB: true, keep: true, compat: true });
+const RSA_OPTIONS = optionNames<RsaOptions>({ n: true, dA: true, dB: true, inner: true, outer: true });
+const CKA_OPTIONS = optionNames<CkaOptions>({ n: true, dA: true, dB: true });
+const PERMUTATION_OPTIONS = optionNames<PermutationOptions>({ n: true, dB: true, runs: true, seed: true });
 
 type Matrix = Float32Array | Float64Array;
 
@@ -244,7 +250,7 @@ function reducedBasis(X: Float64Array, n: number, d: number, keep: number, compa
  * variance, then CCA between the reduced spaces. See the module comment for the exact definition.
  */
 export function svcca(A: Matrix, B: Matrix, options: SvccaOptions): SvccaResult {
-  const opts = checkOptions('options', options);
+  const opts = checkOptions('options', options, SVCCA_OPTIONS);
   const { n, dA, dB } = checkDims(opts, 2);
   if (n <= dA || n <= dB) {
     throw new SaekitError(
@@ -367,7 +373,7 @@ function pearson(x: Float64Array, y: Float64Array): number {
 
 /** RSA (methods.md §1.6): rank (or Pearson) correlation of the strict upper triangles of the RDMs. */
 export function rsa(A: Matrix, B: Matrix, options: RsaOptions): { score: number } {
-  const opts = checkOptions('options', options);
+  const opts = checkOptions('options', options, RSA_OPTIONS);
   const { n, dA, dB } = checkDims(opts, 3);
   const inner = opts.inner === undefined ? 'correlation' : checkOneOf('options.inner', opts.inner, ['correlation', 'cosine', 'euclidean'] as const);
   const outer = opts.outer === undefined ? 'spearman' : checkOneOf('options.outer', opts.outer, ['spearman', 'pearson'] as const);
@@ -384,7 +390,7 @@ export function rsa(A: Matrix, B: Matrix, options: RsaOptions): { score: number 
 
 /** Linear CKA of the column-centred matrices (Kornblith et al. 2019). */
 export function cka(A: Matrix, B: Matrix, options: CkaOptions): { score: number } {
-  const opts = checkOptions('options', options);
+  const opts = checkOptions('options', options, CKA_OPTIONS);
   const { n, dA, dB } = checkDims(opts, 2);
   const ca = centredColumns(checkMatrix('A', A, n, dA), n, dA);
   const cb = centredColumns(checkMatrix('B', B, n, dB), n, dB);
@@ -442,7 +448,7 @@ export function permutationTest(
   options: PermutationOptions,
 ): PermutationResult {
   if (typeof score !== 'function') throw argError('score', 'a function', score);
-  const opts = checkOptions('options', options);
+  const opts = checkOptions('options', options, PERMUTATION_OPTIONS);
   const n = checkInt('options.n', opts.n, 1, 2 ** 31);
   const dB = checkInt('options.dB', opts.dB, 1, 2 ** 31);
   const runs = opts.runs === undefined ? 100 : checkInt('options.runs', opts.runs, 1, 1e7);

@@ -24,7 +24,12 @@
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import { native, type NativeTensor } from '../native/index.js';
-import { checkOneOf, checkOptions, checkSeed, checkShape, randomSeed, shapeSize } from '../validate.js';
+import { checkOneOf, checkOptions, checkSeed, checkShape, optionNames, randomSeed, shapeSize } from '../validate.js';
+
+/** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
+const TENSOR_OPTIONS = optionNames<TensorOptions<'float32'>>({ dtype: true, device: true });
+const ZEROS_OPTIONS = optionNames<ZerosOptions<'float32'>>({ dtype: true, device: true });
+const RANDOM_OPTIONS = optionNames<RandomOptions<'float32'>>({ seed: true, stream: true, dtype: true, device: true });
 
 /** Element types. */
 export type DType = 'float32' | 'bfloat16' | 'float16' | 'int32';
@@ -181,7 +186,7 @@ function flatten(data: readonly NestedNumbers[], shape: readonly number[], out: 
  * @example tensor(bits, [8, 16], { dtype: 'bfloat16' }) // bits: Uint16Array of bf16 patterns
  */
 export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: readonly number[], options?: TensorOptions<D>): Tensor<D> {
-  const opts = checkOptions('options', options);
+  const opts = checkOptions('options', options, TENSOR_OPTIONS);
   let dtype: DType | undefined = opts.dtype === undefined ? undefined : checkOneOf('options.dtype', opts.dtype, DTYPES, 'ERR_SAEKIT_DTYPE');
   let raw: Float32Array | Uint16Array | Int32Array;
   let rawType: DType;
@@ -245,7 +250,7 @@ export interface ZerosOptions<D extends DType = DType> {
 
 /** A tensor of zeros. */
 export function zeros<D extends DType = 'float32'>(shape: readonly number[], options?: ZerosOptions<D>): Tensor<D> {
-  const opts = checkOptions('options', options);
+  const opts = checkOptions('options', options, ZEROS_OPTIONS);
   const s = checkShape('shape', shape);
   const dtype = opts.dtype === undefined ? 'float32' : checkOneOf('options.dtype', opts.dtype, DTYPES, 'ERR_SAEKIT_DTYPE');
   const device = deviceName(resolveDevice('options.device', opts.device));
@@ -274,7 +279,7 @@ function randomTensor<D extends 'float32' | 'bfloat16' | 'float16'>(
   shape: readonly number[],
   options: RandomOptions<D> | undefined,
 ): Tensor<D> {
-  const opts = checkOptions('options', options);
+  const opts = checkOptions('options', options, RANDOM_OPTIONS);
   const s = checkShape('shape', shape);
   const seed = opts.seed === undefined ? randomSeed() : checkSeed('options.seed', opts.seed);
   const stream = opts.stream === undefined ? 0n : checkSeed('options.stream', opts.stream);

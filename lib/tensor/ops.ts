@@ -4,8 +4,11 @@
  */
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import { native } from '../native/index.js';
-import { checkBool, checkOptions } from '../validate.js';
+import { checkBool, checkOptions, optionNames } from '../validate.js';
 import { handleOf, type Tensor, wrapHandle } from './index.js';
+
+/** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
+const MATMUL_OPTIONS = optionNames<MatmulOptions>({ transA: true, transB: true, out: true });
 
 /** Options of matmul(). */
 export interface MatmulOptions {
@@ -28,7 +31,7 @@ export interface MatmulOptions {
  */
 export async function matmul(a: Tensor, b: Tensor, options?: MatmulOptions): Promise<Tensor<'float32'>> {
   const site = new Error();
-  const opts = checkOptions('options', options);
+  const opts = checkOptions('options', options, MATMUL_OPTIONS);
   const transA = opts.transA === undefined ? false : checkBool('options.transA', opts.transA);
   const transB = opts.transB === undefined ? false : checkBool('options.transB', opts.transB);
   const ha = handleOf(a, 'a');
