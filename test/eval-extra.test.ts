@@ -524,7 +524,7 @@ describe('sparseProbe', () => {
     expect(() => fitLogistic(Float64Array.from([1, 2]), Uint8Array.from([0, 5]), 2, 1)).toThrow(/y\[1\]/);
     expect(() => fitLogistic([1, 2] as never, Uint8Array.from([0, 1]), 2, 1)).toThrow(/Float64Array/);
     const acc = new CooccurrenceAccumulator(4, { chunkTokens: 2 });
-    expect(() => acc.add({ rows: 1, numLatents: 4, k: 2, values: Float32Array.from([1, Number.NaN]), indices: Int32Array.from([0, 1]) })).toThrow(/codes\.values\[1\] is NaN/);
+    expect(() => acc.add({ rows: 1, k: 2, values: Float32Array.from([1, Number.NaN]), indices: Int32Array.from([0, 1]) })).toThrow(/codes\.values\[1\] is NaN/);
   });
 
   it('is deterministic for a seed and depends on it', () => {
