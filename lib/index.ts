@@ -38,6 +38,7 @@ export {
   type GradientOptions,
   type Gradients,
   type AdamOptions,
+  type PrefetchOptions,
   type StepOptions,
   type StepStats,
   type AdamState,

@@ -241,9 +241,22 @@ describe('saekit CLI', () => {
     expect(c1.stderr).toMatch(/Expected --out to be a file in an existing folder/);
     const acts2 = path.join(dir, 'acts2.npy');
     await io.writeNpy(acts2, { dtype: 'float32', shape: [rows - 1, dIn], data: data.slice(dIn) });
-    const c2 = run(['compare', out, out, '--data', acts, '--data-b', acts2, '--on-non-finite', 'skip']);
+    const c2 = run(['compare', out, out, '--data', acts, '--data-b', acts2]);
     expect(c2.status).toBe(1);
     expect(c2.stderr).toMatch(new RegExp(`acts\\.npy has ${rows} rows and .*acts2\\.npy has ${rows - 1}`));
     oneLine(c2);
+    // Skipping rows on two sources would misalign them token by token: refused.
+    const c3 = run(['compare', out, out, '--data', acts, '--data-b', acts, '--on-non-finite', 'skip']);
+    expect(c3.status).toBe(1);
+    expect(c3.stderr).toMatch(/Expected --on-non-finite error with --data-b/);
+    // A failed --overwrite run keeps the run it was replacing (moved aside, not deleted).
+    const failed = run([...base, '--out', out, '--overwrite', '--log', path.join(out, 'log.jsonl')]); // the NaN row stops it
+    expect(failed.status).toBe(1);
+    expect(failed.stderr).toMatch(/the run being replaced is kept in .*checkpoint\.replaced, .*log\.jsonl\.replaced/);
+    expect(JSON.parse(readFileSync(path.join(out, 'checkpoint.replaced', 'checkpoint.json'), 'utf8')).step).toBe(9);
+    // demo does not replace an SAE in --out without --overwrite.
+    const d = run(['demo', '--out', out]);
+    expect(d.status).toBe(1);
+    expect(d.stderr).toMatch(/already holds .*pass --overwrite/);
   }, 120_000);
 });

@@ -328,6 +328,15 @@ describe('Trainer', () => {
     }
   });
 
+  it('a source shorter than one batch, and a signal that is not an AbortSignal, are named errors', async () => {
+    using sae = make();
+    const x = data(100, dIn, 12);
+    await expect(new Trainer(sae, { batchSize: 128, totalTokens: 1000 }).fit(fromArray(x, dIn))).rejects.toThrow(
+      /Expected a source with at least batchSize = 128 rows but it has 100; lower options\.batchSize/,
+    );
+    await expect(new Trainer(sae, opts).fit(fromArray(x, dIn), { signal: {} as never })).rejects.toThrow(/Expected an AbortSignal for options\.signal/);
+  });
+
   it('rejects bad options with named errors', () => {
     using sae = make();
     expect(() => new Trainer(sae, { batchSize: 1 })).toThrow(/options.batchSize/);
@@ -339,6 +348,8 @@ describe('Trainer', () => {
     expect(() => new Trainer(sae, { warmup: 10 } as never)).toThrow(/Unknown option options\.warmup; the options are: .*warmupSteps/);
     expect(() => SparseAutoencoder.create({ dIn: 4, numLatents: 8, k: 2, latents: 3 } as never)).toThrow(/Unknown option options\.latents/);
     expect(() => sae.adam({ learningRate: 1 } as never)).toThrow(/Unknown option options\.learningRate/);
+    expect(() => sae.adam().prefetch(new Float32Array(dIn * 2), { scal: 2 } as never)).toThrow(/did you mean options\.scale/);
+    expect(() => geometricMedian(new Float32Array(4), 2, { maxiter: 3 } as never)).toThrow(/did you mean options\.maxIter/);
   });
 
   it('recovers planted features end to end (MMCS truth-to-learned >= 0.9)', async () => {

@@ -22,6 +22,9 @@ export interface CompareFlags {
   json?: boolean;
   out?: string;
   onNonFinite: 'error' | 'skip';
+  tensor?: string;
+  dtype?: 'float32' | 'float16' | 'bfloat16' | 'float64';
+  dIn?: number;
 }
 
 /** Checks before any work that an --out file can be written: its folder exists and it is not a folder itself. */
@@ -41,11 +44,16 @@ function rowsOf(W: Float32Array, d: number, idx: number[]): Float64Array {
 }
 
 export async function compare(pathA: string, pathB: string, f: CompareFlags): Promise<void> {
+  // Each source would drop its own bad rows, and the two would stop lining up token by token.
+  if (f.dataB !== undefined && f.onNonFinite === 'skip') {
+    throw new SaekitError('ERR_SAEKIT_ARG', 'Expected --on-non-finite error with --data-b (skipping rows on either side would misalign the two sources token by token); clean the files first');
+  }
   await checkOutFile(f.out);
   using a = await SparseAutoencoder.load(pathA);
   using b = await SparseAutoencoder.load(pathB);
-  const srcA = await openActivations(f.data, { onNonFinite: f.onNonFinite });
-  const srcB = f.dataB ? await openActivations(f.dataB, { onNonFinite: f.onNonFinite }) : undefined;
+  const read = { onNonFinite: f.onNonFinite, tensor: f.tensor, dtype: f.dtype };
+  const srcA = await openActivations(f.data, { ...read, dIn: f.dIn });
+  const srcB = f.dataB ? await openActivations(f.dataB, read) : undefined;
   try {
     for (const [side, sae, src, file, p] of [['A', a, srcA, f.data, pathA], ['B', b, srcB ?? srcA, f.dataB ?? f.data, pathB]] as const) {
       if (sae.dIn !== src.dIn) {

@@ -4,7 +4,7 @@
  * (JSON with --json), logs and progress to stderr.
  */
 import { readFileSync } from 'node:fs';
-import { readFile, rm, stat, truncate } from 'node:fs/promises';
+import { readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 import { Command } from 'commander';
@@ -171,7 +171,7 @@ async function priorRun(out: string): Promise<{ checkpoint?: { step: number; tok
  * checkpoint, an SAE or a log without --overwrite, and --resume says what it found.
  * Returns whether a checkpoint will be resumed.
  */
-async function prepareOutputs(f: TrainFlags): Promise<boolean> {
+async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; replaced: string[] }> {
   if (f.resume && f.overwrite) throw new SaekitError('ERR_SAEKIT_ARG', 'Expected at most one of --resume and --overwrite but received both');
   const prior = await priorRun(f.out);
   const resuming = Boolean(f.resume && prior.checkpoint);
@@ -188,9 +188,17 @@ async function prepareOutputs(f: TrainFlags): Promise<boolean> {
     if (f.log && !resuming && ((await stat(f.log).catch(() => undefined))?.size ?? 0) > 0) {
       throw new SaekitError('ERR_SAEKIT_ARG', `--log ${f.log} already exists; pass --overwrite to replace it (a resumed run appends to its log), or choose another --log`);
     }
-  } else {
-    if (prior.checkpoint) await rm(path.join(f.out, 'checkpoint'), { recursive: true, force: true });
-    if (f.log) await truncate(f.log).catch(() => undefined);
+  }
+  // --overwrite: the earlier checkpoint and log are moved aside (name.replaced), not deleted, until
+  // the new run has ended; a run that fails first leaves them there to be restored.
+  const replaced: string[] = [];
+  if (f.overwrite) {
+    for (const p of [prior.checkpoint ? path.join(f.out, 'checkpoint') : undefined, f.log]) {
+      if (p === undefined || !(await stat(p).catch(() => undefined))) continue;
+      await rm(`${p}.replaced`, { recursive: true, force: true });
+      await rename(p, `${p}.replaced`);
+      replaced.push(`${p}.replaced`);
+    }
   }
   if (f.resume && !prior.checkpoint) process.stderr.write(`saekit: no checkpoint in ${path.join(f.out, 'checkpoint')}: starting a new run\n`);
   if (resuming) {
@@ -200,7 +208,7 @@ async function prepareOutputs(f: TrainFlags): Promise<boolean> {
         `re-reading the data up to there first\n`,
     );
   }
-  return resuming;
+  return { resuming, replaced };
 }
 
 async function train(paths: string[], f: TrainFlags): Promise<void> {
@@ -225,7 +233,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
     };
     const trainer = new Trainer(sae, opts);
     const total = trainer.totalSteps(source) * f.batch;
-    await prepareOutputs(f);
+    const { replaced } = await prepareOutputs(f);
     process.stderr.write(
       `training a TopK SAE: dIn ${source.dIn}, ${numLatents} latents, k ${f.k}, ${total.toLocaleString('en-US')} tokens in batches of ${f.batch}` +
         ` (${source.numRows?.toLocaleString('en-US') ?? 'unknown'} rows in the data) -> ${f.out}\n`,
@@ -244,10 +252,14 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
         saveDir: f.out,
         saveFormat: f.format,
       });
+    } catch (err) {
+      if (replaced.length) process.stderr.write(`saekit: the run being replaced is kept in ${replaced.join(', ')}\n`);
+      throw err;
     } finally {
       sig.dispose();
       progress.done();
     }
+    for (const p of replaced) await rm(p, { recursive: true, force: true });
     const summary = {
       status: result.status,
       out: f.out,
@@ -283,6 +295,7 @@ function reportSkipped(...sources: { skippedRows?: number }[]): void {
 
 interface DemoFlags {
   out?: string;
+  overwrite?: boolean;
   seed: number;
   json?: boolean;
 }
@@ -294,6 +307,12 @@ async function demo(f: DemoFlags): Promise<void> {
   const numLatents = 512;
   const k = 8;
   const seed = f.seed;
+  if (f.out !== undefined && !f.overwrite) {
+    const prior = await priorRun(f.out);
+    if (prior.checkpoint || prior.saeFiles.length > 0) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `--out ${f.out} already holds ${prior.checkpoint ? 'a training run' : `an SAE (${prior.saeFiles.join(', ')})`}; pass --overwrite to replace it, or choose another --out`);
+    }
+  }
   const { source, features } = superposition({ dIn, numFeatures, firing: { kind: 'expected-active', n: 5 }, numRows: 1 << 16, seed });
   process.stderr.write(
     `saekit demo: ${numFeatures} ground-truth features in superposition in ${dIn} dimensions (about 5 active per row);\n` +
@@ -403,7 +422,7 @@ export function buildProgram(): Command {
     .option('--tokens <n>', 'train on this many tokens', num('tokens', 1, Number.MAX_SAFE_INTEGER))
     .option('--epochs <n>', 'passes over the data (default 1 when --tokens is not given)', num('epochs', 1, 1 << 20))
     .option('--lr <lr>', "learning rate (default: 2e-4 / sqrt(latents / 2^14))", num('lr', 0, 10, false, true))
-    .option('--warmup <steps>', 'linear warmup steps, at most 10% of the run (default: 1000)', num('warmup', 0, 1 << 30), 1000)
+    .option('--warmup <steps>', 'linear warmup steps, at most 10% of the run', num('warmup', 0, 1 << 30), 1000)
     .option('--auxk-alpha <a>', 'AuxK loss weight (0 turns it off)', num('auxk-alpha', 0, 1e6, false), 1 / 32)
     .option('--normalize <mode>', "'none' or 'expected-norm' (scale inputs to E||x|| = sqrt(dIn) while training; folded into the biases, so the saved SAE takes raw activations)", oneOf('normalize', ['none', 'expected-norm'] as const), 'none')
     .option('--format <f>', "'saelens' (default) or 'sparsify'", oneOf('format', ['saelens', 'sparsify'] as const), 'saelens')
@@ -454,7 +473,10 @@ export function buildProgram(): Command {
     .option('--max-tokens <n>', 'tokens to correlate over', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 100_000)
     .option('--max-bytes <n>', 'largest full correlation matrix (nA x nB x 4 bytes, default 1 GiB); beyond it argmax and mutual use top matches per feature', num('max-bytes', 1, Number.MAX_SAFE_INTEGER))
     .option('--runs <n>', 'shuffled baselines for the p-values', num('runs', 1, 100000), 20)
-    .option('--on-non-finite <policy>', NON_FINITE_HELP, oneOf('on-non-finite', ['error', 'skip'] as const), 'error')
+    .option('--on-non-finite <policy>', `${NON_FINITE_HELP} (skip only with one --data: two sources must stay aligned)`, oneOf('on-non-finite', ['error', 'skip'] as const), 'error')
+    .option('--tensor <name>', 'the tensor to read from .safetensors files')
+    .option('--dtype <t>', 'element type of raw .bin files')
+    .option('--d-in <n>', 'row width of raw .bin files (of --data; --data-b may differ: give it a self-describing file)', num('d-in', 1, 1 << 24))
     .option('--json', 'print the summary as JSON')
     .option('--out <file>', 'also write the summary and every matched pair as JSON')
     .addHelpText('after', '\nExample:\n  saekit compare runs/seed1 runs/seed2 --data acts/val.npy --method hungarian --json\n')
@@ -472,6 +494,7 @@ export function buildProgram(): Command {
     .command('demo')
     .description('train an SAE on built-in synthetic data with known features and report how well it recovers them')
     .option('--out <dir>', 'also save the trained SAE here (SAELens layout)')
+    .option('--overwrite', 'replace an SAE already in --out')
     .option('--seed <n>', 'seed of the data and the initialisation', num('seed', 0, 2 ** 31), 0)
     .option('--json', 'print the results as JSON on stdout')
     .addHelpText('after', '\nExample:\n  saekit demo --out runs/demo\n')

@@ -79,7 +79,7 @@ export async function encodeNpzParts(arrays: Record<string, IoTensor>, options?:
  */
 export async function writeNpz(path: string, arrays: Record<string, IoTensor>, options?: { compress?: boolean }): Promise<void> {
   checkPath(path);
-  const { compress = false } = checkOptions('options', options);
+  const { compress = false } = checkOptions('options', options, ['compress']);
   if (typeof compress !== 'boolean') throw argError('options.compress', 'boolean', compress);
   await writeChunksAtomic(path, await encodeNpzParts(arrays, { compress }));
 }

@@ -151,6 +151,15 @@ const FROM_WEIGHTS_OPTIONS = optionNames<FromWeightsOptions>({ k: true, architec
 const WRITE_SAE_OPTIONS = optionNames<WriteSaeOptions>({ format: true, dtype: true, metadata: true });
 const ADAM_OPTIONS = optionNames<AdamOptions>({ lr: true, beta1: true, beta2: true, eps: true });
 const STEP_OPTIONS = optionNames<StepOptions>({ lr: true, auxkAlpha: true, deadThresholdTokens: true });
+const GRADIENT_OPTIONS = optionNames<GradientOptions>({ auxk: true });
+const AUXK_OPTIONS = optionNames<AuxKOptions>({ deadMask: true, alpha: true });
+const PREFETCH_OPTIONS = optionNames<PrefetchOptions>({ scale: true });
+
+/** AdamOptimizer.prefetch options. */
+export interface PrefetchOptions {
+  /** Multiplies every value while it is copied. Default 1. */
+  scale?: number;
+}
 
 /** What one optimizer step reports. Nothing else leaves native memory. */
 export interface StepStats {
@@ -413,11 +422,11 @@ export class SparseAutoencoder {
    */
   async gradients(x: Rows, options?: GradientOptions): Promise<Gradients> {
     const site = new Error();
-    const o = checkOptions('options', options);
+    const o = checkOptions('options', options, GRADIENT_OPTIONS);
     let mask: Uint8Array | null = null;
     let alpha = 0;
     if (o.auxk !== undefined) {
-      const a = checkOptions('options.auxk', o.auxk);
+      const a = checkOptions('options.auxk', o.auxk, AUXK_OPTIONS);
       if (!(a.deadMask instanceof Uint8Array) || a.deadMask.length !== this.numLatents) {
         throw argError('options.auxk.deadMask', `a Uint8Array of length numLatents = ${this.numLatents}`, a.deadMask, 'ERR_SAEKIT_SHAPE');
       }
@@ -584,10 +593,10 @@ export class AdamOptimizer {
    * is copied (the copy holds `Math.fround(x[i] * scale)`, as a JS loop would store it), so an
    * input normalisation costs no extra pass; the Trainer uses it for `normalize`.
    */
-  prefetch(x: Float32Array, options?: { scale?: number }): PrefetchedBatch {
+  prefetch(x: Float32Array, options?: PrefetchOptions): PrefetchedBatch {
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
     if (!(x instanceof Float32Array)) throw argError('x', `a Float32Array (rows * ${this.sae.dIn})`, x);
-    const o = checkOptions('options', options);
+    const o = checkOptions('options', options, PREFETCH_OPTIONS);
     const scale = o.scale === undefined ? 1 : checkNumber('options.scale', o.scale, 0, 1e30, true);
     const rows = rowsArg(this.sae.dIn, x) as Float32Array;
     return new PrefetchedBatch(callNative(() => this.h.prefetch(rows, scale)), this.h, rows.length / this.sae.dIn);

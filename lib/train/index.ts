@@ -230,6 +230,7 @@ export function learningRate(step: number, total: number, base: number, warmup: 
  * by Weiszfeld's iterations from the mean, in float64.
  */
 export function geometricMedian(x: Float32Array, d: number, options: { maxIter?: number; tol?: number } = {}): Float64Array {
+  checkOptions('options', options, ['maxIter', 'tol']);
   const n = x.length / d;
   const maxIter = options.maxIter ?? 200;
   const y = new Float64Array(d);
@@ -342,6 +343,9 @@ export class Trainer {
     if (training.has(this.sae)) {
       throw new SaekitError('ERR_SAEKIT_ARG', 'Expected one fit() at a time per SparseAutoencoder but this one is already being trained (await the running fit() first)');
     }
+    if (fo.signal !== undefined && (fo.signal === null || typeof fo.signal !== 'object' || typeof fo.signal.addEventListener !== 'function')) {
+      throw argError('options.signal', 'an AbortSignal', fo.signal);
+    }
     if (fo.signal?.aborted) return { status: 'aborted', steps: 0, tokens: 0, last: undefined, scale: 1, seconds: (performance.now() - t0) / 1e3, saved: [] };
     training.add(this.sae);
     try {
@@ -445,7 +449,16 @@ export class Trainer {
           first.push({ rows: b.rows, dIn: b.dIn, data: b.data.slice() });
           release(b);
         }
-        if (first.length === 0) throw new SaekitError('ERR_SAEKIT_ARG', 'the source produced no batch of at least 2 rows');
+        if (first.length === 0) {
+          // Batches are whole (dropLast): a source shorter than one batch yields none.
+          const short = source.numRows !== undefined && source.numRows < o.batchSize;
+          throw new SaekitError(
+            'ERR_SAEKIT_ARG',
+            short
+              ? `Expected a source with at least batchSize = ${o.batchSize} rows but it has ${source.numRows}; lower options.batchSize`
+              : 'Expected the source to produce a whole batch (of at least 2 rows) but it produced none',
+          );
+        }
         if (o.normalize === 'expected-norm') scale = normScale(first, this.sae.dIn);
         const x0 = scaled(first[0]!.data, scale);
         if (o.bDecInit !== 'zeros') {
