@@ -23,11 +23,12 @@ async function main(): Promise<void> {
       repeats: { type: 'string', default: '7' },
       warmup: { type: 'string', default: '2' },
       quick: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
     },
   });
   const list = () => BENCHMARKS.map((b) => `  ${b.name.padEnd(10)} ${b.description}`).join('\n');
   const name = positionals[0];
-  if (!name) {
+  if (!name || values.help) {
     process.stdout.write(`usage: npm run bench -- <name> [--repeats N] [--warmup N] [--quick]\nbenchmarks:\n${list()}\n`);
     return;
   }

@@ -203,7 +203,7 @@ describe('saekit CLI', () => {
     const out = path.join(dir, 'runs', 'l8');
     const ok = run([...base, '--out', out, '--log', path.join(out, 'log.jsonl'), '--on-non-finite', 'skip']);
     expect(ok.status, ok.stderr).toBe(0);
-    expect(ok.stderr).toMatch(/skipped 1 rows holding NaN or Inf/);
+    expect(ok.stderr).toMatch(/skipped 1 row holding NaN or Inf/);
     expect(JSON.parse(ok.stdout)).toMatchObject({ status: 'completed', steps: 9 });
     // A second run into the same --out refuses (checkpoint), names the way out, and leaves it alone.
     const again = run([...base, '--out', out, '--on-non-finite', 'skip']);

@@ -138,6 +138,11 @@ describe('Trainer', () => {
     }
     expect(Array.from(await c.tokensSinceFired())).toEqual(Array.from(await a.tokensSinceFired()));
     expect(second.resumedFrom).toEqual({ step: 31, tokens: 31 * 64 });
+    // Another source (other rows) cannot continue the run: the data order depends on it.
+    using e = make();
+    await expect(new Trainer(e, opts).fit(fromArray(x.subarray(0, (rows - 64) * dIn), dIn), { checkpointDir: dir, resume: true })).rejects.toThrow(
+      new RegExp(`Expected a source of ${rows} rows to resume the checkpoint .* but this one has ${rows - 64}`),
+    );
     expect(full.resumedFrom).toBeUndefined();
     // A resume that would change the data order is refused, naming the option and both values.
     for (const [key, value] of [['batchSize', 32], ['seed', 10], ['shuffle', false]] as const) {
@@ -343,6 +348,9 @@ describe('Trainer', () => {
     expect(() => new Trainer(sae, { totalTokens: 10, epochs: 1 })).toThrow(/both/);
     expect(() => new Trainer(sae, { decay: 'cosine' as 'linear' })).toThrow(/one of: linear, linear-after-warmup, none/);
     expect(() => new Trainer({} as SparseAutoencoder)).toThrow(/SparseAutoencoder/);
+    const gone = make();
+    gone.dispose();
+    expect(() => new Trainer(gone)).toThrow(/was disposed/);
     // A misspelt option is an error naming the nearest one, not silently ignored.
     expect(() => new Trainer(sae, { batchsize: 10 } as never)).toThrow(/Unknown option options\.batchsize \(did you mean options\.batchSize\?\)/);
     expect(() => new Trainer(sae, { warmup: 10 } as never)).toThrow(/Unknown option options\.warmup; the options are: .*warmupSteps/);

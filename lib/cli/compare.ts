@@ -44,6 +44,7 @@ function rowsOf(W: Float32Array, d: number, idx: number[]): Float64Array {
 }
 
 export async function compare(pathA: string, pathB: string, f: CompareFlags): Promise<void> {
+  if (f.top !== 1 && f.method !== 'mutual') throw new SaekitError('ERR_SAEKIT_ARG', `Expected --top only with --method mutual but the method is ${f.method}`);
   // Each source would drop its own bad rows, and the two would stop lining up token by token.
   if (f.dataB !== undefined && f.onNonFinite === 'skip') {
     throw new SaekitError('ERR_SAEKIT_ARG', 'Expected --on-non-finite error with --data-b (skipping rows on either side would misalign the two sources token by token); clean the files first');
@@ -125,7 +126,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
       summary.rsa = { skipped: `needs at least 3 matched pairs (${n})` };
     }
     const skipped = srcA.skippedRows ?? 0;
-    if (skipped > 0) process.stderr.write(`saekit: skipped ${skipped.toLocaleString('en-US')} rows holding NaN or Inf\n`);
+    if (skipped > 0) process.stderr.write(`saekit: skipped ${skipped.toLocaleString('en-US')} row${skipped === 1 ? '' : 's'} holding NaN or Inf\n`);
     if (f.out) await writeFileAtomic(f.out, `${JSON.stringify({ ...summary, pairs: m.pairs }, null, 2)}\n`);
     if (f.json) {
       process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);

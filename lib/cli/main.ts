@@ -260,6 +260,9 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
       progress.done();
     }
     for (const p of replaced) await rm(p, { recursive: true, force: true });
+    if (result.resumedFrom && result.resumedFrom.step * f.batch >= total) {
+      process.stderr.write(`saekit: the checkpoint was already at step ${result.resumedFrom.step}, at or past this run's ${total / f.batch} steps: nothing was trained (raise --tokens or --epochs to train longer)\n`);
+    }
     const summary = {
       status: result.status,
       out: f.out,
@@ -274,7 +277,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
     if (f.json) process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
     else {
       process.stdout.write(
-        `${result.status === 'aborted' ? 'stopped early; checkpoint and SAE saved (resume with --resume)' : result.status === 'exhausted' ? 'the data ended before --tokens' : 'done'}: ${result.steps} steps, ` +
+        `${result.status === 'aborted' ? 'stopped early; checkpoint and SAE saved (resume with --resume)' : result.status === 'exhausted' ? 'the data ended before --tokens' : 'done'}: ${result.steps} step${result.steps === 1 ? '' : 's'}, ` +
           `${result.tokens.toLocaleString('en-US')} tokens in ${result.seconds.toFixed(1)} s` +
           (result.last ? `, fvu ${result.last.fvu.toFixed(4)}, L0 ${result.last.l0.toFixed(1)}, dead ${(100 * result.last.deadFraction).toFixed(2)}%` : '') +
           `\nsaved ${result.saved.join(', ')}\n`,
@@ -290,7 +293,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
 /** Says how many rows --on-non-finite skip dropped, if any. */
 function reportSkipped(...sources: { skippedRows?: number }[]): void {
   const n = sources.reduce((a, s) => a + (s.skippedRows ?? 0), 0);
-  if (n > 0) process.stderr.write(`saekit: skipped ${n.toLocaleString('en-US')} rows holding NaN or Inf\n`);
+  if (n > 0) process.stderr.write(`saekit: skipped ${n.toLocaleString('en-US')} row${n === 1 ? '' : 's'} holding NaN or Inf\n`);
 }
 
 interface DemoFlags {

@@ -273,6 +273,7 @@ export class Trainer {
 
   constructor(sae: SparseAutoencoder, options?: TrainerOptions) {
     if (sae === null || typeof sae !== 'object' || typeof (sae as SparseAutoencoder).adam !== 'function') throw argError('sae', 'a SparseAutoencoder', sae);
+    if (sae.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'Expected a live SparseAutoencoder for sae but it was disposed');
     this.sae = sae;
     const o = checkOptions('options', options, TRAINER_OPTIONS);
     if (o.device !== undefined) {
@@ -385,7 +386,7 @@ export class Trainer {
     if (fo.resume && fo.checkpointDir) {
       const ck = await readCheckpoint(fo.checkpointDir);
       if (ck) {
-        checkResumable(ck, o, fo.checkpointDir);
+        checkResumable(ck, o, fo.checkpointDir, source.numRows);
         await this.restore(ck, fo.checkpointDir);
         resumedFrom = { step: ck.step, tokens: ck.tokens };
         step = ck.step;
@@ -521,9 +522,9 @@ export class Trainer {
         };
         if (log) await log.write(`${JSON.stringify(last)}\n`);
         if (fo.onStep) await fo.onStep(last);
-        if (fo.checkpointDir && step % every === 0 && step < total) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
+        if (fo.checkpointDir && step % every === 0 && step < total) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total, source.numRows);
       }
-      if (fo.checkpointDir) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total);
+      if (fo.checkpointDir) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total, source.numRows);
     } catch (err) {
       if (err !== STOPPED) throw err;
       status = 'aborted';
@@ -547,7 +548,7 @@ export class Trainer {
     return { status, steps: step, tokens, last, scale, seconds: (performance.now() - t0) / 1e3, saved, ...(resumedFrom ? { resumedFrom } : {}) };
   }
 
-  private async checkpoint(dir: string, step: number, tokens: number, scale: number, total: number): Promise<void> {
+  private async checkpoint(dir: string, step: number, tokens: number, scale: number, total: number, sourceRows: number | undefined): Promise<void> {
     const { mkdir } = await import('node:fs/promises');
     const { writeSafetensors, writeFileAtomic } = await import('../io/index.js');
     await mkdir(dir, { recursive: true });
@@ -564,7 +565,7 @@ export class Trainer {
       'adam.v': f32(adam.v, [adam.v.length]),
       tokens_since_fired: { dtype: 'float64', shape: [numLatents], data: since },
     });
-    const meta: Checkpoint = { version: CHECKPOINT_VERSION, step, tokens, scale, total, adamSteps: adam.t, stateFile, sae: { dIn, numLatents, k }, options: this.options };
+    const meta: Checkpoint = { version: CHECKPOINT_VERSION, step, tokens, scale, total, adamSteps: adam.t, stateFile, sae: { dIn, numLatents, k }, options: this.options, ...(sourceRows !== undefined ? { sourceRows } : {}) };
     await writeFileAtomic(path.join(dir, 'checkpoint.json'), `${JSON.stringify(meta, null, 2)}\n`);
     // Older states are no longer referenced.
     for (const f of await readdir(dir)) if (/^state-\d+\.safetensors$/.test(f) && f !== stateFile) await rm(path.join(dir, f), { force: true });
@@ -606,12 +607,20 @@ interface Checkpoint {
   stateFile: string;
   sae: { dIn: number; numLatents: number; k: number };
   options: Resolved;
+  /** Rows of the source trained on, when it had a known length (absent in older checkpoints). */
+  sourceRows?: number;
 }
 
 /** The options that fix the data order and the input scale: a resume must keep them. */
 const RESUME_FIXED = ['batchSize', 'seed', 'shuffle', 'normalize'] as const;
 
-function checkResumable(ck: Checkpoint, o: Readonly<Resolved>, dir: string): void {
+function checkResumable(ck: Checkpoint, o: Readonly<Resolved>, dir: string, sourceRows: number | undefined): void {
+  if (ck.sourceRows !== undefined && sourceRows !== undefined && ck.sourceRows !== sourceRows) {
+    throw new SaekitError(
+      'ERR_SAEKIT_ARG',
+      `Expected a source of ${ck.sourceRows} rows to resume the checkpoint in ${dir} (the run was trained on it; the data order depends on it) but this one has ${sourceRows}`,
+    );
+  }
   for (const key of RESUME_FIXED) {
     const was = ck.options?.[key];
     if (was !== undefined && was !== o[key]) {
