@@ -232,6 +232,13 @@ describe('saekit CLI', () => {
     expect(bad.stderr).not.toMatch(/"step"/);
     oneLine(bad);
     expect(performance.now() - t0).toBeLessThan(30_000);
+    // eval: activations of another width name both paths; a missing SAE is named by its CLI argument.
+    const wide = path.join(dir, 'wide.npy');
+    await io.writeNpy(wide, { dtype: 'float32', shape: [10, dIn + 1], data: new Float32Array(10 * (dIn + 1)) });
+    const e2 = run(['eval', out, wide]);
+    expect(e2.stderr).toMatch(new RegExp(`Expected activations of dIn ${dIn} \\(the SAE's, .*\\) but .*wide\\.npy hold rows of dIn ${dIn + 1}`));
+    const e3 = run(['eval', path.join(dir, 'nope'), acts]);
+    expect(e3.stderr).toMatch(/Expected an SAE folder or file for <sae> but .*nope does not exist/);
     // Flag conflicts.
     expect(run([...base, '--out', path.join(dir, 'r1'), '--tokens', '500', '--epochs', '2']).stderr).toMatch(/at most one of --tokens N and --epochs E/);
     expect(run([...base, '--out', path.join(dir, 'r1'), '--lr', '0']).stderr).toMatch(/Expected a number > 0 and <= 10 for --lr but received '0'/);

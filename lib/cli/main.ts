@@ -104,6 +104,7 @@ const FLAG_OF: Record<string, string> = {
 export function cliMessage(message: string): string {
   return message
     .replace(/\b(options\.[A-Za-z]+|pathOrPaths)\b/g, (m) => FLAG_OF[m] ?? m)
+    .replace(/^Expected an SAE folder or file for path but/, 'Expected an SAE folder or file for <sae> but')
     .replace(/pass onNonFinite: 'skip'/g, 'pass --on-non-finite skip');
 }
 
@@ -372,6 +373,9 @@ async function evalCommand(saePath: string, paths: string[], f: EvalFlags): Prom
   using sae = await SparseAutoencoder.load(saePath);
   const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn, onNonFinite: f.onNonFinite });
   try {
+    if (source.dIn !== sae.dIn) {
+      throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected activations of dIn ${sae.dIn} (the SAE's, ${saePath}) but ${paths.join(', ')} hold rows of dIn ${source.dIn}`);
+    }
     process.stderr.write(`evaluating ${saePath} (${sae.architecture}, dIn ${sae.dIn}, ${sae.numLatents} latents) on up to ${f.maxTokens.toLocaleString('en-US')} tokens\n`);
     const progress = new TokenProgress('evaluating', Math.min(f.maxTokens, source.numRows ?? Infinity));
     let r;
@@ -451,7 +455,7 @@ export function buildProgram(): Command {
     .description('evaluate an SAE (SAELens, sparsify or Gemma Scope files) on activations: reconstruction, sparsity, geometry')
     .argument('<sae>', 'SAE folder or file')
     .argument('<data...>', 'activation files, folders or glob patterns')
-    .option('--max-tokens <n>', 'tokens to evaluate on', num('max-tokens', 1, Number.MAX_SAFE_INTEGER), 1_000_000)
+    .option('--max-tokens <n>', 'tokens to evaluate on (at least 2: FVU needs a variance)', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 1_000_000)
     .option('--batch <n>', 'rows per batch', num('batch', 1, 1 << 24), 4096)
     .option('--compat', 'also report the legacy SAELens / SAEBench variants (labelled)')
     .option('--no-geometry', 'skip the max-cosine geometry metrics')
