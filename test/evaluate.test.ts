@@ -25,6 +25,12 @@ function freshSeed(salt: number): number {
   return (Date.now() ^ Math.imul(salt + 1, 2654435761)) >>> 0;
 }
 
+/** A fresh seed, its label for failure messages and its generator. */
+function freshRng(salt: number): { seed: number; ctx: string; next: () => number } {
+  const seed = freshSeed(salt);
+  return { seed, ctx: `seed ${seed}`, next: lcg(seed) };
+}
+
 function randomWeights(dIn: number, L: number, next: () => number): SaeWeights {
   const W_dec = Float32Array.from({ length: L * dIn }, () => next() * 2 - 1);
   const W_enc = Float32Array.from({ length: dIn * L }, () => ((next() * 2 - 1) * 1.5) / Math.sqrt(dIn));
@@ -72,9 +78,7 @@ describe('evaluate: every field against a naive float64 reference', () => {
   ];
   for (const [ci, c] of cases.entries()) {
     it(`dIn ${c.dIn}, numLatents ${c.L}, k ${c.k}, ${c.rows} rows, batchSize ${c.batchSize}, maxTokens ${c.maxTokens}`, async () => {
-      const seed = freshSeed(ci);
-      const ctx = `seed ${seed}`;
-      const next = lcg(seed);
+      const { seed, ctx, next } = freshRng(ci);
       const w = randomWeights(c.dIn, c.L, next);
       const x = randomX(c.rows, c.dIn, next, c.scale);
       using sae = SparseAutoencoder.fromWeights(w, { k: c.k });
@@ -140,9 +144,7 @@ describe('evaluate: every field against a naive float64 reference', () => {
   }
 
   it('zero and near-zero rows of x: l2_ratio divides their ||x_hat|| by 1 (SAELens), every field finite', async () => {
-    const seed = freshSeed(7);
-    const ctx = `seed ${seed}`;
-    const next = lcg(seed);
+    const { seed, ctx, next } = freshRng(7);
     const dIn = 11;
     const L = 37;
     const rows = 203;
@@ -205,9 +207,7 @@ describe('evaluate: every field against a naive float64 reference', () => {
 
 describe('evaluate: closed forms and invariances', () => {
   it('a decoder that represents the data exactly gives EV 1, mse 0, cossim 1', async () => {
-    const seed = freshSeed(10);
-    const ctx = `seed ${seed}`;
-    const next = lcg(seed);
+    const { seed, ctx, next } = freshRng(10);
     const dIn = 7;
     const L = 45;
     const k = 3;
@@ -261,9 +261,7 @@ describe('evaluate: closed forms and invariances', () => {
     // the data and weights here are small dyadic numbers: every product and partial sum of the
     // forward pass is exact in float32, the per-row outputs are bitwise the same for any batch,
     // and what is left to test is that the metrics' aggregation does not depend on the split.
-    const seed = freshSeed(11);
-    const ctx = `seed ${seed}`;
-    const next = lcg(seed);
+    const { seed, ctx, next } = freshRng(11);
     const dIn = 33;
     const L = 203;
     const rows = 911;
@@ -361,9 +359,7 @@ describe('evaluate: closed forms and invariances', () => {
 
 describe('maxCosine', () => {
   it('matches a naive O(n^2) float64 reference, with duplicated, scaled, opposite and zero rows, for any chunk', async () => {
-    const seed = freshSeed(20);
-    const ctx = `seed ${seed}`;
-    const next = lcg(seed);
+    const { seed, ctx, next } = freshRng(20);
     const n = 203;
     const d = 33;
     const rows = Float32Array.from({ length: n * d }, () => next() * 2 - 1);

@@ -7,7 +7,7 @@ import { SaekitError } from '../errors.js';
 import { correlation, match, permutationTest, rsa, saeMatch, svcca } from '../features/index.js';
 import { writeFileAtomic } from '../io/index.js';
 import { SparseAutoencoder } from '../sae/index.js';
-import { TokenProgress } from './progress.js';
+import { reportSkipped, TokenProgress } from './progress.js';
 
 export interface CompareFlags {
   data: string;
@@ -125,8 +125,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
     } else {
       summary.rsa = { skipped: `needs at least 3 matched pairs (${n})` };
     }
-    const skipped = srcA.skippedRows ?? 0;
-    if (skipped > 0) process.stderr.write(`saekit: skipped ${skipped.toLocaleString('en-US')} row${skipped === 1 ? '' : 's'} holding NaN or Inf\n`);
+    reportSkipped(srcA);
     if (f.out) await writeFileAtomic(f.out, `${JSON.stringify({ ...summary, pairs: m.pairs }, null, 2)}\n`);
     if (f.json) {
       process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);

@@ -17,7 +17,7 @@ import { backend, type DeviceOption, SaekitError, SparseAutoencoder } from '../i
 import { packageRoot } from '../native/index.js';
 import { type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
 import { compare, type CompareFlags, matchLayers } from './compare.js';
-import { Progress, TokenProgress } from './progress.js';
+import { Progress, reportSkipped, TokenProgress } from './progress.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string };
@@ -291,11 +291,6 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
   }
 }
 
-/** Says how many rows --on-non-finite skip dropped, if any. */
-function reportSkipped(...sources: { skippedRows?: number }[]): void {
-  const n = sources.reduce((a, s) => a + (s.skippedRows ?? 0), 0);
-  if (n > 0) process.stderr.write(`saekit: skipped ${n.toLocaleString('en-US')} row${n === 1 ? '' : 's'} holding NaN or Inf\n`);
-}
 
 interface DemoFlags {
   out?: string;

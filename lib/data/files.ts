@@ -1,8 +1,9 @@
 /** Open file handles shared by a source's reads (at most a few dozen open at once) and positioned reads. */
-import { constants, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 
 import { SaekitError } from '../errors.js';
+import { OPEN_READ_NOWAIT } from '../io/source.js';
 import { native } from '../native/index.js';
 
 /**
@@ -22,8 +23,6 @@ export async function fileIdentity(path: string): Promise<FileIdentity> {
   return { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
 }
 
-/** Opening without waiting: a path swapped for a FIFO must not block a libuv thread forever. */
-const OPEN_READ_NOWAIT = constants.O_RDONLY | (constants.O_NONBLOCK ?? 0);
 
 interface Entry {
   handle: Promise<FileHandle>;

@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync, type Stats } from 'node:fs';
-import { mkdir, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 
 import { SaekitError } from '../errors.js';
@@ -116,7 +116,6 @@ async function detect(pathOrDir: string): Promise<{ format: SaeFileFormat; dir: 
 
 /** Names of the subfolders of `dir` (at most the first 1000 entries looked at) that hold SAE weights. */
 async function subfoldersWithSaes(dir: string): Promise<string[]> {
-  const { readdir } = await import('node:fs/promises');
   const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
   const out: string[] = [];
   for (const e of entries.slice(0, 1000)) {

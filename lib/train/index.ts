@@ -549,7 +549,6 @@ export class Trainer {
   }
 
   private async checkpoint(dir: string, step: number, tokens: number, scale: number, total: number, sourceRows: number | undefined): Promise<void> {
-    const { mkdir } = await import('node:fs/promises');
     const { writeSafetensors, writeFileAtomic } = await import('../io/index.js');
     await mkdir(dir, { recursive: true });
     const [w, adam, since] = await Promise.all([this.sae.weights(), this.opt!.state(), this.sae.tokensSinceFired()]);
