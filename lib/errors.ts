@@ -19,6 +19,7 @@ export type SaekitErrorCode =
 
 /** The one error class saekit throws; inspect `code` to tell failures apart. */
 export class SaekitError extends Error {
+  /** What kind of failure this is (stable across versions). */
   readonly code: SaekitErrorCode;
   constructor(code: SaekitErrorCode, message: string) {
     super(message);

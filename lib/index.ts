@@ -35,6 +35,7 @@ export {
   type CreateOptions,
   type PlacementOptions,
   type AuxKOptions,
+  type AuxKVariant,
   type GradientOptions,
   type Gradients,
   type AdamOptions,
@@ -53,11 +54,12 @@ export type {
   OpenOptions,
   SuperpositionOptions,
   SuperpositionData,
+  SyntheticCodes,
   Firing,
   Magnitude,
   Correlation,
 } from './data/index.js';
 export * as metrics from './eval/index.js';
 export { Trainer, learningRate, geometricMedian } from './train/index.js';
-export type { TrainerOptions, FitOptions, FitResult, StepLog } from './train/index.js';
+export type { TrainerOptions, ResolvedTrainerOptions, FitOptions, FitResult, StepLog } from './train/index.js';
 export * as features from './features/index.js';

@@ -87,6 +87,8 @@ describe('saekit CLI', () => {
     expect(bad.stderr).toMatch(/exactly one of --latents N and --expansion E/);
     const bad2 = run(['train', path.join(dir, 'acts.npy'), '--latents', 'x', '--out', out]);
     expect(bad2.stderr).toMatch(/Expected an integer between 1 and \d+ for --latents but received 'x'/);
+    const bad3 = run(['train', path.join(dir, 'acts.npy'), '--latents', '57', '--auxk-variant', 'openai', '--out', out]);
+    expect(bad3.stderr).toMatch(/Expected one of: sparsify, paper for --auxk-variant but received 'openai'/);
   });
 
   it('Ctrl-C stops after the current step, saves a loadable SAE and a checkpoint; --resume finishes the run', async () => {

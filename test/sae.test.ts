@@ -349,6 +349,7 @@ function drawUnambiguous(
   salt: number,
   deadCount: number,
   alpha: number,
+  variant: R.RefAuxKVariant = 'sparsify',
 ): { seed: number; w: SaeWeights; x: Float32Array; deadMask?: Uint8Array; ev: R.RefEval; redraws: number } {
   const dims = { dIn: c.dIn, numLatents: c.L, k: c.k };
   for (let redraws = 0; ; redraws++) {
@@ -357,7 +358,7 @@ function drawUnambiguous(
     const w = randomWeights(c.dIn, c.L, next);
     const x = randomX(c.rows, c.dIn, next);
     const deadMask = deadCount > 0 ? randomDeadMask(c.L, deadCount, next) : undefined;
-    const ev = R.refEvaluate(w, x, c.rows, dims, { deadMask, alpha });
+    const ev = R.refEvaluate(w, x, c.rows, dims, { deadMask, alpha, variant });
     if (ev.ambiguous === 0) return { seed, w, x, deadMask, ev, redraws };
     if (redraws >= 20) throw new Error(`every draw had rows ambiguous for the loss (last seed ${seed})`);
   }
@@ -366,12 +367,14 @@ function drawUnambiguous(
 describe('SparseAutoencoder.gradients', () => {
   for (const c of GRAD_CASES) {
     for (const nd of c.dead) {
-      it(`loss and gradients match the reference: dIn=${c.dIn} numLatents=${c.L} k=${c.k} rows=${c.rows} dead=${nd}`, async () => {
+      for (const variant of nd === 0 ? (['sparsify'] as const) : (['sparsify', 'paper'] as const)) {
+      it(`loss and gradients match the reference: dIn=${c.dIn} numLatents=${c.L} k=${c.k} rows=${c.rows} dead=${nd}${nd ? ` (AuxK ${variant})` : ''}`, async () => {
         const alpha = nd === 3 ? DEFAULT_ALPHA : 0.25; // nd = 3 checks the default alpha
-        const { seed, w, x, deadMask, ev, redraws } = drawUnambiguous(c, c.dIn * 100 + c.k * 10 + nd, nd, alpha);
-        const ctx = `seed ${seed} (after ${redraws} redraws) dIn=${c.dIn} L=${c.L} k=${c.k} rows=${c.rows} dead=${nd}`;
+        const { seed, w, x, deadMask, ev, redraws } = drawUnambiguous(c, c.dIn * 100 + c.k * 10 + nd, nd, alpha, variant);
+        const ctx = `seed ${seed} (after ${redraws} redraws) dIn=${c.dIn} L=${c.L} k=${c.k} rows=${c.rows} dead=${nd} ${variant}`;
         using sae = SparseAutoencoder.fromWeights(w, { k: c.k });
-        const opts = deadMask ? { auxk: nd === 3 ? { deadMask } : { deadMask, alpha } } : undefined;
+        // sparsify: the default variant (and at nd = 3 the default alpha) by omission
+        const opts = deadMask ? { auxk: variant === 'paper' ? { deadMask, alpha, variant } : nd === 3 ? { deadMask } : { deadMask, alpha } } : undefined;
         const got = await sae.gradients(x, opts);
         closeTo(got.fvu, ev.pass.fvu, ev.bounds.fvu, 'fvu', ctx);
         closeTo(got.auxkLoss, ev.pass.auxk, ev.bounds.auxk, 'auxkLoss', ctx);
@@ -388,8 +391,42 @@ describe('SparseAutoencoder.gradients', () => {
           expect(maxTol, `${ctx}: tolerance of ${name} vs its scale ${scale}`).toBeLessThan(2e-2 * scale + 1e-30);
         }
       });
+      }
     }
   }
+
+  it("AuxK 'paper' differs from 'sparsify' where it should: no b_dec in e_hat, the residual's variance, no scale", async () => {
+    const c = { dIn: 33, L: 45, k: 3, rows: 37 };
+    const alpha = 0.25;
+    const { seed, w, x, deadMask, ev } = drawUnambiguous(c, 5151, 5, alpha, 'paper');
+    const ctx = `seed ${seed}`;
+    using sae = SparseAutoencoder.fromWeights(w, { k: c.k });
+    const paper = await sae.gradients(x, { auxk: { deadMask: deadMask!, alpha, variant: 'paper' } });
+    const spars = await sae.gradients(x, { auxk: { deadMask: deadMask!, alpha } });
+    const none = await sae.gradients(x);
+    // Closed form of the paper's auxk from the reference's pieces, independent of refPass's AuxK:
+    // decode the dead codes without b_dec against e = x - x_hat, over sum ||e - mean e||^2.
+    const e = ev.pass.res.map((v) => -v);
+    const rv = R.refCentredSS(e, c.rows, c.dIn);
+    let sse = 0;
+    const aux = ev.sel.aux!;
+    for (let r = 0; r < c.rows; r++)
+      for (let i = 0; i < c.dIn; i++) {
+        let eh = 0;
+        for (let q = 0; q < ev.sel.kAux; q++) {
+          const a = aux.val[r * ev.sel.kAux + q]!;
+          if (a > 0) eh += a * w.W_dec[aux.idx[r * ev.sel.kAux + q]! * c.dIn + i]!;
+        }
+        sse += (eh - e[r * c.dIn + i]!) ** 2;
+      }
+    closeTo(paper.auxkLoss, sse / rv, 1e-4 * (sse / rv), 'paper auxk (closed form)', ctx);
+    expect(Math.abs(paper.auxkLoss - spars.auxkLoss), `${ctx}: the variants must differ`).toBeGreaterThan(1e-3 * paper.auxkLoss);
+    // The fvu part is the same; b_dec's AuxK gradient is zero in the paper's form, so b_dec's
+    // gradient differs from the plain one only through the encoder (the AuxK codes' dpre).
+    expect(paper.fvu, ctx).toBe(none.fvu);
+    const pBdec = ev.pass.grads.b_dec;
+    within(paper.grads.b_dec, pBdec, ev.bounds.grads.b_dec, 'b_dec', ctx);
+  });
 
   it('a dead mask with no dead latent gives auxk = 0 and the plain gradients', async () => {
     const c = { dIn: 33, L: 45, k: 3, rows: 5 };
@@ -403,16 +440,16 @@ describe('SparseAutoencoder.gradients', () => {
     for (const name of R.WEIGHT_NAMES) expect(bits(masked.grads[name]), `seed ${seed}: ${name}`).toEqual(bits(plain.grads[name]));
   });
 
-  for (const nd of [0, 2, 5]) {
-    it(`matches central finite differences of the float64 loss (tiny case, dead=${nd})`, async () => {
+  for (const [nd, variant] of [[0, 'sparsify'], [2, 'sparsify'], [5, 'sparsify'], [2, 'paper'], [5, 'paper']] as const) {
+    it(`matches central finite differences of the float64 loss (tiny case, dead=${nd}${nd ? `, AuxK ${variant}` : ''})`, async () => {
       const c = { dIn: 7, L: 13, k: 3, rows: 5 };
       const dims = { dIn: c.dIn, numLatents: c.L, k: c.k };
       const alpha = 0.5;
-      const { seed, w, x, deadMask, ev } = drawUnambiguous(c, 999 + nd, nd, alpha);
-      const ctx = `seed ${seed} dead=${nd}`;
+      const { seed, w, x, deadMask, ev } = drawUnambiguous(c, 999 + nd + (variant === 'paper' ? 31 : 0), nd, alpha, variant);
+      const ctx = `seed ${seed} dead=${nd} ${variant}`;
       const next = lcg(seed ^ 0x5bd1e995);
       using sae = SparseAutoencoder.fromWeights(w, { k: c.k });
-      const got = await sae.gradients(x, deadMask ? { auxk: { deadMask, alpha } } : undefined);
+      const got = await sae.gradients(x, deadMask ? { auxk: { deadMask, alpha, variant } } : undefined);
       // AuxK's residual e = x - x_hat is detached: hold it at its value at the base point.
       const fixedE = ev.pass.res.map((v) => -v);
       const base = R.toF64(w);
@@ -424,7 +461,7 @@ describe('SparseAutoencoder.gradients', () => {
         const pre = R.refPre(ww, x, c.rows, c.dIn, c.L);
         const sel = R.refSelect(pre, c.rows, dims, deadMask);
         if (!sameSelection(sel)) return NaN; // crossed a TopK/ReLU kink
-        return R.refPass(ww, x, c.rows, dims, sel, { alpha, sst: ev.sst, fixedE }).loss;
+        return R.refPass(ww, x, c.rows, dims, sel, { alpha, sst: ev.sst, fixedE, variant }).loss;
       };
       for (const name of R.WEIGHT_NAMES) {
         const n = base[name].length;
@@ -466,6 +503,7 @@ interface StepPlan {
   /** passed to step() when set */
   lr?: number;
   auxkAlpha?: number;
+  auxkVariant?: 'sparsify' | 'paper';
   deadThresholdTokens?: number;
 }
 
@@ -503,14 +541,15 @@ async function lockstep(
       const mask = counter.mask(threshold);
       expect(Array.from(await sae.deadMask(threshold)), `${ctx}: deadMask before the step`).toEqual(Array.from(mask));
       const alpha = plan.auxkAlpha ?? DEFAULT_ALPHA;
-      const ref = R.refAdamStep(w, x, plan.rows, dims, state, { ...hp, lr: plan.lr ?? hp.lr }, { alpha, deadMask: mask });
+      const ref = R.refAdamStep(w, x, plan.rows, dims, state, { ...hp, lr: plan.lr ?? hp.lr }, { alpha, deadMask: mask, variant: plan.auxkVariant });
       if (ref.ev.ambiguous > 0) {
         ambiguousAt = t;
         break;
       }
-      const stepOpts: { lr?: number; auxkAlpha?: number; deadThresholdTokens?: number } = {};
+      const stepOpts: { lr?: number; auxkAlpha?: number; auxkVariant?: 'sparsify' | 'paper'; deadThresholdTokens?: number } = {};
       if (plan.lr !== undefined) stepOpts.lr = plan.lr;
       if (plan.auxkAlpha !== undefined) stepOpts.auxkAlpha = plan.auxkAlpha;
+      if (plan.auxkVariant !== undefined) stepOpts.auxkVariant = plan.auxkVariant;
       if (plan.deadThresholdTokens !== undefined) stepOpts.deadThresholdTokens = plan.deadThresholdTokens;
       using xt = tensor(x, [plan.rows, dIn]);
       const stats = await opt.step(t % 2 === 0 ? x : xt, stepOpts); // Float32Array and Tensor inputs
@@ -569,6 +608,21 @@ describe('AdamOptimizer.step', () => {
       3,
     );
     expect(numDead[2], 'step 3 must have dead latents').toBeGreaterThan(0);
+  });
+
+  it("steps with AuxK 'paper' match the reference", async () => {
+    const { numDead } = await lockstep(
+      'paper AuxK',
+      dims,
+      { lr: 2e-3 },
+      [
+        { rows: 37 },
+        { rows: 20, deadThresholdTokens: 30, auxkAlpha: 0.25, auxkVariant: 'paper' }, // not fired in step 1
+        { rows: 37, deadThresholdTokens: 15, auxkVariant: 'paper' },
+      ],
+      6,
+    );
+    expect(numDead[1], 'step 2 must have dead latents').toBeGreaterThan(0);
   });
 
   it('k = numLatents and k = 1 on small odd sizes', async () => {

@@ -4,7 +4,7 @@ import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { SparseAutoencoder } from '../lib/index.js';
+import { SparseAutoencoder, type SaeWeights } from '../lib/index.js';
 import { fromArray, fromAsyncIterable } from '../lib/data/index.js';
 import { superposition } from '../lib/data/synthetic.js';
 import { mmcs } from '../lib/eval/recovery.js';
@@ -15,6 +15,8 @@ import { lcg } from './helpers/reference.js';
 function tmp(): string {
   return mkdtempSync(path.join(os.tmpdir(), 'saekit-train-'));
 }
+
+const bits = (a: Float32Array): number[] => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
 
 function data(rows: number, dIn: number, seed: number): Float32Array {
   const next = lcg(seed);
@@ -151,6 +153,31 @@ describe('Trainer', () => {
         new RegExp(`Expected options\\.${key} = ${JSON.stringify(opts[key as keyof typeof opts] ?? true)} to resume .* but received ${JSON.stringify(value)}`),
       );
     }
+  });
+
+  it("auxkVariant reaches every step: the Trainer equals a bare opt.step loop with the same variant, and the variants differ", async () => {
+    const x = data(64 * 12, dIn, 11);
+    const cfg = { batchSize: 64, epochs: 1, lr: 3e-3, warmupSteps: 0, decay: 'none' as const, shuffle: false, bDecInit: 'zeros' as const, deadThresholdTokens: 64 };
+    const final: Record<string, SaeWeights> = {};
+    for (const variant of ['sparsify', 'paper'] as const) {
+      using a = make(21);
+      const auxk: number[] = [];
+      await new Trainer(a, { ...cfg, auxkVariant: variant }).fit(fromArray(x, dIn), { onStep: (s) => void auxk.push(s.auxkLoss) });
+      using b = make(21);
+      using opt = b.adam({ lr: cfg.lr });
+      const bare: number[] = [];
+      for (let s = 0; s < 12; s++) {
+        const st = await opt.step(x.subarray(s * 64 * dIn, (s + 1) * 64 * dIn), { auxkVariant: variant, deadThresholdTokens: 64 });
+        bare.push(st.auxkLoss);
+      }
+      expect(auxk, variant).toEqual(bare);
+      expect(auxk.some((v) => v > 0), `${variant}: AuxK must be active in some step`).toBe(true);
+      const wa = await a.weights();
+      const wb = await b.weights();
+      for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(wa[n]), `${variant}: ${n}`).toEqual(bits(wb[n]));
+      final[variant] = wa;
+    }
+    expect(bits(final.sparsify!.W_enc)).not.toEqual(bits(final.paper!.W_enc));
   });
 
   it('makes output folders before training and reports an unusable path at once, naming the option', async () => {
@@ -347,6 +374,7 @@ describe('Trainer', () => {
     expect(() => new Trainer(sae, { batchSize: 1 })).toThrow(/options.batchSize/);
     expect(() => new Trainer(sae, { totalTokens: 10, epochs: 1 })).toThrow(/both/);
     expect(() => new Trainer(sae, { decay: 'cosine' as 'linear' })).toThrow(/one of: linear, linear-after-warmup, none/);
+    expect(() => new Trainer(sae, { auxkVariant: 'openai' as 'paper' })).toThrow(/one of: sparsify, paper for options\.auxkVariant/);
     expect(() => new Trainer({} as SparseAutoencoder)).toThrow(/SparseAutoencoder/);
     const gone = make();
     gone.dispose();

@@ -80,6 +80,7 @@ const FLAG_OF: Record<string, string> = {
   'options.lr': '--lr',
   'options.warmupSteps': '--warmup',
   'options.auxkAlpha': '--auxk-alpha',
+  'options.auxkVariant': '--auxk-variant',
   'options.normalize': '--normalize',
   'options.seed': '--seed',
   'options.k': '--k',
@@ -131,6 +132,7 @@ interface TrainFlags {
   lr?: number;
   warmup: number;
   auxkAlpha: number;
+  auxkVariant: 'sparsify' | 'paper';
   normalize: 'none' | 'expected-norm';
   format: 'saelens' | 'sparsify';
   seed: number;
@@ -229,6 +231,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
       lr: f.lr ?? 'auto',
       warmupSteps: f.warmup,
       auxkAlpha: f.auxkAlpha,
+      auxkVariant: f.auxkVariant,
       normalize: f.normalize,
       seed: f.seed,
     };
@@ -426,8 +429,9 @@ export function buildProgram(): Command {
     .option('--lr <lr>', "learning rate (default: 2e-4 / sqrt(latents / 2^14))", num('lr', 0, 10, false, true))
     .option('--warmup <steps>', 'linear warmup steps, at most 10% of the run', num('warmup', 0, 1 << 30), 1000)
     .option('--auxk-alpha <a>', 'AuxK loss weight (0 turns it off)', num('auxk-alpha', 0, 1e6, false), 1 / 32)
+    .option('--auxk-variant <v>', "AuxK's form: 'sparsify' (the dead latents reconstruct the residual with b_dec, over the batch's variance) or 'paper' (Gao et al.'s: without b_dec, over the residual's variance)", oneOf('auxk-variant', ['sparsify', 'paper'] as const), 'sparsify')
     .option('--normalize <mode>', "'none' or 'expected-norm' (scale inputs to E||x|| = sqrt(dIn) while training; folded into the biases, so the saved SAE takes raw activations)", oneOf('normalize', ['none', 'expected-norm'] as const), 'none')
-    .option('--format <f>', "'saelens' (default) or 'sparsify'", oneOf('format', ['saelens', 'sparsify'] as const), 'saelens')
+    .option('--format <f>', "'saelens' or 'sparsify'", oneOf('format', ['saelens', 'sparsify'] as const), 'saelens')
     .option('--seed <n>', 'seed of the initialisation and the data order', num('seed', 0, Number.MAX_SAFE_INTEGER), 0)
     .option('--resume', 'continue from <out>/checkpoint if present (same --batch, --seed and --normalize)')
     .option('--overwrite', 'replace an earlier run, SAE or log in <out> / --log (without it saekit refuses)')

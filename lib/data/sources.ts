@@ -226,6 +226,9 @@ class IterableSource extends BaseSource {
   }
 }
 
+/** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
+const OPEN_OPTIONS = optionNames<OpenOptions>({ tensor: true, dtype: true, dIn: true, onNonFinite: true });
+
 /**
  * Opens activation files for streaming: a .npy (2-D [rows, dIn], or N-D with leading dimensions
  * flattened; C or 2-D Fortran order), a .safetensors (options.tensor, or the only 2-D tensor),
@@ -233,8 +236,6 @@ class IterableSource extends BaseSource {
  * of such files, a glob pattern (*, ?, **), or an array of these. Files are read in path order
  * and must agree on dIn; only headers are read here.
  */
-const OPEN_OPTIONS = optionNames<OpenOptions>({ tensor: true, dtype: true, dIn: true, onNonFinite: true });
-
 export async function openActivations(pathOrPaths: string | string[], options?: OpenOptions): Promise<ActivationSource> {
   const o = checkOptions('options', options, OPEN_OPTIONS);
   if (o.tensor !== undefined && (typeof o.tensor !== 'string' || o.tensor.length === 0)) throw argError('options.tensor', 'a non-empty string', o.tensor);

@@ -76,11 +76,13 @@ export type Magnitude = { kind: 'uniform' } | { kind: 'relu-normal'; mean: numbe
  */
 export type Correlation = 'none' | 'random' | Float64Array | { kind: 'random'; strength?: number; factors?: number };
 
+/** Options of synthetic.superposition(): sizes, firing, magnitudes, correlation, rows and seed. */
 export interface SuperpositionOptions {
   /** Dimension of the rows. */
   dIn: number;
   /** Number of ground-truth features (may exceed dIn). */
   numFeatures: number;
+  /** How often each feature fires (see Firing). */
   firing: Firing;
   /** Default { kind: 'uniform' }, i.e. U(0, 1). */
   magnitude?: Magnitude;
@@ -94,6 +96,7 @@ export interface SuperpositionOptions {
 
 /** Ground-truth codes of a range of rows, CSR: row t has indices[indptr[t] .. indptr[t+1]). */
 export interface SparseCodes {
+  /** [count + 1] row offsets into indices and values. */
   indptr: Int32Array;
   /** Fired features, increasing within a row. */
   indices: Int32Array;
@@ -101,7 +104,9 @@ export interface SparseCodes {
   values: Float32Array;
 }
 
+/** What synthetic.superposition() returns: the rows as a source, and the ground truth behind them. */
 export interface SuperpositionData {
+  /** The rows as an ActivationSource (numRows rows per epoch). */
   source: ActivationSource;
   /** Ground-truth features [numFeatures, dIn], unit rows. */
   features: Float32Array;

@@ -21,11 +21,13 @@ import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const ASSIGNMENT_OPTIONS = optionNames<AssignmentOptions>({ maximize: true });
 
+/** Options of linearAssignment() and linearAssignmentAsync(). */
 export interface AssignmentOptions {
   /** Maximise the total instead of minimising it. Default false. */
   maximize?: boolean;
 }
 
+/** An optimal assignment: each row's column, each column's row, and the total cost. */
 export interface AssignmentResult {
   /** Column of each row, -1 if unassigned (only when rows > cols). */
   rowToCol: Int32Array;
@@ -35,10 +37,7 @@ export interface AssignmentResult {
   total: number;
 }
 
-/**
- * Solves min (or max) sum_i cost[i, rowToCol[i]] over one-to-one matchings that assign every row
- * of the smaller side. `cost` is row-major [rows, cols] and is not modified.
- */
+/** Checks linearAssignment's arguments; returns the sizes and the direction. */
 function checkAssignment(cost: Float64Array, rows: number, cols: number, options: AssignmentOptions | undefined) {
   const r = checkInt('rows', rows, 0, 2 ** 31 - 1);
   const c = checkInt('cols', cols, 0, 2 ** 31 - 1);
@@ -71,6 +70,11 @@ export async function linearAssignmentAsync(cost: Float64Array, rows: number, co
   return { rowToCol, colToRow, total };
 }
 
+/**
+ * Solves min (or max) sum_i cost[i, rowToCol[i]] over one-to-one matchings that assign every row
+ * of the smaller side. `cost` is row-major [rows, cols] and is not modified. Synchronous, in JS:
+ * for small problems; linearAssignmentAsync solves the same problem natively off the JS thread.
+ */
 export function linearAssignment(cost: Float64Array, rows: number, cols: number, options?: AssignmentOptions): AssignmentResult {
   const { r, c, maximize } = checkAssignment(cost, rows, cols, options);
   const rowToCol = new Int32Array(r).fill(-1);

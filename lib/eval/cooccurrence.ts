@@ -32,6 +32,7 @@ const COOC_RESULT_OPTIONS = optionNames<CooccurrenceResultOptions>({ top: true, 
 /** Largest numLatents for dense pair counts and for the dense phi matrix. */
 export const COOCCURRENCE_DENSE_MAX = 4096;
 
+/** Options of the accumulation: chunk length, activity threshold, partial last chunk. */
 export interface CooccurrenceOptions {
   /** Tokens per chunk. Default 256. */
   chunkTokens?: number;
@@ -41,21 +42,34 @@ export interface CooccurrenceOptions {
   dropPartial?: boolean;
 }
 
-/** One batch of top-k style sparse codes: token r has values/indices [r * k, (r + 1) * k). */
-export interface SparseCodes {
+/**
+ * One batch of top-k style sparse codes: token r has values/indices [r * k, (r + 1) * k). An
+ * SAE's codes (SparseCodes, from sae.encode or sae.forward) are one.
+ */
+export interface CooccurrenceCodes {
+  /** Tokens in the batch. */
   rows: number;
+  /** Codes per token. */
   k: number;
+  /** [rows * k] code values; a latent counts as active where its value is > threshold. */
   values: Float32Array;
+  /** [rows * k] latent indices. */
   indices: Int32Array;
 }
 
+/** A pair of latents that co-occurred, i < j. */
 export interface CooccurrencePair {
+  /** The first latent. */
   i: number;
+  /** The second latent. */
   j: number;
+  /** Chunks in which both were active (C_ij). */
   count: number;
+  /** Their phi coefficient over chunks. */
   phi: number;
 }
 
+/** The co-occurrence statistics: chunk counts and the top pairs by phi. */
 export interface CooccurrenceResult {
   /** Number of chunks T. */
   chunks: number;
@@ -67,6 +81,7 @@ export interface CooccurrenceResult {
   phi?: Float64Array;
 }
 
+/** Options of result() (and cooccurrence()): how many top pairs, and whether to add the dense phi matrix. */
 export interface CooccurrenceResultOptions {
   /** Number of pairs in `top`. Default 100. */
   top?: number;
@@ -84,9 +99,13 @@ export function phiCoefficient(T: number, cij: number, cii: number, cjj: number)
 
 /** Streams sparse codes and accumulates per-chunk co-occurrence counts. */
 export class CooccurrenceAccumulator {
+  /** Latents of the codes (indices in [0, numLatents)). */
   readonly numLatents: number;
+  /** Tokens per chunk. */
   readonly chunkTokens: number;
+  /** A latent is active in a chunk if some token's value is > threshold. */
   readonly threshold: number;
+  /** Whether result() drops a trailing partial chunk. */
   readonly dropPartial: boolean;
   #chunks = 0;
   #active: Float64Array;
@@ -114,7 +133,7 @@ export class CooccurrenceAccumulator {
   }
 
   /** Adds a batch of tokens; chunks continue across calls. */
-  add(codes: SparseCodes): void {
+  add(codes: CooccurrenceCodes): void {
     if (codes === null || typeof codes !== 'object') throw argError('codes', 'an object { rows, k, values, indices }', codes);
     const rows = checkInt('codes.rows', codes.rows, 0, 2 ** 31);
     const k = checkInt('codes.k', codes.k, 0, this.numLatents);
@@ -286,7 +305,7 @@ class TopHeap {
 
 /** What cooccurrence() reads: sparse codes already computed, or an SAE and a source to encode. */
 export type CooccurrenceInput =
-  | { numLatents: number; codes: SparseCodes | SparseCodes[] }
+  | { numLatents: number; codes: CooccurrenceCodes | CooccurrenceCodes[] }
   | { sae: SparseAutoencoder; source: ActivationSource; maxTokens?: number; batchSize?: number };
 
 /**

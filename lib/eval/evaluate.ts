@@ -56,6 +56,7 @@ import { maxCosine } from './geometry.js';
 export { maxCosine } from './geometry.js';
 export type { MaxCosineOptions } from './geometry.js';
 
+/** Options of evaluate(): how many tokens, the batch size, and which optional parts to compute. */
 export interface EvaluateOptions {
   /** Tokens (rows) to read at most; Infinity reads the whole source. Default 1,000,000. */
   maxTokens?: number;
@@ -74,6 +75,7 @@ export interface EvaluateOptions {
   onProgress?: (tokens: number) => void;
 }
 
+/** The labelled legacy / SAEBench variants evaluate() adds with `compat: true` (see the module comment). */
 export interface EvaluateCompat {
   /** SAELens legacy: mean over tokens of 1 - ||x - x_hat||^2 / ||x - mean_batch x||^2 (per batchSize batch). */
   explained_variance_legacy: number;
@@ -83,27 +85,48 @@ export interface EvaluateCompat {
   mse_saebench?: number;
 }
 
+/**
+ * What evaluate() returns, with SAELens / SAEBench field names; every statistic is defined in the
+ * module comment (N tokens, x a token's activation, x_hat its reconstruction, f its codes).
+ */
 export interface EvaluateResult {
   /** Tokens evaluated. */
   tokens: number;
+  /** Mean over tokens of ||x - x_hat||^2. */
   mse: number;
+  /** Fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean x||^2 (mean over all tokens). */
   fvu: number;
+  /** 1 - fvu. */
   explained_variance: number;
+  /** Mean over tokens of cos(x, x_hat) (0 where either norm is 0). */
   cossim: number;
+  /** Mean over tokens of ||x_hat|| / ||x|| (rows with ||x|| < 1e-4 divided by 1, as SAELens). */
   l2_ratio: number;
+  /** sum ||x_hat||^2 / sum <x, x_hat> (Gated SAE eq. 10). */
   relative_reconstruction_bias: number;
+  /** Mean number of nonzero codes per token. */
   l0: number;
+  /** Mean sum of |codes| per token. */
   l1: number;
   /** [numLatents] fraction of tokens where each latent is nonzero. */
   feature_density: Float64Array;
+  /** Fraction of latents that never fired (1 - SAEBench frac_alive). */
   dead_fraction: number;
+  /** Fraction of latents with density > 0.01. */
   dense_fraction_1pct: number;
+  /** Fraction of latents with density > 0.1. */
   dense_fraction_10pct: number;
+  /** Counts of log10(density) of the latents that fired, in histogramBins equal bins; `edges` has bins + 1 entries. */
   log10_density_histogram: { edges: number[]; counts: number[] };
+  /** [numLatents] each encoder vector's maximum cosine to any other (with `geometry`, the default). */
   max_cos_enc?: Float64Array;
+  /** [numLatents] each decoder row's maximum cosine to any other (with `geometry`). */
   max_cos_dec?: Float64Array;
+  /** Mean of max_cos_enc. */
   mean_max_cos_enc?: number;
+  /** Mean of max_cos_dec. */
   mean_max_cos_dec?: number;
+  /** The labelled variants, with `compat: true`. */
   compat?: EvaluateCompat;
 }
 

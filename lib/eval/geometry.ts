@@ -22,6 +22,7 @@ import { checkInt, checkOptions, optionNames } from '../validate.js';
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const MAX_COSINE_OPTIONS = optionNames<MaxCosineOptions>({ chunk: true });
 
+/** Options of maxCosine(). */
 export interface MaxCosineOptions {
   /**
    * Rows per GEMM. Default: min(2048, max(1, floor(2^25 / n))), so one cosine block holds at most

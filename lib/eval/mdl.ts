@@ -28,6 +28,7 @@ import { checkInt, checkOptions, optionNames } from '../validate.js';
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const DL_OPTIONS = optionNames<DescriptionLengthOptions>({ maxTokens: true, batchSize: true, mseBound: true, compat: true });
 
+/** Options of descriptionLength(). */
 export interface DescriptionLengthOptions {
   /** Tokens to measure on (kept in memory with their codes). Default 65536. */
   maxTokens?: number;
@@ -39,18 +40,23 @@ export interface DescriptionLengthOptions {
   compat?: boolean;
 }
 
+/** What descriptionLength() returns: bits per token, their parts, the quantisation and its MSE. */
 export interface DescriptionLengthResult {
+  /** Tokens measured. */
   tokens: number;
   /** Description length in bits per token (paper form). */
   bitsPerToken: number;
-  /** Its two parts: which latents are active, and their values. */
+  /** Its first part: which latents are active (bits per token). */
   bernoulliBits: number;
+  /** Its second part: their quantised values (bits per token). */
   valueBits: number;
   /** The chosen quantisation bin width. */
   precision: number;
-  /** MSE with unquantised codes, with quantised codes, and the bound. */
+  /** MSE with unquantised codes. */
   mseUnquantized: number;
+  /** MSE with the quantised codes (at most mseBound). */
   mse: number;
+  /** The distortion bound used. */
   mseBound: number;
   /** SAEBench's variant for num_bins 4, 6, 8, 12, 16, 32. */
   compat?: { numBins: number; bitsPerToken: number; rmsePerDim: number; valid: boolean }[];

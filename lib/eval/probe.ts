@@ -25,6 +25,7 @@ import { checkBool, checkInt, checkOptions, checkSeed, optionNames } from '../va
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const PROBE_OPTIONS = optionNames<SparseProbeOptions>({ m: true, k: true, testFraction: true, seed: true, C: true, standardize: true });
 
+/** Options of sparseProbe(). */
 export interface SparseProbeOptions {
   /** Number of latents (columns of features). */
   m: number;
@@ -40,17 +41,23 @@ export interface SparseProbeOptions {
   standardize?: boolean;
 }
 
+/** One probe of sparseProbe(): its size, latents, test scores and fitted weights. */
 export interface SparseProbeResult {
+  /** Latents in the probe. */
   k: number;
   /** The k latents used, best-ranked first. */
   latents: number[];
+  /** Test-split accuracy. */
   accuracy: number;
+  /** Test-split F1 of the positive class (label 1). */
   f1: number;
   /** Fitted weights on the standardised (or, with standardize false, raw) features, same order as latents, and the intercept. */
   weights: number[];
+  /** The fitted intercept. */
   intercept: number;
 }
 
+/** An L2-regularised logistic regression fitted by fitLogistic(). */
 export interface LogisticFit {
   /** Weights (length p). */
   w: Float64Array;

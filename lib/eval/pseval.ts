@@ -17,12 +17,17 @@
  */
 import { argError, SaekitError } from '../errors.js';
 
+/** One WiC pair: the SAE activations [numLatents] of the target word in two contexts, and the label. */
 export interface PsEvalPair {
+  /** Activations in the first context. */
   a: Float32Array;
+  /** Activations in the second context. */
   b: Float32Array;
+  /** true: same meaning (label 1); false: different meaning (label 0). */
   same: boolean;
 }
 
+/** Confusion counts and metrics of psEval() (positive class: same meaning; a 0/0 metric is NaN). */
 export interface PsEvalResult {
   tp: number;
   fp: number;

@@ -18,6 +18,7 @@ const MCC_OPTIONS = optionNames<MccOptions>({ d: true, similarity: true });
 /** Which similarity the maximum or the matching uses: signed cosine or its absolute value. */
 export type Similarity = 'cos' | 'abs-cos';
 
+/** Options of mmcs(). */
 export interface MmcsOptions {
   /** Row length of both matrices. */
   d: number;
@@ -35,6 +36,7 @@ export interface MmcsOptions {
   similarity?: Similarity;
 }
 
+/** What mmcs() returns: the mean best similarity, and each row's best similarity and match. */
 export interface MmcsResult {
   /** Mean over the source rows of their best similarity. */
   mean: number;
@@ -44,6 +46,7 @@ export interface MmcsResult {
   best: Int32Array;
 }
 
+/** Options of mcc(). */
 export interface MccOptions {
   /** Row length of both matrices. */
   d: number;
@@ -55,6 +58,7 @@ export interface MccOptions {
   similarity?: Similarity;
 }
 
+/** What mcc() returns: the mean matched similarity and the one-to-one matching. */
 export interface MccResult {
   /** Mean similarity over the min(nLearned, nTruth) matched pairs. */
   mean: number;

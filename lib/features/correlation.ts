@@ -42,6 +42,7 @@ import { tensor, type Device } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
 import { checkBool, checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
+/** Options of correlation(). */
 export interface CorrelationOptions {
   /** 'codes' (default), 'preacts' (pre-activations before the activation) or 'dense' (the rows themselves). */
   kind?: 'codes' | 'preacts' | 'dense';
@@ -80,6 +81,7 @@ const CORRELATION_OPTIONS = optionNames<CorrelationOptions>({
   kind: true, maxTokens: true, batchSize: true, mask: true, maxBytes: true, output: true, top: true, reverse: true, device: true, onProgress: true,
 });
 
+/** One side of correlation(): an SAE (except for kind 'dense') and the rows it reads. */
 export interface CorrelationSide {
   /** The SAE whose features are correlated; omit for kind 'dense'. */
   sae?: SparseAutoencoder;
@@ -97,30 +99,41 @@ export interface CorrelationTop {
   r: Float32Array;
 }
 
-interface CorrelationCommon {
+/** What both forms of a correlation() result hold besides r. */
+export interface CorrelationCommon {
+  /** Features of A. */
   nA: number;
+  /** Features of B. */
   nB: number;
+  /** Tokens used (masked-out ones excluded). */
   tokens: number;
-  /** 1 where the feature was constant over the sample (its r is 0). */
+  /** [nA] 1 where the feature of A was constant over the sample (its r is 0). */
   constantA: Uint8Array;
+  /** [nB] 1 where the feature of B was constant over the sample (its r is 0). */
   constantB: Uint8Array;
-  /** Tokens on which each feature was nonzero (codes) / counted (dense). */
+  /** [nA] tokens on which each feature of A was nonzero (codes) / counted (dense). */
   activeA: Float64Array;
+  /** [nB] the same for B. */
   activeB: Float64Array;
 }
 
 /** The full matrix. */
 export interface CorrelationMatrix extends CorrelationCommon {
+  /** 'full': r holds the whole matrix. */
   mode: 'full';
   /** [nA, nB] row-major Pearson r. */
   r: Float32Array;
+  /** Absent in full mode. */
   top?: undefined;
+  /** Absent in full mode. */
   reverse?: undefined;
 }
 
 /** Top matches only (the matrix was over maxBytes, or output 'top'). */
 export interface CorrelationTopMatches extends CorrelationCommon {
+  /** 'top': only the best matches are kept. */
   mode: 'top';
+  /** Absent in top mode. */
   r?: undefined;
   /** For every B feature ([nB, k]) its best A features. */
   top: CorrelationTop;
@@ -128,6 +141,7 @@ export interface CorrelationTopMatches extends CorrelationCommon {
   reverse?: CorrelationTop;
 }
 
+/** What correlation() returns: the full matrix or the top matches (tell them apart by `mode`). */
 export type CorrelationResult = CorrelationMatrix | CorrelationTopMatches;
 
 function width(side: CorrelationSide, kind: string, dIn: number): number {

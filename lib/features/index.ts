@@ -6,6 +6,6 @@
 export { match, saeMatch, composeMatches, foldWeights } from './match.js';
 export type { MatchMethod, MatchOptions, MatchPair, MatchResult, SaeMatchOptions, SaeMatchResult } from './match.js';
 export { svcca, rsa, cka, permutationTest } from './similarity.js';
-export type { SvccaOptions, SvccaResult, RsaOptions, CkaOptions, PermutationOptions, PermutationResult } from './similarity.js';
+export type { Matrix, SvccaOptions, SvccaResult, RsaOptions, CkaOptions, PermutationOptions, PermutationResult } from './similarity.js';
 export { correlation } from './correlation.js';
-export type { CorrelationOptions, CorrelationSide, CorrelationResult, CorrelationMatrix, CorrelationTopMatches, CorrelationTop } from './correlation.js';
+export type { CorrelationCommon, CorrelationOptions, CorrelationSide, CorrelationResult, CorrelationMatrix, CorrelationTopMatches, CorrelationTop } from './correlation.js';

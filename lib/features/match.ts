@@ -24,8 +24,10 @@ import { matmul } from '../tensor/ops.js';
 import type { CorrelationResult, CorrelationTopMatches } from './correlation.js';
 import { checkBool, checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
+/** How match() pairs features (see the module comment). */
 export type MatchMethod = 'argmax' | 'mutual' | 'hungarian';
 
+/** Options of match(). */
 export interface MatchOptions {
   /** Number of features of A (rows of corr); taken from a correlation() result when given one. */
   nA?: number;
@@ -44,12 +46,17 @@ export interface MatchOptions {
   top?: number;
 }
 
+/** A matched pair: feature a of A, feature b of B and their score (corr[a, b]). */
 export interface MatchPair {
+  /** Feature of A (row of corr). */
   a: number;
+  /** Feature of B (column of corr). */
   b: number;
+  /** corr[a, b]. */
   score: number;
 }
 
+/** What match() returns: the kept pairs, each B feature's match and the mean score. */
 export interface MatchResult {
   /** Kept pairs, ordered by a, then b. */
   pairs: MatchPair[];
@@ -217,6 +224,7 @@ async function hungarianPairs(corr: Float32Array | Float64Array, nA: number, nB:
   return pairs;
 }
 
+/** Options of saeMatch(). */
 export interface SaeMatchOptions {
   /**
    * Fold JumpReLU thresholds into the weights before matching (methods.md §3): encoder columns
@@ -228,6 +236,7 @@ export interface SaeMatchOptions {
   encoder?: boolean;
 }
 
+/** What saeMatch() returns: the permutation from A's latents to B's and the per-pair MSE. */
 export interface SaeMatchResult {
   /** [numLatents] for each latent of A, the matched latent of B. */
   permutation: Int32Array;

@@ -50,11 +50,16 @@ const RSA_OPTIONS = optionNames<RsaOptions>({ n: true, dA: true, dB: true, inner
 const CKA_OPTIONS = optionNames<CkaOptions>({ n: true, dA: true, dB: true });
 const PERMUTATION_OPTIONS = optionNames<PermutationOptions>({ n: true, dB: true, runs: true, seed: true });
 
-type Matrix = Float32Array | Float64Array;
+/** A row-major [n, d] matrix (n observations of width d), float32 or float64. */
+export type Matrix = Float32Array | Float64Array;
 
+/** Options of svcca(): the shapes, the variance kept, the compat mode. */
 export interface SvccaOptions {
+  /** Observations (rows of A and B); must exceed dA and dB. */
   n: number;
+  /** Width of A. */
   dA: number;
+  /** Width of B. */
   dB: number;
   /** Share of variance kept in (0, 1) (default 0.99), or an integer >= 1: that many directions. */
   keep?: number;
@@ -62,42 +67,63 @@ export interface SvccaOptions {
   compat?: 'univ-feat-geom';
 }
 
+/** What svcca() returns: the mean canonical correlation, the correlations and the directions kept. */
 export interface SvccaResult {
   /** Mean canonical correlation. */
   score: number;
   /** Canonical correlations, min(keptA, keptB) of them, descending, in [0, 1]. */
   correlations: Float64Array;
-  /** Directions kept on each side. */
+  /** Directions kept on A's side. */
   keptA: number;
+  /** Directions kept on B's side. */
   keptB: number;
   /** 'svcca' for the correct method, 'univ-feat-geom' for the compat mode. */
   mode: 'svcca' | 'univ-feat-geom';
 }
 
+/** Options of rsa(): the shapes and the two measures. */
 export interface RsaOptions {
+  /** Observations (rows of A and B). */
   n: number;
+  /** Width of A. */
   dA: number;
+  /** Width of B. */
   dB: number;
+  /** Dissimilarity between rows: 'correlation' (default, 1 - Pearson r), 'cosine' (1 - cosine) or 'euclidean'. */
   inner?: 'correlation' | 'cosine' | 'euclidean';
+  /** Comparison of the two dissimilarity triangles: 'spearman' (default) or 'pearson'. */
   outer?: 'spearman' | 'pearson';
 }
 
+/** Options of cka(): the shapes. */
 export interface CkaOptions {
+  /** Observations (rows of A and B). */
   n: number;
+  /** Width of A. */
   dA: number;
+  /** Width of B. */
   dB: number;
 }
 
+/** Options of permutationTest(). */
 export interface PermutationOptions {
+  /** Observations (rows of A and B). */
   n: number;
+  /** Width of B (the side whose rows are permuted). */
   dB: number;
+  /** Shuffled runs. Default 100. */
   runs?: number;
+  /** Seed of the row permutations. Default 0. */
   seed?: number | bigint;
 }
 
+/** What permutationTest() returns. */
 export interface PermutationResult {
+  /** score(A, B) on the rows as given. */
   score: number;
+  /** The score of each run with B's rows permuted (empty when score is NaN). */
   shuffled: Float64Array;
+  /** (1 + #{shuffled >= score}) / (1 + runs); NaN when score is NaN. */
   pValue: number;
 }
 

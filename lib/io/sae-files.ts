@@ -21,6 +21,7 @@ import { readNpz } from './npz.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
 
+/** The SAE file layouts readSaeFiles reads (writeSaeFiles writes the first two). */
 export type SaeFileFormat = 'saelens' | 'sparsify' | 'gemma-scope';
 
 /** What a file says about the model, normalised. */
@@ -47,6 +48,7 @@ export interface SaeFileWeights {
   threshold?: Float32Array;
 }
 
+/** What readSaeFiles returns: the normalised config and the float32 weights. */
 export interface SaeFiles {
   config: SaeFileConfig;
   weights: SaeFileWeights;
@@ -491,6 +493,7 @@ export async function readSaeFiles(pathOrDir: string): Promise<SaeFiles> {
   return readGemmaScope(weights);
 }
 
+/** Options of writeSaeFiles: the layout, the stored dtype and extra metadata. */
 export interface WriteSaeOptions {
   /** 'saelens' (default: SAELens, SAEBench and Neuronpedia load it) or 'sparsify'. */
   format?: 'saelens' | 'sparsify';

@@ -59,6 +59,7 @@ export interface NativeSae {
     x: Float32Array | NativeTensor,
     deadMask: Uint8Array | null,
     alpha: number,
+    variant?: 'sparsify' | 'paper',
   ): Promise<NativeSaeWeights & { loss: number; fvu: number; auxkLoss: number }>;
   sinceFired(): Promise<Float64Array>;
   setWeight(name: 'W_enc' | 'b_enc' | 'W_dec' | 'b_dec', values: Float32Array): void;
@@ -88,6 +89,7 @@ export interface NativeAdam {
     lr: number,
     auxkAlpha: number,
     deadThresholdTokens: number,
+    auxkVariant?: 'sparsify' | 'paper',
   ): Promise<{
     loss: number;
     fvu: number;

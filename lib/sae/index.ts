@@ -90,6 +90,7 @@ export interface PlacementOptions {
   precision?: 'fp32' | 'tf32' | 'bf16';
 }
 
+/** SparseAutoencoder.create options: the shape, the initial decoder's seed and the placement. */
 export interface CreateOptions extends PlacementOptions {
   /** Input width (d_in). */
   dIn: number;
@@ -101,15 +102,32 @@ export interface CreateOptions extends PlacementOptions {
   seed?: number | bigint;
 }
 
+/**
+ * Which AuxK loss (the libraries disagree). Both take, per row, the top kAux = min(dIn / 2,
+ * numDead) dead latents by post-ReLU pre-activation and reconstruct the residual e = x - x_hat
+ * (no gradient flows through e) from them:
+ * - `'sparsify'` (default; EleutherAI sparsify's, and what issue 3 specified): the reconstruction
+ *   includes b_dec (so b_dec gets an AuxK gradient), the squared error is divided by the batch's
+ *   total variance of x (as the FVU) and scaled by min(numDead / (dIn / 2), 1).
+ * - `'paper'`: Gao et al. 2024's form, as OpenAI's code and dictionary_learning compute it: the
+ *   reconstruction has no b_dec, and the squared error is divided by the residual's own batch
+ *   variance `sum ||e - mean(e)||^2`, with no scale (0 when the residual does not vary).
+ */
+export type AuxKVariant = 'sparsify' | 'paper';
+
+/** The AuxK term of sae.gradients(): which latents are dead, its weight and its form. */
 export interface AuxKOptions {
   /** [numLatents] 1 where a latent counts as dead. */
   deadMask: Uint8Array;
   /** Weight of the AuxK term in the loss. Default 1/32. */
   alpha?: number;
+  /** Which AuxK loss. Default 'sparsify'. */
+  variant?: AuxKVariant;
 }
 
+/** sae.gradients() options. */
 export interface GradientOptions {
-  /** Add sparsify's AuxK loss over the given dead latents. */
+  /** Add the AuxK loss over the given dead latents. */
   auxk?: AuxKOptions;
 }
 
@@ -122,6 +140,7 @@ export interface Gradients {
   grads: SaeWeights;
 }
 
+/** sae.adam() options: Adam's hyper-parameters (PyTorch's names and defaults). */
 export interface AdamOptions {
   /** Learning rate. Default 2e-4 / sqrt(numLatents / 2^14) (sparsify's and dictionary_learning's scaling). */
   lr?: number;
@@ -133,11 +152,14 @@ export interface AdamOptions {
   eps?: number;
 }
 
+/** AdamOptimizer.step options, per step. */
 export interface StepOptions {
   /** Learning rate for this step (for schedules). Default: the optimizer's. */
   lr?: number;
   /** Weight of the AuxK loss. Default 1/32. 0 turns AuxK off. */
   auxkAlpha?: number;
+  /** Which AuxK loss (see AuxKVariant). Default 'sparsify'. */
+  auxkVariant?: AuxKVariant;
   /** A latent is dead when more than this many tokens passed since it last fired. Default 10,000,000. */
   deadThresholdTokens?: number;
 }
@@ -150,9 +172,10 @@ const CREATE_OPTIONS = optionNames<CreateOptions>({ dIn: true, numLatents: true,
 const FROM_WEIGHTS_OPTIONS = optionNames<FromWeightsOptions>({ k: true, architecture: true, applyBDecToInput: true, device: true, precision: true });
 const WRITE_SAE_OPTIONS = optionNames<WriteSaeOptions>({ format: true, dtype: true, metadata: true });
 const ADAM_OPTIONS = optionNames<AdamOptions>({ lr: true, beta1: true, beta2: true, eps: true });
-const STEP_OPTIONS = optionNames<StepOptions>({ lr: true, auxkAlpha: true, deadThresholdTokens: true });
+const STEP_OPTIONS = optionNames<StepOptions>({ lr: true, auxkAlpha: true, auxkVariant: true, deadThresholdTokens: true });
 const GRADIENT_OPTIONS = optionNames<GradientOptions>({ auxk: true });
-const AUXK_OPTIONS = optionNames<AuxKOptions>({ deadMask: true, alpha: true });
+const AUXK_OPTIONS = optionNames<AuxKOptions>({ deadMask: true, alpha: true, variant: true });
+const AUXK_VARIANTS = ['sparsify', 'paper'] as const;
 const PREFETCH_OPTIONS = optionNames<PrefetchOptions>({ scale: true });
 
 /** AdamOptimizer.prefetch options. */
@@ -425,6 +448,7 @@ export class SparseAutoencoder {
     const o = checkOptions('options', options, GRADIENT_OPTIONS);
     let mask: Uint8Array | null = null;
     let alpha = 0;
+    let variant: AuxKVariant = 'sparsify';
     if (o.auxk !== undefined) {
       const a = checkOptions('options.auxk', o.auxk, AUXK_OPTIONS);
       if (!(a.deadMask instanceof Uint8Array) || a.deadMask.length !== this.numLatents) {
@@ -432,8 +456,9 @@ export class SparseAutoencoder {
       }
       mask = a.deadMask;
       alpha = a.alpha === undefined ? DEFAULT_AUXK_ALPHA : checkNumber('options.auxk.alpha', a.alpha, 0, Infinity);
+      if (a.variant !== undefined) variant = checkOneOf('options.auxk.variant', a.variant, AUXK_VARIANTS);
     }
-    const r = await settleNative(afterPlacement(this, callNative(() => this.handle().gradients(this.rows(x), mask, alpha))), site);
+    const r = await settleNative(afterPlacement(this, callNative(() => this.handle().gradients(this.rows(x), mask, alpha, variant))), site);
     return {
       loss: r.loss,
       fvu: r.fvu,
@@ -490,7 +515,7 @@ export class SparseAutoencoder {
     const beta2 = o.beta2 === undefined ? 0.999 : checkNumber('options.beta2', o.beta2, 0, 0.99999999);
     const eps = o.eps === undefined ? 1e-8 : checkNumber('options.eps', o.eps, 0, Infinity, true);
     const h = callNative(() => this.handle().adam(lr, beta1, beta2, eps));
-    const opt = new AdamOptimizer(h, this, lr);
+    const opt = new AdamConstructor(h, this, lr);
     let mine = optimizers.get(this);
     if (!mine) optimizers.set(this, (mine = new Set()));
     for (const r of mine) if (!r.deref()) mine.delete(r);
@@ -525,8 +550,8 @@ export class PrefetchedBatch {
   #h: NativePrefetched | null;
   readonly #owner: NativeAdam;
 
-  /** @internal Use opt.prefetch(x). */
-  constructor(h: NativePrefetched, owner: NativeAdam, rows: number) {
+  /** Not for users: opt.prefetch(x) makes batches. Private, so `new PrefetchedBatch()` does not compile. */
+  private constructor(h: NativePrefetched, owner: NativeAdam, rows: number) {
     this.#h = h;
     this.#owner = owner;
     this.rows = rows;
@@ -573,8 +598,8 @@ export class AdamOptimizer {
   readonly lr: number;
   private readonly h: NativeAdam;
 
-  /** @internal Use sae.adam(). */
-  constructor(h: NativeAdam, sae: SparseAutoencoder, lr: number) {
+  /** Not for users: sae.adam() makes optimizers. Private, so `new AdamOptimizer()` does not compile. */
+  private constructor(h: NativeAdam, sae: SparseAutoencoder, lr: number) {
     this.h = h;
     this.sae = sae;
     this.lr = lr;
@@ -599,7 +624,7 @@ export class AdamOptimizer {
     const o = checkOptions('options', options, PREFETCH_OPTIONS);
     const scale = o.scale === undefined ? 1 : checkNumber('options.scale', o.scale, 0, 1e30, true);
     const rows = rowsArg(this.sae.dIn, x) as Float32Array;
-    return new PrefetchedBatch(callNative(() => this.h.prefetch(rows, scale)), this.h, rows.length / this.sae.dIn);
+    return new PrefetchedConstructor(callNative(() => this.h.prefetch(rows, scale)), this.h, rows.length / this.sae.dIn);
   }
 
   /**
@@ -621,7 +646,7 @@ export class AdamOptimizer {
   _prefetchBorrowed(x: Float32Array): PrefetchedBatch {
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
     const rows = rowsArg(this.sae.dIn, x) as Float32Array;
-    return new PrefetchedBatch(callNative(() => this.h.prefetch(rows, 1, true)), this.h, rows.length / this.sae.dIn);
+    return new PrefetchedConstructor(callNative(() => this.h.prefetch(rows, 1, true)), this.h, rows.length / this.sae.dIn);
   }
 
   /** @internal Whether `_pinnedArray` gives page-locked memory (a device that prefetches). */
@@ -646,11 +671,12 @@ export class AdamOptimizer {
     const alpha = o.auxkAlpha === undefined ? DEFAULT_AUXK_ALPHA : checkNumber('options.auxkAlpha', o.auxkAlpha, 0, Infinity);
     const threshold =
       o.deadThresholdTokens === undefined ? DEFAULT_DEAD_THRESHOLD : checkNumber('options.deadThresholdTokens', o.deadThresholdTokens, 0, Infinity);
+    const variant = o.auxkVariant === undefined ? 'sparsify' : checkOneOf('options.auxkVariant', o.auxkVariant, AUXK_VARIANTS);
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
     if (x instanceof PrefetchedBatch && x.owner !== this.h) throw argError('x', 'a batch prefetched by this optimizer', x);
     if (this.sae.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this optimizer was disposed');
     const rows = x instanceof PrefetchedBatch ? x.take() : rowsArg(this.sae.dIn, x);
-    return settleNative(afterPlacement(this.sae, callNative(() => this.h.step(rows, lr, alpha, threshold))), site);
+    return settleNative(afterPlacement(this.sae, callNative(() => this.h.step(rows, lr, alpha, threshold, variant))), site);
   }
 
   /**
@@ -680,3 +706,7 @@ export class AdamOptimizer {
     this.dispose();
   }
 }
+
+// The private constructors, for this module's own use.
+const PrefetchedConstructor = PrefetchedBatch as unknown as new (h: NativePrefetched, owner: NativeAdam, rows: number) => PrefetchedBatch;
+const AdamConstructor = AdamOptimizer as unknown as new (h: NativeAdam, sae: SparseAutoencoder, lr: number) => AdamOptimizer;

@@ -33,6 +33,7 @@ const RANDOM_OPTIONS = optionNames<RandomOptions<'float32'>>({ seed: true, strea
 
 /** Element types. */
 export type DType = 'float32' | 'bfloat16' | 'float16' | 'int32';
+/** Every DType, in a fixed order. */
 export const DTYPES: readonly DType[] = ['float32', 'bfloat16', 'float16', 'int32'];
 
 /** The TypedArray that holds a dtype's values (raw bits for the 16-bit floats). */
@@ -45,8 +46,11 @@ const handles = new WeakMap<Tensor, NativeTensor>();
 
 /** A dense, row-major tensor in native memory. Free it with `dispose()` or `using`. */
 export class Tensor<D extends DType = DType> {
-  /** @internal Use tensor(), zeros(), randn() or rand() to make tensors. */
-  constructor(handle: NativeTensor, secret: symbol) {
+  /**
+   * Not for users: tensor(), zeros(), randn() and rand() make tensors. Private, so that
+   * `new Tensor()` is a compile error for consumers (the declaration keeps `private constructor()`).
+   */
+  private constructor(handle: NativeTensor, secret: symbol) {
     if (secret !== INTERNAL) throw new SaekitError('ERR_SAEKIT_ARG', 'Tensor cannot be constructed directly; use tensor(), zeros(), randn() or rand()');
     handles.set(this, handle);
     this.dtype = handle.dtype as D;
@@ -111,10 +115,12 @@ export class Tensor<D extends DType = DType> {
     handles.get(this)?.dispose();
   }
 
+  /** dispose(), for `using`. */
   [Symbol.dispose](): void {
     this.dispose();
   }
 
+  /** `Tensor(dtype, [shape], device)`, plus `, disposed` once disposed. */
   toString(): string {
     return `Tensor(${this.dtype}, [${this.shape.join(', ')}], ${this.device}${this.disposed ? ', disposed' : ''})`;
   }
@@ -132,9 +138,12 @@ export function handleOf(t: unknown, name: string, allowDisposed = false): Nativ
   return h;
 }
 
+/** The constructor, which is private to keep it out of consumers' reach. */
+const TensorConstructor = Tensor as unknown as new <D extends DType>(handle: NativeTensor, secret: symbol) => Tensor<D>;
+
 /** @internal Wraps a native handle (for other lib/ modules). */
 export function wrapHandle<D extends DType>(h: NativeTensor): Tensor<D> {
-  return new Tensor<D>(h, INTERNAL);
+  return new TensorConstructor<D>(h, INTERNAL);
 }
 
 /** Nested arrays of numbers, e.g. [[1, 2], [3, 4]]. */
@@ -143,6 +152,7 @@ export type NestedNumbers = number | readonly NestedNumbers[];
 /** Data tensor() accepts. */
 export type TensorData = Float32Array | Float64Array | Uint16Array | Int32Array | readonly NestedNumbers[];
 
+/** Options of tensor(): the dtype and the device. */
 export interface TensorOptions<D extends DType = DType> {
   /**
    * The tensor's dtype. Default: 'int32' for an Int32Array, otherwise 'float32'. A Uint16Array
@@ -237,7 +247,7 @@ export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: re
       `Expected data of length ${shapeSize(s)} for shape [${s.join(', ')}] but received length ${raw.length}`,
     );
   }
-  return new Tensor<D>(callNative(() => native().fromArray(raw, s, rawType, dtype as DType, device)), INTERNAL);
+  return wrapHandle<D>(callNative(() => native().fromArray(raw, s, rawType, dtype as DType, device)));
 }
 
 /** Options of zeros(). */
@@ -254,7 +264,7 @@ export function zeros<D extends DType = 'float32'>(shape: readonly number[], opt
   const s = checkShape('shape', shape);
   const dtype = opts.dtype === undefined ? 'float32' : checkOneOf('options.dtype', opts.dtype, DTYPES, 'ERR_SAEKIT_DTYPE');
   const device = deviceName(resolveDevice('options.device', opts.device));
-  return new Tensor<D>(callNative(() => native().zeros(s, dtype, device)), INTERNAL);
+  return wrapHandle<D>(callNative(() => native().zeros(s, dtype, device)));
 }
 
 /** Options of randn() and rand(). */
@@ -285,7 +295,7 @@ function randomTensor<D extends 'float32' | 'bfloat16' | 'float16'>(
   const stream = opts.stream === undefined ? 0n : checkSeed('options.stream', opts.stream);
   const dtype = opts.dtype === undefined ? 'float32' : checkOneOf('options.dtype', opts.dtype, FLOAT_DTYPES, 'ERR_SAEKIT_DTYPE');
   const device = deviceName(resolveDevice('options.device', opts.device));
-  return new Tensor<D>(callNative(() => native().random(s, dtype, kind, seed, stream, device)), INTERNAL);
+  return wrapHandle<D>(callNative(() => native().random(s, dtype, kind, seed, stream, device)));
 }
 
 /**

@@ -7,10 +7,10 @@
  *   0 over the last 20% (`decay: 'linear'`, `decayFraction`; like dictionary_learning's
  *   `decay_start`, which is off by default there). sparsify's schedule, a linear decay over all
  *   the steps after warmup, is `decay: 'linear-after-warmup'`.
- * - AuxK as in sparsify (native/cpu/sae_topk.cpp): the dead latents' reconstruction includes
- *   b_dec and the loss is normalised by the batch's total variance; Gao et al. / OpenAI and
- *   dictionary_learning reconstruct the residual without b_dec and normalise by its own variance.
- *   alpha 1/32 (theirs; sparsify's default is 0), over latents dead for 10M tokens. A latent
+ * - AuxK as in sparsify by default (native/cpu/sae_topk.cpp): the dead latents' reconstruction
+ *   includes b_dec and the loss is normalised by the batch's total variance; Gao et al. / OpenAI
+ *   and dictionary_learning reconstruct the residual without b_dec and normalise by its own
+ *   variance, which `auxkVariant: 'paper'` gives (see AuxKVariant). alpha 1/32 (theirs; sparsify's default is 0), over latents dead for 10M tokens. A latent
  *   counts as fired when its activation is positive (sparsify and dictionary_learning count any
  *   top-k index, which differs only in rows with fewer than k positive pre-activations).
  * - b_dec at the geometric median of the first batch.
@@ -36,7 +36,7 @@ import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.j
 import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
-import type { AdamOptimizer, PrefetchedBatch, SparseAutoencoder, StepStats } from '../sae/index.js';
+import type { AdamOptimizer, AuxKVariant, PrefetchedBatch, SparseAutoencoder, StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 /** Trainer options; every field has a default. */
@@ -72,6 +72,8 @@ export interface TrainerOptions {
   decayFraction?: number;
   /** AuxK weight. Default 1/32; 0 turns AuxK off. */
   auxkAlpha?: number;
+  /** Which AuxK loss: 'sparsify' (default) or 'paper' (Gao et al.'s; see AuxKVariant). */
+  auxkVariant?: AuxKVariant;
   /** A latent is dead after this many tokens without firing. Default 10,000,000. */
   deadThresholdTokens?: number;
   /** b_dec at the start: 'geometric-median' (default) of the first batch, 'mean' or 'zeros'. */
@@ -105,6 +107,7 @@ export interface StepLog {
   tokensPerSec: number;
 }
 
+/** Trainer.fit options: stopping, progress, logs, checkpoints and where the SAE is saved. */
 export interface FitOptions {
   /** Stop after the current step; a checkpoint and the SAE are written (if configured). */
   signal?: AbortSignal;
@@ -129,6 +132,7 @@ export interface FitOptions {
   saveFormat?: 'saelens' | 'sparsify';
 }
 
+/** What Trainer.fit did: how it ended, how far it got, the last step's statistics, what it saved. */
 export interface FitResult {
   /**
    * 'completed'; 'aborted' by the signal; or 'exhausted': the source ended before the run's
@@ -158,6 +162,7 @@ const DEFAULTS = {
   decay: 'linear' as const,
   decayFraction: 0.2,
   auxkAlpha: 1 / 32,
+  auxkVariant: 'sparsify' as const,
   deadThresholdTokens: 10_000_000,
   bDecInit: 'geometric-median' as const,
   normalize: 'none' as const,
@@ -166,11 +171,14 @@ const DEFAULTS = {
   seed: 0,
 };
 
-type Resolved = Required<Omit<TrainerOptions, 'totalTokens' | 'epochs' | 'lr' | 'device'>> & {
+/** A Trainer's options with every default filled in (Trainer.options). */
+export type ResolvedTrainerOptions = Required<Omit<TrainerOptions, 'totalTokens' | 'epochs' | 'lr' | 'device'>> & {
   totalTokens: number | undefined;
   epochs: number | undefined;
+  /** The learning rate ('auto' resolved). */
   lr: number;
 };
+type Resolved = ResolvedTrainerOptions;
 
 const CHECKPOINT_VERSION = 1;
 
@@ -201,7 +209,7 @@ const training = new WeakSet<SparseAutoencoder>();
 
 const TRAINER_OPTIONS = optionNames<TrainerOptions>({
   device: true, batchSize: true, totalTokens: true, epochs: true, lr: true, beta1: true, beta2: true, eps: true, warmupSteps: true, decay: true,
-  decayFraction: true, auxkAlpha: true, deadThresholdTokens: true, bDecInit: true, normalize: true, normalizeBatches: true, shuffle: true, seed: true,
+  decayFraction: true, auxkAlpha: true, auxkVariant: true, deadThresholdTokens: true, bDecInit: true, normalize: true, normalizeBatches: true, shuffle: true, seed: true,
 });
 const FIT_OPTIONS = optionNames<FitOptions>({
   signal: true, onStep: true, logFile: true, checkpointDir: true, checkpointEvery: true, resume: true, saveDir: true, saveFormat: true,
@@ -268,7 +276,7 @@ export function geometricMedian(x: Float32Array, d: number, options: { maxIter?:
 /** Trains one SparseAutoencoder; see the module comment for the defaults. */
 export class Trainer {
   readonly sae: SparseAutoencoder;
-  readonly options: Readonly<Resolved>;
+  readonly options: Readonly<ResolvedTrainerOptions>;
   private opt: AdamOptimizer | undefined;
 
   constructor(sae: SparseAutoencoder, options?: TrainerOptions) {
@@ -298,6 +306,7 @@ export class Trainer {
       decay: o.decay === undefined ? DEFAULTS.decay : checkOneOf('options.decay', o.decay, ['linear', 'linear-after-warmup', 'none'] as const),
       decayFraction: o.decayFraction === undefined ? DEFAULTS.decayFraction : checkNumber('options.decayFraction', o.decayFraction, 0, 1),
       auxkAlpha: o.auxkAlpha === undefined ? DEFAULTS.auxkAlpha : checkNumber('options.auxkAlpha', o.auxkAlpha, 0, 1e6),
+      auxkVariant: o.auxkVariant === undefined ? DEFAULTS.auxkVariant : checkOneOf('options.auxkVariant', o.auxkVariant, ['sparsify', 'paper'] as const),
       deadThresholdTokens:
         o.deadThresholdTokens === undefined ? DEFAULTS.deadThresholdTokens : checkNumber('options.deadThresholdTokens', o.deadThresholdTokens, 0, Number.MAX_SAFE_INTEGER),
       bDecInit: o.bDecInit === undefined ? DEFAULTS.bDecInit : checkOneOf('options.bDecInit', o.bDecInit, ['geometric-median', 'mean', 'zeros'] as const),
@@ -500,7 +509,7 @@ export class Trainer {
         }
         const lr = learningRate(step, total, o.lr, warmup, o.decay, o.decayFraction);
         const ts = performance.now();
-        const stepping = opt.step(batch.x, { lr, auxkAlpha: o.auxkAlpha, deadThresholdTokens: o.deadThresholdTokens });
+        const stepping = opt.step(batch.x, { lr, auxkAlpha: o.auxkAlpha, auxkVariant: o.auxkVariant, deadThresholdTokens: o.deadThresholdTokens });
         // Fetch and prefetch the next batch while this step runs natively.
         batchPromise = step + 1 < total ? nextPrefetched() : Promise.resolve(undefined);
         batchPromise.catch(() => undefined);

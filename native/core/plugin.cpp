@@ -42,7 +42,7 @@ PluginProbe probe_uncached(const std::vector<std::string>& candidates) {
     }
     if (version() != SK_BACKEND_API_VERSION) {
       probe.attempts.push_back({path, fmt("incompatible API version (plugin: ", version(), ", saekit: ",
-                                          SK_BACKEND_API_VERSION, "); rebuild it with `npm run build:cuda`")});
+                                          SK_BACKEND_API_VERSION, "); rebuild it with `npm run build:cuda` in saekit's folder")});
       continue;
     }
     char reason[512] = {0};
@@ -63,7 +63,7 @@ PluginProbe probe_uncached(const std::vector<std::string>& candidates) {
       probe.reason = it->outcome;
       return probe;
     }
-  probe.reason = "the CUDA plugin is not built (run `npm run build:cuda` on a machine with nvcc)";
+  probe.reason = "the CUDA plugin is not built (run `npm run build:cuda` in saekit's folder, e.g. node_modules/saekit, on a machine with nvcc)";
   return probe;
 }
 
@@ -91,9 +91,9 @@ bool plugin_backend(const PluginProbe& probe, int device, sk_backend* out, std::
   auto init = reinterpret_cast<Init>(::dlsym(probe.handle, "sk_backend_init"));
   if (init_device == nullptr && (init == nullptr || device != 0)) {
     *reason = init == nullptr ? std::string("the CUDA plugin has no backend table (missing sk_backend_init_device); "
-                                            "rebuild it with `npm run build:cuda`")
+                                            "rebuild it with `npm run build:cuda` in saekit's folder")
                               : fmt("the CUDA plugin serves tensors on cuda:0 only (it predates "
-                                    "sk_backend_init_device); rebuild it with `npm run build:cuda`");
+                                    "sk_backend_init_device); rebuild it with `npm run build:cuda` in saekit's folder");
     return false;
   }
   sk_status st{};
@@ -105,7 +105,7 @@ bool plugin_backend(const PluginProbe& probe, int device, sk_backend* out, std::
   }
   if (b.iface->api_version != SK_BACKEND_API_VERSION) {
     *reason = fmt("the CUDA plugin's backend table has API version ", b.iface->api_version, " (saekit: ",
-                  SK_BACKEND_API_VERSION, "); rebuild it with `npm run build:cuda`");
+                  SK_BACKEND_API_VERSION, "); rebuild it with `npm run build:cuda` in saekit's folder");
     return false;
   }
   *out = b;
@@ -129,13 +129,13 @@ const Table* plugin_table(const PluginProbe& probe, const char* symbol, int vers
   }
   auto get = reinterpret_cast<const Table* (*)(int)>(::dlsym(probe.handle, symbol));
   if (get == nullptr) {
-    *reason = fmt("the CUDA plugin has no ", what, " kernels (missing ", symbol, "); rebuild it with `npm run build:cuda`");
+    *reason = fmt("the CUDA plugin has no ", what, " kernels (missing ", symbol, "); rebuild it with `npm run build:cuda` in saekit's folder");
     return nullptr;
   }
   const Table* api = get(version);
   if (api == nullptr || api->api_version != version) {
     *reason = fmt("the CUDA plugin speaks another ", what, " API version (saekit: ", version,
-                  "); rebuild it with `npm run build:cuda`");
+                  "); rebuild it with `npm run build:cuda` in saekit's folder");
     return nullptr;
   }
   return api;

@@ -10,7 +10,8 @@
 //
 // Semantics are exactly those of native/cpu/sae_topk.h (the reference): the parameter slab
 // [W_encT (M x D) | W_dec (M x D) | b_enc (M) | b_dec (D)], codes sorted by descending value with
-// ties to the lower latent index, fvu / AuxK (sparsify's kAux = D/2, scale min(dead/(D/2), 1)),
+// ties to the lower latent index, fvu / AuxK (kAux = D/2; sparsify's form, scale min(dead/(D/2), 1),
+// or Gao et al.'s: cpu::AuxKVariant),
 // loss = fvu + auxk_alpha * auxk, the decoder-gradient projection, Adam (bias-corrected,
 // PyTorch's formula), decoder rows renormalised, a non-finite loss rejected before any update.
 #pragma once
@@ -21,7 +22,7 @@
 
 extern "C" {
 
-#define SK_SAE_API_VERSION 2  // 2: prefetch
+#define SK_SAE_API_VERSION 3  // 2: prefetch; 3: auxk_variant
 
 typedef struct sk_sae_dev sk_sae_dev;  // opaque: one SAE on one device
 
@@ -37,6 +38,7 @@ typedef struct sk_sae_step_opts {
   float* host_grads;          // [slab floats] when want_grads (internal layout)
   float lr, beta1, beta2, eps;  // Adam (used when !want_grads); the plugin keeps t, m, v
   int precision;              // sk_precision for the encoder GEMM
+  int auxk_variant;           // 0: sparsify's AuxK, 1: Gao et al.'s (cpu::AuxKVariant)
 } sk_sae_step_opts;
 
 typedef struct sk_sae_step_stats {

@@ -171,6 +171,9 @@ int step(sk_status* st, sk_sae_dev* s, const float* x, int64_t N, const sk_sae_s
     std::vector<int32_t> dead(o->host_dead, o->host_dead + (o->host_dead ? o->num_dead : 0));
     StepOptions opt;
     opt.auxk_alpha = o->auxk_alpha;
+    SK_CHECK(o->auxk_variant == 0 || o->auxk_variant == 1, ErrorCode::Arg, "Expected auxk_variant 0 or 1 but received ",
+             o->auxk_variant);
+    opt.auxk_variant = AuxKVariant(o->auxk_variant);
     opt.dead = &dead;
     StepStats stats;
     if (o->want_grads) {

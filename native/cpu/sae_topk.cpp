@@ -332,7 +332,9 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
   const int64_t kaux_base = D / 2;
   const bool use_aux = st.num_dead > 0 && kaux_base > 0 && opt.auxk_alpha != 0.0f;
   const int64_t Kaux = use_aux ? std::min<int64_t>(kaux_base, st.num_dead) : 0;
-  const double aux_scale = use_aux ? std::min(double(st.num_dead) / double(kaux_base), 1.0) : 0.0;
+  // Gao et al.'s form: e_hat without b_dec, no scale, normalised by the residual's variance.
+  const bool paper = opt.auxk_variant == AuxKVariant::Paper;
+  const double aux_scale = !use_aux ? 0.0 : paper ? 1.0 : std::min(double(st.num_dead) / double(kaux_base), 1.0);
 
   // ---- forward: codes, then per row (fused, the row's decoder rows stay in cache) the
   // reconstruction, the residual e = x - x_hat, its squared norm and d loss / d pre of every
@@ -353,9 +355,12 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
   });
   SK_CHECK(tv > 0, ErrorCode::Arg, "Expected a batch x with nonzero variance (at least two different rows) but all ",
            N, " rows are identical: the FVU is undefined");
-  // dL/dx_hat = gscale * E; dL/de_hat = hscale * R with R = e_hat - e.
+  // dL/dx_hat = gscale * E; dL/de_hat = hscale * R with R = e_hat - e. The paper's hscale divides
+  // by the residual's variance, known only after the pass below: the pass then leaves the AuxK
+  // codes' d loss / d pre as plain dot products (scale 1), multiplied by hscale afterwards.
   const float gscale = float(-2.0 / tv);
-  const float hscale = float(2.0 * double(opt.auxk_alpha) * aux_scale / tv);
+  float hscale = paper ? 0.0f : float(2.0 * double(opt.auxk_alpha) * aux_scale / tv);
+  const float hscale_pass = paper ? 1.0f : hscale;
   std::vector<float> E(size_t(N * D));
   std::vector<float> R(use_aux ? size_t(N * D) : 0);
   std::vector<float> dpre_main(size_t(N * K), 0.0f), dpre_aux(size_t(N * Kaux), 0.0f);
@@ -385,7 +390,8 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
         }
         if (!use_aux) continue;
         float* r = R.data() + n * D;
-        std::memcpy(r, p.b_dec, size_t(D) * sizeof(float));
+        if (paper) std::fill(r, r + D, 0.0f);
+        else std::memcpy(r, p.b_dec, size_t(D) * sizeof(float));
         for (int64_t j = 0; j < Kaux; ++j) {
           float a = aux.v[size_t(n * Kaux + j)];
           if (a != 0.0f) kern.axpy(r, a, p.W_dec + int64_t(aux.i[size_t(n * Kaux + j)]) * D, D);
@@ -397,7 +403,7 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
         }
         for (int64_t j = 0; j < Kaux; ++j) {
           size_t q = size_t(n * Kaux + j);
-          if (aux.v[q] > 0.0f) dpre_aux[q] = hscale * kern.dot(r, p.W_dec + int64_t(aux.i[q]) * D, D);
+          if (aux.v[q] > 0.0f) dpre_aux[q] = hscale_pass * kern.dot(r, p.W_dec + int64_t(aux.i[q]) * D, D);
         }
       }
       double* o = &blk[size_t(b * 5)];
@@ -418,6 +424,24 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
   }
   st.fvu = sse / tv;
   st.auxk = use_aux ? aux_scale * aux_sse / tv : 0.0;
+  if (use_aux && paper) {
+    // The residual's batch variance sum ||e - mean(e)||^2 (float64, two passes, as tv).
+    std::vector<double> emean(size_t(D), 0.0);
+    column_sums(E.data(), N, D, 1.0 / double(N), emean, pool);
+    const double rv = row_sum(N, pool, [&](int64_t n) {
+      double s = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        double c = double(E[size_t(n * D + d)]) - emean[size_t(d)];
+        s += c * c;
+      }
+      return s;
+    });
+    // A residual that does not vary over the batch: no AuxK term (dictionary_learning's nan -> 0).
+    const bool ok = rv > 0 && std::isfinite(rv);
+    st.auxk = ok ? aux_sse / rv : 0.0;
+    hscale = ok ? float(2.0 * double(opt.auxk_alpha) / rv) : 0.0f;
+    for (float& g : dpre_aux) g *= hscale;
+  }
   st.loss = st.fvu + double(opt.auxk_alpha) * st.auxk;
   SK_CHECK(std::isfinite(st.loss) && std::isfinite(maxE) && std::isfinite(maxR) && std::isfinite(maxX),
            ErrorCode::NonFinite, "the loss became non-finite (fvu ", st.fvu, ", auxk ", st.auxk,
@@ -486,7 +510,7 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
   // and the encoder input), before any parameter changes.
   std::vector<double> gb_dec(size_t(D), 0.0);
   column_sums(E.data(), N, D, gscale, gb_dec, pool);
-  if (use_aux) column_sums(R.data(), N, D, hscale, gb_dec, pool);
+  if (use_aux && !paper) column_sums(R.data(), N, D, hscale, gb_dec, pool);  // the paper's e_hat has no b_dec
   {
     int64_t lblocks = (M + kLatentBlock - 1) / kLatentBlock;
     std::vector<double> partial(size_t(lblocks * D), 0.0);

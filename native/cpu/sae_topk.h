@@ -4,7 +4,10 @@
 //   codes = top-K of ReLU(pre) per row (ties: lower latent index first)
 //   x_hat = b_dec + sum_j codes.v[j] W_dec[codes.i[j]]
 //   fvu   = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2
-//   auxk  = scale * sum ||e_hat - e||^2 / (same total variance)      (sparsify's AuxK)
+//   auxk  = scale * sum ||e_hat - e||^2 / (same total variance)      (sparsify's AuxK, the default)
+//   or      sum ||e_hat' - e||^2 / sum ||e - mean(e)||^2              (Gao et al.'s: AuxKVariant::Paper)
+//   with e = x - x_hat (no gradient through it), e_hat = b_dec + e_hat', e_hat' = sum over the
+//   top-Kaux dead latents' codes a W_dec[aux], Kaux = min(D / 2, dead), scale = min(dead / (D/2), 1)
 //
 // Shape letters: N rows (tokens), D = dIn, M = numLatents, K = k. Internally every latent's
 // encoder and decoder vectors are contiguous rows ([M, D] each); the SAELens orientation
@@ -89,8 +92,17 @@ struct AdamState {
   std::vector<float> m, v;  // [sae_slab_floats]
 };
 
+// Which AuxK loss (the libraries disagree; sae-libraries.md "AuxK variants").
+//   Sparsify: sparsify's (and issue 3's): the dead latents' reconstruction includes b_dec, it is
+//     normalised by the batch's total variance of x and scaled by min(dead / Kaux_base, 1).
+//   Paper: Gao et al. 2024 (OpenAI's code, dictionary_learning's): the dead latents reconstruct
+//     the residual without b_dec (so b_dec gets no AuxK gradient), normalised by the residual's
+//     own batch variance, not scaled; 0 when the residual does not vary over the batch.
+enum class AuxKVariant : int { Sparsify = 0, Paper = 1 };
+
 struct StepOptions {
   float auxk_alpha = 1.0f / 32.0f;
+  AuxKVariant auxk_variant = AuxKVariant::Sparsify;
   const std::vector<int32_t>* dead = nullptr;  // dead latents (AuxK); null or empty: no AuxK
 };
 

@@ -158,8 +158,11 @@ __global__ void row_tv_kernel(const float* x, const double* mean, int64_t D, dou
   if (threadIdx.x == 0) out[n] = s;
 }
 
-// Total variance and the loss scales (CPU: tv, gscale, hscale).
-__global__ void tv_kernel(const double* row_tv, int64_t N, double alpha, double aux_scale, Scalars* sc, int* stat) {
+// Total variance and the loss scales (CPU: tv, gscale, hscale). The paper's AuxK divides by the
+// residual's variance, known after the decode: hscale is 1 until loss_kernel sets it (the decode
+// leaves the AuxK codes' d loss / d pre as plain dot products; scale_by_hscale_kernel finishes them).
+__global__ void tv_kernel(const double* row_tv, int64_t N, double alpha, double aux_scale, int paper, Scalars* sc,
+                          int* stat) {
   __shared__ double scr[32];
   double s = 0;
   for (int64_t n = threadIdx.x; n < N; n += blockDim.x) s += row_tv[n];
@@ -167,7 +170,7 @@ __global__ void tv_kernel(const double* row_tv, int64_t N, double alpha, double 
   if (threadIdx.x == 0) {
     sc->tv = s;
     sc->gscale = float(-2.0 / s);
-    sc->hscale = float(2.0 * alpha * aux_scale / s);
+    sc->hscale = paper ? 1.0f : float(2.0 * alpha * aux_scale / s);
     if (!(s > 0)) stat[4] = 1;
   }
 }
@@ -216,6 +219,13 @@ __device__ __forceinline__ float4 bias_col<float4>(const float* b, int64_t c) {
   return make_float4(b[4 * c], b[4 * c + 1], b[4 * c + 2], b[4 * c + 3]);
 }
 
+template <typename V>
+__device__ __forceinline__ V zerov();
+template <>
+__device__ __forceinline__ float zerov<float>() { return 0.0f; }
+template <>
+__device__ __forceinline__ float4 zerov<float4>() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+
 // acc + sum_j vals[j] W[idx[j]] for column c (codes equal to 0 skipped), the codes taken 4 at a
 // time with their 4 row loads issued before the sums, so a thread keeps 4 independent gathers in
 // flight (the order of the sums is unchanged). W has DV columns of V per row.
@@ -262,13 +272,14 @@ __device__ void code_grads(const float* v, const int32_t* idx, int64_t K, const 
 }
 
 // CPU: the fused decode pass of sae_step, one block per row. E = x - x_hat; with AuxK,
-// R = e_hat - e where e_hat = b_dec + sum a W_dec[aux]; d loss / d pre of each pair (0 when the
+// R = e_hat - e where e_hat = b_aux + sum a W_dec[aux] (b_aux: b_dec, or null for the paper's
+// AuxK: no bias); d loss / d pre of each pair (0 when the
 // code is 0); the row's squared norms (float64) and the maxima of |E|, |R|, |xc|. V = float4
 // when dIn % 4 == 0 (16-byte gathers; this matters most for AuxK's dIn / 2 codes a row).
 template <typename V>
 __global__ void residual_kernel(const float* x, const float* xc, const float* W_dec, const float* b_dec, int64_t D,
                                 const float* mv, const int32_t* mi, int64_t K, const float* av, const int32_t* ai,
-                                int64_t Ka, const Scalars* sc, float* E, float* R, float* dpm, float* dpa,
+                                int64_t Ka, const float* b_aux, const Scalars* sc, float* E, float* R, float* dpm, float* dpa,
                                 double* rowd, float* rowf, int64_t N) {
   extern __shared__ float sh[];
   constexpr int64_t kW = int64_t(sizeof(V) / sizeof(float));
@@ -301,7 +312,7 @@ __global__ void residual_kernel(const float* x, const float* xc, const float* W_
   float mR = 0.0f;
   if (Ka > 0) {
     for (int64_t c = threadIdx.x; c < DV; c += blockDim.x) {
-      const V acc = decode_col(av + n * Ka, ai + n * Ka, Ka, W, DV, c, bias_col<V>(b_dec, c));
+      const V acc = decode_col(av + n * Ka, ai + n * Ka, Ka, W, DV, c, b_aux ? bias_col<V>(b_aux, c) : zerov<V>());
       const V r = subv(acc, se[c]);
       sr[c] = r;
       reinterpret_cast<V*>(R + n * D)[c] = r;
@@ -325,12 +336,6 @@ __device__ __forceinline__ float addv(float a, float b) { return a + b; }
 __device__ __forceinline__ float4 addv(const float4& a, const float4& b) {
   return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
 }
-template <typename V>
-__device__ __forceinline__ V zerov();
-template <>
-__device__ __forceinline__ float zerov<float>() { return 0.0f; }
-template <>
-__device__ __forceinline__ float4 zerov<float4>() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
 
 // Most codes a warp of residual_fused_kernel holds (registers per lane: one V per code).
 constexpr int kFusedCodes = 8;
@@ -425,16 +430,19 @@ __global__ void residual_fused_kernel(const float* x, const float* xc, const flo
   }
 }
 
-// The losses (CPU: st.fvu, st.auxk, st.loss) and the finite check before any update.
+// The losses (CPU: st.fvu, st.auxk, st.loss) and the finite check before any update. The paper's
+// AuxK (paper = 1) divides by rv = the sum of rowd[2N, 3N) (each row's ||e - mean e||^2) and sets
+// hscale from it; a residual that does not vary gives no AuxK term (hscale 0).
 __global__ void loss_kernel(const double* rowd, const float* rowf, int64_t N, int use_aux, double alpha,
-                            double aux_scale, Scalars* sc, int* stat) {
+                            double aux_scale, int paper, Scalars* sc, int* stat) {
   __shared__ double dscr[32];
   __shared__ float fscr[32];
-  double s = 0, a = 0;
+  double s = 0, a = 0, rv = 0;
   float mE = 0, mR = 0, mX = 0;
   for (int64_t n = threadIdx.x; n < N; n += blockDim.x) {
     s += rowd[n];
     a += rowd[N + n];
+    if (paper) rv += rowd[2 * N + n];
     // fmaxf drops NaN; an infinite or NaN residual also makes the sums non-finite.
     mE = fmaxf(mE, rowf[n]);
     mR = fmaxf(mR, rowf[N + n]);
@@ -442,6 +450,7 @@ __global__ void loss_kernel(const double* rowd, const float* rowf, int64_t N, in
   }
   s = block_sum(s, dscr);
   a = block_sum(a, dscr);
+  if (paper) rv = block_sum(rv, dscr);
   mE = block_max(mE, fscr);
   mR = block_max(mR, fscr);
   mX = block_max(mX, fscr);
@@ -451,12 +460,24 @@ __global__ void loss_kernel(const double* rowd, const float* rowf, int64_t N, in
     sc->asse = a;
     sc->fvu = s / tv;
     sc->auxk = use_aux ? aux_scale * a / tv : 0.0;
+    if (use_aux && paper) {
+      const bool ok = rv > 0 && isfinite(rv);
+      sc->auxk = ok ? a / rv : 0.0;
+      sc->hscale = ok ? float(2.0 * alpha / rv) : 0.0f;
+    }
     sc->loss = sc->fvu + alpha * sc->auxk;
     sc->maxE = mE;
     sc->maxR = mR;
     sc->maxX = mX;
     if (!(isfinite(sc->loss) && isfinite(mE) && isfinite(mR) && isfinite(mX))) stat[5] = 1;
   }
+}
+
+// The paper's AuxK: the codes' d loss / d pre, left as dot products by the decode, times hscale.
+__global__ void scale_by_hscale_kernel(float* dpa, int64_t n, const Scalars* sc) {
+  const float h = sc->hscale;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dpa[i] = h * dpa[i];
 }
 
 // Sort keys (the latent) and values (the pair id: main pairs n*K+j first, then AuxK pairs), so
@@ -849,8 +870,9 @@ __global__ void aux_scatter_kernel(const float* av, const int32_t* ai, const int
   }
 }
 
-// Per row: R = e_hat - E where e_hat = b_dec + (the codes' GEMM, in R on entry); the row's squared
-// norm (float64) and max |R| (CPU: the AuxK half of the fused decode pass).
+// Per row: R = e_hat - E where e_hat = b_dec + (the codes' GEMM, in R on entry), b_dec null for
+// the paper's AuxK; the row's squared norm (float64) and max |R| (CPU: the AuxK half of the fused
+// decode pass).
 __global__ void aux_resid_kernel(const float* E, const float* b_dec, int64_t D, float* R, double* rowd, float* rowf,
                                  int64_t N) {
   __shared__ double dscr[32];
@@ -859,7 +881,7 @@ __global__ void aux_resid_kernel(const float* E, const float* b_dec, int64_t D, 
   double asse = 0;
   float mR = 0.0f;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    const float r = (R[n * D + d] + b_dec[d]) - E[n * D + d];
+    const float r = (b_dec ? R[n * D + d] + b_dec[d] : R[n * D + d]) - E[n * D + d];
     R[n * D + d] = r;
     add_sq(asse, r);
     mR = absmax(mR, r);
@@ -1257,7 +1279,7 @@ void gemm_f32(sk_sae_dev* S, int prec, int ta, int tb, int64_t m, int64_t n, int
 // chunk by chunk, then R = e_hat - E with its row sums (rowd / rowf's AuxK halves).
 void aux_dense_forward(sk_sae_dev* S, int64_t N, int64_t Ka, const int32_t* dead, int64_t nd, int prec,
                        const float* av, const int32_t* ai, const Scalars* sc, const float* E, float* R, double* rowd,
-                       float* rowf) {
+                       float* rowf, bool paper) {
   const int64_t D = S->D, M = S->M, C = aux_chunk(N, nd);
   cudaStream_t s = S->s;
   int32_t* dpos = S->ad_pos.as<int32_t>(M);
@@ -1276,7 +1298,7 @@ void aux_dense_forward(sk_sae_dev* S, int64_t N, int64_t Ka, const int32_t* dead
     // e_hat^T [D, N] (+)= Wd^T [D, Cn] A^T [Cn, N] (column-major views of the row-major arrays).
     gemm_f32(S, prec, kOpN, kOpN, D, N, Cn, Wd, D, A, Cn, c0 > 0, R, D, "decode");
   }
-  aux_resid_kernel<<<unsigned(N), 256, 0, s>>>(E, S->params + 2 * M * D + M, D, R, rowd, rowf, N);
+  aux_resid_kernel<<<unsigned(N), 256, 0, s>>>(E, paper ? nullptr : S->params + 2 * M * D + M, D, R, rowd, rowf, N);
   SK_LAUNCHED("aux_resid_kernel");
 }
 
@@ -1574,11 +1596,15 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
       SK_CHECK(l >= 0 && l < M && (q == 0 || l > o->host_dead[q - 1]), ErrorCode::Arg,
                "Expected dead latents sorted ascending in [0, ", M, ") but entry ", q, " is ", l);
     }
-    // AuxK sizes (sparsify): k_aux = D/2, scale = min(dead / k_aux, 1), k_aux = min(k_aux, dead).
+    SK_CHECK(o->auxk_variant == 0 || o->auxk_variant == 1, ErrorCode::Arg, "Expected auxk_variant 0 (sparsify) or 1 "
+             "(paper) but received ", o->auxk_variant);
+    // AuxK sizes: k_aux = D/2, k_aux = min(k_aux, dead); sparsify's scale = min(dead / k_aux, 1),
+    // the paper's none (cpu::AuxKVariant).
     const int64_t kaux_base = D / 2;
     const bool use_aux = o->num_dead > 0 && kaux_base > 0 && o->auxk_alpha != 0.0f;
+    const bool paper = use_aux && o->auxk_variant == 1;
     const int64_t Ka = use_aux ? std::min<int64_t>(kaux_base, o->num_dead) : 0;
-    const double aux_scale = use_aux ? std::min(double(o->num_dead) / double(kaux_base), 1.0) : 0.0;
+    const double aux_scale = !use_aux ? 0.0 : paper ? 1.0 : std::min(double(o->num_dead) / double(kaux_base), 1.0);
     SK_CHECK(Ka <= kMaxSelectK, ErrorCode::Arg, "AuxK would keep ", Ka, " codes per row; the CUDA selection keeps at "
              "most 8192 (dIn <= 16384)");
     use(S);  // aux_dense_wanted asks this device for its free memory
@@ -1622,7 +1648,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     colsum_partial_kernel<<<gcol, 128, 0, s>>>(x, N64, D, nullptr, pX);
     mean_kernel<<<grid_for(D, 128), 128, 0, s>>>(pX, cN, D, 1.0 / double(N64), mean);
     row_tv_kernel<<<unsigned(N64), 256, 0, s>>>(x, mean, D, rowd + 2 * N64);
-    tv_kernel<<<1, 1024, 0, s>>>(rowd + 2 * N64, N64, double(o->auxk_alpha), aux_scale, sc, stat);
+    tv_kernel<<<1, 1024, 0, s>>>(rowd + 2 * N64, N64, double(o->auxk_alpha), aux_scale, paper ? 1 : 0, sc, stat);
     SK_LAUNCHED("tv_kernel");
     SK_CUDA(cudaEventRecord(timer(S, 1), s));
 
@@ -1659,13 +1685,26 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
       const size_t smem = size_t(Kp ? 2 : 1) * size_t(D) * sizeof(float);
       auto* kernel = vec4 ? residual_kernel<float4> : residual_kernel<float>;
       allow_smem(kernel, smem, S->device);
-      kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, av, ai, Kp, sc, E, R, dpm, dpa, rowd,
-                                              rowf, N64);
+      kernel<<<unsigned(N64), 256, smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, av, ai, Kp, paper ? nullptr : b_dec, sc,
+                                              E, R, dpm, dpa, rowd, rowf, N64);
       SK_LAUNCHED("residual_kernel");
     }
-    if (dense_aux) aux_dense_forward(S, N64, Ka, dead, o->num_dead, o->precision, av, ai, sc, E, R, rowd, rowf);
-    loss_kernel<<<1, 1024, 0, s>>>(rowd, rowf, N64, use_aux ? 1 : 0, double(o->auxk_alpha), aux_scale, sc, stat);
+    if (dense_aux) aux_dense_forward(S, N64, Ka, dead, o->num_dead, o->precision, av, ai, sc, E, R, rowd, rowf, paper);
+    // Column sums of E (float64, fixed order): db_dec's, and the paper's AuxK normaliser
+    // rv = sum ||e - mean e||^2 per row into rowd[2N, 3N) (x's tv there is already summed).
+    double* pE = S->pE.as<double>(cN * D);
+    colsum_partial_kernel<<<gcol, 128, 0, s>>>(E, N64, D, nullptr, pE);
+    if (paper) {
+      mean_kernel<<<grid_for(D, 128), 128, 0, s>>>(pE, cN, D, 1.0 / double(N64), mean);
+      row_tv_kernel<<<unsigned(N64), 256, 0, s>>>(E, mean, D, rowd + 2 * N64);
+    }
+    loss_kernel<<<1, 1024, 0, s>>>(rowd, rowf, N64, use_aux ? 1 : 0, double(o->auxk_alpha), aux_scale, paper ? 1 : 0, sc,
+                                   stat);
     SK_LAUNCHED("loss_kernel");
+    if (paper && Kp) {
+      scale_by_hscale_kernel<<<grid_for(NKa, 256), 256, 0, s>>>(dpa, NKa, sc);
+      SK_LAUNCHED("scale_by_hscale_kernel");
+    }
     SK_CUDA(cudaEventRecord(timer(S, ev_fwd + 1), s));
     AuxDense ax;
     if (dense_aux) ax = aux_dense_backward(S, N64, Ka, dead, o->num_dead, o->precision, av, ai, sc, R, xc);
@@ -1702,17 +1741,16 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     suspect_check_kernel<<<unsigned(M), threads_l, smem_l, s>>>(D, offs, ent, E, R, xc, ax, suspect, stat);
     SK_LAUNCHED("suspect_check_kernel");
     const int64_t cM = (M + kChunk - 1) / kChunk;
-    double* pE = S->pE.as<double>(cN * D);
-    double* pR = Ka ? S->pR.as<double>(cN * D) : nullptr;
+    // The paper's e_hat has no b_dec: R gives b_dec no gradient.
+    double* pR = Ka && !paper ? S->pR.as<double>(cN * D) : nullptr;
     double* pW = S->apply_b_dec ? S->pW.as<double>(cM * D) : nullptr;
-    colsum_partial_kernel<<<gcol, 128, 0, s>>>(E, N64, D, nullptr, pE);
-    if (Ka) colsum_partial_kernel<<<gcol, 128, 0, s>>>(R, N64, D, nullptr, pR);
+    if (pR) colsum_partial_kernel<<<gcol, 128, 0, s>>>(R, N64, D, nullptr, pR);
     if (pW) {
       const dim3 gw(unsigned((D + 127) / 128), unsigned(cM));
       colsum_partial_kernel<<<gw, 128, 0, s>>>(W_encT, M, D, gbenc, pW);
     }
     float* gbf = S->gbf.as<float>(D);
-    gbdec_kernel<<<grid_for(D, 128), 128, 0, s>>>(pE, cN, pR, Ka ? cN : 0, pW, pW ? cM : 0, D, sc, gbf, stat);
+    gbdec_kernel<<<grid_for(D, 128), 128, 0, s>>>(pE, cN, pR, pR ? cN : 0, pW, pW ? cM : 0, D, sc, gbf, stat);
     decide_kernel<<<1, 1, 0, s>>>(stat);
     SK_LAUNCHED("decide_kernel");
     SK_CUDA(cudaEventRecord(timer(S, ev_fwd + 2), s));

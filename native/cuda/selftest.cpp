@@ -42,6 +42,8 @@ int g_failures = 0;
 bool g_quick = false;
 // Appended to the names of the step tests while a variant is forced (the dense AuxK GEMMs).
 std::string g_variant;
+// The AuxK loss of the step tests: 0 sparsify's, 1 the paper's (sk_sae_step_opts::auxk_variant).
+int g_auxk_variant = 0;
 
 void report(bool ok, const std::string& name, const std::string& detail) {
   std::printf("%s: %s%s%s\n", ok ? "PASS" : "FAIL", name.c_str(), detail.empty() ? "" : " -- ", detail.c_str());
@@ -449,8 +451,11 @@ struct RefStep {
   std::vector<uint8_t> has;  // latent has pairs
 };
 
+// g_auxk_variant 1 (the paper's AuxK): e_hat without b_dec, normalised by rv = sum ||e - mean e||^2,
+// no scale (aux_scale ignored), no b_dec gradient from it.
 RefStep ref_step(const std::vector<double>& P, int64_t D, int64_t M, bool apply, const std::vector<float>& x, int64_t N,
                  const Codes& main, const Codes& aux, double alpha, double aux_scale) {
+  const bool paper = g_auxk_variant == 1 && aux.K > 0;
   const double* We = P.data();
   const double* Wd = We + M * D;
   const double* be = Wd + M * D;
@@ -472,7 +477,6 @@ RefStep ref_step(const std::vector<double>& P, int64_t D, int64_t M, bool apply,
       double c = x[size_t(n * D + d)] - mean[size_t(d)];
       tv += c * c;
     }
-  const double gscale = -2.0 / tv, hscale = 2.0 * alpha * aux_scale / tv;
   std::vector<double> xc(static_cast<size_t>(D)), e(static_cast<size_t>(D)), rr(static_cast<size_t>(D));
   double sse = 0, asse = 0;
   int64_t positive = 0;
@@ -482,6 +486,24 @@ RefStep ref_step(const std::vector<double>& P, int64_t D, int64_t M, bool apply,
     for (int64_t d = 0; d < D; ++d) s += xc[size_t(d)] * We[l * D + d];
     return s > 0 ? s : 0.0;
   };
+  double rv = 0;  // the paper's normaliser: a first pass over the residuals
+  if (paper) {
+    std::vector<double> E(size_t(N * D)), em(size_t(D), 0.0);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t d = 0; d < D; ++d) xc[size_t(d)] = x[size_t(n * D + d)] - (apply ? bd[d] : 0.0);
+      double* er = &E[size_t(n * D)];
+      for (int64_t d = 0; d < D; ++d) er[d] = x[size_t(n * D + d)] - bd[d];
+      for (int64_t j = 0; j < main.K; ++j) {
+        const int64_t l = main.idx[size_t(n * main.K + j)];
+        const double a = act_of(l, main.on[size_t(n * main.K + j)]);
+        for (int64_t d = 0; d < D; ++d) er[d] -= a * Wd[l * D + d];
+      }
+      for (int64_t d = 0; d < D; ++d) em[size_t(d)] += er[d] / double(N);
+    }
+    for (int64_t i = 0; i < N * D; ++i) rv += (E[size_t(i)] - em[size_t(i % D)]) * (E[size_t(i)] - em[size_t(i % D)]);
+  }
+  const double gscale = -2.0 / tv;
+  const double hscale = paper ? (rv > 0 ? 2.0 * alpha / rv : 0.0) : 2.0 * alpha * aux_scale / tv;
   std::vector<double> am(static_cast<size_t>(main.K)), aa(static_cast<size_t>(aux.K));
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t d = 0; d < D; ++d) xc[size_t(d)] = x[size_t(n * D + d)] - (apply ? bd[d] : 0.0);
@@ -514,7 +536,7 @@ RefStep ref_step(const std::vector<double>& P, int64_t D, int64_t M, bool apply,
       }
     }
     if (aux.K == 0) continue;
-    for (int64_t d = 0; d < D; ++d) rr[size_t(d)] = bd[d];
+    for (int64_t d = 0; d < D; ++d) rr[size_t(d)] = paper ? 0.0 : bd[d];
     for (int64_t j = 0; j < aux.K; ++j) {
       const int64_t l = aux.idx[size_t(n * aux.K + j)];
       aa[size_t(j)] = act_of(l, aux.on[size_t(n * aux.K + j)]);
@@ -523,7 +545,7 @@ RefStep ref_step(const std::vector<double>& P, int64_t D, int64_t M, bool apply,
     for (int64_t d = 0; d < D; ++d) {
       rr[size_t(d)] -= e[size_t(d)];
       asse += rr[size_t(d)] * rr[size_t(d)];
-      gbd[d] += hscale * rr[size_t(d)];
+      if (!paper) gbd[d] += hscale * rr[size_t(d)];
     }
     for (int64_t j = 0; j < aux.K; ++j) {
       const int64_t l = aux.idx[size_t(n * aux.K + j)];
@@ -543,7 +565,7 @@ RefStep ref_step(const std::vector<double>& P, int64_t D, int64_t M, bool apply,
     for (int64_t l = 0; l < M; ++l)
       for (int64_t d = 0; d < D; ++d) gbd[d] -= gbe[l] * We[l * D + d];
   r.fvu = sse / tv;
-  r.auxk = aux.K ? aux_scale * asse / tv : 0.0;
+  r.auxk = !aux.K ? 0.0 : paper ? (rv > 0 ? asse / rv : 0.0) : aux_scale * asse / tv;
   r.loss = r.fvu + alpha * r.auxk;
   r.l0 = double(positive) / double(N);
   return r;
@@ -598,6 +620,7 @@ sk_sae_step_opts step_opts(int64_t k, const std::vector<int32_t>& dead, float al
   o.host_dead = dead.empty() ? nullptr : dead.data();
   o.num_dead = int64_t(dead.size());
   o.precision = prec;
+  o.auxk_variant = g_auxk_variant;
   o.lr = 1e-4f;
   o.beta1 = 0.9f;
   o.beta2 = 0.999f;
@@ -638,6 +661,17 @@ void with_dense_aux(const char* chunk, F fn) {
   setenv("SAEKIT_CUDA_AUXK_CHUNK", chunk, 1);
   with_env("SAEKIT_CUDA_AUXK", "dense", strf("dense AuxK, chunks of %s", chunk), fn);
   unsetenv("SAEKIT_CUDA_AUXK_CHUNK");
+}
+
+// Runs fn with the paper's AuxK (g_auxk_variant 1) in the step tests.
+template <typename F>
+void with_paper_auxk(F fn) {
+  const std::string before = g_variant;
+  g_variant += " [paper AuxK]";
+  g_auxk_variant = 1;
+  fn();
+  g_auxk_variant = 0;
+  g_variant = before;
 }
 
 // Dense gradients (want_grads) against the float64 step on the device's codes.
@@ -1292,6 +1326,17 @@ int main(int argc, char** argv) {
     });
     with_env("SAEKIT_CUDA_PRE16", "0", "float32 pre-activations",
              [&] { test_grads(D, M, k, N, true, 5, SK_PREC_BF16, 156); });
+    // The paper's AuxK (no b_dec in e_hat, the residual's variance): per pair and dense.
+    with_paper_auxk([&] {
+      test_grads(D, M, k, N, true, 5, SK_PREC_F32, 252);
+      test_grads(D, M, k, N, false, 11, SK_PREC_F32, 253);
+      test_grads(D, M, k, N, true, 5, SK_PREC_BF16, 255);
+      test_adam(D, M, k, N, 4, 261);
+      with_dense_aux("7", [&] {
+        test_grads(D, M, k, N, true, 5, SK_PREC_F32, 352);
+        test_adam(D, M, k, N, 4, 361);
+      });
+    });
     test_jumprelu(D, M, N, 81);
     test_prefetch(D, M, k, N, 85);
   }
@@ -1345,6 +1390,10 @@ int main(int argc, char** argv) {
     test_grads(68, 301, 7, 129, true, 5, SK_PREC_F32, 157);
     test_grads(68, 301, 7, 129, false, 2, SK_PREC_F32, 158);
     test_adam(68, 301, 7, 129, 4, 163);
+  });
+  with_paper_auxk([&] {  // float4 columns
+    test_grads(68, 301, 7, 129, true, 5, SK_PREC_F32, 257);
+    with_dense_aux("1000", [&] { test_grads(68, 301, 7, 129, false, 2, SK_PREC_F32, 258); });
   });
   // The decode pass reads each selected decoder row once (residual_fused_kernel: up to 8 codes
   // per warp, a warp per 8 codes) where no AuxK pairs are decoded per pair: k 200 takes 25 warps

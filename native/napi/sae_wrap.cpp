@@ -137,15 +137,27 @@ void decode_codes(SaeModel& m, const cpu::Codes& c, bool with_bias, float* out) 
   cpu::sae_decode(m.view(), c, with_bias, out, cpu::cpu_pool());
 }
 
+// An AuxK variant by name: undefined -> 'sparsify' (the default), or 'paper'.
+cpu::AuxKVariant auxk_variant_arg(const Napi::Value& v, const char* name) {
+  if (v.IsUndefined()) return cpu::AuxKVariant::Sparsify;
+  if (v.IsString()) {
+    const std::string s = v.As<Napi::String>().Utf8Value();
+    if (s == "sparsify") return cpu::AuxKVariant::Sparsify;
+    if (s == "paper") return cpu::AuxKVariant::Paper;
+  }
+  arg_error(ErrorCode::Arg, name, "'sparsify' or 'paper'", v);
+}
+
 // cpu::sae_step's contract on the model's device: with `grads`, the dense gradients (internal
 // layout) and no change; with `adam`, the fused update using its hyper-parameters (the device
 // keeps the moments and the step count).
 cpu::StepStats device_step(SaeModel& m, const float* x, int64_t N, const std::vector<int32_t>& dead, float alpha,
-                           cpu::SaeGrads* grads, const cpu::AdamState* adam) {
+                           cpu::AuxKVariant variant, cpu::SaeGrads* grads, const cpu::AdamState* adam) {
   const int64_t D = m.D, M = m.M, MD = M * D;
   sk_sae_step_opts o{};
   o.k = m.K;
   o.auxk_alpha = alpha;
+  o.auxk_variant = int(variant);
   o.host_dead = dead.data();
   o.num_dead = int64_t(dead.size());
   o.precision = m.dev->precision;
@@ -733,7 +745,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
     });
   }
 
-  // gradients(x, deadMask: Uint8Array | null, alpha): Promise<{ loss, fvu, auxkLoss, W_enc, b_enc, W_dec, b_dec }>
+  // gradients(x, deadMask: Uint8Array | null, alpha, variant?): Promise<{ loss, fvu, auxkLoss, W_enc, b_enc, W_dec, b_dec }>
   Napi::Value gradients(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
@@ -749,16 +761,18 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
           if (mask[size_t(l)]) dead->push_back(int32_t(l));
       }
       float alpha = float(info[2].IsUndefined() ? 0.0 : get_double(info[2], "auxk.alpha", 0, 1e6));
+      const cpu::AuxKVariant variant = auxk_variant_arg(info[3], "auxk.variant");
       auto grads = std::make_shared<cpu::SaeGrads>();
       auto stats = std::make_shared<cpu::StepStats>();
       auto wenc = HostArray::allocate(size_t(m->D * m->M) * 4);
-      auto work = [m, x, dead, alpha, grads, stats, wenc] {
+      auto work = [m, x, dead, alpha, variant, grads, stats, wenc] {
         cpu::StepOptions opt;
         opt.auxk_alpha = alpha;
+        opt.auxk_variant = variant;
         opt.dead = dead.get();
         Tensor staged;
         const float* xp = step_rows(*m, x, &staged);
-        *stats = m->dev ? device_step(*m, xp, x.n, *dead, alpha, grads.get(), nullptr)
+        *stats = m->dev ? device_step(*m, xp, x.n, *dead, alpha, variant, grads.get(), nullptr)
                         : cpu::sae_step(m->view(), xp, x.n, m->K, opt, grads.get(), nullptr, cpu::cpu_pool());
         transpose(grads->W_encT.data(), m->M, m->D, wenc->as<float>());
         grads->W_encT.clear();
@@ -1008,7 +1022,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
     return info.Env().Undefined();
   }
 
-  // step(x, lr, auxkAlpha, deadThresholdTokens): Promise<{ loss, fvu, auxkLoss, l0, numDead }>
+  // step(x, lr, auxkAlpha, deadThresholdTokens, auxkVariant?): Promise<{ loss, fvu, auxkLoss, l0, numDead }>
   Napi::Value step(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
@@ -1018,18 +1032,20 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       double lr = get_double(info[1], "lr", 0, 1e6);
       float alpha = float(get_double(info[2], "auxkAlpha", 0, 1e6));
       double threshold = get_double(info[3], "deadThresholdTokens", 0, 9.0e15);
+      const cpu::AuxKVariant variant = auxk_variant_arg(info[4], "auxkVariant");
       auto stats = std::make_shared<cpu::StepStats>();
-      auto work = [m, st, x, lr, alpha, threshold, stats] {
+      auto work = [m, st, x, lr, alpha, variant, threshold, stats] {
         std::vector<int32_t> dead = dead_from_counters(*m, threshold);
         cpu::StepOptions opt;
         opt.auxk_alpha = alpha;
+        opt.auxk_variant = variant;
         opt.dead = &dead;
         st->lr = float(lr);
         int64_t t_before = st->t;
         Tensor staged;
         const float* xp = step_rows(*m, x, &staged);
         if (m->dev) {
-          *stats = device_step(*m, xp, x.n, dead, alpha, nullptr, st.get());
+          *stats = device_step(*m, xp, x.n, dead, alpha, variant, nullptr, st.get());
           ++st->t;
         } else {
           try {

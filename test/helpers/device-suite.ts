@@ -111,12 +111,18 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
 
       const dead = new Uint8Array(s.numLatents);
       for (let l = 0; l < s.numLatents; l += 3) dead[l] = 1;
-      const [gc, gd] = await Promise.all([cpu.gradients(x, { auxk: { deadMask: dead } }), dev.gradients(x, { auxk: { deadMask: dead } })]);
-      if (sameSelection) {
-        expect(gd.loss === gc.loss || Math.abs(gd.loss - gc.loss) <= tol.rel * Math.abs(gc.loss)).toBe(true);
-        for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expectClose(gd.grads[n], gc.grads[n], tol.rel * 10, `gradient ${n}`);
-      } else {
-        expect(Math.abs(gd.loss - gc.loss)).toBeLessThanOrEqual(0.02 * Math.abs(gc.loss));
+      for (const variant of ['sparsify', 'paper'] as const) {
+        const auxk = { deadMask: dead, variant };
+        const [gc, gd] = await Promise.all([cpu.gradients(x, { auxk }), dev.gradients(x, { auxk })]);
+        expect(gc.auxkLoss, `${variant}: AuxK must be active`).toBeGreaterThan(0);
+        if (sameSelection) {
+          expect(gd.loss === gc.loss || Math.abs(gd.loss - gc.loss) <= tol.rel * Math.abs(gc.loss), `${variant}: loss ${gd.loss} vs ${gc.loss}`).toBe(true);
+          if (tol.rel === 0) expect(gd.auxkLoss, variant).toBe(gc.auxkLoss);
+          else expect(Math.abs(gd.auxkLoss - gc.auxkLoss), variant).toBeLessThanOrEqual(tol.rel * 10 * gc.auxkLoss);
+          for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expectClose(gd.grads[n], gc.grads[n], tol.rel * 10, `${variant}: gradient ${n}`);
+        } else {
+          expect(Math.abs(gd.loss - gc.loss)).toBeLessThanOrEqual(0.02 * Math.abs(gc.loss));
+        }
       }
     });
 
@@ -129,7 +135,9 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
       const next = lcg(seed + 1);
       for (let step = 0; step < 3; step++) {
         const x = randomMatrix(s.rows, s.dIn, next);
-        const [a, b] = await Promise.all([oc.step(x, { deadThresholdTokens: s.rows }), od.step(x, { deadThresholdTokens: s.rows })]);
+        // the last step with the paper's AuxK (latents not fired in step 2 are dead by then)
+        const so = { deadThresholdTokens: s.rows, auxkVariant: step === 2 ? ('paper' as const) : ('sparsify' as const) };
+        const [a, b] = await Promise.all([oc.step(x, so), od.step(x, so)]);
         expect(b.numDead).toBe(a.numDead);
         if (tol.rel === 0) {
           expect(b.loss).toBe(a.loss);

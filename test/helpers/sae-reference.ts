@@ -8,6 +8,7 @@
  *   x_hat = b_dec + sum_j act_j W_dec[j]                   W_dec [L, dIn], b_dec [dIn]
  *   fvu   = sum ||x - x_hat||^2 / SST,  SST = sum ||x - mean_batch(x)||^2
  *   auxk  = scale * sum ||e_hat - e||^2 / SST              (sparsify's AuxK, e = x - x_hat detached)
+ *     or    sum ||e_hat' - e||^2 / sum ||e - mean_batch(e)||^2   (variant 'paper': e_hat' = e_hat - b_dec)
  *   loss  = fvu + alpha * auxk
  *
  * Error bounds. For a fixed TopK/ReLU selection, every quantity here (pre-activations,
@@ -246,7 +247,24 @@ export interface RefPass {
   res: Float64Array;
   /** e_hat - e per entry (zeros without AuxK). */
   diff: Float64Array;
+  /** Variant 'paper': the AuxK normaliser sum ||e - mean(e)||^2 (else 0). */
+  rv: number;
   grads: RefWeights;
+}
+
+export type RefAuxKVariant = 'sparsify' | 'paper';
+
+/** sum over rows of ||e_r - mean_rows(e)||^2 for e [rows, dIn]. */
+export function refCentredSS(e: ArrayLike<number>, rows: number, dIn: number): number {
+  const mean = new Float64Array(dIn);
+  for (let r = 0; r < rows; r++) for (let i = 0; i < dIn; i++) mean[i] += e[r * dIn + i]! / rows;
+  let s = 0;
+  for (let r = 0; r < rows; r++)
+    for (let i = 0; i < dIn; i++) {
+      const c = e[r * dIn + i]! - mean[i]!;
+      s += c * c;
+    }
+  return s;
 }
 
 /**
@@ -261,7 +279,7 @@ export function refPass(
   rows: number,
   dims: Dims,
   sel: RefSelection,
-  opts: { alpha: number; sst: number; abs?: boolean; fixedE?: Float64Array },
+  opts: { alpha: number; sst: number; abs?: boolean; fixedE?: Float64Array; variant?: RefAuxKVariant; rv?: number; auxOnly?: boolean },
 ): RefPass {
   const { dIn, numLatents: L, k } = dims;
   const abs = opts.abs ?? false;
@@ -273,7 +291,15 @@ export function refPass(
   const diff = new Float64Array(rows * dIn);
   const aux = sel.aux;
   const kAux = sel.kAux;
-  const auxCoef = aux ? (alpha * sel.scale * 2) / sst : 0;
+  const paper = opts.variant === 'paper';
+  // The paper's normaliser: the detached residual's centred sum of squares (a constant).
+  let rv = 0;
+  if (aux && paper) {
+    if (opts.rv !== undefined) rv = opts.rv;
+    else if (opts.fixedE) rv = refCentredSS(opts.fixedE, rows, dIn);
+    else rv = refCentredSS(refPass(w, x, rows, dims, { ...sel, aux: null, kAux: 0 }, { alpha: 0, sst }).res, rows, dIn);
+  }
+  const auxCoef = !aux ? 0 : paper ? (rv > 0 ? (alpha * 2) / rv : 0) : (alpha * sel.scale * 2) / sst;
   let sse = 0;
   let auxSse = 0;
   const d = new Float64Array(dIn);
@@ -298,12 +324,12 @@ export function refPass(
       const rr = sub(xhat[i]!, x[xr + i]!);
       res[xr + i] = rr;
       sse += rr * rr;
-      g[i] = (2 * rr) / sst;
+      g[i] = opts.auxOnly ? 0 : (2 * rr) / sst;
     }
-    // AuxK: e_hat = b_dec + sum a_q W_dec[aidx_q], e = x - x_hat (detached)
+    // AuxK: e_hat = b_dec + sum a_q W_dec[aidx_q] (paper: without b_dec), e = x - x_hat (detached)
     if (aux) {
       const ehat = new Float64Array(dIn);
-      for (let i = 0; i < dIn; i++) ehat[i] = w.b_dec[i]!;
+      if (!paper) for (let i = 0; i < dIn; i++) ehat[i] = w.b_dec[i]!;
       for (let q = 0; q < kAux; q++) {
         const a = zval(aux, q);
         if (a === 0) continue;
@@ -320,7 +346,7 @@ export function refPass(
     }
     // backward: decoder paths
     dpre.fill(0);
-    for (let i = 0; i < dIn; i++) grads.b_dec[i] += g[i]! + (aux ? h[i]! : 0);
+    for (let i = 0; i < dIn; i++) grads.b_dec[i] += g[i]! + (aux && !paper ? h[i]! : 0);
     const backDecode = (c: RefCodes, kk: number, up: Float64Array): void => {
       for (let p = 0; p < kk; p++) {
         const z = zval(c, p);
@@ -350,8 +376,8 @@ export function refPass(
     }
   }
   const fvu = sse / sst;
-  const auxk = aux ? (sel.scale * auxSse) / sst : 0;
-  return { loss: fvu + alpha * auxk, fvu, auxk, sse, auxSse, res, diff, grads };
+  const auxk = !aux ? 0 : paper ? (rv > 0 ? auxSse / rv : 0) : (sel.scale * auxSse) / sst;
+  return { loss: fvu + alpha * auxk, fvu, auxk, sse, auxSse, res, diff, rv, grads };
 }
 
 export interface RefEval {
@@ -376,10 +402,11 @@ export function refEvaluate(
   x: ArrayLike<number>,
   rows: number,
   dims: Dims,
-  opts: { deadMask?: Uint8Array; alpha?: number } = {},
+  opts: { deadMask?: Uint8Array; alpha?: number; variant?: RefAuxKVariant } = {},
 ): RefEval {
   const { dIn, numLatents: L, k } = dims;
   const alpha = opts.alpha ?? 1 / 32;
+  const variant = opts.variant ?? 'sparsify';
   const pre = refPre(w, x, rows, dIn, L);
   const preErr = preErrors(w, x, rows, dIn, L, pre);
   const sel = refSelect(pre, rows, dims, opts.deadMask);
@@ -388,8 +415,9 @@ export function refEvaluate(
   let ambiguous = 0;
   for (let r = 0; r < rows; r++) ambiguous += ambMain[r] || ambAux[r] ? 1 : 0;
   const sst = refSST(x, rows, dIn);
-  const pass = refPass(w, x, rows, dims, sel, { alpha, sst });
-  const absPass = refPass(mapWeights(w, Math.abs), Float64Array.from(x, Math.abs), rows, dims, sel, { alpha, sst, abs: true });
+  const pass = refPass(w, x, rows, dims, sel, { alpha, sst, variant });
+  // abs mode runs with the real normaliser (a common factor, bounded separately below)
+  const absPass = refPass(mapWeights(w, Math.abs), Float64Array.from(x, Math.abs), rows, dims, sel, { alpha, sst, abs: true, variant, rv: pass.rv });
 
   const N = rows * dIn;
   const kAux = sel.kAux;
@@ -401,10 +429,35 @@ export function refEvaluate(
   // the fvu and AuxK paths (2): 2 dIn + max(k, kAux) + L + rows + 10. Doubled as a margin for
   // blocked or fused evaluation orders.
   const gGrad = gamma(2 * (2 * dIn + k + kAux + L + rows) + 40);
-  const grads = mapWeights(absPass.grads, (a, name, i) => gGrad * a + sstRel * Math.abs(pass.grads[name][i]!) + 1e-300);
   // fvu = sum res^2 / SST: each residual is off by at most gamma_Dr |res|_abs (Dr = dIn + k + 6,
   // doubled), then N squares are summed.
   const gRes = gamma(2 * (dIn + k + 6));
+  // Variant 'paper': the normaliser rv = sum (e - mean e)^2 of the float32 residuals. With each
+  // residual off by at most eps_i = gamma_Dr |res|_abs and each column mean by the mean of those,
+  // rv is off by at most sum 2 |c_i| eps'_i + eps'_i^2 (c = e - mean e), plus its own float64 sums.
+  // The implementation's AuxK terms all carry the factor 2 alpha / rv, so rv's relative error
+  // scales the AuxK path's exact gradient (computed alone: fvu path off) as a whole, just as
+  // SST's scales the full gradient; the terms' own rounding is in gGrad |grad|_abs.
+  let rvRel = 0;
+  let auxGrads: RefWeights | undefined;
+  if (sel.aux && variant === 'paper' && pass.rv > 0) {
+    const meanErr = new Float64Array(dIn);
+    for (let i = 0; i < N; i++) meanErr[i % dIn] += (gRes * absPass.res[i]!) / rows;
+    const eMean = new Float64Array(dIn);
+    for (let i = 0; i < N; i++) eMean[i % dIn] += -pass.res[i]! / rows;
+    let err = gamma(N + rows + 10) * pass.rv;
+    for (let i = 0; i < N; i++) {
+      const c = -pass.res[i]! - eMean[i % dIn]!;
+      const ep = gRes * absPass.res[i]! + meanErr[i % dIn]!;
+      err += 2 * Math.abs(c) * ep + ep * ep;
+    }
+    rvRel = 2 * (err / pass.rv) + 8 * U;
+    auxGrads = refPass(w, x, rows, dims, sel, { alpha, sst, variant, rv: pass.rv, auxOnly: true }).grads;
+  }
+  const grads = mapWeights(
+    absPass.grads,
+    (a, name, i) => gGrad * a + rvRel * (auxGrads ? Math.abs(auxGrads[name][i]!) : 0) + sstRel * Math.abs(pass.grads[name][i]!) + 1e-300,
+  );
   let fvuErr = gamma(N + 2) * pass.sse;
   for (let i = 0; i < N; i++) {
     const e = gRes * absPass.res[i]!;
@@ -419,7 +472,7 @@ export function refEvaluate(
       const e = gDiff * absPass.diff[i]!;
       s += 2 * Math.abs(pass.diff[i]!) * e + e * e;
     }
-    auxErr = (sel.scale * s) / sst + (sstRel + 8 * U) * pass.auxk;
+    auxErr = variant === 'paper' ? (pass.rv > 0 ? s / pass.rv + (rvRel + 8 * U) * pass.auxk : 0) : (sel.scale * s) / sst + (sstRel + 8 * U) * pass.auxk;
   }
   const lossErr = fvuErr + alpha * auxErr + 4 * U * pass.loss;
   const fired = new Uint8Array(L);
@@ -514,10 +567,10 @@ export function refAdamStep(
   dims: Dims,
   state: RefAdamState,
   hp: AdamHP,
-  opts: { alpha: number; deadMask?: Uint8Array },
+  opts: { alpha: number; deadMask?: Uint8Array; variant?: RefAuxKVariant },
 ): RefStep {
   const { dIn, numLatents: L } = dims;
-  const ev = refEvaluate(w, x, rows, dims, { alpha: opts.alpha, deadMask: opts.deadMask });
+  const ev = refEvaluate(w, x, rows, dims, { alpha: opts.alpha, deadMask: opts.deadMask, variant: opts.variant });
   const g = ev.pass.grads;
   const B = ev.bounds.grads;
   // projection g_j -= (g_j . w_j) w_j on decoder rows, with its error bound
