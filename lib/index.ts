@@ -49,6 +49,7 @@ export type { IoDType, IoArray, IoTensor, SafetensorsEntry, SafetensorsReader, N
 export { openActivations, fromArray, fromAsyncIterable, synthetic } from './data/index.js';
 export type {
   ActivationSource,
+  OwnedActivationSource,
   Batch,
   BatchOptions,
   OpenOptions,

@@ -1,5 +1,5 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -201,12 +201,22 @@ describe('saekit CLI', () => {
     expect(nan.status).toBe(1);
     expect(nan.stderr).toMatch(/row 37 .*NaN.*--on-non-finite skip/);
     oneLine(nan);
+    // It wrote nothing, so it leaves no empty --out folder behind.
+    expect(existsSync(path.join(dir, 'r0'))).toBe(false);
     // The README's form: --log inside an --out that does not exist yet.
     const out = path.join(dir, 'runs', 'l8');
     const ok = run([...base, '--out', out, '--log', path.join(out, 'log.jsonl'), '--on-non-finite', 'skip']);
     expect(ok.status, ok.stderr).toBe(0);
     expect(ok.stderr).toMatch(/skipped 1 row holding NaN or Inf/);
     expect(JSON.parse(ok.stdout)).toMatchObject({ status: 'completed', steps: 9 });
+    // The training flags reach the Trainer (its checkpoint records the options it resolved).
+    const tuned = path.join(dir, 'tuned');
+    const tr = run([...base, '--out', tuned, '--on-non-finite', 'skip', '--dead-threshold', '256', '--decay', 'none', '--b-dec-init', 'mean', '--auxk-variant', 'paper', '--auxk-alpha', '0.5', '--precision', 'fp32']);
+    expect(tr.status, tr.stderr).toBe(0);
+    expect(JSON.parse(readFileSync(path.join(tuned, 'checkpoint', 'checkpoint.json'), 'utf8')).options).toMatchObject({
+      deadThresholdTokens: 256, decay: 'none', bDecInit: 'mean', auxkVariant: 'paper', auxkAlpha: 0.5, batchSize: 128, warmupSteps: 2,
+    });
+    expect(run([...base, '--out', tuned, '--precision', 'fp16']).stderr).toMatch(/Expected one of: bf16, tf32, fp32 for --precision but received 'fp16'/);
     // A second run into the same --out refuses (checkpoint), names the way out, and leaves it alone.
     const again = run([...base, '--out', out, '--on-non-finite', 'skip']);
     expect(again.status).toBe(1);
@@ -241,6 +251,19 @@ describe('saekit CLI', () => {
     expect(e2.stderr).toMatch(new RegExp(`Expected activations of dIn ${dIn} \\(the SAE's, .*\\) but .*wide\\.npy hold rows of dIn ${dIn + 1}`));
     const e3 = run(['eval', path.join(dir, 'nope'), acts]);
     expect(e3.stderr).toMatch(/Expected an SAE folder or file for <sae> but .*nope does not exist/);
+    // --device on eval and compare: an explicit device that cannot run is a one-line device error;
+    // 'cpu' runs.
+    if (!backend.info().cuda.available) {
+      for (const args of [['eval', out, acts, '--device', 'cuda'], ['compare', out, out, '--data', acts, '--device', 'cuda:0']]) {
+        const r = run(args);
+        expect(r.status, args.join(' ')).toBe(1);
+        expect(r.stderr, args.join(' ')).toMatch(/CUDA/);
+        oneLine(r);
+      }
+    }
+    const ec = run(['eval', out, acts, '--device', 'cpu', '--on-non-finite', 'skip', '--max-tokens', '500', '--json']);
+    expect(ec.status, ec.stderr).toBe(0);
+    expect(JSON.parse(ec.stdout).tokens).toBe(500);
     // Flag conflicts.
     expect(run([...base, '--out', path.join(dir, 'r1'), '--tokens', '500', '--epochs', '2']).stderr).toMatch(/at most one of --tokens N and --epochs E/);
     expect(run([...base, '--out', path.join(dir, 'r1'), '--lr', '0']).stderr).toMatch(/Expected a number > 0 and <= 10 for --lr but received '0'/);

@@ -93,3 +93,36 @@ describe('recycled batch arrays', () => {
     expect(seen.size).toBeLessThanOrEqual(4);
   });
 });
+
+describe('await using', () => {
+  it('closes the sources saekit makes and a safetensors reader at the end of the block', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-using-'));
+    const npy = path.join(dir, 'acts.npy');
+    const st = path.join(dir, 'acts.safetensors');
+    const data = Float32Array.from({ length: 12 }, (_, i) => i);
+    await io.writeNpy(npy, { dtype: 'float32', shape: [4, 3], data });
+    await io.writeSafetensors(st, { acts: { dtype: 'float32', shape: [4, 3], data } });
+    const kept: { batches: () => AsyncIterable<unknown> }[] = [];
+    let reader: io.SafetensorsReader | undefined;
+    {
+      await using a = await openActivations(npy);
+      await using b = fromArray(data, 3);
+      await using r = await io.readSafetensors(st);
+      for (const s of [a, b]) {
+        let rows = 0;
+        for await (const batch of s.batches({ batchSize: 3 })) rows += batch.rows;
+        expect(rows).toBe(4);
+        kept.push({ batches: () => s.batches() });
+      }
+      expect(Array.from((await r.read('acts')).data as Float32Array)).toEqual(Array.from(data));
+      reader = r;
+    }
+    // Closed: a new pass, and a read, are ERR_SAEKIT_DISPOSED.
+    for (const s of kept) {
+      await expect((async () => {
+        for await (const _ of s.batches()) void _;
+      })()).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+    }
+    await expect(reader!.read('acts')).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+  });
+});

@@ -235,7 +235,7 @@ describe('safetensors', () => {
     await expectIoError(() => reader.read('nope'), file, /name of a tensor/, 'ERR_SAEKIT_ARG');
     await reader.close();
     await reader.close();
-    await expectIoError(() => reader.read('w'), file, /close\(\) was called/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => reader.read('w'), file, /this reader was closed/, 'ERR_SAEKIT_DISPOSED');
   });
 
   it('reads only the header when opening (a 1 GiB sparse file opens instantly)', async () => {

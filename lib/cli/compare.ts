@@ -2,6 +2,7 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 
+import type { DeviceOption } from '../backend/index.js';
 import { openActivations } from '../data/index.js';
 import { SaekitError } from '../errors.js';
 import { correlation, match, permutationTest, rsa, saeMatch, svcca } from '../features/index.js';
@@ -25,6 +26,7 @@ export interface CompareFlags {
   tensor?: string;
   dtype?: 'float32' | 'float16' | 'bfloat16' | 'float64';
   dIn?: number;
+  device: string;
 }
 
 /** Checks before any work that an --out file can be written: its folder exists and it is not a folder itself. */
@@ -50,8 +52,8 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
     throw new SaekitError('ERR_SAEKIT_ARG', 'Expected --on-non-finite error with --data-b (skipping rows on either side would misalign the two sources token by token); clean the files first');
   }
   await checkOutFile(f.out);
-  using a = await SparseAutoencoder.load(pathA);
-  using b = await SparseAutoencoder.load(pathB);
+  using a = await SparseAutoencoder.load(pathA, { device: f.device as DeviceOption });
+  using b = await SparseAutoencoder.load(pathB, { device: f.device as DeviceOption });
   const read = { onNonFinite: f.onNonFinite, tensor: f.tensor, dtype: f.dtype };
   const srcA = await openActivations(f.data, { ...read, dIn: f.dIn });
   const srcB = f.dataB ? await openActivations(f.dataB, read) : undefined;
@@ -86,6 +88,8 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
       ...(f.maxBytes !== undefined ? { maxBytes: f.maxBytes } : {}),
       top: Math.max(5, f.top),
       reverse: f.method === 'mutual',
+      // Where the SAEs are (--device auto: CUDA when usable); same result bits on either.
+      device: a.device,
       onProgress: (t, passes) => progress.update(t, passes > 1 ? `(${passes} passes)` : ''),
     }).finally(() => progress.done());
     process.stderr.write(`correlation: ${c.mode === 'full' ? 'full matrix' : `top ${c.top.k} matches per feature`} over ${c.tokens.toLocaleString('en-US')} tokens\n`);
@@ -149,12 +153,12 @@ function mean(x: Float64Array): number {
   return x.length ? s / x.length : Number.NaN;
 }
 
-export async function matchLayers(paths: string[], f: { json?: boolean; out?: string; encoder?: boolean }): Promise<void> {
+export async function matchLayers(paths: string[], f: { json?: boolean; out?: string; encoder?: boolean; device: string }): Promise<void> {
   if (paths.length < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 SAEs for match-layers but received ${paths.length}`);
   await checkOutFile(f.out);
   const saes: SparseAutoencoder[] = [];
   try {
-    for (const p of paths) saes.push(await SparseAutoencoder.load(p));
+    for (const p of paths) saes.push(await SparseAutoencoder.load(p, { device: f.device as DeviceOption }));
     for (let i = 1; i < saes.length; i++) {
       if (saes[i]!.numLatents !== saes[0]!.numLatents || saes[i]!.dIn !== saes[0]!.dIn) {
         throw new SaekitError(

@@ -4,7 +4,7 @@
  * (JSON with --json), logs and progress to stderr.
  */
 import { readFileSync } from 'node:fs';
-import { readFile, rename, rm, stat } from 'node:fs/promises';
+import { readFile, rename, rm, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 import { Command } from 'commander';
@@ -69,6 +69,8 @@ function oneOf<T extends string>(name: string, choices: readonly T[]): (v: strin
 
 const NON_FINITE_HELP = "rows holding NaN or Inf: 'error' (stop, naming the file and row) or 'skip' them";
 
+const DEVICE_HELP = "where the SAE runs: 'auto' (CUDA when usable), 'cpu', 'cuda' or 'cuda:N'";
+
 /**
  * Library option names in error messages, as the CLI flags that set them (the library names
  * `options.batchSize`; a CLI user typed --batch).
@@ -81,6 +83,10 @@ const FLAG_OF: Record<string, string> = {
   'options.warmupSteps': '--warmup',
   'options.auxkAlpha': '--auxk-alpha',
   'options.auxkVariant': '--auxk-variant',
+  'options.deadThresholdTokens': '--dead-threshold',
+  'options.decay': '--decay',
+  'options.bDecInit': '--b-dec-init',
+  'options.precision': '--precision',
   'options.normalize': '--normalize',
   'options.seed': '--seed',
   'options.k': '--k',
@@ -133,6 +139,10 @@ interface TrainFlags {
   warmup: number;
   auxkAlpha: number;
   auxkVariant: 'sparsify' | 'paper';
+  deadThreshold: number;
+  decay: 'linear' | 'linear-after-warmup' | 'none';
+  bDecInit: 'geometric-median' | 'mean' | 'zeros';
+  precision: 'bf16' | 'tf32' | 'fp32';
   normalize: 'none' | 'expected-norm';
   format: 'saelens' | 'sparsify';
   seed: number;
@@ -224,7 +234,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
   const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn, onNonFinite: f.onNonFinite });
   try {
     const numLatents = f.latents ?? Math.round(f.expansion! * source.dIn);
-    using sae = SparseAutoencoder.create({ dIn: source.dIn, numLatents, k: f.k, seed: f.seed, device: f.device as DeviceOption });
+    using sae = SparseAutoencoder.create({ dIn: source.dIn, numLatents, k: f.k, seed: f.seed, device: f.device as DeviceOption, precision: f.precision });
     const opts: TrainerOptions = {
       batchSize: f.batch,
       ...(f.tokens !== undefined ? { totalTokens: f.tokens } : { epochs: f.epochs ?? 1 }),
@@ -232,11 +242,15 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
       warmupSteps: f.warmup,
       auxkAlpha: f.auxkAlpha,
       auxkVariant: f.auxkVariant,
+      deadThresholdTokens: f.deadThreshold,
+      decay: f.decay,
+      bDecInit: f.bDecInit,
       normalize: f.normalize,
       seed: f.seed,
     };
     const trainer = new Trainer(sae, opts);
     const total = trainer.totalSteps(source) * f.batch;
+    const outExisted = (await stat(f.out).catch(() => undefined)) !== undefined;
     const { replaced } = await prepareOutputs(f);
     process.stderr.write(
       `training a TopK SAE: dIn ${source.dIn}, ${numLatents} latents, k ${f.k}, ${total.toLocaleString('en-US')} tokens in batches of ${f.batch}` +
@@ -258,6 +272,9 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
       });
     } catch (err) {
       if (replaced.length) process.stderr.write(`saekit: the run being replaced is kept in ${replaced.join(', ')}\n`);
+      // A run that failed before writing anything leaves no empty folders behind (rmdir removes
+      // only empty ones: a checkpoint, a log or a saved SAE keeps its folder).
+      if (!outExisted) for (const d of [path.join(f.out, 'checkpoint'), f.out]) await rmdir(d).catch(() => undefined);
       throw err;
     } finally {
       sig.dispose();
@@ -356,6 +373,7 @@ async function demo(f: DemoFlags): Promise<void> {
 }
 
 interface EvalFlags {
+  device: string;
   maxTokens: number;
   batch: number;
   json?: boolean;
@@ -368,7 +386,7 @@ interface EvalFlags {
 }
 
 async function evalCommand(saePath: string, paths: string[], f: EvalFlags): Promise<void> {
-  using sae = await SparseAutoencoder.load(saePath);
+  using sae = await SparseAutoencoder.load(saePath, { device: f.device as DeviceOption });
   const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn, onNonFinite: f.onNonFinite });
   try {
     if (source.dIn !== sae.dIn) {
@@ -430,6 +448,10 @@ export function buildProgram(): Command {
     .option('--warmup <steps>', 'linear warmup steps, at most 10% of the run', num('warmup', 0, 1 << 30), 1000)
     .option('--auxk-alpha <a>', 'AuxK loss weight (0 turns it off)', num('auxk-alpha', 0, 1e6, false), 1 / 32)
     .option('--auxk-variant <v>', "AuxK's form: 'sparsify' (the dead latents reconstruct the residual with b_dec, over the batch's variance) or 'paper' (Gao et al.'s: without b_dec, over the residual's variance)", oneOf('auxk-variant', ['sparsify', 'paper'] as const), 'sparsify')
+    .option('--dead-threshold <tokens>', 'a latent is dead (AuxK revives it) after this many tokens without firing', num('dead-threshold', 0, Number.MAX_SAFE_INTEGER), 10_000_000)
+    .option('--decay <d>', "learning-rate decay: 'linear' (to 0 over the last 20%), 'linear-after-warmup' (sparsify's) or 'none'", oneOf('decay', ['linear', 'linear-after-warmup', 'none'] as const), 'linear')
+    .option('--b-dec-init <i>', "b_dec at the start: 'geometric-median' of the first batch, 'mean' or 'zeros'", oneOf('b-dec-init', ['geometric-median', 'mean', 'zeros'] as const), 'geometric-median')
+    .option('--precision <p>', "the encoder GEMM's precision on CUDA: 'bf16', 'tf32' or 'fp32' (the CPU always computes in fp32)", oneOf('precision', ['bf16', 'tf32', 'fp32'] as const), 'bf16')
     .option('--normalize <mode>', "'none' or 'expected-norm' (scale inputs to E||x|| = sqrt(dIn) while training; folded into the biases, so the saved SAE takes raw activations)", oneOf('normalize', ['none', 'expected-norm'] as const), 'none')
     .option('--format <f>', "'saelens' or 'sparsify'", oneOf('format', ['saelens', 'sparsify'] as const), 'saelens')
     .option('--seed <n>', 'seed of the initialisation and the data order', num('seed', 0, Number.MAX_SAFE_INTEGER), 0)
@@ -437,7 +459,7 @@ export function buildProgram(): Command {
     .option('--overwrite', 'replace an earlier run, SAE or log in <out> / --log (without it saekit refuses)')
     .option('--checkpoint-every <steps>', 'steps between checkpoints', num('checkpoint-every', 1, 1 << 30), 1000)
     .option('--log <file>', 'append every step as a JSON line')
-    .option('--device <d>', "'auto' (CUDA when usable), 'cpu', 'cuda' or 'cuda:N'", 'auto')
+    .option('--device <d>', DEVICE_HELP, 'auto')
     .option('--tensor <name>', 'the tensor to read from .safetensors files (default: the only 2-D one)')
     .option('--dtype <t>', 'element type of raw .bin files: float32, float16, bfloat16, float64')
     .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))
@@ -463,6 +485,7 @@ export function buildProgram(): Command {
     .option('--dtype <t>', 'element type of raw .bin files')
     .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))
     .option('--on-non-finite <policy>', NON_FINITE_HELP, oneOf('on-non-finite', ['error', 'skip'] as const), 'error')
+    .option('--device <d>', DEVICE_HELP, 'auto')
     .addHelpText('after', '\nExample:\n  saekit eval runs/l8 acts/val.npy --max-tokens 2000000 --json > eval.json\n')
     .action((sae: string, paths: string[], f: EvalFlags) => evalCommand(sae, paths, f));
   program
@@ -485,6 +508,7 @@ export function buildProgram(): Command {
     .option('--d-in <n>', 'row width of raw .bin files (of --data; --data-b may differ: give it a self-describing file)', num('d-in', 1, 1 << 24))
     .option('--json', 'print the summary as JSON')
     .option('--out <file>', 'also write the summary and every matched pair as JSON')
+    .option('--device <d>', `${DEVICE_HELP}; the correlation runs there too`, 'auto')
     .addHelpText('after', '\nExample:\n  saekit compare runs/seed1 runs/seed2 --data acts/val.npy --method hungarian --json\n')
     .action((a: string, b: string, f: CompareFlags) => compare(a, b, f));
   program
@@ -494,8 +518,9 @@ export function buildProgram(): Command {
     .option('--encoder', 'also match on the (folded) encoder parameters')
     .option('--json', 'print a JSON summary')
     .option('--out <file>', 'write every permutation as JSON')
+    .option('--device <d>', DEVICE_HELP, 'auto')
     .addHelpText('after', '\nExample:\n  saekit match-layers runs/l6 runs/l7 runs/l8 --out perms.json\n')
-    .action((paths: string[], f: { json?: boolean; out?: string; encoder?: boolean }) => matchLayers(paths, f));
+    .action((paths: string[], f: { json?: boolean; out?: string; encoder?: boolean; device: string }) => matchLayers(paths, f));
   program
     .command('demo')
     .description('train an SAE on built-in synthetic data with known features and report how well it recovers them')

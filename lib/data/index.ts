@@ -33,6 +33,6 @@
  * two batches in flight.
  */
 export { openActivations, fromArray, fromAsyncIterable } from './sources.js';
-export type { ActivationSource, Batch, BatchOptions, OpenOptions } from './types.js';
+export type { ActivationSource, OwnedActivationSource, Batch, BatchOptions, OpenOptions } from './types.js';
 export { superposition, synthetic } from './synthetic.js';
 export type { SuperpositionOptions, SuperpositionData, SparseCodes as SyntheticCodes, Firing, Magnitude, Correlation } from './synthetic.js';

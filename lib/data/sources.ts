@@ -10,7 +10,7 @@ import { ArrayRowStream, ChunkPlan, FileRowStream, IterableRowStream, type RowSt
 import { Rng } from './prng.js';
 import { Pump, type Emit } from './pump.js';
 import { openShards, resolveShardPaths, type Shard } from './shards.js';
-import type { ActivationSource, Batch, BatchOptions, OpenOptions } from './types.js';
+import type { Batch, BatchOptions, OpenOptions, OwnedActivationSource } from './types.js';
 
 /** PRNG stream tags: (seed, epoch, tag). */
 const CHUNK_ORDER = 1;
@@ -27,7 +27,7 @@ function disposed(): SaekitError {
   return new SaekitError('ERR_SAEKIT_DISPOSED', 'Expected an open activation source but it has been closed');
 }
 
-abstract class BaseSource implements ActivationSource {
+abstract class BaseSource implements OwnedActivationSource {
   protected readonly counter: SkipCounter = { skippedRows: 0 };
   private readonly active = new Set<Pump>();
   private closed = false;
@@ -120,6 +120,10 @@ abstract class BaseSource implements ActivationSource {
     this.closed = true;
     await Promise.all([...this.active].map((p) => p.stop(disposed())));
     await this.release();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
   }
 }
 
@@ -236,7 +240,7 @@ const OPEN_OPTIONS = optionNames<OpenOptions>({ tensor: true, dtype: true, dIn: 
  * of such files, a glob pattern (*, ?, **), or an array of these. Files are read in path order
  * and must agree on dIn; only headers are read here.
  */
-export async function openActivations(pathOrPaths: string | string[], options?: OpenOptions): Promise<ActivationSource> {
+export async function openActivations(pathOrPaths: string | string[], options?: OpenOptions): Promise<OwnedActivationSource> {
   const o = checkOptions('options', options, OPEN_OPTIONS);
   if (o.tensor !== undefined && (typeof o.tensor !== 'string' || o.tensor.length === 0)) throw argError('options.tensor', 'a non-empty string', o.tensor);
   const dtype = o.dtype === undefined ? undefined : checkOneOf('options.dtype', o.dtype, DISK_DTYPES);
@@ -255,7 +259,7 @@ export async function openActivations(pathOrPaths: string | string[], options?: 
 }
 
 /** A source over rows already in memory (data is read, never modified; batches are copies). */
-export function fromArray(data: Float32Array, dIn: number): ActivationSource {
+export function fromArray(data: Float32Array, dIn: number): OwnedActivationSource {
   if (!(data instanceof Float32Array)) throw argError('data', 'a Float32Array', data);
   checkInt('dIn', dIn, 1, 1 << 24);
   if (data.length % dIn !== 0) {
@@ -269,7 +273,7 @@ export function fromArray(data: Float32Array, dIn: number): ActivationSource {
  * on the fly. numRows is undefined. Each epoch calls [Symbol.asyncIterator]() again. An item is
  * requested only after the previous one has been copied, so a producer may reuse its arrays.
  */
-export function fromAsyncIterable(iterable: AsyncIterable<Float32Array | Batch>, dIn: number): ActivationSource {
+export function fromAsyncIterable(iterable: AsyncIterable<Float32Array | Batch>, dIn: number): OwnedActivationSource {
   if (iterable === null || typeof iterable !== 'object' || typeof (iterable as { [Symbol.asyncIterator]?: unknown })[Symbol.asyncIterator] !== 'function') {
     throw argError('iterable', 'an async iterable', iterable);
   }

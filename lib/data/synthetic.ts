@@ -46,7 +46,7 @@
 import { argError, SaekitError } from '../errors.js';
 import { checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
 import { resolveBatchOptions } from './options.js';
-import type { ActivationSource, Batch, BatchOptions } from './types.js';
+import type { Batch, BatchOptions, OwnedActivationSource } from './types.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const SUPERPOSITION_OPTIONS = optionNames<SuperpositionOptions>({ dIn: true, numFeatures: true, firing: true, magnitude: true, correlation: true, numRows: true, seed: true });
@@ -107,7 +107,7 @@ export interface SparseCodes {
 /** What synthetic.superposition() returns: the rows as a source, and the ground truth behind them. */
 export interface SuperpositionData {
   /** The rows as an ActivationSource (numRows rows per epoch). */
-  source: ActivationSource;
+  source: OwnedActivationSource;
   /** Ground-truth features [numFeatures, dIn], unit rows. */
   features: Float32Array;
   /** Firing probability of each feature [numFeatures]. */
@@ -798,7 +798,7 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
 
   let closed = false;
   const disposed = () => new SaekitError('ERR_SAEKIT_DISPOSED', 'Expected an open activation source but it has been closed');
-  const source: ActivationSource = {
+  const source: OwnedActivationSource = {
     dIn,
     numRows,
     skippedRows: 0,
@@ -829,6 +829,9 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
       };
     },
     async close(): Promise<void> {
+      closed = true;
+    },
+    async [Symbol.asyncDispose](): Promise<void> {
       closed = true;
     },
   };

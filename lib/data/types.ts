@@ -69,6 +69,16 @@ export interface ActivationSource {
   close(): Promise<void>;
 }
 
+/**
+ * The sources saekit makes (openActivations, fromArray, fromAsyncIterable, synthetic data): an
+ * ActivationSource that `await using` closes. (Functions that take a source accept any
+ * ActivationSource, your own included.)
+ */
+export interface OwnedActivationSource extends ActivationSource, AsyncDisposable {
+  /** close(), for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
 /** How `openActivations` reads its files. */
 export interface OpenOptions {
   /** The safetensors tensor to read. Default: the file's only 2-D tensor. */

@@ -68,6 +68,8 @@ export interface SafetensorsReader {
   readBytes(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array>;
   /** Closes the file; reads after this throw. Safe to call twice. */
   close(): Promise<void>;
+  /** close(), for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 /** The validated content of a header, as parseSafetensorsHeader returns it. */
@@ -288,6 +290,10 @@ class Reader implements SafetensorsReader {
 
   close(): Promise<void> {
     return this.#source.close();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
   }
 }
 

@@ -60,7 +60,7 @@ function fileSource(fh: FileHandle, path: string, size: number, what: string): B
     name: path,
     size,
     async read(offset, length, into) {
-      if (closed) throw argError('reader', 'an open reader (close() was called)', path);
+      if (closed) throw new SaekitError('ERR_SAEKIT_DISPOSED', `${path}: this reader was closed; reads after close() are not possible`);
       if (length > MAX_BUFFER_BYTES) throw formatError(what, path, `a read of ${length} bytes exceeds the 4 GiB buffer limit`);
       const out = into ?? new Uint8Array(length);
       let done = 0;
