@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
@@ -57,5 +58,84 @@ describe('worker_threads', () => {
     using x = tensor(Float32Array.from([1, 2, 3, 4]), [2, 2]);
     using y = await ops.matmul(x, x);
     expect(Array.from(await y.toArray())).toEqual([7, 10, 15, 22]);
+  });
+
+  it('workers terminated with thousands of ops in flight end cleanly (the dispatcher is not released after Node freed it)', () => {
+    // Each worker queues 20,000 small products and is terminated while they run: its env is torn
+    // down with jobs in flight. Node frees the env's threadsafe function in its cleanup, and the
+    // addon used to release it afterwards (the process aborted in uv_mutex_lock). In a child
+    // process, so that an abort fails this test instead of the test runner.
+    const script = `
+      const { Worker } = require('node:worker_threads');
+      let left = 8;
+      function one() {
+        const w = new Worker(\`
+          const { workerData, parentPort } = require('node:worker_threads');
+          const b = require(workerData + '/node_modules/node-gyp-build')(workerData);
+          const a = b.fromArray(new Float32Array(64).fill(1), [8, 8], 'float32', 'float32');
+          for (let i = 0; i < 20000; i++) b.matmul(a, a, false, false);
+          parentPort.postMessage('queued');\`, { eval: true, workerData: process.argv[1] });
+        w.once('message', () => setTimeout(() => w.terminate(), 5));
+        w.once('exit', () => { if (--left > 0) one(); else console.log('done'); });
+      }
+      one();`;
+    const r = spawnSync(process.execPath, ['-e', script, packageRoot], { encoding: 'utf8', timeout: 120_000 });
+    expect({ status: r.status, signal: r.signal, out: r.stdout.trim() }).toEqual({ status: 0, signal: null, out: 'done' });
+  });
+});
+
+describe('_gemmDirect (synchronous, on the calling JS thread)', () => {
+  // Both in a child process: the bugs these guard against hung or crashed the process.
+  function runChild(script: string, env: NodeJS.ProcessEnv = {}) {
+    const r = spawnSync(process.execPath, ['-e', script, packageRoot], {
+      encoding: 'utf8',
+      timeout: 120_000,
+      env: { ...process.env, ...env },
+    });
+    return { status: r.status, signal: r.signal, out: r.stdout.trim() };
+  }
+
+  it('three workers multiplying at once with the built-in GEMM each get exact products', () => {
+    // Integer inputs: every product is exact in float32, so any mix-up between the threads shows.
+    // The synchronous path's pool was one for the process: concurrent calls hung, crashed or mixed
+    // up each other's tasks.
+    const script = `
+      const { Worker } = require('node:worker_threads');
+      let n = 0, bad = 0;
+      for (let w = 0; w < 3; w++)
+        new Worker(\`
+          const { workerData: [root, seed], parentPort } = require('node:worker_threads');
+          const b = require(root + '/node_modules/node-gyp-build')(root);
+          const M = 192, N = 192, K = 192;
+          const A = new Float32Array(M * K), B = new Float32Array(K * N), C = new Float32Array(M * N);
+          for (let i = 0; i < A.length; i++) A[i] = ((i * 7 + seed) % 13) - 6;
+          for (let i = 0; i < B.length; i++) B[i] = ((i * 5 + seed) % 11) - 5;
+          const R = new Float64Array(M * N);
+          for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) for (let j = 0; j < N; j++) R[i * N + j] += A[i * K + k] * B[k * N + j];
+          let bad = 0;
+          for (let r = 0; r < 60; r++) {
+            C.fill(NaN);
+            b._gemmDirect('builtin', false, false, M, N, K, A, B, C);
+            if (C.some((c, i) => c !== R[i])) bad++;
+          }
+          parentPort.postMessage(bad);\`, { eval: true, workerData: [process.argv[1], w] })
+          .on('message', (m) => { bad += m; if (++n === 3) console.log('wrong products: ' + bad); });`;
+    expect(runChild(script, { SAEKIT_NUM_THREADS: '4' })).toEqual({ status: 0, signal: null, out: 'wrong products: 0' });
+  });
+
+  it('right after setThreads (while the executor replaces its pool) sizes its own pool safely', () => {
+    // It read the size of the executor's pool, which setThreads replaces on the executor thread:
+    // in between the pointer is null, and the JS thread crashed on it.
+    const script = `
+      const b = require(process.argv[1] + '/node_modules/node-gyp-build')(process.argv[1]);
+      const A = Float32Array.from([1, 2, 3, 4]), C = new Float32Array(4);
+      let bad = 0;
+      for (let i = 0; i < 2000; i++) {
+        b.setThreads(1 + (i % 4));
+        b._gemmDirect('builtin', false, false, 2, 2, 2, A, A, C);
+        if (C.join() !== '7,10,15,22') bad++;
+      }
+      console.log('wrong products: ' + bad);`;
+    expect(runChild(script)).toEqual({ status: 0, signal: null, out: 'wrong products: 0' });
   });
 });

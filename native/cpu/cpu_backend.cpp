@@ -1,6 +1,7 @@
 #include "cpu_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -17,7 +18,10 @@ namespace sk::cpu {
 namespace {
 
 struct CpuContext {
-  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<ThreadPool> pool;  // executor thread only (set_threads replaces it there)
+  // pool's size, for JS threads (cpu_threads()): they must not read `pool` while the executor
+  // replaces it (a setThreads followed by _gemmDirect crashed on the null pointer in between).
+  std::atomic<int> threads{1};
 };
 
 int initial_threads() {
@@ -33,6 +37,7 @@ CpuContext& context() {
   static CpuContext* ctx = [] {
     auto* c = new CpuContext();  // lives for the process: worker threads must outlive every env
     c->pool = std::make_unique<ThreadPool>(initial_threads());
+    c->threads.store(c->pool->size());
     blas_set_threads(c->pool->size());
     return c;
   }();
@@ -63,6 +68,7 @@ int cpu_set_threads(void*, sk_status* st, int threads) {
     if (c.pool->size() != threads) {
       c.pool.reset();  // join the old workers before starting new ones
       c.pool = std::make_unique<ThreadPool>(threads);
+      c.threads.store(threads);
     }
     blas_set_threads(threads);
   });
@@ -125,7 +131,7 @@ sk_backend cpu_backend() {
   return sk_backend{&kCpuBackend, nullptr};
 }
 
-int cpu_threads() { return context().pool->size(); }
+int cpu_threads() { return context().threads.load(); }
 ThreadPool& cpu_pool() { return *context().pool; }
 const char* cpu_gemm_name() { return blas_info().name.c_str(); }
 

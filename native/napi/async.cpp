@@ -17,7 +17,10 @@ using Tsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, Job, call_js>;
 // Shared between the env (JS thread) and the executor; outlives both through shared_ptr.
 struct DispatchState {
   std::mutex mu;
-  bool closed = false;  // the env is gone: drop results instead of posting them
+  // tsfn must not be touched any more (the env is going away): drop results instead of posting
+  // them. Set by whichever comes first of the tsfn's finalizer, a napi_closing answer and
+  // close_dispatcher.
+  bool closed = false;
   Tsfn tsfn;
   int64_t pending = 0;  // JS thread only
 };
@@ -80,7 +83,17 @@ void run_on_executor(Job* job) {
   job->work = nullptr;  // release captured inputs on this thread, before posting back
   std::shared_ptr<DispatchState> st = job->state;
   std::lock_guard<std::mutex> lock(st->mu);
-  if (st->closed || st->tsfn.NonBlockingCall(job) != napi_ok) delete job;
+  if (st->closed) {
+    delete job;
+    return;
+  }
+  napi_status s = st->tsfn.NonBlockingCall(job);
+  if (s != napi_ok) {
+    // napi_closing: the env is shutting down and this call gave up our reference to the tsfn;
+    // Node may free it at any moment, so nothing may call or release it again.
+    if (s == napi_closing) st->closed = true;
+    delete job;
+  }
 }
 
 void enqueue(Napi::Env env, Job* job) {
@@ -93,13 +106,34 @@ void enqueue(Napi::Env env, Job* job) {
 
 std::shared_ptr<DispatchState> open_dispatcher(Napi::Env env) {
   auto state = std::make_shared<DispatchState>();
-  state->tsfn = Tsfn::New(env, "saekit", 0, 1);
+  // At env teardown Node (20.x does) closes and frees the tsfn in its own cleanup hook, whatever
+  // thread count we still hold, and that can come before free_env_data runs close_dispatcher (it
+  // did for a worker terminated with thousands of ops in flight). A Release there, or a
+  // NonBlockingCall from the executor in between, then works on freed memory (the process
+  // aborted in uv_mutex_lock). The finalizer runs on the JS thread just before Node frees the
+  // tsfn: from then on nothing touches it. (A Node that keeps the tsfn until its thread count
+  // drops keeps this one, a few hundred bytes per env, since it is then never released.)
+  auto* keep = new std::shared_ptr<DispatchState>(state);
+  auto finalize = [](Napi::Env, std::shared_ptr<DispatchState>* k, std::nullptr_t*) {
+    {
+      std::lock_guard<std::mutex> lock((*k)->mu);
+      (*k)->closed = true;
+    }
+    delete k;
+  };
+  try {
+    state->tsfn = Tsfn::New(env, "saekit", 0, 1, nullptr, finalize, keep);
+  } catch (...) {
+    delete keep;
+    throw;
+  }
   state->tsfn.Unref(env);  // an idle dispatcher must not keep the process alive
   return state;
 }
 
 void close_dispatcher(const std::shared_ptr<DispatchState>& state) {
   std::lock_guard<std::mutex> lock(state->mu);
+  if (state->closed) return;  // finalized by Node already (or released by a napi_closing call)
   state->closed = true;
   state->tsfn.Release();
 }

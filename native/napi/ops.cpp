@@ -199,8 +199,10 @@ Napi::Value gemm_direct(const Napi::CallbackInfo& info) {
     if (!cpu::blas_info().linked) throw Error(ErrorCode::Device, "this build has no CBLAS library");
     cpu::blas_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
   } else if (impl == "builtin") {
-    // The backend pool belongs to the executor thread; this synchronous path gets its own.
-    static std::unique_ptr<ThreadPool> pool;
+    // The backend pool belongs to the executor thread; this synchronous path gets its own, one per
+    // JS thread: ThreadPool::run is not re-entrant, and workers may call this at the same time (a
+    // shared pool hung, crashed or returned wrong products).
+    thread_local std::unique_ptr<ThreadPool> pool;
     if (!pool || pool->size() != cpu::cpu_threads()) pool = std::make_unique<ThreadPool>(cpu::cpu_threads());
     cpu::gemm_builtin_f32(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N, *pool);
   } else {
