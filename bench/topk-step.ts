@@ -14,11 +14,14 @@ interface Shape {
   batch: number;
   /** deadThresholdTokens for the steps; default batch * 8 (no dead latents with this data). 0 forces AuxK on. */
   deadThreshold?: number;
+  /** The AuxK loss (default 'sparsify'). */
+  auxkVariant?: 'sparsify' | 'paper';
 }
 
 const SHAPES: Shape[] = [
   { dIn: 768, numLatents: 24576, k: 32, batch: 4096 },
   { dIn: 768, numLatents: 24576, k: 32, batch: 4096, deadThreshold: 0 },
+  { dIn: 768, numLatents: 24576, k: 32, batch: 4096, deadThreshold: 0, auxkVariant: 'paper' },
   { dIn: 2048, numLatents: 65536, k: 64, batch: 2048 },
 ];
 const FIRST_ONLY: Shape[] = [
@@ -56,7 +59,7 @@ export const topkStep: Benchmark = {
       const threshold = sh.deadThreshold ?? batch * 8;
       const oneGemm = () => native()._gemmDirect(impl, false, true, batch, numLatents, dIn, A, B, C);
       const oneStep = async () => {
-        const r = await opt.step(xs[i++ % 2]!, { deadThresholdTokens: threshold });
+        const r = await opt.step(xs[i++ % 2]!, { deadThresholdTokens: threshold, auxkVariant: sh.auxkVariant });
         per.push(r.seconds);
       };
       // Interleaved, so both see the same machine load (the machines are shared and noisy).
@@ -78,13 +81,13 @@ export const topkStep: Benchmark = {
       const gemm = { median: median(tg), min: Math.min(...tg), max: Math.max(...tg) };
       const step = { median: median(ts), min: Math.min(...ts), max: Math.max(...ts) };
       const ratios = ts.map((t, r) => t / tg[r]!);
-      const last = await opt.step(xs[0]!, { deadThresholdTokens: threshold });
+      const last = await opt.step(xs[0]!, { deadThresholdTokens: threshold, auxkVariant: sh.auxkVariant });
       const rssMiB = process.resourceUsage().maxRSS / 1024;
       const paramMiB = (3 * (2 * numLatents * dIn + numLatents + dIn) * 4) / 2 ** 20;
       const sel = median(per.map((p) => p.select));
       const bwd = median(per.map((p) => p.backward + p.update));
       rows.push({
-        shape: `d${dIn} M${numLatents} k${k} N${batch}${sh.deadThreshold === 0 ? ' +AuxK' : ''}`,
+        shape: `d${dIn} M${numLatents} k${k} N${batch}${sh.deadThreshold === 0 ? ` +AuxK${sh.auxkVariant === 'paper' ? ' (paper)' : ''}` : ''}`,
         'step ms': step.median * 1e3,
         'tok/s': batch / step.median,
         'gemm ms': gemm.median * 1e3,
