@@ -1,0 +1,119 @@
+/** EncodeBatcher: concurrent encode requests coalesced into batches, split back per request. */
+import { describe, expect, it } from 'vitest';
+
+import { EncodeBatcher, SparseAutoencoder, type SparseCodes } from '../lib/index.js';
+import { lcg } from './helpers/reference.js';
+
+const bits = (a: Float32Array): number[] => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+
+function rowsOf(n: number, dIn: number, next: () => number): Float32Array {
+  return Float32Array.from({ length: n * dIn }, () => 2 * next() - 1);
+}
+
+/** The rows [from, to) of codes with k per row. */
+function slice(c: SparseCodes, from: number, to: number): { values: number[]; indices: number[] } {
+  return { values: bits(c.values.subarray(from * c.k, to * c.k)), indices: Array.from(c.indices.subarray(from * c.k, to * c.k)) };
+}
+
+describe('EncodeBatcher', () => {
+  const [dIn, L, k] = [13, 97, 5];
+
+  it('requests that arrive while an encode runs go together; each gets exactly its rows of that batch', async () => {
+    const next = lcg(Date.now() % 100_000);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 7 });
+    const b = new EncodeBatcher(sae);
+    const sizes = [1, 3, 7, 1, 2, 11, 1];
+    const xs = sizes.map((n) => rowsOf(n, dIn, next));
+    const got = await Promise.all(xs.map((x) => b.encode(x)));
+    // The first found the batcher idle and went alone; the others waited for it and went as one.
+    expect(b.batches).toBe(2);
+    const rest = new Float32Array(xs.slice(1).reduce((s, x) => s + x.length, 0));
+    let at = 0;
+    for (const x of xs.slice(1)) {
+      rest.set(x, at);
+      at += x.length;
+    }
+    const whole = await sae.encode(rest);
+    const alone = await sae.encode(xs[0]!);
+    expect(slice(got[0]!, 0, 1)).toEqual(slice(alone, 0, 1));
+    let row = 0;
+    for (let i = 1; i < xs.length; i++) {
+      const g = got[i]!;
+      expect([g.rows, g.k, g.numLatents], `request ${i}`).toEqual([sizes[i], k, L]);
+      expect(slice(g, 0, g.rows), `request ${i}`).toEqual(slice(whole, row, row + sizes[i]!));
+      row += sizes[i]!;
+    }
+    // And against an independent float64 TopK of each row (indices; ties are measure-zero here).
+    const w = await sae.weights();
+    for (const [i, x] of xs.entries()) {
+      for (let r = 0; r < sizes[i]!; r++) {
+        const pre = Array.from({ length: L }, (_, l) => {
+          let s = w.b_enc[l]!;
+          for (let d = 0; d < dIn; d++) s += (x[r * dIn + d]! - w.b_dec[d]!) * w.W_enc[d * L + l]!;
+          return { l, v: Math.max(s, 0) };
+        });
+        pre.sort((a, c) => c.v - a.v || a.l - c.l);
+        const want = pre.slice(0, k).filter((p) => p.v > 0).map((p) => p.l);
+        expect(Array.from(got[i]!.indices.subarray(r * k, r * k + want.length)), `request ${i} row ${r}`).toEqual(want);
+      }
+    }
+  });
+
+  it('maxRows bounds a batch (a larger request still goes alone, whole)', async () => {
+    const next = lcg(5);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 3 });
+    const b = new EncodeBatcher(sae, { maxRows: 4 });
+    const sizes = [2, 3, 1, 9, 2, 2, 4];
+    const got = await Promise.all(sizes.map((n) => b.encode(rowsOf(n, dIn, next))));
+    // [2] alone, then [3, 1], [9], [2, 2], [4]
+    expect(b.batches).toBe(5);
+    expect(got.map((g) => g.rows)).toEqual(sizes);
+  });
+
+  it('a request with NaN is rejected alone; bad input and a disposed SAE are named errors', async () => {
+    const next = lcg(11);
+    const sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 4 });
+    const b = new EncodeBatcher(sae);
+    const bad = rowsOf(3, dIn, next);
+    bad[dIn + 4] = Number.NaN;
+    const [r1, r2, r3] = await Promise.allSettled([b.encode(rowsOf(2, dIn, next)), b.encode(bad), b.encode(rowsOf(1, dIn, next))]);
+    expect(r1.status).toBe('fulfilled');
+    expect(r3.status).toBe('fulfilled');
+    expect(r2).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/row 1 holds NaN \(column 4\)/) } });
+    await expect(b.encode(new Float32Array(dIn + 1))).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
+    expect(() => new EncodeBatcher(sae, { maxrows: 3 } as never)).toThrow(/did you mean options\.maxRows/);
+    expect(() => new EncodeBatcher({} as SparseAutoencoder)).toThrow(/SparseAutoencoder/);
+    // Disposed while requests wait: those reject with the SAE's error.
+    const pending = [b.encode(rowsOf(1, dIn, next)), b.encode(rowsOf(1, dIn, next))];
+    sae.dispose();
+    const settled = await Promise.allSettled(pending);
+    expect(settled.some((s) => s.status === 'rejected' && (s.reason as { code: string }).code === 'ERR_SAEKIT_DISPOSED')).toBe(true);
+    await expect(b.encode(rowsOf(1, dIn, next))).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+  });
+
+  it('JumpReLU: each request keeps its own padding, as encoding its rows alone does', async () => {
+    const next = lcg(21);
+    const W_enc = rowsOf(L, dIn, next);
+    const W_dec = rowsOf(L, dIn, next);
+    const threshold = Float32Array.from({ length: L }, () => 0.2 + next());
+    using sae = SparseAutoencoder.fromWeights(
+      { W_enc, b_enc: new Float32Array(L), W_dec, b_dec: new Float32Array(dIn), threshold },
+      { architecture: 'jumprelu' },
+    );
+    const b = new EncodeBatcher(sae);
+    // Small rows (few active latents) and large rows (many) in one batch.
+    const small = rowsOf(2, dIn, next).map((v) => v * 0.2);
+    const large = rowsOf(3, dIn, next).map((v) => v * 3);
+    const [, gs, gl] = await Promise.all([b.encode(rowsOf(1, dIn, next)), b.encode(small), b.encode(large)]);
+    expect(b.batches).toBe(2);
+    const [as, al] = [await sae.encode(small), await sae.encode(large)];
+    expect(gs!.k).toBe(as.k);
+    expect(gl!.k).toBe(al.k);
+    expect(gs!.k).toBeLessThan(gl!.k);
+    expect(Array.from(gs!.indices)).toEqual(Array.from(as.indices));
+    expect(Array.from(gl!.indices)).toEqual(Array.from(al.indices));
+    for (const [g, a] of [[gs!, as], [gl!, al]] as const) {
+      for (let i = 0; i < a.values.length; i++) expect(Math.abs(g.values[i]! - a.values[i]!)).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(a.values[i]!)));
+    }
+  });
+});
