@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <mutex>
 #include <string>
 
 #include "core/backend.h"
@@ -90,6 +91,29 @@ inline int smem_optin(int device) {
   SK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   if (cached) known[device].store(optin, std::memory_order_relaxed);
   return optin;
+}
+
+// Lets `kernel` launch with `bytes` of dynamic shared memory on the current device (`device`).
+// Without an opt-in a block has 48 KiB in all: the dynamic part may not exceed 48 KiB less the
+// kernel's static __shared__ arrays (cudaFuncAttributes::maxDynamicSharedSizeBytes says how much
+// it may take now). Above that the kernel opts in (cudaFuncAttributeMaxDynamicSharedMemorySize),
+// up to the device's opt-in limit less its static part. The limit only rises, under a lock, so
+// two threads asking for different sizes (two SAEs of different dIn) never lower it below what
+// the other is about to launch with. `what` names the limit a too-large request breaks.
+inline std::mutex& smem_attr_mu() {
+  static std::mutex m;
+  return m;
+}
+template <typename F>
+void allow_dynamic_smem(F* kernel, size_t bytes, int device, const char* what) {
+  std::lock_guard<std::mutex> lock(smem_attr_mu());
+  cudaFuncAttributes fa;
+  SK_CUDA(cudaFuncGetAttributes(&fa, kernel));
+  if (bytes <= size_t(fa.maxDynamicSharedSizeBytes)) return;
+  const int optin = smem_optin(device);
+  SK_CHECK(bytes + fa.sharedSizeBytes <= size_t(optin), ErrorCode::Shape, what, ": a block needs ", bytes,
+           " bytes of dynamic shared memory beside ", fa.sharedSizeBytes, " static, and the device allows ", optin);
+  SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
 inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {

@@ -72,6 +72,18 @@ struct AuxDense {
   __device__ __forceinline__ int64_t pos(int64_t l) const { return dpos ? int64_t(dpos[l]) : -1; }
 };
 
+// The grid of colsum_partial_kernel over `cols` columns and `chunks` row chunks: gridDim.y is at
+// most 65535 (ceil(N / 256) passes it from N = 16.8M rows), so the chunks beyond it are taken by
+// the same blocks in turn; the partials are the same. SAEKIT_CUDA_GRID_Y (tests) lowers the cap.
+dim3 colsum_grid(int64_t cols, int64_t chunks) {
+  int64_t cap = 65535;
+  if (const char* e = std::getenv("SAEKIT_CUDA_GRID_Y")) {
+    const long long v = std::atoll(e);
+    if (v >= 1 && v < cap) cap = v;
+  }
+  return dim3(unsigned((cols + 127) / 128), unsigned(std::max<int64_t>(1, std::min(chunks, cap))));
+}
+
 int64_t env_bytes(const char* name, int64_t fallback) {
   const char* v = std::getenv(name);
   if (!v) return fallback;
@@ -122,18 +134,21 @@ __global__ void bf16_bias_kernel(const uint16_t* pre16, const float* b, int64_t 
 }
 
 // partial[c * D + d] = sum over rows r of chunk c (kChunk rows) of w(r) * A[r * D + d], in
-// float64, rows in order; w(r) = rw[r] or 1.
+// float64, rows in order; w(r) = rw[r] or 1. Chunks c = blockIdx.y, + gridDim.y, ... (gridDim.y
+// is at most 65535: colsum_grid).
 __global__ void colsum_partial_kernel(const float* A, int64_t rows, int64_t D, const float* rw, double* partial) {
   const int64_t d = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t c = blockIdx.y;
   if (d >= D) return;
-  const int64_t r1 = min(rows, (c + 1) * kChunk);
-  double s = 0;
-  for (int64_t r = c * kChunk; r < r1; ++r) {
-    double a = A[r * D + d];
-    s += rw ? double(rw[r]) * a : a;
+  const int64_t chunks = (rows + kChunk - 1) / kChunk;
+  for (int64_t c = blockIdx.y; c < chunks; c += gridDim.y) {
+    const int64_t r1 = min(rows, (c + 1) * kChunk);
+    double s = 0;
+    for (int64_t r = c * kChunk; r < r1; ++r) {
+      double a = A[r * D + d];
+      s += rw ? double(rw[r]) * a : a;
+    }
+    partial[c * D + d] = s;
   }
-  partial[c * D + d] = s;
 }
 
 // CPU: the mean of x over the batch (column_sums with scale 1/N).
@@ -354,10 +369,12 @@ inline void fused_shape(int64_t K, int* nw, int* cpw) {
 // partials in warp order), and each lane adds its codes' products with E to running dot
 // products, summed over the warp at the end: d loss / d pre = gscale <E, W_dec[idx]>. Same
 // outputs as residual_kernel (rowd / rowf's AuxK entries 0), sums in another order.
+// The body of the two kernels below.
 template <typename V>
-__global__ void residual_fused_kernel(const float* x, const float* xc, const float* W_dec, const float* b_dec,
-                                      int64_t D, const float* mv, const int32_t* mi, int64_t K, int cpw,
-                                      const Scalars* sc, float* E, float* dpm, double* rowd, float* rowf, int64_t N) {
+__device__ __forceinline__ void residual_fused_body(const float* x, const float* xc, const float* W_dec,
+                                                    const float* b_dec, int64_t D, const float* mv, const int32_t* mi,
+                                                    int64_t K, int cpw, const Scalars* sc, float* E, float* dpm,
+                                                    double* rowd, float* rowf, int64_t N) {
   extern __shared__ float sh[];
   constexpr int64_t kW = int64_t(sizeof(V) / sizeof(float));
   const int64_t n = blockIdx.x, DV = D / kW;
@@ -428,6 +445,24 @@ __global__ void residual_fused_kernel(const float* x, const float* xc, const flo
       rowf[2 * N + n] = mX;
     }
   }
+}
+// A block has 65536 registers. Unbounded, the kernel takes 102 a thread with float4 columns (72
+// with float; sm_90), so no block of more than 19 warps (28) can launch: at k >= 153 (225) the
+// launch failed with cudaErrorLaunchOutOfResources. Blocks of more than 16 warps (k > 128) take
+// residual_fused_wide_kernel, bounded to 1024 threads (64 registers, a few spilled); the same
+// sums in the same order.
+template <typename V>
+__global__ void residual_fused_kernel(const float* x, const float* xc, const float* W_dec, const float* b_dec,
+                                      int64_t D, const float* mv, const int32_t* mi, int64_t K, int cpw,
+                                      const Scalars* sc, float* E, float* dpm, double* rowd, float* rowf, int64_t N) {
+  residual_fused_body<V>(x, xc, W_dec, b_dec, D, mv, mi, K, cpw, sc, E, dpm, rowd, rowf, N);
+}
+template <typename V>
+__global__ void __launch_bounds__(1024)
+    residual_fused_wide_kernel(const float* x, const float* xc, const float* W_dec, const float* b_dec, int64_t D,
+                               const float* mv, const int32_t* mi, int64_t K, int cpw, const Scalars* sc, float* E,
+                               float* dpm, double* rowd, float* rowf, int64_t N) {
+  residual_fused_body<V>(x, xc, W_dec, b_dec, D, mv, mi, K, cpw, sc, E, dpm, rowd, rowf, N);
 }
 
 // The losses (CPU: st.fvu, st.auxk, st.loss) and the finite check before any update. The paper's
@@ -569,38 +604,51 @@ __global__ void latent_reduce_kernel(const int32_t* offs, const Entry* ent, int6
   }
 }
 
-// The gradient rows of latent l into gd, ge (shared, D each), from its pairs in order (CPU:
-// the axpy loop of the per-latent pass). Returns whether the latent has pairs.
+// Column d of a latent's gradient rows (decoder a, encoder b) from its pairs [q0, q1) in order,
+// then its dense AuxK rows (dense position dp, or -1) (CPU: the axpy loop of the per-latent pass).
+__device__ __forceinline__ void latent_grad_col(int64_t d, int64_t D, int64_t q0, int64_t q1, int64_t dp,
+                                                const Entry* ent, const float* E, const float* R, const float* xc,
+                                                const AuxDense& ax, float& a, float& b) {
+  a = 0.0f;
+  b = 0.0f;
+  for (int64_t q = q0; q < q1; ++q) {
+    const Entry e = ent[q];
+    const int64_t row = e.row_aux & 0x7fffffff;
+    if (e.coef != 0.0f) a += e.coef * (e.row_aux < 0 ? R : E)[row * D + d];
+    if (e.dpre != 0.0f) b += e.dpre * xc[row * D + d];
+  }
+  if (dp >= 0) {
+    a += ax.GA[dp * D + d];
+    b += ax.GA[(ax.nd + dp) * D + d];
+  }
+}
+
+// The gradient rows of latent l into gd, ge (shared, D each; column d by the thread d mod
+// blockDim.x). Returns whether the latent has pairs.
 __device__ bool latent_grad_rows(int64_t l, int64_t D, const int32_t* offs, const Entry* ent, const float* E,
                                  const float* R, const float* xc, const AuxDense& ax, float* gd, float* ge) {
   const int64_t q0 = offs[l], q1 = offs[l + 1], dp = ax.pos(l);
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    float a = 0.0f, b = 0.0f;
-    for (int64_t q = q0; q < q1; ++q) {
-      const Entry e = ent[q];
-      const int64_t row = e.row_aux & 0x7fffffff;
-      if (e.coef != 0.0f) a += e.coef * (e.row_aux < 0 ? R : E)[row * D + d];
-      if (e.dpre != 0.0f) b += e.dpre * xc[row * D + d];
-    }
-    if (dp >= 0) {
-      a += ax.GA[dp * D + d];
-      b += ax.GA[(ax.nd + dp) * D + d];
-    }
+    float a, b;
+    latent_grad_col(d, D, q0, q1, dp, ent, E, R, xc, ax, a, b);
     gd[d] = a;
     ge[d] = b;
   }
   return q1 > q0 || dp >= 0;
 }
 
-// CPU: the explicit check of rows whose bound is too large.
+// CPU: the explicit check of rows whose bound is too large, column by column in registers (no
+// shared memory: a block of 2 dIn floats would cap dIn at 12672 on sm_86 / sm_89).
 __global__ void suspect_check_kernel(int64_t D, const int32_t* offs, const Entry* ent, const float* E, const float* R,
                                      const float* xc, AuxDense ax, const uint8_t* suspect, int* stat) {
-  extern __shared__ float sh[];
   const int64_t l = blockIdx.x;
   if (!suspect[l]) return;
-  latent_grad_rows(l, D, offs, ent, E, R, xc, ax, sh, sh + D);
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-    if (!(fabsf(sh[d]) < float(kGradLimit) && fabsf(sh[D + d]) < float(kGradLimit))) atomicMin(&stat[2], int(l));
+  const int64_t q0 = offs[l], q1 = offs[l + 1], dp = ax.pos(l);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float a, b;
+    latent_grad_col(d, D, q0, q1, dp, ent, E, R, xc, ax, a, b);
+    if (!(fabsf(a) < float(kGradLimit) && fabsf(b) < float(kGradLimit))) atomicMin(&stat[2], int(l));
+  }
 }
 
 // db_dec = gscale sum E + hscale sum R - [apply_b_dec] sum_l db_enc[l] W_encT[l] (CPU order:
@@ -925,13 +973,11 @@ __global__ void decode_kernel(const float* W_dec, const float* b_dec, int64_t D,
   }
 }
 
+// The shared memory a kernel's launch asks for (allow_dynamic_smem: the opt-in above 48 KiB less
+// the kernel's static arrays).
 template <typename F>
 void allow_smem(F* kernel, size_t bytes, int device) {
-  if (bytes <= (48u << 10)) return;
-  const int optin = smem_optin(device);
-  SK_CHECK(bytes <= size_t(optin), ErrorCode::Shape, "dIn is too large for the CUDA SAE kernels: they need ", bytes,
-           " bytes of shared memory per block and the device allows ", optin);
-  SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  allow_dynamic_smem(kernel, bytes, device, "dIn is too large for the CUDA SAE kernels");
 }
 
 }  // namespace
@@ -1334,8 +1380,7 @@ AuxDense aux_dense_backward(sk_sae_dev* S, int64_t N, int64_t Ka, const int32_t*
     // GA_dec^T [D, Cn] = R^T [D, N] A [N, Cn]; GA_enc^T likewise with xc and DP.
     gemm_f32(S, prec, kOpN, kOpT, D, Cn, N, R, D, A, Cn, false, GA + c0 * D, D, "decoder gradient");
     gemm_f32(S, prec, kOpN, kOpT, D, Cn, N, xc, D, DP, Cn, false, GA + (nd + c0) * D, D, "encoder gradient");
-    const dim3 g(unsigned((Cn + 127) / 128), unsigned(cN));
-    colsum_partial_kernel<<<g, 128, 0, s>>>(DP, N, Cn, nullptr, part);
+    colsum_partial_kernel<<<colsum_grid(Cn, cN), 128, 0, s>>>(DP, N, Cn, nullptr, part);
     mean_kernel<<<grid_for(Cn, 128), 128, 0, s>>>(part, cN, Cn, 1.0, db + c0);
     SK_LAUNCHED("mean_kernel (AuxK db_enc)");
   }
@@ -1640,7 +1685,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
 
     // ---- total variance (depends on x only) and the loss scales
     const int64_t cN = (N64 + kChunk - 1) / kChunk;
-    const dim3 gcol(unsigned((D + 127) / 128), unsigned(cN));
+    const dim3 gcol = colsum_grid(D, cN);
     double* pX = S->pX.as<double>(cN * D);
     double* mean = S->mean.as<double>(D);
     double* rowd = S->rowd.as<double>(3 * N64);  // sse | asse | tv per row
@@ -1676,7 +1721,13 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
       int nw = 1, cpw = 1;
       fused_shape(K, &nw, &cpw);
       const size_t smem = size_t(2 * nw * 32) * (vec4 ? sizeof(float4) : sizeof(float));
+      // More than 16 warps, or more than the unbounded kernel's registers allow on this device
+      // (none today: 102 registers leave room for 19 warps): the kernel bounded to 1024 threads.
       auto* kernel = vec4 ? residual_fused_kernel<float4> : residual_fused_kernel<float>;
+      cudaFuncAttributes fa;
+      SK_CUDA(cudaFuncGetAttributes(&fa, kernel));
+      if (nw > 16 || 32 * nw > fa.maxThreadsPerBlock)
+        kernel = vec4 ? residual_fused_wide_kernel<float4> : residual_fused_wide_kernel<float>;
       allow_smem(kernel, smem, S->device);
       kernel<<<unsigned(N64), unsigned(32 * nw), smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, cpw, sc, E, dpm, rowd,
                                                            rowf, N64);
@@ -1736,9 +1787,8 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     latent_reduce_kernel<<<unsigned((M + 7) / 8), 256, 0, s>>>(offs, ent, M, sc, ax, gbenc, suspect, stat);
     SK_LAUNCHED("latent_reduce_kernel");
     const int threads_l = D >= 1024 ? 256 : 128;
-    const size_t smem_l = 2 * size_t(D) * sizeof(float);
-    allow_smem(suspect_check_kernel, smem_l, S->device);
-    suspect_check_kernel<<<unsigned(M), threads_l, smem_l, s>>>(D, offs, ent, E, R, xc, ax, suspect, stat);
+    const size_t smem_l = 2 * size_t(D) * sizeof(float);  // latent_update_kernel's gradient rows
+    suspect_check_kernel<<<unsigned(M), threads_l, 0, s>>>(D, offs, ent, E, R, xc, ax, suspect, stat);
     SK_LAUNCHED("suspect_check_kernel");
     const int64_t cM = (M + kChunk - 1) / kChunk;
     // The paper's e_hat has no b_dec: R gives b_dec no gradient.
@@ -1746,8 +1796,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     double* pW = S->apply_b_dec ? S->pW.as<double>(cM * D) : nullptr;
     if (pR) colsum_partial_kernel<<<gcol, 128, 0, s>>>(R, N64, D, nullptr, pR);
     if (pW) {
-      const dim3 gw(unsigned((D + 127) / 128), unsigned(cM));
-      colsum_partial_kernel<<<gw, 128, 0, s>>>(W_encT, M, D, gbenc, pW);
+      colsum_partial_kernel<<<colsum_grid(D, cM), 128, 0, s>>>(W_encT, M, D, gbenc, pW);
     }
     float* gbf = S->gbf.as<float>(D);
     gbdec_kernel<<<grid_for(D, 128), 128, 0, s>>>(pE, cN, pR, pR ? cN : 0, pW, pW ? cM : 0, D, sc, gbf, stat);
@@ -1759,7 +1808,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     AdamArgs ad{};
     const int64_t t_next = S->t + 1;
     float* grads = nullptr;
-    allow_smem(latent_update_kernel, smem_l, S->device);
+    if (!vec4) allow_smem(latent_update_kernel, smem_l, S->device);
     const dim3 slices(unsigned(M), unsigned((D / 4 + kSlice4 - 1) / kSlice4));
     if (o->want_grads) {
       grads = S->grads.as<float>(S->slab());

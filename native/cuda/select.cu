@@ -479,7 +479,7 @@ bool warp_select(const SelectArgs& a) {
 // warp_select) and then the block kernel (smem bytes of list) for the rows it flagged, or the
 // block kernel for every row.
 template <typename T>
-void launch_select(const SelectArgs& a, const T* pre, int64_t rows, int P, int cap, int vec4, size_t smem,
+void launch_select(const SelectArgs& a, const T* pre, int64_t rows, int P, int cap, int vec4, size_t smem, int device,
                    cudaStream_t s) {
   const int32_t* only = nullptr;
   if (warp_select(a)) {
@@ -490,8 +490,9 @@ void launch_select(const SelectArgs& a, const T* pre, int64_t rows, int P, int c
     only = a.flags;
   }
   auto* kernel = topk_select_kernel<T>;
-  if (smem > (48u << 10))  // above the default limit: opt in (per device; cheap to repeat)
-    SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  // Above 48 KiB with the static SelShared (~8.4 KiB): opt in (the limit only rises, so a
+  // concurrent selection with a smaller list never lowers it under this one).
+  allow_dynamic_smem(kernel, smem, device, "the CUDA TopK selection's list");
   kernel<<<unsigned(rows), kSelThreads, smem, s>>>(a, pre, P, cap, vec4, only);
 }
 
@@ -527,8 +528,8 @@ void topk_select(const SelectArgs& a, int64_t rows, cudaStream_t s) {
   const bool b16 = a.pre16 != nullptr;
   const void* pre = b16 ? static_cast<const void*>(a.pre16) : static_cast<const void*>(a.pre);
   const int vec4 = a.cand == nullptr && a.ld % 4 == 0 && aligned(pre, b16 ? 8 : 16) && aligned(a.bias, 16) ? 1 : 0;
-  if (b16) launch_select(a, a.pre16, rows, P, cap, vec4, smem, s);
-  else launch_select(a, a.pre, rows, P, cap, vec4, smem, s);
+  if (b16) launch_select(a, a.pre16, rows, P, cap, vec4, smem, device, s);
+  else launch_select(a, a.pre, rows, P, cap, vec4, smem, device, s);
   SK_LAUNCHED("topk_select_kernel");
 }
 

@@ -783,6 +783,49 @@ void test_adam(int64_t D, int64_t M, int64_t k, int64_t N, int64_t dead_stride, 
   });
 }
 
+// The column sums (x's mean, db_dec's sums of E, R and db_enc W_enc, dense AuxK's db_enc) run a
+// block row per chunk of 256 rows or latents on gridDim.y, which stops at 65535 (N or M past
+// 16.8M); beyond it the same blocks take the next chunks in turn. SAEKIT_CUDA_GRID_Y=1 lowers that
+// cap to 1 with 2 row chunks (N > 256) and 2 latent chunks (M > 256): the gradients (b_dec's
+// from all of these sums) and the losses equal those of one chunk a block, bit for bit.
+void test_grid_y(int64_t D, int64_t M, int64_t k, int64_t N, int64_t dead_stride, uint64_t seed) {
+  const std::string name = strf("step column sums past the gridDim.y cap (D %lld M %lld k %lld N %lld, dead every "
+                                "%lld)%s", (long long)D, (long long)M, (long long)k, (long long)N,
+                                (long long)dead_stride, g_variant.c_str());
+  struct Out {
+    std::vector<float> grads;
+    double loss[3];
+  };
+  auto run = [&](const char* cap) {
+    struct Env {  // unset again on every way out
+      explicit Env(const char* v) {
+        if (v) setenv("SAEKIT_CUDA_GRID_Y", v, 1);
+      }
+      ~Env() { unsetenv("SAEKIT_CUDA_GRID_Y"); }
+    } env(cap);
+    Model m = random_model(D, M, true, seed);
+    std::vector<float> x = random_x(N, D, seed + 1);
+    std::vector<int32_t> dead = every(M, dead_stride, 1);
+    Sae s(m);
+    Out out;
+    out.grads.resize(size_t(m.size()));
+    sk_sae_step_opts o = step_opts(k, dead, 1.0f / 32.0f, SK_PREC_F32);
+    o.want_grads = 1;
+    o.host_grads = out.grads.data();
+    sk_sae_step_stats a{};
+    CALL("step", g_sae->step(&st, s.p, x.data(), N, &o, &a));
+    const double l[3] = {a.loss, a.fvu, a.auxk};
+    std::memcpy(out.loss, l, sizeof(l));
+    return out;
+  };
+  run_test(name, [&] {
+    const Out base = run(nullptr);
+    const Out o = run("1");
+    const bool same = o.grads == base.grads && std::memcmp(o.loss, base.loss, sizeof(o.loss)) == 0;
+    report(same, name, same ? "cap 1: same bits" : "cap 1: DIFFER");
+  });
+}
+
 void test_decode(int64_t D, int64_t M, int64_t k, int64_t N, uint64_t seed) {
   run_test("decode", [&] {
     Model m = random_model(D, M, true, seed);
@@ -1340,6 +1383,22 @@ int main(int argc, char** argv) {
     test_jumprelu(D, M, N, 81);
     test_prefetch(D, M, k, N, 85);
   }
+  // A block has 48 KiB of shared memory, its static arrays and its dynamic part together, unless the
+  // kernel opts in. The emulation reports SAEKIT_EMU_STATIC_SMEM bytes of static memory for every
+  // kernel (emu/cuda_runtime.h; no effect on a GPU): at 48000 every launch with more than 1152
+  // bytes of dynamic memory must opt in, as one with 49152 - static + 1 must on a GPU (dIn 12288's
+  // decoder row of 48 KiB beside latent_dec_kernel's 128 static bytes). Before anything else opts
+  // in: the selection's list (16 KiB); dIn 300 with dense AuxK (75 codes a row):
+  // residual_fused_kernel (3 warps: 3 KiB) and latent_dec_kernel (dIn floats); dIn 301 with AuxK
+  // pairs (60 codes): residual_kernel and latent_update_kernel (2 dIn floats each).
+  with_env("SAEKIT_EMU_STATIC_SMEM", "48000", "48000 bytes of static shared memory", [&] {
+    test_adam(300, 301, 20, 64, 4, 183);
+    test_grads(301, 301, 20, 64, true, 5, SK_PREC_F32, 184);
+  });
+  // Column sums in more row / latent chunks than gridDim.y takes (SAEKIT_CUDA_GRID_Y), with AuxK
+  // pairs and with dense AuxK (its db_enc column sums).
+  test_grid_y(68, 301, 7, 300, 5, 191);
+  with_dense_aux("7", [&] { test_grid_y(68, 301, 7, 300, 5, 192); });
   // Massive ties: W_enc = 0, so every row's keys are b_enc's few values. k 40 stays inside the
   // top value's 52 latents (the fast path's list, ties by index); k 64 reaches into 3,300 equal
   // keys, more than the list holds (the radix fallback); k 4000 needs inactive latents too.

@@ -67,6 +67,7 @@ enum cudaError_t {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
   cudaErrorInsufficientDriver = 35,
   cudaErrorNoDevice = 100,
   cudaErrorInvalidDevice = 101,
@@ -83,6 +84,11 @@ enum cudaMemcpyKind {
 };
 enum cudaMemoryType { cudaMemoryTypeUnregistered = 0, cudaMemoryTypeHost = 1, cudaMemoryTypeDevice = 2 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes, constSizeBytes, localSizeBytes;
+  int maxThreadsPerBlock, numRegs, ptxVersion, binaryVersion, cacheModeCA, maxDynamicSharedSizeBytes,
+      preferredShmemCarveout;
+};
 enum cudaDeviceAttr {
   cudaDevAttrMaxSharedMemoryPerMultiprocessor = 81,
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
@@ -191,6 +197,32 @@ inline cudaError_t check_handle(const H* h, const char* what) {
   std::fprintf(stderr, "emu: %s uses a stream or event of device %d while device %d is current\n", what, h->device,
                current_device());
   return cudaErrorInvalidResourceHandle;
+}
+
+// ---- launch limits ----------------------------------------------------------------------------
+// As on a GPU: gridDim.x <= 2^31 - 1, gridDim.y and gridDim.z <= 65535 (cudaErrorInvalidConfiguration),
+// and a kernel's static plus dynamic shared memory at most 48 KiB unless it opted in
+// (cudaFuncAttributeMaxDynamicSharedMemorySize, per kernel and device) up to the device's opt-in
+// limit (cudaErrorInvalidValue). The emulation cannot see a kernel's static shared memory (its
+// __shared__ arrays are statics): SAEKIT_EMU_STATIC_SMEM (bytes, read per call, default 0) is
+// what it reports for every kernel, so tests can check that the plugin leaves room for it.
+constexpr size_t kSmemDefault = 48 << 10, kSmemOptin = 232448;
+inline size_t static_smem() {
+  const char* e = std::getenv("SAEKIT_EMU_STATIC_SMEM");
+  return e && *e ? size_t(std::strtoull(e, nullptr, 10)) : 0;
+}
+// Dynamic shared memory a kernel opted in to, per (kernel, device).
+inline std::map<std::pair<const void*, int>, size_t>& smem_optins() {
+  static std::map<std::pair<const void*, int>, size_t> m;
+  return m;
+}
+// The most dynamic shared memory a launch of f on the current device may ask for.
+inline size_t max_dynamic_smem(const void* f) {
+  std::lock_guard<std::mutex> lock(registry_mu());
+  auto it = smem_optins().find({f, current_device()});
+  const size_t st = static_smem();
+  if (it != smem_optins().end()) return it->second;
+  return st >= kSmemDefault ? 0 : kSmemDefault - st;
 }
 
 struct Fiber {
@@ -434,6 +466,19 @@ void launch(K* kernel, Cfg c, A... args) {
     last_error() = cudaErrorInvalidValue;
     return;
   }
+  if (c.g.x > 2147483647u || c.g.y > 65535 || c.g.z > 65535) {
+    std::fprintf(stderr, "emu: a launch of grid (%u, %u, %u): gridDim.y and .z are at most 65535\n", c.g.x, c.g.y,
+                 c.g.z);
+    last_error() = cudaErrorInvalidConfiguration;
+    return;
+  }
+  if (c.smem > max_dynamic_smem(reinterpret_cast<const void*>(kernel))) {
+    std::fprintf(stderr, "emu: a launch with %zu bytes of dynamic shared memory (%zu static) above the kernel's "
+                 "limit %zu (cudaFuncAttributeMaxDynamicSharedMemorySize)\n", c.smem, static_smem(),
+                 max_dynamic_smem(reinterpret_cast<const void*>(kernel)));
+    last_error() = cudaErrorInvalidValue;
+    return;
+  }
   // Another device's stream or memory: the launch fails and the kernel does not run.
   cudaError_t dev_err = check_handle(c.stream, "a kernel launch");
   if (c.stream != nullptr && c.stream->destroyed) dev_err = cudaErrorInvalidResourceHandle;
@@ -579,6 +624,8 @@ inline const char* cudaGetErrorName(cudaError_t e) {
   switch (e) {
     case cudaSuccess: return "cudaSuccess";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     default: return "cudaErrorEmu";
   }
@@ -621,7 +668,23 @@ inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
   return cudaSuccess;
 }
 template <class T>
-inline cudaError_t cudaFuncSetAttribute(T*, cudaFuncAttribute, int) { return cudaSuccess; }
+inline cudaError_t cudaFuncSetAttribute(T* f, cudaFuncAttribute a, int v) {
+  if (a != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  if (v < 0 || size_t(v) + ::emu::static_smem() > ::emu::kSmemOptin) return cudaErrorInvalidValue;
+  std::lock_guard<std::mutex> lock(::emu::registry_mu());
+  ::emu::smem_optins()[{reinterpret_cast<const void*>(f), ::emu::current_device()}] = size_t(v);
+  return cudaSuccess;
+}
+// What a kernel's attributes would say on the emulated device (see max_dynamic_smem).
+template <class T>
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* at, T* f) {
+  std::memset(at, 0, sizeof(*at));
+  at->sharedSizeBytes = ::emu::static_smem();
+  at->maxThreadsPerBlock = 1024;
+  at->maxDynamicSharedSizeBytes = int(::emu::max_dynamic_smem(reinterpret_cast<const void*>(f)));
+  at->ptxVersion = at->binaryVersion = 90;
+  return cudaSuccess;
+}
 // Device memory: host memory tagged with the current device.
 inline cudaError_t cudaMalloc(void** p, size_t b) {
   *p = std::malloc(b ? b : 1);
