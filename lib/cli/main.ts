@@ -15,7 +15,8 @@ import { evaluate } from '../eval/evaluate.js';
 import { mcc, mmcs } from '../eval/recovery.js';
 import { backend, type DeviceOption, SaekitError, SparseAutoencoder } from '../index.js';
 import { packageRoot } from '../native/index.js';
-import { type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
+import { AUXK_VARIANTS } from '../sae/index.js';
+import { B_DEC_INITS, DECAYS, type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
 import { compare, type CompareFlags, matchLayers } from './compare.js';
 import { Progress, reportSkipped, TokenProgress } from './progress.js';
 
@@ -138,10 +139,10 @@ interface TrainFlags {
   lr?: number;
   warmup: number;
   auxkAlpha: number;
-  auxkVariant: 'sparsify' | 'paper';
+  auxkVariant: (typeof AUXK_VARIANTS)[number];
   deadThreshold: number;
-  decay: 'linear' | 'linear-after-warmup' | 'none';
-  bDecInit: 'geometric-median' | 'mean' | 'zeros';
+  decay: (typeof DECAYS)[number];
+  bDecInit: (typeof B_DEC_INITS)[number];
   precision: 'bf16' | 'tf32' | 'fp32';
   normalize: 'none' | 'expected-norm';
   format: 'saelens' | 'sparsify';
@@ -447,10 +448,10 @@ export function buildProgram(): Command {
     .option('--lr <lr>', "learning rate (default: 2e-4 / sqrt(latents / 2^14))", num('lr', 0, 10, false, true))
     .option('--warmup <steps>', 'linear warmup steps, at most 10% of the run', num('warmup', 0, 1 << 30), 1000)
     .option('--auxk-alpha <a>', 'AuxK loss weight (0 turns it off)', num('auxk-alpha', 0, 1e6, false), 1 / 32)
-    .option('--auxk-variant <v>', "AuxK's form: 'sparsify' (the dead latents reconstruct the residual with b_dec, over the batch's variance) or 'paper' (Gao et al.'s: without b_dec, over the residual's variance)", oneOf('auxk-variant', ['sparsify', 'paper'] as const), 'sparsify')
+    .option('--auxk-variant <v>', "AuxK's form: 'sparsify' (the dead latents reconstruct the residual with b_dec, over the batch's variance) or 'paper' (Gao et al.'s: without b_dec, over the residual's variance)", oneOf('auxk-variant', AUXK_VARIANTS), 'sparsify')
     .option('--dead-threshold <tokens>', 'a latent is dead (AuxK revives it) after this many tokens without firing', num('dead-threshold', 0, Number.MAX_SAFE_INTEGER), 10_000_000)
-    .option('--decay <d>', "learning-rate decay: 'linear' (to 0 over the last 20%), 'linear-after-warmup' (sparsify's) or 'none'", oneOf('decay', ['linear', 'linear-after-warmup', 'none'] as const), 'linear')
-    .option('--b-dec-init <i>', "b_dec at the start: 'geometric-median' of the first batch, 'mean' or 'zeros'", oneOf('b-dec-init', ['geometric-median', 'mean', 'zeros'] as const), 'geometric-median')
+    .option('--decay <d>', "learning-rate decay: 'linear' (to 0 over the last 20%), 'linear-after-warmup' (sparsify's) or 'none'", oneOf('decay', DECAYS), 'linear')
+    .option('--b-dec-init <i>', "b_dec at the start: 'geometric-median' of the first batch, 'mean' or 'zeros'", oneOf('b-dec-init', B_DEC_INITS), 'geometric-median')
     .option('--precision <p>', "the encoder GEMM's precision on CUDA: 'bf16', 'tf32' or 'fp32' (the CPU always computes in fp32)", oneOf('precision', ['bf16', 'tf32', 'fp32'] as const), 'bf16')
     .option('--normalize <mode>', "'none' or 'expected-norm' (scale inputs to E||x|| = sqrt(dIn) while training; folded into the biases, so the saved SAE takes raw activations)", oneOf('normalize', ['none', 'expected-norm'] as const), 'none')
     .option('--format <f>', "'saelens' or 'sparsify'", oneOf('format', ['saelens', 'sparsify'] as const), 'saelens')

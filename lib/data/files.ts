@@ -23,7 +23,6 @@ export async function fileIdentity(path: string): Promise<FileIdentity> {
   return { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
 }
 
-
 interface Entry {
   handle: Promise<FileHandle>;
   refs: number;

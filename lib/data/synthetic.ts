@@ -831,8 +831,8 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
     async close(): Promise<void> {
       closed = true;
     },
-    async [Symbol.asyncDispose](): Promise<void> {
-      closed = true;
+    [Symbol.asyncDispose](): Promise<void> {
+      return source.close();
     },
   };
 

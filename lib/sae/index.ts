@@ -175,7 +175,8 @@ const ADAM_OPTIONS = optionNames<AdamOptions>({ lr: true, beta1: true, beta2: tr
 const STEP_OPTIONS = optionNames<StepOptions>({ lr: true, auxkAlpha: true, auxkVariant: true, deadThresholdTokens: true });
 const GRADIENT_OPTIONS = optionNames<GradientOptions>({ auxk: true });
 const AUXK_OPTIONS = optionNames<AuxKOptions>({ deadMask: true, alpha: true, variant: true });
-const AUXK_VARIANTS = ['sparsify', 'paper'] as const;
+/** The AuxKVariant names (the Trainer and the CLI check against the same list). */
+export const AUXK_VARIANTS = ['sparsify', 'paper'] as const;
 const PREFETCH_OPTIONS = optionNames<PrefetchOptions>({ scale: true });
 
 /** AdamOptimizer.prefetch options. */

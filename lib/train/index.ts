@@ -10,8 +10,8 @@
  * - AuxK as in sparsify by default (native/cpu/sae_topk.cpp): the dead latents' reconstruction
  *   includes b_dec and the loss is normalised by the batch's total variance; Gao et al. / OpenAI
  *   and dictionary_learning reconstruct the residual without b_dec and normalise by its own
- *   variance, which `auxkVariant: 'paper'` gives (see AuxKVariant). alpha 1/32 (theirs; sparsify's default is 0), over latents dead for 10M tokens. A latent
- *   counts as fired when its activation is positive (sparsify and dictionary_learning count any
+ *   variance, which `auxkVariant: 'paper'` gives (see AuxKVariant). alpha 1/32 (theirs;
+ *   sparsify's default is 0), over latents dead for 10M tokens. A latent counts as fired when its activation is positive (sparsify and dictionary_learning count any
  *   top-k index, which differs only in rows with fewer than k positive pre-activations).
  * - b_dec at the geometric median of the first batch.
  * - normalize 'expected-norm': the inputs are scaled by s = sqrt(dIn) / E||x|| (SAELens's
@@ -36,8 +36,12 @@ import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.j
 import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
-import type { AdamOptimizer, AuxKVariant, PrefetchedBatch, SparseAutoencoder, StepStats } from '../sae/index.js';
+import { AUXK_VARIANTS, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
+
+/** The decay schedules and b_dec initialisations (the CLI checks against the same lists). */
+export const DECAYS = ['linear', 'linear-after-warmup', 'none'] as const;
+export const B_DEC_INITS = ['geometric-median', 'mean', 'zeros'] as const;
 
 /** Trainer options; every field has a default. */
 export interface TrainerOptions {
@@ -178,7 +182,6 @@ export type ResolvedTrainerOptions = Required<Omit<TrainerOptions, 'totalTokens'
   /** The learning rate ('auto' resolved). */
   lr: number;
 };
-type Resolved = ResolvedTrainerOptions;
 
 const CHECKPOINT_VERSION = 1;
 
@@ -294,7 +297,7 @@ export class Trainer {
         );
       }
     }
-    const r: Resolved = {
+    const r: ResolvedTrainerOptions = {
       batchSize: o.batchSize === undefined ? DEFAULTS.batchSize : checkInt('options.batchSize', o.batchSize, 2, 1 << 24),
       totalTokens: o.totalTokens === undefined ? undefined : checkInt('options.totalTokens', o.totalTokens, 1, Number.MAX_SAFE_INTEGER),
       epochs: o.epochs === undefined ? undefined : checkInt('options.epochs', o.epochs, 1, 1 << 30),
@@ -303,13 +306,13 @@ export class Trainer {
       beta2: o.beta2 === undefined ? DEFAULTS.beta2 : checkNumber('options.beta2', o.beta2, 0, 0.99999999),
       eps: o.eps === undefined ? DEFAULTS.eps : checkNumber('options.eps', o.eps, 1e-30, 1),
       warmupSteps: o.warmupSteps === undefined ? DEFAULTS.warmupSteps : checkInt('options.warmupSteps', o.warmupSteps, 0, 1 << 30),
-      decay: o.decay === undefined ? DEFAULTS.decay : checkOneOf('options.decay', o.decay, ['linear', 'linear-after-warmup', 'none'] as const),
+      decay: o.decay === undefined ? DEFAULTS.decay : checkOneOf('options.decay', o.decay, DECAYS),
       decayFraction: o.decayFraction === undefined ? DEFAULTS.decayFraction : checkNumber('options.decayFraction', o.decayFraction, 0, 1),
       auxkAlpha: o.auxkAlpha === undefined ? DEFAULTS.auxkAlpha : checkNumber('options.auxkAlpha', o.auxkAlpha, 0, 1e6),
-      auxkVariant: o.auxkVariant === undefined ? DEFAULTS.auxkVariant : checkOneOf('options.auxkVariant', o.auxkVariant, ['sparsify', 'paper'] as const),
+      auxkVariant: o.auxkVariant === undefined ? DEFAULTS.auxkVariant : checkOneOf('options.auxkVariant', o.auxkVariant, AUXK_VARIANTS),
       deadThresholdTokens:
         o.deadThresholdTokens === undefined ? DEFAULTS.deadThresholdTokens : checkNumber('options.deadThresholdTokens', o.deadThresholdTokens, 0, Number.MAX_SAFE_INTEGER),
-      bDecInit: o.bDecInit === undefined ? DEFAULTS.bDecInit : checkOneOf('options.bDecInit', o.bDecInit, ['geometric-median', 'mean', 'zeros'] as const),
+      bDecInit: o.bDecInit === undefined ? DEFAULTS.bDecInit : checkOneOf('options.bDecInit', o.bDecInit, B_DEC_INITS),
       normalize: o.normalize === undefined ? DEFAULTS.normalize : checkOneOf('options.normalize', o.normalize, ['none', 'expected-norm'] as const),
       normalizeBatches: o.normalizeBatches === undefined ? DEFAULTS.normalizeBatches : checkInt('options.normalizeBatches', o.normalizeBatches, 1, 1 << 20),
       shuffle: o.shuffle === undefined ? DEFAULTS.shuffle : checkBool('options.shuffle', o.shuffle),
@@ -614,7 +617,7 @@ interface Checkpoint {
   adamSteps: number;
   stateFile: string;
   sae: { dIn: number; numLatents: number; k: number };
-  options: Resolved;
+  options: ResolvedTrainerOptions;
   /** Rows of the source trained on, when it had a known length (absent in older checkpoints). */
   sourceRows?: number;
 }
@@ -622,7 +625,7 @@ interface Checkpoint {
 /** The options that fix the data order and the input scale: a resume must keep them. */
 const RESUME_FIXED = ['batchSize', 'seed', 'shuffle', 'normalize'] as const;
 
-function checkResumable(ck: Checkpoint, o: Readonly<Resolved>, dir: string, sourceRows: number | undefined): void {
+function checkResumable(ck: Checkpoint, o: Readonly<ResolvedTrainerOptions>, dir: string, sourceRows: number | undefined): void {
   if (ck.sourceRows !== undefined && sourceRows !== undefined && ck.sourceRows !== sourceRows) {
     throw new SaekitError(
       'ERR_SAEKIT_ARG',
