@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/error.h"
@@ -99,21 +100,53 @@ inline int smem_optin(int device) {
 // it may take now). Above that the kernel opts in (cudaFuncAttributeMaxDynamicSharedMemorySize),
 // up to the device's opt-in limit less its static part. The limit only rises, under a lock, so
 // two threads asking for different sizes (two SAEs of different dIn) never lower it below what
-// the other is about to launch with. `what` names the limit a too-large request breaks.
+// the other is about to launch with. `what` names the limit a too-large request breaks. What a
+// (kernel, device) may take is remembered, so launches at a size already allowed (every step after
+// the first) skip cudaFuncGetAttributes. (The CPU emulation lets a test change what every kernel
+// reports as its static shared memory, SAEKIT_EMU_STATIC_SMEM, which a GPU never does: there it is
+// part of the key.)
+struct SmemGrant {
+  const void* kernel;
+  int device;
+  size_t bytes;  // dynamic shared memory the kernel may launch with on the device
+  size_t emu_static;
+};
+inline size_t smem_grant_tag() {
+#ifdef SK_CUDA_EMU
+  return emu::static_smem();
+#else
+  return 0;
+#endif
+}
 inline std::mutex& smem_attr_mu() {
   static std::mutex m;
   return m;
 }
+inline std::vector<SmemGrant>& smem_grants() {
+  static std::vector<SmemGrant> g;  // a few dozen kernels x devices: a linear scan
+  return g;
+}
 template <typename F>
 void allow_dynamic_smem(F* kernel, size_t bytes, int device, const char* what) {
+  const void* key = reinterpret_cast<const void*>(kernel);
   std::lock_guard<std::mutex> lock(smem_attr_mu());
+  const size_t tag = smem_grant_tag();
+  SmemGrant* grant = nullptr;
+  for (SmemGrant& g : smem_grants())
+    if (g.kernel == key && g.device == device && g.emu_static == tag) grant = &g;
+  if (grant && bytes <= grant->bytes) return;
   cudaFuncAttributes fa;
   SK_CUDA(cudaFuncGetAttributes(&fa, kernel));
-  if (bytes <= size_t(fa.maxDynamicSharedSizeBytes)) return;
-  const int optin = smem_optin(device);
-  SK_CHECK(bytes + fa.sharedSizeBytes <= size_t(optin), ErrorCode::Shape, what, ": a block needs ", bytes,
-           " bytes of dynamic shared memory beside ", fa.sharedSizeBytes, " static, and the device allows ", optin);
-  SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  size_t allowed = size_t(fa.maxDynamicSharedSizeBytes);
+  if (bytes > allowed) {
+    const int optin = smem_optin(device);
+    SK_CHECK(bytes + fa.sharedSizeBytes <= size_t(optin), ErrorCode::Shape, what, ": a block needs ", bytes,
+             " bytes of dynamic shared memory beside ", fa.sharedSizeBytes, " static, and the device allows ", optin);
+    SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    allowed = bytes;
+  }
+  if (grant) grant->bytes = allowed;
+  else smem_grants().push_back({key, device, allowed, tag});
 }
 
 inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {
