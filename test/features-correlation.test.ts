@@ -60,10 +60,16 @@ describe('features.correlation', () => {
       results.push(full(await correlation({ sae: A, source: src }, { sae: B }, { batchSize })));
     }
     const r = results[0]!;
-    let worst = 0;
-    for (let q = 0; q < want.length; q++) worst = Math.max(worst, Math.abs(r.r[q]! - want[q]!));
-    expect(worst, `seed ${seed}`).toBeLessThan(1e-5); // float32 output of a float64 computation
-    for (const other of results.slice(1)) expect(Array.from(other.r)).toEqual(Array.from(r.r));
+    // Each split against the reference: the float32 output of a float64 computation. The splits
+    // are not compared bit for bit: the codes come from the encoder GEMM, and OpenBLAS's result
+    // for a row can change in the last bit with the batch's row count (its Haswell/Zen kernels
+    // do; the SkylakeX ones and the built-in GEMM do not). The correlation itself is bit-identical
+    // for any split of the same codes: the native tests below check that.
+    for (const [s, res] of results.entries()) {
+      let worst = 0;
+      for (let q = 0; q < want.length; q++) worst = Math.max(worst, Math.abs(res.r[q]! - want[q]!));
+      expect(worst, `seed ${seed}, split ${s}`).toBeLessThan(1e-5);
+    }
     // Latents that never fire are constant (0): r = 0 and flagged.
     for (let i = 0; i < LA; i++) {
       if (r.activeA[i] === 0) {
@@ -302,8 +308,9 @@ describe('features.correlation: top matches through the public API', () => {
     const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
     using A = SparseAutoencoder.create({ dIn, numLatents: LA, k: 4, seed: 3 });
     using B = SparseAutoencoder.create({ dIn, numLatents: LB, k: 3, seed: 4 });
+    // The same batch size for both: the codes are then the same bits (see the first test).
     const f = full(await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { batchSize: 128 }));
-    const t = await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { batchSize: 100, output: 'top', top: 3, reverse: true });
+    const t = await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { batchSize: 128, output: 'top', top: 3, reverse: true });
     if (t.mode !== 'top') throw new Error('expected top mode');
     const want = argsortTop(LB, LA, 3, (j, i) => f.r[i * LB + j]!);
     expect(Array.from(t.top.indices)).toEqual(Array.from(want.indices));
@@ -366,9 +373,15 @@ describe('features.correlation: top matches through the public API', () => {
     expect(seen.every(([, p]) => p === 5)).toBe(true);
     expect(seen.map(([n]) => n)).toEqual(Array.from({ length: seen.length }, (_, i) => Math.floor(i / 7) * rows + Math.min(rows, ((i % 7) + 1) * 64)));
     expect(t.tokens).toBe(f.tokens);
-    expect(Array.from(t.top.indices)).toEqual(Array.from(argsortTop(LB, LA, 4, (j, i) => f.r[i * LB + j]!).indices));
-    expect(Array.from(t.top.r)).toEqual(Array.from(argsortTop(LB, LA, 4, (j, i) => f.r[i * LB + j]!).r));
-    expect(Array.from(t.reverse!.indices)).toEqual(Array.from(argsortTop(LA, LB, 4, (i, j) => f.r[i * LB + j]!).indices));
+    // A block's co-moments come from a GEMM 4 columns wide instead of 19: OpenBLAS may round them
+    // differently (see the first test), so r agrees to float32 rounding, and the ranking exactly
+    // (ranks in these lists are at least 1.5e-3 apart).
+    const wantTop = argsortTop(LB, LA, 4, (j, i) => f.r[i * LB + j]!);
+    const wantRev = argsortTop(LA, LB, 4, (i, j) => f.r[i * LB + j]!);
+    expect(Array.from(t.top.indices)).toEqual(Array.from(wantTop.indices));
+    for (let q = 0; q < wantTop.r.length; q++) expect(Math.abs(t.top.r[q]! - wantTop.r[q]!)).toBeLessThan(1e-6);
+    expect(Array.from(t.reverse!.indices)).toEqual(Array.from(wantRev.indices));
+    for (let q = 0; q < wantRev.r.length; q++) expect(Math.abs(t.reverse!.r[q]! - wantRev.r[q]!)).toBeLessThan(1e-6);
     expect(Array.from(t.constantB)).toEqual(Array.from(f.constantB));
   });
 });
