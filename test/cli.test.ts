@@ -11,11 +11,12 @@ import { packageRoot } from '../lib/native/index.js';
 
 const cli = path.join(packageRoot, 'lib', 'cli', 'main.ts');
 
-function run(args: string[], env: NodeJS.ProcessEnv = {}): { stdout: string; stderr: string; status: number | null } {
+function run(args: string[], env: NodeJS.ProcessEnv = {}, timeout?: number): { stdout: string; stderr: string; status: number | null } {
   const r = spawnSync(process.execPath, ['--import', 'tsx', cli, ...args], {
     cwd: packageRoot,
     encoding: 'utf8',
     env: { ...process.env, ...env },
+    ...(timeout ? { timeout } : {}),
   });
   return { stdout: r.stdout, stderr: r.stderr, status: r.status };
 }
@@ -244,6 +245,12 @@ describe('saekit CLI', () => {
     expect(bad.stderr).not.toMatch(/"step"/);
     oneLine(bad);
     expect(performance.now() - t0).toBeLessThan(30_000);
+    // Under /proc, where Node's recursive mkdir never returned (the run hung at 100% CPU).
+    if (process.platform === 'linux' && existsSync('/proc/self')) {
+      const pr = run([...base, '--out', `/proc/saekit-cli-${process.pid}/out`, '--on-non-finite', 'skip'], {}, 60_000);
+      expect(pr.status, pr.stderr).toBe(1);
+      expect(pr.stderr).toMatch(/Expected --out to be a folder that can be created but '\/proc\/.*ENOENT/);
+    }
     // eval: activations of another width name both paths; a missing SAE is named by its CLI argument.
     const wide = path.join(dir, 'wide.npy');
     await io.writeNpy(wide, { dtype: 'float32', shape: [10, dIn + 1], data: new Float32Array(10 * (dIn + 1)) });

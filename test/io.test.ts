@@ -5,7 +5,7 @@
  * per class of malformed input.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, mkdirSync, openSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as zlib from 'node:zlib';
@@ -28,6 +28,8 @@ import {
 } from '../lib/io/index.js';
 import { listForMessage, previewValue } from '../lib/io/common.js';
 import { decodeNpz, encodeNpzParts } from '../lib/io/npz.js';
+import { makeDirs } from '../lib/io/source.js';
+import { SparseAutoencoder } from '../lib/index.js';
 import { decodeSafetensors, encodeSafetensors, parseSafetensorsHeader } from '../lib/io/safetensors.js';
 import { crc32, encodeZipParts } from '../lib/io/zip.js';
 import {
@@ -781,6 +783,44 @@ describe('writeFileAtomic', () => {
     await expectIoError(() => writeFileAtomic(path.join(dir, 'missing', 'f'), 'data'), 'missing', /ENOENT/, 'ERR_SAEKIT_ARG');
     await expectIoError(() => writeFileAtomic(path.join(dir, 'f'), 5 as never), 'data', /Uint8Array or a string/, 'ERR_SAEKIT_ARG');
     expect(readdirSync(dir)).toEqual(['sub']);
+  });
+});
+
+describe('makeDirs (mkdir -p for saves and checkpoints)', () => {
+  // Settles or fails the test within `ms` (Node's recursive mkdir never settled on these paths).
+  const within = <T>(p: Promise<T>, ms = 3000): Promise<T> =>
+    Promise.race([p, sleep(ms).then(() => Promise.reject(new Error(`did not settle within ${ms} ms`)))]);
+
+  it('creates the missing folders of a nested path, and accepts folders that exist', async () => {
+    const dir = tmpDir();
+    const deep = path.join(dir, 'a', 'b b', 'c');
+    await makeDirs(deep);
+    expect(statSync(deep).isDirectory()).toBe(true);
+    await makeDirs(deep); // again: nothing to do
+    await makeDirs(path.join(dir, 'a'));
+    await Promise.all([makeDirs(path.join(dir, 'p', 'q')), makeDirs(path.join(dir, 'p', 'r')), makeDirs(path.join(dir, 'p', 'q'))]);
+    expect(readdirSync(path.join(dir, 'p')).sort()).toEqual(['q', 'r']);
+    // A relative path is relative to the working directory.
+    const rel = path.relative(process.cwd(), path.join(dir, 'rel', 'x'));
+    await makeDirs(rel);
+    expect(existsSync(path.join(dir, 'rel', 'x'))).toBe(true);
+  });
+
+  it('fails with the fs error where a file or a dangling symlink stands in the way, and under /proc, instead of never settling', async () => {
+    const dir = tmpDir();
+    writeFileSync(path.join(dir, 'file'), 'x');
+    await expect(within(makeDirs(path.join(dir, 'file')))).rejects.toMatchObject({ code: 'EEXIST' });
+    await expect(within(makeDirs(path.join(dir, 'file', 'sub')))).rejects.toMatchObject({ code: 'ENOTDIR' });
+    symlinkSync(path.join(dir, 'nowhere'), path.join(dir, 'dangling'));
+    await expect(within(makeDirs(path.join(dir, 'dangling', 'sub')))).rejects.toMatchObject({ code: 'EEXIST' });
+    expect(existsSync(path.join(dir, 'nowhere'))).toBe(false);
+    if (process.platform !== 'linux' || !existsSync('/proc/self')) return;
+    const proc = `/proc/saekit-test-${process.pid}/x`;
+    await expect(within(makeDirs(proc))).rejects.toMatchObject({ code: 'ENOENT' });
+    // Through the public API: saving an SAE there is a clean error too.
+    using sae = SparseAutoencoder.create({ dIn: 4, numLatents: 8, k: 2, seed: 1 });
+    await expect(within(sae.save(proc))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/Cannot create the folder '\/proc\/.*ENOENT/) });
+    await expect(within(sae.save(path.join(dir, 'file', 'sae')))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/ENOTDIR/) });
   });
 });
 

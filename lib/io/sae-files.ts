@@ -10,16 +10,16 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync, type Stats } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 
 import { SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
-import { type IoTensor, listForMessage, previewValue, transpose } from './common.js';
+import { fsError, type IoTensor, listForMessage, previewValue, transpose } from './common.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpz } from './npz.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
-import { OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
+import { makeDirs, OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
 
 /** The SAE file layouts readSaeFiles reads (writeSaeFiles writes the first two). */
 export type SaeFileFormat = 'saelens' | 'sparsify' | 'gemma-scope';
@@ -547,7 +547,9 @@ export async function writeSaeFiles(
   const format = options.format ?? 'saelens';
   const dtype = options.dtype ?? 'float32';
   const { dIn, numLatents } = config;
-  await mkdir(dir, { recursive: true });
+  await makeDirs(dir).catch((err: unknown) => {
+    throw fsError('create the folder', dir, err);
+  });
   const cfgFile = path.join(dir, 'cfg.json');
   const saveId = randomBytes(8).toString('hex');
   const idMeta = { [SAVE_ID]: saveId };

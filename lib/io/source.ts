@@ -4,8 +4,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 
 import { argError, SaekitError } from '../errors.js';
 import { checkPath, formatError, fsError, MAX_BUFFER_BYTES } from './common.js';
@@ -144,6 +144,44 @@ export async function syncFolder(folder: string): Promise<void> {
     // Some platforms and file systems cannot fsync a folder; the data itself is already synced.
   } finally {
     await fh?.close().catch(() => undefined);
+  }
+}
+
+/**
+ * `mkdir -p` that always returns. Node's own (`mkdir(dir, { recursive: true })`) never settles
+ * when a folder exists but refuses a child with ENOENT, as /proc does and as a dangling symlink
+ * does: it goes back to create the parent, finds it there, and tries the child again, forever.
+ * This finds the deepest folder that exists and creates the missing ones below it one at a time;
+ * the first that cannot be created is the error (Node's, with its code and path).
+ */
+export async function makeDirs(dir: string): Promise<void> {
+  const missing: string[] = [];
+  for (let cur = resolve(dir); ; ) {
+    const found = await stat(cur).then(
+      () => true,
+      (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+        return false;
+      },
+    );
+    if (found) {
+      // An existing file where the folder should be: mkdir reports it (EEXIST).
+      if (missing.length === 0 && !(await stat(cur)).isDirectory()) await mkdir(cur);
+      break;
+    }
+    missing.push(cur);
+    const up = dirname(cur);
+    if (up === cur) break; // a missing root: mkdir below reports it
+    cur = up;
+  }
+  for (const d of missing.reverse()) {
+    try {
+      await mkdir(d);
+    } catch (err) {
+      // Created meanwhile by someone else is fine; a dangling symlink (EEXIST, yet no folder) is not.
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST' && (await stat(d).then((st) => st.isDirectory(), () => false))) continue;
+      throw err;
+    }
   }
 }
 

@@ -29,13 +29,14 @@
  * const result = await trainer.fit(source, { checkpointDir: 'runs/l8/ckpt', saveDir: 'runs/l8', logFile: 'runs/l8/log.jsonl' });
  * ```
  */
-import { type FileHandle, mkdir, open, readdir, readFile, rm } from 'node:fs/promises';
+import { type FileHandle, open, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
+import { makeDirs } from '../io/source.js';
 import { AUXK_VARIANTS, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
@@ -562,7 +563,7 @@ export class Trainer {
 
   private async checkpoint(dir: string, step: number, tokens: number, scale: number, total: number, sourceRows: number | undefined): Promise<void> {
     const { writeSafetensors, writeFileAtomic } = await import('../io/index.js');
-    await mkdir(dir, { recursive: true });
+    await makeDirs(dir);
     const [w, adam, since] = await Promise.all([this.sae.weights(), this.opt!.state(), this.sae.tokensSinceFired()]);
     const stateFile = `state-${step}.safetensors`;
     const f32 = (data: Float32Array, shape: number[]) => ({ dtype: 'float32' as const, shape, data });
@@ -654,7 +655,7 @@ function pathError(name: string, p: string, expected: string, err: unknown): Sae
 async function makeDir(name: string, dir: string, shown = dir): Promise<void> {
   if (typeof shown !== 'string' || shown.length === 0) throw argError(name, 'a non-empty path', shown);
   try {
-    await mkdir(dir, { recursive: true });
+    await makeDirs(dir);
   } catch (err) {
     throw pathError(name, shown, name === 'options.logFile' ? 'a file in a folder that can be created' : 'a folder that can be created', err);
   }
