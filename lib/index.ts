@@ -36,6 +36,7 @@ export {
   type PlacementOptions,
   type AuxKOptions,
   type AuxKVariant,
+  type EncodeOptions,
   type GradientOptions,
   type Gradients,
   type AdamOptions,

@@ -8,7 +8,7 @@ process.env.SAEKIT_DEVICE_LOOPBACK = '1'; // before the addon resolves its devic
 
 import { describe, expect, it } from 'vitest';
 
-import { backend, features, fromArray, SparseAutoencoder } from '../lib/index.js';
+import { backend, EncodeBatcher, features, fromArray, SparseAutoencoder } from '../lib/index.js';
 import { autoDevice } from '../lib/backend/index.js';
 import { native } from '../lib/native/index.js';
 import { lcg, randomMatrix } from './helpers/reference.js';
@@ -88,6 +88,17 @@ describe('feature correlation with the co-moment GEMM on the device', () => {
 
 describe('sparse-code correlation through the device table (loopback)', () => {
   sparseCorrDeviceSuite('cuda:0');
+
+  it('batchInvariant encodes are refused on a device, by name (its GEMM is not batch-invariant), natively too', async () => {
+    using on = SparseAutoencoder.create({ dIn: 6, numLatents: 10, k: 2, seed: 4, device: 'cuda:0' });
+    const x = randomMatrix(3, 6, lcg(44));
+    await expect(on.encode(x, { batchInvariant: true })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.batchInvariant.*cuda:0/) });
+    expect(() => new EncodeBatcher(on, { batchInvariant: true })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    const h = (on as unknown as { handle(): { encode(x: Float32Array, inv: boolean): Promise<unknown> } }).handle();
+    expect(() => h.encode(x, true)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/batchInvariant/) }));
+    // false is the usual encode.
+    expect((await on.encode(x, { batchInvariant: false })).rows).toBe(3);
+  });
 
   it('a device that does not exist is refused with ERR_SAEKIT_DEVICE, natively too', async () => {
     const dIn = 5;

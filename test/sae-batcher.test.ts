@@ -1,7 +1,7 @@
 /** EncodeBatcher: concurrent encode requests coalesced into batches, split back per request. */
 import { describe, expect, it } from 'vitest';
 
-import { EncodeBatcher, SparseAutoencoder, type SparseCodes } from '../lib/index.js';
+import { backend, EncodeBatcher, SparseAutoencoder, type SparseCodes } from '../lib/index.js';
 import { lcg } from './helpers/reference.js';
 
 const bits = (a: Float32Array): number[] => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
@@ -89,6 +89,71 @@ describe('EncodeBatcher', () => {
     const settled = await Promise.allSettled(pending);
     expect(settled.some((s) => s.status === 'rejected' && (s.reason as { code: string }).code === 'ERR_SAEKIT_DISPOSED')).toBe(true);
     await expect(b.encode(rowsOf(1, dIn, next))).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+  });
+
+  it('batchInvariant: every row gets the bits of encoding it alone, for any split and thread count, TopK and JumpReLU', async () => {
+    // Wide enough that OpenBLAS's Haswell / Zen kernels give other bits for other row counts
+    // (about a fifth of the pre-activations at these sizes; not asserted: it varies by machine).
+    const seed = Date.now() % 100_000;
+    const next = lcg(seed);
+    const [d, M, kk, rows] = [96, 301, 7, 157];
+    using topk = SparseAutoencoder.create({ dIn: d, numLatents: M, k: kk, seed: seed + 1 });
+    const w = await topk.weights();
+    using jump = SparseAutoencoder.fromWeights({ ...w, threshold: Float32Array.from({ length: M }, () => 0.05 + 0.1 * next()) }, { architecture: 'jumprelu' });
+    const x = rowsOf(rows, d, next);
+    const prev = backend.info().threads;
+    try {
+      for (const sae of [topk, jump]) {
+        const whole = await sae.encode(x, { batchInvariant: true });
+        for (const [threads, split] of [[2, 1], [1, 13], [3, 64], [2, rows]] as const) {
+          backend.setThreads(threads);
+          for (let r0 = 0; r0 < rows; r0 += split) {
+            const n = Math.min(split, rows - r0);
+            const part = await sae.encode(x.subarray(r0 * d, (r0 + n) * d), { batchInvariant: true });
+            // JumpReLU pads each batch to its own widest row: compare the active codes.
+            const kc = Math.min(part.k, whole.k);
+            for (let q = 0; q < n; q++) {
+              const a = slice({ ...part, k: part.k }, q, q + 1);
+              const b = slice(whole, r0 + q, r0 + q + 1);
+              const label = `${sae.architecture} seed ${seed}, threads ${threads}, split ${split}, row ${r0 + q}`;
+              expect(a.values.slice(0, kc), label).toEqual(b.values.slice(0, kc));
+              expect(a.indices.slice(0, kc), label).toEqual(b.indices.slice(0, kc));
+              expect(a.values.slice(kc).every((v) => v === 0) && b.values.slice(kc).every((v) => v === 0), label).toBe(true);
+            }
+          }
+        }
+      }
+    } finally {
+      backend.setThreads(prev);
+    }
+    // The codes are the usual rule: TopK indices against an independent float64 TopK.
+    const got = await topk.encode(x, { batchInvariant: true });
+    for (let r = 0; r < rows; r++) {
+      const pre = Array.from({ length: M }, (_, l) => {
+        let s = w.b_enc[l]!;
+        for (let c = 0; c < d; c++) s += (x[r * d + c]! - w.b_dec[c]!) * w.W_enc[c * M + l]!;
+        return { l, v: Math.max(s, 0) };
+      });
+      pre.sort((a, c) => c.v - a.v || a.l - c.l);
+      // Skip rows with a near-tie at the k-th place (float32 and float64 may order them apart).
+      if (pre[kk - 1]!.v - pre[kk]!.v < 1e-4) continue;
+      expect(new Set(got.indices.subarray(r * kk, (r + 1) * kk)), `row ${r}`).toEqual(new Set(pre.slice(0, kk).filter((p) => p.v > 0).map((p) => p.l)));
+    }
+    // A batcher with batchInvariant hands each request the bits of its rows encoded alone.
+    const b = new EncodeBatcher(topk, { batchInvariant: true });
+    expect(b.batchInvariant).toBe(true);
+    const sizes = [1, 5, 2, 9, 1, 3];
+    const xs = sizes.map((n) => rowsOf(n, d, next));
+    const out = await Promise.all(xs.map((xi) => b.encode(xi)));
+    expect(b.batches).toBe(2);
+    for (const [i, xi] of xs.entries()) {
+      const alone = await topk.encode(xi, { batchInvariant: true });
+      expect(slice(out[i]!, 0, sizes[i]!), `request ${i}`).toEqual(slice(alone, 0, sizes[i]!));
+    }
+    // Bad options are named.
+    await expect(topk.encode(x, { batchInvariant: 1 as never })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.batchInvariant/) });
+    await expect(topk.encode(x, { batchinvariant: true } as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/batchInvariant/) });
+    expect(() => new EncodeBatcher(topk, { batchInvariant: 'yes' as never })).toThrow(/options\.batchInvariant/);
   });
 
   it('JumpReLU: each request keeps its own padding, as encoding its rows alone does', async () => {

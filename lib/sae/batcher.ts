@@ -5,24 +5,30 @@
  * runs wait for it and then go together, as one batch of up to `maxRows` rows; a request that
  * finds the batcher idle starts at once (no added latency).
  *
- * A request's codes are those of its rows in a larger batch: the same rule, but the encoder GEMM
- * may sum in another order for another number of rows, so values can differ at float32 rounding
- * level from `sae.encode` on the rows alone (and a near-tie in the TopK could then select
- * differently). JumpReLU codes are trimmed to the request's own largest number of active latents,
+ * A request's codes are those of its rows in a larger batch: the same rule, but with OpenBLAS the
+ * encoder GEMM may sum in another order for another number of rows, so values can differ at
+ * float32 rounding level from `sae.encode` on the rows alone (and a near-tie in the TopK could then
+ * select differently). With `batchInvariant: true` (CPU SAEs) every request gets exactly the bits
+ * of encoding its rows alone, whatever else shared its batch. JumpReLU codes are trimmed to the request's own largest number of active latents,
  * as encoding its rows alone pads them. A request with a NaN or infinite value is rejected on its
  * own, before it joins a batch.
  */
 import { argError, SaekitError } from '../errors.js';
-import { checkInt, checkOptions, optionNames } from '../validate.js';
+import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
 import type { SparseAutoencoder, SparseCodes } from './index.js';
 
 /** Options of EncodeBatcher. */
 export interface EncodeBatcherOptions {
   /** Most rows in one batch (a single larger request still goes alone). Default 4096. */
   maxRows?: number;
+  /**
+   * Encode with `batchInvariant` (EncodeOptions): each request's codes are the bits of encoding
+   * its rows alone, however requests were batched. CPU SAEs only. Default false.
+   */
+  batchInvariant?: boolean;
 }
 
-const BATCHER_OPTIONS = optionNames<EncodeBatcherOptions>({ maxRows: true });
+const BATCHER_OPTIONS = optionNames<EncodeBatcherOptions>({ maxRows: true, batchInvariant: true });
 
 interface Request {
   x: Float32Array;
@@ -37,6 +43,8 @@ export class EncodeBatcher {
   readonly sae: SparseAutoencoder;
   /** Most rows in one batch. */
   readonly maxRows: number;
+  /** Whether batches are encoded batch-invariantly (EncodeBatcherOptions.batchInvariant). */
+  readonly batchInvariant: boolean;
   #queue: Request[] = [];
   #running = false;
   #batches = 0;
@@ -48,6 +56,10 @@ export class EncodeBatcher {
     const o = checkOptions('options', options, BATCHER_OPTIONS);
     this.sae = sae;
     this.maxRows = o.maxRows === undefined ? 4096 : checkInt('options.maxRows', o.maxRows, 1, 1 << 24);
+    this.batchInvariant = o.batchInvariant === undefined ? false : checkBool('options.batchInvariant', o.batchInvariant);
+    if (this.batchInvariant && sae.device !== 'cpu') {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.batchInvariant to be false for an SAE on ${sae.device} (batch-invariant encodes run on the CPU) but received true`);
+    }
   }
 
   /** Batches encoded so far (for monitoring: requests / batches is the coalescing factor). */
@@ -108,7 +120,7 @@ export class EncodeBatcher {
     }
     let codes: SparseCodes;
     try {
-      codes = await this.sae.encode(x);
+      codes = await this.sae.encode(x, this.batchInvariant ? { batchInvariant: true } : undefined);
     } catch (err) {
       for (const r of take) r.reject(err);
       return;

@@ -109,6 +109,13 @@ const sk_backend_i kCpuBackend = {
 
 }  // namespace
 
+namespace {
+thread_local bool t_builtin_gemm = false;
+}  // namespace
+
+BuiltinGemmScope::BuiltinGemmScope(bool on) : prev_(t_builtin_gemm) { t_builtin_gemm = prev_ || on; }
+BuiltinGemmScope::~BuiltinGemmScope() { t_builtin_gemm = prev_; }
+
 void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
               const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   SK_CHECK(M >= 0 && N >= 0 && K >= 0, ErrorCode::Shape, "gemm: Expected non-negative sizes but received M=", M,
@@ -122,7 +129,7 @@ void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
     return;
   }
-  if (blas_info().active) blas_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (blas_info().active && !t_builtin_gemm) blas_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   else gemm_builtin_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, *context().pool);
 }
 

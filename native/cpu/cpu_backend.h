@@ -18,4 +18,20 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
 // The GEMM the CPU backend runs: "openblas", "cblas" or "builtin" (blas.h says why).
 const char* cpu_gemm_name();
 
+// While one is alive (and `on`), gemm_f32 on this thread runs the built-in GEMM even where a
+// CBLAS is linked. The built-in GEMM computes every entry of C the same way whatever M, N and the
+// thread count (one FMA chain over K per entry; K is never split), so a row's result does not
+// depend on the rows it is multiplied with. OpenBLAS's Haswell / Zen kernels do not keep that:
+// their bits change with the shape and the thread count. Used by batch-invariant encodes.
+class BuiltinGemmScope {
+ public:
+  explicit BuiltinGemmScope(bool on);
+  ~BuiltinGemmScope();
+  BuiltinGemmScope(const BuiltinGemmScope&) = delete;
+  BuiltinGemmScope& operator=(const BuiltinGemmScope&) = delete;
+
+ private:
+  bool prev_;
+};
+
 }  // namespace sk::cpu

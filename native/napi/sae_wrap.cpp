@@ -620,14 +620,19 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
     });
   }
 
-  // encode(x): Promise<{ values, indices }>
+  // encode(x[, batchInvariant]): Promise<{ values, indices }>. batchInvariant (CPU SAEs): the
+  // encoder product on the built-in GEMM, so each row's codes are the bits of encoding it alone.
   Napi::Value encode(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
       Rows x = get_rows(info[0], m->D, "x", m->pinned.get());
+      const bool invariant = info.Length() > 1 && info[1].ToBoolean().Value();
+      if (invariant && m->dev)
+        throw Error(ErrorCode::Arg, "Expected options.batchInvariant only for an SAE on the CPU (a device's GEMM is not batch-invariant)");
       auto codes = std::make_shared<cpu::Codes>();
-      auto work = [m, x, codes] {
+      auto work = [m, x, codes, invariant] {
         cpu::check_finite_rows(x.data(), x.n, m->D, "x");
+        cpu::BuiltinGemmScope scope(invariant);
         encode_codes(*m, x.data(), x.n, codes.get());
       };
       auto complete = [codes](Napi::Env env) -> Napi::Value {
