@@ -9,9 +9,9 @@
  * encoder GEMM may sum in another order for another number of rows, so values can differ at
  * float32 rounding level from `sae.encode` on the rows alone (and a near-tie in the TopK could then
  * select differently). With `batchInvariant: true` (CPU SAEs) every request gets exactly the bits
- * of encoding its rows alone, whatever else shared its batch. JumpReLU codes are trimmed to the request's own largest number of active latents,
- * as encoding its rows alone pads them. A request with a NaN or infinite value is rejected on its
- * own, before it joins a batch.
+ * of encoding its rows alone, whatever else shared its batch. JumpReLU codes are trimmed to the
+ * request's own largest number of active latents, as encoding its rows alone pads them. A request
+ * with a NaN or infinite value is rejected on its own, before it joins a batch.
  */
 import { argError, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';

@@ -132,7 +132,7 @@ export interface EncodeOptions {
    * with and the thread count (CPU SAEs only). The encoder product then runs on saekit's built-in
    * GEMM, which computes each entry the same way for any shape; OpenBLAS's Haswell / Zen kernels
    * change the last bits with the number of rows (and a near-tie in the TopK can then select
-   * another latent). On two cores it runs about as fast as OpenBLAS's (bench gemm:
+   * another latent). On a 2-core AMD EPYC (AVX2) it encodes as fast as OpenBLAS (bench gemm:
    * builtin/blas 0.85-1.06). Default false.
    */
   batchInvariant?: boolean;
