@@ -94,8 +94,12 @@ describe('sparse-code correlation through the device table (loopback)', () => {
     const x = randomMatrix(3, 6, lcg(44));
     await expect(on.encode(x, { batchInvariant: true })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.batchInvariant.*cuda:0/) });
     expect(() => new EncodeBatcher(on, { batchInvariant: true })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
-    const h = (on as unknown as { handle(): { encode(x: Float32Array, inv: boolean): Promise<unknown> } }).handle();
-    expect(() => h.encode(x, true)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/batchInvariant/) }));
+    // The addon checks too, in the job (the model may still be on its way to the device when called).
+    type Handle = { encode(x: Float32Array, inv: boolean): Promise<unknown> };
+    const handle = (s: SparseAutoencoder) => (s as unknown as { handle(): Handle }).handle();
+    await expect(handle(on).encode(x, true)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/batchInvariant/) });
+    using fresh = SparseAutoencoder.create({ dIn: 6, numLatents: 10, k: 2, seed: 5, device: 'cuda:0' });
+    await expect(handle(fresh).encode(x, true)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
     // false is the usual encode.
     expect((await on.encode(x, { batchInvariant: false })).rows).toBe(3);
   });

@@ -627,10 +627,11 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       auto m = live();
       Rows x = get_rows(info[0], m->D, "x", m->pinned.get());
       const bool invariant = info.Length() > 1 && info[1].ToBoolean().Value();
-      if (invariant && m->dev)
-        throw Error(ErrorCode::Arg, "Expected options.batchInvariant only for an SAE on the CPU (a device's GEMM is not batch-invariant)");
       auto codes = std::make_shared<cpu::Codes>();
       auto work = [m, x, codes, invariant] {
+        // Checked in the job: a model is placed on its device by a job queued before this one.
+        if (invariant && m->dev)
+          throw Error(ErrorCode::Arg, "Expected options.batchInvariant only for an SAE on the CPU (a device's GEMM is not batch-invariant)");
         cpu::check_finite_rows(x.data(), x.n, m->D, "x");
         cpu::BuiltinGemmScope scope(invariant);
         encode_codes(*m, x.data(), x.n, codes.get());
