@@ -61,6 +61,7 @@ export type {
   Firing,
   Magnitude,
   Correlation,
+  HierarchyNode,
 } from './data/index.js';
 export * as metrics from './eval/index.js';
 export { Trainer, learningRate, geometricMedian } from './train/index.js';

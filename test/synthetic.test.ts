@@ -612,6 +612,101 @@ describe('superposition: determinism and batching', () => {
   });
 });
 
+describe('superposition: hierarchy (SAELens HierarchyNode semantics)', () => {
+  // Feature 0 > 1 > {2, 3 exclusive}; 0 > 4; an organising root with exclusive children 5, 6, 7;
+  // 8..11 free. Every feature fires independently with p = 0.4 before the hierarchy.
+  const tree: SuperpositionOptions['hierarchy'] = [
+    { feature: 0, children: [{ feature: 1, exclusiveChildren: true, children: [{ feature: 2 }, { feature: 3 }] }, { feature: 4 }] },
+    { exclusiveChildren: true, children: [{ feature: 5 }, { feature: 6 }, { feature: 7 }] },
+  ];
+  const p = 0.4;
+  // An exclusive child is kept when it fired and won the uniform draw among the m + 1 that fired:
+  // p * E[1 / (1 + m)], m ~ Binomial(siblings, p).
+  const keep = (siblings: number) => {
+    let e = 0;
+    for (let m = 0; m <= siblings; m++) {
+      let c = 1;
+      for (let j = 0; j < m; j++) c = (c * (siblings - j)) / (j + 1);
+      e += (c * p ** m * (1 - p) ** (siblings - m)) / (1 + m);
+    }
+    return p * e;
+  };
+
+  it('children fire only under their parent, exclusive children one at a time, at the closed-form rates (5 sigma)', () => {
+    for (const correlation of ['none', 'random'] as const) {
+      const seed = freshSeed(correlation === 'none' ? 71 : 72);
+      const N = 1 << 15;
+      const n = 12;
+      const data = superposition({ dIn: 6, numFeatures: n, firing: { kind: 'uniform', p }, correlation, hierarchy: tree, numRows: N, seed });
+      const codes = data.codes(0, N);
+      const on = new Uint8Array(N * n);
+      for (let r = 0; r < N; r++) for (let t = codes.indptr[r]!; t < codes.indptr[r + 1]!; t++) on[r * n + codes.indices[t]!] = 1;
+      let broken = 0;
+      for (let r = 0; r < N; r++) {
+        const f = (i: number) => on[r * n + i] === 1;
+        if ((f(1) || f(4)) && !f(0)) broken++;
+        if ((f(2) || f(3)) && !f(1)) broken++;
+        if (f(2) && f(3)) broken++;
+        if (Number(f(5)) + Number(f(6)) + Number(f(7)) > 1) broken++;
+        for (let t = codes.indptr[r]! + 1; t < codes.indptr[r + 1]!; t++) if (!(codes.indices[t]! > codes.indices[t - 1]!)) broken++;
+      }
+      expect(broken, `seed ${seed} ${correlation}`).toBe(0);
+      // The pre-hierarchy probabilities are reported unchanged.
+      expect(Array.from(data.probabilities)).toEqual(new Array(n).fill(p));
+      if (correlation !== 'none') continue; // correlated firing has no simple closed form for the rates
+      const counts = fireCounts(codes, n);
+      const want = [p, p * p, p * p * keep(1), p * p * keep(1), p * p, keep(2), keep(2), keep(2), p, p, p, p];
+      for (let i = 0; i < n; i++) expect(within5Sigma(counts[i]!, N, want[i]!), `seed ${seed} feature ${i}: ${counts[i]} vs ${N * want[i]!}`).toBe(true);
+      // A pair across branches: 2 and 4 both fire when 0, 1, 4 fire and 2 is kept.
+      let both = 0;
+      for (let r = 0; r < N; r++) both += on[r * n + 2]! & on[r * n + 4]!;
+      expect(within5Sigma(both, N, p * p * keep(1) * p), `seed ${seed}: 2 & 4 ${both}`).toBe(true);
+    }
+  });
+
+  it('rows are the float64 sums of the surviving codes; a hierarchy that switches nothing off changes no bit', () => {
+    const seed = freshSeed(73);
+    const base: SuperpositionOptions = { dIn: 9, numFeatures: 12, firing: { kind: 'zipf', exponent: 0.5, maxP: 0.6 }, magnitude: { kind: 'relu-normal', mean: 1, std: 0.4 }, numRows: 400, seed };
+    const data = superposition({ ...base, hierarchy: tree });
+    const rows = data.rows(0, 400);
+    const { indptr, indices, values } = data.codes(0, 400);
+    let mismatches = 0;
+    for (let r = 0; r < 400; r++) {
+      for (let k = 0; k < 9; k++) {
+        let sum = 0;
+        for (let t = indptr[r]!; t < indptr[r + 1]!; t++) sum += values[t]! * data.features[indices[t]! * 9 + k]!;
+        if (Math.fround(sum) !== rows[r * 9 + k]) mismatches++;
+      }
+    }
+    expect(mismatches, `seed ${seed}`).toBe(0);
+    const plain = superposition(base).rows(0, 400);
+    expect(Array.from(superposition({ ...base, hierarchy: [] }).rows(0, 400))).toEqual(Array.from(plain));
+    // Roots only (no parent to miss, no exclusive choice): the same rows as without.
+    expect(Array.from(superposition({ ...base, hierarchy: [{ feature: 3 }, { children: [{ feature: 0 }, { feature: 5 }] }] }).rows(0, 400))).toEqual(Array.from(plain));
+    // A real hierarchy does change rows.
+    expect(Array.from(rows)).not.toEqual(Array.from(plain));
+  });
+
+  it('rejects malformed hierarchies by name', () => {
+    const ok: SuperpositionOptions = { dIn: 4, numFeatures: 6, firing: { kind: 'uniform', p: 0.1 } };
+    const h = (hierarchy: unknown) => () => superposition({ ...ok, hierarchy } as SuperpositionOptions);
+    expectNamedError(h({ feature: 0 }), 'options.hierarchy');
+    expectNamedError(h([5]), 'options.hierarchy[0]');
+    expectNamedError(h([{ feature: 6 }]), 'options.hierarchy[0].feature');
+    expectNamedError(h([{ feature: 1, children: [{ feature: 2 }, { feature: 1.5 }] }]), 'options.hierarchy[0].children[1].feature');
+    expectNamedError(h([{ feature: 1 }, { children: [{ feature: 1 }] }]), 'options.hierarchy[1].children[0].feature');
+    expectNamedError(h([{ feature: 1, exclusiveChildren: true, children: [{ feature: 2 }] }]), 'options.hierarchy[0].exclusiveChildren');
+    expectNamedError(h([{ feature: 1, exclusiveChildren: 'yes', children: [{ feature: 2 }, { feature: 3 }] }]), 'options.hierarchy[0].exclusiveChildren');
+    expectNamedError(h([{ feature: 1, children: { feature: 2 } }]), 'options.hierarchy[0].children');
+    expectNamedError(h([{ feature: 1, exclusive: true }]), 'exclusiveChildren');
+    const shared = { feature: 2 };
+    expectNamedError(h([{ feature: 1, children: [shared] }, { children: [shared] }]), 'options.hierarchy[1].children[0]');
+    const loop: { feature: number; children: unknown[] } = { feature: 1, children: [] };
+    loop.children.push(loop);
+    expectNamedError(h([loop]), 'options.hierarchy[0].children[0]');
+  });
+});
+
 describe('superposition: validation', () => {
   const ok: SuperpositionOptions = { dIn: 4, numFeatures: 6, firing: { kind: 'uniform', p: 0.1 } };
   const bad = (patch: Record<string, unknown>) => () => superposition({ ...ok, ...patch } as SuperpositionOptions);

@@ -35,4 +35,4 @@
 export { openActivations, fromArray, fromAsyncIterable } from './sources.js';
 export type { ActivationSource, OwnedActivationSource, Batch, BatchOptions, OpenOptions } from './types.js';
 export { superposition, synthetic } from './synthetic.js';
-export type { SuperpositionOptions, SuperpositionData, SparseCodes as SyntheticCodes, Firing, Magnitude, Correlation } from './synthetic.js';
+export type { SuperpositionOptions, SuperpositionData, SparseCodes as SyntheticCodes, Firing, Magnitude, Correlation, HierarchyNode } from './synthetic.js';

@@ -19,7 +19,9 @@
  *
  * Within a row the draws are, in order: the firing decisions (uncorrelated: the runs below in
  * increasing index; copula: the factor normals g, then per feature its own normal e_i, or all
- * of e for an explicit Sigma), then one magnitude per fired feature in increasing feature index.
+ * of e for an explicit Sigma); with a hierarchy, one word per exclusive node where two or more of
+ * its children fired (nodes in pre-order, the kept child floor(w * 2^-32 * m)-th of the m fired
+ * in listed order); then one magnitude per fired feature that survived, in increasing index.
  * Uniforms are `w * 2^-32` (firing tests), `(w + 0.5) * 2^-32` rounded to float32, i.e. U(0, 1]
  * (magnitudes), or 53-bit `((w1 >>> 5) * 2^26 + (w2 >>> 6)) * 2^-53` (geometric skips); normals
  * use a 128-layer ziggurat (Marsaglia and Tsang 2000): layer `w & 127`, abscissa
@@ -40,16 +42,21 @@
  * keys the first six words of state(4, e) under the batches() seed. Every row is served once
  * per epoch, in an order that does not depend on batchSize.
  *
+ * Hierarchies (options.hierarchy, SAELens's HierarchyNode semantics) switch fired features off
+ * top-down: a feature whose parent node is inactive, and all but one of an exclusive node's fired
+ * children. `probabilities` stay the per-feature p_i before that.
+ *
  * Not implemented here: the quirky compat generators of §4.3 (Sharkey et al.: one correlation
  * draw per batch) and §4.4 (MFR: shared support per group per batch).
  */
 import { argError, SaekitError } from '../errors.js';
-import { checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
+import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
 import { resolveBatchOptions } from './options.js';
 import type { Batch, BatchOptions, OwnedActivationSource } from './types.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
-const SUPERPOSITION_OPTIONS = optionNames<SuperpositionOptions>({ dIn: true, numFeatures: true, firing: true, magnitude: true, correlation: true, numRows: true, seed: true });
+const SUPERPOSITION_OPTIONS = optionNames<SuperpositionOptions>({ dIn: true, numFeatures: true, firing: true, magnitude: true, correlation: true, hierarchy: true, numRows: true, seed: true });
+const HIERARCHY_NODE_OPTIONS = optionNames<HierarchyNode>({ feature: true, children: true, exclusiveChildren: true });
 
 // ---------------------------------------------------------------------------------------------
 // Options and results.
@@ -76,7 +83,24 @@ export type Magnitude = { kind: 'uniform' } | { kind: 'relu-normal'; mean: numbe
  */
 export type Correlation = 'none' | 'random' | Float64Array | { kind: 'random'; strength?: number; factors?: number };
 
-/** Options of synthetic.superposition(): sizes, firing, magnitudes, correlation, rows and seed. */
+/**
+ * A node of a feature hierarchy (SAELens's HierarchyNode semantics, after Nabeshima's Matryoshka
+ * toy model): a feature that fired is switched off in a row where its parent node is inactive,
+ * and under `exclusiveChildren` at most one child stays on (one of those that fired, chosen
+ * uniformly). A node is active when its feature fired and survived, or, without `feature` (an
+ * organising node), when its parent is active (a root: always). Applied top-down, so a child's
+ * effective firing rate is its own probability times its parent's effective rate.
+ */
+export interface HierarchyNode {
+  /** The feature this node stands for (an index below numFeatures); omitted: an organising node. */
+  feature?: number;
+  /** Nodes that depend on this one. */
+  children?: HierarchyNode[];
+  /** At most one child with a feature fires per row. Needs at least 2 children. Default false. */
+  exclusiveChildren?: boolean;
+}
+
+/** Options of synthetic.superposition(): sizes, firing, magnitudes, correlation, hierarchy, rows and seed. */
 export interface SuperpositionOptions {
   /** Dimension of the rows. */
   dIn: number;
@@ -88,6 +112,12 @@ export interface SuperpositionOptions {
   magnitude?: Magnitude;
   /** Default 'none' (independent firing). 'random' means { kind: 'random', strength: 0.5, factors: min(8, numFeatures) }. */
   correlation?: Correlation;
+  /**
+   * Trees of dependent features (see HierarchyNode), applied to each row's firing decisions
+   * before its magnitudes are drawn. Each feature may appear in at most one node. A row visits
+   * every node (O(nodes) per row on top of its sampling). Default none.
+   */
+  hierarchy?: HierarchyNode[];
   /** Rows per epoch; the source is finite. Default 65536, at most 2^48. */
   numRows?: number;
   /** Default 0. */
@@ -110,7 +140,7 @@ export interface SuperpositionData {
   source: OwnedActivationSource;
   /** Ground-truth features [numFeatures, dIn], unit rows. */
   features: Float32Array;
-  /** Firing probability of each feature [numFeatures]. */
+  /** Firing probability of each feature [numFeatures], before any hierarchy switches features off. */
   probabilities: Float64Array;
   /** Rows [start, start + count) in generation order, [count, dIn] (random access). */
   rows(start: number, count: number): Float32Array;
@@ -503,6 +533,77 @@ interface Run {
   pmax: number;
 }
 
+/**
+ * A hierarchy flattened in pre-order (every parent before its children): per node its feature (-1:
+ * organising), its parent node (-1: a root) and, for exclusive nodes, the range of its children's
+ * features in `exFeatures`.
+ */
+interface HierarchyPlan {
+  feature: Int32Array;
+  parent: Int32Array;
+  exStart: Int32Array;
+  exEnd: Int32Array;
+  exFeatures: Int32Array;
+}
+
+/** Most nodes a hierarchy may have. */
+const MAX_HIERARCHY_NODES = 1 << 22;
+
+function hierarchyPlan(hierarchy: unknown, n: number): HierarchyPlan | undefined {
+  if (hierarchy === undefined) return undefined;
+  if (!Array.isArray(hierarchy)) throw argError('options.hierarchy', 'an array of HierarchyNode trees', hierarchy);
+  const feature: number[] = [];
+  const parent: number[] = [];
+  const exStart: number[] = [];
+  const exEnd: number[] = [];
+  const exFeatures: number[] = [];
+  const owner = new Map<number, string>(); // feature -> the node that holds it
+  const seen = new Set<object>();
+  // Iterative pre-order (a deep tree cannot overflow the stack).
+  const stack: { node: unknown; parent: number; name: string }[] = [];
+  for (let i = hierarchy.length - 1; i >= 0; i--) stack.push({ node: hierarchy[i], parent: -1, name: `options.hierarchy[${i}]` });
+  while (stack.length > 0) {
+    const { node, parent: par, name } = stack.pop()!;
+    if (node === null || typeof node !== 'object' || Array.isArray(node)) throw argError(name, 'a HierarchyNode object', node);
+    if (seen.has(node)) throw argError(name, 'a node that appears once in the hierarchy (no shared nodes or loops)', node);
+    seen.add(node);
+    if (feature.length >= MAX_HIERARCHY_NODES) throw argError('options.hierarchy', `at most ${MAX_HIERARCHY_NODES} nodes`, hierarchy);
+    const o = checkOptions<HierarchyNode>(name, node as HierarchyNode, HIERARCHY_NODE_OPTIONS);
+    let f = -1;
+    if (o.feature !== undefined) {
+      f = checkInt(`${name}.feature`, o.feature, 0, n - 1);
+      const other = owner.get(f);
+      if (other !== undefined) throw argError(`${name}.feature`, `a feature in no other node (${other} holds ${f})`, f);
+      owner.set(f, name);
+    }
+    const children = o.children === undefined ? [] : o.children;
+    if (!Array.isArray(children)) throw argError(`${name}.children`, 'an array of HierarchyNode objects', children);
+    const exclusive = o.exclusiveChildren === undefined ? false : checkBool(`${name}.exclusiveChildren`, o.exclusiveChildren);
+    if (exclusive && children.length < 2) throw argError(`${name}.exclusiveChildren`, 'false for a node with fewer than 2 children', true);
+    const id = feature.length;
+    feature.push(f);
+    parent.push(par);
+    exStart.push(exFeatures.length);
+    if (exclusive) {
+      for (const [j, c] of children.entries()) {
+        const cf = c !== null && typeof c === 'object' ? (c as { feature?: unknown }).feature : undefined;
+        // Checked when the child is visited; organising children take no part in the choice.
+        if (cf !== undefined) exFeatures.push(checkInt(`${name}.children[${j}].feature`, cf, 0, n - 1));
+      }
+    }
+    exEnd.push(exFeatures.length);
+    for (let j = children.length - 1; j >= 0; j--) stack.push({ node: children[j], parent: id, name: `${name}.children[${j}]` });
+  }
+  if (feature.length === 0) return undefined;
+  return {
+    feature: Int32Array.from(feature),
+    parent: Int32Array.from(parent),
+    exStart: Int32Array.from(exStart),
+    exEnd: Int32Array.from(exEnd),
+    exFeatures: Int32Array.from(exFeatures),
+  };
+}
+
 class Sampler {
   readonly n: number;
   readonly dIn: number;
@@ -516,6 +617,10 @@ class Sampler {
   readonly active: Int32Array;
   readonly values: Float32Array;
   private readonly bases: Int32Array;
+  /** Hierarchy scratch: fired flags per feature, active flags per node, an exclusive node's fired children. */
+  private readonly on: Uint8Array;
+  private readonly nodeOn: Uint8Array;
+  private readonly pick: Int32Array;
 
   constructor(
     readonly features: Float32Array,
@@ -524,8 +629,12 @@ class Sampler {
     private readonly copula: CopulaPlan,
     seed: bigint,
     dIn: number,
+    private readonly hierarchy?: HierarchyPlan,
   ) {
     this.n = p.length;
+    this.on = new Uint8Array(hierarchy ? this.n : 0);
+    this.nodeOn = new Uint8Array(hierarchy ? hierarchy.feature.length : 0);
+    this.pick = new Int32Array(hierarchy ? this.n : 0);
     this.dIn = dIn;
     this.rng = new Rng(seed);
     this.active = new Int32Array(this.n);
@@ -609,6 +718,7 @@ class Sampler {
       const th = this.thresholds;
       for (let i = 0; i < n; i++) if (z[i]! < th[i]!) active[count++] = i;
     }
+    if (this.hierarchy) count = this.applyHierarchy(count);
     // Magnitudes, in increasing feature index.
     const values = this.values;
     const mag = this.magnitude;
@@ -618,6 +728,44 @@ class Sampler {
       for (let t = 0; t < count; t++) values[t] = (rng.next() + 0.5) / TWO32;
     }
     return count;
+  }
+
+  /**
+   * Switches off the fired features (active[0..count), increasing) that the hierarchy does not
+   * allow, in pre-order; each exclusive node with two or more fired children keeps one, drawn as
+   * floor(u * m) from the row's stream (u = next() / 2^32, m = the number of fired children, in
+   * the order the children are listed). Returns the new count; active stays increasing.
+   */
+  private applyHierarchy(count: number): number {
+    const h = this.hierarchy!;
+    const on = this.on;
+    const nodeOn = this.nodeOn;
+    const active = this.active;
+    for (let t = 0; t < count; t++) on[active[t]!] = 1;
+    const nodes = h.feature.length;
+    for (let v = 0; v < nodes; v++) {
+      const f = h.feature[v]!;
+      const par = h.parent[v]!;
+      const parentOn = par < 0 || nodeOn[par] === 1;
+      if (f >= 0 && !parentOn) on[f] = 0;
+      const isOn = f >= 0 ? on[f] === 1 : parentOn;
+      nodeOn[v] = isOn ? 1 : 0;
+      if (isOn && h.exEnd[v]! - h.exStart[v]! >= 2) {
+        let m = 0;
+        for (let q = h.exStart[v]!; q < h.exEnd[v]!; q++) if (on[h.exFeatures[q]!] === 1) this.pick[m++] = h.exFeatures[q]!;
+        if (m >= 2) {
+          const keep = Math.floor((this.rng.next() / TWO32) * m);
+          for (let j = 0; j < m; j++) if (j !== keep) on[this.pick[j]!] = 0;
+        }
+      }
+    }
+    let kept = 0;
+    for (let t = 0; t < count; t++) {
+      const f = active[t]!;
+      if (on[f] === 1) active[kept++] = f;
+      on[f] = 0;
+    }
+    return kept;
   }
 
   /** Writes row r into out[offset .. offset + dIn). */
@@ -786,8 +934,9 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
   const numRows = o.numRows === undefined ? 65536 : checkInt('options.numRows', o.numRows, 1, MAX_ROWS);
   const seed = o.seed === undefined ? 0n : checkSeed('options.seed', o.seed);
   const copula = copulaPlan(o.correlation, n, seed);
+  const hierarchy = hierarchyPlan(o.hierarchy, n);
   const features = makeFeatures(n, dIn, seed);
-  const sampler = new Sampler(features, p, magnitude, copula, seed, dIn);
+  const sampler = new Sampler(features, p, magnitude, copula, seed, dIn, hierarchy);
   const maxRange = Math.floor(MAX_ELEMENTS / dIn);
 
   const checkRange = (start: unknown, count: unknown): [number, number] => {
