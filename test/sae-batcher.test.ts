@@ -113,7 +113,7 @@ describe('EncodeBatcher', () => {
             // JumpReLU pads each batch to its own widest row: compare the active codes.
             const kc = Math.min(part.k, whole.k);
             for (let q = 0; q < n; q++) {
-              const a = slice({ ...part, k: part.k }, q, q + 1);
+              const a = slice(part, q, q + 1);
               const b = slice(whole, r0 + q, r0 + q + 1);
               const label = `${sae.architecture} seed ${seed}, threads ${threads}, split ${split}, row ${r0 + q}`;
               expect(a.values.slice(0, kc), label).toEqual(b.values.slice(0, kc));
