@@ -157,16 +157,13 @@ export async function syncFolder(folder: string): Promise<void> {
 export async function makeDirs(dir: string): Promise<void> {
   const missing: string[] = [];
   for (let cur = resolve(dir); ; ) {
-    const found = await stat(cur).then(
-      () => true,
-      (err: NodeJS.ErrnoException) => {
-        if (err.code !== 'ENOENT') throw err;
-        return false;
-      },
-    );
-    if (found) {
+    const st = await stat(cur).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+      return undefined;
+    });
+    if (st) {
       // An existing file where the folder should be: mkdir reports it (EEXIST).
-      if (missing.length === 0 && !(await stat(cur)).isDirectory()) await mkdir(cur);
+      if (missing.length === 0 && !st.isDirectory()) await mkdir(cur);
       break;
     }
     missing.push(cur);

@@ -14,8 +14,8 @@
  * with a NaN or infinite value is rejected on its own, before it joins a batch.
  */
 import { argError, SaekitError } from '../errors.js';
-import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
-import type { SparseAutoencoder, SparseCodes } from './index.js';
+import { checkInt, checkOptions, optionNames } from '../validate.js';
+import { batchInvariantOption, type SparseAutoencoder, type SparseCodes } from './index.js';
 
 /** Options of EncodeBatcher. */
 export interface EncodeBatcherOptions {
@@ -56,10 +56,7 @@ export class EncodeBatcher {
     const o = checkOptions('options', options, BATCHER_OPTIONS);
     this.sae = sae;
     this.maxRows = o.maxRows === undefined ? 4096 : checkInt('options.maxRows', o.maxRows, 1, 1 << 24);
-    this.batchInvariant = o.batchInvariant === undefined ? false : checkBool('options.batchInvariant', o.batchInvariant);
-    if (this.batchInvariant && sae.device !== 'cpu') {
-      throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.batchInvariant to be false for an SAE on ${sae.device} (batch-invariant encodes run on the CPU) but received true`);
-    }
+    this.batchInvariant = batchInvariantOption(o.batchInvariant, sae.device);
   }
 
   /** Batches encoded so far (for monitoring: requests / batches is the coalescing factor). */

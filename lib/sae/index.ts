@@ -138,6 +138,19 @@ export interface EncodeOptions {
   batchInvariant?: boolean;
 }
 
+/**
+ * options.batchInvariant (EncodeOptions, EncodeBatcherOptions) checked: a boolean, default false,
+ * and true only for an SAE on the CPU.
+ * @internal
+ */
+export function batchInvariantOption(value: unknown, device: string): boolean {
+  const invariant = value === undefined ? false : checkBool('options.batchInvariant', value);
+  if (invariant && device !== 'cpu') {
+    throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.batchInvariant to be false for an SAE on ${device} (batch-invariant encodes run on the CPU) but received true`);
+  }
+  return invariant;
+}
+
 /** sae.gradients() options. */
 export interface GradientOptions {
   /** Add the AuxK loss over the given dead latents. */
@@ -426,11 +439,7 @@ export class SparseAutoencoder {
   /** Sparse codes of each row of x. */
   async encode(x: Rows, options?: EncodeOptions): Promise<SparseCodes> {
     const site = new Error();
-    const o = checkOptions('options', options, ENCODE_OPTIONS);
-    const invariant = o.batchInvariant === undefined ? false : checkBool('options.batchInvariant', o.batchInvariant);
-    if (invariant && this.device !== 'cpu') {
-      throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.batchInvariant to be false for an SAE on ${this.device} (batch-invariant encodes run on the CPU) but received true`);
-    }
+    const invariant = batchInvariantOption(checkOptions('options', options, ENCODE_OPTIONS).batchInvariant, this.device);
     const r = await settleNative(afterPlacement(this, callNative(() => this.handle().encode(this.rows(x), invariant))), site);
     return { rows: r.values.length / r.k, numLatents: this.numLatents, k: r.k, values: r.values, indices: r.indices };
   }

@@ -107,10 +107,8 @@ const sk_backend_i kCpuBackend = {
     /* .gemm_f32     = */ cpu_gemm_f32,
 };
 
-}  // namespace
+thread_local bool t_builtin_gemm = false;  // BuiltinGemmScope
 
-namespace {
-thread_local bool t_builtin_gemm = false;
 }  // namespace
 
 BuiltinGemmScope::BuiltinGemmScope(bool on) : prev_(t_builtin_gemm) { t_builtin_gemm = prev_ || on; }

@@ -94,59 +94,73 @@ inline int smem_optin(int device) {
   return optin;
 }
 
-// Lets `kernel` launch with `bytes` of dynamic shared memory on the current device (`device`).
-// Without an opt-in a block has 48 KiB in all: the dynamic part may not exceed 48 KiB less the
-// kernel's static __shared__ arrays (cudaFuncAttributes::maxDynamicSharedSizeBytes says how much
-// it may take now). Above that the kernel opts in (cudaFuncAttributeMaxDynamicSharedMemorySize),
-// up to the device's opt-in limit less its static part. The limit only rises, under a lock, so
-// two threads asking for different sizes (two SAEs of different dIn) never lower it below what
-// the other is about to launch with. `what` names the limit a too-large request breaks. What a
-// (kernel, device) may take is remembered, so launches at a size already allowed (every step after
-// the first) skip cudaFuncGetAttributes. (The CPU emulation lets a test change what every kernel
-// reports as its static shared memory, SAEKIT_EMU_STATIC_SMEM, which a GPU never does: there it is
-// part of the key.)
-struct SmemGrant {
+// What a kernel may do on a device, asked of the runtime once per (kernel, device) and kept:
+// launches read it every step. (The CPU emulation lets a test change what every kernel reports as
+// its static shared memory, SAEKIT_EMU_STATIC_SMEM, which a GPU never does: there it is part of
+// the key.)
+struct FuncLimits {
   const void* kernel;
   int device;
-  size_t bytes;  // dynamic shared memory the kernel may launch with on the device
   size_t emu_static;
+  int max_threads;     // cudaFuncAttributes::maxThreadsPerBlock (registers permitting)
+  size_t static_smem;  // its __shared__ arrays
+  size_t dyn_bytes;    // dynamic shared memory it may launch with now
 };
-inline size_t smem_grant_tag() {
+inline size_t func_limits_tag() {
 #ifdef SK_CUDA_EMU
   return emu::static_smem();
 #else
   return 0;
 #endif
 }
-inline std::mutex& smem_attr_mu() {
+inline std::mutex& func_limits_mu() {
   static std::mutex m;
   return m;
 }
-inline std::vector<SmemGrant>& smem_grants() {
-  static std::vector<SmemGrant> g;  // a few dozen kernels x devices: a linear scan
-  return g;
+inline std::vector<FuncLimits>& func_limits_all() {
+  static std::vector<FuncLimits> all;  // a few dozen kernels x devices: a linear scan
+  return all;
 }
+// The entry of (kernel, device), looked up or asked for. Call with func_limits_mu() held; the
+// reference lasts until the next call.
 template <typename F>
-void allow_dynamic_smem(F* kernel, size_t bytes, int device, const char* what) {
+FuncLimits& func_limits_locked(F* kernel, int device) {
   const void* key = reinterpret_cast<const void*>(kernel);
-  std::lock_guard<std::mutex> lock(smem_attr_mu());
-  const size_t tag = smem_grant_tag();
-  SmemGrant* grant = nullptr;
-  for (SmemGrant& g : smem_grants())
-    if (g.kernel == key && g.device == device && g.emu_static == tag) grant = &g;
-  if (grant && bytes <= grant->bytes) return;
+  const size_t tag = func_limits_tag();
+  for (FuncLimits& f : func_limits_all())
+    if (f.kernel == key && f.device == device && f.emu_static == tag) return f;
   cudaFuncAttributes fa;
   SK_CUDA(cudaFuncGetAttributes(&fa, kernel));
-  size_t allowed = size_t(fa.maxDynamicSharedSizeBytes);
-  if (bytes > allowed) {
-    const int optin = smem_optin(device);
-    SK_CHECK(bytes + fa.sharedSizeBytes <= size_t(optin), ErrorCode::Shape, what, ": a block needs ", bytes,
-             " bytes of dynamic shared memory beside ", fa.sharedSizeBytes, " static, and the device allows ", optin);
-    SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    allowed = bytes;
-  }
-  if (grant) grant->bytes = allowed;
-  else smem_grants().push_back({key, device, allowed, tag});
+  func_limits_all().push_back(
+      {key, device, tag, fa.maxThreadsPerBlock, size_t(fa.sharedSizeBytes), size_t(fa.maxDynamicSharedSizeBytes)});
+  return func_limits_all().back();
+}
+
+// The most threads a block of `kernel` may have on `device` (the current device).
+template <typename F>
+int func_max_threads(F* kernel, int device) {
+  std::lock_guard<std::mutex> lock(func_limits_mu());
+  return func_limits_locked(kernel, device).max_threads;
+}
+
+// Lets `kernel` launch with `bytes` of dynamic shared memory on the current device (`device`).
+// Without an opt-in a block has 48 KiB in all: the dynamic part may not exceed 48 KiB less the
+// kernel's static __shared__ arrays (cudaFuncAttributes::maxDynamicSharedSizeBytes says how much
+// it may take now). Above that the kernel opts in (cudaFuncAttributeMaxDynamicSharedMemorySize),
+// up to the device's opt-in limit less its static part. The limit only rises, under a lock, so
+// two threads asking for different sizes (two SAEs of different dIn) never lower it below what
+// the other is about to launch with. `what` names the limit a too-large request breaks. A size
+// already allowed (every step after the first) costs a lookup.
+template <typename F>
+void allow_dynamic_smem(F* kernel, size_t bytes, int device, const char* what) {
+  std::lock_guard<std::mutex> lock(func_limits_mu());
+  FuncLimits& f = func_limits_locked(kernel, device);
+  if (bytes <= f.dyn_bytes) return;
+  const int optin = smem_optin(device);
+  SK_CHECK(bytes + f.static_smem <= size_t(optin), ErrorCode::Shape, what, ": a block needs ", bytes,
+           " bytes of dynamic shared memory beside ", f.static_smem, " static, and the device allows ", optin);
+  SK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  f.dyn_bytes = bytes;
 }
 
 inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {

@@ -1724,9 +1724,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
       // More than 16 warps, or more than the unbounded kernel's registers allow on this device
       // (none today: 102 registers leave room for 19 warps): the kernel bounded to 1024 threads.
       auto* kernel = vec4 ? residual_fused_kernel<float4> : residual_fused_kernel<float>;
-      cudaFuncAttributes fa;
-      SK_CUDA(cudaFuncGetAttributes(&fa, kernel));
-      if (nw > 16 || 32 * nw > fa.maxThreadsPerBlock)
+      if (nw > 16 || 32 * nw > func_max_threads(kernel, S->device))
         kernel = vec4 ? residual_fused_wide_kernel<float4> : residual_fused_wide_kernel<float>;
       allow_smem(kernel, smem, S->device);
       kernel<<<unsigned(N64), unsigned(32 * nw), smem, s>>>(x, xc, W_dec, b_dec, D, mv, mi, K, cpw, sc, E, dpm, rowd,
