@@ -289,7 +289,9 @@ describe('SAE files: hostile input', () => {
   /** A SAELens folder with d_in × d_sae weights (any size, zero included); `cfg` is merged into a valid cfg.json, or replaces it as raw text or bytes. */
   async function saelens(dIn: number, L: number, cfg: Record<string, unknown> | string | Uint8Array = {}, edit?: (t: Record<string, IoTensor>) => void): Promise<string> {
     const dir = tmp();
-    const t: Record<string, IoTensor> = { W_enc: f32([dIn, L]), b_enc: f32([L]), W_dec: f32([L, dIn]), b_dec: f32([dIn]), threshold: f32([L], () => 0.01) };
+    // JumpReLU files (and configs this fixture cannot read) have a threshold; TopK files do not.
+    const jump = typeof cfg === 'string' || cfg instanceof Uint8Array || cfg.architecture === 'jumprelu' || cfg.activation_fn_str === 'jumprelu';
+    const t: Record<string, IoTensor> = { W_enc: f32([dIn, L]), b_enc: f32([L]), W_dec: f32([L, dIn]), b_dec: f32([dIn]), ...(jump ? { threshold: f32([L], () => 0.01) } : {}) };
     edit?.(t);
     await writeSafetensors(path.join(dir, 'sae_weights.safetensors'), t);
     const text = typeof cfg === 'string' || cfg instanceof Uint8Array ? cfg : JSON.stringify({ architecture: 'topk', d_in: dIn, d_sae: L, k: 1, apply_b_dec_to_input: true, normalize_activations: 'none', ...cfg });
@@ -530,5 +532,92 @@ describe('SAE files: what the other libraries write and read', () => {
       scaling_factor: { dtype: 'float32', shape: [L], data: new Float32Array(L).fill(2) },
     });
     await expect(SparseAutoencoder.load(g)).rejects.toThrow(/has a scaling_factor array/);
+  });
+
+  it('tensors saekit would ignore (skip connections, anything unknown) and signed TopK are refused, not dropped', async () => {
+    const w = randomWeights(dIn, L, 12);
+    const f32 = (shape: number[]): IoTensor => ({ dtype: 'float32', shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(0.25) });
+    // SAELens: a skip transcoder's W_skip, and an unknown tensor, each named.
+    const sl = tmp();
+    writeFileSync(path.join(sl, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L }));
+    await put(sl, w, { W_skip: f32([dIn, dIn]) });
+    await expect(SparseAutoencoder.load(sl)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/sae_weights\.safetensors: holds a tensor saekit does not know \("W_skip"\): skip connections are not supported yet/) });
+    await put(sl, w, { log_threshold: f32([L]) });
+    await expect(SparseAutoencoder.load(sl)).rejects.toThrow(/does not know \("log_threshold"\); expected only "W_enc", "b_enc", "W_dec", "b_dec"/);
+    await put(sl, w);
+    using ok = await SparseAutoencoder.load(sl);
+    expect(ok.k).toBe(k);
+    // sparsify: W_skip (sparsify's own strict loader refuses it too without skip_connection).
+    using sae = SparseAutoencoder.fromWeights(w, { k });
+    const sp = tmp();
+    await sae.save(sp, { format: 'sparsify' });
+    const st = await readSafetensors(path.join(sp, 'sae.safetensors'));
+    const t: Record<string, IoTensor> = {};
+    for (const { name } of st.tensors) t[name] = await st.read(name);
+    await st.close();
+    await writeSafetensors(path.join(sp, 'sae.safetensors'), { ...t, W_skip: f32([dIn, dIn]) });
+    const cfg = JSON.parse(readFileSync(path.join(sp, 'cfg.json'), 'utf8'));
+    delete cfg.saekit_save_id;
+    writeFileSync(path.join(sp, 'cfg.json'), JSON.stringify(cfg));
+    await expect(SparseAutoencoder.load(sp)).rejects.toThrow(/sae\.safetensors: holds a tensor saekit does not know \("W_skip"\): skip connections/);
+    // EleutherAI/sae's signed TopK (top |z| with signs) is another function.
+    await writeSafetensors(path.join(sp, 'sae.safetensors'), t);
+    writeFileSync(path.join(sp, 'cfg.json'), JSON.stringify({ ...cfg, signed: true }));
+    await expect(SparseAutoencoder.load(sp)).rejects.toThrow(/cfg\.json: signed TopK \(signed: true\) is not supported yet/);
+    writeFileSync(path.join(sp, 'cfg.json'), JSON.stringify({ ...cfg, signed: false }));
+    using unsigned = await SparseAutoencoder.load(sp);
+    expect(unsigned.numLatents).toBe(L);
+    // Gemma Scope 2 transcoders' affine skip connection.
+    const g = tmp();
+    await writeNpz(path.join(g, 'params.npz'), {
+      W_enc: { dtype: 'float32', shape: [dIn, L], data: w.W_enc },
+      W_dec: { dtype: 'float32', shape: [L, dIn], data: w.W_dec },
+      b_enc: { dtype: 'float32', shape: [L], data: w.b_enc },
+      b_dec: { dtype: 'float32', shape: [dIn], data: w.b_dec },
+      threshold: { dtype: 'float32', shape: [L], data: new Float32Array(L).fill(0.1) },
+      affine_skip_connection: f32([dIn, dIn]),
+    });
+    await expect(SparseAutoencoder.load(g)).rejects.toThrow(/params\.npz: holds a tensor saekit does not know \("affine_skip_connection"\): skip connections/);
+  });
+
+  it("missing sparsify fields take SparseCoderConfig's defaults (num_latents 0 = d_in x expansion_factor, 32, k 32); SAELens TopK's k defaults to 100", async () => {
+    const d = 3;
+    const sparsifyDir = async (F: number, cfg: Record<string, unknown>): Promise<string> => {
+      const dir = tmp();
+      const wf = randomWeights(d, F, 13);
+      await writeSafetensors(path.join(dir, 'sae.safetensors'), {
+        'encoder.weight': { dtype: 'float32', shape: [F, d], data: new Float32Array(F * d).fill(0.5) },
+        'encoder.bias': { dtype: 'float32', shape: [F], data: wf.b_enc },
+        W_dec: { dtype: 'float32', shape: [F, d], data: wf.W_dec },
+        b_dec: { dtype: 'float32', shape: [d], data: wf.b_dec },
+      });
+      writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ d_in: d, ...cfg }));
+      return dir;
+    };
+    for (const [F, cfg, wantK] of [
+      [12, { expansion_factor: 4, k: 2 }, 2],
+      [96, { num_latents: 0, k: 5 }, 5],
+      [40, { num_latents: 40 }, 32],
+      [96, {}, 32],
+    ] as const) {
+      using sae = await SparseAutoencoder.load(await sparsifyDir(F, cfg));
+      expect([sae.numLatents, sae.k]).toEqual([F, wantK]);
+    }
+    await expect(SparseAutoencoder.load(await sparsifyDir(12, { num_latents: 12, k: 40 }))).rejects.toThrow(/k = 40 is outside 1\.\.num_latents = 12/);
+    const sl = tmp();
+    await put(sl, randomWeights(dIn, L, 14));
+    writeFileSync(path.join(sl, 'cfg.json'), JSON.stringify({ architecture: 'topk', d_in: dIn, d_sae: L }));
+    await expect(SparseAutoencoder.load(sl)).rejects.toThrow(/k = 100 is outside 1\.\.d_sae = 29/);
+  });
+
+  it('saekit weights beside a cfg.json without a save id (another library\'s, left by an interrupted save) are refused; metadata cannot set sae_lens_version', async () => {
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, 15), { k });
+    const dir = tmp();
+    await sae.save(dir);
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k: 1, d_in: dIn, d_sae: L, apply_b_dec_to_input: false }));
+    await expect(SparseAutoencoder.load(dir)).rejects.toThrow(/cfg\.json: belongs to another save than sae_weights\.safetensors \(cfg\.json has no save id, the weights have [0-9a-f]{16}/);
+    for (const key of ['sae_lens_version', 'saekit_version', 'saekit_save_id']) {
+      await expect(sae.save(tmp(), { metadata: { [key]: '5.9.0' } })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(new RegExp(`options\\.metadata not to set the SAELens metadata field '${key}'`)) });
+    }
   });
 });

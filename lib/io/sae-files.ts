@@ -7,6 +7,11 @@
  * | SAELens      | cfg.json + sae_weights.safetensors      | W_enc [d, F], b_enc [F], W_dec [F, d], b_dec [d], threshold [F] (jumprelu) |
  * | sparsify     | cfg.json + sae.safetensors              | encoder.weight [F, d] (= W_enc^T), encoder.bias, W_dec [F, d], b_dec |
  * | Gemma Scope  | params.npz                              | W_enc [d, F], W_dec [F, d], b_enc, b_dec, threshold; JumpReLU, no b_dec subtraction |
+ *
+ * A file holding any other tensor (a skip connection's W_skip, a training-state tensor) is
+ * refused naming it, as SAELens's and sparsify's own strict loaders refuse it, rather than loaded
+ * without it. Missing sparsify cfg fields take SparseCoderConfig's defaults, a SAELens TopK
+ * config without k SAELens's (100).
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync, type Stats } from 'node:fs';
@@ -207,6 +212,13 @@ function fieldAt(cfg: Record<string, unknown>, key: string): unknown {
 }
 
 function intField(cfg: Record<string, unknown>, file: string, ...keys: string[]): number {
+  const v = optionalIntField(cfg, file, ...keys);
+  if (v === undefined) throw formatError(file, `missing field ${keys.join(' (or ')}${keys.length > 1 ? ')' : ''}`);
+  return v;
+}
+
+/** intField, or undefined when none of the keys is present (or all are null). */
+function optionalIntField(cfg: Record<string, unknown>, file: string, ...keys: string[]): number | undefined {
   for (const key of keys) {
     const v = fieldAt(cfg, key);
     if (v === undefined || v === null) continue;
@@ -215,7 +227,7 @@ function intField(cfg: Record<string, unknown>, file: string, ...keys: string[])
     }
     return v;
   }
-  throw formatError(file, `missing field ${keys.join(' (or ')}${keys.length > 1 ? ')' : ''}`);
+  return undefined;
 }
 
 /**
@@ -313,10 +325,31 @@ export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: num
   }
 }
 
-/** The tensors `names` (and those of `optional` the file has), and the file's __metadata__. */
+/**
+ * Refuses a file holding tensors (arrays) other than `known`: a tensor saekit would ignore, such
+ * as a skip connection's W_skip, changes what the model computes. SAELens's and sparsify's own
+ * loaders are strict in the same way (load_state_dict / load_model with strict=True).
+ */
+function checkNoExtraTensors(file: string, present: string[], known: string[]): void {
+  const extra = present.filter((n) => !known.includes(n));
+  if (extra.length === 0) return;
+  const skip = extra.some((n) => /skip/i.test(n));
+  throw formatError(
+    file,
+    `holds ${extra.length === 1 ? 'a tensor' : 'tensors'} saekit does not know (${listForMessage(extra)})` +
+      (skip ? ': skip connections are not supported yet' : `; expected only ${listForMessage(known)}`),
+  );
+}
+
+/** The tensors `names` (and those of `optional` the file has), and the file's __metadata__; any other tensor is refused. */
 async function readTensors(file: string, names: string[], optional: string[] = []): Promise<{ t: Record<string, IoTensor>; metadata: Record<string, string> }> {
   const r = await readSafetensors(file);
   try {
+    checkNoExtraTensors(
+      file,
+      r.tensors.map((t) => t.name),
+      [...names, ...optional],
+    );
     const out: Record<string, IoTensor> = {};
     for (const n of names) {
       if (!r.get(n)) throw formatError(file, `missing tensor ${n} (has: ${listForMessage(r.tensors.map((t) => t.name)) || 'none'})`);
@@ -335,8 +368,11 @@ const SAVE_ID = 'saekit_save_id';
 /** Refuses a cfg.json and weights file written by two different saves (a save cut short between its two renames). */
 function checkSameSave(cfgFile: string, cfgId: unknown, weightsFile: string, metadata: Record<string, string>): void {
   const wId = metadata[SAVE_ID];
-  if (typeof cfgId === 'string' && wId !== undefined && cfgId !== wId) {
-    throw formatError(cfgFile, `belongs to another save than ${path.basename(weightsFile)} (save ids ${cfgId} and ${wId}: a save was interrupted; save the SAE again)`);
+  // Weights from a saekit save name their save; a cfg.json without that id (another library's,
+  // left by a save over its folder that stopped between the renames) does not belong to them.
+  if (wId !== undefined && cfgId !== wId) {
+    const ids = typeof cfgId === 'string' ? `save ids ${cfgId} and ${wId}` : `cfg.json has no save id, the weights have ${wId}`;
+    throw formatError(cfgFile, `belongs to another save than ${path.basename(weightsFile)} (${ids}: a save was interrupted; save the SAE again)`);
   }
 }
 
@@ -386,7 +422,8 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
   };
   let k: number | undefined;
   if (arch === 'topk') {
-    k = intField(cfg, cfgFile, 'k', 'activation_fn_kwargs.k');
+    // SAELens's TopK config defaults k to 100.
+    k = optionalIntField(cfg, cfgFile, 'k', 'activation_fn_kwargs.k') ?? 100;
     if (k < 1 || k > numLatents) throw formatError(cfgFile, `k = ${k} is outside 1..d_sae = ${numLatents}`);
     // Trained with the norms outside: z <- z * ||W_dec,i||, decode with f / ||W_dec,i||. Folding
     // the norms into the encoder gives the same function with unit decoder rows.
@@ -404,14 +441,18 @@ async function readSparsify(dir: string, weightsFile: string): Promise<SaeFiles>
   const cfgFile = path.join(dir, 'cfg.json');
   const cfg = await readCfg(cfgFile);
   const dIn = intField(cfg, cfgFile, 'd_in');
-  let numLatents = intField(cfg, cfgFile, 'num_latents');
-  if (numLatents === 0) numLatents = dIn * intField(cfg, cfgFile, 'expansion_factor');
+  // sparsify fills missing fields from SparseCoderConfig's defaults (num_latents 0, meaning
+  // d_in × expansion_factor; expansion_factor 32; k 32).
+  let numLatents = optionalIntField(cfg, cfgFile, 'num_latents') ?? 0;
+  if (numLatents === 0) numLatents = dIn * (optionalIntField(cfg, cfgFile, 'expansion_factor') ?? 32);
   checkDims(cfgFile, dIn, numLatents, ['d_in', 'num_latents (or d_in × expansion_factor)']);
-  const k = intField(cfg, cfgFile, 'k');
+  const k = optionalIntField(cfg, cfgFile, 'k') ?? 32;
   const activation = cfg.activation ?? 'topk';
   if (activation !== 'topk') throw formatError(cfgFile, `activation ${shownValue(activation)} is not supported (supported: topk)`);
   if (boolField(cfg, cfgFile, 'transcode', false)) throw formatError(cfgFile, 'transcoders are not supported yet');
   if (boolField(cfg, cfgFile, 'skip_connection', false)) throw formatError(cfgFile, 'skip connections (W_skip) are not supported yet');
+  // EleutherAI/sae's signed TopK keeps the k largest |z| with their signs (no ReLU).
+  if (boolField(cfg, cfgFile, 'signed', false)) throw formatError(cfgFile, 'signed TopK (signed: true) is not supported yet');
   if (k < 1 || k > numLatents) throw formatError(cfgFile, `k = ${k} is outside 1..num_latents = ${numLatents}`);
   const { t, metadata } = await readTensors(weightsFile, ['encoder.weight', 'encoder.bias', 'W_dec', 'b_dec']);
   checkSameSave(cfgFile, cfg[SAVE_ID], weightsFile, metadata);
@@ -448,6 +489,11 @@ async function readGemmaScope(file: string): Promise<SaeFiles> {
   checkShape(file, 'b_dec', get('b_dec'), [dIn]);
   checkShape(file, 'threshold', get('threshold'), [numLatents]);
   if (arrays.scaling_factor) throw formatError(file, 'has a scaling_factor array, which Gemma Scope files do not have (its meaning here is unknown; SAELens refuses it too)');
+  checkNoExtraTensors(
+    file,
+    Object.keys(arrays),
+    ['W_enc', 'W_dec', 'b_enc', 'b_dec', 'threshold'].flatMap((n) => [n, n.replace(/^W_/, 'w_')]),
+  );
   return {
     config: { format: 'gemma-scope', architecture: 'jumprelu', dIn, numLatents, applyBDecToInput: false, dtype: W_enc.dtype, raw: {} },
     weights: {
@@ -519,6 +565,8 @@ const SPARSIFY_FIELDS = ['activation', 'expansion_factor', 'normalize_decoder', 
  * `metadata` from top-level keys and so would drop everything saekit puts there.
  */
 const SAELENS_SCHEMA_VERSION = '6.0.0';
+/** Fields of a SAELens cfg.json's metadata that saekit writes itself (options.metadata may not set them). */
+const SAELENS_METADATA_FIELDS = ['sae_lens_version', 'saekit_version', SAVE_ID];
 
 /** Whether every decoder row has unit norm (to float32 rounding). */
 function unitRows(W_dec: Float32Array, numLatents: number, dIn: number): boolean {
@@ -553,6 +601,13 @@ export async function writeSaeFiles(
   const cfgFile = path.join(dir, 'cfg.json');
   const saveId = randomBytes(8).toString('hex');
   const idMeta = { [SAVE_ID]: saveId };
+  if (format === 'saelens') {
+    for (const key of Object.keys(options.metadata ?? {})) {
+      if (SAELENS_METADATA_FIELDS.includes(key)) {
+        throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.metadata not to set the SAELens metadata field '${key}' (saekit writes it)`);
+      }
+    }
+  }
   if (format === 'sparsify') {
     for (const key of Object.keys(options.metadata ?? {})) {
       if (SPARSIFY_FIELDS.includes(key)) {
