@@ -141,6 +141,14 @@ describe('openActivations: file kinds, in order', () => {
     await expect(openActivations(p('none.safetensors'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/no 2-D tensor/) });
     await writeSafetensorsFixture(p('int.safetensors'), { i: { dtype: 'int32', shape: [4, 3], data: new Int32Array(12) } });
     await expect(openActivations(p('int.safetensors'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE', message: expect.stringMatching(/int32/) });
+    // A tensor of a dtype saekit does not convert (a BOOL mask beside the activations) does not hide the others.
+    const header = Buffer.from(JSON.stringify({ acts: { dtype: 'F32', shape: [257, 33], data_offsets: [0, 257 * 33 * 4] }, mask: { dtype: 'BOOL', shape: [257], data_offsets: [257 * 33 * 4, 257 * 33 * 4 + 257] } }));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(header.length));
+    writeFileSync(p('mask.safetensors'), Buffer.concat([len, header, Buffer.from(x.buffer, x.byteOffset, x.byteLength), Buffer.alloc(257, 1)]));
+    const masked = await openActivations(p('mask.safetensors'));
+    expectSameRows(concatRows(await collect(masked, { batchSize: 64 })), x);
+    await expect(openActivations(p('mask.safetensors'), { tensor: 'mask' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE', message: expect.stringMatching(/tensor 'mask' of .*mask\.safetensors but it holds BOOL/) });
   });
 
   it('raw files: options.dtype and options.dIn, dtype implied by .f32/.f16/.bf16/.f64, size checks', async () => {

@@ -139,7 +139,7 @@ describe('safetensors', () => {
       let end = 8 + n;
       for (const e of reader.tensors) {
         expect(e.offset, `${e.name} contiguous`).toBe(end);
-        expect(e.offset % ITEM[e.dtype], `${e.name} aligned`).toBe(0);
+        expect(e.offset % ITEM[e.dtype!], `${e.name} aligned`).toBe(0);
         end += e.byteLength;
         expectSameTensor(await reader.read(e.name), tensors[e.name]!, `seed ${seed}: ${e.name}`);
         expect(reader.get(e.name)).toBe(e);
@@ -275,8 +275,10 @@ describe('safetensors', () => {
       ['a non-string metadata value', stFile({ __metadata__: { k: 1 } }), /__metadata__ value for "k" is not a string/],
       ['an entry that is not an object', stFile({ a: 'F32' }), /tensor "a": entry is not an object/],
       ['a missing dtype', stFile({ a: { shape: [2], data_offsets: [0, 8] } }, 8), /tensor "a": dtype is missing/],
-      ['an unsupported dtype', stFile({ a: { dtype: 'F8_E4M3', shape: [2], data_offsets: [0, 2] } }, 2), /tensor "a": unsupported dtype "F8_E4M3"/],
-      ['an unknown dtype', stFile({ a: { dtype: 'toString', shape: [2], data_offsets: [0, 2] } }, 2), /unsupported dtype "toString"/],
+      ['an unknown dtype', stFile({ a: { dtype: 'toString', shape: [2], data_offsets: [0, 2] } }, 2), /tensor "a": unknown dtype "toString"/],
+      ['a lower-case dtype', stFile({ a: { dtype: 'f32', shape: [2], data_offsets: [0, 8] } }, 8), /unknown dtype "f32"/],
+      ['sub-byte elements that end inside a byte', stFile({ a: { dtype: 'F4', shape: [3], data_offsets: [0, 2] } }, 2), /shape \[3\] of F4 \(4-bit elements\) does not end on a byte boundary/],
+      ['a size mismatch of a dtype saekit does not read', stFile({ a: { dtype: 'C64', shape: [2], data_offsets: [0, 8] } }, 8), /span 8 bytes but shape \[2\] of C64 needs 16/],
       ['a missing shape', stFile({ a: { dtype: 'F32', data_offsets: [0, 8] } }, 8), /shape is missing or not an array/],
       ['a negative dimension', stFile({ a: { dtype: 'F32', shape: [-2], data_offsets: [0, 8] } }, 8), /dimension 0 of the shape is -2/],
       ['a fractional dimension', stFile({ a: { dtype: 'F32', shape: [2, 1.5], data_offsets: [0, 12] } }, 12), /dimension 1 of the shape is 1.5/],
@@ -318,8 +320,46 @@ describe('safetensors', () => {
       const dir = tmpDir();
       const file = path.join(dir, 'bad.safetensors');
       writeFileSync(file, stFile({ a: { dtype: 'Q9', shape: [1], data_offsets: [0, 1] } }, 1));
-      const err = await expectIoError(() => readSafetensors(file), file, /unsupported dtype "Q9"/);
-      expect(err.message).toBe(`Invalid safetensors file '${file}': tensor "a": unsupported dtype "Q9"`);
+      const err = await expectIoError(() => readSafetensors(file), file, /unknown dtype "Q9"/);
+      expect(err.message).toBe(`Invalid safetensors file '${file}': tensor "a": unknown dtype "Q9"`);
+    });
+
+    it("lists every spec dtype (sizes from their bits) and reads saekit's; read() refuses the others, readBytes reads them; null metadata is none", async () => {
+      const dir = tmpDir();
+      const file = path.join(dir, 'mixed.safetensors');
+      // Layout by hand: F32 [2] (8 B), BOOL [3] (3 B), F4 [4] (2 B), F6_E2M3 [4] (3 B), I16 [2] (4 B), C64 [1] (8 B), F8_E4M3 [0].
+      const spec: [string, string, number[], number][] = [
+        ['x', 'F32', [2], 8],
+        ['mask', 'BOOL', [3], 3],
+        ['q4', 'F4', [4], 2],
+        ['q6', 'F6_E2M3', [4], 3],
+        ['ids', 'I16', [2], 4],
+        ['z', 'C64', [1], 8],
+        ['e', 'F8_E4M3', [0], 0],
+      ];
+      const header: Record<string, unknown> = { __metadata__: null };
+      let off = 0;
+      for (const [name, dtype, shape, bytes] of spec) {
+        header[name] = { dtype, shape, data_offsets: [off, off + bytes] };
+        off += bytes;
+      }
+      const data = Uint8Array.from({ length: off }, (_, i) => (i * 37 + 11) & 0xff);
+      new DataView(data.buffer).setFloat32(0, 1.5, true);
+      new DataView(data.buffer).setFloat32(4, -2.25, true);
+      writeFileSync(file, stFile(header, data));
+      const r = await readSafetensors(file);
+      try {
+        expect(r.metadata).toEqual({});
+        expect(r.tensors.map((t) => [t.name, t.code, t.dtype, t.byteLength])).toEqual(spec.map(([name, code, , bytes]) => [name, code, code === 'F32' ? 'float32' : null, bytes]));
+        expect(Array.from((await r.read('x')).data as Float32Array)).toEqual([1.5, -2.25]);
+        for (const name of ['mask', 'q4', 'ids', 'z', 'e']) {
+          await expect(r.read(name)).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE', message: expect.stringContaining(`"${name}" of ${file} is ${r.get(name)!.code}`) });
+        }
+        const ids = r.get('ids')!;
+        expect(Array.from(await r.readBytes(ids.offset, ids.byteLength))).toEqual(Array.from(data.subarray(16, 20)));
+      } finally {
+        await r.close();
+      }
     });
 
     it('accepts nesting of exactly 128 levels and exactly 2,000,000 values, braces inside strings not counted', () => {
@@ -370,6 +410,10 @@ describe('safetensors', () => {
     await expectIoError(() => writeSafetensors(file, { __metadata__: good }), 'tensors', /reserved/, 'ERR_SAEKIT_ARG');
     await expectIoError(() => writeSafetensors(file, { a: good }, { k: 1 } as never), 'metadata["k"]', /string/, 'ERR_SAEKIT_ARG');
     await expectIoError(() => writeSafetensors('', { a: good }), 'path', /file path/, 'ERR_SAEKIT_ARG');
+    // A lone surrogate would be written as a "\ud800" escape, which the reference's JSON parser refuses.
+    await expectIoError(() => writeSafetensors(file, { 'a\uDC00': good }), 'tensors (a name)', /lone UTF-16 surrogates/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => writeSafetensors(file, { a: good }, { ['k\uD800']: 'v' }), 'metadata (a key)', /lone UTF-16 surrogates/, 'ERR_SAEKIT_ARG');
+    await expectIoError(() => writeSafetensors(file, { a: good }, { k: 'v\uD800' }), 'metadata["k"]', /lone UTF-16 surrogates/, 'ERR_SAEKIT_ARG');
     expect(readdirSync(dir)).toEqual([]);
   });
 });
@@ -468,6 +512,31 @@ describe('npy', () => {
     expect([...new BigUint64Array(got64.data.buffer)]).toEqual([0x7ff0000000000001n, 0xfff8000000abcdefn, 1n, 2n]);
   });
 
+  it("refuses more than numpy's 64 dimensions when reading and writing; 64 Fortran-order dimensions, most of size 1, transpose at once", async () => {
+    const shapeOf = (nd: number, big: number[]) => Array.from({ length: nd }, (_, k) => big[k] ?? 1);
+    const tuple = (shape: number[]) => `(${shape.join(', ')})`;
+    // A 2 KB header of thousands of size-1 dimensions made the transpose loop walk each of them per element.
+    const huge = shapeOf(3000, [2, 3]);
+    await expectIoError(() => parseNpy(npyFile(`{'descr': '<f4', 'fortran_order': True, 'shape': ${tuple(huge)}, }`, 24)), '<buffer>', /shape has 3000 dimensions, more than numpy's 64/);
+    await expectIoError(() => parseNpy(npyFile(`{'descr': '<f4', 'fortran_order': False, 'shape': ${tuple(shapeOf(65, []))}, }`, 4)), '<buffer>', /65 dimensions/);
+    // 64 dimensions, three of them > 1 and scattered: the transpose against the column-major rule.
+    const next = rng(freshSeed(5));
+    const shape = shapeOf(64, []);
+    shape[3] = 5;
+    shape[40] = 3;
+    shape[63] = 7;
+    const t = randomTensor('float32', shape, next);
+    // As 32-bit words: a Float32Array store may change a NaN's bits.
+    const src = new Uint32Array((t.data as Float32Array).buffer);
+    const fortran = new Uint32Array(src.length);
+    for (let a = 0; a < 5; a++) for (let b = 0; b < 3; b++) for (let c = 0; c < 7; c++) fortran[a + 5 * b + 15 * c] = src[a * 21 + b * 7 + c]!;
+    const t0 = performance.now();
+    expectSameTensor(parseNpy(npyFile(`{'descr': '<f4', 'fortran_order': True, 'shape': ${tuple(shape)}, }`, bytesOf(fortran))), t, '64-D Fortran');
+    expect(performance.now() - t0).toBeLessThan(1000);
+    expect(parseNpy(encodeNpy(t)).shape).toEqual(shape);
+    await expectIoError(() => encodeNpy({ dtype: 'uint8', shape: shapeOf(65, []), data: new Uint8Array(1) }), 't.shape', /at most 64 dimensions/, 'ERR_SAEKIT_SHAPE');
+  });
+
   it('accepts the harmless variations of the dict literal and never returns shared memory', () => {
     const data = new Uint8Array([1, 0, 0, 0, 2, 0, 0, 0]);
     for (const dict of [
@@ -486,14 +555,12 @@ describe('npy', () => {
     expect(parseNpy(npyFile("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", data, 1, true)).shape).toEqual([2]);
   });
 
-  it('writes version 2.0 when the header does not fit a u16 (and refuses to read a header over 10,000 bytes)', () => {
-    const shape = new Array<number>(25_000).fill(1);
-    const bytes = encodeNpy({ dtype: 'uint8', shape, data: new Uint8Array([9]) });
-    expect(bytes[6]).toBe(2);
-    const hlen = new DataView(bytes.buffer).getUint32(8, true);
-    expect(hlen).toBeGreaterThan(65535);
-    expect((12 + hlen) % 64).toBe(0);
-    expect(() => parseNpy(bytes, 'big.npy')).toThrow(/header length \d+ exceeds the limit of 10000 bytes/);
+  it('refuses to read a header over 10,000 bytes (numpy\'s own limit), in either header version', () => {
+    const dict = `{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }${' '.repeat(11_000)}`;
+    for (const version of [1, 2]) {
+      expect(() => parseNpy(npyFile(dict, 4, version), 'big.npy')).toThrow(/header length \d+ exceeds the limit of 10000 bytes/);
+    }
+    expect(parseNpy(npyFile(`{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }${' '.repeat(9_000)}`, 4, 2)).shape).toEqual([1]);
   });
 
   it('reads only the header (a 1 GiB sparse file)', async () => {
@@ -756,7 +823,12 @@ describe('npz', () => {
     await expectIoError(() => writeNpz(path.join(dir, 'x.npz'), { a: { dtype: 'uint8', shape: [1], data: new Int32Array(1) } as never }), 'arrays["a"].data', /Uint8Array/, 'ERR_SAEKIT_DTYPE');
     await expectIoError(() => writeNpz(path.join(dir, 'x.npz'), {}, { compress: 1 } as never), 'options.compress', /boolean/, 'ERR_SAEKIT_ARG');
     await expectIoError(() => writeNpz(path.join(dir, 'x.npz'), [] as never), 'arrays', /object of named tensors/, 'ERR_SAEKIT_ARG');
+    // Names with a lone surrogate have no UTF-8 form: two of them became the same entry 'w\uFFFD.npy'.
+    const one = { dtype: 'uint8' as const, shape: [1], data: new Uint8Array(1) };
+    await expectIoError(() => writeNpz(path.join(dir, 'x.npz'), { 'w\uD800': one, 'w\uDC00': one }), 'arrays (a name)', /lone UTF-16 surrogates/, 'ERR_SAEKIT_ARG');
     expect(readdirSync(dir)).toEqual([]);
+    await writeNpz(path.join(dir, 'x.npz'), { 'w\uD83D\uDE00': one });
+    expect(Object.keys(await readNpz(path.join(dir, 'x.npz')))).toEqual(['w\u{1F600}']);
   });
 });
 
@@ -769,6 +841,14 @@ describe('writeFileAtomic', () => {
     await writeFileAtomic(file, 'ünï');
     expect(readFileSync(file, 'utf8')).toBe('ünï');
     expect(readdirSync(dir)).toEqual(['out.bin']);
+  });
+
+  it('writes files whose names are near the 255-byte limit (the temporary name stays short)', async () => {
+    const dir = tmpDir();
+    const file = path.join(dir, `${'a'.repeat(246)}.npy`);
+    await writeNpy(file, { dtype: 'float32', shape: [2], data: new Float32Array([1, 2]) });
+    expect(Array.from((await readNpy(file)).data as Float32Array)).toEqual([1, 2]);
+    expect(readdirSync(dir)).toEqual([path.basename(file)]);
   });
 
   it('fails cleanly, keeps the old file and removes the temporary file', async () => {

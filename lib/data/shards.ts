@@ -215,7 +215,7 @@ export async function openShard(file: string, opts: ShardOptions): Promise<Shard
       } else {
         const candidates = r.tensors.filter((t) => t.shape.length === 2);
         if (candidates.length !== 1) {
-          const list = shortList(r.tensors, (t) => `${nameForMessage(t.name)} [${shortList(t.shape, String)}] ${t.dtype}`);
+          const list = shortList(r.tensors, (t) => `${nameForMessage(t.name)} [${shortList(t.shape, String)}] ${t.dtype ?? t.code}`);
           throw new SaekitError(
             'ERR_SAEKIT_ARG',
             `Expected options.tensor for ${file}, which has ${candidates.length === 0 ? 'no 2-D tensor' : `${candidates.length} 2-D tensors`} (tensors: ${list || 'none'})`,
@@ -224,7 +224,7 @@ export async function openShard(file: string, opts: ShardOptions): Promise<Shard
         entry = candidates[0]!;
       }
       const label = `tensor ${nameForMessage(entry.name)} of ${file}`;
-      const dtype = diskDType(entry.dtype, label);
+      const dtype = diskDType(entry.dtype ?? entry.code, label);
       checkDType(opts, dtype, label);
       const { rows, dIn } = rowsOf(entry.shape, label);
       return { path: file, label, dtype, rows, dIn, dataOffset: entry.offset, fortran: false, bigEndian: false };

@@ -118,6 +118,19 @@ export function checkedNumel(shape: readonly unknown[], itemSize: number): numbe
   return zero ? 0 : numel;
 }
 
+/** numpy's limit on the number of dimensions (NPY_MAXDIMS); .npy readers and writers keep to it. */
+export const NPY_MAX_DIMS = 64;
+
+/** True when `s` holds a lone UTF-16 surrogate (no UTF-8 form: it would be written as U+FFFD or a "\\ud800" escape). */
+export function hasLoneSurrogate(s: string): boolean {
+  return /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(s);
+}
+
+/** Refuses a name or metadata string that has no UTF-8 form, naming the argument. */
+export function checkWellFormed(what: string, s: string): void {
+  if (hasLoneSurrogate(s)) throw argError(what, 'a string without lone UTF-16 surrogates (it has no UTF-8 form)', s);
+}
+
 /**
  * Validates a tensor given to a writer: a known dtype, a shape of non-negative integers, and a
  * `data` array of the dtype's kind with exactly numel(shape) elements. Throws argument errors.

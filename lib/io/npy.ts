@@ -26,6 +26,7 @@ import {
   ITEM_SIZE,
   listForMessage,
   littleEndianBytes,
+  NPY_MAX_DIMS,
   type IoArray,
   type IoDType,
   type IoTensor,
@@ -143,6 +144,7 @@ export function parseNpyHeaderBytes(bytes: Uint8Array, size: number, name: strin
     throw err;
   }
   const { descr, fortranOrder, shape } = headerFields(dict, name);
+  if (shape.length > NPY_MAX_DIMS) throw formatError(WHAT, name, `shape has ${shape.length} dimensions, more than numpy's ${NPY_MAX_DIMS}`);
   const { dtype, bigEndian } = dtypeOfDescr(descr, name);
   const numel = checkedNumel(shape, ITEM_SIZE[dtype]);
   if (typeof numel === 'string') throw formatError(WHAT, name, numel);
@@ -159,8 +161,10 @@ export function parseNpyHeaderBytes(bytes: Uint8Array, size: number, name: strin
  * move as unsigned integer words, never as floats, so every bit pattern (NaN payloads included)
  * is kept exactly.
  */
-function fortranToC(src: IoArray, shape: readonly number[], itemSize: number): IoArray {
+function fortranToC(src: IoArray, fullShape: readonly number[], itemSize: number): IoArray {
   const n = src.length;
+  // Dimensions of size 1 do not move anything: without them the loop below does less per element.
+  const shape = fullShape.filter((d) => d !== 1);
   const nd = shape.length;
   if (nd < 2 || n === 0) return src;
   const out = new Uint8Array(src.byteLength);
@@ -279,6 +283,9 @@ function encodeHeader(dtype: IoDType, shape: readonly number[]): Uint8Array {
 /** @internal The header and data chunks of an .npy file. */
 export function encodeNpyParts(t: IoTensor, name = 't'): [Uint8Array, Uint8Array] {
   const { dtype, shape, data } = checkIoTensor(name, t);
+  if (shape.length > NPY_MAX_DIMS) {
+    throw argError(`${name}.shape`, `at most ${NPY_MAX_DIMS} dimensions (numpy's limit; numpy cannot read more)`, shape, 'ERR_SAEKIT_SHAPE');
+  }
   return [encodeHeader(dtype, shape), littleEndianBytes(data, ITEM_SIZE[dtype])];
 }
 

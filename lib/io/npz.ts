@@ -11,7 +11,7 @@
  */
 import { argError } from '../errors.js';
 import { checkOptions } from '../validate.js';
-import { checkPath, defineOwn, formatError, hasOwn, type IoTensor } from './common.js';
+import { checkPath, checkWellFormed, defineOwn, formatError, hasOwn, type IoTensor } from './common.js';
 import { encodeNpyParts, parseNpy } from './npy.js';
 import { memorySource, openFileSource, writeChunksAtomic, type ByteSource } from './source.js';
 import { encodeZipParts, quoteName, readZipDirectory, readZipEntry, type ZipWriteOptions } from './zip.js';
@@ -65,7 +65,10 @@ export function decodeNpz(bytes: Uint8Array, name: string): Promise<Record<strin
 /** @internal The chunks of an .npz archive; `zip64: 'always'` exercises the ZIP64 records. */
 export async function encodeNpzParts(arrays: Record<string, IoTensor>, options?: ZipWriteOptions): Promise<Uint8Array[]> {
   if (arrays === null || typeof arrays !== 'object' || Array.isArray(arrays)) throw argError('arrays', 'an object of named tensors', arrays);
-  const files = Object.keys(arrays).map((key) => ({ name: `${key}.npy`, chunks: encodeNpyParts(arrays[key]!, `arrays[${JSON.stringify(key)}]`) }));
+  const files = Object.keys(arrays).map((key) => {
+    checkWellFormed('arrays (a name)', key);
+    return { name: `${key}.npy`, chunks: encodeNpyParts(arrays[key]!, `arrays[${JSON.stringify(key)}]`) };
+  });
   return encodeZipParts(files, options);
 }
 

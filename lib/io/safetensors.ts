@@ -4,8 +4,9 @@
  * with no holes. The JSON maps each tensor name to { dtype, shape, data_offsets: [begin, end] }
  * (offsets relative to byte 8 + N) and may hold "__metadata__", a string-to-string map.
  *
- * The reader loads and validates only the header, then reads one tensor at a time with
- * positioned reads; the writer pads the header with spaces to a multiple of 8 bytes and orders
+ * The reader loads and validates only the header (every dtype of the spec, sub-byte ones
+ * included), then reads one tensor at a time with positioned reads: read() converts F32, F16,
+ * BF16, F64, I32, I64 and U8 to typed arrays, readBytes gives any tensor's raw bytes; the writer pads the header with spaces to a multiple of 8 bytes and orders
  * tensors by descending item size (then dtype), then name, like the reference writer, so every
  * tensor starts naturally aligned and the output is byte-identical to the reference's.
  *
@@ -21,7 +22,7 @@
  * }
  * ```
  */
-import { argError } from '../errors.js';
+import { argError, SaekitError } from '../errors.js';
 import {
   arrayFromBytes,
   checkedNumel,
@@ -33,6 +34,7 @@ import {
   ITEM_SIZE,
   listForMessage,
   littleEndianBytes,
+  checkWellFormed,
   type IoDType,
   type IoTensor,
 } from './common.js';
@@ -43,7 +45,14 @@ import { memorySource, openFileSource, writeChunksAtomic, type ByteSource } from
 /** One tensor's entry in a safetensors header. */
 export interface SafetensorsEntry {
   name: string;
-  dtype: IoDType;
+  /**
+   * The element type, or null for the spec's other dtypes (BOOL, I8, I16, U16, U32, U64, C64,
+   * the F8/F6/F4 formats): those are listed and validated, and readBytes reads them, but read()
+   * refuses them (ERR_SAEKIT_DTYPE).
+   */
+  dtype: IoDType | null;
+  /** The file's own dtype code ('F32', 'BF16', 'BOOL', ...). */
+  code: string;
   shape: number[];
   /** Absolute byte offset of the tensor's data in the file (8 + N + begin). */
   offset: number;
@@ -116,6 +125,32 @@ const TO_CODE: Readonly<Record<IoDType, string>> = {
   int32: 'I32',
   int64: 'I64',
   uint8: 'U8',
+};
+
+/** Bits per element of every dtype of the format (sub-byte ones must end on a byte boundary). */
+const BITS: Readonly<Record<string, number>> = {
+  BOOL: 8,
+  F4: 4,
+  F6_E2M3: 6,
+  F6_E3M2: 6,
+  U8: 8,
+  I8: 8,
+  F8_E5M2: 8,
+  F8_E4M3: 8,
+  F8_E8M0: 8,
+  F8_E4M3FNUZ: 8,
+  F8_E5M2FNUZ: 8,
+  I16: 16,
+  U16: 16,
+  F16: 16,
+  BF16: 16,
+  I32: 32,
+  U32: 32,
+  F32: 32,
+  C64: 64,
+  F64: 64,
+  I64: 64,
+  U64: 64,
 };
 
 /**
@@ -192,19 +227,21 @@ function parseEntry(key: string, value: unknown, dataStart: number, name: string
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw bad('entry is not an object');
   const { dtype: code, shape, data_offsets: offsets } = value as Record<string, unknown>;
   if (typeof code !== 'string') throw bad('dtype is missing or not a string');
-  const dtype = Object.prototype.hasOwnProperty.call(FROM_CODE, code) ? FROM_CODE[code] : undefined;
-  if (dtype === undefined) throw bad(`unsupported dtype ${quote(code)}`);
+  const bits = Object.prototype.hasOwnProperty.call(BITS, code) ? BITS[code] : undefined;
+  if (bits === undefined) throw bad(`unknown dtype ${quote(code)}`);
+  const dtype = Object.prototype.hasOwnProperty.call(FROM_CODE, code) ? FROM_CODE[code]! : null;
   if (!Array.isArray(shape)) throw bad('shape is missing or not an array');
-  const numel = checkedNumel(shape, ITEM_SIZE[dtype]);
+  const numel = checkedNumel(shape, Math.max(1, bits / 8));
   if (typeof numel === 'string') throw bad(numel);
+  if ((numel * bits) % 8 !== 0) throw bad(`shape [${listForMessage(shape)}] of ${code} (${bits}-bit elements) does not end on a byte boundary`);
   if (!Array.isArray(offsets) || offsets.length !== 2) throw bad('data_offsets is missing or not a [begin, end] pair');
   const [begin, end] = offsets as unknown[];
   if (!isOffset(begin) || !isOffset(end) || end < begin) throw bad(`data_offsets [${listForMessage(offsets)}] are not non-negative integers with begin <= end`);
-  const byteLength = numel * ITEM_SIZE[dtype];
+  const byteLength = (numel * bits) / 8;
   if (end - begin !== byteLength) {
     throw bad(`data_offsets [${begin}, ${end}] span ${end - begin} bytes but shape [${listForMessage(shape)}] of ${code} needs ${byteLength}`);
   }
-  return { name: key, dtype, shape: shape.slice() as number[], offset: dataStart + begin, byteLength, begin, end };
+  return { name: key, dtype, code, shape: shape.slice() as number[], offset: dataStart + begin, byteLength, begin, end };
 }
 
 function isOffset(x: unknown): x is number {
@@ -221,7 +258,7 @@ function isOffset(x: unknown): x is number {
  * @throws SaekitError ERR_SAEKIT_FORMAT naming `name` and the reason for any malformed header:
  *   N over 100,000,000 or past the end, JSON nested deeper than 128 levels or holding more than
  *   2,000,000 values (SAFETENSORS_HEADER_LIMITS), invalid UTF-8 or JSON, duplicate keys, a bad
- *   "__metadata__", an entry with a missing or unsupported dtype, a bad shape or offsets, a size
+ *   "__metadata__", an entry with a missing or unknown dtype, a bad shape or offsets, a size
  *   mismatch, holes or overlaps between tensors, or data that does not end exactly at the file's end.
  */
 export function parseSafetensorsHeader(bytes: Uint8Array, fileSize: number, name: string): SafetensorsHeader {
@@ -231,7 +268,8 @@ export function parseSafetensorsHeader(bytes: Uint8Array, fileSize: number, name
   let metadata: Record<string, string> = {};
   const entries: (SafetensorsEntry & { begin: number; end: number })[] = [];
   for (const [key, value] of Object.entries(json)) {
-    if (key === '__metadata__') metadata = parseMetadata(value, name);
+    // The reference reads the field as an Option: null means no metadata.
+    if (key === '__metadata__') metadata = value === null ? {} : parseMetadata(value, name);
     else entries.push(parseEntry(key, value, 8 + n, name));
   }
   entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
@@ -246,7 +284,7 @@ export function parseSafetensorsHeader(bytes: Uint8Array, fileSize: number, name
   if (8 + n + expected !== fileSize) {
     throw formatError(WHAT, name, `tensors end at byte ${8 + n + expected} but the file has ${fileSize} bytes`);
   }
-  const tensors = entries.map(({ name: key, dtype, shape, offset, byteLength }) => ({ name: key, dtype, shape, offset, byteLength }));
+  const tensors = entries.map(({ name: key, dtype, code, shape, offset, byteLength }) => ({ name: key, dtype, code, shape, offset, byteLength }));
   return { headerLength: n, metadata, tensors };
 }
 
@@ -272,6 +310,12 @@ class Reader implements SafetensorsReader {
   async read(name: string): Promise<IoTensor> {
     const e = typeof name === 'string' ? this.#byName.get(name) : undefined;
     if (!e) throw argError('name', `the name of a tensor in '${this.path}'`, name);
+    if (e.dtype === null) {
+      throw new SaekitError(
+        'ERR_SAEKIT_DTYPE',
+        `Expected a tensor of dtype ${Object.keys(FROM_CODE).join(', ')} but ${quote(e.name)} of ${this.path} is ${e.code} (readBytes reads its raw bytes)`,
+      );
+    }
     const bytes = await this.#source.read(e.offset, e.byteLength);
     return { dtype: e.dtype, shape: e.shape.slice(), data: arrayFromBytes(e.dtype, bytes, false) };
   }
@@ -352,6 +396,7 @@ export function encodeSafetensorsParts(tensors: Record<string, IoTensor>, metada
   const meta = checkMetadata(metadata);
   const named = Object.keys(tensors).map((key) => {
     if (key === '__metadata__') throw argError('tensors', 'no tensor named "__metadata__" (the name is reserved)', key);
+    checkWellFormed('tensors (a name)', key);
     return { key, t: checkIoTensor(`tensors[${JSON.stringify(key)}]`, tensors[key]) };
   });
   named.sort((a, b) => WRITE_RANK[b.t.dtype] - WRITE_RANK[a.t.dtype] || compareUtf8(a.key, b.key));
@@ -378,6 +423,8 @@ function checkMetadata(metadata: unknown): Record<string, string> | undefined {
   if (metadata === null || typeof metadata !== 'object' || Array.isArray(metadata)) throw argError('metadata', 'an object of strings', metadata);
   for (const [k, v] of Object.entries(metadata)) {
     if (typeof v !== 'string') throw argError(`metadata[${JSON.stringify(k)}]`, 'a string', v);
+    checkWellFormed('metadata (a key)', k);
+    checkWellFormed(`metadata[${JSON.stringify(k)}]`, v);
   }
   return metadata as Record<string, string>;
 }

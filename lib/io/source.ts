@@ -109,7 +109,8 @@ export function memorySource(bytes: Uint8Array, name: string): ByteSource {
  */
 export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Array | string)[]): Promise<void> {
   checkPath(path);
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  // A name of at most 255 bytes (the usual limit) whatever the target's: its first 100 characters.
+  const tmp = join(dirname(path), `.${basename(path).slice(0, 100)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   let fh: FileHandle | undefined;
   try {
     fh = await open(tmp, 'wx');
