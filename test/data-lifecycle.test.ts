@@ -1,11 +1,13 @@
-/** Sources under misuse: input arrays detached while a pass reads them, options that do not apply. */
-import { mkdtempSync, renameSync, truncateSync } from 'node:fs';
+/** Sources under misuse: input arrays detached while a pass reads them, options that do not apply, odd lifecycles. */
+import { mkdtempSync, readdirSync, readlinkSync, renameSync, truncateSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { fromArray, openActivations } from '../lib/data/index.js';
+import { fromArray, fromAsyncIterable, openActivations } from '../lib/data/index.js';
+import { ChunkPlan, FileRowStream } from '../lib/data/rows.js';
+import { HandleCache } from '../lib/data/files.js';
 import { io } from '../lib/index.js';
 import { lcg } from './helpers/reference.js';
 
@@ -126,3 +128,115 @@ describe('await using', () => {
     await expect(reader!.read('acts')).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
   });
 });
+
+/** Descriptors of this process open on `file`. */
+function fdsOn(file: string): number {
+  let n = 0;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`) === file) n++;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return n;
+}
+
+/** Settles with 'hung' if `p` has not settled within `ms`. */
+function within<T>(p: Promise<T>, ms = 2000): Promise<T | 'hung'> {
+  return Promise.race([p, new Promise<'hung'>((r) => setTimeout(() => r('hung'), ms).unref())]);
+}
+
+describe('pass lifecycles', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-life-'));
+
+  it('an iterable whose next() fails, or that gives a bad item, ends the pass at once even if its return() never settles', async () => {
+    const never = () => new Promise<IteratorResult<Float32Array>>(() => undefined);
+    // next() rejects: the iterator is finished (no return() for it), the error reaches the consumer.
+    let returns = 0;
+    let calls = 0;
+    const failing: AsyncIterable<Float32Array> = {
+      [Symbol.asyncIterator]: () => ({
+        next: () => (++calls === 1 ? Promise.resolve({ value: new Float32Array(6), done: false }) : Promise.reject(new Error('producer broke'))),
+        return: () => (returns++, never()),
+      }),
+    };
+    const a = fromAsyncIterable(failing, 3);
+    await expect(within(collectRows(a.batches({ batchSize: 4 })))).rejects.toThrow(/producer broke/);
+    expect(returns).toBe(0);
+    expect(await within(a.close())).toBeUndefined();
+    // A bad item: return() is called (once), not awaited.
+    const badItem: AsyncIterable<Float32Array> = {
+      [Symbol.asyncIterator]: () => ({ next: () => Promise.resolve({ value: new Float32Array(5), done: false }), return: () => (returns++, never()) }),
+    };
+    const b = fromAsyncIterable(badItem, 3);
+    await expect(within(collectRows(b.batches()))).rejects.toMatchObject({ code: expect.stringMatching(/^ERR_SAEKIT_/) });
+    expect(returns).toBe(1);
+    expect(await within(b.close())).toBeUndefined();
+  });
+
+  it('an async iterator whose next() returns a plain result (as for await allows) is read', async () => {
+    const plain = () => {
+      let i = 0;
+      return { [Symbol.asyncIterator]: () => ({ next: () => (i < 3 ? { value: Float32Array.from([i, i++ + 0.5]), done: false } : { value: undefined, done: true }) }) };
+    };
+    const want: number[] = [];
+    for await (const x of plain() as unknown as AsyncIterable<Float32Array>) want.push(...x);
+    expect(want).toEqual([0, 0.5, 1, 1.5, 2, 2.5]);
+    const src = fromAsyncIterable(plain() as unknown as AsyncIterable<Float32Array>, 2);
+    const rows: number[] = [];
+    for await (const b of src.batches({ batchSize: 2 })) rows.push(...b.data);
+    expect(rows).toEqual(want);
+  });
+
+  it('close() stops a pass whose reading had finished (queued batches are dropped); a second close() waits for the first', async () => {
+    const file = path.join(dir, 'small.npy');
+    await io.writeNpy(file, { dtype: 'float32', shape: [6, 2], data: Float32Array.from({ length: 12 }, (_, i) => i) });
+    const src = await openActivations(file);
+    const it = src.batches({ batchSize: 1 })[Symbol.asyncIterator]();
+    expect((await it.next()).value!.data[0]).toBe(0);
+    await new Promise((r) => setTimeout(r, 50)); // the 6 rows are all read and queued by now
+    await src.close();
+    await expect(it.next()).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+
+    const big = path.join(dir, 'big.npy');
+    await io.writeNpy(big, { dtype: 'float32', shape: [20000, 8], data: new Float32Array(160000) });
+    const src2 = await openActivations(big);
+    const it2 = src2.batches({ batchSize: 100 })[Symbol.asyncIterator]();
+    await it2.next();
+    expect(fdsOn(big)).toBe(1);
+    const first = src2.close();
+    await src2.close(); // resolves only once the first has closed the files
+    expect(fdsOn(big)).toBe(0);
+    await first;
+  });
+
+  it('an iterator that was made but never started keeps no file open once the passes that ran have ended', async () => {
+    const file = path.join(dir, 'idle.npy');
+    await io.writeNpy(file, { dtype: 'float32', shape: [50, 2], data: new Float32Array(100) });
+    const src = await openActivations(file);
+    const idle = src.batches()[Symbol.asyncIterator]();
+    expect(await collectRows(src.batches({ batchSize: 7 }))).toBe(50);
+    await new Promise((r) => setTimeout(r, 20)); // the handle cache closes asynchronously
+    expect(fdsOn(file)).toBe(0);
+    // It still works, and close() still stops it.
+    expect((await idle.next()).value!.rows).toBe(50);
+    await src.close();
+  });
+
+  it('a pass over 200,000 shards plans its reads (no argument list per shard)', () => {
+    const shards = Array.from({ length: 200_000 }, (_, i) => ({ path: `s${i}`, label: `s${i}`, dtype: 'float32' as const, rows: 1, dIn: 2, dataOffset: 128, fortran: false, bigEndian: false }));
+    const plan = new ChunkPlan(
+      shards.map((s) => s.rows),
+      4,
+    );
+    const ctx = { shards, dIn: 2, handles: new HandleCache(), policy: 'error' as const, counter: { skippedRows: 0 } };
+    expect(() => new FileRowStream(ctx, plan, plan.order(null), 3)).not.toThrow();
+  });
+});
+
+async function collectRows(batches: AsyncIterable<{ rows: number }>): Promise<number> {
+  let n = 0;
+  for await (const b of batches) n += b.rows;
+  return n;
+}

@@ -32,6 +32,7 @@ interface Entry {
 export class HandleCache {
   private readonly open = new Map<string, Entry>();
   private tick = 0;
+  private closing: Promise<void> = Promise.resolve();
 
   constructor(private readonly max = 32) {}
 
@@ -66,15 +67,26 @@ export class HandleCache {
       for (const kv of this.open) if (kv[1].refs === 0 && (!oldest || kv[1].used < oldest[1].used)) oldest = kv;
       if (!oldest) return;
       this.open.delete(oldest[0]);
-      void oldest[1].handle.then((fh) => fh.close()).catch(() => undefined);
+      this.closeLater([oldest[1]]);
     }
   }
 
-  /** Closes every handle (callers must have no reads in flight). */
+  /** Closes the entries' handles; closeAll() waits for them too. */
+  private closeLater(entries: Entry[]): Promise<void> {
+    const done = Promise.all(entries.map((e) => e.handle.then((fh) => fh.close()).catch(() => undefined)));
+    this.closing = Promise.all([this.closing, done]).then(() => undefined);
+    return this.closing;
+  }
+
+  /**
+   * Closes every handle (callers must have no reads in flight). Settles once every handle this
+   * cache closed, by this call or an earlier one still under way (an eviction, another
+   * closeAll), is closed: a second caller does not return while the first is still closing.
+   */
   async closeAll(): Promise<void> {
     const entries = [...this.open.values()];
     this.open.clear();
-    await Promise.all(entries.map((e) => e.handle.then((fh) => fh.close()).catch(() => undefined)));
+    await this.closeLater(entries);
   }
 }
 

@@ -23,23 +23,37 @@ export class Pump implements AsyncIterableIterator<Batch> {
   private finished = false;
   private failure: { error: unknown } | null = null;
   private stopped = false;
+  /** The consumer has seen the end (done, or the error), or called return(). */
+  private over = false;
   /** The batch the consumer holds (returned by the last next()), handed back on the next call. */
   private held: Batch | null = null;
 
   constructor(
     private readonly produce: (emit: Emit) => Promise<void>,
     private readonly capacity: number,
+    /** The producer has finished (or was stopped before it started). */
     private readonly onDone: () => void,
     private readonly release: (batch: Batch) => void = () => undefined,
     /** Called when stopping begins, before waiting for the producer (it may unblock it). */
     private readonly onStop: () => void = () => undefined,
+    /** The producer starts (the first next()). */
+    private readonly onStart: () => void = () => undefined,
+    /** The consumer is done with this pass: it saw the end or the error, or called return(). Called once. */
+    private readonly onOver: () => void = () => undefined,
   ) {}
+
+  private end(): void {
+    if (this.over) return;
+    this.over = true;
+    this.onOver();
+  }
 
   [Symbol.asyncIterator](): this {
     return this;
   }
 
   private start(): void {
+    this.onStart();
     this.running = (async () => {
       try {
         await this.produce((b) => this.put(b));
@@ -84,22 +98,31 @@ export class Pump implements AsyncIterableIterator<Batch> {
         const { error } = this.failure;
         this.failure = { error: undefined };
         this.stopped = true;
+        this.end();
         if (error !== undefined) throw error;
         return { value: undefined, done: true };
       }
-      if (this.finished || this.stopped) return { value: undefined, done: true };
+      if (this.finished || this.stopped) {
+        this.end();
+        return { value: undefined, done: true };
+      }
       await new Promise<void>((r) => this.consumers.push(r));
     }
   }
 
   async return(): Promise<IteratorResult<Batch, undefined>> {
+    this.end();
     await this.stop();
     return { value: undefined, done: true };
   }
 
-  /** Stops the producer and waits until it has unwound; `reason` is thrown by the next next(). */
+  /**
+   * Stops the producer and waits until it has unwound. `reason` is thrown by the next next() if
+   * the consumer has not seen the end yet, even when the producer had already finished and only
+   * queued batches were left (they are dropped).
+   */
   async stop(reason?: Error): Promise<void> {
-    if (reason && !this.finished && !this.failure) this.failure = { error: reason };
+    if (reason && !this.over && !this.failure) this.failure = { error: reason };
     this.stopped = true;
     this.queue.length = 0;
     this.onStop();

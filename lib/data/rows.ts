@@ -165,8 +165,15 @@ export class FileRowStream implements RowStream {
   ) {
     this.cursor = new Cursor(plan, order);
     // Reads of at most MAX_CHUNK_BYTES of file data (16-bit files: twice the rows).
-    this.partRows = Math.max(1, Math.floor(MAX_CHUNK_BYTES / (ctx.dIn * Math.min(...ctx.shards.map((s) => ITEM_BYTES[s.dtype])))));
-    this.stageBytes = this.partRows * ctx.dIn * Math.max(...ctx.shards.map((s) => ITEM_BYTES[s.dtype]));
+    // (Loops, not Math.min(...): a spread of one argument per shard overflows the stack past ~120k shards.)
+    let minItem = Infinity;
+    let maxItem = 0;
+    for (const s of ctx.shards) {
+      minItem = Math.min(minItem, ITEM_BYTES[s.dtype]);
+      maxItem = Math.max(maxItem, ITEM_BYTES[s.dtype]);
+    }
+    this.partRows = Math.max(1, Math.floor(MAX_CHUNK_BYTES / (ctx.dIn * minItem)));
+    this.stageBytes = this.partRows * ctx.dIn * maxItem;
     this.allNative = ctx.shards.every((s) => !s.fortran && !s.bigEndian);
     this.fillsInFlight = ctx.policy === 'error' ? 2 : 1;
   }
@@ -496,8 +503,15 @@ export class IterableRowStream implements RowStream {
    */
   private nextItem(): Promise<IteratorResult<Float32Array | Batch>> {
     if (this.aborted) return Promise.reject(new StopSignal());
-    const next = this.it.next();
-    next.catch(() => undefined); // may lose the race below; its failure is then nobody's concern
+    let next: Promise<IteratorResult<Float32Array | Batch>>;
+    try {
+      // for await accepts a next() that returns a plain result (not a Promise), and so do we.
+      next = Promise.resolve(this.it.next());
+    } catch (err) {
+      next = Promise.reject(err);
+    }
+    // An iterator whose next() failed is finished (the protocol): no return() for it.
+    next.catch(() => (this.ended = true)); // may also lose the race below; its failure is then nobody's concern
     const stop = new Promise<never>((_, reject) => (this.stopWaiting = () => reject(new StopSignal())));
     return Promise.race([next, stop]).finally(() => (this.stopWaiting = null));
   }
@@ -518,8 +532,10 @@ export class IterableRowStream implements RowStream {
   async close(): Promise<void> {
     this.item = null;
     if (!this.ended) {
+      // The pass ended early (a bad item or row): tell the producer, without waiting for it (its
+      // return() may never settle, and the pass must end anyway).
       this.ended = true;
-      await Promise.resolve()
+      void Promise.resolve()
         .then(() => this.it.return?.())
         .catch(() => undefined);
     }

@@ -29,7 +29,11 @@ function disposed(): SaekitError {
 
 abstract class BaseSource implements OwnedActivationSource {
   protected readonly counter: SkipCounter = { skippedRows: 0 };
+  /** Passes whose consumer has not finished with them (close() stops these). */
   private readonly active = new Set<Pump>();
+  /** Passes whose producer is running (files stay open while there are any). */
+  private readonly producing = new Set<Pump>();
+  private closing: Promise<void> | null = null;
   private closed = false;
 
   constructor(
@@ -71,12 +75,13 @@ abstract class BaseSource implements OwnedActivationSource {
           () => {
             pool.close();
             endPass(passNo);
-            this.active.delete(pump);
-            // Files stay open only while a pass runs (a source left unclosed leaks nothing).
-            if (this.active.size === 0) void this.release().catch(() => undefined);
+            // Files stay open only while a pass reads (a source left unclosed leaks nothing).
+            if (this.producing.delete(pump) && this.producing.size === 0) void this.release().catch(() => undefined);
           },
           arrays ? () => undefined : (b) => pool.give(b.data),
           () => current.stream?.abort?.(),
+          () => this.producing.add(pump),
+          () => this.active.delete(pump),
         );
         this.active.add(pump);
         return pump;
@@ -115,11 +120,14 @@ abstract class BaseSource implements OwnedActivationSource {
   /** Closes what the source holds open (its files); called when no pass is running. */
   protected async release(): Promise<void> {}
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await Promise.all([...this.active].map((p) => p.stop(disposed())));
-    await this.release();
+  close(): Promise<void> {
+    // A second call (close() and then `await using`) waits for the first to finish.
+    this.closing ??= (async () => {
+      this.closed = true;
+      await Promise.all([...this.active].map((p) => p.stop(disposed())));
+      await this.release();
+    })();
+    return this.closing;
   }
 
   [Symbol.asyncDispose](): Promise<void> {
