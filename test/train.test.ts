@@ -36,12 +36,13 @@ function data(rows: number, dIn: number, seed: number): Float32Array {
 }
 
 describe('learning-rate schedule', () => {
-  it('warms up linearly, holds, then decays linearly to 0 over the last 20%', () => {
+  it('warms up linearly from 0 (base step / warmup, as dictionary_learning and transformers), holds, then decays linearly to 0 over the last 20%', () => {
     const base = 0.01;
     const total = 100;
-    expect(learningRate(0, total, base, 10, 'linear', 0.2)).toBeCloseTo(0.001, 15);
-    expect(learningRate(4, total, base, 10, 'linear', 0.2)).toBeCloseTo(0.005, 15);
-    expect(learningRate(9, total, base, 10, 'linear', 0.2)).toBe(base);
+    expect(learningRate(0, total, base, 10, 'linear', 0.2)).toBe(0);
+    expect(learningRate(4, total, base, 10, 'linear', 0.2)).toBeCloseTo(0.004, 15);
+    expect(learningRate(9, total, base, 10, 'linear', 0.2)).toBeCloseTo(0.009, 15);
+    expect(learningRate(10, total, base, 10, 'linear', 0.2)).toBe(base);
     expect(learningRate(50, total, base, 10, 'linear', 0.2)).toBe(base);
     expect(learningRate(79, total, base, 10, 'linear', 0.2)).toBe(base);
     expect(learningRate(80, total, base, 10, 'linear', 0.2)).toBeCloseTo(base, 15); // (100-80)/20 = 1
@@ -54,8 +55,9 @@ describe('learning-rate schedule', () => {
   it("'linear-after-warmup' (sparsify's): after warmup, base (total - step) / (total - warmup) down to 0", () => {
     const base = 0.02;
     const [total, warmup] = [130, 13];
-    expect(learningRate(0, total, base, warmup, 'linear-after-warmup', 0.2)).toBeCloseTo(base / warmup, 15);
-    expect(learningRate(12, total, base, warmup, 'linear-after-warmup', 0.2)).toBe(base);
+    // transformers' get_linear_schedule_with_warmup: step / warmup, then (total - step) / (total - warmup).
+    expect(learningRate(0, total, base, warmup, 'linear-after-warmup', 0.2)).toBe(0);
+    expect(learningRate(12, total, base, warmup, 'linear-after-warmup', 0.2)).toBeCloseTo((base * 12) / warmup, 15);
     for (const step of [13, 14, 50, 71, 129]) {
       expect(learningRate(step, total, base, warmup, 'linear-after-warmup', 0.2)).toBeCloseTo((base * (total - step)) / (total - warmup), 15);
     }
@@ -279,6 +281,95 @@ describe('Trainer', () => {
     });
     await expect(new Trainer(sae, { ...opts, epochs: undefined, totalTokens: 640 }).fit(counted, { logFile: dir })).rejects.toThrow(/options\.logFile/);
     expect(returned).toBe(1);
+  });
+
+  it('totalTokens on a finite source runs every planned step (passes serve whole batches only), so the decay runs to its end', async () => {
+    for (const [n, batchSize, tokens] of [
+      [1023, 64, 64 * 37],
+      [150, 100, 600],
+    ] as const) {
+      using sae = make();
+      const lrs: number[] = [];
+      const t = new Trainer(sae, { batchSize, totalTokens: tokens, lr: 1e-3, warmupSteps: 0 });
+      const r = await t.fit(fromArray(data(n, dIn, 20), dIn), { onStep: (l) => void lrs.push(l.lr) });
+      expect(r).toMatchObject({ status: 'completed', steps: tokens / batchSize });
+      const total = tokens / batchSize;
+      expect(lrs).toEqual(Array.from({ length: total }, (_, s) => learningRate(s, total, 1e-3, 0, 'linear', 0.2)));
+    }
+  });
+
+  it('a failed run keeps its work: the steps so far are checkpointed and the SAE is left on raw activations', async () => {
+    const x = data(rows, dIn, 21).map((v) => v * 40 + 2);
+    using sae = make();
+    const dir = tmp();
+    const failing = customSource(dIn, undefined, async function* () {
+      for (let i = 0; ; i++) {
+        if (i === 30) throw new Error('disk gone');
+        yield { rows: 64, dIn, data: x.slice((i % 40) * 64 * dIn, ((i % 40) + 1) * 64 * dIn) };
+      }
+    });
+    const steps: number[] = [];
+    const t = new Trainer(sae, { ...opts, epochs: undefined, totalTokens: 64 * 100, normalize: 'expected-norm' });
+    await expect(t.fit(failing, { checkpointDir: dir, checkpointEvery: 1000, onStep: (l) => void steps.push(l.step) })).rejects.toThrow(/disk gone/);
+    const trained = steps.at(-1)!;
+    expect(trained).toBeGreaterThan(20);
+    // The checkpoint holds those steps: a resume starts from there.
+    const state = JSON.parse(readFileSync(path.join(dir, 'checkpoint.json'), 'utf8'));
+    expect(state.step).toBe(trained);
+    // On raw activations, the in-memory SAE reconstructs as well as it trained (not as one still on scaled inputs).
+    const { fvu } = await sae.forward(x.subarray(0, 512 * dIn));
+    expect(fvu).toBeLessThan(0.5);
+    // An onStep that throws: the same.
+    using sae2 = make();
+    const dir2 = tmp();
+    const boom = new Trainer(sae2, { ...opts, normalize: 'expected-norm' });
+    await expect(boom.fit(fromArray(x, dIn), { checkpointDir: dir2, onStep: (l) => { if (l.step === 7) throw new Error('callback failed'); } })).rejects.toThrow(/callback failed/);
+    expect(JSON.parse(readFileSync(path.join(dir2, 'checkpoint.json'), 'utf8')).step).toBe(7);
+  });
+
+  it("fit() options are checked before any training, naming the option", async () => {
+    using sae = make();
+    const x = data(rows, dIn, 22);
+    const before = (await sae.weights()).W_enc.slice();
+    const t = new Trainer(sae, opts);
+    for (const [fo, re] of [
+      [{ saveFormat: 'sparsfy' }, /options\.saveFormat/],
+      [{ onStep: 42 }, /options\.onStep/],
+      [{ logFile: 5 }, /options\.logFile/],
+      [{ resume: 'no' }, /options\.resume/],
+      [{ resume: true }, /folder to resume from \(options\.resume is true\) for options\.checkpointDir/],
+      [{ checkpointEvery: 0 }, /options\.checkpointEvery/],
+      [{ saveDir: '' }, /options\.saveDir/],
+    ] as const) {
+      await expect(t.fit(fromArray(x, dIn), fo as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(re) });
+    }
+    expect(bits((await sae.weights()).W_enc)).toEqual(bits(before));
+    // An SAE that does not subtract b_dec cannot be saved as sparsify: said before training, not after.
+    using plain = SparseAutoencoder.fromWeights(await sae.weights(), { k, applyBDecToInput: false });
+    await expect(new Trainer(plain, opts).fit(fromArray(x, dIn), { saveFormat: 'sparsify', saveDir: tmp() })).rejects.toThrow(/options\.saveFormat 'saelens' for this SAE \(topk, applyBDecToInput false\)/);
+  });
+
+  it('a second fit() continues (b_dec carries over); a loaded SAE keeps its b_dec unless bDecInit is given', async () => {
+    const x = data(rows, dIn, 23);
+    using sae = make();
+    const t = new Trainer(sae, { ...opts, epochs: 1 });
+    await t.fit(fromArray(x, dIn));
+    const after1 = (await sae.weights()).b_dec.slice();
+    // One step at lr 0 (warmup starts at 0): only an initialisation could change b_dec.
+    const once = { batchSize: 64, totalTokens: 64, warmupSteps: 5, lr: 1e-3 };
+    const t2 = new Trainer(sae, once);
+    await t2.fit(fromArray(x.map((v) => v + 3), dIn));
+    expect(bits((await sae.weights()).b_dec)).toEqual(bits(after1));
+    await t2.fit(fromArray(x.map((v) => v - 3), dIn));
+    expect(bits((await sae.weights()).b_dec)).toEqual(bits(after1));
+    // bDecInit given: applied to a trained SAE too.
+    await new Trainer(sae, { ...once, bDecInit: 'mean', shuffle: false }).fit(fromArray(x, dIn));
+    const b = (await sae.weights()).b_dec;
+    for (let j = 0; j < dIn; j++) {
+      let m = 0;
+      for (let r = 0; r < 64; r++) m += x[r * dIn + j]!;
+      expect(b[j]!).toBeCloseTo(m / 64, 5);
+    }
   });
 
   it('one fit() at a time per SAE; an aborted signal returns at once; a short stream ends as exhausted; dispose frees the optimizer', async () => {

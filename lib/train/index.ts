@@ -37,7 +37,7 @@ import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } f
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
 import { makeDirs } from '../io/source.js';
-import { AUXK_VARIANTS, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
+import { AUXK_VARIANTS, MAX_DEAD_THRESHOLD, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 /** The decay schedules and b_dec initialisations (the CLI checks against the same lists). */
@@ -220,13 +220,14 @@ const FIT_OPTIONS = optionNames<FitOptions>({
 });
 
 /**
- * The learning rate at `step` (0-based) of `total`: linear warmup from base/warmup to base over
- * `warmup` steps, then constant, then (decay 'linear') linearly to 0 over the last
+ * The learning rate at `step` (0-based) of `total`: linear warmup from 0 (step 0) to base over
+ * `warmup` steps (base × step / warmup, as dictionary_learning and transformers'
+ * get_linear_schedule_with_warmup, which sparsify uses), then constant, then (decay 'linear') linearly to 0 over the last
  * `fraction * total` steps, or (decay 'linear-after-warmup') base (total - step) / (total - warmup)
  * from the end of warmup on.
  */
 export function learningRate(step: number, total: number, base: number, warmup: number, decay: 'linear' | 'linear-after-warmup' | 'none', fraction: number): number {
-  let f = warmup > 0 ? Math.min(1, (step + 1) / warmup) : 1;
+  let f = warmup > 0 ? Math.min(1, step / warmup) : 1;
   if (decay === 'linear-after-warmup') {
     if (step >= warmup) f = Math.max(0, (total - step) / Math.max(1, total - warmup));
   } else if (decay === 'linear') {
@@ -282,6 +283,8 @@ export class Trainer {
   readonly sae: SparseAutoencoder;
   readonly options: Readonly<ResolvedTrainerOptions>;
   private opt: AdamOptimizer | undefined;
+  /** options.bDecInit was given (applied even to an SAE whose b_dec is not zero). */
+  private readonly bDecInitGiven: boolean;
 
   constructor(sae: SparseAutoencoder, options?: TrainerOptions) {
     if (sae === null || typeof sae !== 'object' || typeof (sae as SparseAutoencoder).adam !== 'function') throw argError('sae', 'a SparseAutoencoder', sae);
@@ -312,7 +315,7 @@ export class Trainer {
       auxkAlpha: o.auxkAlpha === undefined ? DEFAULTS.auxkAlpha : checkNumber('options.auxkAlpha', o.auxkAlpha, 0, 1e6),
       auxkVariant: o.auxkVariant === undefined ? DEFAULTS.auxkVariant : checkOneOf('options.auxkVariant', o.auxkVariant, AUXK_VARIANTS),
       deadThresholdTokens:
-        o.deadThresholdTokens === undefined ? DEFAULTS.deadThresholdTokens : checkNumber('options.deadThresholdTokens', o.deadThresholdTokens, 0, Number.MAX_SAFE_INTEGER),
+        o.deadThresholdTokens === undefined ? DEFAULTS.deadThresholdTokens : checkNumber('options.deadThresholdTokens', o.deadThresholdTokens, 0, MAX_DEAD_THRESHOLD),
       bDecInit: o.bDecInit === undefined ? DEFAULTS.bDecInit : checkOneOf('options.bDecInit', o.bDecInit, B_DEC_INITS),
       normalize: o.normalize === undefined ? DEFAULTS.normalize : checkOneOf('options.normalize', o.normalize, ['none', 'expected-norm'] as const),
       normalizeBatches: o.normalizeBatches === undefined ? DEFAULTS.normalizeBatches : checkInt('options.normalizeBatches', o.normalizeBatches, 1, 1 << 20),
@@ -323,6 +326,7 @@ export class Trainer {
       throw new SaekitError('ERR_SAEKIT_ARG', 'Expected one of options.totalTokens and options.epochs but received both');
     }
     this.options = Object.freeze(r);
+    this.bDecInitGiven = o.bDecInit !== undefined;
   }
 
   /** Steps the run takes on `source`. */
@@ -341,9 +345,16 @@ export class Trainer {
 
   /**
    * Trains; resolves when done, aborted or out of data. Never leaves trained work unsaved when
-   * saveDir/checkpointDir are set. One fit() at a time per SAE (ERR_SAEKIT_ARG otherwise: two
-   * runs would interleave their steps). A signal already aborted returns at once, reading and
-   * changing nothing.
+   * saveDir/checkpointDir are set: when the run fails (the source, onStep, a step), the steps
+   * trained so far are checkpointed first (checkpointDir), the SAE is left working on raw
+   * activations (the normalisation scale folded in) and the error is rethrown. One fit() at a
+   * time per SAE (ERR_SAEKIT_ARG otherwise: two runs would interleave their steps). A signal
+   * already aborted returns at once, reading and changing nothing.
+   *
+   * A second fit() on the same Trainer continues training the SAE: Adam's moments and b_dec carry
+   * over, and the learning-rate schedule (warmup included) runs again over the new run's steps.
+   * A first fit() initialises b_dec (bDecInit) when the option was given, or when b_dec is all
+   * zeros (a new SAE); a loaded or already trained SAE keeps its b_dec by default.
    */
   async fit(source: ActivationSource, options?: FitOptions): Promise<FitResult> {
     const t0 = performance.now();
@@ -359,6 +370,22 @@ export class Trainer {
     }
     if (fo.signal !== undefined && (fo.signal === null || typeof fo.signal !== 'object' || typeof fo.signal.addEventListener !== 'function')) {
       throw argError('options.signal', 'an AbortSignal', fo.signal);
+    }
+    if (fo.onStep !== undefined && typeof fo.onStep !== 'function') throw argError('options.onStep', 'a function', fo.onStep);
+    if (fo.logFile !== undefined && (typeof fo.logFile !== 'string' || fo.logFile === '')) throw argError('options.logFile', 'a file path', fo.logFile);
+    if (fo.checkpointDir !== undefined && (typeof fo.checkpointDir !== 'string' || fo.checkpointDir === '')) throw argError('options.checkpointDir', 'a folder path', fo.checkpointDir);
+    if (fo.saveDir !== undefined && (typeof fo.saveDir !== 'string' || fo.saveDir === '')) throw argError('options.saveDir', 'a folder path', fo.saveDir);
+    if (fo.resume !== undefined) checkBool('options.resume', fo.resume);
+    if (fo.resume && fo.checkpointDir === undefined) throw argError('options.checkpointDir', 'the folder to resume from (options.resume is true)', fo.checkpointDir);
+    if (fo.checkpointEvery !== undefined) checkInt('options.checkpointEvery', fo.checkpointEvery, 1, 1 << 30);
+    if (fo.saveFormat !== undefined) {
+      checkOneOf('options.saveFormat', fo.saveFormat, ['saelens', 'sparsify'] as const);
+      if (fo.saveFormat === 'sparsify' && (this.sae.architecture !== 'topk' || !this.sae.applyBDecToInput)) {
+        throw new SaekitError(
+          'ERR_SAEKIT_ARG',
+          `Expected options.saveFormat 'saelens' for this SAE (${this.sae.architecture}, applyBDecToInput ${String(this.sae.applyBDecToInput)}): sparsify files hold TopK SAEs that subtract b_dec`,
+        );
+      }
     }
     if (fo.signal?.aborted) return { status: 'aborted', steps: 0, tokens: 0, last: undefined, scale: 1, seconds: (performance.now() - t0) / 1e3, saved: [] };
     training.add(this.sae);
@@ -388,6 +415,8 @@ export class Trainer {
     const o = this.options;
     const total = this.totalSteps(source);
     const warmup = Math.min(o.warmupSteps, Math.ceil(total / 10));
+    // A Trainer's later fit() continues training (its Adam state and b_dec carry over).
+    const continuing = this.opt !== undefined;
     this.opt ??= this.sae.adam({ lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps });
     const opt = this.opt;
 
@@ -411,7 +440,9 @@ export class Trainer {
 
     // Enough epochs for the run; the iterator is the same sequence on every resume (same seed),
     // so skipping `step` batches puts the data back where the checkpoint left it.
-    const epochs = o.totalTokens !== undefined && source.numRows !== undefined ? Math.ceil((total * o.batchSize) / Math.max(1, source.numRows)) + 1 : o.epochs ?? 1;
+    // Passes serve whole batches only (dropLast): floor(numRows / batchSize) steps each.
+    const epochs =
+      o.totalTokens !== undefined && source.numRows !== undefined ? Math.ceil(total / Math.max(1, Math.floor(source.numRows / o.batchSize))) + 1 : o.epochs ?? 1;
     // Recycled batch arrays. On the CPU each batch is copied by opt.prefetch() (synchronously)
     // before the next one is asked for. On a device that prefetches, the arrays are page-locked
     // memory (BATCH_ARRAYS) that the upload reads where it lies: each batch is borrowed by its
@@ -433,10 +464,14 @@ export class Trainer {
     };
     let last: StepLog | undefined;
     let status: FitResult['status'] = 'completed';
+    let failure: { error: unknown } | undefined;
+    let stepIntact = true;
     let saved: string[] = [];
     // The next batch, prefetched while a step runs (released in the finally block below if no
     // step takes it: after the last step, an abort or a failed step).
     let log: FileHandle | undefined;
+    /** Set while a step runs: a step that failed other than as non-finite may have left the parameters half updated. */
+    let inStep = false;
     let batchPromise: Promise<{ rows: number; x: PrefetchedBatch; done: () => void } | undefined> = Promise.resolve(undefined);
     // The first reads (skipping to a checkpoint, filling a shuffle buffer) can wait long on a slow
     // or stalled source: an abort ends them too.
@@ -474,8 +509,15 @@ export class Trainer {
           );
         }
         if (o.normalize === 'expected-norm') scale = normScale(first, this.sae.dIn);
+        const w0 = await this.sae.weights();
+        if (scale !== 1) {
+          // Training runs on s·x: the same model there has its biases times s (the inverse of the
+          // fold at the end; a no-op for a new SAE's zero biases).
+          this.sae.setWeights({ b_enc: w0.b_enc.map((v) => v * scale), b_dec: w0.b_dec.map((v) => v * scale) });
+        }
         const x0 = scaled(first[0]!.data, scale);
-        if (o.bDecInit !== 'zeros') {
+        const initBDec = !continuing && o.bDecInit !== 'zeros' && (this.bDecInitGiven || w0.b_dec.every((v) => v === 0));
+        if (initBDec) {
           const b = o.bDecInit === 'mean' ? columnMean(x0, this.sae.dIn) : geometricMedian(x0, this.sae.dIn);
           this.sae.setWeights({ b_dec: Float32Array.from(b) });
         }
@@ -513,11 +555,13 @@ export class Trainer {
         }
         const lr = learningRate(step, total, o.lr, warmup, o.decay, o.decayFraction);
         const ts = performance.now();
+        inStep = true;
         const stepping = opt.step(batch.x, { lr, auxkAlpha: o.auxkAlpha, auxkVariant: o.auxkVariant, deadThresholdTokens: o.deadThresholdTokens });
         // Fetch and prefetch the next batch while this step runs natively.
         batchPromise = step + 1 < total ? nextPrefetched() : Promise.resolve(undefined);
         batchPromise.catch(() => undefined);
         const st: StepStats = await stepping.finally(batch.done);
+        inStep = false;
         const dt = (performance.now() - ts) / 1e3;
         step += 1;
         tokens += batch.rows;
@@ -539,8 +583,11 @@ export class Trainer {
       }
       if (fo.checkpointDir) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total, source.numRows);
     } catch (err) {
-      if (err !== STOPPED) throw err;
-      status = 'aborted';
+      if (err !== STOPPED) {
+        failure = { error: err };
+        // A rejected non-finite step leaves the parameters as they were (AdamOptimizer.step).
+        stepIntact = !inStep || (err instanceof SaekitError && err.code === 'ERR_SAEKIT_NONFINITE');
+      } else status = 'aborted';
     } finally {
       // The pass stops first, so a batch still being read (a source that stalls) settles at once.
       const stopping = it.return?.();
@@ -551,14 +598,28 @@ export class Trainer {
       await log?.close();
       await stopping;
     }
-    // The SAE now works on raw activations: the input scale s is folded into the biases
-    // (TopK commutes with a positive scale, so W_enc and the unit decoder rows stay as they are).
-    if (scale !== 1) {
-      const w = await this.sae.weights();
-      this.sae.setWeights({ b_enc: w.b_enc.map((v) => v / scale), b_dec: w.b_dec.map((v) => v / scale) });
+    if (failure) {
+      // Keep the work: checkpoint the steps trained since the last checkpoint (unless a step
+      // failed midway), leave the SAE on raw activations, then report the failure.
+      if (stepIntact && fo.checkpointDir && step > (resumedFrom?.step ?? 0)) {
+        await this.checkpoint(fo.checkpointDir, step, tokens, scale, total, source.numRows).catch(() => undefined);
+      }
+      if (scale !== 1 && stepIntact) await this.foldScale(scale).catch(() => undefined);
+      throw failure.error;
     }
+    await this.foldScale(scale);
     if (fo.saveDir) saved = await this.sae.save(fo.saveDir, { format: fo.saveFormat ?? 'saelens' });
     return { status, steps: step, tokens, last, scale, seconds: (performance.now() - t0) / 1e3, saved, ...(resumedFrom ? { resumedFrom } : {}) };
+  }
+
+  /**
+   * The SAE now works on raw activations: the input scale s is folded into the biases (TopK
+   * commutes with a positive scale, so W_enc and the unit decoder rows stay as they are).
+   */
+  private async foldScale(scale: number): Promise<void> {
+    if (scale === 1) return;
+    const w = await this.sae.weights();
+    this.sae.setWeights({ b_enc: w.b_enc.map((v) => v / scale), b_dec: w.b_dec.map((v) => v / scale) });
   }
 
   private async checkpoint(dir: string, step: number, tokens: number, scale: number, total: number, sourceRows: number | undefined): Promise<void> {
