@@ -89,3 +89,19 @@ describe('options are checked by name', () => {
     expect(linearAssignment(cost, 2, 2, { maximize: true }).rowToCol).toEqual(Int32Array.from([1, 0]));
   });
 });
+
+describe('costs near the float64 maximum', () => {
+  it('are refused by name before the solver runs (the native solver read and wrote index -1 on them and crashed)', async () => {
+    // Found by fuzzing: reduced costs c - v overflowed to Infinity, so no column was chosen.
+    const cost = Float64Array.from([1e308, -1.7e308, 8e307, 1, -1e308, 1.7e308, 1, -8e307, 1, 1, 1e308, -1e308, 1.7e308, 1, -1, 0]);
+    for (const solve of [linearAssignmentAsync, async (...a: Parameters<typeof linearAssignment>) => linearAssignment(...a)]) {
+      await expect(solve(cost, 4, 4)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/magnitude at most 1e300 for cost\[0\]/) });
+    }
+    // At the limit they still solve optimally.
+    const edge = Float64Array.from([1e300, -1e300, -1e300, 1e300]);
+    for (const maximize of [false, true]) {
+      const r = await linearAssignmentAsync(edge, 2, 2, { maximize });
+      expect(r.total).toBe(bruteForceAssignment(edge, 2, 2, maximize));
+    }
+  });
+});

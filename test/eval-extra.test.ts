@@ -662,3 +662,14 @@ describe('cooccurrence() over an SAE and a source', () => {
     expect(cut.chunks).toBe(2);
   });
 });
+
+describe('spectrum input lifetime', () => {
+  it('W_dec detached while the covariance is computed is a named error, not NaN eigenvalues', async () => {
+    const [n, d] = [9000, 8]; // more than one block of rows: the second block is read after an await
+    const next = lcg(77);
+    const w = Float32Array.from({ length: n * d }, () => next() - 0.5);
+    const p = spectrum(w, n, d);
+    structuredClone(w.buffer, { transfer: [w.buffer] });
+    await expect(p).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/W_dec to keep its 72000 values .* now has 0/) });
+  });
+});

@@ -9,7 +9,7 @@
  */
 import { describe, expect, it } from 'vitest';
 
-import { SaekitError, SparseAutoencoder, tensor, type SaeWeights, type SparseCodes } from '../lib/index.js';
+import { SaekitError, SparseAutoencoder, tensor, Trainer, type SaeWeights, type SparseCodes } from '../lib/index.js';
 import { lcg } from './helpers/reference.js';
 import * as R from './helpers/sae-reference.js';
 
@@ -878,5 +878,44 @@ describe('SparseAutoencoder input validation', () => {
       expectSameBits(after, before, 'after the rejected step');
     }
     opt.dispose();
+  });
+});
+
+describe('arrays over a SharedArrayBuffer, and limits shared with the addon', () => {
+  it('inputs backed by a SharedArrayBuffer are read like any other (they gave "Invalid argument")', async () => {
+    const [dIn, L, k, rows] = [7, 19, 3, 11];
+    const next = lcg(91);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 4 });
+    const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    const shared = new Float32Array(new SharedArrayBuffer(x.byteLength));
+    shared.set(x);
+    const want = await sae.encode(x);
+    const got = await sae.encode(shared);
+    expect(Array.from(got.indices)).toEqual(Array.from(want.indices));
+    expect(Array.from(got.values)).toEqual(Array.from(want.values));
+    using t = tensor(shared, [rows, dIn]);
+    expect(Array.from(await t.toArray())).toEqual(Array.from(x));
+    const w = await sae.weights();
+    const sharedDec = new Float32Array(new SharedArrayBuffer(w.W_dec.byteLength));
+    sharedDec.set(w.W_dec);
+    sae.setWeights({ W_dec: sharedDec });
+    expect(Array.from((await sae.weights()).W_dec)).toEqual(Array.from(w.W_dec));
+    const opt = sae.adam({ lr: 1e-3 });
+    const stats = await opt.step(shared);
+    expect(Number.isFinite(stats.loss)).toBe(true);
+  });
+
+  it("options past the addon's limits are named errors from the API (not late native ones); a disposed SAE is named as such", async () => {
+    using sae = SparseAutoencoder.create({ dIn: 5, numLatents: 9, k: 2, seed: 1 });
+    expect(() => sae.adam({ eps: 1e-40 })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.eps/) }));
+    expect(() => sae.adam({ lr: 2e6 })).toThrow(/options\.lr/);
+    const opt = sae.adam();
+    const x = new Float32Array(4 * 5).fill(0.25);
+    await expect(opt.step(x, { deadThresholdTokens: 9.005e15 })).rejects.toThrow(/options\.deadThresholdTokens/);
+    await expect(opt.step(x, { auxkAlpha: 2e6 })).rejects.toThrow(/options\.auxkAlpha/);
+    await expect(opt.step(x, { lr: 2e6 })).rejects.toThrow(/options\.lr/);
+    expect(() => new Trainer(sae, { deadThresholdTokens: 9.005e15 })).toThrow(/options\.deadThresholdTokens/);
+    sae.dispose();
+    await expect(opt.step(x)).rejects.toThrow(/the SparseAutoencoder of this optimizer was disposed/);
   });
 });

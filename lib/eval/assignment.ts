@@ -37,6 +37,9 @@ export interface AssignmentResult {
   total: number;
 }
 
+/** Largest cost magnitude accepted: differences of costs and dual values stay finite below it. */
+const MAX_COST = 1e300;
+
 /** Checks linearAssignment's arguments; returns the sizes and the direction. */
 function checkAssignment(cost: Float64Array, rows: number, cols: number, options: AssignmentOptions | undefined) {
   const r = checkInt('rows', rows, 0, 2 ** 31 - 1);
@@ -46,7 +49,10 @@ function checkAssignment(cost: Float64Array, rows: number, cols: number, options
   const o = checkOptions('options', options, ASSIGNMENT_OPTIONS);
   const maximize = o.maximize === undefined ? false : checkBool('options.maximize', o.maximize);
   for (let i = 0; i < cost.length; i++) {
-    if (!Number.isFinite(cost[i])) throw argError(`cost[${i}]`, 'finite number', cost[i], 'ERR_SAEKIT_NONFINITE');
+    const v = cost[i]!;
+    if (!Number.isFinite(v)) throw argError(`cost[${i}]`, 'finite number', v, 'ERR_SAEKIT_NONFINITE');
+    // Reduced costs are differences of costs: near the float64 maximum they overflow.
+    if (Math.abs(v) > MAX_COST) throw argError(`cost[${i}]`, 'a number of magnitude at most 1e300', v);
   }
   return { r, c, maximize };
 }

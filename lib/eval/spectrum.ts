@@ -47,7 +47,9 @@ const ROW_BLOCK = 8192;
 
 /**
  * Eigenvalues of the covariance of the decoder rows and the fitted power-law exponent.
- * @param W_dec decoder weights, row-major [n, d] (one row per latent)
+ * @param W_dec decoder weights, row-major [n, d] (one row per latent); read in blocks while the
+ *   Promise is pending, so keep it unchanged until it settles (a detached or resized array is
+ *   an ERR_SAEKIT_ARG).
  */
 export async function spectrum(W_dec: Float32Array, n: number, d: number): Promise<SpectrumResult> {
   if (!(W_dec instanceof Float32Array)) throw argError('W_dec', 'a Float32Array', W_dec);
@@ -84,6 +86,9 @@ async function decoderCovariance(W: Float32Array, n: number, d: number): Promise
     using t = tensor(block, [rows, d], { device: 'cpu' });
     using g = await matmul(t, t, { transA: true });
     const part = await g.toArray();
+    if (W.length !== n * d) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected W_dec to keep its ${n * d} values until spectrum() settles but it now has ${W.length} (was its ArrayBuffer detached or resized?)`);
+    }
     for (let i = 0; i < cov.length; i++) cov[i] += part[i];
   }
   const inv = 1 / (n - 1);

@@ -245,6 +245,11 @@ export interface AdamState {
 
 const DEFAULT_AUXK_ALPHA = 1 / 32;
 const DEFAULT_DEAD_THRESHOLD = 10_000_000;
+/** The addon's limits (native/napi/sae_wrap.cpp), checked here so the error names the option. */
+const MAX_LR = 1e6;
+const MAX_AUXK_ALPHA = 1e6;
+/** @internal (the Trainer checks its option against it too) */
+export const MAX_DEAD_THRESHOLD = 9e15;
 
 const handles = new WeakMap<SparseAutoencoder, NativeSae>();
 /** Settles once the parameters are on their device (rejects if moving them failed). */
@@ -539,10 +544,10 @@ export class SparseAutoencoder {
   /** An Adam optimizer over this SAE's parameters; its state stays native. */
   adam(options?: AdamOptions): AdamOptimizer {
     const o = checkOptions('options', options, ADAM_OPTIONS);
-    const lr = o.lr === undefined ? 2e-4 / Math.sqrt(this.numLatents / 2 ** 14) : checkNumber('options.lr', o.lr, 0, Infinity);
+    const lr = o.lr === undefined ? 2e-4 / Math.sqrt(this.numLatents / 2 ** 14) : checkNumber('options.lr', o.lr, 0, MAX_LR);
     const beta1 = o.beta1 === undefined ? 0.9 : checkNumber('options.beta1', o.beta1, 0, 0.999999);
     const beta2 = o.beta2 === undefined ? 0.999 : checkNumber('options.beta2', o.beta2, 0, 0.99999999);
-    const eps = o.eps === undefined ? 1e-8 : checkNumber('options.eps', o.eps, 0, Infinity, true);
+    const eps = o.eps === undefined ? 1e-8 : checkNumber('options.eps', o.eps, 1e-30, 1e6);
     const h = callNative(() => this.handle().adam(lr, beta1, beta2, eps));
     const opt = new AdamConstructor(h, this, lr);
     let mine = optimizers.get(this);
@@ -696,14 +701,15 @@ export class AdamOptimizer {
   async step(x: Rows | PrefetchedBatch, options?: StepOptions): Promise<StepStats> {
     const site = new Error();
     const o = checkOptions('options', options, STEP_OPTIONS);
-    const lr = o.lr === undefined ? this.lr : checkNumber('options.lr', o.lr, 0, Infinity);
-    const alpha = o.auxkAlpha === undefined ? DEFAULT_AUXK_ALPHA : checkNumber('options.auxkAlpha', o.auxkAlpha, 0, Infinity);
+    const lr = o.lr === undefined ? this.lr : checkNumber('options.lr', o.lr, 0, MAX_LR);
+    const alpha = o.auxkAlpha === undefined ? DEFAULT_AUXK_ALPHA : checkNumber('options.auxkAlpha', o.auxkAlpha, 0, MAX_AUXK_ALPHA);
     const threshold =
-      o.deadThresholdTokens === undefined ? DEFAULT_DEAD_THRESHOLD : checkNumber('options.deadThresholdTokens', o.deadThresholdTokens, 0, Infinity);
+      o.deadThresholdTokens === undefined ? DEFAULT_DEAD_THRESHOLD : checkNumber('options.deadThresholdTokens', o.deadThresholdTokens, 0, MAX_DEAD_THRESHOLD);
     const variant = o.auxkVariant === undefined ? 'sparsify' : checkOneOf('options.auxkVariant', o.auxkVariant, AUXK_VARIANTS);
+    // The SAE first: disposing it disposes its optimizers too, and it is what the user disposed.
+    if (this.sae.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this optimizer was disposed');
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
     if (x instanceof PrefetchedBatch && x.owner !== this.h) throw argError('x', 'a batch prefetched by this optimizer', x);
-    if (this.sae.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this optimizer was disposed');
     const rows = x instanceof PrefetchedBatch ? x.take() : rowsArg(this.sae.dIn, x);
     return settleNative(afterPlacement(this.sae, callNative(() => this.h.step(rows, lr, alpha, threshold, variant))), site);
   }

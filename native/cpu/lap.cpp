@@ -11,6 +11,7 @@ namespace sk::cpu {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kMaxCost = 1e300;  // see linear_assignment
 
 // JV initialisation for square problems: column reduction, reduction transfer, then two rounds of
 // augmenting row reduction. Leaves assigned rows at a minimum of their reduced costs c - v (so
@@ -99,6 +100,7 @@ std::vector<int32_t> jv_init(const double* c, int64_t n, std::vector<double>& v,
           }
         }
       }
+      if (j1 < 0) throw Error(ErrorCode::Internal, "linear assignment: no column for a row (reduced costs overflowed)");
       int32_t i0 = y[size_t(j1)];
       const bool strict = u1 < u2;
       if (strict) {
@@ -124,8 +126,12 @@ std::vector<int32_t> jv_init(const double* c, int64_t n, std::vector<double>& v,
 
 void linear_assignment(const double* c, int64_t n, int64_t m, int32_t* col4row) {
   if (n == 0) return;
-  for (int64_t q = 0; q < n * m; ++q)
+  // Reduced costs are differences of costs and dual values: costs up to 1e300 in magnitude keep
+  // them finite (near DBL_MAX a difference overflows to infinity and no column would be chosen).
+  for (int64_t q = 0; q < n * m; ++q) {
     if (!std::isfinite(c[q])) throw Error(ErrorCode::NonFinite, fmt("Expected finite costs but cost[", q, "] is ", c[q]));
+    if (std::fabs(c[q]) > kMaxCost) throw Error(ErrorCode::Arg, fmt("Expected costs of magnitude at most 1e300 but cost[", q, "] is ", c[q]));
+  }
   std::vector<double> v(size_t(m), 0.0);
   std::vector<int32_t> x(size_t(n), -1), y(size_t(m), -1);
   std::vector<int32_t> free_rows;
@@ -176,6 +182,7 @@ void linear_assignment(const double* c, int64_t n, int64_t m, int32_t* col4row) 
       }
       const int32_t j1 = cols[size_t(low++)];
       const int32_t i = y[size_t(j1)];
+      if (i < 0) throw Error(ErrorCode::Internal, "linear assignment: a scanned column has no row (reduced costs overflowed)");
       const double* ci = c + int64_t(i) * m;
       const double u1 = ci[j1] - v[size_t(j1)] - mn;
       for (int64_t k = up; k < m; ++k) {

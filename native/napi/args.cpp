@@ -99,4 +99,11 @@ napi_typedarray_type typedarray_type_for(DType t) {
   return napi_float32_array;
 }
 
+uint8_t* typed_array_data(const Napi::TypedArray& a) {
+  void* data = nullptr;
+  if (napi_get_typedarray_info(a.Env(), a, nullptr, nullptr, &data, nullptr, nullptr) != napi_ok)
+    throw Error(ErrorCode::Arg, "could not read a TypedArray's memory");
+  return static_cast<uint8_t*>(data);
+}
+
 }  // namespace sk::napi

@@ -28,4 +28,9 @@ std::string get_string(const Napi::Value& v, const std::string& name);
 // The TypedArray kind that holds a dtype's raw values.
 napi_typedarray_type typedarray_type_for(DType t);
 
+// The first byte of a TypedArray's elements (byte offset included), for arrays over an
+// ArrayBuffer or a SharedArrayBuffer alike (TypedArray::ArrayBuffer().Data() fails for the
+// latter). Null for an empty array.
+uint8_t* typed_array_data(const Napi::TypedArray& a);
+
 }  // namespace sk::napi

@@ -1,5 +1,7 @@
 #include "buffers.h"
 
+#include "args.h"
+
 #include <cstdlib>
 #include <cstring>
 
@@ -41,7 +43,7 @@ Napi::Value HostArray::to_js(Napi::Env env, napi_typedarray_type type, size_t le
 std::shared_ptr<HostArray> copy_typed_array(const Napi::TypedArray& a) {
   size_t bytes = a.ByteLength();
   auto h = HostArray::allocate(bytes);
-  if (bytes) std::memcpy(h->data(), static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), bytes);
+  if (bytes) std::memcpy(h->data(), typed_array_data(a), bytes);
   return h;
 }
 

@@ -30,7 +30,7 @@ const T* typed(const Napi::Value& v, const std::string& name, int64_t length, co
   if (int64_t(ta.ElementLength()) != length)
     throw Error(ErrorCode::Shape, fmt("Expected ", name, " of length ", length, " but received length ", ta.ElementLength()));
   if (length == 0) return nullptr;
-  return reinterpret_cast<const T*>(static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+  return reinterpret_cast<const T*>(typed_array_data(ta));
 }
 
 StoreSlot* slot_of(const Napi::Value& v) {

@@ -127,7 +127,7 @@ class ReadRows : public Napi::AsyncWorker {
         pos_(pos),
         count_(count),
         dtype_(dtype),
-        base_(static_cast<uint8_t*>(dst.ArrayBuffer().Data()) + dst.ByteOffset()),
+        base_(typed_array_data(dst)),
         out_(reinterpret_cast<float*>(base_) + offset),
         raw16_(raw16),
         slots_(std::move(slots)),
@@ -300,7 +300,7 @@ class GatherRows : public Napi::AsyncWorker {
              int64_t at, int64_t d)
       : Napi::AsyncWorker(env, "saekit.gatherRows"),
         deferred_(Napi::Promise::Deferred::New(env)),
-        src_(static_cast<const uint8_t*>(src.ArrayBuffer().Data()) + src.ByteOffset()),
+        src_(typed_array_data(src)),
         src_type_(src_type),
         rows_(std::move(rows)),
         dst_(dst.Data() + at),

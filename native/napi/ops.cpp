@@ -34,7 +34,7 @@ void check_typed_array(const Napi::Value& v, DType raw, const std::string& name)
     arg_error(ErrorCode::DType, name, want, v);
   }
   Napi::TypedArray ta = v.As<Napi::TypedArray>();
-  if (ta.ArrayBuffer().ByteLength() == 0 && ta.ElementLength() != 0) arg_error(ErrorCode::Arg, name, "an attached buffer", v);
+  if (ta.ElementLength() != 0 && typed_array_data(ta) == nullptr) arg_error(ErrorCode::Arg, name, "an attached buffer", v);
 }
 
 // fromArray(data, shape, rawDtype, dtype, device?): copies `data` (raw values of rawDtype) into a
@@ -54,7 +54,7 @@ Napi::Value from_array(const Napi::CallbackInfo& info) {
                                       " but received length ", ta.ElementLength()));
   Backend be = backend_for(device);
   Tensor src = Tensor::empty(raw, shape);
-  if (n) std::memcpy(src.storage->data(), static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), src.nbytes());
+  if (n) std::memcpy(src.storage->data(), typed_array_data(ta), src.nbytes());
   if (device.kind == DeviceKind::CPU) {
     if (raw == dt) return NativeTensor::wrap(env, src);
     Tensor dst = Tensor::empty(dt, shape);
@@ -223,8 +223,8 @@ Napi::Value convert_into(const Napi::CallbackInfo& info) {
   if (src.ElementLength() != dst.ElementLength())
     throw Error(ErrorCode::Shape, fmt("Expected dst of length ", src.ElementLength(), " (as src) but received length ",
                                       dst.ElementLength()));
-  const void* sp = static_cast<const uint8_t*>(src.ArrayBuffer().Data()) + src.ByteOffset();
-  void* dp = static_cast<uint8_t*>(dst.ArrayBuffer().Data()) + dst.ByteOffset();
+  const void* sp = typed_array_data(src);
+  void* dp = typed_array_data(dst);
   cpu::convert(dp, dt, sp, st, int64_t(src.ElementLength()), nullptr);
   return info.Env().Undefined();
 }

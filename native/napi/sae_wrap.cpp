@@ -358,7 +358,7 @@ Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* poo
       throw Error(ErrorCode::Shape, fmt("Expected a Float32Array whose length is a positive multiple of dIn = ", D,
                                         " for ", name, " but received length ", len));
     r.n = len / D;
-    const float* src = reinterpret_cast<const float*>(static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+    const float* src = reinterpret_cast<const float*>(typed_array_data(a));
     if (borrow && scale == 1.0) {
       if (std::shared_ptr<void> block = pinned_block_of(src, a.ByteLength())) {
         r.pinned = std::shared_ptr<void>(std::move(block), const_cast<float*>(src));  // holds the block, points at the rows
