@@ -357,6 +357,50 @@ describe('evaluate: closed forms and invariances', () => {
   });
 });
 
+describe('evaluate: edge cases', () => {
+  const [dIn, L, k] = [6, 23, 3];
+
+  it('the legacy EV leaves out a cut last batch of one row (it gave -Infinity): equal to the run without that row', async () => {
+    const next = lcg(501);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 2 });
+    const x = Float32Array.from({ length: 33 * dIn }, () => next() - 0.5);
+    const all = await evaluate(sae, fromArray(x, dIn), { batchSize: 16, compat: true, geometry: false });
+    const cut = await evaluate(sae, fromArray(x.subarray(0, 32 * dIn), dIn), { batchSize: 16, compat: true, geometry: false });
+    expect(all.tokens).toBe(33);
+    expect(Number.isFinite(all.compat!.explained_variance_legacy)).toBe(true);
+    expect(all.compat!.explained_variance_legacy).toBe(cut.compat!.explained_variance_legacy);
+  });
+
+  it('an empty batch from a custom source is skipped, not taken for the end of the data', async () => {
+    const next = lcg(502);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 3 });
+    const x = Float32Array.from({ length: 16 * dIn }, () => next() - 0.5);
+    const src = customSource(dIn, undefined, async function* () {
+      yield { rows: 8, dIn, data: x.slice(0, 8 * dIn) };
+      yield { rows: 0, dIn, data: new Float32Array(0) };
+      yield { rows: 8, dIn, data: x.slice(8 * dIn) };
+    });
+    const r = await evaluate(sae, src, { geometry: false });
+    const ref = await evaluate(sae, fromArray(x, dIn), { geometry: false });
+    expect(r.tokens).toBe(16);
+    expect(r.mse).toBe(ref.mse);
+  });
+
+  it('inputs without spread give FVU and EV NaN (not Infinity); a NaN input is a named error', async () => {
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 4 });
+    const r = await evaluate(sae, fromArray(new Float32Array(10 * dIn).fill(0.5), dIn), { geometry: false });
+    expect(r.fvu).toBeNaN();
+    expect(r.explained_variance).toBeNaN();
+    expect(Number.isFinite(r.mse)).toBe(true);
+    const one = await evaluate(sae, fromArray(Float32Array.from({ length: dIn }, (_, i) => i), dIn), { geometry: false });
+    expect(one.fvu).toBeNaN();
+    const bad = customSource(dIn, undefined, async function* () {
+      yield { rows: 2, dIn, data: Float32Array.from({ length: 2 * dIn }, (_, i) => (i === dIn + 1 ? NaN : i / 10)) };
+    });
+    await expect(evaluate(sae, bad, { geometry: false })).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/row 1/) });
+  });
+});
+
 describe('maxCosine', () => {
   it('matches a naive O(n^2) float64 reference, with duplicated, scaled, opposite and zero rows, for any chunk', async () => {
     const { seed, ctx, next } = freshRng(20);

@@ -35,8 +35,9 @@
  * - `compat` (opt-in), labelled variants that differ from the above on purpose:
  *   - `explained_variance_legacy`: SAELens `explained_variance_legacy`, the mean over tokens of
  *     `1 - ||x - x_hat||^2 / ||x - mean_batch x||^2`, with the mean over the token's own batch of
- *     `batchSize` rows (the cut last batch uses its own rows). It depends on the batch size by
- *     definition; a one-row batch gives 0/0 = NaN for its token. SAEBench's paper numbers used it.
+ *     `batchSize` rows (the cut last batch uses its own rows; a cut batch of one row, which has
+ *     no spread about its own mean, is left out, as SAELens only sees whole batches). It depends
+ *     on the batch size by definition. SAEBench's paper numbers used it.
  *   - `explained_variance_saebench`: SAEBench core (v0.6.0) and SAELens <= 6.18,
  *     `1 - mean_t ||x - x_hat||^2 / (mean_t ||x||^2 - (mean_{t,d} x_d^2)^2)`: the subtracted term is
  *     the square of the mean squared entry, not ||E x||^2 (SAELens issue #659). Upstream averages
@@ -94,7 +95,10 @@ export interface EvaluateResult {
   tokens: number;
   /** Mean over tokens of ||x - x_hat||^2. */
   mse: number;
-  /** Fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean x||^2 (mean over all tokens). */
+  /**
+   * Fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean x||^2 (mean over all
+   * tokens). NaN when the inputs have no spread (constant rows, one token).
+   */
   fvu: number;
   /** 1 - fvu. */
   explained_variance: number;
@@ -149,6 +153,8 @@ class Accumulator {
   l0 = 0;
   l1 = 0;
   legacy = 0;
+  /** Tokens in the legacy average (batches of at least two rows). */
+  legacyTokens = 0;
   /** Per dimension: running mean and centred sum of squares (Chan et al. merge). */
   readonly mean: Float64Array;
   readonly m2: Float64Array;
@@ -220,11 +226,15 @@ class Accumulator {
       this.x2 += nx;
       this.xhat2 += nh;
       this.dot += dot;
-      this.cos += nx > 0 && nh > 0 ? dot / Math.sqrt(nx * nh) : 0;
+      // A zero vector has cosine 0 by convention; a NaN stays NaN (as in every other metric).
+      this.cos += nx === 0 || nh === 0 ? 0 : dot / Math.sqrt(nx * nh);
       const norm = Math.sqrt(nx);
       this.l2ratio += Math.sqrt(nh) / (norm < L2_RATIO_MIN_NORM ? 1 : norm);
-      if (this.compat) this.legacy += 1 - sse / cen;
+      // A one-row batch (a cut last batch) has no spread about its own mean: left out, as
+      // SAELens only ever sees whole batches.
+      if (this.compat && rows > 1) this.legacy += 1 - sse / cen;
     }
+    if (this.compat && rows > 1) this.legacyTokens += rows;
     const { values, indices, k } = codes;
     const fired = this.fired;
     let l0 = 0;
@@ -346,6 +356,11 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
         const done = prev;
         prev = { x, rows, fwd, release: release ?? (() => undefined) };
         if (done !== null) await finish(done);
+      } else if (batch.rows === 0) {
+        // An empty batch (a custom source may yield one) is skipped, not the end of the data.
+        release?.();
+        nextBatch = it.next();
+        nextBatch.catch(() => undefined);
       } else {
         release?.();
         break;
@@ -369,7 +384,8 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
 
   let sst = 0;
   for (let j = 0; j < dIn; j++) sst += acc.m2[j]!;
-  const fvu = acc.sse / sst;
+  // Inputs without spread (constant rows, a single token) leave FVU undefined: NaN, not Infinity.
+  const fvu = sst > 0 ? acc.sse / sst : NaN;
   const density = new Float64Array(L);
   let dead = 0;
   let over1 = 0;
@@ -409,7 +425,7 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
   if (compat) {
     const meanX2 = acc.x2 / N / dIn; // mean over tokens and dimensions of x_d^2
     result.compat = {
-      explained_variance_legacy: acc.legacy / N,
+      explained_variance_legacy: acc.legacyTokens > 0 ? acc.legacy / acc.legacyTokens : NaN,
       explained_variance_saebench: 1 - acc.sse / N / (acc.x2 / N - meanX2 * meanX2),
     };
   }
