@@ -385,3 +385,56 @@ describe('features.correlation: top matches through the public API', () => {
     expect(Array.from(t.constantB)).toEqual(Array.from(f.constantB));
   });
 });
+
+describe('features.correlation: inputs and edge cases', () => {
+  const dIn = 4;
+  const gauss = (next: () => number) => Math.sqrt(-2 * Math.log(next() + 1e-12)) * Math.cos(2 * Math.PI * next());
+
+  it('sources of different lengths are compared up to maxTokens when both hold that many (the CLI relies on it)', async () => {
+    const next = lcg(61);
+    using A = SparseAutoencoder.create({ dIn, numLatents: 9, k: 2, seed: 1 });
+    using B = SparseAutoencoder.create({ dIn, numLatents: 7, k: 2, seed: 2 });
+    const xa = Float32Array.from({ length: 40 * dIn }, () => next() - 0.5);
+    const xb = Float32Array.from({ length: 37 * dIn }, () => next() - 0.5);
+    for (const batchSize of [4096, 10, 7]) {
+      const r = (await correlation({ sae: A, source: fromArray(xa, dIn) }, { sae: B, source: fromArray(xb, dIn) }, { maxTokens: 30, batchSize, output: 'full' })) as CorrelationMatrix;
+      const ref = (await correlation({ sae: A, source: fromArray(xa.slice(0, 30 * dIn), dIn) }, { sae: B, source: fromArray(xb.slice(0, 30 * dIn), dIn) }, { batchSize, output: 'full' })) as CorrelationMatrix;
+      expect(r.tokens).toBe(30);
+      expect(Array.from(r.r)).toEqual(Array.from(ref.r));
+    }
+    // Past the shorter source's end: still an error naming both counts.
+    await expect(correlation({ sae: A, source: fromArray(xa, dIn) }, { sae: B, source: fromArray(xb, dIn) }, { maxTokens: 39 })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_SHAPE',
+      message: expect.stringMatching(/same number of rows .*\(a has 40 rows, b has 37\)/),
+    });
+  });
+
+  it('each side is checked by name: a.source / b.source must be sources, a.sae / b.sae SparseAutoencoders', async () => {
+    using A = SparseAutoencoder.create({ dIn, numLatents: 9, k: 2, seed: 1 });
+    const src = fromArray(new Float32Array(8 * dIn).fill(0.5), dIn);
+    await expect(correlation({ source: src }, { source: new Float32Array(8) as never }, { kind: 'dense' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for b\.source/) });
+    await expect(correlation({ source: {} as never }, {}, { kind: 'dense' })).rejects.toThrow(/for a\.source/);
+    await expect(correlation({ source: src, sae: A }, {})).rejects.toThrow(/SparseAutoencoder for kind 'codes' for b\.sae/);
+    await expect(correlation({ source: src, sae: {} as never }, { sae: A })).rejects.toThrow(/for a\.sae/);
+  });
+
+  it('a code latent equal to one value on every one of 10^6 tokens is flagged constant (the sums\' rounding error is not spread)', async () => {
+    const next = lcg(62);
+    const T = 1_000_000;
+    const n = 3;
+    const W_enc = Float32Array.from({ length: dIn * n }, (_, i) => (i % n === 0 ? 0 : gauss(next)));
+    // Latent 0: pre-activation 1.7 on every token (no input weight), above the threshold 0.5.
+    using A = SparseAutoencoder.fromWeights(
+      { W_enc, b_enc: Float32Array.from([1.7, 0, 0]), W_dec: Float32Array.from({ length: n * dIn }, () => gauss(next)), b_dec: new Float32Array(dIn), threshold: new Float32Array(n).fill(0.5) },
+      { architecture: 'jumprelu' },
+    );
+    using B = SparseAutoencoder.create({ dIn, numLatents: 5, k: 2, seed: 3 });
+    const x = Float32Array.from({ length: T * dIn }, () => gauss(next));
+    const r = (await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { output: 'full', batchSize: 65536 })) as CorrelationMatrix;
+    expect(r.tokens).toBe(T);
+    expect(r.activeA[0]).toBe(T);
+    expect(r.constantA[0]).toBe(1);
+    expect(Array.from(r.r.subarray(0, 5))).toEqual([0, 0, 0, 0, 0]);
+    expect(r.constantA[1]! + r.constantA[2]!).toBe(0);
+  });
+});

@@ -13,9 +13,10 @@
  *   holding nA x nB sums. The moments are raw float64 sums: exact enough for codes, which are
  *   non-negative and mostly zero; a latent that fires on (nearly) every token with a large mean
  *   and a tiny spread loses digits to cancellation (mean 50, std 0.01, 10^6 tokens: r off by
- *   about 4e-6), and one whose variance is under 1e-12 of its second moment is taken as constant
- *   (a coefficient of variation under about 1e-6). Kind 'preacts' centres per batch and has neither
- *   limit.
+ *   about 4e-6), and one whose variance is at most max(1e-12, 4 T eps) of its second moment over
+ *   T tokens (the sums' own rounding error; 9e-10 at 10^6 tokens) is taken as constant (a
+ *   coefficient of variation under about 1e-6 to 3e-5). Kind 'preacts' centres per batch and has
+ *   neither limit.
  * - kind 'preacts' / 'dense': dense features (pre-activations, or raw activations such as
  *   neurons). Each batch's centred co-moment (x - mean_b)^T (y - mean_b) is one float32 GEMM;
  *   batches merge with Chan's formula in float64, so a column with mean 50 and std 0.01 over a
@@ -29,7 +30,7 @@
  * `reverse` for every A feature its best B features), best first, ties to the lower index.
  *
  * A feature constant over the sample gets r = 0 and is flagged in the masks (for codes: variance
- * <= 1e-12 of the raw second moment). Kind 'codes' gives identical bits for any batch size and
+ * <= max(1e-12, 4 T eps) of the raw second moment over T tokens). Kind 'codes' gives identical bits for any batch size and
  * thread count; the dense kinds agree across batch sizes to float32 rounding (one ulp: each
  * batch's GEMM sums in its own order).
  */
@@ -144,13 +145,29 @@ export interface CorrelationTopMatches extends CorrelationCommon {
 /** What correlation() returns: the full matrix or the top matches (tell them apart by `mode`). */
 export type CorrelationResult = CorrelationMatrix | CorrelationTopMatches;
 
-function width(side: CorrelationSide, kind: string, dIn: number): number {
+function width(side: CorrelationSide, name: 'a' | 'b', kind: string, dIn: number): number {
   if (kind === 'dense') return dIn;
-  if (!side.sae) throw argError('sae', `a SparseAutoencoder for kind '${kind}'`, side.sae);
-  return side.sae.numLatents;
+  const sae = side.sae as Partial<SparseAutoencoder> | undefined;
+  if (sae === null || typeof sae !== 'object' || typeof sae.encode !== 'function' || !Number.isInteger(sae.numLatents)) {
+    throw argError(`${name}.sae`, `a SparseAutoencoder for kind '${kind}'`, sae);
+  }
+  return sae.numLatents!;
 }
 
-async function* aligned(a: ActivationSource, b: ActivationSource | undefined, batchSize: number) {
+/** Checks a side's source: an ActivationSource (batches() and an integer dIn). */
+function checkSource(name: string, s: unknown): ActivationSource {
+  const src = s as Partial<ActivationSource> | null | undefined;
+  if (src === null || typeof src !== 'object' || typeof src.batches !== 'function' || !Number.isInteger(src.dIn) || src.dIn! < 1) {
+    throw argError(name, 'an ActivationSource', s);
+  }
+  return src as ActivationSource;
+}
+
+/**
+ * Batches of the two sources side by side, up to `limit` rows: they must agree on the row count
+ * of each batch within the limit (sources longer than the limit may differ beyond it).
+ */
+async function* aligned(a: ActivationSource, b: ActivationSource | undefined, batchSize: number, limit: number) {
   // Recycled batch arrays: the caller is done with a pair before it asks for the next one.
   const ia = a.batches({ batchSize, shuffle: false, recycle: true })[Symbol.asyncIterator]();
   const ib = b ? b.batches({ batchSize, shuffle: false, recycle: true })[Symbol.asyncIterator]() : undefined;
@@ -162,14 +179,15 @@ async function* aligned(a: ActivationSource, b: ActivationSource | undefined, ba
     );
   let rows = 0;
   try {
-    for (;;) {
+    while (rows < limit) {
       const [ra, rb] = await Promise.all([ia.next(), ib?.next()]);
       if (ra.done || (rb && rb.done)) {
         if (rb && ra.done !== rb.done) throw unequal(rows + (ra.done ? 0 : ra.value.rows), rows + (rb.done ? 0 : rb.value.rows));
         return;
       }
-      if (rb && rb.value.rows !== ra.value.rows) throw unequal(rows + ra.value.rows, rows + rb.value.rows);
-      rows += ra.value.rows;
+      const left = limit - rows;
+      if (rb && Math.min(rb.value.rows, left) !== Math.min(ra.value.rows, left)) throw unequal(rows + ra.value.rows, rows + rb.value.rows);
+      rows += Math.min(ra.value.rows, left);
       yield [ra.value, rb ? rb.value : ra.value] as const;
     }
   } finally {
@@ -227,7 +245,7 @@ async function forEachBatch(
   const dB = (b ?? a).dIn;
   let n = 0;
   let seen = 0;
-  for await (const [ba, bb] of aligned(a, b, batchSize)) {
+  for await (const [ba, bb] of aligned(a, b, batchSize, maxTokens)) {
     if (seen >= maxTokens) break;
     let rows = Math.min(ba.rows, maxTokens - seen);
     let xa = rows === ba.rows ? ba.data : ba.data.subarray(0, rows * dA);
@@ -262,12 +280,14 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   if (o.mask !== undefined && typeof o.mask !== 'function') throw argError('options.mask', 'a function (token) => boolean', o.mask);
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw argError('options.onProgress', 'a function (tokensRead, passes) => void', o.onProgress);
   const onProgress = o.onProgress;
-  if (!a?.source) throw argError('a.source', 'an ActivationSource', a?.source);
-  const srcB = b?.source && b.source !== a.source ? b.source : undefined;
-  const dA = a.source.dIn;
-  const dB = (srcB ?? a.source).dIn;
-  const nA = width(a, kind, dA);
-  const nB = width(b ?? {}, kind, dB);
+  if (a === null || typeof a !== 'object') throw argError('a', 'a side { source, sae? }', a);
+  if (b !== undefined && (b === null || typeof b !== 'object')) throw argError('b', 'a side { source?, sae? }', b);
+  const srcA = checkSource('a.source', a.source);
+  const srcB = b?.source !== undefined && b.source !== srcA ? checkSource('b.source', b.source) : undefined;
+  const dA = srcA.dIn;
+  const dB = (srcB ?? srcA).dIn;
+  const nA = width(a, 'a', kind, dA);
+  const nB = width(b ?? {}, 'b', kind, dB);
   for (const [side, s, d] of [['a', a, dA], ['b', b, dB]] as const) {
     if (s?.sae && s.sae.dIn !== d) throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected ${side}.sae.dIn = ${d} (its source's) but it is ${s.sae.dIn}`);
   }
@@ -277,8 +297,8 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   }
   const full = output === 'full' || (output === 'auto' && fits);
   const device = o.device === undefined ? 'cpu' : deviceName(resolveDevice('options.device', o.device));
-  if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, a.source, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device, onProgress }, site);
-  return correlateDense(a, b ?? {}, a.source, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device, onProgress });
+  if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, srcA, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device, onProgress }, site);
+  return correlateDense(a, b ?? {}, srcA, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device, onProgress });
 }
 
 async function correlateCodes(
@@ -291,7 +311,8 @@ async function correlateCodes(
 ): Promise<CorrelationResult> {
   const nA = saeA.numLatents;
   const nB = saeB.numLatents;
-  const reserve = o.limited ? Math.min(o.maxTokens, 2 ** 24) : 0;
+  // Pre-allocated for maxTokens, but never for more tokens than the source holds.
+  const reserve = o.limited ? Math.min(o.maxTokens, 2 ** 24, srcA.numRows ?? Infinity) : 0;
   const store = callNative(() => native().sparseCorrCreate(nA, nB, reserve, reserve * saeA.k, reserve * saeB.k));
   const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows) => {
     const [ca, cb] = await Promise.all([saeA.encode(xa), saeB.encode(xb)]);

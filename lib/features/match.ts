@@ -240,7 +240,10 @@ export interface SaeMatchOptions {
 export interface SaeMatchResult {
   /** [numLatents] for each latent of A, the matched latent of B. */
   permutation: Int32Array;
-  /** [numLatents] per-pair MSE ‖a_i − b_π(i)‖² / d over the (folded) parameters used. */
+  /**
+   * [numLatents] per-pair MSE ‖a_i − b_π(i)‖² / w over the (folded) parameters used, w their
+   * width: d for the decoder rows alone, 2d with `encoder: true` (decoder row and encoder column).
+   */
   mse: Float64Array;
   /** Mean of mse. */
   meanMse: number;

@@ -70,13 +70,17 @@ typedef struct sk_corr_i {
 
 #ifdef __cplusplus
 // mean, 1/sd (0 for a constant feature) and the constant flag of one feature from its float64
-// raw sums over n tokens: constant when the variance is <= 1e-12 of the raw second moment (or
-// not positive). Shared by the CPU kernel and the devices' host code so every path computes the
-// same bits (plain double arithmetic; these files are compiled without FMA contraction).
+// raw sums over n tokens: constant when the variance is at most max(1e-12, 4 n eps) of the raw
+// second moment (or not positive). 4 n eps bounds the rounding error of float64 sums over n
+// tokens relative to the second moment: a value repeated on every one of 10^6 tokens leaves a
+// variance of about 1.6e-11 of it, noise that 1e-12 alone took for spread. Shared by the CPU
+// kernel and the devices' host code so every path computes the same bits (plain double
+// arithmetic; these files are compiled without FMA contraction).
 inline void sk_corr_moments(double s, double ss, double n, double* mean, double* inv, uint8_t* constant) {
   const double m = s / n;
   const double var = ss - n * m * m;
-  const bool c = !(var > 1e-12 * ss) || !(var > 0);
+  const double tol = 4.0 * n * 2.220446049250313e-16;
+  const bool c = !(var > (tol > 1e-12 ? tol : 1e-12) * ss) || !(var > 0);
   *mean = m;
   *constant = c ? 1 : 0;
   *inv = c ? 0.0 : 1.0 / std::sqrt(var);
