@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { backend, randn, SaekitError, Tensor, tensor, zeros } from '../lib/index.js';
+import { backend, rand, randn, SaekitError, Tensor, tensor, zeros } from '../lib/index.js';
 import { tensorSuite } from './helpers/tensor-suite.js';
 
 describe('Tensor', () => {
@@ -62,5 +62,97 @@ describe('tensor options are checked by name', () => {
     expect(() => tensor(new Float32Array(4), [2, 2], { dtpye: 'float32' } as never)).toThrow(/Unknown option options\.dtpye \(did you mean options\.dtype\?\)/);
     expect(() => zeros([2], { devce: 'cpu' } as never)).toThrow(/did you mean options\.device/);
     expect(() => randn([2], { sed: 1 } as never)).toThrow(/did you mean options\.seed/);
+  });
+});
+
+/** float64 -> bfloat16 / float16 bits, rounded once to nearest even (exact arithmetic on doubles; finite normal-range inputs). */
+function ref16(d: number, dtype: 'bfloat16' | 'float16'): number {
+  const mant = dtype === 'bfloat16' ? 7 : 10;
+  const minExp = dtype === 'bfloat16' ? -126 : -14;
+  if (d === 0) return Object.is(d, -0) ? 0x8000 : 0;
+  const e = Math.max(Math.floor(Math.log2(Math.abs(d))), minExp);
+  const ulp = 2 ** (e - mant);
+  let q = d / ulp; // exact: a power-of-two scaling
+  const fl = Math.floor(q);
+  const frac = q - fl;
+  q = frac > 0.5 || (frac === 0.5 && fl % 2 !== 0) ? fl + 1 : fl;
+  const v = q * ulp;
+  if (dtype === 'float16') {
+    if (Math.abs(v) > 65504) return v > 0 ? 0x7c00 : 0xfc00;
+    const f = new Float32Array([v]);
+    const u = new Uint32Array(f.buffer)[0]!;
+    const sign = (u >>> 16) & 0x8000;
+    const av = Math.abs(v);
+    if (av < 2 ** -14) return sign | Math.round(av / 2 ** -24);
+    const exp = Math.floor(Math.log2(av));
+    return sign | ((exp + 15) << 10) | Math.round((av / 2 ** exp - 1) * 1024);
+  }
+  const f = new Float32Array([v]);
+  return new Uint32Array(f.buffer)[0]! >>> 16;
+}
+
+describe('rounding to 16-bit types happens once', () => {
+  it('tensor() from float64 values (Float64Array or arrays) rounds each to bfloat16/float16 once (it rounded to float32 first)', async () => {
+    const cases: [number, 'bfloat16' | 'float16', number][] = [
+      [1 + 2 ** -8 + 2 ** -30, 'bfloat16', 0x3f81],
+      [-(1 + 2 ** -8 + 2 ** -30), 'bfloat16', 0xbf81],
+      [1 + 2 ** -11 + 2 ** -40, 'float16', 0x3c01],
+    ];
+    for (const [v, dtype, want] of cases) {
+      for (const data of [new Float64Array([v]), [v]]) {
+        using t = tensor(data, [1], { dtype });
+        expect((await t.toArray())[0], `${v} ${dtype}`).toBe(want);
+      }
+    }
+    const seed = Date.now() >>> 0;
+    let s = seed;
+    const next = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+    for (const dtype of ['bfloat16', 'float16'] as const) {
+      const v = Float64Array.from({ length: 4000 }, (_, i) => (next() - 0.5) * 2 ** (Math.floor(next() * 20) - 8) * (1 + (i % 3) * 2 ** -26));
+      using t = tensor(v, [v.length], { dtype });
+      const got = await t.toArray();
+      for (let i = 0; i < v.length; i++) expect(got[i], `seed ${seed} ${dtype} ${v[i]}`).toBe(ref16(v[i]!, dtype));
+    }
+  });
+
+  it('int32 to bfloat16 rounds the integer once (2^25 + 2^17 + 1 went to 2^25); Float64Array to int32 is exact or refused', async () => {
+    const ints = Int32Array.from([33685505, -33685505, 2 ** 31 - 1, -(2 ** 31), 16777217, 257, -129]);
+    using t = tensor(ints);
+    using b = await t.to('bfloat16');
+    const got = await b.toArray();
+    expect(got[0]).toBe(0x4c01);
+    expect(got[1]).toBe(0xcc01);
+    for (let i = 0; i < ints.length; i++) expect(got[i], String(ints[i])).toBe(ref16(ints[i]!, 'bfloat16'));
+    using fromInts = tensor(ints, [ints.length], { dtype: 'bfloat16' });
+    expect(Array.from(await fromInts.toArray())).toEqual(Array.from(got));
+    using exact = tensor(new Float64Array([16777217, 123456789, -5]), [3], { dtype: 'int32' });
+    expect(Array.from(await exact.toArray())).toEqual([16777217, 123456789, -5]);
+    expect(() => tensor(new Float64Array([1.5]), [1], { dtype: 'int32' })).toThrow(/data\[0\]/);
+  });
+
+  it('rand() in bfloat16/float16 stays below 1 (values that rounded up to 1 keep the largest below it)', async () => {
+    for (const [dtype, top] of [['bfloat16', 0x3f7f], ['float16', 0x3bff]] as const) {
+      using u = rand([200_000], { dtype, seed: 1 });
+      using f = rand([200_000], { seed: 1 });
+      const bits = await u.toArray();
+      const f32 = await f.toArray();
+      let clamped = 0;
+      for (let i = 0; i < bits.length; i++) {
+        const want = ref16(f32[i]!, dtype);
+        if (want === (dtype === 'bfloat16' ? 0x3f80 : 0x3c00)) {
+          clamped++;
+          expect(bits[i]).toBe(top);
+        } else expect(bits[i]).toBe(want);
+      }
+      expect(clamped).toBeGreaterThan(0);
+    }
+  });
+
+  it('backend.use() needs a device name: without one it is an error and the default stays', () => {
+    const before = backend.use('auto');
+    expect(() => backend.use(undefined as never)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for device/) }));
+    using t = tensor([1, 2]);
+    expect(t.device).toBe('cpu');
+    backend.use(before);
   });
 });

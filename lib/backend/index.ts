@@ -143,6 +143,8 @@ export function deviceName(d: ResolvedDevice): 'cpu' | `cuda:${number}` {
  * An explicit CUDA device is checked now (ERR_SAEKIT_DEVICE if it cannot run). Returns the previous default.
  */
 export function use(device: DeviceOption): DeviceOption {
+  // resolveDevice reads undefined as "the current default"; stored, it would break every later default.
+  if (typeof device !== 'string') throw argError('device', "'auto', 'cpu', 'cuda' or 'cuda:N'", device);
   resolveDevice('device', device);
   const prev = defaultDevice;
   defaultDevice = device;

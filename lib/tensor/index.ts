@@ -217,22 +217,28 @@ export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: re
     raw = data;
     rawType = dtype;
     defaultShape = [data.length];
-  } else if (data instanceof Float64Array) {
-    raw = Float32Array.from(data);
-    rawType = 'float32';
-    defaultShape = [data.length];
-  } else if (Array.isArray(data)) {
-    defaultShape = inferShape(data);
-    const flat: number[] = [];
-    flatten(data, defaultShape, flat);
+  } else if (data instanceof Float64Array || Array.isArray(data)) {
+    // float64 values: exact integers for int32; for 16-bit types float32 rounded to odd, so the
+    // addon's narrowing rounds each value once (rounding to float32 first would round twice).
+    let flat: ArrayLike<number>;
+    if (data instanceof Float64Array) {
+      flat = data;
+      defaultShape = [data.length];
+    } else {
+      defaultShape = inferShape(data);
+      const list: number[] = [];
+      flatten(data, defaultShape, list);
+      flat = list;
+    }
     if (dtype === 'int32') {
-      flat.forEach((v, i) => {
+      for (let i = 0; i < flat.length; i++) {
+        const v = flat[i]!;
         if (!Number.isInteger(v) || v < -2147483648 || v > 2147483647) throw argError(`data[${i}]`, 'an int32 integer', v);
-      });
+      }
       raw = Int32Array.from(flat);
       rawType = 'int32';
     } else {
-      raw = Float32Array.from(flat);
+      raw = dtype === 'bfloat16' || dtype === 'float16' ? roundToOddF32(flat) : Float32Array.from(flat);
       rawType = 'float32';
     }
   } else {
@@ -248,6 +254,26 @@ export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: re
     );
   }
   return wrapHandle<D>(callNative(() => native().fromArray(raw, s, rawType, dtype as DType, device)));
+}
+
+/**
+ * float64 values as float32 rounded to odd (toward zero, the lowest bit set when inexact): a
+ * second rounding to bfloat16 or float16 (round to nearest even) is then the correct rounding of
+ * the float64 value.
+ */
+function roundToOddF32(src: ArrayLike<number>): Float32Array {
+  const out = new Float32Array(src.length);
+  const bits = new Uint32Array(out.buffer);
+  for (let i = 0; i < src.length; i++) {
+    const d = src[i]!;
+    const f = Math.fround(d);
+    out[i] = f;
+    if (f !== d && Number.isFinite(d) && Number.isFinite(f)) {
+      if (Math.abs(f) > Math.abs(d)) bits[i]! -= 1; // rounded away from zero: one step back
+      bits[i]! |= 1;
+    }
+  }
+  return out;
 }
 
 /** Options of zeros(). */
@@ -306,7 +332,10 @@ export function randn<D extends 'float32' | 'bfloat16' | 'float16' = 'float32'>(
   return randomTensor('normal', shape, options);
 }
 
-/** Uniform values in [0, 1) from the Philox 4x32-10 stream (24-bit resolution). */
+/**
+ * Uniform values in [0, 1) from the Philox 4x32-10 stream (24-bit resolution; in bfloat16 and
+ * float16 the float32 values rounded, those that would round up to 1 kept just below it).
+ */
 export function rand<D extends 'float32' | 'bfloat16' | 'float16' = 'float32'>(shape: readonly number[], options?: RandomOptions<D>): Tensor<D> {
   return randomTensor('uniform', shape, options);
 }

@@ -33,9 +33,24 @@ float to_f32(DType t, const void* src, int64_t i) {
   return 0.0f;
 }
 
+// int32 -> float32 rounded to odd (truncated toward zero, lowest bit set when inexact): a second
+// rounding of that value to a 16-bit type is then the correct single rounding of the integer
+// (round-to-nearest of the float32 first would round twice: 2^25 + 2^17 + 1 became 2^25 in bf16).
+float i32_to_f32_odd(int32_t v) {
+  const double d = double(v);  // exact
+  float f = float(d);
+  if (double(f) == d) return f;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if (std::fabs(double(f)) > std::fabs(d)) --u;  // rounded away from zero: step back toward it
+  u |= 1;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 // Converts [begin, end) of one chunk. Float paths use the vector kernels; paths through int32
-// and 16-bit <-> 16-bit go element by element through float32 (exact for f16/bf16 inputs, so
-// the narrowing rounds once).
+// and 16-bit <-> 16-bit go element by element through float32 (exact for f16/bf16 inputs, and
+// rounded to odd for int32 inputs going to 16 bits, so the narrowing rounds once).
 void convert_range(void* dst, DType dt, const void* src, DType st, int64_t begin, int64_t end) {
   const ConvertKernels& k = kernels();
   int64_t n = end - begin;
@@ -55,8 +70,9 @@ void convert_range(void* dst, DType dt, const void* src, DType st, int64_t begin
   } else if (st == DType::F16 && dt == DType::F32) {
     k.f16_to_f32(d32, s16, n);
   } else {
+    const bool odd = st == DType::I32 && (dt == DType::BF16 || dt == DType::F16);
     for (int64_t i = begin; i < end; ++i) {
-      float f = to_f32(st, src, i);
+      float f = odd ? i32_to_f32_odd(static_cast<const int32_t*>(src)[i]) : to_f32(st, src, i);
       switch (dt) {
         case DType::F32: static_cast<float*>(dst)[i] = f; break;
         case DType::BF16: static_cast<uint16_t*>(dst)[i] = f32_to_bf16(f); break;

@@ -10,11 +10,21 @@ namespace sk::cpu {
 
 namespace {
 
-void store(void* dst, DType type, int64_t i, double v) {
+// Uniform values stay below 1 in 16-bit types: those that round up to 1.0 (0x3f80 / 0x3c00) keep
+// the largest value below it (1 - 2^-8 / 1 - 2^-11).
+void store(void* dst, DType type, int64_t i, double v, bool uniform) {
   switch (type) {
     case DType::F32: static_cast<float*>(dst)[i] = float(v); break;
-    case DType::BF16: static_cast<uint16_t*>(dst)[i] = f32_to_bf16(float(v)); break;
-    case DType::F16: static_cast<uint16_t*>(dst)[i] = f32_to_f16(float(v)); break;
+    case DType::BF16: {
+      uint16_t b = f32_to_bf16(float(v));
+      static_cast<uint16_t*>(dst)[i] = uniform && b == 0x3f80 ? 0x3f7f : b;
+      break;
+    }
+    case DType::F16: {
+      uint16_t h = f32_to_f16(float(v));
+      static_cast<uint16_t*>(dst)[i] = uniform && h == 0x3c00 ? 0x3bff : h;
+      break;
+    }
     case DType::I32: throw Error(ErrorCode::DType, "random fills need a float dtype, not int32");
   }
 }
@@ -48,7 +58,7 @@ void fill(void* dst, DType type, int64_t n, uint64_t seed, uint64_t stream, uint
       uint64_t pos = offset + uint64_t(i);
       uint64_t block = pos / 4;
       block_values(seed, stream, block, normal, v);
-      for (uint64_t lane = pos % 4; lane < 4 && i < end; ++lane, ++i) store(dst, type, i, v[lane]);
+      for (uint64_t lane = pos % 4; lane < 4 && i < end; ++lane, ++i) store(dst, type, i, v[lane], !normal);
     }
   };
   const int64_t grain = 1 << 14;

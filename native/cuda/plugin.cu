@@ -61,9 +61,18 @@ __device__ __forceinline__ void store_f32(void* dst, int t, int64_t i, float f) 
   }
 }
 
+// int32 -> float32 rounded to odd (toward zero, lowest bit set when inexact), so that narrowing
+// it to a 16-bit type rounds the integer once, as the CPU backend does (native/cpu/convert.cpp).
+__device__ __forceinline__ float i32_to_f32_odd(int32_t v) {
+  float f = __int2float_rz(v);
+  if (static_cast<long long>(f) != static_cast<long long>(v)) f = __uint_as_float(__float_as_uint(f) | 1u);
+  return f;
+}
+
 __global__ void convert_kernel(void* dst, int dt, const void* src, int st, int64_t n) {
+  const bool odd = st == SK_I32 && (dt == SK_BF16 || dt == SK_F16);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    store_f32(dst, dt, i, load_f32(src, st, i));
+    store_f32(dst, dt, i, odd ? i32_to_f32_odd(static_cast<const int32_t*>(src)[i]) : load_f32(src, st, i));
 }
 
 // Element i is element (offset + i) of the (seed, stream) Philox stream; see core/philox.h.
@@ -82,9 +91,16 @@ __global__ void fill_kernel(void* dst, int t, int64_t n, uint64_t seed, uint64_t
       double theta = kTwoPi * philox_uniform(w.v[2 * p + 1]);
       v = (lane & 1) ? r * sin(theta) : r * cos(theta);
     }
-    if (t == SK_F32) static_cast<float*>(dst)[i] = float(v);
-    else if (t == SK_BF16) static_cast<uint16_t*>(dst)[i] = f32_to_bf16(float(v));
-    else static_cast<uint16_t*>(dst)[i] = f32_to_f16(float(v));
+    // As the CPU fill: uniform values that round up to 1.0 in 16 bits keep the largest below it.
+    if (t == SK_F32) {
+      static_cast<float*>(dst)[i] = float(v);
+    } else if (t == SK_BF16) {
+      const uint16_t b = f32_to_bf16(float(v));
+      static_cast<uint16_t*>(dst)[i] = !normal && b == 0x3f80 ? 0x3f7f : b;
+    } else {
+      const uint16_t h = f32_to_f16(float(v));
+      static_cast<uint16_t*>(dst)[i] = !normal && h == 0x3c00 ? 0x3bff : h;
+    }
   }
 }
 

@@ -602,6 +602,13 @@ inline float __uint_as_float(unsigned u) {
   std::memcpy(&f, &u, 4);
   return f;
 }
+// int -> float rounded toward zero (the device intrinsic).
+inline float __int2float_rz(int v) {
+  const double d = v;
+  float f = float(d);
+  if (std::fabs(double(f)) > std::fabs(d)) f = std::nextafter(f, 0.0f);
+  return f;
+}
 template <class T>
 inline T atomicAdd(T* p, T v) {
   T o = *p;
