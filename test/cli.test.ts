@@ -1,5 +1,5 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -123,8 +123,28 @@ describe('saekit CLI', () => {
     expect(ck.step).toBe(summary.steps);
     const resumed = run(['train', path.join(dir, 'acts.npy'), '--latents', '2048', '--k', '16', '--out', out, '--batch', '256', '--epochs', '20', '--json', '--resume']);
     expect(resumed.status, resumed.stderr).toBe(0);
-    expect(JSON.parse(resumed.stdout)).toMatchObject({ status: 'completed', steps: 1560 });
+    const rs = JSON.parse(resumed.stdout);
+    expect(rs).toMatchObject({ status: 'completed', steps: 1560 });
+    // Throughput counts this run's tokens, not the checkpoint's too.
+    expect(rs.tokensTrained).toBe(rs.tokens - ck.tokens);
+    expect(rs.tokensPerSec).toBeCloseTo(rs.tokensTrained / rs.seconds, 6);
   }, 120_000);
+
+  it('Ctrl-C during demo exits 130 and says the numbers are of a partly trained SAE', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', cli, 'demo', '--json'], { cwd: packageRoot, env: { ...process.env, SAEKIT_NUM_THREADS: '1' } });
+    let stderr = '';
+    let sent = false;
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (stderr.includes('training a TopK SAE') && !sent) {
+        sent = true;
+        setTimeout(() => child.kill('SIGINT'), 1500);
+      }
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    expect(code, stderr).toBe(130);
+    expect(stderr).toMatch(/interrupted after [\d,]+ of 2,097,152 tokens/);
+  }, 60_000);
 
   it('demo recovers the planted features (MMCS truth-to-learned >= 0.9) within the time budget', () => {
     const t0 = performance.now();
@@ -297,5 +317,51 @@ describe('saekit CLI', () => {
     const d = run(['demo', '--out', out]);
     expect(d.status).toBe(1);
     expect(d.stderr).toMatch(/already holds .*pass --overwrite/);
+    // --log names a file: a folder there is refused, never moved aside and deleted (--overwrite did that).
+    const precious = path.join(dir, 'precious');
+    mkdirSync(precious);
+    writeFileSync(path.join(precious, 'a.txt'), 'data');
+    const lf = run([...base, '--out', path.join(dir, 'r2'), '--on-non-finite', 'skip', '--overwrite', '--log', precious]);
+    expect(lf.status).toBe(1);
+    expect(lf.stderr).toMatch(/Expected --log to be a file but '.*precious' is a folder/);
+    expect(readFileSync(path.join(precious, 'a.txt'), 'utf8')).toBe('data');
+    // compare / match-layers --out: never an input (or inside an input SAE's folder), an existing file only with --overwrite.
+    const pairs = path.join(dir, 'pairs.json');
+    writeFileSync(pairs, 'keep');
+    for (const [args, re] of [
+      [['compare', out, out, '--data', acts, '--on-non-finite', 'skip', '--out', acts], /not to overwrite an input but '.*acts\.npy' is '/],
+      [['compare', out, out, '--data', acts, '--on-non-finite', 'skip', '--out', path.join(out, 'cfg.json')], /not to overwrite an input but '.*cfg\.json' is inside '/],
+      [['compare', out, out, '--data', acts, '--on-non-finite', 'skip', '--out', pairs], /--out .*pairs\.json already exists; pass --overwrite/],
+      [['match-layers', out, out, '--out', pairs], /already exists; pass --overwrite/],
+    ] as const) {
+      const r = run([...args]);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr).toMatch(re);
+      oneLine(r);
+    }
+    expect(readFileSync(pairs, 'utf8')).toBe('keep');
+    expect(run(['match-layers', out, out, '--out', pairs, '--overwrite']).status).toBe(0);
+    expect(JSON.parse(readFileSync(pairs, 'utf8'))).toHaveLength(1);
+    // Numbers in decimal notation only, and --expansion errors name --expansion.
+    expect(run([...base.filter((_, i) => i !== 2 && i !== 3), '--latents', '0x10', '--out', path.join(dir, 'r3')]).stderr).toMatch(/for --latents but received '0x10'/);
+    const ex = run(['train', acts, '--expansion', '0.01', '--k', '2', '--out', path.join(dir, 'r4')]);
+    expect(ex.stderr).toMatch(/Expected --expansion of at least 0\.0625 .* but received 0\.01/);
   }, 120_000);
+});
+
+describe('progress line', () => {
+  it('on a TTY the bar ends on the last step even when the throttle skipped its redraw', async () => {
+    const { Progress } = await import('../lib/cli/progress.js');
+    const writes: string[] = [];
+    const tty = { isTTY: true, write: (s: string) => (writes.push(s), true) } as unknown as NodeJS.WriteStream;
+    const p = new Progress(1000, tty, 60_000);
+    const step = (tokens: number) => ({ step: tokens / 100, tokens, loss: 1, fvu: 0.5, l0: 8, numDead: 0, deadFraction: 0, auxkLoss: 0, lr: 1e-3, tokensPerSec: 1 });
+    p.update(step(100));
+    p.update(step(900));
+    p.update(step(1000));
+    expect(writes.join('')).not.toMatch(/100\.0%/);
+    p.done();
+    expect(writes.at(-2)).toMatch(/100\.0%/);
+    expect(writes.at(-1)).toBe('\n');
+  });
 });

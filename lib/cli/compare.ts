@@ -1,5 +1,6 @@
 /** `saekit compare` and `saekit match-layers`: thin calls into lib/features. */
-import { stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 import type { DeviceOption } from '../backend/index.js';
@@ -22,6 +23,7 @@ export interface CompareFlags {
   runs: number;
   json?: boolean;
   out?: string;
+  overwrite?: boolean;
   onNonFinite: 'error' | 'skip';
   tensor?: string;
   dtype?: 'float32' | 'float16' | 'bfloat16' | 'float64';
@@ -29,12 +31,26 @@ export interface CompareFlags {
   device: string;
 }
 
-/** Checks before any work that an --out file can be written: its folder exists and it is not a folder itself. */
-export async function checkOutFile(out: string | undefined): Promise<void> {
+/**
+ * Checks before any work that an --out file can be written: its folder exists and is writable,
+ * it is not a folder, not one of the inputs (or inside an input SAE's folder), and it does not
+ * exist yet unless --overwrite was given.
+ */
+export async function checkOutFile(out: string | undefined, overwrite: boolean | undefined, inputs: readonly string[]): Promise<void> {
   if (out === undefined) return;
-  const dir = await stat(path.dirname(path.resolve(out))).catch(() => undefined);
+  const abs = path.resolve(out);
+  const dir = await stat(path.dirname(abs)).catch(() => undefined);
   if (!dir?.isDirectory()) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out to be a file in an existing folder but '${path.dirname(out)}' is not a folder`);
-  if ((await stat(out).catch(() => undefined))?.isDirectory()) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out to be a file but '${out}' is a folder`);
+  await access(path.dirname(abs), constants.W_OK).catch(() => {
+    throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out to be a file in a folder that can be written to but '${path.dirname(out)}' cannot`);
+  });
+  const st = await stat(out).catch(() => undefined);
+  if (st?.isDirectory()) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out to be a file but '${out}' is a folder`);
+  for (const input of inputs) {
+    const a = path.resolve(input);
+    if (abs === a || abs.startsWith(a + path.sep)) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out not to overwrite an input but '${out}' is ${abs === a ? '' : 'inside '}'${input}'`);
+  }
+  if (st && !overwrite) throw new SaekitError('ERR_SAEKIT_ARG', `--out ${out} already exists; pass --overwrite to replace it, or choose another --out`);
 }
 
 function rowsOf(W: Float32Array, d: number, idx: number[]): Float64Array {
@@ -51,7 +67,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
   if (f.dataB !== undefined && f.onNonFinite === 'skip') {
     throw new SaekitError('ERR_SAEKIT_ARG', 'Expected --on-non-finite error with --data-b (skipping rows on either side would misalign the two sources token by token); clean the files first');
   }
-  await checkOutFile(f.out);
+  await checkOutFile(f.out, f.overwrite, [pathA, pathB, f.data, ...(f.dataB ? [f.dataB] : [])]);
   using a = await SparseAutoencoder.load(pathA, { device: f.device as DeviceOption });
   using b = await SparseAutoencoder.load(pathB, { device: f.device as DeviceOption });
   const read = { onNonFinite: f.onNonFinite, tensor: f.tensor, dtype: f.dtype };
@@ -153,9 +169,9 @@ function mean(x: Float64Array): number {
   return x.length ? s / x.length : Number.NaN;
 }
 
-export async function matchLayers(paths: string[], f: { json?: boolean; out?: string; encoder?: boolean; device: string }): Promise<void> {
+export async function matchLayers(paths: string[], f: { json?: boolean; out?: string; overwrite?: boolean; encoder?: boolean; device: string }): Promise<void> {
   if (paths.length < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 SAEs for match-layers but received ${paths.length}`);
-  await checkOutFile(f.out);
+  await checkOutFile(f.out, f.overwrite, paths);
   const saes: SparseAutoencoder[] = [];
   try {
     for (const p of paths) saes.push(await SparseAutoencoder.load(p, { device: f.device as DeviceOption }));

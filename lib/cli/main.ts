@@ -49,10 +49,13 @@ function printInfo(json: boolean): void {
   for (const [k, v] of rows) process.stdout.write(`${k.padEnd(width)}  ${v}\n`);
 }
 
+const DECIMAL = /^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i;
+
 function num(name: string, min: number, max: number, integer = true, exclusiveMin = false): (v: string) => number {
   return (v: string) => {
     const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || n < min || n > max || (exclusiveMin && n === min) || (integer && !Number.isInteger(n))) {
+    // Decimal notation only (Number() also takes '0x40', ' 64' and '0b1').
+    if (!DECIMAL.test(v) || !Number.isFinite(n) || n < min || n > max || (exclusiveMin && n === min) || (integer && !Number.isInteger(n))) {
       const range = exclusiveMin ? `> ${min} and <= ${max}` : `between ${min} and ${max}`;
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${integer ? 'an integer' : 'a number'} ${range} for --${name} but received '${v}'`);
     }
@@ -199,10 +202,12 @@ async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; repla
     if (!prior.checkpoint && prior.saeFiles.length > 0) {
       throw new SaekitError('ERR_SAEKIT_ARG', `--out ${f.out} already holds an SAE (${prior.saeFiles.join(', ')}); pass --overwrite to replace it, or choose another --out`);
     }
-    if (f.log && !resuming && ((await stat(f.log).catch(() => undefined))?.size ?? 0) > 0) {
+    if (f.log && !resuming && ((await stat(f.log).catch(() => undefined))?.size ?? 0) > 0 && !(await isFolder(f.log))) {
       throw new SaekitError('ERR_SAEKIT_ARG', `--log ${f.log} already exists; pass --overwrite to replace it (a resumed run appends to its log), or choose another --log`);
     }
   }
+  // --log names a file: a folder there is refused, never moved aside and deleted.
+  if (f.log && (await isFolder(f.log))) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --log to be a file but '${f.log}' is a folder`);
   // --overwrite: the earlier checkpoint and log are moved aside (name.replaced), not deleted, until
   // the new run has ended; a run that fails first leaves them there to be restored.
   const replaced: string[] = [];
@@ -225,6 +230,11 @@ async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; repla
   return { resuming, replaced };
 }
 
+/** Whether `p` is a folder (false when it does not exist). */
+async function isFolder(p: string): Promise<boolean> {
+  return (await stat(p).catch(() => undefined))?.isDirectory() ?? false;
+}
+
 async function train(paths: string[], f: TrainFlags): Promise<void> {
   if ((f.latents === undefined) === (f.expansion === undefined)) {
     throw new SaekitError('ERR_SAEKIT_ARG', 'Expected exactly one of --latents N and --expansion E');
@@ -235,6 +245,9 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
   const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn, onNonFinite: f.onNonFinite });
   try {
     const numLatents = f.latents ?? Math.round(f.expansion! * source.dIn);
+    if (f.latents === undefined && !(numLatents >= 1)) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected --expansion of at least ${(0.5 / source.dIn).toPrecision(3)} (dIn ${source.dIn} x --expansion, rounded, is the number of latents) but received ${f.expansion}`);
+    }
     using sae = SparseAutoencoder.create({ dIn: source.dIn, numLatents, k: f.k, seed: f.seed, device: f.device as DeviceOption, precision: f.precision });
     const opts: TrainerOptions = {
       batchSize: f.batch,
@@ -285,14 +298,17 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
     if (result.resumedFrom && result.resumedFrom.step * f.batch >= total) {
       process.stderr.write(`saekit: the checkpoint was already at step ${result.resumedFrom.step}, at or past this run's ${total / f.batch} steps: nothing was trained (raise --tokens or --epochs to train longer)\n`);
     }
+    const trained = result.tokens - (result.resumedFrom?.tokens ?? 0);
     const summary = {
       status: result.status,
       out: f.out,
       files: result.saved,
       steps: result.steps,
       tokens: result.tokens,
+      // This run's tokens (a resumed run's total includes the checkpoint's).
+      tokensTrained: trained,
       seconds: result.seconds,
-      tokensPerSec: result.tokens / Math.max(result.seconds, 1e-9),
+      tokensPerSec: trained / Math.max(result.seconds, 1e-9),
       ...(result.last ? { fvu: result.last.fvu, l0: result.last.l0, deadFraction: result.last.deadFraction, loss: result.last.loss } : {}),
       scale: result.scale,
     };
@@ -300,7 +316,9 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
     else {
       process.stdout.write(
         `${result.status === 'aborted' ? 'stopped early; checkpoint and SAE saved (resume with --resume)' : result.status === 'exhausted' ? 'the data ended before --tokens' : 'done'}: ${result.steps} step${result.steps === 1 ? '' : 's'}, ` +
-          `${result.tokens.toLocaleString('en-US')} tokens in ${result.seconds.toFixed(1)} s` +
+          `${result.tokens.toLocaleString('en-US')} tokens` +
+          (result.resumedFrom ? ` (${trained.toLocaleString('en-US')} in this run)` : '') +
+          ` in ${result.seconds.toFixed(1)} s` +
           (result.last ? `, fvu ${result.last.fvu.toFixed(4)}, L0 ${result.last.l0.toFixed(1)}, dead ${(100 * result.last.deadFraction).toFixed(2)}%` : '') +
           `\nsaved ${result.saved.join(', ')}\n`,
       );
@@ -348,6 +366,14 @@ async function demo(f: DemoFlags): Promise<void> {
   } finally {
     sig.dispose();
     progress.done();
+  }
+  if (result.status === 'aborted') {
+    process.exitCode = 130;
+    process.stderr.write(`saekit demo: interrupted after ${result.tokens.toLocaleString('en-US')} of ${(1 << 21).toLocaleString('en-US')} tokens; the numbers below are of the partly trained SAE\n`);
+    if (!result.last) {
+      await source.close();
+      return;
+    }
   }
   const w = await sae.weights();
   const t2l = mmcs(w.W_dec, features, { d: dIn, direction: 'truth-to-learned' }).mean;
@@ -509,6 +535,7 @@ export function buildProgram(): Command {
     .option('--d-in <n>', 'row width of raw .bin files (of --data; --data-b may differ: give it a self-describing file)', num('d-in', 1, 1 << 24))
     .option('--json', 'print the summary as JSON')
     .option('--out <file>', 'also write the summary and every matched pair as JSON')
+    .option('--overwrite', 'replace an existing --out file (never an input)')
     .option('--device <d>', `${DEVICE_HELP}; the correlation runs there too`, 'auto')
     .addHelpText('after', '\nExample:\n  saekit compare runs/seed1 runs/seed2 --data acts/val.npy --method hungarian --json\n')
     .action((a: string, b: string, f: CompareFlags) => compare(a, b, f));
@@ -519,9 +546,10 @@ export function buildProgram(): Command {
     .option('--encoder', 'also match on the (folded) encoder parameters')
     .option('--json', 'print a JSON summary')
     .option('--out <file>', 'write every permutation as JSON')
+    .option('--overwrite', 'replace an existing --out file (never an input)')
     .option('--device <d>', DEVICE_HELP, 'auto')
     .addHelpText('after', '\nExample:\n  saekit match-layers runs/l6 runs/l7 runs/l8 --out perms.json\n')
-    .action((paths: string[], f: { json?: boolean; out?: string; encoder?: boolean; device: string }) => matchLayers(paths, f));
+    .action((paths: string[], f: { json?: boolean; out?: string; overwrite?: boolean; encoder?: boolean; device: string }) => matchLayers(paths, f));
   program
     .command('demo')
     .description('train an SAE on built-in synthetic data with known features and report how well it recovers them')

@@ -15,6 +15,9 @@ function count(n: number): string {
 
 export class Progress {
   private lastPrint = 0;
+  /** The latest step, drawn by done() if the throttle skipped it. */
+  private last: StepLog | undefined;
+  private lastDrawn: StepLog | undefined;
   private first: { tokens: number; time: number } | undefined;
   constructor(
     private readonly totalTokens: number,
@@ -26,8 +29,10 @@ export class Progress {
     const now = performance.now();
     // Rates count from the first step seen (a resumed run starts at its checkpoint's tokens).
     this.first ??= { tokens: s.tokens, time: now };
+    this.last = s;
     if (!force && now - this.lastPrint < this.intervalMs) return;
     this.lastPrint = now;
+    this.lastDrawn = s;
     const elapsed = (now - this.first.time) / 1e3;
     const rate = elapsed > 0 ? (s.tokens - this.first.tokens) / elapsed : s.tokensPerSec;
     const frac = Math.min(1, s.tokens / this.totalTokens);
@@ -43,7 +48,11 @@ export class Progress {
   }
 
   done(): void {
-    if (this.stream.isTTY) this.stream.write('\n');
+    if (this.stream.isTTY) {
+      // The bar ends on the last step (the throttle may have skipped its redraw).
+      if (this.last && this.last !== this.lastDrawn) this.update(this.last, true);
+      this.stream.write('\n');
+    }
   }
 }
 
