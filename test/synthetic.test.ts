@@ -364,8 +364,12 @@ describe('superposition: correlated firing (Gaussian copula)', () => {
 });
 
 describe('superposition: magnitudes', () => {
+  /** Every feature fires (p = 1): the magnitudes of 16 x rows firings, the zeros of relu-normal (not in the codes: inactive) included. */
   function magnitudes(magnitude: SuperpositionOptions['magnitude'], seed: number, rows: number): Float32Array {
-    return superposition({ dIn: 2, numFeatures: 16, firing: { kind: 'uniform', p: 1 }, magnitude, numRows: rows, seed }).codes(0, rows).values;
+    const { values } = superposition({ dIn: 2, numFeatures: 16, firing: { kind: 'uniform', p: 1 }, magnitude, numRows: rows, seed }).codes(0, rows);
+    const out = new Float32Array(16 * rows);
+    out.set(values);
+    return out;
   }
 
   it('uniform: U(0, 1] with mean 1/2 and variance 1/12 (5 sigma)', () => {
@@ -775,5 +779,56 @@ describe('superposition: validation', () => {
     expectNamedError(() => data.rows(-1, 2), 'start');
     expectNamedError(() => data.rows(99, 2), 'count');
     expectNamedError(() => data.codes(0, 101), 'count');
+  });
+});
+
+describe('superposition: active means a magnitude > 0 (SAELens), nested options checked, features copied', () => {
+  it('relu-normal zeros are not in the codes, and a hierarchy child is active only with its parent active (> 0)', () => {
+    const seed = freshSeed(91);
+    const N = 20000;
+    const data = superposition({
+      dIn: 8,
+      numFeatures: 4,
+      firing: { kind: 'uniform', p: 0.5 },
+      magnitude: { kind: 'relu-normal', mean: 0, std: 1 },
+      hierarchy: [{ feature: 0, children: [{ feature: 1 }] }],
+      numRows: N,
+      seed,
+    });
+    const c = data.codes(0, N);
+    for (const v of c.values) expect(v).toBeGreaterThan(0);
+    let child = 0;
+    for (let r = 0; r < N; r++) {
+      const feats = Array.from(c.indices.subarray(c.indptr[r]!, c.indptr[r + 1]!));
+      if (feats.includes(1)) {
+        child++;
+        expect(feats, `seed ${seed} row ${r}`).toContain(0);
+      }
+    }
+    // P(child active) = P(parent active) P(child active | fired) = (0.5 * 0.5)^2.
+    expect(within5Sigma(child, N, 0.0625), `seed ${seed}: ${child}`).toBe(true);
+    // The rows are still the float64 sums of the listed codes.
+    const rows = data.rows(0, 50);
+    const F = data.features;
+    for (let r = 0; r < 50; r++) {
+      for (let j = 0; j < 8; j++) {
+        let s = 0;
+        for (let q = c.indptr[r]!; q < c.indptr[r + 1]!; q++) s += c.values[q]! * F[c.indices[q]! * 8 + j]!;
+        expect(rows[r * 8 + j]).toBe(Math.fround(s));
+      }
+    }
+  });
+
+  it('misspelt keys inside firing, magnitude and correlation are errors, not ignored; features is a copy', () => {
+    const base = { dIn: 4, numFeatures: 6, numRows: 10, seed: 1 };
+    expectNamedError(() => superposition({ ...base, firing: { kind: 'zipf', exponent: 1, maxP: 0.5, minp: 0.2 } as never }), 'options.firing.minp (did you mean options.firing.minP?)');
+    expectNamedError(() => superposition({ ...base, firing: { kind: 'uniform', p: 0.1, n: 3 } as never }), 'options.firing.n');
+    expectNamedError(() => superposition({ ...base, firing: { kind: 'uniform', p: 0.1 }, magnitude: { kind: 'uniform', mean: 5 } as never }), 'options.magnitude.mean');
+    expectNamedError(() => superposition({ ...base, firing: { kind: 'uniform', p: 0.1 }, correlation: { kind: 'random', strenght: 0.9 } as never }), 'options.correlation.strenght');
+    expectNamedError(() => superposition({ ...base, firing: { kind: 'uniform', p: 0.1 }, correlation: 'Random' as never }), "'none', 'random', a Float64Array");
+    const data = superposition({ ...base, firing: { kind: 'uniform', p: 0.5 } });
+    const before = data.rows(0, 10);
+    data.features.fill(0);
+    expect(Array.from(data.rows(0, 10))).toEqual(Array.from(before));
   });
 });

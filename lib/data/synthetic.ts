@@ -19,9 +19,10 @@
  *
  * Within a row the draws are, in order: the firing decisions (uncorrelated: the runs below in
  * increasing index; copula: the factor normals g, then per feature its own normal e_i, or all
- * of e for an explicit Sigma); with a hierarchy, one word per exclusive node where two or more of
- * its children fired (nodes in pre-order, the kept child floor(w * 2^-32 * m)-th of the m fired
- * in listed order); then one magnitude per fired feature that survived, in increasing index.
+ * of e for an explicit Sigma); then one magnitude per fired feature, in increasing index (a
+ * relu-normal magnitude of 0 leaves its feature inactive, not in the codes); with a hierarchy,
+ * then one word per exclusive node where two or more of its children are active (nodes in
+ * pre-order, the kept child floor(w * 2^-32 * m)-th of the m active in listed order).
  * Uniforms are `w * 2^-32` (firing tests), `(w + 0.5) * 2^-32` rounded to float32, i.e. U(0, 1]
  * (magnitudes), or 53-bit `((w1 >>> 5) * 2^26 + (w2 >>> 6)) * 2^-53` (geometric skips); normals
  * use a 128-layer ziggurat (Marsaglia and Tsang 2000): layer `w & 127`, abscissa
@@ -42,9 +43,10 @@
  * keys the first six words of state(4, e) under the batches() seed. Every row is served once
  * per epoch, in an order that does not depend on batchSize.
  *
- * Hierarchies (options.hierarchy, SAELens's HierarchyNode semantics) switch fired features off
- * top-down: a feature whose parent node is inactive, and all but one of an exclusive node's fired
- * children. `probabilities` stay the per-feature p_i before that.
+ * Hierarchies (options.hierarchy, SAELens's HierarchyNode semantics) switch active features
+ * (fired, with a magnitude > 0) off top-down: a feature whose parent node is inactive, and all
+ * but one of an exclusive node's active children. `probabilities` stay the per-feature p_i
+ * before that.
  *
  * Not implemented here: the quirky compat generators of §4.3 (Sharkey et al.: one correlation
  * draw per batch) and §4.4 (MFR: shared support per group per batch).
@@ -87,9 +89,11 @@ export type Correlation = 'none' | 'random' | Float64Array | { kind: 'random'; s
  * A node of a feature hierarchy (SAELens's HierarchyNode semantics, after Nabeshima's Matryoshka
  * toy model): a feature that fired is switched off in a row where its parent node is inactive,
  * and under `exclusiveChildren` at most one child stays on (one of those that fired, chosen
- * uniformly). A node is active when its feature fired and survived, or, without `feature` (an
- * organising node), when its parent is active (a root: always). Applied top-down, so a child's
- * effective firing rate is its own probability times its parent's effective rate.
+ * uniformly). A feature is active when it fired with a magnitude > 0 (as SAELens tests
+ * activations > 0). A node is active when its feature is active and survived, or, without
+ * `feature` (an organising node), when its parent is active (a root: always). Applied top-down,
+ * so with independent firing and no exclusive siblings a child's effective rate is its own
+ * active probability times its parent's effective rate (correlated firing changes that).
  */
 export interface HierarchyNode {
   /** The feature this node stands for (an index below numFeatures); omitted: an organising node. */
@@ -130,7 +134,7 @@ export interface SparseCodes {
   indptr: Int32Array;
   /** Fired features, increasing within a row. */
   indices: Int32Array;
-  /** Their magnitudes exactly as summed (float32). May be 0 for 'relu-normal' (fired, zero magnitude). */
+  /** Their magnitudes exactly as summed (float32), all > 0 (a relu-normal magnitude of 0 is not active, not listed). */
   values: Float32Array;
 }
 
@@ -138,7 +142,7 @@ export interface SparseCodes {
 export interface SuperpositionData {
   /** The rows as an ActivationSource (numRows rows per epoch). */
   source: OwnedActivationSource;
-  /** Ground-truth features [numFeatures, dIn], unit rows. */
+  /** Ground-truth features [numFeatures, dIn], unit rows (a copy: changing it changes no row). */
   features: Float32Array;
   /** Firing probability of each feature [numFeatures], before any hierarchy switches features off. */
   probabilities: Float64Array;
@@ -412,9 +416,15 @@ function checkObject(name: string, value: unknown): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
+/** Refuses keys of a nested options object that its kind does not take (a misspelling is an error, not ignored). */
+function checkKeys(name: string, o: Record<string, unknown>, keys: readonly string[]): void {
+  checkOptions(name, o, keys);
+}
+
 function firingProbabilities(firing: unknown, n: number): Float64Array {
   const f = checkObject('options.firing', firing);
   const kind = checkOneOf('options.firing.kind', f.kind, ['zipf', 'uniform', 'expected-active'] as const);
+  checkKeys('options.firing', f, kind === 'zipf' ? ['kind', 'exponent', 'maxP', 'minP'] : kind === 'uniform' ? ['kind', 'p'] : ['kind', 'n']);
   const p = new Float64Array(n);
   if (kind === 'zipf') {
     const exponent = checkNumber('options.firing.exponent', f.exponent, 0, 1e6);
@@ -435,6 +445,7 @@ function magnitudePlan(magnitude: unknown): MagnitudePlan {
   if (magnitude === undefined) return { relu: false };
   const m = checkObject('options.magnitude', magnitude);
   const kind = checkOneOf('options.magnitude.kind', m.kind, ['uniform', 'relu-normal'] as const);
+  checkKeys('options.magnitude', m, kind === 'uniform' ? ['kind'] : ['kind', 'mean', 'std']);
   if (kind === 'uniform') return { relu: false };
   // Bounded so that magnitudes and rows stay finite in float32.
   const mean = checkNumber('options.magnitude.mean', m.mean, -1e30, 1e30);
@@ -455,10 +466,13 @@ function copulaPlan(correlation: unknown, n: number, seed: bigint): CopulaPlan {
   let strength = 0.5;
   let k = Math.min(8, n);
   if (correlation !== 'random') {
-    const c = checkObject('options.correlation', correlation);
-    if (c.kind !== 'random') {
-      throw argError('options.correlation', "'none', 'random', a Float64Array correlation matrix or { kind: 'random' }", correlation);
+    const expected = "'none', 'random', a Float64Array correlation matrix or { kind: 'random', strength?, factors? }";
+    if (correlation === null || typeof correlation !== 'object' || Array.isArray(correlation) || ArrayBuffer.isView(correlation)) {
+      throw argError('options.correlation', expected, correlation);
     }
+    const c = correlation as Record<string, unknown>;
+    if (c.kind !== 'random') throw argError('options.correlation', expected, correlation);
+    checkKeys('options.correlation', c, ['kind', 'strength', 'factors']);
     if (c.strength !== undefined) strength = checkNumber('options.correlation.strength', c.strength, 0, 1);
     if (c.factors !== undefined) k = checkInt('options.correlation.factors', c.factors, 1, n);
   }
@@ -718,21 +732,30 @@ class Sampler {
       const th = this.thresholds;
       for (let i = 0; i < n; i++) if (z[i]! < th[i]!) active[count++] = i;
     }
-    if (this.hierarchy) count = this.applyHierarchy(count);
-    // Magnitudes, in increasing feature index.
+    // Magnitudes, in increasing feature index. A ReLU'd magnitude of 0 leaves the feature
+    // inactive (SAELens: active means an activation > 0): it is dropped from the row's codes.
     const values = this.values;
     const mag = this.magnitude;
     if (mag.relu) {
-      for (let t = 0; t < count; t++) values[t] = Math.max(0, mag.mean + mag.std * rng.normal());
+      let kept = 0;
+      for (let t = 0; t < count; t++) {
+        const v = Math.max(0, mag.mean + mag.std * rng.normal());
+        if (v > 0) {
+          active[kept] = active[t]!;
+          values[kept++] = v;
+        }
+      }
+      count = kept;
     } else {
       for (let t = 0; t < count; t++) values[t] = (rng.next() + 0.5) / TWO32;
     }
+    if (this.hierarchy) count = this.applyHierarchy(count);
     return count;
   }
 
   /**
-   * Switches off the fired features (active[0..count), increasing) that the hierarchy does not
-   * allow, in pre-order; each exclusive node with two or more fired children keeps one, drawn as
+   * Switches off the active features (active[0..count), increasing, with their values) that the
+   * hierarchy does not allow, in pre-order; each exclusive node with two or more fired children keeps one, drawn as
    * floor(u * m) from the row's stream (u = next() / 2^32, m = the number of fired children, in
    * the order the children are listed). Returns the new count; active stays increasing.
    */
@@ -760,9 +783,13 @@ class Sampler {
       }
     }
     let kept = 0;
+    const values = this.values;
     for (let t = 0; t < count; t++) {
       const f = active[t]!;
-      if (on[f] === 1) active[kept++] = f;
+      if (on[f] === 1) {
+        active[kept] = f;
+        values[kept++] = values[t]!;
+      }
       on[f] = 0;
     }
     return kept;
@@ -987,7 +1014,7 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
 
   return {
     source,
-    features,
+    features: features.slice(), // the sampler keeps its own: a caller changing this array changes no row
     probabilities: Float64Array.from(p),
     rows(start: number, count: number): Float32Array {
       const [s, c] = checkRange(start, count);
