@@ -353,8 +353,8 @@ export class Trainer {
    *
    * A second fit() on the same Trainer continues training the SAE: Adam's moments and b_dec carry
    * over, and the learning-rate schedule (warmup included) runs again over the new run's steps.
-   * A first fit() initialises b_dec (bDecInit) when the option was given, or when b_dec is all
-   * zeros (a new SAE); a loaded or already trained SAE keeps its b_dec by default.
+   * b_dec is initialised (bDecInit) while it is all zeros (a new SAE), and on a Trainer's first
+   * fit() when bDecInit was given; otherwise a loaded or already trained SAE keeps its b_dec.
    */
   async fit(source: ActivationSource, options?: FitOptions): Promise<FitResult> {
     const t0 = performance.now();
@@ -516,7 +516,9 @@ export class Trainer {
           this.sae.setWeights({ b_enc: w0.b_enc.map((v) => v * scale), b_dec: w0.b_dec.map((v) => v * scale) });
         }
         const x0 = scaled(first[0]!.data, scale);
-        const initBDec = !continuing && o.bDecInit !== 'zeros' && (this.bDecInitGiven || w0.b_dec.every((v) => v === 0));
+        // b_dec still all zero (a new SAE, or a run stopped before its first batch), or bDecInit
+        // given for this Trainer's first run; a trained b_dec is kept.
+        const initBDec = o.bDecInit !== 'zeros' && (w0.b_dec.every((v) => v === 0) || (this.bDecInitGiven && !continuing));
         if (initBDec) {
           const b = o.bDecInit === 'mean' ? columnMean(x0, this.sae.dIn) : geometricMedian(x0, this.sae.dIn);
           this.sae.setWeights({ b_dec: Float32Array.from(b) });
