@@ -45,6 +45,22 @@ function randomWeights(dIn: number, L: number, seed: number, norm: (i: number) =
   };
 }
 
+/** A Gemma Scope params.npz in `dir` from weights (threshold default 0.1), plus `extra` arrays. */
+async function writeGemmaScope(dir: string, w: W, dIn: number, L: number, extra: Record<string, IoTensor> = {}, compress = false): Promise<void> {
+  await writeNpz(
+    path.join(dir, 'params.npz'),
+    {
+      W_enc: { dtype: 'float32', shape: [dIn, L], data: w.W_enc },
+      W_dec: { dtype: 'float32', shape: [L, dIn], data: w.W_dec },
+      b_enc: { dtype: 'float32', shape: [L], data: w.b_enc },
+      b_dec: { dtype: 'float32', shape: [dIn], data: w.b_dec },
+      threshold: { dtype: 'float32', shape: [L], data: w.threshold ?? new Float32Array(L).fill(0.1) },
+      ...extra,
+    },
+    { compress },
+  );
+}
+
 function rows(n: number, dIn: number, seed: number): Float32Array {
   const next = lcg(seed);
   return new Float32Array(n * dIn).map(() => next() * 2 - 1);
@@ -149,13 +165,7 @@ describe('SAE files: JumpReLU (Gemma Scope, SAELens)', () => {
     const w = randomWeights(dIn, L, seed);
     w.threshold = new Float32Array(L).map((_, i) => 0.2 + 0.01 * (i % 7));
     const dir = tmp();
-    await writeNpz(path.join(dir, 'params.npz'), {
-      W_enc: { dtype: 'float32', shape: [dIn, L], data: w.W_enc },
-      W_dec: { dtype: 'float32', shape: [L, dIn], data: w.W_dec },
-      b_enc: { dtype: 'float32', shape: [L], data: w.b_enc },
-      b_dec: { dtype: 'float32', shape: [dIn], data: w.b_dec },
-      threshold: { dtype: 'float32', shape: [L], data: w.threshold },
-    }, { compress: true });
+    await writeGemmaScope(dir, w, dIn, L, {}, true);
     using sae = await SparseAutoencoder.load(dir);
     expect([sae.architecture, sae.applyBDecToInput, sae.dIn, sae.numLatents, sae.k]).toEqual(['jumprelu', false, dIn, L, 0]);
     const x = rows(23, dIn, seed + 1);
@@ -523,14 +533,7 @@ describe('SAE files: what the other libraries write and read', () => {
     await expect(SparseAutoencoder.load(run)).rejects.toThrow(/holds one SAE per subfolder \(a sparsify run: "layers\.10", "layers\.3"\); load one of them/);
     const g = tmp();
     const w = randomWeights(dIn, L, 11);
-    await writeNpz(path.join(g, 'params.npz'), {
-      W_enc: { dtype: 'float32', shape: [dIn, L], data: w.W_enc },
-      W_dec: { dtype: 'float32', shape: [L, dIn], data: w.W_dec },
-      b_enc: { dtype: 'float32', shape: [L], data: w.b_enc },
-      b_dec: { dtype: 'float32', shape: [dIn], data: w.b_dec },
-      threshold: { dtype: 'float32', shape: [L], data: new Float32Array(L).fill(0.1) },
-      scaling_factor: { dtype: 'float32', shape: [L], data: new Float32Array(L).fill(2) },
-    });
+    await writeGemmaScope(g, w, dIn, L, { scaling_factor: { dtype: 'float32', shape: [L], data: new Float32Array(L).fill(2) } });
     await expect(SparseAutoencoder.load(g)).rejects.toThrow(/has a scaling_factor array/);
   });
 
@@ -569,14 +572,7 @@ describe('SAE files: what the other libraries write and read', () => {
     expect(unsigned.numLatents).toBe(L);
     // Gemma Scope 2 transcoders' affine skip connection.
     const g = tmp();
-    await writeNpz(path.join(g, 'params.npz'), {
-      W_enc: { dtype: 'float32', shape: [dIn, L], data: w.W_enc },
-      W_dec: { dtype: 'float32', shape: [L, dIn], data: w.W_dec },
-      b_enc: { dtype: 'float32', shape: [L], data: w.b_enc },
-      b_dec: { dtype: 'float32', shape: [dIn], data: w.b_dec },
-      threshold: { dtype: 'float32', shape: [L], data: new Float32Array(L).fill(0.1) },
-      affine_skip_connection: f32([dIn, dIn]),
-    });
+    await writeGemmaScope(g, w, dIn, L, { affine_skip_connection: f32([dIn, dIn]) });
     await expect(SparseAutoencoder.load(g)).rejects.toThrow(/params\.npz: holds a tensor saekit does not know \("affine_skip_connection"\): skip connections/);
   });
 
