@@ -46,15 +46,21 @@ inline void status_from_current(sk_status* st) {
   }
 }
 
-#define SK_CUDA_SLOT(st, ...)             \
-  do {                                    \
-    try {                                 \
-      __VA_ARGS__;                        \
-      return 0;                           \
-    } catch (...) {                       \
-      ::sk::cuda::status_from_current(st); \
-      return 1;                           \
-    }                                     \
+// A slot that failed may have queued work before it threw: the device is drained (errors
+// ignored and cleared) before the failure is reported, so no work of a failed call can still be
+// writing buffers that the caller's next call reuses (e.g. a decode after a step that ran out
+// of memory midway). Error paths only.
+#define SK_CUDA_SLOT(st, ...)                \
+  do {                                       \
+    try {                                    \
+      __VA_ARGS__;                           \
+      return 0;                              \
+    } catch (...) {                          \
+      (void)cudaDeviceSynchronize();         \
+      (void)cudaGetLastError();              \
+      ::sk::cuda::status_from_current(st);   \
+      return 1;                              \
+    }                                        \
   } while (0)
 
 // A device allocation that only grows (contents are not kept when it grows).

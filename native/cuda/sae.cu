@@ -1331,6 +1331,7 @@ void aux_dense_forward(sk_sae_dev* S, int64_t N, int64_t Ka, const int32_t* dead
   int32_t* dpos = S->ad_pos.as<int32_t>(M);
   SK_CUDA(cudaMemsetAsync(dpos, 0xff, size_t(M) * sizeof(int32_t), s));
   dead_pos_kernel<<<grid_for(nd, 256), 256, 0, s>>>(dead, nd, dpos);
+  SK_LAUNCHED("dead_pos_kernel");
   float* A = S->ad_A.as<float>(N * C);
   float* Wd = S->ad_W.as<float>(C * D);
   const float* W_dec = S->params + M * D;
@@ -1339,6 +1340,7 @@ void aux_dense_forward(sk_sae_dev* S, int64_t N, int64_t Ka, const int32_t* dead
     SK_CUDA(cudaMemsetAsync(A, 0, size_t(N * Cn) * sizeof(float), s));
     aux_scatter_kernel<<<grid_for(N * Ka, 256), 256, 0, s>>>(av, ai, dpos, N * Ka, Ka, c0, Cn, sc, nullptr, A,
                                                               nullptr);
+    SK_LAUNCHED("aux_scatter_kernel");
     gather_rows_kernel<<<grid_for(Cn * D, 256), 256, 0, s>>>(W_dec, dead + c0, Cn, D, Wd);
     SK_LAUNCHED("gather_rows_kernel");
     // e_hat^T [D, N] (+)= Wd^T [D, Cn] A^T [Cn, N] (column-major views of the row-major arrays).
@@ -1381,6 +1383,7 @@ AuxDense aux_dense_backward(sk_sae_dev* S, int64_t N, int64_t Ka, const int32_t*
     gemm_f32(S, prec, kOpN, kOpT, D, Cn, N, R, D, A, Cn, false, GA + c0 * D, D, "decoder gradient");
     gemm_f32(S, prec, kOpN, kOpT, D, Cn, N, xc, D, DP, Cn, false, GA + (nd + c0) * D, D, "encoder gradient");
     colsum_partial_kernel<<<colsum_grid(Cn, cN), 128, 0, s>>>(DP, N, Cn, nullptr, part);
+    SK_LAUNCHED("colsum_partial_kernel");
     mean_kernel<<<grid_for(Cn, 128), 128, 0, s>>>(part, cN, Cn, 1.0, db + c0);
     SK_LAUNCHED("mean_kernel (AuxK db_enc)");
   }
@@ -1680,6 +1683,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     Scalars* sc = S->scal.as<Scalars>(1);
     SK_CUDA(cudaEventRecord(timer(S, 0), s));
     init_status_kernel<<<1, 1, 0, s>>>(stat, &sc->positive);
+    SK_LAUNCHED("init_status_kernel");
     check_x_kernel<<<grid_for(N64 * D, 256), 256, 0, s>>>(x, N64 * D, D, stat);
     SK_LAUNCHED("check_x_kernel");
 
@@ -1691,8 +1695,11 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     double* rowd = S->rowd.as<double>(3 * N64);  // sse | asse | tv per row
     float* rowf = S->rowf.as<float>(3 * N64);
     colsum_partial_kernel<<<gcol, 128, 0, s>>>(x, N64, D, nullptr, pX);
+    SK_LAUNCHED("colsum_partial_kernel");
     mean_kernel<<<grid_for(D, 128), 128, 0, s>>>(pX, cN, D, 1.0 / double(N64), mean);
+    SK_LAUNCHED("mean_kernel");
     row_tv_kernel<<<unsigned(N64), 256, 0, s>>>(x, mean, D, rowd + 2 * N64);
+    SK_LAUNCHED("row_tv_kernel");
     tv_kernel<<<1, 1024, 0, s>>>(rowd + 2 * N64, N64, double(o->auxk_alpha), aux_scale, paper ? 1 : 0, sc, stat);
     SK_LAUNCHED("tv_kernel");
     SK_CUDA(cudaEventRecord(timer(S, 1), s));
@@ -1743,9 +1750,12 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     // rv = sum ||e - mean e||^2 per row into rowd[2N, 3N) (x's tv there is already summed).
     double* pE = S->pE.as<double>(cN * D);
     colsum_partial_kernel<<<gcol, 128, 0, s>>>(E, N64, D, nullptr, pE);
+    SK_LAUNCHED("colsum_partial_kernel");
     if (paper) {
       mean_kernel<<<grid_for(D, 128), 128, 0, s>>>(pE, cN, D, 1.0 / double(N64), mean);
+      SK_LAUNCHED("mean_kernel");
       row_tv_kernel<<<unsigned(N64), 256, 0, s>>>(E, mean, D, rowd + 2 * N64);
+      SK_LAUNCHED("row_tv_kernel");
     }
     loss_kernel<<<1, 1024, 0, s>>>(rowd, rowf, N64, use_aux ? 1 : 0, double(o->auxk_alpha), aux_scale, paper ? 1 : 0, sc,
                                    stat);
@@ -1764,6 +1774,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     uint32_t* skeys = S->skeys.as<uint32_t>(L);
     uint32_t* svals = S->svals.as<uint32_t>(L);
     pair_keys_kernel<<<grid_for(L, 256), 256, 0, s>>>(mi, NK, ai, L - NK, keys, vals);
+    SK_LAUNCHED("pair_keys_kernel");
     int end_bit = 1;
     while ((int64_t(1) << end_bit) < M) ++end_bit;
     size_t tmp_bytes = 0;
@@ -1771,6 +1782,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     sort_pairs_u32(S->cubtmp.ensure(tmp_bytes), &tmp_bytes, keys, skeys, vals, svals, L, end_bit, s);
     int32_t* offs = S->offs.as<int32_t>(M + 1);
     offsets_kernel<<<grid_for(M + 1, 256), 256, 0, s>>>(skeys, L, M, offs);
+    SK_LAUNCHED("offsets_kernel");
     Entry* ent = S->ent.as<Entry>(L);
     entries_kernel<<<grid_for(L, 256), 256, 0, s>>>(svals, L, NK, K, std::max<int64_t>(Ka, 1), mv, dpm, av, dpa, sc,
                                                      ent);
@@ -1778,6 +1790,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     uint8_t* fired = S->fired.as<uint8_t>(M);
     SK_CUDA(cudaMemsetAsync(fired, 0, size_t(M), s));
     fired_kernel<<<grid_for(NK, 256, 1024), 256, 0, s>>>(mv, mi, NK, fired, &sc->positive);
+    SK_LAUNCHED("fired_kernel");
 
     // ---- db_enc, overflow bounds, db_dec, decision
     float* gbenc = S->gbenc.as<float>(M);
@@ -1793,11 +1806,14 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     double* pR = Ka && !paper ? S->pR.as<double>(cN * D) : nullptr;
     double* pW = S->apply_b_dec ? S->pW.as<double>(cM * D) : nullptr;
     if (pR) colsum_partial_kernel<<<gcol, 128, 0, s>>>(R, N64, D, nullptr, pR);
+    SK_LAUNCHED("colsum_partial_kernel");
     if (pW) {
       colsum_partial_kernel<<<colsum_grid(D, cM), 128, 0, s>>>(W_encT, M, D, gbenc, pW);
+      SK_LAUNCHED("colsum_partial_kernel");
     }
     float* gbf = S->gbf.as<float>(D);
     gbdec_kernel<<<grid_for(D, 128), 128, 0, s>>>(pE, cN, pR, pR ? cN : 0, pW, pW ? cM : 0, D, sc, gbf, stat);
+    SK_LAUNCHED("gbdec_kernel");
     decide_kernel<<<1, 1, 0, s>>>(stat);
     SK_LAUNCHED("decide_kernel");
     SK_CUDA(cudaEventRecord(timer(S, ev_fwd + 2), s));
@@ -1830,13 +1846,16 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
       if (vec4) {
         float* G = S->gdec.as<float>(M * D);
         float* parts = S->parts.as<float>(M * int64_t(slices.y));
+        // Checked before the first update is queued: a dIn the decoder pass cannot take must fail
+        // the step with every parameter as it was, not after the encoder's update.
+        const size_t smem_d = size_t(D) * sizeof(float);
+        allow_smem(latent_dec_kernel, smem_d, S->device);
         latent_slice_kernel<<<slices, kSlice4, 0, s>>>(1, D, M, offs, ent, E, R, xc, ax, S->params, S->m, S->v, gbenc,
                                                        nullptr, G, parts, ad, stat);
         SK_LAUNCHED("latent_slice_kernel");
-        const size_t smem_d = size_t(D) * sizeof(float);
-        allow_smem(latent_dec_kernel, smem_d, S->device);
         latent_dec_kernel<<<unsigned(M), threads4, smem_d, s>>>(D, M, int64_t(slices.y), offs, ax, G, parts,
                                                                S->params, S->m, S->v, ad, stat);
+        SK_LAUNCHED("latent_dec_kernel");
       } else
         latent_update_kernel<<<unsigned(M), threads_l, smem_l, s>>>(1, D, M, offs, ent, E, R, xc, ax, S->params, S->m,
                                                                     S->v, gbenc, nullptr, ad, stat);

@@ -174,6 +174,34 @@ void test_convert() {
   }
 }
 
+// An integer rounded once to bfloat16 / float16 (nearest even), from exact double arithmetic.
+uint16_t round_int_to_16(int64_t v, sk_dtype t) {
+  const int mant = t == SK_BF16 ? 7 : 10;
+  const double d = double(v);
+  const int e = std::max(int(std::floor(std::log2(std::fabs(d)))), t == SK_BF16 ? -126 : -14);
+  const double ulp = std::ldexp(1.0, e - mant);
+  const double r = std::nearbyint(d / ulp) * ulp;  // default rounding: to nearest even
+  if (t == SK_F16 && std::fabs(r) > 65504.0) return d > 0 ? 0x7c00 : 0xfc00;
+  return t == SK_BF16 ? sk::f32_to_bf16(float(r)) : sk::f32_to_f16(float(r));  // exact: r fits
+}
+
+// int32 -> bfloat16 / float16 rounds the integer once (not to float32 first): integers that
+// float32 cannot hold, where rounding twice gives another value.
+void test_convert_int_once() {
+  const std::vector<int32_t> v = {33685505, -33685505, 16777217, 2147483647, -2147483647 - 1, 257, -129, 65519, 65521, 3};
+  DevMem dsrc(v.size() * 4);
+  up(dsrc.p, v.data(), v.size() * 4);
+  for (sk_dtype dt : {SK_BF16, SK_F16}) {
+    DevMem ddst(v.size() * 2);
+    CALL("convert", g_be.iface->convert(g_be.ctx, &st, ddst.p, dt, dsrc.p, SK_I32, int64_t(v.size())));
+    std::vector<uint16_t> got(v.size());
+    down(got.data(), ddst.p, got.size() * 2);
+    size_t bad = 0;
+    for (size_t i = 0; i < v.size(); ++i) bad += got[i] != round_int_to_16(v[i], dt);
+    report(bad == 0, strf("convert i32 -> %s rounds once (%zu integers)", dname(dt), v.size()), strf("%zu differ", bad));
+  }
+}
+
 void host_fill(std::vector<double>& out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset, bool normal) {
   out.resize(size_t(n));
   for (int64_t i = 0; i < n; ++i) {
@@ -205,6 +233,18 @@ void test_fill() {
       std::vector<uint8_t> got(size_t(n) * esize(t)), want(size_t(n) * esize(t));
       down(got.data(), d.p, got.size());
       for (int64_t i = 0; i < n; ++i) host_store(t, want.data(), size_t(i), float(ref[size_t(i)]));
+      // Uniform fills stay below 1 in 16 bits: values that round up to 1.0 keep the largest below it.
+      if (!normal && t != SK_F32) {
+        const uint16_t one = t == SK_BF16 ? 0x3f80 : 0x3c00;
+        for (int64_t i = 0; i < n; ++i) {
+          uint16_t y;
+          std::memcpy(&y, &want[size_t(i) * 2], 2);
+          if (y == one) {
+            y = uint16_t(one - 1);
+            std::memcpy(&want[size_t(i) * 2], &y, 2);
+          }
+        }
+      }
       // Uniform: bit-identical. Normal: the device's float64 log/sin/cos may differ from the
       // host's by an ulp of float64, which can move the float rounding by one unit at most.
       int64_t bad = 0, off_by_one = 0;
@@ -1293,6 +1333,7 @@ int main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
 
   run_test("convert", test_convert);
+  run_test("convert int once", test_convert_int_once);
   run_test("fill", test_fill);
   run_test("gemm", test_gemm);
   test_params_roundtrip(67, 301, 21);

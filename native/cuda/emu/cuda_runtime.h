@@ -828,6 +828,11 @@ inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
   s->destroyed = true;
   return cudaSuccess;
 }
+// Runs everything queued on every stream (the emulation does not tell devices apart here).
+inline cudaError_t cudaDeviceSynchronize() {
+  ::emu::flush_all();
+  return cudaSuccess;
+}
 inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   if (s != nullptr && s->destroyed) return cudaErrorInvalidResourceHandle;
   ::emu::flush(s);
