@@ -7,6 +7,10 @@
  * tolerance is a rounding-error bound derived in the reference (see its header): a correct float32
  * implementation cannot exceed it, whatever its summation order.
  */
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
 import { describe, expect, it } from 'vitest';
 
 import { SaekitError, SparseAutoencoder, tensor, Trainer, type SaeWeights, type SparseCodes } from '../lib/index.js';
@@ -917,5 +921,24 @@ describe('arrays over a SharedArrayBuffer, and limits shared with the addon', ()
     expect(() => new Trainer(sae, { deadThresholdTokens: 9.005e15 })).toThrow(/options\.deadThresholdTokens/);
     sae.dispose();
     await expect(opt.step(x)).rejects.toThrow(/the SparseAutoencoder of this optimizer was disposed/);
+  });
+});
+
+describe('setWeights, setState and save validate everything before changing anything', () => {
+  it('a rejected setWeights writes nothing; unknown names are errors; setState refuses a negative v; metadata must be an object', async () => {
+    using sae = SparseAutoencoder.create({ dIn: 3, numLatents: 7, k: 2, seed: 5 });
+    const before = await sae.weights();
+    const W_enc = new Float32Array(21).fill(5);
+    expect(() => sae.setWeights({ W_enc, b_dec: new Float32Array(2) })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE' }));
+    expect(() => sae.setWeights({ W_enc, b_enc: new Float32Array(7).fill(NaN) })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/b_enc\[0\] is NaN/) }));
+    expect(Array.from((await sae.weights()).W_enc)).toEqual(Array.from(before.W_enc));
+    expect(() => sae.setWeights({ w_dec: new Float32Array(21) } as never)).toThrow(/Unknown option weights\.w_dec \(did you mean weights\.W_dec\?\)/);
+    expect(() => sae.setTokensSinceFired(new Float64Array(7).fill(1.5))).toThrow(/counts\[0\]/);
+    const opt = sae.adam();
+    const st = await opt.state();
+    st.v[3] = -1;
+    expect(() => opt.setState(st)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/state\.v\[3\]/) }));
+    await expect(sae.save(mkdtempSync(path.join(os.tmpdir(), 'saekit-meta-')), { metadata: [7, 8] as never })).rejects.toThrow(/options\.metadata/);
+    await expect(sae.save(mkdtempSync(path.join(os.tmpdir(), 'saekit-meta-')), { metadata: { n: 1n } as never })).rejects.toThrow(/options\.metadata/);
   });
 });

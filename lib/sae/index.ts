@@ -245,6 +245,8 @@ export interface AdamState {
 
 const DEFAULT_AUXK_ALPHA = 1 / 32;
 const DEFAULT_DEAD_THRESHOLD = 10_000_000;
+/** The weights setWeights() takes (a JumpReLU SAE's threshold is fixed: load or fromWeights set it). */
+const SET_WEIGHT_NAMES = ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const;
 /** The addon's limits (native/napi/sae_wrap.cpp), checked here so the error names the option. */
 const MAX_LR = 1e6;
 const MAX_AUXK_ALPHA = 1e6;
@@ -409,6 +411,15 @@ export class SparseAutoencoder {
     const o = checkOptions('options', options, WRITE_SAE_OPTIONS);
     if (o.format !== undefined) checkOneOf('options.format', o.format, ['saelens', 'sparsify'] as const);
     if (o.dtype !== undefined) checkOneOf('options.dtype', o.dtype, ['float32', 'bfloat16'] as const, 'ERR_SAEKIT_DTYPE');
+    if (o.metadata !== undefined) {
+      const m: unknown = o.metadata;
+      if (m === null || typeof m !== 'object' || Array.isArray(m) || ArrayBuffer.isView(m)) throw argError('options.metadata', 'an object of JSON values', m);
+      try {
+        JSON.stringify(m);
+      } catch (err) {
+        throw argError('options.metadata', `an object of JSON values (${(err as Error).message})`, m);
+      }
+    }
     const { foldDecoderNorms, writeSaeFiles } = await import('../io/sae-files.js');
     const w = await this.weights();
     if (this.architecture === 'jumprelu') foldDecoderNorms(w, this.dIn, this.numLatents);
@@ -506,23 +517,33 @@ export class SparseAutoencoder {
    * ops queued before see the old weights, ops queued after see the new ones.
    */
   setWeights(weights: Partial<Omit<SaeWeights, 'threshold'>>): void {
-    const o = checkOptions('weights', weights);
+    const o = checkOptions('weights', weights, SET_WEIGHT_NAMES);
     const lengths = { W_enc: this.dIn * this.numLatents, b_enc: this.numLatents, W_dec: this.numLatents * this.dIn, b_dec: this.dIn };
     const h = this.handle();
-    for (const name of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) {
+    // All or nothing: every weight is checked (length, finite values) before any is written.
+    const given: ['W_enc' | 'b_enc' | 'W_dec' | 'b_dec', Float32Array][] = [];
+    for (const name of SET_WEIGHT_NAMES) {
       const v: unknown = o[name];
       if (v === undefined) continue;
       if (!(v instanceof Float32Array) || v.length !== lengths[name]) {
         throw argError(name, `a Float32Array of length ${lengths[name]}`, v, 'ERR_SAEKIT_SHAPE');
       }
-      callNative(() => h.setWeight(name, v));
+      for (let i = 0; i < v.length; i++) {
+        if (!Number.isFinite(v[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite values in ${name} but ${name}[${i}] is ${v[i]}`);
+      }
+      given.push([name, v]);
     }
+    for (const [name, v] of given) callNative(() => h.setWeight(name, v));
   }
 
   /** Restores the dead-latent counters (tokens since each latent fired), e.g. from a checkpoint. */
   setTokensSinceFired(counts: Float64Array): void {
     if (!(counts instanceof Float64Array) || counts.length !== this.numLatents) {
       throw argError('counts', `a Float64Array of length numLatents = ${this.numLatents}`, counts, 'ERR_SAEKIT_SHAPE');
+    }
+    for (let i = 0; i < counts.length; i++) {
+      const c = counts[i]!;
+      if (!(Number.isInteger(c) && c >= 0 && c < 9e15)) throw argError(`counts[${i}]`, 'a non-negative integer count of tokens', c);
     }
     const h = this.handle();
     callNative(() => h.setSinceFired(counts));
@@ -728,7 +749,12 @@ export class AdamOptimizer {
   setState(state: AdamState): void {
     const o = checkOptions('state', state);
     if (!(o.m instanceof Float32Array) || !(o.v instanceof Float32Array)) throw argError('state.m/state.v', 'Float32Arrays from state()', o.m);
-    const t = checkInt('state.t', o.t, 0, Number.MAX_SAFE_INTEGER);
+    const t = checkInt('state.t', o.t, 0, 2 ** 50);
+    // A negative second moment makes the next step's sqrt(v) NaN in every parameter.
+    const v = o.v;
+    for (let i = 0; i < v.length; i++) {
+      if (!(v[i]! >= 0)) throw argError(`state.v[${i}]`, "a non-negative second moment (Adam's v)", v[i]);
+    }
     callNative(() => this.h.setState(o.m!, o.v!, t));
   }
 
