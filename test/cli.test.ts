@@ -21,6 +21,27 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}, timeout?: number): { s
   return { stdout: r.stdout, stderr: r.stderr, status: r.status };
 }
 
+/**
+ * Runs the CLI with `args` (one thread), sends SIGINT `delayMs` after it says it is training, and
+ * resolves to its exit code and output.
+ */
+async function interrupted(args: string[], delayMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], { cwd: packageRoot, env: { ...process.env, SAEKIT_NUM_THREADS: '1' } });
+  let stderr = '';
+  let stdout = '';
+  let sent = false;
+  child.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+    if (stderr.includes('training a TopK SAE') && !sent) {
+      sent = true;
+      setTimeout(() => child.kill('SIGINT'), delayMs);
+    }
+  });
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  return { code, stdout, stderr };
+}
+
 describe('saekit CLI', () => {
   it('info --json reports what backend.info() reports', () => {
     const r = run(['info', '--json']);
@@ -98,20 +119,7 @@ describe('saekit CLI', () => {
     const [rows, dIn] = [20000, 64];
     await io.writeNpy(path.join(dir, 'acts.npy'), { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => next() - 0.5) });
     const out = path.join(dir, 'run');
-    const args = ['--import', 'tsx', cli, 'train', path.join(dir, 'acts.npy'), '--latents', '2048', '--k', '16', '--out', out, '--batch', '256', '--epochs', '20', '--json'];
-    const child = spawn(process.execPath, args, { cwd: packageRoot, env: { ...process.env, SAEKIT_NUM_THREADS: '1' } });
-    let stderr = '';
-    let stdout = '';
-    let sent = false;
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-      if (stderr.includes('training a TopK SAE') && !sent) {
-        sent = true;
-        setTimeout(() => child.kill('SIGINT'), 400);
-      }
-    });
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const { code, stdout, stderr } = await interrupted(['train', path.join(dir, 'acts.npy'), '--latents', '2048', '--k', '16', '--out', out, '--batch', '256', '--epochs', '20', '--json'], 400);
     expect(code, stderr).toBe(130);
     expect(stderr).toMatch(/stopping after the current step/);
     const summary = JSON.parse(stdout);
@@ -131,17 +139,7 @@ describe('saekit CLI', () => {
   }, 120_000);
 
   it('Ctrl-C during demo exits 130 and says the numbers are of a partly trained SAE', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', cli, 'demo', '--json'], { cwd: packageRoot, env: { ...process.env, SAEKIT_NUM_THREADS: '1' } });
-    let stderr = '';
-    let sent = false;
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-      if (stderr.includes('training a TopK SAE') && !sent) {
-        sent = true;
-        setTimeout(() => child.kill('SIGINT'), 1500);
-      }
-    });
-    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const { code, stderr } = await interrupted(['demo', '--json'], 1500);
     expect(code, stderr).toBe(130);
     expect(stderr).toMatch(/interrupted after [\d,]+ of 2,097,152 tokens/);
   }, 60_000);

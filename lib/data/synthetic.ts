@@ -416,15 +416,11 @@ function checkObject(name: string, value: unknown): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-/** Refuses keys of a nested options object that its kind does not take (a misspelling is an error, not ignored). */
-function checkKeys(name: string, o: Record<string, unknown>, keys: readonly string[]): void {
-  checkOptions(name, o, keys);
-}
-
 function firingProbabilities(firing: unknown, n: number): Float64Array {
   const f = checkObject('options.firing', firing);
   const kind = checkOneOf('options.firing.kind', f.kind, ['zipf', 'uniform', 'expected-active'] as const);
-  checkKeys('options.firing', f, kind === 'zipf' ? ['kind', 'exponent', 'maxP', 'minP'] : kind === 'uniform' ? ['kind', 'p'] : ['kind', 'n']);
+  // Keys the kind does not take are errors (checkOptions): a misspelling is not ignored.
+  checkOptions('options.firing', f, kind === 'zipf' ? ['kind', 'exponent', 'maxP', 'minP'] : kind === 'uniform' ? ['kind', 'p'] : ['kind', 'n']);
   const p = new Float64Array(n);
   if (kind === 'zipf') {
     const exponent = checkNumber('options.firing.exponent', f.exponent, 0, 1e6);
@@ -445,7 +441,7 @@ function magnitudePlan(magnitude: unknown): MagnitudePlan {
   if (magnitude === undefined) return { relu: false };
   const m = checkObject('options.magnitude', magnitude);
   const kind = checkOneOf('options.magnitude.kind', m.kind, ['uniform', 'relu-normal'] as const);
-  checkKeys('options.magnitude', m, kind === 'uniform' ? ['kind'] : ['kind', 'mean', 'std']);
+  checkOptions('options.magnitude', m, kind === 'uniform' ? ['kind'] : ['kind', 'mean', 'std']);
   if (kind === 'uniform') return { relu: false };
   // Bounded so that magnitudes and rows stay finite in float32.
   const mean = checkNumber('options.magnitude.mean', m.mean, -1e30, 1e30);
@@ -472,7 +468,7 @@ function copulaPlan(correlation: unknown, n: number, seed: bigint): CopulaPlan {
     }
     const c = correlation as Record<string, unknown>;
     if (c.kind !== 'random') throw argError('options.correlation', expected, correlation);
-    checkKeys('options.correlation', c, ['kind', 'strength', 'factors']);
+    checkOptions('options.correlation', c, ['kind', 'strength', 'factors']);
     if (c.strength !== undefined) strength = checkNumber('options.correlation.strength', c.strength, 0, 1);
     if (c.factors !== undefined) k = checkInt('options.correlation.factors', c.factors, 1, n);
   }

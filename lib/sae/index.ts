@@ -528,8 +528,9 @@ export class SparseAutoencoder {
       if (!(v instanceof Float32Array) || v.length !== lengths[name]) {
         throw argError(name, `a Float32Array of length ${lengths[name]}`, v, 'ERR_SAEKIT_SHAPE');
       }
-      for (let i = 0; i < v.length; i++) {
-        if (!Number.isFinite(v[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite values in ${name} but ${name}[${i}] is ${v[i]}`);
+      if (native().anyNonFinite(v, 0, v.length)) {
+        const i = v.findIndex((x) => !Number.isFinite(x));
+        throw new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite values in ${name} but ${name}[${i}] is ${v[i]}`);
       }
       given.push([name, v]);
     }
