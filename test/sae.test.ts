@@ -13,7 +13,7 @@ import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { SaekitError, SparseAutoencoder, tensor, Trainer, type SaeWeights, type SparseCodes } from '../lib/index.js';
+import { fromArray, SaekitError, SparseAutoencoder, tensor, Trainer, type SaeWeights, type SparseCodes } from '../lib/index.js';
 import { lcg } from './helpers/reference.js';
 import * as R from './helpers/sae-reference.js';
 
@@ -940,5 +940,61 @@ describe('setWeights, setState and save validate everything before changing anyt
     expect(() => opt.setState(st)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/state\.v\[3\]/) }));
     await expect(sae.save(mkdtempSync(path.join(os.tmpdir(), 'saekit-meta-')), { metadata: [7, 8] as never })).rejects.toThrow(/options\.metadata/);
     await expect(sae.save(mkdtempSync(path.join(os.tmpdir(), 'saekit-meta-')), { metadata: { n: 1n } as never })).rejects.toThrow(/options\.metadata/);
+  });
+});
+
+describe('training needs unit decoder rows', () => {
+  it('a step and fit() refuse rows off unit norm, naming the worst; normalizeDecoder folds the norms into the encoder', async () => {
+    const [dIn, L, k] = [13, 29, 3];
+    const rnd = lcg(0x5eed + Math.floor(Math.random() * 1e6));
+    using base = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: Math.floor(rnd() * 1e9) });
+    const w = await base.weights();
+    for (let i = 0; i < w.b_enc.length; i++) w.b_enc[i] = rnd() - 0.5;
+    // Rows 4 and 17 scaled well off unit norm (17 the furthest); row 9 within the 1e-2 tolerance.
+    const scales = new Map([[4, 0.3 + rnd() * 0.4], [17, 2.5 + rnd()], [9, 1 + 5e-3]]);
+    for (const [row, s] of scales) for (let d = 0; d < dIn; d++) w.W_dec[row * dIn + d]! *= s;
+    const x = Float32Array.from({ length: 11 * dIn }, () => rnd() * 2 - 1);
+
+    using sae = SparseAutoencoder.fromWeights(w, { k });
+    const opt = sae.adam();
+    const err = await opt.step(x).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/2 of the SAE's 29 rows are not \(row 17 has norm \d(\.\d+)?\).*normalizeDecoder/) });
+    expect(opt.steps).toBe(0);
+    expect(Array.from((await sae.weights()).W_dec)).toEqual(Array.from(w.W_dec)); // nothing changed
+    const ds = fromArray(x, dIn);
+    await expect(new Trainer(sae, { batchSize: 11, totalTokens: 22 }).fit(ds)).rejects.toThrow(/row 17 has norm \d(\.\d+)?/);
+    expect(Array.from((await sae.weights()).b_dec)).toEqual(Array.from(w.b_dec)); // rejected before b_dec's init
+
+    // normalizeDecoder against a float64 reference: W_dec[i] / n_i, W_enc[:, i] and b_enc[i] times n_i.
+    expect(await sae.normalizeDecoder()).toBeGreaterThanOrEqual(3);
+    const v = await sae.weights();
+    for (let i = 0; i < L; i++) {
+      let s = 0;
+      for (let d = 0; d < dIn; d++) s += w.W_dec[i * dIn + d]! ** 2;
+      const n = Math.sqrt(s);
+      for (let d = 0; d < dIn; d++) {
+        expect(v.W_dec[i * dIn + d]).toBeCloseTo(w.W_dec[i * dIn + d]! / n, 6);
+        expect(v.W_enc[d * L + i]).toBeCloseTo(w.W_enc[d * L + i]! * n, 5);
+      }
+      expect(v.b_enc[i]).toBeCloseTo(w.b_enc[i]! * n, 5);
+    }
+    await expect(opt.step(x)).resolves.toMatchObject({ l0: k });
+    // A later setWeights with rows off unit norm is refused again.
+    sae.setWeights({ W_dec: w.W_dec });
+    await expect(opt.step(x)).rejects.toThrow(/row 17/);
+    expect(opt.steps).toBe(1);
+
+    // Rows within the tolerance train (and are renormalised by the step).
+    const near = Float32Array.from(v.W_dec, (a, j) => (Math.floor(j / dIn) % 2 ? a * (1 + 8e-3) : a * (1 - 8e-3)));
+    sae.setWeights({ W_dec: near });
+    await expect(opt.step(x)).resolves.toMatchObject({ l0: k });
+
+    const zero = Float32Array.from(w.W_dec);
+    zero.fill(0, 5 * dIn, 6 * dIn);
+    sae.setWeights({ W_dec: zero });
+    await expect(sae.normalizeDecoder()).rejects.toThrow(/row 5 of W_dec is all zeros/);
+    expect(Array.from((await sae.weights()).W_dec)).toEqual(Array.from(zero));
+    using jump = SparseAutoencoder.fromWeights({ ...w, threshold: new Float32Array(L) }, { architecture: 'jumprelu' });
+    await expect(jump.normalizeDecoder()).rejects.toThrow(/TopK SAE for normalizeDecoder\(\)/);
   });
 });

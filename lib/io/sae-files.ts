@@ -309,13 +309,21 @@ function checkShape(file: string, name: string, t: IoTensor, want: number[]): vo
  * Scales each latent so its decoder row has unit norm, keeping the model's function where the
  * activation is equivariant to z_i -> z_i n_i (JumpReLU with threshold_i n_i; SAELens TopK with
  * rescale_acts_by_decoder_norm): W_enc[:, i] and b_enc[i] (and threshold[i]) times n_i, W_dec[i] / n_i.
+ * Zero rows are left as they are. Returns the rows rescaled and the first zero row (-1: none).
  */
-export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: number): void {
+export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: number): { rescaled: number; zeroRow: number } {
+  let rescaled = 0;
+  let zeroRow = -1;
   for (let i = 0; i < numLatents; i++) {
     let s = 0;
     for (let d = 0; d < dIn; d++) s += w.W_dec[i * dIn + d]! ** 2;
     const n = Math.sqrt(s);
-    if (!(n > 0) || Math.abs(n - 1) < 1e-7) continue;
+    if (!(n > 0)) {
+      if (zeroRow < 0) zeroRow = i;
+      continue;
+    }
+    if (Math.abs(n - 1) < 1e-7) continue;
+    rescaled++;
     for (let d = 0; d < dIn; d++) {
       w.W_dec[i * dIn + d] = w.W_dec[i * dIn + d]! / n;
       w.W_enc[d * numLatents + i] = w.W_enc[d * numLatents + i]! * n;
@@ -323,6 +331,7 @@ export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: num
     w.b_enc[i] = w.b_enc[i]! * n;
     if (w.threshold) w.threshold[i] = w.threshold[i]! * n;
   }
+  return { rescaled, zeroRow };
 }
 
 /**

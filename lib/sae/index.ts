@@ -257,6 +257,38 @@ const handles = new WeakMap<SparseAutoencoder, NativeSae>();
 /** Settles once the parameters are on their device (rejects if moving them failed). */
 const placements = new WeakMap<SparseAutoencoder, Promise<void>>();
 
+/** How far a decoder row's norm may be from 1 for training (native/napi/sae_wrap.cpp: kUnitRowTol). */
+const UNIT_ROW_TOL = 1e-2;
+
+/**
+ * @internal Refuses training on decoder rows off unit norm, as a step does (the Trainer checks
+ * before it changes any weight): W_dec [numLatents, dIn].
+ */
+export function requireUnitRows(W_dec: Float32Array, numLatents: number, dIn: number): void {
+  let off = 0;
+  let worst = -1;
+  let worstNorm = 1;
+  for (let i = 0; i < numLatents; i++) {
+    let s = 0;
+    for (let d = i * dIn, e = d + dIn; d < e; d++) s += W_dec[d]! * W_dec[d]!;
+    const n = Math.sqrt(s);
+    if (Math.abs(n - 1) > UNIT_ROW_TOL) {
+      off++;
+      if (worst < 0 || Math.abs(n - 1) > Math.abs(worstNorm - 1)) {
+        worst = i;
+        worstNorm = n;
+      }
+    }
+  }
+  if (off === 0) return;
+  throw new SaekitError(
+    'ERR_SAEKIT_ARG',
+    `Expected decoder rows of unit norm (within ${UNIT_ROW_TOL}) for training but ${off} of the SAE's ${numLatents} rows are not ` +
+      `(row ${worst} has norm ${worstNorm}): training keeps the rows at unit norm and would change what this model computes. ` +
+      'Call sae.normalizeDecoder() first to fold the norms into the encoder',
+  );
+}
+
 /** Resolves the device options of a constructor; errors name the option. */
 function placementOf(o: PlacementOptions): { device: ResolvedDevice; precision: 'fp32' | 'tf32' | 'bf16' } {
   const device = resolveDevice('options.device', o.device);
@@ -535,6 +567,31 @@ export class SparseAutoencoder {
       given.push([name, v]);
     }
     for (const [name, v] of given) callNative(() => h.setWeight(name, v));
+  }
+
+  /**
+   * Rescales each latent so its decoder row has unit norm, folding the norm n_i into the encoder:
+   * W_dec[i] / n_i, and W_enc[:, i] and b_enc[i] times n_i. Each selected latent adds the same
+   * vector to the reconstruction as before, but TopK then ranks n_i z_i instead of z_i (as
+   * SAELens's rescale_acts_by_decoder_norm does), so where norms differ the selection can change.
+   * Training needs unit rows: a step refuses an SAE whose rows are off unit norm by more than
+   * 1e-2 (a SAELens TopK file saved without rescaling, or weights given to fromWeights), since
+   * keeping them at unit norm would change the model silently. Resolves to the number of rows
+   * rescaled. Only for TopK SAEs: a JumpReLU SAE is not trainable yet, and save() already writes
+   * it with unit rows.
+   */
+  async normalizeDecoder(): Promise<number> {
+    if (this.architecture !== 'topk') {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected a TopK SAE for normalizeDecoder() but this one is ${this.architecture} (not trainable yet; save() writes it with unit decoder rows)`);
+    }
+    const w = await this.weights();
+    const { foldDecoderNorms } = await import('../io/sae-files.js');
+    const folded = foldDecoderNorms(w, this.dIn, this.numLatents);
+    if (folded.zeroRow >= 0) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected decoder rows with a direction but row ${folded.zeroRow} of W_dec is all zeros; set it with setWeights first`);
+    }
+    if (folded.rescaled > 0) this.setWeights({ W_enc: w.W_enc, b_enc: w.b_enc, W_dec: w.W_dec });
+    return folded.rescaled;
   }
 
   /** Restores the dead-latent counters (tokens since each latent fired), e.g. from a checkpoint. */

@@ -23,7 +23,7 @@
  *
  * @example
  * ```ts
- * const source = await openActivations('acts/*.npy');
+ * const source = await openActivations('acts/train/*.npy');
  * using sae = SparseAutoencoder.create({ dIn: source.dIn, numLatents: 24576, k: 32, seed: 1 });
  * const trainer = new Trainer(sae, { totalTokens: 100_000_000 });
  * const result = await trainer.fit(source, { checkpointDir: 'runs/l8/ckpt', saveDir: 'runs/l8', logFile: 'runs/l8/log.jsonl' });
@@ -37,7 +37,7 @@ import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } f
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
 import { makeDirs } from '../io/source.js';
-import { AUXK_VARIANTS, MAX_DEAD_THRESHOLD, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
+import { AUXK_VARIANTS, MAX_DEAD_THRESHOLD, requireUnitRows, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 /** The decay schedules and b_dec initialisations (the CLI checks against the same lists). */
@@ -510,6 +510,7 @@ export class Trainer {
         }
         if (o.normalize === 'expected-norm') scale = normScale(first, this.sae.dIn);
         const w0 = await this.sae.weights();
+        requireUnitRows(w0.W_dec, this.sae.numLatents, this.sae.dIn);
         if (scale !== 1) {
           // Training runs on s·x: the same model there has its biases times s (the inverse of the
           // fold at the end; a no-op for a new SAE's zero biases).

@@ -68,7 +68,57 @@ struct SaeModel {
     v.threshold = jumprelu ? threshold.data() : nullptr;
     return v;
   }
+  // Training keeps the decoder rows at unit norm: a step removes the decoder gradient's component
+  // along each row assuming |row| = 1 and renormalises the rows after the update. On rows of
+  // other norms that renormalisation would silently change what the model computes, so every
+  // writer of W_dec records the rows off unit norm here (in the host slab, which is current when
+  // they run) and a step refuses such a model. Rows within kUnitRowTol pass: a unit-norm file
+  // saved in bfloat16 is off by up to about 2^-9 (SAEBench accepts 1e-2 in bf16).
+  static constexpr double kUnitRowTol = 1e-2;
+  int64_t off_unit_rows = 0;  // rows whose norm is off 1 by more than kUnitRowTol
+  int64_t worst_row = -1;     // the row furthest from unit norm, and its norm
+  double worst_norm = 1;
+  void note_decoder_rows();
 };
+
+void SaeModel::note_decoder_rows() {
+  const float* W = view().W_dec;
+  std::vector<double> nrm(static_cast<size_t>(M));
+  cpu::cpu_pool().parallel_for(M, 64, [&](int64_t a, int64_t b, int) {
+    for (int64_t l = a; l < b; ++l) {
+      const float* w = W + l * D;
+      double s[4] = {0, 0, 0, 0};
+      int64_t d = 0;
+      for (; d + 4 <= D; d += 4)
+        for (int j = 0; j < 4; ++j) s[j] += double(w[d + j]) * w[d + j];
+      for (; d < D; ++d) s[0] += double(w[d]) * w[d];
+      nrm[size_t(l)] = std::sqrt((s[0] + s[1]) + (s[2] + s[3]));
+    }
+  });
+  off_unit_rows = 0;
+  worst_row = -1;
+  worst_norm = 1;
+  double worst = 0;
+  for (int64_t l = 0; l < M; ++l) {
+    const double off = std::abs(nrm[size_t(l)] - 1);
+    if (off > kUnitRowTol) ++off_unit_rows;
+    if (off > worst) {
+      worst = off;
+      worst_row = l;
+      worst_norm = nrm[size_t(l)];
+    }
+  }
+}
+
+// Refuses a training step on a model whose decoder rows are not unit norm (see note_decoder_rows).
+void require_unit_rows(const SaeModel& m) {
+  if (m.off_unit_rows == 0) return;
+  throw Error(ErrorCode::Arg,
+              fmt("Expected decoder rows of unit norm (within ", SaeModel::kUnitRowTol, ") for a training step but ",
+                  m.off_unit_rows, " of the SAE's ", m.M, " rows are not (row ", m.worst_row, " has norm ",
+                  m.worst_norm, "): the step keeps the rows at unit norm and would change what this model computes. ",
+                  "Call sae.normalizeDecoder() first to fold the norms into the encoder"));
+}
 
 // Codes of x under the model's activation (TopK or JumpReLU).
 // JumpReLU codes on the model's device, in cpu::sae_encode_jumprelu's layout. The device pads
@@ -574,6 +624,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         std::memcpy(p.b_enc, s1.data(), size_t(m->M) * sizeof(float));
         std::memcpy(p.W_dec, s2.data(), size_t(m->M * m->D) * sizeof(float));
         std::memcpy(p.b_dec, s3.data(), size_t(m->D) * sizeof(float));
+        m->note_decoder_rows();
       });
       return make(info.Env(), m);
     });
@@ -819,6 +870,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         const float* v = src->as<const float>();
         if (name == "W_enc") transpose(v, m->D, m->M, p.W_encT);
         else std::memcpy(name == "W_dec" ? p.W_dec : name == "b_enc" ? p.b_enc : p.b_dec, v, size_t(len) * sizeof(float));
+        if (name == "W_dec") m->note_decoder_rows();
         m->push();
       });
       return info.Env().Undefined();
@@ -1041,6 +1093,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       const cpu::AuxKVariant variant = auxk_variant_arg(info[4], "auxkVariant");
       auto stats = std::make_shared<cpu::StepStats>();
       auto work = [m, st, x, lr, alpha, variant, threshold, stats] {
+        require_unit_rows(*m);
         std::vector<int32_t> dead = dead_from_counters(*m, threshold);
         cpu::StepOptions opt;
         opt.auxk_alpha = alpha;
@@ -1061,6 +1114,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
             throw;
           }
         }
+        m->off_unit_rows = 0;  // the step renormalised the rows
         for (int64_t l = 0; l < m->M; ++l) {
           int64_t& c = m->since_fired[size_t(l)];
           c = stats->fired[size_t(l)] ? 0 : c + x.n;
