@@ -100,6 +100,11 @@ describe('evaluate: every field against a naive float64 reference', () => {
       expect(got.dense_fraction_10pct, ctx).toBe(want.dense_fraction_10pct);
       close(got.compat!.explained_variance_legacy, want.explained_variance_legacy, REL, `${ctx}: explained_variance_legacy`);
       close(got.compat!.explained_variance_saebench, want.explained_variance_saebench, REL, `${ctx}: explained_variance_saebench`);
+      for (const f of ['fvu_sparsify', 'frac_variance_explained_dictionary_learning', 'l2_loss_dictionary_learning'] as const) {
+        close(got.compat![f], want[f], REL, `${ctx}: ${f}`);
+      }
+      // dictionary_learning's residual is centred: it explains at least as much as sparsify's FVU says.
+      expect(got.compat!.frac_variance_explained_dictionary_learning, ctx).toBeGreaterThanOrEqual(1 - got.compat!.fvu_sparsify - 1e-12);
       // The variants differ from the conventional EV on offset data (the point of labelling them).
       expect(got.compat!.explained_variance_saebench, ctx).not.toBeCloseTo(got.explained_variance, 3);
 

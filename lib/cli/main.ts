@@ -505,7 +505,7 @@ export function buildProgram(): Command {
     .argument('<data...>', 'activation files, folders or glob patterns')
     .option('--max-tokens <n>', 'tokens to evaluate on (at least 2: FVU needs a variance)', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 1_000_000)
     .option('--batch <n>', 'rows per batch', num('batch', 1, 1 << 24), 4096)
-    .option('--compat', 'also report the legacy SAELens / SAEBench variants (labelled)')
+    .option('--compat', 'also report the SAELens-legacy, SAEBench, sparsify and dictionary_learning variants (labelled)')
     .option('--no-geometry', 'skip the max-cosine geometry metrics')
     .option('--json', 'print JSON (snake_case fields as in SAEBench core output)')
     .option('--tensor <name>', 'the tensor to read from .safetensors files')

@@ -4,9 +4,11 @@
  * §5.2; sae-libraries.md §3.4, §5.2).
  *
  * The source is read once, in file order, up to `maxTokens` rows (the last batch is cut). Every
- * statistic is a float64 sum over tokens accumulated row by row in token order, so the results
- * do not depend on the batch size (except the labelled legacy variant, which is defined per
- * batch). The next batch is read, and the next forward pass queued, while the previous batch's
+ * statistic is a float64 sum over tokens accumulated row by row in token order, so for the same
+ * reconstructions the results do not depend on the batch size, except fvu's denominator (merged
+ * per batch: equal to float64 rounding) and the labelled per-batch variants. The reconstructions
+ * themselves can change in the last bit with the batch size under OpenBLAS, which picks kernels
+ * by shape (SAEKIT_BLAS=builtin makes the encoding batch-invariant). The next batch is read, and the next forward pass queued, while the previous batch's
  * statistics are summed.
  *
  * Definitions (x a token's activation, x_hat its reconstruction, f its codes, N tokens):
@@ -42,6 +44,16 @@
  *     `1 - mean_t ||x - x_hat||^2 / (mean_t ||x||^2 - (mean_{t,d} x_d^2)^2)`: the subtracted term is
  *     the square of the mean squared entry, not ||E x||^2 (SAELens issue #659). Upstream averages
  *     the per-batch means of x^2; here it is the mean over all tokens, the same when batches are equal.
+ *   - `fvu_sparsify`: sparsify's training loss, the mean over batches of the batch's
+ *     `sum ||x - x_hat||^2 / sum ||x - mean_batch x||^2`.
+ *   - `frac_variance_explained_dictionary_learning`: dictionary_learning's `evaluation.py`, the
+ *     mean over batches of `1 - sum_d Var_batch(x_d - x_hat_d) / sum_d Var_batch(x_d)`: the
+ *     residual is centred, so a constant offset in x_hat is not penalised.
+ *   - `l2_loss_dictionary_learning`: dictionary_learning's `l2_loss`, the mean over tokens of
+ *     `||x - x_hat||` (not squared).
+ *   The per-batch variants use batches of `batchSize` rows (the cut last batch its own rows, each
+ *   batch counting once; a batch of one row, without spread, is left out) and so depend on the
+ *   batch size by definition.
  *   - `mse_saebench` is not reported: upstream divides each token's squared error by the token
  *     count of its model batch (prompts x context), which has no counterpart here; it equals
  *     `mse / tokensPerBatch`.
@@ -82,6 +94,12 @@ export interface EvaluateCompat {
   explained_variance_legacy: number;
   /** SAEBench core v0.6.0 / SAELens <= 6.18: 1 - E||x - x_hat||^2 / (E||x||^2 - (E_{t,d} x^2)^2). */
   explained_variance_saebench: number;
+  /** sparsify's loss: mean over batches of sum ||x - x_hat||^2 / sum ||x - mean_batch x||^2. */
+  fvu_sparsify: number;
+  /** dictionary_learning: mean over batches of 1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) (centred residual). */
+  frac_variance_explained_dictionary_learning: number;
+  /** dictionary_learning: mean over tokens of ||x - x_hat|| (not squared). */
+  l2_loss_dictionary_learning: number;
   /** Not reported (see the module header); kept for the type's shape. */
   mse_saebench?: number;
 }
@@ -155,12 +173,20 @@ class Accumulator {
   legacy = 0;
   /** Tokens in the legacy average (batches of at least two rows). */
   legacyTokens = 0;
+  /** Sums over batches of at least two rows (compat): sparsify's FVU, dictionary_learning's FVE. */
+  fvuSparsify = 0;
+  fveDictionary = 0;
+  compatBatches = 0;
+  /** Sum over tokens of ||x - x_hat|| (compat). */
+  l2 = 0;
   /** Per dimension: running mean and centred sum of squares (Chan et al. merge). */
   readonly mean: Float64Array;
   readonly m2: Float64Array;
   readonly fired: Float64Array;
   private readonly bMean: Float64Array;
   private readonly bM2: Float64Array;
+  /** Per dimension: the batch mean of the residual x - x_hat (compat). */
+  private readonly eMean: Float64Array;
 
   constructor(
     readonly dIn: number,
@@ -172,6 +198,7 @@ class Accumulator {
     this.fired = new Float64Array(numLatents);
     this.bMean = new Float64Array(dIn);
     this.bM2 = new Float64Array(dIn);
+    this.eMean = new Float64Array(compat ? dIn : 0);
   }
 
   add(x: Float32Array, rows: number, recon: Float32Array, codes: SparseCodes): void {
@@ -202,6 +229,7 @@ class Accumulator {
       this.m2[j]! += bM2[j]! + ((delta * delta * na) / n) * rows;
     }
     // Per-token terms, summed in token order (independent of the batch split).
+    let batchSse = 0;
     for (let r = 0; r < rows; r++) {
       const o = r * d;
       let sse = 0;
@@ -232,9 +260,16 @@ class Accumulator {
       this.l2ratio += Math.sqrt(nh) / (norm < L2_RATIO_MIN_NORM ? 1 : norm);
       // A one-row batch (a cut last batch) has no spread about its own mean: left out, as
       // SAELens only ever sees whole batches.
-      if (this.compat && rows > 1) this.legacy += 1 - sse / cen;
+      if (this.compat) {
+        this.l2 += Math.sqrt(sse);
+        if (rows > 1) this.legacy += 1 - sse / cen;
+      }
+      batchSse += sse;
     }
-    if (this.compat && rows > 1) this.legacyTokens += rows;
+    if (this.compat && rows > 1) {
+      this.legacyTokens += rows;
+      this.compatBatch(x, rows, recon, batchSse);
+    }
     const { values, indices, k } = codes;
     const fired = this.fired;
     let l0 = 0;
@@ -256,6 +291,32 @@ class Accumulator {
     this.l0 += l0;
     this.l1 += l1;
     this.tokens = n;
+  }
+
+  /** The per-batch compat terms of a batch of at least two rows with squared error `sse`. */
+  private compatBatch(x: Float32Array, rows: number, recon: Float32Array, sse: number): void {
+    const d = this.dIn;
+    let cen = 0;
+    for (let j = 0; j < d; j++) cen += this.bM2[j]!;
+    // The residual's centred sum of squares, in two passes (float64).
+    const eMean = this.eMean;
+    eMean.fill(0);
+    for (let r = 0; r < rows; r++) {
+      const o = r * d;
+      for (let j = 0; j < d; j++) eMean[j]! += x[o + j]! - recon[o + j]!;
+    }
+    for (let j = 0; j < d; j++) eMean[j]! /= rows;
+    let eCen = 0;
+    for (let r = 0; r < rows; r++) {
+      const o = r * d;
+      for (let j = 0; j < d; j++) {
+        const c = x[o + j]! - recon[o + j]! - eMean[j]!;
+        eCen += c * c;
+      }
+    }
+    this.fvuSparsify += sse / cen;
+    this.fveDictionary += 1 - eCen / cen;
+    this.compatBatches++;
   }
 }
 
@@ -427,6 +488,9 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
     result.compat = {
       explained_variance_legacy: acc.legacyTokens > 0 ? acc.legacy / acc.legacyTokens : NaN,
       explained_variance_saebench: 1 - acc.sse / N / (acc.x2 / N - meanX2 * meanX2),
+      fvu_sparsify: acc.compatBatches > 0 ? acc.fvuSparsify / acc.compatBatches : NaN,
+      frac_variance_explained_dictionary_learning: acc.compatBatches > 0 ? acc.fveDictionary / acc.compatBatches : NaN,
+      l2_loss_dictionary_learning: acc.l2 / N,
     };
   }
   return result;

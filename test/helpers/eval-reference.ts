@@ -21,6 +21,9 @@ export interface RefMetrics {
   dense_fraction_10pct: number;
   explained_variance_legacy: number;
   explained_variance_saebench: number;
+  fvu_sparsify: number;
+  frac_variance_explained_dictionary_learning: number;
+  l2_loss_dictionary_learning: number;
 }
 
 /**
@@ -67,10 +70,39 @@ export function refMetrics(
     dot += ab;
     x2 += a2;
   }
-  // Legacy: per-batch means.
+  // Legacy: per-batch means. sparsify's FVU and dictionary_learning's FVE: per-batch ratios,
+  // averaged over batches; the variances as torch.var (n - 1), as upstream computes them.
   let legacy = 0;
+  let fvuSparsify = 0;
+  let fveDictionary = 0;
+  let l2 = 0;
   let start = 0;
+  const variance = (v: Float64Array) => {
+    let m = 0;
+    for (const a of v) m += a / v.length;
+    let s = 0;
+    for (const a of v) s += (a - m) ** 2;
+    return s / (v.length - 1);
+  };
   for (const rows of batchRows) {
+    let num = 0;
+    let den = 0;
+    let varE = 0;
+    let varX = 0;
+    for (let d = 0; d < dIn; d++) {
+      const xd = new Float64Array(rows);
+      const ed = new Float64Array(rows);
+      for (let t = 0; t < rows; t++) {
+        xd[t] = x[(start + t) * dIn + d]!;
+        ed[t] = x[(start + t) * dIn + d]! - recon[(start + t) * dIn + d]!;
+        num += ed[t]! ** 2;
+      }
+      varE += variance(ed);
+      varX += variance(xd);
+      den += variance(xd) * (rows - 1);
+    }
+    fvuSparsify += num / den;
+    fveDictionary += 1 - varE / varX;
     const m = new Float64Array(dIn);
     for (let t = start; t < start + rows; t++) for (let d = 0; d < dIn; d++) m[d]! += x[t * dIn + d]! / rows;
     for (let t = start; t < start + rows; t++) {
@@ -81,6 +113,7 @@ export function refMetrics(
         c2 += (x[t * dIn + d]! - m[d]!) ** 2;
       }
       legacy += 1 - e2 / c2;
+      l2 += Math.sqrt(e2);
     }
     start += rows;
   }
@@ -118,6 +151,9 @@ export function refMetrics(
     dense_fraction_10pct: frac((p) => p > 0.1),
     explained_variance_legacy: legacy / N,
     explained_variance_saebench: 1 - sse / N / (x2 / N - meanSq * meanSq),
+    fvu_sparsify: fvuSparsify / batchRows.length,
+    frac_variance_explained_dictionary_learning: fveDictionary / batchRows.length,
+    l2_loss_dictionary_learning: l2 / N,
   };
 }
 
