@@ -192,6 +192,12 @@ describe('the package as a dependency', () => {
     expect(found).toEqual([]);
   });
 
+  it('no npm script is an accidental pre/post hook of another (a "prebuild" ran prebuildify on every `npm run build`)', () => {
+    const scripts = (pkg as unknown as { scripts: Record<string, string> }).scripts;
+    const hooks = Object.keys(scripts).filter((n) => /^(pre|post)/.test(n) && n.replace(/^(pre|post)/, '') in scripts);
+    expect(hooks).toEqual([]);
+  });
+
   it('npm pack publishes what an install needs and nothing of the repository besides', () => {
     const r = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: packageRoot, encoding: 'utf8' });
     expect(r.status, r.stderr).toBe(0);

@@ -267,7 +267,7 @@ export function native(): NativeBinding {
         'Possible fixes:\n' +
         '- run `npm rebuild saekit` to build it from source (needs python3, make and a C++17 compiler);\n' +
         `- check that Node.js is >= 20.9 (this is ${process.version}) and the platform is linux-x64;\n` +
-        '- for faster matrix products install OpenBLAS first (Debian/Ubuntu: apt-get install libopenblas-dev).',
+        '- for faster matrix products install OpenBLAS first (Debian/Ubuntu: apt-get install libopenblas-dev pkg-config).',
     );
   }
   return binding;
