@@ -65,6 +65,20 @@ describe('CUDA backend detection', () => {
     }
   });
 
+  it('a SAEKIT_CUDA_PLUGIN naming no file is the reason given (not "not built")', () => {
+    const saved = process.env.SAEKIT_CUDA_PLUGIN;
+    const missing = path.join(packageRoot, 'no-such-folder', `libsaekit_cuda_${process.pid}.so`);
+    process.env.SAEKIT_CUDA_PLUGIN = missing;
+    try {
+      const { cuda } = backend.info();
+      expect(cuda.attempts[0]).toEqual({ path: missing, outcome: 'not found' });
+      if (!cuda.available) expect(cuda.reason).toMatch(new RegExp(`^SAEKIT_CUDA_PLUGIN names ${missing.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}, which does not exist; elsewhere: .{10}`));
+    } finally {
+      if (saved === undefined) delete process.env.SAEKIT_CUDA_PLUGIN;
+      else process.env.SAEKIT_CUDA_PLUGIN = saved;
+    }
+  });
+
   it.runIf(existsSync(plugin) && !gpu)('a built plugin is loaded and scored; without a GPU it names the missing piece', () => {
     const { cuda } = backend.info();
     const attempt = cuda.attempts.find((a) => a.path === plugin);

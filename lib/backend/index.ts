@@ -68,7 +68,14 @@ export interface BackendInfo {
 
 /** Reports the backend, SIMD level, BLAS and CUDA status. Cheap; safe to call often. */
 export function info(): BackendInfo {
-  return callNative(() => native().info(cudaPluginCandidates()));
+  const r = callNative(() => native().info(cudaPluginCandidates())) as BackendInfo;
+  // A SAEKIT_CUDA_PLUGIN that names no file is the reason to report, not "not built" (the addon
+  // only sees a list of paths, and falls back to the others).
+  const first = r.cuda.attempts?.[0];
+  if (!r.cuda.available && process.env.SAEKIT_CUDA_PLUGIN && first?.outcome === 'not found') {
+    r.cuda.reason = `SAEKIT_CUDA_PLUGIN names ${first.path}, which does not exist; elsewhere: ${r.cuda.reason}`;
+  }
+  return r;
 }
 
 /**
