@@ -586,6 +586,38 @@ describe('sparseProbe', () => {
     expect(Number.isFinite(fit.b) && fit.w.every(Number.isFinite)).toBe(true);
   });
 
+  it('converges in a few Newton steps on raw activations of any scale (the stopping test is relative), to a zero gradient', () => {
+    const next = lcg(0xbeef + Math.floor(Math.random() * 1e6));
+    const [n, p] = [3001, 5];
+    for (const scale of [1, 50, 1000]) {
+      const X = new Float64Array(n * p);
+      const y = new Uint8Array(n);
+      for (let i = 0; i < n; i++) {
+        y[i] = next() < 0.5 ? 1 : 0;
+        for (let j = 0; j < p; j++) X[i * p + j] = scale * Math.max(0, next() + (y[i] && j < 2 ? 0.3 : 0));
+      }
+      const fit = fitLogistic(X, y, n, p, 1);
+      expect(fit.iterations, `scale ${scale}`).toBeLessThan(40);
+      // The gradient of sum log(1 + exp(-m)) + |w|^2 / 2, relative to its terms' size, in float64.
+      const g = new Float64Array(p + 1);
+      const gs = new Float64Array(p + 1);
+      for (let i = 0; i < n; i++) {
+        let z = fit.b;
+        for (let j = 0; j < p; j++) z += X[i * p + j]! * fit.w[j]!;
+        const r = 1 / (1 + Math.exp(-z)) - y[i]!;
+        for (let j = 0; j <= p; j++) {
+          const xj = j < p ? X[i * p + j]! : 1;
+          g[j] += r * xj;
+          gs[j] += Math.abs(r * xj);
+        }
+      }
+      for (let j = 0; j < p; j++) g[j] += fit.w[j]!;
+      for (let j = 0; j <= p; j++) expect(Math.abs(g[j]!) / gs[j]!, `scale ${scale}, parameter ${j}`).toBeLessThan(1e-8);
+    }
+    expect(() => fitLogistic(new Float64Array(1), new Uint8Array(2), 2, 0.5)).toThrow(/p/);
+    expect(() => fitLogistic(new Float64Array(0), new Uint8Array(0), 0, 1)).toThrow(/\bn\b/);
+  });
+
   it('validates its arguments', () => {
     const features = new Float32Array(40);
     const labels = Uint8Array.from({ length: 10 }, (_, i) => i % 2);
@@ -639,6 +671,11 @@ describe('psEval', () => {
     expect(() => psEval([{ a: [1] as unknown as Float32Array, b: v(1), same: true }])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
     expect(() => psEval([{ a: v(1), b: v(1), same: 1 as unknown as boolean }])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
     expect(() => psEval([{ a: v(Number.NaN), b: v(1), same: true }])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_NONFINITE' }));
+    // Holes of a sparse array are missing pairs, not skipped ones.
+    expect(() => psEval(new Array(4))).toThrow(/pairs\[0\]/);
+    const holey = [{ a: v(1, 0), b: v(1, 0), same: true }];
+    holey[2] = { a: v(1, 0), b: v(1, 0), same: true };
+    expect(() => psEval(holey)).toThrow(/pairs\[1\]/);
   });
 });
 

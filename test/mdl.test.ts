@@ -95,5 +95,15 @@ describe('MDL description length', () => {
     await expect(descriptionLength(sae, fromArray(x, 5), { mseBound: -1 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
     await expect(descriptionLength(sae, fromArray(x, 5), { maxTokens: 1 })).rejects.toBeInstanceOf(SaekitError);
     await expect(descriptionLength(sae, fromArray(new Float32Array(60), 6))).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
+    await expect(descriptionLength(sae, fromArray(x, 5), { compat: 'no' as never })).rejects.toThrow(/options\.compat/);
+    await expect(descriptionLength(sae, undefined as never)).rejects.toThrow(/source/);
+    await expect(descriptionLength({} as never, fromArray(x, 5))).rejects.toThrow(/\bsae\b/);
+    // Every code zero (a dead SAE): the MSE is ||x - b_dec||^2 whatever the precision, so a lower
+    // bound is impossible and said so (it was returned with mse > mseBound).
+    const w = await sae.weights();
+    using dead = SparseAutoencoder.fromWeights({ ...w, W_enc: new Float32Array(w.W_enc.length), b_enc: new Float32Array(9).fill(-1) }, { k: 2 });
+    const r = await descriptionLength(dead, fromArray(x, 5));
+    expect(r.mse).toBe(r.mseUnquantized);
+    await expect(descriptionLength(dead, fromArray(x, 5), { mseBound: r.mseUnquantized / 2 })).rejects.toThrow(/every code is zero/);
   });
 });

@@ -23,7 +23,7 @@
 import type { ActivationSource } from '../data/types.js';
 import { argError, SaekitError } from '../errors.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
-import { checkInt, checkOptions, optionNames } from '../validate.js';
+import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const DL_OPTIONS = optionNames<DescriptionLengthOptions>({ maxTokens: true, batchSize: true, mseBound: true, compat: true });
@@ -126,7 +126,10 @@ async function mseOf(sae: SparseAutoencoder, xs: Float32Array[], codes: SparseCo
 
 /** The MDL description length of `sae`'s codes on `source` (see the module comment). */
 export async function descriptionLength(sae: SparseAutoencoder, source: ActivationSource, options?: DescriptionLengthOptions): Promise<DescriptionLengthResult> {
+  if (sae === null || typeof sae !== 'object' || typeof (sae as { encode?: unknown }).encode !== 'function') throw argError('sae', 'a SparseAutoencoder', sae);
+  if (source === null || typeof source !== 'object' || typeof (source as { batches?: unknown }).batches !== 'function') throw argError('source', 'an ActivationSource', source);
   const o = checkOptions('options', options, DL_OPTIONS);
+  const compat = o.compat === undefined ? false : checkBool('options.compat', o.compat);
   const maxTokens = o.maxTokens === undefined ? 65536 : checkInt('options.maxTokens', o.maxTokens, 2, 1 << 26);
   const batchSize = o.batchSize === undefined ? 4096 : checkInt('options.batchSize', o.batchSize, 1, 1 << 24);
   if (o.mseBound !== undefined && !(typeof o.mseBound === 'number' && o.mseBound > 0 && Number.isFinite(o.mseBound))) {
@@ -151,6 +154,10 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
   const bound = o.mseBound ?? mse0 * 1.01 + 1e-30;
   let delta = vmax > 0 ? vmax : 1;
   let mse = vmax > 0 ? await mseOf(sae, xs, codes.map((c) => quantised(c, delta))) : mse0;
+  if (vmax === 0 && mse0 > bound) {
+    // No code is nonzero: no quantisation changes anything, so the bound cannot be met.
+    throw new SaekitError('ERR_SAEKIT_ARG', `options.mseBound = ${bound} is below what any quantisation reaches (${mse0}: every code is zero); the unquantised MSE is ${mse0}`);
+  }
   if (vmax > 0 && mse > bound) {
     // Bisection on log width between a width that meets the bound and one that does not.
     let lo = Math.log(vmax) - 30 * Math.LN2;
@@ -183,7 +190,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
     mse,
     mseBound: bound,
   };
-  if (o.compat) result.compat = await saebenchCompat(sae, xs, codes, tokens);
+  if (compat) result.compat = await saebenchCompat(sae, xs, codes, tokens);
   return result;
 }
 

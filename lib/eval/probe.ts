@@ -84,6 +84,8 @@ function mulberry32(seed: number): () => number {
  * Newton's method with backtracking, in float64. X is row-major [n, p].
  */
 export function fitLogistic(X: Float64Array, y: Uint8Array, n: number, p: number, C = 1): LogisticFit {
+  checkInt('n', n, 1, 2 ** 31 - 1);
+  checkInt('p', p, 0, 2 ** 31 - 1);
   if (!(X instanceof Float64Array)) throw argError('X', 'a Float64Array', X);
   if (!(y instanceof Uint8Array)) throw argError('y', 'a Uint8Array of 0/1 labels', y);
   if (X.length !== n * p || y.length !== n) throw new SaekitError('ERR_SAEKIT_SHAPE', `fitLogistic: expected X of length ${n * p} and y of length ${n}`);
@@ -105,12 +107,17 @@ export function fitLogistic(X: Float64Array, y: Uint8Array, n: number, p: number
     return s;
   };
   const grad = new Float64Array(q);
+  // Per parameter, sum_i |r_i x_ia| (+ lam |theta_a|): the scale of the gradient's terms, so the
+  // stopping test is relative (raw activations of scale 50 left an absolute test 200 iterations
+  // of rounding noise).
+  const gscale = new Float64Array(q);
   const H = new Float64Array(q * q);
   const xi = new Float64Array(q);
   let f = objective(theta);
   let iterations = 0;
   for (; iterations < 200; iterations++) {
     grad.fill(0);
+    gscale.fill(0);
     H.fill(0);
     for (let i = 0; i < n; i++) {
       for (let j = 0; j < p; j++) xi[j] = X[i * p + j];
@@ -122,17 +129,21 @@ export function fitLogistic(X: Float64Array, y: Uint8Array, n: number, p: number
       const wgt = prob * (1 - prob);
       for (let a = 0; a < q; a++) {
         grad[a] += r * xi[a];
+        gscale[a] += Math.abs(r * xi[a]);
         const wa = wgt * xi[a];
         for (let c = 0; c <= a; c++) H[a * q + c] += wa * xi[c];
       }
     }
     for (let j = 0; j < p; j++) {
       grad[j] += lam * theta[j];
+      gscale[j] += Math.abs(lam * theta[j]);
       H[j * q + j] += lam;
     }
-    let gmax = 0;
-    for (let a = 0; a < q; a++) gmax = Math.max(gmax, Math.abs(grad[a]));
-    if (gmax <= 1e-10 * Math.max(1, n)) break;
+    // Converged when every gradient component is within 1e-10 of its terms' scale (float64
+    // rounding of the sum is about n 2^-53 of it) or absolutely tiny.
+    let small = true;
+    for (let a = 0; a < q; a++) if (!(Math.abs(grad[a]) <= Math.max(1e-10 * gscale[a], 1e-10 * Math.max(1, n) * 1e-6))) small = false;
+    if (small) break;
     for (let a = 0; a < q; a++) H[a * q + a] += 1e-12 * Math.max(1, n); // keeps the separable intercept direction solvable
     const step = choleskySolve(H, grad, q);
     // Backtracking line search on the objective.
@@ -149,9 +160,11 @@ export function fitLogistic(X: Float64Array, y: Uint8Array, n: number, p: number
     }
     if (!(fNew <= f)) break;
     theta.set(trial);
+    // No progress beyond rounding: the objective is strongly convex (lam > 0), so this is the
+    // minimum whatever step length the line search took.
     const converged = f - fNew <= 1e-15 * Math.max(1, Math.abs(f));
     f = fNew;
-    if (converged && t === 1) {
+    if (converged) {
       iterations++;
       break;
     }

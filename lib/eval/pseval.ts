@@ -58,21 +58,23 @@ export function psEval(pairs: PsEvalPair[]): PsEvalResult {
   let fp = 0;
   let tn = 0;
   let fn = 0;
-  pairs.forEach((p, i) => {
+  // A plain loop: forEach skips the holes of a sparse array, which then counted in accuracy.
+  for (let i = 0; i < pairs.length; i++) {
+    const p = pairs[i];
     if (p === null || typeof p !== 'object') throw argError(`pairs[${i}]`, 'an object { a, b, same }', p);
     if (!(p.a instanceof Float32Array)) throw argError(`pairs[${i}].a`, 'a Float32Array', p.a);
     if (!(p.b instanceof Float32Array)) throw argError(`pairs[${i}].b`, 'a Float32Array', p.b);
     if (typeof p.same !== 'boolean') throw argError(`pairs[${i}].same`, 'boolean', p.same);
-    if (p.a.length === 0 || p.a.length !== p.b.length || (i > 0 && p.a.length !== pairs[0].a.length)) {
+    if (p.a.length === 0 || p.a.length !== p.b.length || (i > 0 && p.a.length !== pairs[0]!.a.length)) {
       throw new SaekitError(
         'ERR_SAEKIT_SHAPE',
-        `Expected pairs[${i}].a and pairs[${i}].b of the same non-zero length ${pairs[0].a.length} but received ${p.a.length} and ${p.b.length}`,
+        `Expected pairs[${i}].a and pairs[${i}].b of the same non-zero length ${pairs[0]!.a.length} but received ${p.a.length} and ${p.b.length}`,
       );
     }
     const equal = argmax(p.a, `pairs[${i}].a`) === argmax(p.b, `pairs[${i}].b`);
     if (p.same) equal ? tp++ : fn++;
     else equal ? fp++ : tn++;
-  });
+  }
   return {
     tp,
     fp,
