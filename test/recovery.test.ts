@@ -299,7 +299,7 @@ describe('mmcs', () => {
     [130, 7, 1],
   ];
   for (const [nL, nT, d] of SHAPES) {
-    it(`matches a naive float64 reference for ${nL} learned x ${nT} truth, d=${d}`, () => {
+    it(`matches a naive float64 reference for ${nL} learned x ${nT} truth, d=${d}`, async () => {
       const seed = freshSeed(nL * 131 + nT);
       const next = lcg(seed);
       const learned = randomMatrix(nL, d, next);
@@ -308,7 +308,7 @@ describe('mmcs', () => {
       const C = cosMatrix(learned, truth, d); // [nL, nT]
       for (const direction of ['truth-to-learned', 'learned-to-truth'] as const) {
         for (const similarity of ['cos', 'abs-cos'] as const) {
-          const got = mmcs(learned, truth, { d, direction, similarity });
+          const got = await mmcs(learned, truth, { d, direction, similarity });
           const [nS, nO] = direction === 'truth-to-learned' ? [nT, nL] : [nL, nT];
           const at = (s: number, o: number) => {
             const c = direction === 'truth-to-learned' ? C[o * nT + s]! : C[s * nT + o]!;
@@ -329,20 +329,20 @@ describe('mmcs', () => {
       }
       if (nL > 1) {
         // The zero learned row scores 0 against every truth row.
-        const r = mmcs(learned, truth, { d, direction: 'learned-to-truth' });
+        const r = await mmcs(learned, truth, { d, direction: 'learned-to-truth' });
         expect(r.perRow[0]).toBe(0);
       }
     });
   }
 
-  it('a large case crosses tile boundaries and still matches the reference', () => {
+  it('a large case crosses tile boundaries and still matches the reference', async () => {
     const seed = freshSeed(5);
     const next = lcg(seed);
     const [nL, nT, d] = [301, 157, 9]; // 157 source rows: blocks of 64, 64 and a ragged 29
     const learned = randomMatrix(nL, d, next);
     const truth = randomMatrix(nT, d, next);
     const C = cosMatrix(learned, truth, d);
-    const got = mmcs(learned, truth, { d, similarity: 'abs-cos' });
+    const got = await mmcs(learned, truth, { d, similarity: 'abs-cos' });
     for (let t = 0; t < nT; t++) {
       let best = 0;
       for (let l = 0; l < nL; l++) best = Math.max(best, Math.abs(C[l * nT + t]!));
@@ -352,7 +352,7 @@ describe('mmcs', () => {
     const l2 = randomMatrix(nL2, d2, next);
     const t2 = randomMatrix(nT2, d2, next);
     const C2 = cosMatrix(l2, t2, d2);
-    const got2 = mmcs(l2, t2, { d: d2, direction: 'learned-to-truth' });
+    const got2 = await mmcs(l2, t2, { d: d2, direction: 'learned-to-truth' });
     for (let l = 0; l < nL2; l++) {
       let best = -Infinity;
       for (let t = 0; t < nT2; t++) best = Math.max(best, C2[l * nT2 + t]!);
@@ -368,7 +368,7 @@ describe('mcc', () => {
     [5, 5, 3],
     [7, 7, 11],
   ] as const) {
-    it(`equals the brute-force best matching for ${nL} learned x ${nT} truth, d=${d}`, () => {
+    it(`equals the brute-force best matching for ${nL} learned x ${nT} truth, d=${d}`, async () => {
       const seed = freshSeed(nL * 17 + nT);
       const next = lcg(seed);
       const learned = randomMatrix(nL, d, next);
@@ -376,7 +376,7 @@ describe('mcc', () => {
       const C = cosMatrix(truth, learned, d); // [nT, nL]
       for (const similarity of ['abs-cos', 'cos'] as const) {
         const S = C.map((c) => (similarity === 'abs-cos' ? Math.abs(c) : c));
-        const got = mcc(learned, truth, { d, similarity });
+        const got = await mcc(learned, truth, { d, similarity });
         const k = Math.min(nL, nT);
         const want = bruteForceAssignment(S, nT, nL, true) / k;
         expect(Math.abs(got.mean - want), `seed ${seed} ${similarity}`).toBeLessThanOrEqual(1e-12);
@@ -398,7 +398,7 @@ describe('mcc', () => {
     });
   }
 
-  it('matches an independent Munkres matching on a 40 x 55 instance', () => {
+  it('matches an independent Munkres matching on a 40 x 55 instance', async () => {
     const seed = freshSeed(6);
     const next = lcg(seed);
     const [nL, nT, d] = [55, 40, 13];
@@ -413,20 +413,20 @@ describe('mcc', () => {
     const ref = munkres(cost, n);
     let refTotal = 0;
     for (let t = 0; t < nT; t++) refTotal += cost[t * n + ref[t]!]!;
-    const got = mcc(learned, truth, { d });
+    const got = await mcc(learned, truth, { d });
     let gotTotal = 0;
     for (let t = 0; t < nT; t++) gotTotal += cost[t * n + got.pairs[t]!]!;
     // Rounding to 2^-40 can reorder near-ties by at most nT units.
     expect(Math.abs(gotTotal - refTotal), `seed ${seed}`).toBeLessThanOrEqual(nT);
   });
 
-  it('the Hungarian (one-to-one) value never exceeds the max variant', () => {
+  it('the Hungarian (one-to-one) value never exceeds the max variant', async () => {
     const seed = freshSeed(7);
     const next = lcg(seed);
     const learned = randomMatrix(50, 8, next);
     const truth = randomMatrix(30, 8, next);
-    const a = mcc(learned, truth, { d: 8 }).mean;
-    const b = mmcs(learned, truth, { d: 8, similarity: 'abs-cos' }).mean;
+    const a = (await mcc(learned, truth, { d: 8 })).mean;
+    const b = (await mmcs(learned, truth, { d: 8, similarity: 'abs-cos' })).mean;
     expect(a).toBeLessThanOrEqual(b + 1e-15);
     expect(a).toBeGreaterThan(0.3);
   });
@@ -448,7 +448,7 @@ describe('recovery of a permuted, rescaled copy of the truth', () => {
     return p;
   }
 
-  it('gives exactly 1 for power-of-two scales of either sign (MMCS |cos| both directions, MCC)', () => {
+  it('gives exactly 1 for power-of-two scales of either sign (MMCS |cos| both directions, MCC)', async () => {
     const seed = freshSeed(8);
     const next = lcg(seed);
     const [nT, d] = [41, 29];
@@ -458,17 +458,17 @@ describe('recovery of a permuted, rescaled copy of the truth', () => {
     const scales = perm.map(() => pow2[Math.floor(next() * pow2.length)]! * (next() < 0.5 ? -1 : 1));
     const learned = copy(truth, nT, d, scales, perm);
     for (const direction of ['truth-to-learned', 'learned-to-truth'] as const) {
-      const r = mmcs(learned, truth, { d, direction, similarity: 'abs-cos' });
+      const r = await mmcs(learned, truth, { d, direction, similarity: 'abs-cos' });
       expect(r.mean, `seed ${seed} ${direction}`).toBe(1);
     }
-    const m = mcc(learned, truth, { d });
+    const m = await mcc(learned, truth, { d });
     expect(m.mean, `seed ${seed}`).toBe(1);
     for (let l = 0; l < nT; l++) {
       expect(m.pairs[perm[l]!]).toBe(l);
       expect(m.cos[perm[l]!]).toBe(Math.sign(scales[l]!));
     }
     // Signed cosine (the MMCS default): flipped rows no longer count as recovered...
-    const signed = mmcs(learned, truth, { d });
+    const signed = await mmcs(learned, truth, { d });
     for (let l = 0; l < nT; l++) {
       const t = perm[l]!;
       if (scales[l]! > 0) expect(signed.perRow[t]).toBe(1);
@@ -476,12 +476,12 @@ describe('recovery of a permuted, rescaled copy of the truth', () => {
     }
     // ...and with positive scales only the signed MMCS and the signed MCC are exactly 1 too.
     const positive = copy(truth, nT, d, scales.map(Math.abs), perm);
-    expect(mmcs(positive, truth, { d }).mean).toBe(1);
-    expect(mmcs(positive, truth, { d, direction: 'learned-to-truth' }).mean).toBe(1);
-    expect(mcc(positive, truth, { d, similarity: 'cos' }).mean).toBe(1);
+    expect((await mmcs(positive, truth, { d })).mean).toBe(1);
+    expect((await mmcs(positive, truth, { d, direction: 'learned-to-truth' })).mean).toBe(1);
+    expect((await mcc(positive, truth, { d, similarity: 'cos' })).mean).toBe(1);
   });
 
-  it('gives 1 up to float32 rounding for arbitrary scales, and extra learned rows do not hurt truth-to-learned', () => {
+  it('gives 1 up to float32 rounding for arbitrary scales, and extra learned rows do not hurt truth-to-learned', async () => {
     const seed = freshSeed(9);
     const next = lcg(seed);
     const [nT, d, extra] = [33, 17, 20];
@@ -493,26 +493,53 @@ describe('recovery of a permuted, rescaled copy of the truth', () => {
     learned.set(exact);
     learned.set(randomMatrix(extra, d, next), nT * d);
     // Each copied entry is rounded to float32 (relative 2^-24), so 1 - cos = O(2^-48): 1e-12 is ample.
-    expect(1 - mmcs(learned, truth, { d, similarity: 'abs-cos' }).mean, `seed ${seed}`).toBeLessThanOrEqual(1e-12);
-    const m = mcc(learned, truth, { d });
+    expect(1 - (await mmcs(learned, truth, { d, similarity: 'abs-cos' })).mean, `seed ${seed}`).toBeLessThanOrEqual(1e-12);
+    const m = await mcc(learned, truth, { d });
     expect(1 - m.mean, `seed ${seed}`).toBeLessThanOrEqual(1e-12);
     for (let l = 0; l < nT; l++) expect(m.pairs[perm[l]!]).toBe(l);
     // The other direction averages over the random extra rows too, so it drops below 1.
-    expect(mmcs(learned, truth, { d, direction: 'learned-to-truth', similarity: 'abs-cos' }).mean).toBeLessThan(0.99);
+    expect((await mmcs(learned, truth, { d, direction: 'learned-to-truth', similarity: 'abs-cos' })).mean).toBeLessThan(0.99);
+  });
+});
+
+describe('recovery: the event loop runs meanwhile', () => {
+  it('mmcs and mcc let timers run between tiles; mcc matches one to one', async () => {
+    const next = lcg(freshSeed(11));
+    const [nL, nT, d] = [6000, 600, 64];
+    const learned = randomMatrix(nL, d, next);
+    const truth = randomMatrix(nT, d, next);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 5);
+    try {
+      const t0 = performance.now();
+      const r = await mmcs(learned, truth, { d, direction: 'learned-to-truth' });
+      const ms = performance.now() - t0;
+      // About one tick per 20 ms slice (timers fire between slices); only checked on a run long
+      // enough for several slices.
+      if (ms > 200) expect(ticks, `${ms.toFixed(0)} ms`).toBeGreaterThanOrEqual(3);
+      expect(r.perRow.length).toBe(nL);
+      ticks = 0;
+      const m = await mcc(learned, truth, { d });
+      expect(m.pairs.filter((p) => p >= 0).length).toBe(nT);
+      expect(new Set(m.pairs).size).toBe(nT);
+    } finally {
+      clearInterval(timer);
+    }
   });
 });
 
 describe('recovery: validation', () => {
-  it('rejects bad inputs with named errors', () => {
+  it('rejects bad inputs with named errors', async () => {
     const a = new Float32Array(12);
-    const err = expectNamedError;
-    err(() => mmcs(a, a, {} as { d: number }), 'options.d');
-    err(() => mmcs(a, new Float32Array(10), { d: 4 }), 'truth');
-    err(() => mmcs(new Float32Array(0), a, { d: 4 }), 'learned');
-    err(() => mmcs(Array.from(a) as unknown as Float32Array, a, { d: 4 }), 'learned');
-    err(() => mmcs(a, a, { d: 4, direction: 'both' as 'truth-to-learned' }), 'options.direction');
-    err(() => mmcs(a, a, { d: 4, similarity: 'dot' as 'cos' }), 'options.similarity');
-    err(() => mcc(a, Float32Array.of(1, 2, Infinity, 4), { d: 4 }), 'truth[2]', 'ERR_SAEKIT_NONFINITE');
-    err(() => mcc(a, a, undefined as unknown as { d: number }), 'options.d');
+    const err = async (p: Promise<unknown>, name: string, code = 'ERR_SAEKIT_ARG') =>
+      expect(p).rejects.toMatchObject({ code, message: expect.stringContaining(name) });
+    await err(mmcs(a, a, {} as { d: number }), 'options.d');
+    await err(mmcs(a, new Float32Array(10), { d: 4 }), 'truth');
+    await err(mmcs(new Float32Array(0), a, { d: 4 }), 'learned');
+    await err(mmcs(Array.from(a) as unknown as Float32Array, a, { d: 4 }), 'learned');
+    await err(mmcs(a, a, { d: 4, direction: 'both' as 'truth-to-learned' }), 'options.direction');
+    await err(mmcs(a, a, { d: 4, similarity: 'dot' as 'cos' }), 'options.similarity');
+    await err(mcc(a, Float32Array.of(1, 2, Infinity, 4), { d: 4 }), 'truth[2]', 'ERR_SAEKIT_NONFINITE');
+    await err(mcc(a, a, undefined as unknown as { d: number }), 'options.d');
   });
 });

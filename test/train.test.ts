@@ -488,6 +488,6 @@ describe('Trainer', () => {
     using sae = SparseAutoencoder.create({ dIn: dI, numLatents: 128, k: 4, seed: 1 });
     await new Trainer(sae, { batchSize: 256, epochs: 10, lr: 3e-3, warmupSteps: 20 }).fit(source);
     const w = await sae.weights();
-    expect(mmcs(w.W_dec, features, { d: dI }).mean, `data seed ${seed}`).toBeGreaterThan(0.9);
+    expect((await mmcs(w.W_dec, features, { d: dI })).mean, `data seed ${seed}`).toBeGreaterThan(0.9);
   });
 });

@@ -376,9 +376,9 @@ async function demo(f: DemoFlags): Promise<void> {
     }
   }
   const w = await sae.weights();
-  const t2l = mmcs(w.W_dec, features, { d: dIn, direction: 'truth-to-learned' }).mean;
-  const l2t = mmcs(w.W_dec, features, { d: dIn, direction: 'learned-to-truth' }).mean;
-  const m = mcc(w.W_dec, features, { d: dIn }).mean;
+  const t2l = (await mmcs(w.W_dec, features, { d: dIn, direction: 'truth-to-learned' })).mean;
+  const l2t = (await mmcs(w.W_dec, features, { d: dIn, direction: 'learned-to-truth' })).mean;
+  const m = (await mcc(w.W_dec, features, { d: dIn })).mean;
   const rows: [string, string][] = [
     ['MMCS truth -> learned', t2l.toFixed(4)],
     ['MMCS learned -> truth', l2t.toFixed(4)],

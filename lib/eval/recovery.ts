@@ -5,11 +5,16 @@
  * Cosines are computed in float64 from the float32 inputs as cos(a, b) = a.b / sqrt(|a|^2 |b|^2),
  * each sum accumulated in index order (so a row and its power-of-two rescaled copy give exactly
  * +-1), clamped to [-1, 1]; a zero row has cosine 0 with everything. The cosine matrix is
- * computed in tiles: MMCS keeps only one running maximum per row, never the full matrix.
+ * computed in tiles: MMCS keeps only one running maximum per row, never the full matrix. Both
+ * functions are asynchronous: the tiles are computed on the JS thread in slices of about 20 ms
+ * (the event loop runs between them), and MCC's exact matching runs in the native solver off
+ * the JS thread (linearAssignmentAsync). Cost: nLearned x nTruth x d multiply-adds (about 1 s per
+ * 10^9 here) plus, for MCC, the matching (a few seconds at 8192 x 8192) and an
+ * nLearned x nTruth float64 cost matrix.
  */
 import { argError, SaekitError } from '../errors.js';
 import { checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
-import { solveAssignment } from './assignment.js';
+import { linearAssignmentAsync } from './assignment.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const MMCS_OPTIONS = optionNames<MmcsOptions>({ d: true, direction: true, similarity: true });
@@ -69,7 +74,7 @@ export interface MccResult {
 }
 
 /** Mean max cosine similarity between learned rows [nLearned, d] and ground-truth rows [nTruth, d]. */
-export function mmcs(learned: Float32Array, truth: Float32Array, options: MmcsOptions): MmcsResult {
+export async function mmcs(learned: Float32Array, truth: Float32Array, options: MmcsOptions): Promise<MmcsResult> {
   const o = checkOptions('options', options, MMCS_OPTIONS);
   const d = checkInt('options.d', o.d, 1, 2 ** 31 - 1);
   const nL = checkRows('learned', learned, d);
@@ -82,7 +87,7 @@ export function mmcs(learned: Float32Array, truth: Float32Array, options: MmcsOp
   const normT = squaredNorms(T, nTg, d);
   const perRow = new Float64Array(nS).fill(-Infinity);
   const best = new Int32Array(nS).fill(-1);
-  forEachTile(S, nS, T, nTg, d, (i0, i1, j0, j1, tile) => {
+  await forEachTile(S, nS, T, nTg, d, (i0, i1, j0, j1, tile) => {
     const w = j1 - j0;
     for (let i = i0; i < i1; i++) {
       const ni = normS[i]!;
@@ -111,7 +116,7 @@ export function mmcs(learned: Float32Array, truth: Float32Array, options: MmcsOp
  * maximising the total similarity (every row of the smaller set is matched), and the mean
  * similarity over the matched pairs (denominator min(nLearned, nTruth)).
  */
-export function mcc(learned: Float32Array, truth: Float32Array, options: MccOptions): MccResult {
+export async function mcc(learned: Float32Array, truth: Float32Array, options: MccOptions): Promise<MccResult> {
   const o = checkOptions('options', options, MCC_OPTIONS);
   const d = checkInt('options.d', o.d, 1, 2 ** 31 - 1);
   const nL = checkRows('learned', learned, d);
@@ -126,7 +131,7 @@ export function mcc(learned: Float32Array, truth: Float32Array, options: MccOpti
   const normA = squaredNorms(A, n, d);
   const normB = squaredNorms(B, m, d);
   const work = new Float64Array(n * m);
-  forEachTile(A, n, B, m, d, (i0, i1, j0, j1, tile) => {
+  await forEachTile(A, n, B, m, d, (i0, i1, j0, j1, tile) => {
     const w = j1 - j0;
     for (let i = i0; i < i1; i++) {
       const ni = normA[i]!;
@@ -138,7 +143,7 @@ export function mcc(learned: Float32Array, truth: Float32Array, options: MccOpti
       }
     }
   });
-  const col4row = solveAssignment(work, n, m);
+  const col4row = (await linearAssignmentAsync(work, n, m)).rowToCol;
   const pairs = new Int32Array(nT).fill(-1);
   const cos = new Float64Array(nT).fill(NaN);
   const normL = truthRows ? normB : normA;
@@ -196,8 +201,15 @@ function dot(a: Float32Array, i: number, b: Float32Array, j: number, d: number):
 
 type TileVisitor = (i0: number, i1: number, j0: number, j1: number, tile: Float64Array) => void;
 
-/** Visits the dot-product matrix A B^T in tiles [i0, i1) x [j0, j1) (tile row-major, width j1 - j0). */
-function forEachTile(A: Float32Array, nA: number, B: Float32Array, nB: number, d: number, visit: TileVisitor): void {
+/** Milliseconds of tiles computed between two turns of the event loop. */
+const SLICE_MS = 20;
+
+/**
+ * Visits the dot-product matrix A B^T in tiles [i0, i1) x [j0, j1) (tile row-major, width
+ * j1 - j0), letting the event loop run every SLICE_MS (the tiles and their order do not change).
+ */
+async function forEachTile(A: Float32Array, nA: number, B: Float32Array, nB: number, d: number, visit: TileVisitor): Promise<void> {
+  let since = performance.now();
   // A tile of B rows stays in cache (~128 KiB) while a block of A rows streams past it.
   const bt = Math.max(4, Math.min(nB, Math.floor(32768 / d)));
   const at = Math.min(nA, 64);
@@ -208,6 +220,10 @@ function forEachTile(A: Float32Array, nA: number, B: Float32Array, nB: number, d
       const i1 = Math.min(nA, i0 + at);
       dotTile(A, i0, i1, B, j0, j1, d, tile);
       visit(i0, i1, j0, j1, tile);
+      if (performance.now() - since > SLICE_MS) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        since = performance.now();
+      }
     }
   }
 }
