@@ -68,6 +68,11 @@ describe('saekit CLI', () => {
     expect(typo.status, typo.stderr).toBe(0);
     expect(typo.stderr).toMatch(/\[SAEKIT_ENV\] Warning: SAEKIT_NUM_THREADS='two' is ignored: expected an integer between 1 and 1024/);
     expect(typo.stderr).toMatch(/SAEKIT_SIMD='avx3' is ignored: expected one of scalar, sse42, avx2, avx512/);
+    // What the warning calls ignored is ignored natively too (strtol took "+1" as 1).
+    const plus = run(['info'], { SAEKIT_NUM_THREADS: '+1' });
+    expect(plus.stderr).toMatch(/SAEKIT_NUM_THREADS='\+1' is ignored/);
+    const [, used, hw] = /^threads\s+(\d+) of (\d+)/m.exec(plus.stdout)!;
+    expect(used).toBe(hw);
   });
 
   it('an unknown command fails with help on stderr', () => {

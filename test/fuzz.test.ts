@@ -137,6 +137,13 @@ describe('fuzzing the public API', () => {
     expect(() => empty.toArray()).toThrow(/disposed/);
     expect(() => native().matmul({} as never, {} as never, false, false)).toThrow(/Expected a Tensor for a/);
     expect(t.disposed).toBe(false);
+    // Another kind of External (a prefetched batch) is not a correlation store: refused, not
+    // misread as one (it crashed the process).
+    using sae = saekit.SparseAutoencoder.create({ dIn: 4, numLatents: 8, k: 2 });
+    const batch = sae.adam().prefetch(new Float32Array(8));
+    const foreign = batch.take();
+    const b = native() as unknown as Record<string, (...args: unknown[]) => unknown>;
+    expect(() => b.sparseCorrAppend!(foreign, new Float32Array(2), new Int32Array(2), new Float32Array(2), new Int32Array(2), 1)).toThrow(/sparse correlation store/);
   });
 
   it('SAE and optimizer handles reject random argument lists without crashing', async () => {

@@ -629,6 +629,26 @@ describe('AdamOptimizer.step', () => {
     expect(numDead[1], 'step 2 must have dead latents').toBeGreaterThan(0);
   });
 
+  it('betas near their limits (float32-exact 1 - 2^-16 and 1 - 2^-23) match the reference; larger ones are refused', async () => {
+    await lockstep('betas near 1', dims, { lr: 1e-3, beta1: 1 - 2 ** -16, beta2: 1 - 2 ** -23 }, [{ rows: 37 }, { rows: 5 }, { rows: 37 }], 7);
+    using sae = SparseAutoencoder.create({ dIn: 4, numLatents: 8, k: 2 });
+    // float32(0.99999999) is 1: v would never grow and every parameter became NaN.
+    expect(() => sae.adam({ beta2: 0.99999999 })).toThrow(/options\.beta2/);
+    expect(() => sae.adam({ beta1: 0.999999 })).toThrow(/options\.beta1/);
+  });
+
+  it('a batch whose total variance float32 gradients cannot scale is refused, not trained with vanishing gradients', async () => {
+    using sae = SparseAutoencoder.create({ dIn: 5, numLatents: 9, k: 2, seed: 3 });
+    const next = lcg(freshSeed(77));
+    const x = Float32Array.from({ length: 7 * 5 }, () => (next() - 0.5) * 1e22);
+    await expect(sae.gradients(x)).rejects.toThrow(/total variance float32 gradients can scale/);
+    const opt = sae.adam();
+    await expect(opt.step(x)).rejects.toThrow(/total variance/);
+    expect(opt.steps).toBe(0);
+    // 1e15 is still fine (tv ~ 1e31).
+    await expect(sae.gradients(x.map((v) => v * 1e-7))).resolves.toMatchObject({ loss: expect.any(Number) });
+  });
+
   it('k = numLatents and k = 1 on small odd sizes', async () => {
     await lockstep('k = L', { dIn: 7, numLatents: 13, k: 13 }, { lr: 1e-3 }, [{ rows: 5 }, { rows: 37, deadThresholdTokens: 3 }], 4);
     await lockstep('k = 1', { dIn: 7, numLatents: 13, k: 1 }, { lr: 1e-3 }, [{ rows: 5 }, { rows: 2 }, { rows: 37, deadThresholdTokens: 2 }], 5);

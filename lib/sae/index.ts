@@ -170,9 +170,9 @@ export interface Gradients {
 export interface AdamOptions {
   /** Learning rate. Default 2e-4 / sqrt(numLatents / 2^14) (sparsify's and dictionary_learning's scaling). */
   lr?: number;
-  /** Default 0.9. */
+  /** Default 0.9; at most 0.99999 (the moments are float32: 1 - beta1 must stay exact enough). */
   beta1?: number;
-  /** Default 0.999. */
+  /** Default 0.999; at most 0.9999999 (in float32 a larger beta2 rounds to 1 and v never grows). */
   beta2?: number;
   /** Default 1e-8. */
   eps?: number;
@@ -624,8 +624,8 @@ export class SparseAutoencoder {
   adam(options?: AdamOptions): AdamOptimizer {
     const o = checkOptions('options', options, ADAM_OPTIONS);
     const lr = o.lr === undefined ? 2e-4 / Math.sqrt(this.numLatents / 2 ** 14) : checkNumber('options.lr', o.lr, 0, MAX_LR);
-    const beta1 = o.beta1 === undefined ? 0.9 : checkNumber('options.beta1', o.beta1, 0, 0.999999);
-    const beta2 = o.beta2 === undefined ? 0.999 : checkNumber('options.beta2', o.beta2, 0, 0.99999999);
+    const beta1 = o.beta1 === undefined ? 0.9 : checkNumber('options.beta1', o.beta1, 0, 0.99999);
+    const beta2 = o.beta2 === undefined ? 0.999 : checkNumber('options.beta2', o.beta2, 0, 0.9999999);
     const eps = o.eps === undefined ? 1e-8 : checkNumber('options.eps', o.eps, 1e-30, 1e6);
     const h = callNative(() => this.handle().adam(lr, beta1, beta2, eps));
     const opt = new AdamConstructor(h, this, lr);

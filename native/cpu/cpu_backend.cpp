@@ -28,7 +28,8 @@ int initial_threads() {
   if (const char* env = std::getenv("SAEKIT_NUM_THREADS")) {
     char* end = nullptr;
     long n = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && n >= 1 && n <= 1024) return int(n);
+    // Digits only, as the JS check that warns about ignored values ("+1" or " 7" are ignored).
+    if (env[0] >= '0' && env[0] <= '9' && *end == '\0' && n >= 1 && n <= 1024) return int(n);
   }
   return hardware_threads();
 }

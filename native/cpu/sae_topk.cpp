@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -29,7 +30,8 @@ int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   if (!v) return fallback;
   char* end = nullptr;
   long long n = std::strtoll(v, &end, 10);
-  return (end != v && *end == '\0' && n >= lo && n <= hi) ? int64_t(n) : fallback;
+  // Digits only, as the JS check that warns about ignored values ("+1" or " 7" are ignored).
+  return (v[0] >= '0' && v[0] <= '9' && *end == '\0' && n >= lo && n <= hi) ? int64_t(n) : fallback;
 }
 // Fixed block sizes for reductions: results do not depend on the thread count.
 constexpr int64_t kRowBlock = 256;
@@ -358,6 +360,11 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
   // dL/dx_hat = gscale * E; dL/de_hat = hscale * R with R = e_hat - e. The paper's hscale divides
   // by the residual's variance, known only after the pass below: the pass then leaves the AuxK
   // codes' d loss / d pre as plain dot products (scale 1), multiplied by hscale afterwards.
+  // float32 gradients: past tv ~ 1.7e38 the scale -2 / tv is subnormal and then 0, and every
+  // gradient would shrink silently while the (float64) loss stays right.
+  SK_CHECK(2.0 / tv >= double(std::numeric_limits<float>::min()), ErrorCode::Arg,
+           "Expected a batch x whose total variance float32 gradients can scale (at most 1.7e38) but it is ", tv,
+           ": scale the inputs down (the Trainer's normalize: 'expected-norm' does)");
   const float gscale = float(-2.0 / tv);
   float hscale = paper ? 0.0f : float(2.0 * double(opt.auxk_alpha) * aux_scale / tv);
   const float hscale_pass = paper ? 1.0f : hscale;
@@ -535,7 +542,7 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
   st.times.backward = seconds(t_bwd, t_upd);
   // Per-latent pass: the W_dec row and W_enc column gradients of latent l come from its pairs
   // only. With Adam, the update is fused here: project, step, renormalise.
-  float b1t = 1, b2t = 1, lr_t = 0, inv_sqrt_bc2 = 1;
+  float lr_t = 0, inv_sqrt_bc2 = 1;
   float* m_enc = nullptr;
   float* v_enc = nullptr;
   float* m_dec = nullptr;
@@ -544,10 +551,12 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
   float* v_benc = nullptr;
   if (adam) {
     adam->t += 1;
-    b1t = float(std::pow(double(adam->beta1), double(adam->t)));
-    b2t = float(std::pow(double(adam->beta2), double(adam->t)));
-    lr_t = float(double(adam->lr) / (1.0 - double(b1t)));
-    inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - double(b2t)));
+    // The bias corrections in float64 throughout: 1 - beta^t rounded through float32 lost up to
+    // 1.5% of lr_t for beta1 near 1.
+    const double b1t = std::pow(double(adam->beta1), double(adam->t));
+    const double b2t = std::pow(double(adam->beta2), double(adam->t));
+    lr_t = float(double(adam->lr) / (1.0 - b1t));
+    inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - b2t));
     m_enc = adam->m.data();
     v_enc = adam->v.data();
     m_dec = m_enc + M * D;

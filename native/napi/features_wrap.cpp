@@ -33,8 +33,13 @@ const T* typed(const Napi::Value& v, const std::string& name, int64_t length, co
   return reinterpret_cast<const T*>(typed_array_data(ta));
 }
 
+// Tags the store's External, so another External (a prefetched batch) is refused, not misread.
+const napi_type_tag kStoreTag = {0x5ae1c0d7c0a5e11dULL, 0x9b27e4f1a3c6d805ULL};
+
 StoreSlot* slot_of(const Napi::Value& v) {
-  if (!v.IsExternal()) arg_error(ErrorCode::Arg, "store", "a sparse correlation store", v);
+  bool ok = false;
+  if (!v.IsExternal() || napi_check_object_type_tag(v.Env(), v, &kStoreTag, &ok) != napi_ok || !ok)
+    arg_error(ErrorCode::Arg, "store", "a sparse correlation store", v);
   StoreSlot* s = v.As<Napi::External<StoreSlot>>().Data();
   if (!s || !s->store) throw Error(ErrorCode::Disposed, "Expected a sparse correlation store that has not run yet");
   return s;
@@ -47,7 +52,9 @@ Napi::Value create(const Napi::CallbackInfo& info) {
   int64_t rr = get_int(info[2], "reserveRows", 0, lim - 1);
   int64_t ra = get_int(info[3], "reserveA", 0, int64_t(1) << 40), rb = get_int(info[4], "reserveB", 0, int64_t(1) << 40);
   auto* slot = new StoreSlot{std::make_shared<cpu::SparseCorrStore>(nA, nB, rr, ra, rb)};
-  return Napi::External<StoreSlot>::New(info.Env(), slot, [](Napi::Env, StoreSlot* s) { delete s; });
+  auto ext = Napi::External<StoreSlot>::New(info.Env(), slot, [](Napi::Env, StoreSlot* s) { delete s; });
+  if (napi_type_tag_object(info.Env(), ext, &kStoreTag) != napi_ok) throw Error(ErrorCode::Internal, "napi_type_tag_object failed");
+  return ext;
 }
 
 // sparseCorrAppend(store, valuesA, indicesA, valuesB, indicesB, rows): synchronous copy of one

@@ -1226,8 +1226,8 @@ Napi::Value NativeSae::adam(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     auto m = live();
     require_trainable(*m, "adam()");
-    return NativeAdam::make(info.Env(), m, float(get_double(info[0], "lr", 0, 1e6)), float(get_double(info[1], "beta1", 0, 0.999999)),
-                            float(get_double(info[2], "beta2", 0, 0.99999999)), float(get_double(info[3], "eps", 1e-30, 1e6)));
+    return NativeAdam::make(info.Env(), m, float(get_double(info[0], "lr", 0, 1e6)), float(get_double(info[1], "beta1", 0, 0.99999)),
+                            float(get_double(info[2], "beta2", 0, 0.9999999)), float(get_double(info[3], "eps", 1e-30, 1e6)));
   });
 }
 
