@@ -59,7 +59,7 @@ export class Progress {
 /** Says how many rows --on-non-finite skip dropped, if any (stderr). */
 export function reportSkipped(...sources: { skippedRows?: number }[]): void {
   const n = sources.reduce((a, s) => a + (s.skippedRows ?? 0), 0);
-  if (n > 0) process.stderr.write(`saekit: skipped ${n.toLocaleString('en-US')} row${n === 1 ? '' : 's'} holding NaN or Inf\n`);
+  if (n > 0) process.stderr.write(`saekit: skipped ${n.toLocaleString('en-US')} row${n === 1 ? '' : 's'} holding NaN or Inf (counted each time read: every epoch, and rows read ahead)\n`);
 }
 
 /** Progress of a pass over tokens without training statistics (eval, compare): the same line format. */
