@@ -145,7 +145,11 @@ __global__ void colsum_partial_kernel(const float* A, int64_t rows, int64_t D, c
     double s = 0;
     for (int64_t r = c * kChunk; r < r1; ++r) {
       double a = A[r * D + d];
-      s += rw ? double(rw[r]) * a : a;
+      if (!rw) {
+        s += a;
+      } else if (rw[r] != 0.0f) {
+        s += double(rw[r]) * a;  // a zero weight adds nothing, as on the CPU (0 * inf is NaN)
+      }
     }
     partial[c * D + d] = s;
   }
@@ -1281,8 +1285,11 @@ void forward(sk_sae_dev* S, int64_t N, int prec, int64_t K, const float* thr, fl
 // at least 64 AuxK codes (dIn >= 128) and there are at most 256 dead latents per code a row keeps
 // (64 in float32, which has no tensor cores: the GEMMs' work grows with the dead latents, the
 // pairs' with the codes), with the gradient rows (2 x dead x dIn floats) within
-// SAEKIT_CUDA_AUXK_BYTES (default 4 GiB) and a quarter of the free device memory.
-bool aux_dense_wanted(int64_t D, int64_t Ka, int64_t nd, int prec) {
+// SAEKIT_CUDA_AUXK_BYTES (default 4 GiB) and a quarter of the free device memory, counting as
+// free what the dense path's own buffers already hold (`held`): otherwise a step that went dense
+// lowered the free memory the next identical step saw, which could then take the per-pair path
+// and sum in another order.
+bool aux_dense_wanted(int64_t D, int64_t Ka, int64_t nd, int prec, size_t held) {
   const char* e = std::getenv("SAEKIT_CUDA_AUXK");
   if (e && std::strcmp(e, "dense") == 0) return true;
   if (e && std::strcmp(e, "sparse") == 0) return false;
@@ -1294,7 +1301,7 @@ bool aux_dense_wanted(int64_t D, int64_t Ka, int64_t nd, int prec) {
     return false;
   }
   const int64_t need = 2 * nd * D * int64_t(sizeof(float));
-  return need <= budget && need <= int64_t(free_b / 4);
+  return need <= budget && need <= int64_t((free_b + held) / 4);
 }
 
 // Dead latents per column chunk: the chunk's three [N, C] scratch matrices stay within 256 MiB
@@ -1656,7 +1663,9 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     SK_CHECK(Ka <= kMaxSelectK, ErrorCode::Arg, "AuxK would keep ", Ka, " codes per row; the CUDA selection keeps at "
              "most 8192 (dIn <= 16384)");
     use(S);  // aux_dense_wanted asks this device for its free memory
-    const bool dense_aux = Ka > 0 && aux_dense_wanted(D, Ka, o->num_dead, o->precision);
+    const size_t aux_held = S->ad_pos.cap + S->ad_A.cap + S->ad_DP.cap + S->ad_G.cap + S->ad_W.cap + S->ad_GA.cap +
+                            S->ad_db.cap + S->ad_max.cap + S->ad_part.cap;
+    const bool dense_aux = Ka > 0 && aux_dense_wanted(D, Ka, o->num_dead, o->precision, aux_held);
     const int64_t NK = N64 * K, NKa = N64 * Ka, L = NK + (dense_aux ? 0 : NKa);  // dense: AuxK not in the pairs
     SK_CHECK(L <= INT32_MAX, ErrorCode::Shape, "too many (row, latent) pairs in one step: ", L);
     cudaStream_t s = S->s;
@@ -1836,13 +1845,13 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
       SK_CUDA(cudaMemcpyAsync(grads + 2 * M * D, gbenc, size_t(M) * sizeof(float), cudaMemcpyDeviceToDevice, s));
       SK_CUDA(cudaMemcpyAsync(grads + 2 * M * D + M, gbf, size_t(D) * sizeof(float), cudaMemcpyDeviceToDevice, s));
     } else {
-      const float b1t = float(std::pow(double(o->beta1), double(t_next)));
-      const float b2t = float(std::pow(double(o->beta2), double(t_next)));
+      const double b1t = std::pow(double(o->beta1), double(t_next));  // float64, as the CPU backend
+      const double b2t = std::pow(double(o->beta2), double(t_next));
       ad.b1 = o->beta1;
       ad.b2 = o->beta2;
       ad.eps = o->eps;
-      ad.lr_t = float(double(o->lr) / (1.0 - double(b1t)));
-      ad.inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - double(b2t)));
+      ad.lr_t = float(double(o->lr) / (1.0 - b1t));
+      ad.inv_sqrt_bc2 = float(1.0 / std::sqrt(1.0 - b2t));
       if (vec4) {
         float* G = S->gdec.as<float>(M * D);
         float* parts = S->parts.as<float>(M * int64_t(slices.y));
