@@ -40,6 +40,12 @@ export interface BackendInfo {
     linked: boolean;
     /** Why the built-in GEMM runs, when it does. */
     reason?: string;
+    /**
+     * The symmetric eigensolver of metrics.spectrum and metrics.symmetricEigenvalues: 'lapack'
+     * (dsyevd from the linked library, when it exports it) or 'builtin' (also under
+     * SAEKIT_BLAS=builtin).
+     */
+    eigen: 'lapack' | 'builtin';
   };
   /** The CUDA backend: whether it can be used and, if not, which piece is missing. */
   cuda: {

@@ -19,16 +19,27 @@
  *   covariance shows rounding noise, not spectrum); with fewer than 2 ranks left alpha is NaN and
  *   fitRanks is [0, 0].
  *
- * Numerics: column means are computed in float64; the centred rows are formed in float32 in blocks
- * of rows, each block's Gram matrix comes from the backend's float32 GEMM (`ops.matmul` with
- * transA) and is accumulated in float64. The symmetric eigenproblem is solved in float64 by
- * Householder tridiagonalisation followed by the implicit QL method with Wilkinson-type shifts;
- * cost is about (8/3) d^3 flops in JS (seconds for d = 1000, a minute or two for d = 4096).
+ * Numerics and where it runs: spectrum() copies W_dec into native memory 2 MiB-element pieces at a
+ * time, yielding to the event loop between pieces (about 2 ms each), then runs one queued native
+ * job (native/cpu/spectrum.cpp) on the executor thread, which fans out over the CPU threads: the
+ * non-finite screen; column means in float64; the centred rows formed in float32 in blocks of 8192
+ * rows, each block's Gram matrix (lower triangle, column tiles of 512) from the backend's float32
+ * GEMM (OpenBLAS or the built-in one) and summed in float64; then the eigenvalues in float64. The
+ * eigensolver is LAPACK's dsyevd (eigenvalues only: Householder tridiagonalisation, then the
+ * Pal-Walker-Kahan QL/QR) from the linked OpenBLAS when it exports it, else (no OpenBLAS, or
+ * SAEKIT_BLAS=builtin; backend.info().blas.eigen says which) a built-in blocked Householder
+ * tridiagonalisation (panels of 32 reflectors) and the implicit QL method. Costs: the GEMMs about
+ * n d^2 flops, the solver (4/3) d^3 flops, of which half are matrix-vector products that read the
+ * d x d float64 matrix once per reflector (memory-bound). Memory: 4 n d bytes for the copy of
+ * W_dec, 4 d (d + 8192) for the GEMM's blocks, 8 d^2 for the covariance. Measured on a 2-core
+ * VM with n = 16384: d = 1024 about 2-4 s, d = 2304 12-16 s, d = 4096 43 s with OpenBLAS (of which
+ * dsyevd 15-25 s) and 59 s built-in; the JS solver this replaced blocked the event loop for all of
+ * it (d = 1024: 7.8 s). The JS thread only copies the pieces; the longest event-loop gaps seen
+ * were 30-65 ms up to d = 2304 and up to 0.4 s at d = 4096, where both cores are busy.
  */
-import { argError, SaekitError } from '../errors.js';
-import { tensor } from '../tensor/index.js';
-import { matmul } from '../tensor/ops.js';
-import { checkInt } from '../validate.js';
+import { argError, fromNative, SaekitError, settleNative } from '../errors.js';
+import { native, type NativeEigenSolver, type NativeSpectrumStage } from '../native/index.js';
+import { checkInt, checkNumber } from '../validate.js';
 
 /** Result of spectrum(). */
 export interface SpectrumResult {
@@ -43,204 +54,109 @@ export interface SpectrumResult {
 /** First and last (1-based, inclusive) ranks of the power-law fit, as in the reference. */
 export const SPECTRUM_FIT_RANKS: readonly [number, number] = [11, 150];
 
-const ROW_BLOCK = 8192;
+/** Values copied into native memory per turn of the event loop (8 MiB of float32: ~2 ms). */
+const STAGE_PIECE = 1 << 21;
 
 /**
- * Eigenvalues of the covariance of the decoder rows and the fitted power-law exponent.
- * @param W_dec decoder weights, row-major [n, d] (one row per latent); read in blocks while the
- *   Promise is pending, so keep it unchanged until it settles (a detached or resized array is
- *   an ERR_SAEKIT_ARG).
+ * Eigenvalues of the covariance of the decoder rows and the fitted power-law exponent, computed
+ * off the JS thread (see the module comment for the numerics and costs).
+ * @param W_dec decoder weights, row-major [n, d] (one row per latent), finite. Copied in pieces
+ *   while the Promise is pending, between turns of the event loop, so keep it unchanged until it
+ *   settles (a detached or resized array is an ERR_SAEKIT_ARG).
+ * @param n rows of W_dec (latents), at least 2.
+ * @param d columns of W_dec (input dimension), 1..65536.
  */
 export async function spectrum(W_dec: Float32Array, n: number, d: number): Promise<SpectrumResult> {
+  return spectrumWith(W_dec, n, d, 'auto');
+}
+
+/**
+ * spectrum() with the eigensolver chosen ('lapack' rejects with ERR_SAEKIT_DEVICE where dsyevd is
+ * not linked). Internal: tests run both solvers in one process.
+ * @internal
+ */
+export async function spectrumWith(W_dec: Float32Array, n: number, d: number, solver: NativeEigenSolver): Promise<SpectrumResult> {
+  const site = new Error();
   if (!(W_dec instanceof Float32Array)) throw argError('W_dec', 'a Float32Array', W_dec);
   checkInt('n', n, 2, 2 ** 31);
   checkInt('d', d, 1, 65536);
   if (W_dec.length !== n * d) {
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected W_dec of length n * d = ${n * d} for [${n}, ${d}] but received length ${W_dec.length}`);
   }
-  for (let i = 0; i < W_dec.length; i++) {
-    if (!Number.isFinite(W_dec[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `W_dec[${i}] is ${W_dec[i]}: expected finite values`);
-  }
-  const cov = await decoderCovariance(W_dec, n, d);
-  const eigenvalues = symmetricEigenvalues(cov, d);
+  const stage = await staged(W_dec, 'float32', 'W_dec', site);
+  const eigenvalues = await settle(() => native().decoderSpectrum(stage, n, d, solver), site);
   const fit = powerLawFit(eigenvalues, Math.min(d, n - 1), (eigenvalues[0]! > 0 ? eigenvalues[0]! : 0) * d * 2 ** -24);
   return { eigenvalues, alpha: fit.alpha, fitRanks: fit.fitRanks };
 }
 
-/** Column-centred covariance C = Wc^T Wc / (n - 1), d x d row-major float64. */
-async function decoderCovariance(W: Float32Array, n: number, d: number): Promise<Float64Array> {
-  const mean = new Float64Array(d);
-  for (let r = 0; r < n; r++) {
-    const o = r * d;
-    for (let c = 0; c < d; c++) mean[c] += W[o + c];
-  }
-  for (let c = 0; c < d; c++) mean[c] /= n;
-  const cov = new Float64Array(d * d);
-  for (let r0 = 0; r0 < n; r0 += ROW_BLOCK) {
-    const rows = Math.min(ROW_BLOCK, n - r0);
-    const block = new Float32Array(rows * d);
-    for (let r = 0; r < rows; r++) {
-      const o = (r0 + r) * d;
-      for (let c = 0; c < d; c++) block[r * d + c] = W[o + c] - mean[c];
-    }
-    using t = tensor(block, [rows, d], { device: 'cpu' });
-    using g = await matmul(t, t, { transA: true });
-    const part = await g.toArray();
-    if (W.length !== n * d) {
-      throw new SaekitError('ERR_SAEKIT_ARG', `Expected W_dec to keep its ${n * d} values until spectrum() settles but it now has ${W.length} (was its ArrayBuffer detached or resized?)`);
-    }
-    for (let i = 0; i < cov.length; i++) cov[i] += part[i];
-  }
-  const inv = 1 / (n - 1);
-  // Symmetrise (GEMM results need not be exactly symmetric) and scale.
-  for (let i = 0; i < d; i++) {
-    cov[i * d + i] *= inv;
-    for (let j = 0; j < i; j++) {
-      const v = 0.5 * (cov[i * d + j] + cov[j * d + i]) * inv;
-      cov[i * d + j] = v;
-      cov[j * d + i] = v;
-    }
-  }
-  return cov;
+/**
+ * Eigenvalues of a real symmetric d x d matrix, sorted descending, computed off the JS thread in
+ * float64 by the solver spectrum() uses (LAPACK's dsyevd when linked, else the built-in one;
+ * backend.info().blas.eigen). Only symmetry is assumed: the symmetric part (A + A^T) / 2 is used.
+ * Cost: (4/3) d^3 flops and 8 d^2 bytes (a copy; the input is not modified).
+ * @param matrix row-major [d, d], finite; copied in pieces while the Promise is pending (keep it
+ *   unchanged until it settles).
+ * @param d 1..65536.
+ */
+export async function symmetricEigenvalues(matrix: Float64Array | Float32Array, d: number): Promise<Float64Array> {
+  return symmetricEigenvaluesWith(matrix, d, 'auto');
 }
 
-/**
- * Eigenvalues of a real symmetric d x d matrix (row-major; only symmetry is assumed, the input is
- * not modified), sorted descending. Householder tridiagonalisation + implicit QL, float64.
- */
-export function symmetricEigenvalues(matrix: Float64Array | Float32Array, d: number): Float64Array {
+/** symmetricEigenvalues() with the eigensolver chosen (see spectrumWith). @internal */
+export async function symmetricEigenvaluesWith(matrix: Float64Array | Float32Array, d: number, solver: NativeEigenSolver): Promise<Float64Array> {
+  const site = new Error();
   checkInt('d', d, 1, 65536);
   if (!(matrix instanceof Float64Array || matrix instanceof Float32Array)) throw argError('matrix', 'a Float64Array or Float32Array', matrix);
   if (matrix.length !== d * d) {
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected matrix of length d * d = ${d * d} but received length ${matrix.length}`);
   }
-  const a = Float64Array.from(matrix);
-  for (let i = 0; i < a.length; i++) {
-    if (!Number.isFinite(a[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `matrix[${i}] is ${a[i]}: expected finite values`);
-  }
-  // Use the symmetric part, so tiny asymmetries do not matter.
-  for (let i = 0; i < d; i++) {
-    for (let j = 0; j < i; j++) {
-      const v = 0.5 * (a[i * d + j] + a[j * d + i]);
-      a[i * d + j] = v;
-      a[j * d + i] = v;
-    }
-  }
-  const diag = new Float64Array(d);
-  const off = new Float64Array(d);
-  tridiagonalise(a, d, diag, off);
-  tridiagonalQL(diag, off, d);
-  diag.sort();
-  diag.reverse();
-  return diag;
+  const stage = await staged(matrix, 'float64', 'matrix', site);
+  return settle(() => native().symmetricEigenvalues(stage, d, solver), site);
 }
 
 /**
- * Householder reduction of the full symmetric matrix `a` (kept fully symmetric throughout, so every
- * inner product runs along a row) to tridiagonal form: diag[i] and off[i] = T[i][i-1] (off[0] = 0).
+ * Copies `src` into a new native stage STAGE_PIECE values at a time, yielding to the event loop
+ * between pieces (the first piece is copied before the caller's first await). A Float32Array
+ * bound for a float64 stage is widened piece by piece.
  */
-function tridiagonalise(a: Float64Array, n: number, diag: Float64Array, off: Float64Array): void {
-  const p = new Float64Array(n);
-  for (let i = n - 1; i >= 1; i--) {
-    const l = i - 1;
-    const ri = i * n;
-    if (l === 0) {
-      off[i] = a[ri];
-      continue;
+async function staged(src: Float32Array | Float64Array, dtype: 'float32' | 'float64', name: string, site: Error): Promise<NativeSpectrumStage> {
+  const total = src.length;
+  const stage = callAt(() => native().spectrumStage(dtype, total), site);
+  for (let at = 0; at < total; at += STAGE_PIECE) {
+    if (at > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+    if (src.length !== total) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${name} to keep its ${total} values until the call settles but it now has ${src.length} (was its ArrayBuffer detached or resized?)`);
     }
-    let scale = 0;
-    for (let k = 0; k <= l; k++) scale += Math.abs(a[ri + k]);
-    if (scale === 0) {
-      off[i] = a[ri + l];
-      continue;
-    }
-    let h = 0;
-    for (let k = 0; k <= l; k++) {
-      a[ri + k] /= scale;
-      h += a[ri + k] * a[ri + k];
-    }
-    const f0 = a[ri + l];
-    const g0 = f0 >= 0 ? -Math.sqrt(h) : Math.sqrt(h);
-    off[i] = scale * g0;
-    h -= f0 * g0;
-    a[ri + l] = f0 - g0; // u = the Householder vector in a[i][0..l]; H = I - u u^T / h
-    // p = A u / h, and K = u.p / (2h); q = p - K u; A <- A - u q^T - q u^T.
-    let f = 0;
-    for (let j = 0; j <= l; j++) {
-      const rj = j * n;
-      let g = 0;
-      for (let k = 0; k <= l; k++) g += a[rj + k] * a[ri + k];
-      p[j] = g / h;
-      f += p[j] * a[ri + j];
-    }
-    const hh = f / (h + h);
-    for (let j = 0; j <= l; j++) p[j] -= hh * a[ri + j];
-    for (let j = 0; j <= l; j++) {
-      const rj = j * n;
-      const uj = a[ri + j];
-      const qj = p[j];
-      for (let k = 0; k <= l; k++) a[rj + k] -= uj * p[k] + qj * a[ri + k];
-    }
+    const end = Math.min(total, at + STAGE_PIECE);
+    const piece = dtype === 'float64' && src instanceof Float32Array ? Float64Array.from(src.subarray(at, end)) : src.subarray(at, end);
+    callAt(() => native().spectrumStageWrite(stage, piece, at), site);
   }
-  for (let i = 0; i < n; i++) diag[i] = a[i * n + i];
-  off[0] = 0;
+  return stage;
 }
 
-/** Implicit QL iteration on a symmetric tridiagonal matrix; eigenvalues overwrite diag. */
-function tridiagonalQL(diag: Float64Array, off: Float64Array, n: number): void {
-  const e = off;
-  for (let i = 1; i < n; i++) e[i - 1] = e[i];
-  e[n - 1] = 0;
-  for (let l = 0; l < n; l++) {
-    let iter = 0;
-    for (;;) {
-      let m = l;
-      for (; m < n - 1; m++) {
-        const dd = Math.abs(diag[m]) + Math.abs(diag[m + 1]);
-        if (Math.abs(e[m]) <= Number.EPSILON * dd) break;
-      }
-      if (m === l) break;
-      if (++iter > 100) throw new SaekitError('ERR_SAEKIT_INTERNAL', 'symmetricEigenvalues: QL iteration did not converge');
-      let g = (diag[l + 1] - diag[l]) / (2 * e[l]);
-      let r = Math.hypot(g, 1);
-      g = diag[m] - diag[l] + e[l] / (g + (g >= 0 ? Math.abs(r) : -Math.abs(r)));
-      let s = 1;
-      let c = 1;
-      let p = 0;
-      let i = m - 1;
-      let underflow = false;
-      for (; i >= l; i--) {
-        const f = s * e[i];
-        const b = c * e[i];
-        r = Math.hypot(f, g);
-        e[i + 1] = r;
-        if (r === 0) {
-          diag[i + 1] -= p;
-          e[m] = 0;
-          underflow = true;
-          break;
-        }
-        s = f / r;
-        c = g / r;
-        g = diag[i + 1] - p;
-        r = (diag[i] - g) * s + 2 * c * b;
-        p = s * r;
-        diag[i + 1] = g + p;
-        g = c * r - b;
-      }
-      if (underflow) continue;
-      diag[l] -= p;
-      e[l] = g;
-      e[m] = 0;
-    }
+function callAt<T>(fn: () => T, site: Error): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw fromNative(err, site);
   }
+}
+
+function settle<T>(fn: () => Promise<T>, site: Error): Promise<T> {
+  return settleNative(callAt(fn, site), site);
 }
 
 /**
  * OLS of log(lambda_r) on log(r) over 1-based ranks 11..150, clipped to `maxRank` and to the
  * leading run of eigenvalues above `floor` (see the module comment).
+ * @param eigenvalues sorted descending.
+ * @param maxRank the last rank that may be fitted: an integer between 0 and eigenvalues.length.
+ * @param floor eigenvalues at or below it end the range: a finite number >= 0.
  */
 export function powerLawFit(eigenvalues: Float64Array, maxRank = eigenvalues.length, floor = 0): { alpha: number; fitRanks: [number, number] } {
+  if (!(eigenvalues instanceof Float64Array)) throw argError('eigenvalues', 'a Float64Array', eigenvalues);
+  checkInt('maxRank', maxRank, 0, eigenvalues.length);
+  checkNumber('floor', floor, 0, Infinity);
   const [lo, hiMax] = SPECTRUM_FIT_RANKS;
   let hi = Math.min(hiMax, eigenvalues.length, maxRank);
   for (let r = lo; r <= hi; r++) {

@@ -33,7 +33,7 @@ export interface NativeInfo {
   hardwareThreads: number;
   simd: 'scalar' | 'sse4.2' | 'avx2' | 'avx512';
   cpuFeatures: string[];
-  blas: { name: string; version: string; coretype?: string; config?: string; linked: boolean; reason?: string };
+  blas: { name: string; version: string; coretype?: string; config?: string; linked: boolean; reason?: string; eigen: 'lapack' | 'builtin' };
   cuda: { available: boolean; reason: string; devices: string[]; loopback: boolean; attempts: { path: string; outcome: string }[] };
   napiVersion: number;
   encoderTile: { bytes: number; rows: number };
@@ -119,6 +119,12 @@ export interface NativeSaeStatics {
 export interface NativeSparseCorrStore {
   readonly __sparseCorrStore: unique symbol;
 }
+/** Native memory staged for a spectrum job (native/napi/spectrum_wrap.cpp); one job takes it. */
+export interface NativeSpectrumStage {
+  readonly __spectrumStage: unique symbol;
+}
+/** The symmetric eigensolver: LAPACK's dsyevd when linked ('auto' unless SAEKIT_BLAS=builtin), or the built-in one. */
+export type NativeEigenSolver = 'auto' | 'lapack' | 'builtin';
 /** What sparseCorrRun resolves to (native/cpu/sparse_corr.h). */
 export interface NativeSparseCorrResult {
   tokens: number;
@@ -203,6 +209,14 @@ export interface NativeBinding {
   sparseCorrRun(store: NativeSparseCorrStore, full: boolean, top: number, reverse: boolean, device?: string): Promise<NativeSparseCorrResult>;
   /** Exact linear assignment over a [rows, cols] float64 cost (copied); resolves to rowToCol (-1 unassigned). */
   linearAssignment(cost: Float64Array, rows: number, cols: number, maximize: boolean): Promise<Int32Array>;
+  /** Native memory for spectrum inputs, filled piece by piece with spectrumStageWrite (one job takes it). */
+  spectrumStage(dtype: 'float32' | 'float64', length: number): NativeSpectrumStage;
+  /** Copies src into stage[offset, offset + src.length) synchronously. */
+  spectrumStageWrite(stage: NativeSpectrumStage, src: Float32Array | Float64Array, offset: number): void;
+  /** Eigenvalues (descending) of the column-centred covariance of a float32 [n, d] stage; takes the stage. */
+  decoderSpectrum(stage: NativeSpectrumStage, n: number, d: number, solver: NativeEigenSolver): Promise<Float64Array>;
+  /** Eigenvalues (descending) of the symmetric part of a float64 [d, d] stage; takes the stage. */
+  symmetricEigenvalues(stage: NativeSpectrumStage, d: number, solver: NativeEigenSolver): Promise<Float64Array>;
   /** The status the process exits with (from the 'exit' event), for the native exit drain. */
   _noteExitCode(code: number): void;
   _philox(counter: Uint32Array, key: Uint32Array): Uint32Array;

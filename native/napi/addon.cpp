@@ -9,6 +9,7 @@
 #include "../cpu/blas.h"
 #include "../cpu/cpu_backend.h"
 #include "../cpu/sae_topk.h"
+#include "../cpu/spectrum.h"
 #include "args.h"
 #include "async.h"
 #include "env_data.h"
@@ -17,6 +18,7 @@
 #include "io_read.h"
 #include "ops.h"
 #include "sae_wrap.h"
+#include "spectrum_wrap.h"
 #include "tensor_wrap.h"
 
 namespace sk::napi {
@@ -56,6 +58,7 @@ Napi::Value backend_info(const Napi::CallbackInfo& info) {
   if (!b.config.empty()) blas.Set("config", b.config);
   blas.Set("linked", b.linked);
   if (!b.reason.empty()) blas.Set("reason", b.reason);
+  blas.Set("eigen", cpu::eigen_solver_name());
   o.Set("blas", blas);
 
   std::vector<std::string> candidates;
@@ -148,6 +151,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   register_sae(env, exports);
   register_io(env, exports);
   register_features(env, exports);
+  register_spectrum(env, exports);
   return exports;
 }
 

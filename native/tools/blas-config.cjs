@@ -27,7 +27,8 @@ function find() {
     if (process.env.SAEKIT_BLAS_STATIC === '1') {
       const dirs = (pkgConfig(['--variable=libdir', pkg]) || '').split(/\s+/).filter(Boolean);
       const lib = dirs.map((d) => path.join(d, `lib${pkg}.a`)).find((f) => fs.existsSync(f));
-      if (lib) libs = `${lib} -lpthread -lgfortran -lm`;
+      // -u: a weak reference (native/cpu/spectrum.cpp's dsyevd_) pulls no archive member by itself.
+      if (lib) libs = `-Wl,-u,dsyevd_ ${lib} -lpthread -lgfortran -lm`;
     }
     return { cflags, libs };
   }
