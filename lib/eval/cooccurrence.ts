@@ -17,8 +17,20 @@
  * - `top` lists the pairs i < j with C_ij >= 1 (pairs that never co-occur are not enumerated),
  *   ordered by phi descending, then count descending, then (i, j) ascending.
  *
- * Storage: pair counts are a dense upper-triangle Int32Array when numLatents <= 4096 (at most 64
- * MiB), a Map keyed by i * numLatents + j otherwise (only pairs that occurred).
+ * Storage: the pair counts C_ij (i < j) are a packed strict upper triangle, a Uint32Array of
+ * n(n - 1)/2 entries for n = numLatents (16,384 latents, the reference's Gemma Scope 16k: 512 MiB;
+ * the pages are committed as pairs are first counted). numLatents above COOCCURRENCE_MAX_LATENTS
+ * (32,768: 2 GiB) is refused by the constructor (ERR_SAEKIT_MEMORY), before any data is read.
+ *
+ * At most 2^32 - 1 chunks are counted (the counts are 32-bit): add() checks it before counting.
+ *
+ * Cost: closing a chunk with a active latents sorts them and adds 1 to a(a - 1)/2 counts: at the
+ * reference scale (L0 ~50, 256-token chunks, ~1,430 active latents per chunk) about 1M increments,
+ * ~10 ms (measured 50-110 chunks/s on a loaded 2-core machine). A chunk close is not split: a huge
+ * chunkTokens with all 16k latents active costs 134M increments (~1 s) in one call. result() visits
+ * every pair of latents active so far (up to n(n - 1)/2: ~0.8 s of CPU at 16k latents).
+ * cooccurrence() feeds add() about one chunk at a time and scans in slices, yielding to the event
+ * loop every ~10 ms.
  */
 import { argError, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
@@ -28,9 +40,17 @@ import type { SparseAutoencoder } from '../sae/index.js';
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const COOC_OPTIONS = optionNames<CooccurrenceOptions>({ chunkTokens: true, threshold: true, dropPartial: true });
 const COOC_RESULT_OPTIONS = optionNames<CooccurrenceResultOptions>({ top: true, dense: true });
+const CODES_INPUT_KEYS: readonly string[] = ['numLatents', 'codes'];
+const SAE_INPUT_KEYS: readonly string[] = ['sae', 'source', 'maxTokens', 'batchSize'];
 
-/** Largest numLatents for dense pair counts and for the dense phi matrix. */
+/** Largest numLatents for the dense phi matrix (result option `dense`: numLatents² float64). */
 export const COOCCURRENCE_DENSE_MAX = 4096;
+
+/** Largest numLatents of an accumulator: its pair counts take 2 n(n - 1) bytes (2 GiB here). */
+export const COOCCURRENCE_MAX_LATENTS = 32768;
+
+/** Most chunks an accumulator counts (its pair counts are 32-bit). */
+const MAX_CHUNKS = 2 ** 32 - 1;
 
 /** Options of the accumulation: chunk length, activity threshold, partial last chunk. */
 export interface CooccurrenceOptions {
@@ -89,15 +109,70 @@ export interface CooccurrenceResultOptions {
   dense?: boolean;
 }
 
-/** phi from chunk counts; non-finite results (a latent never or always active) are 0. */
+/**
+ * phi of two latents from chunk counts: T chunks, cij chunks where both are active, cii and cjj
+ * chunks where each is. The counts must make a 2x2 table: integers with 0 <= cii, cjj <= T and
+ * max(0, cii + cjj - T) <= cij <= min(cii, cjj); others throw ERR_SAEKIT_ARG naming the argument.
+ * A non-finite phi (a latent never or always active) is 0.
+ * @example phiCoefficient(4, 2, 2, 2) // 1: both active in the same 2 of 4 chunks
+ */
 export function phiCoefficient(T: number, cij: number, cii: number, cjj: number): number {
-  const num = T * cij - cii * cjj;
-  const den = Math.sqrt(cii * (T - cii) * cjj * (T - cjj));
-  const v = num / den;
+  checkInt('T', T, 0, Number.MAX_SAFE_INTEGER);
+  if (typeof cii !== 'number' || !Number.isInteger(cii) || cii < 0 || cii > T) throw argError('cii', `integer between 0 and T = ${T}`, cii);
+  if (typeof cjj !== 'number' || !Number.isInteger(cjj) || cjj < 0 || cjj > T) throw argError('cjj', `integer between 0 and T = ${T}`, cjj);
+  const lo = Math.max(0, cii + cjj - T);
+  const hi = Math.min(cii, cjj);
+  if (typeof cij !== 'number' || !Number.isInteger(cij) || cij < lo || cij > hi) {
+    throw argError('cij', `integer between max(0, cii + cjj - T) = ${lo} and min(cii, cjj) = ${hi}`, cij);
+  }
+  return phi(T, cij, cii, cjj);
+}
+
+/** phi from counts already known to be a 2x2 table; NaN/inf become 0. */
+function phi(T: number, cij: number, cii: number, cjj: number): number {
+  const v = (T * cij - cii * cjj) / Math.sqrt(cii * (T - cii) * cjj * (T - cjj));
   return Number.isFinite(v) ? v : 0;
 }
 
-/** Streams sparse codes and accumulates per-chunk co-occurrence counts. */
+/** Index of pair (i, j), i < j, in the packed strict upper triangle is rowBase(i, n) + j. */
+function rowBase(i: number, n: number): number {
+  // Row i starts at i n - i (i + 1)/2 and holds j = i + 1 .. n - 1; i (i + 3) is even. Below
+  // 2^31 for numLatents <= COOCCURRENCE_MAX_LATENTS, so `| 0` keeps it a small integer for V8.
+  return (i * n - (i * (i + 3)) / 2 - 1) | 0;
+}
+
+/** result() options, checked. */
+interface ResultOptions {
+  top: number;
+  dense: boolean;
+}
+
+function checkResultOptions(options: CooccurrenceResultOptions | undefined, numLatents: number): ResultOptions {
+  const opts = checkOptions('options', options, COOC_RESULT_OPTIONS);
+  const top = opts.top === undefined ? 100 : checkInt('options.top', opts.top, 0, 2 ** 31);
+  const dense = opts.dense === undefined ? false : checkBool('options.dense', opts.dense);
+  if (dense && numLatents > COOCCURRENCE_DENSE_MAX) throw argError('options.dense', `false when numLatents > ${COOCCURRENCE_DENSE_MAX}`, dense);
+  return { top, dense };
+}
+
+/** Pairs visited by result() between two yields of its scan (a few milliseconds). */
+const SCAN_SLICE = 1 << 18;
+
+/** The result scan of an accumulator (set in its static block; used by cooccurrence()). */
+let scanOf: (acc: CooccurrenceAccumulator, o: ResultOptions) => Generator<void, CooccurrenceResult, void>;
+
+/**
+ * Streams sparse codes and accumulates per-chunk co-occurrence counts (see the module comment for
+ * the definitions, the storage and the cost of each call).
+ *
+ * If an add() fails after it started counting (its checks all run first, so only an exotic failure
+ * such as a throwing typed-array proxy can), the counts are incomplete: the accumulator is then
+ * marked broken and every later add() or result() throws ERR_SAEKIT_ARG saying why.
+ * @example
+ * const acc = new CooccurrenceAccumulator(sae.numLatents, { threshold: 1, dropPartial: true });
+ * acc.add(await sae.encode(batch));
+ * const { top } = acc.result({ top: 50 });
+ */
 export class CooccurrenceAccumulator {
   /** Latents of the codes (indices in [0, numLatents)). */
   readonly numLatents: number;
@@ -109,15 +184,26 @@ export class CooccurrenceAccumulator {
   readonly dropPartial: boolean;
   #chunks = 0;
   #active: Float64Array;
-  #dense: Int32Array | undefined;
-  #sparse: Map<number, number> | undefined;
-  /** Latents active in the current (open) chunk, and a mark per latent. */
-  #pending: number[] = [];
+  /** C_ij for i < j, packed strict upper triangle (rowBase). */
+  #counts: Uint32Array;
+  /** Latents active in the current (open) chunk: #pending[0 .. #pendingCount), and a mark per latent. */
+  #pending: Int32Array;
+  #pendingCount = 0;
   #mark: Uint8Array;
   #tokensInChunk = 0;
+  /** Why the accumulator can no longer be used, once an add() failed midway. */
+  #broken: string | undefined;
 
+  static {
+    scanOf = (acc, o) => acc.#scan(o);
+  }
+
+  /**
+   * Allocates the pair counts: 2 n(n - 1) bytes for n = numLatents (512 MiB at 16,384).
+   * numLatents above COOCCURRENCE_MAX_LATENTS throws ERR_SAEKIT_MEMORY.
+   */
   constructor(numLatents: number, options?: CooccurrenceOptions) {
-    checkInt('numLatents', numLatents, 1, 2 ** 26);
+    checkInt('numLatents', numLatents, 1, Number.MAX_SAFE_INTEGER);
     const opts = checkOptions('options', options, COOC_OPTIONS);
     this.numLatents = numLatents;
     this.chunkTokens = opts.chunkTokens === undefined ? 256 : checkInt('options.chunkTokens', opts.chunkTokens, 1, 2 ** 31);
@@ -126,14 +212,34 @@ export class CooccurrenceAccumulator {
     }
     this.threshold = opts.threshold ?? 0;
     this.dropPartial = opts.dropPartial === undefined ? false : checkBool('options.dropPartial', opts.dropPartial);
+    const pairs = (numLatents * (numLatents - 1)) / 2;
+    const bytes = `${(pairs * 4 / 2 ** 20).toFixed(0)} MiB`;
+    if (numLatents > COOCCURRENCE_MAX_LATENTS) {
+      throw new SaekitError(
+        'ERR_SAEKIT_MEMORY',
+        `CooccurrenceAccumulator: numLatents = ${numLatents} needs ${bytes} of pair counts (n(n - 1)/2 32-bit counts); ` +
+          `the limit is numLatents <= ${COOCCURRENCE_MAX_LATENTS} (2 GiB)`,
+      );
+    }
+    try {
+      this.#counts = new Uint32Array(pairs);
+    } catch (e) {
+      if (!(e instanceof RangeError)) throw e;
+      throw new SaekitError('ERR_SAEKIT_MEMORY', `CooccurrenceAccumulator: could not allocate ${bytes} of pair counts for numLatents = ${numLatents} (${e.message})`);
+    }
     this.#active = new Float64Array(numLatents);
+    this.#pending = new Int32Array(numLatents);
     this.#mark = new Uint8Array(numLatents);
-    if (numLatents <= COOCCURRENCE_DENSE_MAX) this.#dense = new Int32Array(numLatents * numLatents);
-    else this.#sparse = new Map();
   }
 
-  /** Adds a batch of tokens; chunks continue across calls. */
+  /**
+   * Adds a batch of tokens; chunks continue across calls. Every check runs before anything is
+   * counted, so a refused batch leaves the accumulator as it was. Costs O(rows k) plus, for each
+   * chunk it closes with a active latents, a(a - 1)/2 count increments (~1M, a few milliseconds,
+   * at the reference scale); cooccurrence() feeds it chunk-sized slices to keep the event loop free.
+   */
   add(codes: CooccurrenceCodes): void {
+    this.#checkUsable();
     if (codes === null || typeof codes !== 'object') throw argError('codes', 'an object { rows, k, values, indices }', codes);
     const rows = checkInt('codes.rows', codes.rows, 0, 2 ** 31);
     const k = checkInt('codes.k', codes.k, 0, this.numLatents);
@@ -152,15 +258,36 @@ export class CooccurrenceAccumulator {
       // A NaN would read as inactive (NaN > t is false); every other metric refuses it.
       if (!Number.isFinite(values[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `codes.values[${i}] is ${values[i]}: expected finite values`);
     }
+    const closes = Math.floor((this.#tokensInChunk + rows) / this.chunkTokens);
+    if (this.#chunks + closes > MAX_CHUNKS) {
+      throw new SaekitError('ERR_SAEKIT_MEMORY', `CooccurrenceAccumulator: more than ${MAX_CHUNKS} chunks (its counts are 32-bit); nothing of this batch was counted`);
+    }
+    try {
+      this.#count(rows, k, values, indices);
+    } catch (e) {
+      this.#broken = `an add() failed after counting part of its batch (${e instanceof Error ? e.message : String(e)})`;
+      throw e;
+    }
+  }
+
+  #checkUsable(): void {
+    if (this.#broken !== undefined) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `This CooccurrenceAccumulator can no longer be used: ${this.#broken}, so its counts are incomplete; create a new one`);
+    }
+  }
+
+  #count(rows: number, k: number, values: Float32Array, indices: Int32Array): void {
     const t = this.threshold;
+    const mark = this.#mark;
+    const pending = this.#pending;
     for (let r = 0; r < rows; r++) {
       const o = r * k;
       for (let q = 0; q < k; q++) {
         if (values[o + q] > t) {
           const idx = indices[o + q];
-          if (this.#mark[idx] === 0) {
-            this.#mark[idx] = 1;
-            this.#pending.push(idx);
+          if (mark[idx] === 0) {
+            mark[idx] = 1;
+            pending[this.#pendingCount++] = idx;
           }
         }
       }
@@ -168,86 +295,77 @@ export class CooccurrenceAccumulator {
     }
   }
 
+  /** Counts the open chunk: C_ii for each active latent, C_ij for each pair of them. Cannot fail. */
   #closeChunk(): void {
-    const list = this.#pending.sort((x, y) => x - y);
+    const a = this.#pendingCount;
+    const list = this.#pending.subarray(0, a).sort();
     const n = this.numLatents;
-    for (let a = 0; a < list.length; a++) {
-      const i = list[a];
-      this.#active[i] += 1;
-      this.#mark[i] = 0;
-      if (this.#dense) {
-        const row = i * n;
-        for (let b = a + 1; b < list.length; b++) this.#dense[row + list[b]] += 1;
-      } else {
-        const map = this.#sparse!;
-        for (let b = a + 1; b < list.length; b++) {
-          const key = i * n + list[b];
-          map.set(key, (map.get(key) ?? 0) + 1);
-        }
-        if (map.size >= 16_000_000) {
-          throw new SaekitError('ERR_SAEKIT_MEMORY', `CooccurrenceAccumulator: more than 16M distinct co-occurring pairs; raise the threshold or use fewer latents`);
-        }
-      }
+    const c = this.#counts;
+    const active = this.#active;
+    const mark = this.#mark;
+    for (let p = 0; p < a; p++) {
+      const i = list[p];
+      active[i] += 1;
+      mark[i] = 0;
+      const base = rowBase(i, n);
+      for (let q = p + 1; q < a; q++) c[base + list[q]] += 1;
     }
-    this.#pending = [];
+    this.#pendingCount = 0;
     this.#tokensInChunk = 0;
     this.#chunks += 1;
   }
 
   /**
    * Counts and phi so far. Does not close the open chunk: a later add() continues it. The open
-   * partial chunk is included unless dropPartial (or it has no tokens).
+   * partial chunk is included unless dropPartial (or it has no tokens). Visits every pair of
+   * latents active so far: about 1 s at 16k latents (cooccurrence() does it in slices).
    */
   result(options?: CooccurrenceResultOptions): CooccurrenceResult {
-    const opts = checkOptions('options', options, COOC_RESULT_OPTIONS);
-    const topN = opts.top === undefined ? 100 : checkInt('options.top', opts.top, 0, 2 ** 31);
-    const dense = opts.dense === undefined ? false : checkBool('options.dense', opts.dense);
-    const n = this.numLatents;
-    if (dense && n > COOCCURRENCE_DENSE_MAX) {
-      throw argError('options.dense', `false when numLatents > ${COOCCURRENCE_DENSE_MAX}`, dense);
+    this.#checkUsable();
+    const scan = this.#scan(checkResultOptions(options, this.numLatents));
+    for (;;) {
+      const step = scan.next();
+      if (step.done) return step.value;
     }
+  }
+
+  /** The result, yielding about every SCAN_SLICE pairs. The caller must not add() before it is done. */
+  *#scan(o: ResultOptions): Generator<void, CooccurrenceResult, void> {
+    this.#checkUsable();
+    const n = this.numLatents;
     const withPending = this.#tokensInChunk > 0 && !this.dropPartial;
     const T = this.#chunks + (withPending ? 1 : 0);
     const active = Float64Array.from(this.#active);
-    const pending = withPending ? [...this.#pending].sort((x, y) => x - y) : [];
-    for (const i of pending) active[i] += 1;
+    // mark[i] is 1 exactly for the latents of the open chunk (#pending).
     const mark = this.#mark;
-    const extra = (i: number, j: number): number => (withPending && mark[i] === 1 && mark[j] === 1 ? 1 : 0);
-
-    const heap = new TopHeap(topN);
-    const consider = (i: number, j: number, count: number): void => {
-      if (topN > 0) heap.push({ i, j, count, phi: phiCoefficient(T, count, active[i], active[j]) });
-    };
+    if (withPending) for (let p = 0; p < this.#pendingCount; p++) active[this.#pending[p]] += 1;
+    const heap = new TopHeap(o.top);
     let phiMatrix: Float64Array | undefined;
-    if (this.#dense) {
-      const c = this.#dense;
-      if (dense) phiMatrix = new Float64Array(n * n);
+    if (o.dense) {
+      phiMatrix = new Float64Array(n * n);
+      for (let i = 0; i < n; i++) phiMatrix[i * n + i] = phi(T, active[i], active[i], active[i]);
+    }
+    if (o.top > 0 || phiMatrix) {
+      const state: ScanState = {
+        counts: this.#counts,
+        n,
+        T,
+        active,
+        variance: active.map((x) => x * (T - x)),
+        mark: withPending ? mark : undefined,
+        heap,
+        cut: -1,
+        phiMatrix,
+      };
+      let work = 0;
       for (let i = 0; i < n; i++) {
-        const row = i * n;
-        if (phiMatrix) phiMatrix[row + i] = phiCoefficient(T, active[i], active[i], active[i]);
+        // A latent never active co-occurs with none (and its phi is 0).
         if (active[i] === 0) continue;
-        for (let j = i + 1; j < n; j++) {
-          const count = c[row + j] + extra(i, j);
-          if (phiMatrix) {
-            const v = phiCoefficient(T, count, active[i], active[j]);
-            phiMatrix[row + j] = v;
-            phiMatrix[j * n + i] = v;
-          }
-          if (count > 0) consider(i, j, count);
-        }
-      }
-    } else {
-      for (const [key, stored] of this.#sparse!) {
-        const i = Math.floor(key / n);
-        const j = key - i * n;
-        consider(i, j, stored + extra(i, j));
-      }
-      // Pairs seen only in the open chunk.
-      for (let a = 0; a < pending.length; a++) {
-        for (let b = a + 1; b < pending.length; b++) {
-          const i = pending[a];
-          const j = pending[b];
-          if (!this.#sparse!.has(i * n + j)) consider(i, j, 1);
+        scanRow(state, i);
+        work += n - i;
+        if (work >= SCAN_SLICE) {
+          work = 0;
+          yield;
         }
       }
     }
@@ -257,12 +375,76 @@ export class CooccurrenceAccumulator {
   }
 }
 
-/** true if x ranks before y: phi desc, count desc, i asc, j asc. */
+/** What result()'s scan of the pair counts reads and updates, row by row. */
+interface ScanState {
+  counts: Uint32Array;
+  n: number;
+  T: number;
+  /** C_ii, the open chunk included when it counts. */
+  active: Float64Array;
+  /** C_ii (T - C_ii): phi's denominator is sqrt(variance_i variance_j). */
+  variance: Float64Array;
+  /** 1 for the latents of the open chunk, when it counts (each of its pairs adds 1). */
+  mark: Uint8Array | undefined;
+  heap: TopHeap;
+  /**
+   * Once the heap is full with a worst phi w > 0, a pair can only enter with phi >= w, so with
+   * num = T C_ij - C_ii C_jj > 0 and num^2 >= w^2 variance_i variance_j: that is tested first,
+   * without a square root, against cut = w^2 (1 - 1e-9), a slack far above rounding (the exact
+   * phi then decides). -1 while any pair may enter (the heap is not full, or w <= 0).
+   */
+  cut: number;
+  phiMatrix: Float64Array | undefined;
+}
+
+/** Offers the pairs (i, j), j > i, to the heap (and fills the phi matrix row, if any). */
+function scanRow(s: ScanState, i: number): void {
+  const { counts: c, n, T, active, variance, mark, heap, phiMatrix } = s;
+  // T read from a Float64Array is a float64 for V8: T * count is then a float multiply, not an
+  // int32 one with an overflow check (which made the hot loop 2-3x slower).
+  const Tf = Float64Array.of(T)[0];
+  const base = rowBase(i, n);
+  const ai = active[i];
+  const vi = variance[i];
+  const mi = mark === undefined ? 0 : mark[i];
+  if (phiMatrix) {
+    for (let j = i + 1; j < n; j++) {
+      const count = mi === 0 ? c[base + j] : c[base + j] + mark![j];
+      const v = phi(T, count, ai, active[j]);
+      phiMatrix[i * n + j] = v;
+      phiMatrix[j * n + i] = v;
+      if (count > 0) heap.offer(i, j, count, v);
+    }
+    return;
+  }
+  let cut = s.cut;
+  for (let j = i + 1; j < n; j++) {
+    // The hot loop: one sequential read per pair; the open chunk's mark only when it counts.
+    const count = mi === 0 ? c[base + j] : c[base + j] + mark![j];
+    if (cut > 0) {
+      // num |num| < cut var_i var_j covers num <= 0 (count = 0 included) in the same single,
+      // rarely taken branch: a test per condition mispredicts on about half the pairs (4x slower).
+      const num = Tf * count - ai * active[j];
+      if (num * Math.abs(num) < cut * vi * variance[j]) continue;
+    } else if (count === 0) continue;
+    if (heap.offer(i, j, count, phi(T, count, ai, active[j]))) {
+      const w = heap.worstPhi();
+      cut = w > 0 ? w * w * (1 - 1e-9) : -1;
+    }
+  }
+  s.cut = cut;
+}
+
+/** true if pair (phi, count, i, j) ranks before y: phi desc, count desc, i asc, j asc. */
+function ranksBefore(phiX: number, countX: number, iX: number, jX: number, y: CooccurrencePair): boolean {
+  if (phiX !== y.phi) return phiX > y.phi;
+  if (countX !== y.count) return countX > y.count;
+  if (iX !== y.i) return iX < y.i;
+  return jX < y.j;
+}
+
 function before(x: CooccurrencePair, y: CooccurrencePair): boolean {
-  if (x.phi !== y.phi) return x.phi > y.phi;
-  if (x.count !== y.count) return x.count > y.count;
-  if (x.i !== y.i) return x.i < y.i;
-  return x.j < y.j;
+  return ranksBefore(x.phi, x.count, x.i, x.j, y);
 }
 
 /** Keeps the best `cap` pairs; the root is the worst kept. */
@@ -272,10 +454,15 @@ class TopHeap {
   constructor(cap: number) {
     this.#cap = cap;
   }
-  push(p: CooccurrencePair): void {
+  /** The worst phi kept once `cap` pairs are kept, else -Infinity (any pair enters). */
+  worstPhi(): number {
+    return this.#h.length === this.#cap && this.#cap > 0 ? this.#h[0].phi : -Infinity;
+  }
+  /** Keeps the pair if it ranks among the best `cap` so far (allocating only then); true if kept. */
+  offer(i: number, j: number, count: number, phi: number): boolean {
     const h = this.#h;
     if (h.length < this.#cap) {
-      h.push(p);
+      h.push({ i, j, count, phi });
       let c = h.length - 1;
       while (c > 0) {
         const par = (c - 1) >> 1;
@@ -283,8 +470,10 @@ class TopHeap {
         [h[par], h[c]] = [h[c], h[par]];
         c = par;
       }
-    } else if (h.length > 0 && before(p, h[0])) {
-      h[0] = p;
+      return true;
+    }
+    if (h.length > 0 && ranksBefore(phi, count, i, j, h[0])) {
+      h[0] = { i, j, count, phi };
       let c = 0;
       for (;;) {
         const l = 2 * c + 1;
@@ -296,7 +485,9 @@ class TopHeap {
         [h[w], h[c]] = [h[c], h[w]];
         c = w;
       }
+      return true;
     }
+    return false;
   }
   sorted(): CooccurrencePair[] {
     return [...this.#h].sort((x, y) => (before(x, y) ? -1 : before(y, x) ? 1 : 0));
@@ -308,31 +499,114 @@ export type CooccurrenceInput =
   | { numLatents: number; codes: CooccurrenceCodes | CooccurrenceCodes[] }
   | { sae: SparseAutoencoder; source: ActivationSource; maxTokens?: number; batchSize?: number };
 
+/** Lets other callbacks run between slices of work. */
+function yieldToLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** Milliseconds of work between two yields to the event loop in cooccurrence(). */
+const YIELD_MS = 10;
+
 /**
- * Latent co-occurrence per chunk of consecutive tokens (default 256), accumulated sparsely, with
- * the phi coefficient of every pair that co-occurred (the top pairs, or the dense matrix when
- * small). Tokens are taken in source order; chunks continue across batches.
+ * acc.add(codes) in slices of about one chunk, yielding to the event loop every YIELD_MS. Codes
+ * that are not well-formed go to add() whole, which names the problem.
+ */
+async function addInSlices(acc: CooccurrenceAccumulator, codes: CooccurrenceCodes, clock: { last: number }): Promise<void> {
+  const step = Math.max(acc.chunkTokens, 64);
+  const wellFormed =
+    codes !== null &&
+    typeof codes === 'object' &&
+    codes.values instanceof Float32Array &&
+    codes.indices instanceof Int32Array &&
+    Number.isInteger(codes.rows) &&
+    Number.isInteger(codes.k) &&
+    codes.values.length === codes.rows * codes.k &&
+    codes.indices.length === codes.rows * codes.k;
+  if (!wellFormed || codes.rows <= step) {
+    acc.add(codes);
+    return;
+  }
+  const { rows, k, values, indices } = codes;
+  for (let r = 0; r < rows; r += step) {
+    const to = Math.min(rows, r + step);
+    acc.add({ rows: to - r, k, values: values.subarray(r * k, to * k), indices: indices.subarray(r * k, to * k) });
+    if (performance.now() - clock.last > YIELD_MS) {
+      await yieldToLoop();
+      clock.last = performance.now();
+    }
+  }
+}
+
+/** acc's result, computed in slices that yield to the event loop. */
+async function resultInSlices(acc: CooccurrenceAccumulator, o: ResultOptions): Promise<CooccurrenceResult> {
+  const scan = scanOf(acc, o);
+  let last = performance.now();
+  for (;;) {
+    const step = scan.next();
+    if (step.done) return step.value;
+    if (performance.now() - last > YIELD_MS) {
+      await yieldToLoop();
+      last = performance.now();
+    }
+  }
+}
+
+/**
+ * Latent co-occurrence per chunk of consecutive tokens (default 256), with the phi coefficient of
+ * the top pairs (or the dense matrix when numLatents <= 4096). Tokens are taken in source order;
+ * chunks continue across batches. `input` is `{ numLatents, codes }` (one batch of codes or an
+ * array of them) or `{ sae, source, maxTokens?, batchSize? }` (maxTokens: integer >= 1 or Infinity,
+ * default the whole source; batchSize: rows per encode, default 4096). Every argument is checked
+ * before any work; a misspelt key is an error. Counting and the final scan run in slices of about
+ * 10 ms between which the event loop runs (see the module comment for the costs).
  * @example const { top } = await cooccurrence({ sae, source, maxTokens: 1e6 }, { chunkTokens: 256, top: 50 });
  */
-export async function cooccurrence(input: CooccurrenceInput, options: CooccurrenceOptions & CooccurrenceResultOptions = {}): Promise<CooccurrenceResult> {
-  if (input === null || typeof input !== 'object') throw argError('input', '{ numLatents, codes } or { sae, source }', input);
-  const { top, dense, ...acc } = options;
-  if ('codes' in input) {
-    const acc2 = new CooccurrenceAccumulator(input.numLatents, acc);
-    for (const c of Array.isArray(input.codes) ? input.codes : [input.codes]) acc2.add(c);
-    return acc2.result({ top, dense });
+export async function cooccurrence(input: CooccurrenceInput, options?: CooccurrenceOptions & CooccurrenceResultOptions): Promise<CooccurrenceResult> {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+    throw argError('input', 'an object { numLatents, codes } or { sae, source, maxTokens?, batchSize? }', input);
   }
-  const { sae, source } = input;
-  const maxTokens = input.maxTokens ?? Number.MAX_SAFE_INTEGER;
-  const accumulator = new CooccurrenceAccumulator(sae.numLatents, acc);
+  const opts = checkOptions('options', options, [...COOC_OPTIONS, ...COOC_RESULT_OPTIONS]);
+  const { top, dense, ...accOptions } = opts;
+  const clock = { last: performance.now() };
+  if ('codes' in input || 'numLatents' in input) {
+    const inp = checkOptions('input', input as { numLatents: number; codes: CooccurrenceCodes | CooccurrenceCodes[] }, CODES_INPUT_KEYS);
+    const numLatents = checkInt('input.numLatents', inp.numLatents, 1, Number.MAX_SAFE_INTEGER);
+    const list = (Array.isArray(inp.codes) ? inp.codes : [inp.codes]) as CooccurrenceCodes[];
+    list.forEach((c, q) => {
+      if (c === null || typeof c !== 'object') {
+        throw argError(Array.isArray(inp.codes) ? `input.codes[${q}]` : 'input.codes', 'sparse codes { rows, k, values, indices }', c);
+      }
+    });
+    const ro = checkResultOptions({ top, dense }, numLatents);
+    const acc = new CooccurrenceAccumulator(numLatents, accOptions);
+    for (const c of list) await addInSlices(acc, c, clock);
+    return resultInSlices(acc, ro);
+  }
+  const inp = checkOptions('input', input, SAE_INPUT_KEYS);
+  const { sae, source } = inp;
+  if (sae === null || typeof sae !== 'object' || typeof (sae as { encode?: unknown }).encode !== 'function') {
+    throw argError('input.sae', 'a SparseAutoencoder (or use { numLatents, codes })', sae);
+  }
+  if (source === null || typeof source !== 'object' || typeof (source as { batches?: unknown }).batches !== 'function') {
+    throw argError('input.source', 'an ActivationSource', source);
+  }
+  const maxTokens =
+    inp.maxTokens === undefined || inp.maxTokens === Infinity ? Infinity : checkInt('input.maxTokens', inp.maxTokens, 1, Number.MAX_SAFE_INTEGER);
+  const batchSize = inp.batchSize === undefined ? 4096 : checkInt('input.batchSize', inp.batchSize, 1, 1 << 24);
+  if (source.dIn !== sae.dIn) {
+    throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected input.source of dIn = ${sae.dIn} (the SAE's) but received dIn = ${String(source.dIn)}`);
+  }
+  const ro = checkResultOptions({ top, dense }, sae.numLatents);
+  const accumulator = new CooccurrenceAccumulator(sae.numLatents, accOptions);
   let tokens = 0;
-  // Recycled batch arrays: each batch is encoded (awaited) before the next is asked for.
-  for await (const b of source.batches({ batchSize: input.batchSize ?? 4096, shuffle: false, recycle: true })) {
+  // Recycled batch arrays: each batch is encoded (awaited) and counted before the next is asked for.
+  for await (const b of source.batches({ batchSize, shuffle: false, recycle: true })) {
     if (tokens >= maxTokens) break;
     const rows = Math.min(b.rows, maxTokens - tokens);
     const codes = await sae.encode(rows === b.rows ? b.data : b.data.subarray(0, rows * b.dIn));
-    accumulator.add(codes);
+    await addInSlices(accumulator, codes, clock);
     tokens += rows;
+    if (tokens >= maxTokens) break;
   }
-  return accumulator.result({ top, dense });
+  return resultInSlices(accumulator, ro);
 }

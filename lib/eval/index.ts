@@ -5,7 +5,7 @@ export { linearAssignment, linearAssignmentAsync } from './assignment.js';
 export type { AssignmentOptions, AssignmentResult } from './assignment.js';
 export { spectrum, powerLawFit, symmetricEigenvalues } from './spectrum.js';
 export type { SpectrumResult } from './spectrum.js';
-export { CooccurrenceAccumulator, cooccurrence, phiCoefficient } from './cooccurrence.js';
+export { COOCCURRENCE_MAX_LATENTS, CooccurrenceAccumulator, cooccurrence, phiCoefficient } from './cooccurrence.js';
 export type { CooccurrenceCodes, CooccurrenceInput, CooccurrenceOptions, CooccurrencePair, CooccurrenceResult, CooccurrenceResultOptions } from './cooccurrence.js';
 export { sparseProbe, fitLogistic } from './probe.js';
 export type { SparseProbeOptions, SparseProbeResult, LogisticFit } from './probe.js';

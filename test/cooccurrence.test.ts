@@ -1,0 +1,235 @@
+/**
+ * Chunk co-occurrence (lib/eval/cooccurrence.ts): the packed pair counts against a naive count of
+ * every chunk's pairs, above the old 4,096-latent limit of dense counts included; the memory limit
+ * checked up front; a failed add() leaving the accumulator either unchanged or refusing further
+ * use; the checks of cooccurrence()'s input and of phiCoefficient's counts.
+ */
+import { describe, expect, it } from 'vitest';
+import {
+  COOCCURRENCE_MAX_LATENTS,
+  CooccurrenceAccumulator,
+  cooccurrence,
+  phiCoefficient,
+  type CooccurrenceCodes,
+  type CooccurrencePair,
+} from '../lib/eval/cooccurrence.js';
+import { fromArray, SparseAutoencoder } from '../lib/index.js';
+import { lcg } from './helpers/reference.js';
+
+/** Random codes: skewed latent frequencies over [0, numLatents), some values at 0 or 0.5 (below thresholds). */
+function randomCodes(rows: number, k: number, numLatents: number, next: () => number): CooccurrenceCodes {
+  const values = new Float32Array(rows * k);
+  const indices = new Int32Array(rows * k);
+  for (let i = 0; i < rows * k; i++) {
+    indices[i] = Math.min(numLatents - 1, Math.floor(next() ** 2 * numLatents));
+    const u = next();
+    values[i] = u < 0.1 ? 0 : u < 0.2 ? 0.5 : u * 2;
+  }
+  return { rows, k, values, indices };
+}
+
+function slice(c: CooccurrenceCodes, from: number, to: number): CooccurrenceCodes {
+  return { rows: to - from, k: c.k, values: c.values.slice(from * c.k, to * c.k), indices: c.indices.slice(from * c.k, to * c.k) };
+}
+
+/**
+ * Counting reference: the set of active latents of each chunk, then every pair of each set
+ * counted in a Map, and phi from the 2x2 table (n11 n00 - n10 n01) / sqrt(n1. n0. n.1 n.0).
+ * Returns every co-occurring pair in the result's order (phi desc, count desc, i asc, j asc).
+ */
+function naive(c: CooccurrenceCodes, numLatents: number, chunkTokens: number, threshold: number, dropPartial: boolean) {
+  const chunks: Set<number>[] = [];
+  for (let r = 0; r < c.rows; r++) {
+    const ch = Math.floor(r / chunkTokens);
+    chunks[ch] ??= new Set();
+    for (let q = 0; q < c.k; q++) if (c.values[r * c.k + q] > threshold) chunks[ch].add(c.indices[r * c.k + q]);
+  }
+  if (dropPartial && c.rows % chunkTokens !== 0) chunks.pop();
+  const T = chunks.length;
+  const active = new Array<number>(numLatents).fill(0);
+  const pairs = new Map<string, number>();
+  for (const s of chunks) {
+    const list = [...s];
+    for (const i of list) active[i] += 1;
+    for (const i of list) for (const j of list) if (i < j) pairs.set(`${i},${j}`, (pairs.get(`${i},${j}`) ?? 0) + 1);
+  }
+  const all: CooccurrencePair[] = [];
+  for (const [key, n11] of pairs) {
+    const [i, j] = key.split(',').map(Number);
+    const n10 = active[i] - n11;
+    const n01 = active[j] - n11;
+    const n00 = T - n11 - n10 - n01;
+    const v = (n11 * n00 - n10 * n01) / Math.sqrt((n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00));
+    all.push({ i, j, count: n11, phi: Number.isFinite(v) ? v : 0 });
+  }
+  all.sort((x, y) => y.phi - x.phi || y.count - x.count || x.i - y.i || x.j - y.j);
+  return { T, active, all };
+}
+
+describe('CooccurrenceAccumulator pair counts', () => {
+  it('match a naive count of every chunk, above 4,096 latents, for any split, top size and partial chunk', () => {
+    const next = lcg(101);
+    for (const [numLatents, rows, k, chunkTokens, threshold, dropPartial] of [
+      [4099, 401, 6, 13, 0, false], // 31 chunks: the last one partial, counted
+      [4111, 257, 5, 29, 0.5, true], // the partial last chunk dropped
+      [37, 301, 3, 11, 0, false],
+      [37, 301, 3, 11, 0, true],
+      [2, 9, 2, 4, 0, false],
+    ] as const) {
+      const codes = randomCodes(rows, k, numLatents, next);
+      const ref = naive(codes, numLatents, chunkTokens, threshold, dropPartial);
+      const acc = new CooccurrenceAccumulator(numLatents, { chunkTokens, threshold, dropPartial });
+      let at = 0;
+      while (at < rows) {
+        const to = Math.min(rows, at + 1 + Math.floor(next() * 97)); // odd, unaligned splits
+        acc.add(slice(codes, at, to));
+        at = to;
+      }
+      expect(ref.all.length).toBeGreaterThan(0);
+      for (const top of [1, 7, 100, ref.all.length + 5]) {
+        const res = acc.result({ top });
+        expect(res.chunks).toBe(ref.T);
+        expect(Array.from(res.active)).toEqual(ref.active);
+        // The same integers and the same float operations: equal phi, so the same order.
+        expect(res.top).toEqual(ref.all.slice(0, top));
+      }
+    }
+  });
+
+  it('cooccurrence() over an array of codes equals the accumulator', async () => {
+    const next = lcg(7);
+    const numLatents = 4100;
+    const batches = [randomCodes(400, 6, numLatents, next), randomCodes(0, 6, numLatents, next), randomCodes(201, 6, numLatents, next)];
+    const acc = new CooccurrenceAccumulator(numLatents, { chunkTokens: 17 });
+    for (const b of batches) acc.add(b);
+    expect(await cooccurrence({ numLatents, codes: batches }, { chunkTokens: 17, top: 40 })).toEqual(acc.result({ top: 40 }));
+  });
+
+  it('counts the reference scale: 16,384 latents, k = 50, 256-token chunks of ~1,430 active latents', () => {
+    // 18 chunks of ~1M pairs each: more than the 16M distinct pairs the old pair Map refused.
+    const [L, k, chunk, nChunks, pool] = [16384, 50, 256, 18, 1500];
+    const next = lcg(17);
+    const acc = new CooccurrenceAccumulator(L, { chunkTokens: chunk });
+    const sets: Set<number>[] = [];
+    for (let c = 0; c < nChunks; c++) {
+      const latents = Array.from({ length: pool }, () => Math.floor(next() * L));
+      const codes = { rows: chunk, k, values: new Float32Array(chunk * k).fill(2), indices: new Int32Array(chunk * k) };
+      for (let q = 0; q < chunk * k; q++) codes.indices[q] = latents[Math.floor(next() * pool)];
+      sets.push(new Set(codes.indices));
+      acc.add(codes);
+    }
+    const res = acc.result({ top: 20 });
+    expect(res.chunks).toBe(nChunks);
+    const active = new Float64Array(L);
+    for (const s of sets) for (const i of s) active[i] += 1;
+    expect(res.active).toEqual(active);
+    expect(res.top).toHaveLength(20);
+    for (const p of res.top) {
+      const count = sets.filter((s) => s.has(p.i) && s.has(p.j)).length;
+      expect(p.count).toBe(count);
+      expect(p.phi).toBe(phiCoefficient(nChunks, count, active[p.i], active[p.j]));
+    }
+  }, 30_000);
+
+  it('refuses numLatents above the limit up front, naming the memory', () => {
+    expect(COOCCURRENCE_MAX_LATENTS).toBe(32768);
+    const t0 = performance.now();
+    expect(() => new CooccurrenceAccumulator(COOCCURRENCE_MAX_LATENTS + 1)).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(/numLatents = 32769 needs 2048 MiB .*numLatents <= 32768/) }),
+    );
+    expect(() => new CooccurrenceAccumulator(1 << 20)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_MEMORY' }));
+    expect(performance.now() - t0).toBeLessThan(1000);
+    expect(() => new CooccurrenceAccumulator(2.5)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/numLatents/) }));
+  });
+});
+
+describe('CooccurrenceAccumulator after a failed add()', () => {
+  it('a refused batch changes nothing', () => {
+    const next = lcg(5);
+    const codes = randomCodes(200, 4, 50, next);
+    const acc = new CooccurrenceAccumulator(50, { chunkTokens: 16 });
+    acc.add(slice(codes, 0, 70));
+    const before = acc.result({ top: 1000 });
+    const bad = slice(codes, 70, 200);
+    bad.indices[bad.indices.length - 1] = 50; // the last entry: after a chunk's worth of good tokens
+    expect(() => acc.add(bad)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/codes\.indices\[519\]/) }));
+    expect(acc.result({ top: 1000 })).toEqual(before);
+    acc.add(slice(codes, 70, 200));
+    const whole = new CooccurrenceAccumulator(50, { chunkTokens: 16 });
+    whole.add(codes);
+    expect(acc.result({ top: 1000 })).toEqual(whole.result({ top: 1000 }));
+  });
+
+  it('a failure midway marks the accumulator broken: later add() and result() say why', () => {
+    const codes = randomCodes(40, 3, 20, lcg(9));
+    // Reads of values succeed through the checks, then throw halfway through the counting.
+    let reads = 0;
+    const values = new Proxy(codes.values, {
+      get(target, key) {
+        if (typeof key === 'string' && /^\d+$/.test(key) && ++reads > codes.values.length + 70) throw new Error('read failed');
+        return Reflect.get(target, key);
+      },
+    });
+    const acc = new CooccurrenceAccumulator(20, { chunkTokens: 8 });
+    expect(() => acc.add({ ...codes, values })).toThrow('read failed');
+    const broken = expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/can no longer be used: an add\(\) failed after counting part of its batch \(read failed\)/) });
+    expect(() => acc.result()).toThrow(broken);
+    expect(() => acc.add(codes)).toThrow(broken);
+  });
+});
+
+describe('cooccurrence() input checks', () => {
+  it('names the argument for every bad input before any work', async () => {
+    const d = 6;
+    using sae = SparseAutoencoder.create({ dIn: d, numLatents: 16, k: 3, seed: 1 });
+    const next = lcg(3);
+    const x = Float32Array.from({ length: 100 * d }, () => next() - 0.5);
+    const source = fromArray(x, d);
+    const ok = await cooccurrence({ sae, source: fromArray(x, d), maxTokens: 35 }, { chunkTokens: 10 });
+    expect(ok.chunks).toBe(4);
+    expect((await cooccurrence({ sae, source: fromArray(x, d), maxTokens: Infinity, batchSize: 7 }, { chunkTokens: 10 })).chunks).toBe(10);
+    const arg = (re: RegExp) => expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(re) });
+    for (const maxTokens of [-5, 0, Number.NaN, 10.5, '10']) {
+      await expect(cooccurrence({ sae, source, maxTokens: maxTokens as number })).rejects.toThrow(arg(/input\.maxTokens/));
+    }
+    for (const batchSize of [0, 2.5]) await expect(cooccurrence({ sae, source, batchSize })).rejects.toThrow(arg(/input\.batchSize/));
+    await expect(cooccurrence({ sae, source, maxToken: 100 } as never)).rejects.toThrow(arg(/Unknown option input\.maxToken \(did you mean input\.maxTokens\?\)/));
+    await expect(cooccurrence({ source } as never)).rejects.toThrow(arg(/input\.sae/));
+    await expect(cooccurrence({ sae } as never)).rejects.toThrow(arg(/input\.source/));
+    await expect(cooccurrence(null as never)).rejects.toThrow(arg(/for input but received null/));
+    await expect(cooccurrence({ sae, source }, null as never)).rejects.toThrow(arg(/for options but received null/));
+    await expect(cooccurrence({ sae, source }, { top: -1 })).rejects.toThrow(arg(/options\.top/));
+    await expect(cooccurrence({ sae, source }, { chunkToken: 5 } as never)).rejects.toThrow(arg(/did you mean options\.chunkTokens/));
+    await expect(cooccurrence({ numLatents: 16, code: [] } as never)).rejects.toThrow(arg(/Unknown option input\.code /));
+    await expect(cooccurrence({ numLatents: 16, codes: undefined } as never)).rejects.toThrow(arg(/input\.codes/));
+    await expect(cooccurrence({ numLatents: 16, codes: [null] } as never)).rejects.toThrow(arg(/input\.codes\[0\]/));
+    await expect(cooccurrence({ numLatents: 0, codes: [] })).rejects.toThrow(arg(/input\.numLatents/));
+  });
+});
+
+describe('phiCoefficient', () => {
+  it('equals the 2x2-table phi on every possible table and refuses impossible counts, naming them', () => {
+    for (const T of [0, 1, 5, 8]) {
+      for (let a = 0; a <= T; a++) {
+        for (let b = 0; b <= T; b++) {
+          for (let c = Math.max(0, a + b - T); c <= Math.min(a, b); c++) {
+            const [n11, n10, n01] = [c, a - c, b - c];
+            const n00 = T - n11 - n10 - n01;
+            const v = (n11 * n00 - n10 * n01) / Math.sqrt((n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00));
+            const got = phiCoefficient(T, c, a, b);
+            expect(got).toBe(Number.isFinite(v) ? v : 0);
+            expect(Math.abs(got)).toBeLessThanOrEqual(1 + 1e-12);
+          }
+        }
+      }
+    }
+    const arg = (re: RegExp) => expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(re) });
+    expect(() => phiCoefficient(10, 5, 3, 3)).toThrow(arg(/between max\(0, cii \+ cjj - T\) = 0 and min\(cii, cjj\) = 3 for cij but received 5/));
+    expect(() => phiCoefficient(10, 1, 8, 8)).toThrow(arg(/= 6 and .* for cij but received 1/)); // n00 would be -5
+    expect(() => phiCoefficient(10, 1, 20, 3)).toThrow(arg(/integer between 0 and T = 10 for cii/));
+    expect(() => phiCoefficient(10, 1, 2, -1)).toThrow(arg(/for cjj/));
+    expect(() => phiCoefficient(Number.NaN, 1, 2, 3)).toThrow(arg(/for T but received NaN/));
+    expect(() => phiCoefficient(10, 1.5, 2, 3)).toThrow(arg(/for cij/));
+    expect(() => phiCoefficient(10, Number.NaN, 2, 3)).toThrow(arg(/for cij/));
+  });
+});
