@@ -71,6 +71,35 @@ describe('process exit while an op runs', () => {
     if (${JSON.stringify(mode)} === 'exit') process.exit(3);
     else setTimeout(() => { throw new Error('uncaught during a step'); }, 1);
   `;
+  // The main thread never uses saekit, a worker does (through the addon, as a worker cannot
+  // load the TypeScript sources): the status is still the one exit() got.
+  const workerChild = (mode: string) => `
+    import { createRequire } from 'node:module';
+    import { Worker, isMainThread, parentPort } from 'node:worker_threads';
+    if (isMainThread) {
+      const w = new Worker(new URL(import.meta.url));
+      w.on('message', async () => {
+        if (${JSON.stringify(mode)} === 'exit') process.exit(0);
+        else await w.terminate(); // then main ends normally
+      });
+    } else {
+      const b = createRequire(${JSON.stringify(path.join(packageRoot, 'package.json'))})('node-gyp-build')(${JSON.stringify(packageRoot)});
+      const n = 4096; // a GEMM of seconds: it outlasts the exit's one-second grace
+      const a = b.fromArray(new Float32Array(n * n).fill(1), [n, n], 'float32', 'float32');
+      void b.matmul(a, a, false, false);
+      parentPort.postMessage('started');
+    }
+  `;
+  for (const mode of ['exit', 'terminate'] as const) {
+    it(`a worker's op running at ${mode === 'exit' ? 'process.exit(0)' : 'a normal end after terminate()'} keeps status 0`, () => {
+      const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-exit-'));
+      const file = path.join(dir, 'child.mjs');
+      writeFileSync(file, workerChild(mode));
+      const r = spawnSync(process.execPath, [file], { cwd: packageRoot, encoding: 'utf8', timeout: 60_000 });
+      expect(r.error, 'the child hung (killed after 60 s)').toBeUndefined();
+      expect(r.status, r.stderr).toBe(0);
+    }, 70_000);
+  }
   for (const [mode, code] of [['exit', 3], ['throw', 1]] as const) {
     it(`${mode === 'exit' ? 'process.exit(3)' : 'an uncaught error'} during a training step ends the process with status ${code}`, () => {
       const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-exit-'));

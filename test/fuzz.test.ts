@@ -144,6 +144,9 @@ describe('fuzzing the public API', () => {
     const foreign = batch.take();
     const b = native() as unknown as Record<string, (...args: unknown[]) => unknown>;
     expect(() => b.sparseCorrAppend!(foreign, new Float32Array(2), new Int32Array(2), new Float32Array(2), new Int32Array(2), 1)).toThrow(/sparse correlation store/);
+    expect(() => b.spectrumStageWrite!(foreign, new Float32Array(2), 0)).toThrow(/spectrum stage/);
+    const store = b.sparseCorrCreate!(2, 2, 0, 0, 0);
+    expect(() => b.spectrumStageWrite!(store, new Float32Array(2), 0)).toThrow(/spectrum stage/);
   });
 
   it('SAE and optimizer handles reject random argument lists without crashing', async () => {

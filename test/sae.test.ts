@@ -637,6 +637,25 @@ describe('AdamOptimizer.step', () => {
     expect(() => sae.adam({ beta1: 0.999999 })).toThrow(/options\.beta1/);
   });
 
+  it('steps counts in queue order across setState (steps queued before it do not overwrite its count); prefetched copies are reported to V8', async () => {
+    using sae = SparseAutoencoder.create({ dIn: 6, numLatents: 10, k: 2, seed: 9 });
+    const opt = sae.adam();
+    const next = lcg(freshSeed(78));
+    const x = Float32Array.from({ length: 9 * 6 }, () => next() - 0.5);
+    const st = await opt.state();
+    const queued = [opt.step(x), opt.step(x), opt.step(x)];
+    opt.setState({ ...st, t: 0 });
+    queued.push(opt.step(x));
+    await Promise.all(queued);
+    expect((await opt.state()).t).toBe(1);
+    expect(opt.steps).toBe(1);
+    // A prefetched copy is native memory V8 is told about (dropped batches grew the process unseen).
+    const before = process.memoryUsage().external;
+    const big = opt.prefetch(new Float32Array(6 * 400_000));
+    expect(process.memoryUsage().external - before).toBeGreaterThanOrEqual(6 * 400_000 * 4 * 0.9);
+    big.dispose();
+  });
+
   it('a batch whose total variance float32 gradients cannot scale is refused, not trained with vanishing gradients', async () => {
     using sae = SparseAutoencoder.create({ dIn: 5, numLatents: 9, k: 2, seed: 3 });
     const next = lcg(freshSeed(77));

@@ -10,6 +10,7 @@ import { superposition } from '../lib/data/synthetic.js';
 import { mmcs } from '../lib/eval/recovery.js';
 import { geometricMedian, learningRate, Trainer } from '../lib/train/index.js';
 import { customSource } from './helpers/data-fixtures.js';
+import { readSafetensors } from '../lib/io/safetensors.js';
 import { lcg } from './helpers/reference.js';
 
 function tmp(): string {
@@ -325,6 +326,25 @@ describe('Trainer', () => {
     const boom = new Trainer(sae2, { ...opts, normalize: 'expected-norm' });
     await expect(boom.fit(fromArray(x, dIn), { checkpointDir: dir2, onStep: (l) => { if (l.step === 7) throw new Error('callback failed'); } })).rejects.toThrow(/callback failed/);
     expect(JSON.parse(readFileSync(path.join(dir2, 'checkpoint.json'), 'utf8')).step).toBe(7);
+    // A step refused before any update (a batch of identical rows: ERR_SAEKIT_ARG) keeps the work
+    // the same way; it was taken for a half-applied step (no checkpoint, scale left in).
+    using sae3 = make();
+    const dir3 = tmp();
+    const flat = customSource(dIn, undefined, async function* () {
+      for (let i = 0; ; i++) {
+        yield { rows: 64, dIn, data: i === 12 ? new Float32Array(64 * dIn).fill(3) : x.slice((i % 40) * 64 * dIn, ((i % 40) + 1) * 64 * dIn) };
+      }
+    });
+    const t3 = new Trainer(sae3, { ...opts, epochs: undefined, totalTokens: 64 * 100, normalize: 'expected-norm' });
+    await expect(t3.fit(flat, { checkpointDir: dir3, checkpointEvery: 5 })).rejects.toThrow(/identical/);
+    expect(JSON.parse(readFileSync(path.join(dir3, 'checkpoint.json'), 'utf8')).step).toBe(12);
+    expect((await sae3.forward(x.subarray(0, 512 * dIn))).fvu).toBeLessThan(0.8);
+    await using reader = await readSafetensors(path.join(dir3, 'state-12.safetensors'));
+    const ck = (await reader.read('b_dec')).data as Float32Array;
+    const now = (await sae3.weights()).b_dec;
+    // The checkpoint holds the scaled model, the SAE the raw one: b_dec differs by the scale.
+    const ratio = Math.hypot(...now) / Math.hypot(...ck);
+    expect(ratio).toBeGreaterThan(2);
   });
 
   it("fit() options are checked before any training, naming the option", async () => {

@@ -185,6 +185,8 @@ export type ResolvedTrainerOptions = Required<Omit<TrainerOptions, 'totalTokens'
 };
 
 const CHECKPOINT_VERSION = 1;
+/** Error codes of a step refused before it changed anything (its checks run first). */
+const REFUSED_BEFORE_UPDATE = new Set(['ERR_SAEKIT_NONFINITE', 'ERR_SAEKIT_ARG', 'ERR_SAEKIT_SHAPE', 'ERR_SAEKIT_DTYPE', 'ERR_SAEKIT_DISPOSED']);
 
 const ABORTED: unique symbol = Symbol('aborted');
 
@@ -588,8 +590,10 @@ export class Trainer {
     } catch (err) {
       if (err !== STOPPED) {
         failure = { error: err };
-        // A rejected non-finite step leaves the parameters as they were (AdamOptimizer.step).
-        stepIntact = !inStep || (err instanceof SaekitError && err.code === 'ERR_SAEKIT_NONFINITE');
+        // A step refused by its checks leaves the parameters as they were (AdamOptimizer.step:
+        // non-finite values, bad arguments or shapes, a disposed object); other failures (memory,
+        // the device, a bug) may have stopped it halfway.
+        stepIntact = !inStep || (err instanceof SaekitError && REFUSED_BEFORE_UPDATE.has(err.code));
       } else status = 'aborted';
     } finally {
       // The pass stops first, so a batch still being read (a source that stalls) settles at once.

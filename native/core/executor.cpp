@@ -4,10 +4,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <stdlib.h>  // on_exit (glibc)
 #include <deque>
 #include <mutex>
 #include <thread>
 
+#include <dlfcn.h>
 #include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -97,10 +99,24 @@ class Executor {
 // process (an addon is never unloaded while worker threads may still use it).
 Executor& executor() {
   static Executor* e = [] {
+    // Never unloaded: Node dlcloses an addon when the last environment that loaded it ends (a
+    // worker, when the main thread never loaded saekit). That would unmap the executor thread's
+    // code and the exit handler below, and OpenBLAS's destructor hung joining its threads there.
+    Dl_info self{};
+    if (dladdr(reinterpret_cast<void*>(&executor_submit), &self) != 0 && self.dli_fname != nullptr)
+      (void)dlopen(self.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
     auto* ex = new Executor();
     // Registered after the addon and its libraries were loaded, so it runs before their
-    // destructors (OpenBLAS's among them). One second covers an op of a training loop.
-    std::atexit([] { executor().drain_at_exit(std::chrono::milliseconds(1000)); });
+    // destructors (OpenBLAS's among them). One second covers an op of a training loop. glibc's
+    // on_exit passes the status exit() was called with: an exit cut short then keeps it even
+    // when no JS 'exit' listener reported it (a main thread that never used saekit while its
+    // workers did ended with status 1).
+    on_exit(
+        [](int status, void*) {
+          g_exit_code.store(status);
+          executor().drain_at_exit(std::chrono::milliseconds(1000));
+        },
+        nullptr);
     return ex;
   }();
   return *e;

@@ -1024,9 +1024,16 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
         // A device that cannot take it now still gets the rows at the step, from `pinned`.
         if (dev->api->prefetch(&st, dev->h, static_cast<const float*>(p->pinned.get()), p->n) == 0) p->dev = dev;
       }
+      // The copy is native memory V8 does not see: reported until the External is collected
+      // (dropped batches that were never stepped or disposed grew the process by GiBs).
+      const int64_t bytes = r.borrowed ? 0 : r.n * m->D * int64_t(sizeof(float));
       auto ext = Napi::External<std::shared_ptr<Prefetched>>::New(
           info.Env(), new std::shared_ptr<Prefetched>(std::move(p)),
-          [](Napi::Env, std::shared_ptr<Prefetched>* q) { delete q; });
+          [bytes](Napi::Env env, std::shared_ptr<Prefetched>* q) {
+            delete q;
+            if (bytes) Napi::MemoryManagement::AdjustExternalMemory(env, -bytes);
+          });
+      if (bytes) Napi::MemoryManagement::AdjustExternalMemory(info.Env(), bytes);
       if (napi_type_tag_object(info.Env(), ext, &kPrefetchTag) != napi_ok) throw Error(ErrorCode::Internal, "napi_type_tag_object failed");
       return ext;
     });
@@ -1092,7 +1099,8 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       double threshold = get_double(info[3], "deadThresholdTokens", 0, 9.0e15);
       const cpu::AuxKVariant variant = auxk_variant_arg(info[4], "auxkVariant");
       auto stats = std::make_shared<cpu::StepStats>();
-      auto work = [m, st, x, lr, alpha, variant, threshold, stats] {
+      auto t_after = std::make_shared<int64_t>(0);
+      auto work = [m, st, x, lr, alpha, variant, threshold, stats, t_after] {
         require_unit_rows(*m);
         std::vector<int32_t> dead = dead_from_counters(*m, threshold);
         cpu::StepOptions opt;
@@ -1114,6 +1122,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
             throw;
           }
         }
+        *t_after = st->t;
         m->off_unit_rows = 0;  // the step renormalised the rows
         for (int64_t l = 0; l < m->M; ++l) {
           int64_t& c = m->since_fired[size_t(l)];
@@ -1121,8 +1130,12 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
         }
       };
       auto done = done_;
-      auto complete = [stats, done](Napi::Env env) -> Napi::Value {
-        ++*done;  // only steps that succeeded count
+      auto gen = gen_;
+      const int64_t queued_gen = *gen_;
+      auto complete = [stats, done, gen, queued_gen, t_after](Napi::Env env) -> Napi::Value {
+        // Only steps that succeeded count; a step queued before a setState() does not overwrite
+        // the count setState() set.
+        if (*gen == queued_gen) *done = *t_after;
         Napi::Object o = Napi::Object::New(env);
         o.Set("loss", stats->loss);
         o.Set("fvu", stats->fvu);
@@ -1200,6 +1213,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
         }
       });
       *done_ = t;
+      ++*gen_;  // steps queued before this call no longer set the count when they settle
       return info.Env().Undefined();
     });
   }
@@ -1218,6 +1232,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
   std::shared_ptr<cpu::AdamState> state_;
   int64_t reported_ = 0;
   std::shared_ptr<int64_t> done_ = std::make_shared<int64_t>(0);  // completed steps (JS thread only)
+  std::shared_ptr<int64_t> gen_ = std::make_shared<int64_t>(0);   // setState() calls so far (JS thread only)
   int64_t copied_ = 0, borrowed_ = 0;                              // prefetches by kind (JS thread only)
 };
 
