@@ -7,7 +7,8 @@
  *   top-n "best buddies" as in Rosetta Neurons, §2) or 'hungarian' (exact one-to-one assignment
  *   maximising the total score, §2 bipartite matching, solved natively off the JS thread), then
  *   the low-score filter of §1.4 step 4. It also takes a correlation() result: the full matrix,
- *   or top matches, from which 'argmax' and 'mutual' (top <= the kept matches, both directions
+ *   or top matches, from which 'argmax' and 'mutual' (top <= the kept matches, or any top when
+ *   the lists hold every A feature; both directions
  *   for 'mutual') are exact; 'hungarian' needs the full matrix.
  * - saeMatch(): SAE Match (§3), data-free: exact linear assignment minimising the MSE between
  *   (folded) decoder rows, optionally with encoder columns. The n x n cost comes from one float32
@@ -146,11 +147,13 @@ function topListPairs(res: CorrelationTopMatches, method: MatchMethod, top: numb
   }
   const rev = res.reverse;
   if (!rev) throw argError('corr.reverse', "the A -> B top lists for method 'mutual' (correlation option reverse: true)", rev);
-  if (top > t.k) throw argError('options.top', `at most the matches kept per feature (${t.k})`, top);
+  // Lists that hold every A feature (k = nA) are complete: any larger top is all of them.
+  if (top > t.k && t.k < nA) throw argError('options.top', `at most the matches kept per feature (${t.k})`, top);
+  const n = Math.min(top, t.k);
   for (let a = 0; a < nA; a++) {
     const b = rev.indices[a * rev.k]!; // a's best B feature
     let found = false;
-    for (let p = 0; p < top; p++) if (t.indices[b * t.k + p] === a) found = true;
+    for (let p = 0; p < n; p++) if (t.indices[b * t.k + p] === a) found = true;
     if (found) pairs.push({ a, b, score: rev.r[a * rev.k]! });
   }
   return pairs;
