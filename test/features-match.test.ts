@@ -410,6 +410,26 @@ describe('saeMatch', () => {
     expect(tf.threshold).toBeUndefined();
   });
 
+  it('a threshold of 0 cannot be folded: the error names saeA or saeB and fold: false, which then matches the raw weights', async () => {
+    const next = lcg(61);
+    const [n, d] = [7, 5];
+    const w = randomWeights(n, d, next, true);
+    const wz = { ...w, threshold: w.threshold!.slice() };
+    wz.threshold[3] = 0;
+    using A = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu' });
+    using Z = SparseAutoencoder.fromWeights(wz, { architecture: 'jumprelu' });
+    await expect(saeMatch(A, Z)).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: 'Expected a finite number > 0 (folding divides by it) for saeB.threshold[3] but received 0 (number); pass fold: false to match without folding',
+    });
+    await expect(saeMatch(Z, A)).rejects.toMatchObject({ message: expect.stringMatching(/for saeA\.threshold\[3\]/) });
+    expect(() => foldWeights(wz)).toThrow(/for weights\.threshold\[3\] but received 0 \(number\)$/);
+    // Unfolded, the weights are equal up to the threshold: the identity, MSE 0.
+    const r = await saeMatch(A, Z, { fold: false });
+    expect(Array.from(r.permutation)).toEqual(Array.from({ length: n }, (_, i) => i));
+    expect(r.meanMse).toBe(0);
+  });
+
   it('rejects mismatched sizes and bad arguments', async () => {
     const next = lcg(8);
     const A = SparseAutoencoder.fromWeights(randomWeights(10, 8, next, false), { k: 2 });

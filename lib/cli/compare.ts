@@ -163,13 +163,23 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
   }
 }
 
+export interface MatchLayersFlags {
+  json?: boolean;
+  out?: string;
+  overwrite?: boolean;
+  encoder?: boolean;
+  /** false with --no-fold: match the unfolded JumpReLU weights. */
+  fold?: boolean;
+  device: string;
+}
+
 function mean(x: Float64Array): number {
   let s = 0;
   for (const v of x) s += v;
   return x.length ? s / x.length : Number.NaN;
 }
 
-export async function matchLayers(paths: string[], f: { json?: boolean; out?: string; overwrite?: boolean; encoder?: boolean; device: string }): Promise<void> {
+export async function matchLayers(paths: string[], f: MatchLayersFlags): Promise<void> {
   if (paths.length < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 SAEs for match-layers but received ${paths.length}`);
   await checkOutFile(f.out, f.overwrite, paths);
   const saes: SparseAutoencoder[] = [];
@@ -185,12 +195,19 @@ export async function matchLayers(paths: string[], f: { json?: boolean; out?: st
     }
     const steps: { from: string; to: string; mean_mse: number; permutation: number[] }[] = [];
     for (let i = 0; i + 1 < saes.length; i++) {
-      const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: true, encoder: Boolean(f.encoder) });
+      const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: f.fold !== false, encoder: Boolean(f.encoder) }).catch((e: unknown) => {
+        // saeMatch names its arguments saeA and saeB; name the files instead.
+        if (!(e instanceof SaekitError)) throw e;
+        const named = e.message
+          .replace(/for sae([AB])\.threshold\[(\d+)\]/, (_m, side: string, k: string) => `for threshold[${k}] of ${paths[side === 'A' ? i : i + 1]}`)
+          .replace('pass fold: false to match without folding', 'pass --no-fold to match without folding');
+        throw named === e.message ? e : new SaekitError(e.code, named);
+      });
       steps.push({ from: paths[i]!, to: paths[i + 1]!, mean_mse: r.meanMse, permutation: Array.from(r.permutation) });
     }
     if (f.out) await writeFileAtomic(f.out, `${JSON.stringify(steps, null, 2)}\n`);
     if (f.json) process.stdout.write(`${JSON.stringify(steps.map(({ permutation, ...s }) => ({ ...s, matched: permutation.length })), null, 2)}\n`);
-    else for (const s of steps) process.stdout.write(`${s.from} -> ${s.to}: mean MSE of matched (folded) parameters ${s.mean_mse.toPrecision(5)}\n`);
+    else for (const s of steps) process.stdout.write(`${s.from} -> ${s.to}: mean MSE of matched (${f.fold === false ? 'unfolded' : 'folded'}) parameters ${s.mean_mse.toPrecision(5)}\n`);
   } finally {
     for (const s of saes) s.dispose();
   }

@@ -17,7 +17,7 @@ import { backend, type DeviceOption, SaekitError, SparseAutoencoder } from '../i
 import { packageRoot } from '../native/index.js';
 import { AUXK_VARIANTS } from '../sae/index.js';
 import { B_DEC_INITS, DECAYS, type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
-import { compare, type CompareFlags, matchLayers } from './compare.js';
+import { compare, type CompareFlags, matchLayers, type MatchLayersFlags } from './compare.js';
 import { Progress, reportSkipped, TokenProgress } from './progress.js';
 
 function version(): string {
@@ -544,12 +544,13 @@ export function buildProgram(): Command {
     .description('SAE Match: data-free matching of the latents of consecutive SAEs (e.g. adjacent layers)')
     .argument('<sae...>', 'SAE folders or files, in layer order')
     .option('--encoder', 'also match on the (folded) encoder parameters')
+    .option('--no-fold', 'match the JumpReLU weights as they are, without folding the thresholds into them (needed when a threshold is 0)')
     .option('--json', 'print a JSON summary')
     .option('--out <file>', 'write every permutation as JSON')
     .option('--overwrite', 'replace an existing --out file (never an input)')
     .option('--device <d>', DEVICE_HELP, 'auto')
     .addHelpText('after', '\nExample:\n  saekit match-layers runs/l6 runs/l7 runs/l8 --out perms.json\n')
-    .action((paths: string[], f: { json?: boolean; out?: string; overwrite?: boolean; encoder?: boolean; device: string }) => matchLayers(paths, f));
+    .action((paths: string[], f: MatchLayersFlags) => matchLayers(paths, f));
   program
     .command('demo')
     .description('train an SAE on built-in synthetic data with known features and report how well it recovers them')

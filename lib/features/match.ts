@@ -265,7 +265,9 @@ export interface SaeMatchOptions {
   /**
    * Fold JumpReLU thresholds into the weights before matching (methods.md §3): encoder columns
    * and b_enc divided by θ_i, decoder rows multiplied by θ_i. A no-op for SAEs without
-   * thresholds (TopK). Default true.
+   * thresholds (TopK). Default true. An SAE with a threshold that is 0 (or not finite) cannot be
+   * folded: saeMatch then fails naming saeA or saeB and the latent; pass false to match the
+   * unfolded weights.
    */
   fold?: boolean;
   /** Also match on encoder columns W_enc[:, i] (concatenated to the decoder rows). Default false. */
@@ -288,13 +290,20 @@ export interface SaeMatchResult {
 /**
  * The folded weights of an SAE (methods.md §3): with thresholds θ (JumpReLU), `W_enc[:, i] / θ_i`,
  * `b_enc[i] / θ_i`, `θ_i W_dec[i, :]` and threshold 1, which leaves the SAE function unchanged
- * (f̃_i = f_i / θ_i). Weights without thresholds are returned as copies. θ_i must be > 0.
+ * (f̃_i = f_i / θ_i). Weights without thresholds are returned as copies. θ_i must be finite and
+ * > 0: a latent with θ_i = 0 (a plain ReLU) has no folded form (no scale gives it threshold 1),
+ * and folding refuses it rather than leave it on another scale than the others.
  */
 export function foldWeights(weights: SaeWeights): SaeWeights {
+  return foldNamed(weights, 'weights');
+}
+
+/** foldWeights, with errors naming the weights `name` (saeMatch: 'saeA' or 'saeB'). */
+function foldNamed(weights: SaeWeights, name: string): SaeWeights {
   if (weights === null || typeof weights !== 'object') throw argError('weights', 'SAE weights', weights);
   const { W_enc, b_enc, W_dec, b_dec, threshold } = weights;
-  for (const [name, w] of [['W_enc', W_enc], ['b_enc', b_enc], ['W_dec', W_dec], ['b_dec', b_dec]] as const) {
-    if (!(w instanceof Float32Array)) throw argError(`weights.${name}`, 'a Float32Array', w, 'ERR_SAEKIT_DTYPE');
+  for (const [key, w] of [['W_enc', W_enc], ['b_enc', b_enc], ['W_dec', W_dec], ['b_dec', b_dec]] as const) {
+    if (!(w instanceof Float32Array)) throw argError(`weights.${key}`, 'a Float32Array', w, 'ERR_SAEKIT_DTYPE');
   }
   const n = b_enc.length;
   const d = b_dec.length;
@@ -308,7 +317,12 @@ export function foldWeights(weights: SaeWeights): SaeWeights {
   }
   for (let i = 0; i < n; i++) {
     const t = threshold[i]!;
-    if (!(t > 0) || !Number.isFinite(t)) throw argError(`weights.threshold[${i}]`, 'a finite number > 0 (folding divides by it)', t);
+    if (!(t > 0) || !Number.isFinite(t)) {
+      // θ_i = 0 (a plain ReLU latent) has no folded form: no scale makes its threshold 1.
+      const e = argError(`${name}.threshold[${i}]`, 'a finite number > 0 (folding divides by it)', t);
+      if (name === 'weights') throw e;
+      throw new SaekitError(e.code, `${e.message}; pass fold: false to match without folding`);
+    }
   }
   const We = new Float32Array(n * d);
   const Wd = new Float32Array(n * d);
@@ -354,9 +368,9 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
   // The steps below are O(n * d) each; the event loop gets a turn between them, and the n x n
   // cost is built and handed to the solver a few million entries at a time.
   if (fold) {
-    wA = foldWeights(wA);
+    wA = foldNamed(wA, 'saeA');
     await yieldToEventLoop();
-    wB = foldWeights(wB);
+    wB = foldNamed(wB, 'saeB');
     await yieldToEventLoop();
   }
   const width = encoder ? 2 * d : d;
