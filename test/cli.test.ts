@@ -182,6 +182,15 @@ describe('saekit CLI', () => {
     for (const p of fired) expect(p.a).toBe(perm[p.b]);
     expect(s.pairs_kept).toBeGreaterThan(L / 2);
     expect(s.rsa.score).toBeGreaterThan(0.999);
+    expect(s.similarity_pairs).toEqual({ used: s.pairs_kept, of: s.pairs_kept });
+    // --max-pairs: SVCCA and RSA on a random subsample of the kept pairs, reported.
+    const sub = run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--json', '--runs', '3', '--max-pairs', '9']);
+    expect(sub.status, sub.stderr).toBe(0);
+    const ss = JSON.parse(sub.stdout);
+    expect(ss.pairs_kept).toBe(s.pairs_kept);
+    expect(ss.similarity_pairs).toMatchObject({ used: 9, of: s.pairs_kept });
+    expect(ss.rsa.score).toBeGreaterThan(0.999);
+    expect(ss.svcca.score).toBeGreaterThan(0.999);
     // With a matrix over --max-bytes, argmax and mutual work from top matches: the same pairs.
     for (const method of ['argmax', 'mutual']) {
       const t = run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--json', '--runs', '2', '--method', method, '--max-bytes', '64', '--out', path.join(dir, `top-${method}.json`)]);
