@@ -350,6 +350,14 @@ function latentParams(w: SaeWeights, n: number, d: number, encoder: boolean): Fl
  * SAE Match (methods.md §3): the permutation π minimising Σ_i ‖a_i − b_π(i)‖² over (folded)
  * decoder rows (and, with `encoder`, encoder columns) of two SAEs with the same numLatents and
  * dIn, solved exactly as a linear assignment.
+ *
+ * Reproducibility: the cost comes from a float32 GEMM, and the BLAS (OpenBLAS) splits that GEMM
+ * by thread count, which changes the dot products in their last bits. Where two assignments'
+ * totals differ by less than that (near-duplicate latents), the permutation can differ between
+ * thread counts (backend.setThreads, OPENBLAS_NUM_THREADS) or BLAS builds; with the same thread
+ * count and BLAS it is the same on every run. The reported mse is float64 and exact either way.
+ * The GEMM and the solver run off the JS thread; the O(n^2) cost is built and handed over in
+ * chunks, so the event loop keeps turning at 16k latents.
  */
 export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder, options?: SaeMatchOptions): Promise<SaeMatchResult> {
   if (!(saeA instanceof SparseAutoencoder)) throw argError('saeA', 'a SparseAutoencoder', saeA);
