@@ -35,8 +35,13 @@ const T* typed(const Napi::Value& v, const std::string& name, int64_t length, co
   return reinterpret_cast<const T*>(typed_array_data(ta));
 }
 
+// Tags the store's External so that another External (a linear assignment) is refused.
+const napi_type_tag kStoreTag = {0x3c5a7e9b1d2f4a6cULL, 0x8e0b2d4f6a1c3e5bULL};
+
 StoreSlot* slot_of(const Napi::Value& v) {
-  if (!v.IsExternal()) arg_error(ErrorCode::Arg, "store", "a sparse correlation store", v);
+  bool tagged = false;
+  if (!v.IsExternal() || napi_check_object_type_tag(v.Env(), v, &kStoreTag, &tagged) != napi_ok || !tagged)
+    arg_error(ErrorCode::Arg, "store", "a sparse correlation store", v);
   StoreSlot* s = v.As<Napi::External<StoreSlot>>().Data();
   if (!s || !s->store) throw Error(ErrorCode::Disposed, "Expected a sparse correlation store that has not run yet");
   return s;
@@ -49,7 +54,9 @@ Napi::Value create(const Napi::CallbackInfo& info) {
   int64_t rr = get_int(info[2], "reserveRows", 0, lim - 1);
   int64_t ra = get_int(info[3], "reserveA", 0, int64_t(1) << 40), rb = get_int(info[4], "reserveB", 0, int64_t(1) << 40);
   auto* slot = new StoreSlot{std::make_shared<cpu::SparseCorrStore>(nA, nB, rr, ra, rb)};
-  return Napi::External<StoreSlot>::New(info.Env(), slot, [](Napi::Env, StoreSlot* s) { delete s; });
+  auto ext = Napi::External<StoreSlot>::New(info.Env(), slot, [](Napi::Env, StoreSlot* s) { delete s; });
+  if (napi_type_tag_object(info.Env(), ext, &kStoreTag) != napi_ok) throw Error(ErrorCode::Internal, "could not tag the sparse correlation store");
+  return ext;
 }
 
 // sparseCorrAppend(store, valuesA, indicesA, valuesB, indicesB, rows): synchronous copy of one
@@ -198,8 +205,14 @@ struct LapSlot {
   double sign = 1.0;
 };
 
+// Tags the lap's External so that another External (a correlation store) is refused, never
+// reinterpreted.
+const napi_type_tag kLapTag = {0x5e1d0a55a1c3b7e1ULL, 0x9b2f4c6d8e0a1f3bULL};
+
 LapSlot* lap_of(const Napi::Value& v) {
-  if (!v.IsExternal()) arg_error(ErrorCode::Arg, "lap", "a linear assignment from lapCreate", v);
+  bool tagged = false;
+  if (!v.IsExternal() || napi_check_object_type_tag(v.Env(), v, &kLapTag, &tagged) != napi_ok || !tagged)
+    arg_error(ErrorCode::Arg, "lap", "a linear assignment from lapCreate", v);
   LapSlot* s = v.As<Napi::External<LapSlot>>().Data();
   if (!s || !s->work) throw Error(ErrorCode::Disposed, "Expected a linear assignment that has not run yet");
   return s;
@@ -209,6 +222,9 @@ Napi::Value lap_create(const Napi::CallbackInfo& info) {
   const int64_t lim = (int64_t(1) << 31) - 1;
   int64_t rows = get_int(info[0], "rows", 0, lim), cols = get_int(info[1], "cols", 0, lim);
   bool maximize = get_bool(info[2], "maximize");
+  // 8 * rows * cols must not overflow size_t (it cannot be allocated long before).
+  if (rows * cols > (int64_t(1) << 56))
+    throw Error(ErrorCode::Memory, fmt("Expected a cost of at most 2^56 entries for a linear assignment but received ", rows, " x ", cols));
   auto* slot = new LapSlot;
   try {
     slot->work = HostArray::allocate(size_t(std::max<int64_t>(rows * cols, 1)) * 8);
@@ -220,7 +236,9 @@ Napi::Value lap_create(const Napi::CallbackInfo& info) {
   slot->cols = cols;
   slot->tr = rows > cols;
   slot->sign = maximize ? -1.0 : 1.0;
-  return Napi::External<LapSlot>::New(info.Env(), slot, [](Napi::Env, LapSlot* s) { delete s; });
+  auto ext = Napi::External<LapSlot>::New(info.Env(), slot, [](Napi::Env, LapSlot* s) { delete s; });
+  if (napi_type_tag_object(info.Env(), ext, &kLapTag) != napi_ok) throw Error(ErrorCode::Internal, "could not tag the linear assignment handle");
+  return ext;
 }
 
 template <typename T>
