@@ -71,6 +71,35 @@ describe('linearAssignmentAsync (native)', () => {
     expect(close(nat.total, js.total)).toBe(true);
   });
 
+  it('fed in chunks: equals the JS solver across chunk boundaries (both orientations) and names bad values as the JS solver does', async () => {
+    const next = lcg(1234);
+    // 1201 x 467 and 467 x 1201: 560k values, more than one 512k-value chunk, odd sizes.
+    for (const [rows, cols] of [[1201, 467], [467, 1201]] as const) {
+      const cost = Float64Array.from({ length: rows * cols }, () => Math.round(next() * 1000) / 100);
+      for (const maximize of [false, true]) {
+        const js = linearAssignment(cost, rows, cols, { maximize });
+        const nat = await linearAssignmentAsync(cost, rows, cols, { maximize });
+        checkMatching(nat, cost, rows, cols);
+        expect(close(nat.total, js.total)).toBe(true);
+      }
+    }
+    // Checked natively as the rows are copied: the same messages as the synchronous solver's.
+    const rows = 1201;
+    const cols = 467;
+    for (const [at, v, code] of [[rows * cols - 3, -Infinity, 'ERR_SAEKIT_NONFINITE'], [cols * 1150 + 1, NaN, 'ERR_SAEKIT_NONFINITE'], [5, 1e301, 'ERR_SAEKIT_ARG']] as const) {
+      const cost = new Float64Array(rows * cols);
+      cost[at] = v;
+      let want = '';
+      try {
+        linearAssignment(cost, rows, cols);
+      } catch (e) {
+        want = (e as Error).message;
+      }
+      expect(want).toMatch(new RegExp(`cost\\[${at}\\]`));
+      await expect(linearAssignmentAsync(cost, rows, cols)).rejects.toMatchObject({ code, message: want });
+    }
+  });
+
   it('handles empty sides and rejects bad input like the JS solver', async () => {
     const e = await linearAssignmentAsync(new Float64Array(0), 0, 3);
     expect(Array.from(e.colToRow)).toEqual([-1, -1, -1]);

@@ -187,6 +187,15 @@ describe('saekit CLI', () => {
     for (const p of fired) expect(p.a).toBe(perm[p.b]);
     expect(s.pairs_kept).toBeGreaterThan(L / 2);
     expect(s.rsa.score).toBeGreaterThan(0.999);
+    expect(s.similarity_pairs).toEqual({ used: s.pairs_kept, of: s.pairs_kept });
+    // --max-pairs: SVCCA and RSA on a random subsample of the kept pairs, reported.
+    const sub = run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--json', '--runs', '3', '--max-pairs', '9']);
+    expect(sub.status, sub.stderr).toBe(0);
+    const ss = JSON.parse(sub.stdout);
+    expect(ss.pairs_kept).toBe(s.pairs_kept);
+    expect(ss.similarity_pairs).toMatchObject({ used: 9, of: s.pairs_kept });
+    expect(ss.rsa.score).toBeGreaterThan(0.999);
+    expect(ss.svcca.score).toBeGreaterThan(0.999);
     // With a matrix over --max-bytes, argmax and mutual work from top matches: the same pairs.
     for (const method of ['argmax', 'mutual']) {
       const t = run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--json', '--runs', '2', '--method', method, '--max-bytes', '64', '--out', path.join(dir, `top-${method}.json`)]);
@@ -205,6 +214,33 @@ describe('saekit CLI', () => {
     // For each latent of A, its match in B: B's j holds A's perm[j].
     steps[0].permutation.forEach((j: number, i: number) => expect(perm[j]).toBe(i));
     expect(steps[0].mean_mse).toBeLessThan(1e-10);
+  }, 60_000);
+
+  it('match-layers: a JumpReLU SAE with a threshold of 0 fails naming its file and --no-fold; with --no-fold it matches', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(16);
+    const [n, d] = [9, 5];
+    const mk = (zeroAt: number) =>
+      SparseAutoencoder.fromWeights(
+        {
+          W_enc: Float32Array.from({ length: n * d }, () => next() - 0.5),
+          b_enc: new Float32Array(n),
+          W_dec: Float32Array.from({ length: n * d }, () => next() - 0.5),
+          b_dec: new Float32Array(d),
+          threshold: Float32Array.from({ length: n }, (_, i) => (i === zeroAt ? 0 : 0.5)),
+        },
+        { architecture: 'jumprelu' },
+      );
+    using l0 = mk(-1);
+    using l1 = mk(3);
+    await l0.save(path.join(dir, 'l0'));
+    await l1.save(path.join(dir, 'l1'));
+    const bad = run(['match-layers', path.join(dir, 'l0'), path.join(dir, 'l1')]);
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toContain(`for threshold[3] of ${path.join(dir, 'l1')} but received 0 (number); pass --no-fold`);
+    const ok = run(['match-layers', path.join(dir, 'l0'), path.join(dir, 'l1'), '--no-fold', '--json']);
+    expect(ok.status, ok.stderr).toBe(0);
+    expect(JSON.parse(ok.stdout)[0].matched).toBe(n);
   }, 60_000);
 
   it('checks outputs, resume options and inputs before any work, with one-line errors in terms of flags', async () => {

@@ -438,3 +438,28 @@ describe('features.correlation: inputs and edge cases', () => {
     expect(r.constantA[1]! + r.constantA[2]!).toBe(0);
   });
 });
+
+describe('match from top lists that hold every A feature', () => {
+  it('mutual with top > nA equals the full matrix when the lists are complete (k = nA), and still refuses top > k < nA', async () => {
+    const next = lcg(31);
+    const n = 400;
+    for (const [dA, dB] of [[4, 7], [3, 3]] as const) {
+      const xa = Float32Array.from({ length: n * dA }, () => next() - 0.5);
+      const xb = Float32Array.from({ length: n * dB }, (_, q) => xa[Math.floor(q / dB) * dA + (q % dB) % dA]! + 0.5 * (next() - 0.5));
+      const opts = { kind: 'dense' as const, reverse: true, top: 5 };
+      const topRes = await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, { ...opts, output: 'top' });
+      const fullRes = await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, { ...opts, output: 'full' });
+      expect(topRes.mode).toBe('top');
+      for (const top of [dA, dA + 2, 1000]) {
+        const want = await match(fullRes, { method: 'mutual', top });
+        const got = await match(topRes, { method: 'mutual', top });
+        expect(got.pairs.map((p) => [p.a, p.b])).toEqual(want.pairs.map((p) => [p.a, p.b]));
+      }
+    }
+    // Lists shorter than nA: a larger top cannot be answered from them.
+    const xa = Float32Array.from({ length: n * 8 }, () => next());
+    const xb = Float32Array.from({ length: n * 3 }, () => next());
+    const r = await correlation({ source: fromArray(xa, 8) }, { source: fromArray(xb, 3) }, { kind: 'dense', reverse: true, top: 5, output: 'top' });
+    await expect(match(r, { method: 'mutual', top: 6 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.top/) });
+  });
+});

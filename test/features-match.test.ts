@@ -131,6 +131,73 @@ describe('match: mutual nearest neighbours', () => {
   });
 });
 
+describe('match: large matrices, row-major and in chunks', () => {
+  /** The column-by-column rules written out (the pre-chunking implementation's semantics). */
+  function refArgmax(c: Float32Array | Float64Array, nA: number, nB: number): number[][] {
+    const out: number[][] = [];
+    for (let b = 0; b < nB; b++) {
+      let a0 = 0;
+      for (let a = 1; a < nA; a++) if (c[a * nB + b]! > c[a0 * nB + b]!) a0 = a;
+      out.push([a0, b]);
+    }
+    return out.sort((x, y) => x[0]! - y[0]! || x[1]! - y[1]!);
+  }
+  function refMutual(c: Float32Array | Float64Array, nA: number, nB: number, top: number): number[][] {
+    const out: number[][] = [];
+    for (let a = 0; a < nA; a++) {
+      let b = 0;
+      for (let j = 1; j < nB; j++) if (c[a * nB + j]! > c[a * nB + b]!) b = j;
+      // a is in b's top-n when fewer than n rows beat it (a higher value, or equal and lower index).
+      let ahead = 0;
+      for (let i = 0; i < nA; i++) if (c[i * nB + b]! > c[a * nB + b]! || (c[i * nB + b] === c[a * nB + b] && i < a)) ahead++;
+      if (ahead < top) out.push([a, b]);
+    }
+    return out;
+  }
+
+  it('argmax and mutual equal the column-wise rules on matrices spanning several chunks, with many ties', async () => {
+    const next = lcg(4242);
+    // Values on a coarse grid (many ties), float32 and float64, odd sizes; 801 x 677 spans
+    // several 512k-value chunks.
+    for (const [nA, nB, Arr] of [[801, 677, Float32Array], [37, 1, Float64Array], [1, 41, Float32Array], [613, 299, Float64Array]] as const) {
+      const c = new Arr(nA * nB).map(() => Math.round(next() * 16) / 16);
+      const got = await match(c, { nA, nB, method: 'argmax' });
+      expect(got.pairs.map((p) => [p.a, p.b])).toEqual(refArgmax(c, nA, nB));
+      for (const top of [1, 3, nA + 5]) {
+        const m = await match(c, { nA, nB, method: 'mutual', top });
+        expect(m.pairs.map((p) => [p.a, p.b])).toEqual(refMutual(c, nA, nB, top));
+      }
+    }
+  });
+
+  it('gives the event loop turns while it scans a large matrix, and reports the first non-finite value', async () => {
+    const next = lcg(9);
+    const n = 1100; // 1.21M values: three chunks
+    const c = Float32Array.from({ length: n * n }, () => next());
+    for (const method of ['argmax', 'mutual'] as const) {
+      let ticks = 0;
+      let stop = false;
+      const tick = (): void => {
+        ticks++;
+        if (!stop) setImmediate(tick);
+      };
+      setImmediate(tick);
+      const p = match(c, { nA: n, nB: n, method });
+      const before = ticks;
+      await p;
+      stop = true;
+      // A synchronous scan would let no tick run between the call and its settlement.
+      expect(ticks - before).toBeGreaterThanOrEqual(2);
+    }
+    const bad = c.slice();
+    bad[n * 800 + 7] = Infinity;
+    bad[n * 900] = NaN;
+    for (const method of ['argmax', 'mutual', 'hungarian'] as const) {
+      await expect(match(bad, { nA: n, nB: n, method })).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: `Expected finite number for corr[${n * 800 + 7}] but received Infinity (number)` });
+    }
+  });
+});
+
 describe('match: hungarian', () => {
   it('equals brute force over all matchings for n <= 7 (square and rectangular)', async () => {
     const next = lcg(12345);
@@ -341,6 +408,26 @@ describe('saeMatch', () => {
     expect(tf.W_dec).toEqual(tw.W_dec);
     expect(tf.W_enc).toEqual(tw.W_enc);
     expect(tf.threshold).toBeUndefined();
+  });
+
+  it('a threshold of 0 cannot be folded: the error names saeA or saeB and fold: false, which then matches the raw weights', async () => {
+    const next = lcg(61);
+    const [n, d] = [7, 5];
+    const w = randomWeights(n, d, next, true);
+    const wz = { ...w, threshold: w.threshold!.slice() };
+    wz.threshold[3] = 0;
+    using A = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu' });
+    using Z = SparseAutoencoder.fromWeights(wz, { architecture: 'jumprelu' });
+    await expect(saeMatch(A, Z)).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: 'Expected a finite number > 0 (folding divides by it) for saeB.threshold[3] but received 0 (number); pass fold: false to match without folding',
+    });
+    await expect(saeMatch(Z, A)).rejects.toMatchObject({ message: expect.stringMatching(/for saeA\.threshold\[3\]/) });
+    expect(() => foldWeights(wz)).toThrow(/for weights\.threshold\[3\] but received 0 \(number\)$/);
+    // Unfolded, the weights are equal up to the threshold: the identity, MSE 0.
+    const r = await saeMatch(A, Z, { fold: false });
+    expect(Array.from(r.permutation)).toEqual(Array.from({ length: n }, (_, i) => i));
+    expect(r.meanMse).toBe(0);
   });
 
   it('rejects mismatched sizes and bad arguments', async () => {

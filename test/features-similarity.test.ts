@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { SaekitError } from '../lib/errors.js';
-import { cka, permutationTest, rsa, svcca } from '../lib/features/similarity.js';
+import { averageRanks, cka, permutationTest, rsa, rsaPermutationTest, svcca, svccaPermutationTest } from '../lib/features/similarity.js';
 import { lcg } from './helpers/reference.js';
 
 function random(rows: number, cols: number, next: () => number): Float64Array {
@@ -402,5 +402,60 @@ describe('permutationTest', () => {
     expect(code(() => permutationTest(score, A, B, { n, dB: 3, runs: 0 }))).toBe('ERR_SAEKIT_ARG');
     expect(code(() => permutationTest(score, A, B, { n, dB: 3, seed: -1 }))).toBe('ERR_SAEKIT_ARG');
     expect(code(() => permutationTest(() => 'x' as unknown as number, A, B, { n, dB: 3 }))).toBe('ERR_SAEKIT_ARG');
+  });
+});
+
+describe('fast ranks and permutation tests that reuse each side (saekit compare)', () => {
+  it('averageRanks equals naive average ranks: ties, negatives, -0 and 0, subnormals, odd sizes', () => {
+    const next = lcg(Date.now() >>> 0);
+    const cases: number[][] = [[], [3], [-0, 0, 0, -0], [5e-324, -5e-324, 0, 1e300, -1e300, 2, 2]];
+    for (const m of [7, 101, 1003]) {
+      cases.push(Array.from({ length: m }, () => Math.round((next() - 0.5) * 20) / 4)); // many ties
+      cases.push(Array.from({ length: m }, () => (next() - 0.5) * 10 ** Math.floor(next() * 12 - 6))); // wide range
+    }
+    for (const x of cases) expect(Array.from(averageRanks(Float64Array.from(x)))).toEqual(naiveRanks(x));
+  });
+
+  it('rsaPermutationTest is bit-identical to permutationTest(rsa) for every inner and outer, and svccaPermutationTest equals permutationTest(svcca) to rounding', () => {
+    const next = lcg(Date.now() >>> 0);
+    for (const [n, dA, dB] of [[37, 3, 5], [20, 4, 1], [3, 2, 2]] as const) {
+      const A = random(n, dA, next);
+      const B = Float64Array.from({ length: n * dB }, (_, q) => A[Math.floor(q / dB) * dA + (q % dB) % dA]! + 0.7 * (next() - 0.5));
+      // Ties in one variant: rounded copies.
+      const Bt = B.map((v) => Math.round(v * 2) / 2);
+      for (const inner of ['correlation', 'cosine', 'euclidean'] as const) {
+        for (const outer of ['spearman', 'pearson'] as const) {
+          for (const b of [B, Bt]) {
+            const opts = { n, dA, dB, inner, outer };
+            const want = permutationTest((x, y) => rsa(x, y, opts).score, A, b, { n, dB, runs: 9, seed: 5 });
+            const got = rsaPermutationTest(A, b, { ...opts, runs: 9, seed: 5 });
+            expect(got.score).toBe(want.score);
+            expect(Array.from(got.shuffled)).toEqual(Array.from(want.shuffled));
+            expect(got.pValue).toBe(want.pValue);
+          }
+        }
+      }
+      if (n > Math.max(dA, dB)) {
+        for (const keep of [0.99, 1]) {
+          const want = permutationTest((x, y) => svcca(x, y, { n, dA, dB, keep }).score, A, B, { n, dB, runs: 6, seed: 3 });
+          const got = svccaPermutationTest(A, B, { n, dA, dB, keep, runs: 6, seed: 3 });
+          expect(got.score).toBe(want.score);
+          got.shuffled.forEach((v, i) => expect(Math.abs(v - want.shuffled[i]!)).toBeLessThan(1e-9));
+        }
+      }
+    }
+  });
+
+  it('rsa with an n whose triangles cannot be allocated is ERR_SAEKIT_MEMORY naming n', () => {
+    const n = 100000;
+    const A = new Float64Array(n * 2).map((_, i) => i % 7);
+    let err: unknown;
+    try {
+      rsa(A, A, { n, dA: 2, dB: 2 });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(SaekitError);
+    expect(err).toMatchObject({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(/options\.n .* received n = 100000/) });
   });
 });

@@ -108,7 +108,7 @@ describe('fuzzing the public API', () => {
     const values = junk();
     const next = lcg(Date.now() >>> 0);
     const pick = () => values[Math.floor(next() * values.length)];
-    const fns = ['fromArray', 'zeros', 'random', 'matmul', '_philox', '_gemmDirect', 'setThreads', 'info', 'stats', 'convertInto', 'anyNonFinite', 'gatherRows', 'readRows', 'readRowsToSlots', 'allocHost', 'discardHost', 'linearAssignment', 'sparseCorrCreate', 'sparseCorrAppend', 'sparseCorrRun', 'spectrumStage', 'spectrumStageWrite', 'decoderSpectrum', 'symmetricEigenvalues'];
+    const fns = ['fromArray', 'zeros', 'random', 'matmul', '_philox', '_gemmDirect', 'setThreads', 'info', 'stats', 'convertInto', 'anyNonFinite', 'gatherRows', 'readRows', 'readRowsToSlots', 'allocHost', 'discardHost', 'lapCreate', 'lapAppend', 'lapRun', 'sparseCorrCreate', 'sparseCorrAppend', 'sparseCorrRun', 'spectrumStage', 'spectrumStageWrite', 'decoderSpectrum', 'symmetricEigenvalues'];
     let threw = 0;
     for (const name of fns) {
       for (let trial = 0; trial < 300; trial++) {
@@ -128,6 +128,21 @@ describe('fuzzing the public API', () => {
     saekit.backend.setThreads(saekit.backend.info().hardwareThreads);
     using t = saekit.tensor([1, 2, 3]);
     expect(Array.from(await t.toArray())).toEqual([1, 2, 3]);
+  });
+
+  it('a linear assignment and a correlation store are not taken for each other, and a lap runs once', async () => {
+    const b = native();
+    const store = b.sparseCorrCreate(2, 2, 0, 0, 0);
+    const lap = b.lapCreate(2, 2, false);
+    expect(() => b.lapAppend(store as never, new Float64Array(2), 0, 'cost')).toThrow(/Expected a linear assignment from lapCreate for lap/);
+    expect(() => b.sparseCorrAppend(lap as never, new Float32Array(2), new Int32Array(2), new Float32Array(2), new Int32Array(2), 1)).toThrow(/Expected a sparse correlation store/);
+    expect(() => b.lapAppend(lap, new Float64Array(3), 0, 'cost')).toThrow(/whole rows of cost/);
+    expect(() => b.lapAppend(lap, new Float64Array(2), 1, 'cost')).toThrow(/rowStart/);
+    expect(() => b.lapRun(lap)).toThrow(/all 2 rows/);
+    b.lapAppend(lap, Float64Array.of(5, 1, 1, 5), 0, 'cost');
+    expect(Array.from(await b.lapRun(lap))).toEqual([1, 0]);
+    expect(() => b.lapRun(lap)).toThrow(/has not run yet/);
+    expect(() => b.lapCreate(2 ** 31 - 1, 2 ** 31 - 1, true)).toThrow(/at most 2\^56 entries/);
   });
 
   it('native methods called on foreign objects are rejected', () => {

@@ -6,7 +6,9 @@ import path from 'node:path';
 import type { DeviceOption } from '../backend/index.js';
 import { openActivations } from '../data/index.js';
 import { SaekitError } from '../errors.js';
-import { correlation, match, permutationTest, rsa, saeMatch, svcca } from '../features/index.js';
+import { Rng } from '../data/prng.js';
+import { correlation, match, saeMatch } from '../features/index.js';
+import { rsaPermutationTest, svccaPermutationTest } from '../features/similarity.js';
 import { writeFileAtomic } from '../io/index.js';
 import { SparseAutoencoder } from '../sae/index.js';
 import { reportSkipped, TokenProgress } from './progress.js';
@@ -21,6 +23,7 @@ export interface CompareFlags {
   maxTokens: number;
   maxBytes?: number;
   runs: number;
+  maxPairs: number;
   json?: boolean;
   out?: string;
   overwrite?: boolean;
@@ -51,6 +54,30 @@ export async function checkOutFile(out: string | undefined, overwrite: boolean |
     if (abs === a || abs.startsWith(a + path.sep)) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out not to overwrite an input but '${out}' is ${abs === a ? '' : 'inside '}'${input}'`);
   }
   if (st && !overwrite) throw new SaekitError('ERR_SAEKIT_ARG', `--out ${out} already exists; pass --overwrite to replace it, or choose another --out`);
+}
+
+/**
+ * Default --max-pairs: SVCCA and RSA use a random subsample of at most this many matched pairs.
+ * methods.md §9 puts the limit for RSA's O(n^2) triangles near 20k pairs; in JS (float64 triangles,
+ * a radix sort for the ranks) 20k pairs means ~200M dissimilarities per side, several GiB and
+ * minutes, so the default is lower; --max-pairs raises it.
+ */
+export const DEFAULT_MAX_PAIRS = 5000;
+
+/**
+ * Largest estimated SVCCA work (multiply-adds: the Jacobi SVDs, n (dA^2 + dB^2), plus each shuffled
+ * run's CCA, n dA dB + dA dB min(dA, dB)) that compare runs: about half a minute of JS. Above it
+ * SVCCA is skipped with a message (fewer pairs do not shrink the d^2 factor).
+ */
+const SVCCA_MAX_WORK = 2e9;
+
+/** `k` of `n` indices drawn at random (seeded), ascending; all of them when n <= k. */
+function subsample(n: number, k: number, seed: bigint): number[] {
+  if (n <= k) return Array.from({ length: n }, (_, i) => i);
+  const perm = new Uint32Array(n);
+  for (let i = 0; i < n; i++) perm[i] = i;
+  new Rng(seed, 0x5a3b).shuffle(perm);
+  return Array.from(perm.subarray(0, k)).sort((x, y) => x - y);
 }
 
 function rowsOf(W: Float32Array, d: number, idx: number[]): Float64Array {
@@ -111,36 +138,50 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
     process.stderr.write(`correlation: ${c.mode === 'full' ? 'full matrix' : `top ${c.top.k} matches per feature`} over ${c.tokens.toLocaleString('en-US')} tokens\n`);
     // For every feature of B, its best correlation in A.
     let meanMax = 0;
-    for (let j = 0; j < c.nB; j++) {
-      let best = -1;
-      if (c.mode === 'top') best = c.top.r[j * c.top.k]!;
-      else for (let i = 0; i < c.nA; i++) best = Math.max(best, c.r[i * c.nB + j]!);
-      meanMax += best / c.nB;
+    if (c.mode === 'top') {
+      for (let j = 0; j < c.nB; j++) meanMax += c.top.r[j * c.top.k]! / c.nB;
+    } else {
+      // Row by row (the matrix is [nA, nB] row-major): each column's best in one pass.
+      const best = new Float64Array(c.nB).fill(-1);
+      for (let i = 0; i < c.nA; i++) {
+        const row = c.r.subarray(i * c.nB, (i + 1) * c.nB);
+        for (let j = 0; j < c.nB; j++) if (row[j]! > best[j]!) best[j] = row[j]!;
+      }
+      for (let j = 0; j < c.nB; j++) meanMax += best[j]! / c.nB;
     }
     const m = await match(c, { method: f.method, threshold: f.threshold, ...(f.method === 'mutual' ? { top: f.top } : {}) });
     const [wa, wb] = [await a.weights(), await b.weights()];
-    const pa = rowsOf(wa.W_dec, a.dIn, m.pairs.map((p) => p.a));
-    const pb = rowsOf(wb.W_dec, b.dIn, m.pairs.map((p) => p.b));
-    const n = m.pairs.length;
+    const kept = m.pairs.length;
+    // SVCCA and RSA on a random subsample of at most --max-pairs pairs (methods.md §9).
+    const used = subsample(kept, f.maxPairs, 0n).map((i) => m.pairs[i]!);
+    const n = used.length;
+    const pa = rowsOf(wa.W_dec, a.dIn, used.map((p) => p.a));
+    const pb = rowsOf(wb.W_dec, b.dIn, used.map((p) => p.b));
     const summary: Record<string, unknown> = {
       tokens: c.tokens,
       mean_max_correlation: meanMax,
       method: f.method,
       threshold: f.threshold,
-      pairs_kept: n,
+      pairs_kept: kept,
       // No pair passed the threshold: no mean (JSON null), not NaN.
-      mean_pair_correlation: n > 0 ? m.meanScore : null,
+      mean_pair_correlation: kept > 0 ? m.meanScore : null,
+      // The pairs SVCCA and RSA compare: all kept pairs, or a random subsample of --max-pairs.
+      similarity_pairs: n < kept ? { used: n, of: kept, subsample: 'random (seed 0); raise --max-pairs for more' } : { used: n, of: kept },
     };
-    if (n > Math.max(a.dIn, b.dIn)) {
-      const sv = (A: Float64Array, B: Float64Array) => svcca(A, B, { n, dA: a.dIn, dB: b.dIn }).score;
-      const t = permutationTest(sv, pa, pb, { n, dB: b.dIn, runs: f.runs, seed: 0 });
-      summary.svcca = { score: t.score, shuffled_mean: mean(t.shuffled), p_value: t.pValue };
+    const [dA, dB] = [a.dIn, b.dIn];
+    const svccaWork = n * (dA * dA + dB * dB) + f.runs * (n * dA * dB + dA * dB * Math.min(dA, dB));
+    if (n <= Math.max(dA, dB)) {
+      summary.svcca = { skipped: `needs more matched pairs (${n}) than dimensions (${Math.max(dA, dB)})` };
+    } else if (svccaWork > SVCCA_MAX_WORK) {
+      summary.svcca = {
+        skipped: `too slow: about ${svccaWork.toExponential(1)} multiply-adds for ${n} pairs of ${dA} and ${dB} dims with --runs ${f.runs} (limit ${SVCCA_MAX_WORK.toExponential(0)}); lower --runs or --max-pairs`,
+      };
     } else {
-      summary.svcca = { skipped: `needs more matched pairs (${n}) than dimensions (${Math.max(a.dIn, b.dIn)})` };
+      const t = svccaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0 });
+      summary.svcca = { score: t.score, shuffled_mean: mean(t.shuffled), p_value: t.pValue };
     }
     if (n >= 3) {
-      const rs = (A: Float64Array, B: Float64Array) => rsa(A, B, { n, dA: a.dIn, dB: b.dIn }).score;
-      const t = permutationTest(rs, pa, pb, { n, dB: b.dIn, runs: f.runs, seed: 0 });
+      const t = rsaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0 });
       summary.rsa = { score: t.score, shuffled_mean: mean(t.shuffled), p_value: t.pValue };
     } else {
       summary.rsa = { skipped: `needs at least 3 matched pairs (${n})` };
@@ -163,13 +204,23 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
   }
 }
 
+export interface MatchLayersFlags {
+  json?: boolean;
+  out?: string;
+  overwrite?: boolean;
+  encoder?: boolean;
+  /** false with --no-fold: match the unfolded JumpReLU weights. */
+  fold?: boolean;
+  device: string;
+}
+
 function mean(x: Float64Array): number {
   let s = 0;
   for (const v of x) s += v;
   return x.length ? s / x.length : Number.NaN;
 }
 
-export async function matchLayers(paths: string[], f: { json?: boolean; out?: string; overwrite?: boolean; encoder?: boolean; device: string }): Promise<void> {
+export async function matchLayers(paths: string[], f: MatchLayersFlags): Promise<void> {
   if (paths.length < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 SAEs for match-layers but received ${paths.length}`);
   await checkOutFile(f.out, f.overwrite, paths);
   const saes: SparseAutoencoder[] = [];
@@ -185,12 +236,19 @@ export async function matchLayers(paths: string[], f: { json?: boolean; out?: st
     }
     const steps: { from: string; to: string; mean_mse: number; permutation: number[] }[] = [];
     for (let i = 0; i + 1 < saes.length; i++) {
-      const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: true, encoder: Boolean(f.encoder) });
+      const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: f.fold !== false, encoder: Boolean(f.encoder) }).catch((e: unknown) => {
+        // saeMatch names its arguments saeA and saeB; name the files instead.
+        if (!(e instanceof SaekitError)) throw e;
+        const named = e.message
+          .replace(/for sae([AB])\.threshold\[(\d+)\]/, (_m, side: string, k: string) => `for threshold[${k}] of ${paths[side === 'A' ? i : i + 1]}`)
+          .replace('pass fold: false to match without folding', 'pass --no-fold to match without folding');
+        throw named === e.message ? e : new SaekitError(e.code, named);
+      });
       steps.push({ from: paths[i]!, to: paths[i + 1]!, mean_mse: r.meanMse, permutation: Array.from(r.permutation) });
     }
     if (f.out) await writeFileAtomic(f.out, `${JSON.stringify(steps, null, 2)}\n`);
     if (f.json) process.stdout.write(`${JSON.stringify(steps.map(({ permutation, ...s }) => ({ ...s, matched: permutation.length })), null, 2)}\n`);
-    else for (const s of steps) process.stdout.write(`${s.from} -> ${s.to}: mean MSE of matched (folded) parameters ${s.mean_mse.toPrecision(5)}\n`);
+    else for (const s of steps) process.stdout.write(`${s.from} -> ${s.to}: mean MSE of matched (${f.fold === false ? 'unfolded' : 'folded'}) parameters ${s.mean_mse.toPrecision(5)}\n`);
   } finally {
     for (const s of saes) s.dispose();
   }

@@ -17,7 +17,7 @@ import { backend, type DeviceOption, SaekitError, SparseAutoencoder } from '../i
 import { packageRoot } from '../native/index.js';
 import { AUXK_VARIANTS } from '../sae/index.js';
 import { B_DEC_INITS, DECAYS, type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
-import { compare, type CompareFlags, matchLayers } from './compare.js';
+import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, matchLayers, type MatchLayersFlags } from './compare.js';
 import { Progress, reportSkipped, TokenProgress } from './progress.js';
 
 function version(): string {
@@ -529,6 +529,7 @@ export function buildProgram(): Command {
     .option('--max-tokens <n>', 'tokens to correlate over', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 100_000)
     .option('--max-bytes <n>', 'largest full correlation matrix (nA x nB x 4 bytes, default 1 GiB); beyond it argmax and mutual use top matches per feature', num('max-bytes', 1, Number.MAX_SAFE_INTEGER))
     .option('--runs <n>', 'shuffled baselines for the p-values', num('runs', 1, 100000), 20)
+    .option('--max-pairs <n>', `SVCCA and RSA use a random subsample of at most this many matched pairs (RSA is O(n^2) in time and memory; reported as similarity_pairs)`, num('max-pairs', 3, 1e6), DEFAULT_MAX_PAIRS)
     .option('--on-non-finite <policy>', `${NON_FINITE_HELP} (skip only with one --data: two sources must stay aligned)`, oneOf('on-non-finite', ['error', 'skip'] as const), 'error')
     .option('--tensor <name>', 'the tensor to read from .safetensors files')
     .option('--dtype <t>', 'element type of raw .bin files')
@@ -544,12 +545,13 @@ export function buildProgram(): Command {
     .description('SAE Match: data-free matching of the latents of consecutive SAEs (e.g. adjacent layers)')
     .argument('<sae...>', 'SAE folders or files, in layer order')
     .option('--encoder', 'also match on the (folded) encoder parameters')
+    .option('--no-fold', 'match the JumpReLU weights as they are, without folding the thresholds into them (needed when a threshold is 0)')
     .option('--json', 'print a JSON summary')
     .option('--out <file>', 'write every permutation as JSON')
     .option('--overwrite', 'replace an existing --out file (never an input)')
     .option('--device <d>', DEVICE_HELP, 'auto')
     .addHelpText('after', '\nExample:\n  saekit match-layers runs/l6 runs/l7 runs/l8 --out perms.json\n')
-    .action((paths: string[], f: { json?: boolean; out?: string; overwrite?: boolean; encoder?: boolean; device: string }) => matchLayers(paths, f));
+    .action((paths: string[], f: MatchLayersFlags) => matchLayers(paths, f));
   program
     .command('demo')
     .description('train an SAE on built-in synthetic data with known features and report how well it recovers them')

@@ -10,8 +10,9 @@
  *   n = 2048); it is also the reference the native solver is tested against.
  * - linearAssignmentAsync(): the native solver (native/cpu/lap.cpp, same algorithm plus LAPJV's
  *   column reduction and augmenting row reduction for square problems) run off the JS thread;
- *   use it for anything large (match 'hungarian' and saeMatch do). The cost is copied first
- *   (rows x cols x 8 bytes).
+ *   use it for anything large (match 'hungarian' and saeMatch do). The cost is copied to native
+ *   memory (rows x cols x 8 bytes) and checked there, a few million values per turn of the event
+ *   loop, and solved on the executor thread.
  * Both return an optimal assignment; when several are optimal they may return different ones.
  */
 import { argError, callNative, settleNative } from '../errors.js';
@@ -40,14 +41,20 @@ export interface AssignmentResult {
 /** Largest cost magnitude accepted: differences of costs and dual values stay finite below it. */
 const MAX_COST = 1e300;
 
-/** Checks linearAssignment's arguments; returns the sizes and the direction. */
-function checkAssignment(cost: Float64Array, rows: number, cols: number, options: AssignmentOptions | undefined) {
+/** Checks linearAssignment's arguments but not the cost's values; returns the sizes and the direction. */
+function checkShape(cost: Float64Array, rows: number, cols: number, options: AssignmentOptions | undefined) {
   const r = checkInt('rows', rows, 0, 2 ** 31 - 1);
   const c = checkInt('cols', cols, 0, 2 ** 31 - 1);
   if (!(cost instanceof Float64Array)) throw argError('cost', 'a Float64Array', cost);
   if (cost.length !== r * c) throw argError('cost', `a Float64Array of length rows * cols = ${r * c}`, cost);
   const o = checkOptions('options', options, ASSIGNMENT_OPTIONS);
   const maximize = o.maximize === undefined ? false : checkBool('options.maximize', o.maximize);
+  return { r, c, maximize };
+}
+
+/** Checks linearAssignment's arguments; returns the sizes and the direction. */
+function checkAssignment(cost: Float64Array, rows: number, cols: number, options: AssignmentOptions | undefined) {
+  const { r, c, maximize } = checkShape(cost, rows, cols, options);
   for (let i = 0; i < cost.length; i++) {
     const v = cost[i]!;
     if (!Number.isFinite(v)) throw argError(`cost[${i}]`, 'finite number', v, 'ERR_SAEKIT_NONFINITE');
@@ -57,14 +64,49 @@ function checkAssignment(cost: Float64Array, rows: number, cols: number, options
   return { r, c, maximize };
 }
 
+/** Values copied to native memory per lapAppend call: a few milliseconds of the JS thread. */
+const CHUNK_VALUES = 1 << 19;
+
+/** Lets timers and I/O run between two chunks of synchronous work. @internal */
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * The native solver fed in chunks of whole rows: `rowsOf(row0, count)` returns rows row0 ..
+ * row0 + count - 1 of the [rows, cols] cost (Float32Array or Float64Array, row-major), which the
+ * addon copies and checks (finite, |v| <= 1e300; an error names `${name}[i]`); the JS thread is
+ * given back between chunks and while the solver runs. Resolves to rowToCol. @internal
+ */
+export async function solveChunked(
+  rows: number,
+  cols: number,
+  maximize: boolean,
+  rowsOf: (row0: number, count: number) => Float32Array | Float64Array | Promise<Float32Array | Float64Array>,
+  name: string,
+  site: Error,
+): Promise<Int32Array> {
+  if (rows === 0 || cols === 0) return new Int32Array(rows).fill(-1);
+  const lap = callNative(() => native().lapCreate(rows, cols, maximize));
+  const step = Math.max(1, Math.floor(CHUNK_VALUES / cols));
+  for (let row0 = 0; row0 < rows; row0 += step) {
+    const chunk = await rowsOf(row0, Math.min(step, rows - row0));
+    callNative(() => native().lapAppend(lap, chunk, row0, name));
+    if (row0 + step < rows) await yieldToEventLoop();
+  }
+  return settleNative(callNative(() => native().lapRun(lap)), site);
+}
+
 /**
  * linearAssignment's contract, solved natively off the JS thread (see the module comment):
- * resolves to an optimal assignment of every row of the smaller side.
+ * resolves to an optimal assignment of every row of the smaller side. The values are checked
+ * (finite, magnitude at most 1e300) as they are copied, a few million at a time, so even a
+ * 16k x 16k cost never holds the JS thread for more than a few milliseconds at once.
  */
 export async function linearAssignmentAsync(cost: Float64Array, rows: number, cols: number, options?: AssignmentOptions): Promise<AssignmentResult> {
   const site = new Error();
-  const { r, c, maximize } = checkAssignment(cost, rows, cols, options);
-  const rowToCol = r === 0 || c === 0 ? new Int32Array(r).fill(-1) : await settleNative(callNative(() => native().linearAssignment(cost, r, c, maximize)), site);
+  const { r, c, maximize } = checkShape(cost, rows, cols, options);
+  const rowToCol = await solveChunked(r, c, maximize, (row0, count) => cost.subarray(row0 * c, (row0 + count) * c), 'cost', site);
   const colToRow = new Int32Array(c).fill(-1);
   let total = 0;
   for (let i = 0; i < r; i++) {

@@ -7,7 +7,8 @@
  *   top-n "best buddies" as in Rosetta Neurons, §2) or 'hungarian' (exact one-to-one assignment
  *   maximising the total score, §2 bipartite matching, solved natively off the JS thread), then
  *   the low-score filter of §1.4 step 4. It also takes a correlation() result: the full matrix,
- *   or top matches, from which 'argmax' and 'mutual' (top <= the kept matches, both directions
+ *   or top matches, from which 'argmax' and 'mutual' (top <= the kept matches, or any top when
+ *   the lists hold every A feature; both directions
  *   for 'mutual') are exact; 'hungarian' needs the full matrix.
  * - saeMatch(): SAE Match (§3), data-free: exact linear assignment minimising the MSE between
  *   (folded) decoder rows, optionally with encoder columns. The n x n cost comes from one float32
@@ -17,7 +18,7 @@
  * - composeMatches(): chains matches across layers, P_{t→t+2} = P_{t+1→t+2} ∘ P_{t→t+1} (§3).
  */
 import { argError, SaekitError } from '../errors.js';
-import { linearAssignmentAsync } from '../eval/assignment.js';
+import { solveChunked, yieldToEventLoop } from '../eval/assignment.js';
 import { SparseAutoencoder, type SaeWeights } from '../sae/index.js';
 import { tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
@@ -79,6 +80,7 @@ const SAE_MATCH_OPTIONS = optionNames<SaeMatchOptions>({ fold: true, encoder: tr
  * of a correlation() result (see the module comment).
  */
 export async function match(corr: Float32Array | Float64Array | CorrelationResult, options?: MatchOptions): Promise<MatchResult> {
+  const site = new Error();
   const isResult = corr !== null && typeof corr === 'object' && 'mode' in corr && (corr.mode === 'full' || corr.mode === 'top');
   if (!isResult && !(corr instanceof Float32Array) && !(corr instanceof Float64Array)) {
     throw argError('corr', 'a Float32Array, a Float64Array or a correlation() result', corr, 'ERR_SAEKIT_DTYPE');
@@ -105,12 +107,11 @@ export async function match(corr: Float32Array | Float64Array | CorrelationResul
   } else {
     const m = res ? res.r : (corr as Float32Array | Float64Array);
     if (m.length !== nA * nB) throw argError('corr', `an array of length nA * nB = ${nA * nB}`, m, 'ERR_SAEKIT_SHAPE');
-    for (let i = 0; i < m.length; i++) {
-      if (!Number.isFinite(m[i])) throw argError(`corr[${i}]`, 'finite number', m[i], 'ERR_SAEKIT_NONFINITE');
-    }
-    if (method === 'argmax') raw = argmaxPairs(m, nA, nB);
-    else if (method === 'mutual') raw = mutualPairs(m, nA, nB, top);
-    else raw = await hungarianPairs(m, nA, nB);
+    // Each method reads the matrix row by row in chunks, checking every value, and gives the
+    // event loop back between chunks ('hungarian': the addon checks them as it copies them).
+    if (method === 'argmax') raw = await argmaxPairs(m, nA, nB);
+    else if (method === 'mutual') raw = await mutualPairs(m, nA, nB, top);
+    else raw = await hungarianPairs(m, nA, nB, site);
   }
 
   const pairs = raw.filter((p) => p.score >= threshold).sort((x, y) => x.a - y.a || x.b - y.b);
@@ -146,76 +147,111 @@ function topListPairs(res: CorrelationTopMatches, method: MatchMethod, top: numb
   }
   const rev = res.reverse;
   if (!rev) throw argError('corr.reverse', "the A -> B top lists for method 'mutual' (correlation option reverse: true)", rev);
-  if (top > t.k) throw argError('options.top', `at most the matches kept per feature (${t.k})`, top);
+  // Lists that hold every A feature (k = nA) are complete: any larger top is all of them.
+  if (top > t.k && t.k < nA) throw argError('options.top', `at most the matches kept per feature (${t.k})`, top);
+  const n = Math.min(top, t.k);
   for (let a = 0; a < nA; a++) {
     const b = rev.indices[a * rev.k]!; // a's best B feature
     let found = false;
-    for (let p = 0; p < top; p++) if (t.indices[b * t.k + p] === a) found = true;
+    for (let p = 0; p < n; p++) if (t.indices[b * t.k + p] === a) found = true;
     if (found) pairs.push({ a, b, score: rev.r[a * rev.k]! });
   }
   return pairs;
 }
 
-function argmaxPairs(corr: Float32Array | Float64Array, nA: number, nB: number): MatchPair[] {
-  const pairs: MatchPair[] = [];
-  if (nA === 0) return pairs;
-  for (let b = 0; b < nB; b++) {
-    let bestA = 0;
-    let bestS = corr[b]!;
-    for (let a = 1; a < nA; a++) {
-      const s = corr[a * nB + b]!;
-      if (s > bestS) {
-        bestS = s;
-        bestA = a;
+/** Values of the matrix read per turn of the event loop (a few milliseconds of JS). */
+const CHUNK_VALUES = 1 << 19;
+
+/**
+ * Calls `row(a, base)` for every row a of an [nA, nB] matrix after checking the row's values are
+ * finite (the first non-finite value in row-major order is the one reported), yielding to the
+ * event loop every CHUNK_VALUES values.
+ */
+async function scanRows(corr: Float32Array | Float64Array, nA: number, nB: number, row: (a: number, base: number) => void): Promise<void> {
+  const step = Math.max(1, Math.floor(CHUNK_VALUES / Math.max(nB, 1)));
+  for (let a0 = 0; a0 < nA; a0 += step) {
+    const a1 = Math.min(nA, a0 + step);
+    for (let a = a0; a < a1; a++) {
+      const base = a * nB;
+      for (let b = 0; b < nB; b++) {
+        const v = corr[base + b]!;
+        if (v - v !== 0) throw argError(`corr[${base + b}]`, 'finite number', v, 'ERR_SAEKIT_NONFINITE');
+      }
+      row(a, base);
+    }
+    if (a1 < nA) await yieldToEventLoop();
+  }
+}
+
+/** Every B feature's best A feature (ties to the lowest a): one pass over the rows keeping each column's best. */
+async function argmaxPairs(corr: Float32Array | Float64Array, nA: number, nB: number): Promise<MatchPair[]> {
+  const bestA = new Int32Array(nB);
+  const bestS = new Float64Array(nB).fill(-Infinity);
+  await scanRows(corr, nA, nB, (a, base) => {
+    for (let b = 0; b < nB; b++) {
+      const s = corr[base + b]!;
+      // Strict >: rows come by increasing a, so the lowest a keeps a tie.
+      if (s > bestS[b]!) {
+        bestS[b] = s;
+        bestA[b] = a;
       }
     }
-    pairs.push({ a: bestA, b, score: bestS });
-  }
+  });
+  const pairs: MatchPair[] = [];
+  if (nA === 0) return pairs;
+  for (let b = 0; b < nB; b++) pairs.push({ a: bestA[b]!, b, score: corr[bestA[b]! * nB + b]! });
   return pairs;
 }
 
 /**
- * The indices of the n best of `count` values get(0..count-1), by value descending then index
- * ascending (stable insertion into a sorted list of at most n).
+ * Rosetta Neurons' best buddies in one pass over the rows: each row's best column (ties to the
+ * lowest b), and each column's top rows by value descending then index ascending, kept as a
+ * sorted list per column (none when top >= nA: then every row is in every list).
  */
-function topIndices(count: number, n: number, get: (i: number) => number): Int32Array {
-  const m = Math.min(n, count);
-  const idx = new Int32Array(m);
-  const val = new Float64Array(m);
-  let len = 0;
-  for (let i = 0; i < count; i++) {
-    const v = get(i);
-    if (len === m && !(v > val[m - 1]!)) continue;
-    let p = len < m ? len : m - 1;
-    // Shift strictly smaller values down; equal values keep their place (lower index first).
-    while (p > 0 && val[p - 1]! < v) {
-      val[p] = val[p - 1]!;
-      idx[p] = idx[p - 1]!;
-      p--;
-    }
-    val[p] = v;
-    idx[p] = i;
-    if (len < m) len++;
-  }
-  return idx;
-}
-
-function mutualPairs(corr: Float32Array | Float64Array, nA: number, nB: number, top: number): MatchPair[] {
+async function mutualPairs(corr: Float32Array | Float64Array, nA: number, nB: number, top: number): Promise<MatchPair[]> {
   const pairs: MatchPair[] = [];
   if (nA === 0 || nB === 0) return pairs;
-  const colTop: Int32Array[] = [];
-  for (let b = 0; b < nB; b++) colTop.push(topIndices(nA, top, (a) => corr[a * nB + b]!));
+  // top >= nA: every A feature is in every column's top list (no lists needed).
+  const t = top >= nA ? 0 : top;
+  const colVal = new Float64Array(nB * t).fill(-Infinity);
+  const colIdx = new Int32Array(nB * t).fill(-1);
+  const rowBest = new Int32Array(nA);
+  await scanRows(corr, nA, nB, (a, base) => {
+    let bestB = 0;
+    let bestS = corr[base]!;
+    for (let b = 0; b < nB; b++) {
+      const v = corr[base + b]!;
+      if (v > bestS) {
+        bestS = v;
+        bestB = b;
+      }
+      const c0 = b * t;
+      if (t === 0 || !(v > colVal[c0 + t - 1]!)) continue;
+      // Shift strictly smaller values down; equal values keep their place (lower a first).
+      let p = c0 + t - 1;
+      while (p > c0 && colVal[p - 1]! < v) {
+        colVal[p] = colVal[p - 1]!;
+        colIdx[p] = colIdx[p - 1]!;
+        p--;
+      }
+      colVal[p] = v;
+      colIdx[p] = a;
+    }
+    rowBest[a] = bestB;
+  });
   for (let a = 0; a < nA; a++) {
-    // Rosetta Neurons' best buddies: a's top-1 partner must have a among its own top-n.
-    const b = topIndices(nB, 1, (j) => corr[a * nB + j]!)[0]!;
-    if (colTop[b]!.includes(a)) pairs.push({ a, b, score: corr[a * nB + b]! });
+    // a's top-1 partner must have a among its own top-n.
+    const b = rowBest[a]!;
+    let found = t === 0;
+    for (let p = b * t; p < b * t + t; p++) if (colIdx[p] === a) found = true;
+    if (found) pairs.push({ a, b, score: corr[a * nB + b]! });
   }
   return pairs;
 }
 
-async function hungarianPairs(corr: Float32Array | Float64Array, nA: number, nB: number): Promise<MatchPair[]> {
-  const cost = corr instanceof Float64Array ? corr : Float64Array.from(corr);
-  const { rowToCol } = await linearAssignmentAsync(cost, nA, nB, { maximize: true });
+async function hungarianPairs(corr: Float32Array | Float64Array, nA: number, nB: number, site: Error): Promise<MatchPair[]> {
+  // The addon copies the rows (float32 or float64) to its float64 work matrix and checks them.
+  const rowToCol = await solveChunked(nA, nB, true, (row0, count) => corr.subarray(row0 * nB, (row0 + count) * nB), 'corr', site);
   const pairs: MatchPair[] = [];
   for (let a = 0; a < nA; a++) {
     const b = rowToCol[a]!;
@@ -229,7 +265,9 @@ export interface SaeMatchOptions {
   /**
    * Fold JumpReLU thresholds into the weights before matching (methods.md §3): encoder columns
    * and b_enc divided by θ_i, decoder rows multiplied by θ_i. A no-op for SAEs without
-   * thresholds (TopK). Default true.
+   * thresholds (TopK). Default true. An SAE with a threshold that is 0 (or not finite) cannot be
+   * folded: saeMatch then fails naming saeA or saeB and the latent; pass false to match the
+   * unfolded weights.
    */
   fold?: boolean;
   /** Also match on encoder columns W_enc[:, i] (concatenated to the decoder rows). Default false. */
@@ -252,13 +290,20 @@ export interface SaeMatchResult {
 /**
  * The folded weights of an SAE (methods.md §3): with thresholds θ (JumpReLU), `W_enc[:, i] / θ_i`,
  * `b_enc[i] / θ_i`, `θ_i W_dec[i, :]` and threshold 1, which leaves the SAE function unchanged
- * (f̃_i = f_i / θ_i). Weights without thresholds are returned as copies. θ_i must be > 0.
+ * (f̃_i = f_i / θ_i). Weights without thresholds are returned as copies. θ_i must be finite and
+ * > 0: a latent with θ_i = 0 (a plain ReLU) has no folded form (no scale gives it threshold 1),
+ * and folding refuses it rather than leave it on another scale than the others.
  */
 export function foldWeights(weights: SaeWeights): SaeWeights {
+  return foldNamed(weights, 'weights');
+}
+
+/** foldWeights, with errors naming the weights `name` (saeMatch: 'saeA' or 'saeB'). */
+function foldNamed(weights: SaeWeights, name: string): SaeWeights {
   if (weights === null || typeof weights !== 'object') throw argError('weights', 'SAE weights', weights);
   const { W_enc, b_enc, W_dec, b_dec, threshold } = weights;
-  for (const [name, w] of [['W_enc', W_enc], ['b_enc', b_enc], ['W_dec', W_dec], ['b_dec', b_dec]] as const) {
-    if (!(w instanceof Float32Array)) throw argError(`weights.${name}`, 'a Float32Array', w, 'ERR_SAEKIT_DTYPE');
+  for (const [key, w] of [['W_enc', W_enc], ['b_enc', b_enc], ['W_dec', W_dec], ['b_dec', b_dec]] as const) {
+    if (!(w instanceof Float32Array)) throw argError(`weights.${key}`, 'a Float32Array', w, 'ERR_SAEKIT_DTYPE');
   }
   const n = b_enc.length;
   const d = b_dec.length;
@@ -272,7 +317,12 @@ export function foldWeights(weights: SaeWeights): SaeWeights {
   }
   for (let i = 0; i < n; i++) {
     const t = threshold[i]!;
-    if (!(t > 0) || !Number.isFinite(t)) throw argError(`weights.threshold[${i}]`, 'a finite number > 0 (folding divides by it)', t);
+    if (!(t > 0) || !Number.isFinite(t)) {
+      // θ_i = 0 (a plain ReLU latent) has no folded form: no scale makes its threshold 1.
+      const e = argError(`${name}.threshold[${i}]`, 'a finite number > 0 (folding divides by it)', t);
+      if (name === 'weights') throw e;
+      throw new SaekitError(e.code, `${e.message}; pass fold: false to match without folding`);
+    }
   }
   const We = new Float32Array(n * d);
   const Wd = new Float32Array(n * d);
@@ -300,6 +350,14 @@ function latentParams(w: SaeWeights, n: number, d: number, encoder: boolean): Fl
  * SAE Match (methods.md §3): the permutation π minimising Σ_i ‖a_i − b_π(i)‖² over (folded)
  * decoder rows (and, with `encoder`, encoder columns) of two SAEs with the same numLatents and
  * dIn, solved exactly as a linear assignment.
+ *
+ * Reproducibility: the cost comes from a float32 GEMM, and the BLAS (OpenBLAS) splits that GEMM
+ * by thread count, which changes the dot products in their last bits. Where two assignments'
+ * totals differ by less than that (near-duplicate latents), the permutation can differ between
+ * thread counts (backend.setThreads, OPENBLAS_NUM_THREADS) or BLAS builds; with the same thread
+ * count and BLAS it is the same on every run. The reported mse is float64 and exact either way.
+ * The GEMM and the solver run off the JS thread; the O(n^2) cost is built and handed over in
+ * chunks, so the event loop keeps turning at 16k latents.
  */
 export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder, options?: SaeMatchOptions): Promise<SaeMatchResult> {
   if (!(saeA instanceof SparseAutoencoder)) throw argError('saeA', 'a SparseAutoencoder', saeA);
@@ -313,14 +371,20 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
   const encoder = o.encoder === undefined ? false : checkBool('options.encoder', o.encoder);
   const n = saeA.numLatents;
   const d = saeA.dIn;
+  const site = new Error();
   let [wA, wB] = await Promise.all([saeA.weights(), saeB.weights()]);
+  // The steps below are O(n * d) each; the event loop gets a turn between them, and the n x n
+  // cost is built and handed to the solver a few million entries at a time.
   if (fold) {
-    wA = foldWeights(wA);
-    wB = foldWeights(wB);
+    wA = foldNamed(wA, 'saeA');
+    await yieldToEventLoop();
+    wB = foldNamed(wB, 'saeB');
+    await yieldToEventLoop();
   }
   const width = encoder ? 2 * d : d;
   const pA = latentParams(wA, n, d, encoder);
   const pB = latentParams(wB, n, d, encoder);
+  await yieldToEventLoop();
   for (const [name, p] of [['saeA', pA], ['saeB', pB]] as const) {
     for (let q = 0; q < p.length; q++) {
       if (!Number.isFinite(p[q])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite SAE weights for saeMatch but ${name}'s latent ${Math.floor(q / width)} has ${p[q]}`);
@@ -335,18 +399,30 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
       normB[i]! += pB[i * width + c]! ** 2;
     }
   }
+  await yieldToEventLoop();
   let dots: Float32Array;
   {
     using ta = tensor(Float32Array.from(pA), [n, width], { device: 'cpu' });
     using tb = tensor(Float32Array.from(pB), [n, width], { device: 'cpu' });
     using g = await matmul(ta, tb, { transB: true });
-    dots = (await g.toArray()) as Float32Array;
+    // Disposed while the copy is queued: the copy job then holds the last reference, and the
+    // n x n result (1 GiB at 16k latents) is freed off the JS thread.
+    const copy = g.toArray();
+    g.dispose();
+    dots = (await copy) as Float32Array;
   }
-  const cost = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j < n; j++) cost[i * n + j] = (normA[i]! + normB[j]! - 2 * dots[i * n + j]!) / width;
-  }
-  const { rowToCol } = await linearAssignmentAsync(cost, n, n);
+  let buf = new Float64Array(0);
+  const costRows = (row0: number, count: number): Float64Array => {
+    if (buf.length < count * n) buf = new Float64Array(count * n);
+    const out = buf.subarray(0, count * n);
+    for (let r = 0; r < count; r++) {
+      const i = row0 + r;
+      const ni = normA[i]!;
+      for (let j = 0; j < n; j++) out[r * n + j] = (ni + normB[j]! - 2 * dots[i * n + j]!) / width;
+    }
+    return out;
+  };
+  const rowToCol = await solveChunked(n, n, false, costRows, 'cost', site);
   // The matched pairs' MSE exactly (float64), not from the GEMM's float32 dot products.
   const mse = new Float64Array(n);
   let sum = 0;

@@ -38,7 +38,12 @@
  *   mean(shuffled >= score) can be 0).
  *
  * Cost: the SVD is a one-sided (Hestenes) Jacobi SVD, O(sweeps * n * d^2) in JS; fine for d up to a
- * few hundred and n of a few thousand. RSA holds two n(n-1)/2 float64 triangles (§9).
+ * few hundred and n of a few thousand. RSA holds two n(n-1)/2 float64 triangles (§9), ranked by a
+ * radix sort; an n whose triangles cannot be allocated is ERR_SAEKIT_MEMORY (subsample the rows,
+ * as `saekit compare --max-pairs` does). These functions are synchronous: at a few thousand rows
+ * they hold the thread for seconds, so run them in a worker where that matters.
+ * rsaPermutationTest and svccaPermutationTest (internal, used by `saekit compare`) give
+ * permutationTest's results with each side's triangle, ranks or SVD computed once.
  */
 import { Rng } from '../data/prng.js';
 import { argError, SaekitError } from '../errors.js';
@@ -271,11 +276,8 @@ function reducedBasis(X: Float64Array, n: number, d: number, keep: number, compa
   return basis;
 }
 
-/**
- * SVCCA (methods.md §1.5): SVD of each column-centred side to the directions holding `keep` of the
- * variance, then CCA between the reduced spaces. See the module comment for the exact definition.
- */
-export function svcca(A: Matrix, B: Matrix, options: SvccaOptions): SvccaResult {
+/** svcca's checks; returns the sizes, keep, compat and float64 copies of A and B. */
+function checkSvcca(A: Matrix, B: Matrix, options: SvccaOptions) {
   const opts = checkOptions('options', options, SVCCA_OPTIONS);
   const { n, dA, dB } = checkDims(opts, 2);
   if (n <= dA || n <= dB) {
@@ -295,12 +297,24 @@ export function svcca(A: Matrix, B: Matrix, options: SvccaOptions): SvccaResult 
   if (compat && keep >= 1) throw argError('options.keep', "a share in (0, 1) with compat 'univ-feat-geom'", keep);
   const a = checkMatrix('A', A, n, dA);
   const b = checkMatrix('B', B, n, dB);
+  return { n, dA, dB, keep, compat, a, b };
+}
 
+/**
+ * SVCCA (methods.md §1.5): SVD of each column-centred side to the directions holding `keep` of the
+ * variance, then CCA between the reduced spaces. See the module comment for the exact definition.
+ */
+export function svcca(A: Matrix, B: Matrix, options: SvccaOptions): SvccaResult {
+  const { n, dA, dB, keep, compat, a, b } = checkSvcca(A, B, options);
   const qa = reducedBasis(a, n, dA, keep, compat);
   const qb = reducedBasis(b, n, dB, keep, compat);
+  return ccaOfBases(qa, qb, compat ? 'univ-feat-geom' : 'svcca');
+}
+
+/** The canonical correlations between two orthonormal bases (n-vectors): see svcca. */
+function ccaOfBases(qa: Float64Array[], qb: Float64Array[], mode: SvccaResult['mode']): SvccaResult {
   const keptA = qa.length;
   const keptB = qb.length;
-  const mode = compat ? 'univ-feat-geom' : 'svcca';
   if (keptA === 0 || keptB === 0) return { score: NaN, correlations: new Float64Array(0), keptA, keptB, mode };
 
   // Whitened cross-covariance M = Qa^T Qb (keptA x keptB); its singular values are the canonical
@@ -314,8 +328,82 @@ export function svcca(A: Matrix, B: Matrix, options: SvccaOptions): SvccaResult 
   return { score: sum / correlations.length, correlations, keptA, keptB, mode };
 }
 
+/** The checks of permutationTest's options; returns runs and seed. */
+function checkRuns(opts: { runs?: unknown; seed?: unknown }): { runs: number; seed: bigint } {
+  const runs = opts.runs === undefined ? 100 : checkInt('options.runs', opts.runs, 1, 1e7);
+  const seed = opts.seed === undefined ? 0n : checkSeed('options.seed', opts.seed as number | bigint);
+  return { runs, seed };
+}
+
+/**
+ * The row permutations permutationTest draws for `seed`: calls `each(perm, r)` for run r with
+ * perm[i] = the row of B that becomes row i (the same stream, so the same permutations).
+ */
+function forEachPermutation(n: number, runs: number, seed: bigint, each: (perm: Uint32Array, r: number) => void): void {
+  const rng = new Rng(seed, 0x5e1f); // a stream of its own, named by the seed
+  const perm = new Uint32Array(n);
+  for (let r = 0; r < runs; r++) {
+    for (let i = 0; i < n; i++) perm[i] = i;
+    rng.shuffle(perm);
+    each(perm, r);
+  }
+}
+
+function permutationResult(observed: number, shuffled: Float64Array): PermutationResult {
+  let ge = 0;
+  for (const s of shuffled) if (s >= observed) ge++;
+  return { score: observed, shuffled, pValue: (1 + ge) / (1 + shuffled.length) };
+}
+
+/**
+ * permutationTest(svcca) without redoing the SVDs: permuting B's rows permutes the rows of its
+ * centred data and so of its reduced basis (the SVD of P X is P U S V^T), so each run is only the
+ * CCA of Qa and P Qb. Equal to permutationTest((A, B) => svcca(A, B, options).score, ...) with the
+ * same runs and seed up to rounding (the SVD of the permuted data sums in another order).
+ * @internal
+ */
+export function svccaPermutationTest(A: Matrix, B: Matrix, options: SvccaOptions & { runs?: number; seed?: number | bigint }): PermutationResult & { keptA: number; keptB: number } {
+  const { runs, seed, ...rest } = options;
+  const { runs: R, seed: sd } = checkRuns({ runs, seed });
+  const { n, dA, dB, keep, compat, a, b } = checkSvcca(A, B, rest);
+  const qa = reducedBasis(a, n, dA, keep, compat);
+  const qb = reducedBasis(b, n, dB, keep, compat);
+  const mode = compat ? 'univ-feat-geom' : 'svcca';
+  const observed = ccaOfBases(qa, qb, mode).score;
+  const kept = { keptA: qa.length, keptB: qb.length };
+  if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN, ...kept };
+  const shuffled = new Float64Array(R);
+  const qp = qb.map(() => new Float64Array(n));
+  forEachPermutation(n, R, sd, (perm, r) => {
+    for (let k = 0; k < qb.length; k++) {
+      const src = qb[k]!;
+      const dst = qp[k]!;
+      for (let i = 0; i < n; i++) dst[i] = src[perm[i]!]!;
+    }
+    shuffled[r] = ccaOfBases(qa, qp, mode).score;
+  });
+  return { ...permutationResult(observed, shuffled), ...kept };
+}
+
 // ---------------------------------------------------------------------------------------------
 // RSA
+
+/** Above this many rows RSA's triangles do not fit typical memory (methods.md §9: subsample). */
+const RSA_ADVISED_N = 20000;
+
+/** A Float64Array for the n(n-1)/2 entries of a triangle, or ERR_SAEKIT_MEMORY naming n. */
+function allocTriangle(n: number): Float64Array {
+  const m = (n * (n - 1)) / 2;
+  try {
+    return new Float64Array(m);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    throw new SaekitError(
+      'ERR_SAEKIT_MEMORY',
+      `Expected options.n small enough for RSA's n(n-1)/2 = ${m} float64 dissimilarities (${(m * 8 / 2 ** 30).toFixed(1)} GiB per side) but received n = ${n}, which cannot be allocated; compare a random subsample of at most about ${RSA_ADVISED_N} rows (methods.md §9)`,
+    );
+  }
+}
 
 /** Strict upper triangle (row-major order, i < j) of the n x n dissimilarity matrix of X's rows. */
 function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correlation' | 'cosine' | 'euclidean'): Float64Array {
@@ -334,7 +422,7 @@ function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correlation'
     for (let c = 0; c < d; c++) s += rows[r * d + c] ** 2;
     norms[r] = Math.sqrt(s);
   }
-  const out = new Float64Array((n * (n - 1)) / 2);
+  const out = allocTriangle(n);
   let t = 0;
   for (let i = 0; i < n; i++) {
     const oi = i * d;
@@ -355,19 +443,65 @@ function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correlation'
   return out;
 }
 
-/** Ranks 1..m with ties given their average rank. */
-function averageRanks(x: Float64Array): Float64Array {
+/**
+ * Ranks 1..m with ties given their average rank (scipy.stats.rankdata 'average'). The order comes
+ * from an LSD radix sort of the values' float64 bits (four 16-bit passes, skipping passes whose
+ * digit is the same everywhere): sorting indices with a comparator took ~10x longer (24 s for
+ * 8M entries). Keys: the bits with the sign bit flipped for positive values and every bit flipped
+ * for negative ones, so that unsigned order is numeric order; -0 takes the key of 0, so the two
+ * tie as they do for ===. Values are finite (checked by the callers).
+ */
+export function averageRanks(x: Float64Array): Float64Array {
   const m = x.length;
-  const idx = new Uint32Array(m);
-  for (let i = 0; i < m; i++) idx[i] = i;
-  idx.sort((p, q) => x[p] - x[q]);
+  const raw = new Uint32Array(x.buffer, x.byteOffset, 2 * m); // little-endian: lo, hi
+  let lo = new Uint32Array(m);
+  let hi = new Uint32Array(m);
+  let idx = new Uint32Array(m);
+  for (let i = 0; i < m; i++) {
+    let l = raw[2 * i]!;
+    let h = raw[2 * i + 1]!;
+    if (h === 0x80000000 && l === 0) h = 0; // -0 -> 0
+    if (h & 0x80000000) {
+      h = ~h >>> 0;
+      l = ~l >>> 0;
+    } else h = (h | 0x80000000) >>> 0;
+    lo[i] = l;
+    hi[i] = h;
+    idx[i] = i;
+  }
+  let lo2 = new Uint32Array(m);
+  let hi2 = new Uint32Array(m);
+  let idx2 = new Uint32Array(m);
+  const count = new Uint32Array(65536);
+  for (let pass = 0; pass < 4; pass++) {
+    const src = pass < 2 ? lo : hi;
+    const shift = (pass & 1) * 16;
+    count.fill(0);
+    for (let i = 0; i < m; i++) count[(src[i]! >>> shift) & 0xffff]!++;
+    if (m === 0 || count[(src[0]! >>> shift) & 0xffff] === m) continue; // one digit everywhere
+    let sum = 0;
+    for (let d = 0; d < 65536; d++) {
+      const c = count[d]!;
+      count[d] = sum;
+      sum += c;
+    }
+    for (let i = 0; i < m; i++) {
+      const at = count[(src[i]! >>> shift) & 0xffff]!++;
+      lo2[at] = lo[i]!;
+      hi2[at] = hi[i]!;
+      idx2[at] = idx[i]!;
+    }
+    [lo, lo2] = [lo2, lo];
+    [hi, hi2] = [hi2, hi];
+    [idx, idx2] = [idx2, idx];
+  }
   const ranks = new Float64Array(m);
   let i = 0;
   while (i < m) {
     let j = i + 1;
-    while (j < m && x[idx[j]] === x[idx[i]]) j++;
+    while (j < m && lo[j] === lo[i] && hi[j] === hi[i]) j++;
     const r = (i + 1 + j) / 2; // mean of ranks i+1 .. j
-    for (let k = i; k < j; k++) ranks[idx[k]] = r;
+    for (let k = i; k < j; k++) ranks[idx[k]!] = r;
     i = j;
   }
   return ranks;
@@ -397,8 +531,8 @@ function pearson(x: Float64Array, y: Float64Array): number {
   return Math.max(-1, Math.min(1, sxy / Math.sqrt(sxx * syy)));
 }
 
-/** RSA (methods.md §1.6): rank (or Pearson) correlation of the strict upper triangles of the RDMs. */
-export function rsa(A: Matrix, B: Matrix, options: RsaOptions): { score: number } {
+/** rsa's checks and the two triangles, as ranks for 'spearman' (each side ranked once). */
+function rsaSides(A: Matrix, B: Matrix, options: RsaOptions): { n: number; xa: Float64Array; xb: Float64Array } {
   const opts = checkOptions('options', options, RSA_OPTIONS);
   const { n, dA, dB } = checkDims(opts, 3);
   const inner = opts.inner === undefined ? 'correlation' : checkOneOf('options.inner', opts.inner, ['correlation', 'cosine', 'euclidean'] as const);
@@ -406,9 +540,58 @@ export function rsa(A: Matrix, B: Matrix, options: RsaOptions): { score: number 
   const a = checkMatrix('A', A, n, dA);
   const b = checkMatrix('B', B, n, dB);
   const ta = rdmTriangle(a, n, dA, inner);
+  const xa = outer === 'spearman' ? averageRanks(ta) : ta;
   const tb = rdmTriangle(b, n, dB, inner);
-  if (outer === 'spearman') return { score: pearson(averageRanks(ta), averageRanks(tb)) };
-  return { score: pearson(ta, tb) };
+  const xb = outer === 'spearman' ? averageRanks(tb) : tb;
+  return { n, xa, xb };
+}
+
+/** RSA (methods.md §1.6): rank (or Pearson) correlation of the strict upper triangles of the RDMs. */
+export function rsa(A: Matrix, B: Matrix, options: RsaOptions): { score: number } {
+  const { xa, xb } = rsaSides(A, B, options);
+  return { score: pearson(xa, xb) };
+}
+
+/**
+ * permutationTest(rsa) with each side's triangle computed and ranked once: permuting B's rows
+ * permutes the entries of its triangle (entry (i, j) becomes entry (p_i, p_j)), and ranks move
+ * with the values, so each run gathers B's ranks (or values) in the permuted order and takes one
+ * Pearson r. Bit-identical to permutationTest((A, B) => rsa(A, B, options).score, ...) with the
+ * same runs and seed (same dissimilarities, same ranks, same summation order). @internal
+ */
+export function rsaPermutationTest(A: Matrix, B: Matrix, options: RsaOptions & { runs?: number; seed?: number | bigint }): PermutationResult {
+  const { runs, seed, ...rest } = options;
+  const { runs: R, seed: sd } = checkRuns({ runs, seed });
+  const { n, xa, xb } = rsaSides(A, B, rest);
+  const observed = pearson(xa, xb);
+  if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN };
+  // B's triangle as a full symmetric [n, n] matrix, so that a run reads row p_i contiguously
+  // (gathers from the triangle itself missed the cache on nearly every entry: ~4x slower).
+  let full: Float64Array;
+  try {
+    full = new Float64Array(n * n);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    throw new SaekitError('ERR_SAEKIT_MEMORY', `Expected options.n small enough for an n x n float64 matrix but received n = ${n}; subsample the rows`);
+  }
+  let t = 0;
+  for (let i = 0; i < n; i++) {
+    for (let j = i + 1; j < n; j++) {
+      full[i * n + j] = xb[t]!;
+      full[j * n + i] = xb[t++]!;
+    }
+  }
+  const g = xb; // B's own triangle is no longer needed: reused for the gathered runs
+  const shuffled = new Float64Array(R);
+  forEachPermutation(n, R, sd, (perm, r) => {
+    let q = 0;
+    for (let i = 0; i < n; i++) {
+      const row = perm[i]! * n;
+      for (let j = i + 1; j < n; j++) g[q++] = full[row + perm[j]!]!;
+    }
+    shuffled[r] = pearson(xa, g);
+  });
+  return permutationResult(observed, shuffled);
 }
 
 // ---------------------------------------------------------------------------------------------

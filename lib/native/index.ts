@@ -119,6 +119,10 @@ export interface NativeSaeStatics {
 export interface NativeSparseCorrStore {
   readonly __sparseCorrStore: unique symbol;
 }
+/** An opaque linear assignment being filled (native/napi/features_wrap.cpp); one run each. */
+export interface NativeLap {
+  readonly __lap: unique symbol;
+}
 /** Native memory staged for a spectrum job (native/napi/spectrum_wrap.cpp); one job takes it. */
 export interface NativeSpectrumStage {
   readonly __spectrumStage: unique symbol;
@@ -207,8 +211,15 @@ export interface NativeBinding {
   sparseCorrAppend(store: NativeSparseCorrStore, valuesA: Float32Array, indicesA: Int32Array, valuesB: Float32Array, indicesB: Int32Array, rows: number): number;
   /** Pearson r from the store (full matrix, or top matches) on 'cpu' (default) or a CUDA device ('cuda:N'); consumes the store. */
   sparseCorrRun(store: NativeSparseCorrStore, full: boolean, top: number, reverse: boolean, device?: string): Promise<NativeSparseCorrResult>;
-  /** Exact linear assignment over a [rows, cols] float64 cost (copied); resolves to rowToCol (-1 unassigned). */
-  linearAssignment(cost: Float64Array, rows: number, cols: number, maximize: boolean): Promise<Int32Array>;
+  /** Reserves an exact linear assignment over a [rows, cols] cost (float64 work matrix, native memory). */
+  lapCreate(rows: number, cols: number, maximize: boolean): NativeLap;
+  /**
+   * Copies the next whole rows of the cost (from rowStart, which must be the rows held so far),
+   * checking each value (finite, |v| <= 1e300; errors name `${name}[i]`); returns the rows held. Synchronous.
+   */
+  lapAppend(lap: NativeLap, values: Float32Array | Float64Array, rowStart: number, name: string): number;
+  /** Solves off the JS thread once every row is in; resolves to rowToCol (-1 unassigned). Consumes the lap. */
+  lapRun(lap: NativeLap): Promise<Int32Array>;
   /** Native memory for spectrum inputs, filled piece by piece with spectrumStageWrite (one job takes it). */
   spectrumStage(dtype: 'float32' | 'float64', length: number): NativeSpectrumStage;
   /** Copies src into stage[offset, offset + src.length) synchronously. */

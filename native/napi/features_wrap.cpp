@@ -1,6 +1,8 @@
 #include "features_wrap.h"
 
 #include <algorithm>
+#include <cmath>
+#include <vector>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -189,30 +191,115 @@ Napi::Value run(const Napi::CallbackInfo& info) {
   return queue_job(info.Env(), work, complete);
 }
 
-// linearAssignment(cost: Float64Array, rows, cols, maximize): Promise<Int32Array rowToCol>
-// (-1 for rows left unassigned when rows > cols). The cost is copied (transposed when rows >
-// cols, negated to maximise) before the job runs.
-Napi::Value linear_assignment(const Napi::CallbackInfo& info) {
+// Linear assignment in three steps, so that no call holds the JS thread for long at large sizes:
+// lapCreate(rows, cols, maximize) reserves the float64 work matrix ([n, m], n <= m: transposed
+// when rows > cols, negated to maximise); lapAppend(lap, values, rowStart, name) copies the next
+// whole rows of the cost (a Float32Array or Float64Array chunk), checking every value (finite,
+// |v| <= 1e300, named name[i] by its index in the [rows, cols] cost); lapRun(lap) solves it off
+// the JS thread once every row is in: Promise<Int32Array rowToCol> (-1 for rows left unassigned
+// when rows > cols). A lap runs once.
+struct LapSlot {
+  std::shared_ptr<HostArray> work;
+  int64_t rows = 0, cols = 0, filled = 0;
+  bool tr = false;
+  double sign = 1.0;
+};
+
+// Tags the lap's External so that another External (a correlation store) is refused, never
+// reinterpreted.
+const napi_type_tag kLapTag = {0x5e1d0a55a1c3b7e1ULL, 0x9b2f4c6d8e0a1f3bULL};
+
+LapSlot* lap_of(const Napi::Value& v) {
+  bool tagged = false;
+  if (!v.IsExternal() || napi_check_object_type_tag(v.Env(), v, &kLapTag, &tagged) != napi_ok || !tagged)
+    arg_error(ErrorCode::Arg, "lap", "a linear assignment from lapCreate", v);
+  LapSlot* s = v.As<Napi::External<LapSlot>>().Data();
+  if (!s || !s->work) throw Error(ErrorCode::Disposed, "Expected a linear assignment that has not run yet");
+  return s;
+}
+
+Napi::Value lap_create(const Napi::CallbackInfo& info) {
   const int64_t lim = (int64_t(1) << 31) - 1;
-  int64_t rows = get_int(info[1], "rows", 0, lim), cols = get_int(info[2], "cols", 0, lim);
-  bool maximize = get_bool(info[3], "maximize");
-  const double* c = typed<double, napi_float64_array>(info[0], "cost", rows * cols, "a Float64Array");
-  const bool tr = rows > cols;
-  const int64_t n = tr ? cols : rows, m = tr ? rows : cols;
-  auto work_cost = HostArray::allocate(size_t(std::max<int64_t>(n * m, 1)) * 8);
-  double* w = work_cost->as<double>();
-  const double sign = maximize ? -1.0 : 1.0;
-  if (!tr) {
-    for (int64_t q = 0; q < n * m; ++q) w[q] = sign * c[q];
-  } else {
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < m; ++j) w[i * m + j] = sign * c[j * cols + i];
+  int64_t rows = get_int(info[0], "rows", 0, lim), cols = get_int(info[1], "cols", 0, lim);
+  bool maximize = get_bool(info[2], "maximize");
+  // 8 * rows * cols must not overflow size_t (it cannot be allocated long before).
+  if (rows * cols > (int64_t(1) << 56))
+    throw Error(ErrorCode::Memory, fmt("Expected a cost of at most 2^56 entries for a linear assignment but received ", rows, " x ", cols));
+  auto* slot = new LapSlot;
+  try {
+    slot->work = HostArray::allocate(size_t(std::max<int64_t>(rows * cols, 1)) * 8);
+  } catch (...) {
+    delete slot;
+    throw;
   }
+  slot->rows = rows;
+  slot->cols = cols;
+  slot->tr = rows > cols;
+  slot->sign = maximize ? -1.0 : 1.0;
+  auto ext = Napi::External<LapSlot>::New(info.Env(), slot, [](Napi::Env, LapSlot* s) { delete s; });
+  if (napi_type_tag_object(info.Env(), ext, &kLapTag) != napi_ok) throw Error(ErrorCode::Internal, "could not tag the linear assignment handle");
+  return ext;
+}
+
+template <typename T>
+void lap_copy(LapSlot& s, const T* src, int64_t row0, int64_t nrows, const std::string& name) {
+  double* w = s.work->as<double>();
+  const int64_t cols = s.cols, m = s.tr ? s.rows : s.cols;
+  for (int64_t r = 0; r < nrows; ++r) {
+    const int64_t i = row0 + r;
+    for (int64_t j = 0; j < cols; ++j) {
+      const double v = double(src[r * cols + j]);
+      if (!std::isfinite(v) || std::fabs(v) > 1e300) {
+        const std::string got = std::isnan(v) ? "NaN" : (std::isinf(v) ? (v > 0 ? "Infinity" : "-Infinity") : fmt(v));
+        const std::string at = fmt(name, "[", i * cols + j, "]");
+        // Reduced costs are differences of costs: near the float64 maximum they overflow.
+        if (!std::isfinite(v)) throw Error(ErrorCode::NonFinite, fmt("Expected finite number for ", at, " but received ", got, " (number)"));
+        throw Error(ErrorCode::Arg, fmt("Expected a number of magnitude at most 1e300 for ", at, " but received ", got, " (number)"));
+      }
+      if (!s.tr) w[i * m + j] = s.sign * v;
+      else w[j * m + i] = s.sign * v;
+    }
+  }
+}
+
+Napi::Value lap_append(const Napi::CallbackInfo& info) {
+  LapSlot* s = lap_of(info[0]);
+  const Napi::Value& v = info[1];
+  std::string name = info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : std::string("cost");
+  if (!v.IsTypedArray()) arg_error(ErrorCode::DType, name, "a Float32Array or Float64Array", v);
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  const napi_typedarray_type type = ta.TypedArrayType();
+  if (type != napi_float32_array && type != napi_float64_array) arg_error(ErrorCode::DType, name, "a Float32Array or Float64Array", v);
+  int64_t row0 = get_int(info[2], "rowStart", s->filled, s->filled);
+  const int64_t len = int64_t(ta.ElementLength());
+  if (s->cols == 0 ? len != 0 : (len % s->cols != 0 || row0 + len / s->cols > s->rows))
+    throw Error(ErrorCode::Shape, fmt("Expected a chunk of whole rows of ", name, " (a multiple of cols = ", s->cols, ", at most ",
+                                      (s->rows - row0) * s->cols, " values) but received length ", len));
+  const int64_t nrows = s->cols == 0 ? 0 : len / s->cols;
+  if (nrows > 0) {
+    if (type == napi_float32_array) lap_copy(*s, reinterpret_cast<const float*>(typed_array_data(ta)), row0, nrows, name);
+    else lap_copy(*s, reinterpret_cast<const double*>(typed_array_data(ta)), row0, nrows, name);
+  }
+  s->filled = row0 + nrows;
+  return Napi::Number::New(info.Env(), double(s->filled));
+}
+
+Napi::Value lap_run(const Napi::CallbackInfo& info) {
+  LapSlot* s = lap_of(info[0]);
+  if (s->filled != s->rows && s->cols > 0)
+    throw Error(ErrorCode::Shape, fmt("Expected all ", s->rows, " rows of the cost before lapRun but received ", s->filled));
+  auto work_cost = std::move(s->work);
+  const bool tr = s->tr;
+  const int64_t rows = s->rows, n = tr ? s->cols : s->rows, m = tr ? s->rows : s->cols;
   auto out = HostArray::allocate(size_t(std::max<int64_t>(rows, 1)) * 4);
   auto work = [work_cost, out, n, m, rows, tr] {
+    int32_t* r2c = out->as<int32_t>();
+    if (n == 0) {
+      std::fill(r2c, r2c + rows, -1);
+      return;
+    }
     std::vector<int32_t> col4row(static_cast<size_t>(n));
     cpu::linear_assignment(work_cost->as<double>(), n, m, col4row.data());
-    int32_t* r2c = out->as<int32_t>();
     if (!tr) {
       std::copy(col4row.begin(), col4row.end(), r2c);
     } else {
@@ -229,7 +316,9 @@ void register_features(Napi::Env env, Napi::Object exports) {
   exports.Set("sparseCorrCreate", Napi::Function::New<guarded<create>>(env, "sparseCorrCreate"));
   exports.Set("sparseCorrAppend", Napi::Function::New<guarded<append>>(env, "sparseCorrAppend"));
   exports.Set("sparseCorrRun", Napi::Function::New<guarded<run>>(env, "sparseCorrRun"));
-  exports.Set("linearAssignment", Napi::Function::New<guarded<linear_assignment>>(env, "linearAssignment"));
+  exports.Set("lapCreate", Napi::Function::New<guarded<lap_create>>(env, "lapCreate"));
+  exports.Set("lapAppend", Napi::Function::New<guarded<lap_append>>(env, "lapAppend"));
+  exports.Set("lapRun", Napi::Function::New<guarded<lap_run>>(env, "lapRun"));
 }
 
 }  // namespace sk::napi
