@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """PyTorch reference for bench/gpu: the TopK SAE training step as EleutherAI sparsify does it.
 
-Encoder: x - b_dec, dense Linear under bf16 autocast, ReLU, torch.topk. Decoder: gather-sum of the
-k decoder rows (embedding_bag) with a sparse backward (index_add into W_dec, gathers for the code
-gradients), as sparsify's decoder kernel. Loss: FVU. Optimizer: torch.optim.Adam. Before the step
-the decoder gradient loses its component along each decoder row; after it, rows are renormalised.
-The batch is already on the device (saekit's step also uploads it from host memory).
+Encoder (sparsify's FusedEncoder): x - b_dec, dense Linear under bf16 autocast, ReLU, torch.topk;
+its backward touches only the selected latents (input gradient by embedding_bag over W_enc, W_enc
+and b_enc gradients by index_add). Decoder: gather-sum of the k decoder rows (embedding_bag) with a
+sparse backward (index_add into W_dec, gathers for the code gradients), as sparsify's decoder
+kernel. Loss: FVU. Optimizer: torch.optim.Adam. Before the step the decoder gradient loses its
+component along each decoder row; after it, rows are renormalised. The batch is already on the
+device (saekit's step also uploads it from host memory). Eager mode (no torch.compile).
 
-Prints one machine-readable line per shape:
+Prints machine-readable lines per shape: impl=torch is sparsify's step; impl=torch-dense lets
+autograd run the encoder's backward densely (two more dense GEMMs), for comparison.
   BENCH impl=torch dIn=.. numLatents=.. k=.. batch=.. tokens_per_s=.. step_ms=.. topk_ms=.. topk_f32_ms=..
 """
 import argparse
@@ -41,7 +44,35 @@ class SparseDecode(torch.autograd.Function):
         return None, grad_acts, grad_W
 
 
-def run(d_in, m, k, batch, reps, device):
+class SparseEncode(torch.autograd.Function):
+    """sparsify's FusedEncoder: a dense bf16 forward, then a backward over the selected latents only."""
+
+    @staticmethod
+    def forward(ctx, inp, W, b, k):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            pre = F.linear(inp, W, b)
+        vals, idx = F.relu(pre).topk(k, sorted=False)
+        vals = vals.float()
+        ctx.save_for_backward(inp, W, vals, idx)
+        ctx.mark_non_differentiable(idx)
+        return vals, idx
+
+    @staticmethod
+    def backward(ctx, grad_vals, grad_idx):
+        inp, W, vals, idx = ctx.saved_tensors
+        g = grad_vals.float() * (vals > 0)  # ReLU: no gradient through a zero code
+        grad_in = F.embedding_bag(idx, W, per_sample_weights=g, mode="sum")
+        grad_W = torch.zeros_like(W)
+        d = W.shape[1]
+        block = max(1, (1 << 28) // (idx.shape[1] * d))
+        for r0 in range(0, idx.shape[0], block):
+            i, gg, xx = idx[r0:r0 + block], g[r0:r0 + block], inp[r0:r0 + block].float()
+            grad_W.index_add_(0, i.reshape(-1), (gg.unsqueeze(-1) * xx.unsqueeze(1)).reshape(-1, d))
+        grad_b = torch.zeros(W.shape[0], device=W.device, dtype=W.dtype).index_add_(0, idx.reshape(-1), g.reshape(-1))
+        return grad_in, grad_W, grad_b, None
+
+
+def run(d_in, m, k, batch, reps, device, sparse_encoder=True):
     torch.manual_seed(0)
     W_enc = torch.nn.Parameter(torch.randn(m, d_in, device=device) / d_in**0.5)
     b_enc = torch.nn.Parameter(torch.zeros(m, device=device))
@@ -53,10 +84,12 @@ def run(d_in, m, k, batch, reps, device):
     x = torch.randn(batch, d_in, device=device)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            pre = F.linear(x - b_dec, W_enc, b_enc)
-        acts = F.relu(pre)
-        top_acts, top_idx = acts.topk(k, sorted=False)
+        if sparse_encoder:
+            top_acts, top_idx = SparseEncode.apply(x - b_dec, W_enc, b_enc, k)
+        else:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                pre = F.linear(x - b_dec, W_enc, b_enc)
+            top_acts, top_idx = F.relu(pre).topk(k, sorted=False)
         out = SparseDecode.apply(top_idx, top_acts.float(), W_dec) + b_dec
         e = x - out
         total_variance = (x - x.mean(0)).pow(2).sum()
@@ -99,7 +132,7 @@ def run(d_in, m, k, batch, reps, device):
 
     topk_s, topk32_s = time_topk(pre), time_topk(pre32)
     print(
-        f"BENCH impl=torch dIn={d_in} numLatents={m} k={k} batch={batch} precision=bf16-autocast "
+        f"BENCH impl={'torch' if sparse_encoder else 'torch-dense'} dIn={d_in} numLatents={m} k={k} batch={batch} precision=bf16-autocast "
         f"tokens_per_s={batch / step_s:.0f} step_ms={step_s * 1e3:.3f} topk_ms={topk_s * 1e3:.3f} "
         f"topk_f32_ms={topk32_s * 1e3:.3f}",
         flush=True,
@@ -116,9 +149,14 @@ def main():
         print("SKIP: torch sees no CUDA device")
         return
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}", flush=True)
+    torch.set_float32_matmul_precision("high")  # as sparsify sets it
     reps = 3 if args.quick else 10
-    run(768, 24576, 32, 8192, reps, "cuda")
-    run(4096, 65536, 64, 8192, reps, "cuda")
+    for shape in ((768, 24576, 32), (4096, 65536, 64)):
+        try:
+            run(*shape, 8192, reps, "cuda")
+        except Exception as e:  # the headline line must not cost the dense one
+            print(f"torch sparse-encoder step failed at {shape}: {type(e).__name__}: {e}", flush=True)
+        run(*shape, 8192, reps, "cuda", sparse_encoder=False)
 
 
 if __name__ == "__main__":
