@@ -15,6 +15,7 @@ import {
 } from '../lib/eval/cooccurrence.js';
 import { fromArray, SparseAutoencoder } from '../lib/index.js';
 import { lcg } from './helpers/reference.js';
+import { activeSets, sliceCodes } from './helpers/cooccurrence-reference.js';
 
 /** Random codes: skewed latent frequencies over [0, numLatents), some values at 0 or 0.5 (below thresholds). */
 function randomCodes(rows: number, k: number, numLatents: number, next: () => number): CooccurrenceCodes {
@@ -28,23 +29,13 @@ function randomCodes(rows: number, k: number, numLatents: number, next: () => nu
   return { rows, k, values, indices };
 }
 
-function slice(c: CooccurrenceCodes, from: number, to: number): CooccurrenceCodes {
-  return { rows: to - from, k: c.k, values: c.values.slice(from * c.k, to * c.k), indices: c.indices.slice(from * c.k, to * c.k) };
-}
-
 /**
  * Counting reference: the set of active latents of each chunk, then every pair of each set
  * counted in a Map, and phi from the 2x2 table (n11 n00 - n10 n01) / sqrt(n1. n0. n.1 n.0).
  * Returns every co-occurring pair in the result's order (phi desc, count desc, i asc, j asc).
  */
 function naive(c: CooccurrenceCodes, numLatents: number, chunkTokens: number, threshold: number, dropPartial: boolean) {
-  const chunks: Set<number>[] = [];
-  for (let r = 0; r < c.rows; r++) {
-    const ch = Math.floor(r / chunkTokens);
-    chunks[ch] ??= new Set();
-    for (let q = 0; q < c.k; q++) if (c.values[r * c.k + q] > threshold) chunks[ch].add(c.indices[r * c.k + q]);
-  }
-  if (dropPartial && c.rows % chunkTokens !== 0) chunks.pop();
+  const chunks = activeSets(c, chunkTokens, threshold, dropPartial);
   const T = chunks.length;
   const active = new Array<number>(numLatents).fill(0);
   const pairs = new Map<string, number>();
@@ -82,7 +73,7 @@ describe('CooccurrenceAccumulator pair counts', () => {
       let at = 0;
       while (at < rows) {
         const to = Math.min(rows, at + 1 + Math.floor(next() * 97)); // odd, unaligned splits
-        acc.add(slice(codes, at, to));
+        acc.add(sliceCodes(codes, at, to));
         at = to;
       }
       expect(ref.all.length).toBeGreaterThan(0);
@@ -148,13 +139,13 @@ describe('CooccurrenceAccumulator after a failed add()', () => {
     const next = lcg(5);
     const codes = randomCodes(200, 4, 50, next);
     const acc = new CooccurrenceAccumulator(50, { chunkTokens: 16 });
-    acc.add(slice(codes, 0, 70));
+    acc.add(sliceCodes(codes, 0, 70));
     const before = acc.result({ top: 1000 });
-    const bad = slice(codes, 70, 200);
+    const bad = sliceCodes(codes, 70, 200);
     bad.indices[bad.indices.length - 1] = 50; // the last entry: after a chunk's worth of good tokens
     expect(() => acc.add(bad)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/codes\.indices\[519\]/) }));
     expect(acc.result({ top: 1000 })).toEqual(before);
-    acc.add(slice(codes, 70, 200));
+    acc.add(sliceCodes(codes, 70, 200));
     const whole = new CooccurrenceAccumulator(50, { chunkTokens: 16 });
     whole.add(codes);
     expect(acc.result({ top: 1000 })).toEqual(whole.result({ top: 1000 }));

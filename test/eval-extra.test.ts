@@ -4,6 +4,7 @@ import { CooccurrenceAccumulator, phiCoefficient } from '../lib/eval/cooccurrenc
 import { fitLogistic, sparseProbe } from '../lib/eval/probe.js';
 import { psEval } from '../lib/eval/pseval.js';
 import { lcg } from './helpers/reference.js';
+import { activeSets, sliceCodes } from './helpers/cooccurrence-reference.js';
 
 // ---------------------------------------------------------------- naive float64 references
 
@@ -32,24 +33,9 @@ function randomCodes(rows: number, k: number, numLatents: number, next: () => nu
   return { rows, k, values, indices };
 }
 
-function sliceCodes(c: Codes, from: number, to: number): Codes {
-  return {
-    rows: to - from,
-    k: c.k,
-    values: c.values.slice(from * c.k, to * c.k),
-    indices: c.indices.slice(from * c.k, to * c.k),
-  };
-}
-
 /** Direct 2x2 tables: chunk x latent activity, then phi per pair by counting chunks. */
 function naiveCooccurrence(c: Codes, numLatents: number, chunkTokens: number, threshold: number, dropPartial = false) {
-  const chunks: Set<number>[] = [];
-  for (let r = 0; r < c.rows; r++) {
-    const ch = Math.floor(r / chunkTokens);
-    chunks[ch] ??= new Set();
-    for (let q = 0; q < c.k; q++) if (c.values[r * c.k + q] > threshold) chunks[ch].add(c.indices[r * c.k + q]);
-  }
-  if (dropPartial && c.rows % chunkTokens !== 0) chunks.pop();
+  const chunks = activeSets(c, chunkTokens, threshold, dropPartial);
   const T = chunks.length;
   const phi = (i: number, j: number) => {
     let n11 = 0;

@@ -7,19 +7,14 @@ import { describe, expect, it } from 'vitest';
 
 import { backend, ops, randn } from '../lib/index.js';
 import { packageRoot } from '../lib/native/index.js';
+import { watchGaps } from './helpers/event-loop.js';
 
 describe('work runs off the JS thread', () => {
   it('a 1 ms interval keeps firing while 3072^3 matmuls run (no gap near the length of one product)', async () => {
     using a = randn([3072, 3072], { seed: 1 });
     using b = randn([3072, 3072], { seed: 2 });
     await a.toArray(); // make sure the fills are done before timing
-    const gaps: number[] = [];
-    let last = performance.now();
-    const timer = setInterval(() => {
-      const now = performance.now();
-      gaps.push(now - last);
-      last = now;
-    }, 1);
+    const watch = watchGaps();
     const t0 = performance.now();
     const before = backend.stats().completed;
     // A few products back to back, so the measurement covers real work even on a fast machine.
@@ -31,7 +26,7 @@ describe('work runs off the JS thread', () => {
       expect(c.shape).toEqual([3072, 3072]);
     }
     const elapsed = performance.now() - t0;
-    clearInterval(timer);
+    const gaps = watch.stop();
     expect(backend.stats().completed).toBeGreaterThan(before);
     // The interval must have fired throughout. A product run on the JS thread would leave one
     // gap at least as long as the product; the bound allows for the scheduler of a loaded 2-core

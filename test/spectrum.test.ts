@@ -5,6 +5,7 @@ import { powerLawFit, spectrumWith } from '../lib/eval/spectrum.js';
 import type { NativeEigenSolver } from '../lib/native/index.js';
 import { lcg } from './helpers/reference.js';
 import { spectrumSuite } from './helpers/spectrum-suite.js';
+import { watchGaps } from './helpers/event-loop.js';
 
 // The built-in solver always; LAPACK's dsyevd where the addon links it (an OpenBLAS build).
 // test/spectrum-builtin.test.ts runs the same suite under SAEKIT_BLAS=builtin.
@@ -37,18 +38,12 @@ describe('spectrum runs off the JS thread', () => {
       const [n, d] = [8192, 512];
       const next = lcg(7);
       const w = Float32Array.from({ length: n * d }, () => next() - 0.5);
-      const gaps: number[] = [];
-      let last = performance.now();
-      const timer = setInterval(() => {
-        const now = performance.now();
-        gaps.push(now - last);
-        last = now;
-      }, 1);
+      const watch = watchGaps();
       const t0 = performance.now();
       const res = await spectrumWith(w, n, d, solver);
       const elapsed = performance.now() - t0;
       await new Promise((r) => setTimeout(r, 5));
-      clearInterval(timer);
+      const gaps = watch.stop();
       expect(res.eigenvalues.length).toBe(d);
       // The JS solver blocked ~0.9 s here. Allow a loaded 2-core machine's scheduler ~100 ms.
       expect(gaps.length).toBeGreaterThan(elapsed / 50);
