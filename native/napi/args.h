@@ -33,4 +33,20 @@ napi_typedarray_type typedarray_type_for(DType t);
 // latter). Null for an empty array.
 uint8_t* typed_array_data(const Napi::TypedArray& a);
 
+// Opaque handles: an External carrying a T, type-tagged so that another kind of External passed
+// in its place is refused (an Arg error naming `name`), never reinterpreted.
+template <typename T, typename Finalizer>
+Napi::External<T> tagged_external(Napi::Env env, T* data, Finalizer finalize, const napi_type_tag& tag) {
+  auto ext = Napi::External<T>::New(env, data, std::move(finalize));
+  if (napi_type_tag_object(env, ext, &tag) != napi_ok) throw Error(ErrorCode::Internal, "napi_type_tag_object failed");
+  return ext;
+}
+template <typename T>
+T* tagged_external_data(const Napi::Value& v, const napi_type_tag& tag, const char* name, const char* what) {
+  bool ok = false;
+  if (!v.IsExternal() || napi_check_object_type_tag(v.Env(), v, &tag, &ok) != napi_ok || !ok)
+    arg_error(ErrorCode::Arg, name, what, v);
+  return v.As<Napi::External<T>>().Data();
+}
+
 }  // namespace sk::napi

@@ -39,10 +39,7 @@ const T* typed(const Napi::Value& v, const std::string& name, int64_t length, co
 const napi_type_tag kStoreTag = {0x5ae1c0d7c0a5e11dULL, 0x9b27e4f1a3c6d805ULL};
 
 StoreSlot* slot_of(const Napi::Value& v) {
-  bool ok = false;
-  if (!v.IsExternal() || napi_check_object_type_tag(v.Env(), v, &kStoreTag, &ok) != napi_ok || !ok)
-    arg_error(ErrorCode::Arg, "store", "a sparse correlation store", v);
-  StoreSlot* s = v.As<Napi::External<StoreSlot>>().Data();
+  StoreSlot* s = tagged_external_data<StoreSlot>(v, kStoreTag, "store", "a sparse correlation store");
   if (!s || !s->store) throw Error(ErrorCode::Disposed, "Expected a sparse correlation store that has not run yet");
   return s;
 }
@@ -54,9 +51,7 @@ Napi::Value create(const Napi::CallbackInfo& info) {
   int64_t rr = get_int(info[2], "reserveRows", 0, lim - 1);
   int64_t ra = get_int(info[3], "reserveA", 0, int64_t(1) << 40), rb = get_int(info[4], "reserveB", 0, int64_t(1) << 40);
   auto* slot = new StoreSlot{std::make_shared<cpu::SparseCorrStore>(nA, nB, rr, ra, rb)};
-  auto ext = Napi::External<StoreSlot>::New(info.Env(), slot, [](Napi::Env, StoreSlot* s) { delete s; });
-  if (napi_type_tag_object(info.Env(), ext, &kStoreTag) != napi_ok) throw Error(ErrorCode::Internal, "napi_type_tag_object failed");
-  return ext;
+  return tagged_external(info.Env(), slot, [](Napi::Env, StoreSlot* s) { delete s; }, kStoreTag);
 }
 
 // sparseCorrAppend(store, valuesA, indicesA, valuesB, indicesB, rows): synchronous copy of one
@@ -210,10 +205,7 @@ struct LapSlot {
 const napi_type_tag kLapTag = {0x5e1d0a55a1c3b7e1ULL, 0x9b2f4c6d8e0a1f3bULL};
 
 LapSlot* lap_of(const Napi::Value& v) {
-  bool tagged = false;
-  if (!v.IsExternal() || napi_check_object_type_tag(v.Env(), v, &kLapTag, &tagged) != napi_ok || !tagged)
-    arg_error(ErrorCode::Arg, "lap", "a linear assignment from lapCreate", v);
-  LapSlot* s = v.As<Napi::External<LapSlot>>().Data();
+  LapSlot* s = tagged_external_data<LapSlot>(v, kLapTag, "lap", "a linear assignment from lapCreate");
   if (!s || !s->work) throw Error(ErrorCode::Disposed, "Expected a linear assignment that has not run yet");
   return s;
 }
@@ -236,9 +228,7 @@ Napi::Value lap_create(const Napi::CallbackInfo& info) {
   slot->cols = cols;
   slot->tr = rows > cols;
   slot->sign = maximize ? -1.0 : 1.0;
-  auto ext = Napi::External<LapSlot>::New(info.Env(), slot, [](Napi::Env, LapSlot* s) { delete s; });
-  if (napi_type_tag_object(info.Env(), ext, &kLapTag) != napi_ok) throw Error(ErrorCode::Internal, "could not tag the linear assignment handle");
-  return ext;
+  return tagged_external(info.Env(), slot, [](Napi::Env, LapSlot* s) { delete s; }, kLapTag);
 }
 
 template <typename T>

@@ -28,10 +28,7 @@ constexpr int64_t kMaxStage = int64_t(1) << 32;  // elements
 const napi_type_tag kStageTag = {0x5ae1c5bec7a3e000ULL, 0x51a6e0e1f2c3d4b5ULL};
 
 Stage* stage_of(const Napi::Value& v) {
-  bool ok = false;
-  if (!v.IsExternal() || napi_check_object_type_tag(v.Env(), v, &kStageTag, &ok) != napi_ok || !ok)
-    arg_error(ErrorCode::Arg, "stage", "a spectrum stage", v);
-  Stage* s = v.As<Napi::External<Stage>>().Data();
+  Stage* s = tagged_external_data<Stage>(v, kStageTag, "stage", "a spectrum stage");
   if (!s || !s->data) throw Error(ErrorCode::Disposed, "Expected a spectrum stage that no job has taken yet");
   return s;
 }
@@ -56,9 +53,7 @@ Napi::Value stage_create(const Napi::CallbackInfo& info) {
   const int64_t length = get_int(info[1], "length", 1, kMaxStage);
   const bool f64 = dtype == "float64";
   auto* s = new Stage{HostArray::allocate(size_t(length) * (f64 ? 8 : 4)), f64 ? napi_float64_array : napi_float32_array, length};
-  auto ext = Napi::External<Stage>::New(info.Env(), s, [](Napi::Env, Stage* p) { delete p; });
-  if (napi_type_tag_object(info.Env(), ext, &kStageTag) != napi_ok) throw Error(ErrorCode::Internal, "napi_type_tag_object failed");
-  return ext;
+  return tagged_external(info.Env(), s, [](Napi::Env, Stage* p) { delete p; }, kStageTag);
 }
 
 // spectrumStageWrite(stage, src: TypedArray of the stage's dtype, offset): copies src into
