@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { linearAssignment, linearAssignmentAsync, type AssignmentResult } from '../lib/eval/assignment.js';
 import { bruteForceAssignment } from './helpers/eval-reference.js';
 import { lcg } from './helpers/reference.js';
+import { native } from '../lib/native/index.js';
 
 /** A valid one-to-one assignment of every row of the smaller side, total consistent with it. */
 function checkMatching(r: AssignmentResult, cost: Float64Array, rows: number, cols: number): void {
@@ -107,6 +108,23 @@ describe('linearAssignmentAsync (native)', () => {
     await expect(linearAssignmentAsync(new Float64Array(5), 2, 3)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/cost/) });
     await expect(linearAssignmentAsync(Float64Array.of(0, 1, Infinity, 0, 0, 0), 2, 3)).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/cost\[2\]/) });
     await expect(linearAssignmentAsync(new Float64Array(6), 2, 3, { maximize: 'no' as unknown as boolean })).rejects.toMatchObject({ message: expect.stringMatching(/options\.maximize/) });
+  });
+});
+
+describe('a refused value frees the native cost at once', () => {
+  it('lapAppend that refuses a value ends the lap (its buffer freed), and lapFree frees one given up on', async () => {
+    const b = native() as unknown as Record<string, (...args: unknown[]) => unknown>;
+    const lap = b.lapCreate!(2, 2, false);
+    expect(() => b.lapAppend!(lap, Float64Array.from([1, NaN, 3, 4]), 0, 'c')).toThrow(/c\[1\]/);
+    expect(() => b.lapRun!(lap)).toThrow(/has not run yet/);
+    const lap2 = b.lapCreate!(2, 2, false);
+    b.lapAppend!(lap2, Float64Array.from([1, 2]), 0, 'c');
+    b.lapFree!(lap2);
+    b.lapFree!(lap2); // idempotent
+    expect(() => b.lapAppend!(lap2, Float64Array.from([3, 4]), 1, 'c')).toThrow(/has not run yet/);
+    // Through the API: a NaN is named and the next call works.
+    await expect(linearAssignmentAsync(Float64Array.from([1, NaN, 3, 4]), 2, 2)).rejects.toThrow(/cost\[1\]/);
+    expect(Array.from((await linearAssignmentAsync(Float64Array.from([1, 2, 3, 0]), 2, 2)).rowToCol)).toEqual([0, 1]);
   });
 });
 

@@ -108,7 +108,7 @@ describe('fuzzing the public API', () => {
     const values = junk();
     const next = lcg(Date.now() >>> 0);
     const pick = () => values[Math.floor(next() * values.length)];
-    const fns = ['fromArray', 'zeros', 'random', 'matmul', '_philox', '_gemmDirect', 'setThreads', 'info', 'stats', 'convertInto', 'anyNonFinite', 'gatherRows', 'readRows', 'readRowsToSlots', 'allocHost', 'discardHost', 'lapCreate', 'lapAppend', 'lapRun', 'sparseCorrCreate', 'sparseCorrAppend', 'sparseCorrRun', 'spectrumStage', 'spectrumStageWrite', 'decoderSpectrum', 'symmetricEigenvalues'];
+    const fns = ['fromArray', 'zeros', 'random', 'matmul', '_philox', '_gemmDirect', 'setThreads', 'info', 'stats', 'convertInto', 'anyNonFinite', 'gatherRows', 'readRows', 'readRowsToSlots', 'allocHost', 'discardHost', 'lapCreate', 'lapAppend', 'lapRun', 'lapFree', 'sparseCorrCreate', 'sparseCorrAppend', 'sparseCorrRun', 'spectrumStage', 'spectrumStageWrite', 'decoderSpectrum', 'symmetricEigenvalues'];
     let threw = 0;
     for (const name of fns) {
       for (let trial = 0; trial < 300; trial++) {

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { backend, metrics } from '../lib/index.js';
-import { powerLawFit, spectrumWith } from '../lib/eval/spectrum.js';
+import { powerLawFit, spectrumWith, symmetricEigenvaluesWith } from '../lib/eval/spectrum.js';
+import { native } from '../lib/native/index.js';
 import type { NativeEigenSolver } from '../lib/native/index.js';
 import { lcg } from './helpers/reference.js';
 import { spectrumSuite } from './helpers/spectrum-suite.js';
@@ -92,5 +93,40 @@ describe('powerLawFit', () => {
       expect(() => powerLawFit(ev, 200, bad)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for floor but received/) }));
     }
     expect(() => powerLawFit([1, 2] as unknown as Float64Array)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/Float64Array for eigenvalues/) }));
+  });
+});
+
+describe('extreme scales and partial stages', () => {
+  const solvers: NativeEigenSolver[] = lapack ? ['builtin', 'lapack'] : ['builtin'];
+  for (const solver of solvers) {
+    it(`solver ${solver}: entries near DBL_MAX and subnormal ones, and W scaled by 2^e (eigenvalues by exactly 2^2e)`, async () => {
+      // [[0, a], [a, 0]] has eigenvalues +-a; a + a overflowed while symmetrising (NaN from dsyevd).
+      expect(Array.from(await symmetricEigenvaluesWith(Float64Array.from([0, 1e308, 1e308, 0]), 2, solver)).map((v) => v / 1e308)).toEqual([
+        expect.closeTo(1, 12),
+        expect.closeTo(-1, 12),
+      ]);
+      // A subnormal largest entry: the built-in solver's 2^-exponent scale overflowed to Infinity.
+      const sub = await symmetricEigenvaluesWith(Float64Array.from([3e-310, 1e-310, 1e-310, 3e-310]), 2, solver);
+      expect(Array.from(sub).map((v) => v / 1e-310)).toEqual([expect.closeTo(4, 9), expect.closeTo(2, 9)]);
+      const [n, d] = [65, 17];
+      const next = lcg(Date.now() >>> 0);
+      const w = Float32Array.from({ length: n * d }, () => next() - 0.5);
+      const base = (await spectrumWith(w, n, d, solver)).eigenvalues;
+      // float32's Gram products overflowed past |W| ~ 1.8e19 and flushed to zero below ~1e-23.
+      for (const e of [-90, -70, 64, 70]) {
+        const got = (await spectrumWith(w.map((v) => v * 2 ** e), n, d, solver)).eigenvalues;
+        for (let i = 0; i < d; i++) expect(got[i], `2^${e}, eigenvalue ${i}`).toBe(base[i]! * 2 ** (2 * e));
+      }
+    });
+  }
+
+  it('a stage not written in full, or written out of order, is refused (it would read uninitialised memory)', async () => {
+    const b = native() as unknown as Record<string, (...args: unknown[]) => unknown>;
+    const stage = b.spectrumStage!('float64', 4);
+    expect(() => b.spectrumStageWrite!(stage, new Float64Array(2), 1)).toThrow(/offset/);
+    b.spectrumStageWrite!(stage, Float64Array.from([1, 0]), 0);
+    expect(() => b.symmetricEigenvalues!(stage, 2, 'auto')).toThrow(/fully written stage \(4 values\) but 2 were written/);
+    b.spectrumStageWrite!(stage, Float64Array.from([0, 1]), 2);
+    expect(Array.from((await b.symmetricEigenvalues!(stage, 2, 'auto')) as Float64Array)).toEqual([1, 1]);
   });
 });

@@ -89,10 +89,15 @@ export async function solveChunked(
   if (rows === 0 || cols === 0) return new Int32Array(rows).fill(-1);
   const lap = callNative(() => native().lapCreate(rows, cols, maximize));
   const step = Math.max(1, Math.floor(CHUNK_VALUES / cols));
-  for (let row0 = 0; row0 < rows; row0 += step) {
-    const chunk = await rowsOf(row0, Math.min(step, rows - row0));
-    callNative(() => native().lapAppend(lap, chunk, row0, name));
-    if (row0 + step < rows) await yieldToEventLoop();
+  try {
+    for (let row0 = 0; row0 < rows; row0 += step) {
+      const chunk = await rowsOf(row0, Math.min(step, rows - row0));
+      callNative(() => native().lapAppend(lap, chunk, row0, name));
+      if (row0 + step < rows) await yieldToEventLoop();
+    }
+  } catch (err) {
+    native().lapFree(lap); // the rows x cols buffer goes now, not whenever a GC collects the handle
+    throw err;
   }
   return settleNative(callNative(() => native().lapRun(lap)), site);
 }

@@ -220,6 +220,8 @@ export interface NativeBinding {
   lapAppend(lap: NativeLap, values: Float32Array | Float64Array, rowStart: number, name: string): number;
   /** Solves off the JS thread once every row is in; resolves to rowToCol (-1 unassigned). Consumes the lap. */
   lapRun(lap: NativeLap): Promise<Int32Array>;
+  /** Frees a lap's buffer now (a caller giving up before lapRun); idempotent. */
+  lapFree(lap: NativeLap): void;
   /** Native memory for spectrum inputs, filled piece by piece with spectrumStageWrite (one job takes it). */
   spectrumStage(dtype: 'float32' | 'float64', length: number): NativeSpectrumStage;
   /** Copies src into stage[offset, offset + src.length) synchronously. */

@@ -273,10 +273,10 @@ void builtin_eigenvalues(double* a, int64_t d, double* w, ThreadPool& pool) {
   }
   int ex = 0;
   std::frexp(amax, &ex);
-  const double down = std::ldexp(1.0, -ex);
+  // ldexp per entry: exact, and 2^-ex itself overflows for a subnormal amax (ex <= -1022).
   pool.parallel_for(d, 64, [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c <= r; ++c) a[r * d + c] *= down;
+      for (int64_t c = 0; c <= r; ++c) a[r * d + c] = std::ldexp(a[r * d + c], -ex);
   });
   std::vector<double> off(static_cast<size_t>(d));
   tridiagonalise(a, d, w, off.data(), pool);
@@ -350,6 +350,21 @@ void decoder_covariance(const float* W, int64_t n, int64_t d, double* cov) {
     }
     for (int64_t c = c0; c < c1; ++c) mean[size_t(c)] /= double(n);
   });
+  // The centred values are scaled by a power of two that puts the largest in [0.5, 1) (exact):
+  // the float32 Gram products then neither overflow (|W| >~ 1.8e19) nor flush to zero
+  // (|W| <~ 1e-23); the scale comes back out exactly at the end.
+  std::vector<double> colmax(size_t(d), 0.0);
+  pool.parallel_for(d, 16, [&](int64_t c0, int64_t c1, int) {
+    for (int64_t r = 0; r < n; ++r) {
+      const float* row = W + r * d;
+      for (int64_t c = c0; c < c1; ++c) colmax[size_t(c)] = std::max(colmax[size_t(c)], std::fabs(double(row[c]) - mean[size_t(c)]));
+    }
+  });
+  double amax = 0;
+  for (double v : colmax) amax = std::max(amax, v);
+  int ex = 0;
+  if (amax > 0) std::frexp(amax, &ex);
+  const double scale = std::ldexp(1.0, -ex);
   const int64_t rb = std::min(n, kRowBlock);
   std::unique_ptr<float[]> block(new float[size_t(rb * d)]);
   std::unique_ptr<float[]> gram(new float[size_t(d * d)]);
@@ -360,7 +375,7 @@ void decoder_covariance(const float* W, int64_t n, int64_t d, double* cov) {
       for (int64_t r = a0; r < a1; ++r) {
         const float* src = W + (r0 + r) * d;
         float* dst = block.get() + r * d;
-        for (int64_t c = 0; c < d; ++c) dst[c] = float(double(src[c]) - mean[size_t(c)]);
+        for (int64_t c = 0; c < d; ++c) dst[c] = float((double(src[c]) - mean[size_t(c)]) * scale);
       }
     });
     // Lower triangle of block^T block, one column tile (and the rows below it) per GEMM.
@@ -374,7 +389,7 @@ void decoder_covariance(const float* W, int64_t n, int64_t d, double* cov) {
         for (int64_t c = 0; c <= i; ++c) cov[i * d + c] += gram[size_t(i * d + c)];
     });
   }
-  const double inv = 1.0 / double(n - 1);
+  const double inv = std::ldexp(1.0 / double(n - 1), 2 * ex);  // the scale squared, back out
   pool.parallel_for(d, 16, [&](int64_t i0, int64_t i1, int) {
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t c = 0; c <= i; ++c) cov[i * d + c] *= inv;
@@ -396,7 +411,7 @@ void symmetrise(double* a, int64_t d) {
       for (int64_t bj = 0; bj <= bi; ++bj)
         for (int64_t i = bi * T; i < std::min(d, bi * T + T); ++i)
           for (int64_t j = bj * T; j < std::min(i, bj * T + T); ++j) {
-            const double v = 0.5 * (a[i * d + j] + a[j * d + i]);
+            const double v = 0.5 * a[i * d + j] + 0.5 * a[j * d + i];  // a + b overflows past DBL_MAX / 2
             a[i * d + j] = v;
             a[j * d + i] = v;
           }
@@ -418,6 +433,11 @@ void symmetric_eigenvalues(double* a, int64_t d, double* w, EigenSolver solver) 
   } else {
     builtin_eigenvalues(a, d, w, cpu_pool());
   }
+  // Eigenvalues are bounded by the matrix's norm, but that bound can pass DBL_MAX: refuse rather
+  // than return infinities (and sort no NaN).
+  for (int64_t i = 0; i < d; ++i)
+    SK_CHECK(std::isfinite(w[i]), ErrorCode::NonFinite, "an eigenvalue overflowed float64 (the matrix's entries are too large: ",
+             "scale it down)");
   std::sort(w, w + d, [](double x, double y) { return x > y; });
 }
 

@@ -228,7 +228,17 @@ Napi::Value lap_create(const Napi::CallbackInfo& info) {
   slot->cols = cols;
   slot->tr = rows > cols;
   slot->sign = maximize ? -1.0 : 1.0;
-  return tagged_external(info.Env(), slot, [](Napi::Env, LapSlot* s) { delete s; }, kLapTag);
+  // Reported to V8 until the handle is collected (lapRun and lapFree free the buffer itself earlier).
+  const int64_t bytes = std::max<int64_t>(rows * cols, 1) * 8;
+  auto ext = tagged_external(
+      info.Env(), slot,
+      [bytes](Napi::Env env, LapSlot* s) {
+        delete s;
+        Napi::MemoryManagement::AdjustExternalMemory(env, -bytes);
+      },
+      kLapTag);
+  Napi::MemoryManagement::AdjustExternalMemory(info.Env(), bytes);
+  return ext;
 }
 
 template <typename T>
@@ -267,11 +277,23 @@ Napi::Value lap_append(const Napi::CallbackInfo& info) {
                                       (s->rows - row0) * s->cols, " values) but received length ", len));
   const int64_t nrows = s->cols == 0 ? 0 : len / s->cols;
   if (nrows > 0) {
-    if (type == napi_float32_array) lap_copy(*s, reinterpret_cast<const float*>(typed_array_data(ta)), row0, nrows, name);
-    else lap_copy(*s, reinterpret_cast<const double*>(typed_array_data(ta)), row0, nrows, name);
+    try {
+      if (type == napi_float32_array) lap_copy(*s, reinterpret_cast<const float*>(typed_array_data(ta)), row0, nrows, name);
+      else lap_copy(*s, reinterpret_cast<const double*>(typed_array_data(ta)), row0, nrows, name);
+    } catch (...) {
+      s->work.reset();  // a refused value ends the lap: its rows x cols buffer is freed now, not at a GC
+      throw;
+    }
   }
   s->filled = row0 + nrows;
   return Napi::Number::New(info.Env(), double(s->filled));
+}
+
+// lapFree(lap): frees the lap's buffer now (a caller that gives up before lapRun); idempotent.
+Napi::Value lap_free(const Napi::CallbackInfo& info) {
+  LapSlot* s = tagged_external_data<LapSlot>(info[0], kLapTag, "lap", "a linear assignment from lapCreate");
+  if (s) s->work.reset();
+  return info.Env().Undefined();
 }
 
 Napi::Value lap_run(const Napi::CallbackInfo& info) {
@@ -309,6 +331,7 @@ void register_features(Napi::Env env, Napi::Object exports) {
   exports.Set("lapCreate", Napi::Function::New<guarded<lap_create>>(env, "lapCreate"));
   exports.Set("lapAppend", Napi::Function::New<guarded<lap_append>>(env, "lapAppend"));
   exports.Set("lapRun", Napi::Function::New<guarded<lap_run>>(env, "lapRun"));
+  exports.Set("lapFree", Napi::Function::New<guarded<lap_free>>(env, "lapFree"));
 }
 
 }  // namespace sk::napi

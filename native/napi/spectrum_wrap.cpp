@@ -19,6 +19,7 @@ struct Stage {
   std::shared_ptr<HostArray> data;
   napi_typedarray_type type;
   int64_t length;
+  int64_t written = 0;  // values written so far, in order (a job takes only a full stage)
 };
 
 constexpr int64_t kMaxStage = int64_t(1) << 32;  // elements
@@ -43,6 +44,12 @@ cpu::EigenSolver get_solver(const Napi::Value& v) {
   arg_error(ErrorCode::Arg, "solver", "one of: auto, lapack, builtin", v);
 }
 
+// A job reads every value of its stage: one not fully written would read uninitialised memory.
+void require_full(const Stage& s) {
+  if (s.written != s.length)
+    throw Error(ErrorCode::Shape, fmt("Expected a fully written stage (", s.length, " values) but ", s.written, " were written"));
+}
+
 // JavaScript's spelling of a non-finite number.
 std::string js_number(double v) { return std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity"; }
 
@@ -52,12 +59,23 @@ Napi::Value stage_create(const Napi::CallbackInfo& info) {
   if (dtype != "float32" && dtype != "float64") arg_error(ErrorCode::Arg, "dtype", "one of: float32, float64", info[0]);
   const int64_t length = get_int(info[1], "length", 1, kMaxStage);
   const bool f64 = dtype == "float64";
-  auto* s = new Stage{HostArray::allocate(size_t(length) * (f64 ? 8 : 4)), f64 ? napi_float64_array : napi_float32_array, length};
-  return tagged_external(info.Env(), s, [](Napi::Env, Stage* p) { delete p; }, kStageTag);
+  const int64_t bytes = length * (f64 ? 8 : 4);
+  auto* s = new Stage{HostArray::allocate(size_t(bytes)), f64 ? napi_float64_array : napi_float32_array, length};
+  // Reported to V8 until the handle is collected: an abandoned stage (a call that failed while
+  // staging) then weighs on the GC as the memory it holds.
+  auto ext = tagged_external(
+      info.Env(), s,
+      [bytes](Napi::Env env, Stage* p) {
+        delete p;
+        Napi::MemoryManagement::AdjustExternalMemory(env, -bytes);
+      },
+      kStageTag);
+  Napi::MemoryManagement::AdjustExternalMemory(info.Env(), bytes);
+  return ext;
 }
 
 // spectrumStageWrite(stage, src: TypedArray of the stage's dtype, offset): copies src into
-// stage[offset, offset + src.length), synchronously.
+// stage[offset, offset + src.length), synchronously; offset must be the values written so far.
 Napi::Value stage_write(const Napi::CallbackInfo& info) {
   Stage* s = stage_of(info[0]);
   const char* want = s->type == napi_float64_array ? "a Float64Array" : "a Float32Array";
@@ -65,7 +83,7 @@ Napi::Value stage_write(const Napi::CallbackInfo& info) {
     arg_error(ErrorCode::DType, "src", want, info[1]);
   Napi::TypedArray src = info[1].As<Napi::TypedArray>();
   const int64_t len = int64_t(src.ElementLength());
-  const int64_t offset = get_int(info[2], "offset", 0, s->length);
+  const int64_t offset = get_int(info[2], "offset", s->written, s->written);
   if (len > s->length - offset)
     throw Error(ErrorCode::Shape, fmt("Expected src of at most ", s->length - offset, " values at offset ", offset,
                                       " but received length ", len));
@@ -74,6 +92,7 @@ Napi::Value stage_write(const Napi::CallbackInfo& info) {
   if (p == nullptr) arg_error(ErrorCode::Arg, "src", "an attached buffer", info[1]);
   const size_t item = s->type == napi_float64_array ? 8 : 4;
   std::memcpy(s->data->as<uint8_t>() + size_t(offset) * item, p, size_t(len) * item);
+  s->written = offset + len;
   return info.Env().Undefined();
 }
 
@@ -84,6 +103,7 @@ Napi::Value decoder_spectrum(const Napi::CallbackInfo& info) {
   if (s->type != napi_float32_array) arg_error(ErrorCode::DType, "stage", "a float32 stage", info[0]);
   const int64_t n = get_int(info[1], "n", 2, kMaxStage), d = get_int(info[2], "d", 1, 65536);
   if (n * d != s->length) throw Error(ErrorCode::Shape, fmt("Expected a stage of n * d = ", n * d, " values but it holds ", s->length));
+  require_full(*s);
   const cpu::EigenSolver solver = get_solver(info[3]);
   auto w = std::move(s->data);
   auto out = HostArray::allocate(size_t(d) * 8);
@@ -105,6 +125,7 @@ Napi::Value symmetric_eigenvalues(const Napi::CallbackInfo& info) {
   if (s->type != napi_float64_array) arg_error(ErrorCode::DType, "stage", "a float64 stage", info[0]);
   const int64_t d = get_int(info[1], "d", 1, 65536);
   if (d * d != s->length) throw Error(ErrorCode::Shape, fmt("Expected a stage of d * d = ", d * d, " values but it holds ", s->length));
+  require_full(*s);
   const cpu::EigenSolver solver = get_solver(info[2]);
   auto a = std::move(s->data);
   auto out = HostArray::allocate(size_t(d) * 8);
