@@ -224,3 +224,15 @@ describe('phiCoefficient', () => {
     expect(() => phiCoefficient(10, Number.NaN, 2, 3)).toThrow(arg(/for cij/));
   });
 });
+
+describe('cooccurrence() names the bad batch and index before counting anything', () => {
+  it('a bad index deep in the second batch is named by batch and global position', async () => {
+    const good = { rows: 600, k: 2, values: new Float32Array(1200).fill(1), indices: Int32Array.from({ length: 1200 }, (_, i) => i % 7) };
+    const bad = { ...good, indices: good.indices.slice() };
+    bad.indices[1100] = 99;
+    await expect(cooccurrence({ numLatents: 8, codes: [good, bad] }, { chunkTokens: 4 })).rejects.toThrow(/input\.codes\[1\]\.indices\[1100\]/);
+    const nan = { ...good, values: good.values.slice() };
+    nan["values"][1000] = NaN;
+    await expect(cooccurrence({ numLatents: 8, codes: nan }, { chunkTokens: 4 })).rejects.toThrow(/input\.codes\.values\[1000\] is NaN/);
+  });
+});

@@ -254,6 +254,18 @@ describe('rsa', () => {
     expect(got).toBeGreaterThan(0.1);
   });
 
+  it('cosine and correlation are scale-free even for rows near 1e200 (their norms overflowed to Inf / Inf = NaN)', () => {
+    const next = lcg(23);
+    const n = 15;
+    const A = random(n, 5, next);
+    const B = random(n, 4, next);
+    for (const inner of ['correlation', 'cosine'] as const) {
+      const plain = rsa(A, B, { n, dA: 5, dB: 4, inner }).score;
+      expect(rsa(A.map((v) => v * 1e200), B, { n, dA: 5, dB: 4, inner }).score, inner).toBeCloseTo(plain, 12);
+      expect(rsa(A.map((v) => v * 1e-200), B, { n, dA: 5, dB: 4, inner }).score, inner).toBeCloseTo(plain, 12);
+    }
+  });
+
   it('default (correlation inner, Spearman outer) and the other variants match the naive versions', () => {
     const next = lcg(22);
     const n = 20;

@@ -37,6 +37,32 @@ import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
 import type { ActivationSource } from '../data/types.js';
 import type { SparseAutoencoder } from '../sae/index.js';
 
+/**
+ * Checks a batch of codes (shape, indices in range, finite values) before anything is counted;
+ * errors name `${name}.field[i]`.
+ */
+function checkCodes(codes: CooccurrenceCodes, numLatents: number, name: string): { rows: number; k: number; values: Float32Array; indices: Int32Array } {
+  if (codes === null || typeof codes !== 'object') throw argError(name, 'an object { rows, k, values, indices }', codes);
+  const rows = checkInt(`${name}.rows`, codes.rows, 0, 2 ** 31);
+  const k = checkInt(`${name}.k`, codes.k, 0, numLatents);
+  if (!(codes.values instanceof Float32Array)) throw argError(`${name}.values`, 'a Float32Array', codes.values);
+  if (!(codes.indices instanceof Int32Array)) throw argError(`${name}.indices`, 'an Int32Array', codes.indices);
+  if (codes.values.length !== rows * k || codes.indices.length !== rows * k) {
+    throw new SaekitError(
+      'ERR_SAEKIT_SHAPE',
+      `Expected ${name}.values and ${name}.indices of length rows * k = ${rows * k} but received ${codes.values.length} and ${codes.indices.length}`,
+    );
+  }
+  const { values, indices } = codes;
+  for (let i = 0; i < indices.length; i++) {
+    const idx = indices[i]!;
+    if (idx < 0 || idx >= numLatents) throw argError(`${name}.indices[${i}]`, `integer between 0 and ${numLatents - 1}`, idx);
+    // A NaN would read as inactive (NaN > t is false); every other metric refuses it.
+    if (!Number.isFinite(values[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `${name}.values[${i}] is ${values[i]}: expected finite values`);
+  }
+  return { rows, k, values, indices };
+}
+
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const COOC_OPTIONS = optionNames<CooccurrenceOptions>({ chunkTokens: true, threshold: true, dropPartial: true });
 const COOC_RESULT_OPTIONS = optionNames<CooccurrenceResultOptions>({ top: true, dense: true });
@@ -240,24 +266,7 @@ export class CooccurrenceAccumulator {
    */
   add(codes: CooccurrenceCodes): void {
     this.#checkUsable();
-    if (codes === null || typeof codes !== 'object') throw argError('codes', 'an object { rows, k, values, indices }', codes);
-    const rows = checkInt('codes.rows', codes.rows, 0, 2 ** 31);
-    const k = checkInt('codes.k', codes.k, 0, this.numLatents);
-    if (!(codes.values instanceof Float32Array)) throw argError('codes.values', 'a Float32Array', codes.values);
-    if (!(codes.indices instanceof Int32Array)) throw argError('codes.indices', 'an Int32Array', codes.indices);
-    if (codes.values.length !== rows * k || codes.indices.length !== rows * k) {
-      throw new SaekitError(
-        'ERR_SAEKIT_SHAPE',
-        `Expected codes.values and codes.indices of length rows * k = ${rows * k} but received ${codes.values.length} and ${codes.indices.length}`,
-      );
-    }
-    const { values, indices } = codes;
-    for (let i = 0; i < indices.length; i++) {
-      const idx = indices[i];
-      if (idx < 0 || idx >= this.numLatents) throw argError(`codes.indices[${i}]`, `integer between 0 and ${this.numLatents - 1}`, idx);
-      // A NaN would read as inactive (NaN > t is false); every other metric refuses it.
-      if (!Number.isFinite(values[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `codes.values[${i}] is ${values[i]}: expected finite values`);
-    }
+    const { rows, k, values, indices } = checkCodes(codes, this.numLatents, 'codes');
     const closes = Math.floor((this.#tokensInChunk + rows) / this.chunkTokens);
     if (this.#chunks + closes > MAX_CHUNKS) {
       throw new SaekitError('ERR_SAEKIT_MEMORY', `CooccurrenceAccumulator: more than ${MAX_CHUNKS} chunks (its counts are 32-bit); nothing of this batch was counted`);
@@ -572,11 +581,9 @@ export async function cooccurrence(input: CooccurrenceInput, options?: Cooccurre
     const inp = checkOptions('input', input as { numLatents: number; codes: CooccurrenceCodes | CooccurrenceCodes[] }, CODES_INPUT_KEYS);
     const numLatents = checkInt('input.numLatents', inp.numLatents, 1, Number.MAX_SAFE_INTEGER);
     const list = (Array.isArray(inp.codes) ? inp.codes : [inp.codes]) as CooccurrenceCodes[];
-    list.forEach((c, q) => {
-      if (c === null || typeof c !== 'object') {
-        throw argError(Array.isArray(inp.codes) ? `input.codes[${q}]` : 'input.codes', 'sparse codes { rows, k, values, indices }', c);
-      }
-    });
+    // Every batch is checked whole before any is counted: errors name the batch and the index
+    // in it (add() sees chunk-sized slices).
+    list.forEach((c, q) => checkCodes(c, numLatents, Array.isArray(inp.codes) ? `input.codes[${q}]` : 'input.codes'));
     const ro = checkResultOptions({ top, dense }, numLatents);
     const acc = new CooccurrenceAccumulator(numLatents, accOptions);
     for (const c of list) await addInSlices(acc, c, clock);

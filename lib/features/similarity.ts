@@ -45,6 +45,8 @@
  * rsaPermutationTest and svccaPermutationTest (internal, used by `saekit compare`) give
  * permutationTest's results with each side's triangle, ranks or SVD computed once.
  */
+import os from 'node:os';
+
 import { Rng } from '../data/prng.js';
 import { argError, SaekitError } from '../errors.js';
 import { checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
@@ -392,8 +394,20 @@ export function svccaPermutationTest(A: Matrix, B: Matrix, options: SvccaOptions
 const RSA_ADVISED_N = 20000;
 
 /** A Float64Array for the n(n-1)/2 entries of a triangle, or ERR_SAEKIT_MEMORY naming n. */
+/** RSA's peak memory per pair: two float64 triangles and the ranking's 32 bytes per entry. */
+const RSA_BYTES_PER_PAIR = 48;
+
 function allocTriangle(n: number): Float64Array {
   const m = (n * (n - 1)) / 2;
+  // The OS lends large arrays lazily: a triangle it grants can still exhaust memory as it fills.
+  // RSA's peak is about 48 bytes per pair (two float64 triangles, the ranking's buffers), so
+  // refuse up front what would pass half of this machine's memory.
+  if (m * RSA_BYTES_PER_PAIR > os.totalmem() / 2) {
+    throw new SaekitError(
+      'ERR_SAEKIT_MEMORY',
+      `Expected options.n small enough for RSA's n(n-1)/2 = ${m} dissimilarities (about ${((m * RSA_BYTES_PER_PAIR) / 2 ** 30).toFixed(1)} GiB at its peak, more than half of this machine's ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB) but received n = ${n}; compare a random subsample of at most about ${RSA_ADVISED_N} rows (methods.md §9)`,
+    );
+  }
   try {
     return new Float64Array(m);
   } catch (e) {
@@ -418,6 +432,13 @@ function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correlation'
   }
   const norms = new Float64Array(n);
   for (let r = 0; r < n; r++) {
+    // Cosine and correlation are scale-free: each row is first divided by its largest |value|,
+    // so the norms of rows near 1e154 and beyond do not overflow (Inf / Inf gave NaN).
+    if (inner !== 'euclidean') {
+      let mx = 0;
+      for (let c = 0; c < d; c++) mx = Math.max(mx, Math.abs(rows[r * d + c]));
+      if (mx > 0 && (mx > 1e100 || mx < 1e-100)) for (let c = 0; c < d; c++) rows[r * d + c] /= mx;
+    }
     let s = 0;
     for (let c = 0; c < d; c++) s += rows[r * d + c] ** 2;
     norms[r] = Math.sqrt(s);
