@@ -30,6 +30,9 @@ cp -r "$root/node_modules/node-gyp-build" "$out/node_modules/"
 c="$(git -C "$root" rev-parse --short HEAD)"
 [ -z "$(git -C "$root" status --porcelain --untracked-files=no)" ] || c="$c-dirty"
 echo "$c" > "$out/commit"
+# A hash of the sources the bundle and the plugin are built from: run.sh warns when the tree it
+# runs on differs (a bundle packed before the last edit).
+(cd "$root" && bash bench/gpu/tree-hash.sh) > "$out/tree-hash"
 
 # 4. Node itself.
 xz -T0 -6 -c "$(readlink -f "$(command -v node)")" > "$out/node.xz"

@@ -41,6 +41,11 @@ stage() {  # stage NAME TIMEOUT_S CMD...: runs CMD with a timeout, logs to $OUT_
   fi
 }
 
+# The carried bundle (.gpu/, from pack.sh) should come from this tree: the plugin is built from
+# the tree here, the addon and the parity bundle were built there.
+if [ -f .gpu/tree-hash ] && [ "$(bash bench/gpu/tree-hash.sh)" != "$(cat .gpu/tree-hash)" ]; then
+  echo "WARNING: .gpu/ was packed from other sources than this tree (run bench/gpu/pack.sh again): parity and trainer results may not match the plugin" | tee "$OUT_DIR/stale.txt"
+fi
 if command -v nvidia-smi >/dev/null; then
   timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$OUT_DIR/gpu.txt" || true
 else
@@ -156,6 +161,7 @@ fi
 {
   echo
   echo "== saekit CUDA GPU check ($(cat "$OUT_DIR/gpu.txt" 2>/dev/null | head -1), $(date -u +%F), commit $(cat .gpu/commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  cat "$OUT_DIR/stale.txt" 2>/dev/null || true
   for s in build selftest memcheck bench ncu parity trainer torch; do printf '%-9s %s\n' "$s" "${STATUS[$s]:-not run}"; done
   if [ -f "$OUT_DIR/selftest.log" ]; then
     grep -E '^(FAIL|ALL PASSED|FAILED|SKIP)' "$OUT_DIR/selftest.log" | head -20 || true
