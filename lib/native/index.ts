@@ -64,6 +64,8 @@ export interface NativeSae {
   sinceFired(): Promise<Float64Array>;
   setWeight(name: 'W_enc' | 'b_enc' | 'W_dec' | 'b_dec', values: Float32Array): void;
   setSinceFired(counts: Float64Array): void;
+  /** Rejects, in queue order, as a training step would on decoder rows off unit norm. */
+  checkUnitRows(): Promise<void>;
   adam(lr: number, beta1: number, beta2: number, eps: number): NativeAdam;
   /** Moves the parameters to device `index` of the table backend.info() resolved (queued). */
   toDevice(index: number, precision: 'fp32' | 'tf32' | 'bf16'): Promise<void>;

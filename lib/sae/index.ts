@@ -257,38 +257,6 @@ const handles = new WeakMap<SparseAutoencoder, NativeSae>();
 /** Settles once the parameters are on their device (rejects if moving them failed). */
 const placements = new WeakMap<SparseAutoencoder, Promise<void>>();
 
-/** How far a decoder row's norm may be from 1 for training (native/napi/sae_wrap.cpp: kUnitRowTol). */
-const UNIT_ROW_TOL = 1e-2;
-
-/**
- * @internal Refuses training on decoder rows off unit norm, as a step does (the Trainer checks
- * before it changes any weight): W_dec [numLatents, dIn].
- */
-export function requireUnitRows(W_dec: Float32Array, numLatents: number, dIn: number): void {
-  let off = 0;
-  let worst = -1;
-  let worstNorm = 1;
-  for (let i = 0; i < numLatents; i++) {
-    let s = 0;
-    for (let d = i * dIn, e = d + dIn; d < e; d++) s += W_dec[d]! * W_dec[d]!;
-    const n = Math.sqrt(s);
-    if (Math.abs(n - 1) > UNIT_ROW_TOL) {
-      off++;
-      if (worst < 0 || Math.abs(n - 1) > Math.abs(worstNorm - 1)) {
-        worst = i;
-        worstNorm = n;
-      }
-    }
-  }
-  if (off === 0) return;
-  throw new SaekitError(
-    'ERR_SAEKIT_ARG',
-    `Expected decoder rows of unit norm (within ${UNIT_ROW_TOL}) for training but ${off} of the SAE's ${numLatents} rows are not ` +
-      `(row ${worst} has norm ${worstNorm}): training keeps the rows at unit norm and would change what this model computes. ` +
-      'Call sae.normalizeDecoder() first to fold the norms into the encoder',
-  );
-}
-
 /** Resolves the device options of a constructor; errors name the option. */
 function placementOf(o: PlacementOptions): { device: ResolvedDevice; precision: 'fp32' | 'tf32' | 'bf16' } {
   const device = resolveDevice('options.device', o.device);
@@ -592,6 +560,15 @@ export class SparseAutoencoder {
     }
     if (folded.rescaled > 0) this.setWeights({ W_enc: w.W_enc, b_enc: w.b_enc, W_dec: w.W_dec });
     return folded.rescaled;
+  }
+
+  /**
+   * @internal Rejects, in queue order, as a training step would on decoder rows off unit norm
+   * (the Trainer asks before it changes any weight).
+   */
+  _checkTrainable(): Promise<void> {
+    const site = new Error();
+    return settleNative(afterPlacement(this, callNative(() => this.handle().checkUnitRows())), site);
   }
 
   /** Restores the dead-latent counters (tokens since each latent fired), e.g. from a checkpoint. */

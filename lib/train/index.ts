@@ -37,7 +37,7 @@ import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } f
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
 import { makeDirs } from '../io/source.js';
-import { AUXK_VARIANTS, MAX_DEAD_THRESHOLD, requireUnitRows, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
+import { AUXK_VARIANTS, MAX_DEAD_THRESHOLD, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 /** The decay schedules and b_dec initialisations (the CLI checks against the same lists). */
@@ -511,8 +511,8 @@ export class Trainer {
           );
         }
         if (o.normalize === 'expected-norm') scale = normScale(first, this.sae.dIn);
+        await this.sae._checkTrainable(); // before any weight changes (b_dec's init, the scale)
         const w0 = await this.sae.weights();
-        requireUnitRows(w0.W_dec, this.sae.numLatents, this.sae.dIn);
         if (scale !== 1) {
           // Training runs on s·x: the same model there has its biases times s (the inverse of the
           // fold at the end; a no-op for a new SAE's zero biases).

@@ -499,6 +499,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
                            InstanceMethod<&NativeSae::set_weight>("setWeight"),
                            InstanceMethod<&NativeSae::set_since_fired>("setSinceFired"),
                            InstanceMethod<&NativeSae::to_device>("toDevice"),
+                           InstanceMethod<&NativeSae::check_unit_rows>("checkUnitRows"),
                        });
   }
 
@@ -912,6 +913,16 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
 
   // toDevice(index, precision: 'fp32' | 'tf32' | 'bf16'): Promise<void>; moves the parameters
   // to device `index` of the resolved device table (queued after every earlier op).
+  // checkUnitRows(): Promise<void>, in queue order: rejects as a step would on decoder rows off
+  // unit norm (the Trainer asks before it changes any weight; the rows were measured when W_dec
+  // was last written, so nothing is read again).
+  Napi::Value check_unit_rows(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      return queue_job(info.Env(), [m] { require_unit_rows(*m); }, [](Napi::Env env) { return env.Undefined(); });
+    });
+  }
+
   Napi::Value to_device(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
