@@ -3,7 +3,7 @@
  * run. Files (cached under <tmpdir>/saekit-bench-data): a float32 .npy (2 GiB; 256 MiB with
  * --quick) and a bfloat16 .safetensors (1 GiB; 256 MiB with --quick), dIn 768. Each file is read
  * once to warm the page cache; then, per file: the plain read (16 MiB fs reads into one reused
- * buffer), and source.batches({ batchSize: 4096 }) with shuffle false and true (default 256 MiB
+ * page-aligned buffer), and source.batches({ batchSize: 4096 }) with shuffle false and true (default 256 MiB
  * mixing buffer), each with fresh batch arrays and with recycle: true. GB/s is file bytes over the median time; "vs read" is the median over repeats
  * of the plain read's time (the mean of the reads just before and just after) over the mode's
  * (1 = as fast as reading the file). Targets: >= 0.8 in order, >= 0.5 shuffled ("target" says
@@ -20,6 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { openActivations } from '../lib/data/index.js';
+import { native } from '../lib/native/index.js';
 import { npyHeader, safetensorsHeader } from '../test/helpers/data-fixtures.js';
 import { type Benchmark, type Row } from './harness.js';
 
@@ -68,12 +69,21 @@ function fillBf16(buf: Uint8Array, seed: number): void {
   }
 }
 
-/** Reads the whole file sequentially in 16 MiB reads into one buffer. */
+/**
+ * The plain read's buffer: page aligned (allocHost's large blocks start on 2 MiB boundaries). The
+ * kernel copies page-cache data 4-5x slower into a destination 1 to 31 bytes past the file
+ * offset within a page (AMD's `rep movsb`), and a fresh 16 MiB Buffer from glibc starts 16 bytes
+ * into a page: with one per read, the baseline ran at 2 or at 10 GB/s depending on where the
+ * allocator put it, which inflated every ratio taken against a slow one.
+ */
+let plainBuffer: Uint8Array | undefined;
+
+/** Reads the whole file sequentially in 16 MiB reads into one page-aligned buffer. */
 async function plainRead(file: string): Promise<number> {
   const fh = await fs.open(file, 'r');
   try {
     const size = (await fh.stat()).size;
-    const buf = Buffer.allocUnsafeSlow(16 * MiB);
+    const buf = (plainBuffer ??= new Uint8Array(native().allocHost(16 * MiB)));
     let pos = 0;
     while (pos < size) {
       const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - pos), pos);
@@ -196,9 +206,9 @@ export const read: Benchmark = {
         const ratios: number[] = [];
         const times: number[] = [];
         for (let r = 0; r < reps.repeats; r++) {
-          // Plain read, mode, plain read: on this kind of VM a plain read right after a streaming
-          // pass runs at about half the speed of one after another plain read (what the pass
-          // leaves in caches and TLBs), so each pair's baseline is the mean of one of each.
+          // Plain read, mode, plain read: each pair's baseline is the mean of the reads on either
+          // side of the mode (a fresh buffer per plain read once made the read after a pass look
+          // twice as slow: the buffer's alignment, see plainBuffer).
           const tp1 = await seconds(() => plainRead(file));
           const tm = await seconds(fn);
           const tp2 = await seconds(() => plainRead(file));

@@ -23,6 +23,7 @@ import {
   writeNpyFixture,
   writeSafetensorsFixture,
 } from './helpers/data-fixtures.js';
+import { screenSuite } from './helpers/screen-suite.js';
 
 let dir: string;
 const p = (...parts: string[]) => path.join(dir, ...parts);
@@ -692,6 +693,10 @@ describe('spare memory gives its pages back', () => {
     expect(takeSpare(n)).toBe(m);
     for (let i = 0; i < n; i += 4099) expect(m[i]).toBe(0);
   });
+});
+
+describe('native screens and float32 reads (default kernels)', () => {
+  screenSuite();
 });
 
 describe('non-finite rows', () => {

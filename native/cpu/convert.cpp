@@ -10,11 +10,13 @@
 
 namespace sk::cpu {
 
-namespace {
-
-const ConvertKernels& kernels() {
+const ConvertKernels& convert_kernels() {
   return pick_kernels(convert_kernels_sse42, convert_kernels_avx2, convert_kernels_avx512);
 }
+
+namespace {
+
+const ConvertKernels& kernels() { return convert_kernels(); }
 
 int32_t f32_to_i32(float f) {
   if (std::isnan(f)) return 0;

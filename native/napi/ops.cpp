@@ -236,12 +236,7 @@ Napi::Value any_non_finite(const Napi::CallbackInfo& info) {
   Napi::Float32Array a = info[0].As<Napi::Float32Array>();
   int64_t n = int64_t(a.ElementLength());
   int64_t start = get_int(info[1], "start", 0, n), end = get_int(info[2], "end", start, n);
-  const float* p = a.Data();
-  // Bit test on the exponent field: vectorises, no float compares on NaN.
-  uint32_t bad = 0;
-  const uint32_t* u = reinterpret_cast<const uint32_t*>(p);
-  for (int64_t i = start; i < end; ++i) bad |= uint32_t((u[i] & 0x7f800000u) == 0x7f800000u);
-  return Napi::Boolean::New(info.Env(), bad != 0);
+  return Napi::Boolean::New(info.Env(), cpu::convert_kernels().any_non_finite_f32(a.Data() + start, end - start));
 }
 
 }  // namespace
