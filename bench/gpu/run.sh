@@ -37,7 +37,7 @@ stage() {  # stage NAME TIMEOUT_S CMD...: runs CMD with a timeout, logs to $OUT_
   # What has run so far comes back even if the call is cut short (the tool returns $OUT).
   if [ -n "${OUT:-}" ]; then
     tar czf "$OUT/logs.tgz" -C "$OUT_DIR" . 2>/dev/null || true
-    { for s in "${!STATUS[@]}"; do echo "$s ${STATUS[$s]}"; done; cat "$OUT_DIR"/*.log 2>/dev/null | grep -E '^(BENCH|CORR|TRAINER|tests:|ALL PASSED|FAIL)' || true; } > "$OUT/partial.txt"
+    { for s in "${!STATUS[@]}"; do echo "$s ${STATUS[$s]}"; done; cat "$OUT_DIR"/*.log 2>/dev/null | grep -E '^(BENCH|CHECK|CORR|TRAINER|tests:|ALL PASSED|FAIL)' || true; } > "$OUT/partial.txt"
   fi
 }
 

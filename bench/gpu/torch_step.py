@@ -9,16 +9,23 @@ kernel. Loss: FVU. Optimizer: torch.optim.Adam. Before the step the decoder grad
 component along each decoder row; after it, rows are renormalised. The batch is already on the
 device (saekit's step also uploads it from host memory). Eager mode (no torch.compile).
 
-Prints machine-readable lines per shape: impl=torch is sparsify's step; impl=torch-dense lets
+First checks its sparse backward passes against autograd through the dense step (float64, CPU;
+`--check` does only that, and runs without a GPU). Prints machine-readable lines per shape: impl=torch is sparsify's step; impl=torch-dense lets
 autograd run the encoder's backward densely (two more dense GEMMs), for comparison.
   BENCH impl=torch dIn=.. numLatents=.. k=.. batch=.. tokens_per_s=.. step_ms=.. topk_ms=.. topk_f32_ms=..
 """
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+
+
+def bf16_autocast(t):
+    """bf16 autocast for CUDA tensors; nothing on the CPU (--check), where torch may lack CUDA."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if t.is_cuda else contextlib.nullcontext()
 
 
 class SparseDecode(torch.autograd.Function):
@@ -49,10 +56,10 @@ class SparseEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, inp, W, b, k):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with bf16_autocast(inp):
             pre = F.linear(inp, W, b)
         vals, idx = F.relu(pre).topk(k, sorted=False)
-        vals = vals.float()
+        vals = vals.to(inp.dtype)  # float32 on the GPU (pre is bf16 under autocast)
         ctx.save_for_backward(inp, W, vals, idx)
         ctx.mark_non_differentiable(idx)
         return vals, idx
@@ -60,13 +67,13 @@ class SparseEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_vals, grad_idx):
         inp, W, vals, idx = ctx.saved_tensors
-        g = grad_vals.float() * (vals > 0)  # ReLU: no gradient through a zero code
+        g = grad_vals.to(inp.dtype) * (vals > 0)  # ReLU: no gradient through a zero code
         grad_in = F.embedding_bag(idx, W, per_sample_weights=g, mode="sum")
         grad_W = torch.zeros_like(W)
         d = W.shape[1]
         block = max(1, (1 << 28) // (idx.shape[1] * d))
         for r0 in range(0, idx.shape[0], block):
-            i, gg, xx = idx[r0:r0 + block], g[r0:r0 + block], inp[r0:r0 + block].float()
+            i, gg, xx = idx[r0:r0 + block], g[r0:r0 + block], inp[r0:r0 + block]
             grad_W.index_add_(0, i.reshape(-1), (gg.unsqueeze(-1) * xx.unsqueeze(1)).reshape(-1, d))
         grad_b = torch.zeros(W.shape[0], device=W.device, dtype=W.dtype).index_add_(0, idx.reshape(-1), g.reshape(-1))
         return grad_in, grad_W, grad_b, None
@@ -141,10 +148,54 @@ def run(d_in, m, k, batch, reps, device, sparse_encoder=True):
     torch.cuda.empty_cache()
 
 
+def check():
+    """The sparse backward passes against autograd through the dense step, in float64 on the CPU,
+    at odd sizes (fewer positive pre-activations than k in some rows included)."""
+    worst = 0.0
+    for seed, (d_in, m, k, n) in enumerate(((13, 37, 5, 23), (7, 64, 9, 31), (24, 11, 11, 5))):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, d_in, generator=g, dtype=torch.float64)
+        params = [
+            torch.randn(m, d_in, generator=g, dtype=torch.float64) / d_in**0.5,
+            torch.randn(m, generator=g, dtype=torch.float64) - 0.5,  # negative biases: some rows have < k positive
+            torch.randn(m, d_in, generator=g, dtype=torch.float64),
+            torch.randn(d_in, generator=g, dtype=torch.float64) * 0.1,
+        ]
+
+        def grads(sparse):
+            W_enc, b_enc, W_dec, b_dec = [p.clone().requires_grad_() for p in params]
+            if sparse:
+                vals, idx = SparseEncode.apply(x - b_dec, W_enc, b_enc, k)
+                out = SparseDecode.apply(idx, vals, W_dec) + b_dec
+            else:
+                vals, idx = F.relu(F.linear(x - b_dec, W_enc, b_enc)).topk(k, sorted=False)
+                codes = torch.zeros(n, m, dtype=x.dtype).scatter(1, idx, vals)
+                out = codes @ W_dec + b_dec
+            fvu = (x - out).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+            fvu.backward()
+            return fvu.item(), [t.grad for t in (W_enc, b_enc, W_dec, b_dec)]
+
+        f_s, g_s = grads(True)
+        f_d, g_d = grads(False)
+        assert abs(f_s - f_d) <= 1e-12 * abs(f_d), (f_s, f_d)
+        for name, a, b in zip(("W_enc", "b_enc", "W_dec", "b_dec"), g_s, g_d):
+            scale = float(b.abs().max()) or 1.0
+            err = float((a - b).abs().max()) / scale
+            worst = max(worst, err)
+            assert err < 1e-10, f"{name} gradient differs at {(d_in, m, k, n)}: relative {err:.3g}"
+    print(f"CHECK ok: sparse encoder and decoder backward match dense autograd (worst relative error {worst:.2g})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--check", action="store_true", help="check the sparse backward passes on the CPU and exit")
     args = ap.parse_args()
+    # The backward passes are checked first (on the CPU, about a second): a wrong reference would
+    # time less work than the step it stands for.
+    check()
+    if args.check:
+        return
     if not torch.cuda.is_available():
         print("SKIP: torch sees no CUDA device")
         return
