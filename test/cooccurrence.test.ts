@@ -58,7 +58,7 @@ function naive(c: CooccurrenceCodes, numLatents: number, chunkTokens: number, th
 }
 
 describe('CooccurrenceAccumulator pair counts', () => {
-  it('match a naive count of every chunk, above 4,096 latents, for any split, top size and partial chunk', () => {
+  it('match a naive count of every chunk, above 4,096 latents, for any split, top size and partial chunk', async () => {
     const next = lcg(101);
     for (const [numLatents, rows, k, chunkTokens, threshold, dropPartial] of [
       [4099, 401, 6, 13, 0, false], // 31 chunks: the last one partial, counted
@@ -78,7 +78,7 @@ describe('CooccurrenceAccumulator pair counts', () => {
       }
       expect(ref.all.length).toBeGreaterThan(0);
       for (const top of [1, 7, 100, ref.all.length + 5]) {
-        const res = acc.result({ top });
+        const res = await acc.result({ top });
         expect(res.chunks).toBe(ref.T);
         expect(Array.from(res.active)).toEqual(ref.active);
         // The same integers and the same float operations: equal phi, so the same order.
@@ -93,10 +93,10 @@ describe('CooccurrenceAccumulator pair counts', () => {
     const batches = [randomCodes(400, 6, numLatents, next), randomCodes(0, 6, numLatents, next), randomCodes(201, 6, numLatents, next)];
     const acc = new CooccurrenceAccumulator(numLatents, { chunkTokens: 17 });
     for (const b of batches) acc.add(b);
-    expect(await cooccurrence({ numLatents, codes: batches }, { chunkTokens: 17, top: 40 })).toEqual(acc.result({ top: 40 }));
+    expect(await cooccurrence({ numLatents, codes: batches }, { chunkTokens: 17, top: 40 })).toEqual(await acc.result({ top: 40 }));
   });
 
-  it('counts the reference scale: 16,384 latents, k = 50, 256-token chunks of ~1,430 active latents', () => {
+  it('counts the reference scale: 16,384 latents, k = 50, 256-token chunks of ~1,430 active latents', async () => {
     // 18 chunks of ~1M pairs each: more than the 16M distinct pairs the old pair Map refused.
     const [L, k, chunk, nChunks, pool] = [16384, 50, 256, 18, 1500];
     const next = lcg(17);
@@ -109,7 +109,7 @@ describe('CooccurrenceAccumulator pair counts', () => {
       sets.push(new Set(codes.indices));
       acc.add(codes);
     }
-    const res = acc.result({ top: 20 });
+    const res = await acc.result({ top: 20 });
     expect(res.chunks).toBe(nChunks);
     const active = new Float64Array(L);
     for (const s of sets) for (const i of s) active[i] += 1;
@@ -135,23 +135,23 @@ describe('CooccurrenceAccumulator pair counts', () => {
 });
 
 describe('CooccurrenceAccumulator after a failed add()', () => {
-  it('a refused batch changes nothing', () => {
+  it('a refused batch changes nothing', async () => {
     const next = lcg(5);
     const codes = randomCodes(200, 4, 50, next);
     const acc = new CooccurrenceAccumulator(50, { chunkTokens: 16 });
     acc.add(sliceCodes(codes, 0, 70));
-    const before = acc.result({ top: 1000 });
+    const before = await acc.result({ top: 1000 });
     const bad = sliceCodes(codes, 70, 200);
     bad.indices[bad.indices.length - 1] = 50; // the last entry: after a chunk's worth of good tokens
     expect(() => acc.add(bad)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/codes\.indices\[519\]/) }));
-    expect(acc.result({ top: 1000 })).toEqual(before);
+    expect(await acc.result({ top: 1000 })).toEqual(before);
     acc.add(sliceCodes(codes, 70, 200));
     const whole = new CooccurrenceAccumulator(50, { chunkTokens: 16 });
     whole.add(codes);
-    expect(acc.result({ top: 1000 })).toEqual(whole.result({ top: 1000 }));
+    expect(await acc.result({ top: 1000 })).toEqual(await whole.result({ top: 1000 }));
   });
 
-  it('a failure midway marks the accumulator broken: later add() and result() say why', () => {
+  it('a failure midway marks the accumulator broken: later add() and result() say why', async () => {
     const codes = randomCodes(40, 3, 20, lcg(9));
     // Reads of values succeed through the checks, then throw halfway through the counting.
     let reads = 0;
@@ -164,7 +164,7 @@ describe('CooccurrenceAccumulator after a failed add()', () => {
     const acc = new CooccurrenceAccumulator(20, { chunkTokens: 8 });
     expect(() => acc.add({ ...codes, values })).toThrow('read failed');
     const broken = expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/can no longer be used: an add\(\) failed after counting part of its batch \(read failed\)/) });
-    expect(() => acc.result()).toThrow(broken);
+    await expect(acc.result()).rejects.toThrow(broken);
     expect(() => acc.add(codes)).toThrow(broken);
   });
 });

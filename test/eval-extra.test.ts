@@ -58,13 +58,13 @@ function naiveCooccurrence(c: Codes, numLatents: number, chunkTokens: number, th
 }
 
 describe('CooccurrenceAccumulator', () => {
-  it('phi, counts and top pairs match direct 2x2 tables', () => {
+  it('phi, counts and top pairs match direct 2x2 tables', async () => {
     const numLatents = 30;
     const codes = randomCodes(1000, 4, numLatents, lcg(3));
     for (const threshold of [0, 0.5]) {
       const acc = new CooccurrenceAccumulator(numLatents, { chunkTokens: 37, threshold });
       acc.add(codes);
-      const res = acc.result({ top: 50, dense: true });
+      const res = await acc.result({ top: 50, dense: true });
       const ref = naiveCooccurrence(codes, numLatents, 37, threshold);
       expect(res.chunks).toBe(Math.ceil(1000 / 37));
       expect(res.chunks).toBe(ref.T);
@@ -86,12 +86,12 @@ describe('CooccurrenceAccumulator', () => {
     }
   });
 
-  it('gives the same result for any split into add() calls; a chunk continues across calls', () => {
+  it('gives the same result for any split into add() calls; a chunk continues across calls', async () => {
     const numLatents = 20;
     const codes = randomCodes(500, 3, numLatents, lcg(11));
     const whole = new CooccurrenceAccumulator(numLatents, { chunkTokens: 64 });
     whole.add(codes);
-    const expected = whole.result({ top: 1000, dense: true });
+    const expected = await whole.result({ top: 1000, dense: true });
     const next = lcg(12);
     for (let trial = 0; trial < 5; trial++) {
       const acc = new CooccurrenceAccumulator(numLatents, { chunkTokens: 64 });
@@ -99,43 +99,43 @@ describe('CooccurrenceAccumulator', () => {
       while (at < codes.rows) {
         const to = Math.min(codes.rows, at + Math.floor(next() * 90)); // includes empty batches
         acc.add(sliceCodes(codes, at, to));
-        if (next() < 0.3) acc.result(); // a mid-stream result must not close the open chunk
+        if (next() < 0.3) await acc.result(); // a mid-stream result must not close the open chunk
         at = to;
       }
-      expect(acc.result({ top: 1000, dense: true })).toEqual(expected);
+      expect(await acc.result({ top: 1000, dense: true })).toEqual(expected);
     }
     // One token at a time, as an extreme split.
     const one = new CooccurrenceAccumulator(numLatents, { chunkTokens: 64 });
     for (let r = 0; r < codes.rows; r++) one.add(sliceCodes(codes, r, r + 1));
-    expect(one.result({ top: 1000, dense: true })).toEqual(expected);
+    expect(await one.result({ top: 1000, dense: true })).toEqual(expected);
   });
 
-  it('counts or drops the trailing partial chunk', () => {
+  it('counts or drops the trailing partial chunk', async () => {
     const codes = randomCodes(100, 2, 10, lcg(21));
     const keep = new CooccurrenceAccumulator(10, { chunkTokens: 30 });
     keep.add(codes);
-    expect(keep.result().chunks).toBe(4);
+    expect((await keep.result()).chunks).toBe(4);
     const drop = new CooccurrenceAccumulator(10, { chunkTokens: 30, dropPartial: true });
     drop.add(codes);
-    const r = drop.result({ dense: true });
+    const r = await drop.result({ dense: true });
     expect(r.chunks).toBe(3);
     const ref = naiveCooccurrence(codes, 10, 30, 0, true);
     expect(Array.from(r.active)).toEqual(ref.active);
     expect(r.phi![1 * 10 + 2]).toBeCloseTo(ref.phi(1, 2).phi, 13);
   });
 
-  it('applies the threshold strictly (value > threshold)', () => {
+  it('applies the threshold strictly (value > threshold)', async () => {
     const acc = new CooccurrenceAccumulator(4, { chunkTokens: 1, threshold: 1 });
     // Token 0: latents 0 (value 1, not active) and 1 (1.5). Token 1: latents 1 and 2 (2 each).
     acc.add({ rows: 2, k: 2, values: Float32Array.of(1, 1.5, 2, 2), indices: Int32Array.of(0, 1, 1, 2) });
-    const r = acc.result({ dense: true });
+    const r = await acc.result({ dense: true });
     expect(Array.from(r.active)).toEqual([0, 2, 1, 0]);
     expect(r.top).toEqual([{ i: 1, j: 2, count: 1, phi: 0 }]); // latent 1 is always on: phi 0
     expect(phiCoefficient(4, 2, 2, 2)).toBe(1);
     expect(phiCoefficient(4, 0, 2, 2)).toBe(-1);
   });
 
-  it('uses sparse pair storage for many latents with the same phi', () => {
+  it('uses sparse pair storage for many latents with the same phi', async () => {
     const numLatents = 5000;
     const next = lcg(31);
     const codes = randomCodes(600, 3, numLatents, next, 40);
@@ -143,7 +143,7 @@ describe('CooccurrenceAccumulator', () => {
     const acc = new CooccurrenceAccumulator(numLatents, { chunkTokens: 16 });
     acc.add(sliceCodes(codes, 0, 250));
     acc.add(sliceCodes(codes, 250, 600));
-    const res = acc.result({ top: 30 });
+    const res = await acc.result({ top: 30 });
     expect(res.phi).toBeUndefined();
     const ref = naiveCooccurrence(codes, numLatents, 16, 0);
     expect(res.chunks).toBe(ref.T);
@@ -162,7 +162,7 @@ describe('CooccurrenceAccumulator', () => {
       }
     }
     expect(res.top[0].phi).toBeCloseTo(best, 13);
-    expect(() => acc.result({ dense: true })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    await expect(acc.result({ dense: true })).rejects.toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
   });
 
   it('validates its arguments', () => {
@@ -412,7 +412,7 @@ describe('cooccurrence() over an SAE and a source', () => {
     const x = Float32Array.from({ length: rows * dIn }, () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32) - 0.5);
     const direct = new Acc(L, { chunkTokens: 64 });
     direct.add(await sae.encode(x));
-    const want = direct.result({ top: 20 });
+    const want = await direct.result({ top: 20 });
     for (const batchSize of [7, 100, 1000]) {
       const got = await cooccurrence({ sae, source: fromArray(x, dIn), batchSize }, { chunkTokens: 64, top: 20 });
       expect(got.chunks).toBe(want.chunks);

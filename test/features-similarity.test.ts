@@ -61,9 +61,10 @@ function column(X: Float64Array, n: number, d: number, c: number): number[] {
   return Array.from({ length: n }, (_, r) => X[r * d + c]!);
 }
 
-function code(fn: () => unknown): string | undefined {
+/** The code of the SaekitError a Promise rejects with (undefined if it resolves). */
+async function code(p: Promise<unknown>): Promise<string | undefined> {
   try {
-    fn();
+    await p;
   } catch (err) {
     expect(err).toBeInstanceOf(SaekitError);
     return (err as SaekitError).code;
@@ -72,25 +73,25 @@ function code(fn: () => unknown): string | undefined {
 }
 
 describe('svcca', () => {
-  it('is 1 for an orthogonally transformed, rescaled, shifted copy', () => {
+  it('is 1 for an orthogonally transformed, rescaled, shifted copy', async () => {
     const next = lcg(11);
     const n = 200;
     const d = 8;
     const A = random(n, d, next);
     const B = transform(A, n, d, orthogonal(d, next), d, 3.7, 5);
-    const r = svcca(A, B, { n, dA: d, dB: d });
+    const r = await svcca(A, B, { n, dA: d, dB: d });
     expect(r.mode).toBe('svcca');
     expect(r.keptA).toBe(r.keptB);
     expect(r.keptA).toBeGreaterThan(1);
     expect(Math.abs(r.score - 1)).toBeLessThan(1e-9);
-    const all = svcca(Float32Array.from(A), B, { n, dA: d, dB: d, keep: d });
+    const all = await svcca(Float32Array.from(A), B, { n, dA: d, dB: d, keep: d });
     expect(all.keptA).toBe(d);
     expect(all.correlations.length).toBe(d);
     // The float32 copy of A is not exactly A, but it is the same subspace up to rounding.
     for (const c of all.correlations) expect(Math.abs(c - 1)).toBeLessThan(1e-6);
   });
 
-  it('embeds a lower-dimensional space: a rotated copy padded into more dims is still 1', () => {
+  it('embeds a lower-dimensional space: a rotated copy padded into more dims is still 1', async () => {
     const next = lcg(12);
     const n = 120;
     const dA = 4;
@@ -101,25 +102,25 @@ describe('svcca', () => {
     const W6 = orthogonal(dB, next);
     const W = W6.subarray(0, dA * dB);
     const B = transform(transform(A, n, dA, Q, dA), n, dA, W, dB, 0.25);
-    const r = svcca(A, B, { n, dA, dB, keep: 0.999999 });
+    const r = await svcca(A, B, { n, dA, dB, keep: 0.999999 });
     expect(r.keptA).toBe(dA);
     expect(r.keptB).toBe(dA); // the two extra directions carry no variance
     expect(Math.abs(r.score - 1)).toBeLessThan(1e-9);
   });
 
-  it('d = 1: the single canonical correlation is |Pearson r|', () => {
+  it('d = 1: the single canonical correlation is |Pearson r|', async () => {
     const next = lcg(13);
     const n = 30;
     const a = random(n, 1, next);
     const b = Float64Array.from(a, (v) => -0.7 * v + (next() - 0.5));
-    const r = svcca(a, b, { n, dA: 1, dB: 1 });
+    const r = await svcca(a, b, { n, dA: 1, dB: 1 });
     const expected = Math.abs(naivePearson([...a], [...b]));
     expect(r.correlations.length).toBe(1);
     expect(r.correlations[0]).toBeCloseTo(expected, 12);
     expect(r.score).toBeCloseTo(expected, 12);
   });
 
-  it('d = 2, all directions kept: matches the eigenvalues of Sxx^-1 Sxy Syy^-1 Syx (closed-form 2 x 2)', () => {
+  it('d = 2, all directions kept: matches the eigenvalues of Sxx^-1 Sxy Syy^-1 Syx (closed-form 2 x 2)', async () => {
     const next = lcg(14);
     const n = 40;
     const A = random(n, 2, next);
@@ -155,35 +156,35 @@ describe('svcca', () => {
     const det = M[0]![0]! * M[1]![1]! - M[0]![1]! * M[1]![0]!;
     const disc = Math.sqrt(tr * tr - 4 * det);
     const expected = [Math.sqrt((tr + disc) / 2), Math.sqrt((tr - disc) / 2)];
-    const r = svcca(A, B, { n, dA: 2, dB: 2, keep: 2 });
+    const r = await svcca(A, B, { n, dA: 2, dB: 2, keep: 2 });
     expect(r.correlations.length).toBe(2);
     expect(r.correlations[0]).toBeCloseTo(expected[0]!, 10);
     expect(r.correlations[1]).toBeCloseTo(expected[1]!, 10);
     expect(r.score).toBeCloseTo((expected[0]! + expected[1]!) / 2, 10);
   });
 
-  it('of unrelated random data is near its row-shuffled baseline', () => {
+  it('of unrelated random data is near its row-shuffled baseline', async () => {
     const next = lcg(15);
     const n = 150;
     const A = random(n, 5, next);
     const B = random(n, 6, next);
-    const score = (a: Float64Array, b: Float64Array) => svcca(a, b, { n, dA: 5, dB: 6 }).score;
-    const t = permutationTest(score, A, B, { n, dB: 6, runs: 40, seed: 3 });
+    const score = async (a: Float64Array, b: Float64Array) => (await svcca(a, b, { n, dA: 5, dB: 6 })).score;
+    const t = await permutationTest(score, A, B, { n, dB: 6, runs: 40, seed: 3 });
     const mean = t.shuffled.reduce((s, v) => s + v, 0) / t.shuffled.length;
     const sd = Math.sqrt(t.shuffled.reduce((s, v) => s + (v - mean) ** 2, 0) / (t.shuffled.length - 1));
     expect(t.pValue).toBeGreaterThan(0.05);
     expect(Math.abs(t.score - mean)).toBeLessThan(3 * sd);
     // A related pair, for contrast, is far above its baseline.
     const related = Float64Array.from({ length: n * 6 }, (_, i) => A[Math.floor(i / 6) * 5 + (i % 5)]! + 0.3 * (next() - 0.5));
-    const u = permutationTest(score, A, related, { n, dB: 6, runs: 40, seed: 3 });
+    const u = await permutationTest(score, A, related, { n, dB: 6, runs: 40, seed: 3 });
     expect(u.pValue).toBeCloseTo(1 / 41, 15);
     // An undefined score is not significant (it came out as the smallest p-value, 1 / 41).
-    const undef = permutationTest(() => Number.NaN, A, B, { n, dB: 6, runs: 40, seed: 3 });
+    const undef = await permutationTest(() => Number.NaN, A, B, { n, dB: 6, runs: 40, seed: 3 });
     expect(undef.pValue).toBeNaN();
     expect(undef.shuffled.length).toBe(0);
   });
 
-  it("compat 'univ-feat-geom' keeps one direction for unit-norm rows (sum s^2 > 1/keep), equal to keep = 1", () => {
+  it("compat 'univ-feat-geom' keeps one direction for unit-norm rows (sum s^2 > 1/keep), equal to keep = 1", async () => {
     const next = lcg(16);
     const n = 300;
     const unit = (X: Float64Array, d: number) => {
@@ -195,29 +196,29 @@ describe('svcca', () => {
     };
     const A = unit(random(n, 6, next), 6);
     const B = unit(transform(A, n, 6, random(6, 7, next), 7), 7);
-    const compat = svcca(A, B, { n, dA: 6, dB: 7, compat: 'univ-feat-geom' });
+    const compat = await svcca(A, B, { n, dA: 6, dB: 7, compat: 'univ-feat-geom' });
     expect(compat.mode).toBe('univ-feat-geom');
     expect(compat.keptA).toBe(1);
     expect(compat.keptB).toBe(1);
-    const one = svcca(A, B, { n, dA: 6, dB: 7, keep: 1 });
+    const one = await svcca(A, B, { n, dA: 6, dB: 7, keep: 1 });
     expect(compat.score).toBeCloseTo(one.score, 14);
-    const correct = svcca(A, B, { n, dA: 6, dB: 7 });
+    const correct = await svcca(A, B, { n, dA: 6, dB: 7 });
     expect(correct.keptA).toBeGreaterThan(1);
     expect(correct.score).toBeGreaterThan(0.9); // B is a linear image of A, up to the row renormalisation
   });
 
-  it('validates its inputs', () => {
+  it('validates its inputs', async () => {
     const A = new Float64Array(20);
-    expect(code(() => svcca(A, A, { n: 10, dA: 2, dB: 3 }))).toBe('ERR_SAEKIT_SHAPE');
-    expect(code(() => svcca(A, A, { n: 4, dA: 5, dB: 4 }))).toBe('ERR_SAEKIT_SHAPE'); // n must exceed d
-    expect(code(() => svcca(A, A, { n: 10, dA: 2, dB: 2, keep: 1.5 }))).toBe('ERR_SAEKIT_ARG');
-    expect(code(() => svcca(A, A, { n: 10, dA: 2, dB: 2, keep: 3 }))).toBe('ERR_SAEKIT_ARG');
-    expect(code(() => svcca(A, A, { n: 10, dA: 2, dB: 2, compat: 'x' as 'univ-feat-geom' }))).toBe('ERR_SAEKIT_ARG');
-    expect(code(() => svcca([] as unknown as Float64Array, A, { n: 10, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_DTYPE');
+    expect(await code(svcca(A, A, { n: 10, dA: 2, dB: 3 }))).toBe('ERR_SAEKIT_SHAPE');
+    expect(await code(svcca(A, A, { n: 4, dA: 5, dB: 4 }))).toBe('ERR_SAEKIT_SHAPE'); // n must exceed d
+    expect(await code(svcca(A, A, { n: 10, dA: 2, dB: 2, keep: 1.5 }))).toBe('ERR_SAEKIT_ARG');
+    expect(await code(svcca(A, A, { n: 10, dA: 2, dB: 2, keep: 3 }))).toBe('ERR_SAEKIT_ARG');
+    expect(await code(svcca(A, A, { n: 10, dA: 2, dB: 2, compat: 'x' as 'univ-feat-geom' }))).toBe('ERR_SAEKIT_ARG');
+    expect(await code(svcca([] as unknown as Float64Array, A, { n: 10, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_DTYPE');
     const bad = new Float64Array(20);
     bad[3] = NaN;
-    expect(code(() => svcca(bad, A, { n: 10, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_NONFINITE');
-    expect(code(() => svcca(A, A, { n: 10.5, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_ARG');
+    expect(await code(svcca(bad, A, { n: 10, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_NONFINITE');
+    expect(await code(svcca(A, A, { n: 10.5, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_ARG');
   });
 });
 
@@ -243,38 +244,38 @@ describe('rsa', () => {
     return outer === 'spearman' ? naivePearson(naiveRanks(ta), naiveRanks(tb)) : naivePearson(ta, tb);
   }
 
-  it('equals a direct Spearman computation, with many ties (integer points, Euclidean)', () => {
+  it('equals a direct Spearman computation, with many ties (integer points, Euclidean)', async () => {
     const next = lcg(21);
     const n = 25;
     const A = Float64Array.from({ length: n * 2 }, () => Math.floor(next() * 4));
     const B = Float64Array.from({ length: n * 3 }, (_, i) => (i % 3 === 2 ? Math.floor(next() * 2) : A[Math.floor(i / 3) * 2 + (i % 3)]! + Math.floor(next() * 2)));
     const expected = naiveRsa(A, B, n, 2, 3, 'euclidean', 'spearman');
-    const got = rsa(A, B, { n, dA: 2, dB: 3, inner: 'euclidean' }).score;
+    const got = (await rsa(A, B, { n, dA: 2, dB: 3, inner: 'euclidean' })).score;
     expect(got).toBeCloseTo(expected, 12);
     expect(got).toBeGreaterThan(0.1);
   });
 
-  it('cosine and correlation are scale-free even for rows near 1e200 (their norms overflowed to Inf / Inf = NaN)', () => {
+  it('cosine and correlation are scale-free even for rows near 1e200 (their norms overflowed to Inf / Inf = NaN)', async () => {
     const next = lcg(23);
     const n = 15;
     const A = random(n, 5, next);
     const B = random(n, 4, next);
     for (const inner of ['correlation', 'cosine'] as const) {
-      const plain = rsa(A, B, { n, dA: 5, dB: 4, inner }).score;
-      expect(rsa(A.map((v) => v * 1e200), B, { n, dA: 5, dB: 4, inner }).score, inner).toBeCloseTo(plain, 12);
-      expect(rsa(A.map((v) => v * 1e-200), B, { n, dA: 5, dB: 4, inner }).score, inner).toBeCloseTo(plain, 12);
+      const plain = (await rsa(A, B, { n, dA: 5, dB: 4, inner })).score;
+      expect((await rsa(A.map((v) => v * 1e200), B, { n, dA: 5, dB: 4, inner })).score, inner).toBeCloseTo(plain, 12);
+      expect((await rsa(A.map((v) => v * 1e-200), B, { n, dA: 5, dB: 4, inner })).score, inner).toBeCloseTo(plain, 12);
     }
   });
 
-  it('default (correlation inner, Spearman outer) and the other variants match the naive versions', () => {
+  it('default (correlation inner, Spearman outer) and the other variants match the naive versions', async () => {
     const next = lcg(22);
     const n = 20;
     const A = random(n, 5, next);
     const B = Float64Array.from({ length: n * 4 }, (_, i) => A[Math.floor(i / 4) * 5 + (i % 4)]! + 0.7 * (next() - 0.5));
-    expect(rsa(A, B, { n, dA: 5, dB: 4 }).score).toBeCloseTo(naiveRsa(A, B, n, 5, 4, 'correlation', 'spearman'), 12);
+    expect((await rsa(A, B, { n, dA: 5, dB: 4 })).score).toBeCloseTo(naiveRsa(A, B, n, 5, 4, 'correlation', 'spearman'), 12);
     for (const inner of ['correlation', 'cosine', 'euclidean'] as const) {
       for (const outer of ['spearman', 'pearson'] as const) {
-        expect(rsa(A, Float32Array.from(B), { n, dA: 5, dB: 4, inner, outer }).score).toBeCloseTo(
+        expect((await rsa(A, Float32Array.from(B), { n, dA: 5, dB: 4, inner, outer })).score).toBeCloseTo(
           naiveRsa(A, Float64Array.from(Float32Array.from(B)), n, 5, 4, inner, outer),
           12,
         );
@@ -282,19 +283,19 @@ describe('rsa', () => {
     }
   });
 
-  it('of a matrix with itself is 1', () => {
+  it('of a matrix with itself is 1', async () => {
     const next = lcg(23);
     const A = random(30, 6, next);
-    expect(rsa(A, A, { n: 30, dA: 6, dB: 6 }).score).toBeCloseTo(1, 14);
-    expect(rsa(A, A, { n: 30, dA: 6, dB: 6, inner: 'euclidean', outer: 'pearson' }).score).toBeCloseTo(1, 14);
+    expect((await rsa(A, A, { n: 30, dA: 6, dB: 6 })).score).toBeCloseTo(1, 14);
+    expect((await rsa(A, A, { n: 30, dA: 6, dB: 6, inner: 'euclidean', outer: 'pearson' })).score).toBeCloseTo(1, 14);
   });
 
-  it('validates its inputs', () => {
+  it('validates its inputs', async () => {
     const A = new Float64Array(12);
-    expect(code(() => rsa(A, A, { n: 2, dA: 6, dB: 6 }))).toBe('ERR_SAEKIT_ARG'); // needs n >= 3
-    expect(code(() => rsa(A, A, { n: 4, dA: 3, dB: 4 }))).toBe('ERR_SAEKIT_SHAPE');
-    expect(code(() => rsa(A, A, { n: 4, dA: 3, dB: 3, inner: 'l1' as 'cosine' }))).toBe('ERR_SAEKIT_ARG');
-    expect(code(() => rsa(A, A, { n: 4, dA: 3, dB: 3, outer: 'kendall' as 'pearson' }))).toBe('ERR_SAEKIT_ARG');
+    expect(await code(rsa(A, A, { n: 2, dA: 6, dB: 6 }))).toBe('ERR_SAEKIT_ARG'); // needs n >= 3
+    expect(await code(rsa(A, A, { n: 4, dA: 3, dB: 4 }))).toBe('ERR_SAEKIT_SHAPE');
+    expect(await code(rsa(A, A, { n: 4, dA: 3, dB: 3, inner: 'l1' as 'cosine' }))).toBe('ERR_SAEKIT_ARG');
+    expect(await code(rsa(A, A, { n: 4, dA: 3, dB: 3, outer: 'kendall' as 'pearson' }))).toBe('ERR_SAEKIT_ARG');
   });
 });
 
@@ -318,7 +319,7 @@ describe('cka', () => {
     return inner(K, L) / Math.sqrt(inner(K, K) * inner(L, L));
   }
 
-  it('is 1 for a rotated, rescaled, shifted copy', () => {
+  it('is 1 for a rotated, rescaled, shifted copy', async () => {
     const next = lcg(31);
     for (const [n, d] of [
       [60, 5],
@@ -326,11 +327,11 @@ describe('cka', () => {
     ] as const) {
       const A = random(n, d, next);
       const B = transform(A, n, d, orthogonal(d, next), d, 0.01, -4);
-      expect(Math.abs(cka(A, B, { n, dA: d, dB: d }).score - 1)).toBeLessThan(1e-12);
+      expect(Math.abs((await cka(A, B, { n, dA: d, dB: d })).score - 1)).toBeLessThan(1e-12);
     }
   });
 
-  it('equals the naive centred-Gram formula (both internal paths)', () => {
+  it('equals the naive centred-Gram formula (both internal paths)', async () => {
     const next = lcg(32);
     for (const [n, dA, dB] of [
       [50, 4, 6],
@@ -338,18 +339,18 @@ describe('cka', () => {
     ] as const) {
       const A = random(n, dA, next);
       const B = Float64Array.from({ length: n * dB }, (_, i) => (i % dB < dA ? A[Math.floor(i / dB) * dA + (i % dB)]! : 0) + (next() - 0.5) + 2);
-      expect(cka(A, Float32Array.from(B), { n, dA, dB }).score).toBeCloseTo(naiveCka(A, Float64Array.from(Float32Array.from(B)), n, dA, dB), 12);
+      expect((await cka(A, Float32Array.from(B), { n, dA, dB })).score).toBeCloseTo(naiveCka(A, Float64Array.from(Float32Array.from(B)), n, dA, dB), 12);
     }
   });
 
-  it('is lower for independent data than for correlated data', () => {
+  it('is lower for independent data than for correlated data', async () => {
     const next = lcg(33);
     const n = 200;
     const A = random(n, 6, next);
     const indep = random(n, 6, next);
     const corr = Float64Array.from(A, (v) => v + 0.5 * (next() - 0.5));
-    const s0 = cka(A, indep, { n, dA: 6, dB: 6 }).score;
-    const s1 = cka(A, corr, { n, dA: 6, dB: 6 }).score;
+    const s0 = (await cka(A, indep, { n, dA: 6, dB: 6 })).score;
+    const s1 = (await cka(A, corr, { n, dA: 6, dB: 6 })).score;
     expect(s0).toBeGreaterThanOrEqual(0);
     expect(s0).toBeLessThan(0.2);
     expect(s1).toBeGreaterThan(0.8);
@@ -369,21 +370,21 @@ describe('permutationTest', () => {
     return s;
   };
 
-  it('is deterministic for a seed, and the seed matters', () => {
-    const a = permutationTest(score, A, B, { n, dB: 3, runs: 30, seed: 7 });
-    const b = permutationTest(score, A, B, { n, dB: 3, runs: 30, seed: 7 });
-    const c = permutationTest(score, A, B, { n, dB: 3, runs: 30, seed: 8 });
+  it('is deterministic for a seed, and the seed matters', async () => {
+    const a = await permutationTest(score, A, B, { n, dB: 3, runs: 30, seed: 7 });
+    const b = await permutationTest(score, A, B, { n, dB: 3, runs: 30, seed: 7 });
+    const c = await permutationTest(score, A, B, { n, dB: 3, runs: 30, seed: 8 });
     expect([...a.shuffled]).toEqual([...b.shuffled]);
     expect(a.pValue).toBe(b.pValue);
     expect([...a.shuffled]).not.toEqual([...c.shuffled]);
     expect(a.score).toBe(score(A, B));
-    expect(permutationTest(score, A, B, { n, dB: 3 }).shuffled.length).toBe(100);
+    expect((await permutationTest(score, A, B, { n, dB: 3 })).shuffled.length).toBe(100);
   });
 
-  it('shuffles whole rows of B and leaves A and B untouched', () => {
+  it('shuffles whole rows of B and leaves A and B untouched', async () => {
     const Bcopy = Float64Array.from(B);
     const seen: Float64Array[] = [];
-    permutationTest(
+    await permutationTest(
       (a, b) => {
         expect(a).toBe(A);
         seen.push(Float64Array.from(b));
@@ -399,36 +400,54 @@ describe('permutationTest', () => {
     expect(seen.slice(1).some((s) => s.join() !== B.join())).toBe(true);
   });
 
-  it('pValue = (1 + #shuffled >= score) / (1 + runs)', () => {
-    const t = permutationTest(score, A, B, { n, dB: 3, runs: 50, seed: 2 });
+  it('pValue = (1 + #shuffled >= score) / (1 + runs)', async () => {
+    const t = await permutationTest(score, A, B, { n, dB: 3, runs: 50, seed: 2 });
     const ge = t.shuffled.filter((v) => v >= t.score).length;
     expect(t.pValue).toBe((1 + ge) / 51);
-    expect(permutationTest(() => 1, A, B, { n, dB: 3, runs: 9 }).pValue).toBe(1); // ties count
+    expect((await permutationTest(() => 1, A, B, { n, dB: 3, runs: 9 })).pValue).toBe(1); // ties count
     let calls = 0;
-    expect(permutationTest(() => (calls++ === 0 ? 1 : 0), A, B, { n, dB: 3, runs: 9 }).pValue).toBe(0.1);
+    expect((await permutationTest(() => (calls++ === 0 ? 1 : 0), A, B, { n, dB: 3, runs: 9 })).pValue).toBe(0.1);
   });
 
-  it('validates its inputs', () => {
-    expect(code(() => permutationTest(score, A, B, { n, dB: 2 }))).toBe('ERR_SAEKIT_SHAPE');
-    expect(code(() => permutationTest(score, A, Float32Array.from(B) as unknown as Float64Array, { n, dB: 3 }))).toBe('ERR_SAEKIT_DTYPE');
-    expect(code(() => permutationTest(score, A, B, { n, dB: 3, runs: 0 }))).toBe('ERR_SAEKIT_ARG');
-    expect(code(() => permutationTest(score, A, B, { n, dB: 3, seed: -1 }))).toBe('ERR_SAEKIT_ARG');
-    expect(code(() => permutationTest(() => 'x' as unknown as number, A, B, { n, dB: 3 }))).toBe('ERR_SAEKIT_ARG');
+  it('validates its inputs', async () => {
+    expect(await code(permutationTest(score, A, B, { n, dB: 2 }))).toBe('ERR_SAEKIT_SHAPE');
+    expect(await code(permutationTest(score, A, Float32Array.from(B) as unknown as Float64Array, { n, dB: 3 }))).toBe('ERR_SAEKIT_DTYPE');
+    expect(await code(permutationTest(score, A, B, { n, dB: 3, runs: 0 }))).toBe('ERR_SAEKIT_ARG');
+    expect(await code(permutationTest(score, A, B, { n, dB: 3, seed: -1 }))).toBe('ERR_SAEKIT_ARG');
+    expect(await code(permutationTest(() => 'x' as unknown as number, A, B, { n, dB: 3 }))).toBe('ERR_SAEKIT_ARG');
   });
 });
 
 describe('fast ranks and permutation tests that reuse each side (saekit compare)', () => {
-  it('averageRanks equals naive average ranks: ties, negatives, -0 and 0, subnormals, odd sizes', () => {
+  it('averageRanks equals naive average ranks: ties, negatives, -0 and 0, subnormals, odd sizes', async () => {
     const next = lcg(Date.now() >>> 0);
     const cases: number[][] = [[], [3], [-0, 0, 0, -0], [5e-324, -5e-324, 0, 1e300, -1e300, 2, 2]];
     for (const m of [7, 101, 1003]) {
       cases.push(Array.from({ length: m }, () => Math.round((next() - 0.5) * 20) / 4)); // many ties
       cases.push(Array.from({ length: m }, () => (next() - 0.5) * 10 ** Math.floor(next() * 12 - 6))); // wide range
     }
-    for (const x of cases) expect(Array.from(averageRanks(Float64Array.from(x)))).toEqual(naiveRanks(x));
+    for (const x of cases) expect(Array.from(await averageRanks(Float64Array.from(x)))).toEqual(naiveRanks(x));
   });
 
-  it('rsaPermutationTest is bit-identical to permutationTest(rsa) for every inner and outer, and svccaPermutationTest equals permutationTest(svcca) to rounding', () => {
+  it('averageRanks past its blocks of 4096: tie groups across blocks, one of most entries (against a sort)', async () => {
+    const next = lcg(Date.now() >>> 0);
+    for (const m of [4095, 4096, 4097, 3 * 4096 + 1, 20011]) {
+      for (const share of [0, 0.3, 0.97]) {
+        const x = Float64Array.from({ length: m }, () => (next() < share ? 0.25 : Math.floor(next() * 50) / 7 - 3));
+        const order = Array.from({ length: m }, (_, i) => i).sort((p, q) => x[p]! - x[q]!);
+        const want = new Array<number>(m);
+        for (let i = 0; i < m; ) {
+          let j = i + 1;
+          while (j < m && x[order[j]!] === x[order[i]!]) j++;
+          for (let k = i; k < j; k++) want[order[k]!] = (i + 1 + j) / 2;
+          i = j;
+        }
+        expect(Array.from(await averageRanks(x)), `m = ${m}, ties ${share}`).toEqual(want);
+      }
+    }
+  });
+
+  it('rsaPermutationTest is bit-identical to permutationTest(rsa) for every inner and outer, and svccaPermutationTest equals permutationTest(svcca) to rounding', async () => {
     const next = lcg(Date.now() >>> 0);
     for (const [n, dA, dB] of [[37, 3, 5], [20, 4, 1], [3, 2, 2]] as const) {
       const A = random(n, dA, next);
@@ -439,8 +458,8 @@ describe('fast ranks and permutation tests that reuse each side (saekit compare)
         for (const outer of ['spearman', 'pearson'] as const) {
           for (const b of [B, Bt]) {
             const opts = { n, dA, dB, inner, outer };
-            const want = permutationTest((x, y) => rsa(x, y, opts).score, A, b, { n, dB, runs: 9, seed: 5 });
-            const got = rsaPermutationTest(A, b, { ...opts, runs: 9, seed: 5 });
+            const want = await permutationTest(async (x, y) => (await rsa(x, y, opts)).score, A, b, { n, dB, runs: 9, seed: 5 });
+            const got = await rsaPermutationTest(A, b, { ...opts, runs: 9, seed: 5 });
             expect(got.score).toBe(want.score);
             expect(Array.from(got.shuffled)).toEqual(Array.from(want.shuffled));
             expect(got.pValue).toBe(want.pValue);
@@ -449,8 +468,8 @@ describe('fast ranks and permutation tests that reuse each side (saekit compare)
       }
       if (n > Math.max(dA, dB)) {
         for (const keep of [0.99, 1]) {
-          const want = permutationTest((x, y) => svcca(x, y, { n, dA, dB, keep }).score, A, B, { n, dB, runs: 6, seed: 3 });
-          const got = svccaPermutationTest(A, B, { n, dA, dB, keep, runs: 6, seed: 3 });
+          const want = await permutationTest(async (x, y) => (await svcca(x, y, { n, dA, dB, keep })).score, A, B, { n, dB, runs: 6, seed: 3 });
+          const got = await svccaPermutationTest(A, B, { n, dA, dB, keep, runs: 6, seed: 3 });
           expect(got.score).toBe(want.score);
           got.shuffled.forEach((v, i) => expect(Math.abs(v - want.shuffled[i]!)).toBeLessThan(1e-9));
         }
@@ -458,12 +477,12 @@ describe('fast ranks and permutation tests that reuse each side (saekit compare)
     }
   });
 
-  it('rsa with an n whose triangles cannot be allocated is ERR_SAEKIT_MEMORY naming n', () => {
+  it('rsa with an n whose triangles cannot be allocated is ERR_SAEKIT_MEMORY naming n', async () => {
     const n = 100000;
     const A = new Float64Array(n * 2).map((_, i) => i % 7);
     let err: unknown;
     try {
-      rsa(A, A, { n, dA: 2, dB: 2 });
+      await rsa(A, A, { n, dA: 2, dB: 2 });
     } catch (e) {
       err = e;
     }

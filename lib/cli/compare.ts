@@ -185,11 +185,11 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
         skipped: `too slow: about ${svccaWork.toExponential(1)} multiply-adds for ${n} pairs of ${dA} and ${dB} dims with --runs ${f.runs} (limit ${SVCCA_MAX_WORK.toExponential(0)}); lower --runs or --max-pairs`,
       };
     } else {
-      const t = svccaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0 });
+      const t = await svccaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0 });
       summary.svcca = { score: t.score, shuffled_mean: mean(t.shuffled), p_value: t.pValue };
     }
     if (n >= 3) {
-      const t = rsaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0 });
+      const t = await rsaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0 });
       summary.rsa = { score: t.score, shuffled_mean: mean(t.shuffled), p_value: t.pValue };
     } else {
       summary.rsa = { skipped: `needs at least 3 matched pairs (${n})` };

@@ -28,9 +28,10 @@
  * reference scale (L0 ~50, 256-token chunks, ~1,430 active latents per chunk) about 1M increments,
  * ~10 ms (measured 50-110 chunks/s on a loaded 2-core machine). A chunk close is not split: a huge
  * chunkTokens with all 16k latents active costs 134M increments (~1 s) in one call. result() visits
- * every pair of latents active so far (up to n(n - 1)/2: ~0.8 s of CPU at 16k latents).
- * cooccurrence() feeds add() about one chunk at a time and scans in slices, yielding to the event
- * loop every ~10 ms.
+ * every pair of latents active so far (up to n(n - 1)/2: ~0.8 s of CPU at 16k latents), so it
+ * returns a Promise and scans in slices, yielding to the event loop every ~10 ms; no add() may
+ * run until it settles (add() refuses). cooccurrence() feeds add() about one chunk at a time and
+ * scans the same way.
  */
 import { argError, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
@@ -181,8 +182,14 @@ function checkResultOptions(options: CooccurrenceResultOptions | undefined, numL
   return { top, dense };
 }
 
-/** Pairs visited by result() between two yields of its scan (a few milliseconds). */
-const SCAN_SLICE = 1 << 18;
+/**
+ * Pairs visited by result() between two yields of its scan (about a millisecond; more where many
+ * enter the top list, or the dense matrix's columns are first written).
+ */
+const SCAN_SLICE = 1 << 16;
+
+/** Top pairs taken out of the heap, in order, between two yields of the scan. */
+const DRAIN_SLICE = 1 << 12;
 
 /** The result scan of an accumulator (set in its static block; used by cooccurrence()). */
 let scanOf: (acc: CooccurrenceAccumulator, o: ResultOptions) => Generator<void, CooccurrenceResult, void>;
@@ -193,11 +200,11 @@ let scanOf: (acc: CooccurrenceAccumulator, o: ResultOptions) => Generator<void, 
  *
  * If an add() fails after it started counting (its checks all run first, so only an exotic failure
  * such as a throwing typed-array proxy can), the counts are incomplete: the accumulator is then
- * marked broken and every later add() or result() throws ERR_SAEKIT_ARG saying why.
+ * marked broken and every later add() throws, and result() rejects, with ERR_SAEKIT_ARG saying why.
  * @example
  * const acc = new CooccurrenceAccumulator(sae.numLatents, { threshold: 1, dropPartial: true });
  * acc.add(await sae.encode(batch));
- * const { top } = acc.result({ top: 50 });
+ * const { top } = await acc.result({ top: 50 });
  */
 export class CooccurrenceAccumulator {
   /** Latents of the codes (indices in [0, numLatents)). */
@@ -219,6 +226,8 @@ export class CooccurrenceAccumulator {
   #tokensInChunk = 0;
   /** Why the accumulator can no longer be used, once an add() failed midway. */
   #broken: string | undefined;
+  /** result() calls in progress: their scans read the counts between turns of the event loop. */
+  #scans = 0;
 
   static {
     scanOf = (acc, o) => acc.#scan(o);
@@ -263,9 +272,13 @@ export class CooccurrenceAccumulator {
    * counted, so a refused batch leaves the accumulator as it was. Costs O(rows k) plus, for each
    * chunk it closes with a active latents, a(a - 1)/2 count increments (~1M, a few milliseconds,
    * at the reference scale); cooccurrence() feeds it chunk-sized slices to keep the event loop free.
+   * Throws ERR_SAEKIT_ARG while a result() is in progress (await it first): its scan reads the counts.
    */
   add(codes: CooccurrenceCodes): void {
     this.#checkUsable();
+    if (this.#scans > 0) {
+      throw new SaekitError('ERR_SAEKIT_ARG', 'Expected no add() while a result() of this CooccurrenceAccumulator is in progress but one is (await the running result() first)');
+    }
     const { rows, k, values, indices } = checkCodes(codes, this.numLatents, 'codes');
     const closes = Math.floor((this.#tokensInChunk + rows) / this.chunkTokens);
     if (this.#chunks + closes > MAX_CHUNKS) {
@@ -327,18 +340,22 @@ export class CooccurrenceAccumulator {
   /**
    * Counts and phi so far. Does not close the open chunk: a later add() continues it. The open
    * partial chunk is included unless dropPartial (or it has no tokens). Visits every pair of
-   * latents active so far: about 1 s at 16k latents (cooccurrence() does it in slices).
+   * latents active so far (about 1 s at 16k latents) in slices of about 10 ms between which the
+   * event loop runs; add() is refused until the Promise settles. Bad options (and a broken
+   * accumulator) reject it.
    */
-  result(options?: CooccurrenceResultOptions): CooccurrenceResult {
+  async result(options?: CooccurrenceResultOptions): Promise<CooccurrenceResult> {
     this.#checkUsable();
-    const scan = this.#scan(checkResultOptions(options, this.numLatents));
-    for (;;) {
-      const step = scan.next();
-      if (step.done) return step.value;
+    const o = checkResultOptions(options, this.numLatents);
+    this.#scans++;
+    try {
+      return await resultInSlices(this, o);
+    } finally {
+      this.#scans--;
     }
   }
 
-  /** The result, yielding about every SCAN_SLICE pairs. The caller must not add() before it is done. */
+  /** The result, yielding about every SCAN_SLICE pairs. No add() may run before it is done. */
   *#scan(o: ResultOptions): Generator<void, CooccurrenceResult, void> {
     this.#checkUsable();
     const n = this.numLatents;
@@ -378,7 +395,7 @@ export class CooccurrenceAccumulator {
         }
       }
     }
-    const out: CooccurrenceResult = { chunks: T, active, top: heap.sorted() };
+    const out: CooccurrenceResult = { chunks: T, active, top: yield* heap.drain() };
     if (phiMatrix) out.phi = phiMatrix;
     return out;
   }
@@ -483,23 +500,44 @@ class TopHeap {
     }
     if (h.length > 0 && ranksBefore(phi, count, i, j, h[0])) {
       h[0] = { i, j, count, phi };
-      let c = 0;
-      for (;;) {
-        const l = 2 * c + 1;
-        const r = l + 1;
-        let w = c;
-        if (l < h.length && before(h[w], h[l])) w = l;
-        if (r < h.length && before(h[w], h[r])) w = r;
-        if (w === c) break;
-        [h[w], h[c]] = [h[c], h[w]];
-        c = w;
-      }
+      this.#siftDown();
       return true;
     }
     return false;
   }
-  sorted(): CooccurrencePair[] {
-    return [...this.#h].sort((x, y) => (before(x, y) ? -1 : before(y, x) ? 1 : 0));
+  /** Restores the heap order after the root was replaced. */
+  #siftDown(): void {
+    const h = this.#h;
+    let c = 0;
+    for (;;) {
+      const l = 2 * c + 1;
+      const r = l + 1;
+      let w = c;
+      if (l < h.length && before(h[w], h[l])) w = l;
+      if (r < h.length && before(h[w], h[r])) w = r;
+      if (w === c) break;
+      [h[w], h[c]] = [h[c], h[w]];
+      c = w;
+    }
+  }
+  /**
+   * The kept pairs, best first, emptying the heap: the worst is taken out first (pairs are
+   * distinct, so the order is total and the same as a sort's). Yields every DRAIN_SLICE pairs: a
+   * top list of millions is not sorted in one piece.
+   */
+  *drain(): Generator<void, CooccurrencePair[], void> {
+    const h = this.#h;
+    const out: CooccurrencePair[] = [];
+    while (h.length > 0) {
+      out.push(h[0]);
+      const last = h.pop()!;
+      if (h.length > 0) {
+        h[0] = last;
+        this.#siftDown();
+      }
+      if (out.length % DRAIN_SLICE === 0) yield;
+    }
+    return out.reverse();
   }
 }
 
@@ -546,7 +584,7 @@ async function addInSlices(acc: CooccurrenceAccumulator, codes: CooccurrenceCode
   }
 }
 
-/** acc's result, computed in slices that yield to the event loop. */
+/** acc's result, computed in slices that yield to the event loop (the caller keeps add() away). */
 async function resultInSlices(acc: CooccurrenceAccumulator, o: ResultOptions): Promise<CooccurrenceResult> {
   const scan = scanOf(acc, o);
   let last = performance.now();

@@ -40,8 +40,13 @@
  * Cost: the SVD is a one-sided (Hestenes) Jacobi SVD, O(sweeps * n * d^2) in JS; fine for d up to a
  * few hundred and n of a few thousand. RSA holds two n(n-1)/2 float64 triangles (§9), ranked by a
  * radix sort; an n whose triangles cannot be allocated is ERR_SAEKIT_MEMORY (subsample the rows,
- * as `saekit compare --max-pairs` does). These functions are synchronous: at a few thousand rows
- * they hold the thread for seconds, so run them in a worker where that matters.
+ * as `saekit compare --max-pairs` does). At a few thousand rows these functions take seconds, so
+ * they return Promises: the work runs on the JS thread in slices of about SLICE_MS (20 ms),
+ * between which the event loop runs (timers, I/O, other requests). The slices change no
+ * arithmetic: every sum is taken in the same order as in one piece. Bad arguments reject the
+ * Promise (with the same SaekitError as before). A and B are read (copied, for svcca, rsa and cka)
+ * during the first slices and, by permutationTest, in every run: leave them unchanged until the
+ * Promise settles (a buffer detached meanwhile is an ERR_SAEKIT_ARG).
  * rsaPermutationTest and svccaPermutationTest (internal, used by `saekit compare`) give
  * permutationTest's results with each side's triangle, ranks or SVD computed once.
  */
@@ -138,16 +143,78 @@ export interface PermutationResult {
 const SMALL = 1e-10;
 
 // ---------------------------------------------------------------------------------------------
+// Slices: the work gives the event loop a turn about every SLICE_MS
+
+/** Milliseconds of work between two turns of the event loop. */
+const SLICE_MS = 20;
+
+/** Units of work (about one multiply-add each) between two looks at the clock: ~0.1 ms. */
+const CHECK_UNITS = 1 << 17;
+
+/** Entries a blocked loop handles between two calls of due(). */
+const BLOCK = 1 << 16;
+
+/**
+ * Entries between two calls of due() in a loop that reads or writes at scattered places (the
+ * radix sort's scatter, the ranks' placement, a column of an n x n matrix): each access can miss
+ * the cache or touch a page for the first time (~1 us), and counts MISS units.
+ */
+const SCATTER_BLOCK = 1 << 12;
+const MISS = 32;
+
+/**
+ * When the current slice began: the last return from pause(). Shared by every call, so that work
+ * nested in another (a score function awaited by permutationTest) counts from the same start.
+ */
+let sliceStart = performance.now();
+/** Units counted by due() since it last read the clock. */
+let unchecked = 0;
+
+/**
+ * Counts `units` of work just done; true once the slice has run SLICE_MS, and the caller then
+ * awaits pause(). Reads the clock only every CHECK_UNITS units, so a hot loop can call it often.
+ */
+function due(units: number): boolean {
+  unchecked += units;
+  if (unchecked < CHECK_UNITS) return false;
+  unchecked = 0;
+  return performance.now() - sliceStart > SLICE_MS;
+}
+
+/** Lets timers and I/O run, then starts a new slice. */
+async function pause(): Promise<void> {
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  sliceStart = performance.now();
+}
+
+/** After a pause: the caller's array must still hold its `length` values (not detached or resized). */
+function checkKept(name: string, X: { length: number }, length: number): void {
+  if (X.length !== length) {
+    throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${name} to keep its ${length} values until the call settles but it now has ${X.length} (was its ArrayBuffer detached or resized?)`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Validation
 
-function checkMatrix(name: string, X: unknown, n: number, d: number): Float64Array {
+/** A float64 copy of X, checked (type, length, finite values), copied and screened in slices. */
+async function checkMatrix(name: string, X: unknown, n: number, d: number): Promise<Float64Array> {
   if (!(X instanceof Float32Array || X instanceof Float64Array)) throw argError(name, 'a Float32Array or Float64Array', X, 'ERR_SAEKIT_DTYPE');
   if (X.length !== n * d) {
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected ${name} of length n * d = ${n * d} for [${n}, ${d}] but received length ${X.length}`);
   }
-  const out = Float64Array.from(X);
-  for (let i = 0; i < out.length; i++) {
-    if (!Number.isFinite(out[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `${name}[${i}] is ${out[i]}: expected finite values`);
+  const m = n * d;
+  const out = new Float64Array(m);
+  for (let a = 0; a < m; a += BLOCK) {
+    const b = Math.min(m, a + BLOCK);
+    out.set(X.subarray(a, b), a);
+    for (let i = a; i < b; i++) {
+      if (!Number.isFinite(out[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `${name}[${i}] is ${out[i]}: expected finite values`);
+    }
+    if (due(b - a)) {
+      await pause();
+      checkKept(name, X, m);
+    }
   }
   return out;
 }
@@ -163,7 +230,7 @@ function checkDims(opts: { n?: unknown; dA?: unknown; dB?: unknown }, minN: numb
 // Linear algebra helpers
 
 /** Columns of a row-major [n, d] matrix, each centred on its mean, as d arrays of length n. */
-function centredColumns(X: Float64Array, n: number, d: number): Float64Array[] {
+async function centredColumns(X: Float64Array, n: number, d: number): Promise<Float64Array[]> {
   const cols: Float64Array[] = [];
   for (let c = 0; c < d; c++) {
     const col = new Float64Array(n);
@@ -172,6 +239,7 @@ function centredColumns(X: Float64Array, n: number, d: number): Float64Array[] {
     mean /= n;
     for (let r = 0; r < n; r++) col[r] = X[r * d + c] - mean;
     cols.push(col);
+    if (due(2 * n)) await pause();
   }
   return cols;
 }
@@ -182,18 +250,36 @@ function dot(a: Float64Array, b: Float64Array): number {
   return s;
 }
 
+/** dot(a, b) in slices: the same sum, in the same order. */
+async function dotInSlices(a: Float64Array, b: Float64Array): Promise<number> {
+  let s = 0;
+  for (let i0 = 0; i0 < a.length; i0 += BLOCK) {
+    const i1 = Math.min(a.length, i0 + BLOCK);
+    for (let i = i0; i < i1; i++) s += a[i] * b[i];
+    if (due(i1 - i0)) await pause();
+  }
+  return s;
+}
+
 /**
  * One-sided (Hestenes) Jacobi: rotates the columns in place until they are mutually orthogonal,
  * so that G V = U S. Returns the column indices sorted by norm (the singular values), descending,
  * with the norms. The columns afterwards are u_i s_i.
  */
-function hestenes(cols: Float64Array[]): { order: number[]; sigma: Float64Array } {
+async function hestenes(cols: Float64Array[]): Promise<{ order: number[]; sigma: Float64Array }> {
   const p = cols.length;
-  const norms2 = cols.map((c) => dot(c, c));
+  const len = p > 0 ? cols[0].length : 0;
+  const norms2: number[] = [];
+  for (const c of cols) {
+    norms2.push(dot(c, c));
+    if (due(len)) await pause();
+  }
   for (let sweep = 0; sweep < 60; sweep++) {
     let rotated = false;
     for (let i = 0; i < p - 1; i++) {
       for (let j = i + 1; j < p; j++) {
+        // Every pair costs at least one dot product of length len (a rotation about four).
+        if (due(len)) await pause();
         const gi = cols[i];
         const gj = cols[j];
         const alpha = norms2[i];
@@ -265,21 +351,22 @@ function chooseK(sigma: Float64Array, keep: number, compat: boolean): number {
 }
 
 /** Orthonormal basis (n-vectors) of the k leading principal directions' scores of X. */
-function reducedBasis(X: Float64Array, n: number, d: number, keep: number, compat: boolean): Float64Array[] {
-  const cols = centredColumns(X, n, d);
-  const { order, sigma } = hestenes(cols);
+async function reducedBasis(X: Float64Array, n: number, d: number, keep: number, compat: boolean): Promise<Float64Array[]> {
+  const cols = await centredColumns(X, n, d);
+  const { order, sigma } = await hestenes(cols);
   const k = chooseK(sigma, keep, compat);
   const basis: Float64Array[] = [];
   for (let i = 0; i < k; i++) {
     const col = cols[order[i]];
     const inv = 1 / sigma[i];
     basis.push(Float64Array.from(col, (v) => v * inv));
+    if (due(n)) await pause();
   }
   return basis;
 }
 
 /** svcca's checks; returns the sizes, keep, compat and float64 copies of A and B. */
-function checkSvcca(A: Matrix, B: Matrix, options: SvccaOptions) {
+async function checkSvcca(A: Matrix, B: Matrix, options: SvccaOptions) {
   const opts = checkOptions('options', options, SVCCA_OPTIONS);
   const { n, dA, dB } = checkDims(opts, 2);
   if (n <= dA || n <= dB) {
@@ -297,24 +384,27 @@ function checkSvcca(A: Matrix, B: Matrix, options: SvccaOptions) {
   let compat = false;
   if (opts.compat !== undefined) compat = checkOneOf('options.compat', opts.compat, ['univ-feat-geom'] as const) === 'univ-feat-geom';
   if (compat && keep >= 1) throw argError('options.keep', "a share in (0, 1) with compat 'univ-feat-geom'", keep);
-  const a = checkMatrix('A', A, n, dA);
-  const b = checkMatrix('B', B, n, dB);
+  const a = await checkMatrix('A', A, n, dA);
+  const b = await checkMatrix('B', B, n, dB);
   return { n, dA, dB, keep, compat, a, b };
 }
 
 /**
  * SVCCA (methods.md §1.5): SVD of each column-centred side to the directions holding `keep` of the
  * variance, then CCA between the reduced spaces. See the module comment for the exact definition.
+ * Runs in slices of about 20 ms between which the event loop runs (seconds in all at a few
+ * thousand rows and a few hundred dims); bad arguments reject the Promise.
+ * @example const { score, keptA, keptB } = await svcca(A, B, { n: 5000, dA: 256, dB: 256 });
  */
-export function svcca(A: Matrix, B: Matrix, options: SvccaOptions): SvccaResult {
-  const { n, dA, dB, keep, compat, a, b } = checkSvcca(A, B, options);
-  const qa = reducedBasis(a, n, dA, keep, compat);
-  const qb = reducedBasis(b, n, dB, keep, compat);
+export async function svcca(A: Matrix, B: Matrix, options: SvccaOptions): Promise<SvccaResult> {
+  const { n, dA, dB, keep, compat, a, b } = await checkSvcca(A, B, options);
+  const qa = await reducedBasis(a, n, dA, keep, compat);
+  const qb = await reducedBasis(b, n, dB, keep, compat);
   return ccaOfBases(qa, qb, compat ? 'univ-feat-geom' : 'svcca');
 }
 
 /** The canonical correlations between two orthonormal bases (n-vectors): see svcca. */
-function ccaOfBases(qa: Float64Array[], qb: Float64Array[], mode: SvccaResult['mode']): SvccaResult {
+async function ccaOfBases(qa: Float64Array[], qb: Float64Array[], mode: SvccaResult['mode']): Promise<SvccaResult> {
   const keptA = qa.length;
   const keptB = qb.length;
   if (keptA === 0 || keptB === 0) return { score: NaN, correlations: new Float64Array(0), keptA, keptB, mode };
@@ -322,8 +412,16 @@ function ccaOfBases(qa: Float64Array[], qb: Float64Array[], mode: SvccaResult['m
   // Whitened cross-covariance M = Qa^T Qb (keptA x keptB); its singular values are the canonical
   // correlations. One-sided Jacobi on the columns of M (or of M^T, whichever has fewer columns).
   const [rowsQ, colsQ] = keptA >= keptB ? [qa, qb] : [qb, qa];
-  const m = colsQ.map((cq) => Float64Array.from(rowsQ, (rq) => dot(rq, cq)));
-  const { sigma } = hestenes(m);
+  const m: Float64Array[] = [];
+  for (const cq of colsQ) {
+    const col = new Float64Array(rowsQ.length);
+    for (let r = 0; r < rowsQ.length; r++) {
+      col[r] = dot(rowsQ[r], cq);
+      if (due(cq.length)) await pause();
+    }
+    m.push(col);
+  }
+  const { sigma } = await hestenes(m);
   const correlations = Float64Array.from(sigma, (s) => Math.min(1, Math.max(0, s)));
   let sum = 0;
   for (const c of correlations) sum += c;
@@ -338,16 +436,17 @@ function checkRuns(opts: { runs?: unknown; seed?: unknown }): { runs: number; se
 }
 
 /**
- * The row permutations permutationTest draws for `seed`: calls `each(perm, r)` for run r with
- * perm[i] = the row of B that becomes row i (the same stream, so the same permutations).
+ * The row permutations permutationTest draws for `seed`: calls and awaits `each(perm, r)` for run
+ * r with perm[i] = the row of B that becomes row i (the same stream, so the same permutations).
  */
-function forEachPermutation(n: number, runs: number, seed: bigint, each: (perm: Uint32Array, r: number) => void): void {
+async function forEachPermutation(n: number, runs: number, seed: bigint, each: (perm: Uint32Array, r: number) => Promise<void>): Promise<void> {
   const rng = new Rng(seed, 0x5e1f); // a stream of its own, named by the seed
   const perm = new Uint32Array(n);
   for (let r = 0; r < runs; r++) {
     for (let i = 0; i < n; i++) perm[i] = i;
     rng.shuffle(perm);
-    each(perm, r);
+    if (due(4 * n)) await pause();
+    await each(perm, r);
   }
 }
 
@@ -364,25 +463,30 @@ function permutationResult(observed: number, shuffled: Float64Array): Permutatio
  * same runs and seed up to rounding (the SVD of the permuted data sums in another order).
  * @internal
  */
-export function svccaPermutationTest(A: Matrix, B: Matrix, options: SvccaOptions & { runs?: number; seed?: number | bigint }): PermutationResult & { keptA: number; keptB: number } {
+export async function svccaPermutationTest(
+  A: Matrix,
+  B: Matrix,
+  options: SvccaOptions & { runs?: number; seed?: number | bigint },
+): Promise<PermutationResult & { keptA: number; keptB: number }> {
   const { runs, seed, ...rest } = options;
   const { runs: R, seed: sd } = checkRuns({ runs, seed });
-  const { n, dA, dB, keep, compat, a, b } = checkSvcca(A, B, rest);
-  const qa = reducedBasis(a, n, dA, keep, compat);
-  const qb = reducedBasis(b, n, dB, keep, compat);
+  const { n, dA, dB, keep, compat, a, b } = await checkSvcca(A, B, rest);
+  const qa = await reducedBasis(a, n, dA, keep, compat);
+  const qb = await reducedBasis(b, n, dB, keep, compat);
   const mode = compat ? 'univ-feat-geom' : 'svcca';
-  const observed = ccaOfBases(qa, qb, mode).score;
+  const observed = (await ccaOfBases(qa, qb, mode)).score;
   const kept = { keptA: qa.length, keptB: qb.length };
   if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN, ...kept };
   const shuffled = new Float64Array(R);
   const qp = qb.map(() => new Float64Array(n));
-  forEachPermutation(n, R, sd, (perm, r) => {
+  await forEachPermutation(n, R, sd, async (perm, r) => {
     for (let k = 0; k < qb.length; k++) {
       const src = qb[k]!;
       const dst = qp[k]!;
       for (let i = 0; i < n; i++) dst[i] = src[perm[i]!]!;
+      if (due(n)) await pause();
     }
-    shuffled[r] = ccaOfBases(qa, qp, mode).score;
+    shuffled[r] = (await ccaOfBases(qa, qp, mode)).score;
   });
   return { ...permutationResult(observed, shuffled), ...kept };
 }
@@ -420,14 +524,20 @@ function allocTriangle(n: number): Float64Array {
 }
 
 /** Strict upper triangle (row-major order, i < j) of the n x n dissimilarity matrix of X's rows. */
-function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correlation' | 'cosine' | 'euclidean'): Float64Array {
-  const rows = new Float64Array(X);
+async function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correlation' | 'cosine' | 'euclidean'): Promise<Float64Array> {
+  const rows = new Float64Array(X.length);
+  for (let a = 0; a < X.length; a += BLOCK) {
+    const b = Math.min(X.length, a + BLOCK);
+    rows.set(X.subarray(a, b), a);
+    if (due(b - a)) await pause();
+  }
   if (inner === 'correlation') {
     for (let r = 0; r < n; r++) {
       let mean = 0;
       for (let c = 0; c < d; c++) mean += rows[r * d + c];
       mean /= d;
       for (let c = 0; c < d; c++) rows[r * d + c] -= mean;
+      if (due(2 * d)) await pause();
     }
   }
   const norms = new Float64Array(n);
@@ -442,23 +552,30 @@ function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correlation'
     let s = 0;
     for (let c = 0; c < d; c++) s += rows[r * d + c] ** 2;
     norms[r] = Math.sqrt(s);
+    if (due(2 * d)) await pause();
   }
   const out = allocTriangle(n);
   let t = 0;
+  // Row i's pairs in blocks of about 8192 multiply-adds between calls of due().
+  const step = Math.max(1, Math.floor(8192 / d));
   for (let i = 0; i < n; i++) {
     const oi = i * d;
-    for (let j = i + 1; j < n; j++) {
-      const oj = j * d;
-      if (inner === 'euclidean') {
-        let s = 0;
-        for (let c = 0; c < d; c++) s += (rows[oi + c] - rows[oj + c]) ** 2;
-        out[t++] = Math.sqrt(s);
-      } else {
-        let s = 0;
-        for (let c = 0; c < d; c++) s += rows[oi + c] * rows[oj + c];
-        const denom = norms[i] * norms[j];
-        out[t++] = denom > 0 ? 1 - s / denom : 1;
+    for (let j0 = i + 1; j0 < n; j0 += step) {
+      const j1 = Math.min(n, j0 + step);
+      for (let j = j0; j < j1; j++) {
+        const oj = j * d;
+        if (inner === 'euclidean') {
+          let s = 0;
+          for (let c = 0; c < d; c++) s += (rows[oi + c] - rows[oj + c]) ** 2;
+          out[t++] = Math.sqrt(s);
+        } else {
+          let s = 0;
+          for (let c = 0; c < d; c++) s += rows[oi + c] * rows[oj + c];
+          const denom = norms[i] * norms[j];
+          out[t++] = denom > 0 ? 1 - s / denom : 1;
+        }
       }
+      if (due((j1 - j0) * (d + 8))) await pause();
     }
   }
   return out;
@@ -470,25 +587,29 @@ function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correlation'
  * digit is the same everywhere): sorting indices with a comparator took ~10x longer (24 s for
  * 8M entries). Keys: the bits with the sign bit flipped for positive values and every bit flipped
  * for negative ones, so that unsigned order is numeric order; -0 takes the key of 0, so the two
- * tie as they do for ===. Values are finite (checked by the callers).
+ * tie as they do for ===. Values are finite (checked by the callers). Runs in slices, like rsa.
  */
-export function averageRanks(x: Float64Array): Float64Array {
+export async function averageRanks(x: Float64Array): Promise<Float64Array> {
   const m = x.length;
   const raw = new Uint32Array(x.buffer, x.byteOffset, 2 * m); // little-endian: lo, hi
   let lo = new Uint32Array(m);
   let hi = new Uint32Array(m);
   let idx = new Uint32Array(m);
-  for (let i = 0; i < m; i++) {
-    let l = raw[2 * i]!;
-    let h = raw[2 * i + 1]!;
-    if (h === 0x80000000 && l === 0) h = 0; // -0 -> 0
-    if (h & 0x80000000) {
-      h = ~h >>> 0;
-      l = ~l >>> 0;
-    } else h = (h | 0x80000000) >>> 0;
-    lo[i] = l;
-    hi[i] = h;
-    idx[i] = i;
+  for (let i0 = 0; i0 < m; i0 += BLOCK) {
+    const i1 = Math.min(m, i0 + BLOCK);
+    for (let i = i0; i < i1; i++) {
+      let l = raw[2 * i]!;
+      let h = raw[2 * i + 1]!;
+      if (h === 0x80000000 && l === 0) h = 0; // -0 -> 0
+      if (h & 0x80000000) {
+        h = ~h >>> 0;
+        l = ~l >>> 0;
+      } else h = (h | 0x80000000) >>> 0;
+      lo[i] = l;
+      hi[i] = h;
+      idx[i] = i;
+    }
+    if (due(i1 - i0)) await pause();
   }
   let lo2 = new Uint32Array(m);
   let hi2 = new Uint32Array(m);
@@ -498,7 +619,11 @@ export function averageRanks(x: Float64Array): Float64Array {
     const src = pass < 2 ? lo : hi;
     const shift = (pass & 1) * 16;
     count.fill(0);
-    for (let i = 0; i < m; i++) count[(src[i]! >>> shift) & 0xffff]!++;
+    for (let i0 = 0; i0 < m; i0 += BLOCK) {
+      const i1 = Math.min(m, i0 + BLOCK);
+      for (let i = i0; i < i1; i++) count[(src[i]! >>> shift) & 0xffff]!++;
+      if (due(i1 - i0)) await pause();
+    }
     if (m === 0 || count[(src[0]! >>> shift) & 0xffff] === m) continue; // one digit everywhere
     let sum = 0;
     for (let d = 0; d < 65536; d++) {
@@ -506,71 +631,112 @@ export function averageRanks(x: Float64Array): Float64Array {
       count[d] = sum;
       sum += c;
     }
-    for (let i = 0; i < m; i++) {
-      const at = count[(src[i]! >>> shift) & 0xffff]!++;
-      lo2[at] = lo[i]!;
-      hi2[at] = hi[i]!;
-      idx2[at] = idx[i]!;
+    for (let i0 = 0; i0 < m; i0 += SCATTER_BLOCK) {
+      const i1 = Math.min(m, i0 + SCATTER_BLOCK);
+      for (let i = i0; i < i1; i++) {
+        const at = count[(src[i]! >>> shift) & 0xffff]!++;
+        lo2[at] = lo[i]!;
+        hi2[at] = hi[i]!;
+        idx2[at] = idx[i]!;
+      }
+      if (due(MISS * (i1 - i0))) await pause();
     }
     [lo, lo2] = [lo2, lo];
     [hi, hi2] = [hi2, hi];
     [idx, idx2] = [idx2, idx];
   }
+  // Ties [i, j) share the mean of ranks i+1 .. j, placed SCATTER_BLOCK sorted positions at a time.
+  // A group can hold most of the entries (RSA's correlation dissimilarities of 2-wide rows are
+  // all 0 or 2): one that runs past its block is found and placed in blocks of its own.
   const ranks = new Float64Array(m);
   let i = 0;
   while (i < m) {
-    let j = i + 1;
-    while (j < m && lo[j] === lo[i] && hi[j] === hi[i]) j++;
-    const r = (i + 1 + j) / 2; // mean of ranks i+1 .. j
-    for (let k = i; k < j; k++) ranks[idx[k]!] = r;
-    i = j;
+    const from = i;
+    const stop = Math.min(m, i + SCATTER_BLOCK);
+    while (i < stop) {
+      let j = i + 1;
+      while (j < stop && lo[j] === lo[i] && hi[j] === hi[i]) j++;
+      if (j === stop && stop < m && lo[stop] === lo[i] && hi[stop] === hi[i]) break;
+      const r = (i + 1 + j) / 2;
+      for (let k = i; k < j; k++) ranks[idx[k]!] = r;
+      i = j;
+    }
+    if (i < stop) {
+      let j = stop;
+      while (j < m && lo[j] === lo[i] && hi[j] === hi[i]) {
+        j++;
+        if ((j & (BLOCK - 1)) === 0 && due(BLOCK)) await pause();
+      }
+      const r = (i + 1 + j) / 2;
+      for (let k0 = i; k0 < j; k0 += SCATTER_BLOCK) {
+        const k1 = Math.min(j, k0 + SCATTER_BLOCK);
+        for (let k = k0; k < k1; k++) ranks[idx[k]!] = r;
+        if (due(MISS * (k1 - k0))) await pause();
+      }
+      i = j;
+    }
+    if (due(MISS * (i - from))) await pause();
   }
   return ranks;
 }
 
-function pearson(x: Float64Array, y: Float64Array): number {
+/** Pearson r of x and y (NaN when either is constant), in slices. */
+async function pearson(x: Float64Array, y: Float64Array): Promise<number> {
   const m = x.length;
   let mx = 0;
   let my = 0;
-  for (let i = 0; i < m; i++) {
-    mx += x[i];
-    my += y[i];
+  for (let i0 = 0; i0 < m; i0 += BLOCK) {
+    const i1 = Math.min(m, i0 + BLOCK);
+    for (let i = i0; i < i1; i++) {
+      mx += x[i];
+      my += y[i];
+    }
+    if (due(i1 - i0)) await pause();
   }
   mx /= m;
   my /= m;
   let sxy = 0;
   let sxx = 0;
   let syy = 0;
-  for (let i = 0; i < m; i++) {
-    const a = x[i] - mx;
-    const b = y[i] - my;
-    sxy += a * b;
-    sxx += a * a;
-    syy += b * b;
+  for (let i0 = 0; i0 < m; i0 += BLOCK) {
+    const i1 = Math.min(m, i0 + BLOCK);
+    for (let i = i0; i < i1; i++) {
+      const a = x[i] - mx;
+      const b = y[i] - my;
+      sxy += a * b;
+      sxx += a * a;
+      syy += b * b;
+    }
+    if (due(2 * (i1 - i0))) await pause();
   }
   if (sxx === 0 || syy === 0) return NaN;
   return Math.max(-1, Math.min(1, sxy / Math.sqrt(sxx * syy)));
 }
 
 /** rsa's checks and the two triangles, as ranks for 'spearman' (each side ranked once). */
-function rsaSides(A: Matrix, B: Matrix, options: RsaOptions): { n: number; xa: Float64Array; xb: Float64Array } {
+async function rsaSides(A: Matrix, B: Matrix, options: RsaOptions): Promise<{ n: number; xa: Float64Array; xb: Float64Array }> {
   const opts = checkOptions('options', options, RSA_OPTIONS);
   const { n, dA, dB } = checkDims(opts, 3);
   const inner = opts.inner === undefined ? 'correlation' : checkOneOf('options.inner', opts.inner, ['correlation', 'cosine', 'euclidean'] as const);
   const outer = opts.outer === undefined ? 'spearman' : checkOneOf('options.outer', opts.outer, ['spearman', 'pearson'] as const);
-  const a = checkMatrix('A', A, n, dA);
-  const b = checkMatrix('B', B, n, dB);
-  const ta = rdmTriangle(a, n, dA, inner);
-  const xa = outer === 'spearman' ? averageRanks(ta) : ta;
-  const tb = rdmTriangle(b, n, dB, inner);
-  const xb = outer === 'spearman' ? averageRanks(tb) : tb;
+  const a = await checkMatrix('A', A, n, dA);
+  const b = await checkMatrix('B', B, n, dB);
+  const ta = await rdmTriangle(a, n, dA, inner);
+  const xa = outer === 'spearman' ? await averageRanks(ta) : ta;
+  const tb = await rdmTriangle(b, n, dB, inner);
+  const xb = outer === 'spearman' ? await averageRanks(tb) : tb;
   return { n, xa, xb };
 }
 
-/** RSA (methods.md §1.6): rank (or Pearson) correlation of the strict upper triangles of the RDMs. */
-export function rsa(A: Matrix, B: Matrix, options: RsaOptions): { score: number } {
-  const { xa, xb } = rsaSides(A, B, options);
-  return { score: pearson(xa, xb) };
+/**
+ * RSA (methods.md §1.6): rank (or Pearson) correlation of the strict upper triangles of the RDMs.
+ * Runs in slices of about 20 ms between which the event loop runs (O(n^2 d): seconds at a few
+ * thousand rows); bad arguments, or an n whose triangles cannot be allocated, reject the Promise.
+ * @example const { score } = await rsa(A, B, { n: 2000, dA: 768, dB: 768 });
+ */
+export async function rsa(A: Matrix, B: Matrix, options: RsaOptions): Promise<{ score: number }> {
+  const { xa, xb } = await rsaSides(A, B, options);
+  return { score: await pearson(xa, xb) };
 }
 
 /**
@@ -580,11 +746,11 @@ export function rsa(A: Matrix, B: Matrix, options: RsaOptions): { score: number 
  * Pearson r. Bit-identical to permutationTest((A, B) => rsa(A, B, options).score, ...) with the
  * same runs and seed (same dissimilarities, same ranks, same summation order). @internal
  */
-export function rsaPermutationTest(A: Matrix, B: Matrix, options: RsaOptions & { runs?: number; seed?: number | bigint }): PermutationResult {
+export async function rsaPermutationTest(A: Matrix, B: Matrix, options: RsaOptions & { runs?: number; seed?: number | bigint }): Promise<PermutationResult> {
   const { runs, seed, ...rest } = options;
   const { runs: R, seed: sd } = checkRuns({ runs, seed });
-  const { n, xa, xb } = rsaSides(A, B, rest);
-  const observed = pearson(xa, xb);
+  const { n, xa, xb } = await rsaSides(A, B, rest);
+  const observed = await pearson(xa, xb);
   if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN };
   // B's triangle as a full symmetric [n, n] matrix, so that a run reads row p_i contiguously
   // (gathers from the triangle itself missed the cache on nearly every entry: ~4x slower).
@@ -597,20 +763,26 @@ export function rsaPermutationTest(A: Matrix, B: Matrix, options: RsaOptions & {
   }
   let t = 0;
   for (let i = 0; i < n; i++) {
-    for (let j = i + 1; j < n; j++) {
-      full[i * n + j] = xb[t]!;
-      full[j * n + i] = xb[t++]!;
+    // Column i is written a row apart: one page (a first touch, at first) per entry.
+    for (let j0 = i + 1; j0 < n; j0 += SCATTER_BLOCK) {
+      const j1 = Math.min(n, j0 + SCATTER_BLOCK);
+      for (let j = j0; j < j1; j++) {
+        full[i * n + j] = xb[t]!;
+        full[j * n + i] = xb[t++]!;
+      }
+      if (due(MISS * (j1 - j0))) await pause();
     }
   }
   const g = xb; // B's own triangle is no longer needed: reused for the gathered runs
   const shuffled = new Float64Array(R);
-  forEachPermutation(n, R, sd, (perm, r) => {
+  await forEachPermutation(n, R, sd, async (perm, r) => {
     let q = 0;
     for (let i = 0; i < n; i++) {
       const row = perm[i]! * n;
       for (let j = i + 1; j < n; j++) g[q++] = full[row + perm[j]!]!;
+      if (due(2 * (n - i))) await pause();
     }
-    shuffled[r] = pearson(xa, g);
+    shuffled[r] = await pearson(xa, g);
   });
   return permutationResult(observed, shuffled);
 }
@@ -618,46 +790,59 @@ export function rsaPermutationTest(A: Matrix, B: Matrix, options: RsaOptions & {
 // ---------------------------------------------------------------------------------------------
 // CKA
 
-/** Linear CKA of the column-centred matrices (Kornblith et al. 2019). */
-export function cka(A: Matrix, B: Matrix, options: CkaOptions): { score: number } {
+/**
+ * Linear CKA of the column-centred matrices (Kornblith et al. 2019). Runs in slices of about 20 ms
+ * between which the event loop runs (O(n d^2), or O(n^2 d) when n is the smaller); bad arguments
+ * reject the Promise.
+ * @example const { score } = await cka(A, B, { n: 4096, dA: 512, dB: 512 });
+ */
+export async function cka(A: Matrix, B: Matrix, options: CkaOptions): Promise<{ score: number }> {
   const opts = checkOptions('options', options, CKA_OPTIONS);
   const { n, dA, dB } = checkDims(opts, 2);
-  const ca = centredColumns(checkMatrix('A', A, n, dA), n, dA);
-  const cb = centredColumns(checkMatrix('B', B, n, dB), n, dB);
+  const ca = await centredColumns(await checkMatrix('A', A, n, dA), n, dA);
+  const cb = await centredColumns(await checkMatrix('B', B, n, dB), n, dB);
   let cross: number;
   let selfA: number;
   let selfB: number;
   if (n * n < dA * dB + (dA * dA + dB * dB) / 2) {
     // Through the n x n Gram matrices K = Ac Ac^T, L = Bc Bc^T: CKA = <K, L> / (||K|| ||L||).
-    const gram = (cols: Float64Array[]): Float64Array => {
+    const gram = async (cols: Float64Array[]): Promise<Float64Array> => {
       const g = new Float64Array(n * n);
       for (const col of cols) {
         for (let i = 0; i < n; i++) {
           const v = col[i];
-          if (v === 0) continue;
-          for (let j = 0; j < n; j++) g[i * n + j] += v * col[j];
+          if (v !== 0) for (let j = 0; j < n; j++) g[i * n + j] += v * col[j];
+          if (due(n)) await pause();
         }
       }
       return g;
     };
-    const K = gram(ca);
-    const L = gram(cb);
-    cross = dot(K, L);
-    selfA = dot(K, K);
-    selfB = dot(L, L);
+    const K = await gram(ca);
+    const L = await gram(cb);
+    cross = await dotInSlices(K, L);
+    selfA = await dotInSlices(K, K);
+    selfB = await dotInSlices(L, L);
   } else {
     cross = 0;
-    for (const x of ca) for (const y of cb) cross += dot(x, y) ** 2;
-    const frob2 = (cols: Float64Array[]): number => {
+    for (const x of ca) {
+      for (const y of cb) {
+        cross += dot(x, y) ** 2;
+        if (due(n)) await pause();
+      }
+    }
+    const frob2 = async (cols: Float64Array[]): Promise<number> => {
       let s = 0;
       for (let i = 0; i < cols.length; i++) {
         s += dot(cols[i], cols[i]) ** 2;
-        for (let j = i + 1; j < cols.length; j++) s += 2 * dot(cols[i], cols[j]) ** 2;
+        for (let j = i + 1; j < cols.length; j++) {
+          s += 2 * dot(cols[i], cols[j]) ** 2;
+          if (due(n)) await pause();
+        }
       }
       return s;
     };
-    selfA = frob2(ca);
-    selfB = frob2(cb);
+    selfA = await frob2(ca);
+    selfB = await frob2(cb);
   }
   if (selfA === 0 || selfB === 0) return { score: NaN };
   return { score: cross / Math.sqrt(selfA * selfB) };
@@ -670,13 +855,18 @@ export function cka(A: Matrix, B: Matrix, options: CkaOptions): { score: number 
  * Row-shuffle baseline (methods.md §1.4 `shuffle_rand`): `score(A, B)`, then `runs` scores with the
  * rows of B permuted by a seeded PRNG; pValue = (1 + #{shuffled >= score}) / (1 + runs). A NaN
  * score (undefined, e.g. RSA or CKA with a constant side) gives pValue NaN and no shuffled runs.
+ * `score` may return a number or a Promise of one (svcca, rsa and cka return Promises); each is
+ * awaited before the next run, and the event loop runs between runs (at least every ~20 ms) and
+ * while a score's Promise is pending. A synchronous score holds the thread for its whole run.
+ * A and B are passed to `score` as given; leave them unchanged until the Promise settles.
+ * @example const t = await permutationTest(async (a, b) => (await cka(a, b, { n, dA, dB })).score, A, B, { n, dB, runs: 100 });
  */
-export function permutationTest(
-  score: (A: Float64Array, B: Float64Array) => number,
+export async function permutationTest(
+  score: (A: Float64Array, B: Float64Array) => number | Promise<number>,
   A: Float64Array,
   B: Float64Array,
   options: PermutationOptions,
-): PermutationResult {
+): Promise<PermutationResult> {
   if (typeof score !== 'function') throw argError('score', 'a function', score);
   const opts = checkOptions('options', options, PERMUTATION_OPTIONS);
   const n = checkInt('options.n', opts.n, 1, 2 ** 31);
@@ -689,12 +879,12 @@ export function permutationTest(
   if (B.length !== n * dB) {
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected B of length n * dB = ${n * dB} for [${n}, ${dB}] but received length ${B.length}`);
   }
-  const call = (b: Float64Array): number => {
-    const s = score(A, b);
+  const call = async (b: Float64Array): Promise<number> => {
+    const s = await score(A, b);
     if (typeof s !== 'number') throw argError('score(A, B)', 'a number', s);
     return s;
   };
-  const observed = call(B);
+  const observed = await call(B);
   // An undefined score (a constant side: NaN) has no significance; without this it would count no
   // shuffle as scoring at least as high and come out as the smallest p-value.
   if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN };
@@ -703,11 +893,20 @@ export function permutationTest(
   const shuffled = new Float64Array(runs);
   let ge = 0;
   for (let r = 0; r < runs; r++) {
+    // A run's length is the score's: look at the clock before each (CHECK_UNITS forces a look).
+    if (due(CHECK_UNITS)) await pause();
+    checkKept('B', B, n * dB);
     for (let i = 0; i < n; i++) perm[i] = i;
     rng.shuffle(perm);
     const shuffledB = new Float64Array(B.length);
-    for (let i = 0; i < n; i++) shuffledB.set(B.subarray(perm[i] * dB, perm[i] * dB + dB), i * dB);
-    const s = call(shuffledB);
+    for (let i = 0; i < n; i++) {
+      shuffledB.set(B.subarray(perm[i] * dB, perm[i] * dB + dB), i * dB);
+      if (due(dB + 64)) {
+        await pause();
+        checkKept('B', B, n * dB);
+      }
+    }
+    const s = await call(shuffledB);
     shuffled[r] = s;
     if (s >= observed) ge++;
   }

@@ -1,0 +1,85 @@
+/**
+ * svcca, rsa, cka, the permutation tests and CooccurrenceAccumulator.result() run on the JS thread
+ * in slices that give the event loop a turn about every 10-20 ms: a 1 ms interval keeps firing
+ * through calls that held the thread for 0.4-1 s each when they were synchronous, and the results
+ * are the synchronous implementation's bits (test/fixtures/sync-golden.json, made from commit
+ * da8bb2f by test/fixtures/generate-sync-golden.ts).
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { describe, expect, it } from 'vitest';
+
+import { CooccurrenceAccumulator } from '../lib/eval/cooccurrence.js';
+import { permutationTest } from '../lib/features/similarity.js';
+import { watchGaps } from './helpers/event-loop.js';
+import { lcg } from './helpers/reference.js';
+import { largeCases, smallCases, type Digest } from './helpers/sync-golden.js';
+
+const golden = JSON.parse(readFileSync(path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'sync-golden.json'), 'utf8')) as Record<string, Digest>;
+
+describe('the sliced functions give the synchronous bits', () => {
+  it('on seeded inputs of odd sizes, every option (svcca, rsa, cka, the permutation tests, averageRanks, result())', async () => {
+    expect(smallCases.length).toBeGreaterThan(20);
+    for (const c of smallCases) {
+      expect(golden[c.name], c.name).toBeDefined();
+      expect(await c.prepare()(), c.name).toEqual(golden[c.name]);
+    }
+  });
+});
+
+describe('the event loop runs during', () => {
+  // The synchronous code's time on the loaded 2-core development machine is in each case's
+  // syncMs (one stall that long); sliced, the longest gap there was 21-44 ms in 8 runs of each.
+  // The bound, 150 ms (a third of the call on a faster machine, at least 60 ms), leaves a loaded
+  // machine's scheduler ~100 ms on top of a slice, far below the calls' length.
+  for (const [key, c] of Object.entries(largeCases)) {
+    it(`${c.name} (synchronous: one ~${c.syncMs} ms stall)`, async () => {
+      const call = c.prepare();
+      await new Promise((r) => setTimeout(r, 5)); // the preparation's garbage out of the way
+      const watch = watchGaps();
+      const t0 = performance.now();
+      const digest = await call();
+      const elapsed = performance.now() - t0;
+      await new Promise((r) => setTimeout(r, 5));
+      const gaps = watch.stop();
+      expect(digest, 'the synchronous bits').toEqual(golden[c.name]);
+      const longest = Math.max(...gaps);
+      expect(longest, `${key}: longest gap of a ${elapsed.toFixed(0)} ms call`).toBeLessThan(Math.min(150, Math.max(60, elapsed / 3)));
+      expect(gaps.length, `${key}: ${elapsed.toFixed(0)} ms`).toBeGreaterThan(elapsed / 50);
+    }, 20_000);
+  }
+});
+
+describe('while a call is in progress', () => {
+  it('CooccurrenceAccumulator.add() is refused until result() settles, and changes nothing', async () => {
+    const next = lcg(61);
+    const codes = { rows: 300, k: 4, values: Float32Array.from({ length: 1200 }, () => next()), indices: Int32Array.from({ length: 1200 }, () => Math.floor(next() * 500)) };
+    const acc = new CooccurrenceAccumulator(500, { chunkTokens: 16 });
+    acc.add(codes);
+    const pending = acc.result({ top: 50 });
+    expect(() => acc.add(codes)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/no add\(\) while a result\(\) .* is in progress/) }));
+    const first = await pending;
+    expect(await acc.result({ top: 50 })).toEqual(first);
+    acc.add(codes); // accepted once it settled
+    expect((await acc.result()).chunks).toBe(Math.ceil(600 / 16));
+  });
+
+  it('permutationTest: a B detached between runs is a named error, not zeros', async () => {
+    const next = lcg(62);
+    const [n, dB] = [50, 3];
+    const A = Float64Array.from({ length: n * 2 }, () => next());
+    const B = Float64Array.from({ length: n * dB }, () => next());
+    let calls = 0;
+    const score = async (a: Float64Array, b: Float64Array): Promise<number> => {
+      await new Promise((r) => setImmediate(r));
+      if (++calls === 3) structuredClone(B.buffer, { transfer: [B.buffer] });
+      return a[0]! * b[0]!;
+    };
+    await expect(permutationTest(score, A, B, { n, dB, runs: 10 })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/Expected B to keep its 150 values until the call settles but it now has 0/),
+    });
+  });
+});
