@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
 import { CooccurrenceAccumulator } from '../lib/eval/cooccurrence.js';
-import { permutationTest } from '../lib/features/similarity.js';
+import { cka, permutationTest, rsa, svcca } from '../lib/features/similarity.js';
 import { watchGaps } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 import { largeCases, smallCases, type Digest } from './helpers/sync-golden.js';
@@ -64,6 +64,47 @@ describe('while a call is in progress', () => {
     expect(await acc.result({ top: 50 })).toEqual(first);
     acc.add(codes); // accepted once it settled
     expect((await acc.result()).chunks).toBe(Math.ceil(600 / 16));
+  });
+
+  it('permutationTest: an A detached while a run is scored is a named error, not a p-value from NaN runs', async () => {
+    const next = lcg(63);
+    const [n, dA, dB] = [50, 3, 2];
+    const A = Float64Array.from({ length: n * dA }, () => next());
+    const B = Float64Array.from({ length: n * dB }, () => next());
+    let calls = 0;
+    const score = async (a: Float64Array, b: Float64Array): Promise<number> => {
+      if (++calls === 4) structuredClone(A.buffer, { transfer: [A.buffer] }); // during the third run
+      await new Promise((r) => setImmediate(r));
+      let s = 0;
+      for (let i = 0; i < n; i++) s += a[i * dA]! * b[i * dB]!;
+      return s;
+    };
+    await expect(permutationTest(score, A, B, { n, dB, runs: 20 })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/Expected A to keep its 150 values until the call settles but it now has 0/),
+    });
+  });
+
+  it('svcca, rsa and cka: a B detached while A is still being read is the named ERR_SAEKIT_ARG, not a shape error', async () => {
+    const next = lcg(64);
+    const [n, d] = [1500, 200]; // A: 300,000 values, more than one look at the clock (2^17 units)
+    const calls = {
+      cka: (A: Float64Array, B: Float64Array) => cka(A, B, { n, dA: d, dB: d }),
+      rsa: (A: Float64Array, B: Float64Array) => rsa(A, B, { n, dA: d, dB: d }),
+      svcca: (A: Float64Array, B: Float64Array) => svcca(A, B, { n, dA: d, dB: d }),
+    };
+    for (const [name, f] of Object.entries(calls)) {
+      const A = Float64Array.from({ length: n * d }, () => next());
+      const B = Float64Array.from({ length: n * d }, () => next());
+      await new Promise((r) => setTimeout(r, 30)); // a stale slice clock: the first look at it pauses, inside A's copy
+      // Queued before the call's first pause, so it runs before the call resumes: B is detached
+      // after both shapes were checked and before B is read.
+      setImmediate(() => structuredClone(B.buffer, { transfer: [B.buffer] }));
+      await expect(f(A, B), name).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: expect.stringMatching(/Expected B to keep its 300000 values until the call settles but it now has 0/),
+      });
+    }
   });
 
   it('permutationTest: a B detached between runs is a named error, not zeros', async () => {

@@ -197,13 +197,20 @@ function checkKept(name: string, X: { length: number }, length: number): void {
 // ---------------------------------------------------------------------------------------------
 // Validation
 
-/** A float64 copy of X, checked (type, length, finite values), copied and screened in slices. */
-async function checkMatrix(name: string, X: unknown, n: number, d: number): Promise<Float64Array> {
+/**
+ * X's type and length, checked when the call starts (before its first slice: both inputs are
+ * checked before either is copied, so a buffer detached later is ERR_SAEKIT_ARG, not a shape error).
+ */
+function checkShape(name: string, X: unknown, n: number, d: number): asserts X is Float32Array | Float64Array {
   if (!(X instanceof Float32Array || X instanceof Float64Array)) throw argError(name, 'a Float32Array or Float64Array', X, 'ERR_SAEKIT_DTYPE');
   if (X.length !== n * d) {
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected ${name} of length n * d = ${n * d} for [${n}, ${d}] but received length ${X.length}`);
   }
-  const m = n * d;
+}
+
+/** A float64 copy of X (checked by checkShape), screened for non-finite values, in slices. */
+async function copyMatrix(name: string, X: Float32Array | Float64Array, m: number): Promise<Float64Array> {
+  checkKept(name, X, m);
   const out = new Float64Array(m);
   for (let a = 0; a < m; a += BLOCK) {
     const b = Math.min(m, a + BLOCK);
@@ -384,8 +391,10 @@ async function checkSvcca(A: Matrix, B: Matrix, options: SvccaOptions) {
   let compat = false;
   if (opts.compat !== undefined) compat = checkOneOf('options.compat', opts.compat, ['univ-feat-geom'] as const) === 'univ-feat-geom';
   if (compat && keep >= 1) throw argError('options.keep', "a share in (0, 1) with compat 'univ-feat-geom'", keep);
-  const a = await checkMatrix('A', A, n, dA);
-  const b = await checkMatrix('B', B, n, dB);
+  checkShape('A', A, n, dA);
+  checkShape('B', B, n, dB);
+  const a = await copyMatrix('A', A, n * dA);
+  const b = await copyMatrix('B', B, n * dB);
   return { n, dA, dB, keep, compat, a, b };
 }
 
@@ -719,8 +728,10 @@ async function rsaSides(A: Matrix, B: Matrix, options: RsaOptions): Promise<{ n:
   const { n, dA, dB } = checkDims(opts, 3);
   const inner = opts.inner === undefined ? 'correlation' : checkOneOf('options.inner', opts.inner, ['correlation', 'cosine', 'euclidean'] as const);
   const outer = opts.outer === undefined ? 'spearman' : checkOneOf('options.outer', opts.outer, ['spearman', 'pearson'] as const);
-  const a = await checkMatrix('A', A, n, dA);
-  const b = await checkMatrix('B', B, n, dB);
+  checkShape('A', A, n, dA);
+  checkShape('B', B, n, dB);
+  const a = await copyMatrix('A', A, n * dA);
+  const b = await copyMatrix('B', B, n * dB);
   const ta = await rdmTriangle(a, n, dA, inner);
   const xa = outer === 'spearman' ? await averageRanks(ta) : ta;
   const tb = await rdmTriangle(b, n, dB, inner);
@@ -799,8 +810,10 @@ export async function rsaPermutationTest(A: Matrix, B: Matrix, options: RsaOptio
 export async function cka(A: Matrix, B: Matrix, options: CkaOptions): Promise<{ score: number }> {
   const opts = checkOptions('options', options, CKA_OPTIONS);
   const { n, dA, dB } = checkDims(opts, 2);
-  const ca = await centredColumns(await checkMatrix('A', A, n, dA), n, dA);
-  const cb = await centredColumns(await checkMatrix('B', B, n, dB), n, dB);
+  checkShape('A', A, n, dA);
+  checkShape('B', B, n, dB);
+  const ca = await centredColumns(await copyMatrix('A', A, n * dA), n, dA);
+  const cb = await centredColumns(await copyMatrix('B', B, n * dB), n, dB);
   let cross: number;
   let selfA: number;
   let selfB: number;
@@ -884,7 +897,12 @@ export async function permutationTest(
     if (typeof s !== 'number') throw argError('score(A, B)', 'a number', s);
     return s;
   };
+  // A is handed to every run's score and B is read for each permutation: both must keep their
+  // values while the event loop runs between (and during) the runs.
+  const lengthA = A.length;
   const observed = await call(B);
+  checkKept('A', A, lengthA);
+  checkKept('B', B, n * dB);
   // An undefined score (a constant side: NaN) has no significance; without this it would count no
   // shuffle as scoring at least as high and come out as the smallest p-value.
   if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN };
@@ -895,6 +913,7 @@ export async function permutationTest(
   for (let r = 0; r < runs; r++) {
     // A run's length is the score's: look at the clock before each (CHECK_UNITS forces a look).
     if (due(CHECK_UNITS)) await pause();
+    checkKept('A', A, lengthA);
     checkKept('B', B, n * dB);
     for (let i = 0; i < n; i++) perm[i] = i;
     rng.shuffle(perm);
@@ -907,6 +926,7 @@ export async function permutationTest(
       }
     }
     const s = await call(shuffledB);
+    checkKept('A', A, lengthA); // detached during the score: its value is not the score of A
     shuffled[r] = s;
     if (s >= observed) ge++;
   }
