@@ -41,6 +41,21 @@ Napi::External<T> tagged_external(Napi::Env env, T* data, Finalizer finalize, co
   if (napi_type_tag_object(env, ext, &tag) != napi_ok) throw Error(ErrorCode::Internal, "napi_type_tag_object failed");
   return ext;
 }
+// A tagged External that owns `data` (deleted when the External is collected) and reports its
+// `bytes` of native memory to V8 until then, so that handles dropped without being freed weigh
+// on the collector as the memory they hold.
+template <typename T>
+Napi::External<T> owned_external(Napi::Env env, T* data, int64_t bytes, const napi_type_tag& tag) {
+  auto ext = tagged_external(
+      env, data,
+      [bytes](Napi::Env e, T* p) {
+        delete p;
+        if (bytes) Napi::MemoryManagement::AdjustExternalMemory(e, -bytes);
+      },
+      tag);
+  if (bytes) Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+  return ext;
+}
 template <typename T>
 T* tagged_external_data(const Napi::Value& v, const napi_type_tag& tag, const char* name, const char* what) {
   bool ok = false;

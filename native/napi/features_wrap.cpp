@@ -229,16 +229,7 @@ Napi::Value lap_create(const Napi::CallbackInfo& info) {
   slot->tr = rows > cols;
   slot->sign = maximize ? -1.0 : 1.0;
   // Reported to V8 until the handle is collected (lapRun and lapFree free the buffer itself earlier).
-  const int64_t bytes = std::max<int64_t>(rows * cols, 1) * 8;
-  auto ext = tagged_external(
-      info.Env(), slot,
-      [bytes](Napi::Env env, LapSlot* s) {
-        delete s;
-        Napi::MemoryManagement::AdjustExternalMemory(env, -bytes);
-      },
-      kLapTag);
-  Napi::MemoryManagement::AdjustExternalMemory(info.Env(), bytes);
-  return ext;
+  return owned_external(info.Env(), slot, std::max<int64_t>(rows * cols, 1) * 8, kLapTag);
 }
 
 template <typename T>

@@ -1038,15 +1038,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       // The copy is native memory V8 does not see: reported until the External is collected
       // (dropped batches that were never stepped or disposed grew the process by GiBs).
       const int64_t bytes = r.borrowed ? 0 : r.n * m->D * int64_t(sizeof(float));
-      auto ext = tagged_external(
-          info.Env(), new std::shared_ptr<Prefetched>(std::move(p)),
-          [bytes](Napi::Env env, std::shared_ptr<Prefetched>* q) {
-            delete q;
-            if (bytes) Napi::MemoryManagement::AdjustExternalMemory(env, -bytes);
-          },
-          kPrefetchTag);
-      if (bytes) Napi::MemoryManagement::AdjustExternalMemory(info.Env(), bytes);
-      return ext;
+      return owned_external(info.Env(), new std::shared_ptr<Prefetched>(std::move(p)), bytes, kPrefetchTag);
     });
   }
 

@@ -63,15 +63,7 @@ Napi::Value stage_create(const Napi::CallbackInfo& info) {
   auto* s = new Stage{HostArray::allocate(size_t(bytes)), f64 ? napi_float64_array : napi_float32_array, length};
   // Reported to V8 until the handle is collected: an abandoned stage (a call that failed while
   // staging) then weighs on the GC as the memory it holds.
-  auto ext = tagged_external(
-      info.Env(), s,
-      [bytes](Napi::Env env, Stage* p) {
-        delete p;
-        Napi::MemoryManagement::AdjustExternalMemory(env, -bytes);
-      },
-      kStageTag);
-  Napi::MemoryManagement::AdjustExternalMemory(info.Env(), bytes);
-  return ext;
+  return owned_external(info.Env(), s, bytes, kStageTag);
 }
 
 // spectrumStageWrite(stage, src: TypedArray of the stage's dtype, offset): copies src into
