@@ -37,6 +37,7 @@ import { argError, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
 import type { ActivationSource } from '../data/types.js';
 import type { SparseAutoencoder } from '../sae/index.js';
+import { yieldToEventLoop } from './assignment.js';
 
 /**
  * Checks a batch of codes (shape, indices in range, finite values) before anything is counted;
@@ -546,11 +547,6 @@ export type CooccurrenceInput =
   | { numLatents: number; codes: CooccurrenceCodes | CooccurrenceCodes[] }
   | { sae: SparseAutoencoder; source: ActivationSource; maxTokens?: number; batchSize?: number };
 
-/** Lets other callbacks run between slices of work. */
-function yieldToLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
 /** Milliseconds of work between two yields to the event loop in cooccurrence(). */
 const YIELD_MS = 10;
 
@@ -578,7 +574,7 @@ async function addInSlices(acc: CooccurrenceAccumulator, codes: CooccurrenceCode
     const to = Math.min(rows, r + step);
     acc.add({ rows: to - r, k, values: values.subarray(r * k, to * k), indices: indices.subarray(r * k, to * k) });
     if (performance.now() - clock.last > YIELD_MS) {
-      await yieldToLoop();
+      await yieldToEventLoop();
       clock.last = performance.now();
     }
   }
@@ -592,7 +588,7 @@ async function resultInSlices(acc: CooccurrenceAccumulator, o: ResultOptions): P
     const step = scan.next();
     if (step.done) return step.value;
     if (performance.now() - last > YIELD_MS) {
-      await yieldToLoop();
+      await yieldToEventLoop();
       last = performance.now();
     }
   }

@@ -15,7 +15,7 @@
 import { argError, SaekitError } from '../errors.js';
 import { checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { native } from '../native/index.js';
-import { linearAssignmentAsync } from './assignment.js';
+import { linearAssignmentAsync, yieldToEventLoop } from './assignment.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const MMCS_OPTIONS = optionNames<MmcsOptions>({ d: true, direction: true, similarity: true });
@@ -181,7 +181,7 @@ async function squaredNorms(x: Float32Array, n: number, d: number): Promise<Floa
   let since = performance.now();
   for (let i = 0; i < n; i++) {
     if ((i & 255) === 0 && performance.now() - since > SLICE_MS) {
-      await new Promise<void>((resolve) => setImmediate(resolve));
+      await yieldToEventLoop();
       since = performance.now();
     }
     let s = 0;
@@ -231,7 +231,7 @@ async function forEachTile(A: Float32Array, nA: number, B: Float32Array, nB: num
       dotTile(A, i0, i1, B, j0, j1, d, tile);
       visit(i0, i1, j0, j1, tile);
       if (performance.now() - since > SLICE_MS) {
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        await yieldToEventLoop();
         since = performance.now();
       }
     }

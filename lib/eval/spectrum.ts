@@ -40,6 +40,7 @@
 import { argError, fromNative, SaekitError, settleNative } from '../errors.js';
 import { native, type NativeEigenSolver, type NativeSpectrumStage } from '../native/index.js';
 import { checkInt, checkNumber } from '../validate.js';
+import { yieldToEventLoop } from './assignment.js';
 
 /** Result of spectrum(). */
 export interface SpectrumResult {
@@ -123,7 +124,7 @@ async function staged(src: Float32Array | Float64Array, dtype: 'float32' | 'floa
   const total = src.length;
   const stage = callAt(() => native().spectrumStage(dtype, total), site);
   for (let at = 0; at < total; at += STAGE_PIECE) {
-    if (at > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+    if (at > 0) await yieldToEventLoop();
     if (src.length !== total) {
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${name} to keep its ${total} values until the call settles but it now has ${src.length} (was its ArrayBuffer detached or resized?)`);
     }

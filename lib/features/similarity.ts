@@ -53,6 +53,7 @@
 import os from 'node:os';
 
 import { Rng } from '../data/prng.js';
+import { yieldToEventLoop } from '../eval/assignment.js';
 import { argError, SaekitError } from '../errors.js';
 import { checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
 
@@ -183,7 +184,7 @@ function due(units: number): boolean {
 
 /** Lets timers and I/O run, then starts a new slice. */
 async function pause(): Promise<void> {
-  await new Promise<void>((resolve) => setImmediate(resolve));
+  await yieldToEventLoop();
   sliceStart = performance.now();
 }
 
