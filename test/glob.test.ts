@@ -1,0 +1,59 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+import { openActivations } from '../lib/data/index.js';
+import { expandGlob, matchSegment } from '../lib/data/glob.js';
+import { freshSeed, rng } from './helpers/io-helpers.js';
+
+/** The reference: the segment as an anchored regular expression over code points (fine on short names). */
+function reference(seg: string, name: string): boolean {
+  let re = '';
+  for (const ch of seg) {
+    if (ch === '*') re += '.*';
+    else if (ch === '?') re += '.';
+    else re += ch.replace(/[\\^$.|+()[\]{}]/g, '\\$&');
+  }
+  return new RegExp(`^${re}$`, 'su').test(name);
+}
+
+describe('glob segment matching', () => {
+  it('agrees with a regular-expression reference on random patterns and names', () => {
+    const seed = freshSeed(7);
+    const r = rng(seed);
+    const pick = (chars: string[], len: number) => Array.from({ length: len }, () => chars[Math.floor(r() * chars.length)]!).join('');
+    // Letters that collide often, regex metacharacters and an astral character (one `?` matches it).
+    const nameChars = ['a', 'b', '.', '(', '\u{1F600}'];
+    let matches = 0;
+    for (let t = 0; t < 4000; t++) {
+      const seg = pick([...nameChars, '*', '?'], Math.floor(r() * 7));
+      const name = pick(nameChars, Math.floor(r() * 9));
+      const want = reference(seg, name);
+      if (matchSegment(seg, name) !== want) throw new Error(`seed ${seed}: ${JSON.stringify(seg)} vs ${JSON.stringify(name)}: expected ${want}`);
+      if (want) matches++;
+    }
+    expect(matches).toBeGreaterThan(200); // the cases are not all misses
+    expect(matchSegment('a?c', 'a\u{1F600}c')).toBe(true);
+    expect(matchSegment('*', '')).toBe(true);
+    expect(matchSegment('?', '')).toBe(false);
+  });
+
+  it('a long file name against many `*` takes time proportional to their product, not exponential', async () => {
+    // A regular expression of `[^/]*` runs took 50 s on this (five `*`, a 240-character name
+    // that almost matches), with the event loop blocked throughout.
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-glob-'));
+    try {
+      writeFileSync(path.join(dir, '_'.repeat(240)), '');
+      const t0 = performance.now();
+      expect(matchSegment('*_*_*_*_*.npy', '_'.repeat(240))).toBe(false);
+      expect(matchSegment('*a*a*a*a*a*a*a*b', 'a'.repeat(2000))).toBe(false);
+      expect(await expandGlob(`${dir}/*_*_*_*_*.npy`)).toEqual([]);
+      await expect(openActivations(`${dir}/*_*_*_*_*.npy`)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+      expect(performance.now() - t0).toBeLessThan(5000); // well under a millisecond each here; a hang is what fails
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
