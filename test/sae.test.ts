@@ -15,6 +15,7 @@ import { describe, expect, it } from 'vitest';
 
 import { fromArray, SaekitError, SparseAutoencoder, tensor, Trainer, type SaeWeights, type SparseCodes } from '../lib/index.js';
 import { lcg } from './helpers/reference.js';
+import { normalizeDecoderCase } from './helpers/normalize-case.js';
 import * as R from './helpers/sae-reference.js';
 
 const DEFAULT_ALPHA = 1 / 32;
@@ -1035,5 +1036,9 @@ describe('training needs unit decoder rows', () => {
     expect(Array.from((await sae.weights()).W_dec)).toEqual(Array.from(zero));
     using jump = SparseAutoencoder.fromWeights({ ...w, threshold: new Float32Array(L) }, { architecture: 'jumprelu' });
     await expect(jump.normalizeDecoder()).rejects.toThrow(/TopK SAE for normalizeDecoder\(\)/);
+  });
+
+  it('normalizeDecoder: the float64 rule bit for bit, in queue order with steps called while it runs, all or nothing', async () => {
+    await normalizeDecoderCase(expect, 'cpu');
   });
 });

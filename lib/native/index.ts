@@ -66,6 +66,7 @@ export interface NativeSae {
   setSinceFired(counts: Float64Array): void;
   /** Rejects, in queue order, as a training step would on decoder rows off unit norm. */
   checkUnitRows(): Promise<void>;
+  normalizeDecoder(): Promise<number>;
   adam(lr: number, beta1: number, beta2: number, eps: number): NativeAdam;
   /** Moves the parameters to device `index` of the table backend.info() resolved (queued). */
   toDevice(index: number, precision: 'fp32' | 'tf32' | 'bf16'): Promise<void>;

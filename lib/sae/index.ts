@@ -546,20 +546,17 @@ export class SparseAutoencoder {
    * 1e-2 (a SAELens TopK file saved without rescaling, or weights given to fromWeights), since
    * keeping them at unit norm would change the model silently. Resolves to the number of rows
    * rescaled. Only for TopK SAEs: a JumpReLU SAE is not trainable yet, and save() already writes
-   * it with unit rows.
+   * it with unit rows. It runs in queue order like a step: ops called before it see the old
+   * weights, ops called after it the new ones. Nothing changes (and it rejects) when a row of
+   * W_dec is all zeros or a rescaled encoder weight would overflow float32.
    */
   async normalizeDecoder(): Promise<number> {
     if (this.architecture !== 'topk') {
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected a TopK SAE for normalizeDecoder() but this one is ${this.architecture} (not trainable yet; save() writes it with unit decoder rows)`);
     }
-    const w = await this.weights();
-    const { foldDecoderNorms } = await import('../io/sae-files.js');
-    const folded = foldDecoderNorms(w, this.dIn, this.numLatents);
-    if (folded.zeroRow >= 0) {
-      throw new SaekitError('ERR_SAEKIT_ARG', `Expected decoder rows with a direction but row ${folded.zeroRow} of W_dec is all zeros; set it with setWeights first`);
-    }
-    if (folded.rescaled > 0) this.setWeights({ W_enc: w.W_enc, b_enc: w.b_enc, W_dec: w.W_dec });
-    return folded.rescaled;
+    // One native job in queue order: steps or setWeights queued while it runs are not lost.
+    const site = new Error();
+    return settleNative(afterPlacement(this, callNative(() => this.handle().normalizeDecoder())), site);
   }
 
   /**

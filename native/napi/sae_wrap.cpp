@@ -500,6 +500,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
                            InstanceMethod<&NativeSae::set_since_fired>("setSinceFired"),
                            InstanceMethod<&NativeSae::to_device>("toDevice"),
                            InstanceMethod<&NativeSae::check_unit_rows>("checkUnitRows"),
+                           InstanceMethod<&NativeSae::normalize_decoder>("normalizeDecoder"),
                        });
   }
 
@@ -920,6 +921,58 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
       return queue_job(info.Env(), [m] { require_unit_rows(*m); }, [](Napi::Env env) { return env.Undefined(); });
+    });
+  }
+
+  // normalizeDecoder(): Promise<number>, one job in queue order (ops queued before see the old
+  // weights, ops queued after the new ones): each decoder row i with norm n_i off 1 (by 1e-7 or
+  // more) becomes W_dec[i] / n_i, and column i of W_enc and b_enc[i] are multiplied by n_i (the
+  // norm and the products in float64, rounded once to float32). Resolves to the number of rows
+  // rescaled. Nothing changes when a row is all zeros or a rescaled weight would overflow float32.
+  Napi::Value normalize_decoder(const Napi::CallbackInfo& info) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      auto m = live();
+      auto rescaled = std::make_shared<int64_t>(0);
+      auto work = [m, rescaled] {
+        if (m->jumprelu) throw Error(ErrorCode::Arg, "Expected a TopK SAE for normalizeDecoder()");
+        m->pull();
+        SaeView p = m->view();
+        const int64_t D = m->D, M = m->M;
+        std::vector<double> norm(static_cast<size_t>(M));
+        for (int64_t i = 0; i < M; ++i) {
+          double s = 0;
+          for (int64_t d = 0; d < D; ++d) s += double(p.W_dec[i * D + d]) * double(p.W_dec[i * D + d]);
+          norm[size_t(i)] = std::sqrt(s);
+          if (!(norm[size_t(i)] > 0))
+            throw Error(ErrorCode::Arg, fmt("Expected decoder rows with a direction but row ", i, " of W_dec is all zeros; set it with setWeights first"));
+        }
+        auto scaled = [](float v, double n) { return float(double(v) * n); };
+        for (int64_t i = 0; i < M; ++i) {
+          const double n = norm[size_t(i)];
+          if (std::abs(n - 1) < 1e-7) continue;
+          bool finite = std::isfinite(scaled(p.b_enc[i], n));
+          for (int64_t d = 0; d < D && finite; ++d) finite = std::isfinite(scaled(p.W_encT[i * D + d], n));
+          if (!finite)
+            throw Error(ErrorCode::NonFinite, fmt("Expected encoder weights that stay finite when latent ", i, " is rescaled by its decoder norm ", n,
+                                                  " but they overflow float32; nothing was changed"));
+        }
+        int64_t count = 0;
+        for (int64_t i = 0; i < M; ++i) {
+          const double n = norm[size_t(i)];
+          if (std::abs(n - 1) < 1e-7) continue;
+          ++count;
+          for (int64_t d = 0; d < D; ++d) {
+            p.W_dec[i * D + d] = float(double(p.W_dec[i * D + d]) / n);
+            p.W_encT[i * D + d] = scaled(p.W_encT[i * D + d], n);
+          }
+          p.b_enc[i] = scaled(p.b_enc[i], n);
+        }
+        *rescaled = count;
+        if (count == 0) return;
+        m->note_decoder_rows();
+        m->push();
+      };
+      return queue_job(info.Env(), work, [rescaled](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, double(*rescaled)); });
     });
   }
 

@@ -12,6 +12,7 @@ import path from 'node:path';
 
 import { SparseAutoencoder, Trainer, fromArray, openActivations, type AdamOptimizer, type DeviceOption } from '../../lib/index.js';
 import { npyBytes } from './data-fixtures.js';
+import { normalizeDecoderCase } from './normalize-case.js';
 import { lcg, randomMatrix } from './reference.js';
 
 export interface Tolerance {
@@ -174,6 +175,10 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
       od.dispose();
     });
   }
+
+  it('normalizeDecoder on the device: the float64 rule bit for bit, in queue order with steps, all or nothing', async () => {
+    await normalizeDecoderCase(expect, device);
+  });
 
   it('prefetched batches: steps on them equal steps on the arrays; used once; a withdrawn prefetch is never mistaken for a later batch', async () => {
     const s = { dIn: 37, numLatents: 101, k: 5 };
