@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -232,6 +232,17 @@ describe('openActivations: file kinds, in order', () => {
     await expect(openActivations(p('vec.npy'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/2-D array \[rows, dIn\] in .*vec\.npy but its shape is \[7\]/) });
     writeFileSync(p('bad.npy'), 'definitely not numpy');
     await expect(openActivations(p('bad.npy'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT' });
+    // An empty file may claim any row width: the same limit as options.dIn, naming the file.
+    writeFileSync(p('wide.npy'), npyHeader('float32', [0, 2 ** 40]));
+    await expect(openActivations(p('wide.npy'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/rows of at most 2\^24 = 16777216 values in .*wide\.npy/) });
+    writeFileSync(p('wide-ok.npy'), npyHeader('float32', [0, 2 ** 24]));
+    const wide = await openActivations(p('wide-ok.npy'));
+    expect(wide.dIn).toBe(2 ** 24);
+    await wide.close();
+    // A loop of symbolic links is not "missing".
+    symlinkSync(p('loop-2.npy'), p('loop-1.npy'));
+    symlinkSync(p('loop-1.npy'), p('loop-2.npy'));
+    await expect(openActivations(p('loop-1.npy'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/loop-1\.npy': .*ELOOP/) });
   });
 });
 

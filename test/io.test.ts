@@ -27,8 +27,8 @@ import {
   type IoTensor,
 } from '../lib/io/index.js';
 import { listForMessage, previewValue } from '../lib/io/common.js';
-import { decodeNpz, encodeNpzParts } from '../lib/io/npz.js';
-import { makeDirs } from '../lib/io/source.js';
+import { _readNpzSource, decodeNpz, encodeNpzParts } from '../lib/io/npz.js';
+import { makeDirs, memorySource } from '../lib/io/source.js';
 import { SparseAutoencoder } from '../lib/index.js';
 import { decodeSafetensors, encodeSafetensors, parseSafetensorsHeader } from '../lib/io/safetensors.js';
 import { crc32, encodeZipParts } from '../lib/io/zip.js';
@@ -686,6 +686,42 @@ describe('npz', () => {
     const data = new Uint8Array(4099).map(() => Math.floor(next() * 256));
     expect(crc32(data, 0, true)).toBe(crc32(data));
     expect(crc32(data.subarray(1000), crc32(data.subarray(0, 1000), 0, true), true)).toBe(crc32(data));
+  });
+
+  it('checks every entry name and .npy header before inflating any array (a small archive cannot make it allocate what it refuses)', async () => {
+    // 64 MiB of zeros deflate to about 64 KB; the headers are in each entry's first bytes.
+    const n = 1 << 24;
+    const big = { dtype: 'float32' as const, shape: [n / 4, 4], data: new Float32Array(n) };
+    const small = { dtype: 'float64' as const, shape: [3], data: new Float64Array([1, -2, 3.5]) };
+    const archive = Buffer.concat(await encodeNpzParts({ big, small }, { compress: true }));
+    expect(archive.length).toBeGreaterThan(50_000);
+    // Counts the bytes read, except the directory search's read of the archive's tail (up to 64 KiB + 22).
+    const counting = (bytes: Uint8Array, name: string) => {
+      const inner = memorySource(bytes, name);
+      const src = { ...inner, bytes: 0, read: (o: number, l: number, into?: Uint8Array) => ((src.bytes += o + l === bytes.length ? 0 : l), inner.read(o, l, into)) };
+      return src;
+    };
+    // The caller's check sees both headers; refusing there reads a few KiB, never the big entry.
+    const src = counting(archive, 'mem.npz');
+    let seen: [string, unknown, unknown][] = [];
+    const refused = await _readNpzSource(src, (h) => {
+      seen = [...h].map(([k, v]) => [k, v.dtype, v.shape]);
+      throw new Error('refused by the caller');
+    }).catch((e: unknown) => e);
+    expect(String(refused)).toMatch(/refused by the caller/);
+    expect(seen).toEqual([['big', 'float32', [n / 4, 4]], ['small', 'float64', [3]]]);
+    expect(src.bytes).toBeLessThan(8192);
+    // A later entry with a broken header is found before the big one is inflated.
+    const bad = Buffer.from("\x93NUMPY\x01\x00\x16\x00{'descr': '<f4'}     \n", 'latin1');
+    const broken = Buffer.concat(await encodeZipParts([{ name: 'big.npy', chunks: [encodeNpy(big)] }, { name: 'bad.npy', chunks: [bad] }], { compress: true }));
+    const src2 = counting(broken, 'b.npz');
+    await expect(_readNpzSource(src2)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/b\.npz:bad\.npy'.*shape/) });
+    expect(src2.bytes).toBeLessThan(8192);
+    // Read whole, the same archive gives its arrays.
+    const all = await decodeNpz(archive, 'mem.npz');
+    expect(all.big!.shape).toEqual([n / 4, 4]);
+    expect((all.big!.data as Float32Array).every((v) => v === 0)).toBe(true);
+    expect(Array.from(all.small!.data as Float64Array)).toEqual([1, -2, 3.5]);
   });
 
   describe('rejects malformed archives with ERR_SAEKIT_FORMAT naming the file and the reason', () => {

@@ -396,6 +396,63 @@ describe('SAE files: hostile input', () => {
     }), 'cfg.json', /d_in = 1048577 and d_sae = 1 exceed the supported sizes/);
   });
 
+  it('Gemma Scope: names, spellings, dtypes and shapes come from the archive before any array is inflated', async () => {
+    await expectLoadError(await gemma(3, 4, (t) => (t.w_enc = f32([3, 4], () => 5))), 'params.npz', /holds both "W_enc", "w_enc": one array, two spellings/);
+    await expectLoadError(await gemma(3, 4, (t) => (t.w_dec = t.W_dec!)), 'params.npz', /holds both "W_dec", "w_dec"/);
+    await expectLoadError(await gemma(3, 4, (t) => (t.W_enc = { dtype: 'int32', shape: [3, 4], data: new Int32Array(12) })), 'params.npz', /tensor W_enc has dtype int32; expected a float dtype/);
+    const junk = await expectLoadError(await gemma(3, 4, (t) => (t.junk = f32([2]))), 'params.npz', /holds a tensor saekit does not know \("junk"\); expected only/);
+    // Each allowed name once (the w_ spelling only for the matrices).
+    expect(junk.message.match(/expected only (.*)$/)![1]).toBe('"W_enc", "w_enc", "W_dec", "w_dec", "b_enc", "b_dec", "threshold"');
+    await expectLoadError(await gemma(3, 4, (t) => (t.b_dec = f32([4]))), 'params.npz', /tensor b_dec has shape \[4\] but the config says \[3\]/);
+    // The lower-case spelling alone loads as the upper-case one.
+    const lower = await gemma(3, 4, (t) => {
+      t.w_enc = t.W_enc!;
+      delete t.W_enc;
+    });
+    using sae = await SparseAutoencoder.load(lower);
+    expect(Array.from((await sae.weights()).W_enc)).toEqual(Array.from(f32([3, 4]).data as Float32Array));
+  });
+
+  it('SAELens: weights stored in a non-float dtype (I8, BOOL, F8) are FORMAT errors; scales that overflow float32 when folded name the file', async () => {
+    // I8 / BOOL / F8_E4M3 tensors, written as U8 and renamed in the header (same length or padded).
+    for (const code of ['I8', 'BOOL', 'F8_E4M3']) {
+      const dir = await saelens(3, 4, {}, (t) => (t.W_enc = { dtype: 'uint8', shape: [3, 4], data: new Uint8Array(12) }));
+      const file = path.join(dir, 'sae_weights.safetensors');
+      const bytes = readFileSync(file);
+      const n = Number(bytes.readBigUInt64LE(0));
+      const header = bytes.subarray(8, 8 + n).toString('utf8').replace('"U8"', JSON.stringify(code));
+      const padded = header.padEnd(Math.ceil(header.length / 8) * 8, ' ');
+      const head = Buffer.alloc(8);
+      head.writeBigUInt64LE(BigInt(padded.length));
+      writeFileSync(file, Buffer.concat([head, Buffer.from(padded), bytes.subarray(8 + n)]));
+      if (code !== 'F8_E4M3') await expectLoadError(dir, 'sae_weights.safetensors', new RegExp(`tensor W_enc has dtype ${code}; expected a float dtype`));
+      else await expect(SparseAutoencoder.load(dir)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/tensor W_enc has dtype F8_E4M3; expected a float dtype/) });
+    }
+    // Finite weights, folded: W_dec rows of norm 3e38 x sqrt(3) rescale W_enc = 1 past float32's range.
+    const big = await saelens(3, 4, { rescale_acts_by_decoder_norm: true }, (t) => {
+      t.W_dec = f32([4, 3], () => 3e38);
+      t.W_enc = f32([3, 4], () => 1);
+    });
+    await expectLoadError(big, 'sae_weights.safetensors', /tensor W_enc overflows float32 at row 0, column 0 when rescaled by the decoder norms \(cfg\.json: rescale_acts_by_decoder_norm\)/, 'ERR_SAEKIT_NONFINITE');
+    const scaled = await saelens(3, 4, { finetuning_scaling_factor: true }, (t) => {
+      t.W_dec = f32([4, 3], () => 2);
+      t.scaling_factor = f32([4], () => 3e38);
+    });
+    await expectLoadError(scaled, 'sae_weights.safetensors', /tensor W_dec overflows float32 at row 0, column 0 when scaled by scaling_factor/, 'ERR_SAEKIT_NONFINITE');
+  });
+
+  it('a loop of symbolic links is named as such, not as a missing file', async () => {
+    const dir = await saelens(3, 4);
+    const weights = path.join(dir, 'sae_weights.safetensors');
+    rmSync(weights);
+    symlinkSync(path.join(dir, 'loop-b'), path.join(dir, 'loop-a'));
+    symlinkSync(path.join(dir, 'loop-a'), path.join(dir, 'loop-b'));
+    symlinkSync(path.join(dir, 'loop-a'), weights);
+    for (const p of [dir, weights]) {
+      await expect(SparseAutoencoder.load(p)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/sae_weights\.safetensors'?: .*ELOOP/) });
+    }
+  });
+
   it('non-finite weights: ERR_SAEKIT_NONFINITE naming the file, the tensor and where', async () => {
     await expectLoadError(await saelens(3, 4, {}, (t) => ((t.W_enc!.data as Float32Array)[6] = NaN)), 'sae_weights.safetensors', /tensor W_enc has NaN at row 1, column 2 \(weights must be finite\)/, 'ERR_SAEKIT_NONFINITE');
     await expectLoadError(await saelens(3, 4, {}, (t) => ((t.b_dec!.data as Float32Array)[2] = -Infinity)), 'sae_weights.safetensors', /tensor b_dec has -Infinity at element 2/, 'ERR_SAEKIT_NONFINITE');

@@ -6,6 +6,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 
 import { argError, SaekitError } from '../errors.js';
+import { statOrMissing } from '../io/common.js';
 import { readNpyHeader, readSafetensors } from '../io/index.js';
 import { DISK_DTYPES, ITEM_BYTES, type DiskDType } from './convert.js';
 import { compareNames, expandGlob, isGlob } from './glob.js';
@@ -78,7 +79,7 @@ export async function resolveShardPaths(input: unknown, opts: ShardOptions): Pro
   for (const [i, item] of items.entries()) {
     const name = Array.isArray(input) ? `pathOrPaths[${i}]` : 'pathOrPaths';
     if (typeof item !== 'string' || item.length === 0) throw argError(name, 'a non-empty path string', item);
-    const st = await fs.stat(item).catch(() => null);
+    const st = await statOrMissing(item);
     if (st?.isDirectory()) {
       const entries = await fs.readdir(item, { withFileTypes: true });
       const found: string[] = [];
@@ -153,11 +154,16 @@ function diskDType(dtype: string, label: string): DiskDType {
   return dtype as DiskDType;
 }
 
+/** The widest row a source streams (options.dIn's limit). */
+const MAX_ROW_WIDTH = 1 << 24;
+
 /** Rows and width of a shape [..., dIn] (leading dimensions flattened into rows). */
 function rowsOf(shape: readonly number[], label: string): { rows: number; dIn: number } {
   if (shape.length < 2) throw shapeError(label, 'a 2-D array [rows, dIn]', shape);
   const dIn = shape[shape.length - 1]!;
   if (dIn < 1) throw shapeError(label, 'at least one value per row', shape);
+  // The same limit as options.dIn, fromArray and fromAsyncIterable (an empty file may claim any width).
+  if (dIn > MAX_ROW_WIDTH) throw shapeError(label, `rows of at most 2^24 = ${MAX_ROW_WIDTH} values`, shape);
   return { rows: shape.slice(0, -1).reduce((a, b) => a * b, 1), dIn };
 }
 

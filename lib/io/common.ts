@@ -2,6 +2,8 @@
  * Shared pieces of the file-format layer: the dtype table, tensor validation, byte order,
  * checked size arithmetic and the error helpers. Internal to lib/io.
  */
+import { stat } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { endianness } from 'node:os';
 
 import { argError, SaekitError } from '../errors.js';
@@ -64,6 +66,21 @@ export function fsError(action: string, path: string, err: unknown): SaekitError
   const out = new SaekitError('ERR_SAEKIT_ARG', `Cannot ${action} '${path}': ${detail}`);
   (out as { cause?: unknown }).cause = err;
   return out;
+}
+
+/**
+ * fs.stat, or null for a path that does not exist (ENOENT, ENOTDIR); any other failure (a loop of
+ * symbolic links, no permission) is ERR_SAEKIT_ARG naming the path and the system's reason,
+ * rather than being taken for a missing file.
+ */
+export async function statOrMissing(p: string): Promise<Stats | null> {
+  try {
+    return await stat(p);
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    throw fsError('read', p, err);
+  }
 }
 
 /** Longest string shown by previewValue, in characters. */

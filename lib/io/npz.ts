@@ -11,26 +11,71 @@
  */
 import { argError } from '../errors.js';
 import { checkOptions } from '../validate.js';
-import { checkPath, checkWellFormed, defineOwn, formatError, hasOwn, type IoTensor } from './common.js';
-import { encodeNpyParts, parseNpy } from './npy.js';
+import { checkPath, checkWellFormed, defineOwn, formatError, type IoTensor } from './common.js';
+import { encodeNpyParts, MAX_NPY_HEADER, parseNpy, parseNpyHeaderBytes, type NpyHeader } from './npy.js';
 import { memorySource, openFileSource, writeChunksAtomic, type ByteSource } from './source.js';
-import { encodeZipParts, quoteName, readZipDirectory, readZipEntry, type ZipWriteOptions } from './zip.js';
+import { encodeZipParts, quoteName, readZipDirectory, readZipEntry, readZipEntryHead, verifyZipEntry, type ZipWriteOptions } from './zip.js';
 
 const WHAT = 'npz file';
+/** The most bytes an .npy header can take: magic, version, a 4-byte length and MAX_NPY_HEADER. */
+const NPY_HEADER_SPAN = 12 + MAX_NPY_HEADER;
 
-/** Reads every array of an archive source. */
-async function readArchive(src: ByteSource): Promise<Record<string, IoTensor>> {
+/** An .npy header as read from an archive entry, before its data is inflated. */
+export type NpzHeaders = ReadonlyMap<string, NpyHeader>;
+
+/**
+ * Reads every array of an archive source. Everything that can be checked without the data comes
+ * first: the entry names (.npy, no duplicates), then every entry's .npy header (from its first
+ * bytes only: a deflated entry is not inflated past them) against its declared size, then
+ * `inspect` (a caller's own checks of names, dtypes and shapes, e.g. that the arrays of an SAE
+ * agree). Only then is any entry read whole, so a small archive that declares huge or unwanted
+ * arrays is refused before they are allocated.
+ */
+async function readArchive(src: ByteSource, inspect?: (headers: NpzHeaders) => void): Promise<Record<string, IoTensor>> {
   const { entries, cdOffset } = await readZipDirectory(src, WHAT);
-  const out: Record<string, IoTensor> = {};
+  const arrays: { key: string; entry: (typeof entries)[number] }[] = [];
+  const keys = new Set<string>();
   for (const e of entries) {
     if (e.name.endsWith('/') && e.uncompressedSize === 0) continue; // a folder entry
     if (!e.name.endsWith('.npy')) throw formatError(WHAT, src.name, `entry ${quoteName(e.name)} is not an .npy array`);
     const key = e.name.slice(0, -4);
-    if (hasOwn(out, key)) throw formatError(WHAT, src.name, `duplicate entry ${quoteName(e.name)}`);
-    const bytes = await readZipEntry(src, e, cdOffset, WHAT);
-    defineOwn(out, key, parseNpy(bytes, `${src.name}:${e.name}`));
+    if (keys.has(key)) throw formatError(WHAT, src.name, `duplicate entry ${quoteName(e.name)}`);
+    keys.add(key);
+    arrays.push({ key, entry: e });
+  }
+  const headers = new Map<string, NpyHeader>();
+  for (const { key, entry } of arrays) {
+    const head = await readZipEntryHead(src, entry, cdOffset, WHAT, NPY_HEADER_SPAN);
+    try {
+      headers.set(key, parseNpyHeaderBytes(head, entry.uncompressedSize, `${src.name}:${entry.name}`));
+    } catch (err) {
+      // A header that does not parse may be a damaged entry: name that (corrupt deflate data, a
+      // wrong declared size, a CRC mismatch) when it is one, checked without keeping the bytes.
+      await verifyZipEntry(src, entry, cdOffset, WHAT);
+      throw err;
+    }
+  }
+  inspect?.(headers);
+  const out: Record<string, IoTensor> = {};
+  for (const { key, entry } of arrays) {
+    const bytes = await readZipEntry(src, entry, cdOffset, WHAT);
+    defineOwn(out, key, parseNpy(bytes, `${src.name}:${entry.name}`));
   }
   return out;
+}
+
+/**
+ * Reads the arrays of the .npz file at `path` after `inspect` has accepted their names, dtypes
+ * and shapes (it throws to refuse), before any array's data is inflated.
+ * @internal For loaders of known layouts (Gemma Scope's params.npz).
+ */
+export async function readNpzChecked(path: string, inspect: (headers: NpzHeaders) => void): Promise<Record<string, IoTensor>> {
+  const src = await openFileSource(path, WHAT);
+  try {
+    return await readArchive(src, inspect);
+  } finally {
+    await src.close().catch(() => undefined);
+  }
 }
 
 /**
@@ -53,6 +98,9 @@ export async function readNpz(path: string): Promise<Record<string, IoTensor>> {
     await src.close().catch(() => undefined);
   }
 }
+
+/** @internal readArchive itself, for tests (a source that counts what is read). */
+export const _readNpzSource = readArchive;
 
 /**
  * Reads every array of an in-memory .npz archive.

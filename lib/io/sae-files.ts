@@ -14,15 +14,15 @@
  * config without k SAELens's (100).
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, type Stats } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 
 import { SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
-import { fsError, type IoTensor, listForMessage, previewValue, transpose } from './common.js';
+import { fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose } from './common.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
-import { readNpz } from './npz.js';
+import { readNpzChecked } from './npz.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { makeDirs, OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
 
@@ -70,24 +70,16 @@ const NOT_REGULAR = 'not a regular file (a folder, FIFO or device)';
 
 /** Whether `p` is a regular file (following links); false when it does not exist; a format error when it exists as something else. */
 async function isFile(p: string): Promise<boolean> {
-  let st: Stats;
-  try {
-    st = await stat(p);
-  } catch {
-    return false;
-  }
+  const st = await statOrMissing(p);
+  if (!st) return false;
   if (!st.isFile()) throw formatError(p, NOT_REGULAR);
   return true;
 }
 
 /** Finds the format of a folder or file. */
 async function detect(pathOrDir: string): Promise<{ format: SaeFileFormat; dir: string; weights: string }> {
-  let st;
-  try {
-    st = await stat(pathOrDir);
-  } catch {
-    throw new SaekitError('ERR_SAEKIT_ARG', `Expected an SAE folder or file for path but ${pathOrDir} does not exist`);
-  }
+  const st = await statOrMissing(pathOrDir);
+  if (!st) throw new SaekitError('ERR_SAEKIT_ARG', `Expected an SAE folder or file for path but ${pathOrDir} does not exist`);
   if (!st.isFile() && !st.isDirectory()) throw formatError(pathOrDir, `${NOT_REGULAR}, nor an SAE folder`);
   if (st.isFile()) {
     const dir = path.dirname(pathOrDir);
@@ -288,6 +280,26 @@ function toF32(t: IoTensor, file: string, name: string): Float32Array {
   return out;
 }
 
+/**
+ * After folding a file's scales into the weights: finite weights can overflow float32 when
+ * multiplied (ERR_SAEKIT_NONFINITE naming the file, the fold and where, rather than a later
+ * error from the model that names no file).
+ */
+function checkFolded(w: SaeFileWeights, dIn: number, numLatents: number, file: string, how: string): void {
+  const parts: [Float32Array | undefined, string, number[]][] = [
+    [w.W_enc, 'W_enc', [dIn, numLatents]],
+    [w.b_enc, 'b_enc', [numLatents]],
+    [w.W_dec, 'W_dec', [numLatents, dIn]],
+    [w.threshold, 'threshold', [numLatents]],
+  ];
+  for (const [a, name, shape] of parts) {
+    if (!a || !native().anyNonFinite(a, 0, a.length)) continue;
+    const i = a.findIndex((v) => !Number.isFinite(v));
+    const where = shape.length === 2 ? `row ${Math.floor(i / shape[1]!)}, column ${i % shape[1]!}` : `element ${i}`;
+    throw new SaekitError('ERR_SAEKIT_NONFINITE', `${file}: tensor ${name} overflows float32 at ${where} when ${how}`);
+  }
+}
+
 /** Throws ERR_SAEKIT_NONFINITE (the model's code for such weights) naming the file and the first NaN or infinity. */
 function checkFinite(a: Float32Array, shape: readonly number[], file: string, name: string): void {
   if (!native().anyNonFinite(a, 0, a.length)) return;
@@ -298,7 +310,7 @@ function checkFinite(a: Float32Array, shape: readonly number[], file: string, na
   throw new SaekitError('ERR_SAEKIT_NONFINITE', `${file}: tensor ${name} has ${value} at ${where} (weights must be finite)`);
 }
 
-function checkShape(file: string, name: string, t: IoTensor, want: number[]): void {
+function checkShape(file: string, name: string, t: { shape: readonly number[] }, want: number[]): void {
   if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i])) {
     throw formatError(file, `tensor ${name} has shape [${listForMessage(t.shape)}] but the config says [${want.join(', ')}]`);
   }
@@ -360,10 +372,13 @@ async function readTensors(file: string, names: string[], optional: string[] = [
       [...names, ...optional],
     );
     const out: Record<string, IoTensor> = {};
-    for (const n of names) {
-      if (!r.get(n)) throw formatError(file, `missing tensor ${n} (has: ${listForMessage(r.tensors.map((t) => t.name)) || 'none'})`);
-      out[n] = await r.read(n);
+    for (const n of names) if (!r.get(n)) throw formatError(file, `missing tensor ${n} (has: ${listForMessage(r.tensors.map((t) => t.name)) || 'none'})`);
+    // Weights are floats: any other stored dtype (I8, BOOL, F8_E4M3, ...) is refused before reading.
+    for (const n of [...names, ...optional]) {
+      const dtype = r.get(n)?.code;
+      if (dtype !== undefined && !SAFETENSORS_FLOATS.has(dtype)) throw formatError(file, `tensor ${n} has dtype ${dtype}; expected a float dtype (F32, F16, BF16, F64)`);
     }
+    for (const n of names) out[n] = await r.read(n);
     for (const n of optional) if (r.get(n)) out[n] = await r.read(n);
     return { t: out, metadata: r.metadata };
   } finally {
@@ -436,9 +451,14 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
     if (k < 1 || k > numLatents) throw formatError(cfgFile, `k = ${k} is outside 1..d_sae = ${numLatents}`);
     // Trained with the norms outside: z <- z * ||W_dec,i||, decode with f / ||W_dec,i||. Folding
     // the norms into the encoder gives the same function with unit decoder rows.
-    if (rescale) foldDecoderNorms(weights, dIn, numLatents);
+    if (rescale) {
+      foldDecoderNorms(weights, dIn, numLatents);
+      checkFolded(weights, dIn, numLatents, weightsFile, 'rescaled by the decoder norms (cfg.json: rescale_acts_by_decoder_norm)');
+    }
   }
-  foldFinetuningScale(cfg, cfgFile, t.scaling_factor ?? t.finetuning_scaling_factor, weightsFile, weights, dIn, numLatents);
+  if (foldFinetuningScale(cfg, cfgFile, t.scaling_factor ?? t.finetuning_scaling_factor, weightsFile, weights, dIn, numLatents)) {
+    checkFolded(weights, dIn, numLatents, weightsFile, 'scaled by scaling_factor (cfg.json: finetuning_scaling_factor)');
+  }
   return {
     config: { format: 'saelens', architecture: arch, dIn, numLatents, k, applyBDecToInput: applyBDec, dtype: t.W_dec!.dtype, raw: cfg },
     weights,
@@ -481,28 +501,41 @@ async function readSparsify(dir: string, weightsFile: string): Promise<SaeFiles>
   };
 }
 
+const SAFETENSORS_FLOATS = new Set(['F32', 'F16', 'BF16', 'F64']);
+
+/** Gemma Scope's arrays; SAELens also accepts a lower-case w_ for the two matrices. */
+const GEMMA_ARRAYS = ['W_enc', 'W_dec', 'b_enc', 'b_dec', 'threshold'] as const;
+const GEMMA_FLOAT = new Set(['float32', 'float64', 'float16', 'bfloat16']);
+
 async function readGemmaScope(file: string): Promise<SaeFiles> {
-  const arrays = await readNpz(file);
-  // SAELens maps any lower-case w_ prefix to W_.
-  const get = (name: string): IoTensor => {
-    const hit = arrays[name] ?? arrays[name.replace(/^W_/, 'w_')];
-    if (!hit) throw formatError(file, `missing array ${name} (has: ${listForMessage(Object.keys(arrays)) || 'none'})`);
-    return hit;
-  };
+  // The stored name of each array (W_enc or w_enc, ...), settled from the archive's headers.
+  const stored = new Map<string, string>();
+  let dIn = 0;
+  let numLatents = 0;
+  // Names, dtypes and shapes are checked from the .npy headers, before any array is inflated:
+  // a small archive cannot make the loader allocate arrays it would refuse.
+  const arrays = await readNpzChecked(file, (headers) => {
+    const names = [...headers.keys()];
+    if (headers.has('scaling_factor')) throw formatError(file, 'has a scaling_factor array, which Gemma Scope files do not have (its meaning here is unknown; SAELens refuses it too)');
+    const spellings = (n: string) => (n.startsWith('W_') ? [n, n.replace(/^W_/, 'w_')] : [n]);
+    checkNoExtraTensors(file, names, GEMMA_ARRAYS.flatMap(spellings));
+    for (const n of GEMMA_ARRAYS) {
+      const present = spellings(n).filter((m) => headers.has(m));
+      if (present.length === 0) throw formatError(file, `missing array ${n} (has: ${listForMessage(names) || 'none'})`);
+      if (present.length > 1) throw formatError(file, `holds both ${listForMessage(present)}: one array, two spellings (which one is meant is unclear)`);
+      const h = headers.get(present[0]!)!;
+      if (!GEMMA_FLOAT.has(h.dtype)) throw formatError(file, `tensor ${n} has dtype ${h.dtype}; expected a float dtype`);
+      stored.set(n, present[0]!);
+    }
+    const enc = headers.get(stored.get('W_enc')!)!;
+    if (enc.shape.length !== 2) throw formatError(file, `W_enc must be 2-D but has shape [${listForMessage(enc.shape)}]`);
+    [dIn, numLatents] = enc.shape as [number, number];
+    checkDims(file, dIn, numLatents, ['d_in (W_enc rows)', 'd_sae (W_enc columns)']);
+    const want: Record<string, number[]> = { W_dec: [numLatents, dIn], b_enc: [numLatents], b_dec: [dIn], threshold: [numLatents] };
+    for (const [n, shape] of Object.entries(want)) checkShape(file, n, headers.get(stored.get(n)!)!, shape);
+  });
+  const get = (name: (typeof GEMMA_ARRAYS)[number]): IoTensor => arrays[stored.get(name)!]!;
   const W_enc = get('W_enc');
-  if (W_enc.shape.length !== 2) throw formatError(file, `W_enc must be 2-D but has shape [${listForMessage(W_enc.shape)}]`);
-  const [dIn, numLatents] = W_enc.shape as [number, number];
-  checkDims(file, dIn, numLatents, ['d_in (W_enc rows)', 'd_sae (W_enc columns)']);
-  checkShape(file, 'W_dec', get('W_dec'), [numLatents, dIn]);
-  checkShape(file, 'b_enc', get('b_enc'), [numLatents]);
-  checkShape(file, 'b_dec', get('b_dec'), [dIn]);
-  checkShape(file, 'threshold', get('threshold'), [numLatents]);
-  if (arrays.scaling_factor) throw formatError(file, 'has a scaling_factor array, which Gemma Scope files do not have (its meaning here is unknown; SAELens refuses it too)');
-  checkNoExtraTensors(
-    file,
-    Object.keys(arrays),
-    ['W_enc', 'W_dec', 'b_enc', 'b_dec', 'threshold'].flatMap((n) => [n, n.replace(/^W_/, 'w_')]),
-  );
   return {
     config: { format: 'gemma-scope', architecture: 'jumprelu', dIn, numLatents, applyBDecToInput: false, dtype: W_enc.dtype, raw: {} },
     weights: {
@@ -520,6 +553,7 @@ async function readGemmaScope(file: string): Promise<SaeFiles> {
  * SAELens (pre-6.0) finetuning scale: decoding multiplies latent i's activation by s_i before
  * W_dec, the same as W_dec row i times s_i, which is how it is loaded. A scale of all ones is
  * dropped; any other needs cfg.json's finetuning_scaling_factor to be true (SAELens asserts so).
+ * Returns whether W_dec was scaled.
  */
 function foldFinetuningScale(
   cfg: Record<string, unknown>,
@@ -529,15 +563,16 @@ function foldFinetuningScale(
   weights: SaeFileWeights,
   dIn: number,
   numLatents: number,
-): void {
-  if (!scale) return;
+): boolean {
+  if (!scale) return false;
   checkShape(weightsFile, 'scaling_factor', scale, [numLatents]);
   const s = toF32(scale, weightsFile, 'scaling_factor');
-  if (s.every((v) => v === 1)) return;
+  if (s.every((v) => v === 1)) return false;
   if (!boolField(cfg, cfgFile, 'finetuning_scaling_factor', false)) {
     throw formatError(cfgFile, `${path.basename(weightsFile)} has a scaling_factor that is not all ones but finetuning_scaling_factor is not true`);
   }
   for (let i = 0; i < numLatents; i++) for (let d = 0; d < dIn; d++) weights.W_dec[i * dIn + d] = weights.W_dec[i * dIn + d]! * s[i]!;
+  return true;
 }
 
 /** Reads an SAE saved by SAELens, sparsify or Gemma Scope (a folder, or one of its files). */

@@ -275,15 +275,11 @@ export function quoteName(s: string): string {
 }
 
 /**
- * The uncompressed bytes of one entry of a directory from readZipDirectory (a fresh buffer),
- * after checking the local header (its name must be the directory's, as np.load requires), that
- * header and data end before the next entry (`e.end`), the declared sizes (before anything is
- * allocated) and the CRC-32.
- * @param cdOffset The central directory's start (readZipDirectory returns it).
+ * Where one entry's data starts, after checking its local header (its name must be the
+ * directory's, as np.load requires), that header and data end before the next entry (`e.end`),
+ * and the declared sizes (before anything is allocated).
  */
-export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: number, what: string): Promise<Uint8Array> {
-  const name = src.name;
-  const bad = (reason: string) => formatError(what, name, `entry ${quoteName(e.name)}: ${reason}`);
+async function entryData(src: ByteSource, e: ZipEntry, cdOffset: number, bad: (reason: string) => Error, what: string): Promise<number> {
   if (e.localHeaderOffset + 30 > e.end) throw bad(`local header offset ${e.localHeaderOffset} is out of bounds`);
   const lv = view(await src.read(e.localHeaderOffset, 30));
   if (lv.getUint32(0, true) !== SIG_LOCAL) throw bad('local header signature is wrong');
@@ -292,14 +288,24 @@ export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: numbe
   if (dataStart + e.compressedSize > e.end) {
     throw bad(`data [${dataStart}, +${e.compressedSize}) runs past ${e.end === cdOffset ? 'the end of the entries' : `the next entry's local header at ${e.end}`}`);
   }
-  // np.load (Python's zipfile) refuses an entry whose local name differs from the directory's.
-  const localName = decodeName(await src.read(e.localHeaderOffset + 30, nameLen), lv.getUint16(6, true), what, name);
+  const localName = decodeName(await src.read(e.localHeaderOffset + 30, nameLen), lv.getUint16(6, true), what, src.name);
   if (localName !== e.name) throw bad(`the local header names it ${quoteName(localName)}`);
   if (e.uncompressedSize > MAX_BUFFER_BYTES) throw bad(`uncompressed size ${e.uncompressedSize} exceeds the 4 GiB buffer limit`);
   if (e.method === 0 && e.compressedSize !== e.uncompressedSize) throw bad(`stored entry sizes differ (${e.compressedSize} != ${e.uncompressedSize})`);
   if (e.method === 8 && e.uncompressedSize > e.compressedSize * MAX_DEFLATE_RATIO + 64) {
     throw bad(`declares ${e.uncompressedSize} bytes from ${e.compressedSize} compressed bytes, more than deflate can produce`);
   }
+  return dataStart;
+}
+
+/**
+ * The uncompressed bytes of one entry of a directory from readZipDirectory (a fresh buffer),
+ * after entryData's checks, and the CRC-32.
+ * @param cdOffset The central directory's start (readZipDirectory returns it).
+ */
+export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: number, what: string): Promise<Uint8Array> {
+  const bad = (reason: string) => formatError(what, src.name, `entry ${quoteName(e.name)}: ${reason}`);
+  const dataStart = await entryData(src, e, cdOffset, bad, what);
   const raw = await src.read(dataStart, e.compressedSize);
   const data = e.method === 0 ? raw : await inflate(raw, e.uncompressedSize, bad);
   if (data.length !== e.uncompressedSize) throw bad(`inflated to ${data.length} bytes but declares ${e.uncompressedSize}`);
@@ -307,10 +313,116 @@ export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: numbe
   return data;
 }
 
+/** Compressed bytes fed to the inflater at a time while looking for an entry's first bytes (at most ~1 MiB out each). */
+const HEAD_PIECE = 1024;
+/** How far into an entry's compressed data its first bytes must appear (real deflaters need a few KiB for 10 KiB). */
+const HEAD_SEARCH = 1 << 20;
+
+/**
+ * Feeds `length` compressed bytes from `start` to a raw inflater, `piece` bytes at a time, each
+ * piece's output handed to `onData` before the next is read; stops early once `onData` returns
+ * false. With `finish`, a stream that has not ended when the input runs out is an error.
+ * Resolves to the inflater's error, if any. Nothing is kept: memory stays at a piece's output.
+ */
+async function streamInflate(
+  src: ByteSource,
+  start: number,
+  length: number,
+  piece: number,
+  finish: boolean,
+  onData: (chunk: Buffer) => boolean,
+): Promise<Error | undefined> {
+  const inf = zlib.createInflateRaw();
+  let failure: Error | undefined;
+  let more = true;
+  inf.on('data', (c: Buffer) => {
+    if (more) more = onData(c);
+  });
+  inf.on('error', (err: Error) => (failure ??= err));
+  // Resolves when `act` calls back, or the stream fails or closes instead.
+  const settle = (act: (done: () => void) => void) =>
+    new Promise<void>((resolve) => {
+      const done = () => {
+        inf.off('error', done).off('close', done);
+        resolve();
+      };
+      inf.once('error', done).once('close', done);
+      act(done);
+    });
+  try {
+    for (let off = 0; off < length && more && !failure && !inf.destroyed; off += piece) {
+      const bytes = await src.read(start + off, Math.min(piece, length - off));
+      // The flush's callback runs once this piece's output has been pushed (and 'data' seen).
+      await settle((done) => {
+        inf.write(bytes);
+        inf.flush(zlib.constants.Z_SYNC_FLUSH, done);
+      });
+    }
+    if (finish && more && !failure && !inf.destroyed) await settle((done) => inf.end(done));
+  } finally {
+    inf.destroy();
+  }
+  return failure;
+}
+
+/**
+ * The first min(`want`, size) uncompressed bytes of an entry (all of them, or more, when it is
+ * shorter or a piece inflates past `want`), without inflating the rest: an entry's .npy header
+ * can be checked against its declared size before the whole entry is allocated. A deflated
+ * entry is fed to the inflater 1 KiB at a time, so at most about `want` + 1 MiB is produced.
+ * Not CRC-checked (readZipEntry and verifyZipEntry do that).
+ */
+export async function readZipEntryHead(src: ByteSource, e: ZipEntry, cdOffset: number, what: string, want: number): Promise<Uint8Array> {
+  const bad = (reason: string) => formatError(what, src.name, `entry ${quoteName(e.name)}: ${reason}`);
+  const dataStart = await entryData(src, e, cdOffset, bad, what);
+  const need = Math.min(want, e.uncompressedSize);
+  if (e.method === 0) return src.read(dataStart, need);
+  const parts: Buffer[] = [];
+  let got = 0;
+  const failure = await streamInflate(src, dataStart, Math.min(e.compressedSize, HEAD_SEARCH), HEAD_PIECE, false, (c) => {
+    parts.push(c);
+    got += c.length;
+    return got < need;
+  });
+  if (failure) throw bad(`deflate data is corrupt (${failure.message})`);
+  if (got < need && e.compressedSize > HEAD_SEARCH) throw bad(`its first ${need} bytes are not within the first ${HEAD_SEARCH} compressed bytes`);
+  return Buffer.concat(parts, got);
+}
+
+/**
+ * Checks an entry as readZipEntry does (inflates to its declared size, CRC-32) without keeping
+ * its bytes: memory stays at 64 KiB of input and its output, and inflating stops once the output
+ * passes the declared size. Throws readZipEntry's error, or returns when the entry is sound.
+ */
+export async function verifyZipEntry(src: ByteSource, e: ZipEntry, cdOffset: number, what: string): Promise<void> {
+  const bad = (reason: string) => formatError(what, src.name, `entry ${quoteName(e.name)}: ${reason}`);
+  const dataStart = await entryData(src, e, cdOffset, bad, what);
+  let crc = 0;
+  let got = 0;
+  const piece = 1 << 16;
+  if (e.method === 0) {
+    for (let off = 0; off < e.compressedSize; off += piece) crc = crc32(await src.read(dataStart + off, Math.min(piece, e.compressedSize - off)), crc);
+    got = e.compressedSize;
+  } else {
+    const failure = await streamInflate(src, dataStart, e.compressedSize, piece, true, (c) => {
+      got += c.length;
+      if (got <= e.uncompressedSize) crc = crc32(c, crc);
+      return got <= e.uncompressedSize;
+    });
+    if (failure) throw bad(`deflate data is corrupt (${failure.message})`);
+  }
+  if (got > e.uncompressedSize) throw bad(inflatesPast(e.uncompressedSize));
+  if (got !== e.uncompressedSize) throw bad(`inflated to ${got} bytes but declares ${e.uncompressedSize}`);
+  if (crc !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
+}
+
+const inflatesPast = (size: number) => `deflate data is corrupt (it inflates to more than the declared ${size} bytes)`;
+
 async function inflate(raw: Uint8Array, size: number, bad: (reason: string) => Error): Promise<Uint8Array> {
   try {
     return await inflateRaw(raw, { maxOutputLength: Math.max(1, size) });
   } catch (err) {
+    if ((err as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE') throw bad(inflatesPast(size));
     throw bad(`deflate data is corrupt (${(err as Error).message})`);
   }
 }
