@@ -216,6 +216,57 @@ describe('saekit CLI', () => {
     expect(steps[0].mean_mse).toBeLessThan(1e-10);
   }, 60_000);
 
+  it('compare: --tensor, --dtype and --d-in describe --data only; --data-b describes itself (--tensor-b names its tensor)', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(21);
+    const [rows, dIn] = [400, 6];
+    const data = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: 12, k: 3, seed: 4 });
+    const s = path.join(dir, 'sae');
+    await sae.save(s);
+    // The same rows in six files: raw float32, a float64 .npy (exact), a 3-D .npy, and two
+    // .safetensors with two 2-D tensors each, named differently.
+    const f = (name: string) => path.join(dir, name);
+    writeFileSync(f('acts.bin'), data);
+    await io.writeNpy(f('acts.npy'), { dtype: 'float32', shape: [rows, dIn], data });
+    await io.writeNpy(f('acts64.npy'), { dtype: 'float64', shape: [rows, dIn], data: Float64Array.from(data) });
+    await io.writeNpy(f('acts3d.npy'), { dtype: 'float32', shape: [4, rows / 4, dIn], data });
+    const other = { dtype: 'float32' as const, shape: [2, 2], data: new Float32Array(4) };
+    await io.writeSafetensors(f('a.safetensors'), { acts: { dtype: 'float32', shape: [rows, dIn], data }, other });
+    await io.writeSafetensors(f('b.safetensors'), { resid: { dtype: 'float32', shape: [rows, dIn], data }, other });
+    const compare = (...args: string[]) => run(['compare', s, s, '--json', '--runs', '2', ...args]);
+    const want = compare('--data', f('acts.npy'));
+    expect(want.status, want.stderr).toBe(0);
+    const summary = (r: { stdout: string }) => {
+      const { tokens, mean_max_correlation: mmc, pairs_kept: kept } = JSON.parse(r.stdout);
+      return { tokens, mmc, kept };
+    };
+    for (const args of [
+      ['--data', f('acts.bin'), '--dtype', 'float32', '--d-in', String(dIn), '--data-b', f('acts64.npy')],
+      ['--data', f('a.safetensors'), '--tensor', 'acts', '--data-b', f('acts3d.npy')],
+      ['--data', f('a.safetensors'), '--tensor', 'acts', '--data-b', f('b.safetensors'), '--tensor-b', 'resid'],
+      ['--data', f('acts.npy'), '--data-b', f('b.safetensors'), '--tensor-b', 'resid'],
+    ]) {
+      const r = compare(...args);
+      expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+      expect(summary(r), args.join(' ')).toEqual(summary(want));
+    }
+    // Errors from --data-b name --data-b's flags.
+    const errors: [string[], RegExp][] = [
+      [['--data', f('a.safetensors'), '--tensor', 'acts', '--data-b', f('b.safetensors')], /Expected --tensor-b for .*b\.safetensors, which has 2 2-D tensors/],
+      [['--data', f('acts.npy'), '--data-b', f('b.safetensors'), '--tensor-b', 'acts'], /Expected --tensor-b to name a tensor of .*b\.safetensors but it has no 'acts'/],
+      [['--data', f('acts.npy'), '--data-b', f('acts64.npy'), '--tensor-b', 'resid'], /Expected --tensor-b only with \.safetensors files/],
+      [['--data', f('acts.npy'), '--tensor-b', 'resid'], /Expected --tensor-b only with --data-b/],
+      [['--data', f('nope.npy')], /for --data but '.*nope\.npy' does not exist/],
+    ];
+    for (const [args, re] of errors) {
+      const r = compare(...args);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toMatch(re);
+      expect(r.stderr, args.join(' ')).toMatch(/\[ERR_SAEKIT_ARG\]\n$/);
+    }
+  }, 120_000);
+
   it('match-layers: a JumpReLU SAE with a threshold of 0 fails naming its file and --no-fold; with --no-fold it matches', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
     const next = lcg(16);

@@ -28,9 +28,12 @@ export interface CompareFlags {
   out?: string;
   overwrite?: boolean;
   onNonFinite: 'error' | 'skip';
+  /** --tensor, --dtype and --d-in describe --data only. */
   tensor?: string;
   dtype?: 'float32' | 'float16' | 'bfloat16' | 'float64';
   dIn?: number;
+  /** --tensor-b: the tensor to read from --data-b's .safetensors files (default: the only 2-D one). */
+  tensorB?: string;
   device: string;
 }
 
@@ -54,6 +57,20 @@ export async function checkOutFile(out: string | undefined, overwrite: boolean |
     if (abs === a || abs.startsWith(a + path.sep)) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out not to overwrite an input but '${out}' is ${abs === a ? '' : 'inside '}'${input}'`);
   }
   if (st && !overwrite) throw new SaekitError('ERR_SAEKIT_ARG', `--out ${out} already exists; pass --overwrite to replace it, or choose another --out`);
+}
+
+/**
+ * An error from opening --data or --data-b in that side's flags: the library names its
+ * arguments pathOrPaths and options.tensor, which main.ts's cliMessage would turn into <data> and
+ * --tensor (train's and eval's flags); --data-b is read with --tensor-b.
+ */
+function inFlagsOf(side: 'A' | 'B'): (e: unknown) => never {
+  return (e: unknown) => {
+    if (!(e instanceof SaekitError)) throw e;
+    let named = e.message.replace(/\bpathOrPaths\b/g, side === 'A' ? '--data' : '--data-b');
+    if (side === 'B') named = named.replace(/\boptions\.tensor\b/g, '--tensor-b');
+    throw named === e.message ? e : new SaekitError(e.code, named);
+  };
 }
 
 /**
@@ -97,12 +114,21 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
   if (f.dataB !== undefined && f.onNonFinite === 'skip') {
     throw new SaekitError('ERR_SAEKIT_ARG', 'Expected --on-non-finite error with --data-b (skipping rows on either side would misalign the two sources token by token); clean the files first');
   }
+  if (f.tensorB !== undefined && f.dataB === undefined) {
+    throw new SaekitError('ERR_SAEKIT_ARG', `Expected --tensor-b only with --data-b (it names the tensor of --data-b's .safetensors files) but received --tensor-b '${f.tensorB}' without --data-b`);
+  }
   await checkOutFile(f.out, f.overwrite, [pathA, pathB, f.data, ...(f.dataB ? [f.dataB] : [])]);
   using a = await SparseAutoencoder.load(pathA, { device: f.device as DeviceOption });
   using b = await SparseAutoencoder.load(pathB, { device: f.device as DeviceOption });
-  const read = { onNonFinite: f.onNonFinite, tensor: f.tensor, dtype: f.dtype };
-  const srcA = await openActivations(f.data, { ...read, dIn: f.dIn });
-  const srcB = f.dataB ? await openActivations(f.dataB, read) : undefined;
+  // --tensor, --dtype and --d-in describe --data; --data-b describes itself (--tensor-b picks its tensor).
+  const srcA = await openActivations(f.data, { onNonFinite: f.onNonFinite, tensor: f.tensor, dtype: f.dtype, dIn: f.dIn }).catch(inFlagsOf('A'));
+  let srcB;
+  try {
+    srcB = f.dataB ? await openActivations(f.dataB, { onNonFinite: f.onNonFinite, tensor: f.tensorB }).catch(inFlagsOf('B')) : undefined;
+  } catch (err) {
+    await srcA.close();
+    throw err;
+  }
   try {
     for (const [side, sae, src, file, p] of [['A', a, srcA, f.data, pathA], ['B', b, srcB ?? srcA, f.dataB ?? f.data, pathB]] as const) {
       if (sae.dIn !== src.dIn) {
