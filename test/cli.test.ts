@@ -267,6 +267,35 @@ describe('saekit CLI', () => {
     }
   }, 120_000);
 
+  it('compare: a raw --data-b is refused naming --data-b (raw files need --dtype and --d-in, which describe --data only)', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(22);
+    const [rows, dIn] = [100, 6];
+    const data = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: 12, k: 3, seed: 4 });
+    const s = path.join(dir, 'sae');
+    await sae.save(s);
+    const f = (name: string) => path.join(dir, name);
+    writeFileSync(f('acts.bin'), data);
+    await io.writeNpy(f('acts.npy'), { dtype: 'float32', shape: [rows, dIn], data });
+    mkdirSync(f('raw'));
+    writeFileSync(path.join(dir, 'raw', 'x.bin'), data);
+    const raw = ['--dtype', 'float32', '--d-in', String(dIn)];
+    for (const [args, re] of [
+      // A raw file, although --dtype and --d-in were given (they describe --data).
+      [['--data', f('acts.bin'), '--data-b', f('acts.bin'), ...raw], /Expected a self-describing file for --data-b \(\.npy or \.safetensors, .*raw files are only for --data, with --dtype and --d-in\) but received the raw file '.*acts\.bin'/],
+      [['--data', f('acts.npy'), '--data-b', f('acts.bin')], /Expected a self-describing file for --data-b .* but received the raw file '.*acts\.bin'/],
+      // Folders and globs of --data-b skip raw files, and say why they found none.
+      [['--data', f('acts.npy'), '--data-b', path.join(dir, '*.bin'), ...raw], /Expected the glob pattern --data-b = '.*\*\.bin' to match activation files but it matches none \(\.npy or \.safetensors; raw files are only for --data\)/],
+      [['--data', f('acts.npy'), '--data-b', f('raw'), ...raw], /Expected a folder holding activation files for --data-b but '.*raw' has none \(looked for \.npy and \.safetensors; raw files are only for --data\)/],
+    ] as const) {
+      const r = run(['compare', s, s, ...args]);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toMatch(re);
+      expect(r.stderr, args.join(' ')).toMatch(/\[ERR_SAEKIT_ARG\]\n$/);
+    }
+  }, 60_000);
+
   it('match-layers: a JumpReLU SAE with a threshold of 0 fails naming its file and --no-fold; with --no-fold it matches', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
     const next = lcg(16);

@@ -5,6 +5,7 @@ import path from 'node:path';
 
 import type { DeviceOption } from '../backend/index.js';
 import { openActivations } from '../data/index.js';
+import { isRaw } from '../data/shards.js';
 import { SaekitError } from '../errors.js';
 import { Rng } from '../data/prng.js';
 import { correlation, match, saeMatch } from '../features/index.js';
@@ -60,15 +61,28 @@ export async function checkOutFile(out: string | undefined, overwrite: boolean |
 }
 
 /**
+ * Checks before any work that --data-b can be read without --dtype and --d-in (which describe
+ * --data only): a raw file has no header to give its element type and row width.
+ */
+async function checkDataB(dataB: string): Promise<void> {
+  if (isRaw(dataB) && (await stat(dataB).catch(() => undefined))?.isFile()) {
+    throw new SaekitError(
+      'ERR_SAEKIT_ARG',
+      `Expected a self-describing file for --data-b (.npy or .safetensors, or a folder or glob pattern of them; raw files are only for --data, with --dtype and --d-in) but received the raw file '${dataB}'`,
+    );
+  }
+}
+
+/**
  * An error from opening --data or --data-b in that side's flags: the library names its
  * arguments pathOrPaths and options.tensor, which main.ts's cliMessage would turn into <data> and
- * --tensor (train's and eval's flags); --data-b is read with --tensor-b.
+ * --tensor (train's and eval's flags); --data-b is read with --tensor-b and without --d-in (raw files are refused).
  */
 function inFlagsOf(side: 'A' | 'B'): (e: unknown) => never {
   return (e: unknown) => {
     if (!(e instanceof SaekitError)) throw e;
     let named = e.message.replace(/\bpathOrPaths\b/g, side === 'A' ? '--data' : '--data-b');
-    if (side === 'B') named = named.replace(/\boptions\.tensor\b/g, '--tensor-b');
+    if (side === 'B') named = named.replace(/\boptions\.tensor\b/g, '--tensor-b').replace(/raw files need options\.dIn/g, 'raw files are only for --data');
     throw named === e.message ? e : new SaekitError(e.code, named);
   };
 }
@@ -117,6 +131,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
   if (f.tensorB !== undefined && f.dataB === undefined) {
     throw new SaekitError('ERR_SAEKIT_ARG', `Expected --tensor-b only with --data-b (it names the tensor of --data-b's .safetensors files) but received --tensor-b '${f.tensorB}' without --data-b`);
   }
+  if (f.dataB !== undefined) await checkDataB(f.dataB);
   await checkOutFile(f.out, f.overwrite, [pathA, pathB, f.data, ...(f.dataB ? [f.dataB] : [])]);
   using a = await SparseAutoencoder.load(pathA, { device: f.device as DeviceOption });
   using b = await SparseAutoencoder.load(pathB, { device: f.device as DeviceOption });

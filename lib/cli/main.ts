@@ -521,7 +521,7 @@ export function buildProgram(): Command {
     .argument('<saeA>', 'first SAE folder or file')
     .argument('<saeB>', 'second SAE folder or file')
     .requiredOption('--data <src>', "activations for saeA (and saeB unless --data-b)")
-    .option('--data-b <src>', "saeB's activations, aligned token by token with --data (another model on the same text)")
+    .option('--data-b <src>', "saeB's activations, aligned token by token with --data (another model on the same text): .npy or .safetensors files, a folder or a glob (raw files only for --data)")
     .option('--kind <k>', 'codes or preacts', oneOf('kind', ['codes', 'preacts'] as const), 'codes')
     .option('--method <m>', 'argmax, mutual or hungarian (hungarian needs the full correlation matrix, at most 1 GiB: nA x nB x 4 bytes; beyond it use argmax or mutual, which work from top matches)', oneOf('method', ['argmax', 'mutual', 'hungarian'] as const), 'hungarian')
     .option('--threshold <r>', 'drop matched pairs with correlation below this', num('threshold', -1, 1, false), 0.1)
