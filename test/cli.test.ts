@@ -22,10 +22,10 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}, timeout?: number): { s
 }
 
 /**
- * Runs the CLI with `args` (one thread), sends SIGINT `delayMs` after it says it is training, and
- * resolves to its exit code and output.
+ * Runs the CLI with `args` (one thread), sends `signal` (SIGINT: Ctrl-C) `delayMs` after it says
+ * it is training, and resolves to its exit code and output.
  */
-async function interrupted(args: string[], delayMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+async function interrupted(args: string[], delayMs: number, signal: NodeJS.Signals = 'SIGINT'): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], { cwd: packageRoot, env: { ...process.env, SAEKIT_NUM_THREADS: '1' } });
   let stderr = '';
   let stdout = '';
@@ -34,7 +34,7 @@ async function interrupted(args: string[], delayMs: number): Promise<{ code: num
     stderr += d.toString();
     if (stderr.includes('training a TopK SAE') && !sent) {
       sent = true;
-      setTimeout(() => child.kill('SIGINT'), delayMs);
+      setTimeout(() => child.kill(signal), delayMs);
     }
   });
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -141,6 +141,29 @@ describe('saekit CLI', () => {
     // Throughput counts this run's tokens, not the checkpoint's too.
     expect(rs.tokensTrained).toBe(rs.tokens - ck.tokens);
     expect(rs.tokensPerSec).toBeCloseTo(rs.tokensTrained / rs.seconds, 6);
+  }, 120_000);
+
+  it('SIGTERM (job schedulers, timeout, docker stop) stops train like Ctrl-C: checkpoint and SAE saved, exit 143; demo exits 143', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(7);
+    const [rows, dIn] = [20000, 64];
+    await io.writeNpy(path.join(dir, 'acts.npy'), { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => next() - 0.5) });
+    const out = path.join(dir, 'run');
+    // --checkpoint-every above the run's steps: only the stop writes a checkpoint.
+    const { code, stdout, stderr } = await interrupted(['train', path.join(dir, 'acts.npy'), '--latents', '2048', '--k', '16', '--out', out, '--batch', '256', '--epochs', '20', '--checkpoint-every', '100000'], 400, 'SIGTERM');
+    expect(code, stderr).toBe(143);
+    expect(stderr).toMatch(/SIGTERM received: stopping after the current step/);
+    expect(stdout).toMatch(/^stopped early; checkpoint and SAE saved \(resume with --resume\): \d+ steps?, /);
+    const steps = Number(/: (\d+) steps?,/.exec(stdout)![1]);
+    expect(steps).toBeGreaterThan(0);
+    expect(steps).toBeLessThan(1560);
+    for (const file of ['cfg.json', 'sae_weights.safetensors']) expect(existsSync(path.join(out, file)), file).toBe(true);
+    using sae = await SparseAutoencoder.load(out);
+    expect([sae.dIn, sae.numLatents, sae.k]).toEqual([dIn, 2048, 16]);
+    expect(JSON.parse(readFileSync(path.join(out, 'checkpoint', 'checkpoint.json'), 'utf8')).step).toBe(steps);
+    const demo = await interrupted(['demo', '--json'], 1500, 'SIGTERM');
+    expect(demo.code, demo.stderr).toBe(143);
+    expect(demo.stderr).toMatch(/interrupted after [\d,]+ of 2,097,152 tokens/);
   }, 120_000);
 
   it('Ctrl-C during demo exits 130 and says the numbers are of a partly trained SAE', async () => {
