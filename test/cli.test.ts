@@ -22,10 +22,10 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}, timeout?: number): { s
 }
 
 /**
- * Runs the CLI with `args` (one thread), sends SIGINT `delayMs` after it says it is training, and
- * resolves to its exit code and output.
+ * Runs the CLI with `args` (one thread), sends `signal` (SIGINT: Ctrl-C) `delayMs` after it says
+ * it is training, and resolves to its exit code and output.
  */
-async function interrupted(args: string[], delayMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+async function interrupted(args: string[], delayMs: number, signal: NodeJS.Signals = 'SIGINT'): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], { cwd: packageRoot, env: { ...process.env, SAEKIT_NUM_THREADS: '1' } });
   let stderr = '';
   let stdout = '';
@@ -34,7 +34,7 @@ async function interrupted(args: string[], delayMs: number): Promise<{ code: num
     stderr += d.toString();
     if (stderr.includes('training a TopK SAE') && !sent) {
       sent = true;
-      setTimeout(() => child.kill('SIGINT'), delayMs);
+      setTimeout(() => child.kill(signal), delayMs);
     }
   });
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -143,6 +143,29 @@ describe('saekit CLI', () => {
     expect(rs.tokensPerSec).toBeCloseTo(rs.tokensTrained / rs.seconds, 6);
   }, 120_000);
 
+  it('SIGTERM (job schedulers, timeout, docker stop) stops train like Ctrl-C: checkpoint and SAE saved, exit 143; demo exits 143', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(7);
+    const [rows, dIn] = [20000, 64];
+    await io.writeNpy(path.join(dir, 'acts.npy'), { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => next() - 0.5) });
+    const out = path.join(dir, 'run');
+    // --checkpoint-every above the run's steps: only the stop writes a checkpoint.
+    const { code, stdout, stderr } = await interrupted(['train', path.join(dir, 'acts.npy'), '--latents', '2048', '--k', '16', '--out', out, '--batch', '256', '--epochs', '20', '--checkpoint-every', '100000'], 400, 'SIGTERM');
+    expect(code, stderr).toBe(143);
+    expect(stderr).toMatch(/SIGTERM received: stopping after the current step/);
+    expect(stdout).toMatch(/^stopped early; checkpoint and SAE saved \(resume with --resume\): \d+ steps?, /);
+    const steps = Number(/: (\d+) steps?,/.exec(stdout)![1]);
+    expect(steps).toBeGreaterThan(0);
+    expect(steps).toBeLessThan(1560);
+    for (const file of ['cfg.json', 'sae_weights.safetensors']) expect(existsSync(path.join(out, file)), file).toBe(true);
+    using sae = await SparseAutoencoder.load(out);
+    expect([sae.dIn, sae.numLatents, sae.k]).toEqual([dIn, 2048, 16]);
+    expect(JSON.parse(readFileSync(path.join(out, 'checkpoint', 'checkpoint.json'), 'utf8')).step).toBe(steps);
+    const demo = await interrupted(['demo', '--json'], 1500, 'SIGTERM');
+    expect(demo.code, demo.stderr).toBe(143);
+    expect(demo.stderr).toMatch(/interrupted after [\d,]+ of 2,097,152 tokens/);
+  }, 120_000);
+
   it('Ctrl-C during demo exits 130 and says the numbers are of a partly trained SAE', async () => {
     const { code, stderr } = await interrupted(['demo', '--json'], 1500);
     expect(code, stderr).toBe(130);
@@ -214,6 +237,86 @@ describe('saekit CLI', () => {
     // For each latent of A, its match in B: B's j holds A's perm[j].
     steps[0].permutation.forEach((j: number, i: number) => expect(perm[j]).toBe(i));
     expect(steps[0].mean_mse).toBeLessThan(1e-10);
+  }, 60_000);
+
+  it('compare: --tensor, --dtype and --d-in describe --data only; --data-b describes itself (--tensor-b names its tensor)', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(21);
+    const [rows, dIn] = [400, 6];
+    const data = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: 12, k: 3, seed: 4 });
+    const s = path.join(dir, 'sae');
+    await sae.save(s);
+    // The same rows in six files: raw float32, a float64 .npy (exact), a 3-D .npy, and two
+    // .safetensors with two 2-D tensors each, named differently.
+    const f = (name: string) => path.join(dir, name);
+    writeFileSync(f('acts.bin'), data);
+    await io.writeNpy(f('acts.npy'), { dtype: 'float32', shape: [rows, dIn], data });
+    await io.writeNpy(f('acts64.npy'), { dtype: 'float64', shape: [rows, dIn], data: Float64Array.from(data) });
+    await io.writeNpy(f('acts3d.npy'), { dtype: 'float32', shape: [4, rows / 4, dIn], data });
+    const other = { dtype: 'float32' as const, shape: [2, 2], data: new Float32Array(4) };
+    await io.writeSafetensors(f('a.safetensors'), { acts: { dtype: 'float32', shape: [rows, dIn], data }, other });
+    await io.writeSafetensors(f('b.safetensors'), { resid: { dtype: 'float32', shape: [rows, dIn], data }, other });
+    const compare = (...args: string[]) => run(['compare', s, s, '--json', '--runs', '2', ...args]);
+    const want = compare('--data', f('acts.npy'));
+    expect(want.status, want.stderr).toBe(0);
+    const summary = (r: { stdout: string }) => {
+      const { tokens, mean_max_correlation: mmc, pairs_kept: kept } = JSON.parse(r.stdout);
+      return { tokens, mmc, kept };
+    };
+    for (const args of [
+      ['--data', f('acts.bin'), '--dtype', 'float32', '--d-in', String(dIn), '--data-b', f('acts64.npy')],
+      ['--data', f('a.safetensors'), '--tensor', 'acts', '--data-b', f('acts3d.npy')],
+      ['--data', f('a.safetensors'), '--tensor', 'acts', '--data-b', f('b.safetensors'), '--tensor-b', 'resid'],
+      ['--data', f('acts.npy'), '--data-b', f('b.safetensors'), '--tensor-b', 'resid'],
+    ]) {
+      const r = compare(...args);
+      expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+      expect(summary(r), args.join(' ')).toEqual(summary(want));
+    }
+    // Errors from --data-b name --data-b's flags.
+    const errors: [string[], RegExp][] = [
+      [['--data', f('a.safetensors'), '--tensor', 'acts', '--data-b', f('b.safetensors')], /Expected --tensor-b for .*b\.safetensors, which has 2 2-D tensors/],
+      [['--data', f('acts.npy'), '--data-b', f('b.safetensors'), '--tensor-b', 'acts'], /Expected --tensor-b to name a tensor of .*b\.safetensors but it has no 'acts'/],
+      [['--data', f('acts.npy'), '--data-b', f('acts64.npy'), '--tensor-b', 'resid'], /Expected --tensor-b only with \.safetensors files/],
+      [['--data', f('acts.npy'), '--tensor-b', 'resid'], /Expected --tensor-b only with --data-b/],
+      [['--data', f('nope.npy')], /for --data but '.*nope\.npy' does not exist/],
+    ];
+    for (const [args, re] of errors) {
+      const r = compare(...args);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toMatch(re);
+      expect(r.stderr, args.join(' ')).toMatch(/\[ERR_SAEKIT_ARG\]\n$/);
+    }
+  }, 120_000);
+
+  it('compare: a raw --data-b is refused naming --data-b (raw files need --dtype and --d-in, which describe --data only)', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(22);
+    const [rows, dIn] = [100, 6];
+    const data = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: 12, k: 3, seed: 4 });
+    const s = path.join(dir, 'sae');
+    await sae.save(s);
+    const f = (name: string) => path.join(dir, name);
+    writeFileSync(f('acts.bin'), data);
+    await io.writeNpy(f('acts.npy'), { dtype: 'float32', shape: [rows, dIn], data });
+    mkdirSync(f('raw'));
+    writeFileSync(path.join(dir, 'raw', 'x.bin'), data);
+    const raw = ['--dtype', 'float32', '--d-in', String(dIn)];
+    for (const [args, re] of [
+      // A raw file, although --dtype and --d-in were given (they describe --data).
+      [['--data', f('acts.bin'), '--data-b', f('acts.bin'), ...raw], /Expected a self-describing file for --data-b \(\.npy or \.safetensors, .*raw files are only for --data, with --dtype and --d-in\) but received the raw file '.*acts\.bin'/],
+      [['--data', f('acts.npy'), '--data-b', f('acts.bin')], /Expected a self-describing file for --data-b .* but received the raw file '.*acts\.bin'/],
+      // Folders and globs of --data-b skip raw files, and say why they found none.
+      [['--data', f('acts.npy'), '--data-b', path.join(dir, '*.bin'), ...raw], /Expected the glob pattern --data-b = '.*\*\.bin' to match activation files but it matches none \(\.npy or \.safetensors; raw files are only for --data\)/],
+      [['--data', f('acts.npy'), '--data-b', f('raw'), ...raw], /Expected a folder holding activation files for --data-b but '.*raw' has none \(looked for \.npy and \.safetensors; raw files are only for --data\)/],
+    ] as const) {
+      const r = run(['compare', s, s, ...args]);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toMatch(re);
+      expect(r.stderr, args.join(' ')).toMatch(/\[ERR_SAEKIT_ARG\]\n$/);
+    }
   }, 60_000);
 
   it('match-layers: a JumpReLU SAE with a threshold of 0 fails naming its file and --no-fold; with --no-fold it matches', async () => {

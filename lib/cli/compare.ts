@@ -5,6 +5,7 @@ import path from 'node:path';
 
 import type { DeviceOption } from '../backend/index.js';
 import { openActivations } from '../data/index.js';
+import { isRaw } from '../data/shards.js';
 import { SaekitError } from '../errors.js';
 import { Rng } from '../data/prng.js';
 import { correlation, match, saeMatch } from '../features/index.js';
@@ -28,9 +29,12 @@ export interface CompareFlags {
   out?: string;
   overwrite?: boolean;
   onNonFinite: 'error' | 'skip';
+  /** --tensor, --dtype and --d-in describe --data only. */
   tensor?: string;
   dtype?: 'float32' | 'float16' | 'bfloat16' | 'float64';
   dIn?: number;
+  /** --tensor-b: the tensor to read from --data-b's .safetensors files (default: the only 2-D one). */
+  tensorB?: string;
   device: string;
 }
 
@@ -54,6 +58,33 @@ export async function checkOutFile(out: string | undefined, overwrite: boolean |
     if (abs === a || abs.startsWith(a + path.sep)) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out not to overwrite an input but '${out}' is ${abs === a ? '' : 'inside '}'${input}'`);
   }
   if (st && !overwrite) throw new SaekitError('ERR_SAEKIT_ARG', `--out ${out} already exists; pass --overwrite to replace it, or choose another --out`);
+}
+
+/**
+ * Checks before any work that --data-b can be read without --dtype and --d-in (which describe
+ * --data only): a raw file has no header to give its element type and row width.
+ */
+async function checkDataB(dataB: string): Promise<void> {
+  if (isRaw(dataB) && (await stat(dataB).catch(() => undefined))?.isFile()) {
+    throw new SaekitError(
+      'ERR_SAEKIT_ARG',
+      `Expected a self-describing file for --data-b (.npy or .safetensors, or a folder or glob pattern of them; raw files are only for --data, with --dtype and --d-in) but received the raw file '${dataB}'`,
+    );
+  }
+}
+
+/**
+ * An error from opening --data or --data-b in that side's flags: the library names its
+ * arguments pathOrPaths and options.tensor, which main.ts's cliMessage would turn into <data> and
+ * --tensor (train's and eval's flags); --data-b is read with --tensor-b and without --d-in (raw files are refused).
+ */
+function inFlagsOf(side: 'A' | 'B'): (e: unknown) => never {
+  return (e: unknown) => {
+    if (!(e instanceof SaekitError)) throw e;
+    let named = e.message.replace(/\bpathOrPaths\b/g, side === 'A' ? '--data' : '--data-b');
+    if (side === 'B') named = named.replace(/\boptions\.tensor\b/g, '--tensor-b').replace(/raw files need options\.dIn/g, 'raw files are only for --data');
+    throw named === e.message ? e : new SaekitError(e.code, named);
+  };
 }
 
 /**
@@ -97,12 +128,22 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
   if (f.dataB !== undefined && f.onNonFinite === 'skip') {
     throw new SaekitError('ERR_SAEKIT_ARG', 'Expected --on-non-finite error with --data-b (skipping rows on either side would misalign the two sources token by token); clean the files first');
   }
+  if (f.tensorB !== undefined && f.dataB === undefined) {
+    throw new SaekitError('ERR_SAEKIT_ARG', `Expected --tensor-b only with --data-b (it names the tensor of --data-b's .safetensors files) but received --tensor-b '${f.tensorB}' without --data-b`);
+  }
+  if (f.dataB !== undefined) await checkDataB(f.dataB);
   await checkOutFile(f.out, f.overwrite, [pathA, pathB, f.data, ...(f.dataB ? [f.dataB] : [])]);
   using a = await SparseAutoencoder.load(pathA, { device: f.device as DeviceOption });
   using b = await SparseAutoencoder.load(pathB, { device: f.device as DeviceOption });
-  const read = { onNonFinite: f.onNonFinite, tensor: f.tensor, dtype: f.dtype };
-  const srcA = await openActivations(f.data, { ...read, dIn: f.dIn });
-  const srcB = f.dataB ? await openActivations(f.dataB, read) : undefined;
+  // --tensor, --dtype and --d-in describe --data; --data-b describes itself (--tensor-b picks its tensor).
+  const srcA = await openActivations(f.data, { onNonFinite: f.onNonFinite, tensor: f.tensor, dtype: f.dtype, dIn: f.dIn }).catch(inFlagsOf('A'));
+  let srcB;
+  try {
+    srcB = f.dataB ? await openActivations(f.dataB, { onNonFinite: f.onNonFinite, tensor: f.tensorB }).catch(inFlagsOf('B')) : undefined;
+  } catch (err) {
+    await srcA.close();
+    throw err;
+  }
   try {
     for (const [side, sae, src, file, p] of [['A', a, srcA, f.data, pathA], ['B', b, srcB ?? srcA, f.dataB ?? f.data, pathB]] as const) {
       if (sae.dIn !== src.dIn) {

@@ -119,16 +119,40 @@ export function cliMessage(message: string): string {
     .replace(/pass onNonFinite: 'skip'/g, 'pass --on-non-finite skip');
 }
 
-/** Ctrl-C stops after the current step (checkpoint + SAE written); a second one exits at once. */
-function abortOnSigint(): { signal: AbortSignal; dispose(): void } {
+/** The signals that stop a run after the current step, and their exit codes (128 + the signal's number). */
+const STOP_SIGNALS = { SIGINT: 130, SIGTERM: 143 } as const;
+
+/**
+ * Ctrl-C (SIGINT) or SIGTERM (job schedulers, `timeout`, `docker stop`) stops after the current
+ * step (checkpoint + SAE written); a second signal of either kind exits at once. `exitCode` is
+ * 128 + the number of the first signal (130 or 143), undefined before one came.
+ */
+function abortOnSignal(): { signal: AbortSignal; readonly exitCode: number | undefined; dispose(): void } {
   const ctrl = new AbortController();
-  const onSig = () => {
-    if (ctrl.signal.aborted) process.exit(130);
-    process.stderr.write('\nsaekit: stopping after the current step (Ctrl-C again to quit now)...\n');
-    ctrl.abort();
+  let exitCode: number | undefined;
+  const handlers = Object.entries(STOP_SIGNALS).map(([name, code]) => {
+    const onSig = () => {
+      if (ctrl.signal.aborted) process.exit(code);
+      exitCode = code;
+      process.stderr.write(
+        name === 'SIGINT'
+          ? '\nsaekit: stopping after the current step (Ctrl-C again to quit now)...\n'
+          : `\nsaekit: ${name} received: stopping after the current step (a second ${name} or Ctrl-C quits now)...\n`,
+      );
+      ctrl.abort();
+    };
+    process.on(name, onSig);
+    return [name, onSig] as const;
+  });
+  return {
+    signal: ctrl.signal,
+    get exitCode() {
+      return exitCode;
+    },
+    dispose: () => {
+      for (const [name, onSig] of handlers) process.off(name, onSig);
+    },
   };
-  process.on('SIGINT', onSig);
-  return { signal: ctrl.signal, dispose: () => process.off('SIGINT', onSig) };
 }
 
 interface TrainFlags {
@@ -271,7 +295,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
         ` (${source.numRows?.toLocaleString('en-US') ?? 'unknown'} rows in the data) -> ${f.out}\n`,
     );
     const progress = new Progress(total);
-    const sig = abortOnSigint();
+    const sig = abortOnSignal();
     let result: FitResult;
     try {
       result = await trainer.fit(source, {
@@ -324,7 +348,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
       );
     }
     reportSkipped(source);
-    if (result.status === 'aborted') process.exitCode = 130;
+    if (result.status === 'aborted') process.exitCode = sig.exitCode ?? STOP_SIGNALS.SIGINT;
   } finally {
     await source.close();
   }
@@ -359,7 +383,7 @@ async function demo(f: DemoFlags): Promise<void> {
   using sae = SparseAutoencoder.create({ dIn, numLatents, k, seed: seed + 1 });
   const trainer = new Trainer(sae, { batchSize: 1024, totalTokens: 1 << 21, lr: 2e-3, warmupSteps: 50, seed });
   const progress = new Progress(1 << 21);
-  const sig = abortOnSigint();
+  const sig = abortOnSignal();
   let result: FitResult;
   try {
     result = await trainer.fit(source, { signal: sig.signal, onStep: (s) => progress.update(s), ...(f.out ? { saveDir: f.out } : {}) });
@@ -368,7 +392,7 @@ async function demo(f: DemoFlags): Promise<void> {
     progress.done();
   }
   if (result.status === 'aborted') {
-    process.exitCode = 130;
+    process.exitCode = sig.exitCode ?? STOP_SIGNALS.SIGINT;
     process.stderr.write(`saekit demo: interrupted after ${result.tokens.toLocaleString('en-US')} of ${(1 << 21).toLocaleString('en-US')} tokens; the numbers below are of the partly trained SAE\n`);
     if (!result.last) {
       await source.close();
@@ -495,7 +519,8 @@ export function buildProgram(): Command {
     .addHelpText(
       'after',
       '\nExample:\n  saekit train acts/*.npy --latents 24576 --k 32 --out runs/l8 --tokens 100000000 --log runs/l8/log.jsonl\n' +
-        '  (Ctrl-C stops after the current step and saves; run again with --resume to continue.)\n',
+        '  (Ctrl-C or SIGTERM stops after the current step and saves, exiting 130 or 143; a second signal quits at once;\n' +
+        '  run again with --resume to continue.)\n',
     )
     .action((paths: string[], f: TrainFlags) => train(paths, f));
   program
@@ -521,7 +546,7 @@ export function buildProgram(): Command {
     .argument('<saeA>', 'first SAE folder or file')
     .argument('<saeB>', 'second SAE folder or file')
     .requiredOption('--data <src>', "activations for saeA (and saeB unless --data-b)")
-    .option('--data-b <src>', "saeB's activations, aligned token by token with --data (another model on the same text)")
+    .option('--data-b <src>', "saeB's activations, aligned token by token with --data (another model on the same text): .npy or .safetensors files, a folder or a glob (raw files only for --data)")
     .option('--kind <k>', 'codes or preacts', oneOf('kind', ['codes', 'preacts'] as const), 'codes')
     .option('--method <m>', 'argmax, mutual or hungarian (hungarian needs the full correlation matrix, at most 1 GiB: nA x nB x 4 bytes; beyond it use argmax or mutual, which work from top matches)', oneOf('method', ['argmax', 'mutual', 'hungarian'] as const), 'hungarian')
     .option('--threshold <r>', 'drop matched pairs with correlation below this', num('threshold', -1, 1, false), 0.1)
@@ -531,9 +556,10 @@ export function buildProgram(): Command {
     .option('--runs <n>', 'shuffled baselines for the p-values', num('runs', 1, 100000), 20)
     .option('--max-pairs <n>', `SVCCA and RSA use a random subsample of at most this many matched pairs (RSA is O(n^2) in time and memory; reported as similarity_pairs)`, num('max-pairs', 3, 30_000), DEFAULT_MAX_PAIRS)
     .option('--on-non-finite <policy>', `${NON_FINITE_HELP} (skip only with one --data: two sources must stay aligned)`, oneOf('on-non-finite', ['error', 'skip'] as const), 'error')
-    .option('--tensor <name>', 'the tensor to read from .safetensors files')
-    .option('--dtype <t>', 'element type of raw .bin files')
-    .option('--d-in <n>', 'row width of raw .bin files (of --data; --data-b may differ: give it a self-describing file)', num('d-in', 1, 1 << 24))
+    .option('--tensor <name>', 'the tensor to read from --data\'s .safetensors files (default: the only 2-D one)')
+    .option('--dtype <t>', 'element type of raw .bin files of --data')
+    .option('--d-in <n>', 'row width of raw .bin files of --data (--data-b may differ: it must be self-describing, .npy or .safetensors)', num('d-in', 1, 1 << 24))
+    .option('--tensor-b <name>', 'the tensor to read from --data-b\'s .safetensors files (default: the only 2-D one)')
     .option('--json', 'print the summary as JSON')
     .option('--out <file>', 'also write the summary and every matched pair as JSON')
     .option('--overwrite', 'replace an existing --out file (never an input)')

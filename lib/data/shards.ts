@@ -55,7 +55,8 @@ function extOf(p: string): string {
   return path.extname(p).toLowerCase();
 }
 
-function isRaw(p: string): boolean {
+/** Whether `p` has a raw-file extension (.bin .raw .dat .f32 .f16 .bf16 .f64): rows without a header. */
+export function isRaw(p: string): boolean {
   return Object.hasOwn(RAW_EXTENSIONS, extOf(p));
 }
 
