@@ -288,6 +288,14 @@ describe('saekit CLI', () => {
       expect(r.stderr, args.join(' ')).toMatch(re);
       expect(r.stderr, args.join(' ')).toMatch(/\[ERR_SAEKIT_ARG\]\n$/);
     }
+    // A NaN row in --data-b: skipping is not offered (compare refuses it with --data-b).
+    const bad = Float32Array.from(data);
+    bad[37 * dIn + 1] = Number.NaN;
+    await io.writeNpy(f('bad.npy'), { dtype: 'float32', shape: [rows, dIn], data: bad });
+    const nan = compare('--data', f('acts.npy'), '--data-b', f('bad.npy'));
+    expect(nan.status).toBe(1);
+    expect(nan.stderr).toMatch(/row 37 of .*bad\.npy has NaN.*with --data-b rows cannot be skipped.*clean the files first\) \[ERR_SAEKIT_NONFINITE\]/);
+    expect(nan.stderr).not.toMatch(/--on-non-finite skip/);
   }, 120_000);
 
   it('compare: a raw --data-b is refused naming --data-b (raw files need --dtype and --d-in, which describe --data only)', async () => {

@@ -178,7 +178,15 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
       // Where the SAEs are (--device auto: CUDA when usable); same result bits on either.
       device: a.device,
       onProgress: (t, passes) => progress.update(t, passes > 1 ? `(${passes} passes)` : ''),
-    }).finally(() => progress.done());
+    })
+      .catch((e: unknown) => {
+        // With --data-b, skipping is refused (the sources would stop lining up): the usual hint does not apply.
+        if (srcB && e instanceof SaekitError && e.message.includes("(pass onNonFinite: 'skip' to drop such rows)")) {
+          throw new SaekitError(e.code, e.message.replace("(pass onNonFinite: 'skip' to drop such rows)", '(with --data-b rows cannot be skipped, since the two sources must stay aligned token by token: clean the files first)'));
+        }
+        throw e;
+      })
+      .finally(() => progress.done());
     process.stderr.write(`correlation: ${c.mode === 'full' ? 'full matrix' : `top ${c.top.k} matches per feature`} over ${c.tokens.toLocaleString('en-US')} tokens\n`);
     // For every feature of B, its best correlation in A.
     let meanMax = 0;
