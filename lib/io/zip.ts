@@ -288,6 +288,7 @@ async function entryData(src: ByteSource, e: ZipEntry, cdOffset: number, bad: (r
   if (dataStart + e.compressedSize > e.end) {
     throw bad(`data [${dataStart}, +${e.compressedSize}) runs past ${e.end === cdOffset ? 'the end of the entries' : `the next entry's local header at ${e.end}`}`);
   }
+  // np.load (Python's zipfile) refuses an entry whose local name differs from the directory's.
   const localName = decodeName(await src.read(e.localHeaderOffset + 30, nameLen), lv.getUint16(6, true), what, src.name);
   if (localName !== e.name) throw bad(`the local header names it ${quoteName(localName)}`);
   if (e.uncompressedSize > MAX_BUFFER_BYTES) throw bad(`uncompressed size ${e.uncompressedSize} exceeds the 4 GiB buffer limit`);
