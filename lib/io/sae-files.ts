@@ -280,6 +280,14 @@ function toF32(t: IoTensor, file: string, name: string): Float32Array {
   return out;
 }
 
+/** The first NaN or infinity of `a` (of `shape`): its value and where, by row and column when 2-D; null when none. */
+function firstNonFinite(a: Float32Array, shape: readonly number[]): { value: string; where: string } | null {
+  if (!native().anyNonFinite(a, 0, a.length)) return null;
+  const i = a.findIndex((v) => !Number.isFinite(v));
+  const cols = shape.length === 2 ? shape[1]! : 0;
+  return { value: Number.isNaN(a[i]) ? 'NaN' : String(a[i]), where: cols > 0 ? `row ${Math.floor(i / cols)}, column ${i % cols}` : `element ${i}` };
+}
+
 /**
  * After folding a file's scales into the weights: finite weights can overflow float32 when
  * multiplied (ERR_SAEKIT_NONFINITE naming the file, the fold and where, rather than a later
@@ -293,21 +301,15 @@ function checkFolded(w: SaeFileWeights, dIn: number, numLatents: number, file: s
     [w.threshold, 'threshold', [numLatents]],
   ];
   for (const [a, name, shape] of parts) {
-    if (!a || !native().anyNonFinite(a, 0, a.length)) continue;
-    const i = a.findIndex((v) => !Number.isFinite(v));
-    const where = shape.length === 2 ? `row ${Math.floor(i / shape[1]!)}, column ${i % shape[1]!}` : `element ${i}`;
-    throw new SaekitError('ERR_SAEKIT_NONFINITE', `${file}: tensor ${name} overflows float32 at ${where} when ${how}`);
+    const bad = a && firstNonFinite(a, shape);
+    if (bad) throw new SaekitError('ERR_SAEKIT_NONFINITE', `${file}: tensor ${name} overflows float32 at ${bad.where} when ${how}`);
   }
 }
 
 /** Throws ERR_SAEKIT_NONFINITE (the model's code for such weights) naming the file and the first NaN or infinity. */
 function checkFinite(a: Float32Array, shape: readonly number[], file: string, name: string): void {
-  if (!native().anyNonFinite(a, 0, a.length)) return;
-  const i = a.findIndex((v) => !Number.isFinite(v));
-  const cols = shape.length === 2 ? shape[1]! : 0;
-  const where = cols > 0 ? `row ${Math.floor(i / cols)}, column ${i % cols}` : `element ${i}`;
-  const value = Number.isNaN(a[i]) ? 'NaN' : String(a[i]);
-  throw new SaekitError('ERR_SAEKIT_NONFINITE', `${file}: tensor ${name} has ${value} at ${where} (weights must be finite)`);
+  const bad = firstNonFinite(a, shape);
+  if (bad) throw new SaekitError('ERR_SAEKIT_NONFINITE', `${file}: tensor ${name} has ${bad.value} at ${bad.where} (weights must be finite)`);
 }
 
 function checkShape(file: string, name: string, t: { shape: readonly number[] }, want: number[]): void {
