@@ -490,3 +490,80 @@ describe('fast ranks and permutation tests that reuse each side (saekit compare)
     expect(err).toMatchObject({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(/options\.n .* received n = 100000/) });
   });
 });
+
+describe('degenerate inputs: constant columns and rows, extreme magnitudes', () => {
+  // A mean such as 0.1 x 7 / 7 is not exact in float64; centring left a residue of ~1e-17 along
+  // (1, ..., 1) that CKA and SVCCA then saw as a perfectly shared direction.
+  const constants = [0.1, 0.3, 1 / 3, 3, -2.7e-5];
+
+  it('constant sides: CKA and SVCCA are NaN (no variance, nothing kept), whatever the constant', async () => {
+    const next = lcg(Date.now() & 0xffff);
+    for (const [n, dA, dB] of [[7, 3, 2], [11, 1, 4], [2, 1, 1]] as const) {
+      for (const c of constants) {
+        const A = new Float64Array(n * dA).fill(c);
+        const B = new Float32Array(n * dB).fill(c * 2);
+        const R = random(n, dB, next);
+        expect((await cka(A, B, { n, dA, dB })).score, `cka n ${n} c ${c}`).toBeNaN();
+        expect((await cka(A, R, { n, dA, dB })).score, `cka vs random, c ${c}`).toBeNaN();
+        if (n > dA && n > dB) {
+          for (const other of [B, R]) {
+            const s = await svcca(A, other, { n, dA, dB });
+            expect([s.score, s.keptA], `svcca n ${n} c ${c}`).toEqual([NaN, 0]);
+          }
+        }
+        const t = await permutationTest(async (a, b) => (await cka(a, b, { n, dA, dB })).score, A, Float64Array.from(B), { n, dB, runs: 3 });
+        expect([t.score, t.pValue]).toEqual([NaN, NaN]);
+      }
+    }
+    // One constant column among varying ones: CKA equals CKA without it (zero contribution).
+    const n = 9;
+    const A = random(n, 3, next);
+    const B = random(n, 2, next);
+    const A4 = new Float64Array(n * 4);
+    for (let r = 0; r < n; r++) A4.set([A[r * 3]!, 0.1, A[r * 3 + 1]!, A[r * 3 + 2]!], r * 4);
+    expect((await cka(A4, B, { n, dA: 4, dB: 2 })).score).toBeCloseTo((await cka(A, B, { n, dA: 3, dB: 2 })).score, 12);
+  });
+
+  it('RSA: a constant row has dissimilarity 1 to every row whatever its constant; all rows constant gives NaN', async () => {
+    const next = lcg((Date.now() >>> 8) & 0xffff);
+    const [n, dA, dB] = [9, 3, 4];
+    const A = random(n, dA, next);
+    const B = random(n, dB, next);
+    const scores: number[] = [];
+    for (const [c2, c4] of [[0.5, 0.25], [0.1, 0.3], [1 / 3, -7.1]]) {
+      const A2 = Float64Array.from(A);
+      A2.fill(c2, 2 * dA, 3 * dA);
+      A2.fill(c4, 4 * dA, 5 * dA);
+      scores.push((await rsa(A2, B, { n, dA, dB })).score);
+    }
+    expect(scores[1]).toBe(scores[0]);
+    expect(scores[2]).toBe(scores[0]);
+    const vals = [0.1, 0.3, 0.7, 1.1, 0.2, 0.6, 0.9, 1 / 3, 0.15];
+    const allA = Float64Array.from({ length: n * dA }, (_, i) => vals[Math.floor(i / dA)]!);
+    const allB = Float64Array.from({ length: n * dA }, (_, i) => vals[(Math.floor(i / dA) + 3) % n]!);
+    expect((await rsa(allA, allB, { n, dA, dB: dA })).score).toBeNaN();
+  });
+
+  it('SVCCA, CKA and Euclidean RSA are unchanged when one side is scaled by 1e160 or 1e-170 (squares overflowed or vanished: NaN)', async () => {
+    const next = lcg((Date.now() >>> 4) & 0xffff);
+    const [n, dA, dB] = [13, 3, 2];
+    const A = random(n, dA, next);
+    const B = random(n, dB, next);
+    const base = {
+      cka: (await cka(A, B, { n, dA, dB })).score,
+      svcca: (await svcca(A, B, { n, dA, dB })).score,
+      rsa: (await rsa(A, B, { n, dA, dB, inner: 'euclidean' })).score,
+      rsaPearson: (await rsa(A, B, { n, dA, dB, inner: 'euclidean', outer: 'pearson' })).score,
+    };
+    for (const f of [1e160, 1e-170, 2 ** 200, -1e300]) {
+      const S = A.map((v) => v * f);
+      expect((await cka(S, B, { n, dA, dB })).score, `cka x ${f}`).toBeCloseTo(base.cka, 12);
+      expect((await svcca(S, B, { n, dA, dB })).score, `svcca x ${f}`).toBeCloseTo(base.svcca, 12);
+      expect((await rsa(S, B, { n, dA, dB, inner: 'euclidean' })).score, `rsa x ${f}`).toBeCloseTo(base.rsa, 12);
+      expect((await rsa(S, B, { n, dA, dB, inner: 'euclidean', outer: 'pearson' })).score, `rsa pearson x ${f}`).toBeCloseTo(base.rsaPearson, 12);
+    }
+    // A power-of-2 scale inside the safe range changes no bit.
+    const P = A.map((v) => v * 2 ** 40);
+    expect((await cka(P, B, { n, dA, dB })).score).toBe(base.cka);
+  });
+});

@@ -209,19 +209,40 @@ function checkShape(name: string, X: unknown, n: number, d: number): asserts X i
   }
 }
 
-/** A float64 copy of X (checked by checkShape), screened for non-finite values, in slices. */
+/** Largest |value| left as it is by copyMatrix; beyond (or below 2^-100) a side is rescaled. */
+const SAFE_MAGNITUDE = 2 ** 100;
+
+/**
+ * A float64 copy of X (checked by checkShape), screened for non-finite values, in slices. SVCCA,
+ * RSA and CKA are invariant to scaling one side, and their squares and fourth powers overflow
+ * (or vanish) for float64 values beyond about 1e77: a side whose largest |value| lies outside
+ * [2^-100, 2^100] is multiplied by a power of 2 (exactly) that brings it into [1, 2).
+ */
 async function copyMatrix(name: string, X: Float32Array | Float64Array, m: number): Promise<Float64Array> {
   checkKept(name, X, m);
   const out = new Float64Array(m);
+  let max = 0;
   for (let a = 0; a < m; a += BLOCK) {
     const b = Math.min(m, a + BLOCK);
     out.set(X.subarray(a, b), a);
     for (let i = a; i < b; i++) {
-      if (!Number.isFinite(out[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `${name}[${i}] is ${out[i]}: expected finite values`);
+      const v = out[i];
+      if (!Number.isFinite(v)) throw new SaekitError('ERR_SAEKIT_NONFINITE', `${name}[${i}] is ${v}: expected finite values`);
+      if (Math.abs(v) > max) max = Math.abs(v);
     }
     if (due(b - a)) {
       await pause();
       checkKept(name, X, m);
+    }
+  }
+  if (max > SAFE_MAGNITUDE || (max > 0 && max < 1 / SAFE_MAGNITUDE)) {
+    // In steps of at most 2^1000: 2^-e itself need not be a float64 (e down to -1074).
+    for (let e = Math.floor(Math.log2(max)); e !== 0; ) {
+      const step = Math.max(-1000, Math.min(1000, e));
+      const f = 2 ** -step;
+      for (let i = 0; i < m; i++) out[i] *= f;
+      e -= step;
+      if (due(m)) await pause();
     }
   }
   return out;
@@ -237,15 +258,23 @@ function checkDims(opts: { n?: unknown; dA?: unknown; dB?: unknown }, minN: numb
 // ---------------------------------------------------------------------------------------------
 // Linear algebra helpers
 
-/** Columns of a row-major [n, d] matrix, each centred on its mean, as d arrays of length n. */
+/**
+ * Columns of a row-major [n, d] matrix, each centred on its mean, as d arrays of length n. A
+ * constant column centres to exactly zero (subtracting a rounded mean such as 0.1 x 7 / 7 leaves
+ * a residue of ~1e-17 along (1, ..., 1), which made two constant sides look perfectly similar).
+ */
 async function centredColumns(X: Float64Array, n: number, d: number): Promise<Float64Array[]> {
   const cols: Float64Array[] = [];
   for (let c = 0; c < d; c++) {
     const col = new Float64Array(n);
     let mean = 0;
-    for (let r = 0; r < n; r++) mean += X[r * d + c];
+    let constant = true;
+    for (let r = 0; r < n; r++) {
+      mean += X[r * d + c];
+      constant &&= X[r * d + c] === X[c];
+    }
     mean /= n;
-    for (let r = 0; r < n; r++) col[r] = X[r * d + c] - mean;
+    if (!constant) for (let r = 0; r < n; r++) col[r] = X[r * d + c] - mean;
     cols.push(col);
     if (due(2 * n)) await pause();
   }
@@ -543,10 +572,17 @@ async function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correl
   }
   if (inner === 'correlation') {
     for (let r = 0; r < n; r++) {
+      // A constant row centres to exactly zero (dissimilarity 1 to every row, whatever the
+      // constant), not to a rounding residue along (1, ..., 1).
       let mean = 0;
-      for (let c = 0; c < d; c++) mean += rows[r * d + c];
+      let constant = true;
+      for (let c = 0; c < d; c++) {
+        mean += rows[r * d + c];
+        constant &&= rows[r * d + c] === rows[r * d];
+      }
       mean /= d;
-      for (let c = 0; c < d; c++) rows[r * d + c] -= mean;
+      if (constant) rows.fill(0, r * d, (r + 1) * d);
+      else for (let c = 0; c < d; c++) rows[r * d + c] -= mean;
       if (due(2 * d)) await pause();
     }
   }
