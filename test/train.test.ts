@@ -511,3 +511,105 @@ describe('Trainer', () => {
     expect((await mmcs(w.W_dec, features, { d: dI })).mean, `data seed ${seed}`).toBeGreaterThan(0.9);
   });
 });
+
+describe('Trainer: runs that end early, crash leftovers and the log on resume', () => {
+  const dIn = 11;
+  const make = (seed = 5) => SparseAutoencoder.create({ dIn, numLatents: 24, k: 3, seed });
+
+  it('epochs over a file with rows skipped as non-finite end as completed (not exhausted)', async () => {
+    const dir = tmp();
+    const rows = 700;
+    const x = data(rows, dIn, 31);
+    for (const r of [3, 50, 51, 333, 699]) x[r * dIn + 2] = Number.NaN;
+    const { writeNpy } = await import('../lib/io/index.js');
+    const { openActivations } = await import('../lib/data/index.js');
+    await writeNpy(path.join(dir, 'x.npy'), { dtype: 'float32', shape: [rows, dIn], data: x });
+    const src = await openActivations(path.join(dir, 'x.npy'), { onNonFinite: 'skip' });
+    using sae = make();
+    // numRows (700) plans 2 x 10 steps of 70; the passes hold 695 rows: 2 x 9 whole batches.
+    const r = await new Trainer(sae, { batchSize: 70, epochs: 2, warmupSteps: 0 }).fit(src);
+    expect(r).toMatchObject({ status: 'completed', steps: 18 });
+    await src.close();
+  });
+
+  it('an abort during a new run\'s first reads writes no checkpoint and no SAE; the next run starts afresh', async () => {
+    const dir = tmp();
+    const saveDir = path.join(dir, 'sae');
+    const checkpointDir = path.join(dir, 'ck');
+    // A source whose second batch never comes: the Trainer waits in its first reads (normalisation).
+    const first = data(64, dIn, 41);
+    const stalled = fromAsyncIterable({
+      [Symbol.asyncIterator]() {
+        let i = 0;
+        return { next: () => (i++ === 0 ? Promise.resolve({ value: first, done: false as const }) : new Promise<never>(() => undefined)) };
+      },
+    }, dIn);
+    using sae = make();
+    const ctrl = new AbortController();
+    setTimeout(() => ctrl.abort(), 50);
+    const r = await new Trainer(sae, { batchSize: 64, totalTokens: 640, normalize: 'expected-norm', normalizeBatches: 4 }).fit(stalled, { signal: ctrl.signal, saveDir, checkpointDir });
+    expect(r).toMatchObject({ status: 'aborted', steps: 0, saved: [] });
+    const { readdirSync, existsSync } = await import('node:fs');
+    expect(existsSync(path.join(saveDir, 'cfg.json'))).toBe(false);
+    expect(readdirSync(checkpointDir)).toEqual([]);
+    // The same folders then hold a fresh run (resume finds no checkpoint).
+    const again = await new Trainer(sae, { batchSize: 64, totalTokens: 640 }).fit(fromArray(data(640, dIn, 42), dIn), { saveDir, checkpointDir, resume: true });
+    expect(again).toMatchObject({ status: 'completed', steps: 10 });
+    expect(again.resumedFrom).toBeUndefined();
+    expect(existsSync(path.join(saveDir, 'cfg.json'))).toBe(true);
+  });
+
+  it('a checkpoint removes temporary files left by a killed process (not others)', async () => {
+    const dir = tmp();
+    const { mkdirSync, readdirSync } = await import('node:fs');
+    mkdirSync(dir, { recursive: true });
+    const leftovers = ['.state-37.safetensors.1699.0a1b2c3d4e5f.tmp', '.checkpoint.json.1788.ffee00112233.tmp'];
+    const kept = ['.notes.tmp', 'state-notes.txt', `.state-3.safetensors.x.tmp`];
+    for (const f of [...leftovers, ...kept]) writeFileSync(path.join(dir, f), 'x');
+    using sae = make();
+    await new Trainer(sae, { batchSize: 64, totalTokens: 256 }).fit(fromArray(data(256, dIn, 43), dIn), { checkpointDir: dir });
+    const files = readdirSync(dir).sort();
+    for (const f of leftovers) expect(files).not.toContain(f);
+    for (const f of kept) expect(files).toContain(f);
+    expect(files).toContain('checkpoint.json');
+  });
+
+  it('a resumed run drops the log lines past its checkpoint (written before a crash, or torn), so each step is logged once', async () => {
+    const dir = tmp();
+    const checkpointDir = path.join(dir, 'ck');
+    const logFile = path.join(dir, 'log.jsonl');
+    const x = data(640, dIn, 44);
+    const opts = { batchSize: 64, totalTokens: 640, warmupSteps: 2, seed: 3 };
+    using sae = make();
+    const ctrl = new AbortController();
+    const r1 = await new Trainer(sae, opts).fit(fromArray(x, dIn), { checkpointDir, logFile, checkpointEvery: 100, signal: ctrl.signal, onStep: (s) => void (s.step === 6 && ctrl.abort()) });
+    expect(r1).toMatchObject({ status: 'aborted', steps: 6 });
+    // As if the process had trained steps 7 and 8 and died writing step 9's line.
+    const { appendFileSync } = await import('node:fs');
+    appendFileSync(logFile, '{"step":7,"tokens":448,"loss":1}\n{"step":8,"tokens":512,"loss":1}\n{"step":9,"tok');
+    const r2 = await new Trainer(sae, opts).fit(fromArray(x, dIn), { checkpointDir, logFile, resume: true });
+    expect(r2).toMatchObject({ status: 'completed', steps: 10, resumedFrom: { step: 6 } });
+    const lines = readFileSync(logFile, 'utf8').split('\n');
+    expect(lines.pop()).toBe('');
+    expect(lines.map((l) => (JSON.parse(l) as { step: number }).step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  });
+
+  it('_trimLogPast keeps exactly the lines up to a step, past 64 KiB tails, torn lines and edge cases', async () => {
+    const { _trimLogPast } = await import('../lib/train/index.js');
+    const dir = tmp();
+    const file = path.join(dir, 'log.jsonl');
+    const line = (s: number) => `{"step":${s},"tokens":${s * 64},"pad":"${'x'.repeat(40 + (s % 17))}"}\n`;
+    const body = (a: number, b: number) => Array.from({ length: b - a + 1 }, (_, i) => line(a + i)).join('');
+    for (const [n, keep, torn] of [[4000, 1200, true], [4000, 3999, false], [50, 0, true], [50, 50, false], [1, 0, false]] as const) {
+      writeFileSync(file, body(1, n) + (torn ? '{"step":99999,"tok' : ''));
+      await _trimLogPast(file, keep);
+      expect(readFileSync(file, 'utf8'), `${n} lines, keep ${keep}`).toBe(keep > 0 ? body(1, Math.min(keep, n)) : '');
+    }
+    writeFileSync(file, '');
+    await _trimLogPast(file, 3);
+    expect(readFileSync(file, 'utf8')).toBe('');
+    await _trimLogPast(path.join(dir, 'missing.jsonl'), 3); // nothing to do, no file made
+    const { existsSync } = await import('node:fs');
+    expect(existsSync(path.join(dir, 'missing.jsonl'))).toBe(false);
+  });
+});

@@ -227,7 +227,7 @@ async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; repla
       throw new SaekitError('ERR_SAEKIT_ARG', `--out ${f.out} already holds an SAE (${prior.saeFiles.join(', ')}); pass --overwrite to replace it, or choose another --out`);
     }
     if (f.log && !resuming && ((await stat(f.log).catch(() => undefined))?.size ?? 0) > 0 && !(await isFolder(f.log))) {
-      throw new SaekitError('ERR_SAEKIT_ARG', `--log ${f.log} already exists; pass --overwrite to replace it (a resumed run appends to its log), or choose another --log`);
+      throw new SaekitError('ERR_SAEKIT_ARG', `--log ${f.log} already exists; pass --overwrite to replace it (a resumed run appends to its log, after dropping the lines of steps past its checkpoint), or choose another --log`);
     }
   }
   // --log names a file: a folder there is refused, never moved aside and deleted.
@@ -339,12 +339,21 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
     if (f.json) process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
     else {
       process.stdout.write(
-        `${result.status === 'aborted' ? 'stopped early; checkpoint and SAE saved (resume with --resume)' : result.status === 'exhausted' ? 'the data ended before --tokens' : 'done'}: ${result.steps} step${result.steps === 1 ? '' : 's'}, ` +
+        `${
+          result.status === 'aborted'
+            ? result.saved.length > 0
+              ? 'stopped early; checkpoint and SAE saved (resume with --resume)'
+              : 'stopped before the first step; nothing saved (run again to start afresh)'
+            : result.status === 'exhausted'
+              ? 'the data ended before --tokens'
+              : 'done'
+        }: ${result.steps} step${result.steps === 1 ? '' : 's'}, ` +
           `${result.tokens.toLocaleString('en-US')} tokens` +
           (result.resumedFrom ? ` (${trained.toLocaleString('en-US')} in this run)` : '') +
           ` in ${result.seconds.toFixed(1)} s` +
           (result.last ? `, fvu ${result.last.fvu.toFixed(4)}, L0 ${result.last.l0.toFixed(1)}, dead ${(100 * result.last.deadFraction).toFixed(2)}%` : '') +
-          `\nsaved ${result.saved.join(', ')}\n`,
+          (result.saved.length > 0 ? `\nsaved ${result.saved.join(', ')}` : '') +
+          '\n',
       );
     }
     reportSkipped(source);
@@ -509,7 +518,7 @@ export function buildProgram(): Command {
     .option('--resume', 'continue from <out>/checkpoint if present (same --batch, --seed and --normalize)')
     .option('--overwrite', 'replace an earlier run, SAE or log in <out> / --log (without it saekit refuses)')
     .option('--checkpoint-every <steps>', 'steps between checkpoints', num('checkpoint-every', 1, 1 << 30), 1000)
-    .option('--log <file>', 'append every step as a JSON line')
+    .option('--log <file>', 'append every step as a JSON line (--resume first drops the lines of steps past the checkpoint)')
     .option('--device <d>', DEVICE_HELP, 'auto')
     .option('--tensor <name>', 'the tensor to read from .safetensors files (default: the only 2-D one)')
     .option('--dtype <t>', 'element type of raw .bin files: float32, float16, bfloat16, float64')

@@ -53,7 +53,10 @@
  *     `||x - x_hat||` (not squared).
  *   The per-batch variants use batches of `batchSize` rows (the cut last batch its own rows, each
  *   batch counting once; a batch of one row, without spread, is left out) and so depend on the
- *   batch size by definition.
+ *   batch size by definition. As upstream, they divide by the batch's spread without a guard:
+ *   a batch of several identical rows (no spread) makes them +-Infinity (or NaN when the
+ *   reconstruction is exact), where `fvu` and `explained_variance` are NaN only for data with no
+ *   spread at all; likewise `relative_reconstruction_bias` is Infinity when every <x, x_hat> is 0.
  *   - `mse_saebench` is not reported: upstream divides each token's squared error by the token
  *     count of its model batch (prompts x context), which has no counterpart here; it equals
  *     `mse / tokensPerBatch`.

@@ -3,7 +3,7 @@
  * Where the libraries differ, what it does and whose choice that is:
  * - Adam with lr 2e-4 / sqrt(numLatents / 2^14) (sparsify, dictionary_learning), no gradient
  *   clipping (sparsify; dictionary_learning and SAELens clip the norm to 1).
- * - Schedule: linear warmup (1000 steps, at most 10% of the run), constant, then linear decay to
+ * - Schedule: linear warmup (1000 steps, at most a tenth of the run's steps rounded up), constant, then linear decay to
  *   0 over the last 20% (`decay: 'linear'`, `decayFraction`; like dictionary_learning's
  *   `decay_start`, which is off by default there). sparsify's schedule, a linear decay over all
  *   the steps after warmup, is `decay: 'linear-after-warmup'`.
@@ -65,7 +65,11 @@ export interface TrainerOptions {
   beta2?: number;
   /** Default 1e-8. */
   eps?: number;
-  /** Linear warmup from 0 over this many steps (capped at 10% of the run). Default 1000. */
+  /**
+   * Linear warmup from 0 over this many steps, capped at a tenth of the run's steps rounded up
+   * (ceil(steps / 10): 1 step of a 1- to 10-step run, 2 of 11-20). Step 0 has lr 0, as in
+   * transformers' get_linear_schedule_with_warmup; warmupSteps 0 starts at the full rate. Default 1000.
+   */
   warmupSteps?: number;
   /**
    * 'linear' (default): to 0 over the last `decayFraction` of the steps; 'linear-after-warmup':
@@ -118,7 +122,11 @@ export interface FitOptions {
   signal?: AbortSignal;
   /** Called after every step (awaited). */
   onStep?: (log: StepLog) => void | Promise<void>;
-  /** Append every step as one JSON line to this file. */
+  /**
+   * Append every step as one JSON line to this file. A resumed run first drops the lines of steps
+   * past its checkpoint (trained again; e.g. written before a crash) and a torn last line, so
+   * each step appears once.
+   */
   logFile?: string;
   /** Folder for checkpoints (written atomically). */
   checkpointDir?: string;
@@ -140,8 +148,10 @@ export interface FitOptions {
 /** What Trainer.fit did: how it ended, how far it got, the last step's statistics, what it saved. */
 export interface FitResult {
   /**
-   * 'completed'; 'aborted' by the signal; or 'exhausted': the source ended before the run's
-   * steps (a stream shorter than totalTokens).
+   * 'completed' (with epochs: every pass served, even when rows skipped as non-finite made them
+   * shorter than numRows planned for); 'aborted' by the signal; or 'exhausted': the source ended
+   * before totalTokens (a stream shorter than it). An abort during a new run's first reads
+   * (before any step) writes no checkpoint and no SAE (`saved` is empty).
    */
   status: 'completed' | 'aborted' | 'exhausted';
   steps: number;
@@ -220,6 +230,57 @@ const TRAINER_OPTIONS = optionNames<TrainerOptions>({
 const FIT_OPTIONS = optionNames<FitOptions>({
   signal: true, onStep: true, logFile: true, checkpointDir: true, checkpointEvery: true, resume: true, saveDir: true, saveFormat: true,
 });
+
+/**
+ * Cuts a training log (JSON lines starting {"step":N, as run() writes them) after its last line of
+ * a step <= `step`: lines of later steps, and a torn last line, are dropped. Reads backwards from
+ * the end in 64 KiB pieces, so only the dropped tail is read. A missing file is left missing.
+ * @internal Exported for tests.
+ */
+export async function _trimLogPast(file: string, step: number): Promise<void> {
+  let fh: FileHandle;
+  try {
+    fh = await open(file, 'r+');
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'ENOENT') return;
+    throw pathError('options.logFile', file, 'a file that can be appended to', err);
+  }
+  try {
+    const size = (await fh.stat()).size;
+    let pos = size; // `tail` holds the file's bytes [pos, size)
+    let tail = Buffer.alloc(0);
+    const readMore = async (): Promise<void> => {
+      const n = Math.min(1 << 16, pos);
+      pos -= n;
+      const piece = Buffer.alloc(n);
+      await fh.read(piece, 0, n, pos);
+      tail = Buffer.concat([piece, tail]);
+    };
+    if (size > 0) await readMore();
+    let cut = size; // the log keeps [0, cut)
+    while (cut > 0) {
+      // The last line of [0, cut): [start, contentEnd), with its newline unless it is torn.
+      const terminated = tail[cut - 1 - pos] === 0x0a;
+      const contentEnd = terminated ? cut - 1 : cut;
+      let start = 0;
+      for (;;) {
+        const i = contentEnd - 1 - pos >= 0 ? tail.lastIndexOf(0x0a, contentEnd - 1 - pos) : -1;
+        if (i >= 0) {
+          start = pos + i + 1;
+          break;
+        }
+        if (pos === 0) break;
+        await readMore();
+      }
+      const m = /^\{"step":(\d+),/.exec(tail.subarray(start - pos, contentEnd - pos).toString('utf8'));
+      if (terminated && m && Number(m[1]) <= step) break;
+      cut = start;
+    }
+    if (cut < size) await fh.truncate(cut);
+  } finally {
+    await fh.close();
+  }
+}
 
 /**
  * The learning rate at `step` (0-based) of `total`: linear warmup from 0 (step 0) to base over
@@ -478,6 +539,8 @@ export class Trainer {
     // The first reads (skipping to a checkpoint, filling a shuffle buffer) can wait long on a slow
     // or stalled source: an abort ends them too.
     const STOPPED = new Error('aborted while reading');
+    /** Whether this run got past its first reads (a resumed run: past skipping to its checkpoint). */
+    let started = false;
     const nextOrStop = async (): Promise<Batch | undefined> => {
       const b = await unlessAborted(nextBatch(), fo.signal);
       if (b === ABORTED) throw STOPPED;
@@ -528,7 +591,11 @@ export class Trainer {
         }
         pending.push(...first);
       }
+      started = true;
 
+      // A resumed run trains the steps after its checkpoint again: their lines (written before a
+      // crash, or a torn last line) leave the log first, so each step is logged once.
+      if (fo.logFile && resumedFrom) await _trimLogPast(fo.logFile, resumedFrom.step);
       log = fo.logFile ? await open(fo.logFile, 'a').catch((err: unknown) => { throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err); }) : undefined;
       // Each batch is prefetched as soon as it arrives, while the previous step runs: on a GPU
       // it is already on its way to the device when its step starts. A copied batch's array is
@@ -555,7 +622,9 @@ export class Trainer {
           break;
         }
         if (!batch) {
-          status = 'exhausted';
+          // With epochs, the passes ending is the run's end: rows skipped as non-finite
+          // (onNonFinite: 'skip') leave fewer whole batches than numRows planned for.
+          status = o.epochs !== undefined ? 'completed' : 'exhausted';
           break;
         }
         const lr = learningRate(step, total, o.lr, warmup, o.decay, o.decayFraction);
@@ -615,7 +684,11 @@ export class Trainer {
       throw failure.error;
     }
     await this.foldScale(scale);
-    if (fo.saveDir) saved = await this.sae.save(fo.saveDir, { format: fo.saveFormat ?? 'saelens' });
+    // A new run stopped during its first reads has trained nothing and has no checkpoint (one
+    // written before b_dec's init and the input scale would resume without them): nothing is
+    // written, so a later run in the same folders starts afresh.
+    const nothingToSave = status === 'aborted' && !started && !resumedFrom;
+    if (fo.saveDir && !nothingToSave) saved = await this.sae.save(fo.saveDir, { format: fo.saveFormat ?? 'saelens' });
     return { status, steps: step, tokens, last, scale, seconds: (performance.now() - t0) / 1e3, saved, ...(resumedFrom ? { resumedFrom } : {}) };
   }
 
@@ -647,8 +720,12 @@ export class Trainer {
     });
     const meta: Checkpoint = { version: CHECKPOINT_VERSION, step, tokens, scale, total, adamSteps: adam.t, stateFile, sae: { dIn, numLatents, k }, options: this.options, ...(sourceRows !== undefined ? { sourceRows } : {}) };
     await writeFileAtomic(path.join(dir, 'checkpoint.json'), `${JSON.stringify(meta, null, 2)}\n`);
-    // Older states are no longer referenced.
-    for (const f of await readdir(dir)) if (/^state-\d+\.safetensors$/.test(f) && f !== stateFile) await rm(path.join(dir, f), { force: true });
+    // Older states are no longer referenced; temporary files of writes that a killed process never
+    // finished (writeFileAtomic's .<name>.<pid>.<hex>.tmp, from another process) are removed too.
+    for (const f of await readdir(dir)) {
+      const stale = /^\.(?:state-\d+\.safetensors|checkpoint\.json)\.(\d+)\.[0-9a-f]+\.tmp$/.exec(f);
+      if ((/^state-\d+\.safetensors$/.test(f) && f !== stateFile) || (stale && Number(stale[1]) !== process.pid)) await rm(path.join(dir, f), { force: true });
+    }
   }
 
   private async restore(ck: Checkpoint, dir: string): Promise<void> {
