@@ -55,7 +55,12 @@ export interface TrainerOptions {
   batchSize?: number;
   /** Train on this many tokens (rounded up to whole batches). One of totalTokens / epochs. */
   totalTokens?: number;
-  /** Or: passes over a finite source. Default 1 when totalTokens is not set. */
+  /**
+   * Or: passes over a finite source. Default 1 when totalTokens is not set. The schedule is
+   * planned for epochs x floor(numRows / batchSize) steps: rows skipped as non-finite
+   * (onNonFinite: 'skip') shorten the passes, so the run ends that many batches early and the
+   * decay stops short of 0 by their share.
+   */
   epochs?: number;
   /** Learning rate; 'auto' (default) = 2e-4 / sqrt(numLatents / 2^14). */
   lr?: number | 'auto';
