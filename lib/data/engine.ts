@@ -238,7 +238,7 @@ export async function shuffleEpoch(stream: RowStream, o: PassOptions, mem: Mixin
       for (let i = 0; i < h; ) {
         const take = Math.min(h - i, bs - pos);
         cur ??= o.pool.take();
-        // Two jobs on libuv's pool (the JS thread meanwhile hands the fill's reads their next parts).
+        // Two jobs on the I/O threads (the JS thread meanwhile hands the fill's reads their next parts).
         const dt = mem.dtype === 'float32' ? undefined : mem.dtype;
         const h1 = take >> 1;
         await Promise.all([

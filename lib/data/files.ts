@@ -131,7 +131,7 @@ export async function readFully(fh: FileHandle, into: Uint8Array, position: numb
 }
 
 /**
- * Reads `rows` rows of the shard's dtype at byte `position` of `fd` as float32 on libuv's thread
+ * Reads `rows` rows of the shard's dtype at byte `position` of `fd` as float32 on saekit's I/O thread
  * pool (read, conversion and non-finite screen in one native job), into dst from element `to`
  * on, or (to = { slots, first }) row r into dst[slots[first + r] × dIn, +dIn). Resolves to true
  * when some value is non-finite.

@@ -5,7 +5,7 @@
  *
  * ## Reading
  * Only headers are read when a source is opened. A pass reads with positioned reads of at most
- * 4 MiB (several in flight on libuv's threads), never the whole file: float32 rows in C order
+ * 4 MiB (several in flight on saekit's I/O threads, one per core), never the whole file: float32 rows in C order
  * are read straight into the batch (or mixing-buffer window) they end up in; float16/bfloat16
  * (converted by the addon), float64 (rounded to nearest), big-endian and 2-D Fortran-order data
  * go through a small staging buffer. Every row is screened for NaN/±Infinity as it arrives

@@ -15,7 +15,7 @@ import type { Batch, BatchOptions, OpenOptions, OwnedActivationSource } from './
 /** PRNG stream tags: (seed, epoch, tag). */
 const CHUNK_ORDER = 1;
 const BUFFER_DRAW = 2;
-/** Positioned reads (of at most 4 MiB) in flight per pass: with the gather jobs, about one per core of a 2-core machine and libuv's 4 pool threads. */
+/** Positioned reads (of at most 4 MiB) in flight per pass: with the gather jobs, enough to keep the I/O threads (one per core) of a 2-core machine busy. */
 const READS_IN_FLIGHT = 3;
 
 /** Ready batches a pump keeps ahead of its consumer: 1 (plus the one being read), more for small batches. */

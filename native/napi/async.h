@@ -7,7 +7,10 @@
 
 #include <exception>
 #include <functional>
+#include <initializer_list>
 #include <memory>
+#include <thread>
+#include <vector>
 
 namespace sk::napi {
 
@@ -17,6 +20,26 @@ using Complete = std::function<Napi::Value(Napi::Env)>;
 // Queues `work` (executor thread); then `complete` (JS thread). An exception from either
 // rejects the Promise with a coded Error.
 Napi::Promise queue_job(Napi::Env env, std::function<void()> work, Complete complete);
+// As queue_job, but the work runs on saekit's I/O threads (one per core; many at once, in no
+// particular order) instead of the executor: for file reads and row copies that touch no model.
+Napi::Promise queue_io_job(Napi::Env env, std::function<void()> work, Complete complete);
+
+// Keeps JS values (the arrays an I/O job reads or writes) alive until it is destroyed, which a
+// job's `complete` closure does on the JS thread once the job has settled. Destroyed on another
+// thread (a job dropped at env teardown), it leaves the references to the env's own cleanup.
+class JsKeep {
+ public:
+  JsKeep(Napi::Env env, std::initializer_list<Napi::Value> values);
+  ~JsKeep();
+  JsKeep(const JsKeep&) = delete;
+  JsKeep& operator=(const JsKeep&) = delete;
+
+ private:
+  napi_env env_;
+  std::thread::id owner_;
+  std::vector<napi_ref> refs_;
+};
+
 // Queues work whose result nobody awaits (e.g. the fill behind randn). It must not fail for
 // validated input; an unexpected failure is reported on process 'warning'.
 void queue_detached(Napi::Env env, std::function<void()> work);

@@ -132,28 +132,23 @@ std::string pread_fully(int fd, uint8_t* into, size_t bytes, int64_t pos) {
 // `position` of the open file `fd`, converts them into dst[dstOffset, dstOffset + count) and
 // resolves to whether any converted value is non-finite. A file that ends early rejects with
 // ERR_SAEKIT_FORMAT ("truncated"); the caller names the file.
-class ReadRows : public Napi::AsyncWorker {
- public:
-  ReadRows(Napi::Env env, int fd, int64_t pos, int64_t count, const std::string& dtype, Napi::TypedArray dst,
-           int64_t offset, std::vector<uint32_t> slots = {}, int64_t d = 0, bool raw16 = false)
-      : Napi::AsyncWorker(env, "saekit.readRows"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        fd_(fd),
-        pos_(pos),
-        count_(count),
-        dtype_(dtype),
-        base_(typed_array_data(dst)),
-        out_(reinterpret_cast<float*>(base_) + offset),
-        raw16_(raw16),
-        slots_(std::move(slots)),
-        d_(d) {
-    dst_ref_ = Napi::Persistent(dst.As<Napi::Object>());  // keeps dst alive until the job ends
+struct ReadJob {
+  int fd_ = -1;
+  int64_t pos_ = 0, count_ = 0;
+  std::string dtype_;
+  float* out_ = nullptr;
+  bool raw16_ = false;  // dst holds the file's 16-bit values (no conversion), screened on their bits
+  std::vector<uint32_t> slots_;  // row r goes to out_ + slots_[r] * d_ (empty: contiguous)
+  int64_t d_ = 0;
+  bool non_finite_ = false;
+
+  // Throws ERR_SAEKIT_FORMAT "truncated" for a file that ends early, ERR_SAEKIT_ARG for a failed read.
+  [[noreturn]] static void fail(const std::string& e) {
+    if (e == "eof") throw Error(ErrorCode::Format, "truncated");
+    throw Error(ErrorCode::Arg, e);
   }
 
-  Napi::Promise promise() { return deferred_.Promise(); }
-
- protected:
-  void Execute() override {
+  void run() {
     if (count_ == 0) return;
     if (dtype_ == "float32" && slots_.empty()) {
       // In 1 MiB pieces, each screened right after its read, while it is still in cache (a
@@ -169,14 +164,14 @@ class ReadRows : public Napi::AsyncWorker {
         float* const o = out_ + c0;
         if (!staged) {
           std::string e = pread_fully(fd_, reinterpret_cast<uint8_t*>(o), size_t(cn) * 4, at);
-          if (!e.empty()) return fail(e);
+          if (!e.empty()) fail(e);
           bad = bad || any_non_finite_f32(o, cn);
           continue;
         }
         uint8_t* const stage = stage_for(size_t(std::min(piece, count_)) * 4, at);
-        if (!stage) return fail("out of memory for the read's staging buffer");
+        if (!stage) fail("out of memory for the read's staging buffer");
         std::string e = pread_fully(fd_, stage, size_t(cn) * 4, at);
-        if (!e.empty()) return fail(e);
+        if (!e.empty()) fail(e);
         bad = bad || any_non_finite_f32(reinterpret_cast<const float*>(stage), cn);
         std::memcpy(o, stage, size_t(cn) * 4);
       }
@@ -197,13 +192,13 @@ class ReadRows : public Napi::AsyncWorker {
       for (int64_t r0 = 0; r0 < rows; r0 += run) {
         const int64_t n = std::min(run, rows - r0);
         uint8_t* const stage = stage_for(size_t(std::min(run, rows) * row_bytes), pos_ + r0 * row_bytes);
-        if (!stage) return fail("out of memory for the read's staging buffer");
+        if (!stage) fail("out of memory for the read's staging buffer");
         std::string e = pread_fully(fd_, stage, size_t(n * row_bytes), pos_ + r0 * row_bytes);
-        if (!e.empty()) return fail(e);
+        if (!e.empty()) fail(e);
         bad = bad || (item == 4 ? any_non_finite_f32(reinterpret_cast<const float*>(stage), n * d_)
                                 : any_non_finite_16(reinterpret_cast<const uint16_t*>(stage), n * d_, mask));
         for (int64_t r = 0; r < n; ++r)
-          copy_stream(base_ + size_t(slots_[size_t(r0 + r)]) * size_t(row_bytes), stage + r * row_bytes, size_t(row_bytes));
+          copy_stream(reinterpret_cast<uint8_t*>(out_) + size_t(slots_[size_t(r0 + r)]) * size_t(row_bytes), stage + r * row_bytes, size_t(row_bytes));
       }
       _mm_sfence();
       non_finite_ = bad;
@@ -218,9 +213,9 @@ class ReadRows : public Napi::AsyncWorker {
     for (int64_t c0 = 0; c0 < count_; c0 += chunk) {
       const int64_t cn = std::min(chunk, count_ - c0);
       uint8_t* const stage = stage_for(size_t(std::min(chunk, count_)) * item, pos_ + c0 * int64_t(item));
-      if (!stage) return fail("out of memory for the read's staging buffer");
+      if (!stage) fail("out of memory for the read's staging buffer");
       std::string e = pread_fully(fd_, stage, size_t(cn) * item, pos_ + c0 * int64_t(item));
-      if (!e.empty()) return fail(e);
+      if (!e.empty()) fail(e);
       for (int64_t b = 0; b < cn; b += block) {
         const int64_t n = std::min(block, cn - b);
         const int64_t at = c0 + b;  // element index in this job
@@ -243,35 +238,16 @@ class ReadRows : public Napi::AsyncWorker {
     _mm_sfence();
     non_finite_ = bad;
   }
-
-  void OnOK() override { deferred_.Resolve(Napi::Boolean::New(Env(), non_finite_)); }
-  void OnError(const Napi::Error&) override {
-    Napi::Error err = Napi::Error::New(Env(), message_);
-    err.Set("code", Napi::String::New(Env(), eof_ ? "ERR_SAEKIT_FORMAT" : "ERR_SAEKIT_ARG"));
-    deferred_.Reject(err.Value());
-  }
-
- private:
-  void fail(const std::string& e) {
-    eof_ = e == "eof";
-    message_ = eof_ ? "truncated" : e;
-    SetError(message_);
-  }
-
-  Napi::Promise::Deferred deferred_;
-  Napi::ObjectReference dst_ref_;
-  int fd_;
-  int64_t pos_, count_;
-  std::string dtype_;
-  uint8_t* base_;
-  float* out_;
-  bool raw16_;  // dst holds the file's 16-bit values (no conversion), screened on their bits
-  std::vector<uint32_t> slots_;  // row r goes to out_ + slots_[r] * d_ (empty: contiguous)
-  int64_t d_;
-  bool non_finite_ = false;
-  bool eof_ = false;
-  std::string message_;
 };
+
+// Queues `job` on the I/O threads; the Promise resolves to whether a value was non-finite. dst
+// stays referenced until then.
+Napi::Promise queue_read(Napi::Env env, std::shared_ptr<ReadJob> job, Napi::Value dst) {
+  auto keep = std::make_shared<JsKeep>(env, std::initializer_list<Napi::Value>{dst});
+  return queue_io_job(
+      env, [job] { job->run(); },
+      [job, keep](Napi::Env e) -> Napi::Value { return Napi::Boolean::New(e, job->non_finite_); });
+}
 
 Napi::Value read_rows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -284,10 +260,13 @@ Napi::Value read_rows(const Napi::CallbackInfo& info) {
   int64_t n = int64_t(dst.ElementLength());
   int64_t offset = get_int(info[5], "dstOffset", 0, n);
   int64_t count = get_int(info[2], "count", 0, n - offset);
-  auto* w = new ReadRows(env, fd, pos, count, dtype, dst, offset);
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  auto job = std::make_shared<ReadJob>();
+  job->fd_ = fd;
+  job->pos_ = pos;
+  job->count_ = count;
+  job->dtype_ = dtype;
+  job->out_ = reinterpret_cast<float*>(typed_array_data(dst)) + offset;
+  return queue_read(env, std::move(job), dst);
 }
 
 // readRowsToSlots(fd, position, rows, dIn, srcDtype, dst: Float32Array, slots: Uint32Array,
@@ -319,35 +298,31 @@ Napi::Value read_rows_to_slots(const Napi::CallbackInfo& info) {
       throw Error(ErrorCode::Arg, fmt("readRowsToSlots: slot ", slot, " is past the ", dst_rows, " rows of dst"));
     mine[size_t(r)] = slot;
   }
-  auto* w = new ReadRows(env, fd, pos, rows * d, dtype, dst, 0, std::move(mine), d, raw16);
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  auto job = std::make_shared<ReadJob>();
+  job->fd_ = fd;
+  job->pos_ = pos;
+  job->count_ = rows * d;
+  job->dtype_ = dtype;
+  job->out_ = reinterpret_cast<float*>(typed_array_data(dst));
+  job->raw16_ = raw16;
+  job->slots_ = std::move(mine);
+  job->d_ = d;
+  return queue_read(env, std::move(job), dst);
 }
 
 // gatherRows(src, slots: Uint32Array, first, count, dst: Float32Array, at, d[, srcDtype]) ->
-// Promise: dst[at + j*d, +d) = src[slots[first + j]*d, +d) for j < count, as a job on libuv's
-// pool (the JS thread keeps serving I/O while rows are copied). src is a Float32Array, or a
+// Promise: dst[at + j*d, +d) = src[slots[first + j]*d, +d) for j < count, as a job on the I/O
+// threads (queue_io_job; the JS thread keeps serving I/O while rows are copied). src is a Float32Array, or a
 // Uint16Array of srcDtype 'bfloat16' / 'float16' bits, converted on the way. The caller keeps src
 // rows slots[first, +count) and dst[at, +count d) untouched until the Promise settles.
-class GatherRows : public Napi::AsyncWorker {
- public:
-  GatherRows(Napi::Env env, Napi::TypedArray src, DType src_type, std::vector<uint32_t> rows, Napi::Float32Array dst,
-             int64_t at, int64_t d)
-      : Napi::AsyncWorker(env, "saekit.gatherRows"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        src_(typed_array_data(src)),
-        src_type_(src_type),
-        rows_(std::move(rows)),
-        dst_(dst.Data() + at),
-        d_(d) {
-    src_ref_ = Napi::Persistent(src.As<Napi::Object>());
-    dst_ref_ = Napi::Persistent(dst.As<Napi::Object>());
-  }
-  Napi::Promise promise() { return deferred_.Promise(); }
+struct GatherJob {
+  const uint8_t* src_ = nullptr;
+  DType src_type_ = DType::F32;
+  std::vector<uint32_t> rows_;
+  float* dst_ = nullptr;
+  int64_t d_ = 0;
 
- protected:
-  void Execute() override {
+  void run() {
     const size_t item = src_type_ == DType::F32 ? 4 : 2;
     const size_t row_bytes = size_t(d_) * item;
     // Rows sit at random places in the mixing buffer, so the hardware prefetchers cannot see the
@@ -367,17 +342,6 @@ class GatherRows : public Napi::AsyncWorker {
       else cpu::convert(to, DType::F32, from, src_type_, d_, nullptr);
     }
   }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  Napi::ObjectReference src_ref_, dst_ref_;
-  const uint8_t* src_;
-  DType src_type_;
-  std::vector<uint32_t> rows_;
-  float* dst_;
-  int64_t d_;
 };
 
 Napi::Value gather_rows(const Napi::CallbackInfo& info) {
@@ -413,10 +377,14 @@ Napi::Value gather_rows(const Napi::CallbackInfo& info) {
     if (int64_t(r) >= src_rows) throw Error(ErrorCode::Arg, fmt("gatherRows: slot ", r, " is past the ", src_rows, " rows of src"));
     rows[size_t(j)] = r;
   }
-  auto* w = new GatherRows(env, src, src_type, std::move(rows), dst, at, d);
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  auto job = std::make_shared<GatherJob>();
+  job->src_ = typed_array_data(src);
+  job->src_type_ = src_type;
+  job->rows_ = std::move(rows);
+  job->dst_ = dst.Data() + at;
+  job->d_ = d;
+  auto keep = std::make_shared<JsKeep>(env, std::initializer_list<Napi::Value>{src, dst});
+  return queue_io_job(env, [job] { job->run(); }, [job, keep](Napi::Env e) -> Napi::Value { return e.Undefined(); });
 }
 
 // The blocks allocHost handed out that are still alive (start -> bytes reserved), so that
