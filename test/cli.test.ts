@@ -239,19 +239,26 @@ describe('saekit CLI', () => {
     expect(steps[0].mean_mse).toBeLessThan(1e-10);
   }, 60_000);
 
-  it('compare: --tensor, --dtype and --d-in describe --data only; --data-b describes itself (--tensor-b names its tensor)', async () => {
+  /** A folder with an SAE (dIn 6, 12 latents) and `rows` random rows as acts.bin (raw float32) and acts.npy. */
+  async function compareFixture(seed: number, rows: number) {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
-    const next = lcg(21);
-    const [rows, dIn] = [400, 6];
+    const next = lcg(seed);
+    const dIn = 6;
     const data = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
     using sae = SparseAutoencoder.create({ dIn, numLatents: 12, k: 3, seed: 4 });
     const s = path.join(dir, 'sae');
     await sae.save(s);
-    // The same rows in six files: raw float32, a float64 .npy (exact), a 3-D .npy, and two
-    // .safetensors with two 2-D tensors each, named differently.
     const f = (name: string) => path.join(dir, name);
     writeFileSync(f('acts.bin'), data);
     await io.writeNpy(f('acts.npy'), { dtype: 'float32', shape: [rows, dIn], data });
+    return { dir, data, s, f, dIn };
+  }
+
+  it('compare: --tensor, --dtype and --d-in describe --data only; --data-b describes itself (--tensor-b names its tensor)', async () => {
+    const rows = 400;
+    const { data, s, f, dIn } = await compareFixture(21, rows);
+    // The same rows in six files: raw float32 and .npy (the fixture's), a float64 .npy (exact), a
+    // 3-D .npy, and two .safetensors with two 2-D tensors each, named differently.
     await io.writeNpy(f('acts64.npy'), { dtype: 'float64', shape: [rows, dIn], data: Float64Array.from(data) });
     await io.writeNpy(f('acts3d.npy'), { dtype: 'float32', shape: [4, rows / 4, dIn], data });
     const other = { dtype: 'float32' as const, shape: [2, 2], data: new Float32Array(4) };
@@ -299,16 +306,7 @@ describe('saekit CLI', () => {
   }, 120_000);
 
   it('compare: a raw --data-b is refused naming --data-b (raw files need --dtype and --d-in, which describe --data only)', async () => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
-    const next = lcg(22);
-    const [rows, dIn] = [100, 6];
-    const data = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
-    using sae = SparseAutoencoder.create({ dIn, numLatents: 12, k: 3, seed: 4 });
-    const s = path.join(dir, 'sae');
-    await sae.save(s);
-    const f = (name: string) => path.join(dir, name);
-    writeFileSync(f('acts.bin'), data);
-    await io.writeNpy(f('acts.npy'), { dtype: 'float32', shape: [rows, dIn], data });
+    const { dir, data, s, f, dIn } = await compareFixture(22, 100);
     mkdirSync(f('raw'));
     writeFileSync(path.join(dir, 'raw', 'x.bin'), data);
     const raw = ['--dtype', 'float32', '--d-in', String(dIn)];
