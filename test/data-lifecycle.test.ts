@@ -240,3 +240,28 @@ async function collectRows(batches: AsyncIterable<{ rows: number }>): Promise<nu
   for await (const b of batches) n += b.rows;
   return n;
 }
+
+describe('close() while a pass is being returned', () => {
+  it('waits for that pass\'s reads before closing the files (return() left the pass out of those close() stopped)', async () => {
+    const { backend } = await import('../lib/index.js');
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-close-'));
+    const dIn = 512;
+    const files: string[] = [];
+    for (let f = 0; f < 3; f++) {
+      const file = path.join(dir, `s${f}.npy`);
+      await io.writeNpy(file, { dtype: 'float32', shape: [6000, dIn], data: new Float32Array(6000 * dIn).fill(f) });
+      files.push(file);
+    }
+    for (let trial = 0; trial < 5; trial++) {
+      const src = await openActivations(files);
+      const it = src.batches({ batchSize: 4096, recycle: true })[Symbol.asyncIterator]();
+      await it.next();
+      const returning = it.return!(); // not awaited: close() runs while the pass unwinds
+      await src.close();
+      // Nothing of the pass may still run: its reads use descriptors close() has closed.
+      expect(backend.stats().pendingInThisThread, `trial ${trial}`).toBe(0);
+      for (const file of files) expect(fdsOn(file)).toBe(0);
+      await returning;
+    }
+  });
+});

@@ -124,7 +124,9 @@ abstract class BaseSource implements OwnedActivationSource {
     // A second call (close() and then `await using`) waits for the first to finish.
     this.closing ??= (async () => {
       this.closed = true;
-      await Promise.all([...this.active].map((p) => p.stop(disposed())));
+      // Passes still reading too: a pass whose consumer called return() has left `active` but may
+      // not have unwound yet, and its reads use the files release() closes.
+      await Promise.all([...new Set([...this.active, ...this.producing])].map((p) => p.stop(disposed())));
       await this.release();
     })();
     return this.closing;
