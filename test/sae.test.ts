@@ -1042,3 +1042,20 @@ describe('training needs unit decoder rows', () => {
     await normalizeDecoderCase(expect, 'cpu');
   });
 });
+
+describe('pre-activations past float32\'s range', () => {
+  it('encode and forward refuse rows whose finite inputs overflow the pre-activations (codes were Infinity, which decode refused and forward turned into NaN)', async () => {
+    const [dIn, L] = [4, 6];
+    const W_enc = new Float32Array(dIn * L).fill(1);
+    const W_dec = new Float32Array(L * dIn);
+    for (let i = 0; i < L; i++) W_dec[i * dIn + (i % dIn)] = 1;
+    using sae = SparseAutoencoder.fromWeights({ W_enc, b_enc: new Float32Array(L), W_dec, b_dec: new Float32Array(dIn) }, { k: 2 });
+    const x = Float32Array.from([0.5, 0.25, -1, 2, 3e38, 3e38, 3e38, 3e38, 1, 1, 1, 1]);
+    for (const call of [() => sae.encode(x), () => sae.forward(x)]) {
+      await expect(call()).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/row 1 of x gives Infinity .*overflows/) });
+    }
+    // The same SAE on ordinary rows: codes as the rule gives them (sum of the row, twice).
+    const ok = await sae.encode(x.subarray(8));
+    expect(Array.from(ok.values)).toEqual([4, 4]);
+  });
+});

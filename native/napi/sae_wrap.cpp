@@ -9,6 +9,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../cpu/convert.h"
 #include "../cpu/cpu_backend.h"
 #include "../cpu/random.h"
 #include "../cpu/sae_topk.h"
@@ -161,7 +162,7 @@ void encode_jumprelu_device(SaeModel& m, const float* x, int64_t N, cpu::Codes* 
   }
 }
 
-void encode_codes(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
+void encode_codes_unchecked(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
   static const std::vector<int32_t> none;
   if (m.dev && m.jumprelu) return encode_jumprelu_device(m, x, N, codes);
   if (m.dev) {
@@ -175,6 +176,22 @@ void encode_codes(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
   }
   if (m.jumprelu) cpu::sae_encode_jumprelu(m.view(), x, N, codes, cpu::cpu_pool());
   else cpu::sae_encode(m.view(), x, N, m.K, none, 0, codes, nullptr, nullptr, cpu::cpu_pool());
+}
+
+// Codes of x's rows. Finite inputs and weights can still give pre-activations past float32's
+// range (inputs near 3e38): such codes are infinite, which decode refuses and forward turns into
+// NaN, so the encode itself is refused, naming the row.
+void encode_codes(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
+  encode_codes_unchecked(m, x, N, codes);
+  const int64_t n = int64_t(codes->v.size());
+  if (n == 0 || !cpu::convert_kernels().any_non_finite_f32(codes->v.data(), n)) return;
+  int64_t j = 0;
+  while (j < n && std::isfinite(codes->v[size_t(j)])) ++j;
+  const int64_t row = codes->K > 0 ? j / codes->K : 0;
+  const float v = codes->v[size_t(j)];
+  const char* what = std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity";
+  throw Error(ErrorCode::NonFinite, fmt("Expected codes within float32's range but row ", row, " of x gives ", what, " for latent ",
+                                        codes->i[size_t(j)], " (its pre-activation overflows: inputs or weights near the float32 limit)"));
 }
 
 // out [N, D] = (with_bias ? b_dec : 0) + sum_j v W_dec[i], on the model's device.
