@@ -181,4 +181,26 @@ describe('EncodeBatcher', () => {
       for (let i = 0; i < a.values.length; i++) expect(Math.abs(g.values[i]! - a.values[i]!)).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(a.values[i]!)));
     }
   });
+  it('dispose(): waiting requests and later calls reject with ERR_SAEKIT_DISPOSED; the batch being encoded finishes; the SAE stays usable', async () => {
+    const next = lcg((Date.now() >>> 3) % 100_000);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 9 });
+    const xs = [2, 1, 4, 3].map((n) => rowsOf(n, dIn, next));
+    let late: Promise<SparseCodes> | undefined;
+    {
+      using b = new EncodeBatcher(sae);
+      const pending = xs.map((x) => b.encode(x).then((c) => c, (e: unknown) => e));
+      // The first request found the batcher idle and is being encoded; the other three wait.
+      b.dispose();
+      b.dispose(); // idempotent
+      expect(b.disposed).toBe(true);
+      const [first, ...rest] = await Promise.all(pending);
+      expect(slice(first as SparseCodes, 0, 2)).toEqual(slice(await sae.encode(xs[0]!), 0, 2));
+      for (const r of rest) expect(r).toMatchObject({ code: 'ERR_SAEKIT_DISPOSED', message: expect.stringMatching(/EncodeBatcher was disposed/) });
+      late = b.encode(xs[1]!);
+    }
+    await expect(late).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+    // `using` disposed the batcher, not the SAE.
+    expect(sae.disposed).toBe(false);
+    expect((await sae.encode(xs[1]!)).rows).toBe(1);
+  });
 });

@@ -55,6 +55,7 @@ export class EncodeBatcher {
   #queue: Request[] = [];
   #running = false;
   #batches = 0;
+  #disposed = false;
 
   constructor(sae: SparseAutoencoder, options?: EncodeBatcherOptions) {
     if (sae === null || typeof sae !== 'object' || typeof (sae as { encode?: unknown }).encode !== 'function') {
@@ -84,12 +85,34 @@ export class EncodeBatcher {
         );
       }
     }
+    if (this.#disposed) return Promise.reject(new SaekitError('ERR_SAEKIT_DISPOSED', 'this EncodeBatcher was disposed'));
     if (this.sae.disposed) return Promise.reject(new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this batcher was disposed'));
     return new Promise<SparseCodes>((resolve, reject) => {
       // A copy: the caller may reuse x as soon as this returns, and the batch is built later.
       this.#queue.push({ x: x.slice(), rows: x.length / dIn, resolve, reject });
       if (!this.#running) void this.#run();
     });
+  }
+
+  /**
+   * Stops the batcher: requests still waiting reject with ERR_SAEKIT_DISPOSED, and so does every
+   * later encode(); a batch already being encoded finishes and resolves its requests. The SAE is
+   * not disposed (it belongs to the caller). Idempotent; also `using batcher = new EncodeBatcher(...)`.
+   */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    const err = new SaekitError('ERR_SAEKIT_DISPOSED', 'this EncodeBatcher was disposed before the request was encoded');
+    for (const r of this.#queue.splice(0)) r.reject(err);
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** Whether dispose() was called. */
+  get disposed(): boolean {
+    return this.#disposed;
   }
 
   async #run(): Promise<void> {
