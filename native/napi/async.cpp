@@ -107,10 +107,26 @@ void run_on_executor(Job* job) {
   }
 }
 
-void enqueue(Napi::Env env, Job* job) {
+// Counts a job as in flight for its env (the dispatcher keeps the loop alive meanwhile).
+void hold(Napi::Env env, Job* job) {
   auto& st = *job->state;
   if (st.pending++ == 0) st.tsfn.Ref(env);
+}
+
+void enqueue(Napi::Env env, Job* job) {
+  hold(env, job);
   executor_submit([job] { run_on_executor(job); });
+}
+
+// A job whose Promise is written to `promise`. The C API gives us the raw napi_deferred to keep in
+// the job (Napi::Promise::Deferred cannot be moved out of its wrapper).
+Job* promised_job(Napi::Env env, std::function<void()> work, Complete complete, napi_value* promise) {
+  auto* job = new Job{state_of(env), std::move(work), std::move(complete), nullptr, nullptr};
+  if (napi_create_promise(env, &job->deferred, promise) != napi_ok) {
+    delete job;
+    throw Napi::Error::New(env, "saekit: could not create a Promise");
+  }
+  return job;
 }
 
 // Threads for file reads and row gathers (lib/data): one per core the process may run on, at most
@@ -171,14 +187,9 @@ IoPool& io_pool() {
 }  // namespace
 
 Napi::Promise queue_io_job(Napi::Env env, std::function<void()> work, Complete complete) {
-  auto* job = new Job{state_of(env), std::move(work), std::move(complete), nullptr, nullptr};
   napi_value p;
-  if (napi_create_promise(env, &job->deferred, &p) != napi_ok) {
-    delete job;
-    throw Napi::Error::New(env, "saekit: could not create a Promise");
-  }
-  auto& st = *job->state;
-  if (st.pending++ == 0) st.tsfn.Ref(env);
+  Job* job = promised_job(env, std::move(work), std::move(complete), &p);
+  hold(env, job);
   io_pool().submit([job] {
     std::shared_ptr<DispatchState> st = job->state;
     {
@@ -254,16 +265,8 @@ void close_dispatcher(const std::shared_ptr<DispatchState>& state) {
 int64_t pending_jobs(Napi::Env env) { return state_of(env)->pending; }
 
 Napi::Promise queue_job(Napi::Env env, std::function<void()> work, Complete complete) {
-  // The C API gives us the raw napi_deferred to keep in the job (Napi::Promise::Deferred
-  // cannot be moved out of its wrapper).
-  auto* job = new Job{state_of(env), std::move(work), std::move(complete), nullptr, nullptr};
   napi_value p;
-  napi_status s = napi_create_promise(env, &job->deferred, &p);
-  if (s != napi_ok) {
-    delete job;
-    throw Napi::Error::New(env, "saekit: could not create a Promise");
-  }
-  enqueue(env, job);
+  enqueue(env, promised_job(env, std::move(work), std::move(complete), &p));
   return Napi::Promise(env, p);
 }
 
