@@ -646,6 +646,20 @@ describe('spare memory gives its pages back', () => {
     expect(() => native().discardHost(a as unknown as ArrayBuffer)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/buffer/) }));
   });
 
+  it('allocHost over 4 GiB gives a usable buffer (Node 20 refuses external buffers that large: a plain one, not a double free)', () => {
+    // Untouched memory: only the pages written below are ever faulted in. The same
+    // external-or-plain helper hands every native result (toArray, weights) to JS.
+    const bytes = 2 ** 32 + 64 * (1 + Math.floor(Math.random() * 100));
+    const ab = native().allocHost(bytes);
+    expect(ab.byteLength).toBe(bytes);
+    const f = new Float32Array(ab);
+    const v = Math.random();
+    f[f.length - 1] = v;
+    f[0] = -v;
+    expect([f[0], f[f.length - 1]]).toEqual([Math.fround(-v), Math.fround(v)]);
+    expect(f[f.length >> 1]).toBe(0);
+  });
+
   it.runIf(linux)('a spare keeps its pages while passes take it, and gives them back when a later pass ends without it or it idles', () => {
     // A size no pass in this file uses, at least 2 MiB (allocHost memory).
     const n = (2 * MiB) / 4 + 1024 * (3 + Math.floor(Math.random() * 500));

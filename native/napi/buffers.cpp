@@ -17,19 +17,66 @@ std::shared_ptr<HostArray> HostArray::allocate(size_t bytes) {
 
 HostArray::~HostArray() { std::free(p_); }
 
+namespace {
+
+// external_arraybuffer's finalizer: the real one and its hint, or, while the buffer is being
+// created, a note that the runtime refused it (Node 20 calls the finalizer then, synchronously).
+struct ExternalFin {
+  napi_finalize fin;
+  void* hint;
+};
+thread_local void* t_creating = nullptr;
+thread_local bool t_refused = false;
+
+void external_fin(napi_env env, void* data, void* hint) {
+  auto* f = static_cast<ExternalFin*>(hint);
+  if (data != nullptr && data == t_creating) {  // refused during creation: the data stays the caller's
+    t_refused = true;
+    delete f;
+    return;
+  }
+  napi_finalize fin = f->fin;
+  void* h = f->hint;
+  delete f;
+  fin(env, data, h);
+}
+
+}  // namespace
+
+napi_value external_arraybuffer(napi_env env, void* data, size_t bytes, napi_finalize fin, void* hint) {
+  auto* f = new ExternalFin{fin, hint};
+  t_creating = data;
+  t_refused = false;
+  napi_value ab = nullptr;
+  napi_status s = napi_create_external_arraybuffer(env, data, bytes, external_fin, f, &ab);
+  t_creating = nullptr;
+  if (s == napi_ok && !t_refused) return ab;
+  if (!t_refused) delete f;  // refused without calling the finalizer (no external buffers at all)
+  t_refused = false;
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_value ignored;
+    napi_get_and_clear_last_exception(env, &ignored);
+  }
+  return nullptr;
+}
+
 Napi::Value HostArray::to_js(Napi::Env env, napi_typedarray_type type, size_t length) {
   void* p = p_;
   p_ = nullptr;
-  napi_value ab;
-  napi_status s = napi_create_external_arraybuffer(
-      env, p, bytes_, [](napi_env, void* data, void*) { std::free(data); }, nullptr, &ab);
-  if (s != napi_ok) {
-    // Runtimes with a V8 sandbox (Electron) forbid external buffers: copy instead.
+  napi_value ab = external_arraybuffer(env, p, bytes_, [](napi_env, void* data, void*) { std::free(data); }, nullptr);
+  if (ab == nullptr) {
+    // No external buffer here (a V8 sandbox, or over Node 20's 4 GiB limit): copy instead.
     void* copy = nullptr;
-    s = napi_create_arraybuffer(env, bytes_, &copy, &ab);
+    napi_status s = napi_create_arraybuffer(env, bytes_, &copy, &ab);
     if (s != napi_ok) {
       std::free(p);
-      throw Napi::Error::New(env, "saekit: could not allocate an ArrayBuffer for the result");
+      bool pending = false;
+      if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+        napi_value ignored;
+        napi_get_and_clear_last_exception(env, &ignored);
+      }
+      throw Error(ErrorCode::Memory, fmt("could not allocate an ArrayBuffer of ", bytes_, " bytes for the result"));
     }
     if (bytes_) std::memcpy(copy, p, bytes_);
     std::free(p);

@@ -25,6 +25,13 @@ class HostArray {
   size_t bytes_;
 };
 
+// Wraps `data` (`bytes` long) in an external ArrayBuffer; `fin(env, data, hint)` runs once it is
+// collected. Returns nullptr where the runtime refuses one: runtimes with a V8 sandbox (Electron)
+// forbid external buffers, and Node 20 refuses any over 4 GiB (buffer.constants.MAX_LENGTH),
+// calling the finalizer at once and leaving an exception pending. On nullptr `data` is still the
+// caller's (`fin` has not freed it and never will) and no exception is pending.
+napi_value external_arraybuffer(napi_env env, void* data, size_t bytes, napi_finalize fin, void* hint);
+
 // A copy of a Float32Array's contents in native memory (for jobs that read it off-thread).
 std::shared_ptr<HostArray> copy_typed_array(const Napi::TypedArray& a);
 

@@ -19,6 +19,7 @@
 #include "../cpu/convert.h"
 #include "args.h"
 #include "async.h"
+#include "buffers.h"
 
 namespace sk::napi {
 
@@ -415,8 +416,7 @@ Napi::Value alloc_host(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(g_host_mu);
     g_host_blocks[p] = rounded;
   }
-  napi_value ab;
-  napi_status s = napi_create_external_arraybuffer(
+  napi_value ab = external_arraybuffer(
       env, p, size_t(bytes),
       [](napi_env, void* data, void*) {
         {
@@ -425,8 +425,8 @@ Napi::Value alloc_host(const Napi::CallbackInfo& info) {
         }
         std::free(data);
       },
-      nullptr, &ab);
-  if (s != napi_ok) {  // runtimes that forbid external buffers: a plain one
+      nullptr);
+  if (ab == nullptr) {  // no external buffer here (a V8 sandbox, or over Node 20's 4 GiB limit): a plain one
     {
       std::lock_guard<std::mutex> lock(g_host_mu);
       g_host_blocks.erase(p);

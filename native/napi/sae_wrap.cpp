@@ -1126,11 +1126,10 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       if (!block) return info.Env().Undefined();
       void* data = block.get();
       auto* holder = new std::shared_ptr<void>(std::move(block));
-      napi_value ab;
-      napi_status s = napi_create_external_arraybuffer(
+      napi_value ab = external_arraybuffer(
           info.Env(), data, size_t(bytes),
-          [](napi_env, void*, void* hint) { delete static_cast<std::shared_ptr<void>*>(hint); }, holder, &ab);
-      if (s != napi_ok) {  // runtimes that forbid external buffers: the caller uses ordinary memory
+          [](napi_env, void*, void* hint) { delete static_cast<std::shared_ptr<void>*>(hint); }, holder);
+      if (ab == nullptr) {  // no external buffer here (a V8 sandbox, or over 4 GiB on Node 20): the caller uses ordinary memory
         delete holder;
         return info.Env().Undefined();
       }
