@@ -40,7 +40,8 @@ SK_HD float f16_to_f32(uint16_t h) {
   uint32_t sign = uint32_t(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu;
   uint32_t man = h & 0x3ffu;
-  if (exp == 0x1fu) return bits_f32(sign | 0x7f800000u | (man << 13));  // inf / NaN (payload kept)
+  if (exp == 0x1fu)  // inf, or NaN with its payload and the quiet bit set (as F16C and GPUs convert)
+    return bits_f32(sign | 0x7f800000u | (man << 13) | (man != 0 ? 0x400000u : 0u));
   if (exp != 0) return bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
   // zero or subnormal: man * 2^-24, exact in float32
   float mag = float(man) * 5.9604644775390625e-08f;

@@ -103,6 +103,21 @@ export function dtypeSuite(options: DtypeSuiteOptions = {}): void {
         if (Number.isNaN(want)) expect(Number.isNaN(wide[i]), `pattern ${i}`).toBe(true);
         else if (!Object.is(wide[i], want)) expect(wide[i], `pattern 0x${i.toString(16)}`).toBe(want);
       }
+      // NaN bits are the same wherever an element sits (vector body or scalar tail, any CPU):
+      // bfloat16 keeps its payload (a shift), float16 comes out quiet (as F16C converts).
+      const nanBits = (i: number): number =>
+        kind === 'bfloat16' ? (i << 16) >>> 0 : (((i & 0x8000) << 16) | 0x7fc00000 | ((i & 0x3ff) << 13)) >>> 0;
+      const nans = Array.from({ length: 65536 }, (_, i) => i).filter((i) => Number.isNaN(decode16(i, kind)));
+      const wideBits = new Uint32Array(wide.buffer, wide.byteOffset, wide.length);
+      for (const i of nans) if (wideBits[i] !== nanBits(i)) expect(wideBits[i]!.toString(16), `NaN pattern 0x${i.toString(16)}`).toBe(nanBits(i).toString(16));
+      const odd = 1 + 2 * Math.floor(Math.random() * 3); // 1, 3 or 5 elements: all in the scalar tail
+      for (let at = 0; at < 64; at++) {
+        const pick = Uint16Array.from({ length: odd }, () => nans[Math.floor(Math.random() * nans.length)]!);
+        using ht = tensor(pick, [odd], { dtype: kind, device });
+        using ft = await ht.to('float32');
+        const got = new Uint32Array(((await ft.toArray()) as Float32Array).buffer);
+        for (let j = 0; j < odd; j++) expect(got[j]!.toString(16), `NaN pattern 0x${pick[j]!.toString(16)} alone`).toBe(nanBits(pick[j]!).toString(16));
+      }
       using back = await f.to(kind);
       const bits = (await back.toArray()) as Uint16Array;
       for (let i = 0; i < 65536; i++) {
