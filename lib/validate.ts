@@ -96,16 +96,21 @@ export function checkSeed(name: string, value: unknown): bigint {
   throw argError(name, 'non-negative safe integer or bigint below 2^64', value);
 }
 
-/** A shape: at most 8 non-negative integer dimensions. Returns a frozen copy. */
+/** The largest dimension a shape may have (the addon's limit; element counts stop at 2^60). */
+const MAX_DIM = 2 ** 50;
+
+/** A shape: at most 8 non-negative integer dimensions, each at most 2^50. Returns a frozen copy. */
 export function checkShape(name: string, value: unknown): readonly number[] {
   if (!Array.isArray(value)) throw argError(name, 'an array of non-negative integers', value, 'ERR_SAEKIT_SHAPE');
   if (value.length > 8) throw argError(name, 'at most 8 dimensions', value, 'ERR_SAEKIT_SHAPE');
-  value.forEach((d, i) => {
+  for (let i = 0; i < value.length; i++) {
+    const d: unknown = value[i]; // an index loop: a hole in a sparse array is checked too, as undefined
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
       throw argError(`${name}[${i}]`, 'non-negative integer', d, 'ERR_SAEKIT_SHAPE');
     }
-  });
-  return Object.freeze([...value] as number[]);
+    if (d > MAX_DIM) throw argError(`${name}[${i}]`, 'non-negative integer at most 2^50', d, 'ERR_SAEKIT_SHAPE');
+  }
+  return Object.freeze(Array.from(value as number[]));
 }
 
 /**

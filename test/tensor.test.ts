@@ -65,6 +65,45 @@ describe('tensor options are checked by name', () => {
   });
 });
 
+describe('shapes and int32 data: errors name the element and the limit', () => {
+  it('a zero dimension anywhere makes an empty tensor, however large the others', () => {
+    const big = 2 ** 31 + Math.floor(Math.random() * 1000);
+    for (const shape of [[0, big, big], [big, big, 0], [big, 0, big]]) {
+      using t = zeros(shape);
+      expect(t.shape).toEqual(shape);
+      expect(t.size).toBe(0);
+    }
+    // Without a zero the product is refused, in either order.
+    for (const shape of [[2 ** 40, 2 ** 30], [2 ** 30, 2 ** 40]]) expect(() => zeros(shape)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/2\^60 elements/) }));
+  });
+
+  it('a dimension past 2^50 and a hole in a shape array are shape errors naming the dimension and the value', () => {
+    const over = 2 ** 50 + 1 + Math.floor(Math.random() * 100);
+    expect(() => zeros([3, over])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: `Expected non-negative integer at most 2^50 for shape[1] but received ${over} (number)` }));
+    // eslint-disable-next-line no-sparse-arrays
+    const holed = [, 3] as number[];
+    expect(() => zeros(holed)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/for shape\[0\] but received undefined/) }));
+    expect(() => tensor(new Float32Array(3), holed)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/for shape\[0\] but received undefined/) }));
+  });
+
+  it("int32 data that is not an int32 integer is refused naming its nested index, from arrays and Float32Arrays alike", async () => {
+    const rows = 2 + Math.floor(Math.random() * 4);
+    const cols = 3 + Math.floor(Math.random() * 4);
+    const r = Math.floor(Math.random() * rows);
+    const c = Math.floor(Math.random() * cols);
+    const nested = Array.from({ length: rows }, (_, i) => Array.from({ length: cols }, (_, j) => i * cols + j));
+    nested[r]![c] = 2.5;
+    expect(() => tensor(nested, undefined, { dtype: 'int32' })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `Expected an int32 integer for data[${r}][${c}] but received 2.5 (number)` }));
+    const flat = new Float32Array(rows * cols).map((_, i) => i - 3);
+    using ok = tensor(flat, [rows, cols], { dtype: 'int32' });
+    expect(Array.from(await ok.toArray())).toEqual(Array.from(flat));
+    flat[r * cols + c] = -1.5;
+    expect(() => tensor(flat, [rows, cols], { dtype: 'int32' })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `Expected an int32 integer for data[${r * cols + c}] but received -1.5 (number)` }));
+    flat[r * cols + c] = 2 ** 31; // exactly representable in float32, one past int32's range
+    expect(() => tensor(flat, [rows, cols], { dtype: 'int32' })).toThrow(/an int32 integer/);
+  });
+});
+
 /** float64 -> bfloat16 / float16 bits, rounded once to nearest even (exact arithmetic on doubles; finite normal-range inputs). */
 function ref16(d: number, dtype: 'bfloat16' | 'float16'): number {
   const mant = dtype === 'bfloat16' ? 7 : 10;

@@ -101,7 +101,11 @@ export class Tensor<D extends DType = DType> {
     return new Tensor<D>(out, INTERNAL);
   }
 
-  /** A new tensor with the values converted to `dtype` (round to nearest even; exact NaN/inf/subnormals), on the same device. */
+  /**
+   * A new tensor with the values converted to `dtype`, on the same device. To a float type:
+   * round to nearest even, with infinities, NaNs (made quiet) and subnormals kept. To 'int32':
+   * truncated toward zero, saturated at int32's range, NaN to 0.
+   */
   async to<T extends DType>(dtype: T): Promise<Tensor<T>> {
     const site = new Error();
     checkOneOf('dtype', dtype, DTYPES, 'ERR_SAEKIT_DTYPE');
@@ -156,7 +160,9 @@ export type TensorData = Float32Array | Float64Array | Uint16Array | Int32Array 
 export interface TensorOptions<D extends DType = DType> {
   /**
    * The tensor's dtype. Default: 'int32' for an Int32Array, otherwise 'float32'. A Uint16Array
-   * holds raw 16-bit floats and needs 'bfloat16' or 'float16'.
+   * holds raw 16-bit floats and needs 'bfloat16' or 'float16'. For 'int32', float data (a
+   * Float32Array, Float64Array or array) must hold integers in int32's range: anything else
+   * throws ERR_SAEKIT_ARG naming the element. Float types round to nearest even.
    */
   dtype?: D;
   /** Where the values live: 'auto' | 'cpu' | 'cuda' | 'cuda:N'. Default: backend.use()'s (initially 'auto'). */
@@ -202,6 +208,7 @@ export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: re
   let rawType: DType;
   let defaultShape: number[];
   if (data instanceof Float32Array) {
+    if (dtype === 'int32') checkInt32s(data, (i) => `data[${i}]`);
     raw = data;
     rawType = 'float32';
     defaultShape = [data.length];
@@ -231,10 +238,7 @@ export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: re
       flat = list;
     }
     if (dtype === 'int32') {
-      for (let i = 0; i < flat.length; i++) {
-        const v = flat[i]!;
-        if (!Number.isInteger(v) || v < -2147483648 || v > 2147483647) throw argError(`data[${i}]`, 'an int32 integer', v);
-      }
+      checkInt32s(flat, data instanceof Float64Array ? (i) => `data[${i}]` : (i) => `data${nestedIndex(i, defaultShape)}`);
       raw = Int32Array.from(flat);
       rawType = 'int32';
     } else {
@@ -254,6 +258,24 @@ export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: re
     );
   }
   return wrapHandle<D>(callNative(() => native().fromArray(raw, s, rawType, dtype as DType, device)));
+}
+
+/** Throws ERR_SAEKIT_ARG naming the first element of `values` that is not an int32 integer. */
+function checkInt32s(values: ArrayLike<number>, name: (i: number) => string): void {
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i]!;
+    if (!Number.isInteger(v) || v < -2147483648 || v > 2147483647) throw argError(name(i), 'an int32 integer', v);
+  }
+}
+
+/** The nested index of flat element `i` of an array of `shape`: `[1][0]`. */
+function nestedIndex(i: number, shape: readonly number[]): string {
+  let s = '';
+  for (let d = shape.length - 1; d >= 0; d--) {
+    s = `[${i % shape[d]!}]` + s;
+    i = Math.floor(i / shape[d]!);
+  }
+  return s;
 }
 
 /**

@@ -39,12 +39,15 @@ Device parse_device(const std::string& name) {
 }
 
 int64_t shape_numel(const std::vector<int64_t>& shape, const char* what) {
-  int64_t n = 1;
-  for (int64_t d : shape) {
+  for (int64_t d : shape)
     SK_CHECK(d >= 0, ErrorCode::Shape, "Expected non-negative dimensions for ", what, " but received shape ",
              shape_str(shape));
+  for (int64_t d : shape)
+    if (d == 0) return 0;  // empty, whatever the other dimensions (checked before any product)
+  int64_t n = 1;
+  for (int64_t d : shape) {
     // Keep byte counts of any dtype within int64 (and far below any real allocation limit).
-    SK_CHECK(d == 0 || n <= (int64_t(1) << 60) / d, ErrorCode::Shape, "Expected fewer than 2^60 elements for ",
+    SK_CHECK(n <= (int64_t(1) << 60) / d, ErrorCode::Shape, "Expected fewer than 2^60 elements for ",
              what, " but received shape ", shape_str(shape));
     n *= d;
   }

@@ -1,15 +1,32 @@
 #include "args.h"
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 namespace sk::napi {
+
+namespace {
+
+// The shortest decimal that reads back as `d` (as JavaScript prints numbers): a limit like 2^50
+// and a value just past it must not print alike.
+std::string shortest(double d) {
+  char buf[32];
+  for (int p = 1; p <= 17; ++p) {
+    std::snprintf(buf, sizeof buf, "%.*g", p, d);
+    if (std::strtod(buf, nullptr) == d) break;
+  }
+  return buf;
+}
+
+}  // namespace
 
 std::string describe(const Napi::Value& v) {
   if (v.IsUndefined()) return "undefined";
   if (v.IsNull()) return "null";
   if (v.IsNumber()) {
     double d = v.As<Napi::Number>().DoubleValue();
-    std::string s = std::isnan(d) ? "NaN" : (std::isinf(d) ? (d > 0 ? "Infinity" : "-Infinity") : fmt(d));
+    std::string s = std::isnan(d) ? "NaN" : (std::isinf(d) ? (d > 0 ? "Infinity" : "-Infinity") : shortest(d));
     return s + " (number)";
   }
   if (v.IsBoolean()) return fmt(v.As<Napi::Boolean>().Value() ? "true" : "false", " (boolean)");
@@ -39,7 +56,7 @@ int64_t get_int(const Napi::Value& v, const std::string& name, int64_t lo, int64
 }
 
 double get_double(const Napi::Value& v, const std::string& name, double lo, double hi) {
-  std::string expected = fmt("finite number between ", lo, " and ", hi);
+  std::string expected = fmt("finite number between ", shortest(lo), " and ", shortest(hi));
   if (!v.IsNumber()) arg_error(ErrorCode::Arg, name, expected, v);
   double d = v.As<Napi::Number>().DoubleValue();
   if (!std::isfinite(d) || d < lo || d > hi) arg_error(ErrorCode::Arg, name, expected, v);
@@ -79,7 +96,10 @@ std::vector<int64_t> get_shape(const Napi::Value& v, const std::string& name) {
   std::vector<int64_t> shape;
   for (uint32_t i = 0; i < a.Length(); ++i) {
     Napi::Value d = a.Get(i);
-    shape.push_back(get_int(d, fmt(name, "[", i, "]"), 0, int64_t(1) << 50));
+    const double x = d.IsNumber() ? d.As<Napi::Number>().DoubleValue() : -1;
+    if (!(x >= 0 && x <= double(int64_t(1) << 50) && std::floor(x) == x))
+      arg_error(ErrorCode::Shape, fmt(name, "[", i, "]"), "non-negative integer at most 2^50", d);
+    shape.push_back(int64_t(x));
   }
   return shape;
 }
