@@ -132,6 +132,14 @@ describe('CooccurrenceAccumulator pair counts', () => {
     expect(performance.now() - t0).toBeLessThan(1000);
     expect(() => new CooccurrenceAccumulator(2.5)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/numLatents/) }));
   });
+
+  it('refuses a negative threshold: latents left out of sparse codes (value 0) would count by k, not by value', () => {
+    const t = -(Math.random() + 1e-9);
+    expect(() => new CooccurrenceAccumulator(8, { threshold: t })).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `Expected a finite number >= 0 for options.threshold but received ${t} (number)` }),
+    );
+    expect(new CooccurrenceAccumulator(8, { threshold: 0 }).threshold).toBe(0);
+  });
 });
 
 describe('CooccurrenceAccumulator after a failed add()', () => {

@@ -392,6 +392,17 @@ describe('superposition: magnitudes', () => {
     expect(Math.abs(variance - 1 / 12), `seed ${seed}`).toBeLessThanOrEqual(5 * Math.sqrt((1 / 80 - 1 / 144) / N));
   });
 
+  it('relu-normal: a magnitude that rounds to float32 zero is inactive, not listed with value 0', () => {
+    const rows = 64 + Math.floor(Math.random() * 64);
+    const tiny = superposition({ dIn: 2, numFeatures: 5, firing: { kind: 'uniform', p: 1 }, magnitude: { kind: 'relu-normal', mean: 1e-46, std: 0 }, numRows: rows, seed: freshSeed(3) }).codes(0, rows);
+    expect(tiny.indices.length).toBe(0);
+    expect(Array.from(tiny.indptr)).toEqual(new Array(rows + 1).fill(0));
+    // The least subnormal itself is kept, with its value.
+    const least = superposition({ dIn: 2, numFeatures: 5, firing: { kind: 'uniform', p: 1 }, magnitude: { kind: 'relu-normal', mean: 2 ** -149, std: 0 }, numRows: rows, seed: freshSeed(4) }).codes(0, rows);
+    expect(least.indices.length).toBe(5 * rows);
+    expect(Array.from(least.values).every((x) => x === 2 ** -149)).toBe(true);
+  });
+
   it('relu-normal: mean, variance and zero mass match the closed forms (5 sigma)', () => {
     const seed = freshSeed(22);
     const mu = 0.3;

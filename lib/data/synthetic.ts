@@ -117,8 +117,9 @@ export interface SuperpositionOptions {
   /** Default 'none' (independent firing). 'random' means { kind: 'random', strength: 0.5, factors: min(8, numFeatures) }. */
   correlation?: Correlation;
   /**
-   * Trees of dependent features (see HierarchyNode), applied to each row's firing decisions
-   * before its magnitudes are drawn. Each feature may appear in at most one node. A row visits
+   * Trees of dependent features (see HierarchyNode), applied to each row's active features
+   * (fired, with a magnitude > 0) after its magnitudes are drawn: a parent that fired with a
+   * relu-normal magnitude of 0 counts as off. Each feature may appear in at most one node. A row visits
    * every node (O(nodes) per row on top of its sampling). Default none.
    */
   hierarchy?: HierarchyNode[];
@@ -735,7 +736,7 @@ class Sampler {
     if (mag.relu) {
       let kept = 0;
       for (let t = 0; t < count; t++) {
-        const v = Math.max(0, mag.mean + mag.std * rng.normal());
+        const v = Math.fround(Math.max(0, mag.mean + mag.std * rng.normal())); // tested as stored: below float32's least subnormal is 0
         if (v > 0) {
           active[kept] = active[t]!;
           values[kept++] = v;

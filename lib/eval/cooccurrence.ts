@@ -84,7 +84,7 @@ const MAX_CHUNKS = 2 ** 32 - 1;
 export interface CooccurrenceOptions {
   /** Tokens per chunk. Default 256. */
   chunkTokens?: number;
-  /** A latent is active in a chunk if some token's value is > threshold. Default 0 (reference: 1). */
+  /** A latent is active in a chunk if some token's value is > threshold (>= 0). Default 0 (reference: 1). */
   threshold?: number;
   /** Drop a trailing partial chunk from result(), as the reference does. Default false. */
   dropPartial?: boolean;
@@ -243,8 +243,10 @@ export class CooccurrenceAccumulator {
     const opts = checkOptions('options', options, COOC_OPTIONS);
     this.numLatents = numLatents;
     this.chunkTokens = opts.chunkTokens === undefined ? 256 : checkInt('options.chunkTokens', opts.chunkTokens, 1, 2 ** 31);
-    if (opts.threshold !== undefined && (typeof opts.threshold !== 'number' || !Number.isFinite(opts.threshold))) {
-      throw argError('options.threshold', 'a finite number', opts.threshold);
+    // Below 0 a latent missing from a row's codes (value 0) would count as active: sparse codes
+    // cannot say that, so the answer would depend on k.
+    if (opts.threshold !== undefined && (typeof opts.threshold !== 'number' || !Number.isFinite(opts.threshold) || opts.threshold < 0)) {
+      throw argError('options.threshold', 'a finite number >= 0', opts.threshold);
     }
     this.threshold = opts.threshold ?? 0;
     this.dropPartial = opts.dropPartial === undefined ? false : checkBool('options.dropPartial', opts.dropPartial);
