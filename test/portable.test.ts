@@ -4,12 +4,14 @@
  * (`apt-get install qemu-user`; .ci/run installs it); skipped where it is missing.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
 import { backend } from '../lib/index.js';
-import { packageRoot } from '../lib/native/index.js';
+import { cpuProblem, elfProblem, packageRoot } from '../lib/native/index.js';
 
 const qemu = spawnSync('qemu-x86_64', ['--version']).status === 0;
 const fixture = path.join(packageRoot, 'test', 'fixtures', 'portable-check.mjs');
@@ -53,4 +55,59 @@ describe.runIf(qemu)('portable binary (emulated SSE4.2-only CPU)', () => {
       expect(emulated.codes).toBe(37 * 3);
     });
   }
+});
+
+describe('a CPU without SSE4.2 or POPCNT is refused before the addon loads (it would die of SIGILL)', () => {
+  // Flags as Linux prints them: a QEMU qemu64 guest, and one with everything the addon needs.
+  const qemu64 = 'fpu de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx lm rep_good nopl xtopology cpuid tsc_known_freq pni cx16 x2apic hypervisor lahf_lm cmp_legacy 3dnowprefetch vmmcall';
+  const entry = (flags: string) => `processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: QEMU Virtual CPU version 2.5+\nflags\t\t: ${flags}\nbugs\t\t:\n\nprocessor\t: 1\nflags\t\t: ${flags} sse4_2 popcnt\n`;
+
+  it('names what is missing, from the first processor', () => {
+    expect(cpuProblem(entry(qemu64))).toMatch(/^this CPU lacks sse4_2 and popcnt \(per \/proc\/cpuinfo\); saekit needs an x86-64 CPU with SSE4.2 and POPCNT.*-cpu host/);
+    expect(cpuProblem(entry(`${qemu64} popcnt`))).toMatch(/^this CPU lacks sse4_2 \(/);
+    expect(cpuProblem(entry(`${qemu64} sse4_1 sse4_2`))).toMatch(/^this CPU lacks popcnt \(/);
+    // A flag's name inside another one does not count (sse4_2 is not in 'sse4_2x').
+    expect(cpuProblem(entry(`${qemu64} sse4_2x popcntx`))).toMatch(/lacks sse4_2 and popcnt/);
+  });
+
+  it('accepts a CPU with both, and says nothing without a flags line', () => {
+    expect(cpuProblem(entry(`${qemu64} sse4_1 sse4_2 popcnt avx2`))).toBeUndefined();
+    expect(cpuProblem('processor\t: 0\nmodel name\t: ?\n')).toBeUndefined();
+    expect(cpuProblem('')).toBeUndefined();
+  });
+
+  it.runIf(process.platform === 'linux' && process.arch === 'x64')('this machine passes (the suite runs here)', async () => {
+    const fs = await import('node:fs');
+    expect(cpuProblem(fs.readFileSync('/proc/cpuinfo', 'latin1'))).toBeUndefined();
+  });
+});
+
+describe('a shared library cut short is refused before it is loaded (the loader would die of SIGBUS)', () => {
+  const addon = path.join(packageRoot, 'build', 'Release', 'saekit.node');
+
+  it.runIf(fs.existsSync(addon))('the built addon passes; copies cut at random points name the file and both sizes', () => {
+    expect(elfProblem(addon)).toBeUndefined();
+    const whole = fs.readFileSync(addon);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'saekit-elf-'));
+    try {
+      // (Cuts within the loadable segments: the symbol tables and section headers at the end are not loaded.)
+      const cuts = [64 + Math.floor(Math.random() * 1000), Math.floor(whole.length * (0.1 + 0.5 * Math.random()))];
+      for (const n of cuts) {
+        const f = path.join(dir, `cut-${n}.node`);
+        fs.writeFileSync(f, whole.subarray(0, n));
+        expect(elfProblem(f), `cut at ${n} of ${whole.length}`).toMatch(new RegExp(`^${f.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is damaged: ${n} bytes, cut short of the \\d+ its ELF headers describe$`));
+      }
+      // Cut inside the header itself, and not ELF at all: the header is short, or the loader explains.
+      fs.writeFileSync(path.join(dir, 'head.node'), whole.subarray(0, 40));
+      expect(elfProblem(path.join(dir, 'head.node'))).toMatch(/40 bytes, cut short of the 64/);
+      fs.writeFileSync(path.join(dir, 'text.node'), 'not a shared library');
+      expect(elfProblem(path.join(dir, 'text.node'))).toBeUndefined();
+      expect(elfProblem(path.join(dir, 'missing.node'))).toBeUndefined();
+      // The same file grown by trailing bytes is fine.
+      fs.writeFileSync(path.join(dir, 'long.node'), Buffer.concat([whole, Buffer.alloc(100)]));
+      expect(elfProblem(path.join(dir, 'long.node'))).toBeUndefined();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

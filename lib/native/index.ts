@@ -3,6 +3,7 @@
  * the addon directly. The CPU backend is always inside the addon; the CUDA backend is a plugin
  * that the addon loads only when asked (see docs/architecture.md).
  */
+import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -277,13 +278,93 @@ function checkEnvironment(): void {
   }
 }
 
+/**
+ * Why this CPU cannot run the addon, from the text of /proc/cpuinfo, or undefined. The addon is
+ * compiled for SSE4.2 and POPCNT (x86-64-v2): on a CPU without them loading it dies of SIGILL
+ * before any of its code could explain, so this is checked first. Virtual machines with QEMU's
+ * default CPU models (qemu64, kvm64) are the usual case.
+ */
+export function cpuProblem(cpuinfo: string): string | undefined {
+  const line = /^flags\s*:(.*)$/m.exec(cpuinfo);
+  if (!line) return undefined; // no flags line: nothing to go on
+  const flags = new Set(line[1]!.trim().split(/\s+/));
+  const missing = ['sse4_2', 'popcnt'].filter((f) => !flags.has(f));
+  if (missing.length === 0) return undefined;
+  return (
+    `this CPU lacks ${missing.join(' and ')} (per /proc/cpuinfo); saekit needs an x86-64 CPU with SSE4.2 and POPCNT ` +
+    '(x86-64-v2: Intel since Nehalem, AMD since Bulldozer). In a virtual machine, give it the host ' +
+    "CPU's model (QEMU/libvirt: -cpu host or host-passthrough) instead of qemu64 or kvm64"
+  );
+}
+
+/** cpuProblem() for this machine (linux-x64 only); undefined where /proc/cpuinfo cannot be read. */
+function thisCpuProblem(): string | undefined {
+  if (process.platform !== 'linux' || process.arch !== 'x64') return undefined;
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync('/proc/cpuinfo', 'r');
+    const buf = Buffer.alloc(1 << 16); // the first processor's entry is well within this
+    const n = fs.readSync(fd, buf, 0, buf.length, null);
+    return cpuProblem(buf.toString('latin1', 0, n));
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+/**
+ * Why the shared library `file` cannot be loaded safely, or undefined. A file cut short (a copy
+ * or download that stopped) still passes dlopen's header checks, and the loader then maps
+ * segments past its end: the first touch of one kills the process with SIGBUS. So the ELF64
+ * program headers are read first (bounded reads) and every loadable segment must lie within the
+ * file. Anything that is not a little-endian ELF64 file is left to the loader, which reports it.
+ */
+export function elfProblem(file: string): string | undefined {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(file, 'r');
+    const size = fs.fstatSync(fd).size;
+    const cut = (need: number | bigint) => `${file} is damaged: ${size} bytes, cut short of the ${need} its ELF headers describe`;
+    const h = Buffer.alloc(64);
+    const got = fs.readSync(fd, h, 0, 64, 0);
+    if (got < 4 || h.readUInt32BE(0) !== 0x7f454c46 || h[4] !== 2 || h[5] !== 1) return undefined; // not ELF64 LE: the loader explains
+    if (got < 64) return cut(64);
+    const phoff = h.readBigUInt64LE(32);
+    const phentsize = h.readUInt16LE(54);
+    const phnum = h.readUInt16LE(56);
+    if (phnum === 0) return undefined;
+    if (phentsize !== 56) return `${file} is damaged: ELF program header entries of ${phentsize} bytes, expected 56`;
+    const tableEnd = phoff + BigInt(phnum * 56);
+    if (tableEnd > BigInt(size)) return cut(tableEnd);
+    const table = Buffer.alloc(phnum * 56); // at most 65535 x 56 bytes
+    if (fs.readSync(fd, table, 0, table.length, Number(phoff)) < table.length) return cut(tableEnd);
+    let need = 0n;
+    for (let i = 0; i < phnum; i++) {
+      if (table.readUInt32LE(i * 56) !== 1) continue; // PT_LOAD only
+      const end = table.readBigUInt64LE(i * 56 + 8) + table.readBigUInt64LE(i * 56 + 32); // p_offset + p_filesz
+      if (end > need) need = end;
+    }
+    return need > BigInt(size) ? cut(need) : undefined;
+  } catch {
+    return undefined; // unreadable: the loader reports it
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
 /** The loaded addon; loads it on first use and explains a failure. */
 export function native(): NativeBinding {
   if (binding) return binding;
+  const cpu = thisCpuProblem();
+  if (cpu) throw new SaekitError('ERR_SAEKIT_NATIVE', `Could not load the saekit native addon: ${cpu}.`);
   const require = createRequire(import.meta.url);
   try {
-    const load = require('node-gyp-build') as (dir: string) => unknown;
-    binding = load(packageRoot) as NativeBinding;
+    const load = require('node-gyp-build') as { path(dir: string): string };
+    const file = load.path(packageRoot); // the prebuilt or built binary node-gyp-build would load
+    const damaged = elfProblem(file);
+    if (damaged) throw new Error(damaged);
+    binding = require(file) as NativeBinding;
     // If an op is still running when the process exits, the native side may have to end the
     // exit early (see executor.cpp); it then uses this status.
     checkEnvironment();

@@ -4,7 +4,11 @@
 // OpenBLAS is found with pkg-config (package `openblas`, then `cblas`). Without it nothing is
 // printed and the addon builds with the portable built-in GEMM, so an install never fails.
 //   SAEKIT_BUILD_BLAS=none   build without CBLAS even when it is installed
-//   SAEKIT_BLAS_STATIC=1     link libopenblas.a (prebuilt binaries need no system library)
+//   SAEKIT_BLAS_STATIC=1     link libopenblas.a's CBLAS (prebuilt binaries need no system library).
+//                            Its LAPACK is left out: that is Fortran and would need libgfortran at
+//                            run time (Debian's libgfortran.a is not position-independent, so it
+//                            cannot go into the addon), so metrics.spectrum uses the built-in
+//                            eigensolver there (saekit info: eigen builtin).
 'use strict';
 const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -27,8 +31,9 @@ function find() {
     if (process.env.SAEKIT_BLAS_STATIC === '1') {
       const dirs = (pkgConfig(['--variable=libdir', pkg]) || '').split(/\s+/).filter(Boolean);
       const lib = dirs.map((d) => path.join(d, `lib${pkg}.a`)).find((f) => fs.existsSync(f));
-      // -u: a weak reference (native/cpu/spectrum.cpp's dsyevd_) pulls no archive member by itself.
-      if (lib) libs = `-Wl,-u,dsyevd_ ${lib} -lpthread -lgfortran -lm`;
+      // native/cpu/spectrum.cpp's dsyevd_ is a weak reference: it pulls no archive member by
+      // itself, so the static addon holds no Fortran and resolves it to null (the built-in solver).
+      if (lib) libs = `${lib} -lpthread -lm`;
     }
     return { cflags, libs };
   }
