@@ -1,5 +1,5 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -494,6 +494,32 @@ describe('saekit CLI', () => {
     expect(run([...base.filter((_, i) => i !== 2 && i !== 3), '--latents', '0x10', '--out', path.join(dir, 'r3')]).stderr).toMatch(/for --latents but received '0x10'/);
     const ex = run(['train', acts, '--expansion', '0.01', '--k', '2', '--out', path.join(dir, 'r4')]);
     expect(ex.stderr).toMatch(/Expected --expansion of at least 0\.0625 .* but received 0\.01/);
+  }, 120_000);
+
+  it('compare and match-layers --out --overwrite never replace an input: a file a --data glob or folder expands to, or a file beside an SAE named by one of its files', async () => {
+    const { dir, s, f } = await compareFixture(23, 100);
+    mkdirSync(f('g'));
+    for (const name of ['v1.npy', 'v2.npy']) copyFileSync(f('acts.npy'), path.join(dir, 'g', name));
+    symlinkSync(f('g'), f('link'));
+    const weights = path.join(s, 'sae_weights.safetensors');
+    const kept = (p: string) => readFileSync(p).toString('base64');
+    const before = new Map([path.join(dir, 'g', 'v2.npy'), path.join(s, 'cfg.json'), weights].map((p) => [p, kept(p)]));
+    for (const [args, re] of [
+      [['compare', s, s, '--data', path.join(dir, 'g', '*.npy'), '--out', path.join(dir, 'g', 'v2.npy')], /is '.*v2\.npy', one of the files of --data '.*\*\.npy'/],
+      [['compare', s, s, '--data', f('acts.npy'), '--data-b', f('g'), '--out', path.join(dir, 'g', 'v2.npy')], /is '.*v2\.npy', one of the files of --data-b '.*g'/],
+      // The same file by another name: through a link to its folder.
+      [['compare', s, s, '--data', path.join(dir, 'g', 'v2.npy'), '--out', path.join(dir, 'link', 'v2.npy')], /is '.*g.v2\.npy' \(--data\)/],
+      [['compare', weights, weights, '--data', f('acts.npy'), '--out', path.join(s, 'cfg.json')], /is the cfg\.json of the SAE '.*sae_weights\.safetensors'/],
+      [['compare', path.join(s, 'cfg.json'), path.join(s, 'cfg.json'), '--data', f('acts.npy'), '--out', weights], /is the sae_weights\.safetensors of the SAE '.*cfg\.json'/],
+      [['match-layers', weights, weights, '--out', path.join(s, 'cfg.json')], /is the cfg\.json of the SAE '.*sae_weights\.safetensors'/],
+    ] as const) {
+      const r = run([...args, '--overwrite']);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toMatch(/Expected --out not to overwrite an input but /);
+      expect(r.stderr, args.join(' ')).toMatch(re);
+      expect(r.stderr, args.join(' ')).not.toMatch(/correlating/);
+    }
+    for (const [p, bytes] of before) expect(kept(p), p).toBe(bytes);
   }, 120_000);
 });
 

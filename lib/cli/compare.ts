@@ -1,16 +1,17 @@
 /** `saekit compare` and `saekit match-layers`: thin calls into lib/features. */
 import { constants } from 'node:fs';
-import { access, stat } from 'node:fs/promises';
+import { access, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 import type { DeviceOption } from '../backend/index.js';
 import { openActivations } from '../data/index.js';
-import { isRaw } from '../data/shards.js';
+import { isRaw, resolveShardPaths } from '../data/shards.js';
 import { SaekitError } from '../errors.js';
 import { Rng } from '../data/prng.js';
 import { correlation, match, saeMatch } from '../features/index.js';
 import { rsaPermutationTest, svccaPermutationTest } from '../features/similarity.js';
 import { writeFileAtomic } from '../io/index.js';
+import { SAE_FILE_NAMES } from '../io/sae-files.js';
 import { SparseAutoencoder } from '../sae/index.js';
 import { reportSkipped, TokenProgress } from './progress.js';
 
@@ -39,11 +40,43 @@ export interface CompareFlags {
 }
 
 /**
- * Checks before any work that an --out file can be written: its folder exists and is writable,
- * it is not a folder, not one of the inputs (or inside an input SAE's folder), and it does not
- * exist yet unless --overwrite was given.
+ * An input that --out must never replace: an SAE argument, or a data argument with the files it
+ * resolves to (folders and globs expanded as openActivations expands them).
  */
-export async function checkOutFile(out: string | undefined, overwrite: boolean | undefined, inputs: readonly string[]): Promise<void> {
+export type OutInput = { sae: string } | { flag: string; data: string; files: readonly string[] };
+
+/**
+ * The names `p` goes by: absolute as given, with its folder's links resolved, and with its own
+ * link resolved (when it exists), so a file reached through a link is still the same file.
+ */
+async function namesOf(p: string): Promise<string[]> {
+  const abs = path.resolve(p);
+  const dir = await realpath(path.dirname(abs)).catch(() => path.dirname(abs));
+  return [...new Set([abs, path.join(dir, path.basename(abs)), await realpath(abs).catch(() => abs)])];
+}
+
+/**
+ * The paths of `input` that --out must not be, each with how a message names it. An SAE folder
+ * covers everything inside it; an SAE given as one of its files covers that file and the SAE
+ * files beside it (the loader reads its cfg.json and weights from that folder).
+ */
+async function protectedPaths(input: OutInput): Promise<{ path: string; folder: boolean; what: string }[]> {
+  if ('sae' in input) {
+    const sae = input.sae;
+    if ((await stat(sae).catch(() => undefined))?.isDirectory()) return [{ path: sae, folder: true, what: `'${sae}'` }];
+    const beside = SAE_FILE_NAMES.map((name) => path.join(path.dirname(sae), name)).filter((p) => path.resolve(p) !== path.resolve(sae));
+    return [{ path: sae, folder: false, what: `the SAE '${sae}'` }, ...beside.map((p) => ({ path: p, folder: false, what: `the ${path.basename(p)} of the SAE '${sae}'` }))];
+  }
+  const { flag, data } = input;
+  return input.files.map((file) => ({ path: file, folder: false, what: file === path.resolve(data) ? `'${data}' (${flag})` : `'${file}', one of the files of ${flag} '${data}'` }));
+}
+
+/**
+ * Checks before any work that an --out file can be written: its folder exists and is writable,
+ * it is not a folder, not one of the inputs' files (compared by real path: see OutInput and
+ * protectedPaths), and it does not exist yet unless --overwrite was given.
+ */
+export async function checkOutFile(out: string | undefined, overwrite: boolean | undefined, inputs: readonly OutInput[]): Promise<void> {
   if (out === undefined) return;
   const abs = path.resolve(out);
   const dir = await stat(path.dirname(abs)).catch(() => undefined);
@@ -53,9 +86,16 @@ export async function checkOutFile(out: string | undefined, overwrite: boolean |
   });
   const st = await stat(out).catch(() => undefined);
   if (st?.isDirectory()) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out to be a file but '${out}' is a folder`);
+  const outNames = await namesOf(out);
   for (const input of inputs) {
-    const a = path.resolve(input);
-    if (abs === a || abs.startsWith(a + path.sep)) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out not to overwrite an input but '${out}' is ${abs === a ? '' : 'inside '}'${input}'`);
+    for (const p of await protectedPaths(input)) {
+      for (const name of await namesOf(p.path)) {
+        const same = outNames.includes(name);
+        if (same || (p.folder && outNames.some((o) => o.startsWith(name + path.sep)))) {
+          throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out not to overwrite an input but '${out}' is ${same ? '' : 'inside '}${p.what}`);
+        }
+      }
+    }
   }
   if (st && !overwrite) throw new SaekitError('ERR_SAEKIT_ARG', `--out ${out} already exists; pass --overwrite to replace it, or choose another --out`);
 }
@@ -85,6 +125,17 @@ function inFlagsOf(side: 'A' | 'B'): (e: unknown) => never {
     if (side === 'B') named = named.replace(/\boptions\.tensor\b/g, '--tensor-b').replace(/raw files need options\.dIn/g, 'raw files are only for --data');
     throw named === e.message ? e : new SaekitError(e.code, named);
   };
+}
+
+/**
+ * --data and --data-b with the files they resolve to (as openActivations resolves them, errors
+ * named by flag), for checkOutFile; none without --out, which is all they are for.
+ */
+async function dataInputs(f: CompareFlags): Promise<OutInput[]> {
+  if (!f.out) return [];
+  const inputs: OutInput[] = [{ flag: '--data', data: f.data, files: await resolveShardPaths(f.data, { dIn: f.dIn }).catch(inFlagsOf('A')) }];
+  if (f.dataB !== undefined) inputs.push({ flag: '--data-b', data: f.dataB, files: await resolveShardPaths(f.dataB, {}).catch(inFlagsOf('B')) });
+  return inputs;
 }
 
 /**
@@ -132,7 +183,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
     throw new SaekitError('ERR_SAEKIT_ARG', `Expected --tensor-b only with --data-b (it names the tensor of --data-b's .safetensors files) but received --tensor-b '${f.tensorB}' without --data-b`);
   }
   if (f.dataB !== undefined) await checkDataB(f.dataB);
-  await checkOutFile(f.out, f.overwrite, [pathA, pathB, f.data, ...(f.dataB ? [f.dataB] : [])]);
+  await checkOutFile(f.out, f.overwrite, [{ sae: pathA }, { sae: pathB }, ...(await dataInputs(f))]);
   using a = await SparseAutoencoder.load(pathA, { device: f.device as DeviceOption });
   using b = await SparseAutoencoder.load(pathB, { device: f.device as DeviceOption });
   // --tensor, --dtype and --d-in describe --data; --data-b describes itself (--tensor-b picks its tensor).
@@ -279,7 +330,7 @@ function mean(x: Float64Array): number {
 
 export async function matchLayers(paths: string[], f: MatchLayersFlags): Promise<void> {
   if (paths.length < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 SAEs for match-layers but received ${paths.length}`);
-  await checkOutFile(f.out, f.overwrite, paths);
+  await checkOutFile(f.out, f.overwrite, paths.map((sae) => ({ sae })));
   const saes: SparseAutoencoder[] = [];
   try {
     for (const p of paths) saes.push(await SparseAutoencoder.load(p, { device: f.device as DeviceOption }));

@@ -14,6 +14,7 @@ import { superposition } from '../data/synthetic.js';
 import { evaluate } from '../eval/evaluate.js';
 import { mcc, mmcs } from '../eval/recovery.js';
 import { backend, type DeviceOption, SaekitError, SparseAutoencoder } from '../index.js';
+import { SAE_FILE_NAMES } from '../io/sae-files.js';
 import { packageRoot } from '../native/index.js';
 import { AUXK_VARIANTS } from '../sae/index.js';
 import { B_DEC_INITS, DECAYS, type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
@@ -186,9 +187,6 @@ interface TrainFlags {
   json?: boolean;
 }
 
-/** SAE files of the layouts saekit writes or loads, which a new run in the same folder would replace or sit beside. */
-const SAE_FILES = ['cfg.json', 'sae_weights.safetensors', 'sae.safetensors', 'params.npz'];
-
 /** What `out` holds from an earlier run: its checkpoint (step and tokens; 0 if unreadable) and SAE files. */
 async function priorRun(out: string): Promise<{ checkpoint?: { step: number; tokens: number }; saeFiles: string[] }> {
   const exists = async (p: string) => (await stat(p).catch(() => undefined)) !== undefined;
@@ -203,7 +201,7 @@ async function priorRun(out: string): Promise<{ checkpoint?: { step: number; tok
     }
   }
   const saeFiles: string[] = [];
-  for (const f of SAE_FILES) if (await exists(path.join(out, f))) saeFiles.push(f);
+  for (const f of SAE_FILE_NAMES) if (await exists(path.join(out, f))) saeFiles.push(f);
   return { checkpoint, saeFiles };
 }
 

@@ -26,6 +26,13 @@ import { readNpzChecked } from './npz.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { makeDirs, OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
 
+/**
+ * The SAE files readSaeFiles knows: the config and each layout's weights. It looks for them in an
+ * SAE's folder, also when given one of them (SAELens or sparsify weights are read with the
+ * cfg.json beside them).
+ */
+export const SAE_FILE_NAMES = ['cfg.json', 'sae_weights.safetensors', 'sae.safetensors', 'params.npz'] as const;
+
 /** The SAE file layouts readSaeFiles reads (writeSaeFiles writes the first two). */
 export type SaeFileFormat = 'saelens' | 'sparsify' | 'gemma-scope';
 
