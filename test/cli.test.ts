@@ -521,6 +521,16 @@ describe('saekit CLI', () => {
     }
     for (const [p, bytes] of before) expect(kept(p), p).toBe(bytes);
   }, 120_000);
+
+  it('train: an --expansion giving too many latents for the data\'s dIn is refused naming --expansion and its maximum', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const acts = path.join(dir, 'wide.npy');
+    await io.writeNpy(acts, { dtype: 'float32', shape: [8, 512], data: new Float32Array(8 * 512) });
+    const r = run(['train', acts, '--expansion', '65536', '--batch', '4', '--out', path.join(dir, 'run')]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/Expected --expansion of at most 32768 \(dIn 512 x --expansion, rounded, is the number of latents, at most 16777216\) but received 65536 \[ERR_SAEKIT_ARG\]/);
+    expect(r.stderr).not.toMatch(/--latents/);
+  }, 60_000);
 });
 
 describe('progress line', () => {

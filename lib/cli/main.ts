@@ -156,6 +156,9 @@ function abortOnSignal(): { signal: AbortSignal; readonly exitCode: number | und
   };
 }
 
+/** The most latents an SAE can have (SparseAutoencoder.create's limit for numLatents). */
+const MAX_LATENTS = 1 << 24;
+
 interface TrainFlags {
   latents?: number;
   expansion?: number;
@@ -269,6 +272,11 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
     const numLatents = f.latents ?? Math.round(f.expansion! * source.dIn);
     if (f.latents === undefined && !(numLatents >= 1)) {
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected --expansion of at least ${(0.5 / source.dIn).toPrecision(3)} (dIn ${source.dIn} x --expansion, rounded, is the number of latents) but received ${f.expansion}`);
+    }
+    if (f.latents === undefined && numLatents > MAX_LATENTS) {
+      // Rounded down to 3 decimals, so the maximum shown is allowed.
+      const most = Math.floor((MAX_LATENTS / source.dIn) * 1000) / 1000;
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected --expansion of at most ${most} (dIn ${source.dIn} x --expansion, rounded, is the number of latents, at most ${MAX_LATENTS}) but received ${f.expansion}`);
     }
     using sae = SparseAutoencoder.create({ dIn: source.dIn, numLatents, k: f.k, seed: f.seed, device: f.device as DeviceOption, precision: f.precision });
     const opts: TrainerOptions = {
@@ -495,7 +503,7 @@ export function buildProgram(): Command {
     .command('train')
     .description('train a TopK SAE on activations (.npy, .safetensors, raw shards, folders or globs) and save it')
     .argument('<data...>', 'activation files, folders or glob patterns (rows x dIn)')
-    .option('--latents <n>', 'number of latents', num('latents', 1, 1 << 24))
+    .option('--latents <n>', 'number of latents', num('latents', 1, MAX_LATENTS))
     .option('--expansion <e>', 'latents as a multiple of dIn', num('expansion', 0.01, 1 << 16, false))
     .option('--k <k>', 'active latents per row', num('k', 1, 1 << 16), 32)
     .requiredOption('--out <dir>', 'output folder (the SAE, plus checkpoint/)')
