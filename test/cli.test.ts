@@ -531,6 +531,20 @@ describe('saekit CLI', () => {
     expect(r.stderr).toMatch(/Expected --expansion of at most 32768 \(dIn 512 x --expansion, rounded, is the number of latents, at most 16777216\) but received 65536 \[ERR_SAEKIT_ARG\]/);
     expect(r.stderr).not.toMatch(/--latents/);
   }, 60_000);
+
+  it('an empty --out is refused up front by compare, match-layers and demo (it was ignored: nothing was saved)', async () => {
+    const { s, f } = await compareFixture(24, 100);
+    for (const [args, re] of [
+      [['compare', s, s, '--data', f('acts.npy'), '--runs', '2'], /Expected a file path for --out but received '' \(string\) \[ERR_SAEKIT_ARG\]/],
+      [['match-layers', s, s], /Expected a file path for --out but received '' \(string\) \[ERR_SAEKIT_ARG\]/],
+      [['demo'], /Expected a folder path for --out but received '' \(string\) \[ERR_SAEKIT_ARG\]/],
+    ] as const) {
+      const r = run([...args, '--out', ''], {}, 20_000);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toMatch(re);
+      expect(r.stderr, args.join(' ')).not.toMatch(/correlating|training/);
+    }
+  }, 90_000);
 });
 
 describe('progress line', () => {

@@ -6,7 +6,7 @@ import path from 'node:path';
 import type { DeviceOption } from '../backend/index.js';
 import { openActivations } from '../data/index.js';
 import { isRaw, resolveShardPaths } from '../data/shards.js';
-import { SaekitError } from '../errors.js';
+import { argError, SaekitError } from '../errors.js';
 import { Rng } from '../data/prng.js';
 import { correlation, match, saeMatch } from '../features/index.js';
 import { rsaPermutationTest, svccaPermutationTest } from '../features/similarity.js';
@@ -78,6 +78,7 @@ async function protectedPaths(input: OutInput): Promise<{ path: string; folder: 
  */
 export async function checkOutFile(out: string | undefined, overwrite: boolean | undefined, inputs: readonly OutInput[]): Promise<void> {
   if (out === undefined) return;
+  if (out === '') throw argError('--out', 'a file path', out);
   const abs = path.resolve(out);
   const dir = await stat(path.dirname(abs)).catch(() => undefined);
   if (!dir?.isDirectory()) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out to be a file in an existing folder but '${path.dirname(out)}' is not a folder`);
@@ -132,7 +133,7 @@ function inFlagsOf(side: 'A' | 'B'): (e: unknown) => never {
  * named by flag), for checkOutFile; none without --out, which is all they are for.
  */
 async function dataInputs(f: CompareFlags): Promise<OutInput[]> {
-  if (!f.out) return [];
+  if (f.out === undefined || f.out === '') return [];
   const inputs: OutInput[] = [{ flag: '--data', data: f.data, files: await resolveShardPaths(f.data, { dIn: f.dIn }).catch(inFlagsOf('A')) }];
   if (f.dataB !== undefined) inputs.push({ flag: '--data-b', data: f.dataB, files: await resolveShardPaths(f.dataB, {}).catch(inFlagsOf('B')) });
   return inputs;
@@ -295,7 +296,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
       summary.rsa = { skipped: `needs at least 3 matched pairs (${n})` };
     }
     reportSkipped(srcA);
-    if (f.out) await writeFileAtomic(f.out, `${JSON.stringify({ ...summary, pairs: m.pairs }, null, 2)}\n`);
+    if (f.out !== undefined) await writeFileAtomic(f.out, `${JSON.stringify({ ...summary, pairs: m.pairs }, null, 2)}\n`);
     if (f.json) {
       process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
       return;
@@ -354,7 +355,7 @@ export async function matchLayers(paths: string[], f: MatchLayersFlags): Promise
       });
       steps.push({ from: paths[i]!, to: paths[i + 1]!, mean_mse: r.meanMse, permutation: Array.from(r.permutation) });
     }
-    if (f.out) await writeFileAtomic(f.out, `${JSON.stringify(steps, null, 2)}\n`);
+    if (f.out !== undefined) await writeFileAtomic(f.out, `${JSON.stringify(steps, null, 2)}\n`);
     if (f.json) process.stdout.write(`${JSON.stringify(steps.map(({ permutation, ...s }) => ({ ...s, matched: permutation.length })), null, 2)}\n`);
     else for (const s of steps) process.stdout.write(`${s.from} -> ${s.to}: mean MSE of matched (${f.fold === false ? 'unfolded' : 'folded'}) parameters ${s.mean_mse.toPrecision(5)}\n`);
   } finally {

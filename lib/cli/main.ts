@@ -11,6 +11,7 @@ import { Command } from 'commander';
 
 import { openActivations } from '../data/index.js';
 import { superposition } from '../data/synthetic.js';
+import { argError } from '../errors.js';
 import { evaluate } from '../eval/evaluate.js';
 import { mcc, mmcs } from '../eval/recovery.js';
 import { backend, type DeviceOption, SaekitError, SparseAutoencoder } from '../index.js';
@@ -384,6 +385,7 @@ async function demo(f: DemoFlags): Promise<void> {
   const numLatents = 512;
   const k = 8;
   const seed = f.seed;
+  if (f.out === '') throw argError('--out', 'a folder path', f.out);
   if (f.out !== undefined && !f.overwrite) {
     const prior = await priorRun(f.out);
     if (prior.checkpoint || prior.saeFiles.length > 0) {
@@ -401,7 +403,7 @@ async function demo(f: DemoFlags): Promise<void> {
   const sig = abortOnSignal();
   let result: FitResult;
   try {
-    result = await trainer.fit(source, { signal: sig.signal, onStep: (s) => progress.update(s), ...(f.out ? { saveDir: f.out } : {}) });
+    result = await trainer.fit(source, { signal: sig.signal, onStep: (s) => progress.update(s), ...(f.out !== undefined ? { saveDir: f.out } : {}) });
   } finally {
     sig.dispose();
     progress.done();
@@ -427,7 +429,7 @@ async function demo(f: DemoFlags): Promise<void> {
     ['dead latents', `${(100 * result.last!.deadFraction).toFixed(2)}%`],
     ['tokens', result.tokens.toLocaleString('en-US')],
     ['time', `${result.seconds.toFixed(1)} s (${Math.round(result.tokens / result.seconds).toLocaleString('en-US')} tok/s)`],
-    ...(f.out ? ([['saved', result.saved.join(', ')]] as [string, string][]) : []),
+    ...(f.out !== undefined ? ([['saved', result.saved.join(', ')]] as [string, string][]) : []),
   ];
   if (f.json) {
     process.stdout.write(`${JSON.stringify({ mmcsTruthToLearned: t2l, mmcsLearnedToTruth: l2t, mcc: m, fvu: result.last!.fvu, l0: result.last!.l0, deadFraction: result.last!.deadFraction, tokens: result.tokens, seconds: result.seconds, saved: result.saved }, null, 2)}\n`);
