@@ -545,6 +545,21 @@ describe('saekit CLI', () => {
       expect(r.stderr, args.join(' ')).not.toMatch(/correlating|training/);
     }
   }, 90_000);
+
+  it('compare and match-layers refuse an --out that ends in a path separator or is a folder before any work', async () => {
+    const { dir, s, f } = await compareFixture(25, 100);
+    for (const [args, re] of [
+      [['compare', s, s, '--data', f('acts.npy'), '--runs', '2', '--out', `${f('new')}/`], /Expected --out to be a file but '.*new\/' ends in a path separator/],
+      [['match-layers', s, s, '--out', `${f('new')}/`], /Expected --out to be a file but '.*new\/' ends in a path separator/],
+      [['compare', s, s, '--data', f('acts.npy'), '--runs', '2', '--out', dir], /Expected --out to be a file but '.*' is a folder/],
+    ] as const) {
+      const r = run([...args]);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toMatch(re);
+      expect(r.stderr, args.join(' ')).not.toMatch(/correlating/);
+    }
+    expect(existsSync(f('new'))).toBe(false);
+  }, 60_000);
 });
 
 describe('progress line', () => {

@@ -73,12 +73,14 @@ async function protectedPaths(input: OutInput): Promise<{ path: string; folder: 
 
 /**
  * Checks before any work that an --out file can be written: its folder exists and is writable,
- * it is not a folder, not one of the inputs' files (compared by real path: see OutInput and
+ * it is not a folder (nor named as one, ending in a separator), not one of the inputs' files (compared by real path: see OutInput and
  * protectedPaths), and it does not exist yet unless --overwrite was given.
  */
 export async function checkOutFile(out: string | undefined, overwrite: boolean | undefined, inputs: readonly OutInput[]): Promise<void> {
   if (out === undefined) return;
   if (out === '') throw argError('--out', 'a file path', out);
+  // path.resolve drops the separator, and the write would fail only at its rename, after the work.
+  if (out.endsWith('/') || out.endsWith(path.sep)) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out to be a file but '${out}' ends in a path separator (a folder's name)`);
   const abs = path.resolve(out);
   const dir = await stat(path.dirname(abs)).catch(() => undefined);
   if (!dir?.isDirectory()) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out to be a file in an existing folder but '${path.dirname(out)}' is not a folder`);
