@@ -577,4 +577,16 @@ describe('progress line', () => {
     expect(writes.at(-2)).toMatch(/100\.0%/);
     expect(writes.at(-1)).toBe('\n');
   });
+
+  it('a job that reads its source several times (compare --kind preacts over --max-bytes) counts every pass in the total, so it ends at 100%', async () => {
+    const { TokenProgress } = await import('../lib/cli/progress.js');
+    const writes: string[] = [];
+    const pipe = { isTTY: false, write: (s: string) => (writes.push(s), true) } as unknown as NodeJS.WriteStream;
+    const p = new TokenProgress('correlating', 50_000, pipe, 0);
+    // The 9th of 9 passes, nearly done: was "445.1k/50.0k tok".
+    p.update(445_100, 9);
+    expect(writes.at(-1)).toMatch(/^correlating: 445\.1k\/450\.0k tok .*ETA .* \(9 passes\)\n$/);
+    p.update(20_000);
+    expect(writes.at(-1)).toMatch(/^correlating: 20\.0k\/50\.0k tok .*ETA \d+:\d\d\n$/);
+  });
 });

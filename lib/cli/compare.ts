@@ -231,7 +231,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
       reverse: f.method === 'mutual',
       // Where the SAEs are (--device auto: CUDA when usable); same result bits on either.
       device: a.device,
-      onProgress: (t, passes) => progress.update(t, passes > 1 ? `(${passes} passes)` : ''),
+      onProgress: (t, passes) => progress.update(t, passes),
     })
       .catch((e: unknown) => {
         // With --data-b, skipping is refused (the sources would stop lining up): the usual hint does not apply.

@@ -68,20 +68,25 @@ export class TokenProgress {
   private readonly start = performance.now();
   constructor(
     private readonly label: string,
+    /** Tokens of one pass. */
     private readonly totalTokens: number | undefined,
     private readonly stream: NodeJS.WriteStream = process.stderr,
     private readonly intervalMs = stream.isTTY ? 200 : 10_000,
   ) {}
 
-  update(tokens: number, note = ''): void {
+  /**
+   * `tokens` read so far, over every pass when the job reads its source `passes` times (a dense
+   * correlation wider than --max-bytes): the total is then totalTokens × passes.
+   */
+  update(tokens: number, passes = 1): void {
     const now = performance.now();
     if (now - this.lastPrint < this.intervalMs) return;
     this.lastPrint = now;
     const elapsed = (now - this.start) / 1e3;
     const rate = elapsed > 0 ? tokens / elapsed : 0;
-    const total = this.totalTokens !== undefined && Number.isFinite(this.totalTokens) ? this.totalTokens : undefined;
+    const total = this.totalTokens !== undefined && Number.isFinite(this.totalTokens) ? this.totalTokens * passes : undefined;
     const eta = total !== undefined ? `  ETA ${duration((total - tokens) / Math.max(rate, 1e-9))}` : '';
-    const stats = `${this.label}: ${count(tokens)}${total !== undefined ? `/${count(total)}` : ''} tok  ${count(rate)} tok/s${eta}${note ? `  ${note}` : ''}`;
+    const stats = `${this.label}: ${count(tokens)}${total !== undefined ? `/${count(total)}` : ''} tok  ${count(rate)} tok/s${eta}${passes > 1 ? `  (${passes} passes)` : ''}`;
     this.stream.write(this.stream.isTTY ? `\r${stats}\u001b[K` : `${stats}\n`);
   }
 
