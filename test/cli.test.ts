@@ -560,6 +560,23 @@ describe('saekit CLI', () => {
     }
     expect(existsSync(f('new'))).toBe(false);
   }, 60_000);
+
+  it('train refuses a --log that is one of its data files before moving anything aside (--overwrite had moved the input to .replaced)', async () => {
+    const { dir, f } = await compareFixture(26, 100);
+    const before = readFileSync(f('acts.npy')).toString('base64');
+    const base = ['--latents', '8', '--k', '2', '--batch', '10', '--out', f('run'), '--overwrite'];
+    for (const [data, re] of [
+      [f('acts.npy'), /Expected --log not to overwrite an input but '.*acts\.npy' is '.*acts\.npy' \(<data>\)/],
+      [path.join(dir, '*.npy'), /Expected --log not to overwrite an input but '.*acts\.npy' is '.*acts\.npy', one of the files of <data> '.*\*\.npy'/],
+    ] as const) {
+      const r = run(['train', data, ...base, '--log', f('acts.npy')]);
+      expect(r.status, data).toBe(1);
+      expect(r.stderr, data).toMatch(re);
+      expect(r.stderr, data).toMatch(/\[ERR_SAEKIT_ARG\]\n$/);
+      expect(existsSync(f('acts.npy.replaced')), data).toBe(false);
+      expect(readFileSync(f('acts.npy')).toString('base64'), data).toBe(before);
+    }
+  }, 60_000);
 });
 
 describe('progress line', () => {

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { Command } from 'commander';
 
 import { openActivations } from '../data/index.js';
+import { resolveShardPaths } from '../data/shards.js';
 import { superposition } from '../data/synthetic.js';
 import { argError } from '../errors.js';
 import { evaluate } from '../eval/evaluate.js';
@@ -19,7 +20,7 @@ import { SAE_FILE_NAMES } from '../io/sae-files.js';
 import { packageRoot } from '../native/index.js';
 import { AUXK_VARIANTS } from '../sae/index.js';
 import { B_DEC_INITS, DECAYS, type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
-import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, matchLayers, type MatchLayersFlags } from './compare.js';
+import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, matchLayers, type MatchLayersFlags, namesOf } from './compare.js';
 import { Progress, reportSkipped, TokenProgress } from './progress.js';
 
 function version(): string {
@@ -256,6 +257,21 @@ async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; repla
   return { resuming, replaced };
 }
 
+/**
+ * Checks that --log is none of the activation files `paths` resolve to (globs and folders
+ * expanded as openActivations expands them; compared by real path): a run appends to its log, and
+ * --overwrite moves it aside first.
+ */
+async function checkLogNotInput(log: string, paths: string[], dIn: number | undefined): Promise<void> {
+  const logNames = await namesOf(log);
+  for (const file of await resolveShardPaths(paths.length === 1 ? paths[0]! : paths, { dIn })) {
+    if (!(await namesOf(file)).some((name) => logNames.includes(name))) continue;
+    const arg = paths.find((p) => path.resolve(p) === file);
+    const what = arg !== undefined ? `'${arg}' (<data>)` : `'${file}', one of the files of <data>${paths.length === 1 ? ` '${paths[0]}'` : ''}`;
+    throw new SaekitError('ERR_SAEKIT_ARG', `Expected --log not to overwrite an input but '${log}' is ${what}`);
+  }
+}
+
 /** Whether `p` is a folder (false when it does not exist). */
 async function isFolder(p: string): Promise<boolean> {
   return (await stat(p).catch(() => undefined))?.isDirectory() ?? false;
@@ -270,6 +286,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
   }
   const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn, onNonFinite: f.onNonFinite });
   try {
+    if (f.log !== undefined) await checkLogNotInput(f.log, paths, f.dIn);
     const numLatents = f.latents ?? Math.round(f.expansion! * source.dIn);
     if (f.latents === undefined && !(numLatents >= 1)) {
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected --expansion of at least ${(0.5 / source.dIn).toPrecision(3)} (dIn ${source.dIn} x --expansion, rounded, is the number of latents) but received ${f.expansion}`);
