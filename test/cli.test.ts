@@ -577,6 +577,22 @@ describe('saekit CLI', () => {
       expect(readFileSync(f('acts.npy')).toString('base64'), data).toBe(before);
     }
   }, 60_000);
+
+  it('demo --overwrite over a train run moves its checkpoint aside as train --overwrite does, so a later train --resume cannot continue the old run', async () => {
+    const { f } = await compareFixture(27, 200);
+    const out = f('run');
+    const train = ['train', f('acts.npy'), '--latents', '8', '--k', '2', '--batch', '50', '--warmup', '1', '--out', out, '--json'];
+    const t = run(train);
+    expect(t.status, t.stderr).toBe(0);
+    expect(existsSync(path.join(out, 'checkpoint', 'checkpoint.json'))).toBe(true);
+    // Stopped early: the checkpoint was moved aside before training and dropped once the demo ended.
+    const d = await interrupted(['demo', '--out', out, '--overwrite', '--json'], 1500);
+    expect(d.code, d.stderr).toBe(130);
+    expect(existsSync(path.join(out, 'checkpoint'))).toBe(false);
+    expect(existsSync(path.join(out, 'checkpoint.replaced'))).toBe(false);
+    const r = run([...train, '--resume']);
+    expect(r.stderr).not.toMatch(/resuming from step/);
+  }, 90_000);
 });
 
 describe('progress line', () => {

@@ -235,17 +235,7 @@ async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; repla
   }
   // --log names a file: a folder there is refused, never moved aside and deleted.
   if (f.log && (await isFolder(f.log))) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --log to be a file but '${f.log}' is a folder`);
-  // --overwrite: the earlier checkpoint and log are moved aside (name.replaced), not deleted, until
-  // the new run has ended; a run that fails first leaves them there to be restored.
-  const replaced: string[] = [];
-  if (f.overwrite) {
-    for (const p of [prior.checkpoint ? path.join(f.out, 'checkpoint') : undefined, f.log]) {
-      if (p === undefined || !(await stat(p).catch(() => undefined))) continue;
-      await rm(`${p}.replaced`, { recursive: true, force: true });
-      await rename(p, `${p}.replaced`);
-      replaced.push(`${p}.replaced`);
-    }
-  }
+  const replaced = f.overwrite ? await moveAside([prior.checkpoint ? path.join(f.out, 'checkpoint') : undefined, f.log]) : [];
   if (f.resume && !prior.checkpoint) process.stderr.write(`saekit: no checkpoint in ${path.join(f.out, 'checkpoint')}: starting a new run\n`);
   if (resuming) {
     const ck = prior.checkpoint!;
@@ -270,6 +260,27 @@ async function checkLogNotInput(log: string, paths: string[], dIn: number | unde
     const what = arg !== undefined ? `'${arg}' (<data>)` : `'${file}', one of the files of <data>${paths.length === 1 ? ` '${paths[0]}'` : ''}`;
     throw new SaekitError('ERR_SAEKIT_ARG', `Expected --log not to overwrite an input but '${log}' is ${what}`);
   }
+}
+
+/**
+ * --overwrite: the earlier run's checkpoint and log (those of `paths` that exist) are moved aside
+ * (name.replaced), not deleted, until the new run has ended; a run that fails first leaves them
+ * there to be restored (see keptAside). Returns the names they were moved to.
+ */
+async function moveAside(paths: readonly (string | undefined)[]): Promise<string[]> {
+  const replaced: string[] = [];
+  for (const p of paths) {
+    if (p === undefined || !(await stat(p).catch(() => undefined))) continue;
+    await rm(`${p}.replaced`, { recursive: true, force: true });
+    await rename(p, `${p}.replaced`);
+    replaced.push(`${p}.replaced`);
+  }
+  return replaced;
+}
+
+/** Says where moveAside put the run being replaced, when the new run failed (stderr). */
+function keptAside(replaced: readonly string[]): void {
+  if (replaced.length) process.stderr.write(`saekit: the run being replaced is kept in ${replaced.join(', ')}\n`);
 }
 
 /** Whether `p` is a folder (false when it does not exist). */
@@ -333,7 +344,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
         saveFormat: f.format,
       });
     } catch (err) {
-      if (replaced.length) process.stderr.write(`saekit: the run being replaced is kept in ${replaced.join(', ')}\n`);
+      keptAside(replaced);
       // A run that failed before writing anything leaves no empty folders behind (rmdir removes
       // only empty ones: a checkpoint, a log or a saved SAE keeps its folder).
       if (!outExisted) for (const d of [path.join(f.out, 'checkpoint'), f.out]) await rmdir(d).catch(() => undefined);
@@ -403,11 +414,9 @@ async function demo(f: DemoFlags): Promise<void> {
   const k = 8;
   const seed = f.seed;
   if (f.out === '') throw argError('--out', 'a folder path', f.out);
-  if (f.out !== undefined && !f.overwrite) {
-    const prior = await priorRun(f.out);
-    if (prior.checkpoint || prior.saeFiles.length > 0) {
-      throw new SaekitError('ERR_SAEKIT_ARG', `--out ${f.out} already holds ${prior.checkpoint ? 'a training run' : `an SAE (${prior.saeFiles.join(', ')})`}; pass --overwrite to replace it, or choose another --out`);
-    }
+  const prior = f.out !== undefined ? await priorRun(f.out) : undefined;
+  if (prior && !f.overwrite && (prior.checkpoint || prior.saeFiles.length > 0)) {
+    throw new SaekitError('ERR_SAEKIT_ARG', `--out ${f.out} already holds ${prior.checkpoint ? 'a training run' : `an SAE (${prior.saeFiles.join(', ')})`}; pass --overwrite to replace it, or choose another --out`);
   }
   const { source, features } = superposition({ dIn, numFeatures, firing: { kind: 'expected-active', n: 5 }, numRows: 1 << 16, seed });
   process.stderr.write(
@@ -416,15 +425,22 @@ async function demo(f: DemoFlags): Promise<void> {
   );
   using sae = SparseAutoencoder.create({ dIn, numLatents, k, seed: seed + 1 });
   const trainer = new Trainer(sae, { batchSize: 1024, totalTokens: 1 << 21, lr: 2e-3, warmupSteps: 50, seed });
+  // A train run's checkpoint in --out goes too, as with train --overwrite: a later train --resume
+  // would continue that run beside the demo's SAE.
+  const replaced = prior?.checkpoint && f.overwrite ? await moveAside([path.join(f.out!, 'checkpoint')]) : [];
   const progress = new Progress(1 << 21);
   const sig = abortOnSignal();
   let result: FitResult;
   try {
     result = await trainer.fit(source, { signal: sig.signal, onStep: (s) => progress.update(s), ...(f.out !== undefined ? { saveDir: f.out } : {}) });
+  } catch (err) {
+    keptAside(replaced);
+    throw err;
   } finally {
     sig.dispose();
     progress.done();
   }
+  for (const p of replaced) await rm(p, { recursive: true, force: true });
   if (result.status === 'aborted') {
     process.exitCode = sig.exitCode ?? STOP_SIGNALS.SIGINT;
     process.stderr.write(`saekit demo: interrupted after ${result.tokens.toLocaleString('en-US')} of ${(1 << 21).toLocaleString('en-US')} tokens; the numbers below are of the partly trained SAE\n`);
@@ -616,7 +632,7 @@ export function buildProgram(): Command {
     .command('demo')
     .description('train an SAE on built-in synthetic data with known features and report how well it recovers them')
     .option('--out <dir>', 'also save the trained SAE here (SAELens layout)')
-    .option('--overwrite', 'replace an SAE already in --out')
+    .option('--overwrite', 'replace an SAE or a training run already in --out (its checkpoint too, as train --overwrite does)')
     .option('--seed <n>', 'seed of the data and the initialisation', num('seed', 0, 2 ** 31), 0)
     .option('--json', 'print the results as JSON on stdout')
     .addHelpText('after', '\nExample:\n  saekit demo --out runs/demo\n')
