@@ -26,7 +26,9 @@
  * included, are checked on every run, without a GPU. The emulation fails any launch, copy or
  * GEMM that touches another device's memory or stream, so a missing cudaSetDevice shows up there.
  */
-import { existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
@@ -50,6 +52,39 @@ const multi = gpu && deviceCount >= 2;
 // The CPU emulation of the plugin (CI) is slow: there the SAEs on cuda:1 are the multi-device
 // suite's small ones, and the full parity suite runs on cuda:1 of real GPUs only.
 const emulated = gpu && backend.info().cuda.devices.every((d) => d.startsWith('CPU emulation'));
+// The plugin built on the CPU emulation (native/cuda/emu/build.sh), for the child processes below.
+const emuPlugin = path.join(packageRoot, 'build-cuda-emu', 'libsaekit_cuda.so');
+const emuCublas = path.join(packageRoot, 'build-cuda-emu', 'libfakecublas.so');
+const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/**
+ * Runs `body` (TypeScript, with saekit imported as `saekit`) in a child process with `env` added,
+ * and parses the JSON it prints last: a fresh process resolves the plugin anew, and a crash
+ * (a signal) fails the test instead of the suite.
+ */
+function inChild(body: string, env: Record<string, string>): { status: number | null; signal: string | null; out: Record<string, unknown>; stderr: string } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-child-'));
+  try {
+    const file = path.join(dir, 'child.mts');
+    writeFileSync(file, `import * as saekit from ${JSON.stringify(path.join(packageRoot, 'lib', 'index.ts'))};\n${body}\n`);
+    const r = spawnSync(process.execPath, ['--import', 'tsx', file], { cwd: packageRoot, encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
+    const last = r.stdout.trim().split('\n').pop() ?? '';
+    return { status: r.status, signal: r.signal, out: last.startsWith('{') ? (JSON.parse(last) as Record<string, unknown>) : {}, stderr: r.stderr };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** A copy of `file` cut to its first `bytes` bytes (an interrupted build or copy), in a fresh folder. */
+function truncatedCopy(file: string, bytes: number, name: string): string {
+  const out = path.join(mkdtempSync(path.join(os.tmpdir(), 'saekit-trunc-')), name);
+  writeFileSync(out, readFileSync(file).subarray(0, bytes));
+  return out;
+}
+
+// Prints what 'auto' resolves to and why CUDA is not available.
+const AUTO_AND_REASON = `const sae = saekit.SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2 });
+console.log(JSON.stringify({ device: sae.device, available: saekit.backend.info().cuda.available, reason: saekit.backend.info().cuda.reason }));`;
 
 describe('CUDA backend detection', () => {
   it('the CPU backend always loads, and info() says why CUDA is not used', () => {
@@ -78,6 +113,32 @@ describe('CUDA backend detection', () => {
       else process.env.SAEKIT_CUDA_PLUGIN = saved;
     }
   });
+
+  it('a truncated plugin file is refused as damaged, before dlopen (which died of SIGBUS on it): auto is the CPU', () => {
+    // Any shared library shows it; the addon is always there.
+    const file = truncatedCopy(path.join(packageRoot, 'build', 'Release', 'saekit.node'), 20_000, 'libsaekit_cuda.so');
+    try {
+      const r = inChild(AUTO_AND_REASON, { SAEKIT_CUDA_PLUGIN: file });
+      expect({ status: r.status, signal: r.signal }, r.stderr).toEqual({ status: 0, signal: null });
+      expect(r.out.device).toBe('cpu');
+      expect(r.out.available).toBe(false);
+      expect(r.out.reason).toMatch(new RegExp(`^${escapeRe(file)} is damaged: truncated \\(20000 bytes, its segments need \\d+\\); rebuild it`));
+    } finally {
+      rmSync(path.dirname(file), { recursive: true, force: true });
+    }
+  }, 70_000);
+
+  it.runIf(existsSync(emuPlugin) && existsSync(emuCublas))('a truncated cuBLAS library named by SAEKIT_CUBLAS is refused as damaged (the CPU emulation of the plugin loads it)', () => {
+    const file = truncatedCopy(emuCublas, 3000, 'libcublas.so.12');
+    try {
+      const r = inChild(AUTO_AND_REASON, { SAEKIT_CUDA_PLUGIN: emuPlugin, SAEKIT_CUBLAS: file });
+      expect({ status: r.status, signal: r.signal }, r.stderr).toEqual({ status: 0, signal: null });
+      expect(r.out.device).toBe('cpu');
+      expect(r.out.reason).toMatch(new RegExp(`cuBLAS library was not found \\(tried ${escapeRe(file)} is damaged: truncated \\(3000 bytes, its segments need \\d+\\); `));
+    } finally {
+      rmSync(path.dirname(file), { recursive: true, force: true });
+    }
+  }, 70_000);
 
   it.runIf(existsSync(plugin) && !gpu)('a built plugin is loaded and scored; without a GPU it names the missing piece', () => {
     const { cuda } = backend.info();

@@ -8,6 +8,8 @@
 #include <map>
 #include <mutex>
 
+#include "elf_check.h"
+
 namespace sk {
 
 namespace {
@@ -26,6 +28,11 @@ PluginProbe probe_uncached(const std::vector<std::string>& candidates) {
   for (const std::string& path : candidates) {
     if (!file_exists(path)) {
       probe.attempts.push_back({path, "not found"});
+      continue;
+    }
+    // A file shorter than its segments would kill the process with SIGBUS inside dlopen.
+    if (std::string why = elf_damage(path); !why.empty()) {
+      probe.attempts.push_back({path, fmt(path, " ", why, "; rebuild it with `npm run build:cuda` in saekit's folder")});
       continue;
     }
     void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);

@@ -6,6 +6,8 @@
 #include <mutex>
 #include <vector>
 
+#include "core/elf_check.h"
+
 #ifdef SK_EMU_DEVICE_CHECKS
 #include <cstring>
 #include <map>
@@ -36,6 +38,14 @@ void load() {
   names.insert(names.end(), {"libcublas.so.13", "libcublas.so.12", "libcublas.so"});
   std::string tried;
   for (const std::string& n : names) {
+    // A path (SAEKIT_CUBLAS) is checked first: a truncated library would kill the process with
+    // SIGBUS inside dlopen. Bare names are found by the loader and cannot be checked here.
+    if (n.find('/') != std::string::npos) {
+      if (std::string why = elf_damage(n); !why.empty()) {
+        tried += (tried.empty() ? "" : "; ") + n + " " + why;
+        continue;
+      }
+    }
     void* h = dlopen(n.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!h) {
       const char* e = dlerror();
