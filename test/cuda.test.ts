@@ -114,6 +114,33 @@ describe('CUDA backend detection', () => {
     }
   });
 
+  it('a SAEKIT_CUDA_PLUGIN naming a folder is reported as not a file (not "does not exist")', () => {
+    const saved = process.env.SAEKIT_CUDA_PLUGIN;
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-plugin-dir-'));
+    process.env.SAEKIT_CUDA_PLUGIN = dir;
+    try {
+      const { cuda } = backend.info();
+      expect(cuda.attempts[0]).toEqual({ path: dir, outcome: `${dir} is not a file (a folder)` });
+      if (!cuda.available) expect(cuda.reason).toMatch(new RegExp(`^SAEKIT_CUDA_PLUGIN names ${escapeRe(dir)}, which is not a file \\(a folder\\): it must name the plugin file \\(libsaekit_cuda\\.so\\)`));
+    } finally {
+      if (saved === undefined) delete process.env.SAEKIT_CUDA_PLUGIN;
+      else process.env.SAEKIT_CUDA_PLUGIN = saved;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it.runIf(existsSync(emuPlugin))("a plugin's reason longer than 4 KiB comes whole, never cut inside a UTF-8 character", () => {
+    // SAEKIT_CUBLAS naming a missing file 4.4 KB long, in two-byte characters: the reason quotes it.
+    const long = path.join(os.tmpdir(), ...Array.from({ length: 20 }, (_, i) => 'é'.repeat(100 + i)), 'libcublas.so.12');
+    const r = inChild(AUTO_AND_REASON, { SAEKIT_CUDA_PLUGIN: emuPlugin, SAEKIT_CUBLAS: long });
+    expect({ status: r.status, signal: r.signal }, r.stderr).toEqual({ status: 0, signal: null });
+    const reason = String(r.out.reason);
+    expect(reason.length).toBeGreaterThan(long.length);
+    expect(reason).toContain(`tried ${long} cannot be read: `);
+    expect(reason).not.toContain('\uFFFD');
+    expect(reason).toMatch(/, or set SAEKIT_CUBLAS to the library file$/);
+  }, 70_000);
+
   it('a truncated plugin file is refused as damaged, before dlopen (which died of SIGBUS on it): auto is the CPU', () => {
     // Any shared library shows it; the addon is always there.
     const file = truncatedCopy(path.join(packageRoot, 'build', 'Release', 'saekit.node'), 20_000, 'libsaekit_cuda.so');

@@ -75,11 +75,16 @@ export interface BackendInfo {
 /** Reports the backend, SIMD level, BLAS and CUDA status. Cheap; safe to call often. */
 export function info(): BackendInfo {
   const r = callNative(() => native().info(cudaPluginCandidates())) as BackendInfo;
-  // A SAEKIT_CUDA_PLUGIN that names no file is the reason to report, not "not built" (the addon
-  // only sees a list of paths, and falls back to the others).
+  // A SAEKIT_CUDA_PLUGIN that names no file (nothing, or a folder) is the reason to report, not
+  // "not built" (the addon only sees a list of paths, and falls back to the others).
   const first = r.cuda.attempts?.[0];
-  if (!r.cuda.available && process.env.SAEKIT_CUDA_PLUGIN && first?.outcome === 'not found') {
-    r.cuda.reason = `SAEKIT_CUDA_PLUGIN names ${first.path}, which does not exist; elsewhere: ${r.cuda.reason}`;
+  if (!r.cuda.available && process.env.SAEKIT_CUDA_PLUGIN && first) {
+    if (first.outcome === 'not found') {
+      r.cuda.reason = `SAEKIT_CUDA_PLUGIN names ${first.path}, which does not exist; elsewhere: ${r.cuda.reason}`;
+    } else if (first.outcome.startsWith(`${first.path} is not a file`)) {
+      const elsewhere = r.cuda.reason === first.outcome ? '' : `; elsewhere: ${r.cuda.reason}`;
+      r.cuda.reason = `SAEKIT_CUDA_PLUGIN names ${first.path}, which${first.outcome.slice(first.path.length)}: it must name the plugin file (libsaekit_cuda.so)${elsewhere}`;
+    }
   }
   return r;
 }

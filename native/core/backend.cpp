@@ -29,7 +29,7 @@ void status_throw(int rc, const sk_status& st) {
   if (rc == 0) return;
   int code = st.code - 1;
   if (code < int(ErrorCode::Arg) || code > int(ErrorCode::Internal)) code = int(ErrorCode::Internal);
-  throw Error(ErrorCode(code), st.message);
+  throw Error(ErrorCode(code), utf8_whole(st.message, sizeof(st.message)));
 }
 
 void Backend::unsupported(const char* op) const {

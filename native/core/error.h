@@ -21,6 +21,11 @@ enum class ErrorCode {
 
 const char* error_code_name(ErrorCode code);
 
+// The text of the NUL-terminated C string s (at most n bytes read) without a UTF-8 sequence cut
+// at its end: messages from a plugin come through fixed-size buffers filled by snprintf, which
+// can cut a character in two, and JS would show the piece as U+FFFD.
+std::string utf8_whole(const char* s, size_t n);
+
 class Error : public std::runtime_error {
  public:
   Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}

@@ -3,10 +3,12 @@
 #include <dlfcn.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "elf_check.h"
 
@@ -14,9 +16,19 @@ namespace sk {
 
 namespace {
 
-bool file_exists(const std::string& p) {
-  struct stat sb;
-  return ::stat(p.c_str(), &sb) == 0 && S_ISREG(sb.st_mode);
+// The plugin's reason for a score of 0. The ABI has no length query, so sk_backend_score is
+// asked again with a larger buffer while its reason fills the one given (it is cheap and says
+// the same each time); the text is never cut inside a UTF-8 sequence.
+std::string score_reason(int (*score)(char*, size_t), int* s) {
+  std::vector<char> reason(4096);
+  for (;;) {
+    std::fill(reason.begin(), reason.end(), '\0');
+    *s = score(reason.data(), reason.size());
+    reason.back() = '\0';
+    if (*s > 0 || std::strlen(reason.data()) + 1 < reason.size() || reason.size() >= (size_t(1) << 20)) break;
+    reason.resize(reason.size() * 8);
+  }
+  return utf8_whole(reason.data(), reason.size());
 }
 
 PluginProbe probe_uncached(const std::vector<std::string>& candidates) {
@@ -26,8 +38,13 @@ PluginProbe probe_uncached(const std::vector<std::string>& candidates) {
     return probe;
   }
   for (const std::string& path : candidates) {
-    if (!file_exists(path)) {
+    struct stat sb;
+    if (::stat(path.c_str(), &sb) != 0) {
       probe.attempts.push_back({path, "not found"});
+      continue;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+      probe.attempts.push_back({path, fmt(path, " is not a file", S_ISDIR(sb.st_mode) ? " (a folder)" : "")});
       continue;
     }
     // A file shorter than its segments would kill the process with SIGBUS inside dlopen.
@@ -52,10 +69,10 @@ PluginProbe probe_uncached(const std::vector<std::string>& candidates) {
                                           SK_BACKEND_API_VERSION, "); rebuild it with `npm run build:cuda` in saekit's folder")});
       continue;
     }
-    char reason[512] = {0};
-    int s = score(reason, sizeof(reason));
+    int s = 0;
+    const std::string reason = score_reason(score, &s);
     if (s <= 0) {
-      probe.attempts.push_back({path, reason[0] ? reason : "the plugin reports it cannot run here"});
+      probe.attempts.push_back({path, reason.empty() ? "the plugin reports it cannot run here" : reason});
       continue;
     }
     probe.attempts.push_back({path, "loaded"});
@@ -107,7 +124,7 @@ bool plugin_backend(const PluginProbe& probe, int device, sk_backend* out, std::
   sk_backend b{nullptr, nullptr};
   const int rc = init_device ? init_device(device, &b, &st) : init(&b, &st);
   if (rc != 0 || b.iface == nullptr) {
-    *reason = st.code ? std::string(st.message) : std::string("the CUDA plugin's backend init returned no table");
+    *reason = st.code ? utf8_whole(st.message, sizeof(st.message)) : std::string("the CUDA plugin's backend init returned no table");
     return false;
   }
   if (b.iface->api_version != SK_BACKEND_API_VERSION) {

@@ -34,7 +34,7 @@ DeviceApi resolve(const std::vector<std::string>& candidates) {
   sk_status st{};
   int count = 0;
   if (d.api->device_count(&st, &count) != 0 || count <= 0) {
-    d.reason = st.code ? std::string(st.message) : "no CUDA device found";
+    d.reason = st.code ? utf8_whole(st.message, sizeof(st.message)) : "no CUDA device found";
     d.api = nullptr;
     return d;
   }
@@ -42,7 +42,7 @@ DeviceApi resolve(const std::vector<std::string>& candidates) {
     char name[256] = {0};
     sk_status s2{};
     if (d.api->device_name(&s2, i, name, sizeof(name)) != 0) std::snprintf(name, sizeof(name), "device %d", i);
-    d.names.emplace_back(name);
+    d.names.push_back(utf8_whole(name, sizeof(name)));
   }
   return d;
 }
