@@ -29,6 +29,13 @@ describe('device selection (loopback device)', () => {
     expect(() => SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2, device: 'cuda:1' })).toThrow(
       expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: expect.stringMatching(/cuda:0 and cuda:0/) }),
     );
+    // Any number of digits is a device index, out of range here (not a malformed name).
+    for (const far of ['cuda:10000', `cuda:${'9'.repeat(400)}`]) {
+      expect(() => SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2, device: far as 'cuda' })).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: expect.stringMatching(new RegExp(`between cuda:0 and cuda:0 but received '${far.slice(0, 40)}`)) }),
+      );
+      expect(() => backend.use(far as 'cuda')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE' }));
+    }
     for (const bad of ['gpu', 'cuda:', 'cuda:-1', 'CUDA', 3]) {
       expect(() => SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2, device: bad as 'cpu' })).toThrow(
         expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.device/) }),

@@ -139,14 +139,24 @@ export function autoDevice(cuda: Pick<BackendInfo['cuda'], 'available' | 'loopba
 export function resolveDevice(name: string, device: unknown): ResolvedDevice {
   const d = device === undefined ? defaultDevice : device;
   if (d === 'cpu') return { kind: 'cpu' };
-  const m = typeof d === 'string' ? /^cuda(?::(\d{1,4}))?$/.exec(d) : null;
-  if (d !== 'auto' && !m) throw argError(name, "one of 'auto', 'cpu', 'cuda', 'cuda:N'", d);
-  const cuda = cudaStatus();
-  if (d === 'auto') return autoDevice(cuda);
-  if (!cuda.available) throw new SaekitError('ERR_SAEKIT_DEVICE', `Expected a usable CUDA device for ${name} = '${String(d)}' but ${cuda.reason}`);
-  const index = m![1] === undefined ? 0 : Number(m![1]);
+  if (d === 'auto') return autoDevice(cudaStatus());
+  if (typeof d !== 'string' || !/^cuda(?::\d+)?$/.test(d)) throw argError(name, "one of 'auto', 'cpu', 'cuda', 'cuda:N'", d);
+  return cudaDevice(name, d, cudaStatus());
+}
+
+/**
+ * An explicit 'cuda' or 'cuda:N' (already checked to have that form) on the devices `cuda`
+ * lists: ERR_SAEKIT_DEVICE when CUDA is not available or N is past the last device (any number
+ * of digits). @internal
+ */
+export function cudaDevice(name: string, d: string, cuda: Pick<BackendInfo['cuda'], 'available' | 'reason' | 'devices'>): ResolvedDevice {
+  const shown = d.length > 40 ? `${d.slice(0, 40)}...` : d;
+  if (!cuda.available) throw new SaekitError('ERR_SAEKIT_DEVICE', `Expected a usable CUDA device for ${name} = '${shown}' but ${cuda.reason}`);
+  const digits = d.slice('cuda:'.length);
+  // More digits than any device count: out of range, without trusting Number() with them.
+  const index = d === 'cuda' ? 0 : digits.length > 9 ? Infinity : Number(digits);
   if (index >= cuda.devices.length) {
-    throw new SaekitError('ERR_SAEKIT_DEVICE', `Expected ${name} between cuda:0 and cuda:${cuda.devices.length - 1} but received '${String(d)}'`);
+    throw new SaekitError('ERR_SAEKIT_DEVICE', `Expected ${name} between cuda:0 and cuda:${cuda.devices.length - 1} but received '${shown}'`);
   }
   return { kind: 'cuda', index };
 }
