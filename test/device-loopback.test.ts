@@ -9,7 +9,7 @@ process.env.SAEKIT_DEVICE_LOOPBACK = '1'; // before the addon resolves its devic
 import { describe, expect, it } from 'vitest';
 
 import { backend, EncodeBatcher, features, fromArray, SparseAutoencoder } from '../lib/index.js';
-import { autoDevice } from '../lib/backend/index.js';
+import { autoDevice, cudaDevice } from '../lib/backend/index.js';
 import { native } from '../lib/native/index.js';
 import { lcg, randomMatrix } from './helpers/reference.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
@@ -71,6 +71,25 @@ describe("'auto' device selection", () => {
     expect(autoDevice({ available: true, loopback: false, devices: [old] })).toEqual({ kind: 'cpu' });
     expect(autoDevice({ available: false, loopback: false, devices: [] })).toEqual({ kind: 'cpu' });
     expect(autoDevice({ available: true, loopback: true, devices: ['loopback'] })).toEqual({ kind: 'cpu' });
+  });
+
+  it("an explicit 'cuda' / 'cuda:N' naming a device listed as unusable throws ERR_SAEKIT_DEVICE (auto skips it)", () => {
+    const h200 = 'NVIDIA H200, 139 GiB, sm_90';
+    const old = 'Tesla V100, 16 GiB, sm_70 (unusable: this build needs sm_80 or newer)';
+    const cuda = { available: true, reason: '', devices: [old, h200] };
+    for (const d of ['cuda', 'cuda:0']) {
+      expect(() => cudaDevice('options.device', d, cuda)).toThrow(
+        expect.objectContaining({
+          code: 'ERR_SAEKIT_DEVICE',
+          message: `Expected a usable CUDA device for options.device = '${d}' but cuda:0 is ${old}; usable: cuda:1`,
+        }),
+      );
+    }
+    expect(cudaDevice('options.device', 'cuda:1', cuda)).toEqual({ kind: 'cuda', index: 1 });
+    expect(() => cudaDevice('device', 'cuda', { available: true, reason: '', devices: [old] })).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: `Expected a usable CUDA device for device = 'cuda' but cuda:0 is ${old}` }),
+    );
+    expect(() => cudaDevice('device', 'cuda:2', cuda)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: expect.stringMatching(/between cuda:0 and cuda:1/) }));
   });
 });
 

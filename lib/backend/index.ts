@@ -146,8 +146,9 @@ export function resolveDevice(name: string, device: unknown): ResolvedDevice {
 
 /**
  * An explicit 'cuda' or 'cuda:N' (already checked to have that form) on the devices `cuda`
- * lists: ERR_SAEKIT_DEVICE when CUDA is not available or N is past the last device (any number
- * of digits). @internal
+ * lists: ERR_SAEKIT_DEVICE when CUDA is not available, N is past the last device (any number of
+ * digits), or the device is one the plugin lists as unusable (older than this build's sm_80),
+ * which 'auto' skips. @internal
  */
 export function cudaDevice(name: string, d: string, cuda: Pick<BackendInfo['cuda'], 'available' | 'reason' | 'devices'>): ResolvedDevice {
   const shown = d.length > 40 ? `${d.slice(0, 40)}...` : d;
@@ -157,6 +158,15 @@ export function cudaDevice(name: string, d: string, cuda: Pick<BackendInfo['cuda
   const index = d === 'cuda' ? 0 : digits.length > 9 ? Infinity : Number(digits);
   if (index >= cuda.devices.length) {
     throw new SaekitError('ERR_SAEKIT_DEVICE', `Expected ${name} between cuda:0 and cuda:${cuda.devices.length - 1} but received '${shown}'`);
+  }
+  const device = cuda.devices[index]!;
+  if (device.includes('(unusable')) {
+    const usable = cuda.devices.flatMap((n, i) => (n.includes('(unusable') ? [] : [`cuda:${i}`]));
+    throw new SaekitError(
+      'ERR_SAEKIT_DEVICE',
+      `Expected a usable CUDA device for ${name} = '${shown}' but cuda:${index} is ${device}` +
+        (usable.length > 0 ? `; usable: ${usable.join(', ')}` : ''),
+    );
   }
   return { kind: 'cuda', index };
 }
