@@ -24,6 +24,11 @@ extern "C" {
 
 #define SK_SAE_API_VERSION 3  // 2: prefetch; 3: auxk_variant
 
+// The most codes per row a device SAE keeps (the CUDA selection's limit): `encode` and `step`
+// take k <= SK_SAE_MAX_CODES, and a JumpReLU encode refuses a row with more active latents than
+// that (ERR_SAEKIT_SHAPE, naming the row) when k is already at the limit (or at M).
+#define SK_SAE_MAX_CODES 8192
+
 typedef struct sk_sae_dev sk_sae_dev;  // opaque: one SAE on one device
 
 // Precision of the encoder GEMM (parameters and Adam state are always float32).

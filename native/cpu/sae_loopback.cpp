@@ -1,5 +1,6 @@
 #include "sae_loopback.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -108,8 +109,23 @@ int encode(sk_status* st, sk_sae_dev* s, const float* x, int64_t N, int64_t k, i
     static const std::vector<int32_t> none;
     if (!s->threshold.empty()) sae_encode_jumprelu(s->view(), x, N, &c, cpu_pool());
     else sae_encode(s->view(), x, N, k, none, 0, &c, nullptr, nullptr, cpu_pool());
-    SK_CHECK(c.K <= k, ErrorCode::Shape, "loopback encode: a row has ", c.K, " active latents but only k = ", k,
-             " codes per row were requested");
+    if (c.K > k) {  // a JumpReLU row wider than k: refused as the CUDA plugin refuses it
+      int64_t row = 0, worst = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        int64_t a = 0;
+        while (a < c.K && c.v[size_t(n * c.K + a)] > 0.0f) ++a;
+        if (a > worst) {
+          worst = a;
+          row = n;
+        }
+      }
+      const int64_t hi = std::min<int64_t>(s->M, SK_SAE_MAX_CODES);
+      SK_CHECK(k < hi, ErrorCode::Shape, "Expected at most ", hi, " active latents per row for a JumpReLU encode on "
+               "the loopback device (the most codes per row a device keeps) but row ", row, " of x has ", worst,
+               "; encode it with the SAE on the CPU");
+      throw Error(ErrorCode::Shape, fmt("loopback encode: row ", row, " has ", worst, " active latents but only k = ", k,
+                                        " codes per row were requested"));
+    }
     for (int64_t n = 0; n < N; ++n)
       for (int64_t j = 0; j < k; ++j) {
         const bool have = j < c.K;

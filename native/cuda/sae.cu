@@ -1399,6 +1399,8 @@ AuxDense aux_dense_backward(sk_sae_dev* S, int64_t N, int64_t Ka, const int32_t*
   return AuxDense{dpos, GA, db, amax, nd};
 }
 
+static_assert(kMaxSelectK == SK_SAE_MAX_CODES, "core/sae_device.h documents the selection's limit");
+
 void check_k(const sk_sae_dev* S, int64_t k, const char* what) {
   const int64_t hi = std::min<int64_t>(S->M, kMaxSelectK);
   SK_CHECK(k >= 1 && k <= hi, ErrorCode::Arg, "Expected ", what, " in [1, ", hi, "] but received ", k,
@@ -1572,6 +1574,11 @@ int sae_encode(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, int
           worst = counts[size_t(n)];
           row = n;
         }
+      const int64_t hi = std::min<int64_t>(S->M, kMaxSelectK);
+      SK_CHECK(worst <= k || k < hi, ErrorCode::Shape, "Expected at most ", hi,
+               " active latents per row for a JumpReLU encode on cuda:", S->device,
+               " (the most codes per row the CUDA selection keeps) but row ", row, " of x has ", worst,
+               "; encode it with the SAE on the CPU");
       SK_CHECK(worst <= k, ErrorCode::Shape, "JumpReLU encode: row ", row, " has ", worst,
                " active latents but only k = ", k, " codes per row were requested; call again with k >= ", worst);
     }

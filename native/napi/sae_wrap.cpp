@@ -124,11 +124,13 @@ void require_unit_rows(const SaeModel& m) {
 // Codes of x under the model's activation (TopK or JumpReLU).
 // JumpReLU codes on the model's device, in cpu::sae_encode_jumprelu's layout. The device pads
 // every row to the `k` it is given and refuses (ERR_SAEKIT_SHAPE) when a row has more active
-// latents, so k starts at the width that sufficed last time and grows 4x on refusal (at most M).
-// The result is then cut to the batch's largest count (at least 1) and re-padded on the host with
-// (0, lowest unused index), exactly as the CPU pads.
+// latents, so k starts at the width that sufficed last time and grows 4x on refusal, up to M or
+// the most codes a device keeps per row (SK_SAE_MAX_CODES), where the device's refusal is final
+// and names the row that is too wide. The result is then cut to the batch's largest count (at
+// least 1) and re-padded on the host with (0, lowest unused index), exactly as the CPU pads.
 void encode_jumprelu_device(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
-  int64_t k = std::min<int64_t>(m.M, std::max<int64_t>(1, m.jump_width));
+  const int64_t widest = std::min<int64_t>(m.M, SK_SAE_MAX_CODES);
+  int64_t k = std::min(widest, std::max<int64_t>(1, m.jump_width));
   std::vector<float> v;
   std::vector<int32_t> ix;
   for (;;) {
@@ -137,8 +139,8 @@ void encode_jumprelu_device(SaeModel& m, const float* x, int64_t N, cpu::Codes* 
     sk_status st{};
     const int rc = m.dev->api->encode(&st, m.dev->h, x, N, k, m.dev->precision, v.data(), ix.data());
     if (rc == 0) break;
-    if (st.code != int(ErrorCode::Shape) + 1 || k >= m.M) status_throw(rc, st);
-    k = std::min<int64_t>(m.M, k * 4);
+    if (st.code != int(ErrorCode::Shape) + 1 || k >= widest) status_throw(rc, st);
+    k = std::min(widest, k * 4);
   }
   m.jump_width = k;
   // Active codes are strictly positive (z > 0 and z > threshold) and come first in each row.

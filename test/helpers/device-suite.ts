@@ -354,6 +354,36 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
     }
   });
 
+  it('a JumpReLU row with more active latents than a device keeps (8192) is refused by name; rows up to 8192 encode as on the CPU', async () => {
+    // pre[l] = x[0] for every latent and threshold[l] = l / M: a row with x[0] = s has the
+    // latents l < s M active (all with the value s, so ties go to the lower index everywhere).
+    const dIn = 4;
+    const M = 16_384;
+    const W_enc = new Float32Array(dIn * M).fill(1, 0, M); // row 0 of W_enc [dIn, M]
+    const W_dec = new Float32Array(M * dIn);
+    for (let l = 0; l < M; l++) W_dec[l * dIn + (l % dIn)] = 1;
+    const threshold = Float32Array.from({ length: M }, (_, l) => l / M);
+    const w = { W_enc, b_enc: new Float32Array(M), W_dec, b_dec: new Float32Array(dIn), threshold };
+    using cpu = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu', device: 'cpu' });
+    using dev = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu', device, precision: 'fp32' });
+    const rows = (...s: number[]) => Float32Array.from({ length: s.length * dIn }, (_, i) => (i % dIn === 0 ? s[i / dIn]! : 0));
+    // Rows of 16, 8192 and 4096 active latents: the widest is exactly the limit.
+    const x = rows(2 ** -10, 0.5, 0.25);
+    const [cc, cd] = await Promise.all([cpu.encode(x), dev.encode(x)]);
+    expect([cc.k, cd.k]).toEqual([8192, 8192]);
+    expect(Array.from(cd.indices)).toEqual(Array.from(cc.indices));
+    expect(Array.from(cd.values)).toEqual(Array.from(cc.values));
+    // Row 1 has every latent active: the CPU keeps all 16384, a device refuses, naming the row.
+    const wide = rows(0.25, 1.5);
+    expect((await cpu.encode(wide)).k).toBe(M);
+    await expect(dev.encode(wide)).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_SHAPE',
+      message: expect.stringMatching(/^Expected at most 8192 active latents per row for a JumpReLU encode on .* but row 1 of x has 16384; encode it with the SAE on the CPU$/),
+    });
+    // The SAE stays usable.
+    expect((await dev.encode(rows(0.5))).k).toBe(8192);
+  });
+
   it('the Trainer trains on the device like on the CPU, and refuses a mismatched device', async () => {
     const dIn = 24;
     const numLatents = 96;
