@@ -594,7 +594,13 @@ export class SparseAutoencoder {
     return Uint8Array.from(since, (t) => (t > thresholdTokens ? 1 : 0));
   }
 
-  /** An Adam optimizer over this SAE's parameters; its state stays native. */
+  /**
+   * An Adam optimizer over this SAE's parameters; its state stays native. On the CPU every
+   * optimizer has its own moments. On a CUDA device the SAE keeps one set (on the device): the
+   * new optimizer takes it over, zeroed, and any older optimizer of this SAE is refused from then
+   * on (ERR_SAEKIT_DISPOSED from step, state, setState and prefetch; its steps queued before this
+   * call still run).
+   */
   adam(options?: AdamOptions): AdamOptimizer {
     const o = checkOptions('options', options, ADAM_OPTIONS);
     const lr = o.lr === undefined ? 2e-4 / Math.sqrt(this.numLatents / 2 ** 14) : checkNumber('options.lr', o.lr, 0, MAX_LR);
@@ -677,6 +683,18 @@ export class PrefetchedBatch {
  * Adam over an SAE. One `step` = forward, backward, removal of each decoder-gradient component
  * parallel to its decoder row, Adam (bias-corrected) on every parameter, decoder rows
  * renormalised to unit length, dead-latent counters updated. Nothing but statistics is copied out.
+ *
+ * On a CUDA device the moments live on the device, one set per SAE: a later `sae.adam()` of the
+ * same SAE takes them over (from zero), and this optimizer then throws (or rejects with)
+ * ERR_SAEKIT_DISPOSED from `step`, `state`, `setState` and `prefetch`, saying it was replaced.
+ * Save `state()` first to continue elsewhere: `newer.setState(saved)`. On the CPU optimizers are
+ * independent.
+ *
+ * @example
+ * ```ts
+ * using opt = sae.adam({ lr: 1e-3 });
+ * const { loss } = await opt.step(batch);
+ * ```
  */
 export class AdamOptimizer {
   /** The SAE this optimizer updates. */

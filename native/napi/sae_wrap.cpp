@@ -46,6 +46,12 @@ struct SaeModel {
   // Guards `dev` between its one writer (toDevice's job) and prefetch(), the one reader on the JS
   // thread; everything else reads it on the executor thread.
   std::mutex dev_mu;
+  // JS thread only: the device index toDevice sent the model to (-1: none, the CPU), set when it
+  // is called, before its job runs; and, on a device, the number of the optimizer that owns the
+  // device's Adam state. A device SAE keeps one set of moments: each sae.adam() takes it (zeroed),
+  // and older optimizers of the SAE are refused from then on (on the CPU each has its own).
+  int device_index = -1;
+  int64_t adam_owner = 0;
   // Whether allocPinned can hand out page-locked batch arrays: a device with host_alloc that
   // prefetches (set when toDevice is called, before its job runs).
   bool can_pin() const;
@@ -1008,6 +1014,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         m->pinned = std::make_shared<PinnedPool>();
         m->pinned->api = api;
       }
+      m->device_index = index;
       auto work = [m, api, index, p] {
         auto d = std::make_shared<DeviceSae>();
         d->api = api;
@@ -1069,7 +1076,8 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
     self->state_->m.assign(n, 0.0f);
     self->state_->v.assign(n, 0.0f);
     self->reported_ = int64_t(2 * n * sizeof(float));
-    // On a device the moments live there: a new optimizer starts them from zero.
+    // On a device the moments live there, one set per SAE: this optimizer takes them, from zero.
+    if (self->model_->device_index >= 0) self->owner_ = ++self->model_->adam_owner;
     queue_detached(env, [m = self->model_, st = self->state_] {
       if (!m->dev) return;
       sk_status s2{};
@@ -1087,7 +1095,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
   // prefetch is thread-safe.
   Napi::Value prefetch(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
+      live_state();
       auto m = model_;
       if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
         arg_error(ErrorCode::Arg, "x", "a Float32Array", info[0]);
@@ -1164,9 +1172,8 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
   // step(x, lr, auxkAlpha, deadThresholdTokens, auxkVariant?): Promise<{ loss, fvu, auxkLoss, l0, numDead }>
   Napi::Value step(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
-      if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
+      auto st = live_state();
       auto m = model_;
-      auto st = state_;
       Rows x = get_rows(info[0], m->D, "x", m->pinned.get(), 1.0, true);
       double lr = get_double(info[1], "lr", 0, 1e6);
       float alpha = float(get_double(info[2], "auxkAlpha", 0, 1e6));
@@ -1231,8 +1238,14 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
 
   Napi::Value steps(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(*done_)); }
 
+  // The state of an optimizer that may be used: not disposed and, on a device, still the owner
+  // of the SAE's device Adam state (JS thread; ops queued before a newer sae.adam() ran first).
   std::shared_ptr<cpu::AdamState> live_state() const {
     if (!state_) throw Error(ErrorCode::Disposed, "this optimizer was disposed; it cannot be used any more");
+    if (owner_ != 0 && model_->adam_owner != owner_)
+      throw Error(ErrorCode::Disposed,
+                  fmt("this optimizer was replaced: a later sae.adam() of the same SAE took its Adam state on cuda:",
+                      model_->device_index, " (a device keeps one set of moments per SAE); use the newest optimizer"));
     return state_;
   }
 
@@ -1304,6 +1317,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
 
   std::shared_ptr<SaeModel> model_;
   std::shared_ptr<cpu::AdamState> state_;
+  int64_t owner_ = 0;  // on a device: this optimizer's number (see SaeModel::adam_owner); 0 on the CPU
   int64_t reported_ = 0;
   std::shared_ptr<int64_t> done_ = std::make_shared<int64_t>(0);  // completed steps (JS thread only)
   std::shared_ptr<int64_t> gen_ = std::make_shared<int64_t>(0);   // setState() calls so far (JS thread only)

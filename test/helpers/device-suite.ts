@@ -176,6 +176,42 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
     });
   }
 
+  it("a later sae.adam() takes the SAE's Adam state on the device and the older optimizer is refused, never silently reset (the CPU keeps both)", async () => {
+    const s = { dIn: 16, numLatents: 64, k: 4 };
+    const next = lcg(51);
+    const batches = [0, 1, 2].map(() => randomMatrix(64, s.dIn, next));
+    // On the CPU each optimizer has its own moments and step count.
+    using cpu = SparseAutoencoder.create({ ...s, seed: 7, device: 'cpu' });
+    const ca = cpu.adam({ lr: 1e-2 });
+    await ca.step(batches[0]!);
+    const cb = cpu.adam({ lr: 1e-2 });
+    await ca.step(batches[1]!);
+    expect([(await ca.state()).t, (await cb.state()).t]).toEqual([2, 0]);
+    // On the device the newest optimizer owns the one set of moments.
+    using dev = SparseAutoencoder.create({ ...s, seed: 7, device, precision });
+    const da = dev.adam({ lr: 1e-2 });
+    await da.step(batches[0]!);
+    const queued = da.step(batches[1]!); // queued before the second adam(): it runs on da's state
+    const db = dev.adam({ lr: 1e-2 });
+    await queued;
+    expect(da.steps).toBe(2);
+    const replaced = { code: 'ERR_SAEKIT_DISPOSED', message: expect.stringMatching(/^this optimizer was replaced: a later sae\.adam\(\) of the same SAE took its Adam state on cuda:\d+/) };
+    await expect(da.step(batches[2]!)).rejects.toMatchObject(replaced);
+    await expect(da.state()).rejects.toMatchObject(replaced);
+    const fresh = await db.state();
+    expect(() => da.setState(fresh)).toThrow(expect.objectContaining(replaced));
+    expect(() => da.prefetch(batches[2]!)).toThrow(expect.objectContaining(replaced));
+    expect(da.steps).toBe(2);
+    // The newest starts from zero, then steps as usual; the replaced one can still be disposed.
+    expect(fresh.t).toBe(0);
+    expect(fresh.m.every((v) => v === 0) && fresh.v.every((v) => v === 0)).toBe(true);
+    await db.step(batches[2]!);
+    expect((await db.state()).t).toBe(1);
+    da.dispose();
+    await expect(da.state()).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED', message: expect.stringMatching(/was disposed/) });
+    db.dispose();
+  });
+
   it('normalizeDecoder on the device: the float64 rule bit for bit, in queue order with steps, all or nothing', async () => {
     await normalizeDecoderCase(expect, device);
   });
