@@ -22,7 +22,7 @@
 
 extern "C" {
 
-#define SK_SAE_API_VERSION 3  // 2: prefetch; 3: auxk_variant
+#define SK_SAE_API_VERSION 4  // 2: prefetch; 3: auxk_variant; 4: set_adam(null, null) zeroes
 
 // The most codes per row a device SAE keeps (the CUDA selection's limit): `encode` and `step`
 // take k <= SK_SAE_MAX_CODES, and a JumpReLU encode refuses a row with more active latents than
@@ -64,7 +64,8 @@ typedef struct sk_sae_i {
   void (*destroy)(sk_sae_dev* sae);
   int (*get_params)(sk_status* st, sk_sae_dev* sae, float* host_slab);
   int (*set_params)(sk_status* st, sk_sae_dev* sae, const float* host_slab);
-  // Adam state (m, v: [slab floats]); t = steps taken.
+  // Adam state (m, v: [slab floats]); t = steps taken. set_adam with host_m and host_v both null
+  // sets the moments to zero on the device (a new optimizer sends no host copy).
   int (*get_adam)(sk_status* st, sk_sae_dev* sae, float* host_m, float* host_v, int64_t* t);
   int (*set_adam)(sk_status* st, sk_sae_dev* sae, const float* host_m, const float* host_v, int64_t t);
   // Codes of x [N, D]: TopK (k) or, with a threshold, JumpReLU padded to `k` per row.

@@ -97,8 +97,14 @@ int get_adam(sk_status* st, sk_sae_dev* s, float* m, float* v, int64_t* t) {
 }
 int set_adam(sk_status* st, sk_sae_dev* s, const float* m, const float* v, int64_t t) {
   SK_SLOT(st, {
-    std::memcpy(s->adam.m.data(), m, s->slab.size() * 4);
-    std::memcpy(s->adam.v.data(), v, s->slab.size() * 4);
+    SK_CHECK((m == nullptr) == (v == nullptr), ErrorCode::Arg, "set_adam: Expected both moments or neither");
+    if (m == nullptr) {  // zeros (a new optimizer), as the CUDA plugin sets them on the device
+      std::fill(s->adam.m.begin(), s->adam.m.end(), 0.0f);
+      std::fill(s->adam.v.begin(), s->adam.v.end(), 0.0f);
+    } else {
+      std::memcpy(s->adam.m.data(), m, s->slab.size() * 4);
+      std::memcpy(s->adam.v.data(), v, s->slab.size() * 4);
+    }
     s->adam.t = t;
   });
 }

@@ -1542,9 +1542,16 @@ int sae_get_adam(sk_status* st, sk_sae_dev* S, float* host_m, float* host_v, int
 int sae_set_adam(sk_status* st, sk_sae_dev* S, const float* host_m, const float* host_v, int64_t t) {
   SK_CUDA_SLOT(st, {
     SK_CHECK(t >= 0, ErrorCode::Arg, "Expected Adam's step count t >= 0 but received ", t);
+    SK_CHECK((host_m == nullptr) == (host_v == nullptr), ErrorCode::Arg, "set_adam: Expected both moments or neither");
     use(S);
-    upload(S, S->m, host_m, size_t(S->slab()) * sizeof(float));
-    upload(S, S->v, host_v, size_t(S->slab()) * sizeof(float));
+    const size_t bytes = size_t(S->slab()) * sizeof(float);
+    if (host_m == nullptr) {  // zeros, set on the device (a new optimizer: no host copy to send)
+      SK_CUDA(cudaMemsetAsync(S->m, 0, bytes, S->s));
+      SK_CUDA(cudaMemsetAsync(S->v, 0, bytes, S->s));
+    } else {
+      upload(S, S->m, host_m, bytes);
+      upload(S, S->v, host_v, bytes);
+    }
     sync(S, "set_adam");
     S->t = t;
   });
@@ -1994,6 +2001,12 @@ const sk_sae_i kSaeApi = {
 
 }  // namespace
 
+// Version 3 is the same table: its callers never pass set_adam the null moments version 4 added.
 SK_EXPORT const sk_sae_i* sk_sae_api(int api_version) {
-  return api_version == SK_SAE_API_VERSION ? &kSaeApi : nullptr;
+  static const sk_sae_i v3 = [] {
+    sk_sae_i t = kSaeApi;
+    t.api_version = 3;
+    return t;
+  }();
+  return api_version == SK_SAE_API_VERSION ? &kSaeApi : api_version == 3 ? &v3 : nullptr;
 }

@@ -1060,6 +1060,15 @@ void test_params_roundtrip(int64_t D, int64_t M, uint64_t seed) {
     int64_t t = 0;
     CALL("get_adam", g_sae->get_adam(&st, s.p, gm.data(), gv.data(), &t));
     report(got == m2.slab && gm == am && gv == av && t == 17, "set/get params and Adam state (bitwise)", "");
+    // Null moments (version 4): zeros, set on the device; one null alone is refused.
+    CALL("set_adam zeros", g_sae->set_adam(&st, s.p, nullptr, nullptr, 0));
+    CALL("get_adam", g_sae->get_adam(&st, s.p, gm.data(), gv.data(), &t));
+    const bool zeros = std::all_of(gm.begin(), gm.end(), [](float f) { return f == 0.0f; }) &&
+                       std::all_of(gv.begin(), gv.end(), [](float f) { return f == 0.0f; });
+    report(zeros && t == 0, "set_adam(null, null, 0) zeroes the moments and t", strf("t %lld", (long long)t));
+    sk_status st1{};
+    const int rc = g_sae->set_adam(&st1, s.p, am.data(), nullptr, 3);
+    report(rc != 0 && st1.code == 0 + 1, "set_adam with one null moment is an Arg error", strf("rc %d code %d: %s", rc, st1.code, st1.message));
   });
 }
 

@@ -46,10 +46,11 @@ struct SaeModel {
   // Guards `dev` between its one writer (toDevice's job) and prefetch(), the one reader on the JS
   // thread; everything else reads it on the executor thread.
   std::mutex dev_mu;
-  // JS thread only: the device index toDevice sent the model to (-1: none, the CPU), set when it
-  // is called, before its job runs; and, on a device, the number of the optimizer that owns the
-  // device's Adam state. A device SAE keeps one set of moments: each sae.adam() takes it (zeroed),
-  // and older optimizers of the SAE are refused from then on (on the CPU each has its own).
+  // Written on the JS thread only: the device index toDevice sent the model to (-1: none, the
+  // CPU), set when it is called, before its job is queued (so jobs queued later may read it too);
+  // and, on a device, the number of the optimizer that owns the device's Adam state. A device SAE
+  // keeps one set of moments: each sae.adam() takes it (zeroed), and older optimizers of the SAE
+  // are refused from then on (on the CPU each has its own).
   int device_index = -1;
   int64_t adam_owner = 0;
   // Whether allocPinned can hand out page-locked batch arrays: a device with host_alloc that
@@ -1072,18 +1073,23 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
     self->state_->beta1 = b1;
     self->state_->beta2 = b2;
     self->state_->eps = eps;
-    size_t n = self->model_->slab.size();
-    self->state_->m.assign(n, 0.0f);
-    self->state_->v.assign(n, 0.0f);
-    self->reported_ = int64_t(2 * n * sizeof(float));
-    // On a device the moments live there, one set per SAE: this optimizer takes them, from zero.
-    if (self->model_->device_index >= 0) self->owner_ = ++self->model_->adam_owner;
-    queue_detached(env, [m = self->model_, st = self->state_] {
+    if (self->model_->device_index < 0) {
+      // On the CPU the optimizer holds its moments.
+      const size_t n = self->model_->slab.size();
+      self->state_->m.assign(n, 0.0f);
+      self->state_->v.assign(n, 0.0f);
+      self->reported_ = int64_t(2 * n * sizeof(float));
+      Napi::MemoryManagement::AdjustExternalMemory(env, self->reported_);
+      return o;
+    }
+    // On a device the moments live there, one set per SAE, and no host copy is kept: this
+    // optimizer takes them, zeroed on the device (if the model got there; else every op rejects).
+    self->owner_ = ++self->model_->adam_owner;
+    queue_detached(env, [m = self->model_] {
       if (!m->dev) return;
       sk_status s2{};
-      status_throw(m->dev->api->set_adam(&s2, m->dev->h, st->m.data(), st->v.data(), 0), s2);
+      status_throw(m->dev->api->set_adam(&s2, m->dev->h, nullptr, nullptr, 0), s2);
     });
-    Napi::MemoryManagement::AdjustExternalMemory(env, self->reported_);
     return o;
   }
 
@@ -1181,7 +1187,9 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       const cpu::AuxKVariant variant = auxk_variant_arg(info[4], "auxkVariant");
       auto stats = std::make_shared<cpu::StepStats>();
       auto t_after = std::make_shared<int64_t>(0);
-      auto work = [m, st, x, lr, alpha, variant, threshold, stats, t_after] {
+      const bool on_device = owner_ != 0;
+      auto work = [m, st, x, lr, alpha, variant, threshold, stats, t_after, on_device] {
+        require_device(*m, on_device);
         require_unit_rows(*m);
         std::vector<int32_t> dead = dead_from_counters(*m, threshold);
         cpu::StepOptions opt;
@@ -1238,6 +1246,16 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
 
   Napi::Value steps(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(*done_)); }
 
+  // Floats in the parameter slab, and so in each moment.
+  size_t slab_floats() const { return size_t(cpu::sae_slab_floats(model_->D, model_->M)); }
+
+  // A device optimizer has no host moments: its model must have reached the device (a failed
+  // move rejects every op in JS too; this keeps the job from reaching for the missing moments).
+  static void require_device(const SaeModel& m, bool on_device) {
+    if (on_device && !m.dev)
+      throw Error(ErrorCode::Device, fmt("the SAE's parameters are not on cuda:", m.device_index, " (moving them there failed)"));
+  }
+
   // The state of an optimizer that may be used: not disposed and, on a device, still the owner
   // of the SAE's device Adam state (JS thread; ops queued before a newer sae.adam() ran first).
   std::shared_ptr<cpu::AdamState> live_state() const {
@@ -1253,10 +1271,11 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
   Napi::Value get_state(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto st = live_state();
-      size_t n = st->m.size();
+      const size_t n = slab_floats();
       auto m = HostArray::allocate(n * 4), v = HostArray::allocate(n * 4);
       auto t = std::make_shared<int64_t>(0);
-      auto work = [st, m, v, t, n, model = model_] {
+      auto work = [st, m, v, t, n, model = model_, on_device = owner_ != 0] {
+        require_device(*model, on_device);
         if (model->dev) {
           sk_status s2{};
           status_throw(model->dev->api->get_adam(&s2, model->dev->h, m->as<float>(), v->as<float>(), t.get()), s2);
@@ -1281,7 +1300,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
   Napi::Value set_state(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto st = live_state();
-      size_t n = st->m.size();
+      const size_t n = slab_floats();
       for (int i = 0; i < 2; ++i)
         if (!info[size_t(i)].IsTypedArray() || info[size_t(i)].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
             info[size_t(i)].As<Napi::TypedArray>().ElementLength() != n)
@@ -1290,11 +1309,12 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       auto m = copy_typed_array(info[0].As<Napi::TypedArray>()), v = copy_typed_array(info[1].As<Napi::TypedArray>());
       cpu::check_finite_rows(m->as<const float>(), 1, int64_t(n), "m");
       cpu::check_finite_rows(v->as<const float>(), 1, int64_t(n), "v");
-      queue_detached(info.Env(), [st, m, v, t, n, model = model_] {
-        std::memcpy(st->m.data(), m->data(), n * 4);
-        std::memcpy(st->v.data(), v->data(), n * 4);
+      queue_detached(info.Env(), [st, m, v, t, n, model = model_, on_device = owner_ != 0] {
         st->t = t;
-        if (model->dev) {
+        if (!on_device) {
+          std::memcpy(st->m.data(), m->data(), n * 4);
+          std::memcpy(st->v.data(), v->data(), n * 4);
+        } else if (model->dev) {  // (a model that never got to its device: its ops reject)
           sk_status s2{};
           status_throw(model->dev->api->set_adam(&s2, model->dev->h, m->as<const float>(), v->as<const float>(), t), s2);
         }

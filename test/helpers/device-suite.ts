@@ -212,6 +212,36 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
     db.dispose();
   });
 
+  it('an optimizer on the device keeps no host copy of the moments (one on the CPU holds both), and its state still round-trips', async () => {
+    // Each moment 64 MiB: above glibc's largest mmap threshold (32 MiB), so a host copy is always
+    // fresh pages, resident once zero-filled.
+    const s = { dIn: 64, numLatents: 131_072, k: 8 };
+    const slabBytes = (2 * s.numLatents * s.dIn + s.numLatents + s.dIn) * 4;
+    const grown = async (where: DeviceOption) => {
+      using sae = SparseAutoencoder.create({ ...s, seed: 3, device: where, precision });
+      await sae.tokensSinceFired(); // placed, nothing queued
+      const before = process.memoryUsage().rss;
+      const opt = sae.adam();
+      const after = process.memoryUsage().rss;
+      const st = await opt.state();
+      expect([st.m.length, st.v.length, st.t]).toEqual([slabBytes / 4, slabBytes / 4, 0]);
+      expect(st.m.every((v) => v === 0) && st.v.every((v) => v === 0)).toBe(true);
+      opt.dispose();
+      return after - before;
+    };
+    // m and v, zero-filled: 2 x the parameters, resident at once.
+    expect(await grown('cpu')).toBeGreaterThan(1.8 * slabBytes);
+    expect(await grown(device)).toBeLessThan(0.25 * slabBytes);
+    // setState / state on the device move the moments through the device.
+    using dev = SparseAutoencoder.create({ dIn: 6, numLatents: 10, k: 2, seed: 4, device, precision });
+    const opt = dev.adam();
+    const n = 2 * 10 * 6 + 10 + 6;
+    const m = Float32Array.from({ length: n }, (_, i) => i / 7 - 3);
+    const v = Float32Array.from({ length: n }, (_, i) => i / 11);
+    opt.setState({ m, v, t: 5 });
+    expect(await opt.state()).toEqual({ m, v, t: 5 });
+  });
+
   it('normalizeDecoder on the device: the float64 rule bit for bit, in queue order with steps, all or nothing', async () => {
     await normalizeDecoderCase(expect, device);
   });
