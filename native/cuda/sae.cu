@@ -1486,6 +1486,7 @@ int sae_create(sk_status* st, sk_sae_dev** out, int device, int64_t D, int64_t M
     SK_CUDA(cudaStreamCreateWithFlags(&S->pf, cudaStreamNonBlocking));
     for (auto& p : S->pfs) SK_CUDA(cudaEventCreateWithFlags(&p.done, cudaEventDisableTiming));
     cublasStatus_t cs = S->lib->create(&S->blas);
+    if (cs != 0) S->blas = nullptr;  // destroy_sae must not destroy what cuBLAS may have left there
     SK_CHECK(cs == 0, ErrorCode::Device, "cublasCreate failed: ", cublas_status_name(cs));
     cs = S->lib->set_stream(S->blas, S->s);
     SK_CHECK(cs == 0, ErrorCode::Device, "cublasSetStream failed: ", cublas_status_name(cs));
