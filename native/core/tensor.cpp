@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <new>
 
+#include "aligned_memory.h"
 #include "error.h"
 
 namespace sk {
@@ -16,7 +17,7 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   SK_CHECK(device.kind == DeviceKind::CPU, ErrorCode::Device, "Storage::allocate: device ", device.name(),
            " is not available in this build");
   size_t rounded = ((bytes == 0 ? 1 : bytes) + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded);
+  void* p = aligned_malloc(64, rounded);
   SK_CHECK(p != nullptr, ErrorCode::Memory, "could not allocate ", bytes, " bytes of host memory");
   return std::shared_ptr<Storage>(new Storage(p, bytes, device, nullptr, nullptr));
 }
@@ -27,7 +28,7 @@ std::shared_ptr<Storage> Storage::adopt(void* data, size_t bytes, Device device,
 
 Storage::~Storage() {
   if (release_) release_(ctx_, data_);
-  else std::free(data_);
+  else aligned_free(data_);
 }
 
 Device parse_device(const std::string& name) {

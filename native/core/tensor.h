@@ -48,7 +48,7 @@ class Storage {
   void* data_;
   size_t bytes_;
   Device device_;
-  Release release_;  // null: std::free (host memory from allocate)
+  Release release_;  // null: aligned_free (host memory from allocate)
   void* ctx_;
 };
 

@@ -11,6 +11,7 @@
 #include "blas.h"
 #include "convert.h"
 #include "gemm_builtin.h"
+#include "../core/aligned_memory.h"
 #include "random.h"
 
 namespace sk::cpu {
@@ -50,12 +51,12 @@ const char* cpu_name(void*) { return "cpu"; }
 int cpu_alloc(void*, sk_status* st, void** out, size_t bytes) {
   SK_SLOT(st, {
     size_t rounded = ((bytes == 0 ? 1 : bytes) + 63) / 64 * 64;
-    *out = std::aligned_alloc(64, rounded);
+    *out = aligned_malloc(64, rounded);
     SK_CHECK(*out != nullptr, ErrorCode::Memory, "could not allocate ", bytes, " bytes of host memory");
   });
 }
 
-void cpu_free(void*, void* ptr) { std::free(ptr); }
+void cpu_free(void*, void* ptr) { aligned_free(ptr); }
 
 int cpu_copy(void*, sk_status* st, void* dst, const void* src, size_t bytes) {
   SK_SLOT(st, std::memcpy(dst, src, bytes));

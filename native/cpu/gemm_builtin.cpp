@@ -25,6 +25,7 @@
 
 #include "../core/cpu_features.h"
 #include "../core/error.h"
+#include "../core/aligned_memory.h"
 #include "gemm_kernel.h"
 
 namespace sk::cpu {
@@ -175,13 +176,13 @@ struct Blocking {
 };
 
 struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
+  void operator()(float* p) const { aligned_free(p); }
 };
 using Buffer = std::unique_ptr<float[], AlignedFree>;
 
 Buffer alloc_floats(int64_t count) {
   const size_t bytes = size_t(round_up(std::max<int64_t>(count, 1) * int64_t(sizeof(float)), 64));
-  float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+  float* p = static_cast<float*>(aligned_malloc(64, bytes));
   SK_CHECK(p != nullptr, ErrorCode::Memory, "gemm_builtin: cannot allocate ", bytes, " bytes");
   return Buffer(p);
 }

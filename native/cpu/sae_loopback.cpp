@@ -9,6 +9,7 @@
 
 #include "../core/error.h"
 #include "cpu_backend.h"
+#include "../core/aligned_memory.h"
 #include "sae_topk.h"
 
 struct sk_sae_dev {
@@ -233,12 +234,12 @@ int step(sk_status* st, sk_sae_dev* s, const float* x, int64_t N, const sk_sae_s
 
 int host_alloc(sk_status* st, void** out, size_t bytes) {
   SK_SLOT(st, {
-    *out = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    *out = aligned_malloc(64, (bytes + 63) / 64 * 64);
     SK_CHECK(*out != nullptr, ErrorCode::Memory, "loopback host_alloc: out of memory (", bytes, " bytes)");
   });
 }
 
-void host_free(void* p) { std::free(p); }
+void host_free(void* p) { aligned_free(p); }
 
 const sk_sae_i kLoopback = {
     /* .api_version  */ SK_SAE_API_VERSION,

@@ -14,6 +14,7 @@
 #include <immintrin.h>  // SSE only: this file is baseline x86-64 + SSE4.2
 
 #include "../core/corr_device.h"
+#include "../core/aligned_memory.h"
 #include "../core/error.h"
 
 namespace sk::cpu {
@@ -105,7 +106,7 @@ void SparseCorrStore::append(const float* valuesA, const int32_t* indicesA, int6
 namespace {
 
 struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
+  void operator()(void* p) const { aligned_free(p); }
 };
 template <typename T>
 using HugeArray = std::unique_ptr<T[], FreeDeleter>;
@@ -117,8 +118,8 @@ template <typename T>
 HugeArray<T> huge_array(size_t n) {
   const size_t align = size_t(2) << 20;
   const size_t bytes = std::max<size_t>((n * sizeof(T) + align - 1) / align * align, align);
-  void* p = nullptr;
-  if (posix_memalign(&p, align, bytes) != 0 || p == nullptr) throw std::bad_alloc();
+  void* p = aligned_malloc(align, bytes);
+  if (p == nullptr) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   madvise(p, bytes, MADV_HUGEPAGE);  // a hint; failure is harmless
 #endif

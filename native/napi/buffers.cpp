@@ -5,17 +5,18 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../core/aligned_memory.h"
 #include "../core/error.h"
 
 namespace sk::napi {
 
 std::shared_ptr<HostArray> HostArray::allocate(size_t bytes) {
-  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+  void* p = aligned_malloc(64, (bytes + 63) / 64 * 64 + 64);
   if (p == nullptr) throw Error(ErrorCode::Memory, fmt("could not allocate ", bytes, " bytes of host memory"));
   return std::shared_ptr<HostArray>(new HostArray(p, bytes));
 }
 
-HostArray::~HostArray() { std::free(p_); }
+HostArray::~HostArray() { aligned_free(p_); }
 
 namespace {
 
@@ -64,13 +65,13 @@ napi_value external_arraybuffer(napi_env env, void* data, size_t bytes, napi_fin
 Napi::Value HostArray::to_js(Napi::Env env, napi_typedarray_type type, size_t length) {
   void* p = p_;
   p_ = nullptr;
-  napi_value ab = external_arraybuffer(env, p, bytes_, [](napi_env, void* data, void*) { std::free(data); }, nullptr);
+  napi_value ab = external_arraybuffer(env, p, bytes_, [](napi_env, void* data, void*) { aligned_free(data); }, nullptr);
   if (ab == nullptr) {
     // No external buffer here (a V8 sandbox, or over Node 20's 4 GiB limit): copy instead.
     void* copy = nullptr;
     napi_status s = napi_create_arraybuffer(env, bytes_, &copy, &ab);
     if (s != napi_ok) {
-      std::free(p);
+      aligned_free(p);
       bool pending = false;
       if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
         napi_value ignored;
@@ -79,7 +80,7 @@ Napi::Value HostArray::to_js(Napi::Env env, napi_typedarray_type type, size_t le
       throw Error(ErrorCode::Memory, fmt("could not allocate an ArrayBuffer of ", bytes_, " bytes for the result"));
     }
     if (bytes_) std::memcpy(copy, p, bytes_);
-    std::free(p);
+    aligned_free(p);
   }
   napi_value arr;
   if (napi_create_typedarray(env, type, length, ab, 0, &arr) != napi_ok)

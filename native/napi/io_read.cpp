@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "../core/dtype.h"
+#include "../core/aligned_memory.h"
 #include "../core/error.h"
 #include "../cpu/convert.h"
 #include "args.h"
@@ -71,13 +72,13 @@ uint8_t* stage_buffer(size_t bytes) {
   struct Stage {
     uint8_t* p = nullptr;
     size_t cap = 0;
-    ~Stage() { std::free(p); }
+    ~Stage() { aligned_free(p); }
   };
   thread_local Stage st;
   if (st.cap < bytes) {
     const size_t cap = (bytes + 4095) / 4096 * 4096;
-    std::free(st.p);
-    st.p = static_cast<uint8_t*>(std::aligned_alloc(4096, cap));
+    aligned_free(st.p);
+    st.p = static_cast<uint8_t*>(aligned_malloc(4096, cap));
     st.cap = st.p ? cap : 0;
   }
   return st.p;
@@ -406,8 +407,8 @@ Napi::Value alloc_host(const Napi::CallbackInfo& info) {
   const size_t huge = size_t(2) << 20;
   const size_t align = size_t(bytes) >= huge ? huge : 64;
   const size_t rounded = (size_t(bytes) + align - 1) / align * align;
-  void* p = nullptr;
-  if (posix_memalign(&p, align, rounded) != 0 || p == nullptr)
+  void* p = aligned_malloc(align, rounded);
+  if (p == nullptr)
     throw Error(ErrorCode::Memory, fmt("could not allocate ", bytes, " bytes of host memory"));
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (align == huge) madvise(p, rounded, MADV_HUGEPAGE);  // a hint; failure is harmless
@@ -423,7 +424,7 @@ Napi::Value alloc_host(const Napi::CallbackInfo& info) {
           std::lock_guard<std::mutex> lock(g_host_mu);
           g_host_blocks.erase(data);
         }
-        std::free(data);
+        aligned_free(data);
       },
       nullptr);
   if (ab == nullptr) {  // no external buffer here (a V8 sandbox, or over Node 20's 4 GiB limit): a plain one
@@ -431,7 +432,7 @@ Napi::Value alloc_host(const Napi::CallbackInfo& info) {
       std::lock_guard<std::mutex> lock(g_host_mu);
       g_host_blocks.erase(p);
     }
-    std::free(p);
+    aligned_free(p);
     return Napi::ArrayBuffer::New(env, size_t(bytes));
   }
   return Napi::Value(env, ab);
