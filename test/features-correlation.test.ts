@@ -298,6 +298,18 @@ describe('features.correlation: native sparse kernel', () => {
     expect(b.sparseCorrAppend(store, Float32Array.of(1, 0), Int32Array.of(0, 0), ok, Int32Array.of(0, 1), 1)).toBe(1);
     await expect(b.sparseCorrRun(store, true, 0, false)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/at least 2 tokens/) });
     err(() => b.sparseCorrAppend(store, ok, Int32Array.of(0, 1), ok, Int32Array.of(0, 1), 1), 'ERR_SAEKIT_DISPOSED', /has not run/);
+    b.sparseCorrFree(store); // after its run: nothing left, no error
+  });
+
+  it('sparseCorrFree frees a store that never ran (a correlation that failed): later use is ERR_SAEKIT_DISPOSED, freeing twice is fine', () => {
+    const b = native();
+    const store = b.sparseCorrCreate(5, 4, 16, 32, 32);
+    const ok = Float32Array.of(1, 2);
+    expect(b.sparseCorrAppend(store, ok, Int32Array.of(0, 1), ok, Int32Array.of(2, 3), 1)).toBe(1);
+    b.sparseCorrFree(store);
+    b.sparseCorrFree(store);
+    expect(() => b.sparseCorrAppend(store, ok, Int32Array.of(0, 1), ok, Int32Array.of(2, 3), 1)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DISPOSED' }));
+    expect(() => b.sparseCorrFree({} as never)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
   });
 });
 

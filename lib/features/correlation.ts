@@ -37,7 +37,7 @@
  */
 import type { ActivationSource } from '../data/types.js';
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
-import { native } from '../native/index.js';
+import { native, type NativeSparseCorrResult } from '../native/index.js';
 import type { SparseAutoencoder } from '../sae/index.js';
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import { tensor, type Device } from '../tensor/index.js';
@@ -315,12 +315,18 @@ async function correlateCodes(
   // Pre-allocated for maxTokens, but never for more tokens than the source holds.
   const reserve = o.limited ? Math.min(o.maxTokens, 2 ** 24, srcA.numRows ?? Infinity) : 0;
   const store = callNative(() => native().sparseCorrCreate(nA, nB, reserve, reserve * saeA.k, reserve * saeB.k));
-  const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows) => {
-    const [ca, cb] = await Promise.all([saeA.encode(xa), saeB.encode(xb)]);
-    callNative(() => native().sparseCorrAppend(store, ca.values, ca.indices, cb.values, cb.indices, rows));
-  }, o.onProgress && ((seen) => o.onProgress!(seen, 1)));
-  if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
-  const r = await settleNative(callNative(() => native().sparseCorrRun(store, o.full, o.full ? 0 : o.top, o.reverse, o.device)), site);
+  let r: NativeSparseCorrResult;
+  try {
+    const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows) => {
+      const [ca, cb] = await Promise.all([saeA.encode(xa), saeB.encode(xb)]);
+      callNative(() => native().sparseCorrAppend(store, ca.values, ca.indices, cb.values, cb.indices, rows));
+    }, o.onProgress && ((seen) => o.onProgress!(seen, 1)));
+    if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
+    r = await settleNative(callNative(() => native().sparseCorrRun(store, o.full, o.full ? 0 : o.top, o.reverse, o.device)), site);
+  } finally {
+    // The run consumed the store; after a failure its codes (GBs at 10^6 tokens) go now, not at some later GC.
+    native().sparseCorrFree(store);
+  }
   const common = { nA, nB, tokens: r.tokens, constantA: r.constantA, constantB: r.constantB, activeA: r.activeA, activeB: r.activeB };
   if (o.full) return { mode: 'full', r: r.r!, ...common };
   const out: CorrelationTopMatches = { mode: 'top', top: { k: r.kTop, indices: r.topIndex!, r: r.topR! }, ...common };

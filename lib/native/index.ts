@@ -215,6 +215,8 @@ export interface NativeBinding {
   sparseCorrAppend(store: NativeSparseCorrStore, valuesA: Float32Array, indicesA: Int32Array, valuesB: Float32Array, indicesB: Int32Array, rows: number): number;
   /** Pearson r from the store (full matrix, or top matches) on 'cpu' (default) or a CUDA device ('cuda:N'); consumes the store. */
   sparseCorrRun(store: NativeSparseCorrStore, full: boolean, top: number, reverse: boolean, device?: string): Promise<NativeSparseCorrResult>;
+  /** Frees a store's codes now (a correlation that failed before its run); idempotent. */
+  sparseCorrFree(store: NativeSparseCorrStore): void;
   /** Reserves an exact linear assignment over a [rows, cols] cost (float64 work matrix, native memory). */
   lapCreate(rows: number, cols: number, maximize: boolean): NativeLap;
   /**

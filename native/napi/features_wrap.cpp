@@ -123,6 +123,14 @@ void run_on_device(const sk_corr_i* api, int device, cpu::SparseCorrStore& st, c
   std::vector<int64_t>().swap(st.pb);
 }
 
+// sparseCorrFree(store): frees the store's codes now (a correlation that failed before its run
+// would otherwise hold them, unknown to V8, until the handle is collected); idempotent.
+Napi::Value free_store(const Napi::CallbackInfo& info) {
+  StoreSlot* s = tagged_external_data<StoreSlot>(info[0], kStoreTag, "store", "a sparse correlation store");
+  if (s) s->store.reset();
+  return info.Env().Undefined();
+}
+
 // sparseCorrRun(store, full, top, reverse, device = 'cpu'): Promise<{ tokens, constantA,
 // constantB, activeA, activeB, r? , topIndex?, topR?, kTop, revIndex?, revR?, kRev }>. Consumes
 // the store. On a CUDA device ('cuda:N') the run goes through the device's correlation table.
@@ -319,6 +327,7 @@ void register_features(Napi::Env env, Napi::Object exports) {
   exports.Set("sparseCorrCreate", Napi::Function::New<guarded<create>>(env, "sparseCorrCreate"));
   exports.Set("sparseCorrAppend", Napi::Function::New<guarded<append>>(env, "sparseCorrAppend"));
   exports.Set("sparseCorrRun", Napi::Function::New<guarded<run>>(env, "sparseCorrRun"));
+  exports.Set("sparseCorrFree", Napi::Function::New<guarded<free_store>>(env, "sparseCorrFree"));
   exports.Set("lapCreate", Napi::Function::New<guarded<lap_create>>(env, "lapCreate"));
   exports.Set("lapAppend", Napi::Function::New<guarded<lap_append>>(env, "lapAppend"));
   exports.Set("lapRun", Napi::Function::New<guarded<lap_run>>(env, "lapRun"));
