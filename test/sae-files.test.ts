@@ -219,9 +219,17 @@ describe('SAE files: JumpReLU (Gemma Scope, SAELens)', () => {
     for (let q = 0; q < r0.length; q++) expect(Math.abs(r1[q]! - r0[q]!)).toBeLessThan(1e-4);
   });
 
-  it('SAELens TopK with rescale_acts_by_decoder_norm is folded at load into the same function', async () => {
+  it('SAELens TopK with rescale_acts_by_decoder_norm is folded at load into the same function, zero decoder rows included', async () => {
     const [dI, F, k] = [13, 37, 4];
     const w = randomWeights(dI, F, 11, (i) => 0.3 + (i % 4) * 0.4);
+    // Two latents with zero decoder rows and encoders that would win every row unscaled: SAELens
+    // multiplies their pre-activations by 0, so they never fire.
+    const zero = [Math.floor(Math.random() * 18), 18 + Math.floor(Math.random() * 19)];
+    for (const i of zero) {
+      w.W_dec.fill(0, i * dI, (i + 1) * dI);
+      for (let d = 0; d < dI; d++) w.W_enc[d * F + i] = 50;
+      w.b_enc[i] = 100;
+    }
     const dir = tmp();
     await writeSafetensors(path.join(dir, 'sae_weights.safetensors'), {
       W_enc: { dtype: 'float32', shape: [dI, F], data: w.W_enc },
@@ -232,7 +240,8 @@ describe('SAE files: JumpReLU (Gemma Scope, SAELens)', () => {
     writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', d_in: dI, d_sae: F, k, apply_b_dec_to_input: true, rescale_acts_by_decoder_norm: true, dtype: 'float32' }));
     using sae = await SparseAutoencoder.load(dir);
     const x = rows(19, dI, 12);
-    const { recon } = await sae.forward(x);
+    const { recon, codes } = await sae.forward(x);
+    for (let q = 0; q < codes.indices.length; q++) if (zero.includes(codes.indices[q]!)) expect(codes.values[q], `latent ${codes.indices[q]} (zero decoder row)`).toBe(0);
     // SAELens: z = (x - b_dec) W_enc + b_enc; z *= ||W_dec,i||; f = ReLU(topk(z)); x_hat = (f / n) W_dec + b_dec.
     const n = Array.from({ length: F }, (_, i) => Math.hypot(...Array.from(w.W_dec.slice(i * dI, (i + 1) * dI))));
     for (let r = 0; r < 19; r++) {

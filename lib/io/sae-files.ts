@@ -330,9 +330,11 @@ function checkShape(file: string, name: string, t: { shape: readonly number[] },
  * Scales each latent so its decoder row has unit norm, keeping the model's function where the
  * activation is equivariant to z_i -> z_i n_i (JumpReLU with threshold_i n_i; SAELens TopK with
  * rescale_acts_by_decoder_norm): W_enc[:, i] and b_enc[i] (and threshold[i]) times n_i, W_dec[i] / n_i.
- * Zero rows are left as they are. Returns the rows rescaled and the first zero row (-1: none).
+ * Zero rows are left as they are, or with `silenceZeroRows` get a zero encoder column and bias:
+ * a model that multiplies pre-activations by the norms (SAELens's rescale) never fires them.
+ * Returns the rows rescaled and the first zero row (-1: none).
  */
-export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: number): { rescaled: number; zeroRow: number } {
+export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: number, silenceZeroRows = false): { rescaled: number; zeroRow: number } {
   let rescaled = 0;
   let zeroRow = -1;
   for (let i = 0; i < numLatents; i++) {
@@ -341,6 +343,10 @@ export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: num
     const n = Math.sqrt(s);
     if (!(n > 0)) {
       if (zeroRow < 0) zeroRow = i;
+      if (silenceZeroRows) {
+        for (let d = 0; d < dIn; d++) w.W_enc[d * numLatents + i] = 0;
+        w.b_enc[i] = 0;
+      }
       continue;
     }
     if (Math.abs(n - 1) < 1e-7) continue;
@@ -459,9 +465,10 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
     k = optionalIntField(cfg, cfgFile, 'k', 'activation_fn_kwargs.k') ?? 100;
     if (k < 1 || k > numLatents) throw formatError(cfgFile, `k = ${k} is outside 1..d_sae = ${numLatents}`);
     // Trained with the norms outside: z <- z * ||W_dec,i||, decode with f / ||W_dec,i||. Folding
-    // the norms into the encoder gives the same function with unit decoder rows.
+    // the norms into the encoder gives the same function with unit decoder rows (a zero row's
+    // pre-activation is then 0: its encoder is zeroed too).
     if (rescale) {
-      foldDecoderNorms(weights, dIn, numLatents);
+      foldDecoderNorms(weights, dIn, numLatents, true);
       checkFolded(weights, dIn, numLatents, weightsFile, 'rescaled by the decoder norms (cfg.json: rescale_acts_by_decoder_norm)');
     }
   }
