@@ -63,7 +63,12 @@ export interface ActivationSource {
    * when read, so rows read ahead of a consumer that then stopped count too.
    */
   readonly skippedRows?: number;
-  /** Iterates the rows as batches; every call starts a new, independent pass. */
+  /**
+   * Iterates the rows as batches; every call starts a new, independent pass. A started pass
+   * holds the batches it read ahead (and its files) until it ends, its iterator's return() is
+   * called (for await does so on break, return and throw) or the source is closed: an iterator
+   * advanced by hand and then dropped is not collected while the source stays open.
+   */
   batches(options?: BatchOptions): AsyncIterable<Batch>;
   /** Stops iterations in progress, waits for their reads, and closes the files. */
   close(): Promise<void>;
