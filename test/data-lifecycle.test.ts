@@ -1,7 +1,9 @@
 /** Sources under misuse: input arrays detached while a pass reads them, options that do not apply, odd lifecycles. */
-import { mkdtempSync, readdirSync, readlinkSync, renameSync, truncateSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readlinkSync, renameSync, rmSync, truncateSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
@@ -9,6 +11,7 @@ import { fromArray, fromAsyncIterable, openActivations } from '../lib/data/index
 import { ChunkPlan, FileRowStream } from '../lib/data/rows.js';
 import { HandleCache } from '../lib/data/files.js';
 import { io } from '../lib/index.js';
+import { packageRoot } from '../lib/native/index.js';
 import { lcg } from './helpers/reference.js';
 
 describe('fromArray', () => {
@@ -264,4 +267,47 @@ describe('close() while a pass is being returned', () => {
       await returning;
     }
   });
+});
+
+describe('passes dropped unfinished', () => {
+  const dist = path.join(packageRoot, 'dist', 'index.js');
+  it.runIf(process.platform === 'linux' && existsSync(dist))('a pass advanced by hand and dropped is collected with its read-ahead batches, and its files close', () => {
+    // A child with --expose-gc: ten passes (shuffled and in order) each take one batch and are
+    // dropped without return(). The source held every one of them until close(): ~200 MB here.
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-dropped-'));
+    const rows = 65536 + Math.floor(Math.random() * 1000);
+    const script = `
+      import { readdirSync, readlinkSync } from 'node:fs';
+      const { openActivations, io } = await import(${JSON.stringify(pathToFileURL(dist).href)});
+      const file = ${JSON.stringify(path.join(dir, 'x.npy'))};
+      await io.writeNpy(file, { dtype: 'float32', shape: [${rows}, 64], data: Float32Array.from({ length: ${rows} * 64 }, (_, i) => (i % 1013) / 1013) });
+      const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+      const held = () => { const m = process.memoryUsage(); return (m.arrayBuffers + m.external) / 2 ** 20; };
+      const open = () => readdirSync('/proc/self/fd').filter((f) => { try { return readlinkSync('/proc/self/fd/' + f) === file; } catch { return false; } }).length;
+      const src = await openActivations(file);
+      const before = held();
+      async function peek(i) {
+        const it = src.batches({ batchSize: 1024, shuffle: i % 2 === 0, seed: i })[Symbol.asyncIterator]();
+        await it.next();
+      }
+      for (let i = 0; i < 10; i++) await peek(i);
+      const peeked = open();
+      await sleep(200);
+      for (let i = 0; i < 4; i++) { global.gc(); await sleep(50); }
+      const after = { grew: held() - before, open: open() };
+      let n = 0;
+      for await (const b of src.batches({ batchSize: 4096 })) n += b.rows;
+      await src.close();
+      console.log(JSON.stringify({ peeked, ...after, rows: n }));`;
+    try {
+      const out = execFileSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+      const r = JSON.parse(out.trim().split('\n').pop()!) as { peeked: number; grew: number; open: number; rows: number };
+      expect(r.peeked, 'the file is open while passes read').toBe(1);
+      expect(r.grew, 'MiB still held after the dropped passes were collected').toBeLessThan(40);
+      expect(r.open, 'the file is closed once no pass reads').toBe(0);
+      expect(r.rows, 'the source still reads every row').toBe(rows);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 70_000);
 });

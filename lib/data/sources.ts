@@ -27,12 +27,23 @@ function disposed(): SaekitError {
   return new SaekitError('ERR_SAEKIT_DISPOSED', 'Expected an open activation source but it has been closed');
 }
 
+/**
+ * A pass as its source tracks it: weakly, so that one its consumer dropped unfinished (next()
+ * called by hand, then neither the end nor return()) is collected with the batches it read ahead.
+ */
+interface PassRef {
+  readonly pump: WeakRef<Pump>;
+}
+
+/** Ends the bookkeeping of passes collected unfinished (see PassRef). */
+const droppedPasses = new FinalizationRegistry<() => void>((cleanup) => cleanup());
+
 abstract class BaseSource implements OwnedActivationSource {
   protected readonly counter: SkipCounter = { skippedRows: 0 };
   /** Passes whose consumer has not finished with them (close() stops these). */
-  private readonly active = new Set<Pump>();
+  private readonly active = new Set<PassRef>();
   /** Passes whose producer is running (files stay open while there are any). */
-  private readonly producing = new Set<Pump>();
+  private readonly producing = new Set<PassRef>();
   private closing: Promise<void> | null = null;
   private closed = false;
 
@@ -69,21 +80,32 @@ abstract class BaseSource implements OwnedActivationSource {
               }
             : emit;
         const current: { stream?: RowStream } = {}; // the epoch's stream, for stopping a stalled one
+        let ended = false;
+        // The producer finished or was stopped, or the pass was collected unfinished: once.
+        const passEnded = (): void => {
+          if (ended) return;
+          ended = true;
+          pool.close();
+          endPass(passNo);
+          // Files stay open only while a pass reads (a source left unclosed leaks nothing).
+          if (this.producing.delete(ref) && this.producing.size === 0) void this.release().catch(() => undefined);
+        };
         const pump: Pump = new Pump(
           (emit) => this.run(o, pool, releasable(emit), current),
           pumpCapacity(o, this.dIn),
-          () => {
-            pool.close();
-            endPass(passNo);
-            // Files stay open only while a pass reads (a source left unclosed leaks nothing).
-            if (this.producing.delete(pump) && this.producing.size === 0) void this.release().catch(() => undefined);
-          },
+          passEnded,
           arrays ? () => undefined : (b) => pool.give(b.data),
           () => current.stream?.abort?.(),
-          () => this.producing.add(pump),
-          () => this.active.delete(pump),
+          () => this.producing.add(ref),
+          () => this.active.delete(ref),
         );
-        this.active.add(pump);
+        const ref: PassRef = { pump: new WeakRef(pump) };
+        this.active.add(ref);
+        // Holds the source (not the pass) until the pass is collected.
+        droppedPasses.register(pump, () => {
+          this.active.delete(ref);
+          passEnded();
+        });
         return pump;
       },
     };
@@ -126,7 +148,8 @@ abstract class BaseSource implements OwnedActivationSource {
       this.closed = true;
       // Passes still reading too: a pass whose consumer called return() has left `active` but may
       // not have unwound yet, and its reads use the files release() closes.
-      await Promise.all([...new Set([...this.active, ...this.producing])].map((p) => p.stop(disposed())));
+      const passes = [...new Set([...this.active, ...this.producing])].map((r) => r.pump.deref());
+      await Promise.all(passes.map((p) => p?.stop(disposed())));
       await this.release();
     })();
     return this.closing;

@@ -66,8 +66,8 @@ export interface ActivationSource {
   /**
    * Iterates the rows as batches; every call starts a new, independent pass. A started pass
    * holds the batches it read ahead (and its files) until it ends, its iterator's return() is
-   * called (for await does so on break, return and throw) or the source is closed: an iterator
-   * advanced by hand and then dropped is not collected while the source stays open.
+   * called (for await does so on break, return and throw) or the source is closed. An iterator
+   * advanced by hand and then dropped lets them go when it is collected; return() frees them now.
    */
   batches(options?: BatchOptions): AsyncIterable<Batch>;
   /** Stops iterations in progress, waits for their reads, and closes the files. */
