@@ -38,6 +38,7 @@ import { packageRoot } from '../lib/native/index.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
 import { multiDeviceSuite } from './helpers/multi-device-suite.js';
 import { lcg } from './helpers/reference.js';
+import { escapeRe } from './helpers/child.js';
 import { dtypeSuite } from './helpers/dtype-suite.js';
 import { matmulSuite } from './helpers/matmul-suite.js';
 import { randomSuite } from './helpers/random-suite.js';
@@ -55,7 +56,6 @@ const emulated = gpu && backend.info().cuda.devices.every((d) => d.startsWith('C
 // The plugin built on the CPU emulation (native/cuda/emu/build.sh), for the child processes below.
 const emuPlugin = path.join(packageRoot, 'build-cuda-emu', 'libsaekit_cuda.so');
 const emuCublas = path.join(packageRoot, 'build-cuda-emu', 'libfakecublas.so');
-const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /**
  * Runs `body` (TypeScript, with saekit imported as `saekit`) in a child process with `env` added,
@@ -108,7 +108,7 @@ describe('CUDA backend detection', () => {
     try {
       const { cuda } = backend.info();
       expect(cuda.attempts[0]).toEqual({ path: missing, outcome: 'not found' });
-      if (!cuda.available) expect(cuda.reason).toMatch(new RegExp(`^SAEKIT_CUDA_PLUGIN names ${missing.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}, which does not exist; elsewhere: .{10}`));
+      if (!cuda.available) expect(cuda.reason).toMatch(new RegExp(`^SAEKIT_CUDA_PLUGIN names ${escapeRe(missing)}, which does not exist; elsewhere: .{10}`));
     } finally {
       if (saved === undefined) delete process.env.SAEKIT_CUDA_PLUGIN;
       else process.env.SAEKIT_CUDA_PLUGIN = saved;

@@ -1,9 +1,7 @@
 /** Sources under misuse: input arrays detached while a pass reads them, options that do not apply, odd lifecycles. */
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readlinkSync, renameSync, rmSync, truncateSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, renameSync, rmSync, truncateSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
@@ -11,7 +9,7 @@ import { fromArray, fromAsyncIterable, openActivations } from '../lib/data/index
 import { ChunkPlan, FileRowStream } from '../lib/data/rows.js';
 import { HandleCache } from '../lib/data/files.js';
 import { io } from '../lib/index.js';
-import { packageRoot } from '../lib/native/index.js';
+import { distUrl, haveDist, runInChild } from './helpers/child.js';
 import { lcg } from './helpers/reference.js';
 
 describe('fromArray', () => {
@@ -270,15 +268,14 @@ describe('close() while a pass is being returned', () => {
 });
 
 describe('passes dropped unfinished', () => {
-  const dist = path.join(packageRoot, 'dist', 'index.js');
-  it.runIf(process.platform === 'linux' && existsSync(dist))('a pass advanced by hand and dropped is collected with its read-ahead batches, and its files close', () => {
+  it.runIf(process.platform === 'linux' && haveDist)('a pass advanced by hand and dropped is collected with its read-ahead batches, and its files close', () => {
     // A child with --expose-gc: ten passes (shuffled and in order) each take one batch and are
     // dropped without return(). The source held every one of them until close(): ~200 MB here.
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-dropped-'));
     const rows = 65536 + Math.floor(Math.random() * 1000);
     const script = `
       import { readdirSync, readlinkSync } from 'node:fs';
-      const { openActivations, io } = await import(${JSON.stringify(pathToFileURL(dist).href)});
+      const { openActivations, io } = await import(${distUrl});
       const file = ${JSON.stringify(path.join(dir, 'x.npy'))};
       await io.writeNpy(file, { dtype: 'float32', shape: [${rows}, 64], data: Float32Array.from({ length: ${rows} * 64 }, (_, i) => (i % 1013) / 1013) });
       const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -300,8 +297,7 @@ describe('passes dropped unfinished', () => {
       await src.close();
       console.log(JSON.stringify({ peeked, ...after, rows: n }));`;
     try {
-      const out = execFileSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
-      const r = JSON.parse(out.trim().split('\n').pop()!) as { peeked: number; grew: number; open: number; rows: number };
+      const r = JSON.parse(runInChild(script, ['--expose-gc'])) as { peeked: number; grew: number; open: number; rows: number };
       expect(r.peeked, 'the file is open while passes read').toBe(1);
       expect(r.grew, 'MiB still held after the dropped passes were collected').toBeLessThan(40);
       expect(r.open, 'the file is closed once no pass reads').toBe(0);

@@ -12,6 +12,7 @@ import { describe, expect, it } from 'vitest';
 
 import { backend } from '../lib/index.js';
 import { cpuProblem, elfProblem, packageRoot } from '../lib/native/index.js';
+import { escapeRe } from './helpers/child.js';
 
 const qemu = spawnSync('qemu-x86_64', ['--version']).status === 0;
 const fixture = path.join(packageRoot, 'test', 'fixtures', 'portable-check.mjs');
@@ -95,7 +96,7 @@ describe('a shared library cut short is refused before it is loaded (the loader 
       for (const n of cuts) {
         const f = path.join(dir, `cut-${n}.node`);
         fs.writeFileSync(f, whole.subarray(0, n));
-        expect(elfProblem(f), `cut at ${n} of ${whole.length}`).toMatch(new RegExp(`^${f.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is damaged: ${n} bytes, cut short of the \\d+ its ELF headers describe$`));
+        expect(elfProblem(f), `cut at ${n} of ${whole.length}`).toMatch(new RegExp(`^${escapeRe(f)} is damaged: ${n} bytes, cut short of the \\d+ its ELF headers describe$`));
       }
       // Cut inside the header itself, and not ELF at all: the header is short, or the loader explains.
       fs.writeFileSync(path.join(dir, 'head.node'), whole.subarray(0, 40));

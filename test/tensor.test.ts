@@ -1,12 +1,7 @@
-import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import path from 'node:path';
-import { pathToFileURL } from 'node:url';
-
 import { describe, expect, it } from 'vitest';
 
 import { backend, rand, randn, SaekitError, Tensor, tensor, zeros } from '../lib/index.js';
-import { packageRoot } from '../lib/native/index.js';
+import { distUrl, haveDist, runInChild } from './helpers/child.js';
 import { tensorSuite } from './helpers/tensor-suite.js';
 
 describe('Tensor', () => {
@@ -203,18 +198,17 @@ describe('rounding to 16-bit types happens once', () => {
 });
 
 describe('host memory is reused', () => {
-  const dist = path.join(packageRoot, 'dist', 'index.js');
-  it.runIf(process.platform === 'linux' && existsSync(dist))('300 create/dispose rounds of a 4 MiB tensor leave the resident size near where it was', () => {
+  it.runIf(process.platform === 'linux' && haveDist)('300 create/dispose rounds of a 4 MiB tensor leave the resident size near where it was', () => {
     // glibc's aligned_alloc carved each block from a slightly larger chunk, so a freed block was too
     // small for the next one of the same size: the heap grew ~4 MiB a round (1.2 GB here) with
     // nothing live. A child process, so that no other test's memory counts.
     const n = (1 << 20) + 16 * Math.floor(Math.random() * 100);
     const script =
-      `import { tensor } from ${JSON.stringify(pathToFileURL(dist).href)};` +
+      `import { tensor } from ${distUrl};` +
       `const x = new Float32Array(${n}).fill(1); tensor(x).dispose();` +
       `const r0 = process.memoryUsage.rss(); for (let i = 0; i < 300; i++) tensor(x).dispose();` +
       `console.log(process.memoryUsage.rss() - r0);`;
-    const grew = Number(execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 }).trim());
+    const grew = Number(runInChild(script));
     expect(grew / 2 ** 20, 'MiB the resident size grew').toBeLessThan(150);
   });
 });
