@@ -565,16 +565,20 @@ describe('saekit CLI', () => {
     const { dir, f } = await compareFixture(26, 100);
     const before = readFileSync(f('acts.npy')).toString('base64');
     const base = ['--latents', '8', '--k', '2', '--batch', '10', '--out', f('run'), '--overwrite'];
-    for (const [data, re] of [
-      [f('acts.npy'), /Expected --log not to overwrite an input but '.*acts\.npy' is '.*acts\.npy' \(<data>\)/],
-      [path.join(dir, '*.npy'), /Expected --log not to overwrite an input but '.*acts\.npy' is '.*acts\.npy', one of the files of <data> '.*\*\.npy'/],
+    mkdirSync(f('more'));
+    copyFileSync(f('acts.npy'), path.join(f('more'), 'b.npy'));
+    for (const [data, log, re] of [
+      [[f('acts.npy')], f('acts.npy'), /Expected --log not to overwrite an input but '.*acts\.npy' is '.*acts\.npy' \(<data>\)/],
+      [[path.join(dir, '*.npy')], f('acts.npy'), /Expected --log not to overwrite an input but '.*acts\.npy' is '.*acts\.npy', one of the files of <data> '.*\*\.npy'/],
+      // Several data arguments: the one the file came from is named.
+      [[f('acts.npy'), f('more')], path.join(f('more'), 'b.npy'), /Expected --log not to overwrite an input but '.*b\.npy' is '.*b\.npy', one of the files of <data> '.*more'/],
     ] as const) {
-      const r = run(['train', data, ...base, '--log', f('acts.npy')]);
-      expect(r.status, data).toBe(1);
-      expect(r.stderr, data).toMatch(re);
-      expect(r.stderr, data).toMatch(/\[ERR_SAEKIT_ARG\]\n$/);
-      expect(existsSync(f('acts.npy.replaced')), data).toBe(false);
-      expect(readFileSync(f('acts.npy')).toString('base64'), data).toBe(before);
+      const r = run(['train', ...data, ...base, '--log', log]);
+      expect(r.status, data.join(' ')).toBe(1);
+      expect(r.stderr, data.join(' ')).toMatch(re);
+      expect(r.stderr, data.join(' ')).toMatch(/\[ERR_SAEKIT_ARG\]\n$/);
+      expect(existsSync(`${log}.replaced`), data.join(' ')).toBe(false);
+      expect(readFileSync(log).toString('base64'), data.join(' ')).toBe(before);
     }
   }, 60_000);
 

@@ -96,11 +96,14 @@ describe('a shared library cut short is refused before it is loaded (the loader 
       for (const n of cuts) {
         const f = path.join(dir, `cut-${n}.node`);
         fs.writeFileSync(f, whole.subarray(0, n));
-        expect(elfProblem(f), `cut at ${n} of ${whole.length}`).toMatch(new RegExp(`^${escapeRe(f)} is damaged: ${n} bytes, cut short of the \\d+ its ELF headers describe$`));
+        expect(elfProblem(f), `cut at ${n} of ${whole.length}`).toMatch(new RegExp(`^${escapeRe(f)} is damaged: truncated \\(${n} bytes, its (program headers end at|segments need) \\d+\\)$`));
       }
+      // Cut inside the program header table (it starts at 64 in any linker's output).
+      fs.writeFileSync(path.join(dir, 'table.node'), whole.subarray(0, 100));
+      expect(elfProblem(path.join(dir, 'table.node'))).toMatch(/is damaged: truncated \(100 bytes, its program headers end at \d+\)$/);
       // Cut inside the header itself, and not ELF at all: the header is short, or the loader explains.
       fs.writeFileSync(path.join(dir, 'head.node'), whole.subarray(0, 40));
-      expect(elfProblem(path.join(dir, 'head.node'))).toMatch(/40 bytes, cut short of the 64/);
+      expect(elfProblem(path.join(dir, 'head.node'))).toMatch(/is damaged: truncated \(40 bytes, shorter than an ELF header\)$/);
       fs.writeFileSync(path.join(dir, 'text.node'), 'not a shared library');
       expect(elfProblem(path.join(dir, 'text.node'))).toBeUndefined();
       expect(elfProblem(path.join(dir, 'missing.node'))).toBeUndefined();

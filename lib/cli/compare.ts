@@ -49,7 +49,7 @@ export type OutInput = { sae: string } | { flag: string; data: string; files: re
  * The names `p` goes by: absolute as given, with its folder's links resolved, and with its own
  * link resolved (when it exists), so a file reached through a link is still the same file.
  */
-export async function namesOf(p: string): Promise<string[]> {
+async function namesOf(p: string): Promise<string[]> {
   const abs = path.resolve(p);
   const dir = await realpath(path.dirname(abs)).catch(() => path.dirname(abs));
   return [...new Set([abs, path.join(dir, path.basename(abs)), await realpath(abs).catch(() => abs)])];
@@ -72,6 +72,24 @@ async function protectedPaths(input: OutInput): Promise<{ path: string; folder: 
 }
 
 /**
+ * Throws when `target` (the file `flag` names, to be written) is one of the inputs' files or
+ * lies inside an input folder, compared by real path (see OutInput and protectedPaths).
+ */
+export async function checkNotInput(flag: string, target: string, inputs: readonly OutInput[]): Promise<void> {
+  const targetNames = await namesOf(target);
+  for (const input of inputs) {
+    for (const p of await protectedPaths(input)) {
+      for (const name of await namesOf(p.path)) {
+        const same = targetNames.includes(name);
+        if (same || (p.folder && targetNames.some((o) => o.startsWith(name + path.sep)))) {
+          throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${flag} not to overwrite an input but '${target}' is ${same ? '' : 'inside '}${p.what}`);
+        }
+      }
+    }
+  }
+}
+
+/**
  * Checks before any work that an --out file can be written: its folder exists and is writable,
  * it is not a folder (nor named as one, ending in a separator), not one of the inputs' files (compared by real path: see OutInput and
  * protectedPaths), and it does not exist yet unless --overwrite was given.
@@ -89,17 +107,7 @@ export async function checkOutFile(out: string | undefined, overwrite: boolean |
   });
   const st = await stat(out).catch(() => undefined);
   if (st?.isDirectory()) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out to be a file but '${out}' is a folder`);
-  const outNames = await namesOf(out);
-  for (const input of inputs) {
-    for (const p of await protectedPaths(input)) {
-      for (const name of await namesOf(p.path)) {
-        const same = outNames.includes(name);
-        if (same || (p.folder && outNames.some((o) => o.startsWith(name + path.sep)))) {
-          throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out not to overwrite an input but '${out}' is ${same ? '' : 'inside '}${p.what}`);
-        }
-      }
-    }
-  }
+  await checkNotInput('--out', out, inputs);
   if (st && !overwrite) throw new SaekitError('ERR_SAEKIT_ARG', `--out ${out} already exists; pass --overwrite to replace it, or choose another --out`);
 }
 

@@ -20,7 +20,7 @@ import { SAE_FILE_NAMES } from '../io/sae-files.js';
 import { packageRoot } from '../native/index.js';
 import { AUXK_VARIANTS } from '../sae/index.js';
 import { B_DEC_INITS, DECAYS, type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
-import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, matchLayers, type MatchLayersFlags, namesOf } from './compare.js';
+import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, checkNotInput, matchLayers, type MatchLayersFlags, type OutInput } from './compare.js';
 import { Progress, reportSkipped, TokenProgress } from './progress.js';
 
 function version(): string {
@@ -253,13 +253,9 @@ async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; repla
  * --overwrite moves it aside first.
  */
 async function checkLogNotInput(log: string, paths: string[], dIn: number | undefined): Promise<void> {
-  const logNames = await namesOf(log);
-  for (const file of await resolveShardPaths(paths.length === 1 ? paths[0]! : paths, { dIn })) {
-    if (!(await namesOf(file)).some((name) => logNames.includes(name))) continue;
-    const arg = paths.find((p) => path.resolve(p) === file);
-    const what = arg !== undefined ? `'${arg}' (<data>)` : `'${file}', one of the files of <data>${paths.length === 1 ? ` '${paths[0]}'` : ''}`;
-    throw new SaekitError('ERR_SAEKIT_ARG', `Expected --log not to overwrite an input but '${log}' is ${what}`);
-  }
+  const inputs: OutInput[] = [];
+  for (const data of paths) inputs.push({ flag: '<data>', data, files: await resolveShardPaths(data, { dIn }) });
+  await checkNotInput('--log', log, inputs);
 }
 
 /**

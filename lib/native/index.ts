@@ -327,27 +327,29 @@ export function elfProblem(file: string): string | undefined {
   try {
     fd = fs.openSync(file, 'r');
     const size = fs.fstatSync(fd).size;
-    const cut = (need: number | bigint) => `${file} is damaged: ${size} bytes, cut short of the ${need} its ELF headers describe`;
+    // Worded as core/elf_check.h words the plugin's and cuBLAS's damage.
+    const damaged = (why: string) => `${file} is damaged: ${why}`;
     const h = Buffer.alloc(64);
     const got = fs.readSync(fd, h, 0, 64, 0);
     if (got < 4 || h.readUInt32BE(0) !== 0x7f454c46 || h[4] !== 2 || h[5] !== 1) return undefined; // not ELF64 LE: the loader explains
-    if (got < 64) return cut(64);
+    if (got < 64) return damaged(`truncated (${size} bytes, shorter than an ELF header)`);
     const phoff = h.readBigUInt64LE(32);
     const phentsize = h.readUInt16LE(54);
     const phnum = h.readUInt16LE(56);
     if (phnum === 0) return undefined;
-    if (phentsize !== 56) return `${file} is damaged: ELF program header entries of ${phentsize} bytes, expected 56`;
+    if (phentsize !== 56) return damaged(`program header entries of ${phentsize} bytes (expected 56)`);
     const tableEnd = phoff + BigInt(phnum * 56);
-    if (tableEnd > BigInt(size)) return cut(tableEnd);
+    const headersCut = damaged(`truncated (${size} bytes, its program headers end at ${tableEnd})`);
+    if (tableEnd > BigInt(size)) return headersCut;
     const table = Buffer.alloc(phnum * 56); // at most 65535 x 56 bytes
-    if (fs.readSync(fd, table, 0, table.length, Number(phoff)) < table.length) return cut(tableEnd);
+    if (fs.readSync(fd, table, 0, table.length, Number(phoff)) < table.length) return headersCut;
     let need = 0n;
     for (let i = 0; i < phnum; i++) {
       if (table.readUInt32LE(i * 56) !== 1) continue; // PT_LOAD only
       const end = table.readBigUInt64LE(i * 56 + 8) + table.readBigUInt64LE(i * 56 + 32); // p_offset + p_filesz
       if (end > need) need = end;
     }
-    return need > BigInt(size) ? cut(need) : undefined;
+    return need > BigInt(size) ? damaged(`truncated (${size} bytes, its segments need ${need})`) : undefined;
   } catch {
     return undefined; // unreadable: the loader reports it
   } finally {
