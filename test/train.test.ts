@@ -100,6 +100,69 @@ describe('geometric median (Weiszfeld)', () => {
     expect(Math.hypot(...g)).toBeLessThan(1e-3 * n);
     expect(Math.max(...Array.from(y, Math.abs))).toBeLessThan(0.2);
   });
+
+  const costOf = (x: Float32Array, d: number, y: ArrayLike<number>) => {
+    let c = 0;
+    for (let i = 0; i < x.length / d; i++) {
+      let s = 0;
+      for (let j = 0; j < d; j++) s += (x[i * d + j]! - y[j]!) ** 2;
+      c += Math.sqrt(s);
+    }
+    return c;
+  };
+
+  it('leaves a data row it starts on when that row is not the median (plain Weiszfeld stalls there)', () => {
+    const next = lcg(Date.now() >>> 0);
+    for (let trial = 0; trial < 5; trial++) {
+      // Integer rows whose mean is exactly the last row, (0, 0), which the optimality test rejects.
+      let x: Float32Array;
+      for (;;) {
+        const pts = Array.from({ length: 9 }, () => [Math.round(40 * next() - 20), Math.round(40 * next() - 5)]);
+        pts.push([-pts.reduce((a, p) => a + p[0]!, 0), -pts.reduce((a, p) => a + p[1]!, 0)], [0, 0]);
+        let [gx, gy] = [0, 0];
+        for (const [a, b] of pts.slice(0, 10)) {
+          const r = Math.hypot(a!, b!);
+          if (r > 0) [gx, gy] = [gx + a! / r, gy + b! / r];
+        }
+        if (pts.slice(0, 10).every(([a, b]) => a !== 0 || b !== 0) && Math.hypot(gx, gy) > 1.5) {
+          x = Float32Array.from(pts.flat());
+          break;
+        }
+      }
+      const y = geometricMedian(x, 2);
+      let gridMin = Infinity;
+      for (let a = -40; a <= 40; a += 0.1) for (let b = -40; b <= 40; b += 0.1) gridMin = Math.min(gridMin, costOf(x, 2, [a, b]));
+      expect(costOf(x, 2, y)).toBeLessThanOrEqual(gridMin * (1 + 1e-7)); // the grid's best is an upper bound
+      expect(costOf(x, 2, y)).toBeLessThan(costOf(x, 2, [0, 0]) - 1e-3);
+    }
+  });
+
+  it('finds a median that is a data row (several rows at one point outweigh the rest)', () => {
+    const next = lcg(11);
+    const d = 5;
+    const centre = Array.from({ length: d }, () => next() * 4 - 2);
+    const rows: number[][] = [centre, centre, centre, centre];
+    for (let i = 0; i < 3; i++) rows.push(Array.from({ length: d }, (_, j) => centre[j]! + 3 + next()));
+    const x = Float32Array.from(rows.flat());
+    const y = geometricMedian(x, d);
+    const c = Float32Array.from(centre);
+    expect(Math.hypot(...Array.from(y, (v, j) => v - c[j]!))).toBeLessThan(1e-6);
+  });
+
+  it('checks its arguments (d = 0 looped forever; a d not dividing the length gave NaN)', () => {
+    const x = new Float32Array(10);
+    for (const [f, re] of [
+      [() => geometricMedian(x, 0), /Expected integer between 1 and \d+ for d but received 0/],
+      [() => geometricMedian(x, 2.5), /for d but received 2\.5/],
+      [() => geometricMedian(x, 3), /Expected x to hold n >= 1 rows of d = 3 values but its length 10 is not a multiple of 3/],
+      [() => geometricMedian(new Float32Array(0), 3), /its length 0 is zero/],
+      [() => geometricMedian([1, 2] as never, 2), /Expected a Float32Array of rows \[n, d\] for x/],
+      [() => geometricMedian(x, 2, { maxIter: -1 }), /options\.maxIter/],
+      [() => geometricMedian(x, 2, { tol: NaN }), /options\.tol/],
+      [() => geometricMedian(Float32Array.of(1, NaN), 2), /finite values in x/],
+    ] as const) expect(f).toThrow(re);
+    expect(Array.from(geometricMedian(Float32Array.of(1, 2, 1, 2), 2))).toEqual([1, 2]);
+  });
 });
 
 describe('Trainer', () => {
@@ -240,6 +303,30 @@ describe('Trainer', () => {
       });
       for (let j = 0; j < dIn; j++) expect(Math.abs(b[j]! - want[j]!)).toBeLessThan(1e-6 * (1 + Math.abs(want[j]!)));
     }
+  });
+
+  it("an explicit bDecInit 'zeros' clears a loaded b_dec (it was kept)", async () => {
+    const x = data(rows, dIn, 4);
+    using sae = make();
+    sae.setWeights({ b_dec: Float32Array.from({ length: dIn }, (_, j) => j + 5) });
+    await new Trainer(sae, { batchSize: 64, totalTokens: 64, lr: 0, shuffle: false, bDecInit: 'zeros' }).fit(fromArray(x, dIn));
+    expect(Array.from((await sae.weights()).b_dec)).toEqual(new Array(dIn).fill(0));
+    // Not given: a loaded b_dec is kept.
+    sae.setWeights({ b_dec: Float32Array.from({ length: dIn }, (_, j) => j + 5) });
+    await new Trainer(sae, { batchSize: 64, totalTokens: 64, lr: 0, shuffle: false }).fit(fromArray(x, dIn));
+    expect(Array.from((await sae.weights()).b_dec)).toEqual(Array.from({ length: dIn }, (_, j) => j + 5));
+  });
+
+  it("a fit() refused before training leaves the SAE as it was with normalize 'expected-norm' (the biases were divided by the scale)", async () => {
+    const x = data(rows, dIn, 6).map((v) => v * 40);
+    using sae = make();
+    const w = await sae.weights();
+    const W_dec = w.W_dec.map((v) => v * 3); // rows not of unit norm: training is refused
+    sae.setWeights({ W_dec, b_enc: w.b_enc.map((_, i) => 0.1 * i - 1), b_dec: w.b_dec.map((_, j) => j - 8) });
+    const before = await sae.weights();
+    await expect(new Trainer(sae, { ...opts, normalize: 'expected-norm' }).fit(fromArray(x, dIn))).rejects.toThrow(/unit norm/);
+    const after = await sae.weights();
+    for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(after[key]), key).toEqual(bits(before[key]));
   });
 
   it("normalize 'expected-norm' trains on scaled inputs and folds the scale back: the SAE works on raw activations", async () => {
@@ -497,6 +584,19 @@ describe('Trainer', () => {
     expect(() => sae.adam({ learningRate: 1 } as never)).toThrow(/Unknown option options\.learningRate/);
     expect(() => sae.adam().prefetch(new Float32Array(dIn * 2), { scal: 2 } as never)).toThrow(/did you mean options\.scale/);
     expect(() => geometricMedian(new Float32Array(4), 2, { maxiter: 3 } as never)).toThrow(/did you mean options\.maxIter/);
+    // The betas sae.adam() accepts, refused here rather than in fit() (after its folders were made).
+    expect(() => new Trainer(sae, { beta1: 0.999995 })).toThrow(/<= 0\.99999 for options\.beta1/);
+    expect(() => new Trainer(sae, { beta2: 0.99999999 })).toThrow(/<= 0\.9999999 for options\.beta2/);
+    expect(() => new Trainer(sae, { beta1: 0.99999, beta2: 0.9999999 })).not.toThrow();
+    expect(() => new Trainer(sae, { lr: 'fast' as never })).toThrow(/Expected 'auto' or a finite number >= 0 and <= 10 for options\.lr but received 'fast'/);
+    expect(() => new Trainer(sae, { lr: -1 })).toThrow(/for options\.lr but received -1/);
+    // The estimate's batches are held until trained on: bounded to 2 GiB.
+    const most = Math.floor(2 ** 31 / (4096 * dIn * 4));
+    expect(() => new Trainer(sae, { normalize: 'expected-norm', batchSize: 4096, normalizeBatches: most + 1 })).toThrow(
+      new RegExp(`Expected options\\.normalizeBatches of at most ${most} at batchSize 4096 and dIn ${dIn} .* but received ${most + 1}`),
+    );
+    expect(() => new Trainer(sae, { normalize: 'expected-norm', batchSize: 4096, normalizeBatches: most })).not.toThrow();
+    expect(() => new Trainer(sae, { batchSize: 4096, normalizeBatches: most + 1 })).not.toThrow(); // no estimate without 'expected-norm'
   });
 
   it('recovers planted features end to end (MMCS truth-to-learned >= 0.9)', async () => {

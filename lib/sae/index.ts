@@ -249,6 +249,9 @@ const DEFAULT_DEAD_THRESHOLD = 10_000_000;
 const SET_WEIGHT_NAMES = ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const;
 /** The addon's limits (native/napi/sae_wrap.cpp), checked here so the error names the option. */
 const MAX_LR = 1e6;
+/** The largest Adam betas accepted (float32 rounds larger ones towards 1, where bias correction divides by 0). */
+export const MAX_BETA1 = 0.99999;
+export const MAX_BETA2 = 0.9999999;
 const MAX_AUXK_ALPHA = 1e6;
 /** @internal (the Trainer checks its option against it too) */
 export const MAX_DEAD_THRESHOLD = 9e15;
@@ -604,8 +607,8 @@ export class SparseAutoencoder {
   adam(options?: AdamOptions): AdamOptimizer {
     const o = checkOptions('options', options, ADAM_OPTIONS);
     const lr = o.lr === undefined ? 2e-4 / Math.sqrt(this.numLatents / 2 ** 14) : checkNumber('options.lr', o.lr, 0, MAX_LR);
-    const beta1 = o.beta1 === undefined ? 0.9 : checkNumber('options.beta1', o.beta1, 0, 0.99999);
-    const beta2 = o.beta2 === undefined ? 0.999 : checkNumber('options.beta2', o.beta2, 0, 0.9999999);
+    const beta1 = o.beta1 === undefined ? 0.9 : checkNumber('options.beta1', o.beta1, 0, MAX_BETA1);
+    const beta2 = o.beta2 === undefined ? 0.999 : checkNumber('options.beta2', o.beta2, 0, MAX_BETA2);
     const eps = o.eps === undefined ? 1e-8 : checkNumber('options.eps', o.eps, 1e-30, 1e6);
     const h = callNative(() => this.handle().adam(lr, beta1, beta2, eps));
     const opt = new AdamConstructor(h, this, lr);

@@ -37,7 +37,7 @@ import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } f
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, SaekitError } from '../errors.js';
 import { makeDirs } from '../io/source.js';
-import { AUXK_VARIANTS, MAX_DEAD_THRESHOLD, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
+import { AUXK_VARIANTS, MAX_BETA1, MAX_BETA2, MAX_DEAD_THRESHOLD, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 /** The decay schedules and b_dec initialisations (the CLI checks against the same lists). */
@@ -99,7 +99,11 @@ export interface TrainerOptions {
    * ones divided by s).
    */
   normalize?: 'none' | 'expected-norm';
-  /** Batches used to estimate the normalisation scale. Default 4. */
+  /**
+   * Batches used to estimate the normalisation scale. Default 4. They are held (float32 copies)
+   * until they are trained on, the first steps of the run, so normalizeBatches x batchSize x dIn x
+   * 4 bytes may be at most 2 GiB when normalizeBatches > 1 (SAELens' 1000 batches of 4096 rows at dIn 768 would be 12.6 GB).
+   */
   normalizeBatches?: number;
   /** Shuffle the source. Default true. */
   shuffle?: boolean;
@@ -308,12 +312,22 @@ export function learningRate(step: number, total: number, base: number, warmup: 
 
 /**
  * The geometric median of rows x [n, d] (the point minimising the sum of Euclidean distances),
- * by Weiszfeld's iterations from the mean, in float64.
+ * in float64: Weiszfeld's iterations from the mean, with Vardi and Zhang's step where the
+ * estimate sits on data rows (plain Weiszfeld stalls at such a row even where it is not the
+ * median, e.g. when the mean is one of the rows). `maxIter` (default 200) bounds the iterations;
+ * they stop once a step moves less than `tol` (default 1e-7) times the rows' mean distance to
+ * their mean.
  */
 export function geometricMedian(x: Float32Array, d: number, options: { maxIter?: number; tol?: number } = {}): Float64Array {
-  checkOptions('options', options, ['maxIter', 'tol']);
+  if (!(x instanceof Float32Array)) throw argError('x', 'a Float32Array of rows [n, d]', x);
+  checkInt('d', d, 1, Number.MAX_SAFE_INTEGER);
+  if (x.length === 0 || x.length % d !== 0) {
+    throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected x to hold n >= 1 rows of d = ${d} values but its length ${x.length} is ${x.length === 0 ? 'zero' : `not a multiple of ${d}`}`);
+  }
+  const o = checkOptions('options', options, ['maxIter', 'tol']);
+  const maxIter = o.maxIter === undefined ? 200 : checkInt('options.maxIter', o.maxIter, 1, 1 << 30);
+  const relTol = o.tol === undefined ? 1e-7 : checkNumber('options.tol', o.tol, 0, 1);
   const n = x.length / d;
-  const maxIter = options.maxIter ?? 200;
   const y = new Float64Array(d);
   for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) y[j]! += x[i * d + j]! / n;
   let scale = 0;
@@ -322,29 +336,53 @@ export function geometricMedian(x: Float32Array, d: number, options: { maxIter?:
     for (let j = 0; j < d; j++) s += (x[i * d + j]! - y[j]!) ** 2;
     scale += Math.sqrt(s) / n;
   }
-  const tol = (options.tol ?? 1e-7) * Math.max(scale, 1e-30);
+  if (!Number.isFinite(scale)) throw new SaekitError('ERR_SAEKIT_NONFINITE', 'Expected finite values in x for the geometric median');
+  if (scale === 0) return y; // every row is the same point
+  const tol = relTol * scale;
+  const same = 1e-12 * scale; // rows nearer than this are at the estimate
   const num = new Float64Array(d);
+  const pull = new Float64Array(d);
   for (let it = 0; it < maxIter; it++) {
     num.fill(0);
+    pull.fill(0);
     let den = 0;
+    let at = 0; // rows at the estimate
     for (let i = 0; i < n; i++) {
       let s = 0;
       for (let j = 0; j < d; j++) s += (x[i * d + j]! - y[j]!) ** 2;
-      // A point at the current estimate gets a bounded weight (the standard guard).
-      const w = 1 / Math.max(Math.sqrt(s), 1e-12 * Math.max(scale, 1e-30));
+      const dist = Math.sqrt(s);
+      if (dist <= same) {
+        at++;
+        continue;
+      }
+      const w = 1 / dist;
       den += w;
-      for (let j = 0; j < d; j++) num[j]! += w * x[i * d + j]!;
+      for (let j = 0; j < d; j++) {
+        num[j]! += w * x[i * d + j]!;
+        pull[j]! += w * (x[i * d + j]! - y[j]!);
+      }
     }
+    if (den === 0) break; // all rows at the estimate
+    // Vardi-Zhang: with `at` rows at y, the step to the Weiszfeld point T is shortened by
+    // gamma = min(1, at / |sum of unit vectors to the other rows|); y is optimal when that
+    // norm is at most `at` (gamma 1: no move).
+    let r = 0;
+    for (let j = 0; j < d; j++) r += pull[j]! ** 2;
+    r = Math.sqrt(r);
+    const gamma = at === 0 ? 0 : r === 0 ? 1 : Math.min(1, at / r);
     let move = 0;
     for (let j = 0; j < d; j++) {
-      const next = num[j]! / den;
+      const next = (1 - gamma) * (num[j]! / den) + gamma * y[j]!;
       move += (next - y[j]!) ** 2;
       y[j] = next;
     }
-    if (Math.sqrt(move) < tol) break;
+    if (Math.sqrt(move) <= tol) break;
   }
   return y;
 }
+
+/** The most bytes normalize: 'expected-norm' holds for its estimate (options.normalizeBatches). */
+const NORMALIZE_HOLD_BYTES = 2 ** 31;
 
 /** Trains one SparseAutoencoder; see the module comment for the defaults. */
 export class Trainer {
@@ -369,13 +407,16 @@ export class Trainer {
         );
       }
     }
+    if (o.lr !== undefined && o.lr !== 'auto' && !(typeof o.lr === 'number' && o.lr >= 0 && o.lr <= 10)) {
+      throw argError('options.lr', "'auto' or a finite number >= 0 and <= 10", o.lr);
+    }
     const r: ResolvedTrainerOptions = {
       batchSize: o.batchSize === undefined ? DEFAULTS.batchSize : checkInt('options.batchSize', o.batchSize, 2, 1 << 24),
       totalTokens: o.totalTokens === undefined ? undefined : checkInt('options.totalTokens', o.totalTokens, 1, Number.MAX_SAFE_INTEGER),
       epochs: o.epochs === undefined ? undefined : checkInt('options.epochs', o.epochs, 1, 1 << 30),
-      lr: o.lr === undefined || o.lr === 'auto' ? 2e-4 / Math.sqrt(sae.numLatents / 2 ** 14) : checkNumber('options.lr', o.lr, 0, 10),
-      beta1: o.beta1 === undefined ? DEFAULTS.beta1 : checkNumber('options.beta1', o.beta1, 0, 0.999999),
-      beta2: o.beta2 === undefined ? DEFAULTS.beta2 : checkNumber('options.beta2', o.beta2, 0, 0.99999999),
+      lr: o.lr === undefined || o.lr === 'auto' ? 2e-4 / Math.sqrt(sae.numLatents / 2 ** 14) : o.lr,
+      beta1: o.beta1 === undefined ? DEFAULTS.beta1 : checkNumber('options.beta1', o.beta1, 0, MAX_BETA1),
+      beta2: o.beta2 === undefined ? DEFAULTS.beta2 : checkNumber('options.beta2', o.beta2, 0, MAX_BETA2),
       eps: o.eps === undefined ? DEFAULTS.eps : checkNumber('options.eps', o.eps, 1e-30, 1),
       warmupSteps: o.warmupSteps === undefined ? DEFAULTS.warmupSteps : checkInt('options.warmupSteps', o.warmupSteps, 0, 1 << 30),
       decay: o.decay === undefined ? DEFAULTS.decay : checkOneOf('options.decay', o.decay, DECAYS),
@@ -390,6 +431,13 @@ export class Trainer {
       shuffle: o.shuffle === undefined ? DEFAULTS.shuffle : checkBool('options.shuffle', o.shuffle),
       seed: o.seed === undefined ? DEFAULTS.seed : checkInt('options.seed', o.seed, 0, Number.MAX_SAFE_INTEGER),
     };
+    if (r.normalize === 'expected-norm' && r.normalizeBatches > 1 && r.normalizeBatches * r.batchSize * sae.dIn * 4 > NORMALIZE_HOLD_BYTES) {
+      const most = Math.max(1, Math.floor(NORMALIZE_HOLD_BYTES / (r.batchSize * sae.dIn * 4)));
+      throw new SaekitError(
+        'ERR_SAEKIT_ARG',
+        `Expected options.normalizeBatches of at most ${most} at batchSize ${r.batchSize} and dIn ${sae.dIn} (the estimate holds its batches until they are trained on, at most 2 GiB) but received ${r.normalizeBatches}`,
+      );
+    }
     if (r.totalTokens !== undefined && r.epochs !== undefined) {
       throw new SaekitError('ERR_SAEKIT_ARG', 'Expected one of options.totalTokens and options.epochs but received both');
     }
@@ -578,20 +626,21 @@ export class Trainer {
               : 'Expected the source to produce a whole batch (of at least 2 rows) but it produced none',
           );
         }
-        if (o.normalize === 'expected-norm') scale = normScale(first, this.sae.dIn);
+        const s = o.normalize === 'expected-norm' ? normScale(first, this.sae.dIn) : 1;
         await this.sae._checkTrainable(); // before any weight changes (b_dec's init, the scale)
         const w0 = await this.sae.weights();
-        if (scale !== 1) {
+        if (s !== 1) {
           // Training runs on s·x: the same model there has its biases times s (the inverse of the
           // fold at the end; a no-op for a new SAE's zero biases).
-          this.sae.setWeights({ b_enc: w0.b_enc.map((v) => v * scale), b_dec: w0.b_dec.map((v) => v * scale) });
+          this.sae.setWeights({ b_enc: w0.b_enc.map((v) => v * s), b_dec: w0.b_dec.map((v) => v * s) });
         }
+        // Only now is there a scale to fold back (a run refused before this leaves the biases alone).
+        scale = s;
         const x0 = scaled(first[0]!.data, scale);
         // b_dec still all zero (a new SAE, or a run stopped before its first batch), or bDecInit
-        // given for this Trainer's first run; a trained b_dec is kept.
-        const initBDec = o.bDecInit !== 'zeros' && (w0.b_dec.every((v) => v === 0) || (this.bDecInitGiven && !continuing));
-        if (initBDec) {
-          const b = o.bDecInit === 'mean' ? columnMean(x0, this.sae.dIn) : geometricMedian(x0, this.sae.dIn);
+        // given for this Trainer's first run (explicit 'zeros' clears it); a trained b_dec is kept.
+        if (w0.b_dec.every((v) => v === 0) || (this.bDecInitGiven && !continuing)) {
+          const b = o.bDecInit === 'zeros' ? new Float32Array(this.sae.dIn) : o.bDecInit === 'mean' ? columnMean(x0, this.sae.dIn) : geometricMedian(x0, this.sae.dIn);
           this.sae.setWeights({ b_dec: Float32Array.from(b) });
         }
         pending.push(...first);
