@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 
 import { ops, tensor } from '../lib/index.js';
 import { packageRoot } from '../lib/native/index.js';
+import { haveDist } from './helpers/child.js';
 import { lcg, randomMatrix } from './helpers/reference.js';
 
 const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'worker-matmul.mjs');
@@ -114,6 +115,66 @@ describe('I/O threads (file reads and row gathers)', () => {
       one();`;
     const r = spawnSync(process.execPath, ['-e', script, packageRoot], { encoding: 'utf8', timeout: 120_000 });
     expect({ status: r.status, signal: r.signal, out: r.stdout.trim(), err: r.stderr.trim().slice(0, 300) }).toEqual({ status: 0, signal: null, out: 'done', err: '' });
+  });
+
+  it('workers terminated while reads fill their external (allocHost) arrays end cleanly: the arrays outlive the reads', () => {
+    // As above, into arrays from allocHost (2 MiB and up: native memory behind an external
+    // ArrayBuffer, as the mixing buffer and recycled batches are). Node frees such memory in a
+    // cleanup hook of the worker's env, before the env's own teardown waits for its reads: the
+    // reads wrote into freed memory (SIGSEGV in 3 of 3 runs of a 20-worker repro).
+    const script = `
+      const fs = require('node:fs'), os = require('node:os'), path = require('node:path');
+      const { Worker } = require('node:worker_threads');
+      require(process.argv[1] + '/node_modules/node-gyp-build')(process.argv[1]); // the main thread holds the addon
+      const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'saekit-io-')), 'x.bin');
+      fs.writeFileSync(file, Buffer.alloc(8 << 20, 1));
+      let left = 8;
+      function one() {
+        const w = new Worker(\`
+          const { workerData, parentPort } = require('node:worker_threads');
+          const fs = require('node:fs');
+          const b = require(workerData.root + '/node_modules/node-gyp-build')(workerData.root);
+          const fd = fs.openSync(workerData.file, 'r');
+          const slots = Uint32Array.from({ length: 2048 }, (_, i) => (i * 7) % 2048);
+          for (let i = 0; i < 200; i++) {
+            const dst = new Float32Array(b.allocHost(8 << 20));
+            b.readRows(fd, 0, 2 << 20, 'float32', dst, 0);
+            b.readRowsToSlots(fd, 0, 2048, 1024, 'float32', new Float32Array(b.allocHost(8 << 20)), slots, 0);
+            b.gatherRows(dst, slots, 0, 2048, new Float32Array(b.allocHost(8 << 20)), 0, 1024);
+          }
+          parentPort.postMessage('queued');\`, { eval: true, workerData: { root: process.argv[1], file } });
+        w.once('message', () => setTimeout(() => w.terminate(), left % 4));
+        w.once('exit', () => { if (--left > 0) one(); else console.log('done'); });
+      }
+      one();`;
+    const r = spawnSync(process.execPath, ['-e', script, packageRoot], { encoding: 'utf8', timeout: 120_000 });
+    expect({ status: r.status, signal: r.signal, out: r.stdout.trim(), err: r.stderr.trim().slice(0, 300) }).toEqual({ status: 0, signal: null, out: 'done', err: '' });
+  });
+
+  it.runIf(process.platform === 'linux' && haveDist)('the addon stays loaded after the only worker that used it (for reads alone) ends: its I/O threads live on', () => {
+    // Node unloads an addon when the last env that loaded it ends. The I/O threads outlive every
+    // env, so unloading it unmapped their code (SIGSEGV in 4 of 10 runs of 30 such workers): the
+    // addon pins itself when it loads, not only when the op executor starts.
+    const script = `
+      const fs = require('node:fs'), os = require('node:os'), path = require('node:path');
+      const { Worker } = require('node:worker_threads');
+      const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'saekit-io-')), 'x.bin');
+      const w = new Worker(\`
+        const { workerData } = require('node:worker_threads');
+        import(workerData.root + '/dist/index.js').then(async (sk) => {
+          const npy = workerData.file + '.npy';
+          await sk.io.writeNpy(npy, { dtype: 'float32', shape: [256, 64], data: new Float32Array(256 * 64) });
+          const src = await sk.openActivations(npy);
+          for await (const b of src.batches({ batchSize: 64 })) {} // in order: no op of the executor's
+          await src.close();
+        });\`,
+        { eval: true, workerData: { root: process.argv[1], file } });
+      w.once('exit', (code) => {
+        const maps = fs.readFileSync('/proc/self/maps', 'utf8');
+        console.log(code, maps.includes('saekit.node') ? 'mapped' : 'unmapped');
+      });`;
+    const r = spawnSync(process.execPath, ['-e', script, packageRoot], { encoding: 'utf8', timeout: 60_000 });
+    expect({ status: r.status, signal: r.signal, out: r.stdout.trim(), err: r.stderr.trim().slice(0, 300) }).toEqual({ status: 0, signal: null, out: '0 mapped', err: '' });
   });
 
   it('a shuffled pass over a file gives the same rows with SAEKIT_IO_THREADS 1, 3 and the default', () => {

@@ -95,16 +95,26 @@ class Executor {
   std::thread thread_;
 };
 
+}  // namespace
+
+void pin_library() {
+  static const bool pinned = [] {
+    Dl_info self{};
+    return dladdr(reinterpret_cast<void*>(&executor_submit), &self) != 0 && self.dli_fname != nullptr &&
+           dlopen(self.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE) != nullptr;
+  }();
+  (void)pinned;
+}
+
+namespace {
+
 // Created on first use and never destroyed: the thread serves every env for the life of the
 // process (an addon is never unloaded while worker threads may still use it).
 Executor& executor() {
   static Executor* e = [] {
-    // Never unloaded: Node dlcloses an addon when the last environment that loaded it ends (a
-    // worker, when the main thread never loaded saekit). That would unmap the executor thread's
-    // code and the exit handler below, and OpenBLAS's destructor hung joining its threads there.
-    Dl_info self{};
-    if (dladdr(reinterpret_cast<void*>(&executor_submit), &self) != 0 && self.dli_fname != nullptr)
-      (void)dlopen(self.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+    // Never unloaded (pin_library): unmapping would take the executor thread's code and the exit
+    // handler below, and OpenBLAS's destructor hung joining its threads there.
+    pin_library();
     auto* ex = new Executor();
     // Registered after the addon and its libraries were loaded, so it runs before their
     // destructors (OpenBLAS's among them). One second covers an op of a training loop. glibc's

@@ -19,5 +19,10 @@ ExecutorStats executor_stats();
 // The status the process is exiting with, as the runtime reported it (process 'exit' event): used
 // if an op is still running at exit and the exit has to cut it short (see executor.cpp).
 void executor_note_exit_code(int code);
+// Keeps the addon loaded for the life of the process (RTLD_NODELETE; idempotent). Node dlcloses an
+// addon when the last environment that loaded it ends (a worker, when the main thread never
+// loaded saekit), which would unmap the code of threads that outlive every env: the executor,
+// the I/O pool (napi/async.cpp) and the exit handler. Called when an env loads the addon.
+void pin_library();
 
 }  // namespace sk

@@ -136,6 +136,7 @@ void free_env_data(Napi::Env, EnvData* d) {
 }  // namespace
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
+  pin_library();  // before any thread of the addon starts (an env that only reads starts the I/O pool)
   auto* data = new EnvData();
   data->dispatch = open_dispatcher(env);
   Napi::Function ctor = NativeTensor::define(env);

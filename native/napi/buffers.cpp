@@ -4,6 +4,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 #include "../core/aligned_memory.h"
 #include "../core/error.h"
@@ -29,12 +31,29 @@ struct ExternalFin {
 thread_local void* t_creating = nullptr;
 thread_local bool t_refused = false;
 
+// Memory that jobs are using (HostUse), by ArrayBuffer data pointer: how many uses, and the
+// finalizer deferred until the last one ends.
+struct InUse {
+  int uses = 0;
+  ExternalFin* deferred = nullptr;
+};
+std::mutex g_use_mu;
+std::unordered_map<const void*, InUse> g_in_use;
+
 void external_fin(napi_env env, void* data, void* hint) {
   auto* f = static_cast<ExternalFin*>(hint);
   if (data != nullptr && data == t_creating) {  // refused during creation: the data stays the caller's
     t_refused = true;
     delete f;
     return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_use_mu);
+    auto it = g_in_use.find(data);
+    if (it != g_in_use.end()) {  // a job still uses the memory: the last HostUse frees it
+      it->second.deferred = f;
+      return;
+    }
   }
   napi_finalize fin = f->fin;
   void* h = f->hint;
@@ -60,6 +79,33 @@ napi_value external_arraybuffer(napi_env env, void* data, size_t bytes, napi_fin
     napi_get_and_clear_last_exception(env, &ignored);
   }
   return nullptr;
+}
+
+HostUse::HostUse(const Napi::TypedArray& a) {
+  void* data = nullptr;
+  size_t offset = 0;
+  if (napi_get_typedarray_info(a.Env(), a, nullptr, nullptr, &data, nullptr, &offset) != napi_ok)
+    throw Error(ErrorCode::Arg, "could not read a TypedArray's memory");
+  base_ = static_cast<const uint8_t*>(data) - offset;
+  std::lock_guard<std::mutex> lock(g_use_mu);
+  ++g_in_use[base_].uses;
+}
+
+HostUse::~HostUse() {
+  ExternalFin* deferred = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_use_mu);
+    auto it = g_in_use.find(base_);
+    if (it == g_in_use.end() || --it->second.uses > 0) return;
+    deferred = it->second.deferred;
+    g_in_use.erase(it);
+  }
+  if (deferred != nullptr) {
+    napi_finalize fin = deferred->fin;
+    void* hint = deferred->hint;
+    delete deferred;
+    fin(nullptr, const_cast<void*>(base_), hint);
+  }
 }
 
 Napi::Value HostArray::to_js(Napi::Env env, napi_typedarray_type type, size_t length) {

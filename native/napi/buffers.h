@@ -30,7 +30,26 @@ class HostArray {
 // forbid external buffers, and Node 20 refuses any over 4 GiB (buffer.constants.MAX_LENGTH),
 // calling the finalizer at once and leaving an exception pending. On nullptr `data` is still the
 // caller's (`fin` has not freed it and never will) and no exception is pending.
+// `fin` may run on any thread, after its env is gone, with env nullptr (see HostUse): it must only
+// free memory.
 napi_value external_arraybuffer(napi_env env, void* data, size_t bytes, napi_finalize fin, void* hint);
+
+// Keeps the memory of a typed array alive while a job off the JS thread reads or writes it, even
+// past its ArrayBuffer's finalizer: env teardown (a worker ending or terminated) frees external
+// buffers in cleanup hooks that run before the env's own teardown waits for its jobs, and a
+// finalizer that runs while a HostUse of its memory exists is deferred until the last one is
+// destroyed (on the job's thread). Create it on the JS thread while the array is referenced;
+// destroy it once the job no longer touches the memory. Costs a lock and a map entry.
+class HostUse {
+ public:
+  explicit HostUse(const Napi::TypedArray& a);
+  ~HostUse();
+  HostUse(const HostUse&) = delete;
+  HostUse& operator=(const HostUse&) = delete;
+
+ private:
+  const void* base_;  // the ArrayBuffer's data: what external_arraybuffer's finalizer is given
+};
 
 // A copy of a Float32Array's contents in native memory (for jobs that read it off-thread).
 std::shared_ptr<HostArray> copy_typed_array(const Napi::TypedArray& a);

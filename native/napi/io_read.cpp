@@ -244,10 +244,13 @@ struct ReadJob {
 
 // Queues `job` on the I/O threads; the Promise resolves to whether a value was non-finite. dst
 // stays referenced until then.
-Napi::Promise queue_read(Napi::Env env, std::shared_ptr<ReadJob> job, Napi::Value dst) {
+// The work holds a HostUse of dst's memory: at a worker's teardown dst's finalizer can run while
+// the job writes (see HostUse), and the work is destroyed on the I/O thread once it has run.
+Napi::Promise queue_read(Napi::Env env, std::shared_ptr<ReadJob> job, Napi::TypedArray dst) {
   auto keep = std::make_shared<JsKeep>(env, std::initializer_list<Napi::Value>{dst});
+  auto use = std::make_shared<HostUse>(dst);
   return queue_io_job(
-      env, [job] { job->run(); },
+      env, [job, use] { job->run(); },
       [job, keep](Napi::Env e) -> Napi::Value { return Napi::Boolean::New(e, job->non_finite_); });
 }
 
@@ -386,7 +389,8 @@ Napi::Value gather_rows(const Napi::CallbackInfo& info) {
   job->dst_ = dst.Data() + at;
   job->d_ = d;
   auto keep = std::make_shared<JsKeep>(env, std::initializer_list<Napi::Value>{src, dst});
-  return queue_io_job(env, [job] { job->run(); }, [job, keep](Napi::Env e) -> Napi::Value { return e.Undefined(); });
+  auto uses = std::make_shared<std::pair<HostUse, HostUse>>(src, dst);  // as in queue_read
+  return queue_io_job(env, [job, uses] { job->run(); }, [job, keep](Napi::Env e) -> Napi::Value { return e.Undefined(); });
 }
 
 // The blocks allocHost handed out that are still alive (start -> bytes reserved), so that
