@@ -295,6 +295,29 @@ describe('evaluate: closed forms and invariances', () => {
     }
   });
 
+  it('l1 has the same bits for any batch split of the same codes (1, 2, 3, 7, 64, 1000), mixed magnitudes', async () => {
+    // A lossless 2-d SAE, x = relu(x) - relu(-x) with k = 2: each row's codes are |x_0| and |x_1|
+    // exactly (products by 1 and 0), whatever the GEMM, so the codes do not depend on the split.
+    // Entries of 1e6 and 1e-6 scale make a per-batch partial sum round differently from the
+    // row-by-row total (it did: 4 distinct l1 values over these batch sizes).
+    const { ctx, next } = freshRng(12);
+    const W_dec = Float32Array.from([1, 0, 0, 1, -1, 0, 0, -1]);
+    const W_enc = Float32Array.from([1, 0, -1, 0, 0, 1, 0, -1]);
+    using sae = SparseAutoencoder.fromWeights({ W_enc, b_enc: new Float32Array(4), W_dec, b_dec: new Float32Array(2) }, { k: 2 });
+    const rows = 1000;
+    const x = Float32Array.from({ length: 2 * rows }, () => (next() < 0.5 ? -1 : 1) * (0.1 + next()) * 10 ** (next() < 0.3 ? 6 : -6));
+    // The reference: a float64 sum in token order of each row's |x_0| + |x_1|.
+    let want = 0;
+    for (let r = 0; r < rows; r++) want += Math.abs(x[2 * r]!) + Math.abs(x[2 * r + 1]!);
+    want /= rows;
+    for (const batchSize of [1, 2, 3, 7, 64, 1000]) {
+      const got = await evaluate(sae, fromArray(x, 2), { batchSize, geometry: false });
+      expect(got.mse, `${ctx}, batchSize ${batchSize}`).toBe(0);
+      expect(got.l0, `${ctx}, batchSize ${batchSize}`).toBe(2);
+      expect(got.l1, `${ctx}, batchSize ${batchSize}`).toBe(want);
+    }
+  });
+
   it('a source that reuses one batch array (recycle: true, no hand-back) gives the same result as the array itself', async () => {
     const seed = freshSeed(13);
     const next = lcg(seed);
@@ -391,12 +414,30 @@ describe('evaluate: edge cases', () => {
     expect(r.mse).toBe(ref.mse);
   });
 
-  it('inputs without spread give FVU and EV NaN (not Infinity); a NaN input is a named error', async () => {
+  it('inputs without spread give FVU and EV NaN (not Infinity), the per-batch compat variants -Infinity, Infinity and NaN; relative_reconstruction_bias NaN or Infinity at 0/0 or x/0; a NaN input is a named error', async () => {
     using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 4 });
     const r = await evaluate(sae, fromArray(new Float32Array(10 * dIn).fill(0.5), dIn), { geometry: false });
     expect(r.fvu).toBeNaN();
     expect(r.explained_variance).toBeNaN();
     expect(Number.isFinite(r.mse)).toBe(true);
+    // The per-batch compat variants divide by the batch's spread unguarded (as upstream): with
+    // an inexact reconstruction legacy EV is -Infinity and sparsify's FVU Infinity, while
+    // dictionary_learning's centred residual has no spread either: 0/0, NaN (the module doc said
+    // +-Infinity).
+    const c = await evaluate(sae, fromArray(new Float32Array(10 * dIn).fill(0.5), dIn), { compat: true, geometry: false });
+    expect(c.mse).toBeGreaterThan(0);
+    expect(c.compat!.explained_variance_legacy).toBe(-Infinity);
+    expect(c.compat!.fvu_sparsify).toBe(Infinity);
+    expect(c.compat!.frac_variance_explained_dictionary_learning).toBeNaN();
+    // relative_reconstruction_bias: NaN when x_hat is 0 on every token (codes all zero, b_dec 0),
+    // Infinity when sum <x, x_hat> is 0 but x_hat is not (b_dec orthogonal to every row).
+    const y = Float32Array.from({ length: 10 * dIn }, (_, i) => (i % dIn === 0 ? 0 : Math.sin(i)));
+    const w = { W_enc: new Float32Array(dIn * L).fill(1), b_enc: new Float32Array(L).fill(-1e6), W_dec: new Float32Array(L * dIn).fill(1), b_dec: new Float32Array(dIn) };
+    using dead = SparseAutoencoder.fromWeights(w, { k });
+    expect((await evaluate(dead, fromArray(y, dIn), { geometry: false })).relative_reconstruction_bias).toBeNaN();
+    w.b_dec[0] = 1;
+    using orth = SparseAutoencoder.fromWeights(w, { k });
+    expect((await evaluate(orth, fromArray(y, dIn), { geometry: false })).relative_reconstruction_bias).toBe(Infinity);
     const one = await evaluate(sae, fromArray(Float32Array.from({ length: dIn }, (_, i) => i), dIn), { geometry: false });
     expect(one.fvu).toBeNaN();
     const bad = customSource(dIn, undefined, async function* () {

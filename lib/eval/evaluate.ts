@@ -54,9 +54,13 @@
  *   The per-batch variants use batches of `batchSize` rows (the cut last batch its own rows, each
  *   batch counting once; a batch of one row, without spread, is left out) and so depend on the
  *   batch size by definition. As upstream, they divide by the batch's spread without a guard:
- *   a batch of several identical rows (no spread) makes them +-Infinity (or NaN when the
- *   reconstruction is exact), where `fvu` and `explained_variance` are NaN only for data with no
- *   spread at all; likewise `relative_reconstruction_bias` is Infinity when every <x, x_hat> is 0.
+ *   a batch of several identical rows (no spread) makes `explained_variance_legacy` -Infinity
+ *   and `fvu_sparsify` Infinity (both NaN when the reconstruction is exact), and
+ *   `frac_variance_explained_dictionary_learning` NaN: its residual is centred, and identical
+ *   rows' residuals have no spread either (0/0; -Infinity should their reconstructions differ in
+ *   the last bit). `fvu` and `explained_variance` are NaN only for data with no spread at all.
+ *   Likewise `relative_reconstruction_bias` is Infinity when sum_t <x, x_hat> is 0 and some x_hat
+ *   is not 0, and NaN when x_hat is 0 on every token (0/0).
  *   - `mse_saebench` is not reported: upstream divides each token's squared error by the token
  *     count of its model batch (prompts x context), which has no counterpart here; it equals
  *     `mse / tokensPerBatch`.
@@ -275,24 +279,23 @@ class Accumulator {
     }
     const { values, indices, k } = codes;
     const fired = this.fired;
+    // Each row's L1 goes straight into the total, as every per-token sum does, so the total
+    // does not depend on the batch split (a per-batch partial sum rounded differently). The L0
+    // counts are integers: exact in any order.
     let l0 = 0;
-    let l1 = 0;
     for (let r = 0; r < rows; r++) {
-      let rl0 = 0;
       let rl1 = 0;
       for (let p = r * k; p < (r + 1) * k; p++) {
         const v = values[p]!;
         if (v !== 0) {
-          rl0++;
+          l0++;
           rl1 += Math.abs(v);
           fired[indices[p]!]!++;
         }
       }
-      l0 += rl0;
-      l1 += rl1;
+      this.l1 += rl1;
     }
     this.l0 += l0;
-    this.l1 += l1;
     this.tokens = n;
   }
 
