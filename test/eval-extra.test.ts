@@ -267,6 +267,48 @@ describe('sparseProbe', () => {
     }
   });
 
+  it('uses all 64 bits of the seed: its split is mulberry32 seeded with lo XOR fmix32(hi) (seeds below 2^32 unchanged)', () => {
+    // One-hot features, latent j = example j: a latent's train |mean_pos - mean_neg| is > 0 iff
+    // its example is in the train split, so the probe on every latent ranks the test examples
+    // last, in index order (ties: lower index first), and its latents show the split.
+    const n = 40;
+    const labels = Uint8Array.from({ length: n }, (_, i) => i % 2);
+    const features = Float32Array.from({ length: n * n }, (_, i) => (i % (n + 1) === 0 ? 1 : 0));
+    const nTest = Math.round(n * 0.25);
+    // The reference: the documented state, mulberry32 and Fisher-Yates, written out here.
+    const fmix32 = (h: number) => {
+      h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) >>> 0;
+      h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) >>> 0;
+      return (h ^ (h >>> 16)) >>> 0;
+    };
+    const testSplit = (seed: bigint) => {
+      let a = (Number(seed & 0xffffffffn) ^ fmix32(Number(seed >> 32n))) >>> 0;
+      const rnd = () => {
+        a = (a + 0x6d2b79f5) >>> 0;
+        let t = Math.imul(a ^ (a >>> 15), a | 1);
+        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+      };
+      const order = Array.from({ length: n }, (_, i) => i);
+      for (let i = n - 1; i > 0; i--) {
+        const j = Math.floor(rnd() * (i + 1));
+        [order[i], order[j]] = [order[j]!, order[i]!];
+      }
+      return order.slice(0, nTest).sort((x, y) => x - y);
+    };
+    const seeds = [0n, 1n, 5n, 2n ** 32n - 1n, 2n ** 32n, 2n ** 32n + 1n, 2n ** 53n - 1n, 2n ** 63n, 2n ** 64n - 1n, BigInt(Date.now())];
+    const splits = new Set<string>();
+    for (const seed of seeds) {
+      const r = sparseProbe(features, labels, { m: n, k: [n], testFraction: 0.25, seed }).results[0]!;
+      const want = testSplit(seed);
+      expect(r.latents.slice(n - nTest), `seed ${seed}`).toEqual(want);
+      splits.add(want.join());
+    }
+    // 0, 2^32 and 2^63 were one split (only the low 32 bits were read); a number and a bigint agree.
+    expect(splits.size).toBe(seeds.length);
+    expect(sparseProbe(features, labels, { m: n, k: [n], testFraction: 0.25, seed: 2 ** 40 + 3 })).toEqual(sparseProbe(features, labels, { m: n, k: [n], testFraction: 0.25, seed: 2n ** 40n + 3n }));
+  });
+
   it('fits the L2 logistic regression to its optimum (gradient ~ 0, strictly lower objective than nearby points)', () => {
     const next = lcg(61);
     const g = gaussian(next);

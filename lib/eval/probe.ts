@@ -3,7 +3,10 @@
  *
  * Definitions:
  * - Split: the n examples are shuffled with a seeded Fisher-Yates shuffle (mulberry32 generator)
- *   and the first round(n * testFraction) become the test split (default testFraction 0.2).
+ *   and the first round(n * testFraction) become the test split (default testFraction 0.2). The
+ *   generator's 32-bit state is the seed's low 32 bits XOR murmur3's fmix32 of its high 32 bits
+ *   (a bijection with fmix32(0) = 0, so a seed below 2^32 is the state itself). Seeds that differ
+ *   in one word only give different states; a 32-bit state cannot tell all 2^64 seeds apart.
  * - Ranking: latents are ranked by |mean_pos - mean_neg| on the train split only (ties: lower
  *   index first); the probe for k uses the top k.
  * - Probe: the k features are standardised with train mean and population std (a constant feature
@@ -33,8 +36,8 @@ export interface SparseProbeOptions {
   k?: number[];
   /** Fraction of examples in the test split. Default 0.2. */
   testFraction?: number;
-  /** Shuffle seed. Default 0. */
-  seed?: number;
+  /** Shuffle seed: a non-negative safe integer or a bigint below 2^64, all 64 bits used (see the module comment). Default 0. */
+  seed?: number | bigint;
   /** Inverse L2 strength as in sklearn. Default 1. */
   C?: number;
   /** Standardise the selected features before fitting (default true); false: raw activations, as SAEBench. */
@@ -65,6 +68,18 @@ export interface LogisticFit {
   b: number;
   /** Newton iterations used. */
   iterations: number;
+}
+
+/**
+ * mulberry32's state for a seed below 2^64: the low word XOR fmix32(high word) (murmur3's
+ * finaliser, a bijection with fmix32(0) = 0, so seeds below 2^32 keep the state they always had).
+ */
+function seedState(seed: bigint): number {
+  let h = Number(seed >> 32n);
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  h ^= h >>> 16;
+  return (Number(seed & 0xffffffffn) ^ h) >>> 0;
 }
 
 /** A 32-bit seeded PRNG in [0, 1). */
@@ -228,7 +243,7 @@ export function sparseProbe(features: Float32Array, labels: Uint8Array, options:
   if (typeof testFraction !== 'number' || !(testFraction > 0 && testFraction < 1)) {
     throw argError('options.testFraction', 'a number strictly between 0 and 1', opts.testFraction);
   }
-  const seed = Number(checkSeed('options.seed', opts.seed ?? 0) & 0xffffffffn);
+  const seed = seedState(checkSeed('options.seed', opts.seed ?? 0));
   const C = opts.C ?? 1;
   if (typeof C !== 'number' || !(C > 0) || !Number.isFinite(C)) throw argError('options.C', 'a positive finite number', opts.C);
   const standardize = opts.standardize === undefined ? true : checkBool('options.standardize', opts.standardize);
