@@ -89,6 +89,72 @@ describe('MDL description length', () => {
     for (const c of a.compat!) expect(c.bitsPerToken).toBeCloseTo(a.bernoulliBits, 9);
   });
 
+  it('a lossless SAE (unquantised MSE 0) meets the default bound: 1e-7 x the mean ||x||^2, not 1.01 x 0', async () => {
+    // x = relu(x) - relu(-x) with k = dIn = 2: the codes are |x| and the reconstruction exact, so
+    // only float32 round-off of the quantised values is left, which 1.01 x 0 (+ 1e-30) never met.
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const W_dec = Float32Array.from([1, 0, 0, 1, -1, 0, 0, -1]);
+    const W_enc = Float32Array.from([1, 0, -1, 0, 0, 1, 0, -1]);
+    using sae = SparseAutoencoder.fromWeights({ W_enc, b_enc: new Float32Array(4), W_dec, b_dec: new Float32Array(2) }, { k: 2 });
+    const rows = 300;
+    const x = Float32Array.from({ length: 2 * rows }, () => (next() - 0.5) * 10 ** Math.floor(next() * 7 - 3));
+    let sumSq = 0;
+    for (const v of x) sumSq += v * v;
+    const r = await descriptionLength(sae, fromArray(x, 2), { batchSize: 64 });
+    expect(r.mseUnquantized, `seed ${seed}`).toBe(0);
+    expect(Math.abs(r.mseBound - (1e-7 * sumSq) / rows), `seed ${seed}`).toBeLessThanOrEqual(1e-12 * r.mseBound);
+    expect(r.mse, `seed ${seed}`).toBeLessThanOrEqual(r.mseBound);
+    expect(r.precision, `seed ${seed}`).toBeGreaterThan(0);
+    expect(r.bitsPerToken, `seed ${seed}`).toBeCloseTo(r.bernoulliBits + r.valueBits, 12);
+  });
+
+  it('a bound met only by a coarser width than the finest (the MSE is not monotone in the width) is found, not refused', async () => {
+    // W_dec = 0.8 I and every row X e_d: each code is X, quantised at width X 2^-j to
+    // X (1 + 2^-(j+1)), decoded to 0.8 X (1 + 2^-(j+1)). The squared error is X^2 (0.2 - 0.4 2^-j)^2:
+    // 0.04 X^2 unquantised and at j = 0 or 30, 0 (to float32 rounding) at j = 1. A bound of
+    // 0.02 X^2 is met at X / 2, the coarsest power of two that meets it; only j = 30 was tried, and
+    // the bound was called "below what any quantisation reaches".
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const dIn = 3;
+    const X = Math.fround(0.5 + next() * 100);
+    const eye = (s: number) => Float32Array.from({ length: dIn * dIn }, (_, i) => (i % (dIn + 1) === 0 ? s : 0));
+    using sae = SparseAutoencoder.fromWeights({ W_enc: eye(1), b_enc: new Float32Array(dIn), W_dec: eye(0.8), b_dec: new Float32Array(dIn) }, { k: 1 });
+    const rows = 50;
+    const x = new Float32Array(rows * dIn);
+    for (let r = 0; r < rows; r++) x[r * dIn + Math.floor(next() * dIn)] = X;
+    const r = await descriptionLength(sae, fromArray(x, dIn), { mseBound: 0.02 * X * X });
+    const err0 = X - Math.fround(Math.fround(0.8) * X);
+    expect(Math.abs(r.mseUnquantized - err0 * err0), `seed ${seed}, X ${X}`).toBeLessThanOrEqual(1e-12 * X * X);
+    expect(r.precision, `seed ${seed}, X ${X}`).toBe(X / 2);
+    expect(r.mse, `seed ${seed}, X ${X}`).toBeLessThanOrEqual(1e-12 * X * X);
+  });
+
+  it('a bound no width meets: the error names the bound given (or the default), and says which widths were tried', async () => {
+    // A stub SAE whose decode is exact for its own codes and off by 1 in every entry otherwise:
+    // unquantised MSE 0, every quantised width dIn.
+    const dIn = 2;
+    const own = new WeakSet<Float32Array>();
+    const stub = {
+      dIn,
+      numLatents: 3,
+      k: 1,
+      encode: async (x: Float32Array) => {
+        const rows = x.length / dIn;
+        const values = Float32Array.from({ length: rows }, (_, i) => 1 + (i % 3));
+        own.add(values);
+        return { rows, numLatents: 3, k: 1, values, indices: Int32Array.from({ length: rows }, (_, i) => i % 3), x };
+      },
+      decode: async (c: { values: Float32Array; x: Float32Array }) => Float32Array.from(c.x, (v) => (own.has(c.values) ? v : v + 1)),
+    };
+    const x = Float32Array.from({ length: 20 * dIn }, (_, i) => (i % 7) / 4 - 0.75); // x + 1 exact in float32
+    await expect(descriptionLength(stub as never, fromArray(x, dIn))).rejects.toThrow(
+      /^The default mseBound, max\(1\.01 x the unquantised MSE, 1e-7 x the mean \|\|x\|\|\^2\) = [-\d.e]+, is not met by any bin width tried \(vmax x 2\^-j for j = 0\.\.30, vmax = 3\): the lowest MSE among them is 2, at width 3; the unquantised MSE is 0$/,
+    );
+    await expect(descriptionLength(stub as never, fromArray(x, dIn), { mseBound: 1.5 })).rejects.toThrow(/^options\.mseBound = 1\.5 is not met by any bin width tried .*lowest MSE among them is 2\b/);
+  });
+
   it('rejects bad options and impossible bounds', async () => {
     using sae = SparseAutoencoder.create({ dIn: 5, numLatents: 9, k: 2, seed: 1 });
     const x = Float32Array.from({ length: 50 }, (_, i) => Math.sin(i));

@@ -7,7 +7,8 @@
  *
  * with p_i the fraction of tokens on which latent i is active, and q_i its value quantised to
  * bins of one global width (the precision). The precision is found by bisection on log width: a
- * coarse width whose reconstruction MSE, decoding the quantised codes, stays within `mseBound`.
+ * coarse width whose reconstruction MSE, decoding the quantised codes, stays within `mseBound`
+ * (default max(1.01 x the unquantised MSE, 1e-7 x the mean ||x||^2)).
  * `compat` adds SAEBench's variant (per-latent bins on [0, max(100, max_i)], entropy over all
  * tokens with zeros in bin 0, validity sqrt(MSE)/dIn < 0.01), labelled. Its bits per token are
  * SAEBench's; its validity check is not quite: the MSE here decodes inactive latents as 0, while
@@ -18,7 +19,10 @@
  *
  * The paper form's precision comes from bisection, which assumes the MSE rises with the bin
  * width; it need not (on untrained SAEs widths several times coarser also met the bound), so the
- * width found is a coarse one within the bound, not always the coarsest.
+ * width found is a coarse one within the bound, not always the coarsest. For the same reason,
+ * when the finest width tried (vmax x 2^-30) misses the bound, the powers of two vmax x 2^-j
+ * between are tried, and bisection starts from the coarsest of them that meets it; if none does,
+ * the error gives the lowest MSE they reach.
  */
 import type { ActivationSource } from '../data/types.js';
 import { argError, SaekitError } from '../errors.js';
@@ -34,7 +38,11 @@ export interface DescriptionLengthOptions {
   maxTokens?: number;
   /** Rows per batch. Default 4096. */
   batchSize?: number;
-  /** The distortion bound: MSE (mean over tokens of the squared error summed over dIn). Default: 1% above the unquantised MSE. */
+  /**
+   * The distortion bound: MSE (mean over tokens of the squared error summed over dIn). Default:
+   * 1% above the unquantised MSE, and at least 1e-7 x the mean ||x||^2 (the float32 round-off of
+   * a lossless SAE, MSE 0, is met by no width).
+   */
   mseBound?: number;
   /** Also compute SAEBench's variant (labelled). */
   compat?: boolean;
@@ -151,12 +159,21 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
   let vmax = 0;
   for (const c of codes) for (const v of c.values) if (v > vmax) vmax = v;
   const mse0 = await mseOf(sae, xs, codes);
-  const bound = o.mseBound ?? mse0 * 1.01 + 1e-30;
+  let sumSq = 0;
+  for (const x of xs) for (const v of x) sumSq += v * v;
+  // The default bound: 1% above the unquantised MSE, and at least 1e-7 of the mean ||x||^2. A
+  // lossless SAE (mse0 0) needs the floor: no width meets 1.01 x 0, as the quantised values and
+  // the decode are rounded to float32 (each entry of x_hat off by up to about (k + 1) 2^-24 of
+  // the terms summed: an MSE up to about (k 2^-24)^2 mean ||x||^2, 2e-10 of it at k = 256).
+  // 1e-7 mean ||x||^2, an RMS error of 3e-4 ||x||, is far above that round-off, and at most 1%
+  // of the MSE of an SAE with FVU >= 1e-3 on data whose mean ||x||^2 is <= 100 x its variance.
+  const bound = o.mseBound ?? Math.max(mse0 * 1.01, 1e-7 * (sumSq / tokens));
+  const boundName = o.mseBound === undefined ? `The default mseBound, max(1.01 x the unquantised MSE, 1e-7 x the mean ||x||^2) = ${bound},` : `options.mseBound = ${bound}`;
   let delta = vmax > 0 ? vmax : 1;
   let mse = vmax > 0 ? await mseOf(sae, xs, codes.map((c) => quantised(c, delta))) : mse0;
   if (vmax === 0 && mse0 > bound) {
     // No code is nonzero: no quantisation changes anything, so the bound cannot be met.
-    throw new SaekitError('ERR_SAEKIT_ARG', `options.mseBound = ${bound} is below what any quantisation reaches (${mse0}: every code is zero); the unquantised MSE is ${mse0}`);
+    throw new SaekitError('ERR_SAEKIT_ARG', `${boundName} is below what any quantisation reaches (${mse0}: every code is zero); the unquantised MSE is ${mse0}`);
   }
   if (vmax > 0 && mse > bound) {
     // Bisection on log width between a width that meets the bound and one that does not.
@@ -165,7 +182,22 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
     let best = Math.exp(lo);
     let bestMse = await mseOf(sae, xs, codes.map((c) => quantised(c, best)));
     if (bestMse > bound) {
-      throw new SaekitError('ERR_SAEKIT_ARG', `options.mseBound = ${bound} is below what any quantisation reaches (${bestMse}); the unquantised MSE is ${mse0}`);
+      // The MSE need not rise with the width (a coarser bin's midpoint can land nearer x than
+      // the value itself), so before giving up try the powers of two between, coarsest first.
+      let minMse = Math.min(mse, bestMse);
+      let minWidth = mse <= bestMse ? vmax : best;
+      for (let j = 1; j < 30 && bestMse > bound; j++) {
+        const w = vmax * 2 ** -j;
+        const m = await mseOf(sae, xs, codes.map((c) => quantised(c, w)));
+        if (m < minMse) [minMse, minWidth] = [m, w];
+        if (m <= bound) [best, bestMse, lo, hi] = [w, m, Math.log(w), Math.log(2 * w)];
+      }
+      if (bestMse > bound) {
+        throw new SaekitError(
+          'ERR_SAEKIT_ARG',
+          `${boundName} is not met by any bin width tried (vmax x 2^-j for j = 0..30, vmax = ${vmax}): the lowest MSE among them is ${minMse}, at width ${minWidth}; the unquantised MSE is ${mse0}`,
+        );
+      }
     }
     for (let it = 0; it < 24; it++) {
       const mid = (lo + hi) / 2;
