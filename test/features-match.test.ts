@@ -272,6 +272,17 @@ describe('match: threshold and validation', () => {
     await bad(() => match(c, { nA: 2, nB: 3, threshold: NaN }), 'ERR_SAEKIT_ARG', /options\.threshold/);
     await bad(() => match(Float64Array.from([0, NaN, 0, 0, 0, 0]), { nA: 2, nB: 3 }), 'ERR_SAEKIT_NONFINITE', /corr\[1\]/);
   });
+  it('a plain matrix needs nA and nB: the call without them does not compile and is refused at run time', async () => {
+    const c = new Float32Array(4);
+    // The @ts-expect-error lines are checked by `npm run typecheck`: they fail it if the call compiles.
+    // @ts-expect-error options (nA, nB) are required with a plain matrix
+    await expect(match(c)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/an options object with nA and nB for options/) });
+    // @ts-expect-error nB is required with a plain matrix
+    await expect(match(c, { nA: 2, method: 'argmax' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.nB/) });
+    // @ts-expect-error nA is required with a plain matrix
+    await expect(match(new Float64Array(4), {})).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.nA/) });
+    expect((await match(c, { nA: 2, nB: 2, method: 'argmax' })).bToA.length).toBe(2);
+  });
 });
 
 /** A random permutation of 0..n-1. */

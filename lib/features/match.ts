@@ -77,8 +77,11 @@ const SAE_MATCH_OPTIONS = optionNames<SaeMatchOptions>({ fold: true, encoder: tr
 
 /**
  * Pairs features of A (rows of `corr`, [nA, nB] row-major) with features of B (columns), or
- * of a correlation() result (see the module comment).
+ * of a correlation() result (see the module comment). A plain matrix needs options.nA and
+ * options.nB; a correlation() result carries them.
  */
+export function match(result: CorrelationResult, options?: MatchOptions): Promise<MatchResult>;
+export function match(corr: Float32Array | Float64Array, options: MatchOptions & { nA: number; nB: number }): Promise<MatchResult>;
 export async function match(corr: Float32Array | Float64Array | CorrelationResult, options?: MatchOptions): Promise<MatchResult> {
   const site = new Error();
   const isResult = corr !== null && typeof corr === 'object' && 'mode' in corr && (corr.mode === 'full' || corr.mode === 'top');
