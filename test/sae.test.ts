@@ -815,6 +815,20 @@ describe('SparseAutoencoder input validation', () => {
     await rejects(() => SparseAutoencoder.fromWeights(w, { k: L + 1 }), 'ERR_SAEKIT_ARG');
   });
 
+  it('fromWeights needs k for a TopK SAE: the call without it does not compile and is refused at run time', async () => {
+    const w = randomWeights(dIn, L, lcg(1));
+    // The @ts-expect-error lines are checked by `npm run typecheck`: they fail it if the call compiles.
+    // @ts-expect-error k is required with the default architecture 'topk'
+    await rejects(() => SparseAutoencoder.fromWeights(w, {}), 'ERR_SAEKIT_ARG', /for options\.k but received undefined/);
+    // @ts-expect-error k is required with architecture 'topk'
+    await rejects(() => SparseAutoencoder.fromWeights(w, { architecture: 'topk', device: 'cpu' }), 'ERR_SAEKIT_ARG', /for options\.k but received undefined/);
+    const arch = 'topk' as 'topk' | 'jumprelu';
+    // @ts-expect-error an architecture that may be 'topk' needs k too
+    await rejects(() => SparseAutoencoder.fromWeights(w, { architecture: arch }), 'ERR_SAEKIT_ARG', /for options\.k but received undefined/);
+    using jump = SparseAutoencoder.fromWeights({ ...w, threshold: new Float32Array(L) }, { architecture: 'jumprelu' });
+    expect(jump.k).toBe(0);
+  });
+
   it('rejects x whose length is not a multiple of dIn', async () => {
     using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, lcg(2)), { k });
     const x = new Float32Array(2 * dIn + 1);

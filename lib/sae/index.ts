@@ -59,18 +59,32 @@ export interface SaeWeights {
 /** Activation functions. */
 export type Architecture = 'topk' | 'jumprelu';
 
-/** Options of fromWeights(). */
-export interface FromWeightsOptions extends PlacementOptions {
-  /** Active latents per row (TopK). */
-  k?: number;
-  /**
-   * 'topk' (default) or 'jumprelu': `f = ReLU(z) 1[z > threshold]` with weights.threshold; a
-   * JumpReLU SAE encodes and decodes (training it comes later).
-   */
-  architecture?: Architecture;
+/** Options of fromWeights() that both architectures take. */
+export interface FromWeightsCommonOptions extends PlacementOptions {
   /** Whether the encoder sees `x - b_dec` (SAELens apply_b_dec_to_input). Default true (false for Gemma Scope). */
   applyBDecToInput?: boolean;
 }
+
+/**
+ * Options of fromWeights(): a TopK SAE (the default architecture) needs `k`; a JumpReLU SAE
+ * (`architecture: 'jumprelu'`) takes none.
+ */
+export type FromWeightsOptions = FromWeightsCommonOptions &
+  (
+    | {
+        /** 'topk' (default). */
+        architecture?: 'topk';
+        /** Active latents per row, in 1..numLatents. Required. */
+        k: number;
+      }
+    | {
+        /**
+         * 'jumprelu': `f = ReLU(z) 1[z > threshold]` with weights.threshold; a JumpReLU SAE
+         * encodes and decodes (training it comes later).
+         */
+        architecture: 'jumprelu';
+      }
+  );
 
 /**
  * Rows of activations: a Float32Array of rows * dIn values, or a float32 Tensor [rows, dIn] on
@@ -195,7 +209,9 @@ const optimizers = new WeakMap<SparseAutoencoder, Set<WeakRef<AdamOptimizer>>>()
 
 const PLACEMENT_OPTIONS = optionNames<PlacementOptions>({ device: true, precision: true });
 const CREATE_OPTIONS = optionNames<CreateOptions>({ dIn: true, numLatents: true, k: true, seed: true, device: true, precision: true });
-const FROM_WEIGHTS_OPTIONS = optionNames<FromWeightsOptions>({ k: true, architecture: true, applyBDecToInput: true, device: true, precision: true });
+/** Every option of fromWeights(), as its checks read them. */
+type AnyFromWeightsOptions = FromWeightsCommonOptions & { k?: number; architecture?: Architecture };
+const FROM_WEIGHTS_OPTIONS = optionNames<AnyFromWeightsOptions>({ k: true, architecture: true, applyBDecToInput: true, device: true, precision: true });
 const WRITE_SAE_OPTIONS = optionNames<WriteSaeOptions>({ format: true, dtype: true, metadata: true });
 const ADAM_OPTIONS = optionNames<AdamOptions>({ lr: true, beta1: true, beta2: true, eps: true });
 const STEP_OPTIONS = optionNames<StepOptions>({ lr: true, auxkAlpha: true, auxkVariant: true, deadThresholdTokens: true });
@@ -345,7 +361,8 @@ export class SparseAutoencoder {
   /**
    * An SAE from weights in the SAELens orientation: Float32Arrays (copied) or float32 Tensors
    * (read in queue order). Lengths are checked against dIn = b_dec.length and
-   * numLatents = b_enc.length; errors name the weight.
+   * numLatents = b_enc.length; errors name the weight. A TopK SAE (the default) needs options.k;
+   * a JumpReLU SAE (options.architecture 'jumprelu') needs weights.threshold and no k.
    */
   static fromWeights(
     weights: { W_enc: Float32Array | Tensor; b_enc: Float32Array | Tensor; W_dec: Float32Array | Tensor; b_dec: Float32Array | Tensor; threshold?: Float32Array },
@@ -364,7 +381,7 @@ export class SparseAutoencoder {
     const numLatents = size(weights.b_enc);
     if (dIn < 1) throw argError('b_dec', 'a non-empty array of length dIn', weights.b_dec, 'ERR_SAEKIT_SHAPE');
     if (numLatents < 1) throw argError('b_enc', 'a non-empty array of length numLatents', weights.b_enc, 'ERR_SAEKIT_SHAPE');
-    const o = checkOptions('options', options, FROM_WEIGHTS_OPTIONS);
+    const o = checkOptions<AnyFromWeightsOptions>('options', options, FROM_WEIGHTS_OPTIONS);
     const architecture = o.architecture === undefined ? 'topk' : checkOneOf('options.architecture', o.architecture, ['topk', 'jumprelu'] as const);
     const applyBDec = o.applyBDecToInput === undefined ? true : checkBool('options.applyBDecToInput', o.applyBDecToInput);
     const placement = placementOf(o);
@@ -393,13 +410,12 @@ export class SparseAutoencoder {
     // Loaded on first use: the file formats are not needed to train or encode.
     const { readSaeFiles } = await import('../io/sae-files.js');
     const { config, weights } = await readSaeFiles(pathOrDir);
-    return SparseAutoencoder.fromWeights(weights, {
-      k: config.k,
-      architecture: config.architecture,
-      applyBDecToInput: config.applyBDecToInput,
-      device: o.device,
-      precision: o.precision,
-    });
+    const common = { applyBDecToInput: config.applyBDecToInput, device: o.device, precision: o.precision };
+    // readSaeFiles sets k for every TopK file.
+    return SparseAutoencoder.fromWeights(
+      weights,
+      config.architecture === 'jumprelu' ? { architecture: 'jumprelu', ...common } : { k: config.k as number, ...common },
+    );
   }
 
   /**
