@@ -81,6 +81,15 @@ describe('saekit CLI', () => {
     expect(r.stderr).toMatch(/unknown command/);
   });
 
+  it('compare --help: hungarian\'s matrix limit is --max-bytes, not a fixed 1 GiB', () => {
+    const r = run(['compare', '--help']);
+    expect(r.status, r.stderr).toBe(0);
+    const help = r.stdout.replace(/\s+/g, ' ');
+    expect(help).toMatch(/--method <m> argmax, mutual or hungarian \(hungarian needs the full correlation matrix, nA x nB x 4 bytes, within --max-bytes;/);
+    expect(help).not.toMatch(/at most 1 GiB/);
+    expect(help).toMatch(/--max-bytes <n> largest full correlation matrix \(nA x nB x 4 bytes, default 1 GiB\)/);
+  });
+
   it('--version prints the package version', () => {
     const version = execFileSync(process.execPath, ['--import', 'tsx', cli, '--version'], { cwd: packageRoot, encoding: 'utf8' });
     expect(version.trim()).toMatch(/^\d+\.\d+\.\d+/);

@@ -228,7 +228,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
     }
     process.stderr.write(`correlating ${a.numLatents} x ${b.numLatents} features (${f.kind}) over up to ${f.maxTokens.toLocaleString('en-US')} tokens\n`);
     const progress = new TokenProgress('correlating', Math.min(f.maxTokens, srcA.numRows ?? Infinity));
-    // The full matrix when it fits in the default 1 GiB, else top matches (enough for 'argmax'
+    // The full matrix when it fits in --max-bytes (default 1 GiB), else top matches (enough for 'argmax'
     // and 'mutual'); 'hungarian' needs the matrix, so it asks for it and fails before reading data.
     const c = await correlation({ sae: a, source: srcA }, { sae: b, ...(srcB ? { source: srcB } : {}) }, {
       kind: f.kind,
