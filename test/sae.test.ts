@@ -877,6 +877,30 @@ describe('SparseAutoencoder input validation', () => {
     await rejects(() => SparseAutoencoder.fromWeights({ ...w, b_dec: new Float32Array(dIn - 1) }, { k }), 'ERR_SAEKIT_SHAPE', /\b(b_dec|W_enc|W_dec)\b/);
   });
 
+  it('decode refuses codes whose length is not rows * k (they were reshaped to length / rows codes a row)', async () => {
+    const seed = freshSeed(9);
+    const next = lcg(seed);
+    const w = randomWeights(dIn, L, next);
+    using sae = SparseAutoencoder.fromWeights(w, { k });
+    const random = (n: number) => ({
+      values: Float32Array.from({ length: n }, () => next() * 2),
+      indices: Int32Array.from({ length: n }, () => Math.floor(next() * L)),
+    });
+    // 1 row, k = 2, 6 values: decoded as one row of 6 codes before.
+    const six = random(6);
+    await rejects(() => sae.decode({ ...six, rows: 1, numLatents: L, k: 2 }), 'ERR_SAEKIT_SHAPE', /Expected length codes\.rows \* codes\.k = 1 \* 2 = 2 for codes\.values but received a Float32Array of length 6/);
+    // 3 rows, k = 2, 6 values of which k = 3 was claimed
+    await rejects(() => sae.decode({ ...six, rows: 3, numLatents: L, k: 3 }), 'ERR_SAEKIT_SHAPE', /codes\.rows \* codes\.k = 3 \* 3 = 9 for codes\.values/);
+    await rejects(() => sae.decode({ ...six, rows: 3, numLatents: L, k: 0 }), 'ERR_SAEKIT_ARG', /for codes\.k but received 0/);
+    await rejects(() => sae.decode({ ...six, rows: 3, numLatents: L, k: 2.5 }), 'ERR_SAEKIT_ARG', /for codes\.k but received 2\.5/);
+    // Consistent codes decode as the float64 reference; without k (plain JS), length / rows codes a row.
+    const rows = 3;
+    const c = random(rows * 2);
+    const ref = R.refDecode(w, { k: 2, idx: c.indices, val: c.values }, rows, dIn);
+    within(await sae.decode({ ...c, rows, numLatents: L, k: 2 }), ref.xhat, ref.bound, 'decode with k', `seed ${seed}`);
+    within(await sae.decode({ ...c, rows, numLatents: L, k: undefined as unknown as number }), ref.xhat, ref.bound, 'decode without k', `seed ${seed}`);
+  });
+
   it('rejects use after dispose', async () => {
     const sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, lcg(6)), { k });
     const opt = sae.adam({ lr: 1e-3 });

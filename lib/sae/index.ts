@@ -479,12 +479,24 @@ export class SparseAutoencoder {
     return { rows: r.values.length / r.k, numLatents: this.numLatents, k: r.k, values: r.values, indices: r.indices };
   }
 
-  /** Reconstructions `b_dec + sum values W_dec[indices]` of codes (any k per row), [rows * dIn]. */
+  /**
+   * Reconstructions `b_dec + sum values W_dec[indices]` of codes (any k per row), [rows * dIn].
+   * Each row has values.length / rows codes; when codes.k is given (encode() gives it),
+   * values.length must be rows * k.
+   */
   async decode(codes: SparseCodes): Promise<Float32Array> {
     const site = new Error();
     if (codes === null || typeof codes !== 'object') throw argError('codes', 'SparseCodes', codes);
     if (codes.numLatents !== undefined && codes.numLatents !== this.numLatents) {
       throw argError('codes.numLatents', `${this.numLatents}`, codes.numLatents, 'ERR_SAEKIT_SHAPE');
+    }
+    if (codes.k !== undefined) {
+      // The addon takes values.length / rows codes a row: a k that disagrees would reshape them.
+      const k = checkInt('codes.k', codes.k, 1, 2 ** 31 - 1);
+      const { values, rows } = codes as { values: unknown; rows: unknown };
+      if (values instanceof Float32Array && typeof rows === 'number' && values.length !== rows * k) {
+        throw argError('codes.values', `length codes.rows * codes.k = ${rows} * ${k} = ${rows * k}`, values, 'ERR_SAEKIT_SHAPE');
+      }
     }
     return settleNative(afterPlacement(this, callNative(() => this.handle().decode(codes.values, codes.indices, codes.rows))), site);
   }
