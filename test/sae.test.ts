@@ -445,6 +445,36 @@ describe('SparseAutoencoder.gradients', () => {
     for (const name of R.WEIGHT_NAMES) expect(bits(masked.grads[name]), `seed ${seed}: ${name}`).toEqual(bits(plain.grads[name]));
   });
 
+  it('alpha 0 with dead latents, or dIn < 2, gives auxkLoss = 0 and the plain gradients (the term is skipped)', async () => {
+    const c = { dIn: 33, L: 45, k: 3, rows: 7 };
+    const { seed, w, x, deadMask, ev } = drawUnambiguous(c, 4343, 5, 0.5);
+    using sae = SparseAutoencoder.fromWeights(w, { k: c.k });
+    const plain = await sae.gradients(x);
+    closeTo(plain.loss, ev.pass.fvu, ev.bounds.fvu, 'loss (the fvu alone)', `seed ${seed}`);
+    // With alpha 0.5 the same mask gives a positive term: the mask has dead latents AuxK would use.
+    expect((await sae.gradients(x, { auxk: { deadMask: deadMask!, alpha: 0.5 } })).auxkLoss, `seed ${seed}`).toBeGreaterThan(0);
+    for (const variant of ['sparsify', 'paper'] as const) {
+      const off = await sae.gradients(x, { auxk: { deadMask: deadMask!, alpha: 0, variant } });
+      expect(off.auxkLoss, `seed ${seed} ${variant}`).toBe(0);
+      expect(off.loss, `seed ${seed} ${variant}`).toBe(plain.loss);
+      for (const name of R.WEIGHT_NAMES) expect(bits(off.grads[name]), `seed ${seed} ${variant}: ${name}`).toEqual(bits(plain.grads[name]));
+    }
+    // dIn = 1: kAux = floor(1 / 2) = 0 dead latents per row, whatever the mask and alpha.
+    const one = drawUnambiguous({ dIn: 1, L: 6, k: 2, rows: 9 }, 4444, 3, 0.5);
+    using sae1 = SparseAutoencoder.fromWeights(one.w, { k: 2 });
+    const one0 = await sae1.gradients(one.x);
+    const one1 = await sae1.gradients(one.x, { auxk: { deadMask: one.deadMask!, alpha: 0.5 } });
+    expect(one1.auxkLoss, `seed ${one.seed}`).toBe(0);
+    expect(one1.loss, `seed ${one.seed}`).toBe(one0.loss);
+    // A step with auxkAlpha 0 counts the dead latents and reports auxkLoss 0.
+    const opt = sae.adam({ lr: 1e-4 });
+    await opt.step(x, { auxkAlpha: 0, deadThresholdTokens: 0 });
+    const st = await opt.step(x, { auxkAlpha: 0, deadThresholdTokens: 0 });
+    expect(st.numDead, `seed ${seed}: latents that did not fire in the first step are dead`).toBeGreaterThan(0);
+    expect(st.auxkLoss, `seed ${seed}`).toBe(0);
+    opt.dispose();
+  });
+
   for (const [nd, variant] of [[0, 'sparsify'], [2, 'sparsify'], [5, 'sparsify'], [2, 'paper'], [5, 'paper']] as const) {
     it(`matches central finite differences of the float64 loss (tiny case, dead=${nd}${nd ? `, AuxK ${variant}` : ''})`, async () => {
       const c = { dIn: 7, L: 13, k: 3, rows: 5 };

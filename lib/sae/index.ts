@@ -133,7 +133,7 @@ export type AuxKVariant = 'sparsify' | 'paper';
 export interface AuxKOptions {
   /** [numLatents] 1 where a latent counts as dead. */
   deadMask: Uint8Array;
-  /** Weight of the AuxK term in the loss. Default 1/32. */
+  /** Weight of the AuxK term in the loss. Default 1/32. 0 turns AuxK off (auxkLoss is then 0). */
   alpha?: number;
   /** Which AuxK loss. Default 'sparsify'. */
   variant?: AuxKVariant;
@@ -175,7 +175,11 @@ export interface GradientOptions {
 export interface Gradients {
   loss: number;
   fvu: number;
-  /** The AuxK term before its alpha weight (0 without dead latents). */
+  /**
+   * The AuxK term before its alpha weight. 0 where the term is not computed: without
+   * options.auxk, with alpha 0, with no dead latent in the mask, or with dIn < 2 (kAux = dIn / 2
+   * is 0).
+   */
   auxkLoss: number;
   grads: SaeWeights;
 }
@@ -232,10 +236,14 @@ export interface PrefetchOptions {
 export interface StepStats {
   loss: number;
   fvu: number;
+  /**
+   * The AuxK term before its auxkAlpha weight. 0 where the term is not computed: auxkAlpha 0,
+   * no dead latent, or dIn < 2 (kAux = dIn / 2 is 0).
+   */
   auxkLoss: number;
   /** Mean number of positive codes per row. */
   l0: number;
-  /** Dead latents used for AuxK in this step (counted before it). */
+  /** Dead latents at this step (counted before it); AuxK uses them unless auxkAlpha is 0. */
   numDead: number;
   /** Seconds spent in each phase of the step, measured natively (for profiling). */
   seconds: {

@@ -118,8 +118,10 @@ export interface StepLog {
   loss: number;
   fvu: number;
   l0: number;
+  /** Dead latents at this step (counted before it); AuxK uses them unless auxkAlpha is 0. */
   numDead: number;
   deadFraction: number;
+  /** The AuxK term before its auxkAlpha weight (0 with auxkAlpha 0, no dead latent, or dIn < 2). */
   auxkLoss: number;
   lr: number;
   tokensPerSec: number;
