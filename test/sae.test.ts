@@ -699,6 +699,44 @@ describe('AdamOptimizer.step', () => {
     await expect(sae.gradients(x.map((v) => v * 1e-7))).resolves.toMatchObject({ loss: expect.any(Number) });
   });
 
+  it('gradients that overflow on inputs of tiny scale name that cause (and a learning rate only for a step)', async () => {
+    using sae = SparseAutoencoder.create({ dIn: 8, numLatents: 16, k: 2, seed: 3 });
+    const [rows, d] = [32, 8];
+    const next = lcg(freshSeed(79));
+    // b_enc's and b_dec's gradients grow as 1 / the input scale under the FVU loss: near 1e-18 they
+    // pass the 1e18 limit (some draws just), at 1e-20 every draw does.
+    const x = Float32Array.from({ length: rows * d }, () => (next() + 0.5) * 1e-20);
+    // The RMS about the column means, in float64.
+    let tv = 0;
+    for (let c = 0; c < d; c++) {
+      let m = 0;
+      for (let r = 0; r < rows; r++) m += x[r * d + c]!;
+      m /= rows;
+      for (let r = 0; r < rows; r++) tv += (x[r * d + c]! - m) ** 2;
+    }
+    const rms = Math.sqrt(tv / (rows * d));
+    const message = async (p: Promise<unknown>): Promise<string> => {
+      const e = await p.then(() => undefined, (err: unknown) => err);
+      expect(e).toBeInstanceOf(SaekitError);
+      expect((e as SaekitError).code).toBe('ERR_SAEKIT_NONFINITE');
+      const text = (e as Error).message;
+      expect(text).toMatch(/the gradient of (b_enc\[\d+\]|b_dec\[\d+\]|latent \d+) overflowed .*the parameters were left unchanged/);
+      expect(text).toMatch(/The gradients grow as 1 \/ the scale of the inputs .*normalize the inputs \(the Trainer's normalize: 'expected-norm'\) or rescale them; otherwise check the weights/);
+      const shown = Number(/RMS about its mean is ([-+.\de]+):/.exec(text)?.[1]);
+      expect(Math.abs(shown - rms), `${text}: RMS ${rms}`).toBeLessThanOrEqual(1e-5 * rms);
+      return text;
+    };
+    // gradients() has no learning rate: the message does not suggest one.
+    expect(await message(sae.gradients(x))).not.toMatch(/learning rate/);
+    const opt = sae.adam();
+    const before = await sae.weights();
+    expect(await message(opt.step(x))).toMatch(/learning rate/);
+    expectSameBits(await sae.weights(), before, 'after the rejected step');
+    // Rescaled to unit scale, the same rows train.
+    await expect(opt.step(x.map((v) => v * 1e18))).resolves.toMatchObject({ loss: expect.any(Number) });
+    opt.dispose();
+  });
+
   it('k = numLatents and k = 1 on small odd sizes', async () => {
     await lockstep('k = L', { dIn: 7, numLatents: 13, k: 13 }, { lr: 1e-3 }, [{ rows: 5 }, { rows: 37, deadThresholdTokens: 3 }], 4);
     await lockstep('k = 1', { dIn: 7, numLatents: 13, k: 1 }, { lr: 1e-3 }, [{ rows: 5 }, { rows: 2 }, { rows: 37, deadThresholdTokens: 2 }], 5);

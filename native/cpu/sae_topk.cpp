@@ -24,6 +24,16 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
+// The end of a gradient-overflow error. The FVU divides by the batch's total variance tv, so the
+// gradients (b_dec's and b_enc's most) grow as 1 / the inputs' scale: inputs of tiny scale are
+// the likely cause. A learning rate only enters a step, through weights that earlier steps grew.
+std::string overflow_advice(double tv, int64_t N, int64_t D, bool step) {
+  return fmt("; the parameters were left unchanged. The gradients grow as 1 / the scale of the inputs (the FVU divides ",
+             "by their variance), and this batch's RMS about its mean is ", std::sqrt(tv / double(N * D)),
+             ": if that is tiny, normalize the inputs (the Trainer's normalize: 'expected-norm') or rescale them; ",
+             "otherwise check the weights", step ? " (a lower learning rate keeps steps from growing them)" : "");
+}
+
 // The encoder tile bounds (see encoder_tiling()).
 int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   const char* v = std::getenv(name);
@@ -452,7 +462,8 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
   st.loss = st.fvu + double(opt.auxk_alpha) * st.auxk;
   SK_CHECK(std::isfinite(st.loss) && std::isfinite(maxE) && std::isfinite(maxR) && std::isfinite(maxX),
            ErrorCode::NonFinite, "the loss became non-finite (fvu ", st.fvu, ", auxk ", st.auxk,
-           "); the parameters were left unchanged. Lower the learning rate or check the inputs and weights");
+           "); the parameters were left unchanged. ", adam ? "Lower the learning rate or check" : "Check",
+           " the inputs and weights");
   Clock::time_point t_bwd = Clock::now();
   st.times.decode = seconds(t_dec, t_bwd);
 
@@ -494,7 +505,7 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
       benc += std::fabs(double(e.dpre)) * maxX;
     }
     SK_CHECK(std::isfinite(s) && std::fabs(s) < kGradLimit, ErrorCode::NonFinite, "the gradient of b_enc[", l,
-             "] overflowed (", s, "); the parameters were left unchanged. Lower the learning rate or check the weights");
+             "] overflowed (", s, ")", overflow_advice(tv, N, D, adam != nullptr));
     gb_enc[size_t(l)] = float(s);
     if (!(bdec < kGradLimit && benc < kGradLimit)) suspect.push_back(int32_t(l));
   }
@@ -510,8 +521,7 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
     for (int64_t d = 0; d < D; ++d)
       SK_CHECK(std::fabs(gdec[size_t(d)]) < kGradLimit && std::fabs(genc[size_t(d)]) < kGradLimit,
                ErrorCode::NonFinite, "the gradient of latent ", l, " overflowed (W_dec ", gdec[size_t(d)], ", W_enc ",
-               genc[size_t(d)], " at column ", d, "); the parameters were left unchanged. Lower the learning rate "
-               "or check the weights");
+               genc[size_t(d)], " at column ", d, ")", overflow_advice(tv, N, D, adam != nullptr));
   }
   // db_dec = gscale sum E + hscale sum R - sum_l db_enc[l] W_encT[l] (b_dec enters x_hat, e_hat
   // and the encoder input), before any parameter changes.
@@ -536,8 +546,7 @@ StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const
   }
   for (int64_t d = 0; d < D; ++d)
     SK_CHECK(std::fabs(gb_dec[size_t(d)]) < kGradLimit, ErrorCode::NonFinite, "the gradient of b_dec[", d,
-             "] overflowed (", gb_dec[size_t(d)], "); the parameters were left unchanged. Lower the learning rate "
-             "or check the weights");
+             "] overflowed (", gb_dec[size_t(d)], ")", overflow_advice(tv, N, D, adam != nullptr));
   Clock::time_point t_upd = Clock::now();
   st.times.backward = seconds(t_bwd, t_upd);
   // Per-latent pass: the W_dec row and W_enc column gradients of latent l come from its pairs

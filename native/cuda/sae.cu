@@ -1908,13 +1908,19 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     SK_CHECK(hs[0] != kZeroVar, ErrorCode::Arg, "Expected a batch x with nonzero variance (at least two different "
              "rows) but all ", N64, " rows are identical: the FVU is undefined");
     SK_CHECK(hs[0] != kBadLoss, ErrorCode::NonFinite, "the loss became non-finite (fvu ", h.fvu, ", auxk ", h.auxk,
-             "); the parameters were left unchanged. Lower the learning rate or check the inputs and weights");
+             "); the parameters were left unchanged. Check the inputs and weights (in training, also the learning rate)");
     if (hs[0] == kBadGrad) {
       if (hs[2] != INT_MAX)
         throw Error(ErrorCode::NonFinite, fmt("the gradient of latent ", hs[2], " overflowed; the parameters were "
-                                              "left unchanged. Lower the learning rate or check the weights"));
+                                              "left unchanged. The gradients grow as 1 / the scale of the inputs (the "
+                                              "FVU divides by their variance): if the inputs are tiny, normalize them "
+                                              "(the Trainer's normalize: 'expected-norm') or rescale them; otherwise "
+                                              "check the weights (in training, also the learning rate)"));
       throw Error(ErrorCode::NonFinite, fmt("the gradient of b_dec[", hs[3], "] overflowed; the parameters were left "
-                                            "unchanged. Lower the learning rate or check the weights"));
+                                            "unchanged. The gradients grow as 1 / the scale of the inputs (the FVU "
+                                            "divides by their variance): if the inputs are tiny, normalize them (the "
+                                            "Trainer's normalize: 'expected-norm') or rescale them; otherwise check "
+                                            "the weights (in training, also the learning rate)"));
     }
     SK_CHECK(hs[0] == kGo, ErrorCode::Internal, "step: unknown device status ", hs[0]);
     if (o->want_grads) {
