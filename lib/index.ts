@@ -30,6 +30,7 @@ export {
   type SparseCodes,
   type SaeWeights,
   type Architecture,
+  type FromWeightsCommonOptions,
   type FromWeightsOptions,
   type Rows,
   type CreateOptions,
