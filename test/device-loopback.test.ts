@@ -102,7 +102,7 @@ describe('feature correlation with the co-moment GEMM on the device', () => {
     using sb = SparseAutoencoder.create({ dIn, numLatents: 29, k: 4, seed: 2 });
     for (const kind of ['dense', 'preacts'] as const) {
       const side = (sae: SparseAutoencoder) => (kind === 'dense' ? { source: src } : { sae, source: src });
-      for (const opts of [{ batchSize: 128 }, { batchSize: 100, output: 'top' as const, top: 3, maxBytes: 37 * 8 * 7 }]) {
+      for (const opts of [{ batchSize: 128 }, { batchSize: 100, output: 'top' as const, top: 3, maxBytes: 37 * 16 * 7 }]) {
         const cpu = await features.correlation(side(sa), side(sb), { kind, ...opts });
         const dev = await features.correlation(side(sa), side(sb), { kind, ...opts, device: 'cuda' });
         expect(dev).toEqual(cpu);

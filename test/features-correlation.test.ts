@@ -4,7 +4,9 @@ import { backend, fromArray, SparseAutoencoder } from '../lib/index.js';
 import { correlation, type CorrelationMatrix, type CorrelationResult, type CorrelationTop } from '../lib/features/correlation.js';
 import { match } from '../lib/features/match.js';
 import { native } from '../lib/native/index.js';
+import { distUrl, haveDist, runInChild } from './helpers/child.js';
 import { customSource, watchedSource } from './helpers/data-fixtures.js';
+import { watchGaps } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 
 function full(c: CorrelationResult): CorrelationMatrix {
@@ -373,10 +375,10 @@ describe('features.correlation: top matches through the public API', () => {
     using B = SparseAutoencoder.create({ dIn, numLatents: LB, k: 2, seed: 6 });
     const keep = (tok: number) => tok % 5 !== 1;
     const f = full(await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { kind: 'preacts', mask: keep, batchSize: 64 }));
-    // 4 columns of B per block (23 * 4 * 8 bytes): 5 passes.
+    // 4 columns of B per block (23 x 4 x 16 bytes): 5 passes.
     const seen: [number, number][] = [];
     const t = await correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, {
-      kind: 'preacts', mask: keep, batchSize: 64, maxBytes: LA * 4 * 8, top: 4, reverse: true,
+      kind: 'preacts', mask: keep, batchSize: 64, maxBytes: LA * 4 * 16, top: 4, reverse: true,
       onProgress: (tokens, passes) => void seen.push([tokens, passes]),
     });
     if (t.mode !== 'top') throw new Error('expected top mode');
@@ -449,6 +451,170 @@ describe('features.correlation: inputs and edge cases', () => {
     expect(Array.from(r.r.subarray(0, 5))).toEqual([0, 0, 0, 0, 0]);
     expect(r.constantA[1]! + r.constantA[2]!).toBe(0);
   });
+});
+
+/** Float64 Pearson r of column i of X [n, p] and column j of Y [n, q] (two-pass, centred). */
+function pearsonAt(X: Float32Array, Y: Float32Array, n: number, p: number, q: number, i: number, j: number): number {
+  let mx = 0;
+  let my = 0;
+  for (let t = 0; t < n; t++) {
+    mx += X[t * p + i]!;
+    my += Y[t * q + j]!;
+  }
+  mx /= n;
+  my /= n;
+  let sxy = 0;
+  let sxx = 0;
+  let syy = 0;
+  for (let t = 0; t < n; t++) {
+    const dx = X[t * p + i]! - mx;
+    const dy = Y[t * q + j]! - my;
+    sxy += dx * dy;
+    sxx += dx * dx;
+    syy += dy * dy;
+  }
+  return sxx > 0 && syy > 0 ? sxy / Math.sqrt(sxx * syy) : 0;
+}
+
+describe('features.correlation: the dense kinds share the JS thread and hold what maxBytes allows', () => {
+  // Synchronous, the means, centring, Chan merges, r and the top lists held the JS thread for a
+  // stretch per batch and one at the end: gaps of 0.3-0.86 s at these sizes on the 2-core
+  // development machine, a quarter to a third of the call. Sliced, 40-110 ms there (the longest
+  // piece left is tensor()'s copy of a centred 4096 x 2048 batch into native memory, 30-50 ms).
+  // The bound is event-loop-slices.test.ts's 150 ms, or a sixth of the call when that is longer:
+  // with 3 runnable threads per core (other jobs, and the BLAS threads spinning after each GEMM)
+  // every slice and the call stretch alike, and the longest gap reached 150-230 ms in 2.1-2.6 s
+  // calls.
+  // The rows come as views of one array (fromArray's first 4096 x 2048 batch held the thread
+  // ~100 ms here, before correlation() does any work).
+  const held = (x: Float32Array, d: number) =>
+    customSource(d, x.length / d, async function* (o) {
+      const step = o!.batchSize!;
+      for (let t0 = 0; t0 * d < x.length; t0 += step) {
+        const t1 = Math.min(x.length / d, t0 + step);
+        yield { rows: t1 - t0, dIn: d, data: x.subarray(t0 * d, t1 * d) };
+      }
+    });
+  const seed = Date.now() >>> 0;
+  const next = lcg(seed);
+  const rows = 4096;
+  const cases = {
+    'dense, full matrix (2048 columns)': async () => {
+      const d = 2048;
+      const x = Float32Array.from({ length: rows * d }, () => next() - 0.5);
+      const call = () => correlation({ source: held(x, d) }, {}, { kind: 'dense' });
+      return {
+        call,
+        check: (c: CorrelationResult) => {
+          const r = full(c);
+          for (let s = 0; s < 300; s++) {
+            const [i, j] = [Math.floor(next() * d), Math.floor(next() * d)];
+            expect(Math.abs(r.r[i * d + j]! - pearsonAt(x, x, rows, d, d, i, j)), `seed ${seed}: r[${i}, ${j}]`).toBeLessThan(1e-5);
+          }
+        },
+      };
+    },
+    'preacts, top matches both ways (2 x 2048 latents)': async () => {
+      const [dIn, L, k] = [64, 2048, 5];
+      const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+      const A = SparseAutoencoder.create({ dIn, numLatents: L, k: 8, seed: 1 });
+      const B = SparseAutoencoder.create({ dIn, numLatents: L, k: 8, seed: 2 });
+      const [P, Q] = [await A.preActivations(x), await B.preActivations(x)];
+      const call = () => correlation({ sae: A, source: held(x, dIn) }, { sae: B }, { kind: 'preacts', output: 'top', top: k, reverse: true });
+      return {
+        call,
+        check: (c: CorrelationResult) => {
+          A.dispose();
+          B.dispose();
+          if (c.mode !== 'top') throw new Error('expected top mode');
+          // Lists of a few features against the float64 reference over all of the other side.
+          for (const [list, get] of [[c.top, (j: number, i: number) => pearsonAt(P, Q, rows, L, L, i, j)], [c.reverse!, (i: number, j: number) => pearsonAt(P, Q, rows, L, L, i, j)]] as const) {
+            for (let s = 0; s < 4; s++) {
+              const f = Math.floor(next() * L);
+              const want = Array.from({ length: L }, (_, o) => get(f, o)).sort((u, v) => v - u);
+              for (let q = 0; q < k; q++) {
+                const got = list.r[f * k + q]!;
+                expect(Math.abs(got - want[q]!), `seed ${seed}: feature ${f}, rank ${q}`).toBeLessThan(1e-5);
+                expect(Math.abs(get(f, list.indices[f * k + q]!) - got), `seed ${seed}: feature ${f}, rank ${q}`).toBeLessThan(1e-5);
+              }
+            }
+          }
+        },
+      };
+    },
+  };
+  for (const [name, prepare] of Object.entries(cases)) {
+    it(`the event loop runs during ${name}; r matches a float64 Pearson`, async () => {
+      const { call, check } = await prepare();
+      await new Promise((r) => setTimeout(r, 5));
+      const watch = watchGaps();
+      const t0 = performance.now();
+      const c = await call();
+      const elapsed = performance.now() - t0;
+      await new Promise((r) => setTimeout(r, 5));
+      const gaps = watch.stop();
+      const longest = Math.max(...gaps);
+      expect(longest, `longest gap of a ${elapsed.toFixed(0)} ms call`).toBeLessThan(Math.max(150, elapsed / 6));
+      expect(gaps.length, `${elapsed.toFixed(0)} ms`).toBeGreaterThan(elapsed / 50);
+      check(c);
+    }, 60_000);
+  }
+
+  it.runIf(process.platform === 'linux' && haveDist)('the JS memory a dense correlation holds stays within maxBytes; full mode needs 16 bytes per entry, top mode blocks fit', () => {
+    // 2048 x 2048 features, 16 bytes per entry: the float64 co-moments (8), a batch's product in
+    // its tensor and in the copy read back (4 + 4: native memory, which arrayBuffers does not
+    // show), the float32 result in full mode (4, made after the last batch). arrayBuffers, sampled
+    // after a collection, shows the co-moments, the result and the sources' batches (2-3 MiB).
+    // Before: maxBytes 16 MiB chose the full matrix and held 3.3x that in arrayBuffers alone (the
+    // co-moments, the result from the start, a float32 copy of it); a block's co-moments also
+    // lived on beside the next block's.
+    const s = Date.now() >>> 0;
+    const script = `
+      import { features, fromArray } from ${distUrl};
+      const [n, d, batchSize] = [128, 2048, 16];
+      let s = ${s}; const next = () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s / 4294967296; };
+      const x = Float32Array.from({ length: n * d }, () => next() - 0.5);
+      const y = Float32Array.from({ length: n * d }, (_, q) => 0.5 * x[q] + next() - 0.5);
+      const pearson = (i, j) => {
+        let mx = 0, my = 0, sxy = 0, sxx = 0, syy = 0;
+        for (let t = 0; t < n; t++) { mx += x[t * d + i] / n; my += y[t * d + j] / n; }
+        for (let t = 0; t < n; t++) { const a = x[t * d + i] - mx, b = y[t * d + j] - my; sxy += a * b; sxx += a * a; syy += b * b; }
+        return sxy / Math.sqrt(sxx * syy);
+      };
+      const tick = () => new Promise((r) => setImmediate(r));
+      const out = [];
+      for (const maxBytes of [d * d * 4, d * d * 16 - 1, d * d * 16]) {
+        gc(); await tick(); gc();
+        const base = process.memoryUsage().arrayBuffers;
+        let peak = 0, passes = 0, running = true;
+        const sampler = (async () => {
+          while (running) { gc(); await tick(); peak = Math.max(peak, process.memoryUsage().arrayBuffers - base); await new Promise((r) => setTimeout(r, 2)); }
+        })();
+        const c = await features.correlation({ source: fromArray(x, d) }, { source: fromArray(y, d) }, { kind: 'dense', maxBytes, batchSize, onProgress: (_, p) => { passes = p; } });
+        running = false;
+        await sampler;
+        // Against a float64 Pearson: sampled entries (full), the best match of sampled B features (top).
+        let err = 0;
+        for (let q = 0; q < 16; q++) {
+          const j = Math.floor(next() * d);
+          if (c.mode === 'full') { const i = Math.floor(next() * d); err = Math.max(err, Math.abs(c.r[i * d + j] - pearson(i, j))); continue; }
+          let best = -Infinity;
+          for (let i = 0; i < d; i++) best = Math.max(best, pearson(i, j));
+          err = Math.max(err, Math.abs(c.top.r[j * c.top.k] - best), Math.abs(pearson(c.top.indices[j * c.top.k], j) - c.top.r[j * c.top.k]));
+        }
+        out.push({ maxBytes, mode: c.mode, passes, peak, err });
+      }
+      console.log(JSON.stringify(out));`;
+    const runs = JSON.parse(runInChild(script, ['--expose-gc'])) as { maxBytes: number; mode: string; passes: number; peak: number; err: number }[];
+    const d = 2048;
+    for (const r of runs) {
+      const shown = (r.mode === 'full' ? 12 : 8) / 16;
+      expect(r.peak, `seed ${s}: maxBytes ${r.maxBytes} (${r.maxBytes / (d * d)} bytes per entry), ${r.mode}`).toBeLessThanOrEqual(shown * r.maxBytes + 4 * 2 ** 20);
+      expect(r.err, `seed ${s}: maxBytes ${r.maxBytes}`).toBeLessThan(1e-5);
+    }
+    // Full mode from 16 bytes per entry; below, column blocks of floor(maxBytes / (2048 x 16)).
+    expect(runs.map((r) => [r.mode, r.passes]), `seed ${s}`).toEqual([['top', 4], ['top', 2], ['full', 1]]);
+  }, 120_000);
 });
 
 describe('match from top lists that hold every A feature', () => {

@@ -218,12 +218,13 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
         `Expected --data and --data-b to hold the same tokens (aligned one by one) but ${f.data} has ${srcA.numRows} rows and ${f.dataB} has ${srcB.numRows}`,
       );
     }
-    const matrixBytes = a.numLatents * b.numLatents * 4;
+    // What the library's full mode holds: the float32 matrix (codes), 16 bytes per entry (preacts).
+    const matrixBytes = a.numLatents * b.numLatents * (f.kind === 'preacts' ? 16 : 4);
     const maxBytes = f.maxBytes ?? 2 ** 30;
     if (f.method === 'hungarian' && matrixBytes > maxBytes) {
       throw new SaekitError(
         'ERR_SAEKIT_MEMORY',
-        `--method hungarian needs the full ${a.numLatents} x ${b.numLatents} correlation matrix (${matrixBytes} bytes), over --max-bytes ${maxBytes}; raise --max-bytes or use --method argmax or mutual (they work from top matches)`,
+        `--method hungarian needs the full ${a.numLatents} x ${b.numLatents} correlation matrix (${matrixBytes} bytes${f.kind === 'preacts' ? ' with --kind preacts: 16 per entry' : ''}), over --max-bytes ${maxBytes}; raise --max-bytes or use --method argmax or mutual (they work from top matches)`,
       );
     }
     process.stderr.write(`correlating ${a.numLatents} x ${b.numLatents} features (${f.kind}) over up to ${f.maxTokens.toLocaleString('en-US')} tokens\n`);

@@ -598,7 +598,7 @@ export function buildProgram(): Command {
     .option('--threshold <r>', 'drop matched pairs with correlation below this', num('threshold', -1, 1, false), 0.1)
     .option('--top <n>', 'for --method mutual: best buddies within the top n', num('top', 1, 1 << 20), 1)
     .option('--max-tokens <n>', 'tokens to correlate over', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 100_000)
-    .option('--max-bytes <n>', 'largest full correlation matrix (nA x nB x 4 bytes, default 1 GiB); beyond it argmax and mutual use top matches per feature', num('max-bytes', 1, Number.MAX_SAFE_INTEGER))
+    .option('--max-bytes <n>', 'largest full correlation matrix (nA x nB x 4 bytes, with --kind preacts nA x nB x 16, default 1 GiB); beyond it argmax and mutual use top matches per feature', num('max-bytes', 1, Number.MAX_SAFE_INTEGER))
     .option('--runs <n>', 'shuffled baselines for the p-values', num('runs', 1, 100000), 20)
     .option('--max-pairs <n>', `SVCCA and RSA use a random subsample of at most this many matched pairs (RSA is O(n^2) in time and memory; reported as similarity_pairs)`, num('max-pairs', 3, 30_000), DEFAULT_MAX_PAIRS)
     .option('--on-non-finite <policy>', `${NON_FINITE_HELP} (skip only with one --data: two sources must stay aligned)`, oneOf('on-non-finite', ['error', 'skip'] as const), 'error')

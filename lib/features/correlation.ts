@@ -17,17 +17,23 @@
  *   T tokens (the sums' own rounding error; 9e-10 at 10^6 tokens) is taken as constant (a
  *   coefficient of variation under about 1e-6 to 3e-5). Kind 'preacts' centres per batch and has
  *   neither limit.
- * - kind 'preacts' / 'dense': dense features (pre-activations, or raw activations such as
- *   neurons). Each batch's centred co-moment (x - mean_b)^T (y - mean_b) is one float32 GEMM;
- *   batches merge with Chan's formula in float64, so a column with mean 50 and std 0.01 over a
- *   million rows still gives r to 1e-4. When the matrix is over `maxBytes`, B's features are
- *   taken in column blocks whose float64 moments fit in maxBytes, one pass over the data per
- *   block (sources are re-iterable), keeping only top matches.
+ * - kind 'preacts' / 'dense': dense features (the SAEs' pre-activations, see preActivations(),
+ *   or raw activations such as neurons). Each batch's centred co-moment (x - mean_b)^T (y -
+ *   mean_b) is one float32 GEMM; batches merge with Chan's formula in float64, so a column with
+ *   mean 50 and std 0.01 over a million rows still gives r to 1e-4. These kinds hold 16 bytes
+ *   per entry of the nA x nB matrix: the float64 co-moments (8), each batch's float32 product in
+ *   its tensor and in the copy read back (4 + 4), and in full mode the float32 result (4), made
+ *   after the last batch in the product's place. When nA x nB x 16 bytes are over `maxBytes`,
+ *   B's features are taken in column blocks of nA x w x 16 bytes within maxBytes, one pass over
+ *   the data per block (sources are re-iterable), keeping only top matches. The JS work (means,
+ *   centring, the merges, r and the top lists) runs in ~20 ms slices between turns of the event
+ *   loop.
  *
- * Output (`output`): the full float32 matrix r when nA x nB x 4 bytes fit in `maxBytes`
- * ('auto', the default, or 'full', which otherwise throws ERR_SAEKIT_MEMORY); otherwise (or with
- * 'top') only the top matches: for every B feature its `top` best A features by r (and with
- * `reverse` for every A feature its best B features), best first, ties to the lower index.
+ * Output (`output`): the full float32 matrix r when it fits in `maxBytes` (kind 'codes': nA x nB
+ * x 4 bytes; the dense kinds: nA x nB x 16, see above) ('auto', the default, or 'full', which
+ * otherwise throws ERR_SAEKIT_MEMORY); otherwise (or with 'top') only the top matches: for every
+ * B feature its `top` best A features by r (and with `reverse` for every A feature its best B
+ * features), best first, ties to the lower index.
  *
  * A feature constant over the sample gets r = 0 and is flagged in the masks (for codes: variance
  * <= max(1e-12, 4 T eps) of the raw second moment over T tokens). Kind 'codes' gives identical bits for any batch size and
@@ -42,6 +48,7 @@ import type { SparseAutoencoder } from '../sae/index.js';
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import { tensor, type Device } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
+import { due, pause } from './similarity.js';
 import { checkBool, checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 /** Options of correlation(). */
@@ -54,7 +61,12 @@ export interface CorrelationOptions {
   batchSize?: number;
   /** Per token (global index): false excludes it from both sides (padding, BOS). */
   mask?: (token: number) => boolean;
-  /** Largest correlation matrix returned (float32 bytes); also the budget of a dense column block. Default 1 GiB. */
+  /**
+   * Memory for the nA x nB matrix. Kind 'codes': the largest full float32 result (nA x nB x 4
+   * bytes). Kinds 'preacts' / 'dense': what they hold per entry, 16 bytes (float64 co-moments,
+   * each batch's float32 product and its copy, the float32 result), for the full matrix or for
+   * each column block of top mode; the batches are not counted. Default 1 GiB.
+   */
   maxBytes?: number;
   /**
    * 'auto' (default): the full matrix if it fits in maxBytes, else top matches; 'full': the full
@@ -82,6 +94,14 @@ export interface CorrelationOptions {
 const CORRELATION_OPTIONS = optionNames<CorrelationOptions>({
   kind: true, maxTokens: true, batchSize: true, mask: true, maxBytes: true, output: true, top: true, reverse: true, device: true, onProgress: true,
 });
+
+/**
+ * Bytes a dense correlation ('preacts', 'dense') holds per entry of the matrix, or of a column
+ * block: the float64 co-moments (8) and each batch's float32 product, in its tensor and in the
+ * copy read back (4 + 4); in full mode the float32 result (4) is made after the last batch, when
+ * no batch's product is referenced any more. The batches themselves are not counted.
+ */
+const DENSE_ENTRY_BYTES = 16;
 
 /** One side of correlation(): an SAE (except for kind 'dense') and the rows it reads. */
 export interface CorrelationSide {
@@ -292,9 +312,11 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   for (const [side, s, d] of [['a', a, dA], ['b', b, dB]] as const) {
     if (s?.sae && s.sae.dIn !== d) throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected ${side}.sae.dIn = ${d} (its source's) but it is ${s.sae.dIn}`);
   }
-  const fits = nA * nB * 4 <= maxBytes;
+  const entryBytes = kind === 'codes' ? 4 : DENSE_ENTRY_BYTES;
+  const fits = nA * nB * entryBytes <= maxBytes;
   if (output === 'full' && !fits) {
-    throw new SaekitError('ERR_SAEKIT_MEMORY', `the ${nA} x ${nB} correlation matrix needs ${nA * nB * 4} bytes, over options.maxBytes = ${maxBytes}`);
+    const what = kind === 'codes' ? '' : ` of kind '${kind}' (${DENSE_ENTRY_BYTES} per entry: float64 co-moments, each batch's float32 product and its copy, then the float32 result)`;
+    throw new SaekitError('ERR_SAEKIT_MEMORY', `the ${nA} x ${nB} correlation matrix${what} needs ${nA * nB * entryBytes} bytes, over options.maxBytes = ${maxBytes}`);
   }
   const full = output === 'full' || (output === 'auto' && fits);
   const device = o.device === undefined ? 'cpu' : deviceName(resolveDevice('options.device', o.device));
@@ -344,14 +366,14 @@ async function correlateDense(
   nB: number,
   o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; maxBytes: number; device: Device; onProgress: CorrelationOptions['onProgress'] },
 ): Promise<CorrelationResult> {
-  // Column blocks of B whose float64 co-moments (nA x w x 8 bytes) fit in maxBytes; one block
-  // (the whole matrix) for full output.
-  const w = o.full ? nB : Math.max(1, Math.min(nB, Math.floor(o.maxBytes / (nA * 8))));
+  // Column blocks of B whose co-moments and batch products (nA x w x DENSE_ENTRY_BYTES) fit in
+  // maxBytes; one block (the whole matrix) for full output.
+  const w = o.full ? nB : Math.max(1, Math.min(nB, Math.floor(o.maxBytes / (nA * DENSE_ENTRY_BYTES))));
   const kTop = Math.min(o.top, nA);
   const kRev = Math.min(o.top, nB);
   const topB = o.full ? undefined : emptyTop(nB, kTop);
   const topA = o.full || !o.reverse ? undefined : emptyTop(nA, kRev);
-  const r = o.full ? new Float32Array(nA * nB) : undefined;
+  let r: Float32Array | undefined;
   const constantA = new Uint8Array(nA);
   const constantB = new Uint8Array(nB);
   const activeA = new Float64Array(nA);
@@ -359,6 +381,9 @@ async function correlateDense(
   let tokens = -1;
   const passes = Math.ceil(nB / w);
   let readBefore = 0; // tokens read by earlier passes (progress)
+  // One co-moment array for every block: a block's own would live on beside the next one's (the
+  // suspended function can keep a reference until it is overwritten).
+  const mxyAll = new Float64Array(nA * w);
   for (let j0 = 0; j0 < nB; j0 += w) {
     const j1 = Math.min(nB, j0 + w);
     const wb = j1 - j0;
@@ -366,7 +391,8 @@ async function correlateDense(
     const my = new Float64Array(wb);
     const mxx = new Float64Array(nA);
     const myy = new Float64Array(wb);
-    const mxy = new Float64Array(nA * wb);
+    const mxy = mxyAll.subarray(0, nA * wb);
+    if (j0 > 0) mxy.fill(0);
     const actA = new Float64Array(nA);
     const actB = new Float64Array(wb);
     let n = 0;
@@ -375,7 +401,10 @@ async function correlateDense(
       let fb = kind === 'dense' ? xb : await b.sae!.preActivations(xb);
       if (wb !== nB) {
         const cut = new Float32Array(rows * wb);
-        for (let t = 0; t < rows; t++) cut.set(fb.subarray(t * nB + j0, t * nB + j1), t * wb);
+        for (let t = 0; t < rows; t++) {
+          cut.set(fb.subarray(t * nB + j0, t * nB + j1), t * wb);
+          if (due(wb)) await pause();
+        }
         fb = cut;
       }
       await mergeDense(fa, fb, rows, nA, wb, n, mx, my, mxx, myy, mxy, actA, actB, o.device);
@@ -399,34 +428,22 @@ async function correlateDense(
       constantB[j0 + j] = sdB[j]! > 0 ? 0 : 1;
       activeB[j0 + j] = actB[j]!;
     }
-    // r of the block, [nA, wb], as float32 (the values top matches rank).
-    const blk = new Float32Array(nA * wb);
+    // r of the block as float32 (the values top matches rank), row by row: straight into the
+    // result (made now, after the batch products), or into the top lists. A column's list takes
+    // its rows in increasing order, as a row's list takes its columns.
+    if (o.full) r = new Float32Array(nA * nB);
     for (let i = 0; i < nA; i++) {
-      if (constantA[i]) continue;
       for (let j = 0; j < wb; j++) {
-        if (constantB[j0 + j]) continue;
-        blk[i * wb + j] = Math.max(-1, Math.min(1, mxy[i * wb + j]! / (sdA[i]! * sdB[j]!)));
-      }
-    }
-    if (r) {
-      r.set(blk);
-      continue;
-    }
-    for (let j = 0; j < wb; j++) {
-      const base = (j0 + j) * kTop;
-      for (let i = 0; i < nA; i++) {
-        const v = blk[i * wb + j]!;
-        if (v > topB!.r[base + kTop - 1]!) topInsert(topB!.r, topB!.indices, base, kTop, v, i);
-      }
-    }
-    if (topA) {
-      for (let i = 0; i < nA; i++) {
-        const base = i * kRev;
-        for (let j = 0; j < wb; j++) {
-          const v = blk[i * wb + j]!;
-          if (v > topA.r[base + kRev - 1]!) topInsert(topA.r, topA.indices, base, kRev, v, j0 + j);
+        const v = constantA[i] || constantB[j0 + j] ? 0 : Math.fround(Math.max(-1, Math.min(1, mxy[i * wb + j]! / (sdA[i]! * sdB[j]!))));
+        if (r) {
+          r[i * nB + j0 + j] = v;
+          continue;
         }
+        const base = (j0 + j) * kTop;
+        if (v > topB!.r[base + kTop - 1]!) topInsert(topB!.r, topB!.indices, base, kTop, v, i);
+        if (topA && v > topA.r[i * kRev + kRev - 1]!) topInsert(topA.r, topA.indices, i * kRev, kRev, v, j0 + j);
       }
+      if (due(wb)) await pause();
     }
   }
   const common = { nA, nB, tokens, constantA, constantB, activeA, activeB };
@@ -436,7 +453,10 @@ async function correlateDense(
   return out;
 }
 
-/** Chan's merge of one batch into running means (sx, sy), centred moments (sxx, syy, sxy). */
+/**
+ * Chan's merge of one batch into running means (sx, sy), centred moments (sxx, syy, sxy). The
+ * loops run row by row in slices between turns of the event loop (similarity.ts due / pause).
+ */
 async function mergeDense(
   fa: Float32Array,
   fb: Float32Array,
@@ -458,6 +478,7 @@ async function mergeDense(
   for (let t = 0; t < rows; t++) {
     for (let i = 0; i < nA; i++) bmx[i]! += fa[t * nA + i]!;
     for (let j = 0; j < nB; j++) bmy[j]! += fb[t * nB + j]!;
+    if (due(nA + nB)) await pause();
   }
   for (let i = 0; i < nA; i++) bmx[i]! /= rows;
   for (let j = 0; j < nB; j++) bmy[j]! /= rows;
@@ -473,23 +494,28 @@ async function mergeDense(
       cb[t * nB + j] = fb[t * nB + j]! - bmy[j]!;
       if (fb[t * nB + j] !== 0) activeB[j]! += 1;
     }
+    if (due(2 * (nA + nB))) await pause();
   }
   // The batch's centred co-moment: one float32 GEMM.
   using ta = tensor(ca, [rows, nA], { device });
+  if (due(rows * nA)) await pause(); // a copy of tens of MiB (into fresh pages) takes tens of ms
   using tb = tensor(cb, [rows, nB], { device });
   using cxy = await matmul(ta, tb, { transA: true });
   const bxy = await cxy.toArray();
+  cxy.dispose(); // the product is held once (the copy) while it is merged
   const bxx = new Float64Array(nA);
   const byy = new Float64Array(nB);
   for (let t = 0; t < rows; t++) {
     for (let i = 0; i < nA; i++) bxx[i]! += ca[t * nA + i]! ** 2;
     for (let j = 0; j < nB; j++) byy[j]! += cb[t * nB + j]! ** 2;
+    if (due(nA + nB)) await pause();
   }
   const n1 = n0 + rows;
   const w = (n0 * rows) / n1;
   for (let i = 0; i < nA; i++) {
     const dx = bmx[i]! - mx[i]!;
     for (let j = 0; j < nB; j++) mxy[i * nB + j]! += bxy[i * nB + j]! + w * dx * (bmy[j]! - my[j]!);
+    if (due(nB)) await pause();
   }
   for (let i = 0; i < nA; i++) {
     const dx = bmx[i]! - mx[i]!;

@@ -174,16 +174,17 @@ let unchecked = 0;
 /**
  * Counts `units` of work just done; true once the slice has run SLICE_MS, and the caller then
  * awaits pause(). Reads the clock only every CHECK_UNITS units, so a hot loop can call it often.
+ * Also used by correlation.ts. @internal
  */
-function due(units: number): boolean {
+export function due(units: number): boolean {
   unchecked += units;
   if (unchecked < CHECK_UNITS) return false;
   unchecked = 0;
   return performance.now() - sliceStart > SLICE_MS;
 }
 
-/** Lets timers and I/O run, then starts a new slice. */
-async function pause(): Promise<void> {
+/** Lets timers and I/O run, then starts a new slice. @internal */
+export async function pause(): Promise<void> {
   await yieldToEventLoop();
   sliceStart = performance.now();
 }
