@@ -235,6 +235,21 @@ describe('SparseAutoencoder: encode, decode, forward, preActivations', () => {
     });
   }
 
+  it('preActivations is (x - b_dec) W_enc + b_enc, or x W_enc + b_enc with applyBDecToInput false (as its JSDoc says)', async () => {
+    const seed = freshSeed(481);
+    const next = lcg(seed);
+    const [dIn, L, rows] = [21, 17, 9];
+    const w = randomWeights(dIn, L, next, 1);
+    const x = randomX(rows, dIn, next);
+    const forms = { true: w, false: { ...w, b_dec: new Float32Array(dIn) } };
+    for (const applyBDecToInput of [true, false]) {
+      const ref = forms[`${applyBDecToInput}`];
+      const pre = R.refPre(ref, x, rows, dIn, L);
+      using sae = SparseAutoencoder.fromWeights(w, { k: 3, applyBDecToInput });
+      within(await sae.preActivations(x), pre, R.preErrors(ref, x, rows, dIn, L, pre), `preActivations (applyBDecToInput ${applyBDecToInput})`, `seed ${seed}`);
+    }
+  });
+
   /**
    * Exact ties: with x_r = e_r + b_dec and dyadic weights, pre[r, j] = W_enc[r, j] + b_enc[j] is
    * exact in float32 in any evaluation order, so equal pre-activations are bitwise equal.

@@ -53,7 +53,10 @@ import { checkBool, checkInt, checkOneOf, checkOptions, optionNames } from '../v
 
 /** Options of correlation(). */
 export interface CorrelationOptions {
-  /** 'codes' (default), 'preacts' (pre-activations before the activation) or 'dense' (the rows themselves). */
+  /**
+   * 'codes' (default), 'preacts' (sae.preActivations(): `(x - b_dec) W_enc + b_enc`, or `x W_enc +
+   * b_enc` when the SAE's applyBDecToInput is false) or 'dense' (the rows themselves).
+   */
   kind?: 'codes' | 'preacts' | 'dense';
   /** Tokens to read (masked-out ones count). Default: all. For 'codes' it also bounds the memory the codes take (see the module comment). */
   maxTokens?: number;

@@ -517,7 +517,11 @@ export class SparseAutoencoder {
     return { codes: { rows, numLatents: this.numLatents, k: r.k, values: r.values, indices: r.indices }, recon: r.recon, fvu: r.fvu };
   }
 
-  /** Dense pre-activations `(x - b_dec) W_enc + b_enc` before ReLU, [rows * numLatents] (for analysis). */
+  /**
+   * Dense pre-activations, before the activation (TopK's ReLU, JumpReLU's threshold), [rows *
+   * numLatents] (for analysis): `(x - b_dec) W_enc + b_enc`, or `x W_enc + b_enc` when
+   * applyBDecToInput is false (Gemma Scope).
+   */
   async preActivations(x: Rows): Promise<Float32Array> {
     const site = new Error();
     return settleNative(afterPlacement(this, callNative(() => this.handle().preActivations(this.rows(x)))), site);
