@@ -85,9 +85,9 @@ describe('saekit CLI', () => {
     const r = run(['compare', '--help']);
     expect(r.status, r.stderr).toBe(0);
     const help = r.stdout.replace(/\s+/g, ' ');
-    expect(help).toMatch(/--method <m> argmax, mutual or hungarian \(hungarian needs the full correlation matrix, nA x nB x 4 bytes, within --max-bytes;/);
+    expect(help).toMatch(/--method <m> argmax, mutual or hungarian \(hungarian needs the full correlation matrix within --max-bytes, see there;/);
     expect(help).not.toMatch(/at most 1 GiB/);
-    expect(help).toMatch(/--max-bytes <n> largest full correlation matrix \(nA x nB x 4 bytes, default 1 GiB\)/);
+    expect(help).toMatch(/--max-bytes <n> largest full correlation matrix \(nA x nB x 4 bytes, with --kind preacts nA x nB x 16, default 1 GiB\)/);
   });
 
   it('--version prints the package version', () => {
