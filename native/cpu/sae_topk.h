@@ -14,6 +14,7 @@
 // (W_enc [D, M]) exists only at the API boundary. Only the encoder GEMM is dense: decoding,
 // every gradient and the AuxK terms touch the selected latents only, O(N K D).
 #pragma once
+#include "../core/zeroed_vector.h"
 #include <cstdint>
 #include <vector>
 
@@ -89,7 +90,7 @@ void sae_preacts(const SaeView& p, const float* x, int64_t N, float* out, Thread
 struct AdamState {
   float lr = 1e-4f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   int64_t t = 0;           // steps taken
-  std::vector<float> m, v;  // [sae_slab_floats]
+  ZeroedFloats m, v;  // [sae_slab_floats]; made with zeroed_floats
 };
 
 // Which AuxK loss (the libraries disagree; sae-libraries.md "AuxK variants").

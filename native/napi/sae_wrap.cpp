@@ -34,7 +34,7 @@ struct SaeModel {
   int64_t D = 0, M = 0, K = 0;        // K = 0 for JumpReLU
   bool jumprelu = false;
   bool apply_b_dec = true;
-  std::vector<float> slab;            // cpu::sae_slab_floats(D, M)
+  ZeroedFloats slab;                  // cpu::sae_slab_floats(D, M), made with zeroed_floats
   std::vector<float> threshold;       // [M] for JumpReLU
   int64_t jump_width = 32;            // JumpReLU on a device: the codes per row asked for last time
   std::vector<int64_t> since_fired;   // tokens since each latent last had a positive code
@@ -573,7 +573,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       m->D = D;
       m->M = M;
       m->K = K;
-      m->slab.assign(size_t(cpu::sae_slab_floats(D, M)), 0.0f);
+      m->slab = zeroed_floats(size_t(cpu::sae_slab_floats(D, M)));  // no page written here (see zeroed_vector.h)
       m->since_fired.assign(size_t(M), 0);
       queue_detached(info.Env(), [m, seed] {
         SaeView p = m->view();
@@ -644,7 +644,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       m->jumprelu = jump;
       m->apply_b_dec = apply;
       m->threshold = std::move(thr);
-      m->slab.assign(size_t(cpu::sae_slab_floats(D, M)), 0.0f);
+      m->slab = zeroed_floats(size_t(cpu::sae_slab_floats(D, M)));  // no page written here (see zeroed_vector.h)
       m->since_fired.assign(size_t(M), 0);
       queue_detached(info.Env(), [m, s0 = src[0], s1 = src[1], s2 = src[2], s3 = src[3]] {
         SaeView p = m->view();
@@ -1076,8 +1076,8 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
     if (self->model_->device_index < 0) {
       // On the CPU the optimizer holds its moments.
       const size_t n = self->model_->slab.size();
-      self->state_->m.assign(n, 0.0f);
-      self->state_->v.assign(n, 0.0f);
+      self->state_->m = zeroed_floats(n);  // no page written on the JS thread (see zeroed_vector.h)
+      self->state_->v = zeroed_floats(n);
       self->reported_ = int64_t(2 * n * sizeof(float));
       Napi::MemoryManagement::AdjustExternalMemory(env, self->reported_);
       return o;
