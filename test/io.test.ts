@@ -5,7 +5,7 @@
  * per class of malformed input.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as zlib from 'node:zlib';
@@ -32,6 +32,8 @@ import { makeDirs, memorySource } from '../lib/io/source.js';
 import { SparseAutoencoder } from '../lib/index.js';
 import { decodeSafetensors, encodeSafetensors, parseSafetensorsHeader } from '../lib/io/safetensors.js';
 import { crc32, encodeZipParts } from '../lib/io/zip.js';
+import { gapBound, watchCall } from './helpers/event-loop.js';
+import { lcg } from './helpers/reference.js';
 import {
   ALL_DTYPES,
   bytesOf,
@@ -959,4 +961,94 @@ describe('files that are not regular files', () => {
     }
     await expectIoError(() => readNpy('/dev/zero'), '/dev/zero', /regular file/, 'ERR_SAEKIT_ARG');
   }, 15_000);
+});
+
+describe('readNpy, readNpz and writeNpz share the JS thread with the event loop', () => {
+  // Synchronous, the Fortran-order reorder held the JS thread ~300 ms for 64 MiB on the loaded
+  // 2-core development machine, the byte swap ~300 ms for 128 MiB, readNpz's CRC-32 and copy of a
+  // 128 MiB stored entry ~280 ms, and writeNpz's CRC-32 and concatenation before deflating 128 MiB
+  // ~340 ms; sliced, the longest gaps there were 50-70 ms (the reads' own buffer allocation).
+  const seed = Date.now() >>> 0;
+  const randomWords = (n: number, next: () => number) => {
+    const w = new Uint32Array(n);
+    for (let i = 0; i < n; i++) w[i] = (next() * 2 ** 32) >>> 0;
+    return w;
+  };
+  const writeNpyFile = (file: string, dict: string, body: Uint32Array) => {
+    const fd = openSync(file, 'w');
+    try {
+      writeSync(fd, npyFile(dict));
+      writeSync(fd, new Uint8Array(body.buffer));
+    } finally {
+      closeSync(fd);
+    }
+  };
+
+  it('readNpy of a 64 MiB Fortran-order file: C order, every bit as in the file', async () => {
+    const next = lcg(seed);
+    const [rows, cols] = [4096, 4096];
+    const F = randomWords(rows * cols, next); // column-major: F[j * rows + i] is element (i, j)
+    const file = path.join(tmpDir(), 'f.npy');
+    writeNpyFile(file, `{'descr': '<f4', 'fortran_order': True, 'shape': (${rows}, ${cols}), }`, F);
+    const { value: t, elapsed, longest, firings } = await watchCall(() => readNpy(file));
+    expect(longest, `seed ${seed}: longest gap of a ${elapsed.toFixed(0)} ms read`).toBeLessThan(gapBound(elapsed));
+    expect(firings).toBeGreaterThan(elapsed / 50);
+    expect(t.shape).toEqual([rows, cols]);
+    const got = new Uint32Array(t.data.buffer, t.data.byteOffset, rows * cols);
+    let bad = -1;
+    for (let i = 0; i < rows && bad < 0; i++) for (let j = 0; j < cols; j++) if (got[i * cols + j] !== F[j * rows + i]) bad = i * cols + j;
+    expect(bad, `seed ${seed}: first element out of place`).toBe(-1);
+  }, 30_000);
+
+  it('readNpy of a 128 MiB big-endian file: every value as the file\'s big-endian bytes say', async () => {
+    const next = lcg(seed + 1);
+    const n = 1 << 25;
+    const B = randomWords(n, next);
+    const file = path.join(tmpDir(), 'b.npy');
+    writeNpyFile(file, `{'descr': '>f4', 'fortran_order': False, 'shape': (${n},), }`, B);
+    const { value: t, elapsed, longest, firings } = await watchCall(() => readNpy(file));
+    expect(longest, `seed ${seed}: longest gap of a ${elapsed.toFixed(0)} ms read`).toBeLessThan(gapBound(elapsed));
+    expect(firings).toBeGreaterThan(elapsed / 50);
+    const got = new Uint32Array(t.data.buffer, t.data.byteOffset, n);
+    const dv = new DataView(B.buffer);
+    let bad = -1;
+    for (let k = 0; k < n; k++) {
+      if (got[k] !== dv.getUint32(4 * k, false)) {
+        bad = k;
+        break;
+      }
+    }
+    expect(bad, `seed ${seed}: first element not swapped`).toBe(-1);
+  }, 30_000);
+
+  it('readNpz of a 128 MiB stored entry: the array as written, in the entry\'s own buffer', async () => {
+    const next = lcg(seed + 2);
+    const n = 1 << 25;
+    const data = new Float32Array(randomWords(n, next).buffer);
+    const file = path.join(tmpDir(), 'a.npz');
+    await writeNpz(file, { a: { dtype: 'float32', shape: [n], data } });
+    const { value: got, elapsed, longest, firings } = await watchCall(() => readNpz(file));
+    expect(longest, `seed ${seed}: longest gap of a ${elapsed.toFixed(0)} ms read`).toBeLessThan(gapBound(elapsed));
+    expect(firings).toBeGreaterThan(elapsed / 50);
+    const a = got.a!.data;
+    expect(a.length).toBe(n);
+    expect(Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(data.buffer))).toBe(true);
+    expect(a.buffer.byteLength).toBeLessThan(a.byteLength + 1024); // no second copy of the data: the entry's header only
+  }, 30_000);
+
+  it('writeNpz compress of 128 MiB: the same deflate stream as one zlib.deflateRawSync of the .npy bytes', async () => {
+    const next = lcg(seed + 3);
+    const n = 1 << 25;
+    const data = new Float32Array(n); // mostly zeros: deflate is quick, the CRC and copies are not
+    for (let i = 0; i < n; i += 1 + Math.floor(next() * 200)) data[i] = next();
+    const file = path.join(tmpDir(), 'c.npz');
+    const { elapsed, longest, firings } = await watchCall(() => writeNpz(file, { a: { dtype: 'float32', shape: [n], data } }, { compress: true }));
+    expect(longest, `seed ${seed}: longest gap of a ${elapsed.toFixed(0)} ms write`).toBeLessThan(gapBound(elapsed));
+    expect(firings).toBeGreaterThan(elapsed / 50);
+    const want = zlib.deflateRawSync(encodeNpy({ dtype: 'float32', shape: [n], data }));
+    const bytes = readFileSync(file);
+    const at = 30 + bytes.readUInt16LE(26) + bytes.readUInt16LE(28); // the first entry's data
+    expect(bytes.readUInt32LE(14)).toBe(crc32(encodeNpy({ dtype: 'float32', shape: [n], data }), 0, true)); // the table-driven CRC-32
+    expect(Buffer.compare(bytes.subarray(at, at + want.length), want)).toBe(0);
+  }, 30_000);
 });

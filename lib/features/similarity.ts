@@ -189,6 +189,30 @@ export async function pause(): Promise<void> {
   sliceStart = performance.now();
 }
 
+/**
+ * Runs work written as a generator to its end at once. The generator yields the units of work
+ * (as for due()) done since its last yield, at least every few milliseconds. Also used by lib/io
+ * and match.ts. @internal
+ */
+export function runAll<T>(work: Generator<number, T>): T {
+  for (;;) {
+    const r = work.next();
+    if (r.done) return r.value;
+  }
+}
+
+/**
+ * Runs the same work in slices between turns of the event loop (due / pause), with the same
+ * result as runAll. @internal
+ */
+export async function runSliced<T>(work: Generator<number, T>): Promise<T> {
+  for (;;) {
+    const r = work.next();
+    if (r.done) return r.value;
+    if (due(r.value)) await pause();
+  }
+}
+
 /** After a pause: the caller's array must still hold its `length` values (not detached or resized). */
 function checkKept(name: string, X: { length: number }, length: number): void {
   if (X.length !== length) {

@@ -7,6 +7,7 @@ import type { Stats } from 'node:fs';
 import { endianness } from 'node:os';
 
 import { argError, SaekitError } from '../errors.js';
+import { runAll } from '../features/similarity.js';
 
 /** Element types the file readers and writers handle. */
 export type IoDType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int32' | 'int64' | 'uint8';
@@ -169,16 +170,29 @@ export function checkIoTensor(name: string, t: unknown): IoTensor {
   return { dtype, shape, data };
 }
 
+/** Elements a sliced loop of this layer handles between two yields (runAll / runSliced). */
+export const STEP_ELEMENTS = 1 << 16;
+
+/** byteSwap as work for runAll / runSliced (features/similarity.ts): yields every STEP_ELEMENTS elements. */
+export function* byteSwapSteps(bytes: Uint8Array, itemSize: number): Generator<number, void> {
+  if (itemSize === 1) return;
+  const step = STEP_ELEMENTS * itemSize;
+  for (let i0 = 0; i0 < bytes.length; i0 += step) {
+    const i1 = Math.min(bytes.length, i0 + step);
+    for (let i = i0; i + itemSize <= i1; i += itemSize) {
+      for (let a = i, b = i + itemSize - 1; a < b; a++, b--) {
+        const x = bytes[a]!;
+        bytes[a] = bytes[b]!;
+        bytes[b] = x;
+      }
+    }
+    yield i1 - i0;
+  }
+}
+
 /** Swaps the byte order of every `itemSize`-byte element of `bytes` in place (itemSize 1, 2, 4 or 8). */
 export function byteSwap(bytes: Uint8Array, itemSize: number): void {
-  if (itemSize === 1) return;
-  for (let i = 0; i + itemSize <= bytes.length; i += itemSize) {
-    for (let a = i, b = i + itemSize - 1; a < b; a++, b--) {
-      const x = bytes[a]!;
-      bytes[a] = bytes[b]!;
-      bytes[b] = x;
-    }
-  }
+  runAll(byteSwapSteps(bytes, itemSize));
 }
 
 /**
@@ -187,13 +201,18 @@ export function byteSwap(bytes: Uint8Array, itemSize: number): void {
  * `bigEndian` says the bytes are big-endian; they are swapped to host order in place.
  */
 export function arrayFromBytes(dtype: IoDType, bytes: Uint8Array, bigEndian: boolean): IoArray {
+  return runAll(arrayFromBytesSteps(dtype, bytes, bigEndian));
+}
+
+/** arrayFromBytes as work for runAll / runSliced (the swap yields; an aligning copy is one memcpy). */
+export function* arrayFromBytesSteps(dtype: IoDType, bytes: Uint8Array, bigEndian: boolean): Generator<number, IoArray> {
   const size = ITEM_SIZE[dtype];
   let owned = bytes;
   if (bytes.byteOffset % size !== 0 || !(bytes.buffer instanceof ArrayBuffer)) {
     owned = new Uint8Array(bytes.length);
     owned.set(bytes);
   }
-  if (bigEndian !== HOST_BIG_ENDIAN) byteSwap(owned, size);
+  if (bigEndian !== HOST_BIG_ENDIAN) yield* byteSwapSteps(owned, size);
   return new ARRAY_CTOR[dtype](owned.buffer as ArrayBuffer, owned.byteOffset, owned.length / size);
 }
 
@@ -238,10 +257,16 @@ export function concatBytes(chunks: readonly Uint8Array[]): Uint8Array {
 
 /** The transpose of a row-major [rows, cols] matrix. */
 export function transpose(m: Float32Array, rows: number, cols: number): Float32Array {
+  return runAll(transposeSteps(m, rows, cols));
+}
+
+/** transpose as work for runAll / runSliced: yields after every row (its writes are scattered). */
+export function* transposeSteps(m: Float32Array, rows: number, cols: number): Generator<number, Float32Array> {
   const out = new Float32Array(rows * cols);
   for (let r = 0; r < rows; r++) {
     const o = r * cols;
     for (let c = 0; c < cols; c++) out[c * rows + r] = m[o + c]!;
+    yield 4 * cols;
   }
   return out;
 }

@@ -15,8 +15,9 @@
  * Object arrays (`|O`, pickles) are always rejected.
  */
 import { argError } from '../errors.js';
+import { due, pause, runAll, runSliced } from '../features/similarity.js';
 import {
-  arrayFromBytes,
+  arrayFromBytesSteps,
   checkedNumel,
   checkIoTensor,
   checkPath,
@@ -27,6 +28,7 @@ import {
   listForMessage,
   littleEndianBytes,
   NPY_MAX_DIMS,
+  STEP_ELEMENTS,
   type IoArray,
   type IoDType,
   type IoTensor,
@@ -159,9 +161,9 @@ export function parseNpyHeaderBytes(bytes: Uint8Array, size: number, name: strin
 /**
  * Reorders Fortran-order (column-major) elements of `shape` into a new C-order array. Elements
  * move as unsigned integer words, never as floats, so every bit pattern (NaN payloads included)
- * is kept exactly.
+ * is kept exactly. Work for runAll / runSliced: yields every STEP_ELEMENTS elements.
  */
-function fortranToC(src: IoArray, fullShape: readonly number[], itemSize: number): IoArray {
+function* fortranToC(src: IoArray, fullShape: readonly number[], itemSize: number): Generator<number, IoArray> {
   const n = src.length;
   // Dimensions of size 1 do not move anything: without them the loop below does less per element.
   const shape = fullShape.filter((d) => d !== 1);
@@ -181,22 +183,30 @@ function fortranToC(src: IoArray, fullShape: readonly number[], itemSize: number
   for (let k = 1; k < nd; k++) stride[k] = stride[k - 1]! * shape[k - 1]!;
   const idx = new Array<number>(nd).fill(0);
   let off = 0;
-  for (let o = 0; o < n; o++) {
-    for (let w = 0; w < words; w++) to[o * words + w] = from[off * words + w]!;
-    for (let k = nd - 1; k >= 0; k--) {
-      off += stride[k]!;
-      if (++idx[k]! < shape[k]!) break;
-      off -= stride[k]! * shape[k]!;
-      idx[k] = 0;
+  for (let o0 = 0; o0 < n; o0 += STEP_ELEMENTS) {
+    const o1 = Math.min(n, o0 + STEP_ELEMENTS);
+    for (let o = o0; o < o1; o++) {
+      for (let w = 0; w < words; w++) to[o * words + w] = from[off * words + w]!;
+      for (let k = nd - 1; k >= 0; k--) {
+        off += stride[k]!;
+        if (++idx[k]! < shape[k]!) break;
+        off -= stride[k]! * shape[k]!;
+        idx[k] = 0;
+      }
     }
+    // The reads are strided: each can miss the cache (a few units per element).
+    yield 4 * words * (o1 - o0);
   }
   return new (src.constructor as new (b: ArrayBuffer) => IoArray)(out.buffer);
 }
 
-/** Builds the tensor from the header and its data bytes (an owned copy, swapped and reordered here). */
-function decodeData(h: NpyHeader, data: Uint8Array): IoTensor {
-  const flat = arrayFromBytes(h.dtype, data, h.bigEndian);
-  return { dtype: h.dtype, shape: h.shape.slice(), data: h.fortranOrder ? fortranToC(flat, h.shape, ITEM_SIZE[h.dtype]) : flat };
+/**
+ * Builds the tensor from the header and its data bytes (an owned copy, swapped and reordered
+ * here). Work for runAll / runSliced.
+ */
+function* decodeData(h: NpyHeader, data: Uint8Array): Generator<number, IoTensor> {
+  const flat = yield* arrayFromBytesSteps(h.dtype, data, h.bigEndian);
+  return { dtype: h.dtype, shape: h.shape.slice(), data: h.fortranOrder ? yield* fortranToC(flat, h.shape, ITEM_SIZE[h.dtype]) : flat };
 }
 
 /**
@@ -211,7 +221,22 @@ function decodeData(h: NpyHeader, data: Uint8Array): IoTensor {
 export function parseNpy(bytes: Uint8Array, name = '<buffer>'): IoTensor {
   if (!(bytes instanceof Uint8Array)) throw argError('bytes', 'a Uint8Array', bytes);
   const h = parseNpyHeaderBytes(bytes, bytes.length, String(name));
-  return decodeData(h, copyBytes(bytes.subarray(h.dataOffset, h.dataOffset + h.byteLength)));
+  return runAll(decodeData(h, copyBytes(bytes.subarray(h.dataOffset, h.dataOffset + h.byteLength))));
+}
+
+/**
+ * parseNpy for bytes the caller hands over (readNpz's entries): the data is used in place,
+ * without a copy, when `bytes` is its ArrayBuffer's only view (so the array may start at the
+ * header's length into that buffer); otherwise as parseNpy. Swapping and reordering run in
+ * slices between turns of the event loop. @internal
+ */
+export async function parseNpyOwned(bytes: Uint8Array, name: string): Promise<IoTensor> {
+  const h = parseNpyHeaderBytes(bytes, bytes.length, name);
+  const data = bytes.subarray(h.dataOffset, h.dataOffset + h.byteLength);
+  const whole = bytes.buffer instanceof ArrayBuffer && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength;
+  // A copy (parseNpy's) is one memcpy; at tens of MiB a turn of the event loop comes first.
+  if (!whole && due(data.length)) await pause();
+  return runSliced(decodeData(h, whole ? data : copyBytes(data)));
 }
 
 /** Reads and parses the header of an open source with one bounded read. */
@@ -237,6 +262,8 @@ export async function readNpyHeader(path: string): Promise<NpyHeader> {
 
 /**
  * Reads the .npy file at `path` (the header, then the data straight into an aligned buffer).
+ * Big-endian data is swapped and Fortran-order data reordered on the JS thread in slices
+ * between turns of the event loop.
  * @throws SaekitError ERR_SAEKIT_FORMAT as parseNpy; ERR_SAEKIT_ARG when the file cannot be opened.
  */
 export async function readNpy(path: string): Promise<IoTensor> {
@@ -244,7 +271,7 @@ export async function readNpy(path: string): Promise<IoTensor> {
   const source = await openFileSource(path, WHAT);
   try {
     const h = await headerOf(source);
-    return decodeData(h, await source.read(h.dataOffset, h.byteLength));
+    return await runSliced(decodeData(h, await source.read(h.dataOffset, h.byteLength)));
   } finally {
     await source.close().catch(() => undefined);
   }

@@ -12,7 +12,7 @@
 import { argError } from '../errors.js';
 import { checkOptions } from '../validate.js';
 import { checkPath, checkWellFormed, defineOwn, formatError, type IoTensor } from './common.js';
-import { encodeNpyParts, MAX_NPY_HEADER, parseNpy, parseNpyHeaderBytes, type NpyHeader } from './npy.js';
+import { encodeNpyParts, MAX_NPY_HEADER, parseNpyHeaderBytes, parseNpyOwned, type NpyHeader } from './npy.js';
 import { memorySource, openFileSource, writeChunksAtomic, type ByteSource } from './source.js';
 import { encodeZipParts, quoteName, readZipDirectory, readZipEntry, readZipEntryHead, verifyZipEntry, type ZipWriteOptions } from './zip.js';
 
@@ -29,7 +29,9 @@ export type NpzHeaders = ReadonlyMap<string, NpyHeader>;
  * bytes only: a deflated entry is not inflated past them) against its declared size, then
  * `inspect` (a caller's own checks of names, dtypes and shapes, e.g. that the arrays of an SAE
  * agree). Only then is any entry read whole, so a small archive that declares huge or unwanted
- * arrays is refused before they are allocated.
+ * arrays is refused before they are allocated. Each array is then decoded in the entry's own
+ * buffer where it can be (parseNpyOwned: no copy; it may start at the header's length into its
+ * ArrayBuffer), the CRC-32, swap and reorder in slices between turns of the event loop.
  */
 async function readArchive(src: ByteSource, inspect?: (headers: NpzHeaders) => void): Promise<Record<string, IoTensor>> {
   const { entries, cdOffset } = await readZipDirectory(src, WHAT);
@@ -59,7 +61,7 @@ async function readArchive(src: ByteSource, inspect?: (headers: NpzHeaders) => v
   const out: Record<string, IoTensor> = {};
   for (const { key, entry } of arrays) {
     const bytes = await readZipEntry(src, entry, cdOffset, WHAT);
-    defineOwn(out, key, parseNpy(bytes, `${src.name}:${entry.name}`));
+    defineOwn(out, key, await parseNpyOwned(bytes, `${src.name}:${entry.name}`));
   }
   return out;
 }
@@ -81,6 +83,9 @@ export async function readNpzChecked(path: string, inspect: (headers: NpzHeaders
 /**
  * Reads every array of the .npz file at `path`, keyed by entry name without the `.npy` suffix.
  * Entries may be stored or deflated; sizes, offsets (ZIP64 included) and CRC-32s are checked.
+ * An array's data is the entry's own buffer where it can be (no copy), so it may start at the
+ * .npy header's length into its ArrayBuffer. The CRC-32s, byte swaps and Fortran-order reorders
+ * run on the JS thread in slices between turns of the event loop.
  *
  * @throws SaekitError ERR_SAEKIT_FORMAT naming the file (and entry) and the reason: not a zip
  *   archive, multi-disk or encrypted entries, compression other than stored/deflate, sizes or

@@ -4,15 +4,17 @@
  * (np.savez always writes ZIP64 local headers). Every number read from the archive is checked
  * against the archive's size before it is used to read or allocate. Internal to lib/io.
  */
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 
 import { argError } from '../errors.js';
+import { due, pause } from '../features/similarity.js';
 import { formatError, MAX_BUFFER_BYTES } from './common.js';
 import type { ByteSource } from './source.js';
 
 const inflateRaw = promisify(zlib.inflateRaw);
-const deflateRaw = promisify(zlib.deflateRaw);
 
 const SIG_LOCAL = 0x04034b50;
 const SIG_CENTRAL = 0x02014b50;
@@ -75,6 +77,24 @@ export function crc32(bytes: Uint8Array, crc = 0, forceFallback = false): number
   if (bytes.length === 0) return crc >>> 0;
   if (nativeCrc32 && !forceFallback) return nativeCrc32(bytes, crc) >>> 0;
   return crc32Fallback(bytes, crc);
+}
+
+/** Bytes given to crc32 at a time by crc32Sliced (a fraction of a millisecond natively). */
+const CRC_PIECE = 1 << 20;
+
+/**
+ * crc32 of the chunks in order, continuing from `crc`, computed CRC_PIECE bytes at a time in
+ * slices between turns of the event loop (features/similarity.ts due / pause): the same value.
+ */
+async function crc32Sliced(chunks: readonly Uint8Array[], crc = 0): Promise<number> {
+  for (const c of chunks) {
+    for (let at = 0; at < c.length; at += CRC_PIECE) {
+      const piece = c.subarray(at, Math.min(c.length, at + CRC_PIECE));
+      crc = crc32(piece, crc);
+      if (due(piece.length)) await pause();
+    }
+  }
+  return crc >>> 0;
 }
 
 // ---------------------------------------------------------------- reading
@@ -301,7 +321,7 @@ async function entryData(src: ByteSource, e: ZipEntry, cdOffset: number, bad: (r
 
 /**
  * The uncompressed bytes of one entry of a directory from readZipDirectory (a fresh buffer),
- * after entryData's checks, and the CRC-32.
+ * after entryData's checks, and the CRC-32 (in slices between turns of the event loop).
  * @param cdOffset The central directory's start (readZipDirectory returns it).
  */
 export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: number, what: string): Promise<Uint8Array> {
@@ -310,7 +330,7 @@ export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: numbe
   const raw = await src.read(dataStart, e.compressedSize);
   const data = e.method === 0 ? raw : await inflate(raw, e.uncompressedSize, bad);
   if (data.length !== e.uncompressedSize) throw bad(`inflated to ${data.length} bytes but declares ${e.uncompressedSize}`);
-  if (crc32(data) !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
+  if ((await crc32Sliced([data])) !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
   return data;
 }
 
@@ -469,13 +489,9 @@ export async function encodeZipParts(files: readonly ZipInput[], options: ZipWri
   for (const f of files) {
     const name = Buffer.from(f.name, 'utf8');
     if (name.length > U16_MAX) throw argError('name', 'an entry name of at most 65535 UTF-8 bytes', f.name);
-    let crc = 0;
-    let usize = 0;
-    for (const c of f.chunks) {
-      crc = crc32(c, crc);
-      usize += c.length;
-    }
-    const data = options.compress ? [await deflateRaw(Buffer.concat(f.chunks))] : f.chunks;
+    const crc = await crc32Sliced(f.chunks);
+    const usize = f.chunks.reduce((a, c) => a + c.length, 0);
+    const data = options.compress ? await deflateChunks(f.chunks, usize) : f.chunks;
     const csize = data.reduce((a, c) => a + c.length, 0);
     const w: Written = { name, utf8: name.length !== f.name.length, method: options.compress ? 8 : 0, crc, csize, usize, offset };
     const local = localHeader(w, always || usize >= U32_MAX || csize >= U32_MAX);
@@ -490,6 +506,19 @@ export async function encodeZipParts(files: readonly ZipInput[], options: ZipWri
     offset += rec.length;
   }
   out.push(...endRecords(written.length, offset - cdOffset, cdOffset, always));
+  return out;
+}
+
+/**
+ * The raw deflate stream of the chunks in order, as the deflater's output pieces: the chunks go
+ * to it one by one (never concatenated on the JS thread), and the output bytes are the same as
+ * one zlib.deflateRaw of their concatenation. Output pieces are up to 1 MiB.
+ */
+async function deflateChunks(chunks: readonly Uint8Array[], size: number): Promise<Uint8Array[]> {
+  const out: Uint8Array[] = [];
+  await pipeline(Readable.from(chunks), zlib.createDeflateRaw({ chunkSize: Math.min(1 << 20, Math.max(zlib.constants.Z_DEFAULT_CHUNK, size)) }), async (deflated: AsyncIterable<Buffer>) => {
+    for await (const c of deflated) out.push(c);
+  });
   return out;
 }
 

@@ -17,3 +17,27 @@ export function watchGaps(): { stop(): number[] } {
     },
   };
 }
+
+/**
+ * Runs `call` under watchGaps (after a 5 ms pause that lets the preparation's garbage go):
+ * its value, how long it took, the longest gap between firings and their number.
+ */
+export async function watchCall<T>(call: () => Promise<T>): Promise<{ value: T; elapsed: number; longest: number; firings: number }> {
+  await new Promise((r) => setTimeout(r, 5));
+  const watch = watchGaps();
+  const t0 = performance.now();
+  const value = await call();
+  const elapsed = performance.now() - t0;
+  await new Promise((r) => setTimeout(r, 5));
+  const gaps = watch.stop();
+  return { value, elapsed, longest: Math.max(...gaps), firings: gaps.length };
+}
+
+/**
+ * The bound on the longest gap of a sliced call: 150 ms (a slice is ~20 ms; the rest is a loaded
+ * machine's scheduler), or a sixth of the call when that is longer (with several runnable threads
+ * per core every slice stretches with the call).
+ */
+export function gapBound(elapsed: number): number {
+  return Math.max(150, elapsed / 6);
+}
