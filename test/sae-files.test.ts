@@ -11,7 +11,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 
 import { SaekitError, SparseAutoencoder, tensor } from '../lib/index.js';
-import { readSafetensors, writeNpz, writeSafetensors, type IoTensor } from '../lib/io/index.js';
+import { readSaeFiles, readSafetensors, writeNpz, writeSafetensors, type IoTensor } from '../lib/io/index.js';
+import { gapBound, watchCall } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 
 function tmp(): string {
@@ -682,4 +683,42 @@ describe('SAE files: what the other libraries write and read', () => {
       await expect(sae.save(tmp(), { metadata: { [key]: '5.9.0' } })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(new RegExp(`options\\.metadata not to set the SAELens metadata field '${key}'`)) });
     }
   });
+});
+
+describe('readSaeFiles shares the JS thread with the event loop', () => {
+  // Synchronous, the bfloat16 -> float32 conversion of a 16384 x 2304 SAELens file held the JS
+  // thread 235-270 ms on the loaded 2-core development machine, and the transpose of a 16384 x 768
+  // sparsify encoder ~270 ms; converted and transposed in slices, the longest gaps there were
+  // 50-100 ms.
+  const seed = Date.now() >>> 0;
+  const cases = { saelens: [2304, 16384], sparsify: [768, 16384] } as const;
+  for (const [format, [dIn, L]] of Object.entries(cases) as [keyof typeof cases, readonly [number, number]][]) {
+    it(`a ${L} x ${dIn} bfloat16 ${format} file: the stored bits widened exactly${format === 'sparsify' ? ', W_enc the transposed encoder.weight' : ''}`, async () => {
+      const dir = tmp();
+      const sae = SparseAutoencoder.create({ dIn, numLatents: L, k: 32, seed });
+      await sae.save(dir, { format, dtype: 'bfloat16' });
+      sae.dispose();
+      const { value: files, elapsed, longest, firings } = await watchCall(() => readSaeFiles(dir));
+      expect(longest, `seed ${seed}: longest gap of a ${elapsed.toFixed(0)} ms read`).toBeLessThan(gapBound(elapsed));
+      expect(firings).toBeGreaterThan(elapsed / 50);
+      // The reference: each stored bfloat16 is the top half of its float32.
+      const st = await readSafetensors(path.join(dir, format === 'saelens' ? 'sae_weights.safetensors' : 'sae.safetensors'));
+      const enc = (await st.read(format === 'saelens' ? 'W_enc' : 'encoder.weight')).data as Uint16Array;
+      const dec = (await st.read('W_dec')).data as Uint16Array;
+      await st.close();
+      const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
+      const W_enc = bits(files.weights.W_enc);
+      const W_dec = bits(files.weights.W_dec);
+      let bad = -1;
+      for (let r = 0; r < dIn && bad < 0; r++) {
+        for (let i = 0; i < L; i++) {
+          const want = format === 'saelens' ? enc[r * L + i]! : enc[i * dIn + r]!; // sparsify stores [L, dIn]
+          if (W_enc[r * L + i] !== ((want << 16) >>> 0)) bad = r * L + i;
+        }
+      }
+      expect(bad, `seed ${seed}: W_enc`).toBe(-1);
+      for (let q = 0; q < W_dec.length && bad < 0; q++) if (W_dec[q] !== ((dec[q]! << 16) >>> 0)) bad = q;
+      expect(bad, `seed ${seed}: W_dec`).toBe(-1);
+    }, 60_000);
+  }
 });

@@ -20,7 +20,8 @@ import path from 'node:path';
 
 import { SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
-import { fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose } from './common.js';
+import { due, pause, runSliced } from '../features/similarity.js';
+import { fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose, transposeSteps } from './common.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpzChecked } from './npz.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
@@ -262,23 +263,31 @@ function checkDims(file: string, dIn: number, numLatents: number, names: [string
   }
 }
 
+/** Elements toF32 converts between two looks at the clock (a millisecond or two). */
+const CONVERT_PIECE = 1 << 18;
+
 /**
- * Any float tensor as float32 (bf16/f16 through the addon's exact conversion), checked to be
+ * Any float tensor as float32 (float64 rounded to nearest, bf16/f16 through the addon's exact
+ * conversion, a piece at a time in slices between turns of the event loop), checked to be
  * finite here, where the file can be named (the model would refuse it too, without the file).
  */
-function toF32(t: IoTensor, file: string, name: string): Float32Array {
+async function toF32(t: IoTensor, file: string, name: string): Promise<Float32Array> {
   let out: Float32Array;
   switch (t.dtype) {
     case 'float32':
       out = t.data as Float32Array;
       break;
     case 'float64':
-      out = Float32Array.from(t.data as Float64Array);
-      break;
     case 'bfloat16':
     case 'float16':
       out = new Float32Array(t.data.length);
-      native().convertInto(t.data as Uint16Array, t.dtype, out, 'float32');
+      for (let at = 0; at < out.length; at += CONVERT_PIECE) {
+        const end = Math.min(out.length, at + CONVERT_PIECE);
+        // set() rounds each float64 to float32 as Float32Array.from does.
+        if (t.dtype === 'float64') out.set((t.data as Float64Array).subarray(at, end), at);
+        else native().convertInto((t.data as Uint16Array).subarray(at, end), t.dtype, out.subarray(at, end), 'float32');
+        if (due(end - at)) await pause();
+      }
       break;
     default:
       throw formatError(file, `tensor ${name} has dtype ${t.dtype}; expected a float dtype`);
@@ -453,11 +462,11 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
   checkShape(weightsFile, 'b_dec', t.b_dec!, [dIn]);
   if (arch === 'jumprelu') checkShape(weightsFile, 'threshold', t.threshold!, [numLatents]);
   const weights: SaeFileWeights = {
-    W_enc: toF32(t.W_enc!, weightsFile, 'W_enc'),
-    b_enc: toF32(t.b_enc!, weightsFile, 'b_enc'),
-    W_dec: toF32(t.W_dec!, weightsFile, 'W_dec'),
-    b_dec: toF32(t.b_dec!, weightsFile, 'b_dec'),
-    ...(arch === 'jumprelu' ? { threshold: toF32(t.threshold!, weightsFile, 'threshold') } : {}),
+    W_enc: await toF32(t.W_enc!, weightsFile, 'W_enc'),
+    b_enc: await toF32(t.b_enc!, weightsFile, 'b_enc'),
+    W_dec: await toF32(t.W_dec!, weightsFile, 'W_dec'),
+    b_dec: await toF32(t.b_dec!, weightsFile, 'b_dec'),
+    ...(arch === 'jumprelu' ? { threshold: await toF32(t.threshold!, weightsFile, 'threshold') } : {}),
   };
   let k: number | undefined;
   if (arch === 'topk') {
@@ -472,7 +481,7 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
       checkFolded(weights, dIn, numLatents, weightsFile, 'rescaled by the decoder norms (cfg.json: rescale_acts_by_decoder_norm)');
     }
   }
-  if (foldFinetuningScale(cfg, cfgFile, t.scaling_factor ?? t.finetuning_scaling_factor, weightsFile, weights, dIn, numLatents)) {
+  if (await foldFinetuningScale(cfg, cfgFile, t.scaling_factor ?? t.finetuning_scaling_factor, weightsFile, weights, dIn, numLatents)) {
     checkFolded(weights, dIn, numLatents, weightsFile, 'scaled by scaling_factor (cfg.json: finetuning_scaling_factor)');
   }
   return {
@@ -508,10 +517,10 @@ async function readSparsify(dir: string, weightsFile: string): Promise<SaeFiles>
   return {
     config: { format: 'sparsify', architecture: 'topk', dIn, numLatents, k, applyBDecToInput: true, dtype: t.W_dec!.dtype, raw: cfg },
     weights: {
-      W_enc: transpose(toF32(t['encoder.weight']!, weightsFile, 'encoder.weight'), numLatents, dIn),
-      b_enc: toF32(t['encoder.bias']!, weightsFile, 'encoder.bias'),
-      W_dec: toF32(t.W_dec!, weightsFile, 'W_dec'),
-      b_dec: toF32(t.b_dec!, weightsFile, 'b_dec'),
+      W_enc: await runSliced(transposeSteps(await toF32(t['encoder.weight']!, weightsFile, 'encoder.weight'), numLatents, dIn)),
+      b_enc: await toF32(t['encoder.bias']!, weightsFile, 'encoder.bias'),
+      W_dec: await toF32(t.W_dec!, weightsFile, 'W_dec'),
+      b_dec: await toF32(t.b_dec!, weightsFile, 'b_dec'),
     },
     files: [cfgFile, weightsFile],
   };
@@ -555,11 +564,11 @@ async function readGemmaScope(file: string): Promise<SaeFiles> {
   return {
     config: { format: 'gemma-scope', architecture: 'jumprelu', dIn, numLatents, applyBDecToInput: false, dtype: W_enc.dtype, raw: {} },
     weights: {
-      W_enc: toF32(W_enc, file, 'W_enc'),
-      b_enc: toF32(get('b_enc'), file, 'b_enc'),
-      W_dec: toF32(get('W_dec'), file, 'W_dec'),
-      b_dec: toF32(get('b_dec'), file, 'b_dec'),
-      threshold: toF32(get('threshold'), file, 'threshold'),
+      W_enc: await toF32(W_enc, file, 'W_enc'),
+      b_enc: await toF32(get('b_enc'), file, 'b_enc'),
+      W_dec: await toF32(get('W_dec'), file, 'W_dec'),
+      b_dec: await toF32(get('b_dec'), file, 'b_dec'),
+      threshold: await toF32(get('threshold'), file, 'threshold'),
     },
     files: [file],
   };
@@ -571,7 +580,7 @@ async function readGemmaScope(file: string): Promise<SaeFiles> {
  * dropped; any other needs cfg.json's finetuning_scaling_factor to be true (SAELens asserts so).
  * Returns whether W_dec was scaled.
  */
-function foldFinetuningScale(
+async function foldFinetuningScale(
   cfg: Record<string, unknown>,
   cfgFile: string,
   scale: IoTensor | undefined,
@@ -579,10 +588,10 @@ function foldFinetuningScale(
   weights: SaeFileWeights,
   dIn: number,
   numLatents: number,
-): boolean {
+): Promise<boolean> {
   if (!scale) return false;
   checkShape(weightsFile, 'scaling_factor', scale, [numLatents]);
-  const s = toF32(scale, weightsFile, 'scaling_factor');
+  const s = await toF32(scale, weightsFile, 'scaling_factor');
   if (s.every((v) => v === 1)) return false;
   if (!boolField(cfg, cfgFile, 'finetuning_scaling_factor', false)) {
     throw formatError(cfgFile, `${path.basename(weightsFile)} has a scaling_factor that is not all ones but finetuning_scaling_factor is not true`);
