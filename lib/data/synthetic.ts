@@ -52,6 +52,7 @@
  * draw per batch) and §4.4 (MFR: shared support per group per batch).
  */
 import { argError, SaekitError } from '../errors.js';
+import { due, pause } from '../features/similarity.js';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
 import { resolveBatchOptions } from './options.js';
 import type { Batch, BatchOptions, OwnedActivationSource } from './types.js';
@@ -937,11 +938,19 @@ function makePermutation(n: number, seed: bigint, epoch: number): (i: number) =>
 // Public entry point.
 
 const MAX_ROWS = 2 ** 48;
+/**
+ * What one generated row counts for due() (features/similarity.ts): enough that the clock is read
+ * after every row (a row takes microseconds to milliseconds, with the correlation's sampling;
+ * a look at the clock tens of nanoseconds), so a batch is generated in ~20 ms slices.
+ */
+const ROW_UNITS = 1 << 17;
 const MAX_ELEMENTS = 2 ** 31 - 1;
 
 /**
  * A finite source of synthetic superposition rows with its ground truth (methods.md §4).
  * Rows are generated on demand, so numRows may be large; each epoch serves the same rows.
+ * source.batches() generates each batch on the JS thread in ~20 ms slices between turns of the
+ * event loop; superposition() itself draws the features (numFeatures × dIn normals) at once.
  *
  * @example
  * const { source, features } = superposition({ dIn: 64, numFeatures: 512, firing: { kind: 'expected-active', n: 5 }, seed: 1 });
@@ -992,9 +1001,12 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
               const rows = Math.min(batchSize, numRows - start);
               if (dropLast && rows < batchSize) break;
               const data = new Float32Array(rows * dIn);
-              for (let t = 0; t < rows; t++) sampler.row(perm ? perm(start + t) : start + t, data, t * dIn);
+              for (let t = 0; t < rows; t++) {
+                sampler.row(perm ? perm(start + t) : start + t, data, t * dIn);
+                if (due(ROW_UNITS)) await pause();
+              }
               yield { rows, dIn, data };
-              // Let other work run between batches: generation is synchronous.
+              // Let other work run between batches too.
               await new Promise<void>((resolve) => setImmediate(resolve));
             }
           }
