@@ -19,6 +19,7 @@
  */
 import { argError, SaekitError } from '../errors.js';
 import { solveChunked, yieldToEventLoop } from '../eval/assignment.js';
+import { due, pause, runAll, runSliced } from './similarity.js';
 import { SparseAutoencoder, type SaeWeights } from '../sae/index.js';
 import { tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
@@ -298,11 +299,14 @@ export interface SaeMatchResult {
  * and folding refuses it rather than leave it on another scale than the others.
  */
 export function foldWeights(weights: SaeWeights): SaeWeights {
-  return foldNamed(weights, 'weights');
+  return runAll(foldNamed(weights, 'weights'));
 }
 
-/** foldWeights, with errors naming the weights `name` (saeMatch: 'saeA' or 'saeB'). */
-function foldNamed(weights: SaeWeights, name: string): SaeWeights {
+/**
+ * foldWeights, with errors naming the weights `name` (saeMatch: 'saeA' or 'saeB'), as work for
+ * runAll / runSliced (similarity.ts): yields after every row of each matrix.
+ */
+function* foldNamed(weights: SaeWeights, name: string): Generator<number, SaeWeights> {
   if (weights === null || typeof weights !== 'object') throw argError('weights', 'SAE weights', weights);
   const { W_enc, b_enc, W_dec, b_dec, threshold } = weights;
   for (const [key, w] of [['W_enc', W_enc], ['b_enc', b_enc], ['W_dec', W_dec], ['b_dec', b_dec]] as const) {
@@ -313,7 +317,12 @@ function foldNamed(weights: SaeWeights, name: string): SaeWeights {
   if (W_enc.length !== n * d) throw argError('weights.W_enc', `a Float32Array of length dIn * numLatents = ${n * d}`, W_enc, 'ERR_SAEKIT_SHAPE');
   if (W_dec.length !== n * d) throw argError('weights.W_dec', `a Float32Array of length numLatents * dIn = ${n * d}`, W_dec, 'ERR_SAEKIT_SHAPE');
   if (threshold === undefined) {
-    return { W_enc: W_enc.slice(), b_enc: b_enc.slice(), W_dec: W_dec.slice(), b_dec: b_dec.slice() };
+    // Copies of tens of MiB (into fresh pages) take tens of milliseconds each.
+    const We = W_enc.slice();
+    yield n * d;
+    const Wd = W_dec.slice();
+    yield n * d;
+    return { W_enc: We, b_enc: b_enc.slice(), W_dec: Wd, b_dec: b_dec.slice() };
   }
   if (!(threshold instanceof Float32Array) || threshold.length !== n) {
     throw argError('weights.threshold', `a Float32Array of length numLatents = ${n}`, threshold, 'ERR_SAEKIT_SHAPE');
@@ -330,21 +339,54 @@ function foldNamed(weights: SaeWeights, name: string): SaeWeights {
   const We = new Float32Array(n * d);
   const Wd = new Float32Array(n * d);
   const be = new Float32Array(n);
-  for (let r = 0; r < d; r++) for (let i = 0; i < n; i++) We[r * n + i] = W_enc[r * n + i]! / threshold[i]!;
+  for (let r = 0; r < d; r++) {
+    for (let i = 0; i < n; i++) We[r * n + i] = W_enc[r * n + i]! / threshold[i]!;
+    yield n;
+  }
   for (let i = 0; i < n; i++) {
     be[i] = b_enc[i]! / threshold[i]!;
     for (let c = 0; c < d; c++) Wd[i * d + c] = W_dec[i * d + c]! * threshold[i]!;
+    yield d;
   }
   return { W_enc: We, b_enc: be, W_dec: Wd, b_dec: b_dec.slice(), threshold: new Float32Array(n).fill(1) };
 }
 
-/** Per-latent parameter vectors [numLatents, width] (decoder row, then encoder column). */
-function latentParams(w: SaeWeights, n: number, d: number, encoder: boolean): Float64Array {
+/**
+ * Per-latent parameter vectors [numLatents, width] (decoder row, then encoder column), checked to
+ * be finite (the error names the SAE `name` and the latent), with their squared norms (float64,
+ * in column order). Work for runSliced (similarity.ts): yields after every latent.
+ */
+function* latentParams(w: SaeWeights, n: number, d: number, encoder: boolean, name: string): Generator<number, { p: Float64Array; norms: Float64Array }> {
   const width = encoder ? 2 * d : d;
   const out = new Float64Array(n * width);
+  const norms = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     for (let c = 0; c < d; c++) out[i * width + c] = w.W_dec[i * d + c]!;
     if (encoder) for (let r = 0; r < d; r++) out[i * width + d + r] = w.W_enc[r * n + i]!;
+    yield encoder ? 4 * width : width; // the encoder column's reads are strided
+  }
+  // Checked for every latent before any norm, so the first non-finite value in order is reported.
+  for (let q0 = 0; q0 < out.length; q0 += width) {
+    for (let q = q0; q < q0 + width; q++) {
+      if (!Number.isFinite(out[q])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite SAE weights for saeMatch but ${name}'s latent ${Math.floor(q / width)} has ${out[q]}`);
+    }
+    yield width;
+  }
+  for (let i = 0; i < n; i++) {
+    for (let c = 0; c < width; c++) norms[i]! += out[i * width + c]! ** 2;
+    yield width;
+  }
+  return { p: out, norms };
+}
+
+/** A float32 copy of `p` (rounded to nearest), a piece at a time: work for runSliced. */
+function* toFloat32(p: Float64Array): Generator<number, Float32Array> {
+  const out = new Float32Array(p.length);
+  const piece = 1 << 16;
+  for (let at = 0; at < p.length; at += piece) {
+    const end = Math.min(p.length, at + piece);
+    out.set(p.subarray(at, end), at);
+    yield end - at;
   }
   return out;
 }
@@ -359,8 +401,9 @@ function latentParams(w: SaeWeights, n: number, d: number, encoder: boolean): Fl
  * totals differ by less than that (near-duplicate latents), the permutation can differ between
  * thread counts (backend.setThreads, OPENBLAS_NUM_THREADS) or BLAS builds; with the same thread
  * count and BLAS it is the same on every run. The reported mse is float64 and exact either way.
- * The GEMM and the solver run off the JS thread; the O(n^2) cost is built and handed over in
- * chunks, so the event loop keeps turning at 16k latents.
+ * The GEMM and the solver run off the JS thread; the O(n d) steps run on it in ~20 ms slices
+ * between turns of the event loop, and the O(n^2) cost is built and handed over in chunks, so the
+ * event loop keeps turning at 16k latents.
  */
 export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder, options?: SaeMatchOptions): Promise<SaeMatchResult> {
   if (!(saeA instanceof SparseAutoencoder)) throw argError('saeA', 'a SparseAutoencoder', saeA);
@@ -376,37 +419,23 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
   const d = saeA.dIn;
   const site = new Error();
   let [wA, wB] = await Promise.all([saeA.weights(), saeB.weights()]);
-  // The steps below are O(n * d) each; the event loop gets a turn between them, and the n x n
-  // cost is built and handed to the solver a few million entries at a time.
+  // The steps below are O(n * d) each and run in ~20 ms slices between turns of the event loop
+  // (similarity.ts runSliced); the n x n cost is built and handed to the solver a few million
+  // entries at a time.
   if (fold) {
-    wA = foldNamed(wA, 'saeA');
-    await yieldToEventLoop();
-    wB = foldNamed(wB, 'saeB');
-    await yieldToEventLoop();
+    wA = await runSliced(foldNamed(wA, 'saeA'));
+    wB = await runSliced(foldNamed(wB, 'saeB'));
   }
   const width = encoder ? 2 * d : d;
-  const pA = latentParams(wA, n, d, encoder);
-  const pB = latentParams(wB, n, d, encoder);
-  await yieldToEventLoop();
-  for (const [name, p] of [['saeA', pA], ['saeB', pB]] as const) {
-    for (let q = 0; q < p.length; q++) {
-      if (!Number.isFinite(p[q])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite SAE weights for saeMatch but ${name}'s latent ${Math.floor(q / width)} has ${p[q]}`);
-    }
-  }
+  // A's and B's finite checks in that order, as before: saeA's bad latent is named first.
+  const { p: pA, norms: normA } = await runSliced(latentParams(wA, n, d, encoder, 'saeA'));
+  const { p: pB, norms: normB } = await runSliced(latentParams(wB, n, d, encoder, 'saeB'));
   // cost_ij = (||a_i||^2 + ||b_j||^2 - 2 a_i.b_j) / width, the dot products as one GEMM.
-  const normA = new Float64Array(n);
-  const normB = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    for (let c = 0; c < width; c++) {
-      normA[i]! += pA[i * width + c]! ** 2;
-      normB[i]! += pB[i * width + c]! ** 2;
-    }
-  }
-  await yieldToEventLoop();
   let dots: Float32Array;
   {
-    using ta = tensor(Float32Array.from(pA), [n, width], { device: 'cpu' });
-    using tb = tensor(Float32Array.from(pB), [n, width], { device: 'cpu' });
+    using ta = tensor(await runSliced(toFloat32(pA)), [n, width], { device: 'cpu' });
+    if (due(n * width)) await pause(); // a copy of tens of MiB (into fresh pages) takes tens of ms
+    using tb = tensor(await runSliced(toFloat32(pB)), [n, width], { device: 'cpu' });
     using g = await matmul(ta, tb, { transB: true });
     // Disposed while the copy is queued: the copy job then holds the last reference, and the
     // n x n result (1 GiB at 16k latents) is freed off the JS thread.
@@ -438,6 +467,7 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
     }
     mse[i] = s2 / width;
     sum += mse[i]!;
+    if (due(width)) await pause();
   }
   return { permutation: rowToCol, mse, meanMse: sum / n };
 }
