@@ -13,7 +13,7 @@ import { describe, expect, it } from 'vitest';
 
 import { CooccurrenceAccumulator } from '../lib/eval/cooccurrence.js';
 import { cka, permutationTest, rsa, svcca } from '../lib/features/similarity.js';
-import { watchGaps } from './helpers/event-loop.js';
+import { watchCall, watchGaps } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 import { largeCases, smallCases, type Digest } from './helpers/sync-golden.js';
 
@@ -37,17 +37,13 @@ describe('the event loop runs during', () => {
   for (const [key, c] of Object.entries(largeCases)) {
     it(`${c.name} (synchronous: one ~${c.syncMs} ms stall)`, async () => {
       const call = c.prepare();
-      await new Promise((r) => setTimeout(r, 5)); // the preparation's garbage out of the way
-      const watch = watchGaps();
-      const t0 = performance.now();
-      const digest = await call();
-      const elapsed = performance.now() - t0;
-      await new Promise((r) => setTimeout(r, 5));
-      const gaps = watch.stop();
+      // Up to three runs while the longest gap is over the bound (a loaded machine's scheduler;
+      // a synchronous stall exceeds it on every run).
+      const bound = (elapsed: number) => Math.min(150, Math.max(60, elapsed / 3));
+      const { value: digest, elapsed, longest, firings } = await watchCall(call, { bound });
       expect(digest, 'the synchronous bits').toEqual(golden[c.name]);
-      const longest = Math.max(...gaps);
-      expect(longest, `${key}: longest gap of a ${elapsed.toFixed(0)} ms call`).toBeLessThan(Math.min(150, Math.max(60, elapsed / 3)));
-      expect(gaps.length, `${key}: ${elapsed.toFixed(0)} ms`).toBeGreaterThan(elapsed / 50);
+      expect(longest, `${key}: longest gap of a ${elapsed.toFixed(0)} ms call`).toBeLessThan(bound(elapsed));
+      expect(firings, `${key}: ${elapsed.toFixed(0)} ms`).toBeGreaterThan(elapsed / 50);
     }, 20_000);
   }
 });
