@@ -72,6 +72,38 @@ export function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
+/** Milliseconds of work between two turns of the event loop. */
+const SLICE_MS = 20;
+
+/** Units of work (about one multiply-add each) between two looks at the clock: ~0.1 ms. @internal */
+export const CHECK_UNITS = 1 << 17;
+
+/**
+ * When the current slice began: the last return from pause(). Shared by every call, so that work
+ * nested in another (a score function awaited by permutationTest) counts from the same start.
+ */
+let sliceStart = performance.now();
+/** Units counted by due() since it last read the clock. */
+let unchecked = 0;
+
+/**
+ * Counts `units` of work just done; true once the slice has run SLICE_MS, and the caller then
+ * awaits pause(). Reads the clock only every CHECK_UNITS units, so a hot loop can call it often.
+ * Used by features/ (similarity, correlation) and eval/ (mdl, geometry, evaluate). @internal
+ */
+export function due(units: number): boolean {
+  unchecked += units;
+  if (unchecked < CHECK_UNITS) return false;
+  unchecked = 0;
+  return performance.now() - sliceStart > SLICE_MS;
+}
+
+/** Lets timers and I/O run, then starts a new slice. @internal */
+export async function pause(): Promise<void> {
+  await yieldToEventLoop();
+  sliceStart = performance.now();
+}
+
 /**
  * The native solver fed in chunks of whole rows: `rowsOf(row0, count)` returns rows row0 ..
  * row0 + count - 1 of the [rows, cols] cost (Float32Array or Float64Array, row-major), which the

@@ -41,7 +41,7 @@
  * few hundred and n of a few thousand. RSA holds two n(n-1)/2 float64 triangles (§9), ranked by a
  * radix sort; an n whose triangles cannot be allocated is ERR_SAEKIT_MEMORY (subsample the rows,
  * as `saekit compare --max-pairs` does). At a few thousand rows these functions take seconds, so
- * they return Promises: the work runs on the JS thread in slices of about SLICE_MS (20 ms),
+ * they return Promises: the work runs on the JS thread in slices of about 20 ms (due() and pause() of eval/assignment.ts),
  * between which the event loop runs (timers, I/O, other requests). The slices change no
  * arithmetic: every sum is taken in the same order as in one piece. Bad arguments reject the
  * Promise (with the same SaekitError as before). A and B are read (copied, for svcca, rsa and cka)
@@ -53,7 +53,7 @@
 import os from 'node:os';
 
 import { Rng } from '../data/prng.js';
-import { yieldToEventLoop } from '../eval/assignment.js';
+import { CHECK_UNITS, due, pause } from '../eval/assignment.js';
 import { argError, SaekitError } from '../errors.js';
 import { checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
 
@@ -144,13 +144,7 @@ export interface PermutationResult {
 const SMALL = 1e-10;
 
 // ---------------------------------------------------------------------------------------------
-// Slices: the work gives the event loop a turn about every SLICE_MS
-
-/** Milliseconds of work between two turns of the event loop. */
-const SLICE_MS = 20;
-
-/** Units of work (about one multiply-add each) between two looks at the clock: ~0.1 ms. */
-const CHECK_UNITS = 1 << 17;
+// Slices: the work gives the event loop a turn about every 20 ms (due(), pause())
 
 /** Entries a blocked loop handles between two calls of due(). */
 const BLOCK = 1 << 16;
@@ -162,32 +156,6 @@ const BLOCK = 1 << 16;
  */
 const SCATTER_BLOCK = 1 << 12;
 const MISS = 32;
-
-/**
- * When the current slice began: the last return from pause(). Shared by every call, so that work
- * nested in another (a score function awaited by permutationTest) counts from the same start.
- */
-let sliceStart = performance.now();
-/** Units counted by due() since it last read the clock. */
-let unchecked = 0;
-
-/**
- * Counts `units` of work just done; true once the slice has run SLICE_MS, and the caller then
- * awaits pause(). Reads the clock only every CHECK_UNITS units, so a hot loop can call it often.
- * Also used by correlation.ts. @internal
- */
-export function due(units: number): boolean {
-  unchecked += units;
-  if (unchecked < CHECK_UNITS) return false;
-  unchecked = 0;
-  return performance.now() - sliceStart > SLICE_MS;
-}
-
-/** Lets timers and I/O run, then starts a new slice. @internal */
-export async function pause(): Promise<void> {
-  await yieldToEventLoop();
-  sliceStart = performance.now();
-}
 
 /**
  * Runs work written as a generator to its end at once. The generator yields the units of work
