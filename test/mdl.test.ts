@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { fromArray, SaekitError, SparseAutoencoder } from '../lib/index.js';
 import { codeLength, descriptionLength } from '../lib/eval/mdl.js';
+import { watchGaps } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 
 function codes(rows: number, k: number, values: number[], indices: number[]) {
@@ -36,18 +37,18 @@ function naiveDL(cs: ReturnType<typeof codes>[], L: number, delta: number): numb
 }
 
 describe('MDL description length', () => {
-  it('closed forms: a constant-on latent costs 0 bits; a Bernoulli(1/2) binary latent 1 bit; two equiprobable values add p * 1 bit', () => {
+  it('closed forms: a constant-on latent costs 0 bits; a Bernoulli(1/2) binary latent 1 bit; two equiprobable values add p * 1 bit', async () => {
     // latent 3 on every token with value 2.5; latent 5 on every other token with value 1.
     const c = codes(4, 2, [2.5, 1, 2.5, 0, 2.5, 1, 2.5, 0], [3, 5, 3, 0, 3, 5, 3, 0]);
-    const r = codeLength([c], 8, 1);
+    const r = await codeLength([c], 8, 1);
     expect(r.bernoulli).toBeCloseTo(1, 12);
     expect(r.value).toBe(0);
     // Now latent 5's two active values fall in different bins: + 1/2 * 1 bit.
     const c2 = codes(4, 2, [2.5, 1, 2.5, 0, 2.5, 3, 2.5, 0], [3, 5, 3, 0, 3, 5, 3, 0]);
-    expect(codeLength([c2], 8, 1).bits).toBeCloseTo(1.5, 12);
+    expect((await codeLength([c2], 8, 1)).bits).toBeCloseTo(1.5, 12);
   });
 
-  it('matches a naive float64 reference on random codes, split across batches in any way', () => {
+  it('matches a naive float64 reference on random codes, split across batches in any way', async () => {
     const next = lcg(Date.now() >>> 0);
     const L = 23;
     const mk = (rows: number) => {
@@ -62,7 +63,7 @@ describe('MDL description length', () => {
     };
     const parts = [mk(17), mk(1), mk(40)];
     const delta = 0.37;
-    expect(codeLength(parts, L, delta).bits).toBeCloseTo(naiveDL(parts, L, delta), 10);
+    expect((await codeLength(parts, L, delta)).bits).toBeCloseTo(naiveDL(parts, L, delta), 10);
   });
 
   it('on a real SAE: the chosen precision meets the MSE bound, parts add up, batch splits agree; compat is labelled SAEBench', async () => {
@@ -172,4 +173,64 @@ describe('MDL description length', () => {
     expect(r.mse).toBe(r.mseUnquantized);
     await expect(descriptionLength(dead, fromArray(x, 5), { mseBound: r.mseUnquantized / 2 })).rejects.toThrow(/every code is zero/);
   });
+});
+
+describe('descriptionLength shares the JS thread', () => {
+  // Before, codeLength's Map of Maps over every code, each width's quantised codes for every
+  // batch, and the sums of squares each held the JS thread in one piece: with a loose bound (no
+  // bisection) codeLength's piece was 0.4-0.8 s, about a third of the call, on the loaded 2-core
+  // development machine. Now they run in ~20 ms slices (gaps of 50-160 ms there). The bound is
+  // event-loop-slices.test.ts's 150 ms, or a sixth of the call when that is longer (other jobs
+  // stretch every slice and the call alike).
+  it('16,384 latents, 4,096 tokens of k = 256 in one batch, default and loose bounds; the DL matches a float64 reference from sorted (latent, bin) keys', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const [dIn, L, k, rows] = [8, 16384, 256, 4096];
+    const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed });
+    const codes = await sae.encode(x);
+    for (const mseBound of [undefined, 1e9]) {
+      const source = fromArray(x, dIn);
+      await new Promise((r) => setTimeout(r, 5));
+      const watch = watchGaps();
+      const t0 = performance.now();
+      const got = await descriptionLength(sae, source, { batchSize: rows, maxTokens: rows, ...(mseBound === undefined ? {} : { mseBound }) });
+      const elapsed = performance.now() - t0;
+      await new Promise((r) => setTimeout(r, 5));
+      const gaps = watch.stop();
+      const ctx = `seed ${seed}, mseBound ${mseBound}`;
+      expect(Math.max(...gaps), `${ctx}: longest gap of a ${elapsed.toFixed(0)} ms call`).toBeLessThan(Math.max(150, elapsed / 6));
+      expect(gaps.length, `${ctx}: ${elapsed.toFixed(0)} ms`).toBeGreaterThan(elapsed / 50);
+      expect(got.mse, ctx).toBeLessThanOrEqual(got.mseBound);
+      // The reference: every active code's key l * 2^32 + bin, sorted; runs of equal keys are the
+      // bins' counts, runs of equal l the latents'.
+      const keys: number[] = [];
+      for (let q = 0; q < codes.values.length; q++) {
+        const v = codes.values[q]!;
+        if (v > 0) keys.push(codes.indices[q]! * 2 ** 32 + Math.floor(v / got.precision));
+      }
+      const sorted = Float64Array.from(keys).sort();
+      let bernoulli = 0;
+      let value = 0;
+      for (let a = 0; a < sorted.length; ) {
+        const l = Math.floor(sorted[a]! / 2 ** 32);
+        let b = a;
+        while (b < sorted.length && Math.floor(sorted[b]! / 2 ** 32) === l) b++;
+        const n = b - a;
+        const p = n / rows;
+        bernoulli += p < 1 ? -(p * Math.log2(p) + (1 - p) * Math.log2(1 - p)) : 0;
+        let h = 0;
+        for (let i = a; i < b; ) {
+          let j = i;
+          while (j < b && sorted[j] === sorted[i]) j++;
+          if (j - i < n) h -= ((j - i) / n) * Math.log2((j - i) / n);
+          i = j;
+        }
+        value += p * h;
+        a = b;
+      }
+      expect(Math.abs(got.bernoulliBits - bernoulli), ctx).toBeLessThan(1e-9 * bernoulli);
+      expect(Math.abs(got.valueBits - value), ctx).toBeLessThanOrEqual(1e-9 * value);
+    }
+  }, 60_000);
 });

@@ -23,11 +23,17 @@
  * when the finest width tried (vmax x 2^-30) misses the bound, the powers of two vmax x 2^-j
  * between are tried, and bisection starts from the coarsest of them that meets it; if none does,
  * the error gives the lowest MSE they reach.
+ *
+ * The JS work (the histograms, each width's quantised codes, the sums of squares) runs in slices
+ * of about 20 ms between turns of the event loop (due(), pause()); every sum is taken in the same
+ * order as in one piece. Each width's quantised codes are made one batch at a time, just before
+ * that batch is decoded.
  */
 import type { ActivationSource } from '../data/types.js';
 import { argError, SaekitError } from '../errors.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
 import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
+import { due, pause } from './assignment.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const DL_OPTIONS = optionNames<DescriptionLengthOptions>({ maxTokens: true, batchSize: true, mseBound: true, compat: true });
@@ -81,52 +87,130 @@ function histEntropy(counts: Iterable<number>, total: number): number {
   return h;
 }
 
+/** Entries a loop handles between two calls of due(). */
+const BLOCK = 1 << 16;
+
 /**
- * The paper-form DL of codes quantised with bin width `delta` (bins [b delta, (b+1) delta) of the
- * active, i.e. positive, values), and its two parts. Exposed for tests.
+ * The paper-form DL of codes quantised with bin width `delta` > 0 (bins [b delta, (b+1) delta) of
+ * the active, i.e. positive, values), and its two parts. Exposed for tests.
+ *
+ * Each latent's bins are gathered in token order (a counting sort by latent) and counted in an
+ * open-addressing table; a latent's entropy sums its bins in the order they first occur, the
+ * order in which a Map of the bins would list them.
  * @internal
  */
-export function codeLength(codes: SparseCodes[], numLatents: number, delta: number): { bits: number; bernoulli: number; value: number } {
+export async function codeLength(codes: SparseCodes[], numLatents: number, delta: number): Promise<{ bits: number; bernoulli: number; value: number }> {
   let tokens = 0;
   const active = new Float64Array(numLatents);
-  const bins = new Map<number, Map<number, number>>();
   for (const c of codes) {
     tokens += c.rows;
-    for (let q = 0; q < c.values.length; q++) {
-      const v = c.values[q]!;
-      if (!(v > 0)) continue;
-      const l = c.indices[q]!;
-      active[l]! += 1;
-      let m = bins.get(l);
-      if (!m) bins.set(l, (m = new Map()));
-      const b = Math.floor(v / delta);
-      m.set(b, (m.get(b) ?? 0) + 1);
+    const { values, indices } = c;
+    for (let q0 = 0; q0 < values.length; q0 += BLOCK) {
+      const q1 = Math.min(values.length, q0 + BLOCK);
+      for (let q = q0; q < q1; q++) if (values[q]! > 0) active[indices[q]!]! += 1;
+      if (due(q1 - q0)) await pause();
     }
   }
+  // Latent l's bins go to bins[start_l ..], in token order.
+  const at = new Float64Array(numLatents);
+  let total = 0;
+  let most = 0;
+  for (let l = 0; l < numLatents; l++) {
+    at[l] = total;
+    total += active[l]!;
+    if (active[l]! > most) most = active[l]!;
+  }
+  const bins = new Float64Array(total);
+  for (const c of codes) {
+    const { values, indices } = c;
+    for (let q0 = 0; q0 < values.length; q0 += BLOCK) {
+      const q1 = Math.min(values.length, q0 + BLOCK);
+      for (let q = q0; q < q1; q++) {
+        const v = values[q]!;
+        if (v > 0) bins[at[indices[q]!]!++] = Math.floor(v / delta);
+      }
+      if (due(4 * (q1 - q0))) await pause(); // scattered writes
+    }
+  }
+  // One table for every latent: slot i belongs to latent l while tag[i] is l + 1.
+  let tableBits = 1;
+  while (1 << tableBits < 2 * most) tableBits++;
+  const keys = new Float64Array(1 << tableBits);
+  const counts = new Float64Array(1 << tableBits);
+  const tag = new Int32Array(1 << tableBits);
+  const order = new Int32Array(most);
   let bernoulli = 0;
   let value = 0;
+  let start = 0;
   for (let l = 0; l < numLatents; l++) {
     const n = active[l]!;
     if (n === 0) continue;
+    let lb = 1; // latent l's table: the first 2^lb >= 2n slots
+    while (1 << lb < 2 * n) lb++;
+    const mask = (1 << lb) - 1;
+    const shift = 32 - lb;
+    let distinct = 0;
+    for (let q = start; q < start + n; q++) {
+      const key = bins[q]!;
+      let i = (key < 2 ** 31 ? Math.imul(key, 0x9e3779b1) : hashDouble(key)) >>> shift;
+      while (tag[i] === l + 1 && keys[i] !== key) i = (i + 1) & mask;
+      if (tag[i] === l + 1) counts[i]! += 1;
+      else {
+        tag[i] = l + 1;
+        keys[i] = key;
+        counts[i] = 1;
+        order[distinct++] = i;
+      }
+    }
+    start += n;
     const p = n / tokens;
     bernoulli += h2(p);
-    value += p * histEntropy(bins.get(l)!.values(), n);
+    let h = 0;
+    for (let j = 0; j < distinct; j++) {
+      const c = counts[order[j]!]!;
+      if (c > 0 && c < n) h -= (c / n) * Math.log2(c / n);
+    }
+    value += p * h;
+    if (due(4 * n)) await pause();
   }
   return { bits: bernoulli + value, bernoulli, value };
 }
 
-function quantised(c: SparseCodes, delta: number): SparseCodes {
-  const values = Float32Array.from(c.values, (v) => (v > 0 ? (Math.floor(v / delta) + 0.5) * delta : 0));
+/** A 32-bit hash of a bin index of 2^31 or more (or Infinity), from both words of its float64. */
+const f64 = new Float64Array(1);
+const u32 = new Uint32Array(f64.buffer);
+function hashDouble(key: number): number {
+  f64[0] = key;
+  return Math.imul(u32[0]! ^ Math.imul(u32[1]!, 0x85ebca6b), 0x9e3779b1);
+}
+
+/** `c` with each positive value moved to the middle of its bin of width `delta` (others 0). */
+async function quantised(c: SparseCodes, delta: number): Promise<SparseCodes> {
+  const src = c.values;
+  const values = new Float32Array(src.length);
+  for (let q0 = 0; q0 < src.length; q0 += BLOCK) {
+    const q1 = Math.min(src.length, q0 + BLOCK);
+    for (let q = q0; q < q1; q++) {
+      const v = src[q]!;
+      values[q] = v > 0 ? (Math.floor(v / delta) + 0.5) * delta : 0;
+    }
+    if (due(q1 - q0)) await pause();
+  }
   return { ...c, values };
 }
 
-async function mseOf(sae: SparseAutoencoder, xs: Float32Array[], codes: SparseCodes[]): Promise<number> {
+/** The MSE of decoding `codes` (each batch passed through `quantise` first, one at a time). */
+async function mseOf(sae: SparseAutoencoder, xs: Float32Array[], codes: SparseCodes[], quantise?: (c: SparseCodes) => Promise<SparseCodes>): Promise<number> {
   let sse = 0;
   let tokens = 0;
   for (let b = 0; b < xs.length; b++) {
-    const recon = await sae.decode(codes[b]!);
+    const recon = await sae.decode(quantise ? await quantise(codes[b]!) : codes[b]!);
     const x = xs[b]!;
-    for (let i = 0; i < x.length; i++) sse += (x[i]! - recon[i]!) ** 2;
+    for (let i0 = 0; i0 < x.length; i0 += BLOCK) {
+      const i1 = Math.min(x.length, i0 + BLOCK);
+      for (let i = i0; i < i1; i++) sse += (x[i]! - recon[i]!) ** 2;
+      if (due(i1 - i0)) await pause();
+    }
     tokens += codes[b]!.rows;
   }
   return sse / tokens;
@@ -157,10 +241,22 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
   }
   if (tokens === 0) throw new SaekitError('ERR_SAEKIT_ARG', 'the source produced no rows');
   let vmax = 0;
-  for (const c of codes) for (const v of c.values) if (v > vmax) vmax = v;
+  for (const c of codes) {
+    for (let q0 = 0; q0 < c.values.length; q0 += BLOCK) {
+      const q1 = Math.min(c.values.length, q0 + BLOCK);
+      for (let q = q0; q < q1; q++) if (c.values[q]! > vmax) vmax = c.values[q]!;
+      if (due(q1 - q0)) await pause();
+    }
+  }
   const mse0 = await mseOf(sae, xs, codes);
   let sumSq = 0;
-  for (const x of xs) for (const v of x) sumSq += v * v;
+  for (const x of xs) {
+    for (let i0 = 0; i0 < x.length; i0 += BLOCK) {
+      const i1 = Math.min(x.length, i0 + BLOCK);
+      for (let i = i0; i < i1; i++) sumSq += x[i]! * x[i]!;
+      if (due(i1 - i0)) await pause();
+    }
+  }
   // The default bound: 1% above the unquantised MSE, and at least 1e-7 of the mean ||x||^2. A
   // lossless SAE (mse0 0) needs the floor: no width meets 1.01 x 0, as the quantised values and
   // the decode are rounded to float32 (each entry of x_hat off by up to about (k + 1) 2^-24 of
@@ -170,7 +266,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
   const bound = o.mseBound ?? Math.max(mse0 * 1.01, 1e-7 * (sumSq / tokens));
   const boundName = o.mseBound === undefined ? `The default mseBound, max(1.01 x the unquantised MSE, 1e-7 x the mean ||x||^2) = ${bound},` : `options.mseBound = ${bound}`;
   let delta = vmax > 0 ? vmax : 1;
-  let mse = vmax > 0 ? await mseOf(sae, xs, codes.map((c) => quantised(c, delta))) : mse0;
+  let mse = vmax > 0 ? await mseOf(sae, xs, codes, (c) => quantised(c, delta)) : mse0;
   if (vmax === 0 && mse0 > bound) {
     // No code is nonzero: no quantisation changes anything, so the bound cannot be met.
     throw new SaekitError('ERR_SAEKIT_ARG', `${boundName} is below what any quantisation reaches (${mse0}: every code is zero); the unquantised MSE is ${mse0}`);
@@ -180,7 +276,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
     let lo = Math.log(vmax) - 30 * Math.LN2;
     let hi = Math.log(vmax);
     let best = Math.exp(lo);
-    let bestMse = await mseOf(sae, xs, codes.map((c) => quantised(c, best)));
+    let bestMse = await mseOf(sae, xs, codes, (c) => quantised(c, best));
     if (bestMse > bound) {
       // The MSE need not rise with the width (a coarser bin's midpoint can land nearer x than
       // the value itself), so before giving up try the powers of two between, coarsest first.
@@ -188,7 +284,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
       let minWidth = mse <= bestMse ? vmax : best;
       for (let j = 1; j < 30 && bestMse > bound; j++) {
         const w = vmax * 2 ** -j;
-        const m = await mseOf(sae, xs, codes.map((c) => quantised(c, w)));
+        const m = await mseOf(sae, xs, codes, (c) => quantised(c, w));
         if (m < minMse) [minMse, minWidth] = [m, w];
         if (m <= bound) [best, bestMse, lo, hi] = [w, m, Math.log(w), Math.log(2 * w)];
       }
@@ -201,7 +297,8 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
     }
     for (let it = 0; it < 24; it++) {
       const mid = (lo + hi) / 2;
-      const m = await mseOf(sae, xs, codes.map((c) => quantised(c, Math.exp(mid))));
+      const width = Math.exp(mid);
+      const m = await mseOf(sae, xs, codes, (c) => quantised(c, width));
       if (m <= bound) {
         lo = mid;
         best = Math.exp(mid);
@@ -211,7 +308,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
     delta = best;
     mse = bestMse;
   }
-  const dl = codeLength(codes, sae.numLatents, delta);
+  const dl = await codeLength(codes, sae.numLatents, delta);
   const result: DescriptionLengthResult = {
     tokens,
     bitsPerToken: dl.bits,
@@ -232,23 +329,31 @@ async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes:
   const maxv = new Float64Array(M).fill(100); // SAEBench initialises the running max at 100
   const active = new Float64Array(M);
   for (const c of codes) {
-    for (let q = 0; q < c.values.length; q++) {
-      const v = c.values[q]!;
-      if (!(v > 0)) continue;
-      const l = c.indices[q]!;
-      active[l]! += 1;
-      if (v > maxv[l]!) maxv[l] = v;
+    for (let q0 = 0; q0 < c.values.length; q0 += BLOCK) {
+      const q1 = Math.min(c.values.length, q0 + BLOCK);
+      for (let q = q0; q < q1; q++) {
+        const v = c.values[q]!;
+        if (!(v > 0)) continue;
+        const l = c.indices[q]!;
+        active[l]! += 1;
+        if (v > maxv[l]!) maxv[l] = v;
+      }
+      if (due(q1 - q0)) await pause();
     }
   }
   const out: { numBins: number; bitsPerToken: number; rmsePerDim: number; valid: boolean }[] = [];
   for (const numBins of [4, 6, 8, 12, 16, 32]) {
     const hist = new Float64Array(M * numBins);
     for (const c of codes) {
-      for (let q = 0; q < c.values.length; q++) {
-        const v = c.values[q]!;
-        if (!(v > 0)) continue;
-        const l = c.indices[q]!;
-        hist[l * numBins + Math.min(numBins - 1, Math.floor((v / maxv[l]!) * numBins))]! += 1;
+      for (let q0 = 0; q0 < c.values.length; q0 += BLOCK) {
+        const q1 = Math.min(c.values.length, q0 + BLOCK);
+        for (let q = q0; q < q1; q++) {
+          const v = c.values[q]!;
+          if (!(v > 0)) continue;
+          const l = c.indices[q]!;
+          hist[l * numBins + Math.min(numBins - 1, Math.floor((v / maxv[l]!) * numBins))]! += 1;
+        }
+        if (due(q1 - q0)) await pause();
       }
     }
     let bits = 0;
@@ -257,17 +362,24 @@ async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes:
       // The histogram over all tokens: the zeros land in bin 0.
       hist[l * numBins]! += tokens - active[l]!;
       bits += h2(p) + p * histEntropy(hist.subarray(l * numBins, (l + 1) * numBins), tokens);
+      if (due(4 * numBins)) await pause();
     }
-    const q = codes.map((c) => ({
-      ...c,
-      values: Float32Array.from(c.values, (v, i) => {
-        if (!(v > 0)) return 0;
-        const l = c.indices[i]!;
-        const w = maxv[l]! / numBins;
-        return (Math.min(numBins - 1, Math.floor(v / w)) + 0.5) * w;
-      }),
-    }));
-    const mse = (await mseOf(sae, xs, q)) / sae.dIn; // per element
+    const quantise = async (c: SparseCodes): Promise<SparseCodes> => {
+      const values = new Float32Array(c.values.length);
+      for (let q0 = 0; q0 < values.length; q0 += BLOCK) {
+        const q1 = Math.min(values.length, q0 + BLOCK);
+        for (let q = q0; q < q1; q++) {
+          const v = c.values[q]!;
+          if (!(v > 0)) continue;
+          const l = c.indices[q]!;
+          const w = maxv[l]! / numBins;
+          values[q] = (Math.min(numBins - 1, Math.floor(v / w)) + 0.5) * w;
+        }
+        if (due(q1 - q0)) await pause();
+      }
+      return { ...c, values };
+    };
+    const mse = (await mseOf(sae, xs, codes, quantise)) / sae.dIn; // per element
     const rmsePerDim = Math.sqrt(mse) / sae.dIn;
     out.push({ numBins, bitsPerToken: bits, rmsePerDim, valid: rmsePerDim < 0.01 });
   }
