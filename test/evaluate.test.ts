@@ -16,6 +16,7 @@ import { evaluate, maxCosine, type EvaluateResult } from '../lib/eval/evaluate.j
 import { SparseAutoencoder, type SaeWeights, type SparseCodes } from '../lib/index.js';
 import { customSource, watchedSource } from './helpers/data-fixtures.js';
 import { cosineTolerance, refMaxCosine, refMetrics } from './helpers/eval-reference.js';
+import { watchGaps } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 
 /** float64 summation-order tolerance (relative), see the header. */
@@ -477,6 +478,88 @@ describe('maxCosine', () => {
     const opp = await maxCosine(Float32Array.of(3, 4, -6, -8), 2, 2);
     for (const v of opp) expect(v).toBeCloseTo(-1, 6);
     expect(Array.from(await maxCosine(new Float32Array(12), 4, 3))).toEqual([0, 0, 0, 0]);
+  });
+});
+
+/** Row i's largest cosine to any other of the n rows of [n, d] `rows`, in float64 (0 for a zero row). */
+function refMaxCosineOf(rows: Float32Array, n: number, d: number, i: number): number {
+  const norm = (r: number) => {
+    let s = 0;
+    for (let j = 0; j < d; j++) s += rows[r * d + j]! ** 2;
+    return Math.sqrt(s);
+  };
+  const ni = norm(i);
+  let m = -Infinity;
+  for (let r = 0; r < n; r++) {
+    if (r === i) continue;
+    const nr = norm(r);
+    let dot = 0;
+    for (let j = 0; j < d; j++) dot += rows[i * d + j]! * rows[r * d + j]!;
+    m = Math.max(m, ni > 0 && nr > 0 ? dot / (ni * nr) : 0);
+  }
+  return m;
+}
+
+describe('geometry shares the JS thread', () => {
+  // Before, maxCosine's finite check and normalisation of every row ran in one turn of the event
+  // loop (and then each chunk's scan of 2048 x n cosines in one more), after evaluate()'s
+  // transpose of W_enc in the same turn: gaps of 0.25-0.55 s at these sizes (long rows, few
+  // GEMM flops) on the loaded 2-core development machine, 60-80% of the call. Now they run in
+  // ~20 ms slices (60-100 ms gaps there: the copies into native memory). The bound is
+  // event-loop-slices.test.ts's 150 ms, or a sixth of the call when that is longer (BLAS threads
+  // spinning after each GEMM and other jobs stretch every slice and the call alike).
+  const expectFreeLoop = async <T>(call: () => Promise<T>): Promise<T> => {
+    await new Promise((r) => setTimeout(r, 5));
+    const watch = watchGaps();
+    const t0 = performance.now();
+    const got = await call();
+    const elapsed = performance.now() - t0;
+    await new Promise((r) => setTimeout(r, 5));
+    const gaps = watch.stop();
+    expect(Math.max(...gaps), `longest gap of a ${elapsed.toFixed(0)} ms call`).toBeLessThan(Math.max(150, elapsed / 6));
+    expect(gaps.length, `${elapsed.toFixed(0)} ms`).toBeGreaterThan(elapsed / 50);
+    return got;
+  };
+
+  it('maxCosine of 64 rows of 262,144; sampled rows match a float64 reference', async () => {
+    const { ctx, next } = freshRng(40);
+    const [n, d] = [64, 1 << 18];
+    const rows = Float32Array.from({ length: n * d }, () => next() * 2 - 1);
+    rows.fill(0, 3 * d, 4 * d); // row 3 is zero
+    rows.set(rows.subarray(10 * d, 11 * d), 20 * d); // row 20 duplicates row 10
+    const got = await expectFreeLoop(() => maxCosine(rows, n, d));
+    expect(got[3], ctx).toBe(0);
+    for (const i of [10, 20, ...Array.from({ length: 6 }, () => Math.floor(next() * n))]) {
+      expect(Math.abs(got[i]! - refMaxCosineOf(rows, n, d, i)), `${ctx}: row ${i}`).toBeLessThanOrEqual(cosineTolerance(d));
+    }
+  }, 30_000);
+
+  it('evaluate() with geometry, 32 latents of dIn 262,144; sampled latents match a float64 reference', async () => {
+    const { ctx, next } = freshRng(41);
+    const [dIn, L] = [1 << 18, 32];
+    const w = randomWeights(dIn, L, next);
+    using sae = SparseAutoencoder.fromWeights(w, { k: 4 });
+    const source = fromArray(randomX(8, dIn, next), dIn);
+    const got = await expectFreeLoop(() => evaluate(sae, source, { batchSize: 8 }));
+    const encRows = new Float32Array(L * dIn);
+    for (let r = 0; r < dIn; r++) for (let c = 0; c < L; c++) encRows[c * dIn + r] = w.W_enc[r * L + c]!;
+    for (let s = 0; s < 6; s++) {
+      const i = Math.floor(next() * L);
+      expect(Math.abs(got.max_cos_enc![i]! - refMaxCosineOf(encRows, L, dIn, i)), `${ctx}: encoder ${i}`).toBeLessThanOrEqual(cosineTolerance(dIn));
+      expect(Math.abs(got.max_cos_dec![i]! - refMaxCosineOf(w.W_dec, L, dIn, i)), `${ctx}: decoder ${i}`).toBeLessThanOrEqual(cosineTolerance(dIn));
+    }
+  }, 30_000);
+
+  it('maxCosine: rows detached while the call runs is a named error, not cosines of zeros', async () => {
+    const next = lcg(freshSeed(42));
+    const [n, d] = [3000, 100];
+    const rows = Float32Array.from({ length: n * d }, () => next() * 2 - 1);
+    await new Promise((r) => setTimeout(r, 30)); // a stale slice clock: the first look at it pauses
+    setImmediate(() => structuredClone(rows.buffer, { transfer: [rows.buffer] }));
+    await expect(maxCosine(rows, n, d)).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/Expected rows to keep its 300000 values until the call settles but it now has 0/),
+    });
   });
 });
 

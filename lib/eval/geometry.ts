@@ -7,7 +7,9 @@
  * is 0) and rounded to float32; then, chunk by chunk, `ops.matmul(chunk, all, { transB: true })`
  * (the backend's float32 GEMM, off the JS thread) gives the cosines of `chunk` rows against all
  * rows, of which each row keeps its maximum over the other rows (the diagonal is skipped).
- * The next chunk's GEMM runs while the current one is scanned.
+ * The next chunk's GEMM runs while the current one is scanned. The JS work (the finite check, the
+ * normalisation, the scans) runs in slices of about 20 ms between turns of the event loop (due(),
+ * pause()).
  *
  * Accuracy: each unit row is rounded to float32 (relative error <= u = 2^-24 per entry) and the
  * dot product of length d is a float32 sum, so |computed - exact cosine| <= (d + 2) u / (1 - (d + 2) u)
@@ -18,6 +20,7 @@ import { argError, SaekitError } from '../errors.js';
 import { tensor, type Tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
 import { checkInt, checkOptions, optionNames } from '../validate.js';
+import { due, pause } from './assignment.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const MAX_COSINE_OPTIONS = optionNames<MaxCosineOptions>({ chunk: true });
@@ -31,6 +34,9 @@ export interface MaxCosineOptions {
   chunk?: number;
 }
 
+/** Entries the finite check reads between two calls of due(). */
+const BLOCK = 1 << 16;
+
 /** Max-entry budget of one cosine block (float32 values). */
 const BLOCK_VALUES = 1 << 25;
 
@@ -38,9 +44,10 @@ const BLOCK_VALUES = 1 << 25;
  * Unit rows in float32: each row divided by its float64 norm (zero rows stay zero).
  * @internal
  */
-export function normaliseRows(rows: Float32Array, n: number, d: number): Float32Array {
+export async function normaliseRows(rows: Float32Array, n: number, d: number): Promise<Float32Array> {
   const out = new Float32Array(n * d);
   for (let i = 0; i < n; i++) {
+    if (due(3 * d)) await pause();
     const o = i * d;
     let s = 0;
     for (let j = 0; j < d; j++) {
@@ -58,6 +65,8 @@ export function normaliseRows(rows: Float32Array, n: number, d: number): Float32
  * For each of the n rows of `rows` ([n, d] row-major), the largest cosine similarity to any other
  * row, as a Float64Array of length n. A zero row has cosine 0 with every row. With n = 1 there is
  * no other row and the result is [NaN]. See the module header for the float32 error bound.
+ * `rows` is read during the first slices: leave it unchanged until the Promise settles (a buffer
+ * detached meanwhile is an ERR_SAEKIT_ARG).
  * @example const maxCos = await maxCosine(W_dec, numLatents, dIn); // decoder rows
  */
 export async function maxCosine(rows: Float32Array, n: number, d: number, options?: MaxCosineOptions): Promise<Float64Array> {
@@ -70,15 +79,23 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
   const o = checkOptions('options', options, MAX_COSINE_OPTIONS);
   const chunk =
     o.chunk === undefined ? Math.min(2048, Math.max(1, Math.floor(BLOCK_VALUES / n))) : checkInt('options.chunk', o.chunk, 1, 1 << 26);
-  for (let i = 0; i < rows.length; i++) {
-    if (!Number.isFinite(rows[i]!)) {
-      throw new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite values in rows but received ${rows[i]} at row ${Math.floor(i / d)}, column ${i % d}`);
+  for (let i0 = 0; i0 < rows.length; i0 += BLOCK) {
+    const i1 = Math.min(rows.length, i0 + BLOCK);
+    for (let i = i0; i < i1; i++) {
+      if (!Number.isFinite(rows[i]!)) {
+        throw new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite values in rows but received ${rows[i]} at row ${Math.floor(i / d)}, column ${i % d}`);
+      }
     }
+    if (due(i1 - i0)) await pause();
   }
   const result = new Float64Array(n).fill(n === 1 ? NaN : -Infinity);
   if (n === 1) return result;
-  const unit = normaliseRows(rows, n, d);
+  const unit = await normaliseRows(rows, n, d);
+  if (rows.length !== n * d) {
+    throw new SaekitError('ERR_SAEKIT_ARG', `Expected rows to keep its ${n * d} values until the call settles but it now has ${rows.length} (was its ArrayBuffer detached or resized?)`);
+  }
   using all = tensor(unit, [n, d], { device: 'cpu' });
+  if (due(n * d)) await pause(); // the copy (tens of ms at tens of MiB) ends a slice
 
   /** Starts the cosines of rows [start, end) against all rows; resolves to their values. */
   const block = async (start: number, end: number): Promise<Float32Array> => {
@@ -108,6 +125,7 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
       for (let j = 0; j < i; j++) if (c[off + j]! > m) m = c[off + j]!;
       for (let j = i + 1; j < n; j++) if (c[off + j]! > m) m = c[off + j]!;
       result[i] = Math.min(1, Math.max(-1, m));
+      if (due(n)) await pause();
     }
   }
   return result;
