@@ -14,6 +14,7 @@ import {
   type CooccurrencePair,
 } from '../lib/eval/cooccurrence.js';
 import { fromArray, SparseAutoencoder } from '../lib/index.js';
+import { watchGaps } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 import { activeSets, sliceCodes } from './helpers/cooccurrence-reference.js';
 
@@ -35,7 +36,11 @@ function randomCodes(rows: number, k: number, numLatents: number, next: () => nu
  * Returns every co-occurring pair in the result's order (phi desc, count desc, i asc, j asc).
  */
 function naive(c: CooccurrenceCodes, numLatents: number, chunkTokens: number, threshold: number, dropPartial: boolean) {
-  const chunks = activeSets(c, chunkTokens, threshold, dropPartial);
+  return naiveOfChunks(activeSets(c, chunkTokens, threshold, dropPartial), numLatents);
+}
+
+/** naive() from the chunks' sets of active latents. */
+function naiveOfChunks(chunks: Set<number>[], numLatents: number) {
   const T = chunks.length;
   const active = new Array<number>(numLatents).fill(0);
   const pairs = new Map<string, number>();
@@ -243,4 +248,40 @@ describe('cooccurrence() names the bad batch and index before counting anything'
     nan["values"][1000] = NaN;
     await expect(cooccurrence({ numLatents: 8, codes: nan }, { chunkTokens: 4 })).rejects.toThrow(/input\.codes\.values\[1000\] is NaN/);
   });
+});
+
+describe('cooccurrence() shares the JS thread', () => {
+  // Before, cooccurrence({ numLatents, codes }) checked every batch whole, then counted the first
+  // chunk, before its first turn of the event loop: 0.36-0.38 s at these sizes on the loaded
+  // 2-core development machine (the first chunk's close, faulting in pages of the counts, adds
+  // more at 16k+ latents). Now the checks yield every ~10 ms and counting starts a slice of its
+  // own. The bound is event-loop-slices.test.ts's 150 ms, or a sixth of the call when that is
+  // longer.
+  it('eight batches of 131,072 x 64 codes (one array, given eight times); counts and phi match a naive count', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const [L, rows, k, chunkTokens, threshold] = [2048, 131072, 64, 4096, 0.9999];
+    const values = new Float32Array(rows * k);
+    const indices = new Int32Array(rows * k);
+    for (let i = 0; i < values.length; i++) {
+      values[i] = next();
+      indices[i] = Math.floor(next() * L);
+    }
+    const codes = { rows, k, values, indices };
+    await new Promise((r) => setTimeout(r, 5));
+    const watch = watchGaps();
+    const t0 = performance.now();
+    const got = await cooccurrence({ numLatents: L, codes: Array<typeof codes>(8).fill(codes) }, { chunkTokens, threshold, top: 50 });
+    const elapsed = performance.now() - t0;
+    await new Promise((r) => setTimeout(r, 5));
+    const gaps = watch.stop();
+    expect(Math.max(...gaps), `seed ${seed}: longest gap of a ${elapsed.toFixed(0)} ms call`).toBeLessThan(Math.max(150, elapsed / 6));
+    expect(gaps.length, `seed ${seed}: ${elapsed.toFixed(0)} ms`).toBeGreaterThan(elapsed / 50);
+    const once = activeSets(codes, chunkTokens, threshold, false); // rows is a multiple of chunkTokens
+    const ref = naiveOfChunks(Array.from({ length: 8 }, () => once).flat(), L);
+    expect(ref.all.length, `seed ${seed}`).toBeGreaterThan(50);
+    expect(got.chunks, `seed ${seed}`).toBe(ref.T);
+    expect(Array.from(got.active), `seed ${seed}`).toEqual(ref.active);
+    expect(got.top, `seed ${seed}`).toEqual(ref.all.slice(0, 50));
+  }, 30_000);
 });

@@ -44,6 +44,13 @@ import { yieldToEventLoop } from './assignment.js';
  * errors name `${name}.field[i]`.
  */
 function checkCodes(codes: CooccurrenceCodes, numLatents: number, name: string): { rows: number; k: number; values: Float32Array; indices: Int32Array } {
+  const c = checkCodesShape(codes, numLatents, name);
+  checkEntries(c.values, c.indices, 0, c.indices.length, numLatents, name);
+  return c;
+}
+
+/** checkCodes without the entries: the fields, their types and lengths. */
+function checkCodesShape(codes: CooccurrenceCodes, numLatents: number, name: string): { rows: number; k: number; values: Float32Array; indices: Int32Array } {
   if (codes === null || typeof codes !== 'object') throw argError(name, 'an object { rows, k, values, indices }', codes);
   const rows = checkInt(`${name}.rows`, codes.rows, 0, 2 ** 31);
   const k = checkInt(`${name}.k`, codes.k, 0, numLatents);
@@ -55,14 +62,17 @@ function checkCodes(codes: CooccurrenceCodes, numLatents: number, name: string):
       `Expected ${name}.values and ${name}.indices of length rows * k = ${rows * k} but received ${codes.values.length} and ${codes.indices.length}`,
     );
   }
-  const { values, indices } = codes;
-  for (let i = 0; i < indices.length; i++) {
+  return { rows, k, values: codes.values, indices: codes.indices };
+}
+
+/** checkCodes's check of entries [from, to): indices in [0, numLatents), finite values. */
+function checkEntries(values: Float32Array, indices: Int32Array, from: number, to: number, numLatents: number, name: string): void {
+  for (let i = from; i < to; i++) {
     const idx = indices[i]!;
     if (idx < 0 || idx >= numLatents) throw argError(`${name}.indices[${i}]`, `integer between 0 and ${numLatents - 1}`, idx);
     // A NaN would read as inactive (NaN > t is false); every other metric refuses it.
     if (!Number.isFinite(values[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `${name}.values[${i}] is ${values[i]}: expected finite values`);
   }
-  return { rows, k, values, indices };
 }
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
@@ -552,6 +562,17 @@ export type CooccurrenceInput =
 /** Milliseconds of work between two yields to the event loop in cooccurrence(). */
 const YIELD_MS = 10;
 
+/** Entries cooccurrence() checks between two looks at the clock. */
+const CHECK_SLICE = 1 << 16;
+
+/** Yields to the event loop once YIELD_MS have passed since clock.last (then the clock restarts). */
+async function yieldIfDue(clock: { last: number }): Promise<void> {
+  if (performance.now() - clock.last > YIELD_MS) {
+    await yieldToEventLoop();
+    clock.last = performance.now();
+  }
+}
+
 /**
  * acc.add(codes) in slices of about one chunk, yielding to the event loop every YIELD_MS. Codes
  * that are not well-formed go to add() whole, which names the problem.
@@ -575,10 +596,7 @@ async function addInSlices(acc: CooccurrenceAccumulator, codes: CooccurrenceCode
   for (let r = 0; r < rows; r += step) {
     const to = Math.min(rows, r + step);
     acc.add({ rows: to - r, k, values: values.subarray(r * k, to * k), indices: indices.subarray(r * k, to * k) });
-    if (performance.now() - clock.last > YIELD_MS) {
-      await yieldToEventLoop();
-      clock.last = performance.now();
-    }
+    await yieldIfDue(clock);
   }
 }
 
@@ -602,8 +620,9 @@ async function resultInSlices(acc: CooccurrenceAccumulator, o: ResultOptions): P
  * chunks continue across batches. `input` is `{ numLatents, codes }` (one batch of codes or an
  * array of them) or `{ sae, source, maxTokens?, batchSize? }` (maxTokens: integer >= 1 or Infinity,
  * default the whole source; batchSize: rows per encode, default 4096). Every argument is checked
- * before any work; a misspelt key is an error. Counting and the final scan run in slices of about
- * 10 ms between which the event loop runs (see the module comment for the costs).
+ * before any work; a misspelt key is an error. The checks of the codes, counting and the final
+ * scan run in slices of about 10 ms between which the event loop runs (the first chunk's close
+ * starts a slice of its own; see the module comment for the costs).
  * @example const { top } = await cooccurrence({ sae, source, maxTokens: 1e6 }, { chunkTokens: 256, top: 50 });
  */
 export async function cooccurrence(input: CooccurrenceInput, options?: CooccurrenceOptions & CooccurrenceResultOptions): Promise<CooccurrenceResult> {
@@ -618,10 +637,20 @@ export async function cooccurrence(input: CooccurrenceInput, options?: Cooccurre
     const numLatents = checkInt('input.numLatents', inp.numLatents, 1, Number.MAX_SAFE_INTEGER);
     const list = (Array.isArray(inp.codes) ? inp.codes : [inp.codes]) as CooccurrenceCodes[];
     // Every batch is checked whole before any is counted: errors name the batch and the index
-    // in it (add() sees chunk-sized slices).
-    list.forEach((c, q) => checkCodes(c, numLatents, Array.isArray(inp.codes) ? `input.codes[${q}]` : 'input.codes'));
+    // in it (add() sees chunk-sized slices). The checks run in slices too.
+    for (let q = 0; q < list.length; q++) {
+      const name = Array.isArray(inp.codes) ? `input.codes[${q}]` : 'input.codes';
+      const { values, indices } = checkCodesShape(list[q]!, numLatents, name);
+      for (let i0 = 0; i0 < indices.length; i0 += CHECK_SLICE) {
+        checkEntries(values, indices, i0, Math.min(indices.length, i0 + CHECK_SLICE), numLatents, name);
+        await yieldIfDue(clock);
+      }
+    }
     const ro = checkResultOptions({ top, dense }, numLatents);
     const acc = new CooccurrenceAccumulator(numLatents, accOptions);
+    // The first chunk's close (its first touches of the counts' pages) starts a slice of its own.
+    await yieldToEventLoop();
+    clock.last = performance.now();
     for (const c of list) await addInSlices(acc, c, clock);
     return resultInSlices(acc, ro);
   }
