@@ -52,7 +52,7 @@
  * draw per batch) and §4.4 (MFR: shared support per group per batch).
  */
 import { argError, SaekitError } from '../errors.js';
-import { due, pause } from '../features/similarity.js';
+import { due, pause } from '../slices.js';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
 import { resolveBatchOptions } from './options.js';
 import type { Batch, BatchOptions, OwnedActivationSource } from './types.js';

@@ -15,6 +15,7 @@
  *   loop, and solved on the executor thread.
  * Both return an optimal assignment; when several are optimal they may return different ones.
  */
+import { yieldToEventLoop } from '../slices.js';
 import { argError, callNative, settleNative } from '../errors.js';
 import { native } from '../native/index.js';
 import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
@@ -66,43 +67,6 @@ function checkAssignment(cost: Float64Array, rows: number, cols: number, options
 
 /** Values copied to native memory per lapAppend call: a few milliseconds of the JS thread. */
 const CHUNK_VALUES = 1 << 19;
-
-/** Lets timers and I/O run between two chunks of synchronous work. @internal */
-export function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
-/** Milliseconds of work between two turns of the event loop. */
-const SLICE_MS = 20;
-
-/** Units of work (about one multiply-add each) between two looks at the clock: ~0.1 ms. @internal */
-export const CHECK_UNITS = 1 << 17;
-
-/**
- * When the current slice began: the last return from pause(). Shared by every call, so that work
- * nested in another (a score function awaited by permutationTest) counts from the same start.
- */
-let sliceStart = performance.now();
-/** Units counted by due() since it last read the clock. */
-let unchecked = 0;
-
-/**
- * Counts `units` of work just done; true once the slice has run SLICE_MS, and the caller then
- * awaits pause(). Reads the clock only every CHECK_UNITS units, so a hot loop can call it often.
- * Used by features/ (similarity, correlation) and eval/ (mdl, geometry, evaluate). @internal
- */
-export function due(units: number): boolean {
-  unchecked += units;
-  if (unchecked < CHECK_UNITS) return false;
-  unchecked = 0;
-  return performance.now() - sliceStart > SLICE_MS;
-}
-
-/** Lets timers and I/O run, then starts a new slice. @internal */
-export async function pause(): Promise<void> {
-  await yieldToEventLoop();
-  sliceStart = performance.now();
-}
 
 /**
  * The native solver fed in chunks of whole rows: `rowsOf(row0, count)` returns rows row0 ..

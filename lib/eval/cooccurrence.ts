@@ -37,7 +37,7 @@ import { argError, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
 import type { ActivationSource } from '../data/types.js';
 import type { SparseAutoencoder } from '../sae/index.js';
-import { yieldToEventLoop } from './assignment.js';
+import { yieldToEventLoop } from '../slices.js';
 
 /**
  * Checks a batch of codes (shape, indices in range, finite values) before anything is counted;

@@ -70,7 +70,7 @@ import { BATCH_ARRAYS, RELEASE_BATCH, type ReleasableBatch } from '../data/engin
 import type { ActivationSource, Batch } from '../data/types.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
 import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
-import { due, pause } from './assignment.js';
+import { due, pause } from '../slices.js';
 import { maxCosine } from './geometry.js';
 
 export { maxCosine } from './geometry.js';

@@ -20,7 +20,7 @@ import { argError, SaekitError } from '../errors.js';
 import { tensor, type Tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
 import { checkInt, checkOptions, optionNames } from '../validate.js';
-import { due, pause } from './assignment.js';
+import { due, pause } from '../slices.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const MAX_COSINE_OPTIONS = optionNames<MaxCosineOptions>({ chunk: true });

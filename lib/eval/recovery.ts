@@ -15,7 +15,8 @@
 import { argError, SaekitError } from '../errors.js';
 import { checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { native } from '../native/index.js';
-import { linearAssignmentAsync, yieldToEventLoop } from './assignment.js';
+import { linearAssignmentAsync } from './assignment.js';
+import { yieldToEventLoop } from '../slices.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const MMCS_OPTIONS = optionNames<MmcsOptions>({ d: true, direction: true, similarity: true });

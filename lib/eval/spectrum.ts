@@ -40,7 +40,7 @@
 import { argError, fromNative, SaekitError, settleNative } from '../errors.js';
 import { native, type NativeEigenSolver, type NativeSpectrumStage } from '../native/index.js';
 import { checkInt, checkNumber } from '../validate.js';
-import { yieldToEventLoop } from './assignment.js';
+import { yieldToEventLoop } from '../slices.js';
 
 /** Result of spectrum(). */
 export interface SpectrumResult {

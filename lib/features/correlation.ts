@@ -48,7 +48,7 @@ import type { SparseAutoencoder } from '../sae/index.js';
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import { tensor, type Device } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
-import { due, pause } from '../eval/assignment.js';
+import { due, pause } from '../slices.js';
 import { checkBool, checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 /** Options of correlation(). */

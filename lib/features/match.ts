@@ -18,8 +18,8 @@
  * - composeMatches(): chains matches across layers, P_{t→t+2} = P_{t+1→t+2} ∘ P_{t→t+1} (§3).
  */
 import { argError, SaekitError } from '../errors.js';
-import { solveChunked, yieldToEventLoop } from '../eval/assignment.js';
-import { due, pause, runAll, runSliced } from './similarity.js';
+import { solveChunked } from '../eval/assignment.js';
+import { due, pause, runAll, runSliced, yieldToEventLoop } from '../slices.js';
 import { SparseAutoencoder, type SaeWeights } from '../sae/index.js';
 import { tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';

@@ -53,7 +53,7 @@
 import os from 'node:os';
 
 import { Rng } from '../data/prng.js';
-import { CHECK_UNITS, due, pause } from '../eval/assignment.js';
+import { CHECK_UNITS, due, pause } from '../slices.js';
 import { argError, SaekitError } from '../errors.js';
 import { checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
 
@@ -156,30 +156,6 @@ const BLOCK = 1 << 16;
  */
 const SCATTER_BLOCK = 1 << 12;
 const MISS = 32;
-
-/**
- * Runs work written as a generator to its end at once. The generator yields the units of work
- * (as for due()) done since its last yield, at least every few milliseconds. Also used by lib/io
- * and match.ts. @internal
- */
-export function runAll<T>(work: Generator<number, T>): T {
-  for (;;) {
-    const r = work.next();
-    if (r.done) return r.value;
-  }
-}
-
-/**
- * Runs the same work in slices between turns of the event loop (due / pause), with the same
- * result as runAll. @internal
- */
-export async function runSliced<T>(work: Generator<number, T>): Promise<T> {
-  for (;;) {
-    const r = work.next();
-    if (r.done) return r.value;
-    if (due(r.value)) await pause();
-  }
-}
 
 /** After a pause: the caller's array must still hold its `length` values (not detached or resized). */
 function checkKept(name: string, X: { length: number }, length: number): void {

@@ -7,7 +7,7 @@ import type { Stats } from 'node:fs';
 import { endianness } from 'node:os';
 
 import { argError, SaekitError } from '../errors.js';
-import { runAll } from '../features/similarity.js';
+import { runAll } from '../slices.js';
 
 /** Element types the file readers and writers handle. */
 export type IoDType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int32' | 'int64' | 'uint8';

@@ -15,7 +15,7 @@
  * Object arrays (`|O`, pickles) are always rejected.
  */
 import { argError } from '../errors.js';
-import { due, pause, runAll, runSliced } from '../features/similarity.js';
+import { due, pause, runAll, runSliced } from '../slices.js';
 import {
   arrayFromBytesSteps,
   checkedNumel,

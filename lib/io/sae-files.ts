@@ -20,7 +20,7 @@ import path from 'node:path';
 
 import { SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
-import { due, pause, runSliced } from '../features/similarity.js';
+import { due, pause, runSliced } from '../slices.js';
 import { fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose, transposeSteps } from './common.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpzChecked } from './npz.js';

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 
 import { argError } from '../errors.js';
-import { due, pause } from '../features/similarity.js';
+import { due, pause } from '../slices.js';
 import { formatError, MAX_BUFFER_BYTES } from './common.js';
 import type { ByteSource } from './source.js';
 
