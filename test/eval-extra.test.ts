@@ -57,6 +57,24 @@ function naiveCooccurrence(c: Codes, numLatents: number, chunkTokens: number, th
   return { T, phi, active };
 }
 
+
+/** The probe's documented split order: Fisher-Yates over 0..n-1 driven by mulberry32 from `state`, written out here. */
+function shuffledOrder(state: number, n: number): number[] {
+  let a = state >>> 0;
+  const rnd = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), a | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const order = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rnd() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  return order;
+}
+
 describe('CooccurrenceAccumulator', () => {
   it('phi, counts and top pairs match direct 2x2 tables', async () => {
     const numLatents = 30;
@@ -221,20 +239,7 @@ describe('sparseProbe', () => {
     // Raw: the documented split (mulberry32 Fisher-Yates, first round(n * 0.2) are the test split),
     // then sklearn's objective on the raw train features of the selected latents.
     const raw = sparseProbe(small, labels, { m, k: [2], seed: 9, standardize: false }).results[0]!;
-    let st = 9 >>> 0;
-    const rnd = () => {
-      st = (st + 0x6d2b79f5) >>> 0;
-      let t = st;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-    const order = Array.from({ length: n }, (_, i) => i);
-    for (let i = n - 1; i > 0; i--) {
-      const j = Math.floor(rnd() * (i + 1));
-      [order[i], order[j]] = [order[j]!, order[i]!];
-    }
-    const train = order.slice(Math.round(n * 0.2));
+    const train = shuffledOrder(9, n).slice(Math.round(n * 0.2));
     const X = Float64Array.from({ length: train.length * 2 }, (_, q) => small[train[Math.floor(q / 2)]! * m + raw.latents[q % 2]!]!);
     const y = Uint8Array.from(train, (r) => labels[r]!);
     const ref = fitLogistic(X, y, train.length, 2, 1);
@@ -282,18 +287,7 @@ describe('sparseProbe', () => {
       return (h ^ (h >>> 16)) >>> 0;
     };
     const testSplit = (seed: bigint) => {
-      let a = (Number(seed & 0xffffffffn) ^ fmix32(Number(seed >> 32n))) >>> 0;
-      const rnd = () => {
-        a = (a + 0x6d2b79f5) >>> 0;
-        let t = Math.imul(a ^ (a >>> 15), a | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-      };
-      const order = Array.from({ length: n }, (_, i) => i);
-      for (let i = n - 1; i > 0; i--) {
-        const j = Math.floor(rnd() * (i + 1));
-        [order[i], order[j]] = [order[j]!, order[i]!];
-      }
+      const order = shuffledOrder((Number(seed & 0xffffffffn) ^ fmix32(Number(seed >> 32n))) >>> 0, n);
       return order.slice(0, nTest).sort((x, y) => x - y);
     };
     const seeds = [0n, 1n, 5n, 2n ** 32n - 1n, 2n ** 32n, 2n ** 32n + 1n, 2n ** 53n - 1n, 2n ** 63n, 2n ** 64n - 1n, BigInt(Date.now())];

@@ -16,7 +16,7 @@ import { evaluate, maxCosine, type EvaluateResult } from '../lib/eval/evaluate.j
 import { SparseAutoencoder, type SaeWeights, type SparseCodes } from '../lib/index.js';
 import { customSource, watchedSource } from './helpers/data-fixtures.js';
 import { cosineTolerance, refMaxCosine, refMetrics } from './helpers/eval-reference.js';
-import { watchGaps } from './helpers/event-loop.js';
+import { gapBound, watchCall } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 
 /** float64 summation-order tolerance (relative), see the header. */
@@ -509,15 +509,9 @@ describe('geometry shares the JS thread', () => {
   // event-loop-slices.test.ts's 150 ms, or a sixth of the call when that is longer (BLAS threads
   // spinning after each GEMM and other jobs stretch every slice and the call alike).
   const expectFreeLoop = async <T>(call: () => Promise<T>): Promise<T> => {
-    await new Promise((r) => setTimeout(r, 5));
-    const watch = watchGaps();
-    const t0 = performance.now();
-    const got = await call();
-    const elapsed = performance.now() - t0;
-    await new Promise((r) => setTimeout(r, 5));
-    const gaps = watch.stop();
-    expect(Math.max(...gaps), `longest gap of a ${elapsed.toFixed(0)} ms call`).toBeLessThan(Math.max(150, elapsed / 6));
-    expect(gaps.length, `${elapsed.toFixed(0)} ms`).toBeGreaterThan(elapsed / 50);
+    const { value: got, elapsed, longest, firings } = await watchCall(call);
+    expect(longest, `longest gap of a ${elapsed.toFixed(0)} ms call`).toBeLessThan(gapBound(elapsed));
+    expect(firings, `${elapsed.toFixed(0)} ms`).toBeGreaterThan(elapsed / 50);
     return got;
   };
 
