@@ -939,7 +939,7 @@ function makePermutation(n: number, seed: bigint, epoch: number): (i: number) =>
 
 const MAX_ROWS = 2 ** 48;
 /**
- * What one generated row counts for due() (features/similarity.ts): enough that the clock is read
+ * What one generated row counts for due() (slices.ts): enough that the clock is read
  * after every row (a row takes microseconds to milliseconds, with the correlation's sampling;
  * a look at the clock tens of nanoseconds), so a batch is generated in ~20 ms slices.
  */

@@ -458,7 +458,7 @@ async function correlateDense(
 
 /**
  * Chan's merge of one batch into running means (sx, sy), centred moments (sxx, syy, sxy). The
- * loops run row by row in slices between turns of the event loop (similarity.ts due / pause).
+ * loops run row by row in slices between turns of the event loop (slices.ts due / pause).
  */
 async function mergeDense(
   fa: Float32Array,

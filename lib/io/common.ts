@@ -173,7 +173,7 @@ export function checkIoTensor(name: string, t: unknown): IoTensor {
 /** Elements a sliced loop of this layer handles between two yields (runAll / runSliced). */
 export const STEP_ELEMENTS = 1 << 16;
 
-/** byteSwap as work for runAll / runSliced (features/similarity.ts): yields every STEP_ELEMENTS elements. */
+/** byteSwap as work for runAll / runSliced (slices.ts): yields every STEP_ELEMENTS elements. */
 export function* byteSwapSteps(bytes: Uint8Array, itemSize: number): Generator<number, void> {
   if (itemSize === 1) return;
   const step = STEP_ELEMENTS * itemSize;

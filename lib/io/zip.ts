@@ -84,7 +84,7 @@ const CRC_PIECE = 1 << 20;
 
 /**
  * crc32 of the chunks in order, continuing from `crc`, computed CRC_PIECE bytes at a time in
- * slices between turns of the event loop (features/similarity.ts due / pause): the same value.
+ * slices between turns of the event loop (slices.ts due / pause): the same value.
  */
 async function crc32Sliced(chunks: readonly Uint8Array[], crc = 0): Promise<number> {
   for (const c of chunks) {
