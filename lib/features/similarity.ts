@@ -41,7 +41,7 @@
  * few hundred and n of a few thousand. RSA holds two n(n-1)/2 float64 triangles (§9), ranked by a
  * radix sort; an n whose triangles cannot be allocated is ERR_SAEKIT_MEMORY (subsample the rows,
  * as `saekit compare --max-pairs` does). At a few thousand rows these functions take seconds, so
- * they return Promises: the work runs on the JS thread in slices of about 20 ms (due() and pause() of eval/assignment.ts),
+ * they return Promises: the work runs on the JS thread in slices of about 20 ms (due() and pause() of slices.ts),
  * between which the event loop runs (timers, I/O, other requests). The slices change no
  * arithmetic: every sum is taken in the same order as in one piece. Bad arguments reject the
  * Promise (with the same SaekitError as before). A and B are read (copied, for svcca, rsa and cka)
