@@ -43,6 +43,21 @@ export async function pause(): Promise<void> {
   sliceStart = performance.now();
 }
 
+/** Elements forBlocks hands its body at a time. */
+const BLOCK = 1 << 16;
+
+/**
+ * Runs `body(i0, i1)` over [0, n) in blocks of 2^16 elements in order, with a turn of the event
+ * loop between blocks once the slice has run; each element counts `units` for due(). @internal
+ */
+export async function forBlocks(n: number, body: (i0: number, i1: number) => void, units = 1): Promise<void> {
+  for (let i0 = 0; i0 < n; i0 += BLOCK) {
+    const i1 = Math.min(n, i0 + BLOCK);
+    body(i0, i1);
+    if (due(units * (i1 - i0))) await pause();
+  }
+}
+
 /**
  * Runs work written as a generator to its end at once. The generator yields the units of work
  * (as for due()) done since its last yield, at least every few milliseconds. @internal

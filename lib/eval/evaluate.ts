@@ -70,7 +70,8 @@ import { BATCH_ARRAYS, RELEASE_BATCH, type ReleasableBatch } from '../data/engin
 import type { ActivationSource, Batch } from '../data/types.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
 import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
-import { due, pause } from '../slices.js';
+import { transposeSteps } from '../io/common.js';
+import { due, pause, runSliced } from '../slices.js';
 import { maxCosine } from './geometry.js';
 
 export { maxCosine } from './geometry.js';
@@ -345,24 +346,6 @@ function histogram(density: Float64Array, tokens: number, bins: number): { edges
   return { edges, counts };
 }
 
-/**
- * The transpose of a row-major [rows, cols] matrix (io/common.ts transpose), made about 2^16
- * entries at a time with a turn of the event loop about every 20 ms (due(), pause()).
- */
-async function transposed(m: Float32Array, rows: number, cols: number): Promise<Float32Array> {
-  const out = new Float32Array(rows * cols);
-  const step = Math.max(1, Math.floor((1 << 16) / cols));
-  for (let r0 = 0; r0 < rows; r0 += step) {
-    const r1 = Math.min(rows, r0 + step);
-    for (let r = r0; r < r1; r++) {
-      const o = r * cols;
-      for (let c = 0; c < cols; c++) out[c * rows + r] = m[o + c]!;
-    }
-    if (due(4 * (r1 - r0) * cols)) await pause(); // scattered writes
-  }
-  return out;
-}
-
 function mean(a: Float64Array): number {
   let s = 0;
   for (const v of a) s += v;
@@ -500,7 +483,7 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
   };
   if (geometry) {
     const w = await sae.weights();
-    const enc = await maxCosine(await transposed(w.W_enc, dIn, L), L, dIn);
+    const enc = await maxCosine(await runSliced(transposeSteps(w.W_enc, dIn, L)), L, dIn);
     const dec = await maxCosine(w.W_dec, L, dIn);
     result.max_cos_enc = enc;
     result.max_cos_dec = dec;

@@ -33,7 +33,7 @@ import type { ActivationSource } from '../data/types.js';
 import { argError, SaekitError } from '../errors.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
 import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
-import { due, pause } from '../slices.js';
+import { due, forBlocks, pause } from '../slices.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const DL_OPTIONS = optionNames<DescriptionLengthOptions>({ maxTokens: true, batchSize: true, mseBound: true, compat: true });
@@ -87,9 +87,6 @@ function histEntropy(counts: Iterable<number>, total: number): number {
   return h;
 }
 
-/** Entries a loop handles between two calls of due(). */
-const BLOCK = 1 << 16;
-
 /**
  * The paper-form DL of codes quantised with bin width `delta` > 0 (bins [b delta, (b+1) delta) of
  * the active, i.e. positive, values), and its two parts. Exposed for tests.
@@ -105,11 +102,9 @@ export async function codeLength(codes: SparseCodes[], numLatents: number, delta
   for (const c of codes) {
     tokens += c.rows;
     const { values, indices } = c;
-    for (let q0 = 0; q0 < values.length; q0 += BLOCK) {
-      const q1 = Math.min(values.length, q0 + BLOCK);
+    await forBlocks(values.length, (q0, q1) => {
       for (let q = q0; q < q1; q++) if (values[q]! > 0) active[indices[q]!]! += 1;
-      if (due(q1 - q0)) await pause();
-    }
+    });
   }
   // Latent l's bins go to bins[start_l ..], in token order.
   const at = new Float64Array(numLatents);
@@ -123,14 +118,16 @@ export async function codeLength(codes: SparseCodes[], numLatents: number, delta
   const bins = new Float64Array(total);
   for (const c of codes) {
     const { values, indices } = c;
-    for (let q0 = 0; q0 < values.length; q0 += BLOCK) {
-      const q1 = Math.min(values.length, q0 + BLOCK);
-      for (let q = q0; q < q1; q++) {
-        const v = values[q]!;
-        if (v > 0) bins[at[indices[q]!]!++] = Math.floor(v / delta);
-      }
-      if (due(4 * (q1 - q0))) await pause(); // scattered writes
-    }
+    await forBlocks(
+      values.length,
+      (q0, q1) => {
+        for (let q = q0; q < q1; q++) {
+          const v = values[q]!;
+          if (v > 0) bins[at[indices[q]!]!++] = Math.floor(v / delta);
+        }
+      },
+      4, // scattered writes
+    );
   }
   // One table for every latent: slot i belongs to latent l while tag[i] is l + 1.
   let tableBits = 1;
@@ -188,14 +185,12 @@ function hashDouble(key: number): number {
 async function quantised(c: SparseCodes, delta: number): Promise<SparseCodes> {
   const src = c.values;
   const values = new Float32Array(src.length);
-  for (let q0 = 0; q0 < src.length; q0 += BLOCK) {
-    const q1 = Math.min(src.length, q0 + BLOCK);
+  await forBlocks(src.length, (q0, q1) => {
     for (let q = q0; q < q1; q++) {
       const v = src[q]!;
       values[q] = v > 0 ? (Math.floor(v / delta) + 0.5) * delta : 0;
     }
-    if (due(q1 - q0)) await pause();
-  }
+  });
   return { ...c, values };
 }
 
@@ -206,11 +201,11 @@ async function mseOf(sae: SparseAutoencoder, xs: Float32Array[], codes: SparseCo
   for (let b = 0; b < xs.length; b++) {
     const recon = await sae.decode(quantise ? await quantise(codes[b]!) : codes[b]!);
     const x = xs[b]!;
-    for (let i0 = 0; i0 < x.length; i0 += BLOCK) {
-      const i1 = Math.min(x.length, i0 + BLOCK);
-      for (let i = i0; i < i1; i++) sse += (x[i]! - recon[i]!) ** 2;
-      if (due(i1 - i0)) await pause();
-    }
+    await forBlocks(x.length, (i0, i1) => {
+      let s = sse; // the same sum, term by term, in a local
+      for (let i = i0; i < i1; i++) s += (x[i]! - recon[i]!) ** 2;
+      sse = s;
+    });
     tokens += codes[b]!.rows;
   }
   return sse / tokens;
@@ -241,21 +236,19 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
   }
   if (tokens === 0) throw new SaekitError('ERR_SAEKIT_ARG', 'the source produced no rows');
   let vmax = 0;
-  for (const c of codes) {
-    for (let q0 = 0; q0 < c.values.length; q0 += BLOCK) {
-      const q1 = Math.min(c.values.length, q0 + BLOCK);
-      for (let q = q0; q < q1; q++) if (c.values[q]! > vmax) vmax = c.values[q]!;
-      if (due(q1 - q0)) await pause();
-    }
+  for (const { values } of codes) {
+    await forBlocks(values.length, (q0, q1) => {
+      for (let q = q0; q < q1; q++) if (values[q]! > vmax) vmax = values[q]!;
+    });
   }
   const mse0 = await mseOf(sae, xs, codes);
   let sumSq = 0;
   for (const x of xs) {
-    for (let i0 = 0; i0 < x.length; i0 += BLOCK) {
-      const i1 = Math.min(x.length, i0 + BLOCK);
-      for (let i = i0; i < i1; i++) sumSq += x[i]! * x[i]!;
-      if (due(i1 - i0)) await pause();
-    }
+    await forBlocks(x.length, (i0, i1) => {
+      let s = sumSq;
+      for (let i = i0; i < i1; i++) s += x[i]! * x[i]!;
+      sumSq = s;
+    });
   }
   // The default bound: 1% above the unquantised MSE, and at least 1e-7 of the mean ||x||^2. A
   // lossless SAE (mse0 0) needs the floor: no width meets 1.01 x 0, as the quantised values and
@@ -329,8 +322,7 @@ async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes:
   const maxv = new Float64Array(M).fill(100); // SAEBench initialises the running max at 100
   const active = new Float64Array(M);
   for (const c of codes) {
-    for (let q0 = 0; q0 < c.values.length; q0 += BLOCK) {
-      const q1 = Math.min(c.values.length, q0 + BLOCK);
+    await forBlocks(c.values.length, (q0, q1) => {
       for (let q = q0; q < q1; q++) {
         const v = c.values[q]!;
         if (!(v > 0)) continue;
@@ -338,23 +330,20 @@ async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes:
         active[l]! += 1;
         if (v > maxv[l]!) maxv[l] = v;
       }
-      if (due(q1 - q0)) await pause();
-    }
+    });
   }
   const out: { numBins: number; bitsPerToken: number; rmsePerDim: number; valid: boolean }[] = [];
   for (const numBins of [4, 6, 8, 12, 16, 32]) {
     const hist = new Float64Array(M * numBins);
     for (const c of codes) {
-      for (let q0 = 0; q0 < c.values.length; q0 += BLOCK) {
-        const q1 = Math.min(c.values.length, q0 + BLOCK);
+      await forBlocks(c.values.length, (q0, q1) => {
         for (let q = q0; q < q1; q++) {
           const v = c.values[q]!;
           if (!(v > 0)) continue;
           const l = c.indices[q]!;
           hist[l * numBins + Math.min(numBins - 1, Math.floor((v / maxv[l]!) * numBins))]! += 1;
         }
-        if (due(q1 - q0)) await pause();
-      }
+      });
     }
     let bits = 0;
     for (let l = 0; l < M; l++) {
@@ -366,8 +355,7 @@ async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes:
     }
     const quantise = async (c: SparseCodes): Promise<SparseCodes> => {
       const values = new Float32Array(c.values.length);
-      for (let q0 = 0; q0 < values.length; q0 += BLOCK) {
-        const q1 = Math.min(values.length, q0 + BLOCK);
+      await forBlocks(values.length, (q0, q1) => {
         for (let q = q0; q < q1; q++) {
           const v = c.values[q]!;
           if (!(v > 0)) continue;
@@ -375,8 +363,7 @@ async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes:
           const w = maxv[l]! / numBins;
           values[q] = (Math.min(numBins - 1, Math.floor(v / w)) + 0.5) * w;
         }
-        if (due(q1 - q0)) await pause();
-      }
+      });
       return { ...c, values };
     };
     const mse = (await mseOf(sae, xs, codes, quantise)) / sae.dIn; // per element
