@@ -280,4 +280,29 @@ describe('cooccurrence() shares the JS thread', () => {
     expect(Array.from(got.active), `seed ${seed}`).toEqual(ref.active);
     expect(got.top, `seed ${seed}`).toEqual(ref.all.slice(0, 50));
   }, 30_000);
+
+  // One chunk's close with ~8.7k active latents adds 1 to ~38M pair counts: before, that ran in
+  // one piece (1.1-1.7 s of a 7-10 s call on the loaded development machine, where the sliced
+  // close's longest gap was 50-70 ms of a 3-5 s call). The result scan makes the call long, so
+  // the bound here is a twentieth of the call (gapBound's sixth would let the old close pass).
+  // The counts must be those of a plain add() of the same codes.
+  it('a chunk close with thousands of active latents is sliced and counts as add() does', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const [L, rows, k, chunkTokens] = [12000, 512, 64, 256];
+    const values = new Float32Array(rows * k).fill(1);
+    const indices = new Int32Array(rows * k);
+    for (let i = 0; i < indices.length; i++) indices[i] = Math.floor(next() * L);
+    const codes = { rows, k, values, indices };
+    const bound = (elapsed: number) => Math.max(150, elapsed / 20);
+    const { value: got, elapsed, longest, firings } = await watchCall(() => cooccurrence({ numLatents: L, codes }, { chunkTokens, top: 40 }), { bound });
+    expect(longest, `seed ${seed}: longest gap of a ${elapsed.toFixed(0)} ms call`).toBeLessThan(bound(elapsed));
+    expect(firings, `seed ${seed}: ${elapsed.toFixed(0)} ms`).toBeGreaterThan(elapsed / 50);
+    const acc = new CooccurrenceAccumulator(L, { chunkTokens });
+    acc.add(codes);
+    const want = await acc.result({ top: 40 });
+    expect(got.chunks).toBe(2);
+    expect(Array.from(got.active), `seed ${seed}`).toEqual(Array.from(want.active));
+    expect(got.top, `seed ${seed}`).toEqual(want.top);
+  }, 60_000);
 });

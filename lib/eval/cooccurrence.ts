@@ -26,8 +26,9 @@
  *
  * Cost: closing a chunk with a active latents sorts them and adds 1 to a(a - 1)/2 counts: at the
  * reference scale (L0 ~50, 256-token chunks, ~1,430 active latents per chunk) about 1M increments,
- * ~10 ms (measured 50-110 chunks/s on a loaded 2-core machine). A chunk close is not split: a huge
- * chunkTokens with all 16k latents active costs 134M increments (~1 s) in one call. result() visits
+ * ~10 ms (measured 50-110 chunks/s on a loaded 2-core machine). add() closes a chunk in one call (a
+ * huge chunkTokens with all 16k latents active: 134M increments, ~1 s); cooccurrence() pauses
+ * inside a long close too, so its slices stay near 10 ms. result() visits
  * every pair of latents active so far (up to n(n - 1)/2: ~0.8 s of CPU at 16k latents), so it
  * returns a Promise and scans in slices, yielding to the event loop every ~10 ms; no add() may
  * run until it settles (add() refuses). cooccurrence() feeds add() about one chunk at a time and
@@ -204,6 +205,14 @@ const DRAIN_SLICE = 1 << 12;
 
 /** The result scan of an accumulator (set in its static block; used by cooccurrence()). */
 let scanOf: (acc: CooccurrenceAccumulator, o: ResultOptions) => Generator<void, CooccurrenceResult, void>;
+/**
+ * add() as steps (set in the static block; used by cooccurrence()): the same checks first, then
+ * the counting, pausing about every PAIR_SLICE count increments of a chunk's close.
+ */
+let addStepsOf: (acc: CooccurrenceAccumulator, codes: CooccurrenceCodes) => Generator<void, void, void>;
+
+/** Count increments of a chunk's close between two pauses of addStepsOf (a few milliseconds). */
+const PAIR_SLICE = 1 << 20;
 
 /**
  * Streams sparse codes and accumulates per-chunk co-occurrence counts (see the module comment for
@@ -240,8 +249,12 @@ export class CooccurrenceAccumulator {
   /** result() calls in progress: their scans read the counts between turns of the event loop. */
   #scans = 0;
 
+  /** An addStepsOf() in progress (its counting is suspended between turns of the event loop). */
+  #adding = false;
+
   static {
     scanOf = (acc, o) => acc.#scan(o);
+    addStepsOf = (acc, codes) => acc.#addSteps(codes);
   }
 
   /**
@@ -288,20 +301,30 @@ export class CooccurrenceAccumulator {
    * Throws ERR_SAEKIT_ARG while a result() is in progress (await it first): its scan reads the counts.
    */
   add(codes: CooccurrenceCodes): void {
+    const steps = this.#addSteps(codes);
+    while (!steps.next().done);
+  }
+
+  /** add(), pausing (yield) about every PAIR_SLICE count increments of a chunk's close. */
+  *#addSteps(codes: CooccurrenceCodes): Generator<void, void, void> {
     this.#checkUsable();
     if (this.#scans > 0) {
       throw new SaekitError('ERR_SAEKIT_ARG', 'Expected no add() while a result() of this CooccurrenceAccumulator is in progress but one is (await the running result() first)');
     }
+    if (this.#adding) throw new Error('internal: CooccurrenceAccumulator.add() while a sliced add is in progress');
     const { rows, k, values, indices } = checkCodes(codes, this.numLatents, 'codes');
     const closes = Math.floor((this.#tokensInChunk + rows) / this.chunkTokens);
     if (this.#chunks + closes > MAX_CHUNKS) {
       throw new SaekitError('ERR_SAEKIT_MEMORY', `CooccurrenceAccumulator: more than ${MAX_CHUNKS} chunks (its counts are 32-bit); nothing of this batch was counted`);
     }
+    this.#adding = true;
     try {
-      this.#count(rows, k, values, indices);
+      yield* this.#count(rows, k, values, indices);
     } catch (e) {
       this.#broken = `an add() failed after counting part of its batch (${e instanceof Error ? e.message : String(e)})`;
       throw e;
+    } finally {
+      this.#adding = false;
     }
   }
 
@@ -311,7 +334,7 @@ export class CooccurrenceAccumulator {
     }
   }
 
-  #count(rows: number, k: number, values: Float32Array, indices: Int32Array): void {
+  *#count(rows: number, k: number, values: Float32Array, indices: Int32Array): Generator<void, void, void> {
     const t = this.threshold;
     const mark = this.#mark;
     const pending = this.#pending;
@@ -326,24 +349,33 @@ export class CooccurrenceAccumulator {
           }
         }
       }
-      if (++this.#tokensInChunk === this.chunkTokens) this.#closeChunk();
+      if (++this.#tokensInChunk === this.chunkTokens) yield* this.#closeChunk();
     }
   }
 
-  /** Counts the open chunk: C_ii for each active latent, C_ij for each pair of them. Cannot fail. */
-  #closeChunk(): void {
+  /**
+   * Counts the open chunk: C_ii for each active latent, C_ij for each pair of them. Cannot fail;
+   * pauses about every PAIR_SLICE increments (the chunk stays open until the last one).
+   */
+  *#closeChunk(): Generator<void, void, void> {
     const a = this.#pendingCount;
     const list = this.#pending.subarray(0, a).sort();
     const n = this.numLatents;
     const c = this.#counts;
     const active = this.#active;
     const mark = this.#mark;
+    let work = 0;
     for (let p = 0; p < a; p++) {
       const i = list[p];
       active[i] += 1;
       mark[i] = 0;
       const base = rowBase(i, n);
       for (let q = p + 1; q < a; q++) c[base + list[q]] += 1;
+      work += a - p;
+      if (work >= PAIR_SLICE) {
+        work = 0;
+        yield;
+      }
     }
     this.#pendingCount = 0;
     this.#tokensInChunk = 0;
@@ -359,6 +391,7 @@ export class CooccurrenceAccumulator {
    */
   async result(options?: CooccurrenceResultOptions): Promise<CooccurrenceResult> {
     this.#checkUsable();
+    if (this.#adding) throw new Error('internal: CooccurrenceAccumulator.result() while a sliced add is in progress');
     const o = checkResultOptions(options, this.numLatents);
     this.#scans++;
     try {
@@ -589,15 +622,21 @@ async function addInSlices(acc: CooccurrenceAccumulator, codes: CooccurrenceCode
     codes.values.length === codes.rows * codes.k &&
     codes.indices.length === codes.rows * codes.k;
   if (!wellFormed || codes.rows <= step) {
-    acc.add(codes);
+    await addSliced(acc, codes, clock);
     return;
   }
   const { rows, k, values, indices } = codes;
   for (let r = 0; r < rows; r += step) {
     const to = Math.min(rows, r + step);
-    acc.add({ rows: to - r, k, values: values.subarray(r * k, to * k), indices: indices.subarray(r * k, to * k) });
-    await yieldIfDue(clock);
+    await addSliced(acc, { rows: to - r, k, values: values.subarray(r * k, to * k), indices: indices.subarray(r * k, to * k) }, clock);
   }
+}
+
+/** acc.add(codes), yielding to the event loop inside a long chunk close whenever YIELD_MS have passed. */
+async function addSliced(acc: CooccurrenceAccumulator, codes: CooccurrenceCodes, clock: { last: number }): Promise<void> {
+  const steps = addStepsOf(acc, codes);
+  while (!steps.next().done) await yieldIfDue(clock);
+  await yieldIfDue(clock);
 }
 
 /** acc's result, computed in slices that yield to the event loop (the caller keeps add() away). */
@@ -621,8 +660,8 @@ async function resultInSlices(acc: CooccurrenceAccumulator, o: ResultOptions): P
  * array of them) or `{ sae, source, maxTokens?, batchSize? }` (maxTokens: integer >= 1 or Infinity,
  * default the whole source; batchSize: rows per encode, default 4096). Every argument is checked
  * before any work; a misspelt key is an error. The checks of the codes, counting and the final
- * scan run in slices of about 10 ms between which the event loop runs (the first chunk's close
- * starts a slice of its own; see the module comment for the costs).
+ * scan run in slices of about 10 ms between which the event loop runs, a long chunk close included
+ * (the first chunk's close starts a slice of its own; see the module comment for the costs).
  * @example const { top } = await cooccurrence({ sae, source, maxTokens: 1e6 }, { chunkTokens: 256, top: 50 });
  */
 export async function cooccurrence(input: CooccurrenceInput, options?: CooccurrenceOptions & CooccurrenceResultOptions): Promise<CooccurrenceResult> {
