@@ -6,7 +6,6 @@
  */
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 
 import { argError } from '../errors.js';
@@ -14,7 +13,6 @@ import { due, pause } from '../slices.js';
 import { formatError, MAX_BUFFER_BYTES } from './common.js';
 import type { ByteSource } from './source.js';
 
-const inflateRaw = promisify(zlib.inflateRaw);
 
 const SIG_LOCAL = 0x04034b50;
 const SIG_CENTRAL = 0x02014b50;
@@ -327,12 +325,37 @@ async function entryData(src: ByteSource, e: ZipEntry, cdOffset: number, bad: (r
 export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: number, what: string): Promise<Uint8Array> {
   const bad = (reason: string) => formatError(what, src.name, `entry ${quoteName(e.name)}: ${reason}`);
   const dataStart = await entryData(src, e, cdOffset, bad, what);
-  const raw = await src.read(dataStart, e.compressedSize);
-  const data = e.method === 0 ? raw : await inflate(raw, e.uncompressedSize, bad);
-  if (data.length !== e.uncompressedSize) throw bad(`inflated to ${data.length} bytes but declares ${e.uncompressedSize}`);
-  if ((await crc32Sliced([data])) !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
+  if (e.method === 0) {
+    const data = await src.read(dataStart, e.compressedSize);
+    if ((await crc32Sliced([data])) !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
+    return data;
+  }
+  // Inflated in pieces straight into the result (each piece's output copied and its CRC-32
+  // taken as it comes), so no single step holds the JS thread for the whole entry.
+  const data = new Uint8Array(e.uncompressedSize);
+  let got = 0;
+  let crc = 0;
+  const failure = await streamInflate(src, dataStart, e.compressedSize, INFLATE_PIECE, true, (c) => {
+    if (got + c.length > data.length) {
+      got += c.length;
+      return false;
+    }
+    data.set(c, got);
+    crc = crc32(c, crc);
+    got += c.length;
+    return true;
+  }, INFLATE_CHUNK);
+  if (failure) throw bad(`deflate data is corrupt (${failure.message})`);
+  if (got > e.uncompressedSize) throw bad(inflatesPast(e.uncompressedSize));
+  if (got !== e.uncompressedSize) throw bad(`inflated to ${got} bytes but declares ${e.uncompressedSize}`);
+  if (crc !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
   return data;
 }
+
+/** Compressed bytes read and fed to the inflater at a time by readZipEntry. */
+const INFLATE_PIECE = 1 << 20;
+/** The inflater's output chunks in readZipEntry (each is copied and CRC-checked in one step). */
+const INFLATE_CHUNK = 1 << 20;
 
 /** Compressed bytes fed to the inflater at a time while looking for an entry's first bytes (at most ~1 MiB out each). */
 const HEAD_PIECE = 1024;
@@ -352,8 +375,9 @@ async function streamInflate(
   piece: number,
   finish: boolean,
   onData: (chunk: Buffer) => boolean,
+  chunkSize?: number,
 ): Promise<Error | undefined> {
-  const inf = zlib.createInflateRaw();
+  const inf = zlib.createInflateRaw(chunkSize === undefined ? {} : { chunkSize });
   let failure: Error | undefined;
   let more = true;
   inf.on('data', (c: Buffer) => {
@@ -438,15 +462,6 @@ export async function verifyZipEntry(src: ByteSource, e: ZipEntry, cdOffset: num
 }
 
 const inflatesPast = (size: number) => `deflate data is corrupt (it inflates to more than the declared ${size} bytes)`;
-
-async function inflate(raw: Uint8Array, size: number, bad: (reason: string) => Error): Promise<Uint8Array> {
-  try {
-    return await inflateRaw(raw, { maxOutputLength: Math.max(1, size) });
-  } catch (err) {
-    if ((err as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE') throw bad(inflatesPast(size));
-    throw bad(`deflate data is corrupt (${(err as Error).message})`);
-  }
-}
 
 // ---------------------------------------------------------------- writing
 
