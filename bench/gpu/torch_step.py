@@ -67,7 +67,9 @@ class SparseEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_vals, grad_idx):
         inp, W, vals, idx = ctx.saved_tensors
-        g = grad_vals.to(inp.dtype) * (vals > 0)  # ReLU: no gradient through a zero code
+        # ReLU: no gradient through a zero code (saekit's exact gradient; sparsify's own backward
+        # passes it through a selected zero code, which changes no timing worth measuring).
+        g = grad_vals.to(inp.dtype) * (vals > 0)
         grad_in = F.embedding_bag(idx, W, per_sample_weights=g, mode="sum")
         grad_W = torch.zeros_like(W)
         d = W.shape[1]

@@ -126,6 +126,11 @@ export interface CreateOptions extends PlacementOptions {
  * - `'paper'`: Gao et al. 2024's form, as OpenAI's code and dictionary_learning compute it: the
  *   reconstruction has no b_dec, and the squared error is divided by the residual's own batch
  *   variance `sum ||e - mean(e)||^2`, with no scale (0 when the residual does not vary).
+ * Either way saekit back-propagates the exact gradient of the loss, through the dead latents'
+ * pre-activations into W_enc and b_enc too. sparsify's fused encoder backward uses only the
+ * gradient of the top-k values, so there the AuxK loss trains the dead latents' decoder rows and
+ * b_dec but never the encoder: same loss, different updates (about 4% apart in W_enc after 60
+ * steps with many dead latents).
  */
 export type AuxKVariant = 'sparsify' | 'paper';
 

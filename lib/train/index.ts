@@ -11,7 +11,8 @@
  *   includes b_dec and the loss is normalised by the batch's total variance; Gao et al. / OpenAI
  *   and dictionary_learning reconstruct the residual without b_dec and normalise by its own
  *   variance, which `auxkVariant: 'paper'` gives (see AuxKVariant). alpha 1/32 (theirs;
- *   sparsify's default is 0), over latents dead for 10M tokens. A latent counts as fired when its activation is positive (sparsify and dictionary_learning count any
+ *   sparsify's default is 0), over latents dead for 10M tokens. The AuxK gradient reaches the
+ *   encoder too (the exact gradient; sparsify's fused encoder backward drops it, see AuxKVariant). A latent counts as fired when its activation is positive (sparsify and dictionary_learning count any
  *   top-k index, which differs only in rows with fewer than k positive pre-activations).
  * - b_dec at the geometric median of the first batch.
  * - normalize 'expected-norm': the inputs are scaled by s = sqrt(dIn) / E||x|| (SAELens's
