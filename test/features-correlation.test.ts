@@ -124,6 +124,65 @@ describe('features.correlation', () => {
     expect(bufB.size, `seed ${seed}`).toBeLessThanOrEqual(7);
   }, 60_000);
 
+  it('dense: r does not depend on the values\' scale (1e-30 to 1e19, per column), full and top mode, against a float64 two-pass Pearson', async () => {
+    // Each batch's centred values used to go unscaled into the float32 GEMM: products of values
+    // over ~1.8e19 overflowed (r of 1 or NaN, top lists with sentinel entries) and under ~1e-22
+    // they went subnormal or to zero (r near 0).
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const [n, dA, dB] = [2500 + Math.floor(next() * 1000), 5, 4];
+    const z = Float64Array.from({ length: n * 2 }, () => next() - 0.5);
+    const baseA = Float64Array.from({ length: n * dA }, (_, q) => 3 * (q % dA) - 5 + z[Math.floor(q / dA) * 2 + (q % 2)]! + (0.2 + 0.3 * (q % dA)) * (next() - 0.5));
+    const baseB = Float64Array.from({ length: n * dB }, (_, q) => (q % dB === 3 ? -1 : 1) * z[Math.floor(q / dB) * 2 + (q % dB) % 2]! + 0.4 * (next() - 0.5) + 2);
+    const mixed = [1e-30, 1, 1e19, 1e-22, 1e18];
+    for (const scale of [1, 1e-30, 1e-22, 1e18, 1e19, 'mixed'] as const) {
+      const at = (c: number) => (scale === 'mixed' ? mixed[c % mixed.length]! : scale);
+      const xa = Float32Array.from(baseA, (v, q) => v * at(q % dA));
+      const xb = Float32Array.from(baseB, (v, q) => v * at(q % dB + 1));
+      const want = naivePearson(Float64Array.from(xa), Float64Array.from(xb), n, dA, dB);
+      const what = `seed ${seed}, scale ${scale}`;
+      const opts = { kind: 'dense', batchSize: 1000 } as const;
+      const f = full(await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, opts));
+      expect(f.tokens).toBe(n);
+      for (let q = 0; q < want.length; q++) expect(Math.abs(f.r[q]! - want[q]!), `${what}: r[${q}] = ${f.r[q]} for ${want[q]}`).toBeLessThan(1e-5);
+      expect(Array.from(f.constantA).concat(Array.from(f.constantB)), what).toEqual(new Array(dA + dB).fill(0));
+      const t = await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, { ...opts, output: 'top', top: dA, reverse: true });
+      if (t.mode !== 'top') throw new Error('expected top mode');
+      // Complete lists, best first: every entry a real feature with its float64 r.
+      for (const [list, rows, cols, get] of [
+        [t.top, dB, dA, (j: number, i: number) => want[i * dB + j]!],
+        [t.reverse!, dA, dB, (i: number, j: number) => want[i * dB + j]!],
+      ] as const) {
+        const ref = argsortTop(rows, cols, list.k, get);
+        expect(list.k).toBe(Math.min(dA, cols));
+        for (let q = 0; q < rows * list.k; q++) {
+          const idx = list.indices[q]!;
+          expect(idx >= 0 && idx < cols, `${what}: index ${idx} at ${q}`).toBe(true);
+          expect(Math.abs(list.r[q]! - get(Math.floor(q / list.k), idx)), `${what}: r ${list.r[q]} at ${q}`).toBeLessThan(1e-5);
+          expect(Math.abs(list.r[q]! - ref.r[q]!), `${what}: rank ${q % list.k}`).toBeLessThan(1e-5);
+        }
+      }
+    }
+  });
+
+  it('preacts past float32\'s range throw ERR_SAEKIT_NONFINITE naming the feature (not NaN r or unfilled top entries)', async () => {
+    const [dIn, L, rows] = [3, 4, 50];
+    const next = lcg(12);
+    const x = Float32Array.from({ length: rows * dIn }, () => next() + 0.5);
+    using A = SparseAutoencoder.create({ dIn, numLatents: L, k: 2, seed: 1 });
+    const w = await A.weights();
+    const W = w.W_enc.slice();
+    for (let c = 0; c < dIn; c++) W[c * L + 2] = 3e38; // latent 2: x W over 3.4e38
+    A.setWeights({ W_enc: W });
+    expect((await A.preActivations(x)).subarray(0, L)[2]).toBe(Infinity);
+    for (const output of ['full', 'top'] as const) {
+      await expect(correlation({ sae: A, source: fromArray(x, dIn) }, { sae: A }, { kind: 'preacts', output })).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_NONFINITE',
+        message: expect.stringMatching(/pre-activations but feature 2 of a is Infinity/),
+      });
+    }
+  });
+
   it('preacts and the token mask; bad input', async () => {
     const next = lcg(4);
     const [dIn, L, rows] = [5, 7, 300];

@@ -19,11 +19,15 @@
  *   neither limit.
  * - kind 'preacts' / 'dense': dense features (the SAEs' pre-activations, see preActivations(),
  *   or raw activations such as neurons). Each batch's centred co-moment (x - mean_b)^T (y -
- *   mean_b) is one float32 GEMM; batches merge with Chan's formula in float64, so a column with
- *   mean 50 and std 0.01 over a million rows still gives r to 1e-4. These kinds hold 16 bytes
- *   per entry of the nA x nB matrix: the float64 co-moments (8), each batch's float32 product in
- *   its tensor and in the copy read back (4 + 4), and in full mode the float32 result (4), made
- *   after the last batch in the product's place. When nA x nB x 16 bytes are over `maxBytes`,
+ *   mean_b) is one float32 GEMM, each column's centred values scaled by a power of two that puts
+ *   the largest near 1 and divided back out exactly in float64, so r does not depend on the
+ *   values' magnitude (any finite float32; unscaled, products of values over ~1.8e19 would
+ *   overflow float32 and of values under ~1e-22 go subnormal or to zero); a non-finite value (a
+ *   pre-activation past float32's range) throws ERR_SAEKIT_NONFINITE. Batches merge with Chan's
+ *   formula in float64, so a column with mean 50 and std 0.01 over a million rows still gives r
+ *   to 1e-4. These kinds hold 16 bytes per entry of the nA x nB matrix: the float64 co-moments
+ *   (8), each batch's float32 product in its tensor and in the copy read back (4 + 4), and in
+ *   full mode the float32 result (4), made after the last batch in the product's place. When nA x nB x 16 bytes are over `maxBytes`,
  *   B's features are taken in column blocks of nA x w x 16 bytes within maxBytes, one pass over
  *   the data per block (sources are re-iterable), keeping only top matches. The JS work (means,
  *   centring, the merges, r and the top lists) runs in ~20 ms slices between turns of the event
@@ -246,6 +250,11 @@ function topInsert(v: Float32Array, x: Int32Array, base: number, k: number, r: n
   x[base + p] = i;
 }
 
+/**
+ * Top lists of placeholders (index 2^31 - 1, r -Infinity) that every r displaces: the dense kinds'
+ * r are finite (in [-1, 1]; a non-finite input throws), so every list of k <= the other side's
+ * features is filled.
+ */
 function emptyTop(rows: number, k: number): CorrelationTop {
   return { k, indices: new Int32Array(rows * k).fill(2 ** 31 - 1), r: new Float32Array(rows * k).fill(-Infinity) };
 }
@@ -410,7 +419,7 @@ async function correlateDense(
         }
         fb = cut;
       }
-      await mergeDense(fa, fb, rows, nA, wb, n, mx, my, mxx, myy, mxy, actA, actB, o.device);
+      await mergeDense(fa, fb, rows, nA, wb, n, mx, my, mxx, myy, mxy, actA, actB, o.device, { kind, j0 });
       n += rows;
     }, o.onProgress && ((seen) => o.onProgress!(readBefore + seen, passes)));
     readBefore += pass.seen;
@@ -457,8 +466,21 @@ async function correlateDense(
 }
 
 /**
- * Chan's merge of one batch into running means (sx, sy), centred moments (sxx, syy, sxy). The
- * loops run row by row in slices between turns of the event loop (slices.ts due / pause).
+ * A power of two that puts `m` (a column's largest centred magnitude in the batch, > 0) in [0.5, 2]:
+ * the float32 GEMM then neither overflows (products of values over ~1.8e19) nor flushes to zero
+ * (products of values under ~1e-22), and dividing it back out in float64 is exact.
+ */
+function pow2Scale(m: number): number {
+  return m > 0 ? 2 ** -Math.round(Math.log2(m)) : 1;
+}
+
+/**
+ * Chan's merge of one batch into running means (sx, sy), centred moments (sxx, syy, sxy). Each
+ * column's centred values are scaled by a power of two (pow2Scale) before the float32 GEMM and the
+ * scales come back out exactly in float64, so r does not depend on the values' magnitude (any
+ * finite float32). A non-finite feature (kind 'preacts': a pre-activation past float32's range)
+ * throws ERR_SAEKIT_NONFINITE. The loops run row by row in slices between turns of the event
+ * loop (slices.ts due / pause).
  */
 async function mergeDense(
   fa: Float32Array,
@@ -475,31 +497,59 @@ async function mergeDense(
   activeA: Float64Array,
   activeB: Float64Array,
   device: Device,
+  what: { kind: 'preacts' | 'dense'; j0: number },
 ): Promise<void> {
   const bmx = new Float64Array(nA);
   const bmy = new Float64Array(nB);
+  // Each column's range in the batch (its largest centred magnitude sets its scale).
+  const loA = new Float64Array(nA).fill(Infinity);
+  const hiA = new Float64Array(nA).fill(-Infinity);
+  const loB = new Float64Array(nB).fill(Infinity);
+  const hiB = new Float64Array(nB).fill(-Infinity);
   for (let t = 0; t < rows; t++) {
-    for (let i = 0; i < nA; i++) bmx[i]! += fa[t * nA + i]!;
-    for (let j = 0; j < nB; j++) bmy[j]! += fb[t * nB + j]!;
-    if (due(nA + nB)) await pause();
+    for (let i = 0; i < nA; i++) {
+      const v = fa[t * nA + i]!;
+      bmx[i]! += v;
+      if (v < loA[i]!) loA[i] = v;
+      if (v > hiA[i]!) hiA[i] = v;
+    }
+    for (let j = 0; j < nB; j++) {
+      const v = fb[t * nB + j]!;
+      bmy[j]! += v;
+      if (v < loB[j]!) loB[j] = v;
+      if (v > hiB[j]!) hiB[j] = v;
+    }
+    if (due(2 * (nA + nB))) await pause();
   }
+  // A float64 sum of finite float32 values is finite: a non-finite one means a non-finite value.
+  const nonFinite = (side: 'a' | 'b', f: Float32Array, n: number, c: number) => {
+    let t = 0;
+    while (t < rows - 1 && Number.isFinite(f[t * n + c])) t++;
+    const values = what.kind === 'dense' ? 'values' : 'pre-activations';
+    return new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite ${values} but feature ${side === 'a' ? c : what.j0 + c} of ${side} is ${f[t * n + c]} (a batch's row ${t})`);
+  };
+  for (let i = 0; i < nA; i++) if (!Number.isFinite(bmx[i])) throw nonFinite('a', fa, nA, i);
+  for (let j = 0; j < nB; j++) if (!Number.isFinite(bmy[j])) throw nonFinite('b', fb, nB, j);
   for (let i = 0; i < nA; i++) bmx[i]! /= rows;
   for (let j = 0; j < nB; j++) bmy[j]! /= rows;
+  const sa = new Float64Array(nA);
+  const sb = new Float64Array(nB);
+  for (let i = 0; i < nA; i++) sa[i] = pow2Scale(Math.max(hiA[i]! - bmx[i]!, bmx[i]! - loA[i]!));
+  for (let j = 0; j < nB; j++) sb[j] = pow2Scale(Math.max(hiB[j]! - bmy[j]!, bmy[j]! - loB[j]!));
   const ca = new Float32Array(rows * nA);
   const cb = new Float32Array(rows * nB);
   for (let t = 0; t < rows; t++) {
     for (let i = 0; i < nA; i++) {
-      const v = fa[t * nA + i]! - bmx[i]!;
-      ca[t * nA + i] = v;
+      ca[t * nA + i] = (fa[t * nA + i]! - bmx[i]!) * sa[i]!;
       if (fa[t * nA + i] !== 0) activeA[i]! += 1;
     }
     for (let j = 0; j < nB; j++) {
-      cb[t * nB + j] = fb[t * nB + j]! - bmy[j]!;
+      cb[t * nB + j] = (fb[t * nB + j]! - bmy[j]!) * sb[j]!;
       if (fb[t * nB + j] !== 0) activeB[j]! += 1;
     }
     if (due(2 * (nA + nB))) await pause();
   }
-  // The batch's centred co-moment: one float32 GEMM.
+  // The batch's scaled centred co-moment: one float32 GEMM.
   using ta = tensor(ca, [rows, nA], { device });
   if (due(rows * nA)) await pause(); // a copy of tens of MiB (into fresh pages) takes tens of ms
   using tb = tensor(cb, [rows, nB], { device });
@@ -513,11 +563,13 @@ async function mergeDense(
     for (let j = 0; j < nB; j++) byy[j]! += cb[t * nB + j]! ** 2;
     if (due(nA + nB)) await pause();
   }
+  for (let i = 0; i < nA; i++) bxx[i]! /= sa[i]! * sa[i]!;
+  for (let j = 0; j < nB; j++) byy[j]! /= sb[j]! * sb[j]!;
   const n1 = n0 + rows;
   const w = (n0 * rows) / n1;
   for (let i = 0; i < nA; i++) {
     const dx = bmx[i]! - mx[i]!;
-    for (let j = 0; j < nB; j++) mxy[i * nB + j]! += bxy[i * nB + j]! + w * dx * (bmy[j]! - my[j]!);
+    for (let j = 0; j < nB; j++) mxy[i * nB + j]! += bxy[i * nB + j]! / (sa[i]! * sb[j]!) + w * dx * (bmy[j]! - my[j]!);
     if (due(nB)) await pause();
   }
   for (let i = 0; i < nA; i++) {
