@@ -329,6 +329,28 @@ describe('Trainer', () => {
     for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(after[key]), key).toEqual(bits(before[key]));
   });
 
+  it("a fit() refused at its first step leaves the SAE exactly as it was (b_dec's init undone)", async () => {
+    // The step refuses rows whose total variance float32 gradients cannot scale (no normalize):
+    // b_dec used to stay at the geometric median set for the run.
+    const x = data(rows, dIn, Date.now() >>> 0).map((v) => v * 1e19);
+    for (const [what, prepare, extra] of [
+      ['a new SAE', () => undefined, {}],
+      ["set biases, bDecInit 'mean'", (sae: SparseAutoencoder, w: SaeWeights) => sae.setWeights({ b_enc: w.b_enc.map((_, i) => 0.1 * i - 1), b_dec: w.b_dec.map((_, j) => j - 8) }), { bDecInit: 'mean' }],
+    ] as const) {
+      using sae = make();
+      prepare(sae, await sae.weights());
+      const before = await sae.weights();
+      let steps = 0;
+      await expect(new Trainer(sae, { ...opts, ...extra }).fit(fromArray(x, dIn), { onStep: () => void steps++ }), what).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: expect.stringMatching(/total variance/),
+      });
+      expect(steps, what).toBe(0);
+      const after = await sae.weights();
+      for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(after[key]), `${what}: ${key}`).toEqual(bits(before[key]));
+    }
+  });
+
   it("normalize 'expected-norm' trains on scaled inputs and folds the scale back: the SAE works on raw activations", async () => {
     const x = data(rows, dIn, 5).map((v) => v * 250);
     using sae = make();
@@ -337,6 +359,48 @@ describe('Trainer', () => {
     expect(r.scale).toBeLessThan(1 / 10);
     const { fvu } = await sae.forward(x.subarray(0, 512 * dIn));
     expect(fvu).toBeLessThan(r.last!.fvu * 1.5 + 0.05);
+  });
+
+  it("normalize 'expected-norm' trains on rows of any finite scale: rows of norm ~1e-30 (scale ~1e31) train as the same rows times 2^100, scale and biases 2^100 apart", async () => {
+    // The scale used to be passed to AdamOptimizer.prefetch, which capped it at 1e30: such a fit
+    // failed with ERR_SAEKIT_ARG for options.scale, an option the user never set.
+    const seed = Date.now() >>> 0;
+    const big = data(rows, dIn, seed);
+    const tiny = big.map((v) => v * 2 ** -100); // exact: normal float32 values ~1e-30
+    const run = async (x: Float32Array) => {
+      const sae = make();
+      const losses: number[] = [];
+      const r = await new Trainer(sae, { ...opts, normalize: 'expected-norm' }).fit(fromArray(x, dIn), { onStep: (st) => void losses.push(st.loss) });
+      return { sae, r, losses, w: await sae.weights() };
+    };
+    const b = await run(big);
+    const t = await run(tiny);
+    using _b = b.sae;
+    using _t = t.sae;
+    expect(t.r.status, `seed ${seed}`).toBe('completed');
+    expect(t.r.scale, `seed ${seed}`).toBeGreaterThan(1e30);
+    // The norms are 2^100 apart exactly, so are the scales, and the scaled batches are the same bits.
+    expect(t.r.scale, `seed ${seed}`).toBe(b.r.scale * 2 ** 100);
+    expect(t.losses, `seed ${seed}`).toEqual(b.losses);
+    expect(bits(t.w.W_enc), `seed ${seed}: W_enc`).toEqual(bits(b.w.W_enc));
+    expect(bits(t.w.W_dec), `seed ${seed}: W_dec`).toEqual(bits(b.w.W_dec));
+    // The folded biases: 2^100 apart (exactly, but for float32 subnormals: 2^-149 apart before the factor).
+    for (const key of ['b_enc', 'b_dec'] as const) {
+      for (let i = 0; i < b.w[key].length; i++) {
+        expect(Math.abs(t.w[key][i]! * 2 ** 100 - b.w[key][i]!), `seed ${seed}: ${key}[${i}]`).toBeLessThanOrEqual(2 ** -49);
+      }
+    }
+    // The trained SAE works on the raw tiny rows as the other does on its rows.
+    const [ft, fb] = [await t.sae.forward(tiny.subarray(0, 256 * dIn)), await b.sae.forward(big.subarray(0, 256 * dIn))];
+    expect(Math.abs(ft.fvu - fb.fvu), `seed ${seed}`).toBeLessThan(1e-5);
+    // prefetch takes any finite scale > 0; a product past float32's range is refused by the step.
+    using sae = make();
+    const opt = sae.adam();
+    const before = await sae.weights();
+    await expect(opt.step(opt.prefetch(big.subarray(0, 64 * dIn), { scale: 1e40 }))).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE' });
+    const after = await sae.weights();
+    for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(after[key]), key).toEqual(bits(before[key]));
+    expect(() => opt.prefetch(big, { scale: Infinity })).toThrow(/Expected finite number > 0 for options\.scale but received Infinity/);
   });
 
   it('a source that fails while a step runs rejects fit() with its error (no unhandled rejection), and the pass is closed', async () => {

@@ -233,7 +233,11 @@ const PREFETCH_OPTIONS = optionNames<PrefetchOptions>({ scale: true });
 
 /** AdamOptimizer.prefetch options. */
 export interface PrefetchOptions {
-  /** Multiplies every value while it is copied. Default 1. */
+  /**
+   * Multiplies every value while it is copied: any finite number > 0 (the product is taken in
+   * float64; one past float32's range is stored as +-Infinity, which step() refuses with
+   * ERR_SAEKIT_NONFINITE). Default 1.
+   */
   scale?: number;
 }
 
@@ -775,7 +779,7 @@ export class AdamOptimizer {
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
     if (!(x instanceof Float32Array)) throw argError('x', `a Float32Array (rows * ${this.sae.dIn})`, x);
     const o = checkOptions('options', options, PREFETCH_OPTIONS);
-    const scale = o.scale === undefined ? 1 : checkNumber('options.scale', o.scale, 0, 1e30, true);
+    const scale = o.scale === undefined ? 1 : checkNumber('options.scale', o.scale, 0, Infinity, true);
     const rows = rowsArg(this.sae.dIn, x) as Float32Array;
     return new PrefetchedConstructor(callNative(() => this.h.prefetch(rows, scale)), this.h, rows.length / this.sae.dIn);
   }

@@ -16,11 +16,11 @@
  *   top-k index, which differs only in rows with fewer than k positive pre-activations).
  * - b_dec at the geometric median of the first batch.
  * - normalize 'expected-norm': the inputs are scaled by s = sqrt(dIn) / E||x|| (SAELens's
- *   estimate) and s is folded into the biases when training ends (dictionary_learning's
- *   scale_biases): the saved SAE on raw activations reconstructs what the trained one did on
- *   scaled ones (times 1/s), with the same latents selected and unit decoder rows, and its
- *   activations are the trained ones divided by s. (SAELens's fold keeps the activations and
- *   leaves decoder rows of norm 1/s.)
+ *   estimate; any finite s: rows of norm 1e-30 train as rows of norm 1 would) and s is folded
+ *   into the biases when training ends (dictionary_learning's scale_biases): the saved SAE on
+ *   raw activations reconstructs what the trained one did on scaled ones (times 1/s), with the
+ *   same latents selected and unit decoder rows, and its activations are the trained ones
+ *   divided by s. (SAELens's fold keeps the activations and leaves decoder rows of norm 1/s.)
  *
  * @example
  * ```ts
@@ -466,7 +466,8 @@ export class Trainer {
    * Trains; resolves when done, aborted or out of data. Never leaves trained work unsaved when
    * saveDir/checkpointDir are set: when the run fails (the source, onStep, a step), the steps
    * trained so far are checkpointed first (checkpointDir), the SAE is left working on raw
-   * activations (the normalisation scale folded in) and the error is rethrown. One fit() at a
+   * activations (the normalisation scale folded in) and the error is rethrown; a new run refused
+   * at its first step leaves the SAE exactly as it was (b_dec's init undone). One fit() at a
    * time per SAE (ERR_SAEKIT_ARG otherwise: two runs would interleave their steps). A signal
    * already aborted returns at once, reading and changing nothing.
    *
@@ -597,6 +598,8 @@ export class Trainer {
     const STOPPED = new Error('aborted while reading');
     /** Whether this run got past its first reads (a resumed run: past skipping to its checkpoint). */
     let started = false;
+    /** The biases before this run set the scale and b_dec's init: put back if it fails before its first step. */
+    let biases0: { b_enc: Float32Array; b_dec: Float32Array } | undefined;
     const nextOrStop = async (): Promise<Batch | undefined> => {
       const b = await unlessAborted(nextBatch(), fo.signal);
       if (b === ABORTED) throw STOPPED;
@@ -632,6 +635,7 @@ export class Trainer {
         const s = o.normalize === 'expected-norm' ? normScale(first, this.sae.dIn) : 1;
         await this.sae._checkTrainable(); // before any weight changes (b_dec's init, the scale)
         const w0 = await this.sae.weights();
+        biases0 = { b_enc: w0.b_enc, b_dec: w0.b_dec };
         if (s !== 1) {
           // Training runs on s·x: the same model there has its biases times s (the inverse of the
           // fold at the end; a no-op for a new SAE's zero biases).
@@ -737,7 +741,15 @@ export class Trainer {
       if (stepIntact && fo.checkpointDir && step > (resumedFrom?.step ?? 0)) {
         await this.checkpoint(fo.checkpointDir, step, tokens, scale, total, source.numRows).catch(() => undefined);
       }
-      if (scale !== 1 && stepIntact) await this.foldScale(scale).catch(() => undefined);
+      // A new run refused at its first step (checked before any update) leaves the SAE exactly as
+      // it was: the scale and b_dec's init are undone, not folded.
+      if (biases0 && step === 0 && stepIntact) {
+        try {
+          this.sae.setWeights(biases0);
+        } catch {
+          // The SAE was disposed meanwhile: the failure is what to report.
+        }
+      } else if (scale !== 1 && stepIntact) await this.foldScale(scale).catch(() => undefined);
       throw failure.error;
     }
     await this.foldScale(scale);

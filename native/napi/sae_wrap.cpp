@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -1108,7 +1109,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       auto p = std::make_shared<Prefetched>();
       std::shared_ptr<DeviceSae> dev = m->device_now();
       const bool device = dev && dev->api->prefetch && m->pinned;
-      const double scale = info.Length() > 1 && !info[1].IsUndefined() ? get_double(info[1], "scale", 0, 1e30) : 1.0;
+      const double scale = info.Length() > 1 && !info[1].IsUndefined() ? get_double(info[1], "scale", 0, std::numeric_limits<double>::max()) : 1.0;
       const bool borrow = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
       Rows r = get_rows(info[0], m->D, "x", device ? m->pinned.get() : nullptr, scale, false, borrow);
       ++(r.borrowed ? borrowed_ : copied_);
