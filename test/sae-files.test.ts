@@ -2,8 +2,9 @@
  * SAE files: SAELens, sparsify and Gemma Scope layouts, byte-level fields and round trips.
  * References: a JS float64 encoder for JumpReLU and SAELens's rescaled TopK.
  */
-import { execFileSync } from 'node:child_process';
-import { closeSync, constants, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -220,6 +221,45 @@ describe('SAE files: JumpReLU (Gemma Scope, SAELens)', () => {
     for (let q = 0; q < r0.length; q++) expect(Math.abs(r1[q]! - r0[q]!)).toBeLessThan(1e-4);
   });
 
+  it('save() refuses a JumpReLU SAE whose rescaled encoder would overflow float32, writing nothing; a large finite rescale saves exactly', async () => {
+    const [dI, F] = [6, 10];
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const j = Math.floor(next() * F);
+    const d = Math.floor(next() * dI);
+    // Latent j's decoder row has norm ~1e19: its W_enc column, b_enc and threshold are multiplied by it.
+    const make = (edit: (w: W) => void): W => {
+      const w = randomWeights(dI, F, seed, (i) => (i === j ? 1e19 : 1));
+      w.threshold = new Float32Array(F).fill(0.2);
+      edit(w);
+      return w;
+    };
+    const norm = (w: W) => Math.sqrt(Array.from(w.W_dec.subarray(j * dI, (j + 1) * dI)).reduce((a, v) => a + v * v, 0));
+    for (const [what, edit] of [
+      [`W_enc \\(row ${d}\\)`, (w: W) => (w.W_enc[d * F + j] = 1e20)],
+      ['b_enc', (w: W) => (w.b_enc[j] = -1e20)],
+      ['threshold', (w: W) => (w.threshold![j] = 1e20)],
+    ] as const) {
+      const w = make(edit);
+      using sae = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu' });
+      const dir = path.join(tmp(), 'sae');
+      const err = await sae.save(dir).catch((e: unknown) => e);
+      expect(err, `seed ${seed}: ${what}`).toBeInstanceOf(SaekitError);
+      expect((err as SaekitError).code).toBe('ERR_SAEKIT_NONFINITE');
+      expect((err as SaekitError).message).toMatch(new RegExp(`latent ${j} is rescaled by its decoder norm .* but its ${what} overflows float32; nothing was written`));
+      expect(existsSync(dir)).toBe(false);
+    }
+    // 1e18 x 1e19 is finite in float32: saved as the float64 product rounded once, and loaded back.
+    const w = make((w) => (w.W_enc[d * F + j] = 1e18));
+    using sae = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu' });
+    const dir = tmp();
+    await sae.save(dir);
+    using back = await SparseAutoencoder.load(dir);
+    const wb = await back.weights();
+    expect(wb.W_enc[d * F + j], `seed ${seed}`).toBe(Math.fround(w.W_enc[d * F + j]! * norm(w)));
+    expect(wb.threshold![j]).toBe(Math.fround(w.threshold![j]! * norm(w)));
+  });
+
   it('SAELens TopK with rescale_acts_by_decoder_norm is folded at load into the same function, zero decoder rows included', async () => {
     const [dI, F, k] = [13, 37, 4];
     const w = randomWeights(dI, F, 11, (i) => 0.3 + (i % 4) * 0.4);
@@ -404,6 +444,70 @@ describe('SAE files: hostile input', () => {
       for (const n of Object.keys(t)) delete t[n];
       Object.assign(t, { W_enc: f32([2 ** 20 + 1, 1], () => 0), b_enc: f32([1]), W_dec: f32([1, 2 ** 20 + 1], () => 0), b_dec: f32([2 ** 20 + 1], () => 0) });
     }), 'cfg.json', /d_in = 1048577 and d_sae = 1 exceed the supported sizes/);
+  });
+
+  it('null is not an absent field: k null, d_in null are FORMAT errors naming the field and null, not the defaults (100, 32) or "missing"', async () => {
+    // Without the null check, d_sae 256 loaded with SAELens's default k 100 and sparsify's with 32.
+    const nullField = (field: string) => new RegExp(`field ${field.replace('.', '\\.')} must be a non-negative integer below 2\\^30 but is null$`);
+    for (const [cfg, field] of [
+      [{ k: null }, 'k'],
+      [{ k: undefined, activation_fn_kwargs: { k: null } }, 'activation_fn_kwargs.k'], // pre-6.0
+      [{ d_in: null }, 'd_in'], // was "missing field d_in"
+      [{ d_sae: null }, 'd_sae'],
+    ] as const) {
+      await expectLoadError(await saelens(3, 256, cfg), 'cfg.json', nullField(field));
+    }
+    for (const field of ['k', 'd_in', 'num_latents', 'expansion_factor']) {
+      await expectLoadError(await sparsify(3, 64, { num_latents: field === 'expansion_factor' ? 0 : 64, [field]: null }), 'cfg.json', nullField(field));
+    }
+    // Absent fields still take the defaults.
+    using sl = await SparseAutoencoder.load(await saelens(3, 256, { k: undefined }));
+    using sp = await SparseAutoencoder.load(await sparsify(3, 64, { k: undefined }));
+    expect([sl.k, sp.k]).toEqual([100, 32]);
+  });
+
+  it('shapes in the weights header that disagree with cfg.json are refused before any tensor is read', async () => {
+    // A 256 MiB tensor declared in the header, the file extended sparsely to hold it: read, it
+    // would take 256 MiB of memory before the shape check refused it.
+    const big = 2 ** 26;
+    const writeDeclared = (file: string, tensors: [string, number[]][]): void => {
+      const header: Record<string, unknown> = {};
+      let at = 0;
+      for (const [name, shape] of tensors) {
+        const bytes = 4 * shape.reduce((a, b) => a * b, 1);
+        header[name] = { dtype: 'F32', shape, data_offsets: [at, at + bytes] };
+        at += bytes;
+      }
+      const json = JSON.stringify(header).padEnd(Math.ceil(JSON.stringify(header).length / 8) * 8, ' ');
+      const head = Buffer.alloc(8);
+      head.writeBigUInt64LE(BigInt(json.length));
+      writeFileSync(file, Buffer.concat([head, Buffer.from(json)]));
+      truncateSync(file, 8 + json.length + at); // zeros, a hole on disk
+    };
+    const peakDuring = async (run: () => Promise<unknown>): Promise<number> => {
+      const base = process.memoryUsage().arrayBuffers;
+      let peak = base;
+      const sample = () => (peak = Math.max(peak, process.memoryUsage().arrayBuffers));
+      const timer = setInterval(sample, 1);
+      try {
+        await run();
+      } finally {
+        clearInterval(timer);
+        sample();
+      }
+      return peak - base;
+    };
+    const [dIn, L] = [3, 4];
+    const sl = tmp();
+    writeDeclared(path.join(sl, 'sae_weights.safetensors'), [['W_enc', [dIn, L]], ['W_dec', [L, dIn]], ['b_dec', [dIn]], ['b_enc', [big]]]);
+    writeFileSync(path.join(sl, 'cfg.json'), JSON.stringify({ architecture: 'topk', d_in: dIn, d_sae: L, k: 1 }));
+    const sp = tmp();
+    writeDeclared(path.join(sp, 'sae.safetensors'), [['encoder.weight', [L, dIn]], ['W_dec', [L, dIn]], ['b_dec', [dIn]], ['encoder.bias', [big]]]);
+    writeFileSync(path.join(sp, 'cfg.json'), JSON.stringify({ d_in: dIn, num_latents: L, k: 1 }));
+    for (const [dir, file, name] of [[sl, 'sae_weights.safetensors', 'b_enc'], [sp, 'sae.safetensors', 'encoder.bias']] as const) {
+      const grew = await peakDuring(() => expectLoadError(dir, file, new RegExp(`tensor ${name.replace('.', '\\.')} has shape \\[${big}\\] but the config says \\[${L}\\]`)));
+      expect(grew, `${file}: array buffer bytes allocated during the load`).toBeLessThan(16 << 20);
+    }
   });
 
   it('Gemma Scope: names, spellings, dtypes and shapes come from the archive before any array is inflated', async () => {
@@ -682,6 +786,121 @@ describe('SAE files: what the other libraries write and read', () => {
     for (const key of ['sae_lens_version', 'saekit_version', 'saekit_save_id']) {
       await expect(sae.save(tmp(), { metadata: { [key]: '5.9.0' } })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(new RegExp(`options\\.metadata not to set the SAELens metadata field '${key}'`)) });
     }
+  });
+});
+
+describe('SAE files: saving into a folder that holds files', () => {
+  const [dIn, L, k] = [7, 19, 3];
+  const t32 = (shape: number[], data: Float32Array): IoTensor => ({ dtype: 'float32', shape, data });
+
+  /** Another library's SAE in `dir` (no saekit save id): its weights and cfg.json. */
+  async function foreign(dir: string, format: 'saelens' | 'sparsify', w: W): Promise<void> {
+    if (format === 'saelens') {
+      await writeSafetensors(path.join(dir, 'sae_weights.safetensors'), { W_enc: t32([dIn, L], w.W_enc), b_enc: t32([L], w.b_enc), W_dec: t32([L, dIn], w.W_dec), b_dec: t32([dIn], w.b_dec) });
+      writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', d_in: dIn, d_sae: L, k: 2, apply_b_dec_to_input: true }));
+    } else {
+      // encoder.weight is W_enc transposed ([L, dIn]).
+      const enc = new Float32Array(L * dIn).map((_, q) => w.W_enc[(q % dIn) * L + Math.floor(q / dIn)]!);
+      await writeSafetensors(path.join(dir, 'sae.safetensors'), { 'encoder.weight': t32([L, dIn], enc), 'encoder.bias': t32([L], w.b_enc), W_dec: t32([L, dIn], w.W_dec), b_dec: t32([dIn], w.b_dec) });
+      writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ d_in: dIn, num_latents: L, k: 2, activation: 'topk' }));
+    }
+  }
+
+  it("a folder holding another library's SAE of the other layout is refused, unchanged; saekit's own saves and same-layout folders are overwritten", async () => {
+    const seed = Date.now() >>> 0;
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, seed), { k });
+    const theirs = randomWeights(dIn, L, seed + 1);
+    for (const [layout, saveAs, file] of [['saelens', 'sparsify', 'sae_weights.safetensors'], ['sparsify', 'saelens', 'sae.safetensors']] as const) {
+      const dir = tmp();
+      await foreign(dir, layout, theirs);
+      const before = Object.fromEntries(readdirSync(dir).map((f) => [f, readFileSync(path.join(dir, f)).toString('base64')]));
+      const err = await sae.save(dir, { format: saveAs }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SaekitError);
+      expect((err as SaekitError).code).toBe('ERR_SAEKIT_ARG');
+      expect((err as SaekitError).message).toContain(`${dir} holds ${file} (not written by saekit) with its cfg.json`);
+      expect((err as SaekitError).message).toMatch(/save into another folder$/);
+      // Nothing written: the folder's files as they were, and the foreign SAE loads with its own weights.
+      expect(Object.fromEntries(readdirSync(dir).map((f) => [f, readFileSync(path.join(dir, f)).toString('base64')]))).toEqual(before);
+      using back = await SparseAutoencoder.load(dir);
+      const wb = await back.weights();
+      for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(Array.from(wb[n]), `${layout} ${n}`).toEqual(Array.from(theirs[n]));
+      // The same layout as the foreign SAE overwrites it, as before.
+      await sae.save(dir, { format: layout });
+      using ours = await SparseAutoencoder.load(dir);
+      expect(Array.from((await ours.weights()).W_enc)).toEqual(Array.from((await sae.weights()).W_enc));
+      // Over saekit's own save the other layout is written, and the earlier weights removed.
+      await sae.save(dir, { format: saveAs });
+      expect(readdirSync(dir).sort()).toEqual(['cfg.json', saveAs === 'saelens' ? 'sae_weights.safetensors' : 'sae.safetensors']);
+    }
+    // Foreign weights of the other layout beside saekit's own cfg.json of this layout: that cfg.json
+    // does not describe them, so saving this layout again replaces nothing of theirs.
+    const dir = tmp();
+    await sae.save(dir, { format: 'sparsify' });
+    await writeSafetensors(path.join(dir, 'sae_weights.safetensors'), { W_enc: t32([dIn, L], theirs.W_enc), b_enc: t32([L], theirs.b_enc), W_dec: t32([L, dIn], theirs.W_dec), b_dec: t32([dIn], theirs.b_dec) });
+    await sae.save(dir, { format: 'sparsify' });
+    expect(readdirSync(dir).sort()).toEqual(['cfg.json', 'sae.safetensors', 'sae_weights.safetensors']);
+    // A saekit cfg.json of the other layout describes them: refused.
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', d_in: dIn, d_sae: L, k, metadata: { saekit_save_id: '0123456789abcdef' } }));
+    await expect(sae.save(dir, { format: 'sparsify' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringContaining('holds sae_weights.safetensors (not written by saekit)') });
+  });
+
+  it("staging files of a save killed part-way are removed by the next save: only saekit's names, only of processes that no longer run", async () => {
+    const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+    expect(() => process.kill(dead, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
+    const id = () => randomBytes(8).toString('hex');
+    const tmpOf = (staged: string, pid: number) => `.${staged}.${pid}.${randomBytes(6).toString('hex')}.tmp`;
+    const stagedName = (file: string, pid: number) => `.${file}.${pid}.${id()}.staged`;
+    const leftovers = [
+      stagedName('sae_weights.safetensors', dead),
+      stagedName('sae.safetensors', dead),
+      stagedName('cfg.json', dead),
+      tmpOf(stagedName('sae_weights.safetensors', dead), dead),
+      tmpOf(stagedName('cfg.json', dead), dead),
+    ];
+    const kept = [
+      // A save in progress: this process's, and another running process's (the parent).
+      stagedName('sae_weights.safetensors', process.pid),
+      tmpOf(stagedName('sae.safetensors', process.pid), process.pid),
+      stagedName('sae.safetensors', process.ppid),
+      // Names that are not exactly saekit's.
+      `.model.safetensors.${dead}.${id()}.staged`,
+      `.sae_weights.safetensors.${dead}.${id()}.staged.bak`,
+      `.sae_weights.safetensors.${dead}.${id().slice(1)}.staged`,
+      `sae_weights.safetensors.${dead}.${id()}.staged`,
+      `.sae.safetensors.${dead}.${randomBytes(6).toString('hex')}.tmp`,
+      tmpOf(stagedName('sae_weights.safetensors', dead), dead + 1),
+    ];
+    const dir = tmp();
+    for (const f of [...leftovers, ...kept]) writeFileSync(path.join(dir, f), 'x');
+    mkdirSync(path.join(dir, stagedName('cfg.json', dead))); // a folder of that name is not a file saekit wrote
+    const folder = readdirSync(dir).find((f) => !leftovers.includes(f) && !kept.includes(f))!;
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, 3), { k });
+    await sae.save(dir);
+    expect(readdirSync(dir).sort()).toEqual(['cfg.json', 'sae_weights.safetensors', folder, ...kept].sort());
+  });
+
+  it('a failed save names the folder and the file being saved, not its temporary name, and leaves no temporary files', async () => {
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, 4), { k });
+    for (const [file, format] of [['sae_weights.safetensors', 'saelens'], ['cfg.json', 'sparsify']] as const) {
+      // A folder where the file should go: renaming the staged file over it fails (EISDIR).
+      const dir = tmp();
+      mkdirSync(path.join(dir, file));
+      const err = await sae.save(dir, { format }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SaekitError);
+      expect((err as SaekitError).code).toBe('ERR_SAEKIT_ARG');
+      expect((err as SaekitError).message).toMatch(new RegExp(`^Could not save ${file.replace('.', '\\.')} in ${dir}: E[A-Z]+: `));
+      expect((err as SaekitError).message).not.toMatch(/staged|\.tmp/);
+      expect(readdirSync(dir).filter((f) => f.startsWith('.'))).toEqual([]);
+    }
+    // A write that fails: the staged weights' temporary file has a path over Linux's 4095 bytes,
+    // the final one does not.
+    if (process.platform !== 'linux') return;
+    let dir = tmp();
+    while (4040 - dir.length - 1 > 255) dir = path.join(dir, 'd'.repeat(250));
+    dir = path.join(dir, 'd'.repeat(4040 - dir.length - 1));
+    const err = await sae.save(dir).catch((e: unknown) => e);
+    expect((err as SaekitError).message).toBe(`Could not save sae_weights.safetensors in ${dir}: ENAMETOOLONG: name too long`);
+    expect(readdirSync(dir)).toEqual([]);
   });
 });
 

@@ -10,7 +10,7 @@ import { superposition } from '../lib/data/synthetic.js';
 import { mmcs } from '../lib/eval/recovery.js';
 import { geometricMedian, learningRate, Trainer } from '../lib/train/index.js';
 import { customSource } from './helpers/data-fixtures.js';
-import { readSafetensors } from '../lib/io/safetensors.js';
+import { readSafetensors, writeSafetensors } from '../lib/io/safetensors.js';
 import { lcg } from './helpers/reference.js';
 
 function tmp(): string {
@@ -514,6 +514,17 @@ describe('Trainer', () => {
     ] as const) {
       await expect(t.fit(fromArray(x, dIn), fo as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(re) });
     }
+    // A saveDir holding another library's SAE of the other layout, which the final save would
+    // refuse (replacing its cfg.json would orphan its weights): refused before training.
+    const foreign = tmp();
+    await writeSafetensors(path.join(foreign, 'sae_weights.safetensors'), { W_enc: { dtype: 'float32', shape: [2, 3], data: new Float32Array(6) } });
+    writeFileSync(path.join(foreign, 'cfg.json'), JSON.stringify({ architecture: 'topk', d_in: 2, d_sae: 3, k: 1 }));
+    let steps = 0;
+    await expect(t.fit(fromArray(x, dIn), { saveDir: foreign, saveFormat: 'sparsify', onStep: () => void steps++ })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringContaining(`${foreign} holds sae_weights.safetensors (not written by saekit) with its cfg.json`),
+    });
+    expect(steps).toBe(0);
     expect(bits((await sae.weights()).W_enc)).toEqual(bits(before));
     // An SAE that does not subtract b_dec cannot be saved as sparsify: said before training, not after.
     using plain = SparseAutoencoder.fromWeights(await sae.weights(), { k, applyBDecToInput: false });

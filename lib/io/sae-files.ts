@@ -11,7 +11,8 @@
  * A file holding any other tensor (a skip connection's W_skip, a training-state tensor) is
  * refused naming it, as SAELens's and sparsify's own strict loaders refuse it, rather than loaded
  * without it. Missing sparsify cfg fields take SparseCoderConfig's defaults, a SAELens TopK
- * config without k SAELens's (100).
+ * config without k SAELens's (100); an integer field (d_in, k, ...) that is null is refused, not
+ * taken as missing.
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -217,11 +218,14 @@ function intField(cfg: Record<string, unknown>, file: string, ...keys: string[])
   return v;
 }
 
-/** intField, or undefined when none of the keys is present (or all are null). */
+/**
+ * intField, or undefined when none of the keys is present. Only an absent key is missing: null
+ * (Python's None) is refused like any other non-integer, rather than taking the default.
+ */
 function optionalIntField(cfg: Record<string, unknown>, file: string, ...keys: string[]): number | undefined {
   for (const key of keys) {
     const v = fieldAt(cfg, key);
-    if (v === undefined || v === null) continue;
+    if (v === undefined) continue;
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v > 1 << 30) {
       throw formatError(file, `field ${key} must be a non-negative integer below 2^30 but is ${previewValue(v)}`);
     }
@@ -335,6 +339,35 @@ function checkShape(file: string, name: string, t: { shape: readonly number[] },
 }
 
 
+/** The float64 norm of row `i` of W_dec ([numLatents, dIn]). */
+function rowNorm(W_dec: Float32Array, i: number, dIn: number): number {
+  let s = 0;
+  for (let d = 0; d < dIn; d++) s += W_dec[i * dIn + d]! ** 2;
+  return Math.sqrt(s);
+}
+
+/**
+ * Refuses weights that foldDecoderNorms would take past the float32 range (ERR_SAEKIT_NONFINITE
+ * naming the latent, its decoder norm and the tensor, as normalizeDecoder() does), before
+ * anything is changed: save() folds a JumpReLU SAE's norms and would otherwise write infinities
+ * that load() refuses.
+ */
+export function checkDecoderNormFold(w: SaeFileWeights, dIn: number, numLatents: number): void {
+  for (let i = 0; i < numLatents; i++) {
+    const n = rowNorm(w.W_dec, i, dIn);
+    if (!(n > 0) || Math.abs(n - 1) < 1e-7) continue;
+    let bad = Number.isFinite(Math.fround(w.b_enc[i]! * n)) ? '' : 'b_enc';
+    if (w.threshold && !Number.isFinite(Math.fround(w.threshold[i]! * n))) bad ||= 'threshold';
+    for (let d = 0; d < dIn && !bad; d++) if (!Number.isFinite(Math.fround(w.W_enc[d * numLatents + i]! * n))) bad = `W_enc (row ${d})`;
+    if (bad) {
+      throw new SaekitError(
+        'ERR_SAEKIT_NONFINITE',
+        `Expected weights that stay finite when latent ${i} is rescaled by its decoder norm ${n} (save() writes unit decoder rows) but its ${bad} overflows float32; nothing was written`,
+      );
+    }
+  }
+}
+
 /**
  * Scales each latent so its decoder row has unit norm, keeping the model's function where the
  * activation is equivariant to z_i -> z_i n_i (JumpReLU with threshold_i n_i; SAELens TopK with
@@ -347,9 +380,7 @@ export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: num
   let rescaled = 0;
   let zeroRow = -1;
   for (let i = 0; i < numLatents; i++) {
-    let s = 0;
-    for (let d = 0; d < dIn; d++) s += w.W_dec[i * dIn + d]! ** 2;
-    const n = Math.sqrt(s);
+    const n = rowNorm(w.W_dec, i, dIn);
     if (!(n > 0)) {
       if (zeroRow < 0) zeroRow = i;
       if (silenceZeroRows) {
@@ -386,25 +417,41 @@ function checkNoExtraTensors(file: string, present: string[], known: string[]): 
   );
 }
 
-/** The tensors `names` (and those of `optional` the file has), and the file's __metadata__; any other tensor is refused. */
-async function readTensors(file: string, names: string[], optional: string[] = []): Promise<{ t: Record<string, IoTensor>; metadata: Record<string, string> }> {
+/**
+ * The tensors named in `shapes` (and those of `optional` the file has); any other tensor is
+ * refused. Everything is checked from the header before any tensor is read: names, float dtypes,
+ * `checkMetadata` on the file's __metadata__, then each tensor's shape against the config's, so
+ * a cfg.json beside a larger SAE's weights is refused without reading them.
+ */
+async function readTensors(
+  file: string,
+  shapes: Record<string, number[]>,
+  optional: Record<string, number[]>,
+  checkMetadata: (metadata: Record<string, string>) => void,
+): Promise<Record<string, IoTensor>> {
+  const names = Object.keys(shapes);
+  const all = { ...shapes, ...optional };
   const r = await readSafetensors(file);
   try {
     checkNoExtraTensors(
       file,
       r.tensors.map((t) => t.name),
-      [...names, ...optional],
+      Object.keys(all),
     );
-    const out: Record<string, IoTensor> = {};
     for (const n of names) if (!r.get(n)) throw formatError(file, `missing tensor ${n} (has: ${listForMessage(r.tensors.map((t) => t.name)) || 'none'})`);
     // Weights are floats: any other stored dtype (I8, BOOL, F8_E4M3, ...) is refused before reading.
-    for (const n of [...names, ...optional]) {
+    for (const n of Object.keys(all)) {
       const dtype = r.get(n)?.code;
       if (dtype !== undefined && !SAFETENSORS_FLOATS.has(dtype)) throw formatError(file, `tensor ${n} has dtype ${dtype}; expected a float dtype (F32, F16, BF16, F64)`);
     }
-    for (const n of names) out[n] = await r.read(n);
-    for (const n of optional) if (r.get(n)) out[n] = await r.read(n);
-    return { t: out, metadata: r.metadata };
+    checkMetadata(r.metadata);
+    for (const [n, shape] of Object.entries(all)) {
+      const e = r.get(n);
+      if (e) checkShape(file, n, e, shape);
+    }
+    const out: Record<string, IoTensor> = {};
+    for (const n of Object.keys(all)) if (r.get(n)) out[n] = await r.read(n);
+    return out;
   } finally {
     await r.close();
   }
@@ -453,14 +500,10 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
   }
   const applyBDec = boolField(cfg, cfgFile, 'apply_b_dec_to_input', true);
   const rescale = arch === 'topk' && boolField(cfg, cfgFile, 'rescale_acts_by_decoder_norm', false);
-  const names = ['W_enc', 'b_enc', 'W_dec', 'b_dec', ...(arch === 'jumprelu' ? ['threshold'] : [])];
-  const { t, metadata } = await readTensors(weightsFile, names, ['scaling_factor', 'finetuning_scaling_factor']);
-  checkSameSave(cfgFile, fieldAt(cfg, `metadata.${SAVE_ID}`), weightsFile, metadata);
-  checkShape(weightsFile, 'W_enc', t.W_enc!, [dIn, numLatents]);
-  checkShape(weightsFile, 'b_enc', t.b_enc!, [numLatents]);
-  checkShape(weightsFile, 'W_dec', t.W_dec!, [numLatents, dIn]);
-  checkShape(weightsFile, 'b_dec', t.b_dec!, [dIn]);
-  if (arch === 'jumprelu') checkShape(weightsFile, 'threshold', t.threshold!, [numLatents]);
+  const shapes: Record<string, number[]> = { W_enc: [dIn, numLatents], b_enc: [numLatents], W_dec: [numLatents, dIn], b_dec: [dIn], ...(arch === 'jumprelu' ? { threshold: [numLatents] } : {}) };
+  const t = await readTensors(weightsFile, shapes, { scaling_factor: [numLatents], finetuning_scaling_factor: [numLatents] }, (metadata) =>
+    checkSameSave(cfgFile, fieldAt(cfg, `metadata.${SAVE_ID}`), weightsFile, metadata),
+  );
   const weights: SaeFileWeights = {
     W_enc: await toF32(t.W_enc!, weightsFile, 'W_enc'),
     b_enc: await toF32(t.b_enc!, weightsFile, 'b_enc'),
@@ -508,12 +551,9 @@ async function readSparsify(dir: string, weightsFile: string): Promise<SaeFiles>
   // EleutherAI/sae's signed TopK keeps the k largest |z| with their signs (no ReLU).
   if (boolField(cfg, cfgFile, 'signed', false)) throw formatError(cfgFile, 'signed TopK (signed: true) is not supported yet');
   if (k < 1 || k > numLatents) throw formatError(cfgFile, `k = ${k} is outside 1..num_latents = ${numLatents}`);
-  const { t, metadata } = await readTensors(weightsFile, ['encoder.weight', 'encoder.bias', 'W_dec', 'b_dec']);
-  checkSameSave(cfgFile, cfg[SAVE_ID], weightsFile, metadata);
-  checkShape(weightsFile, 'encoder.weight', t['encoder.weight']!, [numLatents, dIn]);
-  checkShape(weightsFile, 'encoder.bias', t['encoder.bias']!, [numLatents]);
-  checkShape(weightsFile, 'W_dec', t.W_dec!, [numLatents, dIn]);
-  checkShape(weightsFile, 'b_dec', t.b_dec!, [dIn]);
+  const t = await readTensors(weightsFile, { 'encoder.weight': [numLatents, dIn], 'encoder.bias': [numLatents], W_dec: [numLatents, dIn], b_dec: [dIn] }, {}, (metadata) =>
+    checkSameSave(cfgFile, cfg[SAVE_ID], weightsFile, metadata),
+  );
   return {
     config: { format: 'sparsify', architecture: 'topk', dIn, numLatents, k, applyBDecToInput: true, dtype: t.W_dec!.dtype, raw: cfg },
     weights: {
@@ -590,7 +630,6 @@ async function foldFinetuningScale(
   numLatents: number,
 ): Promise<boolean> {
   if (!scale) return false;
-  checkShape(weightsFile, 'scaling_factor', scale, [numLatents]);
   const s = await toF32(scale, weightsFile, 'scaling_factor');
   if (s.every((v) => v === 1)) return false;
   if (!boolField(cfg, cfgFile, 'finetuning_scaling_factor', false)) {
@@ -653,7 +692,11 @@ function unitRows(W_dec: Float32Array, numLatents: number, dIn: number): boolean
  * other, and carry the same save id (cfg.json and the weights' __metadata__): a save cut short
  * between the two renames is refused by the loader instead of pairing one save's weights with
  * another's config. The other layout's weights file, if an earlier saekit save left one, is
- * removed. Returns the files written.
+ * removed. A folder holding another library's SAE of the other layout (that layout's weights,
+ * not written by saekit, with a cfg.json other than a saekit save's of this layout) is refused
+ * before anything is written (ERR_SAEKIT_ARG): replacing its cfg.json would leave those weights
+ * without a config. Staging files that a save killed part-way left in `dir` (saekit's own names,
+ * of a process that no longer runs) are removed first. Returns the files written.
  */
 export async function writeSaeFiles(
   dir: string,
@@ -668,6 +711,8 @@ export async function writeSaeFiles(
     throw fsError('create the folder', dir, err);
   });
   const cfgFile = path.join(dir, 'cfg.json');
+  await checkNoForeignPair(dir, format);
+  await removeDeadStaging(dir);
   const saveId = randomBytes(8).toString('hex');
   const idMeta = { [SAVE_ID]: saveId };
   if (format === 'saelens') {
@@ -740,9 +785,87 @@ export async function writeSaeFiles(
   return [cfgFile, file];
 }
 
+/** Whether `file` is a safetensors file whose __metadata__ carries a saekit save id (false when it cannot be read as one). */
+async function savedBySaekit(file: string): Promise<boolean> {
+  const r = await readSafetensors(file).catch(() => undefined);
+  const ours = r?.metadata[SAVE_ID] !== undefined;
+  await r?.close();
+  return ours;
+}
+
+/** Whether `p` is a regular file (following links); false when missing or unreadable. */
+async function plainFile(p: string): Promise<boolean> {
+  return stat(p).then(
+    (s) => s.isFile(),
+    () => false,
+  );
+}
+
+/**
+ * Refuses to save `format` into `dir` when it holds the other layout's weights, not written by
+ * saekit, beside a cfg.json that may describe them (any but a saekit save's of `format`): the
+ * save would replace that cfg.json and leave the weights without a config, loadable by nothing.
+ * Trainer.fit() calls it for saveDir before training, so the refusal does not wait for the end.
+ */
+export async function checkNoForeignPair(dir: string, format: 'saelens' | 'sparsify'): Promise<void> {
+  const other = format === 'saelens' ? 'sae.safetensors' : 'sae_weights.safetensors';
+  const cfgFile = path.join(dir, 'cfg.json');
+  if (!(await plainFile(path.join(dir, other))) || !(await plainFile(cfgFile))) return;
+  if (await savedBySaekit(path.join(dir, other))) return;
+  const cfg = await readCfg(cfgFile).catch(() => undefined);
+  const cfgId = cfg && (format === 'saelens' ? fieldAt(cfg, `metadata.${SAVE_ID}`) : cfg[SAVE_ID]);
+  if (typeof cfgId === 'string') return;
+  throw new SaekitError(
+    'ERR_SAEKIT_ARG',
+    `Expected a folder for dir without another library's SAE but ${dir} holds ${other} (not written by saekit) with its cfg.json: ` +
+      `saving the ${format} layout there would replace that cfg.json and leave ${other} without a config; save into another folder`,
+  );
+}
+
+/** Staging names of commitPair (a weights file or cfg.json) and of writeChunksAtomic's temporary file for one: group 1 is the PID. */
+const STAGING_NAMES = [
+  /^\.(?:cfg\.json|sae_weights\.safetensors|sae\.safetensors)\.([1-9]\d{0,9})\.[0-9a-f]{16}\.staged$/,
+  /^\.\.(?:cfg\.json|sae_weights\.safetensors|sae\.safetensors)\.([1-9]\d{0,9})\.[0-9a-f]{16}\.staged\.\1\.[0-9a-f]{12}\.tmp$/,
+];
+
+/** Whether no process has id `pid` (kill(pid, 0) fails with ESRCH); this process and any that cannot be told count as running. */
+function processGone(pid: number): boolean {
+  if (pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
+
+/**
+ * Removes (best effort) the staging files a save killed part-way left in `dir`: full-size
+ * weights that no later save would reuse. Only regular files named exactly as saekit's staging
+ * files are, whose PID no longer runs; a save in progress (this process or another) keeps its own.
+ */
+async function removeDeadStaging(dir: string): Promise<void> {
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  for (const e of entries) {
+    if (!e.isFile()) continue;
+    const pid = STAGING_NAMES.map((re) => re.exec(e.name)?.[1]).find((p) => p !== undefined);
+    if (pid !== undefined && processGone(Number(pid))) await unlink(path.join(dir, e.name)).catch(() => undefined);
+  }
+}
+
+/** The reason of a failed file operation without the paths Node puts in its message ("ENOSPC: no space left on device"). */
+function failureReason(err: unknown): string {
+  const cause = (err as { cause?: unknown }).cause ?? err;
+  const e = cause as { message?: unknown; syscall?: unknown; code?: unknown };
+  const message = typeof e?.message === 'string' ? e.message : String(cause);
+  const at = typeof e?.syscall === 'string' && typeof e.code === 'string' ? message.indexOf(`, ${e.syscall}`) : -1;
+  return at > 0 ? message.slice(0, at) : message;
+}
+
 /**
  * Writes the weights and cfg.json under temporary names, renames both into place back to back,
- * then removes `otherLayout` (the other format's weights file) if a saekit save wrote it.
+ * then removes `otherLayout` (the other format's weights file) if a saekit save wrote it. A
+ * failure names the folder and the file being saved (not its temporary name), keeping the code.
  */
 async function commitPair(
   dir: string,
@@ -756,23 +879,24 @@ async function commitPair(
   const tag = `${process.pid}.${idMeta[SAVE_ID]}.staged`;
   const stagedWeights = path.join(dir, `.${path.basename(weightsFile)}.${tag}`);
   const stagedCfg = path.join(dir, `.cfg.json.${tag}`);
+  let saving = weightsFile;
   try {
     await writeSafetensors(stagedWeights, tensors, idMeta);
+    saving = cfgFile;
     await writeFileAtomic(stagedCfg, `${JSON.stringify(cfg, null, 2)}\n`);
+    saving = weightsFile;
     await rename(stagedWeights, weightsFile);
+    saving = cfgFile;
     await rename(stagedCfg, cfgFile);
   } catch (err) {
     await Promise.all([unlink(stagedWeights).catch(() => undefined), unlink(stagedCfg).catch(() => undefined)]);
-    throw err instanceof SaekitError ? err : new SaekitError('ERR_SAEKIT_ARG', `Could not save the SAE in ${dir}: ${(err as Error).message}`);
+    const out = new SaekitError(err instanceof SaekitError ? err.code : 'ERR_SAEKIT_ARG', `Could not save ${path.basename(saving)} in ${dir}: ${failureReason(err)}`);
+    (out as { cause?: unknown }).cause = err;
+    throw out;
   }
   await syncFolder(dir);
   // A stale file of the other layout from an earlier saekit save would make the folder ambiguous.
-  if (await stat(otherLayout).then((s) => s.isFile(), () => false)) {
-    const r = await readSafetensors(otherLayout).catch(() => undefined);
-    const ours = r?.metadata[SAVE_ID] !== undefined;
-    await r?.close();
-    if (ours) await rm(otherLayout, { force: true });
-  }
+  if ((await plainFile(otherLayout)) && (await savedBySaekit(otherLayout))) await rm(otherLayout, { force: true });
 }
 
 let version: string | undefined;

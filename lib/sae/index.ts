@@ -439,7 +439,14 @@ export class SparseAutoencoder {
    * Saves the SAE in SAELens layout (default; SAEBench and Neuronpedia load it) or sparsify
    * layout into `dir`, each file written atomically. Decoder rows are saved with unit norm: a
    * JumpReLU SAE with other norms is rescaled exactly (encoder, bias and threshold scaled by
-   * the norms); a TopK SAE is saved as it is (its selection depends on the unscaled activations).
+   * the norms), and refused (ERR_SAEKIT_NONFINITE, nothing written) where a scaled weight would
+   * overflow float32; a TopK SAE is saved as it is (its selection depends on the unscaled
+   * activations). Saving over an earlier save replaces it (the other layout's weights, if a
+   * saekit save wrote them, are removed); a folder holding another library's SAE of the other
+   * layout (weights saekit did not write, beside a cfg.json that may describe them) is refused
+   * (ERR_SAEKIT_ARG) before anything is written, since replacing its cfg.json would leave those
+   * weights without a config. Staging files of a save that was killed part-way (saekit's names,
+   * of a process no longer running) are removed.
    * Returns the files written.
    */
   async save(dir: string, options?: WriteSaeOptions): Promise<string[]> {
@@ -456,9 +463,12 @@ export class SparseAutoencoder {
         throw argError('options.metadata', `an object of JSON values (${(err as Error).message})`, m);
       }
     }
-    const { foldDecoderNorms, writeSaeFiles } = await import('../io/sae-files.js');
+    const { checkDecoderNormFold, foldDecoderNorms, writeSaeFiles } = await import('../io/sae-files.js');
     const w = await this.weights();
-    if (this.architecture === 'jumprelu') foldDecoderNorms(w, this.dIn, this.numLatents);
+    if (this.architecture === 'jumprelu') {
+      checkDecoderNormFold(w, this.dIn, this.numLatents);
+      foldDecoderNorms(w, this.dIn, this.numLatents);
+    }
     return writeSaeFiles(
       dir,
       { architecture: this.architecture, dIn: this.dIn, numLatents: this.numLatents, k: this.k || undefined, applyBDecToInput: this.applyBDecToInput },

@@ -151,7 +151,10 @@ export interface FitOptions {
    * totalTokens / epochs and the rest may change. Default false.
    */
   resume?: boolean;
-  /** Save the trained SAE here (SAELens layout) when training completes or is aborted. */
+  /**
+   * Save the trained SAE here (SAELens layout) when training completes or is aborted. A folder
+   * that save() would refuse (another library's SAE of the other layout) is refused before training.
+   */
   saveDir?: string;
   /** Save options for saveDir. */
   saveFormat?: 'saelens' | 'sparsify';
@@ -530,7 +533,12 @@ export class Trainer {
     const every = fo.checkpointEvery === undefined ? 1000 : checkInt('options.checkpointEvery', fo.checkpointEvery, 1, 1 << 30);
     // Output folders are made (and a bad path reported) before any training, not at the end.
     if (fo.checkpointDir !== undefined) await makeDir('options.checkpointDir', fo.checkpointDir);
-    if (fo.saveDir !== undefined) await makeDir('options.saveDir', fo.saveDir);
+    if (fo.saveDir !== undefined) {
+      await makeDir('options.saveDir', fo.saveDir);
+      // A folder the final save would refuse (another library's SAE of the other layout) is refused now.
+      const { checkNoForeignPair } = await import('../io/sae-files.js');
+      await checkNoForeignPair(fo.saveDir, fo.saveFormat ?? 'saelens');
+    }
     if (fo.logFile !== undefined) await makeDir('options.logFile', path.dirname(fo.logFile), fo.logFile);
     const o = this.options;
     const total = this.totalSteps(source);
