@@ -91,6 +91,81 @@ describe('EncodeBatcher', () => {
     await expect(b.encode(rowsOf(1, dIn, next))).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
   });
 
+  it('a request whose finite values overflow the encoder is rejected alone, naming its own row; the rest of its batch resolves', async () => {
+    const seed = Date.now() % 100_000;
+    const next = lcg(seed);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: seed + 1 });
+    const b = new EncodeBatcher(sae, { batchInvariant: true });
+    // Finite values near the float32 limit pass the NaN screen and overflow the pre-activations.
+    const huge = (n: number, row: number) => {
+      const x = rowsOf(n, dIn, next);
+      x.fill(3e38, row * dIn, (row + 1) * dIn);
+      return x;
+    };
+    const xs = [rowsOf(1, dIn, next), rowsOf(2, dIn, next), huge(3, 1), rowsOf(1, dIn, next), huge(2, 0), rowsOf(4, dIn, next)];
+    const bad = new Set([2, 4]);
+    const got = await Promise.allSettled(xs.map((x) => b.encode(x)));
+    const w = await sae.weights();
+    for (const [i, x] of xs.entries()) {
+      const label = `seed ${seed}, request ${i}`;
+      if (bad.has(i)) {
+        // The error sae.encode gives for the request alone: its own row, not the batch's.
+        const alone = await sae.encode(x, { batchInvariant: true }).then(() => null, (e: unknown) => e as Error);
+        expect(alone, label).toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(`row ${i === 2 ? 1 : 0} of x`) });
+        expect(got[i], label).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_NONFINITE', message: alone!.message } });
+        continue;
+      }
+      expect(got[i]!.status, label).toBe('fulfilled');
+      const g = (got[i] as PromiseFulfilledResult<SparseCodes>).value;
+      const alone = await sae.encode(x, { batchInvariant: true });
+      expect([g.rows, g.k], label).toEqual([x.length / dIn, k]);
+      expect(slice(g, 0, g.rows), label).toEqual(slice(alone, 0, alone.rows));
+      // Indices against an independent float64 TopK (rows without a near-tie at the k-th place).
+      for (let r = 0; r < g.rows; r++) {
+        const pre = Array.from({ length: L }, (_, l) => {
+          let s = w.b_enc[l]!;
+          for (let d = 0; d < dIn; d++) s += (x[r * dIn + d]! - w.b_dec[d]!) * w.W_enc[d * L + l]!;
+          return { l, v: Math.max(s, 0) };
+        });
+        pre.sort((a, c) => c.v - a.v || a.l - c.l);
+        if (pre[k - 1]!.v - pre[k]!.v < 1e-4) continue;
+        expect(new Set(g.indices.subarray(r * k, (r + 1) * k)), `${label} row ${r}`).toEqual(new Set(pre.slice(0, k).filter((p) => p.v > 0).map((p) => p.l)));
+      }
+    }
+    // The first went alone; the four good waiting requests went as one batch once the two bad ones were out.
+    expect(b.batches).toBe(2);
+  });
+
+  it('a batch whose rows cannot be allocated rejects its requests with ERR_SAEKIT_MEMORY; later requests still run', async () => {
+    const next = lcg(31);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 5 });
+    const b = new EncodeBatcher(sae);
+    const xs = [1, 3, 4].map((n) => rowsOf(n, dIn, next));
+    const later = rowsOf(2, dIn, next);
+    // The batch of the two waiting requests (7 rows) cannot be allocated: Float32Array throws as
+    // V8 does when memory runs out. Nothing else here allocates 7 * dIn floats.
+    const F32 = globalThis.Float32Array;
+    const failing = new Proxy(F32, {
+      construct(target, args, newTarget) {
+        if (args[0] === 7 * dIn) throw new RangeError('Array buffer allocation failed');
+        return Reflect.construct(target, args, newTarget) as object;
+      },
+    });
+    globalThis.Float32Array = failing;
+    let got: PromiseSettledResult<SparseCodes>[];
+    try {
+      got = await Promise.allSettled(xs.map((x) => b.encode(x)));
+    } finally {
+      globalThis.Float32Array = F32;
+    }
+    expect(got[0]!.status).toBe('fulfilled');
+    for (const r of got.slice(1)) {
+      expect(r).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(`2 requests, 7 rows x dIn = ${dIn}`) } });
+    }
+    const codes = await b.encode(later);
+    expect(slice(codes, 0, 2)).toEqual(slice(await sae.encode(later), 0, 2));
+  });
+
   it('batchInvariant: every row gets the bits of encoding it alone, for any split and thread count, TopK and JumpReLU', async () => {
     // Wide enough that OpenBLAS's Haswell / Zen kernels give other bits for other row counts
     // (about a fifth of the pre-activations at these sizes; not asserted: it varies by machine).

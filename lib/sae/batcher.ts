@@ -13,7 +13,10 @@
  * request's own largest number of active latents, as encoding its rows alone pads them (the batch
  * itself is padded to its largest: one row that activates thousands of latents makes its whole
  * batch that wide for the time of the encode). A request with a NaN or infinite value is rejected
- * on its own, before it joins a batch.
+ * on its own, before it joins a batch. One whose finite values overflow the encoder (inputs near
+ * the float32 limit) is rejected on its own too: it is encoded alone, so its error names its own
+ * row, and the rest of its batch is encoded again without it. A batch whose rows cannot be
+ * allocated rejects its requests with ERR_SAEKIT_MEMORY; later requests still run.
  *
  * A request is encoded with the weights the SAE has when its batch starts, not when encode() was
  * called: a setWeights() called while requests wait applies to them too (sae.encode() itself is
@@ -132,48 +135,88 @@ export class EncodeBatcher {
     }
   }
 
+  /** Encodes the requests `take` (rows in all) as one batch and settles each of them; never rejects. */
   async #encodeBatch(take: Request[], rows: number): Promise<void> {
-    const dIn = this.sae.dIn;
-    let x: Float32Array;
-    if (take.length === 1) x = take[0]!.x;
-    else {
-      x = new Float32Array(rows * dIn);
-      let at = 0;
-      for (const r of take) {
-        x.set(r.x, at);
-        at += r.x.length;
-      }
-    }
-    let codes: SparseCodes;
     try {
-      codes = await this.sae.encode(x, this.batchInvariant ? { batchInvariant: true } : undefined);
-    } catch (err) {
-      for (const r of take) r.reject(err);
-      return;
-    }
-    this.#batches++;
-    const { k, values, indices, numLatents } = codes;
-    const jump = this.sae.architecture === 'jumprelu';
-    let row = 0;
-    for (const r of take) {
-      let kr = k;
-      if (jump) {
-        // The request's own padding: its largest number of active (positive) latents, at least 1.
-        kr = 1;
-        for (let n = row; n < row + r.rows; n++) {
-          let c = 0;
-          while (c < k && values[n * k + c]! > 0) c++;
-          kr = Math.max(kr, c);
+      const dIn = this.sae.dIn;
+      let x: Float32Array;
+      if (take.length === 1) x = take[0]!.x;
+      else {
+        try {
+          x = new Float32Array(rows * dIn);
+        } catch (err) {
+          if (!(err instanceof RangeError)) throw err;
+          throw new SaekitError(
+            'ERR_SAEKIT_MEMORY',
+            `Expected memory for a batch of ${take.length} requests, ${rows} rows x dIn = ${dIn} float32 values (${rows * dIn * 4} bytes), but it cannot be allocated (${err.message}); lower options.maxRows`,
+          );
+        }
+        let at = 0;
+        for (const r of take) {
+          x.set(r.x, at);
+          at += r.x.length;
         }
       }
-      const v = new Float32Array(r.rows * kr);
-      const ix = new Int32Array(r.rows * kr);
-      for (let n = 0; n < r.rows; n++) {
-        v.set(values.subarray((row + n) * k, (row + n) * k + kr), n * kr);
-        ix.set(indices.subarray((row + n) * k, (row + n) * k + kr), n * kr);
+      let codes: SparseCodes;
+      try {
+        codes = await this.sae.encode(x, this.batchInvariant ? { batchInvariant: true } : undefined);
+      } catch (err) {
+        const bad = take.length > 1 ? ownerOfRow(take, err) : -1;
+        if (bad < 0) {
+          for (const r of take) r.reject(err);
+          return;
+        }
+        // One request's rows overflow the encoder (finite inputs near the float32 limit): it is
+        // encoded alone, so its error names its own row, and the others go again without it.
+        const owner = take[bad]!;
+        await this.#encodeBatch([owner], owner.rows);
+        await this.#encodeBatch(take.slice(0, bad).concat(take.slice(bad + 1)), rows - owner.rows);
+        return;
       }
-      r.resolve({ rows: r.rows, numLatents, k: kr, values: v, indices: ix });
-      row += r.rows;
+      this.#batches++;
+      const { k, values, indices, numLatents } = codes;
+      const jump = this.sae.architecture === 'jumprelu';
+      let row = 0;
+      for (const r of take) {
+        let kr = k;
+        if (jump) {
+          // The request's own padding: its largest number of active (positive) latents, at least 1.
+          kr = 1;
+          for (let n = row; n < row + r.rows; n++) {
+            let c = 0;
+            while (c < k && values[n * k + c]! > 0) c++;
+            kr = Math.max(kr, c);
+          }
+        }
+        const v = new Float32Array(r.rows * kr);
+        const ix = new Int32Array(r.rows * kr);
+        for (let n = 0; n < r.rows; n++) {
+          v.set(values.subarray((row + n) * k, (row + n) * k + kr), n * kr);
+          ix.set(indices.subarray((row + n) * k, (row + n) * k + kr), n * kr);
+        }
+        r.resolve({ rows: r.rows, numLatents, k: kr, values: v, indices: ix });
+        row += r.rows;
+      }
+    } catch (err) {
+      // Every taken request settles (one already resolved keeps its codes).
+      for (const r of take) r.reject(err);
     }
   }
+}
+
+/**
+ * The index in `take` of the request that owns the batch row an encode error names
+ * (ERR_SAEKIT_NONFINITE: "row N of x"), or -1 when the error names no row.
+ */
+function ownerOfRow(take: Request[], err: unknown): number {
+  const e = err as { code?: unknown; message?: unknown };
+  if (e?.code !== 'ERR_SAEKIT_NONFINITE' || typeof e.message !== 'string') return -1;
+  const m = /\brow (\d+) of x\b/.exec(e.message);
+  if (!m) return -1;
+  let row = Number(m[1]);
+  for (let i = 0; i < take.length; i++) {
+    if (row < take[i]!.rows) return i;
+    row -= take[i]!.rows;
+  }
+  return -1;
 }
