@@ -990,6 +990,43 @@ describe('SparseAutoencoder input validation', () => {
     await rejects(() => SparseAutoencoder.fromWeights({ ...w, b_dec: new Float32Array(dIn - 1) }, { k }), 'ERR_SAEKIT_SHAPE', /\b(b_dec|W_enc|W_dec)\b/);
   });
 
+  it('fromWeights refuses NaN and infinity in every weight, as Float32Arrays and as Tensors, naming the weight and position', async () => {
+    const seed = freshSeed(13);
+    const next = lcg(seed);
+    const shapes = { W_enc: [dIn, L], b_enc: [L], W_dec: [L, dIn], b_dec: [dIn] } as const;
+    for (const name of R.WEIGHT_NAMES) {
+      for (const bad of [NaN, Infinity, -Infinity]) {
+        const w = randomWeights(dIn, L, next);
+        const at = Math.floor(next() * w[name].length);
+        w[name][at] = bad;
+        const label = `seed ${seed}: ${name}[${at}] = ${bad}`;
+        const message = new RegExp(`finite values in ${name} but row 0 has -?(nan|inf)\\w* at column ${at}\\b`, 'i');
+        let err: unknown;
+        try {
+          SparseAutoencoder.fromWeights(w, { k }).dispose();
+        } catch (e) {
+          err = e;
+        }
+        expect(err, `${label} (Float32Array)`).toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(message) });
+        // A Tensor is read in queue order: the SAE is returned, and every op rejects with that error.
+        const ts = R.WEIGHT_NAMES.map((n) => tensor(w[n], [...shapes[n]]));
+        try {
+          using sae = SparseAutoencoder.fromWeights({ W_enc: ts[0]!, b_enc: ts[1]!, W_dec: ts[2]!, b_dec: ts[3]! } as unknown as SaeWeights, { k });
+          const x = randomX(2, dIn, next);
+          for (const op of [() => sae.encode(x), () => sae.forward(x), () => sae.preActivations(x), () => sae.weights()]) {
+            await expect(op(), `${label} (Tensor)`).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(message) });
+          }
+        } finally {
+          for (const t of ts) t.dispose();
+        }
+      }
+    }
+    const w = randomWeights(dIn, L, next);
+    const threshold = Float32Array.from({ length: L }, () => next());
+    threshold[5] = NaN;
+    await rejects(() => SparseAutoencoder.fromWeights({ ...w, threshold }, { architecture: 'jumprelu' }), 'ERR_SAEKIT_NONFINITE', /threshold but row 0 has nan at column 5\b/);
+  });
+
   it('decode refuses codes whose length is not rows * k (they were reshaped to length / rows codes a row)', async () => {
     const seed = freshSeed(9);
     const next = lcg(seed);

@@ -106,17 +106,21 @@ export interface NativeAdam {
 export interface NativeSaeStatics {
   create(dIn: number, numLatents: number, k: number, seed: bigint): NativeSae;
   fromWeights(
-    W_enc: Float32Array,
-    b_enc: Float32Array,
-    W_dec: Float32Array,
-    b_dec: Float32Array,
+    W_enc: Float32Array | NativeTensor,
+    b_enc: Float32Array | NativeTensor,
+    W_dec: Float32Array | NativeTensor,
+    b_dec: Float32Array | NativeTensor,
     dIn: number,
     numLatents: number,
     k: number,
     architecture?: 'topk' | 'jumprelu',
     applyBDecToInput?: boolean,
     threshold?: Float32Array,
-  ): NativeSae;
+  ): {
+    handle: NativeSae;
+    /** Present when a weight is a Tensor: settles once the tensors are read (queued); rejects on NaN or infinity. */
+    read?: Promise<void>;
+  };
 }
 
 /** An opaque store of two sides' sparse codes (native/napi/features_wrap.cpp); one run each. */

@@ -290,7 +290,10 @@ const MAX_AUXK_ALPHA = 1e6;
 export const MAX_DEAD_THRESHOLD = 9e15;
 
 const handles = new WeakMap<SparseAutoencoder, NativeSae>();
-/** Settles once the parameters are on their device (rejects if moving them failed). */
+/**
+ * Settles once the parameters are set and on their device: rejects if moving them failed, or if
+ * fromWeights' Tensor weights (read in queue order) hold NaN or infinity.
+ */
 const placements = new WeakMap<SparseAutoencoder, Promise<void>>();
 
 /** Resolves the device options of a constructor; errors name the option. */
@@ -300,7 +303,7 @@ function placementOf(o: PlacementOptions): { device: ResolvedDevice; precision: 
   return { device, precision };
 }
 
-/** `p` once the SAE's parameters are placed: a failed move to the device rejects every op. */
+/** `p` once the SAE's parameters are placed: a failed move to the device (or read of fromWeights' tensors) rejects every op. */
 function afterPlacement<T>(sae: SparseAutoencoder, p: Promise<T>): Promise<T> {
   const placed = placements.get(sae);
   return placed ? Promise.all([placed, p]).then(([, r]) => r) : p;
@@ -344,14 +347,19 @@ export class SparseAutoencoder {
     architecture: Architecture = 'topk',
     applyBDecToInput = true,
     placement: { device: ResolvedDevice; precision: 'fp32' | 'tf32' | 'bf16' } = { device: { kind: 'cpu' }, precision: 'bf16' },
+    read?: Promise<void>,
   ) {
     handles.set(this, handle);
     this.device = deviceName(placement.device);
+    let ready = read;
     if (placement.device.kind === 'cuda') {
       const index = placement.device.index;
       const placed = callNative(() => handle.toDevice(index, placement.precision));
-      placed.catch(() => undefined); // observed by every op through afterPlacement()
-      placements.set(this, placed);
+      ready = read ? Promise.all([read, placed]).then(() => undefined) : placed;
+    }
+    if (ready) {
+      ready.catch(() => undefined); // observed by every op through afterPlacement()
+      placements.set(this, ready);
     }
     this.dIn = dIn;
     this.numLatents = numLatents;
@@ -380,6 +388,9 @@ export class SparseAutoencoder {
    * (read in queue order). Lengths are checked against dIn = b_dec.length and
    * numLatents = b_enc.length; errors name the weight. A TopK SAE (the default) needs options.k;
    * a JumpReLU SAE (options.architecture 'jumprelu') needs weights.threshold and no k.
+   * NaN or infinity is refused with ERR_SAEKIT_NONFINITE naming the weight and position: in a
+   * Float32Array by this call; in a Tensor when it is read, after which every op of the SAE
+   * rejects with that error.
    */
   static fromWeights(
     weights: { W_enc: Float32Array | Tensor; b_enc: Float32Array | Tensor; W_dec: Float32Array | Tensor; b_dec: Float32Array | Tensor; threshold?: Float32Array },
@@ -392,7 +403,7 @@ export class SparseAutoencoder {
       if (w instanceof Float32Array) return w;
       if (w instanceof Tensor) return handleOf(w, n);
       throw argError(n, 'a Float32Array or a float32 Tensor', w);
-    }) as [Float32Array, Float32Array, Float32Array, Float32Array];
+    }) as [Float32Array | NativeTensor, Float32Array | NativeTensor, Float32Array | NativeTensor, Float32Array | NativeTensor];
     const size = (w: Float32Array | Tensor) => (w instanceof Tensor ? w.size : w.length);
     const dIn = size(weights.b_dec);
     const numLatents = size(weights.b_enc);
@@ -408,11 +419,11 @@ export class SparseAutoencoder {
         throw argError('threshold', `a Float32Array of length numLatents = ${numLatents} (JumpReLU)`, t, 'ERR_SAEKIT_SHAPE');
       }
       const h = callNative(() => native().NativeSae.fromWeights(...args, dIn, numLatents, 0, 'jumprelu', applyBDec, t));
-      return new SparseAutoencoder(h, dIn, numLatents, 0, 'jumprelu', applyBDec, placement);
+      return new SparseAutoencoder(h.handle, dIn, numLatents, 0, 'jumprelu', applyBDec, placement, h.read);
     }
     const k = checkInt('options.k', o.k, 1, numLatents);
     const h = callNative(() => native().NativeSae.fromWeights(...args, dIn, numLatents, k, 'topk', applyBDec));
-    return new SparseAutoencoder(h, dIn, numLatents, k, 'topk', applyBDec, placement);
+    return new SparseAutoencoder(h.handle, dIn, numLatents, k, 'topk', applyBDec, placement, h.read);
   }
 
   /**

@@ -586,7 +586,10 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
     });
   }
 
-  // fromWeights(W_enc [D*M], b_enc [M], W_dec [M*D], b_dec [D], dIn, numLatents, k)
+  // fromWeights(W_enc [D*M], b_enc [M], W_dec [M*D], b_dec [D], dIn, numLatents, k, architecture,
+  // applyBDecToInput, threshold): { handle, read }. Float32Arrays are copied and checked now;
+  // tensors are read by the queued job, which checks them the same way: `read` (present when a
+  // weight is a tensor) rejects with ERR_SAEKIT_NONFINITE naming the weight and position.
   static Napi::Value from_weights(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       int64_t D = get_int(info[4], "dIn", 1, 1 << 20);
@@ -613,9 +616,17 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       struct Src {
         std::shared_ptr<HostArray> host;
         Tensor tensor;
+        const char* name = nullptr;
+        int64_t len = 0;
         const float* data() const { return host ? host->as<const float>() : tensor.data<float>(); }
+        // A tensor's values exist only in queue order: checked in the job, as arrays are here.
+        const float* checked() const {
+          if (!host) cpu::check_finite_rows(data(), 1, len, name);
+          return data();
+        }
       };
       Src src[4];
+      bool any_tensor = false;
       for (int w = 0; w < 4; ++w) {
         const Napi::Value v = info[w];
         int64_t len = -1;
@@ -627,12 +638,15 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
             throw Error(ErrorCode::DType, fmt("Expected a float32 tensor for ", names[w], " but received ", dtype_name(t.dtype)));
           len = t.numel();
           src[w].tensor = NativeTensor::on_host(info.Env(), t);
+          any_tensor = true;
         } else {
           arg_error(ErrorCode::Arg, names[w], "a Float32Array or a float32 Tensor", v);
         }
         if (len != lens[w])
           throw Error(ErrorCode::Shape, fmt("Expected ", names[w], " of shape ", shapes[w], " = ", lens[w],
                                             " values (dIn = ", D, ", numLatents = ", M, ") but received ", len));
+        src[w].name = names[w];
+        src[w].len = len;
         if (!src[w].tensor.storage) {
           src[w].host = copy_typed_array(v.As<Napi::TypedArray>());
           cpu::check_finite_rows(src[w].host->as<const float>(), 1, len, names[w]);
@@ -647,15 +661,19 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       m->threshold = std::move(thr);
       m->slab = zeroed_floats(size_t(cpu::sae_slab_floats(D, M)));  // no page written here (see zeroed_vector.h)
       m->since_fired.assign(size_t(M), 0);
-      queue_detached(info.Env(), [m, s0 = src[0], s1 = src[1], s2 = src[2], s3 = src[3]] {
+      auto copy = [m, s0 = src[0], s1 = src[1], s2 = src[2], s3 = src[3]] {
         SaeView p = m->view();
-        transpose(s0.data(), m->D, m->M, p.W_encT);
-        std::memcpy(p.b_enc, s1.data(), size_t(m->M) * sizeof(float));
-        std::memcpy(p.W_dec, s2.data(), size_t(m->M * m->D) * sizeof(float));
-        std::memcpy(p.b_dec, s3.data(), size_t(m->D) * sizeof(float));
+        transpose(s0.checked(), m->D, m->M, p.W_encT);
+        std::memcpy(p.b_enc, s1.checked(), size_t(m->M) * sizeof(float));
+        std::memcpy(p.W_dec, s2.checked(), size_t(m->M * m->D) * sizeof(float));
+        std::memcpy(p.b_dec, s3.checked(), size_t(m->D) * sizeof(float));
         m->note_decoder_rows();
-      });
-      return make(info.Env(), m);
+      };
+      Napi::Object out = Napi::Object::New(info.Env());
+      out.Set("handle", make(info.Env(), m));
+      if (any_tensor) out.Set("read", queue_job(info.Env(), copy, [](Napi::Env env) -> Napi::Value { return env.Undefined(); }));
+      else queue_detached(info.Env(), copy);
+      return out;
     });
   }
 
