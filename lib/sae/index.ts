@@ -386,7 +386,8 @@ export class SparseAutoencoder {
   /**
    * An SAE from weights in the SAELens orientation: Float32Arrays (copied) or float32 Tensors
    * (read in queue order). Lengths are checked against dIn = b_dec.length and
-   * numLatents = b_enc.length; errors name the weight. A TopK SAE (the default) needs options.k;
+   * numLatents = b_enc.length; errors name the weight (a bias when W_enc and W_dec agree with each
+   * other and with the other bias). A TopK SAE (the default) needs options.k;
    * a JumpReLU SAE (options.architecture 'jumprelu') needs weights.threshold and no k.
    * NaN or infinity is refused with ERR_SAEKIT_NONFINITE naming the weight and position: in a
    * Float32Array by this call; in a Tensor when it is read, after which every op of the SAE
@@ -409,6 +410,23 @@ export class SparseAutoencoder {
     const numLatents = size(weights.b_enc);
     if (dIn < 1) throw argError('b_dec', 'a non-empty array of length dIn', weights.b_dec, 'ERR_SAEKIT_SHAPE');
     if (numLatents < 1) throw argError('b_enc', 'a non-empty array of length numLatents', weights.b_enc, 'ERR_SAEKIT_SHAPE');
+    // W_enc and W_dec agree but not with the biases: name the bias their size contradicts (the
+    // addon, which takes dIn and numLatents from the biases, would name W_enc).
+    const wSize = size(weights.W_enc);
+    if (wSize === size(weights.W_dec) && wSize !== dIn * numLatents) {
+      if (wSize % numLatents === 0) {
+        throw new SaekitError(
+          'ERR_SAEKIT_SHAPE',
+          `Expected b_dec of length dIn = ${wSize / numLatents} (W_enc and W_dec hold ${wSize} values, numLatents = b_enc's length ${numLatents}) but received length ${dIn}`,
+        );
+      }
+      if (wSize % dIn === 0) {
+        throw new SaekitError(
+          'ERR_SAEKIT_SHAPE',
+          `Expected b_enc of length numLatents = ${wSize / dIn} (W_enc and W_dec hold ${wSize} values, dIn = b_dec's length ${dIn}) but received length ${numLatents}`,
+        );
+      }
+    }
     const o = checkOptions<AnyFromWeightsOptions>('options', options, FROM_WEIGHTS_OPTIONS);
     const architecture = o.architecture === undefined ? 'topk' : checkOneOf('options.architecture', o.architecture, ['topk', 'jumprelu'] as const);
     const applyBDec = o.applyBDecToInput === undefined ? true : checkBool('options.applyBDecToInput', o.applyBDecToInput);
