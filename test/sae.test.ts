@@ -954,6 +954,20 @@ describe('SparseAutoencoder input validation', () => {
     opt.dispose();
   });
 
+  it('rejects a Tensor x with 0 rows or another width, saying rows must be at least 1', async () => {
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, lcg(2)), { k });
+    const opt = sae.adam({ lr: 1e-3 });
+    // [0, dIn] was refused as 'Expected ... shape [rows, 7] ... but received shape [0, 7]', which reads as a match.
+    for (const [rows, cols] of [[0, dIn], [2, dIn + 1]] as const) {
+      using x = tensor(new Float32Array(rows * cols), [rows, cols]);
+      const message = new RegExp(`shape \\[rows >= 1, ${dIn}\\] for x but received shape \\[${rows}, ${cols}\\]`);
+      for (const op of [() => sae.encode(x), () => sae.forward(x), () => sae.preActivations(x), () => sae.gradients(x), () => opt.step(x)]) {
+        await rejects(op, 'ERR_SAEKIT_SHAPE', message);
+      }
+    }
+    opt.dispose();
+  });
+
   it('rejects non-finite x naming the first bad row, and a rejected step changes nothing', async () => {
     const seed = freshSeed(3);
     const w0 = randomWeights(dIn, L, lcg(seed));

@@ -455,7 +455,7 @@ Rows get_rows(const Napi::Value& v, int64_t D, const char* name, PinnedPool* poo
     if (t.dtype != DType::F32)
       throw Error(ErrorCode::DType, fmt("Expected a float32 tensor for ", name, " but received ", dtype_name(t.dtype)));
     if (t.shape.size() != 2 || t.shape[1] != D || t.shape[0] < 1)
-      throw Error(ErrorCode::Shape, fmt("Expected a tensor of shape [rows, ", D, "] for ", name, " but received shape ",
+      throw Error(ErrorCode::Shape, fmt("Expected a tensor of shape [rows >= 1, ", D, "] for ", name, " but received shape ",
                                         shape_str(t.shape)));
     r.n = t.shape[0];
     if (keep_device && t.device().kind != DeviceKind::CPU) r.on_device = t;
