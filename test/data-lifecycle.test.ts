@@ -176,6 +176,57 @@ describe('pass lifecycles', () => {
     expect(await within(b.close())).toBeUndefined();
   });
 
+  it('a multi-epoch iterable pass stopped between epochs ends, and close() settles, when the next epoch stalls', async () => {
+    // Epoch 0 gives one row of random values and ends; every later epoch waits for data that never comes.
+    const dIn = 3 + Math.floor(Math.random() * 6);
+    const stalling = () => {
+      const row = Float32Array.from({ length: dIn }, () => Math.random());
+      const state = { epochs: 0, returned: [] as number[] };
+      const iterable = {
+        [Symbol.asyncIterator]: () => {
+          const e = state.epochs++;
+          let sent = false;
+          return {
+            next: (): Promise<IteratorResult<Float32Array>> =>
+              e > 0 ? new Promise(() => undefined) : Promise.resolve(sent ? { value: undefined, done: true } : ((sent = true), { value: row, done: false })),
+            return: () => (state.returned.push(e), Promise.resolve({ value: undefined, done: true as const })),
+          };
+        },
+      };
+      return { row, state, src: fromAsyncIterable(iterable as AsyncIterable<Float32Array>, dIn) };
+    };
+    // The stalled iterators (epochs after the first) that were opened and never told of the stop (return()).
+    const untold = (state: { epochs: number; returned: number[] }) => Array.from({ length: state.epochs }, (_, e) => e).filter((e) => e > 0 && !state.returned.includes(e));
+    // The natural loop: for await ... break after the first batch, in order and shuffled.
+    for (const shuffle of [false, true]) {
+      const { row, state, src } = stalling();
+      const loop = (async () => {
+        for await (const b of src.batches({ batchSize: 1, epochs: 2, shuffle, bufferBytes: 1 << 16 })) {
+          expect(Array.from(b.data)).toEqual(Array.from(row));
+          break;
+        }
+        return 'ended';
+      })();
+      expect(await within(loop), `break, shuffle ${shuffle}`).toBe('ended');
+      expect(await within(src.close()), `close(), shuffle ${shuffle}`).toBeUndefined();
+      expect(untold(state), `shuffle ${shuffle}`).toEqual([]);
+    }
+    // return() or close() after every number of microtask turns past the first batch: the stop
+    // lands before, inside and after the gap between the epochs; each must settle.
+    for (const how of ['return', 'close'] as const) {
+      for (let delay = 0; delay < 24; delay++) {
+        const { state, src } = stalling();
+        const it = src.batches({ batchSize: 1, epochs: 2 })[Symbol.asyncIterator]();
+        await it.next();
+        for (let i = 0; i < delay; i++) await Promise.resolve();
+        const stopped = how === 'return' ? it.return!().then(() => undefined) : src.close();
+        expect(await within(stopped, 1000), `${how}() after ${delay} turns`).toBeUndefined();
+        expect(await within(src.close(), 1000), `close() after ${how}(), ${delay} turns`).toBeUndefined();
+        expect(untold(state), `${how}() after ${delay} turns`).toEqual([]);
+      }
+    }
+  }, 60_000);
+
   it('an async iterator whose next() returns a plain result (as for await allows) is read', async () => {
     const plain = () => {
       let i = 0;

@@ -8,7 +8,7 @@ import { beginPass, endPass } from './memory.js';
 import { NON_FINITE, resolveBatchOptions, type NonFinitePolicy, type ResolvedBatchOptions } from './options.js';
 import { ArrayRowStream, ChunkPlan, FileRowStream, IterableRowStream, type RowStream } from './rows.js';
 import { Rng } from './prng.js';
-import { Pump, type Emit } from './pump.js';
+import { Pump, StopSignal, type Emit } from './pump.js';
 import { openShards, resolveShardPaths, type Shard } from './shards.js';
 import type { Batch, BatchOptions, OpenOptions, OwnedActivationSource } from './types.js';
 
@@ -33,6 +33,16 @@ function disposed(): SaekitError {
  */
 interface PassRef {
   readonly pump: WeakRef<Pump>;
+}
+
+/**
+ * What stopping a pass reaches: the epoch's stream (aborted, for one stalled on its input) and
+ * the flag run() checks before it opens the next epoch's stream (a stop that comes between two
+ * epochs finds only the ended stream to abort).
+ */
+interface PassState {
+  stream?: RowStream;
+  stopping?: boolean;
 }
 
 /** Ends the bookkeeping of passes collected unfinished (see PassRef). */
@@ -79,7 +89,7 @@ abstract class BaseSource implements OwnedActivationSource {
                 return emit(Object.assign(b, { [RELEASE_BATCH]: release }));
               }
             : emit;
-        const current: { stream?: RowStream } = {}; // the epoch's stream, for stopping a stalled one
+        const current: PassState = {};
         let ended = false;
         // The producer finished or was stopped, or the pass was collected unfinished: once.
         const passEnded = (): void => {
@@ -95,7 +105,10 @@ abstract class BaseSource implements OwnedActivationSource {
           pumpCapacity(o, this.dIn),
           passEnded,
           arrays ? () => undefined : (b) => pool.give(b.data),
-          () => current.stream?.abort?.(),
+          () => {
+            current.stopping = true;
+            current.stream?.abort?.();
+          },
           () => this.producing.add(ref),
           () => this.active.delete(ref),
         );
@@ -122,13 +135,18 @@ abstract class BaseSource implements OwnedActivationSource {
   /** Called after each epoch's stream is closed. */
   protected afterEpoch(_epoch: number, _stream: RowStream): void {}
 
-  private async run(o: ResolvedBatchOptions, pool: BatchPool, emit: Emit, current: { stream?: RowStream }): Promise<void> {
+  private async run(o: ResolvedBatchOptions, pool: BatchPool, emit: Emit, current: PassState): Promise<void> {
     const pass = { dIn: this.dIn, batchSize: o.batchSize, dropLast: o.dropLast, pool };
     const mem = o.shuffle ? new MixingMemory(this.dIn, mixingHalf(o.bufferRows, this.numRows), this.mixingDType()) : null;
     for (let e = 0; e < o.epochs; e++) {
+      // Stopped between epochs (while the last stream closed): no next epoch, whose first read
+      // could wait forever on a stalled iterable with no emit to notice the stop.
+      if (current.stopping) throw new StopSignal();
       const stream = this.open(o, e, o.shuffle);
       current.stream = stream;
       try {
+        // open() runs the iterable's [Symbol.asyncIterator](), which may have stopped the pass.
+        if (current.stopping) throw new StopSignal();
         if (mem) await shuffleEpoch(stream, pass, mem, new Rng(o.seed, e, BUFFER_DRAW), emit);
         else await sequentialEpoch(stream, pass, emit);
       } finally {
