@@ -241,6 +241,30 @@ describe('pass lifecycles', () => {
     expect(rows).toEqual(want);
   });
 
+  it('an iterable that breaks the iteration protocol is ERR_SAEKIT_ARG naming the iterable, not a bare TypeError', async () => {
+    let returns = 0;
+    const cases: [string, () => unknown, RegExp][] = [
+      ['[Symbol.asyncIterator]() returns undefined', () => undefined, /\[Symbol\.asyncIterator\]\(\) but received undefined/],
+      ['[Symbol.asyncIterator]() returns a number', () => 7, /\[Symbol\.asyncIterator\]\(\)/],
+      ['the iterator has no next()', () => ({ return: () => (returns++, Promise.resolve({ done: true })) }), /\[Symbol\.asyncIterator\]\(\) but received an object/],
+      ['next() returns undefined', () => ({ next: () => undefined, return: () => (returns++, Promise.resolve({ done: true })) }), /next\(\) of the iterable's iterator but received undefined/],
+      ['next() resolves to null', () => ({ next: async () => null, return: () => (returns++, Promise.resolve({ done: true })) }), /next\(\) of the iterable's iterator but received null/],
+      ['next() resolves to a number after a good item', () => {
+        let k = 0;
+        return { next: async () => (k++ === 0 ? { value: new Float32Array(4), done: false } : 3), return: () => (returns++, Promise.resolve({ done: true })) };
+      }, /next\(\) of the iterable's iterator but received 3/],
+    ];
+    for (const [label, iterator, message] of cases) {
+      const src = fromAsyncIterable({ [Symbol.asyncIterator]: iterator } as unknown as AsyncIterable<Float32Array>, 2);
+      for (const shuffle of [false, true]) {
+        await expect(within(collectRows(src.batches({ batchSize: 3, shuffle, bufferBytes: 1 << 16 }))), `${label}, shuffle ${shuffle}`).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(message) });
+      }
+      expect(await within(src.close())).toBeUndefined();
+    }
+    // A broken next() result finishes the iterator (as for await treats it): no return() for it.
+    expect(returns).toBe(0);
+  });
+
   it('close() stops a pass whose reading had finished (queued batches are dropped); a second close() waits for the first', async () => {
     const file = path.join(dir, 'small.npy');
     await io.writeNpy(file, { dtype: 'float32', shape: [6, 2], data: Float32Array.from({ length: 12 }, (_, i) => i) });

@@ -6,7 +6,7 @@
  * 4 MiB, several in flight: float32 C-order data is read directly into the destination; other
  * element types, big-endian and Fortran-order data go through a small staging buffer.
  */
-import { SaekitError } from '../errors.js';
+import { argError, SaekitError } from '../errors.js';
 import { anyNonFinite, ITEM_BYTES, screenRows, screenRows16, swapBytes, toFloat32, type SkipCounter } from './convert.js';
 import { HandleCache, nativeRead, readFully } from './files.js';
 import { MAX_CHUNK_BYTES, type NonFinitePolicy } from './options.js';
@@ -475,6 +475,11 @@ export class IterableRowStream implements RowStream {
         if (this.ended) break;
         this.item = null;
         const r = await this.nextItem();
+        if (r === null || typeof r !== 'object') {
+          // The protocol (as for await checks it): the iterator is finished, no return() for it.
+          this.ended = true;
+          throw argError("the result of next() of the iterable's iterator", 'an object { value, done }', r);
+        }
         if (r.done) {
           this.ended = true;
           break;

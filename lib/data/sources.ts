@@ -255,16 +255,18 @@ class IterableSource extends BaseSource {
     } catch (err) {
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected an async iterable but [Symbol.asyncIterator]() threw: ${err instanceof Error ? err.message : String(err)}`);
     }
-    if (it !== null && typeof it === 'object') {
-      if (this.taken.has(it)) {
-        throw new SaekitError(
-          'ERR_SAEKIT_ARG',
-          'Expected the iterable to start a new pass but it returned the iterator an earlier pass (or epoch) used: a generator can be iterated once ' +
-            '(pass an object whose [Symbol.asyncIterator]() starts a new pass, or make a new source for each pass)',
-        );
-      }
-      this.taken.add(it);
+    // The protocol (as for await checks it): an object with a next() method.
+    if (it === null || (typeof it !== 'object' && typeof it !== 'function') || typeof (it as { next?: unknown }).next !== 'function') {
+      throw argError("the result of the iterable's [Symbol.asyncIterator]()", 'an async iterator (an object with a next() method)', it);
     }
+    if (this.taken.has(it)) {
+      throw new SaekitError(
+        'ERR_SAEKIT_ARG',
+        'Expected the iterable to start a new pass but it returned the iterator an earlier pass (or epoch) used: a generator can be iterated once ' +
+          '(pass an object whose [Symbol.asyncIterator]() starts a new pass, or make a new source for each pass)',
+      );
+    }
+    this.taken.add(it);
     return new IterableRowStream(it, this.dIn, o.onNonFinite, this.counter);
   }
 
