@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -52,6 +52,28 @@ describe('glob segment matching', () => {
       expect(await expandGlob(`${dir}/*_*_*_*_*.npy`)).toEqual([]);
       await expect(openActivations(`${dir}/*_*_*_*_*.npy`)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
       expect(performance.now() - t0).toBeLessThan(5000); // well under a millisecond each here; a hang is what fails
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a `*` segment follows symbolic links to directories, as a literal segment does; `**` does not', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-glob-'));
+    try {
+      mkdirSync(path.join(dir, 'real'));
+      writeFileSync(path.join(dir, 'real', 'x.npy'), '');
+      writeFileSync(path.join(dir, 'file.npy'), '');
+      symlinkSync('real', path.join(dir, 'link')); // a directory
+      symlinkSync('.', path.join(dir, 'loop')); // a cycle: ** must not follow it
+      symlinkSync('missing', path.join(dir, 'dangling'));
+      symlinkSync('file.npy', path.join(dir, 'filelink')); // a file, not a directory
+      const at = (...p: string[]) => path.join(dir, ...p);
+      // The reference: the literal paths (each followed by stat, as `ls` does).
+      expect(await expandGlob(`${dir}/link/x.npy`)).toEqual([at('link', 'x.npy')]);
+      expect(await expandGlob(`${dir}/*/x.npy`)).toEqual([at('link', 'x.npy'), at('real', 'x.npy')]);
+      expect(await expandGlob(`${dir}/l?nk/*.npy`)).toEqual([at('link', 'x.npy')]);
+      expect(await expandGlob(`${dir}/*/*/x.npy`)).toEqual([at('loop', 'link', 'x.npy'), at('loop', 'real', 'x.npy')]);
+      expect(await expandGlob(`${dir}/**/x.npy`)).toEqual([at('real', 'x.npy')]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

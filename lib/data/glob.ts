@@ -2,8 +2,9 @@
  * A minimal glob for shard lists (Node 20 has no fs.glob). Patterns use `/` between segments;
  * in a segment `*` matches any run of characters and `?` one character, neither matching `/`
  * nor a leading `.` (hidden files need an explicit `.`); a whole segment `**` matches zero or
- * more directories (not hidden ones, and symbolic links to directories are not followed).
- * Everything else is literal. Matches are regular files (or links to them), sorted by path.
+ * more directories (not hidden ones, and symbolic links to directories are not followed by
+ * `**`, which could loop; the other segments follow them, as `ls` does). Everything else is
+ * literal. Matches are regular files (or links to them), sorted by path.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -98,9 +99,10 @@ async function walk(dir: string, segs: string[], i: number, out: Set<string>): P
     let isFile = e.isFile();
     let isDir = e.isDirectory();
     if (e.isSymbolicLink()) {
+      // Followed, as a literal segment's are: a segment of fixed depth cannot loop (only ** recurses).
       const st = await statOrNull(p);
       isFile = st?.isFile() ?? false;
-      isDir = false;
+      isDir = st?.isDirectory() ?? false;
     }
     if (last) {
       if (isFile) out.add(p);
