@@ -12,6 +12,7 @@ import { allocLongLivedF32 } from '../lib/data/convert.js';
 import { readNpy } from '../lib/io/index.js';
 import { native } from '../lib/native/index.js';
 import { Rng } from '../lib/data/prng.js';
+import { resolveBatchOptions } from '../lib/data/options.js';
 import {
   bf16ToNumber,
   concatRows,
@@ -977,6 +978,20 @@ describe('options, lifecycle and the PRNG', () => {
     ];
     for (const [o, re] of cases) expect(() => src.batches(o)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(re) }));
     expect(() => src.batches(null as never)).toThrow(/options object/);
+  });
+
+  it('the default batchSize fits rows wider than 65536 values: min(4096, floor(2^28 / dIn)), never an error naming options.batchSize', async () => {
+    const want = (dIn: number) => Math.min(4096, Math.floor(2 ** 28 / dIn));
+    const widths = [1, 65535, 65536, 65537, 2 ** 24];
+    for (let i = 0; i < 20; i++) widths.push(1 + Math.floor(Math.random() * 2 ** 24));
+    for (const dIn of widths) expect(resolveBatchOptions(undefined, dIn, 'error').batchSize, `dIn ${dIn}`).toBe(want(dIn));
+    expect(resolveBatchOptions({ shuffle: false }, 65537, 'error').batchSize).toBe(4095);
+    // A wide source read with no options: its rows come back (a given batchSize is still checked).
+    const dIn = 65537 + Math.floor(Math.random() * 40000);
+    const x = randomRows(3, dIn, 1 + Math.floor(Math.random() * 2 ** 30));
+    const src = fromArray(x, dIn);
+    expectSameRows(concatRows(await collect(src)), x);
+    expect(() => src.batches({ batchSize: 4096 })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.batchSize/) }));
   });
 
   it('break, return() and close(): reads are settled, closed sources refuse new passes', async () => {

@@ -35,7 +35,9 @@ const BATCH_OPTIONS = optionNames<BatchOptions>({
 /** Checks `options` for a source of width `dIn`; throws the standard SaekitError naming the field. */
 export function resolveBatchOptions(options: BatchOptions | undefined, dIn: number, sourceDefault: NonFinitePolicy): ResolvedBatchOptions {
   const o = checkOptions('options', options, BATCH_OPTIONS);
-  const batchSize = o.batchSize === undefined ? DEFAULT_BATCH_SIZE : checkInt('options.batchSize', o.batchSize, 1, MAX_BATCH_ELEMENTS);
+  // The default fits any width: fewer rows for rows wider than 2^16 values (dIn is at most 2^24).
+  const batchSize =
+    o.batchSize === undefined ? Math.min(DEFAULT_BATCH_SIZE, Math.floor(MAX_BATCH_ELEMENTS / dIn)) : checkInt('options.batchSize', o.batchSize, 1, MAX_BATCH_ELEMENTS);
   if (batchSize * dIn > MAX_BATCH_ELEMENTS) {
     throw argError('options.batchSize', `integer between 1 and ${Math.floor(MAX_BATCH_ELEMENTS / dIn)} (batches are at most 2^28 values; dIn = ${dIn})`, batchSize);
   }

@@ -15,7 +15,10 @@ export interface Batch {
 
 /** How `batches()` serves the rows. */
 export interface BatchOptions {
-  /** Rows per batch. Default 4096. */
+  /**
+   * Rows per batch (a batch holds at most 2^28 values). Default 4096, or floor(2^28 / dIn) for
+   * rows wider than 65536 values.
+   */
   batchSize?: number;
   /**
    * Serve rows in a seeded pseudo-random order: files' chunks (chunkRows) in a permuted order,
