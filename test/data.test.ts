@@ -171,6 +171,35 @@ describe('openActivations: file kinds, in order', () => {
     await expect(openActivations(p('r.f32'), { dtype: 'float16', dIn: 7 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE', message: expect.stringMatching(/\.f32 holds float32/) });
   });
 
+  it('raw and self-describing files mixed: options.dtype messages say it applies to every file and point to dtype extensions, not "leave it out"', async () => {
+    const f = p('mixraw');
+    mkdirSync(f);
+    const dIn = 3 + Math.floor(Math.random() * 9);
+    const seed = () => 1 + Math.floor(Math.random() * 2 ** 30);
+    await writeNpyFixture(p('mixraw', 'a.npy'), 'float16', [3, dIn], randomHalfBits(3 * dIn, 'float16', seed()));
+    const raw = randomRows(4, dIn, seed());
+    writeFileSync(p('mixraw', 'b.bin'), new Uint8Array(raw.buffer));
+    // With options.dtype: the .npy holds another dtype, and leaving options.dtype out is no way out for b.bin.
+    await expect(openActivations(f, { dIn, dtype: 'float32' })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_DTYPE',
+      message: expect.stringMatching(/a\.npy, which holds float16 \(options\.dtype applies to every file, so all must hold float32: .*b\.bin with a dtype extension \(\.f32, \.f16, \.bf16, \.f64\)/),
+    });
+    await expect(openActivations(f, { dIn, dtype: 'float32' })).rejects.toMatchObject({ message: expect.not.stringMatching(/leave it out\)/) });
+    // Without it: b.bin needs a dtype, which the .npy must hold too; or a dtype extension.
+    await expect(openActivations(f, { dIn })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/options\.dtype for the raw file .*b\.bin .*applies to every file.*dtype extension: \.f32, \.f16, \.bf16, \.f64/),
+    });
+    // The way out the messages give: b.f32 beside the float16 .npy, no options.dtype.
+    rmSync(p('mixraw', 'b.bin'));
+    writeFileSync(p('mixraw', 'b.f32'), new Uint8Array(raw.buffer));
+    const src = await openActivations(f, { dIn });
+    expect(src.numRows).toBe(7);
+    expectSameRows(concatRows(await collect(src)).subarray(3 * dIn), raw);
+    // Self-describing files alone (or with typed raw files) keep the plain hint.
+    await expect(openActivations(f, { dIn, dtype: 'float32' })).rejects.toMatchObject({ message: expect.stringMatching(/options\.dtype is for raw files; leave it out/) });
+  });
+
   it('a folder: supported files in name order, shards of different lengths (and an empty one), others ignored', async () => {
     const f = p('folder');
     mkdirSync(f);

@@ -183,19 +183,36 @@ function fortranLayout(shape: readonly number[], rows: number, dIn: number): 'sa
   return rows > 1 && dIn > 1 ? 'columns' : 'same';
 }
 
-function checkDType(opts: ShardOptions, dtype: DiskDType, label: string): void {
+/** What the other inputs are, for the hints of options.dtype's messages. */
+export interface ShardInputs {
+  /** A raw file whose extension implies no dtype (.bin .raw .dat), if any: it needs options.dtype. */
+  untypedRaw?: string;
+  /** Whether some input is self-describing (.npy, .safetensors). */
+  described: boolean;
+}
+
+/** The dtype extensions a raw file may have instead of options.dtype, for messages. */
+const DTYPE_EXTENSIONS = Object.keys(RAW_EXTENSIONS).filter((e) => RAW_EXTENSIONS[e] !== undefined);
+
+function checkDType(opts: ShardOptions, dtype: DiskDType, label: string, inputs: ShardInputs): void {
   if (opts.dtype !== undefined && opts.dtype !== dtype) {
-    throw new SaekitError('ERR_SAEKIT_DTYPE', `Expected options.dtype = '${opts.dtype}' to match ${label}, which holds ${dtype} (options.dtype is for raw files; leave it out)`);
+    // With .bin/.raw/.dat files among the inputs, leaving options.dtype out is no way out.
+    const hint =
+      inputs.untypedRaw === undefined
+        ? 'options.dtype is for raw files; leave it out'
+        : `options.dtype applies to every file, so all must hold ${opts.dtype}: to mix dtypes, name the raw file ${inputs.untypedRaw} with a dtype ` +
+          `extension (${DTYPE_EXTENSIONS.join(', ')}) and leave options.dtype out`;
+    throw new SaekitError('ERR_SAEKIT_DTYPE', `Expected options.dtype = '${opts.dtype}' to match ${label}, which holds ${dtype} (${hint})`);
   }
 }
 
-/** Reads the header of one file. */
-export async function openShard(file: string, opts: ShardOptions): Promise<Shard> {
+/** Reads the header of one file (`inputs`: what the other files are, for messages). */
+export async function openShard(file: string, opts: ShardOptions, inputs: ShardInputs = { described: false }): Promise<Shard> {
   const ext = extOf(file);
   if (ext === '.npy') {
     const h = await readNpyHeader(file);
     const dtype = diskDType(h.dtype, file);
-    checkDType(opts, dtype, file);
+    checkDType(opts, dtype, file, inputs);
     const { rows, dIn } = rowsOf(h.shape, file);
     const layout = h.fortranOrder ? fortranLayout(h.shape, rows, dIn) : 'same';
     if (layout === undefined) {
@@ -232,7 +249,7 @@ export async function openShard(file: string, opts: ShardOptions): Promise<Shard
       }
       const label = `tensor ${nameForMessage(entry.name)} of ${file}`;
       const dtype = diskDType(entry.dtype ?? entry.code, label);
-      checkDType(opts, dtype, label);
+      checkDType(opts, dtype, label, inputs);
       const { rows, dIn } = rowsOf(entry.shape, label);
       return { path: file, label, dtype, rows, dIn, dataOffset: entry.offset, fortran: false, bigEndian: false };
     } finally {
@@ -245,7 +262,12 @@ export async function openShard(file: string, opts: ShardOptions): Promise<Shard
     throw new SaekitError('ERR_SAEKIT_DTYPE', `Expected options.dtype = '${opts.dtype}' to match the extension of ${file} (${ext} holds ${implied})`);
   }
   const dtype = opts.dtype ?? implied;
-  if (dtype === undefined) throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.dtype for the raw file ${file} but received undefined`);
+  if (dtype === undefined) {
+    const hint = inputs.described
+      ? ` (options.dtype applies to every file, so the .npy and .safetensors files must hold it too; or name the raw file with a dtype extension: ${DTYPE_EXTENSIONS.join(', ')})`
+      : ` (or name the file with a dtype extension: ${DTYPE_EXTENSIONS.join(', ')})`;
+    throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.dtype for the raw file ${file} but received undefined${hint}`);
+  }
   if (opts.dIn === undefined) throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.dIn for the raw file ${file} but received undefined`);
   const st = await fs.stat(file).catch((err: unknown) => {
     throw new SaekitError('ERR_SAEKIT_ARG', `Could not open ${file}: ${err instanceof Error ? err.message : String(err)}`);
@@ -263,13 +285,14 @@ export async function openShard(file: string, opts: ShardOptions): Promise<Shard
 /** Opens every file's header (a few at a time) and checks they agree on dIn. */
 export async function openShards(files: string[], opts: ShardOptions): Promise<Shard[]> {
   const shards: Shard[] = new Array(files.length);
+  const inputs: ShardInputs = { untypedRaw: files.find((f) => isRaw(f) && RAW_EXTENSIONS[extOf(f)] === undefined), described: files.some((f) => !isRaw(f)) };
   let next = 0;
   const worker = async () => {
     while (next < files.length) {
       const i = next++;
       // Taken before the header is read, so a change after it is caught at the next open.
       const identity = await fileIdentity(files[i]!).catch(() => undefined);
-      shards[i] = { ...(await openShard(files[i]!, opts)), ...(identity ? { identity } : {}) };
+      shards[i] = { ...(await openShard(files[i]!, opts, inputs)), ...(identity ? { identity } : {}) };
     }
   };
   await Promise.all(Array.from({ length: Math.min(8, files.length) }, worker));
