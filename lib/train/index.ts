@@ -322,7 +322,8 @@ export function learningRate(step: number, total: number, base: number, warmup: 
  * estimate sits on data rows (plain Weiszfeld stalls at such a row even where it is not the
  * median, e.g. when the mean is one of the rows). `maxIter` (default 200) bounds the iterations;
  * they stop once a step moves less than `tol` (default 1e-7) times the rows' mean distance to
- * their mean.
+ * their mean. Then the row nearest the estimate is returned instead when it is the median (by
+ * Vardi and Zhang's optimality test): the iterations only creep towards such a row.
  */
 export function geometricMedian(x: Float32Array, d: number, options: { maxIter?: number; tol?: number } = {}): Float64Array {
   if (!(x instanceof Float32Array)) throw argError('x', 'a Float32Array of rows [n, d]', x);
@@ -384,6 +385,31 @@ export function geometricMedian(x: Float32Array, d: number, options: { maxIter?:
     }
     if (Math.sqrt(move) <= tol) break;
   }
+  // Weiszfeld's steps creep (sublinearly) towards a median that is a data row, so the row nearest
+  // the estimate is tested directly by Vardi-Zhang's condition: it is the median when the unit
+  // vectors from it to the other rows sum to a norm of at most the number of rows at it.
+  let near = 0;
+  let nearDist = Infinity;
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < d; j++) s += (x[i * d + j]! - y[j]!) ** 2;
+    if (s < nearDist) [near, nearDist] = [i, s];
+  }
+  pull.fill(0);
+  let at = 0;
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < d; j++) s += (x[i * d + j]! - x[near * d + j]!) ** 2;
+    const dist = Math.sqrt(s);
+    if (dist <= same) {
+      at++;
+      continue;
+    }
+    for (let j = 0; j < d; j++) pull[j]! += (x[i * d + j]! - x[near * d + j]!) / dist;
+  }
+  let r = 0;
+  for (let j = 0; j < d; j++) r += pull[j]! ** 2;
+  if (Math.sqrt(r) <= at) for (let j = 0; j < d; j++) y[j] = x[near * d + j]!;
   return y;
 }
 
