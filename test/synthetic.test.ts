@@ -781,6 +781,27 @@ describe('superposition: validation', () => {
     expect(() => bad({ correlation: eye(6) })()).not.toThrow();
   });
 
+  // A sparse array of 2^32 - 1 slots costs nothing to make, and the hierarchy used to walk it slot
+  // by slot before its node limit applied (a fatal out-of-memory after ~40 s); the dense
+  // correlation matrix of 70,000 features was a bare RangeError (of 40,000, 12.8 GB filled).
+  it('refuses hierarchy arrays past the node limit by their length, and a correlation matrix past 2 GiB, by name', () => {
+    const base = { dIn: 4, numFeatures: 8, firing: { kind: 'uniform', p: 0.1 } } as const;
+    const t0 = performance.now();
+    expect(() => superposition({ ...base, hierarchy: new Array(2 ** 32 - 1) })).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.hierarchy to keep the hierarchy within 4194304 nodes but it has 4294967295 entries/) }),
+    );
+    expect(() => superposition({ ...base, hierarchy: [{ feature: 0, children: new Array(2 ** 32 - 1) }] })).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.hierarchy\[0\]\.children to keep the hierarchy within 4194304 nodes but it has 4294967295 entries/) }),
+    );
+    expect(performance.now() - t0).toBeLessThan(1000);
+    // Within the limit a short sparse array still names its first hole.
+    expect(() => superposition({ ...base, hierarchy: [{ feature: 0, children: new Array(3) }] })).toThrow(/options\.hierarchy\[0\]\.children\[0\]/);
+    const big = superposition({ dIn: 4, numFeatures: 16385, firing: { kind: 'uniform', p: 1e-4 }, correlation: { kind: 'random', strength: 0.5, factors: 2 }, numRows: 8 });
+    expect(() => big.correlationMatrix()).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(/16385 features .* refused above 16384 features/) }));
+    const ok = superposition({ dIn: 4, numFeatures: 300, firing: { kind: 'uniform', p: 1e-2 }, correlation: { kind: 'random', strength: 0.5, factors: 2 }, numRows: 8 });
+    expect(ok.correlationMatrix()!.length).toBe(300 * 300);
+  });
+
   it('rejects bad batch options and ranges', () => {
     const data = superposition({ ...ok, numRows: 100 });
     expectNamedError(() => data.source.batches({ batchSize: 0 }), 'options.batchSize');

@@ -414,17 +414,20 @@ async function demo(f: DemoFlags): Promise<void> {
   if (prior && !f.overwrite && (prior.checkpoint || prior.saeFiles.length > 0)) {
     throw new SaekitError('ERR_SAEKIT_ARG', `--out ${f.out} already holds ${prior.checkpoint ? 'a training run' : `an SAE (${prior.saeFiles.join(', ')})`}; pass --overwrite to replace it, or choose another --out`);
   }
-  const { source, features } = superposition({ dIn, numFeatures, firing: { kind: 'expected-active', n: 5 }, numRows: 1 << 16, seed });
+  const numRows = 1 << 16;
+  const tokens = 1 << 21;
+  const { source, features } = superposition({ dIn, numFeatures, firing: { kind: 'expected-active', n: 5 }, numRows, seed });
   process.stderr.write(
     `saekit demo: ${numFeatures} ground-truth features in superposition in ${dIn} dimensions (about 5 active per row);\n` +
-      `training a TopK SAE with ${numLatents} latents, k ${k}, on ${(1 << 21).toLocaleString('en-US')} synthetic rows\n`,
+      `training a TopK SAE with ${numLatents} latents, k ${k}, on ${tokens.toLocaleString('en-US')} tokens ` +
+      `(${tokens / numRows} passes over ${numRows.toLocaleString('en-US')} synthetic rows)\n`,
   );
   using sae = SparseAutoencoder.create({ dIn, numLatents, k, seed: seed + 1 });
-  const trainer = new Trainer(sae, { batchSize: 1024, totalTokens: 1 << 21, lr: 2e-3, warmupSteps: 50, seed });
+  const trainer = new Trainer(sae, { batchSize: 1024, totalTokens: tokens, lr: 2e-3, warmupSteps: 50, seed });
   // A train run's checkpoint in --out goes too, as with train --overwrite: a later train --resume
   // would continue that run beside the demo's SAE.
   const replaced = prior?.checkpoint && f.overwrite ? await moveAside([path.join(f.out!, 'checkpoint')]) : [];
-  const progress = new Progress(1 << 21);
+  const progress = new Progress(tokens);
   const sig = abortOnSignal();
   let result: FitResult;
   try {
@@ -439,7 +442,7 @@ async function demo(f: DemoFlags): Promise<void> {
   for (const p of replaced) await rm(p, { recursive: true, force: true });
   if (result.status === 'aborted') {
     process.exitCode = sig.exitCode ?? STOP_SIGNALS.SIGINT;
-    process.stderr.write(`saekit demo: interrupted after ${result.tokens.toLocaleString('en-US')} of ${(1 << 21).toLocaleString('en-US')} tokens; the numbers below are of the partly trained SAE\n`);
+    process.stderr.write(`saekit demo: interrupted after ${result.tokens.toLocaleString('en-US')} of ${tokens.toLocaleString('en-US')} tokens; the numbers below are of the partly trained SAE\n`);
     if (!result.last) {
       await source.close();
       return;

@@ -74,7 +74,7 @@ export type Firing =
   | { kind: 'uniform'; p: number }
   | { kind: 'expected-active'; n: number };
 
-/** Magnitude of a fired feature: U(0, 1) (Toy Models, §4.2) or ReLU(mean + std * N(0, 1)) (SAELens, §4.5). */
+/** Magnitude of a fired feature: U(0, 1] (Toy Models, §4.2) or ReLU(mean + std * N(0, 1)) (SAELens, §4.5). */
 export type Magnitude = { kind: 'uniform' } | { kind: 'relu-normal'; mean: number; std: number };
 
 /**
@@ -152,7 +152,10 @@ export interface SuperpositionData {
   rows(start: number, count: number): Float32Array;
   /** Ground-truth codes of rows [start, start + count). */
   codes(start: number, count: number): SparseCodes;
-  /** The copula's Sigma [numFeatures, numFeatures] (a fresh copy), or undefined without correlation. */
+  /**
+   * The copula's Sigma [numFeatures, numFeatures] (a fresh copy), or undefined without correlation.
+   * numFeatures^2 float64 values: above 16,384 features (2 GiB) it throws ERR_SAEKIT_MEMORY.
+   */
   correlationMatrix(): Float64Array | undefined;
 }
 
@@ -560,6 +563,8 @@ interface HierarchyPlan {
 
 /** Most nodes a hierarchy may have. */
 const MAX_HIERARCHY_NODES = 1 << 22;
+/** Most features correlationMatrix() builds its dense matrix for (2 GiB of float64). */
+const MAX_CORRELATION_MATRIX_FEATURES = 16384;
 
 function hierarchyPlan(hierarchy: unknown, n: number): HierarchyPlan | undefined {
   if (hierarchy === undefined) return undefined;
@@ -573,6 +578,14 @@ function hierarchyPlan(hierarchy: unknown, n: number): HierarchyPlan | undefined
   const seen = new Set<object>();
   // Iterative pre-order (a deep tree cannot overflow the stack).
   const stack: { node: unknown; parent: number; name: string }[] = [];
+  // An array's length is checked before its slots are visited: a sparse array of 2^32 - 1 slots
+  // costs nothing to make but would be walked slot by slot.
+  const room = (name: string, a: unknown[]) => {
+    if (a.length > MAX_HIERARCHY_NODES - feature.length - stack.length) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${name} to keep the hierarchy within ${MAX_HIERARCHY_NODES} nodes but it has ${a.length} entries`);
+    }
+  };
+  room('options.hierarchy', hierarchy);
   for (let i = hierarchy.length - 1; i >= 0; i--) stack.push({ node: hierarchy[i], parent: -1, name: `options.hierarchy[${i}]` });
   while (stack.length > 0) {
     const { node, parent: par, name } = stack.pop()!;
@@ -590,6 +603,7 @@ function hierarchyPlan(hierarchy: unknown, n: number): HierarchyPlan | undefined
     }
     const children = o.children === undefined ? [] : o.children;
     if (!Array.isArray(children)) throw argError(`${name}.children`, 'an array of HierarchyNode objects', children);
+    room(`${name}.children`, children);
     const exclusive = o.exclusiveChildren === undefined ? false : checkBool(`${name}.exclusiveChildren`, o.exclusiveChildren);
     if (exclusive && children.length < 2) throw argError(`${name}.exclusiveChildren`, 'false for a node with fewer than 2 children', true);
     const id = feature.length;
@@ -1060,6 +1074,13 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
       if (copula.kind === 'none') return undefined;
       if (copula.kind === 'cholesky') return Float64Array.from(copula.sigma);
       const { U, k } = copula;
+      if (n > MAX_CORRELATION_MATRIX_FEATURES) {
+        throw new SaekitError(
+          'ERR_SAEKIT_MEMORY',
+          `correlationMatrix() of ${n} features would be a ${n} x ${n} float64 matrix (${((n * n * 8) / 2 ** 30).toFixed(1)} GiB); ` +
+            `it is refused above ${MAX_CORRELATION_MATRIX_FEATURES} features (2 GiB): the data itself needs no such matrix`,
+        );
+      }
       const S = new Float64Array(n * n);
       for (let i = 0; i < n; i++) {
         S[i * n + i] = 1;

@@ -399,7 +399,8 @@ function* toFloat32(p: Float64Array): Generator<number, Float32Array> {
  * Reproducibility: the cost comes from a float32 GEMM, and the BLAS (OpenBLAS) splits that GEMM
  * by thread count, which changes the dot products in their last bits. Where two assignments'
  * totals differ by less than that (near-duplicate latents), the permutation can differ between
- * thread counts (backend.setThreads, OPENBLAS_NUM_THREADS) or BLAS builds; with the same thread
+ * thread counts (backend.setThreads, SAEKIT_NUM_THREADS; saekit sets OpenBLAS's own count, so
+ * OPENBLAS_NUM_THREADS changes nothing) or BLAS builds; with the same thread
  * count and BLAS it is the same on every run. The reported mse is float64 and exact either way.
  * The GEMM and the solver run off the JS thread; the O(n d) steps run on it in ~20 ms slices
  * between turns of the event loop, and the O(n^2) cost is built and handed over in chunks, so the

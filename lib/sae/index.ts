@@ -112,7 +112,11 @@ export interface CreateOptions extends PlacementOptions {
   numLatents: number;
   /** Active latents per row. */
   k: number;
-  /** Philox seed of the initial decoder (stream 0). Default: a fresh random seed. */
+  /**
+   * Philox seed of the initial decoder (stream 0; rows scaled to unit norm with a float64 norm
+   * summed in order): the same seed gives the same weights on every machine and thread count.
+   * Default: a fresh random seed.
+   */
   seed?: number | bigint;
 }
 

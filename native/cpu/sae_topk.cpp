@@ -304,11 +304,15 @@ void sae_preacts(const SaeView& p, const float* x, int64_t N, float* out, Thread
 }
 
 void normalize_rows(float* W, int64_t M, int64_t D, ThreadPool& pool) {
-  const SaeKernels& kern = sae_kernels();
+  // The squared norm in float64, summed in index order: the same bits on every SIMD level and
+  // thread count, so create({ seed }) gives the same decoder on every machine (a float32 dot of
+  // the ISA's own width changed about one value in eleven by an ulp between AVX2 and SSE4.2).
   pool.parallel_for(M, 64, [&](int64_t a, int64_t b, int) {
     for (int64_t l = a; l < b; ++l) {
       float* w = W + l * D;
-      double nrm = std::sqrt(double(kern.dot(w, w, D)));
+      double sq = 0;
+      for (int64_t d = 0; d < D; ++d) sq += double(w[d]) * double(w[d]);
+      double nrm = std::sqrt(sq);
       if (nrm > 0) {
         float inv = float(1.0 / nrm);
         for (int64_t d = 0; d < D; ++d) w[d] *= inv;

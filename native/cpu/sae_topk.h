@@ -127,7 +127,8 @@ struct SaeGrads {
 StepStats sae_step(const SaeView& p, const float* x, int64_t N, int64_t K, const StepOptions& opt, SaeGrads* grads,
                    AdamState* adam, ThreadPool& pool);
 
-// Rows of W_dec [M, D] scaled to unit L2 norm (rows of norm 0 are left as they are).
+// Rows of W_dec [M, D] scaled to unit L2 norm (rows of norm 0 are left as they are); the norm is
+// a float64 sum in index order, so the result does not depend on the SIMD level or thread count.
 void normalize_rows(float* W, int64_t M, int64_t D, ThreadPool& pool);
 
 }  // namespace sk::cpu
