@@ -89,6 +89,21 @@ function editDistance(a: string, b: string, cap: number): number {
   return Math.min(prev[b.length]!, cap);
 }
 
+/**
+ * After a pause (an await) in a call that reads the caller's typed array: `array` must still hold
+ * the `length` elements it had when the call started; a detached ArrayBuffer (transferred to a
+ * worker, structuredClone with transfer) or a resized one is ERR_SAEKIT_ARG naming it. `unit`
+ * names the elements ('values', 'bytes').
+ */
+export function checkKept(name: string, array: { length: number }, length: number, unit = 'values'): void {
+  if (array.length !== length) {
+    throw new SaekitError(
+      'ERR_SAEKIT_ARG',
+      `Expected ${name} to keep its ${length} ${unit} until the call settles but it now has ${array.length} (was its ArrayBuffer detached or resized?)`,
+    );
+  }
+}
+
 /** A seed: a non-negative safe integer or a bigint below 2^64. */
 export function checkSeed(name: string, value: unknown): bigint {
   if (typeof value === 'bigint' && value >= 0n && value < 1n << 64n) return value;

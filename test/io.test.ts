@@ -32,6 +32,7 @@ import { makeDirs, memorySource } from '../lib/io/source.js';
 import { SparseAutoencoder } from '../lib/index.js';
 import { decodeSafetensors, encodeSafetensors, parseSafetensorsHeader } from '../lib/io/safetensors.js';
 import { crc32, encodeZipParts } from '../lib/io/zip.js';
+import { distUrl, escapeRe, haveDist, runInChild } from './helpers/child.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 import {
@@ -1072,4 +1073,117 @@ describe('readNpy, readNpz and writeNpz share the JS thread with the event loop'
     expect(bytes.readUInt32LE(14)).toBe(crc32(encodeNpy({ dtype: 'float32', shape: [n], data }), 0, true)); // the table-driven CRC-32
     expect(Buffer.compare(bytes.subarray(at, at + want.length), want)).toBe(0);
   }, 30_000);
+});
+
+describe('writers whose arrays are detached or resized while they run', () => {
+  // The data chunks are views on the caller's arrays, written across awaits. A view whose buffer
+  // was detached or shrunk has length 0: the writers wrote what was left (nothing), renamed that
+  // truncated file over the old one and resolved; writeNpz with compress crashed the process.
+  const seed = freshSeed(77);
+  const n = 1 << 20; // 4 MiB of float32: each write spans several turns of the event loop
+  const tick = () => new Promise<void>((r) => setImmediate(r));
+  const detach = (a: ArrayBufferView) => structuredClone(a.buffer, { transfer: [a.buffer as ArrayBuffer] });
+  const randomData = (next: () => number) => Float32Array.from({ length: n }, () => next() * 2 - 1);
+  type Writer = (file: string, data: Float32Array) => Promise<unknown>;
+  const writers: [string, string, string, Writer][] = [
+    ['writeNpy', 'npy', 't.data', (f, data) => writeNpy(f, { dtype: 'float32', shape: [n], data })],
+    ['writeSafetensors', 'safetensors', 'tensors["w"].data', (f, data) => writeSafetensors(f, { w: { dtype: 'float32', shape: [n], data } })],
+    ['writeNpz', 'npz', 'arrays["w"].data', (f, data) => writeNpz(f, { w: { dtype: 'float32', shape: [n], data } })],
+    ['writeFileAtomic', 'bin', 'data', (f, data) => writeFileAtomic(f, new Uint8Array(data.buffer))],
+  ];
+  const readBack = async (ext: string, file: string): Promise<Float32Array> => {
+    if (ext === 'npy') return (await readNpy(file)).data as Float32Array;
+    if (ext === 'npz') return (await readNpz(file)).w!.data as Float32Array;
+    if (ext === 'bin') return new Float32Array(new Uint8Array(readFileSync(file)).buffer);
+    const r = await readSafetensors(file);
+    try {
+      return (await r.read('w')).data as Float32Array;
+    } finally {
+      await r.close();
+    }
+  };
+
+  for (const [fn, ext, name, write] of writers) {
+    it(`${fn}: detached after 0-64 turns of the event loop, it rejects naming ${name} and keeps the old file, or resolves with the whole array`, async () => {
+      const next = rng(seed);
+      const dir = tmpDir();
+      const file = path.join(dir, `out.${ext}`);
+      await write(file, randomData(next));
+      const old = readFileSync(file);
+      let rejected = 0;
+      for (const ticks of [0, 1, 2, 4, 8, 16, 64]) {
+        const data = randomData(next);
+        const expected = data.slice();
+        const p = write(file, data);
+        for (let t = 0; t < ticks; t++) await tick();
+        detach(data);
+        const r = await Promise.allSettled([p]).then(([s]) => s!);
+        if (r.status === 'rejected') {
+          rejected++;
+          expect(r.reason, `seed ${seed}, ${ticks} ticks`).toMatchObject({
+            code: 'ERR_SAEKIT_ARG',
+            message: expect.stringContaining(`Expected ${name} to keep its ${4 * n} bytes until the call settles but it now has 0 (was its ArrayBuffer detached or resized?)`),
+          });
+          expect(readFileSync(file).equals(old), `seed ${seed}, ${ticks} ticks: the old file is intact`).toBe(true);
+        } else {
+          // Detached after its last byte was written: the file is complete.
+          expect(Buffer.from((await readBack(ext, file)).buffer).equals(Buffer.from(expected.buffer)), `seed ${seed}, ${ticks} ticks`).toBe(true);
+          old.set(readFileSync(file)); // the good file now
+        }
+        noTempFiles(dir);
+      }
+      expect(rejected, 'detached at once, the write must fail').toBeGreaterThan(0);
+    });
+  }
+
+  it('writeNpy and writeSafetensors of data on a resizable ArrayBuffer shrunk while pending: ERR_SAEKIT_ARG, the old file kept', async () => {
+    const next = rng(seed ^ 1);
+    const dir = tmpDir();
+    for (const [ext, name, write] of [writers[0]!, writers[1]!].map(([, e, nm, w]) => [e, nm, w] as const)) {
+      const file = path.join(dir, `rab.${ext}`);
+      await write(file, randomData(next));
+      const old = readFileSync(file);
+      const rab = new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => ArrayBuffer & { resize(n: number): void })(4 * n, { maxByteLength: 8 * n });
+      const data = new Float32Array(rab);
+      data.set(randomData(next));
+      const p = write(file, data);
+      rab.resize(16);
+      await expect(p).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(new RegExp(`Expected ${escapeRe(name)} to keep its ${4 * n} bytes .* now has 0 \\(was its ArrayBuffer detached or resized\\?\\)`)) });
+      expect(readFileSync(file).equals(old)).toBe(true);
+      noTempFiles(dir);
+    }
+  });
+
+  it.runIf(haveDist)('writeNpz with compress: detached while the CRC or the deflater runs, it rejects (no uncaught TypeError, no Promise left pending) and keeps the old file', () => {
+    // In a child process: the uncaught TypeError ("Cannot perform Construct on a detached
+    // ArrayBuffer") took down the whole process, and with other timings the Promise never settled.
+    const dir = tmpDir();
+    const script = `
+      import { io } from ${distUrl};
+      import { readFileSync } from 'node:fs';
+      const file = ${JSON.stringify(path.join(dir, 'c.npz'))};
+      const n = 1 << 21;
+      let s = ${seed};
+      const random = () => Float32Array.from({ length: n }, () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32));
+      await io.writeNpz(file, { w: { dtype: 'float32', shape: [n], data: random() } }, { compress: true });
+      const old = readFileSync(file);
+      const out = [];
+      for (const ticks of [0, 1, 4]) {
+        const data = random();
+        const p = io.writeNpz(file, { w: { dtype: 'float32', shape: [n], data } }, { compress: true });
+        for (let t = 0; t < ticks; t++) await new Promise((r) => setImmediate(r));
+        structuredClone(data.buffer, { transfer: [data.buffer] });
+        const timeout = new Promise((r) => setTimeout(() => r('pending'), 20000));
+        const r = await Promise.race([p.then(() => 'resolved', (e) => e.code + ': ' + e.message), timeout]);
+        out.push({ ticks, r, kept: readFileSync(file).equals(old) });
+      }
+      console.log(JSON.stringify(out));
+    `;
+    const out = JSON.parse(runInChild(script)) as { ticks: number; r: string; kept: boolean }[];
+    for (const { ticks, r, kept } of out) {
+      expect(r, `${ticks} ticks`).toBe(`ERR_SAEKIT_ARG: Expected arrays["w"].data to keep its ${8 * 2 ** 20} bytes until the call settles but it now has 0 (was its ArrayBuffer detached or resized?)`);
+      expect(kept, `${ticks} ticks: the old archive is intact`).toBe(true);
+    }
+    noTempFiles(dir);
+  }, 120_000);
 });

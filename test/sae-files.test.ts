@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 
 import { SaekitError, SparseAutoencoder, tensor } from '../lib/index.js';
-import { readSaeFiles, readSafetensors, writeNpz, writeSafetensors, type IoTensor } from '../lib/io/index.js';
+import { readSaeFiles, readSafetensors, writeNpz, writeSaeFiles, writeSafetensors, type IoTensor } from '../lib/io/index.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 
@@ -902,6 +902,52 @@ describe('SAE files: saving into a folder that holds files', () => {
     expect((err as SaekitError).message).toBe(`Could not save sae_weights.safetensors in ${dir}: ENAMETOOLONG: name too long`);
     expect(readdirSync(dir)).toEqual([]);
   });
+});
+
+describe('SAE files: weights detached while they are saved', () => {
+  // The weights are written across awaits (the folder's checks, then the staged weights file).
+  // Detached meanwhile, a save wrote a truncated sae_weights.safetensors and replaced the good
+  // one (SAELens), or wrote the transpose of an emptied W_enc as NaN (sparsify), and resolved.
+  const [dIn, L, k] = [256, 4096, 16];
+  const tick = () => new Promise<void>((r) => setImmediate(r));
+
+  for (const format of ['saelens', 'sparsify'] as const) {
+    for (const [weight, when] of [
+      ['W_dec', 'at once'],
+      ['W_enc', 'at once'],
+      ['W_dec', 'once its staged weights file exists'],
+    ] as const) {
+      it(`${format}: ${weight} detached ${when}: ERR_SAEKIT_ARG naming it, and the folder keeps the earlier save`, async () => {
+        const seed = Date.now() >>> 0;
+        const dir = tmp();
+        const cfg = { architecture: 'topk' as const, dIn, numLatents: L, k, applyBDecToInput: true };
+        const w0 = randomWeights(dIn, L, seed);
+        await writeSaeFiles(dir, cfg, w0, { format });
+        const before = readdirSync(dir).sort();
+        const w1 = randomWeights(dIn, L, seed + 1);
+        const copy = { ...w1, [weight]: w1[weight].slice() };
+        const p = writeSaeFiles(dir, cfg, w1, { format });
+        let settled = false;
+        void p.then(
+          () => (settled = true),
+          () => (settled = true),
+        );
+        if (when !== 'at once') while (!settled && !readdirSync(dir).some((f) => f.includes('.staged'))) await tick();
+        structuredClone(w1[weight].buffer, { transfer: [w1[weight].buffer as ArrayBuffer] });
+        const r = await Promise.allSettled([p]).then(([x]) => x!);
+        const expected = r.status === 'rejected' ? w0 : copy; // resolved only when the weights were already written
+        if (when === 'at once') expect(r.status, `seed ${seed}`).toBe('rejected');
+        if (r.status === 'rejected') {
+          expect(r.reason, `seed ${seed}`).toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(new RegExp(`${weight}\\S* to keep its \\d+ (values|bytes) until the call settles but it now has 0 \\(was its ArrayBuffer detached or resized\\?\\)`)) });
+        }
+        expect(readdirSync(dir).sort(), 'no staging file left').toEqual(before);
+        const back = await readSaeFiles(dir);
+        for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) {
+          expect(Buffer.from(back.weights[key].buffer, back.weights[key].byteOffset, back.weights[key].byteLength).equals(Buffer.from(expected[key].buffer)), `seed ${seed}: ${key}`).toBe(true);
+        }
+      }, 30_000);
+    }
+  }
 });
 
 describe('readSaeFiles shares the JS thread with the event loop', () => {

@@ -55,7 +55,7 @@ import os from 'node:os';
 import { Rng } from '../data/prng.js';
 import { CHECK_UNITS, due, pause } from '../slices.js';
 import { argError, SaekitError } from '../errors.js';
-import { checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
+import { checkInt, checkKept, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const SVCCA_OPTIONS = optionNames<SvccaOptions>({ n: true, dA: true, dB: true, keep: true, compat: true });
@@ -156,13 +156,6 @@ const BLOCK = 1 << 16;
  */
 const SCATTER_BLOCK = 1 << 12;
 const MISS = 32;
-
-/** After a pause: the caller's array must still hold its `length` values (not detached or resized). */
-function checkKept(name: string, X: { length: number }, length: number): void {
-  if (X.length !== length) {
-    throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${name} to keep its ${length} values until the call settles but it now has ${X.length} (was its ArrayBuffer detached or resized?)`);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Validation

@@ -8,6 +8,7 @@ import { endianness } from 'node:os';
 
 import { argError, SaekitError } from '../errors.js';
 import { runAll } from '../slices.js';
+import { checkKept } from '../validate.js';
 
 /** Element types the file readers and writers handle. */
 export type IoDType = 'float32' | 'float16' | 'bfloat16' | 'float64' | 'int32' | 'int64' | 'uint8';
@@ -223,13 +224,44 @@ export function copyBytes(bytes: Uint8Array): Uint8Array {
   return out;
 }
 
-/** The little-endian bytes of a tensor's data (a view on little-endian hosts, a swapped copy otherwise). */
-export function littleEndianBytes(data: IoArray, itemSize: number): Uint8Array {
+/**
+ * The little-endian bytes of a tensor's data (a view on little-endian hosts, a swapped copy
+ * otherwise). A view is registered as a planned chunk named `name` (see checkPlanned).
+ */
+export function littleEndianBytes(data: IoArray, itemSize: number, name: string): Uint8Array {
   const view = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  if (!HOST_BIG_ENDIAN || itemSize === 1) return view;
+  if (!HOST_BIG_ENDIAN || itemSize === 1) return planChunk(view, name);
   const copy = copyBytes(view);
   byteSwap(copy, itemSize);
   return copy;
+}
+
+/**
+ * Chunks of a file being written that view a caller's array: the array's name and the chunk's
+ * byte length when the file was planned (its header and sizes were computed from that length).
+ * The views pass through the encoders unchanged, so the writer finds them here by identity.
+ */
+const PLANNED = new WeakMap<Uint8Array, { name: string; byteLength: number }>();
+
+/**
+ * Registers `view` (a fixed-length view on a caller's array, made when the file is planned) for
+ * checkPlanned, and returns it. A fixed-length view has length 0 once its ArrayBuffer is detached
+ * or shrunk below its end.
+ */
+export function planChunk(view: Uint8Array, name: string): Uint8Array {
+  PLANNED.set(view, { name, byteLength: view.byteLength });
+  return view;
+}
+
+/**
+ * Throws ERR_SAEKIT_ARG naming the caller's array when `chunk` (registered by planChunk) no
+ * longer has the byte length it was planned with: its ArrayBuffer was detached or resized since
+ * the write began. Chunks the encoders own pass. Returns the planned byte length.
+ */
+export function checkPlanned(chunk: Uint8Array): number {
+  const p = PLANNED.get(chunk);
+  if (p) checkKept(p.name, chunk, p.byteLength, 'bytes');
+  return p ? p.byteLength : chunk.byteLength;
 }
 
 /** Sets `obj[key] = value` as an own data property, even for keys such as "__proto__". */

@@ -313,7 +313,7 @@ export function encodeNpyParts(t: IoTensor, name = 't'): [Uint8Array, Uint8Array
   if (shape.length > NPY_MAX_DIMS) {
     throw argError(`${name}.shape`, `at most ${NPY_MAX_DIMS} dimensions (numpy's limit; numpy cannot read more)`, shape, 'ERR_SAEKIT_SHAPE');
   }
-  return [encodeHeader(dtype, shape), littleEndianBytes(data, ITEM_SIZE[dtype])];
+  return [encodeHeader(dtype, shape), littleEndianBytes(data, ITEM_SIZE[dtype], `${name}.data`)];
 }
 
 /**
@@ -326,7 +326,12 @@ export function encodeNpy(t: IoTensor): Uint8Array {
   return concatBytes(encodeNpyParts(t));
 }
 
-/** Writes a tensor to `path` as .npy (see encodeNpy), atomically (see writeFileAtomic). */
+/**
+ * Writes a tensor to `path` as .npy (see encodeNpy), atomically (see writeFileAtomic).
+ * `t.data` is read while the Promise is pending, not copied: it must stay untouched until the
+ * Promise settles. Detached or resized meanwhile, the write fails with ERR_SAEKIT_ARG naming
+ * t.data and `path` keeps its old content.
+ */
 export async function writeNpy(path: string, t: IoTensor): Promise<void> {
   checkPath(path);
   await writeChunksAtomic(path, encodeNpyParts(t));

@@ -127,11 +127,15 @@ export async function encodeNpzParts(arrays: Record<string, IoTensor>, options?:
 
 /**
  * Writes `arrays` (name → tensor) to `path` as an .npz archive that np.load reads, atomically
- * (see writeFileAtomic). Each array becomes the entry `<name>.npy`.
+ * (see writeFileAtomic). Each array becomes the entry `<name>.npy`. The data arrays are read
+ * while the Promise is pending (for the CRC-32, the deflater and the file), not copied: they must
+ * stay untouched until the Promise settles (a value changed meanwhile can leave an entry whose
+ * CRC-32 does not match its data).
  *
  * @param options.compress Deflate the entries like np.savez_compressed (default false, like np.savez).
  * @throws SaekitError ERR_SAEKIT_ARG / _DTYPE / _SHAPE for an invalid tensor or options;
- *   ERR_SAEKIT_ARG when the file cannot be written.
+ *   ERR_SAEKIT_ARG when the file cannot be written, or when a data array is detached or resized
+ *   before the write ends (`path` keeps its old content).
  */
 export async function writeNpz(path: string, arrays: Record<string, IoTensor>, options?: { compress?: boolean }): Promise<void> {
   checkPath(path);

@@ -22,6 +22,7 @@ import path from 'node:path';
 import { SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
 import { due, pause, runSliced } from '../slices.js';
+import { checkKept } from '../validate.js';
 import { fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose, transposeSteps } from './common.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpzChecked } from './npz.js';
@@ -696,7 +697,10 @@ function unitRows(W_dec: Float32Array, numLatents: number, dIn: number): boolean
  * not written by saekit, with a cfg.json other than a saekit save's of this layout) is refused
  * before anything is written (ERR_SAEKIT_ARG): replacing its cfg.json would leave those weights
  * without a config. Staging files that a save killed part-way left in `dir` (saekit's own names,
- * of a process that no longer runs) are removed first. Returns the files written.
+ * of a process that no longer runs) are removed first. Returns the files written. The weights are
+ * read while the Promise is pending, not copied: they must stay untouched until it settles; one
+ * detached or resized meanwhile fails the save (ERR_SAEKIT_ARG naming it) and leaves the folder's
+ * files as they were.
  */
 export async function writeSaeFiles(
   dir: string,
@@ -707,12 +711,15 @@ export async function writeSaeFiles(
   const format = options.format ?? 'saelens';
   const dtype = options.dtype ?? 'float32';
   const { dIn, numLatents } = config;
+  // Each weight's length now: after the folder's checks (awaits), it must be the same.
+  const lengths = Object.entries(weights ?? {}).map(([k, w]) => [`weights.${k}`, w, (w as { length?: unknown } | undefined)?.length] as const);
   await makeDirs(dir).catch((err: unknown) => {
     throw fsError('create the folder', dir, err);
   });
   const cfgFile = path.join(dir, 'cfg.json');
   await checkNoForeignPair(dir, format);
   await removeDeadStaging(dir);
+  for (const [name, w, length] of lengths) if (typeof length === 'number') checkKept(name, w as Float32Array, length);
   const saveId = randomBytes(8).toString('hex');
   const idMeta = { [SAVE_ID]: saveId };
   if (format === 'saelens') {

@@ -407,7 +407,7 @@ export function encodeSafetensorsParts(tensors: Record<string, IoTensor>, metada
   for (const { key, t } of named) {
     const end = offset + t.data.byteLength;
     fields.push(`${JSON.stringify(key)}:{"dtype":"${TO_CODE[t.dtype]}","shape":[${t.shape.join(',')}],"data_offsets":[${offset},${end}]}`);
-    chunks.push(littleEndianBytes(t.data, ITEM_SIZE[t.dtype]));
+    chunks.push(littleEndianBytes(t.data, ITEM_SIZE[t.dtype], `tensors[${JSON.stringify(key)}].data`));
     offset = end;
   }
   const json = Buffer.from(`{${fields.join(',')}}`, 'utf8');
@@ -441,10 +441,12 @@ export function encodeSafetensors(tensors: Record<string, IoTensor>, metadata?: 
  * Writes `tensors` (name → tensor) and optional string `metadata` to `path` as safetensors,
  * atomically (see writeFileAtomic). Tensors are stored by descending item size (ties broken by
  * dtype as the reference does), then name, so each starts aligned to its element size; the
- * header is space-padded to a multiple of 8 bytes.
+ * header is space-padded to a multiple of 8 bytes. The tensors' data arrays are read while the
+ * Promise is pending, not copied: they must stay untouched until the Promise settles.
  *
  * @throws SaekitError ERR_SAEKIT_ARG / _DTYPE / _SHAPE for a bad tensor, a tensor named
- *   "__metadata__" or non-string metadata; ERR_SAEKIT_ARG when the file cannot be written.
+ *   "__metadata__" or non-string metadata; ERR_SAEKIT_ARG when the file cannot be written, or
+ *   when a data array is detached or resized before the write ends (`path` keeps its old content).
  */
 export async function writeSafetensors(path: string, tensors: Record<string, IoTensor>, metadata?: Record<string, string>): Promise<void> {
   checkPath(path);

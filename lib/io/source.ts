@@ -8,7 +8,7 @@ import { mkdir, open, rename, stat, unlink, type FileHandle } from 'node:fs/prom
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { argError, SaekitError } from '../errors.js';
-import { checkPath, formatError, fsError, MAX_BUFFER_BYTES } from './common.js';
+import { checkPath, checkPlanned, formatError, fsError, MAX_BUFFER_BYTES, planChunk } from './common.js';
 
 /** Random access to a fixed-size run of bytes. */
 export interface ByteSource {
@@ -105,7 +105,10 @@ export function memorySource(bytes: Uint8Array, name: string): ByteSource {
 /**
  * Writes `chunks` in order to `path` atomically: they go to a temporary file in the same folder,
  * which is flushed to disk (fsync) and then renamed over `path`. Readers see the old file or the
- * complete new one, never a partial write; on any failure the temporary file is removed.
+ * complete new one, never a partial write; on any failure the temporary file is removed. A chunk
+ * registered by planChunk (a view on a caller's array) is checked against its planned length
+ * before and after each piece is written: detached or resized meanwhile, the write fails
+ * (ERR_SAEKIT_ARG naming the array) and `path` keeps its old content.
  */
 export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Array | string)[]): Promise<void> {
   checkPath(path);
@@ -127,10 +130,15 @@ export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Arr
   await syncFolder(dirname(path));
 }
 
+/** Largest single fs write of a chunk: its planned length is checked between two (checkPlanned). */
+const WRITE_PIECE = 1 << 26;
+
 async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
+  const length = checkPlanned(bytes);
   let done = 0;
-  while (done < bytes.length) {
-    const { bytesWritten } = await fh.write(bytes, done, Math.min(READ_CHUNK, bytes.length - done));
+  while (done < length) {
+    const { bytesWritten } = await fh.write(bytes, done, Math.min(WRITE_PIECE, length - done));
+    checkPlanned(bytes); // a caller's array detached or shrunk during the write: those bytes may be short
     done += bytesWritten;
   }
 }
@@ -186,10 +194,12 @@ export async function makeDirs(dir: string): Promise<void> {
 /**
  * Writes `data` to `path` atomically: a temporary file in the same folder, fsync, then rename
  * over `path`. A crash leaves either the old file or the complete new one; a failed write removes
- * the temporary file. Strings are written as UTF-8.
+ * the temporary file. Strings are written as UTF-8. `data` is read while the Promise is pending
+ * (not copied): it must stay untouched until the Promise settles; detached or resized meanwhile,
+ * the write fails with ERR_SAEKIT_ARG naming data and `path` keeps its old content.
  */
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
   checkPath(path);
   if (typeof data !== 'string' && !(data instanceof Uint8Array)) throw argError('data', 'a Uint8Array or a string', data);
-  await writeChunksAtomic(path, [data]);
+  await writeChunksAtomic(path, [typeof data === 'string' ? data : planChunk(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), 'data')]);
 }

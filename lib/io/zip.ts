@@ -10,7 +10,7 @@ import * as zlib from 'node:zlib';
 
 import { argError } from '../errors.js';
 import { due, pause } from '../slices.js';
-import { formatError, MAX_BUFFER_BYTES } from './common.js';
+import { checkPlanned, formatError, MAX_BUFFER_BYTES } from './common.js';
 import type { ByteSource } from './source.js';
 
 
@@ -82,12 +82,15 @@ const CRC_PIECE = 1 << 20;
 
 /**
  * crc32 of the chunks in order, continuing from `crc`, computed CRC_PIECE bytes at a time in
- * slices between turns of the event loop (slices.ts due / pause): the same value.
+ * slices between turns of the event loop (slices.ts due / pause): the same value. A planned chunk
+ * (a caller's array) is checked before each piece (checkPlanned).
  */
 async function crc32Sliced(chunks: readonly Uint8Array[], crc = 0): Promise<number> {
   for (const c of chunks) {
-    for (let at = 0; at < c.length; at += CRC_PIECE) {
-      const piece = c.subarray(at, Math.min(c.length, at + CRC_PIECE));
+    const length = checkPlanned(c);
+    for (let at = 0; at < length; at += CRC_PIECE) {
+      checkPlanned(c);
+      const piece = c.subarray(at, Math.min(length, at + CRC_PIECE));
       crc = crc32(piece, crc);
       if (due(piece.length)) await pause();
     }
@@ -505,7 +508,7 @@ export async function encodeZipParts(files: readonly ZipInput[], options: ZipWri
     const name = Buffer.from(f.name, 'utf8');
     if (name.length > U16_MAX) throw argError('name', 'an entry name of at most 65535 UTF-8 bytes', f.name);
     const crc = await crc32Sliced(f.chunks);
-    const usize = f.chunks.reduce((a, c) => a + c.length, 0);
+    const usize = f.chunks.reduce((a, c) => a + checkPlanned(c), 0);
     const data = options.compress ? await deflateChunks(f.chunks, usize) : f.chunks;
     const csize = data.reduce((a, c) => a + c.length, 0);
     const w: Written = { name, utf8: name.length !== f.name.length, method: options.compress ? 8 : 0, crc, csize, usize, offset };
@@ -524,16 +527,36 @@ export async function encodeZipParts(files: readonly ZipInput[], options: ZipWri
   return out;
 }
 
+/** Bytes of a chunk copied for the deflater at a time (deflateChunks). */
+const DEFLATE_PIECE = 1 << 20;
+
+/**
+ * The chunks in order as owned copies of up to DEFLATE_PIECE bytes, each made when the deflater
+ * asks for it, right after its chunk's planned length is checked (checkPlanned): the deflater
+ * never holds a view on a caller's array, which could be detached while it waits or works.
+ */
+function* deflateInput(chunks: readonly Uint8Array[]): Generator<Buffer> {
+  for (const c of chunks) {
+    const length = checkPlanned(c);
+    for (let at = 0; at < length; at += DEFLATE_PIECE) {
+      checkPlanned(c);
+      yield Buffer.from(c.subarray(at, Math.min(length, at + DEFLATE_PIECE)));
+    }
+  }
+}
+
 /**
  * The raw deflate stream of the chunks in order, as the deflater's output pieces: the chunks go
- * to it one by one (never concatenated on the JS thread), and the output bytes are the same as
- * one zlib.deflateRaw of their concatenation. Output pieces are up to 1 MiB.
+ * to it a piece at a time (never concatenated on the JS thread), and the output bytes are the
+ * same as one zlib.deflateRaw of their concatenation. Output pieces are up to 1 MiB. A planned
+ * chunk detached or resized meanwhile, or any failure of the streams, rejects.
  */
 async function deflateChunks(chunks: readonly Uint8Array[], size: number): Promise<Uint8Array[]> {
   const out: Uint8Array[] = [];
-  await pipeline(Readable.from(chunks), zlib.createDeflateRaw({ chunkSize: Math.min(1 << 20, Math.max(zlib.constants.Z_DEFAULT_CHUNK, size)) }), async (deflated: AsyncIterable<Buffer>) => {
+  await pipeline(Readable.from(deflateInput(chunks)), zlib.createDeflateRaw({ chunkSize: Math.min(1 << 20, Math.max(zlib.constants.Z_DEFAULT_CHUNK, size)) }), async (deflated: AsyncIterable<Buffer>) => {
     for await (const c of deflated) out.push(c);
   });
+  for (const c of chunks) checkPlanned(c);
   return out;
 }
 
