@@ -152,3 +152,43 @@ describe('costs near the float64 maximum', () => {
     }
   });
 });
+
+describe('linearAssignmentAsync: cost detached while the call runs', () => {
+  // The rows are copied across pauses and `total` reads cost after the native solve: detached,
+  // the copy failed with a bare TypeError (subarray of a detached buffer) and the solve resolved
+  // with total NaN (or 0).
+  const [rows, cols] = [1200, 1000]; // 3 chunks of rows
+  const randomCost = (next: () => number) => Float64Array.from({ length: rows * cols }, () => next());
+  const expected = `Expected cost to keep its ${rows * cols} values until the call settles but it now has 0 (was its ArrayBuffer detached or resized?)`;
+
+  it('detached between two chunks of rows: ERR_SAEKIT_ARG naming cost', async () => {
+    const cost = randomCost(lcg(Date.now() >>> 0));
+    const p = linearAssignmentAsync(cost, rows, cols);
+    setImmediate(() => structuredClone(cost.buffer, { transfer: [cost.buffer] }));
+    await expect(p).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expected });
+  });
+
+  it('detached while the native solver runs: ERR_SAEKIT_ARG naming cost, not a wrong total; untouched, the total is the cost of the matching', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const addon = native() as unknown as { lapRun: (...a: unknown[]) => unknown };
+    const lapRun = addon.lapRun;
+    let onRun: () => void = () => undefined;
+    addon.lapRun = (...a: unknown[]) => {
+      const r = lapRun.apply(addon, a);
+      onRun();
+      return r;
+    };
+    try {
+      const cost = randomCost(next);
+      const untouched = await linearAssignmentAsync(cost, rows, cols);
+      let want = 0;
+      for (let i = 0; i < rows; i++) if (untouched.rowToCol[i]! >= 0) want += cost[i * cols + untouched.rowToCol[i]!]!;
+      expect(untouched.total, `seed ${seed}`).toBe(want);
+      onRun = () => structuredClone(cost.buffer, { transfer: [cost.buffer] });
+      await expect(linearAssignmentAsync(cost, rows, cols)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expected });
+    } finally {
+      addon.lapRun = lapRun;
+    }
+  });
+});

@@ -306,3 +306,45 @@ describe('cooccurrence() shares the JS thread', () => {
     expect(got.top, `seed ${seed}`).toEqual(want.top);
   }, 60_000);
 });
+
+describe('cooccurrence() with codes detached while it runs', () => {
+  // The checks and the counting read the codes across pauses: detached, the counting failed with
+  // a bare TypeError (subarray of a detached buffer) or counted nothing.
+  const [rows, k, M] = [100_000, 8, 512];
+  const make = (next: () => number): CooccurrenceCodes => ({
+    rows,
+    k,
+    values: new Float32Array(rows * k).fill(1),
+    indices: Int32Array.from({ length: rows * k }, (_, i) => (i % k) * (M / k) + Math.floor(next() * (M / k))),
+  });
+  const tick = () => new Promise<void>((r) => setImmediate(r));
+
+  it('detached after 1-200 turns of the event loop: ERR_SAEKIT_ARG naming the array, or (detached after the end) the untouched result', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    let rejected = 0;
+    for (const [ticks, which] of [
+      [1, 'values'],
+      [3, 'indices'],
+      [10, 'values'],
+      [200, 'indices'],
+    ] as const) {
+      const codes = make(next);
+      const want = await cooccurrence({ numLatents: M, codes: { ...codes, values: codes.values.slice(), indices: codes.indices.slice() } }, { top: 5 });
+      const p = cooccurrence({ numLatents: M, codes }, { top: 5 });
+      for (let t = 0; t < ticks; t++) await tick();
+      structuredClone(codes[which].buffer, { transfer: [codes[which].buffer as ArrayBuffer] });
+      const r = await Promise.allSettled([p]).then(([x]) => x!);
+      if (r.status === 'fulfilled') {
+        expect(r.value, `seed ${seed}, ${ticks} ticks`).toEqual(want);
+        continue;
+      }
+      rejected++;
+      expect(r.reason, `seed ${seed}, ${ticks} ticks`).toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: `Expected input.codes.${which} to keep its ${rows * k} values until the call settles but it now has 0 (was its ArrayBuffer detached or resized?)`,
+      });
+    }
+    expect(rejected, 'detached after one turn, the call must fail').toBeGreaterThan(0);
+  }, 60_000);
+});

@@ -32,6 +32,49 @@ describe('fromArray', () => {
   }
 });
 
+describe('fromAsyncIterable', () => {
+  const dIn = 16;
+  const randomRows = (rows: number, next: () => number) => Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+
+  it('an item detached while its rows are read is ERR_SAEKIT_ARG naming the item, not a pass that ends early', async () => {
+    // A detached item has length 0, which read as "fully read": the rest of its rows vanished.
+    const next = lcg(Date.now() >>> 0);
+    const item = randomRows(5000, next);
+    const copy = item.slice();
+    async function* gen() {
+      yield item;
+    }
+    let served = 0;
+    const pass = async () => {
+      for await (const b of fromAsyncIterable(gen(), dIn).batches({ batchSize: 100, bufferBytes: 100 * dIn * 4 * 2 })) {
+        expect(Array.from(b.data)).toEqual(Array.from(copy.subarray(served * dIn, (served + b.rows) * dIn)));
+        served += b.rows;
+        if (served === 100) structuredClone(item.buffer, { transfer: [item.buffer] });
+      }
+    };
+    await expect(pass()).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: 'Expected item 0 of the iterable to keep its 80000 values while it is read, but it now has 0 (its ArrayBuffer was detached or resized)',
+    });
+    expect(served).toBeLessThan(5000);
+  });
+
+  it('an item detached once read whole (a producer that transfers it after the next request) is no error: every row, in order', async () => {
+    const next = lcg(Date.now() >>> 0);
+    const items = [randomRows(300, next), randomRows(257, next), randomRows(1, next)];
+    const want = items.flatMap((x) => Array.from(x));
+    async function* gen() {
+      for (const x of items) {
+        yield x;
+        structuredClone(x.buffer, { transfer: [x.buffer] }); // asked for the next item: this one was copied out
+      }
+    }
+    const got: number[] = [];
+    for await (const b of fromAsyncIterable(gen(), dIn).batches({ batchSize: 64 })) got.push(...b.data);
+    expect(got).toEqual(want);
+  });
+});
+
 describe('openActivations', () => {
   it('options.tensor on files that are not .safetensors is an error, not ignored', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-open-'));

@@ -5,6 +5,7 @@ import { composeMatches, foldWeights, match, saeMatch } from '../lib/features/ma
 import { bruteForceAssignment } from './helpers/eval-reference.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
+import { native } from '../lib/native/index.js';
 
 function randomCorr(nA: number, nB: number, next: () => number): Float64Array {
   return Float64Array.from({ length: nA * nB }, () => next() * 2 - 1);
@@ -524,4 +525,38 @@ describe('saeMatch shares the JS thread with the event loop', () => {
       expect(Math.abs(r.mse[i]! - s2 / (2 * d)), `seed ${seed}: latent ${i}`).toBeLessThan(1e-12 * (1 + s2));
     }
   }, 60_000);
+});
+
+describe('match: the matrix detached while the call runs', () => {
+  // Read across pauses, a detached matrix read undefined: argmax and mutual failed with
+  // ERR_SAEKIT_NONFINITE "corr[...] ... undefined", hungarian with a bare TypeError (subarray of a
+  // detached buffer), and a detach during hungarian's solve gave pairs with undefined scores.
+  const [nA, nB] = [600, 2000]; // 3 chunks of rows
+  const expected = `Expected corr to keep its ${nA * nB} values until the call settles but it now has 0 (was its ArrayBuffer detached or resized?)`;
+  for (const method of ['argmax', 'mutual', 'hungarian'] as const) {
+    it(`${method}: detached at the first pause is ERR_SAEKIT_ARG naming corr`, async () => {
+      const next = lcg(Date.now() >>> 0);
+      const corr = Float32Array.from({ length: nA * nB }, () => next() * 2 - 1);
+      const p = match(corr, { nA, nB, method });
+      setImmediate(() => structuredClone(corr.buffer, { transfer: [corr.buffer] }));
+      await expect(p).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expected });
+    });
+  }
+
+  it('hungarian: detached while the native solver runs is ERR_SAEKIT_ARG, not pairs with undefined scores', async () => {
+    const next = lcg(Date.now() >>> 0);
+    const corr = Float64Array.from({ length: nA * nB }, () => next() * 2 - 1);
+    const addon = native() as unknown as { lapRun: (...a: unknown[]) => unknown };
+    const lapRun = addon.lapRun;
+    addon.lapRun = (...a: unknown[]) => {
+      const r = lapRun.apply(addon, a);
+      structuredClone(corr.buffer, { transfer: [corr.buffer] });
+      return r;
+    };
+    try {
+      await expect(match(corr, { nA, nB, method: 'hungarian' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expected });
+    } finally {
+      addon.lapRun = lapRun;
+    }
+  });
 });

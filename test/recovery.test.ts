@@ -543,3 +543,23 @@ describe('recovery: validation', () => {
     await err(mcc(a, a, undefined as unknown as { d: number }), 'options.d');
   });
 });
+
+describe('recovery: inputs detached while the call runs', () => {
+  // The tiles read learned and truth across pauses; detached, they read undefined: mmcs resolved
+  // with a mean of NaN or 0 and mcc failed with ERR_SAEKIT_NONFINITE naming an internal 'cost'.
+  const [n, d] = [1024, 128]; // ~1.3e8 multiply-adds: many 20 ms slices
+  for (const fn of ['mmcs', 'mcc'] as const) {
+    for (const which of ['learned', 'truth'] as const) {
+      it(`${fn}: ${which} detached at the first pause is ERR_SAEKIT_ARG naming it`, async () => {
+        const next = lcg(freshSeed(fn === 'mmcs' ? 21 : 22));
+        const inputs = { learned: randomMatrix(n, d, next), truth: randomMatrix(n, d, next) };
+        const p = fn === 'mmcs' ? mmcs(inputs.learned, inputs.truth, { d }) : mcc(inputs.learned, inputs.truth, { d });
+        setImmediate(() => structuredClone(inputs[which].buffer, { transfer: [inputs[which].buffer as ArrayBuffer] }));
+        await expect(p).rejects.toMatchObject({
+          code: 'ERR_SAEKIT_ARG',
+          message: `Expected ${which} to keep its ${n * d} values until the call settles but it now has 0 (was its ArrayBuffer detached or resized?)`,
+        });
+      }, 30_000);
+    }
+  }
+});

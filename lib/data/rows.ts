@@ -424,6 +424,8 @@ export class ArrayRowStream implements RowStream {
  */
 export class IterableRowStream implements RowStream {
   private item: Float32Array | null = null;
+  /** The current item's length when it was accepted (a detached or resized item differs). */
+  private itemLength = 0;
   private itemRow = 0;
   private itemIndex = -1;
   private itemBase = 0;
@@ -471,7 +473,14 @@ export class IterableRowStream implements RowStream {
     const d = this.dIn;
     let filled = 0;
     while (filled < rows) {
-      if (!this.item || this.itemRow * d >= this.item.length) {
+      if (this.item && this.itemRow * d < this.itemLength && this.item.length !== this.itemLength) {
+        // Detached (transferred to a worker, structuredClone with transfer) or resized while its rows were being read.
+        throw new SaekitError(
+          'ERR_SAEKIT_ARG',
+          `Expected item ${this.itemIndex} of the iterable to keep its ${this.itemLength} values while it is read, but it now has ${this.item.length} (its ArrayBuffer was detached or resized)`,
+        );
+      }
+      if (!this.item || this.itemRow * d >= this.itemLength) {
         if (this.ended) break;
         this.item = null;
         const r = await this.nextItem();
@@ -485,6 +494,7 @@ export class IterableRowStream implements RowStream {
           break;
         }
         this.item = this.accept(r.value);
+        this.itemLength = this.item.length;
         this.itemRow = 0;
         this.itemBase = this.rowsSeen;
         this.rowsSeen += this.item.length / d;
@@ -492,7 +502,7 @@ export class IterableRowStream implements RowStream {
       }
       const item = this.item;
       const from = this.itemRow;
-      const k = Math.min(rows - filled, item.length / d - from);
+      const k = Math.min(rows - filled, this.itemLength / d - from);
       dst.set(item.subarray(from * d, (from + k) * d), filled * d);
       this.itemRow += k;
       const base = this.itemBase;

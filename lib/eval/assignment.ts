@@ -18,7 +18,7 @@
 import { yieldToEventLoop } from '../slices.js';
 import { argError, callNative, settleNative } from '../errors.js';
 import { native } from '../native/index.js';
-import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
+import { checkBool, checkInt, checkKept, checkOptions, optionNames } from '../validate.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const ASSIGNMENT_OPTIONS = optionNames<AssignmentOptions>({ maximize: true });
@@ -102,12 +102,20 @@ export async function solveChunked(
  * linearAssignment's contract, solved natively off the JS thread (see the module comment):
  * resolves to an optimal assignment of every row of the smaller side. The values are checked
  * (finite, magnitude at most 1e300) as they are copied, a few million at a time, so even a
- * 16k x 16k cost never holds the JS thread for more than a few milliseconds at once.
+ * 16k x 16k cost never holds the JS thread for more than a few milliseconds at once. `cost` is
+ * read until the Promise settles: detached or resized before then, the call rejects with
+ * ERR_SAEKIT_ARG naming cost.
  */
 export async function linearAssignmentAsync(cost: Float64Array, rows: number, cols: number, options?: AssignmentOptions): Promise<AssignmentResult> {
   const site = new Error();
   const { r, c, maximize } = checkShape(cost, rows, cols, options);
-  const rowToCol = await solveChunked(r, c, maximize, (row0, count) => cost.subarray(row0 * c, (row0 + count) * c), 'cost', site);
+  const length = cost.length;
+  const rowsOf = (row0: number, count: number): Float64Array => {
+    checkKept('cost', cost, length);
+    return cost.subarray(row0 * c, (row0 + count) * c);
+  };
+  const rowToCol = await solveChunked(r, c, maximize, rowsOf, 'cost', site);
+  checkKept('cost', cost, length); // total reads it again
   const colToRow = new Int32Array(c).fill(-1);
   let total = 0;
   for (let i = 0; i < r; i++) {

@@ -35,7 +35,7 @@
  * scans the same way.
  */
 import { argError, SaekitError } from '../errors.js';
-import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
+import { checkBool, checkInt, checkKept, checkOptions, optionNames } from '../validate.js';
 import type { ActivationSource } from '../data/types.js';
 import type { SparseAutoencoder } from '../sae/index.js';
 import { yieldToEventLoop } from '../slices.js';
@@ -607,10 +607,11 @@ async function yieldIfDue(clock: { last: number }): Promise<void> {
 }
 
 /**
- * acc.add(codes) in slices of about one chunk, yielding to the event loop every YIELD_MS. Codes
- * that are not well-formed go to add() whole, which names the problem.
+ * acc.add(codes) in slices of about one chunk, yielding to the event loop every YIELD_MS and
+ * calling `kept()` (the caller's arrays still hold their values) before each slice and after each
+ * pause. Codes that are not well-formed go to add() whole, which names the problem.
  */
-async function addInSlices(acc: CooccurrenceAccumulator, codes: CooccurrenceCodes, clock: { last: number }): Promise<void> {
+async function addInSlices(acc: CooccurrenceAccumulator, codes: CooccurrenceCodes, clock: { last: number }, kept: () => void = () => undefined): Promise<void> {
   const step = Math.max(acc.chunkTokens, 64);
   const wellFormed =
     codes !== null &&
@@ -622,20 +623,28 @@ async function addInSlices(acc: CooccurrenceAccumulator, codes: CooccurrenceCode
     codes.values.length === codes.rows * codes.k &&
     codes.indices.length === codes.rows * codes.k;
   if (!wellFormed || codes.rows <= step) {
-    await addSliced(acc, codes, clock);
+    kept();
+    await addSliced(acc, codes, clock, kept);
     return;
   }
   const { rows, k, values, indices } = codes;
   for (let r = 0; r < rows; r += step) {
     const to = Math.min(rows, r + step);
-    await addSliced(acc, { rows: to - r, k, values: values.subarray(r * k, to * k), indices: indices.subarray(r * k, to * k) }, clock);
+    kept();
+    await addSliced(acc, { rows: to - r, k, values: values.subarray(r * k, to * k), indices: indices.subarray(r * k, to * k) }, clock, kept);
   }
 }
 
-/** acc.add(codes), yielding to the event loop inside a long chunk close whenever YIELD_MS have passed. */
-async function addSliced(acc: CooccurrenceAccumulator, codes: CooccurrenceCodes, clock: { last: number }): Promise<void> {
+/**
+ * acc.add(codes), yielding to the event loop inside a long chunk close whenever YIELD_MS have
+ * passed, and calling `kept()` after each yield.
+ */
+async function addSliced(acc: CooccurrenceAccumulator, codes: CooccurrenceCodes, clock: { last: number }, kept: () => void): Promise<void> {
   const steps = addStepsOf(acc, codes);
-  while (!steps.next().done) await yieldIfDue(clock);
+  while (!steps.next().done) {
+    await yieldIfDue(clock);
+    kept();
+  }
   await yieldIfDue(clock);
 }
 
@@ -661,7 +670,9 @@ async function resultInSlices(acc: CooccurrenceAccumulator, o: ResultOptions): P
  * default the whole source; batchSize: rows per encode, default 4096). Every argument is checked
  * before any work; a misspelt key is an error. The checks of the codes, counting and the final
  * scan run in slices of about 10 ms between which the event loop runs, a long chunk close included
- * (the first chunk's close starts a slice of its own; see the module comment for the costs).
+ * (the first chunk's close starts a slice of its own; see the module comment for the costs). The
+ * codes' arrays are read until the Promise settles: one detached or resized before then makes the
+ * call reject with ERR_SAEKIT_ARG naming it.
  * @example const { top } = await cooccurrence({ sae, source, maxTokens: 1e6 }, { chunkTokens: 256, top: 50 });
  */
 export async function cooccurrence(input: CooccurrenceInput, options?: CooccurrenceOptions & CooccurrenceResultOptions): Promise<CooccurrenceResult> {
@@ -675,14 +686,21 @@ export async function cooccurrence(input: CooccurrenceInput, options?: Cooccurre
     const inp = checkOptions('input', input as { numLatents: number; codes: CooccurrenceCodes | CooccurrenceCodes[] }, CODES_INPUT_KEYS);
     const numLatents = checkInt('input.numLatents', inp.numLatents, 1, Number.MAX_SAFE_INTEGER);
     const list = (Array.isArray(inp.codes) ? inp.codes : [inp.codes]) as CooccurrenceCodes[];
+    // The batches' arrays and lengths once checked: after each pause, each must still hold them.
+    const checked: [string, Float32Array | Int32Array, number][] = [];
+    const kept = (): void => {
+      for (const [name, a, length] of checked) checkKept(name, a, length);
+    };
     // Every batch is checked whole before any is counted: errors name the batch and the index
     // in it (add() sees chunk-sized slices). The checks run in slices too.
     for (let q = 0; q < list.length; q++) {
       const name = Array.isArray(inp.codes) ? `input.codes[${q}]` : 'input.codes';
       const { values, indices } = checkCodesShape(list[q]!, numLatents, name);
+      checked.push([`${name}.values`, values, values.length], [`${name}.indices`, indices, indices.length]);
       for (let i0 = 0; i0 < indices.length; i0 += CHECK_SLICE) {
         checkEntries(values, indices, i0, Math.min(indices.length, i0 + CHECK_SLICE), numLatents, name);
         await yieldIfDue(clock);
+        kept();
       }
     }
     const ro = checkResultOptions({ top, dense }, numLatents);
@@ -690,7 +708,7 @@ export async function cooccurrence(input: CooccurrenceInput, options?: Cooccurre
     // The first chunk's close (its first touches of the counts' pages) starts a slice of its own.
     await yieldToEventLoop();
     clock.last = performance.now();
-    for (const c of list) await addInSlices(acc, c, clock);
+    for (const c of list) await addInSlices(acc, c, clock, kept);
     return resultInSlices(acc, ro);
   }
   const inp = checkOptions('input', input, SAE_INPUT_KEYS);

@@ -13,7 +13,7 @@
  * nLearned x nTruth float64 cost matrix.
  */
 import { argError, SaekitError } from '../errors.js';
-import { checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
+import { checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { native } from '../native/index.js';
 import { linearAssignmentAsync } from './assignment.js';
 import { yieldToEventLoop } from '../slices.js';
@@ -75,7 +75,11 @@ export interface MccResult {
   cos: Float64Array;
 }
 
-/** Mean max cosine similarity between learned rows [nLearned, d] and ground-truth rows [nTruth, d]. */
+/**
+ * Mean max cosine similarity between learned rows [nLearned, d] and ground-truth rows [nTruth, d].
+ * Both are read until the Promise settles: one detached or resized before then makes the call
+ * reject with ERR_SAEKIT_ARG naming it.
+ */
 export async function mmcs(learned: Float32Array, truth: Float32Array, options: MmcsOptions): Promise<MmcsResult> {
   const o = checkOptions('options', options, MMCS_OPTIONS);
   const d = checkInt('options.d', o.d, 1, 2 ** 31 - 1);
@@ -85,11 +89,12 @@ export async function mmcs(learned: Float32Array, truth: Float32Array, options: 
     o.direction === undefined ? 'truth-to-learned' : checkOneOf('options.direction', o.direction, ['truth-to-learned', 'learned-to-truth'] as const);
   const abs = (o.similarity === undefined ? 'cos' : checkOneOf('options.similarity', o.similarity, ['cos', 'abs-cos'] as const)) === 'abs-cos';
   const [S, nS, T, nTg] = direction === 'truth-to-learned' ? [truth, nT, learned, nL] : [learned, nL, truth, nT];
-  const normS = await squaredNorms(S, nS, d);
-  const normT = await squaredNorms(T, nTg, d);
+  const kept = keptCheck(learned, nL, truth, nT, d);
+  const normS = await squaredNorms(S, nS, d, kept);
+  const normT = await squaredNorms(T, nTg, d, kept);
   const perRow = new Float64Array(nS).fill(-Infinity);
   const best = new Int32Array(nS).fill(-1);
-  await forEachTile(S, nS, T, nTg, d, (i0, i1, j0, j1, tile) => {
+  await forEachTile(S, nS, T, nTg, d, kept, (i0, i1, j0, j1, tile) => {
     const w = j1 - j0;
     for (let i = i0; i < i1; i++) {
       const ni = normS[i]!;
@@ -116,7 +121,9 @@ export async function mmcs(learned: Float32Array, truth: Float32Array, options: 
 /**
  * Mean correlation coefficient: an exact one-to-one matching of learned and ground-truth rows
  * maximising the total similarity (every row of the smaller set is matched), and the mean
- * similarity over the matched pairs (denominator min(nLearned, nTruth)).
+ * similarity over the matched pairs (denominator min(nLearned, nTruth)). Both inputs are read
+ * until the Promise settles: one detached or resized before then makes the call reject with
+ * ERR_SAEKIT_ARG naming it.
  */
 export async function mcc(learned: Float32Array, truth: Float32Array, options: MccOptions): Promise<MccResult> {
   const o = checkOptions('options', options, MCC_OPTIONS);
@@ -130,10 +137,11 @@ export async function mcc(learned: Float32Array, truth: Float32Array, options: M
   if (n * m > 2 ** 31 - 1) {
     throw new SaekitError('ERR_SAEKIT_MEMORY', `mcc needs a ${n} x ${m} cost matrix, more than 2^31 - 1 entries`);
   }
-  const normA = await squaredNorms(A, n, d);
-  const normB = await squaredNorms(B, m, d);
+  const kept = keptCheck(learned, nL, truth, nT, d);
+  const normA = await squaredNorms(A, n, d, kept);
+  const normB = await squaredNorms(B, m, d, kept);
   const work = new Float64Array(n * m);
-  await forEachTile(A, n, B, m, d, (i0, i1, j0, j1, tile) => {
+  await forEachTile(A, n, B, m, d, kept, (i0, i1, j0, j1, tile) => {
     const w = j1 - j0;
     for (let i = i0; i < i1; i++) {
       const ni = normA[i]!;
@@ -146,6 +154,7 @@ export async function mcc(learned: Float32Array, truth: Float32Array, options: M
     }
   });
   const col4row = (await linearAssignmentAsync(work, n, m)).rowToCol;
+  kept(); // the matched cosines below read both inputs again
   const pairs = new Int32Array(nT).fill(-1);
   const cos = new Float64Array(nT).fill(NaN);
   const normL = truthRows ? normB : normA;
@@ -176,13 +185,25 @@ function checkRows(name: string, x: unknown, d: number): number {
   return x.length / d;
 }
 
-/** Each row's squared norm in float64, in slices that let the event loop run (SLICE_MS). */
-async function squaredNorms(x: Float32Array, n: number, d: number): Promise<Float64Array> {
+/**
+ * A check, for after each pause, that the caller's learned and truth still hold their nL x d and
+ * nT x d values (checkKept: not detached or resized, which would make the reads undefined).
+ */
+function keptCheck(learned: Float32Array, nL: number, truth: Float32Array, nT: number, d: number): () => void {
+  return () => {
+    checkKept('learned', learned, nL * d);
+    checkKept('truth', truth, nT * d);
+  };
+}
+
+/** Each row's squared norm in float64, in slices that let the event loop run (SLICE_MS); `kept()` after each pause. */
+async function squaredNorms(x: Float32Array, n: number, d: number, kept: () => void): Promise<Float64Array> {
   const out = new Float64Array(n);
   let since = performance.now();
   for (let i = 0; i < n; i++) {
     if ((i & 255) === 0 && performance.now() - since > SLICE_MS) {
       await yieldToEventLoop();
+      kept();
       since = performance.now();
     }
     let s = 0;
@@ -217,9 +238,10 @@ const SLICE_MS = 20;
 
 /**
  * Visits the dot-product matrix A B^T in tiles [i0, i1) x [j0, j1) (tile row-major, width
- * j1 - j0), letting the event loop run every SLICE_MS (the tiles and their order do not change).
+ * j1 - j0), letting the event loop run every SLICE_MS (the tiles and their order do not change)
+ * and calling `kept()` after each pause.
  */
-async function forEachTile(A: Float32Array, nA: number, B: Float32Array, nB: number, d: number, visit: TileVisitor): Promise<void> {
+async function forEachTile(A: Float32Array, nA: number, B: Float32Array, nB: number, d: number, kept: () => void, visit: TileVisitor): Promise<void> {
   let since = performance.now();
   // A tile of B rows stays in cache (~128 KiB) while a block of A rows streams past it.
   const bt = Math.max(4, Math.min(nB, Math.floor(32768 / d)));
@@ -233,6 +255,7 @@ async function forEachTile(A: Float32Array, nA: number, B: Float32Array, nB: num
       visit(i0, i1, j0, j1, tile);
       if (performance.now() - since > SLICE_MS) {
         await yieldToEventLoop();
+        kept();
         since = performance.now();
       }
     }

@@ -24,7 +24,7 @@ import { SparseAutoencoder, type SaeWeights } from '../sae/index.js';
 import { tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
 import type { CorrelationResult, CorrelationTopMatches } from './correlation.js';
-import { checkBool, checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
+import { checkBool, checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 /** How match() pairs features (see the module comment). */
 export type MatchMethod = 'argmax' | 'mutual' | 'hungarian';
@@ -79,7 +79,8 @@ const SAE_MATCH_OPTIONS = optionNames<SaeMatchOptions>({ fold: true, encoder: tr
 /**
  * Pairs features of A (rows of `corr`, [nA, nB] row-major) with features of B (columns), or
  * of a correlation() result (see the module comment). A plain matrix needs options.nA and
- * options.nB; a correlation() result carries them.
+ * options.nB; a correlation() result carries them. The matrix is read until the Promise settles:
+ * detached or resized before then, the call rejects with ERR_SAEKIT_ARG naming it.
  */
 export function match(result: CorrelationResult, options?: MatchOptions): Promise<MatchResult>;
 export function match(corr: Float32Array | Float64Array, options: MatchOptions & { nA: number; nB: number }): Promise<MatchResult>;
@@ -113,9 +114,11 @@ export async function match(corr: Float32Array | Float64Array | CorrelationResul
     if (m.length !== nA * nB) throw argError('corr', `an array of length nA * nB = ${nA * nB}`, m, 'ERR_SAEKIT_SHAPE');
     // Each method reads the matrix row by row in chunks, checking every value, and gives the
     // event loop back between chunks ('hungarian': the addon checks them as it copies them).
-    if (method === 'argmax') raw = await argmaxPairs(m, nA, nB);
-    else if (method === 'mutual') raw = await mutualPairs(m, nA, nB, top);
-    else raw = await hungarianPairs(m, nA, nB, site);
+    // After each pause the matrix must still hold its values (checkKept).
+    const name = res ? 'corr.r' : 'corr';
+    if (method === 'argmax') raw = await argmaxPairs(m, nA, nB, name);
+    else if (method === 'mutual') raw = await mutualPairs(m, nA, nB, top, name);
+    else raw = await hungarianPairs(m, nA, nB, site, name);
   }
 
   const pairs = raw.filter((p) => p.score >= threshold).sort((x, y) => x.a - y.a || x.b - y.b);
@@ -169,9 +172,10 @@ const CHUNK_VALUES = 1 << 19;
 /**
  * Calls `row(a, base)` for every row a of an [nA, nB] matrix after checking the row's values are
  * finite (the first non-finite value in row-major order is the one reported), yielding to the
- * event loop every CHUNK_VALUES values.
+ * event loop every CHUNK_VALUES values; after each pause `corr` (called `name`) must still hold
+ * its nA x nB values (checkKept).
  */
-async function scanRows(corr: Float32Array | Float64Array, nA: number, nB: number, row: (a: number, base: number) => void): Promise<void> {
+async function scanRows(corr: Float32Array | Float64Array, nA: number, nB: number, name: string, row: (a: number, base: number) => void): Promise<void> {
   const step = Math.max(1, Math.floor(CHUNK_VALUES / Math.max(nB, 1)));
   for (let a0 = 0; a0 < nA; a0 += step) {
     const a1 = Math.min(nA, a0 + step);
@@ -183,15 +187,18 @@ async function scanRows(corr: Float32Array | Float64Array, nA: number, nB: numbe
       }
       row(a, base);
     }
-    if (a1 < nA) await yieldToEventLoop();
+    if (a1 < nA) {
+      await yieldToEventLoop();
+      checkKept(name, corr, nA * nB);
+    }
   }
 }
 
 /** Every B feature's best A feature (ties to the lowest a): one pass over the rows keeping each column's best. */
-async function argmaxPairs(corr: Float32Array | Float64Array, nA: number, nB: number): Promise<MatchPair[]> {
+async function argmaxPairs(corr: Float32Array | Float64Array, nA: number, nB: number, name: string): Promise<MatchPair[]> {
   const bestA = new Int32Array(nB);
   const bestS = new Float64Array(nB).fill(-Infinity);
-  await scanRows(corr, nA, nB, (a, base) => {
+  await scanRows(corr, nA, nB, name, (a, base) => {
     for (let b = 0; b < nB; b++) {
       const s = corr[base + b]!;
       // Strict >: rows come by increasing a, so the lowest a keeps a tie.
@@ -212,7 +219,7 @@ async function argmaxPairs(corr: Float32Array | Float64Array, nA: number, nB: nu
  * lowest b), and each column's top rows by value descending then index ascending, kept as a
  * sorted list per column (none when top >= nA: then every row is in every list).
  */
-async function mutualPairs(corr: Float32Array | Float64Array, nA: number, nB: number, top: number): Promise<MatchPair[]> {
+async function mutualPairs(corr: Float32Array | Float64Array, nA: number, nB: number, top: number, name: string): Promise<MatchPair[]> {
   const pairs: MatchPair[] = [];
   if (nA === 0 || nB === 0) return pairs;
   // top >= nA: every A feature is in every column's top list (no lists needed).
@@ -220,7 +227,7 @@ async function mutualPairs(corr: Float32Array | Float64Array, nA: number, nB: nu
   const colVal = new Float64Array(nB * t).fill(-Infinity);
   const colIdx = new Int32Array(nB * t).fill(-1);
   const rowBest = new Int32Array(nA);
-  await scanRows(corr, nA, nB, (a, base) => {
+  await scanRows(corr, nA, nB, name, (a, base) => {
     let bestB = 0;
     let bestS = corr[base]!;
     for (let b = 0; b < nB; b++) {
@@ -253,9 +260,14 @@ async function mutualPairs(corr: Float32Array | Float64Array, nA: number, nB: nu
   return pairs;
 }
 
-async function hungarianPairs(corr: Float32Array | Float64Array, nA: number, nB: number, site: Error): Promise<MatchPair[]> {
+async function hungarianPairs(corr: Float32Array | Float64Array, nA: number, nB: number, site: Error, name: string): Promise<MatchPair[]> {
   // The addon copies the rows (float32 or float64) to its float64 work matrix and checks them.
-  const rowToCol = await solveChunked(nA, nB, true, (row0, count) => corr.subarray(row0 * nB, (row0 + count) * nB), 'corr', site);
+  const rowsOf = (row0: number, count: number): Float32Array | Float64Array => {
+    checkKept(name, corr, nA * nB);
+    return corr.subarray(row0 * nB, (row0 + count) * nB);
+  };
+  const rowToCol = await solveChunked(nA, nB, true, rowsOf, 'corr', site);
+  checkKept(name, corr, nA * nB); // the scores below read it again
   const pairs: MatchPair[] = [];
   for (let a = 0; a < nA; a++) {
     const b = rowToCol[a]!;
