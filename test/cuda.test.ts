@@ -33,7 +33,7 @@ import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { backend, features, fromArray, SparseAutoencoder } from '../lib/index.js';
+import { backend, features, fromArray, SparseAutoencoder, tensor } from '../lib/index.js';
 import { packageRoot } from '../lib/native/index.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
 import { multiDeviceSuite } from './helpers/multi-device-suite.js';
@@ -206,6 +206,35 @@ describe.runIf(gpu)('tensors on CUDA', () => {
   randomSuite({ device: 'cuda', normalUlps: 1 });
   matmulSuite(4, { device: 'cuda', maxWork: 200_000 });
   dtypeSuite({ device: 'cuda', randomInputs: 20_000 });
+});
+
+// The device table used to be whichever candidate list was resolved last: one backend.info() with
+// another SAEKIT_CUDA_PLUGIN (a missing path; or a relative one after process.chdir) made every
+// existing device tensor fail with "no CUDA device: the CUDA plugin is not built".
+describe.runIf(gpu)('a later resolution of other plugin candidates', () => {
+  it('leaves existing device tensors and SAEs on the plugin that made them', async () => {
+    const next = lcg(Date.now() >>> 0);
+    const x = Float32Array.from({ length: 7 * 5 }, () => next() * 2 - 1);
+    const t = tensor(x, [7, 5], { device: 'cuda' });
+    const sae = SparseAutoencoder.create({ dIn: 5, numLatents: 9, k: 2, seed: 3, device: 'cuda' });
+    const before = await sae.encode(x);
+    const was = process.env.SAEKIT_CUDA_PLUGIN;
+    process.env.SAEKIT_CUDA_PLUGIN = path.join(os.tmpdir(), `no-such-plugin-${process.pid}.so`);
+    try {
+      backend.info(); // resolves the new candidate list
+      expect(Array.from(await t.toArray())).toEqual(Array.from(x));
+      const during = await sae.encode(x);
+      expect(Array.from(during.indices)).toEqual(Array.from(before.indices));
+      expect(Array.from(during.values)).toEqual(Array.from(before.values));
+    } finally {
+      if (was === undefined) delete process.env.SAEKIT_CUDA_PLUGIN;
+      else process.env.SAEKIT_CUDA_PLUGIN = was;
+    }
+    backend.info();
+    expect(Array.from(await t.toArray())).toEqual(Array.from(x));
+    t.dispose();
+    sae.dispose();
+  });
 });
 
 describe.runIf(gpu)('CUDA matches the CPU (fp32 encoder GEMM)', () => {

@@ -53,7 +53,11 @@ const DeviceApi& device_api(const std::vector<std::string>& candidates) {
   std::lock_guard<std::mutex> lock(g_mu);
   auto it = cache.find(candidates);
   if (it == cache.end()) it = cache.emplace(candidates, resolve(candidates)).first;
-  g_current = &it->second;
+  // The first plugin that works serves the process from then on: its device tensors must keep
+  // reaching it. A later resolution under other candidates (SAEKIT_CUDA_PLUGIN changed, or a
+  // relative path after process.chdir) is reported by backend.info() but no longer takes the
+  // existing tensors away from their plugin. Until one works, the latest resolution gives the reason.
+  if (g_current == nullptr || g_current->api == nullptr) g_current = &it->second;
   return it->second;
 }
 

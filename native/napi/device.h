@@ -25,7 +25,9 @@ struct DeviceApi {
 
 // Resolves (once per candidate list) and remembers the device table.
 const DeviceApi& device_api(const std::vector<std::string>& plugin_candidates);
-// The table resolved last (by backend.info()); throws ERR_SAEKIT_DEVICE if there is none.
+// The first table that resolved with a working device (later resolutions under other candidates
+// do not replace it: device tensors keep reaching their plugin), else the one resolved last;
+// throws ERR_SAEKIT_DEVICE if it has no device.
 const DeviceApi& current_device_api();
 
 // The backend table that runs tensor ops on `device`: the CPU backend for the CPU; for cuda:N,
