@@ -2,6 +2,7 @@
 import { mkdtempSync, readdirSync, readlinkSync, renameSync, rmSync, truncateSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
@@ -9,6 +10,7 @@ import { fromArray, fromAsyncIterable, openActivations } from '../lib/data/index
 import { ChunkPlan, FileRowStream } from '../lib/data/rows.js';
 import { HandleCache } from '../lib/data/files.js';
 import { io } from '../lib/index.js';
+import { packageRoot } from '../lib/native/index.js';
 import { distUrl, haveDist, runInChild } from './helpers/child.js';
 import { lcg } from './helpers/reference.js';
 
@@ -423,5 +425,43 @@ describe('passes dropped unfinished', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  }, 70_000);
+
+  it.runIf(haveDist)('passes whose BATCH_ARRAYS alloc closes over their own iterator (the Trainer\'s) are collected with their arrays, ended or dropped', () => {
+    // A child with --expose-gc runs several passes shaped like Trainer.run: alloc is a closure in
+    // the scope that also holds the pass's iterator. The dropped-pass registry's held value
+    // reached the pool, its alloc, that scope and so the pass: no pass was ever collected, and
+    // each kept its last batch array (Pump.held), 4 MiB here (12.6 MiB per Trainer.fit at 4096 x 768).
+    const engineUrl = JSON.stringify(pathToFileURL(path.join(packageRoot, 'dist', 'data', 'engine.js')).href);
+    const dIn = 256 + Math.floor(Math.random() * 256);
+    const script = `
+      const { fromArray } = await import(${distUrl});
+      const { BATCH_ARRAYS, RELEASE_BATCH } = await import(${engineUrl});
+      const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+      const settle = async () => { for (let i = 0; i < 4; i++) { global.gc(); await sleep(30); } };
+      const held = () => { const m = process.memoryUsage(); return (m.arrayBuffers + m.external) / 2 ** 20; };
+      const dIn = ${dIn}, batchSize = Math.ceil((1 << 20) / dIn);
+      const src = fromArray(Float32Array.from({ length: batchSize * 4 * dIn }, () => Math.random()), dIn);
+      let made = 0, arraysFreed = 0, passesFreed = 0;
+      const arrayReg = new FinalizationRegistry(() => arraysFreed++);
+      const passReg = new FinalizationRegistry(() => passesFreed++);
+      async function fit(steps, end) {
+        const arrays = { alloc: (n) => { const a = new Float32Array(n); made++; arrayReg.register(a.buffer, 0); return a; } };
+        const it = src.batches({ batchSize, epochs: 2, dropLast: true, recycle: true, [BATCH_ARRAYS]: arrays })[Symbol.asyncIterator]();
+        passReg.register(it, 0);
+        const next = () => it.next();
+        for (let s = 0; s < steps; s++) { const r = await next(); if (r.done) break; r.value[RELEASE_BATCH]?.(); }
+        if (end) await it.return();
+      }
+      await fit(1, true);
+      await settle();
+      const before = held();
+      for (let i = 0; i < 6; i++) { await fit(2 + (i % 3), i % 2 === 0); await settle(); }
+      console.log(JSON.stringify({ made, arraysFreed, passesFreed, grew: held() - before }));`;
+    const r = JSON.parse(runInChild(script, ['--expose-gc'])) as { made: number; arraysFreed: number; passesFreed: number; grew: number };
+    expect(r.made, 'the passes took their arrays from alloc').toBeGreaterThanOrEqual(7);
+    expect(r.passesFreed, 'passes collected (4 ended by return(), 3 dropped)').toBe(7);
+    expect(r.arraysFreed, 'alloc arrays collected').toBe(r.made);
+    expect(r.grew, 'MiB still held after 6 passes of 4 MiB batches').toBeLessThan(4);
   }, 70_000);
 });

@@ -51,8 +51,8 @@ export class BatchPool {
   constructor(
     readonly size: number,
     readonly recycle: boolean,
-    /** Where new recycled arrays come from first (BATCH_ARRAYS); undefined or a wrong length: the usual memory. */
-    private readonly alloc?: (n: number) => Float32Array | undefined,
+    /** Where new recycled arrays come from first (BATCH_ARRAYS); undefined or a wrong length: the usual memory. Dropped by close(). */
+    private alloc?: (n: number) => Float32Array | undefined,
   ) {}
 
   take(): Float32Array {
@@ -79,10 +79,12 @@ export class BatchPool {
   /**
    * The pass is over: free arrays (and any given back later) may serve other passes, except
    * `alloc`'s, which are dropped so their owner (the model's page-locked pool) gets them back
-   * when they are collected instead of a later pass keeping page-locked memory alive.
+   * when they are collected instead of a later pass keeping page-locked memory alive. `alloc`
+   * itself is dropped too (it may close over its consumer: the Trainer's holds its model's optimizer).
    */
   close(): void {
     this.closed = true;
+    this.alloc = undefined;
     for (const a of this.free.splice(0)) if (!this.lent.has(a.buffer)) releaseSpare(a);
   }
 

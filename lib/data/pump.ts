@@ -25,7 +25,11 @@ export class Pump implements AsyncIterableIterator<Batch> {
   private stopped = false;
   /** The consumer has seen the end (done, or the error), or called return(). */
   private over = false;
-  /** The batch the consumer holds (returned by the last next()), handed back on the next call. */
+  /**
+   * The batch the consumer holds (returned by the last next()), handed back on the next call;
+   * dropped (not handed back: the consumer may still read it) by return() and stop(), so an
+   * ended pass keeps no batch array alive.
+   */
   private held: Batch | null = null;
 
   constructor(
@@ -125,6 +129,7 @@ export class Pump implements AsyncIterableIterator<Batch> {
     if (reason && !this.over && !this.failure) this.failure = { error: reason };
     this.stopped = true;
     this.queue.length = 0;
+    this.held = null;
     this.onStop();
     const w = this.wakeProducer;
     this.wakeProducer = null;

@@ -45,7 +45,23 @@ interface PassState {
   stopping?: boolean;
 }
 
-/** Ends the bookkeeping of passes collected unfinished (see PassRef). */
+/**
+ * A pass's end as its bookkeeping sees it (done once: by the producer's end, a stop, or the pass's
+ * collection). It reaches the pass's pool only weakly: the pool holds BATCH_ARRAYS's `alloc`,
+ * which may close over the consumer's iterator (the Trainer's does), that is, over the pass.
+ */
+interface PassEnd {
+  readonly ref: PassRef;
+  readonly passNo: number;
+  readonly pool: WeakRef<BatchPool>;
+  ended: boolean;
+}
+
+/**
+ * Ends the bookkeeping of passes collected unfinished (see PassRef). A held value must not reach
+ * its pass (or the pass is never collected): it is made by BaseSource.onDropped, outside the
+ * scope of batches()'s closures, and holds only the source and a PassEnd.
+ */
 const droppedPasses = new FinalizationRegistry<() => void>((cleanup) => cleanup());
 
 abstract class BaseSource implements OwnedActivationSource {
@@ -90,20 +106,10 @@ abstract class BaseSource implements OwnedActivationSource {
               }
             : emit;
         const current: PassState = {};
-        let ended = false;
-        // The producer finished or was stopped, or the pass was collected unfinished: once.
-        const passEnded = (): void => {
-          if (ended) return;
-          ended = true;
-          pool.close();
-          endPass(passNo);
-          // Files stay open only while a pass reads (a source left unclosed leaks nothing).
-          if (this.producing.delete(ref) && this.producing.size === 0) void this.release().catch(() => undefined);
-        };
         const pump: Pump = new Pump(
           (emit) => this.run(o, pool, releasable(emit), current),
           pumpCapacity(o, this.dIn),
-          passEnded,
+          () => this.passEnded(end),
           arrays ? () => undefined : (b) => pool.give(b.data),
           () => {
             current.stopping = true;
@@ -113,15 +119,32 @@ abstract class BaseSource implements OwnedActivationSource {
           () => this.active.delete(ref),
         );
         const ref: PassRef = { pump: new WeakRef(pump) };
+        const end: PassEnd = { ref, passNo, pool: new WeakRef(pool), ended: false };
         this.active.add(ref);
         // Holds the source (not the pass) until the pass is collected.
-        droppedPasses.register(pump, () => {
-          this.active.delete(ref);
-          passEnded();
-        });
+        droppedPasses.register(pump, this.onDropped(end));
         return pump;
       },
     };
+  }
+
+  /** The cleanup of a pass collected unfinished: in its own scope, which holds nothing of the pass (see droppedPasses). */
+  private onDropped(end: PassEnd): () => void {
+    return () => {
+      this.active.delete(end.ref);
+      this.passEnded(end);
+    };
+  }
+
+  /** The producer finished or was stopped, or the pass was collected unfinished: once. */
+  private passEnded(end: PassEnd): void {
+    if (end.ended) return;
+    end.ended = true;
+    // A pass collected unfinished may have taken its pool with it (and its arrays are collected too).
+    end.pool.deref()?.close();
+    endPass(end.passNo);
+    // Files stay open only while a pass reads (a source left unclosed leaks nothing).
+    if (this.producing.delete(end.ref) && this.producing.size === 0) void this.release().catch(() => undefined);
   }
 
   /** The rows of epoch `epoch`: in file order, or (shuffled) with the chunk order permuted by (seed, epoch). */
