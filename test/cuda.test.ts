@@ -323,3 +323,35 @@ describe.runIf(gpu)('sparse-code correlation on CUDA equals the CPU bit for bit'
 describe.skipIf(gpu)('CUDA parity tests', () => {
   it.skip(`skipped: ${backend.info().cuda.reason || 'no GPU'} (they run on a machine with a GPU: bench/gpu/run.sh)`, () => undefined);
 });
+
+describe.runIf(gpu)('CUDA refuses what it cannot compute, as the CPU does', () => {
+  it('a batch whose total variance is past float32 gradients (2 / tv < FLT_MIN): gradients() and step() reject with the CPU\'s ERR_SAEKIT_ARG, weights and opt.steps unchanged', async () => {
+    const seed = (Math.random() * 2 ** 31) >>> 0;
+    const next = lcg(seed);
+    const dIn = 16;
+    const x = Float32Array.from({ length: 32 * dIn }, () => next() - 0.5);
+    // Two entries at 3e38: tv is about 1.7e77 in float64, and -2 / tv is 0 in float32.
+    x[7] = 3e38;
+    x[8] = 3e38;
+    const messages: string[] = [];
+    for (const device of ['cpu', 'cuda'] as const) {
+      const sae = SparseAutoencoder.create({ dIn, numLatents: 64, k: 4, seed: 3, device, precision: 'fp32' });
+      const before = await sae.weights();
+      await expect(sae.gradients(x), `${device}, seed ${seed}`).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+      const opt = sae.adam();
+      const err = await opt.step(x).then(
+        () => null,
+        (e: unknown) => e as { code: string; message: string },
+      );
+      expect(err?.code, `${device}, seed ${seed}`).toBe('ERR_SAEKIT_ARG');
+      expect(err!.message).toMatch(/^Expected a batch x whose total variance float32 gradients can scale \(at most 1\.7e38\) but it is /);
+      messages.push(err!.message.replace(/but it is \S+/, 'but it is TV'));
+      expect(opt.steps).toBe(0);
+      const after = await sae.weights();
+      for (const name of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(after[name], `${device} ${name}`).toEqual(before[name]);
+      sae.dispose();
+    }
+    expect(messages[1]).toBe(messages[0]);
+  });
+
+});

@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -45,9 +46,9 @@ struct Scalars {
   unsigned long long positive;  // main codes > 0 in the batch
 };
 // Device-side status words: [0] decision, [1] first non-finite row of x, [2] first latent whose
-// gradient overflowed, [3] first b_dec column that overflowed, [4] zero variance, [5] loss
-// non-finite. Index 1-3 start at INT_MAX.
-enum : int { kGo = 0, kBadX = 1, kZeroVar = 2, kBadLoss = 3, kBadGrad = 4 };
+// gradient overflowed, [3] first b_dec column that overflowed, [4] zero variance (1) or a total
+// variance past float32 gradients' reach (2), [5] loss non-finite. Index 1-3 start at INT_MAX.
+enum : int { kGo = 0, kBadX = 1, kZeroVar = 2, kBadLoss = 3, kBadGrad = 4, kHugeVar = 5 };
 constexpr int kStatWords = 6;
 
 struct Entry {
@@ -190,7 +191,10 @@ __global__ void tv_kernel(const double* row_tv, int64_t N, double alpha, double 
     sc->tv = s;
     sc->gscale = float(-2.0 / s);
     sc->hscale = paper ? 1.0f : float(2.0 * alpha * aux_scale / s);
+    // stat[4]: 1 = zero variance; 2 = a variance past float32 gradients' reach (CPU: 2 / tv below
+    // FLT_MIN makes the scale -2 / tv subnormal and then 0, and every gradient would shrink silently).
     if (!(s > 0)) stat[4] = 1;
+    else if (!(2.0 / s >= double(FLT_MIN))) stat[4] = 2;
   }
 }
 
@@ -673,7 +677,8 @@ __global__ void gbdec_kernel(const double* pE, int64_t cE, const double* pR, int
 __global__ void decide_kernel(int* stat) {
   int c = kGo;
   if (stat[1] != INT_MAX) c = kBadX;
-  else if (stat[4]) c = kZeroVar;
+  else if (stat[4] == 1) c = kZeroVar;
+  else if (stat[4]) c = kHugeVar;
   else if (stat[5]) c = kBadLoss;
   else if (stat[2] != INT_MAX || stat[3] != INT_MAX) c = kBadGrad;
   stat[0] = c;
@@ -1907,6 +1912,9 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
     }
     SK_CHECK(hs[0] != kZeroVar, ErrorCode::Arg, "Expected a batch x with nonzero variance (at least two different "
              "rows) but all ", N64, " rows are identical: the FVU is undefined");
+    SK_CHECK(hs[0] != kHugeVar, ErrorCode::Arg, "Expected a batch x whose total variance float32 gradients can "
+             "scale (at most 1.7e38) but it is ", h.tv, ": scale the inputs down (the Trainer's normalize: "
+             "'expected-norm' does)");
     SK_CHECK(hs[0] != kBadLoss, ErrorCode::NonFinite, "the loss became non-finite (fvu ", h.fvu, ", auxk ", h.auxk,
              "); the parameters were left unchanged. Check the inputs and weights (in training, also the learning rate)");
     if (hs[0] == kBadGrad) {
