@@ -354,4 +354,17 @@ describe.runIf(gpu)('CUDA refuses what it cannot compute, as the CPU does', () =
     expect(messages[1]).toBe(messages[0]);
   });
 
+  it('a TopK k above 8192 (the CUDA selection\'s limit) is refused on a CUDA device by create and fromWeights, naming options.k; 8192 and the CPU are fine', () => {
+    expect(() => SparseAutoencoder.create({ dIn: 4, numLatents: 9000, k: 8200, seed: 1, device: 'cuda' })).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected an integer in \[1, 8192\] on a CUDA device .* for options\.k but received 8200/) }),
+    );
+    const cpu = SparseAutoencoder.create({ dIn: 4, numLatents: 9000, k: 8200, seed: 1, device: 'cpu' });
+    expect(cpu.k).toBe(8200);
+    const w = { W_enc: new Float32Array(4 * 9000), b_enc: new Float32Array(9000), W_dec: new Float32Array(9000 * 4), b_dec: new Float32Array(4) };
+    expect(() => SparseAutoencoder.fromWeights(w, { k: 8193, device: 'cuda' })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for options\.k but received 8193/) }));
+    const ok = SparseAutoencoder.fromWeights(w, { k: 8192, device: 'cuda' });
+    expect(ok.device).toBe('cuda:0');
+    ok.dispose();
+    cpu.dispose();
+  });
 });

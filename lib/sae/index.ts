@@ -74,7 +74,7 @@ export type FromWeightsOptions = FromWeightsCommonOptions &
     | {
         /** 'topk' (default). */
         architecture?: 'topk';
-        /** Active latents per row, in 1..numLatents. Required. */
+        /** Active latents per row, in 1..numLatents (at most 8192 on a CUDA device). Required. */
         k: number;
       }
     | {
@@ -110,7 +110,7 @@ export interface CreateOptions extends PlacementOptions {
   dIn: number;
   /** Number of latents (d_sae). */
   numLatents: number;
-  /** Active latents per row. */
+  /** Active latents per row, in 1..numLatents (at most 8192 on a CUDA device). */
   k: number;
   /**
    * Philox seed of the initial decoder (stream 0; rows scaled to unit norm with a float64 norm
@@ -307,6 +307,16 @@ function placementOf(o: PlacementOptions): { device: ResolvedDevice; precision: 
   return { device, precision };
 }
 
+/** The most codes per row a CUDA device selects (`kMaxSelectK` in native/cuda/kernels.h). */
+const CUDA_MAX_K = 8192;
+
+/** Checks a TopK k against its device: CUDA keeps at most 8192 codes per row, the CPU any k <= numLatents. */
+function checkDeviceK(k: number, placement: { device: ResolvedDevice }): void {
+  if (placement.device.kind === 'cuda' && k > CUDA_MAX_K) {
+    throw argError('options.k', `an integer in [1, ${CUDA_MAX_K}] on a CUDA device (its selection keeps at most ${CUDA_MAX_K} codes per row)`, k);
+  }
+}
+
 /** `p` once the SAE's parameters are placed: a failed move to the device (or read of fromWeights' tensors) rejects every op. */
 function afterPlacement<T>(sae: SparseAutoencoder, p: Promise<T>): Promise<T> {
   const placed = placements.get(sae);
@@ -383,6 +393,7 @@ export class SparseAutoencoder {
     const k = checkInt('options.k', o.k, 1, numLatents);
     const seed = o.seed === undefined ? randomSeed() : checkSeed('options.seed', o.seed);
     const placement = placementOf(o);
+    checkDeviceK(k, placement);
     const h = callNative(() => native().NativeSae.create(dIn, numLatents, k, seed));
     return new SparseAutoencoder(h, dIn, numLatents, k, 'topk', true, placement);
   }
@@ -444,6 +455,7 @@ export class SparseAutoencoder {
       return new SparseAutoencoder(h.handle, dIn, numLatents, 0, 'jumprelu', applyBDec, placement, h.read);
     }
     const k = checkInt('options.k', o.k, 1, numLatents);
+    checkDeviceK(k, placement);
     const h = callNative(() => native().NativeSae.fromWeights(...args, dIn, numLatents, k, 'topk', applyBDec));
     return new SparseAutoencoder(h.handle, dIn, numLatents, k, 'topk', applyBDec, placement, h.read);
   }
