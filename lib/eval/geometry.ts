@@ -19,7 +19,7 @@
 import { argError, SaekitError } from '../errors.js';
 import { tensor, type Tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
-import { checkInt, checkOptions, optionNames } from '../validate.js';
+import { checkInt, checkKept, checkOptions, optionNames } from '../validate.js';
 import { due, pause } from '../slices.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
@@ -91,9 +91,7 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
   const result = new Float64Array(n).fill(n === 1 ? NaN : -Infinity);
   if (n === 1) return result;
   const unit = await normaliseRows(rows, n, d);
-  if (rows.length !== n * d) {
-    throw new SaekitError('ERR_SAEKIT_ARG', `Expected rows to keep its ${n * d} values until the call settles but it now has ${rows.length} (was its ArrayBuffer detached or resized?)`);
-  }
+  checkKept('rows', rows, n * d);
   using all = tensor(unit, [n, d], { device: 'cpu' });
   if (due(n * d)) await pause(); // the copy (tens of ms at tens of MiB) ends a slice
 

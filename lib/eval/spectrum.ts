@@ -39,7 +39,7 @@
  */
 import { argError, fromNative, SaekitError, settleNative } from '../errors.js';
 import { native, type NativeEigenSolver, type NativeSpectrumStage } from '../native/index.js';
-import { checkInt, checkNumber } from '../validate.js';
+import { checkInt, checkKept, checkNumber } from '../validate.js';
 import { yieldToEventLoop } from '../slices.js';
 
 /** Result of spectrum(). */
@@ -125,9 +125,7 @@ async function staged(src: Float32Array | Float64Array, dtype: 'float32' | 'floa
   const stage = callAt(() => native().spectrumStage(dtype, total), site);
   for (let at = 0; at < total; at += STAGE_PIECE) {
     if (at > 0) await yieldToEventLoop();
-    if (src.length !== total) {
-      throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${name} to keep its ${total} values until the call settles but it now has ${src.length} (was its ArrayBuffer detached or resized?)`);
-    }
+    checkKept(name, src, total);
     const end = Math.min(total, at + STAGE_PIECE);
     const piece = dtype === 'float64' && src instanceof Float32Array ? Float64Array.from(src.subarray(at, end)) : src.subarray(at, end);
     callAt(() => native().spectrumStageWrite(stage, piece, at), site);
