@@ -21,6 +21,11 @@ export type SaekitErrorCode =
 export class SaekitError extends Error {
   /** What kind of failure this is (stable across versions). */
   readonly code: SaekitErrorCode;
+  /**
+   * Set on errors about one row of an input (an encode whose pre-activations overflow float32
+   * names the row of x): its index, counted from 0. Absent on other errors.
+   */
+  declare readonly row?: number;
   constructor(code: SaekitErrorCode, message: string) {
     super(message);
     this.name = 'SaekitError';
@@ -77,6 +82,8 @@ export function fromNative(err: unknown, site?: Error): SaekitError {
   const code =
     typeof e?.code === 'string' && e.code.startsWith('ERR_SAEKIT_') ? (e.code as SaekitErrorCode) : 'ERR_SAEKIT_NATIVE';
   const out = new SaekitError(code, typeof e?.message === 'string' ? e.message : String(err));
+  const row = (err as { row?: unknown } | null)?.row;
+  if (typeof row === 'number') (out as { row?: number }).row = row;
   if (site?.stack) out.stack = `SaekitError: ${out.message}\n${site.stack.split('\n').slice(1).join('\n')}`;
   return out;
 }

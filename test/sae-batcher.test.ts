@@ -111,8 +111,9 @@ describe('EncodeBatcher', () => {
       if (bad.has(i)) {
         // The error sae.encode gives for the request alone: its own row, not the batch's.
         const alone = await sae.encode(x, { batchInvariant: true }).then(() => null, (e: unknown) => e as Error);
-        expect(alone, label).toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(`row ${i === 2 ? 1 : 0} of x`) });
-        expect(got[i], label).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_NONFINITE', message: alone!.message } });
+        const row = i === 2 ? 1 : 0;
+        expect(alone, label).toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', row, message: expect.stringMatching(`row ${row} of x`) });
+        expect(got[i], label).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_NONFINITE', row, message: alone!.message } });
         continue;
       }
       expect(got[i]!.status, label).toBe('fulfilled');

@@ -206,14 +206,11 @@ export class EncodeBatcher {
 
 /**
  * The index in `take` of the request that owns the batch row an encode error names
- * (ERR_SAEKIT_NONFINITE: "row N of x"), or -1 when the error names no row.
+ * (ERR_SAEKIT_NONFINITE with its `row`), or -1 when the error names no row.
  */
 function ownerOfRow(take: Request[], err: unknown): number {
-  const e = err as { code?: unknown; message?: unknown };
-  if (e?.code !== 'ERR_SAEKIT_NONFINITE' || typeof e.message !== 'string') return -1;
-  const m = /\brow (\d+) of x\b/.exec(e.message);
-  if (!m) return -1;
-  let row = Number(m[1]);
+  if (!(err instanceof SaekitError) || err.code !== 'ERR_SAEKIT_NONFINITE' || err.row === undefined) return -1;
+  let row = err.row;
   for (let i = 0; i < take.length; i++) {
     if (row < take[i]!.rows) return i;
     row -= take[i]!.rows;

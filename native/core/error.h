@@ -1,6 +1,7 @@
 // saekit native errors. Native code never aborts: every failed check throws sk::Error,
 // which the N-API layer turns into a JS Error carrying `code` (ERR_SAEKIT_*).
 #pragma once
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <sstream>
@@ -29,9 +30,13 @@ std::string utf8_whole(const char* s, size_t n);
 class Error : public std::runtime_error {
  public:
   Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  // An error about one row of an input (its index, >= 0): JS sees it as the error's `row`.
+  Error(ErrorCode code, const std::string& message, int64_t row) : std::runtime_error(message), code_(code), row_(row) {}
   ErrorCode code() const { return code_; }
+  int64_t row() const { return row_; }
  private:
   ErrorCode code_;
+  int64_t row_ = -1;
 };
 
 // Builds a message from stream pieces: sk::fmt("got ", n, " rows").

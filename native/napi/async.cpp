@@ -277,11 +277,13 @@ void queue_detached(Napi::Env env, std::function<void()> work) {
 
 Napi::Error error_from_exception(Napi::Env env, std::exception_ptr e) {
   std::string code = "ERR_SAEKIT_INTERNAL", message = "unknown native error";
+  int64_t row = -1;
   try {
     std::rethrow_exception(e);
   } catch (const Error& err) {
     code = error_code_name(err.code());
     message = err.what();
+    row = err.row();
   } catch (const Napi::Error& err) {
     return err;
   } catch (const std::bad_alloc&) {
@@ -293,6 +295,7 @@ Napi::Error error_from_exception(Napi::Env env, std::exception_ptr e) {
   }
   Napi::Error error = Napi::Error::New(env, message);
   error.Set("code", Napi::String::New(env, code));
+  if (row >= 0) error.Set("row", Napi::Number::New(env, double(row)));
   return error;
 }
 

@@ -201,7 +201,8 @@ void encode_codes(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
   const float v = codes->v[size_t(j)];
   const char* what = std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity";
   throw Error(ErrorCode::NonFinite, fmt("Expected codes within float32's range but row ", row, " of x gives ", what, " for latent ",
-                                        codes->i[size_t(j)], " (its pre-activation overflows: inputs or weights near the float32 limit)"));
+                                        codes->i[size_t(j)], " (its pre-activation overflows: inputs or weights near the float32 limit)"),
+              row);
 }
 
 // out [N, D] = (with_bias ? b_dec : 0) + sum_j v W_dec[i], on the model's device.
