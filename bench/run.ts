@@ -16,20 +16,36 @@ import { train } from './train.js';
 
 const BENCHMARKS: Benchmark[] = [gemm, topkStep, train, read, evalBench, correlate];
 
+const USAGE = 'usage: npm run bench -- <name> [--repeats N] [--warmup N] [--quick]';
+
 async function main(): Promise<void> {
-  const { positionals, values } = parseArgs({
-    allowPositionals: true,
-    options: {
-      repeats: { type: 'string', default: '7' },
-      warmup: { type: 'string', default: '2' },
-      quick: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  });
   const list = () => BENCHMARKS.map((b) => `  ${b.name.padEnd(10)} ${b.description}`).join('\n');
+  let parsed;
+  try {
+    parsed = parseArgs({
+      allowPositionals: true,
+      options: {
+        repeats: { type: 'string', default: '7' },
+        warmup: { type: 'string', default: '2' },
+        quick: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (err) {
+    // An unknown flag or a flag without its value: the usage, not a stack trace.
+    process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const { positionals, values } = parsed;
   const name = positionals[0];
   if (!name || values.help) {
-    process.stdout.write(`usage: npm run bench -- <name> [--repeats N] [--warmup N] [--quick]\nbenchmarks:\n${list()}\n`);
+    process.stdout.write(`${USAGE}\nbenchmarks:\n${list()}\n`);
+    return;
+  }
+  if (positionals.length > 1) {
+    process.stderr.write(`one benchmark a run, but received ${positionals.length}: ${positionals.join(' ')}\n${USAGE}\n`);
+    process.exitCode = 2;
     return;
   }
   const bench = BENCHMARKS.find((b) => b.name === name);
@@ -41,7 +57,7 @@ async function main(): Promise<void> {
   const repeats = Number(values.repeats);
   const warmup = Number(values.warmup);
   if (!Number.isInteger(repeats) || repeats < 1 || !Number.isInteger(warmup) || warmup < 0) {
-    process.stderr.write('--repeats must be an integer >= 1 and --warmup an integer >= 0\n');
+    process.stderr.write(`--repeats must be an integer >= 1 and --warmup an integer >= 0, but received --repeats '${values.repeats}' --warmup '${values.warmup}'\n`);
     process.exitCode = 2;
     return;
   }
