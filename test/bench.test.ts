@@ -34,3 +34,20 @@ describe('npm run bench: bad names and flags fail with a message and the usage, 
     expect(r.stdout).toBe(''); // nothing was run
   });
 });
+
+/** A python3 that imports torch (CI installs Debian's python3-torch), or undefined. */
+function pythonWithTorch(): string | undefined {
+  for (const p of ['python3', '/usr/bin/python3']) {
+    if (spawnSync(p, ['-c', 'import torch'], { encoding: 'utf8', timeout: 60_000 }).status === 0) return p;
+  }
+  return undefined;
+}
+const python = pythonWithTorch();
+
+describe('bench/gpu/torch_step.py (the PyTorch reference step)', () => {
+  it.skipIf(!python)('--check: its backward passes match autograd, and its decoder backward materialises no [rows, k, dIn] (sparsify\'s does not)', () => {
+    const r = spawnSync(python!, [path.join(packageRoot, 'bench', 'gpu', 'torch_step.py'), '--check'], { cwd: packageRoot, encoding: 'utf8', timeout: 120_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain('the decoder backward materialises no [rows, k, dIn]');
+  }, 150_000);
+});
