@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
@@ -50,4 +51,18 @@ describe('bench/gpu/torch_step.py (the PyTorch reference step)', () => {
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toContain('the decoder backward materialises no [rows, k, dIn]');
   }, 150_000);
+});
+
+describe('npm run bench -- topk-step', () => {
+  it("'step RSS MiB' is the SAE's, its Adam state's and the steps' memory, not the process's peak with the floor GEMM's buffers", () => {
+    const r = bench(['topk-step', '--quick', '--repeats', '1', '--warmup', '1']);
+    expect(r.status, r.stderr).toBe(0);
+    const file = /saved (.*\.json)/.exec(r.stderr)![1]!;
+    const rows = (JSON.parse(readFileSync(file, 'utf8')) as { rows: Record<string, number>[] }).rows;
+    rmSync(file);
+    const { 'step RSS MiB': step, 'params+adam MiB': params } = rows[0]!;
+    // d256 M4096 k32 N1024: parameters and Adam 24 MiB; the process itself holds well over 100.
+    expect(step).toBeGreaterThan(0.9 * params!);
+    expect(step).toBeLessThan(params! + 48);
+  }, 120_000);
 });
