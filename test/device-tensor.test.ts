@@ -12,6 +12,7 @@ import { describe, expect, it } from 'vitest';
 import { backend, ops, rand, randn, SparseAutoencoder, tensor, zeros } from '../lib/index.js';
 import { native } from '../lib/native/index.js';
 import { handleOf } from '../lib/tensor/index.js';
+import { distUrl, haveDist, runInChild } from './helpers/child.js';
 import { dtypeSuite } from './helpers/dtype-suite.js';
 import { matmulSuite } from './helpers/matmul-suite.js';
 import { randomSuite } from './helpers/random-suite.js';
@@ -118,5 +119,25 @@ describe('device errors', () => {
     await expect(t.to('bfloat16')).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
     await expect(t.toDevice('cpu')).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
     expect(String(t)).toBe('Tensor(float32, [3], cuda:0, disposed)');
+  });
+
+  it.skipIf(!haveDist)('device tensors dropped without dispose() are collected: their bytes count towards V8 collections as host tensors do', () => {
+    // A child (its own heap, the loopback inherited from this process's env) drops 1000 device
+    // tensors of 2 MiB: 2 GB made, never disposed. With only the wrappers' few bytes on its heap
+    // V8 never collected them and RSS grew by all of it; reported, they go as host tensors do.
+    const script = `
+      import { randn } from ${distUrl};
+      const rss = () => process.memoryUsage().rss;
+      const base = rss();
+      let peak = 0, last;
+      for (let i = 0; i < 1000; i++) {
+        last = randn([512, 1024], { device: 'cuda', seed: i });
+        if (i % 25 === 0) { await last.toArray(); peak = Math.max(peak, rss()); }
+      }
+      await last.toArray();
+      console.log(JSON.stringify({ device: last.device, grewMiB: (Math.max(peak, rss()) - base) / 2 ** 20 }));`;
+    const r = JSON.parse(runInChild(script)) as { device: string; grewMiB: number };
+    expect(r.device).toBe('cuda:0');
+    expect(r.grewMiB).toBeLessThan(700);
   });
 });

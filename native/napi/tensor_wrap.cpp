@@ -46,8 +46,10 @@ NativeTensor::~NativeTensor() {
 Napi::Object NativeTensor::wrap(Napi::Env env, Tensor t) {
   Napi::Object obj = env_data(env).tensor_ctor.New({});
   NativeTensor* self = NativeTensor::Unwrap(obj);
-  // Only host memory is reported to V8 (device memory does not pressure its heap).
-  self->reported_ = int64_t(t.storage && t.device().kind == DeviceKind::CPU ? t.storage->bytes() : 0);
+  // Device memory is reported to V8 as well as host memory: it is the collector that frees a
+  // tensor the program dropped without dispose(), and with only a wrapper's few bytes on its heap
+  // it would never run for them before the device ran out of memory.
+  self->reported_ = int64_t(t.storage ? t.storage->bytes() : 0);
   self->t_ = std::move(t);
   self->live_ = true;
   if (self->reported_) Napi::MemoryManagement::AdjustExternalMemory(env, self->reported_);
