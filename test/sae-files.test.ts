@@ -156,6 +156,22 @@ describe('SAE files: SAELens and sparsify round trips', () => {
       expect(Array.from(wb[n]), n).toEqual(Array.from(await r.toArray()));
     }
   });
+
+  it('save() writes the weights of the call, in queue order: a setWeights() or dispose() called after it changes nothing saved', async () => {
+    const w = randomWeights(dIn, L, 31);
+    const sae = SparseAutoencoder.fromWeights(w, { k });
+    const [a, b] = [tmp(), tmp()];
+    const first = sae.save(a);
+    sae.setWeights({ b_dec: new Float32Array(dIn).fill(7) });
+    const second = sae.save(b);
+    sae.dispose();
+    await first;
+    await second;
+    using backA = await SparseAutoencoder.load(a);
+    using backB = await SparseAutoencoder.load(b);
+    expect(Array.from((await backA.weights()).b_dec)).toEqual(Array.from(w.b_dec));
+    expect(Array.from((await backB.weights()).b_dec)).toEqual(new Array(dIn).fill(7));
+  });
 });
 
 describe('SAE files: JumpReLU (Gemma Scope, SAELens)', () => {

@@ -491,7 +491,8 @@ export class SparseAutoencoder {
    * layout (weights saekit did not write, beside a cfg.json that may describe them) is refused
    * (ERR_SAEKIT_ARG) before anything is written, since replacing its cfg.json would leave those
    * weights without a config. Staging files of a save that was killed part-way (saekit's names,
-   * of a process no longer running) are removed.
+   * of a process no longer running) are removed. The weights saved are those of the call, in
+   * queue order: ops called after save() (a step, setWeights(), dispose()) do not change them.
    * Returns the files written.
    */
   async save(dir: string, options?: WriteSaeOptions): Promise<string[]> {
@@ -508,8 +509,12 @@ export class SparseAutoencoder {
         throw argError('options.metadata', `an object of JSON values (${(err as Error).message})`, m);
       }
     }
+    // The weights are read in queue order now, before the file formats load: a step, setWeights()
+    // or dispose() called after save() does not change (or fail) what is saved.
+    const weights = this.weights();
+    weights.catch(() => undefined); // awaited below
     const { checkDecoderNormFold, foldDecoderNorms, writeSaeFiles } = await import('../io/sae-files.js');
-    const w = await this.weights();
+    const w = await weights;
     if (this.architecture === 'jumprelu') {
       checkDecoderNormFold(w, this.dIn, this.numLatents);
       foldDecoderNorms(w, this.dIn, this.numLatents);
