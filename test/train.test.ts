@@ -606,6 +606,19 @@ describe('Trainer', () => {
     expect(() => opt.prefetch(x.subarray(0, 64 * dIn))).toThrow(/this optimizer was disposed/);
   });
 
+  it('Trainer.dispose() during a fit with checkpoints: the fit rejects with ERR_SAEKIT_DISPOSED, not a TypeError', async () => {
+    const x = data(rows, dIn, 8);
+    for (const at of [4, 80]) {
+      // At a periodic checkpoint's step, and at the last step (the final checkpoint).
+      using sae = make();
+      const t = new Trainer(sae, opts);
+      const fit = t.fit(fromArray(x, dIn), { checkpointDir: tmp(), checkpointEvery: 4, onStep: (s) => void (s.step === at && t.dispose()) });
+      await expect(fit, `step ${at}`).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+      // The SAE stays usable.
+      expect((await sae.encode(x.subarray(0, 2 * dIn))).rows).toBe(2);
+    }
+  });
+
   it('a source that stalls: break, close() and an abort (also while the shuffle buffer fills) return at once and tell the iterator', async () => {
     // An iterator whose third item never comes (a producer waiting for data), with its own return().
     const stalled = () => {

@@ -545,7 +545,10 @@ export class Trainer {
     }
   }
 
-  /** Frees the optimizer state (Adam's moments: twice the parameters). Idempotent; the SAE stays usable. */
+  /**
+   * Frees the optimizer state (Adam's moments: twice the parameters). Idempotent; the SAE stays
+   * usable. A fit() running meanwhile rejects with ERR_SAEKIT_DISPOSED at its next step or checkpoint.
+   */
   dispose(): void {
     this.opt?.dispose();
     this.opt = undefined;
@@ -583,7 +586,7 @@ export class Trainer {
       const ck = await readCheckpoint(fo.checkpointDir);
       if (ck) {
         checkResumable(ck, o, fo.checkpointDir, source.numRows);
-        await this.restore(ck, fo.checkpointDir);
+        await this.restore(opt, ck, fo.checkpointDir);
         resumedFrom = { step: ck.step, tokens: ck.tokens };
         step = ck.step;
         tokens = ck.tokens;
@@ -748,9 +751,9 @@ export class Trainer {
         };
         if (log) await log.write(`${JSON.stringify(last)}\n`);
         if (fo.onStep) await fo.onStep(last);
-        if (fo.checkpointDir && step % every === 0 && step < total) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total, source.numRows);
+        if (fo.checkpointDir && step % every === 0 && step < total) await this.checkpoint(opt, fo.checkpointDir, step, tokens, scale, total, source.numRows);
       }
-      if (fo.checkpointDir) await this.checkpoint(fo.checkpointDir, step, tokens, scale, total, source.numRows);
+      if (fo.checkpointDir) await this.checkpoint(opt, fo.checkpointDir, step, tokens, scale, total, source.numRows);
     } catch (err) {
       if (err !== STOPPED) {
         failure = { error: err };
@@ -773,7 +776,7 @@ export class Trainer {
       // Keep the work: checkpoint the steps trained since the last checkpoint (unless a step
       // failed midway), leave the SAE on raw activations, then report the failure.
       if (stepIntact && fo.checkpointDir && step > (resumedFrom?.step ?? 0)) {
-        await this.checkpoint(fo.checkpointDir, step, tokens, scale, total, source.numRows).catch(() => undefined);
+        await this.checkpoint(opt, fo.checkpointDir, step, tokens, scale, total, source.numRows).catch(() => undefined);
       }
       // A new run refused at its first step (checked before any update) leaves the SAE exactly as
       // it was: the scale and b_dec's init are undone, not folded.
@@ -805,10 +808,11 @@ export class Trainer {
     this.sae.setWeights({ b_enc: w.b_enc.map((v) => v / scale), b_dec: w.b_dec.map((v) => v / scale) });
   }
 
-  private async checkpoint(dir: string, step: number, tokens: number, scale: number, total: number, sourceRows: number | undefined): Promise<void> {
+  /** `opt` is the run's optimizer (not this.opt, which dispose() clears: it then rejects with ERR_SAEKIT_DISPOSED). */
+  private async checkpoint(opt: AdamOptimizer, dir: string, step: number, tokens: number, scale: number, total: number, sourceRows: number | undefined): Promise<void> {
     const { writeSafetensors, writeFileAtomic } = await import('../io/index.js');
     await makeDirs(dir);
-    const [w, adam, since] = await Promise.all([this.sae.weights(), this.opt!.state(), this.sae.tokensSinceFired()]);
+    const [w, adam, since] = await Promise.all([this.sae.weights(), opt.state(), this.sae.tokensSinceFired()]);
     const stateFile = `state-${step}.safetensors`;
     const f32 = (data: Float32Array, shape: number[]) => ({ dtype: 'float32' as const, shape, data });
     const { dIn, numLatents, k } = this.sae;
@@ -831,7 +835,7 @@ export class Trainer {
     }
   }
 
-  private async restore(ck: Checkpoint, dir: string): Promise<void> {
+  private async restore(opt: AdamOptimizer, ck: Checkpoint, dir: string): Promise<void> {
     const { dIn, numLatents, k } = this.sae;
     if (ck.sae.dIn !== dIn || ck.sae.numLatents !== numLatents || ck.sae.k !== k) {
       throw new SaekitError(
@@ -849,7 +853,7 @@ export class Trainer {
         W_dec: (await get('W_dec')) as Float32Array,
         b_dec: (await get('b_dec')) as Float32Array,
       });
-      this.opt!.setState({ m: (await get('adam.m')) as Float32Array, v: (await get('adam.v')) as Float32Array, t: ck.adamSteps });
+      opt.setState({ m: (await get('adam.m')) as Float32Array, v: (await get('adam.v')) as Float32Array, t: ck.adamSteps });
       this.sae.setTokensSinceFired((await get('tokens_since_fired')) as Float64Array);
     } finally {
       await r.close();
