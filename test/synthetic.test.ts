@@ -626,6 +626,19 @@ describe('superposition: determinism and batching', () => {
     await expect(it.next()).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
     expect(() => data.source.batches()).toThrow(/has been closed/);
   });
+
+  it('close() stops a batch that is being generated: its pending next() rejects, the generation ends', async () => {
+    // A batch of 8192 rows at 4096 features takes half a second or more, in ~20 ms slices.
+    const data = superposition({ dIn: 512, numFeatures: 4096, firing: { kind: 'expected-active', n: 20 }, numRows: 1 << 13, seed: 1 });
+    const it = data.source.batches({ batchSize: 1 << 13 })[Symbol.asyncIterator]();
+    const t0 = performance.now();
+    const pending = it.next();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    await data.source.close();
+    await expect(pending).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+    // Stopped at the next slice, not after the whole batch.
+    expect(performance.now() - t0).toBeLessThan(500);
+  });
 });
 
 describe('superposition: hierarchy (SAELens HierarchyNode semantics)', () => {

@@ -1017,7 +1017,11 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
               const data = new Float32Array(rows * dIn);
               for (let t = 0; t < rows; t++) {
                 sampler.row(perm ? perm(start + t) : start + t, data, t * dIn);
-                if (due(ROW_UNITS)) await pause();
+                if (due(ROW_UNITS)) {
+                  await pause();
+                  // close() stops a batch being generated too, not only the next one.
+                  if (closed) throw disposed();
+                }
               }
               yield { rows, dIn, data };
               // Let other work run between batches too.
