@@ -354,6 +354,42 @@ describe('SAE files: bad input', () => {
     await expect(sae.save(tmp(), { dtype: 'float16' as 'float32' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE' });
     expect(() => SparseAutoencoder.fromWeights({ ...w, threshold: undefined }, { architecture: 'jumprelu' })).toThrow(/threshold/);
   });
+
+  it('io.writeSaeFiles checks its config, weights and options as save() does, writing nothing it could not load back', async () => {
+    // dtype 'float16' wrote bfloat16 bits labelled F16 (loaded back as other weights), a misspelt
+    // format wrote SAELens, and k '2', architecture 'TopK' or applyBDecToInput 'no' wrote a
+    // cfg.json that load() refuses.
+    const w = randomWeights(4, 8, 3);
+    const cfg = { architecture: 'topk' as const, dIn: 4, numLatents: 8, k: 2, applyBDecToInput: true };
+    const bad: [string, () => Promise<unknown>, string, RegExp][] = [
+      ['dtype float16', () => writeSaeFiles(tmp(), cfg, w, { dtype: 'float16' as 'float32' }), 'ERR_SAEKIT_DTYPE', /options\.dtype/],
+      ['format typo', () => writeSaeFiles(tmp(), cfg, w, { format: 'sparsfy' as 'sparsify' }), 'ERR_SAEKIT_ARG', /options\.format/],
+      ['option typo', () => writeSaeFiles(tmp(), cfg, w, { fromat: 'sparsify' } as never), 'ERR_SAEKIT_ARG', /options\.fromat \(did you mean options\.format\?\)/],
+      ['metadata string', () => writeSaeFiles(tmp(), cfg, w, { metadata: 'ab' as never }), 'ERR_SAEKIT_ARG', /options\.metadata/],
+      ['options null', () => writeSaeFiles(tmp(), cfg, w, null as never), 'ERR_SAEKIT_ARG', /for options but received null/],
+      ['k string', () => writeSaeFiles(tmp(), { ...cfg, k: '2' as never }, w), 'ERR_SAEKIT_ARG', /config\.k/],
+      ['k missing', () => writeSaeFiles(tmp(), { ...cfg, k: undefined }, w), 'ERR_SAEKIT_ARG', /config\.k/],
+      ['k too large', () => writeSaeFiles(tmp(), { ...cfg, k: 9 }, w), 'ERR_SAEKIT_ARG', /integer between 1 and 8 for config\.k/],
+      ['architecture', () => writeSaeFiles(tmp(), { ...cfg, architecture: 'TopK' as 'topk' }, w), 'ERR_SAEKIT_ARG', /config\.architecture/],
+      ['applyBDecToInput', () => writeSaeFiles(tmp(), { ...cfg, applyBDecToInput: 'no' as never }, w), 'ERR_SAEKIT_ARG', /config\.applyBDecToInput/],
+      ['config undefined', () => writeSaeFiles(tmp(), undefined as never, w), 'ERR_SAEKIT_ARG', /for config but received undefined/],
+      ['weights null', () => writeSaeFiles(tmp(), cfg, null as never), 'ERR_SAEKIT_ARG', /for weights but received null/],
+      ['W_dec length', () => writeSaeFiles(tmp(), cfg, { ...w, W_dec: new Float32Array(31) }), 'ERR_SAEKIT_SHAPE', /weights\.W_dec/],
+      ['threshold', () => writeSaeFiles(tmp(), { ...cfg, architecture: 'jumprelu' }, w), 'ERR_SAEKIT_ARG', /weights\.threshold/],
+      ['dir', () => writeSaeFiles(Symbol('d') as never, cfg, w), 'ERR_SAEKIT_ARG', /for dir but received a symbol/],
+    ];
+    for (const [label, call, code, re] of bad) {
+      const err = await call().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err, label).toBeInstanceOf(SaekitError);
+      expect(err, label).toMatchObject({ code, message: expect.stringMatching(re) });
+    }
+    const dir = tmp();
+    await writeSaeFiles(dir, cfg, w, { dtype: 'bfloat16', format: 'sparsify' });
+    expect((await readSaeFiles(dir)).config).toMatchObject({ format: 'sparsify', dtype: 'bfloat16', k: 2 });
+  });
 });
 
 describe('SAE files: hostile input', () => {

@@ -19,10 +19,10 @@ import { readFileSync } from 'node:fs';
 import { open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 
-import { SaekitError } from '../errors.js';
+import { argError, SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
 import { due, pause, runSliced } from '../slices.js';
-import { checkKept } from '../validate.js';
+import { checkBool, checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose, transposeSteps } from './common.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpzChecked } from './npz.js';
@@ -665,6 +665,50 @@ function stored(data: Float32Array, shape: number[], dtype: 'float32' | 'bfloat1
   return { dtype, shape, data: out };
 }
 
+const WRITE_SAE_OPTIONS = optionNames<WriteSaeOptions>({ format: true, dtype: true, metadata: true });
+type WriteSaeConfig = { architecture: 'topk' | 'jumprelu'; dIn: number; numLatents: number; k?: number; applyBDecToInput: boolean };
+const WRITE_SAE_CONFIG = optionNames<WriteSaeConfig>({ architecture: true, dIn: true, numLatents: true, k: true, applyBDecToInput: true });
+
+/**
+ * writeSaeFiles's options, checked as SparseAutoencoder.save checks its own: a misspelt name, a
+ * format or dtype not listed, or metadata that is not an object of JSON values is refused, not
+ * written (dtype 'float16' stored bfloat16 bits under the dtype F16).
+ */
+function checkWriteSaeOptions(options: WriteSaeOptions | undefined): WriteSaeOptions {
+  const o = checkOptions('options', options, WRITE_SAE_OPTIONS);
+  if (o.format !== undefined) checkOneOf('options.format', o.format, ['saelens', 'sparsify'] as const);
+  if (o.dtype !== undefined) checkOneOf('options.dtype', o.dtype, ['float32', 'bfloat16'] as const, 'ERR_SAEKIT_DTYPE');
+  if (o.metadata !== undefined) {
+    const m: unknown = o.metadata;
+    if (m === null || typeof m !== 'object' || Array.isArray(m) || ArrayBuffer.isView(m)) throw argError('options.metadata', 'an object of JSON values', m);
+    try {
+      JSON.stringify(m);
+    } catch (err) {
+      throw argError('options.metadata', `an object of JSON values (${(err as Error).message})`, m);
+    }
+  }
+  return o;
+}
+
+/** writeSaeFiles's config and weights, checked: what cfg.json says and each weight's length. */
+function checkWriteSaeModel(config: WriteSaeConfig, weights: SaeFileWeights): void {
+  if (config === undefined) throw argError('config', 'an object with architecture, dIn, numLatents, k and applyBDecToInput', config);
+  const c = checkOptions('config', config, WRITE_SAE_CONFIG);
+  const architecture = checkOneOf('config.architecture', c.architecture, ['topk', 'jumprelu'] as const);
+  const dIn = checkInt('config.dIn', c.dIn, 1, 2 ** 31 - 1);
+  const numLatents = checkInt('config.numLatents', c.numLatents, 1, 2 ** 31 - 1);
+  if (architecture === 'topk') checkInt('config.k', c.k, 1, numLatents);
+  checkBool('config.applyBDecToInput', c.applyBDecToInput);
+  if (weights === null || typeof weights !== 'object') throw argError('weights', 'an object with W_enc, b_enc, W_dec, b_dec', weights);
+  const lengths = { W_enc: dIn * numLatents, b_enc: numLatents, W_dec: numLatents * dIn, b_dec: dIn, threshold: numLatents };
+  for (const name of ['W_enc', 'b_enc', 'W_dec', 'b_dec', ...(architecture === 'jumprelu' ? ['threshold' as const] : [])] as const) {
+    const w: unknown = weights[name];
+    if (!(w instanceof Float32Array) || w.length !== lengths[name]) {
+      throw argError(`weights.${name}`, `a Float32Array of length ${lengths[name]} (dIn = ${dIn}, numLatents = ${numLatents})`, w, w instanceof Float32Array ? 'ERR_SAEKIT_SHAPE' : 'ERR_SAEKIT_ARG');
+    }
+  }
+}
+
 /** Fields saekit writes into a sparsify cfg.json itself (options.metadata may not set them). */
 const SPARSIFY_FIELDS = ['activation', 'expansion_factor', 'normalize_decoder', 'num_latents', 'k', 'multi_topk', 'skip_connection', 'transcode', 'd_in', SAVE_ID];
 
@@ -708,6 +752,9 @@ export async function writeSaeFiles(
   weights: SaeFileWeights,
   options: WriteSaeOptions = {},
 ): Promise<string[]> {
+  if (typeof dir !== 'string' || dir.length === 0) throw argError('dir', 'a folder path', dir);
+  checkWriteSaeModel(config, weights);
+  checkWriteSaeOptions(options);
   const format = options.format ?? 'saelens';
   const dtype = options.dtype ?? 'float32';
   const { dIn, numLatents } = config;
