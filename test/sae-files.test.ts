@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 
 import { SaekitError, SparseAutoencoder, tensor } from '../lib/index.js';
-import { readSaeFiles, readSafetensors, writeNpz, writeSaeFiles, writeSafetensors, type IoTensor } from '../lib/io/index.js';
+import { foldDecoderNorms, readSaeFiles, readSafetensors, writeNpz, writeSaeFiles, writeSafetensors, type IoTensor } from '../lib/io/index.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 
@@ -389,6 +389,21 @@ describe('SAE files: bad input', () => {
     const dir = tmp();
     await writeSaeFiles(dir, cfg, w, { dtype: 'bfloat16', format: 'sparsify' });
     expect((await readSaeFiles(dir)).config).toMatchObject({ format: 'sparsify', dtype: 'bfloat16', k: 2 });
+  });
+
+  it('io.foldDecoderNorms checks its sizes and weights: swapped dIn and numLatents, a string or Infinity are refused, not folded wrongly or looped on forever', () => {
+    const w = randomWeights(4, 8, 5, () => 3);
+    const copy = () => ({ ...w, W_enc: w.W_enc.slice(), b_enc: w.b_enc.slice(), W_dec: w.W_dec.slice() });
+    // Swapped: W_enc and W_dec hold the same 32 values, so the old code folded [8, 4] rows of a [4, 8] decoder.
+    expect(() => foldDecoderNorms(copy(), 8, 4)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/for w\.b_enc but received a Float32Array of length 8/) }));
+    expect(() => foldDecoderNorms(copy(), '4' as never, 8)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for dIn but received '4' \(string\)/) }));
+    expect(() => foldDecoderNorms(copy(), Infinity, 8)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for dIn/) }));
+    expect(() => foldDecoderNorms(undefined as never, 4, 8)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for w but received undefined/) }));
+    expect(() => foldDecoderNorms({ ...copy(), threshold: [1] as never }, 4, 8)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/w\.threshold/) }));
+    expect(() => foldDecoderNorms(copy(), 4, 8, 1 as never)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/silenceZeroRows/) }));
+    const ok = copy();
+    expect(foldDecoderNorms(ok, 4, 8)).toEqual({ rescaled: 8, zeroRow: -1 });
+    for (let i = 0; i < 8; i++) expect(Math.hypot(...ok.W_dec.subarray(i * 4, i * 4 + 4))).toBeCloseTo(1, 6);
   });
 });
 

@@ -378,6 +378,18 @@ export function checkDecoderNormFold(w: SaeFileWeights, dIn: number, numLatents:
  * Returns the rows rescaled and the first zero row (-1: none).
  */
 export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: number, silenceZeroRows = false): { rescaled: number; zeroRow: number } {
+  checkInt('dIn', dIn, 1, 2 ** 31 - 1);
+  checkInt('numLatents', numLatents, 1, 2 ** 31 - 1);
+  checkBool('silenceZeroRows', silenceZeroRows);
+  if (w === null || typeof w !== 'object') throw argError('w', 'an object with W_enc, b_enc, W_dec (and threshold)', w);
+  const lengths = { W_enc: dIn * numLatents, b_enc: numLatents, W_dec: numLatents * dIn, threshold: numLatents };
+  for (const name of ['W_enc', 'b_enc', 'W_dec', 'threshold'] as const) {
+    const a: unknown = w[name];
+    if (name === 'threshold' && a === undefined) continue;
+    if (!(a instanceof Float32Array) || a.length !== lengths[name]) {
+      throw argError(`w.${name}`, `a Float32Array of length ${lengths[name]} (dIn = ${dIn}, numLatents = ${numLatents})`, a, a instanceof Float32Array ? 'ERR_SAEKIT_SHAPE' : 'ERR_SAEKIT_ARG');
+    }
+  }
   let rescaled = 0;
   let zeroRow = -1;
   for (let i = 0; i < numLatents; i++) {
