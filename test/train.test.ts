@@ -65,6 +65,20 @@ describe('learning-rate schedule', () => {
     expect(learningRate(130, total, base, warmup, 'linear-after-warmup', 0.2)).toBe(0);
     expect(learningRate(5, 40, base, 0, 'linear-after-warmup', 0.2)).toBeCloseTo((base * 35) / 40, 15);
   });
+
+  it("refuses wrong arguments: a misspelt decay was no decay, NaN or a string gave NaN or coerced, a bigint was a raw TypeError", () => {
+    const bad: [string, unknown[], RegExp][] = [
+      ['decay', [90, 100, 0.01, 10, 'cosine', 0.2], /Expected one of: linear, linear-after-warmup, none for decay but received 'cosine' \(string\)/],
+      ['step', [NaN, 100, 0.01, 10, 'linear', 0.2], /for step but received NaN/],
+      ['total', [5, '100', 0.01, 10, 'linear', 0.2], /for total but received '100' \(string\)/],
+      ['base', [5, 100, -1, 10, 'linear', 0.2], /for base but received -1/],
+      ['warmup', [5, 100, 0.01, 1n, 'linear', 0.2], /for warmup but received 1n \(bigint\)/],
+      ['fraction', [5, 100, 0.01, 10, 'linear', 2], /for fraction but received 2/],
+    ];
+    for (const [label, args, re] of bad) {
+      expect(() => (learningRate as (...a: unknown[]) => number)(...args), label).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(re) }));
+    }
+  });
 });
 
 describe('geometric median (Weiszfeld)', () => {

@@ -305,6 +305,12 @@ export async function _trimLogPast(file: string, step: number): Promise<void> {
  * from the end of warmup on.
  */
 export function learningRate(step: number, total: number, base: number, warmup: number, decay: 'linear' | 'linear-after-warmup' | 'none', fraction: number): number {
+  checkInt('step', step, 0, Number.MAX_SAFE_INTEGER);
+  checkInt('total', total, 1, Number.MAX_SAFE_INTEGER);
+  checkNumber('base', base, 0, Infinity);
+  checkInt('warmup', warmup, 0, Number.MAX_SAFE_INTEGER);
+  checkOneOf('decay', decay, DECAYS);
+  checkNumber('fraction', fraction, 0, 1);
   let f = warmup > 0 ? Math.min(1, step / warmup) : 1;
   if (decay === 'linear-after-warmup') {
     if (step >= warmup) f = Math.max(0, (total - step) / Math.max(1, total - warmup));
