@@ -255,6 +255,19 @@ describe('sparseProbe', () => {
     expect(() => acc.add({ rows: 1, k: 2, values: Float32Array.from([1, Number.NaN]), indices: Int32Array.from([0, 1]) })).toThrow(/codes\.values\[1\] is NaN/);
   });
 
+  it('null is not a missing option (testFraction, seed, C were taken as their defaults), and a symbol C is an ERR_SAEKIT_ARG, not a raw TypeError', () => {
+    const { features, labels } = separable(40, 4, 1, 3);
+    for (const key of ['testFraction', 'seed', 'C'] as const) {
+      expect(() => sparseProbe(features, labels, { m: 4, [key]: null as never }), key).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(new RegExp(`for options\\.${key} but received null`)) }),
+      );
+    }
+    expect(sparseProbe(features, labels, { m: 4, k: [1] }).results).toEqual(sparseProbe(features, labels, { m: 4, k: [1], testFraction: 0.2, seed: 0, C: 1 }).results);
+    expect(() => fitLogistic(Float64Array.from([1, 2]), Uint8Array.from([0, 1]), 2, 1, Symbol('C') as never)).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for C but received a symbol/) }),
+    );
+  });
+
   it('is deterministic for a seed and depends on it', () => {
     const next = lcg(51);
     const n = 200;

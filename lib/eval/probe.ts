@@ -106,7 +106,7 @@ export function fitLogistic(X: Float64Array, y: Uint8Array, n: number, p: number
   if (X.length !== n * p || y.length !== n) throw new SaekitError('ERR_SAEKIT_SHAPE', `fitLogistic: expected X of length ${n * p} and y of length ${n}`);
   for (let i = 0; i < n; i++) if (y[i]! > 1) throw argError(`y[${i}]`, '0 or 1', y[i]);
   for (let i = 0; i < X.length; i++) if (!Number.isFinite(X[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `X[${i}] is ${X[i]}: expected finite values`);
-  if (!(C > 0) || !Number.isFinite(C)) throw argError('C', 'a positive finite number', C);
+  if (typeof C !== 'number' || !(C > 0) || !Number.isFinite(C)) throw argError('C', 'a positive finite number', C);
   const q = p + 1; // parameters: w[0..p-1], b
   const theta = new Float64Array(q);
   const lam = 1 / C;
@@ -239,12 +239,12 @@ export function sparseProbe(features: Float32Array, labels: Uint8Array, options:
     if (!Array.isArray(opts.k) || opts.k.length === 0) throw argError('options.k', 'a non-empty array of positive integers', opts.k);
     ks = opts.k.map((k, i) => checkInt(`options.k[${i}]`, k, 1, 2 ** 31));
   }
-  const testFraction = opts.testFraction ?? 0.2;
+  const testFraction = opts.testFraction === undefined ? 0.2 : opts.testFraction;
   if (typeof testFraction !== 'number' || !(testFraction > 0 && testFraction < 1)) {
     throw argError('options.testFraction', 'a number strictly between 0 and 1', opts.testFraction);
   }
-  const seed = seedState(checkSeed('options.seed', opts.seed ?? 0));
-  const C = opts.C ?? 1;
+  const seed = seedState(opts.seed === undefined ? 0n : checkSeed('options.seed', opts.seed));
+  const C = opts.C === undefined ? 1 : opts.C;
   if (typeof C !== 'number' || !(C > 0) || !Number.isFinite(C)) throw argError('options.C', 'a positive finite number', opts.C);
   const standardize = opts.standardize === undefined ? true : checkBool('options.standardize', opts.standardize);
 
