@@ -81,6 +81,17 @@ describe('learning-rate schedule', () => {
   });
 });
 
+describe('Trainer.totalSteps', () => {
+  it('refuses what is not an ActivationSource as fit() does (undefined or null was a raw TypeError)', () => {
+    using sae = SparseAutoencoder.create({ dIn: 4, numLatents: 8, k: 2, seed: 1 });
+    using trainer = new Trainer(sae, { batchSize: 8 });
+    for (const bad of [undefined, null, 5, { numRows: 64 }]) {
+      expect(() => trainer.totalSteps(bad as never)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/Expected an ActivationSource for source but received/) }));
+    }
+    expect(trainer.totalSteps(fromArray(new Float32Array(64 * 4), 4))).toBe(8);
+  });
+});
+
 describe('geometric median (Weiszfeld)', () => {
   it('minimises the sum of distances: no grid point in 2-D does better', () => {
     const next = lcg(Date.now() >>> 0);

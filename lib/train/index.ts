@@ -485,6 +485,9 @@ export class Trainer {
 
   /** Steps the run takes on `source`. */
   totalSteps(source: ActivationSource): number {
+    if (source === null || typeof source !== 'object' || typeof (source as ActivationSource).batches !== 'function') {
+      throw argError('source', 'an ActivationSource', source);
+    }
     const { batchSize, totalTokens, epochs } = this.options;
     if (totalTokens !== undefined) return Math.ceil(totalTokens / batchSize);
     if (source.numRows === undefined) {
