@@ -391,6 +391,14 @@ describe('SAE files: bad input', () => {
     expect((await readSaeFiles(dir)).config).toMatchObject({ format: 'sparsify', dtype: 'bfloat16', k: 2 });
   });
 
+  it('io.readSaeFiles refuses a path that is not a string (a symbol or a detached typed array was a raw TypeError)', async () => {
+    const detached = new Uint8Array(4);
+    structuredClone(detached.buffer, { transfer: [detached.buffer] });
+    for (const bad of [Symbol('p'), detached, undefined, '']) {
+      await expect(readSaeFiles(bad as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/Expected a non-empty file path string for path/) });
+    }
+  });
+
   it('io.foldDecoderNorms checks its sizes and weights: swapped dIn and numLatents, a string or Infinity are refused, not folded wrongly or looped on forever', () => {
     const w = randomWeights(4, 8, 5, () => 3);
     const copy = () => ({ ...w, W_enc: w.W_enc.slice(), b_enc: w.b_enc.slice(), W_dec: w.W_dec.slice() });

@@ -23,7 +23,7 @@ import { argError, SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
 import { due, pause, runSliced } from '../slices.js';
 import { checkBool, checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
-import { fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose, transposeSteps } from './common.js';
+import { checkPath, fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose, transposeSteps } from './common.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpzChecked } from './npz.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
@@ -654,6 +654,7 @@ async function foldFinetuningScale(
 
 /** Reads an SAE saved by SAELens, sparsify or Gemma Scope (a folder, or one of its files). */
 export async function readSaeFiles(pathOrDir: string): Promise<SaeFiles> {
+  checkPath(pathOrDir);
   const { format, dir, weights } = await detect(pathOrDir);
   if (format === 'saelens') return readSaelens(dir, weights);
   if (format === 'sparsify') return readSparsify(dir, weights);
