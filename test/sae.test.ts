@@ -1187,6 +1187,9 @@ describe('setWeights, setState and save validate everything before changing anyt
     const st = await opt.state();
     st.v[3] = -1;
     expect(() => opt.setState(st)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/state\.v\[3\]/) }));
+    // A wrong v was described as m (the one message named both), and a misspelt key was ignored.
+    expect(() => opt.setState({ ...st, v: [1] as never })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for state\.v but received an array of length 1/) }));
+    expect(() => opt.setState({ ...st, steps: 3 } as never)).toThrow(/Unknown option state\.steps/);
     await expect(sae.save(mkdtempSync(path.join(os.tmpdir(), 'saekit-meta-')), { metadata: [7, 8] as never })).rejects.toThrow(/options\.metadata/);
     await expect(sae.save(mkdtempSync(path.join(os.tmpdir(), 'saekit-meta-')), { metadata: { n: 1n } as never })).rejects.toThrow(/options\.metadata/);
   });

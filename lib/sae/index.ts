@@ -229,6 +229,7 @@ const WRITE_SAE_OPTIONS = optionNames<WriteSaeOptions>({ format: true, dtype: tr
 const ADAM_OPTIONS = optionNames<AdamOptions>({ lr: true, beta1: true, beta2: true, eps: true });
 const STEP_OPTIONS = optionNames<StepOptions>({ lr: true, auxkAlpha: true, auxkVariant: true, deadThresholdTokens: true });
 const ENCODE_OPTIONS = optionNames<EncodeOptions>({ batchInvariant: true });
+const ADAM_STATE_KEYS = optionNames<AdamState>({ m: true, v: true, t: true });
 const GRADIENT_OPTIONS = optionNames<GradientOptions>({ auxk: true });
 const AUXK_OPTIONS = optionNames<AuxKOptions>({ deadMask: true, alpha: true, variant: true });
 /** The AuxKVariant names (the Trainer and the CLI check against the same list). */
@@ -909,8 +910,9 @@ export class AdamOptimizer {
 
   /** Restores a state from state() (same SAE shape), in queue order. */
   setState(state: AdamState): void {
-    const o = checkOptions('state', state);
-    if (!(o.m instanceof Float32Array) || !(o.v instanceof Float32Array)) throw argError('state.m/state.v', 'Float32Arrays from state()', o.m);
+    const o = checkOptions('state', state, ADAM_STATE_KEYS);
+    if (!(o.m instanceof Float32Array)) throw argError('state.m', 'a Float32Array from state()', o.m);
+    if (!(o.v instanceof Float32Array)) throw argError('state.v', 'a Float32Array from state()', o.v);
     const t = checkInt('state.t', o.t, 0, 2 ** 50);
     // A negative second moment makes the next step's sqrt(v) NaN in every parameter.
     const v = o.v;
