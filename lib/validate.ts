@@ -36,13 +36,14 @@ export function optionNames<T extends object>(names: { [K in keyof Required<T>]:
 }
 
 /**
- * An options argument: undefined becomes {}, anything but a plain object throws. With `names`,
+ * An options argument: undefined becomes {}, anything but an object (an array or a typed array:
+ * an argument in the wrong place) throws. With `names`,
  * an option not among them (a misspelling: `batchsize`) throws naming the closest one, instead
  * of being ignored. Symbol keys (internal options) are not checked.
  */
 export function checkOptions<T extends object>(name: string, value: T | undefined, names?: readonly string[]): Partial<T> {
   if (value === undefined) return {};
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw argError(name, 'an options object', value);
+  if (value === null || typeof value !== 'object' || Array.isArray(value) || ArrayBuffer.isView(value)) throw argError(name, 'an options object', value);
   if (names) {
     for (const key of Object.keys(value)) {
       if (names.includes(key)) continue;

@@ -64,6 +64,11 @@ describe('tensor options are checked by name', () => {
     expect(() => zeros([2], { devce: 'cpu' } as never)).toThrow(/did you mean options\.device/);
     expect(() => randn([2], { sed: 1 } as never)).toThrow(/did you mean options\.seed/);
   });
+
+  it('a typed array in the options place is refused as not an options object (an empty one was taken as {}, a longer one named its indices as options)', () => {
+    expect(() => zeros([2], new Float32Array(0) as never)).toThrow(/Expected an options object for options but received a Float32Array of length 0/);
+    expect(() => tensor(new Float32Array(4), [2, 2], new Float32Array(4) as never)).toThrow(/Expected an options object for options but received a Float32Array of length 4/);
+  });
 });
 
 describe('shapes and int32 data: errors name the element and the limit', () => {
