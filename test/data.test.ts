@@ -897,6 +897,28 @@ describe('fromArray and fromAsyncIterable', () => {
     expect(() => fromArray(x, 0)).toThrow(/for dIn/);
   });
 
+  it('a pass over an array drained by a consumer that awaits nothing else still lets timers run (~20 ms slices)', async () => {
+    // Every batch of an in-memory source settles in microtasks: without a turn of the event loop
+    // now and then, a 1 ms interval never fired during a whole pass (0 ticks in ~1 s).
+    const src = fromArray(randomRows(64, 4, 5), 4);
+    for (const shuffle of [false, true]) {
+      let ticks = 0;
+      const iv = setInterval(() => ticks++, 1);
+      const t0 = performance.now();
+      let batches = 0;
+      try {
+        for await (const b of src.batches({ batchSize: 8, epochs: 3_000, shuffle })) batches += b.rows > 0 ? 1 : 0;
+      } finally {
+        clearInterval(iv);
+      }
+      const ms = performance.now() - t0;
+      expect(batches).toBe(24_000);
+      // One turn every ~20 ms of work; at least a few, however fast the machine is.
+      expect(ticks, `shuffle ${shuffle}: ${ticks} ticks in ${ms.toFixed(0)} ms`).toBeGreaterThanOrEqual(Math.min(3, Math.floor(ms / 40)));
+    }
+    await src.close();
+  });
+
   it('fromAsyncIterable: Float32Array and Batch items of any size, re-iterable epochs, shuffle', async () => {
     const x = randomRows(250, 7, 72);
     const cuts = [0, 3, 3, 50, 51, 199, 250];
