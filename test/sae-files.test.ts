@@ -353,6 +353,16 @@ describe('SAE files: bad input', () => {
     await expect(sae.save(tmp(), { format: 'torch' as 'saelens' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
     await expect(sae.save(tmp(), { dtype: 'float16' as 'float32' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE' });
     expect(() => SparseAutoencoder.fromWeights({ ...w, threshold: undefined }, { architecture: 'jumprelu' })).toThrow(/threshold/);
+    // The other architecture's parameter is refused, not dropped: a k for a JumpReLU SAE, a
+    // threshold for a TopK one (which would otherwise encode without it).
+    expect(() => SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu', k: 2 } as never)).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected no k for a JumpReLU SAE .* for options\.k but received 2 \(number\)$/) }),
+    );
+    expect(() => SparseAutoencoder.fromWeights(w, { k: 2 })).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected no threshold for a TopK SAE .* for threshold but received a Float32Array of length 11$/) }),
+    );
+    using topk = SparseAutoencoder.fromWeights({ ...w, threshold: undefined }, { k: 2 });
+    expect([topk.architecture, topk.k]).toEqual(['topk', 2]);
   });
 
   it('io.writeSaeFiles checks its config, weights and options as save() does, writing nothing it could not load back', async () => {

@@ -403,8 +403,9 @@ export class SparseAutoencoder {
    * An SAE from weights in the SAELens orientation: Float32Arrays (copied) or float32 Tensors
    * (read in queue order). Lengths are checked against dIn = b_dec.length and
    * numLatents = b_enc.length; errors name the weight (a bias when W_enc and W_dec agree with each
-   * other and with the other bias). A TopK SAE (the default) needs options.k;
-   * a JumpReLU SAE (options.architecture 'jumprelu') needs weights.threshold and no k.
+   * other and with the other bias). A TopK SAE (the default) needs options.k and no threshold;
+   * a JumpReLU SAE (options.architecture 'jumprelu') needs weights.threshold and no k (either
+   * given to the other architecture is refused, ERR_SAEKIT_ARG).
    * NaN or infinity is refused with ERR_SAEKIT_NONFINITE naming the weight and position: in a
    * Float32Array by this call; in a Tensor when it is read, after which every op of the SAE
    * rejects with that error.
@@ -448,12 +449,17 @@ export class SparseAutoencoder {
     const applyBDec = o.applyBDecToInput === undefined ? true : checkBool('options.applyBDecToInput', o.applyBDecToInput);
     const placement = placementOf(o);
     if (architecture === 'jumprelu') {
+      // A k or a threshold for the other architecture is a mix-up, not something to drop silently.
+      if (o.k !== undefined) throw argError('options.k', "no k for a JumpReLU SAE (it keeps every latent above its threshold; leave k out)", o.k);
       const t: unknown = weights.threshold;
       if (!(t instanceof Float32Array) || t.length !== numLatents) {
         throw argError('threshold', `a Float32Array of length numLatents = ${numLatents} (JumpReLU)`, t, 'ERR_SAEKIT_SHAPE');
       }
       const h = callNative(() => native().NativeSae.fromWeights(...args, dIn, numLatents, 0, 'jumprelu', applyBDec, t));
       return new SparseAutoencoder(h.handle, dIn, numLatents, 0, 'jumprelu', applyBDec, placement, h.read);
+    }
+    if (weights.threshold !== undefined) {
+      throw argError('threshold', "no threshold for a TopK SAE (pass options.architecture 'jumprelu' for a JumpReLU SAE, or leave the threshold out)", weights.threshold);
     }
     const k = checkInt('options.k', o.k, 1, numLatents);
     checkDeviceK(k, placement);
