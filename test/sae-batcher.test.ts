@@ -137,6 +137,33 @@ describe('EncodeBatcher', () => {
     expect(b.batches).toBe(2);
   });
 
+  it('overflowing requests cost the rest of their batch no further encode: one encode serves the batch, each overflowing request is encoded once alone', async () => {
+    const seed = Date.now() % 100_000;
+    const next = lcg(seed);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: seed + 1 });
+    const b = new EncodeBatcher(sae, { batchInvariant: true });
+    // The first request starts at once; the 60 behind it (every 6th overflowing) go as one batch.
+    const xs = Array.from({ length: 61 }, (_, i) => {
+      const x = rowsOf(1 + (i % 3), dIn, next);
+      if (i % 6 === 5) x.fill(3e38, 0, dIn);
+      return x;
+    });
+    const numBad = xs.filter((x) => x[0] === Math.fround(3e38)).length;
+    const before = backend.stats().submitted;
+    const got = await Promise.allSettled(xs.map((x) => b.encode(x)));
+    const jobs = backend.stats().submitted - before;
+    expect(got.filter((g) => g.status === 'rejected').length).toBe(numBad);
+    for (const [i, x] of xs.entries()) {
+      const alone = await sae.encode(x, { batchInvariant: true }).then((c) => c, (e: unknown) => e as Error);
+      if (alone instanceof Error) expect(got[i], `seed ${seed}, request ${i}`).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_NONFINITE', row: 0, message: alone.message } });
+      else expect(slice((got[i] as PromiseFulfilledResult<SparseCodes>).value, 0, alone.rows), `seed ${seed}, request ${i}`).toEqual(slice(alone, 0, alone.rows));
+    }
+    // Two batches and one encode alone per overflowing request (the old batcher encoded the
+    // batch again after each overflowing request it found: 2 * numBad + 2 encodes).
+    expect(b.batches).toBe(2);
+    expect(jobs).toBe(2 + numBad);
+  });
+
   it('a batch whose rows cannot be allocated rejects its requests with ERR_SAEKIT_MEMORY; later requests still run', async () => {
     const next = lcg(31);
     using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 5 });

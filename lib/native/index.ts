@@ -52,7 +52,7 @@ export interface NativeSae {
   readonly disposed: boolean;
   dispose(): void;
   weights(): Promise<NativeSaeWeights>;
-  encode(x: Float32Array | NativeTensor, batchInvariant?: boolean): Promise<{ values: Float32Array; indices: Int32Array; k: number }>;
+  encode(x: Float32Array | NativeTensor, batchInvariant?: boolean, keepOverflow?: boolean): Promise<{ values: Float32Array; indices: Int32Array; k: number }>;
   decode(values: Float32Array, indices: Int32Array, rows: number): Promise<Float32Array>;
   forward(x: Float32Array | NativeTensor): Promise<{ values: Float32Array; indices: Int32Array; k: number; recon: Float32Array; fvu: number }>;
   preActivations(x: Float32Array | NativeTensor): Promise<Float32Array>;

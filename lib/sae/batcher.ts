@@ -14,8 +14,9 @@
  * itself is padded to its largest: one row that activates thousands of latents makes its whole
  * batch that wide for the time of the encode). A request with a NaN or infinite value is rejected
  * on its own, before it joins a batch. One whose finite values overflow the encoder (inputs near
- * the float32 limit) is rejected on its own too: it is encoded alone, so its error names its own
- * row, and the rest of its batch is encoded again without it. A batch whose rows cannot be
+ * the float32 limit) is rejected on its own too: the rest of its batch keeps its codes from the
+ * same encode, and the request is encoded again alone, so its error names its own row (any number
+ * of such requests cost the others nothing). A batch whose rows cannot be
  * allocated rejects its requests with ERR_SAEKIT_MEMORY; later requests still run.
  *
  * A request is encoded with the weights the SAE has when its batch starts, not when encode() was
@@ -25,7 +26,7 @@
  */
 import { argError, SaekitError } from '../errors.js';
 import { checkInt, checkOptions, optionNames } from '../validate.js';
-import { batchInvariantOption, type SparseAutoencoder, type SparseCodes } from './index.js';
+import { batchInvariantOption, encodeKeepingOverflow, type SparseAutoencoder, type SparseCodes } from './index.js';
 
 /** Options of EncodeBatcher. */
 export interface EncodeBatcherOptions {
@@ -157,27 +158,22 @@ export class EncodeBatcher {
           at += r.x.length;
         }
       }
-      let codes: SparseCodes;
-      try {
-        codes = await this.sae.encode(x, this.batchInvariant ? { batchInvariant: true } : undefined);
-      } catch (err) {
-        const bad = take.length > 1 ? ownerOfRow(take, err) : -1;
-        if (bad < 0) {
-          for (const r of take) r.reject(err);
-          return;
-        }
-        // One request's rows overflow the encoder (finite inputs near the float32 limit): it is
-        // encoded alone, so its error names its own row, and the others go again without it.
-        const owner = take[bad]!;
-        await this.#encodeBatch([owner], owner.rows);
-        await this.#encodeBatch(take.slice(0, bad).concat(take.slice(bad + 1)), rows - owner.rows);
-        return;
-      }
+      // Rows whose pre-activations overflow float32 (finite inputs near its limit) keep their
+      // infinite codes here instead of failing the batch: one encode serves every other request.
+      const codes = await encodeKeepingOverflow(this.sae, x, this.batchInvariant);
       this.#batches++;
       const { k, values, indices, numLatents } = codes;
       const jump = this.sae.architecture === 'jumprelu';
+      const alone: Promise<void>[] = [];
       let row = 0;
       for (const r of take) {
+        if (overflows(values, row * k, (row + r.rows) * k)) {
+          // Encoded again on its own, so it rejects with the error sae.encode gives its rows alone
+          // (naming its own row, not the batch's).
+          alone.push(this.sae.encode(r.x, this.batchInvariant ? { batchInvariant: true } : undefined).then(r.resolve, r.reject));
+          row += r.rows;
+          continue;
+        }
         let kr = k;
         if (jump) {
           // The request's own padding: its largest number of active (positive) latents, at least 1.
@@ -197,6 +193,7 @@ export class EncodeBatcher {
         r.resolve({ rows: r.rows, numLatents, k: kr, values: v, indices: ix });
         row += r.rows;
       }
+      await Promise.all(alone);
     } catch (err) {
       // Every taken request settles (one already resolved keeps its codes).
       for (const r of take) r.reject(err);
@@ -204,16 +201,8 @@ export class EncodeBatcher {
   }
 }
 
-/**
- * The index in `take` of the request that owns the batch row an encode error names
- * (ERR_SAEKIT_NONFINITE with its `row`), or -1 when the error names no row.
- */
-function ownerOfRow(take: Request[], err: unknown): number {
-  if (!(err instanceof SaekitError) || err.code !== 'ERR_SAEKIT_NONFINITE' || err.row === undefined) return -1;
-  let row = err.row;
-  for (let i = 0; i < take.length; i++) {
-    if (row < take[i]!.rows) return i;
-    row -= take[i]!.rows;
-  }
-  return -1;
+/** Whether values[from, to) holds a non-finite code (a row whose pre-activations overflow float32). */
+function overflows(values: Float32Array, from: number, to: number): boolean {
+  for (let j = from; j < to; j++) if (!Number.isFinite(values[j]!)) return true;
+  return false;
 }

@@ -339,6 +339,19 @@ function rowsArg(dIn: number, x: unknown): Float32Array | NativeTensor {
   throw argError('x', `a Float32Array (rows * ${dIn}) or a float32 Tensor [rows, ${dIn}]`, x);
 }
 
+/**
+ * @internal sae.encode(x) for EncodeBatcher, whose batches hold the rows of many requests: a row
+ * whose pre-activations overflow float32 keeps its non-finite codes instead of failing the whole
+ * encode, so the batcher rejects that request alone and resolves the others from the same encode.
+ */
+export async function encodeKeepingOverflow(sae: SparseAutoencoder, x: Float32Array, batchInvariant: boolean): Promise<SparseCodes> {
+  const site = new Error();
+  const h = handles.get(sae)!;
+  if (h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this SparseAutoencoder was disposed; it cannot be used any more');
+  const r = await settleNative(afterPlacement(sae, callNative(() => h.encode(rowsArg(sae.dIn, x), batchInvariant, true))), site);
+  return { rows: r.values.length / r.k, numLatents: sae.numLatents, k: r.k, values: r.values, indices: r.indices };
+}
+
 /** A TopK sparse autoencoder whose parameters live in native memory. Free it with dispose() or `using`. */
 export class SparseAutoencoder {
   /** Input width. */

@@ -719,21 +719,26 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
     });
   }
 
-  // encode(x[, batchInvariant]): Promise<{ values, indices }>. batchInvariant (CPU SAEs): the
-  // encoder product on the built-in GEMM, so each row's codes are the bits of encoding it alone.
+  // encode(x[, batchInvariant[, keepOverflow]]): Promise<{ values, indices }>. batchInvariant
+  // (CPU SAEs): the encoder product on the built-in GEMM, so each row's codes are the bits of
+  // encoding it alone. keepOverflow (EncodeBatcher): a row whose pre-activations overflow float32
+  // keeps its non-finite codes instead of failing the call, so one request's overflow does not
+  // cost the other requests of its batch another encode.
   Napi::Value encode(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto m = live();
       Rows x = get_rows(info[0], m->D, "x", m->pinned.get());
       const bool invariant = info.Length() > 1 && info[1].ToBoolean().Value();
+      const bool keep_overflow = info.Length() > 2 && info[2].ToBoolean().Value();
       auto codes = std::make_shared<cpu::Codes>();
-      auto work = [m, x, codes, invariant] {
+      auto work = [m, x, codes, invariant, keep_overflow] {
         // Checked in the job: a model is placed on its device by a job queued before this one.
         if (invariant && m->dev)
           throw Error(ErrorCode::Arg, "Expected options.batchInvariant only for an SAE on the CPU (a device's GEMM is not batch-invariant)");
         cpu::check_finite_rows(x.data(), x.n, m->D, "x");
         cpu::BuiltinGemmScope scope(invariant);
-        encode_codes(*m, x.data(), x.n, codes.get());
+        if (keep_overflow) encode_codes_unchecked(*m, x.data(), x.n, codes.get());
+        else encode_codes(*m, x.data(), x.n, codes.get());
       };
       auto complete = [codes](Napi::Env env) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
