@@ -25,6 +25,7 @@ import { due, pause, runSliced } from '../slices.js';
 import { checkBool, checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { checkPath, fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose, transposeSteps } from './common.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
+import { checkWriteSaeOptions, type WriteSaeOptions } from './sae-options.js';
 import { readNpzChecked } from './npz.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { makeDirs, OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
@@ -652,6 +653,8 @@ async function foldFinetuningScale(
   return true;
 }
 
+export type { WriteSaeOptions } from './sae-options.js';
+
 /** Reads an SAE saved by SAELens, sparsify or Gemma Scope (a folder, or one of its files). */
 export async function readSaeFiles(pathOrDir: string): Promise<SaeFiles> {
   checkPath(pathOrDir);
@@ -661,16 +664,6 @@ export async function readSaeFiles(pathOrDir: string): Promise<SaeFiles> {
   return readGemmaScope(weights);
 }
 
-/** Options of writeSaeFiles: the layout, the stored dtype and extra metadata. */
-export interface WriteSaeOptions {
-  /** 'saelens' (default: SAELens, SAEBench and Neuronpedia load it) or 'sparsify'. */
-  format?: 'saelens' | 'sparsify';
-  /** Stored dtype. Default 'float32'. */
-  dtype?: 'float32' | 'bfloat16';
-  /** Extra fields for cfg.json's `metadata` (SAELens) or top level (sparsify); JSON values. */
-  metadata?: Record<string, unknown>;
-}
-
 function stored(data: Float32Array, shape: number[], dtype: 'float32' | 'bfloat16'): IoTensor {
   if (dtype === 'float32') return { dtype, shape, data };
   const out = new Uint16Array(data.length);
@@ -678,30 +671,8 @@ function stored(data: Float32Array, shape: number[], dtype: 'float32' | 'bfloat1
   return { dtype, shape, data: out };
 }
 
-const WRITE_SAE_OPTIONS = optionNames<WriteSaeOptions>({ format: true, dtype: true, metadata: true });
 type WriteSaeConfig = { architecture: 'topk' | 'jumprelu'; dIn: number; numLatents: number; k?: number; applyBDecToInput: boolean };
 const WRITE_SAE_CONFIG = optionNames<WriteSaeConfig>({ architecture: true, dIn: true, numLatents: true, k: true, applyBDecToInput: true });
-
-/**
- * writeSaeFiles's options, checked as SparseAutoencoder.save checks its own: a misspelt name, a
- * format or dtype not listed, or metadata that is not an object of JSON values is refused, not
- * written (dtype 'float16' stored bfloat16 bits under the dtype F16).
- */
-function checkWriteSaeOptions(options: WriteSaeOptions | undefined): WriteSaeOptions {
-  const o = checkOptions('options', options, WRITE_SAE_OPTIONS);
-  if (o.format !== undefined) checkOneOf('options.format', o.format, ['saelens', 'sparsify'] as const);
-  if (o.dtype !== undefined) checkOneOf('options.dtype', o.dtype, ['float32', 'bfloat16'] as const, 'ERR_SAEKIT_DTYPE');
-  if (o.metadata !== undefined) {
-    const m: unknown = o.metadata;
-    if (m === null || typeof m !== 'object' || Array.isArray(m) || ArrayBuffer.isView(m)) throw argError('options.metadata', 'an object of JSON values', m);
-    try {
-      JSON.stringify(m);
-    } catch (err) {
-      throw argError('options.metadata', `an object of JSON values (${(err as Error).message})`, m);
-    }
-  }
-  return o;
-}
 
 /** writeSaeFiles's config and weights, checked: what cfg.json says and each weight's length. */
 function checkWriteSaeModel(config: WriteSaeConfig, weights: SaeFileWeights): void {

@@ -26,7 +26,7 @@
  */
 import { deviceName, resolveDevice, type DeviceOption, type ResolvedDevice } from '../backend/index.js';
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
-import type { WriteSaeOptions } from '../io/sae-files.js';
+import { checkWriteSaeOptions, type WriteSaeOptions } from '../io/sae-options.js';
 import { native, type NativeAdam, type NativePrefetched, type NativeSae, type NativeTensor } from '../native/index.js';
 import { handleOf, Tensor } from '../tensor/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkSeed, optionNames, randomSeed } from '../validate.js';
@@ -225,7 +225,6 @@ const CREATE_OPTIONS = optionNames<CreateOptions>({ dIn: true, numLatents: true,
 /** Every option of fromWeights(), as its checks read them. */
 type AnyFromWeightsOptions = FromWeightsCommonOptions & { k?: number; architecture?: Architecture };
 const FROM_WEIGHTS_OPTIONS = optionNames<AnyFromWeightsOptions>({ k: true, architecture: true, applyBDecToInput: true, device: true, precision: true });
-const WRITE_SAE_OPTIONS = optionNames<WriteSaeOptions>({ format: true, dtype: true, metadata: true });
 const ADAM_OPTIONS = optionNames<AdamOptions>({ lr: true, beta1: true, beta2: true, eps: true });
 const STEP_OPTIONS = optionNames<StepOptions>({ lr: true, auxkAlpha: true, auxkVariant: true, deadThresholdTokens: true });
 const ENCODE_OPTIONS = optionNames<EncodeOptions>({ batchInvariant: true });
@@ -517,18 +516,7 @@ export class SparseAutoencoder {
    */
   async save(dir: string, options?: WriteSaeOptions): Promise<string[]> {
     if (typeof dir !== 'string' || dir.length === 0) throw argError('dir', 'a folder path', dir);
-    const o = checkOptions('options', options, WRITE_SAE_OPTIONS);
-    if (o.format !== undefined) checkOneOf('options.format', o.format, ['saelens', 'sparsify'] as const);
-    if (o.dtype !== undefined) checkOneOf('options.dtype', o.dtype, ['float32', 'bfloat16'] as const, 'ERR_SAEKIT_DTYPE');
-    if (o.metadata !== undefined) {
-      const m: unknown = o.metadata;
-      if (m === null || typeof m !== 'object' || Array.isArray(m) || ArrayBuffer.isView(m)) throw argError('options.metadata', 'an object of JSON values', m);
-      try {
-        JSON.stringify(m);
-      } catch (err) {
-        throw argError('options.metadata', `an object of JSON values (${(err as Error).message})`, m);
-      }
-    }
+    const o = checkWriteSaeOptions(options);
     // The weights are read in queue order now, before the file formats load: a step, setWeights()
     // or dispose() called after save() does not change (or fail) what is saved.
     const weights = this.weights();
