@@ -322,6 +322,47 @@ describe('SparseAutoencoder: encode, decode, forward, preActivations', () => {
     }
   });
 
+  it('selects the same codes on wide rows (bounded by blocks of 16): ties across blocks, zeros, the tail, few positives', async () => {
+    // The selection first bounds each row by its blocks' maxima once it spans 2k blocks of 16;
+    // exact dyadic pre-activations (x_r - b_dec = e_r) drawn from a few values tie across blocks.
+    const seed = freshSeed(17);
+    const next = lcg(seed);
+    const dIn = 12;
+    const L = 16 * 18 + 13; // 18 whole blocks and a tail of 13
+    const levels = [-1, -0.25, 0, 0.25, 0.5, 1, 2];
+    const targets: number[][] = [];
+    for (let r = 0; r < dIn; r++) {
+      let row: number[];
+      if (r === 0) row = new Array(L).fill(0.5); // all tied
+      else if (r === 1) row = new Array(L).fill(-1); // nothing positive: zero codes, lowest indices
+      else if (r === 2) row = Array.from({ length: L }, (_, j) => (j >= 16 * 18 ? 1 + j / 512 : -0.5)); // only the tail positive
+      else if (r === 3) row = Array.from({ length: L }, (_, j) => (j % 37 === 5 ? 0.25 : -0.25)); // few positives, one per few blocks
+      else if (r === 4) row = Array.from({ length: L }, (_, j) => (L - j) / 512); // decreasing: the best come first
+      else row = Array.from({ length: L }, () => levels[Math.floor(next() * levels.length)]!);
+      targets.push(row);
+    }
+    const b_enc = Float32Array.from({ length: L }, (_, j) => (j % 8) / 16 - 0.25);
+    const b_dec = Float32Array.from({ length: dIn }, (_, i) => (i - 5) / 8);
+    const W_enc = new Float32Array(dIn * L);
+    for (let r = 0; r < dIn; r++) for (let j = 0; j < L; j++) W_enc[r * L + j] = targets[r]![j]! - b_enc[j]!;
+    const W_dec = randomWeights(dIn, L, next).W_dec;
+    const x = new Float32Array(dIn * dIn);
+    for (let r = 0; r < dIn; r++) for (let i = 0; i < dIn; i++) x[r * dIn + i] = (r === i ? 1 : 0) + b_dec[i]!;
+    for (const k of [1, 3, 8, 9]) {
+      using sae = SparseAutoencoder.fromWeights({ W_enc, b_enc, W_dec, b_dec }, { k });
+      const codes = await sae.encode(x);
+      for (let r = 0; r < dIn; r++) {
+        const want = targets[r]!
+          .map((t, j) => ({ v: Math.max(t, 0), j }))
+          .sort((a, b) => b.v - a.v || a.j - b.j)
+          .slice(0, k);
+        const msg = `seed ${seed}, k ${k}, row ${r}`;
+        expect(Array.from(codes.indices.subarray(r * k, (r + 1) * k)), msg).toEqual(want.map((w) => w.j));
+        expect(Array.from(codes.values.subarray(r * k, (r + 1) * k)).map((v) => v + 0), msg).toEqual(want.map((w) => w.v));
+      }
+    }
+  });
+
   it('fromWeights copies its input, accepts Tensors, and weights() returns copies', async () => {
     const seed = freshSeed(7);
     const next = lcg(seed);

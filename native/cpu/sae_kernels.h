@@ -17,6 +17,9 @@ struct TopKHeap {
 struct SaeKernels {
   // Offers (ReLU(pre[l] + bias[l]), base + l) for l in [0, count) to the heap, in index order.
   void (*topk_scan)(TopKHeap* h, const float* pre, const float* bias, int64_t count, int32_t base);
+  // out[b] = the largest ReLU(pre[l] + bias[l]) over block b, l in [16 b, 16 b + 16), for b in
+  // [0, blocks): the same values topk_scan offers (ReLU of NaN is 0).
+  void (*relu_block_max)(const float* pre, const float* bias, int64_t blocks, float* out);
   // dot(a, b) over n floats (float32 accumulation in vector lanes).
   float (*dot)(const float* a, const float* b, int64_t n);
   // y += a * x over n floats.

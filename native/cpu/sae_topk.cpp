@@ -6,6 +6,7 @@
 #include <limits>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 #include "../core/cpu_features.h"
@@ -59,6 +60,39 @@ void sort_desc(float* v, int32_t* i, int64_t K) {
     v[j] = tmp[size_t(j)].first;
     i[j] = tmp[size_t(j)].second;
   }
+}
+
+// Offers (ReLU(pre[l] + bias[l]), base + l), l in [0, count), to a heap that is still filling:
+// the first K offers of a row all enter it, and a row in random order then replaces its worst
+// pair about K ln(count / K) times (each a sift through the heap), which cost more than the scan
+// itself. So the largest value of each block of 16 comes first (one vector pass): with t the K-th
+// largest of those maxima, at least K values of the row are >= t, so none below t is among the
+// K best of the heap and this row, and only the values >= t of the blocks whose maximum reaches t
+// are offered, in index order. The heap ends with the same pairs as topk_scan leaves (main codes
+// are sorted afterwards, so their order in the heap does not matter). `maxima` is scratch.
+void offer_topk(const SaeKernels& kern, TopKHeap* h, const float* pre, const float* bias, int64_t count, int32_t base,
+                std::vector<float>& maxima, std::vector<float>& sel) {
+  const int64_t K = h->cap, blocks = count / 16;
+  if (h->size >= K || blocks < 2 * K) return kern.topk_scan(h, pre, bias, count, base);
+  maxima.resize(size_t(blocks));
+  kern.relu_block_max(pre, bias, blocks, maxima.data());
+  sel.assign(maxima.begin(), maxima.end());
+  std::nth_element(sel.begin(), sel.begin() + (K - 1), sel.end(), std::greater<float>());
+  const float t = sel[size_t(K - 1)];
+  auto offer = [&](int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; ++l) {
+      float a = pre[l] + bias[l];
+      a = a > 0.0f ? a : 0.0f;
+      if (a >= t) topk_push(h, a, base + int32_t(l));
+    }
+  };
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float m = maxima[size_t(b)];
+    // A full heap keeps only values above its worst (equal ones have larger indices).
+    if (m < t || (h->size == K && !(m > h->v[0]))) continue;
+    offer(16 * b, 16 * b + 16);
+  }
+  offer(16 * blocks, count);
 }
 
 // Column sums of rows [0, N) of A [N, D] scaled by `scale`, accumulated in float64 over fixed
@@ -177,11 +211,12 @@ void sae_encode(const SaeView& p, const float* x, int64_t N, int64_t K, const st
       while (dead_end < dead.size() && dead[dead_end] < c0 + cols) ++dead_end;
       // Bias + ReLU + TopK while the tile is still in cache; only (value, index) pairs survive.
       pool.parallel_for(rows, 4, [&](int64_t a, int64_t b, int) {
+        std::vector<float> maxima, sel;
         for (int64_t n = a; n < b; ++n) {
           const float* row = pre + n * cols;
           const int64_t g = r0 + n;
           TopKHeap h{&main->v[size_t(g * K)], &main->i[size_t(g * K)], hsize[size_t(n)], K};
-          kern.topk_scan(&h, row, p.b_enc + c0, cols, int32_t(c0));
+          offer_topk(kern, &h, row, p.b_enc + c0, cols, int32_t(c0), maxima, sel);
           hsize[size_t(n)] = h.size;
           if (with_aux && dead_end > dead_pos) {
             TopKHeap ha{&aux->v[size_t(g * Kaux)], &aux->i[size_t(g * Kaux)], asize[size_t(n)], Kaux};
