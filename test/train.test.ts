@@ -4,7 +4,7 @@ import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { SparseAutoencoder, type SaeWeights } from '../lib/index.js';
+import { SaekitError, SparseAutoencoder, type SaeWeights } from '../lib/index.js';
 import { fromArray, fromAsyncIterable } from '../lib/data/index.js';
 import { superposition } from '../lib/data/synthetic.js';
 import { mmcs } from '../lib/eval/recovery.js';
@@ -806,6 +806,14 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
     for (const f of leftovers) expect(files).not.toContain(f);
     for (const f of kept) expect(files).toContain(f);
     expect(files).toContain('checkpoint.json');
+  });
+
+  it.runIf(process.platform === 'linux')('a log that cannot be appended to (disk full) fails the run with ERR_SAEKIT_ARG naming options.logFile', async () => {
+    // /dev/full opens for appending and fails every write with ENOSPC.
+    using sae = make();
+    const err = await new Trainer(sae, { batchSize: 64, totalTokens: 256 }).fit(fromArray(data(256, dIn, 45), dIn), { logFile: '/dev/full' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SaekitError);
+    expect(err).toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected options\.logFile to be a file that can be appended to but '\/dev\/full' is not usable: ENOSPC/) });
   });
 
   it('a resumed run drops the log lines past its checkpoint (written before a crash, or torn), so each step is logged once', async () => {

@@ -758,7 +758,12 @@ export class Trainer {
           lr,
           tokensPerSec: batch.rows / Math.max(dt, 1e-9),
         };
-        if (log) await log.write(`${JSON.stringify(last)}\n`);
+        if (log) {
+          // A failed append (disk full, a quota) is reported against the option, as opening it is.
+          await log.write(`${JSON.stringify(last)}\n`).catch((err: unknown) => {
+            throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err);
+          });
+        }
         if (fo.onStep) await fo.onStep(last);
         if (fo.checkpointDir && step % every === 0 && step < total) await this.checkpoint(opt, fo.checkpointDir, step, tokens, scale, total, source.numRows);
       }
