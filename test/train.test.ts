@@ -816,6 +816,22 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
     expect(err).toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected options\.logFile to be a file that can be appended to but '\/dev\/full' is not usable: ENOSPC/) });
   });
 
+  it('resume with no checkpoint yet (a run killed before its first) starts over and logs each step once', async () => {
+    const dir = tmp();
+    const checkpointDir = path.join(dir, 'ck');
+    const logFile = path.join(dir, 'log.jsonl');
+    const x = data(640, dIn, 46);
+    const opts = { batchSize: 64, totalTokens: 640, warmupSteps: 2, seed: 3 };
+    // As if a run had logged steps 1 and 2 and died writing step 3's line, before any checkpoint.
+    writeFileSync(logFile, '{"step":1,"tokens":64,"loss":1}\n{"step":2,"tokens":128,"loss":1}\n{"step":3,"tok');
+    using sae = make();
+    const r = await new Trainer(sae, opts).fit(fromArray(x, dIn), { checkpointDir, logFile, checkpointEvery: 4, resume: true });
+    expect(r.resumedFrom).toBeUndefined();
+    const lines = readFileSync(logFile, 'utf8').split('\n');
+    expect(lines.pop()).toBe('');
+    expect(lines.map((l) => (JSON.parse(l) as { step: number }).step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  });
+
   it('a resumed run drops the log lines past its checkpoint (written before a crash, or torn), so each step is logged once', async () => {
     const dir = tmp();
     const checkpointDir = path.join(dir, 'ck');

@@ -137,7 +137,8 @@ export interface FitOptions {
   /**
    * Append every step as one JSON line to this file. A resumed run first drops the lines of steps
    * past its checkpoint (trained again; e.g. written before a crash) and a torn last line, so
-   * each step appears once.
+   * each step appears once; `resume` with no checkpoint yet (a run killed before its first)
+   * starts over from step 0 and so empties the log first.
    */
   logFile?: string;
   /** Folder for checkpoints (written atomically). */
@@ -701,8 +702,9 @@ export class Trainer {
       started = true;
 
       // A resumed run trains the steps after its checkpoint again: their lines (written before a
-      // crash, or a torn last line) leave the log first, so each step is logged once.
-      if (fo.logFile && resumedFrom) await _trimLogPast(fo.logFile, resumedFrom.step);
+      // crash, or a torn last line) leave the log first, so each step is logged once. With no
+      // checkpoint yet (a run killed before its first), the run starts over from step 0.
+      if (fo.logFile && fo.resume) await _trimLogPast(fo.logFile, resumedFrom?.step ?? 0);
       log = fo.logFile ? await open(fo.logFile, 'a').catch((err: unknown) => { throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err); }) : undefined;
       // Each batch is prefetched as soon as it arrives, while the previous step runs: on a GPU
       // it is already on its way to the device when its step starts. A copied batch's array is
