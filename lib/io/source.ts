@@ -196,7 +196,10 @@ export async function makeDirs(dir: string): Promise<void> {
  * over `path`. A crash leaves either the old file or the complete new one; a failed write removes
  * the temporary file. Strings are written as UTF-8. `data` is read while the Promise is pending
  * (not copied): it must stay untouched until the Promise settles; detached or resized meanwhile,
- * the write fails with ERR_SAEKIT_ARG naming data and `path` keeps its old content.
+ * the write fails with ERR_SAEKIT_ARG naming data and `path` keeps its old content. A process
+ * killed mid-write leaves its temporary file beside `path` (hidden: `.<name>.<pid>.<random>.tmp`),
+ * which nothing reads or reuses: delete it at will (listing the folder on every write to find
+ * such files would cost folders of many shards too much).
  */
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
   checkPath(path);
