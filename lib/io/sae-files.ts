@@ -25,8 +25,8 @@ import { due, pause, runSliced } from '../slices.js';
 import { checkBool, checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { checkPath, fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose, transposeSteps } from './common.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
-import { checkWriteSaeOptions, type WriteSaeOptions } from './sae-options.js';
 import { readNpzChecked } from './npz.js';
+import { checkWriteSaeOptions, type WriteSaeOptions } from './sae-options.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { makeDirs, OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
 

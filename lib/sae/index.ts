@@ -338,6 +338,13 @@ function rowsArg(dIn: number, x: unknown): Float32Array | NativeTensor {
   throw argError('x', `a Float32Array (rows * ${dIn}) or a float32 Tensor [rows, ${dIn}]`, x);
 }
 
+/** The SAE's native handle; ERR_SAEKIT_DISPOSED once it was disposed. */
+function liveHandle(sae: SparseAutoencoder): NativeSae {
+  const h = handles.get(sae)!;
+  if (h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this SparseAutoencoder was disposed; it cannot be used any more');
+  return h;
+}
+
 /**
  * @internal sae.encode(x) for EncodeBatcher, whose batches hold the rows of many requests: a row
  * whose pre-activations overflow float32 keeps its non-finite codes instead of failing the whole
@@ -345,8 +352,7 @@ function rowsArg(dIn: number, x: unknown): Float32Array | NativeTensor {
  */
 export async function encodeKeepingOverflow(sae: SparseAutoencoder, x: Float32Array, batchInvariant: boolean): Promise<SparseCodes> {
   const site = new Error();
-  const h = handles.get(sae)!;
-  if (h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this SparseAutoencoder was disposed; it cannot be used any more');
+  const h = liveHandle(sae);
   const r = await settleNative(afterPlacement(sae, callNative(() => h.encode(rowsArg(sae.dIn, x), batchInvariant, true))), site);
   return { rows: r.values.length / r.k, numLatents: sae.numLatents, k: r.k, values: r.values, indices: r.indices };
 }
@@ -536,9 +542,7 @@ export class SparseAutoencoder {
   }
 
   private handle(): NativeSae {
-    const h = handles.get(this)!;
-    if (h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this SparseAutoencoder was disposed; it cannot be used any more');
-    return h;
+    return liveHandle(this);
   }
 
   private rows(x: unknown): Float32Array | NativeTensor {
