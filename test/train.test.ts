@@ -536,7 +536,7 @@ describe('Trainer', () => {
     await expect(t3.fit(flat, { checkpointDir: dir3, checkpointEvery: 5 })).rejects.toThrow(/identical/);
     expect(JSON.parse(readFileSync(path.join(dir3, 'checkpoint.json'), 'utf8')).step).toBe(12);
     expect((await sae3.forward(x.subarray(0, 512 * dIn))).fvu).toBeLessThan(0.8);
-    await using reader = await readSafetensors(path.join(dir3, 'state-12.safetensors'));
+    await using reader = await readSafetensors(path.join(dir3, JSON.parse(readFileSync(path.join(dir3, 'checkpoint.json'), 'utf8')).stateFile));
     const ck = (await reader.read('b_dec')).data as Float32Array;
     const now = (await sae3.weights()).b_dec;
     // The checkpoint holds the scaled model, the SAE the raw one: b_dec differs by the scale.
@@ -797,7 +797,7 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
     const dir = tmp();
     const { mkdirSync, readdirSync } = await import('node:fs');
     mkdirSync(dir, { recursive: true });
-    const leftovers = ['.state-37.safetensors.1699.0a1b2c3d4e5f.tmp', '.checkpoint.json.1788.ffee00112233.tmp'];
+    const leftovers = ['.state-37.safetensors.1699.0a1b2c3d4e5f.tmp', '.state-37-00ff00ff00ff.safetensors.1699.0a1b2c3d4e5f.tmp', '.checkpoint.json.1788.ffee00112233.tmp'];
     const kept = ['.notes.tmp', 'state-notes.txt', `.state-3.safetensors.x.tmp`];
     for (const f of [...leftovers, ...kept]) writeFileSync(path.join(dir, f), 'x');
     using sae = make();
@@ -806,6 +806,44 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
     for (const f of leftovers) expect(files).not.toContain(f);
     for (const f of kept) expect(files).toContain(f);
     expect(files).toContain('checkpoint.json');
+  });
+
+  it("a run killed between writing its state and checkpoint.json leaves the folder's previous checkpoint whole", async () => {
+    // Run A checkpoints step 4 and ends. Run B (same options, another initialisation) writes into
+    // the same folder and dies after its state file at step 4 is written, before checkpoint.json
+    // is renamed into place (simulated: that rename fails). Resuming must restore A's step 4
+    // (A's checkpoint.json with A's weights), not A's checkpoint.json with B's weights.
+    // The builtin's CommonJS object is writable; syncBuiltinESMExports passes the change on to
+    // the ESM bindings (lib/io/source.ts's `import { rename } from 'node:fs/promises'`).
+    const { createRequire, syncBuiltinESMExports } = await import('node:module');
+    const fsp = createRequire(import.meta.url)('node:fs/promises') as typeof import('node:fs/promises');
+    const dir = tmp();
+    const x = data(256, dIn, 47);
+    const opts = { batchSize: 64, totalTokens: 256, seed: 5 };
+    using a = make(1);
+    await new Trainer(a, opts).fit(fromArray(x, dIn), { checkpointDir: dir, checkpointEvery: 4 });
+    const wa = await a.weights();
+    using b = make(2);
+    const rename = fsp.rename;
+    const failing = async (from: Parameters<typeof rename>[0], to: Parameters<typeof rename>[1]) => {
+      if (path.basename(String(to)) === 'checkpoint.json') throw Object.assign(new Error('killed'), { code: 'EKILLED' });
+      return rename(from, to);
+    };
+    (fsp as { rename: typeof rename }).rename = failing;
+    syncBuiltinESMExports();
+    try {
+      await expect(new Trainer(b, opts).fit(fromArray(x, dIn), { checkpointDir: dir, checkpointEvery: 4 })).rejects.toThrow(/killed/);
+    } finally {
+      (fsp as { rename: typeof rename }).rename = rename;
+      syncBuiltinESMExports();
+    }
+    expect(bits((await b.weights()).W_enc)).not.toEqual(bits(wa.W_enc));
+    using c = make(3);
+    const r = await new Trainer(c, { ...opts, totalTokens: 256 }).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true });
+    expect(r.resumedFrom?.step).toBe(4);
+    const wc = await c.weights();
+    expect(bits(wc.W_enc)).toEqual(bits(wa.W_enc));
+    expect(bits(wc.W_dec)).toEqual(bits(wa.W_dec));
   });
 
   it.runIf(process.platform === 'linux')('a log that cannot be appended to (disk full) fails the run with ERR_SAEKIT_ARG naming options.logFile', async () => {

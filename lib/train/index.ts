@@ -30,6 +30,7 @@
  * const result = await trainer.fit(source, { checkpointDir: 'runs/l8/ckpt', saveDir: 'runs/l8', logFile: 'runs/l8/log.jsonl' });
  * ```
  */
+import { randomBytes } from 'node:crypto';
 import { type FileHandle, open, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -829,7 +830,11 @@ export class Trainer {
     const { writeSafetensors, writeFileAtomic } = await import('../io/index.js');
     await makeDirs(dir);
     const [w, adam, since] = await Promise.all([this.sae.weights(), opt.state(), this.sae.tokensSinceFired()]);
-    const stateFile = `state-${step}.safetensors`;
+    // A name of its own for each write (the step and 48 random bits): checkpoint.json, renamed into
+    // place last, is the only commit point. Under a fixed per-step name, a run writing into a folder
+    // that holds another run's checkpoint at the same step replaced that state first, so a kill
+    // before checkpoint.json was written left the old checkpoint.json naming the new weights.
+    const stateFile = `state-${step}-${randomBytes(6).toString('hex')}.safetensors`;
     const f32 = (data: Float32Array, shape: number[]) => ({ dtype: 'float32' as const, shape, data });
     const { dIn, numLatents, k } = this.sae;
     await writeSafetensors(path.join(dir, stateFile), {
@@ -846,8 +851,8 @@ export class Trainer {
     // Older states are no longer referenced; temporary files of writes that a killed process never
     // finished (writeFileAtomic's .<name>.<pid>.<hex>.tmp, from another process) are removed too.
     for (const f of await readdir(dir)) {
-      const stale = /^\.(?:state-\d+\.safetensors|checkpoint\.json)\.(\d+)\.[0-9a-f]+\.tmp$/.exec(f);
-      if ((/^state-\d+\.safetensors$/.test(f) && f !== stateFile) || (stale && Number(stale[1]) !== process.pid)) await rm(path.join(dir, f), { force: true });
+      const stale = /^\.(?:state-\d+(?:-[0-9a-f]{12})?\.safetensors|checkpoint\.json)\.(\d+)\.[0-9a-f]+\.tmp$/.exec(f);
+      if ((STATE_FILE.test(f) && f !== stateFile) || (stale && Number(stale[1]) !== process.pid)) await rm(path.join(dir, f), { force: true });
     }
   }
 
@@ -890,6 +895,9 @@ interface Checkpoint {
   /** Rows of the source trained on, when it had a known length (absent in older checkpoints). */
   sourceRows?: number;
 }
+
+/** A checkpoint's state file: state-<step>-<12 hex digits>.safetensors (state-<step>.safetensors before 2026-11-30). */
+const STATE_FILE = /^state-\d+(?:-[0-9a-f]{12})?\.safetensors$/;
 
 /** The options that fix the data order and the input scale: a resume must keep them. */
 const RESUME_FIXED = ['batchSize', 'seed', 'shuffle', 'normalize'] as const;
@@ -943,7 +951,7 @@ async function readCheckpoint(dir: string): Promise<Checkpoint | undefined> {
   } catch (err) {
     throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: invalid JSON (${(err as Error).message})`);
   }
-  if (ck.version !== CHECKPOINT_VERSION || !Number.isSafeInteger(ck.step) || typeof ck.stateFile !== 'string' || !/^state-\d+\.safetensors$/.test(ck.stateFile)) {
+  if (ck.version !== CHECKPOINT_VERSION || !Number.isSafeInteger(ck.step) || typeof ck.stateFile !== 'string' || !STATE_FILE.test(ck.stateFile)) {
     throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: not a saekit checkpoint of version ${CHECKPOINT_VERSION}`);
   }
   return ck;
