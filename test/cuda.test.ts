@@ -367,4 +367,30 @@ describe.runIf(gpu)('CUDA refuses what it cannot compute, as the CPU does', () =
     ok.dispose();
     cpu.dispose();
   });
+
+  it('encodes at k 8192 (the most the TS check lets through) with the right codes', async () => {
+    // Latents 0..8191 get a bias of 4 and the rest -4; inputs and W_enc are small, so the kept set
+    // is exactly 0..8191 whatever the GEMM's precision, and each value is b_enc + x . W_enc[:, j].
+    const M = 9000, d = 4, rows = 3, k = 8192;
+    const next = lcg(Date.now() >>> 0);
+    const W_enc = Float32Array.from({ length: d * M }, () => (next() * 2 - 1) * 0.1);
+    const b_enc = Float32Array.from({ length: M }, (_, j) => (j < k ? 4 : -4));
+    const W_dec = Float32Array.from({ length: M * d }, () => next() * 2 - 1);
+    const x = Float32Array.from({ length: rows * d }, () => next() * 2 - 1);
+    using sae = SparseAutoencoder.fromWeights({ W_enc, b_enc, W_dec, b_dec: new Float32Array(d) }, { k, device: 'cuda' });
+    const c = await sae.encode(x);
+    expect(c.k).toBe(k);
+    for (let r = 0; r < rows; r++) {
+      const got = new Map<number, number>();
+      for (let i = 0; i < k; i++) got.set(c.indices[r * k + i]!, c.values[r * k + i]!);
+      expect(got.size, `row ${r}`).toBe(k);
+      for (let j = 0; j < k; j++) {
+        let z = b_enc[j]!;
+        for (let t = 0; t < d; t++) z += x[r * d + t]! * W_enc[t * M + j]!;
+        expect(got.has(j), `row ${r} latent ${j}`).toBe(true);
+        // bf16 inputs (2^-9 relative each) over 4 terms of at most 0.1: well under 0.01.
+        if (!(Math.abs(got.get(j)! - z) < 0.01)) expect(got.get(j), `row ${r} latent ${j}`).toBe(z);
+      }
+    }
+  });
 });
