@@ -6,6 +6,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { totalmem } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as zlib from 'node:zlib';
@@ -30,7 +31,7 @@ import { listForMessage, previewValue } from '../lib/io/common.js';
 import { _readNpzSource, decodeNpz, encodeNpzParts } from '../lib/io/npz.js';
 import { makeDirs, memorySource } from '../lib/io/source.js';
 import { SparseAutoencoder } from '../lib/index.js';
-import { decodeSafetensors, encodeSafetensors, parseSafetensorsHeader } from '../lib/io/safetensors.js';
+import { decodeSafetensors, encodeSafetensors, encodeSafetensorsParts, parseSafetensorsHeader } from '../lib/io/safetensors.js';
 import { crc32, encodeZipParts } from '../lib/io/zip.js';
 import { distUrl, escapeRe, haveDist, runInChild } from './helpers/child.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
@@ -257,6 +258,39 @@ describe('safetensors', () => {
     await reader.close();
     expect(performance.now() - t0).toBeLessThan(2000);
   });
+
+  // A tensor over 4 GiB has no single Uint8Array view on Node 20 (2^32 elements at most): a
+  // Trainer checkpoint's Adam moments at dIn 4096 x 131072 latents (2 M D + M + D floats, 4 GiB
+  // + 540 KiB) made the writer throw V8's RangeError and the reader refuse the file as malformed.
+  it('writes a tensor over 4 GiB in pieces (the data is viewed, not copied)', () => {
+    const n = 2 ** 30 + 3;
+    const data = new Float32Array(n); // never touched: no memory is used
+    const parts = encodeSafetensorsParts({ 'adam.m': { dtype: 'float32', shape: [n], data } });
+    expect(parts.slice(1).reduce((a, c) => a + c.byteLength, 0)).toBe(4 * n);
+    for (const c of parts.slice(1)) expect(c.buffer).toBe(data.buffer);
+  });
+
+  it.runIf(totalmem() >= 16 * 2 ** 30)('reads a tensor over 4 GiB (a sparse file), and a tensor past it', async () => {
+    const dir = tmpDir();
+    const file = path.join(dir, 'huge.safetensors');
+    const n = 2 ** 30 + 1;
+    writeFileSync(file, stFile({ huge: { dtype: 'F32', shape: [n], data_offsets: [0, 4 * n] }, after: { dtype: 'F32', shape: [2], data_offsets: [4 * n, 4 * n + 8] } }));
+    const start = readFileSync(file).length;
+    truncateSync(file, start + 4 * n + 8);
+    const fd = openSync(file, 'r+');
+    writeSync(fd, new Uint8Array(new Float32Array([7, 8, 9]).buffer), 0, 12, start + 4 * n - 4);
+    closeSync(fd);
+    const reader = await readSafetensors(file);
+    try {
+      expect(Array.from((await reader.read('after')).data as Float32Array)).toEqual([8, 9]);
+      const huge = (await reader.read('huge')).data as Float32Array;
+      expect(huge).toBeInstanceOf(Float32Array);
+      expect(huge.length).toBe(n);
+      expect([huge[0], huge[2 ** 28], huge[n - 1]]).toEqual([0, 0, 7]);
+    } finally {
+      await reader.close();
+    }
+  }, 60_000);
 
   describe('rejects malformed files with ERR_SAEKIT_FORMAT naming the file and the reason', () => {
     const ok = { a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } };

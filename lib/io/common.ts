@@ -237,6 +237,39 @@ export function littleEndianBytes(data: IoArray, itemSize: number, name: string)
 }
 
 /**
+ * The largest piece of a tensor's bytes that one Uint8Array views when the tensor is over
+ * MAX_BUFFER_BYTES: typed arrays hold at most 2^32 elements on Node 20, so such a tensor (a
+ * checkpoint's Adam moments at dIn 4096 x 131072 latents) has no single byte view and is
+ * written and read in pieces.
+ */
+export const BYTE_PIECE = 2 ** 30;
+
+/**
+ * littleEndianBytes as a list of chunks: one when the data fits in MAX_BUFFER_BYTES, else pieces
+ * of at most BYTE_PIECE bytes (each a view registered as `name`, or a swapped copy).
+ */
+export function littleEndianPieces(data: IoArray, itemSize: number, name: string): Uint8Array[] {
+  if (data.byteLength <= MAX_BUFFER_BYTES) return [littleEndianBytes(data, itemSize, name)];
+  const pieces: Uint8Array[] = [];
+  for (let p = 0; p < data.byteLength; p += BYTE_PIECE) {
+    const view = new Uint8Array(data.buffer, data.byteOffset + p, Math.min(BYTE_PIECE, data.byteLength - p));
+    if (!HOST_BIG_ENDIAN || itemSize === 1) {
+      pieces.push(planChunk(view, name));
+    } else {
+      const copy = copyBytes(view);
+      byteSwap(copy, itemSize);
+      pieces.push(copy);
+    }
+  }
+  return pieces;
+}
+
+/** A zeroed array of `count` elements of `dtype`; a RangeError when this runtime cannot make it. */
+export function newIoArray(dtype: IoDType, count: number): IoArray {
+  return new ARRAY_CTOR[dtype](new ArrayBuffer(count * ITEM_SIZE[dtype]), 0, count);
+}
+
+/**
  * Chunks of a file being written that view a caller's array: the array's name and the chunk's
  * byte length when the file was planned (its header and sizes were computed from that length).
  * The views pass through the encoders unchanged, so the writer finds them here by identity.

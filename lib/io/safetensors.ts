@@ -9,6 +9,8 @@
  * BF16, F64, I32, I64 and U8 to typed arrays, readBytes gives any tensor's raw bytes; the writer pads the header with spaces to a multiple of 8 bytes and orders
  * tensors by descending item size (then dtype), then name, like the reference writer, so every
  * tensor starts naturally aligned and the output is byte-identical to the reference's.
+ * A tensor over 4 GiB (no single Uint8Array views it on Node 20) is written and read in 1 GiB
+ * pieces of its own array, so checkpoints and weights of large SAEs round-trip.
  *
  * @example
  * ```ts
@@ -25,16 +27,22 @@
 import { argError, SaekitError } from '../errors.js';
 import {
   arrayFromBytes,
+  BYTE_PIECE,
+  byteSwap,
   checkedNumel,
   checkIoTensor,
   checkPath,
   concatBytes,
   defineOwn,
   formatError,
+  HOST_BIG_ENDIAN,
   ITEM_SIZE,
   listForMessage,
-  littleEndianBytes,
+  littleEndianPieces,
+  MAX_BUFFER_BYTES,
+  newIoArray,
   checkWellFormed,
+  type IoArray,
   type IoDType,
   type IoTensor,
 } from './common.js';
@@ -316,8 +324,34 @@ class Reader implements SafetensorsReader {
         `Expected a tensor of dtype ${Object.keys(FROM_CODE).join(', ')} but ${quote(e.name)} of ${this.path} is ${e.code} (readBytes reads its raw bytes)`,
       );
     }
+    if (e.byteLength > MAX_BUFFER_BYTES) return { dtype: e.dtype, shape: e.shape.slice(), data: await this.#readPieces(e, e.dtype) };
     const bytes = await this.#source.read(e.offset, e.byteLength);
     return { dtype: e.dtype, shape: e.shape.slice(), data: arrayFromBytes(e.dtype, bytes, false) };
+  }
+
+  /**
+   * A tensor over MAX_BUFFER_BYTES (no Uint8Array can view it whole on Node 20): its typed array
+   * is made first and filled in pieces of BYTE_PIECE bytes.
+   */
+  async #readPieces(e: SafetensorsEntry, dtype: IoDType): Promise<IoArray> {
+    const size = ITEM_SIZE[dtype];
+    const count = e.byteLength / size;
+    let data: IoArray;
+    try {
+      data = newIoArray(dtype, count);
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err;
+      throw new SaekitError(
+        'ERR_SAEKIT_MEMORY',
+        `Cannot hold tensor ${quote(e.name)} of ${this.path} (${count} elements, ${e.byteLength} bytes) in one typed array here: ${err.message}`,
+      );
+    }
+    for (let p = 0; p < e.byteLength; p += BYTE_PIECE) {
+      const view = new Uint8Array(data.buffer, p, Math.min(BYTE_PIECE, e.byteLength - p));
+      await this.#source.read(e.offset + p, view.length, view);
+      if (HOST_BIG_ENDIAN && size > 1) byteSwap(view, size);
+    }
+    return data;
   }
 
   async readBytes(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
@@ -407,7 +441,7 @@ export function encodeSafetensorsParts(tensors: Record<string, IoTensor>, metada
   for (const { key, t } of named) {
     const end = offset + t.data.byteLength;
     fields.push(`${JSON.stringify(key)}:{"dtype":"${TO_CODE[t.dtype]}","shape":[${t.shape.join(',')}],"data_offsets":[${offset},${end}]}`);
-    chunks.push(littleEndianBytes(t.data, ITEM_SIZE[t.dtype], `tensors[${JSON.stringify(key)}].data`));
+    chunks.push(...littleEndianPieces(t.data, ITEM_SIZE[t.dtype], `tensors[${JSON.stringify(key)}].data`));
     offset = end;
   }
   const json = Buffer.from(`{${fields.join(',')}}`, 'utf8');
