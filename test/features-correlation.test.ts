@@ -183,6 +183,18 @@ describe('features.correlation', () => {
     }
   });
 
+  it('top lists longer than a typed array: ERR_SAEKIT_ARG naming options.top, before any row is read (was a bare RangeError)', async () => {
+    const d = 65537; // 65537 x 65537 top entries: past Node 20's 2^32
+    const x = new Float32Array(3 * d).map((_, i) => Math.sin(i));
+    for (const reverse of [false, true]) {
+      await expect(correlation({ source: fromArray(x, d) }, {}, { kind: 'dense', output: 'top', top: d, reverse })).rejects.toMatchObject({
+        name: 'SaekitError',
+        code: 'ERR_SAEKIT_ARG',
+        message: expect.stringMatching(/options\.top.*65537 \(number\)/),
+      });
+    }
+  });
+
   it('preacts and the token mask; bad input', async () => {
     const next = lcg(4);
     const [dIn, L, rows] = [5, 7, 300];

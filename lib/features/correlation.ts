@@ -46,6 +46,8 @@
  * sums (each batch's GEMM sums in its own order): a few ulp for large |r|, and about n · 2^-24
  * in absolute terms (2e-7 at 4000 rows), so a small r can differ in its leading digits.
  */
+import { constants } from 'node:buffer';
+
 import type { ActivationSource } from '../data/types.js';
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import { native, type NativeSparseCorrResult } from '../native/index.js';
@@ -110,6 +112,9 @@ const CORRELATION_OPTIONS = optionNames<CorrelationOptions>({
  * no batch's product is referenced any more. The batches themselves are not counted.
  */
 const DENSE_ENTRY_BYTES = 16;
+
+/** The longest typed array this runtime makes (2^32 elements on Node 20). */
+const MAX_TYPED_LENGTH = constants.MAX_LENGTH;
 
 /** One side of correlation(): an SAE (except for kind 'dense') and the rows it reads. */
 export interface CorrelationSide {
@@ -332,6 +337,14 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
     throw new SaekitError('ERR_SAEKIT_MEMORY', `the ${nA} x ${nB} correlation matrix${what} needs ${nA * nB * entryBytes} bytes, over options.maxBytes = ${maxBytes}`);
   }
   const full = output === 'full' || (output === 'auto' && fits);
+  if (!full) {
+    // The top lists are typed arrays of nB x k (and nA x k with reverse) entries: past this
+    // runtime's longest typed array (2^32 on Node 20) they could not be made (a bare RangeError).
+    const most = Math.max(nB, reverse ? nA : 0);
+    if (Math.min(top, nA) * nB > MAX_TYPED_LENGTH || (reverse && Math.min(top, nB) * nA > MAX_TYPED_LENGTH)) {
+      throw argError('options.top', `an integer of at most ${Math.floor(MAX_TYPED_LENGTH / most)} (the top lists hold ${most} x top entries, and a typed array at most ${MAX_TYPED_LENGTH})`, top);
+    }
+  }
   const device = o.device === undefined ? 'cpu' : deviceName(resolveDevice('options.device', o.device));
   if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, srcA, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device, onProgress }, site);
   return correlateDense(a, b ?? {}, srcA, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device, onProgress });
