@@ -7,6 +7,7 @@
  * tolerance is a rounding-error bound derived in the reference (see its header): a correct float32
  * implementation cannot exceed it, whatever its summation order.
  */
+import { constants } from 'node:buffer';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
@@ -743,6 +744,51 @@ describe('AdamOptimizer.step', () => {
     const big = opt.prefetch(new Float32Array(6 * 400_000));
     expect(process.memoryUsage().external - before).toBeGreaterThanOrEqual(6 * 400_000 * 4 * 0.9);
     big.dispose();
+  });
+
+  it("Adam's moments in pieces (for slabs longer than a typed array) equal state() and restore the same optimizer", async () => {
+    using sae = SparseAutoencoder.create({ dIn: 7, numLatents: 13, k: 3, seed: 4 });
+    const opt = sae.adam();
+    const next = lcg(freshSeed(80));
+    const x = Float32Array.from({ length: 11 * 7 }, () => next() - 0.5);
+    await opt.step(x);
+    await opt.step(x);
+    const whole = await opt.state();
+    const n = 2 * 7 * 13 + 13 + 7;
+    expect(whole.m.length).toBe(n);
+    for (const piece of [1, 5, 64, n, n + 3]) {
+      const p = await opt.statePieces(piece);
+      expect(p.t).toBe(2);
+      expect(p.m.map((a) => a.length)).toEqual(Array.from({ length: Math.ceil(n / piece) }, (_, i) => Math.min(piece, n - i * piece)));
+      const join = (a: Float32Array[]) => Float32Array.from(a.flatMap((q) => Array.from(q)));
+      expect(bits(join(p.m))).toEqual(bits(whole.m));
+      expect(bits(join(p.v))).toEqual(bits(whole.v));
+    }
+    // Pieces restore what state() does: a fresh optimizer continues bit for bit.
+    const p = await opt.statePieces(9);
+    await opt.step(x);
+    const after = await sae.weights();
+    using twin = SparseAutoencoder.create({ dIn: 7, numLatents: 13, k: 3, seed: 4 });
+    const o2 = twin.adam();
+    await o2.step(x);
+    await o2.step(x);
+    o2.setState({ m: new Float32Array(n), v: new Float32Array(n), t: 0 });
+    o2.setStatePieces(p);
+    await o2.step(x);
+    expectSameBits(await twin.weights(), after, 'restored from pieces');
+    // Pieces that do not add up to the slab, or hold something else, are refused by name.
+    expect(() => o2.setStatePieces({ ...p, m: p.m.slice(1) })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(new RegExp(`pieces of m of ${n} floats in all but received ${n - 9}`)) }));
+    expect(() => o2.setStatePieces({ ...p, v: [...p.v.slice(0, -1), new Float32Array(p.v.at(-1)!.length).fill(-1)] })).toThrow(/state\.v\[\d+\]/);
+  });
+
+  it('create refuses dIn x numLatents past the longest typed array (weights() returns each matrix as one), naming options.numLatents', () => {
+    const max = constants.MAX_LENGTH;
+    const dIn = 2 ** 20;
+    const numLatents = Math.floor(max / dIn) + 1;
+    if (numLatents > 2 ** 24) return; // a runtime whose typed arrays reach past every SAE create accepts
+    expect(() => SparseAutoencoder.create({ dIn, numLatents, k: 1, seed: 1 })).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(new RegExp(`^Expected an integer of at most ${numLatents - 1} at dIn ${dIn} .* for options\.numLatents but received ${numLatents}`)) }),
+    );
   });
 
   it('a batch whose total variance float32 gradients cannot scale is refused, not trained with vanishing gradients', async () => {

@@ -8,7 +8,7 @@ import { SaekitError, SparseAutoencoder, type SaeWeights } from '../lib/index.js
 import { fromArray, fromAsyncIterable } from '../lib/data/index.js';
 import { superposition } from '../lib/data/synthetic.js';
 import { mmcs } from '../lib/eval/recovery.js';
-import { geometricMedian, learningRate, Trainer } from '../lib/train/index.js';
+import { CHECKPOINT_LIMITS, geometricMedian, learningRate, Trainer } from '../lib/train/index.js';
 import { customSource } from './helpers/data-fixtures.js';
 import { readSafetensors, writeSafetensors } from '../lib/io/safetensors.js';
 import { lcg } from './helpers/reference.js';
@@ -264,6 +264,39 @@ describe('Trainer', () => {
       await expect(new Trainer(d, { ...opts, [key]: value }).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true })).rejects.toThrow(
         new RegExp(`Expected options\\.${key} = ${JSON.stringify(opts[key as keyof typeof opts] ?? true)} to resume .* but received ${JSON.stringify(value)}`),
       );
+    }
+  });
+
+  it("a checkpoint holds Adam's moments in pieces when they are longer than a piece, and resumes from them bit for bit", async () => {
+    // Pieces are needed past 2^32 floats (an SAE of dIn 4096 and 2^19 latents); here the piece is
+    // lowered so that a small SAE takes that path.
+    const x = data(rows, dIn, 2);
+    using a = make();
+    await new Trainer(a, opts).fit(fromArray(x, dIn));
+    const dir = tmp();
+    const was = CHECKPOINT_LIMITS.pieceFloats;
+    CHECKPOINT_LIMITS.pieceFloats = 100;
+    try {
+      using b = make();
+      const ctrl = new AbortController();
+      await new Trainer(b, opts).fit(fromArray(x, dIn), { checkpointDir: dir, checkpointEvery: 5, signal: ctrl.signal, onStep: (s) => { if (s.step === 23) ctrl.abort(); } });
+      const ck = JSON.parse(readFileSync(path.join(dir, 'checkpoint.json'), 'utf8'));
+      await using reader = await readSafetensors(path.join(dir, ck.stateFile));
+      const n = 2 * dIn * L + L + dIn;
+      const names = reader.tensors.map((t) => t.name);
+      expect(names).not.toContain('adam.m');
+      for (const m of ['adam.m', 'adam.v']) {
+        const pieces = names.filter((x) => x.startsWith(`${m}.`));
+        expect(pieces.length).toBe(Math.ceil(n / 100));
+        expect(pieces.reduce((s, p) => s + reader.get(p)!.shape[0]!, 0)).toBe(n);
+      }
+      using c = make(99);
+      const r = await new Trainer(c, opts).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true });
+      expect(r.resumedFrom?.step).toBe(23);
+      const [wa, wc] = [await a.weights(), await c.weights()];
+      for (const k of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(wc[k]), k).toEqual(bits(wa[k]));
+    } finally {
+      CHECKPOINT_LIMITS.pieceFloats = was;
     }
   });
 

@@ -85,7 +85,10 @@ export interface NativeAdam {
   prefetchCounts(): { copied: number; borrowed: number };
   canPin(): boolean;
   state(): Promise<{ m: Float32Array; v: Float32Array; t: number }>;
-  setState(m: Float32Array, v: Float32Array, t: number): void;
+  /** The moments as ArrayBuffers (a slab may be longer than any typed array). */
+  state(buffers: true): Promise<{ m: ArrayBuffer; v: ArrayBuffer; t: number }>;
+  /** m and v: one Float32Array of the slab's length, or pieces whose lengths add up to it. */
+  setState(m: Float32Array | Float32Array[], v: Float32Array | Float32Array[], t: number): void;
   readonly disposed: boolean;
   dispose(): void;
   step(

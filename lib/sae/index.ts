@@ -24,6 +24,8 @@
  * const { codes, recon, fvu } = await sae.forward(x);
  * ```
  */
+import { constants as bufferConstants } from 'node:buffer';
+
 import { deviceName, resolveDevice, type DeviceOption, type ResolvedDevice } from '../backend/index.js';
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import { checkWriteSaeOptions, type WriteSaeOptions } from '../io/sae-options.js';
@@ -106,9 +108,12 @@ export interface PlacementOptions {
 
 /** SparseAutoencoder.create options: the shape, the initial decoder's seed and the placement. */
 export interface CreateOptions extends PlacementOptions {
-  /** Input width (d_in). */
+  /** Input width (d_in), in 1..2^20. */
   dIn: number;
-  /** Number of latents (d_sae). */
+  /**
+   * Number of latents (d_sae), in 1..2^24, with dIn x numLatents at most the longest typed array
+   * (2^32 on Node 20), so that weights() and save() can return each matrix as one Float32Array.
+   */
   numLatents: number;
   /** Active latents per row, in 1..numLatents (at most 8192 on a CUDA device). */
   k: number;
@@ -280,6 +285,27 @@ export interface AdamState {
   t: number;
 }
 
+/** Adam's moments in pieces (Trainer checkpoints of SAEs whose slab is longer than a typed array). */
+export interface AdamStatePieces {
+  m: Float32Array[];
+  v: Float32Array[];
+  t: number;
+}
+
+/** The longest typed array this runtime makes (2^32 elements on Node 20). */
+const MAX_TYPED_LENGTH = bufferConstants.MAX_LENGTH;
+
+/** A negative second moment makes the next step's sqrt(v) NaN in every parameter. */
+function checkSecondMoments(pieces: Float32Array[]): void {
+  let at = 0;
+  for (const v of pieces) {
+    for (let i = 0; i < v.length; i++) {
+      if (!(v[i]! >= 0)) throw argError(`state.v[${at + i}]`, "a non-negative second moment (Adam's v)", v[i]);
+    }
+    at += v.length;
+  }
+}
+
 const DEFAULT_AUXK_ALPHA = 1 / 32;
 const DEFAULT_DEAD_THRESHOLD = 10_000_000;
 /** The weights setWeights() takes (a JumpReLU SAE's threshold is fixed: load or fromWeights set it). */
@@ -409,6 +435,14 @@ export class SparseAutoencoder {
     const o = checkOptions('options', options, CREATE_OPTIONS);
     const dIn = checkInt('options.dIn', o.dIn, 1, 1 << 20);
     const numLatents = checkInt('options.numLatents', o.numLatents, 1, 1 << 24);
+    // weights() and save() hand each matrix over as one Float32Array.
+    if (dIn * numLatents > MAX_TYPED_LENGTH) {
+      throw argError(
+        'options.numLatents',
+        `an integer of at most ${Math.floor(MAX_TYPED_LENGTH / dIn)} at dIn ${dIn} (dIn x numLatents at most ${MAX_TYPED_LENGTH}, the longest typed array this runtime makes, so that weights() and save() can return each matrix)`,
+        numLatents,
+      );
+    }
     const k = checkInt('options.k', o.k, 1, numLatents);
     const seed = o.seed === undefined ? randomSeed() : checkSeed('options.seed', o.seed);
     const placement = placementOf(o);
@@ -916,7 +950,28 @@ export class AdamOptimizer {
   async state(): Promise<AdamState> {
     const site = new Error();
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
+    const n = this.slabLength();
+    if (n > MAX_TYPED_LENGTH) {
+      throw new SaekitError(
+        'ERR_SAEKIT_MEMORY',
+        `Adam's moments of this SAE hold ${n} floats each, more than the longest typed array this runtime makes (${MAX_TYPED_LENGTH}); Trainer checkpoints store them in pieces`,
+      );
+    }
     return settleNative(afterPlacement(this.sae, callNative(() => this.h.state())), site);
+  }
+
+  /** @internal state() as pieces of at most `piece` floats (views of one buffer per moment), whatever the slab's length. */
+  async statePieces(piece: number): Promise<AdamStatePieces> {
+    const site = new Error();
+    if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
+    const r = await settleNative(afterPlacement(this.sae, callNative(() => this.h.state(true))), site);
+    const views = (b: ArrayBuffer): Float32Array[] => {
+      const n = b.byteLength / 4;
+      const out: Float32Array[] = [];
+      for (let at = 0; at < n; at += piece) out.push(new Float32Array(b, at * 4, Math.min(piece, n - at)));
+      return out;
+    };
+    return { m: views(r.m), v: views(r.v), t: r.t };
   }
 
   /** Restores a state from state() (same SAE shape), in queue order. */
@@ -925,12 +980,24 @@ export class AdamOptimizer {
     if (!(o.m instanceof Float32Array)) throw argError('state.m', 'a Float32Array from state()', o.m);
     if (!(o.v instanceof Float32Array)) throw argError('state.v', 'a Float32Array from state()', o.v);
     const t = checkInt('state.t', o.t, 0, 2 ** 50);
-    // A negative second moment makes the next step's sqrt(v) NaN in every parameter.
-    const v = o.v;
-    for (let i = 0; i < v.length; i++) {
-      if (!(v[i]! >= 0)) throw argError(`state.v[${i}]`, "a non-negative second moment (Adam's v)", v[i]);
-    }
+    checkSecondMoments([o.v]);
     callNative(() => this.h.setState(o.m!, o.v!, t));
+  }
+
+  /** @internal setState() from statePieces()'s pieces (their lengths add up to the slab's). */
+  setStatePieces(state: AdamStatePieces): void {
+    const ok = (p: unknown): p is Float32Array[] => Array.isArray(p) && p.every((a) => a instanceof Float32Array);
+    if (!ok(state.m)) throw argError('state.m', 'an Array of Float32Array pieces', state.m);
+    if (!ok(state.v)) throw argError('state.v', 'an Array of Float32Array pieces', state.v);
+    const t = checkInt('state.t', state.t, 0, 2 ** 50);
+    checkSecondMoments(state.v);
+    callNative(() => this.h.setState(state.m, state.v, t));
+  }
+
+  /** Floats in each of Adam's moments (the parameter slab: 2 dIn numLatents + numLatents + dIn). */
+  private slabLength(): number {
+    const { dIn, numLatents } = this.sae;
+    return 2 * dIn * numLatents + numLatents + dIn;
   }
 
   /** Frees the optimizer state now. Idempotent. */

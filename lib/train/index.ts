@@ -829,7 +829,7 @@ export class Trainer {
   private async checkpoint(opt: AdamOptimizer, dir: string, step: number, tokens: number, scale: number, total: number, sourceRows: number | undefined): Promise<void> {
     const { writeSafetensors, writeFileAtomic } = await import('../io/index.js');
     await makeDirs(dir);
-    const [w, adam, since] = await Promise.all([this.sae.weights(), opt.state(), this.sae.tokensSinceFired()]);
+    const [w, adam, since] = await Promise.all([this.sae.weights(), opt.statePieces(CHECKPOINT_LIMITS.pieceFloats), this.sae.tokensSinceFired()]);
     // A name of its own for each write (the step and 48 random bits): checkpoint.json, renamed into
     // place last, is the only commit point. Under a fixed per-step name, a run writing into a folder
     // that holds another run's checkpoint at the same step replaced that state first, so a kill
@@ -842,8 +842,8 @@ export class Trainer {
       b_enc: f32(w.b_enc, [numLatents]),
       W_dec: f32(w.W_dec, [numLatents, dIn]),
       b_dec: f32(w.b_dec, [dIn]),
-      'adam.m': f32(adam.m, [adam.m.length]),
-      'adam.v': f32(adam.v, [adam.v.length]),
+      ...momentTensors('adam.m', adam.m),
+      ...momentTensors('adam.v', adam.v),
       tokens_since_fired: { dtype: 'float64', shape: [numLatents], data: since },
     });
     const meta: Checkpoint = { version: CHECKPOINT_VERSION, step, tokens, scale, total, adamSteps: adam.t, stateFile, sae: { dIn, numLatents, k }, options: this.options, ...(sourceRows !== undefined ? { sourceRows } : {}) };
@@ -874,12 +874,31 @@ export class Trainer {
         W_dec: (await get('W_dec')) as Float32Array,
         b_dec: (await get('b_dec')) as Float32Array,
       });
-      opt.setState({ m: (await get('adam.m')) as Float32Array, v: (await get('adam.v')) as Float32Array, t: ck.adamSteps });
+      const moment = async (name: string): Promise<Float32Array[]> => {
+        if (r.get(name)) return [(await get(name)) as Float32Array];
+        const pieces: Float32Array[] = [];
+        for (let i = 0; r.get(`${name}.${i}`); i++) pieces.push((await get(`${name}.${i}`)) as Float32Array);
+        return pieces;
+      };
+      opt.setStatePieces({ m: await moment('adam.m'), v: await moment('adam.v'), t: ck.adamSteps });
       this.sae.setTokensSinceFired((await get('tokens_since_fired')) as Float64Array);
     } finally {
       await r.close();
     }
   }
+}
+
+/**
+ * @internal Adam's moments are checkpointed as one tensor each ('adam.m', 'adam.v') up to
+ * `pieceFloats` floats, else as pieces 'adam.m.0', 'adam.m.1', ... of that many: the slab of an
+ * SAE of dIn 4096 and 2^19 latents is longer than a typed array (2^32 elements on Node 20).
+ */
+export const CHECKPOINT_LIMITS = { pieceFloats: 2 ** 28 };
+
+function momentTensors(name: string, pieces: Float32Array[]): Record<string, { dtype: 'float32'; shape: number[]; data: Float32Array }> {
+  const one = (data: Float32Array) => ({ dtype: 'float32' as const, shape: [data.length], data });
+  if (pieces.length === 1) return { [name]: one(pieces[0]!) };
+  return Object.fromEntries(pieces.map((p, i) => [`${name}.${i}`, one(p)]));
 }
 
 interface Checkpoint {

@@ -109,6 +109,21 @@ HostUse::~HostUse() {
 }
 
 Napi::Value HostArray::to_js(Napi::Env env, napi_typedarray_type type, size_t length) {
+  napi_value ab = to_arraybuffer(env);
+  napi_value arr;
+  if (napi_create_typedarray(env, type, length, ab, 0, &arr) != napi_ok) {
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value ignored;
+      napi_get_and_clear_last_exception(env, &ignored);
+    }
+    throw Error(ErrorCode::Memory, fmt("a result of ", length, " elements is longer than the longest typed array this runtime makes",
+                                       " (2^32 elements on Node 20)"));
+  }
+  return Napi::Value(env, arr);
+}
+
+napi_value HostArray::to_arraybuffer(Napi::Env env) {
   void* p = p_;
   p_ = nullptr;
   napi_value ab = external_arraybuffer(env, p, bytes_, [](napi_env, void* data, void*) { aligned_free(data); }, nullptr);
@@ -128,10 +143,7 @@ Napi::Value HostArray::to_js(Napi::Env env, napi_typedarray_type type, size_t le
     if (bytes_) std::memcpy(copy, p, bytes_);
     aligned_free(p);
   }
-  napi_value arr;
-  if (napi_create_typedarray(env, type, length, ab, 0, &arr) != napi_ok)
-    throw Napi::Error::New(env, "saekit: could not create the result TypedArray");
-  return Napi::Value(env, arr);
+  return ab;
 }
 
 std::shared_ptr<HostArray> copy_typed_array(const Napi::TypedArray& a) {

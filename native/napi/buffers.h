@@ -17,7 +17,11 @@ class HostArray {
   template <typename T> T* as() { return static_cast<T*>(p_); }
   size_t bytes() const { return bytes_; }
   // A TypedArray over the buffer; the buffer then belongs to JS (this object is left empty).
+  // Throws ERR_SAEKIT_MEMORY for a length past the runtime's longest typed array.
   Napi::Value to_js(Napi::Env env, napi_typedarray_type type, size_t length);
+  // The buffer as an ArrayBuffer (which may be longer than any typed array: JS views it in pieces);
+  // it then belongs to JS.
+  napi_value to_arraybuffer(Napi::Env env);
 
  private:
   HostArray(void* p, size_t bytes) : p_(p), bytes_(bytes) {}

@@ -1292,9 +1292,12 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
     return state_;
   }
 
-  // state(): Promise<{ m, v, t }>: the moments in saekit's internal slab layout (checkpoints).
+  // state(buffers?): Promise<{ m, v, t }>: the moments in saekit's internal slab layout
+  // (checkpoints): Float32Arrays, or with `buffers` true ArrayBuffers, which JS views in pieces
+  // when the slab is longer than a typed array (2^32 elements on Node 20).
   Napi::Value get_state(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
+      const bool buffers = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
       auto st = live_state();
       const size_t n = slab_floats();
       auto m = HostArray::allocate(n * 4), v = HostArray::allocate(n * 4);
@@ -1310,10 +1313,10 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
         std::memcpy(v->data(), st->v.data(), n * 4);
         *t = st->t;
       };
-      auto complete = [m, v, t, n](Napi::Env env) -> Napi::Value {
+      auto complete = [m, v, t, n, buffers](Napi::Env env) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
-        o.Set("m", m->to_js(env, napi_float32_array, n));
-        o.Set("v", v->to_js(env, napi_float32_array, n));
+        o.Set("m", buffers ? Napi::Value(env, m->to_arraybuffer(env)) : m->to_js(env, napi_float32_array, n));
+        o.Set("v", buffers ? Napi::Value(env, v->to_arraybuffer(env)) : v->to_js(env, napi_float32_array, n));
         o.Set("t", double(*t));
         return o;
       };
@@ -1321,17 +1324,42 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
     });
   }
 
+  // A moment for setState: one Float32Array of the slab's length, or an Array of Float32Arrays
+  // whose lengths add up to it (a slab longer than a typed array), copied into native memory.
+  static std::shared_ptr<HostArray> moment_arg(const Napi::Value& a, const char* name, size_t n) {
+    const auto is_f32 = [](const Napi::Value& x) {
+      return x.IsTypedArray() && x.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array;
+    };
+    if (is_f32(a)) {
+      if (a.As<Napi::TypedArray>().ElementLength() != n) arg_error(ErrorCode::Shape, name, fmt("a Float32Array of length ", n), a);
+      return copy_typed_array(a.As<Napi::TypedArray>());
+    }
+    if (!a.IsArray()) arg_error(ErrorCode::Shape, name, fmt("a Float32Array of length ", n, " or an Array of Float32Array pieces"), a);
+    const Napi::Array parts = a.As<Napi::Array>();
+    size_t total = 0;
+    for (uint32_t i = 0; i < parts.Length(); ++i) {
+      const Napi::Value p = parts.Get(i);
+      if (!is_f32(p)) arg_error(ErrorCode::Shape, fmt(name, "[", i, "]"), "a Float32Array", p);
+      total += p.As<Napi::TypedArray>().ElementLength();
+    }
+    if (total != n) throw Error(ErrorCode::Shape, fmt("Expected pieces of ", name, " of ", n, " floats in all but received ", total));
+    auto h = HostArray::allocate(n * 4);
+    size_t at = 0;
+    for (uint32_t i = 0; i < parts.Length(); ++i) {
+      const Napi::TypedArray p = parts.Get(i).As<Napi::TypedArray>();
+      if (p.ByteLength()) std::memcpy(h->as<char>() + at, typed_array_data(p), p.ByteLength());
+      at += p.ByteLength();
+    }
+    return h;
+  }
+
   // setState(m, v, t): restores the moments and the step count (in queue order).
   Napi::Value set_state(const Napi::CallbackInfo& info) {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto st = live_state();
       const size_t n = slab_floats();
-      for (int i = 0; i < 2; ++i)
-        if (!info[size_t(i)].IsTypedArray() || info[size_t(i)].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
-            info[size_t(i)].As<Napi::TypedArray>().ElementLength() != n)
-          arg_error(ErrorCode::Shape, i == 0 ? "m" : "v", fmt("a Float32Array of length ", n), info[size_t(i)]);
       int64_t t = get_int(info[2], "t", 0, int64_t(1) << 50);
-      auto m = copy_typed_array(info[0].As<Napi::TypedArray>()), v = copy_typed_array(info[1].As<Napi::TypedArray>());
+      auto m = moment_arg(info[0], "m", n), v = moment_arg(info[1], "v", n);
       cpu::check_finite_rows(m->as<const float>(), 1, int64_t(n), "m");
       cpu::check_finite_rows(v->as<const float>(), 1, int64_t(n), "v");
       queue_detached(info.Env(), [st, m, v, t, n, model = model_, on_device = owner_ != 0] {
