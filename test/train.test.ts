@@ -5,7 +5,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { SaekitError, SparseAutoencoder, type SaeWeights } from '../lib/index.js';
-import { fromArray, fromAsyncIterable } from '../lib/data/index.js';
+import { fromArray, fromAsyncIterable, type ActivationSource, type BatchOptions } from '../lib/data/index.js';
 import { superposition } from '../lib/data/synthetic.js';
 import { mmcs } from '../lib/eval/recovery.js';
 import { CHECKPOINT_LIMITS, geometricMedian, learningRate, Trainer } from '../lib/train/index.js';
@@ -732,6 +732,22 @@ describe('Trainer', () => {
       /Expected a source with at least batchSize = 128 rows but it has 100; lower options\.batchSize/,
     );
     await expect(new Trainer(sae, opts).fit(fromArray(x, dIn), { signal: {} as never })).rejects.toThrow(/Expected an AbortSignal for options\.signal/);
+  });
+
+  it('a source shorter than one batch with a large totalTokens is refused at once (it read every empty pass planned first)', async () => {
+    // The old code planned ceil(steps / 1) + 1 passes over the source for totalTokens and read them
+    // all, finding no whole batch, before the error: 27 s for 1e7 tokens, about 45 min for 1e9.
+    using sae = make();
+    const source = fromArray(data(100, dIn, 12), dIn);
+    const trainer = new Trainer(sae, { batchSize: 128, totalTokens: 1e9 });
+    const short = /Expected a source with at least batchSize = 128 rows but it has 100; lower options\.batchSize/;
+    expect(() => trainer.totalSteps(source)).toThrow(short);
+    let passes = 0;
+    const counted = { dIn, numRows: 100, batches: (o?: BatchOptions) => ((passes = o?.epochs ?? 1), source.batches(o)) } as unknown as ActivationSource;
+    const t0 = performance.now();
+    await expect(trainer.fit(counted)).rejects.toThrow(short);
+    expect(passes).toBe(0); // refused before a pass was planned
+    expect(performance.now() - t0).toBeLessThan(2000);
   });
 
   it('rejects bad options with named errors', () => {

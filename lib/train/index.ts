@@ -485,21 +485,25 @@ export class Trainer {
     this.bDecInitGiven = o.bDecInit !== undefined;
   }
 
-  /** Steps the run takes on `source`. */
+  /**
+   * Steps the run takes on `source`. ERR_SAEKIT_ARG for a finite source shorter than one batch
+   * (it has no whole batch), and with epochs for a source of unknown length.
+   */
   totalSteps(source: ActivationSource): number {
     if (source === null || typeof source !== 'object' || typeof (source as ActivationSource).batches !== 'function') {
       throw argError('source', 'an ActivationSource', source);
     }
     const { batchSize, totalTokens, epochs } = this.options;
+    // A finite source shorter than one batch yields no whole batch: refused here, with totalTokens
+    // too (a run would otherwise read the empty passes planned for totalTokens before failing).
+    if (source.numRows !== undefined && source.numRows < batchSize) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected a source with at least batchSize = ${batchSize} rows but it has ${source.numRows}; lower options.batchSize`);
+    }
     if (totalTokens !== undefined) return Math.ceil(totalTokens / batchSize);
     if (source.numRows === undefined) {
       throw new SaekitError('ERR_SAEKIT_ARG', 'Expected options.totalTokens for a source of unknown length (set totalTokens, or use a finite source with epochs)');
     }
-    const perEpoch = Math.floor(source.numRows / batchSize);
-    if (perEpoch < 1) {
-      throw new SaekitError('ERR_SAEKIT_ARG', `Expected a source with at least batchSize = ${batchSize} rows but it has ${source.numRows}; lower options.batchSize`);
-    }
-    return (epochs ?? 1) * perEpoch;
+    return (epochs ?? 1) * Math.floor(source.numRows / batchSize);
   }
 
   /**
