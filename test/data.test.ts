@@ -779,6 +779,26 @@ describe('non-finite rows', () => {
     await src.close();
   });
 
+  it('a pass over a finite source stops after an epoch that gave no batch (the later epochs hold the same rows)', async () => {
+    // Every row non-finite, or fewer rows left than a batch with dropLast: the old code read all
+    // 1000 epochs (a Trainer plans about totalTokens / rows of them) before ending with nothing.
+    const d = 5;
+    const rows = 300;
+    const x = new Float32Array(rows * d).fill(1);
+    for (let r = 0; r < rows; r++) if (r !== 7) x[r * d + (r % d)] = Number.NaN;
+    for (const shuffle of [false, true]) {
+      const src = fromArray(x, d);
+      const got = await collect(src, { batchSize: 8, epochs: 1000, onNonFinite: 'skip', dropLast: true, shuffle });
+      expect(got, `shuffle ${shuffle}`).toEqual([]);
+      // One epoch read and one more stopped before its first read.
+      expect(src.skippedRows, `shuffle ${shuffle}`).toBe(rows - 1);
+      // An epoch that gives a batch is followed by the next: all 3 epochs of the one good row.
+      const some = await collect(src, { batchSize: 1, epochs: 3, onNonFinite: 'skip', shuffle });
+      expect(some.map((b) => b.data[0]), `shuffle ${shuffle}`).toEqual([1, 1, 1]);
+      await src.close();
+    }
+  });
+
   it("'skip' drops the rows and counts them (source default or per call)", async () => {
     const want = concatRows([{ data: a }, { data: b.subarray(0, 12 * dIn) }, { data: b.subarray(13 * dIn, 20 * dIn) }, { data: b.subarray(21 * dIn) }]);
     const src = await openActivations(p('nan'), { onNonFinite: 'skip' });

@@ -161,7 +161,16 @@ abstract class BaseSource implements OwnedActivationSource {
   private async run(o: ResolvedBatchOptions, pool: BatchPool, emit: Emit, current: PassState): Promise<void> {
     const pass = { dIn: this.dIn, batchSize: o.batchSize, dropLast: o.dropLast, pool };
     const mem = o.shuffle ? new MixingMemory(this.dIn, mixingHalf(o.bufferRows, this.numRows), this.mixingDType()) : null;
+    let emitted = 0;
+    const counted: Emit = (b) => {
+      emitted++;
+      return emit(b);
+    };
     for (let e = 0; e < o.epochs; e++) {
+      // An epoch of a finite source that gave no batch (every row skipped as non-finite, or fewer
+      // left than a batch with dropLast) is followed by more of the same: each epoch holds the same
+      // rows. Stop instead of reading them all (a Trainer plans about totalTokens / rows passes).
+      if (e > 0 && emitted === 0 && this.numRows !== undefined) break;
       // Stopped between epochs (while the last stream closed): no next epoch, whose first read
       // could wait forever on a stalled iterable with no emit to notice the stop.
       if (current.stopping) throw new StopSignal();
@@ -170,8 +179,9 @@ abstract class BaseSource implements OwnedActivationSource {
       try {
         // open() runs the iterable's [Symbol.asyncIterator](), which may have stopped the pass.
         if (current.stopping) throw new StopSignal();
-        if (mem) await shuffleEpoch(stream, pass, mem, new Rng(o.seed, e, BUFFER_DRAW), emit);
-        else await sequentialEpoch(stream, pass, emit);
+        emitted = 0;
+        if (mem) await shuffleEpoch(stream, pass, mem, new Rng(o.seed, e, BUFFER_DRAW), counted);
+        else await sequentialEpoch(stream, pass, counted);
       } finally {
         await stream.close();
       }

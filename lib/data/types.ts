@@ -28,7 +28,11 @@ export interface BatchOptions {
   shuffle?: boolean;
   /** Shuffle seed: the same seed, inputs and options give the same batches. Default 0. */
   seed?: number | bigint;
-  /** Passes over the data; each epoch is shuffled differently (seed and epoch). Default 1. */
+  /**
+   * Passes over the data; each epoch is shuffled differently (seed and epoch). Default 1. Over a
+   * finite source an epoch that gives no batch (every row skipped as non-finite, or fewer rows
+   * than a batch with dropLast) ends the iteration: the later epochs hold the same rows.
+   */
   epochs?: number;
   /** Drop the short last batch of each epoch. Default false. */
   dropLast?: boolean;
