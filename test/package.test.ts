@@ -73,6 +73,26 @@ beforeAll(() => {
     writeFileSync(file, `${prelude}\n${code}\nexport {};\n`);
     return file;
   });
+  files.push(path.join(consumer, 'types.ts'));
+  writeFileSync(files.at(-1)!, [
+    "import { tensor, zeros, randn, type Tensor } from 'saekit';",
+    '// tensor() types its result with the dtype the runtime picks (no annotation to infer D from):',
+    '// an Int32Array is int32 by default, other data float32, options.dtype wins.',
+    'const i32 = tensor(new Int32Array([1, 2]));',
+    'const i32Values: Int32Array = await i32.toArray();',
+    'const f32 = tensor([[1, 2], [3, 4]]);',
+    'const f32Values: Float32Array = await f32.toArray();',
+    "const f64 = tensor(new Float64Array(2), [2], { device: 'cpu' });",
+    'const f64Values: Float32Array = await f64.toArray();',
+    "const bf = tensor(new Uint16Array(2), [2], { dtype: 'bfloat16' });",
+    'const bfValues: Uint16Array = await bf.toArray();',
+    "const asInt = tensor(new Float32Array([1, 2]), undefined, { dtype: 'int32' });",
+    'const asIntValues: Int32Array = await asInt.toArray();',
+    "declare const someOptions: { dtype?: 'float16' };",
+    'const any16: Tensor = tensor(new Float32Array(2), [2], someOptions);',
+    'void i32Values; void f32Values; void f64Values; void bfValues; void asIntValues; void any16;',
+    'export {};',
+  ].join('\n'));
   files.push(path.join(consumer, 'using.ts'), path.join(consumer, 'construct.ts'));
   writeFileSync(files.at(-2)!, [
     "import { randn, SparseAutoencoder, Trainer, fromArray, metrics, type SyntheticCodes, type features } from 'saekit';",
@@ -113,7 +133,15 @@ afterAll(() => {
 describe('the package as a dependency', () => {
   it("every TypeScript example of the README compiles against the package's declarations (strict), and `using` works on its types", () => {
     expect(readmeSnippets).toBeGreaterThanOrEqual(5);
-    expect(diagnostics.filter((d) => !d.startsWith('construct.ts:'))).toEqual([]);
+    expect(diagnostics.filter((d) => !d.startsWith('construct.ts:') && !d.startsWith('types.ts:'))).toEqual([]);
+  });
+
+  it("tensor()'s result type has the dtype the runtime gives it (an Int32Array makes an int32 tensor)", async () => {
+    expect(diagnostics.filter((d) => d.startsWith('types.ts:'))).toEqual([]);
+    const { tensor } = await import('../lib/index.js');
+    using t = tensor(new Int32Array([1, 2]));
+    expect(t.dtype).toBe('int32');
+    expect(await t.toArray()).toBeInstanceOf(Int32Array);
   });
 
   it('new Tensor() does not compile for a consumer (tensors come from tensor(), zeros(), randn(), rand())', () => {

@@ -197,11 +197,18 @@ function flatten(data: readonly NestedNumbers[], shape: readonly number[], out: 
 }
 
 /**
- * Makes a tensor from values. `shape` defaults to the array's nesting (or [length]).
+ * Makes a tensor from values. `shape` defaults to the array's nesting (or [length]). The dtype is
+ * `options.dtype`, else 'int32' for an Int32Array and 'float32' for other data (a Uint16Array
+ * needs options.dtype); the overloads type the result accordingly.
  * @example tensor([[1, 2], [3, 4]]) // float32 [2, 2]
+ * @example tensor(new Int32Array([1, 2])) // int32 [2]
  * @example tensor(bits, [8, 16], { dtype: 'bfloat16' }) // bits: Uint16Array of bf16 patterns
  */
-export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: readonly number[], options?: TensorOptions<D>): Tensor<D> {
+export function tensor<D extends DType>(data: TensorData, shape: readonly number[] | undefined, options: TensorOptions<D> & { dtype: D }): Tensor<D>;
+export function tensor(data: Int32Array, shape?: readonly number[], options?: TensorOptions<'int32'>): Tensor<'int32'>;
+export function tensor(data: Float32Array | Float64Array | readonly NestedNumbers[], shape?: readonly number[], options?: TensorOptions<'float32'>): Tensor<'float32'>;
+export function tensor(data: TensorData, shape?: readonly number[], options?: TensorOptions): Tensor;
+export function tensor(data: TensorData, shape?: readonly number[], options?: TensorOptions): Tensor {
   const opts = checkOptions('options', options, TENSOR_OPTIONS);
   let dtype: DType | undefined = opts.dtype === undefined ? undefined : checkOneOf('options.dtype', opts.dtype, DTYPES, 'ERR_SAEKIT_DTYPE');
   let raw: Float32Array | Uint16Array | Int32Array;
@@ -257,7 +264,7 @@ export function tensor<D extends DType = 'float32'>(data: TensorData, shape?: re
       `Expected data of length ${shapeSize(s)} for shape [${s.join(', ')}] but received length ${raw.length}`,
     );
   }
-  return wrapHandle<D>(callNative(() => native().fromArray(raw, s, rawType, dtype as DType, device)));
+  return wrapHandle(callNative(() => native().fromArray(raw, s, rawType, dtype as DType, device)));
 }
 
 /** Throws ERR_SAEKIT_ARG naming the first element of `values` that is not an int32 integer. */
