@@ -75,7 +75,7 @@ beforeAll(() => {
   });
   files.push(path.join(consumer, 'types.ts'));
   writeFileSync(files.at(-1)!, [
-    "import { tensor, zeros, randn, type Tensor } from 'saekit';",
+    "import { tensor, type Tensor } from 'saekit';",
     '// tensor() types its result with the dtype the runtime picks (no annotation to infer D from):',
     '// an Int32Array is int32 by default, other data float32, options.dtype wins.',
     'const i32 = tensor(new Int32Array([1, 2]));',
@@ -91,6 +91,19 @@ beforeAll(() => {
     "declare const someOptions: { dtype?: 'float16' };",
     'const any16: Tensor = tensor(new Float32Array(2), [2], someOptions);',
     'void i32Values; void f32Values; void f64Values; void bfValues; void asIntValues; void any16;',
+    '// Where the runtime takes float32 tensors only (ERR_SAEKIT_DTYPE otherwise), so do the types.',
+    "import { ops, SparseAutoencoder } from 'saekit';",
+    'const sae = SparseAutoencoder.create({ dIn: 2, numLatents: 4, k: 1 });',
+    'await ops.matmul(f32, f32);',
+    '// @ts-expect-error a bfloat16 tensor',
+    'await ops.matmul(bf, f32);',
+    '// @ts-expect-error an int32 out',
+    'await ops.matmul(f32, f32, { out: i32 });',
+    'await sae.encode(f32);',
+    '// @ts-expect-error an int32 tensor of rows',
+    'await sae.encode(i32);',
+    '// @ts-expect-error a bfloat16 weight',
+    "SparseAutoencoder.fromWeights({ W_enc: bf, b_enc: f32, W_dec: f32, b_dec: f32 }, { k: 1 });",
     'export {};',
   ].join('\n'));
   files.push(path.join(consumer, 'using.ts'), path.join(consumer, 'construct.ts'));
@@ -136,7 +149,7 @@ describe('the package as a dependency', () => {
     expect(diagnostics.filter((d) => !d.startsWith('construct.ts:') && !d.startsWith('types.ts:'))).toEqual([]);
   });
 
-  it("tensor()'s result type has the dtype the runtime gives it (an Int32Array makes an int32 tensor)", async () => {
+  it("tensor()'s result type has the dtype the runtime gives it (an Int32Array makes an int32 tensor); float32-only parameters take Tensor<'float32'>", async () => {
     expect(diagnostics.filter((d) => d.startsWith('types.ts:'))).toEqual([]);
     const { tensor } = await import('../lib/index.js');
     using t = tensor(new Int32Array([1, 2]));

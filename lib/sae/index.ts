@@ -93,7 +93,7 @@ export type FromWeightsOptions = FromWeightsCommonOptions &
  * any device (steps and gradients read a tensor on the SAE's own device where it lies; otherwise
  * it is downloaded first).
  */
-export type Rows = Float32Array | Tensor;
+export type Rows = Float32Array | Tensor<'float32'>;
 
 /** Where the parameters live and the ops run (see backend.use). */
 export interface PlacementOptions {
@@ -463,7 +463,7 @@ export class SparseAutoencoder {
    * rejects with that error.
    */
   static fromWeights(
-    weights: { W_enc: Float32Array | Tensor; b_enc: Float32Array | Tensor; W_dec: Float32Array | Tensor; b_dec: Float32Array | Tensor; threshold?: Float32Array },
+    weights: { W_enc: Float32Array | Tensor<'float32'>; b_enc: Float32Array | Tensor<'float32'>; W_dec: Float32Array | Tensor<'float32'>; b_dec: Float32Array | Tensor<'float32'>; threshold?: Float32Array },
     options: FromWeightsOptions,
   ): SparseAutoencoder {
     if (weights === null || typeof weights !== 'object') throw argError('weights', 'an object with W_enc, b_enc, W_dec, b_dec', weights);

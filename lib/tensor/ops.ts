@@ -20,7 +20,7 @@ export interface MatmulOptions {
    * Write the product into this float32 [M, N] tensor (not a or b, on their device) and resolve
    * to it, instead of allocating a new one: saves the allocation in loops.
    */
-  out?: Tensor;
+  out?: Tensor<'float32'>;
 }
 
 /**
@@ -29,7 +29,7 @@ export interface MatmulOptions {
  * device. op(a) is [M, K], op(b) is [K, N], the result is [M, N].
  * @example const c = await ops.matmul(x, w, { transB: true }); // x [N, D] times w [M, D]^T
  */
-export async function matmul(a: Tensor, b: Tensor, options?: MatmulOptions): Promise<Tensor<'float32'>> {
+export async function matmul(a: Tensor<'float32'>, b: Tensor<'float32'>, options?: MatmulOptions): Promise<Tensor<'float32'>> {
   const site = new Error();
   const opts = checkOptions('options', options, MATMUL_OPTIONS);
   const transA = opts.transA === undefined ? false : checkBool('options.transA', opts.transA);
