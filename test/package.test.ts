@@ -124,6 +124,10 @@ beforeAll(() => {
   writeFileSync(files.at(-1)!, "import { Tensor } from 'saekit';\nnew Tensor();\nexport {};\n");
   program = ts.createProgram(files, {
     strict: true,
+    // The strictest consumer settings: optional properties that are absent, not undefined, and
+    // indexed reads that may be undefined, must both hold for the declarations and the examples.
+    exactOptionalPropertyTypes: true,
+    noUncheckedIndexedAccess: true,
     module: ts.ModuleKind.NodeNext,
     moduleResolution: ts.ModuleResolutionKind.NodeNext,
     target: ts.ScriptTarget.ES2022,
