@@ -93,6 +93,10 @@ describe('powerLawFit', () => {
       expect(() => powerLawFit(ev, 200, bad)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for floor but received/) }));
     }
     expect(() => powerLawFit([1, 2] as unknown as Float64Array)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/Float64Array for eigenvalues/) }));
+    // Missing or null: the error names eigenvalues (it was a TypeError reading undefined's length).
+    for (const bad of [undefined, null]) {
+      expect(() => powerLawFit(bad as unknown as Float64Array)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/Float64Array for eigenvalues/) }));
+    }
   });
 });
 

@@ -152,9 +152,10 @@ function settle<T>(fn: () => Promise<T>, site: Error): Promise<T> {
  * @param maxRank the last rank that may be fitted: an integer between 0 and eigenvalues.length.
  * @param floor eigenvalues at or below it end the range: a finite number >= 0.
  */
-export function powerLawFit(eigenvalues: Float64Array, maxRank = eigenvalues.length, floor = 0): { alpha: number; fitRanks: [number, number] } {
+export function powerLawFit(eigenvalues: Float64Array, maxRank?: number, floor = 0): { alpha: number; fitRanks: [number, number] } {
   if (!(eigenvalues instanceof Float64Array)) throw argError('eigenvalues', 'a Float64Array', eigenvalues);
-  checkInt('maxRank', maxRank, 0, eigenvalues.length);
+  // Defaulted after the check: a default of eigenvalues.length would read it from a non-array first.
+  maxRank = maxRank === undefined ? eigenvalues.length : checkInt('maxRank', maxRank, 0, eigenvalues.length);
   checkNumber('floor', floor, 0, Infinity);
   const [lo, hiMax] = SPECTRUM_FIT_RANKS;
   let hi = Math.min(hiMax, eigenvalues.length, maxRank);
