@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { backend, rand, randn, SaekitError, Tensor, tensor, zeros } from '../lib/index.js';
+import { backend, DTYPES, io, rand, randn, SaekitError, Tensor, tensor, zeros, type DType } from '../lib/index.js';
 import { distUrl, haveDist, runInChild } from './helpers/child.js';
 import { tensorSuite } from './helpers/tensor-suite.js';
 
@@ -68,6 +68,18 @@ describe('tensor options are checked by name', () => {
   it('a typed array in the options place is refused as not an options object (an empty one was taken as {}, a longer one named its indices as options)', () => {
     expect(() => zeros([2], new Float32Array(0) as never)).toThrow(/Expected an options object for options but received a Float32Array of length 0/);
     expect(() => tensor(new Float32Array(4), [2, 2], new Float32Array(4) as never)).toThrow(/Expected an options object for options but received a Float32Array of length 4/);
+  });
+});
+
+describe('DTYPES and io.IO_DTYPES', () => {
+  it('is frozen: the dtype checks read it, so a consumer emptying it made t.to(\'float32\') refuse float32', async () => {
+    expect(Object.isFrozen(DTYPES)).toBe(true);
+    expect(() => (DTYPES as DType[]).splice(0)).toThrow(TypeError);
+    using t = zeros([2]);
+    using u = await t.to('float32');
+    expect(u.dtype).toBe('float32');
+    // The same for io.IO_DTYPES, which the file writers' checks read.
+    expect(Object.isFrozen(io.IO_DTYPES)).toBe(true);
   });
 });
 

@@ -24,7 +24,7 @@ export interface IoTensor {
 }
 
 /** All IoDTypes, in a fixed order. */
-export const IO_DTYPES: readonly IoDType[] = ['float32', 'float16', 'bfloat16', 'float64', 'int32', 'int64', 'uint8'];
+export const IO_DTYPES: readonly IoDType[] = Object.freeze(['float32', 'float16', 'bfloat16', 'float64', 'int32', 'int64', 'uint8']);
 
 type ArrayCtor = { new (buffer: ArrayBuffer, byteOffset?: number, length?: number): IoArray; readonly name: string };
 

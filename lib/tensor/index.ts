@@ -34,7 +34,7 @@ const RANDOM_OPTIONS = optionNames<RandomOptions<'float32'>>({ seed: true, strea
 /** Element types. */
 export type DType = 'float32' | 'bfloat16' | 'float16' | 'int32';
 /** Every DType, in a fixed order. */
-export const DTYPES: readonly DType[] = ['float32', 'bfloat16', 'float16', 'int32'];
+export const DTYPES: readonly DType[] = Object.freeze(['float32', 'bfloat16', 'float16', 'int32']);
 
 /** The TypedArray that holds a dtype's values (raw bits for the 16-bit floats). */
 export type ArrayFor<D extends DType> = D extends 'float32' ? Float32Array : D extends 'int32' ? Int32Array : Uint16Array;
