@@ -2,7 +2,9 @@
  * The documents against the code: what the README and docs/architecture.md name must exist, and
  * what the code offers (error codes, environment variables) must be named there.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
@@ -17,5 +19,60 @@ describe('README', () => {
     expect(codes.length).toBeGreaterThan(5);
     const readme = read('README.md');
     expect(codes.filter((c) => !readme.includes(`\`${c}\``))).toEqual([]);
+  });
+});
+
+describe('environment variables', () => {
+  it("the README's table names every SAEKIT_ variable the code reads", () => {
+    const names = new Set<string>();
+    const walk = (dir: string) => {
+      for (const e of readdirSync(path.join(packageRoot, dir), { withFileTypes: true })) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) walk(p);
+        else if (/\.(ts|cpp|cu|h|cuh)$/.test(e.name)) {
+          const src = read(p);
+          for (const m of src.matchAll(/getenv\("(SAEKIT_[A-Z0-9_]+)"\)|process\.env\.(SAEKIT_[A-Z0-9_]+)/g)) names.add(m[1] ?? m[2]!);
+        }
+      }
+    };
+    for (const dir of ['lib', 'native/core', 'native/cpu', 'native/napi', 'native/cuda']) walk(dir);
+    expect(names.size).toBeGreaterThan(10);
+    const table = read('README.md').split('## Environment variables')[1]!.split('\n## ')[0]!;
+    expect([...names].filter((n) => !table.includes(`| \`${n}`) && !table.includes(`, \`${n}`)).sort()).toEqual([]);
+  });
+
+  it('SAEKIT_IO_THREADS: a value the warning calls ignored is ignored natively too (atoi took "3x" as 3)', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-io-threads-'));
+    try {
+      const file = path.join(dir, 'a.npy');
+      // Reads one batch (starting the I/O threads), then prints the process's thread count.
+      const script =
+        `import { io, openActivations } from ${JSON.stringify(path.join(packageRoot, 'lib', 'index.ts'))};\n` +
+        `import { readFileSync } from 'node:fs';\n` +
+        `await io.writeNpy(${JSON.stringify(file)}, { dtype: 'float32', shape: [64, 4], data: new Float32Array(256) });\n` +
+        `const s = await openActivations(${JSON.stringify(file)});\n` +
+        `for await (const b of s.batches({ batchSize: 8 })) break;\n` +
+        `await s.close();\n` +
+        `console.log(/^Threads:\\s+(\\d+)/m.exec(readFileSync('/proc/self/status', 'utf8'))[1]);\n`;
+      const threads = (v: string) => {
+        const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+          cwd: packageRoot,
+          encoding: 'utf8',
+          env: { ...process.env, SAEKIT_IO_THREADS: v },
+        });
+        expect(r.status, r.stderr).toBe(0);
+        return { threads: Number(r.stdout.trim()), stderr: r.stderr };
+      };
+      const three = threads('3');
+      const four = threads('4');
+      expect(four.threads - three.threads).toBe(1);
+      expect(three.stderr).not.toMatch(/SAEKIT_ENV/);
+      // 3x: ignored (with a warning), so the default count, not 3: the same as another invalid value.
+      const bad = threads('3x');
+      expect(bad.stderr).toMatch(/SAEKIT_IO_THREADS='3x' is ignored: expected an integer between 1 and 64/);
+      expect(bad.threads).toBe(threads('0').threads);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -272,6 +272,7 @@ const ENV_VALUES: Record<string, { valid: (v: string) => boolean; expected: stri
   SAEKIT_CUDA: { valid: (v) => v === '0' || v === '1', expected: "'0' (no CUDA) or '1'" },
   SAEKIT_TILE_BYTES: { valid: (v) => /^\d+$/.test(v) && Number(v) >= 1024 && Number(v) <= 2 ** 36, expected: 'an integer number of bytes between 1024 and 2^36' },
   SAEKIT_TILE_ROWS: { valid: (v) => /^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 2 ** 30, expected: 'an integer between 1 and 2^30' },
+  SAEKIT_IO_THREADS: { valid: (v) => /^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 64, expected: 'an integer between 1 and 64' },
 };
 
 /**

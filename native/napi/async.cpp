@@ -146,8 +146,10 @@ class IoPool {
     if (n <= 0) n = int(std::thread::hardware_concurrency());
     n = std::clamp(n, 1, 8);
     if (const char* env = std::getenv("SAEKIT_IO_THREADS")) {
-      const int v = std::atoi(env);
-      if (v >= 1 && v <= 64) n = v;
+      char* end = nullptr;
+      const long v = std::strtol(env, &end, 10);
+      // Digits only, as the JS check that warns about ignored values ("4x" or " 4" are ignored).
+      if (env[0] >= '0' && env[0] <= '9' && *end == '\0' && v >= 1 && v <= 64) n = int(v);
     }
     for (int i = 0; i < n; ++i) std::thread([this] { loop(); }).detach();
   }
