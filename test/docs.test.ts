@@ -76,3 +76,34 @@ describe('environment variables', () => {
     }
   });
 });
+
+describe('docs/architecture.md', () => {
+  it("lib/ keeps the import order it states: every module listed, every import (dynamic ones too) to a lower level", () => {
+    const doc = read('docs/architecture.md');
+    const rule = /Import order in `lib\/`[\s\S]*?`([^`]+)`/.exec(doc)![1]!;
+    const level = new Map<string, number>();
+    rule.split('<-').forEach((group, i) => {
+      for (const m of group.split(',')) level.set(m.trim(), i);
+    });
+    const moduleOf = (file: string) => path.relative(path.join(packageRoot, 'lib'), file).split(path.sep)[0]!.replace(/\.(ts|js)$/, '');
+    const wrong: string[] = [];
+    const walk = (dir: string) => {
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) walk(p);
+        else if (e.name.endsWith('.ts')) {
+          const from = moduleOf(p);
+          if (!level.has(from)) wrong.push(`${from} is not in the rule`);
+          for (const m of readFileSync(p, 'utf8').matchAll(/\bfrom\s+'(\.[^']+)'|import\(\s*'(\.[^']+)'\s*\)/g)) {
+            const to = moduleOf(path.resolve(path.dirname(p), m[1] ?? m[2]!));
+            // sae/ reaches io/sae-files through a dynamic import: io is below sae, so that is allowed too.
+            if (to !== from && !((level.get(to) ?? Infinity) < (level.get(from) ?? -Infinity))) wrong.push(`${path.relative(packageRoot, p)} imports ${to}`);
+          }
+        }
+      }
+    };
+    walk(path.join(packageRoot, 'lib'));
+    expect([...new Set(wrong)]).toEqual([]);
+  });
+
+});
