@@ -405,7 +405,7 @@ describe('SAE files: bad input', () => {
     const detached = new Uint8Array(4);
     structuredClone(detached.buffer, { transfer: [detached.buffer] });
     for (const bad of [Symbol('p'), detached, undefined, '']) {
-      await expect(readSaeFiles(bad as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/Expected a non-empty file path string for path/) });
+      await expect(readSaeFiles(bad as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/Expected a non-empty file path string for pathOrDir /) });
     }
   });
 

@@ -108,10 +108,10 @@ export function listForMessage(items: readonly unknown[]): string {
   return items.length > 8 ? `${shown.join(', ')}, ... (${items.length} entries)` : shown.join(', ');
 }
 
-/** Checks that `path` is a non-empty string. */
-export function checkPath(path: unknown): string {
+/** Checks that `path` is a non-empty string; errors name it as `name` (the caller's parameter). */
+export function checkPath(path: unknown, name = 'path'): string {
   if (typeof path !== 'string' || path.length === 0 || path.includes('\0')) {
-    throw argError('path', 'a non-empty file path string', path);
+    throw argError(name, 'a non-empty file path string', path);
   }
   return path;
 }

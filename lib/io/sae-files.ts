@@ -657,7 +657,7 @@ export type { WriteSaeOptions } from './sae-options.js';
 
 /** Reads an SAE saved by SAELens, sparsify or Gemma Scope (a folder, or one of its files). */
 export async function readSaeFiles(pathOrDir: string): Promise<SaeFiles> {
-  checkPath(pathOrDir);
+  checkPath(pathOrDir, 'pathOrDir');
   const { format, dir, weights } = await detect(pathOrDir);
   if (format === 'saelens') return readSaelens(dir, weights);
   if (format === 'sparsify') return readSparsify(dir, weights);

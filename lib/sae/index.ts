@@ -526,7 +526,7 @@ export class SparseAutoencoder {
    * @example const sae = await SparseAutoencoder.load('gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82');
    */
   static async load(pathOrDir: string, options?: PlacementOptions): Promise<SparseAutoencoder> {
-    if (typeof pathOrDir !== 'string' || pathOrDir.length === 0) throw argError('path', 'a file or folder path', pathOrDir);
+    if (typeof pathOrDir !== 'string' || pathOrDir.length === 0) throw argError('pathOrDir', 'a file or folder path', pathOrDir);
     const o = checkOptions('options', options, PLACEMENT_OPTIONS);
     // Loaded on first use: the file formats are not needed to train or encode.
     const { readSaeFiles } = await import('../io/sae-files.js');
