@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepares .gpu/ (ignored by git) for a GPU machine that has no Node.js and no network: a
 # Node binary (xz), the addon built without OpenBLAS (the GPU image has none), node-gyp-build,
-# and test/cuda.test.ts bundled with saekit into one file (bench/gpu/parity.ts; 'vitest' is the
-# stand-in bench/gpu/mini-vitest.ts). Run it here before a device call
+# test/cuda.test.ts bundled with saekit into one file (bench/gpu/parity.ts; 'vitest' is the
+# stand-in bench/gpu/mini-vitest.ts), and the Trainer check bench/gpu/trainer.ts bundled the same
+# way. Run it here before a device call
 # that names `.gpu` in carry; bench/gpu/run.sh then runs the parity suite through saekit's API.
 #   bash bench/gpu/pack.sh
 set -euo pipefail
