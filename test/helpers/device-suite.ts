@@ -157,6 +157,16 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
       const [sc, sd] = await Promise.all([oc.state(), od.state()]);
       expect(sd.t).toBe(3);
       expectClose(sd.m, sc.m, tol.rel * 100, 'Adam m');
+      // In pieces (checkpoints of slabs longer than a typed array): the same moments, and
+      // restoring them onto the device continues as the whole state does.
+      const pieces = await od.statePieces(37);
+      expect(pieces.t).toBe(3);
+      const joined = (a: Float32Array[]) => Float32Array.from(a.flatMap((q) => Array.from(q)));
+      expect(Array.from(joined(pieces.m))).toEqual(Array.from(sd.m));
+      expect(Array.from(joined(pieces.v))).toEqual(Array.from(sd.v));
+      od.setStatePieces(pieces);
+      const back = await od.state();
+      expect(Array.from(back.v)).toEqual(Array.from(sd.v));
       // State round trip: restoring the CPU state onto the device continues identically.
       od.setState(sc);
       dev.setWeights(wc);
