@@ -606,6 +606,24 @@ describe('saekit CLI', () => {
     const r = run([...train, '--resume']);
     expect(r.stderr).not.toMatch(/resuming from step/);
   }, 90_000);
+  it('eval says when the token pass is done and the max-cosine geometry runs (minutes at 65536 latents, with no progress of its own); --no-geometry does not', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-geom-'));
+    const [dIn, rows] = [8, 300];
+    const sae = SparseAutoencoder.create({ dIn, numLatents: 64, k: 4, seed: 1 });
+    await sae.save(path.join(dir, 'sae'));
+    sae.dispose();
+    const acts = path.join(dir, 'acts.npy');
+    const rnd = lcg(5);
+    await io.writeNpy(acts, { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => rnd() - 0.5) });
+    for (const maxTokens of ['1000', '200']) {
+      const r = run(['eval', path.join(dir, 'sae'), acts, '--max-tokens', maxTokens, '--batch', '64']);
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stderr).toMatch(/computing the max-cosine geometry of the 64 encoder and decoder rows \(--no-geometry skips it\)/);
+    }
+    const n = run(['eval', path.join(dir, 'sae'), acts, '--no-geometry']);
+    expect(n.status, n.stderr).toBe(0);
+    expect(n.stderr).not.toMatch(/geometry/);
+  });
 });
 
 describe('progress line', () => {

@@ -493,10 +493,22 @@ async function evalCommand(saePath: string, paths: string[], f: EvalFlags): Prom
       throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected activations of dIn ${sae.dIn} (the SAE's, ${saePath}) but ${paths.join(', ')} hold rows of dIn ${source.dIn}`);
     }
     process.stderr.write(`evaluating ${saePath} (${sae.architecture}, dIn ${sae.dIn}, ${sae.numLatents} latents) on up to ${f.maxTokens.toLocaleString('en-US')} tokens\n`);
-    const progress = new TokenProgress('evaluating', Math.min(f.maxTokens, source.numRows ?? Infinity));
+    const total = Math.min(f.maxTokens, source.numRows ?? Infinity);
+    const progress = new TokenProgress('evaluating', total);
+    // The geometry runs after the last batch, O(latents^2 x dIn) with no progress of its own
+    // (minutes at 65536 latents): say so, rather than leave a finished bar and silence.
+    let geometrySaid = false;
+    const onProgress = (t: number) => {
+      progress.update(t);
+      if (f.geometry && !geometrySaid && t >= total) {
+        geometrySaid = true;
+        progress.done();
+        process.stderr.write(`computing the max-cosine geometry of the ${sae.numLatents} encoder and decoder rows (--no-geometry skips it)...\n`);
+      }
+    };
     let r;
     try {
-      r = await evaluate(sae, source, { maxTokens: f.maxTokens, batchSize: f.batch, compat: Boolean(f.compat), geometry: f.geometry, onProgress: (t) => progress.update(t) });
+      r = await evaluate(sae, source, { maxTokens: f.maxTokens, batchSize: f.batch, compat: Boolean(f.compat), geometry: f.geometry, onProgress });
     } finally {
       progress.done();
     }

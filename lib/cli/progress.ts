@@ -92,5 +92,6 @@ export class TokenProgress {
 
   done(): void {
     if (this.stream.isTTY && this.lastPrint > 0) this.stream.write('\n');
+    this.lastPrint = 0; // a second done() (after a later message) ends no line
   }
 }
