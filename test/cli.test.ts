@@ -242,6 +242,8 @@ describe('saekit CLI', () => {
     expect(h.stderr).toMatch(/ERR_SAEKIT_MEMORY|maxBytes|max-bytes/);
     const m = run(['match-layers', path.join(dir, 'a'), path.join(dir, 'b'), '--out', path.join(dir, 'perm.json')]);
     expect(m.status, m.stderr).toBe(0);
+    // The assignment reports no progress and holds ~12 bytes per pair: it says what runs (minutes and 12 GiB at 32k latents).
+    expect(m.stderr).toMatch(new RegExp(`matching .*a -> .*b: ${L} x ${L} assignment \\(about \\d+\\.\\d GiB of memory\\)`));
     const steps = JSON.parse(readFileSync(path.join(dir, 'perm.json'), 'utf8'));
     // For each latent of A, its match in B: B's j holds A's perm[j].
     steps[0].permutation.forEach((j: number, i: number) => expect(perm[j]).toBe(i));

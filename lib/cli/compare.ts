@@ -355,7 +355,10 @@ export async function matchLayers(paths: string[], f: MatchLayersFlags): Promise
       }
     }
     const steps: { from: string; to: string; mean_mse: number; permutation: number[] }[] = [];
+    const n = saes[0]!.numLatents;
     for (let i = 0; i + 1 < saes.length; i++) {
+      // The assignment holds about 12 bytes per pair of latents and reports no progress: say what runs.
+      process.stderr.write(`matching ${paths[i]} -> ${paths[i + 1]}: ${n} x ${n} assignment (about ${((12 * n * n) / 2 ** 30).toFixed(1)} GiB of memory)...\n`);
       const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: f.fold !== false, encoder: Boolean(f.encoder) }).catch((e: unknown) => {
         // saeMatch names its arguments saeA and saeB; name the files instead.
         if (!(e instanceof SaekitError)) throw e;

@@ -417,6 +417,12 @@ function* toFloat32(p: Float64Array): Generator<number, Float32Array> {
  * The GEMM and the solver run off the JS thread; the O(n d) steps run on it in ~20 ms slices
  * between turns of the event loop, and the O(n^2) cost is built and handed over in chunks, so the
  * event loop keeps turning at 16k latents.
+ *
+ * Memory and time grow with n^2: about 12 bytes per pair of latents at the peak (the GEMM's float32
+ * n x n result and its copy, then that copy and the solver's float64 cost), so 3 GiB at 16k
+ * latents, 12 GiB at 32k and 48 GiB at 65k; nothing checks this against the machine's memory
+ * first. The solver reports no progress and cannot be stopped: 20 s for two unrelated SAEs of
+ * 8192 latents on 2 cores, growing faster than n^2 (minutes at 32k).
  */
 export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder, options?: SaeMatchOptions): Promise<SaeMatchResult> {
   if (!(saeA instanceof SparseAutoencoder)) throw argError('saeA', 'a SparseAutoencoder', saeA);
