@@ -609,7 +609,7 @@ export function buildProgram(): Command {
     .requiredOption('--data <src>', "activations for saeA (and saeB unless --data-b)")
     .option('--data-b <src>', "saeB's activations, aligned token by token with --data (another model on the same text): .npy or .safetensors files, a folder or a glob (raw files only for --data)")
     .option('--kind <k>', 'codes or preacts', oneOf('kind', ['codes', 'preacts'] as const), 'codes')
-    .option('--method <m>', 'argmax, mutual or hungarian (hungarian needs the full correlation matrix within --max-bytes, see there; beyond it raise --max-bytes or use argmax or mutual, which work from top matches)', oneOf('method', ['argmax', 'mutual', 'hungarian'] as const), 'hungarian')
+    .option('--method <m>', 'argmax, mutual or hungarian (hungarian needs the full correlation matrix within --max-bytes, see there; beyond it raise --max-bytes or use argmax or mutual, which work from top matches; the assignment holds another nA x nB x 8 bytes)', oneOf('method', ['argmax', 'mutual', 'hungarian'] as const), 'hungarian')
     .option('--threshold <r>', 'drop matched pairs with correlation below this', num('threshold', -1, 1, false), 0.1)
     .option('--top <n>', 'for --method mutual: best buddies within the top n', num('top', 1, 1 << 20), 1)
     .option('--max-tokens <n>', 'tokens to correlate over', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 100_000)

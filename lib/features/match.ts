@@ -80,7 +80,9 @@ const SAE_MATCH_OPTIONS = optionNames<SaeMatchOptions>({ fold: true, encoder: tr
  * Pairs features of A (rows of `corr`, [nA, nB] row-major) with features of B (columns), or
  * of a correlation() result (see the module comment). A plain matrix needs options.nA and
  * options.nB; a correlation() result carries them. The matrix is read until the Promise settles:
- * detached or resized before then, the call rejects with ERR_SAEKIT_ARG naming it.
+ * detached or resized before then, the call rejects with ERR_SAEKIT_ARG naming it. 'hungarian'
+ * copies the matrix to the native solver as float64: nA x nB x 8 bytes more (twice a float32
+ * matrix; 512 MiB at 8192 x 8192), held until the assignment is found.
  */
 export function match(result: CorrelationResult, options?: MatchOptions): Promise<MatchResult>;
 export function match(corr: Float32Array | Float64Array, options: MatchOptions & { nA: number; nB: number }): Promise<MatchResult>;
