@@ -244,6 +244,10 @@ describe('saekit CLI', () => {
     expect(m.status, m.stderr).toBe(0);
     // The assignment reports no progress and holds ~12 bytes per pair: it says what runs (minutes and 12 GiB at 32k latents).
     expect(m.stderr).toMatch(new RegExp(`matching .*a -> .*b: ${L} x ${L} assignment \\(about \\d+\\.\\d GiB of memory\\)`));
+    // --max-bytes below the assignment's ~12 bytes a pair: refused at once, naming the flag.
+    const small = run(['match-layers', path.join(dir, 'a'), path.join(dir, 'b'), '--max-bytes', String(12 * L * L - 1)]);
+    expect(small.status).not.toBe(0);
+    expect(small.stderr).toMatch(new RegExp(`${L} x ${L} assignment of saeMatch needs about ${12 * L * L} bytes .* over --max-bytes = ${12 * L * L - 1} \\[ERR_SAEKIT_MEMORY\\]`));
     const steps = JSON.parse(readFileSync(path.join(dir, 'perm.json'), 'utf8'));
     // For each latent of A, its match in B: B's j holds A's perm[j].
     steps[0].permutation.forEach((j: number, i: number) => expect(perm[j]).toBe(i));

@@ -1,3 +1,5 @@
+import { totalmem } from 'node:os';
+
 import { describe, expect, it } from 'vitest';
 
 import { SaekitError, SparseAutoencoder } from '../lib/index.js';
@@ -369,6 +371,21 @@ describe('saeMatch', () => {
     const self = await saeMatch(A, A);
     expect(Array.from(self.permutation)).toEqual(Array.from({ length: n }, (_, i) => i));
     expect(self.meanMse).toBe(0);
+    // The n x n assignment's memory (12 bytes a pair) is checked against maxBytes before any work.
+    await expect(saeMatch(A, B, { maxBytes: 12 * n * n - 1 })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_MEMORY',
+      message: expect.stringMatching(new RegExp(`^the ${n} x ${n} assignment of saeMatch needs about ${12 * n * n} bytes .* over options\\.maxBytes = ${12 * n * n - 1}$`)),
+    });
+    expect(Array.from((await saeMatch(A, B, { maxBytes: 12 * n * n })).permutation)).toEqual(Array.from(q));
+    await expect(saeMatch(A, B, { maxBytes: 0 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.maxBytes/) });
+    A.dispose();
+    B.dispose();
+    // The default is half the machine's memory: 65536 latents (48 GiB) is refused up front on a
+    // machine under 96 GiB (an SAE of dIn 1 is small; only the latents count).
+    if (totalmem() < 96 * 2 ** 30) {
+      using wide = SparseAutoencoder.create({ dIn: 1, numLatents: 65536, k: 1, seed: 1 });
+      await expect(saeMatch(wide, wide)).rejects.toMatchObject({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(/needs about 51539607552 bytes \(48\.0 GiB\), over options\.maxBytes = \d+ \(half this machine's memory\)$/) });
+    }
   });
 
   it('with fold, recovers the permutation of a JumpReLU SAE whose latents are rescaled', async () => {

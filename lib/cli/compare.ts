@@ -332,6 +332,8 @@ export interface MatchLayersFlags {
   /** false with --no-fold: match the unfolded JumpReLU weights. */
   fold?: boolean;
   device: string;
+  /** --max-bytes: the most memory each assignment may take (saeMatch's options.maxBytes). */
+  maxBytes?: number;
 }
 
 function mean(x: Float64Array): number {
@@ -359,7 +361,7 @@ export async function matchLayers(paths: string[], f: MatchLayersFlags): Promise
     for (let i = 0; i + 1 < saes.length; i++) {
       // The assignment holds about 12 bytes per pair of latents and reports no progress: say what runs.
       process.stderr.write(`matching ${paths[i]} -> ${paths[i + 1]}: ${n} x ${n} assignment (about ${((12 * n * n) / 2 ** 30).toFixed(1)} GiB of memory)...\n`);
-      const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: f.fold !== false, encoder: Boolean(f.encoder) }).catch((e: unknown) => {
+      const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: f.fold !== false, encoder: Boolean(f.encoder), ...(f.maxBytes !== undefined ? { maxBytes: f.maxBytes } : {}) }).catch((e: unknown) => {
         // saeMatch names its arguments saeA and saeB; name the files instead.
         if (!(e instanceof SaekitError)) throw e;
         const named = e.message

@@ -633,6 +633,7 @@ export function buildProgram(): Command {
     .argument('<sae...>', 'SAE folders or files, in layer order')
     .option('--encoder', 'also match on the (folded) encoder parameters')
     .option('--no-fold', 'match the JumpReLU weights as they are, without folding the thresholds into them (needed when a threshold is 0)')
+    .option('--max-bytes <n>', "the most memory each assignment may take, about 12 bytes per pair of latents (default half the machine's memory)", num('max-bytes', 1, Number.MAX_SAFE_INTEGER))
     .option('--json', 'print a JSON summary')
     .option('--out <file>', 'write every permutation as JSON')
     .option('--overwrite', 'replace an existing --out file (never an input)')

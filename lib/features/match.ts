@@ -17,6 +17,8 @@
  *   either way. The reported MSEs of the matched pairs are recomputed exactly in float64.
  * - composeMatches(): chains matches across layers, P_{t→t+2} = P_{t+1→t+2} ∘ P_{t→t+1} (§3).
  */
+import { totalmem } from 'node:os';
+
 import { argError, SaekitError } from '../errors.js';
 import { solveChunked } from '../eval/assignment.js';
 import { due, pause, runAll, runSliced, yieldToEventLoop } from '../slices.js';
@@ -74,7 +76,7 @@ export interface MatchResult {
 const MAX_DIM = 2 ** 31 - 1;
 
 const MATCH_OPTIONS = optionNames<MatchOptions>({ nA: true, nB: true, method: true, threshold: true, top: true });
-const SAE_MATCH_OPTIONS = optionNames<SaeMatchOptions>({ fold: true, encoder: true });
+const SAE_MATCH_OPTIONS = optionNames<SaeMatchOptions>({ fold: true, encoder: true, maxBytes: true });
 
 /**
  * Pairs features of A (rows of `corr`, [nA, nB] row-major) with features of B (columns), or
@@ -290,7 +292,16 @@ export interface SaeMatchOptions {
   fold?: boolean;
   /** Also match on encoder columns W_enc[:, i] (concatenated to the decoder rows). Default false. */
   encoder?: boolean;
+  /**
+   * The most memory the n x n assignment may take, about 12 bytes per pair of latents (see
+   * saeMatch); beyond it saeMatch fails at once with ERR_SAEKIT_MEMORY instead of exhausting the
+   * machine. Default half the machine's memory (os.totalmem() / 2).
+   */
+  maxBytes?: number;
 }
+
+/** Peak bytes per pair of latents in saeMatch: the GEMM's float32 n x n result and its copy, then that copy and the solver's float64 cost. */
+const SAE_MATCH_BYTES_PER_PAIR = 12;
 
 /** What saeMatch() returns: the permutation from A's latents to B's and the per-pair MSE. */
 export interface SaeMatchResult {
@@ -422,8 +433,8 @@ function* toFloat32(p: Float64Array): Generator<number, Float32Array> {
  *
  * Memory and time grow with n^2: about 12 bytes per pair of latents at the peak (the GEMM's float32
  * n x n result and its copy, then that copy and the solver's float64 cost), so 3 GiB at 16k
- * latents, 12 GiB at 32k and 48 GiB at 65k; nothing checks this against the machine's memory
- * first. The solver reports no progress and cannot be stopped: 20 s for two unrelated SAEs of
+ * latents, 12 GiB at 32k and 48 GiB at 65k; beyond options.maxBytes (default half the machine's
+ * memory) it fails at once with ERR_SAEKIT_MEMORY. The solver reports no progress and cannot be stopped: 20 s for two unrelated SAEs of
  * 8192 latents on 2 cores, growing faster than n^2 (minutes at 32k).
  */
 export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder, options?: SaeMatchOptions): Promise<SaeMatchResult> {
@@ -436,8 +447,16 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
   const o = checkOptions('options', options, SAE_MATCH_OPTIONS);
   const fold = o.fold === undefined ? true : checkBool('options.fold', o.fold);
   const encoder = o.encoder === undefined ? false : checkBool('options.encoder', o.encoder);
+  const maxBytes = o.maxBytes === undefined ? Math.floor(totalmem() / 2) : checkInt('options.maxBytes', o.maxBytes, 1, Number.MAX_SAFE_INTEGER);
   const n = saeA.numLatents;
   const d = saeA.dIn;
+  const needs = SAE_MATCH_BYTES_PER_PAIR * n * n;
+  if (needs > maxBytes) {
+    throw new SaekitError(
+      'ERR_SAEKIT_MEMORY',
+      `the ${n} x ${n} assignment of saeMatch needs about ${needs} bytes (${(needs / 2 ** 30).toFixed(1)} GiB), over options.maxBytes = ${maxBytes}${o.maxBytes === undefined ? " (half this machine's memory)" : ''}`,
+    );
+  }
   const site = new Error();
   let [wA, wB] = await Promise.all([saeA.weights(), saeB.weights()]);
   // The steps below are O(n * d) each and run in ~20 ms slices between turns of the event loop
