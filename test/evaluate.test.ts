@@ -593,5 +593,55 @@ describe('validation', () => {
     await err(maxCosine(new Float32Array(8), 2, 4, { chunk: 0 }), 'options.chunk');
     await err(maxCosine(new Float64Array(8) as unknown as Float32Array, 2, 4), 'rows');
     await err(maxCosine(Float32Array.of(1, NaN, 0, 1), 2, 2), 'NaN', 'ERR_SAEKIT_NONFINITE');
+    await err(evaluate(sae, src, { signal: {} as AbortSignal }), 'options.signal');
+    await err(maxCosine(new Float32Array(8), 2, 4, { signal: 'stop' as unknown as AbortSignal }), 'options.signal');
+  });
+
+  it('options.signal stops the token pass and the geometry (rejecting with its reason); the pass is ended', async () => {
+    const dIn = 6;
+    const next = lcg(freshSeed(31));
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, 40, next), { k: 3 });
+    const x = randomX(400, dIn, next);
+    // Already aborted: rejects before reading anything.
+    const before = AbortSignal.abort();
+    await expect(evaluate(sae, fromArray(x, dIn), { signal: before })).rejects.toBe(before.reason);
+    // Aborted from onProgress after the second batch: no more batches are evaluated, the pass ends.
+    let ended = false;
+    let seen = 0;
+    const src = customSource(dIn, 400, async function* (o) {
+      try {
+        yield* fromArray(x, dIn).batches(o);
+      } finally {
+        ended = true;
+      }
+    });
+    const ctrl = new AbortController();
+    const reason = new Error('enough');
+    await expect(
+      evaluate(sae, src, {
+        batchSize: 50,
+        signal: ctrl.signal,
+        onProgress: (t) => {
+          seen = t;
+          if (t >= 100) ctrl.abort(reason);
+        },
+      }),
+    ).rejects.toBe(reason);
+    expect(seen).toBeLessThanOrEqual(150);
+    expect(ended).toBe(true);
+    // Aborted as the last batch is accumulated: rejects instead of going on to the geometry.
+    const late = new AbortController();
+    const ev = evaluate(sae, fromArray(x, dIn), { onProgress: (t) => (t === 400 ? queueMicrotask(() => late.abort()) : undefined), signal: late.signal });
+    await expect(ev).rejects.toMatchObject({ name: 'AbortError' });
+    // maxCosine alone: one row per block, aborted once it has started (it is past its checks).
+    const rows = randomX(64, dIn, next);
+    const mc = new AbortController();
+    const p = maxCosine(rows, 64, dIn, { chunk: 1, signal: mc.signal });
+    mc.abort();
+    await expect(p).rejects.toMatchObject({ name: 'AbortError' });
+    // Without an abort the same call completes, matching the reference.
+    const full = await maxCosine(rows, 64, dIn, { chunk: 1, signal: new AbortController().signal });
+    const want = refMaxCosine(rows, 64, dIn);
+    for (let i = 0; i < 64; i++) expect(Math.abs(full[i]! - want[i]!)).toBeLessThanOrEqual(cosineTolerance(dIn));
   });
 });

@@ -94,6 +94,12 @@ export interface EvaluateOptions {
   histogramBins?: number;
   /** Called after each batch is accumulated, with the tokens evaluated so far (for progress output). */
   onProgress?: (tokens: number) => void;
+  /**
+   * Stops the evaluation: between batches and between the geometry's blocks (which run after the
+   * last batch: minutes at 65536 latents). The Promise then rejects with `signal.reason` (an
+   * AbortError by default), as Node's own APIs do, and the source's pass is ended.
+   */
+  signal?: AbortSignal;
 }
 
 /** The labelled legacy / SAEBench variants evaluate() adds with `compat: true` (see the module comment). */
@@ -163,7 +169,7 @@ export interface EvaluateResult {
 const DEFAULT_MAX_TOKENS = 1_000_000;
 const DEFAULT_BATCH = 4096;
 const DEFAULT_BINS = 50;
-const EVALUATE_OPTIONS = optionNames<EvaluateOptions>({ maxTokens: true, batchSize: true, compat: true, geometry: true, histogramBins: true, onProgress: true });
+const EVALUATE_OPTIONS = optionNames<EvaluateOptions>({ maxTokens: true, batchSize: true, compat: true, geometry: true, histogramBins: true, onProgress: true, signal: true });
 /** Rows of x with a smaller norm are divided by 1 in l2_ratio (SAELens's evals). */
 const L2_RATIO_MIN_NORM = 1e-4;
 
@@ -373,6 +379,9 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
   const bins = o.histogramBins === undefined ? DEFAULT_BINS : checkInt('options.histogramBins', o.histogramBins, 1, 100_000);
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw argError('options.onProgress', 'a function (tokens) => void', o.onProgress);
   const onProgress = o.onProgress;
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw argError('options.signal', 'an AbortSignal', o.signal);
+  const signal = o.signal;
+  signal?.throwIfAborted();
   const dIn = sae.dIn;
   const L = sae.numLatents;
   if (source.dIn !== dIn) {
@@ -402,6 +411,7 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
     while (nextBatch !== null) {
       const res: IteratorResult<Batch> = await nextBatch;
       nextBatch = null;
+      signal?.throwIfAborted();
       if (res.done) break;
       const batch = res.value;
       if (batch.dIn !== dIn) {
@@ -439,6 +449,7 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
       prev = null;
       await finish(p);
     }
+    signal?.throwIfAborted();
   } finally {
     if (prev !== null) {
       await prev.fwd.catch(() => {});
@@ -483,8 +494,8 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
   };
   if (geometry) {
     const w = await sae.weights();
-    const enc = await maxCosine(await runSliced(transposeSteps(w.W_enc, dIn, L)), L, dIn);
-    const dec = await maxCosine(w.W_dec, L, dIn);
+    const enc = await maxCosine(await runSliced(transposeSteps(w.W_enc, dIn, L)), L, dIn, signal ? { signal } : undefined);
+    const dec = await maxCosine(w.W_dec, L, dIn, signal ? { signal } : undefined);
     result.max_cos_enc = enc;
     result.max_cos_dec = dec;
     result.mean_max_cos_enc = mean(enc);

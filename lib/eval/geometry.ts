@@ -23,7 +23,7 @@ import { checkInt, checkKept, checkOptions, optionNames } from '../validate.js';
 import { due, pause } from '../slices.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
-const MAX_COSINE_OPTIONS = optionNames<MaxCosineOptions>({ chunk: true });
+const MAX_COSINE_OPTIONS = optionNames<MaxCosineOptions>({ chunk: true, signal: true });
 
 /** Options of maxCosine(). */
 export interface MaxCosineOptions {
@@ -32,6 +32,8 @@ export interface MaxCosineOptions {
    * 32 Mi floats (128 MiB) and two are alive at a time.
    */
   chunk?: number;
+  /** Stops between blocks of rows (and within a block's scan); the Promise rejects with `signal.reason`. */
+  signal?: AbortSignal;
 }
 
 /** Entries the finite check reads between two calls of due(). */
@@ -79,6 +81,9 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
   const o = checkOptions('options', options, MAX_COSINE_OPTIONS);
   const chunk =
     o.chunk === undefined ? Math.min(2048, Math.max(1, Math.floor(BLOCK_VALUES / n))) : checkInt('options.chunk', o.chunk, 1, 1 << 26);
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw argError('options.signal', 'an AbortSignal', o.signal);
+  const signal = o.signal;
+  signal?.throwIfAborted();
   for (let i0 = 0; i0 < rows.length; i0 += BLOCK) {
     const i1 = Math.min(rows.length, i0 + BLOCK);
     for (let i = i0; i < i1; i++) {
@@ -113,17 +118,22 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
     let c: Float32Array;
     try {
       c = await cur;
+      signal?.throwIfAborted();
+      for (let i = start; i < end; i++) {
+        const off = (i - start) * n;
+        let m = -Infinity;
+        for (let j = 0; j < i; j++) if (c[off + j]! > m) m = c[off + j]!;
+        for (let j = i + 1; j < n; j++) if (c[off + j]! > m) m = c[off + j]!;
+        result[i] = Math.min(1, Math.max(-1, m));
+        if (due(n)) {
+          await pause();
+          signal?.throwIfAborted();
+        }
+      }
     } catch (err) {
+      // The next block's GEMM is queued: let it finish unobserved (its tensors are disposed by block()).
       pending?.catch(() => {});
       throw err;
-    }
-    for (let i = start; i < end; i++) {
-      const off = (i - start) * n;
-      let m = -Infinity;
-      for (let j = 0; j < i; j++) if (c[off + j]! > m) m = c[off + j]!;
-      for (let j = i + 1; j < n; j++) if (c[off + j]! > m) m = c[off + j]!;
-      result[i] = Math.min(1, Math.max(-1, m));
-      if (due(n)) await pause();
     }
   }
   return result;
