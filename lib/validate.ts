@@ -28,6 +28,16 @@ export function checkOneOf<T extends string>(
 }
 
 /**
+ * options.signal of a long-running Promise API: undefined, or an AbortSignal (anything else throws
+ * naming `name`). The caller calls signal?.throwIfAborted() before any work and between its
+ * batches or blocks, so the Promise rejects with signal.reason, as Node's own APIs do.
+ */
+export function checkSignal(name: string, value: unknown): AbortSignal | undefined {
+  if (value !== undefined && !(value instanceof AbortSignal)) throw argError(name, 'an AbortSignal', value);
+  return value;
+}
+
+/**
  * The option names of T, from an object literal that must list each of them (the parameter's
  * type rejects a missing or an unknown name at compile time), for checkOptions.
  */

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { backend, fromArray, SparseAutoencoder } from '../lib/index.js';
-import { correlation, type CorrelationMatrix, type CorrelationResult, type CorrelationTop } from '../lib/features/correlation.js';
+import { correlation, type CorrelationMatrix, type CorrelationResult, type CorrelationSide, type CorrelationTop } from '../lib/features/correlation.js';
 import { match } from '../lib/features/match.js';
 import { native } from '../lib/native/index.js';
 import { distUrl, haveDist, runInChild } from './helpers/child.js';
@@ -703,5 +703,93 @@ describe('match from top lists that hold every A feature', () => {
     const xb = Float32Array.from({ length: n * 3 }, () => next());
     const r = await correlation({ source: fromArray(xa, 8) }, { source: fromArray(xb, 3) }, { kind: 'dense', reverse: true, top: 5, output: 'top' });
     await expect(match(r, { method: 'mutual', top: 6 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.top/) });
+  });
+});
+
+describe('features.correlation: options.signal', () => {
+  const [dIn, LA, LB, rows] = [5, 11, 9, 400];
+  const next = lcg(97);
+  const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+  /** A source over x that records whether its pass began and whether it was ended. */
+  const watched = () => {
+    const state = { started: false, ended: false };
+    const source = customSource(dIn, rows, async function* (o) {
+      state.started = true;
+      try {
+        yield* fromArray(x, dIn).batches(o);
+      } finally {
+        state.ended = true;
+      }
+    });
+    return { state, source };
+  };
+
+  for (const kind of ['codes', 'preacts', 'dense'] as const) {
+    it(`${kind}: an aborted signal rejects before reading; an abort between batches rejects with its reason and ends the pass; without one the result is unchanged`, async () => {
+      using A = SparseAutoencoder.create({ dIn, numLatents: LA, k: 2, seed: 1 });
+      using B = SparseAutoencoder.create({ dIn, numLatents: LB, k: 2, seed: 2 });
+      const sides = (source: ReturnType<typeof customSource>): [CorrelationSide, CorrelationSide] => (kind === 'dense' ? [{ source }, {}] : [{ sae: A, source }, { sae: B }]);
+      const before = AbortSignal.abort();
+      const w0 = watched();
+      await expect(correlation(...sides(w0.source), { kind, signal: before })).rejects.toBe(before.reason);
+      expect(w0.state.started).toBe(false);
+
+      const w1 = watched();
+      const ctrl = new AbortController();
+      const reason = new Error('enough');
+      const seen: number[] = [];
+      await expect(
+        correlation(...sides(w1.source), {
+          kind,
+          batchSize: 50,
+          signal: ctrl.signal,
+          onProgress: (t) => {
+            seen.push(t);
+            if (t >= 100) ctrl.abort(reason);
+          },
+        }),
+      ).rejects.toBe(reason);
+      expect(seen).toEqual([50, 100]);
+      expect(w1.state.ended).toBe(true);
+
+      await expect(correlation(...sides(watched().source), { kind, signal: {} as AbortSignal })).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: expect.stringMatching(/options\.signal/),
+      });
+      await expect(correlation(...sides(watched().source), { kind, signal: 'stop' as unknown as AbortSignal })).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: expect.stringMatching(/options\.signal/),
+      });
+
+      const plain = full(await correlation(...sides(fromArray(x, dIn)), { kind, batchSize: 50, output: 'full' }));
+      const signalled = full(await correlation(...sides(fromArray(x, dIn)), { kind, batchSize: 50, output: 'full', signal: new AbortController().signal }));
+      expect(Array.from(signalled.r)).toEqual(Array.from(plain.r));
+      expect(signalled.tokens).toBe(plain.tokens);
+    });
+  }
+
+  it('dense top mode in column blocks: an abort at the end of the first pass starts no other pass', async () => {
+    // 2 columns of B per block: 5 passes.
+    const w = watched();
+    const ctrl = new AbortController();
+    const seen: number[] = [];
+    const opts = { kind: 'dense' as const, batchSize: 100, maxBytes: dIn * 2 * 16, top: 2 };
+    const p = correlation({ source: w.source }, {}, {
+      ...opts,
+      signal: ctrl.signal,
+      onProgress: (t) => {
+        seen.push(t);
+        if (t === rows) ctrl.abort();
+      },
+    });
+    await expect(p).rejects.toMatchObject({ name: 'AbortError' });
+    expect(seen).toEqual([100, 200, 300, 400]);
+    expect(w.state.ended).toBe(true);
+    // Without an abort: the same top lists as without a signal.
+    const plain = await correlation({ source: fromArray(x, dIn) }, {}, opts);
+    const signalled = await correlation({ source: fromArray(x, dIn) }, {}, { ...opts, signal: new AbortController().signal });
+    if (plain.mode !== 'top' || signalled.mode !== 'top') throw new Error('expected top mode');
+    expect(Array.from(signalled.top.indices)).toEqual(Array.from(plain.top.indices));
+    expect(Array.from(signalled.top.r)).toEqual(Array.from(plain.top.r));
   });
 });

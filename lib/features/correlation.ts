@@ -59,7 +59,7 @@ import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.j
 import { tensor, type Device } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
 import { due, pause } from '../slices.js';
-import { checkBool, checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
+import { checkBool, checkInt, checkOneOf, checkOptions, checkSignal, optionNames } from '../validate.js';
 
 /** Options of correlation(). */
 export interface CorrelationOptions {
@@ -102,10 +102,19 @@ export interface CorrelationOptions {
    * wider than maxBytes reads the sources once per column block), and the passes it will make.
    */
   onProgress?: (tokensRead: number, passes: number) => void;
+  /**
+   * Stops the correlation: checked before any work, between batches and, for the dense kinds,
+   * between column blocks (top mode) and within the work on a block's r after its pass. The
+   * Promise then rejects with `signal.reason` (an AbortError by default), as Node's own APIs do,
+   * and the sources' pass is ended. Kind 'codes' runs its correlation natively after the last
+   * batch, and that run cannot be interrupted: an abort during it does not stop it, and its
+   * result is returned.
+   */
+  signal?: AbortSignal;
 }
 
 const CORRELATION_OPTIONS = optionNames<CorrelationOptions>({
-  kind: true, maxTokens: true, batchSize: true, mask: true, maxBytes: true, output: true, top: true, reverse: true, device: true, onProgress: true,
+  kind: true, maxTokens: true, batchSize: true, mask: true, maxBytes: true, output: true, top: true, reverse: true, device: true, onProgress: true, signal: true,
 });
 
 /**
@@ -281,13 +290,16 @@ async function forEachBatch(
   maxTokens: number,
   mask: CorrelationOptions['mask'],
   each: (xa: Float32Array, xb: Float32Array, rows: number) => Promise<void>,
-  report?: (seen: number) => void,
+  report: ((seen: number) => void) | undefined,
+  signal: AbortSignal | undefined,
 ): Promise<Pass> {
   const dA = a.dIn;
   const dB = (b ?? a).dIn;
   let n = 0;
   let seen = 0;
   for await (const [ba, bb] of aligned(a, b, batchSize, maxTokens)) {
+    // Leaving the loop by a throw ends the sources' pass (aligned()'s finally returns both iterators).
+    signal?.throwIfAborted();
     if (seen >= maxTokens) break;
     let rows = Math.min(ba.rows, maxTokens - seen);
     let xa = rows === ba.rows ? ba.data : ba.data.subarray(0, rows * dA);
@@ -322,6 +334,7 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   if (o.mask !== undefined && typeof o.mask !== 'function') throw argError('options.mask', 'a function (token) => boolean', o.mask);
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw argError('options.onProgress', 'a function (tokensRead, passes) => void', o.onProgress);
   const onProgress = o.onProgress;
+  const signal = checkSignal('options.signal', o.signal);
   if (a === null || typeof a !== 'object') throw argError('a', 'a side { source, sae? }', a);
   if (b !== undefined && (b === null || typeof b !== 'object')) throw argError('b', 'a side { source?, sae? }', b);
   const srcA = checkSource('a.source', a.source);
@@ -349,8 +362,9 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
     }
   }
   const device = o.device === undefined ? 'cpu' : deviceName(resolveDevice('options.device', o.device));
-  if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, srcA, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device, onProgress }, site);
-  return correlateDense(a, b ?? {}, srcA, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device, onProgress });
+  signal?.throwIfAborted();
+  if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, srcA, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device, onProgress, signal }, site);
+  return correlateDense(a, b ?? {}, srcA, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device, onProgress, signal });
 }
 
 async function correlateCodes(
@@ -358,7 +372,7 @@ async function correlateCodes(
   saeB: SparseAutoencoder,
   srcA: ActivationSource,
   srcB: ActivationSource | undefined,
-  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; limited: boolean; device: Device; onProgress: CorrelationOptions['onProgress'] },
+  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; limited: boolean; device: Device; onProgress: CorrelationOptions['onProgress']; signal: AbortSignal | undefined },
   site: Error,
 ): Promise<CorrelationResult> {
   const nA = saeA.numLatents;
@@ -371,7 +385,9 @@ async function correlateCodes(
     const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows) => {
       const [ca, cb] = await Promise.all([saeA.encode(xa), saeB.encode(xb)]);
       callNative(() => native().sparseCorrAppend(store, ca.values, ca.indices, cb.values, cb.indices, rows));
-    }, o.onProgress && ((seen) => o.onProgress!(seen, 1)));
+    }, o.onProgress && ((seen) => o.onProgress!(seen, 1)), o.signal);
+    // The native run below cannot be interrupted: the last look before it.
+    o.signal?.throwIfAborted();
     if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
     r = await settleNative(callNative(() => native().sparseCorrRun(store, o.full, o.full ? 0 : o.top, o.reverse, o.device)), site);
   } finally {
@@ -393,7 +409,7 @@ async function correlateDense(
   kind: 'preacts' | 'dense',
   nA: number,
   nB: number,
-  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; maxBytes: number; device: Device; onProgress: CorrelationOptions['onProgress'] },
+  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; maxBytes: number; device: Device; onProgress: CorrelationOptions['onProgress']; signal: AbortSignal | undefined },
 ): Promise<CorrelationResult> {
   // Column blocks of B whose co-moments and batch products (nA x w x DENSE_ENTRY_BYTES) fit in
   // maxBytes; one block (the whole matrix) for full output.
@@ -414,6 +430,7 @@ async function correlateDense(
   // suspended function can keep a reference until it is overwritten).
   const mxyAll = new Float64Array(nA * w);
   for (let j0 = 0; j0 < nB; j0 += w) {
+    o.signal?.throwIfAborted(); // between column blocks (passes)
     const j1 = Math.min(nB, j0 + w);
     const wb = j1 - j0;
     const mx = new Float64Array(nA);
@@ -438,7 +455,8 @@ async function correlateDense(
       }
       await mergeDense(fa, fb, rows, nA, wb, n, mx, my, mxx, myy, mxy, actA, actB, o.device, { kind, j0 });
       n += rows;
-    }, o.onProgress && ((seen) => o.onProgress!(readBefore + seen, passes)));
+    }, o.onProgress && ((seen) => o.onProgress!(readBefore + seen, passes)), o.signal);
+    o.signal?.throwIfAborted(); // after the last batch, before the block's r
     readBefore += pass.seen;
     if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
     if (tokens >= 0 && pass.n !== tokens) {
@@ -472,7 +490,10 @@ async function correlateDense(
         if (v > topB!.r[base + kTop - 1]!) topInsert(topB!.r, topB!.indices, base, kTop, v, i);
         if (topA && v > topA.r[i * kRev + kRev - 1]!) topInsert(topA.r, topA.indices, i * kRev, kRev, v, j0 + j);
       }
-      if (due(wb)) await pause();
+      if (due(wb)) {
+        await pause();
+        o.signal?.throwIfAborted();
+      }
     }
   }
   const common = { nA, nB, tokens, constantA, constantB, activeA, activeB };
