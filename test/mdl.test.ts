@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { fromArray, SaekitError, SparseAutoencoder } from '../lib/index.js';
 import { codeLength, descriptionLength } from '../lib/eval/mdl.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
+import { customSource } from './helpers/data-fixtures.js';
 import { lcg } from './helpers/reference.js';
 
 function codes(rows: number, k: number, values: number[], indices: number[]) {
@@ -172,6 +173,67 @@ describe('MDL description length', () => {
     const r = await descriptionLength(dead, fromArray(x, 5));
     expect(r.mse).toBe(r.mseUnquantized);
     await expect(descriptionLength(dead, fromArray(x, 5), { mseBound: r.mseUnquantized / 2 })).rejects.toThrow(/every code is zero/);
+  });
+});
+
+describe('descriptionLength: options.signal', () => {
+  const [dIn, L, k, rows] = [6, 17, 3, 400];
+  const x = (() => {
+    const next = lcg(123);
+    return Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+  })();
+
+  it('an aborted signal rejects before reading; an abort between the batches read rejects with its reason and ends the pass', async () => {
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 3 });
+    const state = { started: false, ended: false, batches: 0 };
+    const ctrl = new AbortController();
+    const reason = new Error('enough');
+    const source = (abortAfter: number) =>
+      customSource(dIn, rows, async function* (o) {
+        state.started = true;
+        try {
+          for await (const b of fromArray(x, dIn).batches(o)) {
+            if (++state.batches === abortAfter) ctrl.abort(reason);
+            yield b;
+          }
+        } finally {
+          state.ended = true;
+        }
+      });
+    const before = AbortSignal.abort();
+    await expect(descriptionLength(sae, source(0), { signal: before })).rejects.toBe(before.reason);
+    expect(state.started).toBe(false);
+    // Aborted as the second of 8 batches is handed over: it is not used, and no third batch is read.
+    await expect(descriptionLength(sae, source(2), { batchSize: 50, signal: ctrl.signal })).rejects.toBe(reason);
+    expect(state.batches).toBe(2);
+    expect(state.ended).toBe(true);
+  });
+
+  it('an abort during the search over bin widths stops its decoding; without an abort the result is unchanged', async () => {
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 3 });
+    const plain = await descriptionLength(sae, fromArray(x, dIn), { batchSize: 50, compat: true });
+    const signalled = await descriptionLength(sae, fromArray(x, dIn), { batchSize: 50, compat: true, signal: new AbortController().signal });
+    expect(signalled).toEqual(plain);
+    // 8 batches decoded per width: abort at the 20th decode (the third width), well before the end.
+    const decode = sae.decode.bind(sae);
+    let decodes = 0;
+    const ctrl = new AbortController();
+    sae.decode = (async (c: Parameters<typeof decode>[0]) => {
+      if (++decodes === 20) ctrl.abort();
+      return decode(c);
+    }) as typeof sae.decode;
+    await expect(descriptionLength(sae, fromArray(x, dIn), { batchSize: 50, signal: ctrl.signal })).rejects.toMatchObject({ name: 'AbortError' });
+    expect(decodes).toBe(20);
+  });
+
+  it('a signal that is not an AbortSignal is refused naming options.signal', async () => {
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 3 });
+    for (const bad of [{}, 'stop', { aborted: true, addEventListener() {} }]) {
+      await expect(descriptionLength(sae, fromArray(x, dIn), { signal: bad as unknown as AbortSignal })).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: expect.stringMatching(/options\.signal/),
+      });
+    }
   });
 });
 

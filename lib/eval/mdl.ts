@@ -32,11 +32,11 @@
 import type { ActivationSource } from '../data/types.js';
 import { argError, SaekitError } from '../errors.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
-import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
+import { checkBool, checkInt, checkOptions, checkSignal, optionNames } from '../validate.js';
 import { due, forBlocks, pause } from '../slices.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
-const DL_OPTIONS = optionNames<DescriptionLengthOptions>({ maxTokens: true, batchSize: true, mseBound: true, compat: true });
+const DL_OPTIONS = optionNames<DescriptionLengthOptions>({ maxTokens: true, batchSize: true, mseBound: true, compat: true, signal: true });
 
 /** Options of descriptionLength(). */
 export interface DescriptionLengthOptions {
@@ -52,6 +52,13 @@ export interface DescriptionLengthOptions {
   mseBound?: number;
   /** Also compute SAEBench's variant (labelled). */
   compat?: boolean;
+  /**
+   * Stops the measurement: checked before any work, between the batches read, between the
+   * batches decoded for each bin width tried (the search decodes every batch dozens of times)
+   * and between slices of the code-length count. The Promise then rejects with `signal.reason`
+   * (an AbortError by default), as Node's own APIs do, and the source's pass is ended.
+   */
+  signal?: AbortSignal;
 }
 
 /** What descriptionLength() returns: bits per token, their parts, the quantisation and its MSE. */
@@ -96,7 +103,7 @@ function histEntropy(counts: Iterable<number>, total: number): number {
  * order in which a Map of the bins would list them.
  * @internal
  */
-export async function codeLength(codes: SparseCodes[], numLatents: number, delta: number): Promise<{ bits: number; bernoulli: number; value: number }> {
+export async function codeLength(codes: SparseCodes[], numLatents: number, delta: number, signal?: AbortSignal): Promise<{ bits: number; bernoulli: number; value: number }> {
   let tokens = 0;
   const active = new Float64Array(numLatents);
   for (const c of codes) {
@@ -168,7 +175,10 @@ export async function codeLength(codes: SparseCodes[], numLatents: number, delta
       if (c > 0 && c < n) h -= (c / n) * Math.log2(c / n);
     }
     value += p * h;
-    if (due(4 * n)) await pause();
+    if (due(4 * n)) {
+      await pause();
+      signal?.throwIfAborted();
+    }
   }
   return { bits: bernoulli + value, bernoulli, value };
 }
@@ -195,10 +205,17 @@ async function quantised(c: SparseCodes, delta: number): Promise<SparseCodes> {
 }
 
 /** The MSE of decoding `codes` (each batch passed through `quantise` first, one at a time). */
-async function mseOf(sae: SparseAutoencoder, xs: Float32Array[], codes: SparseCodes[], quantise?: (c: SparseCodes) => Promise<SparseCodes>): Promise<number> {
+async function mseOf(
+  sae: SparseAutoencoder,
+  xs: Float32Array[],
+  codes: SparseCodes[],
+  signal: AbortSignal | undefined,
+  quantise?: (c: SparseCodes) => Promise<SparseCodes>,
+): Promise<number> {
   let sse = 0;
   let tokens = 0;
   for (let b = 0; b < xs.length; b++) {
+    signal?.throwIfAborted();
     const recon = await sae.decode(quantise ? await quantise(codes[b]!) : codes[b]!);
     const x = xs[b]!;
     await forBlocks(x.length, (i0, i1) => {
@@ -222,11 +239,15 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
   if (o.mseBound !== undefined && !(typeof o.mseBound === 'number' && o.mseBound > 0 && Number.isFinite(o.mseBound))) {
     throw argError('options.mseBound', 'a positive finite number', o.mseBound);
   }
+  const signal = checkSignal('options.signal', o.signal);
+  signal?.throwIfAborted();
   if (source.dIn !== sae.dIn) throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected a source with dIn = ${sae.dIn} but it has ${source.dIn}`);
   const xs: Float32Array[] = [];
   const codes: SparseCodes[] = [];
   let tokens = 0;
   for await (const b of source.batches({ batchSize, shuffle: false })) {
+    // Leaving the loop by a throw ends the source's pass (for await calls its return()).
+    signal?.throwIfAborted();
     const rows = Math.min(b.rows, maxTokens - tokens);
     const x = rows === b.rows ? b.data : b.data.slice(0, rows * b.dIn);
     xs.push(x);
@@ -241,7 +262,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
       for (let q = q0; q < q1; q++) if (values[q]! > vmax) vmax = values[q]!;
     });
   }
-  const mse0 = await mseOf(sae, xs, codes);
+  const mse0 = await mseOf(sae, xs, codes, signal);
   let sumSq = 0;
   for (const x of xs) {
     await forBlocks(x.length, (i0, i1) => {
@@ -259,7 +280,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
   const bound = o.mseBound ?? Math.max(mse0 * 1.01, 1e-7 * (sumSq / tokens));
   const boundName = o.mseBound === undefined ? `The default mseBound, max(1.01 x the unquantised MSE, 1e-7 x the mean ||x||^2) = ${bound},` : `options.mseBound = ${bound}`;
   let delta = vmax > 0 ? vmax : 1;
-  let mse = vmax > 0 ? await mseOf(sae, xs, codes, (c) => quantised(c, delta)) : mse0;
+  let mse = vmax > 0 ? await mseOf(sae, xs, codes, signal, (c) => quantised(c, delta)) : mse0;
   if (vmax === 0 && mse0 > bound) {
     // No code is nonzero: no quantisation changes anything, so the bound cannot be met.
     throw new SaekitError('ERR_SAEKIT_ARG', `${boundName} is below what any quantisation reaches (${mse0}: every code is zero); the unquantised MSE is ${mse0}`);
@@ -269,7 +290,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
     let lo = Math.log(vmax) - 30 * Math.LN2;
     let hi = Math.log(vmax);
     let best = Math.exp(lo);
-    let bestMse = await mseOf(sae, xs, codes, (c) => quantised(c, best));
+    let bestMse = await mseOf(sae, xs, codes, signal, (c) => quantised(c, best));
     if (bestMse > bound) {
       // The MSE need not rise with the width (a coarser bin's midpoint can land nearer x than
       // the value itself), so before giving up try the powers of two between, coarsest first.
@@ -277,7 +298,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
       let minWidth = mse <= bestMse ? vmax : best;
       for (let j = 1; j < 30 && bestMse > bound; j++) {
         const w = vmax * 2 ** -j;
-        const m = await mseOf(sae, xs, codes, (c) => quantised(c, w));
+        const m = await mseOf(sae, xs, codes, signal, (c) => quantised(c, w));
         if (m < minMse) [minMse, minWidth] = [m, w];
         if (m <= bound) [best, bestMse, lo, hi] = [w, m, Math.log(w), Math.log(2 * w)];
       }
@@ -291,7 +312,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
     for (let it = 0; it < 24; it++) {
       const mid = (lo + hi) / 2;
       const width = Math.exp(mid);
-      const m = await mseOf(sae, xs, codes, (c) => quantised(c, width));
+      const m = await mseOf(sae, xs, codes, signal, (c) => quantised(c, width));
       if (m <= bound) {
         lo = mid;
         best = Math.exp(mid);
@@ -301,7 +322,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
     delta = best;
     mse = bestMse;
   }
-  const dl = await codeLength(codes, sae.numLatents, delta);
+  const dl = await codeLength(codes, sae.numLatents, delta, signal);
   const result: DescriptionLengthResult = {
     tokens,
     bitsPerToken: dl.bits,
@@ -312,12 +333,12 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
     mse,
     mseBound: bound,
   };
-  if (compat) result.compat = await saebenchCompat(sae, xs, codes, tokens);
+  if (compat) result.compat = await saebenchCompat(sae, xs, codes, tokens, signal);
   return result;
 }
 
 /** SAEBench's calculate_dl (methods.md §5.3), labelled compat. */
-async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes: SparseCodes[], tokens: number) {
+async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes: SparseCodes[], tokens: number, signal: AbortSignal | undefined) {
   const M = sae.numLatents;
   const maxv = new Float64Array(M).fill(100); // SAEBench initialises the running max at 100
   const active = new Float64Array(M);
@@ -351,7 +372,10 @@ async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes:
       // The histogram over all tokens: the zeros land in bin 0.
       hist[l * numBins]! += tokens - active[l]!;
       bits += h2(p) + p * histEntropy(hist.subarray(l * numBins, (l + 1) * numBins), tokens);
-      if (due(4 * numBins)) await pause();
+      if (due(4 * numBins)) {
+        await pause();
+        signal?.throwIfAborted();
+      }
     }
     const quantise = async (c: SparseCodes): Promise<SparseCodes> => {
       const values = new Float32Array(c.values.length);
@@ -366,7 +390,7 @@ async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes:
       });
       return { ...c, values };
     };
-    const mse = (await mseOf(sae, xs, codes, quantise)) / sae.dIn; // per element
+    const mse = (await mseOf(sae, xs, codes, signal, quantise)) / sae.dIn; // per element
     const rmsePerDim = Math.sqrt(mse) / sae.dIn;
     out.push({ numBins, bitsPerToken: bits, rmsePerDim, valid: rmsePerDim < 0.01 });
   }
