@@ -71,12 +71,19 @@ export function runAll<T>(work: Generator<number, T>): T {
 
 /**
  * Runs the same work in slices between turns of the event loop (due / pause), with the same
- * result as runAll. @internal
+ * result as runAll. With `signal`, an abort seen after a pause throws signal.reason (the
+ * generator is closed: its finally blocks run). @internal
  */
-export async function runSliced<T>(work: Generator<number, T>): Promise<T> {
+export async function runSliced<T>(work: Generator<number, T>, signal?: AbortSignal): Promise<T> {
   for (;;) {
     const r = work.next();
     if (r.done) return r.value;
-    if (due(r.value)) await pause();
+    if (due(r.value)) {
+      await pause();
+      if (signal?.aborted) {
+        work.return(undefined as T);
+        signal.throwIfAborted();
+      }
+    }
   }
 }

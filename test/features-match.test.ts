@@ -476,6 +476,73 @@ describe('saeMatch', () => {
   });
 });
 
+describe('saeMatch: options.signal', () => {
+  it('an aborted signal rejects before any work; an abort between the cost chunks rejects with its reason, frees the assignment and never runs the solver; without one the result is unchanged', async () => {
+    const next = lcg(515);
+    // 1024 latents: the cost goes to the solver in two chunks of 512 rows (2^19 values).
+    const n = 1024;
+    const d = 4;
+    const wA = randomWeights(n, d, next, false);
+    const wB = permuted(wA, n, d, randomPermutation(n, next), next, 0.01);
+    using A = SparseAutoencoder.fromWeights(wA, { k: 2 });
+    using B = SparseAutoencoder.fromWeights(wB, { k: 2 });
+    const addon = native() as unknown as Record<string, (...args: unknown[]) => unknown>;
+    const calls = { weights: 0, append: 0, run: 0, free: 0 };
+    const saved = { weights: A.weights, lapAppend: addon.lapAppend!, lapRun: addon.lapRun!, lapFree: addon.lapFree! };
+    A.weights = ((...args: Parameters<typeof A.weights>) => {
+      calls.weights++;
+      return saved.weights.apply(A, args);
+    }) as typeof A.weights;
+    const ctrl = new AbortController();
+    const reason = new Error('enough');
+    addon.lapAppend = (...args: unknown[]) => {
+      calls.append++;
+      ctrl.abort(reason);
+      return saved.lapAppend(...args);
+    };
+    addon.lapRun = (...args: unknown[]) => {
+      calls.run++;
+      return saved.lapRun(...args);
+    };
+    addon.lapFree = (...args: unknown[]) => {
+      calls.free++;
+      return saved.lapFree(...args);
+    };
+    try {
+      const before = AbortSignal.abort();
+      await expect(saeMatch(A, B, { signal: before })).rejects.toBe(before.reason);
+      expect(calls.weights).toBe(0);
+      await expect(saeMatch(A, B, { signal: ctrl.signal })).rejects.toBe(reason);
+      expect(calls).toMatchObject({ weights: 1, append: 1, run: 0, free: 1 });
+    } finally {
+      addon.lapAppend = saved.lapAppend;
+      addon.lapRun = saved.lapRun;
+      addon.lapFree = saved.lapFree;
+    }
+    // Aborted while the solver runs: seen when it returns.
+    const late = new AbortController();
+    addon.lapRun = (...args: unknown[]) => {
+      late.abort();
+      return saved.lapRun(...args);
+    };
+    try {
+      await expect(saeMatch(A, B, { signal: late.signal })).rejects.toMatchObject({ name: 'AbortError' });
+    } finally {
+      addon.lapRun = saved.lapRun;
+    }
+    const plain = await saeMatch(A, B, { encoder: true });
+    const signalled = await saeMatch(A, B, { encoder: true, signal: new AbortController().signal });
+    expect(Array.from(signalled.permutation)).toEqual(Array.from(plain.permutation));
+    expect(Array.from(signalled.mse)).toEqual(Array.from(plain.mse));
+    for (const bad of [{}, 'stop', { aborted: false, addEventListener() {} }]) {
+      await expect(saeMatch(A, B, { signal: bad as unknown as AbortSignal })).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: expect.stringMatching(/options\.signal/),
+      });
+    }
+  });
+});
+
 describe('composeMatches', () => {
   it('equals a direct construction of A -> D', () => {
     const next = lcg(31);

@@ -26,7 +26,7 @@ import { SparseAutoencoder, type SaeWeights } from '../sae/index.js';
 import { tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
 import type { CorrelationResult, CorrelationTopMatches } from './correlation.js';
-import { checkBool, checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
+import { checkBool, checkInt, checkKept, checkOneOf, checkOptions, checkSignal, optionNames } from '../validate.js';
 
 /** How match() pairs features (see the module comment). */
 export type MatchMethod = 'argmax' | 'mutual' | 'hungarian';
@@ -76,7 +76,7 @@ export interface MatchResult {
 const MAX_DIM = 2 ** 31 - 1;
 
 const MATCH_OPTIONS = optionNames<MatchOptions>({ nA: true, nB: true, method: true, threshold: true, top: true });
-const SAE_MATCH_OPTIONS = optionNames<SaeMatchOptions>({ fold: true, encoder: true, maxBytes: true });
+const SAE_MATCH_OPTIONS = optionNames<SaeMatchOptions>({ fold: true, encoder: true, maxBytes: true, signal: true });
 
 /**
  * Pairs features of A (rows of `corr`, [nA, nB] row-major) with features of B (columns), or
@@ -298,6 +298,14 @@ export interface SaeMatchOptions {
    * machine. Default half the machine's memory (os.totalmem() / 2).
    */
   maxBytes?: number;
+  /**
+   * Stops saeMatch between its stages and between the slices of its JS work (folding, the
+   * parameter vectors, the n x n cost handed to the solver a chunk at a time, the matched pairs'
+   * MSE); the Promise then rejects with `signal.reason` (an AbortError by default), as Node's own
+   * APIs do. The GEMM and the native assignment solver cannot be interrupted (the solver takes
+   * minutes at 32k latents): an abort while they run is seen when they return.
+   */
+  signal?: AbortSignal;
 }
 
 /** Peak bytes per pair of latents in saeMatch: the GEMM's float32 n x n result and its copy, then that copy and the solver's float64 cost. */
@@ -435,7 +443,8 @@ function* toFloat32(p: Float64Array): Generator<number, Float32Array> {
  * n x n result and its copy, then that copy and the solver's float64 cost), so 3 GiB at 16k
  * latents, 12 GiB at 32k and 48 GiB at 65k; beyond options.maxBytes (default half the machine's
  * memory) it fails at once with ERR_SAEKIT_MEMORY. The solver reports no progress and cannot be stopped: 20 s for two unrelated SAEs of
- * 8192 latents on 2 cores, growing faster than n^2 (minutes at 32k).
+ * 8192 latents on 2 cores, growing faster than n^2 (minutes at 32k). options.signal stops the
+ * JS stages around it (see SaeMatchOptions.signal), and an abort during the solver once it returns.
  */
 export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder, options?: SaeMatchOptions): Promise<SaeMatchResult> {
   if (!(saeA instanceof SparseAutoencoder)) throw argError('saeA', 'a SparseAutoencoder', saeA);
@@ -448,6 +457,7 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
   const fold = o.fold === undefined ? true : checkBool('options.fold', o.fold);
   const encoder = o.encoder === undefined ? false : checkBool('options.encoder', o.encoder);
   const maxBytes = o.maxBytes === undefined ? Math.floor(totalmem() / 2) : checkInt('options.maxBytes', o.maxBytes, 1, Number.MAX_SAFE_INTEGER);
+  const signal = checkSignal('options.signal', o.signal);
   const n = saeA.numLatents;
   const d = saeA.dIn;
   const needs = SAE_MATCH_BYTES_PER_PAIR * n * n;
@@ -457,25 +467,32 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
       `the ${n} x ${n} assignment of saeMatch needs about ${needs} bytes (${(needs / 2 ** 30).toFixed(1)} GiB), over options.maxBytes = ${maxBytes}${o.maxBytes === undefined ? " (half this machine's memory)" : ''}`,
     );
   }
+  signal?.throwIfAborted();
   const site = new Error();
   let [wA, wB] = await Promise.all([saeA.weights(), saeB.weights()]);
+  signal?.throwIfAborted();
   // The steps below are O(n * d) each and run in ~20 ms slices between turns of the event loop
   // (similarity.ts runSliced); the n x n cost is built and handed to the solver a few million
   // entries at a time.
   if (fold) {
-    wA = await runSliced(foldNamed(wA, 'saeA'));
-    wB = await runSliced(foldNamed(wB, 'saeB'));
+    wA = await runSliced(foldNamed(wA, 'saeA'), signal);
+    signal?.throwIfAborted();
+    wB = await runSliced(foldNamed(wB, 'saeB'), signal);
+    signal?.throwIfAborted();
   }
   const width = encoder ? 2 * d : d;
   // A's and B's finite checks in that order, as before: saeA's bad latent is named first.
-  const { p: pA, norms: normA } = await runSliced(latentParams(wA, n, d, encoder, 'saeA'));
-  const { p: pB, norms: normB } = await runSliced(latentParams(wB, n, d, encoder, 'saeB'));
+  const { p: pA, norms: normA } = await runSliced(latentParams(wA, n, d, encoder, 'saeA'), signal);
+  signal?.throwIfAborted();
+  const { p: pB, norms: normB } = await runSliced(latentParams(wB, n, d, encoder, 'saeB'), signal);
+  signal?.throwIfAborted();
   // cost_ij = (||a_i||^2 + ||b_j||^2 - 2 a_i.b_j) / width, the dot products as one GEMM.
   let dots: Float32Array;
   {
-    using ta = tensor(await runSliced(toFloat32(pA)), [n, width], { device: 'cpu' });
+    using ta = tensor(await runSliced(toFloat32(pA), signal), [n, width], { device: 'cpu' });
     if (due(n * width)) await pause(); // a copy of tens of MiB (into fresh pages) takes tens of ms
-    using tb = tensor(await runSliced(toFloat32(pB)), [n, width], { device: 'cpu' });
+    using tb = tensor(await runSliced(toFloat32(pB), signal), [n, width], { device: 'cpu' });
+    signal?.throwIfAborted();
     using g = await matmul(ta, tb, { transB: true });
     // Disposed while the copy is queued: the copy job then holds the last reference, and the
     // n x n result (1 GiB at 16k latents) is freed off the JS thread.
@@ -483,8 +500,11 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
     g.dispose();
     dots = (await copy) as Float32Array;
   }
+  signal?.throwIfAborted();
   let buf = new Float64Array(0);
   const costRows = (row0: number, count: number): Float64Array => {
+    // Between the chunks handed to the solver (solveChunked frees its buffer on a throw).
+    signal?.throwIfAborted();
     if (buf.length < count * n) buf = new Float64Array(count * n);
     const out = buf.subarray(0, count * n);
     for (let r = 0; r < count; r++) {
@@ -495,6 +515,7 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
     return out;
   };
   const rowToCol = await solveChunked(n, n, false, costRows, 'cost', site);
+  signal?.throwIfAborted(); // an abort while the solver ran (it cannot be interrupted)
   // The matched pairs' MSE exactly (float64), not from the GEMM's float32 dot products.
   const mse = new Float64Array(n);
   let sum = 0;
@@ -507,7 +528,10 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
     }
     mse[i] = s2 / width;
     sum += mse[i]!;
-    if (due(width)) await pause();
+    if (due(width)) {
+      await pause();
+      signal?.throwIfAborted();
+    }
   }
   return { permutation: rowToCol, mse, meanMse: sum / n };
 }
