@@ -22,17 +22,17 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}, timeout?: number): { s
 }
 
 /**
- * Runs the CLI with `args` (one thread), sends `signal` (SIGINT: Ctrl-C) `delayMs` after it says
- * it is training, and resolves to its exit code and output.
+ * Runs the CLI with `args` (one thread), sends `signal` (SIGINT: Ctrl-C) `delayMs` after its
+ * stderr says `ready` (that it is training), and resolves to its exit code and output.
  */
-async function interrupted(args: string[], delayMs: number, signal: NodeJS.Signals = 'SIGINT'): Promise<{ code: number | null; stdout: string; stderr: string }> {
+async function interrupted(args: string[], delayMs: number, signal: NodeJS.Signals = 'SIGINT', ready = 'training a TopK SAE'): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], { cwd: packageRoot, env: { ...process.env, SAEKIT_NUM_THREADS: '1' } });
   let stderr = '';
   let stdout = '';
   let sent = false;
   child.stderr.on('data', (d: Buffer) => {
     stderr += d.toString();
-    if (stderr.includes('training a TopK SAE') && !sent) {
+    if (stderr.includes(ready) && !sent) {
       sent = true;
       setTimeout(() => child.kill(signal), delayMs);
     }
@@ -630,6 +630,65 @@ describe('saekit CLI', () => {
     expect(n.status, n.stderr).toBe(0);
     expect(n.stderr).not.toMatch(/geometry/);
   });
+});
+
+describe('saekit eval, compare and match-layers stop on SIGINT / SIGTERM', () => {
+  /** An SAE saved in a fresh folder. */
+  async function savedSae(dir: string, name: string, dIn: number, numLatents: number, seed: number): Promise<string> {
+    using sae = SparseAutoencoder.create({ dIn, numLatents, k: 4, seed });
+    await sae.save(path.join(dir, name));
+    return path.join(dir, name);
+  }
+  async function acts(dir: string, rows: number, dIn: number): Promise<string> {
+    const rnd = lcg(rows + dIn);
+    const file = path.join(dir, `acts${dIn}.npy`);
+    await io.writeNpy(file, { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => rnd() - 0.5) });
+    return file;
+  }
+  const stopped = /saekit: stopping \(Ctrl-C again to quit now\)\.\.\.\nsaekit: stopped; no results were written\n$/;
+
+  it('eval: Ctrl-C during the max-cosine geometry (seconds at 16384 latents) exits 130 at once with a message', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-stop-'));
+    const sae = await savedSae(dir, 'sae', 32, 16384, 1);
+    const data = await acts(dir, 300, 32);
+    const t0 = performance.now();
+    const { code, stdout, stderr } = await interrupted(['eval', sae, data, '--json'], 300, 'SIGINT', 'computing the max-cosine geometry');
+    expect(code, stderr).toBe(130);
+    expect(stderr).toMatch(stopped);
+    expect(stdout).toBe('');
+    expect(performance.now() - t0).toBeLessThan(60_000);
+  }, 90_000);
+
+  it('compare: Ctrl-C while correlating exits 130 with a message and writes no --out; SIGTERM exits 143', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-stop-'));
+    const sae = await savedSae(dir, 'sae', 16, 256, 3);
+    const data = await acts(dir, 20000, 16);
+    const out = path.join(dir, 'pairs.json');
+    // --kind preacts over --max-bytes: 32 passes over the data, seconds in all.
+    const args = ['compare', sae, sae, '--data', data, '--kind', 'preacts', '--method', 'argmax', '--max-bytes', '32768', '--runs', '2', '--out', out];
+    const r = await interrupted(args, 300, 'SIGINT', 'correlating');
+    expect(r.code, r.stderr).toBe(130);
+    expect(r.stderr).toMatch(stopped);
+    expect(r.stderr).not.toMatch(/^correlation: /m);
+    expect(r.stdout).toBe('');
+    expect(existsSync(out)).toBe(false);
+    const t = await interrupted(args, 300, 'SIGTERM', 'correlating');
+    expect(t.code, t.stderr).toBe(143);
+    expect(t.stderr).toMatch(/saekit: SIGTERM received: stopping \(a second SIGTERM or Ctrl-C quits now\)\.\.\.\nsaekit: stopped; no results were written\n$/);
+    expect(existsSync(out)).toBe(false);
+  }, 120_000);
+
+  it('match-layers: Ctrl-C during a step exits 130 with a message (once the solver returns) and starts no other step', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-stop-'));
+    const saes = [await savedSae(dir, 'l0', 16, 4096, 1), await savedSae(dir, 'l1', 16, 4096, 2), await savedSae(dir, 'l2', 16, 4096, 3)];
+    const out = path.join(dir, 'perms.json');
+    const { code, stdout, stderr } = await interrupted(['match-layers', ...saes, '--out', out], 300, 'SIGINT', 'matching');
+    expect(code, stderr).toBe(130);
+    expect(stderr).toMatch(stopped);
+    expect(stderr.match(/^matching /gm)).toHaveLength(1);
+    expect(stdout).toBe('');
+    expect(existsSync(out)).toBe(false);
+  }, 90_000);
 });
 
 describe('progress line', () => {

@@ -184,7 +184,7 @@ function rowsOf(W: Float32Array, d: number, idx: number[]): Float64Array {
   return out;
 }
 
-export async function compare(pathA: string, pathB: string, f: CompareFlags): Promise<void> {
+export async function compare(pathA: string, pathB: string, f: CompareFlags, signal?: AbortSignal): Promise<void> {
   if (f.top !== 1 && f.method !== 'mutual') throw new SaekitError('ERR_SAEKIT_ARG', `Expected --top only with --method mutual but the method is ${f.method}`);
   // Each source would drop its own bad rows, and the two would stop lining up token by token.
   if (f.dataB !== undefined && f.onNonFinite === 'skip') {
@@ -241,6 +241,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
       // Where the SAEs are (--device auto: CUDA when usable); same result bits on either.
       device: a.device,
       onProgress: (t, passes) => progress.update(t, passes),
+      ...(signal ? { signal } : {}),
     })
       .catch((e: unknown) => {
         // With --data-b, skipping is refused (the sources would stop lining up): the usual hint does not apply.
@@ -250,6 +251,8 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
         throw e;
       })
       .finally(() => progress.done());
+    // The stages after the correlation take no signal: look between them.
+    signal?.throwIfAborted();
     process.stderr.write(`correlation: ${c.mode === 'full' ? 'full matrix' : `top ${c.top.k} matches per feature`} over ${c.tokens.toLocaleString('en-US')} tokens\n`);
     // For every feature of B, its best correlation in A.
     let meanMax = 0;
@@ -265,6 +268,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
       for (let j = 0; j < c.nB; j++) meanMax += best[j]! / c.nB;
     }
     const m = await match(c, { method: f.method, threshold: f.threshold, ...(f.method === 'mutual' ? { top: f.top } : {}) });
+    signal?.throwIfAborted();
     const [wa, wb] = [await a.weights(), await b.weights()];
     const kept = m.pairs.length;
     // SVCCA and RSA on a random subsample of at most --max-pairs pairs (methods.md §9).
@@ -299,10 +303,12 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags): Pr
     } else {
       const t = await svccaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0 });
       summary.svcca = { score: t.score, shuffled_mean: mean(t.shuffled), p_value: t.pValue };
+      signal?.throwIfAborted();
     }
     if (n >= 3) {
       const t = await rsaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0 });
       summary.rsa = { score: t.score, shuffled_mean: mean(t.shuffled), p_value: t.pValue };
+      signal?.throwIfAborted();
     } else {
       summary.rsa = { skipped: `needs at least 3 matched pairs (${n})` };
     }
@@ -342,7 +348,7 @@ function mean(x: Float64Array): number {
   return x.length ? s / x.length : Number.NaN;
 }
 
-export async function matchLayers(paths: string[], f: MatchLayersFlags): Promise<void> {
+export async function matchLayers(paths: string[], f: MatchLayersFlags, signal?: AbortSignal): Promise<void> {
   if (paths.length < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 SAEs for match-layers but received ${paths.length}`);
   await checkOutFile(f.out, f.overwrite, paths.map((sae) => ({ sae })));
   const saes: SparseAutoencoder[] = [];
@@ -361,7 +367,7 @@ export async function matchLayers(paths: string[], f: MatchLayersFlags): Promise
     for (let i = 0; i + 1 < saes.length; i++) {
       // The assignment holds about 12 bytes per pair of latents and reports no progress: say what runs.
       process.stderr.write(`matching ${paths[i]} -> ${paths[i + 1]}: ${n} x ${n} assignment (about ${((12 * n * n) / 2 ** 30).toFixed(1)} GiB of memory)...\n`);
-      const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: f.fold !== false, encoder: Boolean(f.encoder), ...(f.maxBytes !== undefined ? { maxBytes: f.maxBytes } : {}) }).catch((e: unknown) => {
+      const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: f.fold !== false, encoder: Boolean(f.encoder), ...(f.maxBytes !== undefined ? { maxBytes: f.maxBytes } : {}), ...(signal ? { signal } : {}) }).catch((e: unknown) => {
         // saeMatch names its arguments saeA and saeB; name the files instead.
         if (!(e instanceof SaekitError)) throw e;
         const named = e.message

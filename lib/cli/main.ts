@@ -22,6 +22,7 @@ import { AUXK_VARIANTS } from '../sae/index.js';
 import { B_DEC_INITS, DECAYS, type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
 import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, checkNotInput, matchLayers, type MatchLayersFlags, type OutInput } from './compare.js';
 import { Progress, reportSkipped, TokenProgress } from './progress.js';
+import { abortOnSignal, STOP_SIGNALS, stoppable } from './stop.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string };
@@ -122,41 +123,8 @@ export function cliMessage(message: string): string {
     .replace(/pass onNonFinite: 'skip'/g, 'pass --on-non-finite skip');
 }
 
-/** The signals that stop a run after the current step, and their exit codes (128 + the signal's number). */
-const STOP_SIGNALS = { SIGINT: 130, SIGTERM: 143 } as const;
-
-/**
- * Ctrl-C (SIGINT) or SIGTERM (job schedulers, `timeout`, `docker stop`) stops after the current
- * step (checkpoint + SAE written); a second signal of either kind exits at once. `exitCode` is
- * 128 + the number of the first signal (130 or 143), undefined before one came.
- */
-function abortOnSignal(): { signal: AbortSignal; readonly exitCode: number | undefined; dispose(): void } {
-  const ctrl = new AbortController();
-  let exitCode: number | undefined;
-  const handlers = Object.entries(STOP_SIGNALS).map(([name, code]) => {
-    const onSig = () => {
-      if (ctrl.signal.aborted) process.exit(code);
-      exitCode = code;
-      process.stderr.write(
-        name === 'SIGINT'
-          ? '\nsaekit: stopping after the current step (Ctrl-C again to quit now)...\n'
-          : `\nsaekit: ${name} received: stopping after the current step (a second ${name} or Ctrl-C quits now)...\n`,
-      );
-      ctrl.abort();
-    };
-    process.on(name, onSig);
-    return [name, onSig] as const;
-  });
-  return {
-    signal: ctrl.signal,
-    get exitCode() {
-      return exitCode;
-    },
-    dispose: () => {
-      for (const [name, onSig] of handlers) process.off(name, onSig);
-    },
-  };
-}
+/** Help of the commands that stop through stoppable(). */
+const STOP_HELP = '  (Ctrl-C or SIGTERM stops at the next batch or block, writing nothing and exiting 130 or 143; a second signal quits at once.)\n';
 
 /** The most latents an SAE can have (SparseAutoencoder.create's limit for numLatents). */
 const MAX_LATENTS = 1 << 24;
@@ -326,7 +294,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
         ` (${source.numRows?.toLocaleString('en-US') ?? 'unknown'} rows in the data) -> ${f.out}\n`,
     );
     const progress = new Progress(total);
-    const sig = abortOnSignal();
+    const sig = abortOnSignal('after the current step');
     let result: FitResult;
     try {
       result = await trainer.fit(source, {
@@ -428,7 +396,7 @@ async function demo(f: DemoFlags): Promise<void> {
   // would continue that run beside the demo's SAE.
   const replaced = prior?.checkpoint && f.overwrite ? await moveAside([path.join(f.out!, 'checkpoint')]) : [];
   const progress = new Progress(tokens);
-  const sig = abortOnSignal();
+  const sig = abortOnSignal('after the current step');
   let result: FitResult;
   try {
     result = await trainer.fit(source, { signal: sig.signal, onStep: (s) => progress.update(s), ...(f.out !== undefined ? { saveDir: f.out } : {}) });
@@ -485,7 +453,7 @@ interface EvalFlags {
   onNonFinite: 'error' | 'skip';
 }
 
-async function evalCommand(saePath: string, paths: string[], f: EvalFlags): Promise<void> {
+async function evalCommand(saePath: string, paths: string[], f: EvalFlags, signal: AbortSignal): Promise<void> {
   using sae = await SparseAutoencoder.load(saePath, { device: f.device as DeviceOption });
   const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn, onNonFinite: f.onNonFinite });
   try {
@@ -508,7 +476,7 @@ async function evalCommand(saePath: string, paths: string[], f: EvalFlags): Prom
     };
     let r;
     try {
-      r = await evaluate(sae, source, { maxTokens: f.maxTokens, batchSize: f.batch, compat: Boolean(f.compat), geometry: f.geometry, onProgress });
+      r = await evaluate(sae, source, { maxTokens: f.maxTokens, batchSize: f.batch, compat: Boolean(f.compat), geometry: f.geometry, onProgress, signal });
     } finally {
       progress.done();
     }
@@ -599,8 +567,8 @@ export function buildProgram(): Command {
     .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))
     .option('--on-non-finite <policy>', NON_FINITE_HELP, oneOf('on-non-finite', ['error', 'skip'] as const), 'error')
     .option('--device <d>', DEVICE_HELP, 'auto')
-    .addHelpText('after', '\nExample:\n  saekit eval runs/l8 acts/val.npy --max-tokens 2000000 --json > eval.json\n')
-    .action((sae: string, paths: string[], f: EvalFlags) => evalCommand(sae, paths, f));
+    .addHelpText('after', '\nExample:\n  saekit eval runs/l8 acts/val.npy --max-tokens 2000000 --json > eval.json\n' + STOP_HELP)
+    .action((sae: string, paths: string[], f: EvalFlags) => stoppable((signal) => evalCommand(sae, paths, f, signal)));
   program
     .command('compare')
     .description('compare the features of two SAEs: correlation over tokens, matching, SVCCA and RSA of the matched decoder rows against shuffled baselines')
@@ -625,8 +593,8 @@ export function buildProgram(): Command {
     .option('--out <file>', 'also write the summary and every matched pair as JSON')
     .option('--overwrite', 'replace an existing --out file (never an input)')
     .option('--device <d>', `${DEVICE_HELP}; the correlation runs there too`, 'auto')
-    .addHelpText('after', '\nExample:\n  saekit compare runs/seed1 runs/seed2 --data acts/val.npy --method hungarian --json\n')
-    .action((a: string, b: string, f: CompareFlags) => compare(a, b, f));
+    .addHelpText('after', '\nExample:\n  saekit compare runs/seed1 runs/seed2 --data acts/val.npy --method hungarian --json\n' + STOP_HELP)
+    .action((a: string, b: string, f: CompareFlags) => stoppable((signal) => compare(a, b, f, signal)));
   program
     .command('match-layers')
     .description('SAE Match: data-free matching of the latents of consecutive SAEs (e.g. adjacent layers)')
@@ -638,8 +606,8 @@ export function buildProgram(): Command {
     .option('--out <file>', 'write every permutation as JSON')
     .option('--overwrite', 'replace an existing --out file (never an input)')
     .option('--device <d>', DEVICE_HELP, 'auto')
-    .addHelpText('after', '\nExample:\n  saekit match-layers runs/l6 runs/l7 runs/l8 --out perms.json\n')
-    .action((paths: string[], f: MatchLayersFlags) => matchLayers(paths, f));
+    .addHelpText('after', '\nExample:\n  saekit match-layers runs/l6 runs/l7 runs/l8 --out perms.json\n' + STOP_HELP + '  (The assignment solver itself cannot be interrupted: a first signal takes effect when it returns.)\n')
+    .action((paths: string[], f: MatchLayersFlags) => stoppable((signal) => matchLayers(paths, f, signal)));
   program
     .command('demo')
     .description('train an SAE on built-in synthetic data with known features and report how well it recovers them')
