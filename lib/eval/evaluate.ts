@@ -69,7 +69,7 @@ import { argError, SaekitError } from '../errors.js';
 import { BATCH_ARRAYS, RELEASE_BATCH, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/types.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
-import { checkBool, checkInt, checkOptions, optionNames } from '../validate.js';
+import { checkBool, checkInt, checkOptions, checkSignal, optionNames } from '../validate.js';
 import { transposeSteps } from '../io/common.js';
 import { due, pause, runSliced } from '../slices.js';
 import { maxCosine } from './geometry.js';
@@ -379,8 +379,7 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
   const bins = o.histogramBins === undefined ? DEFAULT_BINS : checkInt('options.histogramBins', o.histogramBins, 1, 100_000);
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw argError('options.onProgress', 'a function (tokens) => void', o.onProgress);
   const onProgress = o.onProgress;
-  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw argError('options.signal', 'an AbortSignal', o.signal);
-  const signal = o.signal;
+  const signal = checkSignal('options.signal', o.signal);
   signal?.throwIfAborted();
   const dIn = sae.dIn;
   const L = sae.numLatents;

@@ -19,7 +19,7 @@
 import { argError, SaekitError } from '../errors.js';
 import { tensor, type Tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
-import { checkInt, checkKept, checkOptions, optionNames } from '../validate.js';
+import { checkInt, checkKept, checkOptions, checkSignal, optionNames } from '../validate.js';
 import { due, pause } from '../slices.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
@@ -81,8 +81,7 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
   const o = checkOptions('options', options, MAX_COSINE_OPTIONS);
   const chunk =
     o.chunk === undefined ? Math.min(2048, Math.max(1, Math.floor(BLOCK_VALUES / n))) : checkInt('options.chunk', o.chunk, 1, 1 << 26);
-  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw argError('options.signal', 'an AbortSignal', o.signal);
-  const signal = o.signal;
+  const signal = checkSignal('options.signal', o.signal);
   signal?.throwIfAborted();
   for (let i0 = 0; i0 < rows.length; i0 += BLOCK) {
     const i1 = Math.min(rows.length, i0 + BLOCK);
