@@ -739,11 +739,20 @@ describe('AdamOptimizer.step', () => {
     await Promise.all(queued);
     expect((await opt.state()).t).toBe(1);
     expect(opt.steps).toBe(1);
-    // A prefetched copy is native memory V8 is told about (dropped batches grew the process unseen).
-    const before = process.memoryUsage().external;
-    const big = opt.prefetch(new Float32Array(6 * 400_000));
-    expect(process.memoryUsage().external - before).toBeGreaterThanOrEqual(6 * 400_000 * 4 * 0.9);
-    big.dispose();
+    // A prefetched copy is native memory V8 is told about, so batches dropped without a step or
+    // dispose() are collected: 200 copies of 9.6 MB (1.9 GB) stay within a few hundred MiB of
+    // RSS. (process.memoryUsage().external does not show such reports on Node 20; the test that
+    // read it passed on the input array's own allocation.) V8's collection runs in tasks between
+    // turns of the event loop, as a program that awaits its steps gives it.
+    const input = new Float32Array(6 * 400_000);
+    const before = process.memoryUsage().rss;
+    let peak = 0;
+    for (let t = 0; t < 200; t++) {
+      opt.prefetch(input);
+      if (t % 10 === 9) await new Promise((r) => setImmediate(r));
+      peak = Math.max(peak, process.memoryUsage().rss - before);
+    }
+    expect(peak).toBeLessThan(1024 * 2 ** 20);
   });
 
   it("Adam's moments in pieces (for slabs longer than a typed array) equal state() and restore the same optimizer", async () => {
