@@ -37,10 +37,14 @@ export function due(units: number): boolean {
   return performance.now() - sliceStart > SLICE_MS;
 }
 
-/** Lets timers and I/O run, then starts a new slice. @internal */
-export async function pause(): Promise<void> {
+/**
+ * Lets timers and I/O run, then starts a new slice. With `signal`, an abort seen after the turn
+ * throws signal.reason (the long-running APIs' options.signal). @internal
+ */
+export async function pause(signal?: AbortSignal): Promise<void> {
   await yieldToEventLoop();
   sliceStart = performance.now();
+  signal?.throwIfAborted();
 }
 
 /** Elements forBlocks hands its body at a time. */
@@ -81,7 +85,7 @@ export async function runSliced<T>(work: Generator<number, T>, signal?: AbortSig
     if (due(r.value)) {
       await pause();
       if (signal?.aborted) {
-        work.return(undefined as T);
+        work.return(undefined as T); // its finally blocks run
         signal.throwIfAborted();
       }
     }

@@ -124,10 +124,7 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
         for (let j = 0; j < i; j++) if (c[off + j]! > m) m = c[off + j]!;
         for (let j = i + 1; j < n; j++) if (c[off + j]! > m) m = c[off + j]!;
         result[i] = Math.min(1, Math.max(-1, m));
-        if (due(n)) {
-          await pause();
-          signal?.throwIfAborted();
-        }
+        if (due(n)) await pause(signal);
       }
     } catch (err) {
       // The next block's GEMM is queued: let it finish unobserved (its tensors are disposed by block()).

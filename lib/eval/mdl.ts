@@ -175,10 +175,7 @@ export async function codeLength(codes: SparseCodes[], numLatents: number, delta
       if (c > 0 && c < n) h -= (c / n) * Math.log2(c / n);
     }
     value += p * h;
-    if (due(4 * n)) {
-      await pause();
-      signal?.throwIfAborted();
-    }
+    if (due(4 * n)) await pause(signal);
   }
   return { bits: bernoulli + value, bernoulli, value };
 }
@@ -372,10 +369,7 @@ async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes:
       // The histogram over all tokens: the zeros land in bin 0.
       hist[l * numBins]! += tokens - active[l]!;
       bits += h2(p) + p * histEntropy(hist.subarray(l * numBins, (l + 1) * numBins), tokens);
-      if (due(4 * numBins)) {
-        await pause();
-        signal?.throwIfAborted();
-      }
+      if (due(4 * numBins)) await pause(signal);
     }
     const quantise = async (c: SparseCodes): Promise<SparseCodes> => {
       const values = new Float32Array(c.values.length);

@@ -490,10 +490,7 @@ async function correlateDense(
         if (v > topB!.r[base + kTop - 1]!) topInsert(topB!.r, topB!.indices, base, kTop, v, i);
         if (topA && v > topA.r[i * kRev + kRev - 1]!) topInsert(topA.r, topA.indices, i * kRev, kRev, v, j0 + j);
       }
-      if (due(wb)) {
-        await pause();
-        o.signal?.throwIfAborted();
-      }
+      if (due(wb)) await pause(o.signal);
     }
   }
   const common = { nA, nB, tokens, constantA, constantB, activeA, activeB };

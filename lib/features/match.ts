@@ -528,10 +528,7 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
     }
     mse[i] = s2 / width;
     sum += mse[i]!;
-    if (due(width)) {
-      await pause();
-      signal?.throwIfAborted();
-    }
+    if (due(width)) await pause(signal);
   }
   return { permutation: rowToCol, mse, meanMse: sum / n };
 }

@@ -839,7 +839,6 @@ export class Trainer {
     // that holds another run's checkpoint at the same step replaced that state first, so a kill
     // before checkpoint.json was written left the old checkpoint.json naming the new weights.
     const stateFile = `state-${step}-${randomBytes(6).toString('hex')}.safetensors`;
-    const f32 = (data: Float32Array, shape: number[]) => ({ dtype: 'float32' as const, shape, data });
     const { dIn, numLatents, k } = this.sae;
     await writeSafetensors(path.join(dir, stateFile), {
       W_enc: f32(w.W_enc, [dIn, numLatents]),
@@ -899,10 +898,14 @@ export class Trainer {
  */
 export const CHECKPOINT_LIMITS = { pieceFloats: 2 ** 28 };
 
-function momentTensors(name: string, pieces: Float32Array[]): Record<string, { dtype: 'float32'; shape: number[]; data: Float32Array }> {
-  const one = (data: Float32Array) => ({ dtype: 'float32' as const, shape: [data.length], data });
-  if (pieces.length === 1) return { [name]: one(pieces[0]!) };
-  return Object.fromEntries(pieces.map((p, i) => [`${name}.${i}`, one(p)]));
+/** A float32 tensor of a checkpoint's state file. */
+function f32(data: Float32Array, shape: number[] = [data.length]): { dtype: 'float32'; shape: number[]; data: Float32Array } {
+  return { dtype: 'float32', shape, data };
+}
+
+function momentTensors(name: string, pieces: Float32Array[]): Record<string, ReturnType<typeof f32>> {
+  if (pieces.length === 1) return { [name]: f32(pieces[0]!) };
+  return Object.fromEntries(pieces.map((p, i) => [`${name}.${i}`, f32(p)]));
 }
 
 interface Checkpoint {
