@@ -9,6 +9,7 @@ import { isRaw, resolveShardPaths } from '../data/shards.js';
 import { argError, SaekitError } from '../errors.js';
 import { Rng } from '../data/prng.js';
 import { correlation, match, saeMatch } from '../features/index.js';
+import { SAE_MATCH_BYTES_PER_PAIR } from '../features/match.js';
 import { rsaPermutationTest, svccaPermutationTest } from '../features/similarity.js';
 import { writeFileAtomic } from '../io/index.js';
 import { SAE_FILE_NAMES } from '../io/sae-files.js';
@@ -365,8 +366,8 @@ export async function matchLayers(paths: string[], f: MatchLayersFlags, signal?:
     const steps: { from: string; to: string; mean_mse: number; permutation: number[] }[] = [];
     const n = saes[0]!.numLatents;
     for (let i = 0; i + 1 < saes.length; i++) {
-      // The assignment holds about 12 bytes per pair of latents and reports no progress: say what runs.
-      process.stderr.write(`matching ${paths[i]} -> ${paths[i + 1]}: ${n} x ${n} assignment (about ${((12 * n * n) / 2 ** 30).toFixed(1)} GiB of memory)...\n`);
+      // The assignment holds about SAE_MATCH_BYTES_PER_PAIR bytes per pair of latents and reports no progress: say what runs.
+      process.stderr.write(`matching ${paths[i]} -> ${paths[i + 1]}: ${n} x ${n} assignment (about ${((SAE_MATCH_BYTES_PER_PAIR * n * n) / 2 ** 30).toFixed(1)} GiB of memory)...\n`);
       const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: f.fold !== false, encoder: Boolean(f.encoder), ...(f.maxBytes !== undefined ? { maxBytes: f.maxBytes } : {}), ...(signal ? { signal } : {}) }).catch((e: unknown) => {
         // saeMatch names its arguments saeA and saeB; name the files instead.
         if (!(e instanceof SaekitError)) throw e;

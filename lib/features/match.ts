@@ -308,8 +308,11 @@ export interface SaeMatchOptions {
   signal?: AbortSignal;
 }
 
-/** Peak bytes per pair of latents in saeMatch: the GEMM's float32 n x n result and its copy, then that copy and the solver's float64 cost. */
-const SAE_MATCH_BYTES_PER_PAIR = 12;
+/**
+ * Peak bytes per pair of latents in saeMatch: the GEMM's float32 n x n result and its copy, then
+ * that copy and the solver's float64 cost. @internal (match-layers states the memory with it)
+ */
+export const SAE_MATCH_BYTES_PER_PAIR = 12;
 
 /** What saeMatch() returns: the permutation from A's latents to B's and the per-pair MSE. */
 export interface SaeMatchResult {
