@@ -6,7 +6,10 @@
  *   Convergent Learning's semi-matching, §2), 'mutual' (mutual nearest neighbours, relaxed to
  *   top-n "best buddies" as in Rosetta Neurons, §2) or 'hungarian' (exact one-to-one assignment
  *   maximising the total score, §2 bipartite matching, solved natively off the JS thread), then
- *   the low-score filter of §1.4 step 4. It also takes a correlation() result: the full matrix,
+ *   the low-score filter of §1.4 step 4, which keeps a pair when its score is >= `threshold`
+ *   (univ_feat_geom keeps `max_corr > 0.1`, strictly: the same pairs for a correlation() result,
+ *   whose float32 r is never exactly 0.1, but not for a Float64Array score of exactly the
+ *   threshold). It also takes a correlation() result: the full matrix,
  *   or top matches, from which 'argmax' and 'mutual' (top <= the kept matches, or any top when
  *   the lists hold every A feature; both directions
  *   for 'mutual') are exact; 'hungarian' needs the full matrix.
