@@ -494,6 +494,57 @@ describe('features.correlation: inputs and edge cases', () => {
     });
   });
 
+  it("compat 'univ-feat-geom' gives that repository's z-scores (unbiased std) over N: r (N - 1) / N, full and top, labelled (methods.md §1.2, §1.8)", async () => {
+    const next = lcg(67);
+    const n = 50;
+    const [p, q] = [3, 4];
+    const X = Float32Array.from({ length: n * p }, () => gauss(next));
+    const Y = Float32Array.from({ length: n * q }, (_, i) => (i % q === 3 ? 2 : X[Math.floor(i / q) * p + (i % p)]! + gauss(next)));
+    // univ_feat_geom's correlation_fns: Z = (X - mean) / (std_unbiased + 1e-8), C = Z_A^T Z_B / N.
+    const z = (M: Float32Array, w: number) => {
+      const out = new Float64Array(n * w);
+      for (let c = 0; c < w; c++) {
+        let m = 0;
+        for (let t = 0; t < n; t++) m += M[t * w + c]! / n;
+        let ss = 0;
+        for (let t = 0; t < n; t++) ss += (M[t * w + c]! - m) ** 2;
+        const sd = Math.sqrt(ss / (n - 1));
+        for (let t = 0; t < n; t++) out[t * w + c] = (M[t * w + c]! - m) / (sd + 1e-8);
+      }
+      return out;
+    };
+    const [za, zb] = [z(X, p), z(Y, q)];
+    const ref = new Float64Array(p * q);
+    for (let i = 0; i < p; i++) for (let j = 0; j < q; j++) for (let t = 0; t < n; t++) ref[i * q + j]! += (za[t * p + i]! * zb[t * q + j]!) / n;
+    const sides = (): [CorrelationSide, CorrelationSide] => [{ source: fromArray(X, p) }, { source: fromArray(Y, q) }];
+    const plain = full(await correlation(...sides(), { kind: 'dense', batchSize: 16 }));
+    const c = full(await correlation(...sides(), { kind: 'dense', batchSize: 16, compat: 'univ-feat-geom' }));
+    expect(c.compat).toBe('univ-feat-geom');
+    expect(plain.compat).toBeUndefined();
+    for (let e = 0; e < p * q; e++) {
+      expect(c.r[e]!).toBeCloseTo(ref[e]!, 6);
+      expect(c.r[e]!).toBeCloseTo((plain.r[e]! * (n - 1)) / n, 7);
+    }
+    expect(Math.abs(plain.r[0]! - ref[0]!)).toBeGreaterThan(1e-3); // Pearson r is not the compat value
+    // Top lists are scaled the same, in the same order; codes too.
+    const t = await correlation(...sides(), { kind: 'dense', output: 'top', top: 2, reverse: true, compat: 'univ-feat-geom' });
+    if (t.mode !== 'top') throw new Error('expected top mode');
+    for (let j = 0; j < q; j++) {
+      for (let s = 0; s < 2; s++) {
+        const i = t.top.indices[j * 2 + s]!;
+        expect(t.top.r[j * 2 + s]!).toBeCloseTo(ref[i * q + j]!, 6);
+      }
+    }
+    expect(t.reverse!.r[0]!).toBeCloseTo(ref[t.reverse!.indices[0]!]!, 6);
+    using A = SparseAutoencoder.create({ dIn, numLatents: 9, k: 2, seed: 1 });
+    using B = SparseAutoencoder.create({ dIn, numLatents: 7, k: 2, seed: 2 });
+    const xc = Float32Array.from({ length: n * dIn }, () => gauss(next));
+    const pc = full(await correlation({ sae: A, source: fromArray(xc, dIn) }, { sae: B }));
+    const cc = full(await correlation({ sae: A, source: fromArray(xc, dIn) }, { sae: B }, { compat: 'univ-feat-geom' }));
+    for (let e = 0; e < 9 * 7; e++) expect(cc.r[e]!).toBe(Math.fround((pc.r[e]! * (n - 1)) / n));
+    await expect(correlation(...sides(), { kind: 'dense', compat: 'univ_feat_geom' as never })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.compat/) });
+  });
+
   it('each side is checked by name: a.source / b.source must be sources, a.sae / b.sae SparseAutoencoders', async () => {
     using A = SparseAutoencoder.create({ dIn, numLatents: 9, k: 2, seed: 1 });
     const src = fromArray(new Float32Array(8 * dIn).fill(0.5), dIn);

@@ -58,7 +58,7 @@ import type { SparseAutoencoder } from '../sae/index.js';
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import { tensor, type Device } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
-import { due, pause } from '../slices.js';
+import { due, forBlocks, pause } from '../slices.js';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkSignal, optionNames } from '../validate.js';
 
 /** Options of correlation(). */
@@ -111,10 +111,19 @@ export interface CorrelationOptions {
    * result is returned.
    */
   signal?: AbortSignal;
+  /**
+   * 'univ-feat-geom': reproduce that repository's correlation (methods.md §1.2, §1.8, §9), which
+   * z-scores each column with torch's unbiased std but divides the product by N, so it returns
+   * r (N - 1) / N for N tokens (masked-out ones excluded) instead of Pearson r: every r (the full
+   * matrix and the top lists) is multiplied by that factor, the order of matches is unchanged, and
+   * the result says `compat: 'univ-feat-geom'`. Its `+ 1e-8` on the std is left out (a relative
+   * change of about 1e-8 / std, 1e-5 for a latent of std 1e-3). Default: Pearson r.
+   */
+  compat?: 'univ-feat-geom';
 }
 
 const CORRELATION_OPTIONS = optionNames<CorrelationOptions>({
-  kind: true, maxTokens: true, batchSize: true, mask: true, maxBytes: true, output: true, top: true, reverse: true, device: true, onProgress: true, signal: true,
+  kind: true, maxTokens: true, batchSize: true, mask: true, maxBytes: true, output: true, top: true, reverse: true, device: true, onProgress: true, signal: true, compat: true,
 });
 
 /**
@@ -162,6 +171,8 @@ export interface CorrelationCommon {
   activeA: Float64Array;
   /** [nB] the same for B. */
   activeB: Float64Array;
+  /** 'univ-feat-geom' when options.compat asked for that repository's r (N - 1) / N; absent for Pearson r. */
+  compat?: 'univ-feat-geom';
 }
 
 /** The full matrix. */
@@ -335,6 +346,7 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw argError('options.onProgress', 'a function (tokensRead, passes) => void', o.onProgress);
   const onProgress = o.onProgress;
   const signal = checkSignal('options.signal', o.signal);
+  const compat = o.compat === undefined ? undefined : checkOneOf('options.compat', o.compat, ['univ-feat-geom'] as const);
   if (a === null || typeof a !== 'object') throw argError('a', 'a side { source, sae? }', a);
   if (b !== undefined && (b === null || typeof b !== 'object')) throw argError('b', 'a side { source?, sae? }', b);
   const srcA = checkSource('a.source', a.source);
@@ -363,8 +375,29 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   }
   const device = o.device === undefined ? 'cpu' : deviceName(resolveDevice('options.device', o.device));
   signal?.throwIfAborted();
-  if (kind === 'codes') return correlateCodes(a.sae!, b!.sae!, srcA, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device, onProgress, signal }, site);
-  return correlateDense(a, b ?? {}, srcA, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device, onProgress, signal });
+  const result =
+    kind === 'codes'
+      ? await correlateCodes(a.sae!, b!.sae!, srcA, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device, onProgress, signal }, site)
+      : await correlateDense(a, b ?? {}, srcA, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device, onProgress, signal });
+  if (compat !== undefined) await applyCompat(result, compat);
+  return result;
+}
+
+/**
+ * options.compat 'univ-feat-geom': every r times (N - 1) / N (univ_feat_geom's unbiased std with
+ * a product divided by N), in slices between turns of the event loop; the result is labelled.
+ */
+async function applyCompat(result: CorrelationResult, compat: 'univ-feat-geom'): Promise<void> {
+  const f = (result.tokens - 1) / result.tokens;
+  const scale = async (r: Float32Array) => forBlocks(r.length, (i0, i1) => {
+    for (let i = i0; i < i1; i++) r[i] = r[i]! * f; // the top lists' unfilled -Infinity stays so
+  });
+  if (result.mode === 'full') await scale(result.r);
+  else {
+    await scale(result.top.r);
+    if (result.reverse) await scale(result.reverse.r);
+  }
+  result.compat = compat;
 }
 
 async function correlateCodes(
