@@ -33,15 +33,17 @@ LoopCtx* ctx_of(int device) {
 }
 
 // Every live loopback allocation: start -> (bytes, device). Allocation runs on JS threads, the
-// other slots on the executor thread.
+// other slots on the executor thread. Never destroyed: the executor keeps running ops after exit()
+// has begun, until its drain (core/executor.cpp) runs, and statics first used after the executor
+// started are destroyed before that (a map destroyed under a running op was a use after free).
 struct Alloc {
   size_t bytes;
   int device;
 };
 std::mutex g_mu;
 std::map<const char*, Alloc>& allocs() {
-  static std::map<const char*, Alloc> m;
-  return m;
+  static auto* m = new std::map<const char*, Alloc>;
+  return *m;
 }
 
 int dev_of(void* ctx) { return static_cast<LoopCtx*>(ctx)->device; }

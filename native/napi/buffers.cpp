@@ -32,13 +32,14 @@ thread_local void* t_creating = nullptr;
 thread_local bool t_refused = false;
 
 // Memory that jobs are using (HostUse), by ArrayBuffer data pointer: how many uses, and the
-// finalizer deferred until the last one ends.
+// finalizer deferred until the last one ends. Never destroyed (as the I/O pool): an I/O job still
+// running when the process exits ends its HostUse after exit() has run the static destructors.
 struct InUse {
   int uses = 0;
   ExternalFin* deferred = nullptr;
 };
 std::mutex g_use_mu;
-std::unordered_map<const void*, InUse> g_in_use;
+std::unordered_map<const void*, InUse>& g_in_use = *new std::unordered_map<const void*, InUse>;
 
 void external_fin(napi_env env, void* data, void* hint) {
   auto* f = static_cast<ExternalFin*>(hint);

@@ -49,7 +49,9 @@ DeviceApi resolve(const std::vector<std::string>& candidates) {
 }  // namespace
 
 const DeviceApi& device_api(const std::vector<std::string>& candidates) {
-  static std::map<std::vector<std::string>, DeviceApi> cache;
+  // Never destroyed, as `tables` below: ops on the executor (step_rows -> backend_for) read them
+  // until the executor's exit drain runs, after static destructors registered later have run.
+  static auto& cache = *new std::map<std::vector<std::string>, DeviceApi>;
   std::lock_guard<std::mutex> lock(g_mu);
   auto it = cache.find(candidates);
   if (it == cache.end()) it = cache.emplace(candidates, resolve(candidates)).first;
@@ -78,7 +80,7 @@ Backend backend_for(const Device& device) {
   if (dev.kind == "loopback") return Backend(cpu::loopback_backend(device.index));
   // One table per (resolved plugin, device index), initialised on the device's first tensor.
   static std::mutex mu;
-  static std::map<std::pair<const DeviceApi*, int>, sk_backend> tables;
+  static auto& tables = *new std::map<std::pair<const DeviceApi*, int>, sk_backend>;
   std::lock_guard<std::mutex> lock(mu);
   const auto key = std::make_pair(&dev, device.index);
   auto it = tables.find(key);

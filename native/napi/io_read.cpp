@@ -395,9 +395,11 @@ Napi::Value gather_rows(const Napi::CallbackInfo& info) {
 
 // The blocks allocHost handed out that are still alive (start -> bytes reserved), so that
 // discardHost acts only on memory it knows is a whole block of its own. Finalizers run on the JS
-// thread, as do allocHost and discardHost; the mutex is for worker threads' environments.
+// thread, as do allocHost and discardHost; the mutex is for worker threads' environments (and for
+// a finalizer that a HostUse deferred, which runs on an I/O thread). Never destroyed: such a
+// finalizer may run after exit() has run the static destructors.
 std::mutex g_host_mu;
-std::unordered_map<void*, size_t> g_host_blocks;
+std::unordered_map<void*, size_t>& g_host_blocks = *new std::unordered_map<void*, size_t>;
 
 // allocHost(bytes): an ArrayBuffer of uninitialised native memory for row buffers that are
 // written at random (the mixing buffer, batches): 2 MiB aligned and marked for transparent huge
