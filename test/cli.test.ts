@@ -254,6 +254,51 @@ describe('saekit CLI', () => {
     expect(steps[0].mean_mse).toBeLessThan(1e-10);
   }, 60_000);
 
+  it("compare --one-to-one keeps one pair per A feature (the lowest-numbered B feature), --compat univ-feat-geom scales r by (N - 1) / N", async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const next = lcg(30);
+    const [dIn, L, k, rows] = [6, 16, 4, 1500];
+    await io.writeNpy(path.join(dir, 'acts.npy'), { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => next() - 0.5) });
+    using a = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 5 });
+    const w = await a.weights();
+    // B's latent j copies A's latent src[j]: A's latents 0..7 each twice, in a shuffled order.
+    const src = Array.from({ length: L }, (_, j) => j % (L / 2)).sort(() => next() - 0.5);
+    using b = SparseAutoencoder.fromWeights(
+      {
+        W_enc: Float32Array.from({ length: dIn * L }, (_, q) => w.W_enc[Math.floor(q / L) * L + src[q % L]!]!),
+        b_enc: Float32Array.from({ length: L }, (_, j) => w.b_enc[src[j]!]!),
+        W_dec: Float32Array.from({ length: L * dIn }, (_, q) => w.W_dec[src[Math.floor(q / dIn)]! * dIn + (q % dIn)]!),
+        b_dec: w.b_dec,
+      },
+      { k: 2 * k },
+    );
+    await a.save(path.join(dir, 'a'));
+    await b.save(path.join(dir, 'b'));
+    const compare = (...args: string[]) => run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--runs', '2', '--method', 'argmax', '--threshold', '0.9', ...args]);
+    const plain = compare('--out', path.join(dir, 'plain.json'));
+    expect(plain.status, plain.stderr).toBe(0);
+    const all = JSON.parse(readFileSync(path.join(dir, 'plain.json'), 'utf8')) as { pairs: { a: number; b: number; score: number }[]; mean_max_correlation: number };
+    const one = compare('--one-to-one', '--out', path.join(dir, 'one.json'));
+    expect(one.status, one.stderr).toBe(0);
+    const kept = JSON.parse(readFileSync(path.join(dir, 'one.json'), 'utf8')) as { pairs: { a: number; b: number }[]; one_to_one: string };
+    expect(kept.one_to_one).toBe('univ-feat-geom');
+    // Without the filter both copies of a firing latent pair with it; with it, only the lower B index.
+    const want = all.pairs.filter((p) => src.indexOf(p.a) === p.b);
+    expect(all.pairs.length).toBeGreaterThan(want.length);
+    for (const p of all.pairs) expect(src[p.b]).toBe(p.a);
+    expect(kept.pairs.map((p) => [p.a, p.b])).toEqual(want.map((p) => [p.a, p.b]));
+    // --compat: every correlation times (N - 1) / N, labelled.
+    const c = compare('--compat', 'univ-feat-geom', '--json');
+    expect(c.status, c.stderr).toBe(0);
+    const cj = JSON.parse(c.stdout);
+    expect(cj.compat).toBe('univ-feat-geom');
+    expect(cj.mean_max_correlation).toBeCloseTo((all.mean_max_correlation * (rows - 1)) / rows, 6);
+    expect(cj.mean_max_correlation).toBeLessThan(all.mean_max_correlation);
+    const bad = compare('--method', 'hungarian', '--one-to-one');
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toMatch(/Expected --one-to-one only with --method argmax but the method is hungarian/);
+  }, 60_000);
+
   /** A folder with an SAE (dIn 6, 12 latents) and `rows` random rows as acts.bin (raw float32) and acts.npy. */
   async function compareFixture(seed: number, rows: number) {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));

@@ -90,6 +90,70 @@ describe('match: argmax', () => {
   });
 });
 
+/**
+ * univ_feat_geom's pairing, written from methods.md §1.4 steps 1, 3 and 4 in float64: every B
+ * feature's argmax A feature (ties to the lowest a); the "1-1" filter counts each A feature in that
+ * unfiltered list, keeps A features seen once, and for the others only the first pair in B order;
+ * then pairs with score > threshold (strict).
+ */
+function univFeatGeomPairs(corr: Float64Array, nA: number, nB: number, threshold: number): [number, number][] {
+  const arg: number[] = [];
+  for (let b = 0; b < nB; b++) {
+    let best = 0;
+    for (let a = 1; a < nA; a++) if (corr[a * nB + b]! > corr[best * nB + b]!) best = a;
+    arg.push(best);
+  }
+  const count = new Map<number, number>();
+  for (const a of arg) count.set(a, (count.get(a) ?? 0) + 1);
+  const taken = new Set<number>();
+  const out: [number, number][] = [];
+  for (let b = 0; b < nB; b++) {
+    const a = arg[b]!;
+    if (count.get(a)! > 1) {
+      if (taken.has(a)) continue;
+      taken.add(a);
+    }
+    if (corr[a * nB + b]! > threshold) out.push([a, b]);
+  }
+  return out.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+}
+
+describe('match: argmax with oneToOne (univ_feat_geom 1-1 filter)', () => {
+  it('equals the reference pipeline on random matrices with many shared A features, before the threshold', async () => {
+    const next = lcg(20261130);
+    for (const [nA, nB] of [[1, 5], [3, 17], [7, 23], [29, 11], [40, 40]] as const) {
+      const corr = randomCorr(nA, nB, next);
+      for (const threshold of [-Infinity, 0.1, 0.53]) {
+        const r = await match(corr, { nA, nB, method: 'argmax', oneToOne: true, ...(threshold > -Infinity ? { threshold } : {}) });
+        const want = univFeatGeomPairs(corr, nA, nB, threshold);
+        expect(r.pairs.map((p) => [p.a, p.b])).toEqual(want);
+        expect(new Set(r.pairs.map((p) => p.a)).size).toBe(r.pairs.length); // one pair per A feature
+        for (const p of r.pairs) expect(p.score).toBe(corr[p.a * nB + p.b]);
+        const bToA = new Int32Array(nB).fill(-1);
+        for (const [a, b] of want) bToA[b] = a;
+        expect(Array.from(r.bToA)).toEqual(Array.from(bToA));
+      }
+    }
+  });
+  it('keeps the first pair in B order, not the best, and the threshold comes after it', async () => {
+    // nA = 2, nB = 3: B features 0, 1 and 2 all have A feature 0 as their best.
+    const corr = Float64Array.from([0.2, 0.9, 0.5, 0.1, 0.1, 0.1]);
+    const r = await match(corr, { nA: 2, nB: 3, method: 'argmax', oneToOne: true });
+    expect(r.pairs).toEqual([{ a: 0, b: 0, score: 0.2 }]);
+    // Its first pair is under the threshold: A feature 0 keeps none (the better b = 1 is not promoted).
+    expect((await match(corr, { nA: 2, nB: 3, method: 'argmax', oneToOne: true, threshold: 0.3 })).pairs).toEqual([]);
+    // Without the filter, all three.
+    expect((await match(corr, { nA: 2, nB: 3, method: 'argmax', oneToOne: false })).pairs.length).toBe(3);
+  });
+  it('is refused with other methods and for a non-boolean, naming options.oneToOne', async () => {
+    const c = new Float64Array(6);
+    for (const method of ['mutual', 'hungarian'] as const) {
+      await expect(match(c, { nA: 2, nB: 3, method, oneToOne: true })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.oneToOne/) });
+    }
+    await expect(match(c, { nA: 2, nB: 3, method: 'argmax', oneToOne: 1 as unknown as boolean })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.oneToOne/) });
+  });
+});
+
 describe('match: mutual nearest neighbours', () => {
   const corr = Float64Array.from([
     // b0   b1   b2   b3

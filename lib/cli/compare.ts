@@ -23,6 +23,10 @@ export interface CompareFlags {
   method: 'argmax' | 'mutual' | 'hungarian';
   threshold: number;
   top: number;
+  /** --one-to-one (argmax only): univ_feat_geom's 1-1 filter. */
+  oneToOne?: boolean;
+  /** --compat univ-feat-geom: correlations scaled by (N - 1) / N as that repository computes them. */
+  compat?: 'univ-feat-geom';
   maxTokens: number;
   maxBytes?: number;
   runs: number;
@@ -187,6 +191,7 @@ function rowsOf(W: Float32Array, d: number, idx: number[]): Float64Array {
 
 export async function compare(pathA: string, pathB: string, f: CompareFlags, signal?: AbortSignal): Promise<void> {
   if (f.top !== 1 && f.method !== 'mutual') throw new SaekitError('ERR_SAEKIT_ARG', `Expected --top only with --method mutual but the method is ${f.method}`);
+  if (f.oneToOne && f.method !== 'argmax') throw new SaekitError('ERR_SAEKIT_ARG', `Expected --one-to-one only with --method argmax but the method is ${f.method}`);
   // Each source would drop its own bad rows, and the two would stop lining up token by token.
   if (f.dataB !== undefined && f.onNonFinite === 'skip') {
     throw new SaekitError('ERR_SAEKIT_ARG', 'Expected --on-non-finite error with --data-b (skipping rows on either side would misalign the two sources token by token); clean the files first');
@@ -239,6 +244,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
       ...(f.maxBytes !== undefined ? { maxBytes: f.maxBytes } : {}),
       top: Math.max(5, f.top),
       reverse: f.method === 'mutual',
+      ...(f.compat ? { compat: f.compat } : {}),
       // Where the SAEs are (--device auto: CUDA when usable); same result bits on either.
       device: a.device,
       onProgress: (t, passes) => progress.update(t, passes),
@@ -268,7 +274,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
       }
       for (let j = 0; j < c.nB; j++) meanMax += best[j]! / c.nB;
     }
-    const m = await match(c, { method: f.method, threshold: f.threshold, ...(f.method === 'mutual' ? { top: f.top } : {}) });
+    const m = await match(c, { method: f.method, threshold: f.threshold, ...(f.method === 'mutual' ? { top: f.top } : {}), ...(f.oneToOne ? { oneToOne: true } : {}) });
     signal?.throwIfAborted();
     const [wa, wb] = [await a.weights(), await b.weights()];
     const kept = m.pairs.length;
@@ -281,6 +287,8 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
       tokens: c.tokens,
       mean_max_correlation: meanMax,
       method: f.method,
+      ...(f.oneToOne ? { one_to_one: 'univ-feat-geom' } : {}),
+      ...(f.compat ? { compat: f.compat } : {}),
       threshold: f.threshold,
       pairs_kept: kept,
       // No pair passed the threshold: no mean (JSON null), not NaN.

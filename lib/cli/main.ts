@@ -107,6 +107,8 @@ const FLAG_OF: Record<string, string> = {
   'options.maxBytes': '--max-bytes',
   'options.threshold': '--threshold',
   'options.top': '--top',
+  'options.oneToOne': '--one-to-one',
+  'options.compat': '--compat',
   'options.checkpointEvery': '--checkpoint-every',
   'options.saveDir': '--out',
   'options.checkpointDir': '--out',
@@ -580,6 +582,8 @@ export function buildProgram(): Command {
     .option('--method <m>', 'argmax, mutual or hungarian (hungarian needs the full correlation matrix within --max-bytes, see there; beyond it raise --max-bytes or use argmax or mutual, which work from top matches; the assignment holds another nA x nB x 8 bytes)', oneOf('method', ['argmax', 'mutual', 'hungarian'] as const), 'hungarian')
     .option('--threshold <r>', 'drop matched pairs with correlation below this', num('threshold', -1, 1, false), 0.1)
     .option('--top <n>', 'for --method mutual: best buddies within the top n', num('top', 1, 1 << 20), 1)
+    .option('--one-to-one', "for --method argmax: univ_feat_geom's 1-1 filter (of the B features sharing an A feature, only the lowest-numbered one keeps its pair; before --threshold)")
+    .option('--compat <c>', "univ-feat-geom: correlations as that repository computes them, r (N - 1) / N (labelled compat in the output)", oneOf('compat', ['univ-feat-geom'] as const))
     .option('--max-tokens <n>', 'tokens to correlate over', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 100_000)
     .option('--max-bytes <n>', 'largest full correlation matrix (nA x nB x 4 bytes, with --kind preacts nA x nB x 16, default 1 GiB); beyond it argmax and mutual use top matches per feature', num('max-bytes', 1, Number.MAX_SAFE_INTEGER))
     .option('--runs <n>', 'shuffled baselines for the p-values', num('runs', 1, 100000), 20)

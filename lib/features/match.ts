@@ -6,7 +6,8 @@
  *   Convergent Learning's semi-matching, §2), 'mutual' (mutual nearest neighbours, relaxed to
  *   top-n "best buddies" as in Rosetta Neurons, §2) or 'hungarian' (exact one-to-one assignment
  *   maximising the total score, §2 bipartite matching, solved natively off the JS thread), then
- *   the low-score filter of §1.4 step 4, which keeps a pair when its score is >= `threshold`
+ *   (for 'argmax', optionally the "1-1" filter of §1.4 step 3: oneToOne) the low-score filter of
+ *   §1.4 step 4, which keeps a pair when its score is >= `threshold`
  *   (univ_feat_geom keeps `max_corr > 0.1`, strictly: the same pairs for a correlation() result,
  *   whose float32 r is never exactly 0.1, but not for a Float64Array score of exactly the
  *   threshold). It also takes a correlation() result: the full matrix,
@@ -51,6 +52,15 @@ export interface MatchOptions {
    * mutual nearest neighbours).
    */
   top?: number;
+  /**
+   * For 'argmax': univ_feat_geom's "1-1" filter (methods.md §1.4 step 3, its `oneToOne_bool`).
+   * Where several B features share their best A feature, only the pair with the lowest B index is
+   * kept, whatever its score (that repository keeps the first pair in B order, not the best one);
+   * applied before `threshold`, as there, so an A feature whose first pair scores under the
+   * threshold keeps none. A reproduction aid: 'hungarian' is the exact one-to-one matching.
+   * Default false.
+   */
+  oneToOne?: boolean;
 }
 
 /** A matched pair: feature a of A, feature b of B and their score (corr[a, b]). */
@@ -78,7 +88,7 @@ export interface MatchResult {
 
 const MAX_DIM = 2 ** 31 - 1;
 
-const MATCH_OPTIONS = optionNames<MatchOptions>({ nA: true, nB: true, method: true, threshold: true, top: true });
+const MATCH_OPTIONS = optionNames<MatchOptions>({ nA: true, nB: true, method: true, threshold: true, top: true, oneToOne: true });
 const SAE_MATCH_OPTIONS = optionNames<SaeMatchOptions>({ fold: true, encoder: true, maxBytes: true, signal: true });
 
 /**
@@ -112,6 +122,8 @@ export async function match(corr: Float32Array | Float64Array | CorrelationResul
   }
   const top = o.top === undefined ? 1 : checkInt('options.top', o.top, 1, MAX_DIM);
   if (o.top !== undefined && method !== 'mutual') throw argError('options.top', "undefined unless method is 'mutual'", o.top);
+  const oneToOne = o.oneToOne === undefined ? false : checkBool('options.oneToOne', o.oneToOne);
+  if (oneToOne && method !== 'argmax') throw argError('options.oneToOne', "false or undefined unless method is 'argmax' ('hungarian' is one-to-one already)", o.oneToOne);
 
   let raw: MatchPair[];
   if (res?.mode === 'top') {
@@ -128,6 +140,7 @@ export async function match(corr: Float32Array | Float64Array | CorrelationResul
     else raw = await hungarianPairs(m, nA, nB, site, name);
   }
 
+  if (oneToOne) raw = firstPerA(raw, nA);
   const pairs = raw.filter((p) => p.score >= threshold).sort((x, y) => x.a - y.a || x.b - y.b);
   const bToA = new Int32Array(nB).fill(-1);
   const best = new Float64Array(nB).fill(-Infinity);
@@ -141,6 +154,16 @@ export async function match(corr: Float32Array | Float64Array | CorrelationResul
     }
   }
   return { pairs, bToA, meanScore: pairs.length > 0 ? sum / pairs.length : NaN };
+}
+
+/** univ_feat_geom's 1-1 filter: of the pairs (in B order) that share an A feature, the first. */
+function firstPerA(pairs: MatchPair[], nA: number): MatchPair[] {
+  const seen = new Uint8Array(nA);
+  return pairs.filter((p) => {
+    if (seen[p.a]) return false;
+    seen[p.a] = 1;
+    return true;
+  });
 }
 
 /** 'argmax' and 'mutual' from top lists (exactly what the full matrix would give). */
