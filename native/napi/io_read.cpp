@@ -97,13 +97,16 @@ bool slow_kernel_copy(const void* dst, int64_t pos) {
   return rel != 0 && rel < kCopyAliasWindow;
 }
 
-// A staging buffer for a read of `bytes` at file offset `pos`, placed half a page away from pos's
-// offset within a page: the kernel's copy into it runs at full speed (see slow_kernel_copy), and so
-// does a memcpy from it to a destination that was too close to the file offset (glibc's memcpy
-// uses the same instruction). Null when memory runs out.
+// A staging buffer for a read of `bytes` at file offset `pos`, placed about half a page away from
+// pos's offset within a page: the kernel's copy into it runs at full speed (see slow_kernel_copy),
+// and so does a memcpy from it to a destination that was too close to the file offset (glibc's
+// memcpy uses the same instruction). 16-byte aligned whatever pos is: the file's elements land at
+// the stage's start, so a 16-bit file at an odd offset (a safetensors header of odd length) is
+// still read from aligned uint16_t (the stage is then 2033-2048 bytes past pos within a page).
+// Null when memory runs out.
 uint8_t* stage_for(size_t bytes, int64_t pos) {
   uint8_t* p = stage_buffer(bytes + 4096);
-  return p ? p + ((uint64_t(pos) + 2048) & 4095) : nullptr;
+  return p ? p + ((uint64_t(pos) + 2048) & 4095 & ~uint64_t(15)) : nullptr;
 }
 
 // The element type of file data: float32, float16, bfloat16 or float64.
