@@ -92,6 +92,9 @@ void convert_range(void* dst, DType dt, const void* src, DType st, int64_t begin
 
 void convert(void* dst, DType dst_type, const void* src, DType src_type, int64_t n, ThreadPool* pool) {
   SK_CHECK(n >= 0, ErrorCode::Arg, "convert: Expected n >= 0 but received ", n);
+  // Nothing to do; the pointers of an empty (or detached) typed array may be null, which memcpy
+  // must not be given even for 0 bytes.
+  if (n == 0) return;
   // int32 -> float32 loses precision above 2^24; that is the documented, expected behaviour.
   const int64_t grain = 1 << 16;
   if (pool == nullptr || n < 2 * grain) {
