@@ -1040,6 +1040,21 @@ describe('SparseAutoencoder input validation', () => {
     expect(jump.k).toBe(0);
   });
 
+  it('names a non-finite value in x or in codes as JavaScript prints it (NaN, Infinity, -Infinity), as setWeights does', async () => {
+    // The native checks printed C's spelling: 'row 1 has nan at column 2', 'received -inf'.
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, lcg(3)), { k });
+    for (const [bad, spelled] of [[NaN, 'NaN'], [Infinity, 'Infinity'], [-Infinity, '-Infinity']] as const) {
+      const x = new Float32Array(2 * dIn);
+      x[dIn + 2] = bad;
+      const inX = new RegExp(`finite values in x but row 1 has ${spelled} at column 2$`);
+      await rejects(() => sae.encode(x), 'ERR_SAEKIT_NONFINITE', inX);
+      await rejects(() => sae.forward(x), 'ERR_SAEKIT_NONFINITE', inX);
+      const values = new Float32Array([1, 2, bad]);
+      const codes: SparseCodes = { rows: 1, k: 3, numLatents: L, values, indices: new Int32Array([0, 1, 2]) };
+      await rejects(() => sae.decode(codes), 'ERR_SAEKIT_NONFINITE', new RegExp(`finite codes\\.values but received ${spelled} at position 2 `));
+    }
+  });
+
   it('rejects x whose length is not a multiple of dIn', async () => {
     using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, lcg(2)), { k });
     const x = new Float32Array(2 * dIn + 1);
@@ -1117,7 +1132,7 @@ describe('SparseAutoencoder input validation', () => {
         const at = Math.floor(next() * w[name].length);
         w[name][at] = bad;
         const label = `seed ${seed}: ${name}[${at}] = ${bad}`;
-        const message = new RegExp(`finite values in ${name} but row 0 has -?(nan|inf)\\w* at column ${at}\\b`, 'i');
+        const message = new RegExp(`finite values in ${name} but row 0 has (NaN|Infinity|-Infinity) at column ${at}\\b`);
         let err: unknown;
         try {
           SparseAutoencoder.fromWeights(w, { k }).dispose();
@@ -1141,7 +1156,7 @@ describe('SparseAutoencoder input validation', () => {
     const w = randomWeights(dIn, L, next);
     const threshold = Float32Array.from({ length: L }, () => next());
     threshold[5] = NaN;
-    await rejects(() => SparseAutoencoder.fromWeights({ ...w, threshold }, { architecture: 'jumprelu' }), 'ERR_SAEKIT_NONFINITE', /threshold but row 0 has nan at column 5\b/);
+    await rejects(() => SparseAutoencoder.fromWeights({ ...w, threshold }, { architecture: 'jumprelu' }), 'ERR_SAEKIT_NONFINITE', /threshold but row 0 has NaN at column 5\b/);
   });
 
   it('decode refuses codes whose length is not rows * k (they were reshaped to length / rows codes a row)', async () => {

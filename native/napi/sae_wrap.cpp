@@ -775,8 +775,8 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       if (c->i[size_t(q)] < 0 || c->i[size_t(q)] >= M)
         throw Error(ErrorCode::Arg, fmt("Expected codes.indices between 0 and ", M - 1, " but received ", c->i[size_t(q)],
                                         " at position ", q));
-      if (!std::isfinite(c->v[size_t(q)]))
-        throw Error(ErrorCode::NonFinite, fmt("Expected finite codes.values but received ", c->v[size_t(q)],
+      if (const float v = c->v[size_t(q)]; !std::isfinite(v))
+        throw Error(ErrorCode::NonFinite, fmt("Expected finite codes.values but received ", std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity",
                                               " at position ", q, " (row ", q / c->K, ")"));
     }
     return c;
