@@ -174,9 +174,11 @@ export interface NativeBinding {
   /** True when a[start, end) holds a NaN or an infinity (synchronous, vectorised). */
   anyNonFinite(a: Float32Array, start: number, end: number): boolean;
   /**
-   * dst[at + j d, +d) = src[slots[first + j] d, +d) for j < count, on libuv's thread pool (a
+   * dst[at + j d, +d) = src[slots[first + j] d, +d) for j < count, on saekit's I/O threads (a
    * Uint16Array src holds srcDtype bits and is converted); src rows and the dst range must stay
-   * untouched until it settles.
+   * untouched until it settles, and neither buffer may be transferred meanwhile: a plain
+   * ArrayBuffer transferred and then collected is freed under the job, which still writes into it
+   * (only allocHost memory is kept until the job ends).
    */
   gatherRows(src: Float32Array | Uint16Array, slots: Uint32Array, first: number, count: number, dst: Float32Array, at: number, d: number, srcDtype?: 'bfloat16' | 'float16'): Promise<void>;
   /** Uninitialised native memory (2 MiB aligned, transparent huge pages when large). */
@@ -188,8 +190,9 @@ export interface NativeBinding {
   discardHost(buffer: ArrayBuffer): boolean;
   /**
    * Reads `count` little-endian elements of srcDtype at byte `position` of the open file `fd`
-   * on libuv's thread pool, converts them into dst[dstOffset, +count) and resolves to whether any
+   * on saekit's I/O threads, converts them into dst[dstOffset, +count) and resolves to whether any
    * value is non-finite. Rejects (code ERR_SAEKIT_FORMAT, message 'truncated') if the file ends first.
+   * dst must not be transferred until it settles (as for gatherRows).
    */
   readRows(fd: number, position: number, count: number, srcDtype: 'float32' | 'float16' | 'bfloat16' | 'float64', dst: Float32Array, dstOffset: number): Promise<boolean>;
   /**
