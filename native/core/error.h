@@ -47,6 +47,10 @@ std::string fmt(Args&&... args) {
   return os.str();
 }
 
+// How JavaScript prints a non-finite number (NaN, Infinity, -Infinity), for error messages that
+// name a bad value: C++ streams would print nan / inf.
+inline const char* js_nonfinite(double v) { return v != v ? "NaN" : v > 0 ? "Infinity" : "-Infinity"; }
+
 }  // namespace sk
 
 // SK_CHECK(cond, ErrorCode::Shape, "W_dec has ", n, " rows, expected ", m)

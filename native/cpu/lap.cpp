@@ -129,7 +129,7 @@ void linear_assignment(const double* c, int64_t n, int64_t m, int32_t* col4row) 
   // Reduced costs are differences of costs and dual values: costs up to 1e300 in magnitude keep
   // them finite (near DBL_MAX a difference overflows to infinity and no column would be chosen).
   for (int64_t q = 0; q < n * m; ++q) {
-    if (!std::isfinite(c[q])) throw Error(ErrorCode::NonFinite, fmt("Expected finite costs but cost[", q, "] is ", c[q]));
+    if (!std::isfinite(c[q])) throw Error(ErrorCode::NonFinite, fmt("Expected finite costs but cost[", q, "] is ", js_nonfinite(c[q])));
     if (std::fabs(c[q]) > kMaxCost) throw Error(ErrorCode::Arg, fmt("Expected costs of magnitude at most 1e300 but cost[", q, "] is ", c[q]));
   }
   std::vector<double> v(size_t(m), 0.0);

@@ -155,8 +155,7 @@ void check_finite_rows(const float* x, int64_t N, int64_t D, const char* name) {
     if (acc != 0.0f) {
       int64_t d = 0;
       while (d < D && std::isfinite(r[d])) ++d;
-      const char* what = std::isnan(r[d]) ? "NaN" : r[d] > 0 ? "Infinity" : "-Infinity";  // as JavaScript prints it
-      throw Error(ErrorCode::NonFinite, fmt("Expected finite values in ", name, " but row ", n, " has ", what,
+      throw Error(ErrorCode::NonFinite, fmt("Expected finite values in ", name, " but row ", n, " has ", js_nonfinite(r[d]),
                                             " at column ", d));
     }
   }

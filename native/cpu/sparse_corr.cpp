@@ -55,7 +55,7 @@ void check_side(const char* side, const float* v, const int32_t* idx, int64_t ro
       if (j < 0 || j >= n)
         throw Error(ErrorCode::Arg, fmt("Expected codes", side, ".indices[", p, "] in [0, ", n, ") but received ", j));
       if (!std::isfinite(v[p]))
-        throw Error(ErrorCode::NonFinite, fmt("Expected finite codes", side, ".values but element ", p, " is ", v[p]));
+        throw Error(ErrorCode::NonFinite, fmt("Expected finite codes", side, ".values but element ", p, " is ", js_nonfinite(v[p])));
       if (v[p] == 0) continue;
       if (stamp[size_t(j)] == gen)
         throw Error(ErrorCode::Arg, fmt("Expected distinct codes", side, ".indices within a row but row ", t,

@@ -1907,7 +1907,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
       const float* r = row.data();
       int64_t d = 0;
       while (d < D && std::isfinite(r[d])) ++d;
-      throw Error(ErrorCode::NonFinite, fmt("Expected finite values in x but row ", n, " has ", d < D ? r[d] : 0.0f,
+      throw Error(ErrorCode::NonFinite, fmt("Expected finite values in x but row ", n, " has ", (d < D ? js_nonfinite(r[d]) : "a non-finite value"),
                                             " at column ", d));
     }
     SK_CHECK(hs[0] != kZeroVar, ErrorCode::Arg, "Expected a batch x with nonzero variance (at least two different "

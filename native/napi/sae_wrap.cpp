@@ -776,7 +776,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         throw Error(ErrorCode::Arg, fmt("Expected codes.indices between 0 and ", M - 1, " but received ", c->i[size_t(q)],
                                         " at position ", q));
       if (const float v = c->v[size_t(q)]; !std::isfinite(v))
-        throw Error(ErrorCode::NonFinite, fmt("Expected finite codes.values but received ", std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity",
+        throw Error(ErrorCode::NonFinite, fmt("Expected finite codes.values but received ", js_nonfinite(v),
                                               " at position ", q, " (row ", q / c->K, ")"));
     }
     return c;

@@ -50,9 +50,6 @@ void require_full(const Stage& s) {
     throw Error(ErrorCode::Shape, fmt("Expected a fully written stage (", s.length, " values) but ", s.written, " were written"));
 }
 
-// JavaScript's spelling of a non-finite number.
-std::string js_number(double v) { return std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity"; }
-
 // spectrumStage(dtype: 'float32' | 'float64', length) -> stage
 Napi::Value stage_create(const Napi::CallbackInfo& info) {
   const std::string dtype = get_string(info[0], "dtype");
@@ -102,7 +99,7 @@ Napi::Value decoder_spectrum(const Napi::CallbackInfo& info) {
   auto work = [w, out, n, d, solver] {
     const float* W = w->as<float>();
     const int64_t bad = cpu::first_non_finite(W, n * d);
-    if (bad >= 0) throw Error(ErrorCode::NonFinite, fmt("W_dec[", bad, "] is ", js_number(W[bad]), ": expected finite values"));
+    if (bad >= 0) throw Error(ErrorCode::NonFinite, fmt("W_dec[", bad, "] is ", js_nonfinite(W[bad]), ": expected finite values"));
     auto cov = HostArray::allocate(size_t(d) * size_t(d) * 8);
     cpu::decoder_covariance(W, n, d, cov->as<double>());
     cpu::symmetric_eigenvalues(cov->as<double>(), d, out->as<double>(), solver);
@@ -124,7 +121,7 @@ Napi::Value symmetric_eigenvalues(const Napi::CallbackInfo& info) {
   auto work = [a, out, d, solver] {
     double* m = a->as<double>();
     const int64_t bad = cpu::first_non_finite(m, d * d);
-    if (bad >= 0) throw Error(ErrorCode::NonFinite, fmt("matrix[", bad, "] is ", js_number(m[bad]), ": expected finite values"));
+    if (bad >= 0) throw Error(ErrorCode::NonFinite, fmt("matrix[", bad, "] is ", js_nonfinite(m[bad]), ": expected finite values"));
     cpu::symmetrise(m, d);
     cpu::symmetric_eigenvalues(m, d, out->as<double>(), solver);
   };
