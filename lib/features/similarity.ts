@@ -1,6 +1,6 @@
 /**
  * Similarity of two representations of the same n observations (for example matched decoder rows
- * of two SAEs, or activations on the same tokens): SVCCA, RSA, linear CKA and a row-shuffle
+ * of two SAEs, or activations on the same tokens): SVCCA, PWCCA, RSA, linear CKA and a row-shuffle
  * permutation test (reference/methods.md §1.4-§1.6, §1.8, §9).
  *
  * Matrices are row-major [n, d]: row i of A and row i of B describe the same observation. A and B
@@ -22,6 +22,28 @@
  *   k = 1 + the first index where the normalised cumulative variance is >= keep * sum(s^2)
  *   (unnormalised), and k = 1 when no index qualifies, which is the case whenever
  *   sum(s^2) > 1 / keep. Its scores are labelled by `mode: 'univ-feat-geom'` in the result.
+ * - pwcca (§1.5, "PWCCA"; Morcos, Raghu and Bengio 2018): CCA as in svcca, but by default on every
+ *   direction (no SVD truncation: plain CCA of the data, as in the paper and google/svcca's
+ *   compute_pwcca; `keep` truncates each side first as svcca does). With M = Qa^T Qb = V S U^T,
+ *   column i of V gives A's unit canonical variate h_i = Qa v_i, partner of rho_i = s_i, for the
+ *   c = min(kA, kB) pairs. alpha_i = sum_j |<h_i, xc_j>| over A's centred columns xc_j (projected
+ *   onto the kept directions when `keep` truncates: the neurons of A's rank-kA approximation);
+ *   score = sum_i alpha_i rho_i / sum_i alpha_i, a weighted mean of the rho_i, so between the
+ *   smallest and the largest of them. The weights come from A (the paper's L1; Kornblith et al.
+ *   2019, eq. 9, with x_j the columns of X): pass the side to weight first. Where canonical
+ *   correlations tie exactly (e.g. several equal to 1), the canonical variates within the tie are
+ *   any orthonormal basis of its subspace and their alphas (an L1 norm, not rotation invariant)
+ *   depend on the basis Jacobi lands on; rho being equal within a tie, the score changes only
+ *   through how the tie's total weight compares with the others'.
+ *   No compat mode: google/svcca's compute_pwcca (copied by univ_feat_geom) is not reproduced,
+ *   because what it computes cannot be pinned down. It chooses the side with fewer neurons; its
+ *   directions are u_i^T (X - mean) + mean_i (rows of the un-whitened centred data rotated by the
+ *   whitened problem's singular vectors u_i, then neuron i's mean added to direction i), made
+ *   orthonormal by QR in order, and projected on the raw (uncentred) neurons. On uncentred data
+ *   that result changes with the sign LAPACK gives each singular vector (checked with NumPy: 0.546
+ *   against 0.539 with one sign flipped). Its `else` branch (dA > dB) indexes acts1 with B's mask
+ *   and subtracts B's means (the oddity of §1.5): with current NumPy a mask of the wrong length
+ *   is an IndexError, so that branch computes nothing (older NumPy read the first dB rows of A).
  * - rsa (§1.6): the n x n dissimilarity matrix of each side; inner 'correlation' (default):
  *   1 - Pearson r between rows (each row centred over its d entries, then 1 - cosine); 'cosine':
  *   1 - cosine of the raw rows; 'euclidean': Euclidean distance between rows. A row with zero norm
@@ -44,11 +66,12 @@
  * they return Promises: the work runs on the JS thread in slices of about 20 ms (due() and pause() of slices.ts),
  * between which the event loop runs (timers, I/O, other requests). The slices change no
  * arithmetic: every sum is taken in the same order as in one piece. Bad arguments reject the
- * Promise (with the same SaekitError as before). A and B are read (copied, for svcca, rsa and cka)
+ * Promise (with the same SaekitError as before). A and B are read (copied, for svcca, pwcca, rsa and cka)
  * during the first slices and, by permutationTest, in every run: leave them unchanged until the
  * Promise settles (a buffer detached meanwhile is an ERR_SAEKIT_ARG).
- * rsaPermutationTest and svccaPermutationTest (internal, used by `saekit compare`) give
- * permutationTest's results with each side's triangle, ranks or SVD computed once.
+ * rsaPermutationTest and svccaPermutationTest (internal, used by `saekit compare`) and
+ * pwccaPermutationTest give permutationTest's results with each side's triangle, ranks or SVD
+ * computed once.
  */
 import os from 'node:os';
 
@@ -60,6 +83,7 @@ import { checkInt, checkKept, checkOneOf, checkOptions, checkSeed, optionNames }
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const SVCCA_OPTIONS = optionNames<SvccaOptions>({ n: true, dA: true, dB: true, keep: true, compat: true });
 const RSA_OPTIONS = optionNames<RsaOptions>({ n: true, dA: true, dB: true, inner: true, outer: true });
+const PWCCA_OPTIONS = optionNames<PwccaOptions>({ n: true, dA: true, dB: true, keep: true });
 const CKA_OPTIONS = optionNames<CkaOptions>({ n: true, dA: true, dB: true });
 const PERMUTATION_OPTIONS = optionNames<PermutationOptions>({ n: true, dB: true, runs: true, seed: true });
 
@@ -92,6 +116,37 @@ export interface SvccaResult {
   keptB: number;
   /** 'svcca' for the correct method, 'univ-feat-geom' for the compat mode. */
   mode: 'svcca' | 'univ-feat-geom';
+}
+
+/** Options of pwcca(): the shapes and, optionally, an SVD truncation of each side first. */
+export interface PwccaOptions {
+  /** Observations (rows of A and B); must exceed dA and dB. */
+  n: number;
+  /** Width of A (the side whose neurons weight the correlations). */
+  dA: number;
+  /** Width of B. */
+  dB: number;
+  /**
+   * Default: every direction (plain CCA on the data, as in the PWCCA paper). A share in (0, 1) or
+   * an integer >= 1 first keeps each side's leading SVD directions, as svcca's `keep` does.
+   */
+  keep?: number;
+}
+
+/** What pwcca() returns: the projection-weighted mean, the correlations and their weights. */
+export interface PwccaResult {
+  /** Projection-weighted mean canonical correlation, sum_i alpha_i rho_i / sum_i alpha_i. */
+  score: number;
+  /** Canonical correlations rho_i, min(keptA, keptB) of them, descending, in [0, 1]. */
+  correlations: Float64Array;
+  /** The normalised weights alpha_i / sum alpha (they sum to 1), in the order of `correlations`. */
+  weights: Float64Array;
+  /** The unweighted mean of `correlations` (svcca's score for the same directions). */
+  meanCorrelation: number;
+  /** Directions kept on A's side. */
+  keptA: number;
+  /** Directions kept on B's side. */
+  keptB: number;
 }
 
 /** Options of rsa(): the shapes and the two measures. */
@@ -263,9 +318,11 @@ async function dotInSlices(a: Float64Array, b: Float64Array): Promise<number> {
 /**
  * One-sided (Hestenes) Jacobi: rotates the columns in place until they are mutually orthogonal,
  * so that G V = U S. Returns the column indices sorted by norm (the singular values), descending,
- * with the norms. The columns afterwards are u_i s_i.
+ * with the norms. The columns afterwards are u_i s_i. With `v` (as many columns as G, each of that
+ * length, normally the identity's), each rotation is applied to v's columns too, so that v ends
+ * as V of G = U S V^T (column i of V goes with column i of G; none is dropped, zero columns too).
  */
-async function hestenes(cols: Float64Array[]): Promise<{ order: number[]; sigma: Float64Array }> {
+async function hestenes(cols: Float64Array[], v?: Float64Array[]): Promise<{ order: number[]; sigma: Float64Array }> {
   const p = cols.length;
   const len = p > 0 ? cols[0].length : 0;
   const norms2: number[] = [];
@@ -296,6 +353,16 @@ async function hestenes(cols: Float64Array[]): Promise<{ order: number[]; sigma:
           const b = gj[k];
           gi[k] = c * a - s * b;
           gj[k] = s * a + c * b;
+        }
+        if (v !== undefined) {
+          const vi = v[i];
+          const vj = v[j];
+          for (let k = 0; k < vi.length; k++) {
+            const a = vi[k];
+            const b = vj[k];
+            vi[k] = c * a - s * b;
+            vj[k] = s * a + c * b;
+          }
         }
         norms2[i] = dot(gi, gi);
         norms2[j] = dot(gj, gj);
@@ -351,7 +418,11 @@ function chooseK(sigma: Float64Array, keep: number, compat: boolean): number {
 
 /** Orthonormal basis (n-vectors) of the k leading principal directions' scores of X. */
 async function reducedBasis(X: Float64Array, n: number, d: number, keep: number, compat: boolean): Promise<Float64Array[]> {
-  const cols = await centredColumns(X, n, d);
+  return basisOfCentred(await centredColumns(X, n, d), n, keep, compat);
+}
+
+/** reducedBasis from the centred columns (which it rotates in place). */
+async function basisOfCentred(cols: Float64Array[], n: number, keep: number, compat: boolean): Promise<Float64Array[]> {
   const { order, sigma } = await hestenes(cols);
   const k = chooseK(sigma, keep, compat);
   const basis: Float64Array[] = [];
@@ -488,6 +559,165 @@ export async function svccaPermutationTest(
       if (due(n)) await pause();
     }
     shuffled[r] = (await ccaOfBases(qa, qp, mode)).score;
+  });
+  return { ...permutationResult(observed, shuffled), ...kept };
+}
+
+// ---------------------------------------------------------------------------------------------
+// PWCCA
+
+/** pwcca's checks; returns the sizes, each side's keep and float64 copies of A and B. */
+async function checkPwcca(A: Matrix, B: Matrix, options: PwccaOptions) {
+  const opts = checkOptions('options', options, PWCCA_OPTIONS);
+  const { n, dA, dB } = checkDims(opts, 2);
+  if (n <= dA || n <= dB) {
+    throw new SaekitError(
+      'ERR_SAEKIT_SHAPE',
+      `Expected options.n greater than options.dA and options.dB for PWCCA (more observations than dimensions) but received n = ${n}, dA = ${dA}, dB = ${dB}`,
+    );
+  }
+  let keepA = dA;
+  let keepB = dB;
+  if (opts.keep !== undefined) {
+    const keep = opts.keep;
+    const ok = typeof keep === 'number' && ((keep > 0 && keep < 1) || (Number.isInteger(keep) && keep >= 1 && keep <= Math.max(dA, dB)));
+    if (!ok) throw argError('options.keep', `a share in (0, 1) or an integer between 1 and ${Math.max(dA, dB)}`, keep);
+    keepA = keep;
+    keepB = keep;
+  }
+  checkShape('A', A, n, dA);
+  checkShape('B', B, n, dB);
+  const a = await copyMatrix('A', A, n * dA);
+  const b = await copyMatrix('B', B, n * dB);
+  return { n, dA, dB, keepA, keepB, a, b };
+}
+
+/**
+ * What pwcca needs of each side: the orthonormal bases qa, qb (n-vectors) of the kept directions,
+ * and proj[r][j] = <xc_j, qa[r]>, the centred neuron j of A against A's basis vector r (so that
+ * <h, xc_j> = sum_r proj[r][j] c_r for h = sum_r c_r qa[r]).
+ */
+async function pwccaSides(A: Matrix, B: Matrix, options: PwccaOptions): Promise<{ n: number; qa: Float64Array[]; qb: Float64Array[]; proj: Float64Array[] }> {
+  const { n, dA, dB, keepA, keepB, a, b } = await checkPwcca(A, B, options);
+  const colsA = await centredColumns(a, n, dA);
+  const xc = colsA.map((c) => c.slice()); // basisOfCentred rotates colsA in place
+  const qa = await basisOfCentred(colsA, n, keepA, false);
+  const proj: Float64Array[] = [];
+  for (const q of qa) {
+    const row = new Float64Array(dA);
+    for (let j = 0; j < dA; j++) {
+      row[j] = dot(xc[j], q);
+      if (due(n)) await pause();
+    }
+    proj.push(row);
+  }
+  const qb = await reducedBasis(b, n, dB, keepB, false);
+  return { n, qa, qb, proj };
+}
+
+/**
+ * PWCCA from the two bases: M = Qa^T Qb (keptA x keptB) = V S U^T by one-sided Jacobi on the
+ * columns of M^T with V accumulated; column i of V is A's canonical direction a_i (in qa's
+ * coordinates), h_i = Qa a_i its unit canonical variate, s_i = rho_i. alpha_i = sum_j |<h_i, xc_j>|
+ * over A's centred neurons, for the first min(keptA, keptB) pairs.
+ */
+async function weightedCca(qa: Float64Array[], qb: Float64Array[], proj: Float64Array[]): Promise<PwccaResult> {
+  const keptA = qa.length;
+  const keptB = qb.length;
+  const c = Math.min(keptA, keptB);
+  const empty = new Float64Array(0);
+  if (c === 0) return { score: NaN, correlations: empty, weights: empty, meanCorrelation: NaN, keptA, keptB };
+  const g: Float64Array[] = [];
+  for (const q of qa) {
+    const row = new Float64Array(keptB);
+    for (let s = 0; s < keptB; s++) {
+      row[s] = dot(q, qb[s]);
+      if (due(q.length)) await pause();
+    }
+    g.push(row);
+  }
+  const v = qa.map((_, i) => {
+    const col = new Float64Array(keptA);
+    col[i] = 1;
+    return col;
+  });
+  const { order, sigma } = await hestenes(g, v);
+  const correlations = new Float64Array(c);
+  const alpha = new Float64Array(c);
+  const dA = proj[0].length;
+  const h = new Float64Array(dA);
+  for (let i = 0; i < c; i++) {
+    correlations[i] = Math.min(1, Math.max(0, sigma[i]));
+    const ai = v[order[i]];
+    h.fill(0);
+    for (let r = 0; r < keptA; r++) {
+      const w = ai[r];
+      const pr = proj[r];
+      for (let j = 0; j < dA; j++) h[j] += w * pr[j];
+      if (due(dA)) await pause();
+    }
+    let s = 0;
+    for (let j = 0; j < dA; j++) s += Math.abs(h[j]);
+    alpha[i] = s;
+  }
+  let total = 0;
+  let weighted = 0;
+  let plain = 0;
+  for (let i = 0; i < c; i++) {
+    total += alpha[i];
+    weighted += alpha[i] * correlations[i];
+    plain += correlations[i];
+  }
+  const weights = Float64Array.from(alpha, (x) => x / total);
+  return { score: total > 0 ? weighted / total : NaN, correlations, weights, meanCorrelation: plain / c, keptA, keptB };
+}
+
+/**
+ * PWCCA, projection-weighted CCA (Morcos, Raghu and Bengio 2018): the canonical correlations rho_i
+ * of A and B averaged with weights alpha_i = sum_j |<h_i, x_j>|, where h_i is A's i-th canonical
+ * variate (unit norm) and x_j A's j-th neuron (column), both centred: A is the side whose
+ * representation is weighted (the paper's L1; Kornblith et al. 2019, eq. 9: x_j the columns of X).
+ * Swap the arguments to weight by B. Not symmetric, and, unlike SVCCA, not invariant to rotating
+ * A's neurons (an L1 norm over them); invariant to an orthogonal transform of B (to any invertible
+ * one when every direction is kept), to permuting or negating A's neurons, to scaling either side
+ * and to adding a constant per column. See the module
+ * comment for the exact definition and why google/svcca's compute_pwcca is not reproduced.
+ * Runs in slices of about 20 ms between which the event loop runs; bad arguments reject the Promise.
+ * @example const { score, weights, meanCorrelation } = await pwcca(A, B, { n: 5000, dA: 256, dB: 256 });
+ */
+export async function pwcca(A: Matrix, B: Matrix, options: PwccaOptions): Promise<PwccaResult> {
+  const { qa, qb, proj } = await pwccaSides(A, B, options);
+  return weightedCca(qa, qb, proj);
+}
+
+/**
+ * permutationTest(pwcca) with each side's SVD done once: permuting B's rows permutes the rows of
+ * its basis, and A (its basis and its neurons' projections, hence the weights' inputs) is unchanged,
+ * so each run is only the CCA of Qa and P Qb and its weights. Equal to
+ * permutationTest((A, B) => pwcca(A, B, options).score, ...) with the same runs and seed up to
+ * rounding. @internal
+ */
+export async function pwccaPermutationTest(
+  A: Matrix,
+  B: Matrix,
+  options: PwccaOptions & { runs?: number; seed?: number | bigint },
+): Promise<PermutationResult & { keptA: number; keptB: number }> {
+  const { runs, seed, ...rest } = options;
+  const { runs: R, seed: sd } = checkRuns({ runs, seed });
+  const { n, qa, qb, proj } = await pwccaSides(A, B, rest);
+  const observed = (await weightedCca(qa, qb, proj)).score;
+  const kept = { keptA: qa.length, keptB: qb.length };
+  if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN, ...kept };
+  const shuffled = new Float64Array(R);
+  const qp = qb.map(() => new Float64Array(n));
+  await forEachPermutation(n, R, sd, async (perm, r) => {
+    for (let k = 0; k < qb.length; k++) {
+      const src = qb[k]!;
+      const dst = qp[k]!;
+      for (let i = 0; i < n; i++) dst[i] = src[perm[i]!]!;
+      if (due(n)) await pause();
+    }
+    shuffled[r] = (await weightedCca(qa, qp, proj)).score;
   });
   return { ...permutationResult(observed, shuffled), ...kept };
 }
