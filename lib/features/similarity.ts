@@ -40,10 +40,12 @@
  *   directions are u_i^T (X - mean) + mean_i (rows of the un-whitened centred data rotated by the
  *   whitened problem's singular vectors u_i, then neuron i's mean added to direction i), made
  *   orthonormal by QR in order, and projected on the raw (uncentred) neurons. On uncentred data
- *   that result changes with the sign LAPACK gives each singular vector (checked with NumPy: 0.546
- *   against 0.539 with one sign flipped). Its `else` branch (dA > dB) indexes acts1 with B's mask
- *   and subtracts B's means (the oddity of §1.5): with current NumPy a mask of the wrong length
- *   is an IndexError, so that branch computes nothing (older NumPy read the first dB rows of A).
+ *   that result changes with the sign LAPACK gives each singular vector (its steps re-run in NumPy
+ *   on random data: 0.546 against 0.539 with one sign flipped). Its `else` branch (dA > dB)
+ *   indexes acts1 with B's mask and subtracts B's means (the oddity of §1.5): with current NumPy a
+ *   mask of the wrong length is an IndexError, so that branch computes nothing (NumPy before 1.13
+ *   probably read A's first dB rows there, through its deprecated handling of a short mask; not
+ *   verified).
  * - rsa (§1.6): the n x n dissimilarity matrix of each side; inner 'correlation' (default):
  *   1 - Pearson r between rows (each row centred over its d entries, then 1 - cosine); 'cosine':
  *   1 - cosine of the raw rows; 'euclidean': Euclidean distance between rows. A row with zero norm
