@@ -48,8 +48,10 @@
  * but one of an exclusive node's active children. `probabilities` stay the per-feature p_i
  * before that.
  *
- * Not implemented here: the quirky compat generators of §4.3 (Sharkey et al.: one correlation
- * draw per batch) and §4.4 (MFR: shared support per group per batch).
+ * The quirky compat generators of §4.3 (Sharkey et al.: p_i without renormalisation, one
+ * correlation draw per generation batch) and §4.4 (MFR: one support per group per generation
+ * batch) are synthetic-compat.ts (synthetic.sharkey, synthetic.mfr); they share this module's
+ * generator (Rng, under their own stream tags), row-range checks, codes and source.
  */
 import { argError, SaekitError } from '../errors.js';
 import { due, pause } from '../slices.js';
@@ -204,15 +206,21 @@ export function philox4x32(c0: number, c1: number, c2: number, c3: number, k0: n
   out[3] = c3;
 }
 
-/** xoshiro128** seeded from one Philox block, with uniform and normal helpers. */
-class Rng {
+/**
+ * xoshiro128** seeded from one Philox block, with uniform and normal helpers. `tag` is the
+ * counter's fourth word: 'SYNT' here, the compat generators' own tags in synthetic-compat.ts. @internal
+ */
+export class Rng {
   /** xoshiro128** state s0..s3 (an Int32Array keeps the words unboxed). */
   private readonly s = new Int32Array(4);
   private readonly block = new Uint32Array(4);
   private readonly k0: number;
   private readonly k1: number;
 
-  constructor(seed: bigint) {
+  constructor(
+    seed: bigint,
+    private readonly tag: number = STREAM_TAG,
+  ) {
     this.k0 = Number(seed & 0xffffffffn);
     this.k1 = Number((seed >> 32n) & 0xffffffffn);
   }
@@ -221,7 +229,7 @@ class Rng {
   reseed(purpose: number, index: number): void {
     const lo = index % TWO32;
     const hi = Math.floor(index / TWO32);
-    philox4x32(lo, hi, purpose, STREAM_TAG, this.k0, this.k1, this.block);
+    philox4x32(lo, hi, purpose, this.tag, this.k0, this.k1, this.block);
     const s = this.s;
     for (let i = 0; i < 4; i++) s[i] = this.block[i]!;
     if ((s[0]! | s[1]! | s[2]! | s[3]!) === 0) s[3] = 1; // probability 2^-128
@@ -922,7 +930,8 @@ function mix32(x: number): number {
 
 const FEISTEL_ROUNDS = 6;
 
-function makePermutation(n: number, seed: bigint, epoch: number): (i: number) => number {
+/** The keyed permutation of [0, n) that epoch `epoch` of a shuffled pass serves (module comment). @internal */
+export function makePermutation(n: number, seed: bigint, epoch: number): (i: number) => number {
   let bits = 2;
   while (2 ** bits < n) bits++;
   const h = Math.ceil(bits / 2);
@@ -960,38 +969,52 @@ const MAX_ROWS = 2 ** 48;
 const ROW_UNITS = 1 << 17;
 const MAX_ELEMENTS = 2 ** 31 - 1;
 
-/**
- * A finite source of synthetic superposition rows with its ground truth (methods.md §4).
- * Rows are generated on demand, so numRows may be large; each epoch serves the same rows.
- * source.batches() generates each batch on the JS thread in ~20 ms slices between turns of the
- * event loop; superposition() itself draws the features (numFeatures × dIn normals) at once.
- *
- * @example
- * const { source, features } = superposition({ dIn: 64, numFeatures: 512, firing: { kind: 'expected-active', n: 5 }, seed: 1 });
- * for await (const b of source.batches({ batchSize: 1024 })) { ... }
- */
-export function superposition(options: SuperpositionOptions): SuperpositionData {
-  const o = checkOptions('options', options, SUPERPOSITION_OPTIONS);
-  const dIn = checkInt('options.dIn', o.dIn, 1, 1 << 24);
-  const n = checkInt('options.numFeatures', o.numFeatures, 1, 1 << 24);
-  if (n * dIn > MAX_ELEMENTS) throw argError('options.numFeatures', `at most ${Math.floor(MAX_ELEMENTS / dIn)} features for dIn ${dIn}`, n);
-  if (o.firing === undefined) throw argError('options.firing', 'an options object', undefined);
-  const p = firingProbabilities(o.firing, n);
-  const magnitude = magnitudePlan(o.magnitude);
-  const numRows = o.numRows === undefined ? 65536 : checkInt('options.numRows', o.numRows, 1, MAX_ROWS);
-  const seed = o.seed === undefined ? 0n : checkSeed('options.seed', o.seed);
-  const copula = copulaPlan(o.correlation, n, seed);
-  const hierarchy = hierarchyPlan(o.hierarchy, n);
-  const features = makeFeatures(n, dIn, seed);
-  const sampler = new Sampler(features, p, magnitude, copula, seed, dIn, hierarchy);
+/** A checker of (start, count) row ranges: start in [0, numRows], count within the rows left and 2^31 - 1 elements. @internal */
+export function rangeChecker(dIn: number, numRows: number): (start: unknown, count: unknown) => [number, number] {
   const maxRange = Math.floor(MAX_ELEMENTS / dIn);
-
-  const checkRange = (start: unknown, count: unknown): [number, number] => {
+  return (start, count) => {
     const s = checkInt('start', start, 0, numRows);
     const c = checkInt('count', count, 0, Math.min(numRows - s, maxRange));
     return [s, c];
   };
+}
 
+/**
+ * The CSR codes of rows [s, s + c): `sample(r)` fills `active` (increasing) and `values` with
+ * row r's codes and returns their number. `count` is the caller's argument, named in the error
+ * past 2^31 - 1 codes. @internal
+ */
+export function collectCodes(s: number, c: number, count: unknown, sample: (r: number) => number, active: Int32Array, values: Float32Array): SparseCodes {
+  const indptr = new Int32Array(c + 1);
+  let outIndices = new Int32Array(Math.max(16, c * 4));
+  let outValues = new Float32Array(outIndices.length);
+  let nnz = 0;
+  for (let t = 0; t < c; t++) {
+    const k = sample(s + t);
+    if (nnz + k > MAX_ELEMENTS) throw argError('count', `a range with at most ${MAX_ELEMENTS} fired features`, count);
+    if (nnz + k > outIndices.length) {
+      const cap = Math.min(MAX_ELEMENTS, Math.max(nnz + k, outIndices.length * 2));
+      const ni = new Int32Array(cap);
+      ni.set(outIndices.subarray(0, nnz));
+      const nv = new Float32Array(cap);
+      nv.set(outValues.subarray(0, nnz));
+      outIndices = ni;
+      outValues = nv;
+    }
+    outIndices.set(active.subarray(0, k), nnz);
+    outValues.set(values.subarray(0, k), nnz);
+    nnz += k;
+    indptr[t + 1] = nnz;
+  }
+  return { indptr, indices: outIndices.slice(0, nnz), values: outValues.slice(0, nnz) };
+}
+
+/**
+ * The ActivationSource of a synthetic generator whose row r is `row(r, out, offset)` (a pure
+ * function of r): batches in generation order, or with shuffle each epoch in the keyed
+ * permutation of makePermutation, generated on the JS thread in ~20 ms slices. @internal
+ */
+export function syntheticSource(dIn: number, numRows: number, row: (r: number, out: Float32Array, offset: number) => void): OwnedActivationSource {
   let closed = false;
   const disposed = () => new SaekitError('ERR_SAEKIT_DISPOSED', 'Expected an open activation source but it has been closed');
   const source: OwnedActivationSource = {
@@ -1016,7 +1039,7 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
               if (dropLast && rows < batchSize) break;
               const data = new Float32Array(rows * dIn);
               for (let t = 0; t < rows; t++) {
-                sampler.row(perm ? perm(start + t) : start + t, data, t * dIn);
+                row(perm ? perm(start + t) : start + t, data, t * dIn);
                 if (due(ROW_UNITS)) {
                   await pause();
                   // close() stops a batch being generated too, not only the next one.
@@ -1038,6 +1061,35 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
       return source.close();
     },
   };
+  return source;
+}
+
+/**
+ * A finite source of synthetic superposition rows with its ground truth (methods.md §4).
+ * Rows are generated on demand, so numRows may be large; each epoch serves the same rows.
+ * source.batches() generates each batch on the JS thread in ~20 ms slices between turns of the
+ * event loop; superposition() itself draws the features (numFeatures × dIn normals) at once.
+ *
+ * @example
+ * const { source, features } = superposition({ dIn: 64, numFeatures: 512, firing: { kind: 'expected-active', n: 5 }, seed: 1 });
+ * for await (const b of source.batches({ batchSize: 1024 })) { ... }
+ */
+export function superposition(options: SuperpositionOptions): SuperpositionData {
+  const o = checkOptions('options', options, SUPERPOSITION_OPTIONS);
+  const dIn = checkInt('options.dIn', o.dIn, 1, 1 << 24);
+  const n = checkInt('options.numFeatures', o.numFeatures, 1, 1 << 24);
+  if (n * dIn > MAX_ELEMENTS) throw argError('options.numFeatures', `at most ${Math.floor(MAX_ELEMENTS / dIn)} features for dIn ${dIn}`, n);
+  if (o.firing === undefined) throw argError('options.firing', 'an options object', undefined);
+  const p = firingProbabilities(o.firing, n);
+  const magnitude = magnitudePlan(o.magnitude);
+  const numRows = o.numRows === undefined ? 65536 : checkInt('options.numRows', o.numRows, 1, MAX_ROWS);
+  const seed = o.seed === undefined ? 0n : checkSeed('options.seed', o.seed);
+  const copula = copulaPlan(o.correlation, n, seed);
+  const hierarchy = hierarchyPlan(o.hierarchy, n);
+  const features = makeFeatures(n, dIn, seed);
+  const sampler = new Sampler(features, p, magnitude, copula, seed, dIn, hierarchy);
+  const checkRange = rangeChecker(dIn, numRows);
+  const source = syntheticSource(dIn, numRows, (r, out, offset) => sampler.row(r, out, offset));
 
   return {
     source,
@@ -1051,28 +1103,7 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
     },
     codes(start: number, count: number): SparseCodes {
       const [s, c] = checkRange(start, count);
-      const indptr = new Int32Array(c + 1);
-      let indices = new Int32Array(Math.max(16, c * 4));
-      let values = new Float32Array(indices.length);
-      let nnz = 0;
-      for (let t = 0; t < c; t++) {
-        const k = sampler.sample(s + t);
-        if (nnz + k > MAX_ELEMENTS) throw argError('count', `a range with at most ${MAX_ELEMENTS} fired features`, count);
-        if (nnz + k > indices.length) {
-          const cap = Math.min(MAX_ELEMENTS, Math.max(nnz + k, indices.length * 2));
-          const ni = new Int32Array(cap);
-          ni.set(indices.subarray(0, nnz));
-          const nv = new Float32Array(cap);
-          nv.set(values.subarray(0, nnz));
-          indices = ni;
-          values = nv;
-        }
-        indices.set(sampler.active.subarray(0, k), nnz);
-        values.set(sampler.values.subarray(0, k), nnz);
-        nnz += k;
-        indptr[t + 1] = nnz;
-      }
-      return { indptr, indices: indices.slice(0, nnz), values: values.slice(0, nnz) };
+      return collectCodes(s, c, count, (r) => sampler.sample(r), sampler.active, sampler.values);
     },
     correlationMatrix(): Float64Array | undefined {
       if (copula.kind === 'none') return undefined;
@@ -1100,5 +1131,8 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
   };
 }
 
-/** Namespace-style access: `synthetic.superposition(...)`. */
+/**
+ * Namespace-style access: `synthetic.superposition(...)`. The public `synthetic` (lib/index.ts),
+ * with the compat generators too, is synthetic-compat.ts's.
+ */
 export const synthetic = { superposition };
