@@ -63,6 +63,11 @@ export type {
   Magnitude,
   Correlation,
   HierarchyNode,
+  SharkeyOptions,
+  SharkeyData,
+  MfrOptions,
+  MfrData,
+  CompatData,
 } from './data/index.js';
 export * as metrics from './eval/index.js';
 export { Trainer, learningRate, geometricMedian } from './train/index.js';

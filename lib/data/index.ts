@@ -34,5 +34,7 @@
  */
 export { openActivations, fromArray, fromAsyncIterable } from './sources.js';
 export type { ActivationSource, OwnedActivationSource, Batch, BatchOptions, OpenOptions } from './types.js';
-export { superposition, synthetic } from './synthetic.js';
+export { superposition } from './synthetic.js';
+export { synthetic, sharkey, mfr } from './synthetic-compat.js';
 export type { SuperpositionOptions, SuperpositionData, SparseCodes as SyntheticCodes, Firing, Magnitude, Correlation, HierarchyNode } from './synthetic.js';
+export type { SharkeyOptions, SharkeyData, MfrOptions, MfrData, CompatData } from './synthetic-compat.js';

@@ -1,0 +1,480 @@
+import { describe, expect, it } from 'vitest';
+
+import * as saekit from '../lib/index.js';
+import { mfr, minEigenvalue, roundFloat16, sharkey, synthetic } from '../lib/data/synthetic-compat.js';
+import { Rng } from '../lib/data/synthetic.js';
+import type { ActivationSource, BatchOptions } from '../lib/data/types.js';
+import { expectNamedError } from './helpers/errors.js';
+import { lcg } from './helpers/reference.js';
+import { phiRef, within5Sigma } from './helpers/synthetic-normal.js';
+
+/** Fresh seeds each run (reported in failure messages), as in the other suites. */
+function freshSeed(salt: number): number {
+  return (Date.now() ^ Math.imul(salt, 0x9e3779b1)) >>> 0;
+}
+
+async function collect(source: ActivationSource, options?: BatchOptions): Promise<Float32Array> {
+  const parts: Float32Array[] = [];
+  for await (const b of source.batches(options)) parts.push(b.data);
+  const data = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    data.set(p, at);
+    at += p.length;
+  }
+  return data;
+}
+
+/** float16 rounding written plainly: the nearest multiple of the binade's quantum, ties to even. */
+function f16Ref(x: number): number {
+  const a = Math.abs(x);
+  if (a === 0 || Number.isNaN(a)) return x;
+  let e = Math.floor(Math.log2(a));
+  if (2 ** e > a) e--;
+  if (2 ** (e + 1) <= a) e++;
+  const q = 2 ** (Math.max(e, -14) - 10);
+  const m = a / q; // exact: q is a power of two
+  let r = Math.floor(m);
+  const frac = m - r;
+  if (frac > 0.5 || (frac === 0.5 && r % 2 === 1)) r++;
+  const v = r * q;
+  const out = v > 65504 ? Infinity : v;
+  return x < 0 ? -out : out;
+}
+
+/** Eigenvalues of a small symmetric matrix by cyclic Jacobi rotations (float64). */
+function jacobiEigenvalues(S: Float64Array, n: number): number[] {
+  const A = Float64Array.from(S);
+  for (let sweep = 0; sweep < 100; sweep++) {
+    let off = 0;
+    for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) off += A[i * n + j]! ** 2;
+    if (off < 1e-30) break;
+    for (let p = 0; p < n; p++) {
+      for (let q = p + 1; q < n; q++) {
+        const apq = A[p * n + q]!;
+        if (apq === 0) continue;
+        const theta = (A[q * n + q]! - A[p * n + p]!) / (2 * apq);
+        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
+        const c = 1 / Math.sqrt(t * t + 1);
+        const s = t * c;
+        for (let k = 0; k < n; k++) {
+          const akp = A[k * n + p]!;
+          const akq = A[k * n + q]!;
+          A[k * n + p] = c * akp - s * akq;
+          A[k * n + q] = s * akp + c * akq;
+        }
+        for (let k = 0; k < n; k++) {
+          const apk = A[p * n + k]!;
+          const aqk = A[q * n + k]!;
+          A[p * n + k] = c * apk - s * aqk;
+          A[q * n + k] = s * apk + c * aqk;
+        }
+      }
+    }
+  }
+  return Array.from({ length: n }, (_, i) => A[i * n + i]!).sort((a, b) => a - b);
+}
+
+/** Rows recomputed from codes and features: per coordinate a float64 sum in code order, rounded by `round`. */
+function rowsFromCodes(codes: { indptr: Int32Array; indices: Int32Array; values: Float32Array }, F: Float32Array, dIn: number, round: (x: number) => number): Float32Array {
+  const rows = codes.indptr.length - 1;
+  const out = new Float32Array(rows * dIn);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < dIn; c++) {
+      let s = 0;
+      for (let t = codes.indptr[r]!; t < codes.indptr[r + 1]!; t++) s += codes.values[t]! * F[codes.indices[t]! * dIn + c]!;
+      out[r * dIn + c] = round(s);
+    }
+  }
+  return out;
+}
+
+describe('roundFloat16', () => {
+  it('matches a plain nearest-even rounding on edge cases and random values of every binade', () => {
+    const edges = [0, -0, 1, 65504, 65519.99, 65520, 70000, 2 ** -24, 2 ** -25, 3 * 2 ** -25, 2 ** -14, 2 ** -14 - 2 ** -25, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 2047.5, 2049, -3.14159];
+    for (const x of edges) expect(Object.is(roundFloat16(x), f16Ref(x)) || roundFloat16(x) === f16Ref(x), `x = ${x}`).toBe(true);
+    const seed = freshSeed(1);
+    const next = lcg(seed);
+    for (let i = 0; i < 20000; i++) {
+      const x = (next() - 0.5) * 2 ** Math.floor(next() * 44 - 28);
+      expect(roundFloat16(x), `x = ${x}, seed ${seed}`).toBe(f16Ref(x));
+    }
+  });
+});
+
+describe('sharkey: uncorrelated mode (methods.md §4.3)', () => {
+  it('p_i = 0.99^i * 5/512 without renormalisation: expected L0 0.97, measured within 5 sigma; codes U(0, 1)', () => {
+    const seed = freshSeed(2);
+    const N = 150000;
+    const d = sharkey({ seed, numRows: N, dIn: 16 });
+    expect(d.compat).toBe('sharkey');
+    expect(d.mode).toBe('uncorrelated');
+    const p = d.probabilities!;
+    let sum = 0;
+    let varSum = 0;
+    for (let i = 0; i < 512; i++) {
+      expect(p[i]).toBeCloseTo(0.99 ** i * (5 / 512), 15);
+      sum += p[i]!;
+      varSum += p[i]! * (1 - p[i]!);
+    }
+    expect(sum).toBeCloseTo((5 / 512) * ((1 - 0.99 ** 512) / 0.01), 12);
+    expect(sum).toBeGreaterThan(0.97);
+    expect(sum).toBeLessThan(0.972);
+    expect(Array.from(d.batchProbabilities(3))).toEqual(Array.from(p));
+    const codes = d.codes(0, N);
+    const nnz = codes.indptr[N]!;
+    expect(Math.abs(nnz / N - sum), `seed ${seed}`).toBeLessThan(5 * Math.sqrt(varSum / N));
+    const counts = new Float64Array(512);
+    for (const i of codes.indices) counts[i]!++;
+    for (let i = 0; i < 512; i++) expect(within5Sigma(counts[i]!, N, p[i]!), `feature ${i}: ${counts[i]} of ${N}, seed ${seed}`).toBe(true);
+    let vs = 0;
+    for (const v of codes.values) {
+      expect(v > 0 && v < 1).toBe(true);
+      vs += v;
+    }
+    expect(Math.abs(vs / nnz - 0.5)).toBeLessThan(5 * Math.sqrt(1 / 12 / nnz));
+  });
+
+  it('featureStrengths multiplies by a second U(0, 1): mean 1/4, P(c < 1/4) = (1 + ln 4) / 4; odd sizes keep the rates', () => {
+    const seed = freshSeed(3);
+    const N = 60000;
+    const d = sharkey({ seed, dIn: 7, numFeatures: 13, numActive: 2.5, decay: 0.8, featureStrengths: true, numRows: N, batchSize: 7 });
+    const codes = d.codes(0, N);
+    const nnz = codes.values.length;
+    let s = 0;
+    let below = 0;
+    for (const v of codes.values) {
+      s += v;
+      if (v < 0.25) below++;
+    }
+    expect(Math.abs(s / nnz - 0.25), `seed ${seed}`).toBeLessThan(5 * Math.sqrt(7 / 144 / nnz));
+    expect(within5Sigma(below, nnz, (1 + Math.log(4)) / 4), `seed ${seed}`).toBe(true);
+    const counts = new Float64Array(13);
+    for (const i of codes.indices) counts[i]!++;
+    for (let i = 0; i < 13; i++) expect(within5Sigma(counts[i]!, N, (0.8 ** i * 2.5) / 13), `feature ${i}, seed ${seed}`).toBe(true);
+    // Rows are the documented float64 sums of codes x features, rounded once to float32.
+    expect(d.rows(0, 500)).toEqual(rowsFromCodes(d.codes(0, 500), d.features, 7, Math.fround));
+  });
+
+  it('features are unit rows of standard normals (isotropic: mean cosine ~ 0, variance ~ 1/dIn)', () => {
+    const d = sharkey({ seed: freshSeed(4), numRows: 1 });
+    const F = d.features;
+    expect(F.length).toBe(512 * 256);
+    for (let i = 0; i < 512; i++) {
+      let n2 = 0;
+      for (let c = 0; c < 256; c++) n2 += F[i * 256 + c]! ** 2;
+      expect(Math.abs(n2 - 1)).toBeLessThan(1e-5);
+    }
+    let s = 0;
+    let s2 = 0;
+    let m = 0;
+    for (let i = 0; i < 512; i += 3) {
+      for (let j = i + 1; j < 512; j += 5) {
+        let dot = 0;
+        for (let c = 0; c < 256; c++) dot += F[i * 256 + c]! * F[j * 256 + c]!;
+        s += dot;
+        s2 += dot * dot;
+        m++;
+      }
+    }
+    expect(Math.abs(s / m)).toBeLessThan(5 * Math.sqrt(1 / 256 / m));
+    expect(Math.abs(s2 / m - 1 / 256)).toBeLessThan(0.15 / 256);
+  });
+});
+
+describe('sharkey: correlated mode (one MVN draw per generation batch)', () => {
+  it('R = (U + U^T)/2 shifted by -1.001 lambda_min: off-diagonals in [0, 1), diagonal minus the shift in [0, 1), lambda_min(R) = -0.001 lambda', () => {
+    for (const n of [9, 40]) {
+      const seed = freshSeed(5 + n);
+      const R = sharkey({ mode: 'correlated', numFeatures: n, dIn: 3, numRows: 10, seed }).correlationMatrix()!;
+      const ev = jacobiEigenvalues(R, n);
+      const mu = ev[0]!; // = lambda - 1.001 lambda = -0.001 lambda
+      expect(mu, `seed ${seed}`).toBeGreaterThan(0);
+      const shift = 1001 * mu; // -1.001 lambda
+      expect(shift).toBeGreaterThan(0.5); // (U + U^T)/2 of this size always has a negative eigenvalue
+      for (let i = 0; i < n; i++) {
+        for (let j = 0; j < n; j++) {
+          const v = R[i * n + j]!;
+          expect(v).toBe(R[j * n + i]);
+          if (i === j) {
+            expect(v - shift, `R[${i}][${i}], seed ${seed}`).toBeGreaterThanOrEqual(-1e-9);
+            expect(v - shift).toBeLessThan(1 + 1e-9);
+          } else {
+            expect(v >= 0 && v < 1).toBe(true);
+          }
+        }
+      }
+      expect(minEigenvalue(R, n)).toBeCloseTo(mu, 10);
+    }
+  });
+
+  it('minEigenvalue agrees with Jacobi on random symmetric matrices of odd sizes', () => {
+    const seed = freshSeed(6);
+    const next = lcg(seed);
+    for (const n of [1, 2, 3, 17, 33]) {
+      const S = new Float64Array(n * n);
+      for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) S[i * n + j] = S[j * n + i] = next() * 4 - 2;
+      expect(minEigenvalue(S, n), `n ${n}, seed ${seed}`).toBeCloseTo(jacobiEigenvalues(S, n)[0]!, 9);
+    }
+  });
+
+  it('batchProbabilities follow the documented stream layout: Phi(L e) * decay^i, rescaled to mean numActive / n (naive float64 reference)', () => {
+    const seed = freshSeed(7);
+    const n = 12;
+    const decay = 0.9;
+    const numActive = 3;
+    const d = sharkey({ mode: 'correlated', numFeatures: n, dIn: 5, numActive, decay, batchSize: 5, numRows: 23, seed });
+    expect(d.probabilities).toBeUndefined();
+    expect(d.numBatches).toBe(5);
+    // R from the 'SHRK' stream, purpose 2, row i of U.
+    const rng = new Rng(BigInt(seed), 0x5348524b);
+    const U = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) {
+      rng.reseed(2, i);
+      for (let j = 0; j < n; j++) U[i * n + j] = rng.next() / 2 ** 32;
+    }
+    const R = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) R[i * n + j] = (U[i * n + j]! + U[j * n + i]!) / 2;
+    const lambda = jacobiEigenvalues(R, n)[0]!;
+    if (lambda < 0) for (let i = 0; i < n; i++) R[i * n + i]! -= 1.001 * lambda;
+    const mine = d.correlationMatrix()!;
+    for (let t = 0; t < n * n; t++) expect(mine[t]).toBeCloseTo(R[t]!, 9);
+    // Cholesky, written plainly.
+    const L = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j <= i; j++) {
+        let s = R[i * n + j]!;
+        for (let k = 0; k < j; k++) s -= L[i * n + k]! * L[j * n + k]!;
+        L[i * n + j] = i === j ? Math.sqrt(s) : s / L[j * n + j]!;
+      }
+    }
+    const ps: Float64Array[] = [];
+    for (let b = 0; b < 5; b++) {
+      rng.reseed(6, b);
+      const e = Array.from({ length: n }, () => rng.normal());
+      const p = new Float64Array(n);
+      for (let i = 0; i < n; i++) {
+        let z = 0;
+        for (let j = 0; j <= i; j++) z += L[i * n + j]! * e[j]!;
+        p[i] = phiRef(z) * decay ** i;
+      }
+      const mean = p.reduce((a, v) => a + v, 0) / n;
+      for (let i = 0; i < n; i++) p[i]! *= numActive / n / mean;
+      const got = d.batchProbabilities(b);
+      for (let i = 0; i < n; i++) expect(Math.abs(got[i]! - p[i]!), `batch ${b} feature ${i}, seed ${seed}`).toBeLessThan(1e-8);
+      expect(got.reduce((a, v) => a + v, 0) / n).toBeCloseTo(numActive / n, 12);
+      ps.push(got);
+    }
+    // The draw changes between batches.
+    expect(Array.from(ps[0]!)).not.toEqual(Array.from(ps[1]!));
+  });
+
+  it('within a batch features fire independently at that batch\'s p (plus the all-zero fix); the rates change across batches', () => {
+    const seed = freshSeed(8);
+    const n = 10;
+    const B = 40000;
+    const d = sharkey({ mode: 'correlated', numFeatures: n, dIn: 4, numActive: 2, decay: 0.95, batchSize: B, numRows: 3 * B, seed });
+    const perBatch: number[][] = [];
+    for (let b = 0; b < 3; b++) {
+      const p = d.batchProbabilities(b);
+      const p0 = p.reduce((a, v) => a * (1 - v), 1); // P(nothing fired) -> one uniform feature
+      const codes = d.codes(b * B, B);
+      const fires = new Float64Array(n);
+      const both = new Float64Array(n * n);
+      for (let r = 0; r < B; r++) {
+        const a = codes.indptr[r]!;
+        const z = codes.indptr[r + 1]!;
+        expect(z).toBeGreaterThan(a); // no empty row
+        for (let t = a; t < z; t++) {
+          fires[codes.indices[t]!]!++;
+          for (let u = t + 1; u < z; u++) both[codes.indices[t]! * n + codes.indices[u]!]!++;
+        }
+      }
+      for (let i = 0; i < n; i++) {
+        expect(within5Sigma(fires[i]!, B, p[i]! + p0 / n), `batch ${b} feature ${i}, seed ${seed}`).toBe(true);
+        // Independence within the batch: P(i and j) = p_i p_j (the fix only touches rows with none).
+        for (let j = i + 1; j < n; j++) expect(within5Sigma(both[i * n + j]!, B, p[i]! * p[j]!), `batch ${b} pair ${i},${j}, seed ${seed}`).toBe(true);
+      }
+      perBatch.push(Array.from(p));
+    }
+    // Across batches the rates differ by far more than sampling noise.
+    let maxRel = 0;
+    for (let i = 0; i < n; i++) maxRel = Math.max(maxRel, Math.abs(perBatch[0]![i]! - perBatch[1]![i]!) / perBatch[0]![i]!);
+    expect(maxRel, `seed ${seed}`).toBeGreaterThan(0.05);
+  });
+
+  it('a row where nothing fired gets one uniformly drawn feature with code exactly 1', () => {
+    const seed = freshSeed(9);
+    const N = 20000;
+    const d = sharkey({ mode: 'correlated', numFeatures: 8, dIn: 3, numActive: 0.2, batchSize: N, numRows: N, seed });
+    const p = d.batchProbabilities(0);
+    const p0 = p.reduce((a, v) => a * (1 - v), 1);
+    const codes = d.codes(0, N);
+    let ones = 0;
+    const fallbackFeature = new Float64Array(8);
+    for (let r = 0; r < N; r++) {
+      const a = codes.indptr[r]!;
+      expect(codes.indptr[r + 1]! - a).toBeGreaterThanOrEqual(1);
+      if (codes.indptr[r + 1]! - a === 1 && codes.values[a] === 1) {
+        ones++;
+        fallbackFeature[codes.indices[a]!]!++;
+      }
+    }
+    expect(within5Sigma(ones, N, p0), `seed ${seed}`).toBe(true);
+    for (let i = 0; i < 8; i++) expect(within5Sigma(fallbackFeature[i]!, ones, 1 / 8), `seed ${seed}`).toBe(true);
+  });
+});
+
+/** Inclusion probabilities of successive weighted draws without replacement (torch.multinomial), by enumeration. */
+function inclusionRef(w: number[], k: number): number[] {
+  const pi = new Array<number>(w.length).fill(0);
+  const rec = (taken: number[], prob: number, left: number) => {
+    if (taken.length === k) {
+      for (const j of taken) pi[j]! += prob;
+      return;
+    }
+    for (let j = 0; j < w.length; j++) if (!taken.includes(j)) rec([...taken, j], (prob * w[j]!) / left, left - w[j]!);
+  };
+  rec([], 1, w.reduce((a, v) => a + v, 0));
+  return pi;
+}
+
+describe('mfr (methods.md §4.4)', () => {
+  it('defaults: 12 groups of 42, 32 active, features 504-511 never used; unnormalised float16 features', () => {
+    const d = mfr({ numRows: 3000, batchSize: 1000, seed: freshSeed(10) });
+    expect(d.compat).toBe('mfr');
+    expect(d.groupSize).toBe(42);
+    expect(d.probabilities).toBeUndefined();
+    expect(d.features.filter((f) => f16Ref(f) !== f).length).toBe(0);
+    let n2 = 0;
+    for (const f of d.features) n2 += f * f;
+    expect(n2 / 512).toBeGreaterThan(256 * 0.9); // randn columns: |f|^2 ~ dIn, not 1
+    expect(n2 / 512).toBeLessThan(256 * 1.1);
+    const codes = d.codes(0, 3000);
+    expect(codes.indptr.every((v, r) => v === 32 * r)).toBe(true);
+    expect(Math.max(...codes.indices)).toBeLessThan(504);
+    for (let b = 0; b < 3; b++) {
+      const sup = d.supports(b);
+      expect(sup.length).toBe(12 * 32);
+      for (let g = 0; g < 12; g++) {
+        for (let t = 0; t < 32; t++) {
+          const f = sup[g * 32 + t]!;
+          expect(f >= g * 42 && f < (g + 1) * 42).toBe(true);
+          if (t > 0) expect(f).toBeGreaterThan(sup[g * 32 + t - 1]!);
+        }
+      }
+      const p = d.batchProbabilities(b);
+      expect(p.reduce((a, v) => a + v, 0)).toBeCloseTo(32, 12);
+      for (let f = 504; f < 512; f++) expect(p[f]).toBe(0);
+    }
+  });
+
+  it('all rows of a batch that pick a group share its support; supports change between batches; groups are uniform', () => {
+    const seed = freshSeed(11);
+    const B = 3001;
+    const groups = 5;
+    const d = mfr({ dIn: 6, numFeatures: 37, groups, activePerPoint: 4, decay: 0.9, batchSize: B, numRows: 2 * B + 11, seed });
+    expect(d.groupSize).toBe(7);
+    expect(d.numBatches).toBe(3);
+    const codes = d.codes(0, 2 * B + 11);
+    const groupCount = new Float64Array(groups);
+    for (let r = 0; r < 2 * B + 11; r++) {
+      const sup = d.supports(Math.floor(r / B));
+      const a = codes.indptr[r]!;
+      const g = Math.floor(codes.indices[a]! / 7);
+      if (r < 2 * B) groupCount[g]!++;
+      expect(Array.from(codes.indices.subarray(a, a + 4))).toEqual(Array.from(sup.subarray(g * 4, g * 4 + 4)));
+      for (let t = a; t < a + 4; t++) {
+        const v = codes.values[t]!;
+        expect(v >= 0 && v <= 1 && roundFloat16(v) === v).toBe(true);
+      }
+    }
+    for (let g = 0; g < groups; g++) expect(within5Sigma(groupCount[g]!, 2 * B, 1 / groups), `seed ${seed}`).toBe(true);
+    const differs = [0, 1].some((b) => Array.from(d.supports(b)).join() !== Array.from(d.supports(b + 1)).join());
+    expect(differs).toBe(true);
+    // Unused tail: features 35, 36.
+    for (const i of codes.indices) expect(i).toBeLessThan(35);
+  });
+
+  it('a group support is a weighted sample without replacement, weights decay^j: inclusion rates match the enumeration (5 sigma)', () => {
+    const seed = freshSeed(12);
+    const batches = 30000;
+    const decay = 0.6;
+    const d = mfr({ dIn: 2, numFeatures: 5, groups: 1, activePerPoint: 2, decay, batchSize: 1, numRows: batches, seed });
+    const pi = inclusionRef([1, decay, decay ** 2, decay ** 3, decay ** 4], 2);
+    const counts = new Float64Array(5);
+    for (let b = 0; b < batches; b++) for (const f of d.supports(b)) counts[f]!++;
+    for (let j = 0; j < 5; j++) expect(within5Sigma(counts[j]!, batches, pi[j]!), `rank ${j}: ${counts[j]} of ${batches}, want ${pi[j]}, seed ${seed}`).toBe(true);
+  });
+
+  it('rows are the float64 sums of codes x features rounded to float16 (default) or float32', () => {
+    const seed = freshSeed(13);
+    for (const dtype of ['float16', 'float32'] as const) {
+      const d = mfr({ dIn: 13, numFeatures: 29, groups: 3, activePerPoint: 5, batchSize: 17, numRows: 100, dtype, seed });
+      const want = rowsFromCodes(d.codes(3, 97), d.features, 13, dtype === 'float16' ? f16Ref : Math.fround);
+      expect(d.rows(3, 97)).toEqual(want);
+      if (dtype === 'float32') expect(Array.from(d.features).some((f) => roundFloat16(f) !== f)).toBe(true);
+    }
+  });
+});
+
+describe('compat generators: determinism, batching and the public namespace', () => {
+  it('the same seed gives the same features and rows, another seed others; batches() equals rows() for any batch size, shuffled epochs too', async () => {
+    const seed = freshSeed(14);
+    const make = [
+      (s: number) => sharkey({ dIn: 9, numFeatures: 21, numActive: 3, numRows: 157, seed: s }),
+      (s: number) => sharkey({ mode: 'correlated', dIn: 9, numFeatures: 21, numActive: 3, batchSize: 10, numRows: 157, seed: s }),
+      (s: number) => mfr({ dIn: 9, numFeatures: 21, groups: 4, activePerPoint: 3, batchSize: 10, numRows: 157, seed: s }),
+    ];
+    for (const f of make) {
+      const a = f(seed);
+      const b = f(seed);
+      const c = f(seed + 1);
+      expect(b.features).toEqual(a.features);
+      const all = a.rows(0, 157);
+      expect(b.rows(0, 157)).toEqual(all);
+      expect(c.rows(0, 157)).not.toEqual(all);
+      expect(a.rows(40, 7)).toEqual(all.subarray(40 * 9, 47 * 9));
+      for (const batchSize of [1, 13, 64, 500]) expect(await collect(a.source, { batchSize })).toEqual(all);
+      // A shuffled epoch serves every row once.
+      const shuffled = await collect(a.source, { batchSize: 32, shuffle: true, seed: 3 });
+      const key = (x: Float32Array, r: number) => Array.from(x.subarray(r * 9, r * 9 + 9)).join();
+      const want = Array.from({ length: 157 }, (_, r) => key(all, r)).sort();
+      const got = Array.from({ length: 157 }, (_, r) => key(shuffled, r)).sort();
+      expect(got).toEqual(want);
+      await a.source.close();
+    }
+  });
+
+  it('synthetic (lib/index) holds superposition, sharkey and mfr', () => {
+    expect(saekit.synthetic).toBe(synthetic);
+    expect(typeof saekit.synthetic.superposition).toBe('function');
+    expect(saekit.synthetic.sharkey({ numRows: 2, dIn: 3, numFeatures: 4 }).compat).toBe('sharkey');
+    expect(saekit.synthetic.mfr({ numRows: 2, dIn: 3, numFeatures: 4, groups: 2, activePerPoint: 1 }).compat).toBe('mfr');
+  });
+
+  it('rejects bad options with SaekitErrors that name them', () => {
+    expectNamedError(() => sharkey({ mode: 'copula' as never }), 'options.mode');
+    expectNamedError(() => sharkey({ decay: 0 }), 'options.decay');
+    expectNamedError(() => sharkey({ decay: 1.5 }), 'options.decay');
+    expectNamedError(() => sharkey({ numActive: 600 }), 'options.numActive');
+    expectNamedError(() => sharkey({ dIn: 2.5 }), 'options.dIn');
+    expectNamedError(() => sharkey({ batchSize: 0 }), 'options.batchSize');
+    expectNamedError(() => sharkey({ featureStrengths: 1 as never }), 'options.featureStrengths');
+    expectNamedError(() => sharkey({ mode: 'correlated', numFeatures: 5000 }), 'options.numFeatures');
+    expectNamedError(() => sharkey({ numfeatures: 5 } as never), 'options.numFeatures');
+    expectNamedError(() => sharkey({ seed: -1 }), 'options.seed');
+    expectNamedError(() => mfr({ activePerPoint: 43 }), 'options.activePerPoint');
+    expectNamedError(() => mfr({ numFeatures: 100 }), 'options.activePerPoint'); // default 32 > 100 // 12 = 8
+    expectNamedError(() => mfr({ groups: 0 }), 'options.groups');
+    expectNamedError(() => mfr({ groups: 600 }), 'options.groups');
+    expectNamedError(() => mfr({ dtype: 'bfloat16' as never }), 'options.dtype');
+    expectNamedError(() => mfr({ decay: -0.1 }), 'options.decay');
+    expectNamedError(() => mfr({ numRows: 0 }), 'options.numRows');
+    const d = mfr({ numRows: 10, batchSize: 4 });
+    expectNamedError(() => d.supports(3), 'batch');
+    expectNamedError(() => d.batchProbabilities(-1), 'batch');
+    expectNamedError(() => d.rows(5, 6), 'count');
+    expectNamedError(() => sharkey({ numRows: 10 }).codes(11, 0), 'start');
+  });
+});
