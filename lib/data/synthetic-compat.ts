@@ -183,8 +183,16 @@ const MAX_ELEMENTS = 2 ** 31 - 1;
 const MAX_CORRELATED_FEATURES = 4096;
 /** Probabilities at or above this are tested directly, not by geometric skipping. */
 const DIRECT_P = 0.25;
-/** Bytes of per-batch state a generator caches (firing plans or supports of recent batches). */
+/** Bytes of per-batch state a generator caches (firing plans or supports of recent batches)... */
 const CACHE_BYTES = 64 * 2 ** 20;
+/** ...in at most this many batches, each counted with 1 KiB for its objects. */
+const CACHE_BATCHES = 4096;
+const CACHE_OVERHEAD = 1024;
+
+/** How many batches of `bytes` each the cache keeps (at least 2). */
+function cacheCapacity(bytes: number): number {
+  return Math.max(2, Math.min(CACHE_BATCHES, Math.floor(CACHE_BYTES / (bytes + CACHE_OVERHEAD))));
+}
 
 function checkReal(name: string, value: unknown, min: number, max: number, openMin = false): number {
   const ok = typeof value === 'number' && Number.isFinite(value) && (openMin ? value > min : value >= min) && value <= max;
@@ -599,7 +607,7 @@ export function sharkey(options?: SharkeyOptions): SharkeyData {
     const L = cholesky(R, n);
     const batchRng = new Rng(seed, SHARKEY_TAG);
     const e = new Float64Array(n);
-    plans = new BatchCache(Math.max(4, Math.floor(CACHE_BYTES / (n * 32))), (b) => {
+    plans = new BatchCache(cacheCapacity(n * 32), (b) => {
       batchRng.reseed(PURPOSE_BATCH, b);
       for (let i = 0; i < n; i++) e[i] = batchRng.normal();
       const p = new Float64Array(n);
@@ -731,8 +739,7 @@ export function mfr(options?: MfrOptions): MfrData {
   const idx = new Int32Array(groupSize);
   // Per batch: the supports, and each group's support features packed coordinate-major
   // ([groups, dIn, k] float64), so a row's coordinate is a contiguous dot product.
-  const batchBytes = groups * k * (4 + 8 * dIn) + 64;
-  const supportCache = new BatchCache<{ sup: Int32Array; packed: Float64Array }>(Math.max(2, Math.floor(CACHE_BYTES / batchBytes)), (b) => {
+  const supportCache = new BatchCache<{ sup: Int32Array; packed: Float64Array }>(cacheCapacity(groups * k * (4 + 8 * dIn)), (b) => {
     batchRng.reseed(PURPOSE_BATCH, b);
     const sup = new Int32Array(groups * k);
     for (let g = 0; g < groups; g++) {
