@@ -6,9 +6,9 @@ import {
   normalSamples,
   philox4x32,
   superposition,
-  synthetic,
   type SuperpositionOptions,
 } from '../lib/data/synthetic.js';
+import { synthetic } from '../lib/index.js';
 import type { ActivationSource, BatchOptions } from '../lib/data/types.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';

@@ -1131,8 +1131,3 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
   };
 }
 
-/**
- * Namespace-style access: `synthetic.superposition(...)`. The public `synthetic` (lib/index.ts),
- * with the compat generators too, is synthetic-compat.ts's.
- */
-export const synthetic = { superposition };
