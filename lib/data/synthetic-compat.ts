@@ -59,7 +59,7 @@
  */
 import { argError, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
-import { collectCodes, normalCdf, rangeChecker, Rng, superposition, syntheticSource, type SparseCodes } from './synthetic.js';
+import { collectCodes, makeFeatures, normalCdf, rangeChecker, Rng, superposition, syntheticSource, type SparseCodes } from './synthetic.js';
 import type { OwnedActivationSource } from './types.js';
 
 const SHARKEY_OPTIONS = optionNames<SharkeyOptions>({ mode: true, dIn: true, numFeatures: true, numActive: true, decay: true, batchSize: true, featureStrengths: true, numRows: true, seed: true });
@@ -223,6 +223,11 @@ export function roundFloat16(x: number): number {
   return x < 0 ? -r : r;
 }
 
+/** out[i] = s rounded to float32 or, with half, to float16. */
+function put(out: Float32Array, i: number, s: number, half: boolean): void {
+  out[i] = half ? roundFloat16(s) : s;
+}
+
 /**
  * Writes sum_t vals[t] * F[active[t]] (float64, terms in the order given) into
  * out[offset .. offset + dIn), rounded to float32 or, with half, to float16.
@@ -243,22 +248,15 @@ function accumulateRow(F: Float32Array, dIn: number, active: Int32Array, vals: F
       s2 += c * F[b + 2]!;
       s3 += c * F[b + 3]!;
     }
-    if (half) {
-      out[offset + k] = roundFloat16(s0);
-      out[offset + k + 1] = roundFloat16(s1);
-      out[offset + k + 2] = roundFloat16(s2);
-      out[offset + k + 3] = roundFloat16(s3);
-    } else {
-      out[offset + k] = s0;
-      out[offset + k + 1] = s1;
-      out[offset + k + 2] = s2;
-      out[offset + k + 3] = s3;
-    }
+    put(out, offset + k, s0, half);
+    put(out, offset + k + 1, s1, half);
+    put(out, offset + k + 2, s2, half);
+    put(out, offset + k + 3, s3, half);
   }
   for (; k < dIn; k++) {
     let s = 0;
     for (let t = 0; t < count; t++) s += vals[t]! * F[bases[t]! + k]!;
-    out[offset + k] = half ? roundFloat16(s) : s;
+    put(out, offset + k, s, half);
   }
 }
 
@@ -285,23 +283,16 @@ function packedRow(P: Float64Array, at: number, k: number, dIn: number, vals: Fl
       s2 += v * P[b2 + t]!;
       s3 += v * P[b3 + t]!;
     }
-    if (half) {
-      out[offset + c] = roundFloat16(s0);
-      out[offset + c + 1] = roundFloat16(s1);
-      out[offset + c + 2] = roundFloat16(s2);
-      out[offset + c + 3] = roundFloat16(s3);
-    } else {
-      out[offset + c] = s0;
-      out[offset + c + 1] = s1;
-      out[offset + c + 2] = s2;
-      out[offset + c + 3] = s3;
-    }
+    put(out, offset + c, s0, half);
+    put(out, offset + c + 1, s1, half);
+    put(out, offset + c + 2, s2, half);
+    put(out, offset + c + 3, s3, half);
   }
   for (; c < dIn; c++) {
     const b = at + c * k;
     let s = 0;
     for (let t = 0; t < k; t++) s += vals[t]! * P[b + t]!;
-    out[offset + c] = half ? roundFloat16(s) : s;
+    put(out, offset + c, s, half);
   }
 }
 
@@ -523,27 +514,6 @@ function cholesky(S: Float64Array, n: number): Float64Array {
   return L;
 }
 
-/** Unit features [n, dIn]: per feature dIn normals from its own block, normalised (never all zero). */
-function unitFeatures(n: number, dIn: number, rng: Rng): Float32Array {
-  const F = new Float32Array(n * dIn);
-  const v = new Float64Array(dIn);
-  for (let i = 0; i < n; i++) {
-    rng.reseed(PURPOSE_FEATURES, i);
-    let norm2 = 0;
-    do {
-      norm2 = 0;
-      for (let k = 0; k < dIn; k++) {
-        const g = rng.normal();
-        v[k] = g;
-        norm2 += g * g;
-      }
-    } while (norm2 === 0);
-    const inv = 1 / Math.sqrt(norm2);
-    for (let k = 0; k < dIn; k++) F[i * dIn + k] = v[k]! * inv;
-  }
-  return F;
-}
-
 /**
  * Sharkey, Braun and Millidge's toy data (methods.md §4.3, HoagyC/sparse_coding), quirks
  * included: in 'uncorrelated' mode p_i = decay^i * numActive / numFeatures without
@@ -578,7 +548,7 @@ export function sharkey(options?: SharkeyOptions): SharkeyData {
   const numBatches = Math.ceil(numRows / batchSize);
 
   const rng = new Rng(seed, SHARKEY_TAG);
-  const features = unitFeatures(n, dIn, rng);
+  const features = makeFeatures(n, dIn, rng);
   const decayPow = new Float64Array(n);
   for (let i = 0; i < n; i++) decayPow[i] = Math.pow(decay, i);
   const frac = numActive / n;

@@ -895,9 +895,13 @@ function lowerTimes(L: Float64Array, e: Float64Array, z: Float64Array, n: number
   }
 }
 
-function makeFeatures(n: number, dIn: number, seed: bigint): Float32Array {
+/**
+ * Unit features [n, dIn]: feature i is dIn normals from `rng`'s block (PURPOSE_FEATURES, i),
+ * normalised (drawn again if all are zero). The compat generators use it with their own
+ * streams. @internal
+ */
+export function makeFeatures(n: number, dIn: number, rng: Rng): Float32Array {
   const F = new Float32Array(n * dIn);
-  const rng = new Rng(seed);
   const v = new Float64Array(dIn);
   for (let i = 0; i < n; i++) {
     rng.reseed(PURPOSE_FEATURES, i);
@@ -1086,7 +1090,7 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
   const seed = o.seed === undefined ? 0n : checkSeed('options.seed', o.seed);
   const copula = copulaPlan(o.correlation, n, seed);
   const hierarchy = hierarchyPlan(o.hierarchy, n);
-  const features = makeFeatures(n, dIn, seed);
+  const features = makeFeatures(n, dIn, new Rng(seed));
   const sampler = new Sampler(features, p, magnitude, copula, seed, dIn, hierarchy);
   const checkRange = rangeChecker(dIn, numRows);
   const source = syntheticSource(dIn, numRows, (r, out, offset) => sampler.row(r, out, offset));

@@ -548,19 +548,35 @@ export async function svccaPermutationTest(
   const qa = await reducedBasis(a, n, dA, keep, compat);
   const qb = await reducedBasis(b, n, dB, keep, compat);
   const mode = compat ? 'univ-feat-geom' : 'svcca';
-  const observed = (await ccaOfBases(qa, qb, mode)).score;
+  return permutedBases(n, qa, qb, R, sd, async (q) => (await ccaOfBases(qa, q, mode)).score);
+}
+
+/**
+ * The permutation test on orthonormal bases: `score(qb)` observed, then `score` of qb with its
+ * rows permuted (permuting B's rows permutes its basis's rows; A's side is unchanged), `runs`
+ * times with forEachPermutation's seeded permutations.
+ */
+async function permutedBases(
+  n: number,
+  qa: Float64Array[],
+  qb: Float64Array[],
+  runs: number,
+  seed: bigint,
+  score: (qb: Float64Array[]) => Promise<number>,
+): Promise<PermutationResult & { keptA: number; keptB: number }> {
+  const observed = await score(qb);
   const kept = { keptA: qa.length, keptB: qb.length };
   if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN, ...kept };
-  const shuffled = new Float64Array(R);
+  const shuffled = new Float64Array(runs);
   const qp = qb.map(() => new Float64Array(n));
-  await forEachPermutation(n, R, sd, async (perm, r) => {
+  await forEachPermutation(n, runs, seed, async (perm, r) => {
     for (let k = 0; k < qb.length; k++) {
       const src = qb[k]!;
       const dst = qp[k]!;
       for (let i = 0; i < n; i++) dst[i] = src[perm[i]!]!;
       if (due(n)) await pause();
     }
-    shuffled[r] = (await ccaOfBases(qa, qp, mode)).score;
+    shuffled[r] = await score(qp);
   });
   return { ...permutationResult(observed, shuffled), ...kept };
 }
@@ -707,21 +723,7 @@ export async function pwccaPermutationTest(
   const { runs, seed, ...rest } = options;
   const { runs: R, seed: sd } = checkRuns({ runs, seed });
   const { n, qa, qb, proj } = await pwccaSides(A, B, rest);
-  const observed = (await weightedCca(qa, qb, proj)).score;
-  const kept = { keptA: qa.length, keptB: qb.length };
-  if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN, ...kept };
-  const shuffled = new Float64Array(R);
-  const qp = qb.map(() => new Float64Array(n));
-  await forEachPermutation(n, R, sd, async (perm, r) => {
-    for (let k = 0; k < qb.length; k++) {
-      const src = qb[k]!;
-      const dst = qp[k]!;
-      for (let i = 0; i < n; i++) dst[i] = src[perm[i]!]!;
-      if (due(n)) await pause();
-    }
-    shuffled[r] = (await weightedCca(qa, qp, proj)).score;
-  });
-  return { ...permutationResult(observed, shuffled), ...kept };
+  return permutedBases(n, qa, qb, R, sd, async (q) => (await weightedCca(qa, q, proj)).score);
 }
 
 // ---------------------------------------------------------------------------------------------
