@@ -59,7 +59,7 @@
  */
 import { argError, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
-import { collectCodes, makeFeatures, normalCdf, rangeChecker, Rng, superposition, syntheticSource, type SparseCodes } from './synthetic.js';
+import { accumulateRow, collectCodes, makeFeatures, normalCdf, put, rangeChecker, Rng, superposition, syntheticSource, type SparseCodes } from './synthetic.js';
 import type { OwnedActivationSource } from './types.js';
 
 const SHARKEY_OPTIONS = optionNames<SharkeyOptions>({ mode: true, dIn: true, numFeatures: true, numActive: true, decay: true, batchSize: true, featureStrengths: true, numRows: true, seed: true });
@@ -223,49 +223,12 @@ export function roundFloat16(x: number): number {
   return x < 0 ? -r : r;
 }
 
-/** out[i] = s rounded to float32 or, with half, to float16. */
-function put(out: Float32Array, i: number, s: number, half: boolean): void {
-  out[i] = half ? roundFloat16(s) : s;
-}
-
-/**
- * Writes sum_t vals[t] * F[active[t]] (float64, terms in the order given) into
- * out[offset .. offset + dIn), rounded to float32 or, with half, to float16.
- */
-function accumulateRow(F: Float32Array, dIn: number, active: Int32Array, vals: Float32Array, count: number, bases: Int32Array, out: Float32Array, offset: number, half: boolean): void {
-  for (let t = 0; t < count; t++) bases[t] = active[t]! * dIn;
-  let k = 0;
-  for (; k + 3 < dIn; k += 4) {
-    let s0 = 0;
-    let s1 = 0;
-    let s2 = 0;
-    let s3 = 0;
-    for (let t = 0; t < count; t++) {
-      const c = vals[t]!;
-      const b = bases[t]! + k;
-      s0 += c * F[b]!;
-      s1 += c * F[b + 1]!;
-      s2 += c * F[b + 2]!;
-      s3 += c * F[b + 3]!;
-    }
-    put(out, offset + k, s0, half);
-    put(out, offset + k + 1, s1, half);
-    put(out, offset + k + 2, s2, half);
-    put(out, offset + k + 3, s3, half);
-  }
-  for (; k < dIn; k++) {
-    let s = 0;
-    for (let t = 0; t < count; t++) s += vals[t]! * F[bases[t]! + k]!;
-    put(out, offset + k, s, half);
-  }
-}
-
 /**
  * Writes sum_t vals[t] * P[at + c * k + t] (float64, increasing t) for c < dIn into
- * out[offset + c], rounded to float32 or, with half, to float16: a row from its support's
+ * out[offset + c] (rounded by `round` when given, e.g. to float16): a row from its support's
  * features packed coordinate-major (the same sums, terms and order as accumulateRow).
  */
-function packedRow(P: Float64Array, at: number, k: number, dIn: number, vals: Float32Array, out: Float32Array, offset: number, half: boolean): void {
+function packedRow(P: Float64Array, at: number, k: number, dIn: number, vals: Float32Array, out: Float32Array, offset: number, round: ((x: number) => number) | null): void {
   let c = 0;
   for (; c + 3 < dIn; c += 4) {
     const b0 = at + c * k;
@@ -283,16 +246,16 @@ function packedRow(P: Float64Array, at: number, k: number, dIn: number, vals: Fl
       s2 += v * P[b2 + t]!;
       s3 += v * P[b3 + t]!;
     }
-    put(out, offset + c, s0, half);
-    put(out, offset + c + 1, s1, half);
-    put(out, offset + c + 2, s2, half);
-    put(out, offset + c + 3, s3, half);
+    put(out, offset + c, s0, round);
+    put(out, offset + c + 1, s1, round);
+    put(out, offset + c + 2, s2, round);
+    put(out, offset + c + 3, s3, round);
   }
   for (; c < dIn; c++) {
     const b = at + c * k;
     let s = 0;
     for (let t = 0; t < k; t++) s += vals[t]! * P[b + t]!;
-    put(out, offset + c, s, half);
+    put(out, offset + c, s, round);
   }
 }
 
@@ -514,6 +477,29 @@ function cholesky(S: Float64Array, n: number): Float64Array {
   return L;
 }
 
+/** The result's rows() and codes() over a generator's row(r) and sample(r) (its codes into active/values). */
+function rowsAndCodes(
+  dIn: number,
+  checkRange: (start: unknown, count: unknown) => [number, number],
+  row: (r: number, out: Float32Array, offset: number) => void,
+  sample: (r: number) => number,
+  active: Int32Array,
+  values: Float32Array,
+): Pick<CompatData, 'rows' | 'codes'> {
+  return {
+    rows(start: number, count: number): Float32Array {
+      const [s, c] = checkRange(start, count);
+      const out = new Float32Array(c * dIn);
+      for (let t = 0; t < c; t++) row(s + t, out, t * dIn);
+      return out;
+    },
+    codes(start: number, count: number): SparseCodes {
+      const [s, c] = checkRange(start, count);
+      return collectCodes(s, c, count, sample, active, values);
+    },
+  };
+}
+
 /**
  * Sharkey, Braun and Millidge's toy data (methods.md §4.3, HoagyC/sparse_coding), quirks
  * included: in 'uncorrelated' mode p_i = decay^i * numActive / numFeatures without
@@ -619,7 +605,7 @@ export function sharkey(options?: SharkeyOptions): SharkeyData {
   };
   const row = (r: number, out: Float32Array, offset: number): void => {
     const count = sample(r);
-    accumulateRow(features, dIn, active, values, count, bases, out, offset, false);
+    accumulateRow(features, dIn, active, values, count, bases, out, offset, null);
   };
   const checkRange = rangeChecker(dIn, numRows);
 
@@ -634,16 +620,7 @@ export function sharkey(options?: SharkeyOptions): SharkeyData {
     batchProbabilities(batch: number): Float64Array {
       return Float64Array.from(plans.get(checkBatch(batch, numBatches)).p);
     },
-    rows(start: number, count: number): Float32Array {
-      const [s, c] = checkRange(start, count);
-      const out = new Float32Array(c * dIn);
-      for (let t = 0; t < c; t++) row(s + t, out, t * dIn);
-      return out;
-    },
-    codes(start: number, count: number): SparseCodes {
-      const [s, c] = checkRange(start, count);
-      return collectCodes(s, c, count, sample, active, values);
-    },
+    ...rowsAndCodes(dIn, checkRange, row, sample, active, values),
     correlationMatrix(): Float64Array | undefined {
       return R ? Float64Array.from(R) : undefined;
     },
@@ -751,7 +728,7 @@ export function mfr(options?: MfrOptions): MfrData {
   const row = (r: number, out: Float32Array, offset: number): void => {
     const { sup, packed } = supportCache.get(Math.floor(r / batchSize));
     const g = draw(r, sup);
-    packedRow(packed, g * dIn * k, k, dIn, values, out, offset, half);
+    packedRow(packed, g * dIn * k, k, dIn, values, out, offset, half ? roundFloat16 : null);
   };
   const checkRange = rangeChecker(dIn, numRows);
 
@@ -772,16 +749,7 @@ export function mfr(options?: MfrOptions): MfrData {
     supports(batch: number): Int32Array {
       return supportCache.get(checkBatch(batch, numBatches)).sup.slice();
     },
-    rows(start: number, count: number): Float32Array {
-      const [s, c] = checkRange(start, count);
-      const out = new Float32Array(c * dIn);
-      for (let t = 0; t < c; t++) row(s + t, out, t * dIn);
-      return out;
-    },
-    codes(start: number, count: number): SparseCodes {
-      const [s, c] = checkRange(start, count);
-      return collectCodes(s, c, count, sample, active, values);
-    },
+    ...rowsAndCodes(dIn, checkRange, row, sample, active, values),
     correlationMatrix(): undefined {
       return undefined;
     },

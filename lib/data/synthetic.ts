@@ -818,36 +818,55 @@ class Sampler {
   /** Writes row r into out[offset .. offset + dIn). */
   row(r: number, out: Float32Array, offset: number): void {
     const count = this.sample(r);
-    const d = this.dIn;
-    const F = this.features;
-    const vals = this.values;
-    const bases = this.bases;
-    for (let t = 0; t < count; t++) bases[t] = this.active[t]! * d;
-    // Each coordinate sums its terms in increasing feature index (float64), four coordinates at a time.
-    let k = 0;
-    for (; k + 3 < d; k += 4) {
-      let s0 = 0;
-      let s1 = 0;
-      let s2 = 0;
-      let s3 = 0;
-      for (let t = 0; t < count; t++) {
-        const c = vals[t]!;
-        const b = bases[t]! + k;
-        s0 += c * F[b]!;
-        s1 += c * F[b + 1]!;
-        s2 += c * F[b + 2]!;
-        s3 += c * F[b + 3]!;
-      }
-      out[offset + k] = s0;
-      out[offset + k + 1] = s1;
-      out[offset + k + 2] = s2;
-      out[offset + k + 3] = s3;
+    accumulateRow(this.features, this.dIn, this.active, this.values, count, this.bases, out, offset, null);
+  }
+}
+
+/** out[i] = s, rounded by `round` first when given (the float32 store rounds in any case). @internal */
+export function put(out: Float32Array, i: number, s: number, round: ((x: number) => number) | null): void {
+  out[i] = round ? round(s) : s;
+}
+
+/**
+ * Writes sum_t vals[t] * F[active[t] * dIn ..] (float64, terms in the order given) into
+ * out[offset .. offset + dIn), four coordinates at a time, each rounded by `round` (e.g. to
+ * float16) when given; `bases` is scratch of at least `count` entries. @internal
+ */
+export function accumulateRow(
+  F: Float32Array,
+  dIn: number,
+  active: Int32Array,
+  vals: Float32Array,
+  count: number,
+  bases: Int32Array,
+  out: Float32Array,
+  offset: number,
+  round: ((x: number) => number) | null,
+): void {
+  for (let t = 0; t < count; t++) bases[t] = active[t]! * dIn;
+  let k = 0;
+  for (; k + 3 < dIn; k += 4) {
+    let s0 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    let s3 = 0;
+    for (let t = 0; t < count; t++) {
+      const c = vals[t]!;
+      const b = bases[t]! + k;
+      s0 += c * F[b]!;
+      s1 += c * F[b + 1]!;
+      s2 += c * F[b + 2]!;
+      s3 += c * F[b + 3]!;
     }
-    for (; k < d; k++) {
-      let s = 0;
-      for (let t = 0; t < count; t++) s += vals[t]! * F[bases[t]! + k]!;
-      out[offset + k] = s;
-    }
+    put(out, offset + k, s0, round);
+    put(out, offset + k + 1, s1, round);
+    put(out, offset + k + 2, s2, round);
+    put(out, offset + k + 3, s3, round);
+  }
+  for (; k < dIn; k++) {
+    let s = 0;
+    for (let t = 0; t < count; t++) s += vals[t]! * F[bases[t]! + k]!;
+    put(out, offset + k, s, round);
   }
 }
 
