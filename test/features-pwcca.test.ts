@@ -10,7 +10,7 @@ import { SaekitError } from '../lib/errors.js';
 import { features } from '../lib/index.js';
 import { permutationTest, pwccaPermutationTest } from '../lib/features/similarity.js';
 import { lcg } from './helpers/reference.js';
-import { orthogonal, random, transform } from './helpers/similarity.js';
+import { code, orthogonal, random, transform } from './helpers/similarity.js';
 
 const { pwcca } = features;
 
@@ -161,16 +161,6 @@ function referenceTruncated(X: Mat, Y: Mat, kX: number, kY = kX): ReturnType<typ
     return matMul(M, vecs.map((row) => row.slice(0, Math.min(k, M[0]!.length))));
   };
   return reference(reduce(X, kX), reduce(Y, kY), X);
-}
-
-async function code(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(SaekitError);
-    return (err as SaekitError).code;
-  }
-  return undefined;
 }
 
 describe('pwcca', () => {

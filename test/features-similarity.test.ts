@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { SaekitError } from '../lib/errors.js';
 import { averageRanks, cka, permutationTest, rsa, rsaPermutationTest, svcca, svccaPermutationTest } from '../lib/features/similarity.js';
 import { lcg } from './helpers/reference.js';
-import { orthogonal, random, transform } from './helpers/similarity.js';
+import { code, orthogonal, random, transform } from './helpers/similarity.js';
 
 function naivePearson(x: number[], y: number[]): number {
   const m = x.length;
@@ -27,17 +27,6 @@ function naiveRanks(x: number[]): number[] {
 
 function column(X: Float64Array, n: number, d: number, c: number): number[] {
   return Array.from({ length: n }, (_, r) => X[r * d + c]!);
-}
-
-/** The code of the SaekitError a Promise rejects with (undefined if it resolves). */
-async function code(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(SaekitError);
-    return (err as SaekitError).code;
-  }
-  return undefined;
 }
 
 describe('svcca', () => {

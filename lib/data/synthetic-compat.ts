@@ -59,7 +59,7 @@
  */
 import { argError, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
-import { accumulateRow, collectCodes, makeFeatures, normalCdf, put, rangeChecker, Rng, superposition, syntheticSource, type SparseCodes } from './synthetic.js';
+import { accumulateRow, choleskyLower, collectCodes, lowerTimes, makeFeatures, normalCdf, put, rangeChecker, Rng, superposition, syntheticSource, type SparseCodes } from './synthetic.js';
 import type { OwnedActivationSource } from './types.js';
 
 const SHARKEY_OPTIONS = optionNames<SharkeyOptions>({ mode: true, dIn: true, numFeatures: true, numActive: true, decay: true, batchSize: true, featureStrengths: true, numRows: true, seed: true });
@@ -457,26 +457,6 @@ export function minEigenvalue(S: Float64Array, n: number): number {
   return 0.5 * (lo + hi);
 }
 
-/** Lower Cholesky factor of the positive semi-definite S [n, n] (a pivot <= 0 leaves a zero column). */
-function cholesky(S: Float64Array, n: number): Float64Array {
-  const L = new Float64Array(n * n);
-  for (let j = 0; j < n; j++) {
-    const rj = j * n;
-    let s = S[rj + j]!;
-    for (let k = 0; k < j; k++) s -= L[rj + k]! * L[rj + k]!;
-    if (!(s > 0)) continue;
-    const ljj = Math.sqrt(s);
-    L[rj + j] = ljj;
-    for (let i = j + 1; i < n; i++) {
-      const ri = i * n;
-      let t = S[ri + j]!;
-      for (let k = 0; k < j; k++) t -= L[ri + k]! * L[rj + k]!;
-      L[ri + j] = t / ljj;
-    }
-  }
-  return L;
-}
-
 /** The result's rows() and codes() over a generator's row(r) and sample(r) (its codes into active/values). */
 function rowsAndCodes(
   dIn: number,
@@ -560,19 +540,23 @@ export function sharkey(options?: SharkeyOptions): SharkeyData {
     }
     const lambda = minEigenvalue(R, n);
     if (lambda < 0) for (let i = 0; i < n; i++) R[i * n + i]! -= 1.001 * lambda;
-    const L = cholesky(R, n);
+    const L = choleskyLower(R, n);
+    if (!(L instanceof Float64Array)) {
+      // After the shift R's least eigenvalue is 0.001 |lambda|; only a rare R with lambda >= 0 and a
+      // pivot under 1e-12 (nearly singular) lands here.
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.seed to give a positive definite correlation matrix but its Cholesky pivot at row ${L.row} is ${L.pivot}; pass another seed`);
+    }
     const batchRng = new Rng(seed, SHARKEY_TAG);
     const e = new Float64Array(n);
+    const z = new Float64Array(n);
     plans = new BatchCache(cacheCapacity(n * 32), (b) => {
       batchRng.reseed(PURPOSE_BATCH, b);
       for (let i = 0; i < n; i++) e[i] = batchRng.normal();
+      lowerTimes(L, e, z, n);
       const p = new Float64Array(n);
       let sum = 0;
       for (let i = 0; i < n; i++) {
-        let z = 0;
-        const row = i * n;
-        for (let j = 0; j <= i; j++) z += L[row + j]! * e[j]!;
-        p[i] = normalCdf(z) * decayPow[i]!;
+        p[i] = normalCdf(z[i]!) * decayPow[i]!;
         sum += p[i]!;
       }
       // Rescaled to mean numActive / n. (A sum of 0 needs every z_i below -38: then uniform.)

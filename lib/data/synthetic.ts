@@ -522,25 +522,32 @@ function choleskyPlan(sigma: Float64Array, n: number): CopulaPlan {
       }
     }
   }
+  const L = choleskyLower(sigma, n);
+  if (!(L instanceof Float64Array)) {
+    throw new SaekitError('ERR_SAEKIT_ARG', `Expected a positive definite matrix for ${name} but its Cholesky factorisation fails at row ${L.row} (pivot ${L.pivot})`);
+  }
+  return { kind: 'cholesky', L, sigma: Float64Array.from(sigma) };
+}
+
+/**
+ * The lower Cholesky factor L [n, n] of the symmetric part of S (S = L L^T, float64, each entry's
+ * terms in increasing k), or the row whose pivot is not above 1e-12 (S not positive definite). @internal
+ */
+export function choleskyLower(S: Float64Array, n: number): Float64Array | { row: number; pivot: number } {
   const L = new Float64Array(n * n);
   for (let i = 0; i < n; i++) {
     for (let j = 0; j <= i; j++) {
-      let s = 0.5 * (sigma[i * n + j]! + sigma[j * n + i]!);
+      let s = 0.5 * (S[i * n + j]! + S[j * n + i]!);
       for (let k = 0; k < j; k++) s -= L[i * n + k]! * L[j * n + k]!;
       if (i === j) {
-        if (!(s > 1e-12)) {
-          throw new SaekitError(
-            'ERR_SAEKIT_ARG',
-            `Expected a positive definite matrix for ${name} but its Cholesky factorisation fails at row ${i} (pivot ${s})`,
-          );
-        }
+        if (!(s > 1e-12)) return { row: i, pivot: s };
         L[i * n + i] = Math.sqrt(s);
       } else {
         L[i * n + j] = s / L[j * n + j]!;
       }
     }
   }
-  return { kind: 'cholesky', L, sigma: Float64Array.from(sigma) };
+  return L;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -872,9 +879,9 @@ export function accumulateRow(
 
 /**
  * z = L e for lower-triangular L [n, n]; each z_i sums j = 0..i in order. Four rows at a time
- * share the loads of e and keep four independent accumulation chains.
+ * share the loads of e and keep four independent accumulation chains. @internal
  */
-function lowerTimes(L: Float64Array, e: Float64Array, z: Float64Array, n: number): void {
+export function lowerTimes(L: Float64Array, e: Float64Array, z: Float64Array, n: number): void {
   let i = 0;
   for (; i + 3 < n; i += 4) {
     const r0 = i * n;

@@ -1,7 +1,10 @@
 /**
  * Random matrices and transforms for the similarity tests (SVCCA, PWCCA, RSA, CKA): float64,
- * row-major.
+ * row-major; and the error code a call rejects with.
  */
+import { expect } from 'vitest';
+
+import { SaekitError } from '../../lib/errors.js';
 
 /** rows x cols values uniform in [-1, 1). */
 export function random(rows: number, cols: number, next: () => number): Float64Array {
@@ -35,4 +38,15 @@ export function transform(X: Float64Array, n: number, d: number, M: Float64Array
     }
   }
   return out;
+}
+
+/** The code of the SaekitError a Promise rejects with (undefined if it resolves). */
+export async function code(p: Promise<unknown>): Promise<string | undefined> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).toBeInstanceOf(SaekitError);
+    return (err as SaekitError).code;
+  }
+  return undefined;
 }
