@@ -645,3 +645,59 @@ describe('validation', () => {
     for (let i = 0; i < 64; i++) expect(Math.abs(full[i]! - want[i]!)).toBeLessThanOrEqual(cosineTolerance(dIn));
   });
 });
+
+describe('density thresholds at their exact values', () => {
+  it('dense_fraction_1pct / _10pct count density > 0.01 / > 0.1 strictly (SAEBench), a latent at exactly 1% or 10% is not dense', async () => {
+    const { ctx, next } = freshRng(91);
+    // N a multiple of 100, so that a latent can fire on exactly N/100 or N/10 tokens.
+    const N = 100 * (3 + 2 * Math.floor(next() * 6)); // 300 .. 1300
+    const dIn = 5;
+    // Latent counts around both thresholds, plus dead and random ones.
+    const counts = [N / 100, N / 10, N / 100 + 1, N / 10 + 1, N / 100 - 1, N / 10 - 1, 0, ...Array.from({ length: 6 }, () => Math.floor(next() * N))];
+    for (let i = counts.length - 1; i > 0; i--) {
+      const j = Math.floor(next() * (i + 1));
+      [counts[i], counts[j]] = [counts[j]!, counts[i]!];
+    }
+    const L = counts.length;
+    // fires[t * L + l]: latent l fires on a random set of counts[l] tokens.
+    const fires = new Uint8Array(N * L);
+    for (let l = 0; l < L; l++) {
+      const order = Array.from({ length: N }, (_, t) => t);
+      for (let i = 0; i < counts[l]!; i++) {
+        const j = i + Math.floor(next() * (N - i));
+        [order[i], order[j]] = [order[j]!, order[i]!];
+        fires[order[i]! * L + l] = 1;
+      }
+    }
+    const x = randomX(N, dIn, next);
+    let seen = 0;
+    // A stand-in SAE (evaluate only calls forward() without geometry): every latent in its own slot.
+    const stub = {
+      dIn,
+      numLatents: L,
+      k: L,
+      forward: async (xb: Float32Array) => {
+        const rows = xb.length / dIn;
+        const values = new Float32Array(rows * L);
+        const indices = new Int32Array(rows * L);
+        for (let r = 0; r < rows; r++) {
+          for (let l = 0; l < L; l++) {
+            indices[r * L + l] = l;
+            values[r * L + l] = fires[(seen + r) * L + l] ? 0.25 + next() : 0;
+          }
+        }
+        seen += rows;
+        return { codes: { rows, numLatents: L, k: L, values, indices }, recon: xb.map((v) => v * 0.5) };
+      },
+    } as unknown as SparseAutoencoder;
+    const got = await evaluate(stub, fromArray(x, dIn), { batchSize: 1 + Math.floor(next() * 97), geometry: false });
+    // Integer comparisons: count / N > 1/100 <=> 100 count > N.
+    const over1 = counts.filter((c) => 100 * c > N).length;
+    const over10 = counts.filter((c) => 10 * c > N).length;
+    const dead = counts.filter((c) => c === 0).length;
+    expect(got.dense_fraction_1pct, ctx).toBe(over1 / L);
+    expect(got.dense_fraction_10pct, ctx).toBe(over10 / L);
+    expect(got.dead_fraction, ctx).toBe(dead / L);
+    for (let l = 0; l < L; l++) expect(got.feature_density[l], ctx).toBe(counts[l]! / N);
+  });
+});
