@@ -359,6 +359,36 @@ describe('mmcs', () => {
       expect(Math.abs(got2.perRow[l]! - best), `seed ${seed}`).toBeLessThanOrEqual(1e-12);
     }
   });
+  it('best is the first of tied rows: several power-of-two copies of a truth row (cosine exactly 1) name the lowest index', async () => {
+    const seed = freshSeed(17);
+    const next = lcg(seed);
+    const d = 3 + Math.floor(next() * 9);
+    const nT = 5 + Math.floor(next() * 7);
+    const truth = randomMatrix(nT, d, next);
+    // Learned: random rows plus 2-4 copies of each truth row, scaled by +-2^e, at random places.
+    const rows: { t: number; s: number }[] = [];
+    for (let t = 0; t < nT; t++) for (let c = 2 + Math.floor(next() * 3); c > 0; c--) rows.push({ t, s: (next() < 0.5 ? -1 : 1) * 2 ** (Math.floor(next() * 9) - 4) });
+    for (let r = 3 + Math.floor(next() * 40); r > 0; r--) rows.push({ t: -1, s: 1 });
+    for (let i = rows.length - 1; i > 0; i--) {
+      const j = Math.floor(next() * (i + 1));
+      [rows[i], rows[j]] = [rows[j]!, rows[i]!];
+    }
+    const nL = rows.length;
+    const learned = randomMatrix(nL, d, next);
+    rows.forEach(({ t, s }, l) => {
+      if (t >= 0) for (let k = 0; k < d; k++) learned[l * d + k] = truth[t * d + k]! * s;
+    });
+    for (const similarity of ['cos', 'abs-cos'] as const) {
+      const got = await mmcs(learned, truth, { d, similarity });
+      for (let t = 0; t < nT; t++) {
+        // The first learned row that is a copy of t (with a positive scale for the signed cosine).
+        const first = rows.findIndex((r) => r.t === t && (similarity === 'abs-cos' || r.s > 0));
+        if (first < 0) continue; // only negative copies: no exact tie to check
+        expect(got.perRow[t], `seed ${seed} ${similarity} truth ${t}`).toBe(1);
+        expect(got.best[t], `seed ${seed} ${similarity} truth ${t}`).toBe(first);
+      }
+    }
+  });
 });
 
 describe('mcc', () => {
