@@ -238,6 +238,26 @@ describe('match: large matrices, row-major and in chunks', () => {
     }
   });
 
+  it('mutual equals the rule on many small matrices of a few levels: a tie at the end of a top list, and between pairs of one B feature in bToA, goes to the lower index', async () => {
+    const seed = (Date.now() ^ 0x68e31da4) >>> 0;
+    const next = lcg(seed);
+    for (let trial = 0; trial < 400; trial++) {
+      const nA = 3 + Math.floor(next() * 10);
+      const nB = 1 + Math.floor(next() * 6);
+      const levels = 2 + Math.floor(next() * 3);
+      const top = 1 + Math.floor(next() * (nA - 1));
+      const c = Float64Array.from({ length: nA * nB }, () => Math.floor(next() * levels) / levels);
+      const got = await match(c, { nA, nB, method: 'mutual', top });
+      const ctx = `seed ${seed} trial ${trial}: ${nA} x ${nB}, top ${top}`;
+      const want = refMutual(c, nA, nB, top);
+      expect(got.pairs.map((p) => [p.a, p.b]), ctx).toEqual(want);
+      // bToA: each B feature's highest-scoring kept pair, ties to the lowest a (pairs come by a).
+      const bToA = new Array<number>(nB).fill(-1);
+      for (const [a, b] of want) if (bToA[b!] === -1 || c[a! * nB + b!]! > c[bToA[b!]! * nB + b!]!) bToA[b!] = a!;
+      expect(Array.from(got.bToA), ctx).toEqual(bToA);
+    }
+  });
+
   it('gives the event loop turns while it scans a large matrix, and reports the first non-finite value', async () => {
     const next = lcg(9);
     const n = 1100; // 1.21M values: three chunks
