@@ -66,6 +66,26 @@ describe('learning-rate schedule', () => {
     expect(learningRate(5, 40, base, 0, 'linear-after-warmup', 0.2)).toBeCloseTo((base * 35) / 40, 15);
   });
 
+  it("'linear' decays over the last round(fraction x total) steps for any total and fraction (fresh random runs against the closed form)", () => {
+    const seed = (Date.now() ^ 0x5bd1e995) >>> 0;
+    const next = lcg(seed);
+    for (let trial = 0; trial < 200; trial++) {
+      const total = 2 + Math.floor(next() * 400);
+      const fraction = next();
+      const warmup = Math.floor(next() * Math.ceil(total / 10));
+      const base = 0.001 + next();
+      // The decay spans the last `span` steps, the nearest whole number to fraction x total (at least 1).
+      const span = Math.max(1, Math.floor(fraction * total + 0.5));
+      const ctx = `seed ${seed}: total ${total}, fraction ${fraction}, warmup ${warmup}`;
+      for (let step = 0; step < total; step++) {
+        const up = warmup > 0 && step < warmup ? step / warmup : 1;
+        const down = step >= total - span ? (total - step) / span : 1;
+        const got = learningRate(step, total, base, warmup, 'linear', fraction);
+        expect(Math.abs(got - base * up * down), `${ctx}, step ${step}`).toBeLessThanOrEqual(1e-15 * base);
+      }
+    }
+  });
+
   it("refuses wrong arguments: a misspelt decay was no decay, NaN or a string gave NaN or coerced, a bigint was a raw TypeError", () => {
     const bad: [string, unknown[], RegExp][] = [
       ['decay', [90, 100, 0.01, 10, 'cosine', 0.2], /Expected one of: linear, linear-after-warmup, none for decay but received 'cosine' \(string\)/],
@@ -267,6 +287,29 @@ describe('Trainer', () => {
     }
   });
 
+  it("a resumed normalize 'expected-norm' run keeps its input scale: the same final weights and scale as an uninterrupted run", async () => {
+    const seed = (Date.now() ^ 0x165667b1) >>> 0;
+    const x = data(rows, dIn, seed).map((v) => v * 37.5);
+    const o = { ...opts, normalize: 'expected-norm' as const };
+    using a = make();
+    const full = await new Trainer(a, o).fit(fromArray(x, dIn));
+    expect(full.scale, `seed ${seed}`).not.toBe(1);
+    const dir = tmp();
+    using b = make();
+    const ctrl = new AbortController();
+    const stopAt = 10 + Math.floor(lcg(seed)() * 50);
+    const first = await new Trainer(b, o).fit(fromArray(x, dIn), { checkpointDir: dir, checkpointEvery: 7, signal: ctrl.signal, onStep: (s) => (s.step === stopAt ? ctrl.abort() : undefined) });
+    expect(first.status).toBe('aborted');
+    using c = make(99);
+    const second = await new Trainer(c, o).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true });
+    expect(second.status).toBe('completed');
+    expect(second.scale, `seed ${seed}`).toBe(full.scale);
+    const [wa, wc] = [await a.weights(), await c.weights()];
+    for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) {
+      expect(Buffer.from(wc[n].buffer).equals(Buffer.from(wa[n].buffer)), `seed ${seed}, stopped at ${stopAt}: ${n}`).toBe(true);
+    }
+  });
+
   it("a checkpoint holds Adam's moments in pieces when they are longer than a piece, and resumes from them bit for bit", async () => {
     // Pieces are needed past 2^32 floats (an SAE of dIn 4096 and 2^19 latents); here the piece is
     // lowered so that a small SAE takes that path.
@@ -438,6 +481,25 @@ describe('Trainer', () => {
     expect(r.scale).toBeLessThan(1 / 10);
     const { fvu } = await sae.forward(x.subarray(0, 512 * dIn));
     expect(fvu).toBeLessThan(r.last!.fvu * 1.5 + 0.05);
+  });
+
+  it("normalize 'expected-norm' scales by sqrt(dIn) / the mean row norm of the first normalizeBatches batches (float64 reference)", async () => {
+    const seed = (Date.now() ^ 0x27d4eb2f) >>> 0;
+    const next = lcg(seed);
+    const batchSize = 16 + Math.floor(next() * 40);
+    const normalizeBatches = 1 + Math.floor(next() * 4);
+    const n = batchSize * (normalizeBatches + 2);
+    const x = data(n, dIn, seed).map((v) => v * (0.01 + next() * 300));
+    using sae = make();
+    const r = await new Trainer(sae, { batchSize, totalTokens: batchSize, lr: 0, shuffle: false, normalize: 'expected-norm', normalizeBatches }).fit(fromArray(x, dIn));
+    let sum = 0;
+    for (let row = 0; row < normalizeBatches * batchSize; row++) {
+      let s2 = 0;
+      for (let j = 0; j < dIn; j++) s2 += x[row * dIn + j]! ** 2;
+      sum += Math.sqrt(s2);
+    }
+    const want = Math.sqrt(dIn) / (sum / (normalizeBatches * batchSize));
+    expect(Math.abs(r.scale - want), `seed ${seed}: scale ${r.scale}, want ${want}`).toBeLessThanOrEqual(1e-12 * want);
   });
 
   it("normalize 'expected-norm' trains on rows of any finite scale: rows of norm ~1e-30 (scale ~1e31) train as the same rows times 2^100, scale and biases 2^100 apart", async () => {
