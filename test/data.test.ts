@@ -571,6 +571,25 @@ describe('shuffling', () => {
     });
   });
 
+  it("the mixing buffer's draw is uniform: each resident row is served in the first round with probability h / n (fresh seeds)", async () => {
+    // 12 rows in one chunk, a buffer of 9 rows (half 3): the first round draws 3 of the 6 resident
+    // rows 0..5, each with probability 1/2 (a biased swap, j drawn from all n, gives 0.42 to 0.65).
+    const n = 12;
+    const src = fromArray(Float32Array.from({ length: n }, (_, i) => i), 1);
+    const trials = 2000;
+    const first = new Float64Array(n);
+    const base = BigInt((Date.now() * 7919) % 2 ** 40);
+    for (let t = 0; t < trials; t++) {
+      for await (const b of src.batches({ batchSize: 3, shuffle: true, seed: base + BigInt(t), bufferBytes: 9 * 4, chunkRows: n })) {
+        for (const v of b.data) first[v]! += 1 / trials;
+        break;
+      }
+    }
+    // 5 standard deviations of a frequency of 1/2 over 2000 trials is 0.056.
+    for (let r = 0; r < 6; r++) expect(Math.abs(first[r]! - 0.5), `seeds from ${base}: row ${r} served first with frequency ${first[r]}`).toBeLessThanOrEqual(0.056);
+    for (let r = 6; r < n; r++) expect(first[r], `row ${r} is not resident yet`).toBe(0);
+  });
+
   it('the shuffled row order does not depend on batchSize (only the cuts move)', async () => {
     const a = concatRows(await collect(src, { ...small, seed: 9, batchSize: 64 }));
     const b = concatRows(await collect(src, { ...small, seed: 9, batchSize: 100 }));
@@ -1098,5 +1117,27 @@ describe('options, lifecycle and the PRNG', () => {
     const perm = new Uint32Array(100).map((_, i) => i);
     a.shuffle(perm);
     expect([...perm].sort((x, y) => x - y)).toEqual([...Array(100).keys()]);
+  });
+
+  it('Rng.shuffle draws every permutation of 2, 3 and 4 elements equally often (fresh seeds)', () => {
+    const base = BigInt(Date.now());
+    for (const n of [2, 3, 4]) {
+      let perms = 1;
+      for (let i = 2; i <= n; i++) perms *= i;
+      const trials = 1500 * perms;
+      const counts = new Map<string, number>();
+      const rng = new Rng(base, n);
+      const a = new Uint32Array(n);
+      for (let t = 0; t < trials; t++) {
+        for (let i = 0; i < n; i++) a[i] = i;
+        rng.shuffle(a);
+        const key = a.join(',');
+        counts.set(key, (counts.get(key) ?? 0) + 1);
+      }
+      expect(counts.size, `seed ${base}, n ${n}`).toBe(perms);
+      // Each count is binomial(trials, 1 / perms): mean 1500, within 5 standard deviations.
+      const sd = Math.sqrt(1500 * (1 - 1 / perms));
+      for (const [key, c] of counts) expect(Math.abs(c - 1500), `seed ${base}, n ${n}, permutation ${key}: ${c}`).toBeLessThanOrEqual(5 * sd);
+    }
   });
 });
