@@ -247,6 +247,63 @@ describe('sparseProbe', () => {
     expect(Math.abs(raw.intercept - ref.b)).toBeLessThan(1e-8);
   });
 
+  it('standardize: the weights are the fit on train features centred and divided by their population sd (float64 reference, fresh data)', () => {
+    const seed = (Date.now() ^ 0x2545f491) >>> 0;
+    const next = lcg(seed);
+    const n = 61 + 2 * Math.floor(next() * 60);
+    const m = 5 + Math.floor(next() * 9);
+    const k = 1 + Math.floor(next() * 4);
+    const labels = Uint8Array.from({ length: n }, () => (next() < 0.5 ? 1 : 0));
+    labels[0] = 1;
+    labels[1] = 0;
+    const features = Float32Array.from({ length: n * m }, (_, i) => (next() - 0.3) * (1 + (i % m)) + (labels[Math.floor(i / m)] ? 0.3 * (i % 3) : 0));
+    const probeSeed = Math.floor(next() * 2 ** 31);
+    let r;
+    try {
+      r = sparseProbe(features, labels, { m, k: [k], seed: probeSeed, testFraction: 0.25 }).results[0]!;
+    } catch (err) {
+      if ((err as Error).message.includes('both classes')) return; // an unlucky split: nothing to compare
+      throw err;
+    }
+    const train = shuffledOrder(probeSeed, n).slice(Math.round(n * 0.25));
+    const X = new Float64Array(train.length * k);
+    for (let j = 0; j < k; j++) {
+      let mean = 0;
+      for (const row of train) mean += features[row * m + r.latents[j]!]!;
+      mean /= train.length;
+      let v = 0;
+      for (const row of train) v += (features[row * m + r.latents[j]!]! - mean) ** 2;
+      const sd = Math.sqrt(v / train.length) || 1;
+      train.forEach((row, i) => (X[i * k + j] = (features[row * m + r.latents[j]!]! - mean) / sd));
+    }
+    const ref = fitLogistic(X, Uint8Array.from(train, (row) => labels[row]!), train.length, k, 1);
+    r.weights.forEach((w, j) => expect(Math.abs(w - ref.w[j]!), `seed ${seed}: weight ${j}`).toBeLessThan(1e-8 * (1 + Math.abs(ref.w[j]!))));
+    expect(Math.abs(r.intercept - ref.b), `seed ${seed}`).toBeLessThan(1e-8 * (1 + Math.abs(ref.b)));
+  });
+
+  it('a logit of exactly 0 predicts the negative class (positive iff w.x + b > 0)', () => {
+    // Constant features standardise to 0 and a balanced train split fits b = 0, w = 0 exactly:
+    // every test logit is 0, so every test example is predicted negative.
+    const seed = (Date.now() ^ 0x7feb352d) >>> 0;
+    const next = lcg(seed);
+    const n = 40 + 10 * Math.floor(next() * 10); // nTest = n / 5, and n - nTest is even
+    const m = 3;
+    const probeSeed = Math.floor(next() * 2 ** 31);
+    const order = shuffledOrder(probeSeed, n);
+    const nTest = Math.round(n * 0.2);
+    const labels = new Uint8Array(n);
+    // Train rows alternate 1, 0 (an even count: balanced); the test split gets both classes.
+    order.forEach((row, i) => (labels[row] = i < nTest ? (i % 2 === 0 ? 1 : 0) : (i - nTest) % 2 === 0 ? 1 : 0));
+    expect((n - nTest) % 2).toBe(0);
+    const features = new Float32Array(n * m).fill(0.7);
+    const r = sparseProbe(features, labels, { m, k: [1], seed: probeSeed }).results[0]!;
+    expect(r.intercept, `seed ${seed}`).toBe(0);
+    let neg = 0;
+    for (const row of order.slice(0, nTest)) neg += labels[row] ? 0 : 1;
+    expect(r.accuracy, `seed ${seed}`).toBe(neg / nTest);
+    expect(r.f1, `seed ${seed}`).toBe(0);
+  });
+
   it('fitLogistic and the co-occurrence accumulator refuse non-finite values and bad labels instead of reading them', () => {
     expect(() => fitLogistic(Float64Array.from([1, Number.NaN]), Uint8Array.from([0, 1]), 2, 1)).toThrow(/X\[1\] is NaN/);
     expect(() => fitLogistic(Float64Array.from([1, 2]), Uint8Array.from([0, 5]), 2, 1)).toThrow(/y\[1\]/);
