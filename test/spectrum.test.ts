@@ -84,6 +84,33 @@ describe('powerLawFit', () => {
     expect(powerLawFit(ev.slice(0, 11)).fitRanks).toEqual([0, 0]);
   });
 
+  it('alpha is minus the least-squares slope of log eigenvalue on log rank over 11..maxRank, two ranks included (fresh random spectra)', () => {
+    const seed = (Date.now() ^ 0x1b873593) >>> 0;
+    let s = seed || 1;
+    const next = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
+    for (let trial = 0; trial < 50; trial++) {
+      const len = 12 + Math.floor(next() * 200);
+      const ev = Float64Array.from({ length: len }, () => 1e-3 + next() * 10).sort().reverse();
+      const maxRank = trial === 0 ? 12 : 12 + Math.floor(next() * (len - 11));
+      const hi = Math.min(150, maxRank);
+      // Closed-form slope: (m Sxy - Sx Sy) / (m Sxx - Sx^2) over the points (log r, log ev[r - 1]).
+      let [m, sx, sy, sxx, sxy] = [0, 0, 0, 0, 0];
+      for (let r = 11; r <= hi; r++) {
+        const [x, y] = [Math.log(r), Math.log(ev[r - 1]!)];
+        m++;
+        sx += x;
+        sy += y;
+        sxx += x * x;
+        sxy += x * y;
+      }
+      const want = -(m * sxy - sx * sy) / (m * sxx - sx * sx);
+      const fit = powerLawFit(ev, maxRank);
+      const ctx = `seed ${seed}, trial ${trial}: ${len} eigenvalues, maxRank ${maxRank}`;
+      expect(fit.fitRanks, ctx).toEqual([11, hi]);
+      expect(Math.abs(fit.alpha - want), ctx).toBeLessThanOrEqual(1e-9 * (1 + Math.abs(want)));
+    }
+  });
+
   it('rejects a maxRank that is not an integer in [0, eigenvalues.length], and a bad floor', () => {
     const ev = Float64Array.from({ length: 200 }, (_, i) => (i + 1) ** -0.5);
     for (const bad of [Number.NaN, 100.5, -1, 201, Infinity, '50']) {
