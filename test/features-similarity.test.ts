@@ -240,6 +240,47 @@ describe('rsa', () => {
     }
   });
 
+  it('a zero row (cosine) or a constant row (correlation) is at dissimilarity 1 from every row (fresh data, naive reference)', async () => {
+    const seed = (Date.now() ^ 0x3c6ef372) >>> 0;
+    const next = lcg(seed);
+    const n = 9 + Math.floor(next() * 12);
+    const [dA, dB] = [3 + Math.floor(next() * 5), 3 + Math.floor(next() * 5)]; // 2-wide rows: correlations +-1 up to rounding (ties for ranks)
+    const A = random(n, dA, next);
+    const B = random(n, dB, next);
+    // A few rows of A without direction: zero, or (for 'correlation') constant.
+    const flat = new Set<number>();
+    for (let c = 1 + Math.floor(next() * 3); c > 0; c--) flat.add(Math.floor(next() * n));
+    for (const inner of ['cosine', 'correlation'] as const) {
+      const X = A.slice();
+      for (const r of flat) X.fill(inner === 'cosine' ? 0 : 1.5 + next(), r * dA, (r + 1) * dA);
+      const tri = (M: Float64Array, d: number, flatRows: Set<number>): number[] => {
+        const out: number[] = [];
+        const row = (r: number) => {
+          const v = [...M.subarray(r * d, (r + 1) * d)];
+          const mean = inner === 'correlation' ? v.reduce((a, b) => a + b, 0) / d : 0;
+          return v.map((x) => x - mean);
+        };
+        for (let i = 0; i < n; i++) {
+          for (let j = i + 1; j < n; j++) {
+            const [x, y] = [row(i), row(j)];
+            const nx = Math.hypot(...x);
+            const ny = Math.hypot(...y);
+            // The convention: a row of zero norm (after centring) has similarity 0 to every row.
+            // (A constant row's centred values may be rounding residues: it is flat by construction.)
+            out.push(nx === 0 || ny === 0 || flatRows.has(i) || flatRows.has(j) ? 1 : 1 - x.reduce((a, v, k) => a + v * y[k]!, 0) / (nx * ny));
+          }
+        }
+        return out;
+      };
+      const [ta, tb] = [tri(X, dA, flat), tri(B, dB, new Set())];
+      for (const outer of ['pearson', 'spearman'] as const) {
+        const want = outer === 'pearson' ? naivePearson(ta, tb) : naivePearson(naiveRanks(ta), naiveRanks(tb));
+        const got = (await rsa(X, B, { n, dA, dB, inner, outer })).score;
+        expect(Math.abs(got - want), `seed ${seed}: ${inner} / ${outer}, flat rows ${[...flat]}`).toBeLessThanOrEqual(1e-12);
+      }
+    }
+  });
+
   it('of a matrix with itself is 1', async () => {
     const next = lcg(23);
     const A = random(30, 6, next);
