@@ -177,6 +177,28 @@ describe('svcca', () => {
     expect(await code(svcca(bad, A, { n: 10, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_NONFINITE');
     expect(await code(svcca(A, A, { n: 10.5, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_ARG');
   });
+
+  it('keep as a share stops at the first direction whose cumulative variance reaches it exactly (orthogonal columns, fresh shares)', async () => {
+    const seed = (Date.now() ^ 0x6a09e667) >>> 0;
+    const next = lcg(seed);
+    // Walsh functions on 8 rows: 7 centred, mutually orthogonal +-1 columns (squared norm 8).
+    const n = 8;
+    const walsh = (c: number, r: number) => (((c + 1) & r).toString(2).split('1').length % 2 === 0 ? -1 : 1);
+    for (let trial = 0; trial < 20; trial++) {
+      const d = 2 + Math.floor(next() * 6);
+      // Squared singular values 8 s^2 with s^2 small integers (many equal), columns in random order.
+      const s2 = Array.from({ length: d }, () => 1 + Math.floor(next() * 3));
+      const A = new Float64Array(n * d);
+      for (let c = 0; c < d; c++) for (let r = 0; r < n; r++) A[r * d + c] = Math.sqrt(s2[c]!) * walsh(c, r);
+      const sorted = [...s2].sort((x, y) => y - x);
+      const total = sorted.reduce((x, y) => x + y, 0);
+      // An exact share: the first k0 directions' variance over the total.
+      const k0 = 1 + Math.floor(next() * (d - 1));
+      const keep = sorted.slice(0, k0).reduce((x, y) => x + y, 0) / total;
+      const r = await svcca(A, A, { n, dA: d, dB: d, keep });
+      expect(r.keptA, `seed ${seed}, trial ${trial}: s^2 ${s2}, keep ${keep}`).toBe(k0);
+    }
+  });
 });
 
 describe('rsa', () => {
