@@ -471,6 +471,44 @@ describe('features.correlation: top matches through the public API', () => {
   });
 });
 
+describe('features.correlation: ties in the top lists', () => {
+  it("dense top lists put tied features (duplicated columns, equal r) in increasing index order, both directions, against the full matrix; active counts nonzero values", async () => {
+    const seed = (Date.now() ^ 0x510e527f) >>> 0;
+    const next = lcg(seed);
+    const n = 50 + Math.floor(next() * 200);
+    const [uA, uB] = [2 + Math.floor(next() * 4), 2 + Math.floor(next() * 4)];
+    // Each side's columns are copies of a few distinct random columns, at random places: the
+    // copies' r with any other feature are computed from the same values, so they tie exactly.
+    const sideOf = (u: number, d: number) => {
+      const base = Float32Array.from({ length: n * u }, () => (next() < 0.2 ? 0 : next() * 2 - 1));
+      const pick = Array.from({ length: d }, (_, c) => (c < u ? c : Math.floor(next() * u)));
+      for (let c = d - 1; c > 0; c--) {
+        const j = Math.floor(next() * (c + 1));
+        [pick[c], pick[j]] = [pick[j]!, pick[c]!];
+      }
+      return Float32Array.from({ length: n * d }, (_, q) => base[Math.floor(q / d) * u + pick[q % d]!]!);
+    };
+    const [dA, dB] = [uA + 2 + Math.floor(next() * 6), uB + 2 + Math.floor(next() * 6)];
+    const xa = sideOf(uA, dA);
+    const xb = sideOf(uB, dB);
+    const opts = { kind: 'dense', batchSize: 1 + Math.floor(next() * n) } as const;
+    const f = full(await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, opts));
+    const top = 2 + Math.floor(next() * (dA - 1)); // a list of one shows no order
+    const t = await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, { ...opts, output: 'top', top, reverse: true });
+    if (t.mode !== 'top') throw new Error('expected top mode');
+    const want = argsortTop(dB, dA, Math.min(top, dA), (j, i) => f.r[i * dB + j]!);
+    const wantRev = argsortTop(dA, dB, Math.min(top, dB), (i, j) => f.r[i * dB + j]!);
+    const ctx = `seed ${seed}: ${dA} x ${dB}, top ${top}`;
+    expect(Array.from(t.top.indices), ctx).toEqual(Array.from(want.indices));
+    expect(Array.from(t.top.r), ctx).toEqual(Array.from(want.r));
+    expect(Array.from(t.reverse!.indices), ctx).toEqual(Array.from(wantRev.indices));
+    // activeA / activeB: the tokens on which each feature is nonzero (negative values count).
+    const nonzero = (x: Float32Array, d: number) => Array.from({ length: d }, (_, c) => x.filter((v, q) => q % d === c && v !== 0).length);
+    expect(Array.from(f.activeA), ctx).toEqual(nonzero(xa, dA));
+    expect(Array.from(f.activeB), ctx).toEqual(nonzero(xb, dB));
+  });
+});
+
 describe('features.correlation: inputs and edge cases', () => {
   const dIn = 4;
   const gauss = (next: () => number) => Math.sqrt(-2 * Math.log(next() + 1e-12)) * Math.cos(2 * Math.PI * next());
