@@ -237,6 +237,29 @@ describe('SAE files: JumpReLU (Gemma Scope, SAELens)', () => {
     for (let q = 0; q < r0.length; q++) expect(Math.abs(r1[q]! - r0[q]!)).toBeLessThan(1e-4);
   });
 
+  it('a JumpReLU SAE whose decoder rows are within 1% of unit norm saves with unit rows too (float32 rounding of a unit row is the only slack)', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const F = 5 + Math.floor(next() * 20);
+    // Norms 1 +- up to 0.5%, some exactly 1.
+    const norms = Array.from({ length: F }, () => (next() < 0.2 ? 1 : 1 + (next() - 0.5) * 0.01));
+    const w = randomWeights(dIn, F, seed, (i) => norms[i]!);
+    w.threshold = Float32Array.from({ length: F }, () => 0.05 + next() * 0.2);
+    using sae = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu', applyBDecToInput: true });
+    const dir = tmp();
+    await sae.save(dir);
+    using back = await SparseAutoencoder.load(dir);
+    const wb = await back.weights();
+    for (let i = 0; i < F; i++) {
+      let s = 0;
+      for (let d = 0; d < dIn; d++) s += wb.W_dec[i * dIn + d]! ** 2;
+      // A float32 unit row: each entry off by 2^-24 relative, the norm by about that much.
+      expect(Math.abs(Math.sqrt(s) - 1), `seed ${seed}: row ${i} of norm ${norms[i]}`).toBeLessThan(1e-6);
+      // The threshold scales with the row's norm (as the encoder column and bias do).
+      expect(Math.abs(wb.threshold![i]! - w.threshold[i]! * Math.sqrt(w.W_dec.slice(i * dIn, (i + 1) * dIn).reduce((a, v) => a + v * v, 0))), `seed ${seed}: threshold ${i}`).toBeLessThan(1e-6);
+    }
+  });
+
   it('save() refuses a JumpReLU SAE whose rescaled encoder would overflow float32, writing nothing; a large finite rescale saves exactly', async () => {
     const [dI, F] = [6, 10];
     const seed = Date.now() >>> 0;
