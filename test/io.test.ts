@@ -199,6 +199,40 @@ describe('safetensors', () => {
     expect(Buffer.compare(again, fixture('reference.safetensors'))).toBe(0);
   });
 
+  it('reads tensors whose JSON entries come in any order relative to their data offsets (the format does not order them)', async () => {
+    const seed = Date.now() >>> 0;
+    const next = (() => {
+      let st = seed || 1;
+      return () => ((st = (Math.imul(st, 1664525) + 1013904223) >>> 0) / 4294967296);
+    })();
+    const m = 2 + Math.floor(next() * 6);
+    const sizes = Array.from({ length: m }, () => (next() < 0.2 ? 0 : 1 + Math.floor(next() * 4))); // float32 counts, zero-size ones too
+    sizes[0] = 1 + sizes[0]!;
+    const perm = (k: number) => {
+      const p = Array.from({ length: k }, (_, i) => i);
+      for (let i = k - 1; i > 0; i--) {
+        const j = Math.floor(next() * (i + 1));
+        [p[i], p[j]] = [p[j]!, p[i]!];
+      }
+      return p;
+    };
+    const jsonOrder = perm(m); // the order of the JSON entries
+    const dataOrder = jsonOrder.slice().reverse(); // where each tensor's bytes lie: the other way round
+    const values = sizes.map((n) => Float32Array.from({ length: n }, () => next() * 2 - 1));
+    const begin = new Array<number>(m);
+    let at = 0;
+    for (const t of dataOrder) {
+      begin[t] = at;
+      at += 4 * sizes[t]!;
+    }
+    const header: Record<string, unknown> = {};
+    for (const t of jsonOrder) header[`t${t}`] = { dtype: 'F32', shape: [sizes[t]], data_offsets: [begin[t], begin[t]! + 4 * sizes[t]!] };
+    const body = new Uint8Array(at);
+    for (let t = 0; t < m; t++) body.set(new Uint8Array(values[t]!.buffer), begin[t]!);
+    const { tensors } = await decodeSafetensors(stFile(header, body), 'mem');
+    for (let t = 0; t < m; t++) expect(Array.from(tensors[`t${t}`]!.data as Float32Array), `seed ${seed}: t${t}`).toEqual(Array.from(values[t]!));
+  });
+
   it('reads misaligned data (an unpadded header) by copying', async () => {
     const next = rng(freshSeed(2));
     const f64 = randomTensor('float64', [3], next);
