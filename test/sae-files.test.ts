@@ -260,6 +260,24 @@ describe('SAE files: JumpReLU (Gemma Scope, SAELens)', () => {
     }
   });
 
+  it('save() writes apply_b_dec_to_input as the SAE has it (false too), and load() reads the same encoder back', async () => {
+    const seed = Date.now() >>> 0;
+    for (const [architecture, applyBDecToInput] of [['topk', false], ['jumprelu', false], ['topk', true]] as const) {
+      const F = 7 + (seed % 9);
+      const w = randomWeights(dIn, F, seed);
+      if (architecture === 'jumprelu') w.threshold = new Float32Array(F).fill(0.1);
+      using sae = SparseAutoencoder.fromWeights(w, architecture === 'topk' ? { k: 3, applyBDecToInput } : { architecture, applyBDecToInput });
+      const dir = tmp();
+      await sae.save(dir);
+      expect(JSON.parse(readFileSync(path.join(dir, 'cfg.json'), 'utf8')).apply_b_dec_to_input, `${architecture} ${applyBDecToInput}`).toBe(applyBDecToInput);
+      using back = await SparseAutoencoder.load(dir);
+      expect(back.applyBDecToInput).toBe(applyBDecToInput);
+      const x = rows(13, dIn, seed);
+      const [p0, p1] = [await sae.preActivations(x), await back.preActivations(x)];
+      for (let q = 0; q < p0.length; q++) expect(Math.abs(p1[q]! - p0[q]!), `${architecture} ${applyBDecToInput}: pre-activation ${q}`).toBeLessThan(1e-4);
+    }
+  });
+
   it('save() refuses a JumpReLU SAE whose rescaled encoder would overflow float32, writing nothing; a large finite rescale saves exactly', async () => {
     const [dI, F] = [6, 10];
     const seed = Date.now() >>> 0;
