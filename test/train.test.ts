@@ -787,6 +787,25 @@ describe('Trainer', () => {
     }
   });
 
+  it('a custom source that yields one-row batches among whole ones: they are skipped (no FVU), every whole batch is a step', async () => {
+    const seed = (Date.now() ^ 0x4cf5ad43) >>> 0;
+    const next = lcg(seed);
+    const d = 6;
+    const bs = 8;
+    // Whole batches with one-row ones between (a source that ignores batchSize / dropLast).
+    const sizes = Array.from({ length: 6 + Math.floor(next() * 6) }, () => (next() < 0.4 ? 1 : bs));
+    const whole = sizes.filter((r) => r === bs).length;
+    const src = customSource(d, undefined, async function* () {
+      for (const rows of sizes) yield { rows, dIn: d, data: Float32Array.from({ length: rows * d }, () => next() * 2 - 1) };
+    });
+    using sae = SparseAutoencoder.create({ dIn: d, numLatents: 12, k: 2, seed: 1 });
+    const tokens: number[] = [];
+    const r = await new Trainer(sae, { batchSize: bs, totalTokens: bs * whole, lr: 1e-3, shuffle: false, warmupSteps: 0 }).fit(src, { onStep: (st) => tokens.push(st.tokens) });
+    expect(r.status, `seed ${seed}: sizes ${sizes}`).toBe('completed');
+    expect(r.steps, `seed ${seed}: sizes ${sizes}`).toBe(whole);
+    expect(tokens).toEqual(Array.from({ length: whole }, (_, i) => (i + 1) * bs));
+  });
+
   it('a source shorter than one batch, and a signal that is not an AbortSignal, are named errors', async () => {
     using sae = make();
     const x = data(100, dIn, 12);
