@@ -167,7 +167,7 @@ export interface CorrelationCommon {
   constantA: Uint8Array;
   /** [nB] 1 where the feature of B was constant over the sample (its r is 0). */
   constantB: Uint8Array;
-  /** [nA] tokens on which each feature of A was nonzero (codes) / counted (dense). */
+  /** [nA] tokens on which each feature of A was nonzero (every kind: a negative pre-activation or dense value counts). */
   activeA: Float64Array;
   /** [nB] the same for B. */
   activeB: Float64Array;
