@@ -800,7 +800,7 @@ describe('Trainer', () => {
     });
     using sae = SparseAutoencoder.create({ dIn: d, numLatents: 12, k: 2, seed: 1 });
     const tokens: number[] = [];
-    const r = await new Trainer(sae, { batchSize: bs, totalTokens: bs * whole, lr: 1e-3, shuffle: false, warmupSteps: 0 }).fit(src, { onStep: (st) => tokens.push(st.tokens) });
+    const r = await new Trainer(sae, { batchSize: bs, totalTokens: bs * whole, lr: 1e-3, shuffle: false, warmupSteps: 0 }).fit(src, { onStep: (st) => void tokens.push(st.tokens) });
     expect(r.status, `seed ${seed}: sizes ${sizes}`).toBe('completed');
     expect(r.steps, `seed ${seed}: sizes ${sizes}`).toBe(whole);
     expect(tokens).toEqual(Array.from({ length: whole }, (_, i) => (i + 1) * bs));
