@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
-import { rand, randn } from '../lib/index.js';
+import { backend, rand, randn } from '../lib/index.js';
 import { native } from '../lib/native/index.js';
-import { randomSuite } from './helpers/random-suite.js';
+import { philoxWords, randomSuite } from './helpers/random-suite.js';
 
 // Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors):
 // counter[4] key[2] -> output[4].
@@ -43,6 +43,38 @@ describe('Philox 4x32-10', () => {
   });
 
   randomSuite({ device: 'cpu' });
+
+  it('a fill split over threads keeps the documented layout at every chunk start (chunks begin mid-block)', async () => {
+    // Fills of at least 2^15 elements run on several threads, in chunks n * c / chunks that may
+    // begin at any lane of a Philox block. n = 50003 over 3 or 4 chunks starts them at lanes 3, 3
+    // (16667, 33335) and 0, 1, 2 (12500, 25001, 37502).
+    const n = 50003;
+    const seed = BigInt(Date.now());
+    const before = backend.info().threads;
+    try {
+      for (const threads of [3, 7]) {
+        backend.setThreads(threads);
+        using u = rand([n], { seed, stream: 5, device: 'cpu' });
+        using z = randn([n], { seed, stream: 5, device: 'cpu' });
+        const [got, gotN] = await Promise.all([u.toArray(), z.toArray()]);
+        for (let i = 0; i < n; i++) {
+          const w = philoxWords(seed, 5n, BigInt(i >> 2));
+          const want = (w[i & 3]! >>> 8) / 16777216;
+          if (got[i] !== want) expect(got[i], `rand element ${i}, ${threads} threads, seed ${seed}`).toBe(want);
+          const p = (i & 3) >> 1;
+          const r = Math.sqrt(-2 * Math.log(((w[2 * p]! >>> 8) + 0.5) / 16777216));
+          const theta = (2 * Math.PI * (w[2 * p + 1]! >>> 8)) / 16777216;
+          const wantN = (i & 1) === 0 ? r * Math.cos(theta) : r * Math.sin(theta);
+          // libm and V8 may differ in the last bit of log/cos: 2 float32 ulps, as the suite allows.
+          const tol = 2 * 2 ** -23 * Math.max(Math.abs(wantN), 2 ** -10);
+          if (!(Math.abs(gotN[i]! - wantN) <= tol))
+            expect(Math.abs(gotN[i]! - wantN), `randn element ${i}, ${threads} threads, seed ${seed}`).toBeLessThanOrEqual(tol);
+        }
+      }
+    } finally {
+      backend.setThreads(before);
+    }
+  });
 
   it('streams of one seed are independent (|r| within 5 standard errors of 0)', async () => {
     const n = 200_000;
