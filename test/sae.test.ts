@@ -1183,6 +1183,30 @@ describe('SparseAutoencoder input validation', () => {
     within(await sae.decode({ ...c, rows, numLatents: L, k: undefined as unknown as number }), ref.xhat, ref.bound, 'decode without k', `seed ${seed}`);
   });
 
+  it('decode refuses latent indices outside [0, numLatents), naming the value and its position', async () => {
+    const seed = freshSeed(10);
+    const next = lcg(seed);
+    const w = randomWeights(dIn, L, next);
+    using sae = SparseAutoencoder.fromWeights(w, { k });
+    const rows = 5;
+    for (const bad of [L, -1, L + 1, 2 ** 31 - 1, -(2 ** 31)]) {
+      const values = Float32Array.from({ length: rows * k }, () => next() * 2);
+      const indices = Int32Array.from({ length: rows * k }, () => Math.floor(next() * L));
+      const at = Math.floor(next() * rows * k);
+      indices[at] = bad;
+      await rejects(
+        () => sae.decode({ values, indices, rows, numLatents: L, k }),
+        'ERR_SAEKIT_ARG',
+        new RegExp(`Expected codes\\.indices between 0 and ${L - 1} but received ${bad} at position ${at}$`),
+      );
+    }
+    // The largest valid index decodes as the reference.
+    const values = Float32Array.from({ length: k }, () => next() * 2);
+    const indices = Int32Array.from({ length: k }, (_, j) => L - 1 - j);
+    const ref = R.refDecode(w, { k, idx: indices, val: values }, 1, dIn);
+    within(await sae.decode({ values, indices, rows: 1, numLatents: L, k }), ref.xhat, ref.bound, 'decode of the last latents', `seed ${seed}`);
+  });
+
   it('rejects use after dispose', async () => {
     const sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, lcg(6)), { k });
     const opt = sae.adam({ lr: 1e-3 });
