@@ -215,6 +215,43 @@ describe('SAE files: JumpReLU (Gemma Scope, SAELens)', () => {
     expect(() => sae.adam()).toThrow(/JumpReLU/);
   });
 
+  it('a JumpReLU latent fires only strictly above its threshold: a pre-activation equal to it gives no code', async () => {
+    // Exact pre-activations: x is the unit basis and b_enc is 0, so z[r, l] = W_enc[r, l]. Each is
+    // the latent's threshold, one float32 ulp either side of it, 0 or negative, at random.
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const [d, F] = [7, 37];
+    const w = randomWeights(d, F, seed);
+    w.b_enc.fill(0);
+    w.threshold = Float32Array.from({ length: F }, () => (1 + Math.floor(next() * 63)) / 64);
+    const bits = new Float32Array(1);
+    const u32 = new Uint32Array(bits.buffer);
+    const step = (t: number, by: number) => {
+      bits[0] = t;
+      u32[0] += by;
+      return bits[0]!;
+    };
+    for (let r = 0; r < d; r++) {
+      for (let l = 0; l < F; l++) {
+        const t = w.threshold[l]!;
+        const pick = Math.floor(next() * 5);
+        w.W_enc[r * F + l] = pick === 0 ? t : pick === 1 ? step(t, 1) : pick === 2 ? step(t, -1) : pick === 3 ? 0 : -t;
+      }
+    }
+    const x = new Float32Array(d * d);
+    for (let r = 0; r < d; r++) x[r * d + r] = 1;
+    using sae = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu', applyBDecToInput: false });
+    const ref = refJumpRelu(w, x, d, F, false);
+    const codes = await sae.encode(x);
+    expect(codes.k, `seed ${seed}`).toBe(Math.max(1, ...ref.map((a) => a.length)));
+    for (let r = 0; r < d; r++) {
+      const got = Array.from(codes.indices.subarray(r * codes.k, r * codes.k + ref[r]!.length));
+      expect(got, `seed ${seed}, row ${r}`).toEqual(ref[r]!.map((a) => a[1]));
+      expect(Array.from(codes.values.subarray(r * codes.k, r * codes.k + ref[r]!.length)), `seed ${seed}, row ${r}`).toEqual(ref[r]!.map((a) => a[0]));
+      for (let j = ref[r]!.length; j < codes.k; j++) expect(codes.values[r * codes.k + j], `seed ${seed}, row ${r} padding`).toBe(0);
+    }
+  });
+
   it('a JumpReLU SAE with non-unit decoder rows saves with unit rows and the same function (SAELens layout)', async () => {
     const w = randomWeights(dIn, L, 5, (i) => 0.5 + (i % 5) * 0.3);
     w.threshold = new Float32Array(L).fill(0.15);
