@@ -191,5 +191,11 @@ export function dtypeSuite(options: DtypeSuiteOptions = {}): void {
     using g = tensor(Float32Array.from([1.9, -1.9, 3e9, -3e9, NaN, Infinity, -0.5]), undefined, { device });
     using j = await g.to('int32');
     expect(Array.from(await j.toArray())).toEqual([1, -1, 2147483647, -2147483648, 0, 2147483647, 0]);
+    // At the edges of int32's range: 2^31 is the first float32 past it (it saturates), the float32
+    // just below it and -2^31 are in range, the one below -2^31 saturates.
+    const edges = [2 ** 31, 2 ** 31 - 128, -(2 ** 31), -(2 ** 31) - 256, -(2 ** 31) + 128];
+    using h = tensor(Float32Array.from(edges), undefined, { device });
+    using k = await h.to('int32');
+    expect(Array.from(await k.toArray())).toEqual([2147483647, 2147483520, -2147483648, -2147483648, -2147483520]);
   });
 }
