@@ -69,6 +69,19 @@ async function expectCleanError(fn: () => unknown, label: string): Promise<void>
   }
 }
 
+/** A raw native function's error (an Error with a code; the API wraps it in a SaekitError). */
+async function expectCodedError(fn: () => Promise<unknown>, code: string, message: RegExp): Promise<void> {
+  let err: unknown;
+  try {
+    await fn();
+  } catch (e) {
+    err = e;
+  }
+  expect(err, `expected ${code}`).toBeInstanceOf(Error);
+  expect((err as { code?: string }).code, (err as Error).message).toBe(code);
+  expect((err as Error).message).toMatch(message);
+}
+
 describe('fuzzing the public API', () => {
   it('tensor, zeros, randn, rand, matmul, setThreads, Tensor.to only throw coded SaekitErrors', async () => {
     const values = junk();
@@ -143,6 +156,34 @@ describe('fuzzing the public API', () => {
     expect(Array.from(await b.lapRun(lap))).toEqual([1, 0]);
     expect(() => b.lapRun(lap)).toThrow(/has not run yet/);
     expect(() => b.lapCreate(2 ** 31 - 1, 2 ** 31 - 1, true)).toThrow(/at most 2\^56 entries/);
+  });
+
+  it('gatherRows copies exactly the rows asked for, and refuses a slot past src or a dst one element short', async () => {
+    const b = native();
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const [d, srcRows, count, at] = [19, 13, 9, 5];
+    const src = Float32Array.from({ length: srcRows * d }, () => next() * 2 - 1);
+    const bits = Uint16Array.from({ length: srcRows * d }, () => Math.floor(next() * 0x7f00)); // finite bfloat16
+    const slots = Uint32Array.from({ length: count + 2 }, () => Math.floor(next() * srcRows));
+    slots[3] = srcRows - 1; // the last row of src
+    for (const [from, dtype] of [[src, undefined], [bits, 'bfloat16']] as const) {
+      const dst = new Float32Array(at + count * d).fill(-7);
+      await b.gatherRows(from, slots, 1, count, dst, at, d, dtype);
+      const want = new Float32Array(at + count * d).fill(-7);
+      for (let j = 0; j < count; j++) {
+        for (let c = 0; c < d; c++) {
+          const q = slots[1 + j]! * d + c;
+          want[at + j * d + c] = dtype ? new Float32Array(Uint32Array.of(bits[q]! << 16).buffer)[0]! : src[q]!;
+        }
+      }
+      expect(Array.from(dst), `seed ${seed}, ${dtype ?? 'float32'}`).toEqual(Array.from(want));
+    }
+    const bad = Uint32Array.from(slots);
+    bad[4] = srcRows;
+    const run = (sl: Uint32Array, dst: Float32Array) => async () => b.gatherRows(src, sl, 1, count, dst, at, d);
+    await expectCodedError(run(bad, new Float32Array(at + count * d)), 'ERR_SAEKIT_ARG', new RegExp(`slot ${srcRows} is past the ${srcRows} rows of src`));
+    await expectCodedError(run(slots, new Float32Array(at + count * d - 1)), 'ERR_SAEKIT_SHAPE', /overflow dst of length/);
   });
 
   it('native methods called on foreign objects are rejected', () => {
