@@ -246,3 +246,56 @@ describe('fuzzing the public API', () => {
     (sae.dispose as () => void)();
   });
 });
+
+describe('native argument checks at the edge of each bound', () => {
+  // The addon is a boundary of its own (workers and the CLI call it too): each check must refuse
+  // the first value past its bound with a coded error naming the argument, and accept the bound.
+  // These calls go to the addon directly, below the TS checks that usually come first.
+  const b = native() as unknown as Record<string, (...a: unknown[]) => unknown> & {
+    NativeSae: { create: (...a: unknown[]) => { adam: (...a: unknown[]) => unknown; dispose: () => void } };
+  };
+  const codeOf = (fn: () => unknown): [string | undefined, string] => {
+    try {
+      fn();
+    } catch (e) {
+      return [(e as { code?: string }).code, (e as Error).message];
+    }
+    return [undefined, 'no error'];
+  };
+
+  it('integers, numbers, shapes and seeds', async () => {
+    // get_int: one below the lower bound and one above the upper bound.
+    expect(codeOf(() => b.spectrumStage!('float64', 0))).toEqual(['ERR_SAEKIT_ARG', expect.stringMatching(/^Expected integer between 1 and \d+ for length but received 0 \(number\)$/)]);
+    expect(codeOf(() => b.lapCreate!(2 ** 31, 1, false))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 0 and 2147483647 for rows but received 2147483648 (number)']);
+    expect(codeOf(() => b.spectrumStage!('float64', 1))[0]).toBeUndefined();
+    // get_double: just above the upper bound (lr at most 1e6).
+    const sae = b.NativeSae.create(3, 5, 2, 1);
+    const next = 1e6 + 2 ** -33; // the double after 1e6
+    expect(codeOf(() => sae.adam(next, 0.9, 0.999, 1e-8))).toEqual(['ERR_SAEKIT_ARG', 'Expected finite number between 0 and 1e+06 for lr but received 1000000.0000000001 (number)']);
+    expect(codeOf(() => sae.adam(1e6, 0.9, 0.999, 1e-8))[0]).toBeUndefined();
+    sae.dispose();
+    // get_shape: at most 8 dimensions, each at most 2^50; get_u64: at most 2^53 - 1 as a number.
+    expect(codeOf(() => b.random!(new Array(9).fill(1), 'float32', 'uniform', 1, 0))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected at most 8 dimensions for shape but received an array of length 9']);
+    expect(codeOf(() => b.random!([2 ** 50 + 1], 'float32', 'uniform', 1, 0))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected non-negative integer at most 2^50 for shape[0] but received 1125899906842625 (number)']);
+    expect(codeOf(() => b.random!([1], 'float32', 'uniform', 2 ** 53, 0))).toEqual(['ERR_SAEKIT_ARG', 'Expected non-negative safe integer or bigint below 2^64 for seed but received 9007199254740992 (number)']);
+    const ok = (await b.random!(new Array(8).fill(1), 'float32', 'uniform', 2 ** 53 - 1, 0)) as { dispose?: () => void };
+    ok?.dispose?.();
+    // anyNonFinite: end is at least start.
+    expect(codeOf(() => b.anyNonFinite!(new Float32Array(4), 2, 1))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 2 and 4 for end but received 1 (number)']);
+  });
+
+  it('chunked inputs: a chunk one value or one row too long is refused, not written past the buffer', () => {
+    const stage = b.spectrumStage!('float64', 4);
+    expect(codeOf(() => b.spectrumStageWrite!(stage, new Float64Array(5), 0))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected src of at most 4 values at offset 0 but received length 5']);
+    b.spectrumStageWrite!(stage, new Float64Array(2), 0);
+    expect(codeOf(() => b.spectrumStageWrite!(stage, new Float64Array(3), 2))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected src of at most 2 values at offset 2 but received length 3']);
+    const lap = b.lapCreate!(3, 2, false);
+    expect(codeOf(() => b.lapAppend!(lap, new Float64Array(8), 0, 'cost'))).toEqual(['ERR_SAEKIT_SHAPE', expect.stringMatching(/^Expected a chunk of whole rows of cost \(a multiple of cols = 2, at most 6 values\) but received length 8$/)]);
+    b.lapAppend!(lap, new Float64Array(4), 0, 'cost');
+    expect(codeOf(() => b.lapAppend!(lap, new Float64Array(4), 2, 'cost'))[0]).toBe('ERR_SAEKIT_SHAPE');
+    b.lapFree!(lap);
+    const store = b.sparseCorrCreate!(3, 3, 0, 0, 0);
+    expect(codeOf(() => b.sparseCorrAppend!(store, new Float32Array(7), new Int32Array(7), new Float32Array(4), new Int32Array(4), 2))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected codesA.values of a length divisible by rows = 2 but received 7']);
+    b.sparseCorrFree!(store);
+  });
+});
