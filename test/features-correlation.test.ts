@@ -296,6 +296,26 @@ describe('features.correlation: native sparse kernel', () => {
     expect(res.activeA.reduce((x, y) => x + y, 0)).toBe(nonzero);
   });
 
+  it('signed codes: activeA / activeB count negative values per feature, and r equals the float64 Pearson', async () => {
+    // The documented count is of nonzero values of every sign (pre-activations, dense codes).
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const [rows, nA, nB, kA, kB] = [211, 13, 17, 4, 3];
+    const ca = randomCodes(rows, kA, nA, next);
+    const cb = randomCodes(rows, kB, nB, next);
+    for (const c of [ca, cb]) for (let q = 0; q < c.values.length; q++) if (next() < 0.5) c.values[q] = -c.values[q]!;
+    const res = await nativeCorr(ca, cb, rows, nA, nB, 37, true, 0, false);
+    const count = (c: Codes, n: number) => {
+      const out = new Array<number>(n).fill(0);
+      for (let q = 0; q < c.values.length; q++) if (c.values[q] !== 0) out[c.indices[q]!]!++;
+      return out;
+    };
+    expect(Array.from(res.activeA), `seed ${seed}`).toEqual(count(ca, nA));
+    expect(Array.from(res.activeB), `seed ${seed}`).toEqual(count(cb, nB));
+    const want = naivePearson(denseCodes(ca.values, ca.indices, rows, kA, nA), denseCodes(cb.values, cb.indices, rows, kB, nB), rows, nA, nB);
+    for (let q = 0; q < want.length; q++) expect(Math.abs(res.r![q]! - want[q]!), `seed ${seed}, r[${q}]`).toBeLessThan(1e-6);
+  });
+
   it('top matches equal the argsort of the full matrix; identical for any batch split and thread count', async () => {
     const next = lcg(4242);
     const [rows, nA, nB, kA, kB] = [997, 61, 45, 6, 4];
