@@ -47,8 +47,9 @@ int64_t shape_numel(const std::vector<int64_t>& shape, const char* what) {
     if (d == 0) return 0;  // empty, whatever the other dimensions (checked before any product)
   int64_t n = 1;
   for (int64_t d : shape) {
-    // Keep byte counts of any dtype within int64 (and far below any real allocation limit).
-    SK_CHECK(n <= (int64_t(1) << 60) / d, ErrorCode::Shape, "Expected fewer than 2^60 elements for ",
+    // Keep byte counts of any dtype within int64 (and far below any real allocation limit):
+    // n * d <= 2^60 - 1, i.e. fewer than 2^60 elements, as the message says.
+    SK_CHECK(n <= ((int64_t(1) << 60) - 1) / d, ErrorCode::Shape, "Expected fewer than 2^60 elements for ",
              what, " but received shape ", shape_str(shape));
     n *= d;
   }
