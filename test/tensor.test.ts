@@ -133,6 +133,7 @@ function ref16(d: number, dtype: 'bfloat16' | 'float16'): number {
   const fl = Math.floor(q);
   const frac = q - fl;
   q = frac > 0.5 || (frac === 0.5 && fl % 2 !== 0) ? fl + 1 : fl;
+  if (q === 0) return d < 0 ? 0x8000 : 0; // underflow keeps the sign: a negative value rounds to -0
   const v = q * ulp;
   if (dtype === 'float16') {
     if (Math.abs(v) > 65504) return v > 0 ? 0x7c00 : 0xfc00;
@@ -154,6 +155,9 @@ describe('rounding to 16-bit types happens once', () => {
       [1 + 2 ** -8 + 2 ** -30, 'bfloat16', 0x3f81],
       [-(1 + 2 ** -8 + 2 ** -30), 'bfloat16', 0xbf81],
       [1 + 2 ** -11 + 2 ** -40, 'float16', 0x3c01],
+      // Below half the smallest subnormal: rounds to a zero of the value's sign.
+      [-(2 ** -26), 'float16', 0x8000],
+      [-(2 ** -140), 'bfloat16', 0x8000],
     ];
     for (const [v, dtype, want] of cases) {
       for (const data of [new Float64Array([v]), [v]]) {
