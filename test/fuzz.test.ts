@@ -288,6 +288,25 @@ describe('native argument checks at the edge of each bound', () => {
     expect(codeOf(() => b.anyNonFinite!(new Float32Array(4), 2, 1))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 2 and 4 for end but received 1 (number)']);
   });
 
+  it('lengths that must match: codes.values and codes.indices, data and shape', async () => {
+    const acode = async (fn: () => unknown): Promise<[string | undefined, string]> => {
+      try {
+        await fn();
+      } catch (e) {
+        return [(e as { code?: string }).code, (e as Error).message];
+      }
+      return [undefined, 'no error'];
+    };
+    const sae = b.NativeSae.create(3, 5, 2, 1) as unknown as { decode: (...a: unknown[]) => Promise<Float32Array>; dispose: () => void };
+    const msg = (nv: number, ni: number) => `Expected codes.values and codes.indices of equal length, a positive multiple of codes.rows = 2, but received ${nv} and ${ni}`;
+    expect(await acode(() => sae.decode(new Float32Array(4), new Int32Array(2), 2))).toEqual(['ERR_SAEKIT_SHAPE', msg(4, 2)]);
+    expect(await acode(() => sae.decode(new Float32Array(5), new Int32Array(5), 2))).toEqual(['ERR_SAEKIT_SHAPE', msg(5, 5)]);
+    expect((await sae.decode(new Float32Array(4), new Int32Array(4), 2)).length).toBe(6);
+    sae.dispose();
+    for (const n of [5, 7])
+      expect(await acode(() => b.fromArray!(new Float32Array(n), [2, 3], 'float32', 'float32'))).toEqual(['ERR_SAEKIT_SHAPE', `Expected data of length 6 for shape [2, 3] but received length ${n}`]);
+  });
+
   it('chunked inputs: a chunk one value or one row too long is refused, not written past the buffer', () => {
     const stage = b.spectrumStage!('float64', 4);
     expect(codeOf(() => b.spectrumStageWrite!(stage, new Float64Array(5), 0))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected src of at most 4 values at offset 0 but received length 5']);
