@@ -271,7 +271,7 @@ describe('native argument checks at the edge of each bound', () => {
     // get_double: just above the upper bound (lr at most 1e6).
     const sae = b.NativeSae.create(3, 5, 2, 1);
     const next = 1e6 + 2 ** -33; // the double after 1e6
-    expect(codeOf(() => sae.adam(next, 0.9, 0.999, 1e-8))).toEqual(['ERR_SAEKIT_ARG', 'Expected finite number between 0 and 1e+06 for lr but received 1000000.0000000001 (number)']);
+    expect(codeOf(() => sae.adam(next, 0.9, 0.999, 1e-8))).toEqual(['ERR_SAEKIT_ARG', 'Expected finite number between 0 and 1000000 for lr but received 1000000.0000000001 (number)']);
     expect(codeOf(() => sae.adam(1e6, 0.9, 0.999, 1e-8))[0]).toBeUndefined();
     sae.dispose();
     // get_shape: at most 8 dimensions, each at most 2^50; get_u64: at most 2^53 - 1 as a number.
@@ -305,6 +305,28 @@ describe('native argument checks at the edge of each bound', () => {
     sae.dispose();
     for (const n of [5, 7])
       expect(await acode(() => b.fromArray!(new Float32Array(n), [2, 3], 'float32', 'float32'))).toEqual(['ERR_SAEKIT_SHAPE', `Expected data of length 6 for shape [2, 3] but received length ${n}`]);
+  });
+
+  it('numbers in messages print as JavaScript prints them (String(x)), at every magnitude (fresh random doubles)', () => {
+    const sae = b.NativeSae.create(3, 5, 2, 1);
+    const seed = Date.now() >>> 0;
+    let st = seed || 1;
+    const next = () => (st = (Math.imul(st, 1664525) + 1013904223) >>> 0) / 4294967296;
+    // lr must lie in [0, 1e6]: a value outside is refused and printed in the message.
+    const values = [1e21, 1e21 - 65536, 123456789012345680000, 2 ** 53 + 2, 1e6 + 1, 1.5e300, Number.MAX_VALUE, -1e-7, -1e-6, -0.000001234, -5e-324, -1, -0.5, -123.456];
+    for (let i = 0; i < 300; i++) {
+      const mag = 10 ** (Math.floor(next() * 40) - 12);
+      const v = (next() < 0.5 ? -1 : 1) * mag * (1 + next());
+      values.push(v > 1e6 || v < 0 ? v : -v);
+      values.push(-Math.round(next() * 10 ** Math.floor(next() * 22))); // integers, 0 to 1e21
+    }
+    for (const v of values) {
+      if (v >= 0 && v <= 1e6) continue; // Math.round can give -0
+      const [code, message] = codeOf(() => sae.adam(v, 0.9, 0.999, 1e-8));
+      expect(code, `seed ${seed}: ${v}`).toBe('ERR_SAEKIT_ARG');
+      expect(message, `seed ${seed}`).toBe(`Expected finite number between 0 and 1000000 for lr but received ${String(v)} (number)`);
+    }
+    sae.dispose();
   });
 
   it('chunked inputs: a chunk one value or one row too long is refused, not written past the buffer', () => {

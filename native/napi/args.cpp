@@ -8,15 +8,38 @@ namespace sk::napi {
 
 namespace {
 
-// The shortest decimal that reads back as `d` (as JavaScript prints numbers): a limit like 2^50
-// and a value just past it must not print alike.
+// The shortest decimal that reads back as `d`, printed as JavaScript prints numbers
+// (Number.prototype.toString: plain digits from 1e-6 up to below 1e21, else d.ddde+N): a limit
+// like 2^50 and a value just past it must not print alike, and 1e6 prints as 1000000.
 std::string shortest(double d) {
-  char buf[32];
+  if (d == 0) return "0";  // -0 too, as JavaScript prints it
+  char buf[40];
   for (int p = 1; p <= 17; ++p) {
-    std::snprintf(buf, sizeof buf, "%.*g", p, d);
+    std::snprintf(buf, sizeof buf, "%.*e", p - 1, d);
     if (std::strtod(buf, nullptr) == d) break;
   }
-  return buf;
+  // buf is [-]D[.DDD]e(+|-)XX: its digits and the decimal exponent n of 0.DDDD x 10^n.
+  const char* s = buf;
+  const bool negative = *s == '-';
+  if (negative) ++s;
+  std::string digits;
+  for (; *s != 'e'; ++s)
+    if (*s != '.') digits += *s;
+  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
+  const int k = int(digits.size());
+  const int n = std::atoi(s + 1) + 1;
+  std::string out;
+  if (k <= n && n <= 21) {
+    out = digits + std::string(size_t(n - k), '0');
+  } else if (0 < n && n <= 21) {
+    out = digits.substr(0, size_t(n)) + "." + digits.substr(size_t(n));
+  } else if (-6 < n && n <= 0) {
+    out = "0." + std::string(size_t(-n), '0') + digits;
+  } else {
+    out = digits.substr(0, 1) + (k > 1 ? "." + digits.substr(1) : "") + (n - 1 >= 0 ? "e+" : "e-") +
+          std::to_string(std::abs(n - 1));
+  }
+  return negative ? "-" + out : out;
 }
 
 }  // namespace
