@@ -750,6 +750,34 @@ describe('npz', () => {
     expect(z.length).toBe(35 + npy.length + 51 + 22);
   });
 
+  it("finds the real end record when an array's bytes or the archive comment hold its signature", async () => {
+    // The end record is the last 'PK\\5\\6' whose comment length reaches exactly to the end of
+    // the file: an earlier signature (in stored data) or a later one (in the comment, claiming a
+    // comment past the end) is not it.
+    const seed = freshSeed(7);
+    const next = rng(seed);
+    for (let trial = 0; trial < 4; trial++) {
+      const n = 31 + 2 * Math.floor(next() * 60); // odd
+      const data = new Int32Array(n).map(() => Math.floor(next() * 2 ** 31));
+      const at = Math.floor(next() * (n - 6));
+      data[at] = 0x06054b50; // little-endian 'PK\5\6', then zeros: a plausible empty end record
+      data.fill(0, at + 1, at + 6);
+      const arrays: Record<string, IoTensor> = { a: { dtype: 'int32', shape: [n], data }, b: randomTensor('float32', [3, 5], next) };
+      const z = Buffer.concat(await encodeNpzParts(arrays));
+      // A comment of an odd length holding a fake end record whose comment length runs past the end.
+      const comment = Buffer.alloc(22 + 2 * Math.floor(next() * 20) + 1);
+      comment.writeUInt32LE(0x06054b50, 0);
+      comment.writeUInt16LE(0xffff, 20);
+      const withComment = Buffer.concat([z, comment]);
+      withComment.writeUInt16LE(comment.length, z.length - 2);
+      for (const [what, bytes] of [['data', z], ['comment', withComment]] as const) {
+        const got = await decodeNpz(bytes, `${what}.npz`);
+        expect(Object.keys(got).sort(), `seed ${seed}, ${what}`).toEqual(['a', 'b']);
+        for (const key of ['a', 'b']) expectSameTensor(got[key]!, arrays[key]!, `seed ${seed}, ${what}: ${key}`);
+      }
+    }
+  });
+
   it('computes CRC-32 like zlib (and the fallback agrees)', () => {
     expect(crc32(Buffer.from('123456789'))).toBe(0xcbf43926);
     expect(crc32(Buffer.from('123456789'), 0, true)).toBe(0xcbf43926);
@@ -841,6 +869,18 @@ describe('npz', () => {
         'a ZIP64 end record out of bounds',
         edit((z) => z.writeBigUInt64LE(BigInt(z.length), z.length - 22 - 20 + 8), async () => Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }))),
         /ZIP64 end record offset \d+ is out of bounds/,
+      ],
+      [
+        // The record would overlap its locator (20 bytes before the end record): out of bounds too.
+        'a ZIP64 end record overlapping its locator',
+        edit((z) => z.writeBigUInt64LE(z.readBigUInt64LE(z.length - 22 - 20 + 8) + 8n, z.length - 22 - 20 + 8), async () => Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }))),
+        /ZIP64 end record offset \d+ is out of bounds/,
+      ],
+      [
+        // The ZIP64 end record starts where the directory must end, not the classic end record.
+        'a central directory running into the ZIP64 end record',
+        edit((z) => z.writeBigUInt64LE(z.readBigUInt64LE(z.length - 22 - 20 - 56 + 40) + 1n, z.length - 22 - 20 - 56 + 40), async () => Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }))),
+        /central directory \[\d+, \+\d+\) runs past its end records at \d+/,
       ],
       ['corrupt deflate data', edit((z) => z.fill(0xff, 40, 60), deflated), /deflate data is corrupt/],
       ['a wrong declared size after inflating', edit((z) => z.writeUInt32LE(z.readUInt32LE(cdAt(z) + 24) - 1, cdAt(z) + 24), deflated), /inflated to|deflate data is corrupt/],
