@@ -882,6 +882,12 @@ describe('npz', () => {
         edit((z) => z.writeBigUInt64LE(z.readBigUInt64LE(z.length - 22 - 20 - 56 + 40) + 1n, z.length - 22 - 20 - 56 + 40), async () => Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }))),
         /central directory \[\d+, \+\d+\) runs past its end records at \d+/,
       ],
+      [
+        // A disk number of 0xffff says the ZIP64 field holds the real one (after the three sizes); it does not.
+        'a saturated disk number without its ZIP64 field',
+        edit((z) => z.writeUInt16LE(0xffff, cdRecord(z) + 34), async () => Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }))),
+        /multi-disk zip archives are not supported/,
+      ],
       ['corrupt deflate data', edit((z) => z.fill(0xff, 40, 60), deflated), /deflate data is corrupt/],
       ['a wrong declared size after inflating', edit((z) => z.writeUInt32LE(z.readUInt32LE(cdAt(z) + 24) - 1, cdAt(z) + 24), deflated), /inflated to|deflate data is corrupt/],
       ['a CRC mismatch', edit((z) => { z[z.length - 22 - 51 - 1] ^= 1; }), /CRC-32 mismatch/],
