@@ -667,6 +667,9 @@ describe('npy', () => {
       ['a structured descr', () => hdr("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,)}"), /lists are not supported \(structured dtypes/],
       ['fortran_order not a bool', () => hdr("{'descr': '<f4', 'fortran_order': 0, 'shape': (2,)}"), /'fortran_order' is not True or False/],
       ['a misspelt boolean', () => hdr("{'descr': '<f4', 'fortran_order': Falsey, 'shape': (2,)}"), /unknown name/],
+      ['a boolean run into a digit', () => hdr("{'descr': '<f4', 'fortran_order': False0, 'shape': (2,)}"), /unknown name at character \d+/],
+      ['a boolean run into an underscore', () => hdr("{'descr': '<f4', 'fortran_order': True_, 'shape': (2,)}"), /unknown name at character \d+/],
+      ['a string with a Python escape', () => hdr("{'descr': '<f\\x34', 'fortran_order': False, 'shape': (2,)}"), /unsupported escape or line break in string/],
       ['shape not a tuple', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': 2}"), /'shape' is not a tuple of integers/],
       ['a one-element tuple without its comma', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (2)}"), /one-element tuple needs a trailing comma/],
       ['a negative dimension', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (-2,)}"), /expected a non-negative integer/],
@@ -888,6 +891,8 @@ describe('npz', () => {
         edit((z) => z.writeUInt16LE(0xffff, cdRecord(z) + 34), async () => Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }))),
         /multi-disk zip archives are not supported/,
       ],
+      // Only an empty entry ending in '/' is a folder; one with data is an entry that is not an array.
+      ['a folder-like entry holding data', () => handZip([['w.npy', npyW], ['d/', new Uint8Array([1, 2, 3])]]), /entry 'd\/' is not an \.npy array/],
       ['corrupt deflate data', edit((z) => z.fill(0xff, 40, 60), deflated), /deflate data is corrupt/],
       ['a wrong declared size after inflating', edit((z) => z.writeUInt32LE(z.readUInt32LE(cdAt(z) + 24) - 1, cdAt(z) + 24), deflated), /inflated to|deflate data is corrupt/],
       ['a CRC mismatch', edit((z) => { z[z.length - 22 - 51 - 1] ^= 1; }), /CRC-32 mismatch/],
