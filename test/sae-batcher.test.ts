@@ -272,11 +272,18 @@ describe('EncodeBatcher', () => {
     // Small rows (few active latents) and large rows (many) in one batch.
     const small = rowsOf(2, dIn, next).map((v) => v * 0.2);
     const large = rowsOf(3, dIn, next).map((v) => v * 3);
-    const [, gs, gl] = await Promise.all([b.encode(rowsOf(1, dIn, next)), b.encode(small), b.encode(large)]);
+    // And rows with no active latent at all (zeros: every pre-activation 0, below each threshold).
+    const none = new Float32Array(3 * dIn);
+    const [, gs, gl, gn] = await Promise.all([b.encode(rowsOf(1, dIn, next)), b.encode(small), b.encode(large), b.encode(none)]);
     expect(b.batches).toBe(2);
-    const [as, al] = [await sae.encode(small), await sae.encode(large)];
+    const [as, al, an] = [await sae.encode(small), await sae.encode(large), await sae.encode(none)];
     expect(gs!.k).toBe(as.k);
     expect(gl!.k).toBe(al.k);
+    // Padding is at least 1 (as alone): a request whose rows are all inactive gets one zero per row.
+    expect(an.k).toBe(1);
+    expect(gn!.k).toBe(1);
+    expect(Array.from(gn!.values)).toEqual([0, 0, 0]);
+    expect(gn!.values.length).toBe(an.values.length);
     expect(gs!.k).toBeLessThan(gl!.k);
     expect(Array.from(gs!.indices)).toEqual(Array.from(as.indices));
     expect(Array.from(gl!.indices)).toEqual(Array.from(al.indices));
