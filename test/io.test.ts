@@ -684,6 +684,8 @@ describe('npy', () => {
       ['truncated data', () => f4('(3,)', 2), /data is 8 bytes but shape \(3\) of '<f4' needs 12 \(file truncated\)/],
       ['trailing data', () => f4('(1,)', 2), /data is 8 bytes but shape \(1\) of '<f4' needs 4 \(file has trailing bytes\)/],
       ['an invalid UTF-8 v3 header', () => { const b = npyFile("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", 4, 3); b[20] = 0xff; return b; }, /version 3\.0 header is not valid UTF-8/],
+      // Versions 1.0 and 2.0 are latin1: the byte 0xe9 is 'é', not broken UTF-8.
+      ['a latin1 byte in a v2 header', () => npyFile("{'descr': '<f\u00e9', 'fortran_order': False, 'shape': (1,), }", 4, 2), /unsupported descr '<fé'/],
     ];
     for (const [what, make, reason] of cases) {
       it(what, async () => {
