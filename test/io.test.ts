@@ -437,6 +437,8 @@ describe('safetensors', () => {
       expect(parseSt(stFile(`{"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0],"x":${deepArray(126)}}}`)).tensors).toHaveLength(1);
       // 14 values besides the x array's elements: {, "a", {, "dtype", "U8", "shape", [, 0, "data_offsets", [, 0, 0, "x", [
       expect(parseSt(stFile(`{"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0],"x":[${'0,'.repeat(1_999_985)}0]}}`)).tensors).toHaveLength(1);
+      // A number is one value however many characters it has: these 1,000,000 numbers are 1,000,014 values.
+      expect(parseSt(stFile(`{"a":{"dtype":"U8","shape":[0],"data_offsets":[0,0],"x":[${'-1.5e-7,'.repeat(999_999)}123]}}`)).tensors).toHaveLength(1);
       const brackets = JSON.stringify({ __metadata__: { note: `${'[{'.repeat(300)} \\" ${'"'.repeat(5)}` } });
       expect(parseSt(stFile(brackets)).metadata.note).toMatch(/^\[\{/);
     });
