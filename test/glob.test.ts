@@ -74,6 +74,9 @@ describe('glob segment matching', () => {
       expect(await expandGlob(`${dir}/l?nk/*.npy`)).toEqual([at('link', 'x.npy')]);
       expect(await expandGlob(`${dir}/*/*/x.npy`)).toEqual([at('loop', 'link', 'x.npy'), at('loop', 'real', 'x.npy')]);
       expect(await expandGlob(`${dir}/**/x.npy`)).toEqual([at('real', 'x.npy')]);
+      // A symbolic link to a file is a file, for `*` and for a final `**` alike (a dangling one is not).
+      expect(await expandGlob(`${dir}/*`)).toEqual([at('file.npy'), at('filelink')]);
+      expect(await expandGlob(`${dir}/**`)).toEqual([at('file.npy'), at('filelink'), at('real', 'x.npy')]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
