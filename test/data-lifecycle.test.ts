@@ -9,6 +9,8 @@ import { describe, expect, it } from 'vitest';
 import { fromArray, fromAsyncIterable, openActivations } from '../lib/data/index.js';
 import { ChunkPlan, FileRowStream } from '../lib/data/rows.js';
 import { HandleCache } from '../lib/data/files.js';
+import { Pump } from '../lib/data/pump.js';
+import type { Batch } from '../lib/data/types.js';
 import { io } from '../lib/index.js';
 import { packageRoot } from '../lib/native/index.js';
 import { distUrl, haveDist, runInChild } from './helpers/child.js';
@@ -464,4 +466,30 @@ describe('passes dropped unfinished', () => {
     expect(r.arraysFreed, 'alloc arrays collected').toBe(r.made);
     expect(r.grew, 'MiB still held after 6 passes of 4 MiB batches').toBeLessThan(4);
   }, 70_000);
+});
+
+describe('Pump', () => {
+  it('keeps exactly its capacity of ready batches ahead of the consumer, however long the consumer waits', async () => {
+    for (const capacity of [1, 2, 3, 5]) {
+      let produced = 0;
+      const pump = new Pump(
+        async (emit) => {
+          for (;;) {
+            produced++;
+            await emit({ rows: 1, dIn: 3, data: new Float32Array(3) } as unknown as Batch);
+          }
+        },
+        capacity,
+        () => undefined,
+      );
+      for (let taken = 1; taken <= 3; taken++) {
+        expect((await pump.next()).done).toBe(false);
+        // Turns of the event loop enough for any producer to run ahead as far as it may.
+        for (let t = 0; t < 20; t++) await new Promise((r) => setTimeout(r, 1));
+        // The batches taken plus `capacity` ready ones (each counted when emitted, before it waits).
+        expect(produced, `capacity ${capacity}, after ${taken} taken`).toBe(taken + capacity);
+      }
+      await pump.return();
+    }
+  });
 });
