@@ -348,6 +348,19 @@ describe('superposition: correlated firing (Gaussian copula)', () => {
     expect(superposition({ dIn: 3, numFeatures: 4, firing: { kind: 'uniform', p: 0.2 } }).correlationMatrix()).toBeUndefined();
   });
 
+  it("'random' is { kind: 'random', strength: 0.5, factors: min(8, numFeatures) } (the documented defaults)", () => {
+    for (const n of [5, 8, 13]) {
+      const seed = freshSeed(n);
+      const common = { dIn: 7, numFeatures: n, firing: { kind: 'uniform', p: 0.3 } as const, numRows: 301, seed };
+      const byName = superposition({ ...common, correlation: 'random' });
+      const explicit = superposition({ ...common, correlation: { kind: 'random', strength: 0.5, factors: Math.min(8, n) } });
+      expect(Array.from(byName.correlationMatrix()!), `n ${n}, seed ${seed}`).toEqual(Array.from(explicit.correlationMatrix()!));
+      expect(Array.from(byName.rows(0, 301)), `n ${n}, seed ${seed}`).toEqual(Array.from(explicit.rows(0, 301)));
+      const other = superposition({ ...common, correlation: { kind: 'random', strength: 0.5, factors: Math.min(8, n) - 1 } });
+      expect(Array.from(other.correlationMatrix()!)).not.toEqual(Array.from(explicit.correlationMatrix()!));
+    }
+  });
+
   it("'random' with strength 0 is independent firing in distribution", () => {
     const seed = freshSeed(13);
     const N = 1 << 15;
