@@ -805,6 +805,14 @@ describe('superposition: validation', () => {
     }
     expectNamedError(bad({ correlation: indefinite }), 'positive definite');
     expect(() => bad({ correlation: eye(6) })()).not.toThrow();
+    // Pivots must be above 1e-12: rho01 with 1 - rho01^2 = 1e-13 is numerically singular (refused at row 1);
+    // 1 - rho01^2 = 1e-10 is accepted.
+    for (const [gap, ok] of [[1e-13, false], [1e-10, true]] as const) {
+      const near = eye(6);
+      near[1] = near[6] = Math.sqrt(1 - gap);
+      if (ok) expect(() => bad({ correlation: near })()).not.toThrow();
+      else expect(bad({ correlation: near })).toThrow(/positive definite matrix for options\.correlation but its Cholesky factorisation fails at row 1 \(pivot /);
+    }
   });
 
   // A sparse array of 2^32 - 1 slots costs nothing to make, and the hierarchy used to walk it slot
