@@ -471,6 +471,35 @@ describe('maxCosine', () => {
     }
   });
 
+  it('results lie in [-1, 1] even where float32 rounding overshoots: many scaled duplicates, opposite pairs', async () => {
+    const { ctx, next } = freshRng(21);
+    for (const d of [37, 129, 515]) {
+      const tol = cosineTolerance(d);
+      // Rows m..2m-1 are positive multiples of rows 0..m-1: every max cosine is 1 up to rounding.
+      const m = 33;
+      const rows = new Float32Array(2 * m * d);
+      for (let i = 0; i < m; i++) {
+        const c = 0.5 + 3.5 * next();
+        for (let j = 0; j < d; j++) rows[(m + i) * d + j] = c * (rows[i * d + j] = next() * 2 - 1);
+      }
+      const got = await maxCosine(rows, 2 * m, d);
+      for (let i = 0; i < 2 * m; i++) {
+        expect(got[i]!, `${ctx}, d ${d}, row ${i}`).toBeLessThanOrEqual(1);
+        expect(1 - got[i]!, `${ctx}, d ${d}, row ${i}`).toBeLessThanOrEqual(tol);
+      }
+      // Two opposite rows: the max cosine of each is -1 up to rounding.
+      for (let t = 0; t < 16; t++) {
+        const pair = new Float32Array(2 * d);
+        const c = 0.5 + 3.5 * next();
+        for (let j = 0; j < d; j++) pair[d + j] = -c * (pair[j] = next() * 2 - 1);
+        for (const v of await maxCosine(pair, 2, d)) {
+          expect(v, `${ctx}, d ${d}, pair ${t}`).toBeGreaterThanOrEqual(-1);
+          expect(v + 1, `${ctx}, d ${d}, pair ${t}`).toBeLessThanOrEqual(tol);
+        }
+      }
+    }
+  });
+
   it('handles n = 1 (NaN), n = 2 and all-zero rows', async () => {
     expect(Number.isNaN((await maxCosine(Float32Array.of(1, 2, 3), 1, 3))[0])).toBe(true);
     const two = await maxCosine(Float32Array.of(1, 0, 0, 1), 2, 2);
