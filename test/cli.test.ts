@@ -75,6 +75,24 @@ describe('saekit CLI', () => {
     expect(used).toBe(hw);
   });
 
+  it("train --help: the flags that set Trainer options default to the Trainer's documented defaults", () => {
+    const r = run(['train', '--help']);
+    expect(r.status).toBe(0);
+    const help = r.stdout.replace(/\s+/g, ' ');
+    const defaultOf = (flag: string): string | undefined => {
+      const at = help.indexOf(` ${flag} `);
+      const rest = help.slice(at + flag.length + 1);
+      return rest.slice(0, rest.search(/ --[a-z]|$/)).match(/\(default: ([^)]+)\)/)?.[1];
+    };
+    // TrainerOptions: batchSize 4096, warmupSteps 1000, auxkAlpha 1/32, deadThresholdTokens 10,000,000,
+    // checkpointEvery 1000 (each "Default ..." in its doc comment).
+    expect(defaultOf('--batch')).toBe('4096');
+    expect(defaultOf('--warmup')).toBe('1000');
+    expect(Number(defaultOf('--auxk-alpha'))).toBe(1 / 32);
+    expect(defaultOf('--dead-threshold')).toBe('10000000');
+    expect(defaultOf('--checkpoint-every')).toBe('1000');
+  });
+
   it('an unknown command fails with help on stderr', () => {
     const r = run(['frobnicate']);
     expect(r.status).not.toBe(0);
