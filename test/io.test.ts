@@ -201,10 +201,7 @@ describe('safetensors', () => {
 
   it('reads tensors whose JSON entries come in any order relative to their data offsets (the format does not order them)', async () => {
     const seed = Date.now() >>> 0;
-    const next = (() => {
-      let st = seed || 1;
-      return () => ((st = (Math.imul(st, 1664525) + 1013904223) >>> 0) / 4294967296);
-    })();
+    const next = lcg(seed);
     const m = 2 + Math.floor(next() * 6);
     const sizes = Array.from({ length: m }, () => (next() < 0.2 ? 0 : 1 + Math.floor(next() * 4))); // float32 counts, zero-size ones too
     sizes[0] = 1 + sizes[0]!;

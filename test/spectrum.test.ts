@@ -86,8 +86,7 @@ describe('powerLawFit', () => {
 
   it('alpha is minus the least-squares slope of log eigenvalue on log rank over 11..maxRank, two ranks included (fresh random spectra)', () => {
     const seed = (Date.now() ^ 0x1b873593) >>> 0;
-    let s = seed || 1;
-    const next = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
+    const next = lcg(seed);
     for (let trial = 0; trial < 50; trial++) {
       const len = 12 + Math.floor(next() * 200);
       const ev = Float64Array.from({ length: len }, () => 1e-3 + next() * 10).sort().reverse();
