@@ -129,3 +129,97 @@ describe('shuffled passes over wide rows (the buffer filled through a scratch of
   });
 });
 
+describe('safetensors tensor choice', () => {
+  it("the only 2-D tensor is read by default beside 1-D and 3-D ones; options.tensor picks any, and applies to the .safetensors files of a list that also holds .npy files; options.dtype must match the tensor", async () => {
+    const seed = freshSeed();
+    const dIn = 3 + (seed % 9);
+    const [r1, r2, r3] = [4 + (seed % 7), 3 + (seed % 5), 5 + (seed % 3)];
+    const acts = randomRows(r1, dIn, seed);
+    const resid = randomRows(2 * r2, dIn, seed + 1);
+    const other = randomRows(r3, dIn, seed + 2);
+    const st = p(`b-${seed}.safetensors`);
+    await writeSafetensorsFixture(st, {
+      bias: { dtype: 'float32', shape: [dIn], data: randomRows(1, dIn, seed + 3) },
+      resid: { dtype: 'float32', shape: [2, r2, dIn], data: resid },
+      acts: { dtype: 'float32', shape: [r1, dIn], data: acts },
+    });
+    const npy = p(`a-${seed}.npy`);
+    await writeNpyFixture(npy, 'float32', [r3, dIn], other);
+    const rowsOf = async (src: ActivationSource) => concatRows(await collectCopies(src, { batchSize: 4 }));
+    const msg = `seed ${seed}`;
+    expect(firstDiff(await rowsOf(await openActivations(st)), acts), msg).toBe(-1);
+    expect(firstDiff(await rowsOf(await openActivations(st, { tensor: 'resid' })), resid), msg).toBe(-1);
+    // a-*.npy comes first in name order; options.tensor names the tensor of the .safetensors file.
+    for (const tensor of ['acts', 'resid']) {
+      const src = await openActivations([st, npy], { tensor });
+      expect(firstDiff(await rowsOf(src), concatRows([{ data: other }, { data: tensor === 'acts' ? acts : resid }])), `${msg}, ${tensor}`).toBe(-1);
+    }
+    // options.dtype must match the tensor read, as for .npy files.
+    for (const dtype of ['float16', 'bfloat16', 'float64'] as const) {
+      await expect(openActivations(st, { dtype }), `${msg}, ${dtype}`).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_DTYPE',
+        message: expect.stringContaining(`Expected options.dtype = '${dtype}' to match tensor 'acts' of ${st}, which holds float32`),
+      });
+      await expect(openActivations(st, { dtype, tensor: 'resid' }), `${msg}, ${dtype}`).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE', message: expect.stringContaining(`tensor 'resid' of ${st}, which holds float32`) });
+    }
+    expect(firstDiff(await rowsOf(await openActivations(st, { dtype: 'float32' })), acts), msg).toBe(-1);
+    await expect(openActivations([npy], { tensor: 'acts' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.tensor only with \.safetensors files/) });
+  });
+});
+
+describe('epochs of a stream (fromAsyncIterable)', () => {
+  it('an iterable that yields nothing gives no batches over any number of epochs, and no error (it is not a spent generator)', async () => {
+    let passes = 0;
+    const empty = {
+      async *[Symbol.asyncIterator]() {
+        passes++;
+      },
+    };
+    const epochs = 2 + Math.floor(Math.random() * 4);
+    const src = fromAsyncIterable(empty, 5);
+    expect(await collectCopies(src, { epochs })).toEqual([]);
+    expect(await collectCopies(src, { epochs, shuffle: true, bufferBytes: 999 })).toEqual([]);
+    // Each epoch of a stream asks the iterable again (its numRows is unknown).
+    expect(passes).toBe(2 * epochs);
+  });
+
+  it('an iterable that yields rows once and then nothing (a new iterator over a spent generator) is an error at the empty epoch, after the rows of the first', async () => {
+    const seed = freshSeed();
+    const dIn = 3 + (seed % 7);
+    const rows = 5 + (seed % 11);
+    const x = randomRows(rows, dIn, seed);
+    const gen = (async function* () {
+      for (let r = 0; r < rows; r += 4) yield x.slice(r * dIn, Math.min(rows, r + 4) * dIn);
+    })();
+    // Each [Symbol.asyncIterator]() returns a new object (so not the iterator an earlier epoch took), all over one generator.
+    const spent = { [Symbol.asyncIterator]: () => ({ next: () => gen.next() }) };
+    const src = fromAsyncIterable(spent, dIn);
+    const got: Batch[] = [];
+    await expect(
+      (async () => {
+        for await (const b of src.batches({ batchSize: 3, epochs: 2 })) got.push({ rows: b.rows, dIn: b.dIn, data: b.data.slice() });
+      })(),
+    ).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringContaining('Expected the iterable to start over for epoch 1 but it yielded nothing') });
+    expect(firstDiff(concatRows(got), x), `seed ${seed}`).toBe(-1);
+  });
+
+  it('an epoch whose rows are all skipped as non-finite does not end a stream: the next epoch is read', async () => {
+    const seed = freshSeed();
+    const dIn = 3 + (seed % 7);
+    const rows = 11 + (seed % 13);
+    const good = randomRows(rows, dIn, seed);
+    const bad = good.map((v, i) => (i % dIn === seed % dIn ? NaN : v));
+    let epoch = 0;
+    // Epoch 0 yields only non-finite rows, epoch 1 finite ones.
+    const stream = {
+      async *[Symbol.asyncIterator]() {
+        yield epoch++ === 0 ? bad : good;
+      },
+    };
+    const src = fromAsyncIterable(stream, dIn);
+    const got = await collectCopies(src, { batchSize: 4, epochs: 2, onNonFinite: 'skip' });
+    expect(firstDiff(concatRows(got), good), `seed ${seed}`).toBe(-1);
+    expect(src.skippedRows).toBe(rows);
+  });
+});
+
