@@ -223,3 +223,82 @@ describe('epochs of a stream (fromAsyncIterable)', () => {
   });
 });
 
+describe('shard lists', () => {
+  it('a file whose rows hold no values (shape [rows, 0], or [..., 0]) is refused as a SHAPE error naming it', async () => {
+    const seed = freshSeed();
+    const rows = 1 + (seed % 9);
+    for (const shape of [[rows, 0], [0, 0], [2, rows, 0]]) {
+      const npy = p(`empty-rows-${seed}-${shape.length}-${shape[0]}.npy`);
+      await writeNpyFixture(npy, 'float32', shape, new Float32Array(0));
+      const st = p(`empty-rows-${seed}-${shape.length}-${shape[0]}.safetensors`);
+      await writeSafetensorsFixture(st, { acts: { dtype: 'float32', shape, data: new Float32Array(0) } });
+      for (const file of [npy, st]) {
+        await expect(openActivations(file, shape.length === 2 ? undefined : { tensor: file === st ? 'acts' : undefined }), `${file} [${shape}]`).rejects.toMatchObject({
+          code: 'ERR_SAEKIT_SHAPE',
+          message: expect.stringMatching(new RegExp(`Expected at least one value per row in .*${path.basename(file).replace('.', '\\.')}.* but its shape is \\[${shape.join(', ')}\\]`)),
+        });
+      }
+    }
+  });
+
+  it("a folder leaves out hidden files (a leading dot), as a glob `*` does (macOS's ._a.npy beside a.npy)", async () => {
+    const seed = freshSeed();
+    const dIn = 3 + (seed % 9);
+    const folder = p(`hidden-${seed}`);
+    mkdirSync(folder);
+    const a = randomRows(3 + (seed % 5), dIn, seed);
+    await writeNpyFixture(path.join(folder, 'a.npy'), 'float32', [a.length / dIn, dIn], a);
+    // Same width, so a hidden file read by mistake would pass every other check.
+    await writeNpyFixture(path.join(folder, '._a.npy'), 'float32', [2, dIn], randomRows(2, dIn, seed + 1));
+    await writeNpyFixture(path.join(folder, '.b.npy'), 'float32', [4, dIn], randomRows(4, dIn, seed + 2));
+    for (const input of [folder, `${folder}/*.npy`]) {
+      const src = await openActivations(input);
+      expect(src.numRows, input).toBe(a.length / dIn);
+      expect(firstDiff(concatRows(await collectCopies(src)), a), input).toBe(-1);
+    }
+  });
+
+  it('a file truncated during a pass (its handle already open) is a FORMAT error naming it and the offset, native reads and staged ones alike', async () => {
+    for (const bigEndian of [false, true]) {
+      const seed = freshSeed();
+      const dIn = 5 + (seed % 7);
+      const rows = 1001 + (seed % 300);
+      const file = p(`cut-${seed}-${bigEndian}.npy`);
+      writeFileSync(file, npyBytes('float32', [rows, dIn], randomRows(rows, dIn, seed), { bigEndian }));
+      const src = await openActivations(file);
+      let served = 0;
+      const pass = (async () => {
+        // Batches of 3 rows: the pass reads at most 64 of them ahead of the first.
+        for await (const b of src.batches({ batchSize: 3 })) {
+          if (served === 0) truncateSync(file, statSync(file).size >> 1);
+          served += b.rows;
+        }
+      })();
+      await expect(pass, `big-endian ${bigEndian}, seed ${seed}`).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_FORMAT',
+        message: expect.stringMatching(new RegExp(`^Expected \\d+ (rows|bytes) at offset \\d+ of ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} but the file ends first \\(was it truncated\\?\\)$`)),
+      });
+      expect(served).toBeLessThan(rows);
+      await src.close();
+    }
+  });
+
+  it('a file rewritten in place after the source read its header (same size, new modification time) is a FORMAT error naming it', async () => {
+    const seed = freshSeed();
+    const dIn = 3 + (seed % 9);
+    const rows = 5 + (seed % 17);
+    const file = p(`rewritten-${seed}.npy`);
+    await writeNpyFixture(file, 'float32', [rows, dIn], randomRows(rows, dIn, seed));
+    const src = await openActivations(file);
+    expect((await collectCopies(src)).reduce((a, b) => a + b.rows, 0)).toBe(rows);
+    // Other values, same bytes count and inode; the modification time moves on by a second.
+    const before = statSync(file);
+    writeFileSync(file, npyBytes('float32', [rows, dIn], randomRows(rows, dIn, seed + 1)));
+    utimesSync(file, before.atime, new Date(before.mtimeMs + 1000));
+    expect(statSync(file).size).toBe(before.size);
+    expect(statSync(file).ino).toBe(before.ino);
+    await expect(collectCopies(src)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringContaining(`${file} was modified since the source was opened`) });
+    await src.close();
+  });
+});
+
