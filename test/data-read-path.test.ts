@@ -358,3 +358,69 @@ describe('a shuffled source that fits in the buffer', () => {
   });
 });
 
+describe('fromArray data detached during a pass', () => {
+  it('is an ERR_SAEKIT_ARG naming the data and its length at the next read, in order or shuffled, not stale rows', async () => {
+    for (const shuffle of [false, true]) {
+      const seed = freshSeed();
+      const dIn = 3 + (seed % 5);
+      const rows = 3001 + (seed % 500);
+      const x = randomRows(rows, dIn, seed);
+      const src = fromArray(x, dIn);
+      let served = 0;
+      const pass = (async () => {
+        for await (const b of src.batches({ batchSize: 3, shuffle, seed, bufferBytes: 30 * dIn * 4, chunkRows: 7 })) {
+          // After the first batch (the pass reads ahead at most 64 batches of 3 rows): transfer the data away.
+          if (served === 0) structuredClone(x.buffer, { transfer: [x.buffer as ArrayBuffer] });
+          served += b.rows;
+        }
+      })();
+      await expect(pass, `shuffle ${shuffle}, seed ${seed}`).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: `Expected the data given to fromArray() to keep its ${rows * dIn} values while it is read, but it now has 0 (its ArrayBuffer was detached or resized)`,
+      });
+      expect(served).toBeLessThan(rows);
+    }
+  });
+});
+
+describe('a pass its consumer has ended', () => {
+  it('return() and then close() of the source: next() is done, not the close error (the consumer had already stopped)', async () => {
+    const seed = freshSeed();
+    const dIn = 3 + (seed % 7);
+    const rows = 2001 + (seed % 500);
+    const file = p(`ended-${seed}.npy`);
+    await writeNpyFixture(file, 'float32', [rows, dIn], randomRows(rows, dIn, seed));
+    for (const shuffle of [false, true]) {
+      const src = await openActivations(file);
+      const it = src.batches({ batchSize: 3, shuffle, bufferBytes: 99 * dIn * 4 })[Symbol.asyncIterator]();
+      expect((await it.next()).done).toBe(false);
+      // close() while the pass is still unwinding from return().
+      await Promise.all([it.return!(), src.close()]);
+      expect(await it.next(), `shuffle ${shuffle}`).toEqual({ value: undefined, done: true });
+      expect(await it.next()).toEqual({ value: undefined, done: true });
+    }
+  });
+
+  it('a pass that failed throws its error once: the next() calls after it are done', async () => {
+    const seed = freshSeed();
+    const dIn = 3 + (seed % 7);
+    const rows = 20 + (seed % 30);
+    const bad = seed % rows;
+    const x = randomRows(rows, dIn, seed);
+    x[bad * dIn + (seed % dIn)] = NaN;
+    for (const shuffle of [false, true]) {
+      const it = fromArray(x, dIn).batches({ batchSize: 4, shuffle, seed, bufferBytes: 9 * dIn * 4 })[Symbol.asyncIterator]();
+      let error: unknown;
+      for (let i = 0; i <= rows && error === undefined; i++) {
+        try {
+          if ((await it.next()).done) break;
+        } catch (err) {
+          error = err;
+        }
+      }
+      expect(error, `shuffle ${shuffle}, seed ${seed}`).toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringContaining(`row ${bad} of the array has NaN`) });
+      expect(await it.next()).toEqual({ value: undefined, done: true });
+      expect(await it.next()).toEqual({ value: undefined, done: true });
+    }
+  });
+});
