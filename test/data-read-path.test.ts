@@ -98,6 +98,36 @@ function rowIndices(served: Float32Array, x: Float32Array, dIn: number, msg: str
   return out;
 }
 
+describe("onNonFinite 'error' names the first non-finite value", () => {
+  it('by file (or array) and row, its value and its column: the first column, the last, or one between, with a later one in the same row', async () => {
+    const seed = freshSeed();
+    const dIn = 4 + (seed % 9);
+    const rows = 20 + (seed % 40);
+    for (const col of [0, 1 + (seed % (dIn - 2)), dIn - 1]) {
+      const row = (seed + col) % rows;
+      const bad = [NaN, Infinity, -Infinity][(seed + col) % 3]!;
+      const x = randomRows(rows, dIn, seed + col);
+      x[row * dIn + col] = bad;
+      // A second non-finite value later in the row (the message names the first).
+      if (col < dIn - 1) x[row * dIn + dIn - 1] = NaN;
+      const file = p(`first-bad-${seed}-${col}.npy`);
+      await writeNpyFixture(file, 'float32', [rows, dIn], x);
+      const msg = `seed ${seed}, row ${row}, column ${col}`;
+      for (const shuffle of [false, true]) {
+        const opts = { batchSize: 4, shuffle, bufferBytes: 12 * dIn * 4, chunkRows: 5 };
+        await expect(collectCopies(await openActivations(file), opts), msg).rejects.toMatchObject({
+          code: 'ERR_SAEKIT_NONFINITE',
+          message: `Expected finite activations but row ${row} of ${file} has ${String(bad)} at column ${col} (pass onNonFinite: 'skip' to drop such rows)`,
+        });
+        await expect(collectCopies(fromArray(x, dIn), opts), msg).rejects.toMatchObject({
+          code: 'ERR_SAEKIT_NONFINITE',
+          message: `Expected finite activations but row ${row} of the array has ${String(bad)} at column ${col} (pass onNonFinite: 'skip' to drop such rows)`,
+        });
+      }
+    }
+  });
+});
+
 describe('shuffled passes over wide rows (the buffer filled through a scratch of fewer rows than a window)', () => {
   it('fromArray and fromAsyncIterable serve every row exactly once per epoch', async () => {
     const seed = freshSeed();
