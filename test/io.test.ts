@@ -275,6 +275,23 @@ describe('safetensors', () => {
     await expectIoError(() => reader.read('w'), file, /this reader was closed/, 'ERR_SAEKIT_DISPOSED');
   });
 
+  it('a file truncated after the reader opened it: a read past its new end is a FORMAT error naming the byte, never zeros', async () => {
+    const dir = tmpDir();
+    const file = path.join(dir, 'cut.safetensors');
+    const n = 101 + Math.floor(Math.random() * 400);
+    const data = Float32Array.from({ length: n }, (_, i) => i + 1);
+    await writeSafetensors(file, { w: { dtype: 'float32', shape: [n], data } });
+    const reader = await readSafetensors(file);
+    const e = reader.get('w')!;
+    const cut = e.offset + 4 * Math.floor(Math.random() * (n - 1)) + 1;
+    truncateSync(file, cut);
+    await expectIoError(() => reader.read('w'), file, new RegExp(`file ended at byte ${cut} \\(it was truncated while open\\)`), 'ERR_SAEKIT_FORMAT');
+    await expectIoError(() => reader.readBytes(e.offset, 4 * n), file, new RegExp(`file ended at byte ${cut} `), 'ERR_SAEKIT_FORMAT');
+    // Ranges still within the file read as before.
+    expect(Buffer.compare(await reader.readBytes(e.offset, cut - e.offset - 1), bytesOf(data).subarray(0, cut - e.offset - 1))).toBe(0);
+    await reader.close();
+  });
+
   it('reads only the header when opening (a 1 GiB sparse file opens instantly)', async () => {
     const dir = tmpDir();
     const file = path.join(dir, 'big.safetensors');
