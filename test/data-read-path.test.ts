@@ -233,6 +233,26 @@ describe('epochs of a stream (fromAsyncIterable)', () => {
     expect(firstDiff(concatRows(got), x), `seed ${seed}`).toBe(-1);
   });
 
+  it('a Batch item whose rows disagree with its data length is a SHAPE error naming the item, not rows read from the data', async () => {
+    const seed = freshSeed();
+    const dIn = 3 + (seed % 7);
+    const good = 1 + (seed % 4);
+    const x = randomRows(20, dIn, seed);
+    for (const rows of [3, 5, 0]) {
+      // Item `good` claims `rows` rows but holds 4.
+      const stream = {
+        async *[Symbol.asyncIterator]() {
+          for (let i = 0; i < good; i++) yield { rows: 2, dIn, data: x.slice(2 * i * dIn, 2 * (i + 1) * dIn) };
+          yield { rows, dIn, data: x.slice(0, 4 * dIn) };
+        },
+      };
+      await expect(collectCopies(fromAsyncIterable(stream, dIn), { batchSize: 3 }), `seed ${seed}, rows ${rows}`).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_SHAPE',
+        message: `Expected item ${good} of the iterable to be a batch of dIn = ${dIn} with rows × dIn values but it has dIn = ${dIn}, rows = ${rows} and ${4 * dIn} values`,
+      });
+    }
+  });
+
   it('an epoch whose rows are all skipped as non-finite does not end a stream: the next epoch is read', async () => {
     const seed = freshSeed();
     const dIn = 3 + (seed % 7);
