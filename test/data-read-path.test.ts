@@ -13,6 +13,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { fromArray, fromAsyncIterable, openActivations, type ActivationSource, type Batch, type BatchOptions } from '../lib/data/index.js';
+import { allocLongLivedF32 } from '../lib/data/convert.js';
+import { _sweepSparesAfter, releaseSpare, takeSpare } from '../lib/data/memory.js';
 import { bf16ToNumber, concatRows, f16ToNumber, npyBytes, randomHalfBits, randomRows, sortedRowKeys, writeNpyFixture, writeSafetensorsFixture } from './helpers/data-fixtures.js';
 
 let dir: string;
@@ -154,6 +156,24 @@ describe('shuffled passes over wide rows (the buffer filled through a scratch of
       for (const epoch of [got.slice(0, rows), got.slice(rows)]) {
         expect([...epoch].sort((a, b) => a - b), msg).toEqual(Array.from({ length: rows }, (_, i) => i));
       }
+      await src.close();
+    }
+  });
+});
+
+describe('rows wider than a default chunk (4 MiB)', () => {
+  it('are read one row to a chunk, in order and shuffled, from an array and from a file', async () => {
+    const seed = freshSeed();
+    const dIn = 2 ** 20 + 1 + 2 * (seed % 30000);
+    const rows = 3;
+    const x = randomRows(rows, dIn, seed);
+    const file = p(`wide-${seed}.f32`);
+    writeFileSync(file, new Uint8Array(x.buffer));
+    for (const src of [fromArray(x, dIn), await openActivations(file, { dIn })]) {
+      const msg = `seed ${seed}, dIn ${dIn}, rows ${rows}`;
+      expect(firstDiff(concatRows(await collectCopies(src, { batchSize: 2 })), x), msg).toBe(-1);
+      const got = rowIndices(concatRows(await collectCopies(src, { batchSize: 2, shuffle: true, seed })), x, dIn, msg);
+      expect([...got].sort((a, b) => a - b), msg).toEqual(Array.from({ length: rows }, (_, i) => i));
       await src.close();
     }
   });
@@ -448,5 +468,19 @@ describe('a pass its consumer has ended', () => {
       expect(await it.next()).toEqual({ value: undefined, done: true });
       expect(await it.next()).toEqual({ value: undefined, done: true });
     }
+  });
+});
+
+describe('spare memory', () => {
+  it.runIf(process.platform === 'linux')('a released spare keeps its pages while it idles under 1 s and gives them back at 1 s (as documented)', () => {
+    // A size no other test uses, at least 2 MiB (allocHost memory, whose pages can be given back).
+    const n = (2 << 20) / 4 + 4096 * (3 + Math.floor(Math.random() * 300)) + 7;
+    const a = allocLongLivedF32(n).fill(3);
+    releaseSpare(a);
+    _sweepSparesAfter(500);
+    expect(a[n - 1]).toBe(3);
+    _sweepSparesAfter(1000);
+    expect(a[n - 1]).toBe(0);
+    expect(takeSpare(n)).toBe(a);
   });
 });
