@@ -1,0 +1,252 @@
+/**
+ * The core API layer's argument checks at their exact bounds, and the defaults the JSDoc states:
+ * validators (integer and number ranges, seeds, shapes, signals), error descriptions, tensor and
+ * matmul options, the SAE's Adam and dead-mask defaults, dispose, and EncodeBatcher's queue.
+ * Each error is checked for its code and for a message naming the argument and what it expects.
+ */
+import { describe, expect, it } from 'vitest';
+
+import { EncodeBatcher, ops, randn, SparseAutoencoder, tensor, zeros, type SparseCodes } from '../lib/index.js';
+import { describe as describeValue } from '../lib/errors.js';
+import { checkNumber, checkSignal } from '../lib/validate.js';
+import { lcg } from './helpers/reference.js';
+
+/** The SaekitError `f` throws (synchronously or as a rejection). */
+async function errorOf(f: () => unknown): Promise<{ code: string; message: string }> {
+  try {
+    await f();
+  } catch (e) {
+    return e as { code: string; message: string };
+  }
+  throw new Error('expected an error');
+}
+
+describe('validators at their exact bounds', () => {
+  it('checkNumber refuses NaN and infinities (even with max Infinity) and, with exclusiveMin, the minimum itself; messages say > or >=', () => {
+    const next = lcg(Date.now() % 100_000);
+    for (let trial = 0; trial < 20; trial++) {
+      const min = Math.round(next() * 100) / 7;
+      for (const bad of [NaN, Infinity, -Infinity]) {
+        for (const max of [Infinity, min + 3]) {
+          expect(() => checkNumber('opt.x', bad, min, max)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+        }
+      }
+      expect(checkNumber('opt.x', min, min, Infinity)).toBe(min);
+      expect(() => checkNumber('opt.x', min, min, Infinity, true)).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `Expected finite number > ${min} for opt.x but received ${min} (number)` }),
+      );
+      expect(() => checkNumber('opt.x', min - 1, min, min + 3)).toThrow(
+        expect.objectContaining({ message: `Expected finite number >= ${min} and <= ${min + 3} for opt.x but received ${min - 1} (number)` }),
+      );
+      const above = min + next() * 5 + 1e-9;
+      expect(checkNumber('opt.x', above, min, Infinity, true)).toBe(above);
+    }
+  });
+
+  it('public options behind checkNumber: prefetch scale 0 and deadMask NaN or Infinity are refused naming the option', async () => {
+    using sae = SparseAutoencoder.create({ dIn: 3, numLatents: 5, k: 2, seed: 1, device: 'cpu' });
+    using opt = sae.adam();
+    expect(await errorOf(() => opt.prefetch(new Float32Array(6), { scale: 0 }))).toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: 'Expected finite number > 0 for options.scale but received 0 (number)',
+    });
+    using ok = opt.prefetch(new Float32Array(6), { scale: Number.MIN_VALUE });
+    expect(ok.rows).toBe(2);
+    for (const bad of [NaN, Infinity]) {
+      expect(await errorOf(() => sae.deadMask(bad))).toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: `Expected finite number >= 0 for thresholdTokens but received ${bad} (number)`,
+      });
+    }
+    expect(await errorOf(() => opt.step(new Float32Array([1, 2, 3, 4, 5, 7]), { lr: NaN }))).toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/^Expected finite number >= 0 and <= 1000000 for options\.lr but received NaN/),
+    });
+  });
+
+  it('seeds: a bigint up to 2^64 - 1 is taken, 2^64 is refused naming options.seed and the bound', async () => {
+    using a = randn([3], { seed: (1n << 64n) - 1n, device: 'cpu' });
+    expect(a.shape).toEqual([3]);
+    expect(await errorOf(() => randn([3], { seed: 1n << 64n, device: 'cpu' }))).toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: 'Expected non-negative safe integer or bigint below 2^64 for options.seed but received 18446744073709551616n (bigint)',
+    });
+    expect(await errorOf(() => randn([3], { seed: 1, stream: 1n << 64n, device: 'cpu' }))).toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/below 2\^64 for options\.stream/),
+    });
+  });
+
+  it('shapes: 8 dimensions and a dimension of exactly 2^50 (with a 0 beside it) are taken; 9 dimensions or 2^50 + 1 are refused', async () => {
+    using eight = zeros([1, 1, 1, 1, 1, 1, 1, 1], { device: 'cpu' });
+    expect(eight.ndim).toBe(8);
+    using big = zeros([2 ** 50, 0], { device: 'cpu' });
+    expect(big.shape).toEqual([2 ** 50, 0]);
+    expect(await errorOf(() => zeros([1, 1, 1, 1, 1, 1, 1, 1, 1], { device: 'cpu' }))).toMatchObject({
+      code: 'ERR_SAEKIT_SHAPE',
+      message: 'Expected at most 8 dimensions for shape but received an array of length 9',
+    });
+    expect(await errorOf(() => zeros([0, 2 ** 50 + 1], { device: 'cpu' }))).toMatchObject({
+      code: 'ERR_SAEKIT_SHAPE',
+      message: `Expected non-negative integer at most 2^50 for shape[1] but received ${2 ** 50 + 1} (number)`,
+    });
+  });
+
+  it('checkSignal takes undefined or an AbortSignal; null or a look-alike is refused naming the option', () => {
+    expect(checkSignal('options.signal', undefined)).toBeUndefined();
+    const s = new AbortController().signal;
+    expect(checkSignal('options.signal', s)).toBe(s);
+    for (const [bad, shown] of [[null, 'null'], [{ aborted: false }, 'an object'], [false, 'false (boolean)']] as const) {
+      expect(() => checkSignal('options.signal', bad)).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `Expected an AbortSignal for options.signal but received ${shown}` }),
+      );
+    }
+  });
+
+  it("describe() shows a string of up to 40 characters whole and cuts a longer one after its first 40 ('...')", () => {
+    const next = lcg((Date.now() >>> 2) % 100_000);
+    for (let trial = 0; trial < 10; trial++) {
+      const n = 1 + Math.floor(next() * 80);
+      const s = Array.from({ length: n }, () => String.fromCharCode(97 + Math.floor(next() * 26))).join('');
+      expect(describeValue(s)).toBe(n > 40 ? `'${s.slice(0, 40)}...' (string)` : `'${s}' (string)`);
+    }
+    expect(describeValue('a'.repeat(40))).toBe(`'${'a'.repeat(40)}' (string)`);
+    expect(describeValue('b'.repeat(41))).toBe(`'${'b'.repeat(40)}...' (string)`);
+  });
+});
+
+describe('tensor() and matmul options', () => {
+  it("int32 data at int32's exact limits is taken; one past either is refused naming the element", async () => {
+    using t = tensor([[-2147483648, 2147483647]], undefined, { dtype: 'int32', device: 'cpu' });
+    expect(Array.from(await t.toArray())).toEqual([-2147483648, 2147483647]);
+    using f = tensor(new Float64Array([2147483647, -2147483648]), undefined, { dtype: 'int32', device: 'cpu' });
+    expect(Array.from(await f.toArray())).toEqual([2147483647, -2147483648]);
+    for (const [v, at] of [[2147483648, 1], [-2147483649, 0]] as const) {
+      const data = at === 1 ? [[0, v]] : [[v, 0]];
+      expect(await errorOf(() => tensor(data, undefined, { dtype: 'int32', device: 'cpu' }))).toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: `Expected an int32 integer for data[0][${at}] but received ${v} (number)`,
+      });
+    }
+  });
+
+  it('matmul: transA / transB must be booleans; options.out of the wrong shape, or a itself, is named as options.out', async () => {
+    using a = tensor(new Float32Array([1, 2, 3, 4, 5, 6]), [2, 3], { device: 'cpu' });
+    using b = tensor(new Float32Array([1, 0, 0, 1, 1, 1]), [3, 2], { device: 'cpu' });
+    using sq = tensor(new Float32Array([1, 2, 3, 4]), [2, 2], { device: 'cpu' });
+    using id = tensor(new Float32Array([1, 0, 0, 1]), [2, 2], { device: 'cpu' });
+    for (const name of ['transA', 'transB'] as const) {
+      for (const [bad, shown] of [[1, '1 (number)'], ['true', "'true' (string)"]] as const) {
+        expect(await errorOf(() => ops.matmul(sq, sq, { [name]: bad } as never))).toMatchObject({
+          code: 'ERR_SAEKIT_ARG',
+          message: `Expected boolean for options.${name} but received ${shown}`,
+        });
+      }
+    }
+    using wide = zeros([2, 5], { device: 'cpu' });
+    expect(await errorOf(() => ops.matmul(a, b, { out: wide }))).toMatchObject({
+      code: 'ERR_SAEKIT_SHAPE',
+      message: 'Expected a float32 tensor of shape [2, 2] for options.out but received float32 [2, 5]',
+    });
+    for (const out of [sq, id]) {
+      expect(await errorOf(() => ops.matmul(sq, id, { out }))).toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: 'Expected a tensor other than a and b for options.out but received a Tensor',
+      });
+    }
+  });
+});
+
+describe('SparseAutoencoder defaults and dispose', () => {
+  it("adam()'s default lr is 2e-4 / sqrt(numLatents / 2^14) (odd numLatents), as its JSDoc says", () => {
+    const next = lcg((Date.now() >>> 4) % 100_000);
+    for (let trial = 0; trial < 4; trial++) {
+      const numLatents = 1 + 2 * Math.floor(next() * 3000);
+      using sae = SparseAutoencoder.create({ dIn: 3, numLatents, k: 1, seed: trial, device: 'cpu' });
+      using opt = sae.adam();
+      expect(opt.lr).toBeCloseTo(2e-4 * Math.sqrt(16384 / numLatents), 15);
+    }
+  });
+
+  it('deadMask() counts a latent dead past 10,000,000 tokens by default (the same as deadMask(1e7))', async () => {
+    const next = lcg((Date.now() >>> 5) % 100_000);
+    const L = 23;
+    using sae = SparseAutoencoder.create({ dIn: 3, numLatents: L, k: 1, seed: 3, device: 'cpu' });
+    const counts = Float64Array.from({ length: L }, () => Math.floor(next() * 2e7));
+    counts[0] = 1e7;
+    counts[1] = 1e7 + 1;
+    counts[2] = 1e6 + 1;
+    sae.setTokensSinceFired(counts);
+    const want = Array.from(counts, (c) => (c > 1e7 ? 1 : 0));
+    expect(Array.from(await sae.deadMask())).toEqual(want);
+    expect(Array.from(await sae.deadMask(1e7))).toEqual(want);
+  });
+
+  it("dispose() frees the SAE's optimizers too: their state, prefetch and step are ERR_SAEKIT_DISPOSED", async () => {
+    const sae = SparseAutoencoder.create({ dIn: 3, numLatents: 5, k: 2, seed: 1, device: 'cpu' });
+    const opt = sae.adam();
+    sae.dispose();
+    await expect(opt.state()).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED', message: expect.stringMatching(/optimizer was disposed/) });
+    expect(await errorOf(() => opt.prefetch(new Float32Array(6)))).toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+    await expect(opt.step(new Float32Array([1, 2, 3, 4, 5, 7]))).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+  });
+});
+
+describe('EncodeBatcher queue', () => {
+  const [dIn, L, k] = [11, 37, 3];
+  const rowsOf = (n: number, next: () => number) => Float32Array.from({ length: n * dIn }, () => 2 * next() - 1);
+  const same = (a: SparseCodes, b: SparseCodes) => {
+    expect(Array.from(a.indices)).toEqual(Array.from(b.indices));
+    for (let i = 0; i < a.values.length; i++) expect(Math.abs(a.values[i]! - b.values[i]!)).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(b.values[i]!)));
+  };
+
+  it('maxRows defaults to 4096: 4096 waiting rows go as one batch, one more row makes another', async () => {
+    const next = lcg((Date.now() >>> 6) % 100_000);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 5, device: 'cpu' });
+    const b = new EncodeBatcher(sae);
+    expect(b.maxRows).toBe(4096);
+    // The first request goes alone (the batcher is idle); the rest wait for it.
+    const sizes = [1, 2048, 2047, 1, 1];
+    const xs = sizes.map((n) => rowsOf(n, next));
+    const got = await Promise.all(xs.map((x) => b.encode(x)));
+    expect(b.batches).toBe(3); // [1], [2048 + 2047 + 1 = 4096], [1]
+    same(got[4]!, await sae.encode(xs[4]!));
+  });
+
+  it("a request is copied when encode() is called: the caller may reuse x at once, while the request waits", async () => {
+    const next = lcg((Date.now() >>> 7) % 100_000);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 6, device: 'cpu' });
+    using b = new EncodeBatcher(sae);
+    const x0 = rowsOf(3, next);
+    const x1 = rowsOf(5, next);
+    const orig = x1.slice();
+    const p = [b.encode(x0), b.encode(x1)];
+    x1.fill(0.5); // reused by the caller while the second request waits for the first
+    const [, got] = await Promise.all(p);
+    same(got!, await sae.encode(orig));
+  });
+
+  it('dispose() drops the waiting requests: they are never encoded (one batch in all)', async () => {
+    const next = lcg((Date.now() >>> 8) % 100_000);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 8, device: 'cpu' });
+    const b = new EncodeBatcher(sae);
+    const pending = [2, 1, 4, 3].map((n) => b.encode(rowsOf(n, next)).then((c) => c, (e: unknown) => e));
+    b.dispose();
+    const settled = await Promise.all(pending);
+    expect(settled.slice(1).every((e) => (e as { code?: string }).code === 'ERR_SAEKIT_DISPOSED')).toBe(true);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(b.batches).toBe(1);
+  });
+});
+
+describe('paths with a NUL character', () => {
+  it('writeFileAtomic and readNpy refuse them up front, naming path and what it must be (not a temporary name)', async () => {
+    const { readNpy, writeFileAtomic } = await import('../lib/io/index.js');
+    for (const f of [() => writeFileAtomic('/tmp/saekit-a\0b', 'x'), () => readNpy('/tmp/saekit-a\0b.npy')]) {
+      expect(await errorOf(f)).toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: expect.stringMatching(/^Expected a non-empty file path string for path but received '\/tmp\/saekit-a\0b/),
+      });
+    }
+  });
+});
