@@ -354,6 +354,7 @@ describe('safetensors', () => {
       ['a header that is not an object', stFile('[1, 2]'), /not a JSON object/],
       ['a duplicate tensor name', stFile('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', 8), /duplicate key "a"/],
       ['a duplicate key written with an escape', stFile('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"\\u0061":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', 4), /duplicate key "a"/],
+      ['a duplicate key holding an escaped quote', stFile('{"a\\"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a\\"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', 4), /duplicate key "a\\"b"/],
       ['a duplicate field inside an entry', stFile('{"a":{"dtype":"F32","dtype":"F64","shape":[1],"data_offsets":[0,4]}}', 4), /duplicate key "dtype"/],
       ['a duplicate metadata key', stFile('{"__metadata__":{"k":"1","k":"2"}}'), /duplicate key "k"/],
       ['metadata that is not an object', stFile({ __metadata__: ['x'] }), /__metadata__ is not an object of strings/],
