@@ -110,6 +110,17 @@ describe('a shared library cut short is refused before it is loaded (the loader 
       // The same file grown by trailing bytes is fine.
       fs.writeFileSync(path.join(dir, 'long.node'), Buffer.concat([whole, Buffer.alloc(100)]));
       expect(elfProblem(path.join(dir, 'long.node'))).toBeUndefined();
+      // At the exact end of the loadable segments (max p_offset + p_filesz of PT_LOAD): whole is fine, one byte short is not.
+      const phoff = Number(whole.readBigUInt64LE(32));
+      let need = 0;
+      for (let i = 0; i < whole.readUInt16LE(56); i++) {
+        const at = phoff + i * 56;
+        if (whole.readUInt32LE(at) === 1) need = Math.max(need, Number(whole.readBigUInt64LE(at + 8) + whole.readBigUInt64LE(at + 32)));
+      }
+      fs.writeFileSync(path.join(dir, 'exact.node'), whole.subarray(0, need));
+      expect(elfProblem(path.join(dir, 'exact.node'))).toBeUndefined();
+      fs.writeFileSync(path.join(dir, 'short.node'), whole.subarray(0, need - 1));
+      expect(elfProblem(path.join(dir, 'short.node'))).toBe(`${path.join(dir, 'short.node')} is damaged: truncated (${need - 1} bytes, its segments need ${need})`);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
