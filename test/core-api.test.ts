@@ -250,3 +250,18 @@ describe('paths with a NUL character', () => {
     }
   });
 });
+
+describe('save() and writeSaeFiles() with a NUL in the folder path', () => {
+  it("refuse it up front naming dir and 'a folder path' (it failed late, in Node's words about 'path')", async () => {
+    const { writeSaeFiles } = await import('../lib/io/index.js');
+    using sae = SparseAutoencoder.create({ dIn: 3, numLatents: 5, k: 2, seed: 1, device: 'cpu' });
+    const w = await sae.weights();
+    const cfg = { architecture: 'topk' as const, dIn: 3, numLatents: 5, k: 2 };
+    for (const f of [() => sae.save('/tmp/saekit-x\0y'), () => writeSaeFiles('/tmp/saekit-x\0y', cfg, w)]) {
+      expect(await errorOf(f)).toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: expect.stringMatching(/^Expected a folder path for dir but received '\/tmp\/saekit-x\0y' \(string\)$/),
+      });
+    }
+  });
+});

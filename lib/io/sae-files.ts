@@ -736,7 +736,7 @@ export async function writeSaeFiles(
   weights: SaeFileWeights,
   options: WriteSaeOptions = {},
 ): Promise<string[]> {
-  if (typeof dir !== 'string' || dir.length === 0) throw argError('dir', 'a folder path', dir);
+  if (typeof dir !== 'string' || dir.length === 0 || dir.includes('\0')) throw argError('dir', 'a folder path', dir);
   checkWriteSaeModel(config, weights);
   checkWriteSaeOptions(options);
   const format = options.format ?? 'saelens';

@@ -555,7 +555,7 @@ export class SparseAutoencoder {
    * Returns the files written.
    */
   async save(dir: string, options?: WriteSaeOptions): Promise<string[]> {
-    if (typeof dir !== 'string' || dir.length === 0) throw argError('dir', 'a folder path', dir);
+    if (typeof dir !== 'string' || dir.length === 0 || dir.includes('\0')) throw argError('dir', 'a folder path', dir);
     const o = checkWriteSaeOptions(options);
     // The weights are read in queue order now, before the file formats load: a step, setWeights()
     // or dispose() called after save() does not change (or fail) what is saved.
