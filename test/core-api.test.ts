@@ -265,3 +265,93 @@ describe('save() and writeSaeFiles() with a NUL in the folder path', () => {
     }
   });
 });
+
+describe('runSliced', () => {
+  it("an abort seen after a pause closes the generator (its finally block runs) and rejects with the signal's reason", async () => {
+    const { runSliced } = await import('../lib/slices.js');
+    let closed = false;
+    let steps = 0;
+    function* work(): Generator<number, string> {
+      try {
+        for (;;) {
+          const t0 = performance.now();
+          while (performance.now() - t0 < 3); // ~3 ms of work a step: a pause comes within a few steps
+          steps++;
+          yield 1 << 17;
+        }
+      } finally {
+        closed = true;
+      }
+    }
+    const ac = new AbortController();
+    const reason = new Error('stop here');
+    ac.abort(reason);
+    await expect(runSliced(work(), ac.signal)).rejects.toBe(reason);
+    expect(steps).toBeGreaterThan(0);
+    expect(closed).toBe(true);
+  });
+});
+
+describe('forBlocks', () => {
+  it('hands its body every index of [0, n) exactly once, in order, in blocks of at most 2^16 (odd n, and n around a block)', async () => {
+    const { forBlocks } = await import('../lib/slices.js');
+    const next = lcg((Date.now() >>> 9) % 100_000);
+    const sizes = [0, 1, 2, 65535, 65536, 65537, 2 * 65536 + 1, 1 + 2 * Math.floor(next() * 100_000)];
+    for (const n of sizes) {
+      const seen = new Uint8Array(n);
+      let last = 0;
+      await forBlocks(n, (i0, i1) => {
+        expect(i0).toBe(last);
+        expect(i1 - i0).toBeGreaterThan(0);
+        expect(i1 - i0).toBeLessThanOrEqual(65536);
+        for (let i = i0; i < i1; i++) seen[i]++;
+        last = i1;
+      });
+      expect(last, `n ${n}`).toBe(n);
+      expect(seen.every((c) => c === 1), `n ${n}`).toBe(true);
+    }
+  });
+});
+
+describe('decode() and codes of another SAE', () => {
+  it('codes.numLatents other than the SAE\'s is ERR_SAEKIT_SHAPE naming codes.numLatents and the expected count, even when every index is in range', async () => {
+    const next = lcg((Date.now() >>> 10) % 100_000);
+    const [dIn, L, k] = [7, 19, 3];
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 2, device: 'cpu' });
+    const codes = await sae.encode(Float32Array.from({ length: 5 * dIn }, () => 2 * next() - 1));
+    expect((await sae.decode(codes)).length).toBe(5 * dIn);
+    for (const other of [L + 1, L - 1, 2 * L]) {
+      expect(await errorOf(() => sae.decode({ ...codes, numLatents: other }))).toMatchObject({
+        code: 'ERR_SAEKIT_SHAPE',
+        message: `Expected ${L} for codes.numLatents but received ${other} (number)`,
+      });
+    }
+  });
+});
+
+describe('cudaDevice', () => {
+  it("'cuda:N' with more than 9 digits is out of range even when its value is small ('cuda:0000000001'); up to 9 digits N is read as a number", async () => {
+    const { cudaDevice } = await import('../lib/backend/index.js');
+    const cuda = { available: true, reason: '', devices: ['A', 'B'] };
+    expect(cudaDevice('options.device', 'cuda:000000001', cuda)).toEqual({ kind: 'cuda', index: 1 });
+    for (const d of ['cuda:0000000001', 'cuda:2', `cuda:${'9'.repeat(25)}`]) {
+      expect(() => cudaDevice('options.device', d, cuda)).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: `Expected options.device between cuda:0 and cuda:1 but received '${d.length > 40 ? `${d.slice(0, 40)}...` : d}'` }),
+      );
+    }
+  });
+});
+
+describe('checkedNumel', () => {
+  it("counts the bytes too: a shape whose elements fit in 2^53 but whose bytes do not is 'too large'", async () => {
+    const { checkedNumel } = await import('../lib/io/common.js');
+    for (const [itemSize, d] of [[1, 3], [2, 1137], [4, 1], [4, 999], [8, 7], [8, 65537]] as const) {
+      // The largest first dimension whose bytes stay at most 2^53 - 1 (exact, in bigint), and one past it.
+      const ok = Number((2n ** 53n - 1n) / BigInt(itemSize) / BigInt(d));
+      expect(checkedNumel([ok, d], itemSize)).toBe(ok * d);
+      expect(checkedNumel([ok + 1, d], itemSize)).toBe(`shape [${ok + 1}, ${d}] is too large`);
+      expect(checkedNumel([ok + 1, d, 0], itemSize)).toBe(`shape [${ok + 1}, ${d}, 0] is too large`);
+      expect(checkedNumel([0, ok + 1, d], itemSize)).toBe(0);
+    }
+  });
+});
