@@ -355,3 +355,38 @@ describe('checkedNumel', () => {
     }
   });
 });
+
+describe("an asynchronous native failure's stack", () => {
+  it("points at the caller's line (this file), not at the queue", async () => {
+    const dIn = 5;
+    using sae = SparseAutoencoder.create({ dIn, numLatents: 9, k: 2, seed: 4, device: 'cpu' });
+    // Finite inputs whose pre-activations overflow float32: found by the encoder, on the backend's threads.
+    const x = new Float32Array(2 * dIn).fill(3e38);
+    // A plain function that returns the Promise (no await: V8's async stack frames cannot name it).
+    function encodeFromHere(): Promise<unknown> {
+      return sae.encode(x);
+    }
+    const err = (await encodeFromHere().then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as Error & { code: string };
+    expect(err).toMatchObject({ name: 'SaekitError', code: 'ERR_SAEKIT_NONFINITE' });
+    expect(err.stack).toMatch(/^SaekitError: Expected codes within float32's range/);
+    expect(err.stack).toMatch(/\n\s+at encodeFromHere \(.*core-api\.test\.ts:\d+:\d+\)/);
+  });
+});
+
+describe('EncodeBatcher.batches', () => {
+  it('counts batches encoded, not batches that failed (requests still waiting when the SAE is disposed)', async () => {
+    const next = lcg((Date.now() >>> 12) % 100_000);
+    const dIn = 9;
+    const sae = SparseAutoencoder.create({ dIn, numLatents: 31, k: 3, seed: 12, device: 'cpu' });
+    const b = new EncodeBatcher(sae);
+    const rows = (n: number) => Float32Array.from({ length: n * dIn }, () => 2 * next() - 1);
+    const p = [b.encode(rows(3)), b.encode(rows(2)), b.encode(rows(5))].map((q) => q.then(() => 'ok', (e: { code: string }) => e.code));
+    sae.dispose(); // the first request's encode is queued; the other two wait for it
+    const settled = await Promise.all(p);
+    expect(settled.slice(1)).toEqual(['ERR_SAEKIT_DISPOSED', 'ERR_SAEKIT_DISPOSED']);
+    expect(b.batches).toBe(settled[0] === 'ok' ? 1 : 0);
+  });
+});
