@@ -390,3 +390,19 @@ describe('EncodeBatcher.batches', () => {
     expect(b.batches).toBe(settled[0] === 'ok' ? 1 : 0);
   });
 });
+
+describe('fromNative', () => {
+  it("keeps an ERR_SAEKIT_* code and the row; any other error (Node's ERR_* codes included) becomes ERR_SAEKIT_NATIVE with its message", async () => {
+    const { fromNative, SaekitError } = await import('../lib/errors.js');
+    const shape = fromNative(Object.assign(new Error('bad rows'), { code: 'ERR_SAEKIT_SHAPE', row: 3 }));
+    expect(shape).toBeInstanceOf(SaekitError);
+    expect(shape).toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: 'bad rows', row: 3 });
+    for (const code of ['ERR_INVALID_ARG_TYPE', 'ERR_OUT_OF_RANGE', 'ENOMEM', 7, undefined]) {
+      const e = fromNative(Object.assign(new TypeError(`m ${String(code)}`), { code }));
+      expect(e).toBeInstanceOf(SaekitError);
+      expect(e).toMatchObject({ code: 'ERR_SAEKIT_NATIVE', message: `m ${String(code)}` });
+      expect('row' in e).toBe(false);
+    }
+    expect(fromNative('a string')).toMatchObject({ code: 'ERR_SAEKIT_NATIVE', message: 'a string' });
+  });
+});
