@@ -256,7 +256,7 @@ describe('save() and writeSaeFiles() with a NUL in the folder path', () => {
     const { writeSaeFiles } = await import('../lib/io/index.js');
     using sae = SparseAutoencoder.create({ dIn: 3, numLatents: 5, k: 2, seed: 1, device: 'cpu' });
     const w = await sae.weights();
-    const cfg = { architecture: 'topk' as const, dIn: 3, numLatents: 5, k: 2 };
+    const cfg = { architecture: 'topk' as const, dIn: 3, numLatents: 5, k: 2, applyBDecToInput: true };
     for (const f of [() => sae.save('/tmp/saekit-x\0y'), () => writeSaeFiles('/tmp/saekit-x\0y', cfg, w)]) {
       expect(await errorOf(f)).toMatchObject({
         code: 'ERR_SAEKIT_ARG',
