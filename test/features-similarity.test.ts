@@ -587,3 +587,133 @@ describe('degenerate inputs: constant columns and rows, extreme magnitudes', () 
     expect((await cka(P, B, { n, dA, dB })).score).toBe(base.cka);
   });
 });
+
+/** Eigenvalues of a symmetric d x d matrix (row-major), by cyclic Jacobi rotations, descending. */
+function symmetricEigenvalues(S: Float64Array, d: number): number[] {
+  const a = Float64Array.from(S);
+  for (let sweep = 0; sweep < 100; sweep++) {
+    let off = 0;
+    for (let p = 0; p < d; p++) for (let q = p + 1; q < d; q++) off += a[p * d + q]! ** 2;
+    if (off < 1e-30) break;
+    for (let p = 0; p < d; p++) {
+      for (let q = p + 1; q < d; q++) {
+        const apq = a[p * d + q]!;
+        if (apq === 0) continue;
+        const theta = (a[q * d + q]! - a[p * d + p]!) / (2 * apq);
+        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
+        const c = 1 / Math.sqrt(t * t + 1);
+        const s = t * c;
+        for (let k = 0; k < d; k++) {
+          const akp = a[k * d + p]!;
+          const akq = a[k * d + q]!;
+          a[k * d + p] = c * akp - s * akq;
+          a[k * d + q] = s * akp + c * akq;
+        }
+        for (let k = 0; k < d; k++) {
+          const apk = a[p * d + k]!;
+          const aqk = a[q * d + k]!;
+          a[p * d + k] = c * apk - s * aqk;
+          a[q * d + k] = s * apk + c * aqk;
+        }
+      }
+    }
+  }
+  return Array.from({ length: d }, (_, i) => a[i * d + i]!).sort((x, y) => y - x);
+}
+
+/** Eigenvalues of Xc^T Xc (the squared singular values of the column-centred X), descending. */
+function centredSquaredSingularValues(X: Float64Array, n: number, d: number): number[] {
+  const mean = new Float64Array(d);
+  for (let r = 0; r < n; r++) for (let c = 0; c < d; c++) mean[c]! += X[r * d + c]! / n;
+  const S = new Float64Array(d * d);
+  for (let r = 0; r < n; r++) for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) S[i * d + j]! += (X[r * d + i]! - mean[i]!) * (X[r * d + j]! - mean[j]!);
+  return symmetricEigenvalues(S, d);
+}
+
+/** The first k whose leading k squared singular values hold at least `keep` of their sum. */
+function directionsFor(s2: number[], keep: number): number {
+  const total = s2.reduce((a, b) => a + b, 0);
+  let cum = 0;
+  for (let i = 0; i < s2.length; i++) {
+    cum += s2[i]!;
+    if (cum >= keep * total) return i + 1;
+  }
+  return s2.length;
+}
+
+describe('svcca: kept directions and the score (fresh random data)', () => {
+  it('the default keep is 0.99 of the variance: keptA and keptB match the eigenvalues of the centred covariance', async () => {
+    for (let trial = 0; trial < 4; trial++) {
+      const seed = (Date.now() + trial * 7919) >>> 0;
+      const next = lcg(seed);
+      const dA = 5 + 2 * Math.floor(next() * 3);
+      const dB = 4 + 2 * Math.floor(next() * 3);
+      const n = 41 + 2 * Math.floor(next() * 40);
+      // Columns of scales 0.5^c, mixed by a rotation: shares near 3/4, 3/16, ... so that a keep of
+      // 0.99 and one of 0.9 keep different numbers of directions.
+      const scaled = (d: number) => transform(Float64Array.from(random(n, d, next), (v, i) => v * 0.5 ** (i % d)), n, d, orthogonal(d, next), d);
+      const A = scaled(dA);
+      const B = scaled(dB);
+      const sA = centredSquaredSingularValues(A, n, dA);
+      const sB = centredSquaredSingularValues(B, n, dB);
+      const r = await svcca(A, B, { n, dA, dB });
+      expect([r.keptA, r.keptB], `seed ${seed}`).toEqual([directionsFor(sA, 0.99), directionsFor(sB, 0.99)]);
+      expect(directionsFor(sA, 0.9), `seed ${seed}: the data tells 0.9 from 0.99`).toBeLessThan(directionsFor(sA, 0.99));
+    }
+  });
+
+  it('the score is the mean of the min(keptA, keptB) canonical correlations when the sides keep different numbers', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const dA = 7 + 2 * Math.floor(next() * 3);
+    const dB = 3;
+    const n = 61 + 2 * Math.floor(next() * 30);
+    const A = random(n, dA, next);
+    const B = Float64Array.from({ length: n * dB }, (_, i) => A[Math.floor(i / dB) * dA + (i % dB)]! + 0.5 * (next() - 0.5));
+    const keep = 5; // B has 3 dimensions: it keeps its rank, 3
+    const r = await svcca(A, B, { n, dA, dB, keep });
+    expect([r.keptA, r.keptB], `seed ${seed}`).toEqual([5, 3]);
+    expect(r.correlations.length).toBe(3);
+    const mean = r.correlations.reduce((a, b) => a + b, 0) / 3;
+    expect(Math.abs(r.score - mean), `seed ${seed}`).toBeLessThan(1e-12);
+    for (let i = 1; i < 3; i++) expect(r.correlations[i]!).toBeLessThanOrEqual(r.correlations[i - 1]!);
+  });
+
+  it('an integer keep above a side\'s rank keeps only its rank (no directions of zero variance)', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const dA = 5 + 2 * Math.floor(next() * 2);
+    const rankA = dA - 2;
+    const n = 41 + 2 * Math.floor(next() * 30);
+    // The last two columns of A are combinations of the others: rank dA - 2.
+    const A = random(n, dA, next);
+    for (let r = 0; r < n; r++) {
+      A[r * dA + dA - 2] = A[r * dA]! + 2 * A[r * dA + 1]!;
+      A[r * dA + dA - 1] = A[r * dA + 1]! - 0.5 * A[r * dA + 2]!;
+    }
+    const B = random(n, dA, next);
+    const r = await svcca(A, B, { n, dA, dB: dA, keep: dA });
+    expect(r.keptA, `seed ${seed}`).toBe(rankA);
+    expect(r.keptB).toBe(dA);
+    // The kept directions span A's column space: the same as A's first rankA (independent) columns.
+    const Ar = Float64Array.from({ length: n * rankA }, (_, i) => A[Math.floor(i / rankA) * dA + (i % rankA)]!);
+    const want = await svcca(Ar, B, { n, dA: rankA, dB: dA, keep: dA });
+    expect(want.keptA).toBe(rankA);
+    expect(Math.abs(r.score - want.score), `seed ${seed}`).toBeLessThan(1e-9);
+    for (const c of r.correlations) expect(c).toBeLessThanOrEqual(1);
+  });
+
+  it('svccaPermutationTest of a constant side: score NaN, pValue NaN and no shuffled runs, as permutationTest(svcca)', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const n = 21 + 2 * Math.floor(next() * 10);
+    const A = new Float64Array(n * 3).fill(0.7);
+    const B = random(n, 2, next);
+    const want = await permutationTest(async (a, b) => (await svcca(a, b, { n, dA: 3, dB: 2 })).score, A, B, { n, dB: 2, runs: 7, seed: 1 });
+    expect(want.pValue).toBeNaN();
+    const got = await svccaPermutationTest(A, B, { n, dA: 3, dB: 2, runs: 7, seed: 1 });
+    expect(got.score).toBeNaN();
+    expect(got.pValue, `seed ${seed}`).toBeNaN();
+    expect(got.shuffled.length).toBe(0);
+  });
+});
