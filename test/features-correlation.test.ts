@@ -902,3 +902,41 @@ describe('features.correlation: options.signal', () => {
     expect(Array.from(signalled.top.r)).toEqual(Array.from(plain.top.r));
   });
 });
+
+describe('features.correlation: dense column blocks (fresh random data)', () => {
+  it('top mode in column blocks: lists of min(top, nA) real matches, and activeB / constantB at each feature\'s own index', async () => {
+    const seed = (Date.now() ^ 0x3c6ef372) >>> 0;
+    const next = lcg(seed);
+    const n = 31 + 2 * Math.floor(next() * 40);
+    const dA = 3 + 2 * Math.floor(next() * 2);
+    const dB = 7 + 2 * Math.floor(next() * 3);
+    // About 30% zeros and negative values; one constant column of B (not the first block's).
+    const xa = Float32Array.from({ length: n * dA }, () => (next() < 0.3 ? 0 : next() * 2 - 1));
+    const xb = Float32Array.from({ length: n * dB }, () => (next() < 0.3 ? 0 : next() * 2 - 1));
+    const flat = dB - 2;
+    for (let t = 0; t < n; t++) xb[t * dB + flat] = 0.25;
+    const opts = { kind: 'dense', batchSize: 1 + Math.floor(next() * n) } as const;
+    const f = full(await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, opts));
+    const top = dA + 1 + Math.floor(next() * 4); // more than A has
+    const w = 2; // columns per block: maxBytes = nA x w x 16
+    const t = await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, { ...opts, output: 'top', top, maxBytes: dA * w * 16 });
+    if (t.mode !== 'top') throw new Error('expected top mode');
+    const ctx = `seed ${seed}: ${dA} x ${dB}, n ${n}, top ${top}`;
+    expect(t.top.k, ctx).toBe(dA);
+    // Every list holds each A feature once, best first, with its r (the blocks' batch products
+    // round differently from the full run's: to float32 rounding).
+    for (let j = 0; j < dB; j++) {
+      const idx = Array.from(t.top.indices.subarray(j * dA, (j + 1) * dA));
+      expect([...idx].sort((x, y) => x - y), `${ctx}, B feature ${j}`).toEqual(Array.from({ length: dA }, (_, i) => i));
+      idx.forEach((i, q) => {
+        expect(Math.abs(t.top.r[j * dA + q]! - f.r[i * dB + j]!), `${ctx}, B feature ${j}`).toBeLessThan(1e-6);
+        if (q > 0) expect(t.top.r[j * dA + q]!).toBeLessThanOrEqual(t.top.r[j * dA + q - 1]!);
+      });
+    }
+    const nonzero = (x: Float32Array, d: number) => Array.from({ length: d }, (_, c) => x.filter((v, q) => q % d === c && v !== 0).length);
+    expect(Array.from(t.activeA), ctx).toEqual(nonzero(xa, dA));
+    expect(Array.from(t.activeB), ctx).toEqual(nonzero(xb, dB));
+    expect(Array.from(t.constantB), ctx).toEqual(Array.from({ length: dB }, (_, j) => (j === flat ? 1 : 0)));
+    expect(t.tokens).toBe(n);
+  });
+});
