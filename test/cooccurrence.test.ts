@@ -92,6 +92,21 @@ describe('CooccurrenceAccumulator pair counts', () => {
     }
   });
 
+  it('result() and cooccurrence() without options.top list the documented default of 100 pairs (fresh random codes)', async () => {
+    const seed = (Date.now() ^ 0x6a09e667) >>> 0;
+    const next = lcg(seed);
+    const numLatents = 31 + 2 * Math.floor(next() * 10);
+    const rows = 201 + 2 * Math.floor(next() * 100);
+    const chunkTokens = 7 + 2 * Math.floor(next() * 4);
+    const codes = randomCodes(rows, 3, numLatents, next);
+    const ref = naive(codes, numLatents, chunkTokens, 0, false);
+    expect(ref.all.length, `seed ${seed}`).toBeGreaterThan(100);
+    const acc = new CooccurrenceAccumulator(numLatents, { chunkTokens });
+    acc.add(codes);
+    expect((await acc.result()).top, `seed ${seed}`).toEqual(ref.all.slice(0, 100));
+    expect((await cooccurrence({ numLatents, codes }, { chunkTokens })).top, `seed ${seed}`).toEqual(ref.all.slice(0, 100));
+  });
+
   it('cooccurrence() over an array of codes equals the accumulator', async () => {
     const next = lcg(7);
     const numLatents = 4100;
