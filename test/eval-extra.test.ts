@@ -281,6 +281,39 @@ describe('sparseProbe', () => {
     expect(Math.abs(r.intercept - ref.b), `seed ${seed}`).toBeLessThan(1e-8 * (1 + Math.abs(ref.b)));
   });
 
+  it('ranks latents by |mean_pos - mean_neg| over the train split, each class by its own count (unbalanced labels, float64 reference)', () => {
+    const seed = (Date.now() ^ 0x1f83d9ab) >>> 0;
+    const next = lcg(seed);
+    const n = 81 + 2 * Math.floor(next() * 60);
+    const m = 7 + 2 * Math.floor(next() * 4);
+    // About 25% positives: a mean of the negatives scaled by nNeg / nPos would rank otherwise.
+    const labels = Uint8Array.from({ length: n }, () => (next() < 0.25 ? 1 : 0));
+    labels[0] = 1;
+    labels[1] = 0;
+    const offset = Array.from({ length: m }, () => 0.5 + 2 * next());
+    const shift = Array.from({ length: m }, () => next() - 0.5);
+    const features = Float32Array.from({ length: n * m }, (_, i) => offset[i % m]! + next() + (labels[Math.floor(i / m)] ? shift[i % m]! : 0));
+    const probeSeed = Math.floor(next() * 2 ** 31);
+    let r;
+    try {
+      r = sparseProbe(features, labels, { m, k: [m], seed: probeSeed }).results[0]!;
+    } catch (err) {
+      if ((err as Error).message.includes('both classes')) return; // an unlucky split: nothing to compare
+      throw err;
+    }
+    const train = shuffledOrder(probeSeed, n).slice(Math.round(n * 0.2));
+    const score = Array.from({ length: m }, (_, j) => {
+      let [sp, sn, np, nn] = [0, 0, 0, 0];
+      for (const row of train) {
+        if (labels[row]) [sp, np] = [sp + features[row * m + j]!, np + 1];
+        else [sn, nn] = [sn + features[row * m + j]!, nn + 1];
+      }
+      return Math.abs(sp / np - sn / nn);
+    });
+    const want = Array.from({ length: m }, (_, j) => j).sort((a, b) => score[b]! - score[a]! || a - b);
+    expect(r.latents, `seed ${seed}`).toEqual(want);
+  });
+
   it('a logit of exactly 0 predicts the negative class (positive iff w.x + b > 0)', () => {
     // Constant features standardise to 0 and a balanced train split fits b = 0, w = 0 exactly:
     // every test logit is 0, so every test example is predicted negative.
