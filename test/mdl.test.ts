@@ -291,4 +291,16 @@ describe('descriptionLength shares the JS thread', () => {
       expect(Math.abs(got.valueBits - value), ctx).toBeLessThanOrEqual(1e-9 * value);
     }
   }, 60_000);
+
+  it('reads the documented default of 65536 tokens when maxTokens is not given (fresh random data)', async () => {
+    const seed = (Date.now() ^ 0x5be0cd19) >>> 0;
+    const next = lcg(seed);
+    const dIn = 3;
+    const rows = 65536 + 1 + 2 * Math.floor(next() * 500);
+    const x = Float32Array.from({ length: rows * dIn }, () => next() * 2 - 1);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: 5, k: 2, seed: 1 + Math.floor(next() * 1000) });
+    const r = await descriptionLength(sae, fromArray(x, dIn), { batchSize: 8191 });
+    expect(r.tokens, `seed ${seed}, ${rows} rows`).toBe(65536);
+    expect(r).toEqual(await descriptionLength(sae, fromArray(x.subarray(0, 65536 * dIn), dIn), { batchSize: 8191 }));
+  });
 });
