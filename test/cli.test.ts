@@ -770,6 +770,34 @@ describe('progress line', () => {
     expect(writes.at(-1)).toBe('\n');
   });
 
+  it('the ETA reads h:mm:ss beyond an hour (minutes within the hour) and m:ss below, on fresh random durations', async () => {
+    const { Progress } = await import('../lib/cli/progress.js');
+    const seed = (Date.now() ^ 0x9b05688c) >>> 0;
+    const next = lcg(seed);
+    for (let trial = 0; trial < 20; trial++) {
+      const writes: string[] = [];
+      const pipe = { isTTY: false, write: (s: string) => (writes.push(s), true) } as unknown as NodeJS.WriteStream;
+      // The first update has no elapsed time: its rate is the step's tokensPerSec (1), so the ETA
+      // is the tokens left, a whole number of seconds.
+      const eta = trial < 10 ? 3600 + Math.floor(next() * 400_000) : Math.floor(next() * 3600);
+      const p = new Progress(eta, pipe, 0);
+      p.update({ step: 0, tokens: 0, loss: 1, fvu: 0.5, l0: 8, numDead: 0, deadFraction: 0, auxkLoss: 0, lr: 1e-3, tokensPerSec: 1 });
+      const [h, m, s] = [Math.floor(eta / 3600), Math.floor(eta / 60) % 60, eta % 60];
+      const want = h > 0 ? `${h}:${String(m).padStart(2, '0')}:${String(s).padStart(2, '0')}` : `${m}:${String(s).padStart(2, '0')}`;
+      expect(writes.at(-1), `seed ${seed}, eta ${eta} s`).toContain(`ETA ${want} `);
+    }
+  });
+
+  it('on a TTY a step past the total draws a full bar at 100% (the last batch can overrun --tokens)', async () => {
+    const { Progress } = await import('../lib/cli/progress.js');
+    const writes: string[] = [];
+    const tty = { isTTY: true, write: (s: string) => (writes.push(s), true) } as unknown as NodeJS.WriteStream;
+    const total = 1000 + Math.floor(Math.random() * 1000);
+    const p = new Progress(total, tty, 0);
+    p.update({ step: 3, tokens: total + 1 + Math.floor(Math.random() * 100), loss: 1, fvu: 0.5, l0: 8, numDead: 0, deadFraction: 0, auxkLoss: 0, lr: 1e-3, tokensPerSec: 1 });
+    expect(writes.at(-1)).toContain(`[${'#'.repeat(24)}] 100.0%`);
+  });
+
   it('a job that reads its source several times (compare --kind preacts over --max-bytes) counts every pass in the total, so it ends at 100%', async () => {
     const { TokenProgress } = await import('../lib/cli/progress.js');
     const writes: string[] = [];
