@@ -107,6 +107,56 @@ describe('CooccurrenceAccumulator pair counts', () => {
     expect((await cooccurrence({ numLatents, codes }, { chunkTokens })).top, `seed ${seed}`).toEqual(ref.all.slice(0, 100));
   });
 
+  it('a pair tied in phi with the worst kept pair but of a higher count replaces it (complementary tables, fresh random chunks)', async () => {
+    // The tables (cii, cjj, cij) and (T - cii, T - cjj, T - cii - cjj + cij) have the same phi
+    // to the bit (the same integers in the numerator and the denominator), and the second has
+    // the higher count. The scan's pruning test on num |num| against phi_worst^2 var_i var_j
+    // must not drop the second through rounding.
+    const seed = (Date.now() ^ 0x510e527f) >>> 0;
+    const next = lcg(seed);
+    const pick = (n: number) => Math.floor(next() * n);
+    let checked = 0;
+    for (let trial = 0; trial < 40; trial++) {
+      const tables: number[][] = [];
+      const T = 6 + pick(25);
+      for (let a = 1; a < T; a++) for (let b = a; b < T; b++) for (let c = Math.max(1, a + b - T); c <= Math.min(a, b); c++) {
+        const [a2, b2, c2] = [T - a, T - b, T - a - b + c];
+        if (T * c - a * b > 0 && c2 > c) tables.push([a, b, c, a2, b2, c2]);
+      }
+      const [a, b, c, a2, b2, c2] = tables[pick(tables.length)]!;
+      const ctx = `seed ${seed}: T ${T}, tables (${a}, ${b}, ${c}) and (${a2}, ${b2}, ${c2})`;
+      // One token per chunk; latents 0, 1 hold the first table and 2, 3 the second, on random
+      // chunks, until the two pairs are the best two (the cross pairs rank lower).
+      const place = (x: number, y: number, both: number) => {
+        const order = Array.from({ length: T }, (_, t) => t);
+        for (let t = T - 1; t > 0; t--) {
+          const u = pick(t + 1);
+          [order[t], order[u]] = [order[u]!, order[t]!];
+        }
+        // both chunks, then x-only, then y-only
+        return [new Set(order.slice(0, x)), new Set([...order.slice(0, both), ...order.slice(x, x + y - both)])];
+      };
+      for (let attempt = 0; attempt < 2000; attempt++) {
+        const [s0, s1] = place(a, b, c);
+        const [s2, s3] = place(a2, b2, c2);
+        const values = new Float32Array(T * 4);
+        const indices = Int32Array.from({ length: T * 4 }, (_, q) => q % 4);
+        for (let t = 0; t < T; t++) [s0, s1, s2, s3].forEach((set, l) => (values[t * 4 + l] = set!.has(t) ? 1 : 0));
+        const codes = { rows: T, k: 4, values, indices };
+        const ref = naive(codes, 4, 1, 0, false);
+        const [first, second] = ref.all;
+        if (!(first && second && first.i === 2 && first.j === 3 && second.i === 0 && second.j === 1 && first.phi === second.phi)) continue;
+        const acc = new CooccurrenceAccumulator(4, { chunkTokens: 1 });
+        acc.add(codes);
+        expect((await acc.result({ top: 1 })).top, ctx).toEqual([first]);
+        expect((await acc.result({ top: 2 })).top, ctx).toEqual([first, second]);
+        checked++;
+        break;
+      }
+    }
+    expect(checked, `seed ${seed}: tables whose two pairs ranked first in some placement`).toBeGreaterThan(20);
+  });
+
   it('cooccurrence() over an array of codes equals the accumulator', async () => {
     const next = lcg(7);
     const numLatents = 4100;
