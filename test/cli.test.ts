@@ -5,7 +5,7 @@ import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { backend, io, metrics, openActivations, SparseAutoencoder } from '../lib/index.js';
+import { backend, features, fromArray, io, metrics, openActivations, SparseAutoencoder } from '../lib/index.js';
 import { lcg } from './helpers/reference.js';
 import { packageRoot } from '../lib/native/index.js';
 
@@ -315,6 +315,42 @@ describe('saekit CLI', () => {
     const bad = compare('--method', 'hungarian', '--one-to-one');
     expect(bad.status).not.toBe(0);
     expect(bad.stderr).toMatch(/Expected --one-to-one only with --method argmax but the method is hungarian/);
+  }, 60_000);
+
+  it('compare: mean_max_correlation averages each B feature\'s best r over B\'s features (nA != nB), and --max-pairs 3 still runs RSA (fresh random SAEs)', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-'));
+    const seed = (Date.now() ^ 0x71374491) >>> 0;
+    const next = lcg(seed);
+    const dIn = 5;
+    const nA = 9 + 2 * Math.floor(next() * 4);
+    const nB = nA + 4 + 2 * Math.floor(next() * 4);
+    const rows = 301 + 2 * Math.floor(next() * 200);
+    const data = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    await io.writeNpy(path.join(dir, 'acts.npy'), { dtype: 'float32', shape: [rows, dIn], data });
+    using a = SparseAutoencoder.create({ dIn, numLatents: nA, k: 3, seed: 1 + Math.floor(next() * 1000) });
+    using b = SparseAutoencoder.create({ dIn, numLatents: nB, k: 3, seed: 1001 + Math.floor(next() * 1000) });
+    await a.save(path.join(dir, 'a'));
+    await b.save(path.join(dir, 'b'));
+    const r = run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--json', '--runs', '2', '--method', 'argmax', '--threshold', '-1', '--max-pairs', '3', '--device', 'cpu']);
+    expect(r.status, r.stderr).toBe(0);
+    const s = JSON.parse(r.stdout);
+    // The reference: the full r matrix, each column's (B feature's) largest r, averaged over nB.
+    const c = await features.correlation({ source: fromArray(data, dIn), sae: a }, { sae: b }, { output: 'full' });
+    if (c.mode !== 'full') throw new Error('expected the full matrix');
+    let want = 0;
+    for (let j = 0; j < nB; j++) {
+      let best = -Infinity;
+      for (let i = 0; i < nA; i++) best = Math.max(best, c.r[i * nB + j]!);
+      want += best;
+    }
+    want /= nB;
+    const ctx = `seed ${seed}: nA ${nA}, nB ${nB}, ${rows} rows`;
+    expect(Math.abs(s.mean_max_correlation - want), ctx).toBeLessThan(1e-9);
+    // Every B feature keeps its argmax pair (threshold -1): 3 of them go to SVCCA and RSA.
+    expect(s.similarity_pairs, ctx).toMatchObject({ used: 3, of: nB });
+    expect(s.svcca.skipped, ctx).toMatch(/needs more pairs \(3 of the/);
+    expect(Number.isFinite(s.rsa.score), `${ctx}: ${JSON.stringify(s.rsa)}`).toBe(true);
+    expect([1 / 3, 2 / 3, 1]).toContain(s.rsa.p_value);
   }, 60_000);
 
   /** A folder with an SAE (dIn 6, 12 latents) and `rows` random rows as acts.bin (raw float32) and acts.npy. */
