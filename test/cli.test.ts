@@ -351,6 +351,16 @@ describe('saekit CLI', () => {
     expect(s.svcca.skipped, ctx).toMatch(/needs more pairs \(3 of the/);
     expect(Number.isFinite(s.rsa.score), `${ctx}: ${JSON.stringify(s.rsa)}`).toBe(true);
     expect([1 / 3, 2 / 3, 1]).toContain(s.rsa.p_value);
+    // Top mode (the matrix over --max-bytes): the same mean from each B feature's best match; and
+    // as many pairs as dimensions (--max-pairs dIn) skips SVCCA (it needs more) and runs RSA.
+    const t = run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--json', '--runs', '2', '--method', 'argmax', '--threshold', '-1', '--max-bytes', '64', '--max-pairs', String(dIn), '--device', 'cpu']);
+    expect(t.status, t.stderr).toBe(0);
+    expect(t.stderr).toMatch(/top \d+ matches per feature/);
+    const ts = JSON.parse(t.stdout);
+    expect(Math.abs(ts.mean_max_correlation - want), ctx).toBeLessThan(1e-6);
+    expect(ts.similarity_pairs, ctx).toMatchObject({ used: dIn, of: nB });
+    expect(ts.svcca.skipped, ctx).toMatch(new RegExp(`needs more pairs \\(${dIn} of the ${nB} kept, by --max-pairs\\) than dimensions \\(${dIn}\\)`));
+    expect(Number.isFinite(ts.rsa.score), ctx).toBe(true);
   }, 60_000);
 
   /** A folder with an SAE (dIn 6, 12 latents) and `rows` random rows as acts.bin (raw float32) and acts.npy. */
