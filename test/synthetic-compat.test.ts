@@ -369,6 +369,18 @@ describe('mfr (methods.md §4.4)', () => {
     }
   });
 
+  it('the default decay is 0.99: the same supports and rows as decay 0.99, others than decay 0.9', () => {
+    const seed = freshSeed(12);
+    const o = { dIn: 5, numFeatures: 61 + 2 * (seed % 20), groups: 3, activePerPoint: 6, numRows: 40, batchSize: 8, seed };
+    const d = mfr(o);
+    const explicit = mfr({ ...o, decay: 0.99 });
+    const other = mfr({ ...o, decay: 0.9 });
+    const sup = (x: typeof d) => Array.from({ length: d.numBatches }, (_, b) => Array.from(x.supports(b))).flat();
+    expect(sup(d), `seed ${seed}`).toEqual(sup(explicit));
+    expect(Array.from(d.rows(0, 40))).toEqual(Array.from(explicit.rows(0, 40)));
+    expect(sup(d), `seed ${seed}`).not.toEqual(sup(other));
+  });
+
   it('all rows of a batch that pick a group share its support; supports change between batches; groups are uniform', () => {
     const seed = freshSeed(11);
     const B = 3001;
