@@ -1170,13 +1170,22 @@ void corr_argsort(int64_t rows, int64_t cols, int64_t k, const std::function<flo
 // Checks one shape: the full matrix bit for bit against the CPU kernel's formula (raw float64
 // sums in token order, core/corr_device.h's moments) and within 2e-6 of a naive two-pass
 // (centred) float64 Pearson; the top and reverse lists equal the argsort of that matrix; chunks
-// of 7 rows (SAEKIT_CUDA_CORR_ROWS) give the same bits as one chunk.
-void test_corr(int64_t T, int64_t nA, int64_t nB, int64_t kA, int64_t kB, uint64_t seed) {
-  const std::string name = strf("sparse correlation (T %lld, nA %lld, nB %lld, kA %lld, kB %lld)", (long long)T,
-                                (long long)nA, (long long)nB, (long long)kA, (long long)kB);
+// of 7 rows (SAEKIT_CUDA_CORR_ROWS) give the same bits as one chunk. random_corr_side leaves a
+// side's last feature never active and the one before it constant; mirror_b turns B's features
+// around (feature j becomes nB - 1 - j), so that its busiest features end the columns (and the
+// last column tile).
+void test_corr(int64_t T, int64_t nA, int64_t nB, int64_t kA, int64_t kB, uint64_t seed, bool mirror_b = false) {
+  const std::string name = strf("sparse correlation (T %lld, nA %lld, nB %lld, kA %lld, kB %lld%s)", (long long)T,
+                                (long long)nA, (long long)nB, (long long)kA, (long long)kB,
+                                mirror_b ? ", B's features mirrored" : "");
   run_test(name, [&] {
     std::mt19937_64 rng(seed);
     CorrSide A = random_corr_side(T, nA, kA, rng), B = random_corr_side(T, nB, kB, rng);
+    if (mirror_b) {
+      for (auto& j : B.idx) j = int32_t(nB - 1 - j);
+      std::reverse(B.s.begin(), B.s.end());
+      std::reverse(B.ss.begin(), B.ss.end());
+    }
     const std::vector<double> xa = corr_dense(A, T), xb = corr_dense(B, T);
     const double n = double(T);
     // The CPU kernel's arithmetic.
@@ -1208,8 +1217,11 @@ void test_corr(int64_t T, int64_t nA, int64_t nB, int64_t kA, int64_t kB, uint64
         const double naive = cA[size_t(i)] || cB[size_t(j)] ? 0.0 : cxy / std::sqrt(cxx * cyy);
         worst_naive = std::max(worst_naive, std::fabs(naive - double(want[size_t(i * nB + j)])));
       }
-    bool flags_ok = cA[size_t(nA - 1)] == 1 && cA[size_t(nA - 2)] == 1 && cB[size_t(nB - 1)] == 1 && cB[size_t(nB - 2)] == 1;
-    for (int64_t i = 0; i < nA; ++i) flags_ok = flags_ok && want[size_t(i * nB + 1)] == want[size_t(i * nB)];
+    // B's never-active and constant features, and its duplicate pair (features 0 and 1 unmirrored).
+    const int64_t b_dead = mirror_b ? 0 : nB - 1, b_const = mirror_b ? 1 : nB - 2;
+    const int64_t b_dup0 = mirror_b ? nB - 1 : 0, b_dup1 = mirror_b ? nB - 2 : 1;
+    bool flags_ok = cA[size_t(nA - 1)] == 1 && cA[size_t(nA - 2)] == 1 && cB[size_t(b_dead)] == 1 && cB[size_t(b_const)] == 1;
+    for (int64_t i = 0; i < nA; ++i) flags_ok = flags_ok && want[size_t(i * nB + b_dup1)] == want[size_t(i * nB + b_dup0)];
 
     // Chunking and the heavy-row path (SAEKIT_CUDA_CORR_ROWS / _HEAVY / _TILE) change no bit.
     struct Layout {
@@ -1348,6 +1360,7 @@ int main(int argc, char** argv) {
   test_params_roundtrip(67, 301, 21);
   test_corr(203, 45, 38, 6, 5, 23);
   test_corr(64, 9, 70, 3, 40, 24);  // kB above a warp: B entries of a token take two lane passes
+  test_corr(203, 45, 38, 6, 5, 25, true);  // B's busiest feature is the last column
 
   // Odd sizes: D 67, M 301, k 7, N 129.
   {
