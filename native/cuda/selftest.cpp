@@ -1446,6 +1446,15 @@ int main(int argc, char** argv) {
     test_jumprelu(D, M, N, 81);
     test_prefetch(D, M, k, N, 85);
   }
+  // Pre-activations of 17 MiB (2100 x 2048 floats) to pageable memory: the download takes both
+  // 8 MiB staging buffers in turn and a partial third chunk; every row is checked.
+  run_test("preacts through the download's staging buffers", [&] {
+    const int64_t D = 16, M = 2048, N = 2100;
+    Model m = random_model(D, M, true, 113);
+    std::vector<float> x = random_x(N, D, 114);
+    Sae s(m);
+    check_preacts(s, m, x, N, SK_PREC_F32, nullptr, N);
+  });
   // A block has 48 KiB of shared memory, its static arrays and its dynamic part together, unless the
   // kernel opts in. The emulation reports SAEKIT_EMU_STATIC_SMEM bytes of static memory for every
   // kernel (emu/cuda_runtime.h; no effect on a GPU): at 48000 every launch with more than 1152
