@@ -1455,6 +1455,21 @@ int main(int argc, char** argv) {
     Sae s(m);
     check_preacts(s, m, x, N, SK_PREC_F32, nullptr, N);
   });
+  // tf32 precision asks cuBLAS for tf32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32), whose
+  // operands keep 10 mantissa bits: on shapes they take (multiples of 16) the pre-activations
+  // differ from float32's, within tf32's tolerance (checked by check_preacts).
+  run_test("tf32 pre-activations", [&] {
+    const int64_t D = 64, M = 256, N = 64;
+    Model m = random_model(D, M, true, 115);
+    std::vector<float> x = random_x(N, D, 116);
+    Sae s(m);
+    std::vector<float> pt, pf = dev_preacts(s, m, x, N, SK_PREC_F32);
+    check_preacts(s, m, x, N, SK_PREC_TF32, &pt, N);
+    int64_t differ = 0;
+    for (size_t i = 0; i < pf.size(); ++i) differ += pf[i] != pt[i];
+    report(differ > 0, "tf32 pre-activations come from a tf32 GEMM (they differ from float32's)",
+           strf("%lld of %lld differ", (long long)differ, (long long)(N * M)));
+  });
   // A block has 48 KiB of shared memory, its static arrays and its dynamic part together, unless the
   // kernel opts in. The emulation reports SAEKIT_EMU_STATIC_SMEM bytes of static memory for every
   // kernel (emu/cuda_runtime.h; no effect on a GPU): at 48000 every launch with more than 1152
