@@ -1499,6 +1499,22 @@ int main(int argc, char** argv) {
     Sae s(m);
     std::vector<float> pre = dev_preacts(s, m, x, N, SK_PREC_F32);
     for (int64_t k : {40, 64, 4000}) check_encode_exact(s, m, x, N, k, SK_PREC_F32, pre, nullptr, strf("ties k=%lld", (long long)k));
+    // The radix fallback where the k-th key's group ends exactly at a digit of a middle pass: every
+    // 10th latent (l % 10 == 1) of the 0.25 ones moves up 256 ulps (0x3e800100; its third byte
+    // differs), and k takes the 52 keys of 0.5 and those. The third pass's digit then holds exactly
+    // the keys still needed, and the tied keys taken last span all of the row's 512-latent tiles.
+    uint32_t up_bits = 0x3e800100u;
+    float up;
+    std::memcpy(&up, &up_bits, sizeof(up));
+    int64_t k_exact = 0;
+    for (int64_t l = 0; l < M; ++l) {
+      if (be[l] == 0.25f && l % 10 == 1) be[l] = up;
+      k_exact += be[l] > 0.25f;
+    }
+    Sae s2(m);
+    std::vector<float> pre2 = dev_preacts(s2, m, x, N, SK_PREC_F32);
+    check_encode_exact(s2, m, x, N, k_exact, SK_PREC_F32, pre2, nullptr,
+                       strf("ties k=%lld (the k-th key ends a digit of the radix fallback)", (long long)k_exact));
   });
   // Rows of a multiple of 4 latents: the selection's 4-wide loads, of float32 and of bf16 rows.
   test_encode_f32_bf16("encode aligned rows", 24, 1000, 37, 9, 89, 37, "topk 4-wide");
