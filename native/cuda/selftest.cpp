@@ -316,6 +316,21 @@ void test_gemm() {
                                           (long long)M, (long long)N, (long long)K),
              strf("max error / sum|ab| %.2e%s", worst, pad_ok ? "" : ", wrote outside C"));
     }
+  // K = 0 (a matmul with an empty inner dimension): C = beta C, whatever C held before.
+  for (const float beta : {0.0f, 0.5f}) {
+    const int64_t M0 = 5, N0 = 7;
+    std::vector<float> C(size_t(M0 * N0)), out(C.size());
+    for (auto& v : C) v = nd(rng) + 3.0f;
+    DevMem dA(4), dB(4), dC(C.size() * 4);
+    up(dC.p, C.data(), C.size() * 4);
+    CALL("gemm_f32", g_be.iface->gemm_f32(g_be.ctx, &st, 0, 0, M0, N0, 0, 1.5f, static_cast<float*>(dA.p), 1,
+                                          static_cast<float*>(dB.p), N0, beta, static_cast<float*>(dC.p), N0));
+    down(out.data(), dC.p, out.size() * 4);
+    int64_t bad = 0;
+    for (size_t i = 0; i < C.size(); ++i) bad += out[i] != beta * C[i];
+    report(bad == 0, strf("gemm_f32 K=0 beta=%g: C = beta C", double(beta)),
+           strf("%lld of %lld wrong", (long long)bad, (long long)C.size()));
+  }
 }
 
 // ---- SAE helpers -------------------------------------------------------------------------------
