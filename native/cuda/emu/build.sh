@@ -3,7 +3,7 @@
 # quick set on it: checks the kernels' logic and the host orchestration without a GPU.
 # SAEKIT_EMU_DEVICES=N (run time, default 1) gives the emulation N devices (emu/cuda_runtime.h).
 #   bash native/cuda/emu/build.sh [out_dir]      (from anywhere; needs g++ only)
-#   EMU_ONCE=1: one self-test pass (CI), not the second one with tiny tiles
+#   EMU_ONCE=1: one self-test pass, not the second one with tiny tiles (CI runs both)
 #   EMU_SANITIZE=...: -fsanitize= for the plugin and the self-test. CI uses alignment,undefined
 #     (with UBSAN_OPTIONS=halt_on_error=1): misaligned float4 / uint2 loads, which fault on a GPU
 #     but pass on x86, stop the run; the plugin then pulls libubsan into node, which works.
