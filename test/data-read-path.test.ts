@@ -16,6 +16,7 @@ import { fromArray, fromAsyncIterable, openActivations, type ActivationSource, t
 import { allocLongLivedF32 } from '../lib/data/convert.js';
 import { _sweepSparesAfter, releaseSpare, takeSpare } from '../lib/data/memory.js';
 import { bf16ToNumber, concatRows, f16ToNumber, npyBytes, randomHalfBits, randomRows, sortedRowKeys, writeNpyFixture, writeSafetensorsFixture } from './helpers/data-fixtures.js';
+import { lcg } from './helpers/reference.js';
 
 let dir: string;
 const p = (...parts: string[]) => path.join(dir, ...parts);
@@ -57,8 +58,7 @@ describe('in-order passes with rows skipped as non-finite', () => {
   it("recycled batches (fills ahead of the consumer) serve the finite rows once each, in file order, cut into full batches", async () => {
     for (let trial = 0; trial < 4; trial++) {
       const seed = freshSeed();
-      let s = seed;
-      const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+      const rnd = lcg(seed);
       const dIn = 3 + Math.floor(rnd() * 9);
       const rows = 150 + Math.floor(rnd() * 200);
       const x = randomRows(rows, dIn, seed);
@@ -133,8 +133,7 @@ describe("onNonFinite 'error' names the first non-finite value", () => {
 describe('shuffled passes over wide rows (the buffer filled through a scratch of fewer rows than a window)', () => {
   it('fromArray and fromAsyncIterable serve every row exactly once per epoch', async () => {
     const seed = freshSeed();
-    let s = seed;
-    const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+    const rnd = lcg(seed);
     // The scratch holds floor(2^20 / (4 dIn)) = 4 to 6 rows; a window holds 9 to 13.
     const dIn = 2 * Math.floor(20000 + rnd() * 10000) + 1;
     const half = 9 + Math.floor(rnd() * 5);
@@ -376,8 +375,7 @@ describe('16-bit files shuffled with rows skipped (the mixing buffer keeps 16-bi
   it('rows of the largest finite values are kept; every finite row is served once per epoch', async () => {
     for (const dtype of ['bfloat16', 'float16'] as const) {
       const seed = freshSeed();
-      let s = seed;
-      const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+      const rnd = lcg(seed);
       const dIn = 3 + Math.floor(rnd() * 8);
       const rows = 60 + Math.floor(rnd() * 90);
       const bits = randomHalfBits(rows * dIn, dtype, seed);
