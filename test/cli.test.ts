@@ -73,6 +73,14 @@ describe('saekit CLI', () => {
     expect(plus.stderr).toMatch(/SAEKIT_NUM_THREADS='\+1' is ignored/);
     const [, used, hw] = /^threads\s+(\d+) of (\d+)/m.exec(plus.stdout)!;
     expect(used).toBe(hw);
+    // The range's ends agree on both sides: 1024 is taken without a warning, 1025 warned and ignored.
+    const top = run(['info'], { SAEKIT_NUM_THREADS: '1024' });
+    expect(top.stderr).not.toMatch(/SAEKIT_ENV/);
+    expect(top.stdout).toMatch(/^threads\s+1024 of \d+/m);
+    const over = run(['info'], { SAEKIT_NUM_THREADS: '1025' });
+    expect(over.stderr).toMatch(/SAEKIT_NUM_THREADS='1025' is ignored: expected an integer between 1 and 1024/);
+    const [, usedOver, hwOver] = /^threads\s+(\d+) of (\d+)/m.exec(over.stdout)!;
+    expect(usedOver).toBe(hwOver);
   });
 
   it("train --help: the flags that set Trainer options default to the Trainer's documented defaults", () => {
