@@ -178,9 +178,28 @@ function unpaddedSafetensors(next: () => number): Uint8Array {
   return concat(head, json, bytesOf(a.data), bytesOf(b.data));
 }
 
-async function readAllSafetensors(reader: SafetensorsReader): Promise<Map<string, IoTensor>> {
+/**
+ * Every tensor of `reader`. A mutation can turn a dtype into another valid safetensors dtype that
+ * read() does not convert ("F16" into "I16", say): read() must refuse it with ERR_SAEKIT_DTYPE
+ * naming the tensor and the file, and its raw bytes (from readBytes) stand in as a uint8 vector.
+ */
+async function readAllSafetensors(reader: SafetensorsReader, label = ''): Promise<Map<string, IoTensor>> {
   const out = new Map<string, IoTensor>();
-  for (const e of reader.tensors) out.set(e.name, await reader.read(e.name));
+  for (const e of reader.tensors) {
+    if (e.dtype !== null) {
+      out.set(e.name, await reader.read(e.name));
+      continue;
+    }
+    const err = await reader.read(e.name).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    if (!(err instanceof SaekitError) || err.code !== 'ERR_SAEKIT_DTYPE' || !err.message.includes(reader.path) || !err.message.includes(e.code)) {
+      throw new Error(`${label}: reading ${e.name} of unconverted dtype ${e.code} gave ${String(err)}`);
+    }
+    const bytes = await reader.readBytes(e.offset, e.byteLength);
+    out.set(e.name, { dtype: 'uint8', shape: [bytes.length], data: bytes });
+  }
   return out;
 }
 
@@ -200,7 +219,7 @@ async function fuzzSafetensorsOnce(src: Uint8Array, m: Mutation, viaFile: string
     return;
   }
   try {
-    const got = await readAllSafetensors(reader);
+    const got = await readAllSafetensors(reader, label);
     for (const e of reader.tensors) {
       const t = got.get(e.name)!;
       consistent(t, `${label} ${e.name}`);
@@ -278,6 +297,16 @@ describe('fuzzing the file readers with random mutations', () => {
     const tally: Tally = { runs: 0, ok: 0, failed: 0 };
     const seeds = [fixture('reference.safetensors'), unpaddedSafetensors(next)];
     for (let s = 0; s < 6; s++) seeds.push(encodeSafetensors(randomTensors(next, 1 + Math.floor(next() * 5), 6), s % 2 ? { note: `seed ${s}` } : undefined));
+    // the mutation that once failed CI: "F16" became "I16", a valid dtype read() does not convert
+    const f16 = encodeSafetensors({ a: randomTensor('float16', [3, 5], next), b: randomTensor('float32', [2], next) });
+    const at = Buffer.from(f16).indexOf('"F16"');
+    expect(at).toBeGreaterThan(8);
+    const i16 = f16.slice();
+    i16[at + 1] = 0x49; // 'I'
+    const before = tally.ok;
+    await fuzzSafetensorsOnce(f16, { bytes: i16, kind: 'F16 to I16', sameLength: true, lo: at + 1, hi: at + 2 }, undefined, 'F16 to I16', tally);
+    expect(tally.ok, 'a tensor of a valid, unconverted dtype reads as its raw bytes').toBe(before + 1);
+    tally.ok = before;
     for (let i = 0; i < 8200; i++) {
       if (overBudget()) throw new Error(`seed ${seed}: over the time budget after ${i} safetensors runs`);
       const src = seeds[i % seeds.length]!;
