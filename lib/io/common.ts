@@ -108,12 +108,18 @@ export function listForMessage(items: readonly unknown[]): string {
   return items.length > 8 ? `${shown.join(', ')}, ... (${items.length} entries)` : shown.join(', ');
 }
 
-/** Checks that `path` is a non-empty string; errors name it as `name` (the caller's parameter). */
-export function checkPath(path: unknown, name = 'path'): string {
-  if (typeof path !== 'string' || path.length === 0 || path.includes('\0')) {
-    throw argError(name, 'a non-empty file path string', path);
-  }
+/**
+ * Checks that `path` is a non-empty string with no NUL character (which no file system takes);
+ * errors name it as `name` (the caller's parameter) and expect `expected`.
+ */
+export function checkPath(path: unknown, name = 'path', expected = 'a non-empty file path string'): string {
+  if (typeof path !== 'string' || path.length === 0 || path.includes('\0')) throw argError(name, expected, path);
   return path;
+}
+
+/** checkPath for a folder: the error reads "Expected a folder path for `name` ...". */
+export function checkFolderPath(dir: unknown, name = 'dir'): string {
+  return checkPath(dir, name, 'a folder path');
 }
 
 /**

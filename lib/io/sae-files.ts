@@ -23,7 +23,7 @@ import { argError, SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
 import { due, pause, runSliced } from '../slices.js';
 import { checkBool, checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
-import { checkPath, fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose, transposeSteps } from './common.js';
+import { checkFolderPath, checkPath, fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose, transposeSteps } from './common.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpzChecked } from './npz.js';
 import { checkWriteSaeOptions, type WriteSaeOptions } from './sae-options.js';
@@ -736,7 +736,7 @@ export async function writeSaeFiles(
   weights: SaeFileWeights,
   options: WriteSaeOptions = {},
 ): Promise<string[]> {
-  if (typeof dir !== 'string' || dir.length === 0 || dir.includes('\0')) throw argError('dir', 'a folder path', dir);
+  checkFolderPath(dir);
   checkWriteSaeModel(config, weights);
   checkWriteSaeOptions(options);
   const format = options.format ?? 'saelens';

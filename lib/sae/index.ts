@@ -28,6 +28,7 @@ import { constants as bufferConstants } from 'node:buffer';
 
 import { deviceName, resolveDevice, type DeviceOption, type ResolvedDevice } from '../backend/index.js';
 import { argError, callNative, SaekitError, settleNative } from '../errors.js';
+import { checkFolderPath } from '../io/common.js';
 import { checkWriteSaeOptions, type WriteSaeOptions } from '../io/sae-options.js';
 import { native, type NativeAdam, type NativePrefetched, type NativeSae, type NativeTensor } from '../native/index.js';
 import { handleOf, Tensor } from '../tensor/index.js';
@@ -555,7 +556,7 @@ export class SparseAutoencoder {
    * Returns the files written.
    */
   async save(dir: string, options?: WriteSaeOptions): Promise<string[]> {
-    if (typeof dir !== 'string' || dir.length === 0 || dir.includes('\0')) throw argError('dir', 'a folder path', dir);
+    checkFolderPath(dir);
     const o = checkWriteSaeOptions(options);
     // The weights are read in queue order now, before the file formats load: a step, setWeights()
     // or dispose() called after save() does not change (or fail) what is saved.
