@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -8,7 +8,7 @@ import { SaekitError, SparseAutoencoder, type SaeWeights } from '../lib/index.js
 import { fromArray, fromAsyncIterable, type ActivationSource, type BatchOptions } from '../lib/data/index.js';
 import { superposition } from '../lib/data/synthetic.js';
 import { mmcs } from '../lib/eval/recovery.js';
-import { CHECKPOINT_LIMITS, geometricMedian, learningRate, Trainer } from '../lib/train/index.js';
+import { CHECKPOINT_LIMITS, geometricMedian, learningRate, Trainer, type TrainerOptions } from '../lib/train/index.js';
 import { customSource } from './helpers/data-fixtures.js';
 import { readSafetensors, writeSafetensors } from '../lib/io/safetensors.js';
 import { lcg } from './helpers/reference.js';
@@ -266,6 +266,9 @@ describe('Trainer', () => {
     const second = await new Trainer(c, opts).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true });
     expect(second.status).toBe('completed');
     expect(second.steps).toBe(80);
+    // The counters continue from the checkpoint's: the same tokens as the uninterrupted run.
+    expect(second.tokens).toBe(full.tokens);
+    expect(second.last).toMatchObject({ step: 80, tokens: 80 * 64 });
     const [wa, wc] = [await a.weights(), await c.weights()];
     for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) {
       expect(Buffer.from(wc[n].buffer).equals(Buffer.from(wa[n].buffer)), n).toBe(true);
@@ -1037,5 +1040,296 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
     await _trimLogPast(path.join(dir, 'missing.jsonl'), 3); // nothing to do, no file made
     const { existsSync } = await import('node:fs');
     expect(existsSync(path.join(dir, 'missing.jsonl'))).toBe(false);
+  });
+});
+
+describe('Trainer: defaults, option bounds, the schedule as run, counters and checkpoint bookkeeping', () => {
+  const dIn = 7;
+  const make = (seed = 2, k = 2) => SparseAutoencoder.create({ dIn, numLatents: 16, k, seed });
+
+  it("fills in the documented defaults (TrainerOptions' doc comments): lr 'auto' is 2e-4 / sqrt(numLatents / 2^14)", () => {
+    using sae = SparseAutoencoder.create({ dIn: 3, numLatents: 1 << 16, k: 2, seed: 1 });
+    const documented = {
+      batchSize: 4096, totalTokens: undefined, epochs: undefined, lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, warmupSteps: 1000, decay: 'linear', decayFraction: 0.2,
+      auxkAlpha: 1 / 32, auxkVariant: 'sparsify', deadThresholdTokens: 10_000_000, bDecInit: 'geometric-median', normalize: 'none', normalizeBatches: 4, shuffle: true, seed: 0,
+    };
+    expect({ ...new Trainer(sae).options }).toStrictEqual(documented);
+    expect(new Trainer(sae, { lr: 'auto' }).options.lr).toBe(1e-4); // 2e-4 / sqrt(4)
+  });
+
+  it('takes each bounded option at its bound and refuses it just past (lr <= 10, eps >= 1e-30, epochs >= 1, the 2 GiB normalize hold)', () => {
+    using sae = make();
+    expect(new Trainer(sae, { lr: 10 }).options.lr).toBe(10);
+    expect(() => new Trainer(sae, { lr: 10.000001 })).toThrow(/for options\.lr but received 10\.000001/);
+    expect(new Trainer(sae, { eps: 1e-30 }).options.eps).toBe(1e-30);
+    expect(() => new Trainer(sae, { eps: 0 })).toThrow(/options\.eps but received 0/);
+    expect(new Trainer(sae, { epochs: 1 }).options.epochs).toBe(1);
+    expect(() => new Trainer(sae, { epochs: 0 })).toThrow(/options\.epochs but received 0/);
+    // normalizeBatches x batchSize x dIn x 4 bytes may be 2 GiB exactly: 2 x 2^22 x 64 x 4 = 2^31.
+    using wide = SparseAutoencoder.create({ dIn: 64, numLatents: 8, k: 1, seed: 1 });
+    expect(() => new Trainer(wide, { normalize: 'expected-norm', batchSize: 2 ** 22, normalizeBatches: 2 })).not.toThrow();
+    expect(() => new Trainer(wide, { normalize: 'expected-norm', batchSize: 2 ** 22, normalizeBatches: 3 })).toThrow(/Expected options\.normalizeBatches of at most 2 at batchSize 4194304 and dIn 64/);
+    // One batch is never held beyond its own step: normalizeBatches 1 is taken at any batch size (here 4 GiB).
+    expect(() => new Trainer(wide, { normalize: 'expected-norm', batchSize: 2 ** 24, normalizeBatches: 1 })).not.toThrow();
+  });
+
+  it('learningRate is 0 at the end of the run and past it, never negative or NaN (also with warmup as long as the run, or decayFraction 0)', () => {
+    const base = 0.3;
+    for (const decay of ['linear', 'linear-after-warmup'] as const) {
+      for (const [total, warmup, fraction] of [[5, 5, 0], [5, 0, 0], [40, 4, 0.2], [9, 3, 1], [1, 1, 0.5], [1, 0, 0]] as const) {
+        for (const step of [total, total + 1, total + 13]) {
+          expect(learningRate(step, total, base, warmup, decay, fraction), `${decay}: step ${step} of ${total}, warmup ${warmup}, fraction ${fraction}`).toBe(0);
+        }
+      }
+    }
+  });
+
+  it('a run follows the closed-form schedule: warmup capped at ceil(steps / 10), decay and decayFraction as given', async () => {
+    const x = data(4 * 40, dIn, 5);
+    const base = 1e-3;
+    const cases: [number, TrainerOptions, number][] = [
+      // [steps, options, the warmup the run must use]
+      [15, {}, 2], // the default 1000 capped at ceil(1.5)
+      [23, { warmupSteps: 2, decayFraction: 0.4 }, 2],
+      [31, { warmupSteps: 7, decayFraction: 0.05 }, 4],
+      [12, { decay: 'linear-after-warmup' }, 2],
+      [11, { decay: 'none', warmupSteps: 1 }, 1],
+    ];
+    for (const [steps, o, warmup] of cases) {
+      using sae = make();
+      const lrs: number[] = [];
+      const r = await new Trainer(sae, { batchSize: 4, totalTokens: 4 * steps, lr: base, ...o }).fit(fromArray(x, dIn), { onStep: (l) => void lrs.push(l.lr) });
+      expect(r.steps).toBe(steps);
+      const decay = o.decay ?? 'linear';
+      const span = Math.max(1, Math.floor((o.decayFraction ?? 0.2) * steps + 0.5));
+      const want = Array.from({ length: steps }, (_, s) => {
+        const up = Math.min(1, s / warmup);
+        if (decay === 'linear-after-warmup') return s < warmup ? base * up : (base * (steps - s)) / (steps - warmup);
+        if (decay === 'none') return base * up;
+        return base * up * (s >= steps - span ? (steps - s) / span : 1);
+      });
+      for (let s = 0; s < steps; s++) expect(Math.abs(lrs[s]! - want[s]!), `${JSON.stringify(o)}: step ${s}: ${lrs[s]} vs ${want[s]}`).toBeLessThanOrEqual(1e-15 * base);
+    }
+  });
+
+  it('counts the rows of each batch as served, and reports deadFraction as numDead / numLatents', async () => {
+    const seed = (Date.now() ^ 0x2545f491) >>> 0;
+    const next = lcg(seed);
+    const bs = 9;
+    // A source that ignores batchSize: batches of 2 to 9 rows.
+    const sizes = Array.from({ length: 10 + Math.floor(next() * 8) }, () => 2 + Math.floor(next() * (bs - 1)));
+    const src = customSource(dIn, undefined, async function* () {
+      for (const rows of sizes) yield { rows, dIn, data: Float32Array.from({ length: rows * dIn }, () => next() * 2 - 1) };
+    });
+    using sae = SparseAutoencoder.create({ dIn, numLatents: 40, k: 2, seed: 1 });
+    const logs: { step: number; tokens: number; numDead: number; deadFraction: number }[] = [];
+    const r = await new Trainer(sae, { batchSize: bs, totalTokens: bs * sizes.length, lr: 1e-2, warmupSteps: 0, shuffle: false, deadThresholdTokens: 2 * bs }).fit(src, {
+      onStep: (l) => void logs.push({ step: l.step, tokens: l.tokens, numDead: l.numDead, deadFraction: l.deadFraction }),
+    });
+    const ctx = `seed ${seed}: sizes ${sizes}`;
+    const sums = sizes.map((_, i) => sizes.slice(0, i + 1).reduce((a, b) => a + b, 0));
+    expect(r, ctx).toMatchObject({ status: 'completed', steps: sizes.length, tokens: sums.at(-1) });
+    expect(logs.map((l) => l.step), ctx).toEqual(sizes.map((_, i) => i + 1));
+    expect(logs.map((l) => l.tokens), ctx).toEqual(sums);
+    for (const l of logs) expect(l.deadFraction, ctx).toBe(l.numDead / 40);
+    expect(logs.some((l) => l.numDead > 0), `${ctx}: some latent must be dead`).toBe(true);
+  });
+
+  it('totalTokens on a file with rows skipped as non-finite still runs every planned step (the passes it plans leave room for them)', async () => {
+    const dir = tmp();
+    const rows = 700;
+    const x = data(rows, dIn, 31);
+    for (const r of [3, 50, 51, 333, 699]) x[r * dIn + 2] = Number.NaN;
+    const { writeNpy } = await import('../lib/io/index.js');
+    const { openActivations } = await import('../lib/data/index.js');
+    await writeNpy(path.join(dir, 'x.npy'), { dtype: 'float32', shape: [rows, dIn], data: x });
+    const src = await openActivations(path.join(dir, 'x.npy'), { onNonFinite: 'skip' });
+    try {
+      using sae = make();
+      // 20 steps of 70: numRows says 10 per pass, the passes serve 9.
+      const r = await new Trainer(sae, { batchSize: 70, totalTokens: 70 * 20, warmupSteps: 0 }).fit(src);
+      expect(r).toMatchObject({ status: 'completed', steps: 20, tokens: 1400 });
+    } finally {
+      await src.close();
+    }
+  });
+
+  it('checkpoints every checkpointEvery steps (default 1000): checkpoint.json as each step is reported', async () => {
+    for (const [every, steps] of [[3, 11], [undefined, 1002]] as const) {
+      const dir = tmp();
+      const ck = path.join(dir, 'checkpoint.json');
+      using sae = SparseAutoencoder.create({ dIn: 3, numLatents: 4, k: 1, seed: 1 });
+      const seen: number[] = []; // the checkpoint's step when step s is reported (0: none yet)
+      const r = await new Trainer(sae, { batchSize: 2, totalTokens: 2 * steps, lr: 1e-3 }).fit(fromArray(data(64, 3, 9), 3), {
+        checkpointDir: dir,
+        ...(every === undefined ? {} : { checkpointEvery: every }),
+        onStep: () => void seen.push(existsSync(ck) ? (JSON.parse(readFileSync(ck, 'utf8')) as { step: number }).step : 0),
+      });
+      const e = every ?? 1000;
+      // Step s is reported before its own checkpoint: the last one is at the multiple of e below s.
+      expect(seen, `every ${every}`).toEqual(Array.from({ length: steps }, (_, i) => Math.floor(i / e) * e));
+      expect(r.steps).toBe(steps);
+      expect(JSON.parse(readFileSync(ck, 'utf8')).step).toBe(steps);
+    }
+  });
+
+  it('resume refuses a checkpoint of another normalize, of another format version, or of an SAE with another k', async () => {
+    const dir = tmp();
+    const x = data(64, dIn, 13);
+    const o = { batchSize: 8, totalTokens: 8 * 6, seed: 2 };
+    using a = make();
+    await new Trainer(a, o).fit(fromArray(x, dIn), { checkpointDir: dir });
+    using b = make();
+    await expect(new Trainer(b, { ...o, normalize: 'expected-norm' }).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/^Expected options\.normalize = "none" to resume the checkpoint in .* but received "expected-norm"/),
+    });
+    using c = make(2, 3);
+    await expect(new Trainer(c, o).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_FORMAT',
+      message: expect.stringMatching(/the checkpoint is for an SAE with dIn 7, numLatents 16, k 2; this one has 7, 16, 3$/),
+    });
+    const file = path.join(dir, 'checkpoint.json');
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), version: 2 }));
+    await expect(new Trainer(b, o).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_FORMAT',
+      message: expect.stringMatching(/checkpoint\.json: not a saekit checkpoint of version 1$/),
+    });
+  });
+
+  it('a new run (not resume) appends to an existing logFile', async () => {
+    const dir = tmp();
+    const logFile = path.join(dir, 'log.jsonl');
+    const x = data(64, dIn, 14);
+    using sae = make();
+    for (let run = 0; run < 2; run++) await new Trainer(sae, { batchSize: 8, totalTokens: 32 }).fit(fromArray(x, dIn), { logFile, checkpointDir: path.join(dir, 'ck') });
+    const lines = readFileSync(logFile, 'utf8').trim().split('\n');
+    expect(lines.map((l) => (JSON.parse(l) as { step: number }).step)).toEqual([1, 2, 3, 4, 1, 2, 3, 4]);
+  });
+
+  it('an abort as the pass starts (before its first batch is read) writes nothing and leaves the SAE as it was', async () => {
+    const dir = tmp();
+    const ctrl = new AbortController();
+    const inner = fromArray(data(64, dIn, 3), dIn);
+    const src = { dIn, numRows: 64, batches: (o?: BatchOptions) => (ctrl.abort(), inner.batches(o)) } as unknown as ActivationSource;
+    using sae = make();
+    const before = await sae.weights();
+    const r = await new Trainer(sae, { batchSize: 8, totalTokens: 64 }).fit(src, { signal: ctrl.signal, checkpointDir: path.join(dir, 'ck'), saveDir: path.join(dir, 'sae') });
+    expect(r).toMatchObject({ status: 'aborted', steps: 0, tokens: 0, saved: [] });
+    expect(readdirSync(path.join(dir, 'ck'))).toEqual([]);
+    const after = await sae.weights();
+    for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(after[key]), key).toEqual(bits(before[key]));
+  });
+
+  it('a signal already aborted makes no folder and plans no pass', async () => {
+    const dir = tmp();
+    let passes = 0;
+    const inner = fromArray(data(64, dIn, 3), dIn);
+    const src = { dIn, numRows: 64, batches: (o?: BatchOptions) => (passes++, inner.batches(o)) } as unknown as ActivationSource;
+    using sae = make();
+    const r = await new Trainer(sae, { batchSize: 8, totalTokens: 64 }).fit(src, {
+      signal: AbortSignal.abort(),
+      checkpointDir: path.join(dir, 'ck'),
+      saveDir: path.join(dir, 'sae'),
+      logFile: path.join(dir, 'logs', 'log.jsonl'),
+    });
+    expect(r).toMatchObject({ status: 'aborted', steps: 0, saved: [] });
+    expect(passes).toBe(0);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it.runIf(process.platform === 'linux')('closes its log file when the run ends, completed or failed', async () => {
+    const dir = tmp();
+    const logFile = path.join(dir, 'log.jsonl');
+    const openOnLog = () =>
+      readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`) === logFile;
+        } catch {
+          return false;
+        }
+      });
+    const x = data(64, dIn, 15);
+    using sae = make();
+    await new Trainer(sae, { batchSize: 8, totalTokens: 32 }).fit(fromArray(x, dIn), { logFile });
+    expect(openOnLog()).toEqual([]);
+    await expect(new Trainer(sae, { batchSize: 8, totalTokens: 32 }).fit(fromArray(x, dIn), { logFile, onStep: () => { throw new Error('callback failed'); } })).rejects.toThrow(/callback failed/);
+    expect(openOnLog()).toEqual([]);
+  });
+
+  it("a run refused at its first step writes no checkpoint (it trained nothing; b_dec's init is undone)", async () => {
+    const dir = tmp();
+    const x = data(64, dIn, 16).map((v) => v * 1e19);
+    using sae = make();
+    await expect(new Trainer(sae, { batchSize: 8, totalTokens: 64 }).fit(fromArray(x, dIn), { checkpointDir: dir })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/total variance/) });
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('a resumed run aborted while it skips to its checkpoint still saves the SAE it restored', async () => {
+    const dir = tmp();
+    const [checkpointDir, saveDir] = [path.join(dir, 'ck'), path.join(dir, 'sae')];
+    const x = data(96, dIn, 17);
+    const o = { batchSize: 8, totalTokens: 8 * 30, seed: 4 };
+    using a = make();
+    const c1 = new AbortController();
+    await new Trainer(a, o).fit(fromArray(x, dIn), { checkpointDir, signal: c1.signal, onStep: (s) => void (s.step === 9 && c1.abort()) });
+    const wa = await a.weights(); // what the checkpoint at step 9 holds (no normalisation: nothing folded)
+    // The resumed pass aborts as it reads its third batch (of the nine it skips).
+    const ctrl = new AbortController();
+    const inner = fromArray(x, dIn);
+    let reads = 0;
+    const src = {
+      dIn,
+      numRows: 96,
+      batches: (bo?: BatchOptions) => ({
+        [Symbol.asyncIterator]: () => {
+          const it = inner.batches(bo)[Symbol.asyncIterator]();
+          return {
+            next: () => {
+              if (++reads === 3) ctrl.abort();
+              return it.next();
+            },
+            return: () => it.return?.() ?? Promise.resolve({ done: true as const, value: undefined }),
+          };
+        },
+      }),
+    } as unknown as ActivationSource;
+    using b = make(7);
+    const r = await new Trainer(b, o).fit(src, { checkpointDir, saveDir, resume: true, signal: ctrl.signal });
+    expect(r).toMatchObject({ status: 'aborted', steps: 9, tokens: 72, resumedFrom: { step: 9, tokens: 72 } });
+    expect(r.saved).toHaveLength(2);
+    using back = await SparseAutoencoder.load(saveDir);
+    const wb = await back.weights();
+    for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(wb[key]), key).toEqual(bits(wa[key]));
+  });
+
+  it("a Trainer's second fit keeps the b_dec its first set, bDecInit given or not", async () => {
+    const x = data(64, dIn, 18);
+    using sae = make();
+    // One step each: its lr is 0 (warmup starts at 0), so only an initialisation moves b_dec.
+    const t = new Trainer(sae, { batchSize: 8, totalTokens: 8, lr: 1e-3, shuffle: false, bDecInit: 'mean' });
+    await t.fit(fromArray(x, dIn));
+    const first = (await sae.weights()).b_dec.slice();
+    for (let j = 0; j < dIn; j++) {
+      let m = 0;
+      for (let r = 0; r < 8; r++) m += x[r * dIn + j]!;
+      expect(Math.abs(first[j]! - m / 8)).toBeLessThanOrEqual(1e-6 * (1 + Math.abs(m / 8)));
+    }
+    await t.fit(fromArray(x.map((v) => v + 3), dIn));
+    expect(bits((await sae.weights()).b_dec)).toEqual(bits(first));
+  });
+
+  it("normalize 'expected-norm' initialises b_dec on the scaled first batch: after the fold it is the raw batch's mean", async () => {
+    const seed = (Date.now() ^ 0x68e31da4) >>> 0;
+    const x = data(8 * 4, dIn, seed).map((v) => v * 37 + 1);
+    using sae = make();
+    const r = await new Trainer(sae, { batchSize: 8, totalTokens: 8, lr: 0, shuffle: false, normalize: 'expected-norm', normalizeBatches: 2, bDecInit: 'mean' }).fit(fromArray(x, dIn));
+    expect(Math.abs(r.scale - 1), `seed ${seed}`).toBeGreaterThan(0.1);
+    const b = (await sae.weights()).b_dec;
+    for (let j = 0; j < dIn; j++) {
+      let m = 0;
+      for (let row = 0; row < 8; row++) m += x[row * dIn + j]!;
+      expect(Math.abs(b[j]! - m / 8), `seed ${seed}: b_dec[${j}]`).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(m / 8)));
+    }
   });
 });
