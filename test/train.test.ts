@@ -1332,4 +1332,31 @@ describe('Trainer: defaults, option bounds, the schedule as run, counters and ch
       expect(Math.abs(b[j]! - m / 8), `seed ${seed}: b_dec[${j}]`).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(m / 8)));
     }
   });
+
+  it('every batch it prefetched is used by a step or disposed, also the one read ahead when a run is aborted', async () => {
+    using sae = make();
+    const proto = Object.getPrototypeOf(sae.adam()) as { prefetch: (...a: unknown[]) => { disposed: boolean }; _prefetchBorrowed: (...a: unknown[]) => { disposed: boolean } };
+    const [prefetch, borrowed] = [proto.prefetch, proto._prefetchBorrowed];
+    const made: { disposed: boolean }[] = [];
+    proto.prefetch = function (this: unknown, ...a: unknown[]) {
+      const b = prefetch.apply(this, a);
+      made.push(b);
+      return b;
+    };
+    proto._prefetchBorrowed = function (this: unknown, ...a: unknown[]) {
+      const b = borrowed.apply(this, a);
+      made.push(b);
+      return b;
+    };
+    try {
+      const ctrl = new AbortController();
+      const r = await new Trainer(sae, { batchSize: 8, totalTokens: 80 }).fit(fromArray(data(64, dIn, 19), dIn), { signal: ctrl.signal, onStep: (s) => void (s.step === 3 && ctrl.abort()) });
+      expect(r).toMatchObject({ status: 'aborted', steps: 3 });
+      expect(made.length).toBe(4); // the three steps' batches and the next one, read ahead
+      expect(made.map((b) => b.disposed)).toEqual([true, true, true, true]);
+    } finally {
+      proto.prefetch = prefetch;
+      proto._prefetchBorrowed = borrowed;
+    }
+  });
 });
