@@ -1154,6 +1154,49 @@ describe('Trainer: defaults, option bounds, the schedule as run, counters and ch
     }
   });
 
+  it('totalTokens on a file with half its rows skipped as non-finite runs every step (it ended exhausted at 3/4), and resumes past the passes first planned to the same weights', async () => {
+    const dir = tmp();
+    const rows = 300;
+    const x = data(rows, dIn, 32);
+    for (let r = 0; r < rows; r += 2) x[r * dIn + (r % dIn)] = r % 4 ? Number.POSITIVE_INFINITY : Number.NaN;
+    const { writeNpy } = await import('../lib/io/index.js');
+    const { openActivations } = await import('../lib/data/index.js');
+    const file = path.join(dir, 'x.npy');
+    await writeNpy(file, { dtype: 'float32', shape: [rows, dIn], data: x });
+    // numRows plans 30 steps a pass, 3 passes for 60 steps; they serve 15 each: 45.
+    const o = { batchSize: 10, totalTokens: 10 * 60, warmupSteps: 0, lr: 3e-3, seed: 6 };
+    const open = () => openActivations(file, { onNonFinite: 'skip' });
+    const full = await open();
+    using a = make();
+    try {
+      const r = await new Trainer(a, o).fit(full);
+      expect(r).toMatchObject({ status: 'completed', steps: 60, tokens: 600 });
+      expect(r.last!.lr).toBeCloseTo(3e-3 / 12, 15); // the decay ran to its last step (span 12)
+    } finally {
+      await full.close();
+    }
+    const checkpointDir = path.join(dir, 'ck');
+    using b = make();
+    const ctrl = new AbortController();
+    const s1 = await open();
+    try {
+      const r1 = await new Trainer(b, o).fit(s1, { checkpointDir, signal: ctrl.signal, onStep: (s) => void (s.step === 52 && ctrl.abort()) });
+      expect(r1).toMatchObject({ status: 'aborted', steps: 52 });
+    } finally {
+      await s1.close();
+    }
+    using c = make(9);
+    const s2 = await open();
+    try {
+      const r2 = await new Trainer(c, o).fit(s2, { checkpointDir, resume: true });
+      expect(r2).toMatchObject({ status: 'completed', steps: 60, tokens: 600, resumedFrom: { step: 52 } });
+    } finally {
+      await s2.close();
+    }
+    const [wa, wc] = [await a.weights(), await c.weights()];
+    for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(wc[key]), key).toEqual(bits(wa[key]));
+  });
+
   it('checkpoints every checkpointEvery steps (default 1000): checkpoint.json as each step is reported', async () => {
     for (const [every, steps] of [[3, 11], [undefined, 1002]] as const) {
       const dir = tmp();

@@ -55,7 +55,11 @@ export interface TrainerOptions {
   device?: DeviceOption;
   /** Rows (tokens) per step. Default 4096. */
   batchSize?: number;
-  /** Train on this many tokens (rounded up to whole batches). One of totalTokens / epochs. */
+  /**
+   * Train on this many tokens (rounded up to whole batches). One of totalTokens / epochs. A finite
+   * source is passed over as often as that takes, also when rows skipped as non-finite
+   * (onNonFinite: 'skip') make its passes shorter than numRows says.
+   */
   totalTokens?: number;
   /**
    * Or: passes over a finite source. Default 1 when totalTokens is not set. The schedule is
@@ -622,15 +626,29 @@ export class Trainer {
     // thread. Batches held longer (the first ones, below) are copied.
     const arrays: BatchArrays = { alloc: (n) => opt._pinnedArray(n) };
     const batchOptions = { batchSize: o.batchSize, shuffle: o.shuffle, seed: o.seed, epochs, dropLast: true, recycle: true, ...(opt._canPin() && process.env.SAEKIT_TRAINER_PINNED !== '0' ? { [BATCH_ARRAYS]: arrays } : {}) };
-    const it = source.batches(batchOptions)[Symbol.asyncIterator]();
+    let it = source.batches(batchOptions)[Symbol.asyncIterator]();
+    // totalTokens on a finite source: the passes planned above come short when rows are skipped
+    // as non-finite (onNonFinite: 'skip'), so they are planned again (the same sequence, so a
+    // resume that skips `step` batches still lands where its checkpoint left off) as long as the
+    // last plan served a batch. A plan that served none (every row skipped) ends the run.
+    const replan = o.totalTokens !== undefined && source.numRows !== undefined;
+    let served = 0;
     const release = (b: Batch): void => (b as ReleasableBatch)[RELEASE_BATCH]?.();
     const pending: Batch[] = [];
     const nextBatch = async (): Promise<Batch | undefined> => {
       if (pending.length) return pending.shift();
       for (;;) {
         const r = await it.next();
-        if (r.done) return undefined;
-        if (r.value.rows >= 2) return r.value;
+        if (r.done) {
+          if (!replan || served === 0) return undefined;
+          served = 0;
+          it = source.batches(batchOptions)[Symbol.asyncIterator]();
+          continue;
+        }
+        if (r.value.rows >= 2) {
+          served++;
+          return r.value;
+        }
         release(r.value);
       }
     };
