@@ -1029,6 +1029,10 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
     const file = path.join(dir, 'log.jsonl');
     const line = (s: number) => `{"step":${s},"tokens":${s * 64},"pad":"${'x'.repeat(40 + (s % 17))}"}\n`;
     const body = (a: number, b: number) => Array.from({ length: b - a + 1 }, (_, i) => line(a + i)).join('');
+    // A torn last line goes whatever step it names (here one at or below the step kept).
+    writeFileSync(file, body(1, 5) + '{"step":2,"tok');
+    await _trimLogPast(file, 5);
+    expect(readFileSync(file, 'utf8')).toBe(body(1, 5));
     for (const [n, keep, torn] of [[4000, 1200, true], [4000, 3999, false], [50, 0, true], [50, 50, false], [1, 0, false]] as const) {
       writeFileSync(file, body(1, n) + (torn ? '{"step":99999,"tok' : ''));
       await _trimLogPast(file, keep);
@@ -1401,5 +1405,75 @@ describe('Trainer: defaults, option bounds, the schedule as run, counters and ch
       proto.prefetch = prefetch;
       proto._prefetchBorrowed = borrowed;
     }
+  });
+
+  it('totalTokens is rounded up to whole batches; a source of exactly batchSize rows is one step a pass', async () => {
+    using sae = make();
+    const x = data(8 * 5, dIn, 20);
+    expect(new Trainer(sae, { batchSize: 8, totalTokens: 65 }).totalSteps(fromArray(x, dIn))).toBe(9);
+    expect(new Trainer(sae, { batchSize: 8, totalTokens: 64 }).totalSteps(fromArray(x, dIn))).toBe(8);
+    const exact = fromArray(x.subarray(0, 8 * dIn), dIn);
+    expect(new Trainer(sae, { batchSize: 8, epochs: 3 }).totalSteps(exact)).toBe(3);
+    const r = await new Trainer(sae, { batchSize: 8, epochs: 3 }).fit(exact);
+    expect(r).toMatchObject({ status: 'completed', steps: 3, tokens: 24 });
+  });
+
+  it('a source of another dIn is refused before anything is made or read, naming both', async () => {
+    const dir = tmp();
+    using sae = make();
+    let passes = 0;
+    const inner = fromArray(data(64, 5, 21), 5);
+    const src = { dIn: 5, numRows: 64, batches: (o?: BatchOptions) => (passes++, inner.batches(o)) } as unknown as ActivationSource;
+    await expect(new Trainer(sae, { batchSize: 8, totalTokens: 64 }).fit(src, { saveDir: path.join(dir, 'sae') })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_SHAPE',
+      message: "Expected a source with dIn = 7 (the SAE's) but it has dIn = 5",
+    });
+    expect(passes).toBe(0);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('leaves no abort listener on the signal once the run ends', async () => {
+    const { EventEmitter } = await import('node:events');
+    using sae = make();
+    const ctrl = new AbortController();
+    const r = await new Trainer(sae, { batchSize: 8, totalTokens: 8 * 12 }).fit(fromArray(data(64, dIn, 22), dIn), { signal: ctrl.signal });
+    expect(r.steps).toBe(12);
+    expect(EventEmitter.getEventListeners(ctrl.signal, 'abort')).toHaveLength(0);
+  });
+
+  it("keeps only the checkpoint's own state file, and saves saveDir in the SAELens layout by default", async () => {
+    const dir = tmp();
+    const [checkpointDir, saveDir] = [path.join(dir, 'ck'), path.join(dir, 'sae')];
+    using sae = make();
+    const r = await new Trainer(sae, { batchSize: 8, totalTokens: 8 * 10 }).fit(fromArray(data(64, dIn, 23), dIn), { checkpointDir, checkpointEvery: 3, saveDir });
+    const ck = JSON.parse(readFileSync(path.join(checkpointDir, 'checkpoint.json'), 'utf8')) as { step: number; stateFile: string };
+    expect(ck.step).toBe(10);
+    expect(readdirSync(checkpointDir).sort()).toEqual(['checkpoint.json', ck.stateFile]);
+    expect(r.saved.map((f) => path.basename(f)).sort()).toEqual(['cfg.json', 'sae_weights.safetensors']);
+  });
+
+  it("normalize 'expected-norm' on a device that borrows batches (emulated on the CPU) scales them as the copying path does", async () => {
+    // On a device that prefetches, batches are borrowed from page-locked arrays (no copy); that path
+    // applies no scale, so a run with a scale must copy. Emulated here: the optimizer claims to pin
+    // and hands out ordinary arrays, which the CPU's borrowed prefetch copies.
+    const x = data(64 * 6, dIn, 24).map((v) => v * 30);
+    const o = { batchSize: 64, totalTokens: 64 * 6, lr: 3e-3, warmupSteps: 1, seed: 2, normalize: 'expected-norm' as const };
+    using a = make();
+    const ra = await new Trainer(a, o).fit(fromArray(x, dIn));
+    using b = make();
+    const proto = Object.getPrototypeOf(b.adam()) as { _canPin: () => boolean; _pinnedArray: (n: number) => Float32Array | undefined };
+    const [canPin, pinned] = [proto._canPin, proto._pinnedArray];
+    proto._canPin = () => true;
+    proto._pinnedArray = (n: number) => new Float32Array(n);
+    try {
+      const rb = await new Trainer(b, o).fit(fromArray(x, dIn));
+      expect(rb.scale).toBe(ra.scale);
+      expect(ra.scale).not.toBe(1);
+    } finally {
+      proto._canPin = canPin;
+      proto._pinnedArray = pinned;
+    }
+    const [wa, wb] = [await a.weights(), await b.weights()];
+    for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(wb[key]), key).toEqual(bits(wa[key]));
   });
 });
