@@ -14,6 +14,7 @@ import { describe, expect, it } from 'vitest';
 import { SaekitError, SparseAutoencoder, tensor } from '../lib/index.js';
 import { foldDecoderNorms, readSaeFiles, readSafetensors, writeNpz, writeSaeFiles, writeSafetensors, type IoTensor } from '../lib/io/index.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
+import { f16ToNumber, randomHalfBits } from './helpers/data-fixtures.js';
 import { lcg } from './helpers/reference.js';
 
 function tmp(): string {
@@ -125,7 +126,9 @@ describe('SAE files: SAELens and sparsify round trips', () => {
     await sae.save(a, { format: 'saelens' });
     await sae.save(b, { format: 'sparsify' });
     const cfg = JSON.parse(readFileSync(path.join(b, 'cfg.json'), 'utf8'));
-    expect(cfg).toMatchObject({ activation: 'topk', num_latents: L, k, d_in: dIn, normalize_decoder: true, transcode: false, skip_connection: false });
+    // expansion_factor: the least whose d_in multiple holds every latent (sparsify reads num_latents first).
+    expect(cfg).toMatchObject({ activation: 'topk', num_latents: L, expansion_factor: Math.ceil(L / dIn), k, d_in: dIn, normalize_decoder: true, transcode: false, skip_connection: false });
+    expect(Math.ceil(L / dIn)).toBe(2);
     const st = await readSafetensors(path.join(b, 'sae.safetensors'));
     const enc = await st.read('encoder.weight');
     expect(enc.shape).toEqual([L, dIn]);
@@ -764,6 +767,80 @@ describe('SAE files: hostile input', () => {
     execFileSync('mkfifo', [path.join(dir2, 'sae_weights.safetensors')]);
     await expectLoadError(dir2, 'sae_weights.safetensors', /not a regular file/);
   }, 15_000);
+
+  it('sizes at their limits: 2^24 latents and 2^34 weights pass the size check (the tensors are compared next), one more does not', async () => {
+    // The check runs before any tensor is read, so the tiny weights file does not matter on either side.
+    const past = /exceed the supported sizes/;
+    await expectLoadError(await saelens(3, 4, { d_in: 2 ** 20, d_sae: 2 ** 14, k: 1 }), 'sae_weights.safetensors', /tensor W_enc has shape \[3, 4\] but the config says \[1048576, 16384\]/);
+    await expectLoadError(await saelens(3, 4, { d_in: 2 ** 20, d_sae: 2 ** 14 + 1, k: 1 }), 'cfg.json', past);
+    await expectLoadError(await saelens(3, 4, { d_in: 1, d_sae: 2 ** 24, k: 1 }), 'sae_weights.safetensors', /tensor W_enc has shape \[3, 4\] but the config says \[1, 16777216\]/);
+    await expectLoadError(await saelens(3, 4, { d_in: 1, d_sae: 2 ** 24 + 1, k: 1 }), 'cfg.json', /d_in = 1 and d_sae = 16777217 exceed the supported sizes/);
+  });
+
+  it('integer fields must be integers: 2.5 is refused, not passed on to the model', async () => {
+    for (const [field, value] of [['k', 1.5], ['d_in', 3.5], ['d_sae', 4.000001]] as const) {
+      await expectLoadError(await saelens(3, 4, { [field]: value }), 'cfg.json', new RegExp(`field ${field} must be a non-negative integer below 2\\^30 but is ${String(value).replace('.', '\\.')}$`));
+    }
+    await expectLoadError(await sparsify(3, 4, { k: 2.5 }), 'cfg.json', /field k must be a non-negative integer below 2\^30 but is 2\.5$/);
+  });
+
+  it('a tensor of fewer dimensions than the config says is refused, even when its leading sizes agree', async () => {
+    // [4] for W_dec [4, 3], a scalar for b_dec [3]: each matches the config's first sizes.
+    await expectLoadError(await saelens(3, 4, {}, (t) => (t.W_dec = f32([4]))), 'sae_weights.safetensors', /tensor W_dec has shape \[4\] but the config says \[4, 3\]/);
+    await expectLoadError(await saelens(3, 4, {}, (t) => (t.b_dec = f32([]))), 'sae_weights.safetensors', /tensor b_dec has shape \[\] but the config says \[3\]/);
+    await expectLoadError(await gemma(3, 4, (t) => (t.W_dec = f32([4]))), 'params.npz', /tensor W_dec has shape \[4\] but the config says \[4, 3\]/);
+  });
+
+  it('a cfg.json of exactly 16 MiB is read; one byte more is refused, naming its size', async () => {
+    // (The fixture writes a threshold for a config given as text: a JumpReLU one.)
+    const text = JSON.stringify({ architecture: 'jumprelu', d_in: 3, d_sae: 4 });
+    const full = text + ' '.repeat(16 * 2 ** 20 - text.length);
+    using sae = await SparseAutoencoder.load(await saelens(3, 4, full));
+    expect([sae.dIn, sae.numLatents, sae.architecture]).toEqual([3, 4, 'jumprelu']);
+    await expectLoadError(await saelens(3, 4, `${full} `), 'cfg.json', /cfg\.json is 16777217 bytes \(over 16 MiB\)/);
+  });
+
+  it('float16 and float64 weights are widened to float32 exactly as the IEEE definitions say', async () => {
+    const [dIn, L] = [5, 7];
+    for (const dtype of ['float16', 'float64'] as const) {
+      const seed = (Date.now() >>> 0) + (dtype === 'float16' ? 0 : 1);
+      const next = lcg(seed);
+      const want: Record<string, Float32Array> = {};
+      const dir = await saelens(dIn, L, {}, (t) => {
+        for (const [name, shape] of [['W_enc', [dIn, L]], ['b_enc', [L]], ['W_dec', [L, dIn]], ['b_dec', [dIn]]] as const) {
+          const n = shape.reduce((a, b) => a * b, 1);
+          if (dtype === 'float16') {
+            const bits = randomHalfBits(n, 'float16', seed + n);
+            t[name] = { dtype, shape: [...shape], data: bits };
+            want[name] = Float32Array.from(bits, f16ToNumber); // every float16 is a float32
+          } else {
+            const data = Float64Array.from({ length: n }, () => (next() * 2 - 1) * 10 ** Math.floor(next() * 8 - 4));
+            t[name] = { dtype, shape: [...shape], data };
+            want[name] = Float32Array.from(data, (v) => Math.fround(v));
+          }
+        }
+      });
+      const got = await readSaeFiles(dir);
+      expect(got.config.dtype).toBe(dtype);
+      for (const name of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(Array.from(got.weights[name]), `seed ${seed}: ${dtype} ${name}`).toEqual(Array.from(want[name]!));
+    }
+  });
+
+  it("pre-6.0 SAELens configs that name the activation 'activation_fn' (SAEConfig.from_dict renames it to activation_fn_str) load as TopK", async () => {
+    for (const architecture of ['standard', undefined]) {
+      const got = await readSaeFiles(await saelens(3, 4, { architecture, activation_fn: 'topk', activation_fn_kwargs: { k: 2 }, k: undefined }));
+      expect(got.config, String(architecture)).toMatchObject({ architecture: 'topk', k: 2 });
+    }
+    await expectLoadError(await saelens(3, 4, { architecture: undefined, activation_fn: 'relu' }), 'cfg.json', /activation_fn_str 'relu' \(a standard ReLU SAE\) is not supported yet/);
+  });
+
+  it('k may be every latent (k = d_sae, k = num_latents), not one more', async () => {
+    using sl = await SparseAutoencoder.load(await saelens(3, 4, { k: 4 }));
+    using sp = await SparseAutoencoder.load(await sparsify(3, 4, { k: 4 }));
+    expect([sl.k, sp.k]).toEqual([4, 4]);
+    await expectLoadError(await saelens(3, 4, { k: 5 }), 'cfg.json', /k = 5 is outside 1\.\.d_sae = 4/);
+    await expectLoadError(await sparsify(3, 4, { k: 5 }), 'cfg.json', /k = 5 is outside 1\.\.num_latents = 4/);
+  });
 });
 
 describe('SAE files: what the other libraries write and read', () => {
@@ -949,6 +1026,79 @@ describe('SAE files: what the other libraries write and read', () => {
     for (const key of ['sae_lens_version', 'saekit_version', 'saekit_save_id']) {
       await expect(sae.save(tmp(), { metadata: { [key]: '5.9.0' } })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(new RegExp(`options\\.metadata not to set the SAELens metadata field '${key}'`)) });
     }
+  });
+
+  it('the scale under its newer name finetuning_scaling_factor is folded into W_dec rows too; a scale of all ones needs no cfg flag', async () => {
+    const w = randomWeights(dIn, L, 17);
+    const s = Float32Array.from({ length: L }, (_, i) => 0.25 + (i % 7) * 0.5);
+    const dir = tmp();
+    await put(dir, w, { finetuning_scaling_factor: { dtype: 'float32', shape: [L], data: s } });
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, finetuning_scaling_factor: true }));
+    const got = await readSaeFiles(dir);
+    // Row i of W_dec times s_i (one float32 product each).
+    const want = w.W_dec.map((v, q) => Math.fround(v * s[Math.floor(q / dIn)]!));
+    expect(Array.from(got.weights.W_dec)).toEqual(Array.from(want));
+    expect(Array.from(got.weights.W_enc)).toEqual(Array.from(w.W_enc));
+    // All ones (what SAELens initialises it to): nothing to fold, with or without the flag.
+    for (const name of ['scaling_factor', 'finetuning_scaling_factor']) {
+      await put(dir, w, { [name]: { dtype: 'float32', shape: [L], data: new Float32Array(L).fill(1) } });
+      writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L }));
+      expect(Array.from((await readSaeFiles(dir)).weights.W_dec), name).toEqual(Array.from(w.W_dec));
+    }
+  });
+});
+
+describe('SAE files: format detection', () => {
+  const [dIn, L, k] = [5, 15, 2];
+  const same = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+
+  it('any *.npz file is read as Gemma Scope, and a cfg.json path as its folder (SAELens and sparsify)', async () => {
+    const w = { ...randomWeights(dIn, L, 21), threshold: new Float32Array(L).map((_, i) => 0.01 * (i + 1)) };
+    const g = tmp();
+    await writeGemmaScope(g, w, dIn, L);
+    // Gemma Scope releases are also passed around as one file under another name.
+    const named = path.join(g, 'layer_12_width_16k.npz');
+    writeFileSync(named, readFileSync(path.join(g, 'params.npz')));
+    rmSync(path.join(g, 'params.npz'));
+    const gs = await readSaeFiles(named);
+    expect(gs.config).toMatchObject({ format: 'gemma-scope', architecture: 'jumprelu', dIn, numLatents: L, applyBDecToInput: false });
+    for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec', 'threshold'] as const) expect(same(gs.weights[n]!, w[n]), n).toBe(true);
+    for (const format of ['saelens', 'sparsify'] as const) {
+      const dir = tmp();
+      const v = randomWeights(dIn, L, format === 'saelens' ? 22 : 23);
+      await writeSaeFiles(dir, { architecture: 'topk', dIn, numLatents: L, k, applyBDecToInput: true }, v, { format });
+      const viaCfg = await readSaeFiles(path.join(dir, 'cfg.json'));
+      expect(viaCfg.config).toMatchObject({ format, dIn, numLatents: L, k });
+      expect(viaCfg.files).toEqual([path.join(dir, 'cfg.json'), path.join(dir, format === 'saelens' ? 'sae_weights.safetensors' : 'sae.safetensors')]);
+      for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(same(viaCfg.weights[n], v[n]), `${format} ${n}`).toBe(true);
+    }
+  });
+
+  it('a folder with several layouts: SAELens or sparsify weights before params.npz; with both safetensors, cfg.json decides (num_latents or expansion_factor: sparsify)', async () => {
+    const ours = randomWeights(dIn, L, 24);
+    const theirs = { ...randomWeights(dIn, L, 25), threshold: new Float32Array(L).fill(0.1) };
+    const cfg = { architecture: 'topk' as const, dIn, numLatents: L, k, applyBDecToInput: true };
+    // params.npz beside a SAELens or sparsify save is not what the folder's cfg.json describes.
+    for (const format of ['saelens', 'sparsify'] as const) {
+      const dir = tmp();
+      await writeSaeFiles(dir, cfg, ours, { format });
+      await writeGemmaScope(dir, theirs, dIn, L);
+      const got = await readSaeFiles(dir);
+      expect(got.config.format).toBe(format);
+      expect(same(got.weights.W_enc, ours.W_enc), format).toBe(true);
+    }
+    // Both safetensors files: a sparsify cfg.json that gives the size as expansion_factor alone
+    // (num_latents absent, SparseCoderConfig's 0) still says sparsify.
+    const dir = tmp();
+    await writeSaeFiles(dir, cfg, ours, { format: 'sparsify' });
+    await writeSafetensors(path.join(dir, 'sae_weights.safetensors'), { W_enc: { dtype: 'float32', shape: [dIn, L], data: theirs.W_enc } });
+    const c = JSON.parse(readFileSync(path.join(dir, 'cfg.json'), 'utf8'));
+    expect(c.expansion_factor).toBe(L / dIn);
+    delete c.num_latents;
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify(c));
+    const got = await readSaeFiles(dir);
+    expect(got.config).toMatchObject({ format: 'sparsify', numLatents: L });
+    expect(same(got.weights.W_enc, ours.W_enc)).toBe(true);
   });
 });
 
