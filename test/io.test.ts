@@ -32,7 +32,7 @@ import { _readNpzSource, decodeNpz, encodeNpzParts } from '../lib/io/npz.js';
 import { makeDirs, memorySource } from '../lib/io/source.js';
 import { SparseAutoencoder } from '../lib/index.js';
 import { decodeSafetensors, encodeSafetensors, encodeSafetensorsParts, parseSafetensorsHeader } from '../lib/io/safetensors.js';
-import { crc32, encodeZipParts } from '../lib/io/zip.js';
+import { crc32, encodeZipParts, readZipDirectory } from '../lib/io/zip.js';
 import { distUrl, escapeRe, haveDist, runInChild } from './helpers/child.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
@@ -803,10 +803,72 @@ describe('npz', () => {
   it('computes CRC-32 like zlib (and the fallback agrees)', () => {
     expect(crc32(Buffer.from('123456789'))).toBe(0xcbf43926);
     expect(crc32(Buffer.from('123456789'), 0, true)).toBe(0xcbf43926);
+    // Empty input continues the CRC unchanged (Node 20's zlib.crc32 returned 0 for an empty ArrayBuffer's view).
+    for (const force of [false, true]) {
+      expect(crc32(new Uint8Array(0), 0xdeadbeef, force)).toBe(0xdeadbeef);
+      expect(crc32(Buffer.from('123456789').subarray(4, 4), 0xcbf43926, force)).toBe(0xcbf43926);
+    }
     const next = rng(freshSeed(6));
     const data = new Uint8Array(4099).map(() => Math.floor(next() * 256));
     expect(crc32(data, 0, true)).toBe(crc32(data));
     expect(crc32(data.subarray(1000), crc32(data.subarray(0, 1000), 0, true), true)).toBe(crc32(data));
+  });
+
+  it("local headers agree with the central directory: each name, method, CRC and size (the ZIP64 field's too), each entry's data ending where the next header starts", async () => {
+    const seed = freshSeed(8);
+    const next = rng(seed);
+    const arrays: Record<string, IoTensor> = { a: randomTensor('float32', [7, 3], next), b: randomTensor('uint8', [5], next), c: randomTensor('float64', [2, 3, 2], next) };
+    for (const compress of [false, true]) {
+      for (const zip64 of ['auto', 'always'] as const) {
+        const what = `seed ${seed}, compress ${compress}, zip64 ${zip64}`;
+        const z = Buffer.concat(await encodeNpzParts(arrays, { compress, zip64 }));
+        const { entries, cdOffset } = await readZipDirectory(memorySource(z, 'm.npz'), 'npz file');
+        expect(entries.map((e) => e.name), what).toEqual(['a.npy', 'b.npy', 'c.npy']);
+        let at = 0;
+        for (const e of entries) {
+          expect([e.localHeaderOffset, z.readUInt32LE(at)], what).toEqual([at, 0x04034b50]);
+          const nameLen = z.readUInt16LE(at + 26);
+          const extraLen = z.readUInt16LE(at + 28);
+          expect(z.toString('utf8', at + 30, at + 30 + nameLen)).toBe(e.name);
+          expect([z.readUInt16LE(at + 8), z.readUInt32LE(at + 14)], what).toEqual([compress ? 8 : 0, e.crc32]);
+          let csize = z.readUInt32LE(at + 18);
+          let usize = z.readUInt32LE(at + 22);
+          expect(zip64 === 'always', what).toBe(csize === 0xffffffff && usize === 0xffffffff);
+          if (zip64 === 'always') {
+            // APPNOTE 4.5.3: the ZIP64 field holds the uncompressed size, then the compressed size.
+            const x = at + 30 + nameLen;
+            expect([z.readUInt16LE(x), z.readUInt16LE(x + 2)], what).toEqual([1, 16]);
+            usize = Number(z.readBigUInt64LE(x + 4));
+            csize = Number(z.readBigUInt64LE(x + 12));
+          }
+          // The uncompressed size is the .npy's length; the compressed data runs up to the next header.
+          expect(usize, `${what}: ${e.name}`).toBe(encodeNpy(arrays[e.name.slice(0, -4)]!).length);
+          expect([csize, usize], `${what}: ${e.name}`).toEqual([e.compressedSize, e.uncompressedSize]);
+          at += 30 + nameLen + extraLen + csize;
+        }
+        expect(at, what).toBe(cdOffset);
+      }
+    }
+  });
+
+  it('an archive of 65,535 entries gets ZIP64 end records (65,535 in the end record means "see the ZIP64 record") and reads back', async () => {
+    const files = Array.from({ length: 0xffff }, (_, i) => ({ name: `${i}.npy`, chunks: [] as Uint8Array[] }));
+    const z = Buffer.concat(await encodeZipParts(files));
+    expect(z.readUInt32LE(z.length - 22 - 20)).toBe(0x07064b50); // the ZIP64 locator
+    const { entries } = await readZipDirectory(memorySource(z, 'many.npz'), 'npz file');
+    expect(entries.length).toBe(0xffff);
+    expect([entries[0]!.name, entries[0xfffe]!.name]).toEqual(['0.npy', '65534.npy']);
+  });
+
+  it('reads an entry whose .npy header is as long as numpy allows (10,000 bytes, version 2), stored and deflated', async () => {
+    const dict = "{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }";
+    const npy = npyFile(`${dict}${' '.repeat(10_000 - dict.length - 1)}\n`, new Uint8Array([1, 0, 0, 0, 2, 0, 0, 0]), 2, true);
+    expect(npy.length).toBe(12 + 10_000 + 8);
+    expect(parseNpy(npy).data).toEqual(new Int32Array([1, 2]));
+    for (const compress of [false, true]) {
+      const z = Buffer.concat(await encodeZipParts([{ name: 'h.npy', chunks: [npy] }], { compress }));
+      expect((await decodeNpz(z, 'h.npz')).h!.data, `compress ${compress}`).toEqual(new Int32Array([1, 2]));
+    }
   });
 
   it('checks every entry name and .npy header before inflating any array (a small archive cannot make it allocate what it refuses)', async () => {
@@ -849,6 +911,7 @@ describe('npz', () => {
     const one = { w: { dtype: 'float32' as const, shape: [4], data: new Float32Array([1, 2, 3, 4]) } };
     const stored = async () => Buffer.concat(await encodeNpzParts(one));
     const deflated = async () => Buffer.concat(await encodeNpzParts(one, { compress: true }));
+    const zip64 = async () => Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }));
     const cdAt = (z: Buffer) => z.readUInt32LE(z.length - 6);
     const edit = (fn: (z: Buffer) => void, make = stored) => async () => {
       const z = await make();
@@ -944,6 +1007,30 @@ describe('npz', () => {
         edit((z) => { z.writeUInt16LE(1, z.length - 14); z.writeUInt16LE(1, z.length - 12); }, () => handZip([['a.npy', npyW], ['b.npy', npyW]])),
         /end record counts 1 entry but the central directory holds 51 more bytes after them \(102 in all\)/,
       ],
+      // Multi-disk archives say so in several fields; each alone is refused (Python's zipfile checks the locator's disk count too).
+      ['a ZIP64 locator counting two disks', edit((z) => z.writeUInt32LE(2, z.length - 22 - 20 + 16), zip64), /multi-disk zip archives are not supported/],
+      ['a ZIP64 end record on disk 1', edit((z) => z.writeUInt32LE(1, z.length - 22 - 20 - 56 + 16), zip64), /multi-disk zip archives are not supported/],
+      ['a ZIP64 end record whose directory starts on disk 1', edit((z) => z.writeUInt32LE(1, z.length - 22 - 20 - 56 + 20), zip64), /multi-disk zip archives are not supported/],
+      ['a ZIP64 end record counting more entries in all than on this disk', edit((z) => z.writeBigUInt64LE(2n, z.length - 22 - 20 - 56 + 24), zip64), /multi-disk zip archives are not supported/],
+      ['an end record counting more entries in all than on this disk', edit((z) => z.writeUInt16LE(2, z.length - 14)), /multi-disk zip archives are not supported/],
+      // Flag bit 6 (strong encryption) alone: Python's zipfile refuses it too.
+      ['an entry with the strong-encryption flag', edit((z) => z.writeUInt16LE(0x40, cdAt(z) + 8)), /entry 'w\.npy' is encrypted/],
+      ['a central record whose comment runs past the directory', edit((z) => z.writeUInt16LE(100, cdAt(z) + 32)), /central directory record at \+0 runs past the directory/],
+      [
+        // An unknown 16-byte field, then a ZIP64 field claiming 24 bytes where 4 are left: its
+        // values would be read past the record (a RangeError, not a format error).
+        'a ZIP64 field running past the extra data',
+        edit((z) => {
+          const e0 = cdRecord(z) + 46 + 5;
+          z.writeUInt16LE(0x9999, e0);
+          z.writeUInt16LE(16, e0 + 2);
+          z.writeUInt16LE(0x0001, e0 + 20);
+          z.writeUInt16LE(24, e0 + 22);
+        }, zip64),
+        /entry 'w\.npy' has an extra field running past its end/,
+      ],
+      // The stored entry's CRC is checked above; a deflated entry's is taken while it inflates.
+      ['a CRC mismatch in a deflated entry', edit((z) => z.writeUInt32LE(z.readUInt32LE(cdAt(z) + 16) ^ 1, cdAt(z) + 16), deflated), /entry 'w\.npy': CRC-32 mismatch/],
     ];
     for (const [what, make, reason] of cases) {
       it(what, async () => {
@@ -971,6 +1058,28 @@ describe('npz', () => {
       const t0 = performance.now();
       await expectIoError(() => decodeNpz(bomb, 'bomb.npz'), 'bomb.npz', /entries 'a000\.npy' and 'a001\.npy' overlap/);
       expect(performance.now() - t0).toBeLessThan(500);
+    });
+
+    it('a saturated disk number takes its value from the ZIP64 field after the three sizes: 0 loads, 1 is multi-disk', async () => {
+      for (const disk of [0, 1]) {
+        // The 'always' archive's record carries the three 8-byte values; append the 4-byte disk
+        // number to its ZIP64 field and move the records after it.
+        const z = Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }));
+        const cd = cdRecord(z);
+        const e0 = cd + 46 + 5;
+        expect([z.readUInt16LE(e0), z.readUInt16LE(e0 + 2), z.readUInt16LE(cd + 30)]).toEqual([1, 24, 28]);
+        const diskField = Buffer.alloc(4);
+        diskField.writeUInt32LE(disk);
+        const y = Buffer.concat([z.subarray(0, e0 + 28), diskField, z.subarray(e0 + 28)]);
+        y.writeUInt16LE(28, e0 + 2);
+        y.writeUInt16LE(32, cd + 30);
+        y.writeUInt16LE(0xffff, cd + 34);
+        const rec = y.length - 22 - 20 - 56;
+        y.writeBigUInt64LE(y.readBigUInt64LE(rec + 40) + 4n, rec + 40); // directory size
+        y.writeBigUInt64LE(BigInt(rec), y.length - 22 - 20 + 8); // the locator's offset of the ZIP64 end record
+        if (disk === 0) expectSameTensor((await decodeNpz(y, 'd.npz')).w!, one.w, 'disk 0');
+        else await expectIoError(() => decodeNpz(y, 'd.npz'), 'd.npz', /multi-disk zip archives are not supported/);
+      }
     });
 
     it('names the path when reading from disk', async () => {
