@@ -632,6 +632,7 @@ describe('npy', () => {
       '{"shape": (2,), "descr": "<i4", "fortran_order": False}',
       "{'descr':'=i4','fortran_order':False,'shape':(2L,)}",
       "{ 'descr' : '<i4' ,\t'fortran_order' : True , 'shape' : ( 2 , ) , }",
+      "{'descr': '<i4',\r\n 'fortran_order': False,\r\n 'shape': (2,),\r\n}",
     ]) {
       const bytes = npyFile(dict, data);
       const t = parseNpy(bytes);
@@ -677,6 +678,12 @@ describe('npy', () => {
       ['code in the header', () => hdr("{'descr': __import__('os'), 'fortran_order': False, 'shape': (2,)}"), /not a valid dict literal: unexpected '_'/],
       ['an unterminated string', () => hdr("{'descr: '<f4'}"), /not a valid dict literal/],
       ['text after the dict', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)} x"), /after the closing/],
+      ['a second closing brace', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)}}"), /unexpected '\}' after the closing '\}'/],
+      ['a comma after the dict', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (2,)},"), /unexpected ',' after the closing '\}'/],
+      ['items without a comma between them', () => hdr("{'descr': '<f4' 'fortran_order': False, 'shape': (2,)}"), /expected ',' or '\}' at character 16 but found '''/],
+      ['dimensions without a comma between them', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (2 3)}"), /expected ',' or '\)' at character \d+ but found '3'/],
+      ['a lower-case long suffix (numpy writes L)', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (2l,)}"), /expected ',' or '\)' at character \d+ but found 'l'/],
+      ['a line break in a string', () => hdr("{'descr': '<f\n4', 'fortran_order': False, 'shape': (2,)}"), /unsupported escape or line break in string at character 10/],
       ['a missing key', () => hdr("{'descr': '<f4', 'shape': (2,)}"), /header keys are \{descr, shape\}, expected \{descr, fortran_order, shape\}/],
       ['an extra key', () => hdr("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}"), /header keys are \{descr, fortran_order, shape, x\}/],
       ['a duplicate key', () => hdr("{'descr': '<f4', 'descr': '<f8', 'fortran_order': False, 'shape': (1,)}"), /duplicate key 'descr'/],
