@@ -684,6 +684,7 @@ describe('SAE files: hostile input', () => {
     // Each allowed name once (the w_ spelling only for the matrices).
     expect(junk.message.match(/expected only (.*)$/)![1]).toBe('"W_enc", "w_enc", "W_dec", "w_dec", "b_enc", "b_dec", "threshold"');
     await expectLoadError(await gemma(3, 4, (t) => (t.b_dec = f32([4]))), 'params.npz', /tensor b_dec has shape \[4\] but the config says \[3\]/);
+    await expectLoadError(await gemma(3, 4, (t) => (t.threshold = f32([5], () => 0.01))), 'params.npz', /tensor threshold has shape \[5\] but the config says \[4\]/);
     // The lower-case spelling alone loads as the upper-case one.
     const lower = await gemma(3, 4, (t) => {
       t.w_enc = t.W_enc!;
@@ -1046,6 +1047,26 @@ describe('SAE files: what the other libraries write and read', () => {
       expect(Array.from((await readSaeFiles(dir)).weights.W_dec), name).toEqual(Array.from(w.W_dec));
     }
   });
+
+  it("options.metadata may set none of the fields saekit writes itself: every key of a sparsify cfg.json, every key of a SAELens cfg.json's metadata", async () => {
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, 18), { k });
+    const sp = tmp();
+    await sae.save(sp, { format: 'sparsify' });
+    const spKeys = Object.keys(JSON.parse(readFileSync(path.join(sp, 'cfg.json'), 'utf8')));
+    expect(spKeys).toEqual(expect.arrayContaining(['d_in', 'num_latents', 'k', 'activation']));
+    const sl = tmp();
+    await sae.save(sl);
+    const slKeys = Object.keys(JSON.parse(readFileSync(path.join(sl, 'cfg.json'), 'utf8')).metadata);
+    expect(slKeys).toEqual(expect.arrayContaining(['sae_lens_version', 'saekit_save_id']));
+    for (const [format, keys, what] of [['sparsify', spKeys, 'the sparsify cfg field'], ['saelens', slKeys, 'the SAELens metadata field']] as const) {
+      for (const key of keys) {
+        const dir = tmp();
+        const err = await sae.save(dir, { format, metadata: { [key]: 5 } }).catch((e: unknown) => e);
+        expect(err, `${format} ${key}`).toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringContaining(`not to set ${what} '${key}'`) });
+        expect(readdirSync(dir), `${format} ${key}`).toEqual([]);
+      }
+    }
+  });
 });
 
 describe('SAE files: format detection', () => {
@@ -1099,6 +1120,19 @@ describe('SAE files: format detection', () => {
     const got = await readSaeFiles(dir);
     expect(got.config).toMatchObject({ format: 'sparsify', numLatents: L });
     expect(same(got.weights.W_enc, ours.W_enc)).toBe(true);
+  });
+
+  it('a folder of Gemma Scope subfolders (params.npz in each) names them, as a sparsify run folder does', async () => {
+    const root = tmp();
+    const w = { ...randomWeights(dIn, L, 26), threshold: new Float32Array(L).fill(0.1) };
+    for (const sub of ['average_l0_82', 'average_l0_41']) {
+      mkdirSync(path.join(root, sub));
+      await writeGemmaScope(path.join(root, sub), w, dIn, L);
+    }
+    await expect(readSaeFiles(root)).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_FORMAT',
+      message: expect.stringMatching(/holds one SAE per subfolder \(a sparsify run: "average_l0_41", "average_l0_82"\); load one of them, e\.g\. .*average_l0_41$/),
+    });
   });
 });
 
