@@ -641,6 +641,8 @@ describe('npy', () => {
     }
     expect(parseNpy(npyFile("{'descr': '<f8', 'fortran_order': False, 'shape': (), }", bytesOf(new Float64Array([2.5])))).data).toEqual(new Float64Array([2.5]));
     expect(parseNpy(npyFile("{'descr': '<i4', 'fortran_order': False, 'shape': (1, 2,), }", data), 'x').shape).toEqual([1, 2]);
+    // 16 digits, the most an exact integer is read with: an empty array of 10^15 rows.
+    expect(parseNpy(npyFile("{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000000, 0), }")).shape).toEqual([1e15, 0]);
     expect(parseNpy(npyFile("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", data, 1, true)).shape).toEqual([2]);
   });
 
@@ -876,6 +878,14 @@ describe('npz', () => {
       const z = Buffer.concat(await encodeZipParts([{ name: 'h.npy', chunks: [npy] }], { compress }));
       expect((await decodeNpz(z, 'h.npz')).h!.data, `compress ${compress}`).toEqual(new Int32Array([1, 2]));
     }
+  });
+
+  it('finds the end record behind a comment of the longest length (65,535 bytes)', async () => {
+    const arrays: Record<string, IoTensor> = { a: { dtype: 'int32', shape: [3], data: new Int32Array([1, -2, 3]) } };
+    const z = Buffer.concat(await encodeNpzParts(arrays));
+    const withComment = Buffer.concat([z, Buffer.alloc(0xffff, 0x20)]);
+    withComment.writeUInt16LE(0xffff, z.length - 2);
+    expectSameTensor((await decodeNpz(withComment, 'c.npz')).a!, arrays.a!, 'a 65,535-byte comment');
   });
 
   it('checks every entry name and .npy header before inflating any array (a small archive cannot make it allocate what it refuses)', async () => {
