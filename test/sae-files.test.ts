@@ -1122,7 +1122,7 @@ describe('SAE files: format detection', () => {
     expect(same(got.weights.W_enc, ours.W_enc)).toBe(true);
   });
 
-  it('a folder of Gemma Scope subfolders (params.npz in each) names them, as a sparsify run folder does', async () => {
+  it('a folder of Gemma Scope subfolders (params.npz in each) names them as Gemma Scope, not as a sparsify run', async () => {
     const root = tmp();
     const w = { ...randomWeights(dIn, L, 26), threshold: new Float32Array(L).fill(0.1) };
     for (const sub of ['average_l0_82', 'average_l0_41']) {
@@ -1131,8 +1131,11 @@ describe('SAE files: format detection', () => {
     }
     await expect(readSaeFiles(root)).rejects.toMatchObject({
       code: 'ERR_SAEKIT_FORMAT',
-      message: expect.stringMatching(/holds one SAE per subfolder \(a sparsify run: "average_l0_41", "average_l0_82"\); load one of them, e\.g\. .*average_l0_41$/),
+      message: expect.stringMatching(/holds one SAE per subfolder \(Gemma Scope: "average_l0_41", "average_l0_82"\); load one of them, e\.g\. .*average_l0_41$/),
     });
+    // Subfolders of both kinds are named without either library.
+    await writeSaeFiles(path.join(root, 'layers.3'), { architecture: 'topk', dIn, numLatents: L, k, applyBDecToInput: true }, randomWeights(dIn, L, 28), { format: 'sparsify' });
+    await expect(readSaeFiles(root)).rejects.toThrow(/holds one SAE per subfolder \(SAE folders: "average_l0_41", "average_l0_82", "layers\.3"\)/);
   });
 });
 

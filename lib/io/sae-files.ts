@@ -113,31 +113,31 @@ async function detect(pathOrDir: string): Promise<{ format: SaeFileFormat; dir: 
   if (saelens) return { format: 'saelens', dir: pathOrDir, weights: j('sae_weights.safetensors') };
   if (sparsify) return { format: 'sparsify', dir: pathOrDir, weights: j('sae.safetensors') };
   if (await isFile(j('params.npz'))) return { format: 'gemma-scope', dir: pathOrDir, weights: j('params.npz') };
-  // A sparsify run folder holds one SAE per hookpoint, each in its own subfolder.
+  // A sparsify run folder holds one SAE per hookpoint, a Gemma Scope width folder one per L0,
+  // each in its own subfolder.
   const inner = await subfoldersWithSaes(pathOrDir);
   if (inner.length > 0) {
-    throw formatError(
-      pathOrDir,
-      `holds one SAE per subfolder (a sparsify run: ${listForMessage(inner)}); load one of them, e.g. ${path.join(pathOrDir, inner[0]!)}`,
-    );
+    const kind = inner.every((s) => s.file === 'sae.safetensors') ? 'a sparsify run' : inner.every((s) => s.file === 'params.npz') ? 'Gemma Scope' : 'SAE folders';
+    const names = inner.map((s) => s.name);
+    throw formatError(pathOrDir, `holds one SAE per subfolder (${kind}: ${listForMessage(names)}); load one of them, e.g. ${path.join(pathOrDir, names[0]!)}`);
   }
   throw formatError(pathOrDir, 'no SAE files found (expected sae_weights.safetensors + cfg.json (SAELens), sae.safetensors + cfg.json (sparsify) or params.npz (Gemma Scope))');
 }
 
-/** Names of the subfolders of `dir` (at most the first 1000 entries looked at) that hold SAE weights. */
-async function subfoldersWithSaes(dir: string): Promise<string[]> {
+/** The subfolders of `dir` (at most the first 1000 entries looked at) that hold SAE weights, by name, each with the weights file found. */
+async function subfoldersWithSaes(dir: string): Promise<{ name: string; file: string }[]> {
   const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
-  const out: string[] = [];
+  const out: { name: string; file: string }[] = [];
   for (const e of entries.slice(0, 1000)) {
     if (!e.isDirectory()) continue;
     for (const f of ['sae.safetensors', 'sae_weights.safetensors', 'params.npz']) {
       if ((await stat(path.join(dir, e.name, f)).catch(() => undefined))?.isFile()) {
-        out.push(e.name);
+        out.push({ name: e.name, file: f });
         break;
       }
     }
   }
-  return out.sort();
+  return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }
 
 /** A cfg.json is a few kilobytes; a larger file is not one. */
