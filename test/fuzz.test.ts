@@ -288,6 +288,22 @@ describe('native argument checks at the edge of each bound', () => {
     expect(codeOf(() => b.anyNonFinite!(new Float32Array(4), 2, 1))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 2 and 4 for end but received 1 (number)']);
   });
 
+  it('integers are whole, a bigint seed or stream stops at 2^64 - 1, and an unknown dtype is a dtype error', async () => {
+    // get_int refuses a fraction rather than truncating it to a valid count.
+    expect(codeOf(() => b.lapCreate!(2.5, 1, false))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 0 and 2147483647 for rows but received 2.5 (number)']);
+    // get_u64 from a bigint: 2^64 and up, and negatives, do not fit (they would wrap); 2^64 - 1 does.
+    const bigMsg = (name: string) => `Expected non-negative safe integer or bigint below 2^64 for ${name} but received a bigint`;
+    for (const big of [2n ** 64n, 2n ** 64n + 7n, -1n]) {
+      expect(codeOf(() => b.random!([2], 'float32', 'uniform', big, 0n)), String(big)).toEqual(['ERR_SAEKIT_ARG', bigMsg('seed')]);
+      expect(codeOf(() => b.random!([2], 'float32', 'uniform', 0n, big)), String(big)).toEqual(['ERR_SAEKIT_ARG', bigMsg('stream')]);
+    }
+    const top = (await b.random!([2], 'float32', 'uniform', 2n ** 64n - 1n, 2n ** 64n - 1n)) as { dispose: () => void };
+    top.dispose();
+    // get_dtype: a name outside the four is ERR_SAEKIT_DTYPE (not a generic argument error).
+    expect(codeOf(() => b.zeros!([2], 'float64'))).toEqual(['ERR_SAEKIT_DTYPE', "Expected one of: float32, bfloat16, float16, int32 for dtype but received 'float64' (string)"]);
+    expect(codeOf(() => b.fromArray!(new Float32Array(2), [2], 'int8', 'float32'))).toEqual(['ERR_SAEKIT_DTYPE', "Expected one of: float32, bfloat16, float16, int32 for rawDtype but received 'int8' (string)"]);
+  });
+
   it('lengths that must match: codes.values and codes.indices, data and shape', async () => {
     const acode = async (fn: () => unknown): Promise<[string | undefined, string]> => {
       try {
