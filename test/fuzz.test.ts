@@ -304,6 +304,49 @@ describe('native argument checks at the edge of each bound', () => {
     expect(codeOf(() => b.fromArray!(new Float32Array(2), [2], 'int8', 'float32'))).toEqual(['ERR_SAEKIT_DTYPE', "Expected one of: float32, bfloat16, float16, int32 for rawDtype but received 'int8' (string)"]);
   });
 
+  it('SAE and optimizer handles: each length, index, count and batch one past its bound is refused, naming it', async () => {
+    const B = native();
+    const acode = async (fn: () => unknown): Promise<[string | undefined, string]> => {
+      try {
+        await fn();
+      } catch (e) {
+        return [(e as { code?: string }).code, (e as Error).message];
+      }
+      return [undefined, 'no error'];
+    };
+    const [D, M] = [3, 5];
+    const sae = B.NativeSae.create(D, M, 2, 1n);
+    // codes.indices: latent M - 1 is the last one (M would read past W_dec).
+    expect(await acode(() => sae.decode(new Float32Array(2), Int32Array.of(0, M), 1))).toEqual(['ERR_SAEKIT_ARG', `Expected codes.indices between 0 and ${M - 1} but received ${M} at position 1`]);
+    expect((await sae.decode(new Float32Array(2), Int32Array.of(M - 1, 0), 1)).length).toBe(D);
+    // x: no rows at all, as an array or as a tensor of shape [0, dIn].
+    expect(await acode(() => sae.encode(new Float32Array(0)))).toEqual(['ERR_SAEKIT_SHAPE', `Expected a Float32Array whose length is a positive multiple of dIn = ${D} for x but received length 0`]);
+    const empty = B.zeros([0, D], 'float32');
+    expect(await acode(() => sae.encode(empty))).toEqual(['ERR_SAEKIT_SHAPE', `Expected a tensor of shape [rows >= 1, ${D}] for x but received shape [0, ${D}]`]);
+    empty.dispose();
+    // Lengths that must equal numLatents or the weight's size: one more is refused too.
+    expect(codeOf(() => sae.setWeight('b_enc', new Float32Array(M + 1)))).toEqual(['ERR_SAEKIT_SHAPE', `Expected a Float32Array of length ${M} for b_enc but received a typed array of length ${M + 1}`]);
+    expect(await acode(() => sae.gradients(new Float32Array(D), new Uint8Array(M + 1), 0))).toEqual(['ERR_SAEKIT_SHAPE', `Expected a Uint8Array of length numLatents = ${M} for auxk.deadMask but received a typed array of length ${M + 1}`]);
+    const w = (n: number) => new Float32Array(n);
+    expect(codeOf(() => B.NativeSae.fromWeights(w(D * M), w(M), w(M * D), w(D), D, M, 0, 'jumprelu', true, w(M + 1)))).toEqual(['ERR_SAEKIT_SHAPE', `Expected a Float32Array of length numLatents = ${M} for threshold but received a typed array of length ${M + 1}`]);
+    // Counts are non-negative; beta1 stays below 1 (1 - beta1^t would be 0 in the bias correction).
+    expect(codeOf(() => sae.setSinceFired(Float64Array.of(0, 1, -1, 0, 0)))).toEqual(['ERR_SAEKIT_ARG', 'Expected a non-negative integer count for sinceFired[2] but received -1 (number)']);
+    expect(codeOf(() => sae.adam(1e-3, 1, 0.999, 1e-8))).toEqual(['ERR_SAEKIT_ARG', 'Expected finite number between 0 and 0.99999 for beta1 but received 1 (number)']);
+    // A prefetched batch: only for an SAE of its own dIn, and used once.
+    const opt = sae.adam(1e-3, 0.9, 0.999, 1e-8);
+    const wide = B.NativeSae.create(D + 1, M, 2, 1n);
+    const foreign = wide.adam(1e-3, 0.9, 0.999, 1e-8).prefetch(new Float32Array(2 * (D + 1)));
+    expect(await acode(() => opt.step(foreign, 1e-3, 0, 1e6))).toEqual(['ERR_SAEKIT_SHAPE', `Expected a batch of dIn = ${D} for x but the prefetched batch has dIn = ${D + 1}`]);
+    const batch = opt.prefetch(Float32Array.from({ length: 2 * D }, (_, i) => i / 7 - 0.3));
+    await opt.step(batch, 1e-3, 0, 1e6);
+    expect(await acode(() => opt.step(batch, 1e-3, 0, 1e6))).toEqual(['ERR_SAEKIT_DISPOSED', 'the prefetched batch passed as x was already used or disposed']);
+    // Moments in pieces add up to the slab exactly (2 D M + M + D floats), not more.
+    const n = 2 * D * M + M + D;
+    expect(codeOf(() => opt.setState([w(20), w(n - 19)], w(n), 0))).toEqual(['ERR_SAEKIT_SHAPE', `Expected pieces of m of ${n} floats in all but received ${n + 1}`]);
+    wide.dispose();
+    sae.dispose();
+  });
+
   it('lengths that must match: codes.values and codes.indices, data and shape', async () => {
     const acode = async (fn: () => unknown): Promise<[string | undefined, string]> => {
       try {
