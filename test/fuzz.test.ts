@@ -2,10 +2,15 @@
  * Wrong types and sizes fed to every exported function: only clean, coded errors, never a crash
  * (a crash would kill this test process and fail the file).
  */
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
 import { describe, expect, it } from 'vitest';
 
 import * as saekit from '../lib/index.js';
 import { native } from '../lib/native/index.js';
+import { f16ToNumber, randomHalfBits } from './helpers/data-fixtures.js';
 import { lcg } from './helpers/reference.js';
 
 const CODES = new Set([
@@ -400,5 +405,102 @@ describe('native argument checks at the edge of each bound', () => {
     const store = b.sparseCorrCreate!(3, 3, 0, 0, 0);
     expect(codeOf(() => b.sparseCorrAppend!(store, new Float32Array(7), new Int32Array(7), new Float32Array(4), new Int32Array(4), 2))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected codesA.values of a length divisible by rows = 2 but received 7']);
     b.sparseCorrFree!(store);
+  });
+});
+
+describe('native row reads and gathers: every index one past its bound is refused, and rows land where asked', () => {
+  const b = native();
+  const codeOf = (fn: () => unknown): [string | undefined, string] => {
+    try {
+      fn();
+    } catch (e) {
+      return [(e as { code?: string }).code, (e as Error).message];
+    }
+    return [undefined, 'no error'];
+  };
+  const withFile = async (values: Float32Array, body: (fd: number) => Promise<void>) => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-napi-'));
+    const file = path.join(dir, 'rows.f32');
+    writeFileSync(file, new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+    const fd = openSync(file, 'r');
+    try {
+      await body(fd);
+    } finally {
+      closeSync(fd);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+
+  it('readRows: dstOffset and count end at the end of dst, and a view at a byte offset is written where it lies', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const vals = Float32Array.from({ length: 24 }, () => next() * 2 - 1);
+    await withFile(vals, async (fd) => {
+      const dst = new Float32Array(7).fill(-7);
+      expect(await b.readRows(fd, 8, 3, 'float32', dst, 4)).toBe(false);
+      expect(Array.from(dst), `seed ${seed}`).toEqual([-7, -7, -7, -7, vals[2], vals[3], vals[4]]);
+      expect(codeOf(() => b.readRows(fd, 0, 4, 'float32', dst, 4))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 0 and 3 for count but received 4 (number)']);
+      expect(codeOf(() => b.readRows(fd, 0, 0, 'float32', dst, 8))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 0 and 7 for dstOffset but received 8 (number)']);
+      expect(codeOf(() => b.readRows(fd, 0, 1, 'float32', dst, -1))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 0 and 7 for dstOffset but received -1 (number)']);
+      expect(Array.from(dst), 'refused reads write nothing').toEqual([-7, -7, -7, -7, vals[2], vals[3], vals[4]]);
+      // A view 5 floats into its buffer: element 1 of the view is element 6 of the buffer.
+      const whole = new Float32Array(12).fill(-7);
+      await b.readRows(fd, 4, 2, 'float32', whole.subarray(5, 9), 1);
+      const want = new Float32Array(12).fill(-7);
+      want[6] = vals[1]!;
+      want[7] = vals[2]!;
+      expect(Array.from(whole), `seed ${seed}`).toEqual(Array.from(want));
+    });
+  });
+
+  it('readRowsToSlots: a slot past the whole rows of dst, rows past the slots, and a float32 file into 16-bit slots are refused', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const d = 3;
+    const vals = Float32Array.from({ length: 8 * d }, () => next() * 2 - 1);
+    await withFile(vals, async (fd) => {
+      const dst = new Float32Array(3 * d + 2).fill(-7); // 3 whole rows and 2 values more
+      const slots = Uint32Array.of(2, 0, 1, 3);
+      expect(await b.readRowsToSlots(fd, d * 4, 3, d, 'float32', dst, slots, 0)).toBe(false);
+      const want = new Float32Array(3 * d + 2).fill(-7);
+      for (let r = 0; r < 3; r++) for (let c = 0; c < d; c++) want[slots[r]! * d + c] = vals[(1 + r) * d + c]!;
+      expect(Array.from(dst), `seed ${seed}`).toEqual(Array.from(want));
+      expect(codeOf(() => b.readRowsToSlots(fd, 0, 1, d, 'float32', dst, slots, 3))).toEqual(['ERR_SAEKIT_ARG', 'readRowsToSlots: slot 3 is past the 3 rows of dst']);
+      expect(codeOf(() => b.readRowsToSlots(fd, 0, 2, d, 'float32', dst, slots, 3))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 0 and 1 for rows but received 2 (number)']);
+      for (const dtype of ['float32', 'float64'] as const)
+        expect(codeOf(() => b.readRowsToSlots(fd, 0, 1, d, dtype, new Uint16Array(3 * d), slots, 0))).toEqual(['ERR_SAEKIT_ARG', `Expected 'bfloat16' or 'float16' for a Uint16Array dst for srcDtype but received '${dtype}' (string)`]);
+      expect(Array.from(dst), 'refused reads write nothing').toEqual(Array.from(want));
+    });
+  });
+
+  it('gatherRows: a partial last row of src is not a row, and float16 rows are converted as float16', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const d = 5;
+    const src = Float32Array.from({ length: 3 * d + 2 }, () => next() * 2 - 1); // 3 whole rows and 2 values more
+    const dst = new Float32Array(2 * d).fill(-7);
+    expect(codeOf(() => b.gatherRows(src, Uint32Array.of(3), 0, 1, dst, 0, d))).toEqual(['ERR_SAEKIT_ARG', 'gatherRows: slot 3 is past the 3 rows of src']);
+    await b.gatherRows(src, Uint32Array.of(2, 0), 0, 2, dst, 0, d);
+    expect(Array.from(dst), `seed ${seed}`).toEqual([...src.subarray(2 * d, 3 * d), ...src.subarray(0, d)]);
+    const bits = randomHalfBits(3 * d, 'float16', seed);
+    await b.gatherRows(bits, Uint32Array.of(1, 2), 0, 2, dst, 0, d, 'float16');
+    expect(Array.from(dst), `seed ${seed}`).toEqual(Array.from(bits.subarray(d, 3 * d), f16ToNumber));
+  });
+
+  it('allocHost gives a buffer of exactly the bytes asked for, whatever it rounds its block up to', () => {
+    for (const bytes of [1, 4096 + 12, (2 << 20) + 12]) expect(b.allocHost(bytes).byteLength).toBe(bytes);
+  });
+
+  it.runIf(process.platform === 'linux')('discardHost leaves every small block alone, even one that happens to start on a page', () => {
+    // Blocks under 2 MiB are 64-byte aligned and a page and 64 bytes long or so: one that lands on a
+    // page boundary is still not whole pages, and giving back its rounded-up last page would zero
+    // the allocator's memory after it (the process aborted in malloc).
+    const kept: Float32Array[] = [];
+    for (let i = 0; i < 300; i++) {
+      const a = new Float32Array(b.allocHost(4096 * (1 + (i % 7)) + 64)).fill(i);
+      kept.push(a);
+      expect(b.discardHost(a.buffer as ArrayBuffer), `block ${i}`).toBe(false);
+    }
+    kept.forEach((a, i) => expect(a[0] === i && a[a.length - 1] === i, `block ${i}`).toBe(true));
   });
 });
