@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { backend, DTYPES, io, rand, randn, SaekitError, Tensor, tensor, zeros, type DType } from '../lib/index.js';
+import { native } from '../lib/native/index.js';
 import { distUrl, haveDist, runInChild } from './helpers/child.js';
 import { tensorSuite } from './helpers/tensor-suite.js';
 
@@ -231,5 +232,43 @@ describe('host memory is reused', () => {
       `console.log(process.memoryUsage.rss() - r0);`;
     const grew = Number(runInChild(script));
     expect(grew / 2 ** 20, 'MiB the resident size grew').toBeLessThan(150);
+  });
+});
+
+describe('the native tensor handle and the op queue', () => {
+  it('a disposed handle refuses ops with ERR_SAEKIT_DISPOSED naming it, and reports 0 bytes', async () => {
+    // Below lib/'s own check (the addon is called directly by workers and the CLI as well).
+    const h = native().zeros([4, 6], 'bfloat16');
+    expect(h.nbytes).toBe(48);
+    const other = native().zeros([6, 2], 'float32');
+    h.dispose();
+    expect([h.disposed, h.nbytes]).toEqual([true, 0]);
+    const refused = { code: 'ERR_SAEKIT_DISPOSED', message: 'tensor is a disposed Tensor; it cannot be used any more' };
+    expect(() => h.toArray()).toThrow(expect.objectContaining(refused));
+    expect(() => h.to('float32')).toThrow(expect.objectContaining(refused));
+    expect(() => native().matmul(h, other, false, false)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DISPOSED', message: 'a is a disposed Tensor; it cannot be used any more' }));
+    other.dispose();
+  });
+
+  it('stats().pendingInThisThread counts the ops queued from this thread and not yet settled', async () => {
+    using t = zeros([5, 3]);
+    const before = backend.stats().pendingInThisThread;
+    const reads = [t.toArray(), t.toArray(), t.toArray()];
+    // Settlements run on this thread, so none can land before the next line.
+    expect(backend.stats().pendingInThisThread).toBe(before + 3);
+    await Promise.all(reads);
+    expect(backend.stats().pendingInThisThread).toBeLessThanOrEqual(before);
+  });
+
+  it.runIf(haveDist)('an op in flight keeps the process alive until it settles, and an idle addon lets it exit', () => {
+    // The child awaits one op at top level with nothing else on its event loop: it prints only if
+    // the op held the loop open (else Node exits with status 13), and execFileSync returns only once
+    // the process has ended (an addon that kept holding the loop would hang it until the timeout).
+    const script = `import * as s from ${distUrl};
+      const t = s.zeros([64, 64]);
+      const v = await t.toArray();
+      t.dispose();
+      console.log(JSON.stringify({ n: v.length }));`;
+    expect(JSON.parse(runInChild(script))).toEqual({ n: 4096 });
   });
 });
