@@ -151,6 +151,39 @@ describe('I/O threads (file reads and row gathers)', () => {
     expect({ status: r.status, signal: r.signal, out: r.stdout.trim(), err: r.stderr.trim().slice(0, 300) }).toEqual({ status: 0, signal: null, out: 'done', err: '' });
   });
 
+  it('the same for views that start past their buffer\'s first byte: the job keeps the whole buffer, not the view\'s address', () => {
+    // A read holds its destination's memory by the ArrayBuffer's start (what the buffer's
+    // finalizer is given), so a view 4 KiB in must be traced back to its buffer: keyed by the
+    // view's own address, the finalizer found no read in flight and freed the memory under it.
+    const script = `
+      const fs = require('node:fs'), os = require('node:os'), path = require('node:path');
+      const { Worker } = require('node:worker_threads');
+      require(process.argv[1] + '/node_modules/node-gyp-build')(process.argv[1]);
+      const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'saekit-io-')), 'x.bin');
+      fs.writeFileSync(file, Buffer.alloc(8 << 20, 1));
+      let left = 6;
+      function one() {
+        const w = new Worker(\`
+          const { workerData, parentPort } = require('node:worker_threads');
+          const fs = require('node:fs');
+          const b = require(workerData.root + '/node_modules/node-gyp-build')(workerData.root);
+          const fd = fs.openSync(workerData.file, 'r');
+          const slots = Uint32Array.from({ length: 2048 }, (_, i) => (i * 7) % 2048);
+          const view = () => new Float32Array(b.allocHost((8 << 20) + 4096), 4096, 2 << 20);
+          for (let i = 0; i < 200; i++) {
+            const dst = view();
+            b.readRows(fd, 0, 2 << 20, 'float32', dst, 0);
+            b.gatherRows(dst, slots, 0, 2048, view(), 0, 1024);
+          }
+          parentPort.postMessage('queued');\`, { eval: true, workerData: { root: process.argv[1], file } });
+        w.once('message', () => setTimeout(() => w.terminate(), left % 4));
+        w.once('exit', () => { if (--left > 0) one(); else console.log('done'); });
+      }
+      one();`;
+    const r = spawnSync(process.execPath, ['-e', script, packageRoot], { encoding: 'utf8', timeout: 120_000 });
+    expect({ status: r.status, signal: r.signal, out: r.stdout.trim(), err: r.stderr.trim().slice(0, 300) }).toEqual({ status: 0, signal: null, out: 'done', err: '' });
+  });
+
   it.runIf(process.platform === 'linux' && haveDist)('the addon stays loaded after the only worker that used it (for reads alone) ends: its I/O threads live on', () => {
     // Node unloads an addon when the last env that loaded it ends. The I/O threads outlive every
     // env, so unloading it unmapped their code (SIGSEGV in 4 of 10 runs of 30 such workers): the
