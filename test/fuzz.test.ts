@@ -336,6 +336,7 @@ describe('native argument checks at the edge of each bound', () => {
     expect(codeOf(() => B.NativeSae.fromWeights(w(D * M), w(M), w(M * D), w(D), D, M, 0, 'jumprelu', true, w(M + 1)))).toEqual(['ERR_SAEKIT_SHAPE', `Expected a Float32Array of length numLatents = ${M} for threshold but received a typed array of length ${M + 1}`]);
     // Counts are non-negative; beta1 stays below 1 (1 - beta1^t would be 0 in the bias correction).
     expect(codeOf(() => sae.setSinceFired(Float64Array.of(0, 1, -1, 0, 0)))).toEqual(['ERR_SAEKIT_ARG', 'Expected a non-negative integer count for sinceFired[2] but received -1 (number)']);
+    expect(codeOf(() => sae.setSinceFired(Float64Array.of(0, 1, 0, 2.5, 0)))).toEqual(['ERR_SAEKIT_ARG', 'Expected a non-negative integer count for sinceFired[3] but received 2.5 (number)']);
     expect(codeOf(() => sae.adam(1e-3, 1, 0.999, 1e-8))).toEqual(['ERR_SAEKIT_ARG', 'Expected finite number between 0 and 0.99999 for beta1 but received 1 (number)']);
     // A prefetched batch: only for an SAE of its own dIn, and used once.
     const opt = sae.adam(1e-3, 0.9, 0.999, 1e-8);

@@ -277,8 +277,6 @@ void require_trainable(const SaeModel& m, const char* what) {
                                     "training it comes later)"));
 }
 
-const napi_type_tag kSaeTag = {0x5ae1c17e6a5f0a12ULL, 0x1d2c4b7e13a8f0d4ULL};
-
 // Page-locked host buffers of a device SAE (the device table's host_alloc), reused: a batch
 // copied there goes to the device by one DMA instead of through the plugin's staging copy.
 struct PinnedPool : std::enable_shared_from_this<PinnedPool> {
@@ -532,18 +530,9 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
                        });
   }
 
-  explicit NativeSae(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeSae>(info) {
-    info.This().As<Napi::Object>().TypeTag(&kSaeTag);
-  }
+  explicit NativeSae(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeSae>(info) {}
   ~NativeSae() override {
     if (model_ && reported_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
-  }
-
-  static std::shared_ptr<SaeModel> model_of(const Napi::Value& v, const char* name) {
-    if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&kSaeTag)) arg_error(ErrorCode::Arg, name, "a SparseAutoencoder", v);
-    NativeSae* self = Unwrap(v.As<Napi::Object>());
-    if (!self->model_) throw Error(ErrorCode::Disposed, fmt(name, " is a disposed SparseAutoencoder; it cannot be used any more"));
-    return self->model_;
   }
 
  private:
@@ -941,7 +930,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       auto v = std::make_shared<std::vector<int64_t>>(size_t(m->M));
       for (int64_t l = 0; l < m->M; ++l) {
         double t = a[size_t(l)];
-        if (!(t >= 0 && t < 9.0e15)) arg_error(ErrorCode::Arg, fmt("sinceFired[", l, "]"), "a non-negative integer count", Napi::Number::New(info.Env(), t));
+        if (!(t >= 0 && t < 9.0e15 && t == std::floor(t))) arg_error(ErrorCode::Arg, fmt("sinceFired[", l, "]"), "a non-negative integer count", Napi::Number::New(info.Env(), t));
         (*v)[size_t(l)] = int64_t(t);
       }
       queue_detached(info.Env(), [m, v] { m->since_fired = *v; });
@@ -1062,8 +1051,6 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
   int64_t reported_ = 0;
 };
 
-const napi_type_tag kAdamTag = {0x5ae1c17e6a5f0a13ULL, 0x2d2c4b7e13a8f0d5ULL};
-
 class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
  public:
   static Napi::Function define(Napi::Env env) {
@@ -1082,9 +1069,7 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
                            InstanceAccessor<&NativeAdam::disposed>("disposed"),
                        });
   }
-  explicit NativeAdam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeAdam>(info) {
-    info.This().As<Napi::Object>().TypeTag(&kAdamTag);
-  }
+  explicit NativeAdam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeAdam>(info) {}
   ~NativeAdam() override {
     if (state_ && reported_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
   }
