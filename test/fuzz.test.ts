@@ -267,6 +267,15 @@ describe('native argument checks at the edge of each bound', () => {
     }
     return [undefined, 'no error'];
   };
+  /** codeOf for a call that may reject. */
+  const acode = async (fn: () => unknown): Promise<[string | undefined, string]> => {
+    try {
+      await fn();
+    } catch (e) {
+      return [(e as { code?: string }).code, (e as Error).message];
+    }
+    return [undefined, 'no error'];
+  };
 
   it('integers, numbers, shapes and seeds', async () => {
     // get_int: one below the lower bound and one above the upper bound.
@@ -311,14 +320,6 @@ describe('native argument checks at the edge of each bound', () => {
 
   it('SAE and optimizer handles: each length, index, count and batch one past its bound is refused, naming it', async () => {
     const B = native();
-    const acode = async (fn: () => unknown): Promise<[string | undefined, string]> => {
-      try {
-        await fn();
-      } catch (e) {
-        return [(e as { code?: string }).code, (e as Error).message];
-      }
-      return [undefined, 'no error'];
-    };
     const [D, M] = [3, 5];
     const sae = B.NativeSae.create(D, M, 2, 1n);
     // codes.indices: latent M - 1 is the last one (M would read past W_dec).
@@ -354,14 +355,6 @@ describe('native argument checks at the edge of each bound', () => {
   });
 
   it('lengths that must match: codes.values and codes.indices, data and shape', async () => {
-    const acode = async (fn: () => unknown): Promise<[string | undefined, string]> => {
-      try {
-        await fn();
-      } catch (e) {
-        return [(e as { code?: string }).code, (e as Error).message];
-      }
-      return [undefined, 'no error'];
-    };
     const sae = b.NativeSae.create(3, 5, 2, 1) as unknown as { decode: (...a: unknown[]) => Promise<Float32Array>; dispose: () => void };
     const msg = (nv: number, ni: number) => `Expected codes.values and codes.indices of equal length, a positive multiple of codes.rows = 2, but received ${nv} and ${ni}`;
     expect(await acode(() => sae.decode(new Float32Array(4), new Int32Array(2), 2))).toEqual(['ERR_SAEKIT_SHAPE', msg(4, 2)]);

@@ -36,6 +36,21 @@ function data(rows: number, dIn: number, seed: number): Float32Array {
   return x;
 }
 
+/** x.npy under `dir`: `rows` rows of data(rows, dIn, seed), `poison` making some non-finite; returns its path. */
+async function npyWith(dir: string, rows: number, dIn: number, seed: number, poison: (x: Float32Array) => void): Promise<string> {
+  const x = data(rows, dIn, seed);
+  poison(x);
+  const { writeNpy } = await import('../lib/io/index.js');
+  const file = path.join(dir, 'x.npy');
+  await writeNpy(file, { dtype: 'float32', shape: [rows, dIn], data: x });
+  return file;
+}
+
+/** Opens `file` with onNonFinite 'skip'. */
+async function skipping(file: string) {
+  return (await import('../lib/data/index.js')).openActivations(file, { onNonFinite: 'skip' });
+}
+
 describe('learning-rate schedule', () => {
   it('warms up linearly from 0 (base step / warmup, as dictionary_learning and transformers), holds, then decays linearly to 0 over the last 20%', () => {
     const base = 0.01;
@@ -884,14 +899,7 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
   const make = (seed = 5) => SparseAutoencoder.create({ dIn, numLatents: 24, k: 3, seed });
 
   it('epochs over a file with rows skipped as non-finite end as completed (not exhausted)', async () => {
-    const dir = tmp();
-    const rows = 700;
-    const x = data(rows, dIn, 31);
-    for (const r of [3, 50, 51, 333, 699]) x[r * dIn + 2] = Number.NaN;
-    const { writeNpy } = await import('../lib/io/index.js');
-    const { openActivations } = await import('../lib/data/index.js');
-    await writeNpy(path.join(dir, 'x.npy'), { dtype: 'float32', shape: [rows, dIn], data: x });
-    const src = await openActivations(path.join(dir, 'x.npy'), { onNonFinite: 'skip' });
+    const src = await skipping(await npyWith(tmp(), 700, dIn, 31, (x) => [3, 50, 51, 333, 699].forEach((r) => (x[r * dIn + 2] = Number.NaN))));
     using sae = make();
     // numRows (700) plans 2 x 10 steps of 70; the passes hold 695 rows: 2 x 9 whole batches.
     const r = await new Trainer(sae, { batchSize: 70, epochs: 2, warmupSteps: 0 }).fit(src);
@@ -1140,14 +1148,7 @@ describe('Trainer: defaults, option bounds, the schedule as run, counters and ch
   });
 
   it('totalTokens on a file with rows skipped as non-finite still runs every planned step (the passes it plans leave room for them)', async () => {
-    const dir = tmp();
-    const rows = 700;
-    const x = data(rows, dIn, 31);
-    for (const r of [3, 50, 51, 333, 699]) x[r * dIn + 2] = Number.NaN;
-    const { writeNpy } = await import('../lib/io/index.js');
-    const { openActivations } = await import('../lib/data/index.js');
-    await writeNpy(path.join(dir, 'x.npy'), { dtype: 'float32', shape: [rows, dIn], data: x });
-    const src = await openActivations(path.join(dir, 'x.npy'), { onNonFinite: 'skip' });
+    const src = await skipping(await npyWith(tmp(), 700, dIn, 31, (x) => [3, 50, 51, 333, 699].forEach((r) => (x[r * dIn + 2] = Number.NaN))));
     try {
       using sae = make();
       // 20 steps of 70: numRows says 10 per pass, the passes serve 9.
@@ -1160,16 +1161,12 @@ describe('Trainer: defaults, option bounds, the schedule as run, counters and ch
 
   it('totalTokens on a file with half its rows skipped as non-finite runs every step (it ended exhausted at 3/4), and resumes past the passes first planned to the same weights', async () => {
     const dir = tmp();
-    const rows = 300;
-    const x = data(rows, dIn, 32);
-    for (let r = 0; r < rows; r += 2) x[r * dIn + (r % dIn)] = r % 4 ? Number.POSITIVE_INFINITY : Number.NaN;
-    const { writeNpy } = await import('../lib/io/index.js');
-    const { openActivations } = await import('../lib/data/index.js');
-    const file = path.join(dir, 'x.npy');
-    await writeNpy(file, { dtype: 'float32', shape: [rows, dIn], data: x });
+    const file = await npyWith(dir, 300, dIn, 32, (x) => {
+      for (let r = 0; r < 300; r += 2) x[r * dIn + (r % dIn)] = r % 4 ? Number.POSITIVE_INFINITY : Number.NaN;
+    });
     // numRows plans 30 steps a pass, 3 passes for 60 steps; they serve 15 each: 45.
     const o = { batchSize: 10, totalTokens: 10 * 60, warmupSteps: 0, lr: 3e-3, seed: 6 };
-    const open = () => openActivations(file, { onNonFinite: 'skip' });
+    const open = () => skipping(file);
     const full = await open();
     using a = make();
     try {
