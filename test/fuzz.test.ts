@@ -11,7 +11,7 @@ import { describe, expect, it } from 'vitest';
 import * as saekit from '../lib/index.js';
 import { native } from '../lib/native/index.js';
 import { f16ToNumber, randomHalfBits } from './helpers/data-fixtures.js';
-import { lcg } from './helpers/reference.js';
+import { lcg, randomMatrix, referenceMatmul } from './helpers/reference.js';
 
 const CODES = new Set([
   'ERR_SAEKIT_ARG',
@@ -399,6 +399,167 @@ describe('native argument checks at the edge of each bound', () => {
     const store = b.sparseCorrCreate!(3, 3, 0, 0, 0);
     expect(codeOf(() => b.sparseCorrAppend!(store, new Float32Array(7), new Int32Array(7), new Float32Array(4), new Int32Array(4), 2))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected codesA.values of a length divisible by rows = 2 but received 7']);
     b.sparseCorrFree!(store);
+  });
+  it('random: int32 and an unknown kind are refused by the addon itself; the bounds beside them are accepted', async () => {
+    // lib/ refuses both first; the addon must too (workers and the CLI reach it directly).
+    expect(codeOf(() => b.random!([3], 'int32', 'uniform', 1n, 0n))).toEqual(['ERR_SAEKIT_DTYPE', "Expected one of: float32, bfloat16, float16 for dtype but received 'int32' (string)"]);
+    expect(codeOf(() => b.random!([3], 'float32', 'gaussian', 1n, 0n))).toEqual(['ERR_SAEKIT_ARG', "Expected one of: uniform, normal for kind but received 'gaussian' (string)"]);
+    for (const [dtype, kind] of [['float16', 'normal'], ['bfloat16', 'uniform']] as const) {
+      const t = b.random!([3], dtype, kind, 1n, 0n) as { dtype: string; dispose: () => void };
+      expect(t.dtype).toBe(dtype);
+      t.dispose();
+    }
+  });
+
+  it('lapAppend on a cost with no columns: any value is refused, and the solve leaves every row unassigned', async () => {
+    const lap = b.lapCreate!(2, 0, false);
+    expect(codeOf(() => b.lapAppend!(lap, new Float64Array(1), 0, 'cost'))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected a chunk of whole rows of cost (a multiple of cols = 0, at most 0 values) but received length 1']);
+    expect(b.lapAppend!(lap, new Float64Array(0), 0, 'cost')).toBe(0);
+    expect(Array.from((await b.lapRun!(lap)) as Int32Array)).toEqual([-1, -1]);
+  });
+
+  it('_philox: a counter or key of the wrong length or type is refused, not read past its end', () => {
+    const ok = b._philox!(new Uint32Array(4), new Uint32Array(2)) as Uint32Array;
+    expect(ok.length).toBe(4);
+    for (const [counter, key, name, len] of [
+      [new Uint32Array(3), new Uint32Array(2), 'counter', 4],
+      [new Int32Array(4), new Uint32Array(2), 'counter', 4],
+      [new Uint32Array(4), new Uint32Array(1), 'key', 2],
+      [new Uint32Array(4), [0, 0], 'key', 2],
+    ] as const) {
+      const [code, message] = codeOf(() => b._philox!(counter, key));
+      expect(code, `${name} ${String(counter)}`).toBe('ERR_SAEKIT_ARG');
+      expect(message).toMatch(new RegExp(`^Expected a Uint32Array of length ${len} for ${name} but received `));
+    }
+  });
+
+  it('matmul: inner dimensions, the shape of out and out aliasing a or b are checked by the addon itself', async () => {
+    type T = { shape: number[]; toArray: () => Promise<Float32Array>; dispose: () => void };
+    const next = lcg(0x6d61746d);
+    const data: Record<string, Float32Array> = {};
+    const t = (name: string, rows: number, cols: number): T => {
+      data[name] = randomMatrix(rows, cols, next);
+      return b.fromArray!(data[name], [rows, cols], 'float32', 'float32') as T;
+    };
+    // a [3, 5] and b [5, 7]: op(a) op(b) is [3, 7]; with transA, a^T is [5, 3] and no longer fits b.
+    const a = t('a', 3, 5), bb = t('b', 5, 7), b6 = t('b6', 6, 7);
+    expect(codeOf(() => b.matmul!(a, b6, false, false))).toEqual(['ERR_SAEKIT_SHAPE', 'matmul: inner dimensions differ: op(a) is [3, 5] and op(b) is [6, 7] (a [3, 5], b [6, 7])']);
+    expect(codeOf(() => b.matmul!(a, bb, true, false))).toEqual(['ERR_SAEKIT_SHAPE', 'matmul: inner dimensions differ: op(a) is [5, 3] and op(b) is [5, 7] (a [3, 5] transposed, b [5, 7])']);
+    expect(codeOf(() => b.matmul!(a, bb, false, true))).toEqual(['ERR_SAEKIT_SHAPE', 'matmul: inner dimensions differ: op(a) is [3, 5] and op(b) is [7, 5] (a [3, 5], b [5, 7] transposed)']);
+    // out of 21 elements but shape [7, 3], not [3, 7]
+    const wrong = t('wrong', 7, 3);
+    expect(codeOf(() => b.matmul!(a, bb, false, false, wrong))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected a float32 tensor of shape [3, 7] for out but received float32 [7, 3]']);
+    // square a and b [5, 5]: out may not be either of them (written while they are read)
+    const s = t('s', 5, 5), s2 = t('s2', 5, 5);
+    for (const out of [s, s2]) {
+      expect(codeOf(() => b.matmul!(s, s2, false, false, out))).toEqual(['ERR_SAEKIT_ARG', 'Expected out to be a different tensor from a and b (it is written while they are read)']);
+    }
+    expect(Array.from(await s.toArray()), 'refused calls leave a untouched').toEqual(Array.from(data.s!));
+    // The shape at the bound is accepted and written with the product.
+    const out = t('out', 3, 7);
+    await b.matmul!(a, bb, false, false, out);
+    const { C, bound } = referenceMatmul(data.a!, data.b!, 3, 7, 5, false, false);
+    const got = await out.toArray();
+    for (let i = 0; i < 21; i++) expect(Math.abs(got[i]! - C[i]!), `out[${i}]`).toBeLessThanOrEqual(bound[i]!);
+    for (const x of [a, bb, b6, wrong, s, s2, out]) x.dispose();
+  });
+  it('_gemmDirect: every transpose pair at odd M, N, K matches a float64 product, and B is checked as K x N', () => {
+    const [M, N, K] = [3, 7, 5];
+    const next = lcg(0x67656d6d);
+    const A = randomMatrix(M, K, next), B = randomMatrix(K, N, next);
+    const blas = saekit.backend.info().blas.linked;
+    for (const impl of blas ? ['builtin', 'blas'] : ['builtin']) {
+      for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+        const C = new Float32Array(M * N).fill(NaN);
+        b._gemmDirect!(impl, ta, tb, M, N, K, A, B, C);
+        // A and B read as op(A) [M, K] and op(B) [K, N] from the same values
+        const { C: R, bound } = referenceMatmul(A, B, M, N, K, ta, tb);
+        for (let i = 0; i < M * N; i++) expect(Math.abs(C[i]! - R[i]!), `${impl} ${ta} ${tb} C[${i}]`).toBeLessThanOrEqual(bound[i]!);
+      }
+    }
+    // B of M * N = 21 values (not K * N = 35) is refused, naming B
+    const [code, message] = codeOf(() => b._gemmDirect!('builtin', false, false, M, N, K, A, new Float32Array(M * N), new Float32Array(M * N)));
+    expect(code).toBe('ERR_SAEKIT_ARG');
+    expect(message).toMatch(/^Expected a Float32Array of length 35 for B but received /);
+  });
+
+  it('convertInto and anyNonFinite: a dst one longer is refused, and the range starts at start', () => {
+    const src = Float32Array.of(1, -2, 3);
+    expect(codeOf(() => b.convertInto!(src, 'float32', new Uint16Array(4), 'bfloat16'))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected dst of length 3 (as src) but received length 4']);
+    expect(codeOf(() => b.convertInto!(src, 'float32', new Uint16Array(2), 'bfloat16'))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected dst of length 3 (as src) but received length 2']);
+    // NaN at 0 and Infinity at 6: only ranges that hold either see one
+    const a = Float32Array.of(NaN, 1, 2, 3, 4, 5, Infinity);
+    for (let start = 0; start <= 7; start++) {
+      for (let end = start; end <= 7; end++) {
+        const want = (start === 0 && end > 0) || end === 7;
+        expect(b.anyNonFinite!(a, start, end), `[${start}, ${end})`).toBe(want && end > start);
+      }
+    }
+  });
+  it('spectrum jobs: n, d, the stage length and a partly written stage are checked by the addon itself', async () => {
+    const staged = (dtype: 'float32' | 'float64', length: number, values: Float32Array | Float64Array) => {
+      const s = b.spectrumStage!(dtype, length);
+      if (values.length) b.spectrumStageWrite!(s, values, 0);
+      return s;
+    };
+    // decoderSpectrum: n >= 2 rows (a covariance of one row is meaningless)
+    const one = staged('float32', 3, Float32Array.of(1, 2, 3));
+    expect(codeOf(() => b.decoderSpectrum!(one, 1, 3, 'builtin'))).toEqual(['ERR_SAEKIT_ARG', expect.stringMatching(/^Expected integer between 2 and \d+ for n but received 1 \(number\)$/)]);
+    // a stage read before every value is written would read uninitialised memory
+    const part32 = staged('float32', 6, new Float32Array(4));
+    expect(codeOf(() => b.decoderSpectrum!(part32, 2, 3, 'builtin'))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected a fully written stage (6 values) but 4 were written']);
+    const part64 = staged('float64', 4, new Float64Array(3));
+    expect(codeOf(() => b.symmetricEigenvalues!(part64, 2, 'builtin'))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected a fully written stage (4 values) but 3 were written']);
+    // a stage of 5 values is not a 2 x 2 matrix, nor 2 rows of 3
+    const five64 = staged('float64', 5, new Float64Array(5));
+    expect(codeOf(() => b.symmetricEigenvalues!(five64, 2, 'builtin'))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected a stage of d * d = 4 values but it holds 5']);
+    const seven32 = staged('float32', 7, new Float32Array(7));
+    expect(codeOf(() => b.decoderSpectrum!(seven32, 2, 3, 'builtin'))).toEqual(['ERR_SAEKIT_SHAPE', 'Expected a stage of n * d = 6 values but it holds 7']);
+    // Accepted at the bounds: the symmetric part of [[2, 2], [0, 2]] is [[2, 1], [1, 2]], eigenvalues 3 and 1;
+    // two rows [0, 0] and [2, 4] centre to -/+[1, 2], a rank-one covariance whose one nonzero eigenvalue is proportional to 5.
+    // written in three chunks, each at the count written so far
+    const full64 = b.spectrumStage!('float64', 4);
+    b.spectrumStageWrite!(full64, Float64Array.of(2, 2), 0);
+    b.spectrumStageWrite!(full64, Float64Array.of(0), 2);
+    b.spectrumStageWrite!(full64, Float64Array.of(2), 3);
+    const ev = (await b.symmetricEigenvalues!(full64, 2, 'builtin')) as Float64Array;
+    expect(ev[0]).toBeCloseTo(3, 12);
+    expect(ev[1]).toBeCloseTo(1, 12);
+    const two = staged('float32', 4, Float32Array.of(0, 0, 2, 4));
+    const dv = (await b.decoderSpectrum!(two, 2, 2, 'builtin')) as Float64Array;
+    expect(dv.length).toBe(2);
+    expect(dv[0]).toBeGreaterThan(0);
+    expect(Math.abs(dv[1]!)).toBeLessThan(1e-12 * dv[0]!);
+  });
+  it('sparseCorr: nA and top are checked by the addon itself, and the top, reverse and activity arrays are sized by nA and nB', async () => {
+    expect(codeOf(() => b.sparseCorrCreate!(0, 5, 0, 0, 0))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 1 and 2147483647 for nA but received 0 (number)']);
+    // nA = 2 < nB = 5, 6 tokens; A has k = 1, B has k = 2. top = 4 is above nA, below nB.
+    const [nA, nB, T] = [2, 5, 6];
+    const va = Float32Array.from({ length: T }, (_, t) => t + 1), ia = Int32Array.from({ length: T }, (_, t) => (t * t) % nA);
+    const vb = Float32Array.from({ length: 2 * T }, (_, p) => 0.5 + ((p * 7) % 5)), ib = Int32Array.from({ length: 2 * T }, (_, p) => ((p >> 1) + (p % 2) * 2) % nB);
+    const store = b.sparseCorrCreate!(nA, nB, 0, 0, 0);
+    expect(b.sparseCorrAppend!(store, va, ia, vb, ib, T)).toBe(T);
+    expect(codeOf(() => b.sparseCorrRun!(store, false, 0, true))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 1 and 2147483647 for top but received 0 (number)']);
+    const r = (await b.sparseCorrRun!(store, false, 4, true)) as {
+      tokens: number; kTop: number; kRev: number; activeA: Float64Array; activeB: Float64Array;
+      topIndex: Int32Array; topR: Float32Array; revIndex: Int32Array; revR: Float32Array;
+    };
+    // active counts: tokens where each feature holds a nonzero value, counted here
+    const count = (n: number, idx: Int32Array, v: Float32Array) => {
+      const c = new Array<number>(n).fill(0);
+      idx.forEach((j, p) => { if (v[p] !== 0) c[j]! += 1; });
+      return c;
+    };
+    expect(r.tokens).toBe(T);
+    expect(Array.from(r.activeA)).toEqual(count(nA, ia, va));
+    expect(Array.from(r.activeB)).toEqual(count(nB, ib, vb));
+    expect([r.kTop, r.kRev]).toEqual([2, 4]);
+    expect([r.topIndex.length, r.topR.length, r.revIndex.length, r.revR.length]).toEqual([nB * 2, nB * 2, nA * 4, nA * 4]);
+    for (let i = 0; i < nA; i++) {
+      const row = Array.from(r.revIndex.subarray(i * 4, i * 4 + 4));
+      expect(new Set(row).size, `revIndex row ${i}`).toBe(4);
+      expect(row.every((j) => j >= 0 && j < nB)).toBe(true);
+    }
   });
 });
 
