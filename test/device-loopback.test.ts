@@ -139,10 +139,31 @@ describe('sparse-code correlation through the device table (loopback)', () => {
     const store = b.sparseCorrCreate(3, 3, 0, 0, 0);
     b.sparseCorrAppend(store, Float32Array.of(1, 2), Int32Array.of(0, 1), Float32Array.of(1, 2), Int32Array.of(0, 1), 2);
     expect(() => b.sparseCorrRun(store, true, 0, false, 'cuda:2')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: expect.stringMatching(/cuda:2/) }));
+    // the first index past the one device: the addon's own bound, below lib's
+    expect(() => b.sparseCorrRun(store, true, 0, false, 'cuda:1')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: 'Expected a device between cuda:0 and cuda:0 but received cuda:1' }));
     expect(() => b.sparseCorrRun(store, true, 0, false, 'gpu')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
     // The store survives a refused device and still runs.
     const r = await b.sparseCorrRun(store, true, 0, false, 'cuda:0');
     expect(r.r).toEqual(Float32Array.of(1, -1, 0, -1, 1, 0, 0, 0, 0));
+  });
+
+  it('a later resolution that finds no device (other plugin candidates) leaves new tensors on the working one', async () => {
+    // The first device table that works serves the process (native/napi/device.cpp): a resolution
+    // under other candidates that fails is reported by info() but must not take cuda:0 away.
+    expect(backend.info().cuda.available).toBe(true);
+    const b = native();
+    const saved = process.env.SAEKIT_DEVICE_LOOPBACK;
+    try {
+      process.env.SAEKIT_DEVICE_LOOPBACK = '0';
+      const other = b.info(['/nonexistent/saekit-no-such-plugin.node']).cuda;
+      expect([other.available, other.loopback, other.devices]).toEqual([false, false, []]);
+    } finally {
+      process.env.SAEKIT_DEVICE_LOOPBACK = saved;
+    }
+    const t = b.fromArray(Float32Array.of(1.5, -2, 3), [3], 'float32', 'float32', 'cuda:0');
+    expect(t.device).toBe('cuda:0');
+    expect(Array.from(await t.toArray())).toEqual([1.5, -2, 3]);
+    t.dispose();
   });
 });
 
