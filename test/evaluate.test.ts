@@ -730,3 +730,78 @@ describe('density thresholds at their exact values', () => {
     for (let l = 0; l < L; l++) expect(got.feature_density[l], ctx).toBe(counts[l]! / N);
   });
 });
+
+describe('evaluate: documented defaults, bounds and reads (mutation round)', () => {
+  it('defaults: maxTokens 1,000,000, batchSize 4096 and 50 histogram bins; reads exactly the batches it needs', async () => {
+    const dIn = 2;
+    const next = lcg(freshSeed(40));
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, 5, next), { k: 1 });
+    const asked: (number | undefined)[] = [];
+    let yielded = 0;
+    const src = customSource(dIn, undefined, async function* (o) {
+      asked.push(o?.batchSize);
+      const rows = o?.batchSize ?? 1;
+      const data = Float32Array.from({ length: rows * dIn }, () => next() * 2 - 1);
+      for (;;) {
+        yielded++;
+        yield { rows, dIn, data };
+      }
+    });
+    const r = await evaluate(sae, src, { geometry: false });
+    expect(asked).toEqual([4096]);
+    expect(r.tokens).toBe(1_000_000);
+    // ceil(1e6 / 4096) batches, the last one cut: none read past maxTokens.
+    expect(yielded).toBe(Math.ceil(1_000_000 / 4096));
+    expect(r.log10_density_histogram.counts).toHaveLength(50);
+    expect(r.log10_density_histogram.edges).toHaveLength(51);
+  });
+
+  it('histogram edges span [-max(1, ceil(log10 N)), 0] (N = 8, 100, 150) and count every latent that fired once', async () => {
+    const dIn = 5;
+    const next = lcg(freshSeed(41));
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, 23, next), { k: 2 });
+    const x = randomX(150, dIn, next);
+    for (const [n, lo] of [
+      [8, -1],
+      [100, -2],
+      [150, -3],
+    ] as const) {
+      const bins = 7;
+      const r = await evaluate(sae, fromArray(x, dIn), { maxTokens: n, histogramBins: bins, geometry: false });
+      const { edges, counts } = r.log10_density_histogram;
+      expect(edges[0], `N ${n}`).toBe(lo);
+      expect(edges[bins]).toBe(0);
+      for (let b = 0; b <= bins; b++) expect(edges[b]!).toBeCloseTo(lo - (lo * b) / bins, 12);
+      const fired = Array.from(r.feature_density).filter((p) => p > 0);
+      expect(counts.reduce((a, c) => a + c, 0)).toBe(fired.length);
+      // Each fired latent in the bin holding log10(density), [e_b, e_b+1) (the last bin also holds 0).
+      const want = new Array<number>(bins).fill(0);
+      for (const p of fired) {
+        const v = Math.log10(p);
+        let b = 0;
+        while (b < bins - 1 && v >= edges[b + 1]!) b++;
+        want[b]!++;
+      }
+      expect(counts, `N ${n}`).toEqual(want);
+    }
+  });
+
+  it('batchSize above 2^24 is refused; an already aborted signal rejects before the source is read', async () => {
+    const dIn = 3;
+    const next = lcg(freshSeed(42));
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, 6, next), { k: 2 });
+    let started = 0;
+    const src = customSource(dIn, 10, async function* () {
+      started++;
+      yield { rows: 10, dIn, data: randomX(10, dIn, next) };
+    });
+    const e = await evaluate(sae, src, { batchSize: (1 << 24) + 1 }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(SaekitError);
+    expect((e as SaekitError).message).toContain('options.batchSize');
+    const reason = new Error('stop now');
+    await expect(evaluate(sae, src, { signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
+    expect(started).toBe(0);
+    expect((await evaluate(sae, src, { geometry: false })).tokens).toBe(10);
+    expect(started).toBe(1);
+  });
+});
