@@ -532,6 +532,52 @@ describe('recovery of a permuted, rescaled copy of the truth', () => {
   });
 });
 
+describe('recovery: cosines are clamped to [-1, 1]', () => {
+  it('scaled float32 copies whose float64 cosine rounds above 1 give exactly 1 (mmcs both directions, mcc), never more', async () => {
+    // Found by the mutation round: without the clamp about 1% of such pairs gave 1 + 2^-52.
+    // The pairs are searched for with the same index-order float64 sums the module uses.
+    const seed = freshSeed(60);
+    const next = lcg(seed);
+    const d = 11;
+    const truthRows: number[] = [];
+    const learnedRows: number[] = [];
+    let found = 0;
+    for (let tries = 0; found < 6 && tries < 100_000; tries++) {
+      const a = Float32Array.from({ length: d }, () => next() * 2 - 1);
+      const s = 0.1 + 10 * next();
+      const b = Float32Array.from(a, (v) => v * s);
+      let ab = 0;
+      let aa = 0;
+      let bb = 0;
+      for (let k = 0; k < d; k++) {
+        ab += a[k]! * b[k]!;
+        aa += a[k]! * a[k]!;
+        bb += b[k]! * b[k]!;
+      }
+      if (ab / Math.sqrt(aa * bb) > 1) {
+        truthRows.push(...a);
+        learnedRows.push(...b);
+        found++;
+      }
+    }
+    expect(found, `seed ${seed}`).toBe(6);
+    const truth = Float32Array.from(truthRows);
+    const learned = Float32Array.from(learnedRows);
+    for (const direction of ['truth-to-learned', 'learned-to-truth'] as const) {
+      for (const similarity of ['cos', 'abs-cos'] as const) {
+        const r = await mmcs(learned, truth, { d, direction, similarity });
+        expect(Array.from(r.perRow), `seed ${seed} ${direction} ${similarity}`).toEqual(new Array(found).fill(1));
+        expect(r.mean).toBe(1);
+      }
+    }
+    for (const similarity of ['cos', 'abs-cos'] as const) {
+      const m = await mcc(learned, truth, { d, similarity });
+      expect(Array.from(m.cos), `seed ${seed} ${similarity}`).toEqual(new Array(found).fill(1));
+      expect(m.mean).toBe(1);
+    }
+  });
+});
+
 describe('recovery: the event loop runs meanwhile', () => {
   it('mmcs and mcc let timers run between tiles; mcc matches one to one', async () => {
     const next = lcg(freshSeed(11));
