@@ -749,6 +749,78 @@ describe('saekit CLI', () => {
   });
 });
 
+describe('saekit eval and train: flags, defaults and output (mutation round)', () => {
+  it('eval --help defaults are the ones evaluate() documents; bad --max-tokens and --batch values, unknown flags and missing values exit 1 before any work', () => {
+    const help = run(['eval', '--help']);
+    expect(help.status, help.stderr).toBe(0);
+    const h = help.stdout.replace(/\s+/g, ' ');
+    // EvaluateOptions: maxTokens default 1,000,000, batchSize default 4096.
+    expect(h).toMatch(/--max-tokens <n> tokens to evaluate on \(at least 2: FVU needs a variance\) \(default: 1000000\)/);
+    expect(h).toMatch(/--batch <n> rows per batch \(default: 4096\)/);
+    const fake = ['eval', path.join(os.tmpdir(), 'no-such-sae'), path.join(os.tmpdir(), 'no-such-acts.npy')];
+    for (const [flag, value, re] of [
+      ['--max-tokens', '1', /Expected an integer between 2 and 9007199254740991 for --max-tokens but received '1'/],
+      ['--max-tokens', '2.5', /Expected an integer between 2 and \d+ for --max-tokens but received '2\.5'/],
+      ['--max-tokens', '9007199254740992', /for --max-tokens but received '9007199254740992'/],
+      ['--batch', '0', /Expected an integer between 1 and 16777216 for --batch but received '0'/],
+      ['--batch', '16777217', /for --batch but received '16777217'/],
+    ] as const) {
+      const r = run([...fake, flag, value]);
+      expect(r.status, `${flag} ${value}`).toBe(1);
+      expect(r.stderr, `${flag} ${value}`).toMatch(re);
+      expect(r.stderr).not.toMatch(/does not exist/); // refused while parsing, before the SAE is opened
+    }
+    const unknown = run([...fake, '--max-token', '5']);
+    expect(unknown.status).toBe(1);
+    expect(unknown.stderr).toMatch(/unknown option '--max-token'/);
+    const missing = run([...fake, '--max-tokens']);
+    expect(missing.status).toBe(1);
+    expect(missing.stderr).toMatch(/option '--max-tokens <n>' argument missing/);
+  });
+
+  it('eval --json: the largest --max-tokens is taken, 4.0e1 reads as 40, --no-geometry leaves out the geometry fields, the histogram is printed', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-evalflags-'));
+    const [dIn, rows] = [6, 50];
+    const sae = SparseAutoencoder.create({ dIn, numLatents: 12, k: 2, seed: 4 });
+    await sae.save(path.join(dir, 'sae'));
+    sae.dispose();
+    const acts = path.join(dir, 'acts.npy');
+    const rnd = lcg(11);
+    await io.writeNpy(acts, { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => rnd() - 0.5) });
+    const g = run(['eval', path.join(dir, 'sae'), acts, '--json', '--max-tokens', '9007199254740991']);
+    expect(g.status, g.stderr).toBe(0);
+    const withGeo = JSON.parse(g.stdout);
+    expect(withGeo.tokens).toBe(rows);
+    expect(typeof withGeo.mean_max_cos_dec).toBe('number');
+    expect(withGeo.log10_density_histogram.counts).toHaveLength(50);
+    // Numbers in exponent notation are decimal notation too: 4.0e1 is 40.
+    const n = run(['eval', path.join(dir, 'sae'), acts, '--json', '--no-geometry', '--max-tokens', '4.0e1']);
+    expect(n.status, n.stderr).toBe(0);
+    const noGeo = JSON.parse(n.stdout);
+    expect(noGeo.tokens).toBe(40);
+    expect(noGeo).not.toHaveProperty('mean_max_cos_dec');
+    expect(noGeo).not.toHaveProperty('mean_max_cos_enc');
+    expect(noGeo).not.toHaveProperty('max_cos_dec');
+  });
+
+  it('train --expansion rounds dIn x E to the nearest integer, and --k defaults to the 32 its help prints', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-expansion-'));
+    const [rows, dIn] = [256, 19];
+    const rnd = lcg(13);
+    const acts = path.join(dir, 'acts.npy');
+    await io.writeNpy(acts, { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => rnd() - 0.5) });
+    const help = run(['train', '--help']).stdout.replace(/\s+/g, ' ');
+    expect(help).toMatch(/--k <k> active latents per row \(default: 32\)/);
+    const out = path.join(dir, 'run');
+    // 19 x 2.5 = 47.5 latents: rounded to 48 (not truncated to 47).
+    const r = run(['train', acts, '--expansion', '2.5', '--out', out, '--batch', '128', '--tokens', '128', '--warmup', '0', '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/dIn 19, 48 latents, k 32,/);
+    using sae = await SparseAutoencoder.load(out);
+    expect([sae.numLatents, sae.k]).toEqual([48, 32]);
+  });
+});
+
 describe('saekit eval, compare and match-layers stop on SIGINT / SIGTERM', () => {
   /** An SAE saved in a fresh folder. */
   async function savedSae(dir: string, name: string, dIn: number, numLatents: number, seed: number): Promise<string> {
