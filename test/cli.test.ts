@@ -778,7 +778,7 @@ describe('saekit eval and train: flags, defaults and output (mutation round)', (
     expect(missing.stderr).toMatch(/option '--max-tokens <n>' argument missing/);
   });
 
-  it('eval --json: the largest --max-tokens is taken, 4.0e1 reads as 40, --no-geometry leaves out the geometry fields, the histogram is printed', async () => {
+  it('eval --json: the largest --max-tokens is taken, 4.0e1 reads as 40, --no-geometry leaves out the geometry fields, the histogram is printed; the text output prints the same numbers', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-evalflags-'));
     const [dIn, rows] = [6, 50];
     const sae = SparseAutoencoder.create({ dIn, numLatents: 12, k: 2, seed: 4 });
@@ -801,9 +801,15 @@ describe('saekit eval and train: flags, defaults and output (mutation round)', (
     expect(noGeo).not.toHaveProperty('mean_max_cos_dec');
     expect(noGeo).not.toHaveProperty('mean_max_cos_enc');
     expect(noGeo).not.toHaveProperty('max_cos_dec');
+    // Without --json: one 'name  value' line per scalar, integers as they are, others to 6 digits.
+    const text = run(['eval', path.join(dir, 'sae'), acts, '--no-geometry', '--max-tokens', '40']);
+    expect(text.status, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(/^tokens\s+40$/m);
+    expect(text.stdout).toMatch(new RegExp(`^fvu\\s+${noGeo.fvu.toPrecision(6).replace('.', '\\.')}$`, 'm'));
+    expect(text.stdout).toMatch(new RegExp(`^l0\\s+${Number.isInteger(noGeo.l0) ? String(noGeo.l0) : noGeo.l0.toPrecision(6).replace('.', '\\.')}$`, 'm'));
   });
 
-  it('train --expansion rounds dIn x E to the nearest integer, and --k defaults to the 32 its help prints', async () => {
+  it('train --expansion rounds dIn x E to the nearest integer, and --k defaults to the 32 its help prints; --resume with --overwrite is refused', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-expansion-'));
     const [rows, dIn] = [256, 19];
     const rnd = lcg(13);
@@ -818,6 +824,12 @@ describe('saekit eval and train: flags, defaults and output (mutation round)', (
     expect(r.stderr).toMatch(/dIn 19, 48 latents, k 32,/);
     using sae = await SparseAutoencoder.load(out);
     expect([sae.numLatents, sae.k]).toEqual([48, 32]);
+    // --resume and --overwrite together are refused before anything is moved aside.
+    const both = run(['train', acts, '--expansion', '2.5', '--out', out, '--batch', '128', '--tokens', '128', '--resume', '--overwrite']);
+    expect(both.status).toBe(1);
+    expect(both.stderr).toMatch(/Expected at most one of --resume and --overwrite but received both/);
+    expect(existsSync(path.join(out, 'checkpoint', 'checkpoint.json'))).toBe(true);
+    expect(existsSync(path.join(out, 'checkpoint.replaced'))).toBe(false);
   });
 });
 
