@@ -786,7 +786,7 @@ describe('evaluate: documented defaults, bounds and reads (mutation round)', () 
     }
   });
 
-  it('batchSize above 2^24 is refused; an already aborted signal rejects before the source is read', async () => {
+  it('batchSize above 2^24 is refused; an already aborted signal, or a source of another width (even an empty one), rejects before the source is read', async () => {
     const dIn = 3;
     const next = lcg(freshSeed(42));
     using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, 6, next), { k: 2 });
@@ -803,5 +803,12 @@ describe('evaluate: documented defaults, bounds and reads (mutation round)', () 
     expect(started).toBe(0);
     expect((await evaluate(sae, src, { geometry: false })).tokens).toBe(10);
     expect(started).toBe(1);
+    // A source of another width is a shape error before any read, even one without rows.
+    for (const rows of [0, 4]) {
+      const wide = await evaluate(sae, fromArray(new Float32Array(rows * (dIn + 1)), dIn + 1)).catch((x: unknown) => x);
+      expect(wide, `rows ${rows}`).toBeInstanceOf(SaekitError);
+      expect((wide as SaekitError).code).toBe('ERR_SAEKIT_SHAPE');
+      expect((wide as SaekitError).message).toContain(`Expected a source of dIn = ${dIn}`);
+    }
   });
 });
