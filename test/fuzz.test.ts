@@ -252,29 +252,32 @@ describe('fuzzing the public API', () => {
   });
 });
 
+/** The code and message `fn` throws ([undefined, 'no error'] when it returns). */
+function codeOf(fn: () => unknown): [string | undefined, string] {
+  try {
+    fn();
+  } catch (e) {
+    return [(e as { code?: string }).code, (e as Error).message];
+  }
+  return [undefined, 'no error'];
+}
+
+/** codeOf for a call that may reject. */
+async function acode(fn: () => unknown): Promise<[string | undefined, string]> {
+  try {
+    await fn();
+  } catch (e) {
+    return [(e as { code?: string }).code, (e as Error).message];
+  }
+  return [undefined, 'no error'];
+}
+
 describe('native argument checks at the edge of each bound', () => {
   // The addon is a boundary of its own (workers and the CLI call it too): each check must refuse
   // the first value past its bound with a coded error naming the argument, and accept the bound.
   // These calls go to the addon directly, below the TS checks that usually come first.
   const b = native() as unknown as Record<string, (...a: unknown[]) => unknown> & {
     NativeSae: { create: (...a: unknown[]) => { adam: (...a: unknown[]) => unknown; dispose: () => void } };
-  };
-  const codeOf = (fn: () => unknown): [string | undefined, string] => {
-    try {
-      fn();
-    } catch (e) {
-      return [(e as { code?: string }).code, (e as Error).message];
-    }
-    return [undefined, 'no error'];
-  };
-  /** codeOf for a call that may reject. */
-  const acode = async (fn: () => unknown): Promise<[string | undefined, string]> => {
-    try {
-      await fn();
-    } catch (e) {
-      return [(e as { code?: string }).code, (e as Error).message];
-    }
-    return [undefined, 'no error'];
   };
 
   it('integers, numbers, shapes and seeds', async () => {
@@ -565,14 +568,6 @@ describe('native argument checks at the edge of each bound', () => {
 
 describe('native row reads and gathers: every index one past its bound is refused, and rows land where asked', () => {
   const b = native();
-  const codeOf = (fn: () => unknown): [string | undefined, string] => {
-    try {
-      fn();
-    } catch (e) {
-      return [(e as { code?: string }).code, (e as Error).message];
-    }
-    return [undefined, 'no error'];
-  };
   const withFile = async (values: Float32Array, body: (fd: number) => Promise<void>) => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-napi-'));
     const file = path.join(dir, 'rows.f32');
