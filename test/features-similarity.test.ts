@@ -4,6 +4,7 @@ import { SaekitError } from '../lib/errors.js';
 import { averageRanks, cka, permutationTest, rsa, rsaPermutationTest, svcca, svccaPermutationTest } from '../lib/features/similarity.js';
 import { lcg } from './helpers/reference.js';
 import { code, orthogonal, random, transform } from './helpers/similarity.js';
+import { jacobiEigenvalues } from './helpers/spectrum-reference.js';
 
 function naivePearson(x: number[], y: number[]): number {
   const m = x.length;
@@ -588,46 +589,13 @@ describe('degenerate inputs: constant columns and rows, extreme magnitudes', () 
   });
 });
 
-/** Eigenvalues of a symmetric d x d matrix (row-major), by cyclic Jacobi rotations, descending. */
-function symmetricEigenvalues(S: Float64Array, d: number): number[] {
-  const a = Float64Array.from(S);
-  for (let sweep = 0; sweep < 100; sweep++) {
-    let off = 0;
-    for (let p = 0; p < d; p++) for (let q = p + 1; q < d; q++) off += a[p * d + q]! ** 2;
-    if (off < 1e-30) break;
-    for (let p = 0; p < d; p++) {
-      for (let q = p + 1; q < d; q++) {
-        const apq = a[p * d + q]!;
-        if (apq === 0) continue;
-        const theta = (a[q * d + q]! - a[p * d + p]!) / (2 * apq);
-        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1);
-        const s = t * c;
-        for (let k = 0; k < d; k++) {
-          const akp = a[k * d + p]!;
-          const akq = a[k * d + q]!;
-          a[k * d + p] = c * akp - s * akq;
-          a[k * d + q] = s * akp + c * akq;
-        }
-        for (let k = 0; k < d; k++) {
-          const apk = a[p * d + k]!;
-          const aqk = a[q * d + k]!;
-          a[p * d + k] = c * apk - s * aqk;
-          a[q * d + k] = s * apk + c * aqk;
-        }
-      }
-    }
-  }
-  return Array.from({ length: d }, (_, i) => a[i * d + i]!).sort((x, y) => y - x);
-}
-
 /** Eigenvalues of Xc^T Xc (the squared singular values of the column-centred X), descending. */
 function centredSquaredSingularValues(X: Float64Array, n: number, d: number): number[] {
   const mean = new Float64Array(d);
   for (let r = 0; r < n; r++) for (let c = 0; c < d; c++) mean[c]! += X[r * d + c]! / n;
   const S = new Float64Array(d * d);
   for (let r = 0; r < n; r++) for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) S[i * d + j]! += (X[r * d + i]! - mean[i]!) * (X[r * d + j]! - mean[j]!);
-  return symmetricEigenvalues(S, d);
+  return jacobiEigenvalues(S, d);
 }
 
 /** The first k whose leading k squared singular values hold at least `keep` of their sum. */

@@ -6,6 +6,7 @@ import { Rng } from '../lib/data/synthetic.js';
 import type { ActivationSource, BatchOptions } from '../lib/data/types.js';
 import { expectNamedError } from './helpers/errors.js';
 import { lcg } from './helpers/reference.js';
+import { jacobiEigenvalues } from './helpers/spectrum-reference.js';
 import { phiRef, within5Sigma } from './helpers/synthetic-normal.js';
 
 /** Fresh seeds each run (reported in failure messages), as in the other suites. */
@@ -40,39 +41,6 @@ function f16Ref(x: number): number {
   const v = r * q;
   const out = v > 65504 ? Infinity : v;
   return x < 0 ? -out : out;
-}
-
-/** Eigenvalues of a small symmetric matrix by cyclic Jacobi rotations (float64). */
-function jacobiEigenvalues(S: Float64Array, n: number): number[] {
-  const A = Float64Array.from(S);
-  for (let sweep = 0; sweep < 100; sweep++) {
-    let off = 0;
-    for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) off += A[i * n + j]! ** 2;
-    if (off < 1e-30) break;
-    for (let p = 0; p < n; p++) {
-      for (let q = p + 1; q < n; q++) {
-        const apq = A[p * n + q]!;
-        if (apq === 0) continue;
-        const theta = (A[q * n + q]! - A[p * n + p]!) / (2 * apq);
-        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1);
-        const s = t * c;
-        for (let k = 0; k < n; k++) {
-          const akp = A[k * n + p]!;
-          const akq = A[k * n + q]!;
-          A[k * n + p] = c * akp - s * akq;
-          A[k * n + q] = s * akp + c * akq;
-        }
-        for (let k = 0; k < n; k++) {
-          const apk = A[p * n + k]!;
-          const aqk = A[q * n + k]!;
-          A[p * n + k] = c * apk - s * aqk;
-          A[q * n + k] = s * apk + c * aqk;
-        }
-      }
-    }
-  }
-  return Array.from({ length: n }, (_, i) => A[i * n + i]!).sort((a, b) => a - b);
 }
 
 /** Rows recomputed from codes and features: per coordinate a float64 sum in code order, rounded by `round`. */
@@ -187,8 +155,7 @@ describe('sharkey: correlated mode (one MVN draw per generation batch)', () => {
     for (const n of [9, 40]) {
       const seed = freshSeed(5 + n);
       const R = sharkey({ mode: 'correlated', numFeatures: n, dIn: 3, numRows: 10, seed }).correlationMatrix()!;
-      const ev = jacobiEigenvalues(R, n);
-      const mu = ev[0]!; // = lambda - 1.001 lambda = -0.001 lambda
+      const mu = jacobiEigenvalues(R, n).at(-1)!; // the smallest: lambda - 1.001 lambda = -0.001 lambda
       expect(mu, `seed ${seed}`).toBeGreaterThan(0);
       const shift = 1001 * mu; // -1.001 lambda
       expect(shift).toBeGreaterThan(0.5); // (U + U^T)/2 of this size always has a negative eigenvalue
@@ -214,7 +181,7 @@ describe('sharkey: correlated mode (one MVN draw per generation batch)', () => {
     for (const n of [1, 2, 3, 17, 33]) {
       const S = new Float64Array(n * n);
       for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) S[i * n + j] = S[j * n + i] = next() * 4 - 2;
-      expect(minEigenvalue(S, n), `n ${n}, seed ${seed}`).toBeCloseTo(jacobiEigenvalues(S, n)[0]!, 9);
+      expect(minEigenvalue(S, n), `n ${n}, seed ${seed}`).toBeCloseTo(jacobiEigenvalues(S, n).at(-1)!, 9);
     }
   });
 
@@ -235,7 +202,7 @@ describe('sharkey: correlated mode (one MVN draw per generation batch)', () => {
     }
     const R = new Float64Array(n * n);
     for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) R[i * n + j] = (U[i * n + j]! + U[j * n + i]!) / 2;
-    const lambda = jacobiEigenvalues(R, n)[0]!;
+    const lambda = jacobiEigenvalues(R, n).at(-1)!; // the smallest
     if (lambda < 0) for (let i = 0; i < n; i++) R[i * n + i]! -= 1.001 * lambda;
     const mine = d.correlationMatrix()!;
     for (let t = 0; t < n * n; t++) expect(mine[t]).toBeCloseTo(R[t]!, 9);
