@@ -6,6 +6,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { backend, features, fromArray, io, metrics, openActivations, SparseAutoencoder } from '../lib/index.js';
+import { canFlock, holdFlock } from './helpers/flock.js';
 import { lcg } from './helpers/reference.js';
 import { packageRoot } from '../lib/native/index.js';
 
@@ -729,6 +730,29 @@ describe('saekit CLI', () => {
     const r = run([...train, '--resume']);
     expect(r.stderr).not.toMatch(/resuming from step/);
   }, 90_000);
+  it.runIf(canFlock)('train --overwrite and --resume refuse an --out whose checkpoint folder another run is writing to, and move nothing aside', async () => {
+    const { f } = await compareFixture(28, 200);
+    const out = f('run');
+    const train = ['train', f('acts.npy'), '--latents', '8', '--k', '2', '--batch', '50', '--warmup', '1', '--out', out, '--json'];
+    expect(run(train).status).toBe(0);
+    const ck = path.join(out, 'checkpoint');
+    const before = readFileSync(path.join(ck, 'checkpoint.json'), 'utf8');
+    const other = await holdFlock(path.join(ck, 'checkpoint.lock'), 'node-7', '2026-02-03T04:05:06.000Z');
+    try {
+      for (const flag of ['--overwrite', '--resume']) {
+        const r = run([...train, flag]);
+        expect(r.status, flag).toBe(1);
+        expect(r.stderr, flag).toContain(`Expected --out to be a folder no other run is writing checkpoints to but ${ck} is in use: ${path.join(ck, 'checkpoint.lock')} is locked by process ${other.pid} on node-7, started 2026-02-03T04:05:06.000Z`);
+        expect(existsSync(`${ck}.replaced`), flag).toBe(false);
+        expect(readFileSync(path.join(ck, 'checkpoint.json'), 'utf8'), flag).toBe(before);
+      }
+    } finally {
+      await other.kill();
+    }
+    const ow = run([...train, '--overwrite']);
+    expect(ow.status, ow.stderr).toBe(0);
+    expect(existsSync(path.join(ck, 'checkpoint.lock'))).toBe(false);
+  }, 60_000);
   it('eval says when the token pass is done and the max-cosine geometry runs (minutes at 65536 latents, with no progress of its own); --no-geometry does not', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-geom-'));
     const [dIn, rows] = [8, 300];

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -10,6 +10,7 @@ import { superposition } from '../lib/data/synthetic.js';
 import { mmcs } from '../lib/eval/recovery.js';
 import { CHECKPOINT_LIMITS, geometricMedian, learningRate, Trainer, type TrainerOptions } from '../lib/train/index.js';
 import { customSource } from './helpers/data-fixtures.js';
+import { canFlock, holdFlock } from './helpers/flock.js';
 import { readSafetensors, writeSafetensors } from '../lib/io/safetensors.js';
 import { lcg } from './helpers/reference.js';
 
@@ -1472,5 +1473,117 @@ describe('Trainer: defaults, option bounds, the schedule as run, counters and ch
     }
     const [wa, wb] = [await a.weights(), await b.weights()];
     for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(wb[key]), key).toEqual(bits(wa[key]));
+  });
+});
+
+describe('Trainer: one run at a time per checkpoint folder', () => {
+  const dIn = 13;
+  const make = (seed = 5) => SparseAutoencoder.create({ dIn, numLatents: 20, k: 3, seed });
+  const holder = (dir: string) => JSON.parse(readFileSync(path.join(dir, 'checkpoint.lock'), 'utf8')) as { pid: number; host: string; started: string };
+
+  it('a second fit() into a folder a run is writing to is refused, naming the holder; the folder then serves the next run', async () => {
+    const dir = tmp();
+    const x = data(64 * 12, dIn, 51);
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let reached!: () => void;
+    const atStep3 = new Promise<void>((resolve) => (reached = resolve));
+    using a = make(1);
+    using b = make(2);
+    const first = new Trainer(a, { batchSize: 64, epochs: 1 }).fit(fromArray(x, dIn), {
+      checkpointDir: dir,
+      checkpointEvery: 2,
+      onStep: async (s) => {
+        if (s.step === 3) {
+          reached();
+          await gate;
+        }
+      },
+    });
+    await atStep3;
+    // The holder is recorded while the run trains.
+    expect(holder(dir)).toMatchObject({ pid: process.pid, host: os.hostname() });
+    expect(Number.isNaN(Date.parse(holder(dir).started))).toBe(false);
+    const before = readdirSync(dir).sort();
+    const second = new Trainer(b, { batchSize: 64, epochs: 1 }).fit(fromArray(x, dIn), { checkpointDir: dir, checkpointEvery: 1 });
+    await expect(second).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+    await expect(second).rejects.toThrow(`${dir} is in use: ${path.join(dir, 'checkpoint.lock')} is locked by process ${process.pid} on ${os.hostname()}`);
+    await expect(second).rejects.toThrow(/: this process; wait for that run to end/);
+    // The refused run wrote and removed nothing: the first run's checkpoint is as it was.
+    expect(readdirSync(dir).sort()).toEqual(before);
+    open();
+    expect(await first).toMatchObject({ status: 'completed', steps: 12 });
+    // The lock file is gone with the run; its checkpoint names a state file that exists.
+    const ck = JSON.parse(readFileSync(path.join(dir, 'checkpoint.json'), 'utf8')) as { step: number; stateFile: string };
+    expect(ck.step).toBe(12);
+    expect(readdirSync(dir).sort()).toEqual(['checkpoint.json', ck.stateFile].sort());
+    // Free again: a new run takes the folder (and resumes from it).
+    const again = await new Trainer(b, { batchSize: 64, epochs: 1 }).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true });
+    expect(again.resumedFrom).toEqual({ step: 12, tokens: 12 * 64 });
+    expect(existsSync(path.join(dir, 'checkpoint.lock'))).toBe(false);
+  });
+
+  it('a lock the run ends or fails with is released: a failed run leaves the folder free', async () => {
+    const dir = tmp();
+    const x = data(64 * 4, dIn, 52);
+    using a = make(3);
+    await expect(new Trainer(a, { batchSize: 64, epochs: 1 }).fit(fromArray(x, dIn), { checkpointDir: dir, onStep: () => { throw new Error('callback failed'); } })).rejects.toThrow(/callback failed/);
+    expect(existsSync(path.join(dir, 'checkpoint.lock'))).toBe(false);
+    expect(await new Trainer(a, { batchSize: 64, epochs: 1 }).fit(fromArray(x, dIn), { checkpointDir: dir })).toMatchObject({ status: 'completed', steps: 4 });
+  });
+
+  it.runIf(canFlock)("another process's flock on checkpoint.lock refuses the run; once that process is killed the folder is free (the lock file it left is taken over)", async () => {
+    const dir = tmp();
+    const lockFile = path.join(dir, 'checkpoint.lock');
+    const other = await holdFlock(lockFile, 'elsewhere', '2026-01-02T03:04:05.000Z');
+    const x = data(64 * 3, dIn, 53);
+    using a = make(4);
+    try {
+      await expect(new Trainer(a, { batchSize: 64, epochs: 1 }).fit(fromArray(x, dIn), { checkpointDir: dir })).rejects.toThrow(
+        `is locked by process ${other.pid} on elsewhere, started 2026-01-02T03:04:05.000Z; wait for that run to end`,
+      );
+      // Nothing of a run was written.
+      expect(readdirSync(dir)).toEqual(['checkpoint.lock']);
+    } finally {
+      await other.kill();
+    }
+    // The killed holder's lock went with it; its file (still there, naming it) is taken over.
+    expect(existsSync(lockFile)).toBe(true);
+    const r = await new Trainer(a, { batchSize: 64, epochs: 1 }).fit(fromArray(x, dIn), { checkpointDir: dir, onStep: (s) => void (s.step === 1 && expect(holder(dir).pid).toBe(process.pid)) });
+    expect(r).toMatchObject({ status: 'completed', steps: 3 });
+    expect(existsSync(lockFile)).toBe(false);
+  });
+
+  it("the addon's lockFile: one holder per file across open file descriptions, released by close; bad fds refused", async () => {
+    const { closeSync, openSync } = await import('node:fs');
+    const { native } = await import('../lib/native/index.js');
+    const file = path.join(tmp(), 'x.lock');
+    writeFileSync(file, '');
+    const [a, b] = [openSync(file, 'r+'), openSync(file, 'r+')];
+    try {
+      expect(native().lockFile(a)).toBe('locked');
+      expect(native().lockFile(a)).toBe('locked'); // the holder may lock again
+      expect(native().lockFile(b)).toBe('busy');
+      closeSync(a);
+      expect(native().lockFile(b)).toBe('locked');
+    } finally {
+      closeSync(b);
+    }
+    for (const fd of [-1, 2.5, 2 ** 31, Number.NaN]) expect(() => native().lockFile(fd), String(fd)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/fd/) }));
+    // An fd above any open-file limit is never open.
+    expect(() => native().lockFile(2 ** 30)).toThrow(`lockFile: fd ${2 ** 30} cannot be locked: Bad file descriptor`);
+  });
+
+  it('a checkpoint.lock that is a symbolic link is not followed (the run is refused, the link target untouched)', async () => {
+    const dir = tmp();
+    const target = path.join(tmp(), 'precious.txt');
+    writeFileSync(target, 'keep me');
+    symlinkSync(target, path.join(dir, 'checkpoint.lock'));
+    using a = make(6);
+    await expect(new Trainer(a, { batchSize: 64, epochs: 1 }).fit(fromArray(data(64, dIn, 54), dIn), { checkpointDir: dir })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringContaining(`Expected options.checkpointDir to be a folder where saekit can create its lock file but ${path.join(dir, 'checkpoint.lock')} cannot be opened`),
+    });
+    expect(readFileSync(target, 'utf8')).toBe('keep me');
   });
 });

@@ -20,6 +20,7 @@ import { SAE_FILE_NAMES } from '../io/sae-files.js';
 import { packageRoot } from '../native/index.js';
 import { AUXK_VARIANTS } from '../sae/index.js';
 import { B_DEC_INITS, DECAYS, type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
+import { lockFolder } from '../train/lock.js';
 import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, checkNotInput, matchLayers, type MatchLayersFlags, type OutInput } from './compare.js';
 import { Progress, reportSkipped, TokenProgress } from './progress.js';
 import { abortOnSignal, STOP_SIGNALS, stoppable } from './stop.js';
@@ -234,6 +235,9 @@ async function checkLogNotInput(log: string, paths: string[], dIn: number | unde
  * there to be restored (see keptAside). Returns the names they were moved to.
  */
 async function moveAside(paths: readonly (string | undefined)[]): Promise<string[]> {
+  // A checkpoint folder a run is still writing to is refused first: moving it aside would not
+  // stop that run, which would go on writing beside the new one.
+  for (const p of paths) if (p !== undefined && path.basename(p) === 'checkpoint' && (await isFolder(p))) await (await lockFolder('--out', p)).release();
   const replaced: string[] = [];
   for (const p of paths) {
     if (p === undefined || !(await stat(p).catch(() => undefined))) continue;

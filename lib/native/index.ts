@@ -210,6 +210,12 @@ export interface NativeBinding {
     slotFirst: number,
   ): Promise<boolean>;
   /**
+   * Takes an exclusive advisory lock (flock) on the open file `fd` without waiting: 'busy' when
+   * another open of the file holds it (this process's or another's), 'unsupported' where the file
+   * system has none. Held until fd is closed; the system drops it when the process dies.
+   */
+  lockFile(fd: number): 'locked' | 'busy' | 'unsupported';
+  /**
    * Synchronous conversion between typed arrays on the calling thread (float16/bfloat16 as raw
    * Uint16Array bits; float32 <-> bfloat16/float16 round to nearest even). Lengths must match.
    */

@@ -42,6 +42,8 @@ import { makeDirs } from '../io/source.js';
 import { AUXK_VARIANTS, MAX_BETA1, MAX_BETA2, MAX_DEAD_THRESHOLD, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
+import { lockFolder, type FolderLock } from './lock.js';
+
 /** The decay schedules and b_dec initialisations (the CLI checks against the same lists). */
 export const DECAYS = ['linear', 'linear-after-warmup', 'none'] as const;
 export const B_DEC_INITS = ['geometric-median', 'mean', 'zeros'] as const;
@@ -146,7 +148,11 @@ export interface FitOptions {
    * starts over from step 0 and so empties the log first.
    */
   logFile?: string;
-  /** Folder for checkpoints (written atomically). */
+  /**
+   * Folder for checkpoints (written atomically). One run at a time per folder: a run holds a lock
+   * on `checkpoint.lock` there while it trains (released when the process ends, however it ends),
+   * and a second run, in this process or another, is refused with ERR_SAEKIT_ARG naming the holder.
+   */
   checkpointDir?: string;
   /** Steps between checkpoints. Default 1000 (only with checkpointDir). */
   checkpointEvery?: number;
@@ -516,8 +522,9 @@ export class Trainer {
    * trained so far are checkpointed first (checkpointDir), the SAE is left working on raw
    * activations (the normalisation scale folded in) and the error is rethrown; a new run refused
    * at its first step leaves the SAE exactly as it was (b_dec's init undone). One fit() at a
-   * time per SAE (ERR_SAEKIT_ARG otherwise: two runs would interleave their steps). A signal
-   * already aborted returns at once, reading and changing nothing.
+   * time per SAE and per checkpointDir (ERR_SAEKIT_ARG otherwise: two runs would interleave
+   * their steps, or remove each other's checkpoint files). A signal already aborted returns at
+   * once, reading and changing nothing.
    *
    * A second fit() on the same Trainer continues training the SAE: Adam's moments and b_dec carry
    * over, and the learning-rate schedule (warmup included) runs again over the new run's steps.
@@ -557,10 +564,17 @@ export class Trainer {
     }
     if (fo.signal?.aborted) return { status: 'aborted', steps: 0, tokens: 0, last: undefined, scale: 1, seconds: (performance.now() - t0) / 1e3, saved: [] };
     training.add(this.sae);
+    let lock: FolderLock | undefined;
     try {
+      if (fo.checkpointDir !== undefined) {
+        // Made here (run() makes the other folders) so that the lock is held before anything is read or written.
+        await makeDir('options.checkpointDir', fo.checkpointDir);
+        lock = await lockFolder('options.checkpointDir', fo.checkpointDir);
+      }
       return await this.run(source, fo, t0);
     } finally {
       training.delete(this.sae);
+      await lock?.release();
     }
   }
 
@@ -579,8 +593,8 @@ export class Trainer {
 
   private async run(source: ActivationSource, fo: Partial<FitOptions>, t0: number): Promise<FitResult> {
     const every = fo.checkpointEvery === undefined ? 1000 : checkInt('options.checkpointEvery', fo.checkpointEvery, 1, 1 << 30);
-    // Output folders are made (and a bad path reported) before any training, not at the end.
-    if (fo.checkpointDir !== undefined) await makeDir('options.checkpointDir', fo.checkpointDir);
+    // Output folders are made (and a bad path reported) before any training, not at the end
+    // (checkpointDir already, by fit(), to hold its lock).
     if (fo.saveDir !== undefined) {
       await makeDir('options.saveDir', fo.saveDir);
       // A folder the final save would refuse (another library's SAE of the other layout) is refused now.

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <emmintrin.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -471,6 +472,24 @@ Napi::Value discard_host(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, done);
 }
 
+// lockFile(fd) -> 'locked' | 'busy' | 'unsupported': takes an exclusive advisory lock (flock) on
+// the open file fd without waiting. 'busy' when another open file description holds it (another
+// process, or another open of the file in this one); 'unsupported' where the file system has no
+// such locks. The lock lasts until fd is closed (the system also drops it when the process dies,
+// however it dies, so a killed run never leaves a stale lock behind).
+Napi::Value lock_file(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = int(get_int(info[0], "fd", 0, INT32_MAX));
+  int rc;
+  do rc = flock(fd, LOCK_EX | LOCK_NB);
+  while (rc != 0 && errno == EINTR);
+  if (rc == 0) return Napi::String::New(env, "locked");
+  const int e = errno;
+  if (e == EWOULDBLOCK) return Napi::String::New(env, "busy");
+  if (e == ENOLCK || e == EOPNOTSUPP || e == EINVAL) return Napi::String::New(env, "unsupported");
+  throw Error(ErrorCode::Arg, fmt("lockFile: fd ", fd, " cannot be locked: ", std::strerror(e)));
+}
+
 }  // namespace
 
 void register_io(Napi::Env env, Napi::Object exports) {
@@ -478,6 +497,7 @@ void register_io(Napi::Env env, Napi::Object exports) {
   exports.Set("allocHost", Napi::Function::New<guarded<alloc_host>>(env, "allocHost"));
   exports.Set("discardHost", Napi::Function::New<guarded<discard_host>>(env, "discardHost"));
   exports.Set("gatherRows", Napi::Function::New<guarded<gather_rows>>(env, "gatherRows"));
+  exports.Set("lockFile", Napi::Function::New<guarded<lock_file>>(env, "lockFile"));
   exports.Set("readRowsToSlots", Napi::Function::New<guarded<read_rows_to_slots>>(env, "readRowsToSlots"));
 }
 
