@@ -1,10 +1,11 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 
 import { SaekitError } from '../lib/errors.js';
-import { averageRanks, cka, permutationTest, rsa, rsaPermutationTest, svcca, svccaPermutationTest } from '../lib/features/similarity.js';
+import { averageRanks, cka, permutationTest, pwcca, pwccaPermutationTest, rsa, rsaPermutationTest, svcca, svccaPermutationTest } from '../lib/features/similarity.js';
 import { lcg } from './helpers/reference.js';
 import { code, orthogonal, random, transform } from './helpers/similarity.js';
 import { jacobiEigenvalues } from './helpers/spectrum-reference.js';
+import { pause } from '../lib/slices.js';
 
 function naivePearson(x: number[], y: number[]): number {
   const m = x.length;
@@ -683,5 +684,100 @@ describe('svcca: kept directions and the score (fresh random data)', () => {
     expect(got.score).toBeNaN();
     expect(got.pValue, `seed ${seed}`).toBeNaN();
     expect(got.shuffled.length).toBe(0);
+  });
+});
+
+describe('options.signal: svcca, pwcca, rsa, cka and the permutation tests', () => {
+  type Run = (signal?: AbortSignal) => Promise<unknown>;
+  /** Fresh random sides of odd sizes, and each function called on them. */
+  function runs(seed: number, n: number, dA: number, dB: number): [string, Run][] {
+    const next = lcg(seed);
+    const A = random(n, dA, next);
+    const B = random(n, dB, next);
+    const s = (signal?: AbortSignal) => ({ n, dA, dB, ...(signal ? { signal } : {}) });
+    return [
+      ['svcca', (signal) => svcca(A, B, s(signal))],
+      ['pwcca', (signal) => pwcca(A, B, s(signal))],
+      ['rsa', (signal) => rsa(A, B, s(signal))],
+      ['cka', (signal) => cka(A, B, s(signal))],
+      ['permutationTest', (signal) => permutationTest(async (a, b) => (await cka(a, b, { n, dA, dB })).score, A, B, { n, dB, runs: 5, ...(signal ? { signal } : {}) })],
+      ['svccaPermutationTest', (signal) => svccaPermutationTest(A, B, { ...s(signal), runs: 5 })],
+      ['pwccaPermutationTest', (signal) => pwccaPermutationTest(A, B, { ...s(signal), runs: 5 })],
+      ['rsaPermutationTest', (signal) => rsaPermutationTest(A, B, { ...s(signal), runs: 5 })],
+    ];
+  }
+
+  /**
+   * Runs `body` with performance.now() moving 50 ms per call, so every look at the clock finds the
+   * slice spent and the work turns the event loop at each of them (as a slow machine would).
+   */
+  async function everyLookATurn<T>(body: () => Promise<T>): Promise<T> {
+    let t = performance.now();
+    const spy = vi.spyOn(performance, 'now').mockImplementation(() => (t += 50));
+    try {
+      return await body();
+    } finally {
+      spy.mockRestore();
+      await pause(); // the slice's start read from the mocked clock (ahead of the real one) is reset
+    }
+  }
+
+  it('a signal that never aborts changes nothing (same results to the bit); an aborted one rejects with its reason; anything else is ERR_SAEKIT_ARG', async () => {
+    for (const [name, run] of runs(71, 97, 7, 5)) {
+      const plain = await run();
+      expect(await run(new AbortController().signal), name).toEqual(plain);
+      const reason = new Error(`stop ${name}`);
+      await expect(run(AbortSignal.abort(reason)), name).rejects.toBe(reason);
+      await expect(run({ aborted: false } as unknown as AbortSignal), name).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.signal/) });
+    }
+  });
+
+  it('an abort while the work runs rejects with its reason at the next turn of the event loop', async () => {
+    // Each function's work is many times CHECK_UNITS here, so it looks at the clock (and turns) often.
+    for (const [name, run] of runs(72, 301, 23, 19)) {
+      const ctrl = new AbortController();
+      const reason = new Error(`stop ${name}`);
+      setImmediate(() => ctrl.abort(reason)); // runs at the work's first turn
+      await expect(everyLookATurn(() => run(ctrl.signal)), name).rejects.toBe(reason);
+      // The same work with a live signal and the same turns completes.
+      await expect(everyLookATurn(() => run(new AbortController().signal)), name).resolves.toBeDefined();
+    }
+  });
+
+  it("permutationTest looks at the signal before each run (a synchronous score never yields), and a score's own svcca sees the test's signal", async () => {
+    const next = lcg(73);
+    const [n, d] = [41, 3];
+    const A = random(n, d, next);
+    const B = random(n, d, next);
+    const ctrl = new AbortController();
+    const reason = new Error('enough runs');
+    let calls = 0;
+    const score = (a: Float64Array, b: Float64Array) => {
+      if (++calls === 4) ctrl.abort(reason); // the observed score and runs 1-3
+      return a[0]! * b[1]!;
+    };
+    await expect(permutationTest(score, A, B, { n, dB: d, runs: 10, signal: ctrl.signal })).rejects.toBe(reason);
+    expect(calls).toBe(4);
+    // Nested: svcca called by the score without a signal of its own stops at its first turn
+    // (its work is many times CHECK_UNITS), so the second score never finishes.
+    const [m, w] = [301, 23];
+    const A2 = random(m, w, next);
+    const B2 = random(m, w, next);
+    const outer = new AbortController();
+    let started = 0;
+    let finished = 0;
+    const nested = permutationTest(
+      async (a, b) => {
+        if (++started === 2) setImmediate(() => outer.abort(reason));
+        const r = await svcca(a, b, { n: m, dA: w, dB: w });
+        finished++;
+        return r.score;
+      },
+      A2,
+      B2,
+      { n: m, dB: w, runs: 3, signal: outer.signal },
+    );
+    await expect(everyLookATurn(() => nested)).rejects.toBe(reason);
+    expect([started, finished]).toEqual([2, 1]);
   });
 });

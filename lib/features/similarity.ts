@@ -68,26 +68,29 @@
  * they return Promises: the work runs on the JS thread in slices of about 20 ms (due() and pause() of slices.ts),
  * between which the event loop runs (timers, I/O, other requests). The slices change no
  * arithmetic: every sum is taken in the same order as in one piece. Bad arguments reject the
- * Promise (with the same SaekitError as before). A and B are read (copied, for svcca, pwcca, rsa and cka)
+ * Promise (with the same SaekitError as before). options.signal stops the work at its next slice
+ * (and before each permutation run), rejecting with signal.reason; a call made inside another
+ * (a similarity function awaited by permutationTest's score) sees the outer call's signal too. A and B are read (copied, for svcca, pwcca, rsa and cka)
  * during the first slices and, by permutationTest, in every run: leave them unchanged until the
  * Promise settles (a buffer detached meanwhile is an ERR_SAEKIT_ARG).
  * rsaPermutationTest and svccaPermutationTest (internal, used by `saekit compare`) and
  * pwccaPermutationTest give permutationTest's results with each side's triangle, ranks or SVD
  * computed once.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import os from 'node:os';
 
 import { Rng } from '../data/prng.js';
 import { CHECK_UNITS, due, pause } from '../slices.js';
 import { argError, SaekitError } from '../errors.js';
-import { checkInt, checkKept, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
+import { checkInt, checkKept, checkOneOf, checkOptions, checkSeed, checkSignal, optionNames } from '../validate.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
-const SVCCA_OPTIONS = optionNames<SvccaOptions>({ n: true, dA: true, dB: true, keep: true, compat: true });
-const RSA_OPTIONS = optionNames<RsaOptions>({ n: true, dA: true, dB: true, inner: true, outer: true });
-const PWCCA_OPTIONS = optionNames<PwccaOptions>({ n: true, dA: true, dB: true, keep: true });
-const CKA_OPTIONS = optionNames<CkaOptions>({ n: true, dA: true, dB: true });
-const PERMUTATION_OPTIONS = optionNames<PermutationOptions>({ n: true, dB: true, runs: true, seed: true });
+const SVCCA_OPTIONS = optionNames<SvccaOptions>({ n: true, dA: true, dB: true, keep: true, compat: true, signal: true });
+const RSA_OPTIONS = optionNames<RsaOptions>({ n: true, dA: true, dB: true, inner: true, outer: true, signal: true });
+const PWCCA_OPTIONS = optionNames<PwccaOptions>({ n: true, dA: true, dB: true, keep: true, signal: true });
+const CKA_OPTIONS = optionNames<CkaOptions>({ n: true, dA: true, dB: true, signal: true });
+const PERMUTATION_OPTIONS = optionNames<PermutationOptions>({ n: true, dB: true, runs: true, seed: true, signal: true });
 
 /** A row-major [n, d] matrix (n observations of width d), float32 or float64. */
 export type Matrix = Float32Array | Float64Array;
@@ -104,6 +107,11 @@ export interface SvccaOptions {
   keep?: number;
   /** Reproduce univ_feat_geom's k selection (methods.md §1.5); labelled in the result. */
   compat?: 'univ-feat-geom';
+  /**
+   * Stops the work at its next turn of the event loop (about every 20 ms), rejecting with
+   * `signal.reason` (an AbortError by default); one already aborted rejects before any work.
+   */
+  signal?: AbortSignal;
 }
 
 /** What svcca() returns: the mean canonical correlation, the correlations and the directions kept. */
@@ -133,6 +141,11 @@ export interface PwccaOptions {
    * an integer >= 1 first keeps each side's leading SVD directions, as svcca's `keep` does.
    */
   keep?: number;
+  /**
+   * Stops the work at its next turn of the event loop (about every 20 ms), rejecting with
+   * `signal.reason` (an AbortError by default); one already aborted rejects before any work.
+   */
+  signal?: AbortSignal;
 }
 
 /** What pwcca() returns: the projection-weighted mean, the correlations and their weights. */
@@ -163,6 +176,11 @@ export interface RsaOptions {
   inner?: 'correlation' | 'cosine' | 'euclidean';
   /** Comparison of the two dissimilarity triangles: 'spearman' (default) or 'pearson'. */
   outer?: 'spearman' | 'pearson';
+  /**
+   * Stops the work at its next turn of the event loop (about every 20 ms), rejecting with
+   * `signal.reason` (an AbortError by default); one already aborted rejects before any work.
+   */
+  signal?: AbortSignal;
 }
 
 /** Options of cka(): the shapes. */
@@ -173,6 +191,11 @@ export interface CkaOptions {
   dA: number;
   /** Width of B. */
   dB: number;
+  /**
+   * Stops the work at its next turn of the event loop (about every 20 ms), rejecting with
+   * `signal.reason` (an AbortError by default); one already aborted rejects before any work.
+   */
+  signal?: AbortSignal;
 }
 
 /** Options of permutationTest(). */
@@ -185,6 +208,11 @@ export interface PermutationOptions {
   runs?: number;
   /** Seed of the row permutations. Default 0. */
   seed?: number | bigint;
+  /**
+   * Stops the work at its next turn of the event loop (about every 20 ms), rejecting with
+   * `signal.reason` (an AbortError by default); one already aborted rejects before any work.
+   */
+  signal?: AbortSignal;
 }
 
 /** What permutationTest() returns. */
@@ -202,6 +230,31 @@ const SMALL = 1e-10;
 
 // ---------------------------------------------------------------------------------------------
 // Slices: the work gives the event loop a turn about every 20 ms (due(), pause())
+
+/**
+ * The options.signal of the public call running (AsyncLocalStorage: concurrent calls each see
+ * their own). A call made inside another (svcca awaited by permutationTest's score) sees both.
+ */
+const abortScope = new AsyncLocalStorage<AbortSignal>();
+
+/** pause(), then a rejection with signal.reason if the running call's signal has aborted. */
+function turn(): Promise<void> {
+  return pause(abortScope.getStore());
+}
+
+/**
+ * Runs a public function's work with its options.signal in scope: an abort is seen at the next
+ * turn() (or between permutation runs); a signal already aborted rejects before any work. A bad
+ * signal is an ERR_SAEKIT_ARG naming options.signal.
+ */
+async function scoped<T>(options: unknown, work: () => Promise<T>): Promise<T> {
+  const given = options !== null && typeof options === 'object' ? checkSignal('options.signal', (options as { signal?: unknown }).signal) : undefined;
+  const outer = abortScope.getStore();
+  const signal = given && outer ? AbortSignal.any([outer, given]) : (given ?? outer);
+  if (signal === undefined) return work();
+  signal.throwIfAborted();
+  return abortScope.run(signal, work);
+}
 
 /** Entries a blocked loop handles between two calls of due(). */
 const BLOCK = 1 << 16;
@@ -250,7 +303,7 @@ async function copyMatrix(name: string, X: Float32Array | Float64Array, m: numbe
       if (Math.abs(v) > max) max = Math.abs(v);
     }
     if (due(b - a)) {
-      await pause();
+      await turn();
       checkKept(name, X, m);
     }
   }
@@ -261,7 +314,7 @@ async function copyMatrix(name: string, X: Float32Array | Float64Array, m: numbe
       const f = 2 ** -step;
       for (let i = 0; i < m; i++) out[i] *= f;
       e -= step;
-      if (due(m)) await pause();
+      if (due(m)) await turn();
     }
   }
   return out;
@@ -295,7 +348,7 @@ async function centredColumns(X: Float64Array, n: number, d: number): Promise<Fl
     mean /= n;
     if (!constant) for (let r = 0; r < n; r++) col[r] = X[r * d + c] - mean;
     cols.push(col);
-    if (due(2 * n)) await pause();
+    if (due(2 * n)) await turn();
   }
   return cols;
 }
@@ -312,7 +365,7 @@ async function dotInSlices(a: Float64Array, b: Float64Array): Promise<number> {
   for (let i0 = 0; i0 < a.length; i0 += BLOCK) {
     const i1 = Math.min(a.length, i0 + BLOCK);
     for (let i = i0; i < i1; i++) s += a[i] * b[i];
-    if (due(i1 - i0)) await pause();
+    if (due(i1 - i0)) await turn();
   }
   return s;
 }
@@ -330,14 +383,14 @@ async function hestenes(cols: Float64Array[], v?: Float64Array[]): Promise<{ ord
   const norms2: number[] = [];
   for (const c of cols) {
     norms2.push(dot(c, c));
-    if (due(len)) await pause();
+    if (due(len)) await turn();
   }
   for (let sweep = 0; sweep < 60; sweep++) {
     let rotated = false;
     for (let i = 0; i < p - 1; i++) {
       for (let j = i + 1; j < p; j++) {
         // Every pair costs at least one dot product of length len (a rotation about four).
-        if (due(len)) await pause();
+        if (due(len)) await turn();
         const gi = cols[i];
         const gj = cols[j];
         const alpha = norms2[i];
@@ -432,7 +485,7 @@ async function basisOfCentred(cols: Float64Array[], n: number, keep: number, com
     const col = cols[order[i]];
     const inv = 1 / sigma[i];
     basis.push(Float64Array.from(col, (v) => v * inv));
-    if (due(n)) await pause();
+    if (due(n)) await turn();
   }
   return basis;
 }
@@ -471,10 +524,12 @@ async function checkSvcca(A: Matrix, B: Matrix, options: SvccaOptions) {
  * @example const { score, keptA, keptB } = await svcca(A, B, { n: 5000, dA: 256, dB: 256 });
  */
 export async function svcca(A: Matrix, B: Matrix, options: SvccaOptions): Promise<SvccaResult> {
-  const { n, dA, dB, keep, compat, a, b } = await checkSvcca(A, B, options);
-  const qa = await reducedBasis(a, n, dA, keep, compat);
-  const qb = await reducedBasis(b, n, dB, keep, compat);
-  return ccaOfBases(qa, qb, compat ? 'univ-feat-geom' : 'svcca');
+  return scoped(options, async () => {
+    const { n, dA, dB, keep, compat, a, b } = await checkSvcca(A, B, options);
+    const qa = await reducedBasis(a, n, dA, keep, compat);
+    const qb = await reducedBasis(b, n, dB, keep, compat);
+    return ccaOfBases(qa, qb, compat ? 'univ-feat-geom' : 'svcca');
+  });
 }
 
 /** The canonical correlations between two orthonormal bases (n-vectors): see svcca. */
@@ -491,7 +546,7 @@ async function ccaOfBases(qa: Float64Array[], qb: Float64Array[], mode: SvccaRes
     const col = new Float64Array(rowsQ.length);
     for (let r = 0; r < rowsQ.length; r++) {
       col[r] = dot(rowsQ[r], cq);
-      if (due(cq.length)) await pause();
+      if (due(cq.length)) await turn();
     }
     m.push(col);
   }
@@ -517,9 +572,10 @@ async function forEachPermutation(n: number, runs: number, seed: bigint, each: (
   const rng = new Rng(seed, 0x5e1f); // a stream of its own, named by the seed
   const perm = new Uint32Array(n);
   for (let r = 0; r < runs; r++) {
+    abortScope.getStore()?.throwIfAborted(); // a run's length is the score's: look before each
     for (let i = 0; i < n; i++) perm[i] = i;
     rng.shuffle(perm);
-    if (due(4 * n)) await pause();
+    if (due(4 * n)) await turn();
     await each(perm, r);
   }
 }
@@ -542,13 +598,15 @@ export async function svccaPermutationTest(
   B: Matrix,
   options: SvccaOptions & { runs?: number; seed?: number | bigint },
 ): Promise<PermutationResult & { keptA: number; keptB: number }> {
-  const { runs, seed, ...rest } = options;
-  const { runs: R, seed: sd } = checkRuns({ runs, seed });
-  const { n, dA, dB, keep, compat, a, b } = await checkSvcca(A, B, rest);
-  const qa = await reducedBasis(a, n, dA, keep, compat);
-  const qb = await reducedBasis(b, n, dB, keep, compat);
-  const mode = compat ? 'univ-feat-geom' : 'svcca';
-  return permutedBases(n, qa, qb, R, sd, async (q) => (await ccaOfBases(qa, q, mode)).score);
+  return scoped(options, async () => {
+    const { runs, seed, ...rest } = options;
+    const { runs: R, seed: sd } = checkRuns({ runs, seed });
+    const { n, dA, dB, keep, compat, a, b } = await checkSvcca(A, B, rest);
+    const qa = await reducedBasis(a, n, dA, keep, compat);
+    const qb = await reducedBasis(b, n, dB, keep, compat);
+    const mode = compat ? 'univ-feat-geom' : 'svcca';
+    return permutedBases(n, qa, qb, R, sd, async (q) => (await ccaOfBases(qa, q, mode)).score);
+  });
 }
 
 /**
@@ -574,7 +632,7 @@ async function permutedBases(
       const src = qb[k]!;
       const dst = qp[k]!;
       for (let i = 0; i < n; i++) dst[i] = src[perm[i]!]!;
-      if (due(n)) await pause();
+      if (due(n)) await turn();
     }
     shuffled[r] = await score(qp);
   });
@@ -625,7 +683,7 @@ async function pwccaSides(A: Matrix, B: Matrix, options: PwccaOptions): Promise<
     const row = new Float64Array(dA);
     for (let j = 0; j < dA; j++) {
       row[j] = dot(xc[j], q);
-      if (due(n)) await pause();
+      if (due(n)) await turn();
     }
     proj.push(row);
   }
@@ -650,7 +708,7 @@ async function weightedCca(qa: Float64Array[], qb: Float64Array[], proj: Float64
     const row = new Float64Array(keptB);
     for (let s = 0; s < keptB; s++) {
       row[s] = dot(q, qb[s]);
-      if (due(q.length)) await pause();
+      if (due(q.length)) await turn();
     }
     g.push(row);
   }
@@ -672,7 +730,7 @@ async function weightedCca(qa: Float64Array[], qb: Float64Array[], proj: Float64
       const w = ai[r];
       const pr = proj[r];
       for (let j = 0; j < dA; j++) h[j] += w * pr[j];
-      if (due(dA)) await pause();
+      if (due(dA)) await turn();
     }
     let s = 0;
     for (let j = 0; j < dA; j++) s += Math.abs(h[j]);
@@ -704,8 +762,10 @@ async function weightedCca(qa: Float64Array[], qb: Float64Array[], proj: Float64
  * @example const { score, weights, meanCorrelation } = await pwcca(A, B, { n: 5000, dA: 256, dB: 256 });
  */
 export async function pwcca(A: Matrix, B: Matrix, options: PwccaOptions): Promise<PwccaResult> {
-  const { qa, qb, proj } = await pwccaSides(A, B, options);
-  return weightedCca(qa, qb, proj);
+  return scoped(options, async () => {
+    const { qa, qb, proj } = await pwccaSides(A, B, options);
+    return weightedCca(qa, qb, proj);
+  });
 }
 
 /**
@@ -720,10 +780,12 @@ export async function pwccaPermutationTest(
   B: Matrix,
   options: PwccaOptions & { runs?: number; seed?: number | bigint },
 ): Promise<PermutationResult & { keptA: number; keptB: number }> {
-  const { runs, seed, ...rest } = options;
-  const { runs: R, seed: sd } = checkRuns({ runs, seed });
-  const { n, qa, qb, proj } = await pwccaSides(A, B, rest);
-  return permutedBases(n, qa, qb, R, sd, async (q) => (await weightedCca(qa, q, proj)).score);
+  return scoped(options, async () => {
+    const { runs, seed, ...rest } = options;
+    const { runs: R, seed: sd } = checkRuns({ runs, seed });
+    const { n, qa, qb, proj } = await pwccaSides(A, B, rest);
+    return permutedBases(n, qa, qb, R, sd, async (q) => (await weightedCca(qa, q, proj)).score);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -764,7 +826,7 @@ async function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correl
   for (let a = 0; a < X.length; a += BLOCK) {
     const b = Math.min(X.length, a + BLOCK);
     rows.set(X.subarray(a, b), a);
-    if (due(b - a)) await pause();
+    if (due(b - a)) await turn();
   }
   if (inner === 'correlation') {
     for (let r = 0; r < n; r++) {
@@ -779,7 +841,7 @@ async function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correl
       mean /= d;
       if (constant) rows.fill(0, r * d, (r + 1) * d);
       else for (let c = 0; c < d; c++) rows[r * d + c] -= mean;
-      if (due(2 * d)) await pause();
+      if (due(2 * d)) await turn();
     }
   }
   const norms = new Float64Array(n);
@@ -794,7 +856,7 @@ async function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correl
     let s = 0;
     for (let c = 0; c < d; c++) s += rows[r * d + c] ** 2;
     norms[r] = Math.sqrt(s);
-    if (due(2 * d)) await pause();
+    if (due(2 * d)) await turn();
   }
   const out = allocTriangle(n);
   let t = 0;
@@ -817,7 +879,7 @@ async function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correl
           out[t++] = denom > 0 ? 1 - s / denom : 1;
         }
       }
-      if (due((j1 - j0) * (d + 8))) await pause();
+      if (due((j1 - j0) * (d + 8))) await turn();
     }
   }
   return out;
@@ -851,7 +913,7 @@ export async function averageRanks(x: Float64Array): Promise<Float64Array> {
       hi[i] = h;
       idx[i] = i;
     }
-    if (due(i1 - i0)) await pause();
+    if (due(i1 - i0)) await turn();
   }
   let lo2 = new Uint32Array(m);
   let hi2 = new Uint32Array(m);
@@ -864,7 +926,7 @@ export async function averageRanks(x: Float64Array): Promise<Float64Array> {
     for (let i0 = 0; i0 < m; i0 += BLOCK) {
       const i1 = Math.min(m, i0 + BLOCK);
       for (let i = i0; i < i1; i++) count[(src[i]! >>> shift) & 0xffff]!++;
-      if (due(i1 - i0)) await pause();
+      if (due(i1 - i0)) await turn();
     }
     if (m === 0 || count[(src[0]! >>> shift) & 0xffff] === m) continue; // one digit everywhere
     let sum = 0;
@@ -881,7 +943,7 @@ export async function averageRanks(x: Float64Array): Promise<Float64Array> {
         hi2[at] = hi[i]!;
         idx2[at] = idx[i]!;
       }
-      if (due(MISS * (i1 - i0))) await pause();
+      if (due(MISS * (i1 - i0))) await turn();
     }
     [lo, lo2] = [lo2, lo];
     [hi, hi2] = [hi2, hi];
@@ -907,17 +969,17 @@ export async function averageRanks(x: Float64Array): Promise<Float64Array> {
       let j = stop;
       while (j < m && lo[j] === lo[i] && hi[j] === hi[i]) {
         j++;
-        if ((j & (BLOCK - 1)) === 0 && due(BLOCK)) await pause();
+        if ((j & (BLOCK - 1)) === 0 && due(BLOCK)) await turn();
       }
       const r = (i + 1 + j) / 2;
       for (let k0 = i; k0 < j; k0 += SCATTER_BLOCK) {
         const k1 = Math.min(j, k0 + SCATTER_BLOCK);
         for (let k = k0; k < k1; k++) ranks[idx[k]!] = r;
-        if (due(MISS * (k1 - k0))) await pause();
+        if (due(MISS * (k1 - k0))) await turn();
       }
       i = j;
     }
-    if (due(MISS * (i - from))) await pause();
+    if (due(MISS * (i - from))) await turn();
   }
   return ranks;
 }
@@ -933,7 +995,7 @@ async function pearson(x: Float64Array, y: Float64Array): Promise<number> {
       mx += x[i];
       my += y[i];
     }
-    if (due(i1 - i0)) await pause();
+    if (due(i1 - i0)) await turn();
   }
   mx /= m;
   my /= m;
@@ -949,7 +1011,7 @@ async function pearson(x: Float64Array, y: Float64Array): Promise<number> {
       sxx += a * a;
       syy += b * b;
     }
-    if (due(2 * (i1 - i0))) await pause();
+    if (due(2 * (i1 - i0))) await turn();
   }
   if (sxx === 0 || syy === 0) return NaN;
   return Math.max(-1, Math.min(1, sxy / Math.sqrt(sxx * syy)));
@@ -979,8 +1041,10 @@ async function rsaSides(A: Matrix, B: Matrix, options: RsaOptions): Promise<{ n:
  * @example const { score } = await rsa(A, B, { n: 2000, dA: 768, dB: 768 });
  */
 export async function rsa(A: Matrix, B: Matrix, options: RsaOptions): Promise<{ score: number }> {
-  const { xa, xb } = await rsaSides(A, B, options);
-  return { score: await pearson(xa, xb) };
+  return scoped(options, async () => {
+    const { xa, xb } = await rsaSides(A, B, options);
+    return { score: await pearson(xa, xb) };
+  });
 }
 
 /**
@@ -991,44 +1055,46 @@ export async function rsa(A: Matrix, B: Matrix, options: RsaOptions): Promise<{ 
  * same runs and seed (same dissimilarities, same ranks, same summation order). @internal
  */
 export async function rsaPermutationTest(A: Matrix, B: Matrix, options: RsaOptions & { runs?: number; seed?: number | bigint }): Promise<PermutationResult> {
-  const { runs, seed, ...rest } = options;
-  const { runs: R, seed: sd } = checkRuns({ runs, seed });
-  const { n, xa, xb } = await rsaSides(A, B, rest);
-  const observed = await pearson(xa, xb);
-  if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN };
-  // B's triangle as a full symmetric [n, n] matrix, so that a run reads row p_i contiguously
-  // (gathers from the triangle itself missed the cache on nearly every entry: ~4x slower).
-  let full: Float64Array;
-  try {
-    full = new Float64Array(n * n);
-  } catch (e) {
-    if (!(e instanceof RangeError)) throw e;
-    throw new SaekitError('ERR_SAEKIT_MEMORY', `Expected options.n small enough for an n x n float64 matrix but received n = ${n}; subsample the rows`);
-  }
-  let t = 0;
-  for (let i = 0; i < n; i++) {
-    // Column i is written a row apart: one page (a first touch, at first) per entry.
-    for (let j0 = i + 1; j0 < n; j0 += SCATTER_BLOCK) {
-      const j1 = Math.min(n, j0 + SCATTER_BLOCK);
-      for (let j = j0; j < j1; j++) {
-        full[i * n + j] = xb[t]!;
-        full[j * n + i] = xb[t++]!;
-      }
-      if (due(MISS * (j1 - j0))) await pause();
+  return scoped(options, async () => {
+    const { runs, seed, ...rest } = options;
+    const { runs: R, seed: sd } = checkRuns({ runs, seed });
+    const { n, xa, xb } = await rsaSides(A, B, rest);
+    const observed = await pearson(xa, xb);
+    if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN };
+    // B's triangle as a full symmetric [n, n] matrix, so that a run reads row p_i contiguously
+    // (gathers from the triangle itself missed the cache on nearly every entry: ~4x slower).
+    let full: Float64Array;
+    try {
+      full = new Float64Array(n * n);
+    } catch (e) {
+      if (!(e instanceof RangeError)) throw e;
+      throw new SaekitError('ERR_SAEKIT_MEMORY', `Expected options.n small enough for an n x n float64 matrix but received n = ${n}; subsample the rows`);
     }
-  }
-  const g = xb; // B's own triangle is no longer needed: reused for the gathered runs
-  const shuffled = new Float64Array(R);
-  await forEachPermutation(n, R, sd, async (perm, r) => {
-    let q = 0;
+    let t = 0;
     for (let i = 0; i < n; i++) {
-      const row = perm[i]! * n;
-      for (let j = i + 1; j < n; j++) g[q++] = full[row + perm[j]!]!;
-      if (due(2 * (n - i))) await pause();
+      // Column i is written a row apart: one page (a first touch, at first) per entry.
+      for (let j0 = i + 1; j0 < n; j0 += SCATTER_BLOCK) {
+        const j1 = Math.min(n, j0 + SCATTER_BLOCK);
+        for (let j = j0; j < j1; j++) {
+          full[i * n + j] = xb[t]!;
+          full[j * n + i] = xb[t++]!;
+        }
+        if (due(MISS * (j1 - j0))) await turn();
+      }
     }
-    shuffled[r] = await pearson(xa, g);
+    const g = xb; // B's own triangle is no longer needed: reused for the gathered runs
+    const shuffled = new Float64Array(R);
+    await forEachPermutation(n, R, sd, async (perm, r) => {
+      let q = 0;
+      for (let i = 0; i < n; i++) {
+        const row = perm[i]! * n;
+        for (let j = i + 1; j < n; j++) g[q++] = full[row + perm[j]!]!;
+        if (due(2 * (n - i))) await turn();
+      }
+      shuffled[r] = await pearson(xa, g);
+    });
+    return permutationResult(observed, shuffled);
   });
-  return permutationResult(observed, shuffled);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1041,57 +1107,59 @@ export async function rsaPermutationTest(A: Matrix, B: Matrix, options: RsaOptio
  * @example const { score } = await cka(A, B, { n: 4096, dA: 512, dB: 512 });
  */
 export async function cka(A: Matrix, B: Matrix, options: CkaOptions): Promise<{ score: number }> {
-  const opts = checkOptions('options', options, CKA_OPTIONS);
-  const { n, dA, dB } = checkDims(opts, 2);
-  checkShape('A', A, n, dA);
-  checkShape('B', B, n, dB);
-  const ca = await centredColumns(await copyMatrix('A', A, n * dA), n, dA);
-  const cb = await centredColumns(await copyMatrix('B', B, n * dB), n, dB);
-  let cross: number;
-  let selfA: number;
-  let selfB: number;
-  if (n * n < dA * dB + (dA * dA + dB * dB) / 2) {
-    // Through the n x n Gram matrices K = Ac Ac^T, L = Bc Bc^T: CKA = <K, L> / (||K|| ||L||).
-    const gram = async (cols: Float64Array[]): Promise<Float64Array> => {
-      const g = new Float64Array(n * n);
-      for (const col of cols) {
-        for (let i = 0; i < n; i++) {
-          const v = col[i];
-          if (v !== 0) for (let j = 0; j < n; j++) g[i * n + j] += v * col[j];
-          if (due(n)) await pause();
+  return scoped(options, async () => {
+    const opts = checkOptions('options', options, CKA_OPTIONS);
+    const { n, dA, dB } = checkDims(opts, 2);
+    checkShape('A', A, n, dA);
+    checkShape('B', B, n, dB);
+    const ca = await centredColumns(await copyMatrix('A', A, n * dA), n, dA);
+    const cb = await centredColumns(await copyMatrix('B', B, n * dB), n, dB);
+    let cross: number;
+    let selfA: number;
+    let selfB: number;
+    if (n * n < dA * dB + (dA * dA + dB * dB) / 2) {
+      // Through the n x n Gram matrices K = Ac Ac^T, L = Bc Bc^T: CKA = <K, L> / (||K|| ||L||).
+      const gram = async (cols: Float64Array[]): Promise<Float64Array> => {
+        const g = new Float64Array(n * n);
+        for (const col of cols) {
+          for (let i = 0; i < n; i++) {
+            const v = col[i];
+            if (v !== 0) for (let j = 0; j < n; j++) g[i * n + j] += v * col[j];
+            if (due(n)) await turn();
+          }
+        }
+        return g;
+      };
+      const K = await gram(ca);
+      const L = await gram(cb);
+      cross = await dotInSlices(K, L);
+      selfA = await dotInSlices(K, K);
+      selfB = await dotInSlices(L, L);
+    } else {
+      cross = 0;
+      for (const x of ca) {
+        for (const y of cb) {
+          cross += dot(x, y) ** 2;
+          if (due(n)) await turn();
         }
       }
-      return g;
-    };
-    const K = await gram(ca);
-    const L = await gram(cb);
-    cross = await dotInSlices(K, L);
-    selfA = await dotInSlices(K, K);
-    selfB = await dotInSlices(L, L);
-  } else {
-    cross = 0;
-    for (const x of ca) {
-      for (const y of cb) {
-        cross += dot(x, y) ** 2;
-        if (due(n)) await pause();
-      }
+      const frob2 = async (cols: Float64Array[]): Promise<number> => {
+        let s = 0;
+        for (let i = 0; i < cols.length; i++) {
+          s += dot(cols[i], cols[i]) ** 2;
+          for (let j = i + 1; j < cols.length; j++) {
+            s += 2 * dot(cols[i], cols[j]) ** 2;
+            if (due(n)) await turn();
+          }
+        }
+        return s;
+      };
+      selfA = await frob2(ca);
+      selfB = await frob2(cb);
     }
-    const frob2 = async (cols: Float64Array[]): Promise<number> => {
-      let s = 0;
-      for (let i = 0; i < cols.length; i++) {
-        s += dot(cols[i], cols[i]) ** 2;
-        for (let j = i + 1; j < cols.length; j++) {
-          s += 2 * dot(cols[i], cols[j]) ** 2;
-          if (due(n)) await pause();
-        }
-      }
-      return s;
-    };
-    selfA = await frob2(ca);
-    selfB = await frob2(cb);
-  }
-  if (selfA === 0 || selfB === 0) return { score: NaN };
-  return { score: cross / Math.sqrt(selfA * selfB) };
+    if (selfA === 0 || selfB === 0) return { score: NaN };
+    return { score: cross / Math.sqrt(selfA * selfB) };
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1113,55 +1181,59 @@ export async function permutationTest(
   B: Float64Array,
   options: PermutationOptions,
 ): Promise<PermutationResult> {
-  if (typeof score !== 'function') throw argError('score', 'a function', score);
-  const opts = checkOptions('options', options, PERMUTATION_OPTIONS);
-  const n = checkInt('options.n', opts.n, 1, 2 ** 31);
-  const dB = checkInt('options.dB', opts.dB, 1, 2 ** 31);
-  const runs = opts.runs === undefined ? 100 : checkInt('options.runs', opts.runs, 1, 1e7);
-  const seed = opts.seed === undefined ? 0n : checkSeed('options.seed', opts.seed);
-  if (!(A instanceof Float64Array)) throw argError('A', 'a Float64Array', A, 'ERR_SAEKIT_DTYPE');
-  if (!(B instanceof Float64Array)) throw argError('B', 'a Float64Array', B, 'ERR_SAEKIT_DTYPE');
-  if (A.length % n !== 0) throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected A of length a multiple of n = ${n} but received length ${A.length}`);
-  if (B.length !== n * dB) {
-    throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected B of length n * dB = ${n * dB} for [${n}, ${dB}] but received length ${B.length}`);
-  }
-  const call = async (b: Float64Array): Promise<number> => {
-    const s = await score(A, b);
-    if (typeof s !== 'number') throw argError('score(A, B)', 'a number', s);
-    return s;
-  };
-  // A is handed to every run's score and B is read for each permutation: both must keep their
-  // values while the event loop runs between (and during) the runs.
-  const lengthA = A.length;
-  const observed = await call(B);
-  checkKept('A', A, lengthA);
-  checkKept('B', B, n * dB);
-  // An undefined score (a constant side: NaN) has no significance; without this it would count no
-  // shuffle as scoring at least as high and come out as the smallest p-value.
-  if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN };
-  const rng = new Rng(seed, 0x5e1f); // a stream of its own, named by the seed
-  const perm = new Uint32Array(n);
-  const shuffled = new Float64Array(runs);
-  let ge = 0;
-  for (let r = 0; r < runs; r++) {
-    // A run's length is the score's: look at the clock before each (CHECK_UNITS forces a look).
-    if (due(CHECK_UNITS)) await pause();
+  return scoped(options, async () => {
+    if (typeof score !== 'function') throw argError('score', 'a function', score);
+    const opts = checkOptions('options', options, PERMUTATION_OPTIONS);
+    const n = checkInt('options.n', opts.n, 1, 2 ** 31);
+    const dB = checkInt('options.dB', opts.dB, 1, 2 ** 31);
+    const runs = opts.runs === undefined ? 100 : checkInt('options.runs', opts.runs, 1, 1e7);
+    const seed = opts.seed === undefined ? 0n : checkSeed('options.seed', opts.seed);
+    if (!(A instanceof Float64Array)) throw argError('A', 'a Float64Array', A, 'ERR_SAEKIT_DTYPE');
+    if (!(B instanceof Float64Array)) throw argError('B', 'a Float64Array', B, 'ERR_SAEKIT_DTYPE');
+    if (A.length % n !== 0) throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected A of length a multiple of n = ${n} but received length ${A.length}`);
+    if (B.length !== n * dB) {
+      throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected B of length n * dB = ${n * dB} for [${n}, ${dB}] but received length ${B.length}`);
+    }
+    const call = async (b: Float64Array): Promise<number> => {
+      const s = await score(A, b);
+      if (typeof s !== 'number') throw argError('score(A, B)', 'a number', s);
+      return s;
+    };
+    // A is handed to every run's score and B is read for each permutation: both must keep their
+    // values while the event loop runs between (and during) the runs.
+    const lengthA = A.length;
+    const observed = await call(B);
     checkKept('A', A, lengthA);
     checkKept('B', B, n * dB);
-    for (let i = 0; i < n; i++) perm[i] = i;
-    rng.shuffle(perm);
-    const shuffledB = new Float64Array(B.length);
-    for (let i = 0; i < n; i++) {
-      shuffledB.set(B.subarray(perm[i] * dB, perm[i] * dB + dB), i * dB);
-      if (due(dB + 64)) {
-        await pause();
-        checkKept('B', B, n * dB);
+    // An undefined score (a constant side: NaN) has no significance; without this it would count no
+    // shuffle as scoring at least as high and come out as the smallest p-value.
+    if (Number.isNaN(observed)) return { score: observed, shuffled: new Float64Array(0), pValue: Number.NaN };
+    const rng = new Rng(seed, 0x5e1f); // a stream of its own, named by the seed
+    const perm = new Uint32Array(n);
+    const shuffled = new Float64Array(runs);
+    let ge = 0;
+    for (let r = 0; r < runs; r++) {
+      // A run's length is the score's: look at the clock before each (CHECK_UNITS forces a look),
+      // and at the signal (a synchronous score never lets a turn come).
+      if (due(CHECK_UNITS)) await turn();
+      abortScope.getStore()?.throwIfAborted();
+      checkKept('A', A, lengthA);
+      checkKept('B', B, n * dB);
+      for (let i = 0; i < n; i++) perm[i] = i;
+      rng.shuffle(perm);
+      const shuffledB = new Float64Array(B.length);
+      for (let i = 0; i < n; i++) {
+        shuffledB.set(B.subarray(perm[i] * dB, perm[i] * dB + dB), i * dB);
+        if (due(dB + 64)) {
+          await turn();
+          checkKept('B', B, n * dB);
+        }
       }
+      const s = await call(shuffledB);
+      checkKept('A', A, lengthA); // detached during the score: its value is not the score of A
+      shuffled[r] = s;
+      if (s >= observed) ge++;
     }
-    const s = await call(shuffledB);
-    checkKept('A', A, lengthA); // detached during the score: its value is not the score of A
-    shuffled[r] = s;
-    if (s >= observed) ge++;
-  }
-  return { score: observed, shuffled, pValue: (1 + ge) / (1 + runs) };
+    return { score: observed, shuffled, pValue: (1 + ge) / (1 + runs) };
+  });
 }
