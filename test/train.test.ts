@@ -1574,6 +1574,28 @@ describe('Trainer: one run at a time per checkpoint folder', () => {
     expect(() => native().lockFile(2 ** 30)).toThrow(`lockFile: fd ${2 ** 30} cannot be locked: Bad file descriptor`);
   });
 
+  it('on a file system without file locks the run goes on unlocked, with one SAEKIT_LOCK warning naming the folder', async () => {
+    const { native } = await import('../lib/native/index.js');
+    const addon = native() as unknown as { lockFile: (fd: number) => string };
+    const saved = addon.lockFile;
+    const warnings: { message: string; code?: string }[] = [];
+    const onWarning = (w: Error & { code?: string }) => void warnings.push({ message: w.message, code: w.code });
+    process.on('warning', onWarning);
+    addon.lockFile = () => 'unsupported';
+    const dir = tmp();
+    try {
+      using a = make(7);
+      const r = await new Trainer(a, { batchSize: 64, epochs: 1 }).fit(fromArray(data(64 * 2, dIn, 55), dIn), { checkpointDir: dir });
+      expect(r).toMatchObject({ status: 'completed', steps: 2 });
+      await new Promise((resolve) => setImmediate(resolve)); // warnings are emitted on the next tick
+    } finally {
+      addon.lockFile = saved;
+      process.off('warning', onWarning);
+    }
+    expect(warnings).toEqual([{ code: 'SAEKIT_LOCK', message: `${path.join(dir, 'checkpoint.lock')}: this file system has no file locks; nothing stops two runs from writing checkpoints into ${dir} at once` }]);
+    expect(readdirSync(dir).filter((f) => f.endsWith('.lock'))).toEqual([]);
+  });
+
   it('a checkpoint.lock that is a symbolic link is not followed (the run is refused, the link target untouched)', async () => {
     const dir = tmp();
     const target = path.join(tmp(), 'precious.txt');
