@@ -480,6 +480,123 @@ describe('sparseProbe', () => {
     expect(() => fitLogistic(new Float64Array(0), new Uint8Array(0), 0, 1)).toThrow(/\bn\b/);
   });
 
+  it('fitLogistic refuses a label other than 0 or 1 and a C that is not positive and finite', () => {
+    const X = Float64Array.from([1, 2, 3]);
+    // A label of 2 (or 255) was read as 'truthy', i.e. as 1.
+    for (const bad of [2, 255]) {
+      expect(() => fitLogistic(X, Uint8Array.from([0, bad, 1]), 3, 1), `label ${bad}`).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected 0 or 1 for y\[1\] but received/) }),
+      );
+    }
+    // C = 0 is an infinite penalty (1 / C), not a fit.
+    for (const bad of [0, -1, Number.NaN, Infinity]) {
+      expect(() => fitLogistic(X, Uint8Array.from([0, 1, 1]), 3, 1, bad), `C ${bad}`).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected a positive finite number for C but received/) }),
+      );
+    }
+  });
+
+  it('refuses bad options and splits naming the cause: k [], testFraction 0 or 1, C 0, an empty test or a one-row train split, one class only', () => {
+    const n = 12;
+    const labels = Uint8Array.from({ length: n }, (_, i) => i % 2);
+    const features = Float32Array.from({ length: n * 3 }, (_, i) => (i % 7) / 7);
+    const arg = (re: RegExp) => expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(re) });
+    // k = [] gave no probes at all.
+    expect(() => sparseProbe(features, labels, { m: 3, k: [] })).toThrow(arg(/^Expected a non-empty array of positive integers for options\.k /));
+    for (const tf of [0, 1, 1.5, -0.2]) {
+      expect(() => sparseProbe(features, labels, { m: 3, testFraction: tf }), `testFraction ${tf}`).toThrow(arg(/for options\.testFraction but received/));
+    }
+    expect(() => sparseProbe(features, labels, { m: 3, C: 0 })).toThrow(arg(/^Expected a positive finite number for options\.C but received 0/));
+    // round(4 x 0.1) = 0 test rows: accuracy would be 0 / 0.
+    expect(() => sparseProbe(features.subarray(0, 12), labels.subarray(0, 4), { m: 3, testFraction: 0.1 })).toThrow(arg(/^Expected enough examples for a train and a test split at testFraction 0\.1 for labels/));
+    // round(3 x 0.5) = 2 test rows leave one train row.
+    expect(() => sparseProbe(features.subarray(0, 9), labels.subarray(0, 3), { m: 3, testFraction: 0.5 })).toThrow(arg(/^Expected enough examples for a train and a test split at testFraction 0\.5 for labels/));
+    // One class only, either class: the ranking divides by each class's count.
+    for (const only of [0, 1]) {
+      expect(() => sparseProbe(features, new Uint8Array(n).fill(only), { m: 3 }), `all ${only}`).toThrow(arg(/^Expected both classes present in the train split for labels/));
+    }
+  });
+
+  it('clips each k to m: a probe asked for more latents than m uses all m, reported as k = m', () => {
+    const next = lcg(73);
+    const [n, m] = [57, 3];
+    const labels = Uint8Array.from({ length: n }, (_, i) => (i < 2 ? i : next() < 0.5 ? 1 : 0));
+    const features = Float32Array.from({ length: n * m }, (_, i) => next() + (labels[Math.floor(i / m)] ? 0.2 * (i % m) : 0));
+    const { results } = sparseProbe(features, labels, { m, k: [1, 7, m] });
+    expect(results.map((r) => r.k)).toEqual([1, m, m]);
+    expect(results[1]!.latents).toHaveLength(m);
+    expect(results[1]!.weights).toHaveLength(m);
+    expect(results[1]).toEqual(results[2]);
+  });
+
+  it('the test split is the first round(n x testFraction) of the documented shuffle, including one test row and a fraction ending in .5', () => {
+    // One-hot features (latent j = example j): the probe over every latent ranks the test examples
+    // (train score 0) last, in index order, so its last nTest latents are the test split.
+    const cases: [number, number][] = [
+      [10, 0.25], // 2.5 rounds to 3 (floor: 2)
+      [14, 0.25], // 3.5 rounds to 4
+      [7, 0.1], // 0.7 rounds to 1: a single test row
+      [9, 0.15], // 1.35 rounds to 1
+    ];
+    for (const [n, testFraction] of cases) {
+      const labels = Uint8Array.from({ length: n }, (_, i) => i % 2);
+      const features = Float32Array.from({ length: n * n }, (_, i) => (i % (n + 1) === 0 ? 1 : 0));
+      const nTest = Math.round(n * testFraction);
+      for (let seed = 0; seed < 12; seed++) {
+        let r;
+        try {
+          r = sparseProbe(features, labels, { m: n, k: [n], testFraction, seed }).results[0]!;
+        } catch (err) {
+          if ((err as Error).message.includes('both classes')) continue; // a one-class train split
+          throw err;
+        }
+        const want = shuffledOrder(seed, n).slice(0, nTest).sort((x, y) => x - y);
+        expect(r.latents.slice(n - nTest), `n ${n}, testFraction ${testFraction}, seed ${seed}`).toEqual(want);
+      }
+    }
+  });
+
+  it('accuracy and F1 = 2TP / (2TP + FP + FN) are counted on the test split from the returned weights; F1 is 0 when that is 0 / 0', () => {
+    // Random data: predictions from the returned weights on the (standardised) test rows.
+    const seed = (Date.now() ^ 0x6a09e667) >>> 0;
+    const next = lcg(seed);
+    const n = 101 + 2 * Math.floor(next() * 50);
+    const m = 4;
+    const labels = Uint8Array.from({ length: n }, (_, i) => (i < 2 ? i : next() < 0.45 ? 1 : 0));
+    const features = Float32Array.from({ length: n * m }, (_, i) => next() + (labels[Math.floor(i / m)] ? 0.15 * (i % m) : 0));
+    const probeSeed = Math.floor(next() * 2 ** 31);
+    let results;
+    try {
+      results = sparseProbe(features, labels, { m, k: [1, 3], seed: probeSeed, standardize: false }).results;
+    } catch (err) {
+      if ((err as Error).message.includes('both classes')) return;
+      throw err;
+    }
+    const test = shuffledOrder(probeSeed, n).slice(0, Math.round(n * 0.2));
+    for (const r of results) {
+      const c = { tp: 0, fp: 0, tn: 0, fn: 0 };
+      for (const row of test) {
+        let z = r.intercept;
+        r.latents.forEach((l, j) => (z += r.weights[j]! * features[row * m + l]!));
+        if (labels[row]) z > 0 ? c.tp++ : c.fn++;
+        else z > 0 ? c.fp++ : c.tn++;
+      }
+      expect(r.accuracy, `seed ${seed}, k ${r.k}`).toBe((c.tp + c.tn) / test.length);
+      expect(r.f1, `seed ${seed}, k ${r.k}`).toBe((2 * c.tp) / (2 * c.tp + c.fp + c.fn));
+    }
+    // A test split of negatives only, all predicted negative: TP = FP = FN = 0, F1 0 (not NaN), accuracy 1.
+    const n2 = 30;
+    const order = shuffledOrder(3, n2);
+    const nTest = Math.round(n2 * 0.2);
+    const lab = new Uint8Array(n2);
+    order.forEach((row, i) => (lab[row] = i < nTest ? 0 : (i - nTest) % 2));
+    const feat = Float32Array.from(lab, (y) => y); // m = 1: the feature is the label
+    const r = sparseProbe(feat, lab, { m: 1, k: [1], seed: 3 }).results[0]!;
+    expect(r.weights[0]!).toBeGreaterThan(0);
+    expect(r.accuracy).toBe(1);
+    expect(r.f1).toBe(0);
+  });
+
   it('validates its arguments', () => {
     const features = new Float32Array(40);
     const labels = Uint8Array.from({ length: 10 }, (_, i) => i % 2);
