@@ -644,6 +644,46 @@ describe('psEval', () => {
     expect(r.specificity).toBe(1);
   });
 
+  it('matches a naive count on fresh random pairs with ties (first index) and infinities; only NaN is refused', () => {
+    const seed = (Date.now() ^ 0x3c6ef372) >>> 0;
+    const next = lcg(seed);
+    const L = 3 + Math.floor(next() * 9);
+    const vec = () => Float32Array.from({ length: L }, () => {
+      const u = next();
+      return u < 0.05 ? Infinity : u < 0.1 ? -Infinity : Math.floor(u * 4); // few values: many ties
+    });
+    const pairs = Array.from({ length: 51 + 2 * Math.floor(next() * 40) }, () => ({ a: vec(), b: vec(), same: next() < 0.5 }));
+    const first = (v: Float32Array) => v.indexOf(Math.max(...v)); // numpy's argmax: the first maximum
+    let [tp, fp, tn, fn] = [0, 0, 0, 0];
+    for (const { a, b, same } of pairs) {
+      const eq = first(a) === first(b);
+      if (same) eq ? tp++ : fn++;
+      else eq ? fp++ : tn++;
+    }
+    const div = (x: number, y: number) => (y === 0 ? Number.NaN : x / y);
+    expect(psEval(pairs), `seed ${seed}`).toEqual({
+      tp,
+      fp,
+      tn,
+      fn,
+      precision: div(tp, tp + fp),
+      recall: div(tp, tp + fn),
+      f1: div(2 * tp, 2 * tp + fp + fn),
+      accuracy: (tp + tn) / pairs.length,
+      specificity: div(tn, tn + fp),
+    });
+  });
+
+  it('refuses empty vectors and a pair whose length differs from the first pair\'s', () => {
+    const shape = (re: RegExp) => expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(re) });
+    // Empty vectors had argmax 0 on both sides: a "match".
+    expect(() => psEval([{ a: v(), b: v(), same: true }])).toThrow(shape(/pairs\[0\]\.a and pairs\[0\]\.b of the same non-zero length/));
+    // Pairs of another number of latents (another SAE) were compared as if they were one.
+    expect(() => psEval([{ a: v(1, 0, 0), b: v(0, 1, 0), same: true }, { a: v(1, 0), b: v(1, 0), same: true }])).toThrow(
+      shape(/^Expected pairs\[1\]\.a and pairs\[1\]\.b of the same non-zero length 3 but received 2 and 2$/),
+    );
+  });
+
   it('validates its arguments', () => {
     expect(() => psEval([])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
     expect(() => psEval([{ a: v(1, 2), b: v(1), same: true }])).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE' }));
