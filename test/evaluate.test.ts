@@ -500,6 +500,22 @@ describe('maxCosine', () => {
     }
   });
 
+  it('refuses +-Infinity as well as NaN, naming the row and column; an already aborted signal rejects first, even for n = 1', async () => {
+    // Infinity normalised to NaN cosines (Infinity / Infinity) instead of an error.
+    for (const bad of [Infinity, -Infinity]) {
+      const rows = Float32Array.from({ length: 15 }, (_, i) => i + 1);
+      rows[7] = bad;
+      await expect(maxCosine(rows, 5, 3)).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_NONFINITE',
+        message: `Expected finite values in rows but received ${bad} at row 2, column 1`,
+      });
+    }
+    const aborted = AbortSignal.abort();
+    // n = 1 returned [NaN] and a NaN row was a NONFINITE error: the abort is checked before any work.
+    await expect(maxCosine(Float32Array.of(1, 2), 1, 2, { signal: aborted })).rejects.toBe(aborted.reason);
+    await expect(maxCosine(Float32Array.of(1, NaN, 0, 1), 2, 2, { signal: aborted })).rejects.toBe(aborted.reason);
+  });
+
   it('handles n = 1 (NaN), n = 2 and all-zero rows', async () => {
     expect(Number.isNaN((await maxCosine(Float32Array.of(1, 2, 3), 1, 3))[0])).toBe(true);
     const two = await maxCosine(Float32Array.of(1, 0, 0, 1), 2, 2);
