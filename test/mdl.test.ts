@@ -133,6 +133,46 @@ describe('MDL description length', () => {
     expect(r.mse, `seed ${seed}, X ${X}`).toBeLessThanOrEqual(1e-12 * X * X);
   });
 
+  /**
+   * A stub SAE with codes 1 (latent 0) and 2^-7 (latent 1) on every token whose decode is exact
+   * when each quantised code rounds (in float32) back to its value and off by 1 per entry for each
+   * that does not: MSE 0, dIn x 1 or dIn x 4.
+   */
+  function twoCodeStub(dIn: number) {
+    const small = 2 ** -7;
+    return {
+      dIn,
+      numLatents: 2,
+      k: 2,
+      encode: async (x: Float32Array) => {
+        const rows = x.length / dIn;
+        return { rows, numLatents: 2, k: 2, values: Float32Array.from({ length: 2 * rows }, (_, i) => (i % 2 ? small : 1)), indices: Int32Array.from({ length: 2 * rows }, (_, i) => i % 2), x };
+      },
+      decode: async (c: { values: Float32Array; x: Float32Array }) => {
+        let e = 0;
+        if (c.values.some((v, i) => i % 2 === 0 && v !== 1)) e++;
+        if (c.values.some((v, i) => i % 2 === 1 && v !== small)) e++;
+        return Float32Array.from(c.x, (v) => v + e);
+      },
+    };
+  }
+  /** The stub's error per entry at bin width w, from float32 rounding of the bin midpoints. */
+  const stubError = (w: number) => [1, 2 ** -7].filter((v) => Math.fround((Math.floor(v / w) + 0.5) * w) !== v).length;
+
+  it('the finest width tried is vmax x 2^-30: a bound met only there is found, not refused', async () => {
+    // 2^-7 is rounded back to itself at 2^-30 (its midpoint 2^-7 + 2^-31 is a float32 tie, to even)
+    // and at no coarser power of two.
+    for (let j = 0; j < 30; j++) expect(stubError(2 ** -j), `2^-${j}`).toBeGreaterThan(0);
+    expect(stubError(2 ** -30)).toBe(0);
+    const dIn = 2;
+    const x = Float32Array.from({ length: 13 * dIn }, (_, i) => (i % 5) - 2);
+    const r = await descriptionLength(twoCodeStub(dIn) as never, fromArray(x, dIn), { mseBound: 0.5 });
+    expect(r.mseUnquantized).toBe(0);
+    expect(r.mse).toBe(0);
+    expect(r.precision).toBeGreaterThanOrEqual(2 ** -30);
+    expect(stubError(r.precision)).toBe(0);
+  });
+
   it('a bound no width meets: the error names the bound given (or the default), and says which widths were tried', async () => {
     // A stub SAE whose decode is exact for its own codes and off by 1 in every entry otherwise:
     // unquantised MSE 0, every quantised width dIn.

@@ -284,9 +284,11 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
   }
   if (vmax > 0 && mse > bound) {
     // Bisection on log width between a width that meets the bound and one that does not.
-    let lo = Math.log(vmax) - 30 * Math.LN2;
+    // The finest width is vmax x 2^-30 exactly, as documented (exp(log(vmax) - 30 ln 2) is not:
+    // it is a few ulps off, e.g. 2^-30 (1 + 9e-16) for vmax = 1).
+    let best = vmax * 2 ** -30;
+    let lo = Math.log(best);
     let hi = Math.log(vmax);
-    let best = Math.exp(lo);
     let bestMse = await mseOf(sae, xs, codes, signal, (c) => quantised(c, best));
     if (bestMse > bound) {
       // The MSE need not rise with the width (a coarser bin's midpoint can land nearer x than
