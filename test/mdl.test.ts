@@ -133,6 +133,27 @@ describe('MDL description length', () => {
     expect(r.mse, `seed ${seed}, X ${X}`).toBeLessThanOrEqual(1e-12 * X * X);
   });
 
+  it('after the fallback, bisection between the coarsest power of two that meets the bound and twice it finds the coarsest width (closed form)', async () => {
+    // The SAE above: at a width w in (X/2, X) the code X is quantised to 1.5 w and decoded to
+    // 1.2 w, a squared error of (X - 1.2 w)^2. With the bound 0.025 X^2 the widths X (0.04 X^2) and
+    // X 2^-30 miss it, X / 2 meets it (error 0), and in (X/2, X) it is met on
+    // [(1 - sqrt(0.025)) X / 1.2, (1 + sqrt(0.025)) X / 1.2], an interval holding the first midpoint
+    // X 2^-0.5: the bisection's answer is its upper end, to 24 halvings of the octave.
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const dIn = 3;
+    const X = Math.fround(0.5 + next() * 100);
+    const eye = (s: number) => Float32Array.from({ length: dIn * dIn }, (_, i) => (i % (dIn + 1) === 0 ? s : 0));
+    using sae = SparseAutoencoder.fromWeights({ W_enc: eye(1), b_enc: new Float32Array(dIn), W_dec: eye(0.8), b_dec: new Float32Array(dIn) }, { k: 1 });
+    const rows = 31;
+    const x = new Float32Array(rows * dIn);
+    for (let r = 0; r < rows; r++) x[r * dIn + Math.floor(next() * dIn)] = X;
+    const r = await descriptionLength(sae, fromArray(x, dIn), { mseBound: 0.025 * X * X, batchSize: 7 });
+    const want = ((1 + Math.sqrt(0.025)) * X) / 1.2;
+    expect(Math.abs(r.precision / want - 1), `seed ${seed}, X ${X}: precision ${r.precision}, want ${want}`).toBeLessThan(1e-5);
+    expect(r.mse, `seed ${seed}, X ${X}`).toBeLessThanOrEqual(r.mseBound);
+  });
+
   /**
    * A stub SAE with codes 1 (latent 0) and 2^-7 (latent 1) on every token whose decode is exact
    * when each quantised code rounds (in float32) back to its value and off by 1 per entry for each
@@ -173,6 +194,95 @@ describe('MDL description length', () => {
     expect(stubError(r.precision)).toBe(0);
   });
 
+  it('a width whose MSE equals the bound meets it ("within"): the bisection keeps it', async () => {
+    // mseBound dIn: widths where one of the two codes rounds back (MSE exactly dIn) meet it. The
+    // bisection over [2^-30, 1] tries 2^-15 (both codes off: 4 dIn), then 2^-22.5, where 1 rounds
+    // back and 2^-7 does not: MSE = the bound, so the width found is at least 2^-22.5.
+    expect(stubError(2 ** -15)).toBe(2);
+    expect(stubError(2 ** -22.5)).toBe(1);
+    const dIn = 2;
+    const x = Float32Array.from({ length: 11 * dIn }, (_, i) => (i % 3) - 1);
+    const r = await descriptionLength(twoCodeStub(dIn) as never, fromArray(x, dIn), { mseBound: dIn });
+    expect(r.precision).toBeGreaterThanOrEqual(2 ** -22.5 * (1 - 1e-12));
+    expect(r.mse).toBe(dIn * stubError(r.precision) ** 2);
+    expect(r.mse).toBeLessThanOrEqual(r.mseBound);
+  });
+
+  it('compat: SAEBench bits and rmsePerDim against a float64 reference, on codes above 100 (per-latent bins on [0, max], the maximum in the last bin)', async () => {
+    const seed = (Date.now() ^ 0x510e527f) >>> 0;
+    const next = lcg(seed);
+    const [dIn, L, k, rows] = [5, 9, 3, 173 + 2 * Math.floor(next() * 40)];
+    // Codes of scale ~300: most latents' maxima pass SAEBench's initial 100, some may not.
+    const W_enc = Float32Array.from({ length: dIn * L }, () => next() * 2 - 0.8);
+    const W_dec = Float32Array.from({ length: L * dIn }, () => next() - 0.5);
+    using sae = SparseAutoencoder.fromWeights({ W_enc, b_enc: new Float32Array(L), W_dec, b_dec: new Float32Array(dIn) }, { k });
+    const x = Float32Array.from({ length: rows * dIn }, () => next() * 200);
+    const got = await descriptionLength(sae, fromArray(x, dIn), { compat: true, batchSize: 37 });
+    const codes = await sae.encode(x);
+    const maxv = new Array<number>(L).fill(100);
+    const active = new Array<number>(L).fill(0);
+    codes.values.forEach((v, q) => {
+      if (v > 0) {
+        const l = codes.indices[q]!;
+        active[l]!++;
+        maxv[l] = Math.max(maxv[l]!, v);
+      }
+    });
+    expect(maxv.some((m) => m > 100), `seed ${seed}: no latent above 100`).toBe(true);
+    const ctx = `seed ${seed}`;
+    expect(got.compat!.map((c) => c.numBins), ctx).toEqual([4, 6, 8, 12, 16, 32]);
+    for (const c of got.compat!) {
+      const nb = c.numBins;
+      // Bits: per latent H_b(p) + p H(bins over all tokens, the inactive ones in bin 0).
+      let bits = 0;
+      for (let l = 0; l < L; l++) {
+        const hist = new Array<number>(nb).fill(0);
+        hist[0] = rows - active[l]!;
+        codes.values.forEach((v, q) => {
+          if (v > 0 && codes.indices[q] === l) hist[Math.min(nb - 1, Math.floor((v / maxv[l]!) * nb))]!++;
+        });
+        const p = active[l]! / rows;
+        let h = 0;
+        for (const n of hist) if (n > 0) h -= (n / rows) * Math.log2(n / rows);
+        bits += (p > 0 && p < 1 ? -(p * Math.log2(p) + (1 - p) * Math.log2(1 - p)) : 0) + p * h;
+      }
+      expect(Math.abs(c.bitsPerToken - bits), `${ctx}, ${nb} bins: ${c.bitsPerToken} vs ${bits}`).toBeLessThanOrEqual(1e-12 * bits);
+      // rmsePerDim: sqrt(MSE per element) / dIn, the codes moved to their bins' midpoints (width max / bins).
+      const quantised = Float32Array.from(codes.values, (v, q) => {
+        if (!(v > 0)) return 0;
+        const w = maxv[codes.indices[q]!]! / nb;
+        return (Math.min(nb - 1, Math.floor(v / w)) + 0.5) * w;
+      });
+      const recon = await sae.decode({ ...codes, values: quantised });
+      let sse = 0;
+      for (let i = 0; i < x.length; i++) sse += (x[i]! - recon[i]!) ** 2;
+      const rmse = Math.sqrt(sse / rows / dIn) / dIn;
+      expect(Math.abs(c.rmsePerDim - rmse), `${ctx}, ${nb} bins: ${c.rmsePerDim} vs ${rmse}`).toBeLessThanOrEqual(1e-9 * rmse);
+      expect(c.valid, ctx).toBe(rmse < 0.01);
+    }
+  });
+
+  it('reads no batch past maxTokens and ends the pass', async () => {
+    using sae = SparseAutoencoder.create({ dIn: 4, numLatents: 7, k: 2, seed: 4 });
+    const x = Float32Array.from({ length: 400 * 4 }, (_, i) => Math.sin(i * 0.37));
+    const seen = { batches: 0, ended: false };
+    const source = customSource(4, 400, async function* (o) {
+      try {
+        for await (const b of fromArray(x, 4).batches(o)) {
+          seen.batches++;
+          yield b;
+        }
+      } finally {
+        seen.ended = true;
+      }
+    });
+    // 100 tokens in batches of 50: the second batch completes maxTokens; a third was read as 0 rows.
+    const r = await descriptionLength(sae, source, { maxTokens: 100, batchSize: 50 });
+    expect(r.tokens).toBe(100);
+    expect(seen).toEqual({ batches: 2, ended: true });
+    expect(r).toEqual(await descriptionLength(sae, fromArray(x.subarray(0, 400), 4)));
+  });
+
   it('a bound no width meets: the error names the bound given (or the default), and says which widths were tried', async () => {
     // A stub SAE whose decode is exact for its own codes and off by 1 in every entry otherwise:
     // unquantised MSE 0, every quantised width dIn.
@@ -201,6 +311,13 @@ describe('MDL description length', () => {
     using sae = SparseAutoencoder.create({ dIn: 5, numLatents: 9, k: 2, seed: 1 });
     const x = Float32Array.from({ length: 50 }, (_, i) => Math.sin(i));
     await expect(descriptionLength(sae, fromArray(x, 5), { mseBound: -1 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+    // 0 was taken: a bound no lossy SAE can meet, reported as 'not met' instead of refused.
+    for (const bad of [0, Number.NaN, Infinity, '1' as never]) {
+      await expect(descriptionLength(sae, fromArray(x, 5), { mseBound: bad }), `mseBound ${String(bad)}`).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: expect.stringMatching(/^Expected a positive finite number for options\.mseBound but received/),
+      });
+    }
     await expect(descriptionLength(sae, fromArray(x, 5), { maxTokens: 1 })).rejects.toBeInstanceOf(SaekitError);
     await expect(descriptionLength(sae, fromArray(new Float32Array(60), 6))).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
     await expect(descriptionLength(sae, fromArray(x, 5), { compat: 'no' as never })).rejects.toThrow(/options\.compat/);
