@@ -480,6 +480,40 @@ describe('sparseProbe', () => {
     expect(() => fitLogistic(new Float64Array(0), new Uint8Array(0), 0, 1)).toThrow(/\bn\b/);
   });
 
+  it('fits separable data under a weak penalty (C up to 1e10) to its optimum: Newton needs 20 to 30 steps there', () => {
+    // The margins grow like log C, and each Newton step gains a roughly constant amount of them.
+    const next = lcg(11);
+    const [n, p] = [41, 3];
+    const Xr = Float64Array.from({ length: n * p }, () => next() * 2 - 1);
+    const cases = [
+      { X: Float64Array.from([-2, -1, 1, 2]), y: Uint8Array.from([0, 0, 1, 1]), n: 4, p: 1 },
+      { X: Xr, y: Uint8Array.from({ length: n }, (_, i) => (Xr[i * p]! + 0.5 * Xr[i * p + 1]! > 0 ? 1 : 0)), n, p },
+    ];
+    for (const { X, y, n: rows, p: cols } of cases) {
+      for (const C of [1e6, 1e8, 1e10]) {
+        const fit = fitLogistic(X, y, rows, cols, C);
+        // sklearn's gradient, sum_i (sigma(z_i) - y_i) x_i + w / C, relative to its terms' size.
+        const g = new Float64Array(cols + 1);
+        const gs = new Float64Array(cols + 1);
+        for (let i = 0; i < rows; i++) {
+          let z = fit.b;
+          for (let j = 0; j < cols; j++) z += X[i * cols + j]! * fit.w[j]!;
+          const r = 1 / (1 + Math.exp(-z)) - y[i]!;
+          for (let j = 0; j <= cols; j++) {
+            const xj = j < cols ? X[i * cols + j]! : 1;
+            g[j] += r * xj;
+            gs[j] += Math.abs(r * xj);
+          }
+        }
+        for (let j = 0; j < cols; j++) {
+          g[j] += fit.w[j]! / C;
+          gs[j] += Math.abs(fit.w[j]! / C);
+        }
+        for (let j = 0; j <= cols; j++) expect(Math.abs(g[j]!) / gs[j]!, `n ${rows}, C ${C}, parameter ${j}: ${fit.iterations} iterations`).toBeLessThan(1e-6);
+      }
+    }
+  });
+
   it('fitLogistic refuses a label other than 0 or 1 and a C that is not positive and finite', () => {
     const X = Float64Array.from([1, 2, 3]);
     // A label of 2 (or 255) was read as 'truthy', i.e. as 1.
