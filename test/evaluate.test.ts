@@ -516,6 +516,18 @@ describe('maxCosine', () => {
     await expect(maxCosine(Float32Array.of(1, NaN, 0, 1), 2, 2, { signal: aborted })).rejects.toBe(aborted.reason);
   });
 
+  it('rows scaled by powers of two give the same cosines, even at 2^70 and 2^-80 whose squares overflow or underflow float32 (norms in float64)', async () => {
+    const { ctx, next } = freshRng(22);
+    const [n, d] = [37, 29];
+    const rows = Float32Array.from({ length: n * d }, () => next() * 2 - 1);
+    const want = await maxCosine(rows, n, d);
+    // Each row times 2^e exactly (float32 keeps every scaled value): the unit rows are the same bits.
+    const exps = Array.from({ length: n }, (_, i) => [70, -80, 0, 100, -100][i % 5]!);
+    const scaled = rows.map((v, i) => v * 2 ** exps[Math.floor(i / d)]!);
+    for (let i = 0; i < rows.length; i++) expect(scaled[i]! / 2 ** exps[Math.floor(i / d)]!).toBe(rows[i]);
+    expect(Array.from(await maxCosine(scaled, n, d)), ctx).toEqual(Array.from(want));
+  });
+
   it('handles n = 1 (NaN), n = 2 and all-zero rows', async () => {
     expect(Number.isNaN((await maxCosine(Float32Array.of(1, 2, 3), 1, 3))[0])).toBe(true);
     const two = await maxCosine(Float32Array.of(1, 0, 0, 1), 2, 2);
