@@ -329,6 +329,9 @@ describe('MDL description length', () => {
     using dead = SparseAutoencoder.fromWeights({ ...w, W_enc: new Float32Array(w.W_enc.length), b_enc: new Float32Array(9).fill(-1) }, { k: 2 });
     const r = await descriptionLength(dead, fromArray(x, 5));
     expect(r.mse).toBe(r.mseUnquantized);
+    // No active latent: 0 bits, and a bin width that is still a width (> 0: it was 0 when vmax 0 was taken as one).
+    expect([r.bitsPerToken, r.bernoulliBits, r.valueBits]).toEqual([0, 0, 0]);
+    expect(r.precision).toBeGreaterThan(0);
     await expect(descriptionLength(dead, fromArray(x, 5), { mseBound: r.mseUnquantized / 2 })).rejects.toThrow(/every code is zero/);
   });
 });
