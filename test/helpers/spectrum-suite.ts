@@ -195,6 +195,30 @@ export function spectrumSuite(solver: NativeEigenSolver): void {
       expect(eigenvalues[100]!).toBeLessThan(eigenvalues[0]! * d * 2 ** -24); // what the floor removes
     });
 
+    it('the fit range ends at the first eigenvalue at or below d 2^-24 times the largest (exact diagonal covariances)', async () => {
+      // Rows +-a_r e_r (pairs, so the column means are 0): the covariance is diagonal with entries
+      // 2 a_r^2 / (n - 1), computed exactly up to float32 rounding of a_r and its square. Ranks
+      // 1..12 follow r^-0.5; ranks 13..64 sit at 8 x 2^-24 (between 2^-24 and the floor d 2^-24 =
+      // 2^-18: excluded) or at 2^-17 (above the floor: fitted up to d = 64).
+      const d = 64;
+      const n = 2 * d;
+      for (const [tail, want] of [
+        [2 ** -21, [11, 12]],
+        [2 ** -17, [11, 64]],
+      ] as const) {
+        const lambda = Array.from({ length: d }, (_, r) => (r < 12 ? (r + 1) ** -0.5 : tail * (1 - r / 1024)));
+        const w = new Float32Array(n * d);
+        lambda.forEach((l, r) => {
+          const a = Math.sqrt((l * (n - 1)) / 2);
+          w[2 * r * d + r] = a;
+          w[(2 * r + 1) * d + r] = -a;
+        });
+        const { eigenvalues, fitRanks } = await spectrumWith(w, n, d, solver);
+        for (let r = 0; r < d; r++) expect(Math.abs(eigenvalues[r]! - lambda[r]!), `tail ${tail}, rank ${r + 1}`).toBeLessThan(1e-6 * lambda[r]!);
+        expect(fitRanks, `tail ${tail}`).toEqual(want);
+      }
+    });
+
     it('validates its arguments', async () => {
       await expect(spectrumWith(new Float32Array(10), 3, 3, solver)).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
       await expect(spectrumWith(new Float32Array(3), 1, 3, solver)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
