@@ -522,6 +522,12 @@ describe('sparseProbe', () => {
         expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected 0 or 1 for y\[1\] but received/) }),
       );
     }
+    // y of another length than n: the rows past it were read as label 0 (undefined), or ignored.
+    for (const len of [2, 4]) {
+      expect(() => fitLogistic(X, Uint8Array.from({ length: len }, (_, i) => i % 2), 3, 1), `y of length ${len}`).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: 'fitLogistic: expected X of length 3 and y of length 3' }),
+      );
+    }
     // C = 0 is an infinite penalty (1 / C), not a fit.
     for (const bad of [0, -1, Number.NaN, Infinity]) {
       expect(() => fitLogistic(X, Uint8Array.from([0, 1, 1]), 3, 1, bad), `C ${bad}`).toThrow(
@@ -535,6 +541,8 @@ describe('sparseProbe', () => {
     const labels = Uint8Array.from({ length: n }, (_, i) => i % 2);
     const features = Float32Array.from({ length: n * 3 }, (_, i) => (i % 7) / 7);
     const arg = (re: RegExp) => expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(re) });
+    // m = 0 (with no features) gave probes of no latents.
+    expect(() => sparseProbe(new Float32Array(0), labels, { m: 0 })).toThrow(arg(/^Expected integer between 1 and \d+ for options\.m but received 0/));
     // k = [] gave no probes at all.
     expect(() => sparseProbe(features, labels, { m: 3, k: [] })).toThrow(arg(/^Expected a non-empty array of positive integers for options\.k /));
     for (const tf of [0, 1, 1.5, -0.2]) {

@@ -320,6 +320,8 @@ describe('MDL description length', () => {
     }
     await expect(descriptionLength(sae, fromArray(x, 5), { maxTokens: 1 })).rejects.toBeInstanceOf(SaekitError);
     await expect(descriptionLength(sae, fromArray(new Float32Array(60), 6))).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
+    // A source without rows: nothing to measure (it resolved with 0 tokens, 0 bits and NaN MSEs).
+    await expect(descriptionLength(sae, fromArray(new Float32Array(0), 5))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: 'the source produced no rows' });
     await expect(descriptionLength(sae, fromArray(x, 5), { compat: 'no' as never })).rejects.toThrow(/options\.compat/);
     await expect(descriptionLength(sae, undefined as never)).rejects.toThrow(/source/);
     await expect(descriptionLength({} as never, fromArray(x, 5))).rejects.toThrow(/\bsae\b/);
