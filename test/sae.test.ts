@@ -993,13 +993,18 @@ describe('parameter and moment memory is zeroed without writing it on the JS thr
   });
 
   it('create() and adam() return at once for a large SAE (they zero-filled 0.9 GB on the JS thread: 1.0 s with the old build)', () => {
-    const t0 = performance.now();
-    const sae = SparseAutoencoder.create({ dIn: 2304, numLatents: 16384, k: 32, seed: 1 }); // 302 MB of parameters
-    const opt = sae.adam(); // 604 MB of moments
-    const ms = performance.now() - t0;
-    opt.dispose();
-    sae.dispose();
-    expect(ms).toBeLessThan(100);
+    // The quickest of three tries, against a bound well below the old build's 1.0 s (unloaded):
+    // a loaded CI machine stretched a single try to 0.57 s, never all three.
+    let quickest = Infinity;
+    for (let t = 0; t < 3 && quickest >= 400; t++) {
+      const t0 = performance.now();
+      const sae = SparseAutoencoder.create({ dIn: 2304, numLatents: 16384, k: 32, seed: 1 }); // 302 MB of parameters
+      const opt = sae.adam(); // 604 MB of moments
+      quickest = Math.min(quickest, performance.now() - t0);
+      opt.dispose();
+      sae.dispose();
+    }
+    expect(quickest).toBeLessThan(400);
   });
 });
 
