@@ -17,7 +17,7 @@ import { describe, expect, it } from 'vitest';
 
 import { fromArray, SaekitError, SparseAutoencoder, tensor, Trainer, type SaeWeights, type SparseCodes } from '../lib/index.js';
 import { distUrl, haveDist } from './helpers/child.js';
-import { lcg } from './helpers/reference.js';
+import { lcg, randomMatrix } from './helpers/reference.js';
 import { normalizeDecoderCase } from './helpers/normalize-case.js';
 import * as R from './helpers/sae-reference.js';
 
@@ -1436,5 +1436,45 @@ describe('create({ seed }) on every SIMD level', () => {
       for (let d = 0; d < 333; d++) sq += dec[l * 333 + d]! ** 2;
       expect(Math.abs(Math.sqrt(sq) - 1), `seed ${seed}: row ${l}`).toBeLessThan(1e-6);
     }
+  });
+});
+
+describe('the TypeScript layer: bounds named by option, documented defaults, result shapes', () => {
+  const argErr = (what: RegExp) => expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(what) });
+  const shapeErr = (what: RegExp) => expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(what) });
+
+  it('create and fromWeights: k = numLatents is accepted, 0 and numLatents + 1 are refused naming options.k; sizes past their limits name the option', async () => {
+    const [dIn, L] = [5, 9];
+    const next = lcg(freshSeed(1));
+    expect(() => SparseAutoencoder.create({ dIn: 1, numLatents: 2 ** 24 + 1, k: 1 })).toThrow(argErr(/for options\.numLatents but received 16777217/));
+    expect(() => SparseAutoencoder.create({ dIn: 2 ** 20 + 1, numLatents: 1, k: 1 })).toThrow(argErr(/for options\.dIn but received 1048577/));
+    const w = { W_enc: randomMatrix(dIn, L, next), b_enc: randomMatrix(1, L, next), W_dec: randomMatrix(L, dIn, next), b_dec: randomMatrix(1, dIn, next) };
+    for (const k of [0, L + 1]) {
+      expect(() => SparseAutoencoder.create({ dIn, numLatents: L, k })).toThrow(argErr(new RegExp(`between 1 and ${L} for options\\.k but received ${k} `)));
+      expect(() => SparseAutoencoder.fromWeights(w, { k })).toThrow(argErr(new RegExp(`between 1 and ${L} for options\\.k but received ${k} `)));
+    }
+    // k = numLatents: every latent is a code of every row (positives by value, then zeros by index).
+    const x = randomMatrix(3, dIn, next);
+    using a = SparseAutoencoder.create({ dIn, numLatents: L, k: L, seed: 3 });
+    using b = SparseAutoencoder.fromWeights(w, { k: L });
+    for (const sae of [a, b]) {
+      expect(sae.k).toBe(L);
+      const c = await sae.encode(x);
+      expect([c.rows, c.k]).toEqual([3, L]);
+      for (let r = 0; r < 3; r++) expect(Array.from(c.indices.subarray(r * L, (r + 1) * L)).sort((p, q) => p - q)).toEqual(Array.from({ length: L }, (_, j) => j));
+    }
+  });
+
+  it('fromWeights refuses an empty bias as a shape error naming it, a threshold for a TopK SAE and a k for a JumpReLU SAE', () => {
+    const [dIn, L] = [3, 5];
+    const next = lcg(freshSeed(2));
+    const w = { W_enc: randomMatrix(dIn, L, next), b_enc: new Float32Array(L), W_dec: randomMatrix(L, dIn, next), b_dec: new Float32Array(dIn) };
+    // W_enc and W_dec of a length no bias explains (7 values), and of lengths that disagree.
+    for (const [W_enc, W_dec] of [[new Float32Array(7), new Float32Array(7)], [new Float32Array(15), new Float32Array(14)]]) {
+      expect(() => SparseAutoencoder.fromWeights({ W_enc, W_dec, b_enc: new Float32Array(L), b_dec: new Float32Array(0) }, { k: 1 })).toThrow(shapeErr(/for b_dec but received a Float32Array of length 0$/));
+      expect(() => SparseAutoencoder.fromWeights({ W_enc, W_dec, b_enc: new Float32Array(0), b_dec: new Float32Array(dIn) }, { k: 1 })).toThrow(shapeErr(/for b_enc but received a Float32Array of length 0$/));
+    }
+    expect(() => SparseAutoencoder.fromWeights({ ...w, threshold: new Float32Array(L) }, { k: 1 })).toThrow(argErr(/no threshold for a TopK SAE .* for threshold/));
+    expect(() => SparseAutoencoder.fromWeights({ ...w, threshold: new Float32Array(L) }, { architecture: 'jumprelu', k: 2 } as never)).toThrow(argErr(/no k for a JumpReLU SAE .* for options\.k but received 2/));
   });
 });
