@@ -1477,4 +1477,20 @@ describe('the TypeScript layer: bounds named by option, documented defaults, res
     expect(() => SparseAutoencoder.fromWeights({ ...w, threshold: new Float32Array(L) }, { k: 1 })).toThrow(argErr(/no threshold for a TopK SAE .* for threshold/));
     expect(() => SparseAutoencoder.fromWeights({ ...w, threshold: new Float32Array(L) }, { architecture: 'jumprelu', k: 2 } as never)).toThrow(argErr(/no k for a JumpReLU SAE .* for options\.k but received 2/));
   });
+
+  it('JumpReLU encode and forward give rows = the rows of x (k is the batch\'s own padding)', async () => {
+    const seed = freshSeed(3);
+    const next = lcg(seed);
+    const [dIn, L, rows] = [7, 11, 5];
+    const w = { W_enc: randomMatrix(dIn, L, next), b_enc: new Float32Array(L), W_dec: randomMatrix(L, dIn, next), b_dec: randomMatrix(1, dIn, next) };
+    using jump = SparseAutoencoder.fromWeights({ ...w, threshold: Float32Array.from({ length: L }, () => 0.1 + 0.3 * next()) }, { architecture: 'jumprelu' });
+    const x = randomMatrix(rows, dIn, next);
+    const c = await jump.encode(x);
+    const f = await jump.forward(x);
+    for (const codes of [c, f.codes]) {
+      expect([codes.rows, codes.numLatents], `seed ${seed}`).toEqual([rows, L]);
+      expect(codes.values.length, `seed ${seed}`).toBe(rows * codes.k);
+      expect(codes.k, `seed ${seed}`).toBeGreaterThan(1);
+    }
+  });
 });
