@@ -1493,4 +1493,42 @@ describe('the TypeScript layer: bounds named by option, documented defaults, res
       expect(codes.k, `seed ${seed}`).toBeGreaterThan(1);
     }
   });
+
+  it('gradients: a dead mask of another length is a shape error naming options.auxk.deadMask', async () => {
+    const [dIn, L] = [4, 9];
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k: 2, seed: 1 });
+    const x = Float32Array.from({ length: 3 * dIn }, (_, i) => Math.sin(i));
+    for (const n of [0, L - 1, L + 1]) {
+      await expect(sae.gradients(x, { auxk: { deadMask: new Uint8Array(n) } })).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_SHAPE',
+        message: expect.stringMatching(new RegExp(`length numLatents = ${L} for options\\.auxk\\.deadMask but received a Uint8Array of length ${n}$`)),
+      });
+    }
+  });
+
+  it('a step counts latents dead strictly past 10,000,000 tokens since they fired by default (StepOptions.deadThresholdTokens), or past the threshold given', async () => {
+    const [dIn, L] = [3, 8];
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k: 1, seed: 2 });
+    const counts = Float64Array.from([0, 1e6 + 1, 5e6, 1e7 - 1, 1e7, 1e7 + 1, 2e7, 9e15 - 1]);
+    const opt = sae.adam();
+    const x = Float32Array.from({ length: 2 * dIn }, (_, i) => Math.sin(i + 1));
+    // numDead is counted before the step.
+    sae.setTokensSinceFired(counts);
+    expect((await opt.step(x)).numDead).toBe(3);
+    sae.setTokensSinceFired(counts);
+    expect((await opt.step(x, { deadThresholdTokens: 5e6 })).numDead).toBe(5);
+  });
+
+  it('a step refuses a batch another optimizer prefetched (its copy belongs to that optimizer), and leaves it unused', async () => {
+    const [dIn, L] = [3, 5];
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k: 2, seed: 1 });
+    const a = sae.adam();
+    const b = sae.adam();
+    const x = Float32Array.from({ length: 7 * dIn }, (_, i) => Math.sin(i));
+    const batch = a.prefetch(x);
+    await expect(b.step(batch)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/a batch prefetched by this optimizer for x/) });
+    expect([b.steps, batch.disposed]).toEqual([0, false]);
+    await a.step(batch);
+    expect([a.steps, batch.disposed]).toEqual([1, true]);
+  });
 });
