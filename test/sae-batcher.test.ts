@@ -313,4 +313,30 @@ describe('EncodeBatcher', () => {
     expect(sae.disposed).toBe(false);
     expect((await sae.encode(xs[1]!)).rows).toBe(1);
   });
+
+  it('maxRows is at least 1: 0 is refused naming options.maxRows', () => {
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 2 });
+    expect(new EncodeBatcher(sae, { maxRows: 1 }).maxRows).toBe(1);
+    expect(() => new EncodeBatcher(sae, { maxRows: 0 })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.maxRows but received 0/) }));
+  });
+
+  it('an empty or infinite request is rejected alone, before it joins a batch; the others resolve with their own rows', async () => {
+    const seed = Date.now() % 100_000;
+    const next = lcg(seed);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 6 });
+    const b = new EncodeBatcher(sae);
+    const inf = rowsOf(2, dIn, next);
+    inf[dIn + 3] = -Infinity;
+    const xs = [rowsOf(1, dIn, next), rowsOf(2, dIn, next), new Float32Array(0), inf, rowsOf(3, dIn, next)];
+    const got = await Promise.allSettled(xs.map((x) => b.encode(x)));
+    expect(got[2]).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/for x but received a Float32Array of length 0/) } });
+    expect(got[3]).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/row 1 holds -Infinity \(column 3\)/) } });
+    for (const i of [0, 1, 4]) {
+      expect(got[i]!.status, `seed ${seed}, request ${i}`).toBe('fulfilled');
+      const g = (got[i] as PromiseFulfilledResult<SparseCodes>).value;
+      const alone = await sae.encode(xs[i]!);
+      expect(slice(g, 0, g.rows).indices, `seed ${seed}, request ${i}`).toEqual(slice(alone, 0, alone.rows).indices);
+    }
+    expect(b.batches).toBe(2);
+  });
 });
