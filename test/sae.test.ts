@@ -1531,4 +1531,23 @@ describe('the TypeScript layer: bounds named by option, documented defaults, res
     await a.step(batch);
     expect([a.steps, batch.disposed]).toEqual([1, true]);
   });
+
+  it('setState, setStatePieces and setTokensSinceFired accept their largest values and name the argument just past them', async () => {
+    const [dIn, L] = [3, 5];
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k: 2, seed: 1 });
+    const opt = sae.adam();
+    const st = await opt.state();
+    opt.setState({ ...st, t: 2 ** 50 });
+    expect((await opt.state()).t).toBe(2 ** 50);
+    expect(() => opt.setState({ ...st, t: 2 ** 50 + 1 })).toThrow(argErr(/for state\.t but received 1125899906842625 /));
+    sae.setTokensSinceFired(new Float64Array(L).fill(9e15 - 1));
+    expect(Array.from(await sae.tokensSinceFired())).toEqual(new Array(L).fill(9e15 - 1));
+    const counts = new Float64Array(L);
+    counts[3] = 9e15;
+    expect(() => sae.setTokensSinceFired(counts)).toThrow(argErr(/for counts\[3\] but received 9000000000000000 /));
+    // Pieces that are not Float32Arrays are refused as such, naming state.m / state.v.
+    const p = await opt.statePieces(7);
+    expect(() => opt.setStatePieces({ ...p, m: [...p.m.slice(0, -1), Array.from(p.m.at(-1)!)] as never })).toThrow(argErr(/an Array of Float32Array pieces for state\.m/));
+    expect(() => opt.setStatePieces({ ...p, v: p.v.map((q) => Float64Array.from(q)) as never })).toThrow(argErr(/an Array of Float32Array pieces for state\.v/));
+  });
 });
