@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { backend } from '../lib/index.js';
 import { cpuProblem, elfProblem, packageRoot } from '../lib/native/index.js';
@@ -124,5 +124,88 @@ describe('a shared library cut short is refused before it is loaded (the loader 
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('elfProblem on crafted headers (each field it reads, at its bounds)', () => {
+  /** An ELF header (64 bytes, or 52 for class 1) and program header table as the ELF spec lays them out, little-endian unless data is 2. */
+  function elf(o: { cls?: number; data?: number; phoff?: number; phentsize?: number; phnum?: number; phdrs?: { type: number; offset: number; filesz: number; memsz?: number }[]; size?: number }): Buffer {
+    const { cls = 2, data = 1, phoff = 64, phentsize = 56 } = o;
+    const phdrs = o.phdrs ?? [];
+    const phnum = o.phnum ?? phdrs.length;
+    const len = o.size ?? Math.max(64, phoff + phdrs.length * 56);
+    const b = Buffer.alloc(Math.max(len, 64 + phdrs.length * 56 + phoff));
+    b.writeUInt32BE(0x7f454c46, 0);
+    b[4] = cls;
+    b[5] = data;
+    b[6] = 1;
+    const le = data !== 2;
+    const u16 = (v: number, at: number) => (le ? b.writeUInt16LE(v, at) : b.writeUInt16BE(v, at));
+    const u64 = (v: number, at: number) => (le ? b.writeBigUInt64LE(BigInt(v), at) : b.writeBigUInt64BE(BigInt(v), at));
+    u16(3, 16); // ET_DYN
+    u16(62, 18); // EM_X86_64
+    u64(phoff, 32);
+    u16(64, 52); // e_ehsize
+    u16(phentsize, 54);
+    u16(phnum, 56);
+    u16(64, 58); // e_shentsize
+    phdrs.forEach((p, i) => {
+      const at = phoff + i * 56;
+      le ? b.writeUInt32LE(p.type, at) : b.writeUInt32BE(p.type, at);
+      u64(p.offset, at + 8);
+      u64(p.filesz, at + 32);
+      u64(p.memsz ?? p.filesz, at + 40);
+    });
+    return b.subarray(0, len);
+  }
+  let dir = '';
+  const check = (name: string, bytes: Buffer) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, bytes);
+    return elfProblem(f)?.replace(`${f} is damaged: `, '');
+  };
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'saekit-elf-crafted-'));
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('a well-formed file passes; its loadable segments bound the size (p_offset + p_filesz, not p_memsz: .bss is not in the file)', () => {
+    const phdrs = [
+      { type: 6, offset: 64, filesz: 3 * 56 }, // PT_PHDR
+      { type: 1, offset: 0, filesz: 4000 },
+      { type: 1, offset: 4000, filesz: 1000, memsz: 90_000 }, // .data + .bss
+    ];
+    expect(check('ok.so', elf({ phdrs, size: 5000 }))).toBeUndefined();
+    expect(check('short.so', elf({ phdrs, size: 4999 }))).toBe('truncated (4999 bytes, its segments need 5000)');
+    // Segments other than PT_LOAD are not mapped from the file: a PT_NULL entry's fields mean nothing.
+    expect(check('null.so', elf({ phdrs: [...phdrs, { type: 0, offset: 2 ** 40, filesz: 2 ** 40 }], size: 5000 }))).toBeUndefined();
+    expect(check('note.so', elf({ phdrs: [...phdrs, { type: 4, offset: 6000, filesz: 100 }], size: 5000 }))).toBeUndefined();
+  });
+
+  it('the header is 64 bytes: one byte short is truncated, 64 goes on to the program headers', () => {
+    const whole = elf({ phdrs: [{ type: 1, offset: 0, filesz: 300 }], size: 300 });
+    expect(check('h63.so', whole.subarray(0, 63))).toBe('truncated (63 bytes, shorter than an ELF header)');
+    expect(check('h64.so', whole.subarray(0, 64))).toBe('truncated (64 bytes, its program headers end at 120)');
+  });
+
+  it('the program header table: cut one byte short of its end is named so; cut at its end, the segments are', () => {
+    const whole = elf({ phoff: 200, phdrs: [{ type: 1, offset: 0, filesz: 1000 }, { type: 1, offset: 1000, filesz: 24 }], size: 1024 });
+    expect(check('whole.so', whole)).toBeUndefined();
+    expect(check('t311.so', whole.subarray(0, 311))).toBe('truncated (311 bytes, its program headers end at 312)');
+    expect(check('t312.so', whole.subarray(0, 312))).toBe('truncated (312 bytes, its segments need 1024)');
+  });
+
+  it('entries of another size than Elf64_Phdr (56 bytes) are damage; a file without program headers (an object file, e_phentsize 0) is left to the loader', () => {
+    expect(check('ent32.so', elf({ phentsize: 32, phdrs: [{ type: 1, offset: 0, filesz: 100 }], size: 200 }))).toBe('program header entries of 32 bytes (expected 56)');
+    expect(check('rel.o', elf({ phentsize: 0, phnum: 0, size: 64 }))).toBeUndefined();
+  });
+
+  it('not little-endian ELF64 (ELFCLASS32, or big-endian) is left to the loader, whatever follows', () => {
+    // A whole 32-bit header is 52 bytes: no "shorter than an ELF header" for it.
+    expect(check('elf32.so', elf({ cls: 1, size: 52 }))).toBeUndefined();
+    expect(check('elf32-long.so', elf({ cls: 1, phdrs: [{ type: 1, offset: 0, filesz: 9000 }], size: 200 }))).toBeUndefined();
+    expect(check('be.so', elf({ data: 2, phdrs: [{ type: 1, offset: 0, filesz: 9000 }], size: 200 }))).toBeUndefined();
+    // The same layout little-endian is damaged: the two checks above are what let those through.
+    expect(check('le.so', elf({ phdrs: [{ type: 1, offset: 0, filesz: 9000 }], size: 200 }))).toBe('truncated (200 bytes, its segments need 9000)');
   });
 });
