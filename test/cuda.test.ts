@@ -126,11 +126,30 @@ describe('CUDA backend detection', () => {
     try {
       const { cuda } = backend.info();
       expect(cuda.attempts[0]).toEqual({ path: dir, outcome: `${dir} is not a file (a folder)` });
-      if (!cuda.available) expect(cuda.reason).toMatch(new RegExp(`^SAEKIT_CUDA_PLUGIN names ${escapeRe(dir)}, which is not a file \\(a folder\\): it must name the plugin file \\(libsaekit_cuda\\.so\\)`));
+      const own = `SAEKIT_CUDA_PLUGIN names ${dir}, which is not a file (a folder): it must name the plugin file (libsaekit_cuda.so)`;
+      // No other candidate got further (none built here): the folder is the whole reason, said once.
+      if (cuda.attempts.slice(1).every((a) => a.outcome === 'not found')) expect(cuda.reason).toBe(own);
+      else if (!cuda.available) expect(cuda.reason).toMatch(new RegExp(`^${escapeRe(own)}; elsewhere: (?!${escapeRe(dir)})`));
     } finally {
       if (saved === undefined) delete process.env.SAEKIT_CUDA_PLUGIN;
       else process.env.SAEKIT_CUDA_PLUGIN = saved;
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the plugin candidates, in the order the addon tries them: SAEKIT_CUDA_PLUGIN (made absolute), build-cuda/, then prebuilds/', async () => {
+    const { cudaPluginCandidates } = await import('../lib/native/index.js');
+    const built = path.join(packageRoot, 'build-cuda', 'libsaekit_cuda.so');
+    const prebuilt = path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`, 'cuda', 'libsaekit_cuda.so');
+    const saved = process.env.SAEKIT_CUDA_PLUGIN;
+    try {
+      delete process.env.SAEKIT_CUDA_PLUGIN;
+      expect(cudaPluginCandidates()).toEqual([built, prebuilt]);
+      process.env.SAEKIT_CUDA_PLUGIN = path.join('some', 'relative', 'libsaekit_cuda.so');
+      expect(cudaPluginCandidates()).toEqual([path.join(process.cwd(), 'some', 'relative', 'libsaekit_cuda.so'), built, prebuilt]);
+    } finally {
+      if (saved === undefined) delete process.env.SAEKIT_CUDA_PLUGIN;
+      else process.env.SAEKIT_CUDA_PLUGIN = saved;
     }
   });
 
