@@ -41,6 +41,20 @@ describe('environment variables', () => {
     expect([...names].filter((n) => !table.includes(`| \`${n}`) && !table.includes(`, \`${n}`)).sort()).toEqual([]);
   });
 
+  it('each checked variable at an end of its range (or on its list) is taken without a warning; one past that end, or off its list, is warned and named', () => {
+    // Loads the addon from lib/ in a fresh process (the check runs once, when it loads) and prints the warnings.
+    const warnings = (env: Record<string, string>) => {
+      const script = `import { backend } from ${JSON.stringify(path.join(packageRoot, 'lib', 'index.ts'))};\nbackend.info();\n`;
+      const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: packageRoot, encoding: 'utf8', env: { ...process.env, ...env } });
+      expect(r.status, r.stderr).toBe(0);
+      return [...r.stderr.matchAll(/\[SAEKIT_ENV\] Warning: (SAEKIT_[A-Z_]+)='/g)].map((m) => m[1]).sort();
+    };
+    // A lower or an upper end of each range (cli.test.ts checks SAEKIT_NUM_THREADS=1024 and 1025 through dist/).
+    expect(warnings({ SAEKIT_NUM_THREADS: '1', SAEKIT_SIMD: 'scalar', SAEKIT_BLAS: 'builtin', SAEKIT_CUDA: '1', SAEKIT_TILE_BYTES: '1024', SAEKIT_TILE_ROWS: String(2 ** 30), SAEKIT_IO_THREADS: '64' })).toEqual([]);
+    const past = { SAEKIT_NUM_THREADS: '0', SAEKIT_SIMD: 'sse4.2', SAEKIT_BLAS: 'openblas', SAEKIT_CUDA: '2', SAEKIT_TILE_BYTES: '1023', SAEKIT_TILE_ROWS: String(2 ** 30 + 1), SAEKIT_IO_THREADS: '65' };
+    expect(warnings(past)).toEqual(Object.keys(past).sort());
+  });
+
   it('SAEKIT_IO_THREADS: a value the warning calls ignored is ignored natively too (atoi took "3x" as 3)', () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-io-threads-'));
     try {
