@@ -406,3 +406,18 @@ describe('fromNative', () => {
     expect(fromNative('a string')).toMatchObject({ code: 'ERR_SAEKIT_NATIVE', message: 'a string' });
   });
 });
+
+describe('device names', () => {
+  it("anything but 'auto', 'cpu', 'cuda' or 'cuda:' and digits is ERR_SAEKIT_ARG naming the option, before any CUDA state is read; use() keeps the default", async () => {
+    const { resolveDevice, use } = await import('../lib/backend/index.js');
+    const bad: unknown[] = ['cuda:0x', 'cuda:1.5', 'cuda:1 ', ' cuda', 'xcuda', 'my-cuda:0', 'cuda:0\n', 'cuda:+1', 'cuda:0:1', 'cuda:', 'Cuda', ['cuda'], ['cuda:0'], new String('cuda'), { toString: () => 'cuda' }, 0, null];
+    for (const d of bad) {
+      expect(() => resolveDevice('options.device', d), String(d)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected one of 'auto', 'cpu', 'cuda', 'cuda:N' for options\.device but received/) }));
+      expect(() => use(d as 'cpu'), String(d)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    }
+    // undefined is "the default" to resolveDevice, never a default to store.
+    expect(() => use(undefined as unknown as 'cpu')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG' }));
+    expect(use('auto')).toBe('auto');
+    expect(resolveDevice('options.device', 'cpu')).toEqual({ kind: 'cpu' });
+  });
+});
