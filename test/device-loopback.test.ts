@@ -9,7 +9,7 @@ process.env.SAEKIT_DEVICE_LOOPBACK = '1'; // before the addon resolves its devic
 import { describe, expect, it } from 'vitest';
 
 import { backend, EncodeBatcher, features, fromArray, SparseAutoencoder } from '../lib/index.js';
-import { autoDevice, cudaDevice } from '../lib/backend/index.js';
+import { autoDevice, cudaDevice, resolveDevice } from '../lib/backend/index.js';
 import { native } from '../lib/native/index.js';
 import { lcg, randomMatrix } from './helpers/reference.js';
 import { deviceParitySuite } from './helpers/device-suite.js';
@@ -90,6 +90,25 @@ describe("'auto' device selection", () => {
       expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: `Expected a usable CUDA device for device = 'cuda' but cuda:0 is ${old}` }),
     );
     expect(() => cudaDevice('device', 'cuda:2', cuda)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: expect.stringMatching(/between cuda:0 and cuda:1/) }));
+  });
+
+  it("device names resolve against the plugin candidates of the moment, as info() reports them: under candidates that find no device, 'cuda' is refused with their reason and 'auto' is the CPU", () => {
+    expect(resolveDevice('options.device', 'cuda')).toEqual({ kind: 'cuda', index: 0 });
+    const saved = { plugin: process.env.SAEKIT_CUDA_PLUGIN, loopback: process.env.SAEKIT_DEVICE_LOOPBACK };
+    try {
+      process.env.SAEKIT_DEVICE_LOOPBACK = '0';
+      process.env.SAEKIT_CUDA_PLUGIN = `/nonexistent/saekit-resolve-${process.pid}.so`;
+      const { cuda } = backend.info();
+      expect(cuda.available).toBe(false);
+      expect(() => resolveDevice('options.device', 'cuda:0')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: `Expected a usable CUDA device for options.device = 'cuda:0' but ${cuda.reason}` }));
+      expect(resolveDevice('options.device', 'auto')).toEqual({ kind: 'cpu' });
+    } finally {
+      for (const [name, v] of [['SAEKIT_CUDA_PLUGIN', saved.plugin], ['SAEKIT_DEVICE_LOOPBACK', saved.loopback]] as const) {
+        if (v === undefined) delete process.env[name];
+        else process.env[name] = v;
+      }
+    }
+    expect(resolveDevice('options.device', 'cuda:0')).toEqual({ kind: 'cuda', index: 0 });
   });
 });
 
