@@ -663,6 +663,34 @@ describe('shuffling', () => {
     expect(spares.length).toBe(1);
     expect(spares[0]).toBe(c);
   });
+
+  it("a pool takes from alloc only whole arrays of its size at offset 0, gives back only its own arrays' buffers, and offers an array given back after close() to later passes", () => {
+    const n = 5099 + Math.floor(Math.random() * 1000); // a size no other pass uses
+    // alloc's wrong answers: short views of a buffer of the right size, an offset view, a longer buffer.
+    const wrong = [new Float32Array(new ArrayBuffer(n * 4), 0, n - 1), new Float32Array(new ArrayBuffer(n * 4 + 4), 4, n), new Float32Array(n + 1).subarray(0, n)];
+    const offered = [...wrong];
+    const pool = new BatchPool(n, true, () => offered.shift());
+    for (let i = 0; i < wrong.length; i++) {
+      const a = pool.take();
+      expect(a.length).toBe(n);
+      expect(a.buffer.byteLength).toBe(n * 4);
+      expect(wrong.map((w) => w.buffer)).not.toContain(a.buffer);
+    }
+    // Arrays that are not the pool's own size and layout are not taken back.
+    pool.give(new Float32Array(n + 1).subarray(0, n));
+    pool.give(new Float32Array(new ArrayBuffer(n * 4 + 8), 8, n - 1));
+    const own = pool.take();
+    expect(own.length).toBe(n);
+    expect(own.buffer.byteLength).toBe(n * 4);
+    pool.give(own.subarray(0, 7)); // a short batch's view: its whole array comes back
+    const again = pool.take();
+    expect(again.buffer).toBe(own.buffer);
+    expect(again.length).toBe(n);
+    pool.close();
+    pool.give(again); // the pass ended while the consumer held it: a spare for later passes
+    expect(takeSpare(n)).toBe(again);
+    expect(takeSpare(n)).toBeUndefined();
+  });
 });
 
 describe('spare memory gives its pages back', () => {
