@@ -426,6 +426,70 @@ describe('a shuffled source that fits in the buffer', () => {
   });
 });
 
+describe('rows served per epoch (fresh odd sizes)', () => {
+  it('in order and shuffled, recycled or not, with and without dropLast: each row once per epoch (or all but the short batch), whole batches, no empty batch; in order, in file order', async () => {
+    const seed = freshSeed();
+    const next = lcg(seed);
+    const dIn = 1 + Math.floor(next() * 6);
+    const bs = 2 + Math.floor(next() * 9);
+    const epochs = 2;
+    // A multiple of the batch size (no short batch: none may be served, empty or not), and one that is not.
+    for (const rows of [bs * (1 + Math.floor(next() * 5)), bs * (1 + Math.floor(next() * 5)) + 1 + Math.floor(next() * (bs - 1))]) {
+      const x = Float32Array.from({ length: rows * dIn }, (_, i) => Math.floor(i / dIn)); // row r holds r in every column
+      const file = p(`served-${seed}-${rows}.npy`);
+      await writeNpyFixture(file, 'float32', [rows, dIn], x);
+      const full = Math.floor(rows / bs);
+      const short = rows - full * bs;
+      for (const [kind, src] of [['array', fromArray(x, dIn)], ['file', await openActivations(file)]] as const) {
+        for (const shuffle of [false, true]) {
+          for (const recycle of [false, true]) {
+            for (const dropLast of [false, true]) {
+              const what = `seed ${seed}, ${kind}, rows ${rows}, dIn ${dIn}, batchSize ${bs}, shuffle ${shuffle}, recycle ${recycle}, dropLast ${dropLast}`;
+              const opts = { batchSize: bs, shuffle, recycle, dropLast, epochs, seed, bufferBytes: (3 + Math.floor(next() * rows)) * dIn * 4, chunkRows: 1 + Math.floor(next() * 5) };
+              const batches = await collectCopies(src, opts);
+              const perEpoch = full + (short > 0 && !dropLast ? 1 : 0);
+              expect(batches.map((b) => b.rows), what).toEqual(Array.from({ length: epochs }, () => [...Array<number>(full).fill(bs), ...(short > 0 && !dropLast ? [short] : [])]).flat());
+              for (let e = 0; e < epochs; e++) {
+                const served: number[] = [];
+                for (const b of batches.slice(e * perEpoch, (e + 1) * perEpoch)) {
+                  for (let r = 0; r < b.rows; r++) {
+                    const row = b.data.subarray(r * dIn, (r + 1) * dIn);
+                    expect(row.every((v) => v === row[0]), `${what}: a row mixes rows`).toBe(true);
+                    served.push(row[0]!);
+                  }
+                }
+                if (!shuffle) expect(served, what).toEqual(Array.from({ length: served.length }, (_, i) => i));
+                const sorted = [...served].sort((a, b) => a - b);
+                expect(new Set(sorted).size, `${what}: a row served twice in epoch ${e}`).toBe(sorted.length);
+                expect(sorted.every((r) => Number.isInteger(r) && r >= 0 && r < rows), what).toBe(true);
+              }
+            }
+          }
+        }
+        await src.close();
+      }
+    }
+  });
+
+  it("the mixing buffer's windows are floor(bufferRows / 3) rows: the first round draws from the first two windows' rows only, and from every one of them", async () => {
+    const n = 41;
+    const src = fromArray(Float32Array.from({ length: n }, (_, i) => i), 1);
+    const base = BigInt(freshSeed()) * 1000n;
+    for (const bufferRows of [9, 10, 11, 12, 13, 14, 17]) {
+      const half = Math.floor(bufferRows / 3);
+      const firstRound = new Set<number>();
+      // Each of the 2 half resident rows is in a round's draw of half with probability 1/2: missing from 40 draws, 2^-40.
+      for (let t = 0n; t < 40n; t++) {
+        for await (const b of src.batches({ batchSize: half, shuffle: true, seed: base + t, bufferBytes: bufferRows * 4, chunkRows: n })) {
+          for (const v of b.data) firstRound.add(v);
+          break;
+        }
+      }
+      expect([...firstRound].sort((a, b) => a - b), `bufferRows ${bufferRows}, seeds from ${base}`).toEqual(Array.from({ length: 2 * half }, (_, i) => i));
+    }
+  });
+});
+
 describe('a pass its consumer has ended', () => {
   it('return() and then close() of the source: next() is done, not a batch read ahead nor the close error (the consumer had already stopped)', async () => {
     const seed = freshSeed();
