@@ -492,4 +492,57 @@ describe('Pump', () => {
       await pump.return();
     }
   });
+
+  it('stopped or returned before the first next(): the producer never runs, the pass ends at once (onDone, onOver once each) and next() is done', async () => {
+    for (const how of ['stop', 'return'] as const) {
+      const calls = { produce: 0, done: 0, over: 0, start: 0 };
+      const pump = new Pump(
+        async (emit) => {
+          calls.produce++;
+          await emit({ rows: 1, dIn: 1, data: new Float32Array(1) } as unknown as Batch);
+        },
+        2,
+        () => calls.done++,
+        () => undefined,
+        () => undefined,
+        () => calls.start++,
+        () => calls.over++,
+      );
+      if (how === 'stop') await pump.stop();
+      else expect(await pump.return()).toEqual({ value: undefined, done: true });
+      expect(calls, how).toEqual({ produce: 0, done: 1, over: how === 'return' ? 1 : 0, start: 0 });
+      expect(await pump.next()).toEqual({ value: undefined, done: true });
+      expect(await pump.next()).toEqual({ value: undefined, done: true });
+      expect(calls, how).toEqual({ produce: 0, done: 1, over: 1, start: 0 });
+    }
+  });
+
+  it('return() after batches were taken: the held batch is not handed back (the consumer may still read it), every queued one is dropped, and onOver comes before the producer unwinds', async () => {
+    const released: number[] = [];
+    const order: string[] = [];
+    let made = 0;
+    const pump = new Pump(
+      async (emit) => {
+        try {
+          for (;;) await emit({ rows: 1, dIn: 1, data: Float32Array.of(made++) } as unknown as Batch);
+        } finally {
+          order.push('unwound');
+        }
+      },
+      3,
+      () => order.push('done'),
+      (b) => released.push(b.data[0]!),
+      () => order.push('stop'),
+      () => undefined,
+      () => order.push('over'),
+    );
+    expect((await pump.next()).value!.data[0]).toBe(0);
+    expect((await pump.next()).value!.data[0]).toBe(1);
+    expect(released).toEqual([0]); // handed back when the next one was asked for
+    await pump.return();
+    expect(released).toEqual([0]);
+    expect(order).toEqual(['over', 'stop', 'unwound', 'done']);
+    expect(await pump.next()).toEqual({ value: undefined, done: true });
+    expect(released).toEqual([0]);
+  });
 });
