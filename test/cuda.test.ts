@@ -137,7 +137,7 @@ describe('CUDA backend detection', () => {
     }
   });
 
-  it('the plugin candidates, in the order the addon tries them: SAEKIT_CUDA_PLUGIN (made absolute), build-cuda/, then prebuilds/', async () => {
+  it('the plugin candidates, in the order the addon tries them: SAEKIT_CUDA_PLUGIN (made absolute), build-cuda/, then prebuilds/; unset, the reason does not name it', async () => {
     const { cudaPluginCandidates } = await import('../lib/native/index.js');
     const built = path.join(packageRoot, 'build-cuda', 'libsaekit_cuda.so');
     const prebuilt = path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`, 'cuda', 'libsaekit_cuda.so');
@@ -145,6 +145,10 @@ describe('CUDA backend detection', () => {
     try {
       delete process.env.SAEKIT_CUDA_PLUGIN;
       expect(cudaPluginCandidates()).toEqual([built, prebuilt]);
+      // Unset, the first candidate missing is not reported as the variable naming it.
+      const { cuda } = backend.info();
+      expect(cuda.attempts[0]!.path).toBe(built);
+      if (!cuda.available) expect(cuda.reason).not.toMatch(/SAEKIT_CUDA_PLUGIN/);
       process.env.SAEKIT_CUDA_PLUGIN = path.join('some', 'relative', 'libsaekit_cuda.so');
       expect(cudaPluginCandidates()).toEqual([path.join(process.cwd(), 'some', 'relative', 'libsaekit_cuda.so'), built, prebuilt]);
     } finally {
