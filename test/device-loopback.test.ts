@@ -94,16 +94,18 @@ describe("'auto' device selection", () => {
 
   it("device names resolve against the plugin candidates of the moment, as info() reports them: under candidates that find no device, 'cuda' is refused with their reason and 'auto' is the CPU", () => {
     expect(resolveDevice('options.device', 'cuda')).toEqual({ kind: 'cuda', index: 0 });
-    const saved = { plugin: process.env.SAEKIT_CUDA_PLUGIN, loopback: process.env.SAEKIT_DEVICE_LOOPBACK };
+    const saved = { plugin: process.env.SAEKIT_CUDA_PLUGIN, loopback: process.env.SAEKIT_DEVICE_LOOPBACK, cuda: process.env.SAEKIT_CUDA };
     try {
+      // Another candidate list, resolved with neither the loopback nor a plugin probe (SAEKIT_CUDA=0: no device even where one is built).
       process.env.SAEKIT_DEVICE_LOOPBACK = '0';
+      process.env.SAEKIT_CUDA = '0';
       process.env.SAEKIT_CUDA_PLUGIN = `/nonexistent/saekit-resolve-${process.pid}.so`;
       const { cuda } = backend.info();
       expect(cuda.available).toBe(false);
       expect(() => resolveDevice('options.device', 'cuda:0')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: `Expected a usable CUDA device for options.device = 'cuda:0' but ${cuda.reason}` }));
       expect(resolveDevice('options.device', 'auto')).toEqual({ kind: 'cpu' });
     } finally {
-      for (const [name, v] of [['SAEKIT_CUDA_PLUGIN', saved.plugin], ['SAEKIT_DEVICE_LOOPBACK', saved.loopback]] as const) {
+      for (const [name, v] of [['SAEKIT_CUDA_PLUGIN', saved.plugin], ['SAEKIT_DEVICE_LOOPBACK', saved.loopback], ['SAEKIT_CUDA', saved.cuda]] as const) {
         if (v === undefined) delete process.env[name];
         else process.env[name] = v;
       }
