@@ -6,6 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import {
+  COOCCURRENCE_DENSE_MAX,
   COOCCURRENCE_MAX_LATENTS,
   CooccurrenceAccumulator,
   cooccurrence,
@@ -412,4 +413,175 @@ describe('cooccurrence() with codes detached while it runs', () => {
     }
     expect(rejected, 'detached after one turn, the call must fail').toBeGreaterThan(0);
   }, 60_000);
+});
+
+describe('mutation round (cooc): bounds, defaults and refusals', () => {
+  /** Codes of `rows` tokens (k = 3) over the latents in `pool` (random picks, values in (0, 2)). */
+  const poolCodes = (rows: number, pool: number[], next: () => number): CooccurrenceCodes => {
+    const k = 3;
+    const values = Float32Array.from({ length: rows * k }, () => 0.01 + next() * 1.99);
+    const indices = Int32Array.from({ length: rows * k }, () => pool[Math.floor(next() * pool.length)]!);
+    return { rows, k, values, indices };
+  };
+
+  it('the dense phi matrix is given at numLatents = COOCCURRENCE_DENSE_MAX (4096) and refused one above; at the bound it and top equal a naive count', async () => {
+    expect(COOCCURRENCE_DENSE_MAX).toBe(4096);
+    const seed = (Date.now() ^ 0x3c6ef372) >>> 0;
+    const next = lcg(seed);
+    const n = COOCCURRENCE_DENSE_MAX;
+    // A pool of latents including both ends (the matrix's first and last rows and columns).
+    const pool = [0, 1, n - 2, n - 1, ...Array.from({ length: 9 }, () => 2 + Math.floor(next() * (n - 4)))];
+    const chunkTokens = 3 + Math.floor(next() * 4);
+    const codes = poolCodes(61 + 2 * Math.floor(next() * 30), pool, next);
+    const ref = naive(codes, n, chunkTokens, 0, false);
+    const acc = new CooccurrenceAccumulator(n, { chunkTokens });
+    acc.add(codes);
+    const res = await acc.result({ top: 1000, dense: true });
+    expect(res.top, `seed ${seed}`).toEqual(ref.all);
+    expect((await acc.result({ top: 1000 })).top, `seed ${seed}`).toEqual(ref.all);
+    const phi = res.phi!;
+    expect(phi).toHaveLength(n * n);
+    // Every entry: the naive pair's phi, 1 or 0 on the diagonal, and 0 for pairs that never co-occur
+    // (one of them never active or always active: phi 0) or that co-occur in no chunk.
+    const want = new Map(ref.all.map((p) => [p.i * n + p.j, p.phi]));
+    const T = ref.T;
+    let nonzero = 0;
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < n; j++) {
+        const got = phi[i * n + j]!;
+        let w: number;
+        if (ref.active[i] === 0 || ref.active[j] === 0) w = 0;
+        else if (i === j) w = ref.active[i]! > 0 && ref.active[i]! < T ? 1 : 0;
+        else {
+          const [a, b] = i < j ? [i, j] : [j, i];
+          // Never together: n11 = 0, so phi = -ci cj / sqrt(ci (T - ci) cj (T - cj)) (0 where undefined).
+          const ci = ref.active[a]!;
+          const cj = ref.active[b]!;
+          const apart = -(ci * cj) / Math.sqrt(ci * (T - ci) * cj * (T - cj));
+          w = want.get(a * n + b) ?? (Number.isFinite(apart) ? apart : 0);
+        }
+        if (got !== w) expect(got, `seed ${seed}: phi[${i}, ${j}]`).toBe(w);
+        if (got !== 0) nonzero++;
+      }
+    }
+    expect(nonzero, `seed ${seed}`).toBeGreaterThan(pool.length);
+    // One latent more: refused, naming the option and the bound, before any scan. (Settled by
+    // hand: a resolved 4097 x 4097 matrix would make rejects.toThrow print it.)
+    const over = new CooccurrenceAccumulator(n + 1, { chunkTokens });
+    over.add(codes);
+    const settled = (p: Promise<unknown>) => p.then(() => 'resolved', (e: unknown) => e);
+    expect(await settled(over.result({ dense: true }))).toMatchObject({ code: 'ERR_SAEKIT_ARG', message: 'Expected false when numLatents > 4096 for options.dense but received true (boolean)' });
+    expect(await settled(cooccurrence({ numLatents: n + 1, codes }, { dense: true }))).toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.dense/) });
+    // cooccurrence() gives the same matrix (compared entry by entry: toEqual on 16M entries is slow).
+    const viaCall = (await cooccurrence({ numLatents: n, codes }, { chunkTokens, dense: true, top: 1000 })).phi!;
+    expect(viaCall).toHaveLength(n * n);
+    let differ = 0;
+    for (let q = 0; q < n * n; q++) if (viaCall[q] !== phi[q]) differ++;
+    expect(differ, `seed ${seed}`).toBe(0);
+  }, 30_000);
+
+  it('numLatents = COOCCURRENCE_MAX_LATENTS (32,768) is taken and counts the last latents of the packed triangle', async () => {
+    const n = COOCCURRENCE_MAX_LATENTS;
+    const seed = (Date.now() ^ 0xa54ff53a) >>> 0;
+    const next = lcg(seed);
+    const pool = [0, 5, n - 3, n - 2, n - 1, 1 + Math.floor(next() * (n - 5))];
+    const codes = poolCodes(40 + Math.floor(next() * 40), pool, next);
+    const ref = naive(codes, n, 4, 0, false);
+    const acc = new CooccurrenceAccumulator(n, { chunkTokens: 4 });
+    acc.add(codes);
+    const res = await acc.result({ top: 100 });
+    expect(res.chunks).toBe(ref.T);
+    expect(res.top, `seed ${seed}`).toEqual(ref.all);
+  }, 30_000);
+
+  it('chunkTokens defaults to the documented 256 (accumulator and cooccurrence()), on a fresh odd number of rows', async () => {
+    const seed = (Date.now() ^ 0x9b05688c) >>> 0;
+    const next = lcg(seed);
+    const numLatents = 23 + 2 * Math.floor(next() * 10);
+    const rows = 3 * 256 + 1 + 2 * Math.floor(next() * 100); // three chunks and a partial fourth
+    const codes = randomCodes(rows, 2, numLatents, next);
+    const ref = naive(codes, numLatents, 256, 0, false);
+    const acc = new CooccurrenceAccumulator(numLatents);
+    expect(acc.chunkTokens).toBe(256);
+    acc.add(codes);
+    const res = await acc.result({ top: 1000 });
+    expect(res.chunks, `seed ${seed}`).toBe(4);
+    expect(Array.from(res.active), `seed ${seed}`).toEqual(ref.active);
+    expect(res.top, `seed ${seed}`).toEqual(ref.all);
+    expect((await cooccurrence({ numLatents, codes }, { top: 1000 })).top, `seed ${seed}`).toEqual(ref.all);
+  });
+
+  it('a negative latent index is refused, named by position (it was read as inactive and dropped)', async () => {
+    const seed = (Date.now() ^ 0x1f83d9ab) >>> 0;
+    const next = lcg(seed);
+    const codes = randomCodes(50, 3, 20, next);
+    const at = Math.floor(next() * codes.indices.length);
+    codes.indices[at] = -1 - Math.floor(next() * 5);
+    codes.values[at] = 1;
+    const acc = new CooccurrenceAccumulator(20, { chunkTokens: 8 });
+    expect(() => acc.add(codes), `seed ${seed}`).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `Expected integer between 0 and 19 for codes.indices[${at}] but received ${codes.indices[at]} (number)` }),
+    );
+    await expect(cooccurrence({ numLatents: 20, codes: [codes] })).rejects.toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringContaining(`for input.codes[0].indices[${at}] but`) }),
+    );
+  });
+  it('a threshold of Infinity is refused like NaN (expected a finite number >= 0)', () => {
+    for (const t of [Infinity, -Infinity, Number.NaN]) {
+      expect(() => new CooccurrenceAccumulator(8, { threshold: t }), String(t)).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `Expected a finite number >= 0 for options.threshold but received ${t} (number)` }),
+      );
+    }
+  });
+
+  it('cooccurrence() checks every entry of a long batch up front: a bad index at a slice boundary is named as input.codes, nothing counted', async () => {
+    // The up-front check runs in slices of 2^16 entries; each boundary entry must be checked too.
+    const seed = (Date.now() ^ 0xbb67ae85) >>> 0;
+    const next = lcg(seed);
+    const k = 4;
+    const rows = 3 * 2 ** 14 + 1 + Math.floor(next() * 1000);
+    const good = { rows, k, values: new Float32Array(rows * k).fill(1), indices: Int32Array.from({ length: rows * k }, (_, i) => i % 13) };
+    for (const at of [2 ** 16 - 1, 2 ** 16, 2 ** 17 - 1, 2 ** 17, Math.floor(next() * rows * k)]) {
+      const bad = { ...good, indices: good.indices.slice() };
+      bad.indices[at] = 13;
+      await expect(cooccurrence({ numLatents: 13, codes: [good, bad] }, { chunkTokens: 5 }), `seed ${seed}, at ${at}`).rejects.toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `Expected integer between 0 and 12 for input.codes[1].indices[${at}] but received 13 (number)` }),
+      );
+      const nan = { ...good, values: good.values.slice() };
+      nan.values[at] = Number.NaN;
+      await expect(cooccurrence({ numLatents: 13, codes: nan }, { chunkTokens: 5 }), `seed ${seed}, at ${at}`).rejects.toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_NONFINITE', message: `input.codes.values[${at}] is NaN: expected finite values` }),
+      );
+    }
+  });
+
+  it('cooccurrence() refuses a source of another width than the SAE before reading it', async () => {
+    const d = 6;
+    using sae = SparseAutoencoder.create({ dIn: d, numLatents: 16, k: 3, seed: 1 });
+    for (const w of [d - 1, d + 1, 2 * d]) {
+      let reads = 0;
+      const src = fromArray(new Float32Array(30 * w).fill(0.5), w);
+      const batches = src.batches.bind(src);
+      src.batches = ((o: never) => (reads++, batches(o))) as typeof src.batches;
+      await expect(cooccurrence({ sae, source: src }, { chunkTokens: 4 }), `width ${w}`).rejects.toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: `Expected input.source of dIn = ${d} (the SAE's) but received dIn = ${w}` }),
+      );
+      expect(reads, `width ${w}`).toBe(0);
+    }
+  });
+  it('phiCoefficient names a negative cii or cjj as such (not as an impossible cij)', () => {
+    const seed = (Date.now() ^ 0x5f1d36f1) >>> 0;
+    const next = lcg(seed);
+    for (let trial = 0; trial < 20; trial++) {
+      const T = 3 + Math.floor(next() * 50);
+      const neg = -1 - Math.floor(next() * 5);
+      const other = Math.floor(next() * (T + 1));
+      expect(() => phiCoefficient(T, 0, neg, other), `seed ${seed}`).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `Expected integer between 0 and T = ${T} for cii but received ${neg} (number)` }),
+      );
+      expect(() => phiCoefficient(T, 0, other, neg), `seed ${seed}`).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `Expected integer between 0 and T = ${T} for cjj but received ${neg} (number)` }),
+      );
+    }
+  });
 });
