@@ -1,10 +1,11 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 
+import { checkOutFile, compare, DEFAULT_MAX_PAIRS, matchLayers, type CompareFlags, type OutInput } from '../lib/cli/compare.js';
 import { backend, features, fromArray, io, metrics, openActivations, SparseAutoencoder } from '../lib/index.js';
 import { canFlock, holdFlock } from './helpers/flock.js';
 import { lcg } from './helpers/reference.js';
@@ -970,5 +971,184 @@ describe('progress line', () => {
     expect(writes.at(-1)).toMatch(/^correlating: 445\.1k\/450\.0k tok .*ETA .* \(9 passes\)\n$/);
     p.update(20_000);
     expect(writes.at(-1)).toMatch(/^correlating: 20\.0k\/50\.0k tok .*ETA \d+:\d\d\n$/);
+  });
+});
+
+describe('compare and match-layers in process: flags, refusals, output and release (mutation round)', () => {
+  /** compare()'s flags as main.ts defaults them, with 2 runs on the CPU. */
+  const flagsOf = (over: Partial<CompareFlags> & { data: string }): CompareFlags => ({
+    kind: 'codes', method: 'hungarian', threshold: 0.1, top: 1, maxTokens: 100_000, runs: 2, maxPairs: DEFAULT_MAX_PAIRS, onNonFinite: 'error', device: 'cpu', ...over,
+  });
+  /** Runs fn with process.stdout and stderr captured; returns what it wrote to stdout. */
+  async function captured(fn: () => Promise<void>): Promise<string> {
+    const out: string[] = [];
+    const so = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => (out.push(String(s)), true));
+    const se = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    try {
+      await fn();
+    } finally {
+      so.mockRestore();
+      se.mockRestore();
+    }
+    return out.join('');
+  }
+  /** The paths this process holds open file descriptors on (Linux). */
+  const openFiles = () => readdirSync('/proc/self/fd').map((d) => { try { return readlinkSync(`/proc/self/fd/${d}`); } catch { return ''; } });
+  /** SparseAutoencoder.load, spied: the SAEs compare / matchLayers load, to see that they dispose them. */
+  function loads() {
+    const got: SparseAutoencoder[] = [];
+    const load = SparseAutoencoder.load.bind(SparseAutoencoder);
+    const spy = vi.spyOn(SparseAutoencoder, 'load').mockImplementation(async (...args) => {
+      const s = await load(...args);
+      got.push(s);
+      return s;
+    });
+    return { got, restore: () => spy.mockRestore() };
+  }
+
+  it('--out: a name beside an SAE folder is taken; a new file through a link to the SAE folder and a link to an input are refused even with --overwrite; an existing file only with --overwrite', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-out-'));
+    mkdirSync(path.join(dir, 'sae'));
+    writeFileSync(path.join(dir, 'sae', 'cfg.json'), '{}');
+    writeFileSync(path.join(dir, 'acts.npy'), 'x');
+    const inputs: OutInput[] = [{ sae: path.join(dir, 'sae') }, { flag: '--data', data: path.join(dir, 'acts.npy'), files: [path.join(dir, 'acts.npy')] }];
+    // Names that start with the SAE folder's name but are not inside it.
+    for (const name of ['sae.json', 'sae-pairs.json', 'saeB']) await expect(checkOutFile(path.join(dir, name), false, inputs), name).resolves.toBeUndefined();
+    await expect(checkOutFile(path.join(dir, 'sae', 'pairs.json'), true, inputs)).rejects.toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/not to overwrite an input but '.*pairs\.json' is inside '/) }),
+    );
+    // A new file through a link to the SAE folder is inside the SAE folder.
+    symlinkSync(path.join(dir, 'sae'), path.join(dir, 'saelink'));
+    await expect(checkOutFile(path.join(dir, 'saelink', 'new.json'), true, inputs)).rejects.toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/not to overwrite an input but '.*saelink.new\.json' is inside '/) }),
+    );
+    // A link to the data file is the data file.
+    symlinkSync(path.join(dir, 'acts.npy'), path.join(dir, 'link.json'));
+    await expect(checkOutFile(path.join(dir, 'link.json'), true, inputs)).rejects.toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/not to overwrite an input but '.*link\.json' is '.*acts\.npy' \(--data\)/) }),
+    );
+    writeFileSync(path.join(dir, 'old.json'), 'keep');
+    await expect(checkOutFile(path.join(dir, 'old.json'), false, inputs)).rejects.toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `--out ${path.join(dir, 'old.json')} already exists; pass --overwrite to replace it, or choose another --out` }),
+    );
+    await expect(checkOutFile(path.join(dir, 'old.json'), true, inputs)).resolves.toBeUndefined();
+    expect(readFileSync(path.join(dir, 'old.json'), 'utf8')).toBe('keep');
+  });
+
+  it('compare refuses --top without --method mutual, and activations of another width naming SAE A; it disposes both SAEs', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-cmp-'));
+    using sae = SparseAutoencoder.create({ dIn: 6, numLatents: 12, k: 3, seed: 4 });
+    const s = path.join(dir, 'sae');
+    await sae.save(s);
+    await io.writeNpy(path.join(dir, 'wide.npy'), { dtype: 'float32', shape: [20, 7], data: new Float32Array(140) });
+    for (const method of ['argmax', 'hungarian'] as const) {
+      await expect(compare(s, s, flagsOf({ data: path.join(dir, 'wide.npy'), method, top: 2 }))).rejects.toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: `Expected --top only with --method mutual but the method is ${method}` }),
+      );
+    }
+    const l = loads();
+    try {
+      await expect(compare(s, s, flagsOf({ data: path.join(dir, 'wide.npy') }))).rejects.toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: `Expected the activations for SAE A (${s}, dIn 6) to have dIn 6 but ${path.join(dir, 'wide.npy')} has dIn 7` }),
+      );
+    } finally {
+      l.restore();
+    }
+    expect(l.got).toHaveLength(2);
+    for (const x of l.got) expect(x.disposed).toBe(true);
+  });
+
+  it('compare: --data-b with more rows runs up to --max-tokens = the shorter length, not one more; hungarian runs at --max-bytes = nA nB 4, not one byte less; the data files are closed after', async () => {
+    const seed = (Date.now() ^ 0x5be0cd19) >>> 0;
+    const next = lcg(seed);
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-cmp-'));
+    const dIn = 5;
+    const nA = 7 + 2 * Math.floor(next() * 3);
+    const nB = nA + 2 + 2 * Math.floor(next() * 3);
+    const rows = 61 + 2 * Math.floor(next() * 40);
+    const data = Float32Array.from({ length: (rows + 1) * dIn }, () => next() - 0.5);
+    const [fa, fb] = [path.join(dir, 'a.npy'), path.join(dir, 'b.npy')];
+    await io.writeNpy(fa, { dtype: 'float32', shape: [rows, dIn], data: data.subarray(0, rows * dIn) });
+    await io.writeNpy(fb, { dtype: 'float32', shape: [rows + 1, dIn], data });
+    using a = SparseAutoencoder.create({ dIn, numLatents: nA, k: 3, seed: 1 + Math.floor(next() * 1000) });
+    using b = SparseAutoencoder.create({ dIn, numLatents: nB, k: 3, seed: 1001 + Math.floor(next() * 1000) });
+    await a.save(path.join(dir, 'a'));
+    await b.save(path.join(dir, 'b'));
+    const ctx = `seed ${seed}: nA ${nA}, nB ${nB}, ${rows} rows`;
+    const run1 = (over: Partial<CompareFlags>) => captured(() => compare(path.join(dir, 'a'), path.join(dir, 'b'), flagsOf({ data: fa, dataB: fb, threshold: -1, json: true, ...over })));
+    const ok = JSON.parse(await run1({ maxTokens: rows, maxBytes: nA * nB * 4 }));
+    expect(ok.tokens, ctx).toBe(rows);
+    expect(ok.method, ctx).toBe('hungarian');
+    expect(ok.pairs_kept, ctx).toBeGreaterThan(0);
+    if (existsSync('/proc/self/fd')) expect(openFiles().filter((p) => p === fa || p === fb), ctx).toEqual([]);
+    await expect(run1({ maxTokens: rows + 1 }), ctx).rejects.toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: `Expected --data and --data-b to hold the same tokens (aligned one by one) but ${fa} has ${rows} rows and ${fb} has ${rows + 1}` }),
+    );
+    await expect(run1({ maxTokens: rows, maxBytes: nA * nB * 4 - 1 }), ctx).rejects.toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(new RegExp(`^--method hungarian needs the full ${nA} x ${nB} correlation matrix \\(${nA * nB * 4} bytes\\), over --max-bytes ${nA * nB * 4 - 1};`)) }),
+    );
+  });
+
+  it('compare: the text output prints the --json summary (integers as they are, other numbers to 5 digits, no kept pair as none); a B feature anti-correlated with every A feature has its best r, -1, in mean_max_correlation', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-cmp-'));
+    const seed = (Date.now() ^ 0x6a09e667) >>> 0;
+    const next = lcg(seed);
+    const dIn = 4;
+    const rows = 101 + 2 * Math.floor(next() * 50);
+    const f = path.join(dir, 'acts.npy');
+    await io.writeNpy(f, { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => next() - 0.5) });
+    // One latent each; B's encoder is A's negated, so their pre-activations have r = -1.
+    const w = Float32Array.from({ length: dIn }, () => next() - 0.5);
+    const weights = (sign: number) => ({ W_enc: w.map((x) => sign * x), b_enc: Float32Array.of(0.1 * sign), W_dec: Float32Array.from(w), b_dec: new Float32Array(dIn) });
+    using a = SparseAutoencoder.fromWeights(weights(1), { k: 1 });
+    using b = SparseAutoencoder.fromWeights(weights(-1), { k: 1 });
+    await a.save(path.join(dir, 'a'));
+    await b.save(path.join(dir, 'b'));
+    const fmt = (v: unknown): string =>
+      typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(5)) : v === null ? 'none (no pair kept)' : typeof v === 'object' ? Object.entries(v as object).map(([k, x]) => `${k} ${fmt(x)}`).join(', ') : String(v);
+    const check = async (pa: string, pb: string, over: Partial<CompareFlags>) => {
+      const flags = flagsOf({ data: f, ...over });
+      const summary = JSON.parse(await captured(() => compare(pa, pb, { ...flags, json: true }))) as Record<string, unknown>;
+      const text = await captured(() => compare(pa, pb, flags));
+      const width = Math.max(...Object.keys(summary).map((k) => k.length));
+      expect(text, `seed ${seed}`).toBe(Object.entries(summary).map(([k, v]) => `${k.padEnd(width)}  ${fmt(v)}\n`).join(''));
+      return { summary, text };
+    };
+    const neg = await check(path.join(dir, 'a'), path.join(dir, 'b'), { kind: 'preacts' });
+    expect(Math.abs((neg.summary.mean_max_correlation as number) + 1), `seed ${seed}`).toBeLessThan(1e-5);
+    expect(neg.summary.pairs_kept).toBe(0);
+    expect(neg.text).toMatch(/^mean_pair_correlation +none \(no pair kept\)$/m);
+    // Larger random SAEs: scores and p-values that are not integers.
+    using c = SparseAutoencoder.create({ dIn, numLatents: 9, k: 2, seed: 1 + Math.floor(next() * 1000) });
+    using d = SparseAutoencoder.create({ dIn, numLatents: 11, k: 2, seed: 1001 + Math.floor(next() * 1000) });
+    await c.save(path.join(dir, 'c'));
+    await d.save(path.join(dir, 'd'));
+    const pos = await check(path.join(dir, 'c'), path.join(dir, 'd'), { method: 'argmax', threshold: -1, maxPairs: 7 });
+    expect(pos.text).toMatch(/^rsa +score \S+, shuffled_mean \S+, p_value \S+$/m);
+  });
+
+  it('match-layers refuses fewer than 2 SAEs and SAEs of other sizes naming both, and disposes every SAE it loaded', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-ml-'));
+    const save = async (name: string, dIn: number, numLatents: number) => {
+      using s = SparseAutoencoder.create({ dIn, numLatents, k: 2, seed: 3 });
+      await s.save(path.join(dir, name));
+      return path.join(dir, name);
+    };
+    const [p0, p1, p2] = [await save('l0', 5, 8), await save('l1', 5, 9), await save('l2', 6, 8)];
+    await expect(matchLayers([p0], { device: 'cpu' })).rejects.toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: 'Expected at least 2 SAEs for match-layers but received 1' }),
+    );
+    for (const [other, dIn, n] of [[p1, 5, 9], [p2, 6, 8]] as const) {
+      const l = loads();
+      try {
+        await expect(matchLayers([p0, p0, other], { device: 'cpu' })).rejects.toThrow(
+          expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: `Expected SAEs of the same size for match-layers but ${p0} has dIn 5, 8 latents and ${other} has dIn ${dIn}, ${n} latents` }),
+        );
+      } finally {
+        l.restore();
+      }
+      expect(l.got).toHaveLength(3);
+      for (const x of l.got) expect(x.disposed).toBe(true);
+    }
   });
 });
