@@ -584,4 +584,27 @@ describe('mutation round (cooc): bounds, defaults and refusals', () => {
       );
     }
   });
+  it('cooccurrence({ sae, source, maxTokens }) asks the source for no batch past maxTokens', async () => {
+    const seed = (Date.now() ^ 0x243f6a88) >>> 0;
+    const next = lcg(seed);
+    const d = 5;
+    using sae = SparseAutoencoder.create({ dIn: d, numLatents: 12, k: 2, seed: 2 });
+    const batchSize = 7 + 2 * Math.floor(next() * 5);
+    const whole = 2 + Math.floor(next() * 4);
+    for (const maxTokens of [whole * batchSize, whole * batchSize + 1 + Math.floor(next() * (batchSize - 1))]) {
+      const src = fromArray(Float32Array.from({ length: 20 * batchSize * d }, () => next() - 0.5), d);
+      let served = 0;
+      const batches = src.batches.bind(src);
+      src.batches = (o) =>
+        (async function* () {
+          for await (const b of batches(o)) {
+            served++;
+            yield b;
+          }
+        })();
+      const res = await cooccurrence({ sae, source: src, maxTokens, batchSize }, { chunkTokens: 3 });
+      expect(res.chunks, `seed ${seed}`).toBe(Math.ceil(maxTokens / 3));
+      expect(served, `seed ${seed}: maxTokens ${maxTokens}, batchSize ${batchSize}`).toBe(Math.ceil(maxTokens / batchSize));
+    }
+  });
 });
