@@ -1058,7 +1058,7 @@ describe('compare and match-layers in process: flags, refusals, output and relea
     for (const x of l.got) expect(x.disposed).toBe(true);
   });
 
-  it('compare: --data-b with more rows runs up to --max-tokens = the shorter length, not one more; hungarian runs at --max-bytes = nA nB 4, not one byte less; the data files are closed after', async () => {
+  it('compare: --data-b with more rows runs up to --max-tokens = the shorter length, not one more; hungarian runs at --max-bytes = nA nB 4, not one byte less (nA nB 16 with --kind preacts); the data files are closed after', async () => {
     const seed = (Date.now() ^ 0x5be0cd19) >>> 0;
     const next = lcg(seed);
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-cmp-'));
@@ -1086,6 +1086,23 @@ describe('compare and match-layers in process: flags, refusals, output and relea
     );
     await expect(run1({ maxTokens: rows, maxBytes: nA * nB * 4 - 1 }), ctx).rejects.toThrow(
       expect.objectContaining({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(new RegExp(`^--method hungarian needs the full ${nA} x ${nB} correlation matrix \\(${nA * nB * 4} bytes\\), over --max-bytes ${nA * nB * 4 - 1};`)) }),
+    );
+    // --kind preacts holds 16 bytes an entry: refused one byte below nA nB 16, by compare (naming the flag), before reading.
+    await expect(run1({ maxTokens: rows, kind: 'preacts', maxBytes: nA * nB * 16 - 1 }), ctx).rejects.toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(new RegExp(`^--method hungarian needs the full ${nA} x ${nB} correlation matrix \\(${nA * nB * 16} bytes with --kind preacts: 16 per entry\\), over --max-bytes ${nA * nB * 16 - 1};`)) }),
+    );
+  });
+
+  it("compare: without --max-bytes hungarian's matrix limit is the documented 1 GiB (2^30 bytes), refused before reading data", async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-cmp-'));
+    // 16384 x 16385 float32 entries: just over 2^30 bytes. dIn 2 keeps the SAEs small.
+    for (const [name, n] of [['a', 16384], ['b', 16385]] as const) {
+      using s = SparseAutoencoder.create({ dIn: 2, numLatents: n, k: 1, seed: 7 });
+      await s.save(path.join(dir, name));
+    }
+    await io.writeNpy(path.join(dir, 'acts.npy'), { dtype: 'float32', shape: [4, 2], data: new Float32Array(8) });
+    await expect(compare(path.join(dir, 'a'), path.join(dir, 'b'), flagsOf({ data: path.join(dir, 'acts.npy') }))).rejects.toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(new RegExp(`^--method hungarian needs the full 16384 x 16385 correlation matrix \\(${16384 * 16385 * 4} bytes\\), over --max-bytes ${2 ** 30};`)) }),
     );
   });
 
