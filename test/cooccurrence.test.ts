@@ -607,4 +607,15 @@ describe('mutation round (cooc): bounds, defaults and refusals', () => {
       expect(served, `seed ${seed}: maxTokens ${maxTokens}, batchSize ${batchSize}`).toBe(Math.ceil(maxTokens / batchSize));
     }
   });
+  it('options.dropPartial and options.dense must be booleans: 1, 0, "yes" and null are refused, not read as truthy or falsy', async () => {
+    const acc = new CooccurrenceAccumulator(8, { chunkTokens: 2 });
+    for (const v of [1, 'yes', null, 0]) {
+      expect(() => new CooccurrenceAccumulator(8, { dropPartial: v as never }), String(v)).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for options\.dropPartial but received/) }),
+      );
+      await expect(acc.result({ dense: v as never }), String(v)).rejects.toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for options\.dense but received/) }),
+      );
+    }
+  });
 });
