@@ -1144,6 +1144,36 @@ describe('compare and match-layers in process: flags, refusals, output and relea
     expect(pos.text).toMatch(/^rsa +score \S+, shuffled_mean \S+, p_value \S+$/m);
   });
 
+  it("match-layers passes --encoder and --no-fold to saeMatch: its mean_mse is the library's for each combination", async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-ml-'));
+    const seed = (Date.now() ^ 0x3c6ef372) >>> 0;
+    const next = lcg(seed);
+    const [n, d] = [7 + 2 * Math.floor(next() * 4), 5];
+    // Encoders independent of the decoders (create() ties them at init, which makes the encoder a no-op here).
+    const mk = () =>
+      SparseAutoencoder.fromWeights(
+        { W_enc: Float32Array.from({ length: d * n }, () => next() - 0.5), b_enc: new Float32Array(n), W_dec: Float32Array.from({ length: n * d }, () => next() - 0.5), b_dec: new Float32Array(d) },
+        { k: 2 },
+      );
+    using s0 = mk();
+    using s1 = mk();
+    await s0.save(path.join(dir, 'l0'));
+    await s1.save(path.join(dir, 'l1'));
+    const seen = new Set<number>();
+    for (const encoder of [false, true]) {
+      for (const fold of [true, false]) {
+        const out = await captured(() => matchLayers([path.join(dir, 'l0'), path.join(dir, 'l1')], { device: 'cpu', json: true, encoder, fold }));
+        const want = await features.saeMatch(s0, s1, { encoder, fold });
+        const [step] = JSON.parse(out) as { mean_mse: number; matched: number }[];
+        expect(step!.mean_mse, `seed ${seed}: encoder ${encoder}, fold ${fold}`).toBe(want.meanMse);
+        expect(step!.matched).toBe(n);
+        seen.add(want.meanMse);
+      }
+    }
+    // The encoder's parameters change the cost: the flag is not a no-op on these SAEs.
+    expect(seen.size, `seed ${seed}`).toBeGreaterThan(1);
+  });
+
   it('match-layers refuses fewer than 2 SAEs and SAEs of other sizes naming both, and disposes every SAE it loaded', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-ml-'));
     const save = async (name: string, dIn: number, numLatents: number) => {
