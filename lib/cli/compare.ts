@@ -258,7 +258,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
         throw e;
       })
       .finally(() => progress.done());
-    // The stages after the correlation take no signal: look between them.
+    // match takes no signal: look after it (svcca's and rsa's permutation tests stop at their next slice).
     signal?.throwIfAborted();
     process.stderr.write(`correlation: ${c.mode === 'full' ? 'full matrix' : `top ${c.top.k} matches per feature`} over ${c.tokens.toLocaleString('en-US')} tokens\n`);
     // For every feature of B, its best correlation in A.
@@ -310,12 +310,12 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
         skipped: `too slow: about ${svccaWork.toExponential(1)} multiply-adds for ${n} pairs of ${dA} and ${dB} dims with --runs ${f.runs} (limit ${SVCCA_MAX_WORK.toExponential(0)}); lower --runs or --max-pairs`,
       };
     } else {
-      const t = await svccaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0 });
+      const t = await svccaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0, ...(signal ? { signal } : {}) });
       summary.svcca = { score: t.score, shuffled_mean: mean(t.shuffled), p_value: t.pValue };
       signal?.throwIfAborted();
     }
     if (n >= 3) {
-      const t = await rsaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0 });
+      const t = await rsaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0, ...(signal ? { signal } : {}) });
       summary.rsa = { score: t.score, shuffled_mean: mean(t.shuffled), p_value: t.pValue };
       signal?.throwIfAborted();
     } else {
