@@ -111,6 +111,21 @@ describe('MDL description length', () => {
     expect(r.bitsPerToken, `seed ${seed}`).toBeCloseTo(r.bernoulliBits + r.valueBits, 12);
   });
 
+  /**
+   * W_enc = I, W_dec = 0.8 I (dIn 3, k 1) and `rows` rows X e_d (X in [0.5, 100.5), d random): the
+   * code of every row is X, decoded to 0.8 X; quantised at width w, to 0.8 (X rounded to w's bin midpoint).
+   */
+  function scaledEye(seed: number, rows: number) {
+    const next = lcg(seed);
+    const dIn = 3;
+    const X = Math.fround(0.5 + next() * 100);
+    const eye = (v: number) => Float32Array.from({ length: dIn * dIn }, (_, i) => (i % (dIn + 1) === 0 ? v : 0));
+    const sae = SparseAutoencoder.fromWeights({ W_enc: eye(1), b_enc: new Float32Array(dIn), W_dec: eye(0.8), b_dec: new Float32Array(dIn) }, { k: 1 });
+    const x = new Float32Array(rows * dIn);
+    for (let r = 0; r < rows; r++) x[r * dIn + Math.floor(next() * dIn)] = X;
+    return { X, dIn, x, sae };
+  }
+
   it('a bound met only by a coarser width than the finest (the MSE is not monotone in the width) is found, not refused', async () => {
     // W_dec = 0.8 I and every row X e_d: each code is X, quantised at width X 2^-j to
     // X (1 + 2^-(j+1)), decoded to 0.8 X (1 + 2^-(j+1)). The squared error is X^2 (0.2 - 0.4 2^-j)^2:
@@ -118,14 +133,8 @@ describe('MDL description length', () => {
     // 0.02 X^2 is met at X / 2, the coarsest power of two that meets it; only j = 30 was tried, and
     // the bound was called "below what any quantisation reaches".
     const seed = Date.now() >>> 0;
-    const next = lcg(seed);
-    const dIn = 3;
-    const X = Math.fround(0.5 + next() * 100);
-    const eye = (s: number) => Float32Array.from({ length: dIn * dIn }, (_, i) => (i % (dIn + 1) === 0 ? s : 0));
-    using sae = SparseAutoencoder.fromWeights({ W_enc: eye(1), b_enc: new Float32Array(dIn), W_dec: eye(0.8), b_dec: new Float32Array(dIn) }, { k: 1 });
-    const rows = 50;
-    const x = new Float32Array(rows * dIn);
-    for (let r = 0; r < rows; r++) x[r * dIn + Math.floor(next() * dIn)] = X;
+    const { X, dIn, x, sae: made } = scaledEye(seed, 50);
+    using sae = made;
     const r = await descriptionLength(sae, fromArray(x, dIn), { mseBound: 0.02 * X * X });
     const err0 = X - Math.fround(Math.fround(0.8) * X);
     expect(Math.abs(r.mseUnquantized - err0 * err0), `seed ${seed}, X ${X}`).toBeLessThanOrEqual(1e-12 * X * X);
@@ -140,14 +149,8 @@ describe('MDL description length', () => {
     // [(1 - sqrt(0.025)) X / 1.2, (1 + sqrt(0.025)) X / 1.2], an interval holding the first midpoint
     // X 2^-0.5: the bisection's answer is its upper end, to 24 halvings of the octave.
     const seed = Date.now() >>> 0;
-    const next = lcg(seed);
-    const dIn = 3;
-    const X = Math.fround(0.5 + next() * 100);
-    const eye = (s: number) => Float32Array.from({ length: dIn * dIn }, (_, i) => (i % (dIn + 1) === 0 ? s : 0));
-    using sae = SparseAutoencoder.fromWeights({ W_enc: eye(1), b_enc: new Float32Array(dIn), W_dec: eye(0.8), b_dec: new Float32Array(dIn) }, { k: 1 });
-    const rows = 31;
-    const x = new Float32Array(rows * dIn);
-    for (let r = 0; r < rows; r++) x[r * dIn + Math.floor(next() * dIn)] = X;
+    const { X, dIn, x, sae: made } = scaledEye(seed, 31);
+    using sae = made;
     const r = await descriptionLength(sae, fromArray(x, dIn), { mseBound: 0.025 * X * X, batchSize: 7 });
     const want = ((1 + Math.sqrt(0.025)) * X) / 1.2;
     expect(Math.abs(r.precision / want - 1), `seed ${seed}, X ${X}: precision ${r.precision}, want ${want}`).toBeLessThan(1e-5);
