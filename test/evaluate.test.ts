@@ -8,15 +8,16 @@
  * The FVU denominator is a streaming Chan merge against a two-pass sum, both backward stable to
  * ~n eps. Geometry goes through a float32 GEMM: its bound is cosineTolerance(d) (geometry.ts).
  */
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 
 import { fromArray, fromAsyncIterable } from '../lib/data/index.js';
 import { SaekitError } from '../lib/errors.js';
 import { evaluate, maxCosine, type EvaluateResult } from '../lib/eval/evaluate.js';
 import { SparseAutoencoder, type SaeWeights, type SparseCodes } from '../lib/index.js';
+import { Tensor } from '../lib/tensor/index.js';
 import { customSource, watchedSource } from './helpers/data-fixtures.js';
 import { cosineTolerance, refMaxCosine, refMetrics } from './helpers/eval-reference.js';
-import { gapBound, watchCall } from './helpers/event-loop.js';
+import { everyLookATurn, gapBound, watchCall } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 
 /** float64 summation-order tolerance (relative), see the header. */
@@ -449,6 +450,27 @@ describe('evaluate: edge cases', () => {
 });
 
 describe('maxCosine', () => {
+  it("an abort during a block's scan (after the block's own check) is seen at the scan's next turn", async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const [n, d] = [601, 7]; // one block (n < chunk); its scan counts n^2 units: looks at the clock
+    const rows = Float32Array.from({ length: n * d }, () => next() - 0.5);
+    const ctrl = new AbortController();
+    const reason = new Error('stop');
+    // The block's cosines are back once its toArray() settles: abort at the first look at the clock after that.
+    let scanning = false;
+    const toArray = Tensor.prototype.toArray;
+    const spy = vi.spyOn(Tensor.prototype, 'toArray').mockImplementation(function (this: Tensor) {
+      return toArray.call(this).then((v) => ((scanning = true), v));
+    });
+    try {
+      await expect(everyLookATurn(() => maxCosine(rows, n, d, { signal: ctrl.signal }), () => scanning && ctrl.abort(reason)), `seed ${seed}`).rejects.toBe(reason);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(scanning).toBe(true);
+  });
+
   it('matches a naive O(n^2) float64 reference, with duplicated, scaled, opposite and zero rows, for any chunk', async () => {
     const { seed, ctx, next } = freshRng(20);
     const n = 203;

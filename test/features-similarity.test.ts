@@ -1,11 +1,11 @@
-import { describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { SaekitError } from '../lib/errors.js';
 import { averageRanks, cka, permutationTest, pwcca, pwccaPermutationTest, rsa, rsaPermutationTest, svcca, svccaPermutationTest } from '../lib/features/similarity.js';
 import { lcg } from './helpers/reference.js';
 import { code, orthogonal, random, transform } from './helpers/similarity.js';
 import { jacobiEigenvalues } from './helpers/spectrum-reference.js';
-import { pause } from '../lib/slices.js';
+import { everyLookATurn } from './helpers/event-loop.js';
 
 function naivePearson(x: number[], y: number[]): number {
   const m = x.length;
@@ -705,21 +705,6 @@ describe('options.signal: svcca, pwcca, rsa, cka and the permutation tests', () 
       ['pwccaPermutationTest', (signal) => pwccaPermutationTest(A, B, { ...s(signal), runs: 5 })],
       ['rsaPermutationTest', (signal) => rsaPermutationTest(A, B, { ...s(signal), runs: 5 })],
     ];
-  }
-
-  /**
-   * Runs `body` with performance.now() moving 50 ms per call, so every look at the clock finds the
-   * slice spent and the work turns the event loop at each of them (as a slow machine would).
-   */
-  async function everyLookATurn<T>(body: () => Promise<T>): Promise<T> {
-    let t = performance.now();
-    const spy = vi.spyOn(performance, 'now').mockImplementation(() => (t += 50));
-    try {
-      return await body();
-    } finally {
-      spy.mockRestore();
-      await pause(); // the slice's start read from the mocked clock (ahead of the real one) is reset
-    }
   }
 
   it('a signal that never aborts changes nothing (same results to the bit); an aborted one rejects with its reason; anything else is ERR_SAEKIT_ARG', async () => {

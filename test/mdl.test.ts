@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { fromArray, SaekitError, SparseAutoencoder } from '../lib/index.js';
 import { codeLength, descriptionLength } from '../lib/eval/mdl.js';
-import { gapBound, watchCall } from './helpers/event-loop.js';
+import { everyLookATurn, gapBound, watchCall } from './helpers/event-loop.js';
 import { customSource } from './helpers/data-fixtures.js';
 import { lcg } from './helpers/reference.js';
 
@@ -47,6 +47,25 @@ describe('MDL description length', () => {
     // Now latent 5's two active values fall in different bins: + 1/2 * 1 bit.
     const c2 = codes(4, 2, [2.5, 1, 2.5, 0, 2.5, 3, 2.5, 0], [3, 5, 3, 0, 3, 5, 3, 0]);
     expect((await codeLength([c2], 8, 1)).bits).toBeCloseTo(1.5, 12);
+  });
+
+  it("codeLength stops at its next turn once its signal aborts (the per-latent entropy loop), and a live signal changes nothing", async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const [L, rows, k] = [301, 40_001, 4]; // 4 x 160,004 units in the entropy loop: several looks at the clock
+    const c = {
+      rows,
+      numLatents: L,
+      k,
+      values: Float32Array.from({ length: rows * k }, () => next() * 5),
+      indices: Int32Array.from({ length: rows * k }, () => Math.floor(next() * L)),
+    };
+    const plain = await codeLength([c], L, 0.37);
+    const ctrl = new AbortController();
+    const reason = new Error('stop');
+    setImmediate(() => ctrl.abort(reason)); // runs at the first turn (the bins' gathering, which takes no signal)
+    await expect(everyLookATurn(() => codeLength([c], L, 0.37, ctrl.signal)), `seed ${seed}`).rejects.toBe(reason);
+    expect(await everyLookATurn(() => codeLength([c], L, 0.37, new AbortController().signal)), `seed ${seed}`).toEqual(plain);
   });
 
   it('matches a naive float64 reference on random codes, split across batches in any way', async () => {

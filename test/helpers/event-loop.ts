@@ -1,3 +1,7 @@
+import { vi } from 'vitest';
+
+import { pause } from '../../lib/slices.js';
+
 /**
  * Watches the event loop: a 1 ms interval records the time between its firings, so a test can
  * check that native or sliced work left the JS thread free (no gap near the work's length).
@@ -49,4 +53,25 @@ export async function watchCall<T>(
  */
 export function gapBound(elapsed: number): number {
   return Math.max(150, elapsed / 6);
+}
+
+/**
+ * Runs `body` with performance.now() moving 50 ms per call, so every look at the clock finds the
+ * slice spent and sliced work turns the event loop at each of them (as on a slow machine): an abort
+ * queued with setImmediate before the call is then seen at the work's first turn, deterministically.
+ * `onLook`, when given, runs at each look (before it returns). Afterwards the slice's start, read
+ * from the mocked clock (ahead of the real one), is reset.
+ */
+export async function everyLookATurn<T>(body: () => Promise<T>, onLook?: () => void): Promise<T> {
+  let t = performance.now();
+  const spy = vi.spyOn(performance, 'now').mockImplementation(() => {
+    onLook?.();
+    return (t += 50);
+  });
+  try {
+    return await body();
+  } finally {
+    spy.mockRestore();
+    await pause();
+  }
 }
