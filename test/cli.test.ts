@@ -13,6 +13,13 @@ import { packageRoot } from '../lib/native/index.js';
 
 const cli = path.join(packageRoot, 'lib', 'cli', 'main.ts');
 
+/** Writes `file`: a float32 .npy of [rows, dIn] uniform in [-0.5, 0.5) drawn from lcg(seed); returns its path. */
+async function randomActs(file: string, rows: number, dIn: number, seed: number): Promise<string> {
+  const rnd = lcg(seed);
+  await io.writeNpy(file, { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => rnd() - 0.5) });
+  return file;
+}
+
 function run(args: string[], env: NodeJS.ProcessEnv = {}, timeout?: number): { stdout: string; stderr: string; status: number | null } {
   const r = spawnSync(process.execPath, ['--import', 'tsx', cli, ...args], {
     cwd: packageRoot,
@@ -760,9 +767,7 @@ describe('saekit CLI', () => {
     const sae = SparseAutoencoder.create({ dIn, numLatents: 64, k: 4, seed: 1 });
     await sae.save(path.join(dir, 'sae'));
     sae.dispose();
-    const acts = path.join(dir, 'acts.npy');
-    const rnd = lcg(5);
-    await io.writeNpy(acts, { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => rnd() - 0.5) });
+    const acts = await randomActs(path.join(dir, 'acts.npy'), rows, dIn, 5);
     for (const maxTokens of ['1000', '200']) {
       const r = run(['eval', path.join(dir, 'sae'), acts, '--max-tokens', maxTokens, '--batch', '64']);
       expect(r.status, r.stderr).toBe(0);
@@ -809,9 +814,7 @@ describe('saekit eval and train: flags, defaults and output (mutation round)', (
     const sae = SparseAutoencoder.create({ dIn, numLatents: 12, k: 2, seed: 4 });
     await sae.save(path.join(dir, 'sae'));
     sae.dispose();
-    const acts = path.join(dir, 'acts.npy');
-    const rnd = lcg(11);
-    await io.writeNpy(acts, { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => rnd() - 0.5) });
+    const acts = await randomActs(path.join(dir, 'acts.npy'), rows, dIn, 11);
     const g = run(['eval', path.join(dir, 'sae'), acts, '--json', '--max-tokens', '9007199254740991']);
     expect(g.status, g.stderr).toBe(0);
     const withGeo = JSON.parse(g.stdout);
@@ -837,9 +840,7 @@ describe('saekit eval and train: flags, defaults and output (mutation round)', (
   it('train --expansion rounds dIn x E to the nearest integer, and --k defaults to the 32 its help prints; --resume with --overwrite is refused', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-expansion-'));
     const [rows, dIn] = [256, 19];
-    const rnd = lcg(13);
-    const acts = path.join(dir, 'acts.npy');
-    await io.writeNpy(acts, { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => rnd() - 0.5) });
+    const acts = await randomActs(path.join(dir, 'acts.npy'), rows, dIn, 13);
     const help = run(['train', '--help']).stdout.replace(/\s+/g, ' ');
     expect(help).toMatch(/--k <k> active latents per row \(default: 32\)/);
     const out = path.join(dir, 'run');
@@ -865,12 +866,7 @@ describe('saekit eval, compare and match-layers stop on SIGINT / SIGTERM', () =>
     await sae.save(path.join(dir, name));
     return path.join(dir, name);
   }
-  async function acts(dir: string, rows: number, dIn: number): Promise<string> {
-    const rnd = lcg(rows + dIn);
-    const file = path.join(dir, `acts${dIn}.npy`);
-    await io.writeNpy(file, { dtype: 'float32', shape: [rows, dIn], data: Float32Array.from({ length: rows * dIn }, () => rnd() - 0.5) });
-    return file;
-  }
+  const acts = (dir: string, rows: number, dIn: number): Promise<string> => randomActs(path.join(dir, `acts${dIn}.npy`), rows, dIn, rows + dIn);
   const stopped = /saekit: stopping \(Ctrl-C again to quit now\)\.\.\.\nsaekit: stopped; no results were written\n$/;
 
   it('eval: Ctrl-C during the max-cosine geometry (seconds at 16384 latents) exits 130 at once with a message', async () => {
