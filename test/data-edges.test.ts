@@ -1,0 +1,95 @@
+/**
+ * Edges of the activation sources the rest of the data tests leave open (each found by mutation
+ * testing): option bounds at their exact limits, the default chunk size, rows named by a stream split
+ * unevenly across its items, the staging buffer of a list that mixes 16-bit and staged float64
+ * files, symbolic links in a folder, and hidden files and folders in glob patterns.
+ */
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { fromArray, fromAsyncIterable, openActivations, type ActivationSource, type Batch, type BatchOptions } from '../lib/data/index.js';
+import { expandGlob } from '../lib/data/glob.js';
+import { resolveBatchOptions } from '../lib/data/options.js';
+import { concatRows, f16ToNumber, randomHalfBits, randomRows, writeNpyFixture } from './helpers/data-fixtures.js';
+import { lcg } from './helpers/reference.js';
+
+let dir: string;
+const p = (...parts: string[]) => path.join(dir, ...parts);
+
+beforeAll(() => {
+  dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-data-edges-'));
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function collect(src: ActivationSource, opts?: BatchOptions): Promise<Batch[]> {
+  const out: Batch[] = [];
+  for await (const b of src.batches(opts)) out.push(b);
+  return out;
+}
+
+/** A fresh seed per run (printed with any failure). */
+const freshSeed = (): number => (Math.random() * 2 ** 31) >>> 0;
+
+describe('batch options at their exact bounds', () => {
+  it('bufferBytes: at most 2^32 - 1 float32 values (the mixing buffer is one typed array)', () => {
+    for (const dIn of [1, 3]) {
+      const most = Math.floor((2 ** 32 - 1) / dIn);
+      expect(resolveBatchOptions({ bufferBytes: most * dIn * 4 }, dIn, 'error').bufferRows).toBe(most);
+      expect(() => resolveBatchOptions({ bufferBytes: (most + 1) * dIn * 4 }, dIn, 'error')).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/\(2\^32 float32 values\) for options\.bufferBytes/) }),
+      );
+    }
+    // Through a source too: refused when batches() is called, before any read.
+    expect(() => fromArray(new Float32Array(6), 1).batches({ bufferBytes: 2 ** 34 })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.bufferBytes/) }));
+  });
+
+  it('chunkRows: chunks of at most 2^28 values, whatever dIn', () => {
+    for (const dIn of [2, 5, 4096]) {
+      const most = Math.floor(2 ** 28 / dIn);
+      expect(resolveBatchOptions({ chunkRows: most }, dIn, 'error').chunkRows).toBe(most);
+      expect(() => resolveBatchOptions({ chunkRows: most + 1 }, dIn, 'error')).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(new RegExp(`between 1 and ${most} \\(dIn = ${dIn}\\) for options\\.chunkRows but received ${most + 1} `)) }),
+      );
+    }
+  });
+
+  it('default chunks are at most half a small buffer: a shuffled pass with only bufferBytes set still serves rows from across the file first', async () => {
+    // 3000 one-value rows (row r holds r), a buffer of 30 rows: chunks of 15 rows, their order
+    // permuted, so the first batch comes from two chunks drawn from 200. Chunks of 64 KiB (16384
+    // rows: the whole file) would leave the first batch among the first 20 rows.
+    const rows = 3000;
+    const x = Float32Array.from({ length: rows }, (_, i) => i);
+    await writeNpyFixture(p('spread.npy'), 'float32', [rows, 1], x);
+    const src = await openActivations(p('spread.npy'));
+    expect(resolveBatchOptions({ bufferBytes: 30 * 4 }, 1, 'error').chunkRows).toBe(15);
+    for (const seed of [1, 2, 3]) {
+      const [first] = await collect(src, { batchSize: 10, shuffle: true, seed, bufferBytes: 30 * 4 });
+      expect(Math.max(...first!.data), `seed ${seed}: rows ${[...first!.data].join(', ')}`).toBeGreaterThanOrEqual(30);
+    }
+    await src.close();
+  });
+
+  it('options.dIn of a raw file: 2^24 is accepted, 2^24 + 1 refused', async () => {
+    writeFileSync(p('empty.f32'), new Uint8Array(0));
+    const src = await openActivations(p('empty.f32'), { dIn: 2 ** 24 });
+    expect([src.dIn, src.numRows]).toEqual([2 ** 24, 0]);
+    await src.close();
+    await expect(openActivations(p('empty.f32'), { dIn: 2 ** 24 + 1 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.dIn/) });
+  });
+
+  it('dIn of fromArray and fromAsyncIterable: 2^24 is accepted, 2^24 + 1 refused', () => {
+    const none = (): AsyncIterable<Float32Array> => ({ async *[Symbol.asyncIterator]() {} });
+    const arr = fromArray(new Float32Array(0), 2 ** 24);
+    expect([arr.dIn, arr.numRows]).toEqual([2 ** 24, 0]);
+    const it = fromAsyncIterable(none(), 2 ** 24);
+    expect(it.dIn).toBe(2 ** 24);
+    const refused = expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/dIn/) });
+    expect(() => fromArray(new Float32Array(0), 2 ** 24 + 1)).toThrow(refused);
+    expect(() => fromAsyncIterable(none(), 2 ** 24 + 1)).toThrow(refused);
+  });
+});
