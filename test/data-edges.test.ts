@@ -93,3 +93,37 @@ describe('batch options at their exact bounds', () => {
     expect(() => fromAsyncIterable(none(), 2 ** 24 + 1)).toThrow(refused);
   });
 });
+
+describe('a stream split unevenly across its items', () => {
+  it("'error' names the global row and the row within its item when the item's rows span two batches", async () => {
+    const seed = freshSeed();
+    const next = lcg(seed);
+    const dIn = 2 + Math.floor(next() * 5);
+    const sizes = [3, 5, 4, 2]; // rows per item
+    const total = sizes.reduce((a, b) => a + b, 0);
+    const x = randomRows(total, dIn, seed);
+    // Item 1 holds rows 3..7; its row 3 (global row 6) is served by the second batch of 5 rows
+    // (rows 5..9), which starts two rows into item 1.
+    const col = Math.floor(next() * dIn);
+    x[6 * dIn + col] = Number.NaN;
+    const items = (): AsyncIterable<Float32Array> => ({
+      async *[Symbol.asyncIterator]() {
+        let at = 0;
+        for (const n of sizes) {
+          yield x.slice(at * dIn, (at + n) * dIn);
+          at += n;
+        }
+      },
+    });
+    await expect(collect(fromAsyncIterable(items(), dIn), { batchSize: 5 }), `seed ${seed}`).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_NONFINITE',
+      message: expect.stringMatching(new RegExp(`row 6 of the iterable \\(row 3 of item 1\\) has NaN at column ${col}`)),
+    });
+    // 'skip' drops exactly that row: the others in order, in batches of 5 and a short last one.
+    const src = fromAsyncIterable(items(), dIn);
+    const bs = await collect(src, { batchSize: 5, onNonFinite: 'skip' });
+    expect(bs.map((b) => b.rows)).toEqual([5, 5, 3]);
+    expect(concatRows(bs)).toEqual(concatRows([{ data: x.subarray(0, 6 * dIn) }, { data: x.subarray(7 * dIn) }]));
+    expect(src.skippedRows).toBe(1);
+  });
+});
