@@ -127,3 +127,27 @@ describe('a stream split unevenly across its items', () => {
     expect(src.skippedRows).toBe(1);
   });
 });
+
+describe('files of several element types in one source', () => {
+  it('a float16 file beside a big-endian float64 one: reads of float64 parts larger than 4 MiB of float16 rows fit the staging buffer', async () => {
+    // float16 makes a read part partRows = 4 MiB / (2 dIn) rows; a big-endian float64 part of
+    // that many rows needs 8 bytes each in staging (its bytes are swapped and converted there).
+    const dIn = 64;
+    const seed = freshSeed();
+    const next = lcg(seed);
+    const halfRows = 5;
+    const wideRows = 8193 + Math.floor(next() * 64);
+    const h = randomHalfBits(halfRows * dIn, 'float16', seed);
+    const d = Float64Array.from({ length: wideRows * dIn }, () => (next() * 2 - 1) * 1.000000123);
+    await writeNpyFixture(p('mix-a.npy'), 'float16', [halfRows, dIn], h);
+    await writeNpyFixture(p('mix-b.npy'), 'float64', [wideRows, dIn], d, { bigEndian: true });
+    const want = new Float32Array((halfRows + wideRows) * dIn);
+    want.set(Float32Array.from(h, f16ToNumber));
+    want.set(Float32Array.from(d, Math.fround), halfRows * dIn);
+    const src = await openActivations([p('mix-b.npy'), p('mix-a.npy')]);
+    const bs = await collect(src, { batchSize: 2 * 8193 });
+    expect(bs.map((b) => b.rows), `seed ${seed}`).toEqual([halfRows + wideRows]);
+    expect(Buffer.compare(Buffer.from(concatRows(bs).buffer), Buffer.from(want.buffer)), `seed ${seed}`).toBe(0);
+    await src.close();
+  });
+});
