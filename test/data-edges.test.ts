@@ -151,3 +151,34 @@ describe('files of several element types in one source', () => {
     await src.close();
   });
 });
+
+describe('shard paths', () => {
+  it('a folder reads symbolic links to files (in name order with the others), not links to folders or dangling ones', async () => {
+    mkdirSync(p('linked'));
+    mkdirSync(p('elsewhere'));
+    const a = randomRows(4, 3, 1);
+    const b = randomRows(6, 3, 2);
+    const c = randomRows(5, 3, 3);
+    await writeNpyFixture(p('linked', 'a.npy'), 'float32', [4, 3], a);
+    await writeNpyFixture(p('elsewhere', 'target.npy'), 'float32', [6, 3], b);
+    await writeNpyFixture(p('linked', 'c.npy'), 'float32', [5, 3], c);
+    symlinkSync(p('elsewhere', 'target.npy'), p('linked', 'b.npy'));
+    symlinkSync(p('elsewhere'), p('linked', 'd.npy')); // a folder, named like a file
+    symlinkSync(p('missing.npy'), p('linked', 'e.npy'));
+    const src = await openActivations(p('linked'));
+    expect(src.numRows).toBe(15);
+    expect(concatRows(await collect(src, { batchSize: 4 }))).toEqual(concatRows([{ data: a }, { data: b }, { data: c }]));
+    await src.close();
+  });
+
+  it('glob patterns: a segment starting with `.` matches hidden names; `**` neither enters hidden folders nor lists hidden files', async () => {
+    mkdirSync(p('g', '.git', 'sub'), { recursive: true });
+    mkdirSync(p('g', 'v'), { recursive: true });
+    for (const f of ['.h1.npy', 'a.npy', '.git/x.npy', '.git/sub/y.npy', 'v/b.npy', 'v/.c.npy']) writeFileSync(p('g', f), '');
+    const g = p('g');
+    expect(await expandGlob(`${g}/.h*.npy`)).toEqual([p('g', '.h1.npy')]);
+    expect(await expandGlob(`${g}/v/.?.npy`)).toEqual([p('g', 'v', '.c.npy')]);
+    expect(await expandGlob(`${g}/**/*.npy`)).toEqual([p('g', 'a.npy'), p('g', 'v', 'b.npy')]);
+    expect(await expandGlob(`${g}/**`)).toEqual([p('g', 'a.npy'), p('g', 'v', 'b.npy')]);
+  });
+});
