@@ -340,7 +340,8 @@ describe('pass lifecycles', () => {
     const src = await openActivations(file);
     const idle = src.batches()[Symbol.asyncIterator]();
     expect(await collectRows(src.batches({ batchSize: 7 }))).toBe(50);
-    await new Promise((r) => setTimeout(r, 20)); // the handle cache closes asynchronously
+    // The handle cache closes asynchronously: wait for it (up to 5 s, not a fixed 20 ms a loaded machine may overrun).
+    for (let t = 0; t < 500 && fdsOn(file) > 0; t++) await new Promise((r) => setTimeout(r, 10));
     expect(fdsOn(file)).toBe(0);
     // It still works, and close() still stops it.
     expect((await idle.next()).value!.rows).toBe(50);
