@@ -940,3 +940,153 @@ describe('features.correlation: dense column blocks (fresh random data)', () => 
     expect(t.tokens).toBe(n);
   });
 });
+
+describe('features.correlation: bounds, defaults and late aborts (features mutation round)', () => {
+  const dense = { kind: 'dense' } as const;
+
+  it('a tie at the end of a top list goes to the lower index: k copies of a best feature keep the first k', async () => {
+    // 5 copies of one column in A (at scattered places), the others noise; B's columns follow it.
+    // The values are integers 0..3 and the batches 16 rows (the last 8): every batch mean, centred
+    // value and float32 product is exact, so the copies' r tie exactly whatever the GEMM's order.
+    // Every list of length 2 then ends in a tie among the copies: the lowest two indices, both ways.
+    const seed = (Date.now() ^ 0x1f83d9ab) >>> 0;
+    const next = lcg(seed);
+    const n = 16 * (3 + Math.floor(next() * 6)) + 8;
+    const level = () => Math.floor(next() * 4);
+    const dA = 9;
+    const copies = [1, 3, 4, 6, 8];
+    const z = Float32Array.from({ length: n }, level);
+    const xa = Float32Array.from({ length: n * dA }, (_, q) => (copies.includes(q % dA) ? z[Math.floor(q / dA)]! : level()));
+    const dB = 3;
+    const xb = Float32Array.from({ length: n * dB }, (_, q) => z[Math.floor(q / dB)]! + (next() < 0.2 ? 1 : 0));
+    const opts = { kind: 'dense', batchSize: 16 } as const;
+    const f = full(await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, opts));
+    const t = await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, { ...opts, output: 'top', top: 2 });
+    if (t.mode !== 'top') throw new Error('expected top mode');
+    const ctx = `seed ${seed}, n ${n}`;
+    for (let j = 0; j < dB; j++) {
+      for (const i of copies) expect(f.r[i * dB + j], ctx).toBe(f.r[copies[0]! * dB + j]);
+      for (let i = 0; i < dA; i++) if (!copies.includes(i)) expect(f.r[i * dB + j]!, ctx).toBeLessThan(f.r[copies[0]! * dB + j]!);
+    }
+    expect(Array.from(t.top.indices), ctx).toEqual([1, 3, 1, 3, 1, 3]);
+    // The other direction: B made of copies, A's lists of 2.
+    const u = await correlation({ source: fromArray(xb, dB) }, { source: fromArray(xa, dA) }, { ...opts, output: 'top', top: 2, reverse: true });
+    if (u.mode !== 'top') throw new Error('expected top mode');
+    expect(Array.from(u.reverse!.indices), ctx).toEqual([1, 3, 1, 3, 1, 3]);
+  });
+
+  it('r stays within [-1, 1]: exact copies and negated copies give 1 and -1, not a float32 GEMM rounding past them', async () => {
+    const seed = (Date.now() ^ 0x5be0cd19) >>> 0;
+    const next = lcg(seed);
+    const n = 3001 + Math.floor(next() * 2000);
+    const d = 13;
+    const xa = Float32Array.from({ length: n * d }, () => next() * 2 - 1 + 3);
+    const xb = Float32Array.from(xa, (v, q) => ((q % d) % 2 ? -v : v));
+    const f = full(await correlation({ source: fromArray(xa, d) }, { source: fromArray(xb, d) }, { ...dense, batchSize: 1000 + Math.floor(next() * 999) }));
+    const ctx = `seed ${seed}, n ${n}`;
+    for (let q = 0; q < f.r.length; q++) expect(Math.abs(f.r[q]!), `${ctx}: r[${q}]`).toBeLessThanOrEqual(1);
+    // The diagonal: the Pearson r of a column with itself (1) or its negation (-1), to float32 rounding.
+    for (let i = 0; i < d; i++) expect(Math.abs(f.r[i * d + i]! - (i % 2 ? -1 : 1)), `${ctx}: r[${i}, ${i}]`).toBeLessThan(1e-5);
+  });
+
+  it('column blocks are floor(maxBytes / (nA x 16)) wide: the passes reported for a maxBytes between two widths', async () => {
+    const next = lcg(71);
+    const [n, dA, dB] = [23, 5, 11];
+    const xa = Float32Array.from({ length: n * dA }, () => next() - 0.5);
+    const xb = Float32Array.from({ length: n * dB }, () => next() - 0.5);
+    for (const [maxBytes, w] of [[dA * 16 * 2, 2], [dA * 16 * 3 - 1, 2], [dA * 16 * 3, 3], [dA * 16 * 4 + 17, 4], [dA * 16 - 1, 1]] as const) {
+      let passes = 0;
+      const t = await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, { ...dense, maxBytes, onProgress: (_, p) => void (passes = p) });
+      expect(t.mode).toBe('top');
+      expect(passes, `maxBytes ${maxBytes}`).toBe(Math.ceil(dB / w));
+    }
+  });
+
+  it('fewer than 2 tokens is ERR_SAEKIT_ARG for every kind (one row, maxTokens 1, a mask that keeps one)', async () => {
+    const next = lcg(72);
+    const [dIn, rows] = [3, 9];
+    const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    using A = SparseAutoencoder.create({ dIn, numLatents: 6, k: 6, seed: 1 });
+    const err = { code: 'ERR_SAEKIT_ARG', message: 'Expected at least 2 tokens for a correlation but received 1' };
+    for (const kind of ['dense', 'preacts', 'codes'] as const) {
+      const sides = (src: ReturnType<typeof fromArray>): [CorrelationSide, CorrelationSide] => (kind === 'dense' ? [{ source: src }, {}] : [{ sae: A, source: src }, { sae: A }]);
+      await expect(correlation(...sides(fromArray(x.subarray(0, dIn), dIn)), { kind }), kind).rejects.toMatchObject(err);
+      await expect(correlation(...sides(fromArray(x, dIn)), { kind, maxTokens: 1 }), kind).rejects.toMatchObject(err);
+      await expect(correlation(...sides(fromArray(x, dIn)), { kind, mask: (t) => t === 4 }), kind).rejects.toMatchObject(err);
+      await expect(correlation(...sides(fromArray(x.subarray(0, dIn), dIn)), { kind, output: 'top' }), kind).rejects.toMatchObject(err);
+      expect((await correlation(...sides(fromArray(x, dIn)), { kind, maxTokens: 2 })).tokens).toBe(2);
+    }
+  });
+
+  it('a source whose passes differ (top mode in column blocks re-reads it) is ERR_SAEKIT_SHAPE, not lists mixing two samples', async () => {
+    const next = lcg(73);
+    const [n, d] = [30, 4];
+    const x = Float32Array.from({ length: n * d }, () => next() - 0.5);
+    let pass = 0;
+    // Each pass one row shorter than the one before.
+    const shrinking = customSource(d, undefined, async function* (o) {
+      const rows = n - pass++;
+      yield* fromArray(x.slice(0, rows * d), d).batches(o);
+    });
+    await expect(correlation({ source: shrinking }, {}, { ...dense, maxBytes: d * 16 * 2 })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_SHAPE',
+      message: 'Expected every pass over the sources to give the same tokens (30) but one gave 29',
+    });
+  });
+
+  it('maxBytes bounds the full matrix inclusively: nA x nB x 4 bytes for codes, x 16 for the dense kinds', async () => {
+    const next = lcg(74);
+    const [dIn, LA, LB, rows] = [5, 7, 9, 60];
+    const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+    using A = SparseAutoencoder.create({ dIn, numLatents: LA, k: 3, seed: 1 });
+    using B = SparseAutoencoder.create({ dIn, numLatents: LB, k: 3, seed: 2 });
+    for (const [kind, bytes] of [['codes', 4], ['preacts', 16]] as const) {
+      const at = LA * LB * bytes;
+      const run = (maxBytes: number, output?: 'full') => correlation({ sae: A, source: fromArray(x, dIn) }, { sae: B }, { kind, maxBytes, ...(output ? { output } : {}) });
+      expect((await run(at)).mode, kind).toBe('full');
+      expect((await run(at, 'full')).mode, kind).toBe('full');
+      expect((await run(at - 1)).mode, kind).toBe('top');
+      await expect(run(at - 1, 'full'), kind).rejects.toMatchObject({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(new RegExp(`needs ${at} bytes, over options\\.maxBytes = ${at - 1}$`)) });
+    }
+  });
+
+  it('top mode keeps 5 matches per feature by default, min(top, other side) always; a top of 2^31 - 1 is only clipped', async () => {
+    const next = lcg(75);
+    const [n, dA, dB] = [40, 8, 3];
+    const xa = Float32Array.from({ length: n * dA }, () => next() - 0.5);
+    const xb = Float32Array.from({ length: n * dB }, () => next() - 0.5);
+    const f = full(await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, dense));
+    for (const [top, kTop, kRev] of [[undefined, 5, 3], [2 ** 31 - 1, dA, dB]] as const) {
+      const t = await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, { ...dense, output: 'top', reverse: true, ...(top ? { top } : {}) });
+      if (t.mode !== 'top') throw new Error('expected top mode');
+      expect([t.top.k, t.reverse!.k], `top ${top}`).toEqual([kTop, kRev]);
+      const want = argsortTop(dB, dA, kTop, (j, i) => f.r[i * dB + j]!);
+      expect(Array.from(t.top.indices), `top ${top}`).toEqual(Array.from(want.indices));
+    }
+  });
+
+  for (const kind of ['codes', 'dense'] as const) {
+    it(`${kind}, full matrix: an abort made at the last batch's progress rejects with its reason (no result after it)`, async () => {
+      const next = lcg(76);
+      const [dIn, rows] = [4, 90];
+      const x = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+      using A = SparseAutoencoder.create({ dIn, numLatents: 7, k: 2, seed: 1 });
+      const ctrl = new AbortController();
+      const reason = new Error('stop at the end');
+      const seen: number[] = [];
+      const sides: [CorrelationSide, CorrelationSide] = kind === 'dense' ? [{ source: fromArray(x, dIn) }, {}] : [{ sae: A, source: fromArray(x, dIn) }, { sae: A }];
+      const p = correlation(...sides, {
+        kind,
+        batchSize: 30,
+        output: 'full',
+        signal: ctrl.signal,
+        onProgress: (t) => {
+          seen.push(t);
+          if (t === rows) ctrl.abort(reason);
+        },
+      });
+      await expect(p).rejects.toBe(reason);
+      expect(seen).toEqual([30, 60, 90]);
+    });
+  }
+});
