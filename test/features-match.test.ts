@@ -2,7 +2,8 @@ import { totalmem } from 'node:os';
 
 import { describe, expect, it } from 'vitest';
 
-import { SaekitError, SparseAutoencoder } from '../lib/index.js';
+import { fromArray, SaekitError, SparseAutoencoder } from '../lib/index.js';
+import { correlation } from '../lib/features/correlation.js';
 import { composeMatches, foldWeights, match, saeMatch } from '../lib/features/match.js';
 import { bruteForceAssignment } from './helpers/eval-reference.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
@@ -725,6 +726,83 @@ describe('match: the matrix detached while the call runs', () => {
       await expect(match(corr, { nA, nB, method: 'hungarian' })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expected });
     } finally {
       addon.lapRun = lapRun;
+    }
+  });
+});
+
+describe('match, saeMatch and composeMatches: edges and bounds (features mutation round)', () => {
+  it('an empty side gives no pairs, bToA all -1 and a NaN mean, for every method (no pair with an undefined score)', async () => {
+    for (const [nA, nB] of [[0, 3], [4, 0], [0, 0]] as const) {
+      for (const method of ['argmax', 'mutual', 'hungarian'] as const) {
+        for (const top of method === 'mutual' ? [1, 5] : [undefined]) {
+          const r = await match(new Float32Array(0), { nA, nB, method, ...(top ? { top } : {}) });
+          const ctx = `${nA} x ${nB}, ${method}, top ${top}`;
+          expect(r.pairs, ctx).toEqual([]);
+          expect(Array.from(r.bToA), ctx).toEqual(new Array(nB).fill(-1));
+          expect(r.meanScore, ctx).toBeNaN();
+        }
+      }
+    }
+  });
+
+  it("a correlation() result's nA / nB: options that repeat them are accepted, others refused with ERR_SAEKIT_SHAPE", async () => {
+    const next = lcg(81);
+    const [n, dA, dB] = [30, 3, 5];
+    const xa = Float32Array.from({ length: n * dA }, () => next() - 0.5);
+    const xb = Float32Array.from({ length: n * dB }, () => next() - 0.5);
+    const res = await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, { kind: 'dense', output: 'full' });
+    const plain = await match(res, { method: 'argmax' });
+    expect((await match(res, { method: 'argmax', nA: dA, nB: dB })).pairs).toEqual(plain.pairs);
+    for (const [key, opts] of [['nA', { nA: dB }], ['nB', { nB: dA }], ['nA', { nA: dA + 1, nB: dB }]] as const) {
+      await expect(match(res, { method: 'argmax', ...opts })).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(new RegExp(`undefined or the result's ${key} = .* for options\\.${key}`)) });
+    }
+  });
+
+  it("options.top is refused unless method is 'mutual' (it would be silently ignored)", async () => {
+    const c = new Float64Array(6);
+    for (const method of ['argmax', 'hungarian', undefined] as const) {
+      await expect(match(c, { nA: 2, nB: 3, top: 1, ...(method ? { method } : {}) })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.top/) });
+    }
+    expect((await match(c, { nA: 2, nB: 3, method: 'mutual', top: 1 })).pairs.length).toBe(1);
+  });
+
+  it('composeMatches: an entry must be below the next match\'s length (equal is out of range), -1 anywhere in the chain gives -1', () => {
+    const next = lcg(82);
+    // Fresh chains of odd lengths 7 -> 5 -> 9 -> 4, about a third unmatched, against the loop written out.
+    const lens = [7, 5, 9, 4];
+    const chain = lens.slice(0, -1).map((len, t) => Int32Array.from({ length: len }, () => (next() < 0.3 ? -1 : Math.floor(next() * lens[t + 1]!))));
+    const want = Array.from(chain[0]!, (v) => {
+      for (let t = 1; t < chain.length && v >= 0; t++) v = chain[t]![v]!;
+      return v;
+    });
+    expect(Array.from(composeMatches(...chain))).toEqual(want);
+    const last = lens[1]! - 1;
+    expect(Array.from(composeMatches(Int32Array.of(last, -1), new Int32Array(lens[1]!).fill(2)))).toEqual([2, -1]);
+    expect(() => composeMatches(Int32Array.of(0, lens[1]!), new Int32Array(lens[1]!))).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: 'Expected -1 or an index below perms[1].length = 5 for perms[0][1] but received 5 (number)' }),
+    );
+  });
+
+  it('saeMatch without options matches folded decoder rows only: its mse is the float64 decoder-row MSE over d', async () => {
+    const next = lcg(83);
+    const [n, d] = [9, 7];
+    const wA = randomWeights(n, d, next, true);
+    const q = randomPermutation(n, next);
+    const wB = permuted(wA, n, d, q, next, 0.05);
+    using A = SparseAutoencoder.fromWeights(wA, { architecture: 'jumprelu' });
+    using B = SparseAutoencoder.fromWeights(wB, { architecture: 'jumprelu' });
+    const r = await saeMatch(A, B);
+    expect(Array.from(r.permutation)).toEqual(Array.from(q));
+    // Folded decoder rows θ_i W_dec[i, :], in float64 from the float32 products saekit makes.
+    const fA = foldWeights(wA);
+    const fB = foldWeights(wB);
+    for (let i = 0; i < n; i++) {
+      expect(fA.W_dec[i * d]).toBe(Math.fround(wA.W_dec[i * d]! * wA.threshold![i]!));
+      expect(fA.b_enc[i]).toBe(Math.fround(wA.b_enc[i]! / wA.threshold![i]!));
+      expect(fA.W_enc[2 * n + i]).toBe(Math.fround(wA.W_enc[2 * n + i]! / wA.threshold![i]!));
+      let s2 = 0;
+      for (let c = 0; c < d; c++) s2 += (fA.W_dec[i * d + c]! - fB.W_dec[q[i]! * d + c]!) ** 2;
+      expect(r.mse[i]).toBeCloseTo(s2 / d, 14);
     }
   });
 });
