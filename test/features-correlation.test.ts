@@ -1090,3 +1090,45 @@ describe('features.correlation: bounds, defaults and late aborts (features mutat
     });
   }
 });
+
+describe('features.correlation: refusals by name (features mutation round)', () => {
+  it("an SAE whose dIn is not its source's is ERR_SAEKIT_SHAPE naming the side, for each side and kind", async () => {
+    const next = lcg(91);
+    const x4 = Float32Array.from({ length: 20 * 4 }, () => next() - 0.5);
+    const x6 = Float32Array.from({ length: 20 * 6 }, () => next() - 0.5);
+    using S4 = SparseAutoencoder.create({ dIn: 4, numLatents: 5, k: 2, seed: 1 });
+    using S6 = SparseAutoencoder.create({ dIn: 6, numLatents: 5, k: 2, seed: 2 });
+    for (const kind of ['codes', 'preacts'] as const) {
+      await expect(correlation({ sae: S6, source: fromArray(x4, 4) }, { sae: S4 }, { kind })).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: "Expected a.sae.dIn = 4 (its source's) but it is 6" });
+      await expect(correlation({ sae: S4, source: fromArray(x4, 4) }, { sae: S6 }, { kind })).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: "Expected b.sae.dIn = 4 (its source's) but it is 6" });
+      await expect(correlation({ sae: S4, source: fromArray(x4, 4) }, { sae: S4, source: fromArray(x6, 6) }, { kind })).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: "Expected b.sae.dIn = 6 (its source's) but it is 4" });
+      expect((await correlation({ sae: S4, source: fromArray(x4, 4) }, { sae: S6, source: fromArray(x6, 6) }, { kind })).tokens).toBe(20);
+    }
+  });
+
+  it('options.mask must be a function: anything else is ERR_SAEKIT_ARG naming it before any row is read (a falsy one was ignored)', async () => {
+    const x = Float32Array.from({ length: 12 * 3 }, (_, i) => Math.sin(i));
+    for (const mask of ['odd', 0, null, [true, false]]) {
+      await expect(correlation({ source: fromArray(x, 3) }, {}, { kind: 'dense', mask: mask as never })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/a function \(token\) => boolean for options\.mask/) });
+    }
+  });
+
+  it("a non-finite value of B is ERR_SAEKIT_NONFINITE naming B's own feature index, in full mode and in a later column block", async () => {
+    const next = lcg(92);
+    const [n, dA, dB] = [37, 3, 7];
+    const xa = Float32Array.from({ length: n * dA }, () => next() - 0.5);
+    const xb = Float32Array.from({ length: n * dB }, () => next() - 0.5);
+    xb[13 * dB + 5] = -Infinity; // row 13: the second batch's row 3
+    // fromArray refuses non-finite rows: batches of the raw values (as a user's own source may give).
+    const raw = customSource(dB, n, async function* (o) {
+      const step = o!.batchSize!;
+      for (let t0 = 0; t0 < n; t0 += step) yield { rows: Math.min(n, t0 + step) - t0, dIn: dB, data: xb.subarray(t0 * dB, Math.min(n, t0 + step) * dB) };
+    });
+    for (const maxBytes of [undefined, dA * 2 * 16]) {
+      await expect(correlation({ source: fromArray(xa, dA) }, { source: raw }, { kind: 'dense', batchSize: 10, ...(maxBytes ? { maxBytes } : {}) })).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_NONFINITE',
+        message: "Expected finite values but feature 5 of b is -Infinity (a batch's row 3)",
+      });
+    }
+  });
+});

@@ -806,3 +806,22 @@ describe('match, saeMatch and composeMatches: edges and bounds (features mutatio
     }
   });
 });
+
+describe('saeMatch: folded weights past float32 (features mutation round)', () => {
+  it("a fold that overflows float32 is ERR_SAEKIT_NONFINITE naming the SAE and latent, before the cost is built", async () => {
+    const next = lcg(84);
+    const [n, d] = [6, 5];
+    const w = randomWeights(n, d, next, true);
+    const big = { ...w, W_dec: w.W_dec.slice(), threshold: w.threshold!.slice() };
+    // θ_4 W_dec[4, :] with θ_4 = 3e38 and an entry of 2: 6e38, past float32's 3.4e38.
+    big.threshold[4] = 3e38;
+    big.W_dec[4 * d + 2] = 2;
+    using A = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu' });
+    using B = SparseAutoencoder.fromWeights(big, { architecture: 'jumprelu' });
+    for (const [x, y, name] of [[A, B, 'saeB'], [B, A, 'saeA']] as const) {
+      await expect(saeMatch(x, y)).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: `Expected finite SAE weights for saeMatch but ${name}'s latent 4 has Infinity` });
+    }
+    // Unfolded, the weights are finite and match.
+    expect((await saeMatch(A, B, { fold: false })).permutation.length).toBe(n);
+  });
+});
