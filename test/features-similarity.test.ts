@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 
 import { SaekitError } from '../lib/errors.js';
 import { averageRanks, cka, permutationTest, pwcca, pwccaPermutationTest, rsa, rsaPermutationTest, svcca, svccaPermutationTest } from '../lib/features/similarity.js';
@@ -760,6 +760,127 @@ describe('options.signal: svcca, pwcca, rsa, cka and the permutation tests', () 
       },
       A2,
       B2,
+      { n: m, dB: w, runs: 3, signal: outer.signal },
+    );
+    await expect(everyLookATurn(() => nested)).rejects.toBe(reason);
+    expect([started, finished]).toEqual([2, 1]);
+  });
+});
+
+describe('exact bounds of the checks, the defaults, the nested signal (mutation round: similarity)', () => {
+  it('svcca and pwcca need n above both widths: n equal to dA or to dB is ERR_SAEKIT_SHAPE, one more row passes', async () => {
+    const next = lcg(81);
+    for (const [dA, dB] of [[5, 3], [3, 5], [4, 4]] as const) {
+      const n = Math.max(dA, dB);
+      for (const [name, f] of [['svcca', svcca], ['pwcca', pwcca]] as const) {
+        expect(await code(f(random(n, dA, next), random(n, dB, next), { n, dA, dB })), `${name} n = ${n}, dA = ${dA}, dB = ${dB}`).toBe('ERR_SAEKIT_SHAPE');
+        const m = n + 1;
+        expect(await code(f(random(m, dA, next), random(m, dB, next), { n: m, dA, dB })), `${name} n = ${m}`).toBeUndefined();
+      }
+    }
+  });
+
+  it("svcca's keep: a share must be above 0 (0 and negatives are ERR_SAEKIT_ARG, not one direction); compat refuses the integer 1", async () => {
+    const next = lcg(82);
+    const [n, dA, dB] = [11, 3, 2];
+    const A = random(n, dA, next);
+    const B = random(n, dB, next);
+    for (const keep of [0, -0, -0.25]) expect(await code(svcca(A, B, { n, dA, dB, keep })), `keep ${keep}`).toBe('ERR_SAEKIT_ARG');
+    expect(await code(svcca(A, B, { n, dA, dB, keep: 1e-9 }))).toBeUndefined();
+    expect(await code(svcca(A, B, { n, dA, dB, keep: 1, compat: 'univ-feat-geom' }))).toBe('ERR_SAEKIT_ARG');
+    expect(await code(svcca(A, B, { n, dA, dB, keep: 0.5, compat: 'univ-feat-geom' }))).toBeUndefined();
+  });
+
+  it('a matrix one row too long or too short is ERR_SAEKIT_SHAPE for every score; permutationTest wants A a whole number of rows', async () => {
+    const next = lcg(83);
+    const [n, dA, dB] = [9, 3, 2];
+    const A = random(n, dA, next);
+    const B = random(n, dB, next);
+    const calls = {
+      svcca: (a: Float64Array, b: Float64Array) => svcca(a, b, { n, dA, dB }),
+      pwcca: (a: Float64Array, b: Float64Array) => pwcca(a, b, { n, dA, dB }),
+      rsa: (a: Float64Array, b: Float64Array) => rsa(a, b, { n, dA, dB }),
+      cka: (a: Float64Array, b: Float64Array) => cka(a, b, { n, dA, dB }),
+    };
+    for (const [name, f] of Object.entries(calls)) {
+      expect(await code(f(A, B)), name).toBeUndefined();
+      expect(await code(f(random(n + 1, dA, next), B)), `${name}: A one row too long`).toBe('ERR_SAEKIT_SHAPE');
+      expect(await code(f(A, random(n + 1, dB, next))), `${name}: B one row too long`).toBe('ERR_SAEKIT_SHAPE');
+      expect(await code(f(A, random(n - 1, dB, next))), `${name}: B one row too short`).toBe('ERR_SAEKIT_SHAPE');
+      const bad = B.slice();
+      bad[next() * bad.length | 0] = Number.NaN;
+      expect(await code(f(A, bad)), `${name}: NaN in B`).toBe('ERR_SAEKIT_NONFINITE');
+    }
+    const score = (a: Float64Array, b: Float64Array) => a[0]! * b[0]!;
+    expect(await code(permutationTest(score, A, B, { n, dB, runs: 3 }))).toBeUndefined();
+    expect(await code(permutationTest(score, A.subarray(0, n * dA - 1), B, { n, dB, runs: 3 }))).toBe('ERR_SAEKIT_SHAPE');
+  });
+
+  it('svcca-, pwcca- and rsaPermutationTest default to 100 runs and seed 0, as permutationTest does', async () => {
+    const next = lcg(84);
+    const [n, dA, dB] = [7, 2, 3];
+    const A = random(n, dA, next);
+    const B = Float64Array.from({ length: n * dB }, (_, i) => A[Math.floor(i / dB) * dA + (i % dB) % dA]! + (next() - 0.5));
+    const opts = { n, dA, dB };
+    const cases = [
+      ['svcca', () => svccaPermutationTest(A, B, opts), async (a: Float64Array, b: Float64Array) => (await svcca(a, b, opts)).score],
+      ['pwcca', () => pwccaPermutationTest(A, B, opts), async (a: Float64Array, b: Float64Array) => (await pwcca(a, b, opts)).score],
+      ['rsa', () => rsaPermutationTest(A, B, opts), async (a: Float64Array, b: Float64Array) => (await rsa(a, b, opts)).score],
+    ] as const;
+    for (const [name, fast, score] of cases) {
+      const want = await permutationTest(score, A, B, { n, dB });
+      const got = await fast();
+      expect(got.shuffled.length, name).toBe(100);
+      got.shuffled.forEach((v, i) => expect(Math.abs(v - want.shuffled[i]!), `${name} run ${i}`).toBeLessThan(1e-9));
+    }
+  });
+
+  it('an abort made in a microtask (no turn of the event loop after it) is seen before the next permutation run', async () => {
+    const next = lcg(85);
+    const [n, dA, dB] = [12, 2, 3];
+    const A = random(n, dA, next);
+    const B = random(n, dB, next);
+    const calls = {
+      svccaPermutationTest: (signal: AbortSignal) => svccaPermutationTest(A, B, { n, dA, dB, runs: 50, signal }),
+      pwccaPermutationTest: (signal: AbortSignal) => pwccaPermutationTest(A, B, { n, dA, dB, runs: 50, signal }),
+      rsaPermutationTest: (signal: AbortSignal) => rsaPermutationTest(A, B, { n, dA, dB, runs: 50, signal }),
+    };
+    // The clock stands still: due() never ends a slice, so no turn of the event loop (and no
+    // look at the signal there) comes during these small calls.
+    await new Promise((r) => setImmediate(r));
+    const now = performance.now();
+    const spy = vi.spyOn(performance, 'now').mockReturnValue(now);
+    try {
+      for (const [name, f] of Object.entries(calls)) {
+        const ctrl = new AbortController();
+        const reason = new Error(`stop ${name}`);
+        const p = f(ctrl.signal);
+        queueMicrotask(() => ctrl.abort(reason)); // runs at the call's first await
+        await expect(p, name).rejects.toBe(reason);
+      }
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it("a score's svcca with a live signal of its own still sees permutationTest's signal", async () => {
+    const next = lcg(86);
+    const [m, w] = [301, 23];
+    const A = random(m, w, next);
+    const B = random(m, w, next);
+    const outer = new AbortController();
+    const reason = new Error('outer stop');
+    let started = 0;
+    let finished = 0;
+    const nested = permutationTest(
+      async (a, b) => {
+        if (++started === 2) setImmediate(() => outer.abort(reason));
+        const r = await svcca(a, b, { n: m, dA: w, dB: w, signal: new AbortController().signal });
+        finished++;
+        return r.score;
+      },
+      A,
+      B,
       { n: m, dB: w, runs: 3, signal: outer.signal },
     );
     await expect(everyLookATurn(() => nested)).rejects.toBe(reason);
