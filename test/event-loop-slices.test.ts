@@ -103,6 +103,46 @@ describe('while a call is in progress', () => {
     }
   });
 
+  it('permutationTest: an A detached while the last run is scored is a named error, not a result from that run', async () => {
+    const next = lcg(65);
+    const [n, dA, dB, runs] = [31, 3, 2, 4];
+    const A = Float64Array.from({ length: n * dA }, () => next());
+    const B = Float64Array.from({ length: n * dB }, () => next());
+    let calls = 0;
+    const score = async (a: Float64Array, b: Float64Array): Promise<number> => {
+      if (++calls === runs + 1) structuredClone(A.buffer, { transfer: [A.buffer] }); // the last run: no run follows to look
+      await new Promise((r) => setImmediate(r));
+      let s = 0;
+      for (let i = 0; i < a.length / dA; i++) s += a[i * dA]! * b[i * dB]!;
+      return s;
+    };
+    await expect(permutationTest(score, A, B, { n, dB, runs })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/Expected A to keep its 93 values until the call settles but it now has 0/),
+    });
+    expect(calls).toBe(runs + 1);
+  });
+
+  it('svcca, rsa and cka: an A detached while A itself is being copied is the named ERR_SAEKIT_ARG, not zeros', async () => {
+    const next = lcg(66);
+    const [n, d] = [1500, 200]; // A: 300,000 values, several blocks of 2^16 and more than one look at the clock
+    const calls = {
+      cka: (A: Float64Array, B: Float64Array) => cka(A, B, { n, dA: d, dB: d }),
+      rsa: (A: Float64Array, B: Float64Array) => rsa(A, B, { n, dA: d, dB: d }),
+      svcca: (A: Float64Array, B: Float64Array) => svcca(A, B, { n, dA: d, dB: d }),
+    };
+    for (const [name, f] of Object.entries(calls)) {
+      const A = Float64Array.from({ length: n * d }, () => next());
+      const B = Float64Array.from({ length: n * d }, () => next());
+      await new Promise((r) => setTimeout(r, 30)); // a stale slice clock: the first look at it pauses, inside A's copy
+      setImmediate(() => structuredClone(A.buffer, { transfer: [A.buffer] }));
+      await expect(f(A, B), name).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_ARG',
+        message: expect.stringMatching(/Expected A to keep its 300000 values until the call settles but it now has 0/),
+      });
+    }
+  });
+
   it('permutationTest: a B detached between runs is a named error, not zeros', async () => {
     const next = lcg(62);
     const [n, dB] = [50, 3];
