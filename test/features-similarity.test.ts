@@ -566,6 +566,36 @@ describe('degenerate inputs: constant columns and rows, extreme magnitudes', () 
     expect((await rsa(allA, allB, { n, dA, dB: dA })).score).toBeNaN();
   });
 
+  it('a constant column of 1 beside columns varying at 1e-80 to 1e-200: CKA, SVCCA and PWCCA are those of the varying columns alone (their centred squares vanished: NaN or lost digits)', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    // n above the widths (CKA through the features) and n below them (through the Gram matrices).
+    for (const [n, w, dB] of [[23 + 2 * Math.floor(next() * 10), 2 + Math.floor(next() * 3), 3], [5, 7, 6]] as const) {
+      const X = random(n, w, next);
+      const B = random(n, dB, next);
+      const want = {
+        cka: (await cka(X, B, { n, dA: w, dB })).score,
+        svcca: n > w + 1 && n > dB ? (await svcca(X, B, { n, dA: w, dB })).score : NaN,
+        pwcca: n > w + 1 && n > dB ? (await pwcca(X, B, { n, dA: w, dB })).score : NaN,
+      };
+      for (const e of [1e-80, 1e-100, 1e-170, 1e-200]) {
+        // Column 0 is 1 everywhere (raw max 1: no rescaling of the raw side), the others e * X.
+        const A = new Float64Array(n * (w + 1));
+        for (let r = 0; r < n; r++) {
+          A[r * (w + 1)] = 1;
+          for (let c = 0; c < w; c++) A[r * (w + 1) + 1 + c] = e * X[r * w + c]!;
+        }
+        const at = `seed ${seed}, n ${n}, scale ${e}`;
+        expect(Math.abs((await cka(A, B, { n, dA: w + 1, dB })).score - want.cka), `cka ${at}`).toBeLessThan(1e-12);
+        expect(Math.abs((await cka(B, A, { n, dA: dB, dB: w + 1 })).score - want.cka), `cka swapped ${at}`).toBeLessThan(1e-12);
+        if (!Number.isNaN(want.svcca)) {
+          expect(Math.abs((await svcca(A, B, { n, dA: w + 1, dB })).score - want.svcca), `svcca ${at}`).toBeLessThan(1e-12);
+          expect(Math.abs((await pwcca(A, B, { n, dA: w + 1, dB })).score - want.pwcca), `pwcca ${at}`).toBeLessThan(1e-12);
+        }
+      }
+    }
+  });
+
   it('SVCCA, CKA and Euclidean RSA are unchanged when one side is scaled by 1e160 or 1e-170 (squares overflowed or vanished: NaN)', async () => {
     const next = lcg((Date.now() >>> 4) & 0xffff);
     const [n, dA, dB] = [13, 3, 2];

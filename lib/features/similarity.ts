@@ -307,17 +307,26 @@ async function copyMatrix(name: string, X: Float32Array | Float64Array, m: numbe
       checkKept(name, X, m);
     }
   }
-  if (max > SAFE_MAGNITUDE || (max > 0 && max < 1 / SAFE_MAGNITUDE)) {
-    // In steps of at most 2^1000: 2^-e itself need not be a float64 (e down to -1074).
-    for (let e = Math.floor(Math.log2(max)); e !== 0; ) {
-      const step = Math.max(-1000, Math.min(1000, e));
-      const f = 2 ** -step;
-      for (let i = 0; i < m; i++) out[i] *= f;
-      e -= step;
-      if (due(m)) await turn();
-    }
-  }
+  await scaleIntoRange([out], max);
   return out;
+}
+
+/**
+ * Multiplies every value of `parts` by the power of 2 (exactly) that brings `max`, their largest
+ * |value|, into [1, 2), when it lies outside [2^-100, 2^100]; nothing otherwise (nor when max is 0).
+ */
+async function scaleIntoRange(parts: Float64Array[], max: number): Promise<void> {
+  if (!(max > SAFE_MAGNITUDE || (max > 0 && max < 1 / SAFE_MAGNITUDE))) return;
+  // In steps of at most 2^1000: 2^-e itself need not be a float64 (e down to -1074).
+  for (let e = Math.floor(Math.log2(max)); e !== 0; ) {
+    const step = Math.max(-1000, Math.min(1000, e));
+    const f = 2 ** -step;
+    for (const part of parts) {
+      for (let i = 0; i < part.length; i++) part[i] *= f;
+      if (due(part.length)) await turn();
+    }
+    e -= step;
+  }
 }
 
 function checkDims(opts: { n?: unknown; dA?: unknown; dB?: unknown }, minN: number): { n: number; dA: number; dB: number } {
@@ -334,9 +343,14 @@ function checkDims(opts: { n?: unknown; dA?: unknown; dB?: unknown }, minN: numb
  * Columns of a row-major [n, d] matrix, each centred on its mean, as d arrays of length n. A
  * constant column centres to exactly zero (subtracting a rounded mean such as 0.1 x 7 / 7 leaves
  * a residue of ~1e-17 along (1, ..., 1), which made two constant sides look perfectly similar).
+ * The centred side is then brought into range as copyMatrix brings the raw one (scaleIntoRange):
+ * what is left after centring can be far smaller than the raw values (a constant column of 1 beside
+ * columns varying at 1e-100), and CKA's fourth powers and SVCCA's squared norms of it vanished
+ * (CKA NaN from 1e-100 down, SVCCA NaN from 1e-170; digits lost before that).
  */
 async function centredColumns(X: Float64Array, n: number, d: number): Promise<Float64Array[]> {
   const cols: Float64Array[] = [];
+  let max = 0;
   for (let c = 0; c < d; c++) {
     const col = new Float64Array(n);
     let mean = 0;
@@ -346,10 +360,17 @@ async function centredColumns(X: Float64Array, n: number, d: number): Promise<Fl
       constant &&= X[r * d + c] === X[c];
     }
     mean /= n;
-    if (!constant) for (let r = 0; r < n; r++) col[r] = X[r * d + c] - mean;
+    if (!constant) {
+      for (let r = 0; r < n; r++) {
+        const v = X[r * d + c] - mean;
+        col[r] = v;
+        if (Math.abs(v) > max) max = Math.abs(v);
+      }
+    }
     cols.push(col);
     if (due(2 * n)) await turn();
   }
+  await scaleIntoRange(cols, max);
   return cols;
 }
 
