@@ -893,6 +893,28 @@ describe('exact bounds of the checks, the defaults, the nested signal (mutation 
     }
   });
 
+  it('svcca correlations and the RSA score stay within [0, 1] / [-1, 1] for rotated copies, where rounding puts the raw values just past 1', async () => {
+    // Seeded: unclamped, 25 of these 84 correlations come out above 1, and an RSA score in 6 of the 20 trials.
+    const next = lcg(91);
+    for (let t = 0; t < 20; t++) {
+      const n = 15 + Math.floor(next() * 30);
+      const d = 2 + Math.floor(next() * 6);
+      const A = random(n, d, next);
+      const B = transform(A, n, d, orthogonal(d, next), d, 1 + next(), next());
+      const r = await svcca(A, B, { n, dA: d, dB: d, keep: d });
+      for (const c of r.correlations) {
+        expect(c, `trial ${t}`).toBeLessThanOrEqual(1);
+        expect(1 - c, `trial ${t}`).toBeLessThan(1e-12);
+      }
+      expect(r.score).toBeLessThanOrEqual(1);
+      for (const [X, opts] of [[B, { inner: 'euclidean', outer: 'pearson' }], [A, {}]] as const) {
+        const s = (await rsa(A, X, { n, dA: d, dB: d, ...opts })).score;
+        expect(s, `trial ${t}`).toBeLessThanOrEqual(1);
+        expect(1 - s, `trial ${t}`).toBeLessThan(1e-12);
+      }
+    }
+  });
+
   it("a score's svcca with a live signal of its own still sees permutationTest's signal", async () => {
     const next = lcg(86);
     const [m, w] = [301, 23];
