@@ -596,6 +596,27 @@ describe('degenerate inputs: constant columns and rows, extreme magnitudes', () 
     }
   });
 
+  it('Euclidean RSA of rows differing by 1e-80 to 1e-200 beside a shared column of 1 is that of the differences alone (their squares vanished: NaN or lost digits)', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const n = 9 + 2 * Math.floor(next() * 6);
+    const w = 2 + Math.floor(next() * 3);
+    const X = random(n, w, next);
+    const B = random(n, 3, next);
+    for (const outer of ['pearson', 'spearman'] as const) {
+      const want = (await rsa(X, B, { n, dA: w, dB: 3, inner: 'euclidean', outer })).score;
+      for (const e of [1e-80, 1e-160, 1e-170, 1e-200]) {
+        const A = new Float64Array(n * (w + 1));
+        for (let r = 0; r < n; r++) {
+          A[r * (w + 1)] = 1;
+          for (let c = 0; c < w; c++) A[r * (w + 1) + 1 + c] = e * X[r * w + c]!;
+        }
+        const got = (await rsa(A, B, { n, dA: w + 1, dB: 3, inner: 'euclidean', outer })).score;
+        expect(Math.abs(got - want), `seed ${seed}, ${outer}, scale ${e}`).toBeLessThan(1e-12);
+      }
+    }
+  });
+
   it('SVCCA, CKA and Euclidean RSA are unchanged when one side is scaled by 1e160 or 1e-170 (squares overflowed or vanished: NaN)', async () => {
     const next = lcg((Date.now() >>> 4) & 0xffff);
     const [n, dA, dB] = [13, 3, 2];

@@ -841,6 +841,40 @@ function allocTriangle(n: number): Float64Array {
   }
 }
 
+/**
+ * For Euclidean distances, which depend only on the differences between rows: when every column's
+ * range (max - min over the rows) is below 2^-100 while the values themselves need not be (rows
+ * that differ by 1e-170 beside a shared column of 1; copyMatrix scales by the largest value), each
+ * column is shifted by its minimum and the side scaled by a power of 2 into range (scaleIntoRange),
+ * so that the squared differences do not vanish (distances 0, then NaN or lost digits). Rows of
+ * larger ranges are left as they are.
+ */
+async function shiftIntoRange(rows: Float64Array, n: number, d: number): Promise<void> {
+  const lo = new Float64Array(d).fill(Infinity);
+  const hi = new Float64Array(d).fill(-Infinity);
+  for (let r = 0; r < n; r++) {
+    for (let c = 0; c < d; c++) {
+      const v = rows[r * d + c];
+      if (v < lo[c]) lo[c] = v;
+      if (v > hi[c]) hi[c] = v;
+    }
+    if (due(d)) await turn();
+  }
+  let range = 0;
+  for (let c = 0; c < d; c++) range = Math.max(range, hi[c] - lo[c]);
+  if (!(range > 0 && range < 1 / SAFE_MAGNITUDE)) return;
+  let max = 0;
+  for (let r = 0; r < n; r++) {
+    for (let c = 0; c < d; c++) {
+      const v = rows[r * d + c] - lo[c];
+      rows[r * d + c] = v;
+      if (v > max) max = v;
+    }
+    if (due(d)) await turn();
+  }
+  await scaleIntoRange([rows], max);
+}
+
 /** Strict upper triangle (row-major order, i < j) of the n x n dissimilarity matrix of X's rows. */
 async function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correlation' | 'cosine' | 'euclidean'): Promise<Float64Array> {
   const rows = new Float64Array(X.length);
@@ -849,6 +883,7 @@ async function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correl
     rows.set(X.subarray(a, b), a);
     if (due(b - a)) await turn();
   }
+  if (inner === 'euclidean') await shiftIntoRange(rows, n, d);
   if (inner === 'correlation') {
     for (let r = 0; r < n; r++) {
       // A constant row centres to exactly zero (dissimilarity 1 to every row, whatever the
