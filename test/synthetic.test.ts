@@ -1,10 +1,13 @@
 import { describe, expect, it } from 'vitest';
 
 import {
+  choleskyLower,
+  makePermutation,
   normalCdf,
   normalQuantile,
   normalSamples,
   philox4x32,
+  Rng,
   superposition,
   type SuperpositionOptions,
 } from '../lib/data/synthetic.js';
@@ -928,4 +931,233 @@ describe('superposition: batches share the JS thread with the event loop', () =>
       for (let c = 0; c < dIn; c++) expect(Math.abs(batch.data[t * dIn + c]! - want[c]!), `seed ${seed}: row ${t}, column ${c}`).toBeLessThan(1e-6 * (1 + Math.abs(want[c]!)));
     }
   }, 30_000);
+});
+
+// Mutation round 6: the documented stream layout checked against plain references (the Philox
+// port is pinned by the known-answer vectors above; xoshiro128** is written out here from its
+// published reference code), and the exact bounds of the options, ranges and matrices.
+describe('synthetic: stream layout and exact bounds', () => {
+  /** xoshiro128** (Blackman and Vigna's reference code) on a uint32 state, seeded from one Philox block. */
+  function xoshiroRef(block: Uint32Array): () => number {
+    const s = Array.from(block);
+    if ((s[0]! | s[1]! | s[2]! | s[3]!) === 0) s[3] = 1;
+    const rotl = (x: number, k: number) => ((x << k) | (x >>> (32 - k))) >>> 0;
+    return () => {
+      const result = Math.imul(rotl(Math.imul(s[1]!, 5) >>> 0, 7), 9) >>> 0;
+      const t = (s[1]! << 9) >>> 0;
+      s[2] = (s[2]! ^ s[0]!) >>> 0;
+      s[3] = (s[3]! ^ s[1]!) >>> 0;
+      s[1] = (s[1]! ^ s[2]!) >>> 0;
+      s[0] = (s[0]! ^ s[3]!) >>> 0;
+      s[2] = (s[2]! ^ t) >>> 0;
+      s[3] = rotl(s[3]!, 11);
+      return result;
+    };
+  }
+  /** The documented state(purpose, index) of a seed: Philox block (index mod 2^32, index div 2^32, purpose, 'SYNT') keyed by the seed's two words. */
+  function stateRef(seed: bigint, purpose: number, index: number): () => number {
+    const out = new Uint32Array(4);
+    philox4x32(index % 2 ** 32, Math.floor(index / 2 ** 32), purpose, 0x53594e54, Number(seed & 0xffffffffn), Number(seed >> 32n), out);
+    return xoshiroRef(out);
+  }
+
+  it('Rng is xoshiro128** seeded from the Philox block (index mod 2^32, index div 2^32, purpose, tag) under both seed words', () => {
+    const next = lcg(freshSeed(101));
+    const seeds = [0n, BigInt(Math.floor(next() * 2 ** 32)), (BigInt(Math.floor(next() * 2 ** 32)) << 32n) | 7n, 2n ** 64n - 1n];
+    const indices = [0, 1, 2 ** 32 - 1, 2 ** 32 + 3, 2 ** 47 + 12345];
+    for (const seed of seeds) {
+      const rng = new Rng(seed);
+      for (const purpose of [1, 3, 5]) {
+        for (const index of indices) {
+          rng.reseed(purpose, index);
+          const ref = stateRef(seed, purpose, index);
+          for (let k = 0; k < 9; k++) expect(rng.next(), `seed ${seed} purpose ${purpose} index ${index} word ${k}`).toBe(ref());
+        }
+      }
+    }
+    // uniform53 is ((w1 >>> 5) * 2^26 + (w2 >>> 6)) * 2^-53 of the next two words.
+    const rng = new Rng(seeds[1]!);
+    rng.reseed(3, 11);
+    const ref = stateRef(seeds[1]!, 3, 11);
+    for (let k = 0; k < 5; k++) expect(rng.uniform53()).toBe(((ref() >>> 5) * 2 ** 26 + (ref() >>> 6)) * 2 ** -53);
+  });
+
+  it('row r past 2^32 uses the counter high word; feature i is block (1, i) normalised; direct firing tests w * 2^-32 < p', () => {
+    const seed = BigInt(freshSeed(102));
+    // Rows 5 and 2^32 + 5 are different rows (the counter's high word is part of the index).
+    const big = superposition({ dIn: 3, numFeatures: 16, firing: { kind: 'uniform', p: 0.45 }, numRows: 2 ** 33, seed });
+    const lo = big.codes(5, 1);
+    const hi = big.codes(2 ** 32 + 5, 1);
+    // p = 0.45 > 1/4: each feature in increasing index is fired by its own word, w * 2^-32 < p.
+    for (const [r, codes] of [[5, lo], [2 ** 32 + 5, hi]] as const) {
+      const ref = stateRef(seed, 3, r);
+      const want: number[] = [];
+      for (let i = 0; i < 16; i++) if (ref() / 2 ** 32 < 0.45) want.push(i);
+      expect(Array.from(codes.indices), `seed ${seed} row ${r}`).toEqual(want);
+    }
+    expect(Array.from(hi.indices).join() + Array.from(hi.values).join()).not.toBe(Array.from(lo.indices).join() + Array.from(lo.values).join());
+    // Feature i: dIn normals of block (1, i) (Rng's sampler), divided by their float64 norm.
+    const dIn = 5;
+    const { features } = superposition({ dIn, numFeatures: 7, firing: { kind: 'uniform', p: 0.1 }, seed });
+    const rng = new Rng(seed);
+    for (let i = 0; i < 7; i++) {
+      rng.reseed(1, i);
+      const g = Array.from({ length: dIn }, () => rng.normal());
+      const norm = Math.sqrt(g.reduce((a, x) => a + x * x, 0));
+      expect(Array.from(features.subarray(i * dIn, (i + 1) * dIn)), `seed ${seed} feature ${i}`).toEqual(g.map((x) => Math.fround(x / norm)));
+    }
+  });
+
+  it('normalSamples takes one block of 2^16 values per index: value 2^16 + k is the k-th normal of block (5, 1)', () => {
+    const seed = freshSeed(103);
+    const z = normalSamples(seed, 65536 + 7);
+    const rng = new Rng(BigInt(seed));
+    rng.reseed(5, 1);
+    for (let k = 0; k < 7; k++) expect(z[65536 + k], `seed ${seed} value ${65536 + k}`).toBe(rng.normal());
+    rng.reseed(5, 0);
+    expect(z[0]).toBe(rng.normal());
+  });
+
+  it('makePermutation is a bijection of [0, n) for odd n (odd and even bit counts), differs per epoch, and ignores nothing of its seed', () => {
+    const next = lcg(freshSeed(104));
+    for (const n of [1, 3, 5, 7, 33, 301, 333, 1001, 2049, 4097]) {
+      const seed = BigInt(Math.floor(next() * 2 ** 32));
+      const orders: string[] = [];
+      for (const epoch of [0, 1, 2]) {
+        const perm = makePermutation(n, seed, epoch);
+        const seen = new Uint8Array(n);
+        for (let i = 0; i < n; i++) {
+          const j = perm(i);
+          if (!(Number.isInteger(j) && j >= 0 && j < n && seen[j] === 0)) expect.fail(`n ${n} seed ${seed} epoch ${epoch}: perm(${i}) = ${j}`);
+          seen[j] = 1;
+        }
+        orders.push(Array.from({ length: n }, (_, i) => perm(i)).join());
+      }
+      // n! orders (n >= 33): three epochs agreeing has probability below 1e-30.
+      if (n >= 33) expect(new Set(orders).size, `n ${n} seed ${seed}`).toBe(3);
+    }
+  });
+
+  it('choleskyLower: L L^T = S in float64 on random SPD matrices of odd sizes; the symmetric part of S; the failing row and pivot', () => {
+    const seed = freshSeed(105);
+    const next = lcg(seed);
+    for (const n of [1, 3, 7, 13]) {
+      // S = A A^T + n I: SPD and well conditioned.
+      const A = Array.from({ length: n * n }, () => next() * 2 - 1);
+      const S = new Float64Array(n * n);
+      for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
+        let s = i === j ? n : 0;
+        for (let k = 0; k < n; k++) s += A[i * n + k]! * A[j * n + k]!;
+        S[i * n + j] = s;
+      }
+      // A skew part added to S must not change L: it factors (S + S^T) / 2.
+      const skewed = Float64Array.from(S);
+      for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) {
+        const d = next() - 0.5;
+        skewed[i * n + j]! += d;
+        skewed[j * n + i]! -= d;
+      }
+      for (const input of [S, skewed]) {
+        const L = choleskyLower(input, n);
+        if (!(L instanceof Float64Array)) throw new Error(`seed ${seed} n ${n}: refused at row ${L.row}`);
+        for (let i = 0; i < n; i++) {
+          for (let j = 0; j < n; j++) {
+            if (j > i) expect(L[i * n + j]).toBe(0);
+            let s = 0;
+            for (let k = 0; k < n; k++) s += L[i * n + k]! * L[j * n + k]!;
+            expect(Math.abs(s - S[i * n + j]!), `seed ${seed} n ${n} (${i}, ${j})`).toBeLessThanOrEqual(1e-12 * n * n);
+          }
+        }
+      }
+    }
+    // rho01 = rho02 = 0.9, rho12 = -0.9: L00 = 1, L10 = L20 = 0.9, L11 = sqrt(0.19), L21 = -1.71 / sqrt(0.19),
+    // so the pivot of row 2 is 1 - 0.81 - 1.71^2 / 0.19 = -15.2.
+    const bad = Float64Array.of(1, 0.9, 0.9, 0.9, 1, -0.9, 0.9, -0.9, 1);
+    const res = choleskyLower(bad, 3) as { row: number; pivot: number };
+    expect(res.row).toBe(2);
+    expect(Math.abs(res.pivot - (0.19 - 1.71 ** 2 / 0.19))).toBeLessThan(1e-12);
+  });
+
+  it('options at their exact bounds: n = numFeatures, minP 0, std 0, factors = numFeatures are taken; Sigma within 1e-9 of unit diagonal and symmetric', () => {
+    const base = { dIn: 3, numFeatures: 6, numRows: 50 } as const;
+    // expected-active n = numFeatures: p = 1, every feature in every row.
+    const all = superposition({ ...base, firing: { kind: 'expected-active', n: 6 } });
+    expect(Array.from(all.probabilities)).toEqual(new Array(6).fill(1));
+    expect(all.codes(0, 50).indices.length).toBe(300);
+    // minP 0 given is the default.
+    const zipf = { kind: 'zipf', exponent: 1, maxP: 0.5 } as const;
+    expect(Array.from(superposition({ ...base, firing: { ...zipf, minP: 0 } }).rows(0, 50))).toEqual(Array.from(superposition({ ...base, firing: zipf }).rows(0, 50)));
+    // std 0: every magnitude is exactly the mean.
+    const constant = superposition({ ...base, firing: { kind: 'uniform', p: 0.5 }, magnitude: { kind: 'relu-normal', mean: 0.75, std: 0 } }).codes(0, 50);
+    expect(constant.values.length).toBeGreaterThan(0);
+    expect(constant.values.every((v) => v === 0.75)).toBe(true);
+    // factors up to numFeatures.
+    const c = superposition({ ...base, firing: { kind: 'uniform', p: 0.5 }, correlation: { kind: 'random', factors: 6 } }).correlationMatrix()!;
+    expect(c.length).toBe(36);
+    expectNamedError(() => superposition({ ...base, firing: { kind: 'uniform', p: 0.5 }, correlation: { kind: 'random', factors: 7 } }), 'options.correlation.factors');
+    // The unit diagonal and the symmetry are checked to 1e-9.
+    const eye = () => Float64Array.from({ length: 36 }, (_, k) => (k % 7 === 0 ? 1 : 0));
+    const firing = { kind: 'uniform', p: 0.5 } as const;
+    const near = eye();
+    near[14] = 1 + 1e-10;
+    near[1] = 0.2;
+    near[6] = 0.2 + 1e-10;
+    expect(() => superposition({ ...base, firing, correlation: near })).not.toThrow();
+    const diag = eye();
+    diag[14] = 1 + 1e-8;
+    expectNamedError(() => superposition({ ...base, firing, correlation: diag }), 'options.correlation[14] (diagonal)');
+    const asym = eye();
+    asym[1] = 0.2;
+    asym[6] = 0.2 + 1e-8;
+    expect(() => superposition({ ...base, firing, correlation: asym })).toThrow(/symmetric matrix for options\.correlation but entry \(0, 1\)/);
+  });
+
+  it('ranges at their exact bounds: an empty range at numRows is taken; codes of one row hold all of its many features', async () => {
+    const data = superposition({ dIn: 2, numFeatures: 100, firing: { kind: 'uniform', p: 1 }, numRows: 9 });
+    expect(data.rows(9, 0).length).toBe(0);
+    expect(Array.from(data.codes(9, 0).indptr)).toEqual([0]);
+    expectNamedError(() => data.rows(10, 0), 'start');
+    // One row of 100 fired features (more than the first buffer of max(16, 4 * rows) codes).
+    const one = data.codes(0, 1);
+    expect(Array.from(one.indptr)).toEqual([0, 100]);
+    expect(Array.from(one.indices)).toEqual(Array.from({ length: 100 }, (_, i) => i));
+    // dropLast drops a last batch one row short of batchSize too.
+    const src = superposition({ dIn: 2, numFeatures: 4, firing: { kind: 'uniform', p: 0.5 }, numRows: 2 * 7 - 1 }).source;
+    const sizes: number[] = [];
+    for await (const b of src.batches({ batchSize: 7, dropLast: true })) sizes.push(b.rows);
+    expect(sizes).toEqual([7]);
+  });
+});
+
+describe('normal CDF and quantile: the far tails (mutation round 6)', () => {
+  /** Q(x) = 1 - Phi(x) for x >= 8 by the asymptotic series phi(x)/x * sum_k (-1)^k (2k-1)!! / x^(2k), summed while its terms shrink (relative error below e^(-x^2/2)). */
+  function upperTailRef(x: number): number {
+    let term = 1;
+    let sum = 1;
+    for (let k = 1; k < 200; k++) {
+      const t = (-term * (2 * k - 1)) / (x * x);
+      if (Math.abs(t) >= Math.abs(term)) break;
+      term = t;
+      sum += term;
+    }
+    return (Math.exp(-0.5 * x * x) / Math.sqrt(2 * Math.PI) / x) * sum;
+  }
+
+  it('Phi(-x) for x from 8 to 37 matches the asymptotic series to 1e-12 relative', () => {
+    for (const x of [8, 9.5, 10, 13, 20, 27.5, 37]) {
+      const want = upperTailRef(x);
+      expect(Math.abs(normalCdf(-x) - want) / want, `x=${x}: ${normalCdf(-x)} vs ${want}`).toBeLessThanOrEqual(1e-12);
+    }
+  });
+
+  it('the quantile of a tail probability round-trips relatively, and Phi^-1(1 - p) = -Phi^-1(p) for exact 1 - p', () => {
+    for (const p of [1e-300, 1e-200, 1e-100, 1e-30, 1e-12]) {
+      const back = normalCdf(normalQuantile(p));
+      expect(Math.abs(back - p) / p, `p=${p}`).toBeLessThanOrEqual(1e-12);
+    }
+    for (const e of [3, 10, 20, 40, 50]) {
+      const p = 2 ** -e; // 1 - p is exact
+      expect(Math.abs(normalQuantile(1 - p) + normalQuantile(p)), `p=2^-${e}`).toBeLessThanOrEqual(1e-12 * Math.abs(normalQuantile(p)));
+    }
+  });
 });
