@@ -457,3 +457,18 @@ describe('compat generators: determinism, batching and the public namespace', ()
     expectNamedError(() => sharkey({ numRows: 10 }).codes(11, 0), 'start');
   });
 });
+
+describe('compat generators: options at their exact bounds (mutation round 6)', () => {
+  it('numActive 0 fires nothing; activePerPoint equal to the group size takes each whole group; batch indices up to numBatches - 1', () => {
+    const none = sharkey({ dIn: 3, numFeatures: 5, numActive: 0, numRows: 40 });
+    expect(Array.from(none.probabilities!)).toEqual(new Array(5).fill(0));
+    expect(none.codes(0, 40).indices.length).toBe(0);
+    // 23 features in 4 groups of 5 (features 20-22 unused): a support of 5 is the whole group.
+    const whole = mfr({ dIn: 3, numFeatures: 23, groups: 4, activePerPoint: 5, batchSize: 10, numRows: 25 });
+    expect(whole.numBatches).toBe(3);
+    for (const b of [0, 2]) expect(Array.from(whole.supports(b))).toEqual(Array.from({ length: 20 }, (_, i) => i));
+    expectNamedError(() => whole.supports(3), 'batch');
+    expectNamedError(() => whole.batchProbabilities(3), 'batch');
+    expectNamedError(() => mfr({ dIn: 3, numFeatures: 23, groups: 4, activePerPoint: 6 }), 'options.activePerPoint');
+  });
+});
