@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { backend, DTYPES, io, rand, randn, SaekitError, Tensor, tensor, zeros, type DType } from '../lib/index.js';
+import { backend, DTYPES, io, ops, rand, randn, SaekitError, Tensor, tensor, zeros, type DType } from '../lib/index.js';
 import { native } from '../lib/native/index.js';
 import { distUrl, haveDist, runInChild } from './helpers/child.js';
 import { tensorSuite } from './helpers/tensor-suite.js';
@@ -270,5 +270,50 @@ describe('the native tensor handle and the op queue', () => {
       t.dispose();
       console.log(JSON.stringify({ n: v.length }));`;
     expect(JSON.parse(runInChild(script))).toEqual({ n: 4096 });
+  });
+});
+
+describe('nested arrays: shape errors carry ERR_SAEKIT_SHAPE and name the element', () => {
+  it('a number where an array belongs, a ragged row at any depth, and a non-number leaf', () => {
+    const cases: [unknown, string, string][] = [
+      [[[1, 2], 3], 'ERR_SAEKIT_SHAPE', 'Expected an array for data[1] but received 3 (number)'],
+      [[[[1], [2]], [[3], 4]], 'ERR_SAEKIT_SHAPE', 'Expected an array for data[1][1] but received 4 (number)'],
+      [[[1, 2, 3], [4, 5]], 'ERR_SAEKIT_SHAPE', 'Expected an array of length 3 (arrays must not be ragged) for data[1]'],
+      [[[1], [2, 3]], 'ERR_SAEKIT_SHAPE', 'Expected an array of length 1 (arrays must not be ragged) for data[1]'],
+      [[[1, 2], [3, [4]]], 'ERR_SAEKIT_ARG', 'Expected a number for data[1][1]'],
+    ];
+    for (const [data, code, message] of cases) {
+      expect(() => tensor(data as number[][]), JSON.stringify(data)).toThrow(expect.objectContaining({ code, message: expect.stringContaining(message) }));
+    }
+  });
+});
+
+describe('rounding to 16-bit types: values just below a tie (mutation round 6)', () => {
+  it('a float64 just below a bfloat16/float16 tie rounds down, though its float32 rounding is the tie itself', async () => {
+    // float32 rounds these up onto the 16-bit tie; rounding to odd must step back below it.
+    const cases: [number, 'bfloat16' | 'float16', number][] = [
+      [1 + 2 ** -8 - 2 ** -30, 'bfloat16', 0x3f80],
+      [-(1 + 2 ** -8 - 2 ** -30), 'bfloat16', 0xbf80],
+      [1 + 2 ** -11 - 2 ** -40, 'float16', 0x3c00],
+      [-(1 + 2 ** -11 - 2 ** -40), 'float16', 0xbc00],
+    ];
+    for (const [v, dtype, want] of cases) {
+      expect(Math.fround(v)).not.toBe(v);
+      for (const data of [new Float64Array([v]), [v]]) {
+        using t = tensor(data, [1], { dtype });
+        expect((await t.toArray())[0], `${v} ${dtype}`).toBe(want);
+      }
+    }
+  });
+});
+
+describe('use after dispose names the argument as the caller wrote it (mutation round 6)', () => {
+  it("matmul with a disposed options.out is ERR_SAEKIT_DISPOSED naming options.out (the addon's own check says out)", async () => {
+    using a = zeros([2, 3]);
+    using b = zeros([3, 2]);
+    const out = zeros([2, 2]);
+    out.dispose();
+    out.dispose(); // twice: idempotent
+    await expect(ops.matmul(a, b, { out })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED', message: 'options.out is a disposed Tensor; it cannot be used any more' });
   });
 });
