@@ -10,10 +10,10 @@ import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { fromArray, fromAsyncIterable, openActivations, type ActivationSource, type Batch, type BatchOptions } from '../lib/data/index.js';
+import { fromArray, fromAsyncIterable, openActivations } from '../lib/data/index.js';
 import { expandGlob } from '../lib/data/glob.js';
 import { resolveBatchOptions } from '../lib/data/options.js';
-import { concatRows, f16ToNumber, randomHalfBits, randomRows, writeNpyFixture } from './helpers/data-fixtures.js';
+import { collect, concatRows, f16ToNumber, randomHalfBits, randomRows, writeNpyFixture } from './helpers/data-fixtures.js';
 import { lcg } from './helpers/reference.js';
 
 let dir: string;
@@ -25,12 +25,6 @@ beforeAll(() => {
 afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
-
-async function collect(src: ActivationSource, opts?: BatchOptions): Promise<Batch[]> {
-  const out: Batch[] = [];
-  for await (const b of src.batches(opts)) out.push(b);
-  return out;
-}
 
 /** A fresh seed per run (printed with any failure). */
 const freshSeed = (): number => (Math.random() * 2 ** 31) >>> 0;

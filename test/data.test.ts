@@ -15,6 +15,7 @@ import { Rng } from '../lib/data/prng.js';
 import { resolveBatchOptions } from '../lib/data/options.js';
 import {
   bf16ToNumber,
+  collect,
   concatRows,
   f16ToNumber,
   randomHalfBits,
@@ -35,12 +36,6 @@ beforeAll(() => {
 afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
-
-async function collect(src: ActivationSource, opts?: BatchOptions): Promise<Batch[]> {
-  const out: Batch[] = [];
-  for await (const b of src.batches(opts)) out.push(b);
-  return out;
-}
 
 /** Checks shapes and freshness of batches: rows * dIn values each, no two sharing memory. */
 function checkBatches(batches: Batch[], dIn: number): void {

@@ -81,28 +81,6 @@ describe('while a call is in progress', () => {
     });
   });
 
-  it('svcca, rsa and cka: a B detached while A is still being read is the named ERR_SAEKIT_ARG, not a shape error', async () => {
-    const next = lcg(64);
-    const [n, d] = [1500, 200]; // A: 300,000 values, more than one look at the clock (2^17 units)
-    const calls = {
-      cka: (A: Float64Array, B: Float64Array) => cka(A, B, { n, dA: d, dB: d }),
-      rsa: (A: Float64Array, B: Float64Array) => rsa(A, B, { n, dA: d, dB: d }),
-      svcca: (A: Float64Array, B: Float64Array) => svcca(A, B, { n, dA: d, dB: d }),
-    };
-    for (const [name, f] of Object.entries(calls)) {
-      const A = Float64Array.from({ length: n * d }, () => next());
-      const B = Float64Array.from({ length: n * d }, () => next());
-      await new Promise((r) => setTimeout(r, 30)); // a stale slice clock: the first look at it pauses, inside A's copy
-      // Queued before the call's first pause, so it runs before the call resumes: B is detached
-      // after both shapes were checked and before B is read.
-      setImmediate(() => structuredClone(B.buffer, { transfer: [B.buffer] }));
-      await expect(f(A, B), name).rejects.toMatchObject({
-        code: 'ERR_SAEKIT_ARG',
-        message: expect.stringMatching(/Expected B to keep its 300000 values until the call settles but it now has 0/),
-      });
-    }
-  });
-
   it('permutationTest: an A detached while the last run is scored is a named error, not a result from that run', async () => {
     const next = lcg(65);
     const [n, dA, dB, runs] = [31, 3, 2, 4];
@@ -123,25 +101,32 @@ describe('while a call is in progress', () => {
     expect(calls).toBe(runs + 1);
   });
 
-  it('svcca, rsa and cka: an A detached while A itself is being copied is the named ERR_SAEKIT_ARG, not zeros', async () => {
-    const next = lcg(66);
-    const [n, d] = [1500, 200]; // A: 300,000 values, several blocks of 2^16 and more than one look at the clock
-    const calls = {
-      cka: (A: Float64Array, B: Float64Array) => cka(A, B, { n, dA: d, dB: d }),
-      rsa: (A: Float64Array, B: Float64Array) => rsa(A, B, { n, dA: d, dB: d }),
-      svcca: (A: Float64Array, B: Float64Array) => svcca(A, B, { n, dA: d, dB: d }),
-    };
-    for (const [name, f] of Object.entries(calls)) {
-      const A = Float64Array.from({ length: n * d }, () => next());
-      const B = Float64Array.from({ length: n * d }, () => next());
-      await new Promise((r) => setTimeout(r, 30)); // a stale slice clock: the first look at it pauses, inside A's copy
-      setImmediate(() => structuredClone(A.buffer, { transfer: [A.buffer] }));
-      await expect(f(A, B), name).rejects.toMatchObject({
-        code: 'ERR_SAEKIT_ARG',
-        message: expect.stringMatching(/Expected A to keep its 300000 values until the call settles but it now has 0/),
-      });
-    }
-  });
+  // A, then B, detached while A is still being copied (a stale slice clock makes the first look
+  // at it pause there): B's after both shapes were checked and before B is read (not a shape
+  // error), A's during its own copy (not zeros, nor a bare TypeError from subarray).
+  for (const [side, seed] of [['B', 64], ['A', 66]] as const) {
+    it(`svcca, rsa and cka: ${side} detached while A is still being copied is the named ERR_SAEKIT_ARG`, async () => {
+      const next = lcg(seed);
+      const [n, d] = [1500, 200]; // A: 300,000 values, several blocks of 2^16 and more than one look at the clock (2^17 units)
+      const calls = {
+        cka: (A: Float64Array, B: Float64Array) => cka(A, B, { n, dA: d, dB: d }),
+        rsa: (A: Float64Array, B: Float64Array) => rsa(A, B, { n, dA: d, dB: d }),
+        svcca: (A: Float64Array, B: Float64Array) => svcca(A, B, { n, dA: d, dB: d }),
+      };
+      for (const [name, f] of Object.entries(calls)) {
+        const A = Float64Array.from({ length: n * d }, () => next());
+        const B = Float64Array.from({ length: n * d }, () => next());
+        await new Promise((r) => setTimeout(r, 30)); // a stale slice clock: the first look at it pauses, inside A's copy
+        // Queued before the call's first pause, so it runs before the call resumes.
+        const gone = side === 'A' ? A : B;
+        setImmediate(() => structuredClone(gone.buffer, { transfer: [gone.buffer] }));
+        await expect(f(A, B), name).rejects.toMatchObject({
+          code: 'ERR_SAEKIT_ARG',
+          message: expect.stringMatching(new RegExp(`Expected ${side} to keep its 300000 values until the call settles but it now has 0`)),
+        });
+      }
+    });
+  }
 
   it('permutationTest: a B detached between runs is a named error, not zeros', async () => {
     const next = lcg(62);

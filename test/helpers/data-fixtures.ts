@@ -144,6 +144,13 @@ export async function writeSafetensorsFixture(
   await fs.writeFile(path, Buffer.concat([head, ...bodies]));
 }
 
+/** Every batch of one pass of src.batches(opts), in order. */
+export async function collect(src: ActivationSource, opts?: BatchOptions): Promise<Batch[]> {
+  const out: Batch[] = [];
+  for await (const b of src.batches(opts)) out.push(b);
+  return out;
+}
+
 /** Concatenates batches' rows. */
 export function concatRows(batches: { data: Float32Array }[]): Float32Array {
   const n = batches.reduce((a, b) => a + b.data.length, 0);
