@@ -4,13 +4,13 @@
  * count is exact (an unclosed handle is not left to garbage collection, which would close it at
  * a time no test controls).
  */
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { describe, expect, it, vi } from 'vitest';
 
-import { readNpz, readSaeFiles, writeNpz, writeSaeFiles, writeSafetensors, type IoTensor } from '../lib/io/index.js';
+import { readNpy, readNpyHeader, readNpz, readSaeFiles, readSafetensors, writeFileAtomic, writeNpy, writeNpz, writeSaeFiles, writeSafetensors, type IoTensor } from '../lib/io/index.js';
 import { lcg } from './helpers/reference.js';
 
 const live = vi.hoisted(() => new Set<object>());
@@ -35,13 +35,13 @@ function tmp(): string {
 }
 
 /** Runs `fn` and expects no handle left open after it, whether it resolves or rejects (`refused`: the message it must reject with). */
-async function noHandleLeft(label: string, fn: () => Promise<unknown>, refused?: RegExp): Promise<void> {
+async function noHandleLeft(label: string, fn: () => Promise<unknown>, refused?: RegExp, code = 'ERR_SAEKIT_FORMAT'): Promise<void> {
   const before = live.size;
   const r = await fn().then(
     () => undefined,
     (e: unknown) => e,
   );
-  if (refused) expect(r, label).toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(refused) });
+  if (refused) expect(r, label).toMatchObject({ code, message: expect.stringMatching(refused) });
   else expect(r, label).toBeUndefined();
   expect(live.size - before, `${label}: handles left open`).toBe(0);
 }
@@ -102,5 +102,44 @@ describe('file handles of the SAE file and .npz readers', () => {
     await noHandleLeft('a truncated archive', () => readSaeFiles(dir), /no end-of-central-directory record/);
     await noHandleLeft('writeNpz, junk', () => npz({ junk: f32([2]) }));
     await noHandleLeft('an unknown array', () => readSaeFiles(dir), /does not know \("junk"\)/);
+  });
+
+  it('readNpy, readNpyHeader and readSafetensors close the file when they read it and when they refuse it; so does a folder given as a file', async () => {
+    const dir = tmp();
+    const npy = path.join(dir, 'a.npy');
+    await noHandleLeft('writeNpy', () => writeNpy(npy, f32([2, 3])));
+    await noHandleLeft('readNpy', () => readNpy(npy));
+    await noHandleLeft('readNpyHeader', () => readNpyHeader(npy));
+    const whole = readFileSync(npy);
+    writeFileSync(npy, whole.subarray(0, whole.length - 4));
+    await noHandleLeft('readNpy, truncated', () => readNpy(npy), /file truncated/);
+    await noHandleLeft('readNpyHeader, truncated', () => readNpyHeader(npy), /file truncated/);
+    const st = path.join(dir, 'a.safetensors');
+    await noHandleLeft('writeSafetensors', () => writeSafetensors(st, { w: f32([2]) }));
+    await noHandleLeft('readSafetensors', async () => (await readSafetensors(st)).close());
+    writeFileSync(st, Buffer.concat([readFileSync(st), Buffer.from([0])]));
+    await noHandleLeft('readSafetensors, trailing byte', () => readSafetensors(st), /tensors end at byte/);
+    await noHandleLeft('readNpy of a folder', () => readNpy(dir), /regular file/, 'ERR_SAEKIT_ARG');
+    await noHandleLeft('readSafetensors of a folder', () => readSafetensors(dir), /regular file/, 'ERR_SAEKIT_ARG');
+  });
+
+  it('writeFileAtomic closes and removes its temporary file when the data is detached before the first write', async () => {
+    const dir = tmp();
+    const file = path.join(dir, 'out.bin');
+    writeFileSync(file, 'old');
+    await noHandleLeft(
+      'writeFileAtomic, detached',
+      () => {
+        const data = new Uint8Array(64).fill(7);
+        const p = writeFileAtomic(file, data);
+        // Detached synchronously, while the temporary file is being opened: the first write finds it gone.
+        structuredClone(data.buffer, { transfer: [data.buffer] });
+        return p;
+      },
+      /Expected data to keep its 64 bytes/,
+      'ERR_SAEKIT_ARG',
+    );
+    expect(readdirSync(dir)).toEqual(['out.bin']);
+    expect(readFileSync(file, 'utf8')).toBe('old');
   });
 });

@@ -32,6 +32,7 @@ import { _readNpzSource, decodeNpz, encodeNpzParts } from '../lib/io/npz.js';
 import { makeDirs, memorySource } from '../lib/io/source.js';
 import { SparseAutoencoder } from '../lib/index.js';
 import { decodeSafetensors, encodeSafetensors, encodeSafetensorsParts, parseSafetensorsHeader } from '../lib/io/safetensors.js';
+import { parseNpyHeaderBytes } from '../lib/io/npy.js';
 import { crc32, encodeZipParts, readZipDirectory } from '../lib/io/zip.js';
 import { distUrl, escapeRe, haveDist, runInChild } from './helpers/child.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
@@ -1451,4 +1452,186 @@ describe('writers whose arrays are detached or resized while they run', () => {
     }
     noTempFiles(dir);
   }, 120_000);
+});
+
+/**
+ * Bounds of the formats at their exact limits, and the writers' byte layouts against the specs'
+ * formulas written out here (mutation round 7, io2). Each case names the mutant it kills.
+ */
+describe('format limits at their exact values and header layouts as the specs compute them', () => {
+  /** numpy's _write_array_header + _wrap_header (format 1.0), written out from numpy/lib/_format_impl.py. */
+  function numpyHeader(descr: string, shape: number[]): Uint8Array {
+    const tuple = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(', ')})`;
+    let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': ${tuple}, }`;
+    if (shape.length > 0) header += ' '.repeat(21 - String(shape[0]).length);
+    const hlen = header.length + 1;
+    const padlen = 64 - ((6 + 2 + 2 + hlen) % 64);
+    const text = header + ' '.repeat(padlen) + '\n';
+    const out = new Uint8Array(10 + text.length);
+    out.set([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0]);
+    new DataView(out.buffer).setUint16(8, hlen + padlen, true);
+    out.set(Buffer.from(text, 'latin1'), 10);
+    return out;
+  }
+
+  it('encodeNpy writes the header numpy writes for every residue of the header length mod 64 (a full 64 bytes of padding when already aligned)', () => {
+    const next = lcg(7001);
+    const residues = new Set<number>();
+    for (let trial = 0; trial < 400; trial++) {
+      // Empty arrays (a 0 first) of 1-9 further dimensions of 1-12 digits: any header length, no data.
+      const shape = [0, ...Array.from({ length: 1 + Math.floor(next() * 9) }, () => Math.floor(10 ** (next() * 12)))];
+      const dtype = ALL_DTYPES[trial % ALL_DTYPES.length]!;
+      const descr = { float32: '<f4', float16: '<f2', bfloat16: '<V2', float64: '<f8', int32: '<i4', int64: '<i8', uint8: '|u1' }[dtype];
+      const got = encodeNpy({ dtype, shape, data: randomTensor(dtype, [0], next).data });
+      const want = numpyHeader(descr, shape);
+      expect(Buffer.from(got).toString('latin1'), `[${shape}]`).toBe(Buffer.from(want).toString('latin1'));
+      expect(got.length % 64).toBe(0);
+      const text = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${shape.join(', ')}), }`;
+      residues.add((10 + text.length + 20 + 1) % 64);
+    }
+    // The trials include headers whose text plus newline already ends on a 64-byte boundary.
+    expect(residues.has(0)).toBe(true);
+    expect(residues.size).toBe(64);
+  });
+
+  it('npy: a header of exactly 10,000 bytes is read (parseNpy, readNpy, readNpyHeader); 10,001 is refused', async () => {
+    const dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
+    const data = bytesOf(new Float32Array([1.25, -3]));
+    const exact = (len: number) => npyFile(dict + ' '.repeat(len - dict.length - 1) + '\n', data, 2, true);
+    expect(exact(10_000).length).toBe(12 + 10_000 + 8);
+    expect(Array.from(parseNpy(exact(10_000)).data as Float32Array)).toEqual([1.25, -3]);
+    await expectIoError(() => parseNpy(exact(10_001), 'mem.npy'), 'mem.npy', /header length 10001 exceeds the limit of 10000 bytes/);
+    const dir = tmpDir();
+    const file = path.join(dir, 'long-header.npy');
+    writeFileSync(file, exact(10_000));
+    expect(Array.from((await readNpy(file)).data as Float32Array)).toEqual([1.25, -3]);
+    expect(await readNpyHeader(file)).toEqual({ dtype: 'float32', shape: [2], fortranOrder: false, bigEndian: false, dataOffset: 10_012, byteLength: 8 });
+  });
+
+  it("npy: a one-byte type is never big-endian, whatever order character its descr has ('>u1', '|u1', '<u1')", () => {
+    for (const order of ['>', '|', '<', '=']) {
+      const bytes = npyFile(`{'descr': '${order}u1', 'fortran_order': False, 'shape': (3,), }`, new Uint8Array([1, 2, 250]));
+      expect(parseNpyHeaderBytes(bytes, bytes.length, 'm.npy')).toMatchObject({ dtype: 'uint8', bigEndian: false, byteLength: 3 });
+      expect(Array.from(parseNpy(bytes).data as Uint8Array)).toEqual([1, 2, 250]);
+    }
+  });
+
+  it('npy: the size check counts bytes, not elements (numel x item size at the edge of 2^53), and zero-size shapes of huge dimensions are empty', async () => {
+    const f4 = (shape: string) => npyFile(`{'descr': '<f4', 'fortran_order': False, 'shape': ${shape}, }`);
+    // floor((2^53 - 1) / 4) elements fit; their size is checked against the (empty) data.
+    await expectIoError(() => parseNpy(f4('(2251799813685247,)'), 'm.npy'), 'm.npy', /needs 9007199254740988 \(file truncated\)/);
+    // 2^51 elements of 4 bytes are 2^53 bytes: too large, whether in one dimension or two.
+    await expectIoError(() => parseNpy(f4('(2251799813685248,)'), 'm.npy'), 'm.npy', /shape \[2251799813685248\] is too large/);
+    await expectIoError(() => parseNpy(f4('(2, 1125899906842624)'), 'm.npy'), 'm.npy', /shape \[2, 1125899906842624\] is too large/);
+    // A 0 anywhere makes the array empty, as numpy has it: (0, 2^32, 2^32) is a valid empty array.
+    const t = parseNpy(f4('(0, 4294967296, 4294967296)'));
+    expect([t.shape, t.data.length]).toEqual([[0, 2 ** 32, 2 ** 32], 0]);
+    const h = parseSt(stFile({ e: { dtype: 'F64', shape: [0, 2 ** 40, 2 ** 40], data_offsets: [0, 0] } }));
+    expect(h.tensors.map((e) => [e.name, e.shape, e.byteLength])).toEqual([['e', [0, 2 ** 40, 2 ** 40], 0]]);
+  });
+
+  it('writers refuse data longer than the shape, not only shorter (the header would not describe the bytes)', async () => {
+    await expectIoError(() => encodeNpy({ dtype: 'int32', shape: [2], data: new Int32Array(3) }), 't.data', /2 elements for shape \[2\]/, 'ERR_SAEKIT_SHAPE');
+    const dir = tmpDir();
+    await expectIoError(() => writeSafetensors(path.join(dir, 'x.safetensors'), { a: { dtype: 'uint8', shape: [4], data: new Uint8Array(5) } }), 'tensors["a"].data', /4 elements/, 'ERR_SAEKIT_SHAPE');
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('safetensors: N of exactly 100,000,000 passes the cap (then needs its bytes), one more is refused; N one byte past the end is refused as such', async () => {
+    const prefix = (n: number) => {
+      const b = new Uint8Array(8);
+      new DataView(b.buffer).setBigUint64(0, BigInt(n), true);
+      return b;
+    };
+    await expectIoError(() => parseSafetensorsHeader(prefix(100_000_000), 100_000_008, 'm.st'), 'm.st', /only 8 of the 100000008 header bytes are available/);
+    await expectIoError(() => parseSafetensorsHeader(prefix(100_000_001), 200_000_000, 'm.st'), 'm.st', /header length 100000001 exceeds the limit of 100000000 bytes/);
+    // A header that ends 1 to 8 bytes past the file's end: named as such, in memory and on disk.
+    const dir = tmpDir();
+    for (const over of [1, 7, 8]) {
+      const bytes = stFile('{}   ', 0, 5 + over);
+      await expectIoError(() => parseSt(bytes), 'mem.safetensors', new RegExp(`header length ${5 + over} runs past the end of the file \\(13 bytes\\)`));
+      const file = path.join(dir, `over${over}.safetensors`);
+      writeFileSync(file, bytes);
+      await expectIoError(() => readSafetensors(file), file, /runs past the end of the file \(13 bytes\)/);
+    }
+    // A file of under 8 bytes on disk: too short, not a read past its end.
+    const tiny = path.join(dir, 'tiny.safetensors');
+    writeFileSync(tiny, new Uint8Array([1, 0, 0, 0, 0]));
+    await expectIoError(() => readSafetensors(tiny), tiny, /file is 5 bytes, too short for the 8-byte header length/);
+  });
+
+  it('safetensors: offsets at or past 2^53 are refused as offsets (not as a hole); an empty tensor may share its begin with the next, in any JSON order', async () => {
+    await expectIoError(
+      () => parseSt(stFile('{"a":{"dtype":"U8","shape":[0],"data_offsets":[9007199254740992,9007199254740992]}}')),
+      'mem.safetensors',
+      /data_offsets \[9007199254740992, 9007199254740992\] are not non-negative integers/,
+    );
+    // The reference sorts by (begin, end): the empty "e" at [4, 4] comes before "b" at [4, 8] whichever is listed first.
+    for (const header of [
+      { a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] }, e: { dtype: 'F32', shape: [0], data_offsets: [4, 4] } },
+      { b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] }, e: { dtype: 'F32', shape: [0], data_offsets: [4, 4] }, a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } },
+    ]) {
+      const { tensors } = await decodeSafetensors(stFile(header, bytesOf(new Float32Array([1.5, -2]))), 'm.st');
+      expect([Array.from(tensors.a!.data as Float32Array), Array.from(tensors.b!.data as Float32Array), tensors.e!.data.length]).toEqual([[1.5], [-2], 0]);
+    }
+  });
+
+  it('safetensors readBytes: an empty range at the end of the file is within it, one byte past is not; `into` of exactly `length` bytes is enough', async () => {
+    const dir = tmpDir();
+    const file = path.join(dir, 'r.safetensors');
+    await writeSafetensors(file, { w: { dtype: 'uint8', shape: [3], data: new Uint8Array([7, 8, 9]) } });
+    const size = readFileSync(file).length;
+    const reader = await readSafetensors(file);
+    try {
+      expect((await reader.readBytes(size, 0)).length).toBe(0);
+      await expectIoError(() => reader.readBytes(size + 1, 0), 'offset', new RegExp(`integer between 0 and ${size}`), 'ERR_SAEKIT_ARG');
+      await expectIoError(() => reader.readBytes(size, 1), 'length', /integer between 0 and 0/, 'ERR_SAEKIT_ARG');
+      const into = new Uint8Array(3);
+      const got = await reader.readBytes(size - 3, 3, into);
+      expect([got.buffer === into.buffer, Array.from(got)]).toEqual([true, [7, 8, 9]]);
+    } finally {
+      await reader.close();
+    }
+  });
+
+  it('writeSafetensors pads the header to the next multiple of 8 only when it is not one already (the reference writer)', () => {
+    const residues = new Set<number>();
+    for (let len = 1; len <= 16; len++) {
+      const name = 'n'.repeat(len);
+      const json = `{"${name}":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}`;
+      const n = json.length % 8 === 0 ? json.length : json.length + 8 - (json.length % 8);
+      residues.add(json.length % 8);
+      const want = new Uint8Array(8 + n + 1);
+      new DataView(want.buffer).setBigUint64(0, BigInt(n), true);
+      want.set(Buffer.from(json.padEnd(n, ' ')), 8);
+      want[8 + n] = 42;
+      expect(Buffer.from(encodeSafetensors({ [name]: { dtype: 'uint8', shape: [1], data: new Uint8Array([42]) } })).toString('latin1'), name).toBe(Buffer.from(want).toString('latin1'));
+    }
+    expect(residues.size).toBe(8);
+  });
+
+  it('writeSafetensors orders names of one dtype by their UTF-8 bytes as the reference does (U+E000 before U+10000, the reverse of UTF-16 order)', () => {
+    const t = (v: number) => ({ dtype: 'float32' as const, shape: [1], data: new Float32Array([v]) });
+    const bytes = encodeSafetensors({ '\u{10000}': t(2), '\uE000': t(1), z: t(0) });
+    const h = parseSt(bytes);
+    expect(h.tensors.map((e) => [e.name, e.offset - 8 - h.headerLength])).toEqual([
+      ['z', 0],
+      ['\uE000', 4],
+      ['\u{10000}', 8],
+    ]);
+  });
+
+  it('littleEndianPieces views a subarray over 4 GiB at its own byte offset', () => {
+    const n = 2 ** 30 + 3;
+    const whole = new Float32Array(n + 2); // never touched: no memory is used
+    const data = whole.subarray(2);
+    const parts = encodeSafetensorsParts({ w: { dtype: 'float32', shape: [n], data } });
+    expect(parts.slice(1).map((c) => [c.byteOffset, c.byteLength])).toEqual([
+      [8, 2 ** 30],
+      [8 + 2 ** 30, 2 ** 30],
+      [8 + 2 ** 31, 2 ** 30],
+      [8 + 3 * 2 ** 30, 2 ** 30],
+      [8 + 2 ** 32, 12],
+    ]);
+  });
 });
