@@ -9,12 +9,13 @@ import { backend } from '../lib/index.js';
 import { correlate } from './correlate.js';
 import { evalBench } from './eval.js';
 import { gemm } from './gemm.js';
+import { header } from './header.js';
 import { type Benchmark, formatTable, machine, saveResults } from './harness.js';
 import { topkStep } from './topk-step.js';
 import { read } from './read.js';
 import { train } from './train.js';
 
-const BENCHMARKS: Benchmark[] = [gemm, topkStep, train, read, evalBench, correlate];
+const BENCHMARKS: Benchmark[] = [gemm, topkStep, train, read, evalBench, correlate, header];
 
 const USAGE = 'usage: npm run bench -- <name> [--repeats N] [--warmup N] [--quick]';
 

@@ -10,12 +10,15 @@
  * this only tracks strings, nesting and which strings are keys. Linear time, no recursion.
  */
 export function findDuplicateKey(text: string): string | undefined {
-  const stack: (Set<string> | null)[] = []; // one entry per open container: a key set for objects, null for arrays
+  // One entry per open container: the keys seen so far for an object, null for an array. An
+  // object's keys are kept in an array while there are few (a tensor entry has three: no Set to
+  // allocate per entry) and in a Set past SMALL_OBJECT_KEYS.
+  const stack: (string[] | Set<string> | null)[] = [];
   let i = 0;
   while (i < text.length) {
     const c = text.charCodeAt(i);
     if (c === 0x7b /* { */) {
-      stack.push(new Set());
+      stack.push([]);
       i++;
     } else if (c === 0x5b /* [ */) {
       stack.push(null);
@@ -25,11 +28,20 @@ export function findDuplicateKey(text: string): string | undefined {
       i++;
     } else if (c === 0x22 /* " */) {
       const end = stringEnd(text, i);
-      const keys = stack[stack.length - 1];
+      const top = stack.length - 1;
+      const keys = stack[top];
       if (keys && isKey(text, end)) {
-        const key = JSON.parse(text.slice(i, end)) as string;
-        if (keys.has(key)) return key;
-        keys.add(key);
+        // Unescaped only when it has a backslash (JSON.parse of the literal); otherwise the text between the quotes is the key.
+        const raw = text.slice(i + 1, end - 1);
+        const key = raw.includes('\\') ? (JSON.parse(text.slice(i, end)) as string) : raw;
+        if (Array.isArray(keys)) {
+          if (keys.includes(key)) return key;
+          keys.push(key);
+          if (keys.length > SMALL_OBJECT_KEYS) stack[top] = new Set(keys);
+        } else {
+          if (keys.has(key)) return key;
+          keys.add(key);
+        }
       }
       i = end;
     } else {
@@ -38,6 +50,9 @@ export function findDuplicateKey(text: string): string | undefined {
   }
   return undefined;
 }
+
+/** Keys of one object compared by a linear scan before they move to a Set. */
+const SMALL_OBJECT_KEYS = 16;
 
 /** Index just past the closing quote of the string that starts at `start`. */
 function stringEnd(text: string, start: number): number {
