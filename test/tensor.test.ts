@@ -192,6 +192,27 @@ describe('rounding to 16-bit types happens once', () => {
     expect(() => tensor(new Float64Array([1.5]), [1], { dtype: 'int32' })).toThrow(/data\[0\]/);
   });
 
+  it('int32 to bfloat16 at and around every bfloat16 midpoint above 2^24 (float32 rounding toward and away from zero), against a once-rounded reference', async () => {
+    // A midpoint m between two bfloat16 values; int32 values within a few float32 ulps of it. The
+    // float32 step rounds m - 1 up onto m (away from zero): rounding to odd must step back below m.
+    const vals: number[] = [];
+    for (let e = 24; e <= 30; e++) {
+      const ulp32 = 2 ** (e - 23);
+      for (const k of [1, 2, 3, 64, 127, 200, 255]) {
+        const m = 2 ** e + (2 * k + 1) * 2 ** (e - 8);
+        if (m >= 2 ** 31) continue;
+        for (const dlt of [-ulp32 - 1, -ulp32, -ulp32 / 2 - 1, -ulp32 / 2, -ulp32 / 2 + 1, -2, -1, 0, 1, 2, ulp32 / 2 - 1, ulp32 / 2, ulp32 / 2 + 1, ulp32, ulp32 + 1]) {
+          const v = m + dlt;
+          if (v < 2 ** 31 && v !== m - 0.5) vals.push(v, -v);
+        }
+      }
+    }
+    using t = tensor(Int32Array.from(vals));
+    using b = await t.to('bfloat16');
+    const got = await b.toArray();
+    for (let i = 0; i < vals.length; i++) expect(got[i], String(vals[i])).toBe(ref16(vals[i]!, 'bfloat16'));
+  });
+
   it('rand() in bfloat16/float16 stays below 1 (values that rounded up to 1 keep the largest below it)', async () => {
     for (const [dtype, top] of [['bfloat16', 0x3f7f], ['float16', 0x3bff]] as const) {
       using u = rand([200_000], { dtype, seed: 1 });
