@@ -114,6 +114,55 @@ export function spectrumSuite(solver: NativeEigenSolver): void {
       }
     });
 
+    it('a nearly repeated cluster is resolved, not deflated early: 1 + 2 e cos(k pi / (d + 1)) for tridiag(e, 1, e), e = 1e-12', async () => {
+      // Off-diagonals far below the diagonal but far above its rounding: the QL deflation test is
+      // |e| <= eps (|d_m| + |d_m+1|), so these must split the cluster (a looser test returned d ones).
+      for (const d of [2, 5]) {
+        const e = 1e-12;
+        const a = new Float64Array(d * d);
+        for (let i = 0; i < d; i++) {
+          a[i * d + i] = 1;
+          if (i > 0) a[i * d + i - 1] = a[(i - 1) * d + i] = e;
+        }
+        const ev = await eig(a, d);
+        const want = Array.from({ length: d }, (_, k) => 1 + 2 * e * Math.cos(((k + 1) * Math.PI) / (d + 1)));
+        for (let k = 0; k < d; k++) expect(Math.abs(ev[k] - want[k]), `d ${d}, rank ${k + 1}`).toBeLessThan(1e-14);
+      }
+    });
+
+    it('diagonal matrices with repeated zeros (adjacent zero pivots and a zero off-diagonal: nothing to iterate), and rank one u u^T', async () => {
+      for (const dg of [[0, 0, 1], [0, 0, 0, 2, 0], [-3, 0, 0, 0, 0, 0, 5]]) {
+        const d = dg.length;
+        const a = new Float64Array(d * d);
+        dg.forEach((v, i) => (a[i * d + i] = v));
+        expect(Array.from(await eig(a, d)), dg.join()).toEqual([...dg].sort((x, y) => y - x));
+      }
+      // u u^T: ||u||^2 once, then zeros to rounding (odd sizes).
+      for (const d of [5, 9, 35]) {
+        const next = lcg(d);
+        const u = Float64Array.from({ length: d }, () => 2 * next() - 1);
+        const a = new Float64Array(d * d);
+        for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) a[i * d + j] = u[i]! * u[j]!;
+        const norm2 = u.reduce((s, x) => s + x * x, 0);
+        const ev = await eig(a, d);
+        expect(Math.abs(ev[0] - norm2), `d ${d}`).toBeLessThan(1e-13 * norm2);
+        for (let i = 1; i < d; i++) expect(Math.abs(ev[i]), `d ${d}, rank ${i + 1}`).toBeLessThan(1e-14 * norm2);
+      }
+    });
+
+    it('a reflector whose pivot dwarfs the rest of its row (sigma below eps alpha^2) keeps full accuracy', async () => {
+      // Row 2 is [t, 1, 3] with t^2 < eps: the Householder beta must take the sign opposite alpha
+      // (alpha - beta would cancel to 0 otherwise). Odd sizes, against the Jacobi reference.
+      for (const [d, t] of [[3, 1e-9], [5, 3e-9], [7, -2e-9]] as const) {
+        const a = randomSymmetric(d, lcg(d * 31));
+        a[(d - 1) * d + d - 2] = a[(d - 2) * d + d - 1] = 1;
+        for (let k = 0; k < d - 2; k++) a[(d - 1) * d + k] = a[k * d + d - 1] = k === 0 ? t : 0;
+        const ev = await eig(a, d);
+        const ref = jacobiEigenvalues(a, d);
+        for (let k = 0; k < d; k++) expect(Math.abs(ev[k] - ref[k]), `d ${d}, rank ${k + 1}`).toBeLessThan(1e-13);
+      }
+    });
+
     it('rejects bad input with named errors', async () => {
       await expect(eig(new Float64Array(5), 2)).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/matrix of length d \* d = 4/) });
       await expect(eig(Float64Array.of(1, 2, Number.NaN, 4), 2)).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: 'matrix[2] is NaN: expected finite values' });
