@@ -296,6 +296,37 @@ describe('features.correlation: native sparse kernel', () => {
     expect(res.activeA.reduce((x, y) => x + y, 0)).toBe(nonzero);
   });
 
+  it('latents that always fire near a large mean (30 +- 0.2): the cross-moment is float64 (r to float32 rounding of a naive Pearson)', async () => {
+    // r = (sum a b - n mA mB) / ... cancels ~3 digits here: products of the codes rounded to float32
+    // before the float64 sum put r off by ~1e-4.
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const [rows, nA, nB, k] = [601, 7, 5, 3];
+    const codes = (n: number, shared: Float64Array, w: number) => {
+      const values = new Float32Array(rows * k);
+      const indices = new Int32Array(rows * k);
+      for (let t = 0; t < rows; t++) {
+        indices[t * k] = 0;
+        values[t * k] = Math.fround(30 + w * shared[t]! + 0.2 * (2 * next() - 1));
+        const a = 1 + Math.floor(next() * (n - 2));
+        const b = 1 + ((a + Math.floor(next() * (n - 3))) % (n - 2));
+        [indices[t * k + 1], values[t * k + 1]] = [a, Math.fround(0.1 + next())];
+        [indices[t * k + 2], values[t * k + 2]] = [b === a ? 0 : b, b === a ? 0 : Math.fround(0.1 + next())];
+      }
+      return { values, indices, k };
+    };
+    const shared = Float64Array.from({ length: rows }, () => 0.2 * (2 * next() - 1));
+    const ca = codes(nA, shared, 1);
+    const cb = codes(nB, shared, 0.6);
+    const res = await nativeCorr(ca, cb, rows, nA, nB, 97, true, 0, false);
+    const want = naivePearson(denseCodes(ca.values, ca.indices, rows, k, nA), denseCodes(cb.values, cb.indices, rows, k, nB), rows, nA, nB);
+    expect(res.activeA[0]).toBe(rows);
+    expect(res.activeB[0]).toBe(rows);
+    expect(res.constantA[0]).toBe(0);
+    expect(want[0]).toBeGreaterThan(0.3);
+    for (let q = 0; q < want.length; q++) expect(Math.abs(res.r![q]! - want[q]!), `seed ${seed}, entry ${q}`).toBeLessThan(2e-7);
+  });
+
   it('signed codes: activeA / activeB count negative values per feature, and r equals the float64 Pearson', async () => {
     // The documented count is of nonzero values of every sign (pre-activations, dense codes).
     const seed = Date.now() >>> 0;
@@ -990,6 +1021,40 @@ describe('features.correlation: bounds, defaults and late aborts (features mutat
     for (let q = 0; q < f.r.length; q++) expect(Math.abs(f.r[q]!), `${ctx}: r[${q}]`).toBeLessThanOrEqual(1);
     // The diagonal: the Pearson r of a column with itself (1) or its negation (-1), to float32 rounding.
     for (let i = 0; i < d; i++) expect(Math.abs(f.r[i * d + i]! - (i % 2 ? -1 : 1)), `${ctx}: r[${i}, ${i}]`).toBeLessThan(1e-5);
+  });
+
+  it('codes: r stays within [-1, 1] for shifted and negated copies of an always-firing latent near a large mean (the raw-sum rounding is clipped)', async () => {
+    // A = 2^14 + k / 16 on every token (exact in float32, its sums exact in float64); B_j = c_j + A
+    // or c_j - A exactly, so r = +-1, but n mean^2 rounds by ~1e-6 of the variance: without the
+    // clip some of these r land just past +-1 (float32 keeps ~6e-8). The sums are in token order, so
+    // the result is deterministic: with seed 37 all 12 unclipped r pass +-1 (any seed must pass).
+    const seed = 37;
+    const next = lcg(seed);
+    const rows = 601;
+    const shifts = [1000, 2000.5, 3333, 5000.25, 7777, 9000.75];
+    const nB = 2 * shifts.length + 1;
+    const va = new Float32Array(rows);
+    const ia = new Int32Array(rows);
+    const vb = new Float32Array(rows * (nB - 1));
+    const ib = new Int32Array(rows * (nB - 1));
+    for (let t = 0; t < rows; t++) {
+      va[t] = 2 ** 14 + (Math.floor(next() * 13) - 6) / 16;
+      shifts.forEach((c, j) => {
+        [ib[t * (nB - 1) + 2 * j], vb[t * (nB - 1) + 2 * j]] = [2 * j, c + va[t]!];
+        [ib[t * (nB - 1) + 2 * j + 1], vb[t * (nB - 1) + 2 * j + 1]] = [2 * j + 1, c + 2 ** 15 - va[t]!];
+      });
+    }
+    for (let q = 0; q < vb.length; q++) expect(vb[q], 'the fixture is exact in float32').toBe(q % 2 ? shifts[(q % (nB - 1)) >> 1]! + 2 ** 15 - va[Math.floor(q / (nB - 1))]! : shifts[(q % (nB - 1)) >> 1]! + va[Math.floor(q / (nB - 1))]!);
+    const res = await nativeCorr({ values: va, indices: ia, k: 1 }, { values: vb, indices: ib, k: nB - 1 }, rows, 2, nB, 128, true, 0, false);
+    expect(res.constantA[0]).toBe(0);
+    expect(res.constantA[1]).toBe(1); // never fires
+    for (let j = 0; j < nB - 1; j++) {
+      const r = res.r![j]!;
+      expect(Math.abs(r), `seed ${seed}, B latent ${j}: r = ${r}`).toBeLessThanOrEqual(1);
+      expect(Math.abs(r - (j % 2 ? -1 : 1)), `seed ${seed}, B latent ${j}`).toBeLessThan(1e-5);
+    }
+    expect(res.r![nB - 1]).toBe(0); // B's last latent never fires
+    for (let j = 0; j < nB; j++) expect(res.r![nB + j]).toBe(0);
   });
 
   it('column blocks are floor(maxBytes / (nA x 16)) wide: the passes reported for a maxBytes between two widths', async () => {
