@@ -250,6 +250,11 @@ describe('SparseAutoencoder: encode, decode, forward, preActivations', () => {
       const pre = R.refPre(ref, x, rows, dIn, L);
       using sae = SparseAutoencoder.fromWeights(w, { k: 3, applyBDecToInput });
       within(await sae.preActivations(x), pre, R.preErrors(ref, x, rows, dIn, L, pre), `preActivations (applyBDecToInput ${applyBDecToInput})`, `seed ${seed}`);
+      // encode and forward select from the same pre-activations (b_dec is not subtracted from x
+      // when applyBDecToInput is false; it still enters the reconstruction)
+      const dims = { dIn, numLatents: L, k: 3 };
+      checkCodes(await sae.encode(x), ref, x, rows, dims, `seed ${seed}: encode (applyBDecToInput ${applyBDecToInput})`);
+      checkCodes((await sae.forward(x)).codes, ref, x, rows, dims, `seed ${seed}: forward (applyBDecToInput ${applyBDecToInput})`);
     }
   });
 
