@@ -1499,6 +1499,40 @@ describe('the TypeScript layer: bounds named by option, documented defaults, res
     }
   });
 
+  it('JumpReLU encode on exact values: z > threshold strictly and z > 0, by descending value (ties: lower index), padded with 0 at the lowest unused indices, k at least 1', async () => {
+    // x = identity rows, b_dec = b_enc = 0, applyBDecToInput false: pre[r, j] = W_enc[r, j] exactly.
+    const [dIn, L] = [4, 7];
+    // latent 4's threshold is negative: its z = -0.25 is above it but not above 0 (ReLU)
+    const threshold = Float32Array.from([0.25, 0.25, 0.25, 0.25, -0.5, 0.25, 0.25]);
+    const pre = [
+      [1, 0.5, 0.75, -1, 0.5, 2, 0.5], // 6 active: ties at 0.5 by index
+      [0.5, 1, 0.375, 0.25, -0.25, -2, 0.125], // {0, 1, 2} active (0.25 = threshold is not): pads 3, 4, 5
+      [0.25, 0, -1, 0.125, -0.25, -0.5, 0.25], // nothing active: every slot padded from index 0
+      [0, 0, 0.25, 0.5, -0.75, 0, 4], // {6, 3}: pads 0, 1, 2, 4
+    ];
+    const W_enc = new Float32Array(dIn * L);
+    for (let r = 0; r < dIn; r++) for (let j = 0; j < L; j++) W_enc[r * L + j] = pre[r]![j]!;
+    const w = { W_enc, b_enc: new Float32Array(L), W_dec: randomMatrix(L, dIn, lcg(5)), b_dec: new Float32Array(dIn), threshold };
+    using jump = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu', applyBDecToInput: false });
+    const x = new Float32Array(dIn * dIn);
+    for (let r = 0; r < dIn; r++) x[r * dIn + r] = 1;
+    const want = [
+      [[5, 0, 2, 1, 4, 6], [2, 1, 0.75, 0.5, 0.5, 0.5]],
+      [[1, 0, 2, 3, 4, 5], [1, 0.5, 0.375, 0, 0, 0]],
+      [[0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0]],
+      [[6, 3, 0, 1, 2, 4], [4, 0.5, 0, 0, 0, 0]],
+    ];
+    const codes = await jump.encode(x);
+    expect(codes.k).toBe(6);
+    for (let r = 0; r < dIn; r++) {
+      expect(Array.from(codes.indices.subarray(r * 6, r * 6 + 6)), `row ${r} indices`).toEqual(want[r]![0]);
+      expect(Array.from(codes.values.subarray(r * 6, r * 6 + 6)).map((v) => v + 0), `row ${r} values`).toEqual(want[r]![1]);
+    }
+    // a batch with nothing active keeps one (0, latent 0) code a row
+    const none = await jump.encode(x.subarray(2 * dIn, 3 * dIn));
+    expect([none.k, Array.from(none.indices), Array.from(none.values).map((v) => v + 0)]).toEqual([1, [0], [0]]);
+  });
+
   it('gradients: a dead mask of another length is a shape error naming options.auxk.deadMask', async () => {
     const [dIn, L] = [4, 9];
     using sae = SparseAutoencoder.create({ dIn, numLatents: L, k: 2, seed: 1 });
