@@ -15,7 +15,7 @@ import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { fromArray, SaekitError, SparseAutoencoder, tensor, Trainer, type SaeWeights, type SparseCodes } from '../lib/index.js';
+import { fromArray, randn, SaekitError, SparseAutoencoder, tensor, Trainer, type SaeWeights, type SparseCodes } from '../lib/index.js';
 import { distUrl, haveDist } from './helpers/child.js';
 import { lcg, randomMatrix } from './helpers/reference.js';
 import { normalizeDecoderCase } from './helpers/normalize-case.js';
@@ -947,6 +947,22 @@ describe('AdamOptimizer.step', () => {
 });
 
 describe('SparseAutoencoder.create', () => {
+  it('W_dec is randn([numLatents, dIn], { seed }) with each row times float32(1 / its float64 norm), bit for bit', async () => {
+    const seed = freshSeed(31) % 1_000_000;
+    const [dIn, L] = [37, 11];
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k: 2, seed });
+    using raw = randn([L, dIn], { seed });
+    const r = await raw.toArray();
+    const want = new Float32Array(L * dIn);
+    for (let l = 0; l < L; l++) {
+      let sq = 0;
+      for (let d = 0; d < dIn; d++) sq += r[l * dIn + d]! * r[l * dIn + d]!;
+      const inv = Math.fround(1 / Math.sqrt(sq));
+      for (let d = 0; d < dIn; d++) want[l * dIn + d] = Math.fround(r[l * dIn + d]! * inv);
+    }
+    expect(bits((await sae.weights()).W_dec), `seed ${seed}`).toEqual(bits(want));
+  });
+
   it('same seed gives identical weights, a different seed differs; W_enc = W_dec^T, unit rows, zero biases', async () => {
     const [dIn, L, k] = [33, 45, 3];
     const seed = freshSeed(21) % 1_000_000;
