@@ -1293,6 +1293,28 @@ describe('SparseAutoencoder input validation', () => {
     }
     opt.dispose();
   });
+
+  it('a decoder-row gradient past 1e18 is refused naming its latent even when b_enc and b_dec stay small (their checks pass)', async () => {
+    // Latent 0's encoder column is 1e12 / sqrt(D): its code is ~3e12 on every row (k = 1), the
+    // residual ~3e12, so W_dec[0]'s gradient (code x residual x 2 / tv) is ~1e25, while b_enc[0]'s
+    // (residual . W_dec[0] x 2 / tv) is ~1e13 and b_dec's (no encoder path: applyBDecToInput
+    // false) ~1e13. float32 holds 1e25, but Adam's v = g^2 would not.
+    const [D, M, rows] = [8, 6, 5];
+    const next = lcg(freshSeed(83));
+    const w = randomWeights(D, M, next);
+    for (let d = 0; d < D; d++) w.W_enc[d * M] = 1e12 / Math.sqrt(D);
+    const x = Float32Array.from({ length: rows * D }, () => next() + 0.5);
+    using sae = SparseAutoencoder.fromWeights(w, { k: 1, applyBDecToInput: false });
+    const codes = await sae.encode(x);
+    expect(Array.from(codes.indices)).toEqual(new Array(rows).fill(0));
+    const refused = { code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/the gradient of latent 0 overflowed \(W_dec /) };
+    await expect(sae.gradients(x)).rejects.toMatchObject(refused);
+    const opt = sae.adam();
+    const before = await sae.weights();
+    await expect(opt.step(x)).rejects.toMatchObject(refused);
+    expectSameBits(await sae.weights(), before, 'after the rejected step');
+    opt.dispose();
+  });
 });
 
 describe('arrays over a SharedArrayBuffer, and limits shared with the addon', () => {
