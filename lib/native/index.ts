@@ -265,6 +265,8 @@ export interface NativeBinding {
     A: Float32Array,
     B: Float32Array,
     C: Float32Array,
+    alpha?: number,
+    beta?: number,
   ): void;
 }
 

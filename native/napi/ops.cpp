@@ -179,7 +179,7 @@ Napi::Value philox(const Napi::CallbackInfo& info) {
   return r;
 }
 
-// _gemmDirect(impl: 'blas' | 'builtin', transA, transB, M, N, K, A, B, C): synchronous, on the
+// _gemmDirect(impl: 'blas' | 'builtin', transA, transB, M, N, K, A, B, C, alpha = 1, beta = 0): synchronous, on the
 // calling thread, straight into the GEMM with no tensors or queue. For bench/ only.
 Napi::Value gemm_direct(const Napi::CallbackInfo& info) {
   std::string impl = get_string(info[0], "impl");
@@ -195,16 +195,21 @@ Napi::Value gemm_direct(const Napi::CallbackInfo& info) {
   float* B = arr(7, K * N, "B");
   float* C = arr(8, M * N, "C");
   int64_t lda = ta ? M : K, ldb = tb ? K : N;
+  // Optional alpha and beta (default 1 and 0): C = alpha * op(A) op(B) + beta * C, as BLAS.
+  auto scalar = [&](size_t i, const char* name, float dflt) {
+    return info.Length() > i && !info[i].IsUndefined() ? float(get_double(info[i], name, -3.4e38, 3.4e38)) : dflt;
+  };
+  const float alpha = scalar(9, "alpha", 1.0f), beta = scalar(10, "beta", 0.0f);
   if (impl == "blas") {
     if (!cpu::blas_info().linked) throw Error(ErrorCode::Device, "this build has no CBLAS library");
-    cpu::blas_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+    cpu::blas_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
   } else if (impl == "builtin") {
     // The backend pool belongs to the executor thread; this synchronous path gets its own, one per
     // JS thread: ThreadPool::run is not re-entrant, and workers may call this at the same time (a
     // shared pool hung, crashed or returned wrong products).
     thread_local std::unique_ptr<ThreadPool> pool;
     if (!pool || pool->size() != cpu::cpu_threads()) pool = std::make_unique<ThreadPool>(cpu::cpu_threads());
-    cpu::gemm_builtin_f32(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N, *pool);
+    cpu::gemm_builtin_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, N, *pool);
   } else {
     arg_error(ErrorCode::Arg, "impl", "one of: blas, builtin", info[0]);
   }

@@ -46,7 +46,8 @@ export function matmulSuite(seedBase: number, options: MatmulSuiteOptions = {}):
           let worstAt = -1;
           for (let i = 0; i < M * N; i++) {
             const ratio = Math.abs(got[i]! - C[i]!) / bound[i]!;
-            if (!(ratio <= worst)) {
+            // A NaN ratio stays the worst: a later finite one must not replace it.
+            if (!(ratio <= worst) && !Number.isNaN(worst)) {
               worst = ratio;
               worstAt = i;
             }
