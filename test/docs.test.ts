@@ -89,6 +89,23 @@ describe('environment variables', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('SAEKIT_NUM_THREADS: a value the warning calls ignored ("+N") is ignored natively too (strtol took "+3" as 3)', () => {
+    const script = `import { backend } from ${JSON.stringify(path.join(packageRoot, 'lib', 'index.ts'))};\nconst i = backend.info();\nconsole.log(JSON.stringify([i.threads, i.hardwareThreads]));\n`;
+    const run = (v: string) => {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: packageRoot, encoding: 'utf8', env: { ...process.env, SAEKIT_NUM_THREADS: v } });
+      expect(r.status, r.stderr).toBe(0);
+      const [threads, hardware] = JSON.parse(r.stdout.trim()) as [number, number];
+      return { threads, hardware, stderr: r.stderr };
+    };
+    const taken = run('3');
+    expect(taken.threads).toBe(3);
+    expect(taken.stderr).not.toMatch(/SAEKIT_ENV/);
+    const n = taken.hardware === 5 ? 6 : 5; // a count other than the default
+    const plus = run(`+${n}`);
+    expect(plus.stderr).toMatch(new RegExp(`SAEKIT_NUM_THREADS='\\+${n}' is ignored`));
+    expect(plus.threads).toBe(plus.hardware);
+  });
 });
 
 describe('docs/architecture.md', () => {
