@@ -790,6 +790,35 @@ describe('spare memory gives its pages back', () => {
     expect(takeSpare(n)).toBe(m);
     for (let i = 0; i < n; i += 4099) expect(m[i]).toBe(0);
   });
+
+  it('a spare whose buffer was detached (transferred away) after its release is not handed out; a live one of the same size still is', () => {
+    const n = 7001 + Math.floor(Math.random() * 1000) * 2; // a size no other test uses
+    const live = new Float32Array(n).fill(2);
+    const gone = new Float32Array(n).fill(1);
+    releaseSpare(live);
+    releaseSpare(gone); // the newer: taken first while it lives
+    structuredClone(gone.buffer, { transfer: [gone.buffer] });
+    expect(gone.length).toBe(0);
+    const got = takeSpare(n);
+    expect(got === live, 'the live spare').toBe(true);
+    expect(got!.length).toBe(n);
+    expect(takeSpare(n)).toBeUndefined();
+  });
+
+  it.runIf(process.platform === 'linux')('of two spares of one size, the one released last (still holding its pages) is handed out first', () => {
+    const n = (2 * MiB) / 4 + 1024 * (501 + Math.floor(Math.random() * 400)); // allocHost memory, a size no other test uses
+    const old = allocLongLivedF32(n).fill(4);
+    releaseSpare(old);
+    _sweepSparesAfter(5000); // idle: gives its pages back
+    expect(old[7]).toBe(0);
+    const recent = allocLongLivedF32(n).fill(6);
+    releaseSpare(recent);
+    // (identity compared as a boolean: a failing toBe would print two 2 MiB arrays)
+    expect(takeSpare(n) === recent, 'the spare released last').toBe(true);
+    expect(recent[7]).toBe(6);
+    expect(takeSpare(n) === old, 'then the older one').toBe(true);
+    expect(takeSpare(n)).toBeUndefined();
+  });
 });
 
 describe('native screens and float32 reads (default kernels)', () => {
