@@ -1608,4 +1608,130 @@ describe('Trainer: one run at a time per checkpoint folder', () => {
     });
     expect(readFileSync(target, 'utf8')).toBe('keep me');
   });
+
+  // lockFolder itself, with the addon's lockFile wrapped so that another process's work lands
+  // exactly between saekit's open and its flock (no timing involved).
+  const withLockFile = async <T>(wrap: (saved: (fd: number) => string, fd: number, call: number) => string, body: () => Promise<T>): Promise<T> => {
+    const { native } = await import('../lib/native/index.js');
+    const addon = native() as unknown as { lockFile: (fd: number) => string };
+    const saved = addon.lockFile;
+    let call = 0;
+    addon.lockFile = (fd: number) => wrap(saved, fd, call++);
+    try {
+      return await body();
+    } finally {
+      addon.lockFile = saved;
+    }
+  };
+  /** Whether another open file description can lock `file` now (the addon's flock, released at once). */
+  const lockable = async (file: string): Promise<boolean> => {
+    const { closeSync, openSync } = await import('node:fs');
+    const { native } = await import('../lib/native/index.js');
+    const fd = openSync(file, 'r+');
+    try {
+      return native().lockFile(fd) === 'locked';
+    } finally {
+      closeSync(fd);
+    }
+  };
+
+  it('a lock file replaced or removed between the open and the flock is re-checked: the lock is taken on the file there now', async () => {
+    const { lockFolder } = await import('../lib/train/lock.js');
+    const { renameSync, statSync, unlinkSync } = await import('node:fs');
+    for (const how of ['replaced', 'removed'] as const) {
+      const dir = tmp();
+      const file = path.join(dir, 'checkpoint.lock');
+      const lock = await withLockFile(
+        (saved, fd, call) => {
+          if (call === 0) {
+            // Another run ended (removing the file) and, when replaced, the next one made its own.
+            if (how === 'replaced') {
+              writeFileSync(path.join(dir, 'next'), '');
+              renameSync(path.join(dir, 'next'), file);
+            } else unlinkSync(file);
+          }
+          return saved(fd);
+        },
+        () => lockFolder('options.checkpointDir', dir),
+      );
+      try {
+        // The file at the path is the one locked and written: it names this process.
+        expect(JSON.parse(readFileSync(file, 'utf8')), how).toMatchObject({ pid: process.pid, host: os.hostname() });
+        expect(await lockable(file), how).toBe(false);
+        expect(statSync(file).size).toBeGreaterThan(0);
+      } finally {
+        await lock.release();
+      }
+      expect(existsSync(file)).toBe(false);
+    }
+  });
+
+  it('a lock file replaced on every attempt is given up after 17 tries, naming the folder option', async () => {
+    const { lockFolder } = await import('../lib/train/lock.js');
+    const { renameSync } = await import('node:fs');
+    const dir = tmp();
+    const file = path.join(dir, 'checkpoint.lock');
+    let calls = 0;
+    await expect(
+      withLockFile(
+        (saved, fd) => {
+          calls++;
+          if (calls > 20) throw new Error('still trying');
+          writeFileSync(path.join(dir, 'next'), '');
+          renameSync(path.join(dir, 'next'), file);
+          return saved(fd);
+        },
+        () => lockFolder('options.checkpointDir', dir),
+      ),
+    ).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: `Expected options.checkpointDir to be a folder no other run is writing to but ${file} keeps being replaced by another process` });
+    expect(calls).toBe(17);
+  });
+
+  it("release is idempotent: releasing again after another run took the folder leaves that run's lock file; a longer stale record is overwritten", async () => {
+    const { lockFolder } = await import('../lib/train/lock.js');
+    const dir = tmp();
+    const file = path.join(dir, 'checkpoint.lock');
+    // A stale record longer than the new one (left by a run on a host with a long name).
+    writeFileSync(file, `${JSON.stringify({ pid: 1, host: 'h'.repeat(300), started: 'long ago' })}\n`);
+    const first = await lockFolder('options.checkpointDir', dir);
+    const rec = JSON.parse(readFileSync(file, 'utf8')) as { pid: number; host: string; started: string };
+    expect(rec).toMatchObject({ pid: process.pid, host: os.hostname() });
+    expect(Number.isNaN(Date.parse(rec.started))).toBe(false);
+    await first.release();
+    expect(existsSync(file)).toBe(false);
+    const second = await lockFolder('options.checkpointDir', dir);
+    try {
+      await first.release();
+      expect(existsSync(file)).toBe(true);
+      expect(await lockable(file)).toBe(false);
+    } finally {
+      await second.release();
+    }
+    expect(existsSync(file)).toBe(false);
+  });
+
+  it.runIf(process.platform === 'linux')('a refused lock closes the file it opened: only the holder has the lock file open', async () => {
+    const { lockFolder } = await import('../lib/train/lock.js');
+    const dir = tmp();
+    const file = path.join(dir, 'checkpoint.lock');
+    const opened = () =>
+      readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`) === file;
+        } catch {
+          return false;
+        }
+      }).length;
+    const held = await lockFolder('options.checkpointDir', dir);
+    try {
+      expect(opened()).toBe(1);
+      for (let i = 0; i < 3; i++) {
+        await expect(lockFolder('--checkpoint-dir', dir)).rejects.toThrow(`Expected --checkpoint-dir to be a folder no other run is writing checkpoints to but ${dir} is in use`);
+      }
+      expect(opened()).toBe(1);
+    } finally {
+      await held.release();
+    }
+    expect(opened()).toBe(0);
+  });
 });
