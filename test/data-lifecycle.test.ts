@@ -1,5 +1,5 @@
 /** Sources under misuse: input arrays detached while a pass reads them, options that do not apply, odd lifecycles. */
-import { mkdtempSync, readdirSync, readlinkSync, renameSync, rmSync, truncateSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync, truncateSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -14,6 +14,7 @@ import type { Batch } from '../lib/data/types.js';
 import { io } from '../lib/index.js';
 import { packageRoot } from '../lib/native/index.js';
 import { distUrl, haveDist, runInChild } from './helpers/child.js';
+import { fdsOn } from './helpers/fds.js';
 import { lcg } from './helpers/reference.js';
 
 describe('fromArray', () => {
@@ -177,18 +178,6 @@ describe('await using', () => {
   });
 });
 
-/** Descriptors of this process open on `file`. */
-function fdsOn(file: string): number {
-  let n = 0;
-  for (const fd of readdirSync('/proc/self/fd')) {
-    try {
-      if (readlinkSync(`/proc/self/fd/${fd}`) === file) n++;
-    } catch {
-      // closed meanwhile
-    }
-  }
-  return n;
-}
 
 /** Settles with 'hung' if `p` has not settled within `ms`. */
 function within<T>(p: Promise<T>, ms = 2000): Promise<T | 'hung'> {

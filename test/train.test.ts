@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -10,6 +10,7 @@ import { superposition } from '../lib/data/synthetic.js';
 import { mmcs } from '../lib/eval/recovery.js';
 import { CHECKPOINT_LIMITS, geometricMedian, learningRate, Trainer, type TrainerOptions } from '../lib/train/index.js';
 import { customSource } from './helpers/data-fixtures.js';
+import { fdsOn } from './helpers/fds.js';
 import { canFlock, holdFlock } from './helpers/flock.js';
 import { readSafetensors, writeSafetensors } from '../lib/io/safetensors.js';
 import { lcg } from './helpers/reference.js';
@@ -1286,20 +1287,12 @@ describe('Trainer: defaults, option bounds, the schedule as run, counters and ch
   it.runIf(process.platform === 'linux')('closes its log file when the run ends, completed or failed', async () => {
     const dir = tmp();
     const logFile = path.join(dir, 'log.jsonl');
-    const openOnLog = () =>
-      readdirSync('/proc/self/fd').filter((fd) => {
-        try {
-          return readlinkSync(`/proc/self/fd/${fd}`) === logFile;
-        } catch {
-          return false;
-        }
-      });
     const x = data(64, dIn, 15);
     using sae = make();
     await new Trainer(sae, { batchSize: 8, totalTokens: 32 }).fit(fromArray(x, dIn), { logFile });
-    expect(openOnLog()).toEqual([]);
+    expect(fdsOn(logFile)).toBe(0);
     await expect(new Trainer(sae, { batchSize: 8, totalTokens: 32 }).fit(fromArray(x, dIn), { logFile, onStep: () => { throw new Error('callback failed'); } })).rejects.toThrow(/callback failed/);
-    expect(openOnLog()).toEqual([]);
+    expect(fdsOn(logFile)).toBe(0);
   });
 
   it("a run refused at its first step writes no checkpoint (it trained nothing; b_dec's init is undone)", async () => {
@@ -1714,24 +1707,16 @@ describe('Trainer: one run at a time per checkpoint folder', () => {
     const { lockFolder } = await import('../lib/train/lock.js');
     const dir = tmp();
     const file = path.join(dir, 'checkpoint.lock');
-    const opened = () =>
-      readdirSync('/proc/self/fd').filter((fd) => {
-        try {
-          return readlinkSync(`/proc/self/fd/${fd}`) === file;
-        } catch {
-          return false;
-        }
-      }).length;
     const held = await lockFolder('options.checkpointDir', dir);
     try {
-      expect(opened()).toBe(1);
+      expect(fdsOn(file)).toBe(1);
       for (let i = 0; i < 3; i++) {
         await expect(lockFolder('--checkpoint-dir', dir)).rejects.toThrow(`Expected --checkpoint-dir to be a folder no other run is writing checkpoints to but ${dir} is in use`);
       }
-      expect(opened()).toBe(1);
+      expect(fdsOn(file)).toBe(1);
     } finally {
       await held.release();
     }
-    expect(opened()).toBe(0);
+    expect(fdsOn(file)).toBe(0);
   });
 });
