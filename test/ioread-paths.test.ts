@@ -14,8 +14,9 @@ import vm from 'node:vm';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { openActivations } from '../lib/data/index.js';
 import { native } from '../lib/native/index.js';
-import { bf16ToNumber, f16ToNumber, randomHalfBits } from './helpers/data-fixtures.js';
+import { bf16ToNumber, concatRows, f16ToNumber, randomHalfBits, sortedRowKeys, writeNpyFixture } from './helpers/data-fixtures.js';
 import { lcg } from './helpers/reference.js';
 
 const linux = process.platform === 'linux';
@@ -381,5 +382,36 @@ describe('allocHost', () => {
     small[0] = 1;
     expect(added(mid, advised())).toEqual([]);
     expect([a[0], a[bytes - 1], small[0]]).toEqual([1, 2, 1]);
+  });
+});
+
+describe('float32 and float64 files shuffled with rows skipped (the float32 mixing buffer)', () => {
+  it('rows read after others were dropped move up the slot list and are screened where they land: every finite row served once per epoch, no non-finite value served', async () => {
+    for (const dtype of ['float32', 'float64'] as const) {
+      const seed = freshSeed();
+      const rnd = lcg(seed);
+      const dIn = 3 + Math.floor(rnd() * 8);
+      const rows = 150 + Math.floor(rnd() * 150);
+      const x = Float64Array.from({ length: rows * dIn }, () => Math.fround(rnd() * 8 - 4));
+      // About one row in five non-finite: every read of a fill holds some.
+      for (let r = 0; r < rows; r++) if (rnd() < 0.2) x[r * dIn + Math.floor(rnd() * dIn)] = [NaN, Infinity, -Infinity][Math.floor(rnd() * 3)]!;
+      const file = path.join(dir, `skip-${dtype}-${seed}.npy`);
+      await writeNpyFixture(file, dtype, [rows, dIn], dtype === 'float32' ? Float32Array.from(x) : x);
+      const keep: number[] = [];
+      for (let r = 0; r < rows; r++) if (x.subarray(r * dIn, (r + 1) * dIn).every(Number.isFinite)) keep.push(r);
+      const want = new Float32Array(keep.length * dIn);
+      keep.forEach((r, i) => want.set(x.subarray(r * dIn, (r + 1) * dIn), i * dIn));
+      const src = await openActivations(file, { onNonFinite: 'skip' });
+      const msg = `${dtype}, seed ${seed}, dIn ${dIn}, rows ${rows}`;
+      const got: Float32Array[] = [];
+      const bufferRows = 24 + Math.floor(rnd() * 40);
+      for await (const b of src.batches({ batchSize: 7, shuffle: true, seed, epochs: 2, bufferBytes: bufferRows * dIn * 4, chunkRows: 5 + Math.floor(rnd() * 9) })) got.push(b.data.slice());
+      const all = concatRows(got.map((data) => ({ data })));
+      expect(all.every(Number.isFinite), `${msg}: a non-finite value was served`).toBe(true);
+      expect(all.length, msg).toBe(2 * want.length);
+      for (const epoch of [all.subarray(0, want.length), all.subarray(want.length)]) expect(sortedRowKeys(epoch, dIn), msg).toEqual(sortedRowKeys(want, dIn));
+      expect(src.skippedRows, msg).toBe(2 * (rows - keep.length));
+      await src.close();
+    }
   });
 });
