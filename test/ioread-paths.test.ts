@@ -92,6 +92,13 @@ describe('staging buffer boundaries', () => {
     const bits = randomHalfBits(40_000, 'bfloat16', seed);
     await withFile(bytesOf(bits), async (fd) => {
       const next = lcg(seed);
+      // Exactly one page of data (2048 values) whose stage starts 4080 bytes into its page, on
+      // every I/O thread (a stage one page long would be overrun by 4080 bytes).
+      for (let k = 0; k < 32; k++) {
+        const dst = new Float32Array(2048);
+        expect(await b.readRows(fd, 2032 + 4096 * (k % 4), 2048, 'bfloat16', dst, 0)).toBe(false);
+        expect(firstDiff(dst, Float32Array.from(bits.subarray(1016 + 2048 * (k % 4), 1016 + 2048 * (k % 4) + 2048), bf16ToNumber)), `seed ${seed} page read ${k}`).toBe(-1);
+      }
       for (let round = 0; round < 48; round++) {
         // Elements ~1 KiB to ~6 KiB; the offset puts the stage's start 2032..2048 or 4080 bytes into its page.
         const count = 500 + Math.floor(next() * 2600) + round * 8;
