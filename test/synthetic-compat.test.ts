@@ -237,37 +237,41 @@ describe('sharkey: correlated mode (one MVN draw per generation batch)', () => {
   });
 
   it('within a batch features fire independently at that batch\'s p (plus the all-zero fix); the rates change across batches', () => {
-    const seed = freshSeed(8);
-    const n = 10;
-    const B = 40000;
-    const d = sharkey({ mode: 'correlated', numFeatures: n, dIn: 4, numActive: 2, decay: 0.95, batchSize: B, numRows: 3 * B, seed });
-    const perBatch: number[][] = [];
-    for (let b = 0; b < 3; b++) {
-      const p = d.batchProbabilities(b);
-      const p0 = p.reduce((a, v) => a * (1 - v), 1); // P(nothing fired) -> one uniform feature
-      const codes = d.codes(b * B, B);
-      const fires = new Float64Array(n);
-      const both = new Float64Array(n * n);
-      for (let r = 0; r < B; r++) {
-        const a = codes.indptr[r]!;
-        const z = codes.indptr[r + 1]!;
-        expect(z).toBeGreaterThan(a); // no empty row
-        for (let t = a; t < z; t++) {
-          fires[codes.indices[t]!]!++;
-          for (let u = t + 1; u < z; u++) both[codes.indices[t]! * n + codes.indices[u]!]!++;
+    // A fresh seed, and one whose batch 0 has a feature with p above 1 (it fires in every row).
+    for (const seed of [freshSeed(8), 3307154273]) {
+      const n = 10;
+      const B = 40000;
+      const d = sharkey({ mode: 'correlated', numFeatures: n, dIn: 4, numActive: 2, decay: 0.95, batchSize: B, numRows: 3 * B, seed });
+      const perBatch: number[][] = [];
+      for (let b = 0; b < 3; b++) {
+        // The rescaled p_i can pass 1 (Phi(z_i) near 1 while the others are small, as seed
+        // 3307154273 draws: p_2 = 1.14); such a feature fires in every row (`rand <= p`).
+        const p = d.batchProbabilities(b).map((v) => Math.min(1, v));
+        const p0 = p.reduce((a, v) => a * (1 - v), 1); // P(nothing fired) -> one uniform feature
+        const codes = d.codes(b * B, B);
+        const fires = new Float64Array(n);
+        const both = new Float64Array(n * n);
+        for (let r = 0; r < B; r++) {
+          const a = codes.indptr[r]!;
+          const z = codes.indptr[r + 1]!;
+          expect(z).toBeGreaterThan(a); // no empty row
+          for (let t = a; t < z; t++) {
+            fires[codes.indices[t]!]!++;
+            for (let u = t + 1; u < z; u++) both[codes.indices[t]! * n + codes.indices[u]!]!++;
+          }
         }
+        for (let i = 0; i < n; i++) {
+          expect(within5Sigma(fires[i]!, B, p[i]! + p0 / n), `batch ${b} feature ${i}, seed ${seed}`).toBe(true);
+          // Independence within the batch: P(i and j) = p_i p_j (the fix only touches rows with none).
+          for (let j = i + 1; j < n; j++) expect(within5Sigma(both[i * n + j]!, B, p[i]! * p[j]!), `batch ${b} pair ${i},${j}, seed ${seed}`).toBe(true);
+        }
+        perBatch.push(Array.from(p));
       }
-      for (let i = 0; i < n; i++) {
-        expect(within5Sigma(fires[i]!, B, p[i]! + p0 / n), `batch ${b} feature ${i}, seed ${seed}`).toBe(true);
-        // Independence within the batch: P(i and j) = p_i p_j (the fix only touches rows with none).
-        for (let j = i + 1; j < n; j++) expect(within5Sigma(both[i * n + j]!, B, p[i]! * p[j]!), `batch ${b} pair ${i},${j}, seed ${seed}`).toBe(true);
-      }
-      perBatch.push(Array.from(p));
+      // Across batches the rates differ by far more than sampling noise.
+      let maxRel = 0;
+      for (let i = 0; i < n; i++) maxRel = Math.max(maxRel, Math.abs(perBatch[0]![i]! - perBatch[1]![i]!) / perBatch[0]![i]!);
+      expect(maxRel, `seed ${seed}`).toBeGreaterThan(0.05);
     }
-    // Across batches the rates differ by far more than sampling noise.
-    let maxRel = 0;
-    for (let i = 0; i < n; i++) maxRel = Math.max(maxRel, Math.abs(perBatch[0]![i]! - perBatch[1]![i]!) / perBatch[0]![i]!);
-    expect(maxRel, `seed ${seed}`).toBeGreaterThan(0.05);
   });
 
   it('a row where nothing fired gets one uniformly drawn feature with code exactly 1', () => {
