@@ -4,12 +4,16 @@
  * sae-libraries.md §5.2), without ever holding the n x n cosine matrix.
  *
  * Method: rows are normalised in float64 (a zero row stays zero, so its cosine with everything
- * is 0) and rounded to float32; then, chunk by chunk, `ops.matmul(chunk, all, { transB: true })`
- * (the backend's float32 GEMM, off the JS thread) gives the cosines of `chunk` rows against all
- * rows, of which each row keeps its maximum over the other rows (the diagonal is skipped).
- * The next chunk's GEMM runs while the current one is scanned. The JS work (the finite check, the
- * normalisation, the scans) runs in slices of about 20 ms between turns of the event loop (due(),
- * pause()).
+ * is 0) and rounded to float32, then copied into native memory as blocks of consecutive rows of
+ * at most 2^20 values (4 MiB) and `chunk` rows each, one block per slice: a single copy of the
+ * whole matrix held the JS thread for its whole length (0.25-0.3 s at 64 MiB on a VM whose page
+ * faults cost ~18 us). For every pair of blocks i <= j, `ops.matmul(block i, block j,
+ * { transB: true })` (the backend's float32 GEMM, off the JS thread) gives their rows' cosines;
+ * block i's rows keep their row maxima and, for i < j, block j's rows their column maxima (the
+ * cosine matrix is symmetric, so each pair is computed once; the diagonal is skipped). The next
+ * pair's GEMM runs while the current one is scanned. The JS work (the finite check, the
+ * normalisation, the copies, the scans) runs in slices of about 20 ms between turns of the event
+ * loop (due(), pause()).
  *
  * Accuracy: each unit row is rounded to float32 (relative error <= u = 2^-24 per entry) and the
  * dot product of length d is a float32 sum, so |computed - exact cosine| <= (d + 2) u / (1 - (d + 2) u)
@@ -28,8 +32,9 @@ const MAX_COSINE_OPTIONS = optionNames<MaxCosineOptions>({ chunk: true, signal: 
 /** Options of maxCosine(). */
 export interface MaxCosineOptions {
   /**
-   * Rows per GEMM. Default: min(2048, max(1, floor(2^25 / n))), so one cosine block holds at most
-   * 32 Mi floats (128 MiB) and two are alive at a time.
+   * Rows per block (at most; also at most max(1, floor(2^20 / d)), so a block's copy into native
+   * memory is at most 4 MiB). Default: min(2048, max(1, floor(2^25 / n))). A GEMM multiplies two
+   * blocks, so one cosine block holds at most chunk^2 floats and two are alive at a time.
    */
   chunk?: number;
   /** Stops between blocks of rows (and within a block's scan); the Promise rejects with `signal.reason`. */
@@ -41,6 +46,9 @@ const BLOCK = 1 << 16;
 
 /** Max-entry budget of one cosine block (float32 values). */
 const BLOCK_VALUES = 1 << 25;
+
+/** Most values of one block of unit rows (one copy into native memory per slice). */
+const COPY_VALUES = 1 << 20;
 
 /**
  * Unit rows in float32: each row divided by its float64 norm (zero rows stay zero).
@@ -96,42 +104,61 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
   if (n === 1) return result;
   const unit = await normaliseRows(rows, n, d);
   checkKept('rows', rows, n * d);
-  using all = tensor(unit, [n, d], { device: 'cpu' });
-  if (due(n * d)) await pause(); // the copy (tens of ms at tens of MiB) ends a slice
-
-  /** Starts the cosines of rows [start, end) against all rows; resolves to their values. */
-  const block = async (start: number, end: number): Promise<Float32Array> => {
-    using a = tensor(unit.subarray(start * d, end * d), [end - start, d], { device: 'cpu' });
-    using c: Tensor = await matmul(a, all, { transB: true });
+  const per = Math.max(1, Math.min(chunk, Math.floor(COPY_VALUES / d)));
+  const starts: number[] = [];
+  for (let s = 0; s < n; s += per) starts.push(s);
+  const end = (b: number): number => Math.min(starts[b]! + per, n);
+  const blocks: Tensor<'float32'>[] = [];
+  /** The pairs of blocks (i, j), i <= j, in the order of their GEMMs. */
+  const pairs: [number, number][] = [];
+  for (let i = 0; i < starts.length; i++) for (let j = i; j < starts.length; j++) pairs.push([i, j]);
+  /** Starts the cosines of block i's rows against block j's; resolves to their values. */
+  const cosines = async (i: number, j: number): Promise<Float32Array> => {
+    using c: Tensor = await matmul(blocks[i]!, blocks[j]!, { transB: true });
     return (await c.toArray()) as Float32Array;
   };
-  const starts: number[] = [];
-  for (let s = 0; s < n; s += chunk) starts.push(s);
-  let pending: Promise<Float32Array> | null = block(0, Math.min(chunk, n));
-  for (let b = 0; b < starts.length; b++) {
-    const start = starts[b]!;
-    const end = Math.min(start + chunk, n);
-    const cur: Promise<Float32Array> = pending!;
-    // Queue the next block before scanning this one, so the GEMM overlaps the scan.
-    pending = b + 1 < starts.length ? block(starts[b + 1]!, Math.min(starts[b + 1]! + chunk, n)) : null;
-    let c: Float32Array;
-    try {
-      c = await cur;
-      signal?.throwIfAborted();
-      for (let i = start; i < end; i++) {
-        const off = (i - start) * n;
-        let m = -Infinity;
-        for (let j = 0; j < i; j++) if (c[off + j]! > m) m = c[off + j]!;
-        for (let j = i + 1; j < n; j++) if (c[off + j]! > m) m = c[off + j]!;
-        result[i] = Math.min(1, Math.max(-1, m));
-        if (due(n)) await pause(signal);
-      }
-    } catch (err) {
-      // The next block's GEMM is queued: let it finish unobserved (its tensors are disposed by block()).
-      pending?.catch(() => {});
-      throw err;
+  let pending: Promise<Float32Array> | null = null;
+  try {
+    for (let b = 0; b < starts.length; b++) {
+      blocks.push(tensor(unit.subarray(starts[b]! * d, end(b) * d), [end(b) - starts[b]!, d], { device: 'cpu' }));
+      if (due((end(b) - starts[b]!) * d)) await pause(signal); // a copy of up to 4 MiB per slice
     }
+    pending = cosines(...pairs[0]!);
+    for (let p = 0; p < pairs.length; p++) {
+      const [i, j] = pairs[p]!;
+      const cur: Promise<Float32Array> = pending!;
+      // Queue the next pair before scanning this one, so the GEMM overlaps the scan.
+      pending = p + 1 < pairs.length ? cosines(...pairs[p + 1]!) : null;
+      const c = await cur;
+      signal?.throwIfAborted();
+      const [si, sj] = [starts[i]!, starts[j]!];
+      const w = end(j) - sj;
+      for (let r = 0; r < end(i) - si; r++) {
+        const off = r * w;
+        let m = result[si + r]!;
+        if (i === j) {
+          for (let t = 0; t < r; t++) if (c[off + t]! > m) m = c[off + t]!;
+          for (let t = r + 1; t < w; t++) if (c[off + t]! > m) m = c[off + t]!;
+        } else {
+          // Row r of block i against every row of block j, and the reverse (the same cosines).
+          for (let t = 0; t < w; t++) {
+            const v = c[off + t]!;
+            if (v > m) m = v;
+            if (v > result[sj + t]!) result[sj + t] = v;
+          }
+        }
+        result[si + r] = m;
+        if (due(w)) await pause(signal);
+      }
+    }
+  } catch (err) {
+    // A queued GEMM still reads its blocks: let it settle before they are disposed.
+    await pending?.catch(() => {});
+    throw err;
+  } finally {
+    for (const t of blocks) t.dispose();
   }
+  for (let i = 0; i < n; i++) result[i] = Math.min(1, Math.max(-1, result[i]!));
   return result;
 }
 
