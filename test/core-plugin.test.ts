@@ -8,13 +8,13 @@
  * plugin that works serves the process from then on. Skipped without `cc`.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { packageRoot } from '../lib/native/index.js';
+import { cudaPluginCandidates, packageRoot } from '../lib/native/index.js';
 
 const haveCc = spawnSync('cc', ['--version']).status === 0;
 const source = path.join(packageRoot, 'test', 'fixtures', 'fake-cuda-plugin.c');
@@ -211,18 +211,26 @@ const before = saekit.SparseAutoencoder.create({ dIn: 4, numLatents: 8, k: 2 }).
 process.env.SAEKIT_CUDA_PLUGIN = ${JSON.stringify(lib.score0)};
 let err;
 try { saekit.SparseAutoencoder.create({ dIn: 4, numLatents: 8, k: 2, device: 'cuda' }); } catch (e) { err = [e.code, e.message]; }
-console.log(JSON.stringify({ before, err }));`;
+const cuda = saekit.backend.info().cuda;
+console.log(JSON.stringify({ before, err, first: cuda.attempts[0], reason: cuda.reason }));`;
     const file = path.join(dir, 'ts-child.mts');
     writeFileSync(file, script);
     const base = { ...process.env };
     for (const k of ['SAEKIT_CUDA', 'SAEKIT_DEVICE_LOOPBACK', 'SAEKIT_CUDA_PLUGIN']) delete base[k];
     const r = spawnSync(process.execPath, ['--import', 'tsx', file], { cwd: packageRoot, encoding: 'utf8', timeout: 60_000, env: base });
     expect({ status: r.status, signal: r.signal }, r.stderr).toEqual({ status: 0, signal: null });
-    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { before: string; err: [string, string] };
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { before: string; err: [string, string]; first: { path: string; outcome: string }; reason: string };
     if (out.before !== 'cpu') return; // a real GPU serves 'auto' here: the stand-in cannot take its place
-    expect(out.err).toEqual([
-      'ERR_SAEKIT_DEVICE',
-      "Expected a usable CUDA device for options.device = 'cuda' but fake: the NVIDIA driver (libcuda.so.1) is not installed",
-    ]);
+    // The stand-in is tried first (the device check did not keep the status of the list without it).
+    expect(out.first).toEqual({ path: lib.score0, outcome: 'fake: the NVIDIA driver (libcuda.so.1) is not installed' });
+    expect(out.err).toEqual(['ERR_SAEKIT_DEVICE', `Expected a usable CUDA device for options.device = 'cuda' but ${out.reason}`]);
+    // The reason is the last real failure: the stand-in's, unless a plugin built here (CI builds the
+    // real one wherever nvcc is) refused after it, with its own reason.
+    const saved = process.env.SAEKIT_CUDA_PLUGIN;
+    delete process.env.SAEKIT_CUDA_PLUGIN;
+    const after = cudaPluginCandidates().some((p) => existsSync(p)); // the child's list after the stand-in
+    if (saved !== undefined) process.env.SAEKIT_CUDA_PLUGIN = saved;
+    if (!after) expect(out.reason).toBe('fake: the NVIDIA driver (libcuda.so.1) is not installed');
+    else expect(out.reason).not.toBe('fake: the NVIDIA driver (libcuda.so.1) is not installed');
   }, 70_000);
 });
