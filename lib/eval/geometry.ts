@@ -33,8 +33,8 @@ const MAX_COSINE_OPTIONS = optionNames<MaxCosineOptions>({ chunk: true, signal: 
 export interface MaxCosineOptions {
   /**
    * Rows per block (at most; also at most max(1, floor(2^20 / d)), so a block's copy into native
-   * memory is at most 4 MiB). Default: min(2048, max(1, floor(2^25 / n))). A GEMM multiplies two
-   * blocks, so one cosine block holds at most chunk^2 floats and two are alive at a time.
+   * memory is at most 4 MiB). Default: 2048. A GEMM multiplies two blocks, so one cosine block
+   * holds at most chunk^2 floats (16 MiB) and two are alive at a time.
    */
   chunk?: number;
   /** Stops between blocks of rows (and within a block's scan); the Promise rejects with `signal.reason`. */
@@ -43,9 +43,6 @@ export interface MaxCosineOptions {
 
 /** Entries the finite check reads between two calls of due(). */
 const BLOCK = 1 << 16;
-
-/** Max-entry budget of one cosine block (float32 values). */
-const BLOCK_VALUES = 1 << 25;
 
 /** Most values of one block of unit rows (one copy into native memory per slice). */
 const COPY_VALUES = 1 << 20;
@@ -88,7 +85,7 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
   }
   const o = checkOptions('options', options, MAX_COSINE_OPTIONS);
   const chunk =
-    o.chunk === undefined ? Math.min(2048, Math.max(1, Math.floor(BLOCK_VALUES / n))) : checkInt('options.chunk', o.chunk, 1, 1 << 26);
+    o.chunk === undefined ? 2048 : checkInt('options.chunk', o.chunk, 1, 1 << 26);
   const signal = checkSignal('options.signal', o.signal);
   signal?.throwIfAborted();
   for (let i0 = 0; i0 < rows.length; i0 += BLOCK) {
@@ -109,9 +106,9 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
   for (let s = 0; s < n; s += per) starts.push(s);
   const end = (b: number): number => Math.min(starts[b]! + per, n);
   const blocks: Tensor<'float32'>[] = [];
-  /** The pairs of blocks (i, j), i <= j, in the order of their GEMMs. */
-  const pairs: [number, number][] = [];
-  for (let i = 0; i < starts.length; i++) for (let j = i; j < starts.length; j++) pairs.push([i, j]);
+  /** The pair of blocks after (i, j) in the order of the GEMMs: (0, 0), (0, 1), ..., (1, 1), ... */
+  const after = ([i, j]: [number, number]): [number, number] | null =>
+    j + 1 < starts.length ? [i, j + 1] : i + 1 < starts.length ? [i + 1, i + 1] : null;
   /** Starts the cosines of block i's rows against block j's; resolves to their values. */
   const cosines = async (i: number, j: number): Promise<Float32Array> => {
     using c: Tensor = await matmul(blocks[i]!, blocks[j]!, { transB: true });
@@ -123,12 +120,13 @@ export async function maxCosine(rows: Float32Array, n: number, d: number, option
       blocks.push(tensor(unit.subarray(starts[b]! * d, end(b) * d), [end(b) - starts[b]!, d], { device: 'cpu' }));
       if (due((end(b) - starts[b]!) * d)) await pause(signal); // a copy of up to 4 MiB per slice
     }
-    pending = cosines(...pairs[0]!);
-    for (let p = 0; p < pairs.length; p++) {
-      const [i, j] = pairs[p]!;
+    pending = cosines(0, 0);
+    for (let pair: [number, number] | null = [0, 0]; pair; pair = after(pair)) {
+      const [i, j] = pair;
       const cur: Promise<Float32Array> = pending!;
       // Queue the next pair before scanning this one, so the GEMM overlaps the scan.
-      pending = p + 1 < pairs.length ? cosines(...pairs[p + 1]!) : null;
+      const next = after(pair);
+      pending = next ? cosines(...next) : null;
       const c = await cur;
       signal?.throwIfAborted();
       const [si, sj] = [starts[i]!, starts[j]!];
