@@ -6,7 +6,7 @@
  * project that imports 'saekit' through the package's `exports`.
  */
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -241,6 +241,41 @@ describe('the package as a dependency', () => {
     const scripts = (pkg as unknown as { scripts: Record<string, string> }).scripts;
     const hooks = Object.keys(scripts).filter((n) => /^(pre|post)/.test(n) && n.replace(/^(pre|post)/, '') in scripts);
     expect(hooks).toEqual([]);
+  });
+
+  it("a copy whose install script never ran (npm 12 blocks it until the project approves saekit) fails at load naming `npm approve-scripts saekit` then `npm rebuild saekit`; a damaged binary does not get that advice", () => {
+    // Checked by hand with npm 12.2.2: `npm install <saekit tarball>` ends with "install scripts
+    // blocked", `npm rebuild saekit` is blocked too, and after `npm approve-scripts saekit` the
+    // rebuild compiles the addon.
+    const copy = path.join(dir, 'unbuilt');
+    mkdirSync(copy);
+    cpSync(path.join(packageRoot, 'lib'), path.join(copy, 'lib'), { recursive: true });
+    cpSync(path.join(packageRoot, 'package.json'), path.join(copy, 'package.json'));
+    symlinkSync(path.join(packageRoot, 'node_modules'), path.join(copy, 'node_modules'));
+    writeFileSync(
+      path.join(copy, 'child.mts'),
+      "import { native } from './lib/native/index.js';\n" +
+        'try { native(); console.log(JSON.stringify({ loaded: true })); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }\n',
+    );
+    const env = { ...process.env };
+    delete env.SAEKIT_PREBUILD;
+    const load = () => {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', 'child.mts'], { cwd: copy, encoding: 'utf8', env });
+      expect(r.status, r.stderr).toBe(0);
+      return JSON.parse(r.stdout.trim().split('\n').pop()!) as { loaded?: true; code?: string; message?: string };
+    };
+    const unbuilt = load();
+    expect(unbuilt.code).toBe('ERR_SAEKIT_NATIVE');
+    expect(unbuilt.message).toMatch(/No native build was found/);
+    expect(unbuilt.message).toMatch(/blocked[^\n]*run `npm approve-scripts saekit`[^\n]*then `npm rebuild saekit`/);
+    // A binary that is there but truncated: its damage is the cause, and approving scripts is no fix.
+    mkdirSync(path.join(copy, 'build', 'Release'), { recursive: true });
+    writeFileSync(path.join(copy, 'build', 'Release', 'saekit.node'), readFileSync(path.join(packageRoot, 'build', 'Release', 'saekit.node')).subarray(0, 40));
+    const damaged = load();
+    expect(damaged.code).toBe('ERR_SAEKIT_NATIVE');
+    expect(damaged.message).toMatch(/saekit\.node is damaged: truncated/);
+    expect(damaged.message).not.toMatch(/approve-scripts/);
+    expect(damaged.message).toMatch(/run `npm rebuild saekit`/);
   });
 
   it('npm pack publishes what an install needs and nothing of the repository besides', () => {

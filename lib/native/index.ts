@@ -395,10 +395,16 @@ export function native(): NativeBinding {
     if (isMainThread) process.on('exit', (code) => b._noteExitCode(typeof code === 'number' ? code : Number(process.exitCode ?? 0)));
   } catch (err) {
     const cause = err instanceof Error ? err.message : String(err);
+    // node-gyp-build found neither build/ nor a prebuild: the install script never built it, which
+    // npm 12 and later do unless the project approved it (allowScripts in its package.json).
+    const neverBuilt = /No native build was found/.test(cause);
     throw new SaekitError(
       'ERR_SAEKIT_NATIVE',
       `Could not load the saekit native addon (${cause}).\n` +
         'Possible fixes:\n' +
+        (neverBuilt
+          ? "- if npm said saekit's install scripts were blocked (npm 12 and later run a dependency's install script only when the project allows it): run `npm approve-scripts saekit`, which adds saekit to allowScripts in your package.json, then `npm rebuild saekit`;\n"
+          : '') +
         '- run `npm rebuild saekit` to build it from source (needs python3, make and a C++17 compiler);\n' +
         `- check that Node.js is >= 20.9 (this is ${process.version}) and the platform is linux-x64;\n` +
         '- for faster matrix products install OpenBLAS first (Debian/Ubuntu: apt-get install libopenblas-dev pkg-config).',
