@@ -150,6 +150,27 @@ async function stream(file: string, shuffle: boolean, recycle: boolean, expectRo
   }
 }
 
+/**
+ * What this machine charges for a 4 KiB page fault, in microseconds: the first write to 64 MiB of
+ * fresh memory less a rewrite of it, per page (median of 3). It varies 5x between machines
+ * (bare metal ~0.5-1 us, VMs 3-18 us seen here) and sets the price of fresh batch arrays and of
+ * any first pass, so it helps to read one machine's table against another's.
+ */
+function pageFaultMicros(): number {
+  const n = 64 * MiB;
+  const v: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const b = Buffer.allocUnsafeSlow(n); // past malloc's mmap threshold: fresh pages
+    const t0 = performance.now();
+    b.fill(1);
+    const t1 = performance.now();
+    b.fill(2);
+    const t2 = performance.now();
+    v.push((((t1 - t0) - (t2 - t1)) * 1000) / (n / 4096));
+  }
+  return v.sort((a, b) => a - b)[1]!;
+}
+
 export const read: Benchmark = {
   name: 'read',
   description: 'streaming .npy (f32) / .safetensors (bf16) batches vs a plain sequential read',
@@ -165,6 +186,8 @@ export const read: Benchmark = {
     const stBytes = bf16Rows * D_IN * 2;
     await ensureFile(st, safetensorsHeader([{ name: 'acts', dtype: 'bfloat16', shape: [bf16Rows, D_IN], byteLength: stBytes }]), stBytes, fillBf16);
 
+    const faultUs = pageFaultMicros();
+    process.stderr.write(`this machine: a 4 KiB page fault costs ~${faultUs.toFixed(1)} us (first write to fresh memory less a rewrite)\n`);
     const reps = { repeats: opts.repeats, warmup: Math.min(opts.warmup, 1) };
     const baseRssMiB = process.memoryUsage.rss() / MiB;
     const rows: Row[] = [];
@@ -263,6 +286,7 @@ export const read: Benchmark = {
         bufferBytes: 256 * MiB,
         baseRssMiB,
         processPeakRssMiB: maxRssMiB,
+        pageFaultMicros: faultUs,
         files: [npy, st],
         note: "'vs read' = plain read time / mode time; 'peak RSS' = largest RSS sampled while streaming",
       },
