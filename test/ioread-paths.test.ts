@@ -357,26 +357,75 @@ describe("a read's destination", () => {
   });
 });
 
-describe('allocHost', () => {
-  const thp = '/sys/kernel/mm/transparent_hugepage/enabled';
-  it.runIf(linux && existsSync(thp))('marks a large block for transparent huge pages (madvise: VmFlags hg in /proc/self/smaps)', () => {
-    /** Sizes of this process's mappings advised MADV_HUGEPAGE, by address range. */
-    const advised = (): Map<string, number> => {
-      const out = new Map<string, number>();
-      let range = '';
-      let size = 0;
-      for (const line of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
-        const head = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
-        if (head) {
-          range = head[0];
-          size = Number(BigInt('0x' + head[2]) - BigInt('0x' + head[1]));
-        } else if (line.startsWith('VmFlags:') && line.split(/\s+/).includes('hg')) out.set(range, size);
+/** Sizes of this process's mappings advised MADV_HUGEPAGE, by address range. */
+function advised(): Map<string, number> {
+  const out = new Map<string, number>();
+  let range = '';
+  let size = 0;
+  for (const line of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (head) {
+      range = head[0];
+      size = Number(BigInt('0x' + head[2]) - BigInt('0x' + head[1]));
+    } else if (line.startsWith('VmFlags:') && line.split(/\s+/).includes('hg')) out.set(range, size);
+  }
+  return out;
+}
+/** The advised mappings in `after` that `before` did not have (other memory freed meanwhile does not matter). */
+const added = (before: Map<string, number>, after: Map<string, number>): number[] => [...after].filter(([k]) => !before.has(k)).map(([, v]) => v);
+const thp = '/sys/kernel/mm/transparent_hugepage/enabled';
+const smapsFlags = linux && existsSync(thp) && readFileSync('/proc/self/smaps', 'utf8').includes('VmFlags:');
+
+describe('adviseHugePages and fresh batch arrays', () => {
+  it.runIf(smapsFlags)('marks the whole 2 MiB pages inside a buffer (VmFlags hg), nothing in one without any, and refuses a non-buffer', () => {
+    const before = advised();
+    const big = Buffer.allocUnsafeSlow(12 * 1024 * 1024 + 4096 * 5);
+    expect(b.adviseHugePages(big.buffer as ArrayBuffer)).toBe(true);
+    // Inside 12 MiB + 20 KiB at any alignment lie at least 10 MiB of whole 2 MiB pages.
+    expect(Math.max(0, ...added(before, advised()))).toBeGreaterThanOrEqual(10 * 1024 * 1024);
+    const mid = advised();
+    expect(b.adviseHugePages(new ArrayBuffer(1024 * 1024))).toBe(false); // under 2 MiB: no whole page inside
+    expect(b.adviseHugePages(new ArrayBuffer(0))).toBe(false);
+    expect(added(mid, advised())).toEqual([]);
+    expect(() => b.adviseHugePages(new Float32Array(4) as unknown as ArrayBuffer)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringContaining('buffer') }));
+    big[0] = 1;
+  });
+
+  it("an in-order pass without recycling asks for huge pages on each batch array of 4 MiB or more, and on none smaller; the rows are the file's", async () => {
+    const seed = freshSeed();
+    const rnd = lcg(seed);
+    const dIn = 256 + Math.floor(rnd() * 64);
+    const rows = 4096 + Math.floor(rnd() * 500);
+    const x = Float32Array.from({ length: rows * dIn }, () => rnd() * 2 - 1);
+    const file = path.join(dir, `huge-${seed}.npy`);
+    await writeNpyFixture(file, 'float32', [rows, dIn], x);
+    const src = await openActivations(file);
+    const advise = b.adviseHugePages;
+    const asked: ArrayBuffer[] = [];
+    b.adviseHugePages = (buf) => (asked.push(buf), advise.call(b, buf));
+    try {
+      for (const [batchSize, marked] of [[4096, true], [512, false]] as const) {
+        asked.length = 0;
+        const seen: { data: Float32Array }[] = [];
+        for await (const batch of src.batches({ batchSize })) seen.push(batch);
+        expect(concatRows(seen)).toEqual(x);
+        // Every full batch's array was advised, and only batch-sized arrays were.
+        const full = seen.filter((s) => s.data.length === batchSize * dIn);
+        if (marked) {
+          expect(full.length).toBe(Math.floor(rows / batchSize));
+          expect(full.every((s) => asked.includes(s.data.buffer as ArrayBuffer)), `batchSize ${batchSize}`).toBe(true);
+          expect(asked.every((a) => a.byteLength === batchSize * dIn * 4)).toBe(true);
+        } else expect(asked, `batchSize ${batchSize}: ${(batchSize * dIn * 4) >> 10} KiB arrays`).toEqual([]);
       }
-      return out;
-    };
-    /** The advised mappings in `after` that `before` did not have (other memory freed meanwhile does not matter). */
-    const added = (before: Map<string, number>, after: Map<string, number>): number[] => [...after].filter(([k]) => !before.has(k)).map(([, v]) => v);
-    if (!readFileSync('/proc/self/smaps', 'utf8').includes('VmFlags:')) return; // a kernel without the field
+    } finally {
+      b.adviseHugePages = advise;
+      await src.close();
+    }
+  });
+});
+
+describe('allocHost', () => {
+  it.runIf(smapsFlags)('marks a large block for transparent huge pages (madvise: VmFlags hg in /proc/self/smaps)', () => {
     const before = advised();
     const bytes = 6 * 1024 * 1024 + 4096 * 3;
     const a = new Uint8Array(b.allocHost(bytes));

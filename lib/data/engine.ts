@@ -4,7 +4,7 @@
  * mixing buffer (see shuffleEpoch).
  */
 import { native } from '../native/index.js';
-import { allocF32, allocLongLivedF32 } from './convert.js';
+import { allocBatchF32, allocLongLivedF32 } from './convert.js';
 import { releaseSpare, takeSpare } from './memory.js';
 import type { Rng } from './prng.js';
 import type { Emit } from './pump.js';
@@ -56,7 +56,7 @@ export class BatchPool {
   ) {}
 
   take(): Float32Array {
-    if (!this.recycle) return allocF32(this.size);
+    if (!this.recycle) return allocBatchF32(this.size);
     const own = this.free.pop();
     if (own) return own;
     const a = this.alloc?.(this.size);

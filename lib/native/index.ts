@@ -189,6 +189,11 @@ export interface NativeBinding {
    */
   discardHost(buffer: ArrayBuffer): boolean;
   /**
+   * Marks the whole 2 MiB pages inside `buffer`'s memory for transparent huge pages (first writes
+   * fault once per 2 MiB). False where nothing was marked.
+   */
+  adviseHugePages(buffer: ArrayBuffer): boolean;
+  /**
    * Reads `count` little-endian elements of srcDtype at byte `position` of the open file `fd`
    * on saekit's I/O threads, converts them into dst[dstOffset, +count) and resolves to whether any
    * value is non-finite. Rejects (code ERR_SAEKIT_FORMAT, message 'truncated') if the file ends first.
