@@ -139,6 +139,27 @@ const op = async () => { await b.zeros([256], 'float32').toArray(); };
   });
 });
 
+describe('thread pool errors', () => {
+  it("an exception thrown in a task, on a worker or the caller's thread, reaches JS as a coded error once no task is running, and the pool runs clean work next", () => {
+    const b = native();
+    for (const threads of [1, 2, 5]) {
+      for (const [kind, code, message] of [
+        ['memory', 'ERR_SAEKIT_MEMORY', /^out of memory$/],
+        ['format', 'ERR_SAEKIT_FORMAT', /^task \d+ failed$/],
+        ['other', 'ERR_SAEKIT_INTERNAL', /^task \d+ failed$/],
+      ] as const) {
+        // Every task throws, and each takes ~0.2 ms, so with more than one thread the workers
+        // claim some of the 40 and throw too.
+        const out: { ran?: number; again?: number } = {};
+        expect(() => b._poolFault(threads, 40, kind, out), `${threads} threads, ${kind}`).toThrow(expect.objectContaining({ code, message: expect.stringMatching(message) }));
+        // One thread runs the tasks inline and stops at the first throw; a pool returns only
+        // once every task has finished (they use the caller's stack), so all 40 ran.
+        expect(out, `${threads} threads, ${kind}`).toEqual({ ran: threads === 1 ? 1 : 40, again: 40 });
+      }
+    }
+  });
+});
+
 describe('tensor element limit', () => {
   const b = native() as unknown as { zeros: (shape: number[], dtype: string) => { shape: number[]; dispose?: () => void } };
   const codeOf = (f: () => unknown): [string, string] | undefined => {

@@ -273,6 +273,8 @@ export interface NativeBinding {
     alpha?: number,
     beta?: number,
   ): void;
+  /** Test hook: a pool of `threads` runs `tasks` tasks that all throw (kind 'memory', 'format' or other); sets out.ran and out.again, then rethrows. */
+  _poolFault(threads: number, tasks: number, kind: string, out: { ran?: number; again?: number }): void;
 }
 
 /** The package root: lib/native/ (sources) and dist/native/ (compiled) are both two levels down. */

@@ -1,8 +1,12 @@
 #include "ops.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
+#include <new>
+#include <stdexcept>
 
 #include "../core/backend.h"
 #include "../core/philox.h"
@@ -244,6 +248,42 @@ Napi::Value any_non_finite(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), cpu::convert_kernels().any_non_finite_f32(a.Data() + start, end - start));
 }
 
+// _poolFault(threads, tasks, kind, out): test hook for the thread pool's error path, which no
+// kernel takes on purpose (a task's scratch allocation failing does). Runs `tasks` tasks of about
+// 0.2 ms each on a new pool of `threads` threads; every task counts itself and then throws (kind
+// 'memory': std::bad_alloc; 'format': a coded saekit error; otherwise std::runtime_error). Sets
+// out.ran (tasks that ran before the pool returned) and out.again (tasks of a second, clean run
+// on the same pool), then rethrows what the first run threw.
+Napi::Value pool_fault(const Napi::CallbackInfo& info) {
+  const int threads = int(get_int(info[0], "threads", 1, 64));
+  const int tasks = int(get_int(info[1], "tasks", 1, 4096));
+  const std::string kind = get_string(info[2], "kind");
+  if (!info[3].IsObject()) arg_error(ErrorCode::Arg, "out", "an object", info[3]);
+  Napi::Object out = info[3].As<Napi::Object>();
+  ThreadPool pool(threads);
+  std::atomic<int> ran{0};
+  std::exception_ptr err;
+  try {
+    pool.run(tasks, [&](int t) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+      while (std::chrono::steady_clock::now() < until) {
+      }
+      ran.fetch_add(1);
+      if (kind == "memory") throw std::bad_alloc();
+      if (kind == "format") throw Error(ErrorCode::Format, fmt("task ", t, " failed"));
+      throw std::runtime_error(fmt("task ", t, " failed"));
+    });
+  } catch (...) {
+    err = std::current_exception();
+  }
+  out.Set("ran", Napi::Number::New(info.Env(), ran.load()));
+  std::atomic<int> again{0};
+  pool.run(tasks, [&](int) { again.fetch_add(1); });
+  out.Set("again", Napi::Number::New(info.Env(), again.load()));
+  if (err) std::rethrow_exception(err);
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void register_ops(Napi::Env env, Napi::Object exports) {
@@ -255,6 +295,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("convertInto", Napi::Function::New<guarded<convert_into>>(env, "convertInto"));
   exports.Set("_philox", Napi::Function::New<guarded<philox>>(env, "_philox"));
   exports.Set("_gemmDirect", Napi::Function::New<guarded<gemm_direct>>(env, "_gemmDirect"));
+  exports.Set("_poolFault", Napi::Function::New<guarded<pool_fault>>(env, "_poolFault"));
 }
 
 }  // namespace sk::napi
