@@ -8,9 +8,6 @@
 #include <memory>
 #include <new>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 #include <immintrin.h>  // SSE only: this file is baseline x86-64 + SSE4.2
 
 #include "../core/corr_device.h"
@@ -120,9 +117,7 @@ HugeArray<T> huge_array(size_t n) {
   const size_t bytes = std::max<size_t>((n * sizeof(T) + align - 1) / align * align, align);
   void* p = aligned_malloc(align, bytes);
   if (p == nullptr) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  madvise(p, bytes, MADV_HUGEPAGE);  // a hint; failure is harmless
-#endif
+  advise_huge_pages(p, bytes);  // a hint; failure is harmless
   return HugeArray<T>(static_cast<T*>(p));
 }
 

@@ -420,9 +420,7 @@ Napi::Value alloc_host(const Napi::CallbackInfo& info) {
   void* p = aligned_malloc(align, rounded);
   if (p == nullptr)
     throw Error(ErrorCode::Memory, fmt("could not allocate ", bytes, " bytes of host memory"));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (align == huge) madvise(p, rounded, MADV_HUGEPAGE);  // a hint; failure is harmless
-#endif
+  if (align == huge) sk::advise_huge_pages(p, rounded);  // a hint; failure is harmless
   {
     std::lock_guard<std::mutex> lock(g_host_mu);
     g_host_blocks[p] = rounded;
@@ -484,16 +482,7 @@ Napi::Value advise_huge_pages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsArrayBuffer()) arg_error(ErrorCode::Arg, "buffer", "an ArrayBuffer", info[0]);
   auto ab = info[0].As<Napi::ArrayBuffer>();
-  bool done = false;
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const uintptr_t huge = uintptr_t(2) << 20;
-  const auto start = reinterpret_cast<uintptr_t>(ab.Data());
-  const uintptr_t first = (start + huge - 1) & ~(huge - 1);
-  const uintptr_t end = (start + ab.ByteLength()) & ~(huge - 1);
-  if (ab.Data() != nullptr && end > first)
-    done = madvise(reinterpret_cast<void*>(first), size_t(end - first), MADV_HUGEPAGE) == 0;
-#endif
-  return Napi::Boolean::New(env, done);
+  return Napi::Boolean::New(env, sk::advise_huge_pages(ab.Data(), ab.ByteLength()));
 }
 
 // lockFile(fd) -> 'locked' | 'busy' | 'unsupported': takes an exclusive advisory lock (flock) on
