@@ -352,7 +352,7 @@ describe('native argument checks at the edge of each bound', () => {
     expect(await acode(() => opt.step(batch, 1e-3, 0, 1e6))).toEqual(['ERR_SAEKIT_DISPOSED', 'the prefetched batch passed as x was already used or disposed']);
     // Moments in pieces add up to the slab exactly (2 D M + M + D floats), not more.
     const n = 2 * D * M + M + D;
-    expect(codeOf(() => opt.setState([w(20), w(n - 19)], w(n), 0))).toEqual(['ERR_SAEKIT_SHAPE', `Expected pieces of m of ${n} floats in all but received ${n + 1}`]);
+    expect(codeOf(() => opt.setState([w(20), w(n - 19)], w(n), 0))).toEqual(['ERR_SAEKIT_SHAPE', `Expected pieces of state.m of ${n} floats in all but received ${n + 1}`]);
     wide.dispose();
     sae.dispose();
   });

@@ -803,7 +803,7 @@ describe('AdamOptimizer.step', () => {
     await o2.step(x);
     expectSameBits(await twin.weights(), after, 'restored from pieces');
     // Pieces that do not add up to the slab, or hold something else, are refused by name.
-    expect(() => o2.setStatePieces({ ...p, m: p.m.slice(1) })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(new RegExp(`pieces of m of ${n} floats in all but received ${n - 9}`)) }));
+    expect(() => o2.setStatePieces({ ...p, m: p.m.slice(1) })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(new RegExp(`pieces of state\\.m of ${n} floats in all but received ${n - 9}`)) }));
     expect(() => o2.setStatePieces({ ...p, v: [...p.v.slice(0, -1), new Float32Array(p.v.at(-1)!.length).fill(-1)] })).toThrow(/state\.v\[\d+\]/);
   });
 
@@ -1361,6 +1361,11 @@ describe('arrays over a SharedArrayBuffer, and limits shared with the addon', ()
     const x = new Float32Array(4 * 5).fill(0.25);
     await expect(opt.step(x, { deadThresholdTokens: 9.005e15 })).rejects.toThrow(/options\.deadThresholdTokens/);
     await expect(opt.step(x, { auxkAlpha: 2e6 })).rejects.toThrow(/options\.auxkAlpha/);
+    // gradients() took any finite alpha and left 1e6 to the addon, which named an option path that does not exist.
+    const deadMask = new Uint8Array(9).fill(1);
+    const xv = Float32Array.from({ length: 4 * 5 }, (_, i) => Math.sin(i));
+    expect(await sae.gradients(xv, { auxk: { deadMask, alpha: 1e6 } })).toHaveProperty('auxkLoss');
+    await expect(sae.gradients(xv, { auxk: { deadMask, alpha: 2e6 } })).rejects.toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.auxk\.alpha but received 2000000/) }));
     await expect(opt.step(x, { lr: 2e6 })).rejects.toThrow(/options\.lr/);
     expect(() => new Trainer(sae, { deadThresholdTokens: 9.005e15 })).toThrow(/options\.deadThresholdTokens/);
     sae.dispose();
@@ -1385,6 +1390,10 @@ describe('setWeights, setState and save validate everything before changing anyt
     // A wrong v was described as m (the one message named both), and a misspelt key was ignored.
     expect(() => opt.setState({ ...st, v: [1] as never })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for state\.v but received an array of length 1/) }));
     expect(() => opt.setState({ ...st, steps: 3 } as never)).toThrow(/Unknown option state\.steps/);
+    // A Float32Array of the wrong length is the addon's to refuse; it names it as the API does.
+    const ok = await opt.state();
+    expect(() => opt.setState({ ...ok, m: new Float32Array(3) })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/Float32Array of length 52 for state\.m but/) }));
+    expect(() => opt.setState({ ...ok, v: new Float32Array(53) })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/Float32Array of length 52 for state\.v but/) }));
     await expect(sae.save(mkdtempSync(path.join(os.tmpdir(), 'saekit-meta-')), { metadata: [7, 8] as never })).rejects.toThrow(/options\.metadata/);
     await expect(sae.save(mkdtempSync(path.join(os.tmpdir(), 'saekit-meta-')), { metadata: { n: 1n } as never })).rejects.toThrow(/options\.metadata/);
   });

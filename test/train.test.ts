@@ -1235,6 +1235,20 @@ describe('Trainer: defaults, option bounds, the schedule as run, counters and ch
       code: 'ERR_SAEKIT_FORMAT',
       message: expect.stringMatching(/the checkpoint is for an SAE with dIn 7, numLatents 16, k 2; this one has 7, 16, 3$/),
     });
+    // Same shape and k, but the encoder reads x rather than x - b_dec (was resumed without a word).
+    using d = SparseAutoencoder.fromWeights(await b.weights(), { k: 2, applyBDecToInput: false });
+    await expect(new Trainer(d, o).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_FORMAT',
+      message: expect.stringMatching(/the checkpoint is for an SAE with applyBDecToInput true; this one has false$/),
+    });
+    // A checkpoint written before the field existed still resumes.
+    const file0 = path.join(dir, 'checkpoint.json');
+    const ck0 = JSON.parse(readFileSync(file0, 'utf8')) as { sae: Record<string, unknown> };
+    expect(ck0.sae.applyBDecToInput).toBe(true);
+    delete ck0.sae.applyBDecToInput;
+    writeFileSync(file0, JSON.stringify(ck0));
+    using e = make();
+    expect((await new Trainer(e, o).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true })).resumedFrom).toMatchObject({ step: 6 });
     const file = path.join(dir, 'checkpoint.json');
     writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), version: 2 }));
     await expect(new Trainer(b, o).fit(fromArray(x, dIn), { checkpointDir: dir, resume: true })).rejects.toMatchObject({

@@ -659,7 +659,7 @@ export class SparseAutoencoder {
         throw argError('options.auxk.deadMask', `a Uint8Array of length numLatents = ${this.numLatents}`, a.deadMask, 'ERR_SAEKIT_SHAPE');
       }
       mask = a.deadMask;
-      alpha = a.alpha === undefined ? DEFAULT_AUXK_ALPHA : checkNumber('options.auxk.alpha', a.alpha, 0, Infinity);
+      alpha = a.alpha === undefined ? DEFAULT_AUXK_ALPHA : checkNumber('options.auxk.alpha', a.alpha, 0, MAX_AUXK_ALPHA);
       if (a.variant !== undefined) variant = checkOneOf('options.auxk.variant', a.variant, AUXK_VARIANTS);
     }
     const r = await settleNative(afterPlacement(this, callNative(() => this.handle().gradients(this.rows(x), mask, alpha, variant))), site);

@@ -871,7 +871,7 @@ export class Trainer {
     // that holds another run's checkpoint at the same step replaced that state first, so a kill
     // before checkpoint.json was written left the old checkpoint.json naming the new weights.
     const stateFile = `state-${step}-${randomBytes(6).toString('hex')}.safetensors`;
-    const { dIn, numLatents, k } = this.sae;
+    const { dIn, numLatents, k, applyBDecToInput } = this.sae;
     await writeSafetensors(path.join(dir, stateFile), {
       W_enc: f32(w.W_enc, [dIn, numLatents]),
       b_enc: f32(w.b_enc, [numLatents]),
@@ -881,7 +881,7 @@ export class Trainer {
       ...momentTensors('adam.v', adam.v),
       tokens_since_fired: { dtype: 'float64', shape: [numLatents], data: since },
     });
-    const meta: Checkpoint = { version: CHECKPOINT_VERSION, step, tokens, scale, total, adamSteps: adam.t, stateFile, sae: { dIn, numLatents, k }, options: this.options, ...(sourceRows !== undefined ? { sourceRows } : {}) };
+    const meta: Checkpoint = { version: CHECKPOINT_VERSION, step, tokens, scale, total, adamSteps: adam.t, stateFile, sae: { dIn, numLatents, k, applyBDecToInput }, options: this.options, ...(sourceRows !== undefined ? { sourceRows } : {}) };
     await writeFileAtomic(path.join(dir, 'checkpoint.json'), `${JSON.stringify(meta, null, 2)}\n`);
     // Older states are no longer referenced; temporary files of writes that a killed process never
     // finished (writeFileAtomic's .<name>.<pid>.<hex>.tmp, from another process) are removed too.
@@ -897,6 +897,14 @@ export class Trainer {
       throw new SaekitError(
         'ERR_SAEKIT_FORMAT',
         `${path.join(dir, 'checkpoint.json')}: the checkpoint is for an SAE with dIn ${ck.sae.dIn}, numLatents ${ck.sae.numLatents}, k ${ck.sae.k}; this one has ${dIn}, ${numLatents}, ${k}`,
+      );
+    }
+    // The encoder's input depends on it (x - b_dec or x): the weights mean something else without it.
+    const bDec = this.sae.applyBDecToInput;
+    if (ck.sae.applyBDecToInput !== undefined && ck.sae.applyBDecToInput !== bDec) {
+      throw new SaekitError(
+        'ERR_SAEKIT_FORMAT',
+        `${path.join(dir, 'checkpoint.json')}: the checkpoint is for an SAE with applyBDecToInput ${ck.sae.applyBDecToInput}; this one has ${bDec}`,
       );
     }
     const { readSafetensors } = await import('../io/index.js');
@@ -948,7 +956,8 @@ interface Checkpoint {
   total: number;
   adamSteps: number;
   stateFile: string;
-  sae: { dIn: number; numLatents: number; k: number };
+  /** applyBDecToInput: absent in checkpoints written before 2026-12-02 (all SAEs the CLI trains have it true). */
+  sae: { dIn: number; numLatents: number; k: number; applyBDecToInput?: boolean };
   options: ResolvedTrainerOptions;
   /** Rows of the source trained on, when it had a known length (absent in older checkpoints). */
   sourceRows?: number;

@@ -1343,10 +1343,11 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
     return guard(info.Env(), [&]() -> Napi::Value {
       auto st = live_state();
       const size_t n = slab_floats();
-      int64_t t = get_int(info[2], "t", 0, int64_t(1) << 50);
-      auto m = moment_arg(info[0], "m", n), v = moment_arg(info[1], "v", n);
-      cpu::check_finite_rows(m->as<const float>(), 1, int64_t(n), "m");
-      cpu::check_finite_rows(v->as<const float>(), 1, int64_t(n), "v");
+      // Named as the API names them (setState's argument is `state`).
+      int64_t t = get_int(info[2], "state.t", 0, int64_t(1) << 50);
+      auto m = moment_arg(info[0], "state.m", n), v = moment_arg(info[1], "state.v", n);
+      cpu::check_finite_rows(m->as<const float>(), 1, int64_t(n), "state.m");
+      cpu::check_finite_rows(v->as<const float>(), 1, int64_t(n), "state.v");
       queue_detached(info.Env(), [st, m, v, t, n, model = model_, on_device = owner_ != 0] {
         st->t = t;
         if (!on_device) {
