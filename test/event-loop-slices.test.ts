@@ -3,7 +3,9 @@
  * in slices that give the event loop a turn about every 10-20 ms: a 1 ms interval keeps firing
  * through calls that held the thread for 0.4-1 s each when they were synchronous, and the results
  * are the synchronous implementation's bits (test/fixtures/sync-golden.json, made from commit
- * da8bb2f by test/fixtures/generate-sync-golden.ts).
+ * da8bb2f by test/fixtures/generate-sync-golden.ts; its seven rsa entries with the 'correlation' or
+ * 'cosine' inner measure were written again when those dissimilarities began to be rounded to
+ * multiples of 2^-40 for ties, every other entry unchanged: see the generator).
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';

@@ -236,6 +236,51 @@ describe('rsa', () => {
     expect(got).toBeGreaterThan(0.1);
   });
 
+  it('dissimilarities equal in exact arithmetic tie (2-wide rows under correlation, parallel and orthogonal rows under cosine), fresh data', async () => {
+    const seed = process.env.SEED ? Number(process.env.SEED) : (Date.now() ^ 0x1b873593) >>> 0;
+    const next = lcg(seed);
+    const n = 12 + Math.floor(next() * 30);
+    const dB = 3 + Math.floor(next() * 4);
+    const B = random(n, dB, next); // generic (3 wide or more): no ties on this side
+    const tb = (inner: 'correlation' | 'cosine'): number[] => {
+      const out: number[] = [];
+      const row = (r: number) => {
+        const v = [...B.subarray(r * dB, (r + 1) * dB)];
+        const mean = inner === 'correlation' ? v.reduce((a, b) => a + b, 0) / dB : 0;
+        return v.map((x) => x - mean);
+      };
+      for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) {
+        const [x, y] = [row(i), row(j)];
+        out.push(1 - x.reduce((a, v, k) => a + v * y[k]!, 0) / (Math.hypot(...x) * Math.hypot(...y)));
+      }
+      return out;
+    };
+    // 2-wide rows: after centring each is a multiple of (1, -1), so 1 - r is exactly 0 or 2.
+    const A2 = Float64Array.from({ length: n * 2 }, () => (next() - 0.5) * 10);
+    A2.set([3.1, -2.3, -1.7, 4.9]); // both signs present: the level triangle is not constant
+    const sign = (r: number) => Math.sign(A2[2 * r]! - A2[2 * r + 1]!);
+    const levels2: number[] = [];
+    for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) levels2.push(sign(i) === sign(j) ? 0 : 2);
+    const want2 = naivePearson(naiveRanks(levels2), naiveRanks(tb('correlation')));
+    expect(Math.abs((await rsa(A2, B, { n, dA: 2, dB })).score - want2), `seed ${seed}`).toBeLessThan(1e-12);
+    // Rows c * (+-q_g) for random orthonormal q_g and scales c: 1 - cosine is exactly 0, 1 or 2.
+    const dA = 3 + Math.floor(next() * 4);
+    const Q = orthogonal(dA, next);
+    const groups = Array.from({ length: n }, () => [Math.floor(next() * 3), next() < 0.5 ? -1 : 1] as const);
+    const A = new Float64Array(n * dA);
+    groups.forEach(([g, s], r) => {
+      const c = 0.3 + 3 * next();
+      for (let k = 0; k < dA; k++) A[r * dA + k] = s * c * Q[g * dA + k]!;
+    });
+    const levels: number[] = [];
+    for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) {
+      const [[gi, si], [gj, sj]] = [groups[i]!, groups[j]!];
+      levels.push(gi !== gj ? 1 : si === sj ? 0 : 2);
+    }
+    const want = naivePearson(naiveRanks(levels), naiveRanks(tb('cosine')));
+    expect(Math.abs((await rsa(A, B, { n, dA, dB, inner: 'cosine' })).score - want), `seed ${seed}`).toBeLessThan(1e-12);
+  });
+
   it('cosine and correlation are scale-free even for rows near 1e200 (their norms overflowed to Inf / Inf = NaN)', async () => {
     const next = lcg(23);
     const n = 15;

@@ -50,9 +50,12 @@
  *   1 - Pearson r between rows (each row centred over its d entries, then 1 - cosine); 'cosine':
  *   1 - cosine of the raw rows; 'euclidean': Euclidean distance between rows. A row with zero norm
  *   (after centring, for 'correlation') has similarity 0 to every row, i.e. dissimilarity 1 (the
- *   dead-column convention of §9). The strict upper triangles (n(n-1)/2 entries, diagonal
- *   excluded) are compared by Spearman rank correlation with average ranks for ties (default,
- *   scipy.stats.spearmanr) or by Pearson r. If either triangle is constant the score is NaN.
+ *   dead-column convention of §9). 'correlation' and 'cosine' dissimilarities are rounded to
+ *   multiples of 2^-40, so that values equal in exact arithmetic (the 0 or 2 of 2-wide rows,
+ *   parallel rows) tie instead of ranking by rounding noise (scipy's pdist splits them). The strict
+ *   upper triangles (n(n-1)/2 entries, diagonal excluded) are compared by Spearman rank correlation
+ *   with average ranks for ties (default, scipy.stats.spearmanr) or by Pearson r. If either
+ *   triangle is constant the score is NaN.
  * - cka: linear CKA of the column-centred matrices, ||Bc^T Ac||_F^2 / (||Ac^T Ac||_F ||Bc^T Bc||_F)
  *   (computed through n x n Gram matrices when n is smaller than the widths). NaN if either side
  *   is constant.
@@ -932,7 +935,7 @@ async function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correl
           let s = 0;
           for (let c = 0; c < d; c++) s += rows[oi + c] * rows[oj + c];
           const denom = norms[i] * norms[j];
-          out[t++] = denom > 0 ? 1 - s / denom : 1;
+          out[t++] = denom > 0 ? snapToTieGrid(1 - s / denom) : 1;
         }
       }
       if (due((j1 - j0) * (d + 8))) await turn();
@@ -940,6 +943,18 @@ async function rdmTriangle(X: Float64Array, n: number, d: number, inner: 'correl
   }
   return out;
 }
+
+/**
+ * 1 - cosine lies in [0, 2]; values equal in exact arithmetic but reached along different rounding
+ * paths (2-wide rows after centring are multiples of (1, -1), so their correlation dissimilarities
+ * are 0 or 2; parallel rows of different lengths) come out a few ulps apart and would rank as
+ * distinct. Rounded to multiples of 2^-40 (~9e-13) they tie as they should; distinct values move
+ * by at most 2^-41. scipy's pdist does not round (it splits such ties).
+ */
+function snapToTieGrid(v: number): number {
+  return Math.round(v * TIE_GRID) / TIE_GRID;
+}
+const TIE_GRID = 2 ** 40;
 
 /**
  * Ranks 1..m with ties given their average rank (scipy.stats.rankdata 'average'). The order comes
