@@ -22,15 +22,16 @@
  *    windows). The first 2 × half rows of the chunk stream fill two windows. Each round draws a
  *    uniformly random half of the resident rows, in random order (partial Fisher-Yates with
  *    Rng(seed, e, 2)), and serves them as batches; meanwhile the next `half` rows of the stream
- *    are read into the third window. The kept rows and the new ones form the next round's
- *    buffer (the resident rows of the window with most served slots move into the served slots
- *    of the other window, which frees a window for the next read). When the stream ends, all
+ *    are read into the free slots (the third window's at first). The kept rows and the new ones
+ *    form the next round's buffer; rows never move: the resident rows are a list of slots, and the
+ *    slots just served are the ones the next read fills. When the stream ends, all
  *    remaining rows are served in random order. The draw depends only on the list of resident
  *    rows, never on read timing: the same seed, files and (bufferBytes, chunkRows) give the
  *    same rows in the same order, whatever batchSize cuts them into.
  * 3. Without shuffle, rows come in file order.
- * Memory: the mixing buffer (bufferBytes, touched as rows arrive), a few 4 MiB reads, and about
- * two batches in flight.
+ * Memory: the mixing buffer (bufferBytes, touched as rows arrive), a few 4 MiB reads, and the
+ * batches queued ahead of the consumer: one (plus the one being filled), or up to 64 small ones
+ * holding about 4 MiB in all.
  */
 export { openActivations, fromArray, fromAsyncIterable } from './sources.js';
 export type { ActivationSource, OwnedActivationSource, Batch, BatchOptions, OpenOptions } from './types.js';
