@@ -5,7 +5,7 @@
  * per class of malformed input.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -27,13 +27,13 @@ import {
   writeSafetensors,
   type IoTensor,
 } from '../lib/io/index.js';
-import { listForMessage, previewValue } from '../lib/io/common.js';
+import { listForMessage, previewValue, transposeSteps } from '../lib/io/common.js';
 import { _readNpzSource, decodeNpz, encodeNpzParts } from '../lib/io/npz.js';
 import { makeDirs, memorySource } from '../lib/io/source.js';
 import { SparseAutoencoder } from '../lib/index.js';
 import { decodeSafetensors, encodeSafetensors, encodeSafetensorsParts, parseSafetensorsHeader } from '../lib/io/safetensors.js';
 import { parseNpyHeaderBytes } from '../lib/io/npy.js';
-import { findDuplicateKey } from '../lib/io/json-keys.js';
+import { findDuplicateKey, findNonIntegerToken } from '../lib/io/json-keys.js';
 import { crc32, encodeZipParts, readZipDirectory } from '../lib/io/zip.js';
 import { distUrl, escapeRe, haveDist, runInChild } from './helpers/child.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
@@ -370,6 +370,11 @@ describe('safetensors', () => {
       ['a missing shape', stFile({ a: { dtype: 'F32', data_offsets: [0, 8] } }, 8), /shape is missing or not an array/],
       ['a negative dimension', stFile({ a: { dtype: 'F32', shape: [-2], data_offsets: [0, 8] } }, 8), /dimension 0 of the shape is -2/],
       ['a fractional dimension', stFile({ a: { dtype: 'F32', shape: [2, 1.5], data_offsets: [0, 12] } }, 12), /dimension 1 of the shape is 1.5/],
+      // JSON.parse reads these as integers; the reference reader (unsigned integers) refuses the tokens.
+      ['a dimension written as 2.0', stFile('{"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}}', 8), /header number 2\.0 in a shape or data_offsets is not written as a non-negative integer/],
+      ['a dimension written as -0', stFile('{"a":{"dtype":"F32","shape":[2,-0],"data_offsets":[0,0]}}'), /header number -0 in a shape/],
+      ['offsets written with an exponent', stFile('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8e0]}}', 8), /header number 8e0 in a shape/],
+      ['an offset written as 0.0 in the second entry', stFile('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8.00]}}', 8), /header number 8\.00 in a shape/],
       ['a string dimension', stFile({ a: { dtype: 'F32', shape: ['2'], data_offsets: [0, 8] } }, 8), /dimension 0 of the shape is string/],
       ['dimensions whose product overflows', stFile({ a: { dtype: 'F32', shape: [2 ** 40, 2 ** 40], data_offsets: [0, 8] } }, 8), /shape \[1099511627776, 1099511627776\] is too large/],
       ['a dimension beyond 2^53', stFile('{"a":{"dtype":"U8","shape":[18446744073709551616],"data_offsets":[0,8]}}', 8), /dimension 0 of the shape is 18446744073709552000/],
@@ -477,6 +482,15 @@ describe('safetensors', () => {
       }
       // Keys equal to other objects' keys, strings that are values, and keys inside arrays are not duplicates.
       expect(findDuplicateKey('{"a": "b", "b": ["a", {"a": 1}], "c": {"b": {"b": "b"}}}')).toBeUndefined();
+    });
+
+    it('finds integer fields written as 2.0, 8e0 or -0 only in an entry\'s shape and data_offsets, escaped keys included', () => {
+      // Integer tokens of shape / data_offsets: only those two fields of an entry, only tokens read as non-negative integers.
+      const fields = ['shape', 'data_offsets'];
+      expect(findNonIntegerToken('{"a":{"shape":[1,2],"data_offsets":[0,8],"x":[2.0]},"shape":[3.0],"__metadata__":{"shape":"2.0"}}', fields)).toBeUndefined();
+      expect(findNonIntegerToken('{"a":{"shape":[1,2.5,-3,1e400]}}', fields)).toBeUndefined(); // the entry's checks name these
+      expect(findNonIntegerToken('{"a":{"shape":[1],"x":{"shape":[2.0]}},"b":{"x":"]","data_offsets":[0, 1E1]}}', fields)).toBe('1E1');
+      expect(findNonIntegerToken('{"\\u0073hape":{"k":1},"a":{"\\u0073hape":[0.0]}}', fields)).toBe('0.0');
     });
 
     it('reads large legitimate headers: 50,000 tensors and 5,000 metadata entries, in data order (their speed: npm run bench -- header)', () => {
@@ -1178,6 +1192,37 @@ describe('writeFileAtomic', () => {
     expect(readdirSync(dir)).toEqual(['out.bin']);
   });
 
+  it('a replaced file keeps its permission bits (a private file stays private); a new one takes the default', async () => {
+    const dir = tmpDir();
+    const umask = process.umask();
+    const cases: [string, (f: string) => Promise<void>][] = [
+      ['bin', (f) => writeFileAtomic(f, 'new')],
+      ['npy', (f) => writeNpy(f, { dtype: 'float32', shape: [1], data: new Float32Array([1]) })],
+      ['safetensors', (f) => writeSafetensors(f, { a: { dtype: 'float32', shape: [1], data: new Float32Array([1]) } })],
+    ];
+    for (const [ext, write] of cases) {
+      const fresh = path.join(dir, `fresh.${ext}`);
+      await write(fresh);
+      expect(statSync(fresh).mode & 0o7777, ext).toBe(0o666 & ~umask);
+      for (const mode of [0o600, 0o640, 0o444]) {
+        const file = path.join(dir, `m${mode.toString(8)}.${ext}`);
+        writeFileSync(file, 'old');
+        chmodSync(file, mode);
+        await write(file);
+        expect(statSync(file).mode & 0o7777, `${ext} ${mode.toString(8)}`).toBe(mode);
+        expect(readFileSync(file).toString()).not.toBe('old');
+      }
+    }
+    // An SAE saved over a private one: both of its files stay private.
+    using sae = SparseAutoencoder.create({ dIn: 4, numLatents: 8, k: 2, seed: 1 });
+    const saeDir = path.join(dir, 'sae');
+    await sae.save(saeDir);
+    for (const f of readdirSync(saeDir)) chmodSync(path.join(saeDir, f), 0o600);
+    await sae.save(saeDir);
+    expect(readdirSync(saeDir).sort()).toEqual(['cfg.json', 'sae_weights.safetensors']);
+    for (const f of readdirSync(saeDir)) expect(statSync(path.join(saeDir, f)).mode & 0o7777, f).toBe(0o600);
+  });
+
   it('writes files whose names are near the 255-byte limit (the temporary name stays short)', async () => {
     const dir = tmpDir();
     const file = path.join(dir, `${'a'.repeat(246)}.npy`);
@@ -1650,6 +1695,26 @@ describe('format limits at their exact values and header layouts as the specs co
       ['\uE000', 4],
       ['\u{10000}', 8],
     ]);
+  });
+
+  it('transposeSteps (blocks of 16 output rows, 8192 input rows between yields) equals the naive transpose bit for bit: odd shapes, block edges', () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    const shapes: [number, number][] = [[1, 1], [1, 37], [37, 1], [16, 16], [17, 15], [8193, 3], [3, 8193], [8192 + 17, 33]];
+    for (let t = 0; t < 12; t++) shapes.push([1 + Math.floor(next() * 300), 1 + Math.floor(next() * 300)]);
+    for (const [rows, cols] of shapes) {
+      const m = Float32Array.from({ length: rows * cols }, () => (next() - 0.5) * 1e3);
+      let yields = 0;
+      const work = transposeSteps(m, rows, cols);
+      let r = work.next();
+      for (; !r.done; r = work.next()) yields++;
+      const out = new Uint32Array(r.value.buffer);
+      const src = new Uint32Array(m.buffer);
+      let bad = -1;
+      for (let i = 0; i < rows && bad < 0; i++) for (let j = 0; j < cols; j++) if (out[j * rows + i] !== src[i * cols + j]) bad = i * cols + j;
+      expect(bad, `seed ${seed}: ${rows} x ${cols}`).toBe(-1);
+      expect(yields, `${rows} x ${cols}`).toBe(Math.ceil(cols / 16) * Math.ceil(rows / 8192));
+    }
   });
 
   it('littleEndianPieces views a subarray over 4 GiB at its own byte offset', () => {

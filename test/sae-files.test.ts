@@ -13,6 +13,7 @@ import { describe, expect, it } from 'vitest';
 
 import { SaekitError, SparseAutoencoder, tensor } from '../lib/index.js';
 import { foldDecoderNorms, readSaeFiles, readSafetensors, writeNpz, writeSaeFiles, writeSafetensors, type IoTensor } from '../lib/io/index.js';
+import { checkDecoderNormFold } from '../lib/io/sae-files.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
 import { f16ToNumber, randomHalfBits } from './helpers/data-fixtures.js';
 import { lcg } from './helpers/reference.js';
@@ -506,6 +507,103 @@ describe('SAE files: bad input', () => {
   });
 });
 
+describe('SAE files: folding decoder norms (row-major, in slices)', () => {
+  /** The fold one latent at a time (x * n, x / n with n the float64 norm, rounded to float32 once). */
+  function naiveFold(w: W & { threshold?: Float32Array }, dIn: number, L: number, silence: boolean): { rescaled: number; zeroRow: number } {
+    let rescaled = 0;
+    let zeroRow = -1;
+    for (let i = 0; i < L; i++) {
+      let s = 0;
+      for (let d = 0; d < dIn; d++) s += w.W_dec[i * dIn + d]! ** 2;
+      const n = Math.sqrt(s);
+      if (!(n > 0)) {
+        if (zeroRow < 0) zeroRow = i;
+        if (silence) {
+          for (let d = 0; d < dIn; d++) w.W_enc[d * L + i] = 0;
+          w.b_enc[i] = 0;
+        }
+        continue;
+      }
+      if (Math.abs(n - 1) < 1e-7) continue;
+      rescaled++;
+      for (let d = 0; d < dIn; d++) {
+        w.W_dec[i * dIn + d] = w.W_dec[i * dIn + d]! / n;
+        w.W_enc[d * L + i] = w.W_enc[d * L + i]! * n;
+      }
+      w.b_enc[i] = w.b_enc[i]! * n;
+      if (w.threshold) w.threshold[i] = w.threshold[i]! * n;
+    }
+    return { rescaled, zeroRow };
+  }
+  const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+  it('equals the per-latent fold bit for bit: zero, unit and scaled rows, with and without threshold and silencing (fresh data, odd sizes)', () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    for (let trial = 0; trial < 40; trial++) {
+      const dIn = 1 + Math.floor(next() * 13);
+      const L = 1 + Math.floor(next() * 37);
+      const kind = Array.from({ length: L }, () => Math.floor(next() * 4)); // 0 zero, 1 unit, 2-3 scaled
+      const base = randomWeights(dIn, L, seed + trial, (i) => (kind[i] === 1 ? 1 : 0.01 + 30 * next()));
+      for (let i = 0; i < L; i++) if (kind[i] === 0) base.W_dec.fill(0, i * dIn, (i + 1) * dIn);
+      const threshold = next() < 0.5 ? Float32Array.from({ length: L }, () => next()) : undefined;
+      const silence = next() < 0.5;
+      const copy = () => ({ W_enc: base.W_enc.slice(), b_enc: base.b_enc.slice(), W_dec: base.W_dec.slice(), b_dec: base.b_dec.slice(), ...(threshold ? { threshold: threshold.slice() } : {}) });
+      const [a, b] = [copy(), copy()];
+      const want = naiveFold(a, dIn, L, silence);
+      expect(foldDecoderNorms(b, dIn, L, silence), `seed ${seed} trial ${trial}`).toEqual(want);
+      for (const key of ['W_enc', 'b_enc', 'W_dec', ...(threshold ? ['threshold' as const] : [])] as const) {
+        expect(bits(b[key]!).equals(bits(a[key]!)), `seed ${seed} trial ${trial}: ${key}`).toBe(true);
+      }
+    }
+  });
+
+  it('checkDecoderNormFold names the first latent that would overflow, and its first tensor (b_enc, threshold, then W_enc by row)', () => {
+    const [dIn, L] = [5, 9];
+    const w = { ...randomWeights(dIn, L, 3, (i) => (i === 2 || i === 6 ? 1e30 : 1)), threshold: new Float32Array(L).fill(0.5) };
+    // Latent 6 overflows in W_enc row 1; latent 2 in W_enc rows 4 and 3: latent 2, row 3 is named.
+    w.W_enc[1 * L + 6] = 1e20;
+    w.W_enc[4 * L + 2] = 1e20;
+    w.W_enc[3 * L + 2] = -1e20;
+    expect(() => checkDecoderNormFold(w, dIn, L)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/latent 2 is rescaled by its decoder norm [\d.e+]+ .* its W_enc \(row 3\) overflows/) }));
+    w.threshold[2] = 1e20;
+    expect(() => checkDecoderNormFold(w, dIn, L)).toThrow(/latent 2 .* its threshold overflows/);
+    w.b_enc[2] = 1e20;
+    expect(() => checkDecoderNormFold(w, dIn, L)).toThrow(/latent 2 .* its b_enc overflows/);
+    w.W_dec.fill(0, 2 * dIn, 3 * dIn); // a zero row is not folded: latent 6 is next
+    expect(() => checkDecoderNormFold(w, dIn, L)).toThrow(/latent 6 .* its W_enc \(row 1\) overflows/);
+  });
+
+  it('a SAELens TopK file with rescale_acts_by_decoder_norm loads, and a sparsify bfloat16 save runs, with the event loop turning', async () => {
+    const seed = Date.now() >>> 0;
+    const [dIn, L] = [1024, 16384];
+    const w = randomWeights(dIn, L, seed, (i) => 0.5 + (i % 7));
+    const dir = tmp();
+    await writeSaeFiles(dir, { architecture: 'topk', dIn, numLatents: L, k: 32, applyBDecToInput: true }, w);
+    const cfgPath = path.join(dir, 'cfg.json');
+    writeFileSync(cfgPath, JSON.stringify({ ...JSON.parse(readFileSync(cfgPath, 'utf8')), rescale_acts_by_decoder_norm: true }));
+    const read = await watchCall(() => readSaeFiles(dir));
+    expect(read.longest, `seed ${seed}: longest gap of a ${read.elapsed.toFixed(0)} ms read`).toBeLessThan(gapBound(read.elapsed));
+    const want = { W_enc: w.W_enc.slice(), b_enc: w.b_enc.slice(), W_dec: w.W_dec.slice(), b_dec: w.b_dec };
+    naiveFold(want, dIn, L, true);
+    for (const key of ['W_enc', 'b_enc', 'W_dec'] as const) expect(bits(read.value.weights[key]).equals(bits(want[key])), `seed ${seed}: ${key}`).toBe(true);
+    const out = tmp();
+    const saved = await watchCall(() => writeSaeFiles(out, { architecture: 'topk', dIn, numLatents: L, k: 32, applyBDecToInput: true }, w, { format: 'sparsify', dtype: 'bfloat16' }));
+    expect(saved.longest, `seed ${seed}: longest gap of a ${saved.elapsed.toFixed(0)} ms save`).toBeLessThan(gapBound(saved.elapsed));
+    const st = await readSafetensors(path.join(out, 'sae.safetensors'));
+    const enc = (await st.read('encoder.weight')).data as Uint16Array;
+    await st.close();
+    // encoder.weight [L, dIn] holds W_enc [dIn, L] transposed, each value rounded to bfloat16 (nearest even).
+    const toBf16 = (x: number) => {
+      const u = new Uint32Array(new Float32Array([x]).buffer)[0]!;
+      return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+    };
+    let bad = -1;
+    for (let i = 0; i < L && bad < 0; i += 7) for (let d = 0; d < dIn; d++) if (enc[i * dIn + d] !== toBf16(w.W_enc[d * L + i]!)) bad = i * dIn + d;
+    expect(bad, `seed ${seed}`).toBe(-1);
+  }, 120_000);
+});
+
 describe('SAE files: hostile input', () => {
   const f32 = (shape: number[], fill: (i: number) => number = (i) => ((i * 7) % 11) / 11 - 0.5): IoTensor => {
     const n = shape.reduce((a, b) => a * b, 1);
@@ -855,6 +953,34 @@ describe('SAE files: what the other libraries write and read', () => {
       ...extra,
     });
 
+  it("cfg.json as Python's json.dump writes float('nan') and the infinities (NaN, Infinity, -Infinity) loads; such a value in a field saekit reads is named", async () => {
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, 31), { k });
+    for (const format of ['saelens', 'sparsify'] as const) {
+      const dir = tmp();
+      await sae.save(dir, { format });
+      const cfgPath = path.join(dir, 'cfg.json');
+      const cfg = readFileSync(cfgPath, 'utf8');
+      // Inserted as json.dumps writes them (separators ', ' and ': '), strings that spell them stay strings.
+      const extra = '"l0": NaN, "ce": [Infinity, -Infinity, 1.5], "note": "NaN Infinity -Infinity", ';
+      writeFileSync(cfgPath, format === 'saelens' ? cfg.replace('"metadata": {', `"metadata": {${extra}`) : cfg.replace('{', `{${extra}`));
+      using back = await SparseAutoencoder.load(dir);
+      expect(back.k).toBe(k);
+      const raw = (await readSaeFiles(dir)).config.raw;
+      const where = (format === 'saelens' ? raw.metadata : raw) as Record<string, unknown>;
+      expect(where.l0).toBeNaN();
+      expect(where.ce).toEqual([Infinity, -Infinity, 1.5]);
+      expect(where.note).toBe('NaN Infinity -Infinity');
+      // In a field saekit reads, the value is refused by that field's check.
+      writeFileSync(cfgPath, cfg.replace(/"k": \d+/, '"k": NaN'));
+      await expect(SparseAutoencoder.load(dir)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/cfg\.json: .*\bk\b.*NaN/) });
+      // Other non-JSON stays invalid JSON (with JSON.parse's message for the file as written).
+      writeFileSync(cfgPath, cfg.replace(/"k": \d+/, '"k": nan'));
+      await expect(SparseAutoencoder.load(dir)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/cfg\.json: invalid JSON/) });
+      writeFileSync(cfgPath, cfg.replace(/"k": \d+/, '"k": NaNa'));
+      await expect(SparseAutoencoder.load(dir)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/cfg\.json: invalid JSON/) });
+    }
+  });
+
   it('SAELens files say sae_lens_version 6 in metadata (so SAELens keeps the metadata), and both files carry one save id', async () => {
     using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, 3), { k });
     const dir = tmp();
@@ -1065,6 +1191,13 @@ describe('SAE files: what the other libraries write and read', () => {
         expect(err, `${format} ${key}`).toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringContaining(`not to set ${what} '${key}'`) });
         expect(readdirSync(dir), `${format} ${key}`).toEqual([]);
       }
+    }
+    // Nor one saekit does not write but its reader acts on: a sparsify folder saved with signed: true
+    // was written, then refused by load() ("signed TopK is not supported yet").
+    for (const signed of [true, false]) {
+      const dir = tmp();
+      await expect(sae.save(dir, { format: 'sparsify', metadata: { signed } })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/not to set the sparsify cfg field 'signed' \(it changes what the weights mean/) });
+      expect(readdirSync(dir)).toEqual([]);
     }
   });
 });

@@ -76,3 +76,91 @@ function isKey(text: string, i: number): boolean {
   }
   return false;
 }
+
+/**
+ * The first number token of `text` that JSON.parse reads as a non-negative integer but that is
+ * written with a fraction, an exponent or a minus sign (`2.0`, `8e0`, `-0`), inside an array that is the value of one of `keys` in an object nested two deep
+ * (a safetensors entry's shape and data_offsets), or undefined when there is none. JSON.parse
+ * reads `2.0` as 2; safetensors' reference reader deserializes these fields as unsigned integers
+ * and refuses such tokens, so a file that one reader refuses the other refuses too. `text` must
+ * be valid JSON (JSON.parse accepted it). Linear time, no recursion.
+ */
+export function findNonIntegerToken(text: string, keys: readonly string[]): string | undefined {
+  // Per open container: for an object, the last key read; for an array, whether it is watched.
+  const stack: { object: boolean; key?: string; watched?: boolean }[] = [];
+  let i = 0;
+  while (i < text.length) {
+    const c = text.charCodeAt(i);
+    if (c === 0x7b /* { */) {
+      stack.push({ object: true });
+      i++;
+    } else if (c === 0x5b /* [ */) {
+      const parent = stack[stack.length - 1];
+      stack.push({ object: false, watched: stack.length === 2 && parent?.object === true && parent.key !== undefined && keys.includes(parent.key) });
+      i++;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
+      stack.pop();
+      i++;
+    } else if (c === 0x22 /* " */) {
+      const end = stringEnd(text, i);
+      const top = stack[stack.length - 1];
+      if (top?.object && isKey(text, end)) {
+        const raw = text.slice(i + 1, end - 1);
+        top.key = raw.includes('\\') ? (JSON.parse(text.slice(i, end)) as string) : raw;
+      }
+      i = end;
+    } else if (c === 0x2d /* - */ || (c >= 0x30 && c <= 0x39)) {
+      let end = i + 1;
+      while (end < text.length && /[0-9.eE+-]/.test(text[end]!)) end++;
+      const token = text.slice(i, end);
+      // Only tokens JSON.parse turns into a value the entry's checks would accept (0, 2): `-2` and `1.5` get their own message there.
+      if (stack[stack.length - 1]?.watched && /[.eE-]/.test(token) && Number.isInteger(Number(token)) && Number(token) >= 0) return token;
+      i = end;
+    } else {
+      i++;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * JSON.parse, also reading the three non-standard tokens Python's json module writes by default
+ * (allow_nan=True) for float('nan') and the infinities: NaN, Infinity, -Infinity become those
+ * numbers. Standard JSON parses exactly as JSON.parse; a text that is invalid either way throws
+ * JSON.parse's error for the original text. Only outside strings and only as whole values.
+ */
+export function parsePythonJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    // Each token becomes a JSON string holding a NUL (written \u0000), turned back by the reviver; a
+    // text that has such an escape of its own is not given this second reading.
+    if (!/NaN|Infinity/.test(text) || /\\u0000/i.test(text)) throw err;
+    let out = '';
+    let last = 0;
+    let found = false;
+    for (let i = 0; i < text.length; ) {
+      const c = text.charCodeAt(i);
+      if (c === 0x22 /* " */) {
+        i = stringEnd(text, i);
+        continue;
+      }
+      const token = c === 0x4e /* N */ && text.startsWith('NaN', i) ? 'NaN' : c === 0x49 /* I */ && text.startsWith('Infinity', i) ? 'Infinity' : c === 0x2d && text.startsWith('-Infinity', i) ? '-Infinity' : '';
+      if (token !== '' && !/[\w$]/.test(text[i - 1] ?? '') && !/[\w$]/.test(text[i + token.length] ?? '')) {
+        out += `${text.slice(last, i)}"\\u0000${token}"`;
+        i += token.length;
+        last = i;
+        found = true;
+        continue;
+      }
+      i++;
+    }
+    if (!found) throw err;
+    const special: Record<string, number> = { '\u0000NaN': NaN, '\u0000Infinity': Infinity, '\u0000-Infinity': -Infinity };
+    try {
+      return JSON.parse(out + text.slice(last), (_key, value: unknown) => (typeof value === 'string' && Object.hasOwn(special, value) ? special[value] : value));
+    } catch {
+      throw err;
+    }
+  }
+}

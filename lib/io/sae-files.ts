@@ -21,14 +21,15 @@ import path from 'node:path';
 
 import { argError, SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
-import { due, pause, runSliced } from '../slices.js';
+import { due, pause, runAll, runSliced } from '../slices.js';
 import { checkBool, checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
-import { checkFolderPath, checkPath, fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transpose, transposeSteps } from './common.js';
+import { checkFolderPath, checkPath, fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transposeSteps } from './common.js';
+import { parsePythonJson } from './json-keys.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpzChecked } from './npz.js';
 import { checkWriteSaeOptions, type WriteSaeOptions } from './sae-options.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
-import { makeDirs, OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
+import { keepMode, makeDirs, OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
 
 /**
  * The SAE files readSaeFiles knows: the config and each layout's weights. It looks for them in an
@@ -197,7 +198,8 @@ async function readCfg(file: string): Promise<Record<string, unknown>> {
   if (excess !== undefined) throw formatError(file, `cfg.json ${excess}`);
   let cfg: unknown;
   try {
-    cfg = JSON.parse(text);
+    // Python's json.dump writes NaN and Infinity for such floats (allow_nan=True), and json.load reads them.
+    cfg = parsePythonJson(text);
   } catch (err) {
     throw formatError(file, `invalid JSON (${(err as Error).message})`);
   }
@@ -298,13 +300,24 @@ async function toF32(t: IoTensor, file: string, name: string): Promise<Float32Ar
     default:
       throw formatError(file, `tensor ${name} has dtype ${t.dtype}; expected a float dtype`);
   }
-  checkFinite(out, t.shape, file, name);
+  await checkFinite(out, t.shape, file, name);
   return out;
 }
 
+/** Floats per anyNonFinite call in firstNonFinite. */
+const SCAN_PIECE = 1 << 20;
+
 /** The first NaN or infinity of `a` (of `shape`): its value and where, by row and column when 2-D; null when none. */
-function firstNonFinite(a: Float32Array, shape: readonly number[]): { value: string; where: string } | null {
-  if (!native().anyNonFinite(a, 0, a.length)) return null;
+async function firstNonFinite(a: Float32Array, shape: readonly number[]): Promise<{ value: string; where: string } | null> {
+  // Scanned in pieces between which the event loop may run: a few ms per 64 MiB in cache, but the
+  // first touch of pages a read just filled cost ~6 us a page on a VM host (~100 ms for 64 MiB).
+  let any = false;
+  for (let at = 0; at < a.length && !any; at += SCAN_PIECE) {
+    const end = Math.min(a.length, at + SCAN_PIECE);
+    any = native().anyNonFinite(a, at, end);
+    if (due(4 * (end - at))) await pause();
+  }
+  if (!any) return null;
   const i = a.findIndex((v) => !Number.isFinite(v));
   const cols = shape.length === 2 ? shape[1]! : 0;
   return { value: Number.isNaN(a[i]) ? 'NaN' : String(a[i]), where: cols > 0 ? `row ${Math.floor(i / cols)}, column ${i % cols}` : `element ${i}` };
@@ -315,7 +328,7 @@ function firstNonFinite(a: Float32Array, shape: readonly number[]): { value: str
  * multiplied (ERR_SAEKIT_NONFINITE naming the file, the fold and where, rather than a later
  * error from the model that names no file).
  */
-function checkFolded(w: SaeFileWeights, dIn: number, numLatents: number, file: string, how: string): void {
+async function checkFolded(w: SaeFileWeights, dIn: number, numLatents: number, file: string, how: string): Promise<void> {
   const parts: [Float32Array | undefined, string, number[]][] = [
     [w.W_enc, 'W_enc', [dIn, numLatents]],
     [w.b_enc, 'b_enc', [numLatents]],
@@ -323,14 +336,14 @@ function checkFolded(w: SaeFileWeights, dIn: number, numLatents: number, file: s
     [w.threshold, 'threshold', [numLatents]],
   ];
   for (const [a, name, shape] of parts) {
-    const bad = a && firstNonFinite(a, shape);
+    const bad = a && (await firstNonFinite(a, shape));
     if (bad) throw new SaekitError('ERR_SAEKIT_NONFINITE', `${file}: tensor ${name} overflows float32 at ${bad.where} when ${how}`);
   }
 }
 
 /** Throws ERR_SAEKIT_NONFINITE (the model's code for such weights) naming the file and the first NaN or infinity. */
-function checkFinite(a: Float32Array, shape: readonly number[], file: string, name: string): void {
-  const bad = firstNonFinite(a, shape);
+async function checkFinite(a: Float32Array, shape: readonly number[], file: string, name: string): Promise<void> {
+  const bad = await firstNonFinite(a, shape);
   if (bad) throw new SaekitError('ERR_SAEKIT_NONFINITE', `${file}: tensor ${name} has ${bad.value} at ${bad.where} (weights must be finite)`);
 }
 
@@ -349,22 +362,52 @@ function rowNorm(W_dec: Float32Array, i: number, dIn: number): number {
 }
 
 /**
+ * Each latent's decoder-row norm (float64) and what folding does with it: 1 for a row left as it
+ * is (zero, or unit to 1e-7), else the norm. Row-major over W_dec, yielding per row. @internal
+ */
+function* foldFactors(W_dec: Float32Array, dIn: number, numLatents: number): Generator<number, { norm: Float64Array; factor: Float64Array }> {
+  const norm = new Float64Array(numLatents);
+  const factor = new Float64Array(numLatents);
+  for (let i = 0; i < numLatents; i++) {
+    const n = rowNorm(W_dec, i, dIn);
+    norm[i] = n;
+    factor[i] = !(n > 0) || Math.abs(n - 1) < 1e-7 ? 1 : n;
+    yield dIn;
+  }
+  return { norm, factor };
+}
+
+/**
  * Refuses weights that foldDecoderNorms would take past the float32 range (ERR_SAEKIT_NONFINITE
  * naming the latent, its decoder norm and the tensor, as normalizeDecoder() does), before
  * anything is changed: save() folds a JumpReLU SAE's norms and would otherwise write infinities
- * that load() refuses.
+ * that load() refuses. The first such latent is named, and its first overflowing tensor (b_enc,
+ * threshold, then W_enc by row).
  */
 export function checkDecoderNormFold(w: SaeFileWeights, dIn: number, numLatents: number): void {
+  runAll(checkDecoderNormFoldSteps(w, dIn, numLatents));
+}
+
+/** checkDecoderNormFold as work for runAll / runSliced: W_enc is scanned by rows (contiguous), not by latents. @internal */
+export function* checkDecoderNormFoldSteps(w: SaeFileWeights, dIn: number, numLatents: number): Generator<number, void> {
+  const { norm, factor } = yield* foldFactors(w.W_dec, dIn, numLatents);
+  const badRow = new Int32Array(numLatents).fill(-1); // each latent's first W_enc row that overflows
+  for (let d = 0; d < dIn; d++) {
+    const o = d * numLatents;
+    for (let i = 0; i < numLatents; i++) {
+      if (badRow[i]! < 0 && !Number.isFinite(Math.fround(w.W_enc[o + i]! * factor[i]!))) badRow[i] = d;
+    }
+    yield numLatents;
+  }
   for (let i = 0; i < numLatents; i++) {
-    const n = rowNorm(w.W_dec, i, dIn);
-    if (!(n > 0) || Math.abs(n - 1) < 1e-7) continue;
-    let bad = Number.isFinite(Math.fround(w.b_enc[i]! * n)) ? '' : 'b_enc';
-    if (w.threshold && !Number.isFinite(Math.fround(w.threshold[i]! * n))) bad ||= 'threshold';
-    for (let d = 0; d < dIn && !bad; d++) if (!Number.isFinite(Math.fround(w.W_enc[d * numLatents + i]! * n))) bad = `W_enc (row ${d})`;
+    if (factor[i] === 1) continue;
+    let bad = Number.isFinite(Math.fround(w.b_enc[i]! * factor[i]!)) ? '' : 'b_enc';
+    if (w.threshold && !Number.isFinite(Math.fround(w.threshold[i]! * factor[i]!))) bad ||= 'threshold';
+    if (!bad && badRow[i]! >= 0) bad = `W_enc (row ${badRow[i]})`;
     if (bad) {
       throw new SaekitError(
         'ERR_SAEKIT_NONFINITE',
-        `Expected weights that stay finite when latent ${i} is rescaled by its decoder norm ${n} (save() writes unit decoder rows) but its ${bad} overflows float32; nothing was written`,
+        `Expected weights that stay finite when latent ${i} is rescaled by its decoder norm ${norm[i]} (save() writes unit decoder rows) but its ${bad} overflows float32; nothing was written`,
       );
     }
   }
@@ -379,6 +422,15 @@ export function checkDecoderNormFold(w: SaeFileWeights, dIn: number, numLatents:
  * Returns the rows rescaled and the first zero row (-1: none).
  */
 export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: number, silenceZeroRows = false): { rescaled: number; zeroRow: number } {
+  return runAll(foldDecoderNormsSteps(w, dIn, numLatents, silenceZeroRows));
+}
+
+/**
+ * foldDecoderNorms as work for runAll / runSliced (the loaders and save() run it in slices
+ * between turns of the event loop). Every value is computed as one latent at a time would (x * n
+ * or x / n with n the float64 norm, rounded once to float32); W_enc is walked by rows. @internal
+ */
+export function* foldDecoderNormsSteps(w: SaeFileWeights, dIn: number, numLatents: number, silenceZeroRows = false): Generator<number, { rescaled: number; zeroRow: number }> {
   checkInt('dIn', dIn, 1, 2 ** 31 - 1);
   checkInt('numLatents', numLatents, 1, 2 ** 31 - 1);
   checkBool('silenceZeroRows', silenceZeroRows);
@@ -391,27 +443,34 @@ export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: num
       throw argError(`w.${name}`, `a Float32Array of length ${lengths[name]} (dIn = ${dIn}, numLatents = ${numLatents})`, a, a instanceof Float32Array ? 'ERR_SAEKIT_SHAPE' : 'ERR_SAEKIT_ARG');
     }
   }
+  const { norm, factor } = yield* foldFactors(w.W_dec, dIn, numLatents);
   let rescaled = 0;
   let zeroRow = -1;
+  const zeros: number[] = [];
   for (let i = 0; i < numLatents; i++) {
-    const n = rowNorm(w.W_dec, i, dIn);
-    if (!(n > 0)) {
+    if (!(norm[i]! > 0)) {
       if (zeroRow < 0) zeroRow = i;
-      if (silenceZeroRows) {
-        for (let d = 0; d < dIn; d++) w.W_enc[d * numLatents + i] = 0;
-        w.b_enc[i] = 0;
-      }
+      if (silenceZeroRows) zeros.push(i);
       continue;
     }
-    if (Math.abs(n - 1) < 1e-7) continue;
+    if (factor[i] === 1) continue;
     rescaled++;
-    for (let d = 0; d < dIn; d++) {
-      w.W_dec[i * dIn + d] = w.W_dec[i * dIn + d]! / n;
-      w.W_enc[d * numLatents + i] = w.W_enc[d * numLatents + i]! * n;
-    }
+    const n = factor[i]!;
+    for (let d = 0; d < dIn; d++) w.W_dec[i * dIn + d] = w.W_dec[i * dIn + d]! / n;
     w.b_enc[i] = w.b_enc[i]! * n;
     if (w.threshold) w.threshold[i] = w.threshold[i]! * n;
+    yield dIn;
   }
+  if (rescaled > 0 || zeros.length > 0) {
+    for (let d = 0; d < dIn; d++) {
+      const o = d * numLatents;
+      // A factor of 1 leaves a value exactly as it was (NaN payloads aside, which weights never hold).
+      if (rescaled > 0) for (let i = 0; i < numLatents; i++) w.W_enc[o + i] = w.W_enc[o + i]! * factor[i]!;
+      for (const i of zeros) w.W_enc[o + i] = 0;
+      yield numLatents;
+    }
+  }
+  for (const i of zeros) w.b_enc[i] = 0;
   return { rescaled, zeroRow };
 }
 
@@ -534,12 +593,12 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
     // the norms into the encoder gives the same function with unit decoder rows (a zero row's
     // pre-activation is then 0: its encoder is zeroed too).
     if (rescale) {
-      foldDecoderNorms(weights, dIn, numLatents, true);
-      checkFolded(weights, dIn, numLatents, weightsFile, 'rescaled by the decoder norms (cfg.json: rescale_acts_by_decoder_norm)');
+      await runSliced(foldDecoderNormsSteps(weights, dIn, numLatents, true));
+      await checkFolded(weights, dIn, numLatents, weightsFile, 'rescaled by the decoder norms (cfg.json: rescale_acts_by_decoder_norm)');
     }
   }
   if (await foldFinetuningScale(cfg, cfgFile, t.scaling_factor ?? t.finetuning_scaling_factor, weightsFile, weights, dIn, numLatents)) {
-    checkFolded(weights, dIn, numLatents, weightsFile, 'scaled by scaling_factor (cfg.json: finetuning_scaling_factor)');
+    await checkFolded(weights, dIn, numLatents, weightsFile, 'scaled by scaling_factor (cfg.json: finetuning_scaling_factor)');
   }
   return {
     config: { format: 'saelens', architecture: arch, dIn, numLatents, k, applyBDecToInput: applyBDec, dtype: t.W_dec!.dtype, raw: cfg },
@@ -649,7 +708,10 @@ async function foldFinetuningScale(
   if (!boolField(cfg, cfgFile, 'finetuning_scaling_factor', false)) {
     throw formatError(cfgFile, `${path.basename(weightsFile)} has a scaling_factor that is not all ones but finetuning_scaling_factor is not true`);
   }
-  for (let i = 0; i < numLatents; i++) for (let d = 0; d < dIn; d++) weights.W_dec[i * dIn + d] = weights.W_dec[i * dIn + d]! * s[i]!;
+  for (let i = 0; i < numLatents; i++) {
+    for (let d = 0; d < dIn; d++) weights.W_dec[i * dIn + d] = weights.W_dec[i * dIn + d]! * s[i]!;
+    if (due(dIn)) await pause();
+  }
   return true;
 }
 
@@ -664,10 +726,17 @@ export async function readSaeFiles(pathOrDir: string): Promise<SaeFiles> {
   return readGemmaScope(weights);
 }
 
-function stored(data: Float32Array, shape: number[], dtype: 'float32' | 'bfloat16'): IoTensor {
+/** Elements narrowed to bfloat16 per native call by stored() (a few ms each), between which the event loop may run. */
+const NARROW_PIECE = 1 << 20;
+
+async function stored(data: Float32Array, shape: number[], dtype: 'float32' | 'bfloat16'): Promise<IoTensor> {
   if (dtype === 'float32') return { dtype, shape, data };
   const out = new Uint16Array(data.length);
-  native().convertInto(data, 'float32', out, 'bfloat16');
+  for (let at = 0; at < data.length; at += NARROW_PIECE) {
+    const end = Math.min(data.length, at + NARROW_PIECE);
+    native().convertInto(data.subarray(at, end), 'float32', out.subarray(at, end), 'bfloat16');
+    if (due(4 * (end - at))) await pause();
+  }
   return { dtype, shape, data: out };
 }
 
@@ -706,11 +775,12 @@ const SAELENS_SCHEMA_VERSION = '6.0.0';
 const SAELENS_METADATA_FIELDS = ['sae_lens_version', 'saekit_version', SAVE_ID];
 
 /** Whether every decoder row has unit norm (to float32 rounding). */
-function unitRows(W_dec: Float32Array, numLatents: number, dIn: number): boolean {
+async function unitRows(W_dec: Float32Array, numLatents: number, dIn: number): Promise<boolean> {
   for (let i = 0; i < numLatents; i++) {
     let s = 0;
     for (let d = 0; d < dIn; d++) s += W_dec[i * dIn + d]! ** 2;
     if (Math.abs(Math.sqrt(s) - 1) > 1e-5) return false;
+    if (due(dIn)) await pause();
   }
   return true;
 }
@@ -750,7 +820,10 @@ export async function writeSaeFiles(
   const cfgFile = path.join(dir, 'cfg.json');
   await checkNoForeignPair(dir, format);
   await removeDeadStaging(dir);
-  for (const [name, w, length] of lengths) if (typeof length === 'number') checkKept(name, w as Float32Array, length);
+  const kept = () => {
+    for (const [name, w, length] of lengths) if (typeof length === 'number') checkKept(name, w as Float32Array, length);
+  };
+  kept();
   const saveId = randomBytes(8).toString('hex');
   const idMeta = { [SAVE_ID]: saveId };
   if (format === 'saelens') {
@@ -765,6 +838,10 @@ export async function writeSaeFiles(
       if (SPARSIFY_FIELDS.includes(key)) {
         throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.metadata not to set the sparsify cfg field '${key}' (saekit writes it from the model)`);
       }
+      // Not written (sparsify's default, false, is the model), but read: true would describe another model.
+      if (key === 'signed') {
+        throw new SaekitError('ERR_SAEKIT_ARG', "Expected options.metadata not to set the sparsify cfg field 'signed' (it changes what the weights mean: saekit's TopK keeps the k largest pre-activations, unsigned)");
+      }
     }
     if (config.architecture !== 'topk') {
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected a TopK SAE for format 'sparsify' but this one is ${config.architecture}; use format 'saelens'`);
@@ -774,16 +851,16 @@ export async function writeSaeFiles(
     }
     const file = path.join(dir, 'sae.safetensors');
     const tensors = {
-      'encoder.weight': stored(transpose(weights.W_enc, dIn, numLatents), [numLatents, dIn], dtype),
-      'encoder.bias': stored(weights.b_enc, [numLatents], dtype),
-      W_dec: stored(weights.W_dec, [numLatents, dIn], dtype),
-      b_dec: stored(weights.b_dec, [dIn], dtype),
+      'encoder.weight': await stored(await runSliced(transposeSteps(weights.W_enc, dIn, numLatents)), [numLatents, dIn], dtype),
+      'encoder.bias': await stored(weights.b_enc, [numLatents], dtype),
+      W_dec: await stored(weights.W_dec, [numLatents, dIn], dtype),
+      b_dec: await stored(weights.b_dec, [dIn], dtype),
     };
     const cfg = {
       activation: 'topk',
       expansion_factor: Number.isInteger(numLatents / dIn) ? numLatents / dIn : Math.ceil(numLatents / dIn),
       // sparsify keeps decoder rows at unit norm when this is true; say so only where they are.
-      normalize_decoder: unitRows(weights.W_dec, numLatents, dIn),
+      normalize_decoder: await unitRows(weights.W_dec, numLatents, dIn),
       num_latents: numLatents,
       k: config.k,
       multi_topk: false,
@@ -793,19 +870,20 @@ export async function writeSaeFiles(
       ...(options.metadata ?? {}),
       ...idMeta,
     };
+    kept(); // the transpose and the narrowing ran in slices: a weight detached meanwhile left zeros or NaN in them
     await commitPair(dir, file, tensors, idMeta, cfgFile, cfg, path.join(dir, 'sae_weights.safetensors'));
     return [cfgFile, file];
   }
   const file = path.join(dir, 'sae_weights.safetensors');
   const tensors: Record<string, IoTensor> = {
-    W_enc: stored(weights.W_enc, [dIn, numLatents], dtype),
-    b_enc: stored(weights.b_enc, [numLatents], dtype),
-    W_dec: stored(weights.W_dec, [numLatents, dIn], dtype),
-    b_dec: stored(weights.b_dec, [dIn], dtype),
+    W_enc: await stored(weights.W_enc, [dIn, numLatents], dtype),
+    b_enc: await stored(weights.b_enc, [numLatents], dtype),
+    W_dec: await stored(weights.W_dec, [numLatents, dIn], dtype),
+    b_dec: await stored(weights.b_dec, [dIn], dtype),
   };
   if (config.architecture === 'jumprelu') {
     if (!weights.threshold) throw new SaekitError('ERR_SAEKIT_ARG', 'Expected weights.threshold for a JumpReLU SAE');
-    tensors.threshold = stored(weights.threshold, [numLatents], dtype);
+    tensors.threshold = await stored(weights.threshold, [numLatents], dtype);
   }
   const cfg = {
     architecture: config.architecture,
@@ -819,6 +897,7 @@ export async function writeSaeFiles(
     ...(config.architecture === 'topk' ? { k: config.k, rescale_acts_by_decoder_norm: false } : {}),
     metadata: { sae_lens_version: SAELENS_SCHEMA_VERSION, saekit_version: saekitVersion(), ...(options.metadata ?? {}), ...idMeta },
   };
+  kept(); // bfloat16 narrowing ran in slices
   await commitPair(dir, file, tensors, idMeta, cfgFile, cfg, path.join(dir, 'sae.safetensors'));
   return [cfgFile, file];
 }
@@ -923,6 +1002,8 @@ async function commitPair(
     saving = cfgFile;
     await writeFileAtomic(stagedCfg, `${JSON.stringify(cfg, null, 2)}\n`);
     saving = weightsFile;
+    await keepMode(weightsFile, stagedWeights);
+    await keepMode(cfgFile, stagedCfg);
     await rename(stagedWeights, weightsFile);
     saving = cfgFile;
     await rename(stagedCfg, cfgFile);

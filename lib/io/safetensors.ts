@@ -46,7 +46,7 @@ import {
   type IoDType,
   type IoTensor,
 } from './common.js';
-import { findDuplicateKey } from './json-keys.js';
+import { findDuplicateKey, findNonIntegerToken } from './json-keys.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { memorySource, openFileSource, writeChunksAtomic, type ByteSource } from './source.js';
 
@@ -213,8 +213,13 @@ function parseHeaderJson(bytes: Uint8Array, name: string): Record<string, unknow
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw formatError(WHAT, name, 'header is not a JSON object');
   const dup = findDuplicateKey(text);
   if (dup !== undefined) throw formatError(WHAT, name, `duplicate key ${quote(dup)} in the header`);
+  const num = findNonIntegerToken(text, ENTRY_INTEGER_FIELDS);
+  if (num !== undefined) throw formatError(WHAT, name, `header number ${num} in a shape or data_offsets is not written as a non-negative integer`);
   return value as Record<string, unknown>;
 }
+
+/** A tensor entry's fields of unsigned integers (the reference reader refuses `2.0` there; JSON.parse does not). */
+const ENTRY_INTEGER_FIELDS = ['shape', 'data_offsets'];
 
 /** Validates "__metadata__": an object whose values are all strings. */
 function parseMetadata(value: unknown, name: string): Record<string, string> {

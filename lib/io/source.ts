@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { chmod, mkdir, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { argError, SaekitError } from '../errors.js';
@@ -108,7 +108,8 @@ export function memorySource(bytes: Uint8Array, name: string): ByteSource {
  * complete new one, never a partial write; on any failure the temporary file is removed. A chunk
  * registered by planChunk (a view on a caller's array) is checked against its planned length
  * before and after each piece is written: detached or resized meanwhile, the write fails
- * (ERR_SAEKIT_ARG naming the array) and `path` keeps its old content.
+ * (ERR_SAEKIT_ARG naming the array) and `path` keeps its old content. A file replaced keeps its
+ * permission bits (keepMode).
  */
 export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Array | string)[]): Promise<void> {
   checkPath(path);
@@ -121,6 +122,7 @@ export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Arr
     await fh.sync();
     await fh.close();
     fh = undefined;
+    await keepMode(path, tmp);
     await rename(tmp, path);
   } catch (err) {
     if (fh) await fh.close().catch(() => undefined);
@@ -128,6 +130,16 @@ export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Arr
     throw fsError('write', path, err);
   }
   await syncFolder(dirname(path));
+}
+
+/**
+ * Gives `staged` (a new file about to be renamed over `target`) the permission bits of `target`
+ * when it exists: a replaced file made private (0600) stays private instead of taking the default
+ * mode of a new file. Owner and group are not copied (only root could set them).
+ */
+export async function keepMode(target: string, staged: string): Promise<void> {
+  const st = await stat(target).catch(() => null);
+  if (st?.isFile()) await chmod(staged, st.mode & 0o7777);
 }
 
 /** Largest single fs write of a chunk: its planned length is checked between two (checkPlanned). */

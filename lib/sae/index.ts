@@ -31,6 +31,7 @@ import { argError, callNative, SaekitError, settleNative } from '../errors.js';
 import { checkFolderPath } from '../io/common.js';
 import { checkWriteSaeOptions, type WriteSaeOptions } from '../io/sae-options.js';
 import { native, type NativeAdam, type NativePrefetched, type NativeSae, type NativeTensor } from '../native/index.js';
+import { runSliced } from '../slices.js';
 import { handleOf, Tensor } from '../tensor/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkSeed, optionNames, randomSeed } from '../validate.js';
 
@@ -562,11 +563,12 @@ export class SparseAutoencoder {
     // or dispose() called after save() does not change (or fail) what is saved.
     const weights = this.weights();
     weights.catch(() => undefined); // awaited below
-    const { checkDecoderNormFold, foldDecoderNorms, writeSaeFiles } = await import('../io/sae-files.js');
+    const { checkDecoderNormFoldSteps, foldDecoderNormsSteps, writeSaeFiles } = await import('../io/sae-files.js');
     const w = await weights;
     if (this.architecture === 'jumprelu') {
-      checkDecoderNormFold(w, this.dIn, this.numLatents);
-      foldDecoderNorms(w, this.dIn, this.numLatents);
+      // In slices between turns of the event loop (w is this call's own copy).
+      await runSliced(checkDecoderNormFoldSteps(w, this.dIn, this.numLatents));
+      await runSliced(foldDecoderNormsSteps(w, this.dIn, this.numLatents));
     }
     return writeSaeFiles(
       dir,
