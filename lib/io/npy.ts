@@ -14,20 +14,27 @@
  * A plain `|V2` (numpy's own void type, byte order not applicable) is rejected as ambiguous.
  * Object arrays (`|O`, pickles) are always rejected.
  */
-import { argError } from '../errors.js';
+import { argError, SaekitError } from '../errors.js';
 import { due, pause, runAll, runSliced } from '../slices.js';
 import {
+  adviseHugePages,
+  allocIoArray,
   arrayFromBytesSteps,
+  byteSwapSteps,
+  bytePieces,
   checkedNumel,
   checkIoTensor,
   checkPath,
   concatBytes,
   copyBytes,
   formatError,
+  HOST_BIG_ENDIAN,
   ITEM_SIZE,
   listForMessage,
-  littleEndianBytes,
+  littleEndianPieces,
+  MAX_BUFFER_BYTES,
   NPY_MAX_DIMS,
+  pieceLimits,
   STEP_ELEMENTS,
   type IoArray,
   type IoDType,
@@ -158,27 +165,45 @@ export function parseNpyHeaderBytes(bytes: Uint8Array, size: number, name: strin
   return { dtype, shape, fortranOrder, bigEndian, dataOffset, byteLength };
 }
 
+/** ERR_SAEKIT_MEMORY for an array of `name` that cannot be reordered here. */
+function reorderError(name: string, n: number, itemSize: number, reason: string): SaekitError {
+  return new SaekitError('ERR_SAEKIT_MEMORY', `Cannot reorder the Fortran-order array of '${name}' (${n} elements of ${itemSize} bytes) to C order here: ${reason}`);
+}
+
 /**
  * Reorders Fortran-order (column-major) elements of `shape` into a new C-order array. Elements
  * move as unsigned integer words, never as floats, so every bit pattern (NaN payloads included)
- * is kept exactly. Work for runAll / runSliced: yields every STEP_ELEMENTS elements.
+ * is kept exactly. The result has its own ArrayBuffer (any size, 4 GiB and over included); the
+ * words are viewed as Uint8 / Uint16 / Uint32 (two per 8-byte element), which needs at most
+ * pieceLimits.buffer (2^32) words: float64 / int64 arrays over 16 GiB cannot be reordered, an
+ * ERR_SAEKIT_MEMORY naming `name` (as is an ArrayBuffer this runtime cannot allocate).
+ * Work for runAll / runSliced: yields every STEP_ELEMENTS elements.
  */
-function* fortranToC(src: IoArray, fullShape: readonly number[], itemSize: number): Generator<number, IoArray> {
+function* fortranToC(src: IoArray, fullShape: readonly number[], itemSize: number, name: string): Generator<number, IoArray> {
   const n = src.length;
   // Dimensions of size 1 do not move anything: without them the loop below does less per element.
   const shape = fullShape.filter((d) => d !== 1);
   const nd = shape.length;
   if (nd < 2 || n === 0) return src;
-  const out = new Uint8Array(src.byteLength);
   const words = Math.max(1, itemSize / 4); // 32-bit words per element (2 for 8-byte types)
-  const view = (a: Uint8Array | IoArray) =>
+  // src is itself one typed array of n elements: only two words per element can be too many.
+  if (words > 1 && n * words > pieceLimits.buffer) throw reorderError(name, n, itemSize, `its ${n * words} 32-bit words are more than one typed array holds (${pieceLimits.buffer})`);
+  let out: ArrayBuffer;
+  try {
+    out = new ArrayBuffer(src.byteLength);
+  } catch (err) {
+    if (err instanceof RangeError) throw reorderError(name, n, itemSize, `a second buffer of ${src.byteLength} bytes cannot be allocated (${err.message})`);
+    throw err;
+  }
+  if (src.byteLength > pieceLimits.buffer) adviseHugePages(out); // as allocIoArray: fewer first-write faults
+  const view = (buffer: ArrayBufferLike, byteOffset: number) =>
     itemSize === 1
-      ? new Uint8Array(a.buffer, a.byteOffset, a.byteLength)
+      ? new Uint8Array(buffer, byteOffset, n)
       : itemSize === 2
-        ? new Uint16Array(a.buffer, a.byteOffset, a.byteLength / 2)
-        : new Uint32Array(a.buffer, a.byteOffset, a.byteLength / 4);
-  const from = view(src);
-  const to = view(out);
+        ? new Uint16Array(buffer, byteOffset, n)
+        : new Uint32Array(buffer, byteOffset, n * words);
+  const from = view(src.buffer, src.byteOffset);
+  const to = view(out, 0);
   const stride: number[] = [1];
   for (let k = 1; k < nd; k++) stride[k] = stride[k - 1]! * shape[k - 1]!;
   const idx = new Array<number>(nd).fill(0);
@@ -197,16 +222,33 @@ function* fortranToC(src: IoArray, fullShape: readonly number[], itemSize: numbe
     // The reads are strided: each can miss the cache (a few units per element).
     yield 4 * words * (o1 - o0);
   }
-  return new (src.constructor as new (b: ArrayBuffer) => IoArray)(out.buffer);
+  return new (src.constructor as new (b: ArrayBuffer) => IoArray)(out);
 }
 
 /**
  * Builds the tensor from the header and its data bytes (an owned copy, swapped and reordered
  * here). Work for runAll / runSliced.
  */
-function* decodeData(h: NpyHeader, data: Uint8Array): Generator<number, IoTensor> {
+function* decodeData(h: NpyHeader, data: Uint8Array, name: string): Generator<number, IoTensor> {
   const flat = yield* arrayFromBytesSteps(h.dtype, data, h.bigEndian);
-  return { dtype: h.dtype, shape: h.shape.slice(), data: h.fortranOrder ? yield* fortranToC(flat, h.shape, ITEM_SIZE[h.dtype]) : flat };
+  return { dtype: h.dtype, shape: h.shape.slice(), data: h.fortranOrder ? yield* fortranToC(flat, h.shape, ITEM_SIZE[h.dtype], name) : flat };
+}
+
+/**
+ * decodeData for data already in its typed array (read there in pieces: over
+ * pieceLimits.buffer bytes it has no single byte view), in the file's byte order: swapped a
+ * piece at a time (no element spans two), then reordered. Work for runAll / runSliced.
+ * @internal (readNpz's large entries)
+ */
+export function* decodeArraySteps(h: NpyHeader, flat: IoArray, name: string): Generator<number, IoTensor> {
+  const size = ITEM_SIZE[h.dtype];
+  if (h.bigEndian !== HOST_BIG_ENDIAN && size > 1) for (const piece of bytePieces(flat)) yield* byteSwapSteps(piece, size);
+  return { dtype: h.dtype, shape: h.shape.slice(), data: h.fortranOrder ? yield* fortranToC(flat, h.shape, size, name) : flat };
+}
+
+/** A zeroed typed array for the data `h` describes, or ERR_SAEKIT_MEMORY naming `name`. @internal */
+export function allocNpyArray(h: NpyHeader, name: string): IoArray {
+  return allocIoArray(h.dtype, h.byteLength / ITEM_SIZE[h.dtype], `the array of '${name}'`);
 }
 
 /**
@@ -221,7 +263,7 @@ function* decodeData(h: NpyHeader, data: Uint8Array): Generator<number, IoTensor
 export function parseNpy(bytes: Uint8Array, name = '<buffer>'): IoTensor {
   if (!(bytes instanceof Uint8Array)) throw argError('bytes', 'a Uint8Array', bytes);
   const h = parseNpyHeaderBytes(bytes, bytes.length, String(name));
-  return runAll(decodeData(h, copyBytes(bytes.subarray(h.dataOffset, h.dataOffset + h.byteLength))));
+  return runAll(decodeData(h, copyBytes(bytes.subarray(h.dataOffset, h.dataOffset + h.byteLength)), String(name)));
 }
 
 /**
@@ -236,7 +278,7 @@ export async function parseNpyOwned(bytes: Uint8Array, name: string): Promise<Io
   const whole = bytes.buffer instanceof ArrayBuffer && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength;
   // A copy (parseNpy's) is one memcpy; at tens of MiB a turn of the event loop comes first.
   if (!whole && due(data.length)) await pause();
-  return runSliced(decodeData(h, whole ? data : copyBytes(data)));
+  return runSliced(decodeData(h, whole ? data : copyBytes(data), name));
 }
 
 /** Reads and parses the header of an open source with one bounded read. */
@@ -261,17 +303,25 @@ export async function readNpyHeader(path: string): Promise<NpyHeader> {
 }
 
 /**
- * Reads the .npy file at `path` (the header, then the data straight into an aligned buffer).
+ * Reads the .npy file at `path` (the header, then the data straight into an aligned buffer; data
+ * over 4 GiB, which no Uint8Array holds, straight into its typed array in 1 GiB pieces).
  * Big-endian data is swapped and Fortran-order data reordered on the JS thread in slices
  * between turns of the event loop.
- * @throws SaekitError ERR_SAEKIT_FORMAT as parseNpy; ERR_SAEKIT_ARG when the file cannot be opened.
+ * @throws SaekitError ERR_SAEKIT_FORMAT as parseNpy; ERR_SAEKIT_ARG when the file cannot be opened;
+ *   ERR_SAEKIT_MEMORY naming the file when its array cannot be held here (over 2^32 elements,
+ *   memory this runtime cannot allocate, or a Fortran-order float64 / int64 array over 16 GiB).
  */
 export async function readNpy(path: string): Promise<IoTensor> {
   checkPath(path);
   const source = await openFileSource(path, WHAT);
   try {
     const h = await headerOf(source);
-    return await runSliced(decodeData(h, await source.read(h.dataOffset, h.byteLength)));
+    if (h.byteLength <= pieceLimits.buffer) return await runSliced(decodeData(h, await source.read(h.dataOffset, h.byteLength), source.name));
+    // Over 4 GiB no Uint8Array can hold the data: it is read straight into its typed array, a
+    // piece at a time (the header checked its length against the file's size).
+    const flat = allocNpyArray(h, source.name);
+    for (const piece of bytePieces(flat)) await source.read(h.dataOffset + (piece.byteOffset - flat.byteOffset), piece.length, piece);
+    return await runSliced(decodeArraySteps(h, flat, source.name));
   } finally {
     await source.close().catch(() => undefined);
   }
@@ -307,23 +357,32 @@ function encodeHeader(dtype: IoDType, shape: readonly number[]): Uint8Array {
   throw argError('shape', 'a shape whose npy header fits in 4 GiB', shape);
 }
 
-/** @internal The header and data chunks of an .npy file. */
-export function encodeNpyParts(t: IoTensor, name = 't'): [Uint8Array, Uint8Array] {
+/**
+ * @internal The header and data chunks of an .npy file: the data is one chunk, or pieces of 1 GiB
+ * when it is over 4 GiB (no single Uint8Array views it; see littleEndianPieces).
+ */
+export function encodeNpyParts(t: IoTensor, name = 't'): Uint8Array[] {
   const { dtype, shape, data } = checkIoTensor(name, t);
   if (shape.length > NPY_MAX_DIMS) {
     throw argError(`${name}.shape`, `at most ${NPY_MAX_DIMS} dimensions (numpy's limit; numpy cannot read more)`, shape, 'ERR_SAEKIT_SHAPE');
   }
-  return [encodeHeader(dtype, shape), littleEndianBytes(data, ITEM_SIZE[dtype], `${name}.data`)];
+  return [encodeHeader(dtype, shape), ...littleEndianPieces(data, ITEM_SIZE[dtype], `${name}.data`)];
 }
 
 /**
  * Encodes a tensor as an .npy file: format 1.0 (2.0 when the header needs it), little-endian,
  * C order, with the same header bytes np.save writes (keys sorted, padded to 64 bytes).
  * bfloat16 is written as descr '<V2' like ml_dtypes.
- * @throws SaekitError ERR_SAEKIT_ARG / _DTYPE / _SHAPE for an invalid tensor.
+ * @throws SaekitError ERR_SAEKIT_ARG / _DTYPE / _SHAPE for an invalid tensor; ERR_SAEKIT_MEMORY
+ *   when the file would be over 4 GiB (no Uint8Array holds it: use writeNpy).
  */
 export function encodeNpy(t: IoTensor): Uint8Array {
-  return concatBytes(encodeNpyParts(t));
+  const parts = encodeNpyParts(t);
+  const total = parts.reduce((a, c) => a + c.length, 0);
+  if (total > MAX_BUFFER_BYTES) {
+    throw new SaekitError('ERR_SAEKIT_MEMORY', `encodeNpy cannot return ${total} bytes in one Uint8Array (at most ${MAX_BUFFER_BYTES} here); write the array to a file with writeNpy`);
+  }
+  return concatBytes(parts);
 }
 
 /**

@@ -11,10 +11,21 @@
  */
 import { argError } from '../errors.js';
 import { checkOptions } from '../validate.js';
-import { checkPath, checkWellFormed, defineOwn, formatError, type IoTensor } from './common.js';
-import { encodeNpyParts, MAX_NPY_HEADER, parseNpyHeaderBytes, parseNpyOwned, type NpyHeader } from './npy.js';
+import { runSliced } from '../slices.js';
+import { bytePieces, checkPath, checkWellFormed, defineOwn, formatError, pieceLimits, type IoArray, type IoTensor } from './common.js';
+import { allocNpyArray, decodeArraySteps, encodeNpyParts, MAX_NPY_HEADER, parseNpyHeaderBytes, parseNpyOwned, type NpyHeader } from './npy.js';
 import { memorySource, openFileSource, writeChunksAtomic, type ByteSource } from './source.js';
-import { encodeZipParts, quoteName, readZipDirectory, readZipEntry, readZipEntryHead, verifyZipEntry, type ZipWriteOptions } from './zip.js';
+import {
+  encodeZipParts,
+  quoteName,
+  readZipDirectory,
+  readZipEntry,
+  readZipEntryHead,
+  readZipEntryInto,
+  verifyZipEntry,
+  type ZipEntry,
+  type ZipWriteOptions,
+} from './zip.js';
 
 const WHAT = 'npz file';
 /** The most bytes an .npy header can take: magic, version, a 4-byte length and MAX_NPY_HEADER. */
@@ -31,7 +42,8 @@ export type NpzHeaders = ReadonlyMap<string, NpyHeader>;
  * agree). Only then is any entry read whole, so a small archive that declares huge or unwanted
  * arrays is refused before they are allocated. Each array is then decoded in the entry's own
  * buffer where it can be (parseNpyOwned: no copy; it may start at the header's length into its
- * ArrayBuffer), the CRC-32, swap and reorder in slices between turns of the event loop.
+ * ArrayBuffer), the CRC-32, swap and reorder in slices between turns of the event loop; an entry
+ * over 4 GiB straight into its typed array, in pieces (readLargeArray).
  */
 async function readArchive(src: ByteSource, inspect?: (headers: NpzHeaders) => void): Promise<Record<string, IoTensor>> {
   const { entries, cdOffset } = await readZipDirectory(src, WHAT);
@@ -46,24 +58,53 @@ async function readArchive(src: ByteSource, inspect?: (headers: NpzHeaders) => v
     arrays.push({ key, entry: e });
   }
   const headers = new Map<string, NpyHeader>();
+  const heads = new Map<string, Uint8Array>();
   for (const { key, entry } of arrays) {
     const head = await readZipEntryHead(src, entry, cdOffset, WHAT, NPY_HEADER_SPAN);
+    let h: NpyHeader;
     try {
-      headers.set(key, parseNpyHeaderBytes(head, entry.uncompressedSize, `${src.name}:${entry.name}`));
+      h = parseNpyHeaderBytes(head, entry.uncompressedSize, `${src.name}:${entry.name}`);
     } catch (err) {
       // A header that does not parse may be a damaged entry: name that (corrupt deflate data, a
       // wrong declared size, a CRC mismatch) when it is one, checked without keeping the bytes.
       await verifyZipEntry(src, entry, cdOffset, WHAT);
       throw err;
     }
+    headers.set(key, h);
+    // readLargeArray compares the header bytes it reads again with these.
+    if (entry.uncompressedSize > pieceLimits.buffer) heads.set(key, head.slice(0, h.dataOffset));
   }
   inspect?.(headers);
   const out: Record<string, IoTensor> = {};
   for (const { key, entry } of arrays) {
+    const label = `${src.name}:${entry.name}`;
+    if (entry.uncompressedSize > pieceLimits.buffer) {
+      defineOwn(out, key, await readLargeArray(src, entry, cdOffset, headers.get(key)!, heads.get(key)!, label));
+      continue;
+    }
     const bytes = await readZipEntry(src, entry, cdOffset, WHAT);
-    defineOwn(out, key, await parseNpyOwned(bytes, `${src.name}:${entry.name}`));
+    defineOwn(out, key, await parseNpyOwned(bytes, label));
   }
   return out;
+}
+
+/**
+ * One array whose entry is over 4 GiB (no Uint8Array holds it, nor its data): the entry is read
+ * (stored) or inflated (deflated) straight into the array's typed array in pieces of at most
+ * 1 GiB, its .npy header skipped, with every check of readZipEntry (the CRC-32 over the whole
+ * entry included); then swapped and reordered as readNpy does. The array is allocated only
+ * after the entry's declared size has been checked against the file (stored data must fit in it,
+ * deflated data within the deflate ratio bound). The header bytes read with the data must be
+ * those `h` was parsed from (`head`): an entry that differs between the two reads is refused.
+ */
+async function readLargeArray(src: ByteSource, entry: ZipEntry, cdOffset: number, h: NpyHeader, head: Uint8Array, label: string): Promise<IoTensor> {
+  let flat: IoArray | undefined;
+  const prefix = await readZipEntryInto(src, entry, cdOffset, WHAT, h.dataOffset, () => {
+    flat = allocNpyArray(h, label);
+    return bytePieces(flat);
+  });
+  if (prefix.length !== head.length || prefix.some((b, i) => b !== head[i])) throw formatError(WHAT, src.name, `entry ${quoteName(entry.name)}: its .npy header changed while the archive was read`);
+  return runSliced(decodeArraySteps(h, flat!, label));
 }
 
 /**
@@ -82,9 +123,10 @@ export async function readNpzChecked(path: string, inspect: (headers: NpzHeaders
 
 /**
  * Reads every array of the .npz file at `path`, keyed by entry name without the `.npy` suffix.
- * Entries may be stored or deflated; sizes, offsets (ZIP64 included) and CRC-32s are checked.
- * An array's data is the entry's own buffer where it can be (no copy), so it may start at the
- * .npy header's length into its ArrayBuffer. The CRC-32s, byte swaps and Fortran-order reorders
+ * Entries may be stored or deflated, and over 4 GiB (read straight into their typed arrays in
+ * pieces); sizes, offsets (ZIP64 included) and CRC-32s are checked. An array's data is the
+ * entry's own buffer where it can be (no copy), so it may start at the .npy header's length into
+ * its ArrayBuffer. The CRC-32s, byte swaps and Fortran-order reorders
  * run on the JS thread in slices between turns of the event loop.
  *
  * @throws SaekitError ERR_SAEKIT_FORMAT naming the file (and entry) and the reason: not a zip
@@ -92,7 +134,8 @@ export async function readNpzChecked(path: string, inspect: (headers: NpzHeaders
  *   offsets out of bounds, a central directory whose records do not exactly fill it, entries
  *   that overlap or whose local header names another file, corrupt deflate data, a CRC
  *   mismatch, a duplicate or non-.npy entry, or an entry that is not a valid .npy file.
- *   ERR_SAEKIT_ARG when the file cannot be opened.
+ *   ERR_SAEKIT_ARG when the file cannot be opened. ERR_SAEKIT_MEMORY naming the entry when an
+ *   array cannot be held here (see readNpy).
  */
 export async function readNpz(path: string): Promise<Record<string, IoTensor>> {
   checkPath(path);

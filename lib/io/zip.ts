@@ -312,7 +312,6 @@ async function entryData(src: ByteSource, e: ZipEntry, cdOffset: number, bad: (r
   // np.load (Python's zipfile) refuses an entry whose local name differs from the directory's.
   const localName = decodeName(await src.read(e.localHeaderOffset + 30, nameLen), lv.getUint16(6, true), what, src.name);
   if (localName !== e.name) throw bad(`the local header names it ${quoteName(localName)}`);
-  if (e.uncompressedSize > MAX_BUFFER_BYTES) throw bad(`uncompressed size ${e.uncompressedSize} exceeds the 4 GiB buffer limit`);
   if (e.method === 0 && e.compressedSize !== e.uncompressedSize) throw bad(`stored entry sizes differ (${e.compressedSize} != ${e.uncompressedSize})`);
   if (e.method === 8 && e.uncompressedSize > e.compressedSize * MAX_DEFLATE_RATIO + 64) {
     throw bad(`declares ${e.uncompressedSize} bytes from ${e.compressedSize} compressed bytes, more than deflate can produce`);
@@ -328,6 +327,8 @@ async function entryData(src: ByteSource, e: ZipEntry, cdOffset: number, bad: (r
 export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: number, what: string): Promise<Uint8Array> {
   const bad = (reason: string) => formatError(what, src.name, `entry ${quoteName(e.name)}: ${reason}`);
   const dataStart = await entryData(src, e, cdOffset, bad, what);
+  // No Uint8Array holds more (readZipEntryInto reads such an entry into the caller's views).
+  if (e.uncompressedSize > MAX_BUFFER_BYTES) throw bad(`uncompressed size ${e.uncompressedSize} exceeds the 4 GiB buffer limit`);
   if (e.method === 0) {
     const data = await src.read(dataStart, e.compressedSize);
     if ((await crc32Sliced([data])) !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
@@ -354,6 +355,79 @@ export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: numbe
   if (crc !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
   return data;
 }
+
+/**
+ * Reads one entry (of any size: over 4 GiB no single buffer can hold it) into views the caller
+ * provides, with readZipEntry's checks: entryData's first (the data within the file, the stored
+ * sizes equal, the deflate ratio bound), then the inflated size and the CRC-32 of the whole
+ * entry. Its first `skip` bytes (an .npy header) come back in a fresh buffer; the rest go, in
+ * order, into the views `target` returns, whose lengths must add up to the declared size less
+ * `skip`. `target` is called once the checks that bound the size have passed, so the caller
+ * allocates nothing from a size not checked against the file. Stored data is read straight into
+ * the views; deflated data is inflated in pieces and each output chunk copied in. The CRC-32 runs
+ * in slices between turns of the event loop. On an error the views hold partial data.
+ */
+export async function readZipEntryInto(src: ByteSource, e: ZipEntry, cdOffset: number, what: string, skip: number, target: () => readonly Uint8Array[]): Promise<Uint8Array> {
+  const bad = (reason: string) => formatError(what, src.name, `entry ${quoteName(e.name)}: ${reason}`);
+  const dataStart = await entryData(src, e, cdOffset, bad, what);
+  if (!Number.isSafeInteger(skip) || skip < 0 || skip > Math.min(e.uncompressedSize, MAX_BUFFER_BYTES)) throw new RangeError(`skip ${skip} is out of range`);
+  const views = target();
+  const total = views.reduce((a, v) => a + v.length, 0);
+  if (skip + total !== e.uncompressedSize) throw new RangeError(`views of ${total} bytes after ${skip} do not hold the ${e.uncompressedSize} bytes declared`);
+  const head = new Uint8Array(skip);
+  if (e.method === 0) {
+    await src.read(dataStart, skip, head);
+    let crc = crc32(head);
+    let at = dataStart + skip;
+    for (const v of views) {
+      for (let off = 0; off < v.length; off += STORED_PIECE) {
+        const part = v.subarray(off, Math.min(v.length, off + STORED_PIECE));
+        await src.read(at, part.length, part);
+        crc = await crc32Sliced([part], crc);
+        at += part.length;
+      }
+    }
+    if (crc !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
+    return head;
+  }
+  let got = 0;
+  let crc = 0;
+  let vi = 0; // the view being filled, and how far
+  let vAt = 0;
+  const failure = await streamInflate(src, dataStart, e.compressedSize, INFLATE_PIECE, true, (c) => {
+    if (got + c.length > e.uncompressedSize) {
+      got += c.length;
+      return false;
+    }
+    crc = crc32(c, crc);
+    let from = 0;
+    if (got < skip) {
+      from = Math.min(skip - got, c.length);
+      head.set(c.subarray(0, from), got);
+    }
+    while (from < c.length) {
+      const v = views[vi]!;
+      const k = Math.min(v.length - vAt, c.length - from);
+      v.set(c.subarray(from, from + k), vAt);
+      from += k;
+      vAt += k;
+      if (vAt === v.length) {
+        vi++;
+        vAt = 0;
+      }
+    }
+    got += c.length;
+    return true;
+  }, INFLATE_CHUNK);
+  if (failure) throw bad(`deflate data is corrupt (${failure.message})`);
+  if (got > e.uncompressedSize) throw bad(inflatesPast(e.uncompressedSize));
+  if (got !== e.uncompressedSize) throw bad(`inflated to ${got} bytes but declares ${e.uncompressedSize}`);
+  if (crc !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
+  return head;
+}
+
+/** Stored bytes read into a view at a time by readZipEntryInto (then CRC-checked in slices). */
+const STORED_PIECE = 1 << 26;
 
 /** Compressed bytes read and fed to the inflater at a time by readZipEntry. */
 const INFLATE_PIECE = 1 << 20;
