@@ -31,9 +31,7 @@ export function findDuplicateKey(text: string): string | undefined {
       const top = stack.length - 1;
       const keys = stack[top];
       if (keys && isKey(text, end)) {
-        // Unescaped only when it has a backslash (JSON.parse of the literal); otherwise the text between the quotes is the key.
-        const raw = text.slice(i + 1, end - 1);
-        const key = raw.includes('\\') ? (JSON.parse(text.slice(i, end)) as string) : raw;
+        const key = stringAt(text, i, end);
         if (Array.isArray(keys)) {
           if (keys.includes(key)) return key;
           keys.push(key);
@@ -64,6 +62,15 @@ function stringEnd(text: string, start: number): number {
     else i++;
   }
   return text.length;
+}
+
+/**
+ * The value of the string literal text[start, end): unescaped only when it has a backslash
+ * (JSON.parse of the literal); otherwise the text between the quotes is the value.
+ */
+function stringAt(text: string, start: number, end: number): string {
+  const raw = text.slice(start + 1, end - 1);
+  return raw.includes('\\') ? (JSON.parse(text.slice(start, end)) as string) : raw;
 }
 
 /** Whether the next non-whitespace character after `i` is a colon (the string was a key). */
@@ -105,8 +112,7 @@ export function findNonIntegerToken(text: string, keys: readonly string[]): stri
       const end = stringEnd(text, i);
       const top = stack[stack.length - 1];
       if (top?.object && isKey(text, end)) {
-        const raw = text.slice(i + 1, end - 1);
-        top.key = raw.includes('\\') ? (JSON.parse(text.slice(i, end)) as string) : raw;
+        top.key = stringAt(text, i, end);
       }
       i = end;
     } else if (c === 0x2d /* - */ || (c >= 0x30 && c <= 0x39)) {

@@ -349,10 +349,7 @@ export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: numbe
     got += c.length;
     return true;
   }, INFLATE_CHUNK);
-  if (failure) throw bad(`deflate data is corrupt (${failure.message})`);
-  if (got > e.uncompressedSize) throw bad(inflatesPast(e.uncompressedSize));
-  if (got !== e.uncompressedSize) throw bad(`inflated to ${got} bytes but declares ${e.uncompressedSize}`);
-  if (crc !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
+  checkInflated(e, bad, failure, got, crc);
   return data;
 }
 
@@ -419,10 +416,7 @@ export async function readZipEntryInto(src: ByteSource, e: ZipEntry, cdOffset: n
     got += c.length;
     return true;
   }, INFLATE_CHUNK);
-  if (failure) throw bad(`deflate data is corrupt (${failure.message})`);
-  if (got > e.uncompressedSize) throw bad(inflatesPast(e.uncompressedSize));
-  if (got !== e.uncompressedSize) throw bad(`inflated to ${got} bytes but declares ${e.uncompressedSize}`);
-  if (crc !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
+  checkInflated(e, bad, failure, got, crc);
   return head;
 }
 
@@ -531,14 +525,22 @@ export async function verifyZipEntry(src: ByteSource, e: ZipEntry, cdOffset: num
       if (got <= e.uncompressedSize) crc = crc32(c, crc);
       return got <= e.uncompressedSize;
     });
-    if (failure) throw bad(`deflate data is corrupt (${failure.message})`);
+    checkInflated(e, bad, failure, got, crc);
+    return;
   }
-  if (got > e.uncompressedSize) throw bad(inflatesPast(e.uncompressedSize));
+  checkInflated(e, bad, undefined, got, crc);
+}
+
+/**
+ * The checks after an entry's data has gone through: the inflater's error, the bytes produced
+ * (`got`, counted past the declared size when it overran) against the declared size, the CRC-32.
+ */
+function checkInflated(e: ZipEntry, bad: (reason: string) => Error, failure: Error | undefined, got: number, crc: number): void {
+  if (failure) throw bad(`deflate data is corrupt (${failure.message})`);
+  if (got > e.uncompressedSize) throw bad(`deflate data is corrupt (it inflates to more than the declared ${e.uncompressedSize} bytes)`);
   if (got !== e.uncompressedSize) throw bad(`inflated to ${got} bytes but declares ${e.uncompressedSize}`);
   if (crc !== e.crc32) throw bad('CRC-32 mismatch (the data is corrupt)');
 }
-
-const inflatesPast = (size: number) => `deflate data is corrupt (it inflates to more than the declared ${size} bytes)`;
 
 // ---------------------------------------------------------------- writing
 
