@@ -21,7 +21,7 @@ import path from 'node:path';
 
 import { argError, SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
-import { due, pause, runAll, runSliced } from '../slices.js';
+import { due, forBlocks, pause, runAll, runSliced } from '../slices.js';
 import { checkBool, checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { checkFolderPath, checkPath, fsError, type IoTensor, listForMessage, previewValue, statOrMissing, transposeSteps } from './common.js';
 import { parsePythonJson } from './json-keys.js';
@@ -726,17 +726,13 @@ export async function readSaeFiles(pathOrDir: string): Promise<SaeFiles> {
   return readGemmaScope(weights);
 }
 
-/** Elements narrowed to bfloat16 per native call by stored() (a few ms each), between which the event loop may run. */
-const NARROW_PIECE = 1 << 20;
-
+/** A weight as stored: float32 as is, or narrowed to bfloat16 in blocks between turns of the event loop (forBlocks). */
 async function stored(data: Float32Array, shape: number[], dtype: 'float32' | 'bfloat16'): Promise<IoTensor> {
   if (dtype === 'float32') return { dtype, shape, data };
-  const out = new Uint16Array(data.length);
-  for (let at = 0; at < data.length; at += NARROW_PIECE) {
-    const end = Math.min(data.length, at + NARROW_PIECE);
-    native().convertInto(data.subarray(at, end), 'float32', out.subarray(at, end), 'bfloat16');
-    if (due(4 * (end - at))) await pause();
-  }
+  const n = data.length;
+  const out = new Uint16Array(n);
+  // A weight detached meanwhile is left to writeSaeFiles's kept() check, which names it.
+  await forBlocks(n, (i0, i1) => void (data.length === n && native().convertInto(data.subarray(i0, i1), 'float32', out.subarray(i0, i1), 'bfloat16')), 4);
   return { dtype, shape, data: out };
 }
 
