@@ -33,7 +33,7 @@ import { makeDirs, memorySource } from '../lib/io/source.js';
 import { SparseAutoencoder } from '../lib/index.js';
 import { decodeSafetensors, encodeSafetensors, encodeSafetensorsParts, parseSafetensorsHeader } from '../lib/io/safetensors.js';
 import { parseNpyHeaderBytes } from '../lib/io/npy.js';
-import { findDuplicateKey, findNonIntegerToken } from '../lib/io/json-keys.js';
+import { scanJsonKeys } from '../lib/io/json-keys.js';
 import { crc32, encodeZipParts, readZipDirectory } from '../lib/io/zip.js';
 import { distUrl, escapeRe, haveDist, runInChild } from './helpers/child.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
@@ -478,19 +478,24 @@ describe('safetensors', () => {
         if (repeated !== undefined) parts.splice(dupAt, 0, `${lit(repeated, next() < 0.5)} : "x"`);
         const text = `{${parts.join(', ')}}`;
         expect(() => JSON.parse(text)).not.toThrow();
-        expect(findDuplicateKey(text), `trial ${trial}: ${n} keys, repeat at ${dupAt}`).toBe(repeated);
+        expect(scanJsonKeys(text).duplicateKey, `trial ${trial}: ${n} keys, repeat at ${dupAt}`).toBe(repeated);
       }
       // Keys equal to other objects' keys, strings that are values, and keys inside arrays are not duplicates.
-      expect(findDuplicateKey('{"a": "b", "b": ["a", {"a": 1}], "c": {"b": {"b": "b"}}}')).toBeUndefined();
+      expect(scanJsonKeys('{"a": "b", "b": ["a", {"a": 1}], "c": {"b": {"b": "b"}}}')).toEqual({});
     });
 
     it('finds integer fields written as 2.0, 8e0 or -0 only in an entry\'s shape and data_offsets, escaped keys included', () => {
       // Integer tokens of shape / data_offsets: only those two fields of an entry, only tokens read as non-negative integers.
       const fields = ['shape', 'data_offsets'];
-      expect(findNonIntegerToken('{"a":{"shape":[1,2],"data_offsets":[0,8],"x":[2.0]},"shape":[3.0],"__metadata__":{"shape":"2.0"}}', fields)).toBeUndefined();
-      expect(findNonIntegerToken('{"a":{"shape":[1,2.5,-3,1e400]}}', fields)).toBeUndefined(); // the entry's checks name these
-      expect(findNonIntegerToken('{"a":{"shape":[1],"x":{"shape":[2.0]}},"b":{"x":"]","data_offsets":[0, 1E1]}}', fields)).toBe('1E1');
-      expect(findNonIntegerToken('{"\\u0073hape":{"k":1},"a":{"\\u0073hape":[0.0]}}', fields)).toBe('0.0');
+      const token = (text: string) => scanJsonKeys(text, fields).nonIntegerToken;
+      expect(token('{"a":{"shape":[1,2],"data_offsets":[0,8],"x":[2.0]},"shape":[3.0],"__metadata__":{"shape":"2.0"}}')).toBeUndefined();
+      expect(token('{"a":{"shape":[1,2.5,-3,1e400]}}')).toBeUndefined(); // the entry's checks name these
+      expect(token('{"a":{"shape":[1],"x":{"shape":[2.0]}},"b":{"x":"]","data_offsets":[0, 1E1]}}')).toBe('1E1');
+      expect(token('{"\\u0073hape":{"k":1},"a":{"\\u0073hape":[0.0]}}')).toBe('0.0');
+      // Not watched without the fields; the first token wins; a duplicate key found later in the same pass wins over it.
+      expect(scanJsonKeys('{"a":{"shape":[2.0]}}')).toEqual({});
+      expect(scanJsonKeys('{"a":{"shape":[2.0, 3e0]},"b":{"shape":[-0]}}', fields)).toEqual({ nonIntegerToken: '2.0' });
+      expect(scanJsonKeys('{"a":{"shape":[2.0]},"b":{"shape":[1],"shape":[1]}}', fields)).toEqual({ duplicateKey: 'shape' });
     });
 
     it('reads large legitimate headers: 50,000 tensors and 5,000 metadata entries, in data order (their speed: npm run bench -- header)', () => {

@@ -15,7 +15,7 @@ import { describe, expect, it } from 'vitest';
 import { expandGlob } from '../lib/data/glob.js';
 import { Rng } from '../lib/data/prng.js';
 import { SaekitError } from '../lib/errors.js';
-import { findDuplicateKey } from '../lib/io/json-keys.js';
+import { scanJsonKeys } from '../lib/io/json-keys.js';
 import { jsonLimitExceeded } from '../lib/io/json-limits.js';
 import { parsePyDict, PyLiteralError, type PyValue } from '../lib/io/py-literal.js';
 import { checkWriteSaeOptions } from '../lib/io/sae-options.js';
@@ -263,7 +263,8 @@ describe('parsePyDict', () => {
 // ---------------------------------------------------------------------------------------------
 // JSON: duplicate keys and shape limits.
 
-describe('findDuplicateKey', () => {
+describe('scanJsonKeys: duplicate keys', () => {
+  const findDuplicateKey = (text: string) => scanJsonKeys(text).duplicateKey;
   it('any JSON whitespace between a key and its colon still makes it a key (pretty-printed headers)', () => {
     for (const w of [' ', '\t', '\n', '\r', '\r\n', ' \n\t ']) {
       expect(findDuplicateKey(`{"a"${w}: 1,${w}"a"${w}:${w}2}`), JSON.stringify(w)).toBe('a');

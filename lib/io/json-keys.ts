@@ -1,52 +1,89 @@
 /**
- * Duplicate-key detection for JSON text. JSON.parse silently keeps the last of two equal keys,
- * which would let one file mean two things to two readers, so the safetensors reader runs this
- * scan first. Internal to lib/io.
+ * Checks of JSON text that JSON.parse does not make. It silently keeps the last of two equal
+ * keys, which would let one file mean two things to two readers, and reads `2.0` as the integer
+ * 2 where safetensors' reference reader refuses it, so the safetensors reader scans its header
+ * once for both (scanJsonKeys). Also Python's json text (parsePythonJson). Internal to lib/io.
  */
 
+/** What {@link scanJsonKeys} found: each field is the first such thing in the text, if any. */
+export interface JsonKeyScan {
+  /** The first key that appears twice in one object (compared after unescaping). */
+  duplicateKey?: string;
+  /**
+   * The first number token that JSON.parse reads as a non-negative integer but that is written
+   * with a fraction, an exponent or a minus sign (`2.0`, `8e0`, `-0`), inside an array that is
+   * the value of one of the watched keys in an object nested two deep (a safetensors entry's
+   * shape and data_offsets). JSON.parse reads `2.0` as 2; safetensors' reference reader
+   * deserializes these fields as unsigned integers and refuses such tokens, so a file that one
+   * reader refuses the other refuses too. Only looked for until a duplicate key is found.
+   */
+  nonIntegerToken?: string;
+}
+
 /**
- * The first key that appears twice in one object of `text` (compared after unescaping), or
- * undefined when there is none. `text` must already be valid JSON (JSON.parse accepted it), so
- * this only tracks strings, nesting and which strings are keys. Linear time, no recursion.
+ * One pass over JSON text for what JSON.parse does not report: a key that appears twice in one
+ * object (JSON.parse silently keeps the last) and, for the keys in `integerKeys`, integers
+ * written as non-integer tokens (see {@link JsonKeyScan}). `text` must already be valid JSON
+ * (JSON.parse accepted it), so this only tracks strings, numbers, nesting and which strings are
+ * keys. Stops at the first duplicate key. Linear time, no recursion.
  */
-export function findDuplicateKey(text: string): string | undefined {
-  // One entry per open container: the keys seen so far for an object, null for an array. An
-  // object's keys are kept in an array while there are few (a tensor entry has three: no Set to
-  // allocate per entry) and in a Set past SMALL_OBJECT_KEYS.
-  const stack: (string[] | Set<string> | null)[] = [];
+export function scanJsonKeys(text: string, integerKeys: readonly string[] = []): JsonKeyScan {
+  // One entry per open container. An object's keys are kept in an array while there are few (a
+  // tensor entry has three: no Set to allocate per entry) and in a Set past SMALL_OBJECT_KEYS,
+  // with the last key read; an array has keys null and says whether its numbers are watched.
+  const stack: { keys: string[] | Set<string> | null; key?: string; watched?: boolean }[] = [];
+  let nonIntegerToken: string | undefined;
   let i = 0;
   while (i < text.length) {
     const c = text.charCodeAt(i);
     if (c === 0x7b /* { */) {
-      stack.push([]);
+      stack.push({ keys: [] });
       i++;
     } else if (c === 0x5b /* [ */) {
-      stack.push(null);
+      const parent = stack[stack.length - 1];
+      const watched = stack.length === 2 && parent?.keys != null && parent.key !== undefined && integerKeys.includes(parent.key);
+      stack.push({ keys: null, watched });
       i++;
     } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
       stack.pop();
       i++;
     } else if (c === 0x22 /* " */) {
       const end = stringEnd(text, i);
-      const top = stack.length - 1;
-      const keys = stack[top];
+      const top = stack[stack.length - 1];
+      const keys = top?.keys;
       if (keys && isKey(text, end)) {
         const key = stringAt(text, i, end);
         if (Array.isArray(keys)) {
-          if (keys.includes(key)) return key;
+          if (keys.includes(key)) return { duplicateKey: key };
           keys.push(key);
-          if (keys.length > SMALL_OBJECT_KEYS) stack[top] = new Set(keys);
+          if (keys.length > SMALL_OBJECT_KEYS) top.keys = new Set(keys);
         } else {
-          if (keys.has(key)) return key;
+          if (keys.has(key)) return { duplicateKey: key };
           keys.add(key);
         }
+        top.key = key;
+      }
+      i = end;
+    } else if (c === 0x2d /* - */ || (c >= 0x30 && c <= 0x39)) {
+      let end = i + 1;
+      while (end < text.length && isNumberChar(text.charCodeAt(end))) end++;
+      // Only tokens JSON.parse turns into a value the entry's checks would accept (0, 2): `-2`
+      // and `1.5` get their own message there.
+      if (nonIntegerToken === undefined && stack[stack.length - 1]?.watched) {
+        const token = text.slice(i, end);
+        if (/[.eE-]/.test(token) && Number.isInteger(Number(token)) && Number(token) >= 0) nonIntegerToken = token;
       }
       i = end;
     } else {
       i++;
     }
   }
-  return undefined;
+  return nonIntegerToken === undefined ? {} : { nonIntegerToken };
+}
+
+/** Whether `c` can continue a JSON number token: a digit, '.', 'e', 'E', '+' or '-'. */
+function isNumberChar(c: number): boolean {
+  return (c >= 0x30 && c <= 0x39) || c === 0x2e || c === 0x65 || c === 0x45 || c === 0x2b || c === 0x2d;
 }
 
 /** Keys of one object compared by a linear scan before they move to a Set. */
@@ -82,51 +119,6 @@ function isKey(text: string, i: number): boolean {
     i++;
   }
   return false;
-}
-
-/**
- * The first number token of `text` that JSON.parse reads as a non-negative integer but that is
- * written with a fraction, an exponent or a minus sign (`2.0`, `8e0`, `-0`), inside an array that is the value of one of `keys` in an object nested two deep
- * (a safetensors entry's shape and data_offsets), or undefined when there is none. JSON.parse
- * reads `2.0` as 2; safetensors' reference reader deserializes these fields as unsigned integers
- * and refuses such tokens, so a file that one reader refuses the other refuses too. `text` must
- * be valid JSON (JSON.parse accepted it). Linear time, no recursion.
- */
-export function findNonIntegerToken(text: string, keys: readonly string[]): string | undefined {
-  // Per open container: for an object, the last key read; for an array, whether it is watched.
-  const stack: { object: boolean; key?: string; watched?: boolean }[] = [];
-  let i = 0;
-  while (i < text.length) {
-    const c = text.charCodeAt(i);
-    if (c === 0x7b /* { */) {
-      stack.push({ object: true });
-      i++;
-    } else if (c === 0x5b /* [ */) {
-      const parent = stack[stack.length - 1];
-      stack.push({ object: false, watched: stack.length === 2 && parent?.object === true && parent.key !== undefined && keys.includes(parent.key) });
-      i++;
-    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
-      stack.pop();
-      i++;
-    } else if (c === 0x22 /* " */) {
-      const end = stringEnd(text, i);
-      const top = stack[stack.length - 1];
-      if (top?.object && isKey(text, end)) {
-        top.key = stringAt(text, i, end);
-      }
-      i = end;
-    } else if (c === 0x2d /* - */ || (c >= 0x30 && c <= 0x39)) {
-      let end = i + 1;
-      while (end < text.length && /[0-9.eE+-]/.test(text[end]!)) end++;
-      const token = text.slice(i, end);
-      // Only tokens JSON.parse turns into a value the entry's checks would accept (0, 2): `-2` and `1.5` get their own message there.
-      if (stack[stack.length - 1]?.watched && /[.eE-]/.test(token) && Number.isInteger(Number(token)) && Number(token) >= 0) return token;
-      i = end;
-    } else {
-      i++;
-    }
-  }
-  return undefined;
 }
 
 /**

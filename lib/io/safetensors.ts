@@ -46,7 +46,7 @@ import {
   type IoDType,
   type IoTensor,
 } from './common.js';
-import { findDuplicateKey, findNonIntegerToken } from './json-keys.js';
+import { scanJsonKeys } from './json-keys.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { memorySource, openFileSource, writeChunksAtomic, type ByteSource } from './source.js';
 
@@ -211,9 +211,8 @@ function parseHeaderJson(bytes: Uint8Array, name: string): Record<string, unknow
     throw formatError(WHAT, name, `header is not valid JSON (${(err as Error).message})`);
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw formatError(WHAT, name, 'header is not a JSON object');
-  const dup = findDuplicateKey(text);
+  const { duplicateKey: dup, nonIntegerToken: num } = scanJsonKeys(text, ENTRY_INTEGER_FIELDS);
   if (dup !== undefined) throw formatError(WHAT, name, `duplicate key ${quote(dup)} in the header`);
-  const num = findNonIntegerToken(text, ENTRY_INTEGER_FIELDS);
   if (num !== undefined) throw formatError(WHAT, name, `header number ${num} in a shape or data_offsets is not written as a non-negative integer`);
   return value as Record<string, unknown>;
 }
