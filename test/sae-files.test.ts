@@ -13,7 +13,8 @@ import { describe, expect, it } from 'vitest';
 
 import { SaekitError, SparseAutoencoder, tensor } from '../lib/index.js';
 import { foldDecoderNorms, readSaeFiles, readSafetensors, writeNpz, writeSaeFiles, writeSafetensors, type IoTensor } from '../lib/io/index.js';
-import { checkDecoderNormFold } from '../lib/io/sae-files.js';
+import { checkDecoderNormFold, foldDecoderNormsSteps } from '../lib/io/sae-files.js';
+import { runAll } from '../lib/slices.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
 import { f16ToNumber, randomHalfBits } from './helpers/data-fixtures.js';
 import { lcg } from './helpers/reference.js';
@@ -572,6 +573,12 @@ describe('SAE files: folding decoder norms (row-major, in slices)', () => {
     expect(() => checkDecoderNormFold(w, dIn, L)).toThrow(/latent 2 .* its b_enc overflows/);
     w.W_dec.fill(0, 2 * dIn, 3 * dIn); // a zero row is not folded: latent 6 is next
     expect(() => checkDecoderNormFold(w, dIn, L)).toThrow(/latent 6 .* its W_enc \(row 1\) overflows/);
+    // save()'s fold makes the same check from its own norms, before it changes anything.
+    const before = structuredClone(w);
+    expect(() => runAll(foldDecoderNormsSteps(w, dIn, L, false, true))).toThrow(/latent 6 .* its W_enc \(row 1\) overflows/);
+    expect(w).toEqual(before);
+    w.W_enc[1 * L + 6] = 1;
+    expect(runAll(foldDecoderNormsSteps(w, dIn, L, false, true)).rescaled).toBeGreaterThan(0);
   });
 
   it('a SAELens TopK file with rescale_acts_by_decoder_norm loads, and a sparsify bfloat16 save runs, with the event loop turning', async () => {

@@ -390,7 +390,11 @@ export function checkDecoderNormFold(w: SaeFileWeights, dIn: number, numLatents:
 
 /** checkDecoderNormFold as work for runAll / runSliced: W_enc is scanned by rows (contiguous), not by latents. @internal */
 export function* checkDecoderNormFoldSteps(w: SaeFileWeights, dIn: number, numLatents: number): Generator<number, void> {
-  const { norm, factor } = yield* foldFactors(w.W_dec, dIn, numLatents);
+  yield* checkFoldOverflowSteps(w, dIn, numLatents, yield* foldFactors(w.W_dec, dIn, numLatents));
+}
+
+/** checkDecoderNormFoldSteps with the decoder norms and factors already computed. */
+function* checkFoldOverflowSteps(w: SaeFileWeights, dIn: number, numLatents: number, { norm, factor }: { norm: Float64Array; factor: Float64Array }): Generator<number, void> {
   const badRow = new Int32Array(numLatents).fill(-1); // each latent's first W_enc row that overflows
   for (let d = 0; d < dIn; d++) {
     const o = d * numLatents;
@@ -428,9 +432,11 @@ export function foldDecoderNorms(w: SaeFileWeights, dIn: number, numLatents: num
 /**
  * foldDecoderNorms as work for runAll / runSliced (the loaders and save() run it in slices
  * between turns of the event loop). Every value is computed as one latent at a time would (x * n
- * or x / n with n the float64 norm, rounded once to float32); W_enc is walked by rows. @internal
+ * or x / n with n the float64 norm, rounded once to float32); W_enc is walked by rows. With
+ * `refuseOverflow`, first makes checkDecoderNormFold's check from the same norms (save() of a
+ * JumpReLU SAE: one pass over W_dec for both). @internal
  */
-export function* foldDecoderNormsSteps(w: SaeFileWeights, dIn: number, numLatents: number, silenceZeroRows = false): Generator<number, { rescaled: number; zeroRow: number }> {
+export function* foldDecoderNormsSteps(w: SaeFileWeights, dIn: number, numLatents: number, silenceZeroRows = false, refuseOverflow = false): Generator<number, { rescaled: number; zeroRow: number }> {
   checkInt('dIn', dIn, 1, 2 ** 31 - 1);
   checkInt('numLatents', numLatents, 1, 2 ** 31 - 1);
   checkBool('silenceZeroRows', silenceZeroRows);
@@ -443,7 +449,9 @@ export function* foldDecoderNormsSteps(w: SaeFileWeights, dIn: number, numLatent
       throw argError(`w.${name}`, `a Float32Array of length ${lengths[name]} (dIn = ${dIn}, numLatents = ${numLatents})`, a, a instanceof Float32Array ? 'ERR_SAEKIT_SHAPE' : 'ERR_SAEKIT_ARG');
     }
   }
-  const { norm, factor } = yield* foldFactors(w.W_dec, dIn, numLatents);
+  const factors = yield* foldFactors(w.W_dec, dIn, numLatents);
+  if (refuseOverflow) yield* checkFoldOverflowSteps(w, dIn, numLatents, factors);
+  const { norm, factor } = factors;
   let rescaled = 0;
   let zeroRow = -1;
   const zeros: number[] = [];

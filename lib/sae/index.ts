@@ -563,12 +563,12 @@ export class SparseAutoencoder {
     // or dispose() called after save() does not change (or fail) what is saved.
     const weights = this.weights();
     weights.catch(() => undefined); // awaited below
-    const { checkDecoderNormFoldSteps, foldDecoderNormsSteps, writeSaeFiles } = await import('../io/sae-files.js');
+    const { foldDecoderNormsSteps, writeSaeFiles } = await import('../io/sae-files.js');
     const w = await weights;
     if (this.architecture === 'jumprelu') {
-      // In slices between turns of the event loop (w is this call's own copy).
-      await runSliced(checkDecoderNormFoldSteps(w, this.dIn, this.numLatents));
-      await runSliced(foldDecoderNormsSteps(w, this.dIn, this.numLatents));
+      // Refused before anything changes if a fold would overflow float32; in slices between
+      // turns of the event loop (w is this call's own copy).
+      await runSliced(foldDecoderNormsSteps(w, this.dIn, this.numLatents, false, true));
     }
     return writeSaeFiles(
       dir,
