@@ -271,9 +271,6 @@ function checkDims(file: string, dIn: number, numLatents: number, names: [string
   }
 }
 
-/** Elements toF32 converts between two looks at the clock (a millisecond or two). */
-const CONVERT_PIECE = 1 << 18;
-
 /**
  * Any float tensor as float32 (float64 rounded to nearest, bf16/f16 through the addon's exact
  * conversion, a piece at a time in slices between turns of the event loop), checked to be
@@ -287,16 +284,17 @@ async function toF32(t: IoTensor, file: string, name: string): Promise<Float32Ar
       break;
     case 'float64':
     case 'bfloat16':
-    case 'float16':
-      out = new Float32Array(t.data.length);
-      for (let at = 0; at < out.length; at += CONVERT_PIECE) {
-        const end = Math.min(out.length, at + CONVERT_PIECE);
+    case 'float16': {
+      const wide = new Float32Array(t.data.length);
+      const dtype = t.dtype;
+      await forBlocks(wide.length, (at, end) => {
         // set() rounds each float64 to float32 as Float32Array.from does.
-        if (t.dtype === 'float64') out.set((t.data as Float64Array).subarray(at, end), at);
-        else native().convertInto((t.data as Uint16Array).subarray(at, end), t.dtype, out.subarray(at, end), 'float32');
-        if (due(end - at)) await pause();
-      }
+        if (dtype === 'float64') wide.set((t.data as Float64Array).subarray(at, end), at);
+        else native().convertInto((t.data as Uint16Array).subarray(at, end), dtype, wide.subarray(at, end), 'float32');
+      });
+      out = wide;
       break;
+    }
     default:
       throw formatError(file, `tensor ${name} has dtype ${t.dtype}; expected a float dtype`);
   }
