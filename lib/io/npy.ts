@@ -174,10 +174,10 @@ function reorderError(name: string, n: number, itemSize: number, reason: string)
  * Reorders Fortran-order (column-major) elements of `shape` into a new C-order array. Elements
  * move as unsigned integer words, never as floats, so every bit pattern (NaN payloads included)
  * is kept exactly. The result has its own ArrayBuffer (any size, 4 GiB and over included); the
- * words are viewed as Uint8 / Uint16 / Uint32 (two per 8-byte element), which needs at most
- * pieceLimits.buffer (2^32) words: float64 / int64 arrays over 16 GiB cannot be reordered, an
- * ERR_SAEKIT_MEMORY naming `name` (as is an ArrayBuffer this runtime cannot allocate).
- * Work for runAll / runSliced: yields every STEP_ELEMENTS elements.
+ * words are viewed as Uint8 / Uint16 / Uint32 (two per 8-byte element). A typed array holds at
+ * most pieceLimits.buffer (2^32) elements, so a float64 / int64 array over 16 GiB is viewed as
+ * several Uint32 views of whole elements each. An ArrayBuffer this runtime cannot allocate is an
+ * ERR_SAEKIT_MEMORY naming `name`. Work for runAll / runSliced: yields every STEP_ELEMENTS elements.
  */
 function* fortranToC(src: IoArray, fullShape: readonly number[], itemSize: number, name: string): Generator<number, IoArray> {
   const n = src.length;
@@ -186,8 +186,6 @@ function* fortranToC(src: IoArray, fullShape: readonly number[], itemSize: numbe
   const nd = shape.length;
   if (nd < 2 || n === 0) return src;
   const words = Math.max(1, itemSize / 4); // 32-bit words per element (2 for 8-byte types)
-  // src is itself one typed array of n elements: only two words per element can be too many.
-  if (words > 1 && n * words > pieceLimits.buffer) throw reorderError(name, n, itemSize, `its ${n * words} 32-bit words are more than one typed array holds (${pieceLimits.buffer})`);
   let out: ArrayBuffer;
   try {
     out = new ArrayBuffer(src.byteLength);
@@ -196,22 +194,36 @@ function* fortranToC(src: IoArray, fullShape: readonly number[], itemSize: numbe
     throw err;
   }
   if (src.byteLength > pieceLimits.buffer) adviseHugePages(out); // as allocIoArray: fewer first-write faults
-  const view = (buffer: ArrayBufferLike, byteOffset: number) =>
-    itemSize === 1
-      ? new Uint8Array(buffer, byteOffset, n)
-      : itemSize === 2
-        ? new Uint16Array(buffer, byteOffset, n)
-        : new Uint32Array(buffer, byteOffset, n * words);
-  const from = view(src.buffer, src.byteOffset);
-  const to = view(out, 0);
+  // Elements per view: all of them, unless their words are more than one typed array holds
+  // (only 8-byte elements can be: src is itself one typed array of n elements).
+  const per = words > 1 && n * words > pieceLimits.buffer ? Math.floor(pieceLimits.buffer / words) : n;
+  const views = (buffer: ArrayBufferLike, byteOffset: number) => {
+    const list: (Uint8Array | Uint16Array | Uint32Array)[] = [];
+    for (let e = 0; e < n; e += per) {
+      const at = byteOffset + e * itemSize;
+      const count = Math.min(per, n - e);
+      list.push(itemSize === 1 ? new Uint8Array(buffer, at, count) : itemSize === 2 ? new Uint16Array(buffer, at, count) : new Uint32Array(buffer, at, count * words));
+    }
+    return list;
+  };
+  const fromViews = views(src.buffer, src.byteOffset);
+  const toViews = views(out, 0);
   const stride: number[] = [1];
   for (let k = 1; k < nd; k++) stride[k] = stride[k - 1]! * shape[k - 1]!;
   const idx = new Array<number>(nd).fill(0);
-  let off = 0;
+  let off = 0; // the source element of destination element o
+  const [from0, to0] = [fromViews[0]!, toViews[0]!];
+  const split = fromViews.length > 1;
   for (let o0 = 0; o0 < n; o0 += STEP_ELEMENTS) {
     const o1 = Math.min(n, o0 + STEP_ELEMENTS);
     for (let o = o0; o < o1; o++) {
-      for (let w = 0; w < words; w++) to[o * words + w] = from[off * words + w]!;
+      if (!split) {
+        for (let w = 0; w < words; w++) to0[o * words + w] = from0[off * words + w]!;
+      } else {
+        const [to, from] = [toViews[Math.floor(o / per)]!, fromViews[Math.floor(off / per)]!];
+        const [t, f] = [(o % per) * words, (off % per) * words];
+        for (let w = 0; w < words; w++) to[t + w] = from[f + w]!;
+      }
       for (let k = nd - 1; k >= 0; k--) {
         off += stride[k]!;
         if (++idx[k]! < shape[k]!) break;
@@ -309,7 +321,7 @@ export async function readNpyHeader(path: string): Promise<NpyHeader> {
  * between turns of the event loop.
  * @throws SaekitError ERR_SAEKIT_FORMAT as parseNpy; ERR_SAEKIT_ARG when the file cannot be opened;
  *   ERR_SAEKIT_MEMORY naming the file when its array cannot be held here (over 2^32 elements,
- *   memory this runtime cannot allocate, or a Fortran-order float64 / int64 array over 16 GiB).
+ *   memory this runtime cannot allocate).
  */
 export async function readNpy(path: string): Promise<IoTensor> {
   checkPath(path);
