@@ -1,6 +1,10 @@
 import { describe, expect, it } from 'vitest';
 
-import { backend, fromArray, SparseAutoencoder } from '../lib/index.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { backend, fromArray, openActivations, SparseAutoencoder, type ActivationSource } from '../lib/index.js';
+import { writeNpy } from '../lib/io/index.js';
 import { correlation, type CorrelationMatrix, type CorrelationResult, type CorrelationSide, type CorrelationTop } from '../lib/features/correlation.js';
 import { match } from '../lib/features/match.js';
 import { native } from '../lib/native/index.js';
@@ -584,6 +588,48 @@ describe('features.correlation: inputs and edge cases', () => {
       code: 'ERR_SAEKIT_SHAPE',
       message: expect.stringMatching(/same number of rows .*\(a has 40 rows, b has 37\)/),
     });
+  });
+
+  it("two sources opened with onNonFinite 'skip' do not skip: a non-finite row is ERR_SAEKIT_NONFINITE naming its file and row (a skip on one side misaligned every later token); one shared source still skips", async () => {
+    const next = lcg(Date.now() >>> 0);
+    const rows = 53;
+    const dir = mkdtempSync(path.join(tmpdir(), 'saekit-corr-skip-'));
+    try {
+      const x = Float32Array.from({ length: rows * dIn }, () => gauss(next));
+      const bad = 1 + Math.floor(next() * (rows - 2));
+      const xNan = x.slice();
+      xNan[bad * dIn + 2] = NaN;
+      const [fa, fb] = [path.join(dir, 'a.npy'), path.join(dir, 'b.npy')];
+      await writeNpy(fa, { dtype: 'float32', shape: [rows, dIn], data: xNan });
+      await writeNpy(fb, { dtype: 'float32', shape: [rows, dIn], data: x });
+      for (const kind of ['dense', 'codes'] as const) {
+        using A = SparseAutoencoder.create({ dIn, numLatents: 6, k: 2, seed: 3 });
+        using B = SparseAutoencoder.create({ dIn, numLatents: 5, k: 2, seed: 4 });
+        const sides = (sa: ActivationSource, sb: ActivationSource | undefined) =>
+          kind === 'dense' ? ([{ source: sa }, sb ? { source: sb } : {}] as const) : ([{ sae: A, source: sa }, { sae: B, ...(sb ? { source: sb } : {}) }] as const);
+        for (const batchSize of [7, 4096]) {
+          await using sa = await openActivations(fa, { onNonFinite: 'skip' });
+          await using sb = await openActivations(fb, { onNonFinite: 'skip' });
+          const [a, b] = sides(sa, sb);
+          await expect(correlation(a, b, { kind, batchSize, output: 'full' }), `${kind} batch ${batchSize}`).rejects.toMatchObject({
+            code: 'ERR_SAEKIT_NONFINITE',
+            message: expect.stringMatching(new RegExp(`row ${bad} of .*a\\.npy has NaN at column 2 \\(rows are not skipped when a and b have their own sources`)),
+          });
+          // One source for both sides skips the row for both: still aligned, and equal to the
+          // two clean sources without that row.
+          const [a1, b1] = sides(sa, undefined);
+          const shared = (await correlation(a1, b1, { kind, batchSize, output: 'full' })) as CorrelationMatrix;
+          expect(shared.tokens).toBe(rows - 1);
+          const clean = Float32Array.from([...x.subarray(0, bad * dIn), ...x.subarray((bad + 1) * dIn)]);
+          await using ca = fromArray(clean, dIn);
+          await using cb = fromArray(clean.slice(), dIn);
+          const [a2, b2] = sides(ca, cb);
+          expect(Array.from(shared.r)).toEqual(Array.from(((await correlation(a2, b2, { kind, batchSize, output: 'full' })) as CorrelationMatrix).r));
+        }
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("compat 'univ-feat-geom' gives that repository's z-scores (unbiased std) over N: r (N - 1) / N, full and top, labelled (methods.md §1.2, §1.8)", async () => {

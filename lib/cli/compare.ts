@@ -9,6 +9,7 @@ import { isRaw, resolveShardPaths } from '../data/shards.js';
 import { argError, SaekitError } from '../errors.js';
 import { Rng } from '../data/prng.js';
 import { correlation, match, saeMatch } from '../features/index.js';
+import { TWO_SOURCES_HINT } from '../features/correlation.js';
 import { SAE_MATCH_BYTES_PER_PAIR } from '../features/match.js';
 import { rsaPermutationTest, svccaPermutationTest } from '../features/similarity.js';
 import { writeFileAtomic } from '../io/index.js';
@@ -252,8 +253,8 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
     })
       .catch((e: unknown) => {
         // With --data-b, skipping is refused (the sources would stop lining up): the usual hint does not apply.
-        if (srcB && e instanceof SaekitError && e.message.includes("(pass onNonFinite: 'skip' to drop such rows)")) {
-          throw new SaekitError(e.code, e.message.replace("(pass onNonFinite: 'skip' to drop such rows)", '(with --data-b rows cannot be skipped, since the two sources must stay aligned token by token: clean the files first)'));
+        if (srcB && e instanceof SaekitError && e.message.includes(TWO_SOURCES_HINT)) {
+          throw new SaekitError(e.code, e.message.replace(TWO_SOURCES_HINT, '(with --data-b rows cannot be skipped, since the two sources must stay aligned token by token: clean the files first)'));
         }
         throw e;
       })

@@ -141,7 +141,12 @@ const MAX_TYPED_LENGTH = constants.MAX_LENGTH;
 export interface CorrelationSide {
   /** The SAE whose features are correlated; omit for kind 'dense'. */
   sae?: SparseAutoencoder;
-  /** The rows; the two sides' rows must be aligned token by token. Omit b.source to share a's. */
+  /**
+   * The rows; the two sides' rows must be aligned token by token. Omit b.source to share a's
+   * (its rows may then be skipped as non-finite, for both sides at once). With two sources no row
+   * is skipped: a non-finite row is ERR_SAEKIT_NONFINITE naming its file and row, whatever the
+   * sources' onNonFinite.
+   */
   source?: ActivationSource;
 }
 
@@ -225,9 +230,12 @@ function checkSource(name: string, s: unknown): ActivationSource {
  * of each batch within the limit (sources longer than the limit may differ beyond it).
  */
 async function* aligned(a: ActivationSource, b: ActivationSource | undefined, batchSize: number, limit: number) {
-  // Recycled batch arrays: the caller is done with a pair before it asks for the next one.
-  const ia = a.batches({ batchSize, shuffle: false, recycle: true })[Symbol.asyncIterator]();
-  const ib = b ? b.batches({ batchSize, shuffle: false, recycle: true })[Symbol.asyncIterator]() : undefined;
+  // Recycled batch arrays: the caller is done with a pair before it asks for the next one. Two
+  // sources never skip rows (each would drop its own, and every later token would be paired with
+  // the wrong one): a non-finite row is an error naming its file and row, whatever their default.
+  const options = { batchSize, shuffle: false, recycle: true, ...(b ? { onNonFinite: 'error' as const } : {}) };
+  const ia = a.batches(options)[Symbol.asyncIterator]();
+  const ib = b ? b.batches(options)[Symbol.asyncIterator]() : undefined;
   const unequal = (rowsA: number, rowsB: number) =>
     new SaekitError(
       'ERR_SAEKIT_SHAPE',
@@ -237,7 +245,10 @@ async function* aligned(a: ActivationSource, b: ActivationSource | undefined, ba
   let rows = 0;
   try {
     while (rows < limit) {
-      const [ra, rb] = await Promise.all([ia.next(), ib?.next()]);
+      const [ra, rb] = await Promise.all([ia.next(), ib?.next()]).catch((e: unknown) => {
+        if (b && e instanceof SaekitError && e.message.includes(SKIP_HINT)) e.message = e.message.replace(SKIP_HINT, TWO_SOURCES_HINT);
+        throw e;
+      });
       if (ra.done || (rb && rb.done)) {
         if (rb && ra.done !== rb.done) throw unequal(rows + (ra.done ? 0 : ra.value.rows), rows + (rb.done ? 0 : rb.value.rows));
         return;
@@ -252,6 +263,12 @@ async function* aligned(a: ActivationSource, b: ActivationSource | undefined, ba
     await ib?.return?.();
   }
 }
+
+/** The data sources' hint in a non-finite row's error. */
+const SKIP_HINT = "(pass onNonFinite: 'skip' to drop such rows)";
+
+/** What replaces it when a and b have their own sources. @internal (the CLI names its flag instead) */
+export const TWO_SOURCES_HINT = '(rows are not skipped when a and b have their own sources, which must stay aligned token by token: clean the data first)';
 
 /** Keeps the rows the mask admits; returns the kept row indices (or all). */
 function keptRows(rows: number, start: number, mask: CorrelationOptions['mask']): number[] | undefined {
