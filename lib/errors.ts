@@ -88,6 +88,21 @@ export function fromNative(err: unknown, site?: Error): SaekitError {
   return out;
 }
 
+/**
+ * An error about row r of a batch x that saekit made from the caller's input ("row r of x",
+ * err.row r: an encode whose pre-activations overflow), renamed to the token it came from:
+ * err.row becomes `token(r)` and the message names it as `token T of <source>`. Other errors are
+ * returned as they are. @internal
+ */
+export function rowOfInput(err: unknown, token: (row: number) => number, source: string): unknown {
+  const row = err instanceof SaekitError ? err.row : undefined;
+  if (row === undefined) return err;
+  const e = err as SaekitError & { row?: number };
+  e.row = token(row);
+  e.message = e.message.replace(`row ${row} of x`, `token ${e.row} of ${source}`);
+  return e;
+}
+
 /** Awaits a native Promise, rethrowing failures as SaekitError with the caller's stack. */
 export async function settleNative<T>(promise: Promise<T>, site: Error): Promise<T> {
   try {

@@ -862,3 +862,21 @@ describe('evaluate: documented defaults, bounds and reads (mutation round)', () 
     }
   });
 });
+
+describe('an encode that overflows float32 in a pass over a source', () => {
+  it("is named by the source's token (err.row too), not by the batch's row of an x the caller never passed: evaluate, cooccurrence, descriptionLength", async () => {
+    const { cooccurrence, descriptionLength } = await import('../lib/eval/index.js');
+    const next = lcg(Date.now() >>> 0);
+    const [n, d] = [60, 5];
+    using sae = SparseAutoencoder.create({ dIn: d, numLatents: 12, k: 3, seed: 4 });
+    const x = Float32Array.from({ length: n * d }, () => next() - 0.5);
+    const bad = 8 + Math.floor(next() * 50); // past the first batch
+    x.fill(3e38, bad * d, (bad + 1) * d);
+    for (const batchSize of [8, 7, 64]) {
+      const expected = (source: string) => ({ code: 'ERR_SAEKIT_NONFINITE', row: bad, message: expect.stringMatching(new RegExp(`but token ${bad} of ${source} gives Infinity for latent`)) });
+      await expect(evaluate(sae, fromArray(x, d), { batchSize })).rejects.toMatchObject(expected('the source'));
+      await expect(cooccurrence({ sae, source: fromArray(x, d), batchSize })).rejects.toMatchObject(expected('input\\.source'));
+      await expect(descriptionLength(sae, fromArray(x, d), { batchSize })).rejects.toMatchObject(expected('the source'));
+    }
+  });
+});

@@ -1241,7 +1241,36 @@ describe('features.correlation: refusals by name (features mutation round)', () 
     for (const maxBytes of [undefined, dA * 2 * 16]) {
       await expect(correlation({ source: fromArray(xa, dA) }, { source: raw }, { kind: 'dense', batchSize: 10, ...(maxBytes ? { maxBytes } : {}) })).rejects.toMatchObject({
         code: 'ERR_SAEKIT_NONFINITE',
-        message: "Expected finite values but feature 5 of b is -Infinity (a batch's row 3)",
+        message: 'Expected finite values but feature 5 of b is -Infinity at token 13',
+        row: 13,
+      });
+    }
+  });
+
+  it("an encode that overflows float32 names the token of the source (err.row too), not the batch's row of an x the caller never passed; a mask's dropped tokens still count", async () => {
+    const next = lcg(Date.now() >>> 0);
+    const [n, d] = [50, 4];
+    using A = SparseAutoencoder.create({ dIn: d, numLatents: 8, k: 2, seed: 1 });
+    using B = SparseAutoencoder.create({ dIn: d, numLatents: 6, k: 2, seed: 2 });
+    const clean = Float32Array.from({ length: n * d }, () => next() - 0.5);
+    const bad = 9 + Math.floor(next() * 40); // past the first batch of 8
+    const x = clean.slice();
+    x.fill(3e38, bad * d, (bad + 1) * d);
+    const mask = (t: number) => t % 3 !== (bad + 1) % 3; // drops tokens, never the bad one
+    for (const batchSize of [8, 7]) {
+      await expect(correlation({ sae: A, source: fromArray(x, d) }, { sae: B }, { batchSize, mask })).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_NONFINITE',
+        row: bad,
+        message: expect.stringMatching(new RegExp(`^Expected codes within float32's range but token ${bad} of the source gives Infinity`)),
+      });
+      await expect(correlation({ sae: A, source: fromArray(clean, d) }, { sae: B, source: fromArray(x, d) }, { batchSize })).rejects.toMatchObject({
+        row: bad,
+        message: expect.stringMatching(new RegExp(`token ${bad} of b's source gives Infinity`)),
+      });
+      await expect(correlation({ sae: A, source: fromArray(x, d) }, { sae: B }, { kind: 'preacts', batchSize, mask })).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_NONFINITE',
+        row: bad,
+        message: expect.stringMatching(new RegExp(`pre-activations but feature \\d+ of a is -?Infinity at token ${bad}$`)),
       });
     }
   });

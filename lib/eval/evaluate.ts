@@ -65,7 +65,7 @@
  *     count of its model batch (prompts x context), which has no counterpart here; it equals
  *     `mse / tokensPerBatch`.
  */
-import { argError, SaekitError } from '../errors.js';
+import { argError, rowOfInput, SaekitError } from '../errors.js';
 import { BATCH_ARRAYS, RELEASE_BATCH, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/types.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
@@ -421,7 +421,9 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
       if (rows > 0) {
         const own = rows < batch.rows ? batch.data.subarray(0, rows * dIn) : batch.data;
         const x = release ? own : own.slice();
-        const fwd = sae.forward(x);
+        // An encode that overflows names the batch's row of x: named here as the source's token.
+        const first = read;
+        const fwd = sae.forward(x).catch((e: unknown) => Promise.reject(rowOfInput(e, (r) => first + r, 'the source')));
         fwd.catch(() => {}); // awaited below; avoids an unhandled rejection if an earlier step throws
         read += rows;
         // Read ahead while the forward pass runs (a read that fails meanwhile is awaited below,

@@ -52,7 +52,7 @@
 import { constants } from 'node:buffer';
 
 import type { ActivationSource } from '../data/types.js';
-import { argError, callNative, SaekitError, settleNative } from '../errors.js';
+import { argError, callNative, rowOfInput, SaekitError, settleNative } from '../errors.js';
 import { native, type NativeSparseCorrResult } from '../native/index.js';
 import type { SparseAutoencoder } from '../sae/index.js';
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
@@ -317,7 +317,7 @@ async function forEachBatch(
   batchSize: number,
   maxTokens: number,
   mask: CorrelationOptions['mask'],
-  each: (xa: Float32Array, xb: Float32Array, rows: number) => Promise<void>,
+  each: (xa: Float32Array, xb: Float32Array, rows: number, token: (row: number) => number) => Promise<void>,
   report: ((seen: number) => void) | undefined,
   signal: AbortSignal | undefined,
 ): Promise<Pass> {
@@ -333,6 +333,7 @@ async function forEachBatch(
     let xa = rows === ba.rows ? ba.data : ba.data.subarray(0, rows * dA);
     let xb = rows === bb.rows ? bb.data : bb.data.subarray(0, rows * dB);
     const keep = keptRows(rows, seen, mask);
+    const start = seen;
     seen += rows;
     if (keep) {
       xa = selectRows(xa, dA, keep);
@@ -340,7 +341,8 @@ async function forEachBatch(
       rows = keep.length;
     }
     if (rows !== 0) {
-      await each(xa, xb, rows);
+      // A row of the batch (xa, xb) as the token it is: its index in the sources' order, as the mask counts.
+      await each(xa, xb, rows, (r) => start + (keep ? keep[r]! : r));
       n += rows;
     }
     report?.(seen);
@@ -432,8 +434,12 @@ async function correlateCodes(
   const store = callNative(() => native().sparseCorrCreate(nA, nB, reserve, reserve * saeA.k, reserve * saeB.k));
   let r: NativeSparseCorrResult;
   try {
-    const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows) => {
-      const [ca, cb] = await Promise.all([saeA.encode(xa), saeB.encode(xb)]);
+    const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows, token) => {
+      // An encode that overflows names the batch's row of x: named here as the token it is.
+      const [ca, cb] = await Promise.all([
+        saeA.encode(xa).catch((e: unknown) => Promise.reject(rowOfInput(e, token, srcB ? "a's source" : 'the source'))),
+        saeB.encode(xb).catch((e: unknown) => Promise.reject(rowOfInput(e, token, srcB ? "b's source" : 'the source'))),
+      ]);
       callNative(() => native().sparseCorrAppend(store, ca.values, ca.indices, cb.values, cb.indices, rows));
     }, o.onProgress && ((seen) => o.onProgress!(seen, 1)), o.signal);
     // The native run below cannot be interrupted: the last look before it.
@@ -492,7 +498,7 @@ async function correlateDense(
     const actA = new Float64Array(nA);
     const actB = new Float64Array(wb);
     let n = 0;
-    const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows) => {
+    const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows, token) => {
       const fa = kind === 'dense' ? xa : await a.sae!.preActivations(xa);
       let fb = kind === 'dense' ? xb : await b.sae!.preActivations(xb);
       if (wb !== nB) {
@@ -503,7 +509,7 @@ async function correlateDense(
         }
         fb = cut;
       }
-      await mergeDense(fa, fb, rows, nA, wb, n, mx, my, mxx, myy, mxy, actA, actB, o.device, { kind, j0 });
+      await mergeDense(fa, fb, rows, nA, wb, n, mx, my, mxx, myy, mxy, actA, actB, o.device, { kind, j0, token });
       n += rows;
     }, o.onProgress && ((seen) => o.onProgress!(readBefore + seen, passes)), o.signal);
     o.signal?.throwIfAborted(); // after the last batch, before the block's r
@@ -582,7 +588,7 @@ async function mergeDense(
   activeA: Float64Array,
   activeB: Float64Array,
   device: Device,
-  what: { kind: 'preacts' | 'dense'; j0: number },
+  what: { kind: 'preacts' | 'dense'; j0: number; token: (row: number) => number },
 ): Promise<void> {
   const bmx = new Float64Array(nA);
   const bmy = new Float64Array(nB);
@@ -611,7 +617,9 @@ async function mergeDense(
     let t = 0;
     while (t < rows - 1 && Number.isFinite(f[t * n + c])) t++;
     const values = what.kind === 'dense' ? 'values' : 'pre-activations';
-    return new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite ${values} but feature ${side === 'a' ? c : what.j0 + c} of ${side} is ${f[t * n + c]} (a batch's row ${t})`);
+    const err = new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite ${values} but feature ${side === 'a' ? c : what.j0 + c} of ${side} is ${f[t * n + c]} at token ${what.token(t)}`);
+    (err as { row?: number }).row = what.token(t);
+    return err;
   };
   for (let i = 0; i < nA; i++) if (!Number.isFinite(bmx[i])) throw nonFinite('a', fa, nA, i);
   for (let j = 0; j < nB; j++) if (!Number.isFinite(bmy[j])) throw nonFinite('b', fb, nB, j);
