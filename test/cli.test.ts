@@ -1,5 +1,5 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -806,6 +806,33 @@ describe('saekit eval and train: flags, defaults and output (mutation round)', (
     const missing = run([...fake, '--max-tokens']);
     expect(missing.status).toBe(1);
     expect(missing.stderr).toMatch(/option '--max-tokens <n>' argument missing/);
+  });
+
+  it('eval on fewer than 2 rows (one row, or one left once non-finite rows are skipped) exits 1 naming the files, not 0 with NaN metrics', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-evalrows-'));
+    const dIn = 5;
+    const sae = SparseAutoencoder.create({ dIn, numLatents: 10, k: 2, seed: 6 });
+    await sae.save(path.join(dir, 'sae'));
+    sae.dispose();
+    const one = await randomActs(path.join(dir, 'one.npy'), 1, dIn, 12);
+    const r = run(['eval', path.join(dir, 'sae'), one, '--json', '--no-geometry']);
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/Expected at least 2 rows to evaluate on \(FVU needs a variance\) but .*one\.npy gives 1 row \[ERR_SAEKIT_ARG\]/);
+    const rows = Float32Array.from({ length: 3 * dIn }, (_, i) => i - 7);
+    rows[2] = NaN;
+    rows[dIn + 4] = Infinity;
+    const nan = path.join(dir, 'nan.npy');
+    await io.writeNpy(nan, { dtype: 'float32', shape: [3, dIn], data: rows });
+    const s = run(['eval', path.join(dir, 'sae'), nan, '--no-geometry', '--on-non-finite', 'skip']);
+    expect(s.status, s.stderr).toBe(1);
+    expect(s.stderr).toMatch(/but .*nan\.npy gives 1 row once the non-finite rows are skipped \[ERR_SAEKIT_ARG\]/);
+    // Two rows are enough.
+    const two = await randomActs(path.join(dir, 'two.npy'), 2, dIn, 13);
+    const t = run(['eval', path.join(dir, 'sae'), two, '--json', '--no-geometry']);
+    expect(t.status, t.stderr).toBe(0);
+    expect(Number.isFinite(JSON.parse(t.stdout).fvu)).toBe(true);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('eval --json: the largest --max-tokens is taken, 4.0e1 reads as 40, --no-geometry leaves out the geometry fields, the histogram is printed; the text output prints the same numbers', async () => {

@@ -1,7 +1,10 @@
+import { spawnSync } from 'node:child_process';
+
 import { describe, expect, it } from 'vitest';
 
 import { linearAssignment } from '../lib/eval/assignment.js';
 import { mcc, mmcs } from '../lib/eval/recovery.js';
+import { distUrl, haveDist } from './helpers/child.js';
 import { expectNamedError } from './helpers/errors.js';
 import { bruteForceAssignment } from './helpers/eval-reference.js';
 import { lcg, randomMatrix } from './helpers/reference.js';
@@ -638,4 +641,18 @@ describe('recovery: inputs detached while the call runs', () => {
       }, 30_000);
     }
   }
+});
+
+describe('mcc: a cost matrix that cannot be allocated', () => {
+  it.skipIf(!haveDist)('is ERR_SAEKIT_MEMORY naming its size, not a bare RangeError (a child process limited to 6 GB of address space; 32000 x 32000 needs 7.6 GiB)', () => {
+    const script = `import { metrics } from ${distUrl};
+      const n = 32000;
+      const L = Float32Array.from({ length: n }, (_, i) => 1 + (i % 7));
+      const T = Float32Array.from({ length: n }, (_, i) => 1 + (i % 5));
+      try { await metrics.mcc(L, T, { d: 1 }); console.log('resolved'); }
+      catch (e) { console.log(JSON.stringify({ name: e.constructor.name, code: e.code, message: e.message })); }`;
+    const r = spawnSync('bash', ['-c', 'ulimit -v 6000000 && "$0" --input-type=module -e "$1"', process.execPath, script], { encoding: 'utf8', timeout: 60_000 });
+    const last = r.stdout.trim().split('\n').pop()!;
+    expect(JSON.parse(last)).toMatchObject({ name: 'SaekitError', code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(/^mcc needs a 32000 x 32000 float64 cost matrix \(7\.6 GiB\), which cannot be allocated here/) });
+  });
 });

@@ -466,6 +466,10 @@ async function evalCommand(saePath: string, paths: string[], f: EvalFlags, signa
     if (source.dIn !== sae.dIn) {
       throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected activations of dIn ${sae.dIn} (the SAE's, ${saePath}) but ${paths.join(', ')} hold rows of dIn ${source.dIn}`);
     }
+    // FVU needs a variance: one token would print NaN metrics and exit 0 (as --max-tokens 1 is refused).
+    const tooFew = (tokens: number, why: string) =>
+      new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 rows to evaluate on (FVU needs a variance) but ${paths.join(', ')} ${tokens === 1 ? 'gives 1 row' : `give ${tokens} rows`}${why}`);
+    if (source.numRows !== undefined && source.numRows < 2) throw tooFew(source.numRows, '');
     process.stderr.write(`evaluating ${saePath} (${sae.architecture}, dIn ${sae.dIn}, ${sae.numLatents} latents) on up to ${f.maxTokens.toLocaleString('en-US')} tokens\n`);
     const total = Math.min(f.maxTokens, source.numRows ?? Infinity);
     const progress = new TokenProgress('evaluating', total);
@@ -487,6 +491,7 @@ async function evalCommand(saePath: string, paths: string[], f: EvalFlags, signa
       progress.done();
     }
     reportSkipped(source);
+    if (r.tokens < 2) throw tooFew(r.tokens, ' once the non-finite rows are skipped');
     const { feature_density: density, max_cos_enc: mce, max_cos_dec: mcd, log10_density_histogram: hist, ...scalars } = r;
     if (f.json) {
       process.stdout.write(`${JSON.stringify({ ...scalars, log10_density_histogram: hist }, null, 2)}\n`);
@@ -567,7 +572,7 @@ export function buildProgram(): Command {
     .option('--batch <n>', 'rows per batch', num('batch', 1, 1 << 24), 4096)
     .option('--compat', 'also report the SAELens-legacy, SAEBench, sparsify and dictionary_learning variants (labelled)')
     .option('--no-geometry', 'skip the max-cosine geometry metrics')
-    .option('--json', 'print JSON (snake_case fields as in SAEBench core output)')
+    .option('--json', "print JSON: evaluate()'s snake_case fields (SAELens's names where it has the statistic; SAEBench's frac_alive is 1 - dead_fraction, its freq_over_1_percent / _10_percent are dense_fraction_1pct / _10pct)")
     .option('--tensor <name>', 'the tensor to read from .safetensors files')
     .option('--dtype <t>', 'element type of raw .bin files')
     .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))

@@ -140,7 +140,13 @@ export async function mcc(learned: Float32Array, truth: Float32Array, options: M
   const kept = keptCheck(learned, nL, truth, nT, d);
   const normA = await squaredNorms(A, n, d, kept);
   const normB = await squaredNorms(B, m, d, kept);
-  const work = new Float64Array(n * m);
+  let work: Float64Array;
+  try {
+    work = new Float64Array(n * m);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    throw new SaekitError('ERR_SAEKIT_MEMORY', `mcc needs a ${n} x ${m} float64 cost matrix (${((n * m * 8) / 2 ** 30).toFixed(1)} GiB), which cannot be allocated here (${e.message})`);
+  }
   await forEachTile(A, n, B, m, d, kept, (i0, i1, j0, j1, tile) => {
     const w = j1 - j0;
     for (let i = i0; i < i1; i++) {
