@@ -234,6 +234,8 @@ describe('openActivations: file kinds, in order', () => {
     // A list, given out of order, is read in name order.
     expectSameRows(await rows(await openActivations([p('glob', 'b1.npy'), p('glob', 'a1.npy')])), concatRows([{ data: a }, { data: b }]));
     await expect(openActivations(`${g}/*.nothing`)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/matches none/) });
+    // A trailing '/' matches folders only (as in a shell): refused with a hint, not read as glob/*.
+    await expect(openActivations(`${g}/*/`)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/glob\/\*\/' ends in '\/', which matches folders only: name their files \('.*glob\/\*\/\*\.npy'\) or pass the folders/) });
     await expect(openActivations([p('glob', 'a1.npy'), `${g}/a*.npy`])).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/a1\.npy' is listed twice/) });
     await writeNpyFixture(p('glob', 'z9.npy'), 'float32', [2, 8], randomRows(2, 8, 24));
     await expect(openActivations(`${g}/*.npy`)).rejects.toMatchObject({

@@ -110,6 +110,10 @@ export async function resolveShardPaths(input: unknown, opts: ShardOptions): Pro
     } else if (st) {
       throw argError(name, 'a regular file, folder or glob pattern', item);
     } else if (isGlob(item)) {
+      // In a shell a trailing '/' makes a pattern match folders only; expandGlob matches files.
+      if (item.endsWith('/')) {
+        throw new SaekitError('ERR_SAEKIT_ARG', `Expected a glob pattern of files for ${name} but '${item}' ends in '/', which matches folders only: name their files ('${item}*.npy') or pass the folders`);
+      }
       const found = (await expandGlob(item)).filter(keep);
       if (found.length === 0) {
         throw new SaekitError(
