@@ -158,7 +158,10 @@ describe('sharkey: correlated mode (one MVN draw per generation batch)', () => {
       const mu = jacobiEigenvalues(R, n).at(-1)!; // the smallest: lambda - 1.001 lambda = -0.001 lambda
       expect(mu, `seed ${seed}`).toBeGreaterThan(0);
       const shift = 1001 * mu; // -1.001 lambda
-      expect(shift).toBeGreaterThan(0.5); // (U + U^T)/2 of this size always has a negative eigenvalue
+      // (U + U^T)/2 of this size has a clearly negative eigenvalue: in 20,000 numpy draws of U
+      // uniform, -lambda_min was under 0.5 for 0.37% of the 9 x 9 ones (smallest 0.32) and never
+      // under 1.9 at 40 x 40; the bounds leave margin below those.
+      expect(shift, `seed ${seed}`).toBeGreaterThan(n === 9 ? 0.1 : 1);
       for (let i = 0; i < n; i++) {
         for (let j = 0; j < n; j++) {
           const v = R[i * n + j]!;
