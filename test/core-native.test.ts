@@ -190,3 +190,52 @@ describe('tensor element limit', () => {
     }
   });
 });
+
+describe('the native boundary against a hostile caller (napi audit)', () => {
+  it("an accessor called on another class's instance is a TypeError, not a read of that instance's memory (nbytes crashed, shape hung, steps printed a heap address)", () => {
+    const out = child(`
+      const sae = b.NativeSae.create(4, 8, 2, 1n);
+      const adam = sae.adam(1e-3, 0.9, 0.999, 1e-8);
+      const t = b.zeros([2, 3], 'float32');
+      const get = (obj, name) => Object.getOwnPropertyDescriptor(Object.getPrototypeOf(obj), name).get;
+      const res = [];
+      for (const [own, names] of [[t, ['dtype', 'shape', 'device', 'nbytes', 'disposed']], [sae, ['disposed']], [adam, ['steps', 'disposed']]]) {
+        for (const name of names) {
+          for (const recv of [sae, adam, t]) {
+            if (recv === own) continue;
+            try { get(own, name).call(recv); res.push(name + ': returned'); } catch (e) { res.push(name + ': ' + e.constructor.name + ' ' + e.message); }
+          }
+          res.push(name + ' own: ' + typeof get(own, name).call(own));
+        }
+      }
+      console.log(JSON.stringify(res));`) as string[];
+    const wrong = out.filter((s) => !s.includes(' own: '));
+    expect(wrong.length).toBe(2 * 5 + 2 + 2 * 2);
+    for (const s of wrong) expect(s).toMatch(/: TypeError Illegal invocation$/);
+    // On their own class they still work.
+    expect(out.filter((s) => s.includes(' own: '))).toEqual(['dtype own: string', 'shape own: object', 'device own: string', 'nbytes own: number', 'disposed own: boolean', 'disposed own: boolean', 'steps own: number', 'disposed own: boolean']);
+  });
+
+  it('setState with moment pieces whose getter returns a longer array on a second read copies what one read gave, never past the state (was a 16 MiB write into a 336-byte buffer)', () => {
+    const out = child(`
+      const D = 4, M = 8, n = 2 * D * M + M + D;
+      let calls = 0;
+      const parts = [null];
+      Object.defineProperty(parts, 0, { get: () => (++calls <= 1 ? new Float32Array(n).fill(0.5) : new Float32Array(1 << 22).fill(1)) });
+      const adam = b.NativeSae.create(D, M, 2, 1n).adam(1e-3, 0.9, 0.999, 1e-8);
+      let msg = 'accepted';
+      try { adam.setState(parts, new Float32Array(n), 1); } catch (e) { msg = e.code + ' ' + e.message; }
+      console.log(JSON.stringify({ msg, calls }));`) as { msg: string; calls: number };
+    // Each element is read once: the one read gave the right length, so the state is set.
+    expect(out).toEqual({ msg: 'accepted', calls: 1 });
+  });
+
+  it('a failed job rejects its Promise even when a setter for `code` on Error.prototype throws (the Promise stayed pending)', () => {
+    const out = child(`
+      Object.defineProperty(Error.prototype, 'code', { configurable: true, set(v) { throw new Error('setter refused ' + v); } });
+      const sae = b.NativeSae.create(4, 8, 2, 1n);
+      const timer = setTimeout(() => { console.log(JSON.stringify('pending')); process.exit(0); }, 5000);
+      sae.encode(new Float32Array([NaN, 0, 0, 0])).then(() => 'resolved', (e) => e.code + ' ' + e.message).then((r) => { clearTimeout(timer); console.log(JSON.stringify(r)); });`) as string;
+    expect(out).toMatch(/^ERR_SAEKIT_NONFINITE Expected finite/);
+  });
+});

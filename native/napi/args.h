@@ -56,6 +56,18 @@ Napi::External<T> owned_external(Napi::Env env, T* data, int64_t bytes, const na
   if (bytes) Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
   return ext;
 }
+// The receiver of an ObjectWrap accessor, checked. V8 gives the accessors napi_define_class
+// makes no signature (its methods get one, and throw "Illegal invocation" on another receiver),
+// and node-addon-api's getter wrapper napi_unwrap()s whatever wrapped object `this` is: a getter
+// taken off one class's prototype and called on an instance of another class would read that
+// instance's memory as its own (a NativeTensor's nbytes on a NativeSae crashed). Every accessor
+// calls this first, before it touches a member. Throws a TypeError unless info.This() carries `tag`.
+inline void check_receiver(const Napi::CallbackInfo& info, const napi_type_tag& tag) {
+  bool ok = false;
+  if (napi_check_object_type_tag(info.Env(), info.This(), &tag, &ok) != napi_ok || !ok)
+    throw Napi::TypeError::New(info.Env(), "Illegal invocation");
+}
+
 template <typename T>
 T* tagged_external_data(const Napi::Value& v, const napi_type_tag& tag, const char* name, const char* what) {
   bool ok = false;

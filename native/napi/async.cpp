@@ -62,19 +62,31 @@ void settle(Napi::Env env, Job* job) {
   }
   if (job->deferred == nullptr) {
     if (!ok) {
-      Napi::Error err = error_from_exception(env, job->error);
-      // Surface it without throwing into unrelated code.
-      Napi::Object process = env.Global().Get("process").As<Napi::Object>();
-      Napi::Function emit = process.Get("emitWarning").As<Napi::Function>();
-      emit.Call(process, {err.Value()});
+      // Surface it without throwing into unrelated code: a process.emitWarning that was replaced
+      // (or throws) must not make this callback throw.
+      try {
+        Napi::Error err = error_from_exception(env, job->error);
+        Napi::Value process = env.Global().Get("process");
+        Napi::Value emit = process.IsObject() ? process.As<Napi::Object>().Get("emitWarning") : env.Undefined();
+        if (emit.IsFunction()) emit.As<Napi::Function>().Call(process, {err.Value()});
+      } catch (const Napi::Error&) {
+      }
     }
     return;
   }
   if (ok) {
     napi_resolve_deferred(env, job->deferred, value ? value : env.Undefined());
-  } else {
-    napi_reject_deferred(env, job->deferred, error_from_exception(env, job->error).Value());
+    return;
   }
+  // The Promise settles whatever happens while its Error is made: nothing may throw past here
+  // (an exception out of this thread-safe-function callback leaves the Promise pending forever).
+  napi_value reason;
+  try {
+    reason = error_from_exception(env, job->error).Value();
+  } catch (const Napi::Error& e) {
+    reason = e.Value();
+  }
+  napi_reject_deferred(env, job->deferred, reason);
 }
 
 void call_js(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job) {
@@ -296,8 +308,11 @@ Napi::Error error_from_exception(Napi::Env env, std::exception_ptr e) {
   } catch (...) {
   }
   Napi::Error error = Napi::Error::New(env, message);
-  error.Set("code", Napi::String::New(env, code));
-  if (row >= 0) error.Set("row", Napi::Number::New(env, double(row)));
+  // Defined, not assigned: an assignment would run a setter for `code` or `row` on Error.prototype
+  // or Object.prototype (user code, which may throw, here or in a thread-safe-function callback).
+  Napi::Object o = error.Value();
+  o.DefineProperty(Napi::PropertyDescriptor::Value("code", Napi::String::New(env, code), napi_default_jsproperty));
+  if (row >= 0) o.DefineProperty(Napi::PropertyDescriptor::Value("row", Napi::Number::New(env, double(row)), napi_default_jsproperty));
   return error;
 }
 

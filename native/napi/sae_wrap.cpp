@@ -394,6 +394,9 @@ struct Prefetched {
 };
 
 const napi_type_tag kPrefetchTag = {0x5ae1c17e6a5f0a14ULL, 0x3d2c4b7e13a8f0d6ULL};
+// NativeSae and NativeAdam instances, tagged by their constructors (check_receiver).
+const napi_type_tag kSaeTag = {0x5ae1c17e6a5f0a15ULL, 0x3d2c4b7e13a8f0d7ULL};
+const napi_type_tag kAdamTag = {0x5ae1c17e6a5f0a16ULL, 0x3d2c4b7e13a8f0d8ULL};
 
 // The Prefetched behind a JS external made by prefetch(), or null if v is not one.
 std::shared_ptr<Prefetched>* prefetched_of(const Napi::Value& v) {
@@ -530,7 +533,9 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
                        });
   }
 
-  explicit NativeSae(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeSae>(info) {}
+  explicit NativeSae(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeSae>(info) {
+    info.This().As<Napi::Object>().TypeTag(&kSaeTag);
+  }
   ~NativeSae() override {
     if (model_ && reported_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
   }
@@ -672,7 +677,10 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
     return model_;
   }
 
-  Napi::Value disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !model_); }
+  Napi::Value disposed(const Napi::CallbackInfo& info) {
+    check_receiver(info, kSaeTag);
+    return Napi::Boolean::New(info.Env(), !model_);
+  }
 
   Napi::Value dispose(const Napi::CallbackInfo& info) {
     if (model_) {
@@ -1069,7 +1077,9 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
                            InstanceAccessor<&NativeAdam::disposed>("disposed"),
                        });
   }
-  explicit NativeAdam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeAdam>(info) {}
+  explicit NativeAdam(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeAdam>(info) {
+    info.This().As<Napi::Object>().TypeTag(&kAdamTag);
+  }
   ~NativeAdam() override {
     if (state_ && reported_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
   }
@@ -1254,7 +1264,10 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
     });
   }
 
-  Napi::Value steps(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(*done_)); }
+  Napi::Value steps(const Napi::CallbackInfo& info) {
+    check_receiver(info, kAdamTag);
+    return Napi::Number::New(info.Env(), double(*done_));
+  }
 
   // Floats in the parameter slab, and so in each moment.
   size_t slab_floats() const { return size_t(cpu::sae_slab_floats(model_->D, model_->M)); }
@@ -1320,20 +1333,26 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       return copy_typed_array(a.As<Napi::TypedArray>());
     }
     if (!a.IsArray()) arg_error(ErrorCode::Shape, name, fmt("a Float32Array of length ", n, " or an Array of Float32Array pieces"), a);
+    // Each element is read once (Get may run a getter, which may return another array each time
+    // or resize an earlier piece's buffer): all of them first, then their lengths are summed and
+    // they are copied with no JS running in between, each copy bounded by the slab.
     const Napi::Array parts = a.As<Napi::Array>();
-    size_t total = 0;
+    std::vector<Napi::TypedArray> pieces;
     for (uint32_t i = 0; i < parts.Length(); ++i) {
       const Napi::Value p = parts.Get(i);
       if (!is_f32(p)) arg_error(ErrorCode::Shape, fmt(name, "[", i, "]"), "a Float32Array", p);
-      total += p.As<Napi::TypedArray>().ElementLength();
+      pieces.push_back(p.As<Napi::TypedArray>());
     }
+    size_t total = 0;
+    for (const Napi::TypedArray& p : pieces) total += p.ElementLength();
     if (total != n) throw Error(ErrorCode::Shape, fmt("Expected pieces of ", name, " of ", n, " floats in all but received ", total));
     auto h = HostArray::allocate(n * 4);
     size_t at = 0;
-    for (uint32_t i = 0; i < parts.Length(); ++i) {
-      const Napi::TypedArray p = parts.Get(i).As<Napi::TypedArray>();
-      if (p.ByteLength()) std::memcpy(h->as<char>() + at, typed_array_data(p), p.ByteLength());
-      at += p.ByteLength();
+    for (const Napi::TypedArray& p : pieces) {
+      const size_t bytes = p.ByteLength();
+      SK_CHECK(bytes <= n * 4 - at, ErrorCode::Shape, "Expected pieces of ", name, " of ", n, " floats in all (a piece changed length)");
+      if (bytes) std::memcpy(h->as<char>() + at, typed_array_data(p), bytes);
+      at += bytes;
     }
     return h;
   }
@@ -1363,7 +1382,10 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       return info.Env().Undefined();
     });
   }
-  Napi::Value disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !state_); }
+  Napi::Value disposed(const Napi::CallbackInfo& info) {
+    check_receiver(info, kAdamTag);
+    return Napi::Boolean::New(info.Env(), !state_);
+  }
   Napi::Value dispose(const Napi::CallbackInfo& info) {
     if (state_) {
       Napi::MemoryManagement::AdjustExternalMemory(info.Env(), -reported_);

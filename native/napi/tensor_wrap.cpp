@@ -82,24 +82,31 @@ void NativeTensor::release(Napi::Env env) {
 }
 
 Napi::Value NativeTensor::dtype(const Napi::CallbackInfo& info) {
+  check_receiver(info, kTensorTag);
   return Napi::String::New(info.Env(), dtype_name(t_.dtype));
 }
 
 Napi::Value NativeTensor::shape(const Napi::CallbackInfo& info) {
+  check_receiver(info, kTensorTag);
   Napi::Array a = Napi::Array::New(info.Env(), t_.shape.size());
   for (size_t i = 0; i < t_.shape.size(); ++i) a.Set(uint32_t(i), Napi::Number::New(info.Env(), double(t_.shape[i])));
   return a;
 }
 
 Napi::Value NativeTensor::device(const Napi::CallbackInfo& info) {
+  check_receiver(info, kTensorTag);
   return Napi::String::New(info.Env(), t_.storage ? t_.storage->device().name() : "cpu");
 }
 
 Napi::Value NativeTensor::nbytes(const Napi::CallbackInfo& info) {
+  check_receiver(info, kTensorTag);
   return Napi::Number::New(info.Env(), double(live_ ? t_.nbytes() : 0));
 }
 
-Napi::Value NativeTensor::disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !live_); }
+Napi::Value NativeTensor::disposed(const Napi::CallbackInfo& info) {
+  check_receiver(info, kTensorTag);
+  return Napi::Boolean::New(info.Env(), !live_);
+}
 
 Napi::Value NativeTensor::dispose(const Napi::CallbackInfo& info) {
   release(info.Env());
