@@ -89,18 +89,21 @@ export function fromNative(err: unknown, site?: Error): SaekitError {
 }
 
 /**
- * An error about row r of a batch x that saekit made from the caller's input ("row r of x",
- * err.row r: an encode whose pre-activations overflow), renamed to the token it came from:
- * err.row becomes `token(r)` and the message names it as `token T of <source>`. Other errors are
- * returned as they are. @internal
+ * `encoding` (an encode or forward of a batch x that saekit made from the caller's input),
+ * with an error about one row r of x ("row r of x", err.row r: pre-activations that overflow)
+ * renamed to the token it came from: err.row becomes `token(r)` and the message names it as
+ * `token T of <source>`. Other errors pass as they are. @internal
  */
-export function rowOfInput(err: unknown, token: (row: number) => number, source: string): unknown {
-  const row = err instanceof SaekitError ? err.row : undefined;
-  if (row === undefined) return err;
-  const e = err as SaekitError & { row?: number };
-  e.row = token(row);
-  e.message = e.message.replace(`row ${row} of x`, `token ${e.row} of ${source}`);
-  return e;
+export function atTokens<T>(encoding: Promise<T>, token: (row: number) => number, source: string): Promise<T> {
+  return encoding.catch((err: unknown) => {
+    const row = err instanceof SaekitError ? err.row : undefined;
+    if (row !== undefined) {
+      const e = err as SaekitError & { row?: number };
+      e.row = token(row);
+      e.message = e.message.replace(`row ${row} of x`, `token ${e.row} of ${source}`);
+    }
+    throw err;
+  });
 }
 
 /** Awaits a native Promise, rethrowing failures as SaekitError with the caller's stack. */

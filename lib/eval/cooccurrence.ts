@@ -34,7 +34,7 @@
  * run until it settles (add() refuses). cooccurrence() feeds add() about one chunk at a time and
  * scans the same way.
  */
-import { argError, rowOfInput, SaekitError } from '../errors.js';
+import { argError, atTokens, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkKept, checkOptions, optionNames } from '../validate.js';
 import type { ActivationSource } from '../data/types.js';
 import type { SparseAutoencoder } from '../sae/index.js';
@@ -733,7 +733,7 @@ export async function cooccurrence(input: CooccurrenceInput, options?: Cooccurre
     if (tokens >= maxTokens) break;
     const rows = Math.min(b.rows, maxTokens - tokens);
     const first = tokens;
-    const codes = await sae.encode(rows === b.rows ? b.data : b.data.subarray(0, rows * b.dIn)).catch((e: unknown) => Promise.reject(rowOfInput(e, (r) => first + r, 'input.source')));
+    const codes = await atTokens(sae.encode(rows === b.rows ? b.data : b.data.subarray(0, rows * b.dIn)), (r) => first + r, 'input.source');
     await addInSlices(accumulator, codes, clock);
     tokens += rows;
     if (tokens >= maxTokens) break;

@@ -65,7 +65,7 @@
  *     count of its model batch (prompts x context), which has no counterpart here; it equals
  *     `mse / tokensPerBatch`.
  */
-import { argError, rowOfInput, SaekitError } from '../errors.js';
+import { argError, atTokens, SaekitError } from '../errors.js';
 import { BATCH_ARRAYS, RELEASE_BATCH, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/types.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
@@ -423,7 +423,7 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
         const x = release ? own : own.slice();
         // An encode that overflows names the batch's row of x: named here as the source's token.
         const first = read;
-        const fwd = sae.forward(x).catch((e: unknown) => Promise.reject(rowOfInput(e, (r) => first + r, 'the source')));
+        const fwd = atTokens(sae.forward(x), (r) => first + r, 'the source');
         fwd.catch(() => {}); // awaited below; avoids an unhandled rejection if an earlier step throws
         read += rows;
         // Read ahead while the forward pass runs (a read that fails meanwhile is awaited below,

@@ -30,7 +30,7 @@
  * that batch is decoded.
  */
 import type { ActivationSource } from '../data/types.js';
-import { argError, rowOfInput, SaekitError } from '../errors.js';
+import { argError, atTokens, SaekitError } from '../errors.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
 import { checkBool, checkInt, checkOptions, checkSignal, optionNames } from '../validate.js';
 import { due, forBlocks, pause } from '../slices.js';
@@ -249,7 +249,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
     const x = rows === b.rows ? b.data : b.data.slice(0, rows * b.dIn);
     xs.push(x);
     const first = tokens;
-    codes.push(await sae.encode(x).catch((e: unknown) => Promise.reject(rowOfInput(e, (r) => first + r, 'the source'))));
+    codes.push(await atTokens(sae.encode(x), (r) => first + r, 'the source'));
     tokens += rows;
     if (tokens >= maxTokens) break;
   }

@@ -52,7 +52,7 @@
 import { constants } from 'node:buffer';
 
 import type { ActivationSource } from '../data/types.js';
-import { argError, callNative, rowOfInput, SaekitError, settleNative } from '../errors.js';
+import { argError, atTokens, callNative, SaekitError, settleNative } from '../errors.js';
 import { native, type NativeSparseCorrResult } from '../native/index.js';
 import type { SparseAutoencoder } from '../sae/index.js';
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
@@ -437,8 +437,8 @@ async function correlateCodes(
     const pass = await forEachBatch(srcA, srcB, o.batchSize, o.maxTokens, o.mask, async (xa, xb, rows, token) => {
       // An encode that overflows names the batch's row of x: named here as the token it is.
       const [ca, cb] = await Promise.all([
-        saeA.encode(xa).catch((e: unknown) => Promise.reject(rowOfInput(e, token, srcB ? "a's source" : 'the source'))),
-        saeB.encode(xb).catch((e: unknown) => Promise.reject(rowOfInput(e, token, srcB ? "b's source" : 'the source'))),
+        atTokens(saeA.encode(xa), token, srcB ? "a's source" : 'the source'),
+        atTokens(saeB.encode(xb), token, srcB ? "b's source" : 'the source'),
       ]);
       callNative(() => native().sparseCorrAppend(store, ca.values, ca.indices, cb.values, cb.indices, rows));
     }, o.onProgress && ((seen) => o.onProgress!(seen, 1)), o.signal);

@@ -212,7 +212,8 @@ function* fortranToC(src: IoArray, fullShape: readonly number[], itemSize: numbe
   for (let k = 1; k < nd; k++) stride[k] = stride[k - 1]! * shape[k - 1]!;
   const idx = new Array<number>(nd).fill(0);
   let off = 0; // the source element of destination element o
-  const [from0, to0] = [fromViews[0]!, toViews[0]!];
+  const from0 = fromViews[0]!;
+  const to0 = toViews[0]!;
   const split = fromViews.length > 1;
   for (let o0 = 0; o0 < n; o0 += STEP_ELEMENTS) {
     const o1 = Math.min(n, o0 + STEP_ELEMENTS);
@@ -220,8 +221,10 @@ function* fortranToC(src: IoArray, fullShape: readonly number[], itemSize: numbe
       if (!split) {
         for (let w = 0; w < words; w++) to0[o * words + w] = from0[off * words + w]!;
       } else {
-        const [to, from] = [toViews[Math.floor(o / per)]!, fromViews[Math.floor(off / per)]!];
-        const [t, f] = [(o % per) * words, (off % per) * words];
+        const to = toViews[Math.floor(o / per)]!;
+        const from = fromViews[Math.floor(off / per)]!;
+        const t = (o % per) * words;
+        const f = (off % per) * words;
         for (let w = 0; w < words; w++) to[t + w] = from[f + w]!;
       }
       for (let k = nd - 1; k >= 0; k--) {
