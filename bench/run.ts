@@ -12,10 +12,11 @@ import { gemm } from './gemm.js';
 import { header } from './header.js';
 import { type Benchmark, formatTable, machine, saveResults } from './harness.js';
 import { topkStep } from './topk-step.js';
+import { torchCpu } from './torch-cpu.js';
 import { read } from './read.js';
 import { train } from './train.js';
 
-const BENCHMARKS: Benchmark[] = [gemm, topkStep, train, read, evalBench, correlate, header];
+const BENCHMARKS: Benchmark[] = [gemm, topkStep, train, read, evalBench, correlate, header, torchCpu];
 
 const USAGE = 'usage: npm run bench -- <name> [--repeats N] [--warmup N] [--quick]';
 

@@ -66,3 +66,56 @@ describe('npm run bench -- topk-step', () => {
     expect(step).toBeLessThan(params! + 48);
   }, 120_000);
 });
+
+describe('npm run bench -- torch-cpu (saekit against the PyTorch reference step on the same CPU)', () => {
+  it.skipIf(!python)('times saekit and both reference variants per shape, and its ratio is the reference time over saekit\'s', () => {
+    const r = bench(['torch-cpu', '--quick', '--repeats', '2', '--warmup', '1']);
+    expect(r.status, r.stderr).toBe(0);
+    const file = /saved (.*\.json)/.exec(r.stderr)![1]!;
+    const saved = JSON.parse(readFileSync(file, 'utf8')) as {
+      rows: Record<string, number | string>[];
+      meta: { threads: number; shapes: { saekitSeconds: number[]; torch: Record<string, string>[]; saekitOverBestTorch: number }[] };
+    };
+    rmSync(file);
+    expect(saved.rows.map((row) => row.impl)).toEqual(['saekit', 'torch', 'torch-dense']);
+    const [ours, sparse, dense] = saved.rows as Record<string, number>[];
+    expect(ours!['time / saekit']).toBe(1);
+    for (const ref of [sparse!, dense!]) expect(ref['time / saekit']).toBeCloseTo(ref['step ms']! / ours!['step ms']!, 6);
+    // Each side's step over its own encoder-shaped GEMM, timed in the same run.
+    for (const row of [ours!, sparse!, dense!]) {
+      expect(row['gemm ms']).toBeGreaterThan(0);
+      expect(row['step / gemm']).toBeCloseTo(row['step ms']! / row['gemm ms']!, 6);
+    }
+    const shape = saved.meta.shapes[0]!;
+    // saekit's median over the steps timed before and after the reference ran (2 + 2).
+    expect(shape.saekitSeconds).toHaveLength(4);
+    const sorted = [...shape.saekitSeconds].sort((a, b) => a - b);
+    expect(ours!['step ms']).toBeCloseTo(((sorted[1]! + sorted[2]!) / 2) * 1e3, 6);
+    expect(shape.saekitOverBestTorch).toBeCloseTo(Math.min(sparse!['step ms']!, dense!['step ms']!) / ours!['step ms']!, 6);
+    // The reference ran on the CPU with saekit's thread count, one line a variant.
+    expect(shape.torch.map((l) => [l.impl, l.device, Number(l.threads)])).toEqual([
+      ['torch', 'cpu', saved.meta.threads],
+      ['torch-dense', 'cpu', saved.meta.threads],
+    ]);
+  }, 180_000);
+
+  it('without a python that imports torch it says why and exits 0, timing nothing', () => {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', runTs, 'torch-cpu', '--quick'], {
+      cwd: packageRoot,
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, SAEKIT_PYTHON: '/nonexistent/python3' },
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain('torch-cpu: skipped: no python with torch (/nonexistent/python3: ');
+    expect(r.stdout).toMatch(/skipped/);
+    const file = /saved (.*\.json)/.exec(r.stderr)![1]!;
+    rmSync(file);
+  });
+
+  it.skipIf(!python)("the reference's --shapes refuses a malformed group, naming it", () => {
+    const r = spawnSync(python!, [path.join(packageRoot, 'bench', 'gpu', 'torch_step.py'), '--cpu', '--shapes', '256,4096,32'], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain("--shapes wants 'dIn,numLatents,k,batch' groups joined by ';', but received '256,4096,32'");
+  });
+});

@@ -126,11 +126,28 @@ def run(d_in, m, k, batch, reps, device, sparse_encoder=True, report=True):
         return statistics.median(ts)
 
     topk_s, topk32_s = time_topk(pre), time_topk(pre32)
+
+    # The encoder's forward GEMM alone (F.linear, as the step runs it): how much of the step is
+    # the dense product, whichever BLAS (or cuBLAS) this torch calls.
+    def time_gemm():
+        ts = []
+        with torch.no_grad(), bf16_autocast(x):
+            for r in range(reps + 2):
+                sync()
+                t0 = time.perf_counter()
+                F.linear(x, W_enc, b_enc)
+                sync()
+                if r >= 2:
+                    ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    gemm_s = time_gemm()
     if report:
         print(
-            f"BENCH impl={'torch' if sparse_encoder else 'torch-dense'} dIn={d_in} numLatents={m} k={k} batch={batch} precision=bf16-autocast "
+            f"BENCH impl={'torch' if sparse_encoder else 'torch-dense'} dIn={d_in} numLatents={m} k={k} batch={batch} "
+            f"precision={'bf16-autocast' if device == 'cuda' else 'fp32'} device={device} threads={torch.get_num_threads()} "
             f"tokens_per_s={batch / step_s:.0f} step_ms={step_s * 1e3:.3f} topk_ms={topk_s * 1e3:.3f} "
-            f"topk_f32_ms={topk32_s * 1e3:.3f}",
+            f"topk_f32_ms={topk32_s * 1e3:.3f} gemm_ms={gemm_s * 1e3:.3f}",
             flush=True,
         )
     del W_enc, b_enc, W_dec, b_dec, opt, x, pre, pre32
@@ -190,22 +207,47 @@ def check():
     print(f"CHECK ok: sparse encoder and decoder backward match dense autograd (worst relative error {worst:.2g}); the decoder backward materialises no [rows, k, dIn]; the step runs")
 
 
+def parse_shapes(text):
+    """'dIn,numLatents,k,batch;...' -> [(dIn, numLatents, k, batch), ...], each a positive integer."""
+    shapes = []
+    for part in text.split(";"):
+        fields = part.split(",")
+        if len(fields) != 4 or not all(f.strip().isdigit() and int(f) > 0 for f in fields):
+            raise argparse.ArgumentTypeError(f"--shapes wants 'dIn,numLatents,k,batch' groups joined by ';', but received '{part}'")
+        shapes.append(tuple(int(f) for f in fields))
+    if any(k > m for _, m, k, _ in shapes):
+        raise argparse.ArgumentTypeError(f"--shapes: k must be at most numLatents, but received '{text}'")
+    return shapes
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--check", action="store_true", help="check the sparse backward passes on the CPU and exit")
+    ap.add_argument("--cpu", action="store_true", help="time the steps on the CPU (bench/torch-cpu.ts): fp32, no autocast")
+    ap.add_argument("--shapes", type=parse_shapes, default=None, help="with --cpu: 'dIn,numLatents,k,batch;...'")
+    ap.add_argument("--threads", type=int, default=0, help="with --cpu: torch's intra-op threads (0: torch's default)")
+    ap.add_argument("--reps", type=int, default=0, help="timed steps per variant (0: 3 with --quick, else 10)")
     args = ap.parse_args()
     # The backward passes are checked first (on the CPU, about a second): a wrong reference would
     # time less work than the step it stands for.
     check()
     if args.check:
         return
+    reps = args.reps or (3 if args.quick else 10)
+    if args.cpu:
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads", flush=True)
+        for d_in, m, k, batch in args.shapes or ((768, 24576, 32, 4096),):
+            run(d_in, m, k, batch, reps, "cpu")
+            run(d_in, m, k, batch, reps, "cpu", sparse_encoder=False)
+        return
     if not torch.cuda.is_available():
         print("SKIP: torch sees no CUDA device")
         return
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}", flush=True)
     torch.set_float32_matmul_precision("high")  # as sparsify sets it
-    reps = 3 if args.quick else 10
     for shape in ((768, 24576, 32), (4096, 65536, 64)):
         try:
             run(*shape, 8192, reps, "cuda")
