@@ -54,9 +54,15 @@ export async function time(fn: () => unknown, opts: { repeats: number; warmup: n
     t.push(Number(process.hrtime.bigint() - t0) / 1e9);
   }
   t.sort((a, b) => a - b);
-  const mid = t.length >> 1;
-  const median = t.length % 2 ? t[mid]! : (t[mid - 1]! + t[mid]!) / 2;
-  return { median, min: t[0]!, max: t[t.length - 1]!, spread: (t[t.length - 1]! - t[0]!) / median, repeats: t.length };
+  const m = median(t);
+  return { median: m, min: t[0]!, max: t[t.length - 1]!, spread: (t[t.length - 1]! - t[0]!) / m, repeats: t.length };
+}
+
+/** The median of `xs` (the mean of the middle two for an even count); `xs` is not reordered. */
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 export function formatTable(rows: Row[]): string {

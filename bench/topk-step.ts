@@ -11,7 +11,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 
 import { backend, SparseAutoencoder } from '../lib/index.js';
 import { native } from '../lib/native/index.js';
-import { type Benchmark, lcgArray, type Row } from './harness.js';
+import { type Benchmark, lcgArray, median, type Row } from './harness.js';
 
 interface Shape {
   dIn: number;
@@ -52,11 +52,6 @@ function peakRssMiB(): number {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 export const topkStep: Benchmark = {
   name: 'topk-step',

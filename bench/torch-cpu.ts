@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 
 import { backend, SparseAutoencoder } from '../lib/index.js';
 import { native } from '../lib/native/index.js';
-import { type Benchmark, lcgArray, type Row } from './harness.js';
+import { type Benchmark, lcgArray, median, type Row } from './harness.js';
 
 interface Shape {
   dIn: number;
@@ -110,11 +110,6 @@ async function saekitSteps(sh: Shape, n: number, warmup: number): Promise<{ step
   return { step, gemm: g, select };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 export const torchCpu: Benchmark = {
   name: 'torch-cpu',

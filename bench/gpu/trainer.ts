@@ -22,7 +22,7 @@ import path from 'node:path';
 
 import { backend, openActivations, SparseAutoencoder, Trainer, type PrefetchedBatch } from '../../lib/index.js';
 import { npyHeader } from '../../test/helpers/data-fixtures.js';
-import { lcgArray } from '../harness.js';
+import { lcgArray, median } from '../harness.js';
 
 interface Shape {
   dIn: number;
@@ -40,11 +40,6 @@ const SHAPES: Shape[] = tiny
       { dIn: 4096, numLatents: 65536, k: 64, batch: 8192, steps: 12 },
     ];
 
-function median(v: number[]): number {
-  const s = [...v].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 
