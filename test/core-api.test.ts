@@ -148,6 +148,12 @@ describe('tensor() and matmul options', () => {
       code: 'ERR_SAEKIT_SHAPE',
       message: 'Expected a float32 tensor of shape [2, 2] for options.out but received float32 [2, 5]',
     });
+    // The right shape in another dtype is a dtype error, as an int32 a or b is.
+    using ints = zeros([2, 2], { dtype: 'int32', device: 'cpu' });
+    expect(await errorOf(() => ops.matmul(a, b, { out: ints as never }))).toMatchObject({
+      code: 'ERR_SAEKIT_DTYPE',
+      message: 'Expected a float32 tensor of shape [2, 2] for options.out but received int32 [2, 2]',
+    });
     for (const out of [sq, id]) {
       expect(await errorOf(() => ops.matmul(sq, id, { out }))).toMatchObject({
         code: 'ERR_SAEKIT_ARG',

@@ -301,7 +301,11 @@ describe('nested arrays: shape errors carry ERR_SAEKIT_SHAPE and name the elemen
       [[[[1], [2]], [[3], 4]], 'ERR_SAEKIT_SHAPE', 'Expected an array for data[1][1] but received 4 (number)'],
       [[[1, 2, 3], [4, 5]], 'ERR_SAEKIT_SHAPE', 'Expected an array of length 3 (arrays must not be ragged) for data[1]'],
       [[[1], [2, 3]], 'ERR_SAEKIT_SHAPE', 'Expected an array of length 1 (arrays must not be ragged) for data[1]'],
-      [[[1, 2], [3, [4]]], 'ERR_SAEKIT_ARG', 'Expected a number for data[1][1]'],
+      // An array where a number belongs is ragged too (a shape error, as the reverse is).
+      [[[1, 2], [3, [4]]], 'ERR_SAEKIT_SHAPE', 'Expected a number (arrays must not be ragged) for data[1][1] but received an array of length 1'],
+      [[1, [2]], 'ERR_SAEKIT_SHAPE', 'Expected a number (arrays must not be ragged) for data[1]'],
+      // A leaf of another type is a bad value, not a bad shape.
+      [[[1, 2], [3, '4']], 'ERR_SAEKIT_ARG', "Expected a number for data[1][1] but received '4' (string)"],
     ];
     for (const [data, code, message] of cases) {
       expect(() => tensor(data as number[][]), JSON.stringify(data)).toThrow(expect.objectContaining({ code, message: expect.stringContaining(message) }));

@@ -190,6 +190,8 @@ function flatten(data: readonly NestedNumbers[], shape: readonly number[], out: 
       if (!Array.isArray(v)) throw argError(`${path}[${i}]`, 'an array', v, 'ERR_SAEKIT_SHAPE');
       flatten(v as readonly NestedNumbers[], shape, out, depth + 1, `${path}[${i}]`);
     } else {
+      // An array here is a ragged nesting (a shape problem, as a number where an array was due is).
+      if (Array.isArray(v)) throw argError(`${path}[${i}]`, 'a number (arrays must not be ragged)', v, 'ERR_SAEKIT_SHAPE');
       if (typeof v !== 'number') throw argError(`${path}[${i}]`, 'a number', v);
       out.push(v);
     }

@@ -59,7 +59,7 @@ export async function matmul(a: Tensor<'float32'>, b: Tensor<'float32'>, options
     const ho = handleOf(out, 'options.out');
     if (out.dtype !== 'float32' || out.shape.length !== 2 || out.shape[0] !== m || out.shape[1] !== n) {
       throw new SaekitError(
-        'ERR_SAEKIT_SHAPE',
+        out.dtype !== 'float32' ? 'ERR_SAEKIT_DTYPE' : 'ERR_SAEKIT_SHAPE',
         `Expected a float32 tensor of shape [${m}, ${n}] for options.out but received ${out.dtype} [${out.shape.join(', ')}]`,
       );
     }
