@@ -22,8 +22,8 @@ export class SaekitError extends Error {
   /** What kind of failure this is (stable across versions). */
   readonly code: SaekitErrorCode;
   /**
-   * Set on errors about one row of an input (an encode whose pre-activations overflow float32
-   * names the row of x): its index, counted from 0. Absent on other errors.
+   * Set on errors about one row of an input (a NaN or infinity in a row of x, an encode whose
+   * pre-activations overflow float32): its index, counted from 0. Absent on other errors.
    */
   declare readonly row?: number;
   constructor(code: SaekitErrorCode, message: string) {
@@ -89,8 +89,18 @@ export function fromNative(err: unknown, site?: Error): SaekitError {
 }
 
 /**
+ * A copy of `err` (code, message, row) whose stack is `site`'s: for an error made away from the
+ * call it fails (one error shared by several queued requests, each of which should point at its
+ * own caller). Other values pass as they are. @internal
+ */
+export function atSite(err: unknown, site: Error): unknown {
+  if (!(err instanceof SaekitError)) return err;
+  return fromNative({ code: err.code, message: err.message, row: err.row }, site);
+}
+
+/**
  * `encoding` (an encode or forward of a batch x that saekit made from the caller's input),
- * with an error about one row r of x ("row r of x", err.row r: pre-activations that overflow)
+ * with an error about one row r of x (err.row r: pre-activations that overflow, a NaN)
  * renamed to the token it came from: err.row becomes `token(r)` and the message names it as
  * `token T of <source>`. Other errors pass as they are. @internal
  */
@@ -100,7 +110,8 @@ export function atTokens<T>(encoding: Promise<T>, token: (row: number) => number
     if (row !== undefined) {
       const e = err as SaekitError & { row?: number };
       e.row = token(row);
-      e.message = e.message.replace(`row ${row} of x`, `token ${e.row} of ${source}`);
+      // "row r of x gives Infinity ..." (overflow) and "in x but row r has NaN ..." (a bad value).
+      e.message = e.message.replace(`row ${row} of x`, `token ${e.row} of ${source}`).replace(`in x but row ${row} has`, `in ${source} but token ${e.row} has`);
     }
     throw err;
   });

@@ -25,7 +25,7 @@ const NOT_BUILT = "the CUDA plugin is not built (run `npm run build:cuda` in sae
 const VARIANTS: Record<string, string[]> = {
   noVersion: ['-DNO_VERSION'],
   noScore: ['-DNO_SCORE'],
-  version2: ['-DPLUGIN_VERSION=2'],
+  version1: ['-DPLUGIN_VERSION=1'], // an older plugin (before sk_status.row)
   version0: ['-DPLUGIN_VERSION=0'],
   score0: ['-DSCORE=0', '-DREASON="fake: the NVIDIA driver (libcuda.so.1) is not installed"'],
   scoreNeg: ['-DSCORE=-1', '-DREASON="fake: negative score"'],
@@ -95,12 +95,12 @@ function infos(lists: string[][], env: Record<string, string> = {}): Cuda[] {
 describe.runIf(haveCc)('CUDA plugin loader: every refusal says why (stand-in plugins)', () => {
   it('a plugin missing either entry point, or of another API version, is refused in the loader\'s words; a refused plugin is never "loaded"', () => {
     const missing = 'missing symbol sk_plugin_api_version or sk_backend_score (not a saekit plugin?)';
-    const [noVersion, noScore, v2, v0] = infos([[lib.noVersion!], [lib.noScore!], [lib.version2!], [lib.version0!]]);
+    const [noVersion, noScore, v1, v0] = infos([[lib.noVersion!], [lib.noScore!], [lib.version1!], [lib.version0!]]);
     for (const [c, file] of [[noVersion, lib.noVersion], [noScore, lib.noScore]] as const) {
       expect(c).toEqual({ available: false, reason: missing, loopback: false, devices: [], attempts: [{ path: file, outcome: missing }] });
     }
-    for (const [c, file, v] of [[v2, lib.version2, 2], [v0, lib.version0, 0]] as const) {
-      const why = `incompatible API version (plugin: ${v}, saekit: 1); ${REBUILD}`;
+    for (const [c, file, v] of [[v1, lib.version1, 1], [v0, lib.version0, 0]] as const) {
+      const why = `incompatible API version (plugin: ${v}, saekit: 2); ${REBUILD}`;
       expect(c).toEqual({ available: false, reason: why, loopback: false, devices: [], attempts: [{ path: file, outcome: why }] });
     }
   });
@@ -121,26 +121,26 @@ describe.runIf(haveCc)('CUDA plugin loader: every refusal says why (stand-in plu
     const gone = path.join(dir, 'no-such-plugin.so');
     const gone2 = path.join(dir, 'nor-this.so');
     const [ab, ba, none] = infos([
-      [lib.version2!, gone, lib.score0!, gone2],
-      [gone, lib.score0!, lib.version2!, gone2],
+      [lib.version1!, gone, lib.score0!, gone2],
+      [gone, lib.score0!, lib.version1!, gone2],
       [gone, gone2],
     ]);
-    const v2 = `incompatible API version (plugin: 2, saekit: 1); ${REBUILD}`;
+    const v1 = `incompatible API version (plugin: 1, saekit: 2); ${REBUILD}`;
     const s0 = 'fake: the NVIDIA driver (libcuda.so.1) is not installed';
     expect(ab!.reason).toBe(s0);
     expect(ab!.attempts).toEqual([
-      { path: lib.version2, outcome: v2 },
+      { path: lib.version1, outcome: v1 },
       { path: gone, outcome: 'not found' },
       { path: lib.score0, outcome: s0 },
       { path: gone2, outcome: 'not found' },
     ]);
-    expect(ba!.reason).toBe(v2);
+    expect(ba!.reason).toBe(v1);
     expect(none!.reason).toBe(NOT_BUILT);
     expect(none!.attempts).toEqual([{ path: gone, outcome: 'not found' }, { path: gone2, outcome: 'not found' }]);
   });
 
   it('the first plugin that scores above 0 is loaded and the rest are not tried; SAEKIT_CUDA=0 (only "0") tries none', () => {
-    const out = child(`const lists = ${JSON.stringify([[lib.score0, lib.good, lib.version2], [lib.good]])};
+    const out = child(`const lists = ${JSON.stringify([[lib.score0, lib.good, lib.version1], [lib.good]])};
 process.env.SAEKIT_CUDA = '0';
 const off = b.info(lists[1]).cuda;
 process.env.SAEKIT_CUDA = '1';
@@ -187,7 +187,7 @@ console.log(JSON.stringify(${JSON.stringify(devices)}.map((d) => refusal(() => b
 
   it('a table of another API version, an init that returns no table, or no init at all is refused naming it', () => {
     expect(zerosOn(lib.initTable77!, ['cuda:1'])).toEqual([
-      ['ERR_SAEKIT_DEVICE', `no CUDA backend table for cuda:1: the CUDA plugin's backend table has API version 77 (saekit: 1); ${REBUILD}`],
+      ['ERR_SAEKIT_DEVICE', `no CUDA backend table for cuda:1: the CUDA plugin's backend table has API version 77 (saekit: 2); ${REBUILD}`],
     ]);
     expect(zerosOn(lib.initNoTable!, ['cuda:0'])).toEqual([
       ['ERR_SAEKIT_DEVICE', "no CUDA backend table for cuda:0: the CUDA plugin's backend init returned no table"],
@@ -201,7 +201,7 @@ console.log(JSON.stringify(${JSON.stringify(devices)}.map((d) => refusal(() => b
     expect(zerosOn(lib.initOld!, ['cuda:1', 'cuda:0'])).toEqual([
       ['ERR_SAEKIT_DEVICE', `no CUDA backend table for cuda:1: the CUDA plugin serves tensors on cuda:0 only (it predates sk_backend_init_device); ${REBUILD}`],
       // Reached through sk_backend_init: its table (version 77 here) is checked like any other.
-      ['ERR_SAEKIT_DEVICE', `no CUDA backend table for cuda:0: the CUDA plugin's backend table has API version 77 (saekit: 1); ${REBUILD}`],
+      ['ERR_SAEKIT_DEVICE', `no CUDA backend table for cuda:0: the CUDA plugin's backend table has API version 77 (saekit: 2); ${REBUILD}`],
     ]);
   });
 

@@ -443,9 +443,15 @@ describe('evaluate: edge cases', () => {
     const one = await evaluate(sae, fromArray(Float32Array.from({ length: dIn }, (_, i) => i), dIn), { geometry: false });
     expect(one.fvu).toBeNaN();
     const bad = customSource(dIn, undefined, async function* () {
+      yield { rows: 2, dIn, data: Float32Array.from({ length: 2 * dIn }, (_, i) => i / 10) };
       yield { rows: 2, dIn, data: Float32Array.from({ length: 2 * dIn }, (_, i) => (i === dIn + 1 ? NaN : i / 10)) };
     });
-    await expect(evaluate(sae, bad, { geometry: false })).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/row 1/) });
+    // Row 1 of the second batch: token 3 of the pass, in the message and as err.row.
+    await expect(evaluate(sae, bad, { geometry: false })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_NONFINITE',
+      message: 'Expected finite values in the source but token 3 has NaN at column 1',
+      row: 3,
+    });
   });
 });
 

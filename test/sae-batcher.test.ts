@@ -79,8 +79,15 @@ describe('EncodeBatcher', () => {
     const [r1, r2, r3] = await Promise.allSettled([b.encode(rowsOf(2, dIn, next)), b.encode(bad), b.encode(rowsOf(1, dIn, next))]);
     expect(r1.status).toBe('fulfilled');
     expect(r3.status).toBe('fulfilled');
-    expect(r2).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/row 1 holds NaN \(column 4\)/) } });
+    // sae.encode's error for the same rows: its words and its err.row.
+    const own = await sae.encode(bad).catch((e: unknown) => e);
+    expect(own).toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', row: 1 });
+    expect(r2).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_NONFINITE', row: 1, message: (own as Error).message } });
+    expect((own as Error).message).toMatch(/row 1 has NaN at column 4$/);
     await expect(b.encode(new Float32Array(dIn + 1))).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
+    // Not a Float32Array at all: ERR_SAEKIT_ARG, as sae.encode says.
+    await expect(b.encode(new Float64Array(dIn) as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for x but received a Float64Array/) });
+    await expect(sae.encode(new Float64Array(dIn) as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
     expect(() => new EncodeBatcher(sae, { maxrows: 3 } as never)).toThrow(/did you mean options\.maxRows/);
     expect(() => new EncodeBatcher({} as SparseAutoencoder)).toThrow(/SparseAutoencoder/);
     // Disposed while requests wait: those reject with the SAE's error.
@@ -89,6 +96,40 @@ describe('EncodeBatcher', () => {
     const settled = await Promise.allSettled(pending);
     expect(settled.some((s) => s.status === 'rejected' && (s.reason as { code: string }).code === 'ERR_SAEKIT_DISPOSED')).toBe(true);
     await expect(b.encode(rowsOf(1, dIn, next))).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+    // Disposed comes first: a request with NaN is not judged on its values any more.
+    await expect(b.encode(bad)).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+    const b2 = new EncodeBatcher(SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 5 }));
+    b2.dispose();
+    await expect(b2.encode(bad)).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED', message: 'this EncodeBatcher was disposed' });
+    b2.sae.dispose();
+  });
+
+  it("a rejected request's error carries its caller's stack (as sae.encode's does), each request its own", async () => {
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 7 });
+    const b = new EncodeBatcher(sae);
+    // Overflowing rows (encoded again alone) and a disposal while waiting: errors made away from encode().
+    const huge = new Float32Array(dIn).fill(3e38);
+    async function firstCaller(): Promise<unknown> {
+      return b.encode(huge).catch((e: unknown) => e);
+    }
+    async function secondCaller(): Promise<unknown> {
+      return b.encode(huge).catch((e: unknown) => e);
+    }
+    const [e1, e2] = await Promise.all([firstCaller(), secondCaller()]);
+    expect(e1).toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', row: 0 });
+    expect((e1 as Error).stack).toMatch(/\n\s+at firstCaller /);
+    expect((e2 as Error).stack).toMatch(/\n\s+at secondCaller /);
+    expect((e1 as Error).stack).not.toMatch(/secondCaller/);
+    async function waiting(): Promise<unknown> {
+      return b.encode(new Float32Array(dIn)).catch((e: unknown) => e);
+    }
+    const running = b.encode(new Float32Array(dIn));
+    const waited = waiting();
+    b.dispose();
+    await running;
+    const e3 = await waited;
+    expect(e3).toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+    expect((e3 as Error).stack).toMatch(/\n\s+at waiting /);
   });
 
   it('a request whose finite values overflow the encoder is rejected alone, naming its own row; the rest of its batch resolves', async () => {
@@ -330,7 +371,7 @@ describe('EncodeBatcher', () => {
     const xs = [rowsOf(1, dIn, next), rowsOf(2, dIn, next), new Float32Array(0), inf, rowsOf(3, dIn, next)];
     const got = await Promise.allSettled(xs.map((x) => b.encode(x)));
     expect(got[2]).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/for x but received a Float32Array of length 0/) } });
-    expect(got[3]).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/row 1 holds -Infinity \(column 3\)/) } });
+    expect(got[3]).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_NONFINITE', row: 1, message: expect.stringMatching(/row 1 has -Infinity at column 3$/) } });
     for (const i of [0, 1, 4]) {
       expect(got[i]!.status, `seed ${seed}, request ${i}`).toBe('fulfilled');
       const g = (got[i] as PromiseFulfilledResult<SparseCodes>).value;

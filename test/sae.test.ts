@@ -389,6 +389,28 @@ describe('SparseAutoencoder: encode, decode, forward, preActivations', () => {
     using saeT = SparseAutoencoder.fromWeights({ W_enc: tW_enc, b_enc: tb_enc, W_dec: tW_dec, b_dec: tb_dec } as unknown as SaeWeights, { k: 3 });
     expectSameBits(await saeT.weights(), keep, `seed ${seed}: from Tensors`);
   });
+
+  it('fromWeights refuses a Tensor matrix of the right count but another shape (it would be read as a different model)', () => {
+    const next = lcg(freshSeed(8));
+    const [dIn, L] = [3, 5];
+    const w = randomWeights(dIn, L, next);
+    const cases: [string, number[], RegExp][] = [
+      ['W_enc', [L, dIn], /Expected a tensor of shape \[3, 5\] for W_enc .* but received shape \[5, 3\] \(its transpose: W_enc is \[dIn, numLatents\]/],
+      ['W_enc', [1, dIn, L], /for W_enc .* but received shape \[1, 3, 5\]$/],
+      ['W_enc', [dIn * L], /for W_enc .* but received shape \[15\]$/],
+      ['W_dec', [dIn, L], /Expected a tensor of shape \[5, 3\] for W_dec .* but received shape \[3, 5\] \(its transpose/],
+    ];
+    for (const [name, shape, message] of cases) {
+      using t = tensor(w[name as 'W_enc' | 'W_dec'], shape);
+      expect(() => SparseAutoencoder.fromWeights({ ...w, [name]: t } as unknown as SaeWeights, { k: 2 }), `${name} ${shape}`).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(message) }),
+      );
+    }
+    // Biases are vectors whatever their tensor's shape: a [1, dIn] b_dec is read as it is meant.
+    using b = tensor(w.b_dec, [1, dIn]);
+    using sae = SparseAutoencoder.fromWeights({ ...w, b_dec: b } as unknown as SaeWeights, { k: 2 });
+    expect(sae.dIn).toBe(dIn);
+  });
 });
 
 interface GradCase {
@@ -1093,6 +1115,36 @@ describe('SparseAutoencoder input validation', () => {
     }
   });
 
+  it('a non-finite value in a row of x (or of the codes) gives err.row, the row its message names, in every op that takes rows', async () => {
+    const seed = freshSeed(21);
+    const next = lcg(seed);
+    using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, next), { k });
+    using opt = sae.adam({ lr: 1e-3 });
+    for (const rows of [1, 3, 17]) {
+      const bad = Math.floor(next() * rows);
+      const col = Math.floor(next() * dIn);
+      const x = randomX(rows, dIn, next);
+      x[bad * dIn + col] = NaN;
+      // A finite later row must not be named instead: a second bad value after the first.
+      if (bad + 1 < rows) x[(bad + 1) * dIn] = Infinity;
+      const want = { code: 'ERR_SAEKIT_NONFINITE', row: bad, message: expect.stringMatching(new RegExp(`in x but row ${bad} has NaN at column ${col}$`)) };
+      const ctx = `seed ${seed}, ${rows} rows, NaN at (${bad}, ${col})`;
+      for (const [name, call] of [
+        ['encode', () => sae.encode(x)],
+        ['forward', () => sae.forward(x)],
+        ['preActivations', () => sae.preActivations(x)],
+        ['gradients', () => sae.gradients(x)],
+        ['step', () => opt.step(x)],
+      ] as const) {
+        await expect((call as () => Promise<unknown>)(), `${ctx}: ${name}`).rejects.toMatchObject(want);
+      }
+      const values = Float32Array.from({ length: rows * k }, () => next());
+      values[bad * k + 1] = Infinity;
+      const codes: SparseCodes = { rows, k, numLatents: L, values, indices: Int32Array.from({ length: rows * k }, (_, i) => i % k) };
+      await expect(sae.decode(codes), `${ctx}: decode`).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', row: bad });
+    }
+  });
+
   it('rejects x whose length is not a multiple of dIn', async () => {
     using sae = SparseAutoencoder.fromWeights(randomWeights(dIn, L, lcg(2)), { k });
     const x = new Float32Array(2 * dIn + 1);
@@ -1170,7 +1222,7 @@ describe('SparseAutoencoder input validation', () => {
         const at = Math.floor(next() * w[name].length);
         w[name][at] = bad;
         const label = `seed ${seed}: ${name}[${at}] = ${bad}`;
-        const message = new RegExp(`finite values in ${name} but row 0 has (NaN|Infinity|-Infinity) at column ${at}\\b`);
+        const message = new RegExp(`finite values in ${name} but ${name}\\[${at}\\] is (NaN|Infinity|-Infinity)$`);
         let err: unknown;
         try {
           SparseAutoencoder.fromWeights(w, { k }).dispose();
@@ -1194,7 +1246,7 @@ describe('SparseAutoencoder input validation', () => {
     const w = randomWeights(dIn, L, next);
     const threshold = Float32Array.from({ length: L }, () => next());
     threshold[5] = NaN;
-    await rejects(() => SparseAutoencoder.fromWeights({ ...w, threshold }, { architecture: 'jumprelu' }), 'ERR_SAEKIT_NONFINITE', /threshold but row 0 has NaN at column 5\b/);
+    await rejects(() => SparseAutoencoder.fromWeights({ ...w, threshold }, { architecture: 'jumprelu' }), 'ERR_SAEKIT_NONFINITE', /threshold but threshold\[5\] is NaN$/);
   });
 
   it('decode refuses codes whose length is not rows * k (they were reshaped to length / rows codes a row)', async () => {
@@ -1473,6 +1525,46 @@ describe('pre-activations past float32\'s range', () => {
     // The same SAE on ordinary rows: codes as the rule gives them (sum of the row, twice).
     const ok = await sae.encode(x.subarray(8));
     expect(Array.from(ok.values)).toEqual([4, 4]);
+  });
+
+  it('decode and forward refuse a reconstruction past float32\'s range (finite codes whose sum overflows), naming the row in err.row, where they returned Infinity', async () => {
+    // dIn 3, 4 latents, k 2; every W_dec entry of column 1 is 2e38: two codes of 1 sum past 3.4e38.
+    const [dIn, L] = [3, 4];
+    const W_dec = new Float32Array(L * dIn).fill(0.5);
+    for (let i = 0; i < L; i++) W_dec[i * dIn + 1] = 2e38;
+    const W_enc = new Float32Array(dIn * L);
+    for (let d = 0; d < dIn; d++) for (let l = 0; l < L; l++) W_enc[d * L + l] = l === d ? 1 : 0;
+    using sae = SparseAutoencoder.fromWeights({ W_enc, b_enc: new Float32Array(L), W_dec, b_dec: new Float32Array(dIn) }, { k: 2 });
+    for (const rows of [1, 4, 9]) {
+      const bad = rows - 1 - (rows >> 1);
+      // Rows of one active latent are finite (2e38); row `bad` has two codes of 1 at column 1.
+      const values = new Float32Array(rows * 2);
+      const indices = new Int32Array(rows * 2);
+      for (let r = 0; r < rows; r++) {
+        values[r * 2] = 1;
+        indices[r * 2] = r % L;
+        indices[r * 2 + 1] = (r + 1) % L;
+      }
+      values[bad * 2 + 1] = 1;
+      await expect(sae.decode({ rows, k: 2, numLatents: L, values, indices }), `${rows} rows`).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_NONFINITE',
+        row: bad,
+        message: expect.stringMatching(new RegExp(`^Expected a reconstruction within float32's range but row ${bad} of the codes decodes to Infinity at column 1 `)),
+      });
+      // The rows alone decode, and to the finite sums.
+      values[bad * 2 + 1] = 0;
+      const ok = await sae.decode({ rows, k: 2, numLatents: L, values, indices });
+      expect(ok[bad * dIn + 1]).toBe(Math.fround(2e38));
+      // forward: x whose rows select two latents each (x = [1, 1, 0]) reconstructs past the range.
+      const x = new Float32Array(rows * dIn);
+      for (let r = 0; r < rows; r++) x[r * dIn] = 1;
+      x[bad * dIn + 1] = 1;
+      await expect(sae.forward(x), `${rows} rows: forward`).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_NONFINITE',
+        row: bad,
+        message: expect.stringMatching(new RegExp(`row ${bad} of x decodes to Infinity at column 1 `)),
+      });
+    }
   });
 });
 

@@ -24,7 +24,7 @@
  * queued in call order, before the setWeights). To switch weights at a known point, await the
  * requests that must see the old ones first.
  */
-import { argError, SaekitError } from '../errors.js';
+import { argError, atSite, SaekitError } from '../errors.js';
 import { checkInt, checkOptions, optionNames } from '../validate.js';
 import { batchInvariantOption, encodeKeepingOverflow, type SparseAutoencoder, type SparseCodes } from './index.js';
 
@@ -45,6 +45,7 @@ interface Request {
   x: Float32Array;
   rows: number;
   resolve: (c: SparseCodes) => void;
+  /** Rejects with the error's copy that carries encode()'s caller's stack (atSite), not the batch's. */
   reject: (e: unknown) => void;
 }
 
@@ -79,21 +80,26 @@ export class EncodeBatcher {
   /** Sparse codes of each row of x (rows x dIn float32 values), encoded with whatever else is waiting. */
   encode(x: Float32Array): Promise<SparseCodes> {
     const dIn = this.sae.dIn;
-    if (!(x instanceof Float32Array) || x.length === 0 || x.length % dIn !== 0) {
+    if (this.#disposed) return Promise.reject(new SaekitError('ERR_SAEKIT_DISPOSED', 'this EncodeBatcher was disposed'));
+    if (this.sae.disposed) return Promise.reject(new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this batcher was disposed'));
+    // The codes sae.encode gives: not a Float32Array ARG, a wrong length SHAPE.
+    if (!(x instanceof Float32Array)) return Promise.reject(argError('x', `a Float32Array of rows x dIn = ${dIn} values`, x));
+    if (x.length === 0 || x.length % dIn !== 0) {
       return Promise.reject(argError('x', `a non-empty Float32Array of rows x dIn = ${dIn} values`, x, 'ERR_SAEKIT_SHAPE'));
     }
     for (let i = 0; i < x.length; i++) {
       if (!Number.isFinite(x[i]!)) {
-        return Promise.reject(
-          new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite values in x but row ${Math.floor(i / dIn)} holds ${x[i]} (column ${i % dIn})`),
-        );
+        // sae.encode's words, and its err.row.
+        const row = Math.floor(i / dIn);
+        const err = new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite values in x but row ${row} has ${x[i]} at column ${i % dIn}`);
+        (err as { row?: number }).row = row;
+        return Promise.reject(err);
       }
     }
-    if (this.#disposed) return Promise.reject(new SaekitError('ERR_SAEKIT_DISPOSED', 'this EncodeBatcher was disposed'));
-    if (this.sae.disposed) return Promise.reject(new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this batcher was disposed'));
+    const site = new Error();
     return new Promise<SparseCodes>((resolve, reject) => {
       // A copy: the caller may reuse x as soon as this returns, and the batch is built later.
-      this.#queue.push({ x: x.slice(), rows: x.length / dIn, resolve, reject });
+      this.#queue.push({ x: x.slice(), rows: x.length / dIn, resolve, reject: (e) => reject(atSite(e, site)) });
       if (!this.#running) void this.#run();
     });
   }

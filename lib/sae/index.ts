@@ -456,7 +456,9 @@ export class SparseAutoencoder {
   /**
    * An SAE from weights in the SAELens orientation: Float32Arrays (copied) or float32 Tensors
    * (read in queue order). Lengths are checked against dIn = b_dec.length and
-   * numLatents = b_enc.length; errors name the weight (a bias when W_enc and W_dec agree with each
+   * numLatents = b_enc.length, and a Tensor's shape too: W_enc [dIn, numLatents], W_dec
+   * [numLatents, dIn] (ERR_SAEKIT_SHAPE otherwise, e.g. for PyTorch's [numLatents, dIn] W_enc);
+   * errors name the weight (a bias when W_enc and W_dec agree with each
    * other and with the other bias). A TopK SAE (the default) needs options.k and no threshold;
    * a JumpReLU SAE (options.architecture 'jumprelu') needs weights.threshold and no k (either
    * given to the other architecture is refused, ERR_SAEKIT_ARG).
@@ -495,6 +497,18 @@ export class SparseAutoencoder {
         throw new SaekitError(
           'ERR_SAEKIT_SHAPE',
           `Expected b_enc of length numLatents = ${wSize / dIn} (W_enc and W_dec hold ${wSize} values, dIn = b_dec's length ${dIn}) but received length ${numLatents}`,
+        );
+      }
+    }
+    // A Tensor carries its shape: a matrix in another orientation (PyTorch's nn.Linear holds W_enc
+    // as [numLatents, dIn]) has the right count and would be read as a different model.
+    for (const [n, want] of [['W_enc', [dIn, numLatents]], ['W_dec', [numLatents, dIn]]] as const) {
+      const w = weights[n];
+      if (w instanceof Tensor && (w.shape.length !== 2 || w.shape[0] !== want[0] || w.shape[1] !== want[1])) {
+        const hint = w.shape.length === 2 && w.shape[0] === want[1] && w.shape[1] === want[0] ? ' (its transpose: W_enc is [dIn, numLatents] and W_dec [numLatents, dIn], as SAELens stores them)' : '';
+        throw new SaekitError(
+          'ERR_SAEKIT_SHAPE',
+          `Expected a tensor of shape [${want.join(', ')}] for ${n} (dIn = b_dec's length ${dIn}, numLatents = b_enc's length ${numLatents}) but received shape [${w.shape.join(', ')}]${hint}`,
         );
       }
     }

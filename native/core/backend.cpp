@@ -6,16 +6,17 @@
 
 namespace sk {
 
-void status_set(sk_status* st, ErrorCode code, const std::string& message) {
+void status_set(sk_status* st, ErrorCode code, const std::string& message, int64_t row) {
   st->code = int(code) + 1;
   std::snprintf(st->message, sizeof(st->message), "%s", message.c_str());
+  st->row = row;
 }
 
 void status_from_exception(sk_status* st) {
   try {
     throw;
   } catch (const Error& e) {
-    status_set(st, e.code(), e.what());
+    status_set(st, e.code(), e.what(), e.row());
   } catch (const std::bad_alloc&) {
     status_set(st, ErrorCode::Memory, "out of memory");
   } catch (const std::exception& e) {
@@ -29,7 +30,7 @@ void status_throw(int rc, const sk_status& st) {
   if (rc == 0) return;
   int code = st.code - 1;
   if (code < int(ErrorCode::Arg) || code > int(ErrorCode::Internal)) code = int(ErrorCode::Internal);
-  throw Error(ErrorCode(code), utf8_whole(st.message, sizeof(st.message)));
+  throw Error(ErrorCode(code), utf8_whole(st.message, sizeof(st.message)), st.row >= 0 ? st.row : -1);
 }
 
 void Backend::unsupported(const char* op) const {

@@ -15,11 +15,18 @@
 
 extern "C" {
 
-#define SK_BACKEND_API_VERSION 1
+#define SK_BACKEND_API_VERSION 2  // 2: sk_status.row
 
 typedef struct sk_status {
   int code;            // 0 = ok, else an sk::ErrorCode + 1
   char message[1024];  // NUL-terminated
+  // An error about one row of an input: its index (JS: the error's `row`), else -1. C++ callers'
+  // `sk_status st{}` starts at -1, so a slot that fails without setting it names no row.
+#ifdef __cplusplus
+  int64_t row = -1;
+#else
+  int64_t row;
+#endif
 } sk_status;
 
 // dtype codes match sk::DType.
@@ -71,7 +78,7 @@ namespace sk {
 
 // Fills `st` from an exception; used by backends to implement the C slots.
 void status_from_exception(sk_status* st);
-void status_set(sk_status* st, ErrorCode code, const std::string& message);
+void status_set(sk_status* st, ErrorCode code, const std::string& message, int64_t row = -1);
 // Throws sk::Error if `rc` is non-zero.
 void status_throw(int rc, const sk_status& st);
 

@@ -156,9 +156,18 @@ void check_finite_rows(const float* x, int64_t N, int64_t D, const char* name) {
       int64_t d = 0;
       while (d < D && std::isfinite(r[d])) ++d;
       throw Error(ErrorCode::NonFinite, fmt("Expected finite values in ", name, " but row ", n, " has ", js_nonfinite(r[d]),
-                                            " at column ", d));
+                                            " at column ", d), n);
     }
   }
+}
+
+void check_finite(const float* x, int64_t n, const char* name) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n; ++i) acc += x[i] * 0.0f;  // NaN or inf anywhere makes this NaN
+  if (acc == 0.0f) return;
+  int64_t i = 0;
+  while (i < n && std::isfinite(x[i])) ++i;
+  throw Error(ErrorCode::NonFinite, fmt("Expected finite values in ", name, " but ", name, "[", i, "] is ", js_nonfinite(x[i])));
 }
 
 void sae_encode(const SaeView& p, const float* x, int64_t N, int64_t K, const std::vector<int32_t>& dead,

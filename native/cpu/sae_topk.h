@@ -64,7 +64,10 @@ struct Codes {
 };
 
 // Throws ERR_SAEKIT_NONFINITE naming the first row of x [N, D] with a NaN or infinity.
+// The error carries the row (sk::Error::row, JS err.row).
 void check_finite_rows(const float* x, int64_t N, int64_t D, const char* name);
+// Throws ERR_SAEKIT_NONFINITE naming the first element of the flat array x [n] ("name[i] is NaN").
+void check_finite(const float* x, int64_t n, const char* name);
 
 // Main codes (sorted by descending value) and, when `dead` is non-empty and Kaux > 0, the AuxK
 // codes over the dead latents (unsorted). xc receives x - b_dec [N, D] when non-null.

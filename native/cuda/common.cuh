@@ -29,14 +29,15 @@ inline void check(cudaError_t e, const char* what) {
 
 // Fills a C status from the current exception (the plugin cannot link core/backend.cpp).
 inline void status_from_current(sk_status* st) {
-  auto set = [&](ErrorCode c, const char* msg) {
+  auto set = [&](ErrorCode c, const char* msg, int64_t row = -1) {
     st->code = int(c) + 1;
     std::snprintf(st->message, sizeof(st->message), "%s", msg);
+    st->row = row;
   };
   try {
     throw;
   } catch (const Error& e) {
-    set(e.code(), e.what());
+    set(e.code(), e.what(), e.row());
   } catch (const std::bad_alloc&) {
     set(ErrorCode::Memory, "out of host memory");
   } catch (const std::exception& e) {

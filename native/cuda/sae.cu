@@ -1908,7 +1908,7 @@ int sae_step(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, const
       int64_t d = 0;
       while (d < D && std::isfinite(r[d])) ++d;
       throw Error(ErrorCode::NonFinite, fmt("Expected finite values in x but row ", n, " has ", (d < D ? js_nonfinite(r[d]) : "a non-finite value"),
-                                            " at column ", d));
+                                            " at column ", d), n);
     }
     SK_CHECK(hs[0] != kZeroVar, ErrorCode::Arg, "Expected a batch x with nonzero variance (at least two different "
              "rows) but all ", N64, " rows are identical: the FVU is undefined");

@@ -205,14 +205,25 @@ void encode_codes(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
               row);
 }
 
-// out [N, D] = (with_bias ? b_dec : 0) + sum_j v W_dec[i], on the model's device.
-void decode_codes(SaeModel& m, const cpu::Codes& c, bool with_bias, float* out) {
+// out [N, D] = (with_bias ? b_dec : 0) + sum_j v W_dec[i], on the model's device. Finite codes
+// whose sum passes float32's range (values near its limit) are ERR_SAEKIT_NONFINITE naming the
+// row of `of` ("the codes", "x") with err.row, as an encode's overflow is, not an infinite output.
+void decode_codes(SaeModel& m, const cpu::Codes& c, bool with_bias, float* out, const char* of) {
   if (m.dev) {
     sk_status st{};
     status_throw(m.dev->api->decode(&st, m.dev->h, c.v.data(), c.i.data(), c.N, c.K, with_bias ? 1 : 0, out), st);
-    return;
+  } else {
+    cpu::sae_decode(m.view(), c, with_bias, out, cpu::cpu_pool());
   }
-  cpu::sae_decode(m.view(), c, with_bias, out, cpu::cpu_pool());
+  const int64_t n = c.N * m.D;
+  if (n == 0 || !cpu::convert_kernels().any_non_finite_f32(out, n)) return;
+  int64_t j = 0;
+  while (j < n && std::isfinite(out[j])) ++j;
+  const int64_t row = j / m.D;
+  throw Error(ErrorCode::NonFinite, fmt("Expected a reconstruction within float32's range but row ", row, " of ", of, " decodes to ",
+                                        js_nonfinite(out[j]), " at column ", j % m.D,
+                                        " (its codes' sum overflows: code values or decoder weights near the float32 limit)"),
+              row);
 }
 
 // An AuxK variant by name: undefined -> 'sparsify' (the default), or 'paper'.
@@ -602,7 +613,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
           arg_error(ErrorCode::Shape, "threshold", fmt("a Float32Array of length numLatents = ", M), info[9]);
         Napi::Float32Array t = info[9].As<Napi::Float32Array>();
         thr.assign(t.Data(), t.Data() + M);
-        cpu::check_finite_rows(thr.data(), 1, M, "threshold");
+        cpu::check_finite(thr.data(), M, "threshold");
       }
       const char* names[4] = {"W_enc", "b_enc", "W_dec", "b_dec"};
       const int64_t lens[4] = {D * M, M, M * D, D};
@@ -616,7 +627,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         const float* data() const { return host ? host->as<const float>() : tensor.data<float>(); }
         // A tensor's values exist only in queue order: checked in the job, as arrays are here.
         const float* checked() const {
-          if (!host) cpu::check_finite_rows(data(), 1, len, name);
+          if (!host) cpu::check_finite(data(), len, name);
           return data();
         }
       };
@@ -644,7 +655,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         src[w].len = len;
         if (!src[w].tensor.storage) {
           src[w].host = copy_typed_array(v.As<Napi::TypedArray>());
-          cpu::check_finite_rows(src[w].host->as<const float>(), 1, len, names[w]);
+          cpu::check_finite(src[w].host->as<const float>(), len, names[w]);
         }
       }
       auto m = std::make_shared<SaeModel>();
@@ -774,7 +785,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
                                         " at position ", q));
       if (const float v = c->v[size_t(q)]; !std::isfinite(v))
         throw Error(ErrorCode::NonFinite, fmt("Expected finite codes.values but received ", js_nonfinite(v),
-                                              " at position ", q, " (row ", q / c->K, ")"));
+                                              " at position ", q, " (row ", q / c->K, ")"), q / c->K);
     }
     return c;
   }
@@ -785,7 +796,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
       auto m = live();
       auto c = get_codes(info[0], info[1], info[2], m->M);
       auto out = HostArray::allocate(size_t(c->N * m->D) * 4);
-      auto work = [m, c, out] { decode_codes(*m, *c, true, out->as<float>()); };
+      auto work = [m, c, out] { decode_codes(*m, *c, true, out->as<float>(), "the codes"); };
       size_t n = size_t(c->N * m->D);
       return queue_job(info.Env(), work, [out, n](Napi::Env env) { return out->to_js(env, napi_float32_array, n); });
     });
@@ -804,7 +815,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
         cpu::check_finite_rows(x.data(), N, D, "x");
         encode_codes(*m, x.data(), N, codes.get());
         float* r = recon->as<float>();
-        decode_codes(*m, *codes, true, r);
+        decode_codes(*m, *codes, true, r, "x");
         std::vector<double> mean(size_t(D), 0.0);
         for (int64_t n = 0; n < N; ++n)
           for (int64_t d = 0; d < D; ++d) mean[size_t(d)] += x.data()[n * D + d];
@@ -913,7 +924,7 @@ class NativeSae : public Napi::ObjectWrap<NativeSae> {
           int64_t(info[1].As<Napi::TypedArray>().ElementLength()) != len)
         arg_error(ErrorCode::Shape, name, fmt("a Float32Array of length ", len), info[1]);
       auto src = copy_typed_array(info[1].As<Napi::TypedArray>());
-      cpu::check_finite_rows(src->as<const float>(), 1, len, name.c_str());
+      cpu::check_finite(src->as<const float>(), len, name.c_str());
       queue_detached(info.Env(), [m, src, name, len] {
         m->pull();
         SaeView p = m->view();
@@ -1365,8 +1376,8 @@ class NativeAdam : public Napi::ObjectWrap<NativeAdam> {
       // Named as the API names them (setState's argument is `state`).
       int64_t t = get_int(info[2], "state.t", 0, int64_t(1) << 50);
       auto m = moment_arg(info[0], "state.m", n), v = moment_arg(info[1], "state.v", n);
-      cpu::check_finite_rows(m->as<const float>(), 1, int64_t(n), "state.m");
-      cpu::check_finite_rows(v->as<const float>(), 1, int64_t(n), "state.v");
+      cpu::check_finite(m->as<const float>(), int64_t(n), "state.m");
+      cpu::check_finite(v->as<const float>(), int64_t(n), "state.v");
       queue_detached(info.Env(), [st, m, v, t, n, model = model_, on_device = owner_ != 0] {
         st->t = t;
         if (!on_device) {

@@ -177,8 +177,12 @@ export function deviceParitySuite(api: SuiteApi, device: DeviceOption, precision
       // A rejected step (non-finite input) changes nothing on the device either.
       const before = await dev.weights();
       const bad = x.slice();
-      bad[5] = NaN;
-      await expect(od.step(bad)).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE' });
+      const badRow = s.rows - 1;
+      bad[badRow * s.dIn + (s.dIn >> 1)] = NaN;
+      // The CPU's error, its row (err.row) included, across the device table's C ABI.
+      const cpuErr = await oc.step(bad).catch((e: unknown) => e);
+      expect(cpuErr).toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', row: badRow });
+      await expect(od.step(bad)).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', row: badRow, message: (cpuErr as Error).message });
       expect(od.steps).toBe(4);
       const after = await dev.weights();
       for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expectClose(after[n], before[n], 0, `${n} after a rejected step`);
