@@ -605,6 +605,21 @@ describe('superposition: determinism and batching', () => {
     expect(Array.from(twice.data.subarray(2500 * 9))).toEqual(Array.from(want));
   });
 
+  it('an epoch that gives no batch (fewer rows than a batch, with dropLast) ends the iteration, whatever epochs says', async () => {
+    // It ran through every empty epoch without yielding the thread: 1e6 epochs blocked it ~0.6 s,
+    // and epochs up to 2^53 - 1 are accepted.
+    const data = superposition(base(freshSeed(47)));
+    for (const shuffle of [false, true]) {
+      const t0 = performance.now();
+      const none = await collect(data.source, { batchSize: 4096, dropLast: true, shuffle, epochs: Number.MAX_SAFE_INTEGER });
+      expect(none.sizes).toEqual([]);
+      expect(performance.now() - t0).toBeLessThan(2000);
+    }
+    // One row short of a batch still gives nothing; exactly a batch gives one per epoch.
+    expect((await collect(data.source, { batchSize: 2501, dropLast: true, epochs: 1e9 })).sizes).toEqual([]);
+    expect((await collect(data.source, { batchSize: 2500, dropLast: true, epochs: 3 })).sizes).toEqual([2500, 2500, 2500]);
+  });
+
   it('shuffle serves each row once per epoch, in a seeded order that changes between epochs', async () => {
     const seed = freshSeed(43);
     const data = superposition({ ...base(seed), firing: { kind: 'uniform', p: 0.5 }, numRows: 1000 }); // no all-zero rows
@@ -837,6 +852,15 @@ describe('superposition: validation', () => {
     expect(() => big.correlationMatrix()).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(/16385 features .* refused above 16384 features/) }));
     const ok = superposition({ dIn: 4, numFeatures: 300, firing: { kind: 'uniform', p: 1e-2 }, correlation: { kind: 'random', strength: 0.5, factors: 2 }, numRows: 8 });
     expect(ok.correlationMatrix()!.length).toBe(300 * 300);
+    // The factor loadings (numFeatures x factors float64) are bounded the same way, before any
+    // allocation: 2^20 factors of 2^20 features were a bare RangeError; 16384 x 16384 (2 GiB) is the most allowed.
+    const t1 = performance.now();
+    for (const [numFeatures, factors, most] of [[2 ** 20, 2 ** 20, 256], [16385, 16385, 16383], [20000, 13422, 13421]] as const) {
+      expect(() => superposition({ dIn: 1, numFeatures, firing: { kind: 'uniform', p: 1e-6 }, correlation: { kind: 'random', factors }, numRows: 8 })).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(new RegExp(`^Expected options\\.correlation\\.factors of at most ${most} with ${numFeatures} features but received ${factors}`)) }),
+      );
+    }
+    expect(performance.now() - t1).toBeLessThan(1000);
   });
 
   it('rejects bad batch options and ranges', () => {

@@ -84,7 +84,8 @@ export type Magnitude = { kind: 'uniform' } | { kind: 'relu-normal'; mean: numbe
  * z_i < Phi^-1(p_i), so every marginal stays p_i. A Float64Array is Sigma itself ([numFeatures,
  * numFeatures], symmetric, unit diagonal, positive definite). 'random' builds
  * Sigma = strength * U U^T off the diagonal (1 on it) from unit factor loadings U [numFeatures,
- * factors] drawn from the seed: z_i = sqrt(strength) u_i . g + sqrt(1 - strength) e_i.
+ * factors] drawn from the seed: z_i = sqrt(strength) u_i . g + sqrt(1 - strength) e_i. U is held
+ * whole (numFeatures x factors float64 values, at most 2^28: 2 GiB; more is ERR_SAEKIT_MEMORY).
  */
 export type Correlation = 'none' | 'random' | Float64Array | { kind: 'random'; strength?: number; factors?: number };
 
@@ -484,6 +485,16 @@ function copulaPlan(correlation: unknown, n: number, seed: bigint): CopulaPlan {
     checkOptions('options.correlation', c, ['kind', 'strength', 'factors']);
     if (c.strength !== undefined) strength = checkNumber('options.correlation.strength', c.strength, 0, 1);
     if (c.factors !== undefined) k = checkInt('options.correlation.factors', c.factors, 1, n);
+  }
+  // The loadings are n x k float64 values, read whole for every row: bounded as
+  // correlationMatrix()'s n x n matrix is (2 GiB), before anything is allocated.
+  const maxLoadings = MAX_CORRELATION_MATRIX_FEATURES * MAX_CORRELATION_MATRIX_FEATURES;
+  if (n * k > maxLoadings) {
+    throw new SaekitError(
+      'ERR_SAEKIT_MEMORY',
+      `Expected options.correlation.factors of at most ${Math.floor(maxLoadings / n)} with ${n} features but received ${k}: ` +
+        `the loadings would be a ${n} x ${k} float64 matrix (${((n * k * 8) / 2 ** 30).toFixed(1)} GiB; the limit is 2 GiB)`,
+    );
   }
   // Unit loadings u_i in R^k, scaled by sqrt(strength).
   const U = new Float64Array(n * k);
@@ -1062,6 +1073,10 @@ export function syntheticSource(dIn: number, numRows: number, row: (r: number, o
       return {
         async *[Symbol.asyncIterator]() {
           for (let epoch = 0; epoch < epochs; epoch++) {
+            // Every epoch holds the same rows: one that gives no batch (fewer rows than a batch,
+            // with dropLast) ends the iteration, as over any finite source (BatchOptions.epochs),
+            // instead of running through up to 2^53 empty epochs without yielding the thread.
+            if (dropLast && numRows < batchSize) return;
             const perm = shuffle ? makePermutation(numRows, shuffleSeed, epoch) : undefined;
             for (let start = 0; start < numRows; start += batchSize) {
               if (closed) throw disposed();
