@@ -5,7 +5,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { openActivations } from '../lib/data/index.js';
-import { expandGlob, matchSegment } from '../lib/data/glob.js';
+import { compareNames, expandGlob, matchSegment } from '../lib/data/glob.js';
 import { freshSeed, rng } from './helpers/io-helpers.js';
 
 /** The reference: the segment as an anchored regular expression over code points (fine on short names). */
@@ -18,6 +18,23 @@ function reference(seg: string, name: string): boolean {
   }
   return new RegExp(`^${re}$`, 'su').test(name);
 }
+
+describe('name order', () => {
+  it("is the UTF-8 byte order of `ls` in the C locale, astral characters included (random names against Buffer.compare)", () => {
+    const seed = freshSeed(11);
+    const r = rng(seed);
+    // ASCII, U+E000-U+FFFF (after the surrogates in UTF-16, before them in UTF-8), astral ones.
+    const chars = ['a', 'B', '1', '.', '\u00e9', '\uff5e', '\ue000', '\uffff', '\u{1F600}', '\u{10000}', '\u{1F601}'];
+    const names = Array.from({ length: 400 }, () => Array.from({ length: 1 + Math.floor(r() * 4) }, () => chars[Math.floor(r() * chars.length)]!).join(''));
+    const want = [...names].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
+    expect([...names].sort(compareNames), `seed ${seed}`).toEqual(want);
+    // The case it got wrong: '😀' (D83D DE00) sorted before '～' (FF5E).
+    expect(['😀.npy', '～.npy', 'b.npy'].sort(compareNames)).toEqual(['b.npy', '～.npy', '😀.npy']);
+    for (const [x, y] of [['a', 'a'], ['a', 'ab'], ['\u{1F600}', '\u{1F601}'], ['\u{10000}', '\uffff']] as const) {
+      expect(Math.sign(compareNames(x, y)), `${x} vs ${y}`).toBe(Math.sign(Buffer.compare(Buffer.from(x), Buffer.from(y))));
+    }
+  });
+});
 
 describe('glob segment matching', () => {
   it('agrees with a regular-expression reference on random patterns and names', () => {

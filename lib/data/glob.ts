@@ -129,7 +129,17 @@ async function readDir(dir: string): Promise<import('node:fs').Dirent[]> {
   }
 }
 
-/** Name order: plain code-unit comparison of the full paths (as `ls` in the C locale). */
+/**
+ * Name order: the full paths' UTF-8 bytes compared (as `ls` in the C locale sorts them), which is
+ * code point order. JavaScript's `<` compares UTF-16 code units, which puts a character past U+FFFF
+ * (a surrogate pair, 0xD800...) before one in U+E000-U+FFFF ('～'); at the first differing unit
+ * the code points are compared instead (a shared high surrogate leaves low surrogates, whose
+ * order is the code points').
+ */
 export function compareNames(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a.charCodeAt(i) === b.charCodeAt(i)) i++;
+  if (i === n) return a.length < b.length ? -1 : a.length > b.length ? 1 : 0;
+  return a.codePointAt(i)! < b.codePointAt(i)! ? -1 : 1;
 }
