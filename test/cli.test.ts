@@ -2,6 +2,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 import { describe, expect, it, vi } from 'vitest';
 
@@ -34,8 +35,15 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}, timeout?: number): { s
  * Runs the CLI with `args` (one thread), sends `signal` (SIGINT: Ctrl-C) `delayMs` after its
  * stderr says `ready` (that it is training), and resolves to its exit code and output.
  */
-async function interrupted(args: string[], delayMs: number, signal: NodeJS.Signals = 'SIGINT', ready = 'training a TopK SAE'): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], { cwd: packageRoot, env: { ...process.env, SAEKIT_NUM_THREADS: '1' } });
+async function interrupted(
+  args: string[],
+  delayMs: number,
+  signal: NodeJS.Signals = 'SIGINT',
+  ready = 'training a TopK SAE',
+  preload: string[] = [],
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const imports = preload.flatMap((p) => ['--import', p]);
+  const child = spawn(process.execPath, ['--import', 'tsx', ...imports, cli, ...args], { cwd: packageRoot, env: { ...process.env, SAEKIT_NUM_THREADS: '1' } });
   let stderr = '';
   let stdout = '';
   let sent = false;
@@ -723,6 +731,60 @@ describe('saekit CLI', () => {
     }
   }, 60_000);
 
+  it('train refuses a --log the run itself replaces: a file of its checkpoint folder or an SAE file it saves in --out', async () => {
+    // The run appended its steps there, then the checkpoint's rename or the save replaced the
+    // file: the log was gone, exit 0, no warning.
+    const { dir, f } = await compareFixture(28, 100);
+    const out = f('run');
+    const base = ['train', f('acts.npy'), '--latents', '8', '--k', '2', '--batch', '10', '--out', out];
+    mkdirSync(out);
+    mkdirSync(f('link-parent'));
+    symlinkSync(out, path.join(f('link-parent'), 'to-run')); // the same folder by another name
+    for (const [log, re] of [
+      [path.join(out, 'checkpoint', 'checkpoint.json'), /Expected --log outside the run's checkpoint folder but '.*checkpoint\.json' is in .*run\/checkpoint \(each checkpoint replaces the files there\)/],
+      [path.join(out, 'checkpoint'), /Expected --log outside the run's checkpoint folder/],
+      [path.join(out, 'checkpoint', 'deeper', 'log'), /Expected --log outside the run's checkpoint folder/],
+      [path.join(out, 'cfg.json'), /Expected --log not to be a file the run saves but '.*cfg\.json' is the SAE's cfg\.json in --out .*run/],
+      [path.join(out, 'sae_weights.safetensors'), /is the SAE's sae_weights\.safetensors in --out/],
+      [path.join(f('link-parent'), 'to-run', 'sae.safetensors'), /is the SAE's sae\.safetensors in --out/],
+      [path.join(dir, '.', 'run', 'cfg.json'), /is the SAE's cfg\.json in --out/],
+    ] as const) {
+      const r = run([...base, '--log', log]);
+      expect(r.status, log).toBe(1);
+      expect(r.stderr, log).toMatch(re);
+      expect(r.stderr, log).toMatch(/\[ERR_SAEKIT_ARG\]\n$/);
+    }
+    expect(readdirSync(out), 'nothing was made').toEqual([]);
+    // A log beside them is fine.
+    const ok = run([...base, '--log', path.join(out, 'log.jsonl'), '--json']);
+    expect(ok.status, ok.stderr).toBe(0);
+    expect(readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).step)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1));
+  }, 60_000);
+
+  it('train --overwrite stopped before its first step puts the earlier run back: checkpoint and log beside its SAE, as they were', async () => {
+    // They were moved aside and then deleted as if replaced, leaving the old SAE that only
+    // --overwrite could pass, while the CLI said "run again to start afresh".
+    const { f } = await compareFixture(29, 200);
+    const out = f('run');
+    const log = f('log.jsonl');
+    const args = ['train', f('acts.npy'), '--latents', '8', '--k', '2', '--batch', '50', '--out', out, '--log', log];
+    const first = run(args);
+    expect(first.status, first.stderr).toBe(0);
+    const files = [path.join(out, 'checkpoint', 'checkpoint.json'), log, path.join(out, 'cfg.json'), path.join(out, 'sae_weights.safetensors')];
+    const before = files.map((p) => readFileSync(p).toString('base64'));
+    const stall = pathToFileURL(path.join(packageRoot, 'test', 'fixtures', 'stall-first-batch.ts')).href;
+    const r = await interrupted([...args, '--overwrite'], 100, 'SIGINT', 'stalling the first batch', [stall]);
+    expect(r.code, r.stderr).toBe(130);
+    expect(r.stdout).toMatch(/^stopped before the first step; nothing saved, and the earlier run it was replacing is back as it was: 0 steps/);
+    expect(files.map((p) => readFileSync(p).toString('base64'))).toEqual(before);
+    expect(readdirSync(f('.')).filter((n) => n.endsWith('.replaced'))).toEqual([]);
+    expect(readdirSync(out).filter((n) => n.endsWith('.replaced'))).toEqual([]);
+    // And the earlier run resumes from its checkpoint as before (nothing left to train: 4 steps done).
+    const again = run([...args, '--resume', '--json']);
+    expect(again.status, again.stderr).toBe(0);
+    expect(again.stderr).toMatch(/resuming from step 4/);
+  }, 60_000);
+
   it('demo --overwrite over a train run moves its checkpoint aside as train --overwrite does, so a later train --resume cannot continue the old run', async () => {
     const { f } = await compareFixture(27, 200);
     const out = f('run');
@@ -832,6 +894,13 @@ describe('saekit eval and train: flags, defaults and output (mutation round)', (
     const t = run(['eval', path.join(dir, 'sae'), two, '--json', '--no-geometry']);
     expect(t.status, t.stderr).toBe(0);
     expect(Number.isFinite(JSON.parse(t.stdout).fvu)).toBe(true);
+    // Three identical rows: no variance either (it printed fvu null and exited 0).
+    const same = path.join(dir, 'same.npy');
+    await io.writeNpy(same, { dtype: 'float32', shape: [3, dIn], data: Float32Array.from({ length: 3 * dIn }, (_, i) => (i % dIn) * 0.5 - 1) });
+    const u = run(['eval', path.join(dir, 'sae'), same, '--json', '--no-geometry']);
+    expect(u.status, u.stderr).toBe(1);
+    expect(u.stdout).toBe('');
+    expect(u.stderr).toMatch(/Expected rows with some spread to evaluate on \(FVU divides by their variance\) but the 3 rows read from .*same\.npy are all the same \[ERR_SAEKIT_ARG\]/);
     rmSync(dir, { recursive: true, force: true });
   });
 

@@ -881,6 +881,12 @@ describe('Trainer', () => {
     );
     expect(() => new Trainer(sae, { normalize: 'expected-norm', batchSize: 4096, normalizeBatches: most })).not.toThrow();
     expect(() => new Trainer(sae, { batchSize: 4096, normalizeBatches: most + 1 })).not.toThrow(); // no estimate without 'expected-norm'
+    // Left to its default, the count is 4 or as many as fit (at least 1): the CLI, which has no flag
+    // for it, refused --batch 65536 at dIn 4096 naming options.normalizeBatches.
+    const fits4 = Math.floor(2 ** 31 / (4 * dIn * 4)); // the largest batch of which 4 fit in 2 GiB
+    for (const [batchSize, want] of [[4096, 4], [fits4, 4], [fits4 + 1, 3], [Math.floor(2 ** 31 / (3 * dIn * 4)) + 1, 2], [1 << 24, 1]] as const) {
+      expect(new Trainer(sae, { normalize: 'expected-norm', batchSize }).options.normalizeBatches, `batchSize ${batchSize}`).toBe(want);
+    }
   });
 
   it('recovers planted features end to end (MMCS truth-to-learned >= 0.9)', async () => {
@@ -1368,6 +1374,11 @@ describe('Trainer: defaults, option bounds, the schedule as run, counters and ch
       expect(Math.abs(first[j]! - m / 8)).toBeLessThanOrEqual(1e-6 * (1 + Math.abs(m / 8)));
     }
     await t.fit(fromArray(x.map((v) => v + 3), dIn));
+    expect(bits((await sae.weights()).b_dec)).toEqual(bits(first));
+    // dispose() frees Adam's moments, not the run's history: the next fit still keeps b_dec (it
+    // took the new data's mean, since "continuing" was read off the optimizer).
+    t.dispose();
+    await t.fit(fromArray(x.map((v) => v + 5), dIn));
     expect(bits((await sae.weights()).b_dec)).toEqual(bits(first));
   });
 

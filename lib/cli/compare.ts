@@ -55,7 +55,7 @@ export type OutInput = { sae: string } | { flag: string; data: string; files: re
  * The names `p` goes by: absolute as given, with its folder's links resolved, and with its own
  * link resolved (when it exists), so a file reached through a link is still the same file.
  */
-async function namesOf(p: string): Promise<string[]> {
+export async function namesOf(p: string): Promise<string[]> {
   const abs = path.resolve(p);
   const dir = await realpath(path.dirname(abs)).catch(() => path.dirname(abs));
   return [...new Set([abs, path.join(dir, path.basename(abs)), await realpath(abs).catch(() => abs)])];

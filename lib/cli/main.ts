@@ -21,7 +21,7 @@ import { packageRoot } from '../native/index.js';
 import { AUXK_VARIANTS } from '../sae/index.js';
 import { B_DEC_INITS, DECAYS, type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
 import { lockFolder } from '../train/lock.js';
-import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, checkNotInput, matchLayers, type MatchLayersFlags, type OutInput } from './compare.js';
+import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, checkNotInput, matchLayers, type MatchLayersFlags, namesOf, type OutInput } from './compare.js';
 import { Progress, reportSkipped, TokenProgress } from './progress.js';
 import { abortOnSignal, STOP_SIGNALS, stoppable } from './stop.js';
 
@@ -230,6 +230,27 @@ async function checkLogNotInput(log: string, paths: string[], dIn: number | unde
 }
 
 /**
+ * Checks that --log is none of the files the run itself replaces (compared as checkNotInput
+ * compares): the checkpoint folder's files, which each checkpoint renames over, and the SAE files
+ * the run saves in --out. A log there was silently replaced by them at the end, exit status 0.
+ */
+async function checkLogNotOutput(log: string, out: string): Promise<void> {
+  const logNames = await namesOf(log);
+  for (const o of await namesOf(out)) {
+    const ck = path.join(o, 'checkpoint');
+    for (const l of logNames) {
+      if (l === ck || l.startsWith(ck + path.sep)) {
+        throw new SaekitError('ERR_SAEKIT_ARG', `Expected --log outside the run's checkpoint folder but '${log}' is in ${path.join(out, 'checkpoint')} (each checkpoint replaces the files there)`);
+      }
+      const name = path.basename(l);
+      if (path.dirname(l) === o && (SAE_FILE_NAMES as readonly string[]).includes(name)) {
+        throw new SaekitError('ERR_SAEKIT_ARG', `Expected --log not to be a file the run saves but '${log}' is the SAE's ${name} in --out ${out}`);
+      }
+    }
+  }
+}
+
+/**
  * --overwrite: the earlier run's checkpoint and log (those of `paths` that exist) are moved aside
  * (name.replaced), not deleted, until the new run has ended; a run that fails first leaves them
  * there to be restored (see keptAside). Returns the names they were moved to.
@@ -246,6 +267,19 @@ async function moveAside(paths: readonly (string | undefined)[]): Promise<string
     replaced.push(`${p}.replaced`);
   }
   return replaced;
+}
+
+/**
+ * Puts back what moveAside moved (each `name.replaced` to `name`), for a new run that ended
+ * without a step or a file of its own (stopped while its first batch was read): whatever it made
+ * at those names (an empty log, its checkpoint folder's lock) goes first.
+ */
+async function restoreAside(replaced: readonly string[]): Promise<void> {
+  for (const p of replaced) {
+    const name = p.slice(0, -'.replaced'.length);
+    await rm(name, { recursive: true, force: true });
+    await rename(p, name);
+  }
 }
 
 /** Says where moveAside put the run being replaced, when the new run failed (stderr). */
@@ -267,7 +301,10 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
   }
   const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn, onNonFinite: f.onNonFinite });
   try {
-    if (f.log !== undefined) await checkLogNotInput(f.log, paths, f.dIn);
+    if (f.log !== undefined) {
+      await checkLogNotInput(f.log, paths, f.dIn);
+      await checkLogNotOutput(f.log, f.out);
+    }
     const numLatents = f.latents ?? Math.round(f.expansion! * source.dIn);
     if (f.latents === undefined && !(numLatents >= 1)) {
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected --expansion of at least ${(0.5 / source.dIn).toPrecision(3)} (dIn ${source.dIn} x --expansion, rounded, is the number of latents) but received ${f.expansion}`);
@@ -323,7 +360,11 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
       sig.dispose();
       progress.done();
     }
-    for (const p of replaced) await rm(p, { recursive: true, force: true });
+    // Stopped before its first step, the new run replaced nothing: the earlier run's checkpoint
+    // and log go back beside its SAE (deleting them left an SAE that only --overwrite could pass).
+    const restored = replaced.length > 0 && result.steps === 0 && result.saved.length === 0;
+    if (restored) await restoreAside(replaced);
+    else for (const p of replaced) await rm(p, { recursive: true, force: true });
     if (result.resumedFrom && result.resumedFrom.step * f.batch >= total) {
       process.stderr.write(`saekit: the checkpoint was already at step ${result.resumedFrom.step}, at or past this run's ${total / f.batch} steps: nothing was trained (raise --tokens or --epochs to train longer)\n`);
     }
@@ -348,7 +389,9 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
           result.status === 'aborted'
             ? result.saved.length > 0
               ? 'stopped early; checkpoint and SAE saved (resume with --resume)'
-              : 'stopped before the first step; nothing saved (run again to start afresh)'
+              : restored
+                ? 'stopped before the first step; nothing saved, and the earlier run it was replacing is back as it was'
+                : 'stopped before the first step; nothing saved (run again to start afresh)'
             : result.status === 'exhausted'
               ? 'the data ended before --tokens'
               : 'done'
@@ -413,7 +456,9 @@ async function demo(f: DemoFlags): Promise<void> {
     sig.dispose();
     progress.done();
   }
-  for (const p of replaced) await rm(p, { recursive: true, force: true });
+  // As in train: stopped before its first step, the demo replaced nothing, so the checkpoint goes back.
+  if (replaced.length > 0 && result.steps === 0 && result.saved.length === 0) await restoreAside(replaced);
+  else for (const p of replaced) await rm(p, { recursive: true, force: true });
   if (result.status === 'aborted') {
     process.exitCode = sig.exitCode ?? STOP_SIGNALS.SIGINT;
     process.stderr.write(`saekit demo: interrupted after ${result.tokens.toLocaleString('en-US')} of ${tokens.toLocaleString('en-US')} tokens; the numbers below are of the partly trained SAE\n`);
@@ -492,6 +537,10 @@ async function evalCommand(saePath: string, paths: string[], f: EvalFlags, signa
     }
     reportSkipped(source);
     if (r.tokens < 2) throw tooFew(r.tokens, ' once the non-finite rows are skipped');
+    // Rows without spread (all identical) leave FVU 0 / 0 too: NaN in the table, null in --json, exit 0.
+    if (Number.isNaN(r.fvu)) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected rows with some spread to evaluate on (FVU divides by their variance) but the ${r.tokens} rows read from ${paths.join(', ')} are all the same`);
+    }
     const { feature_density: density, max_cos_enc: mce, max_cos_dec: mcd, log10_density_histogram: hist, ...scalars } = r;
     if (f.json) {
       process.stdout.write(`${JSON.stringify({ ...scalars, log10_density_histogram: hist }, null, 2)}\n`);
@@ -572,7 +621,7 @@ export function buildProgram(): Command {
     .option('--batch <n>', 'rows per batch', num('batch', 1, 1 << 24), 4096)
     .option('--compat', 'also report the SAELens-legacy, SAEBench, sparsify and dictionary_learning variants (labelled)')
     .option('--no-geometry', 'skip the max-cosine geometry metrics')
-    .option('--json', "print JSON: evaluate()'s snake_case fields (SAELens's names where it has the statistic; SAEBench's frac_alive is 1 - dead_fraction, its freq_over_1_percent / _10_percent are dense_fraction_1pct / _10pct)")
+    .option('--json', "print JSON: evaluate()'s scalar fields, compat and the density histogram, not the per-latent arrays (feature_density, max_cos_enc, max_cos_dec; non-finite values are null) (SAELens's names where it has the statistic; SAEBench's frac_alive is 1 - dead_fraction, its freq_over_1_percent / _10_percent are dense_fraction_1pct / _10pct)")
     .option('--tensor <name>', 'the tensor to read from .safetensors files')
     .option('--dtype <t>', 'element type of raw .bin files')
     .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))

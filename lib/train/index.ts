@@ -108,9 +108,10 @@ export interface TrainerOptions {
    */
   normalize?: 'none' | 'expected-norm';
   /**
-   * Batches used to estimate the normalisation scale. Default 4. They are held (float32 copies)
-   * until they are trained on, the first steps of the run, so normalizeBatches x batchSize x dIn x
-   * 4 bytes may be at most 2 GiB when normalizeBatches > 1 (SAELens' 1000 batches of 4096 rows at dIn 768 would be 12.6 GB).
+   * Batches used to estimate the normalisation scale. Default 4, or as many as fit in 2 GiB (at
+   * least 1) when 4 do not. They are held (float32 copies) until they are trained on, the first
+   * steps of the run, so normalizeBatches x batchSize x dIn x 4 bytes may be at most 2 GiB when
+   * normalizeBatches > 1 (SAELens' 1000 batches of 4096 rows at dIn 768 would be 12.6 GB).
    */
   normalizeBatches?: number;
   /** Shuffle the source. Default true. */
@@ -441,6 +442,8 @@ export class Trainer {
   private opt: AdamOptimizer | undefined;
   /** options.bDecInit was given (applied even to an SAE whose b_dec is not zero). */
   private readonly bDecInitGiven: boolean;
+  /** A fit() has run (not `opt !== undefined`: dispose() clears opt, and b_dec stays trained). */
+  private fitted = false;
 
   constructor(sae: SparseAutoencoder, options?: TrainerOptions) {
     if (sae === null || typeof sae !== 'object' || typeof (sae as SparseAutoencoder).adam !== 'function') throw argError('sae', 'a SparseAutoencoder', sae);
@@ -460,8 +463,9 @@ export class Trainer {
     if (o.lr !== undefined && o.lr !== 'auto' && !(typeof o.lr === 'number' && o.lr >= 0 && o.lr <= 10)) {
       throw argError('options.lr', "'auto' or a finite number >= 0 and <= 10", o.lr);
     }
+    const batchSize = o.batchSize === undefined ? DEFAULTS.batchSize : checkInt('options.batchSize', o.batchSize, 2, 1 << 24);
     const r: ResolvedTrainerOptions = {
-      batchSize: o.batchSize === undefined ? DEFAULTS.batchSize : checkInt('options.batchSize', o.batchSize, 2, 1 << 24),
+      batchSize,
       totalTokens: o.totalTokens === undefined ? undefined : checkInt('options.totalTokens', o.totalTokens, 1, Number.MAX_SAFE_INTEGER),
       epochs: o.epochs === undefined ? undefined : checkInt('options.epochs', o.epochs, 1, 1 << 30),
       lr: o.lr === undefined || o.lr === 'auto' ? 2e-4 / Math.sqrt(sae.numLatents / 2 ** 14) : o.lr,
@@ -477,7 +481,12 @@ export class Trainer {
         o.deadThresholdTokens === undefined ? DEFAULTS.deadThresholdTokens : checkNumber('options.deadThresholdTokens', o.deadThresholdTokens, 0, MAX_DEAD_THRESHOLD),
       bDecInit: o.bDecInit === undefined ? DEFAULTS.bDecInit : checkOneOf('options.bDecInit', o.bDecInit, B_DEC_INITS),
       normalize: o.normalize === undefined ? DEFAULTS.normalize : checkOneOf('options.normalize', o.normalize, ['none', 'expected-norm'] as const),
-      normalizeBatches: o.normalizeBatches === undefined ? DEFAULTS.normalizeBatches : checkInt('options.normalizeBatches', o.normalizeBatches, 1, 1 << 20),
+      // The default fits the 2 GiB hold below (the error is for a count the caller chose: the CLI
+      // has no flag for it, and 4 batches of 65536 rows at dIn 4096 are 4 GiB).
+      normalizeBatches:
+        o.normalizeBatches === undefined
+          ? Math.min(DEFAULTS.normalizeBatches, Math.max(1, Math.floor(NORMALIZE_HOLD_BYTES / (batchSize * sae.dIn * 4))))
+          : checkInt('options.normalizeBatches', o.normalizeBatches, 1, 1 << 20),
       shuffle: o.shuffle === undefined ? DEFAULTS.shuffle : checkBool('options.shuffle', o.shuffle),
       seed: o.seed === undefined ? DEFAULTS.seed : checkInt('options.seed', o.seed, 0, Number.MAX_SAFE_INTEGER),
     };
@@ -605,8 +614,10 @@ export class Trainer {
     const o = this.options;
     const total = this.totalSteps(source);
     const warmup = Math.min(o.warmupSteps, Math.ceil(total / 10));
-    // A Trainer's later fit() continues training (its Adam state and b_dec carry over).
-    const continuing = this.opt !== undefined;
+    // A Trainer's later fit() continues training (its Adam state, unless dispose() freed it, and
+    // its b_dec carry over).
+    const continuing = this.fitted;
+    this.fitted = true;
     this.opt ??= this.sae.adam({ lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps });
     const opt = this.opt;
 
