@@ -40,7 +40,8 @@
  *
  * With `shuffle`, epoch e serves the rows in a keyed permutation of [0, numRows): a 6-round
  * balanced Feistel network on 2 * ceil(log2(numRows) / 2) bits with cycle walking, its round
- * keys the first six words of state(4, e) under the batches() seed. Every row is served once
+ * keys the first six outputs of the xoshiro128** generator whose state is state(4, e) under the
+ * batches() seed (not the state's own words). Every row is served once
  * per epoch, in an order that does not depend on batchSize.
  *
  * Hierarchies (options.hierarchy, SAELens's HierarchyNode semantics) switch active features
