@@ -496,6 +496,7 @@ interface EvalFlags {
   maxTokens: number;
   batch: number;
   json?: boolean;
+  perLatent?: boolean;
   compat?: boolean;
   geometry: boolean;
   tensor?: string;
@@ -515,6 +516,7 @@ async function evalCommand(saePath: string, paths: string[], f: EvalFlags, signa
     const tooFew = (tokens: number, why: string) =>
       new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 rows to evaluate on (FVU needs a variance) but ${paths.join(', ')} ${tokens === 1 ? 'gives 1 row' : `give ${tokens} rows`}${why}`);
     if (source.numRows !== undefined && source.numRows < 2) throw tooFew(source.numRows, '');
+    if (f.perLatent && !f.json) throw new SaekitError('ERR_SAEKIT_ARG', 'Expected --json with --per-latent (the per-latent arrays are printed in the JSON only)');
     process.stderr.write(`evaluating ${saePath} (${sae.architecture}, dIn ${sae.dIn}, ${sae.numLatents} latents) on up to ${f.maxTokens.toLocaleString('en-US')} tokens\n`);
     const total = Math.min(f.maxTokens, source.numRows ?? Infinity);
     const progress = new TokenProgress('evaluating', total);
@@ -543,7 +545,11 @@ async function evalCommand(saePath: string, paths: string[], f: EvalFlags, signa
     }
     const { feature_density: density, max_cos_enc: mce, max_cos_dec: mcd, log10_density_histogram: hist, ...scalars } = r;
     if (f.json) {
-      process.stdout.write(`${JSON.stringify({ ...scalars, log10_density_histogram: hist }, null, 2)}\n`);
+      // --per-latent: the arrays as plain JSON arrays (a typed array would print as an object).
+      const perLatent = f.perLatent
+        ? { feature_density: Array.from(density), ...(mce ? { max_cos_enc: Array.from(mce) } : {}), ...(mcd ? { max_cos_dec: Array.from(mcd) } : {}) }
+        : {};
+      process.stdout.write(`${JSON.stringify({ ...scalars, log10_density_histogram: hist, ...perLatent }, null, 2)}\n`);
       return;
     }
     const rows: [string, string][] = Object.entries(scalars)
@@ -552,9 +558,6 @@ async function evalCommand(saePath: string, paths: string[], f: EvalFlags, signa
     if (r.compat) for (const [k, v] of Object.entries(r.compat)) if (typeof v === 'number') rows.push([`${k} (compat)`, v.toPrecision(6)]);
     const width = Math.max(...rows.map(([a]) => a.length));
     for (const [a, b] of rows) process.stdout.write(`${a.padEnd(width)}  ${b}\n`);
-    void density;
-    void mce;
-    void mcd;
   } finally {
     await source.close();
   }
@@ -621,7 +624,8 @@ export function buildProgram(): Command {
     .option('--batch <n>', 'rows per batch', num('batch', 1, 1 << 24), 4096)
     .option('--compat', 'also report the SAELens-legacy, SAEBench, sparsify and dictionary_learning variants (labelled)')
     .option('--no-geometry', 'skip the max-cosine geometry metrics')
-    .option('--json', "print JSON: evaluate()'s scalar fields, compat and the density histogram, not the per-latent arrays (feature_density, max_cos_enc, max_cos_dec; non-finite values are null) (SAELens's names where it has the statistic; SAEBench's frac_alive is 1 - dead_fraction, its freq_over_1_percent / _10_percent are dense_fraction_1pct / _10pct)")
+    .option('--json', "print JSON: evaluate()'s scalar fields, compat and the density histogram (SAELens's names where it has the statistic; SAEBench's frac_alive is 1 - dead_fraction, its freq_over_1_percent / _10_percent are dense_fraction_1pct / _10pct); non-finite values are null")
+    .option('--per-latent', 'with --json, also the per-latent arrays: feature_density and, unless --no-geometry, max_cos_enc and max_cos_dec (numLatents values each)')
     .option('--tensor <name>', 'the tensor to read from .safetensors files')
     .option('--dtype <t>', 'element type of raw .bin files')
     .option('--d-in <n>', 'row width of raw .bin files', num('d-in', 1, 1 << 24))
