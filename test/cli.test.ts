@@ -499,6 +499,18 @@ describe('saekit CLI', () => {
     const ok = run(['match-layers', path.join(dir, 'l0'), path.join(dir, 'l1'), '--no-fold', '--json']);
     expect(ok.status, ok.stderr).toBe(0);
     expect(JSON.parse(ok.stdout)[0].matched).toBe(n);
+    // A finite encoder weight over a tiny threshold folds past float32's range: with --encoder the
+    // error names the file and --no-fold (it named saeB and blamed the stored weights).
+    const w2 = await l0.weights();
+    const th = Float32Array.from({ length: n }, (_, i) => (i === 2 ? 1e-30 : 0.5));
+    const W_enc = w2.W_enc.slice();
+    W_enc[1 * n + 2] = 1e10;
+    using l2 = SparseAutoencoder.fromWeights({ W_enc, b_enc: w2.b_enc, W_dec: w2.W_dec, b_dec: w2.b_dec, threshold: th }, { architecture: 'jumprelu' });
+    await l2.save(path.join(dir, 'l2'));
+    const over = run(['match-layers', path.join(dir, 'l0'), path.join(dir, 'l2'), '--encoder']);
+    expect(over.status).toBe(1);
+    expect(over.stderr).toMatch(new RegExp(`Expected folded weights within float32's range but ${path.join(dir, 'l2').replace(/[.\\/]/g, '\\$&')}'s latent 2 folds W_enc\\[1\\]\\[2\\] / threshold\\[2\\] = .* to (-)?Infinity .*; pass --no-fold to match without folding \\[ERR_SAEKIT_NONFINITE\\]`));
+    expect(run(['match-layers', path.join(dir, 'l0'), path.join(dir, 'l2'), '--encoder', '--no-fold']).status).toBe(0);
   }, 60_000);
 
   it('checks outputs, resume options and inputs before any work, with one-line errors in terms of flags', async () => {
@@ -931,6 +943,26 @@ describe('saekit eval and train: flags, defaults and output (mutation round)', (
     expect(text.stdout).toMatch(/^tokens\s+40$/m);
     expect(text.stdout).toMatch(new RegExp(`^fvu\\s+${noGeo.fvu.toPrecision(6).replace('.', '\\.')}$`, 'm'));
     expect(text.stdout).toMatch(new RegExp(`^l0\\s+${Number.isInteger(noGeo.l0) ? String(noGeo.l0) : noGeo.l0.toPrecision(6).replace('.', '\\.')}$`, 'm'));
+    // The per-latent arrays only with --per-latent: plain arrays equal to evaluate()'s.
+    expect(withGeo).not.toHaveProperty('feature_density');
+    expect(withGeo).not.toHaveProperty('max_cos_enc');
+    const p = run(['eval', path.join(dir, 'sae'), acts, '--json', '--per-latent']);
+    expect(p.status, p.stderr).toBe(0);
+    const per = JSON.parse(p.stdout);
+    using loaded = await SparseAutoencoder.load(path.join(dir, 'sae'));
+    const api = await metrics.evaluate(loaded, await openActivations(acts));
+    expect(per.feature_density).toEqual(Array.from(api.feature_density));
+    expect(per.max_cos_enc).toEqual(Array.from(api.max_cos_enc!));
+    expect(per.max_cos_dec).toEqual(Array.from(api.max_cos_dec!));
+    expect(per.feature_density).toHaveLength(12);
+    expect(per.fvu).toBe(withGeo.fvu);
+    const pn = JSON.parse(run(['eval', path.join(dir, 'sae'), acts, '--json', '--per-latent', '--no-geometry']).stdout);
+    expect(pn.feature_density).toEqual(per.feature_density);
+    expect(pn).not.toHaveProperty('max_cos_enc');
+    expect(pn).not.toHaveProperty('max_cos_dec');
+    const bare = run(['eval', path.join(dir, 'sae'), acts, '--per-latent']);
+    expect(bare.status).toBe(1);
+    expect(bare.stderr).toMatch(/Expected --json with --per-latent \(the per-latent arrays are printed in the JSON only\) \[ERR_SAEKIT_ARG\]/);
   });
 
   it('train --expansion rounds dIn x E to the nearest integer, and --k defaults to the 32 its help prints; --resume with --overwrite is refused', async () => {

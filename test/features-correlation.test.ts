@@ -679,8 +679,60 @@ describe('features.correlation: inputs and edge cases', () => {
     const xc = Float32Array.from({ length: n * dIn }, () => gauss(next));
     const pc = full(await correlation({ sae: A, source: fromArray(xc, dIn) }, { sae: B }));
     const cc = full(await correlation({ sae: A, source: fromArray(xc, dIn) }, { sae: B }, { compat: 'univ-feat-geom' }));
-    for (let e = 0; e < 9 * 7; e++) expect(cc.r[e]!).toBe(Math.fround((pc.r[e]! * (n - 1)) / n));
+    // Scaled in float64 before the float32 rounding: within one rounding of Pearson r times the factor.
+    for (let e = 0; e < 9 * 7; e++) {
+      const want = (pc.r[e]! * (n - 1)) / n;
+      expect(Math.abs(cc.r[e]! - want), `entry ${e}`).toBeLessThanOrEqual(2 ** -23 * Math.abs(want) + 2 ** -24 * Math.abs(pc.r[e]!));
+    }
     await expect(correlation(...sides(), { kind: 'dense', compat: 'univ_feat_geom' as never })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.compat/) });
+  });
+
+  it("compat 'univ-feat-geom' top lists rank the scaled values: best first, ties to the lower index, as the scaled full matrix orders them, so match() agrees (codes and dense, fresh data)", async () => {
+    // Many A features near-copies of a few B directions: r within float32 ulps of each other
+    // (1 and 0.99999994), which the factor (N - 1) / N merges. Scaled after the ranking, the lists
+    // kept the unscaled order and left out a lower-indexed feature that tied only after scaling.
+    const seed = (Date.now() ^ 0x5bd1e995) >>> 0;
+    const next = lcg(seed);
+    const [n, d, base, copies] = [10, 6, 4, 40];
+    const Y = Float32Array.from({ length: n * base }, () => next() * 2 - 1);
+    const A = new Float32Array(n * base * copies);
+    for (let t = 0; t < n; t++) for (let i = 0; i < base * copies; i++) A[t * base * copies + i] = Y[t * base + (i % base)]! + 2e-4 * (next() - 0.5);
+    const nA = base * copies;
+    // Codes: SAEs whose encoder columns are the same near-copies of a few directions (k = all).
+    const W = Float32Array.from({ length: d * base }, () => next() * 2 - 1);
+    const WA = new Float32Array(d * nA);
+    for (let r = 0; r < d; r++) for (let i = 0; i < nA; i++) WA[r * nA + i] = W[r * base + (i % base)]! + 1e-3 * (next() - 0.5);
+    const decA = Float32Array.from({ length: nA * d }, () => next() - 0.5);
+    const decB = Float32Array.from({ length: base * d }, () => next() - 0.5);
+    using sa = SparseAutoencoder.fromWeights({ W_enc: WA, b_enc: new Float32Array(nA).fill(5), W_dec: decA, b_dec: new Float32Array(d) }, { k: nA });
+    using sb = SparseAutoencoder.fromWeights({ W_enc: W, b_enc: new Float32Array(base).fill(5), W_dec: decB, b_dec: new Float32Array(d) }, { k: base });
+    const xs = Float32Array.from({ length: n * d }, () => next() * 2 - 1);
+    const cases = [
+      ['dense', () => [{ source: fromArray(A, nA) }, { source: fromArray(Y, base) }] as [CorrelationSide, CorrelationSide]],
+      ['codes', () => [{ sae: sa, source: fromArray(xs, d) }, { sae: sb }] as [CorrelationSide, CorrelationSide]],
+    ] as const;
+    for (const [kind, sides] of cases) {
+      let ties = 0;
+      const opts = { kind, compat: 'univ-feat-geom' as const, batchSize: 4 };
+      const f = full(await correlation(...sides(), { ...opts, output: 'full' }));
+      const t = await correlation(...sides(), { ...opts, output: 'top', top: 5, reverse: true });
+      if (t.mode !== 'top') throw new Error('expected top mode');
+      for (let j = 0; j < base; j++) {
+        // The reference: column j of the full matrix sorted by (r descending, index ascending).
+        const order = Array.from({ length: nA }, (_, i) => i).sort((x, y) => f.r[y * base + j]! - f.r[x * base + j]! || x - y);
+        expect(Array.from(t.top.indices.subarray(j * 5, j * 5 + 5)), `${kind} B feature ${j}, seed ${seed}`).toEqual(order.slice(0, 5));
+        expect(Array.from(t.top.r.subarray(j * 5, j * 5 + 5))).toEqual(order.slice(0, 5).map((i) => f.r[i * base + j]!));
+        for (let q = 0; q + 1 < nA; q++) if (f.r[order[q]! * base + j] === f.r[order[q + 1]! * base + j]) ties++;
+      }
+      for (let i = 0; i < nA; i++) {
+        const order = Array.from({ length: base }, (_, j) => j).sort((x, y) => f.r[i * base + y]! - f.r[i * base + x]! || x - y);
+        expect(Array.from(t.reverse!.indices.subarray(i * 4, i * 4 + 4)), `${kind} A feature ${i}`).toEqual(order);
+      }
+      for (const method of ['argmax', 'mutual'] as const) {
+        expect((await match(t, { method })).pairs, `${kind} ${method}, seed ${seed}`).toEqual((await match(f, { method })).pairs);
+      }
+      expect(ties, `${kind}: the data holds ties after the scaling`).toBeGreaterThan(0);
+    }
   });
 
   it('each side is checked by name: a.source / b.source must be sources, a.sae / b.sae SparseAutoencoders', async () => {
@@ -1108,12 +1160,14 @@ describe('features.correlation: bounds, defaults and late aborts (features mutat
     const [n, dA, dB] = [23, 5, 11];
     const xa = Float32Array.from({ length: n * dA }, () => next() - 0.5);
     const xb = Float32Array.from({ length: n * dB }, () => next() - 0.5);
-    for (const [maxBytes, w] of [[dA * 16 * 2, 2], [dA * 16 * 3 - 1, 2], [dA * 16 * 3, 3], [dA * 16 * 4 + 17, 4], [dA * 16 - 1, 1]] as const) {
+    for (const [maxBytes, w] of [[dA * 16 * 2, 2], [dA * 16 * 3 - 1, 2], [dA * 16 * 3, 3], [dA * 16 * 4 + 17, 4], [dA * 16, 1]] as const) {
       let passes = 0;
       const t = await correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, { ...dense, maxBytes, onProgress: (_, p) => void (passes = p) });
       expect(t.mode).toBe('top');
       expect(passes, `maxBytes ${maxBytes}`).toBe(Math.ceil(dB / w));
     }
+    // Under one column, no block fits: refused (it ran in one-column blocks over maxBytes).
+    await expect(correlation({ source: fromArray(xa, dA) }, { source: fromArray(xb, dB) }, { ...dense, maxBytes: dA * 16 - 1 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_MEMORY' });
   });
 
   it('fewer than 2 tokens is ERR_SAEKIT_ARG for every kind (one row, maxTokens 1, a mask that keeps one)', async () => {
@@ -1161,6 +1215,18 @@ describe('features.correlation: bounds, defaults and late aborts (features mutat
       expect((await run(at, 'full')).mode, kind).toBe('full');
       expect((await run(at - 1)).mode, kind).toBe('top');
       await expect(run(at - 1, 'full'), kind).rejects.toMatchObject({ code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(new RegExp(`needs ${at} bytes, over options\\.maxBytes = ${at - 1}$`)) });
+    }
+    // The dense kinds' top mode takes B in column blocks: one column (nA x 16 bytes) is the
+    // least it can hold, and below it the run is refused (it went on in one-column blocks over maxBytes).
+    for (const kind of ['preacts', 'dense'] as const) {
+      const sides = kind === 'dense' ? [{ source: fromArray(x, dIn) }, { source: fromArray(x.map((v) => v * v), dIn) }] as const : [{ sae: A, source: fromArray(x, dIn) }, { sae: B }] as const;
+      const nA = kind === 'dense' ? dIn : LA;
+      const col = nA * 16;
+      expect((await correlation(sides[0], sides[1], { kind, maxBytes: col })).mode, kind).toBe('top');
+      await expect(correlation(sides[0], sides[1], { kind, maxBytes: col - 1 }), kind).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_MEMORY',
+        message: expect.stringMatching(new RegExp(`one column alone needs nA x 16 = ${col} bytes, over options\\.maxBytes = ${col - 1}$`)),
+      });
     }
   });
 

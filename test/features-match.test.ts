@@ -284,6 +284,16 @@ describe('match: large matrices, row-major and in chunks', () => {
     for (const method of ['argmax', 'mutual', 'hungarian'] as const) {
       await expect(match(bad, { nA: n, nB: n, method })).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: `Expected finite number for corr[${n * 800 + 7}] but received Infinity (number)` });
     }
+    // A correlation() result's matrix is named corr.r (its length and its values; they said corr).
+    const x = Float32Array.from({ length: 40 }, (_, i) => Math.sin(i * 1.3));
+    const res = await correlation({ source: fromArray(x, 4) }, { source: fromArray(x.map((v) => v * v), 4) }, { kind: 'dense' });
+    if (res.mode !== 'full') throw new Error('expected a full matrix');
+    const short = { ...res, r: res.r.subarray(0, 15) };
+    const nonFinite = { ...res, r: res.r.map((v, i) => (i === 6 ? NaN : v)) };
+    for (const method of ['argmax', 'mutual', 'hungarian'] as const) {
+      await expect(match(short, { method })).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: 'Expected an array of length nA * nB = 16 for corr.r but received a Float32Array of length 15' });
+      await expect(match(nonFinite, { method })).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/^Expected .*corr\.r\b.*NaN/) });
+    }
   });
 });
 
@@ -539,6 +549,21 @@ describe('saeMatch', () => {
     });
     await expect(saeMatch(Z, A)).rejects.toMatchObject({ message: expect.stringMatching(/for saeA\.threshold\[3\]/) });
     expect(() => foldWeights(wz)).toThrow(/for weights\.threshold\[3\] but received 0 \(number\)$/);
+    // A finite weight whose folded value overflows float32 (W_enc / a tiny threshold) is refused
+    // naming the latent (it was matched as an infinite parameter, the error blaming the weights).
+    const wt = { ...w, W_enc: w.W_enc.slice(), threshold: w.threshold!.slice() };
+    wt.threshold[2] = 1e-30;
+    wt.W_enc[4 * n + 2] = 1e10; // row 4, latent 2: 1e40 folded
+    expect(() => foldWeights(wt)).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/^Expected folded weights within float32's range but the weights' latent 2 folds W_enc\[4\]\[2\] \/ threshold\[2\] = 10000000000 to Infinity \(threshold\[2\] = 1\.0000000031710769e-30\)$/) }),
+    );
+    using T = SparseAutoencoder.fromWeights(wt, { architecture: 'jumprelu' });
+    await expect(saeMatch(A, T, { encoder: true })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_NONFINITE',
+      message: expect.stringMatching(/but saeB's latent 2 folds W_enc\[4\]\[2\] .*; pass fold: false to match without folding$/),
+    });
+    // Matching the decoder rows alone reads no folded encoder: it still matches.
+    expect((await saeMatch(A, T)).permutation).toHaveLength(n);
     // Unfolded, the weights are equal up to the threshold: the identity, MSE 0.
     const r = await saeMatch(A, Z, { fold: false });
     expect(Array.from(r.permutation)).toEqual(Array.from({ length: n }, (_, i) => i));
@@ -819,7 +844,11 @@ describe('saeMatch: folded weights past float32 (features mutation round)', () =
     using A = SparseAutoencoder.fromWeights(w, { architecture: 'jumprelu' });
     using B = SparseAutoencoder.fromWeights(big, { architecture: 'jumprelu' });
     for (const [x, y, name] of [[A, B, 'saeB'], [B, A, 'saeA']] as const) {
-      await expect(saeMatch(x, y)).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: `Expected finite SAE weights for saeMatch but ${name}'s latent 4 has Infinity` });
+      // Refused by the fold itself, naming the weight it overflowed (the message blamed the SAE's weights).
+      await expect(saeMatch(x, y)).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_NONFINITE',
+        message: expect.stringMatching(new RegExp(`^Expected folded weights within float32's range but ${name}'s latent 4 folds W_dec\\[4\\]\\[2\\] \\* threshold\\[4\\] = 2 to Infinity \\(threshold\\[4\\] = 3\\.0\\d*e\\+38\\); pass fold: false to match without folding$`)),
+      });
     }
     // Unfolded, the weights are finite and match.
     expect((await saeMatch(A, B, { fold: false })).permutation.length).toBe(n);

@@ -382,6 +382,7 @@ export async function matchLayers(paths: string[], f: MatchLayersFlags, signal?:
         if (!(e instanceof SaekitError)) throw e;
         const named = e.message
           .replace(/for sae([AB])\.threshold\[(\d+)\]/, (_m, side: string, k: string) => `for threshold[${k}] of ${paths[side === 'A' ? i : i + 1]}`)
+          .replace(/\bsae([AB])'s latent/, (_m, side: string) => `${paths[side === 'A' ? i : i + 1]}'s latent`)
           .replace('pass fold: false to match without folding', 'pass --no-fold to match without folding');
         throw named === e.message ? e : new SaekitError(e.code, named);
       });

@@ -32,7 +32,8 @@
  *   (8), each batch's float32 product in its tensor and in the copy read back (4 + 4), and in
  *   full mode the float32 result (4), made after the last batch in the product's place. When nA x nB x 16 bytes are over `maxBytes`,
  *   B's features are taken in column blocks of nA x w x 16 bytes within maxBytes, one pass over
- *   the data per block (sources are re-iterable), keeping only top matches. The JS work (means,
+ *   the data per block (sources are re-iterable), keeping only top matches; a maxBytes under one
+ *   column (nA x 16 bytes) is ERR_SAEKIT_MEMORY. The JS work (means,
  *   centring, the merges, r and the top lists) runs in ~20 ms slices between turns of the event
  *   loop.
  *
@@ -384,6 +385,13 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
     throw new SaekitError('ERR_SAEKIT_MEMORY', `the ${nA} x ${nB} correlation matrix${what} needs ${nA * nB * entryBytes} bytes, over options.maxBytes = ${maxBytes}`);
   }
   const full = output === 'full' || (output === 'auto' && fits);
+  if (!full && kind !== 'codes' && nA * DENSE_ENTRY_BYTES > maxBytes) {
+    // Top lists take B in column blocks that fit in maxBytes; one column is the smallest block.
+    throw new SaekitError(
+      'ERR_SAEKIT_MEMORY',
+      `the ${nA} x ${nB} correlation of kind '${kind}' reads B in column blocks within options.maxBytes, but one column alone needs nA x ${DENSE_ENTRY_BYTES} = ${nA * DENSE_ENTRY_BYTES} bytes, over options.maxBytes = ${maxBytes}`,
+    );
+  }
   if (!full) {
     // The top lists are typed arrays of nB x k (and nA x k with reverse) entries: past this
     // runtime's longest typed array (2^32 on Node 20) they could not be made (a bare RangeError).
@@ -396,27 +404,22 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   signal?.throwIfAborted();
   const result =
     kind === 'codes'
-      ? await correlateCodes(a.sae!, b!.sae!, srcA, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device, onProgress, signal }, site)
-      : await correlateDense(a, b ?? {}, srcA, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device, onProgress, signal });
-  if (compat !== undefined) await applyCompat(result, compat);
+      ? await correlateCodes(a.sae!, b!.sae!, srcA, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device, onProgress, signal, compat }, site)
+      : await correlateDense(a, b ?? {}, srcA, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device, onProgress, signal, compat });
+  if (compat !== undefined) result.compat = compat;
   return result;
 }
 
 /**
  * options.compat 'univ-feat-geom': every r times (N - 1) / N (univ_feat_geom's unbiased std with
- * a product divided by N), in slices between turns of the event loop; the result is labelled.
+ * a product divided by N). Applied where r is made, in float64 before its clamp and float32
+ * rounding (the native run's scale, the dense loop's factor), so the top lists rank the values
+ * they hold: scaled afterwards, r that were distinct float32 values (1 and 0.99999994) became one
+ * (0.9f at N = 10) in the order of the unscaled ones, and a feature that then tied the last entry
+ * of a list was missing from it, so match() from top lists and from the full matrix disagreed.
  */
-async function applyCompat(result: CorrelationResult, compat: 'univ-feat-geom'): Promise<void> {
-  const f = (result.tokens - 1) / result.tokens;
-  const scale = async (r: Float32Array) => forBlocks(r.length, (i0, i1) => {
-    for (let i = i0; i < i1; i++) r[i] = r[i]! * f; // the top lists' unfilled -Infinity stays so
-  });
-  if (result.mode === 'full') await scale(result.r);
-  else {
-    await scale(result.top.r);
-    if (result.reverse) await scale(result.reverse.r);
-  }
-  result.compat = compat;
+function compatScale(compat: 'univ-feat-geom' | undefined, tokens: number): number {
+  return compat === undefined ? 1 : (tokens - 1) / tokens;
 }
 
 async function correlateCodes(
@@ -424,7 +427,7 @@ async function correlateCodes(
   saeB: SparseAutoencoder,
   srcA: ActivationSource,
   srcB: ActivationSource | undefined,
-  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; limited: boolean; device: Device; onProgress: CorrelationOptions['onProgress']; signal: AbortSignal | undefined },
+  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; limited: boolean; device: Device; onProgress: CorrelationOptions['onProgress']; signal: AbortSignal | undefined; compat: 'univ-feat-geom' | undefined },
   site: Error,
 ): Promise<CorrelationResult> {
   const nA = saeA.numLatents;
@@ -445,7 +448,8 @@ async function correlateCodes(
     // The native run below cannot be interrupted: the last look before it.
     o.signal?.throwIfAborted();
     if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
-    r = await settleNative(callNative(() => native().sparseCorrRun(store, o.full, o.full ? 0 : o.top, o.reverse, o.device)), site);
+    const scale = o.compat === undefined ? undefined : compatScale(o.compat, pass.n);
+    r = await settleNative(callNative(() => native().sparseCorrRun(store, o.full, o.full ? 0 : o.top, o.reverse, o.device, scale)), site);
   } finally {
     // The run consumed the store; after a failure its codes (GBs at 10^6 tokens) go now, not at some later GC.
     native().sparseCorrFree(store);
@@ -465,7 +469,7 @@ async function correlateDense(
   kind: 'preacts' | 'dense',
   nA: number,
   nB: number,
-  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; maxBytes: number; device: Device; onProgress: CorrelationOptions['onProgress']; signal: AbortSignal | undefined },
+  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; maxBytes: number; device: Device; onProgress: CorrelationOptions['onProgress']; signal: AbortSignal | undefined; compat: 'univ-feat-geom' | undefined },
 ): Promise<CorrelationResult> {
   // Column blocks of B whose co-moments and batch products (nA x w x DENSE_ENTRY_BYTES) fit in
   // maxBytes; one block (the whole matrix) for full output.
@@ -535,9 +539,10 @@ async function correlateDense(
     // result (made now, after the batch products), or into the top lists. A column's list takes
     // its rows in increasing order, as a row's list takes its columns.
     if (o.full) r = new Float32Array(nA * nB);
+    const f = compatScale(o.compat, tokens); // 1 (exact) without compat
     for (let i = 0; i < nA; i++) {
       for (let j = 0; j < wb; j++) {
-        const v = constantA[i] || constantB[j0 + j] ? 0 : Math.fround(Math.max(-1, Math.min(1, mxy[i * wb + j]! / (sdA[i]! * sdB[j]!))));
+        const v = constantA[i] || constantB[j0 + j] ? 0 : Math.fround(Math.max(-1, Math.min(1, (mxy[i * wb + j]! / (sdA[i]! * sdB[j]!)) * f)));
         if (r) {
           r[i * nB + j0 + j] = v;
           continue;

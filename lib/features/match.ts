@@ -130,11 +130,12 @@ export async function match(corr: Float32Array | Float64Array | CorrelationResul
     raw = topListPairs(res, method, top);
   } else {
     const m = res ? res.r : (corr as Float32Array | Float64Array);
-    if (m.length !== nA * nB) throw argError('corr', `an array of length nA * nB = ${nA * nB}`, m, 'ERR_SAEKIT_SHAPE');
+    // A correlation() result's matrix is its r (errors name corr.r, not corr).
+    const name = res ? 'corr.r' : 'corr';
+    if (m.length !== nA * nB) throw argError(name, `an array of length nA * nB = ${nA * nB}`, m, 'ERR_SAEKIT_SHAPE');
     // Each method reads the matrix row by row in chunks, checking every value, and gives the
     // event loop back between chunks ('hungarian': the addon checks them as it copies them).
     // After each pause the matrix must still hold its values (checkKept).
-    const name = res ? 'corr.r' : 'corr';
     if (method === 'argmax') raw = await argmaxPairs(m, nA, nB, name);
     else if (method === 'mutual') raw = await mutualPairs(m, nA, nB, top, name);
     else raw = await hungarianPairs(m, nA, nB, site, name);
@@ -213,7 +214,7 @@ async function scanRows(corr: Float32Array | Float64Array, nA: number, nB: numbe
       const base = a * nB;
       for (let b = 0; b < nB; b++) {
         const v = corr[base + b]!;
-        if (v - v !== 0) throw argError(`corr[${base + b}]`, 'finite number', v, 'ERR_SAEKIT_NONFINITE');
+        if (v - v !== 0) throw argError(`${name}[${base + b}]`, 'finite number', v, 'ERR_SAEKIT_NONFINITE');
       }
       row(a, base);
     }
@@ -296,7 +297,7 @@ async function hungarianPairs(corr: Float32Array | Float64Array, nA: number, nB:
     checkKept(name, corr, nA * nB);
     return corr.subarray(row0 * nB, (row0 + count) * nB);
   };
-  const rowToCol = await solveChunked(nA, nB, true, rowsOf, 'corr', site);
+  const rowToCol = await solveChunked(nA, nB, true, rowsOf, name, site);
   checkKept(name, corr, nA * nB); // the scores below read it again
   const pairs: MatchPair[] = [];
   for (let a = 0; a < nA; a++) {
@@ -358,7 +359,9 @@ export interface SaeMatchResult {
  * `b_enc[i] / θ_i`, `θ_i W_dec[i, :]` and threshold 1, which leaves the SAE function unchanged
  * (f̃_i = f_i / θ_i). Weights without thresholds are returned as copies. θ_i must be finite and
  * > 0: a latent with θ_i = 0 (a plain ReLU) has no folded form (no scale gives it threshold 1),
- * and folding refuses it rather than leave it on another scale than the others.
+ * and folding refuses it rather than leave it on another scale than the others. A finite weight
+ * whose folded value passes float32's range (W_enc over a tiny θ_i) is ERR_SAEKIT_NONFINITE
+ * naming the latent.
  */
 export function foldWeights(weights: SaeWeights): SaeWeights {
   return runAll(foldNamed(weights, 'weights'));
@@ -368,7 +371,9 @@ export function foldWeights(weights: SaeWeights): SaeWeights {
  * foldWeights, with errors naming the weights `name` (saeMatch: 'saeA' or 'saeB'), as work for
  * runAll / runSliced (similarity.ts): yields after every row of each matrix.
  */
-function* foldNamed(weights: SaeWeights, name: string): Generator<number, SaeWeights> {
+// checkEncoder false: the folded W_enc and b_enc may overflow (saeMatch without encoder: true
+// reads only the decoder rows).
+function* foldNamed(weights: SaeWeights, name: string, checkEncoder = true): Generator<number, SaeWeights> {
   if (weights === null || typeof weights !== 'object') throw argError('weights', 'SAE weights', weights);
   const { W_enc, b_enc, W_dec, b_dec, threshold } = weights;
   for (const [key, w] of [['W_enc', W_enc], ['b_enc', b_enc], ['W_dec', W_dec], ['b_dec', b_dec]] as const) {
@@ -401,13 +406,31 @@ function* foldNamed(weights: SaeWeights, name: string): Generator<number, SaeWei
   const We = new Float32Array(n * d);
   const Wd = new Float32Array(n * d);
   const be = new Float32Array(n);
+  // A finite weight whose folded value passes float32's range (W_enc / a tiny threshold) is
+  // refused here, naming the latent, rather than matched as an infinite parameter.
+  const overflow = (i: number, what: string, v: number, folded: number) =>
+    new SaekitError(
+      'ERR_SAEKIT_NONFINITE',
+      `Expected folded weights within float32's range but ${name === 'weights' ? "the weights'" : `${name}'s`} latent ${i} folds ${what} = ${v} to ${folded} (threshold[${i}] = ${threshold[i]})` +
+        (name === 'weights' ? '' : '; pass fold: false to match without folding'),
+    );
   for (let r = 0; r < d; r++) {
-    for (let i = 0; i < n; i++) We[r * n + i] = W_enc[r * n + i]! / threshold[i]!;
+    for (let i = 0; i < n; i++) {
+      We[r * n + i] = W_enc[r * n + i]! / threshold[i]!;
+      const v = We[r * n + i]!; // as stored: a float64 quotient past 3.4e38 is Infinity in float32
+      if (checkEncoder && v - v !== 0 && Number.isFinite(W_enc[r * n + i]!)) throw overflow(i, `W_enc[${r}][${i}] / threshold[${i}]`, W_enc[r * n + i]!, v);
+    }
     yield n;
   }
   for (let i = 0; i < n; i++) {
     be[i] = b_enc[i]! / threshold[i]!;
-    for (let c = 0; c < d; c++) Wd[i * d + c] = W_dec[i * d + c]! * threshold[i]!;
+    const b = be[i]!;
+    if (checkEncoder && b - b !== 0 && Number.isFinite(b_enc[i]!)) throw overflow(i, `b_enc[${i}] / threshold[${i}]`, b_enc[i]!, b);
+    for (let c = 0; c < d; c++) {
+      Wd[i * d + c] = W_dec[i * d + c]! * threshold[i]!;
+      const v = Wd[i * d + c]!;
+      if (v - v !== 0 && Number.isFinite(W_dec[i * d + c]!)) throw overflow(i, `W_dec[${i}][${c}] * threshold[${i}]`, W_dec[i * d + c]!, v);
+    }
     yield d;
   }
   return { W_enc: We, b_enc: be, W_dec: Wd, b_dec: b_dec.slice(), threshold: new Float32Array(n).fill(1) };
@@ -504,9 +527,10 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
   // (similarity.ts runSliced); the n x n cost is built and handed to the solver a few million
   // entries at a time.
   if (fold) {
-    wA = await runSliced(foldNamed(wA, 'saeA'), signal);
+    // The folded encoder is checked only where it is matched (encoder: true).
+    wA = await runSliced(foldNamed(wA, 'saeA', encoder), signal);
     signal?.throwIfAborted();
-    wB = await runSliced(foldNamed(wB, 'saeB'), signal);
+    wB = await runSliced(foldNamed(wB, 'saeB', encoder), signal);
     signal?.throwIfAborted();
   }
   const width = encoder ? 2 * d : d;

@@ -9,7 +9,8 @@
 //
 // Semantics are exactly those of native/cpu/sparse_corr.h (the reference), and the CUDA plugin
 // reproduces its bits: r_ij = (S_ij - n mean_i mean_j) / (sd_i sd_j) from float64 raw sums, S_ij
-// summed in token order, clamped to [-1, 1] and rounded once to float32 (-0 becomes +0); a
+// summed in token order, times opts.scale (1, or a compat factor), clamped to [-1, 1] and rounded
+// once to float32 (-0 becomes +0), so top lists rank the values they hold; a
 // constant feature (sk_corr_moments below) gets r = 0 against everything; top lists are best
 // first under (r descending, index ascending).
 #pragma once
@@ -21,7 +22,7 @@
 
 extern "C" {
 
-#define SK_CORR_API_VERSION 1
+#define SK_CORR_API_VERSION 2  // 2: sk_corr_opts.scale
 
 // The codes of both sides as CSR by token (token t's nonzeros of A are [ptr_a[t], ptr_a[t + 1])),
 // exactly as native/cpu/sparse_corr.h's store holds them: values nonzero and finite, indices in
@@ -45,6 +46,13 @@ typedef struct sk_corr_opts {
   int full;         // 1: write the full [nA, nB] float32 r
   int64_t top;      // else (>= 1): for every B feature its best min(top, nA) A features
   int reverse;      // and (top mode) for every A feature its best min(top, nB) B features
+  // Every r times this (in float64, before the clamp and the float32 rounding): 1, or the
+  // univ-feat-geom compat factor (n - 1) / n. C++ callers' sk_corr_opts{} start at 1.
+#ifdef __cplusplus
+  double scale = 1.0;
+#else
+  double scale;
+#endif
 } sk_corr_opts;
 
 // Caller-owned outputs, sized by the caller from the options (k_top = min(top, nA), k_rev =

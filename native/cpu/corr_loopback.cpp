@@ -32,6 +32,7 @@ int run(sk_status* st, int device, const sk_corr_codes* c, const sk_corr_opts* o
     opt.full = o->full != 0;
     opt.top = o->top;
     opt.reverse = o->reverse != 0;
+    opt.scale = o->scale;
     SparseCorrResult res;
     res.r = out->r;
     res.topIndex = out->top_index;

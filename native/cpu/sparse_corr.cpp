@@ -230,13 +230,13 @@ void sparse_correlation(SparseCorrStore& st, const SparseCorrOptions& opt, Spars
         const int64_t t = ps[q].index;
         for (int64_t p = pb[t]; p < pb[t + 1]; ++p) a[bv[p].index] += u * double(bv[p].value);
       }
-      const double mi = n * meanA[size_t(i)], si = invA[size_t(i)];
+      const double mi = n * meanA[size_t(i)], si = invA[size_t(i)], scale = opt.scale;
       const double* mB = meanB.data();
       const double* sB = invB.data();
       // Pass 1 (branch-free, vectorised): the row of r as float32, the accumulator re-zeroed.
       float* row = opt.full ? out.r + i * nB : rowf.data();
       for (int64_t j = 0; j < nB; ++j) {
-        double r = (a[j] - mi * mB[j]) * si * sB[j];
+        double r = (a[j] - mi * mB[j]) * si * sB[j] * scale;  // scale 1 is exact
         a[j] = 0;
         r = r < -1.0 ? -1.0 : r;
         r = r > 1.0 ? 1.0 : r;

@@ -37,6 +37,7 @@ struct SparseCorrOptions {
   bool full = false;     // write the full [nA, nB] float32 r
   int64_t top = 0;       // else: for every B feature its best `top` A features
   bool reverse = false;  // and for every A feature its best `top` B features
+  double scale = 1.0;    // every r times this before the clamp and the float32 rounding (compat)
 };
 
 struct SparseCorrResult {

@@ -1,5 +1,5 @@
 // Pearson correlation between the sparse codes of two SAEs on a CUDA device: the table of
-// core/corr_device.h, exported as sk_corr_api(1). Same semantics and the same bits as the CPU
+// core/corr_device.h, exported as sk_corr_api(2). Same semantics and the same bits as the CPU
 // kernel (native/cpu/sparse_corr.cpp); see docs/architecture.md for the plan.
 //
 // One run, on its own stream:
@@ -234,12 +234,12 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
 
 // r of the chunk's rows from the sums (the CPU's expression and roundings); resets the sums.
 __global__ void finish_rows(double* acc, int64_t rows, int64_t nB, int64_t i0, double n, const double* meanA,
-                            const double* invA, const double* meanB, const double* invB, float* r) {
+                            const double* invA, const double* meanB, const double* invB, double scale, float* r) {
   const int64_t total = rows * nB;
   for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < total; q += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = q / nB, j = q - c * nB;
     const double mi = __dmul_rn(n, meanA[i0 + c]), si = invA[i0 + c];
-    double v = __dmul_rn(__dmul_rn(__dsub_rn(acc[q], __dmul_rn(mi, meanB[j])), si), invB[j]);
+    double v = __dmul_rn(__dmul_rn(__dmul_rn(__dsub_rn(acc[q], __dmul_rn(mi, meanB[j])), si), invB[j]), scale);
     acc[q] = 0.0;
     v = v < -1.0 ? -1.0 : v;
     v = v > 1.0 ? 1.0 : v;
@@ -312,6 +312,7 @@ void check_codes(const sk_corr_codes* c, const sk_corr_opts* o, int device) {
   SK_CHECK(c->tokens >= 2, ErrorCode::Arg, "Expected at least 2 tokens for a correlation but received ", c->tokens);
   SK_CHECK(c->tokens < (int64_t(1) << 31), ErrorCode::Arg, "Expected at most 2^31 - 1 tokens but received ", c->tokens);
   SK_CHECK(o->full || o->top >= 1, ErrorCode::Arg, "Expected top >= 1 outside full mode but received ", o->top);
+  SK_CHECK(o->scale > 0.0 && o->scale <= 1.0, ErrorCode::Arg, "Expected a scale in (0, 1] but received ", o->scale);
   const int64_t EA = c->ptr_a[c->tokens];
   SK_CHECK(EA < (int64_t(1) << 31), ErrorCode::Shape, "the CUDA sparse correlation sorts at most 2^31 - 1 nonzero codes of "
            "A but received ", EA, "; use fewer tokens (options.maxTokens) or the CPU");
@@ -471,7 +472,7 @@ void run_corr(int device, const sk_corr_codes* c, const sk_corr_opts* o, sk_corr
       SK_LAUNCHED("accumulate_tiles");
     }
     finish_rows<<<grid_for(rows * nB, 256), 256, 0, s>>>(acc.p, rows, nB, i0, n, dmeanA.p, dinvA.p, dmeanB.p, dinvB.p,
-                                                         r.p);
+                                                         o->scale, r.p);
     SK_LAUNCHED("finish_rows");
     if (full) {
       download(out->r + i0 * nB, r.p, rows * nB, s);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 
@@ -99,6 +100,7 @@ void run_on_device(const sk_corr_i* api, int device, cpu::SparseCorrStore& st, c
   o.full = opt.full ? 1 : 0;
   o.top = opt.top;
   o.reverse = opt.reverse ? 1 : 0;
+  o.scale = opt.scale;
   res.tokens = T;
   res.kTop = opt.full ? 0 : std::min<int64_t>(opt.top, st.nA);
   res.kRev = opt.full || !opt.reverse ? 0 : std::min<int64_t>(opt.top, st.nB);
@@ -131,7 +133,7 @@ Napi::Value free_store(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// sparseCorrRun(store, full, top, reverse, device = 'cpu'): Promise<{ tokens, constantA,
+// sparseCorrRun(store, full, top, reverse, device = 'cpu', scale = 1): Promise<{ tokens, constantA,
 // constantB, activeA, activeB, r? , topIndex?, topR?, kTop, revIndex?, revR?, kRev }>. Consumes
 // the store. On a CUDA device ('cuda:N') the run goes through the device's correlation table.
 Napi::Value run(const Napi::CallbackInfo& info) {
@@ -141,6 +143,8 @@ Napi::Value run(const Napi::CallbackInfo& info) {
   opt.top = get_int(info[2], "top", opt.full ? 0 : 1, (int64_t(1) << 31) - 1);
   opt.reverse = get_bool(info[3], "reverse");
   const Device device = info.Length() > 4 && !info[4].IsUndefined() ? parse_device(get_string(info[4], "device")) : Device{};
+  // Every r times scale before its rounding (options.compat 'univ-feat-geom': (n - 1) / n).
+  opt.scale = info.Length() > 5 && !info[5].IsUndefined() ? get_double(info[5], "scale", std::numeric_limits<double>::min(), 1.0) : 1.0;
   // Resolved before the store is taken, so a missing device leaves the store usable.
   const sk_corr_i* api = device.kind == DeviceKind::CPU ? nullptr : corr_api_for(device);
   StoreRef st = std::move(s->store);

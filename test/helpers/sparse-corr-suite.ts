@@ -49,14 +49,14 @@ export function randomSparseCodes(rows: number, k: number, n: number, next: () =
 }
 
 /** Runs the native sparse correlation of the codes (appended in batches of `batch` rows) on `device`. */
-export async function runSparseCorr(ca: SparseCodes, cb: SparseCodes, rows: number, nA: number, nB: number, batch: number, full: boolean, top: number, reverse: boolean, device?: string) {
+export async function runSparseCorr(ca: SparseCodes, cb: SparseCodes, rows: number, nA: number, nB: number, batch: number, full: boolean, top: number, reverse: boolean, device?: string, scale?: number) {
   const b = native();
   const store = b.sparseCorrCreate(nA, nB, 0, 0, 0);
   for (let t0 = 0; t0 < rows; t0 += batch) {
     const t1 = Math.min(rows, t0 + batch);
     b.sparseCorrAppend(store, ca.values.subarray(t0 * ca.k, t1 * ca.k), ca.indices.subarray(t0 * ca.k, t1 * ca.k), cb.values.subarray(t0 * cb.k, t1 * cb.k), cb.indices.subarray(t0 * cb.k, t1 * cb.k), t1 - t0);
   }
-  return b.sparseCorrRun(store, full, top, reverse, device);
+  return b.sparseCorrRun(store, full, top, reverse, device, scale);
 }
 
 /**
@@ -86,6 +86,13 @@ export function sparseCorrDeviceSuite(device: 'cuda:0', seed = 11): void {
         const dev = await runSparseCorr(ca, cb, s.rows, s.nA, s.nB, 50, false, top, reverse, device);
         expect(dev).toEqual(cpu);
       }
+      // The compat scale ((n - 1) / n for univ-feat-geom) is applied before the rounding, as on the CPU.
+      const scale = (s.rows - 1) / s.rows;
+      const cpuScaled = await runSparseCorr(ca, cb, s.rows, s.nA, s.nB, 64, true, 0, false, undefined, scale);
+      expect(cpuScaled.r).not.toEqual(cpuFull.r);
+      expect(await runSparseCorr(ca, cb, s.rows, s.nA, s.nB, 64, true, 0, false, device, scale)).toEqual(cpuScaled);
+      const cpuTop = await runSparseCorr(ca, cb, s.rows, s.nA, s.nB, 50, false, 3, true, undefined, scale);
+      expect(await runSparseCorr(ca, cb, s.rows, s.nA, s.nB, 50, false, 3, true, device, scale)).toEqual(cpuTop);
       // The CUDA plugin's other layouts (chunks of 5 rows; rows over 10 postings split into
       // 7-column tiles) give the same bits; the loopback ignores these variables.
       const vars = { SAEKIT_CUDA_CORR_ROWS: '5', SAEKIT_CUDA_CORR_HEAVY: '10', SAEKIT_CUDA_CORR_TILE: '7' };
@@ -106,7 +113,7 @@ export function sparseCorrDeviceSuite(device: 'cuda:0', seed = 11): void {
     const src = fromArray(randomMatrix(333, dIn, lcg(seed + 2)), dIn);
     using sa = SparseAutoencoder.create({ dIn, numLatents: 41, k: 6, seed: seed + 3, device: 'cpu' });
     using sb = SparseAutoencoder.create({ dIn, numLatents: 23, k: 4, seed: seed + 4, device: 'cpu' });
-    for (const opts of [{ batchSize: 100 }, { batchSize: 64, output: 'top' as const, top: 4, reverse: true }]) {
+    for (const opts of [{ batchSize: 100 }, { batchSize: 64, output: 'top' as const, top: 4, reverse: true }, { batchSize: 64, output: 'top' as const, top: 3, compat: 'univ-feat-geom' as const }]) {
       const cpu = await features.correlation({ sae: sa, source: src }, { sae: sb }, opts);
       const dev = await features.correlation({ sae: sa, source: src }, { sae: sb }, { ...opts, device });
       expect(dev).toEqual(cpu);
