@@ -376,6 +376,28 @@ describe.runIf(gpu)('CUDA refuses what it cannot compute, as the CPU does', () =
     expect(messages[1]).toBe(messages[0]);
   });
 
+  it('a NaN pre-activation (inf - inf from finite inputs) is refused on CUDA as on the CPU: ERR_SAEKIT_NONFINITE naming the row, TopK (both selection kernels) and JumpReLU', async () => {
+    const [dIn, L, rows] = [5, 301, 6];
+    const seed = (Math.random() * 2 ** 31) >>> 0;
+    const next = lcg(seed);
+    const bad = 1 + Math.floor(next() * (rows - 1));
+    const W_enc = Float32Array.from({ length: dIn * L }, (_, i) => (i < 2 * L ? 0.1 + next() : next() - 0.5));
+    const W_dec = Float32Array.from({ length: L * dIn }, () => next() - 0.5);
+    const b_dec = Float32Array.from({ length: dIn }, (_, d) => (d === 0 ? -3e38 : d === 1 ? 3e38 : 0));
+    const x = Float32Array.from({ length: rows * dIn }, (_, i) => (i % dIn === 0 ? -3e38 : i % dIn === 1 ? 3e38 : next() - 0.5));
+    x[bad * dIn] = 3e38;
+    x[bad * dIn + 1] = -3e38;
+    for (const opts of [{ k: 2 }, { k: 64 }, { architecture: 'jumprelu' as const }]) {
+      const errs: unknown[] = [];
+      for (const device of ['cpu', 'cuda'] as const) {
+        const w = { W_enc, b_enc: new Float32Array(L), W_dec, b_dec, ...('k' in opts ? {} : { threshold: new Float32Array(L).fill(0.01) }) };
+        using sae = SparseAutoencoder.fromWeights(w, { ...opts, device, ...('k' in opts ? { precision: 'fp32' as const } : {}) });
+        errs.push(await sae.encode(x).then(() => null, (e: unknown) => e));
+      }
+      for (const e of errs) expect(e, `${JSON.stringify(opts)}, seed ${seed}`).toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', row: bad, message: expect.stringMatching(new RegExp(`row ${bad} of x gives Infinity`)) });
+    }
+  });
+
   it('a TopK k above 8192 (the CUDA selection\'s limit) is refused on a CUDA device by create and fromWeights, naming options.k; 8192 and the CPU are fine', () => {
     expect(() => SparseAutoencoder.create({ dIn: 4, numLatents: 9000, k: 8200, seed: 1, device: 'cuda' })).toThrow(
       expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected an integer in \[1, 8192\] on a CUDA device .* for options\.k but received 8200/) }),

@@ -1512,6 +1512,44 @@ describe('training needs unit decoder rows', () => {
 });
 
 describe('pre-activations past float32\'s range', () => {
+  it('a NaN pre-activation (inf - inf from finite inputs and weights) is refused like an infinite one, on every selection path and for JumpReLU (it became a code of 0 and the latent was dropped)', async () => {
+    // x - b_dec is [+inf, -inf, ...] in the bad row (x 3e38 against b_dec -3e38, and the reverse),
+    // and W_enc's first two rows are positive, so every pre-activation there is inf - inf.
+    const seed = (Date.now() ^ 0x2545f491) >>> 0;
+    const next = lcg(seed);
+    // 7 latents: the linear scan; 301 latents with k 2: the block-maximum selection.
+    for (const [L, k, rows] of [[7, 3, 1], [7, 3, 5], [301, 2, 4], [301, 2, 17]] as const) {
+      const dIn = 5;
+      const W_enc = Float32Array.from({ length: dIn * L }, (_, i) => (i < 2 * L ? 0.1 + next() : next() - 0.5));
+      const W_dec = Float32Array.from({ length: L * dIn }, () => next() - 0.5);
+      const b_dec = Float32Array.from({ length: dIn }, (_, d) => (d === 0 ? -3e38 : d === 1 ? 3e38 : 0));
+      const bad = Math.floor(next() * rows);
+      // The other rows sit on b_dec in the first two dimensions (x - b_dec = 0 there).
+      const x = Float32Array.from({ length: rows * dIn }, (_, i) => (i % dIn === 0 ? -3e38 : i % dIn === 1 ? 3e38 : next() - 0.5));
+      x[bad * dIn] = 3e38;
+      x[bad * dIn + 1] = -3e38;
+      const weights = { W_enc, b_enc: new Float32Array(L), W_dec, b_dec };
+      using topk = SparseAutoencoder.fromWeights(weights, { k });
+      using jump = SparseAutoencoder.fromWeights({ ...weights, threshold: new Float32Array(L).fill(0.01) }, { architecture: 'jumprelu' });
+      const pre = await topk.preActivations(x);
+      expect(Number.isNaN(pre[bad * L]!), `seed ${seed}`).toBe(true);
+      for (const [name, sae] of [['topk', topk], ['jumprelu', jump]] as const) {
+        for (const call of [() => sae.encode(x), () => sae.forward(x)]) {
+          await expect(call(), `${name} ${L} latents, ${rows} rows, seed ${seed}`).rejects.toMatchObject({
+            code: 'ERR_SAEKIT_NONFINITE',
+            row: bad,
+            message: expect.stringMatching(new RegExp(`^Expected codes within float32's range but row ${bad} of x gives Infinity for latent \\d+ \\(its pre-activation overflows`)),
+          });
+        }
+      }
+      // Without the bad row, the others encode (its neighbours are not blamed).
+      if (rows > 1) {
+        const rest = Float32Array.from([...x.subarray(0, bad * dIn), ...x.subarray((bad + 1) * dIn)]);
+        expect((await topk.encode(rest)).rows).toBe(rows - 1);
+      }
+    }
+  });
+
   it('encode and forward refuse rows whose finite inputs overflow the pre-activations (codes were Infinity, which decode refused and forward turned into NaN)', async () => {
     const [dIn, L] = [4, 6];
     const W_enc = new Float32Array(dIn * L).fill(1);

@@ -17,8 +17,8 @@ struct TopKHeap {
 struct SaeKernels {
   // Offers (ReLU(pre[l] + bias[l]), base + l) for l in [0, count) to the heap, in index order.
   void (*topk_scan)(TopKHeap* h, const float* pre, const float* bias, int64_t count, int32_t base);
-  // out[b] = the largest ReLU(pre[l] + bias[l]) over block b, l in [16 b, 16 b + 16), for b in
-  // [0, blocks): the same values topk_scan offers (ReLU of NaN is 0).
+  // out[b] = the largest relu_code(pre[l] + bias[l]) over block b, l in [16 b, 16 b + 16), for b
+  // in [0, blocks): the same values topk_scan offers (a NaN counts as +Infinity).
   void (*relu_block_max)(const float* pre, const float* bias, int64_t blocks, float* out);
   // dot(a, b) over n floats (float32 accumulation in vector lanes).
   float (*dot)(const float* a, const float* b, int64_t n);
@@ -37,6 +37,13 @@ const SaeKernels& sae_kernels_avx2();
 const SaeKernels& sae_kernels_avx512();
 
 // Heap primitives shared by the kernels (header-only, internal linkage per ISA build).
+// The value a latent's pre-activation a is offered as: ReLU(a), except that a NaN (inf - inf: finite
+// inputs and weights whose products overflow float32) is +Infinity, so it is kept and the encode's
+// check of its codes refuses the row (as ReLU, a NaN became a code of 0 and the latent was dropped).
+static inline float relu_code(float a) {
+  return a > 0.0f ? a : a == a ? 0.0f : __builtin_inff();
+}
+
 static inline bool topk_worse(float va, int32_t ia, float vb, int32_t ib) {
   return va < vb || (va == vb && ia > ib);
 }

@@ -81,8 +81,7 @@ void offer_topk(const SaeKernels& kern, TopKHeap* h, const float* pre, const flo
   const float t = sel[size_t(K - 1)];
   auto offer = [&](int64_t l0, int64_t l1) {
     for (int64_t l = l0; l < l1; ++l) {
-      float a = pre[l] + bias[l];
-      a = a > 0.0f ? a : 0.0f;
+      const float a = relu_code(pre[l] + bias[l]);
       if (a >= t) topk_push(h, a, base + int32_t(l));
     }
   };
@@ -232,7 +231,7 @@ void sae_encode(const SaeView& p, const float* x, int64_t N, int64_t K, const st
             for (size_t q = dead_pos; q < dead_end; ++q) {
               int32_t l = dead[q];
               float act = row[l - c0] + p.b_enc[l];
-              topk_push(&ha, act > 0.0f ? act : 0.0f, l);
+              topk_push(&ha, relu_code(act), l);
             }
             asize[size_t(n)] = ha.size;
           }
@@ -289,7 +288,10 @@ void sae_encode_jumprelu(const SaeView& p, const float* x, int64_t N, Codes* out
           const float* row = pre.data() + n * cols;
           for (int64_t l = 0; l < cols; ++l) {
             float z = row[l] + p.b_enc[c0 + l];
+            // A NaN (inf - inf) is kept as +Infinity (relu_code; NaN would break the sort below),
+            // a code the encode's check refuses, naming the row.
             if (z > p.threshold[c0 + l] && z > 0.0f) act.push_back({z, int32_t(c0 + l)});
+            else if (z != z) act.push_back({relu_code(z), int32_t(c0 + l)});
           }
         }
       });

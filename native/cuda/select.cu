@@ -50,7 +50,9 @@ __device__ __forceinline__ int32_t latent_of(const RowView<T>& v, int64_t j) { r
 __device__ __forceinline__ uint32_t key_of(float pre, float bias, const float* thr, int64_t l) {
   const float z = pre + bias;
   const bool on = thr ? (z > thr[l] && z > 0.0f) : (z > 0.0f);
-  return on ? __float_as_uint(z) : 0u;  // +0 for off, NaN and -0
+  // +0 for off and -0; a NaN (inf - inf: finite inputs whose products overflow) is +Infinity's key,
+  // as on the CPU (relu_code), so it is kept and the encode's check of its codes refuses the row.
+  return on ? __float_as_uint(z) : z != z ? 0x7f800000u : 0u;
 }
 
 template <typename T>

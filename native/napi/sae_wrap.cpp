@@ -189,8 +189,9 @@ void encode_codes_unchecked(SaeModel& m, const float* x, int64_t N, cpu::Codes* 
 }
 
 // Codes of x's rows. Finite inputs and weights can still give pre-activations past float32's
-// range (inputs near 3e38): such codes are infinite, which decode refuses and forward turns into
-// NaN, so the encode itself is refused, naming the row.
+// range (inputs near 3e38): such codes are infinite (a NaN pre-activation, inf - inf, is kept as
+// +Infinity: cpu::relu_code), which decode refuses and forward turns into NaN, so the encode
+// itself is refused, naming the row.
 void encode_codes(SaeModel& m, const float* x, int64_t N, cpu::Codes* codes) {
   encode_codes_unchecked(m, x, N, codes);
   const int64_t n = int64_t(codes->v.size());
