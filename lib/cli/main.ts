@@ -270,16 +270,23 @@ async function moveAside(paths: readonly (string | undefined)[]): Promise<string
 }
 
 /**
- * Puts back what moveAside moved (each `name.replaced` to `name`), for a new run that ended
- * without a step or a file of its own (stopped while its first batch was read): whatever it made
- * at those names (an empty log, its checkpoint folder's lock) goes first.
+ * After a run that ended (not failed): what moveAside moved is dropped, or put back (each
+ * `name.replaced` to `name`, whatever the new run made there first: an empty log, its checkpoint
+ * folder's lock) when the run trained no step and saved nothing (stopped while its first batch
+ * was read), so the earlier run stands as it was. Returns whether it was put back.
  */
-async function restoreAside(replaced: readonly string[]): Promise<void> {
+async function settleAside(replaced: readonly string[], result: FitResult): Promise<boolean> {
+  const restore = replaced.length > 0 && result.steps === 0 && result.saved.length === 0;
   for (const p of replaced) {
+    if (!restore) {
+      await rm(p, { recursive: true, force: true });
+      continue;
+    }
     const name = p.slice(0, -'.replaced'.length);
     await rm(name, { recursive: true, force: true });
     await rename(p, name);
   }
+  return restore;
 }
 
 /** Says where moveAside put the run being replaced, when the new run failed (stderr). */
@@ -362,9 +369,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
     }
     // Stopped before its first step, the new run replaced nothing: the earlier run's checkpoint
     // and log go back beside its SAE (deleting them left an SAE that only --overwrite could pass).
-    const restored = replaced.length > 0 && result.steps === 0 && result.saved.length === 0;
-    if (restored) await restoreAside(replaced);
-    else for (const p of replaced) await rm(p, { recursive: true, force: true });
+    const restored = await settleAside(replaced, result);
     if (result.resumedFrom && result.resumedFrom.step * f.batch >= total) {
       process.stderr.write(`saekit: the checkpoint was already at step ${result.resumedFrom.step}, at or past this run's ${total / f.batch} steps: nothing was trained (raise --tokens or --epochs to train longer)\n`);
     }
@@ -457,8 +462,7 @@ async function demo(f: DemoFlags): Promise<void> {
     progress.done();
   }
   // As in train: stopped before its first step, the demo replaced nothing, so the checkpoint goes back.
-  if (replaced.length > 0 && result.steps === 0 && result.saved.length === 0) await restoreAside(replaced);
-  else for (const p of replaced) await rm(p, { recursive: true, force: true });
+  await settleAside(replaced, result);
   if (result.status === 'aborted') {
     process.exitCode = sig.exitCode ?? STOP_SIGNALS.SIGINT;
     process.stderr.write(`saekit demo: interrupted after ${result.tokens.toLocaleString('en-US')} of ${tokens.toLocaleString('en-US')} tokens; the numbers below are of the partly trained SAE\n`);

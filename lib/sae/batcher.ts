@@ -24,7 +24,7 @@
  * queued in call order, before the setWeights). To switch weights at a known point, await the
  * requests that must see the old ones first.
  */
-import { argError, atSite, SaekitError } from '../errors.js';
+import { argError, atSite, fromNative, SaekitError } from '../errors.js';
 import { checkInt, checkOptions, optionNames } from '../validate.js';
 import { batchInvariantOption, encodeKeepingOverflow, type SparseAutoencoder, type SparseCodes } from './index.js';
 
@@ -91,9 +91,7 @@ export class EncodeBatcher {
       if (!Number.isFinite(x[i]!)) {
         // sae.encode's words, and its err.row.
         const row = Math.floor(i / dIn);
-        const err = new SaekitError('ERR_SAEKIT_NONFINITE', `Expected finite values in x but row ${row} has ${x[i]} at column ${i % dIn}`);
-        (err as { row?: number }).row = row;
-        return Promise.reject(err);
+        return Promise.reject(fromNative({ code: 'ERR_SAEKIT_NONFINITE', message: `Expected finite values in x but row ${row} has ${x[i]} at column ${i % dIn}`, row }));
       }
     }
     const site = new Error();
