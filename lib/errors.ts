@@ -56,10 +56,15 @@ export function describe(value: unknown): string {
   if (Array.isArray(value)) return `an array of length ${value.length}`;
   if (ArrayBuffer.isView(value)) {
     const name = value.constructor?.name ?? 'TypedArray';
-    return 'length' in value ? `a ${name} of length ${(value as { length: number }).length}` : `a ${name}`;
+    return 'length' in value ? `${article(name)} ${name} of length ${(value as { length: number }).length}` : `${article(name)} ${name}`;
   }
   const name = (value as object).constructor?.name;
-  return name && name !== 'Object' ? `a ${name}` : 'an object';
+  return name && name !== 'Object' ? `${article(name)} ${name}` : 'an object';
+}
+
+/** 'an' before a class name read with a vowel sound (Int32Array, AbortSignal, Error), 'a' otherwise (Uint8Array, Float32Array). */
+function article(name: string): string {
+  return /^[AEIO]/.test(name) ? 'an' : 'a';
 }
 
 /** The standard argument error: "Expected <expected> for <name> but received <actual>". */
@@ -70,6 +75,16 @@ export function argError(
   code: SaekitErrorCode = 'ERR_SAEKIT_ARG',
 ): SaekitError {
   return new SaekitError(code, `Expected ${expected} for ${name} but received ${describe(actual)}`);
+}
+
+/**
+ * argError for an argument that must be a typed array of one element type: ERR_SAEKIT_DTYPE when it
+ * is a typed array of another type (a Float64Array where a Float32Array is taken), ERR_SAEKIT_ARG
+ * when it is not a typed array at all (undefined, a plain array, an object).
+ */
+export function arrayTypeError(name: string, expected: string, actual: unknown): SaekitError {
+  const typed = ArrayBuffer.isView(actual) && !(actual instanceof DataView);
+  return argError(name, expected, actual, typed ? 'ERR_SAEKIT_DTYPE' : 'ERR_SAEKIT_ARG');
 }
 
 /**

@@ -105,7 +105,7 @@ describe('linearAssignmentAsync (native)', () => {
     const e = await linearAssignmentAsync(new Float64Array(0), 0, 3);
     expect(Array.from(e.colToRow)).toEqual([-1, -1, -1]);
     expect(e.total).toBe(0);
-    await expect(linearAssignmentAsync(new Float64Array(5), 2, 3)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/cost/) });
+    await expect(linearAssignmentAsync(new Float64Array(5), 2, 3)).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/cost/) });
     await expect(linearAssignmentAsync(Float64Array.of(0, 1, Infinity, 0, 0, 0), 2, 3)).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/cost\[2\]/) });
     await expect(linearAssignmentAsync(new Float64Array(6), 2, 3, { maximize: 'no' as unknown as boolean })).rejects.toMatchObject({ message: expect.stringMatching(/options\.maximize/) });
   });

@@ -676,7 +676,7 @@ describe('validation', () => {
     await err(maxCosine(new Float32Array(6), 2, 4), 'length', 'ERR_SAEKIT_SHAPE');
     await err(maxCosine(new Float32Array(0), 0, 4), 'n');
     await err(maxCosine(new Float32Array(8), 2, 4, { chunk: 0 }), 'options.chunk');
-    await err(maxCosine(new Float64Array(8) as unknown as Float32Array, 2, 4), 'rows');
+    await err(maxCosine(new Float64Array(8) as unknown as Float32Array, 2, 4), 'rows', 'ERR_SAEKIT_DTYPE');
     await err(maxCosine(Float32Array.of(1, NaN, 0, 1), 2, 2), 'NaN', 'ERR_SAEKIT_NONFINITE');
     await err(evaluate(sae, src, { signal: {} as AbortSignal }), 'options.signal');
     await err(maxCosine(new Float32Array(8), 2, 4, { signal: 'stop' as unknown as AbortSignal }), 'options.signal');

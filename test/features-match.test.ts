@@ -363,7 +363,7 @@ describe('match: threshold and validation', () => {
       }
       throw new Error('did not throw');
     };
-    await bad(() => match([0, 1] as unknown as Float64Array, { nA: 1, nB: 2 }), 'ERR_SAEKIT_DTYPE', /corr/);
+    await bad(() => match([0, 1] as unknown as Float64Array, { nA: 1, nB: 2 }), 'ERR_SAEKIT_ARG', /corr/);
     await bad(() => match(c, { nA: 2, nB: 2 }), 'ERR_SAEKIT_SHAPE', /corr/);
     await bad(() => match(c, { nA: 2.5, nB: 2 }), 'ERR_SAEKIT_ARG', /options\.nA/);
     await bad(() => match(c, { nA: 2, nB: 3, method: 'greedy' as 'argmax' }), 'ERR_SAEKIT_ARG', /options\.method/);

@@ -326,7 +326,7 @@ describe('pwcca', () => {
     const opts = { n: 10, dA: 3, dB: 2 };
     expect(await code(pwcca(A, B, { ...opts, n: 3 }))).toBe('ERR_SAEKIT_SHAPE'); // n must exceed dA
     expect(await code(pwcca(A, B, { ...opts, dB: 3 }))).toBe('ERR_SAEKIT_SHAPE');
-    expect(await code(pwcca([1, 2] as unknown as Float64Array, B, opts))).toBe('ERR_SAEKIT_DTYPE');
+    expect(await code(pwcca([1, 2] as unknown as Float64Array, B, opts))).toBe('ERR_SAEKIT_ARG');
     expect(await code(pwcca(A, B, { ...opts, keep: 0 }))).toBe('ERR_SAEKIT_ARG');
     expect(await code(pwcca(A, B, { ...opts, keep: 4 }))).toBe('ERR_SAEKIT_ARG');
     expect(await code(pwcca(A, B, { ...opts, keep: 1.5 }))).toBe('ERR_SAEKIT_ARG');

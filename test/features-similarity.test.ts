@@ -173,7 +173,7 @@ describe('svcca', () => {
     expect(await code(svcca(A, A, { n: 10, dA: 2, dB: 2, keep: 1.5 }))).toBe('ERR_SAEKIT_ARG');
     expect(await code(svcca(A, A, { n: 10, dA: 2, dB: 2, keep: 3 }))).toBe('ERR_SAEKIT_ARG');
     expect(await code(svcca(A, A, { n: 10, dA: 2, dB: 2, compat: 'x' as 'univ-feat-geom' }))).toBe('ERR_SAEKIT_ARG');
-    expect(await code(svcca([] as unknown as Float64Array, A, { n: 10, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_DTYPE');
+    expect(await code(svcca([] as unknown as Float64Array, A, { n: 10, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_ARG');
     const bad = new Float64Array(20);
     bad[3] = NaN;
     expect(await code(svcca(bad, A, { n: 10, dA: 2, dB: 2 }))).toBe('ERR_SAEKIT_NONFINITE');

@@ -284,8 +284,8 @@ describe('linearAssignment', () => {
     expect(Array.from(e.colToRow)).toEqual([-1, -1, -1]);
     expect(e.total).toBe(0);
     const err = expectNamedError;
-    err(() => linearAssignment(new Float64Array(5), 2, 3), 'cost');
-    err(() => linearAssignment(new Float32Array(6) as unknown as Float64Array, 2, 3), 'cost');
+    err(() => linearAssignment(new Float64Array(5), 2, 3), 'cost', 'ERR_SAEKIT_SHAPE');
+    err(() => linearAssignment(new Float32Array(6) as unknown as Float64Array, 2, 3), 'cost', 'ERR_SAEKIT_DTYPE');
     err(() => linearAssignment(new Float64Array(6), -1, 3), 'rows');
     err(() => linearAssignment(new Float64Array(6), 2, 3.5), 'cols');
     err(() => linearAssignment(Float64Array.of(0, 1, NaN, 0, 0, 0), 2, 3), 'cost[2]', 'ERR_SAEKIT_NONFINITE');
@@ -613,8 +613,8 @@ describe('recovery: validation', () => {
     const err = async (p: Promise<unknown>, name: string, code = 'ERR_SAEKIT_ARG') =>
       expect(p).rejects.toMatchObject({ code, message: expect.stringContaining(name) });
     await err(mmcs(a, a, {} as { d: number }), 'options.d');
-    await err(mmcs(a, new Float32Array(10), { d: 4 }), 'truth');
-    await err(mmcs(new Float32Array(0), a, { d: 4 }), 'learned');
+    await err(mmcs(a, new Float32Array(10), { d: 4 }), 'truth', 'ERR_SAEKIT_SHAPE');
+    await err(mmcs(new Float32Array(0), a, { d: 4 }), 'learned', 'ERR_SAEKIT_SHAPE');
     await err(mmcs(Array.from(a) as unknown as Float32Array, a, { d: 4 }), 'learned');
     await err(mmcs(a, a, { d: 4, direction: 'both' as 'truth-to-learned' }), 'options.direction');
     await err(mmcs(a, a, { d: 4, similarity: 'dot' as 'cos' }), 'options.similarity');

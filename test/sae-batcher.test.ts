@@ -85,9 +85,9 @@ describe('EncodeBatcher', () => {
     expect(r2).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_NONFINITE', row: 1, message: (own as Error).message } });
     expect((own as Error).message).toMatch(/row 1 has NaN at column 4$/);
     await expect(b.encode(new Float32Array(dIn + 1))).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
-    // Not a Float32Array at all: ERR_SAEKIT_ARG, as sae.encode says.
-    await expect(b.encode(new Float64Array(dIn) as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for x but received a Float64Array/) });
-    await expect(sae.encode(new Float64Array(dIn) as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+    // A typed array of another element type: ERR_SAEKIT_DTYPE, as sae.encode says.
+    await expect(b.encode(new Float64Array(dIn) as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE', message: expect.stringMatching(/for x but received a Float64Array/) });
+    await expect(sae.encode(new Float64Array(dIn) as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE' });
     expect(() => new EncodeBatcher(sae, { maxrows: 3 } as never)).toThrow(/did you mean options\.maxRows/);
     expect(() => new EncodeBatcher({} as SparseAutoencoder)).toThrow(/SparseAutoencoder/);
     // Disposed while requests wait: those reject with the SAE's error.

@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { callNative, describe as describeValue, fromNative, SaekitError, settleNative } from '../lib/errors.js';
+import { features, metrics, SparseAutoencoder } from '../lib/index.js';
 import { checkInt, checkKept, checkOneOf, checkOptions, checkSeed } from '../lib/validate.js';
 import { lcg } from './helpers/reference.js';
 
@@ -131,6 +132,9 @@ describe('errors', () => {
       [[1, 2], 'an array of length 2'],
       [new Float64Array(3), 'a Float64Array of length 3'],
       [new Uint16Array(new ArrayBuffer(16), 4, 2), 'a Uint16Array of length 2'],
+      [new Int32Array(5), 'an Int32Array of length 5'],
+      [new AbortController().signal, 'an AbortSignal'],
+      [new Error('x'), 'an Error'],
       [{}, 'an object'],
       [Object.create(null), 'an object'],
       [new Map(), 'a Map'],
@@ -138,6 +142,33 @@ describe('errors', () => {
       [Symbol('s'), 'a symbol'],
     ] as const) {
       expect(describeValue(v), String(shown)).toBe(shown);
+    }
+  });
+
+  it('a wrong typed array is ERR_SAEKIT_DTYPE and anything else ERR_SAEKIT_ARG, the same for every call that takes one', async () => {
+    const sae = SparseAutoencoder.create({ dIn: 4, numLatents: 8, k: 2, seed: 3 });
+    try {
+      const calls: [string, (x: unknown) => unknown][] = [
+        ['x', (x) => sae.encode(x as Float32Array)],
+        ['corr', (x) => features.match(x as Float32Array, { nA: 2, nB: 2 })],
+        ['perms[0]', (x) => features.composeMatches(x as Int32Array)],
+        ['cost', (x) => metrics.linearAssignment(x as Float64Array, 2, 2)],
+      ];
+      for (const [name, call] of calls) {
+        const wrongType = name === 'perms[0]' || name === 'cost' ? new Float32Array(4) : new Int32Array(4);
+        for (const [value, code] of [
+          [wrongType, 'ERR_SAEKIT_DTYPE'],
+          [[0, 1, 2, 3], 'ERR_SAEKIT_ARG'],
+          [undefined, 'ERR_SAEKIT_ARG'],
+          [new DataView(new ArrayBuffer(16)), 'ERR_SAEKIT_ARG'],
+        ] as const) {
+          const err = await Promise.resolve().then(() => call(value)).then(() => null, (e: unknown) => e as SaekitError);
+          expect(err, `${name} ${describeValue(value)}`).toBeInstanceOf(SaekitError);
+          expect([err!.code, err!.message], `${name} ${describeValue(value)}`).toEqual([code, expect.stringContaining(`for ${name} but received ${describeValue(value)}`)]);
+        }
+      }
+    } finally {
+      sae.dispose();
     }
   });
 

@@ -1,5 +1,5 @@
 /** The three kinds of ActivationSource: files, an in-memory array, an async iterable. */
-import { argError, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, SaekitError } from '../errors.js';
 import { checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { DISK_DTYPES, type SkipCounter } from './convert.js';
 import { BATCH_ARRAYS, BatchPool, MixingMemory, mixingHalf, RELEASE_BATCH, sequentialEpoch, shuffleEpoch, type BatchArrays, type MixingDType } from './engine.js';
@@ -347,7 +347,7 @@ export async function openActivations(pathOrPaths: string | string[], options?: 
 
 /** A source over rows already in memory (data is read, never modified; batches are copies). */
 export function fromArray(data: Float32Array, dIn: number): OwnedActivationSource {
-  if (!(data instanceof Float32Array)) throw argError('data', 'a Float32Array', data);
+  if (!(data instanceof Float32Array)) throw arrayTypeError('data', 'a Float32Array', data);
   checkInt('dIn', dIn, 1, 1 << 24);
   if (data.length % dIn !== 0) {
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected data to hold whole rows of dIn = ${dIn} values but its length ${data.length} is not a multiple of ${dIn}`);

@@ -16,7 +16,7 @@
  * Both return an optimal assignment; when several are optimal they may return different ones.
  */
 import { yieldToEventLoop } from '../slices.js';
-import { argError, callNative, settleNative } from '../errors.js';
+import { argError, arrayTypeError, callNative, settleNative } from '../errors.js';
 import { native } from '../native/index.js';
 import { checkBool, checkInt, checkKept, checkOptions, optionNames } from '../validate.js';
 
@@ -46,8 +46,8 @@ const MAX_COST = 1e300;
 function checkShape(cost: Float64Array, rows: number, cols: number, options: AssignmentOptions | undefined) {
   const r = checkInt('rows', rows, 0, 2 ** 31 - 1);
   const c = checkInt('cols', cols, 0, 2 ** 31 - 1);
-  if (!(cost instanceof Float64Array)) throw argError('cost', 'a Float64Array', cost);
-  if (cost.length !== r * c) throw argError('cost', `a Float64Array of length rows * cols = ${r * c}`, cost);
+  if (!(cost instanceof Float64Array)) throw arrayTypeError('cost', 'a Float64Array', cost);
+  if (cost.length !== r * c) throw argError('cost', `a Float64Array of length rows * cols = ${r * c}`, cost, 'ERR_SAEKIT_SHAPE');
   const o = checkOptions('options', options, ASSIGNMENT_OPTIONS);
   const maximize = o.maximize === undefined ? false : checkBool('options.maximize', o.maximize);
   return { r, c, maximize };

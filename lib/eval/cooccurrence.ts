@@ -34,7 +34,7 @@
  * run until it settles (add() refuses). cooccurrence() feeds add() about one chunk at a time and
  * scans the same way.
  */
-import { argError, atTokens, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, atTokens, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkKept, checkOptions, optionNames } from '../validate.js';
 import type { ActivationSource } from '../data/types.js';
 import type { SparseAutoencoder } from '../sae/index.js';
@@ -55,8 +55,8 @@ function checkCodesShape(codes: CooccurrenceCodes, numLatents: number, name: str
   if (codes === null || typeof codes !== 'object') throw argError(name, 'an object { rows, k, values, indices }', codes);
   const rows = checkInt(`${name}.rows`, codes.rows, 0, 2 ** 31);
   const k = checkInt(`${name}.k`, codes.k, 0, numLatents);
-  if (!(codes.values instanceof Float32Array)) throw argError(`${name}.values`, 'a Float32Array', codes.values);
-  if (!(codes.indices instanceof Int32Array)) throw argError(`${name}.indices`, 'an Int32Array', codes.indices);
+  if (!(codes.values instanceof Float32Array)) throw arrayTypeError(`${name}.values`, 'a Float32Array', codes.values);
+  if (!(codes.indices instanceof Int32Array)) throw arrayTypeError(`${name}.indices`, 'an Int32Array', codes.indices);
   if (codes.values.length !== rows * k || codes.indices.length !== rows * k) {
     throw new SaekitError(
       'ERR_SAEKIT_SHAPE',

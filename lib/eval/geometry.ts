@@ -20,7 +20,7 @@
  * (Higham eq. 3.5 on vectors of norm 1), about 4.6e-5 at d = 768. Results are clamped to [-1, 1]:
  * a duplicated row gives 1 up to that bound.
  */
-import { argError, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, SaekitError } from '../errors.js';
 import { tensor, type Tensor } from '../tensor/index.js';
 import { matmul } from '../tensor/ops.js';
 import { checkInt, checkKept, checkOptions, checkSignal, optionNames } from '../validate.js';
@@ -77,7 +77,7 @@ export async function normaliseRows(rows: Float32Array, n: number, d: number): P
  * @example const maxCos = await maxCosine(W_dec, numLatents, dIn); // decoder rows
  */
 export async function maxCosine(rows: Float32Array, n: number, d: number, options?: MaxCosineOptions): Promise<Float64Array> {
-  if (!(rows instanceof Float32Array)) throw argError('rows', 'a Float32Array', rows);
+  if (!(rows instanceof Float32Array)) throw arrayTypeError('rows', 'a Float32Array', rows);
   checkInt('n', n, 1, 1 << 26);
   checkInt('d', d, 1, 1 << 24);
   if (rows.length !== n * d) {

@@ -22,7 +22,7 @@
  * - Prediction: positive iff w.x + b > 0. Accuracy and F1 (positive class = label 1,
  *   F1 = 2TP / (2TP + FP + FN), 0 when that is 0/0) on the test split.
  */
-import { argError, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkOptions, checkSeed, optionNames } from '../validate.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
@@ -101,8 +101,8 @@ function mulberry32(seed: number): () => number {
 export function fitLogistic(X: Float64Array, y: Uint8Array, n: number, p: number, C = 1): LogisticFit {
   checkInt('n', n, 1, 2 ** 31 - 1);
   checkInt('p', p, 0, 2 ** 31 - 1);
-  if (!(X instanceof Float64Array)) throw argError('X', 'a Float64Array', X);
-  if (!(y instanceof Uint8Array)) throw argError('y', 'a Uint8Array of 0/1 labels', y);
+  if (!(X instanceof Float64Array)) throw arrayTypeError('X', 'a Float64Array', X);
+  if (!(y instanceof Uint8Array)) throw arrayTypeError('y', 'a Uint8Array of 0/1 labels', y);
   if (X.length !== n * p || y.length !== n) throw new SaekitError('ERR_SAEKIT_SHAPE', `fitLogistic: expected X of length ${n * p} and y of length ${n}`);
   for (let i = 0; i < n; i++) if (y[i]! > 1) throw argError(`y[${i}]`, '0 or 1', y[i]);
   for (let i = 0; i < X.length; i++) if (!Number.isFinite(X[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `X[${i}] is ${X[i]}: expected finite values`);
@@ -221,8 +221,8 @@ function choleskySolve(H: Float64Array, g: Float64Array, q: number): Float64Arra
  * L2 logistic regression on the top k, report test accuracy and F1 for each k.
  */
 export function sparseProbe(features: Float32Array, labels: Uint8Array, options: SparseProbeOptions): { results: SparseProbeResult[] } {
-  if (!(features instanceof Float32Array)) throw argError('features', 'a Float32Array', features);
-  if (!(labels instanceof Uint8Array)) throw argError('labels', 'a Uint8Array', labels);
+  if (!(features instanceof Float32Array)) throw arrayTypeError('features', 'a Float32Array', features);
+  if (!(labels instanceof Uint8Array)) throw arrayTypeError('labels', 'a Uint8Array', labels);
   if (options === undefined) throw argError('options', 'an options object with m', options);
   const opts = checkOptions('options', options, PROBE_OPTIONS);
   const m = checkInt('options.m', opts.m, 1, 2 ** 31);

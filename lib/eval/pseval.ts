@@ -15,7 +15,7 @@
  * Selecting the token, building prompts and balancing the classes (the reference uses the first
  * cnt_0 label-1 rows) are the caller's job.
  */
-import { argError, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, SaekitError } from '../errors.js';
 
 /** One WiC pair: the SAE activations [numLatents] of the target word in two contexts, and the label. */
 export interface PsEvalPair {
@@ -62,8 +62,8 @@ export function psEval(pairs: PsEvalPair[]): PsEvalResult {
   for (let i = 0; i < pairs.length; i++) {
     const p = pairs[i];
     if (p === null || typeof p !== 'object') throw argError(`pairs[${i}]`, 'an object { a, b, same }', p);
-    if (!(p.a instanceof Float32Array)) throw argError(`pairs[${i}].a`, 'a Float32Array', p.a);
-    if (!(p.b instanceof Float32Array)) throw argError(`pairs[${i}].b`, 'a Float32Array', p.b);
+    if (!(p.a instanceof Float32Array)) throw arrayTypeError(`pairs[${i}].a`, 'a Float32Array', p.a);
+    if (!(p.b instanceof Float32Array)) throw arrayTypeError(`pairs[${i}].b`, 'a Float32Array', p.b);
     if (typeof p.same !== 'boolean') throw argError(`pairs[${i}].same`, 'boolean', p.same);
     if (p.a.length === 0 || p.a.length !== p.b.length || (i > 0 && p.a.length !== pairs[0]!.a.length)) {
       throw new SaekitError(

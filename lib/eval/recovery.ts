@@ -12,7 +12,7 @@
  * 10^9 here) plus, for MCC, the matching (a few seconds at 8192 x 8192) and an
  * nLearned x nTruth float64 cost matrix.
  */
-import { argError, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, SaekitError } from '../errors.js';
 import { checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { native } from '../native/index.js';
 import { linearAssignmentAsync } from './assignment.js';
@@ -180,8 +180,8 @@ export async function mcc(learned: Float32Array, truth: Float32Array, options: M
 // ---------------------------------------------------------------------------------------------
 
 function checkRows(name: string, x: unknown, d: number): number {
-  if (!(x instanceof Float32Array)) throw argError(name, 'a Float32Array', x);
-  if (x.length === 0 || x.length % d !== 0) throw argError(name, `a Float32Array with a positive multiple of d = ${d} elements`, x);
+  if (!(x instanceof Float32Array)) throw arrayTypeError(name, 'a Float32Array', x);
+  if (x.length === 0 || x.length % d !== 0) throw argError(name, `a Float32Array with a positive multiple of d = ${d} elements`, x, 'ERR_SAEKIT_SHAPE');
   // The addon's vectorised scan (a JS loop held the event loop ~100 ms at 16k x 2304); the
   // index is looked for only when there is one to name.
   if (native().anyNonFinite(x, 0, x.length)) {

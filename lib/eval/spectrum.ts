@@ -37,7 +37,7 @@
  * it (d = 1024: 7.8 s). The JS thread only copies the pieces; the longest event-loop gaps seen
  * were 30-65 ms up to d = 2304 and up to 0.4 s at d = 4096, where both cores are busy.
  */
-import { argError, fromNative, SaekitError, settleNative } from '../errors.js';
+import { argError, arrayTypeError, fromNative, SaekitError, settleNative } from '../errors.js';
 import { native, type NativeEigenSolver, type NativeSpectrumStage } from '../native/index.js';
 import { checkInt, checkKept, checkNumber } from '../validate.js';
 import { yieldToEventLoop } from '../slices.js';
@@ -78,7 +78,7 @@ export async function spectrum(W_dec: Float32Array, n: number, d: number): Promi
  */
 export async function spectrumWith(W_dec: Float32Array, n: number, d: number, solver: NativeEigenSolver): Promise<SpectrumResult> {
   const site = new Error();
-  if (!(W_dec instanceof Float32Array)) throw argError('W_dec', 'a Float32Array', W_dec);
+  if (!(W_dec instanceof Float32Array)) throw arrayTypeError('W_dec', 'a Float32Array', W_dec);
   checkInt('n', n, 2, 2 ** 31);
   checkInt('d', d, 1, 65536);
   if (W_dec.length !== n * d) {
@@ -107,7 +107,7 @@ export async function symmetricEigenvalues(matrix: Float64Array | Float32Array, 
 export async function symmetricEigenvaluesWith(matrix: Float64Array | Float32Array, d: number, solver: NativeEigenSolver): Promise<Float64Array> {
   const site = new Error();
   checkInt('d', d, 1, 65536);
-  if (!(matrix instanceof Float64Array || matrix instanceof Float32Array)) throw argError('matrix', 'a Float64Array or Float32Array', matrix);
+  if (!(matrix instanceof Float64Array || matrix instanceof Float32Array)) throw arrayTypeError('matrix', 'a Float64Array or Float32Array', matrix);
   if (matrix.length !== d * d) {
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected matrix of length d * d = ${d * d} but received length ${matrix.length}`);
   }
@@ -153,7 +153,7 @@ function settle<T>(fn: () => Promise<T>, site: Error): Promise<T> {
  * @param floor eigenvalues at or below it end the range: a finite number >= 0.
  */
 export function powerLawFit(eigenvalues: Float64Array, maxRank?: number, floor = 0): { alpha: number; fitRanks: [number, number] } {
-  if (!(eigenvalues instanceof Float64Array)) throw argError('eigenvalues', 'a Float64Array', eigenvalues);
+  if (!(eigenvalues instanceof Float64Array)) throw arrayTypeError('eigenvalues', 'a Float64Array', eigenvalues);
   // Defaulted after the check: a default of eigenvalues.length would read it from a non-array first.
   maxRank = maxRank === undefined ? eigenvalues.length : checkInt('maxRank', maxRank, 0, eigenvalues.length);
   checkNumber('floor', floor, 0, Infinity);

@@ -23,7 +23,7 @@
  */
 import { totalmem } from 'node:os';
 
-import { argError, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, SaekitError } from '../errors.js';
 import { solveChunked } from '../eval/assignment.js';
 import { due, pause, runAll, runSliced, yieldToEventLoop } from '../slices.js';
 import { SparseAutoencoder, type SaeWeights } from '../sae/index.js';
@@ -105,7 +105,7 @@ export async function match(corr: Float32Array | Float64Array | CorrelationResul
   const site = new Error();
   const isResult = corr !== null && typeof corr === 'object' && 'mode' in corr && (corr.mode === 'full' || corr.mode === 'top');
   if (!isResult && !(corr instanceof Float32Array) && !(corr instanceof Float64Array)) {
-    throw argError('corr', 'a Float32Array, a Float64Array or a correlation() result', corr, 'ERR_SAEKIT_DTYPE');
+    throw arrayTypeError('corr', 'a Float32Array, a Float64Array or a correlation() result', corr);
   }
   if (options === undefined && !isResult) throw argError('options', 'an options object with nA and nB', options);
   const o = checkOptions('options', options, MATCH_OPTIONS);
@@ -377,7 +377,7 @@ function* foldNamed(weights: SaeWeights, name: string, checkEncoder = true): Gen
   if (weights === null || typeof weights !== 'object') throw argError('weights', 'SAE weights', weights);
   const { W_enc, b_enc, W_dec, b_dec, threshold } = weights;
   for (const [key, w] of [['W_enc', W_enc], ['b_enc', b_enc], ['W_dec', W_dec], ['b_dec', b_dec]] as const) {
-    if (!(w instanceof Float32Array)) throw argError(`weights.${key}`, 'a Float32Array', w, 'ERR_SAEKIT_DTYPE');
+    if (!(w instanceof Float32Array)) throw arrayTypeError(`weights.${key}`, 'a Float32Array', w);
   }
   const n = b_enc.length;
   const d = b_dec.length;
@@ -593,7 +593,7 @@ export async function saeMatch(saeA: SparseAutoencoder, saeB: SparseAutoencoder,
 export function composeMatches(...perms: Int32Array[]): Int32Array {
   if (perms.length === 0) throw argError('perms', 'at least one Int32Array', perms);
   perms.forEach((p, t) => {
-    if (!(p instanceof Int32Array)) throw argError(`perms[${t}]`, 'an Int32Array', p, 'ERR_SAEKIT_DTYPE');
+    if (!(p instanceof Int32Array)) throw arrayTypeError(`perms[${t}]`, 'an Int32Array', p);
   });
   const out = perms[0]!.slice();
   for (let t = 0; t < perms.length; t++) {

@@ -85,7 +85,7 @@ import os from 'node:os';
 
 import { Rng } from '../data/prng.js';
 import { CHECK_UNITS, due, pause } from '../slices.js';
-import { argError, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, SaekitError } from '../errors.js';
 import { checkInt, checkKept, checkOneOf, checkOptions, checkSeed, checkSignal, optionNames } from '../validate.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
@@ -278,7 +278,7 @@ const MISS = 32;
  * checked before either is copied, so a buffer detached later is ERR_SAEKIT_ARG, not a shape error).
  */
 function checkShape(name: string, X: unknown, n: number, d: number): asserts X is Float32Array | Float64Array {
-  if (!(X instanceof Float32Array || X instanceof Float64Array)) throw argError(name, 'a Float32Array or Float64Array', X, 'ERR_SAEKIT_DTYPE');
+  if (!(X instanceof Float32Array || X instanceof Float64Array)) throw arrayTypeError(name, 'a Float32Array or Float64Array', X);
   if (X.length !== n * d) {
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected ${name} of length n * d = ${n * d} for [${n}, ${d}] but received length ${X.length}`);
   }
@@ -1259,8 +1259,8 @@ export async function permutationTest(
     const dB = checkInt('options.dB', opts.dB, 1, 2 ** 31);
     const runs = opts.runs === undefined ? 100 : checkInt('options.runs', opts.runs, 1, 1e7);
     const seed = opts.seed === undefined ? 0n : checkSeed('options.seed', opts.seed);
-    if (!(A instanceof Float64Array)) throw argError('A', 'a Float64Array', A, 'ERR_SAEKIT_DTYPE');
-    if (!(B instanceof Float64Array)) throw argError('B', 'a Float64Array', B, 'ERR_SAEKIT_DTYPE');
+    if (!(A instanceof Float64Array)) throw arrayTypeError('A', 'a Float64Array', A);
+    if (!(B instanceof Float64Array)) throw arrayTypeError('B', 'a Float64Array', B);
     if (A.length % n !== 0) throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected A of length a multiple of n = ${n} but received length ${A.length}`);
     if (B.length !== n * dB) {
       throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected B of length n * dB = ${n * dB} for [${n}, ${dB}] but received length ${B.length}`);

@@ -14,7 +14,7 @@
  * A plain `|V2` (numpy's own void type, byte order not applicable) is rejected as ambiguous.
  * Object arrays (`|O`, pickles) are always rejected.
  */
-import { argError, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, SaekitError } from '../errors.js';
 import { due, pause, runAll, runSliced } from '../slices.js';
 import {
   adviseHugePages,
@@ -276,7 +276,7 @@ export function allocNpyArray(h: NpyHeader, name: string): IoArray {
  *   object descr, or data that is not exactly numel × item size bytes.
  */
 export function parseNpy(bytes: Uint8Array, name = '<buffer>'): IoTensor {
-  if (!(bytes instanceof Uint8Array)) throw argError('bytes', 'a Uint8Array', bytes);
+  if (!(bytes instanceof Uint8Array)) throw arrayTypeError('bytes', 'a Uint8Array', bytes);
   const h = parseNpyHeaderBytes(bytes, bytes.length, String(name));
   return runAll(decodeData(h, copyBytes(bytes.subarray(h.dataOffset, h.dataOffset + h.byteLength)), String(name)));
 }

@@ -24,7 +24,7 @@
  * queued in call order, before the setWeights). To switch weights at a known point, await the
  * requests that must see the old ones first.
  */
-import { argError, atSite, fromNative, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, atSite, fromNative, SaekitError } from '../errors.js';
 import { checkInt, checkOptions, optionNames } from '../validate.js';
 import { batchInvariantOption, encodeKeepingOverflow, type SparseAutoencoder, type SparseCodes } from './index.js';
 
@@ -83,7 +83,7 @@ export class EncodeBatcher {
     if (this.#disposed) return Promise.reject(new SaekitError('ERR_SAEKIT_DISPOSED', 'this EncodeBatcher was disposed'));
     if (this.sae.disposed) return Promise.reject(new SaekitError('ERR_SAEKIT_DISPOSED', 'the SparseAutoencoder of this batcher was disposed'));
     // The codes sae.encode gives: not a Float32Array ARG, a wrong length SHAPE.
-    if (!(x instanceof Float32Array)) return Promise.reject(argError('x', `a Float32Array of rows x dIn = ${dIn} values`, x));
+    if (!(x instanceof Float32Array)) return Promise.reject(arrayTypeError('x', `a Float32Array of rows x dIn = ${dIn} values`, x));
     if (x.length === 0 || x.length % dIn !== 0) {
       return Promise.reject(argError('x', `a non-empty Float32Array of rows x dIn = ${dIn} values`, x, 'ERR_SAEKIT_SHAPE'));
     }

@@ -27,7 +27,7 @@
 import { constants as bufferConstants } from 'node:buffer';
 
 import { deviceName, resolveDevice, type DeviceOption, type ResolvedDevice } from '../backend/index.js';
-import { argError, callNative, SaekitError, settleNative } from '../errors.js';
+import { argError, arrayTypeError, callNative, SaekitError, settleNative } from '../errors.js';
 import { checkFolderPath } from '../io/common.js';
 import { checkWriteSaeOptions, type WriteSaeOptions } from '../io/sae-options.js';
 import { native, type NativeAdam, type NativePrefetched, type NativeSae, type NativeTensor } from '../native/index.js';
@@ -363,7 +363,7 @@ function rowsArg(dIn: number, x: unknown): Float32Array | NativeTensor {
     return x;
   }
   if (x instanceof Tensor) return handleOf(x, 'x');
-  throw argError('x', `a Float32Array (rows * ${dIn}) or a float32 Tensor [rows, ${dIn}]`, x);
+  throw arrayTypeError('x', `a Float32Array (rows * ${dIn}) or a float32 Tensor [rows, ${dIn}]`, x);
 }
 
 /** The SAE's native handle; ERR_SAEKIT_DISPOSED once it was disposed. */
@@ -476,7 +476,7 @@ export class SparseAutoencoder {
       const w: unknown = weights[n];
       if (w instanceof Float32Array) return w;
       if (w instanceof Tensor) return handleOf(w, n);
-      throw argError(n, 'a Float32Array or a float32 Tensor', w);
+      throw arrayTypeError(n, 'a Float32Array or a float32 Tensor', w);
     }) as [Float32Array | NativeTensor, Float32Array | NativeTensor, Float32Array | NativeTensor, Float32Array | NativeTensor];
     const size = (w: Float32Array | Tensor) => (w instanceof Tensor ? w.size : w.length);
     const dIn = size(weights.b_dec);
@@ -900,7 +900,7 @@ export class AdamOptimizer {
    */
   prefetch(x: Float32Array, options?: PrefetchOptions): PrefetchedBatch {
     if (this.h.disposed) throw new SaekitError('ERR_SAEKIT_DISPOSED', 'this optimizer was disposed; it cannot be used any more');
-    if (!(x instanceof Float32Array)) throw argError('x', `a Float32Array (rows * ${this.sae.dIn})`, x);
+    if (!(x instanceof Float32Array)) throw arrayTypeError('x', `a Float32Array (rows * ${this.sae.dIn})`, x);
     const o = checkOptions('options', options, PREFETCH_OPTIONS);
     const scale = o.scale === undefined ? 1 : checkNumber('options.scale', o.scale, 0, Infinity, true);
     const rows = rowsArg(this.sae.dIn, x) as Float32Array;
@@ -994,8 +994,8 @@ export class AdamOptimizer {
   /** Restores a state from state() (same SAE shape), in queue order. */
   setState(state: AdamState): void {
     const o = checkOptions('state', state, ADAM_STATE_KEYS);
-    if (!(o.m instanceof Float32Array)) throw argError('state.m', 'a Float32Array from state()', o.m);
-    if (!(o.v instanceof Float32Array)) throw argError('state.v', 'a Float32Array from state()', o.v);
+    if (!(o.m instanceof Float32Array)) throw arrayTypeError('state.m', 'a Float32Array from state()', o.m);
+    if (!(o.v instanceof Float32Array)) throw arrayTypeError('state.v', 'a Float32Array from state()', o.v);
     const t = checkInt('state.t', o.t, 0, 2 ** 50);
     checkSecondMoments([o.v]);
     callNative(() => this.h.setState(o.m!, o.v!, t));

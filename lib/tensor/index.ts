@@ -22,7 +22,7 @@
  * ```
  */
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
-import { argError, callNative, SaekitError, settleNative } from '../errors.js';
+import { argError, arrayTypeError, callNative, SaekitError, settleNative } from '../errors.js';
 import { native, type NativeTensor } from '../native/index.js';
 import { checkOneOf, checkOptions, checkSeed, checkShape, optionNames, randomSeed, shapeSize } from '../validate.js';
 
@@ -255,7 +255,7 @@ export function tensor(data: TensorData, shape?: readonly number[], options?: Te
       rawType = 'float32';
     }
   } else {
-    throw argError('data', 'a Float32Array, Float64Array, Int32Array, Uint16Array or (nested) array of numbers', data);
+    throw arrayTypeError('data', 'a Float32Array, Float64Array, Int32Array, Uint16Array or (nested) array of numbers', data);
   }
   dtype ??= 'float32';
   const device = deviceName(resolveDevice('options.device', opts.device));

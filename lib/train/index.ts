@@ -37,7 +37,7 @@ import path from 'node:path';
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/index.js';
-import { argError, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, SaekitError } from '../errors.js';
 import { makeDirs } from '../io/source.js';
 import { AUXK_VARIANTS, MAX_BETA1, MAX_BETA2, MAX_DEAD_THRESHOLD, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
@@ -345,7 +345,7 @@ export function learningRate(step: number, total: number, base: number, warmup: 
  * Vardi and Zhang's optimality test): the iterations only creep towards such a row.
  */
 export function geometricMedian(x: Float32Array, d: number, options: { maxIter?: number; tol?: number } = {}): Float64Array {
-  if (!(x instanceof Float32Array)) throw argError('x', 'a Float32Array of rows [n, d]', x);
+  if (!(x instanceof Float32Array)) throw arrayTypeError('x', 'a Float32Array of rows [n, d]', x);
   checkInt('d', d, 1, Number.MAX_SAFE_INTEGER);
   if (x.length === 0 || x.length % d !== 0) {
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected x to hold n >= 1 rows of d = ${d} values but its length ${x.length} is ${x.length === 0 ? 'zero' : `not a multiple of ${d}`}`);
