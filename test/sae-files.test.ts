@@ -17,6 +17,7 @@ import { checkDecoderNormFold, foldDecoderNormsSteps } from '../lib/io/sae-files
 import { runAll } from '../lib/slices.js';
 import { gapBound, watchCall } from './helpers/event-loop.js';
 import { f16ToNumber, randomHalfBits } from './helpers/data-fixtures.js';
+import { freshSeed } from './helpers/io-helpers.js';
 import { lcg } from './helpers/reference.js';
 
 function tmp(): string {
@@ -425,7 +426,7 @@ describe('SAE files: bad input', () => {
     await expectFormat(dir, /k = 0 is outside/);
     await expectFormat(tmp(), /no SAE files found/);
     const err = await SparseAutoencoder.load(path.join(dir, 'nope')).catch((e: unknown) => e);
-    expect((err as SaekitError).code).toBe('ERR_SAEKIT_ARG');
+    expect(err).toMatchObject({ code: 'ERR_SAEKIT_ARG', message: `Expected an SAE folder or file for pathOrDir but ${path.join(dir, 'nope')} does not exist` });
   });
 
   it('refuses to save a JumpReLU SAE as sparsify, and checks options', async () => {
@@ -1023,7 +1024,7 @@ describe('SAE files: what the other libraries write and read', () => {
     writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ activation_fn_str: 'relu', d_in: dIn, d_sae: L }));
     await expect(SparseAutoencoder.load(dir)).rejects.toThrow(/activation_fn_str 'relu' \(a standard ReLU SAE\) is not supported yet/);
     writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, normalize_activations: true }));
-    await expect(SparseAutoencoder.load(dir)).rejects.toThrow(/normalize_activations 'expected_average_only_in' scales inputs by a factor estimated when training/);
+    await expect(SparseAutoencoder.load(dir)).rejects.toThrow(/normalize_activations 'expected_average_only_in', which scales inputs by a factor estimated when training, and SAELens keeps that factor in activation_scaler.json/);
     writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, normalize_activations: 'layer_norm' }));
     await expect(SparseAutoencoder.load(dir)).rejects.toThrow(/normalises every token at run time/);
   });
@@ -1049,6 +1050,127 @@ describe('SAE files: what the other libraries write and read', () => {
     }
     writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L }));
     await expect(SparseAutoencoder.load(dir)).rejects.toThrow(/has a scaling_factor that is not all ones but finetuning_scaling_factor is not true/);
+  });
+
+  it("a loaded SAELens SAE keeps its metadata and reshape_activations through save (options.metadata adds and overrides); a pre-6.0 config's hook_point is its hook_name", async () => {
+    const seed = freshSeed(41);
+    const w = randomWeights(dIn, L, seed);
+    const dir = tmp();
+    await put(dir, w);
+    const metadata = { sae_lens_version: '6.5.1', sae_lens_training_version: '6.5.1', model_name: 'gpt2', hook_name: 'blocks.3.attn.hook_z', hook_head_index: null, context_size: 128, neuronpedia_id: 'gpt2/3-att-kk', saekit_version: '0.0.1', l0: 12.5, nested: { a: [1, 2] }, ['__proto__']: 'kept as a key' };
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, reshape_activations: 'hook_z', metadata }).replace('"__proto__"', '"__proto__"'));
+    // JSON.stringify drops a literal's __proto__; write the key into the file as JSON does.
+    const cfgText = readFileSync(path.join(dir, 'cfg.json'), 'utf8').replace('"l0":12.5', '"l0":12.5,"__proto__":"kept as a key"');
+    writeFileSync(path.join(dir, 'cfg.json'), cfgText);
+    using sae = await SparseAutoencoder.load(dir);
+    const { sae_lens_version: _v, saekit_version: _s, ...carried } = metadata;
+    expect({ ...sae.metadata }).toEqual({ ...carried, nested: { a: [1, 2] } });
+    expect(Object.hasOwn(sae.metadata, '__proto__')).toBe(true);
+    expect(Object.isFrozen(sae.metadata) && Object.isFrozen(sae.metadata.nested) && Object.isFrozen((sae.metadata.nested as { a: number[] }).a)).toBe(true);
+    // Trained further or not, a save writes it back, beside SAELens's own fields.
+    const out = tmp();
+    await sae.save(out, { metadata: { l0: 7, note: 'finetuned' } });
+    const cfg = JSON.parse(readFileSync(path.join(out, 'cfg.json'), 'utf8'));
+    expect(cfg.reshape_activations).toBe('hook_z');
+    expect(cfg.metadata).toMatchObject({ sae_lens_version: '6.0.0', model_name: 'gpt2', hook_name: 'blocks.3.attn.hook_z', hook_head_index: null, neuronpedia_id: 'gpt2/3-att-kk', nested: { a: [1, 2] }, l0: 7, note: 'finetuned' });
+    expect(cfg.metadata.saekit_version).not.toBe('0.0.1');
+    expect(Object.hasOwn(cfg.metadata, '__proto__')).toBe(true);
+    using again = await SparseAutoencoder.load(out);
+    expect(again.metadata).toMatchObject({ hook_name: 'blocks.3.attn.hook_z', l0: 7, note: 'finetuned' });
+    // The sparsify layout has no place for it; a new SAE has none.
+    const sp = tmp();
+    await sae.save(sp, { format: 'sparsify' });
+    expect(JSON.parse(readFileSync(path.join(sp, 'cfg.json'), 'utf8')).hook_name).toBeUndefined();
+    using fresh = SparseAutoencoder.create({ dIn, numLatents: L, k, seed });
+    expect(fresh.metadata).toEqual({});
+    const plain = tmp();
+    await fresh.save(plain);
+    expect(JSON.parse(readFileSync(path.join(plain, 'cfg.json'), 'utf8')).reshape_activations).toBe('none');
+    // Pre-6.0 flat configs keep their metadata fields at the top level, with hook_point for hook_name.
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'standard', activation_fn_str: 'topk', activation_fn_kwargs: { k }, d_in: dIn, d_sae: L, hook_point: 'blocks.0.hook_resid_pre', model_name: 'pythia-70m', context_size: 64, lr: 4e-4 }));
+    using flat = await SparseAutoencoder.load(dir);
+    expect({ ...flat.metadata }).toEqual({ model_name: 'pythia-70m', context_size: 64, hook_name: 'blocks.0.hook_resid_pre' });
+    // A reshape saekit does not know is refused; writeSaeFiles checks what it is given.
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, reshape_activations: 'hook_q' }));
+    await expect(SparseAutoencoder.load(dir)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/cfg\.json: reshape_activations 'hook_q' is not one saekit knows/) });
+    const cfgW = { architecture: 'topk' as const, dIn, numLatents: L, k, applyBDecToInput: true };
+    await expect(writeSaeFiles(tmp(), { ...cfgW, reshapeActivations: 'hook_q' as 'none' }, w)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/config\.reshapeActivations/) });
+    await expect(writeSaeFiles(tmp(), { ...cfgW, metadata: [] as unknown as Record<string, unknown> }, w)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/config\.metadata/) });
+  });
+
+  it("a SAELens checkpoint trained with expected_average_only_in has activation_scaler.json's factor folded in (W_enc s, W_dec / s, b_dec / s), as SAELens's final save does", async () => {
+    const seed = freshSeed(42);
+    const next = lcg(seed);
+    const n = 17;
+    for (const [arch, applyBDec] of [['topk', true], ['topk', false], ['jumprelu', true]] as const) {
+      const w = randomWeights(dIn, L, seed + 1, (i) => 0.5 + (i % 4) * 0.5);
+      const s = 0.25 + 4 * next();
+      const dir = tmp();
+      const threshold = Float32Array.from({ length: L }, () => next() * 0.2);
+      await put(dir, w, arch === 'jumprelu' ? { threshold: { dtype: 'float32', shape: [L], data: threshold } } : {});
+      writeFileSync(
+        path.join(dir, 'cfg.json'),
+        JSON.stringify({ architecture: arch, ...(arch === 'topk' ? { k } : {}), d_in: dIn, d_sae: L, apply_b_dec_to_input: applyBDec, normalize_activations: 'expected_average_only_in' }),
+      );
+      writeFileSync(path.join(dir, 'activation_scaler.json'), JSON.stringify({ scaling_factor: s }));
+      using sae = await SparseAutoencoder.load(dir);
+      const x = rows(n, dIn, seed + 2);
+      const { codes, recon } = await sae.forward(x);
+      // Reference, float64: the trained model on x s, its output divided by s.
+      for (let r = 0; r < n; r++) {
+        const pre: [number, number][] = [];
+        for (let l = 0; l < L; l++) {
+          let z = w.b_enc[l]!;
+          for (let d = 0; d < dIn; d++) z += (x[r * dIn + d]! * s - (applyBDec ? w.b_dec[d]! : 0)) * w.W_enc[d * L + l]!;
+          pre.push([z, l]);
+        }
+        pre.sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+        const active = arch === 'topk' ? pre.slice(0, k).filter(([z]) => z > 0) : pre.filter(([z, l]) => z > threshold[l]! && z > 0);
+        const got = new Map<number, number>();
+        for (let j = 0; j < codes.k; j++) if (codes.values[r * codes.k + j]! > 0) got.set(codes.indices[r * codes.k + j]!, codes.values[r * codes.k + j]!);
+        expect([...got.keys()].sort((a, b) => a - b), `${arch} ${applyBDec} row ${r} seed ${seed}`).toEqual(active.map(([, l]) => l).sort((a, b) => a - b));
+        for (const [z, l] of active) expect(Math.abs(got.get(l)! - z), `${arch} row ${r} latent ${l} seed ${seed}`).toBeLessThan(1e-4 * (1 + Math.abs(z)));
+        for (let d = 0; d < dIn; d++) {
+          let want = w.b_dec[d]!;
+          for (const [l, v] of got) want += v * w.W_dec[l * dIn + d]!;
+          want /= s;
+          expect(Math.abs(recon[r * dIn + d]! - want), `${arch} ${applyBDec} row ${r} dim ${d} seed ${seed}`).toBeLessThan(1e-4 * (1 + Math.abs(want)));
+        }
+      }
+    }
+    // The factor must be there, and be a positive finite number.
+    const dir = tmp();
+    await put(dir, randomWeights(dIn, L, seed));
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, normalize_activations: 'expected_average_only_in' }));
+    await expect(SparseAutoencoder.load(dir)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/activation_scaler\.json: missing activation_scaler\.json/) });
+    for (const bad of ['0', '-2', '"2"', 'null', 'NaN', 'Infinity']) {
+      writeFileSync(path.join(dir, 'activation_scaler.json'), `{"scaling_factor": ${bad}}`);
+      await expect(SparseAutoencoder.load(dir), bad).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/activation_scaler\.json: scaling_factor must be a finite number above 0/) });
+    }
+    writeFileSync(path.join(dir, 'activation_scaler.json'), '[1]');
+    await expect(SparseAutoencoder.load(dir)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/activation_scaler\.json: activation_scaler\.json is not a JSON object/) });
+    // A factor so large the fold overflows float32 is refused naming it.
+    writeFileSync(path.join(dir, 'activation_scaler.json'), '{"scaling_factor": 1e39}');
+    await expect(SparseAutoencoder.load(dir)).rejects.toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', message: expect.stringMatching(/overflows float32 .* activation_scaler\.json's scaling_factor/) });
+  });
+
+  it('finetuning scale: a file with both scaling_factor and finetuning_scaling_factor is refused; errors name the tensor the file holds', async () => {
+    const w = randomWeights(dIn, L, 11);
+    const ones = { dtype: 'float32' as const, shape: [L], data: new Float32Array(L).fill(1) };
+    const threes = { dtype: 'float32' as const, shape: [L], data: new Float32Array(L).fill(3) };
+    const dir = tmp();
+    await put(dir, w, { scaling_factor: ones, finetuning_scaling_factor: threes });
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, finetuning_scaling_factor: true }));
+    await expect(SparseAutoencoder.load(dir)).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/sae_weights\.safetensors: holds both scaling_factor and finetuning_scaling_factor/) });
+    const dir2 = tmp();
+    await put(dir2, w, { finetuning_scaling_factor: threes });
+    writeFileSync(path.join(dir2, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L }));
+    await expect(SparseAutoencoder.load(dir2)).rejects.toThrow(/has a finetuning_scaling_factor that is not all ones but finetuning_scaling_factor is not true/);
+    const nan = Float32Array.from(threes.data);
+    nan[4] = NaN;
+    await put(dir2, w, { finetuning_scaling_factor: { ...threes, data: nan } });
+    writeFileSync(path.join(dir2, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, finetuning_scaling_factor: true }));
+    await expect(SparseAutoencoder.load(dir2)).rejects.toThrow(/tensor finetuning_scaling_factor has NaN/);
   });
 
   it('sparsify: metadata cannot overwrite cfg fields; normalize_decoder says whether rows are unit; saving one layout over the other leaves one', async () => {
@@ -1112,6 +1234,9 @@ describe('SAE files: what the other libraries write and read', () => {
     await writeSafetensors(path.join(sp, 'sae.safetensors'), t);
     writeFileSync(path.join(sp, 'cfg.json'), JSON.stringify({ ...cfg, signed: true }));
     await expect(SparseAutoencoder.load(sp)).rejects.toThrow(/cfg\.json: signed TopK \(signed: true\) is not supported yet/);
+    // sparsify's n-gram lookup subtracts a table sae.safetensors does not hold.
+    writeFileSync(path.join(sp, 'cfg.json'), JSON.stringify({ ...cfg, gram_lookup: true }));
+    await expect(SparseAutoencoder.load(sp)).rejects.toThrow(/cfg\.json: n-gram lookup \(gram_lookup: true\) is not supported/);
     writeFileSync(path.join(sp, 'cfg.json'), JSON.stringify({ ...cfg, signed: false }));
     using unsigned = await SparseAutoencoder.load(sp);
     expect(unsigned.numLatents).toBe(L);

@@ -122,7 +122,7 @@ const FLAG_OF: Record<string, string> = {
 export function cliMessage(message: string): string {
   return message
     .replace(/\b(options\.[A-Za-z]+|pathOrPaths)\b/g, (m) => FLAG_OF[m] ?? m)
-    .replace(/^Expected an SAE folder or file for path but/, 'Expected an SAE folder or file for <sae> but')
+    .replace(/^Expected an SAE folder or file for pathOrDir but/, 'Expected an SAE folder or file for <sae> but')
     .replace(/pass onNonFinite: 'skip'/g, 'pass --on-non-finite skip');
 }
 

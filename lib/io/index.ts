@@ -20,6 +20,7 @@ export {
   type SaeFileConfig,
   type SaeFileWeights,
   type SaeFiles,
+  type WriteSaeConfig,
   type WriteSaeOptions,
   readSaeFiles,
   writeSaeFiles,

@@ -19,7 +19,7 @@ import { readFileSync } from 'node:fs';
 import { open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 
-import { argError, SaekitError } from '../errors.js';
+import { argError, arrayTypeError, SaekitError } from '../errors.js';
 import { native, packageRoot } from '../native/index.js';
 import { due, forBlocks, pause, runAll, runSliced } from '../slices.js';
 import { checkBool, checkInt, checkKept, checkOneOf, checkOptions, optionNames } from '../validate.js';
@@ -27,7 +27,7 @@ import { checkFolderPath, checkPath, fsError, type IoTensor, listForMessage, pre
 import { parsePythonJson } from './json-keys.js';
 import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpzChecked } from './npz.js';
-import { checkWriteSaeOptions, type WriteSaeOptions } from './sae-options.js';
+import { checkJsonObject, checkWriteSaeOptions, type WriteSaeOptions } from './sae-options.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { keepMode, makeDirs, OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
 
@@ -54,6 +54,15 @@ export interface SaeFileConfig {
   dtype: string;
   /** The cfg.json as read (empty for Gemma Scope). */
   raw: Record<string, unknown>;
+  /**
+   * What the file says about where the SAE came from (SAELens: cfg.json's `metadata`, such as
+   * `model_name`, `hook_name`, `neuronpedia_id`, or those fields of a pre-6.0 flat config;
+   * empty for sparsify and Gemma Scope), without the fields a save writes itself
+   * (`sae_lens_version`, `saekit_version`, the save id). A SAELens save carries it.
+   */
+  metadata: Record<string, unknown>;
+  /** SAELens 6's `reshape_activations` ('none' or 'hook_z': the hook's heads are flattened into dIn); a SAELens save carries it. */
+  reshapeActivations?: 'none' | 'hook_z';
 }
 
 /** Weights in the SAELens orientation, float32. */
@@ -91,7 +100,7 @@ async function isFile(p: string): Promise<boolean> {
 /** Finds the format of a folder or file. */
 async function detect(pathOrDir: string): Promise<{ format: SaeFileFormat; dir: string; weights: string }> {
   const st = await statOrMissing(pathOrDir);
-  if (!st) throw new SaekitError('ERR_SAEKIT_ARG', `Expected an SAE folder or file for path but ${pathOrDir} does not exist`);
+  if (!st) throw new SaekitError('ERR_SAEKIT_ARG', `Expected an SAE folder or file for pathOrDir but ${pathOrDir} does not exist`);
   if (!st.isFile() && !st.isDirectory()) throw formatError(pathOrDir, `${NOT_REGULAR}, nor an SAE folder`);
   if (st.isFile()) {
     const dir = path.dirname(pathOrDir);
@@ -185,17 +194,23 @@ async function readRegularFile(file: string, limit: number, missing: string): Pr
 }
 
 async function readCfg(file: string): Promise<Record<string, unknown>> {
-  const bytes = await readRegularFile(file, MAX_CFG_BYTES, 'missing cfg.json next to the weights');
+  return readJsonObject(file, 'missing cfg.json next to the weights');
+}
+
+/** A JSON object file of at most MAX_CFG_BYTES (cfg.json, activation_scaler.json), read as Python's json.load reads it. */
+async function readJsonObject(file: string, missing: string): Promise<Record<string, unknown>> {
+  const name = path.basename(file);
+  const bytes = await readRegularFile(file, MAX_CFG_BYTES, missing);
   let text: string;
   try {
     // Fatal: the default decoder would turn bad bytes into U+FFFD and read a different config.
     // A byte-order mark is kept, so JSON.parse rejects it as Python's json.load does.
     text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
   } catch {
-    throw formatError(file, 'cfg.json is not valid UTF-8');
+    throw formatError(file, `${name} is not valid UTF-8`);
   }
   const excess = jsonLimitExceeded(bytes, CFG_LIMITS);
-  if (excess !== undefined) throw formatError(file, `cfg.json ${excess}`);
+  if (excess !== undefined) throw formatError(file, `${name} ${excess}`);
   let cfg: unknown;
   try {
     // Python's json.dump writes NaN and Infinity for such floats (allow_nan=True), and json.load reads them.
@@ -203,7 +218,7 @@ async function readCfg(file: string): Promise<Record<string, unknown>> {
   } catch (err) {
     throw formatError(file, `invalid JSON (${(err as Error).message})`);
   }
-  if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) throw formatError(file, 'cfg.json is not a JSON object');
+  if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) throw formatError(file, `${name} is not a JSON object`);
   return cfg as Record<string, unknown>;
 }
 
@@ -550,6 +565,84 @@ function checkSameSave(cfgFile: string, cfgId: unknown, weightsFile: string, met
   }
 }
 
+/**
+ * The metadata fields of SAELens's config (sae-libraries.md §3.5): in cfg.json's `metadata` from
+ * 6.0 on, at the top level of older flat configs.
+ */
+const SAELENS_DESCRIPTIVE_FIELDS = [
+  'sae_lens_training_version',
+  'model_name',
+  'model_class_name',
+  'hook_name',
+  'hook_head_index',
+  'context_size',
+  'prepend_bos',
+  'seqpos_slice',
+  'model_from_pretrained_kwargs',
+  'dataset_path',
+  'exclude_special_tokens',
+  'sequence_separator_token',
+  'disable_concat_sequences',
+  'neuronpedia_id',
+];
+
+/**
+ * A SAELens cfg.json's metadata without the fields a save writes (SaeFileConfig.metadata): the
+ * `metadata` object of a 6.x config, or the metadata fields at the top level of a flat pre-6.0
+ * one (whose `hook_point` is 6.x's `hook_name`). Copied as data properties (a key such as
+ * "__proto__" stays a plain key).
+ */
+function saelensMetadata(cfg: Record<string, unknown>): Record<string, unknown> {
+  const m = fieldAt(cfg, 'metadata');
+  if (m !== null && typeof m === 'object' && !Array.isArray(m)) {
+    return Object.fromEntries(Object.entries(m as Record<string, unknown>).filter(([key]) => !SAELENS_METADATA_FIELDS.includes(key)));
+  }
+  const flat: [string, unknown][] = SAELENS_DESCRIPTIVE_FIELDS.filter((key) => Object.hasOwn(cfg, key)).map((key) => [key, cfg[key]]);
+  if (!Object.hasOwn(cfg, 'hook_name') && Object.hasOwn(cfg, 'hook_point')) flat.push(['hook_name', cfg.hook_point]);
+  return Object.fromEntries(flat);
+}
+
+/**
+ * The input scale of a SAELens checkpoint trained with normalize_activations
+ * 'expected_average_only_in': `scaling_factor` of activation_scaler.json beside its cfg.json.
+ */
+async function readActivationScaler(dir: string, cfgFile: string): Promise<number> {
+  const file = path.join(dir, 'activation_scaler.json');
+  const scaler = await readJsonObject(
+    file,
+    `missing activation_scaler.json: ${path.basename(cfgFile)} says normalize_activations 'expected_average_only_in', which scales inputs by a factor estimated when training, and SAELens keeps that factor in activation_scaler.json beside a checkpoint's cfg.json (a final save has it folded into the weights)`,
+  );
+  const s = scaler.scaling_factor;
+  if (typeof s !== 'number' || !Number.isFinite(s) || s <= 0) throw formatError(file, `scaling_factor must be a finite number above 0 but is ${previewValue(s)}`);
+  return s;
+}
+
+/**
+ * SAELens's fold_activation_norm_scaling_factor: a model trained on inputs x s, whose outputs are
+ * divided by s, is the model with W_enc s, W_dec / s and b_dec / s on raw inputs (b_enc and the
+ * threshold unchanged: the pre-activations are the same). In float64, rounded once.
+ */
+async function foldInputScale(w: SaeFileWeights, s: number): Promise<void> {
+  const BLOCK = 1 << 16;
+  // Division, not a product with 1 / s: x / s rounds once, x * (1 / s) twice.
+  for (const [a, multiply] of [[w.W_enc, true], [w.W_dec, false], [w.b_dec, false]] as const) {
+    for (let at = 0; at < a.length; at += BLOCK) {
+      const end = Math.min(a.length, at + BLOCK);
+      if (multiply) for (let i = at; i < end; i++) a[i] = a[i]! * s;
+      else for (let i = at; i < end; i++) a[i] = a[i]! / s;
+      if (due(end - at)) await pause();
+    }
+  }
+}
+
+/** cfg.json's reshape_activations: 'none', 'hook_z' (the heads of attn.hook_z flattened, as dIn says), or absent (null too). */
+function reshapeField(cfg: Record<string, unknown>, cfgFile: string): 'none' | 'hook_z' | undefined {
+  const v = fieldAt(cfg, 'reshape_activations');
+  if (v === undefined || v === null) return undefined;
+  if (v !== 'none' && v !== 'hook_z') throw formatError(cfgFile, `reshape_activations ${shownValue(v)} is not one saekit knows ('none' or 'hook_z')`);
+  return v;
+}
+
 async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> {
   const cfgFile = path.join(dir, 'cfg.json');
   const cfg = await readCfg(cfgFile);
@@ -568,15 +661,13 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
   // Old configs store a boolean (SAELens maps false to 'none' and true to 'expected_average_only_in').
   const rawNorm = cfg.normalize_activations ?? 'none';
   const norm = rawNorm === false ? 'none' : rawNorm === true ? 'expected_average_only_in' : rawNorm;
-  if (norm !== 'none' && norm !== null) {
-    const why =
-      norm === 'expected_average_only_in'
-        ? 'scales inputs by a factor estimated when training, which the file does not hold; fold it into the weights first'
-        : norm === 'layer_norm' || norm === 'constant_norm_rescale'
-          ? 'normalises every token at run time, which saekit does not implement'
-          : 'is not a normalisation saekit knows';
+  // A checkpoint of a run with expected_average_only_in keeps the factor in activation_scaler.json
+  // (SAELens folds it into the weights only in the final save); read below.
+  if (norm !== 'none' && norm !== null && norm !== 'expected_average_only_in') {
+    const why = norm === 'layer_norm' || norm === 'constant_norm_rescale' ? 'normalises every token at run time, which saekit does not implement' : 'is not a normalisation saekit knows';
     throw formatError(cfgFile, `normalize_activations ${shownValue(norm)} ${why}`);
   }
+  const inputScale = norm === 'expected_average_only_in' ? await readActivationScaler(dir, cfgFile) : undefined;
   const applyBDec = boolField(cfg, cfgFile, 'apply_b_dec_to_input', true);
   const rescale = arch === 'topk' && boolField(cfg, cfgFile, 'rescale_acts_by_decoder_norm', false);
   const shapes: Record<string, number[]> = { W_enc: [dIn, numLatents], b_enc: [numLatents], W_dec: [numLatents, dIn], b_dec: [dIn], ...(arch === 'jumprelu' ? { threshold: [numLatents] } : {}) };
@@ -603,11 +694,32 @@ async function readSaelens(dir: string, weightsFile: string): Promise<SaeFiles> 
       await checkFolded(weights, dIn, numLatents, weightsFile, 'rescaled by the decoder norms (cfg.json: rescale_acts_by_decoder_norm)');
     }
   }
-  if (await foldFinetuningScale(cfg, cfgFile, t.scaling_factor ?? t.finetuning_scaling_factor, weightsFile, weights, dIn, numLatents)) {
-    await checkFolded(weights, dIn, numLatents, weightsFile, 'scaled by scaling_factor (cfg.json: finetuning_scaling_factor)');
+  if (t.scaling_factor && t.finetuning_scaling_factor) {
+    // SAELens's loader drops an all-ones scaling_factor and then fails on the other tensor's name.
+    throw formatError(weightsFile, 'holds both scaling_factor and finetuning_scaling_factor (one finetuning scale is expected)');
   }
+  const scaleName = t.scaling_factor ? 'scaling_factor' : 'finetuning_scaling_factor';
+  if (await foldFinetuningScale(cfg, cfgFile, t.scaling_factor ?? t.finetuning_scaling_factor, scaleName, weightsFile, weights, dIn, numLatents)) {
+    await checkFolded(weights, dIn, numLatents, weightsFile, `scaled by ${scaleName} (cfg.json: finetuning_scaling_factor)`);
+  }
+  if (inputScale !== undefined) {
+    await foldInputScale(weights, inputScale);
+    await checkFolded(weights, dIn, numLatents, weightsFile, `scaled by activation_scaler.json's scaling_factor ${inputScale}`);
+  }
+  const reshapeActivations = reshapeField(cfg, cfgFile);
   return {
-    config: { format: 'saelens', architecture: arch, dIn, numLatents, k, applyBDecToInput: applyBDec, dtype: t.W_dec!.dtype, raw: cfg },
+    config: {
+      format: 'saelens',
+      architecture: arch,
+      dIn,
+      numLatents,
+      k,
+      applyBDecToInput: applyBDec,
+      dtype: t.W_dec!.dtype,
+      raw: cfg,
+      metadata: saelensMetadata(cfg),
+      ...(reshapeActivations !== undefined ? { reshapeActivations } : {}),
+    },
     weights,
     files: [cfgFile, weightsFile],
   };
@@ -629,12 +741,14 @@ async function readSparsify(dir: string, weightsFile: string): Promise<SaeFiles>
   if (boolField(cfg, cfgFile, 'skip_connection', false)) throw formatError(cfgFile, 'skip connections (W_skip) are not supported yet');
   // EleutherAI/sae's signed TopK keeps the k largest |z| with their signs (no ReLU).
   if (boolField(cfg, cfgFile, 'signed', false)) throw formatError(cfgFile, 'signed TopK (signed: true) is not supported yet');
+  // Subtracts a frozen n-gram mean (not in sae.safetensors) from the encoder's input and target.
+  if (boolField(cfg, cfgFile, 'gram_lookup', false)) throw formatError(cfgFile, 'n-gram lookup (gram_lookup: true) is not supported: its table is not in sae.safetensors');
   if (k < 1 || k > numLatents) throw formatError(cfgFile, `k = ${k} is outside 1..num_latents = ${numLatents}`);
   const t = await readTensors(weightsFile, { 'encoder.weight': [numLatents, dIn], 'encoder.bias': [numLatents], W_dec: [numLatents, dIn], b_dec: [dIn] }, {}, (metadata) =>
     checkSameSave(cfgFile, cfg[SAVE_ID], weightsFile, metadata),
   );
   return {
-    config: { format: 'sparsify', architecture: 'topk', dIn, numLatents, k, applyBDecToInput: true, dtype: t.W_dec!.dtype, raw: cfg },
+    config: { format: 'sparsify', architecture: 'topk', dIn, numLatents, k, applyBDecToInput: true, dtype: t.W_dec!.dtype, raw: cfg, metadata: {} },
     weights: {
       W_enc: await runSliced(transposeSteps(await toF32(t['encoder.weight']!, weightsFile, 'encoder.weight'), numLatents, dIn)),
       b_enc: await toF32(t['encoder.bias']!, weightsFile, 'encoder.bias'),
@@ -681,7 +795,7 @@ async function readGemmaScope(file: string): Promise<SaeFiles> {
   const get = (name: (typeof GEMMA_ARRAYS)[number]): IoTensor => arrays[stored.get(name)!]!;
   const W_enc = get('W_enc');
   return {
-    config: { format: 'gemma-scope', architecture: 'jumprelu', dIn, numLatents, applyBDecToInput: false, dtype: W_enc.dtype, raw: {} },
+    config: { format: 'gemma-scope', architecture: 'jumprelu', dIn, numLatents, applyBDecToInput: false, dtype: W_enc.dtype, raw: {}, metadata: {} },
     weights: {
       W_enc: await toF32(W_enc, file, 'W_enc'),
       b_enc: await toF32(get('b_enc'), file, 'b_enc'),
@@ -703,16 +817,17 @@ async function foldFinetuningScale(
   cfg: Record<string, unknown>,
   cfgFile: string,
   scale: IoTensor | undefined,
+  scaleName: string,
   weightsFile: string,
   weights: SaeFileWeights,
   dIn: number,
   numLatents: number,
 ): Promise<boolean> {
   if (!scale) return false;
-  const s = await toF32(scale, weightsFile, 'scaling_factor');
+  const s = await toF32(scale, weightsFile, scaleName);
   if (s.every((v) => v === 1)) return false;
   if (!boolField(cfg, cfgFile, 'finetuning_scaling_factor', false)) {
-    throw formatError(cfgFile, `${path.basename(weightsFile)} has a scaling_factor that is not all ones but finetuning_scaling_factor is not true`);
+    throw formatError(cfgFile, `${path.basename(weightsFile)} has a ${scaleName} that is not all ones but finetuning_scaling_factor is not true`);
   }
   for (let i = 0; i < numLatents; i++) {
     for (let d = 0; d < dIn; d++) weights.W_dec[i * dIn + d] = weights.W_dec[i * dIn + d]! * s[i]!;
@@ -742,8 +857,20 @@ async function stored(data: Float32Array, shape: number[], dtype: 'float32' | 'b
   return { dtype, shape, data: out };
 }
 
-type WriteSaeConfig = { architecture: 'topk' | 'jumprelu'; dIn: number; numLatents: number; k?: number; applyBDecToInput: boolean };
-const WRITE_SAE_CONFIG = optionNames<WriteSaeConfig>({ architecture: true, dIn: true, numLatents: true, k: true, applyBDecToInput: true });
+/** What writeSaeFiles saves about the model. */
+export interface WriteSaeConfig {
+  architecture: 'topk' | 'jumprelu';
+  dIn: number;
+  numLatents: number;
+  /** TopK only. */
+  k?: number;
+  applyBDecToInput: boolean;
+  /** Metadata carried from the file the SAE was loaded from (SaeFileConfig.metadata): SAELens layout only; options.metadata adds to and overrides it. */
+  metadata?: Record<string, unknown>;
+  /** SAELens layout only (SaeFileConfig.reshapeActivations); default 'none'. */
+  reshapeActivations?: 'none' | 'hook_z';
+}
+const WRITE_SAE_CONFIG = optionNames<WriteSaeConfig>({ architecture: true, dIn: true, numLatents: true, k: true, applyBDecToInput: true, metadata: true, reshapeActivations: true });
 
 /** writeSaeFiles's config and weights, checked: what cfg.json says and each weight's length. */
 function checkWriteSaeModel(config: WriteSaeConfig, weights: SaeFileWeights): void {
@@ -754,13 +881,15 @@ function checkWriteSaeModel(config: WriteSaeConfig, weights: SaeFileWeights): vo
   const numLatents = checkInt('config.numLatents', c.numLatents, 1, 2 ** 31 - 1);
   if (architecture === 'topk') checkInt('config.k', c.k, 1, numLatents);
   checkBool('config.applyBDecToInput', c.applyBDecToInput);
+  if (c.metadata !== undefined) checkJsonObject('config.metadata', c.metadata);
+  if (c.reshapeActivations !== undefined) checkOneOf('config.reshapeActivations', c.reshapeActivations, ['none', 'hook_z'] as const);
   if (weights === null || typeof weights !== 'object') throw argError('weights', 'an object with W_enc, b_enc, W_dec, b_dec', weights);
   const lengths = { W_enc: dIn * numLatents, b_enc: numLatents, W_dec: numLatents * dIn, b_dec: dIn, threshold: numLatents };
   for (const name of ['W_enc', 'b_enc', 'W_dec', 'b_dec', ...(architecture === 'jumprelu' ? ['threshold' as const] : [])] as const) {
     const w: unknown = weights[name];
-    if (!(w instanceof Float32Array) || w.length !== lengths[name]) {
-      throw argError(`weights.${name}`, `a Float32Array of length ${lengths[name]} (dIn = ${dIn}, numLatents = ${numLatents})`, w, w instanceof Float32Array ? 'ERR_SAEKIT_SHAPE' : 'ERR_SAEKIT_ARG');
-    }
+    const expected = `a Float32Array of length ${lengths[name]} (dIn = ${dIn}, numLatents = ${numLatents})`;
+    if (!(w instanceof Float32Array)) throw arrayTypeError(`weights.${name}`, expected, w);
+    if (w.length !== lengths[name]) throw argError(`weights.${name}`, expected, w, 'ERR_SAEKIT_SHAPE');
   }
 }
 
@@ -804,7 +933,7 @@ async function unitRows(W_dec: Float32Array, numLatents: number, dIn: number): P
  */
 export async function writeSaeFiles(
   dir: string,
-  config: { architecture: 'topk' | 'jumprelu'; dIn: number; numLatents: number; k?: number; applyBDecToInput: boolean },
+  config: WriteSaeConfig,
   weights: SaeFileWeights,
   options: WriteSaeOptions = {},
 ): Promise<string[]> {
@@ -895,9 +1024,15 @@ export async function writeSaeFiles(
     device: 'cpu',
     apply_b_dec_to_input: config.applyBDecToInput,
     normalize_activations: 'none',
-    reshape_activations: 'none',
+    reshape_activations: config.reshapeActivations ?? 'none',
     ...(config.architecture === 'topk' ? { k: config.k, rescale_acts_by_decoder_norm: false } : {}),
-    metadata: { sae_lens_version: SAELENS_SCHEMA_VERSION, saekit_version: saekitVersion(), ...(options.metadata ?? {}), ...idMeta },
+    metadata: {
+      sae_lens_version: SAELENS_SCHEMA_VERSION,
+      saekit_version: saekitVersion(),
+      ...Object.fromEntries(Object.entries(config.metadata ?? {}).filter(([key]) => !SAELENS_METADATA_FIELDS.includes(key))),
+      ...(options.metadata ?? {}),
+      ...idMeta,
+    },
   };
   kept(); // bfloat16 narrowing ran in slices
   await commitPair(dir, file, tensors, idMeta, cfgFile, cfg, path.join(dir, 'sae.safetensors'));

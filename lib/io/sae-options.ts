@@ -25,14 +25,16 @@ export function checkWriteSaeOptions(options: WriteSaeOptions | undefined): Writ
   const o = checkOptions('options', options, WRITE_SAE_OPTIONS);
   if (o.format !== undefined) checkOneOf('options.format', o.format, ['saelens', 'sparsify'] as const);
   if (o.dtype !== undefined) checkOneOf('options.dtype', o.dtype, ['float32', 'bfloat16'] as const, 'ERR_SAEKIT_DTYPE');
-  if (o.metadata !== undefined) {
-    const m: unknown = o.metadata;
-    if (m === null || typeof m !== 'object' || Array.isArray(m) || ArrayBuffer.isView(m)) throw argError('options.metadata', 'an object of JSON values', m);
-    try {
-      JSON.stringify(m);
-    } catch (err) {
-      throw argError('options.metadata', `an object of JSON values (${(err as Error).message})`, m);
-    }
-  }
+  if (o.metadata !== undefined) checkJsonObject('options.metadata', o.metadata);
   return o;
+}
+
+/** Refuses a value that is not an object of JSON values (metadata for a cfg.json). */
+export function checkJsonObject(name: string, m: unknown): void {
+  if (m === null || typeof m !== 'object' || Array.isArray(m) || ArrayBuffer.isView(m)) throw argError(name, 'an object of JSON values', m);
+  try {
+    JSON.stringify(m);
+  } catch (err) {
+    throw argError(name, `an object of JSON values (${(err as Error).message})`, m);
+  }
 }

@@ -385,6 +385,20 @@ export async function encodeKeepingOverflow(sae: SparseAutoencoder, x: Float32Ar
   return { rows: r.values.length / r.k, numLatents: sae.numLatents, k: r.k, values: r.values, indices: r.indices };
 }
 
+/** What load() read about a loaded SAE's origin (SparseAutoencoder.metadata), carried into save(). */
+const origins = new WeakMap<SparseAutoencoder, { metadata: Readonly<Record<string, unknown>>; reshapeActivations?: 'none' | 'hook_z' }>();
+
+const EMPTY_METADATA: Readonly<Record<string, unknown>> = Object.freeze({});
+
+/** `v` with every object and array inside it frozen (a JSON value). */
+function deepFreeze<T>(v: T): T {
+  if (v !== null && typeof v === 'object') {
+    for (const x of Object.values(v)) deepFreeze(x);
+    Object.freeze(v);
+  }
+  return v;
+}
+
 /** A TopK sparse autoencoder whose parameters live in native memory. Free it with dispose() or `using`. */
 export class SparseAutoencoder {
   /** Input width. */
@@ -549,10 +563,24 @@ export class SparseAutoencoder {
     const { config, weights } = await readSaeFiles(pathOrDir);
     const common = { applyBDecToInput: config.applyBDecToInput, device: o.device, precision: o.precision };
     // readSaeFiles sets k for every TopK file.
-    return SparseAutoencoder.fromWeights(
+    const sae = SparseAutoencoder.fromWeights(
       weights,
       config.architecture === 'jumprelu' ? { architecture: 'jumprelu', ...common } : { k: config.k as number, ...common },
     );
+    origins.set(sae, { metadata: deepFreeze(structuredClone(config.metadata)), reshapeActivations: config.reshapeActivations });
+    return sae;
+  }
+
+  /**
+   * What the file it was loaded from says about where the SAE came from: a SAELens cfg.json's
+   * `metadata` (`model_name`, `hook_name`, `neuronpedia_id`, ...) without the fields a save writes
+   * itself (`sae_lens_version`, `saekit_version`). Empty for an SAE made by create() or
+   * fromWeights(), or loaded from sparsify or Gemma Scope files. save() in the SAELens layout
+   * writes it back (with SAELens's `reshape_activations`), so a loaded SAE, trained further or
+   * not, keeps its hook; options.metadata adds to it and overrides its fields.
+   */
+  get metadata(): Readonly<Record<string, unknown>> {
+    return origins.get(this)?.metadata ?? EMPTY_METADATA;
   }
 
   /**
@@ -584,9 +612,17 @@ export class SparseAutoencoder {
       // turns of the event loop (w is this call's own copy).
       await runSliced(foldDecoderNormsSteps(w, this.dIn, this.numLatents, false, true));
     }
+    const origin = origins.get(this);
     return writeSaeFiles(
       dir,
-      { architecture: this.architecture, dIn: this.dIn, numLatents: this.numLatents, k: this.k || undefined, applyBDecToInput: this.applyBDecToInput },
+      {
+        architecture: this.architecture,
+        dIn: this.dIn,
+        numLatents: this.numLatents,
+        k: this.k || undefined,
+        applyBDecToInput: this.applyBDecToInput,
+        ...(origin ? { metadata: origin.metadata as Record<string, unknown>, reshapeActivations: origin.reshapeActivations } : {}),
+      },
       w,
       o,
     );
