@@ -204,6 +204,9 @@ __device__ T block_sum(T v, T* scratch) {
   __syncthreads();
   return scratch[0];
 }
+// Maximum over the block of values >= 0 (magnitudes, counts), returned to every thread; the call
+// synchronises. The slots of warps the block does not have count as 0, so for a block of fewer
+// than 1024 threads the result is max(maximum, 0): every caller passes non-negative values.
 __device__ inline float block_max(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
   v = warp_max(v);
