@@ -286,7 +286,7 @@ describe('saekit CLI', () => {
     const m = run(['match-layers', path.join(dir, 'a'), path.join(dir, 'b'), '--out', path.join(dir, 'perm.json')]);
     expect(m.status, m.stderr).toBe(0);
     // The assignment reports no progress and holds ~12 bytes per pair: it says what runs (minutes and 12 GiB at 32k latents).
-    expect(m.stderr).toMatch(new RegExp(`matching .*a -> .*b: ${L} x ${L} assignment \\(about \\d+\\.\\d GiB of memory\\)`));
+    expect(m.stderr).toMatch(new RegExp(`matching .*a -> .*b: ${L} x ${L} assignment \\(about ${(Math.max(0.1, (12 * L * L) / 2 ** 20)).toFixed(1).replace('.', '\\.')} MiB of memory\\)`));
     // --max-bytes below the assignment's ~12 bytes a pair: refused at once, naming the flag.
     const small = run(['match-layers', path.join(dir, 'a'), path.join(dir, 'b'), '--max-bytes', String(12 * L * L - 1)]);
     expect(small.status).not.toBe(0);
@@ -317,7 +317,9 @@ describe('saekit CLI', () => {
     );
     await a.save(path.join(dir, 'a'));
     await b.save(path.join(dir, 'b'));
-    const compare = (...args: string[]) => run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--runs', '2', '--method', 'argmax', '--threshold', '0.9', ...args]);
+    // --method argmax unless the call gives its own (a flag may be given once).
+    const compare = (...args: string[]) =>
+      run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'acts.npy'), '--runs', '2', ...(args.includes('--method') ? [] : ['--method', 'argmax']), '--threshold', '0.9', ...args]);
     const plain = compare('--out', path.join(dir, 'plain.json'));
     expect(plain.status, plain.stderr).toBe(0);
     const all = JSON.parse(readFileSync(path.join(dir, 'plain.json'), 'utf8')) as { pairs: { a: number; b: number; score: number }[]; mean_max_correlation: number };
@@ -1230,7 +1232,7 @@ describe('compare and match-layers in process: flags, refusals, output and relea
     );
   });
 
-  it('compare: the text output prints the --json summary (integers as they are, other numbers to 5 digits, no kept pair as none); a B feature anti-correlated with every A feature has its best r, -1, in mean_max_correlation', async () => {
+  it('compare: the text output prints the --json summary (numbers to 5 significant digits without trailing zeros, no kept pair as none); a B feature anti-correlated with every A feature has its best r, -1, in mean_max_correlation', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-cmp-'));
     const seed = (Date.now() ^ 0x6a09e667) >>> 0;
     const next = lcg(seed);
@@ -1246,7 +1248,7 @@ describe('compare and match-layers in process: flags, refusals, output and relea
     await a.save(path.join(dir, 'a'));
     await b.save(path.join(dir, 'b'));
     const fmt = (v: unknown): string =>
-      typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(5)) : v === null ? 'none (no pair kept)' : typeof v === 'object' ? Object.entries(v as object).map(([k, x]) => `${k} ${fmt(x)}`).join(', ') : String(v);
+      typeof v === 'number' ? String(Number(v.toPrecision(5))) : v === null ? 'none (no pair kept)' : typeof v === 'object' ? Object.entries(v as object).map(([k, x]) => `${k} ${fmt(x)}`).join(', ') : String(v);
     const check = async (pa: string, pb: string, over: Partial<CompareFlags>) => {
       const flags = flagsOf({ data: f, ...over });
       const summary = JSON.parse(await captured(() => compare(pa, pb, { ...flags, json: true }))) as Record<string, unknown>;
@@ -1321,5 +1323,144 @@ describe('compare and match-layers in process: flags, refusals, output and relea
       expect(l.got).toHaveLength(3);
       for (const x of l.got) expect(x.disposed).toBe(true);
     }
+  });
+  it('the summary (--json, --out) records what was compared and every option that changes the numbers; match-layers records --encoder and --no-fold per step', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-sum-'));
+    const seed = (Date.now() ^ 0x1f83d9ab) >>> 0;
+    const next = lcg(seed);
+    const dIn = 5;
+    const [nA, nB] = [7 + Math.floor(next() * 5), 6 + Math.floor(next() * 5)];
+    const f = path.join(dir, 'acts.npy');
+    await io.writeNpy(f, { dtype: 'float32', shape: [300, dIn], data: Float32Array.from({ length: 300 * dIn }, () => next() - 0.5) });
+    for (const [name, n] of [['a', nA], ['b', nB]] as const) {
+      using s = SparseAutoencoder.create({ dIn, numLatents: n, k: 2, seed: 1 + Math.floor(next() * 1e6) });
+      await s.save(path.join(dir, name));
+    }
+    const [pa, pb] = [path.join(dir, 'a'), path.join(dir, 'b')];
+    for (const over of [{ kind: 'preacts', method: 'mutual', top: 3, runs: 3 }, { kind: 'codes', method: 'argmax', runs: 2 }] as const) {
+      const out = path.join(dir, `${over.kind}.json`);
+      const summary = JSON.parse(await captured(() => compare(pa, pb, { ...flagsOf({ data: f, ...over }), json: true, out }))) as Record<string, unknown>;
+      expect(summary, `seed ${seed}`).toMatchObject({ sae_a: pa, sae_b: pb, data: f, kind: over.kind, n_a: nA, n_b: nB, method: over.method, runs: over.runs });
+      expect(summary.top).toBe(over.method === 'mutual' ? 3 : undefined);
+      expect(summary.data_b).toBeUndefined();
+      const { pairs, ...written } = JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown>;
+      expect(written).toEqual(summary);
+      expect(Array.isArray(pairs)).toBe(true);
+    }
+    for (const [encoder, fold] of [[true, false], [false, true]] as const) {
+      const out = path.join(dir, `ml-${encoder}.json`);
+      const steps = JSON.parse(await captured(() => matchLayers([pa, pa, pa], { device: 'cpu', json: true, out, encoder, fold }))) as Record<string, unknown>[];
+      expect(steps.map((st) => [st.encoder, st.fold])).toEqual([[encoder, fold], [encoder, fold]]);
+      const written = JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown>[];
+      expect(written.map((st) => [st.encoder, st.fold, (st.permutation as number[]).length])).toEqual([[encoder, fold, nA], [encoder, fold, nA]]);
+      // The text names what was matched; TopK SAEs have no thresholds to fold.
+      const text = await captured(() => matchLayers([pa, pa], { device: 'cpu', encoder, fold }));
+      expect(text).toBe(`${pa} -> ${pa}: mean MSE of matched ${encoder ? 'decoder and encoder' : 'decoder'} parameters 0.0000\n`);
+    }
+  });
+
+  it('SVCCA skipped for its cost says how to run it: where even its cheapest run is over --svcca-max-work, the value that runs it, which then does', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-svcca-'));
+    const seed = (Date.now() ^ 0x5be0cd19) >>> 0;
+    const next = lcg(seed);
+    const dIn = 6 + Math.floor(next() * 4);
+    const n = 3 * dIn + Math.floor(next() * 5);
+    const f = path.join(dir, 'acts.npy');
+    await io.writeNpy(f, { dtype: 'float32', shape: [200, dIn], data: Float32Array.from({ length: 200 * dIn }, () => next() - 0.5) });
+    for (const name of ['a', 'b']) {
+      using s = SparseAutoencoder.create({ dIn, numLatents: n, k: 3, seed: 1 + Math.floor(next() * 1e6) });
+      await s.save(path.join(dir, name));
+    }
+    const run = async (over: Partial<CompareFlags>) =>
+      JSON.parse(await captured(() => compare(path.join(dir, 'a'), path.join(dir, 'b'), { ...flagsOf({ data: f, kind: 'preacts', threshold: -1, ...over }), json: true }))) as { svcca: { skipped?: string; score?: number }; similarity_pairs: { used: number } };
+    // The work estimate (compare.ts): 15 n (dA^2 + dB^2) + runs (n dA dB + dA dB min(dA, dB)).
+    const work = (pairs: number, runs: number) => 15 * pairs * 2 * dIn * dIn + runs * (pairs * dIn * dIn + dIn ** 3);
+    const least = work(dIn + 1, 1);
+    const low = await run({ svccaMaxWork: least - 1 });
+    expect(low.similarity_pairs.used, `seed ${seed}`).toBe(n);
+    const m = /^too slow at dIn (\d+) and (\d+): even its cheapest run \((\d+) pairs, more than the dimensions, with --runs 1\) takes about (\S+) multiply-adds \(limit \S+, --svcca-max-work\); pass --svcca-max-work (\S+) to run it on these (\d+) pairs with --runs 2$/.exec(low.svcca.skipped ?? '');
+    expect(m, `seed ${seed}: ${low.svcca.skipped}`).not.toBeNull();
+    expect([Number(m![1]), Number(m![2]), Number(m![3]), Number(m![6])]).toEqual([dIn, dIn, dIn + 1, n]);
+    expect(Math.abs(Number(m![4]) - least)).toBeLessThanOrEqual(0.05 * least);
+    const suggested = Number(m![5]);
+    expect(suggested).toBeGreaterThanOrEqual(work(n, 2));
+    expect((await run({ svccaMaxWork: suggested })).svcca.score, `seed ${seed}`).toEqual(expect.any(Number));
+    // Between the two: fewer pairs or runs would do.
+    const mid = await run({ svccaMaxWork: least + 1 });
+    expect(mid.svcca.skipped).toMatch(/^too slow: about \S+ multiply-adds for \d+ pairs .*; lower --runs or --max-pairs, or raise --svcca-max-work$/);
+  });
+
+  it('a flag that takes a value followed by another flag, or given twice, is refused naming it; negative numbers and --flag=value pass', () => {
+    const refused = (args: string[], message: string) => {
+      const r = run(args);
+      expect([r.status, r.stdout, r.stderr], args.join(' ')).toEqual([1, '', `saekit: ${message} [ERR_SAEKIT_ARG]\n`]);
+    };
+    refused(['compare', 'a', 'b', '--data', 'x.npy', '--out', '--json'], "Expected a value after --out but received the flag '--json' (for a value that starts with '-', write --out=VALUE)");
+    refused(['match-layers', 'a', 'c', '--out', '--overwrite'], "Expected a value after --out but received the flag '--overwrite' (for a value that starts with '-', write --out=VALUE)");
+    refused(['compare', 'a', 'b', '--data', 'x.npy', '--method', 'argmax', '--method=mutual'], "Expected --method at most once but received it 2 times ('argmax', 'mutual')");
+    refused(['train', 'd.npy', '--out', 'o', '--latents', '8', '--out', 'p'], "Expected --out at most once but received it 2 times ('o', 'p')");
+    // Past the check: the command runs and fails on the missing data, not on the flags; boolean flags may repeat.
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-flags-'));
+    const r = run(['compare', path.join(dir, 'a'), path.join(dir, 'b'), '--data', path.join(dir, 'x.npy'), '--threshold', '-0.5', `--out=${path.join(dir, '-o.json')}`, '--json', '--json']);
+    expect([r.status, r.stderr]).toEqual([1, `saekit: Expected an existing file, folder or glob pattern for --data but '${path.join(dir, 'x.npy')}' does not exist [ERR_SAEKIT_ARG]\n`]);
+  });
+
+  it('a signal that comes while the results are written ends the command with 130 / 143 and says the results were written', async () => {
+    const { stoppable } = await import('../lib/cli/stop.js');
+    const errs: string[] = [];
+    const se = vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => (errs.push(String(s)), true));
+    const before = process.exitCode;
+    try {
+      for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+        errs.length = 0;
+        process.exitCode = undefined;
+        await stoppable(async (signal) => {
+          process.emit(sig);
+          expect(signal.aborted).toBe(true);
+        });
+        expect(process.exitCode).toBe(code);
+        expect(errs.at(-1)).toBe('saekit: stopped after the results were written\n');
+      }
+      // Without a signal nothing is said and the code stays.
+      process.exitCode = undefined;
+      errs.length = 0;
+      await stoppable(async () => undefined);
+      expect([process.exitCode, errs]).toEqual([undefined, []]);
+    } finally {
+      se.mockRestore();
+      process.exitCode = before;
+    }
+  });
+
+  it('process.exit() during writeFileAtomic (a second Ctrl-C) removes its temporary file', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-tmp-'));
+    const script = path.join(dir, 'exit-mid-write.mts');
+    const target = path.join(dir, 'out.json');
+    writeFileSync(
+      script,
+      `import { readdirSync } from 'node:fs';\n` +
+        `import { writeFileAtomic } from ${JSON.stringify(pathToFileURL(path.join(packageRoot, 'lib', 'io', 'source.ts')).href)};\n` +
+        `void writeFileAtomic(${JSON.stringify(target)}, 'x'.repeat(400e6));\n` +
+        `const t = setInterval(() => { if (readdirSync(${JSON.stringify(dir)}).some((n) => n.endsWith('.tmp'))) { clearInterval(t); process.exit(7); } }, 0);\n`,
+    );
+    const r = spawnSync(process.execPath, ['--import', 'tsx', script], { cwd: packageRoot, encoding: 'utf8', timeout: 60_000 });
+    expect([r.status, r.stderr]).toEqual([7, '']);
+    expect(readdirSync(dir).sort()).toEqual(['exit-mid-write.mts']);
+  });
+
+  it('match-layers states the memory of small assignments in MiB, large ones in GiB; the progress line ends on its last count', async () => {
+    const { bytesShown } = await import('../lib/cli/compare.js');
+    expect([bytesShown(12 * 2048 * 2048), bytesShown(12), bytesShown(2 ** 30 - 1), bytesShown(3 * 2 ** 30)]).toEqual(['48.0 MiB', '0.1 MiB', '1024.0 MiB', '3.0 GiB']);
+    const { TokenProgress } = await import('../lib/cli/progress.js');
+    const writes: string[] = [];
+    const tty = { isTTY: true, write: (s: string) => (writes.push(s), true) } as unknown as NodeJS.WriteStream;
+    const p = new TokenProgress('correlating', 60_000, tty, 60_000);
+    p.update(1000);
+    p.update(57_300);
+    p.update(60_000);
+    expect(writes.join('')).not.toMatch(/60\.0k\/60\.0k/);
+    p.done();
+    expect(writes.at(-2)).toMatch(/^\rcorrelating: 60\.0k\/60\.0k tok/);
+    expect(writes.at(-1)).toBe('\n');
   });
 });

@@ -32,6 +32,8 @@ export interface CompareFlags {
   maxBytes?: number;
   runs: number;
   maxPairs: number;
+  /** --svcca-max-work: the most multiply-adds SVCCA with its shuffled baselines may take (default SVCCA_MAX_WORK). */
+  svccaMaxWork?: number;
   json?: boolean;
   out?: string;
   overwrite?: boolean;
@@ -170,7 +172,7 @@ export const DEFAULT_MAX_PAIRS = 5000;
  * (measured: n 2000, d 128 took 21 s). Above it SVCCA is skipped with a message (fewer pairs do
  * not shrink the d^2 factor).
  */
-const SVCCA_MAX_WORK = 2e9;
+export const SVCCA_MAX_WORK = 2e9;
 const SVD_SWEEP_FACTOR = 15;
 
 /** `k` of `n` indices drawn at random (seeded), ascending; all of them when n <= k. */
@@ -285,9 +287,18 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
     const pa = rowsOf(wa.W_dec, a.dIn, used.map((p) => p.a));
     const pb = rowsOf(wb.W_dec, b.dIn, used.map((p) => p.b));
     const summary: Record<string, unknown> = {
+      // What was compared and how: everything that changes the numbers below.
+      sae_a: pathA,
+      sae_b: pathB,
+      data: f.data,
+      ...(f.dataB !== undefined ? { data_b: f.dataB } : {}),
+      kind: f.kind,
+      n_a: c.nA,
+      n_b: c.nB,
       tokens: c.tokens,
       mean_max_correlation: meanMax,
       method: f.method,
+      ...(f.method === 'mutual' ? { top: f.top } : {}),
       ...(f.oneToOne ? { one_to_one: 'univ-feat-geom' } : {}),
       ...(f.compat ? { compat: f.compat } : {}),
       threshold: f.threshold,
@@ -296,9 +307,15 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
       mean_pair_correlation: kept > 0 ? m.meanScore : null,
       // The pairs SVCCA and RSA compare: all kept pairs, or a random subsample of --max-pairs.
       similarity_pairs: n < kept ? { used: n, of: kept, subsample: 'random (seed 0); raise --max-pairs for more' } : { used: n, of: kept },
+      // Shuffled baselines behind each p-value (its resolution is 1 / (runs + 1)).
+      runs: f.runs,
     };
     const [dA, dB] = [a.dIn, b.dIn];
-    const svccaWork = SVD_SWEEP_FACTOR * n * (dA * dA + dB * dB) + f.runs * (n * dA * dB + dA * dB * Math.min(dA, dB));
+    const maxWork = f.svccaMaxWork ?? SVCCA_MAX_WORK;
+    const work = (pairs: number, runs: number) => SVD_SWEEP_FACTOR * pairs * (dA * dA + dB * dB) + runs * (pairs * dA * dB + dA * dB * Math.min(dA, dB));
+    const svccaWork = work(n, f.runs);
+    // SVCCA needs more pairs than dimensions: its cheapest run, with --runs 1.
+    const leastWork = work(Math.max(dA, dB) + 1, 1);
     if (n <= Math.max(dA, dB)) {
       summary.svcca = {
         skipped:
@@ -306,9 +323,14 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
             ? `needs more pairs (${n} of the ${kept} kept, by --max-pairs) than dimensions (${Math.max(dA, dB)}); raise --max-pairs`
             : `needs more matched pairs (${n}) than dimensions (${Math.max(dA, dB)})`,
       };
-    } else if (svccaWork > SVCCA_MAX_WORK) {
+    } else if (svccaWork > maxWork) {
+      const limit = `limit ${maxWork.toExponential(0)}, --svcca-max-work`;
       summary.svcca = {
-        skipped: `too slow: about ${svccaWork.toExponential(1)} multiply-adds for ${n} pairs of ${dA} and ${dB} dims with --runs ${f.runs} (limit ${SVCCA_MAX_WORK.toExponential(0)}); lower --runs or --max-pairs`,
+        skipped:
+          leastWork > maxWork
+            ? `too slow at dIn ${dA} and ${dB}: even its cheapest run (${Math.max(dA, dB) + 1} pairs, more than the dimensions, with --runs 1) takes about ${leastWork.toExponential(1)} multiply-adds (${limit}); ` +
+              `pass --svcca-max-work ${roundUp(svccaWork)} to run it on these ${n} pairs with --runs ${f.runs}`
+            : `too slow: about ${svccaWork.toExponential(1)} multiply-adds for ${n} pairs of ${dA} and ${dB} dims with --runs ${f.runs} (${limit}); lower --runs or --max-pairs, or raise --svcca-max-work`,
       };
     } else {
       const t = await svccaPermutationTest(pa, pb, { n, dA, dB, runs: f.runs, seed: 0, ...(signal ? { signal } : {}) });
@@ -323,6 +345,8 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
       summary.rsa = { skipped: `needs at least 3 matched pairs (${n})` };
     }
     reportSkipped(srcA);
+    // A signal during the last step: nothing is written (stoppable reports it).
+    signal?.throwIfAborted();
     if (f.out !== undefined) await writeFileAtomic(f.out, `${JSON.stringify({ ...summary, pairs: m.pairs }, null, 2)}\n`);
     if (f.json) {
       process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
@@ -330,7 +354,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
     }
     const fmt = (v: unknown): string =>
       typeof v === 'number'
-        ? Number.isInteger(v) ? String(v) : v.toPrecision(5)
+        ? String(Number(v.toPrecision(5)))
         : v === null ? 'none (no pair kept)' : v && typeof v === 'object' ? Object.entries(v).map(([k, x]) => `${k} ${fmt(x)}`).join(', ') : String(v);
     const width = Math.max(...Object.keys(summary).map((k) => k.length));
     for (const [k, v] of Object.entries(summary)) process.stdout.write(`${k.padEnd(width)}  ${fmt(v)}\n`);
@@ -350,6 +374,17 @@ export interface MatchLayersFlags {
   device: string;
   /** --max-bytes: the most memory each assignment may take (saeMatch's options.maxBytes). */
   maxBytes?: number;
+}
+
+/** `x` rounded up to 2 significant digits (a limit that admits x). */
+function roundUp(x: number): number {
+  const unit = 10 ** (Math.floor(Math.log10(x)) - 1);
+  return Number((Math.ceil(x / unit) * unit).toPrecision(2));
+}
+
+/** A byte count for a message: MiB below 1 GiB (a small assignment is not "0.0 GiB"), GiB above. */
+export function bytesShown(bytes: number): string {
+  return bytes < 2 ** 30 ? `${Math.max(0.1, bytes / 2 ** 20).toFixed(1)} MiB` : `${(bytes / 2 ** 30).toFixed(1)} GiB`;
 }
 
 function mean(x: Float64Array): number {
@@ -372,11 +407,11 @@ export async function matchLayers(paths: string[], f: MatchLayersFlags, signal?:
         );
       }
     }
-    const steps: { from: string; to: string; mean_mse: number; permutation: number[] }[] = [];
+    const steps: { from: string; to: string; encoder: boolean; fold: boolean; mean_mse: number; permutation: number[] }[] = [];
     const n = saes[0]!.numLatents;
     for (let i = 0; i + 1 < saes.length; i++) {
       // The assignment holds about SAE_MATCH_BYTES_PER_PAIR bytes per pair of latents and reports no progress: say what runs.
-      process.stderr.write(`matching ${paths[i]} -> ${paths[i + 1]}: ${n} x ${n} assignment (about ${((SAE_MATCH_BYTES_PER_PAIR * n * n) / 2 ** 30).toFixed(1)} GiB of memory)...\n`);
+      process.stderr.write(`matching ${paths[i]} -> ${paths[i + 1]}: ${n} x ${n} assignment (about ${bytesShown(SAE_MATCH_BYTES_PER_PAIR * n * n)} of memory)...\n`);
       const r = await saeMatch(saes[i]!, saes[i + 1]!, { fold: f.fold !== false, encoder: Boolean(f.encoder), ...(f.maxBytes !== undefined ? { maxBytes: f.maxBytes } : {}), ...(signal ? { signal } : {}) }).catch((e: unknown) => {
         // saeMatch names its arguments saeA and saeB; name the files instead.
         if (!(e instanceof SaekitError)) throw e;
@@ -386,11 +421,18 @@ export async function matchLayers(paths: string[], f: MatchLayersFlags, signal?:
           .replace('pass fold: false to match without folding', 'pass --no-fold to match without folding');
         throw named === e.message ? e : new SaekitError(e.code, named);
       });
-      steps.push({ from: paths[i]!, to: paths[i + 1]!, mean_mse: r.meanMse, permutation: Array.from(r.permutation) });
+      steps.push({ from: paths[i]!, to: paths[i + 1]!, encoder: Boolean(f.encoder), fold: f.fold !== false, mean_mse: r.meanMse, permutation: Array.from(r.permutation) });
     }
+    signal?.throwIfAborted();
     if (f.out !== undefined) await writeFileAtomic(f.out, `${JSON.stringify(steps, null, 2)}\n`);
-    if (f.json) process.stdout.write(`${JSON.stringify(steps.map(({ permutation, ...s }) => ({ ...s, matched: permutation.length })), null, 2)}\n`);
-    else for (const s of steps) process.stdout.write(`${s.from} -> ${s.to}: mean MSE of matched (${f.fold === false ? 'unfolded' : 'folded'}) parameters ${s.mean_mse.toPrecision(5)}\n`);
+    if (f.json) {
+      process.stdout.write(`${JSON.stringify(steps.map(({ permutation, ...s }) => ({ ...s, matched: permutation.length })), null, 2)}\n`);
+      return;
+    }
+    // Folding concerns JumpReLU thresholds only; a TopK SAE has none.
+    const jumprelu = saes.some((s) => s.architecture === 'jumprelu');
+    const what = `${f.encoder ? 'decoder and encoder' : 'decoder'} parameters${jumprelu ? (f.fold === false ? ' (thresholds not folded)' : ' (thresholds folded in)') : ''}`;
+    for (const s of steps) process.stdout.write(`${s.from} -> ${s.to}: mean MSE of matched ${what} ${s.mean_mse.toPrecision(5)}\n`);
   } finally {
     for (const s of saes) s.dispose();
   }

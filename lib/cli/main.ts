@@ -21,7 +21,7 @@ import { packageRoot } from '../native/index.js';
 import { AUXK_VARIANTS } from '../sae/index.js';
 import { B_DEC_INITS, DECAYS, type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
 import { lockFolder } from '../train/lock.js';
-import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, checkNotInput, matchLayers, type MatchLayersFlags, namesOf, type OutInput } from './compare.js';
+import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, checkNotInput, matchLayers, type MatchLayersFlags, namesOf, type OutInput, SVCCA_MAX_WORK } from './compare.js';
 import { Progress, reportSkipped, TokenProgress } from './progress.js';
 import { abortOnSignal, STOP_SIGNALS, stoppable } from './stop.js';
 
@@ -74,6 +74,44 @@ function oneOf<T extends string>(name: string, choices: readonly T[]): (v: strin
     if (!(choices as readonly string[]).includes(v)) throw new SaekitError('ERR_SAEKIT_ARG', `Expected one of: ${choices.join(', ')} for --${name} but received '${v}'`);
     return v as T;
   };
+}
+
+/** A value that reads as a number (--threshold -0.5), not as a flag. */
+const NUMBER_LIKE = /^-(?:\d|\.\d|Infinity$)/;
+
+/**
+ * Checks `cmd`'s flags in `argv` (the raw command line) before it runs: a flag that takes a
+ * value and is followed by another flag (`--out --json` would write a file named --json) or is
+ * given twice (commander keeps the last silently) is refused, naming it. A value may start with
+ * '-' as `--flag=value`, or when it reads as a number.
+ */
+function checkFlags(cmd: Command, argv: readonly string[]): void {
+  const at = argv.indexOf(cmd.name());
+  if (at < 0) return;
+  const seen = new Map<string, string[]>();
+  for (let i = at + 1; i < argv.length; i++) {
+    const token = argv[i]!;
+    if (token === '--') break;
+    if (!token.startsWith('--')) continue;
+    const eq = token.indexOf('=');
+    const flag = eq < 0 ? token : token.slice(0, eq);
+    const option = cmd.options.find((o) => o.long === flag);
+    if (!option || !(option.required || option.optional)) continue;
+    let value: string | undefined;
+    if (eq >= 0) value = token.slice(eq + 1);
+    else {
+      value = argv[i + 1];
+      if (value !== undefined && value.startsWith('-') && !NUMBER_LIKE.test(value)) {
+        throw new SaekitError('ERR_SAEKIT_ARG', `Expected a value after ${flag} but received the flag '${value}' (for a value that starts with '-', write ${flag}=VALUE)`);
+      }
+      i++;
+    }
+    const values = [...(seen.get(flag) ?? []), value ?? ''];
+    seen.set(flag, values);
+    if (values.length > 1) {
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${flag} at most once but received it ${values.length} times (${values.map((v) => `'${v}'`).join(', ')})`);
+    }
+  }
 }
 
 const NON_FINITE_HELP = "rows holding NaN or Inf: 'error' (stop, naming the file and row) or 'skip' them";
@@ -573,7 +611,9 @@ export function buildProgram(): Command {
     .name('saekit')
     .description('Train, evaluate and compare sparse autoencoders.')
     .version(version())
-    .showHelpAfterError('(run with --help for usage)');
+    .showHelpAfterError('(run with --help for usage)')
+    // commander keeps the command line it parsed as rawArgs (not in its typings).
+    .hook('preAction', (_root, action) => checkFlags(action, (program as unknown as { rawArgs: string[] }).rawArgs));
   program
     .command('info')
     .description('show the compute backend, SIMD level, BLAS library and CUDA status')
@@ -654,6 +694,11 @@ export function buildProgram(): Command {
     .option('--max-bytes <n>', 'largest full correlation matrix (nA x nB x 4 bytes, with --kind preacts nA x nB x 16, default 1 GiB); beyond it argmax and mutual use top matches per feature', num('max-bytes', 1, Number.MAX_SAFE_INTEGER))
     .option('--runs <n>', 'shuffled baselines for the p-values', num('runs', 1, 100000), 20)
     .option('--max-pairs <n>', `SVCCA and RSA use a random subsample of at most this many matched pairs (RSA is O(n^2) in time and memory; reported as similarity_pairs)`, num('max-pairs', 3, 30_000), DEFAULT_MAX_PAIRS)
+    .option(
+      '--svcca-max-work <n>',
+      `the most multiply-adds SVCCA and its shuffled baselines may take (default ${SVCCA_MAX_WORK.toExponential(0)}, several seconds); SVCCA needs more pairs than dimensions, about 30 x dIn^3 multiply-adds at least, so above dIn ~400 it is skipped unless this is raised (the skip message says how far)`,
+      num('svcca-max-work', 1, Number.MAX_SAFE_INTEGER, false),
+    )
     .option('--on-non-finite <policy>', `${NON_FINITE_HELP} (skip only with one --data: two sources must stay aligned)`, oneOf('on-non-finite', ['error', 'skip'] as const), 'error')
     .option('--tensor <name>', 'the tensor to read from --data\'s .safetensors files (default: the only 2-D one)')
     .option('--dtype <t>', 'element type of raw .bin files of --data')

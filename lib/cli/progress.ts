@@ -64,7 +64,10 @@ export function reportSkipped(...sources: { skippedRows?: number }[]): void {
 
 /** Progress of a pass over tokens without training statistics (eval, compare): the same line format. */
 export class TokenProgress {
-  private lastPrint = 0;
+  /** When the line was last drawn (-Infinity: not yet, so the first update draws it). */
+  private lastPrint = -Infinity;
+  /** The tokens and passes of the last update(), while the throttle kept it from being drawn. */
+  private last: [number, number] | undefined;
   private readonly start = performance.now();
   constructor(
     private readonly label: string,
@@ -80,7 +83,15 @@ export class TokenProgress {
    */
   update(tokens: number, passes = 1): void {
     const now = performance.now();
-    if (now - this.lastPrint < this.intervalMs) return;
+    if (now - this.lastPrint < this.intervalMs) {
+      this.last = [tokens, passes];
+      return;
+    }
+    this.last = undefined;
+    this.print(now, tokens, passes);
+  }
+
+  private print(now: number, tokens: number, passes: number): void {
     this.lastPrint = now;
     const elapsed = (now - this.start) / 1e3;
     const rate = elapsed > 0 ? tokens / elapsed : 0;
@@ -90,8 +101,13 @@ export class TokenProgress {
     this.stream.write(this.stream.isTTY ? `\r${stats}\u001b[K` : `${stats}\n`);
   }
 
+  /** Ends the progress line: on a terminal it is first redrawn with the last count if the throttle (one draw every 200 ms) skipped it. */
   done(): void {
-    if (this.stream.isTTY && this.lastPrint > 0) this.stream.write('\n');
-    this.lastPrint = 0; // a second done() (after a later message) ends no line
+    if (this.stream.isTTY && this.lastPrint > -Infinity) {
+      if (this.last) this.print(performance.now(), ...this.last);
+      this.stream.write('\n');
+    }
+    this.lastPrint = -Infinity; // a second done() (after a later message) ends no line
+    this.last = undefined;
   }
 }

@@ -47,6 +47,11 @@ export async function stoppable(work: (signal: AbortSignal) => Promise<void>): P
   const sig = abortOnSignal();
   try {
     await work(sig.signal);
+    // The signal came during the last step (writing --out, printing): the results stand.
+    if (sig.signal.aborted) {
+      process.stderr.write('saekit: stopped after the results were written\n');
+      process.exitCode = sig.exitCode ?? STOP_SIGNALS.SIGINT;
+    }
   } catch (err) {
     if (sig.signal.aborted && err === sig.signal.reason) {
       process.stderr.write('saekit: stopped; no results were written\n');

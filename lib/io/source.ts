@@ -3,7 +3,7 @@
  * writer. Internal to lib/io, except writeFileAtomic, which is public.
  */
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
+import { constants, unlinkSync } from 'node:fs';
 import { chmod, mkdir, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 
@@ -117,6 +117,7 @@ export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Arr
   const tmp = join(dirname(path), `.${basename(path).slice(0, 100)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   let fh: FileHandle | undefined;
   try {
+    pendingTemporary(tmp, true);
     fh = await open(tmp, 'wx');
     for (const chunk of chunks) await writeAll(fh, typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk);
     await fh.sync();
@@ -128,8 +129,33 @@ export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Arr
     if (fh) await fh.close().catch(() => undefined);
     await unlink(tmp).catch(() => undefined);
     throw fsError('write', path, err);
+  } finally {
+    pendingTemporary(tmp, false);
   }
   await syncFolder(dirname(path));
+}
+
+/** Temporary files of writes under way, removed if the process exits meanwhile (process.exit: a CLI's second Ctrl-C). */
+const temporaries = new Set<string>();
+let exitHookInstalled = false;
+
+function pendingTemporary(tmp: string, pending: boolean): void {
+  if (!pending) {
+    temporaries.delete(tmp);
+    return;
+  }
+  temporaries.add(tmp);
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const t of temporaries) {
+      try {
+        unlinkSync(t);
+      } catch {
+        // Not made yet, or already renamed.
+      }
+    }
+  });
 }
 
 /**
@@ -209,7 +235,8 @@ export async function makeDirs(dir: string): Promise<void> {
  * the temporary file. Strings are written as UTF-8. `data` is read while the Promise is pending
  * (not copied): it must stay untouched until the Promise settles; detached or resized meanwhile,
  * the write fails with ERR_SAEKIT_ARG naming data and `path` keeps its old content. A process
- * killed mid-write leaves its temporary file beside `path` (hidden: `.<name>.<pid>.<random>.tmp`),
+ * that exits mid-write through process.exit() removes its temporary file; one killed (SIGKILL, a
+ * signal without a handler, a crash) leaves it beside `path` (hidden: `.<name>.<pid>.<random>.tmp`),
  * which nothing reads or reuses: delete it at will (listing the folder on every write to find
  * such files would cost folders of many shards too much).
  */
