@@ -226,16 +226,13 @@ describe('linearAssignment', () => {
     const n = 300;
     // Integer costs keep Munkres' zero tests exact.
     const cost = Float64Array.from({ length: n * n }, () => Math.floor(next() * 1e6));
-    const t0 = performance.now();
     const r = linearAssignment(cost, n, n);
-    const ms = performance.now() - t0;
     checkMatching(r, cost, n, n);
     const ref = munkres(cost, n);
     let refTotal = 0;
     for (let i = 0; i < n; i++) refTotal += cost[i * n + ref[i]!]!;
     expect(r.total, `seed ${seed}`).toBe(refTotal);
     expect(noNegativeCycle(cost, n, n, r.rowToCol, 0.5), `seed ${seed}`).toBe(true);
-    expect(ms).toBeLessThan(1000);
   });
 
   it('is optimal on rectangular float instances (negative-cycle certificate), either orientation', () => {
@@ -266,17 +263,13 @@ describe('linearAssignment', () => {
     }
   });
 
-  it('solves 1000 x 1000 well under a second', () => {
+  it('solves 1000 x 1000 (maximising) to a valid matching whose total is its cost (its speed: npm run bench -- correlate)', () => {
     const seed = freshSeed(4);
     const next = lcg(seed);
     const n = 1000;
     const cost = Float64Array.from({ length: n * n }, () => next());
-    const t0 = performance.now();
     const r = linearAssignment(cost, n, n, { maximize: true });
-    const ms = performance.now() - t0;
     checkMatching(r, cost, n, n);
-    // Typically ~150 ms here; the bound leaves room for a loaded 2-core CI machine.
-    expect(ms, `seed ${seed}`).toBeLessThan(1500);
   });
 
   it('handles empty sides and rejects bad input with named errors', () => {
