@@ -145,6 +145,86 @@ describe('recycled batch arrays', () => {
   });
 });
 
+describe('recycled batch arrays and transfers (ASan audit)', () => {
+  for (const shuffle of [false, true]) {
+    it(`a consumer that transfers a recycled batch's buffer cannot take the memory the pass refills (shuffle ${shuffle}): small arrays are native memory too, copied, not detached`, async () => {
+      const seed = (Date.now() ^ 0x2545f491) >>> 0;
+      const next = lcg(seed);
+      const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-transfer-'));
+      const dIn = 3 + Math.floor(next() * 9);
+      const rows = 2000 + Math.floor(next() * 500);
+      const data = Float32Array.from({ length: rows * dIn }, () => next() - 0.5);
+      const file = path.join(dir, 'acts.npy');
+      await io.writeNpy(file, { dtype: 'float32', shape: [rows, dIn], data });
+      const src = await openActivations(file);
+      const batchSize = 64 + Math.floor(next() * 64); // a few KiB: under allocHost's 2 MiB huge-page size
+      const got: number[] = [];
+      const { port1, port2 } = new MessageChannel();
+      try {
+        for await (const b of src.batches({ batchSize, shuffle, seed, recycle: true, bufferBytes: 4 * batchSize * dIn * 4 })) {
+          got.push(...b.data);
+          // Against the rule (the array is the pass's again after next()), but it must not give V8
+          // the memory: before, a batch array under 2 MiB was V8's own and these detached it.
+          const copy = structuredClone(b.data.buffer, { transfer: [b.data.buffer] });
+          port1.postMessage(b.data.buffer, [b.data.buffer]);
+          expect(b.data.buffer.byteLength, `seed ${seed}`).toBe(copy.byteLength);
+          expect(b.data.length).toBe(b.rows * dIn);
+        }
+      } finally {
+        port1.close();
+        port2.close();
+        await src.close();
+      }
+      // Every row once (in order or as a permutation of the rows).
+      expect(got.length, `seed ${seed}`).toBe(rows * dIn);
+      const key = (a: ArrayLike<number>, r: number) => Array.from({ length: dIn }, (_, d) => a[r * dIn + d]).join(',');
+      const want = Array.from({ length: rows }, (_, r) => key(data, r));
+      const have = Array.from({ length: rows }, (_, r) => key(got, r));
+      expect(shuffle ? have.sort() : have).toEqual(shuffle ? want.sort() : want);
+    });
+  }
+});
+
+describe('HandleCache.closeAll with reads under way', () => {
+  it('closes an idle handle at once and a busy one when its last read ends (a collected pass closed handles under its native reads: EBADF)', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-handles-'));
+    const [a, b] = [path.join(dir, 'a.npy'), path.join(dir, 'b.npy')];
+    await io.writeNpy(a, { dtype: 'float32', shape: [4, 2], data: Float32Array.from({ length: 8 }, (_, i) => i) });
+    await io.writeNpy(b, { dtype: 'float32', shape: [4, 2], data: new Float32Array(8) });
+    const cache = new HandleCache();
+    const fileA = { path: a, label: a };
+    const fileB = { path: b, label: b };
+    await cache.use(fileB, async () => undefined); // cached, idle
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let inRead!: () => void;
+    const started = new Promise<void>((r) => (inRead = r));
+    const reading = cache.use(fileA, async (fh) => {
+      inRead();
+      await gate; // closeAll runs here
+      const buf = new Uint8Array(8);
+      const { bytesRead } = await fh.read(buf, 0, 8, 0);
+      return bytesRead;
+    });
+    await started;
+    const fdsBefore = fdsOn(a);
+    let closed = false;
+    const closing = cache.closeAll().then(() => (closed = true));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(fdsOn(b)).toBe(0); // the idle handle went at once
+    expect([closed, fdsOn(a)]).toEqual([false, fdsBefore]); // the busy one stays for its read
+    expect(fdsBefore).toBe(1);
+    release();
+    expect(await reading).toBe(8);
+    await closing;
+    expect(fdsOn(a)).toBe(0);
+    // A later use opens the file again.
+    expect(await cache.use(fileA, async (fh) => (await fh.stat()).size)).toBeGreaterThan(0);
+    await cache.closeAll();
+    expect(fdsOn(a)).toBe(0);
+  });
+});
+
 describe('await using', () => {
   it('closes the sources saekit makes and a safetensors reader at the end of the block', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-using-'));

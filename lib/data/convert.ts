@@ -14,13 +14,17 @@ export function allocF32(n: number): Float32Array {
 }
 
 /**
- * allocF32 for long-lived buffers written at random (the mixing buffer, recycled batches): large
- * ones are native memory on transparent huge pages (one page fault per 2 MiB, few TLB misses).
- * Not for short-lived arrays: huge pages cost more to hand out.
+ * allocF32 for long-lived buffers written at random (the mixing buffer, recycled batches): native
+ * memory from allocHost, large blocks on transparent huge pages (one page fault per 2 MiB, few TLB
+ * misses). Whatever the size: the I/O jobs refill a recycled batch array the consumer has handed
+ * back but may still hold, and only allocHost's memory outlives a transfer of its ArrayBuffer
+ * (structuredClone and postMessage copy it; after ArrayBuffer.prototype.transfer the job's
+ * HostUse defers the free), where V8's own would be freed under the job once the new owner is
+ * collected (heap-use-after-free under ASan, for batches under 2 MiB). Not for short-lived
+ * arrays: huge pages cost more to hand out.
  */
 export function allocLongLivedF32(n: number): Float32Array {
-  if (n * 4 >= 1 << 21) return new Float32Array(native().allocHost(n * 4), 0, n);
-  return allocF32(n);
+  return new Float32Array(native().allocHost(n * 4), 0, n);
 }
 
 /**

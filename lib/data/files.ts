@@ -25,8 +25,11 @@ export async function fileIdentity(path: string): Promise<FileIdentity> {
 
 interface Entry {
   handle: Promise<FileHandle>;
+  /** Reads under way on the handle (use() calls not finished). */
   refs: number;
   used: number;
+  /** Set by closeAll() while reads were under way: the last one closes the handle, then calls it. */
+  closeWhenIdle?: () => void;
 }
 
 export class HandleCache {
@@ -53,11 +56,20 @@ export class HandleCache {
     }
     e.refs++;
     e.used = ++this.tick;
+    const entry = e;
     try {
       return await fn(await e.handle);
     } finally {
-      e.refs--;
-      this.evict();
+      entry.refs--;
+      if (entry.refs === 0 && entry.closeWhenIdle) {
+        const settle = entry.closeWhenIdle;
+        entry.closeWhenIdle = undefined;
+        // Not through closeLater: the closeAll() that asked for this close waits on `settle`.
+        void entry.handle
+          .then((fh) => fh.close())
+          .catch(() => undefined)
+          .then(settle);
+      } else this.evict();
     }
   }
 
@@ -79,14 +91,20 @@ export class HandleCache {
   }
 
   /**
-   * Closes every handle (callers must have no reads in flight). Settles once every handle this
-   * cache closed, by this call or an earlier one still under way (an eviction, another
+   * Closes every handle: at once where no read is under way, else when its last read ends (a
+   * pass dropped and collected while its reads ran: closing under them would fail those reads
+   * with EBADF, or let a read land on another file given the same descriptor). Settles once every
+   * handle this cache closed, by this call or an earlier one still under way (an eviction, another
    * closeAll), is closed: a second caller does not return while the first is still closing.
    */
   async closeAll(): Promise<void> {
     const entries = [...this.open.values()];
     this.open.clear();
-    await this.closeLater(entries);
+    const busy = entries.filter((e) => e.refs > 0);
+    const idle = this.closeLater(entries.filter((e) => e.refs === 0));
+    const drained = busy.map((e) => new Promise<void>((resolve) => (e.closeWhenIdle = resolve)));
+    this.closing = Promise.all([idle, ...drained]).then(() => undefined);
+    await this.closing;
   }
 }
 
