@@ -1454,13 +1454,26 @@ describe('compare and match-layers in process: flags, refusals, output and relea
     const { TokenProgress } = await import('../lib/cli/progress.js');
     const writes: string[] = [];
     const tty = { isTTY: true, write: (s: string) => (writes.push(s), true) } as unknown as NodeJS.WriteStream;
-    const p = new TokenProgress('correlating', 60_000, tty, 60_000);
-    p.update(1000);
-    p.update(57_300);
-    p.update(60_000);
-    expect(writes.join('')).not.toMatch(/60\.0k\/60\.0k/);
-    p.done();
-    expect(writes.at(-2)).toMatch(/^\rcorrelating: 60\.0k\/60\.0k tok/);
-    expect(writes.at(-1)).toBe('\n');
+    const clock = { t: 1000 };
+    const now = vi.spyOn(performance, 'now').mockImplementation(() => clock.t);
+    try {
+      const p = new TokenProgress('correlating', 60_000, tty, 200);
+      clock.t += 250;
+      p.update(1000); // drawn: 200 ms since the start
+      clock.t += 50;
+      p.update(57_300); // throttled
+      p.update(60_000); // throttled
+      expect(writes).toEqual([expect.stringMatching(/^\rcorrelating: 1\.0k\/60\.0k tok/)]);
+      p.done();
+      expect(writes.slice(1)).toEqual([expect.stringMatching(/^\rcorrelating: 60\.0k\/60\.0k tok/), '\n']);
+      // Drawn last already: done() only ends the line.
+      const q = new TokenProgress('correlating', 10, tty, 200);
+      clock.t += 250;
+      q.update(10);
+      q.done();
+      expect(writes.slice(3)).toEqual([expect.stringMatching(/^\rcorrelating: 10\/10 tok/), '\n']);
+    } finally {
+      now.mockRestore();
+    }
   });
 });

@@ -64,11 +64,13 @@ export function reportSkipped(...sources: { skippedRows?: number }[]): void {
 
 /** Progress of a pass over tokens without training statistics (eval, compare): the same line format. */
 export class TokenProgress {
-  /** When the line was last drawn (-Infinity: not yet, so the first update draws it). */
-  private lastPrint = -Infinity;
+  /** Whether a line was drawn since the start or the last done(). */
+  private drawn = false;
   /** The tokens and passes of the last update(), while the throttle kept it from being drawn. */
   private last: [number, number] | undefined;
   private readonly start = performance.now();
+  /** When the line was last drawn: the first is drawn intervalMs after the start (a short job prints none). */
+  private lastPrint = this.start;
   constructor(
     private readonly label: string,
     /** Tokens of one pass. */
@@ -93,6 +95,7 @@ export class TokenProgress {
 
   private print(now: number, tokens: number, passes: number): void {
     this.lastPrint = now;
+    this.drawn = true;
     const elapsed = (now - this.start) / 1e3;
     const rate = elapsed > 0 ? tokens / elapsed : 0;
     const total = this.totalTokens !== undefined && Number.isFinite(this.totalTokens) ? this.totalTokens * passes : undefined;
@@ -103,11 +106,11 @@ export class TokenProgress {
 
   /** Ends the progress line: on a terminal it is first redrawn with the last count if the throttle (one draw every 200 ms) skipped it. */
   done(): void {
-    if (this.stream.isTTY && this.lastPrint > -Infinity) {
+    if (this.stream.isTTY && this.drawn) {
       if (this.last) this.print(performance.now(), ...this.last);
       this.stream.write('\n');
     }
-    this.lastPrint = -Infinity; // a second done() (after a later message) ends no line
+    this.drawn = false; // a second done() (after a later message) ends no line
     this.last = undefined;
   }
 }
