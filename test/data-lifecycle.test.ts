@@ -165,8 +165,9 @@ describe('recycled batch arrays and transfers (ASan audit)', () => {
           got.push(...b.data);
           // Against the rule (the array is the pass's again after next()), but it must not give V8
           // the memory: before, a batch array under 2 MiB was V8's own and these detached it.
-          const copy = structuredClone(b.data.buffer, { transfer: [b.data.buffer] });
-          port1.postMessage(b.data.buffer, [b.data.buffer]);
+          const buffer = b.data.buffer as ArrayBuffer;
+          const copy = structuredClone(buffer, { transfer: [buffer] });
+          port1.postMessage(buffer, [buffer]);
           expect(b.data.buffer.byteLength, `seed ${seed}`).toBe(copy.byteLength);
           expect(b.data.length).toBe(b.rows * dIn);
         }
