@@ -1476,4 +1476,26 @@ describe('compare and match-layers in process: flags, refusals, output and relea
       now.mockRestore();
     }
   });
+  it('train --resume with --log after a stop before the first checkpoint starts over (the log was refused); a damaged checkpoint is named by --resume and replaced by --overwrite', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-cli-resume-'));
+    const acts = await randomActs(path.join(dir, 'acts.npy'), 512, 8, (Date.now() ^ 0x27d4eb2f) >>> 0);
+    const out = path.join(dir, 'run');
+    const log = path.join(dir, 'log.jsonl');
+    // What a run killed before its first checkpoint leaves: its log, an --out without a checkpoint.
+    mkdirSync(out);
+    writeFileSync(log, '{"step":1}\n{"step":2}\n');
+    const args = ['train', acts, '--latents', '16', '--k', '2', '--out', out, '--batch', '64', '--epochs', '1', '--warmup', '1', '--log', log, '--device', 'cpu'];
+    const r = run([...args, '--resume']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`saekit: no checkpoint in ${path.join(out, 'checkpoint')}: starting a new run (--log ${log} starts over)`);
+    const steps = readFileSync(log, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { step: number }).step);
+    expect(steps).toEqual(Array.from({ length: 8 }, (_, i) => i + 1));
+    // A checkpoint.json that cannot be resumed: --resume names it, --overwrite starts over.
+    mkdirSync(path.join(out, 'checkpoint'), { recursive: true });
+    writeFileSync(path.join(out, 'checkpoint', 'checkpoint.json'), '{"version": 1, "step": -3}');
+    const bad = run([...args, '--resume']);
+    expect([bad.status, bad.stderr]).toEqual([1, expect.stringMatching(/checkpoint\.json: (not a saekit checkpoint|field step must be)[^\n]*\[ERR_SAEKIT_FORMAT\]\n$/)]);
+    const over = run([...args, '--overwrite']);
+    expect(over.status, over.stderr).toBe(0);
+  }, 60_000);
 });

@@ -1745,3 +1745,135 @@ describe('Trainer: one run at a time per checkpoint folder', () => {
     expect(fdsOn(file)).toBe(0);
   });
 });
+
+describe('checkpoint files are hostile input (checkpoint audit)', () => {
+  const [dIn, L, k] = [6, 24, 3];
+  const opts = { batchSize: 32, epochs: 2, lr: 3e-3, warmupSteps: 2, seed: 5, deadThresholdTokens: 32 * 4 };
+  const rows = 32 * 12;
+
+  /** A run stopped at step 9 (a checkpoint at 9), its log and data. */
+  async function stoppedRun(seed: number) {
+    const dir = tmp();
+    const x = data(rows, dIn, seed);
+    const log = path.join(dir, 'log.jsonl');
+    using s = SparseAutoencoder.create({ dIn, numLatents: L, k, seed });
+    const ctrl = new AbortController();
+    await new Trainer(s, opts).fit(fromArray(x, dIn), { checkpointDir: path.join(dir, 'ck'), checkpointEvery: 3, logFile: log, signal: ctrl.signal, onStep: (st) => (st.step === 9 ? ctrl.abort() : undefined) });
+    const ckFile = path.join(dir, 'ck', 'checkpoint.json');
+    return { dir, x, log, ckDir: path.join(dir, 'ck'), ckFile, ck: JSON.parse(readFileSync(ckFile, 'utf8')) as Record<string, unknown> };
+  }
+
+  it('a checkpoint.json with a bad field is ERR_SAEKIT_FORMAT naming the file and field, before the log or the SAE is touched', async () => {
+    const seed = (Date.now() ^ 0x7f4a7c15) >>> 0;
+    const run = await stoppedRun(seed);
+    const logText = readFileSync(run.log, 'utf8');
+    const cases: [string, (ck: Record<string, unknown>) => void, RegExp][] = [
+      ['negative step', (ck) => (ck.step = -1), /field step must be an integer of at least 0 but is -1/],
+      ['tokens a string', (ck) => (ck.tokens = '288'), /field tokens must be an integer of at least 0 but is "288"/],
+      ['tokens not step x batch', (ck) => (ck.tokens = 9 * 32 + 1), /field tokens is 289 but 9 steps of batches of 32 rows are 288 tokens/],
+      ['scale missing', (ck) => delete ck.scale, /field scale must be a finite number above 0 but is missing/],
+      ['scale 0', (ck) => (ck.scale = 0), /field scale must be a finite number above 0 but is 0/],
+      ['sae null', (ck) => (ck.sae = null), /field sae must be an object/],
+      ['options missing', (ck) => delete ck.options, /field options must be an object/],
+      ['adamSteps below step', (ck) => (ck.adamSteps = 3), /field adamSteps is 3, fewer than the 9 steps trained/],
+      ['sourceRows fractional', (ck) => (ck.sourceRows = 1.5), /field sourceRows must be an integer/],
+    ];
+    for (const [what, edit, message] of cases) {
+      const ck = structuredClone(run.ck);
+      edit(ck);
+      writeFileSync(run.ckFile, JSON.stringify(ck));
+      using s = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 77 });
+      const w0 = await s.weights();
+      const err = await new Trainer(s, opts).fit(fromArray(run.x, dIn), { checkpointDir: run.ckDir, resume: true, logFile: run.log }).catch((e: unknown) => e);
+      expect(err, `${what}, seed ${seed}`).toBeInstanceOf(SaekitError);
+      expect([(err as SaekitError).code, (err as SaekitError).message], what).toEqual(['ERR_SAEKIT_FORMAT', expect.stringMatching(new RegExp(`^${run.ckFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: ${message.source}`))]);
+      expect(readFileSync(run.log, 'utf8'), what).toBe(logText);
+      expect(bits((await s.weights()).W_enc), what).toEqual(bits(w0.W_enc));
+    }
+    writeFileSync(run.ckFile, JSON.stringify(run.ck));
+    using ok = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 77 });
+    expect((await new Trainer(ok, opts).fit(fromArray(run.x, dIn), { checkpointDir: run.ckDir, resume: true })).resumedFrom).toEqual({ step: 9, tokens: 288 });
+  });
+
+  it('a checkpoint.json that is not a readable regular file is refused at once (a FIFO hung the resume; any read error started a new run over it)', async () => {
+    const run = await stoppedRun((Date.now() ^ 0x1b873593) >>> 0);
+    const { execFileSync } = await import('node:child_process');
+    const { rmSync, mkdirSync } = await import('node:fs');
+    for (const [what, make, message] of [
+      ['a FIFO', () => execFileSync('mkfifo', [run.ckFile]), /not a regular file/],
+      ['a folder', () => mkdirSync(run.ckFile), /not a regular file/],
+      ['a symbolic link loop', () => symlinkSync(run.ckFile, run.ckFile), /cannot be read \(.*ELOOP/],
+      ['over 1 MiB', () => writeFileSync(run.ckFile, ' '.repeat((1 << 20) + 1)), /1048577 bytes, over the 1048576/],
+      ['not UTF-8', () => writeFileSync(run.ckFile, Buffer.from([0x7b, 0xff, 0x7d])), /cannot be read/],
+    ] as const) {
+      rmSync(run.ckFile, { recursive: true, force: true });
+      make();
+      using s = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 1 });
+      await expect(new Trainer(s, opts).fit(fromArray(run.x, dIn), { checkpointDir: run.ckDir, resume: true }), what).rejects.toMatchObject({
+        code: 'ERR_SAEKIT_FORMAT',
+        message: expect.stringMatching(new RegExp(`${run.ckFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: ${message.source}`)),
+      });
+    }
+  });
+
+  it("a state file whose tensors do not fit is ERR_SAEKIT_FORMAT naming it, and the SAE keeps its weights (a transposed W_enc resumed; NaN was refused after setWeights)", async () => {
+    const run = await stoppedRun((Date.now() ^ 0x85ebca6b) >>> 0);
+    const stateFile = path.join(run.ckDir, run.ck.stateFile as string);
+    const r = await readSafetensors(stateFile);
+    const tensors: Record<string, { dtype: 'float32' | 'float64'; shape: number[]; data: Float32Array | Float64Array }> = {};
+    for (const t of r.tensors) tensors[t.name] = { dtype: t.dtype as 'float32' | 'float64', shape: [...t.shape], data: (await r.read(t.name)).data as Float32Array };
+    await r.close();
+    const edits: [string, (t: typeof tensors) => void, RegExp][] = [
+      ['W_enc transposed', (t) => (t.W_enc!.shape = [L, dIn]), /tensor W_enc has shape \[24, 6\], not \[6, 24\]/],
+      ['b_dec float64', (t) => (t.b_dec = { dtype: 'float64', shape: [dIn], data: new Float64Array(dIn) }), /tensor b_dec is float64, not float32/],
+      ['no tokens_since_fired', (t) => delete t.tokens_since_fired, /holds no tensor tokens_since_fired/],
+      ['NaN in W_dec', (t) => { const d = Float32Array.from(t.W_dec!.data as Float32Array); d[7] = NaN; t.W_dec = { ...t.W_dec!, data: d }; }, /W_dec.*NaN|NaN.*W_dec/],
+      ['adam.v short', (t) => { t['adam.v'] = { dtype: 'float32', shape: [5], data: new Float32Array(5) }; }, /adam|state/],
+    ];
+    for (const [what, edit, message] of edits) {
+      const t = structuredClone(tensors);
+      edit(t);
+      await writeSafetensors(stateFile, t);
+      using s = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 123 });
+      const w0 = await s.weights();
+      const err = (await new Trainer(s, opts).fit(fromArray(run.x, dIn), { checkpointDir: run.ckDir, resume: true }).catch((e: unknown) => e)) as SaekitError;
+      expect([err.code, err.message], what).toEqual(['ERR_SAEKIT_FORMAT', expect.stringContaining(stateFile)]);
+      expect(err.message, what).toMatch(message);
+      const w1 = await s.weights();
+      for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(w1[n]), `${what}: ${n}`).toEqual(bits(w0[n]));
+    }
+  });
+
+  it('a checkpoint past the end of a shorter run finishes without re-reading the data; a stale temporary file of a killed run with this process id is removed', async () => {
+    const run = await stoppedRun((Date.now() ^ 0xc2b2ae35) >>> 0);
+    // A leftover of a killed write under this very process id (containers reuse ids).
+    const stale = path.join(run.ckDir, `.checkpoint.json.${process.pid}.abcdef012345.tmp`);
+    writeFileSync(stale, 'half');
+    let pulled = 0;
+    const src = fromArray(run.x, dIn);
+    const batches = src.batches.bind(src);
+    src.batches = (o?: BatchOptions) => {
+      const it = batches(o)[Symbol.asyncIterator]();
+      return { [Symbol.asyncIterator]: () => ({ next: () => (pulled++, it.next()), return: (v?: unknown) => it.return!(v) }) } as ReturnType<typeof batches>;
+    };
+    using s = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 2 });
+    const r = await new Trainer(s, { ...opts, epochs: undefined, totalTokens: 32 * 5 }).fit(src, { checkpointDir: run.ckDir, resume: true, checkpointEvery: 1 });
+    expect([r.status, r.resumedFrom?.step, pulled]).toEqual(['completed', 9, 0]);
+    // A run that trains removes it with its next checkpoint.
+    writeFileSync(stale, 'half');
+    using t = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 2 });
+    await new Trainer(t, opts).fit(fromArray(run.x, dIn), { checkpointDir: run.ckDir, resume: true, checkpointEvery: 1 });
+    expect(existsSync(stale)).toBe(false);
+  });
+
+  it('a FIFO named checkpoint.lock is ERR_SAEKIT_ARG naming it (was a raw EINVAL from ftruncate)', async () => {
+    const dir = tmp();
+    const { execFileSync } = await import('node:child_process');
+    execFileSync('mkfifo', [path.join(dir, 'checkpoint.lock')]);
+    using s = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 2 });
+    await expect(new Trainer(s, opts).fit(fromArray(data(rows, dIn, 3), dIn), { checkpointDir: dir })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/checkpoint\.lock is not a regular file \(a FIFO or device\); remove it$/),
+    });
+  });
+});

@@ -19,7 +19,7 @@ import { backend, type DeviceOption, SaekitError, SparseAutoencoder } from '../i
 import { SAE_FILE_NAMES } from '../io/sae-files.js';
 import { packageRoot } from '../native/index.js';
 import { AUXK_VARIANTS } from '../sae/index.js';
-import { B_DEC_INITS, DECAYS, type FitResult, Trainer, type TrainerOptions } from '../train/index.js';
+import { B_DEC_INITS, DECAYS, type FitResult, readCheckpoint, Trainer, type TrainerOptions } from '../train/index.js';
 import { lockFolder } from '../train/lock.js';
 import { compare, type CompareFlags, DEFAULT_MAX_PAIRS, checkNotInput, matchLayers, type MatchLayersFlags, namesOf, type OutInput, SVCCA_MAX_WORK } from './compare.js';
 import { Progress, reportSkipped, TokenProgress } from './progress.js';
@@ -201,18 +201,20 @@ interface TrainFlags {
   json?: boolean;
 }
 
-/** What `out` holds from an earlier run: its checkpoint (step and tokens; 0 if unreadable) and SAE files. */
-async function priorRun(out: string): Promise<{ checkpoint?: { step: number; tokens: number }; saeFiles: string[] }> {
+/**
+ * What `out` holds from an earlier run: its checkpoint (step and tokens; `damaged`, the reason,
+ * when checkpoint.json is there but cannot be resumed) and SAE files.
+ */
+async function priorRun(out: string): Promise<{ checkpoint?: { step: number; tokens: number; damaged?: SaekitError }; saeFiles: string[] }> {
   const exists = async (p: string) => (await stat(p).catch(() => undefined)) !== undefined;
-  const ckFile = path.join(out, 'checkpoint', 'checkpoint.json');
-  let checkpoint: { step: number; tokens: number } | undefined;
-  if (await exists(ckFile)) {
-    try {
-      const ck = JSON.parse(await readFile(ckFile, 'utf8')) as { step?: unknown; tokens?: unknown };
-      checkpoint = { step: Number(ck.step) || 0, tokens: Number(ck.tokens) || 0 };
-    } catch {
-      checkpoint = { step: 0, tokens: 0 };
-    }
+  let checkpoint: { step: number; tokens: number; damaged?: SaekitError } | undefined;
+  try {
+    // Read as the Trainer reads it (a FIFO or a huge file there is refused, not read).
+    const ck = await readCheckpoint(path.join(out, 'checkpoint'));
+    if (ck) checkpoint = { step: ck.step, tokens: ck.tokens };
+  } catch (err) {
+    if (!(err instanceof SaekitError)) throw err;
+    checkpoint = { step: 0, tokens: 0, damaged: err };
   }
   const saeFiles: string[] = [];
   for (const f of SAE_FILE_NAMES) if (await exists(path.join(out, f))) saeFiles.push(f);
@@ -227,6 +229,7 @@ async function priorRun(out: string): Promise<{ checkpoint?: { step: number; tok
 async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; replaced: string[] }> {
   if (f.resume && f.overwrite) throw new SaekitError('ERR_SAEKIT_ARG', 'Expected at most one of --resume and --overwrite but received both');
   const prior = await priorRun(f.out);
+  if (f.resume && prior.checkpoint?.damaged) throw prior.checkpoint.damaged;
   const resuming = Boolean(f.resume && prior.checkpoint);
   if (!f.overwrite) {
     if (prior.checkpoint && !f.resume) {
@@ -238,14 +241,15 @@ async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; repla
     if (!prior.checkpoint && prior.saeFiles.length > 0) {
       throw new SaekitError('ERR_SAEKIT_ARG', `--out ${f.out} already holds an SAE (${prior.saeFiles.join(', ')}); pass --overwrite to replace it, or choose another --out`);
     }
-    if (f.log && !resuming && ((await stat(f.log).catch(() => undefined))?.size ?? 0) > 0 && !(await isFolder(f.log))) {
+    // With --resume and no checkpoint yet (a run stopped before its first), the log is that run's: the new run starts it over.
+    if (f.log && !f.resume && ((await stat(f.log).catch(() => undefined))?.size ?? 0) > 0 && !(await isFolder(f.log))) {
       throw new SaekitError('ERR_SAEKIT_ARG', `--log ${f.log} already exists; pass --overwrite to replace it (a resumed run appends to its log, after dropping the lines of steps past its checkpoint), or choose another --log`);
     }
   }
   // --log names a file: a folder there is refused, never moved aside and deleted.
   if (f.log && (await isFolder(f.log))) throw new SaekitError('ERR_SAEKIT_ARG', `Expected --log to be a file but '${f.log}' is a folder`);
   const replaced = f.overwrite ? await moveAside([prior.checkpoint ? path.join(f.out, 'checkpoint') : undefined, f.log]) : [];
-  if (f.resume && !prior.checkpoint) process.stderr.write(`saekit: no checkpoint in ${path.join(f.out, 'checkpoint')}: starting a new run\n`);
+  if (f.resume && !prior.checkpoint) process.stderr.write(`saekit: no checkpoint in ${path.join(f.out, 'checkpoint')}: starting a new run${f.log ? ` (--log ${f.log} starts over)` : ''}\n`);
   if (resuming) {
     const ck = prior.checkpoint!;
     process.stderr.write(

@@ -137,6 +137,11 @@ export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Arr
 
 /** Temporary files of writes under way, removed if the process exits meanwhile (process.exit: a CLI's second Ctrl-C). */
 const temporaries = new Set<string>();
+
+/** Whether `tmp` is the temporary file of a writeFileAtomic / writeChunksAtomic of this process still under way. */
+export function isPendingTemporary(tmp: string): boolean {
+  return temporaries.has(tmp);
+}
 let exitHookInstalled = false;
 
 function pendingTemporary(tmp: string, pending: boolean): void {

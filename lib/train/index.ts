@@ -31,14 +31,14 @@
  * ```
  */
 import { randomBytes } from 'node:crypto';
-import { type FileHandle, open, readdir, readFile, rm } from 'node:fs/promises';
+import { type FileHandle, open, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 
 import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.js';
 import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, arrayTypeError, SaekitError } from '../errors.js';
-import { makeDirs } from '../io/source.js';
+import { isPendingTemporary, makeDirs, OPEN_READ_NOWAIT } from '../io/source.js';
 import { AUXK_VARIANTS, MAX_BETA1, MAX_BETA2, MAX_DEAD_THRESHOLD, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
@@ -701,7 +701,9 @@ export class Trainer {
       return b;
     };
     try {
-      for (let s = 0; s < step; s++) {
+      // A checkpoint at or past the end of this run (a lower totalTokens) has nothing left to train:
+      // re-reading the data up to it would only cost time (without end, planned pass after pass).
+      for (let s = 0; s < (step < total ? step : 0); s++) {
         const b = await nextOrStop();
         if (!b) break;
         release(b);
@@ -896,9 +898,11 @@ export class Trainer {
     await writeFileAtomic(path.join(dir, 'checkpoint.json'), `${JSON.stringify(meta, null, 2)}\n`);
     // Older states are no longer referenced; temporary files of writes that a killed process never
     // finished (writeFileAtomic's .<name>.<pid>.<hex>.tmp, from another process) are removed too.
+    // Not a write of this process still under way: the folder lock keeps other runs out, and a
+    // killed run's process id may be this one's (containers restart with the same ids).
     for (const f of await readdir(dir)) {
-      const stale = /^\.(?:state-\d+(?:-[0-9a-f]{12})?\.safetensors|checkpoint\.json)\.(\d+)\.[0-9a-f]+\.tmp$/.exec(f);
-      if ((STATE_FILE.test(f) && f !== stateFile) || (stale && Number(stale[1]) !== process.pid)) await rm(path.join(dir, f), { force: true });
+      const stale = /^\.(?:state-\d+(?:-[0-9a-f]{12})?\.safetensors|checkpoint\.json)\.(\d+)\.[0-9a-f]+\.tmp$/.test(f);
+      if ((STATE_FILE.test(f) && f !== stateFile) || (stale && !isPendingTemporary(path.join(dir, f)))) await rm(path.join(dir, f), { force: true });
     }
   }
 
@@ -919,23 +923,51 @@ export class Trainer {
       );
     }
     const { readSafetensors } = await import('../io/index.js');
-    const r = await readSafetensors(path.join(dir, ck.stateFile));
+    const file = path.join(dir, ck.stateFile);
+    const r = await readSafetensors(file);
+    // Every tensor is read and its dtype and shape checked before anything is set; a value the
+    // setters refuse (NaN, a negative second moment) is then a FORMAT error naming the file, and
+    // the SAE gets its weights back.
+    const bad = (why: string) => new SaekitError('ERR_SAEKIT_FORMAT', `${file}: ${why} (a damaged checkpoint: fix it or start over with overwrite)`);
+    let before: Awaited<ReturnType<SparseAutoencoder['weights']>> | undefined;
     try {
-      const get = async (n: string) => (await r.read(n)).data;
-      this.sae.setWeights({
-        W_enc: (await get('W_enc')) as Float32Array,
-        b_enc: (await get('b_enc')) as Float32Array,
-        W_dec: (await get('W_dec')) as Float32Array,
-        b_dec: (await get('b_dec')) as Float32Array,
-      });
+      const get = async (name: string, dtype: 'float32' | 'float64', shape?: number[]) => {
+        const info = r.get(name);
+        if (!info) throw bad(`holds no tensor ${name}`);
+        if (info.dtype !== dtype) throw bad(`tensor ${name} is ${info.dtype}, not ${dtype}`);
+        if (shape && (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))) {
+          throw bad(`tensor ${name} has shape [${info.shape.join(', ')}], not [${shape.join(', ')}]`);
+        }
+        return (await r.read(name)).data;
+      };
+      const weights = {
+        W_enc: (await get('W_enc', 'float32', [dIn, numLatents])) as Float32Array,
+        b_enc: (await get('b_enc', 'float32', [numLatents])) as Float32Array,
+        W_dec: (await get('W_dec', 'float32', [numLatents, dIn])) as Float32Array,
+        b_dec: (await get('b_dec', 'float32', [dIn])) as Float32Array,
+      };
       const moment = async (name: string): Promise<Float32Array[]> => {
-        if (r.get(name)) return [(await get(name)) as Float32Array];
+        if (r.get(name)) return [(await get(name, 'float32')) as Float32Array];
         const pieces: Float32Array[] = [];
-        for (let i = 0; r.get(`${name}.${i}`); i++) pieces.push((await get(`${name}.${i}`)) as Float32Array);
+        for (let i = 0; r.get(`${name}.${i}`); i++) pieces.push((await get(`${name}.${i}`, 'float32')) as Float32Array);
         return pieces;
       };
-      opt.setStatePieces({ m: await moment('adam.m'), v: await moment('adam.v'), t: ck.adamSteps });
-      this.sae.setTokensSinceFired((await get('tokens_since_fired')) as Float64Array);
+      const state = { m: await moment('adam.m'), v: await moment('adam.v'), t: ck.adamSteps };
+      const since = (await get('tokens_since_fired', 'float64', [numLatents])) as Float64Array;
+      before = await this.sae.weights();
+      try {
+        this.sae.setWeights(weights);
+        opt.setStatePieces(state);
+        this.sae.setTokensSinceFired(since);
+      } catch (err) {
+        this.sae.setWeights(before);
+        if (err instanceof SaekitError) throw bad(err.message);
+        throw err;
+      }
+    } catch (err) {
+      // The reader's own errors name the file already.
+      if (err instanceof SaekitError && err.code !== 'ERR_SAEKIT_FORMAT' && !err.message.includes(file)) throw bad(err.message);
+      throw err;
     } finally {
       await r.close();
     }
@@ -1015,23 +1047,76 @@ async function makeDir(name: string, dir: string, shown = dir): Promise<void> {
   }
 }
 
-async function readCheckpoint(dir: string): Promise<Checkpoint | undefined> {
+/** The most bytes a checkpoint.json may have (it holds a few numbers and the options). */
+const MAX_CHECKPOINT_JSON = 1 << 20;
+
+/**
+ * The checkpoint in `dir`, undefined when there is none (no checkpoint.json). Read as hostile
+ * input: a regular file of at most 1 MiB (a FIFO would block the read, a device never end), every
+ * field checked (a wrong one would resume a different run, or fail only after training), and any
+ * other failure to read it is ERR_SAEKIT_FORMAT naming the file, never taken for "no checkpoint"
+ * (a new run would then replace it).
+ */
+export async function readCheckpoint(dir: string): Promise<Checkpoint | undefined> {
   const file = path.join(dir, 'checkpoint.json');
+  const bad = (why: string) => new SaekitError('ERR_SAEKIT_FORMAT', `${file}: ${why}`);
+  let fh: FileHandle;
+  try {
+    fh = await open(file, OPEN_READ_NOWAIT);
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw bad(`cannot be read (${(err as Error).message}); fix it, or start over with overwrite`);
+  }
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
-  } catch {
-    return undefined;
+    const st = await fh.stat();
+    if (!st.isFile()) throw bad('not a regular file (a folder, FIFO or device)');
+    if (st.size > MAX_CHECKPOINT_JSON) throw bad(`${st.size} bytes, over the ${MAX_CHECKPOINT_JSON} a checkpoint.json may have`);
+    const bytes = new Uint8Array(st.size);
+    for (let done = 0; done < bytes.length; ) {
+      const { bytesRead } = await fh.read(bytes, done, bytes.length - done, done);
+      if (bytesRead === 0) throw bad(`file ended at byte ${done} of ${bytes.length} (it was truncated while being read)`);
+      done += bytesRead;
+    }
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch (err) {
+    if (err instanceof SaekitError) throw err;
+    throw bad(`cannot be read (${(err as Error).message})`);
+  } finally {
+    await fh.close().catch(() => undefined);
   }
   let ck: Checkpoint;
   try {
     ck = JSON.parse(text) as Checkpoint;
   } catch (err) {
-    throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: invalid JSON (${(err as Error).message})`);
+    throw bad(`invalid JSON (${(err as Error).message})`);
   }
-  if (ck.version !== CHECKPOINT_VERSION || !Number.isSafeInteger(ck.step) || typeof ck.stateFile !== 'string' || !STATE_FILE.test(ck.stateFile)) {
-    throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: not a saekit checkpoint of version ${CHECKPOINT_VERSION}`);
+  if (ck === null || typeof ck !== 'object' || ck.version !== CHECKPOINT_VERSION || typeof ck.stateFile !== 'string' || !STATE_FILE.test(ck.stateFile)) {
+    throw bad(`not a saekit checkpoint of version ${CHECKPOINT_VERSION}`);
   }
+  const count = (key: string, v: unknown, min = 0) => {
+    if (!Number.isSafeInteger(v) || (v as number) < min) throw bad(`field ${key} must be an integer of at least ${min} but is ${JSON.stringify(v) ?? 'missing'}`);
+    return v as number;
+  };
+  count('step', ck.step);
+  count('tokens', ck.tokens);
+  count('total', ck.total);
+  count('adamSteps', ck.adamSteps);
+  if (ck.sourceRows !== undefined) count('sourceRows', ck.sourceRows);
+  if (typeof ck.scale !== 'number' || !Number.isFinite(ck.scale) || ck.scale <= 0) throw bad(`field scale must be a finite number above 0 but is ${JSON.stringify(ck.scale) ?? 'missing'}`);
+  const sae: unknown = ck.sae;
+  if (sae === null || typeof sae !== 'object') throw bad(`field sae must be an object (dIn, numLatents, k) but is ${JSON.stringify(sae) ?? 'missing'}`);
+  count('sae.dIn', ck.sae.dIn, 1);
+  count('sae.numLatents', ck.sae.numLatents, 1);
+  count('sae.k', ck.sae.k);
+  if (ck.sae.applyBDecToInput !== undefined && typeof ck.sae.applyBDecToInput !== 'boolean') throw bad(`field sae.applyBDecToInput must be true or false but is ${JSON.stringify(ck.sae.applyBDecToInput)}`);
+  const options: unknown = ck.options;
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) throw bad(`field options must be an object (the run's options) but is ${JSON.stringify(options) ?? 'missing'}`);
+  // Every step trains one whole batch (passes drop the short last one).
+  const batch = count('options.batchSize', ck.options.batchSize, 1);
+  if (ck.tokens !== ck.step * batch) throw bad(`field tokens is ${ck.tokens} but ${ck.step} steps of batches of ${batch} rows are ${ck.step * batch} tokens`);
+  if (ck.adamSteps < ck.step) throw bad(`field adamSteps is ${ck.adamSteps}, fewer than the ${ck.step} steps trained`);
   return ck;
 }
 

@@ -47,10 +47,15 @@ export async function lockFolder(name: string, dir: string): Promise<FolderLock>
   for (let attempt = 0; ; attempt++) {
     let h: FileHandle;
     try {
-      h = await open(file, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o644);
+      h = await open(file, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW | (constants.O_NONBLOCK ?? 0), 0o644);
     } catch (err) {
       const why = err instanceof Error ? err.message : String(err);
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${name} to be a folder where saekit can create its lock file but ${file} cannot be opened: ${why}`);
+    }
+    // A FIFO or device there (not made by saekit) cannot hold the holder's note: refused by name.
+    if (!(await h.stat().catch(() => undefined))?.isFile()) {
+      await h.close().catch(() => undefined);
+      throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${name} to be a folder where saekit can keep its lock file but ${file} is not a regular file (a FIFO or device); remove it`);
     }
     let held = false;
     try {
