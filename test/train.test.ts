@@ -1830,6 +1830,10 @@ describe('checkpoint files are hostile input (checkpoint audit)', () => {
       ['NaN in W_dec', (t) => { const d = Float32Array.from(t.W_dec!.data as Float32Array); d[7] = NaN; t.W_dec = { ...t.W_dec!, data: d }; }, /W_dec.*NaN|NaN.*W_dec/],
       ['adam.v short', (t) => { t['adam.v'] = { dtype: 'float32', shape: [5], data: new Float32Array(5) }; }, /adam|state/],
     ];
+    // As a checkpoint written before the digest (stateSha256) was recorded: the tensor checks are what stops these.
+    const { stateSha256, ...older } = run.ck;
+    expect(stateSha256).toMatch(/^[0-9a-f]{64}$/);
+    writeFileSync(run.ckFile, JSON.stringify(older));
     for (const [what, edit, message] of edits) {
       const t = structuredClone(tensors);
       edit(t);
@@ -1842,6 +1846,28 @@ describe('checkpoint files are hostile input (checkpoint audit)', () => {
       const w1 = await s.weights();
       for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(w1[n]), `${what}: ${n}`).toEqual(bits(w0[n]));
     }
+  });
+
+  it("a state file changed since its checkpoint (one flipped bit in a weight: a valid float) is refused by the SHA-256 checkpoint.json records", async () => {
+    const seed = (Date.now() ^ 0x9e3779b9) >>> 0;
+    const run = await stoppedRun(seed);
+    const stateFile = path.join(run.ckDir, run.ck.stateFile as string);
+    const bytes = readFileSync(stateFile);
+    const { createHash } = await import('node:crypto');
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(run.ck.stateSha256);
+    // A bit of the data region (past the 8-byte length and the JSON header), chosen at random.
+    const start = 8 + Number(bytes.readBigUInt64LE(0));
+    const at = start + Math.floor(lcg(seed)() * (bytes.length - start));
+    bytes[at] = bytes[at]! ^ (1 << (seed % 8));
+    writeFileSync(stateFile, bytes);
+    using s = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 5 });
+    await expect(new Trainer(s, opts).fit(fromArray(run.x, dIn), { checkpointDir: run.ckDir, resume: true }), `seed ${seed}, byte ${at}`).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_FORMAT',
+      message: `${stateFile}: its SHA-256 is not the one checkpoint.json recorded (the file was damaged or replaced since: fix it or start over with overwrite)`,
+    });
+    // A digest that is not one is a bad field.
+    writeFileSync(run.ckFile, JSON.stringify({ ...run.ck, stateSha256: 'abc' }));
+    await expect(new Trainer(s, opts).fit(fromArray(run.x, dIn), { checkpointDir: run.ckDir, resume: true })).rejects.toMatchObject({ code: 'ERR_SAEKIT_FORMAT', message: expect.stringMatching(/field stateSha256 must be 64 hex digits but is "abc"/) });
   });
 
   it('a checkpoint past the end of a shorter run finishes without re-reading the data; a stale temporary file of a killed run with this process id is removed', async () => {

@@ -30,7 +30,7 @@
  * const result = await trainer.fit(source, { checkpointDir: 'runs/l8/ckpt', saveDir: 'runs/l8', logFile: 'runs/l8/log.jsonl' });
  * ```
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { type FileHandle, open, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -894,7 +894,22 @@ export class Trainer {
       ...momentTensors('adam.v', adam.v),
       tokens_since_fired: { dtype: 'float64', shape: [numLatents], data: since },
     });
-    const meta: Checkpoint = { version: CHECKPOINT_VERSION, step, tokens, scale, total, adamSteps: adam.t, stateFile, sae: { dIn, numLatents, k, applyBDecToInput }, options: this.options, ...(sourceRows !== undefined ? { sourceRows } : {}) };
+    // The state file's digest, read back from the page cache: a resume refuses a file damaged since
+    // (a flipped bit in a weight is otherwise a valid float, resumed as another run).
+    const stateSha256 = await fileSha256(path.join(dir, stateFile));
+    const meta: Checkpoint = {
+      version: CHECKPOINT_VERSION,
+      step,
+      tokens,
+      scale,
+      total,
+      adamSteps: adam.t,
+      stateFile,
+      stateSha256,
+      sae: { dIn, numLatents, k, applyBDecToInput },
+      options: this.options,
+      ...(sourceRows !== undefined ? { sourceRows } : {}),
+    };
     await writeFileAtomic(path.join(dir, 'checkpoint.json'), `${JSON.stringify(meta, null, 2)}\n`);
     // Older states are no longer referenced; temporary files of writes that a killed process never
     // finished (writeFileAtomic's .<name>.<pid>.<hex>.tmp, from another process) are removed too.
@@ -924,6 +939,14 @@ export class Trainer {
     }
     const { readSafetensors } = await import('../io/index.js');
     const file = path.join(dir, ck.stateFile);
+    if (ck.stateSha256 !== undefined) {
+      const digest = await fileSha256(file).catch((err: unknown) => {
+        throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: cannot be read (${(err as Error).message})`);
+      });
+      if (digest !== ck.stateSha256) {
+        throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: its SHA-256 is not the one checkpoint.json recorded (the file was damaged or replaced since: fix it or start over with overwrite)`);
+      }
+    }
     const r = await readSafetensors(file);
     // Every tensor is read and its dtype and shape checked before anything is set; a value the
     // setters refuse (NaN, a negative second moment) is then a FORMAT error naming the file, and
@@ -999,6 +1022,8 @@ interface Checkpoint {
   total: number;
   adamSteps: number;
   stateFile: string;
+  /** SHA-256 of the state file, hex (absent in checkpoints written before 2026-12-03). */
+  stateSha256?: string;
   /** applyBDecToInput: absent in checkpoints written before 2026-12-02 (all SAEs the CLI trains have it true). */
   sae: { dIn: number; numLatents: number; k: number; applyBDecToInput?: boolean };
   options: ResolvedTrainerOptions;
@@ -1104,6 +1129,9 @@ export async function readCheckpoint(dir: string): Promise<Checkpoint | undefine
   count('total', ck.total);
   count('adamSteps', ck.adamSteps);
   if (ck.sourceRows !== undefined) count('sourceRows', ck.sourceRows);
+  if (ck.stateSha256 !== undefined && (typeof ck.stateSha256 !== 'string' || !/^[0-9a-f]{64}$/.test(ck.stateSha256))) {
+    throw bad(`field stateSha256 must be 64 hex digits but is ${JSON.stringify(ck.stateSha256)}`);
+  }
   if (typeof ck.scale !== 'number' || !Number.isFinite(ck.scale) || ck.scale <= 0) throw bad(`field scale must be a finite number above 0 but is ${JSON.stringify(ck.scale) ?? 'missing'}`);
   const sae: unknown = ck.sae;
   if (sae === null || typeof sae !== 'object') throw bad(`field sae must be an object (dIn, numLatents, k) but is ${JSON.stringify(sae) ?? 'missing'}`);
@@ -1118,6 +1146,24 @@ export async function readCheckpoint(dir: string): Promise<Checkpoint | undefine
   if (ck.tokens !== ck.step * batch) throw bad(`field tokens is ${ck.tokens} but ${ck.step} steps of batches of ${batch} rows are ${ck.step * batch} tokens`);
   if (ck.adamSteps < ck.step) throw bad(`field adamSteps is ${ck.adamSteps}, fewer than the ${ck.step} steps trained`);
   return ck;
+}
+
+/** SHA-256 of a file, hex, read in 16 MiB pieces (between them the event loop runs). */
+async function fileSha256(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  const fh = await open(file, OPEN_READ_NOWAIT);
+  try {
+    const buf = new Uint8Array(16 << 20);
+    for (let at = 0; ; ) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, at);
+      if (bytesRead === 0) break;
+      hash.update(buf.subarray(0, bytesRead));
+      at += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
+  return hash.digest('hex');
 }
 
 function scaled(x: Float32Array, s: number): Float32Array {
