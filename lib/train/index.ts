@@ -912,11 +912,11 @@ export class Trainer {
     };
     await writeFileAtomic(path.join(dir, 'checkpoint.json'), `${JSON.stringify(meta, null, 2)}\n`);
     // Older states are no longer referenced; temporary files of writes that a killed process never
-    // finished (writeFileAtomic's .<name>.<pid>.<hex>.tmp, from another process) are removed too.
-    // Not a write of this process still under way: the folder lock keeps other runs out, and a
-    // killed run's process id may be this one's (containers restart with the same ids).
+    // finished (writeFileAtomic's .<name>.<pid>.<hex>.tmp) are removed too, whatever their process
+    // id (a killed run's may be this one's: containers restart with the same ids), unless this
+    // process is still writing them; the folder lock keeps other runs out.
     for (const f of await readdir(dir)) {
-      const stale = /^\.(?:state-\d+(?:-[0-9a-f]{12})?\.safetensors|checkpoint\.json)\.(\d+)\.[0-9a-f]+\.tmp$/.test(f);
+      const stale = /^\.(?:state-\d+(?:-[0-9a-f]{12})?\.safetensors|checkpoint\.json)\.\d+\.[0-9a-f]+\.tmp$/.test(f);
       if ((STATE_FILE.test(f) && f !== stateFile) || (stale && !isPendingTemporary(path.join(dir, f)))) await rm(path.join(dir, f), { force: true });
     }
   }
@@ -952,7 +952,6 @@ export class Trainer {
     // setters refuse (NaN, a negative second moment) is then a FORMAT error naming the file, and
     // the SAE gets its weights back.
     const bad = (why: string) => new SaekitError('ERR_SAEKIT_FORMAT', `${file}: ${why} (a damaged checkpoint: fix it or start over with overwrite)`);
-    let before: Awaited<ReturnType<SparseAutoencoder['weights']>> | undefined;
     try {
       const get = async (name: string, dtype: 'float32' | 'float64', shape?: number[]) => {
         const info = r.get(name);
@@ -977,7 +976,7 @@ export class Trainer {
       };
       const state = { m: await moment('adam.m'), v: await moment('adam.v'), t: ck.adamSteps };
       const since = (await get('tokens_since_fired', 'float64', [numLatents])) as Float64Array;
-      before = await this.sae.weights();
+      const before = await this.sae.weights();
       try {
         this.sae.setWeights(weights);
         opt.setStatePieces(state);
