@@ -138,3 +138,22 @@ describe('docs/architecture.md', () => {
   });
 
 });
+
+describe('docs/references.md', () => {
+  it('has a section for every "docs/references.md §N" the README and the sources cite (the package ships it in docs/)', () => {
+    const refs = readFileSync(path.join(packageRoot, 'docs', 'references.md'), 'utf8');
+    const sections = new Set([...refs.matchAll(/^#{2,3} (\d+(?:\.\d+)?)\.? /gm)].map((m) => m[1]!));
+    const cited = new Map<string, string>();
+    const walk = (dir: string): string[] => readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []));
+    for (const file of [path.join(packageRoot, 'README.md'), ...walk(path.join(packageRoot, 'lib'))]) {
+      const text = readFileSync(file, 'utf8');
+      expect(text, file).not.toMatch(/\bmethods\.md\b/);
+      // "docs/references.md §1.4-§1.6, §9": each § after the name, up to the end of the clause.
+      for (const m of text.matchAll(/docs\/references\.md((?:[ ,;-]*(?:and )?§\d+(?:\.\d+)?)+)/g)) {
+        for (const s of m[1]!.matchAll(/§(\d+(?:\.\d+)?)/g)) cited.set(s[1]!, path.relative(packageRoot, file));
+      }
+    }
+    expect(cited.size).toBeGreaterThan(10);
+    for (const [s, file] of cited) expect(sections.has(s), `§${s} cited in ${file}`).toBe(true);
+  });
+});

@@ -632,7 +632,7 @@ describe('features.correlation: inputs and edge cases', () => {
     }
   });
 
-  it("compat 'univ-feat-geom' gives that repository's z-scores (unbiased std) over N: r (N - 1) / N, full and top, labelled (methods.md §1.2, §1.8)", async () => {
+  it("compat 'univ-feat-geom' gives that repository's z-scores (unbiased std) over N: r (N - 1) / N, full and top, labelled (docs/references.md §1.2, §1.8)", async () => {
     const next = lcg(67);
     const n = 50;
     const [p, q] = [3, 4];

@@ -92,7 +92,7 @@ describe('match: argmax', () => {
 });
 
 /**
- * univ_feat_geom's pairing, written from methods.md §1.4 steps 1, 3 and 4 in float64: every B
+ * univ_feat_geom's pairing, written from docs/references.md §1.4 steps 1, 3 and 4 in float64: every B
  * feature's argmax A feature (ties to the lowest a); the "1-1" filter counts each A feature in that
  * unfiltered list, keeps A features seen once, and for the others only the first pair in B order;
  * then pairs with score > threshold (strict).

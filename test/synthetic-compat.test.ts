@@ -70,7 +70,7 @@ describe('roundFloat16', () => {
   });
 });
 
-describe('sharkey: uncorrelated mode (methods.md §4.3)', () => {
+describe('sharkey: uncorrelated mode (docs/references.md §4.3)', () => {
   it('p_i = 0.99^i * 5/512 without renormalisation: expected L0 0.97, measured within 5 sigma; codes U(0, 1)', () => {
     const seed = freshSeed(2);
     const N = 150000;
@@ -313,7 +313,7 @@ function inclusionRef(w: number[], k: number): number[] {
   return pi;
 }
 
-describe('mfr (methods.md §4.4)', () => {
+describe('mfr (docs/references.md §4.4)', () => {
   it('defaults: 12 groups of 42, 32 active, features 504-511 never used; unnormalised float16 features', () => {
     const d = mfr({ numRows: 3000, batchSize: 1000, seed: freshSeed(10) });
     expect(d.compat).toBe('mfr');

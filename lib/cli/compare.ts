@@ -159,7 +159,7 @@ async function dataInputs(f: CompareFlags): Promise<OutInput[]> {
 
 /**
  * Default --max-pairs: SVCCA and RSA use a random subsample of at most this many matched pairs.
- * methods.md §9 puts the limit for RSA's O(n^2) triangles near 20k pairs; in JS (float64 triangles,
+ * docs/references.md §9 puts the limit for RSA's O(n^2) triangles near 20k pairs; in JS (float64 triangles,
  * a radix sort for the ranks) 20k pairs means ~200M dissimilarities per side, several GiB and
  * minutes, so the default is lower; --max-pairs raises it.
  */
@@ -281,7 +281,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
     signal?.throwIfAborted();
     const [wa, wb] = [await a.weights(), await b.weights()];
     const kept = m.pairs.length;
-    // SVCCA and RSA on a random subsample of at most --max-pairs pairs (methods.md §9).
+    // SVCCA and RSA on a random subsample of at most --max-pairs pairs (docs/references.md §9).
     const used = subsample(kept, f.maxPairs, 0n).map((i) => m.pairs[i]!);
     const n = used.length;
     const pa = rowsOf(wa.W_dec, a.dIn, used.map((p) => p.a));

@@ -1,6 +1,6 @@
 /**
  * Compat generators: the synthetic data of two published SAE studies, quirks included
- * (reference/methods.md §4.3, §4.4 and §4.6). saekit's principled generator is
+ * (docs/references.md §4.3, §4.4 and §4.6). saekit's principled generator is
  * synthetic.superposition (synthetic.ts, §4.5 semantics); these reproduce what the original code
  * did, so that its results can be compared like with like, and label their results as compat.
  *
@@ -68,7 +68,7 @@ const MFR_OPTIONS = optionNames<MfrOptions>({ dIn: true, numFeatures: true, grou
 // ---------------------------------------------------------------------------------------------
 // Options and results.
 
-/** Options of synthetic.sharkey() (methods.md §4.3); every one has the reference's default. */
+/** Options of synthetic.sharkey() (docs/references.md §4.3); every one has the reference's default. */
 export interface SharkeyOptions {
   /** 'uncorrelated' (replicate_toy_models.py) or 'correlated' (one MVN draw per generation batch). Default 'uncorrelated'. */
   mode?: 'uncorrelated' | 'correlated';
@@ -90,7 +90,7 @@ export interface SharkeyOptions {
   seed?: number | bigint;
 }
 
-/** Options of synthetic.mfr() (methods.md §4.4); every one has the reference's default. */
+/** Options of synthetic.mfr() (docs/references.md §4.4); every one has the reference's default. */
 export interface MfrOptions {
   /** Dimension of the rows (num_features). Default 256. */
   dIn?: number;
@@ -481,7 +481,7 @@ function rowsAndCodes(
 }
 
 /**
- * Sharkey, Braun and Millidge's toy data (methods.md §4.3, HoagyC/sparse_coding), quirks
+ * Sharkey, Braun and Millidge's toy data (docs/references.md §4.3, HoagyC/sparse_coding), quirks
  * included: in 'uncorrelated' mode p_i = decay^i * numActive / numFeatures without
  * renormalisation (about 0.97 features per row at the defaults, not 5); in 'correlated' mode one
  * MVN(0, R) draw per generation batch sets the batch's firing probabilities, so features fire
@@ -615,7 +615,7 @@ export function sharkey(options?: SharkeyOptions): SharkeyData {
 // MFR: grouped features with one support per group per generation batch.
 
 /**
- * The synthetic data of the mutual-feature-regularisation study (methods.md §4.4,
+ * The synthetic data of the mutual-feature-regularisation study (docs/references.md §4.4,
  * utils/data_utils.py::generate_synthetic_data), quirks included: unnormalised randn features
  * (float16 by default), groups of floor(numFeatures / groups) features with the tail never
  * used, and each group's active set drawn ONCE per generation batch (weighted sampling without

@@ -1,5 +1,5 @@
 /**
- * Synthetic superposition data with known ground truth (reference/methods.md §4.2–§4.5).
+ * Synthetic superposition data with known ground truth (docs/references.md §4.2–§4.5).
  *
  * Each row independently fires feature i with probability p_i (optionally with correlated firing
  * through a per-row Gaussian copula, §4.5), draws a magnitude c_i for every fired feature, and is
@@ -1111,7 +1111,7 @@ export function syntheticSource(dIn: number, numRows: number, row: (r: number, o
 }
 
 /**
- * A finite source of synthetic superposition rows with its ground truth (methods.md §4).
+ * A finite source of synthetic superposition rows with its ground truth (docs/references.md §4).
  * Rows are generated on demand, so numRows may be large; each epoch serves the same rows.
  * source.batches() generates each batch on the JS thread in ~20 ms slices between turns of the
  * event loop; superposition() itself draws the features (numFeatures × dIn normals) at once.

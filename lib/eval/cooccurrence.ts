@@ -1,5 +1,5 @@
 /**
- * Chunk co-occurrence of latents and the phi coefficient (reference/methods.md §5.7,
+ * Chunk co-occurrence of latents and the phi coefficient (docs/references.md §5.7,
  * "Co-occurrence" and "Affinities", after Li et al., "The Geometry of Concepts").
  *
  * Definitions:

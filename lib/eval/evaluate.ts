@@ -1,6 +1,6 @@
 /**
  * Offline SAE evaluation over an activation source: reconstruction, sparsity, density and
- * dictionary geometry, with the SAELens 6.4x / SAEBench field names (reference: methods.md §5.1,
+ * dictionary geometry, with the SAELens 6.4x / SAEBench field names (reference: docs/references.md §5.1,
  * §5.2; sae-libraries.md §3.4, §5.2).
  *
  * The source is read once, in file order, up to `maxTokens` rows (the last batch is cut). Every
@@ -15,7 +15,7 @@
  * - `mse = (1/N) sum_t ||x - x_hat||^2` (SAELens 6.4x `mse`).
  * - `fvu = sum_t ||x - x_hat||^2 / sum_t ||x - mean_t x||^2` with the mean over all N tokens;
  *   `explained_variance = 1 - fvu` (SAELens 6.4x ExplainedVarianceCalculator, our convention of
- *   methods.md §5.1). The denominator is summed per dimension with Chan et al.'s pairwise merge
+ *   docs/references.md §5.1). The denominator is summed per dimension with Chan et al.'s pairwise merge
  *   of per-batch (mean, centred sum of squares) in float64, so a large mean does not cancel.
  * - `cossim = (1/N) sum_t <x, x_hat> / (||x|| ||x_hat||)` (0 where either norm is 0);
  *   `l2_ratio = (1/N) sum_t ||x_hat|| / max'(||x||)`, where a row with `||x|| < 1e-4` (a zeroed

@@ -1,4 +1,4 @@
-/** Evaluation metrics. Ground-truth recovery: MMCS and MCC (methods.md §4.1), exact linear assignment. */
+/** Evaluation metrics. Ground-truth recovery: MMCS and MCC (docs/references.md §4.1), exact linear assignment. */
 export { mmcs, mcc } from './recovery.js';
 export type { MmcsOptions, MmcsResult, MccOptions, MccResult, Similarity } from './recovery.js';
 export { linearAssignment, linearAssignmentAsync } from './assignment.js';

@@ -1,6 +1,6 @@
 /**
  * MDL description length of an SAE's codes (Ayonrinde, Pearce and Sharkey, arXiv 2410.11179;
- * methods.md §5.3). Per token, the bits to say which latents are active plus their quantised
+ * docs/references.md §5.3). Per token, the bits to say which latents are active plus their quantised
  * values, entropy-coded per latent:
  *
  *   DL = sum_i [ H_b(p_i) + p_i H(q_i | active) ]   bits per token
@@ -337,7 +337,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
   return result;
 }
 
-/** SAEBench's calculate_dl (methods.md §5.3), labelled compat. */
+/** SAEBench's calculate_dl (docs/references.md §5.3), labelled compat. */
 async function saebenchCompat(sae: SparseAutoencoder, xs: Float32Array[], codes: SparseCodes[], tokens: number, signal: AbortSignal | undefined) {
   const M = sae.numLatents;
   const maxv = new Float64Array(M).fill(100); // SAEBench initialises the running max at 100

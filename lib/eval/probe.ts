@@ -1,5 +1,5 @@
 /**
- * k-sparse probing (reference/methods.md §5.5, SAEBench variant of Gurnee et al. 2023).
+ * k-sparse probing (docs/references.md §5.5, SAEBench variant of Gurnee et al. 2023).
  *
  * Definitions:
  * - Split: the n examples are shuffled with a seeded Fisher-Yates shuffle (mulberry32 generator)

@@ -1,5 +1,5 @@
 /**
- * PS-Eval, polysemous-word evaluation (reference/methods.md §5.4, Minegishi et al., after
+ * PS-Eval, polysemous-word evaluation (docs/references.md §5.4, Minegishi et al., after
  * `gouki510/PS-Eval` `wic_eval.py`).
  *
  * Each pair holds the SAE activation vectors of the target word in two contexts and the WiC label:

@@ -1,5 +1,5 @@
 /**
- * Ground-truth recovery metrics (reference/methods.md §4.1): MMCS and MCC between learned decoder
+ * Ground-truth recovery metrics (docs/references.md §4.1): MMCS and MCC between learned decoder
  * rows and ground-truth feature directions.
  *
  * Cosines are computed in float64 from the float32 inputs as cos(a, b) = a.b / sqrt(|a|^2 |b|^2),

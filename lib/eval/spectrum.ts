@@ -1,5 +1,5 @@
 /**
- * Decoder spectrum and its power law (reference/methods.md §5.7, "Eigenvalue power law", after Li
+ * Decoder spectrum and its power law (docs/references.md §5.7, "Eigenvalue power law", after Li
  * et al., "The Geometry of Concepts").
  *
  * Definitions:

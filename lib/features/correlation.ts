@@ -1,6 +1,6 @@
 /**
  * Streaming Pearson correlation between the features of two SAEs (or any two aligned activation
- * streams) over tokens (methods.md §1.2-§1.3, §9):
+ * streams) over tokens (docs/references.md §1.2-§1.3, §9):
  *
  * - kind 'codes': the SAEs' sparse codes, correlated natively (native/cpu/sparse_corr.cpp, or with
  *   `device` on CUDA: native/cuda/corr.cu, the same bits). The
@@ -113,7 +113,7 @@ export interface CorrelationOptions {
    */
   signal?: AbortSignal;
   /**
-   * 'univ-feat-geom': reproduce that repository's correlation (methods.md §1.2, §1.8, §9), which
+   * 'univ-feat-geom': reproduce that repository's correlation (docs/references.md §1.2, §1.8, §9), which
    * z-scores each column with torch's unbiased std but divides the product by N, so it returns
    * r (N - 1) / N for N tokens (masked-out ones excluded) instead of Pearson r: every r (the full
    * matrix and the top lists) is multiplied by that factor, the order of matches is unchanged, and

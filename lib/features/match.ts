@@ -1,8 +1,8 @@
 /**
- * Matching features across SAEs and layers (docs: shared/reference/methods.md).
+ * Matching features across SAEs and layers (docs/references.md).
  *
  * - match(): pairs features of A (rows) with features of B (columns) of a correlation or
- *   similarity matrix: 'argmax' (every B feature to its best A feature, methods.md §1.4 step 1;
+ *   similarity matrix: 'argmax' (every B feature to its best A feature, docs/references.md §1.4 step 1;
  *   Convergent Learning's semi-matching, §2), 'mutual' (mutual nearest neighbours, relaxed to
  *   top-n "best buddies" as in Rosetta Neurons, §2) or 'hungarian' (exact one-to-one assignment
  *   maximising the total score, §2 bipartite matching, solved natively off the JS thread), then
@@ -53,7 +53,7 @@ export interface MatchOptions {
    */
   top?: number;
   /**
-   * For 'argmax': univ_feat_geom's "1-1" filter (methods.md §1.4 step 3, its `oneToOne_bool`).
+   * For 'argmax': univ_feat_geom's "1-1" filter (docs/references.md §1.4 step 3, its `oneToOne_bool`).
    * Where several B features share their best A feature, only the pair with the lowest B index is
    * kept, whatever its score (that repository keeps the first pair in B order, not the best one);
    * applied before `threshold`, as there, so an A feature whose first pair scores under the
@@ -310,7 +310,7 @@ async function hungarianPairs(corr: Float32Array | Float64Array, nA: number, nB:
 /** Options of saeMatch(). */
 export interface SaeMatchOptions {
   /**
-   * Fold JumpReLU thresholds into the weights before matching (methods.md §3): encoder columns
+   * Fold JumpReLU thresholds into the weights before matching (docs/references.md §3): encoder columns
    * and b_enc divided by θ_i, decoder rows multiplied by θ_i. A no-op for SAEs without
    * thresholds (TopK). Default true. An SAE with a threshold that is 0 (or not finite) cannot be
    * folded: saeMatch then fails naming saeA or saeB and the latent; pass false to match the
@@ -355,7 +355,7 @@ export interface SaeMatchResult {
 }
 
 /**
- * The folded weights of an SAE (methods.md §3): with thresholds θ (JumpReLU), `W_enc[:, i] / θ_i`,
+ * The folded weights of an SAE (docs/references.md §3): with thresholds θ (JumpReLU), `W_enc[:, i] / θ_i`,
  * `b_enc[i] / θ_i`, `θ_i W_dec[i, :]` and threshold 1, which leaves the SAE function unchanged
  * (f̃_i = f_i / θ_i). Weights without thresholds are returned as copies. θ_i must be finite and
  * > 0: a latent with θ_i = 0 (a plain ReLU) has no folded form (no scale gives it threshold 1),
@@ -477,7 +477,7 @@ function* toFloat32(p: Float64Array): Generator<number, Float32Array> {
 }
 
 /**
- * SAE Match (methods.md §3): the permutation π minimising Σ_i ‖a_i − b_π(i)‖² over (folded)
+ * SAE Match (docs/references.md §3): the permutation π minimising Σ_i ‖a_i − b_π(i)‖² over (folded)
  * decoder rows (and, with `encoder`, encoder columns) of two SAEs with the same numLatents and
  * dIn, solved exactly as a linear assignment.
  *

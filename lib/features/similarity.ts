@@ -1,7 +1,7 @@
 /**
  * Similarity of two representations of the same n observations (for example matched decoder rows
  * of two SAEs, or activations on the same tokens): SVCCA, PWCCA, RSA, linear CKA and a row-shuffle
- * permutation test (reference/methods.md §1.4-§1.6, §1.8, §9).
+ * permutation test (docs/references.md §1.4-§1.6, §1.8, §9).
  *
  * Matrices are row-major [n, d]: row i of A and row i of B describe the same observation. A and B
  * may have different widths dA and dB. All arithmetic is float64.
@@ -108,7 +108,7 @@ export interface SvccaOptions {
   dB: number;
   /** Share of variance kept in (0, 1) (default 0.99), or an integer >= 1: that many directions. */
   keep?: number;
-  /** Reproduce univ_feat_geom's k selection (methods.md §1.5); labelled in the result. */
+  /** Reproduce univ_feat_geom's k selection (docs/references.md §1.5); labelled in the result. */
   compat?: 'univ-feat-geom';
   /**
    * Stops the work at its next turn of the event loop (about every 20 ms), rejecting with
@@ -541,7 +541,7 @@ async function checkSvcca(A: Matrix, B: Matrix, options: SvccaOptions) {
 }
 
 /**
- * SVCCA (methods.md §1.5): SVD of each column-centred side to the directions holding `keep` of the
+ * SVCCA (docs/references.md §1.5): SVD of each column-centred side to the directions holding `keep` of the
  * variance, then CCA between the reduced spaces. See the module comment for the exact definition.
  * Runs in slices of about 20 ms between which the event loop runs (seconds in all at a few
  * thousand rows and a few hundred dims); bad arguments reject the Promise.
@@ -815,7 +815,7 @@ export async function pwccaPermutationTest(
 // ---------------------------------------------------------------------------------------------
 // RSA
 
-/** Above this many rows RSA's triangles do not fit typical memory (methods.md §9: subsample). */
+/** Above this many rows RSA's triangles do not fit typical memory (docs/references.md §9: subsample). */
 const RSA_ADVISED_N = 20000;
 
 /** A Float64Array for the n(n-1)/2 entries of a triangle, or ERR_SAEKIT_MEMORY naming n. */
@@ -830,7 +830,7 @@ function allocTriangle(n: number): Float64Array {
   if (m * RSA_BYTES_PER_PAIR > os.totalmem() / 2) {
     throw new SaekitError(
       'ERR_SAEKIT_MEMORY',
-      `Expected options.n small enough for RSA's n(n-1)/2 = ${m} dissimilarities (about ${((m * RSA_BYTES_PER_PAIR) / 2 ** 30).toFixed(1)} GiB at its peak, more than half of this machine's ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB) but received n = ${n}; compare a random subsample of at most about ${RSA_ADVISED_N} rows (methods.md §9)`,
+      `Expected options.n small enough for RSA's n(n-1)/2 = ${m} dissimilarities (about ${((m * RSA_BYTES_PER_PAIR) / 2 ** 30).toFixed(1)} GiB at its peak, more than half of this machine's ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB) but received n = ${n}; compare a random subsample of at most about ${RSA_ADVISED_N} rows (docs/references.md §9)`,
     );
   }
   try {
@@ -839,7 +839,7 @@ function allocTriangle(n: number): Float64Array {
     if (!(e instanceof RangeError)) throw e;
     throw new SaekitError(
       'ERR_SAEKIT_MEMORY',
-      `Expected options.n small enough for RSA's n(n-1)/2 = ${m} float64 dissimilarities (${(m * 8 / 2 ** 30).toFixed(1)} GiB per side) but received n = ${n}, which cannot be allocated; compare a random subsample of at most about ${RSA_ADVISED_N} rows (methods.md §9)`,
+      `Expected options.n small enough for RSA's n(n-1)/2 = ${m} float64 dissimilarities (${(m * 8 / 2 ** 30).toFixed(1)} GiB per side) but received n = ${n}, which cannot be allocated; compare a random subsample of at most about ${RSA_ADVISED_N} rows (docs/references.md §9)`,
     );
   }
 }
@@ -1106,7 +1106,7 @@ async function rsaSides(A: Matrix, B: Matrix, options: RsaOptions): Promise<{ n:
 }
 
 /**
- * RSA (methods.md §1.6): rank (or Pearson) correlation of the strict upper triangles of the RDMs.
+ * RSA (docs/references.md §1.6): rank (or Pearson) correlation of the strict upper triangles of the RDMs.
  * Runs in slices of about 20 ms between which the event loop runs (O(n^2 d): seconds at a few
  * thousand rows); bad arguments, or an n whose triangles cannot be allocated, reject the Promise.
  * @example const { score } = await rsa(A, B, { n: 2000, dA: 768, dB: 768 });
@@ -1237,7 +1237,7 @@ export async function cka(A: Matrix, B: Matrix, options: CkaOptions): Promise<{ 
 // Permutation test
 
 /**
- * Row-shuffle baseline (methods.md §1.4 `shuffle_rand`): `score(A, B)`, then `runs` scores with the
+ * Row-shuffle baseline (docs/references.md §1.4 `shuffle_rand`): `score(A, B)`, then `runs` scores with the
  * rows of B permuted by a seeded PRNG; pValue = (1 + #{shuffled >= score}) / (1 + runs). A NaN
  * score (undefined, e.g. RSA or CKA with a constant side) gives pValue NaN and no shuffled runs.
  * `score` may return a number or a Promise of one (svcca, rsa and cka return Promises); each is
