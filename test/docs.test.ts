@@ -51,7 +51,7 @@ describe('environment variables', () => {
     };
     // A lower or an upper end of each range (cli.test.ts checks SAEKIT_NUM_THREADS=1024 and 1025 through dist/); an empty value is unset.
     expect(warnings({ SAEKIT_NUM_THREADS: '1', SAEKIT_SIMD: '', SAEKIT_BLAS: 'builtin', SAEKIT_CUDA: '1', SAEKIT_TILE_BYTES: '1024', SAEKIT_TILE_ROWS: String(2 ** 30), SAEKIT_IO_THREADS: '64' })).toEqual([]);
-    const past = { SAEKIT_NUM_THREADS: '0', SAEKIT_SIMD: 'sse4.2', SAEKIT_BLAS: 'openblas', SAEKIT_CUDA: '2', SAEKIT_TILE_BYTES: '1023', SAEKIT_TILE_ROWS: String(2 ** 30 + 1), SAEKIT_IO_THREADS: '65' };
+    const past = { SAEKIT_NUM_THREADS: '0', SAEKIT_SIMD: 'sse4.2', SAEKIT_BLAS: 'mkl', SAEKIT_CUDA: '2', SAEKIT_TILE_BYTES: '1023', SAEKIT_TILE_ROWS: String(2 ** 30 + 1), SAEKIT_IO_THREADS: '65' };
     expect(warnings(past)).toEqual(Object.keys(past).sort());
   });
 

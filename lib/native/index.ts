@@ -286,7 +286,7 @@ let binding: NativeBinding | undefined;
 const ENV_VALUES: Record<string, { valid: (v: string) => boolean; expected: string }> = {
   SAEKIT_NUM_THREADS: { valid: (v) => /^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 1024, expected: 'an integer between 1 and 1024' },
   SAEKIT_SIMD: { valid: (v) => ['scalar', 'sse42', 'avx2', 'avx512'].includes(v), expected: 'one of scalar, sse42, avx2, avx512' },
-  SAEKIT_BLAS: { valid: (v) => v === 'builtin', expected: "'builtin' (or unset)" },
+  SAEKIT_BLAS: { valid: (v) => v === 'builtin' || v === 'openblas', expected: "'builtin', 'openblas' (or unset)" },
   SAEKIT_CUDA: { valid: (v) => v === '0' || v === '1', expected: "'0' (no CUDA) or '1'" },
   SAEKIT_TILE_BYTES: { valid: (v) => /^\d+$/.test(v) && Number(v) >= 1024 && Number(v) <= 2 ** 36, expected: 'an integer number of bytes between 1024 and 2^36' },
   SAEKIT_TILE_ROWS: { valid: (v) => /^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 2 ** 30, expected: 'an integer between 1 and 2^30' },

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 
+#include "../core/cpu_features.h"
 #include "../core/error.h"
 #include "gemm_builtin.h"
 
@@ -20,6 +21,15 @@ void openblas_set_num_threads(int) __attribute__((weak));
 namespace sk::cpu {
 
 namespace {
+
+// OpenBLAS cores whose kernels use SSE only (no AVX): its DYNAMIC_ARCH fallbacks.
+[[maybe_unused]] bool sse_only_core(const std::string& core) {
+  static const char* const kCores[] = {"Katmai", "Coppermine", "Northwood", "Prescott", "Banias", "Atom", "Core2",
+                                       "Penryn", "Dunnington", "Nehalem", "Opteron", "Opteron_SSE3", "Barcelona", "Bobcat"};
+  for (const char* c : kCores)
+    if (core == c) return true;
+  return false;
+}
 
 BlasInfo detect() {
   BlasInfo info;
@@ -40,6 +50,16 @@ BlasInfo detect() {
   if (env && std::strcmp(env, "builtin") == 0) {
     info.active = false;
     info.reason = "SAEKIT_BLAS=builtin";
+  } else if (!(env && std::strcmp(env, "openblas") == 0) && sse_only_core(info.coretype) && simd_level() >= SimdLevel::AVX2) {
+    // OpenBLAS's DYNAMIC_ARCH picks its kernels from the CPU model: where a hypervisor hides the
+    // model ("Intel Xeon Processor"), it falls back to SSE kernels (Prescott), about 3x slower
+    // than the built-in AVX2 / AVX-512 GEMM on the same machine (measured 2026-12-03: 20-25 against
+    // 68-71 GFLOP/s at 2048 x 768 x 4096). SAEKIT_BLAS=openblas (with OPENBLAS_CORETYPE=Haswell or
+    // SkylakeX, which OpenBLAS then uses) keeps OpenBLAS.
+    info.active = false;
+    info.reason = "OpenBLAS chose its " + info.coretype + " (SSE) kernels on this " + simd_level_name(simd_level()) +
+                  " CPU (a CPU model it does not know); the built-in GEMM is faster here. To use OpenBLAS, set "
+                  "OPENBLAS_CORETYPE (Haswell, SkylakeX, Zen) and SAEKIT_BLAS=openblas";
   }
 #else
   info.reason = "saekit was built without a CBLAS library (install libopenblas-dev and rebuild)";
