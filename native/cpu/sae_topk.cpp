@@ -80,7 +80,18 @@ void offer_topk(const SaeKernels& kern, TopKHeap* h, const float* pre, const flo
   sel.assign(maxima.begin(), maxima.end());
   std::nth_element(sel.begin(), sel.begin() + (K - 1), sel.end(), std::greater<float>());
   const float t = sel[size_t(K - 1)];
+  // relu_code (a NaN offered as +Infinity) costs a third of the selection here (its extra
+  // compares in this loop: measured 2026-12-03, 3.5 -> 4.9 ms a 1024 x 4096 batch), so only a block
+  // whose maximum is +Infinity (relu_block_max's value for a NaN, or an infinite pre-activation:
+  // either refuses the row) takes it; the others take the plain ReLU.
   auto offer = [&](int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; ++l) {
+      float a = pre[l] + bias[l];
+      a = a > 0.0f ? a : 0.0f;
+      if (a >= t) topk_push(h, a, base + int32_t(l));
+    }
+  };
+  auto offer_code = [&](int64_t l0, int64_t l1) {
     for (int64_t l = l0; l < l1; ++l) {
       const float a = relu_code(pre[l] + bias[l]);
       if (a >= t) topk_push(h, a, base + int32_t(l));
@@ -90,9 +101,10 @@ void offer_topk(const SaeKernels& kern, TopKHeap* h, const float* pre, const flo
     const float m = maxima[size_t(b)];
     // A full heap keeps only values above its worst (equal ones have larger indices).
     if (m < t || (h->size == K && !(m > h->v[0]))) continue;
-    offer(16 * b, 16 * b + 16);
+    if (m == std::numeric_limits<float>::infinity()) offer_code(16 * b, 16 * b + 16);
+    else offer(16 * b, 16 * b + 16);
   }
-  offer(16 * blocks, count);
+  offer_code(16 * blocks, count);
 }
 
 // Column sums of rows [0, N) of A [N, D] scaled by `scale`, accumulated in float64 over fixed
