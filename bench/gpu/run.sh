@@ -187,10 +187,15 @@ fi
     sk=$(get tokens_per_s_prefetched); [ -n "$sk" ] || sk=$(get tokens_per_s)
     st=$(get step_prefetched_ms); [ -n "$st" ] || st=$(get step_ms)
     fl=$(get floor_ms)
-    tt=$({ grep "^BENCH impl=torch dIn=$(get dIn) numLatents=$(get numLatents) " "$OUT_DIR/torch.log" 2>/dev/null || true; } | head -1 | tr ' ' '\n' | { grep '^tokens_per_s=' || true; } | cut -d= -f2)
-    awk -v s="$(get dIn)x$(get numLatents)" -v sk="$sk" -v tt="$tt" -v st="$st" -v fl="$fl" 'BEGIN {
-      printf "targets %s: saekit/torch %s (>= 1.5), step/floor %s (<= 1.3)\n", s,
-        (tt + 0 > 0 ? sprintf("%.2f", sk / tt) : "n/a"), (fl + 0 > 0 ? sprintf("%.2f", st / fl) : "n/a") }'
+    # Against the faster PyTorch variant (sparsify's sparse-encoder step or the dense one), as
+    # the CPU bench does: the target is beating the best reference, not the slower one.
+    best=$({ grep -E "^BENCH impl=torch(-dense)? dIn=$(get dIn) numLatents=$(get numLatents) " "$OUT_DIR/torch.log" 2>/dev/null || true; } |
+      awk '{ impl = ""; tps = 0; for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "impl") impl = kv[2]; if (kv[1] == "tokens_per_s") tps = kv[2] + 0 }
+             if (tps > best) { best = tps; which = impl } } END { if (best > 0) print best, which }')
+    tt=${best%% *}; which=${best#* }
+    awk -v s="$(get dIn)x$(get numLatents)" -v sk="$sk" -v tt="$tt" -v which="$which" -v st="$st" -v fl="$fl" 'BEGIN {
+      printf "targets %s: saekit/torch %s (>= 1.5; the faster torch variant: %s), step/floor %s (<= 1.3)\n", s,
+        (tt + 0 > 0 ? sprintf("%.2f", sk / tt) : "n/a"), (tt + 0 > 0 ? which : "none"), (fl + 0 > 0 ? sprintf("%.2f", st / fl) : "n/a") }'
   done
   { grep '^BENCH impl=saekit' "$OUT_DIR/bench.log" 2>/dev/null || true; } | while read -r line; do
     echo "saekit $(get dIn)x$(get numLatents) phases ms: gemm $(get gemm_ms) select $(get select_ms) (a block per row: $(get select_block_ms); topk alone $(get topk_alone_ms) vs $(get topk_alone_block_ms)) decode $(get decode_ms) (rows gathered twice: $(get decode_plain_ms), device $(get device_plain_ms))" \
