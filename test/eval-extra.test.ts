@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { CooccurrenceAccumulator, phiCoefficient } from '../lib/eval/cooccurrence.js';
-import { fitLogistic, sparseProbe } from '../lib/eval/probe.js';
+import { fitLogistic, sparseProbe, sparseProbeAsync } from '../lib/eval/probe.js';
+import { everyLookATurn, gapBound, watchCall } from './helpers/event-loop.js';
 import { psEval } from '../lib/eval/pseval.js';
 import { lcg } from './helpers/reference.js';
 import { activeSets, sliceCodes } from './helpers/cooccurrence-reference.js';
@@ -761,3 +762,30 @@ describe('cooccurrence() over an SAE and a source', () => {
   });
 });
 
+
+describe('sparseProbeAsync (consumer review: sparseProbe held the JS thread ~2 s at 8192 x 16384)', () => {
+  it('gives sparseProbe\'s results while the event loop runs, rejects bad arguments, and stops on its signal', async () => {
+    const seed = (Date.now() ^ 0x68e31da4) >>> 0;
+    const next = lcg(seed);
+    const [n, m] = [600 + Math.floor(next() * 200), 2001 + Math.floor(next() * 500)];
+    const labels = Uint8Array.from({ length: n }, () => (next() < 0.5 ? 1 : 0));
+    // A few latents carry the label.
+    const features = Float32Array.from({ length: n * m }, (_, i) => next() - 0.5 + ((i % m) % 97 === 3 && labels[Math.floor(i / m)] ? 0.8 : 0));
+    const opts = { m, k: [1, 4, 9], seed: 11 };
+    const want = sparseProbe(features, labels, opts);
+    const { value: got, elapsed, longest, firings } = await watchCall(() => sparseProbeAsync(features, labels, opts));
+    expect(got, `seed ${seed}`).toEqual(want);
+    expect(longest, `seed ${seed}: longest gap of a ${elapsed.toFixed(0)} ms call`).toBeLessThan(gapBound(elapsed));
+    expect(firings, `seed ${seed}`).toBeGreaterThan(0);
+    // Arguments: the same checks, as rejections.
+    await expect(sparseProbeAsync(features, labels.subarray(1), opts)).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE' });
+    await expect(sparseProbeAsync(features, labels, { ...opts, C: 0 })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.C/) });
+    await expect(sparseProbeAsync(features, labels, undefined as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/for options but received undefined/) });
+    await expect(sparseProbeAsync(features, labels, { ...opts, signal: 'stop' as never })).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.signal/) });
+    // An abort is seen at the next slice (every look at the clock ends a slice here).
+    const ctrl = new AbortController();
+    const reason = new Error('stop');
+    setImmediate(() => ctrl.abort(reason));
+    await expect(everyLookATurn(() => sparseProbeAsync(features, labels, { ...opts, signal: ctrl.signal }))).rejects.toBe(reason);
+  });
+});

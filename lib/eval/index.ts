@@ -7,7 +7,7 @@ export { spectrum, powerLawFit, symmetricEigenvalues } from './spectrum.js';
 export type { SpectrumResult } from './spectrum.js';
 export { COOCCURRENCE_MAX_LATENTS, CooccurrenceAccumulator, cooccurrence, phiCoefficient } from './cooccurrence.js';
 export type { CooccurrenceCodes, CooccurrenceInput, CooccurrenceOptions, CooccurrencePair, CooccurrenceResult, CooccurrenceResultOptions } from './cooccurrence.js';
-export { sparseProbe, fitLogistic } from './probe.js';
+export { sparseProbe, sparseProbeAsync, fitLogistic } from './probe.js';
 export type { SparseProbeOptions, SparseProbeResult, LogisticFit } from './probe.js';
 export { psEval } from './pseval.js';
 export type { PsEvalPair, PsEvalResult } from './pseval.js';

@@ -23,6 +23,7 @@
  *   F1 = 2TP / (2TP + FP + FN), 0 when that is 0/0) on the test split.
  */
 import { argError, arrayTypeError, SaekitError } from '../errors.js';
+import { runAll, runSliced } from '../slices.js';
 import { checkBool, checkInt, checkOptions, checkSeed, optionNames } from '../validate.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
@@ -218,9 +219,31 @@ function choleskySolve(H: Float64Array, g: Float64Array, q: number): Float64Arra
 
 /**
  * k-sparse probes on dense features [n, m]: rank latents by train |mean_pos - mean_neg|, fit an
- * L2 logistic regression on the top k, report test accuracy and F1 for each k.
+ * L2 logistic regression on the top k, report test accuracy and F1 for each k. Synchronous: it
+ * holds the JS thread for its O(n m) passes (about 2 s at n = 8192, m = 16384); sparseProbeAsync
+ * gives the same result in slices between turns of the event loop.
  */
 export function sparseProbe(features: Float32Array, labels: Uint8Array, options: SparseProbeOptions): { results: SparseProbeResult[] } {
+  return runAll(probeSteps(features, labels, options));
+}
+
+/**
+ * sparseProbe as a Promise: the same results, computed on the JS thread in slices of about 20 ms
+ * between which the event loop runs (for a service, or features of many latents). Bad arguments
+ * reject it; `signal` (an AbortSignal) stops it between slices, rejecting with its reason.
+ */
+export async function sparseProbeAsync(features: Float32Array, labels: Uint8Array, options: SparseProbeOptions & { signal?: AbortSignal }): Promise<{ results: SparseProbeResult[] }> {
+  let signal: AbortSignal | undefined;
+  let rest: SparseProbeOptions = options;
+  if (options !== null && typeof options === 'object' && 'signal' in options) {
+    ({ signal, ...rest } = options);
+    if (signal !== undefined && !(signal instanceof AbortSignal)) throw argError('options.signal', 'an AbortSignal', signal);
+  }
+  return runSliced(probeSteps(features, labels, rest), signal);
+}
+
+/** sparseProbe's work, yielding the units done (for runAll / runSliced). */
+function* probeSteps(features: Float32Array, labels: Uint8Array, options: SparseProbeOptions): Generator<number, { results: SparseProbeResult[] }> {
   if (!(features instanceof Float32Array)) throw arrayTypeError('features', 'a Float32Array', features);
   if (!(labels instanceof Uint8Array)) throw arrayTypeError('labels', 'a Uint8Array', labels);
   if (options === undefined) throw argError('options', 'an options object with m', options);
@@ -233,6 +256,7 @@ export function sparseProbe(features: Float32Array, labels: Uint8Array, options:
   for (let i = 0; i < n; i++) if (labels[i] > 1) throw argError(`labels[${i}]`, '0 or 1', labels[i]);
   for (let i = 0; i < features.length; i++) {
     if (!Number.isFinite(features[i])) throw new SaekitError('ERR_SAEKIT_NONFINITE', `features[${i}] is ${features[i]}: expected finite values`);
+    if ((i & 0xffff) === 0xffff) yield 0x10000;
   }
   let ks = [1, 2, 5];
   if (opts.k !== undefined) {
@@ -273,6 +297,7 @@ export function sparseProbe(features: Float32Array, labels: Uint8Array, options:
     const s = labels[r] ? sumPos : sumNeg;
     const o = r * m;
     for (let j = 0; j < m; j++) s[j] += features[o + j];
+    yield m;
   }
   const score = new Float64Array(m);
   for (let j = 0; j < m; j++) score[j] = Math.abs(sumPos[j] / nPos - sumNeg[j] / nNeg);
@@ -308,8 +333,10 @@ export function sparseProbe(features: Float32Array, labels: Uint8Array, options:
       });
       return X;
     };
+    yield 2 * train.length * k;
     const yTrain = Uint8Array.from(train, (r) => labels[r]);
     const fit = fitLogistic(build(train), yTrain, train.length, k, C);
+    yield train.length * (k + 1) * (k + 1);
     const Xt = build(test);
     let tp = 0;
     let fp = 0;
