@@ -2,7 +2,7 @@
  * saekit: train, evaluate and compare sparse autoencoders from Node.js.
  * This is the package's only entry point.
  */
-export * as backend from './backend/index.js';
+export * as backend from './backend/public.js';
 export type { BackendInfo, DeviceOption, ResolvedDevice } from './backend/index.js';
 export { SaekitError, type SaekitErrorCode } from './errors.js';
 export {

@@ -335,6 +335,22 @@ describe('decode() and codes of another SAE', () => {
   });
 });
 
+describe('the backend namespace (consumer review)', () => {
+  it('holds the public functions only, and resolveDevice takes the device (it took the name of an argument first: resolveDevice("cuda:0") was the CPU)', async () => {
+    const { backend } = await import('../lib/index.js');
+    expect(Object.keys(backend).sort()).toEqual(['deviceName', 'info', 'resolveDevice', 'setThreads', 'stats', 'use']);
+    expect(backend.resolveDevice('cpu')).toEqual({ kind: 'cpu' });
+    const cuda = backend.info().cuda;
+    if (!cuda.available) {
+      expect(() => backend.resolveDevice('cuda:0')).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_DEVICE', message: expect.stringMatching(/for device = 'cuda:0'/) }));
+      expect(backend.resolveDevice('auto')).toEqual({ kind: 'cpu' });
+      expect(backend.resolveDevice()).toEqual({ kind: 'cpu' });
+    }
+    expect(() => backend.resolveDevice('gpu' as never)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: "Expected one of 'auto', 'cpu', 'cuda', 'cuda:N' for device but received 'gpu' (string)" }));
+    expect(backend.deviceName(backend.resolveDevice('cpu'))).toBe('cpu');
+  });
+});
+
 describe('cudaDevice', () => {
   it("'cuda:N' with more than 9 digits is out of range even when its value is small ('cuda:0000000001'); up to 9 digits N is read as a number", async () => {
     const { cudaDevice } = await import('../lib/backend/index.js');
