@@ -100,14 +100,16 @@ async function plainRead(file: string): Promise<number> {
  * Reference: the same sequential reads, each into a new batch-sized array (what any reader that
  * hands out arrays the consumer may keep pays for fresh memory), without conversion or screening.
  */
-async function freshRead(file: string, chunk: number): Promise<number> {
+async function freshRead(file: string, chunk: number, arrayBytes = chunk): Promise<number> {
   const fh = await fs.open(file, 'r');
   try {
     const size = (await fh.stat()).size;
     let pos = 0;
     while (pos < size) {
       const n = Math.min(chunk, size - pos);
-      const { bytesRead } = await fh.read(Buffer.allocUnsafeSlow(n), 0, n, pos);
+      // A batch's file bytes into a fresh array the size of the float32 batch batches() hands out
+      // (twice the file bytes for a 16-bit file).
+      const { bytesRead } = await fh.read(Buffer.allocUnsafeSlow(Math.max(n, Math.ceil((n * arrayBytes) / chunk))), 0, n, pos);
       if (bytesRead === 0) break;
       pos += bytesRead;
     }
@@ -207,7 +209,7 @@ export const read: Benchmark = {
     ] as const) {
       const bytes = (await fs.stat(file)).size;
       await plainRead(file); // warm the page cache
-      const modes: [string, () => Promise<unknown>][] = [['read into fresh arrays', () => freshRead(file, BATCH * D_IN * itemBytes)]];
+      const modes: [string, () => Promise<unknown>][] = [['read into fresh arrays', () => freshRead(file, BATCH * D_IN * itemBytes, BATCH * D_IN * 4)]];
       for (const shuffle of [false, true]) {
         for (const recycle of [false, true]) {
           modes.push([`batches${shuffle ? ' shuffle' : ''}${recycle ? ' recycle' : ''}`, () => stream(file, shuffle, recycle, nRows)]);
