@@ -631,7 +631,7 @@ export function buildProgram(): Command {
     .option('--latents <n>', 'number of latents', num('latents', 1, MAX_LATENTS))
     .option('--expansion <e>', 'latents as a multiple of dIn', num('expansion', 0.01, 1 << 16, false))
     .option('--k <k>', 'active latents per row', num('k', 1, 1 << 16), 32)
-    .requiredOption('--out <dir>', 'output folder (the SAE, plus checkpoint/)')
+    .requiredOption('--out <dir>', 'output folder (the SAE, plus checkpoint/); required')
     .option('--batch <n>', 'rows per step', num('batch', 2, 1 << 24), 4096)
     .option('--tokens <n>', 'train on this many tokens', num('tokens', 1, Number.MAX_SAFE_INTEGER))
     .option('--epochs <n>', 'passes over the data (default 1 when --tokens is not given)', num('epochs', 1, 1 << 20))
@@ -686,7 +686,7 @@ export function buildProgram(): Command {
     .description('compare the features of two SAEs: correlation over tokens, matching, SVCCA and RSA of the matched decoder rows against shuffled baselines')
     .argument('<saeA>', 'first SAE folder or file')
     .argument('<saeB>', 'second SAE folder or file')
-    .requiredOption('--data <src>', "activations for saeA (and saeB unless --data-b)")
+    .requiredOption('--data <src>', "activations for saeA (and saeB unless --data-b); required")
     .option('--data-b <src>', "saeB's activations, aligned token by token with --data (another model on the same text): .npy or .safetensors files, a folder or a glob (raw files only for --data)")
     .option('--kind <k>', 'codes or preacts', oneOf('kind', ['codes', 'preacts'] as const), 'codes')
     .option('--method <m>', 'argmax, mutual or hungarian (hungarian needs the full correlation matrix within --max-bytes, see there; beyond it raise --max-bytes or use argmax or mutual, which work from top matches; the assignment holds another nA x nB x 8 bytes)', oneOf('method', ['argmax', 'mutual', 'hungarian'] as const), 'hungarian')
@@ -734,7 +734,7 @@ export function buildProgram(): Command {
     .option('--overwrite', 'replace an SAE or a training run already in --out (its checkpoint too, as train --overwrite does)')
     .option('--seed <n>', 'seed of the data and the initialisation', num('seed', 0, 2 ** 31), 0)
     .option('--json', 'print the results as JSON on stdout')
-    .addHelpText('after', '\nExample:\n  saekit demo --out runs/demo\n')
+    .addHelpText('after', '\nExample:\n  saekit demo --out runs/demo\n  (Ctrl-C or SIGTERM stops training after the current step and reports on the SAE so far, exiting 130 or 143; a second signal quits at once.)\n')
     .action((f: DemoFlags) => demo(f));
   return program;
 }
