@@ -80,7 +80,10 @@ function closest(key: string, names: readonly string[]): string | undefined {
       best = n;
     }
   }
-  return best;
+  if (best !== undefined || lower.length < 4) return best;
+  // A name cut short or run on (deadThreshold: deadThresholdTokens), when only one fits.
+  const fits = names.filter((n) => n.toLowerCase().startsWith(lower) || lower.startsWith(n.toLowerCase()));
+  return fits.length === 1 ? fits[0] : undefined;
 }
 
 /** Levenshtein distance, or `cap` once it is at least `cap`. */

@@ -863,7 +863,7 @@ describe('Trainer', () => {
     expect(() => new Trainer(gone)).toThrow(/was disposed/);
     // A misspelt option is an error naming the nearest one, not silently ignored.
     expect(() => new Trainer(sae, { batchsize: 10 } as never)).toThrow(/Unknown option options\.batchsize \(did you mean options\.batchSize\?\)/);
-    expect(() => new Trainer(sae, { warmup: 10 } as never)).toThrow(/Unknown option options\.warmup; the options are: .*warmupSteps/);
+    expect(() => new Trainer(sae, { warmup: 10 } as never)).toThrow(/Unknown option options\.warmup \(did you mean options\.warmupSteps\?\); the options are: /);
     expect(() => SparseAutoencoder.create({ dIn: 4, numLatents: 8, k: 2, latents: 3 } as never)).toThrow(/Unknown option options\.latents/);
     expect(() => sae.adam({ learningRate: 1 } as never)).toThrow(/Unknown option options\.learningRate/);
     expect(() => sae.adam().prefetch(new Float32Array(dIn * 2), { scal: 2 } as never)).toThrow(/did you mean options\.scale/);

@@ -106,6 +106,16 @@ describe('checkOneOf and checkOptions', () => {
     }
     // Symbol keys (internal options) are not checked.
     expect(checkOptions('options', { [Symbol('internal')]: 1 } as object, names)).toBeDefined();
+    // A name cut short or run on, 3 or more edits away, when only one option fits (4 letters at least).
+    const trainer = ['deadThresholdTokens', 'decay', 'lr', 'warmupSteps', 'normalizeBatches', 'normalize'];
+    const tlist = `; the options are: ${trainer.join(', ')}`;
+    for (const [key, near] of [['deadThreshold', 'deadThresholdTokens'], ['warmup', 'warmupSteps'], ['decaying', 'decay'], ['normalizeBatch', 'normalizeBatches'], ['lrate', 'lr']] as const) {
+      expect(thrown(() => checkOptions('options', { [key]: 1 }, trainer)), key).toEqual(['ERR_SAEKIT_ARG', `Unknown option options.${key} (did you mean options.${near}?)${tlist}`]);
+    }
+    // Two fit ('norm' begins normalize and normalizeBatches; 'normalizeBatchesCount' runs on from both), too short, or none: nothing.
+    for (const key of ['norm', 'normalizeBatchesCount', 'xyzw', 'learningRate']) {
+      expect(thrown(() => checkOptions('options', { [key]: 1 }, trainer)), key).toEqual(['ERR_SAEKIT_ARG', `Unknown option options.${key}${tlist}`]);
+    }
   });
 });
 
