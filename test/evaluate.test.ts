@@ -117,6 +117,8 @@ describe('evaluate: every field against a naive float64 reference', () => {
       expect(h.edges[0], ctx).toBe(lo);
       expect(h.edges[13], ctx).toBe(0);
       for (let b = 0; b < 13; b++) expect(h.edges[b + 1]! - h.edges[b]!, ctx).toBeCloseTo(-lo / 13, 12);
+      // Each edge is the double nearest lo (13 - b) / 13 (its shortest form has no rounding noise).
+      for (let b = 0; b < 13; b++) expect(h.edges[b], ctx).toBe((lo * (13 - b)) / 13);
       const counts = new Array<number>(13).fill(0);
       for (const p of want.feature_density) {
         if (p === 0) continue;

@@ -336,7 +336,9 @@ class Accumulator {
 function histogram(density: Float64Array, tokens: number, bins: number): { edges: number[]; counts: number[] } {
   const lo = -Math.max(1, Math.ceil(Math.log10(tokens) - 1e-12));
   const width = -lo / bins;
-  const edges = Array.from({ length: bins + 1 }, (_, b) => (b === bins ? 0 : lo + b * width));
+  // lo (bins - b) / bins: one rounding of an exact integer ratio, so an edge such as -3.28 prints
+  // as -3.28 in JSON (lo + b width printed -3.2800000000000002).
+  const edges = Array.from({ length: bins + 1 }, (_, b) => (b === bins ? 0 : (lo * (bins - b)) / bins));
   const counts = new Array<number>(bins).fill(0);
   for (const p of density) {
     if (p <= 0) continue;
