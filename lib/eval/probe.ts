@@ -24,7 +24,7 @@
  */
 import { argError, arrayTypeError, SaekitError } from '../errors.js';
 import { runAll, runSliced } from '../slices.js';
-import { checkBool, checkInt, checkOptions, checkSeed, optionNames } from '../validate.js';
+import { checkBool, checkInt, checkOptions, checkSeed, checkSignal, optionNames } from '../validate.js';
 
 /** Option names (checkOptions refuses others: a misspelling is an error, not ignored). */
 const PROBE_OPTIONS = optionNames<SparseProbeOptions>({ m: true, k: true, testFraction: true, seed: true, C: true, standardize: true });
@@ -236,8 +236,9 @@ export async function sparseProbeAsync(features: Float32Array, labels: Uint8Arra
   let signal: AbortSignal | undefined;
   let rest: SparseProbeOptions = options;
   if (options !== null && typeof options === 'object' && 'signal' in options) {
-    ({ signal, ...rest } = options);
-    if (signal !== undefined && !(signal instanceof AbortSignal)) throw argError('options.signal', 'an AbortSignal', signal);
+    let given: unknown;
+    ({ signal: given, ...rest } = options);
+    signal = checkSignal('options.signal', given);
   }
   return runSliced(probeSteps(features, labels, rest), signal);
 }

@@ -16,7 +16,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
 import { argError, arrayTypeError, SaekitError } from '../errors.js';
@@ -29,7 +29,7 @@ import { jsonLimitExceeded, type JsonLimits } from './json-limits.js';
 import { readNpzChecked } from './npz.js';
 import { checkJsonObject, checkWriteSaeOptions, type WriteSaeOptions } from './sae-options.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
-import { keepMode, makeDirs, OPEN_READ_NOWAIT, syncFolder, writeFileAtomic } from './source.js';
+import { keepMode, makeDirs, readBoundedFile, syncFolder, writeFileAtomic } from './source.js';
 
 /**
  * The SAE files readSaeFiles knows: the config and each layout's weights. It looks for them in an
@@ -161,36 +161,11 @@ const MAX_CFG_BYTES = 16 << 20;
  */
 const CFG_LIMITS: Readonly<JsonLimits> = { maxDepth: 128, maxValues: 1_000_000 };
 
-/**
- * The bytes of `file`, which must be a regular file of at most `limit` bytes. Opened without
- * waiting and checked on the open handle: a FIFO named cfg.json would block the read forever,
- * and a link to /dev/zero would read until memory runs out.
- */
+/** The bytes of `file`, a regular file of at most `limit` bytes (readBoundedFile); `missing` says why its absence is an error. */
 async function readRegularFile(file: string, limit: number, missing: string): Promise<Uint8Array> {
-  let fh: FileHandle;
-  try {
-    fh = await open(file, OPEN_READ_NOWAIT);
-  } catch (err) {
-    const code = (err as { code?: unknown }).code;
-    throw formatError(file, code === 'ENOENT' || code === 'ENOTDIR' ? missing : `cannot be read (${(err as Error).message})`);
-  }
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw formatError(file, NOT_REGULAR);
-    if (st.size > limit) throw formatError(file, `${path.basename(file)} is ${st.size} bytes (over ${limit >> 20} MiB)`);
-    const out = new Uint8Array(st.size);
-    for (let done = 0; done < out.length; ) {
-      const { bytesRead } = await fh.read(out, done, out.length - done, done);
-      if (bytesRead === 0) throw formatError(file, `file ended at byte ${done} of ${out.length} (it was truncated while being read)`);
-      done += bytesRead;
-    }
-    return out;
-  } catch (err) {
-    if (err instanceof SaekitError) throw err;
-    throw formatError(file, `cannot be read (${(err as Error).message})`);
-  } finally {
-    await fh.close().catch(() => undefined);
-  }
+  const bytes = await readBoundedFile(file, limit, (size) => `${path.basename(file)} is ${size} bytes (over ${limit >> 20} MiB)`);
+  if (!bytes) throw formatError(file, missing);
+  return bytes;
 }
 
 async function readCfg(file: string): Promise<Record<string, unknown>> {

@@ -36,6 +36,42 @@ const READ_CHUNK = 1 << 30;
  */
 export const OPEN_READ_NOWAIT = constants.O_RDONLY | (constants.O_NONBLOCK ?? 0);
 
+/**
+ * The bytes of `file`, which must be a regular file of at most `limit` bytes; undefined when it
+ * does not exist. Opened without waiting and checked on the open handle: a FIFO would block the
+ * read forever, a link to /dev/zero would read until memory runs out. Any other failure is
+ * ERR_SAEKIT_FORMAT `<file>: <reason>` (`tooLarge(size)` says why a larger file is refused).
+ * For small files read whole (cfg.json, checkpoint.json).
+ */
+export async function readBoundedFile(file: string, limit: number, tooLarge: (size: number) => string): Promise<Uint8Array | undefined> {
+  const bad = (reason: string) => new SaekitError('ERR_SAEKIT_FORMAT', `${file}: ${reason}`);
+  let fh: FileHandle;
+  try {
+    fh = await open(file, OPEN_READ_NOWAIT);
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw bad(`cannot be read (${(err as Error).message})`);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw bad('not a regular file (a folder, FIFO or device)');
+    if (st.size > limit) throw bad(tooLarge(st.size));
+    const out = new Uint8Array(st.size);
+    for (let done = 0; done < out.length; ) {
+      const { bytesRead } = await fh.read(out, done, out.length - done, done);
+      if (bytesRead === 0) throw bad(`file ended at byte ${done} of ${out.length} (it was truncated while being read)`);
+      done += bytesRead;
+    }
+    return out;
+  } catch (err) {
+    if (err instanceof SaekitError) throw err;
+    throw bad(`cannot be read (${(err as Error).message})`);
+  } finally {
+    await fh.close().catch(() => undefined);
+  }
+}
+
 /** Opens `path` for positioned reads. `what` names the format in errors ("safetensors file"). */
 export async function openFileSource(path: string, what: string): Promise<ByteSource> {
   let fh: FileHandle;

@@ -38,7 +38,7 @@ import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.j
 import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, arrayTypeError, SaekitError } from '../errors.js';
-import { isPendingTemporary, makeDirs, OPEN_READ_NOWAIT } from '../io/source.js';
+import { isPendingTemporary, makeDirs, OPEN_READ_NOWAIT, readBoundedFile } from '../io/source.js';
 import { AUXK_VARIANTS, MAX_BETA1, MAX_BETA2, MAX_DEAD_THRESHOLD, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
@@ -1084,31 +1084,13 @@ const MAX_CHECKPOINT_JSON = 1 << 20;
 export async function readCheckpoint(dir: string): Promise<Checkpoint | undefined> {
   const file = path.join(dir, 'checkpoint.json');
   const bad = (why: string) => new SaekitError('ERR_SAEKIT_FORMAT', `${file}: ${why}`);
-  let fh: FileHandle;
-  try {
-    fh = await open(file, OPEN_READ_NOWAIT);
-  } catch (err) {
-    const code = (err as { code?: unknown }).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-    throw bad(`cannot be read (${(err as Error).message}); fix it, or start over with overwrite`);
-  }
+  const bytes = await readBoundedFile(file, MAX_CHECKPOINT_JSON, (size) => `${size} bytes, over the ${MAX_CHECKPOINT_JSON} a checkpoint.json may have`);
+  if (!bytes) return undefined;
   let text: string;
   try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw bad('not a regular file (a folder, FIFO or device)');
-    if (st.size > MAX_CHECKPOINT_JSON) throw bad(`${st.size} bytes, over the ${MAX_CHECKPOINT_JSON} a checkpoint.json may have`);
-    const bytes = new Uint8Array(st.size);
-    for (let done = 0; done < bytes.length; ) {
-      const { bytesRead } = await fh.read(bytes, done, bytes.length - done, done);
-      if (bytesRead === 0) throw bad(`file ended at byte ${done} of ${bytes.length} (it was truncated while being read)`);
-      done += bytesRead;
-    }
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch (err) {
-    if (err instanceof SaekitError) throw err;
     throw bad(`cannot be read (${(err as Error).message})`);
-  } finally {
-    await fh.close().catch(() => undefined);
   }
   let ck: Checkpoint;
   try {
