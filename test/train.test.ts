@@ -1039,6 +1039,39 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
     expect(lines.map((l) => (JSON.parse(l) as { step: number }).step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
   });
 
+  it('the log is flushed to disk (fdatasync) with every step it holds before each checkpoint commits', async () => {
+    const dir = tmp();
+    const checkpointDir = path.join(dir, 'ck');
+    const logFile = path.join(dir, 'log.jsonl');
+    const { open } = await import('node:fs/promises');
+    const probe = await open(logFile, 'a');
+    const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> };
+    await probe.close();
+    // At each datasync of the log: its lines, and the step of the checkpoint committed so far.
+    const seen: { lines: number; committed: number }[] = [];
+    const datasync = proto.datasync;
+    proto.datasync = async function (this: { fd: number }) {
+      const lines = readFileSync(logFile, 'utf8').split('\n').length - 1;
+      const ck = path.join(checkpointDir, 'checkpoint.json');
+      seen.push({ lines, committed: existsSync(ck) ? (JSON.parse(readFileSync(ck, 'utf8')) as { step: number }).step : 0 });
+      return datasync.call(this);
+    };
+    try {
+      using sae = make();
+      await new Trainer(sae, { batchSize: 64, totalTokens: 640, warmupSteps: 2, seed: 3 }).fit(fromArray(data(640, dIn, 47), dIn), { checkpointDir, logFile, checkpointEvery: 3 });
+    } finally {
+      proto.datasync = datasync;
+    }
+    // Before the checkpoints of steps 3, 6, 9 and 10 (each not yet committed), and once more at the end.
+    expect(seen).toEqual([
+      { lines: 3, committed: 0 },
+      { lines: 6, committed: 3 },
+      { lines: 9, committed: 6 },
+      { lines: 10, committed: 9 },
+      { lines: 10, committed: 10 },
+    ]);
+  });
+
   it('_trimLogPast keeps exactly the lines up to a step, past 64 KiB tails, torn lines and edge cases', async () => {
     const { _trimLogPast } = await import('../lib/train/index.js');
     const dir = tmp();

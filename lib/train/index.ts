@@ -146,7 +146,8 @@ export interface FitOptions {
    * Append every step as one JSON line to this file. A resumed run first drops the lines of steps
    * past its checkpoint (trained again; e.g. written before a crash) and a torn last line, so
    * each step appears once; `resume` with no checkpoint yet (a run killed before its first)
-   * starts over from step 0 and so empties the log first.
+   * starts over from step 0 and so empties the log first. The lines are flushed to disk before
+   * each checkpoint is written, so a power loss cannot leave a checkpoint past its logged steps.
    */
   logFile?: string;
   /**
@@ -685,6 +686,14 @@ export class Trainer {
     // The next batch, prefetched while a step runs (released in the finally block below if no
     // step takes it: after the last step, an abort or a failed step).
     let log: FileHandle | undefined;
+    // The log's lines reach the disk (fdatasync) before a checkpoint commits their steps: after a
+    // power loss, a resume (which skips the steps up to its checkpoint) finds each of them logged.
+    // Lines past the last checkpoint may be lost; a resume trains and logs those steps again.
+    const syncLog = async (): Promise<void> => {
+      await log?.datasync().catch((err: unknown) => {
+        throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err);
+      });
+    };
     /** Set while a step runs: a step that failed other than as non-finite may have left the parameters half updated. */
     let inStep = false;
     let batchPromise: Promise<{ rows: number; x: PrefetchedBatch; done: () => void } | undefined> = Promise.resolve(undefined);
@@ -817,9 +826,15 @@ export class Trainer {
           });
         }
         if (fo.onStep) await fo.onStep(last);
-        if (fo.checkpointDir && step % every === 0 && step < total) await this.checkpoint(opt, fo.checkpointDir, step, tokens, scale, total, source.numRows);
+        if (fo.checkpointDir && step % every === 0 && step < total) {
+          await syncLog();
+          await this.checkpoint(opt, fo.checkpointDir, step, tokens, scale, total, source.numRows);
+        }
       }
-      if (fo.checkpointDir) await this.checkpoint(opt, fo.checkpointDir, step, tokens, scale, total, source.numRows);
+      if (fo.checkpointDir) {
+        await syncLog();
+        await this.checkpoint(opt, fo.checkpointDir, step, tokens, scale, total, source.numRows);
+      }
     } catch (err) {
       if (err !== STOPPED) {
         failure = { error: err };
@@ -835,6 +850,8 @@ export class Trainer {
       const unused = await batchPromise.catch(() => undefined);
       unused?.x.dispose();
       unused?.done();
+      // On disk before the checkpoint a failure writes below (best effort: the failure is reported).
+      await log?.datasync().catch(() => undefined);
       await log?.close();
       await stopping;
     }
