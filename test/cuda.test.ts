@@ -226,6 +226,39 @@ describe('CUDA backend detection', () => {
   });
 });
 
+describe('prefetch on the CPU emulation of the plugin', () => {
+  it.runIf(existsSync(emuPlugin) && existsSync(emuCublas))('a prefetch that outgrows its buffer frees nothing on the JS thread (cudaFree waits for the whole device); the step frees it, on the executor', () => {
+    // A prefetch entry holds the step's previous input buffer after a step takes its batch: a
+    // larger batch then outgrows it. The emulation logs every cudaFree with its thread id; Node's
+    // main thread has the process id.
+    const trace = path.join(mkdtempSync(path.join(os.tmpdir(), 'saekit-sync-')), 'trace.txt');
+    const r = inChild(
+      `import * as fs from 'node:fs';
+      const dIn = 16;
+      const sae = saekit.SparseAutoencoder.create({ dIn, numLatents: 32, k: 4, seed: 3, device: 'cuda', precision: 'fp32' });
+      const opt = sae.adam();
+      const rows = (n: number, seed: number) => Float32Array.from({ length: n * dIn }, (_, i) => Math.sin(i * 0.37 + seed));
+      await opt.step(opt.prefetch(rows(8, 1)));
+      await opt.step(opt.prefetch(rows(8, 2)));
+      process.env.SAEKIT_EMU_SYNC_TRACE = ${JSON.stringify(trace)};
+      const big = opt.prefetch(rows(64, 3));
+      const during = fs.existsSync(${JSON.stringify(trace)}) ? fs.readFileSync(${JSON.stringify(trace)}, 'utf8') : '';
+      const st = await opt.step(big);
+      delete process.env.SAEKIT_EMU_SYNC_TRACE;
+      const after = fs.readFileSync(${JSON.stringify(trace)}, 'utf8');
+      console.log(JSON.stringify({ pid: process.pid, during, after, loss: st.loss }));`,
+      { SAEKIT_CUDA_PLUGIN: emuPlugin, SAEKIT_CUBLAS: emuCublas },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const { pid, during, after, loss } = r.out as { pid: number; during: string; after: string; loss: number };
+    expect(Number.isFinite(loss)).toBe(true);
+    expect(during, 'cudaFree calls during prefetch').toBe('');
+    const frees = after.trim().split('\n').filter(Boolean).map((l) => l.split(' '));
+    expect(frees.length, 'the outgrown buffer is freed by the step').toBeGreaterThan(0);
+    for (const [call, tid] of frees) expect(`${call} on thread ${tid}`).not.toBe(`${call} on thread ${pid}`);
+  }, 70_000);
+});
+
 // Small shapes, so the CPU emulation of the plugin (CI) runs them in seconds.
 describe.runIf(gpu)('tensors on CUDA', () => {
   tensorSuite('cuda');

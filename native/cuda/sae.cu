@@ -1025,6 +1025,10 @@ struct sk_sae_dev {
   cudaStream_t pf = nullptr;
   Prefetch pfs[2];
   uint64_t pf_clock = 0;
+  // Prefetch buffers outgrown by a larger batch. prefetch runs on the JS thread, where cudaFree
+  // would wait for the whole device (the step in flight): they are freed at the next step, on
+  // the executor's thread, or when the SAE is destroyed.
+  std::vector<void*> pf_retired;
   // workspace (grown as needed, kept between calls)
   DevBuf x, xc, xbf, pre, mv, mi, av, ai, dpm, dpa, E, R, rowd, rowf, keys, vals, skeys, svals, offs, ent, suspect,
       gbenc, pE, pR, pW, pX, mean, gbf, fired, scal, stat, cubtmp, dead, grads, pos, out, gdec, parts, selflags;
@@ -1125,6 +1129,8 @@ void sync(sk_sae_dev* S, const char* what) {
 // x buffer, free since the previous step has completed) and the SAE's stream waits for its copy.
 float* take_prefetched(sk_sae_dev* S, const float* host_x, int64_t N) {
   std::lock_guard<std::mutex> lock(S->pf_mu);
+  for (void* p : S->pf_retired) SK_CUDA(cudaFree(p));  // (their copies, if any, end first: cudaFree waits)
+  S->pf_retired.clear();
   for (auto& p : S->pfs)
     if (p.host == host_x && p.N == N && host_x != nullptr) {
       std::swap(S->x.p, p.buf.p);
@@ -1441,6 +1447,7 @@ void destroy_sae(sk_sae_dev* S) {
     p.buf.release();
     if (p.done) cudaEventDestroy(p.done);
   }
+  for (void* p : S->pf_retired) cudaFree(p);
   DevBuf* bufs[] = {&S->wbf, &S->x, &S->xc, &S->xbf, &S->pre, &S->mv, &S->mi, &S->av, &S->ai, &S->dpm, &S->dpa,
                     &S->E, &S->R, &S->rowd, &S->rowf, &S->keys, &S->vals, &S->skeys, &S->svals, &S->offs, &S->ent,
                     &S->suspect, &S->gbenc, &S->pE, &S->pR, &S->pW, &S->pX, &S->mean, &S->gbf, &S->fired, &S->scal,
@@ -1975,7 +1982,12 @@ int sae_prefetch(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N) {
                               : S->pfs[0].age < S->pfs[1].age ? &S->pfs[0] : &S->pfs[1];
     e->host = nullptr;
     const size_t bytes = size_t(N * S->D) * sizeof(float);
-    void* dst = e->buf.ensure(bytes);
+    if (e->buf.p != nullptr && e->buf.cap < bytes) {  // outgrown: freed later, off this thread
+      S->pf_retired.push_back(e->buf.p);
+      e->buf.p = nullptr;
+      e->buf.cap = 0;
+    }
+    void* dst = e->buf.ensure(bytes);  // (a cudaMalloc at most)
     SK_CUDA(cudaMemcpyAsync(dst, host_x, bytes, cudaMemcpyHostToDevice, S->pf));
     SK_CUDA(cudaEventRecord(e->done, S->pf));
     e->host = host_x;

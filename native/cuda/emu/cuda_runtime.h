@@ -32,6 +32,9 @@
 #include <type_traits>
 #include <vector>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #define SK_CUDA_EMU 1
 #define CUDART_VERSION 13000
 #define __global__
@@ -524,6 +527,17 @@ inline void flush(emu_stream* s, uint64_t upto) {
 inline void flush(emu_stream* s) {
   if (s != nullptr) flush(s, s->queued);
 }
+// SAEKIT_EMU_SYNC_TRACE=FILE appends "<call> <thread id>" to FILE for each call that waits for
+// the whole device on a GPU (cudaFree, cudaFreeHost; read per call), so a test can check that
+// none runs on Node's main thread (whose thread id is the process id) while a step is in flight.
+inline void trace_sync(const char* what) {
+  const char* f = std::getenv("SAEKIT_EMU_SYNC_TRACE");
+  if (f == nullptr || *f == '\0') return;
+  if (FILE* o = std::fopen(f, "a")) {
+    std::fprintf(o, "%s %ld\n", what, long(::syscall(SYS_gettid)));
+    std::fclose(o);
+  }
+}
 // Everything queued on every stream (cudaFree, cudaFreeHost: they synchronise the device).
 inline void flush_all() {
   std::lock_guard<std::recursive_mutex> lock(exec_mu());
@@ -795,6 +809,7 @@ inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 }
 inline cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
+  ::emu::trace_sync("cudaFree");
   ::emu::flush_all();  // cudaFree synchronises the device
   {
     std::lock_guard<std::mutex> lock(::emu::registry_mu());
@@ -811,6 +826,7 @@ inline cudaError_t cudaHostAlloc(void** p, size_t b, unsigned) {
   return cudaSuccess;
 }
 inline cudaError_t cudaFreeHost(void* p) {
+  ::emu::trace_sync("cudaFreeHost");
   ::emu::flush_all();  // as cudaFree
   {
     std::lock_guard<std::mutex> lock(::emu::registry_mu());
