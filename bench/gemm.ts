@@ -2,11 +2,12 @@
  * gemm: saekit's ops.matmul (async: validate, queue, allocate the result, run, settle) against
  * the same BLAS called directly and synchronously on the same buffers, same shapes, same run.
  * `out=` is ops.matmul writing into an existing tensor (no allocation and page faults).
- * Also the built-in GEMM against the BLAS, the floor it falls back from.
+ * Also the built-in GEMM against the BLAS, the floor it falls back from. The variants alternate
+ * round by round, and each ratio is the median of its per-round ratios.
  */
 import { backend, ops, tensor } from '../lib/index.js';
 import { native } from '../lib/native/index.js';
-import { type Benchmark, lcgArray, type Row, time } from './harness.js';
+import { type Benchmark, lcgArray, roundRatio, type Row, timeInterleaved } from './harness.js';
 
 const SHAPES: [number, number, number][] = [
   [512, 512, 512],
@@ -32,30 +33,32 @@ export const gemm: Benchmark = {
       const reps = { repeats: opts.repeats, warmup: opts.warmup };
       using a = tensor(A, [M, K]);
       using b = tensor(B, [K, N]);
-      const ours = await time(async () => {
-        const c = await ops.matmul(a, b);
-        c.dispose();
-      }, reps);
       using out = tensor(new Float32Array(M * N), [M, N]);
-      const oursOut = await time(() => ops.matmul(a, b, { out }), reps);
+      // All variants alternate round by round; each ratio is the median of its per-round ratios.
+      const t = await timeInterleaved(
+        {
+          matmul: async () => (await ops.matmul(a, b)).dispose(),
+          out: () => ops.matmul(a, b, { out }),
+          builtin: () => native()._gemmDirect('builtin', false, false, M, N, K, A, B, C),
+          ...(info.blas.linked ? { blas: () => native()._gemmDirect('blas', false, false, M, N, K, A, B, C) } : {}),
+        } as Record<'matmul' | 'out' | 'builtin' | 'blas', () => unknown>,
+        reps,
+      );
       const row: Row = { shape: `${M}x${N}x${K}` };
       if (info.blas.linked) {
-        const blas = await time(() => native()._gemmDirect('blas', false, false, M, N, K, A, B, C), reps);
-        row['blas GF/s'] = flops / blas.median / 1e9;
-        row['matmul GF/s'] = flops / ours.median / 1e9;
-        row['matmul/blas'] = blas.median / ours.median;
-        row['out=/blas'] = blas.median / oursOut.median;
-        const builtin = await time(() => native()._gemmDirect('builtin', false, false, M, N, K, A, B, C), reps);
-        row['builtin GF/s'] = flops / builtin.median / 1e9;
-        row['builtin/blas'] = blas.median / builtin.median;
-        row['spread %'] = 100 * Math.max(ours.spread, blas.spread, builtin.spread);
+        row['blas GF/s'] = flops / t.blas.median / 1e9;
+        row['matmul GF/s'] = flops / t.matmul.median / 1e9;
+        row['matmul/blas'] = roundRatio(t.blas, t.matmul);
+        row['out=/blas'] = roundRatio(t.blas, t.out);
+        row['builtin GF/s'] = flops / t.builtin.median / 1e9;
+        row['builtin/blas'] = roundRatio(t.blas, t.builtin);
+        row['spread %'] = 100 * Math.max(t.matmul.spread, t.blas.spread, t.builtin.spread);
       } else {
-        const builtin = await time(() => native()._gemmDirect('builtin', false, false, M, N, K, A, B, C), reps);
-        row['builtin GF/s'] = flops / builtin.median / 1e9;
-        row['matmul GF/s'] = flops / ours.median / 1e9;
-        row['matmul/builtin'] = builtin.median / ours.median;
-        row['out=/builtin'] = builtin.median / oursOut.median;
-        row['spread %'] = 100 * Math.max(ours.spread, builtin.spread);
+        row['builtin GF/s'] = flops / t.builtin.median / 1e9;
+        row['matmul GF/s'] = flops / t.matmul.median / 1e9;
+        row['matmul/builtin'] = roundRatio(t.builtin, t.matmul);
+        row['out=/builtin'] = roundRatio(t.builtin, t.out);
+        row['spread %'] = 100 * Math.max(t.matmul.spread, t.builtin.spread);
       }
       rows.push(row);
     }

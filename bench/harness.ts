@@ -58,6 +58,42 @@ export async function time(fn: () => unknown, opts: { repeats: number; warmup: n
   return { median: m, min: t[0]!, max: t[t.length - 1]!, spread: (t[t.length - 1]! - t[0]!) / m, repeats: t.length };
 }
 
+/**
+ * Times several functions in alternation: `warmup` untimed rounds, then `repeats` rounds that
+ * call each once, the order rotating from round to round, so drift of a shared machine (another
+ * job starting, the clock throttling) falls on all of them alike. Returns each one's Timing and
+ * its seconds per round, for ratios taken round by round (`roundRatio`).
+ */
+export async function timeInterleaved<K extends string>(
+  fns: Record<K, () => unknown>,
+  opts: { repeats: number; warmup: number },
+): Promise<Record<K, Timing & { rounds: number[] }>> {
+  const names = Object.keys(fns) as K[];
+  const rounds = Object.fromEntries(names.map((n) => [n, [] as number[]])) as Record<K, number[]>;
+  for (let r = 0; r < opts.warmup + opts.repeats; r++) {
+    for (let j = 0; j < names.length; j++) {
+      const name = names[(r + j) % names.length]!;
+      const t0 = process.hrtime.bigint();
+      await fns[name]();
+      if (r >= opts.warmup) rounds[name].push(Number(process.hrtime.bigint() - t0) / 1e9);
+    }
+  }
+  return Object.fromEntries(
+    names.map((n) => {
+      const t = rounds[n];
+      const m = median(t);
+      const sorted = [...t].sort((a, b) => a - b);
+      return [n, { median: m, min: sorted[0]!, max: sorted[sorted.length - 1]!, spread: (sorted[sorted.length - 1]! - sorted[0]!) / m, repeats: t.length, rounds: t }];
+    }),
+  ) as Record<K, Timing & { rounds: number[] }>;
+}
+
+/** The median over rounds of a.rounds[i] / b.rounds[i] (timeInterleaved's timings of one run). */
+export function roundRatio(a: { rounds: number[] }, b: { rounds: number[] }): number {
+  if (a.rounds.length !== b.rounds.length || a.rounds.length === 0) throw new Error(`roundRatio: ${a.rounds.length} and ${b.rounds.length} rounds`);
+  return median(a.rounds.map((t, i) => t / b.rounds[i]!));
+}
+
 /** The median of `xs` (the mean of the middle two for an even count); `xs` is not reordered. */
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);

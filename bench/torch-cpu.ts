@@ -9,12 +9,16 @@
  * during the minutes the reference takes falls on both sides). float32 throughout: autocast to
  * bf16 is the reference's CUDA-only setting, and saekit's CPU step is float32.
  * Beside each step: its side's encoder-shaped GEMM alone ('gemm ms': saekit's GEMM, torch's
- * F.linear) and the TopK selection ('topk ms': saekit's select phase inside the step, bias + ReLU +
- * TopK of every row; torch.topk alone on the float32 ReLU'd pre-activations).
+ * torch.mm, each [batch, dIn] x [dIn, numLatents] into a preallocated output without a bias; F.linear
+ * as the step calls it is in the results file as linear_ms) and the TopK selection ('topk ms':
+ * saekit's select phase inside the step, bias + ReLU + TopK of every row; torch.topk alone on the
+ * same matrix: the ReLU'd pre-activations of saekit's first step, written to a temporary file).
  * The interpreter: SAEKIT_PYTHON, else the first of python3 and /usr/bin/python3 that imports
  * torch (Debian: apt-get install python3-torch); without one the benchmark says so and exits 0.
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -57,10 +61,23 @@ export function parseBenchLines(text: string): Record<string, string>[] {
     .map((l) => Object.fromEntries(l.slice(6).trim().split(/\s+/).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])));
 }
 
+/**
+ * The OPENBLAS_CORETYPE the reference runs with: where saekit found OpenBLAS on its SSE-only
+ * kernels on an AVX2 / AVX-512 CPU (a CPU model OpenBLAS does not know, as on VMs that hide it),
+ * torch's GEMM (Debian's torch calls OpenBLAS) would run on them too, 3-4x slower than the CPU
+ * allows: the core that matches the CPU's SIMD level. A user's own OPENBLAS_CORETYPE is kept.
+ */
+export function referenceCoretype(info = backend.info(), env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (env.OPENBLAS_CORETYPE) return env.OPENBLAS_CORETYPE;
+  if (!info.blas.reason?.startsWith('OpenBLAS chose its')) return undefined;
+  return info.simd === 'avx512' ? 'SkylakeX' : info.simd === 'avx2' ? 'Haswell' : undefined;
+}
+
 /** Runs the reference, echoing its stderr, and returns its stdout; rejects on a failed exit. */
-function runReference(python: string, args: string[]): Promise<string> {
+function runReference(python: string, args: string[], coretype: string | undefined): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(python, [SCRIPT, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const env = coretype ? { ...process.env, OPENBLAS_CORETYPE: coretype } : process.env;
+    const child = spawn(python, [SCRIPT, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let out = '';
     let err = '';
     child.stdout.setEncoding('utf8').on('data', (s: string) => {
@@ -111,6 +128,17 @@ async function saekitSteps(sh: Shape, n: number, warmup: number): Promise<{ step
 }
 
 
+/**
+ * Writes the ReLU'd pre-activations of saekit's first timed step (the same SAE and batch as
+ * saekitSteps) as raw float32 [batch, numLatents] to `file`, for torch.topk to select from.
+ */
+async function writeSelectMatrix(sh: Shape, file: string): Promise<void> {
+  using sae = SparseAutoencoder.create({ dIn: sh.dIn, numLatents: sh.numLatents, k: sh.k, device: 'cpu', seed: 1 });
+  const pre = await sae.preActivations(lcgArray(sh.batch * sh.dIn, 11));
+  for (let i = 0; i < pre.length; i++) if (!(pre[i]! > 0)) pre[i] = 0;
+  writeFileSync(file, pre);
+}
+
 export const torchCpu: Benchmark = {
   name: 'torch-cpu',
   description: "saekit's CPU training step vs the PyTorch reference step (sparsify's algorithm) on the same CPU, tokens/s",
@@ -124,11 +152,20 @@ export const torchCpu: Benchmark = {
     const shapes = opts.quick ? QUICK : SHAPES;
     // The reference at full size takes seconds a step on two cores: at most 5 timed steps a variant.
     const reps = Math.min(opts.repeats, opts.quick ? opts.repeats : 5);
-    process.stderr.write(`torch-cpu: reference ${reason}, ${threads} threads (saekit's), ${reps} timed steps a variant\n`);
+    const coretype = referenceCoretype();
+    process.stderr.write(`torch-cpu: reference ${reason}, ${threads} threads (saekit's), ${reps} timed steps a variant${coretype ? `, OPENBLAS_CORETYPE=${coretype}` : ''}\n`);
     const before = new Map<Shape, { step: number[]; gemm: number[]; select: number[] }>();
     for (const sh of shapes) before.set(sh, await saekitSteps(sh, opts.repeats, opts.warmup));
     const shapeArg = shapes.map((s) => `${s.dIn},${s.numLatents},${s.k},${s.batch}`).join(';');
-    const out = await runReference(python, ['--cpu', '--threads', String(threads), '--reps', String(reps), '--shapes', shapeArg]);
+    const tmp = mkdtempSync(path.join(os.tmpdir(), 'saekit-topk-'));
+    let out: string;
+    try {
+      const matrices = shapes.map((_, i) => path.join(tmp, `pre-${i}.f32`));
+      for (let i = 0; i < shapes.length; i++) await writeSelectMatrix(shapes[i]!, matrices[i]!);
+      out = await runReference(python, ['--cpu', '--threads', String(threads), '--reps', String(reps), '--shapes', shapeArg, '--topk-matrices', matrices.join(';')], coretype);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
     const lines = parseBenchLines(out);
     const rows: Row[] = [];
     const perShape: Record<string, unknown>[] = [];
@@ -141,7 +178,7 @@ export const torchCpu: Benchmark = {
       const ourSelect = median([...before.get(sh)!.select, ...after.select]);
       const label = `${sh.dIn}x${sh.numLatents} k${sh.k} b${sh.batch}`;
       const ref = lines.filter((l) => Number(l.dIn) === sh.dIn && Number(l.numLatents) === sh.numLatents && Number(l.k) === sh.k && Number(l.batch) === sh.batch);
-      const byImpl = Object.fromEntries(ref.map((l) => [l.impl!, { step: Number(l.step_ms), gemm: Number(l.gemm_ms), topk: Number(l.topk_f32_ms) }]));
+      const byImpl = Object.fromEntries(ref.map((l) => [l.impl!, { step: Number(l.step_ms), gemm: Number(l.gemm_ms), topk: Number(l.topk_same_ms ?? l.topk_f32_ms) }]));
       const variants = ['torch', 'torch-dense'];
       if (!variants.every((v) => byImpl[v]?.step! > 0 && byImpl[v]?.gemm! > 0)) throw new Error(`the reference printed no step or GEMM time for ${label}:\n${out}`);
       const best = Math.min(...variants.map((v) => byImpl[v]!.step));
@@ -154,6 +191,6 @@ export const torchCpu: Benchmark = {
       process.stderr.write(`${label}: saekit / best torch = ${(best / 1e3 / ours).toFixed(2)}x tokens/s\n`);
       perShape.push({ ...sh, saekitSeconds: times, saekitGemmSeconds: gemms, torch: ref, saekitOverBestTorch: best / 1e3 / ours });
     }
-    return { rows, meta: { python: reason, threads, reps, shapes: perShape } };
+    return { rows, meta: { python: reason, threads, reps, openblasCoretype: coretype ?? null, shapes: perShape } };
   },
 };

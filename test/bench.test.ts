@@ -67,6 +67,29 @@ describe('npm run bench -- topk-step', () => {
   }, 120_000);
 });
 
+describe('bench harness helpers', () => {
+  it('timeInterleaved rotates the order round by round and roundRatio is the median of per-round ratios', async () => {
+    const { roundRatio, timeInterleaved } = await import('../bench/harness.js');
+    const calls: string[] = [];
+    const t = await timeInterleaved({ a: () => calls.push('a'), b: () => calls.push('b'), c: () => calls.push('c') }, { repeats: 3, warmup: 1 });
+    expect(calls.join('')).toBe('abcbcacababc');
+    expect([t.a.rounds.length, t.b.repeats]).toEqual([3, 3]);
+    expect(roundRatio({ rounds: [2, 9, 4] }, { rounds: [1, 3, 1] })).toBe(3);
+    expect(() => roundRatio({ rounds: [1] }, { rounds: [1, 2] })).toThrow(/1 and 2 rounds/);
+  });
+
+  it("torch-cpu runs the reference with the OPENBLAS_CORETYPE of the CPU's SIMD level only where saekit found OpenBLAS on SSE kernels, keeping a user's", async () => {
+    const { referenceCoretype } = await import('../bench/torch-cpu.js');
+    const sse = 'OpenBLAS chose its Prescott (SSE) kernels on this avx512 CPU (a CPU model it does not know); ...';
+    const info = (simd: string, reason: string) => ({ simd, blas: { reason } }) as unknown as Parameters<typeof referenceCoretype>[0];
+    expect(referenceCoretype(info('avx512', sse), {})).toBe('SkylakeX');
+    expect(referenceCoretype(info('avx2', sse), {})).toBe('Haswell');
+    expect(referenceCoretype(info('sse42', sse), {})).toBeUndefined();
+    expect(referenceCoretype(info('avx512', ''), {})).toBeUndefined();
+    expect(referenceCoretype(info('avx512', sse), { OPENBLAS_CORETYPE: 'Zen' })).toBe('Zen');
+  });
+});
+
 describe('npm run bench -- torch-cpu (saekit against the PyTorch reference step on the same CPU)', () => {
   it.skipIf(!python)('times saekit and both reference variants per shape, and its ratio is the reference time over saekit\'s', () => {
     const r = bench(['torch-cpu', '--quick', '--repeats', '2', '--warmup', '1']);
@@ -97,6 +120,13 @@ describe('npm run bench -- torch-cpu (saekit against the PyTorch reference step 
       ['torch', 'cpu', saved.meta.threads],
       ['torch-dense', 'cpu', saved.meta.threads],
     ]);
+    // torch's TopK is timed on the matrix saekit's step selects from, its GEMM into a preallocated
+    // output without a bias (as saekit's), with F.linear as the step calls it beside it.
+    for (const [i, l] of shape.torch.entries()) {
+      expect(Number(l.topk_same_ms)).toBeGreaterThan(0);
+      expect(Number(l.linear_ms)).toBeGreaterThan(0);
+      expect([saved.rows[i + 1]!['topk ms'], saved.rows[i + 1]!['gemm ms']]).toEqual([Number(l.topk_same_ms), Number(l.gemm_ms)]);
+    }
   }, 180_000);
 
   it('without a python that imports torch it says why and exits 0, timing nothing', () => {

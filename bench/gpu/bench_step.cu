@@ -266,6 +266,21 @@ void run_shape(int64_t D, int64_t M, int64_t K, int64_t N, int reps, double bw) 
       c16[i] = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
     }
     SK_CUDA(cudaMemcpy(C16, c16.data(), c16.size() * 2, cudaMemcpyHostToDevice));
+    // The bf16 matrix TopK alone selects from, raw [N, M], for the PyTorch reference to time
+    // torch.topk on the same values (bench/gpu/run.sh sets SAEKIT_BENCH_SELECT_DIR; torch_step.py
+    // --select-dir reads select-N-M.bf16). Written to a temporary name and renamed.
+    if (const char* dir = std::getenv("SAEKIT_BENCH_SELECT_DIR"); dir != nullptr && *dir != '\0') {
+      const std::string path = std::string(dir) + "/select-" + std::to_string(N) + "-" + std::to_string(M) + ".bf16";
+      const std::string tmp = path + ".tmp";
+      FILE* f = std::fopen(tmp.c_str(), "wb");
+      bool ok = f != nullptr && std::fwrite(c16.data(), 2, c16.size(), f) == c16.size();
+      if (f != nullptr) ok = std::fclose(f) == 0 && ok;
+      if (ok) ok = std::rename(tmp.c_str(), path.c_str()) == 0;
+      if (!ok) {
+        std::fprintf(stderr, "could not write %s: torch.topk on the same matrix is skipped\n", path.c_str());
+        std::remove(tmp.c_str());
+      }
+    }
   }
   // TopK alone: float32 keys, bf16 keys, then bf16 keys on the block-per-row kernel alone
   // (SAEKIT_CUDA_SELECT=block; the default takes rows a warp per row first).

@@ -118,10 +118,15 @@ if [ "${STATUS[build]}" = ok ]; then
   else
     STATUS[memcheck]="skipped"
   fi
-  stage bench 120 "$BUILD/saekit_cuda_bench"
+  # The benchmark leaves the bf16 matrices its TopK alone ran on in SEL_DIR (0.4 and 1 GiB; not
+  # under $OUT, which comes back), and the reference times torch.topk on the same values.
+  SEL_DIR="$(mktemp -d)"
+  trap 'rm -rf "$SEL_DIR"' EXIT
+  SAEKIT_BENCH_SELECT_DIR="$SEL_DIR" stage bench 120 "$BUILD/saekit_cuda_bench"
   # The PyTorch reference right after: the headline ratio must not wait behind informational stages.
   if timeout 60 python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-    stage torch 120 python3 bench/gpu/torch_step.py
+    stage torch 120 python3 bench/gpu/torch_step.py --select-dir "$SEL_DIR"
+    rm -rf "$SEL_DIR"
   else
     STATUS[torch]="skipped (no torch with CUDA)"
   fi
@@ -176,7 +181,9 @@ fi
   # get KEY: the value of KEY=... in the current summary line ($line).
   get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | head -1 | cut -d= -f2 || true; }
   { cat "$OUT_DIR"/bench.log "$OUT_DIR"/torch.log 2>/dev/null || true; } | { grep '^BENCH' || true; } | while read -r line; do
-    topk=$(get topk_alone_ms); [ -z "$topk" ] && topk=$(get topk_ms)
+    # TopK alone: saekit's on the floor GEMM's bf16 output; torch.topk on that same matrix where
+    # the reference could read it (topk_same_ms), else on its own pre-activations.
+    topk=$(get topk_alone_ms); [ -z "$topk" ] && topk=$(get topk_same_ms); [ -z "$topk" ] && topk=$(get topk_ms)
     printf '%-12s %-12s %4s %10s %10s %10s %9s %9s %9s %9s %9s\n' "$(get impl)" "$(get dIn)x$(get numLatents)" "$(get k)" \
       "$(get tokens_per_s)" "$(get tokens_per_s_pinned)" "$(get tokens_per_s_prefetched)" "$(get step_ms)" "$(get device_ms)" "$(get floor_ms)" "$topk" \
       "$(get select_ms)"

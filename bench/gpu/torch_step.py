@@ -14,9 +14,11 @@ First checks its sparse backward passes against autograd through the dense step 
 `--check` does only that, and runs without a GPU). Prints machine-readable lines per shape: impl=torch is sparsify's step; impl=torch-dense lets
 autograd run the encoder's backward densely (two more dense GEMMs), for comparison.
   BENCH impl=torch dIn=.. numLatents=.. k=.. batch=.. tokens_per_s=.. step_ms=.. topk_ms=.. topk_f32_ms=..
+    [topk_same_ms=..] gemm_ms=.. linear_ms=..
 """
 import argparse
 import contextlib
+import os
 import statistics
 import time
 
@@ -66,7 +68,19 @@ class SparseEncode(torch.autograd.Function):
         return grad_in, grad_W, grad_b, None
 
 
-def run(d_in, m, k, batch, reps, device, sparse_encoder=True, report=True):
+def load_matrix(path, dtype, rows, cols):
+    """A raw [rows, cols] matrix of `dtype` (torch.float32 or torch.bfloat16) from `path`, on the CPU;
+    a file of another size is refused."""
+    want = rows * cols * torch.tensor([], dtype=dtype).element_size()
+    have = os.path.getsize(path)
+    if have != want:
+        raise ValueError(f"{path}: expected {want} bytes ([{rows}, {cols}] {dtype}) but the file has {have}")
+    return torch.from_file(path, shared=False, size=rows * cols, dtype=dtype).view(rows, cols)
+
+
+def run(d_in, m, k, batch, reps, device, sparse_encoder=True, report=True, topk_matrix=None):
+    """Times the step (and its TopK and GEMM alone); topk_matrix: (path, dtype) of a raw [batch, m]
+    matrix to time torch.topk on too (topk_same_ms)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
     W_enc = torch.nn.Parameter(torch.randn(m, d_in, device=device) / d_in**0.5)
@@ -126,28 +140,43 @@ def run(d_in, m, k, batch, reps, device, sparse_encoder=True, report=True):
         return statistics.median(ts)
 
     topk_s, topk32_s = time_topk(pre), time_topk(pre32)
+    # torch.topk on the caller's matrix (ReLU'd, as pre is), so both sides select from the same
+    # values: bench/torch-cpu.ts writes the pre-activations saekit's first step selects from (float32),
+    # bench/gpu/run.sh the bf16 matrix bench_step.cu times TopK alone on.
+    same = ""
+    if topk_matrix is not None:
+        shared = load_matrix(*topk_matrix, batch, m).to(device).relu_()
+        same = f" topk_same_ms={time_topk(shared) * 1e3:.3f}"
+        del shared
 
-    # The encoder's forward GEMM alone (F.linear, as the step runs it): how much of the step is
-    # the dense product, whichever BLAS (or cuBLAS) this torch calls.
-    def time_gemm():
+    def time_median(fn):
         ts = []
-        with torch.no_grad(), bf16_autocast(x):
-            for r in range(reps + 2):
-                sync()
-                t0 = time.perf_counter()
-                F.linear(x, W_enc, b_enc)
-                sync()
-                if r >= 2:
-                    ts.append(time.perf_counter() - t0)
+        for r in range(reps + 2):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if r >= 2:
+                ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
-    gemm_s = time_gemm()
+    # The encoder-shaped GEMM alone, as saekit's 'gemm ms' is timed: [batch, dIn] x [dIn, m] into a
+    # preallocated output, no bias, in the step's GEMM dtype (bf16 on CUDA, as autocast runs it;
+    # float32 on the CPU). F.linear as the step calls it (a fresh output, the bias added) beside it.
+    with torch.no_grad():
+        gemm_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        xg, Wg = x.to(gemm_dtype), W_enc.detach().to(gemm_dtype)
+        out = torch.empty(batch, m, device=device, dtype=gemm_dtype)
+        gemm_s = time_median(lambda: torch.mm(xg, Wg.t(), out=out))
+        with bf16_autocast(x):
+            linear_s = time_median(lambda: F.linear(x, W_enc, b_enc))
+        del xg, Wg, out
     if report:
         print(
             f"BENCH impl={'torch' if sparse_encoder else 'torch-dense'} dIn={d_in} numLatents={m} k={k} batch={batch} "
             f"precision={'bf16-autocast' if device == 'cuda' else 'fp32'} device={device} threads={torch.get_num_threads()} "
             f"tokens_per_s={batch / step_s:.0f} step_ms={step_s * 1e3:.3f} topk_ms={topk_s * 1e3:.3f} "
-            f"topk_f32_ms={topk32_s * 1e3:.3f} gemm_ms={gemm_s * 1e3:.3f}",
+            f"topk_f32_ms={topk32_s * 1e3:.3f}{same} gemm_ms={gemm_s * 1e3:.3f} linear_ms={linear_s * 1e3:.3f}",
             flush=True,
         )
     del W_enc, b_enc, W_dec, b_dec, opt, x, pre, pre32
@@ -200,6 +229,22 @@ def check():
         decode(idx, acts, W_dec).backward(grad)
     largest = max((e.cpu_memory_usage for e in prof.events()), default=0)
     assert largest < n * k * d_in * 4 // 2, f"the decoder backward allocates {largest} bytes at once: [rows, k, dIn] is {n * k * d_in * 4}"
+    # The matrices saekit hands over load as written (bf16 as bench_step.cu writes them, float32
+    # as bench/torch-cpu.ts does), and a file of another size is refused.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in (torch.bfloat16, torch.float32):
+            want = torch.randn(7, 13).to(dtype)
+            path = f"{tmp}/m.raw"
+            bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+            want.view(bits).numpy().tofile(path)
+            assert torch.equal(load_matrix(path, dtype, 7, 13), want), dtype
+            try:
+                load_matrix(path, dtype, 7, 12)
+                raise AssertionError("a file of another size was read")
+            except ValueError as e:
+                assert "expected" in str(e), e
     # The timed step itself runs (both variants, a tiny shape on the CPU, nothing printed): a
     # Python error there would otherwise first show on the GPU machine.
     for sparse in (True, False):
@@ -228,6 +273,10 @@ def main():
     ap.add_argument("--shapes", type=parse_shapes, default=None, help="with --cpu: 'dIn,numLatents,k,batch;...'")
     ap.add_argument("--threads", type=int, default=0, help="with --cpu: torch's intra-op threads (0: torch's default)")
     ap.add_argument("--reps", type=int, default=0, help="timed steps per variant (0: 3 with --quick, else 10)")
+    ap.add_argument("--select-dir", default=None,
+                    help="on CUDA: a folder holding select-8192-<numLatents>.bf16 (bench_step.cu's TopK-alone matrices); torch.topk is timed on each too (topk_same_ms)")
+    ap.add_argument("--topk-matrices", default=None,
+                    help="with --cpu: files of raw float32 [batch, numLatents] matrices, one per --shapes group, joined by ';'; torch.topk is timed on each too (topk_same_ms)")
     args = ap.parse_args()
     # The backward passes are checked first (on the CPU, about a second): a wrong reference would
     # time less work than the step it stands for.
@@ -239,9 +288,14 @@ def main():
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads", flush=True)
-        for d_in, m, k, batch in args.shapes or ((768, 24576, 32, 4096),):
-            run(d_in, m, k, batch, reps, "cpu")
-            run(d_in, m, k, batch, reps, "cpu", sparse_encoder=False)
+        shapes = args.shapes or ((768, 24576, 32, 4096),)
+        matrices = args.topk_matrices.split(";") if args.topk_matrices else [None] * len(shapes)
+        if len(matrices) != len(shapes):
+            ap.error(f"--topk-matrices names {len(matrices)} files for {len(shapes)} shapes")
+        for (d_in, m, k, batch), matrix in zip(shapes, matrices):
+            same = (matrix, torch.float32) if matrix else None
+            run(d_in, m, k, batch, reps, "cpu", topk_matrix=same)
+            run(d_in, m, k, batch, reps, "cpu", sparse_encoder=False, topk_matrix=same)
         return
     if not torch.cuda.is_available():
         print("SKIP: torch sees no CUDA device")
@@ -249,11 +303,14 @@ def main():
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}", flush=True)
     torch.set_float32_matmul_precision("high")  # as sparsify sets it
     for shape in ((768, 24576, 32), (4096, 65536, 64)):
+        # The bf16 matrix saekit's TopK alone ran on (bench_step.cu), where run.sh kept it.
+        select = f"{args.select_dir}/select-8192-{shape[1]}.bf16" if args.select_dir else None
+        same = (select, torch.bfloat16) if select and os.path.exists(select) else None
         try:
-            run(*shape, 8192, reps, "cuda")
+            run(*shape, 8192, reps, "cuda", topk_matrix=same)
         except Exception as e:  # the headline line must not cost the dense one
             print(f"torch sparse-encoder step failed at {shape}: {type(e).__name__}: {e}", flush=True)
-        run(*shape, 8192, reps, "cuda", sparse_encoder=False)
+        run(*shape, 8192, reps, "cuda", sparse_encoder=False, topk_matrix=same)
 
 
 if __name__ == "__main__":
