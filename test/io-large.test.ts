@@ -6,6 +6,7 @@
  * Fortran order, stored and deflated entries and the zip checks on small files; the last group
  * reads and writes real files over 4 GiB (sparse, or deflated from zeros), gated on memory.
  */
+import { spawnSync } from 'node:child_process';
 import { closeSync, openSync, readFileSync, readSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { freemem, totalmem } from 'node:os';
 import path from 'node:path';
@@ -15,12 +16,13 @@ import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { SaekitError } from '../lib/errors.js';
 import { native } from '../lib/native/index.js';
-import { encodeNpy, parseNpy, readNpy, readNpyHeader, readNpz, writeNpy, writeNpz, type IoTensor } from '../lib/io/index.js';
+import { encodeNpy, parseNpy, readNpy, readNpyHeader, readNpz, readSafetensors, writeNpy, writeNpz, type IoTensor } from '../lib/io/index.js';
 import { _setPieceLimits, littleEndianPieces, pieceLimits, type IoDType } from '../lib/io/common.js';
 import { encodeNpyParts } from '../lib/io/npy.js';
 import { _readNpzSource, encodeNpzParts } from '../lib/io/npz.js';
 import { memorySource, type ByteSource } from '../lib/io/source.js';
 import { crc32, encodeZipParts } from '../lib/io/zip.js';
+import { distUrl, haveDist } from './helpers/child.js';
 import { ALL_DTYPES, bytesOf, freshSeed, ITEM, rng, tmpDir } from './helpers/io-helpers.js';
 
 const GiB = 2 ** 30;
@@ -520,6 +522,74 @@ describe('arrays this runtime cannot hold', () => {
     try {
       await expectCode(readNpz(f), 'ERR_SAEKIT_MEMORY', /Cannot hold the array of '.*f\d+\.npz:x\.npy' \(4294967297 elements/);
     } finally {
+      rmSync(f);
+    }
+  });
+
+  /** Runs `body` (saekit from dist/ as `io`) in a node limited to 3 GB of address space; its last JSON line. */
+  const limited = (body: string): Record<string, unknown> => {
+    const script = `import { io } from ${distUrl};\ntry { ${body}; console.log(JSON.stringify({ resolved: true })); }\ncatch (e) { console.log(JSON.stringify({ name: e.constructor.name, code: e.code, message: e.message })); }`;
+    const r = spawnSync('bash', ['-c', 'ulimit -v 3000000 && "$0" --input-type=module -e "$1"', process.execPath, script], { encoding: 'utf8', timeout: 60_000 });
+    const last = r.stdout.trim().split('\n').pop() ?? '';
+    if (!last.startsWith('{')) throw new Error(`the child printed no result (status ${r.status}): ${r.stderr.slice(-1000)}`);
+    return JSON.parse(last) as Record<string, unknown>;
+  };
+  // Not under AddressSanitizer (its shadow memory cannot be mapped under ulimit -v).
+  const noLimit = !haveDist || /asan/.test(process.env.LD_PRELOAD ?? '');
+
+  it.skipIf(noLimit)('readNpz: a deflated entry declaring 3.5 GiB from 3.3 MB allocates as it inflates, so it fails as a FORMAT error, not by reserving 3.5 GiB (a child limited to 3 GB)', () => {
+    // Within the deflate ratio bound (1100:1), the entry declares 3.5 GiB; its deflate data
+    // holds the header and 4 MiB of zeros, then junk up to the compressed size.
+    const usize = 3.5 * GiB;
+    const hdr = npyHeader('<f4', [(usize - 128) / 4]);
+    expect(hdr.length).toBe(128);
+    const stream = zlib.deflateRawSync(Buffer.concat([hdr, Buffer.alloc(4 << 20)]));
+    const csize = Math.ceil(usize / 1100) + 1;
+    const data = Buffer.concat([stream, Buffer.alloc(csize - stream.length)]);
+    const local = localHeader({ name: 'x.npy', method: 8, crc: 0, usize, csize });
+    const tail = zipTail([{ name: 'x.npy', method: 8, crc: 0, usize, csize, offset: 0 }], local.length + csize);
+    const f = file('npz');
+    writeFileSync(f, Buffer.concat([local, data, tail]));
+    try {
+      expect(limited(`await io.readNpz(${JSON.stringify(f)})`)).toMatchObject({
+        name: 'SaekitError',
+        code: 'ERR_SAEKIT_FORMAT',
+        message: expect.stringMatching(new RegExp(`inflated to ${128 + (4 << 20)} bytes but declares ${usize}`)),
+      });
+    } finally {
+      rmSync(f);
+    }
+  });
+
+  it.skipIf(noLimit)('readNpy: 3.9 GiB of data that cannot be allocated is ERR_SAEKIT_MEMORY naming the file, not a bare RangeError (a sparse file; a child limited to 3 GB)', () => {
+    const n = (2 ** 32 - 256) / 4;
+    const hdr = npyHeader('<f4', [n]);
+    const f = file('npy');
+    writeSparse(f, hdr.length + 4 * n, [[0, hdr]]);
+    try {
+      expect(limited(`await io.readNpy(${JSON.stringify(f)})`)).toMatchObject({
+        name: 'SaekitError',
+        code: 'ERR_SAEKIT_MEMORY',
+        message: expect.stringContaining(f),
+      });
+    } finally {
+      rmSync(f);
+    }
+  });
+
+  it('SafetensorsReader.readBytes of more than 4 GiB at once is ERR_SAEKIT_ARG naming length (the request, not the file; a sparse 5 GiB file)', async () => {
+    const size = 5 * GiB;
+    const header = Buffer.from(JSON.stringify({ a: { dtype: 'U8', shape: [size], data_offsets: [0, size] } }).padEnd(64, ' '));
+    const pre = Buffer.alloc(8);
+    pre.writeBigUInt64LE(BigInt(header.length));
+    const f = file('safetensors');
+    writeSparse(f, 8 + header.length + size, [[0, Buffer.concat([pre, header])]]);
+    const r = await readSafetensors(f);
+    try {
+      await expectCode(r.readBytes(0, 2 ** 32 + 8), 'ERR_SAEKIT_ARG', /^Expected integer of at most 4294967296 \(one Uint8Array holds no more; read larger spans in pieces\) for length but received 4294967304/);
+      expect((await r.readBytes(8 + header.length + 3, 5)).length).toBe(5);
+    } finally {
+      await r.close();
       rmSync(f);
     }
   });

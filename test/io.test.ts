@@ -359,6 +359,10 @@ describe('safetensors', () => {
       ['a duplicate key holding an escaped quote', stFile('{"a\\"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a\\"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', 4), /duplicate key "a\\"b"/],
       ['a duplicate field inside an entry', stFile('{"a":{"dtype":"F32","dtype":"F64","shape":[1],"data_offsets":[0,4]}}', 4), /duplicate key "dtype"/],
       ['a duplicate metadata key', stFile('{"__metadata__":{"k":"1","k":"2"}}'), /duplicate key "k"/],
+      // serde_json (the reference reader) refuses an escape that leaves a lone surrogate, anywhere.
+      ['a lone surrogate escape in a tensor name', stFile('{"a\\ud800":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', 4), /header string "a\\ud800" has a lone UTF-16 surrogate escape/],
+      ['a lone low surrogate in a metadata value', stFile('{"__metadata__":{"k":"x\\uDC00y"}}'), /header string "x\\udc00y" has a lone UTF-16 surrogate/],
+      ['a lone surrogate in an unknown field', stFile('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"note":["\\ud83d"]}}', 4), /lone UTF-16 surrogate/],
       ['metadata that is not an object', stFile({ __metadata__: ['x'] }), /__metadata__ is not an object of strings/],
       ['a non-string metadata value', stFile({ __metadata__: { k: 1 } }), /__metadata__ value for "k" is not a string/],
       ['an entry that is not an object', stFile({ a: 'F32' }), /tensor "a": entry is not an object/],
@@ -911,6 +915,29 @@ describe('npz', () => {
     }
   });
 
+  it('entry names without the UTF-8 flag are code page 437, as the zip specification, Python\'s zipfile and np.load read them (not latin1)', async () => {
+    // Two entries named with every byte 0x80-0xbf and 0xc0-0xff: written as ASCII placeholders of
+    // the same length (no UTF-8 flag), then the name bytes patched in both headers.
+    const highs = [Buffer.from(Array.from({ length: 64 }, (_, i) => 0x80 + i)), Buffer.from(Array.from({ length: 64 }, (_, i) => 0xc0 + i))];
+    const npy = encodeNpy({ dtype: 'int32', shape: [1], data: new Int32Array([7]) });
+    const z = Buffer.concat(await encodeZipParts([{ name: `${'A'.repeat(64)}.npy`, chunks: [npy] }, { name: `${'B'.repeat(64)}.npy`, chunks: [npy] }]));
+    for (const [i, letter] of ['A', 'B'].entries()) {
+      for (let at = z.indexOf(letter.repeat(64)); at >= 0; at = z.indexOf(letter.repeat(64), at + 64)) highs[i]!.copy(z, at);
+    }
+    // The reference decoding: Python's cp437 codec where python3 runs, else two known characters.
+    let want: string[];
+    try {
+      const out = execFileSync('python3', ['-c', 'import sys, json; print(json.dumps([bytes(range(0x80, 0xc0)).decode("cp437"), bytes(range(0xc0, 0x100)).decode("cp437")]))'], { encoding: 'utf8' });
+      want = JSON.parse(out) as string[];
+    } catch {
+      want = [];
+    }
+    const keys = Object.keys(await decodeNpz(z, 'cp437.npz'));
+    expect(keys.map((k) => [...k].length)).toEqual([64, 64]);
+    expect([keys[0]![1], keys[1]![41]]).toEqual(['ü', 'Θ']); // 0x81, 0xe9
+    if (want.length > 0) expect(keys).toEqual(want);
+  });
+
   it('an archive of 65,535 entries gets ZIP64 end records (65,535 in the end record means "see the ZIP64 record") and reads back', async () => {
     const files = Array.from({ length: 0xffff }, (_, i) => ({ name: `${i}.npy`, chunks: [] as Uint8Array[] }));
     const z = Buffer.concat(await encodeZipParts(files));
@@ -1188,6 +1215,33 @@ describe('npz', () => {
 });
 
 describe('writeFileAtomic', () => {
+  it('utf8Prefix keeps whole characters within a UTF-8 byte budget', async () => {
+    const { utf8Prefix } = await import('../lib/io/source.js');
+    const cases: [string, number][] = [['abc', 2], ['ab数c', 4], ['ab数c', 5], ['😀😀x', 7], ['😀😀x', 8], ['é'.repeat(60), 100], ['', 3]];
+    for (const [s, max] of cases) {
+      const p = utf8Prefix(s, max);
+      // The longest prefix of whole code points (for..of) whose encoding fits.
+      const cps = [...s];
+      let want = '';
+      for (const c of cps) {
+        if (Buffer.byteLength(want + c, 'utf8') > max) break;
+        want += c;
+      }
+      expect(p, `${s} ${max}`).toBe(want);
+    }
+  });
+
+  it('a target named with 80 CJK characters (244 bytes, within the 255-byte limit) writes: the temporary name is cut by bytes, not UTF-16 units', async () => {
+    const dir = tmpDir();
+    const name = `${'数'.repeat(80)}.npy`;
+    expect(Buffer.byteLength(name)).toBe(244);
+    const data = Float32Array.from({ length: 6 }, (_, i) => i - 2.5);
+    await writeNpy(path.join(dir, name), { dtype: 'float32', shape: [2, 3], data });
+    await writeSafetensors(path.join(dir, `${'数'.repeat(77)}.safetensors`), { a: { dtype: 'float32', shape: [6], data } });
+    expect((await readNpy(path.join(dir, name))).data).toEqual(data);
+    expect(readdirSync(dir).sort()).toEqual([name, `${'数'.repeat(77)}.safetensors`].sort());
+  });
+
   it('writes bytes and strings, replaces existing files and leaves no temporary file', async () => {
     const dir = tmpDir();
     const file = path.join(dir, 'out.bin');

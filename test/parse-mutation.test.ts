@@ -235,6 +235,12 @@ describe('parsePyDict', () => {
     expect(pyError("{'n': 1e3}")).toBe("expected ',' or '}' at character 7 but found 'e'");
   });
 
+  it('a form feed is whitespace (as in Python); a control character it stops at is shown escaped', () => {
+    expect([...parsePyDict("{\f'shape':\f(2,\f3)\f}").entries()]).toEqual([['shape', [2, 3]]]);
+    expect(pyError("{'n': 1\u0000}")).toBe('expected \',\' or \'}\' at character 7 but found "\\u0000"');
+    expect(pyError("{'n': 1\u000b}")).toBe('expected \',\' or \'}\' at character 7 but found "\\u000b"');
+  });
+
   it('names what it found and where: negative numbers, None, nested tuples, the end of the header', () => {
     expect(pyError("{'descr': -1}")).toBe('negative number at character 10');
     expect(pyError("{'shape': (1, -2)}")).toBe("expected a non-negative integer at character 14 but found '-'");

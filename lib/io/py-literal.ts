@@ -24,7 +24,8 @@ class Cursor {
   constructor(readonly text: string) {}
 
   skipSpace(): void {
-    while (this.i < this.text.length && ' \t\r\n'.includes(this.text[this.i]!)) this.i++;
+    // Python's tokenizer (and so np.load's literal_eval) also takes a form feed as whitespace.
+    while (this.i < this.text.length && ' \t\r\n\f'.includes(this.text[this.i]!)) this.i++;
   }
   peek(): string {
     this.skipSpace();
@@ -35,7 +36,10 @@ class Cursor {
     this.i++;
   }
   found(): string {
-    return this.i < this.text.length ? `'${this.text[this.i]}'` : 'the end of the header';
+    if (this.i >= this.text.length) return 'the end of the header';
+    const ch = this.text[this.i]!;
+    // A control character is shown escaped (a NUL or form feed printed raw garbles the message).
+    return /[\x00-\x1f\x7f]/.test(ch) ? JSON.stringify(ch) : `'${ch}'`;
   }
 }
 

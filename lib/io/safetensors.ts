@@ -42,6 +42,7 @@ import {
   MAX_BUFFER_BYTES,
   newIoArray,
   checkWellFormed,
+  hasLoneSurrogate,
   type IoArray,
   type IoDType,
   type IoTensor,
@@ -211,10 +212,33 @@ function parseHeaderJson(bytes: Uint8Array, name: string): Record<string, unknow
     throw formatError(WHAT, name, `header is not valid JSON (${(err as Error).message})`);
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw formatError(WHAT, name, 'header is not a JSON object');
+  // UTF-8 text holds no lone surrogate, but a \ud800 escape makes one, which has no UTF-8 form:
+  // the reference reader (serde_json) refuses it anywhere in the header.
+  if (/\\u[dD][89a-fA-F]/.test(text)) {
+    const lone = findLoneSurrogate(value);
+    if (lone !== undefined) throw formatError(WHAT, name, `header string ${quote(lone)} has a lone UTF-16 surrogate escape (no UTF-8 form)`);
+  }
   const { duplicateKey: dup, nonIntegerToken: num } = scanJsonKeys(text, ENTRY_INTEGER_FIELDS);
   if (dup !== undefined) throw formatError(WHAT, name, `duplicate key ${quote(dup)} in the header`);
   if (num !== undefined) throw formatError(WHAT, name, `header number ${num} in a shape or data_offsets is not written as a non-negative integer`);
   return value as Record<string, unknown>;
+}
+
+/** The first key or string value inside `v` (a JSON value) with a lone surrogate, if any. */
+function findLoneSurrogate(v: unknown): string | undefined {
+  const stack: unknown[] = [v];
+  while (stack.length > 0) {
+    const x = stack.pop();
+    if (typeof x === 'string') {
+      if (hasLoneSurrogate(x)) return x;
+    } else if (x !== null && typeof x === 'object') {
+      for (const [k, y] of Object.entries(x)) {
+        if (hasLoneSurrogate(k)) return k;
+        stack.push(y);
+      }
+    }
+  }
+  return undefined;
 }
 
 /** A tensor entry's fields of unsigned integers (the reference reader refuses `2.0` there; JSON.parse does not). */
@@ -364,6 +388,8 @@ class Reader implements SafetensorsReader {
     if (!Number.isSafeInteger(length) || length < 0 || offset + length > size) {
       throw argError('length', `integer between 0 and ${size - offset} (the bytes left after offset ${offset})`, length);
     }
+    // The request, not the file, is at fault: one Uint8Array holds at most 4 GiB.
+    if (length > MAX_BUFFER_BYTES) throw argError('length', `integer of at most ${MAX_BUFFER_BYTES} (one Uint8Array holds no more; read larger spans in pieces)`, length);
     if (into !== undefined && (!(into instanceof Uint8Array) || into.length < length)) {
       throw argError('into', `a Uint8Array of at least ${length} bytes`, into);
     }

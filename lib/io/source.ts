@@ -98,7 +98,15 @@ function fileSource(fh: FileHandle, path: string, size: number, what: string): B
     async read(offset, length, into) {
       if (closed) throw new SaekitError('ERR_SAEKIT_DISPOSED', `${path}: this reader was closed; reads after close() are not possible`);
       if (length > MAX_BUFFER_BYTES) throw formatError(what, path, `a read of ${length} bytes exceeds the 4 GiB buffer limit`);
-      const out = into ?? new Uint8Array(length);
+      let out = into;
+      if (out === undefined) {
+        try {
+          out = new Uint8Array(length);
+        } catch (err) {
+          if (!(err instanceof RangeError)) throw err;
+          throw new SaekitError('ERR_SAEKIT_MEMORY', `Cannot hold ${length} bytes of ${path} in memory here: ${err.message}`);
+        }
+      }
       let done = 0;
       while (done < length) {
         const want = Math.min(READ_CHUNK, length - done);
@@ -138,6 +146,20 @@ export function memorySource(bytes: Uint8Array, name: string): ByteSource {
   };
 }
 
+/** The longest prefix of `s` whose UTF-8 encoding has at most `maxBytes` bytes, whole characters only. @internal */
+export function utf8Prefix(s: string, maxBytes: number): string {
+  let bytes = 0;
+  let end = 0;
+  for (const ch of s) {
+    const cp = ch.codePointAt(0)!;
+    const n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    if (bytes + n > maxBytes) break;
+    bytes += n;
+    end += ch.length;
+  }
+  return s.slice(0, end);
+}
+
 /**
  * Writes `chunks` in order to `path` atomically: they go to a temporary file in the same folder,
  * which is flushed to disk (fsync) and then renamed over `path`. Readers see the old file or the
@@ -149,8 +171,9 @@ export function memorySource(bytes: Uint8Array, name: string): ByteSource {
  */
 export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Array | string)[]): Promise<void> {
   checkPath(path);
-  // A name of at most 255 bytes (the usual limit) whatever the target's: its first 100 characters.
-  const tmp = join(dirname(path), `.${basename(path).slice(0, 100)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  // A name of at most 255 bytes (the usual limit) whatever the target's: its first 100 bytes of
+  // UTF-8, cut at a character boundary (100 UTF-16 units of CJK were 300 bytes).
+  const tmp = join(dirname(path), `.${utf8Prefix(basename(path), 100)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   let fh: FileHandle | undefined;
   try {
     pendingTemporary(tmp, true);

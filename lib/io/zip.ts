@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as zlib from 'node:zlib';
 
-import { argError } from '../errors.js';
+import { argError, SaekitError } from '../errors.js';
 import { due, pause } from '../slices.js';
 import { checkPlanned, formatError, MAX_BUFFER_BYTES } from './common.js';
 import type { ByteSource } from './source.js';
@@ -25,6 +25,8 @@ const U16_MAX = 0xffff;
 const U32_MAX = 0xffffffff;
 /** Deflate cannot expand data by more than about 1032:1; a larger declared ratio is a lie. */
 const MAX_DEFLATE_RATIO = 1100;
+/** The first buffer of a deflated entry (at least 4x its compressed bytes; it grows with the output). */
+const INITIAL_INFLATE_BYTES = 1 << 20;
 const FLAG_ENCRYPTED = 0x0001;
 const FLAG_STRONG_ENCRYPTION = 0x0040;
 const FLAG_UTF8 = 0x0800;
@@ -210,8 +212,15 @@ function decodeName(raw: Uint8Array, flags: number, what: string, name: string):
       throw formatError(what, name, 'an entry name is not valid UTF-8');
     }
   }
-  return Buffer.from(raw.buffer, raw.byteOffset, raw.length).toString('latin1');
+  // Without the UTF-8 flag a name is in code page 437 (the zip specification, APPNOTE appendix D,
+  // as Python's zipfile and so np.load decode it): ASCII below 0x80, CP437_HIGH above.
+  let out = '';
+  for (const b of raw) out += b < 0x80 ? String.fromCharCode(b) : CP437_HIGH[b - 0x80]!;
+  return out;
 }
+
+/** Code page 437's characters for the bytes 0x80 to 0xff, in order. */
+const CP437_HIGH = 'ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■\u00a0';
 
 /** Parses one central-directory record at `p`; returns the entry and the next record's offset. */
 function readCentral(cd: Uint8Array, p: number, what: string, name: string): { entry: ZipEntry; next: number } {
@@ -335,20 +344,43 @@ export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: numbe
     return data;
   }
   // Inflated in pieces straight into the result (each piece's output copied and its CRC-32
-  // taken as it comes), so no single step holds the JS thread for the whole entry.
-  const data = new Uint8Array(e.uncompressedSize);
+  // taken as it comes), so no single step holds the JS thread for the whole entry. The declared
+  // size is bounded only by what deflate can produce (MAX_DEFLATE_RATIO times the compressed
+  // bytes: 4 GiB from a 4 MB file), so the buffer grows with the output (doubling, up to the
+  // declared size) instead of being allocated from that number at once.
+  const alloc = (n: number): Uint8Array => {
+    try {
+      return new Uint8Array(n);
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err;
+      throw new SaekitError('ERR_SAEKIT_MEMORY', `Cannot hold entry ${quoteName(e.name)} of ${src.name} (${e.uncompressedSize} bytes inflated) in memory here: ${err.message}`);
+    }
+  };
+  let data = alloc(Math.min(e.uncompressedSize, Math.max(INITIAL_INFLATE_BYTES, e.compressedSize * 4)));
   let got = 0;
   let crc = 0;
+  let memory: unknown;
   const failure = await streamInflate(src, dataStart, e.compressedSize, INFLATE_PIECE, true, (c) => {
-    if (got + c.length > data.length) {
+    if (got + c.length > e.uncompressedSize) {
       got += c.length;
       return false;
+    }
+    if (got + c.length > data.length) {
+      try {
+        const grown = alloc(Math.min(e.uncompressedSize, Math.max(got + c.length, data.length * 2)));
+        grown.set(data.subarray(0, got));
+        data = grown;
+      } catch (err) {
+        memory = err;
+        return false;
+      }
     }
     data.set(c, got);
     crc = crc32(c, crc);
     got += c.length;
     return true;
   }, INFLATE_CHUNK);
+  if (memory !== undefined) throw memory;
   checkInflated(e, bad, failure, got, crc);
   return data;
 }
