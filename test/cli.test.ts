@@ -325,8 +325,8 @@ describe('saekit CLI', () => {
     const all = JSON.parse(readFileSync(path.join(dir, 'plain.json'), 'utf8')) as { pairs: { a: number; b: number; score: number }[]; mean_max_correlation: number };
     const one = compare('--one-to-one', '--out', path.join(dir, 'one.json'));
     expect(one.status, one.stderr).toBe(0);
-    const kept = JSON.parse(readFileSync(path.join(dir, 'one.json'), 'utf8')) as { pairs: { a: number; b: number }[]; one_to_one: string };
-    expect(kept.one_to_one).toBe('univ-feat-geom');
+    const kept = JSON.parse(readFileSync(path.join(dir, 'one.json'), 'utf8')) as { pairs: { a: number; b: number }[]; one_to_one: boolean };
+    expect(kept.one_to_one).toBe(true);
     // Without the filter both copies of a firing latent pair with it; with it, only the lower B index.
     const want = all.pairs.filter((p) => src.indexOf(p.a) === p.b);
     expect(all.pairs.length).toBeGreaterThan(want.length);
@@ -882,6 +882,20 @@ describe('saekit eval and train: flags, defaults and output (mutation round)', (
     const missing = run([...fake, '--max-tokens']);
     expect(missing.status).toBe(1);
     expect(missing.stderr).toMatch(/option '--max-tokens <n>' argument missing/);
+  });
+
+  it('a misspelt flag is named (with a suggestion) before a required option is missed; the required option is still required', () => {
+    for (const [args, re] of [
+      [['train', 'x.npy', '--ouy', 'o'], /unknown option '--ouy'\n\(Did you mean --out\?\)/],
+      [['train', 'x.npy', '--bogus', '1'], /unknown option '--bogus'/],
+      [['compare', 'a', 'b', '--dat', 'x.npy'], /unknown option '--dat'\n\(Did you mean --data\?\)/],
+      [['train', 'x.npy'], /^error: required option '--out <dir>' not specified\n\(run with --help for usage\)/],
+      [['compare', 'a', 'b'], /^error: required option '--data <src>' not specified/],
+    ] as const) {
+      const r = run([...args]);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stderr, args.join(' ')).toMatch(re);
+    }
   });
 
   it('eval on fewer than 2 rows (one row, or one left once non-finite rows are skipped) exits 1 naming the files, not 0 with NaN metrics', async () => {

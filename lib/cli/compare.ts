@@ -299,7 +299,7 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
       mean_max_correlation: meanMax,
       method: f.method,
       ...(f.method === 'mutual' ? { top: f.top } : {}),
-      ...(f.oneToOne ? { one_to_one: 'univ-feat-geom' } : {}),
+      ...(f.oneToOne ? { one_to_one: true } : {}), // univ_feat_geom's 1-1 filter (--one-to-one)
       ...(f.compat ? { compat: f.compat } : {}),
       threshold: f.threshold,
       pairs_kept: kept,

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { readFile, rename, rm, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 
 import { openActivations } from '../data/index.js';
 import { resolveShardPaths } from '../data/shards.js';
@@ -110,6 +110,30 @@ function checkFlags(cmd: Command, argv: readonly string[]): void {
     seen.set(flag, values);
     if (values.length > 1) {
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected ${flag} at most once but received it ${values.length} times (${values.map((v) => `'${v}'`).join(', ')})`);
+    }
+  }
+}
+
+/**
+ * Options a command cannot run without. commander checks its requiredOption before unknown
+ * options, so `saekit train --ouy x` said "required option '--out <dir>' not specified" instead
+ * of naming the misspelt flag: these are checked in the preAction hook, after commander has
+ * refused unknown options, with commander's own words.
+ */
+const REQUIRED = new WeakSet<Option>();
+
+/** A required option (see REQUIRED), for addOption. */
+function requiredOption(flags: string, description: string): Option {
+  const o = new Option(flags, description);
+  REQUIRED.add(o);
+  return o;
+}
+
+/** Fails the command (as commander does) when a REQUIRED option of it was not given. */
+function checkRequired(cmd: Command): void {
+  for (const o of cmd.options) {
+    if (REQUIRED.has(o) && cmd.getOptionValue(o.attributeName()) === undefined) {
+      cmd.error(`error: required option '${o.flags}' not specified`, { code: 'commander.missingMandatoryOptionValue' });
     }
   }
 }
@@ -617,7 +641,10 @@ export function buildProgram(): Command {
     .version(version())
     .showHelpAfterError('(run with --help for usage)')
     // commander keeps the command line it parsed as rawArgs (not in its typings).
-    .hook('preAction', (_root, action) => checkFlags(action, (program as unknown as { rawArgs: string[] }).rawArgs));
+    .hook('preAction', (_root, action) => {
+      checkFlags(action, (program as unknown as { rawArgs: string[] }).rawArgs);
+      checkRequired(action);
+    });
   program
     .command('info')
     .description('show the compute backend, SIMD level, BLAS library and CUDA status')
@@ -631,7 +658,7 @@ export function buildProgram(): Command {
     .option('--latents <n>', 'number of latents', num('latents', 1, MAX_LATENTS))
     .option('--expansion <e>', 'latents as a multiple of dIn', num('expansion', 0.01, 1 << 16, false))
     .option('--k <k>', 'active latents per row', num('k', 1, 1 << 16), 32)
-    .requiredOption('--out <dir>', 'output folder (the SAE, plus checkpoint/); required')
+    .addOption(requiredOption('--out <dir>', 'output folder (the SAE, plus checkpoint/); required'))
     .option('--batch <n>', 'rows per step', num('batch', 2, 1 << 24), 4096)
     .option('--tokens <n>', 'train on this many tokens', num('tokens', 1, Number.MAX_SAFE_INTEGER))
     .option('--epochs <n>', 'passes over the data (default 1 when --tokens is not given)', num('epochs', 1, 1 << 20))
@@ -686,7 +713,7 @@ export function buildProgram(): Command {
     .description('compare the features of two SAEs: correlation over tokens, matching, SVCCA and RSA of the matched decoder rows against shuffled baselines')
     .argument('<saeA>', 'first SAE folder or file')
     .argument('<saeB>', 'second SAE folder or file')
-    .requiredOption('--data <src>', "activations for saeA (and saeB unless --data-b); required")
+    .addOption(requiredOption('--data <src>', "activations for saeA (and saeB unless --data-b); required"))
     .option('--data-b <src>', "saeB's activations, aligned token by token with --data (another model on the same text): .npy or .safetensors files, a folder or a glob (raw files only for --data)")
     .option('--kind <k>', 'codes or preacts', oneOf('kind', ['codes', 'preacts'] as const), 'codes')
     .option('--method <m>', 'argmax, mutual or hungarian (hungarian needs the full correlation matrix within --max-bytes, see there; beyond it raise --max-bytes or use argmax or mutual, which work from top matches; the assignment holds another nA x nB x 8 bytes)', oneOf('method', ['argmax', 'mutual', 'hungarian'] as const), 'hungarian')
