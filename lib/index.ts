@@ -46,7 +46,7 @@ export {
   type StepStats,
   type AdamState,
 } from './sae/index.js';
-export { EncodeBatcher, type EncodeBatcherOptions } from './sae/batcher.js';
+export { EncodeBatcher, type BatcherEncodeOptions, type EncodeBatcherOptions } from './sae/batcher.js';
 export * as io from './io/index.js';
 export type { IoDType, IoArray, IoTensor, SafetensorsEntry, SafetensorsReader, NpyHeader } from './io/index.js';
 export { openActivations, fromArray, fromAsyncIterable, synthetic } from './data/index.js';

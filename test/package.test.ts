@@ -39,7 +39,7 @@ const ELIDED: [RegExp, string][] = [
   [/for \(const batch of batches\)/, 'declare const batches: Float32Array[];\ndeclare const x: Float32Array;'],
   [/\.fit\(source\)/, "import type { ActivationSource } from 'saekit';\ndeclare const source: ActivationSource;"],
   [/await opt\.step\(b\.data\)/, "import type { AdamOptimizer } from 'saekit';\ndeclare const opt: AdamOptimizer;"],
-  [/batcher\.encode\(x\)/, 'declare const x: Float32Array;'],
+  [/batcher\.encode\(x\b/, 'declare const x: Float32Array;'],
 ];
 
 let readmeSnippets = 0;

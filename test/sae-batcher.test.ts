@@ -1,13 +1,32 @@
 /** EncodeBatcher: concurrent encode requests coalesced into batches, split back per request. */
-import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { getEventListeners } from 'node:events';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 
-import { backend, EncodeBatcher, SparseAutoencoder, type SparseCodes } from '../lib/index.js';
+import { describe, expect, it, vi } from 'vitest';
+
+import { backend, EncodeBatcher, SparseAutoencoder, tensor, type SparseCodes } from '../lib/index.js';
+import { packageRoot } from '../lib/native/index.js';
 import { lcg } from './helpers/reference.js';
 
 const bits = (a: Float32Array): number[] => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
 
 function rowsOf(n: number, dIn: number, next: () => number): Float32Array {
   return Float32Array.from({ length: n * dIn }, () => 2 * next() - 1);
+}
+
+/** sae.encode's codes for x alone, or its error. */
+async function aloneOf(sae: SparseAutoencoder, x: Float32Array, batchInvariant = true): Promise<SparseCodes | Error> {
+  return sae.encode(x, batchInvariant ? { batchInvariant } : undefined).then((c) => c, (e: unknown) => e as Error);
+}
+
+/** A request's outcome (codes as bits, or the error's code, row and message), for toEqual. */
+function outcome(r: SparseCodes | Error | PromiseSettledResult<SparseCodes>): unknown {
+  const v = 'status' in r ? (r.status === 'fulfilled' ? r.value : (r.reason as Error)) : r;
+  if (v instanceof Error) return { code: (v as { code?: string }).code, row: (v as { row?: number }).row, message: v.message };
+  return { rows: v.rows, k: v.k, numLatents: v.numLatents, ...slice(v, 0, v.rows) };
 }
 
 /** The rows [from, to) of codes with k per row. */
@@ -137,7 +156,7 @@ describe('EncodeBatcher', () => {
     const next = lcg(seed);
     using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: seed + 1 });
     const b = new EncodeBatcher(sae, { batchInvariant: true });
-    // Finite values near the float32 limit pass the NaN screen and overflow the pre-activations.
+    // Finite values near the float32 limit pass the check for NaN and infinities and overflow the pre-activations.
     const huge = (n: number, row: number) => {
       const x = rowsOf(n, dIn, next);
       x.fill(3e38, row * dIn, (row + 1) * dIn);
@@ -361,7 +380,7 @@ describe('EncodeBatcher', () => {
     expect(() => new EncodeBatcher(sae, { maxRows: 0 })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/options\.maxRows but received 0/) }));
   });
 
-  it('an empty or infinite request is rejected alone, before it joins a batch; the others resolve with their own rows', async () => {
+  it('an empty or infinite request is rejected alone (the empty one before it joins a batch); the others resolve with their own rows', async () => {
     const seed = Date.now() % 100_000;
     const next = lcg(seed);
     using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 6 });
@@ -380,4 +399,277 @@ describe('EncodeBatcher', () => {
     }
     expect(b.batches).toBe(2);
   });
+
+  it("NaN and infinities are found by the native encode, not by a scan on the JS thread: each request holding one rejects alone with sae.encode's error; the rest of its batch is encoded once more, together", async () => {
+    const seed = Date.now() % 100_000;
+    const next = lcg(seed);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: seed + 2 });
+    const b = new EncodeBatcher(sae, { batchInvariant: true });
+    const sizes = [3, 1, 4, 2, 5, 1, 3, 2];
+    const xs = sizes.map((n) => rowsOf(n, dIn, next));
+    const bad = new Map([[2, Number.NaN], [4, Infinity], [5, -Infinity]]);
+    for (const [i, v] of bad) xs[i]![Math.floor(next() * xs[i]!.length)] = v;
+    const before = backend.stats().submitted;
+    // encode() reads no value of x on the JS thread (it scanned each one with Number.isFinite).
+    const isFinite = vi.spyOn(Number, 'isFinite');
+    let pending: Promise<SparseCodes | Error>[];
+    try {
+      pending = xs.map((x) => b.encode(x).then((c) => c, (e: unknown) => e as Error));
+      expect(isFinite).not.toHaveBeenCalled();
+    } finally {
+      isFinite.mockRestore();
+    }
+    const got = await Promise.all(pending);
+    const jobs = backend.stats().submitted - before;
+    for (const [i, x] of xs.entries()) {
+      const alone = await aloneOf(sae, x);
+      const label = `seed ${seed}, request ${i}`;
+      expect(alone instanceof Error, label).toBe(bad.has(i));
+      if (alone instanceof Error) expect(alone, label).toMatchObject({ code: 'ERR_SAEKIT_NONFINITE', row: expect.any(Number) });
+      expect(outcome(got[i]!), label).toEqual(outcome(alone));
+    }
+    // The first alone (1 encode); the batch of the other seven fails in the addon's check (1);
+    // the three requests at fault alone (3) and the four others again as one batch (1).
+    expect(jobs).toBe(6);
+    expect(b.batches).toBe(2);
+  });
+
+  it('a request that starts at once is read before encode() returns, one that waits is copied: reusing x at once changes neither', async () => {
+    const seed = Date.now() % 100_000;
+    const next = lcg(seed);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: seed + 3 });
+    const b = new EncodeBatcher(sae, { batchInvariant: true });
+    const xs = [2, 3, 1].map((n) => rowsOf(n, dIn, next));
+    const want = await Promise.all(xs.map((x) => aloneOf(sae, x)));
+    const pending = xs.map((x) => b.encode(x));
+    for (const x of xs) x.fill(Number.NaN);
+    const got = await Promise.all(pending);
+    for (let i = 0; i < xs.length; i++) expect(outcome(got[i]!), `seed ${seed}, request ${i}`).toEqual(outcome(want[i]!));
+  });
+
+  it('pendingRows counts the rows waiting for a batch; past maxPendingRows a request that would wait is refused at once with ERR_SAEKIT_MEMORY naming the option', async () => {
+    const seed = Date.now() % 100_000;
+    const next = lcg(seed);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: seed + 4 });
+    expect(new EncodeBatcher(sae).maxPendingRows).toBe(Infinity);
+    expect(new EncodeBatcher(sae, { maxPendingRows: Infinity }).maxPendingRows).toBe(Infinity);
+    const b = new EncodeBatcher(sae, { maxPendingRows: 10, batchInvariant: true });
+    expect([b.maxPendingRows, b.pendingRows]).toEqual([10, 0]);
+    // Idle, a request starts at once whatever its size: it never waits, so it is never refused.
+    const xs = [17, 3, 4, 3].map((n) => rowsOf(n, dIn, next));
+    const first = b.encode(xs[0]!);
+    expect(b.pendingRows).toBe(0);
+    const waiting = xs.slice(1).map((x) => b.encode(x));
+    expect(b.pendingRows).toBe(10);
+    const over = rowsOf(1, dIn, next);
+    await expect(b.encode(over)).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_MEMORY',
+      message: 'Expected at most options.maxPendingRows = 10 rows waiting in this EncodeBatcher but this request (1 rows) would make 11; retry later, or raise options.maxPendingRows',
+    });
+    expect(b.pendingRows).toBe(10);
+    const got = await Promise.all([first, ...waiting]);
+    expect(b.pendingRows).toBe(0);
+    for (const [i, x] of xs.entries()) expect(outcome(got[i]!), `seed ${seed}, request ${i}`).toEqual(outcome(await aloneOf(sae, x)));
+    // Once the queue drained, the refused request is taken.
+    expect(outcome(await b.encode(over))).toEqual(outcome(await aloneOf(sae, over)));
+    // Read-only, and the option is checked by name and range.
+    expect(() => {
+      (b as { pendingRows: number }).pendingRows = 3;
+    }).toThrow(TypeError);
+    for (const bad of [0, -1, 1.5, Number.NaN, '10', -Infinity]) {
+      expect(() => new EncodeBatcher(sae, { maxPendingRows: bad as number }), String(bad)).toThrow(
+        expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected integer between 1 and 9007199254740991 for options\.maxPendingRows but received/) }),
+      );
+    }
+    expect(() => new EncodeBatcher(sae, { maxPendingRow: 5 } as never)).toThrow(/did you mean options\.maxPendingRows\?/);
+  });
+
+  it('encode(x, { signal }): aborted before, while waiting (it leaves the queue, never encoded) or while its batch runs (the others keep their codes), it rejects with signal.reason; unknown options are refused', async () => {
+    const seed = Date.now() % 100_000;
+    const next = lcg(seed);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: seed + 5 });
+    const b = new EncodeBatcher(sae, { batchInvariant: true });
+    const x = rowsOf(2, dIn, next);
+    await expect(b.encode(x, { bogus: 1 } as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: 'Unknown option options.bogus; the options are: signal' });
+    await expect(b.encode(x, { sigal: new AbortController().signal } as never)).rejects.toThrow(/^Unknown option options\.sigal \(did you mean options\.signal\?\)/);
+    await expect(b.encode(x, { signal: 'now' } as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: "Expected an AbortSignal for options.signal but received 'now' (string)" });
+    await expect(b.encode(x, x as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected an options object for options/) });
+    // Aborted already: rejected with its reason, nothing queued or encoded.
+    const before = backend.stats().submitted;
+    const gone = new Error('gone');
+    await expect(b.encode(x, { signal: AbortSignal.abort(gone) })).rejects.toBe(gone);
+    expect([b.pendingRows, backend.stats().submitted - before]).toEqual([0, 0]);
+
+    // Aborted while waiting: both requests on the signal leave the queue at once.
+    const ctl = new AbortController();
+    const xs = [2, 3, 1, 4].map((n) => rowsOf(n, dIn, next));
+    const lead = b.encode(xs[0]!);
+    const waiting = [b.encode(xs[1]!, { signal: ctl.signal }), b.encode(xs[2]!), b.encode(xs[3]!, { signal: ctl.signal })].map((p) => p.then((c) => c, (e: unknown) => e));
+    expect(b.pendingRows).toBe(8);
+    // One listener on the signal however many requests share it.
+    expect(getEventListeners(ctl.signal, 'abort').length).toBe(1);
+    ctl.abort();
+    expect(b.pendingRows).toBe(1);
+    expect(getEventListeners(ctl.signal, 'abort').length).toBe(0);
+    const [w1, w2, w3] = await Promise.all(waiting);
+    const led = await lead;
+    // Two encodes (the lead, then the one request left): the aborted rows were never encoded.
+    expect(backend.stats().submitted - before).toBe(2);
+    expect(b.batches).toBe(2);
+    expect(w1).toBe(ctl.signal.reason);
+    expect(w3).toBe(ctl.signal.reason);
+    expect((w1 as Error).name).toBe('AbortError');
+    expect(outcome(led)).toEqual(outcome(await aloneOf(sae, xs[0]!)));
+    expect(outcome(w2 as SparseCodes)).toEqual(outcome(await aloneOf(sae, xs[2]!)));
+
+    // A signal that never aborts: its listener goes when its requests settle.
+    const idle = new AbortController();
+    await Promise.all([b.encode(xs[1]!, { signal: idle.signal }), b.encode(xs[2]!, { signal: idle.signal })]);
+    expect(getEventListeners(idle.signal, 'abort').length).toBe(0);
+
+    // Aborted while its batch runs: it rejects at once; the rest of that batch keeps its codes.
+    // A wider SAE, so that the batch's encode takes a while.
+    using wide = SparseAutoencoder.create({ dIn: 129, numLatents: 6001, k: 7, seed: seed + 6 });
+    const bw = new EncodeBatcher(wide, { batchInvariant: true });
+    const ys = [1, 61, 47, 53].map((n) => rowsOf(n, 129, next));
+    const mid = new AbortController();
+    const first = bw.encode(ys[0]!);
+    const batch = [bw.encode(ys[1]!), bw.encode(ys[2]!, { signal: mid.signal }), bw.encode(ys[3]!)].map((p) => p.then((c) => c, (e: unknown) => e));
+    while (bw.pendingRows > 0) await new Promise((r) => setImmediate(r));
+    expect(backend.stats().pendingInThisThread, 'the batch is still being encoded').toBeGreaterThan(0);
+    const why = new Error('client went away');
+    mid.abort(why);
+    // It settles first, before the batch's encode is done.
+    expect(await Promise.race([batch[1], batch[0]])).toBe(why);
+    const [g1, g2, g3] = await Promise.all(batch);
+    expect(g2).toBe(why);
+    await first;
+    for (const [i, g] of [[1, g1], [3, g3]] as const) expect(outcome(g as SparseCodes), `seed ${seed}, request ${i}`).toEqual(outcome(await aloneOf(wide, ys[i]!)));
+    expect(bw.batches).toBe(2);
+  });
+
+  it("takes a float32 Tensor [rows, dIn] as sae.encode does, on the batcher's own terms: the same codes; a wrong dtype or shape or a disposed tensor is sae.encode's error", async () => {
+    const seed = Date.now() % 100_000;
+    const next = lcg(seed);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: seed + 7 });
+    const b = new EncodeBatcher(sae, { batchInvariant: true });
+    const xs = [1, 4, 2, 3, 5].map((n) => rowsOf(n, dIn, next));
+    const ts = xs.map((x) => tensor(x, [x.length / dIn, dIn]));
+    try {
+      // The first starts at once (sae.encode reads the tensor); the others wait (downloaded), mixed with an array.
+      const pending = [b.encode(ts[0]!), b.encode(ts[1]!), b.encode(xs[2]!), b.encode(ts[3]!), b.encode(ts[4]!)];
+      expect(b.pendingRows).toBe(14);
+      ts[4]!.dispose(); // its rows were asked for when encode() was called
+      const got = await Promise.all(pending);
+      expect(b.pendingRows).toBe(0);
+      for (const [i, x] of xs.entries()) expect(outcome(got[i]!), `seed ${seed}, request ${i}`).toEqual(outcome(await aloneOf(sae, x)));
+      const disposed = tensor(xs[0]!, [1, dIn]);
+      disposed.dispose();
+      const bad = [tensor(xs[0]!, [1, dIn], { dtype: 'bfloat16' }), tensor(xs[1]!, [4 * dIn]), tensor(xs[1]!, [2, 2 * dIn]), tensor(new Float32Array(0), [0, dIn]), tensor(xs[0]!, [1, 1, dIn]), disposed];
+      for (const t of bad) {
+        const want = await sae.encode(t as never).then(() => null, (e: unknown) => e as Error);
+        expect(want, String(t)).toBeInstanceOf(Error);
+        expect(outcome(await b.encode(t as never).then((c) => c, (e: unknown) => e as Error)), String(t)).toEqual(outcome(want!));
+        t.dispose();
+      }
+      await expect(b.encode([1, 2] as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: `Expected a Float32Array of rows x dIn = ${dIn} values or a float32 Tensor [rows, ${dIn}] for x but received an array of length 2` });
+    } finally {
+      for (const t of ts) t.dispose();
+    }
+  });
+
+  it('once the SAE is disposed, every waiting request rejects at once with ERR_SAEKIT_DISPOSED, with its own stack: no batch is built for them', async () => {
+    const next = lcg(Date.now() % 100_000);
+    const sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 8 });
+    const b = new EncodeBatcher(sae, { maxRows: 30 });
+    const x = rowsOf(1, dIn, next);
+    const lead = b.encode(x);
+    async function waiter(): Promise<unknown> {
+      return b.encode(x).catch((e: unknown) => e);
+    }
+    const waiting = Array.from({ length: 3000 }, () => waiter());
+    expect(b.pendingRows).toBe(3000);
+    sae.dispose();
+    // Count the batches built (each a Float32Array of 30 rows), as the memory test does.
+    let built = 0;
+    const F32 = globalThis.Float32Array;
+    globalThis.Float32Array = new Proxy(F32, {
+      construct(target, args, newTarget) {
+        if (args[0] === 30 * dIn) built++;
+        return Reflect.construct(target, args, newTarget) as object;
+      },
+    });
+    let errs: unknown[];
+    try {
+      await lead; // queued before the dispose: it finishes
+      errs = await Promise.all(waiting);
+    } finally {
+      globalThis.Float32Array = F32;
+    }
+    expect(built).toBe(0);
+    expect(b.pendingRows).toBe(0);
+    for (const e of errs) expect(e).toMatchObject({ code: 'ERR_SAEKIT_DISPOSED', message: 'the SparseAutoencoder of this batcher was disposed before the request was encoded' });
+    expect((errs[2999] as Error).stack).toMatch(/\n\s+at waiter /);
+    expect(errs[0]).not.toBe(errs[1]); // each request's own error
+  });
+});
+
+/** The CUDA plugin built on the CPU emulation of the CUDA runtime (native/cuda/emu/build.sh). */
+const emuPlugin = path.join(packageRoot, 'build-cuda-emu', 'libsaekit_cuda.so');
+const emuCublas = path.join(packageRoot, 'build-cuda-emu', 'libfakecublas.so');
+
+describe('EncodeBatcher on a CUDA device (the emulated plugin, in a child process)', () => {
+  it('JumpReLU: a request with a row wider than a CUDA encode keeps (8192 active latents) rejects alone with sae.encode\'s error; the other requests of its batch keep their codes', (ctx) => {
+    if (!existsSync(emuPlugin) || !existsSync(emuCublas)) ctx.skip(`${path.relative(packageRoot, emuPlugin)} is not built (native/cuda/emu/build.sh)`);
+    const seed = Date.now() % 100_000;
+    // dIn 4, 9000 latents, threshold 0.5, pre = x0 + x1 (l % 7) / 7: a row with x0 >= 0.6 and
+    // x1 >= 0 activates all 9000 (too wide for the device); one with x0 <= 0.4 and x1 in [0, 1] at
+    // most the 6/7 with l % 7 > 0 (7714). Odd request sizes, three of them holding one wide row.
+    const body = `
+const { EncodeBatcher, SparseAutoencoder } = saekit;
+let s = ${seed} >>> 0;
+const next = () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s / 2 ** 32; };
+const [dIn, M] = [4, 9000];
+const W_enc = new Float32Array(dIn * M);
+for (let l = 0; l < M; l++) { W_enc[l] = 1; W_enc[M + l] = (l % 7) / 7; }
+const W_dec = Float32Array.from({ length: M * dIn }, () => next() - 0.5);
+using sae = SparseAutoencoder.fromWeights({ W_enc, b_enc: new Float32Array(M), W_dec, b_dec: new Float32Array(dIn), threshold: new Float32Array(M).fill(0.5) }, { architecture: 'jumprelu', device: 'cuda:0' });
+const row = (wide) => [wide ? 0.6 + 0.4 * next() : -0.5 + 0.9 * next(), next(), next() - 0.5, next() - 0.5];
+const sizes = [1, 3, 2, 5, 1, 4, 3, 2, 1, 3, 2];
+const wideAt = new Map([[2, 1], [5, 3], [9, 0]]);
+const xs = sizes.map((n, i) => Float32Array.from(Array.from({ length: n }, (_, r) => row(wideAt.get(i) === r)).flat()));
+const b = new EncodeBatcher(sae);
+const got = await Promise.allSettled(xs.map((x) => b.encode(x)));
+// Codes as their shape and whether their bits equal sae.encode's alone (the output stays small).
+const bitsOf = (c) => Buffer.concat([Buffer.from(c.values.buffer, c.values.byteOffset, c.values.byteLength), Buffer.from(c.indices.buffer, c.indices.byteOffset, c.indices.byteLength)]);
+const show = (v, ref) => v instanceof Error ? { code: v.code, row: v.row, message: v.message } : { rows: v.rows, k: v.k, sameBits: ref instanceof Error ? null : bitsOf(v).equals(bitsOf(ref)) };
+const out = [];
+for (const [i, x] of xs.entries()) {
+  const alone = await sae.encode(x).then((c) => c, (e) => e);
+  out.push({ i, wide: wideAt.has(i), alone: show(alone, alone), got: show(got[i].status === 'fulfilled' ? got[i].value : got[i].reason, alone) });
+}
+console.log(JSON.stringify({ device: sae.device, batches: b.batches, out }));`;
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'saekit-batcher-'));
+    try {
+      const file = path.join(dir, 'child.mts');
+      writeFileSync(file, `import * as saekit from ${JSON.stringify(path.join(packageRoot, 'lib', 'index.ts'))};\n${body}\n`);
+      const r = spawnSync(process.execPath, ['--import', 'tsx', file], {
+        cwd: packageRoot,
+        encoding: 'utf8',
+        timeout: 120_000,
+        env: { ...process.env, SAEKIT_CUDA_PLUGIN: emuPlugin, SAEKIT_CUBLAS: emuCublas, SAEKIT_EMU_DEVICES: '1' },
+      });
+      expect({ status: r.status, signal: r.signal }, r.stderr).toEqual({ status: 0, signal: null });
+      const res = JSON.parse(r.stdout.trim().split('\n').pop()!) as { device: string; batches: number; out: { i: number; wide: boolean; alone: { code?: string; message?: string }; got: unknown }[] };
+      expect(res.device).toBe('cuda:0');
+      for (const o of res.out) {
+        const label = `seed ${seed}, request ${o.i}`;
+        if (o.wide) expect(o.alone, label).toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/^Expected at most 8192 active latents per row for a JumpReLU encode on cuda:0 .* but row \d+ of x has 9000;/) });
+        else expect(o.alone, label).not.toHaveProperty('code');
+        expect(o.got, label).toEqual(o.alone);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 130_000);
 });

@@ -342,3 +342,29 @@ describe('use after dispose names the argument as the caller wrote it (mutation 
     await expect(ops.matmul(a, b, { out })).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED', message: 'options.out is a disposed Tensor; it cannot be used any more' });
   });
 });
+
+describe('t.to(its own dtype) is an exact copy', () => {
+  it('keeps every bit, signalling NaNs and NaN payloads included (as its JSDoc says); only a conversion to another float type makes NaNs quiet', async () => {
+    const next = (() => {
+      let s = Date.now() % 100_000 >>> 0;
+      return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0);
+    })();
+    // Signalling and quiet NaNs of both signs with payloads, infinities, zeros, subnormals, random bits.
+    const f32 = Uint32Array.from([0x7f800001, 0xff800123, 0x7fbfffff, 0x7fc00001, 0xffffffff, 0x7f800000, 0x80000000, 0x00000001, ...Array.from({ length: 37 }, next)]);
+    const h16 = Uint16Array.from([0x7c01, 0xfc01, 0x7dff, 0x7e01, 0x7f81, 0xff81, 0x7fbf, 0xffff, 0x0001, 0x8000, ...Array.from({ length: 23 }, () => next() & 0xffff)]);
+    const i32 = Int32Array.from([0, -1, 2147483647, -2147483648, ...Array.from({ length: 11 }, () => next() | 0)]);
+    const cases: [DType, Uint32Array | Uint16Array | Int32Array][] = [['float32', f32], ['bfloat16', h16], ['float16', h16], ['int32', i32]];
+    for (const [dtype, raw] of cases) {
+      const data = dtype === 'float32' ? new Float32Array(raw.buffer) : raw;
+      using t = tensor(data as never, [raw.length], { dtype });
+      using u = await t.to(dtype);
+      const got = await u.toArray();
+      const bits = (a: ArrayBufferView) => Array.from(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+      expect(bits(got), dtype).toEqual(bits(raw));
+    }
+    // Another float type: NaNs come out quiet.
+    using s = tensor(new Float32Array(Uint32Array.from([0x7f800001, 0xff800123]).buffer), [2]);
+    using b = await s.to('bfloat16');
+    expect(Array.from(await b.toArray())).toEqual([0x7fc0, 0xffc0]);
+  });
+});

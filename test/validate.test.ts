@@ -222,3 +222,27 @@ describe('errors', () => {
     expect(callNative(() => 5)).toBe(5);
   });
 });
+
+describe('device names', () => {
+  it("'cuda:N' is written without leading zeros: 'cuda:01' (taken as cuda:1) and 'cuda:00000000001' (reported as out of range) are ERR_SAEKIT_ARG naming the argument and the form", async () => {
+    const { resolveDevice, use } = await import('../lib/backend/index.js');
+    const form = "one of 'auto', 'cpu', 'cuda', 'cuda:N' (N a device index without leading zeros: 'cuda:0', 'cuda:1', ...)";
+    for (const d of ['cuda:01', 'cuda:00', 'cuda:007', 'cuda:00000000001', `cuda:0${'9'.repeat(30)}`]) {
+      const shown = d.length > 40 ? `${d.slice(0, 40)}...` : d;
+      expect(thrown(() => resolveDevice('options.device', d)), d).toEqual(['ERR_SAEKIT_ARG', `Expected ${form} for options.device but received '${shown}' (string)`]);
+      expect(thrown(() => use(d as 'cpu')), d).toEqual(['ERR_SAEKIT_ARG', `Expected ${form} for device but received '${shown}' (string)`]);
+    }
+    // Other malformed names keep the plain form; well-formed ones pass the check (and are then
+    // resolved: ERR_SAEKIT_DEVICE where CUDA or that device is missing).
+    expect(thrown(() => resolveDevice('options.device', 'cuda:1x'))).toEqual(['ERR_SAEKIT_ARG', "Expected one of 'auto', 'cpu', 'cuda', 'cuda:N' for options.device but received 'cuda:1x' (string)"]);
+    for (const d of ['cuda', 'cuda:0', 'cuda:1', 'cuda:10', 'cuda:907']) {
+      let code = 'none';
+      try {
+        resolveDevice('options.device', d);
+      } catch (e) {
+        code = (e as SaekitError).code;
+      }
+      expect(code, d).not.toBe('ERR_SAEKIT_ARG');
+    }
+  });
+});

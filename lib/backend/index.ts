@@ -140,7 +140,11 @@ export function resolveDevice(name: string, device: unknown): ResolvedDevice {
   const d = device === undefined ? defaultDevice : device;
   if (d === 'cpu') return { kind: 'cpu' };
   if (d === 'auto') return autoDevice(cudaStatus());
-  if (typeof d !== 'string' || !/^cuda(?::\d+)?$/.test(d)) throw argError(name, "one of 'auto', 'cpu', 'cuda', 'cuda:N'", d);
+  if (typeof d !== 'string' || !/^cuda(?::(?:0|[1-9]\d*))?$/.test(d)) {
+    // N is written as a device index is: 'cuda:01' is no name of cuda:1 (it was taken as one).
+    const zeros = typeof d === 'string' && /^cuda:0\d+$/.test(d);
+    throw argError(name, `one of 'auto', 'cpu', 'cuda', 'cuda:N'${zeros ? " (N a device index without leading zeros: 'cuda:0', 'cuda:1', ...)" : ''}`, d);
+  }
   return cudaDevice(name, d, cudaStatus());
 }
 

@@ -102,9 +102,11 @@ export class Tensor<D extends DType = DType> {
   }
 
   /**
-   * A new tensor with the values converted to `dtype`, on the same device. To a float type:
-   * round to nearest even, with infinities, NaNs (made quiet) and subnormals kept. To 'int32':
-   * truncated toward zero, saturated at int32's range, NaN to 0.
+   * A new tensor with the values converted to `dtype`, on the same device. To the tensor's own
+   * dtype: an exact copy, bit for bit (a NaN keeps its payload, a signalling NaN stays
+   * signalling). To another float type: round to nearest even, with infinities, NaNs (made
+   * quiet) and subnormals kept. To 'int32': truncated toward zero, saturated at int32's range,
+   * NaN to 0.
    */
   async to<T extends DType>(dtype: T): Promise<Tensor<T>> {
     const site = new Error();
