@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
 import * as saekit from '../lib/index.js';
-import { mfr, minEigenvalue, roundFloat16, sharkey, synthetic } from '../lib/data/synthetic-compat.js';
-import { Rng } from '../lib/data/synthetic.js';
+import { mfr, mfrCachePlan, minEigenvalue, roundFloat16, sharkey, synthetic } from '../lib/data/synthetic-compat.js';
+import { allocationHook, Rng } from '../lib/data/synthetic.js';
 import type { ActivationSource, BatchOptions } from '../lib/data/types.js';
 import { expectNamedError } from './helpers/errors.js';
 import { lcg } from './helpers/reference.js';
@@ -325,7 +325,14 @@ describe('mfr (docs/references.md §4.4)', () => {
     expect(n2 / 512).toBeGreaterThan(256 * 0.9); // randn columns: |f|^2 ~ dIn, not 1
     expect(n2 / 512).toBeLessThan(256 * 1.1);
     const codes = d.codes(0, 3000);
-    expect(codes.indptr.every((v, r) => v === 32 * r)).toBe(true);
+    // 32 coefficients per row, less those that are 0 (probability 1/2048 each in float16).
+    let zeros = 0;
+    for (let r = 0; r < 3000; r++) {
+      const len = codes.indptr[r + 1]! - codes.indptr[r]!;
+      expect(len >= 29 && len <= 32, `row ${r}: ${len} codes`).toBe(true);
+      zeros += 32 - len;
+    }
+    expect(within5Sigma(zeros, 3000 * 32, 1 / 2048), `${zeros} zero coefficients`).toBe(true);
     expect(Math.max(...codes.indices)).toBeLessThan(504);
     for (let b = 0; b < 3; b++) {
       const sup = d.supports(b);
@@ -338,7 +345,7 @@ describe('mfr (docs/references.md §4.4)', () => {
         }
       }
       const p = d.batchProbabilities(b);
-      expect(p.reduce((a, v) => a + v, 0)).toBeCloseTo(32, 12);
+      expect(p.reduce((a, v) => a + v, 0)).toBeCloseTo((32 * 2047) / 2048, 12); // a float16 coefficient is 0 1 time in 2048
       for (let f = 504; f < 512; f++) expect(p[f]).toBe(0);
     }
   });
@@ -369,10 +376,13 @@ describe('mfr (docs/references.md §4.4)', () => {
       const a = codes.indptr[r]!;
       const g = Math.floor(codes.indices[a]! / 7);
       if (r < 2 * B) groupCount[g]!++;
-      expect(Array.from(codes.indices.subarray(a, a + 4))).toEqual(Array.from(sup.subarray(g * 4, g * 4 + 4)));
-      for (let t = a; t < a + 4; t++) {
+      // The group's support, less the features whose coefficient is 0 (float16: 1 in 2048).
+      const own = Array.from(sup.subarray(g * 4, g * 4 + 4));
+      const listed = Array.from(codes.indices.subarray(a, codes.indptr[r + 1]!));
+      expect(listed.length >= 2 && listed.every((f) => own.includes(f)), `row ${r}: ${listed} of ${own}`).toBe(true);
+      for (let t = a; t < codes.indptr[r + 1]!; t++) {
         const v = codes.values[t]!;
-        expect(v >= 0 && v <= 1 && roundFloat16(v) === v).toBe(true);
+        expect(v > 0 && v < 1 && roundFloat16(v) === v).toBe(true);
       }
     }
     for (let g = 0; g < groups; g++) expect(within5Sigma(groupCount[g]!, 2 * B, 1 / groups), `seed ${seed}`).toBe(true);
@@ -401,6 +411,71 @@ describe('mfr (docs/references.md §4.4)', () => {
       expect(d.rows(3, 97)).toEqual(want);
       if (dtype === 'float32') expect(Array.from(d.features).some((f) => roundFloat16(f) !== f)).toBe(true);
     }
+  });
+});
+
+describe('mfr: float16 coefficients, zero codes and the batch cache (audit round 2)', () => {
+  it("float16 coefficients are torch.rand's half uniform k / 2048, k in [0, 2047]: never 1, 0 with probability 1/2048, k uniform", () => {
+    const seed = freshSeed(20);
+    const N = 20000;
+    const d = mfr({ dIn: 3, numFeatures: 64, groups: 2, activePerPoint: 32, numRows: N, batchSize: 5000, seed });
+    const codes = d.codes(0, N);
+    const hist = new Float64Array(2048);
+    for (const v of codes.values) {
+      const k = v * 2048;
+      if (!(Number.isInteger(k) && k >= 1 && k <= 2047)) expect.fail(`seed ${seed}: coefficient ${v} is not k / 2048 with k in [1, 2047]`);
+      hist[k]!++;
+    }
+    const total = N * 32;
+    hist[0] = total - codes.values.length; // the zeros, left out of the codes
+    expect(within5Sigma(hist[0]!, total, 1 / 2048), `seed ${seed}: ${hist[0]} zeros of ${total}`).toBe(true);
+    // k uniform over 2048 values: chi-square, 2047 df (mean 2047, sd 64; 6.5 sd: tail below 1e-6).
+    const want = total / 2048;
+    const chi2 = hist.reduce((a, c) => a + (c - want) ** 2 / want, 0);
+    expect(chi2, `seed ${seed}`).toBeLessThanOrEqual(2047 + 6.5 * Math.sqrt(2 * 2047));
+    // float32: U(0, 1] coefficients, none 0, so every row lists its 32.
+    const f32 = mfr({ dIn: 3, numFeatures: 64, groups: 2, activePerPoint: 32, numRows: 2000, dtype: 'float32', seed }).codes(0, 2000);
+    expect(f32.values.length).toBe(2000 * 32);
+    expect(f32.values.every((v) => v > 0 && v <= 1)).toBe(true);
+  });
+
+  it('codes list no 0 (values all > 0), and the rows are still the float64 sums of the codes', () => {
+    const seed = freshSeed(21);
+    const d = mfr({ dIn: 7, numFeatures: 40, groups: 2, activePerPoint: 20, numRows: 3000, batchSize: 700, seed });
+    const codes = d.codes(0, 3000);
+    expect(codes.values.length, `seed ${seed}`).toBeLessThan(3000 * 20); // about 29 zeros were dropped
+    expect(codes.values.every((v) => v > 0)).toBe(true);
+    expect(d.rows(0, 3000)).toEqual(rowsFromCodes(codes, d.features, 7, f16Ref));
+  });
+
+  it('the batch cache stays within 64 MiB: packed features only when two batches of them fit, else rows from the features (same bits)', () => {
+    const budget = 64 * 2 ** 20;
+    for (const [groups, k, dIn] of [
+      [12, 32, 256],
+      [12, 42, 4096],
+      [1, 16384, 1024],
+      [1, 2048, 2100],
+      [64, 256, 65536],
+      [1, 2 ** 23, 1],
+      [1, 2 ** 24, 1],
+    ] as const) {
+      const plan = mfrCachePlan(groups, k, dIn);
+      const supBytes = groups * k * 4;
+      const packedBytes = groups * k * dIn * 8;
+      expect(plan.bytes).toBeGreaterThanOrEqual(supBytes + (plan.packed ? packedBytes : 0));
+      if (plan.capacity > 1 || supBytes <= budget / 2) expect(plan.capacity * plan.bytes, `${groups} x ${k} x ${dIn}`).toBeLessThanOrEqual(budget);
+      expect(plan.capacity).toBeGreaterThanOrEqual(1);
+      expect(plan.packed).toBe(2 * (supBytes + packedBytes + 1024) <= budget);
+    }
+    // 2048 features of 2100 dims: the packing would be 33 MiB a batch. Three batches leave
+    // nothing of that size resident, and the rows are the codes' float64 sums all the same.
+    const seed = freshSeed(22);
+    const d = mfr({ dIn: 2100, numFeatures: 2048, groups: 1, activePerPoint: 2048, decay: 1, batchSize: 1, numRows: 3, dtype: 'float32', seed });
+    const before = process.memoryUsage().arrayBuffers;
+    const rows = d.rows(0, 3);
+    const grown = process.memoryUsage().arrayBuffers - before;
+    expect(grown, `${(grown / 2 ** 20).toFixed(1)} MiB more array buffers`).toBeLessThan(16 * 2 ** 20);
+    expect(rows).toEqual(rowsFromCodes(d.codes(0, 3), d.features, 2100, Math.fround));
   });
 });
 
@@ -462,6 +537,52 @@ describe('compat generators: determinism, batching and the public namespace', ()
     expectNamedError(() => d.batchProbabilities(-1), 'batch');
     expectNamedError(() => d.rows(5, 6), 'count');
     expectNamedError(() => sharkey({ numRows: 10 }).codes(11, 0), 'start');
+  });
+});
+
+describe("sharkey's @example runs as written", () => {
+  it('codes(0, N) of the example is within the default numRows and its mean L0 is the documented 0.97 (5 sigma)', async () => {
+    const { readFileSync } = await import('node:fs');
+    const src = readFileSync(new URL('../lib/data/synthetic-compat.ts', import.meta.url), 'utf8');
+    const example = src.split('@example')[1]!.split('*/')[0]!;
+    expect(example).toContain("synthetic.sharkey({ mode: 'uncorrelated', seed: 1 })");
+    const m = /data\.codes\(0, (\d+)\); \/\/ .*indptr\[(\d+)\] \/ (\d+) is about 0\.97/.exec(example);
+    expect(m, example).not.toBeNull();
+    const N = Number(m![1]);
+    expect(Number(m![2])).toBe(N);
+    expect(Number(m![3])).toBe(N);
+    const data = synthetic.sharkey({ mode: 'uncorrelated', seed: 1 });
+    const { indptr } = data.codes(0, N); // threw ERR_SAEKIT_ARG when the example asked for 100000 of 65536 rows
+    // Poisson-binomial: mean sum p_i = 0.9709 (5/512 (1 - 0.99^512) / 0.01), variance sum p_i (1 - p_i).
+    const p = data.probabilities!;
+    const mean = p.reduce((a, x) => a + x, 0);
+    const variance = p.reduce((a, x) => a + x * (1 - x), 0);
+    expect(mean).toBeCloseTo(0.9709, 4);
+    expect(Math.abs(indptr[N]! - N * mean)).toBeLessThanOrEqual(5 * Math.sqrt(N * variance));
+  });
+});
+
+describe('compat generators: memory that cannot be had', () => {
+  it('is ERR_SAEKIT_MEMORY naming the size and the option to lower, not a bare RangeError', () => {
+    allocationHook.fails = (_what, bytes) => bytes > 2 ** 20;
+    try {
+      const memory = (fn: () => unknown, name: string, size: RegExp) => {
+        expectNamedError(fn, name, 'ERR_SAEKIT_MEMORY');
+        expect(() => fn()).toThrow(size);
+      };
+      memory(() => sharkey({ dIn: 1024, numFeatures: 512 }), 'options.numFeatures or options.dIn', /512 x 1024 feature matrix needs 524288 float32 values \(2\.0 MiB\)/);
+      memory(() => mfr({ dIn: 1024, numFeatures: 512 }), 'options.numFeatures or options.dIn', /512 x 1024 feature matrix/);
+      memory(() => sharkey({ mode: 'correlated', dIn: 2, numFeatures: 1024 }), 'options.numFeatures', /1024 x 1024 correlation matrix needs 1048576 float64 values \(8\.0 MiB\)/);
+      // The copy handed out is the second feature matrix.
+      allocationHook.fails = (what) => what.startsWith('the copy');
+      memory(() => mfr({ dIn: 64, numFeatures: 384, groups: 12 }), 'options.numFeatures or options.dIn', /copy of the 384 x 64 feature matrix/);
+      allocationHook.fails = (_what, bytes) => bytes > 2 ** 20;
+      const small = mfr({ dIn: 256, numFeatures: 64, groups: 2, activePerPoint: 8, numRows: 100000 });
+      memory(() => small.rows(0, 2000), 'count', /rows\(0, 2000\) of 256 dimensions/);
+      memory(() => small.codes(0, 100000), 'count', /codes\(0, 100000\)/);
+    } finally {
+      allocationHook.fails = null;
+    }
   });
 });
 

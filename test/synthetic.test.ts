@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
 import {
+  allocationHook,
   choleskyLower,
   makePermutation,
   normalCdf,
@@ -17,6 +18,7 @@ import { gapBound, watchCall } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 import { orthantRef, phiRef, quantileRef, reluNormalMoment, within5Sigma } from './helpers/synthetic-normal.js';
 import { expectNamedError } from './helpers/errors.js';
+import { SaekitError } from '../lib/errors.js';
 
 /** Fresh seeds each run (reported in failure messages), as in the other suites. */
 function freshSeed(salt: number): number {
@@ -141,7 +143,7 @@ describe('superposition: ground truth', () => {
     const { features, probabilities, source } = superposition({
       dIn: 37,
       numFeatures: 101,
-      firing: { kind: 'zipf', exponent: 1.3, maxP: 0.4, minP: 0.003 },
+      firing: { kind: 'zipf', exponent: 1.3, maxP: 0.4, minP: 0.003, scale: 'clip' },
       seed,
     });
     expect(source.dIn).toBe(37);
@@ -192,6 +194,14 @@ describe('superposition: independent firing', () => {
     ['uniform, direct tests (p > 1/4)', { kind: 'uniform', p: 0.45 }, 64],
     ['uniform, geometric skipping', { kind: 'uniform', p: 0.02 }, 257],
     ['expected-active', { kind: 'expected-active', n: 4 }, 97],
+    ["zipf at SAELens' defaults (rescaled onto [0.01, 0.3])", { kind: 'zipf' }, 200],
+    ['linear', { kind: 'linear', maxP: 0.6, minP: 0.002 }, 150],
+    ['random (unsorted p: sampled in decreasing order, codes put back in index order)', { kind: 'random', maxP: 0.45 }, 160],
+    [
+      'probabilities (unsorted, with 0, 1 and direct tests)',
+      { kind: 'probabilities', p: Array.from({ length: 90 }, (_, i) => [0, 1, 0.6, 0.003, 0.2, 0.05, 0.31, 0.011, 0.12][i % 9]! * (i % 4 === 3 ? 0.5 : 1)) },
+      90,
+    ],
   ];
   for (const [label, firing, n] of cases) {
     it(`per-feature firing rates within 5 sigma: ${label}`, () => {
@@ -781,6 +791,16 @@ describe('superposition: validation', () => {
     expectNamedError(bad({ firing: { kind: 'zipf', exponent: 1, maxP: 1.5 } }), 'options.firing.maxP');
     expectNamedError(bad({ firing: { kind: 'zipf', exponent: -1, maxP: 0.5 } }), 'options.firing.exponent');
     expectNamedError(bad({ firing: { kind: 'zipf', exponent: 1, maxP: 0.5, minP: 0.6 } }), 'options.firing.minP');
+    expectNamedError(bad({ firing: { kind: 'zipf', exponent: 0 } }), 'options.firing.exponent'); // rescale: > 0 (SAELens)
+    expectNamedError(bad({ firing: { kind: 'zipf', scale: 'log' } }), 'options.firing.scale');
+    expectNamedError(bad({ firing: { kind: 'linear', maxP: 0.2, minP: 0.3 } }), 'options.firing.minP');
+    expectNamedError(bad({ firing: { kind: 'random', maxP: 1.01 } }), 'options.firing.maxP');
+    expectNamedError(bad({ firing: { kind: 'linear', exponent: 1 } }), 'options.firing.exponent');
+    expectNamedError(bad({ firing: { kind: 'probabilities', p: [0.1, 0.2] } }), 'options.firing.p');
+    expectNamedError(bad({ firing: { kind: 'probabilities', p: 0.1 } }), 'options.firing.p');
+    expectNamedError(bad({ firing: { kind: 'probabilities', p: [0.1, 0.2, 0.3, NaN, 0.1, 0.1] } }), 'options.firing.p[3]');
+    expectNamedError(bad({ firing: { kind: 'probabilities', p: new Float64Array([0.1, 0.2, 0.3, 0.1, 0.1, 1.5]) } }), 'options.firing.p[5]');
+    expectNamedError(bad({ firing: { kind: 'probabilities', p: [-0.1, 0.2, 0.3, 0.1, 0.1, 0.5] } }), 'options.firing.p[0]');
     expectNamedError(bad({ firing: { kind: 'uniform', p: 1.2 } }), 'options.firing.p');
     expectNamedError(bad({ firing: { kind: 'uniform', p: NaN } }), 'options.firing.p');
     expectNamedError(bad({ firing: { kind: 'expected-active', n: 7 } }), 'options.firing.n');
@@ -1042,6 +1062,31 @@ describe('synthetic: stream layout and exact bounds', () => {
     expect(z[0]).toBe(rng.normal());
   });
 
+  it("'random' firing is minP + (maxP - minP) w_i 2^-32 from state(6, 0); a shuffle of up to 2^16 rows is Fisher-Yates from state(4, epoch)", () => {
+    const seed = BigInt(freshSeed(105));
+    const p = superposition({ dIn: 2, numFeatures: 300, firing: { kind: 'random', maxP: 0.7, minP: 0.1 }, seed }).probabilities;
+    const ref = stateRef(seed, 6, 0);
+    for (let i = 0; i < 300; i++) expect(p[i], `seed ${seed} feature ${i}`).toBe(0.1 + (0.7 - 0.1) * (ref() / 2 ** 32));
+    // Fisher-Yates: for i = n - 1 down to 1 swap i with j, j uniform in [0, i] by multiply-shift with rejection.
+    for (const n of [1, 2, 10, 1000]) {
+      const next = stateRef(seed, 4, 9);
+      const table = Array.from({ length: n }, (_, i) => i);
+      for (let i = n - 1; i > 0; i--) {
+        let j: number;
+        for (;;) {
+          const m = BigInt(next()) * BigInt(i + 1);
+          if (m % 2n ** 32n >= 2n ** 32n % BigInt(i + 1)) {
+            j = Number(m >> 32n);
+            break;
+          }
+        }
+        [table[i], table[j]] = [table[j]!, table[i]!];
+      }
+      const perm = makePermutation(n, seed, 9);
+      expect(Array.from({ length: n }, (_, i) => perm(i)), `n ${n} seed ${seed}`).toEqual(table);
+    }
+  });
+
   it('makePermutation is a bijection of [0, n) for odd n (odd and even bit counts), differs per epoch, and ignores nothing of its seed', () => {
     const next = lcg(freshSeed(104));
     for (const n of [1, 3, 5, 7, 33, 301, 333, 1001, 2049, 4097]) {
@@ -1108,8 +1153,8 @@ describe('synthetic: stream layout and exact bounds', () => {
     const all = superposition({ ...base, firing: { kind: 'expected-active', n: 6 } });
     expect(Array.from(all.probabilities)).toEqual(new Array(6).fill(1));
     expect(all.codes(0, 50).indices.length).toBe(300);
-    // minP 0 given is the default.
-    const zipf = { kind: 'zipf', exponent: 1, maxP: 0.5 } as const;
+    // minP 0 given is clip's default.
+    const zipf = { kind: 'zipf', exponent: 1, maxP: 0.5, scale: 'clip' } as const;
     expect(Array.from(superposition({ ...base, firing: { ...zipf, minP: 0 } }).rows(0, 50))).toEqual(Array.from(superposition({ ...base, firing: zipf }).rows(0, 50)));
     // std 0: every magnitude is exactly the mean.
     const constant = superposition({ ...base, firing: { kind: 'uniform', p: 0.5 }, magnitude: { kind: 'relu-normal', mean: 0.75, std: 0 } }).codes(0, 50);
@@ -1183,5 +1228,218 @@ describe('normal CDF and quantile: the far tails (mutation round 6)', () => {
       const p = 2 ** -e; // 1 - p is exact
       expect(Math.abs(normalQuantile(1 - p) + normalQuantile(p)), `p=2^-${e}`).toBeLessThanOrEqual(1e-12 * Math.abs(normalQuantile(p)));
     }
+  });
+});
+
+describe("superposition: firing kinds (SAELens' firing_probabilities.py)", () => {
+  /** SAELens' zipfian_firing_probabilities written plainly (float64): ranks^-e min-max rescaled onto [minP, maxP]. */
+  function zipfRef(n: number, e: number, maxP: number, minP: number): number[] {
+    if (n === 1) return [maxP];
+    const w = Array.from({ length: n }, (_, i) => 1 / (i + 1) ** e);
+    const lo = Math.min(...w);
+    const hi = Math.max(...w);
+    return w.map((x) => minP + ((maxP - minP) * (x - lo)) / (hi - lo));
+  }
+
+  it("'zipf' rescales the ranks onto [minP, maxP] by default, with SAELens' defaults (exponent 1, 0.3, 0.01)", () => {
+    const cases: [number, { exponent?: number; maxP?: number; minP?: number }, number, number, number][] = [
+      [1000, {}, 1, 0.3, 0.01],
+      [101, { exponent: 1.3, maxP: 0.4, minP: 0.003 }, 1.3, 0.4, 0.003],
+      [64, { exponent: 0.05, maxP: 0.5 }, 0.05, 0.5, 0.01],
+      [50, { exponent: 3, minP: 0 }, 3, 0.3, 0],
+      [1, { exponent: 2, maxP: 0.2 }, 2, 0.2, 0.01],
+    ];
+    for (const [n, given, e, maxP, minP] of cases) {
+      const got = superposition({ dIn: 2, numFeatures: n, firing: { kind: 'zipf', ...given } }).probabilities;
+      const want = zipfRef(n, e, maxP, minP);
+      expect(got[0], `n ${n}`).toBe(maxP);
+      if (n > 1) expect(got[n - 1], `n ${n}`).toBe(minP);
+      for (let i = 0; i < n; i++) expect(Math.abs(got[i]! - want[i]!), `n ${n} e ${e} feature ${i}: ${got[i]} vs ${want[i]}`).toBeLessThanOrEqual(1e-15);
+    }
+    // At the defaults over 1000 features a row has 11.88 features on average (the clipped
+    // formula max(0.01, 0.3 / (i + 1)) gives 10.90).
+    const l0 = superposition({ dIn: 2, numFeatures: 1000, firing: { kind: 'zipf' } }).probabilities.reduce((a, p) => a + p, 0);
+    expect(l0).toBeCloseTo(zipfRef(1000, 1, 0.3, 0.01).reduce((a, p) => a + p, 0), 12);
+    expect(l0).toBeCloseTo(11.88, 2);
+    // A tiny exponent stays exact: t_i -> ln(n / (i + 1)) / ln n.
+    const tiny = superposition({ dIn: 2, numFeatures: 9, firing: { kind: 'zipf', exponent: 1e-12, maxP: 1, minP: 0 } }).probabilities;
+    for (let i = 0; i < 9; i++) expect(Math.abs(tiny[i]! - Math.log(9 / (i + 1)) / Math.log(9))).toBeLessThan(1e-9);
+  });
+
+  it("scale 'clip' is saekit 0.x's zipf: max(minP, maxP (i + 1)^-exponent) and the same rows as before", () => {
+    const o = { dIn: 5, numFeatures: 40, numRows: 64, seed: 123 };
+    const data = superposition({ ...o, firing: { kind: 'zipf', exponent: 0.9, maxP: 0.5, minP: 0.01, scale: 'clip' } });
+    for (let i = 0; i < 40; i++) expect(data.probabilities[i]).toBe(Math.max(0.01, 0.5 * (i + 1) ** -0.9));
+    // Pinned from saekit before zipf's default changed: { kind: 'zipf', exponent: 0.9, maxP: 0.5, minP: 0.01 } then.
+    const rows = data.rows(0, 64);
+    expect(Array.from(rows.subarray(0, 4))).toEqual([1.1319094896316528, 1.091726541519165, -0.2407529354095459, -0.4851321876049042]);
+    expect(rows.reduce((a, v) => a + v, 0)).toBe(45.75390757713467);
+    const codes = data.codes(0, 64);
+    expect(codes.indices.length).toBe(173);
+    expect(Array.from(codes.indices.subarray(0, 12))).toEqual([1, 3, 10, 23, 32, 1, 4, 0, 2, 11, 1, 2]);
+    // The default scale is not the clipped one.
+    const rescaled = superposition({ ...o, firing: { kind: 'zipf', exponent: 0.9, maxP: 0.5, minP: 0.01 } }).probabilities;
+    expect(rescaled[5]).not.toBe(data.probabilities[5]);
+  });
+
+  it("'linear' is torch.linspace(maxP, minP, n) (defaults 0.3, 0.01); 'random' is minP + (maxP - minP) u from stream purpose 6 (defaults 0.5, 0.01)", () => {
+    for (const n of [1, 2, 7, 100]) {
+      const p = superposition({ dIn: 2, numFeatures: n, firing: { kind: 'linear' } }).probabilities;
+      expect(p[0]).toBe(0.3);
+      if (n > 1) expect(p[n - 1]).toBe(0.01);
+      for (let i = 0; i < n; i++) expect(Math.abs(p[i]! - (0.3 + (i * (0.01 - 0.3)) / Math.max(1, n - 1))), `n ${n} i ${i}`).toBeLessThanOrEqual(1e-16);
+    }
+    const seed = freshSeed(60);
+    const n = 5000;
+    const p = superposition({ dIn: 2, numFeatures: n, firing: { kind: 'random' }, seed }).probabilities;
+    const again = superposition({ dIn: 3, numFeatures: n, firing: { kind: 'random' }, seed }).probabilities;
+    const other = superposition({ dIn: 2, numFeatures: n, firing: { kind: 'random' }, seed: seed + 1 }).probabilities;
+    expect(again).toEqual(p);
+    expect(other).not.toEqual(p);
+    // Uniform on [0.01, 0.5): every value inside, mean and variance of U(0.01, 0.5) within 5 sigma.
+    let m = 0;
+    let v = 0;
+    for (const x of p) {
+      expect(x >= 0.01 && x < 0.5).toBe(true);
+      m += x / n;
+    }
+    for (const x of p) v += (x - m) ** 2 / (n - 1);
+    const w = 0.49;
+    expect(Math.abs(m - 0.255), `seed ${seed}`).toBeLessThan(5 * (w / Math.sqrt(12 * n)));
+    expect(Math.abs(v - w * w / 12), `seed ${seed}`).toBeLessThan(5 * w * w * Math.sqrt(1 / 180 / n));
+  });
+
+  it("'probabilities' takes p as given (any ArrayLike); the rows' rates follow it", () => {
+    const given = [0.5, 0, 1, 0.25, 0.01, 0.9];
+    for (const p of [given, Float64Array.from(given), Float32Array.from(given)]) {
+      const data = superposition({ dIn: 2, numFeatures: 6, firing: { kind: 'probabilities', p }, numRows: 200 });
+      expect(Array.from(data.probabilities)).toEqual(Array.from(p));
+      const counts = fireCounts(data.codes(0, 200), 6);
+      expect(counts[1]).toBe(0);
+      expect(counts[2]).toBe(200);
+    }
+  });
+});
+
+describe('shuffle: the epoch permutation', () => {
+  it('for a few rows every order is equally likely (chi-square over the 120 orders of 5 rows, and positions of 7)', () => {
+    const seed = BigInt(freshSeed(70));
+    const epochs = 24000;
+    const seen = new Map<string, number>();
+    for (let e = 0; e < epochs; e++) {
+      const perm = makePermutation(5, seed, e);
+      const key = [0, 1, 2, 3, 4].map(perm).join();
+      seen.set(key, (seen.get(key) ?? 0) + 1);
+    }
+    expect(seen.size).toBe(120);
+    const want = epochs / 120;
+    let chi2 = 0;
+    for (const c of seen.values()) chi2 += (c - want) ** 2 / want;
+    // 119 degrees of freedom: mean 119, sd 15.4; 119 + 6.5 sd has a right tail below 1e-6.
+    // (The Feistel network alone gave 4273 on 1000 per order.)
+    expect(chi2, `seed ${seed}`).toBeLessThanOrEqual(119 + 6.5 * Math.sqrt(2 * 119));
+    // Where row 0 lands among 7 positions, and which row comes first: uniform (6 df each).
+    const landing = new Float64Array(7);
+    const first = new Float64Array(7);
+    const runs = 14000;
+    for (let e = 0; e < runs; e++) {
+      const perm = makePermutation(7, seed, e);
+      first[perm(0)]!++;
+      for (let t = 0; t < 7; t++) if (perm(t) === 0) landing[t]!++;
+    }
+    for (const h of [landing, first]) {
+      const x2 = h.reduce((a, c) => a + (c - runs / 7) ** 2 / (runs / 7), 0);
+      expect(x2, `seed ${seed}: ${Array.from(h)}`).toBeLessThanOrEqual(6 + 6.5 * Math.sqrt(12));
+    }
+  });
+
+  it('the same (n, seed, epoch) gives the same order; large n (above 2^16) stays a bijection', () => {
+    const seed = BigInt(freshSeed(71));
+    for (const n of [10, 65536, 65537, 100003]) {
+      const a = makePermutation(n, seed, 3);
+      const b = makePermutation(n, seed, 3);
+      const c = makePermutation(n, seed, 4);
+      const seen = new Uint8Array(n);
+      let same = 0;
+      for (let i = 0; i < n; i++) {
+        const j = a(i);
+        if (b(i) !== j) expect.fail(`n ${n} seed ${seed}: perm(${i}) = ${j} once, ${b(i)} again`);
+        if (!(j >= 0 && j < n && seen[j] === 0)) expect.fail(`n ${n} seed ${seed}: perm(${i}) = ${j}`);
+        seen[j] = 1;
+        if (c(i) === j) same++;
+      }
+      expect(same, `n ${n}`).toBeLessThan(n);
+    }
+  });
+});
+
+describe('superposition: memory that cannot be had', () => {
+  it('is ERR_SAEKIT_MEMORY naming the size and the option to lower (features, their copy, rows, codes, batches), not a bare RangeError', async () => {
+    const firing = { kind: 'uniform', p: 0.5 } as const;
+    const memory = async (fn: () => unknown, name: string, size: RegExp) => {
+      let err: unknown;
+      try {
+        await fn();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(SaekitError);
+      expect((err as SaekitError).code).toBe('ERR_SAEKIT_MEMORY');
+      expect((err as SaekitError).message).toContain(name);
+      expect((err as SaekitError).message).toMatch(size);
+    };
+    try {
+      allocationHook.fails = (_what, bytes) => bytes > 2 ** 20;
+      await memory(() => superposition({ dIn: 1024, numFeatures: 300, firing }), 'lower options.numFeatures or options.dIn', /300 x 1024 feature matrix needs 307200 float32 values \(1\.2 MiB\)/);
+      const data = superposition({ dIn: 256, numFeatures: 100, firing, numRows: 100000 });
+      await memory(() => data.rows(10, 1500), 'lower count', /rows\(10, 1500\) of 256 dimensions needs 384000 float32 values/);
+      await memory(() => data.codes(0, 100000), 'lower count', /codes\(0, 100000\)/);
+      await memory(async () => {
+        for await (const b of data.source.batches({ batchSize: 2048 })) void b;
+      }, 'lower batchSize', /a batch of 2048 rows of 256 dimensions/);
+      allocationHook.fails = (what) => what.startsWith('the copy');
+      await memory(() => superposition({ dIn: 8, numFeatures: 30, firing }), 'options.numFeatures', /copy of the 30 x 8 feature matrix/);
+    } finally {
+      allocationHook.fails = null;
+    }
+  });
+});
+
+describe('docs/random.md documents the synthetic generators\' streams', () => {
+  it('has a section giving the counter layout, every tag and purpose, and the shuffle', async () => {
+    const { readFileSync } = await import('node:fs');
+    const doc = readFileSync(new URL('../docs/random.md', import.meta.url), 'utf8');
+    const section = doc.split('## Synthetic data generators')[1];
+    expect(section, 'docs/random.md has no "## Synthetic data generators" section').toBeDefined();
+    expect(section).toContain('counter    = (index mod 2^32, index div 2^32, purpose, tag)');
+    // The tags the generators use: a state under each matches the documented Philox block.
+    for (const tag of [0x53594e54, 0x5348524b, 0x4d465247]) {
+      expect(section).toContain(`0x${tag.toString(16)}`);
+      const rng = new Rng(5n, tag);
+      rng.reseed(3, 7);
+      const block = new Uint32Array(4);
+      philox4x32(7, 0, 3, tag, 5, 0, block);
+      expect(rng.next()).toBe(Math.imul(((Math.imul(block[1]!, 5) << 7) | (Math.imul(block[1]!, 5) >>> 25)), 9) >>> 0);
+    }
+    for (const purpose of [1, 2, 3, 4, 5, 6]) expect(section).toMatch(new RegExp(`\\| ${purpose} \\|`));
+    expect(section).toContain('Fisher-Yates');
+    expect(section).toContain('(w >>> 21) / 2048');
+  });
+});
+
+describe('the uniform magnitude is documented as U(0, 1], as drawn', () => {
+  it('(w + 0.5) 2^-32 rounded to float32 reaches 1 at the top words and never 0; the option doc and the README say U(0, 1]', async () => {
+    // The drawn value's range: the largest words round up to exactly 1, the smallest stays > 0.
+    expect(Math.fround((2 ** 32 - 1 + 0.5) / 2 ** 32)).toBe(1);
+    expect(Math.fround((2 ** 32 - 128 + 0.5) / 2 ** 32)).toBe(1); // the top 128 words: probability 2^-25
+    expect(Math.fround(0.5 / 2 ** 32)).toBeGreaterThan(0);
+    const { readFileSync } = await import('node:fs');
+    const src = readFileSync(new URL('../lib/data/synthetic.ts', import.meta.url), 'utf8');
+    const optionDoc = /\/\*\*([^*]|\*(?!\/))*\*\/\s*magnitude\?: Magnitude;/.exec(src)![0];
+    expect(optionDoc).toContain('U(0, 1]');
+    expect(optionDoc).not.toContain('U(0, 1)');
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    expect(readme).toMatch(/U\(0, 1\] or ReLU-normal magnitudes/);
+    expect(readme).not.toMatch(/U\(0, 1\) or ReLU-normal magnitudes/);
   });
 });

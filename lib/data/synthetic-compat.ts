@@ -8,7 +8,7 @@
  * Features: numFeatures standard-normal vectors in R^dIn normalised to unit length.
  * - 'uncorrelated': feature i fires with p_i = decay^i * numActive / numFeatures, independently
  *   per row, with no renormalisation: at the defaults (512 features, numActive 5, decay 0.99) a
- *   row has 5/512 * sum_i 0.99^i = 0.9707 active features on average, not 5.
+ *   row has 5/512 * sum_i 0.99^i = 0.9709 active features on average, not 5.
  * - 'correlated': R = (U + U^T) / 2 with U ~ U[0, 1) [numFeatures, numFeatures]; when its least
  *   eigenvalue l is negative, R - 1.001 l I. Each generation batch of `batchSize` rows draws ONE
  *   z ~ MVN(0, R) and uses p_i = Phi(z_i) decay^i, rescaled so that mean_i p_i = numActive /
@@ -27,8 +27,11 @@
  * an active set of activePerPoint features by weighted sampling without replacement with weights
  * decay^j (j: the rank within the group); each row picks a group uniformly and gets U(0, 1)
  * coefficients on that group's active set of its batch, so all the rows of a batch that pick a
- * group share its support. x = coeffs @ features^T; with dtype 'float16' the coefficients and
- * the rows are float16 values too (each row summed in float64 and rounded once to float16).
+ * group share its support. x = coeffs @ features^T; with dtype 'float16' the coefficients are
+ * torch.rand's float16 uniforms, k / 2048 for k in [0, 2047] (0 with probability 1/2048, never
+ * 1), and the rows float16 values too (each row summed in float64 and rounded once to float16).
+ * A coefficient of 0 adds nothing to its row and is not listed in codes() (whose values are all
+ * > 0), so a row has at most, not always, activePerPoint codes.
  *
  * ## Stream layout (deterministic from the seed)
  * Each random quantity comes from synthetic.ts's xoshiro128** generator seeded from the Philox
@@ -47,8 +50,8 @@
  * numFeatures); then per fired feature in increasing index its code (w + 0.5) * 2^-32 rounded to
  * float32 (1 for that fallback feature) and, with featureStrengths, its strength likewise, the
  * product rounded to float32. Within an mfr row: one word w for the group floor(w * 2^-32 *
- * groups), then activePerPoint coefficients (w + 0.5) * 2^-32 (rounded to the dtype) in
- * increasing feature index. An mfr batch's keys are log(-log(1 - u)) - j log(decay), u a 53-bit
+ * groups), then activePerPoint coefficients in increasing feature index: (w >>> 21) / 2048
+ * (float16, exact) or (w + 0.5) * 2^-32 rounded to float32 (float32). An mfr batch's keys are log(-log(1 - u)) - j log(decay), u a 53-bit
  * uniform: the activePerPoint smallest are an exact weighted sample without replacement
  * (exponential keys, Efraimidis and Spirakis 2006), the same law as torch.multinomial's
  * successive draws.
@@ -59,7 +62,22 @@
  */
 import { argError, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkSeed, optionNames } from '../validate.js';
-import { accumulateRow, choleskyLower, collectCodes, lowerTimes, makeFeatures, normalCdf, put, rangeChecker, Rng, superposition, syntheticSource, type SparseCodes } from './synthetic.js';
+import {
+  accumulateRow,
+  allocate,
+  choleskyLower,
+  collectCodes,
+  copyOf,
+  lowerTimes,
+  makeFeatures,
+  normalCdf,
+  put,
+  rangeChecker,
+  Rng,
+  superposition,
+  syntheticSource,
+  type SparseCodes,
+} from './synthetic.js';
 import type { OwnedActivationSource } from './types.js';
 
 const SHARKEY_OPTIONS = optionNames<SharkeyOptions>({ mode: true, dIn: true, numFeatures: true, numActive: true, decay: true, batchSize: true, featureStrengths: true, numRows: true, seed: true });
@@ -109,7 +127,8 @@ export interface MfrOptions {
   batchSize?: number;
   /**
    * 'float16' (default, as the original stores them): features, coefficients and rows are
-   * float16 values (held in float32 arrays); 'float32': rounded to float32 only.
+   * float16 values (held in float32 arrays), the coefficients torch.rand's half-precision
+   * k / 2048, k in [0, 2047]; 'float32': U(0, 1] coefficients, everything rounded to float32 only.
    */
   dtype?: 'float16' | 'float32';
   /** Rows per epoch; the source is finite. Default 65536, at most 2^48 (the original's total_data_points default is 1000). */
@@ -137,7 +156,8 @@ export interface CompatData {
   numBatches: number;
   /**
    * The firing probability of each feature [numFeatures] in the rows of generation batch `batch`
-   * (sharkey: p_i before the all-zero-row fix; mfr: 1 / groups on each group's support, else 0).
+   * (sharkey: p_i before the all-zero-row fix; mfr: 1 / groups on each group's support, times
+   * 2047 / 2048 with float16, whose coefficient is 0, so not a code, 1 time in 2048; else 0).
    */
   batchProbabilities(batch: number): Float64Array;
   /** Rows [start, start + count) in generation order, [count, dIn] (random access). */
@@ -162,7 +182,9 @@ export interface MfrData extends CompatData {
   groupSize: number;
   /**
    * The active set of every group in generation batch `batch`, [groups, activePerPoint]
-   * (increasing within a group): each row of the batch that picks group g has exactly these features.
+   * (increasing within a group): each row of the batch that picks group g has coefficients on
+   * exactly these features (codes() lists those that are not 0: with float16 a coefficient is 0
+   * with probability 1/2048).
    */
   supports(batch: number): Int32Array;
 }
@@ -189,9 +211,25 @@ const CACHE_BYTES = 64 * 2 ** 20;
 const CACHE_BATCHES = 4096;
 const CACHE_OVERHEAD = 1024;
 
-/** How many batches of `bytes` each the cache keeps (at least 2). */
+/** How many batches of `bytes` each the cache keeps (at least 2: only for sharkey's plans, n * 32 <= 128 KiB bytes). */
 function cacheCapacity(bytes: number): number {
   return Math.max(2, Math.min(CACHE_BATCHES, Math.floor(CACHE_BYTES / (bytes + CACHE_OVERHEAD))));
+}
+
+/**
+ * How mfr caches its batches within CACHE_BYTES: each batch's supports (groups x k int32) and,
+ * when two or more batches with it fit the budget, its supports' features packed as float64
+ * [groups, dIn, k] (`packed`); otherwise rows are summed from the float32 features directly
+ * (the same sums in the same order, so the same bits). `bytes` is what one cached batch holds,
+ * `capacity` how many are kept: capacity * bytes stays within the budget, but for one batch of
+ * supports over 32 MiB (more than 8M features in use), which is kept alone. @internal
+ */
+export function mfrCachePlan(groups: number, k: number, dIn: number): { packed: boolean; bytes: number; capacity: number } {
+  const supBytes = groups * k * 4 + CACHE_OVERHEAD;
+  const packedBytes = supBytes + groups * dIn * k * 8;
+  const fit = (bytes: number) => Math.min(CACHE_BATCHES, Math.floor(CACHE_BYTES / bytes));
+  if (fit(packedBytes) >= 2) return { packed: true, bytes: packedBytes, capacity: fit(packedBytes) };
+  return { packed: false, bytes: supBytes, capacity: Math.max(1, fit(supBytes)) };
 }
 
 function checkReal(name: string, value: unknown, min: number, max: number, openMin = false): number {
@@ -469,7 +507,7 @@ function rowsAndCodes(
   return {
     rows(start: number, count: number): Float32Array {
       const [s, c] = checkRange(start, count);
-      const out = new Float32Array(c * dIn);
+      const out = allocate(Float32Array, c * dIn, `rows(${s}, ${c}) of ${dIn} dimensions`, 'count');
       for (let t = 0; t < c; t++) row(s + t, out, t * dIn);
       return out;
     },
@@ -491,12 +529,14 @@ function rowsAndCodes(
  *
  * Rows are generated on demand (source.batches() on the JS thread in ~20 ms slices);
  * sharkey() itself draws the features and, in correlated mode, builds R, its least eigenvalue
- * and its Cholesky factor (O(numFeatures^3): about 0.3 s at 512 features).
+ * and its Cholesky factor: O(numFeatures^3) at once on the JS thread, not in slices, so the
+ * event loop waits for it. Measured on one core: about 0.3 s at 512 features, 3 s at 1024 and
+ * 20 to 60 s at 2048; expect several minutes towards the 4096 limit.
  *
  * @example
  * const data = synthetic.sharkey({ mode: 'uncorrelated', seed: 1 }); // 256 dims, 512 features
  * for await (const b of data.source.batches({ batchSize: 4096 })) { ... }
- * const { indptr } = data.codes(0, 100000); // indptr[100000] / 100000 is about 0.97
+ * const { indptr } = data.codes(0, 65536); // all the rows (numRows defaults to 65536): indptr[65536] / 65536 is about 0.97
  */
 export function sharkey(options?: SharkeyOptions): SharkeyData {
   const o = checkOptions('options', options, SHARKEY_OPTIONS);
@@ -527,7 +567,7 @@ export function sharkey(options?: SharkeyOptions): SharkeyData {
     const plan = new FiringPlan(p);
     plans = new BatchCache(1, () => plan);
   } else {
-    R = new Float64Array(n * n);
+    R = allocate(Float64Array, n * n, `the ${n} x ${n} correlation matrix`, 'options.numFeatures');
     const U = new Float64Array(n);
     for (let i = 0; i < n; i++) {
       rng.reseed(PURPOSE_CORRELATION, i);
@@ -597,7 +637,7 @@ export function sharkey(options?: SharkeyOptions): SharkeyData {
     compat: 'sharkey',
     mode,
     source: syntheticSource(dIn, numRows, row),
-    features: features.slice(),
+    features: copyOf(features, `the copy of the ${n} x ${dIn} feature matrix`, 'options.numFeatures or options.dIn'),
     probabilities: correlated ? undefined : Float64Array.from(plans.get(0).p),
     batchSize,
     numBatches,
@@ -620,10 +660,13 @@ export function sharkey(options?: SharkeyOptions): SharkeyData {
  * (float16 by default), groups of floor(numFeatures / groups) features with the tail never
  * used, and each group's active set drawn ONCE per generation batch (weighted sampling without
  * replacement, weights decay^j), so every row of a batch that picks a group has the same
- * support and only its U(0, 1) coefficients differ. The result is labelled `compat: 'mfr'`.
+ * support and only its U(0, 1) coefficients differ (float16: k / 2048, as torch.rand in half
+ * precision; a coefficient of 0 is not listed in codes()). The result is labelled `compat: 'mfr'`.
  *
  * Rows are generated on demand (source.batches() on the JS thread in ~20 ms slices); mfr()
- * itself draws the features (numFeatures x dIn normals) at once.
+ * itself draws the features (numFeatures x dIn normals) at once. Each generation batch's
+ * supports are cached, with their features packed for speed when that fits 64 MiB
+ * (mfrCachePlan).
  *
  * @example
  * const data = synthetic.mfr({ seed: 1 }); // 256 dims, 512 features, 12 groups of 42, 32 active
@@ -654,7 +697,7 @@ export function mfr(options?: MfrOptions): MfrData {
   const numBatches = Math.ceil(numRows / batchSize);
 
   const rng = new Rng(seed, MFR_TAG);
-  const features = new Float32Array(n * dIn);
+  const features = allocate(Float32Array, n * dIn, `the ${n} x ${dIn} feature matrix`, 'options.numFeatures or options.dIn');
   for (let j = 0; j < n; j++) {
     rng.reseed(PURPOSE_FEATURES, j);
     for (let c = 0; c < dIn; c++) {
@@ -668,9 +711,10 @@ export function mfr(options?: MfrOptions): MfrData {
   const batchRng = new Rng(seed, MFR_TAG);
   const keys = new Float64Array(groupSize);
   const idx = new Int32Array(groupSize);
-  // Per batch: the supports, and each group's support features packed coordinate-major
-  // ([groups, dIn, k] float64), so a row's coordinate is a contiguous dot product.
-  const supportCache = new BatchCache<{ sup: Int32Array; packed: Float64Array }>(cacheCapacity(groups * k * (4 + 8 * dIn)), (b) => {
+  // Per batch: the supports and, when they fit the cache budget, each group's support features
+  // packed coordinate-major ([groups, dIn, k] float64), so a row's coordinate is a contiguous dot product.
+  const plan = mfrCachePlan(groups, k, dIn);
+  const supportCache = new BatchCache<{ sup: Int32Array; packed: Float64Array | null }>(plan.capacity, (b) => {
     batchRng.reseed(PURPOSE_BATCH, b);
     const sup = new Int32Array(groups * k);
     for (let g = 0; g < groups; g++) {
@@ -682,6 +726,7 @@ export function mfr(options?: MfrOptions): MfrData {
       const chosen = idx.slice(0, k).sort();
       for (let t = 0; t < k; t++) sup[g * k + t] = g * groupSize + chosen[t]!;
     }
+    if (!plan.packed) return { sup, packed: null };
     const packed = new Float64Array(groups * dIn * k);
     for (let g = 0; g < groups; g++) {
       for (let t = 0; t < k; t++) {
@@ -694,25 +739,39 @@ export function mfr(options?: MfrOptions): MfrData {
 
   const active = new Int32Array(Math.max(1, k));
   const values = new Float32Array(Math.max(1, k));
-  /** Fills active and values with row r's codes; returns the row's group. */
+  const bases = new Int32Array(Math.max(1, k));
+  /**
+   * Fills active and values with row r's k coefficients on its group's support (zeros
+   * included, so that t indexes the packed support); returns the row's group.
+   */
   const draw = (r: number, sup: Int32Array): number => {
     rng.reseed(PURPOSE_ROWS, r);
     const g = Math.floor((rng.next() / TWO32) * groups);
     for (let t = 0; t < k; t++) {
       active[t] = sup[g * k + t]!;
-      const u = (rng.next() + 0.5) / TWO32;
-      values[t] = half ? roundFloat16(u) : u;
+      // float16: torch.rand's half uniform, k / 2048 for k in [0, 2047] (0 with probability 1/2048).
+      values[t] = half ? (rng.next() >>> 21) / 2048 : (rng.next() + 0.5) / TWO32;
     }
     return g;
   };
+  /** Row r's codes: its coefficients but those that are 0 (which add nothing to the row). */
   const sample = (r: number): number => {
     draw(r, supportCache.get(Math.floor(r / batchSize)).sup);
-    return k;
+    let count = 0;
+    for (let t = 0; t < k; t++) {
+      if (values[t] !== 0) {
+        active[count] = active[t]!;
+        values[count++] = values[t]!;
+      }
+    }
+    return count;
   };
   const row = (r: number, out: Float32Array, offset: number): void => {
     const { sup, packed } = supportCache.get(Math.floor(r / batchSize));
     const g = draw(r, sup);
-    packedRow(packed, g * dIn * k, k, dIn, values, out, offset, half ? roundFloat16 : null);
+    const round = half ? roundFloat16 : null;
+    if (packed) packedRow(packed, g * dIn * k, k, dIn, values, out, offset, round);
+    else accumulateRow(features, dIn, active, values, k, bases, out, offset, round);
   };
   const checkRange = rangeChecker(dIn, numRows);
 
@@ -720,14 +779,14 @@ export function mfr(options?: MfrOptions): MfrData {
     compat: 'mfr',
     groupSize,
     source: syntheticSource(dIn, numRows, row),
-    features: features.slice(),
+    features: copyOf(features, `the copy of the ${n} x ${dIn} feature matrix`, 'options.numFeatures or options.dIn'),
     probabilities: undefined,
     batchSize,
     numBatches,
     batchProbabilities(batch: number): Float64Array {
       const { sup } = supportCache.get(checkBatch(batch, numBatches));
       const p = new Float64Array(n);
-      for (const f of sup) p[f] = 1 / groups;
+      for (const f of sup) p[f] = (half ? 2047 / 2048 : 1) / groups;
       return p;
     },
     supports(batch: number): Int32Array {

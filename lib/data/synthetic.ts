@@ -14,11 +14,13 @@
  * ```
  * i.e. the Philox block `index` of `(seed, stream = 0x53594e54 * 2^32 + purpose)`. Purposes:
  * 1 = feature vector `index`, 2 = copula factor loadings of feature `index`, 3 = data row `index`,
- * 4 = shuffle keys of epoch `index` (under the batches() seed), 5 = normalSamples (tests). So row
- * r is a pure function of (options, seed, r).
+ * 4 = shuffle of epoch `index` (under the batches() seed), 5 = normalSamples (tests), 6 = the
+ * 'random' firing probabilities (index 0: p_i = minP + (maxP - minP) w_i 2^-32, w_i the i-th
+ * word). So row r is a pure function of (options, seed, r).
  *
- * Within a row the draws are, in order: the firing decisions (uncorrelated: the runs below in
- * increasing index; copula: the factor normals g, then per feature its own normal e_i, or all
+ * Within a row the draws are, in order: the firing decisions (uncorrelated: the runs below over
+ * the features in decreasing order of p_i, ties by index, which is increasing index for the
+ * non-increasing kinds zipf, linear, uniform and expected-active; copula: the factor normals g, then per feature its own normal e_i, or all
  * of e for an explicit Sigma); then one magnitude per fired feature, in increasing index (a
  * relu-normal magnitude of 0 leaves its feature inactive, not in the codes); with a hierarchy,
  * then one word per exclusive node where two or more of its children are active (nodes in
@@ -32,17 +34,23 @@
  * rounded once to float32: `codes()` returns exactly those magnitudes, so the rows can be
  * recomputed bit for bit.
  *
- * Uncorrelated firing is sampled in O(active + log-range) per row: features are grouped into
- * runs whose probabilities lie within a factor 2 of the run's first (largest) value; within a run
+ * Uncorrelated firing is sampled in O(active + log-range) per row: features, in decreasing order
+ * of p_i, are grouped into runs whose probabilities lie within a factor 2 of the run's first
+ * (largest) value; within a run
  * candidate positions are drawn by geometric skipping at the run's largest probability and each
  * candidate is kept with probability p_i / p_max (thinning), which is exactly independent
  * Bernoulli(p_i) firing. Probabilities above 1/4 are tested directly.
  *
- * With `shuffle`, epoch e serves the rows in a keyed permutation of [0, numRows): a 6-round
- * balanced Feistel network on 2 * ceil(log2(numRows) / 2) bits with cycle walking, its round
- * keys the first six outputs of the xoshiro128** generator whose state is state(4, e) under the
- * batches() seed (not the state's own words). Every row is served once
- * per epoch, in an order that does not depend on batchSize.
+ * With `shuffle`, epoch e serves the rows in a permutation of [0, numRows) drawn from the
+ * xoshiro128** generator whose state is state(4, e) under the batches() seed. Up to 2^16 rows it
+ * is a Fisher-Yates shuffle (exactly uniform): for i = numRows - 1 down to 1, swap entries i and
+ * j, j uniform in [0, i] by Lemire's multiply-shift with rejection (j = floor(w (i + 1) 2^-32),
+ * w redrawn while (w (i + 1)) mod 2^32 < 2^32 mod (i + 1)); position t serves row table[t].
+ * Above 2^16 rows (no table) it is a 6-round balanced Feistel network on
+ * 2 * ceil(log2(numRows) / 2) bits with cycle walking, its round keys the generator's first six
+ * outputs. (Before, the Feistel network served every size; for a few rows it is far from
+ * uniform, so the order of small shuffled sources changed.) Every row is served once per epoch,
+ * in an order that does not depend on batchSize.
  *
  * Hierarchies (options.hierarchy, SAELens's HierarchyNode semantics) switch active features
  * (fired, with a magnitude > 0) off top-down: a feature whose parent node is inactive, and all
@@ -68,14 +76,27 @@ const HIERARCHY_NODE_OPTIONS = optionNames<HierarchyNode>({ feature: true, child
 // Options and results.
 
 /**
- * Firing probabilities. 'zipf': p_i = max(minP, maxP * (i + 1)^-exponent) (rank 0 has maxP;
- * clipped below at minP, default 0, rather than SAELens' rescaling of the ranks onto [minP, maxP]);
- * 'uniform': p_i = p; 'expected-active': p_i = n / numFeatures (n features fire per row on average).
+ * Firing probabilities p_i, one per feature (SAELens' firing_probabilities.py, §4.5):
+ * - 'zipf' (default scale 'rescale', SAELens' zipfian): the ranks' weights (i + 1)^-exponent
+ *   rescaled linearly onto [minP, maxP]: p_i = minP + (maxP - minP) * ((i + 1)^-e - n^-e) / (1 - n^-e),
+ *   so feature 0 has maxP and feature n - 1 minP (one feature: maxP). Defaults as SAELens:
+ *   exponent 1, maxP 0.3, minP 0.01; exponent > 0.
+ *   scale 'clip' (compat: saekit 0.x's zipf, to reproduce earlier results): p_i =
+ *   max(minP, maxP * (i + 1)^-exponent), minP default 0, exponent >= 0.
+ * - 'linear' (SAELens' linear): maxP down to minP in equal steps (torch.linspace(maxP, minP, n));
+ *   defaults 0.3 and 0.01.
+ * - 'random' (SAELens' random): p_i = minP + (maxP - minP) * u_i, u_i uniform in [0, 1) drawn
+ *   from the seed (stream purpose 6); defaults 0.5 and 0.01.
+ * - 'uniform': p_i = p (SAELens' constant); 'expected-active': p_i = n / numFeatures (n features
+ *   fire per row on average); 'probabilities': p_i = p[i] as given (length numFeatures, each in [0, 1]).
  */
 export type Firing =
-  | { kind: 'zipf'; exponent: number; maxP: number; minP?: number }
+  | { kind: 'zipf'; exponent?: number; maxP?: number; minP?: number; scale?: 'rescale' | 'clip' }
+  | { kind: 'linear'; maxP?: number; minP?: number }
+  | { kind: 'random'; maxP?: number; minP?: number }
   | { kind: 'uniform'; p: number }
-  | { kind: 'expected-active'; n: number };
+  | { kind: 'expected-active'; n: number }
+  | { kind: 'probabilities'; p: ArrayLike<number> };
 
 /** Magnitude of a fired feature: U(0, 1] (Toy Models, §4.2) or ReLU(mean + std * N(0, 1)) (SAELens, §4.5). */
 export type Magnitude = { kind: 'uniform' } | { kind: 'relu-normal'; mean: number; std: number };
@@ -117,7 +138,7 @@ export interface SuperpositionOptions {
   numFeatures: number;
   /** How often each feature fires (see Firing). */
   firing: Firing;
-  /** Default { kind: 'uniform' }, i.e. U(0, 1). */
+  /** Default { kind: 'uniform' }, i.e. U(0, 1] (float32 rounding reaches 1). */
   magnitude?: Magnitude;
   /** Default 'none' (independent firing). 'random' means { kind: 'random', strength: 0.5, factors: min(8, numFeatures) }. */
   correlation?: Correlation;
@@ -171,6 +192,7 @@ const PURPOSE_FEATURES = 1;
 const PURPOSE_FACTORS = 2;
 const PURPOSE_ROWS = 3;
 const PURPOSE_SHUFFLE = 4;
+const PURPOSE_FIRING = 6;
 const TWO32 = 4294967296;
 
 /** High 32 bits of the 64-bit product of two uint32 values, exact in float64 arithmetic. */
@@ -431,23 +453,89 @@ function checkObject(name: string, value: unknown): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-function firingProbabilities(firing: unknown, n: number): Float64Array {
+function firingProbabilities(firing: unknown, n: number, seed: bigint): Float64Array {
   const f = checkObject('options.firing', firing);
-  const kind = checkOneOf('options.firing.kind', f.kind, ['zipf', 'uniform', 'expected-active'] as const);
+  const kinds = ['zipf', 'linear', 'random', 'uniform', 'expected-active', 'probabilities'] as const;
+  const kind = checkOneOf('options.firing.kind', f.kind, kinds);
   // Keys the kind does not take are errors (checkOptions): a misspelling is not ignored.
-  checkOptions('options.firing', f, kind === 'zipf' ? ['kind', 'exponent', 'maxP', 'minP'] : kind === 'uniform' ? ['kind', 'p'] : ['kind', 'n']);
+  const keys: Record<(typeof kinds)[number], string[]> = {
+    zipf: ['kind', 'exponent', 'maxP', 'minP', 'scale'],
+    linear: ['kind', 'maxP', 'minP'],
+    random: ['kind', 'maxP', 'minP'],
+    uniform: ['kind', 'p'],
+    'expected-active': ['kind', 'n'],
+    probabilities: ['kind', 'p'],
+  };
+  checkOptions('options.firing', f, keys[kind]);
   const p = new Float64Array(n);
+  /** maxP in (0, 1] and minP in [0, maxP], with SAELens' defaults (clip's minP: 0). */
+  const range = (maxDefault: number, minDefault: number): [number, number] => {
+    const maxP = f.maxP === undefined ? maxDefault : checkNumber('options.firing.maxP', f.maxP, 0, 1, true);
+    const minP = f.minP === undefined ? Math.min(minDefault, maxP) : checkNumber('options.firing.minP', f.minP, 0, maxP);
+    return [maxP, minP];
+  };
   if (kind === 'zipf') {
-    const exponent = checkNumber('options.firing.exponent', f.exponent, 0, 1e6);
-    const maxP = checkNumber('options.firing.maxP', f.maxP, 0, 1, true);
-    const minP = f.minP === undefined ? 0 : checkNumber('options.firing.minP', f.minP, 0, maxP);
-    for (let i = 0; i < n; i++) p[i] = Math.max(minP, maxP * Math.pow(i + 1, -exponent));
+    const scale = f.scale === undefined ? 'rescale' : checkOneOf('options.firing.scale', f.scale, ['rescale', 'clip'] as const);
+    if (scale === 'clip') {
+      const exponent = f.exponent === undefined ? 1 : checkNumber('options.firing.exponent', f.exponent, 0, 1e6);
+      const [maxP, minP] = range(0.3, 0);
+      for (let i = 0; i < n; i++) p[i] = Math.max(minP, maxP * Math.pow(i + 1, -exponent));
+    } else {
+      const e = f.exponent === undefined ? 1 : checkNumber('options.firing.exponent', f.exponent, 0, 1e6, true);
+      const [maxP, minP] = range(0.3, 0.01);
+      zipfRescaled(p, e, maxP, minP);
+    }
+  } else if (kind === 'linear') {
+    const [maxP, minP] = range(0.3, 0.01);
+    // torch.linspace(maxP, minP, n): the first half stepped from maxP, the rest back from minP.
+    if (n === 1) p[0] = maxP;
+    else {
+      const step = (minP - maxP) / (n - 1);
+      for (let i = 0; i < n; i++) p[i] = i < n / 2 ? maxP + i * step : minP - (n - 1 - i) * step;
+    }
+  } else if (kind === 'random') {
+    const [maxP, minP] = range(0.5, 0.01);
+    const rng = new Rng(seed);
+    rng.reseed(PURPOSE_FIRING, 0);
+    for (let i = 0; i < n; i++) p[i] = minP + (maxP - minP) * (rng.next() / TWO32);
   } else if (kind === 'uniform') {
     p.fill(checkNumber('options.firing.p', f.p, 0, 1));
-  } else {
+  } else if (kind === 'expected-active') {
     p.fill(checkNumber('options.firing.n', f.n, 0, n) / n);
+  } else {
+    const given = f.p as ArrayLike<number> | undefined;
+    if (given === null || typeof given !== 'object' || typeof given.length !== 'number') {
+      throw argError('options.firing.p', `an array of ${n} probabilities (numFeatures)`, given);
+    }
+    if (given.length !== n) throw argError('options.firing.p', `an array of length numFeatures = ${n}`, given);
+    for (let i = 0; i < n; i++) p[i] = checkNumber(`options.firing.p[${i}]`, given[i], 0, 1);
   }
   return p;
+}
+
+/**
+ * p_i = minP + (maxP - minP) t_i with t_i = ((i + 1)^-e - n^-e) / (1 - n^-e) (SAELens' min-max
+ * rescaling of the Zipf weights, so t_0 = 1 and t_(n-1) = 0), in float64. Below e ln n = 1 the
+ * difference is taken with expm1 (t_i = n^-e expm1(e ln(n / (i + 1))) / -expm1(-e ln n)), which
+ * keeps it exact for tiny exponents (t_i -> ln(n / (i + 1)) / ln n). @internal
+ */
+export function zipfRescaled(p: Float64Array, e: number, maxP: number, minP: number): void {
+  const n = p.length;
+  if (n === 1) {
+    p[0] = maxP;
+    return;
+  }
+  const lnN = Math.log(n);
+  const small = e * lnN < 1;
+  const nPow = Math.exp(-e * lnN);
+  const den = small ? -Math.expm1(-e * lnN) : 1 - nPow;
+  for (let i = 0; i < n; i++) {
+    let t = small ? (nPow * Math.expm1(e * Math.log(n / (i + 1)))) / den : (Math.pow(i + 1, -e) - nPow) / den;
+    if (!(den > 0)) t = Math.log(n / (i + 1)) / lnN; // e so small that e ln n underflows
+    p[i] = minP + (maxP - minP) * Math.min(1, Math.max(0, t));
+  }
+  p[0] = maxP;
+  p[n - 1] = minP;
 }
 
 type MagnitudePlan = { relu: false } | { relu: true; mean: number; std: number };
@@ -662,6 +750,10 @@ class Sampler {
   readonly dIn: number;
   private readonly rng: Rng;
   private readonly runs: Run[] = [];
+  /** Position -> feature when p is not non-increasing (buildRuns), else null: position = feature. */
+  private order: Int32Array | null = null;
+  /** p at each position. */
+  private q: Float64Array;
   private readonly accept: Float64Array;
   private readonly thresholds: Float64Array;
   private readonly z: Float64Array;
@@ -698,26 +790,40 @@ class Sampler {
     this.z = new Float64Array(copula.kind === 'none' ? 0 : this.n);
     this.e = new Float64Array(copula.kind === 'none' ? 0 : this.n);
     this.g = new Float64Array(copula.kind === 'factors' ? copula.k : 0);
+    this.q = p;
     if (copula.kind === 'none') this.buildRuns();
     else for (let i = 0; i < this.n; i++) this.thresholds[i] = normalQuantile(p[i]!);
   }
 
-  /** Runs over the (non-increasing) probabilities; see the module comment. */
+  /**
+   * Runs over the probabilities in decreasing order (see the module comment): the features
+   * themselves when p is non-increasing (every kind but 'random' and 'probabilities'), else
+   * `order`, the features sorted by decreasing p_i (ties by index).
+   */
   private buildRuns(): void {
-    const p = this.p;
+    const n = this.n;
+    let monotone = true;
+    for (let i = 1; i < n && monotone; i++) if (this.p[i]! > this.p[i - 1]!) monotone = false;
+    let p = this.p;
+    if (!monotone) {
+      const order = new Int32Array(n);
+      for (let i = 0; i < n; i++) order[i] = i;
+      order.sort((a, b) => this.p[b]! - this.p[a]! || a - b);
+      this.order = order;
+      p = new Float64Array(n);
+      for (let t = 0; t < n; t++) p[t] = this.p[order[t]!]!;
+    }
+    this.q = p;
     let i = 0;
-    while (i < this.n) {
+    while (i < n) {
       const pmax = p[i]!;
-      if (pmax <= 0) {
-        i++;
-        continue;
-      }
+      if (pmax <= 0) break; // the rest are 0 too
       let j = i + 1;
       if (pmax > DIRECT_P) {
-        while (j < this.n && p[j]! > DIRECT_P) j++;
+        while (j < n && p[j]! > DIRECT_P) j++;
         this.runs.push({ start: i, end: j, logQ: 0, pmax });
       } else {
-        while (j < this.n && p[j]! > pmax / 2 && p[j]! <= pmax) j++;
+        while (j < n && p[j]! > pmax / 2) j++;
         for (let t = i; t < j; t++) this.accept[t] = p[t]! / pmax;
         this.runs.push({ start: i, end: j, logQ: Math.log1p(-pmax), pmax });
       }
@@ -732,10 +838,10 @@ class Sampler {
     let count = 0;
     const active = this.active;
     if (this.copula.kind === 'none') {
-      const p = this.p;
+      const q = this.q;
       for (const run of this.runs) {
         if (run.logQ === 0) {
-          for (let t = run.start; t < run.end; t++) if (rng.next() / TWO32 < p[t]!) active[count++] = t;
+          for (let t = run.start; t < run.end; t++) if (rng.next() / TWO32 < q[t]!) active[count++] = t;
         } else {
           const accept = this.accept;
           let pos = run.start - 1;
@@ -747,6 +853,11 @@ class Sampler {
             if (a >= 1 || rng.next() / TWO32 < a) active[count++] = pos;
           }
         }
+      }
+      const order = this.order;
+      if (order) {
+        for (let t = 0; t < count; t++) active[t] = order[active[t]!]!;
+        active.subarray(0, count).sort();
       }
     } else {
       const n = this.n;
@@ -939,7 +1050,7 @@ export function lowerTimes(L: Float64Array, e: Float64Array, z: Float64Array, n:
  * streams. @internal
  */
 export function makeFeatures(n: number, dIn: number, rng: Rng): Float32Array {
-  const F = new Float32Array(n * dIn);
+  const F = allocate(Float32Array, n * dIn, `the ${n} x ${dIn} feature matrix`, 'options.numFeatures or options.dIn');
   const v = new Float64Array(dIn);
   for (let i = 0; i < n; i++) {
     rng.reseed(PURPOSE_FEATURES, i);
@@ -959,7 +1070,8 @@ export function makeFeatures(n: number, dIn: number, rng: Rng): Float32Array {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shuffle: a keyed permutation of [0, numRows) (balanced Feistel network with cycle walking).
+// Shuffle: a permutation of [0, numRows) per epoch (Fisher-Yates, or a balanced Feistel network
+// with cycle walking for large numRows).
 
 function mix32(x: number): number {
   x ^= x >>> 16;
@@ -972,16 +1084,44 @@ function mix32(x: number): number {
 
 const FEISTEL_ROUNDS = 6;
 
-/** The keyed permutation of [0, n) that epoch `epoch` of a shuffled pass serves (module comment). @internal */
+/** Up to this many rows a shuffled epoch is a Fisher-Yates shuffle (exactly uniform), above it a keyed Feistel permutation. */
+const SHUFFLE_TABLE_ROWS = 1 << 16;
+
+/** A uniform integer in [0, bound) from `rng` (bound <= 2^32): Lemire's multiply-shift with rejection, exact. */
+function uniformBelow(rng: Rng, bound: number): number {
+  const reject = TWO32 % bound; // low words below this would over-represent some results
+  for (;;) {
+    const m = rng.next() * bound; // < 2^64, exact: bound <= 2^16 here keeps it below 2^48
+    if (m % TWO32 >= reject) return Math.floor(m / TWO32);
+  }
+}
+
+/**
+ * The permutation of [0, n) that epoch `epoch` of a shuffled pass serves (module comment): for
+ * n <= 2^16 a Fisher-Yates shuffle (exactly uniform over the n! orders), above that a keyed
+ * Feistel permutation (held in no table). Both draw from the xoshiro128** generator at state(4,
+ * epoch) under `seed`. @internal
+ */
 export function makePermutation(n: number, seed: bigint, epoch: number): (i: number) => number {
+  const rng = new Rng(seed);
+  rng.reseed(PURPOSE_SHUFFLE, epoch);
+  if (n <= SHUFFLE_TABLE_ROWS) {
+    const table = new Int32Array(n);
+    for (let i = 0; i < n; i++) table[i] = i;
+    for (let i = n - 1; i > 0; i--) {
+      const j = uniformBelow(rng, i + 1);
+      const t = table[i]!;
+      table[i] = table[j]!;
+      table[j] = t;
+    }
+    return (i: number): number => table[i]!;
+  }
   let bits = 2;
   while (2 ** bits < n) bits++;
   const h = Math.ceil(bits / 2);
   const half = 2 ** h;
   const mask = half - 1;
   const keys = new Uint32Array(8);
-  const rng = new Rng(seed);
-  rng.reseed(PURPOSE_SHUFFLE, epoch);
   for (let r = 0; r < FEISTEL_ROUNDS; r++) keys[r] = rng.next();
   return (i: number): number => {
     let x = i;
@@ -1011,6 +1151,38 @@ const MAX_ROWS = 2 ** 48;
 const ROW_UNITS = 1 << 17;
 const MAX_ELEMENTS = 2 ** 31 - 1;
 
+/** Test hook: allocate() fails as V8 does when memory cannot be had where `fails(what, bytes)` says so. @internal */
+export const allocationHook: { fails: ((what: string, bytes: number) => boolean) | null } = { fails: null };
+
+type TypedArrayOf<A> = { new (length: number): A; readonly BYTES_PER_ELEMENT: number; readonly name: string };
+
+/**
+ * A zeroed typed array of `length` elements (sized by the caller's options), or, when the
+ * memory cannot be had, ERR_SAEKIT_MEMORY naming `what` and its size and `lower`, the option to
+ * lower, instead of V8's bare RangeError. @internal
+ */
+export function allocate<A>(Type: TypedArrayOf<A>, length: number, what: string, lower: string): A {
+  const bytes = length * Type.BYTES_PER_ELEMENT;
+  try {
+    if (allocationHook.fails?.(what, bytes)) throw new RangeError('Array buffer allocation failed');
+    return new Type(length);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    const size = bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+    throw new SaekitError(
+      'ERR_SAEKIT_MEMORY',
+      `${what} needs ${length} ${Type.name.replace('Array', '').toLowerCase()} values (${size}), which cannot be allocated here (${e.message}); lower ${lower}`,
+    );
+  }
+}
+
+/** A copy of `a` in memory from allocate(). @internal */
+export function copyOf(a: Float32Array, what: string, lower: string): Float32Array {
+  const out = allocate(Float32Array, a.length, what, lower);
+  out.set(a);
+  return out;
+}
+
 /** A checker of (start, count) row ranges: start in [0, numRows], count within the rows left and 2^31 - 1 elements. @internal */
 export function rangeChecker(dIn: number, numRows: number): (start: unknown, count: unknown) => [number, number] {
   const maxRange = Math.floor(MAX_ELEMENTS / dIn);
@@ -1027,18 +1199,19 @@ export function rangeChecker(dIn: number, numRows: number): (start: unknown, cou
  * past 2^31 - 1 codes. @internal
  */
 export function collectCodes(s: number, c: number, count: unknown, sample: (r: number) => number, active: Int32Array, values: Float32Array): SparseCodes {
-  const indptr = new Int32Array(c + 1);
-  let outIndices = new Int32Array(Math.max(16, c * 4));
-  let outValues = new Float32Array(outIndices.length);
+  const what = `codes(${s}, ${c})`;
+  const indptr = allocate(Int32Array, c + 1, what, 'count');
+  let outIndices = allocate(Int32Array, Math.max(16, Math.min(MAX_ELEMENTS, c * 4)), what, 'count');
+  let outValues = allocate(Float32Array, outIndices.length, what, 'count');
   let nnz = 0;
   for (let t = 0; t < c; t++) {
     const k = sample(s + t);
     if (nnz + k > MAX_ELEMENTS) throw argError('count', `a range with at most ${MAX_ELEMENTS} fired features`, count);
     if (nnz + k > outIndices.length) {
       const cap = Math.min(MAX_ELEMENTS, Math.max(nnz + k, outIndices.length * 2));
-      const ni = new Int32Array(cap);
+      const ni = allocate(Int32Array, cap, what, 'count');
       ni.set(outIndices.subarray(0, nnz));
-      const nv = new Float32Array(cap);
+      const nv = allocate(Float32Array, cap, what, 'count');
       nv.set(outValues.subarray(0, nnz));
       outIndices = ni;
       outValues = nv;
@@ -1048,7 +1221,11 @@ export function collectCodes(s: number, c: number, count: unknown, sample: (r: n
     nnz += k;
     indptr[t + 1] = nnz;
   }
-  return { indptr, indices: outIndices.slice(0, nnz), values: outValues.slice(0, nnz) };
+  const indices = allocate(Int32Array, nnz, what, 'count');
+  indices.set(outIndices.subarray(0, nnz));
+  const vals = allocate(Float32Array, nnz, what, 'count');
+  vals.set(outValues.subarray(0, nnz));
+  return { indptr, indices, values: vals };
 }
 
 /**
@@ -1083,7 +1260,7 @@ export function syntheticSource(dIn: number, numRows: number, row: (r: number, o
               if (closed) throw disposed();
               const rows = Math.min(batchSize, numRows - start);
               if (dropLast && rows < batchSize) break;
-              const data = new Float32Array(rows * dIn);
+              const data = allocate(Float32Array, rows * dIn, `a batch of ${rows} rows of ${dIn} dimensions`, 'batchSize');
               for (let t = 0; t < rows; t++) {
                 row(perm ? perm(start + t) : start + t, data, t * dIn);
                 if (due(ROW_UNITS)) {
@@ -1126,10 +1303,10 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
   const n = checkInt('options.numFeatures', o.numFeatures, 1, 1 << 24);
   if (n * dIn > MAX_ELEMENTS) throw argError('options.numFeatures', `at most ${Math.floor(MAX_ELEMENTS / dIn)} features for dIn ${dIn}`, n);
   if (o.firing === undefined) throw argError('options.firing', 'an options object', undefined);
-  const p = firingProbabilities(o.firing, n);
+  const seed = o.seed === undefined ? 0n : checkSeed('options.seed', o.seed);
+  const p = firingProbabilities(o.firing, n, seed);
   const magnitude = magnitudePlan(o.magnitude);
   const numRows = o.numRows === undefined ? 65536 : checkInt('options.numRows', o.numRows, 1, MAX_ROWS);
-  const seed = o.seed === undefined ? 0n : checkSeed('options.seed', o.seed);
   const copula = copulaPlan(o.correlation, n, seed);
   const hierarchy = hierarchyPlan(o.hierarchy, n);
   const features = makeFeatures(n, dIn, new Rng(seed));
@@ -1139,11 +1316,13 @@ export function superposition(options: SuperpositionOptions): SuperpositionData 
 
   return {
     source,
-    features: features.slice(), // the sampler keeps its own: a caller changing this array changes no row
+    // The sampler keeps its own: a caller changing this array changes no row. (A typed array
+    // cannot be made read-only, so one shared array would let a caller's write change rows.)
+    features: copyOf(features, `the copy of the ${n} x ${dIn} feature matrix`, 'options.numFeatures or options.dIn'),
     probabilities: Float64Array.from(p),
     rows(start: number, count: number): Float32Array {
       const [s, c] = checkRange(start, count);
-      const out = new Float32Array(c * dIn);
+      const out = allocate(Float32Array, c * dIn, `rows(${s}, ${c}) of ${dIn} dimensions`, 'count');
       for (let t = 0; t < c; t++) sampler.row(s + t, out, t * dIn);
       return out;
     },
