@@ -114,30 +114,26 @@ def run(d_in, m, k, batch, reps, device, sparse_encoder=True, report=True, topk_
             W_dec.div_(W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(W_dec.dtype).eps))
         return fvu
 
-    times = []
-    for r in range(reps + 3):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        if r >= 3:
-            times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
+    def time_median(fn, warmup=2):
+        """The median seconds of `reps` calls of fn after `warmup` untimed ones, the device synced around each."""
+        ts = []
+        for r in range(reps + warmup):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if r >= warmup:
+                ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    step_s = time_median(step, warmup=3)
 
     with torch.no_grad(), bf16_autocast(x):
         pre = F.relu(F.linear(x - b_dec, W_enc, b_enc))
     pre32 = pre.float()
 
     def time_topk(t):
-        ts = []
-        for r in range(reps + 2):
-            sync()
-            t0 = time.perf_counter()
-            t.topk(k, sorted=False)
-            sync()
-            if r >= 2:
-                ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
+        return time_median(lambda: t.topk(k, sorted=False))
 
     topk_s, topk32_s = time_topk(pre), time_topk(pre32)
     # torch.topk on the caller's matrix (ReLU'd, as pre is), so both sides select from the same
@@ -148,17 +144,6 @@ def run(d_in, m, k, batch, reps, device, sparse_encoder=True, report=True, topk_
         shared = load_matrix(*topk_matrix, batch, m).to(device).relu_()
         same = f" topk_same_ms={time_topk(shared) * 1e3:.3f}"
         del shared
-
-    def time_median(fn):
-        ts = []
-        for r in range(reps + 2):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            if r >= 2:
-                ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
 
     # The encoder-shaped GEMM alone, as saekit's 'gemm ms' is timed: [batch, dIn] x [dIn, m] into a
     # preallocated output, no bias, in the step's GEMM dtype (bf16 on CUDA, as autocast runs it;
