@@ -1264,6 +1264,12 @@ describe("superposition: firing kinds (SAELens' firing_probabilities.py)", () =>
     // A tiny exponent stays exact: t_i -> ln(n / (i + 1)) / ln n.
     const tiny = superposition({ dIn: 2, numFeatures: 9, firing: { kind: 'zipf', exponent: 1e-12, maxP: 1, minP: 0 } }).probabilities;
     for (let i = 0; i < 9; i++) expect(Math.abs(tiny[i]! - Math.log(9 / (i + 1)) / Math.log(9))).toBeLessThan(1e-9);
+    // Down to the smallest subnormal exponent, p is the limit to double precision (the expm1
+    // quotient was 0.11 off at 5e-324).
+    for (const e of [1e-300, 1e-312, 1e-320, 5e-324]) {
+      const q = superposition({ dIn: 2, numFeatures: 33, firing: { kind: 'zipf', exponent: e, maxP: 0.7, minP: 0.05 } }).probabilities;
+      for (let i = 0; i < 33; i++) expect(Math.abs(q[i]! - (0.05 + (0.65 * Math.log(33 / (i + 1))) / Math.log(33))), `e ${e} feature ${i}`).toBeLessThan(1e-15);
+    }
   });
 
   it("scale 'clip' is saekit 0.x's zipf: max(minP, maxP (i + 1)^-exponent) and the same rows as before", () => {
@@ -1288,6 +1294,19 @@ describe("superposition: firing kinds (SAELens' firing_probabilities.py)", () =>
       expect(p[0]).toBe(0.3);
       if (n > 1) expect(p[n - 1]).toBe(0.01);
       for (let i = 0; i < n; i++) expect(Math.abs(p[i]! - (0.3 + (i * (0.01 - 0.3)) / Math.max(1, n - 1))), `n ${n} i ${i}`).toBeLessThanOrEqual(1e-16);
+    }
+    // torch.linspace's formula: index i < floor(n / 2) from the start, the rest back from the end,
+    // so the middle entry of an odd n comes from the end (fresh ranges, odd n).
+    const r = lcg(freshSeed(61));
+    for (let trial = 0; trial < 200; trial++) {
+      const n = 3 + 2 * Math.floor(r() * 50);
+      const maxP = 0.2 + 0.8 * r();
+      const minP = maxP * r();
+      const step = (minP - maxP) / (n - 1);
+      const mid = (n - 1) / 2;
+      const p = superposition({ dIn: 2, numFeatures: n, firing: { kind: 'linear', maxP, minP } }).probabilities;
+      expect(p[mid], `n ${n} ${maxP} ${minP}`).toBe(minP - (n - 1 - mid) * step);
+      expect(p[mid - 1]).toBe(maxP + (mid - 1) * step);
     }
     const seed = freshSeed(60);
     const n = 5000;

@@ -80,11 +80,12 @@ const HIERARCHY_NODE_OPTIONS = optionNames<HierarchyNode>({ feature: true, child
  * - 'zipf' (default scale 'rescale', SAELens' zipfian): the ranks' weights (i + 1)^-exponent
  *   rescaled linearly onto [minP, maxP]: p_i = minP + (maxP - minP) * ((i + 1)^-e - n^-e) / (1 - n^-e),
  *   so feature 0 has maxP and feature n - 1 minP (one feature: maxP). Defaults as SAELens:
- *   exponent 1, maxP 0.3, minP 0.01; exponent > 0.
+ *   exponent 1, maxP 0.3, minP 0.01 (min(0.01, maxP) when only maxP is given); exponent > 0.
  *   scale 'clip' (compat: saekit 0.x's zipf, to reproduce earlier results): p_i =
  *   max(minP, maxP * (i + 1)^-exponent), minP default 0, exponent >= 0.
- * - 'linear' (SAELens' linear): maxP down to minP in equal steps (torch.linspace(maxP, minP, n));
- *   defaults 0.3 and 0.01.
+ * - 'linear' (SAELens' linear): maxP down to minP in equal steps (the law of
+ *   torch.linspace(maxP, minP, n), in float64); defaults 0.3 and 0.01.
+ * Unlike SAELens, which raises on them, minP = 0 and minP = maxP (a constant) are accepted.
  * - 'random' (SAELens' random): p_i = minP + (maxP - minP) * u_i, u_i uniform in [0, 1) drawn
  *   from the seed (stream purpose 6); defaults 0.5 and 0.01.
  * - 'uniform': p_i = p (SAELens' constant); 'expected-active': p_i = n / numFeatures (n features
@@ -487,11 +488,13 @@ function firingProbabilities(firing: unknown, n: number, seed: bigint): Float64A
     }
   } else if (kind === 'linear') {
     const [maxP, minP] = range(0.3, 0.01);
-    // torch.linspace(maxP, minP, n): the first half stepped from maxP, the rest back from minP.
+    // torch.linspace(maxP, minP, n)'s formula: entries below floor(n / 2) stepped from maxP, the
+    // rest back from minP (in float64: the same law as SAELens's float32 values, not their bits).
     if (n === 1) p[0] = maxP;
     else {
       const step = (minP - maxP) / (n - 1);
-      for (let i = 0; i < n; i++) p[i] = i < n / 2 ? maxP + i * step : minP - (n - 1 - i) * step;
+      const mid = Math.floor(n / 2);
+      for (let i = 0; i < n; i++) p[i] = i < mid ? maxP + i * step : minP - (n - 1 - i) * step;
     }
   } else if (kind === 'random') {
     const [maxP, minP] = range(0.5, 0.01);
@@ -527,11 +530,17 @@ export function zipfRescaled(p: Float64Array, e: number, maxP: number, minP: num
   }
   const lnN = Math.log(n);
   const small = e * lnN < 1;
+  // Below 2^-900 the limit itself (its error is O(e ln n), under 1e-270): near the subnormals
+  // the expm1 quotient loses digits (0.11 off at e = 5e-324).
+  const limit = e * lnN < 2 ** -900;
   const nPow = Math.exp(-e * lnN);
   const den = small ? -Math.expm1(-e * lnN) : 1 - nPow;
   for (let i = 0; i < n; i++) {
-    let t = small ? (nPow * Math.expm1(e * Math.log(n / (i + 1)))) / den : (Math.pow(i + 1, -e) - nPow) / den;
-    if (!(den > 0)) t = Math.log(n / (i + 1)) / lnN; // e so small that e ln n underflows
+    const t = limit
+      ? Math.log(n / (i + 1)) / lnN
+      : small
+        ? (nPow * Math.expm1(e * Math.log(n / (i + 1)))) / den
+        : (Math.pow(i + 1, -e) - nPow) / den;
     p[i] = minP + (maxP - minP) * Math.min(1, Math.max(0, t));
   }
   p[0] = maxP;
