@@ -109,6 +109,11 @@ describe('EncodeBatcher', () => {
     await expect(sae.encode(new Float64Array(dIn) as never)).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE' });
     expect(() => new EncodeBatcher(sae, { maxrows: 3 } as never)).toThrow(/did you mean options\.maxRows/);
     expect(() => new EncodeBatcher({} as SparseAutoencoder)).toThrow(/SparseAutoencoder/);
+    // Batches go to the SAE's native handle: an object that only has an encode() (a wrapper, a
+    // Proxy) is refused at once, not failed at its first batch.
+    expect(() => new EncodeBatcher({ encode: () => sae.encode(new Float32Array(dIn)), dIn } as unknown as SparseAutoencoder)).toThrow(
+      expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/SparseAutoencoder for sae/) }),
+    );
     // Disposed while requests wait: those reject with the SAE's error.
     const pending = [b.encode(rowsOf(1, dIn, next)), b.encode(rowsOf(1, dIn, next))];
     sae.dispose();
@@ -224,7 +229,7 @@ describe('EncodeBatcher', () => {
     expect(jobs).toBe(2 + numBad);
   });
 
-  it('a batch whose rows cannot be allocated rejects its requests with ERR_SAEKIT_MEMORY; later requests still run', async () => {
+  it('a batch whose rows cannot be allocated (ERR_SAEKIT_MEMORY) is split: its requests are encoded in smaller batches, each getting its own codes; later requests still run', async () => {
     const next = lcg(31);
     using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 5 });
     const b = new EncodeBatcher(sae);
@@ -246,10 +251,14 @@ describe('EncodeBatcher', () => {
     } finally {
       globalThis.Float32Array = F32;
     }
-    expect(got[0]!.status).toBe('fulfilled');
-    for (const r of got.slice(1)) {
-      expect(r).toMatchObject({ status: 'rejected', reason: { code: 'ERR_SAEKIT_MEMORY', message: expect.stringMatching(`2 requests, 7 rows x dIn = ${dIn}`) } });
+    // The first went alone; the batch of the other two (7 rows) failed to allocate and was split
+    // into the two requests, each encoded alone.
+    for (const [i, r] of got.entries()) {
+      expect(r.status, `request ${i}`).toBe('fulfilled');
+      const c = (r as PromiseFulfilledResult<SparseCodes>).value;
+      expect(slice(c, 0, xs[i]!.length / dIn), `request ${i}`).toEqual(slice(await sae.encode(xs[i]!), 0, xs[i]!.length / dIn));
     }
+    expect(b.batches).toBe(3);
     const codes = await b.encode(later);
     expect(slice(codes, 0, 2)).toEqual(slice(await sae.encode(later), 0, 2));
   });
@@ -410,6 +419,14 @@ describe('EncodeBatcher', () => {
     const bad = new Map([[2, Number.NaN], [4, Infinity], [5, -Infinity]]);
     for (const [i, v] of bad) xs[i]![Math.floor(next() * xs[i]!.length)] = v;
     const before = backend.stats().submitted;
+    // The jobs submitted when each request at fault is sent alone to sae.encode: the good
+    // requests' batch goes first, so they do not wait behind the failing ones.
+    const encode = sae.encode.bind(sae);
+    const badSentAt: number[] = [];
+    const spy = vi.spyOn(sae, 'encode').mockImplementation((x, o) => {
+      if (x instanceof Float32Array && x.some((v) => v - v !== 0)) badSentAt.push(backend.stats().submitted - before);
+      return encode(x, o);
+    });
     // encode() reads no value of x on the JS thread (it scanned each one with Number.isFinite).
     const isFinite = vi.spyOn(Number, 'isFinite');
     let pending: Promise<SparseCodes | Error>[];
@@ -420,7 +437,10 @@ describe('EncodeBatcher', () => {
       isFinite.mockRestore();
     }
     const got = await Promise.all(pending);
+    spy.mockRestore();
     const jobs = backend.stats().submitted - before;
+    // Request 0 alone (1), the failed batch (2), the good requests' batch (3): then the three.
+    expect(badSentAt, `seed ${seed}`).toEqual([3, 4, 5]);
     for (const [i, x] of xs.entries()) {
       const alone = await aloneOf(sae, x);
       const label = `seed ${seed}, request ${i}`;
@@ -576,6 +596,27 @@ describe('EncodeBatcher', () => {
     } finally {
       for (const t of ts) t.dispose();
     }
+  });
+
+  it('dispose() also rejects a waiting Tensor request still being downloaded, at once: pendingRows is 0 right after', async () => {
+    const next = lcg(Date.now() % 100_000);
+    using sae = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 9 });
+    const b = new EncodeBatcher(sae);
+    const lead = b.encode(rowsOf(3, dIn, next)); // starts at once: the next request waits
+    using t = tensor(rowsOf(2, dIn, next), [2, dIn]);
+    const waiting = b.encode(t).then(() => 'resolved', (e: unknown) => e);
+    expect(b.pendingRows).toBe(2);
+    b.dispose();
+    expect(b.pendingRows).toBe(0);
+    const order: string[] = [];
+    const settled = waiting.then((e) => {
+      order.push('tensor request');
+      return e;
+    });
+    await lead.then(() => order.push('lead'));
+    // It rejected at dispose(), before the batch in flight ended, not when its download ended.
+    expect(await settled).toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+    expect(order[0]).toBe('tensor request');
   });
 
   it('once the SAE is disposed, every waiting request rejects at once with ERR_SAEKIT_DISPOSED, with its own stack: no batch is built for them', async () => {

@@ -28,12 +28,14 @@
  *   fails on one, the requests holding one are found (only then, on the JS thread) and encoded
  *   alone, and the others are encoded again as one batch.
  * - Any other error about particular rows (ERR_SAEKIT_SHAPE: a JumpReLU row with more than 8192
- *   active latents on a CUDA device): the batch is halved and each half encoded again, down to
- *   single requests, which are encoded alone; c such requests in a batch of n cost about
- *   2 c log2(n) more encodes.
- * An error about the whole batch (ERR_SAEKIT_MEMORY: its rows cannot be allocated; a disposed SAE;
- * a device failure) rejects its requests; later requests still run. Once the SAE is disposed,
- * every request still waiting rejects at once with ERR_SAEKIT_DISPOSED.
+ *   active latents on a CUDA device), or memory the batch cannot have (ERR_SAEKIT_MEMORY: its
+ *   rows, or the codes of a JumpReLU batch padded to one row's thousands of active latents): the
+ *   batch is halved and each half encoded again, down to single requests, which are encoded
+ *   alone; c such requests in a batch of n cost about 2 c log2(n) more encodes.
+ * Another error about the whole batch (a disposed SAE, a device failure) rejects its requests;
+ * later requests still run. Once the SAE is disposed, every request still waiting rejects at once
+ * with ERR_SAEKIT_DISPOSED. A waiting Tensor request joins the queue once downloaded, behind the
+ * requests that arrived meanwhile.
  *
  * Back-pressure and cancellation: `pendingRows` is the number of rows waiting for a batch, and
  * with `maxPendingRows` a request that would take it past that limit is refused at once
@@ -49,7 +51,7 @@
 import { argError, arrayTypeError, atSite, SaekitError } from '../errors.js';
 import { Tensor } from '../tensor/index.js';
 import { checkInt, checkOptions, checkSignal, optionNames } from '../validate.js';
-import { batchInvariantOption, encodeKeepingOverflow, type Rows, type SparseAutoencoder, type SparseCodes } from './index.js';
+import { batchInvariantOption, encodeKeepingOverflow, type Rows, SparseAutoencoder, type SparseCodes } from './index.js';
 
 /** Options of EncodeBatcher. */
 export interface EncodeBatcherOptions {
@@ -119,11 +121,14 @@ export class EncodeBatcher {
   #running = false;
   #batches = 0;
   #disposed = false;
+  /** Requests whose Tensor is being downloaded (not yet queued): dispose() rejects them too. */
+  #downloading = new Set<Request>();
   /** The requests waiting on each signal, and the one abort listener added to it. */
   #watched = new Map<AbortSignal, { requests: Set<Request>; listener: () => void }>();
 
   constructor(sae: SparseAutoencoder, options?: EncodeBatcherOptions) {
-    if (sae === null || typeof sae !== 'object' || typeof (sae as { encode?: unknown }).encode !== 'function') {
+    // A SparseAutoencoder itself: batches go to its native handle, not through its encode().
+    if (!(sae instanceof SparseAutoencoder)) {
       throw argError('sae', 'a SparseAutoencoder', sae);
     }
     const o = checkOptions('options', options, BATCHER_OPTIONS);
@@ -208,14 +213,19 @@ export class EncodeBatcher {
         r.x = now ? x : (x as Float32Array).slice();
         this.#enqueue(r);
       } else {
+        // Queued once downloaded (behind requests that arrived meanwhile).
+        this.#downloading.add(r);
         (x as Tensor<'float32'>).toArray().then(
           (a) => {
-            if (r.state !== 'waiting') return; // aborted while downloading
+            this.#downloading.delete(r);
+            if (r.state !== 'waiting') return; // aborted, or the batcher disposed, while downloading
             r.x = a;
-            if (this.#disposed) r.reject(new SaekitError('ERR_SAEKIT_DISPOSED', 'this EncodeBatcher was disposed before the request was encoded'));
-            else this.#enqueue(r);
+            this.#enqueue(r);
           },
-          (err: unknown) => r.reject(err),
+          (err: unknown) => {
+            this.#downloading.delete(r);
+            r.reject(err);
+          },
         );
       }
     });
@@ -231,6 +241,8 @@ export class EncodeBatcher {
     this.#disposed = true;
     const err = new SaekitError('ERR_SAEKIT_DISPOSED', 'this EncodeBatcher was disposed before the request was encoded');
     for (const r of this.#queue.splice(0)) r.reject(err);
+    for (const r of this.#downloading) r.reject(err);
+    this.#downloading.clear();
   }
 
   [Symbol.dispose](): void {
@@ -339,14 +351,14 @@ export class EncodeBatcher {
     // One request: sae.encode's codes or error, exactly (an overflow costs no second encode).
     if (take.length === 1) return this.#alone(take[0]!);
     try {
-      const x = gather(take, rows, this.sae.dIn);
       let codes: SparseCodes;
       try {
+        const x = gather(take, rows, this.sae.dIn);
         // Rows whose pre-activations overflow float32 (finite inputs near its limit) keep their
         // infinite codes here instead of failing the batch: one encode serves every other request.
         codes = await encodeKeepingOverflow(this.sae, x, this.batchInvariant);
       } catch (err) {
-        if (aboutRows(err)) return await this.#split(take, err);
+        if (aboutRows(err) || (err instanceof SaekitError && err.code === 'ERR_SAEKIT_MEMORY')) return await this.#split(take, err);
         throw err;
       }
       this.#batches++;
@@ -400,9 +412,10 @@ export class EncodeBatcher {
     const bad = err.code === 'ERR_SAEKIT_NONFINITE' ? new Set(live.filter((r) => !allFinite(r.x as Float32Array))) : new Set<Request>();
     const parts: Request[][] = [];
     if (bad.size > 0) {
-      parts.push(...[...bad].map((r) => [r]));
+      // The good requests' batch first: the requests at fault queue behind it.
       const good = live.filter((r) => !bad.has(r));
       if (good.length > 0) parts.push(good);
+      parts.push(...[...bad].map((r) => [r]));
     } else if (live.length > 0) {
       const h = Math.ceil(live.length / 2);
       parts.push(live.slice(0, h));
@@ -416,7 +429,14 @@ export class EncodeBatcher {
     if (r.state === 'done') return Promise.resolve();
     const x = r.x;
     r.x = NO_ROWS; // the addon has read (copied) x once sae.encode returns
-    return this.sae.encode(x, this.batchInvariant ? { batchInvariant: true } : undefined).then((c) => {
+    let encoding: Promise<SparseCodes>;
+    try {
+      encoding = this.sae.encode(x, this.batchInvariant ? { batchInvariant: true } : undefined);
+    } catch (err) {
+      r.reject(err); // (sae.encode rejects; a throw must still settle the request)
+      return Promise.resolve();
+    }
+    return encoding.then((c) => {
       this.#batches++;
       r.resolve(c);
     }, r.reject);
@@ -447,7 +467,9 @@ function gather(take: Request[], rows: number, dIn: number): Float32Array {
  * Whether an encode's error is about particular rows of x, so that other requests of the batch
  * would encode: a NaN or an infinity in x (ERR_SAEKIT_NONFINITE; an overflow is kept, not
  * thrown, by encodeKeepingOverflow) or a row that does not fit (ERR_SAEKIT_SHAPE: a JumpReLU row
- * wider than a CUDA device keeps). Others (a disposed SAE, memory, a device failure) are the batch's.
+ * wider than a CUDA device keeps). ERR_SAEKIT_MEMORY splits a batch too (#encodeBatch): one JumpReLU
+ * row that activates very many latents pads the whole batch to its width. Others (a disposed SAE,
+ * a device failure) are the batch's.
  */
 function aboutRows(err: unknown): err is SaekitError {
   return err instanceof SaekitError && (err.code === 'ERR_SAEKIT_NONFINITE' || err.code === 'ERR_SAEKIT_SHAPE');
