@@ -705,7 +705,9 @@ console.log(JSON.stringify({ device: sae.device, batches: b.batches, out }));`;
       expect(res.device).toBe('cuda:0');
       for (const o of res.out) {
         const label = `seed ${seed}, request ${o.i}`;
-        if (o.wide) expect(o.alone, label).toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/^Expected at most 8192 active latents per row for a JumpReLU encode on cuda:0 .* but row \d+ of x has 9000;/) });
+        // err.row is the wide row's index in its request, as the message says.
+        const wideRow = new Map([[2, 1], [5, 3], [9, 0]]).get(o.i);
+        if (o.wide) expect(o.alone, label).toMatchObject({ code: 'ERR_SAEKIT_SHAPE', row: wideRow, message: expect.stringMatching(new RegExp(`^Expected at most 8192 active latents per row for a JumpReLU encode on cuda:0 .* but row ${wideRow} of x has 9000;`)) });
         else expect(o.alone, label).not.toHaveProperty('code');
         expect(o.got, label).toEqual(o.alone);
       }

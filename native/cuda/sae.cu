@@ -1595,12 +1595,18 @@ int sae_encode(sk_status* st, sk_sae_dev* S, const float* host_x, int64_t N, int
           row = n;
         }
       const int64_t hi = std::min<int64_t>(S->M, kMaxSelectK);
-      SK_CHECK(worst <= k || k < hi, ErrorCode::Shape, "Expected at most ", hi,
-               " active latents per row for a JumpReLU encode on cuda:", S->device,
-               " (the most codes per row the CUDA selection keeps) but row ", row, " of x has ", worst,
-               "; encode it with the SAE on the CPU");
-      SK_CHECK(worst <= k, ErrorCode::Shape, "JumpReLU encode: row ", row, " has ", worst,
-               " active latents but only k = ", k, " codes per row were requested; call again with k >= ", worst);
+      // Errors about one row of x: JS sees its index as the error's `row`.
+      if (worst > k && k >= hi)
+        throw Error(ErrorCode::Shape,
+                    fmt("Expected at most ", hi, " active latents per row for a JumpReLU encode on cuda:", S->device,
+                        " (the most codes per row the CUDA selection keeps) but row ", row, " of x has ", worst,
+                        "; encode it with the SAE on the CPU"),
+                    row);
+      if (worst > k)
+        throw Error(ErrorCode::Shape,
+                    fmt("JumpReLU encode: row ", row, " has ", worst, " active latents but only k = ", k,
+                        " codes per row were requested; call again with k >= ", worst),
+                    row);
     }
     download(S, host_vals, mv, size_t(N * k) * sizeof(float));
     download(S, host_idx, mi, size_t(N * k) * sizeof(int32_t));
