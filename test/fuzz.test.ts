@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 
 import * as saekit from '../lib/index.js';
 import { native } from '../lib/native/index.js';
-import { f16ToNumber, randomHalfBits } from './helpers/data-fixtures.js';
+import { bf16ToNumber, f16ToNumber, randomHalfBits } from './helpers/data-fixtures.js';
 import { lcg, randomMatrix, referenceMatmul } from './helpers/reference.js';
 
 const CODES = new Set([
@@ -635,6 +635,35 @@ describe('native row reads and gathers: every index one past its bound is refuse
     const bits = randomHalfBits(3 * d, 'float16', seed);
     await b.gatherRows(bits, Uint32Array.of(1, 2), 0, 2, dst, 0, d, 'float16');
     expect(Array.from(dst), `seed ${seed}`).toEqual(Array.from(bits.subarray(d, 3 * d), f16ToNumber));
+  });
+
+  // A batch's worth of rows (over 1 MiB out), as the mixing buffer gathers them: odd widths on
+  // both sides of 1024, an odd offset into dst, each row against the dtype's definition.
+  it('gatherRows of 1 MiB and more, float32, bfloat16 and float16: every row exact at odd widths and offsets, nothing written outside it', async () => {
+    const seed = Date.now() >>> 0;
+    const next = lcg(seed);
+    for (const d of [1 + 2 * Math.floor(next() * 500), 1025 + 2 * Math.floor(next() * 1500)]) {
+      const srcRows = 97;
+      const count = Math.ceil((1 << 20) / (4 * d)) + Math.floor(next() * 40);
+      const at = 1 + Math.floor(next() * 31);
+      const slots = Uint32Array.from({ length: count }, () => Math.floor(next() * srcRows));
+      const f32 = Float32Array.from({ length: srcRows * d }, () => (next() * 2 - 1) * 2 ** Math.floor(next() * 40 - 20));
+      const cases = [
+        { name: 'float32', src: f32 as Float32Array | Uint16Array, dtype: undefined, value: (q: number) => f32[q]! },
+        ...(['bfloat16', 'float16'] as const).map((dtype) => {
+          const bits = randomHalfBits(srcRows * d, dtype, seed + d);
+          return { name: dtype, src: bits as Float32Array | Uint16Array, dtype, value: (q: number) => (dtype === 'bfloat16' ? bf16ToNumber : f16ToNumber)(bits[q]!) };
+        }),
+      ];
+      for (const c of cases) {
+        const dst = new Float32Array(at + count * d + 7).fill(-7);
+        await b.gatherRows(c.src, slots, 0, count, dst, at, d, c.dtype);
+        const want = new Float32Array(dst.length).fill(-7);
+        for (let j = 0; j < count; j++) for (let k = 0; k < d; k++) want[at + j * d + k] = c.value(slots[j]! * d + k);
+        const label = `seed ${seed}, ${c.name}, d ${d}, ${count} rows at ${at}`;
+        expect(Buffer.from(dst.buffer).equals(Buffer.from(want.buffer)), label).toBe(true);
+      }
+    }
   });
 
   it('allocHost gives a buffer of exactly the bytes asked for, whatever it rounds its block up to', () => {
