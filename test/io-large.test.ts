@@ -561,6 +561,54 @@ describe('arrays this runtime cannot hold', () => {
     }
   });
 
+  // A real entry (np.savez_compressed of mostly zeros) that inflates far past 4x its compressed
+  // bytes: its output past the first buffer was kept in zlib's chunks and joined into a second
+  // buffer, so it was held twice (1.25 GiB needed 2.5 GiB: ERR_SAEKIT_MEMORY under 3 GB, where the
+  // buffer of its declared size alone fits), and one it could not hold aborted the process when
+  // zlib's own chunk allocation failed (V8's fatal out-of-memory, no result at all).
+  it.skipIf(noLimit)('readNpz: a real deflated entry of 1.25 GiB (zeros and a few random values) reads in a child limited to 3 GB: its output is not held twice', () => {
+    const seed = freshSeed(1250);
+    const next = rng(seed);
+    const usize = 1.25 * GiB;
+    const n = (usize - 128) / 4;
+    const hdr = npyHeader('<f4', [n]);
+    const picks = Array.from({ length: 6 }, () => ({ i: Math.floor(next() * n), v: Math.fround(next() + 0.5) }));
+    const patches: Patch[] = [[0, hdr], ...picks.map(({ i, v }): Patch => [128 + 4 * i, new Uint8Array(Float32Array.of(v).buffer)])];
+    const data = deflatedOf(usize, patches);
+    const crc = crcOf(usize, patches);
+    const local = localHeader({ name: 'x.npy', method: 8, crc, usize, csize: data.length });
+    const tail = zipTail([{ name: 'x.npy', method: 8, crc, usize, csize: data.length, offset: 0 }], local.length + data.length);
+    const f = file('npz');
+    writeFileSync(f, Buffer.concat([local, data, tail]));
+    try {
+      const check = picks.map(({ i, v }) => `if (d[${i}] !== ${v}) throw new Error('element ${i} is ' + d[${i}] + ', not ${v}');`).join(' ');
+      const body = `const d = (await io.readNpz(${JSON.stringify(f)})).x.data; if (d.length !== ${n}) throw new Error('length ' + d.length); ${check}`;
+      expect(limited(body), `seed ${seed}`).toEqual({ resolved: true });
+    } finally {
+      rmSync(f);
+    }
+  }, 60_000);
+
+  it.skipIf(noLimit)('readNpz: a real deflated entry of 3.5 GiB of zeros (3.4 MB) that cannot be held is ERR_SAEKIT_MEMORY naming it, not a process abort (a child limited to 3 GB)', () => {
+    const usize = 3.5 * GiB;
+    const patches: Patch[] = [[0, npyHeader('<f4', [(usize - 128) / 4])]];
+    const data = deflatedOf(usize, patches);
+    const crc = crcOf(usize, patches);
+    const local = localHeader({ name: 'x.npy', method: 8, crc, usize, csize: data.length });
+    const tail = zipTail([{ name: 'x.npy', method: 8, crc, usize, csize: data.length, offset: 0 }], local.length + data.length);
+    const f = file('npz');
+    writeFileSync(f, Buffer.concat([local, data, tail]));
+    try {
+      expect(limited(`await io.readNpz(${JSON.stringify(f)})`)).toMatchObject({
+        name: 'SaekitError',
+        code: 'ERR_SAEKIT_MEMORY',
+        message: expect.stringContaining(`Cannot hold entry 'x.npy' of ${f} (${usize} bytes inflated)`),
+      });
+    } finally {
+      rmSync(f);
+    }
+  }, 60_000);
+
   it.skipIf(noLimit)('readNpy: 3.9 GiB of data that cannot be allocated is ERR_SAEKIT_MEMORY naming the file, not a bare RangeError (a sparse file; a child limited to 3 GB)', () => {
     const n = (2 ** 32 - 256) / 4;
     const hdr = npyHeader('<f4', [n]);

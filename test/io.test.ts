@@ -587,6 +587,13 @@ describe('npy', () => {
     expect(parseNpy(utf8).data).toEqual(new Int32Array([7]));
   });
 
+  it('a version 3.0 header that starts with U+FEFF is refused, as np.load refuses it (Python sees a non-printable character; TextDecoder dropped it as a byte-order mark)', async () => {
+    const dict = "{'descr': '<i4', 'fortran_order': False, 'shape': (1,), }      ";
+    const data = new Uint8Array([7, 0, 0, 0]);
+    expect(parseNpy(npyFile(dict, data, 3)).data).toEqual(new Int32Array([7]));
+    await expectIoError(() => parseNpy(npyFile(`\ufeff${dict}`, data, 3), 'bom.npy'), 'bom.npy', /header is not a valid dict literal: expected '\{' at character 0 but found "\\ufeff"/);
+  });
+
   it('round-trips fresh random bytes of every dtype and odd shapes', async () => {
     const seed = freshSeed(3);
     const next = rng(seed);
@@ -936,6 +943,17 @@ describe('npz', () => {
     expect(keys.map((k) => [...k].length)).toEqual([64, 64]);
     expect([keys[0]![1], keys[1]![41]]).toEqual(['ü', 'Θ']); // 0x81, 0xe9
     if (want.length > 0) expect(keys).toEqual(want);
+  });
+
+  it('an entry name with the UTF-8 flag keeps a leading U+FEFF, as Python\'s zipfile and np.load read it (TextDecoder dropped it as a byte-order mark)', async () => {
+    const next = rng(freshSeed(0xfeff));
+    const key = `\ufeff${Array.from({ length: 1 + Math.floor(next() * 8) }, () => String.fromCharCode(0x61 + Math.floor(next() * 26))).join('')}`;
+    const data = Int32Array.from({ length: 3 }, () => Math.floor(next() * 2 ** 31));
+    const z = Buffer.concat(await encodeNpzParts({ [key]: { dtype: 'int32', shape: [3], data } }));
+    expect(z.indexOf(Buffer.from(`${key}.npy`))).toBeGreaterThan(0); // EF BB BF and the name, flag bit 11 set
+    const got = await decodeNpz(z, 'bom.npz');
+    expect(Object.keys(got)).toEqual([key]);
+    expect(got[key]!.data).toEqual(data);
   });
 
   it('an archive of 65,535 entries gets ZIP64 end records (65,535 in the end record means "see the ZIP64 record") and reads back', async () => {

@@ -239,6 +239,10 @@ describe('parsePyDict', () => {
     expect([...parsePyDict("{\f'shape':\f(2,\f3)\f}").entries()]).toEqual([['shape', [2, 3]]]);
     expect(pyError("{'n': 1\u0000}")).toBe('expected \',\' or \'}\' at character 7 but found "\\u0000"');
     expect(pyError("{'n': 1\u000b}")).toBe('expected \',\' or \'}\' at character 7 but found "\\u000b"');
+    // JSON.stringify leaves DEL, the C1 controls (a latin1 header's bytes 0x80-0x9f) and U+FEFF raw.
+    expect(pyError("{'n': 1\u007f}")).toBe('expected \',\' or \'}\' at character 7 but found "\\u007f"');
+    expect(pyError("{'n': 1\u0085}")).toBe('expected \',\' or \'}\' at character 7 but found "\\u0085"');
+    expect(pyError("\ufeff{'n': 1}")).toBe('expected \'{\' at character 0 but found "\\ufeff"');
   });
 
   it('names what it found and where: negative numbers, None, nested tuples, the end of the header', () => {

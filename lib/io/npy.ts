@@ -111,7 +111,9 @@ function readVersion(bytes: Uint8Array, size: number, name: string): { lenBytes:
 function headerText(bytes: Uint8Array, utf8: boolean, name: string): string {
   if (!utf8) return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString('latin1');
   try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    // A leading U+FEFF stays, so the dict parser refuses it as np.load does (Python's tokenizer
+    // sees a non-printable character); TextDecoder would drop it as a byte-order mark.
+    return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
   } catch {
     throw formatError(WHAT, name, 'version 3.0 header is not valid UTF-8');
   }

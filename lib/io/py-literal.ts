@@ -38,8 +38,11 @@ class Cursor {
   found(): string {
     if (this.i >= this.text.length) return 'the end of the header';
     const ch = this.text[this.i]!;
-    // A control character is shown escaped (a NUL or form feed printed raw garbles the message).
-    return /[\x00-\x1f\x7f]/.test(ch) ? JSON.stringify(ch) : `'${ch}'`;
+    // A control character is shown escaped (a NUL or form feed printed raw garbles the message):
+    // JSON's escapes below 0x20; \uXXXX for DEL, the C1 controls (a latin1 header can hold them)
+    // and an invisible U+FEFF, which JSON.stringify leaves raw.
+    if (/[\x00-\x1f]/.test(ch)) return JSON.stringify(ch);
+    return /[\x7f-\x9f\ufeff]/.test(ch) ? `"\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}"` : `'${ch}'`;
   }
 }
 

@@ -25,7 +25,7 @@ const U16_MAX = 0xffff;
 const U32_MAX = 0xffffffff;
 /** Deflate cannot expand data by more than about 1032:1; a larger declared ratio is a lie. */
 const MAX_DEFLATE_RATIO = 1100;
-/** The least first buffer of a deflated entry (else 4x its compressed bytes; output past it is kept in chunks and joined). */
+/** The least first buffer of a deflated entry (else 4x its compressed bytes; output past it gets a buffer of the declared size). */
 const INITIAL_INFLATE_BYTES = 1 << 20;
 const FLAG_ENCRYPTED = 0x0001;
 const FLAG_STRONG_ENCRYPTION = 0x0040;
@@ -203,11 +203,13 @@ function applyZip64(extra: Uint8Array, e: ZipEntry, diskStart: number, what: str
   }
 }
 
-/** An entry name: UTF-8 when flag bit 11 says so, otherwise latin1 (the spec says cp437; both agree on ASCII). */
+/** An entry name: UTF-8 when flag bit 11 says so, otherwise code page 437. */
 function decodeName(raw: Uint8Array, flags: number, what: string, name: string): string {
   if (flags & FLAG_UTF8) {
     try {
-      return new TextDecoder('utf-8', { fatal: true }).decode(raw);
+      // A leading U+FEFF is part of the name (Python's zipfile keeps it; the writer writes it):
+      // TextDecoder would drop it as a byte-order mark.
+      return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(raw);
     } catch {
       throw formatError(what, name, 'an entry name is not valid UTF-8');
     }
@@ -347,10 +349,14 @@ export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: numbe
   // the JS thread for the whole entry. The declared size is bounded only by what deflate can
   // produce (MAX_DEFLATE_RATIO times the compressed bytes: 4 GiB from a 4 MB file), so it is not
   // allocated up front: the output goes straight into a buffer of up to 4x the compressed bytes
-  // (most arrays deflate less than that: then it is the result), and any further output is kept
-  // as the inflater produced it, then joined with the rest into one exact buffer in slices
-  // between turns of the event loop (one large copy, or a buffer doubled and copied as it grew,
-  // held the thread for 300-480 ms of a 1 s read of 128 MiB: the copy faults in fresh pages).
+  // (most arrays deflate less than that: then it is the result). Only an entry whose output
+  // passes that (real output past 4:1, which a junk stream does not have) gets a buffer of its
+  // declared size; the rest of its output goes straight there, and the first buffer is copied
+  // to its start afterwards, in slices between turns of the event loop. (One large copy, or a
+  // buffer doubled and copied as it grew, held the thread for 300-480 ms of a 1 s read of
+  // 128 MiB: the copy faults in fresh pages. Output kept in zlib's chunks to be joined was held
+  // twice, and zlib's own chunk allocation, when memory ran out, aborted the process, where
+  // this allocation fails as ERR_SAEKIT_MEMORY.)
   const alloc = (n: number): Uint8Array => {
     try {
       return new Uint8Array(n);
@@ -360,7 +366,8 @@ export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: numbe
     }
   };
   const first = alloc(Math.min(e.uncompressedSize, Math.max(INITIAL_INFLATE_BYTES, e.compressedSize * 4)));
-  const rest: Uint8Array[] = []; // the output past `first`, in the inflater's own chunks
+  let data: Uint8Array | undefined; // the declared size, once the output passes `first`
+  let memory: unknown;
   let got = 0;
   let crc = 0;
   const failure = await streamInflate(src, dataStart, e.compressedSize, INFLATE_PIECE, true, (c) => {
@@ -369,26 +376,30 @@ export async function readZipEntry(src: ByteSource, e: ZipEntry, cdOffset: numbe
       return false;
     }
     crc = crc32(c, crc);
-    const fit = rest.length === 0 ? Math.min(c.length, first.length - got) : 0;
+    const fit = Math.max(0, Math.min(c.length, first.length - got));
     if (fit > 0) first.set(c.subarray(0, fit), got);
-    // (zlib hands out slices of output buffers it does not write again: a chunk can be kept)
-    if (fit < c.length) rest.push(fit > 0 ? c.subarray(fit) : c);
+    if (fit < c.length) {
+      if (data === undefined) {
+        try {
+          data = alloc(e.uncompressedSize);
+        } catch (err) {
+          memory = err;
+          return false;
+        }
+      }
+      data.set(fit > 0 ? c.subarray(fit) : c, got + fit);
+    }
     got += c.length;
     return true;
   }, INFLATE_CHUNK);
+  if (memory !== undefined) throw memory;
   checkInflated(e, bad, failure, got, crc);
-  if (rest.length === 0) return first; // got === first.length: checkInflated saw got equal the declared size
-  const data = alloc(got);
-  let at = 0;
-  for (const part of [first, ...rest]) {
-    for (let off = 0; off < part.length; off += JOIN_PIECE) {
-      const piece = part.subarray(off, Math.min(part.length, off + JOIN_PIECE));
-      data.set(piece, at);
-      at += piece.length;
-      if (due(piece.length)) await pause();
-    }
+  if (data === undefined) return first; // got === first.length: checkInflated saw got equal the declared size
+  for (let off = 0; off < first.length; off += JOIN_PIECE) {
+    const end = Math.min(first.length, off + JOIN_PIECE);
+    data.set(first.subarray(off, end), off);
+    if (due(end - off)) await pause();
   }
-  rest.length = 0;
   return data;
 }
 
@@ -462,7 +473,7 @@ export async function readZipEntryInto(src: ByteSource, e: ZipEntry, cdOffset: n
 /** Stored bytes read into a view at a time by readZipEntryInto (then CRC-checked in slices). */
 const STORED_PIECE = 1 << 26;
 
-/** Bytes copied at a time when readZipEntry joins an entry's output (then the slice's clock is checked). */
+/** Bytes of an entry's first buffer copied at a time into its whole buffer by readZipEntry (then the slice's clock is checked). */
 const JOIN_PIECE = 1 << 20;
 
 /** Compressed bytes read and fed to the inflater at a time by readZipEntry. */
