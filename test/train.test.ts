@@ -1072,6 +1072,60 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
     ]);
   });
 
+  it('a log on a pipe or a character device (fdatasync: EINVAL, nothing to flush) still checkpoints and completes', async () => {
+    const dir = tmp();
+    const checkpointDir = path.join(dir, 'ck');
+    using sae = make();
+    const r = await new Trainer(sae, { batchSize: 64, totalTokens: 640, warmupSteps: 2, seed: 3 }).fit(fromArray(data(640, dIn, 47), dIn), { checkpointDir, logFile: '/dev/null', checkpointEvery: 3 });
+    expect(r).toMatchObject({ status: 'completed', steps: 10 });
+    expect(JSON.parse(readFileSync(path.join(checkpointDir, 'checkpoint.json'), 'utf8')).step).toBe(10);
+  });
+
+  it('a log line that cannot be written or flushed (ENOSPC, EIO) fails the run without a checkpoint past the logged steps', async () => {
+    const { open } = await import('node:fs/promises');
+    const probe = await open(path.join(tmp(), 'probe'), 'a');
+    const proto = Object.getPrototypeOf(probe) as { write: (...a: unknown[]) => Promise<unknown>; datasync: () => Promise<void> };
+    await probe.close();
+    const { write, datasync } = proto;
+    const ioError = (code: string) => Object.assign(new Error(`${code}: simulated`), { code });
+    const run = async (): Promise<{ committed: number; logged: number[]; resumed: number[] }> => {
+      const dir = tmp();
+      const checkpointDir = path.join(dir, 'ck');
+      const logFile = path.join(dir, 'log.jsonl');
+      const x = data(640, dIn, 48);
+      const opts = { batchSize: 64, totalTokens: 640, warmupSteps: 2, seed: 3 };
+      using sae = make();
+      await expect(new Trainer(sae, opts).fit(fromArray(x, dIn), { checkpointDir, logFile, checkpointEvery: 3 })).rejects.toThrow(/options\.logFile/);
+      proto.write = write;
+      proto.datasync = datasync;
+      const committed = (JSON.parse(readFileSync(path.join(checkpointDir, 'checkpoint.json'), 'utf8')) as { step: number }).step;
+      const steps = () => readFileSync(logFile, 'utf8').split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { step: number }).step);
+      const logged = steps();
+      // The resume finds every step logged once.
+      using sae2 = make();
+      await new Trainer(sae2, opts).fit(fromArray(x, dIn), { checkpointDir, logFile, resume: true });
+      return { committed, logged, resumed: steps() };
+    };
+    const all = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+    try {
+      // Step 5's line is not written (a full disk): the failed run's checkpoint may not hold step 5.
+      proto.write = function (this: unknown, ...a: unknown[]) {
+        if (typeof a[0] === 'string' && a[0].startsWith('{"step":5,')) return Promise.reject(ioError('ENOSPC'));
+        return write.apply(this, a);
+      };
+      expect(await run()).toEqual({ committed: 3, logged: [1, 2, 3, 4], resumed: all });
+      // The flush before step 6's checkpoint fails (EIO: the lines may be lost), then succeeds.
+      let syncs = 0;
+      proto.datasync = function (this: unknown) {
+        return ++syncs === 2 ? Promise.reject(ioError('EIO')) : datasync.call(this);
+      };
+      expect(await run()).toEqual({ committed: 3, logged: [1, 2, 3, 4, 5, 6], resumed: all });
+    } finally {
+      proto.write = write;
+      proto.datasync = datasync;
+    }
+  });
+
   it('_trimLogPast keeps exactly the lines up to a step, past 64 KiB tails, torn lines and edge cases', async () => {
     const { _trimLogPast } = await import('../lib/train/index.js');
     const dir = tmp();

@@ -147,7 +147,9 @@ export interface FitOptions {
    * past its checkpoint (trained again; e.g. written before a crash) and a torn last line, so
    * each step appears once; `resume` with no checkpoint yet (a run killed before its first)
    * starts over from step 0 and so empties the log first. The lines are flushed to disk before
-   * each checkpoint is written, so a power loss cannot leave a checkpoint past its logged steps.
+   * each checkpoint is written, so a power loss cannot leave a checkpoint past its logged steps
+   * (a pipe or a character device, which cannot be flushed, is written to as it is). A line that
+   * cannot be written or flushed fails the run, and its failed run then writes no checkpoint.
    */
   logFile?: string;
   /**
@@ -688,10 +690,17 @@ export class Trainer {
     let log: FileHandle | undefined;
     // The log's lines reach the disk (fdatasync) before a checkpoint commits their steps: after a
     // power loss, a resume (which skips the steps up to its checkpoint) finds each of them logged.
-    // Lines past the last checkpoint may be lost; a resume trains and logs those steps again.
+    // Lines past the last checkpoint may be lost; a resume trains and logs those steps again. A
+    // log that cannot be synced (a pipe, a character device: EINVAL) has nothing to flush.
+    /** Set when a line could not be written or flushed: no checkpoint may commit its step (not even a failed run's). */
+    let logLost = false;
+    const logFailed = (err: unknown): never => {
+      logLost = true;
+      throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err);
+    };
     const syncLog = async (): Promise<void> => {
       await log?.datasync().catch((err: unknown) => {
-        throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err);
+        if (!UNSYNCABLE.has((err as { code?: unknown }).code)) logFailed(err);
       });
     };
     /** Set while a step runs: a step that failed other than as non-finite may have left the parameters half updated. */
@@ -821,9 +830,7 @@ export class Trainer {
         };
         if (log) {
           // A failed append (disk full, a quota) is reported against the option, as opening it is.
-          await log.write(`${JSON.stringify(last)}\n`).catch((err: unknown) => {
-            throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err);
-          });
+          await log.write(`${JSON.stringify(last)}\n`).catch(logFailed);
         }
         if (fo.onStep) await fo.onStep(last);
         if (fo.checkpointDir && step % every === 0 && step < total) {
@@ -850,15 +857,16 @@ export class Trainer {
       const unused = await batchPromise.catch(() => undefined);
       unused?.x.dispose();
       unused?.done();
-      // On disk before the checkpoint a failure writes below (best effort: the failure is reported).
-      await log?.datasync().catch(() => undefined);
+      // On disk before the checkpoint a failure writes below (if it cannot be, that checkpoint is not written).
+      await syncLog().catch(() => undefined);
       await log?.close();
       await stopping;
     }
     if (failure) {
       // Keep the work: checkpoint the steps trained since the last checkpoint (unless a step
-      // failed midway), leave the SAE on raw activations, then report the failure.
-      if (stepIntact && fo.checkpointDir && step > (resumedFrom?.step ?? 0)) {
+      // failed midway, or a log line was not written or flushed: a resume would skip its step
+      // unlogged), leave the SAE on raw activations, then report the failure.
+      if (stepIntact && !logLost && fo.checkpointDir && step > (resumedFrom?.step ?? 0)) {
         await this.checkpoint(opt, fo.checkpointDir, step, tokens, scale, total, source.numRows).catch(() => undefined);
       }
       // A new run refused at its first step (checked before any update) leaves the SAE exactly as
@@ -1071,6 +1079,9 @@ function checkResumable(ck: Checkpoint, o: Readonly<ResolvedTrainerOptions>, dir
     }
   }
 }
+
+/** fdatasync's errors for a file that cannot be synced (a pipe, a socket, a character device; a file system without it): nothing to flush. */
+const UNSYNCABLE = new Set<unknown>(['EINVAL', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
 
 /** An output path that could not be made or opened, as ERR_SAEKIT_ARG naming the option and the system's reason. */
 function pathError(name: string, p: string, expected: string, err: unknown): SaekitError {
