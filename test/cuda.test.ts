@@ -257,6 +257,43 @@ describe('prefetch on the CPU emulation of the plugin', () => {
     expect(frees.length, 'the outgrown buffer is freed by the step').toBeGreaterThan(0);
     for (const [call, tid] of frees) expect(`${call} on thread ${tid}`).not.toBe(`${call} on thread ${pid}`);
   }, 70_000);
+
+  it.runIf(existsSync(emuPlugin) && existsSync(emuCublas))('a prefetch while the step frees an outgrown buffer does not wait for that cudaFree (the buffer is freed outside the prefetch lock)', () => {
+    // EMU_FREE_DELAY_MS makes each cudaFree take 2 s, as one does on a GPU while the device's work
+    // in flight ends. A first step of 64 rows sizes the step's workspace, so the step of `big`
+    // frees nothing but the retired buffer; the next batch is prefetched while it does.
+    const trace = path.join(mkdtempSync(path.join(os.tmpdir(), 'saekit-sync-')), 'trace.txt');
+    const r = inChild(
+      `import * as fs from 'node:fs';
+      const dIn = 16;
+      const sae = saekit.SparseAutoencoder.create({ dIn, numLatents: 32, k: 4, seed: 3, device: 'cuda', precision: 'fp32' });
+      const opt = sae.adam();
+      const rows = (n: number, seed: number) => Float32Array.from({ length: n * dIn }, (_, i) => Math.sin(i * 0.37 + seed));
+      await opt.step(rows(64, 0));
+      await opt.step(opt.prefetch(rows(8, 1)));
+      await opt.step(opt.prefetch(rows(8, 2)));
+      const big = opt.prefetch(rows(64, 3));
+      process.env.SAEKIT_EMU_SYNC_TRACE = ${JSON.stringify(trace)};
+      process.env.EMU_FREE_DELAY_MS = '2000';
+      const stepping = opt.step(big);
+      await new Promise((res) => setTimeout(res, 300));
+      const t0 = performance.now();
+      const next = opt.prefetch(rows(8, 4));
+      const blocked = performance.now() - t0;
+      const st = await stepping;
+      delete process.env.EMU_FREE_DELAY_MS;
+      delete process.env.SAEKIT_EMU_SYNC_TRACE;
+      const st2 = await opt.step(next);
+      const frees = fs.readFileSync(${JSON.stringify(trace)}, 'utf8').trim().split('\\n').length;
+      console.log(JSON.stringify({ blocked, frees, losses: [st.loss, st2.loss] }));`,
+      { SAEKIT_CUDA_PLUGIN: emuPlugin, SAEKIT_CUBLAS: emuCublas },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const { blocked, frees, losses } = r.out as { blocked: number; frees: number; losses: number[] };
+    expect(losses.every(Number.isFinite)).toBe(true);
+    expect(frees, 'the step frees the retired buffer (and nothing else)').toBe(1);
+    expect(blocked, 'ms the prefetch blocked the JS thread').toBeLessThan(1000);
+  }, 70_000);
 });
 
 // Small shapes, so the CPU emulation of the plugin (CI) runs them in seconds.

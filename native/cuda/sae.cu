@@ -1128,9 +1128,23 @@ void sync(sk_sae_dev* S, const char* what) {
 // The prefetched copy of (host_x, N), if there is one: it becomes S->x (the entry keeps the old
 // x buffer, free since the previous step has completed) and the SAE's stream waits for its copy.
 float* take_prefetched(sk_sae_dev* S, const float* host_x, int64_t N) {
+  // The outgrown buffers are freed outside pf_mu: cudaFree waits for the whole device, and a
+  // prefetch on the JS thread would wait for it on the lock. Each is taken off the list before it
+  // is freed; after a failed cudaFree the ones not tried yet go back (freed later, never twice).
+  std::vector<void*> retired;
+  {
+    std::lock_guard<std::mutex> lock(S->pf_mu);
+    retired.swap(S->pf_retired);
+  }
+  for (size_t i = 0; i < retired.size(); ++i) {
+    const cudaError_t e = cudaFree(retired[i]);  // (their copies, if any, end first: cudaFree waits)
+    if (e != cudaSuccess) {
+      std::lock_guard<std::mutex> lock(S->pf_mu);
+      S->pf_retired.insert(S->pf_retired.end(), retired.begin() + std::ptrdiff_t(i) + 1, retired.end());
+      SK_CUDA(e);
+    }
+  }
   std::lock_guard<std::mutex> lock(S->pf_mu);
-  for (void* p : S->pf_retired) SK_CUDA(cudaFree(p));  // (their copies, if any, end first: cudaFree waits)
-  S->pf_retired.clear();
   for (auto& p : S->pfs)
     if (p.host == host_x && p.N == N && host_x != nullptr) {
       std::swap(S->x.p, p.buf.p);

@@ -538,6 +538,16 @@ inline void trace_sync(const char* what) {
     std::fclose(o);
   }
 }
+// EMU_FREE_DELAY_MS=ms (tests; read per call): each cudaFree first takes that long, as one on a GPU
+// does while the device's work in flight ends, so a test can see which threads wait for it.
+inline void free_delay() {
+  const char* e = std::getenv("EMU_FREE_DELAY_MS");
+  const long ms = e && *e ? std::strtol(e, nullptr, 10) : 0;
+  if (ms > 0) {
+    const struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    ::nanosleep(&t, nullptr);
+  }
+}
 // Everything queued on every stream (cudaFree, cudaFreeHost: they synchronise the device).
 inline void flush_all() {
   std::lock_guard<std::recursive_mutex> lock(exec_mu());
@@ -810,6 +820,7 @@ inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 inline cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
   ::emu::trace_sync("cudaFree");
+  ::emu::free_delay();
   ::emu::flush_all();  // cudaFree synchronises the device
   {
     std::lock_guard<std::mutex> lock(::emu::registry_mu());
