@@ -489,8 +489,11 @@ const HEAD_SEARCH = 1 << 20;
 /**
  * Feeds `length` compressed bytes from `start` to a raw inflater, `piece` bytes at a time, each
  * piece's output handed to `onData` before the next is read; stops early once `onData` returns
- * false. With `finish`, a stream that has not ended when the input runs out is an error.
- * Resolves to the inflater's error, if any. Nothing is kept: memory stays at a piece's output.
+ * false. With `finish`, the inflater is then ended; Node calls end()'s callback before it emits
+ * "unexpected end of file" for a stream cut short, so that error is not waited for: a stream cut
+ * after its last output byte passes when the caller's size and CRC-32 checks do (as Python's
+ * zipfile and np.load accept it), and one cut earlier fails the size check. Resolves to the
+ * inflater's error, if any. Nothing is kept: memory stays at a piece's output.
  */
 async function streamInflate(
   src: ByteSource,
