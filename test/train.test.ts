@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -1070,6 +1070,40 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
       { lines: 10, committed: 9 },
       { lines: 10, committed: 10 },
     ]);
+  });
+
+  it.runIf(process.platform === 'linux')('a log file the run creates has its folder synced before the first checkpoint commits; an existing one does not', async () => {
+    const { open } = await import('node:fs/promises');
+    const { readlinkSync } = await import('node:fs');
+    const probe = await open(path.join(tmp(), 'probe'), 'a');
+    const proto = Object.getPrototypeOf(probe) as { sync: () => Promise<void> };
+    await probe.close();
+    const { sync } = proto;
+    const run = async (existing: boolean): Promise<boolean[]> => {
+      const dir = tmp();
+      const checkpointDir = path.join(dir, 'ck');
+      const logDir = path.join(dir, 'logs');
+      mkdirSync(logDir);
+      const logFile = path.join(logDir, 'log.jsonl');
+      if (existing) writeFileSync(logFile, '');
+      // For each fsync of the log's folder: whether a checkpoint had been committed by then.
+      const seen: boolean[] = [];
+      proto.sync = function (this: { fd: number }) {
+        if (readlinkSync(`/proc/self/fd/${this.fd}`) === logDir) seen.push(existsSync(path.join(checkpointDir, 'checkpoint.json')));
+        return sync.call(this);
+      };
+      try {
+        using sae = make();
+        const r = await new Trainer(sae, { batchSize: 64, totalTokens: 640, warmupSteps: 2, seed: 3 }).fit(fromArray(data(640, dIn, 49), dIn), { checkpointDir, logFile, checkpointEvery: 3 });
+        expect(r).toMatchObject({ status: 'completed', steps: 10 });
+      } finally {
+        proto.sync = sync;
+      }
+      expect(readFileSync(logFile, 'utf8').split('\n').filter(Boolean)).toHaveLength(10);
+      return seen;
+    };
+    expect(await run(false), 'created: one sync of its folder, before checkpoint 3').toEqual([false]);
+    expect(await run(true), 'existing: its folder entry is already there').toEqual([]);
   });
 
   it('a log on a pipe or a character device (fdatasync: EINVAL, nothing to flush) still checkpoints and completes', async () => {

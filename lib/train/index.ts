@@ -38,7 +38,7 @@ import { deviceName, resolveDevice, type DeviceOption } from '../backend/index.j
 import { BATCH_ARRAYS, RELEASE_BATCH, type BatchArrays, type ReleasableBatch } from '../data/engine.js';
 import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, arrayTypeError, SaekitError } from '../errors.js';
-import { isPendingTemporary, makeDirs, OPEN_READ_NOWAIT, readBoundedFile } from '../io/source.js';
+import { isPendingTemporary, makeDirs, OPEN_READ_NOWAIT, readBoundedFile, syncFolder } from '../io/source.js';
 import { AUXK_VARIANTS, MAX_BETA1, MAX_BETA2, MAX_DEAD_THRESHOLD, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
@@ -147,9 +147,10 @@ export interface FitOptions {
    * past its checkpoint (trained again; e.g. written before a crash) and a torn last line, so
    * each step appears once; `resume` with no checkpoint yet (a run killed before its first)
    * starts over from step 0 and so empties the log first. The lines are flushed to disk before
-   * each checkpoint is written, so a power loss cannot leave a checkpoint past its logged steps
-   * (a pipe or a character device, which cannot be flushed, is written to as it is). A line that
-   * cannot be written or flushed fails the run, and its failed run then writes no checkpoint.
+   * each checkpoint is written (with the folder's entry of a log file the run creates), so a
+   * power loss cannot leave a checkpoint past its logged steps; a pipe or a character device,
+   * which cannot be flushed, is written to as it is. A line that cannot be written or flushed
+   * fails the run, and its failed run then writes no checkpoint.
    */
   logFile?: string;
   /**
@@ -698,10 +699,17 @@ export class Trainer {
       logLost = true;
       throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err);
     };
+    /** The log file was created by this run: its folder's entry is synced with its first flush. */
+    let logCreated = false;
     const syncLog = async (): Promise<void> => {
       await log?.datasync().catch((err: unknown) => {
         if (!UNSYNCABLE.has((err as { code?: unknown }).code)) logFailed(err);
       });
+      if (logCreated) {
+        // Best effort, as for checkpoints: a new file's lines are of no use if its name is lost.
+        logCreated = false;
+        await syncFolder(path.dirname(path.resolve(fo.logFile!)));
+      }
     };
     /** Set while a step runs: a step that failed other than as non-finite may have left the parameters half updated. */
     let inStep = false;
@@ -773,7 +781,20 @@ export class Trainer {
       // crash, or a torn last line) leave the log first, so each step is logged once. With no
       // checkpoint yet (a run killed before its first), the run starts over from step 0.
       if (fo.logFile && fo.resume) await _trimLogPast(fo.logFile, resumedFrom?.step ?? 0);
-      log = fo.logFile ? await open(fo.logFile, 'a').catch((err: unknown) => { throw pathError('options.logFile', fo.logFile!, 'a file that can be appended to', err); }) : undefined;
+      if (fo.logFile) {
+        try {
+          // 'ax' first, to know whether this run creates the file (its folder entry then needs a sync too).
+          try {
+            log = await open(fo.logFile, 'ax');
+            logCreated = true;
+          } catch (err) {
+            if ((err as { code?: unknown }).code !== 'EEXIST') throw err;
+            log = await open(fo.logFile, 'a');
+          }
+        } catch (err) {
+          throw pathError('options.logFile', fo.logFile, 'a file that can be appended to', err);
+        }
+      }
       // Each batch is prefetched as soon as it arrives, while the previous step runs: on a GPU
       // it is already on its way to the device when its step starts. A copied batch's array is
       // free again at once (the copy applies the input scale); a borrowed one (page-locked, scale
