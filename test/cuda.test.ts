@@ -227,17 +227,19 @@ describe('CUDA backend detection', () => {
 });
 
 describe('prefetch on the CPU emulation of the plugin', () => {
+  /** The child's start: a small fp32 SAE on the emulated device, its optimizer, and rows(n, seed). */
+  const prefetchSetup = `import * as fs from 'node:fs';
+      const dIn = 16;
+      const sae = saekit.SparseAutoencoder.create({ dIn, numLatents: 32, k: 4, seed: 3, device: 'cuda', precision: 'fp32' });
+      const opt = sae.adam();
+      const rows = (n: number, seed: number) => Float32Array.from({ length: n * dIn }, (_, i) => Math.sin(i * 0.37 + seed));`;
   it.runIf(existsSync(emuPlugin) && existsSync(emuCublas))('a prefetch that outgrows its buffer frees nothing on the JS thread (cudaFree waits for the whole device); the step frees it, on the executor', () => {
     // A prefetch entry holds the step's previous input buffer after a step takes its batch: a
     // larger batch then outgrows it. The emulation logs every cudaFree with its thread id; Node's
     // main thread has the process id.
     const trace = path.join(mkdtempSync(path.join(os.tmpdir(), 'saekit-sync-')), 'trace.txt');
     const r = inChild(
-      `import * as fs from 'node:fs';
-      const dIn = 16;
-      const sae = saekit.SparseAutoencoder.create({ dIn, numLatents: 32, k: 4, seed: 3, device: 'cuda', precision: 'fp32' });
-      const opt = sae.adam();
-      const rows = (n: number, seed: number) => Float32Array.from({ length: n * dIn }, (_, i) => Math.sin(i * 0.37 + seed));
+      `${prefetchSetup}
       await opt.step(opt.prefetch(rows(8, 1)));
       await opt.step(opt.prefetch(rows(8, 2)));
       process.env.SAEKIT_EMU_SYNC_TRACE = ${JSON.stringify(trace)};
@@ -264,11 +266,7 @@ describe('prefetch on the CPU emulation of the plugin', () => {
     // frees nothing but the retired buffer; the next batch is prefetched while it does.
     const trace = path.join(mkdtempSync(path.join(os.tmpdir(), 'saekit-sync-')), 'trace.txt');
     const r = inChild(
-      `import * as fs from 'node:fs';
-      const dIn = 16;
-      const sae = saekit.SparseAutoencoder.create({ dIn, numLatents: 32, k: 4, seed: 3, device: 'cuda', precision: 'fp32' });
-      const opt = sae.adam();
-      const rows = (n: number, seed: number) => Float32Array.from({ length: n * dIn }, (_, i) => Math.sin(i * 0.37 + seed));
+      `${prefetchSetup}
       await opt.step(rows(64, 0));
       await opt.step(opt.prefetch(rows(8, 1)));
       await opt.step(opt.prefetch(rows(8, 2)));

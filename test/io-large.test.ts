@@ -209,6 +209,17 @@ function zipTail(entries: readonly HandEntry[], cdOffset: number): Buffer {
   return Buffer.concat([cd, end64, loc, end]);
 }
 
+/** A new .npz file of one deflated entry 'x.npy' of `usize` bytes: zeros with `patches` (deflatedOf). */
+function deflatedNpz(usize: number, patches: readonly Patch[]): string {
+  const data = deflatedOf(usize, patches);
+  const crc = crcOf(usize, patches);
+  const local = localHeader({ name: 'x.npy', method: 8, crc, usize, csize: data.length });
+  const tail = zipTail([{ name: 'x.npy', method: 8, crc, usize, csize: data.length, offset: 0 }], local.length + data.length);
+  const f = file('npz');
+  writeFileSync(f, Buffer.concat([local, data, tail]));
+  return f;
+}
+
 /** Offset of the first central-directory record of an archive in memory. */
 const cdAt = (z: Buffer) => z.indexOf(Buffer.from([0x50, 0x4b, 0x01, 0x02]));
 
@@ -573,13 +584,7 @@ describe('arrays this runtime cannot hold', () => {
     const n = (usize - 128) / 4;
     const hdr = npyHeader('<f4', [n]);
     const picks = Array.from({ length: 6 }, () => ({ i: Math.floor(next() * n), v: Math.fround(next() + 0.5) }));
-    const patches: Patch[] = [[0, hdr], ...picks.map(({ i, v }): Patch => [128 + 4 * i, new Uint8Array(Float32Array.of(v).buffer)])];
-    const data = deflatedOf(usize, patches);
-    const crc = crcOf(usize, patches);
-    const local = localHeader({ name: 'x.npy', method: 8, crc, usize, csize: data.length });
-    const tail = zipTail([{ name: 'x.npy', method: 8, crc, usize, csize: data.length, offset: 0 }], local.length + data.length);
-    const f = file('npz');
-    writeFileSync(f, Buffer.concat([local, data, tail]));
+    const f = deflatedNpz(usize, [[0, hdr], ...picks.map(({ i, v }): Patch => [128 + 4 * i, new Uint8Array(Float32Array.of(v).buffer)])]);
     try {
       const check = picks.map(({ i, v }) => `if (d[${i}] !== ${v}) throw new Error('element ${i} is ' + d[${i}] + ', not ${v}');`).join(' ');
       const body = `const d = (await io.readNpz(${JSON.stringify(f)})).x.data; if (d.length !== ${n}) throw new Error('length ' + d.length); ${check}`;
@@ -591,13 +596,7 @@ describe('arrays this runtime cannot hold', () => {
 
   it.skipIf(noLimit)('readNpz: a real deflated entry of 3.5 GiB of zeros (3.4 MB) that cannot be held is ERR_SAEKIT_MEMORY naming it, not a process abort (a child limited to 3 GB)', () => {
     const usize = 3.5 * GiB;
-    const patches: Patch[] = [[0, npyHeader('<f4', [(usize - 128) / 4])]];
-    const data = deflatedOf(usize, patches);
-    const crc = crcOf(usize, patches);
-    const local = localHeader({ name: 'x.npy', method: 8, crc, usize, csize: data.length });
-    const tail = zipTail([{ name: 'x.npy', method: 8, crc, usize, csize: data.length, offset: 0 }], local.length + data.length);
-    const f = file('npz');
-    writeFileSync(f, Buffer.concat([local, data, tail]));
+    const f = deflatedNpz(usize, [[0, npyHeader('<f4', [(usize - 128) / 4])]]);
     try {
       expect(limited(`await io.readNpz(${JSON.stringify(f)})`)).toMatchObject({
         name: 'SaekitError',
