@@ -19,6 +19,14 @@ function tmp(): string {
   return mkdtempSync(path.join(os.tmpdir(), 'saekit-train-'));
 }
 
+/** FileHandle.prototype (node:fs/promises does not export the class), for tests that wrap its methods. */
+async function fileHandleProto<T>(): Promise<T> {
+  const { open } = await import('node:fs/promises');
+  const probe = await open(path.join(tmp(), 'probe'), 'a');
+  await probe.close();
+  return Object.getPrototypeOf(probe) as T;
+}
+
 const bits = (a: Float32Array): number[] => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
 
 function data(rows: number, dIn: number, seed: number): Float32Array {
@@ -1073,11 +1081,8 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
   });
 
   it.runIf(process.platform === 'linux')('a log file the run creates has its folder synced before the first checkpoint commits; an existing one does not', async () => {
-    const { open } = await import('node:fs/promises');
     const { readlinkSync } = await import('node:fs');
-    const probe = await open(path.join(tmp(), 'probe'), 'a');
-    const proto = Object.getPrototypeOf(probe) as { sync: () => Promise<void> };
-    await probe.close();
+    const proto = await fileHandleProto<{ sync: () => Promise<void> }>();
     const { sync } = proto;
     const run = async (existing: boolean): Promise<boolean[]> => {
       const dir = tmp();
@@ -1116,10 +1121,7 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
   });
 
   it('a log line that cannot be written or flushed (ENOSPC, EIO) fails the run without a checkpoint past the logged steps', async () => {
-    const { open } = await import('node:fs/promises');
-    const probe = await open(path.join(tmp(), 'probe'), 'a');
-    const proto = Object.getPrototypeOf(probe) as { write: (...a: unknown[]) => Promise<unknown>; datasync: () => Promise<void> };
-    await probe.close();
+    const proto = await fileHandleProto<{ write: (...a: unknown[]) => Promise<unknown>; datasync: () => Promise<void> }>();
     const { write, datasync } = proto;
     const ioError = (code: string) => Object.assign(new Error(`${code}: simulated`), { code });
     const run = async (): Promise<{ committed: number; logged: number[]; resumed: number[] }> => {
