@@ -431,7 +431,15 @@ describe('saekit CLI', () => {
       const r = compare(...args);
       expect(r.status, `${args.join(' ')}: ${r.stderr}`).toBe(0);
       expect(summary(r), args.join(' ')).toEqual(summary(want));
+      // The JSON records how each side was read (another tensor of the same file is other data).
+      const flag = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
+      const j = JSON.parse(r.stdout) as Record<string, unknown>;
+      expect([j.tensor, j.tensor_b, j.dtype, j.d_in], args.join(' ')).toEqual([flag('--tensor'), flag('--tensor-b'), flag('--dtype'), flag('--d-in') === undefined ? undefined : Number(flag('--d-in'))]);
     }
+    const wantJson = JSON.parse(want.stdout) as Record<string, unknown>;
+    expect(['tensor', 'tensor_b', 'dtype', 'd_in', 'on_non_finite', 'max_bytes'].filter((k) => k in wantJson)).toEqual([]);
+    const capped = JSON.parse(compare('--data', f('acts.npy'), '--max-bytes', String(1 << 20), '--on-non-finite', 'skip').stdout) as Record<string, unknown>;
+    expect([capped.max_bytes, capped.on_non_finite]).toEqual([1 << 20, 'skip']);
     // Errors from --data-b name --data-b's flags.
     const errors: [string[], RegExp][] = [
       [['--data', f('a.safetensors'), '--tensor', 'acts', '--data-b', f('b.safetensors')], /Expected --tensor-b for .*b\.safetensors, which has 2 2-D tensors/],
@@ -860,9 +868,9 @@ describe('saekit eval and train: flags, defaults and output (mutation round)', (
     const help = run(['eval', '--help']);
     expect(help.status, help.stderr).toBe(0);
     const h = help.stdout.replace(/\s+/g, ' ');
-    // EvaluateOptions: maxTokens default 1,000,000, batchSize default 4096.
+    // EvaluateOptions: maxTokens default 1,000,000, batchSize default 4096 (fewer for wide rows: evaluate()'s own default).
     expect(h).toMatch(/--max-tokens <n> tokens to evaluate on \(at least 2: FVU needs a variance\) \(default: 1000000\)/);
-    expect(h).toMatch(/--batch <n> rows per batch \(default: 4096\)/);
+    expect(h).toMatch(/--batch <n> rows per batch \(default 4096, fewer for rows wider than 65536 values\)/);
     const fake = ['eval', path.join(os.tmpdir(), 'no-such-sae'), path.join(os.tmpdir(), 'no-such-acts.npy')];
     for (const [flag, value, re] of [
       ['--max-tokens', '1', /Expected an integer between 2 and 9007199254740991 for --max-tokens but received '1'/],

@@ -888,3 +888,47 @@ describe('an encode that overflows float32 in a pass over a source', () => {
     }
   });
 });
+
+describe('passes over a source in batches of their own: evaluate, cooccurrence, descriptionLength', () => {
+  it('default to a batch that fits rows wider than 65536 values (4096 rows would be past 2^28 values), and name the caller\'s own argument when one is too large', async () => {
+    const { cooccurrence, descriptionLength } = await import('../lib/eval/index.js');
+    const next = lcg(Date.now() >>> 0);
+    const [n, d] = [7, 65536 + 1 + Math.floor(next() * 1000)]; // 2^28 / d < 4096
+    using sae = SparseAutoencoder.create({ dIn: d, numLatents: 3, k: 1, seed: 2 });
+    const x = Float32Array.from({ length: n * d }, () => next() - 0.5);
+    const most = Math.floor(2 ** 28 / d);
+    // The default gives what an explicit batch of all the rows gives.
+    const ev = await evaluate(sae, fromArray(x, d), { geometry: false });
+    expect(ev.tokens).toBe(n);
+    expect(ev.fvu).toBe((await evaluate(sae, fromArray(x, d), { geometry: false, batchSize: n })).fvu);
+    const co = await cooccurrence({ sae, source: fromArray(x, d) }, { chunkTokens: 2 });
+    expect(co).toEqual(await cooccurrence({ sae, source: fromArray(x, d), batchSize: n }, { chunkTokens: 2 }));
+    const dl = await descriptionLength(sae, fromArray(x, d));
+    expect(dl).toEqual(await descriptionLength(sae, fromArray(x, d), { batchSize: n }));
+    // One row more than fits is named as the caller's argument, with the largest that fits.
+    const tooMany = (name: string) => ({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(new RegExp(`Expected integer between 1 and ${most} .*for ${name} but received ${most + 1}`)) });
+    await expect(evaluate(sae, fromArray(x, d), { batchSize: most + 1 })).rejects.toMatchObject(tooMany('options\\.batchSize'));
+    await expect(cooccurrence({ sae, source: fromArray(x, d), batchSize: most + 1 })).rejects.toMatchObject(tooMany('input\\.batchSize'));
+    await expect(descriptionLength(sae, fromArray(x, d), { batchSize: most + 1 })).rejects.toMatchObject(tooMany('options\\.batchSize'));
+  });
+
+  it('pass over an empty batch from a custom source (as evaluate does), and refuse a batch of another width', async () => {
+    const { cooccurrence, descriptionLength } = await import('../lib/eval/index.js');
+    const next = lcg(Date.now() >>> 0);
+    const [n, d] = [16 + Math.floor(next() * 20), 5];
+    using sae = SparseAutoencoder.create({ dIn: d, numLatents: 12, k: 3, seed: 3 });
+    const x = Float32Array.from({ length: n * d }, () => next() - 0.5);
+    const cut = 1 + Math.floor(next() * (n - 1));
+    const withEmpty = (width = d) =>
+      customSource(d, undefined, async function* () {
+        yield { rows: cut, dIn: d, data: x.slice(0, cut * d) };
+        yield { rows: 0, dIn: width, data: new Float32Array(0) };
+        yield { rows: n - cut, dIn: d, data: x.slice(cut * d) };
+      });
+    expect(await cooccurrence({ sae, source: withEmpty() }, { chunkTokens: 4 })).toEqual(await cooccurrence({ sae, source: fromArray(x, d) }, { chunkTokens: 4 }));
+    expect(await descriptionLength(sae, withEmpty())).toEqual(await descriptionLength(sae, fromArray(x, d)));
+    const shape = { code: 'ERR_SAEKIT_SHAPE', message: expect.stringContaining(`but the source yielded dIn = ${d + 1}`) };
+    await expect(descriptionLength(sae, withEmpty(d + 1))).rejects.toMatchObject(shape);
+    await expect(cooccurrence({ sae, source: withEmpty(d + 1) })).rejects.toMatchObject({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringContaining(`from input.source but it yielded dIn = ${d + 1}`) });
+  });
+});

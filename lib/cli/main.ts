@@ -564,7 +564,8 @@ async function demo(f: DemoFlags): Promise<void> {
 interface EvalFlags {
   device: string;
   maxTokens: number;
-  batch: number;
+  /** Undefined: evaluate()'s default (4096, fewer for rows wider than 65536 values). */
+  batch?: number;
   json?: boolean;
   perLatent?: boolean;
   compat?: boolean;
@@ -696,7 +697,7 @@ export function buildProgram(): Command {
     .argument('<sae>', 'SAE folder or file')
     .argument('<data...>', 'activation files, folders or glob patterns')
     .option('--max-tokens <n>', 'tokens to evaluate on (at least 2: FVU needs a variance)', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 1_000_000)
-    .option('--batch <n>', 'rows per batch', num('batch', 1, 1 << 24), 4096)
+    .option('--batch <n>', 'rows per batch (default 4096, fewer for rows wider than 65536 values)', num('batch', 1, 1 << 24))
     .option('--compat', 'also report the SAELens-legacy, SAEBench, sparsify and dictionary_learning variants (labelled)')
     .option('--no-geometry', 'skip the max-cosine geometry metrics')
     .option('--json', "print JSON: evaluate()'s scalar fields, compat and the density histogram (SAELens's names where it has the statistic; SAEBench's frac_alive is 1 - dead_fraction, its freq_over_1_percent / _10_percent are dense_fraction_1pct / _10pct); non-finite values are null")

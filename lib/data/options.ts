@@ -32,15 +32,25 @@ const BATCH_OPTIONS = optionNames<BatchOptions>({
   batchSize: true, shuffle: true, seed: true, epochs: true, dropLast: true, bufferBytes: true, onNonFinite: true, chunkRows: true, recycle: true,
 });
 
+/**
+ * A batch size for rows of width `dIn`, checked under the caller's `name`: `value` (at most
+ * `maxRows`), or by default 4096 rows, fewer for rows wider than 2^16 values (a batch is at most
+ * 2^28 values; dIn is at most 2^24). For the callers that read a source in batches of their own
+ * (evaluate, cooccurrence, ...) too, so that their default fits any width and a value too large is
+ * named as their argument.
+ */
+export function batchRows(name: string, value: unknown, dIn: number, maxRows = MAX_BATCH_ELEMENTS): number {
+  const batchSize = value === undefined ? Math.min(DEFAULT_BATCH_SIZE, Math.floor(MAX_BATCH_ELEMENTS / dIn)) : checkInt(name, value, 1, maxRows);
+  if (batchSize * dIn > MAX_BATCH_ELEMENTS) {
+    throw argError(name, `integer between 1 and ${Math.floor(MAX_BATCH_ELEMENTS / dIn)} (batches are at most 2^28 values; dIn = ${dIn})`, batchSize);
+  }
+  return batchSize;
+}
+
 /** Checks `options` for a source of width `dIn`; throws the standard SaekitError naming the field. */
 export function resolveBatchOptions(options: BatchOptions | undefined, dIn: number, sourceDefault: NonFinitePolicy): ResolvedBatchOptions {
   const o = checkOptions('options', options, BATCH_OPTIONS);
-  // The default fits any width: fewer rows for rows wider than 2^16 values (dIn is at most 2^24).
-  const batchSize =
-    o.batchSize === undefined ? Math.min(DEFAULT_BATCH_SIZE, Math.floor(MAX_BATCH_ELEMENTS / dIn)) : checkInt('options.batchSize', o.batchSize, 1, MAX_BATCH_ELEMENTS);
-  if (batchSize * dIn > MAX_BATCH_ELEMENTS) {
-    throw argError('options.batchSize', `integer between 1 and ${Math.floor(MAX_BATCH_ELEMENTS / dIn)} (batches are at most 2^28 values; dIn = ${dIn})`, batchSize);
-  }
+  const batchSize = batchRows('options.batchSize', o.batchSize, dIn);
   const shuffle = o.shuffle === undefined ? false : checkBool('options.shuffle', o.shuffle);
   const seed = o.seed === undefined ? 0n : checkSeed('options.seed', o.seed);
   const epochs = o.epochs === undefined ? 1 : checkInt('options.epochs', o.epochs, 1, Number.MAX_SAFE_INTEGER);

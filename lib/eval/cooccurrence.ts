@@ -36,6 +36,7 @@
  */
 import { argError, arrayTypeError, atTokens, SaekitError } from '../errors.js';
 import { checkBool, checkInt, checkKept, checkOptions, optionNames } from '../validate.js';
+import { batchRows } from '../data/options.js';
 import type { ActivationSource } from '../data/types.js';
 import type { SparseAutoencoder } from '../sae/index.js';
 import { yieldToEventLoop } from '../slices.js';
@@ -667,7 +668,8 @@ async function resultInSlices(acc: CooccurrenceAccumulator, o: ResultOptions): P
  * the top pairs (or the dense matrix when numLatents <= 4096). Tokens are taken in source order;
  * chunks continue across batches. `input` is `{ numLatents, codes }` (one batch of codes or an
  * array of them) or `{ sae, source, maxTokens?, batchSize? }` (maxTokens: integer >= 1 or Infinity,
- * default the whole source; batchSize: rows per encode, default 4096). Every argument is checked
+ * default the whole source; batchSize: rows per encode, default 4096, fewer for rows wider than
+ * 65536 values). Every argument is checked
  * before any work; a misspelt key is an error. The checks of the codes, counting and the final
  * scan run in slices of about 10 ms between which the event loop runs, a long chunk close included
  * (the first chunk's close starts a slice of its own; see the module comment for the costs). The
@@ -721,16 +723,18 @@ export async function cooccurrence(input: CooccurrenceInput, options?: Cooccurre
   }
   const maxTokens =
     inp.maxTokens === undefined || inp.maxTokens === Infinity ? Infinity : checkInt('input.maxTokens', inp.maxTokens, 1, Number.MAX_SAFE_INTEGER);
-  const batchSize = inp.batchSize === undefined ? 4096 : checkInt('input.batchSize', inp.batchSize, 1, 1 << 24);
   if (source.dIn !== sae.dIn) {
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected input.source of dIn = ${sae.dIn} (the SAE's) but received dIn = ${String(source.dIn)}`);
   }
+  const batchSize = batchRows('input.batchSize', inp.batchSize, sae.dIn, 1 << 24);
   const ro = checkResultOptions({ top, dense }, sae.numLatents);
   const accumulator = new CooccurrenceAccumulator(sae.numLatents, accOptions);
   let tokens = 0;
   // Recycled batch arrays: each batch is encoded (awaited) and counted before the next is asked for.
   for await (const b of source.batches({ batchSize, shuffle: false, recycle: true })) {
     if (tokens >= maxTokens) break;
+    if (b.dIn !== sae.dIn) throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected batches of dIn = ${sae.dIn} from input.source but it yielded dIn = ${b.dIn}`);
+    if (b.rows === 0) continue; // a custom source may yield an empty batch
     const rows = Math.min(b.rows, maxTokens - tokens);
     const first = tokens;
     const codes = await atTokens(sae.encode(rows === b.rows ? b.data : b.data.subarray(0, rows * b.dIn)), (r) => first + r, 'input.source');

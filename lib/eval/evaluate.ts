@@ -67,6 +67,7 @@
  */
 import { argError, atTokens, SaekitError } from '../errors.js';
 import { BATCH_ARRAYS, RELEASE_BATCH, type ReleasableBatch } from '../data/engine.js';
+import { batchRows } from '../data/options.js';
 import type { ActivationSource, Batch } from '../data/types.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
 import { checkBool, checkInt, checkOptions, checkSignal, optionNames } from '../validate.js';
@@ -81,7 +82,7 @@ export type { MaxCosineOptions } from './geometry.js';
 export interface EvaluateOptions {
   /** Tokens (rows) to read at most; Infinity reads the whole source. Default 1,000,000. */
   maxTokens?: number;
-  /** Rows per forward pass. Default 4096. */
+  /** Rows per forward pass. Default 4096 (fewer for rows wider than 65536 values: a batch is at most 2^28 values). */
   batchSize?: number;
   /** Also report the labelled legacy / SAEBench variants (`compat`). Default false. */
   compat?: boolean;
@@ -167,7 +168,6 @@ export interface EvaluateResult {
 }
 
 const DEFAULT_MAX_TOKENS = 1_000_000;
-const DEFAULT_BATCH = 4096;
 const DEFAULT_BINS = 50;
 const EVALUATE_OPTIONS = optionNames<EvaluateOptions>({ maxTokens: true, batchSize: true, compat: true, geometry: true, histogramBins: true, onProgress: true, signal: true });
 /** Rows of x with a smaller norm are divided by 1 in l2_ratio (SAELens's evals). */
@@ -375,7 +375,7 @@ export async function evaluate(sae: SparseAutoencoder, source: ActivationSource,
   const o = checkOptions('options', options, EVALUATE_OPTIONS);
   const maxTokens =
     o.maxTokens === undefined ? DEFAULT_MAX_TOKENS : o.maxTokens === Infinity ? Infinity : checkInt('options.maxTokens', o.maxTokens, 1, Number.MAX_SAFE_INTEGER);
-  const batchSize = o.batchSize === undefined ? DEFAULT_BATCH : checkInt('options.batchSize', o.batchSize, 1, 1 << 24);
+  const batchSize = batchRows('options.batchSize', o.batchSize, sae.dIn, 1 << 24);
   const compat = o.compat === undefined ? false : checkBool('options.compat', o.compat);
   const geometry = o.geometry === undefined ? true : checkBool('options.geometry', o.geometry);
   const bins = o.histogramBins === undefined ? DEFAULT_BINS : checkInt('options.histogramBins', o.histogramBins, 1, 100_000);

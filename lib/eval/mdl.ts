@@ -29,6 +29,7 @@
  * order as in one piece. Each width's quantised codes are made one batch at a time, just before
  * that batch is decoded.
  */
+import { batchRows } from '../data/options.js';
 import type { ActivationSource } from '../data/types.js';
 import { argError, atTokens, SaekitError } from '../errors.js';
 import type { SparseAutoencoder, SparseCodes } from '../sae/index.js';
@@ -42,7 +43,7 @@ const DL_OPTIONS = optionNames<DescriptionLengthOptions>({ maxTokens: true, batc
 export interface DescriptionLengthOptions {
   /** Tokens to measure on (kept in memory with their codes). Default 65536. */
   maxTokens?: number;
-  /** Rows per batch. Default 4096. */
+  /** Rows per batch. Default 4096 (fewer for rows wider than 65536 values: a batch is at most 2^28 values). */
   batchSize?: number;
   /**
    * The distortion bound: MSE (mean over tokens of the squared error summed over dIn). Default:
@@ -232,7 +233,7 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
   const o = checkOptions('options', options, DL_OPTIONS);
   const compat = o.compat === undefined ? false : checkBool('options.compat', o.compat);
   const maxTokens = o.maxTokens === undefined ? 65536 : checkInt('options.maxTokens', o.maxTokens, 2, 1 << 26);
-  const batchSize = o.batchSize === undefined ? 4096 : checkInt('options.batchSize', o.batchSize, 1, 1 << 24);
+  const batchSize = batchRows('options.batchSize', o.batchSize, sae.dIn, 1 << 24);
   if (o.mseBound !== undefined && !(typeof o.mseBound === 'number' && o.mseBound > 0 && Number.isFinite(o.mseBound))) {
     throw argError('options.mseBound', 'a positive finite number', o.mseBound);
   }
@@ -245,6 +246,8 @@ export async function descriptionLength(sae: SparseAutoencoder, source: Activati
   for await (const b of source.batches({ batchSize, shuffle: false })) {
     // Leaving the loop by a throw ends the source's pass (for await calls its return()).
     signal?.throwIfAborted();
+    if (b.dIn !== sae.dIn) throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected batches of dIn = ${sae.dIn} but the source yielded dIn = ${b.dIn}`);
+    if (b.rows === 0) continue; // a custom source may yield an empty batch
     const rows = Math.min(b.rows, maxTokens - tokens);
     const x = rows === b.rows ? b.data : b.data.slice(0, rows * b.dIn);
     xs.push(x);
