@@ -13,6 +13,7 @@ import { customSource } from './helpers/data-fixtures.js';
 import { fdsOn } from './helpers/fds.js';
 import { canFlock, holdFlock } from './helpers/flock.js';
 import { readSafetensors, writeSafetensors } from '../lib/io/safetensors.js';
+import { everyLookATurn } from './helpers/event-loop.js';
 import { lcg } from './helpers/reference.js';
 
 function tmp(): string {
@@ -499,6 +500,68 @@ describe('Trainer', () => {
       const after = await sae.weights();
       for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(after[key]), `${what}: ${key}`).toEqual(bits(before[key]));
     }
+  });
+
+  it("after a fit() refused before any update, the Trainer's next fit() is still its first: bDecInit applies (it was skipped on a loaded b_dec)", async () => {
+    const x = data(rows, dIn, Date.now() >>> 0);
+    const mean = Array.from({ length: dIn }, (_, j) => {
+      let s = 0;
+      for (let r = 0; r < 64; r++) s += x[r * dIn + j]!; // the first batch (shuffle false)
+      return Math.fround(s / 64);
+    });
+    for (const refuse of ['decoder rows off unit norm', 'a first step refused (total variance)'] as const) {
+      using sae = make();
+      const loaded = Float32Array.from({ length: dIn }, (_, j) => j + 5);
+      const w = await sae.weights();
+      sae.setWeights({ b_dec: loaded, ...(refuse === 'decoder rows off unit norm' ? { W_dec: w.W_dec.map((v) => v * 2) } : {}) });
+      const trainer = new Trainer(sae, { batchSize: 64, totalTokens: 64, lr: 0, shuffle: false, bDecInit: 'mean' });
+      const bad = refuse === 'decoder rows off unit norm' ? x : x.map((v) => v * 1e19);
+      await expect(trainer.fit(fromArray(bad, dIn)), refuse).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG' });
+      expect(Array.from((await sae.weights()).b_dec), refuse).toEqual(Array.from(loaded));
+      if (refuse === 'decoder rows off unit norm') sae.setWeights({ W_dec: w.W_dec });
+      await trainer.fit(fromArray(x, dIn));
+      const got = Array.from((await sae.weights()).b_dec);
+      for (let j = 0; j < dIn; j++) expect(got[j], `${refuse}: b_dec[${j}]`).toBeCloseTo(mean[j]!, 5);
+    }
+  });
+
+  it("sets the input scale and b_dec's geometric median in slices between turns of the event loop (its passes over a 4096 x 2048 batch held it ~0.3 s): an abort meanwhile ends the run and leaves the SAE exactly as it was", async () => {
+    const [d, n] = [2048, 4096];
+    const next = lcg(Date.now() >>> 0);
+    // Rows around a common offset, so the median takes many Weiszfeld passes.
+    const x = Float32Array.from({ length: n * d }, (_, i) => 3 + (i % d) * 1e-3 + (next() - 0.5) * (1 + (i % 7)));
+    const o = { batchSize: n, totalTokens: n, lr: 0, shuffle: false, normalize: 'expected-norm', normalizeBatches: 1, bDecInit: 'geometric-median' } as const;
+    {
+      // Sliced, the same median (of the scaled batch, the scale folded back at the end).
+      using sae = SparseAutoencoder.create({ dIn: d, numLatents: 8, k: 2, seed: 1 });
+      expect((await new Trainer(sae, o).fit(fromArray(x, d))).steps).toBe(1);
+      const gm = geometricMedian(x, d);
+      const got = (await sae.weights()).b_dec;
+      for (const j of [0, 1, d >> 1, d - 1]) expect(got[j]).toBeCloseTo(gm[j]!, 3);
+    }
+    // Stopped while that work runs: the biases (scaled for the run) are put back bit for bit.
+    using sae = SparseAutoencoder.create({ dIn: d, numLatents: 8, k: 2, seed: 1 });
+    const w = await sae.weights();
+    sae.setWeights({ b_enc: w.b_enc.map((_, i) => 0.1 * i - 0.3), b_dec: w.b_dec.map((_, j) => Math.sin(j)) });
+    const before = await sae.weights();
+    const ctrl = new AbortController();
+    let delivered = false;
+    const source = customSource(d, n, async function* () {
+      delivered = true;
+      yield { rows: n, dIn: d, data: x.slice() };
+    });
+    // Every look at the clock turns the loop: the scale (64 looks), the scaled batch (128), then
+    // the median's passes (64 each); the abort at look 300 lands in the median, with the biases
+    // scaled. (Unsliced, that work ran in one turn and the run trained its step.)
+    let looks = 0;
+    const r = await everyLookATurn(
+      () => new Trainer(sae, o).fit(source, { signal: ctrl.signal }),
+      () => void (delivered && ++looks === 300 && ctrl.abort()),
+    );
+    expect(looks).toBeGreaterThanOrEqual(300);
+    expect([r.status, r.steps]).toEqual(['aborted', 0]);
+    const after = await sae.weights();
+    for (const key of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(after[key]), key).toEqual(bits(before[key]));
   });
 
   it("normalize 'expected-norm' trains on scaled inputs and folds the scale back: the SAE works on raw activations", async () => {
@@ -1939,7 +2002,7 @@ describe('checkpoint files are hostile input (checkpoint audit)', () => {
     }
   });
 
-  it("a state file whose tensors do not fit is ERR_SAEKIT_FORMAT naming it, and the SAE keeps its weights (a transposed W_enc resumed; NaN was refused after setWeights)", async () => {
+  it("a state file whose tensors do not fit is ERR_SAEKIT_FORMAT naming it, and the SAE keeps its weights and counters, the Trainer its optimizer (a transposed W_enc resumed; NaN was refused after setWeights; a bad count left the checkpoint's Adam state in the Trainer)", async () => {
     const run = await stoppedRun((Date.now() ^ 0x85ebca6b) >>> 0);
     const stateFile = path.join(run.ckDir, run.ck.stateFile as string);
     const r = await readSafetensors(stateFile);
@@ -1952,6 +2015,8 @@ describe('checkpoint files are hostile input (checkpoint audit)', () => {
       ['no tokens_since_fired', (t) => delete t.tokens_since_fired, /holds no tensor tokens_since_fired/],
       ['NaN in W_dec', (t) => { const d = Float32Array.from(t.W_dec!.data as Float32Array); d[7] = NaN; t.W_dec = { ...t.W_dec!, data: d }; }, /W_dec.*NaN|NaN.*W_dec/],
       ['adam.v short', (t) => { t['adam.v'] = { dtype: 'float32', shape: [5], data: new Float32Array(5) }; }, /adam|state/],
+      // Checked last of all (after the weights and Adam's moments, which were then already set).
+      ['a fractional count', (t) => { const c = Float64Array.from(t.tokens_since_fired!.data); c[L - 1] = 0.5; t.tokens_since_fired = { ...t.tokens_since_fired!, data: c }; }, /counts\[23\]/],
     ];
     // As a checkpoint written before the digest (stateSha256) was recorded: the tensor checks are what stops these.
     const { stateSha256, ...older } = run.ck;
@@ -1963,11 +2028,20 @@ describe('checkpoint files are hostile input (checkpoint audit)', () => {
       await writeSafetensors(stateFile, t);
       using s = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 123 });
       const w0 = await s.weights();
-      const err = (await new Trainer(s, opts).fit(fromArray(run.x, dIn), { checkpointDir: run.ckDir, resume: true }).catch((e: unknown) => e)) as SaekitError;
+      const since0 = await s.tokensSinceFired();
+      const trainer = new Trainer(s, opts);
+      const err = (await trainer.fit(fromArray(run.x, dIn), { checkpointDir: run.ckDir, resume: true }).catch((e: unknown) => e)) as SaekitError;
       expect([err.code, err.message], what).toEqual(['ERR_SAEKIT_FORMAT', expect.stringContaining(stateFile)]);
       expect(err.message, what).toMatch(message);
       const w1 = await s.weights();
       for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(w1[n]), `${what}: ${n}`).toEqual(bits(w0[n]));
+      expect(Array.from(await s.tokensSinceFired()), what).toEqual(Array.from(since0));
+      // The same Trainer then trains as a new one on the same SAE would: its Adam state is not the checkpoint's.
+      await trainer.fit(fromArray(run.x, dIn));
+      using fresh = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 123 });
+      await new Trainer(fresh, opts).fit(fromArray(run.x, dIn));
+      const [a, b] = [await s.weights(), await fresh.weights()];
+      for (const n of ['W_enc', 'b_enc', 'W_dec', 'b_dec'] as const) expect(bits(a[n]), `${what}, trained after: ${n}`).toEqual(bits(b[n]));
     }
   });
 

@@ -40,6 +40,7 @@ import type { ActivationSource, Batch } from '../data/index.js';
 import { argError, arrayTypeError, SaekitError } from '../errors.js';
 import { isPendingTemporary, makeDirs, OPEN_READ_NOWAIT, readBoundedFile, syncFolder } from '../io/source.js';
 import { AUXK_VARIANTS, MAX_BETA1, MAX_BETA2, MAX_DEAD_THRESHOLD, type AdamOptimizer, type AuxKVariant, type PrefetchedBatch, type SparseAutoencoder, type StepStats } from '../sae/index.js';
+import { runAll, runSliced } from '../slices.js';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, optionNames } from '../validate.js';
 
 import { lockFolder, type FolderLock } from './lock.js';
@@ -357,11 +358,27 @@ export function geometricMedian(x: Float32Array, d: number, options: { maxIter?:
   const o = checkOptions('options', options, ['maxIter', 'tol']);
   const maxIter = o.maxIter === undefined ? 200 : checkInt('options.maxIter', o.maxIter, 1, 1 << 30);
   const relTol = o.tol === undefined ? 1e-7 : checkNumber('options.tol', o.tol, 0, 1);
+  return runAll(geometricMedianWork(x, d, maxIter, relTol));
+}
+
+/** Rows of the Trainer's startup loops between two yields of their units (see slices.ts). */
+const ROWS_PER_YIELD = 64;
+
+/**
+ * geometricMedian's work, for valid arguments, as a generator that yields its units of work
+ * every ROWS_PER_YIELD rows (runAll: at once; runSliced: between turns of the event loop, as the
+ * Trainer runs it: 200 passes over a 4096 x 2048 batch held the loop ~0.3 s).
+ */
+function* geometricMedianWork(x: Float32Array, d: number, maxIter: number, relTol: number): Generator<number, Float64Array> {
   const n = x.length / d;
   const y = new Float64Array(d);
-  for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) y[j]! += x[i * d + j]! / n;
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < d; j++) y[j]! += x[i * d + j]! / n;
+    if (i % ROWS_PER_YIELD === ROWS_PER_YIELD - 1) yield ROWS_PER_YIELD * d;
+  }
   let scale = 0;
   for (let i = 0; i < n; i++) {
+    if (i % ROWS_PER_YIELD === ROWS_PER_YIELD - 1) yield ROWS_PER_YIELD * d;
     let s = 0;
     for (let j = 0; j < d; j++) s += (x[i * d + j]! - y[j]!) ** 2;
     scale += Math.sqrt(s) / n;
@@ -378,6 +395,7 @@ export function geometricMedian(x: Float32Array, d: number, options: { maxIter?:
     let den = 0;
     let at = 0; // rows at the estimate
     for (let i = 0; i < n; i++) {
+      if (i % ROWS_PER_YIELD === ROWS_PER_YIELD - 1) yield ROWS_PER_YIELD * d;
       let s = 0;
       for (let j = 0; j < d; j++) s += (x[i * d + j]! - y[j]!) ** 2;
       const dist = Math.sqrt(s);
@@ -414,6 +432,7 @@ export function geometricMedian(x: Float32Array, d: number, options: { maxIter?:
   let near = 0;
   let nearDist = Infinity;
   for (let i = 0; i < n; i++) {
+    if (i % ROWS_PER_YIELD === ROWS_PER_YIELD - 1) yield ROWS_PER_YIELD * d;
     let s = 0;
     for (let j = 0; j < d; j++) s += (x[i * d + j]! - y[j]!) ** 2;
     if (s < nearDist) [near, nearDist] = [i, s];
@@ -421,6 +440,7 @@ export function geometricMedian(x: Float32Array, d: number, options: { maxIter?:
   pull.fill(0);
   let at = 0;
   for (let i = 0; i < n; i++) {
+    if (i % ROWS_PER_YIELD === ROWS_PER_YIELD - 1) yield ROWS_PER_YIELD * d;
     let s = 0;
     for (let j = 0; j < d; j++) s += (x[i * d + j]! - x[near * d + j]!) ** 2;
     const dist = Math.sqrt(s);
@@ -619,9 +639,9 @@ export class Trainer {
     const total = this.totalSteps(source);
     const warmup = Math.min(o.warmupSteps, Math.ceil(total / 10));
     // A Trainer's later fit() continues training (its Adam state, unless dispose() freed it, and
-    // its b_dec carry over).
+    // its b_dec carry over). Only a fit() that changed something counts (a step taken, or a
+    // checkpoint restored): after one refused before any update, the next is still the first.
     const continuing = this.fitted;
-    this.fitted = true;
     this.opt ??= this.sae.adam({ lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps });
     const opt = this.opt;
 
@@ -635,6 +655,7 @@ export class Trainer {
       if (ck) {
         checkResumable(ck, o, fo.checkpointDir, source.numRows);
         await this.restore(opt, ck, fo.checkpointDir);
+        this.fitted = true;
         resumedFrom = { step: ck.step, tokens: ck.tokens };
         step = ck.step;
         tokens = ck.tokens;
@@ -755,7 +776,13 @@ export class Trainer {
               : 'Expected the source to produce a whole batch (of at least 2 rows) but it produced none',
           );
         }
-        const s = o.normalize === 'expected-norm' ? normScale(first, this.sae.dIn) : 1;
+        // O(rows x dIn) work on the JS thread, in slices between turns of the event loop (the
+        // geometric median's 200 passes over a batch held it for a third of a second at dIn 2048).
+        const sliced = <T>(work: Generator<number, T>): Promise<T> =>
+          runSliced(work, fo.signal).catch((err: unknown) => {
+            throw fo.signal?.aborted ? STOPPED : err;
+          });
+        const s = o.normalize === 'expected-norm' ? await sliced(normScaleWork(first, this.sae.dIn)) : 1;
         await this.sae._checkTrainable(); // before any weight changes (b_dec's init, the scale)
         const w0 = await this.sae.weights();
         biases0 = { b_enc: w0.b_enc, b_dec: w0.b_dec };
@@ -766,11 +793,14 @@ export class Trainer {
         }
         // Only now is there a scale to fold back (a run refused before this leaves the biases alone).
         scale = s;
-        const x0 = scaled(first[0]!.data, scale);
+        const x0 = await sliced(scaledWork(first[0]!.data, scale));
         // b_dec still all zero (a new SAE, or a run stopped before its first batch), or bDecInit
         // given for this Trainer's first run (explicit 'zeros' clears it); a trained b_dec is kept.
         if (w0.b_dec.every((v) => v === 0) || (this.bDecInitGiven && !continuing)) {
-          const b = o.bDecInit === 'zeros' ? new Float32Array(this.sae.dIn) : o.bDecInit === 'mean' ? columnMean(x0, this.sae.dIn) : geometricMedian(x0, this.sae.dIn);
+          const b =
+            o.bDecInit === 'zeros'
+              ? new Float32Array(this.sae.dIn)
+              : await sliced(o.bDecInit === 'mean' ? columnMeanWork(x0, this.sae.dIn) : geometricMedianWork(x0, this.sae.dIn, 200, 1e-7));
           this.sae.setWeights({ b_dec: Float32Array.from(b) });
         }
         pending.push(...first);
@@ -828,6 +858,7 @@ export class Trainer {
         const lr = learningRate(step, total, o.lr, warmup, o.decay, o.decayFraction);
         const ts = performance.now();
         inStep = true;
+        this.fitted = true;
         const stepping = opt.step(batch.x, { lr, auxkAlpha: o.auxkAlpha, auxkVariant: o.auxkVariant, deadThresholdTokens: o.deadThresholdTokens });
         // Fetch and prefetch the next batch while this step runs natively.
         batchPromise = step + 1 < total ? nextPrefetched() : Promise.resolve(undefined);
@@ -870,7 +901,19 @@ export class Trainer {
         // non-finite values, bad arguments or shapes, a disposed object); other failures (memory,
         // the device, a bug) may have stopped it halfway.
         stepIntact = !inStep || (err instanceof SaekitError && REFUSED_BEFORE_UPDATE.has(err.code));
-      } else status = 'aborted';
+      } else {
+        status = 'aborted';
+        if (!started && biases0) {
+          // Stopped while it set the scale and b_dec's init (sliced work): the biases as they were,
+          // exactly (folding the scale back would round them).
+          try {
+            this.sae.setWeights(biases0);
+          } catch {
+            // The SAE was disposed meanwhile.
+          }
+          scale = 1;
+        }
+      }
     } finally {
       // The pass stops first, so a batch still being read (a source that stalls) settles at once.
       const stopping = it.return?.();
@@ -893,6 +936,7 @@ export class Trainer {
       // A new run refused at its first step (checked before any update) leaves the SAE exactly as
       // it was: the scale and b_dec's init are undone, not folded.
       if (biases0 && step === 0 && stepIntact) {
+        this.fitted = continuing;
         try {
           this.sae.setWeights(biases0);
         } catch {
@@ -1022,13 +1066,18 @@ export class Trainer {
       };
       const state = { m: await moment('adam.m'), v: await moment('adam.v'), t: ck.adamSteps };
       const since = (await get('tokens_since_fired', 'float64', [numLatents])) as Float64Array;
+      // All or nothing: the counters are checked in full before they change anything, the
+      // optimizer's state too (so it goes last: a refused checkpoint leaves the Trainer's Adam
+      // state as it was, not the checkpoint's); what did change is put back.
       const before = await this.sae.weights();
+      const sinceBefore = await this.sae.tokensSinceFired();
       try {
+        this.sae.setTokensSinceFired(since);
         this.sae.setWeights(weights);
         opt.setStatePieces(state);
-        this.sae.setTokensSinceFired(since);
       } catch (err) {
         this.sae.setWeights(before);
+        this.sae.setTokensSinceFired(sinceBefore);
         if (err instanceof SaekitError) throw bad(err.message);
         throw err;
       }
@@ -1196,15 +1245,19 @@ async function fileSha256(file: string): Promise<string> {
   return hash.digest('hex');
 }
 
-function scaled(x: Float32Array, s: number): Float32Array {
+function* scaledWork(x: Float32Array, s: number): Generator<number, Float32Array> {
   if (s === 1) return x;
   const out = new Float32Array(x.length);
-  for (let i = 0; i < x.length; i++) out[i] = x[i]! * s;
+  for (let i0 = 0; i0 < x.length; i0 += 1 << 16) {
+    const i1 = Math.min(x.length, i0 + (1 << 16));
+    for (let i = i0; i < i1; i++) out[i] = x[i]! * s;
+    yield i1 - i0;
+  }
   return out;
 }
 
 /** s such that the mean row norm of s x is sqrt(d). */
-function normScale(batches: Batch[], d: number): number {
+function* normScaleWork(batches: Batch[], d: number): Generator<number, number> {
   let sum = 0;
   let n = 0;
   for (const b of batches) {
@@ -1213,6 +1266,7 @@ function normScale(batches: Batch[], d: number): number {
       for (let j = 0; j < d; j++) s += b.data[r * d + j]! ** 2;
       sum += Math.sqrt(s);
       n += 1;
+      if (r % ROWS_PER_YIELD === ROWS_PER_YIELD - 1) yield ROWS_PER_YIELD * d;
     }
   }
   const mean = sum / n;
@@ -1220,9 +1274,12 @@ function normScale(batches: Batch[], d: number): number {
   return Math.sqrt(d) / mean;
 }
 
-function columnMean(x: Float32Array, d: number): Float64Array {
+function* columnMeanWork(x: Float32Array, d: number): Generator<number, Float64Array> {
   const n = x.length / d;
   const m = new Float64Array(d);
-  for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) m[j]! += x[i * d + j]! / n;
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < d; j++) m[j]! += x[i * d + j]! / n;
+    if (i % ROWS_PER_YIELD === ROWS_PER_YIELD - 1) yield ROWS_PER_YIELD * d;
+  }
   return m;
 }
