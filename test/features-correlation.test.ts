@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { backend, fromArray, openActivations, SparseAutoencoder, type ActivationSource } from '../lib/index.js';
 import { writeNpy } from '../lib/io/index.js';
-import { correlation, type CorrelationMatrix, type CorrelationResult, type CorrelationSide, type CorrelationTop } from '../lib/features/correlation.js';
+import { correlation, type CorrelationMatrix, type CorrelationResult, type CorrelationSide, type CorrelationTop, type CorrelationTopMatches } from '../lib/features/correlation.js';
 import { match } from '../lib/features/match.js';
 import { native } from '../lib/native/index.js';
 import { distUrl, haveDist, runInChild } from './helpers/child.js';
@@ -588,6 +588,48 @@ describe('features.correlation: inputs and edge cases', () => {
       code: 'ERR_SAEKIT_SHAPE',
       message: expect.stringMatching(/same number of rows .*\(a has 40 rows, b has 37\)/),
     });
+  });
+
+  it("the dense kinds give the same r bits for any maxBytes that holds a 256-column tile: top lists equal the full matrix's entries, and so do argmax and mutual matches (r moved in the last bit with the column block under OpenBLAS)", async () => {
+    const next = lcg(Date.now() >>> 0);
+    const [n, p, q] = [700, 37, 600 + Math.floor(next() * 50)];
+    const X = Float32Array.from({ length: n * p }, () => gauss(next));
+    // B's features: noisy copies of A's, two per A feature nearly tied (argmax must pick between them).
+    const Y = new Float32Array(n * q);
+    for (let t = 0; t < n; t++) for (let j = 0; j < q; j++) Y[t * q + j] = X[t * p + (j % p)]! + gauss(next) * (0.5 + (j % 3) * 1e-6);
+    const a = { source: fromArray(X, p) };
+    const b = { source: fromArray(Y, q) };
+    const full = (await correlation(a, b, { kind: 'dense', batchSize: 256 })) as CorrelationMatrix;
+    expect(full.mode).toBe('full');
+    const [mArg, mMut] = [await match(full, { method: 'argmax' }), await match(full, { method: 'mutual' })];
+    for (const cols of [256, 300, 512 + Math.floor(next() * 88)]) {
+      const top = (await correlation(a, b, { kind: 'dense', batchSize: 256, output: 'top', top: 3, reverse: true, maxBytes: p * 16 * cols })) as CorrelationTopMatches;
+      for (let j = 0; j < q; j++) {
+        for (let s = 0; s < top.top.k; s++) {
+          const i = top.top.indices[j * top.top.k + s]!;
+          expect(top.top.r[j * top.top.k + s], `columns ${cols}: r[${i}, ${j}]`).toBe(full.r[i * q + j]);
+        }
+      }
+      expect((await match(top, { method: 'argmax' })).pairs, `columns ${cols}`).toEqual(mArg.pairs);
+      expect((await match(top, { method: 'mutual' })).pairs, `columns ${cols}`).toEqual(mMut.pairs);
+    }
+  });
+
+  it("kind 'codes' on a source of unknown length takes a large maxTokens as a bound, not a size to allocate (2^24 tokens of k 1024 reserved 256 GiB for 300 rows)", async () => {
+    const next = lcg(Date.now() >>> 0);
+    const [d, rows] = [6, 300];
+    const x = Float32Array.from({ length: rows * d }, () => gauss(next));
+    const stream = () => customSource(d, undefined, async function* () {
+      yield { rows: 100, dIn: d, data: x.slice(0, 100 * d) };
+      yield { rows: rows - 100, dIn: d, data: x.slice(100 * d) };
+    });
+    using A = SparseAutoencoder.create({ dIn: d, numLatents: 1024, k: 1024, seed: 1 });
+    using B = SparseAutoencoder.create({ dIn: d, numLatents: 1024, k: 1024, seed: 2 });
+    const r = (await correlation({ sae: A, source: stream() }, { sae: B }, { maxTokens: 2 ** 24, output: 'top', top: 2 })) as CorrelationTopMatches;
+    const ref = (await correlation({ sae: A, source: fromArray(x, d) }, { sae: B }, { output: 'top', top: 2 })) as CorrelationTopMatches;
+    expect(r.tokens).toBe(rows);
+    expect(Array.from(r.top.r)).toEqual(Array.from(ref.top.r));
+    expect(Array.from(r.top.indices)).toEqual(Array.from(ref.top.indices));
   });
 
   it("two sources opened with onNonFinite 'skip' do not skip: a non-finite row is ERR_SAEKIT_NONFINITE naming its file and row (a skip on one side misaligned every later token); one shared source still skips", async () => {

@@ -292,6 +292,12 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
       sae_b: pathB,
       data: f.data,
       ...(f.dataB !== undefined ? { data_b: f.dataB } : {}),
+      // How the data was read, where given: another tensor or row width is other data.
+      ...(f.tensor !== undefined ? { tensor: f.tensor } : {}),
+      ...(f.tensorB !== undefined ? { tensor_b: f.tensorB } : {}),
+      ...(f.dtype !== undefined ? { dtype: f.dtype } : {}),
+      ...(f.dIn !== undefined ? { d_in: f.dIn } : {}),
+      ...(f.onNonFinite === 'skip' ? { on_non_finite: 'skip' } : {}),
       kind: f.kind,
       n_a: c.nA,
       n_b: c.nB,
@@ -301,6 +307,8 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
       ...(f.method === 'mutual' ? { top: f.top } : {}),
       ...(f.oneToOne ? { one_to_one: true } : {}), // univ_feat_geom's 1-1 filter (--one-to-one)
       ...(f.compat ? { compat: f.compat } : {}),
+      // Given: it sets full matrix or top lists (and, below one GEMM tile, the dense kinds' last bits).
+      ...(f.maxBytes !== undefined ? { max_bytes: f.maxBytes } : {}),
       threshold: f.threshold,
       pairs_kept: kept,
       // No pair passed the threshold: no mean (JSON null), not NaN.

@@ -33,7 +33,10 @@
  *   full mode the float32 result (4), made after the last batch in the product's place. When nA x nB x 16 bytes are over `maxBytes`,
  *   B's features are taken in column blocks of nA x w x 16 bytes within maxBytes, one pass over
  *   the data per block (sources are re-iterable), keeping only top matches; a maxBytes under one
- *   column (nA x 16 bytes) is ERR_SAEKIT_MEMORY. The JS work (means,
+ *   column (nA x 16 bytes) is ERR_SAEKIT_MEMORY. Each batch's GEMM runs on tiles of 256 columns
+ *   of B (GEMM_TILE) and the blocks hold whole tiles where one fits, so r is the same bits for
+ *   the full matrix and for top lists at any maxBytes that holds a tile (nA x 4096 bytes); below
+ *   that a block's own GEMM may round an entry differently in its last bit. The JS work (means,
  *   centring, the merges, r and the top lists) runs in ~20 ms slices between turns of the event
  *   loop.
  *
@@ -79,7 +82,8 @@ export interface CorrelationOptions {
    * Memory for the nA x nB matrix. Kind 'codes': the largest full float32 result (nA x nB x 4
    * bytes). Kinds 'preacts' / 'dense': what they hold per entry, 16 bytes (float64 co-moments,
    * each batch's float32 product and its copy, the float32 result), for the full matrix or for
-   * each column block of top mode; the batches are not counted. Default 1 GiB.
+   * each column block of top mode; the batches are not counted. Default 1 GiB. (Dense kinds:
+   * r is the same bits for every maxBytes of at least nA x 4096 bytes, one 256-column GEMM tile.)
    */
   maxBytes?: number;
   /**
@@ -134,6 +138,16 @@ const CORRELATION_OPTIONS = optionNames<CorrelationOptions>({
  * no batch's product is referenced any more. The batches themselves are not counted.
  */
 const DENSE_ENTRY_BYTES = 16;
+
+/**
+ * Columns of B per GEMM (dense kinds). A float32 GEMM's rounding of an entry can depend on the
+ * product's width (OpenBLAS and cuBLAS block and split their sums by it): with one GEMM per
+ * column block, r changed in the last bit with maxBytes (and argmax or mutual could pick another
+ * of two near-tied features than the full matrix does). Every entry is computed by the GEMM of its
+ * own tile, columns [256 t, 256 (t + 1)) of B, whatever the block: r is the same bits for any
+ * maxBytes that holds a tile (nA x 256 x 16 bytes), full matrix or top lists.
+ */
+const GEMM_TILE = 256;
 
 /** The longest typed array this runtime makes (2^32 elements on Node 20). */
 const MAX_TYPED_LENGTH = constants.MAX_LENGTH;
@@ -432,8 +446,11 @@ async function correlateCodes(
 ): Promise<CorrelationResult> {
   const nA = saeA.numLatents;
   const nB = saeB.numLatents;
-  // Pre-allocated for maxTokens, but never for more tokens than the source holds.
-  const reserve = o.limited ? Math.min(o.maxTokens, 2 ** 24, srcA.numRows ?? Infinity) : 0;
+  // Pre-allocated for maxTokens, but never for more tokens than the source holds; for a source of
+  // unknown length maxTokens is only a bound, so at most ~64 MiB of codes (the store grows past
+  // it): 2^24 tokens of k = 1024 reserved 256 GiB for a 1000-token stream, and failed.
+  const unknownCap = Math.max(1024, Math.floor(2 ** 23 / (saeA.k + saeB.k)));
+  const reserve = o.limited ? Math.min(o.maxTokens, 2 ** 24, srcA.numRows ?? unknownCap) : 0;
   const store = callNative(() => native().sparseCorrCreate(nA, nB, reserve, reserve * saeA.k, reserve * saeB.k));
   let r: NativeSparseCorrResult;
   try {
@@ -472,8 +489,10 @@ async function correlateDense(
   o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; maxBytes: number; device: Device; onProgress: CorrelationOptions['onProgress']; signal: AbortSignal | undefined; compat: 'univ-feat-geom' | undefined },
 ): Promise<CorrelationResult> {
   // Column blocks of B whose co-moments and batch products (nA x w x DENSE_ENTRY_BYTES) fit in
-  // maxBytes; one block (the whole matrix) for full output.
-  const w = o.full ? nB : Math.max(1, Math.min(nB, Math.floor(o.maxBytes / (nA * DENSE_ENTRY_BYTES))));
+  // maxBytes; one block (the whole matrix) for full output. Whole GEMM tiles where one fits (see
+  // GEMM_TILE: then r does not depend on the block width).
+  const fit = Math.max(1, Math.min(nB, Math.floor(o.maxBytes / (nA * DENSE_ENTRY_BYTES))));
+  const w = o.full ? nB : fit >= GEMM_TILE && fit < nB ? fit - (fit % GEMM_TILE) : fit;
   const kTop = Math.min(o.top, nA);
   const kRev = Math.min(o.top, nB);
   const topB = o.full ? undefined : emptyTop(nB, kTop);
@@ -634,6 +653,8 @@ async function mergeDense(
   const sb = new Float64Array(nB);
   for (let i = 0; i < nA; i++) sa[i] = pow2Scale(Math.max(hiA[i]! - bmx[i]!, bmx[i]! - loA[i]!));
   for (let j = 0; j < nB; j++) sb[j] = pow2Scale(Math.max(hiB[j]! - bmy[j]!, bmy[j]! - loB[j]!));
+  // B's centred values tile by tile: tile c0 (columns [c0, c0 + tw)) is the contiguous
+  // [rows, tw] block at rows x c0, the GEMM's operand as it is (see GEMM_TILE).
   const ca = new Float32Array(rows * nA);
   const cb = new Float32Array(rows * nB);
   for (let t = 0; t < rows; t++) {
@@ -641,34 +662,47 @@ async function mergeDense(
       ca[t * nA + i] = (fa[t * nA + i]! - bmx[i]!) * sa[i]!;
       if (fa[t * nA + i] !== 0) activeA[i]! += 1;
     }
-    for (let j = 0; j < nB; j++) {
-      cb[t * nB + j] = (fb[t * nB + j]! - bmy[j]!) * sb[j]!;
-      if (fb[t * nB + j] !== 0) activeB[j]! += 1;
+    for (let c0 = 0; c0 < nB; c0 += GEMM_TILE) {
+      const c1 = Math.min(nB, c0 + GEMM_TILE);
+      const at = rows * c0 + t * (c1 - c0) - c0; // cb[at + j] holds column j of row t
+      for (let j = c0; j < c1; j++) {
+        cb[at + j] = (fb[t * nB + j]! - bmy[j]!) * sb[j]!;
+        if (fb[t * nB + j] !== 0) activeB[j]! += 1;
+      }
     }
     if (due(2 * (nA + nB))) await pause();
   }
-  // The batch's scaled centred co-moment: one float32 GEMM.
-  using ta = tensor(ca, [rows, nA], { device });
-  if (due(rows * nA)) await pause(); // a copy of tens of MiB (into fresh pages) takes tens of ms
-  using tb = tensor(cb, [rows, nB], { device });
-  using cxy = await matmul(ta, tb, { transA: true });
-  const bxy = await cxy.toArray();
-  cxy.dispose(); // the product is held once (the copy) while it is merged
   const bxx = new Float64Array(nA);
   const byy = new Float64Array(nB);
   for (let t = 0; t < rows; t++) {
     for (let i = 0; i < nA; i++) bxx[i]! += ca[t * nA + i]! ** 2;
-    for (let j = 0; j < nB; j++) byy[j]! += cb[t * nB + j]! ** 2;
+    for (let c0 = 0; c0 < nB; c0 += GEMM_TILE) {
+      const c1 = Math.min(nB, c0 + GEMM_TILE);
+      const at = rows * c0 + t * (c1 - c0) - c0;
+      for (let j = c0; j < c1; j++) byy[j]! += cb[at + j]! ** 2;
+    }
     if (due(nA + nB)) await pause();
   }
   for (let i = 0; i < nA; i++) bxx[i]! /= sa[i]! * sa[i]!;
   for (let j = 0; j < nB; j++) byy[j]! /= sb[j]! * sb[j]!;
   const n1 = n0 + rows;
   const w = (n0 * rows) / n1;
-  for (let i = 0; i < nA; i++) {
-    const dx = bmx[i]! - mx[i]!;
-    for (let j = 0; j < nB; j++) mxy[i * nB + j]! += bxy[i * nB + j]! / (sa[i]! * sb[j]!) + w * dx * (bmy[j]! - my[j]!);
-    if (due(nB)) await pause();
+  // The batch's scaled centred co-moment: a float32 GEMM per tile, each merged at once (one tile's
+  // product held at a time).
+  using ta = tensor(ca, [rows, nA], { device });
+  if (due(rows * nA)) await pause(); // a copy of tens of MiB (into fresh pages) takes tens of ms
+  for (let c0 = 0; c0 < nB; c0 += GEMM_TILE) {
+    const tw = Math.min(GEMM_TILE, nB - c0);
+    using tb = tensor(cb.subarray(rows * c0, rows * (c0 + tw)), [rows, tw], { device });
+    using cxy = await matmul(ta, tb, { transA: true });
+    const part = await cxy.toArray();
+    cxy.dispose(); // the product is held once (the copy) while it is merged
+    for (let i = 0; i < nA; i++) {
+      const dx = bmx[i]! - mx[i]!;
+      const row = i * nB + c0;
+      for (let j = 0; j < tw; j++) mxy[row + j]! += part[i * tw + j]! / (sa[i]! * sb[c0 + j]!) + w * dx * (bmy[c0 + j]! - my[c0 + j]!);
+      if (due(tw)) await pause();
+    }
   }
   for (let i = 0; i < nA; i++) {
     const dx = bmx[i]! - mx[i]!;
