@@ -180,7 +180,7 @@ describe('tensor element limit', () => {
       expect(r, `shape ${shape}`).toEqual(['ERR_SAEKIT_MEMORY', `could not allocate ${4n * (2n ** 60n - 1n)} bytes of host memory`]);
     }
     for (const shape of [[2 ** 30, 2 ** 30], [2 ** 30 + 1, 2 ** 30], [2 ** 15, 2 ** 15, 2 ** 30]]) {
-      expect(codeOf(() => b.zeros(shape, 'float32')), `shape ${shape}`).toEqual(['ERR_SAEKIT_SHAPE', `Expected fewer than 2^60 elements for tensor but received shape [${shape.join(', ')}]`]);
+      expect(codeOf(() => b.zeros(shape, 'float32')), `shape ${shape}`).toEqual(['ERR_SAEKIT_SHAPE', `Expected fewer than 2^60 elements for shape but received shape [${shape.join(', ')}]`]);
     }
   });
 

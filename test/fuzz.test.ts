@@ -300,7 +300,7 @@ describe('native argument checks at the edge of each bound', () => {
     // Element counts: fewer than 2^60, as the message says; exactly 2^60 is refused as a shape,
     // not tried as an allocation.
     for (const shape of [[2 ** 50, 1024], [2 ** 30, 2 ** 30], [2 ** 50, 1025]])
-      expect(codeOf(() => b.random!(shape, 'float32', 'uniform', 1, 0)), `shape ${shape}`).toEqual(['ERR_SAEKIT_SHAPE', `Expected fewer than 2^60 elements for tensor but received shape [${shape.join(', ')}]`]);
+      expect(codeOf(() => b.random!(shape, 'float32', 'uniform', 1, 0)), `shape ${shape}`).toEqual(['ERR_SAEKIT_SHAPE', `Expected fewer than 2^60 elements for shape but received shape [${shape.join(', ')}]`]);
     // anyNonFinite: end is at least start.
     expect(codeOf(() => b.anyNonFinite!(new Float32Array(4), 2, 1))).toEqual(['ERR_SAEKIT_ARG', 'Expected integer between 2 and 4 for end but received 1 (number)']);
   });

@@ -368,3 +368,40 @@ describe('t.to(its own dtype) is an exact copy', () => {
     expect(Array.from(await b.toArray())).toEqual([0x7fc0, 0xffc0]);
   });
 });
+
+describe('nested arrays deeper than a tensor can be', () => {
+  it('data nested more than 8 deep, or an array that holds itself, is ERR_SAEKIT_SHAPE naming data (the second aborted the process, the first was a RangeError or named a shape never passed)', () => {
+    const message = expect.stringMatching(/^Expected arrays nested at most 8 deep \(a tensor has at most 8 dimensions\) for data/);
+    const self: unknown[] = [1];
+    self[0] = self;
+    let deep: unknown = [1];
+    for (let i = 0; i < 200_000; i++) deep = [deep];
+    let nine: unknown = [1, 2];
+    for (let i = 0; i < 8; i++) nine = [nine];
+    for (const [what, data] of [['itself', self], ['200001 deep', deep], ['9 deep', nine]] as const) {
+      expect(() => tensor(data as number[]), what).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message }));
+    }
+    let eight: unknown = [1, 2];
+    for (let i = 0; i < 7; i++) eight = [eight];
+    using t = tensor(eight as number[]);
+    expect(t.shape).toEqual([1, 1, 1, 1, 1, 1, 1, 2]);
+  });
+});
+
+describe('argument names from the native side (review)', () => {
+  it("zeros, randn and rand past 2^60 elements name shape; fromWeights past create's bounds names the weight; backend.deviceName checks its argument", async () => {
+    const { SparseAutoencoder } = await import('../lib/index.js');
+    for (const make of [() => zeros([2 ** 31, 2 ** 30]), () => randn([2 ** 31, 2 ** 30]), () => rand([2 ** 31, 2 ** 30])]) {
+      expect(make).toThrow(expect.objectContaining({ message: expect.stringMatching(/ for shape /) }));
+    }
+    const w = (dIn: number, n: number) => ({ W_enc: new Float32Array(dIn * n), b_enc: new Float32Array(n), W_dec: new Float32Array(dIn * n), b_dec: new Float32Array(dIn) });
+    expect(() => SparseAutoencoder.fromWeights(w(2 ** 20 + 1, 1), { k: 1 })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/^Expected an array of length dIn <= 2\^20 for b_dec/) }));
+    const bEnc = { W_enc: new Float32Array(0), b_enc: new Float32Array(2 ** 24 + 1), W_dec: new Float32Array(0), b_dec: new Float32Array(1) };
+    expect(() => SparseAutoencoder.fromWeights(bEnc, { k: 1 })).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_SHAPE', message: expect.stringMatching(/^Expected an array of length numLatents <= 2\^24 for b_enc/) }));
+    expect(backend.deviceName({ kind: 'cuda', index: 2 })).toBe('cuda:2');
+    expect(backend.deviceName({ kind: 'cpu' })).toBe('cpu');
+    for (const bad of [undefined, 'cpu', { kind: 'gpu' }, { kind: 'cuda', index: -1 }, { kind: 'cuda', index: 1.5 }, { kind: 'cuda' }]) {
+      expect(() => backend.deviceName(bad as never), JSON.stringify(bad)).toThrow(expect.objectContaining({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/^Expected a resolved device.* for d but received/) }));
+    }
+  });
+});

@@ -2,9 +2,10 @@
  * The `backend` namespace of the public API (lib/index.ts exports this module, not ./index.ts,
  * whose device helpers take the name of the argument they check and are internal).
  */
-import { deviceName, resolveDevice as resolveNamed, type DeviceOption, type ResolvedDevice } from './index.js';
+import { argError } from '../errors.js';
+import { deviceName as nameOf, resolveDevice as resolveNamed, type DeviceOption, type ResolvedDevice } from './index.js';
 
-export { info, setThreads, stats, use, deviceName } from './index.js';
+export { info, setThreads, stats, use } from './index.js';
 export type { BackendInfo, DeviceOption, ResolvedDevice } from './index.js';
 
 /**
@@ -18,3 +19,15 @@ export function resolveDevice(device?: DeviceOption): ResolvedDevice {
   return resolveNamed('device', device);
 }
 
+
+/**
+ * The name of a resolved device (resolveDevice's result): 'cpu' or 'cuda:N'.
+ * @example backend.deviceName({ kind: 'cuda', index: 1 }) // 'cuda:1'
+ */
+export function deviceName(d: ResolvedDevice): 'cpu' | `cuda:${number}` {
+  const o = d as { kind?: unknown; index?: unknown } | null;
+  const ok =
+    typeof o === 'object' && o !== null && (o.kind === 'cpu' || (o.kind === 'cuda' && typeof o.index === 'number' && Number.isInteger(o.index) && o.index >= 0 && o.index < 2 ** 31));
+  if (!ok) throw argError('d', "a resolved device: { kind: 'cpu' } or { kind: 'cuda', index } with index a non-negative integer", d);
+  return nameOf(d);
+}

@@ -497,6 +497,13 @@ export class SparseAutoencoder {
     const numLatents = size(weights.b_enc);
     if (dIn < 1) throw argError('b_dec', 'a non-empty array of length dIn', weights.b_dec, 'ERR_SAEKIT_SHAPE');
     if (numLatents < 1) throw argError('b_enc', 'a non-empty array of length numLatents', weights.b_enc, 'ERR_SAEKIT_SHAPE');
+    // The sizes an SAE may have (SparseAutoencoder.create's bounds), named by the weight that sets
+    // them (the addon would name a dIn or numLatents the caller never passed).
+    if (dIn > 2 ** 20) throw argError('b_dec', 'an array of length dIn <= 2^20', weights.b_dec, 'ERR_SAEKIT_SHAPE');
+    if (numLatents > 2 ** 24) throw argError('b_enc', 'an array of length numLatents <= 2^24', weights.b_enc, 'ERR_SAEKIT_SHAPE');
+    if (dIn * numLatents > 2 ** 34) {
+      throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected an SAE of at most 2^34 weights per matrix but b_dec's length ${dIn} x b_enc's length ${numLatents} is ${dIn * numLatents}`);
+    }
     // W_enc and W_dec agree but not with the biases: name the bias their size contradicts (the
     // addon, which takes dIn and numLatents from the biases, would name W_enc).
     const wSize = size(weights.W_enc);

@@ -105,8 +105,9 @@ export class Tensor<D extends DType = DType> {
    * A new tensor with the values converted to `dtype`, on the same device. To the tensor's own
    * dtype: an exact copy, bit for bit (a NaN keeps its payload, a signalling NaN stays
    * signalling). To another float type: round to nearest even, with infinities, NaNs (made
-   * quiet) and subnormals kept. To 'int32': truncated toward zero, saturated at int32's range,
-   * NaN to 0.
+   * quiet) and subnormals kept, except that bfloat16 to float32 is exact, bfloat16 being a
+   * float32's top half (a signalling NaN stays signalling, as PyTorch and ml_dtypes widen it).
+   * To 'int32': truncated toward zero, saturated at int32's range, NaN to 0.
    */
   async to<T extends DType>(dtype: T): Promise<Tensor<T>> {
     const site = new Error();
@@ -175,6 +176,9 @@ function inferShape(data: readonly NestedNumbers[]): number[] {
   const shape: number[] = [];
   let level: NestedNumbers = data;
   while (Array.isArray(level)) {
+    // A tensor has at most 8 dimensions: deeper nesting (an array that holds itself never ends)
+    // is refused here, before flatten() recurses into it.
+    if (shape.length === 8) throw argError('data', 'arrays nested at most 8 deep (a tensor has at most 8 dimensions)', data, 'ERR_SAEKIT_SHAPE');
     shape.push(level.length);
     if (level.length === 0) break;
     level = (level as readonly NestedNumbers[])[0] as NestedNumbers;

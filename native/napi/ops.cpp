@@ -79,6 +79,7 @@ Napi::Value from_array(const Napi::CallbackInfo& info) {
 // zeros(shape, dtype, device?): on a device, zeros uploaded from the host (queued).
 Napi::Value zeros(const Napi::CallbackInfo& info) {
   std::vector<int64_t> shape = get_shape(info[0], "shape");
+  shape_numel(shape, "shape");  // a product past the limit is named as the caller's argument
   DType dt = get_dtype(info[1], "dtype");
   Device device = get_device(info, 2);
   if (device.kind == DeviceKind::CPU) {
@@ -101,6 +102,7 @@ Napi::Value zeros(const Napi::CallbackInfo& info) {
 // on every device (core/philox.h).
 Napi::Value random_fill(const Napi::CallbackInfo& info) {
   std::vector<int64_t> shape = get_shape(info[0], "shape");
+  shape_numel(shape, "shape");
   DType dt = get_dtype(info[1], "dtype");
   if (dt == DType::I32) arg_error(ErrorCode::DType, "dtype", "one of: float32, bfloat16, float16", info[1]);
   std::string kind = get_string(info[2], "kind");
