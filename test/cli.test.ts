@@ -753,6 +753,37 @@ describe('saekit CLI', () => {
     }
   }, 60_000);
 
+  it('train refuses an --out whose SAE files or checkpoint folder are its data (with --overwrite the SAE replaced an input named sae_weights.safetensors, exit 0), and names a damaged checkpoint instead of a run at step 0 to --resume', async () => {
+    const { f } = await compareFixture(27, 100);
+    const out = f('run');
+    mkdirSync(path.join(out, 'checkpoint'), { recursive: true });
+    const base = ['--latents', '8', '--k', '2', '--batch', '10', '--tokens', '20', '--out', out, '--overwrite'];
+    for (const [name, re] of [
+      ['sae_weights.safetensors', /Expected --out not to overwrite an input but '.*run\/sae_weights\.safetensors' is '.*sae_weights\.safetensors' \(<data>\)/],
+      ['sae.safetensors', /Expected --out not to overwrite an input but '.*run\/sae\.safetensors' is /],
+      [path.join('checkpoint', 'acts.npy'), /Expected --out not to hold an input in its checkpoint folder but '.*checkpoint\/acts\.npy' \(<data>\) is in .*run\/checkpoint/],
+    ] as const) {
+      const input = path.join(out, name);
+      if (name.endsWith('.npy')) copyFileSync(f('acts.npy'), input);
+      else {
+        const { data } = await io.readNpy(f('acts.npy'));
+        await io.writeSafetensors(input, { acts: { dtype: 'float32', shape: [100, data.length / 100], data: data as Float32Array } });
+      }
+      const bytes = readFileSync(input);
+      const r = run(['train', input, ...base]);
+      expect(r.status, name).toBe(1);
+      expect(r.stderr, name).toMatch(re);
+      expect(readFileSync(input).equals(bytes), `${name} kept`).toBe(true);
+      rmSync(input);
+    }
+    // A checkpoint.json that cannot be resumed: named, with --overwrite as the way out (not --resume).
+    writeFileSync(path.join(out, 'checkpoint', 'checkpoint.json'), JSON.stringify({ version: 1, step: 'x' }));
+    const r = run(['train', f('acts.npy'), '--latents', '8', '--k', '2', '--batch', '10', '--tokens', '20', '--out', out]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/--out .*run holds a checkpoint that cannot be resumed \(.*checkpoint\.json: .*\); pass --overwrite to start over/);
+    expect(r.stderr).not.toMatch(/--resume/);
+  }, 60_000);
+
   it('train refuses a --log the run itself replaces: a file of its checkpoint folder or an SAE file it saves in --out', async () => {
     // The run appended its steps there, then the checkpoint's rename or the save replaced the
     // file: the log was gone, exit 0, no warning.

@@ -256,6 +256,13 @@ async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; repla
   if (f.resume && prior.checkpoint?.damaged) throw prior.checkpoint.damaged;
   const resuming = Boolean(f.resume && prior.checkpoint);
   if (!f.overwrite) {
+    if (prior.checkpoint?.damaged && !f.resume) {
+      // Not "a run at step 0" to --resume: resuming it fails on the same damage.
+      throw new SaekitError(
+        'ERR_SAEKIT_ARG',
+        `--out ${f.out} holds a checkpoint that cannot be resumed (${prior.checkpoint.damaged.message}); pass --overwrite to start over (the old one is kept aside until the new run ends), or choose another --out`,
+      );
+    }
     if (prior.checkpoint && !f.resume) {
       throw new SaekitError(
         'ERR_SAEKIT_ARG',
@@ -285,14 +292,35 @@ async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; repla
 }
 
 /**
- * Checks that --log is none of the activation files `paths` resolve to (globs and folders
- * expanded as openActivations expands them; compared by real path): a run appends to its log, and
- * --overwrite moves it aside first.
+ * The activation files `paths` resolve to (globs and folders expanded as openActivations expands
+ * them), as inputs that --log (a run appends to its log, and --overwrite moves it aside first) and
+ * the files the run writes in --out must not be (checkNotInput compares by real path).
  */
-async function checkLogNotInput(log: string, paths: string[], dIn: number | undefined): Promise<void> {
+async function dataInputs(paths: string[], dIn: number | undefined): Promise<OutInput[]> {
   const inputs: OutInput[] = [];
   for (const data of paths) inputs.push({ flag: '<data>', data, files: await resolveShardPaths(data, { dIn }) });
-  await checkNotInput('--log', log, inputs);
+  return inputs;
+}
+
+/**
+ * Checks that the files the run writes in --out (the SAE's files, and the checkpoint folder, which
+ * --overwrite moves aside and each checkpoint writes into) are none of the activation files: with
+ * --overwrite an input named sae_weights.safetensors in --out was replaced by the SAE, exit 0.
+ */
+async function checkOutNotInput(out: string, inputs: readonly OutInput[]): Promise<void> {
+  for (const name of SAE_FILE_NAMES) await checkNotInput('--out', path.join(out, name), inputs);
+  const ck = path.join(out, 'checkpoint');
+  const ckNames = await namesOf(ck);
+  for (const input of inputs) {
+    if ('sae' in input) continue;
+    for (const file of input.files) {
+      for (const n of await namesOf(file)) {
+        if (ckNames.some((c) => n === c || n.startsWith(c + path.sep))) {
+          throw new SaekitError('ERR_SAEKIT_ARG', `Expected --out not to hold an input in its checkpoint folder but '${file}' (<data>) is in ${ck} (the run moves it aside or writes into it)`);
+        }
+      }
+    }
+  }
 }
 
 /**
@@ -374,10 +402,12 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
   }
   const source = await openActivations(paths.length === 1 ? paths[0]! : paths, { tensor: f.tensor, dtype: f.dtype, dIn: f.dIn, onNonFinite: f.onNonFinite });
   try {
+    const inputs = await dataInputs(paths, f.dIn);
     if (f.log !== undefined) {
-      await checkLogNotInput(f.log, paths, f.dIn);
+      await checkNotInput('--log', f.log, inputs);
       await checkLogNotOutput(f.log, f.out);
     }
+    await checkOutNotInput(f.out, inputs);
     const numLatents = f.latents ?? Math.round(f.expansion! * source.dIn);
     if (f.latents === undefined && !(numLatents >= 1)) {
       throw new SaekitError('ERR_SAEKIT_ARG', `Expected --expansion of at least ${(0.5 / source.dIn).toPrecision(3)} (dIn ${source.dIn} x --expansion, rounded, is the number of latents) but received ${f.expansion}`);
