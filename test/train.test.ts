@@ -976,6 +976,11 @@ describe('Trainer', () => {
 describe('Trainer: runs that end early, crash leftovers and the log on resume', () => {
   const dIn = 11;
   const make = (seed = 5) => SparseAutoencoder.create({ dIn, numLatents: 24, k: 3, seed });
+  /** A fresh folder's checkpoint folder and log file, 640 rows of data(seed), and the 10-step run the log tests train. */
+  const logRun = (seed: number) => {
+    const dir = tmp();
+    return { checkpointDir: path.join(dir, 'ck'), logFile: path.join(dir, 'log.jsonl'), x: data(640, dIn, seed), opts: { batchSize: 64, totalTokens: 640, warmupSteps: 2, seed: 3 } };
+  };
 
   it('epochs over a file with rows skipped as non-finite end as completed (not exhausted)', async () => {
     const src = await skipping(await npyWith(tmp(), 700, dIn, 31, (x) => [3, 50, 51, 333, 699].forEach((r) => (x[r * dIn + 2] = Number.NaN))));
@@ -1075,11 +1080,7 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
   });
 
   it('resume with no checkpoint yet (a run killed before its first) starts over and logs each step once', async () => {
-    const dir = tmp();
-    const checkpointDir = path.join(dir, 'ck');
-    const logFile = path.join(dir, 'log.jsonl');
-    const x = data(640, dIn, 46);
-    const opts = { batchSize: 64, totalTokens: 640, warmupSteps: 2, seed: 3 };
+    const { checkpointDir, logFile, x, opts } = logRun(46);
     // As if a run had logged steps 1 and 2 and died writing step 3's line, before any checkpoint.
     writeFileSync(logFile, '{"step":1,"tokens":64,"loss":1}\n{"step":2,"tokens":128,"loss":1}\n{"step":3,"tok');
     using sae = make();
@@ -1091,11 +1092,7 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
   });
 
   it('a resumed run drops the log lines past its checkpoint (written before a crash, or torn), so each step is logged once', async () => {
-    const dir = tmp();
-    const checkpointDir = path.join(dir, 'ck');
-    const logFile = path.join(dir, 'log.jsonl');
-    const x = data(640, dIn, 44);
-    const opts = { batchSize: 64, totalTokens: 640, warmupSteps: 2, seed: 3 };
+    const { checkpointDir, logFile, x, opts } = logRun(44);
     using sae = make();
     const ctrl = new AbortController();
     const r1 = await new Trainer(sae, opts).fit(fromArray(x, dIn), { checkpointDir, logFile, checkpointEvery: 100, signal: ctrl.signal, onStep: (s) => void (s.step === 6 && ctrl.abort()) });
@@ -1111,13 +1108,8 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
   });
 
   it('the log is flushed to disk (fdatasync) with every step it holds before each checkpoint commits', async () => {
-    const dir = tmp();
-    const checkpointDir = path.join(dir, 'ck');
-    const logFile = path.join(dir, 'log.jsonl');
-    const { open } = await import('node:fs/promises');
-    const probe = await open(logFile, 'a');
-    const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> };
-    await probe.close();
+    const { checkpointDir, logFile, x, opts } = logRun(47);
+    const proto = await fileHandleProto<{ datasync: () => Promise<void> }>();
     // At each datasync of the log: its lines, and the step of the checkpoint committed so far.
     const seen: { lines: number; committed: number }[] = [];
     const datasync = proto.datasync;
@@ -1129,7 +1121,7 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
     };
     try {
       using sae = make();
-      await new Trainer(sae, { batchSize: 64, totalTokens: 640, warmupSteps: 2, seed: 3 }).fit(fromArray(data(640, dIn, 47), dIn), { checkpointDir, logFile, checkpointEvery: 3 });
+      await new Trainer(sae, opts).fit(fromArray(x, dIn), { checkpointDir, logFile, checkpointEvery: 3 });
     } finally {
       proto.datasync = datasync;
     }
@@ -1188,11 +1180,7 @@ describe('Trainer: runs that end early, crash leftovers and the log on resume', 
     const { write, datasync } = proto;
     const ioError = (code: string) => Object.assign(new Error(`${code}: simulated`), { code });
     const run = async (): Promise<{ committed: number; logged: number[]; resumed: number[] }> => {
-      const dir = tmp();
-      const checkpointDir = path.join(dir, 'ck');
-      const logFile = path.join(dir, 'log.jsonl');
-      const x = data(640, dIn, 48);
-      const opts = { batchSize: 64, totalTokens: 640, warmupSteps: 2, seed: 3 };
+      const { checkpointDir, logFile, x, opts } = logRun(48);
       using sae = make();
       await expect(new Trainer(sae, opts).fit(fromArray(x, dIn), { checkpointDir, logFile, checkpointEvery: 3 })).rejects.toThrow(/options\.logFile/);
       proto.write = write;

@@ -654,12 +654,16 @@ async function mergeDense(
   for (let i = 0; i < nA; i++) sa[i] = pow2Scale(Math.max(hiA[i]! - bmx[i]!, bmx[i]! - loA[i]!));
   for (let j = 0; j < nB; j++) sb[j] = pow2Scale(Math.max(hiB[j]! - bmy[j]!, bmy[j]! - loB[j]!));
   // B's centred values tile by tile: tile c0 (columns [c0, c0 + tw)) is the contiguous
-  // [rows, tw] block at rows x c0, the GEMM's operand as it is (see GEMM_TILE).
+  // [rows, tw] block at rows x c0, the GEMM's operand as it is (see GEMM_TILE). Their sums of
+  // squares are taken as they go, of the stored float32 values (squared in float64).
   const ca = new Float32Array(rows * nA);
   const cb = new Float32Array(rows * nB);
+  const bxx = new Float64Array(nA);
+  const byy = new Float64Array(nB);
   for (let t = 0; t < rows; t++) {
     for (let i = 0; i < nA; i++) {
       ca[t * nA + i] = (fa[t * nA + i]! - bmx[i]!) * sa[i]!;
+      bxx[i]! += ca[t * nA + i]! ** 2;
       if (fa[t * nA + i] !== 0) activeA[i]! += 1;
     }
     for (let c0 = 0; c0 < nB; c0 += GEMM_TILE) {
@@ -667,21 +671,11 @@ async function mergeDense(
       const at = rows * c0 + t * (c1 - c0) - c0; // cb[at + j] holds column j of row t
       for (let j = c0; j < c1; j++) {
         cb[at + j] = (fb[t * nB + j]! - bmy[j]!) * sb[j]!;
+        byy[j]! += cb[at + j]! ** 2;
         if (fb[t * nB + j] !== 0) activeB[j]! += 1;
       }
     }
-    if (due(2 * (nA + nB))) await pause();
-  }
-  const bxx = new Float64Array(nA);
-  const byy = new Float64Array(nB);
-  for (let t = 0; t < rows; t++) {
-    for (let i = 0; i < nA; i++) bxx[i]! += ca[t * nA + i]! ** 2;
-    for (let c0 = 0; c0 < nB; c0 += GEMM_TILE) {
-      const c1 = Math.min(nB, c0 + GEMM_TILE);
-      const at = rows * c0 + t * (c1 - c0) - c0;
-      for (let j = c0; j < c1; j++) byy[j]! += cb[at + j]! ** 2;
-    }
-    if (due(nA + nB)) await pause();
+    if (due(3 * (nA + nB))) await pause();
   }
   for (let i = 0; i < nA; i++) bxx[i]! /= sa[i]! * sa[i]!;
   for (let j = 0; j < nB; j++) byy[j]! /= sb[j]! * sb[j]!;

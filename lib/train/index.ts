@@ -356,10 +356,14 @@ export function geometricMedian(x: Float32Array, d: number, options: { maxIter?:
     throw new SaekitError('ERR_SAEKIT_SHAPE', `Expected x to hold n >= 1 rows of d = ${d} values but its length ${x.length} is ${x.length === 0 ? 'zero' : `not a multiple of ${d}`}`);
   }
   const o = checkOptions('options', options, ['maxIter', 'tol']);
-  const maxIter = o.maxIter === undefined ? 200 : checkInt('options.maxIter', o.maxIter, 1, 1 << 30);
-  const relTol = o.tol === undefined ? 1e-7 : checkNumber('options.tol', o.tol, 0, 1);
+  const maxIter = o.maxIter === undefined ? GM_MAX_ITER : checkInt('options.maxIter', o.maxIter, 1, 1 << 30);
+  const relTol = o.tol === undefined ? GM_TOL : checkNumber('options.tol', o.tol, 0, 1);
   return runAll(geometricMedianWork(x, d, maxIter, relTol));
 }
+
+/** geometricMedian's defaults (the Trainer's bDecInit uses them). */
+const GM_MAX_ITER = 200;
+const GM_TOL = 1e-7;
 
 /** Rows of the Trainer's startup loops between two yields of their units (see slices.ts). */
 const ROWS_PER_YIELD = 64;
@@ -800,7 +804,7 @@ export class Trainer {
           const b =
             o.bDecInit === 'zeros'
               ? new Float32Array(this.sae.dIn)
-              : await sliced(o.bDecInit === 'mean' ? columnMeanWork(x0, this.sae.dIn) : geometricMedianWork(x0, this.sae.dIn, 200, 1e-7));
+              : await sliced(o.bDecInit === 'mean' ? columnMeanWork(x0, this.sae.dIn) : geometricMedianWork(x0, this.sae.dIn, GM_MAX_ITER, GM_TOL));
           this.sae.setWeights({ b_dec: Float32Array.from(b) });
         }
         pending.push(...first);
