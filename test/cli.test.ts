@@ -784,6 +784,40 @@ describe('saekit CLI', () => {
     expect(r.stderr).not.toMatch(/--resume/);
   }, 60_000);
 
+  it('train --resume names the flags that size another SAE than the checkpoint\'s, and a damaged state file points to --overwrite', async () => {
+    // They were ERR_SAEKIT_FORMAT naming the SAE's fields (numLatents, k), never the flags.
+    const { f } = await compareFixture(31, 100);
+    const out = f('run');
+    const base = ['train', f('acts.npy'), '--batch', '10', '--tokens', '40', '--checkpoint-every', '2', '--out', out];
+    const first = run([...base, '--latents', '8', '--k', '2']);
+    expect(first.status, first.stderr).toBe(0);
+    const ck = path.join(out, 'checkpoint');
+    const was = readdirSync(ck).sort();
+    for (const [flags, named] of [
+      [['--latents', '9', '--k', '2'], 'received --latents 9;'],
+      [['--expansion', '2', '--k', '2'], 'received --expansion 2 (12 latents);'],
+      [['--latents', '8', '--k', '3'], 'received --k 3;'],
+      [['--latents', '16', '--k', '1'], 'received --latents 16, --k 1;'],
+    ] as const) {
+      const r = run([...base, ...flags, '--resume']);
+      expect(r.status, flags.join(' ')).toBe(1);
+      expect(r.stderr).toContain(`Expected --latents 8 and --k 2 on data of dIn 6 to resume the checkpoint in ${ck} (the SAE it trained) but ${named} resume with the same SAE, pass --overwrite to start over`);
+      expect(r.stderr).toMatch(/\[ERR_SAEKIT_ARG\]\n$/);
+    }
+    expect(readdirSync(ck).sort(), 'the checkpoint is untouched').toEqual(was);
+    // The same SAE resumes (nothing left to train at 40 tokens).
+    const same = run([...base, '--latents', '8', '--k', '2', '--resume']);
+    expect(same.status, same.stderr).toBe(0);
+    // A state file damaged since: the library's "fit() without options.resume" is --overwrite here.
+    const state = readdirSync(ck).find((n) => n.startsWith('state-'))!;
+    const bytes = readFileSync(path.join(ck, state));
+    bytes[bytes.length - 1]! ^= 1;
+    writeFileSync(path.join(ck, state), bytes);
+    const damaged = run([...base, '--latents', '8', '--k', '2', '--resume']);
+    expect(damaged.status).toBe(1);
+    expect(damaged.stderr).toMatch(/its SHA-256 is not the one checkpoint\.json recorded \(the file was damaged or replaced since: fix it, or start over with --overwrite\)/);
+  }, 60_000);
+
   it('train refuses a --log the run itself replaces: a file of its checkpoint folder or an SAE file it saves in --out', async () => {
     // The run appended its steps there, then the checkpoint's rename or the save replaced the
     // file: the log was gone, exit 0, no warning.

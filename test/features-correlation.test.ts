@@ -632,6 +632,55 @@ describe('features.correlation: inputs and edge cases', () => {
     expect(Array.from(r.top.indices)).toEqual(Array.from(ref.top.indices));
   });
 
+  it("kind 'codes' refuses before reading a source whose known tokens pass the store's 2^31 - 1, naming options.maxTokens (it failed at that token, hours in); a mask or a maxTokens within it reads", async () => {
+    const d = 4;
+    let reads = 0;
+    const huge = customSource(d, 2 ** 31, async function* () {
+      reads++;
+      yield { rows: 64, dIn: d, data: new Float32Array(64 * d).map((_, i) => Math.sin(i)) };
+    });
+    using A = SparseAutoencoder.create({ dIn: d, numLatents: 8, k: 2, seed: 1 });
+    using B = SparseAutoencoder.create({ dIn: d, numLatents: 8, k: 2, seed: 2 });
+    await expect(correlation({ sae: A, source: huge }, { sae: B })).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_ARG',
+      message: expect.stringMatching(/^Expected at most 2147483647 for kind 'codes' \(its store counts tokens in 32 bits; the source has 2147483648 rows\) for options\.maxTokens but received undefined/),
+    });
+    await expect(correlation({ sae: A, source: huge }, { sae: B }, { maxTokens: 2 ** 31 })).rejects.toMatchObject({ message: expect.stringMatching(/but received 2147483648/) });
+    expect(reads).toBe(0);
+    // Within the limit, or with a mask (its count is not known ahead), the run reads.
+    for (const o of [{ maxTokens: 2 ** 31 - 1 }, { mask: () => true }]) {
+      const r = await correlation({ sae: A, source: huge }, { sae: B }, { ...o, output: 'top', top: 1 });
+      expect(r.tokens).toBe(64);
+    }
+    expect(reads).toBe(2);
+  });
+
+  it("kind 'codes' runs fewer threads where their work lists would pass maxBytes, with the same bits", async () => {
+    const next = lcg(Date.now() >>> 0);
+    const [d, rows] = [7, 301];
+    const x = Float32Array.from({ length: rows * d }, () => gauss(next));
+    using A = SparseAutoencoder.create({ dIn: d, numLatents: 37, k: 5, seed: 5 });
+    using B = SparseAutoencoder.create({ dIn: d, numLatents: 41, k: 4, seed: 6 });
+    const run = (maxBytes?: number) =>
+      correlation({ sae: A, source: fromArray(x, d) }, { sae: B }, { output: 'top', top: 6, reverse: true, ...(maxBytes ? { maxBytes } : {}) }) as Promise<CorrelationTopMatches>;
+    const ref = await run();
+    // One thread's lists (41 x (16 + 48) bytes) and less: one task.
+    for (const maxBytes of [1, 41 * 64, 41 * 64 * 2 - 1]) {
+      const r = await run(maxBytes);
+      expect(Array.from(r.top.r), `maxBytes ${maxBytes}`).toEqual(Array.from(ref.top.r));
+      expect(Array.from(r.top.indices)).toEqual(Array.from(ref.top.indices));
+      expect(Array.from(r.reverse!.r)).toEqual(Array.from(ref.reverse!.r));
+      expect(Array.from(r.reverse!.indices)).toEqual(Array.from(ref.reverse!.indices));
+    }
+    // The native argument is checked.
+    const store = native().sparseCorrCreate(2, 2, 0, 0, 0);
+    try {
+      expect(() => native().sparseCorrRun(store, false, 1, false, 'cpu', 1, -1)).toThrow(/maxWorkBytes/);
+    } finally {
+      native().sparseCorrFree(store);
+    }
+  });
+
   it("two sources opened with onNonFinite 'skip' do not skip: a non-finite row is ERR_SAEKIT_NONFINITE naming its file and row (a skip on one side misaligned every later token); one shared source still skips", async () => {
     const next = lcg(Date.now() >>> 0);
     const rows = 53;

@@ -136,6 +136,22 @@ describe('match: argmax with oneToOne (univ_feat_geom 1-1 filter)', () => {
       }
     }
   });
+  it('with strictThreshold keeps r > threshold as the reference does, also where a score equals it', async () => {
+    const next = lcg(20261203);
+    for (const [nA, nB] of [[3, 17], [7, 23], [29, 11]] as const) {
+      const corr = randomCorr(nA, nB, next);
+      // Thresholds that some kept pair's score equals exactly.
+      const unfiltered = await match(corr, { nA, nB, method: 'argmax', oneToOne: true });
+      const scores = unfiltered.pairs.map((p) => p.score).sort((x, y) => x - y);
+      for (const threshold of [scores[0]!, scores[scores.length >> 1]!, scores[scores.length - 1]!]) {
+        const strict = await match(corr, { nA, nB, method: 'argmax', oneToOne: true, threshold, strictThreshold: true });
+        expect(strict.pairs.map((p) => [p.a, p.b])).toEqual(univFeatGeomPairs(corr, nA, nB, threshold));
+        // The default keeps the pair that equals it.
+        const loose = await match(corr, { nA, nB, method: 'argmax', oneToOne: true, threshold });
+        expect(loose.pairs.length).toBe(strict.pairs.length + scores.filter((v) => v === threshold).length);
+      }
+    }
+  });
   it('keeps the first pair in B order, not the best, and the threshold comes after it', async () => {
     // nA = 2, nB = 3: B features 0, 1 and 2 all have A feature 0 as their best.
     const corr = Float64Array.from([0.2, 0.9, 0.5, 0.1, 0.1, 0.1]);
@@ -343,8 +359,10 @@ describe('match: threshold and validation', () => {
     expect(kept.pairs.map((p) => [p.a, p.b])).toEqual([[0, 0], [1, 1]]);
     expect(Array.from(kept.bToA)).toEqual([0, 1, -1]);
     expect(kept.meanScore).toBeCloseTo(0.6, 12);
-    // Kept when equal to the threshold.
+    // Kept when equal to the threshold, unless strictThreshold.
     expect((await match(corr, { nA: 2, nB: 3, method: 'argmax', threshold: 0.3 })).pairs.length).toBe(2);
+    expect((await match(corr, { nA: 2, nB: 3, method: 'argmax', threshold: 0.3, strictThreshold: true })).pairs).toEqual([{ a: 0, b: 0, score: 0.9 }]);
+    expect((await match(corr, { nA: 2, nB: 3, method: 'argmax', threshold: 0.3, strictThreshold: false })).pairs.length).toBe(2);
     const none = await match(corr, { nA: 2, nB: 3, method: 'hungarian', threshold: 5 });
     expect(none.pairs).toEqual([]);
     expect(Array.from(none.bToA)).toEqual([-1, -1, -1]);
@@ -368,6 +386,7 @@ describe('match: threshold and validation', () => {
     await bad(() => match(c, { nA: 2.5, nB: 2 }), 'ERR_SAEKIT_ARG', /options\.nA/);
     await bad(() => match(c, { nA: 2, nB: 3, method: 'greedy' as 'argmax' }), 'ERR_SAEKIT_ARG', /options\.method/);
     await bad(() => match(c, { nA: 2, nB: 3, method: 'mutual', top: 0 }), 'ERR_SAEKIT_ARG', /options\.top/);
+    await bad(() => match(c, { nA: 2, nB: 3, strictThreshold: 1 as unknown as boolean }), 'ERR_SAEKIT_ARG', /options\.strictThreshold/);
     await bad(() => match(c, { nA: 2, nB: 3, threshold: NaN }), 'ERR_SAEKIT_ARG', /options\.threshold/);
     await bad(() => match(Float64Array.from([0, NaN, 0, 0, 0, 0]), { nA: 2, nB: 3 }), 'ERR_SAEKIT_NONFINITE', /corr\[1\]/);
   });

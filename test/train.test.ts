@@ -2048,7 +2048,7 @@ describe('checkpoint files are hostile input (checkpoint audit)', () => {
     using s = SparseAutoencoder.create({ dIn, numLatents: L, k, seed: 5 });
     await expect(new Trainer(s, opts).fit(fromArray(run.x, dIn), { checkpointDir: run.ckDir, resume: true }), `seed ${seed}, byte ${at}`).rejects.toMatchObject({
       code: 'ERR_SAEKIT_FORMAT',
-      message: `${stateFile}: its SHA-256 is not the one checkpoint.json recorded (the file was damaged or replaced since: fix it or start over with overwrite)`,
+      message: `${stateFile}: its SHA-256 is not the one checkpoint.json recorded (the file was damaged or replaced since: fix it, or start over with a fit() without options.resume)`,
     });
     // A digest that is not one is a bad field.
     writeFileSync(run.ckFile, JSON.stringify({ ...run.ck, stateSha256: 'abc' }));

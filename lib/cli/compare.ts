@@ -277,7 +277,14 @@ export async function compare(pathA: string, pathB: string, f: CompareFlags, sig
       }
       for (let j = 0; j < c.nB; j++) meanMax += best[j]! / c.nB;
     }
-    const m = await match(c, { method: f.method, threshold: f.threshold, ...(f.method === 'mutual' ? { top: f.top } : {}), ...(f.oneToOne ? { oneToOne: true } : {}) });
+    // --compat univ-feat-geom keeps a pair when r > --threshold, as that repository compares.
+    const m = await match(c, {
+      method: f.method,
+      threshold: f.threshold,
+      ...(f.compat ? { strictThreshold: true } : {}),
+      ...(f.method === 'mutual' ? { top: f.top } : {}),
+      ...(f.oneToOne ? { oneToOne: true } : {}),
+    });
     signal?.throwIfAborted();
     const [wa, wb] = [await a.weights(), await b.weights()];
     const kept = m.pairs.length;

@@ -185,7 +185,8 @@ export function cliMessage(message: string): string {
   return message
     .replace(/\b(options\.[A-Za-z]+|pathOrPaths)\b/g, (m) => FLAG_OF[m] ?? m)
     .replace(/^Expected an SAE folder or file for pathOrDir but/, 'Expected an SAE folder or file for <sae> but')
-    .replace(/pass onNonFinite: 'skip'/g, 'pass --on-non-finite skip');
+    .replace(/pass onNonFinite: 'skip'/g, 'pass --on-non-finite skip')
+    .replace(/start over with a fit\(\) without options\.resume/g, 'start over with --overwrite');
 }
 
 /** Help of the commands that stop through stoppable(). */
@@ -225,17 +226,27 @@ interface TrainFlags {
   json?: boolean;
 }
 
+/** An earlier run's checkpoint, as priorRun found it. */
+interface PriorCheckpoint {
+  step: number;
+  tokens: number;
+  /** The SAE it trained (absent when damaged). */
+  sae?: { dIn: number; numLatents: number; k: number };
+  /** Why it cannot be resumed. */
+  damaged?: SaekitError;
+}
+
 /**
  * What `out` holds from an earlier run: its checkpoint (step and tokens; `damaged`, the reason,
  * when checkpoint.json is there but cannot be resumed) and SAE files.
  */
-async function priorRun(out: string): Promise<{ checkpoint?: { step: number; tokens: number; damaged?: SaekitError }; saeFiles: string[] }> {
+async function priorRun(out: string): Promise<{ checkpoint?: PriorCheckpoint; saeFiles: string[] }> {
   const exists = async (p: string) => (await stat(p).catch(() => undefined)) !== undefined;
-  let checkpoint: { step: number; tokens: number; damaged?: SaekitError } | undefined;
+  let checkpoint: PriorCheckpoint | undefined;
   try {
     // Read as the Trainer reads it (a FIFO or a huge file there is refused, not read).
     const ck = await readCheckpoint(path.join(out, 'checkpoint'));
-    if (ck) checkpoint = { step: ck.step, tokens: ck.tokens };
+    if (ck) checkpoint = { step: ck.step, tokens: ck.tokens, sae: ck.sae };
   } catch (err) {
     if (!(err instanceof SaekitError)) throw err;
     checkpoint = { step: 0, tokens: 0, damaged: err };
@@ -250,11 +261,12 @@ async function priorRun(out: string): Promise<{ checkpoint?: { step: number; tok
  * checkpoint, an SAE or a log without --overwrite, and --resume says what it found.
  * Returns whether a checkpoint will be resumed.
  */
-async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; replaced: string[] }> {
+async function prepareOutputs(f: TrainFlags, sae: { dIn: number; numLatents: number }): Promise<{ resuming: boolean; replaced: string[] }> {
   if (f.resume && f.overwrite) throw new SaekitError('ERR_SAEKIT_ARG', 'Expected at most one of --resume and --overwrite but received both');
   const prior = await priorRun(f.out);
   if (f.resume && prior.checkpoint?.damaged) throw prior.checkpoint.damaged;
   const resuming = Boolean(f.resume && prior.checkpoint);
+  if (resuming && prior.checkpoint!.sae) checkResumedSae(f, sae, prior.checkpoint!.sae, path.join(f.out, 'checkpoint'));
   if (!f.overwrite) {
     if (prior.checkpoint?.damaged && !f.resume) {
       // Not "a run at step 0" to --resume: resuming it fails on the same damage.
@@ -289,6 +301,26 @@ async function prepareOutputs(f: TrainFlags): Promise<{ resuming: boolean; repla
     );
   }
   return { resuming, replaced };
+}
+
+/**
+ * --resume trains the checkpoint's SAE: the flags that size it (--latents or --expansion, --k)
+ * and the data's row width must be its own. Named here as the flags they are (the Trainer's own
+ * check names the SAE's fields, as a damaged checkpoint would).
+ */
+function checkResumedSae(f: TrainFlags, sae: { dIn: number; numLatents: number }, was: { dIn: number; numLatents: number; k: number }, dir: string): void {
+  const wrong: string[] = [];
+  if (sae.numLatents !== was.numLatents) {
+    wrong.push(f.latents !== undefined ? `--latents ${f.latents}` : `--expansion ${f.expansion} (${sae.numLatents} latents)`);
+  }
+  if (f.k !== was.k) wrong.push(`--k ${f.k}`);
+  if (sae.dIn !== was.dIn) wrong.push(`data of dIn ${sae.dIn}`);
+  if (wrong.length === 0) return;
+  throw new SaekitError(
+    'ERR_SAEKIT_ARG',
+    `Expected --latents ${was.numLatents} and --k ${was.k} on data of dIn ${was.dIn} to resume the checkpoint in ${dir} (the SAE it trained) but received ${wrong.join(', ')}; ` +
+      'resume with the same SAE, pass --overwrite to start over, or choose another --out',
+  );
 }
 
 /**
@@ -434,7 +466,7 @@ async function train(paths: string[], f: TrainFlags): Promise<void> {
     const trainer = new Trainer(sae, opts);
     const total = trainer.totalSteps(source) * f.batch;
     const outExisted = (await stat(f.out).catch(() => undefined)) !== undefined;
-    const { replaced } = await prepareOutputs(f);
+    const { replaced } = await prepareOutputs(f, { dIn: source.dIn, numLatents });
     process.stderr.write(
       `training a TopK SAE: dIn ${source.dIn}, ${numLatents} latents, k ${f.k}, ${total.toLocaleString('en-US')} tokens in batches of ${f.batch}` +
         ` (${source.numRows?.toLocaleString('en-US') ?? 'unknown'} rows in the data) -> ${f.out}\n`,
@@ -748,10 +780,10 @@ export function buildProgram(): Command {
     .option('--data-b <src>', "saeB's activations, aligned token by token with --data (another model on the same text): .npy or .safetensors files, a folder or a glob (raw files only for --data)")
     .option('--kind <k>', 'codes or preacts', oneOf('kind', ['codes', 'preacts'] as const), 'codes')
     .option('--method <m>', 'argmax, mutual or hungarian (hungarian needs the full correlation matrix within --max-bytes, see there; beyond it raise --max-bytes or use argmax or mutual, which work from top matches; the assignment holds another nA x nB x 8 bytes)', oneOf('method', ['argmax', 'mutual', 'hungarian'] as const), 'hungarian')
-    .option('--threshold <r>', 'drop matched pairs with correlation below this', num('threshold', -1, 1, false), 0.1)
+    .option('--threshold <r>', 'drop matched pairs with correlation below this (kept when r >= it; > under --compat)', num('threshold', -1, 1, false), 0.1)
     .option('--top <n>', 'for --method mutual: best buddies within the top n', num('top', 1, 1 << 20), 1)
     .option('--one-to-one', "for --method argmax: univ_feat_geom's 1-1 filter (of the B features sharing an A feature, only the lowest-numbered one keeps its pair; before --threshold)")
-    .option('--compat <c>', "univ-feat-geom: correlations as that repository computes them, r (N - 1) / N (labelled compat in the output)", oneOf('compat', ['univ-feat-geom'] as const))
+    .option('--compat <c>', "univ-feat-geom: correlations as that repository computes them, r (N - 1) / N, and pairs kept when r > --threshold, as it compares (labelled compat in the output)", oneOf('compat', ['univ-feat-geom'] as const))
     .option('--max-tokens <n>', 'tokens to correlate over', num('max-tokens', 2, Number.MAX_SAFE_INTEGER), 100_000)
     .option('--max-bytes <n>', 'largest full correlation matrix (nA x nB x 4 bytes, with --kind preacts nA x nB x 16, default 1 GiB); beyond it argmax and mutual use top matches per feature', num('max-bytes', 1, Number.MAX_SAFE_INTEGER))
     .option('--runs <n>', 'shuffled baselines for the p-values', num('runs', 1, 100000), 20)

@@ -80,7 +80,9 @@ export interface CorrelationOptions {
   mask?: (token: number) => boolean;
   /**
    * Memory for the nA x nB matrix. Kind 'codes': the largest full float32 result (nA x nB x 4
-   * bytes). Kinds 'preacts' / 'dense': what they hold per entry, 16 bytes (float64 co-moments,
+   * bytes), and the native run's work arrays: each CPU thread holds nB x (16 + 8 top) bytes in
+   * top mode (nB x 8 for the full matrix), and fewer threads run where they would pass maxBytes
+   * (at least one; the result is the same bits). Kinds 'preacts' / 'dense': what they hold per entry, 16 bytes (float64 co-moments,
    * each batch's float32 product and its copy, the float32 result), for the full matrix or for
    * each column block of top mode; the batches are not counted. Default 1 GiB. (Dense kinds:
    * r is the same bits for every maxBytes of at least nA x 4096 bytes, one 256-column GEMM tile.)
@@ -418,7 +420,7 @@ export async function correlation(a: CorrelationSide, b: CorrelationSide, option
   signal?.throwIfAborted();
   const result =
     kind === 'codes'
-      ? await correlateCodes(a.sae!, b!.sae!, srcA, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, device, onProgress, signal, compat }, site)
+      ? await correlateCodes(a.sae!, b!.sae!, srcA, srcB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, limited: o.maxTokens !== undefined, maxBytes, device, onProgress, signal, compat }, site)
       : await correlateDense(a, b ?? {}, srcA, srcB, kind, nA, nB, { batchSize, maxTokens, mask: o.mask, full, top, reverse, maxBytes, device, onProgress, signal, compat });
   if (compat !== undefined) result.compat = compat;
   return result;
@@ -436,16 +438,26 @@ function compatScale(compat: 'univ-feat-geom' | undefined, tokens: number): numb
   return compat === undefined ? 1 : (tokens - 1) / tokens;
 }
 
+/** The most tokens a kind 'codes' correlation holds (the native store's 32-bit token count). */
+const MAX_CODES_TOKENS = 2 ** 31 - 1;
+
 async function correlateCodes(
   saeA: SparseAutoencoder,
   saeB: SparseAutoencoder,
   srcA: ActivationSource,
   srcB: ActivationSource | undefined,
-  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; limited: boolean; device: Device; onProgress: CorrelationOptions['onProgress']; signal: AbortSignal | undefined; compat: 'univ-feat-geom' | undefined },
+  o: { batchSize: number; maxTokens: number; mask: CorrelationOptions['mask']; full: boolean; top: number; reverse: boolean; limited: boolean; maxBytes: number; device: Device; onProgress: CorrelationOptions['onProgress']; signal: AbortSignal | undefined; compat: 'univ-feat-geom' | undefined },
   site: Error,
 ): Promise<CorrelationResult> {
   const nA = saeA.numLatents;
   const nB = saeB.numLatents;
+  // The store counts tokens in 32 bits: a run it cannot hold is refused before hours of encoding
+  // when the tokens are known (every row of a source of known length, up to maxTokens, without a
+  // mask; a masked run learns its count only as it goes, and fails when it reaches the limit).
+  const known = o.mask === undefined && srcA.numRows !== undefined ? Math.min(o.maxTokens, srcA.numRows) : undefined;
+  if (known !== undefined && known > MAX_CODES_TOKENS) {
+    throw argError('options.maxTokens', `at most ${MAX_CODES_TOKENS} for kind 'codes' (its store counts tokens in 32 bits; the source has ${srcA.numRows} rows)`, o.limited ? o.maxTokens : undefined);
+  }
   // Pre-allocated for maxTokens, but never for more tokens than the source holds; for a source of
   // unknown length maxTokens is only a bound, so at most ~64 MiB of codes (the store grows past
   // it): 2^24 tokens of k = 1024 reserved 256 GiB for a 1000-token stream, and failed.
@@ -466,7 +478,7 @@ async function correlateCodes(
     o.signal?.throwIfAborted();
     if (pass.n < 2) throw new SaekitError('ERR_SAEKIT_ARG', `Expected at least 2 tokens for a correlation but received ${pass.n}`);
     const scale = o.compat === undefined ? undefined : compatScale(o.compat, pass.n);
-    r = await settleNative(callNative(() => native().sparseCorrRun(store, o.full, o.full ? 0 : o.top, o.reverse, o.device, scale)), site);
+    r = await settleNative(callNative(() => native().sparseCorrRun(store, o.full, o.full ? 0 : o.top, o.reverse, o.device, scale, o.maxBytes)), site);
   } finally {
     // The run consumed the store; after a failure its codes (GBs at 10^6 tokens) go now, not at some later GC.
     native().sparseCorrFree(store);

@@ -7,10 +7,9 @@
  *   top-n "best buddies" as in Rosetta Neurons, §2) or 'hungarian' (exact one-to-one assignment
  *   maximising the total score, §2 bipartite matching, solved natively off the JS thread), then
  *   (for 'argmax', optionally the "1-1" filter of §1.4 step 3: oneToOne) the low-score filter of
- *   §1.4 step 4, which keeps a pair when its score is >= `threshold`
- *   (univ_feat_geom keeps `max_corr > 0.1`, strictly: the same pairs for a correlation() result,
- *   whose float32 r is never exactly 0.1, but not for a Float64Array score of exactly the
- *   threshold). It also takes a correlation() result: the full matrix,
+ *   §1.4 step 4, which keeps a pair when its score is >= `threshold` (univ_feat_geom keeps
+ *   `max_corr > 0.1`, strictly: `strictThreshold`; the two differ only for a score exactly equal
+ *   to the threshold). It also takes a correlation() result: the full matrix,
  *   or top matches, from which 'argmax' and 'mutual' (top <= the kept matches, or any top when
  *   the lists hold every A feature; both directions
  *   for 'mutual') are exact; 'hungarian' needs the full matrix.
@@ -45,6 +44,11 @@ export interface MatchOptions {
   method?: MatchMethod;
   /** Drop pairs whose score is < threshold (kept when score >= threshold). Default: keep all. */
   threshold?: number;
+  /**
+   * Keep a pair only when its score is > threshold, as univ_feat_geom compares (`max_corr > 0.1`);
+   * the two differ only for a score exactly equal to the threshold. Default false (>=).
+   */
+  strictThreshold?: boolean;
   /**
    * For 'mutual': Rosetta Neurons' best buddies. Each A feature a is paired with its best B
    * feature b, and the pair counts when a is also among b's top-n A features (ranked by score
@@ -88,7 +92,7 @@ export interface MatchResult {
 
 const MAX_DIM = 2 ** 31 - 1;
 
-const MATCH_OPTIONS = optionNames<MatchOptions>({ nA: true, nB: true, method: true, threshold: true, top: true, oneToOne: true });
+const MATCH_OPTIONS = optionNames<MatchOptions>({ nA: true, nB: true, method: true, threshold: true, strictThreshold: true, top: true, oneToOne: true });
 const SAE_MATCH_OPTIONS = optionNames<SaeMatchOptions>({ fold: true, encoder: true, maxBytes: true, signal: true });
 
 /**
@@ -120,6 +124,7 @@ export async function match(corr: Float32Array | Float64Array | CorrelationResul
     if (typeof o.threshold !== 'number' || Number.isNaN(o.threshold)) throw argError('options.threshold', 'a number', o.threshold);
     threshold = o.threshold;
   }
+  const strict = o.strictThreshold === undefined ? false : checkBool('options.strictThreshold', o.strictThreshold);
   const top = o.top === undefined ? 1 : checkInt('options.top', o.top, 1, MAX_DIM);
   if (o.top !== undefined && method !== 'mutual') throw argError('options.top', "undefined unless method is 'mutual'", o.top);
   const oneToOne = o.oneToOne === undefined ? false : checkBool('options.oneToOne', o.oneToOne);
@@ -142,7 +147,7 @@ export async function match(corr: Float32Array | Float64Array | CorrelationResul
   }
 
   if (oneToOne) raw = firstPerA(raw, nA);
-  const pairs = raw.filter((p) => p.score >= threshold).sort((x, y) => x.a - y.a || x.b - y.b);
+  const pairs = raw.filter((p) => (strict ? p.score > threshold : p.score >= threshold)).sort((x, y) => x.a - y.a || x.b - y.b);
   const bToA = new Int32Array(nB).fill(-1);
   const best = new Float64Array(nB).fill(-Infinity);
   let sum = 0;

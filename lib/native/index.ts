@@ -235,7 +235,7 @@ export interface NativeBinding {
   /** Copies one batch of codes ([rows, kA] and [rows, kB], any k), dropping zeros; returns the tokens held. Synchronous. */
   sparseCorrAppend(store: NativeSparseCorrStore, valuesA: Float32Array, indicesA: Int32Array, valuesB: Float32Array, indicesB: Int32Array, rows: number): number;
   /** Pearson r from the store (full matrix, or top matches) on 'cpu' (default) or a CUDA device ('cuda:N'); consumes the store. */
-  sparseCorrRun(store: NativeSparseCorrStore, full: boolean, top: number, reverse: boolean, device?: string, scale?: number): Promise<NativeSparseCorrResult>;
+  sparseCorrRun(store: NativeSparseCorrStore, full: boolean, top: number, reverse: boolean, device?: string, scale?: number, maxWorkBytes?: number): Promise<NativeSparseCorrResult>;
   /** Frees a store's codes now (a correlation that failed before its run); idempotent. */
   sparseCorrFree(store: NativeSparseCorrStore): void;
   /** Reserves an exact linear assignment over a [rows, cols] cost (float64 work matrix, native memory). */

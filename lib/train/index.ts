@@ -746,6 +746,14 @@ export class Trainer {
     let started = false;
     /** The biases before this run set the scale and b_dec's init: put back if it fails before its first step. */
     let biases0: { b_enc: Float32Array; b_dec: Float32Array } | undefined;
+    /** Puts biases0 back exactly (folding the scale back would round them). */
+    const restoreBiases = (): void => {
+      try {
+        this.sae.setWeights(biases0!);
+      } catch {
+        // The SAE was disposed meanwhile: what ended the run is what to report.
+      }
+    };
     const nextOrStop = async (): Promise<Batch | undefined> => {
       const b = await unlessAborted(nextBatch(), fo.signal);
       if (b === ABORTED) throw STOPPED;
@@ -908,13 +916,8 @@ export class Trainer {
       } else {
         status = 'aborted';
         if (!started && biases0) {
-          // Stopped while it set the scale and b_dec's init (sliced work): the biases as they were,
-          // exactly (folding the scale back would round them).
-          try {
-            this.sae.setWeights(biases0);
-          } catch {
-            // The SAE was disposed meanwhile.
-          }
+          // Stopped while it set the scale and b_dec's init (sliced work): the biases as they were.
+          restoreBiases();
           scale = 1;
         }
       }
@@ -941,11 +944,7 @@ export class Trainer {
       // it was: the scale and b_dec's init are undone, not folded.
       if (biases0 && step === 0 && stepIntact) {
         this.fitted = continuing;
-        try {
-          this.sae.setWeights(biases0);
-        } catch {
-          // The SAE was disposed meanwhile: the failure is what to report.
-        }
+        restoreBiases();
       } else if (scale !== 1 && stepIntact) await this.foldScale(scale).catch(() => undefined);
       throw failure.error;
     }
@@ -1038,14 +1037,14 @@ export class Trainer {
         throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: cannot be read (${(err as Error).message})`);
       });
       if (digest !== ck.stateSha256) {
-        throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: its SHA-256 is not the one checkpoint.json recorded (the file was damaged or replaced since: fix it or start over with overwrite)`);
+        throw new SaekitError('ERR_SAEKIT_FORMAT', `${file}: its SHA-256 is not the one checkpoint.json recorded (the file was damaged or replaced since: fix it, or start over with a fit() without options.resume)`);
       }
     }
     const r = await readSafetensors(file);
     // Every tensor is read and its dtype and shape checked before anything is set; a value the
     // setters refuse (NaN, a negative second moment) is then a FORMAT error naming the file, and
     // the SAE gets its weights back.
-    const bad = (why: string) => new SaekitError('ERR_SAEKIT_FORMAT', `${file}: ${why} (a damaged checkpoint: fix it or start over with overwrite)`);
+    const bad = (why: string) => new SaekitError('ERR_SAEKIT_FORMAT', `${file}: ${why} (a damaged checkpoint: fix it, or start over with a fit() without options.resume)`);
     try {
       const get = async (name: string, dtype: 'float32' | 'float64', shape?: number[]) => {
         const info = r.get(name);

@@ -193,9 +193,14 @@ void sparse_correlation(SparseCorrStore& st, const SparseCorrOptions& opt, Spars
     throw Error(ErrorCode::Memory, "Could not allocate the posting lists of the codes");
   }
 
-  const int P = std::max(1, pool.size());
   const int64_t kTop = opt.full ? 0 : std::min<int64_t>(opt.top, nA);
   const int64_t kRev = opt.full || !opt.reverse ? 0 : std::min<int64_t>(opt.top, nB);
+  // Each task holds nB float64 sums, a float32 row of r (top mode) and its own lists (kTop + 1
+  // floats and kTop indices per B feature): with a large top, one per thread could pass the
+  // memory the caller allows, so fewer tasks run (at least one).
+  const int64_t task_bytes = nB * (8 + (opt.full ? 0 : 4) + (kTop ? 4 + 8 * kTop : 0));
+  int P = std::max(1, pool.size());
+  if (opt.max_work_bytes > 0) P = int(std::max<int64_t>(1, std::min<int64_t>(P, opt.max_work_bytes / std::max<int64_t>(1, task_bytes))));
   out.kTop = kTop;
   out.kRev = kRev;
   // Per-task best-first lists for every B feature (merged below).

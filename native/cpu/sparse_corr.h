@@ -38,6 +38,10 @@ struct SparseCorrOptions {
   int64_t top = 0;       // else: for every B feature its best `top` A features
   bool reverse = false;  // and for every A feature its best `top` B features
   double scale = 1.0;    // every r times this before the clamp and the float32 rounding (compat)
+  // The CPU run's per-thread work arrays (nB x (16 + 8 top) bytes each: the row's float64 sums,
+  // its float32 r, and in top mode the thread's lists) within this many bytes: fewer threads run
+  // when they would pass it, at least one. 0: no bound. The result is the same for any count.
+  int64_t max_work_bytes = 0;
 };
 
 struct SparseCorrResult {

@@ -133,7 +133,7 @@ Napi::Value free_store(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// sparseCorrRun(store, full, top, reverse, device = 'cpu', scale = 1): Promise<{ tokens, constantA,
+// sparseCorrRun(store, full, top, reverse, device = 'cpu', scale = 1, maxWorkBytes = 0): Promise<{ tokens, constantA,
 // constantB, activeA, activeB, r? , topIndex?, topR?, kTop, revIndex?, revR?, kRev }>. Consumes
 // the store. On a CUDA device ('cuda:N') the run goes through the device's correlation table.
 Napi::Value run(const Napi::CallbackInfo& info) {
@@ -145,6 +145,8 @@ Napi::Value run(const Napi::CallbackInfo& info) {
   const Device device = info.Length() > 4 && !info[4].IsUndefined() ? parse_device(get_string(info[4], "device")) : Device{};
   // Every r times scale before its rounding (options.compat 'univ-feat-geom': (n - 1) / n).
   opt.scale = info.Length() > 5 && !info[5].IsUndefined() ? get_double(info[5], "scale", std::numeric_limits<double>::min(), 1.0) : 1.0;
+  // The CPU run's per-thread work arrays within this many bytes (0 or undefined: no bound).
+  opt.max_work_bytes = info.Length() > 6 && !info[6].IsUndefined() ? get_int(info[6], "maxWorkBytes", 0, int64_t(1) << 62) : 0;
   // Resolved before the store is taken, so a missing device leaves the store usable.
   const sk_corr_i* api = device.kind == DeviceKind::CPU ? nullptr : corr_api_for(device);
   StoreRef st = std::move(s->store);
