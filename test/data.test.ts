@@ -136,7 +136,21 @@ describe('openActivations: file kinds, in order', () => {
       message: expect.stringMatching(/no 'c' \(it has: 'a', 'b'\)/),
     });
     await writeSafetensorsFixture(p('none.safetensors'), { v: { dtype: 'float32', shape: [33], data: randomRows(1, 33, 5) } });
-    await expect(openActivations(p('none.safetensors'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/no 2-D tensor/) });
+    await expect(openActivations(p('none.safetensors'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/which has no tensor of 2 or more dimensions/) });
+    // No 2-D tensor: the only one of more dimensions, its leading ones flattened ([batch, seq, dIn]);
+    // two of them need options.tensor.
+    await writeSafetensorsFixture(p('three.safetensors'), {
+      bias: { dtype: 'float32', shape: [33], data: randomRows(1, 33, 6) },
+      acts: { dtype: 'float32', shape: [3, 5, 33], data: x.subarray(0, 15 * 33) },
+    });
+    const s3 = await openActivations(p('three.safetensors'));
+    expect([s3.dIn, s3.numRows]).toEqual([33, 15]);
+    expectSameRows(concatRows(await collect(s3, { batchSize: 4 })), x.subarray(0, 15 * 33));
+    await writeSafetensorsFixture(p('three2.safetensors'), {
+      a: { dtype: 'float32', shape: [3, 5, 33], data: x.subarray(0, 15 * 33) },
+      b: { dtype: 'float32', shape: [1, 2, 2, 33], data: x.subarray(0, 4 * 33) },
+    });
+    await expect(openActivations(p('three2.safetensors'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringMatching(/which has no 2-D tensor and 2 of more dimensions \(tensors: 'a' \[3, 5, 33\]/) });
     await writeSafetensorsFixture(p('int.safetensors'), { i: { dtype: 'int32', shape: [4, 3], data: new Int32Array(12) } });
     await expect(openActivations(p('int.safetensors'))).rejects.toMatchObject({ code: 'ERR_SAEKIT_DTYPE', message: expect.stringMatching(/int32/) });
     // A tensor of a dtype saekit does not convert (a BOOL mask beside the activations) does not hide the others.

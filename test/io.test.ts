@@ -5,7 +5,7 @@
  * per class of malformed input.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -1081,6 +1081,34 @@ describe('npz', () => {
         edit((z) => z.writeBigUInt64LE(z.readBigUInt64LE(z.length - 22 - 20 - 56 + 40) + 1n, z.length - 22 - 20 - 56 + 40), async () => Buffer.concat(await encodeNpzParts(one, { zip64: 'always' }))),
         /central directory \[\d+, \+\d+\) runs past its end records at \d+/,
       ],
+      // Bytes between the directory and its end records: Python's zipfile takes them as a prefix
+      // and shifts every offset (np.load read other arrays from such a file than saekit did).
+      [
+        'a gap between the central directory and the end record',
+        async () => {
+          const z = await stored();
+          return Buffer.concat([z.subarray(0, z.length - 22), Buffer.alloc(16), z.subarray(z.length - 22)]);
+        },
+        /central directory \[\d+, \+51\) ends 16 bytes before its end records at \d+ \(a gap or a prefix, which zip readers resolve differently\)/,
+      ],
+      [
+        'a second archive between the central directory and the end record (two meanings)',
+        async () => {
+          const [x, y] = [await stored(), Buffer.concat(await encodeNpzParts({ w: { dtype: 'float32', shape: [4], data: new Float32Array(4).fill(7) } }))];
+          return Buffer.concat([x.subarray(0, x.length - 22), y.subarray(0, y.length - 22), x.subarray(x.length - 22)]);
+        },
+        /ends \d+ bytes before its end records/,
+      ],
+      [
+        // Python's zipfile reads the 56 bytes before the locator, whatever its offset says.
+        'a ZIP64 end record that does not end where its locator starts',
+        async () => {
+          const z = await zip64();
+          const loc = z.length - 22 - 20;
+          return Buffer.concat([z.subarray(0, loc), Buffer.alloc(8), z.subarray(loc)]);
+        },
+        /ZIP64 end record at \d+ does not end where its locator starts \(\d+\): zip readers disagree on such an archive/,
+      ],
       [
         // A disk number of 0xffff says the ZIP64 field holds the real one (after the three sizes); it does not.
         'a saturated disk number without its ZIP64 field',
@@ -1222,6 +1250,11 @@ describe('npz', () => {
     const dir = tmpDir();
     await expectIoError(() => writeNpz(path.join(dir, 'x.npz'), { a: { dtype: 'uint8', shape: [1], data: new Int32Array(1) } as never }), 'arrays["a"].data', /Uint8Array/, 'ERR_SAEKIT_DTYPE');
     await expectIoError(() => writeNpz(path.join(dir, 'x.npz'), {}, { compress: 1 } as never), 'options.compress', /boolean/, 'ERR_SAEKIT_ARG');
+    // A name past a zip entry's 65535 bytes (with its .npy) names arrays, not an internal 'name'.
+    await expectIoError(() => writeNpz(path.join(dir, 'x.npz'), { ['é'.repeat(32766)]: { dtype: 'float32', shape: [1], data: new Float32Array(1) } }), 'arrays (a name)', /a name of at most 65531 UTF-8 bytes/, 'ERR_SAEKIT_ARG');
+    await writeNpz(path.join(dir, 'long.npz'), { ['a'.repeat(65531)]: { dtype: 'float32', shape: [1], data: new Float32Array([3]) } });
+    expect(Object.values(await readNpz(path.join(dir, 'long.npz'))).map((t) => Array.from(t.data as Float32Array))).toEqual([[3]]);
+    rmSync(path.join(dir, 'long.npz'));
     await expectIoError(() => writeNpz(path.join(dir, 'x.npz'), [] as never), 'arrays', /object of named tensors/, 'ERR_SAEKIT_ARG');
     // Names with a lone surrogate have no UTF-8 form: two of them became the same entry 'w\uFFFD.npy'.
     const one = { dtype: 'uint8' as const, shape: [1], data: new Uint8Array(1) };
@@ -1299,6 +1332,38 @@ describe('writeFileAtomic', () => {
     await sae.save(saeDir);
     expect(readdirSync(saeDir).sort()).toEqual(['cfg.json', 'sae_weights.safetensors']);
     for (const f of readdirSync(saeDir)) expect(statSync(path.join(saeDir, f)).mode & 0o7777, f).toBe(0o600);
+  });
+
+  it('writes through a symbolic link, as open() and np.save do: the file it leads to is replaced (a dangling one is created), the link stays', async () => {
+    // The temporary file was renamed over the link itself: the link became a plain file and its target kept the old data.
+    const dir = tmpDir();
+    mkdirSync(path.join(dir, 'real'));
+    const target = path.join(dir, 'real', 'target.npy');
+    writeFileSync(target, 'old');
+    chmodSync(target, 0o600);
+    symlinkSync(path.join('real', 'target.npy'), path.join(dir, 'link.npy')); // relative to the link's folder
+    symlinkSync('link.npy', path.join(dir, 'chain.npy')); // a link to a link
+    const data = Float32Array.from({ length: 6 }, (_, i) => Math.fround(Math.sin(i)));
+    for (const name of ['link.npy', 'chain.npy']) {
+      await writeNpy(path.join(dir, name), { dtype: 'float32', shape: [2, 3], data: data.map((v) => v + name.length) });
+      expect(lstatSync(path.join(dir, name)).isSymbolicLink(), name).toBe(true);
+      expect(Array.from((await readNpy(target)).data as Float32Array)).toEqual(Array.from(data.map((v) => v + name.length)));
+      expect(statSync(target).mode & 0o7777, 'the target keeps its mode').toBe(0o600);
+    }
+    // A dangling link: its target is created.
+    symlinkSync(path.join(dir, 'real', 'new.safetensors'), path.join(dir, 'dangling.safetensors'));
+    await writeSafetensors(path.join(dir, 'dangling.safetensors'), { a: { dtype: 'float32', shape: [6], data } });
+    expect(lstatSync(path.join(dir, 'dangling.safetensors')).isSymbolicLink()).toBe(true);
+    const r = await readSafetensors(path.join(dir, 'real', 'new.safetensors'));
+    expect(Array.from((await r.read('a')).data as Float32Array)).toEqual(Array.from(data));
+    await r.close();
+    // A loop of links: the path itself is replaced (open() would fail with ELOOP; the write still lands).
+    symlinkSync('loop-b', path.join(dir, 'loop-a'));
+    symlinkSync('loop-a', path.join(dir, 'loop-b'));
+    await writeFileAtomic(path.join(dir, 'loop-a'), 'x');
+    expect(readFileSync(path.join(dir, 'loop-a'), 'utf8')).toBe('x');
+    expect(readdirSync(dir).sort()).toEqual(['chain.npy', 'dangling.safetensors', 'link.npy', 'loop-a', 'loop-b', 'real']);
+    expect(readdirSync(path.join(dir, 'real')).sort()).toEqual(['new.safetensors', 'target.npy']);
   });
 
   it('writes files whose names are near the 255-byte limit (the temporary name stays short)', async () => {

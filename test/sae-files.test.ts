@@ -163,6 +163,29 @@ describe('SAE files: SAELens and sparsify round trips', () => {
     }
   });
 
+  it('a bfloat16 save refuses a finite weight that rounds to infinity there, naming it, and writes nothing (load() refused the file it wrote)', async () => {
+    const w = randomWeights(dIn, L, 98);
+    for (const [v, format] of [[3.4e38, 'saelens'], [-3.4e38, 'sparsify']] as const) {
+      const b_dec = w.b_dec.slice();
+      b_dec[5] = v;
+      using sae = SparseAutoencoder.fromWeights({ ...w, b_dec }, { k });
+      const dir = tmp();
+      const err = await sae.save(dir, { format, dtype: 'bfloat16' }).catch((e: unknown) => e);
+      expect(err, format).toMatchObject({
+        code: 'ERR_SAEKIT_NONFINITE',
+        message: `Expected weights within bfloat16's range for dtype 'bfloat16' but b_dec[5] = ${Math.fround(v)} rounds to ${v > 0 ? '' : '-'}Infinity there (the largest finite bfloat16 is 3.3895e38); save as 'float32'; nothing was written`,
+      });
+      expect(readdirSync(dir), format).toEqual([]);
+      // float32 keeps it; a value under the rounding midpoint saves as the largest finite bfloat16.
+      await sae.save(dir, { format });
+      b_dec[5] = Math.sign(v) * 3.39e38;
+      sae.setWeights({ b_dec });
+      await sae.save(dir, { format, dtype: 'bfloat16' });
+      using back = await SparseAutoencoder.load(dir);
+      expect((await back.weights()).b_dec[5], format).toBe(Math.sign(v) * 3.3895313892515355e38);
+    }
+  });
+
   it('save() writes the weights of the call, in queue order: a setWeights() or dispose() called after it changes nothing saved', async () => {
     const w = randomWeights(dIn, L, 31);
     const sae = SparseAutoencoder.fromWeights(w, { k });
@@ -1304,6 +1327,23 @@ describe('SAE files: what the other libraries write and read', () => {
       writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L }));
       expect(Array.from((await readSaeFiles(dir)).weights.W_dec), name).toEqual(Array.from(w.W_dec));
     }
+    // SAELens drops a scaling_factor within torch.allclose of ones (|s - 1| <= 1e-8 + 1e-5), flag
+    // or no flag (saekit scaled W_dec by it, or refused the folder without the flag); a
+    // finetuning_scaling_factor is applied as it is.
+    const near = Float32Array.from({ length: L }, (_, i) => [1 + 4e-6, 1 - 9e-6, 1, 1 + 1e-5 - 1e-7][i % 4]!);
+    for (const flag of [true, false, undefined]) {
+      await put(dir, w, { scaling_factor: { dtype: 'float32', shape: [L], data: near } });
+      writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, ...(flag === undefined ? {} : { finetuning_scaling_factor: flag }) }));
+      expect(Array.from((await readSaeFiles(dir)).weights.W_dec), `flag ${flag}`).toEqual(Array.from(w.W_dec));
+    }
+    await put(dir, w, { finetuning_scaling_factor: { dtype: 'float32', shape: [L], data: near } });
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L, finetuning_scaling_factor: true }));
+    expect(Array.from((await readSaeFiles(dir)).weights.W_dec)).toEqual(Array.from(w.W_dec.map((v, q) => Math.fround(v * near[Math.floor(q / dIn)]!))));
+    // Just outside allclose: a scale, which needs the flag.
+    const out = near.map((v, i) => (i === 3 ? 1 + 2e-5 : v));
+    await put(dir, w, { scaling_factor: { dtype: 'float32', shape: [L], data: out } });
+    writeFileSync(path.join(dir, 'cfg.json'), JSON.stringify({ architecture: 'topk', k, d_in: dIn, d_sae: L }));
+    await expect(readSaeFiles(dir)).rejects.toThrow(/has a scaling_factor that is not all ones but finetuning_scaling_factor is not true/);
   });
 
   it("options.metadata may set none of the fields saekit writes itself: every key of a sparsify cfg.json, every key of a SAELens cfg.json's metadata", async () => {

@@ -241,13 +241,14 @@ export async function openShard(file: string, opts: ShardOptions, inputs: ShardI
           );
         }
       } else {
-        const candidates = r.tensors.filter((t) => t.shape.length === 2);
+        // The only 2-D tensor; where there is none, the only tensor of more dimensions (its leading
+        // ones flattened into rows, as for .npy: activations saved as [batch, seq, dIn]).
+        const twoD = r.tensors.filter((t) => t.shape.length === 2);
+        const candidates = twoD.length > 0 ? twoD : r.tensors.filter((t) => t.shape.length > 2);
         if (candidates.length !== 1) {
           const list = shortList(r.tensors, (t) => `${nameForMessage(t.name)} [${shortList(t.shape, String)}] ${t.dtype ?? t.code}`);
-          throw new SaekitError(
-            'ERR_SAEKIT_ARG',
-            `Expected options.tensor for ${file}, which has ${candidates.length === 0 ? 'no 2-D tensor' : `${candidates.length} 2-D tensors`} (tensors: ${list || 'none'})`,
-          );
+          const has = twoD.length > 0 ? `${twoD.length} 2-D tensors` : candidates.length === 0 ? 'no tensor of 2 or more dimensions' : `no 2-D tensor and ${candidates.length} of more dimensions`;
+          throw new SaekitError('ERR_SAEKIT_ARG', `Expected options.tensor for ${file}, which has ${has} (tensors: ${list || 'none'})`);
         }
         entry = candidates[0]!;
       }

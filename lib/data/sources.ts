@@ -321,7 +321,8 @@ const OPEN_OPTIONS = optionNames<OpenOptions>({ tensor: true, dtype: true, dIn: 
 
 /**
  * Opens activation files for streaming: a .npy (2-D [rows, dIn], or N-D with leading dimensions
- * flattened; C or 2-D Fortran order), a .safetensors (options.tensor, or the only 2-D tensor),
+ * flattened; C or 2-D Fortran order), a .safetensors (options.tensor, or the only 2-D tensor, or where there is none the only
+ * one of more dimensions, its leading ones flattened),
  * a raw file (.bin/.raw/.dat with options.dtype, or .f32/.f16/.bf16/.f64; options.dIn), a folder
  * of such files, a glob pattern of files (*, ?, **; not one ending in '/', which would match
  * folders), or an array of these. Files are read in path order and must agree on dIn; only

@@ -93,7 +93,10 @@ export interface OwnedActivationSource extends ActivationSource, AsyncDisposable
 
 /** How `openActivations` reads its files. */
 export interface OpenOptions {
-  /** The safetensors tensor to read. Default: the file's only 2-D tensor. */
+  /**
+   * The safetensors tensor to read. Default: the file's only 2-D tensor; in a file without one,
+   * its only tensor of more dimensions (rows are its leading dimensions flattened, as for .npy).
+   */
   tensor?: string;
   /** Element type of raw files (.bin, .raw, .dat; implied by .f32/.f16/.bf16/.f64). Must match self-describing files. */
   dtype?: 'float32' | 'float16' | 'bfloat16' | 'float64';

@@ -163,6 +163,8 @@ export async function encodeNpzParts(arrays: Record<string, IoTensor>, options?:
   if (arrays === null || typeof arrays !== 'object' || Array.isArray(arrays)) throw argError('arrays', 'an object of named tensors', arrays);
   const files = Object.keys(arrays).map((key) => {
     checkWellFormed('arrays (a name)', key);
+    // Stored as <key>.npy, a zip entry name of at most 65535 UTF-8 bytes.
+    if (Buffer.byteLength(key, 'utf8') > 65531) throw argError('arrays (a name)', 'a name of at most 65531 UTF-8 bytes (stored as <name>.npy, a zip entry name of at most 65535)', key);
     return { name: `${key}.npy`, chunks: encodeNpyParts(arrays[key]!, `arrays[${JSON.stringify(key)}]`) };
   });
   return encodeZipParts(files, options);

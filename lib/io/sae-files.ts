@@ -784,7 +784,8 @@ async function readGemmaScope(file: string): Promise<SaeFiles> {
 
 /**
  * SAELens (pre-6.0) finetuning scale: decoding multiplies latent i's activation by s_i before
- * W_dec, the same as W_dec row i times s_i, which is how it is loaded. A scale of all ones is
+ * W_dec, the same as W_dec row i times s_i, which is how it is loaded. A scale of all ones (for
+ * the tensor `scaling_factor`, within torch.allclose of ones, as SAELens's loader tests it) is
  * dropped; any other needs cfg.json's finetuning_scaling_factor to be true (SAELens asserts so).
  * Returns whether W_dec was scaled.
  */
@@ -800,7 +801,10 @@ async function foldFinetuningScale(
 ): Promise<boolean> {
   if (!scale) return false;
   const s = await toF32(scale, weightsFile, scaleName);
-  if (s.every((v) => v === 1)) return false;
+  // SAELens drops a `scaling_factor` within torch.allclose of ones (|s - 1| <= 1e-8 + 1e-5 |1|),
+  // whatever cfg.json says; a `finetuning_scaling_factor` is applied as it is.
+  const ones = scaleName === 'scaling_factor' ? (v: number) => Math.abs(v - 1) <= 1e-8 + 1e-5 : (v: number) => v === 1;
+  if (s.every(ones)) return false;
   if (!boolField(cfg, cfgFile, 'finetuning_scaling_factor', false)) {
     throw formatError(cfgFile, `${path.basename(weightsFile)} has a ${scaleName} that is not all ones but finetuning_scaling_factor is not true`);
   }
@@ -822,13 +826,38 @@ export async function readSaeFiles(pathOrDir: string): Promise<SaeFiles> {
   return readGemmaScope(weights);
 }
 
-/** A weight as stored: float32 as is, or narrowed to bfloat16 in blocks between turns of the event loop (forBlocks). */
-async function stored(data: Float32Array, shape: number[], dtype: 'float32' | 'bfloat16'): Promise<IoTensor> {
+/**
+ * A weight as stored under `name`: float32 as is, or narrowed to bfloat16 in blocks between turns
+ * of the event loop (forBlocks). A finite value past bfloat16's range (|v| >= 3.3961e38 rounds to
+ * infinity, as torch rounds it) is refused: load() would refuse the file.
+ */
+async function stored(data: Float32Array, shape: number[], dtype: 'float32' | 'bfloat16', name: string): Promise<IoTensor> {
   if (dtype === 'float32') return { dtype, shape, data };
   const n = data.length;
   const out = new Uint16Array(n);
+  let bad = -1;
   // A weight detached meanwhile is left to writeSaeFiles's kept() check, which names it.
-  await forBlocks(n, (i0, i1) => void (data.length === n && native().convertInto(data.subarray(i0, i1), 'float32', out.subarray(i0, i1), 'bfloat16')), 4);
+  await forBlocks(
+    n,
+    (i0, i1) => {
+      if (data.length !== n || bad >= 0) return;
+      native().convertInto(data.subarray(i0, i1), 'float32', out.subarray(i0, i1), 'bfloat16');
+      for (let i = i0; i < i1; i++) {
+        if ((out[i]! & 0x7f80) === 0x7f80 && Number.isFinite(data[i]!)) {
+          bad = i;
+          break;
+        }
+      }
+    },
+    5,
+  );
+  if (bad >= 0) {
+    const at = shape.length === 2 ? `[${Math.floor(bad / shape[1]!)}][${bad % shape[1]!}]` : `[${bad}]`;
+    throw new SaekitError(
+      'ERR_SAEKIT_NONFINITE',
+      `Expected weights within bfloat16's range for dtype 'bfloat16' but ${name}${at} = ${data[bad]} rounds to ${data[bad]! > 0 ? '' : '-'}Infinity there (the largest finite bfloat16 is 3.3895e38); save as 'float32'; nothing was written`,
+    );
+  }
   return { dtype, shape, data: out };
 }
 
@@ -957,10 +986,10 @@ export async function writeSaeFiles(
     }
     const file = path.join(dir, 'sae.safetensors');
     const tensors = {
-      'encoder.weight': await stored(await runSliced(transposeSteps(weights.W_enc, dIn, numLatents)), [numLatents, dIn], dtype),
-      'encoder.bias': await stored(weights.b_enc, [numLatents], dtype),
-      W_dec: await stored(weights.W_dec, [numLatents, dIn], dtype),
-      b_dec: await stored(weights.b_dec, [dIn], dtype),
+      'encoder.weight': await stored(await runSliced(transposeSteps(weights.W_enc, dIn, numLatents)), [numLatents, dIn], dtype, 'encoder.weight'),
+      'encoder.bias': await stored(weights.b_enc, [numLatents], dtype, 'encoder.bias'),
+      W_dec: await stored(weights.W_dec, [numLatents, dIn], dtype, 'W_dec'),
+      b_dec: await stored(weights.b_dec, [dIn], dtype, 'b_dec'),
     };
     const cfg = {
       activation: 'topk',
@@ -982,14 +1011,14 @@ export async function writeSaeFiles(
   }
   const file = path.join(dir, 'sae_weights.safetensors');
   const tensors: Record<string, IoTensor> = {
-    W_enc: await stored(weights.W_enc, [dIn, numLatents], dtype),
-    b_enc: await stored(weights.b_enc, [numLatents], dtype),
-    W_dec: await stored(weights.W_dec, [numLatents, dIn], dtype),
-    b_dec: await stored(weights.b_dec, [dIn], dtype),
+    W_enc: await stored(weights.W_enc, [dIn, numLatents], dtype, 'W_enc'),
+    b_enc: await stored(weights.b_enc, [numLatents], dtype, 'b_enc'),
+    W_dec: await stored(weights.W_dec, [numLatents, dIn], dtype, 'W_dec'),
+    b_dec: await stored(weights.b_dec, [dIn], dtype, 'b_dec'),
   };
   if (config.architecture === 'jumprelu') {
     if (!weights.threshold) throw new SaekitError('ERR_SAEKIT_ARG', 'Expected weights.threshold for a JumpReLU SAE');
-    tensors.threshold = await stored(weights.threshold, [numLatents], dtype);
+    tensors.threshold = await stored(weights.threshold, [numLatents], dtype, 'threshold');
   }
   const cfg = {
     architecture: config.architecture,

@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants, unlinkSync } from 'node:fs';
-import { chmod, mkdir, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readlink, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { argError, SaekitError } from '../errors.js';
@@ -167,13 +167,15 @@ export function utf8Prefix(s: string, maxBytes: number): string {
  * registered by planChunk (a view on a caller's array) is checked against its planned length
  * before and after each piece is written: detached or resized meanwhile, the write fails
  * (ERR_SAEKIT_ARG naming the array) and `path` keeps its old content. A file replaced keeps its
- * permission bits (keepMode).
+ * permission bits (keepMode). A symbolic link at `path` is written through: the file it leads to
+ * is replaced and the link stays (writeTarget).
  */
 export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Array | string)[]): Promise<void> {
   checkPath(path);
+  const file = await writeTarget(path);
   // A name of at most 255 bytes (the usual limit) whatever the target's: its first 100 bytes of
   // UTF-8, cut at a character boundary (100 UTF-16 units of CJK were 300 bytes).
-  const tmp = join(dirname(path), `.${utf8Prefix(basename(path), 100)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
+  const tmp = join(dirname(file), `.${utf8Prefix(basename(file), 100)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   let fh: FileHandle | undefined;
   try {
     pendingTemporary(tmp, true);
@@ -182,8 +184,8 @@ export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Arr
     await fh.sync();
     await fh.close();
     fh = undefined;
-    await keepMode(path, tmp);
-    await rename(tmp, path);
+    await keepMode(file, tmp);
+    await rename(tmp, file);
   } catch (err) {
     if (fh) await fh.close().catch(() => undefined);
     await unlink(tmp).catch(() => undefined);
@@ -191,7 +193,25 @@ export async function writeChunksAtomic(path: string, chunks: readonly (Uint8Arr
   } finally {
     pendingTemporary(tmp, false);
   }
-  await syncFolder(dirname(path));
+  await syncFolder(dirname(file));
+}
+
+/**
+ * The file a write to `path` replaces: `path` itself, or where its symbolic links lead (a
+ * dangling one: the file it names, which the write creates), as open() and numpy's save write
+ * through a link; the temporary file goes beside it and is renamed over it, so the link stays a
+ * link. At most 40 links are followed (the kernel's own limit), then `path` itself is replaced.
+ */
+async function writeTarget(path: string): Promise<string> {
+  let p = resolve(path);
+  for (let hops = 0; hops < 40; hops++) {
+    const st = await lstat(p).catch(() => undefined);
+    if (!st?.isSymbolicLink()) return p;
+    const to = await readlink(p).catch(() => undefined);
+    if (to === undefined) return p;
+    p = resolve(dirname(p), to);
+  }
+  return resolve(path);
 }
 
 /** Temporary files of writes under way, removed if the process exits meanwhile (process.exit: a CLI's second Ctrl-C). */

@@ -155,6 +155,11 @@ async function readEnd(src: ByteSource, what: string): Promise<EndRecord> {
     if (lv.getUint32(4, true) !== 0 || lv.getUint32(16, true) > 1) throw formatError(what, name, 'multi-disk zip archives are not supported');
     const recAt = u64(lv, 8, what, name, 'ZIP64 end record offset');
     if (recAt + 56 > eocdPos - 20) throw formatError(what, name, `ZIP64 end record offset ${recAt} is out of bounds`);
+    // Python's zipfile (numpy.load) ignores this offset and reads the 56 bytes before the
+    // locator: a record anywhere else (after a gap, or with extensible data) is read differently.
+    if (recAt + 56 !== eocdPos - 20) {
+      throw formatError(what, name, `ZIP64 end record at ${recAt} does not end where its locator starts (${eocdPos - 20}): zip readers disagree on such an archive`);
+    }
     const rv = view(await src.read(recAt, 56));
     if (rv.getUint32(0, true) !== SIG_EOCD64) throw formatError(what, name, 'ZIP64 end record signature is wrong');
     if (rv.getUint32(16, true) !== 0 || rv.getUint32(20, true) !== 0) throw formatError(what, name, 'multi-disk zip archives are not supported');
@@ -169,6 +174,12 @@ async function readEnd(src: ByteSource, what: string): Promise<EndRecord> {
     throw formatError(what, name, 'multi-disk zip archives are not supported');
   }
   if (cdOffset + cdSize > cdLimit) throw formatError(what, name, `central directory [${cdOffset}, +${cdSize}) runs past its end records at ${cdLimit}`);
+  // Bytes between the directory and its end records: Python's zipfile (numpy.load) takes them as
+  // a prefix before the archive and shifts every offset by their length, other readers do not,
+  // so the same file would hold other arrays for numpy than for saekit.
+  if (cdOffset + cdSize < cdLimit) {
+    throw formatError(what, name, `central directory [${cdOffset}, +${cdSize}) ends ${cdLimit - cdOffset - cdSize} bytes before its end records at ${cdLimit} (a gap or a prefix, which zip readers resolve differently)`);
+  }
   if (entries * 46 > cdSize) throw formatError(what, name, `${entries} entries cannot fit in a central directory of ${cdSize} bytes`);
   return { entries, cdSize, cdOffset, cdLimit };
 }
