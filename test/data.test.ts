@@ -916,6 +916,13 @@ describe('non-finite rows', () => {
       code: 'ERR_SAEKIT_NONFINITE',
       message: expect.stringMatching(/row 1 of .*big\.npy \(after rounding float64 to float32\) has Infinity/),
     });
+    // A NaN was a NaN in the file: no rounding to blame.
+    x[dIn + 2] = NaN;
+    await writeNpyFixture(p('nan64.npy'), 'float64', [3, dIn], x);
+    await expect(collect(await openActivations(p('nan64.npy')))).rejects.toMatchObject({
+      code: 'ERR_SAEKIT_NONFINITE',
+      message: expect.stringMatching(/row 1 of .*nan64\.npy has NaN at column 2/),
+    });
   });
 
   it('the float32 screen is exact: huge finite values never look non-finite, any NaN or infinity does', () => {
@@ -1081,6 +1088,52 @@ describe('fromArray and fromAsyncIterable', () => {
     const [x, y] = await Promise.all([it.next(), it.next()]);
     expect([x.done, y.done]).toEqual([false, false]);
     await it.return!();
+  });
+
+  it('an object whose [Symbol.asyncIterator]() resets it and returns itself serves every pass and epoch; one that returns itself spent is an error, not an empty pass', async () => {
+    // The same iterator object twice was refused outright, though it starts over as the docs ask.
+    const x = randomRows(11, 5, 74);
+    class Rows implements AsyncIterator<Float32Array> {
+      i = 0;
+      constructor(readonly reset: boolean) {}
+      [Symbol.asyncIterator]() {
+        if (this.reset) this.i = 0;
+        return this;
+      }
+      async next(): Promise<IteratorResult<Float32Array>> {
+        return this.i < 11 ? { value: x.slice(this.i * 5, ++this.i * 5), done: false } : { value: undefined, done: true };
+      }
+    }
+    const src = fromAsyncIterable(new Rows(true), 5);
+    expectSameRows(concatRows(await collect(src, { batchSize: 4 })), x);
+    expectSameRows(concatRows(await collect(src, { batchSize: 3, epochs: 3 })), concatRows([x, x, x].map((data) => ({ rows: 11, dIn: 5, data }))));
+    const spent = fromAsyncIterable(new Rows(false), 5);
+    expectSameRows(concatRows(await collect(spent, { batchSize: 4 })), x);
+    await expect(collect(spent)).rejects.toMatchObject({ code: 'ERR_SAEKIT_ARG', message: expect.stringContaining('Expected the iterable to start over for a new pass but it yielded nothing') });
+    await expect(collect(fromAsyncIterable(new Rows(false), 5), { epochs: 2 })).rejects.toMatchObject({ message: expect.stringContaining('start over for epoch 1 but it yielded nothing') });
+  });
+
+  it('a stream whose epochs give no batch turns the event loop between epochs, so timers run and close() stops it (it spun in microtasks)', async () => {
+    for (const mode of ['dropLast', 'skip', 'empty'] as const) {
+      const iterable = {
+        [Symbol.asyncIterator]() {
+          let i = 0;
+          const n = mode === 'empty' ? 0 : 3;
+          return { next: async () => (i++ < n ? { value: new Float32Array(4).fill(mode === 'skip' ? NaN : 1), done: false as const } : { value: undefined, done: true as const }) };
+        },
+      };
+      const src = fromAsyncIterable(iterable, 4);
+      const t0 = performance.now();
+      let fired = -1;
+      setTimeout(() => {
+        fired = performance.now() - t0;
+        void src.close();
+      }, 30);
+      const pass = collect(src, { batchSize: 8, dropLast: mode === 'dropLast', epochs: 2 ** 30, onNonFinite: mode === 'skip' ? 'skip' : 'error' });
+      await expect(pass, mode).rejects.toMatchObject({ code: 'ERR_SAEKIT_DISPOSED' });
+      expect(fired, mode).toBeGreaterThan(0);
+      expect(performance.now() - t0, mode).toBeLessThan(5000);
+    }
   });
 
   it('a producer that reuses its array is safe; one-shot generators and bad items are reported', async () => {

@@ -92,8 +92,8 @@ export function anyNonFinite(a: Float32Array, start: number, end: number): boole
   return native().anyNonFinite(a, start, end);
 }
 
-/** Where a row's data came from, for error messages. */
-export type RowLabel = (rowInPiece: number) => string;
+/** Where a row's data came from, for error messages; `value` is the non-finite value found in it. */
+export type RowLabel = (rowInPiece: number, value: number) => string;
 
 /** Counts rows dropped by onNonFinite: 'skip'. */
 export interface SkipCounter {
@@ -123,7 +123,7 @@ export function screenRows(
         while (c < dIn && Number.isFinite(a[start + c]!)) c++;
         throw new SaekitError(
           'ERR_SAEKIT_NONFINITE',
-          `Expected finite activations but ${label(r)} has ${String(a[start + c])} at column ${c} ` +
+          `Expected finite activations but ${label(r, a[start + c]!)} has ${String(a[start + c])} at column ${c} ` +
             `(pass onNonFinite: 'skip' to drop such rows)`,
         );
       }
@@ -162,7 +162,7 @@ export function screenRows16(
         callNative(() => native().convertInto(a.subarray(start + c, start + c + 1), dtype, v, 'float32'));
         throw new SaekitError(
           'ERR_SAEKIT_NONFINITE',
-          `Expected finite activations but ${label(r)} has ${String(v[0])} at column ${c} (pass onNonFinite: 'skip' to drop such rows)`,
+          `Expected finite activations but ${label(r, v[0]!)} has ${String(v[0])} at column ${c} (pass onNonFinite: 'skip' to drop such rows)`,
         );
       }
       counter.skippedRows++;

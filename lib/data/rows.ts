@@ -7,7 +7,7 @@
  * element types, big-endian and Fortran-order data go through a small staging buffer.
  */
 import { argError, SaekitError } from '../errors.js';
-import { anyNonFinite, ITEM_BYTES, screenRows, screenRows16, swapBytes, toFloat32, type SkipCounter } from './convert.js';
+import { anyNonFinite, ITEM_BYTES, screenRows, screenRows16, swapBytes, toFloat32, type RowLabel, type SkipCounter } from './convert.js';
 import { HandleCache, nativeRead, readFully } from './files.js';
 import { MAX_CHUNK_BYTES, type NonFinitePolicy } from './options.js';
 import type { Rng } from './prng.js';
@@ -104,7 +104,7 @@ class Cursor {
 }
 
 /** Screens rows [at, at + rows) of dst in place; returns the rows kept (moved up to `at`). */
-function screenAt(dst: Float32Array, at: number, rows: number, dIn: number, policy: NonFinitePolicy, label: (r: number) => string, counter: SkipCounter): number {
+function screenAt(dst: Float32Array, at: number, rows: number, dIn: number, policy: NonFinitePolicy, label: RowLabel, counter: SkipCounter): number {
   const view = dst.subarray(at * dIn, (at + rows) * dIn);
   if (!anyNonFinite(view, 0, view.length)) return rows;
   return screenRows(view, rows, dIn, policy, label, counter);
@@ -121,8 +121,12 @@ export interface FileContext {
   counter: SkipCounter;
 }
 
-function rowLabel(s: Shard, row: number): string {
-  return `row ${row} of ${s.label}${s.dtype === 'float64' ? ' (after rounding float64 to float32)' : ''}`;
+/**
+ * Row `row` of shard `s`, where `value` was found. A float64 value that is infinite after its
+ * rounding may have been finite in the file (past float32's range); a NaN was a NaN there.
+ */
+function rowLabel(s: Shard, row: number, value: number): string {
+  return `row ${row} of ${s.label}${s.dtype === 'float64' && !Number.isNaN(value) ? ' (after rounding float64 to float32)' : ''}`;
 }
 
 interface Part {
@@ -225,7 +229,7 @@ export class FileRowStream implements RowStream {
     const { dIn } = this.ctx;
     const s = p.shard;
     const n = p.rows * dIn;
-    const label = (r: number) => rowLabel(s, p.start + r);
+    const label = (r: number, v: number) => rowLabel(s, p.start + r, v);
     if (p.native) {
       if (slots) {
         // Rows dropped earlier leave room: move this part's rows up the slot list.

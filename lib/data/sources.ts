@@ -1,5 +1,6 @@
 /** The three kinds of ActivationSource: files, an in-memory array, an async iterable. */
 import { argError, arrayTypeError, SaekitError } from '../errors.js';
+import { CHECK_UNITS, due, pause } from '../slices.js';
 import { checkInt, checkOneOf, checkOptions, optionNames } from '../validate.js';
 import { DISK_DTYPES, type SkipCounter } from './convert.js';
 import { BATCH_ARRAYS, BatchPool, MixingMemory, mixingHalf, RELEASE_BATCH, sequentialEpoch, shuffleEpoch, type BatchArrays, type MixingDType } from './engine.js';
@@ -186,6 +187,10 @@ abstract class BaseSource implements OwnedActivationSource {
         await stream.close();
       }
       this.afterEpoch(e, stream);
+      // An epoch that gave no batch reached no emit, the pass's only turn of the event loop: a
+      // stream whose reads resolve at once would run epoch after epoch without one (close() and
+      // timers waiting all the while). Each such epoch counts as a look at the clock.
+      if (emitted === 0 && due(CHECK_UNITS)) await pause();
     }
     mem?.release();
   }
@@ -273,6 +278,8 @@ class IterableSource extends BaseSource {
   private firstRows = 0;
   /** Iterators earlier passes took (a generator returns itself each time: it can serve one pass). */
   private readonly taken = new WeakSet<object>();
+  /** Streams over such an iterator (an object that says it started over: checked in afterEpoch). */
+  private readonly reusedStreams = new WeakSet<RowStream>();
 
   constructor(
     private readonly iterable: AsyncIterable<Float32Array | Batch>,
@@ -292,7 +299,11 @@ class IterableSource extends BaseSource {
     if (it === null || (typeof it !== 'object' && typeof it !== 'function') || typeof (it as { next?: unknown }).next !== 'function') {
       throw argError("the result of the iterable's [Symbol.asyncIterator]()", 'an async iterator (an object with a next() method)', it);
     }
-    if (this.taken.has(it)) {
+    // An iterator an earlier pass or epoch used: an async generator's is spent (it yields nothing
+    // again); another object's may have started over (a class whose [Symbol.asyncIterator]()
+    // resets it and returns `this`), which afterEpoch checks by the rows it yields.
+    const reused = this.taken.has(it);
+    if (reused && Object.prototype.toString.call(it) === '[object AsyncGenerator]') {
       throw new SaekitError(
         'ERR_SAEKIT_ARG',
         'Expected the iterable to start a new pass but it returned the iterator an earlier pass (or epoch) used: a generator can be iterated once ' +
@@ -300,19 +311,23 @@ class IterableSource extends BaseSource {
       );
     }
     this.taken.add(it);
-    return new IterableRowStream(it, this.dIn, o.onNonFinite, this.counter);
+    const stream = new IterableRowStream(it, this.dIn, o.onNonFinite, this.counter);
+    if (reused) this.reusedStreams.add(stream);
+    return stream;
   }
 
   protected override afterEpoch(epoch: number, stream: RowStream): void {
     const seen = (stream as IterableRowStream).rowsSeen;
-    if (epoch === 0) this.firstRows = seen;
-    else if (seen === 0 && this.firstRows > 0) {
+    // Nothing from an iterator that served rows before (an earlier epoch of this pass, or an
+    // earlier pass's first epoch): it did not start over.
+    if (seen === 0 && this.firstRows > 0 && (epoch > 0 || this.reusedStreams.has(stream))) {
       throw new SaekitError(
         'ERR_SAEKIT_ARG',
-        `Expected the iterable to start over for epoch ${epoch} but it yielded nothing (a generator can be iterated once: ` +
+        `Expected the iterable to start over for ${epoch > 0 ? `epoch ${epoch}` : 'a new pass'} but it yielded nothing (a generator can be iterated once: ` +
           'pass an object whose [Symbol.asyncIterator]() starts a new pass, or use epochs: 1)',
       );
     }
+    if (epoch === 0) this.firstRows = seen;
   }
 }
 
@@ -358,8 +373,11 @@ export function fromArray(data: Float32Array, dIn: number): OwnedActivationSourc
 
 /**
  * A source over a stream of Float32Array (whole rows) or Batch items, e.g. activations computed
- * on the fly. numRows is undefined. Each epoch calls [Symbol.asyncIterator]() again. An item is
- * requested only after the previous one has been copied, so a producer may reuse its arrays.
+ * on the fly. numRows is undefined. Each epoch calls [Symbol.asyncIterator]() again, which must
+ * start over: return a new iterator, or reset the object and return it (an async generator, which
+ * returns itself spent, serves one pass; a second is ERR_SAEKIT_ARG, as is an iterator that served
+ * rows before and yields none). An item is requested only after the previous one has been copied,
+ * so a producer may reuse its arrays.
  */
 export function fromAsyncIterable(iterable: AsyncIterable<Float32Array | Batch>, dIn: number): OwnedActivationSource {
   if (iterable === null || typeof iterable !== 'object' || typeof (iterable as { [Symbol.asyncIterator]?: unknown })[Symbol.asyncIterator] !== 'function') {
